@@ -1,0 +1,18 @@
+"""Entry point: `python run.py [group=option ...] [key=value ...]` (see README.md)."""
+
+import hydra
+from omegaconf import DictConfig
+
+import runner  # noqa: F401  (registers the config resolvers)
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    """Runs one job and returns its best monitored value (a sweeper's objective)."""
+    from runner.train import run
+
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Atomic checkpoints that load with `torch.load(weights_only=True)`.
+
+Saving happens on a background thread from a snapshot of the state, so training does
+not wait for serialisation or the disk.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or written; the message names the file."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Writes `state` so that `path` holds either the old or the new file, never half.
+
+    The state is written to a temp file in the same directory, flushed to disk, and
+    moved over `path` with `os.replace` (atomic on POSIX). On any error the temp file
+    is removed and the previous file is left as it was.
+
+    Args:
+        state: Tensors and plain Python types only (so weights_only loading works).
+        path: Destination file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def snapshot(state: Any) -> Any:
+    """A copy of `state` whose tensors are detached CPU clones, safe to save later."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {key: snapshot(value) for key, value in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(snapshot(value) for value in state)
+    return state
+
+
+class AsyncCheckpointWriter:
+    """Writes checkpoints on a background thread, one at a time, in submission order.
+
+    `submit` copies the states first, so training may change the live tensors at once.
+    A write error is raised by the next `submit` or by `wait`.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, files: dict[Path, dict[str, Any]]) -> None:
+        """Waits for the previous writes, snapshots the states, and starts writing them.
+
+        Args:
+            files: Destination path -> state, written in this order.
+        """
+        self.wait()
+        frozen = [(path, snapshot(state)) for path, state in files.items()]
+
+        def write() -> None:
+            try:
+                for path, state in frozen:
+                    save_checkpoint(state, path)
+            except BaseException as err:  # handed to the training thread
+                self._error = err
+
+        self._thread = threading.Thread(target=write, name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Blocks until the pending write is on disk; raises its error, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise CheckpointError(f"writing a checkpoint failed: {error}") from error
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Loads a checkpoint with `weights_only=True`: no pickled code is ever run.
+
+    Args:
+        path: The checkpoint file.
+        map_location: Where to put the tensors.
+
+    Returns:
+        The saved state.
+
+    Raises:
+        CheckpointError: The file is missing, truncated, or holds pickled objects.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(
+            f"checkpoint {path} cannot be loaded safely ({type(err).__name__}: {first_line}). "
+            "It is truncated, not a checkpoint, or carries pickled objects, which are refused."
+        ) from err

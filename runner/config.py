@@ -1,0 +1,243 @@
+"""Config resolvers and validation: reject a bad config before any compute is spent."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_UNIQUE_ID = secrets.token_hex(3)
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+PRECISION_CHOICES = ("auto", "32", "bf16", "16")
+MONITOR_MODES = ("max", "min")
+MONITORABLE = (
+    "val/acc",
+    "val/loss",
+    "val/balanced_acc",
+    "val/macro_f1",
+    "val/top5",
+    "train/loss",
+    "train/acc",
+)
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message lists every problem found."""
+
+
+def register_resolvers() -> None:
+    """Registers the resolvers used by conf/ (idempotent)."""
+    if not OmegaConf.has_resolver("runner_repo_root"):
+        OmegaConf.register_new_resolver("runner_repo_root", lambda: str(REPO_ROOT))
+    if not OmegaConf.has_resolver("runner_unique_id"):
+        # One id per process: Hydra may resolve the run dir more than once, and every
+        # resolution must give the same dir. The pid and random part keep two runs
+        # started in the same second apart.
+        OmegaConf.register_new_resolver("runner_unique_id", lambda: f"{os.getpid()}{_UNIQUE_ID}")
+
+
+# --- checks ------------------------------------------------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _positive_int(value: Any) -> str | None:
+    return None if _is_int(value) and value >= 1 else "an integer >= 1"
+
+
+def _optional_positive_int(value: Any) -> str | None:
+    return None if value is None else _positive_int(value)
+
+
+def _positive_number(value: Any) -> str | None:
+    return None if _is_number(value) and value > 0 else "a number > 0"
+
+
+def _non_negative_number(value: Any) -> str | None:
+    return None if _is_number(value) and value >= 0 else "a number >= 0"
+
+
+def _optional_positive_number(value: Any) -> str | None:
+    return None if value is None else _positive_number(value)
+
+
+def _fraction(value: Any) -> str | None:
+    return None if _is_number(value) and 0 <= value < 1 else "a number in [0, 1)"
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _integer(value: Any) -> str | None:
+    return None if _is_int(value) else "an integer"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if str(value) in choices else "one of " + ", ".join(choices)
+
+    return check
+
+
+def _device(value: Any) -> str | None:
+    text = str(value)
+    if text in DEVICE_CHOICES or (text.startswith("cuda:") and text[5:].isdigit()):
+        return None
+    return "one of auto, cpu, cuda, cuda:N, mps"
+
+
+def _ema_decay(value: Any) -> str | None:
+    if value is None or (_is_number(value) and 0 < value < 1):
+        return None
+    return "null (off) or a number in (0, 1), e.g. 0.999"
+
+
+def _non_empty_string(value: Any) -> str | None:
+    return None if isinstance(value, str) and value else "a non-empty string"
+
+
+# key -> check; a check returns None when the value is fine, else what was expected.
+# Keys absent from the config are not checked (a group option may not have them).
+CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "seed": _integer,
+    "trainer.max_epochs": _positive_int,
+    "trainer.batch_size": _positive_int,
+    "trainer.eval_batch_size": _positive_int,
+    "trainer.device": _device,
+    "trainer.precision": _one_of(*PRECISION_CHOICES),
+    "trainer.accumulate_grad_batches": _positive_int,
+    "trainer.gradient_clip_val": _optional_positive_number,
+    "trainer.channels_last": _boolean,
+    "trainer.compile": _boolean,
+    "trainer.ema_decay": _ema_decay,
+    "trainer.monitor": _one_of(*MONITORABLE),
+    "trainer.monitor_mode": _one_of(*MONITOR_MODES),
+    "trainer.early_stopping_patience": _optional_positive_int,
+    "trainer.log_every_n_steps": _positive_int,
+    "trainer.drop_last": _boolean,
+    "optim.lr": _positive_number,
+    "optim.weight_decay": _non_negative_number,
+    "sched.warmup_epochs": _non_negative_number,
+    "sched.min_lr_ratio": _fraction,
+    "sched.pct_start": _fraction,
+    "sched.gamma": _positive_number,
+    "loss.label_smoothing": _fraction,
+    "loss.gamma": _non_negative_number,
+    "data.name": _non_empty_string,
+    "data.image_size": _positive_int,
+    "data.val_fraction": _fraction,
+    "data.test_fraction": _fraction,
+    "data.split_seed": _integer,
+    "data.num_samples": _positive_int,
+    "data.num_classes": _positive_int,
+    "model.name": _non_empty_string,
+    "model.pretrained": _boolean,
+}
+
+REQUIRED_GROUPS = (
+    "data",
+    "aug",
+    "model",
+    "optim",
+    "sched",
+    "loss",
+    "sampler",
+    "logger",
+)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks a composed config and raises one error listing every problem.
+
+    Checks that every value resolves (no `???`, no unset `${oc.env:...}`), that the
+    required groups are present, and the type and range of every known key.
+
+    Args:
+        cfg: The composed config (with or without the `hydra` node).
+
+    Raises:
+        ConfigError: Naming each bad key, its value and what is expected.
+    """
+    problems: list[str] = []
+    for group in REQUIRED_GROUPS:
+        if group not in cfg:
+            problems.append(f"config group '{group}' is missing: choose one with {group}=<option>")
+
+    for key, check in CHECKS.items():
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_missing=True)
+        except MissingMandatoryValue:
+            problems.append(f"{key} is required (it is '???'): set it with {key}=<value>")
+            continue
+        except InterpolationResolutionError as err:
+            problems.append(f"{key} cannot be resolved: {err}")
+            continue
+        if value is None and OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
+            continue
+        expected = check(value)
+        if expected is not None:
+            problems.append(f"{key}={value!r} is invalid: expected {expected}")
+
+    problems.extend(_unresolvable_values(cfg))
+    data_fractions = [OmegaConf.select(cfg, f"data.{k}") for k in ("val_fraction", "test_fraction")]
+    if all(_is_number(f) for f in data_fractions) and sum(data_fractions) >= 1:
+        problems.append(
+            f"data.val_fraction + data.test_fraction = {sum(data_fractions):g} leaves no "
+            "training data: keep their sum below 1"
+        )
+    if problems:
+        plural = "" if len(problems) == 1 else "s"
+        listing = "\n  - ".join(problems)
+        raise ConfigError(f"Invalid config ({len(problems)} problem{plural}):\n  - {listing}")
+
+
+def _unresolvable_values(cfg: DictConfig) -> list[str]:
+    """Finds `???` values and interpolations that fail, anywhere outside `hydra`."""
+    problems = []
+
+    def walk(node: Any, prefix: str) -> None:
+        keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+        for key in keys:
+            path = f"{prefix}{key}" if isinstance(node, DictConfig) else f"{prefix[:-1]}[{key}]"
+            if path in CHECKS or path == "hydra" or path == "paths.run_dir":
+                continue
+            if OmegaConf.is_missing(node, key):
+                problems.append(f"{path} is required (it is '???'): set it with {path}=<value>")
+                continue
+            try:
+                child = node[key]
+            except InterpolationResolutionError as err:
+                problems.append(f"{path} cannot be resolved: {err}")
+                continue
+            if OmegaConf.is_config(child):
+                walk(child, f"{path}.")
+
+    walk(cfg, "")
+    return problems
+
+
+class ValidateConfigCallback(Callback):
+    """Hydra callback that validates the config before Hydra creates the run dir."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Validates a single run's config."""
+        validate(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Validates the sweep's base config; each job is validated again when it runs."""
+        validate(config)

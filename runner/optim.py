@@ -1,0 +1,154 @@
+"""Optimizer binding with weight-decay parameter groups, and per-step lr schedules.
+
+Every schedule is a torch `LRScheduler` stepped once per optimizer step, built from
+`(optimizer, total_steps, steps_per_epoch)` plus its own settings from conf/sched/.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+
+
+def build_optimizer(
+    model: nn.Module,
+    optimizer_factory: Callable[..., torch.optim.Optimizer],
+    weight_decay: float,
+) -> torch.optim.Optimizer:
+    """Binds the optimizer to the model's parameters, excluding norms and biases from decay.
+
+    Args:
+        model: The model to optimise.
+        optimizer_factory: The partially built optimizer (`_partial_: true` in conf/optim).
+        weight_decay: Decay of the weight matrices and kernels; 1-D parameters (norm
+            scales, biases) and the model's `no_weight_decay()` names get none.
+
+    Returns:
+        The optimizer.
+    """
+    from timm.optim import param_groups_weight_decay
+
+    no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    groups = param_groups_weight_decay(
+        model, weight_decay=weight_decay, no_weight_decay_list=no_decay
+    )
+    return optimizer_factory(params=groups)
+
+
+def _warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
+    return min(round(warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
+
+
+def _warmup_factor(step: int, warmup: int) -> float:
+    # Starts at 1/(warmup+1) rather than 0 so the first step already updates the weights.
+    return (step + 1) / (warmup + 1)
+
+
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 1,
+    min_lr_ratio: float = 0.01,
+) -> LRScheduler:
+    """Linear warmup, then cosine decay from lr to `min_lr_ratio * lr`.
+
+    Args:
+        optimizer: The optimizer whose groups' lr is scaled.
+        total_steps: Optimizer steps in the whole run.
+        steps_per_epoch: Optimizer steps per epoch (converts warmup epochs to steps).
+        warmup_epochs: Length of the linear warmup, in epochs (may be fractional).
+        min_lr_ratio: Final lr as a fraction of the peak lr.
+
+    Returns:
+        The scheduler.
+    """
+    warmup = _warmup_steps(warmup_epochs, steps_per_epoch, total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return _warmup_factor(step, warmup)
+        progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+def onecycle_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    pct_start: float = 0.25,
+) -> LRScheduler:
+    """torch's OneCycleLR peaking at each group's configured lr.
+
+    Args:
+        optimizer: The optimizer.
+        total_steps: Optimizer steps in the whole run.
+        steps_per_epoch: Unused; accepted so every schedule is bound alike.
+        pct_start: Share of the run spent increasing the lr.
+
+    Returns:
+        The scheduler.
+    """
+    max_lr = [group["lr"] for group in optimizer.param_groups]
+    return OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=max(total_steps, 2), pct_start=pct_start
+    )
+
+
+def step_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    milestones: Sequence[float] = (0.5, 0.75),
+    gamma: float = 0.1,
+    warmup_epochs: float = 0,
+) -> LRScheduler:
+    """Multiplies the lr by `gamma` at each milestone, given as fractions of training.
+
+    Args:
+        optimizer: The optimizer.
+        total_steps: Optimizer steps in the whole run.
+        steps_per_epoch: Optimizer steps per epoch.
+        milestones: Points of decay as fractions of `total_steps`, e.g. [0.5, 0.75].
+        gamma: Multiplier applied at each milestone.
+        warmup_epochs: Length of a linear warmup, in epochs.
+
+    Returns:
+        The scheduler.
+    """
+    warmup = _warmup_steps(warmup_epochs, steps_per_epoch, total_steps)
+    boundaries = sorted(int(m * total_steps) for m in milestones)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return _warmup_factor(step, warmup)
+        return gamma ** sum(step >= b for b in boundaries)
+
+    return LambdaLR(optimizer, factor)
+
+
+def constant_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 0,
+) -> LRScheduler:
+    """A constant lr after an optional linear warmup.
+
+    Args:
+        optimizer: The optimizer.
+        total_steps: Optimizer steps in the whole run.
+        steps_per_epoch: Optimizer steps per epoch.
+        warmup_epochs: Length of a linear warmup, in epochs.
+
+    Returns:
+        The scheduler.
+    """
+    warmup = _warmup_steps(warmup_epochs, steps_per_epoch, total_steps)
+    return LambdaLR(optimizer, lambda step: _warmup_factor(step, warmup) if step < warmup else 1.0)
