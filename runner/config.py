@@ -232,12 +232,23 @@ def _unresolvable_values(cfg: DictConfig) -> list[str]:
 
 
 class ValidateConfigCallback(Callback):
-    """Hydra callback that validates the config before Hydra creates the run dir."""
+    """Hydra callback that validates the config before Hydra creates the run dir.
+
+    Hydra turns an `Exception` raised by a callback into a warning and goes on, so a
+    bad config ends the program with `SystemExit` (message on stderr, exit status 1).
+    """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Validates a single run's config."""
-        validate(config)
+        self._check(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Validates the sweep's base config; each job is validated again when it runs."""
-        validate(config)
+        self._check(config)
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        try:
+            validate(config)
+        except ConfigError as err:
+            raise SystemExit(f"Error: {err}") from err

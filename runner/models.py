@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 import torch
@@ -80,18 +81,40 @@ def create_timm_model(
     return model
 
 
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection within `timeout_s`."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
 def _download_timm(name: str, num_classes: int, **kwargs) -> nn.Module:
     import timm
+    from huggingface_hub import constants
 
+    # Without network, huggingface_hub retries for about a minute before failing; look
+    # in the local cache only instead, which fails at once when the weights are absent.
+    offline = constants.HF_HUB_OFFLINE or not hub_reachable()
+    saved, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, offline
     try:
         return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
     except Exception as err:  # network errors come in many types (OSError, HF, requests)
         raise PretrainedWeightsError(
-            f"model.pretrained=true: could not download the weights of {name!r} "
-            f"({type(err).__name__}: {err}). Without network, download the weights "
+            f"model.pretrained=true: could not get the weights of {name!r}"
+            f"{' (the Hugging Face Hub is unreachable and they are not cached)' if offline else ''}"
+            f" ({type(err).__name__}: {err}). Without network, download the weights "
             "elsewhere (e.g. the model's model.safetensors on the Hugging Face Hub) and "
             "set model.pretrained_file=/path/to/model.safetensors."
         ) from err
+    finally:
+        constants.HF_HUB_OFFLINE = saved
 
 
 def create_torchvision_model(

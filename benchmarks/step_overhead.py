@@ -1,0 +1,358 @@
+"""Step overhead of the runner's training loop against a hand-written PyTorch loop.
+
+Measures steady-state training throughput (images/s) of two loops that do the same work:
+
+* runner: the real `runner.engine.train_one_epoch`, fed by a `runner.data.ResidentLoader`
+  with a runner sampler, logging through `runner.console.EpochProgress.on_log` every
+  `log_every_n_steps` (10) batches, stepping a `runner.optim.cosine_schedule`;
+* hand-written: a minimal loop that indexes the batch, divides by 255, runs the Kornia
+  pipeline under no_grad, normalises, runs forward, cross-entropy, backward, the
+  optimizer step and the scheduler step, and nothing else.
+
+Both sides train their own copy of the same model (timm resnet18 from conf/model, with
+the data's 10 classes, channels_last) with the same augmentation (conf/aug/basic.yaml:
+Kornia RandomAffine, built through `runner.augment.DeviceAugment`), the same
+normalisation, optimizer (conf/optim/adamw.yaml with the runner's weight-decay parameter
+groups), schedule (conf/sched/cosine.yaml), precision and batch size, on the digits data
+(`runner.data.load_digits`) resident on the device and batched by index. Every round
+both sides draw the same sample order (uniform draws of `runner.samplers`'
+WeightedClassSampler with power 0, so an epoch has exactly `--steps` batches).
+
+The machine may be noisy, so both sides run in one process, interleaved: each round runs
+both sides once, and the side that goes first alternates (ABBA...). Each side first runs
+`--warmup-steps` untimed batches. The reported ratio is the median runner throughput over
+the median hand-written throughput; the goal is >= 0.97, i.e. the runner's loop (metric
+accumulation, logging hook, loader, scaler, accumulation logic) costs at most 3%.
+
+Run it from the repository root (about 2 minutes on 2 CPU cores with the defaults)::
+
+    .venv/bin/python benchmarks/step_overhead.py
+    .venv/bin/python benchmarks/step_overhead.py --device cuda --precision bf16 --steps 200
+
+On CUDA the timings are bracketed by `torch.cuda.synchronize`. On an interactive
+terminal `EpochProgress` draws a rich progress bar (its refresh thread is part of what
+is measured); elsewhere it writes log lines, which are not shown here because the
+benchmark configures no logging handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+
+from runner import console, engine
+from runner.data import DataSplits, ResidentLoader, Split
+from runner.optim import build_optimizer
+from runner.samplers import WeightedClassSampler
+from runner.train import build_model, build_normalize, resolve_device
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GOAL = 0.97
+LOG_EVERY_N_STEPS = 10
+
+
+def load_group(group: str, option: str):
+    """Loads one config group file, e.g. ("aug", "basic") -> conf/aug/basic.yaml."""
+    return OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+
+
+def synchronize(device: torch.device) -> None:
+    """Waits for queued device work (CUDA); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def uniform_sampler(labels: torch.Tensor, num_batches: int, batch_size: int, seed: int):
+    """A runner sampler whose epochs are `num_batches` full batches of uniform draws.
+
+    Args:
+        labels: Train labels (on the CPU).
+        num_batches: Batches per epoch.
+        batch_size: Samples per batch.
+        seed: Base seed; epoch e draws with seed + e.
+
+    Returns:
+        A `WeightedClassSampler` with power 0 (every sample equally likely).
+    """
+    return WeightedClassSampler(labels, seed=seed, power=0.0, num_samples=num_batches * batch_size)
+
+
+@dataclass
+class Side:
+    """One side of the comparison: its model and training objects."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    augment: nn.Module
+
+
+def build_side(
+    model: nn.Module, device: torch.device, total_steps: int, steps_per_epoch: int
+) -> Side:
+    """Builds the optimizer, schedule and augmentation of one side from conf/.
+
+    Args:
+        model: This side's model, on the device.
+        device: Where the augmentation runs.
+        total_steps: Optimizer steps this side will take (warm-up and rounds).
+        steps_per_epoch: Optimizer steps per round.
+
+    Returns:
+        The side.
+    """
+    optim_cfg = load_group("optim", "adamw")
+    optimizer = build_optimizer(model, instantiate(optim_cfg), optim_cfg.weight_decay)
+    scheduler = instantiate(load_group("sched", "cosine"))(
+        optimizer=optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch
+    )
+    augment = instantiate(load_group("aug", "basic")).to(device)
+    return Side(model, optimizer, scheduler, augment)
+
+
+class RunnerLoop:
+    """The runner's training loop: `engine.train_one_epoch` as `runner.train.fit` calls it.
+
+    Args:
+        side: Model and training objects.
+        data: The data set (for the normalisation statistics and class counts).
+        train: The train split, resident on the device.
+        device: The device.
+        precision: "32" or "bf16".
+        batch_size: Samples per batch.
+        rounds: Number of timed rounds (for the progress label).
+        seed: Seed of the sampler.
+    """
+
+    name = "runner"
+
+    def __init__(
+        self,
+        side: Side,
+        data: DataSplits,
+        train: Split,
+        device: torch.device,
+        precision: str,
+        batch_size: int,
+        rounds: int,
+        seed: int,
+    ):
+        self.side = side
+        self.train = train
+        self.device = device
+        self.batch_size = batch_size
+        self.seed = seed
+        self.normalize = build_normalize(side.model, data, device, channels_last=True)
+        self.loss_fn = instantiate(load_group("loss", "ce"))(
+            class_counts=data.class_counts().to(device)
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=False)
+        self.autocast = engine.make_autocast(device, precision)
+        self.progress = console.EpochProgress(max_epochs=rounds)
+
+    def run(self, epoch: int, num_batches: int) -> float:
+        """Trains `num_batches` batches of epoch `epoch`; returns the seconds taken."""
+        sampler = uniform_sampler(self.train.labels.cpu(), num_batches, self.batch_size, self.seed)
+        loader = ResidentLoader(self.train, self.batch_size, sampler, drop_last=True)
+        loader.set_epoch(epoch)
+        self.progress.start_epoch(epoch, len(loader), self.batch_size)
+        synchronize(self.device)
+        start = time.perf_counter()
+        stats = engine.train_one_epoch(
+            model=self.side.model,
+            loader=loader,
+            augment=self.side.augment,
+            normalize=self.normalize,
+            loss_fn=self.loss_fn,
+            optimizer=self.side.optimizer,
+            scheduler=self.side.scheduler,
+            scaler=self.scaler,
+            autocast=self.autocast,
+            device=self.device,
+            ema=None,
+            accumulate_grad_batches=1,
+            gradient_clip_val=None,
+            log_every_n_steps=LOG_EVERY_N_STEPS,
+            on_log=self.progress.on_log,
+        )
+        synchronize(self.device)
+        seconds = time.perf_counter() - start
+        self.progress.end_epoch(f"train loss {stats.loss:.4f} acc {stats.acc:.4f}")
+        if stats.steps != num_batches:
+            raise RuntimeError(f"runner ran {stats.steps} batches, expected {num_batches}")
+        return seconds
+
+
+class HandWrittenLoop:
+    """A minimal plain PyTorch loop doing the same work as the runner's.
+
+    Args:
+        side: Model and training objects; only the Kornia pipeline of `side.augment`
+            is used (the loop divides by 255 and disables autograd itself).
+        data: The data set (for the normalisation statistics).
+        train: The train split, resident on the device.
+        device: The device.
+        precision: "32" or "bf16".
+        batch_size: Samples per batch.
+        seed: Seed of the sampler.
+    """
+
+    name = "hand-written"
+
+    def __init__(
+        self,
+        side: Side,
+        data: DataSplits,
+        train: Split,
+        device: torch.device,
+        precision: str,
+        batch_size: int,
+        seed: int,
+    ):
+        self.side = side
+        self.train = train
+        self.device = device
+        self.batch_size = batch_size
+        self.seed = seed
+        self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+        self.kornia = side.augment.pipeline
+        self.autocast: Callable[[], contextlib.AbstractContextManager] = (
+            (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+            if precision == "bf16"
+            else contextlib.nullcontext
+        )
+
+    def run(self, epoch: int, num_batches: int) -> float:
+        """Trains `num_batches` batches of epoch `epoch`; returns the seconds taken."""
+        model, optimizer, scheduler = self.side.model, self.side.optimizer, self.side.scheduler
+        images, labels = self.train.images, self.train.labels
+        sampler = uniform_sampler(labels.cpu(), num_batches, self.batch_size, self.seed)
+        model.train()
+        self.kornia.train()
+        synchronize(self.device)
+        start = time.perf_counter()
+        order = sampler.indices(epoch).to(self.device, non_blocking=True)
+        for first in range(0, num_batches * self.batch_size, self.batch_size):
+            index = order[first : first + self.batch_size]
+            x, y = images[index].float().div_(255.0), labels[index]
+            with torch.no_grad():
+                x = self.kornia(x)
+            x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+            with self.autocast():
+                loss = F.cross_entropy(model(x).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        synchronize(self.device)
+        return time.perf_counter() - start
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses the command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per side")
+    parser.add_argument("--steps", type=int, default=25, help="timed batches per round")
+    parser.add_argument("--warmup-steps", type=int, default=5, help="untimed batches per side")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda")
+    parser.add_argument(
+        "--precision",
+        default="32",
+        choices=("32", "bf16"),
+        help="32 (the runner's choice on CPU) or bf16 autocast (its choice on recent GPUs)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.steps < 1 or args.warmup_steps < 0 or args.batch_size < 1:
+        parser.error("--rounds, --steps and --batch-size must be >= 1, --warmup-steps >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> float:
+    """Runs the benchmark, prints the table and returns the throughput ratio."""
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    data = instantiate(load_group("data", "digits"))
+    train = data.train.to(device)
+    model = build_model(load_group("model", "resnet18"), data.num_classes, device, True)
+    total_steps = args.warmup_steps + args.rounds * args.steps
+    runner_side = build_side(model, device, total_steps, args.steps)
+    hand_side = build_side(copy.deepcopy(model), device, total_steps, args.steps)
+    loops = (
+        RunnerLoop(
+            runner_side,
+            data,
+            train,
+            device,
+            args.precision,
+            args.batch_size,
+            args.rounds,
+            args.seed,
+        ),
+        HandWrittenLoop(hand_side, data, train, device, args.precision, args.batch_size, args.seed),
+    )
+
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    display = "rich progress bar" if console.is_terminal() else "log lines (not shown)"
+    print(
+        f"device {device} ({where}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, precision {args.precision}"
+    )
+    print(
+        f"resnet18 channels_last, aug basic, batch {args.batch_size}, {len(train)} digits "
+        f"train images; {args.rounds} rounds x {args.steps} batches per side after "
+        f"{args.warmup_steps} warm-up batches; on_log every {LOG_EVERY_N_STEPS}: {display}"
+    )
+    began = time.perf_counter()
+    if args.warmup_steps:
+        for loop in loops:
+            loop.run(epoch=0, num_batches=args.warmup_steps)
+
+    rates: dict[str, list[float]] = {loop.name: [] for loop in loops}
+    header = f"{'round':>5}  {'first':<12}  {'runner img/s':>12}  {'hand img/s':>10}  {'ratio':>6}"
+    print(header)
+    print("-" * len(header))
+    images_per_round = args.steps * args.batch_size
+    for round_index in range(1, args.rounds + 1):
+        order = loops if round_index % 2 else loops[::-1]
+        for loop in order:
+            seconds = loop.run(epoch=round_index, num_batches=args.steps)
+            rates[loop.name].append(images_per_round / seconds)
+        runner_rate, hand_rate = rates["runner"][-1], rates["hand-written"][-1]
+        print(
+            f"{round_index:>5}  {order[0].name:<12}  {runner_rate:>12.1f}  {hand_rate:>10.1f}"
+            f"  {runner_rate / hand_rate:>6.3f}",
+            flush=True,
+        )
+    runner_median = statistics.median(rates["runner"])
+    hand_median = statistics.median(rates["hand-written"])
+    ratio = runner_median / hand_median
+    paired = statistics.median(
+        r / h for r, h in zip(rates["runner"], rates["hand-written"], strict=True)
+    )
+    print("-" * len(header))
+    print(f"{'median':>5}  {'':<12}  {runner_median:>12.1f}  {hand_median:>10.1f}  {ratio:>6.3f}")
+    print(
+        f"median of per-round ratios: {paired:.3f}; wall time {time.perf_counter() - began:.0f} s"
+    )
+    print(f"runner/hand-written throughput ratio: {ratio:.3f} (goal >= {GOAL})")
+    return ratio
+
+
+if __name__ == "__main__":
+    main()
