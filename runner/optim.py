@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 
 def build_optimizer(
@@ -83,22 +83,38 @@ def onecycle_schedule(
     total_steps: int,
     steps_per_epoch: int,
     pct_start: float = 0.25,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
 ) -> LRScheduler:
-    """torch's OneCycleLR peaking at each group's configured lr.
+    """The one-cycle lr policy (Smith & Topin, 2017) peaking at each group's lr.
+
+    Cosine rise from lr / div_factor to lr over `pct_start` of training, then cosine
+    fall to lr / (div_factor * final_div_factor). Same shape as torch's OneCycleLR
+    (without its momentum cycling), but valid for runs of any length.
 
     Args:
         optimizer: The optimizer.
         total_steps: Optimizer steps in the whole run.
         steps_per_epoch: Unused; accepted so every schedule is bound alike.
         pct_start: Share of the run spent increasing the lr.
+        div_factor: Peak lr / initial lr.
+        final_div_factor: Initial lr / final lr.
 
     Returns:
         The scheduler.
     """
-    max_lr = [group["lr"] for group in optimizer.param_groups]
-    return OneCycleLR(
-        optimizer, max_lr=max_lr, total_steps=max(total_steps, 2), pct_start=pct_start
-    )
+    rise = max(round(pct_start * total_steps), 1)
+    start, end = 1 / div_factor, 1 / (div_factor * final_div_factor)
+
+    def anneal(begin: float, finish: float, progress: float) -> float:
+        return finish + (begin - finish) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    def factor(step: int) -> float:
+        if step < rise:
+            return anneal(start, 1.0, step / rise)
+        return anneal(1.0, end, (step - rise) / max(total_steps - rise, 1))
+
+    return LambdaLR(optimizer, factor)
 
 
 def step_schedule(

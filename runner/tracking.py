@@ -6,10 +6,13 @@ costs one database round trip per epoch, never one per metric per step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +20,37 @@ log = logging.getLogger(__name__)
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAM_LENGTH = 6000
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Holds an exclusive lock on `path` (POSIX flock; a no-op where unsupported)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: concurrent first runs there must be started apart
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def with_retry(call: Callable[[], T], attempts: int = 8, first_delay_s: float = 0.05) -> T:
+    """Runs `call`, retrying with jittered exponential backoff while SQLite is locked."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as err:
+            if "database is locked" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(first_delay_s * 2**attempt * (1 + random.random()))
+    raise AssertionError("unreachable")
 
 
 class NullTracker:
@@ -106,22 +140,30 @@ class MlflowTracker(NullTracker):
         """
         from mlflow.tracking import MlflowClient
 
-        if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
-                parents=True, exist_ok=True
-            )
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
         name = self.experiment_name or experiment_name
-        self.experiment_id = self._experiment_id(name)
+        with self._store_lock():
+            # Creating the client opens the store, and the first opening of a new SQLite
+            # store creates its tables; two processes doing that at once corrupt the
+            # migration, so they take turns.
+            self.client = MlflowClient(tracking_uri=self.tracking_uri)
+            self.experiment_id = with_retry(lambda: self._experiment_id(name))
         if resume_run_id:
-            self.client.update_run(resume_run_id, status="RUNNING")
+            with_retry(lambda: self.client.update_run(resume_run_id, status="RUNNING"))
             self.run_id = resume_run_id
             self.set_tags(tags)
             return
-        run = self.client.create_run(
-            self.experiment_id, run_name=self.run_name or run_name, tags=tags
+        run = with_retry(
+            lambda: self.client.create_run(
+                self.experiment_id, run_name=self.run_name or run_name, tags=tags
+            )
         )
         self.run_id = run.info.run_id
+
+    def _store_lock(self) -> contextlib.AbstractContextManager:
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return contextlib.nullcontext()
+        database = Path(self.tracking_uri.removeprefix("sqlite:///"))
+        return _file_lock(database.with_name(database.name + ".lock"))
 
     def _experiment_id(self, name: str) -> str:
         from mlflow.exceptions import MlflowException
@@ -144,7 +186,8 @@ class MlflowTracker(NullTracker):
 
         items = [Param(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in params.items()]
         for start in range(0, len(items), _MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[start : start + _MAX_PARAMS_PER_BATCH])
+            chunk = items[start : start + _MAX_PARAMS_PER_BATCH]
+            with_retry(lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Buffers metrics; `flush` sends them."""
@@ -157,15 +200,15 @@ class MlflowTracker(NullTracker):
         """Sends the buffered metrics in as few calls as MLflow allows."""
         pending, self._metrics = self._metrics, []
         for start in range(0, len(pending), _MAX_METRICS_PER_BATCH):
-            self.client.log_batch(
-                self.run_id, metrics=pending[start : start + _MAX_METRICS_PER_BATCH]
-            )
+            chunk = pending[start : start + _MAX_METRICS_PER_BATCH]
+            with_retry(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Sets tags on the run."""
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        run_tags = [RunTag(k, str(v)) for k, v in tags.items()]
+        with_retry(lambda: self.client.log_batch(self.run_id, tags=run_tags))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copies a file into the run's artifacts."""
@@ -178,7 +221,7 @@ class MlflowTracker(NullTracker):
         try:
             self.flush()
         finally:
-            self.client.set_terminated(self.run_id, status=status)
+            with_retry(lambda: self.client.set_terminated(self.run_id, status=status))
 
     def describe(self) -> str:
         """Where the run can be looked at."""

@@ -374,7 +374,7 @@ def fit(
                 0,
             )
             files[run_dir / "checkpoints" / "best.pt"] = best_state(
-                eval_model, cfg, data, epoch, metrics
+                eval_model, cfg, data, normalize, epoch, metrics
             )
         else:
             state.epochs_since_best += 1

@@ -60,7 +60,9 @@ def test_optim_and_sched_options_step(make_cfg, optim, sched):
     from runner.optim import build_optimizer
 
     cfg = make_cfg(f"optim={optim}", f"sched={sched}")
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2)
+    )
     optimizer = build_optimizer(model, instantiate(cfg.optim), cfg.optim.weight_decay)
     decays = sorted(group["weight_decay"] for group in optimizer.param_groups)
     assert decays[0] == 0.0, "norm and bias parameters must not be decayed"
