@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 
 from runner.config import ConfigError, validate
 from runner.data import DataSplits
-from tests.conftest import group_options, run_cli
+from tests.conftest import REPO, group_options, run_cli
 
 GROUPS = ["data", "aug", "model", "optim", "sched", "loss", "sampler", "logger", "trainer"]
 
@@ -159,3 +159,12 @@ def test_cli_rejects_bad_config_before_creating_outputs(tmp_path, override, expe
     for text in expected:
         assert text in result.stderr + result.stdout
     assert not (tmp_path / "outputs").exists(), "no output dir may be created for a bad config"
+
+
+def test_readme_lists_every_option_of_every_group():
+    readme = (REPO / "README.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in readme.splitlines() if line.startswith("| ")}
+    for group in GROUPS:
+        assert group in rows, f"README's config table has no row for {group}"
+        for option in group_options(group):
+            assert f"`{option}`" in rows[group], f"README does not list {group}={option}"
