@@ -264,8 +264,8 @@ class HandWrittenLoop:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses the command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per side")
-    parser.add_argument("--steps", type=int, default=25, help="timed batches per round")
+    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per side")
+    parser.add_argument("--steps", type=int, default=20, help="timed batches per round")
     parser.add_argument("--warmup-steps", type=int, default=5, help="untimed batches per side")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda")

@@ -163,7 +163,9 @@ def test_cli_rejects_bad_config_before_creating_outputs(tmp_path, override, expe
 
 def test_readme_lists_every_option_of_every_group():
     readme = (REPO / "README.md").read_text()
-    rows = {line.split("|")[1].strip(): line for line in readme.splitlines() if line.startswith("| ")}
+    rows = {
+        line.split("|")[1].strip(): line for line in readme.splitlines() if line.startswith("| ")
+    }
     for group in GROUPS:
         assert group in rows, f"README's config table has no row for {group}"
         for option in group_options(group):
