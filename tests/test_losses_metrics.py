@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runner.losses import CrossEntropyLoss, FocalLoss
-from runner.metrics import build_metrics, per_class_table
+from runner.losses import (
+    BalancedCrossEntropyLoss,
+    BalancedSoftmaxLoss,
+    CrossEntropyLoss,
+    FocalLoss,
+    effective_number_weights,
+)
+from runner.metrics import build_metrics, per_class_table, shot_accuracies, shot_groups
 
 
 def test_focal_with_gamma_zero_is_cross_entropy():
@@ -45,3 +52,59 @@ def test_per_class_table_from_a_confusion_matrix():
     expected = {"class": "cat", "precision": round(precision, 6), "recall": recall}
     assert rows[0] == {**expected, "f1": round(f1, 6), "support": 10}
     assert rows[1]["recall"] == 0.9 and rows[1]["support"] == 10
+
+
+def test_balanced_ce_weights_equal_scikit_learns_compute_class_weight():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 15 + [3] * 5)
+    counts = torch.bincount(labels)
+    expected = compute_class_weight("balanced", classes=np.arange(4), y=labels.numpy())
+    loss = BalancedCrossEntropyLoss(counts, weights="balanced")
+    assert torch.allclose(loss.weight, torch.from_numpy(expected).float())
+
+
+def test_balanced_ce_is_the_weighted_per_sample_log_loss():
+    counts = torch.tensor([60, 30, 10])
+    logits, target = torch.randn(12, 3), torch.randint(0, 3, (12,))
+    loss = BalancedCrossEntropyLoss(counts)
+    per_sample = F.cross_entropy(logits, target, reduction="none")
+    assert torch.allclose(loss(logits, target), (loss.weight[target] * per_sample).mean())
+    uniform = BalancedCrossEntropyLoss(torch.tensor([5, 5, 5]))
+    assert torch.allclose(uniform(logits, target), F.cross_entropy(logits, target))
+
+
+def test_effective_number_weights_follow_cui_et_al():
+    counts = torch.tensor([1000, 100, 10])
+    beta = 0.999
+    raw = (1 - beta) / (1 - beta ** counts.double())
+    expected = raw / raw.sum() * 3
+    assert torch.allclose(effective_number_weights(counts, beta).double(), expected, atol=1e-6)
+    loss = BalancedCrossEntropyLoss(counts, weights="effective", beta=beta)
+    assert loss.weight[2] > loss.weight[1] > loss.weight[0]
+    assert torch.allclose(effective_number_weights(counts, 0.0), torch.ones(3))
+
+
+def test_balanced_softmax_is_cross_entropy_on_logits_plus_log_prior():
+    counts = torch.tensor([500, 50, 5])
+    logits, target = torch.randn(16, 3), torch.randint(0, 3, (16,))
+    prior = counts.double() / counts.sum()
+    expected = F.cross_entropy(logits + prior.log().float(), target)
+    assert torch.allclose(BalancedSoftmaxLoss(counts)(logits, target), expected, atol=1e-6)
+
+
+def test_shot_groups_use_the_literature_thresholds_or_thirds():
+    groups, rule = shot_groups(torch.tensor([500, 150, 60, 30, 10, 5]))
+    assert rule == "thresholds"
+    assert [groups[g].tolist() for g in ("head", "medium", "tail")] == [[0, 1], [2, 3], [4, 5]]
+    small = torch.tensor([95, 80, 60, 40, 30, 20, 15, 10, 8, 6])  # no class > 100
+    groups, rule = shot_groups(small)
+    assert rule == "thirds"
+    assert [len(groups[g]) for g in ("head", "medium", "tail")] == [3, 4, 3]
+    assert groups["head"].tolist() == [0, 1, 2] and groups["tail"].tolist() == [7, 8, 9]
+
+
+def test_shot_accuracies_from_a_confusion_matrix():
+    confusion = torch.tensor([[9, 1, 0], [2, 8, 0], [5, 0, 5]])
+    accuracies = shot_accuracies(confusion, torch.tensor([300, 50, 3]))
+    assert accuracies == {"head_acc": 0.9, "medium_acc": 0.8, "tail_acc": 0.5}
