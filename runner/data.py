@@ -3,6 +3,11 @@
 Every data set factory returns a `DataSplits`: uint8 NCHW images and int64 labels for the
 train, val and test splits, plus the class names and normalisation statistics.
 Augmentation and normalisation happen later, batched on the device.
+
+A split is either resident (`Split`: decoded uint8 tensors) or encoded
+(`runner.streaming.EncodedSplit`: image files decoded by loader workers). Both offer
+`labels`, `image_size`, `subset`, `with_labels` and `loader`, so the rest of a run, and
+the real-world switches in `runner.realworld`, treat them alike.
 """
 
 from __future__ import annotations
@@ -25,9 +30,32 @@ class Split:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def image_size(self) -> int:
+        """Height (= width) of the images."""
+        return int(self.images.shape[-1])
+
     def to(self, device: torch.device) -> Split:
         """Moves the split to `device` (images stay uint8: 4x less traffic than float)."""
         return Split(self.images.to(device), self.labels.to(device))
+
+    def subset(self, indices: torch.Tensor) -> Split:
+        """The samples at `indices` (int64), in that order."""
+        return Split(self.images[indices].contiguous(), self.labels[indices].contiguous())
+
+    def with_labels(self, labels: torch.Tensor) -> Split:
+        """The same images with other labels (label noise)."""
+        return Split(self.images, labels)
+
+    def loader(
+        self,
+        batch_size: int,
+        device: torch.device,
+        sampler=None,
+        drop_last: bool = False,
+    ) -> ResidentLoader:
+        """A loader over the split, moved to `device` once and batched by index there."""
+        return ResidentLoader(self.to(device), batch_size, sampler, drop_last=drop_last)
 
 
 @dataclass
@@ -41,7 +69,14 @@ class DataSplits:
     class_names: list[str]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # Params to log with the run (e.g. the actual noise rate after the switches).
     extra_params: dict = field(default_factory=dict)
+    # (path, reason) of every file that was skipped because it could not be decoded.
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+    # The train labels before label noise (aligned with `train`); None = no noise.
+    clean_train_labels: torch.Tensor | None = None
+    # Whether the train split was made long-tailed (reports head/medium/tail accuracy).
+    long_tailed: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -51,7 +86,7 @@ class DataSplits:
     @property
     def image_size(self) -> int:
         """Height (= width) of the images."""
-        return int(self.train.images.shape[-1])
+        return self.train.image_size
 
     def class_counts(self) -> torch.Tensor:
         """Number of training samples per class (int64, on the CPU)."""
@@ -84,11 +119,24 @@ def stratified_split(
     return tuple(np.sort(np.concatenate(part)) for part in (train, val, test))
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images, on the [0, 1] scale."""
-    x = images.float().div_(255)
-    mean = x.mean(dim=(0, 2, 3))
-    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+def channel_stats(
+    images: torch.Tensor, chunk: int = 1024
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images (N, C, H, W), on the [0, 1] scale.
+
+    Sums run over chunks in float64, so a large set (CIFAR: 50,000 images) never needs
+    a float copy of the whole tensor.
+    """
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for start in range(0, images.shape[0], chunk):
+        x = images[start : start + chunk].to(torch.float64).div_(255)
+        total += x.sum(dim=(0, 2, 3))
+        squares += x.square().sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    variance = (squares - count * mean.square()) / max(count - 1, 1)
+    std = variance.clamp_min(0).sqrt().clamp_min(1e-3)
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
