@@ -111,6 +111,30 @@ def _non_empty_string(value: Any) -> str | None:
     return None if isinstance(value, str) and value else "a non-empty string"
 
 
+def _optional_non_empty_string(value: Any) -> str | None:
+    return None if value is None else _non_empty_string(value)
+
+
+def _non_negative_int(value: Any) -> str | None:
+    return None if _is_int(value) and value >= 0 else "an integer >= 0"
+
+
+def _imbalance_ratio(value: Any) -> str | None:
+    if value is None or (_is_number(value) and value >= 1):
+        return None
+    return "null (off) or a number >= 1 (largest / smallest class count), e.g. 100"
+
+
+def _optional_share(value: Any) -> str | None:
+    if value is None or (_is_number(value) and 0 < value <= 1):
+        return None
+    return "null (all) or a number in (0, 1]"
+
+
+def _resident(value: Any) -> str | None:
+    return None if value == "auto" or isinstance(value, bool) else "one of auto, true, false"
+
+
 # key -> check; a check returns None when the value is fine, else what was expected.
 # Keys absent from the config are not checked (a group option may not have them).
 CHECKS: dict[str, Callable[[Any], str | None]] = {
@@ -138,13 +162,33 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "sched.gamma": _positive_number,
     "loss.label_smoothing": _fraction,
     "loss.gamma": _non_negative_number,
+    "loss.weights": _one_of("balanced", "effective"),
+    "loss.beta": _fraction,
     "data.name": _non_empty_string,
     "data.image_size": _positive_int,
     "data.val_fraction": _fraction,
     "data.test_fraction": _fraction,
     "data.split_seed": _integer,
     "data.num_samples": _positive_int,
-    "data.num_classes": _positive_int,
+    "data.num_classes": _optional_positive_int,
+    "data.root": _non_empty_string,
+    "data.download": _boolean,
+    "data.variant": _one_of("cifar10", "cifar100"),
+    "data.resident": _resident,
+    "data.resident_max_gb": _positive_number,
+    "data.num_workers": _non_negative_int,
+    "data.on_bad_file": _one_of("skip", "error"),
+    "data.cache_dir": _optional_non_empty_string,
+    "data.image_key": _non_empty_string,
+    "data.label_key": _non_empty_string,
+    "data.split_train": _non_empty_string,
+    "data.split_val": _optional_non_empty_string,
+    "data.split_test": _optional_non_empty_string,
+    "data.imbalance_ratio": _imbalance_ratio,
+    "data.label_noise": _fraction,
+    "data.noise_type": _one_of("symmetric", "asymmetric"),
+    "data.fraction": _optional_share,
+    "data.samples_per_class": _optional_positive_int,
     "model.name": _non_empty_string,
     "model.pretrained": _boolean,
 }
@@ -199,6 +243,12 @@ def validate(cfg: DictConfig) -> None:
         problems.append(
             f"data.val_fraction + data.test_fraction = {sum(data_fractions):g} leaves no "
             "training data: keep their sum below 1"
+        )
+    subset = [OmegaConf.select(cfg, f"data.{k}") for k in ("fraction", "samples_per_class")]
+    if all(v is not None for v in subset):
+        problems.append(
+            f"data.fraction={subset[0]!r} and data.samples_per_class={subset[1]!r} are both "
+            "set: choose one (the other null)"
         )
     if problems:
         plural = "" if len(problems) == 1 else "s"

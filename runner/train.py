@@ -16,11 +16,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from runner import checkpoint, console, engine, provenance
+from runner import checkpoint, console, engine, provenance, realworld
 from runner.augment import Normalize
 from runner.config import REPO_ROOT, validate
-from runner.data import DataSplits, ResidentLoader
-from runner.metrics import build_confusion_matrix, build_metrics, per_class_table
+from runner.data import DataSplits
+from runner.metrics import build_confusion_matrix, build_metrics, per_class_table, shot_accuracies
 from runner.models import pretrained_normalization
 from runner.optim import build_optimizer
 
@@ -67,6 +67,7 @@ def run(cfg: DictConfig) -> float:
     tracker = instantiate(cfg.logger)
     start_tracking(tracker, cfg, data, device, run_dir, state.mlflow_run_id)
     state.mlflow_run_id = tracker.run_id
+    realworld.report_data(data, run_dir, tracker)
     writer = checkpoint.AsyncCheckpointWriter()
     status = "FAILED"
     try:
@@ -154,8 +155,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def build_data(data_cfg: DictConfig) -> DataSplits:
-    """Builds the data set's splits (uint8 tensors) from the data group."""
-    data = instantiate(data_cfg)
+    """Builds the data set's splits (uint8) and applies the real-world switches to train.
+
+    The switch keys (`data.imbalance_ratio`, `data.label_noise`, ...) are taken out of
+    the group before its factory is called, so every data set gets them the same way.
+    """
+    settings = OmegaConf.to_container(data_cfg, resolve=True)
+    switches = {key: settings.pop(key) for key in realworld.SWITCHES if key in settings}
+    data = instantiate(settings)
+    data = realworld.apply_switches(data, seed=settings.get("split_seed", 0), **switches)
     log.info(
         "data %s: %d train / %d val / %d test images, %d classes, %dx%d",
         data.name,
@@ -195,17 +203,18 @@ def build_normalize(
     return Normalize(mean, std, channels_last=channels_last).to(device)
 
 
-def build_loaders(
-    cfg: DictConfig, data: DataSplits, device: torch.device
-) -> tuple[ResidentLoader, ResidentLoader, ResidentLoader]:
-    """Loaders over the splits, resident on the device and batched by index."""
-    train = data.train.to(device)
+def build_loaders(cfg: DictConfig, data: DataSplits, device: torch.device) -> tuple:
+    """Loaders over the splits, in the sampler's order for train.
+
+    A resident split is moved to the device once and batched by index; a streaming one
+    (large image sets) is decoded batch by batch by loader workers.
+    """
     sampler = instantiate(cfg.sampler)(labels=data.train.labels, seed=cfg.seed)
-    train_loader = ResidentLoader(
-        train, cfg.trainer.batch_size, sampler, drop_last=cfg.trainer.drop_last
+    train_loader = data.train.loader(
+        cfg.trainer.batch_size, device, sampler, drop_last=cfg.trainer.drop_last
     )
-    val_loader = ResidentLoader(data.val.to(device), cfg.trainer.eval_batch_size)
-    test_loader = ResidentLoader(data.test.to(device), cfg.trainer.eval_batch_size)
+    val_loader = data.val.loader(cfg.trainer.eval_batch_size, device)
+    test_loader = data.test.loader(cfg.trainer.eval_batch_size, device)
     return train_loader, val_loader, test_loader
 
 
@@ -492,6 +501,9 @@ def test(
     )
     metrics = {f"test/{name}": value for name, value in results.items()}
     matrix = confusion.compute().cpu()
+    if data.long_tailed:
+        shots = shot_accuracies(matrix, data.class_counts())
+        metrics.update({f"test/{name}": value for name, value in shots.items()})
     write_per_class_csv(per_class_table(matrix, data.class_names), run_dir / "per_class.csv")
     plot_confusion_matrix(matrix, data.class_names, run_dir / "confusion_matrix.png")
     tracker.log_metrics(metrics, step=cfg.trainer.max_epochs)

@@ -8,9 +8,13 @@ from hydra.utils import instantiate
 
 from runner.config import ConfigError, validate
 from runner.data import DataSplits
+from runner.train import build_data
 from tests.conftest import REPO, group_options, run_cli
+from tests.datagen import make_imagefolder, write_cifar, write_hf_parquet
 
 GROUPS = ["data", "aug", "model", "optim", "sched", "loss", "sampler", "logger", "trainer"]
+# Groups that may be left unchosen (no default option).
+OPTIONAL_GROUPS = ["experiment"]
 
 
 def test_every_group_has_options():
@@ -18,16 +22,31 @@ def test_every_group_has_options():
         assert group_options(group), f"conf/{group} has no options"
 
 
+def data_files(option: str, tmp_path) -> list[str]:
+    """Overrides pointing a data option at small real files written for the test."""
+    if option == "imagefolder":
+        return [f"data.root={make_imagefolder(tmp_path / 'folder', per_class=10)}"]
+    if option in ("cifar10", "cifar100"):
+        per_file = 100 if option == "cifar10" else 200  # val needs >= 10 per class
+        return [f"data.root={write_cifar(tmp_path / option, option, per_file=per_file)}"]
+    if option == "hf":
+        path = write_hf_parquet(tmp_path / "bugs.parquet")
+        return [f"data.name={path}", "data.image_key=img", "data.label_key=y",
+                "data.split_test=null", f"data.hf_cache_dir={tmp_path / 'hf'}"]  # fmt: skip
+    return []
+
+
 @pytest.mark.parametrize("option", group_options("data"))
-def test_data_options_build_uint8_splits(make_cfg, option):
-    cfg = make_cfg(f"data={option}", tiny=False)
+def test_data_options_build_uint8_splits(make_cfg, tmp_path, option):
+    cfg = make_cfg(f"data={option}", *data_files(option, tmp_path), tiny=False)
     validate(cfg)
-    data = instantiate(cfg.data)
+    data = build_data(cfg.data)
     assert isinstance(data, DataSplits)
     for split in (data.train, data.val, data.test):
-        assert split.images.dtype == torch.uint8
-        assert split.images.shape[1:] == (3, cfg.data.image_size, cfg.data.image_size)
-        assert split.labels.dtype == torch.int64
+        images, labels = next(iter(split.loader(8, torch.device("cpu"))))
+        assert images.dtype == torch.uint8
+        assert images.shape[1:] == (3, cfg.data.image_size, cfg.data.image_size)
+        assert labels.dtype == torch.int64
     assert data.num_classes >= 2 and len(data.mean) == 3
 
 
@@ -166,7 +185,16 @@ def test_readme_lists_every_option_of_every_group():
     rows = {
         line.split("|")[1].strip(): line for line in readme.splitlines() if line.startswith("| ")
     }
-    for group in GROUPS:
+    for group in GROUPS + OPTIONAL_GROUPS:
         assert group in rows, f"README's config table has no row for {group}"
         for option in group_options(group):
             assert f"`{option}`" in rows[group], f"README does not list {group}={option}"
+
+
+@pytest.mark.parametrize("option", group_options("experiment"))
+def test_experiments_compose_and_validate(make_cfg, option):
+    cfg = make_cfg(f"experiment={option}", tiny=False)
+    validate(cfg)
+    assert cfg.data.imbalance_ratio == 100 and cfg.trainer.max_epochs == 200
+    model = instantiate(cfg.model)(num_classes=10)
+    assert 0.4e6 < sum(p.numel() for p in model.parameters()) < 0.5e6, "resnet32: 0.46M"
