@@ -293,10 +293,11 @@ def start_tracking(
         resume_run_id=resume_run_id,
     )
     if resume_run_id is None:
-        tracker.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
-        tracker.log_params(
-            {"data.num_train": len(data.train), "data.num_classes": data.num_classes}
-        )
+        params = flatten(OmegaConf.to_container(cfg, resolve=True))
+        # One call: data.num_classes may be null in the config (inferred from the data),
+        # and MLflow refuses to change a logged param.
+        params.update({"data.num_train": len(data.train), "data.num_classes": data.num_classes})
+        tracker.log_params(params)
     tracker.log_artifact(run_dir / "config_resolved.yaml")
     tracker.log_artifact(run_dir / "environment.json")
     log.info("tracking: %s", tracker.describe())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -228,3 +229,48 @@ def test_streaming_loader_follows_the_sampler_and_matches_resident_data(tmp_path
                 assert torch.equal(a_labels, b_labels) and torch.equal(a_images, b_images)
             order = sampler.indices(epoch)[:24]
             assert torch.equal(torch.cat([b[1] for _, b in pairs]), resident.labels[order])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resident", [True, False])
+def test_training_run_on_a_folder_logs_bad_files_counts_and_tail_accuracy(
+    make_cfg, tmp_path, resident
+):
+    from runner.train import run
+    from tests.conftest import query
+
+    root = make_imagefolder(tmp_path / "data", classes=("a", "b", "c", "d"), per_class=15)
+    bad = write_bad_files(root / "train" / "d")
+    cfg = make_cfg(
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.image_size=16",
+        f"data.resident={str(resident).lower()}",
+        "data.num_workers=1",
+        "data.imbalance_ratio=4",
+        "model=timm",
+        "model.name=resnet10t",
+        "trainer.max_epochs=1",
+        "trainer.batch_size=8",
+        "sampler=balanced",
+        "loss=balanced_softmax",
+        tiny=False,
+    )
+    run(cfg)
+    run_dir = tmp_path / "run"
+    db = tmp_path / "outputs" / "mlflow.db"
+    assert query(db, "SELECT status FROM runs") == [("FINISHED",)]
+    params = dict(query(db, "SELECT key, value FROM params"))
+    # 15 per class: 2 go to val, 2 to test, 11 train; ratio 4 -> 11, 6, 4, 2 (int(11 * 4^(-c/3))).
+    # Streaming finds the truncated file only when it reads it, so class d has 12 train
+    # samples and sets n_max: 12 (but a has 11), 7, 4, 3.
+    assert params["data.train_class_counts"] == ("11,6,4,2" if resident else "11,7,4,3")
+    assert params["data.num_bad_files"] == ("3" if resident else "2")
+    metric_names = {row[0] for row in query(db, "SELECT DISTINCT key FROM metrics")}
+    assert {"test/head_acc", "test/medium_acc", "test/tail_acc"} <= metric_names
+    (artifact_uri,) = query(db, "SELECT artifact_uri FROM runs")[0]
+    artifacts = Path(artifact_uri.removeprefix("file://"))
+    assert (artifacts / "class_counts.png").is_file()
+    listed = (artifacts / "bad_files.txt").read_text()
+    assert str(bad["zero"]) in listed and str(bad["text"]) in listed
+    assert (run_dir / "bad_files.txt").is_file()
