@@ -235,7 +235,6 @@ def decode_all(
         batch_size=chunk_size,
         num_workers=num_workers,
         collate_fn=_keep_list,
-        multiprocessing_context="fork" if num_workers and _can_fork() else None,
     )
     for chunk in loader:
         for index, image, reason in chunk:
@@ -248,12 +247,6 @@ def decode_all(
     if len(kept) < len(records):
         images = images[kept].contiguous()
     return images, kept, bad
-
-
-def _can_fork() -> bool:
-    import multiprocessing
-
-    return "fork" in multiprocessing.get_all_start_methods()
 
 
 # --- cache --------------------------------------------------------------------------

@@ -1,0 +1,113 @@
+"""Decode throughput of an image folder: the first run (decode + write the cache) vs a
+cached run (read the cache file).
+
+Writes a folder of `--num-images` JPEGs (10 classes, sizes 96..160 px, smooth colour
+fields plus noise, so they compress like photos rather than like random pixels) into a
+temporary folder, then loads it with `runner.imagefolder.load_imagefolder` as a run
+would (`resident=true`, `--workers` decoding processes, `image_size` 64):
+
+* first run: every file is decoded and resized, and the uint8 tensor is written to the
+  cache folder;
+* cached run: the in-process cache is cleared, so the data comes from the cache file,
+  as in a new run (or a new sweep job) on the same folder;
+* in-process: a second load in the same process (Hydra's basic launcher and Optuna run
+  sweep jobs in one process).
+
+Each is timed `--repeats` times (median reported); the first run gets a fresh cache
+folder each time. Run from the repository root (about a minute on 2 CPU cores)::
+
+    .venv/bin/python benchmarks/imagefolder_cache.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from runner import decoding
+from runner.imagefolder import load_imagefolder
+
+
+def write_folder(root: Path, num_images: int, num_classes: int = 10, seed: int = 0) -> int:
+    """Writes root/train/class_k/i.jpg; returns the total size in bytes."""
+    rng = np.random.default_rng(seed)
+    total = 0
+    for i in range(num_images):
+        height, width = rng.integers(96, 161, size=2)
+        y, x = np.mgrid[0:height, 0:width] / max(height, width)
+        base = rng.uniform(0, 255, size=3)
+        slope = rng.uniform(-120, 120, size=(2, 3))
+        image = base + y[..., None] * slope[0] + x[..., None] * slope[1]
+        image += rng.normal(0, 12, size=image.shape)
+        path = root / "train" / f"class_{i % num_classes}" / f"{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+        total += path.stat().st_size
+    return total
+
+
+def timed_load(root: Path, cache_dir: Path, workers: int, image_size: int) -> float:
+    start = time.perf_counter()
+    data = load_imagefolder(
+        str(root),
+        image_size=image_size,
+        resident=True,
+        cache_dir=str(cache_dir),
+        num_workers=workers,
+        val_fraction=0.1,
+        test_fraction=0.1,
+    )
+    seconds = time.perf_counter() - start
+    assert len(data.train) + len(data.val) + len(data.test) > 0
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--num-images", type=int, default=2000)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="imagefolder_bench_") as tmp:
+        root = Path(tmp) / "folder"
+        size = write_folder(root, args.num_images)
+        print(
+            f"{args.num_images} JPEGs, 96..160 px, {size / 2**20:.1f} MiB; decoded to "
+            f"{args.image_size}x{args.image_size}, {args.workers} workers"
+        )
+        first, cached, in_process = [], [], []
+        for repeat in range(args.repeats):
+            cache_dir = Path(tmp) / f"cache{repeat}"
+            decoding.clear_memory_cache()
+            first.append(timed_load(root, cache_dir, args.workers, args.image_size))
+            decoding.clear_memory_cache()
+            cached.append(timed_load(root, cache_dir, args.workers, args.image_size))
+            in_process.append(timed_load(root, cache_dir, args.workers, args.image_size))
+            (cache_file,) = cache_dir.glob("*.pt")
+            cache_mib = cache_file.stat().st_size / 2**20
+            shutil.rmtree(cache_dir)
+
+    n = args.num_images
+    rows = [
+        ("first run (decode + write cache)", statistics.median(first)),
+        ("cached run (read cache file)", statistics.median(cached)),
+        ("same process (in-memory cache)", statistics.median(in_process)),
+    ]
+    print(f"cache file: {cache_mib:.1f} MiB")
+    print(f"{'':34s} {'seconds':>9s} {'img/s':>10s}")
+    for name, seconds in rows:
+        print(f"{name:34s} {seconds:9.3f} {n / seconds:10.0f}")
+    print(f"cached / first throughput: {rows[0][1] / rows[1][1]:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
