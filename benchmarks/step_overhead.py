@@ -53,10 +53,11 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from runner import console, engine
+from runner.augment import Normalize
 from runner.data import DataSplits, ResidentLoader, Split
+from runner.lifecycle import GracefulStop
 from runner.optim import build_optimizer
 from runner.samplers import WeightedClassSampler
-from runner.train import build_model, build_normalize, resolve_device
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GOAL = 0.97
@@ -66,6 +67,19 @@ LOG_EVERY_N_STEPS = 10
 def load_group(group: str, option: str):
     """Loads one config group file, e.g. ("aug", "basic") -> conf/aug/basic.yaml."""
     return OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turns --device into a torch device; auto = CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def build_model(num_classes: int, device: torch.device) -> nn.Module:
+    """conf/model/resnet18.yaml's model, channels_last on the device (as the runner builds it)."""
+    model = instantiate(load_group("model", "resnet18"))(num_classes=num_classes)
+    return model.to(device, memory_format=torch.channels_last)
 
 
 def synchronize(device: torch.device) -> None:
@@ -154,13 +168,16 @@ class RunnerLoop:
         self.device = device
         self.batch_size = batch_size
         self.seed = seed
-        self.normalize = build_normalize(side.model, data, device, channels_last=True)
+        self.normalize = Normalize(data.mean, data.std, channels_last=True).to(device)
         self.loss_fn = instantiate(load_group("loss", "ce"))(
             class_counts=data.class_counts().to(device)
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
         self.autocast = engine.make_autocast(device, precision)
         self.progress = console.EpochProgress(max_epochs=rounds)
+        # Not entered (no signal handlers): only its per-step check is part of the loop.
+        self.stop = GracefulStop()
+        self.nan_guard = engine.NanGuard()  # trainer.nan_policy's default, "stop"
 
     def run(self, epoch: int, num_batches: int) -> float:
         """Trains `num_batches` batches of epoch `epoch`; returns the seconds taken."""
@@ -170,7 +187,7 @@ class RunnerLoop:
         self.progress.start_epoch(epoch, len(loader), self.batch_size)
         synchronize(self.device)
         start = time.perf_counter()
-        stats = engine.train_one_epoch(
+        done = engine.train_one_epoch(
             model=self.side.model,
             loader=loader,
             augment=self.side.augment,
@@ -186,12 +203,14 @@ class RunnerLoop:
             gradient_clip_val=None,
             log_every_n_steps=LOG_EVERY_N_STEPS,
             on_log=self.progress.on_log,
+            should_stop=self.stop.requested,
+            nan_guard=self.nan_guard,
         )
         synchronize(self.device)
         seconds = time.perf_counter() - start
-        self.progress.end_epoch(f"train loss {stats.loss:.4f} acc {stats.acc:.4f}")
-        if stats.steps != num_batches:
-            raise RuntimeError(f"runner ran {stats.steps} batches, expected {num_batches}")
+        self.progress.end_epoch(f"train loss {done.loss:.4f} acc {done.acc:.4f}")
+        if done.batches != num_batches:
+            raise RuntimeError(f"runner ran {done.batches} batches, expected {num_batches}")
         return seconds
 
 
@@ -289,7 +308,7 @@ def main(argv: list[str] | None = None) -> float:
     torch.manual_seed(args.seed)
     data = instantiate(load_group("data", "digits"))
     train = data.train.to(device)
-    model = build_model(load_group("model", "resnet18"), data.num_classes, device, True)
+    model = build_model(data.num_classes, device)
     total_steps = args.warmup_steps + args.rounds * args.steps
     runner_side = build_side(model, device, total_steps, args.steps)
     hand_side = build_side(copy.deepcopy(model), device, total_steps, args.steps)

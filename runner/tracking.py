@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,6 +53,63 @@ def with_retry(call: Callable[[], T], attempts: int = 8, first_delay_s: float = 
                 raise
             time.sleep(first_delay_s * 2**attempt * (1 + random.random()))
     raise AssertionError("unreachable")
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The tracking server cannot be reached; the message names it and the fix."""
+
+
+def server_reachable(uri: str, timeout_s: float = 5.0) -> bool:
+    """Whether an MLflow server answers its /health endpoint within `timeout_s`."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as reply:
+            return reply.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def reap_stale_runs(client, experiment_ids: list[str], host: str | None = None) -> list[str]:
+    """Marks KILLED the RUNNING runs whose process on this host no longer exists.
+
+    A run killed with SIGKILL (or by the OOM killer) cannot end its own MLflow run; its
+    `runner.pid` and `runner.host` tags tell whether its process is gone.
+
+    Args:
+        client: An MlflowClient.
+        experiment_ids: Experiments to search.
+        host: The host whose runs to check; None = this one.
+
+    Returns:
+        The ids of the runs marked KILLED.
+    """
+    host = host or socket.gethostname()
+    reaped = []
+    runs = client.search_runs(experiment_ids, filter_string="attributes.status = 'RUNNING'",
+                              max_results=5000)  # fmt: skip
+    for run in runs:
+        tags = run.data.tags
+        pid = tags.get("runner.pid", "")
+        if tags.get("runner.host") != host or not pid.isdigit() or process_alive(int(pid)):
+            continue
+        client.set_tag(run.info.run_id, "reaped", f"process {pid} on {host} was gone")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        reaped.append(run.info.run_id)
+    if reaped:
+        log.warning("marked %d stale run(s) of dead processes KILLED: %s", len(reaped), reaped)
+    return reaped
 
 
 class NullTracker:
@@ -100,6 +159,9 @@ class MlflowTracker(NullTracker):
         experiment_name: Experiment to log into; None = the name the run passes in
             (the data set's name).
         run_name: Display name of the run; None = the run dir's name.
+        offline_fallback: When the server cannot be reached at start, log to
+            `fallback_uri` instead of failing.
+        fallback_uri: The local store used by `offline_fallback`.
     """
 
     def __init__(
@@ -108,11 +170,15 @@ class MlflowTracker(NullTracker):
         artifact_location: str | None = None,
         experiment_name: str | None = None,
         run_name: str | None = None,
+        offline_fallback: bool = False,
+        fallback_uri: str | None = None,
     ):
         self.tracking_uri = tracking_uri
         self.artifact_location = artifact_location
         self.experiment_name = experiment_name
         self.run_name = run_name
+        self.offline_fallback = offline_fallback
+        self.fallback_uri = fallback_uri
         self.client = None
         self.run_id = None
         self.experiment_id = None
@@ -140,6 +206,9 @@ class MlflowTracker(NullTracker):
         """
         from mlflow.tracking import MlflowClient
 
+        tags = {**tags, "runner.pid": str(os.getpid()), "runner.host": socket.gethostname()}
+        if not self.is_local and not server_reachable(self.tracking_uri):
+            tags["offline_fallback"] = self._fall_back()
         name = self.experiment_name or experiment_name
         with self._store_lock():
             # Creating the client opens the store, and the first opening of a new SQLite
@@ -147,6 +216,7 @@ class MlflowTracker(NullTracker):
             # migration, so they take turns.
             self.client = MlflowClient(tracking_uri=self.tracking_uri)
             self.experiment_id = with_retry(lambda: self._experiment_id(name))
+        reap_stale_runs(self.client, [self.experiment_id])
         if resume_run_id:
             with_retry(lambda: self.client.update_run(resume_run_id, status="RUNNING"))
             self.run_id = resume_run_id
@@ -158,6 +228,20 @@ class MlflowTracker(NullTracker):
             )
         )
         self.run_id = run.info.run_id
+
+    def _fall_back(self) -> str:
+        """Switches to the local fallback store, or raises when that is not allowed."""
+        unreachable = self.tracking_uri
+        if not (self.offline_fallback and self.fallback_uri):
+            raise TrackingUnavailableError(
+                f"logger.tracking_uri={unreachable!r}: the MLflow server does not answer. "
+                "Start it, fix the URI, or set logger.offline_fallback=true to log to the "
+                "local store instead."
+            )
+        self.tracking_uri = self.fallback_uri
+        log.warning("MLflow server %s does not answer: logging to %s instead "
+                    "(logger.offline_fallback=true)", unreachable, self.fallback_uri)  # fmt: skip
+        return unreachable
 
     def _store_lock(self) -> contextlib.AbstractContextManager:
         if not self.tracking_uri.startswith("sqlite:///"):

@@ -69,9 +69,9 @@ def test_no_host_sync_per_step(make_cfg, monkeypatch, aug):
     stats = engine.train_one_epoch(
         **kwargs, log_every_n_steps=10, on_log=lambda step, loss, acc: logged.append(step)
     )
-    assert stats.steps == 20 and logged == [10, 20]
-    # Two reads at the end of the epoch (loss, accuracy); this hook reads nothing.
-    assert calls["runner"] == 2, calls
+    assert stats.batches == 20 and stats.finished and logged == [10, 20]
+    # One read of the NaN flag per logging interval, one read of the sums at the end.
+    assert calls["runner"] == 3, calls
     if aug in ("none", "basic"):
         assert calls["other"] == 0, calls
 
@@ -95,3 +95,54 @@ def test_gradient_clipping_bounds_the_update(make_cfg):
         ]
     )
     assert moved.norm() <= 1e-3 + 1e-6
+
+
+def test_nan_policy_stop_names_the_first_bad_step(make_cfg):
+    kwargs = setup_loop(make_cfg, aug="none", batches=20)
+    calls = {"n": 0}
+    real_loss = kwargs["loss_fn"]
+
+    def loss_nan_at_7(logits, target):
+        calls["n"] += 1
+        loss = real_loss(logits, target)
+        return loss * float("nan") if calls["n"] == 7 else loss
+
+    kwargs["loss_fn"] = loss_nan_at_7
+    with pytest.raises(engine.NonFiniteLossError, match="non-finite loss at step 107"):
+        engine.train_one_epoch(**kwargs, log_every_n_steps=10, first_step=101)
+
+
+def test_nan_policy_skip_leaves_the_weights_untouched_by_bad_batches(make_cfg):
+    kwargs = setup_loop(make_cfg, aug="none", batches=4)
+    model = kwargs["model"]
+    kwargs["loss_fn"] = lambda logits, target: logits.sum() * float("inf")
+    before = [p.detach().clone() for p in model.parameters()]
+    guard = engine.NanGuard(policy="skip", max_skips=10)
+    done = engine.train_one_epoch(**kwargs, nan_guard=guard)
+    assert guard.skipped == 4 and done.seen == 0
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
+    with pytest.raises(engine.NonFiniteLossError, match="max_nan_skips=2"):
+        engine.train_one_epoch(**kwargs, nan_guard=engine.NanGuard(policy="skip", max_skips=2))
+
+
+def test_a_stopped_epoch_continues_where_it_stopped(make_cfg):
+    """Stopping after batch 5 and continuing gives the same sums as one pass."""
+    torch.manual_seed(0)
+    whole = setup_loop(make_cfg, aug="basic", batches=12)
+    whole["loader"].set_epoch(1)
+    state = {k: v.clone() for k, v in whole["model"].state_dict().items()}
+    full = engine.train_one_epoch(**whole)
+
+    torch.manual_seed(0)
+    parts = setup_loop(make_cfg, aug="basic", batches=12)
+    parts["model"].load_state_dict(state)
+    parts["loader"].set_epoch(1)
+    asked = iter(range(100))
+    first = engine.train_one_epoch(**parts, should_stop=lambda: next(asked) == 4)
+    assert not first.finished and first.batches == 5
+    parts["loader"].set_epoch(1, start_batch=first.batches)
+    rest = engine.train_one_epoch(**parts, progress=first)
+    assert rest.finished and rest.batches == 12 and rest.seen == full.seen
+    assert rest.loss == pytest.approx(full.loss, rel=1e-5)
+    for a, b in zip(whole["model"].parameters(), parts["model"].parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
