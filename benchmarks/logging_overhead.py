@@ -30,7 +30,8 @@ def time_logging(epochs: int) -> list[float]:
     """Seconds per epoch of logging: buffer the epoch's metrics and flush them."""
     with tempfile.TemporaryDirectory() as tmp:
         tracker = MlflowTracker(f"sqlite:///{tmp}/mlflow.db", artifact_location=f"{tmp}/art")
-        tracker.start("bench", "bench", tags={})
+        tracker.connect("bench")
+        tracker.start("bench", tags={})
         times = []
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()

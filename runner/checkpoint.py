@@ -6,8 +6,10 @@ not wait for serialisation or the disk.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -23,6 +25,7 @@ class CheckpointError(RuntimeError):
 
 
 TEMP_SUFFIX = ".tmp"
+_NEARLY_FULL_BYTES = 16 * 2**20
 
 
 def previous_path(path: Path) -> Path:
@@ -57,8 +60,17 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
             # `load_newest` then falls back to the previous one.
             os.replace(path, previous_path(path))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        # torch.save's writer reports a full disk as "unexpected pos ..."; measured while
+        # the temp file still holds its space, a nearly full disk tells the real cause.
+        free = shutil.disk_usage(path.parent).free
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, Exception) and free < _NEARLY_FULL_BYTES:
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on device while writing {path} ({free} bytes were free): "
+                "free some space or set paths.output_dir to a larger disk",
+            ) from err
         raise
 
 

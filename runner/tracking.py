@@ -117,12 +117,11 @@ class NullTracker:
 
     run_id: str | None = None
 
+    def connect(self, experiment_name: str) -> None:
+        """Does nothing."""
+
     def start(
-        self,
-        experiment_name: str,
-        run_name: str | None,
-        tags: dict[str, str],
-        resume_run_id: str | None = None,
+        self, run_name: str | None, tags: dict[str, str], resume_run_id: str | None = None
     ) -> None:
         """Does nothing."""
 
@@ -179,6 +178,7 @@ class MlflowTracker(NullTracker):
         self.run_name = run_name
         self.offline_fallback = offline_fallback
         self.fallback_uri = fallback_uri
+        self.fell_back_from: str | None = None
         self.client = None
         self.run_id = None
         self.experiment_id = None
@@ -189,26 +189,23 @@ class MlflowTracker(NullTracker):
         """Whether the store is a local database file rather than a server."""
         return not self.tracking_uri.startswith(("http://", "https://", "databricks"))
 
-    def start(
-        self,
-        experiment_name: str,
-        run_name: str | None,
-        tags: dict[str, str],
-        resume_run_id: str | None = None,
-    ) -> None:
-        """Creates (or reopens, for a resumed run) the MLflow run.
+    def connect(self, experiment_name: str) -> None:
+        """Opens the store and the experiment before any compute is spent.
+
+        A server that does not answer fails here, within seconds (or switches to the
+        fallback store when `offline_fallback` is on). RUNNING runs of processes on this
+        host that are gone are marked KILLED.
 
         Args:
             experiment_name: Experiment to use when none was configured.
-            run_name: Display name when none was configured.
-            tags: Tags of the run.
-            resume_run_id: Id of this run's earlier MLflow run, to log into it again.
+
+        Raises:
+            TrackingUnavailableError: The server does not answer and there is no fallback.
         """
         from mlflow.tracking import MlflowClient
 
-        tags = {**tags, "runner.pid": str(os.getpid()), "runner.host": socket.gethostname()}
         if not self.is_local and not server_reachable(self.tracking_uri):
-            tags["offline_fallback"] = self._fall_back()
+            self.fell_back_from = self._fall_back()
         name = self.experiment_name or experiment_name
         with self._store_lock():
             # Creating the client opens the store, and the first opening of a new SQLite
@@ -217,6 +214,20 @@ class MlflowTracker(NullTracker):
             self.client = MlflowClient(tracking_uri=self.tracking_uri)
             self.experiment_id = with_retry(lambda: self._experiment_id(name))
         reap_stale_runs(self.client, [self.experiment_id])
+
+    def start(
+        self, run_name: str | None, tags: dict[str, str], resume_run_id: str | None = None
+    ) -> None:
+        """Creates (or reopens, for a resumed run) the MLflow run; `connect` comes first.
+
+        Args:
+            run_name: Display name when none was configured.
+            tags: Tags of the run.
+            resume_run_id: Id of this run's earlier MLflow run, to log into it again.
+        """
+        tags = {**tags, "runner.pid": str(os.getpid()), "runner.host": socket.gethostname()}
+        if self.fell_back_from:
+            tags["offline_fallback"] = self.fell_back_from
         if resume_run_id:
             with_retry(lambda: self.client.update_run(resume_run_id, status="RUNNING"))
             self.run_id = resume_run_id

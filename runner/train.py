@@ -44,12 +44,13 @@ def run(cfg: DictConfig) -> float:
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
     console.print_config(cfg)
+    tracker = instantiate(cfg.logger)
+    tracker.connect(experiment_name=cfg.data.name)
 
     data = build_data(cfg.data)
     train_loader, val_loader, test_loader = build_loaders(cfg, data, device)
     parts = build_training_parts(cfg, data, device, precision, len(train_loader))
     state = resume_or_start(run_dir, cfg.trainer.resume, parts)
-    tracker = instantiate(cfg.logger)
     start_tracking(tracker, cfg, data, device, run_dir, state.mlflow_run_id)
     state.mlflow_run_id = tracker.run_id
 
@@ -181,16 +182,42 @@ def build_training_parts(
         total_steps=steps_per_epoch * trainer.max_epochs,
         steps_per_epoch=steps_per_epoch,
     )
+    loss_fn = instantiate(cfg.loss)(class_counts=data.class_counts().to(device))
+    if cfg.get("fail"):
+        loss_fn = FaultInjection(loss_fn, str(cfg.fail))
     return TrainingParts(
         model=model,
         augment=instantiate(cfg.aug).to(device),
         normalize=Normalize(mean, std, channels_last=trainer.channels_last).to(device),
-        loss_fn=instantiate(cfg.loss)(class_counts=data.class_counts().to(device)),
+        loss_fn=loss_fn,
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "16"),
         ema=build_ema(model, trainer.ema_decay),
     )
+
+
+class FaultInjection(torch.nn.Module):
+    """Test hook `+fail=...`: makes the training step fail the way a real run can.
+
+    `+fail=true` raises in the first training step; `+fail=nan@K` makes the loss NaN
+    from the K-th training step of this process on. Used by the reliability and sweep
+    tests; never set by a real config.
+    """
+
+    def __init__(self, loss_fn: torch.nn.Module, mode: str):
+        super().__init__()
+        self.loss_fn = loss_fn
+        self.mode = mode
+        self.calls = 0
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The wrapped loss, or the configured failure."""
+        self.calls += 1
+        loss = self.loss_fn(logits, target)
+        if self.mode.startswith("nan@"):
+            return loss * float("nan") if self.calls >= int(self.mode[4:]) else loss
+        raise RuntimeError(f"fail={self.mode}: the test hook failed this training step")
 
 
 def build_ema(model: torch.nn.Module, decay: float | None) -> torch.nn.Module | None:
@@ -254,8 +281,7 @@ def start_tracking(tracker, cfg: DictConfig, data: DataSplits, device: torch.dev
     (run_dir / "config_resolved.yaml").write_text(resolved)
     (run_dir / "environment.json").write_text(json.dumps({**env, "overrides": overrides}, indent=2))
     tags = {**env, "overrides": " ".join(overrides) or "(none)", "run_dir": str(run_dir)}
-    tracker.start(experiment_name=data.name, run_name=run_dir.name, tags=tags,
-                  resume_run_id=resume_run_id)  # fmt: skip
+    tracker.start(run_name=run_dir.name, tags=tags, resume_run_id=resume_run_id)
     if resume_run_id is None:
         tracker.log_params(flatten(redacted_container(cfg)))
         tracker.log_params(
