@@ -1,12 +1,17 @@
-"""Maintenance commands: `python -m runner.tools reap [--tracking-uri URI]`."""
+"""Maintenance commands.
+
+python -m runner.tools reap [--tracking-uri URI]   # stale RUNNING runs -> KILLED
+python -m runner.tools replay FILE                 # send logs a server missed
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from runner.config import REPO_ROOT
-from runner.tracking import reap_stale_runs
+from runner.tracking import reap_stale_runs, replay_pending
 
 DEFAULT_URI = f"sqlite:///{REPO_ROOT / 'outputs' / 'mlflow.db'}"
 
@@ -19,8 +24,15 @@ def main(argv: list[str] | None = None) -> int:
         "reap", help="mark RUNNING runs of processes on this host that are gone as KILLED"
     )
     reap.add_argument("--tracking-uri", default=DEFAULT_URI, help=f"default: {DEFAULT_URI}")
+    replay = commands.add_parser(
+        "replay", help="send the logs saved in a run dir's mlflow_pending.jsonl to the server"
+    )
+    replay.add_argument("file", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "replay":
+        print(f"{replay_pending(args.file)} logging operation(s) sent")
+        return 0
 
     from mlflow.tracking import MlflowClient
 

@@ -281,7 +281,8 @@ def start_tracking(tracker, cfg: DictConfig, data: DataSplits, device: torch.dev
     (run_dir / "config_resolved.yaml").write_text(resolved)
     (run_dir / "environment.json").write_text(json.dumps({**env, "overrides": overrides}, indent=2))
     tags = {**env, "overrides": " ".join(overrides) or "(none)", "run_dir": str(run_dir)}
-    tracker.start(run_name=run_dir.name, tags=tags, resume_run_id=resume_run_id)
+    tracker.start(run_name=run_dir.name, tags=tags, resume_run_id=resume_run_id,
+                  local_dir=run_dir)  # fmt: skip
     if resume_run_id is None:
         tracker.log_params(flatten(redacted_container(cfg)))
         tracker.log_params(
