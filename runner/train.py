@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from runner import checkpoint, console, engine, provenance
-from runner.augment import Normalize
+from runner.augment import Normalize, save_preview_grid
 from runner.config import REPO_ROOT, validate
 from runner.data import DataSplits, ResidentLoader
 from runner.metrics import build_confusion_matrix, build_metrics, per_class_table
@@ -45,8 +45,13 @@ def run(cfg: DictConfig) -> float:
     console.print_config(cfg)
 
     data = build_data(cfg.data)
+    augment = instantiate(cfg.aug, num_classes=data.num_classes).to(device)
+    preview = run_dir / "aug_preview.png"
+    save_preview_grid(augment, data.train, data.class_names, preview, seed=cfg.seed, device=device)
+    if cfg.get("preview_only", False):  # `+preview_only=true`: look at the aug, train nothing
+        log.info("preview_only: wrote %s", preview)
+        return float("nan")
     model = build_model(cfg.model, data.num_classes, device, cfg.trainer.channels_last)
-    augment = instantiate(cfg.aug).to(device)
     normalize = build_normalize(model, data, device, cfg.trainer.channels_last)
     train_loader, val_loader, test_loader = build_loaders(cfg, data, device)
     optimizer = build_optimizer(model, instantiate(cfg.optim), cfg.optim.weight_decay)
@@ -67,6 +72,7 @@ def run(cfg: DictConfig) -> float:
     tracker = instantiate(cfg.logger)
     start_tracking(tracker, cfg, data, device, run_dir, state.mlflow_run_id)
     state.mlflow_run_id = tracker.run_id
+    tracker.log_artifact(preview)
     writer = checkpoint.AsyncCheckpointWriter()
     status = "FAILED"
     try:
@@ -94,6 +100,7 @@ def run(cfg: DictConfig) -> float:
         test_metrics = test(
             cfg,
             model,
+            augment,
             normalize,
             test_loader,
             data,
@@ -347,6 +354,7 @@ def fit(
         val = engine.evaluate(
             model=eval_model,
             loader=val_loader,
+            augment=augment,
             normalize=normalize,
             metrics=val_metrics,
             autocast=autocast,
@@ -469,6 +477,7 @@ def set_rng_state(rng: dict[str, Any]) -> None:
 def test(
     cfg,
     model,
+    augment,
     normalize,
     test_loader,
     data: DataSplits,
@@ -484,6 +493,7 @@ def test(
     results = engine.evaluate(
         model=model,
         loader=test_loader,
+        augment=augment,
         normalize=normalize,
         metrics=build_metrics(data.num_classes, with_auroc=True).to(device),
         autocast=engine.make_autocast(device, precision),
