@@ -61,6 +61,7 @@ from runner.train import build_model, build_normalize, resolve_device
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GOAL = 0.97
 LOG_EVERY_N_STEPS = 10
+DIGITS_SIZE = 32  # conf/data/digits.yaml's image_size
 
 
 def load_group(group: str, option: str):
@@ -118,7 +119,8 @@ def build_side(
     scheduler = instantiate(load_group("sched", "cosine"))(
         optimizer=optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch
     )
-    augment = instantiate(load_group("aug", "basic")).to(device)
+    # The aug file's sizes interpolate ${data.image_size}; loaded alone, they are bound here.
+    augment = instantiate(load_group("aug", "basic"), image_size=DIGITS_SIZE).to(device)
     return Side(model, optimizer, scheduler, augment)
 
 
