@@ -352,8 +352,9 @@ def save_preview_grid(
     batch_labels = labels[index.to(labels.device)].to(device)
 
     was_training = augment.training
-    forked = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=forked), torch.no_grad():
+    # manual_seed seeds every CUDA device, so every one is forked and restored.
+    cuda_devices = list(range(torch.cuda.device_count()))
+    with torch.random.fork_rng(devices=cuda_devices), torch.no_grad():
         torch.manual_seed(seed)
         augment.train()
         out, _ = augment.mix(augment(batch), batch_labels)
