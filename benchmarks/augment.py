@@ -34,6 +34,11 @@ Run it from the repository root (about 2-4 minutes on 2 CPU cores with the defau
 
 On CUDA the kornia and step timings are bracketed by `torch.cuda.synchronize`; the v2
 loader side stays on the host, as it would in a real run.
+
+On a machine whose cores other processes are also using, `--threads 1` gives stable
+figures: with 2 intra-op threads every small op can wait a scheduler slice for its
+descheduled partner thread, which slows this process (kornia and the step) by 5-10x
+while the single-threaded v2 workers do not suffer, so the ratios measure the machine.
 """
 
 from __future__ import annotations
