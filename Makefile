@@ -30,6 +30,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_overhead.py
+	$(PY) benchmarks/augment.py
 
 clean:
 	rm -rf outputs/runs outputs/multirun

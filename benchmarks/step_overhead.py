@@ -68,6 +68,7 @@ from runner.samplers import WeightedClassSampler
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GOAL = 0.97
 LOG_EVERY_N_STEPS = 10
+DIGITS_SIZE = 32  # conf/data/digits.yaml's image_size
 
 
 def load_group(group: str, option: str) -> DictConfig:
@@ -149,7 +150,8 @@ def build_side(
     scheduler = instantiate(load_group("sched", "cosine"))(
         optimizer=optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch
     )
-    augment = instantiate(load_group("aug", "basic")).to(device)
+    # The aug file's sizes interpolate ${data.image_size}; loaded alone, they are bound here.
+    augment = instantiate(load_group("aug", "basic"), image_size=DIGITS_SIZE).to(device)
     return Side(model, optimizer, scheduler, augment)
 
 

@@ -80,6 +80,14 @@ def _fraction(value: Any) -> str | None:
     return None if _is_number(value) and 0 <= value < 1 else "a number in [0, 1)"
 
 
+def _probability(value: Any) -> str | None:
+    return None if _is_number(value) and 0 <= value <= 1 else "a number in [0, 1]"
+
+
+def _crop_pct(value: Any) -> str | None:
+    return None if _is_number(value) and 0 < value <= 1 else "a number in (0, 1], e.g. 0.875"
+
+
 def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "true or false"
 
@@ -151,6 +159,12 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "data.num_classes": _positive_int,
     "model.name": _non_empty_string,
     "model.pretrained": _boolean,
+    "aug.differentiable": _boolean,
+    "aug.eval_crop_pct": _crop_pct,
+    "aug.mixup_alpha": _non_negative_number,
+    "aug.cutmix_alpha": _non_negative_number,
+    "aug.mix_prob": _probability,
+    "preview_only": _boolean,
 }
 
 REQUIRED_GROUPS = ("data", "aug", "model", "optim", "sched", "loss", "sampler", "logger")

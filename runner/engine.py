@@ -2,6 +2,11 @@
 
 Running sums stay on the device; the host reads them only at logging intervals and at
 the end of an epoch, so the loop adds no host sync per step.
+
+Under MixUp/CutMix the targets are soft, (N, C) probabilities, and every loss in
+`runner.losses` takes them as they are. Training accuracy then counts a prediction as
+right when it is the dominant class of its target (the class with the largest share),
+which for an unmixed sample is simply its label.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from runner.augment import DeviceAugment
 
 # Called at logging intervals with (step in epoch, mean loss so far, accuracy so far).
 LogHook = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -83,7 +90,7 @@ def train_one_epoch(
     *,
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    augment: nn.Module,
+    augment: DeviceAugment,
     normalize: nn.Module,
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -107,9 +114,11 @@ def train_one_epoch(
         model: The (possibly compiled) model, in train mode.
         loader: Yields (uint8 images, int64 labels) batches; when `progress` says the
             epoch is partly done, the loader already starts after those batches.
-        augment: Turns a uint8 batch into augmented float images in [0, 1].
+        augment: Turns a uint8 batch into augmented float images in [0, 1], then
+            mixes it (MixUp/CutMix with soft targets) when configured to.
         normalize: Per-channel normalisation (and memory format).
-        loss_fn: Loss of (logits, target).
+        loss_fn: Loss of (logits, target); the target is (N,) class ids or (N, C)
+            probabilities under mixing.
         optimizer: The optimizer.
         scheduler: Per-step lr schedule, stepped after every optimizer step.
         scaler: Gradient scaler (a pass-through unless precision is 16).
@@ -149,10 +158,11 @@ def train_one_epoch(
     for batch_index, (images, labels) in enumerate(loader, start=done.batches + 1):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        inputs = normalize(augment(images))
+        images, targets = augment.mix(augment(images), labels)
+        inputs = normalize(images)
         with autocast():
             logits = model(inputs)
-            loss = loss_fn(logits, labels)
+            loss = loss_fn(logits, targets)
         finite = torch.isfinite(loss.detach())
         if guard.policy == "skip" and not bool(finite):
             guard.skipped += 1
@@ -175,7 +185,7 @@ def train_one_epoch(
         batch = labels.shape[0]
         seen += batch
         loss_sum += loss.detach().float() * batch
-        correct += (logits.detach().argmax(-1) == labels).sum()
+        correct += (logits.detach().argmax(-1) == dominant_class(targets)).sum()
         if on_log is not None and (batch_index % log_every_n_steps == 0 or batch_index == total):
             _raise_if_bad(first_bad, first_step + done.batches)
             on_log(batch_index, loss_sum / seen, correct / seen)
@@ -205,6 +215,11 @@ def _raise_if_bad(first_bad: torch.Tensor | float, offset: int) -> None:
         )
 
 
+def dominant_class(targets: torch.Tensor) -> torch.Tensor:
+    """The class with the largest share of each target: (N,) labels stay as they are."""
+    return targets.argmax(-1) if targets.ndim == 2 else targets
+
+
 def _optimizer_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -229,6 +244,7 @@ def evaluate(
     autocast: Callable[[], contextlib.AbstractContextManager],
     device: torch.device,
     extra_metrics: Iterable[nn.Module] = (),
+    augment: nn.Module | None = None,
 ) -> dict[str, float]:
     """Evaluates the model: mean cross-entropy plus every metric in `metrics`.
 
@@ -241,17 +257,23 @@ def evaluate(
         device: Where the batches go.
         extra_metrics: More metrics updated with (logits, labels), e.g. a confusion
             matrix; the caller reads them.
+        augment: The training augmentation, used in eval mode: only resize and
+            center-crop. None = the images go to `normalize` as they are.
 
     Returns:
         {"loss": ..., <metric name>: ...} as host floats.
     """
     model.eval()
+    if augment is not None:
+        augment.eval()
     metrics.reset()
     loss_sum = torch.zeros((), device=device)
     seen = 0
     for images, labels in loader:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
+        if augment is not None:
+            images = augment(images)
         with autocast():
             logits = model(normalize(images))
         logits = logits.float()

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from runner import checkpoint, console, engine, provenance
-from runner.augment import Normalize
+from runner.augment import Normalize, save_preview_grid
 from runner.config import REPO_ROOT, redacted_container, validate
 from runner.data import DataSplits, ResidentLoader
 from runner.lifecycle import GracefulStop, TrainingInterrupted
@@ -39,20 +39,30 @@ def run(cfg: DictConfig) -> float:
     """
     validate(cfg)
     run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.remove_stale_temp_files(run_dir / "checkpoints")
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
     console.print_config(cfg)
+    preview_only = cfg.get("preview_only", False)  # `+preview_only=true`: show the aug, stop
     tracker = instantiate(cfg.logger)
-    tracker.connect(experiment_name=cfg.data.name)
+    if not preview_only:  # before the data: a tracking server that is down fails in seconds
+        tracker.connect(experiment_name=cfg.data.name)
 
     data = build_data(cfg.data)
+    augment = instantiate(cfg.aug, num_classes=data.num_classes).to(device)
+    preview = run_dir / "aug_preview.png"
+    save_preview_grid(augment, data.train, data.class_names, preview, seed=cfg.seed, device=device)
+    if preview_only:
+        log.info("preview_only: wrote %s", preview)
+        return float("nan")
     train_loader, val_loader, test_loader = build_loaders(cfg, data, device)
-    parts = build_training_parts(cfg, data, device, precision, len(train_loader))
+    parts = build_training_parts(cfg, data, augment, device, precision, len(train_loader))
     state = resume_or_start(run_dir, cfg.trainer.resume, parts)
     start_tracking(tracker, cfg, data, device, run_dir, state.mlflow_run_id)
     state.mlflow_run_id = tracker.run_id
+    tracker.log_artifact(preview)
 
     writer = checkpoint.AsyncCheckpointWriter()
     status = "FAILED"
@@ -164,7 +174,12 @@ class TrainingParts:
 
 
 def build_training_parts(
-    cfg: DictConfig, data: DataSplits, device: torch.device, precision: str, batches: int
+    cfg: DictConfig,
+    data: DataSplits,
+    augment: torch.nn.Module,
+    device: torch.device,
+    precision: str,
+    batches: int,
 ) -> TrainingParts:
     """Model, augmentation, loss, optimizer, schedule, scaler and EMA from the config."""
     trainer = cfg.trainer
@@ -174,7 +189,6 @@ def build_training_parts(
     )
     log.info("model %s: %.2fM parameters", cfg.model.get("name", cfg.model._target_),
              sum(p.numel() for p in model.parameters()) / 1e6)  # fmt: skip
-    mean, std = pretrained_normalization(model) or (data.mean, data.std)
     optimizer = build_optimizer(model, instantiate(cfg.optim), cfg.optim.weight_decay)
     steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
     scheduler = instantiate(cfg.sched)(
@@ -187,8 +201,8 @@ def build_training_parts(
         loss_fn = FaultInjection(loss_fn, str(cfg.fail))
     return TrainingParts(
         model=model,
-        augment=instantiate(cfg.aug).to(device),
-        normalize=Normalize(mean, std, channels_last=trainer.channels_last).to(device),
+        augment=augment,
+        normalize=build_normalize(model, data, device, trainer.channels_last),
         loss_fn=loss_fn,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -218,6 +232,14 @@ class FaultInjection(torch.nn.Module):
         if self.mode.startswith("nan@"):
             return loss * float("nan") if self.calls >= int(self.mode[4:]) else loss
         raise RuntimeError(f"fail={self.mode}: the test hook failed this training step")
+
+
+def build_normalize(
+    model: torch.nn.Module, data: DataSplits, device: torch.device, channels_last: bool
+) -> Normalize:
+    """Normalisation with the pretrained weights' mean/std when pretrained, else the data's."""
+    mean, std = pretrained_normalization(model) or (data.mean, data.std)
+    return Normalize(mean, std, channels_last=channels_last).to(device)
 
 
 def build_ema(model: torch.nn.Module, decay: float | None) -> torch.nn.Module | None:
@@ -274,7 +296,6 @@ def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts) -> TrainSt
 def start_tracking(tracker, cfg: DictConfig, data: DataSplits, device: torch.device,
                    run_dir: Path, resume_run_id: str | None) -> None:  # fmt: skip
     """Starts the tracked run and records everything needed to reproduce it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     overrides = hydra_overrides()
     env = provenance.environment(REPO_ROOT, str(device))
     resolved = OmegaConf.to_yaml(OmegaConf.create(redacted_container(cfg)))
@@ -339,8 +360,9 @@ def fit(cfg: DictConfig, state: TrainState, parts: TrainingParts, train_loader: 
             raise TrainingInterrupted(stop.signum)
         state.partial_epoch = None
 
-        val = engine.evaluate(model=parts.eval_model, loader=val_loader, normalize=parts.normalize,
-                              metrics=val_metrics, autocast=autocast, device=device)  # fmt: skip
+        val = engine.evaluate(model=parts.eval_model, loader=val_loader, augment=parts.augment,
+                              normalize=parts.normalize, metrics=val_metrics, autocast=autocast,
+                              device=device)  # fmt: skip
         metrics = {
             "train/loss": done.loss, "train/acc": done.acc, "train/throughput": done.throughput,
             "epoch_time_s": done.seconds, "lr": parts.optimizer.param_groups[0]["lr"],
@@ -454,7 +476,7 @@ def test(cfg: DictConfig, parts: TrainingParts, test_loader: ResidentLoader, dat
     model.load_state_dict(best["model"])
     confusion = build_confusion_matrix(data.num_classes).to(device)
     results = engine.evaluate(
-        model=model, loader=test_loader, normalize=parts.normalize,
+        model=model, loader=test_loader, augment=parts.augment, normalize=parts.normalize,
         metrics=build_metrics(data.num_classes, with_auroc=True).to(device),
         autocast=engine.make_autocast(device, precision), device=device,
         extra_metrics=[confusion],

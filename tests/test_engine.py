@@ -16,9 +16,10 @@ from runner.data import ResidentLoader, make_synthetic
 from runner.losses import CrossEntropyLoss
 from runner.optim import build_optimizer, cosine_schedule
 from runner.samplers import RandomSampler
+from tests.conftest import group_options
 
 
-def setup_loop(make_cfg, aug: str = "basic", batches: int = 20):
+def setup_loop(make_cfg, aug: str = "basic", batches: int = 20, aug_overrides=()):
     data = make_synthetic(
         num_samples=batches * 8, num_classes=4, image_size=16, val_fraction=0, test_fraction=0
     )
@@ -30,7 +31,9 @@ def setup_loop(make_cfg, aug: str = "basic", batches: int = 20):
     kwargs = dict(
         model=model,
         loader=ResidentLoader(data.train, 8, RandomSampler(data.train.labels)),
-        augment=instantiate(make_cfg(f"aug={aug}", "data.image_size=16").aug),
+        augment=instantiate(
+            make_cfg(f"aug={aug}", "data.image_size=16", *aug_overrides).aug, num_classes=4
+        ),
         normalize=Normalize(data.mean, data.std),
         loss_fn=CrossEntropyLoss(),
         optimizer=optimizer,
@@ -42,16 +45,28 @@ def setup_loop(make_cfg, aug: str = "basic", batches: int = 20):
     return kwargs
 
 
-@pytest.mark.parametrize("aug", ["none", "basic", "flip_crop", "strong"])
-def test_no_host_sync_per_step(make_cfg, monkeypatch, aug):
+MIX = ("aug.mixup_alpha=0.8", "aug.cutmix_alpha=1.0", "aug.mix_prob=0.9")
+
+
+@pytest.mark.parametrize(
+    ("aug", "aug_overrides"),
+    [
+        *((option, ()) for option in group_options("aug")),
+        ("none", MIX),
+        ("basic", MIX),
+    ],
+    ids=[*group_options("aug"), "none+mix", "basic+mix"],
+)
+def test_no_host_sync_per_step(make_cfg, monkeypatch, aug, aug_overrides):
     """Counts .item()/.cpu()/.tolist() calls during a 20-step epoch, by caller.
 
     The runner's own code reads only at logging intervals and at the epoch's end.
     torch.optim's reads of its step counter are not syncs (the counter stays on the
-    host even for CUDA parameters). Kornia's crop and colour-jitter ops read their
-    parameters back themselves; with `none` and `basic` the whole loop is sync-free.
+    host even for CUDA parameters). Kornia's crop, colour-jitter and policy ops read
+    their parameters back themselves; with `none` and `basic` the whole loop is
+    sync-free, MixUp/CutMix (the runner's own) included.
     """
-    kwargs = setup_loop(make_cfg, aug=aug, batches=20)
+    kwargs = setup_loop(make_cfg, aug=aug, batches=20, aug_overrides=aug_overrides)
     calls = {"runner": 0, "other": 0}
     for name in ("item", "cpu", "tolist"):
         original = getattr(torch.Tensor, name)

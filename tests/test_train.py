@@ -90,6 +90,7 @@ def test_mlflow_store_holds_params_metrics_tags_and_artifacts(digits_run):
         "config_resolved.yaml",
         "metrics.json",
         "confusion_matrix.png",
+        "aug_preview.png",
         "per_class.csv",
         "environment.json",
         "checkpoints/best.pt",
