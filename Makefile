@@ -30,7 +30,10 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/step_overhead.py
+	$(PY) benchmarks/augment.py
 	$(PY) benchmarks/imagefolder_cache.py
+	$(PY) benchmarks/logging_overhead.py
+	$(PY) benchmarks/checkpoint_cost.py
 
 clean:
 	rm -rf outputs/runs outputs/multirun

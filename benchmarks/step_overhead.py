@@ -2,9 +2,11 @@
 
 Measures steady-state training throughput (images/s) of two loops that do the same work:
 
-* runner: the real `runner.engine.train_one_epoch`, fed by a `runner.data.ResidentLoader`
-  with a runner sampler, logging through `runner.console.EpochProgress.on_log` every
-  `log_every_n_steps` (10) batches, stepping a `runner.optim.cosine_schedule`;
+* runner: the real `runner.engine.train_one_epoch`, called as `runner.train.fit` calls
+  it with the default trainer settings: fed by a `runner.data.ResidentLoader` with a
+  runner sampler, logging through `runner.console.EpochProgress.on_log` every 10
+  batches, stepping a `runner.optim.cosine_schedule`, asking a
+  `runner.lifecycle.GracefulStop` after every step, with the default NaN guard;
 * hand-written: a minimal loop that indexes the batch, divides by 255, runs the Kornia
   pipeline under no_grad, normalises, runs forward, cross-entropy, backward, the
   optimizer step and the scheduler step, and nothing else.
@@ -22,9 +24,12 @@ The machine may be noisy, so both sides run in one process, interleaved: each ro
 both sides once, and the side that goes first alternates (ABBA...). Each side first runs
 `--warmup-steps` untimed batches. The reported ratio is the median runner throughput over
 the median hand-written throughput; the goal is >= 0.97, i.e. the runner's loop (metric
-accumulation, logging hook, loader, scaler, accumulation logic) costs at most 3%.
+accumulation, logging hook, loader, scaler, accumulation logic) costs at most 3%. On the
+CPU the minor page faults per batch of each side are printed too: unlike the timings they
+barely move when other processes compete for the cores, and memory that the allocator
+hands back to the OS and touches again shows up there first.
 
-Run it from the repository root (about 2 minutes on 2 CPU cores with the defaults)::
+Run it from the repository root (about 2 minutes on 2 idle CPU cores with the defaults)::
 
     .venv/bin/python benchmarks/step_overhead.py
     .venv/bin/python benchmarks/step_overhead.py --device cuda --precision bf16 --steps 200
@@ -41,6 +46,7 @@ import argparse
 import contextlib
 import copy
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,23 +55,47 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from runner import console, engine
+from runner.augment import Normalize
 from runner.data import DataSplits, ResidentLoader, Split
+from runner.lifecycle import GracefulStop
 from runner.optim import build_optimizer
 from runner.samplers import WeightedClassSampler
-from runner.train import build_model, build_normalize, resolve_device
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GOAL = 0.97
 LOG_EVERY_N_STEPS = 10
+DIGITS_SIZE = 32  # conf/data/digits.yaml's image_size
 
 
-def load_group(group: str, option: str):
+def load_group(group: str, option: str) -> DictConfig:
     """Loads one config group file, e.g. ("aug", "basic") -> conf/aug/basic.yaml."""
     return OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turns --device into a torch device; auto = CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def build_model(num_classes: int, device: torch.device) -> nn.Module:
+    """conf/model/resnet18.yaml's model, channels_last on the device (as the runner builds it)."""
+    model = instantiate(load_group("model", "resnet18"))(num_classes=num_classes)
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def minor_faults() -> int | None:
+    """Minor page faults of this process so far; None where the OS does not say."""
+    if sys.platform == "win32":
+        return None
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def synchronize(device: torch.device) -> None:
@@ -74,7 +104,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def uniform_sampler(labels: torch.Tensor, num_batches: int, batch_size: int, seed: int):
+def uniform_sampler(
+    labels: torch.Tensor, num_batches: int, batch_size: int, seed: int
+) -> WeightedClassSampler:
     """A runner sampler whose epochs are `num_batches` full batches of uniform draws.
 
     Args:
@@ -118,7 +150,8 @@ def build_side(
     scheduler = instantiate(load_group("sched", "cosine"))(
         optimizer=optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch
     )
-    augment = instantiate(load_group("aug", "basic")).to(device)
+    # The aug file's sizes interpolate ${data.image_size}; loaded alone, they are bound here.
+    augment = instantiate(load_group("aug", "basic"), image_size=DIGITS_SIZE).to(device)
     return Side(model, optimizer, scheduler, augment)
 
 
@@ -154,13 +187,16 @@ class RunnerLoop:
         self.device = device
         self.batch_size = batch_size
         self.seed = seed
-        self.normalize = build_normalize(side.model, data, device, channels_last=True)
+        self.normalize = Normalize(data.mean, data.std, channels_last=True).to(device)
         self.loss_fn = instantiate(load_group("loss", "ce"))(
             class_counts=data.class_counts().to(device)
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
         self.autocast = engine.make_autocast(device, precision)
         self.progress = console.EpochProgress(max_epochs=rounds)
+        # Not entered (no signal handlers): only its per-step check is part of the loop.
+        self.stop = GracefulStop()
+        self.nan_guard = engine.NanGuard()  # trainer.nan_policy's default, "stop"
 
     def run(self, epoch: int, num_batches: int) -> float:
         """Trains `num_batches` batches of epoch `epoch`; returns the seconds taken."""
@@ -170,7 +206,7 @@ class RunnerLoop:
         self.progress.start_epoch(epoch, len(loader), self.batch_size)
         synchronize(self.device)
         start = time.perf_counter()
-        stats = engine.train_one_epoch(
+        done = engine.train_one_epoch(
             model=self.side.model,
             loader=loader,
             augment=self.side.augment,
@@ -186,12 +222,14 @@ class RunnerLoop:
             gradient_clip_val=None,
             log_every_n_steps=LOG_EVERY_N_STEPS,
             on_log=self.progress.on_log,
+            should_stop=self.stop.requested,
+            nan_guard=self.nan_guard,
         )
         synchronize(self.device)
         seconds = time.perf_counter() - start
-        self.progress.end_epoch(f"train loss {stats.loss:.4f} acc {stats.acc:.4f}")
-        if stats.steps != num_batches:
-            raise RuntimeError(f"runner ran {stats.steps} batches, expected {num_batches}")
+        self.progress.end_epoch(f"train loss {done.loss:.4f} acc {done.acc:.4f}")
+        if done.batches != num_batches:
+            raise RuntimeError(f"runner ran {done.batches} batches, expected {num_batches}")
         return seconds
 
 
@@ -264,8 +302,8 @@ class HandWrittenLoop:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses the command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per side")
-    parser.add_argument("--steps", type=int, default=20, help="timed batches per round")
+    parser.add_argument("--rounds", type=int, default=20, help="timed rounds per side")
+    parser.add_argument("--steps", type=int, default=15, help="timed batches per round")
     parser.add_argument("--warmup-steps", type=int, default=5, help="untimed batches per side")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda")
@@ -289,7 +327,7 @@ def main(argv: list[str] | None = None) -> float:
     torch.manual_seed(args.seed)
     data = instantiate(load_group("data", "digits"))
     train = data.train.to(device)
-    model = build_model(load_group("model", "resnet18"), data.num_classes, device, True)
+    model = build_model(data.num_classes, device)
     total_steps = args.warmup_steps + args.rounds * args.steps
     runner_side = build_side(model, device, total_steps, args.steps)
     hand_side = build_side(copy.deepcopy(model), device, total_steps, args.steps)
@@ -324,6 +362,7 @@ def main(argv: list[str] | None = None) -> float:
             loop.run(epoch=0, num_batches=args.warmup_steps)
 
     rates: dict[str, list[float]] = {loop.name: [] for loop in loops}
+    faults: dict[str, list[float]] = {loop.name: [] for loop in loops}
     header = f"{'round':>5}  {'first':<12}  {'runner img/s':>12}  {'hand img/s':>10}  {'ratio':>6}"
     print(header)
     print("-" * len(header))
@@ -331,8 +370,11 @@ def main(argv: list[str] | None = None) -> float:
     for round_index in range(1, args.rounds + 1):
         order = loops if round_index % 2 else loops[::-1]
         for loop in order:
+            faults_before = minor_faults()
             seconds = loop.run(epoch=round_index, num_batches=args.steps)
             rates[loop.name].append(images_per_round / seconds)
+            if faults_before is not None:
+                faults[loop.name].append((minor_faults() - faults_before) / args.steps)
         runner_rate, hand_rate = rates["runner"][-1], rates["hand-written"][-1]
         print(
             f"{round_index:>5}  {order[0].name:<12}  {runner_rate:>12.1f}  {hand_rate:>10.1f}"
@@ -350,6 +392,12 @@ def main(argv: list[str] | None = None) -> float:
     print(
         f"median of per-round ratios: {paired:.3f}; wall time {time.perf_counter() - began:.0f} s"
     )
+    if device.type == "cpu" and faults["runner"]:
+        print(
+            f"minor page faults per batch (median): runner "
+            f"{statistics.median(faults['runner']):.0f}, hand-written "
+            f"{statistics.median(faults['hand-written']):.0f}"
+        )
     print(f"runner/hand-written throughput ratio: {ratio:.3f} (goal >= {GOAL})")
     return ratio
 

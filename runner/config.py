@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -77,6 +78,14 @@ def _optional_positive_number(value: Any) -> str | None:
 
 def _fraction(value: Any) -> str | None:
     return None if _is_number(value) and 0 <= value < 1 else "a number in [0, 1)"
+
+
+def _probability(value: Any) -> str | None:
+    return None if _is_number(value) and 0 <= value <= 1 else "a number in [0, 1]"
+
+
+def _crop_pct(value: Any) -> str | None:
+    return None if _is_number(value) and 0 < value <= 1 else "a number in (0, 1], e.g. 0.875"
 
 
 def _boolean(value: Any) -> str | None:
@@ -154,6 +163,9 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "trainer.early_stopping_patience": _optional_positive_int,
     "trainer.log_every_n_steps": _positive_int,
     "trainer.drop_last": _boolean,
+    "trainer.resume": _non_empty_string,
+    "trainer.nan_policy": _one_of("stop", "skip"),
+    "trainer.max_nan_skips": _positive_int,
     "optim.lr": _positive_number,
     "optim.weight_decay": _non_negative_number,
     "sched.warmup_epochs": _non_negative_number,
@@ -191,18 +203,37 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "data.samples_per_class": _optional_positive_int,
     "model.name": _non_empty_string,
     "model.pretrained": _boolean,
+    "aug.differentiable": _boolean,
+    "aug.eval_crop_pct": _crop_pct,
+    "aug.mixup_alpha": _non_negative_number,
+    "aug.cutmix_alpha": _non_negative_number,
+    "aug.mix_prob": _probability,
+    "preview_only": _boolean,
 }
 
-REQUIRED_GROUPS = (
-    "data",
-    "aug",
-    "model",
-    "optim",
-    "sched",
-    "loss",
-    "sampler",
-    "logger",
+REQUIRED_GROUPS = ("data", "aug", "model", "optim", "sched", "loss", "sampler", "logger")
+
+# Top-level keys a config may have: the groups, the run's own settings, and the keys of
+# modes and tools that are added on the command line (`+preview_only=true`).
+TOP_LEVEL_KEYS = frozenset(
+    {*REQUIRED_GROUPS, "trainer", "seed", "paths", "allowed_targets"}
+    | {"preview_only", "mode", "ckpt", "eval", "predict", "analysis", "sweep", "fail"}
+    | {"experiment", "debug", "hparams_search", "hydra"}
 )
+# Nodes whose keys are fixed: an added key there is a typo, not a new option.
+CLOSED_NODES = ("trainer", "paths")
+
+# `_target_`s may only come from these packages (and `allowed_targets`), so a config
+# file or a checkpoint cannot make the runner import and call arbitrary code.
+TRUSTED_TARGET_PACKAGES = ("runner", "torch", "torchvision", "timm", "kornia", "torchmetrics")
+
+# Keys whose values are never logged or saved in the clear.
+SECRET_KEY = re.compile(
+    r"(^|_)(token|password|passwd|secret|api_?key|access_?key|secret_?key|private_?key"
+    r"|credentials?)$",
+    re.IGNORECASE,
+)
+REDACTED = "***"
 
 
 def validate(cfg: DictConfig) -> None:
@@ -238,6 +269,8 @@ def validate(cfg: DictConfig) -> None:
             problems.append(f"{key}={value!r} is invalid: expected {expected}")
 
     problems.extend(_unresolvable_values(cfg))
+    problems.extend(_unknown_keys(cfg))
+    problems.extend(untrusted_targets(cfg))
     data_fractions = [OmegaConf.select(cfg, f"data.{k}") for k in ("val_fraction", "test_fraction")]
     if all(_is_number(f) for f in data_fractions) and sum(data_fractions) >= 1:
         problems.append(
@@ -279,6 +312,91 @@ def _unresolvable_values(cfg: DictConfig) -> list[str]:
 
     walk(cfg, "")
     return problems
+
+
+def _unknown_keys(cfg: DictConfig) -> list[str]:
+    known_trainer = {key.split(".", 1)[1] for key in CHECKS if key.startswith("trainer.")}
+    known = {"trainer": known_trainer, "paths": {"root_dir", "output_dir", "run_dir"}}
+    listing = ", ".join(sorted(TOP_LEVEL_KEYS - {"hydra"}))
+    problems = [
+        f"{key!r} is not a known top-level key (known: {listing})"
+        for key in cfg
+        if key not in TOP_LEVEL_KEYS
+    ]
+    for node in CLOSED_NODES:
+        section = cfg.get(node)
+        if isinstance(section, DictConfig):
+            for key in section:
+                if key not in known[node]:
+                    problems.append(
+                        f"{node}.{key} is not a known key of {node} "
+                        f"(known: {', '.join(sorted(known[node]))})"
+                    )
+    return problems
+
+
+def untrusted_targets(cfg: DictConfig, extra_allowed: tuple[str, ...] = ()) -> list[str]:
+    """Lists `_target_`s outside the trusted packages, without importing anything.
+
+    Args:
+        cfg: A config, e.g. a composed one or one loaded back from a checkpoint.
+        extra_allowed: More trusted module prefixes (besides `allowed_targets` in cfg).
+
+    Returns:
+        One problem per untrusted `_target_`, naming its key.
+    """
+    allowed = list(TRUSTED_TARGET_PACKAGES) + list(extra_allowed)
+    allowed += list(OmegaConf.select(cfg, "allowed_targets", default=None) or [])
+    problems = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, DictConfig):
+            for key in node:
+                if path == "" and key == "hydra":
+                    continue  # Hydra's own launchers, sweepers and callbacks
+                child_path = f"{path}.{key}" if path else str(key)
+                if key == "_target_":
+                    target = str(node._get_node(key)._value())
+                    if not any(target == p or target.startswith(p + ".") for p in allowed):
+                        problems.append(
+                            f"{child_path}={target!r} is not trusted: targets must come from "
+                            f"{', '.join(allowed)}; add its module to allowed_targets to allow it"
+                        )
+                else:
+                    walk(node._get_node(key), child_path)
+        elif OmegaConf.is_list(node):
+            for index, child in enumerate(node._iter_ex(resolve=False)):
+                walk(child, f"{path}[{index}]")
+
+    walk(cfg, "")
+    return problems
+
+
+def redacted_container(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain containers, with secrets replaced by '***'.
+
+    Redacts values of keys that name a secret (token, password, api_key, ...) and any
+    value taken from the environment with `${oc.env:...}`.
+    """
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+
+    def redact(raw_node: Any, node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                key: REDACTED
+                if SECRET_KEY.search(str(key)) and node[key] is not None
+                else redact(raw_node.get(key) if isinstance(raw_node, dict) else None, node[key])
+                for key in node
+            }
+        if isinstance(node, list):
+            raws = raw_node if isinstance(raw_node, list) else [None] * len(node)
+            return [redact(r, n) for r, n in zip(raws, node, strict=False)]
+        if isinstance(raw_node, str) and "oc.env" in raw_node:
+            return REDACTED
+        return node
+
+    return redact(raw, resolved)
 
 
 class ValidateConfigCallback(Callback):

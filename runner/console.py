@@ -27,8 +27,10 @@ def print_config(cfg: DictConfig) -> None:
     from rich.syntax import Syntax
     from rich.tree import Tree
 
+    from runner.config import redacted_container
+
     tree = Tree("config", guide_style="dim")
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = redacted_container(cfg)
     for key, value in container.items():
         if isinstance(value, dict):
             text = OmegaConf.to_yaml(OmegaConf.create(value)).rstrip()
@@ -53,11 +55,13 @@ class EpochProgress:
         self._epoch = 0
         self._steps = 0
         self._batch_size = 0
+        self._done_before = 0
         self._start = 0.0
 
-    def start_epoch(self, epoch: int, steps: int, batch_size: int) -> None:
-        """Begins the display of an epoch of `steps` batches."""
+    def start_epoch(self, epoch: int, steps: int, batch_size: int, done_before: int = 0) -> None:
+        """Begins the display of an epoch of `steps` batches, `done_before` of them done."""
         self._epoch, self._steps, self._batch_size = epoch, steps, batch_size
+        self._done_before = done_before
         self._start = time.perf_counter()
         if self.terminal:
             from rich.progress import (
@@ -77,12 +81,14 @@ class EpochProgress:
                 transient=True,
             )
             self._progress.start()
-            self._task = self._progress.add_task("train", total=steps, info="")
+            self._task = self._progress.add_task(
+                "train", total=steps, completed=done_before, info=""
+            )
 
     def on_log(self, step: int, loss: torch.Tensor, acc: torch.Tensor) -> None:
         """Shows the running loss and accuracy (reads the tensors: logging intervals only)."""
         elapsed = time.perf_counter() - self._start
-        rate = step * self._batch_size / max(elapsed, 1e-9)
+        rate = (step - self._done_before) * self._batch_size / max(elapsed, 1e-9)
         info = f"loss {loss.item():.4f}  acc {acc.item():.4f}  {rate:.0f} img/s"
         if self._progress is not None:
             self._progress.update(self._task, completed=step, info=info)

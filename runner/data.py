@@ -291,28 +291,45 @@ class ResidentLoader:
         self.sampler = sampler
         self.drop_last = drop_last and len(split) > batch_size
         self.epoch = 0
+        self.start_batch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Chooses the epoch whose sample order the next iteration yields."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Chooses the epoch whose sample order the next iteration yields.
+
+        Args:
+            epoch: The epoch (the sampler's order depends only on seed and epoch).
+            start_batch: Batches of that epoch to leave out, to continue an epoch
+                that was interrupted after them.
+        """
         self.epoch = epoch
+        self.start_batch = start_batch
 
     def _num_samples(self) -> int:
         return len(self.split) if self.sampler is None else self.sampler.num_samples
 
-    def __len__(self) -> int:
+    def batches_per_epoch(self) -> int:
+        """Batches in a whole epoch."""
         n = self._num_samples()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def __len__(self) -> int:
+        return self.batches_per_epoch() - self.start_batch
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images, labels = self.split.images, self.split.labels
+        starts = range(
+            self.start_batch * self.batch_size,
+            self.batches_per_epoch() * self.batch_size,
+            self.batch_size,
+        )
         if self.sampler is None:
-            for start in range(0, len(self) * self.batch_size, self.batch_size):
+            for start in starts:
                 yield (
                     images[start : start + self.batch_size],
                     labels[start : start + self.batch_size],
                 )
             return
         order = self.sampler.indices(self.epoch).to(images.device, non_blocking=True)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        for start in starts:
             batch = order[start : start + self.batch_size]
             yield images[batch], labels[batch]

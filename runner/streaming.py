@@ -139,7 +139,8 @@ class _EpochBatches:
     def __iter__(self) -> Iterator[list[torch.Tensor]]:
         order = self.loader.order()
         size = self.loader.batch_size
-        for start in range(0, len(self) * size, size):
+        first = self.loader.start_batch * size
+        for start in range(first, self.loader.batches_per_epoch() * size, size):
             # A list of one item: DataLoader hands the batch's ids to __getitem__ whole.
             yield [order[start : start + size]]
 
@@ -174,6 +175,7 @@ class StreamingLoader:
         self.sampler = sampler
         self.drop_last = drop_last and len(split) > batch_size
         self.epoch = 0
+        self.start_batch = 0
         self.bad_files: list[tuple[str, str]] = []
         self._seen_bad: set[str] = set()
         workers = split.num_workers
@@ -187,16 +189,27 @@ class StreamingLoader:
             prefetch_factor=split.prefetch_factor if workers > 0 else None,
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Chooses the epoch whose sample order the next iteration yields."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Chooses the epoch whose sample order the next iteration yields.
+
+        Args:
+            epoch: The epoch (the sampler's order depends only on seed and epoch).
+            start_batch: Batches of that epoch to leave out, to continue an epoch
+                that was interrupted after them.
+        """
         self.epoch = epoch
+        self.start_batch = start_batch
 
     def _num_samples(self) -> int:
         return len(self.split) if self.sampler is None else self.sampler.num_samples
 
-    def __len__(self) -> int:
+    def batches_per_epoch(self) -> int:
+        """Batches in a whole epoch."""
         n = self._num_samples()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch() - self.start_batch
 
     def order(self) -> torch.Tensor:
         """The sample order of the current epoch (int64, on the CPU)."""

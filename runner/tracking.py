@@ -6,9 +6,14 @@ costs one database round trip per epoch, never one per metric per step.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import json
 import logging
+import os
 import random
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,17 +58,178 @@ def with_retry(call: Callable[[], T], attempts: int = 8, first_delay_s: float = 
     raise AssertionError("unreachable")
 
 
+class TrackingUnavailableError(RuntimeError):
+    """The tracking server cannot be reached; the message names it and the fix."""
+
+
+def server_reachable(uri: str, timeout_s: float = 5.0) -> bool:
+    """Whether an MLflow server answers its /health endpoint within `timeout_s`."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as reply:
+            return reply.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def reap_stale_runs(client, experiment_ids: list[str], host: str | None = None) -> list[str]:
+    """Marks KILLED the RUNNING runs whose process on this host no longer exists.
+
+    A run killed with SIGKILL (or by the OOM killer) cannot end its own MLflow run; its
+    `runner.pid` and `runner.host` tags tell whether its process is gone.
+
+    Args:
+        client: An MlflowClient.
+        experiment_ids: Experiments to search.
+        host: The host whose runs to check; None = this one.
+
+    Returns:
+        The ids of the runs marked KILLED.
+    """
+    host = host or socket.gethostname()
+    reaped = []
+    runs = client.search_runs(experiment_ids, filter_string="attributes.status = 'RUNNING'",
+                              max_results=5000)  # fmt: skip
+    for run in runs:
+        tags = run.data.tags
+        pid = tags.get("runner.pid", "")
+        if tags.get("runner.host") != host or not pid.isdigit() or process_alive(int(pid)):
+            continue
+        client.set_tag(run.info.run_id, "reaped", f"process {pid} on {host} was gone")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        reaped.append(run.info.run_id)
+    if reaped:
+        log.warning("marked %d stale run(s) of dead processes KILLED: %s", len(reaped), reaped)
+    return reaped
+
+
+class Outbox:
+    """Delivers logging operations to a server on a background thread.
+
+    The training loop only appends; while the server is down, operations wait here and
+    are retried with backoff, in order, so a stopped server never blocks training.
+
+    Args:
+        send: Performs one operation against the server; raises when it cannot.
+    """
+
+    def __init__(self, send: Callable[[tuple], None]):
+        self._send = send
+        self._ops: collections.deque[tuple] = collections.deque()
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._thread = threading.Thread(target=self._deliver, name="mlflow-outbox", daemon=True)
+        self._thread.start()
+
+    def put(self, op: tuple) -> None:
+        """Queues an operation (returns at once)."""
+        with self._cond:
+            self._ops.append(op)
+            self._cond.notify_all()
+
+    def _deliver(self) -> None:
+        delay, failing = 0.5, False
+        while True:
+            with self._cond:
+                while not self._ops and self._deadline is None:
+                    self._cond.wait()
+                if not self._ops or (self._deadline and time.monotonic() > self._deadline):
+                    return
+                op = self._ops[0]
+            try:
+                self._send(op)
+            except Exception as err:
+                if not failing:
+                    log.warning("MLflow server unreachable (%s); buffering and retrying", err)
+                failing = True
+                with self._cond:
+                    self._cond.wait(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if failing:
+                log.info("MLflow server reachable again: delivering buffered logs")
+            delay, failing = 0.5, False
+            with self._cond:
+                self._ops.popleft()
+                self._cond.notify_all()
+
+    def close(self, timeout_s: float) -> list[tuple]:
+        """Waits up to `timeout_s` for delivery; returns the operations still pending."""
+        with self._cond:
+            self._deadline = time.monotonic() + timeout_s
+            self._cond.notify_all()
+        self._thread.join(timeout_s + 15)
+        with self._cond:
+            return list(self._ops)
+
+
+def write_pending(path: Path, tracking_uri: str, run_id: str, ops: list[tuple]) -> None:
+    """Saves undelivered operations as JSON lines for `python -m runner.tools replay`."""
+    with path.open("w") as handle:
+        handle.write(json.dumps({"tracking_uri": tracking_uri, "run_id": run_id}) + "\n")
+        for kind, *args in ops:
+            if kind == "metrics":
+                args = [[[m.key, m.value, m.timestamp, m.step] for m in args[0]]]
+            handle.write(json.dumps([kind, *args]) + "\n")
+
+
+def replay_pending(path: Path) -> int:
+    """Sends the operations of a pending-log file to its server; returns how many."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    header, *lines = path.read_text().splitlines()
+    target = json.loads(header)
+    client = MlflowClient(tracking_uri=target["tracking_uri"])
+    for line in lines:
+        kind, *args = json.loads(line)
+        if kind == "metrics":
+            args = [[Metric(*fields) for fields in args[0]]]
+        _apply(client, target["run_id"], (kind, *args))
+    return len(lines)
+
+
+def _apply(client, run_id: str, op: tuple) -> None:
+    """Performs one logging operation with an MlflowClient."""
+    from mlflow.entities import RunTag
+
+    kind, *args = op
+    if kind == "metrics":
+        client.log_batch(run_id, metrics=args[0])
+    elif kind == "tags":
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in args[0].items()])
+    elif kind == "artifact":
+        client.log_artifact(run_id, args[0], args[1])
+    elif kind == "status":
+        client.set_terminated(run_id, status=args[0])
+
+
 class NullTracker:
     """Tracks nothing; the run dir still gets metrics.json and checkpoints."""
 
     run_id: str | None = None
 
+    def connect(self, experiment_name: str) -> None:
+        """Does nothing."""
+
     def start(
         self,
-        experiment_name: str,
         run_name: str | None,
         tags: dict[str, str],
         resume_run_id: str | None = None,
+        local_dir: Path | None = None,
     ) -> None:
         """Does nothing."""
 
@@ -100,6 +266,12 @@ class MlflowTracker(NullTracker):
         experiment_name: Experiment to log into; None = the name the run passes in
             (the data set's name).
         run_name: Display name of the run; None = the run dir's name.
+        offline_fallback: When the server cannot be reached at start, log to
+            `fallback_uri` instead of failing.
+        fallback_uri: The local store used by `offline_fallback`.
+        delivery_timeout_s: How long the end of a run waits for a server that went away
+            to take the buffered logs; what is left is written to the run dir with a
+            command that replays it.
     """
 
     def __init__(
@@ -108,11 +280,21 @@ class MlflowTracker(NullTracker):
         artifact_location: str | None = None,
         experiment_name: str | None = None,
         run_name: str | None = None,
+        offline_fallback: bool = False,
+        fallback_uri: str | None = None,
+        delivery_timeout_s: float = 30.0,
     ):
         self.tracking_uri = tracking_uri
         self.artifact_location = artifact_location
         self.experiment_name = experiment_name
         self.run_name = run_name
+        self.offline_fallback = offline_fallback
+        self.fallback_uri = fallback_uri
+        self.fell_back_from: str | None = None
+        self.delivery_timeout_s = delivery_timeout_s
+        self.outbox: Outbox | None = None
+        self.local_dir: Path | None = None
+        self.longest_block_s = 0.0
         self.client = None
         self.run_id = None
         self.experiment_id = None
@@ -123,23 +305,28 @@ class MlflowTracker(NullTracker):
         """Whether the store is a local database file rather than a server."""
         return not self.tracking_uri.startswith(("http://", "https://", "databricks"))
 
-    def start(
-        self,
-        experiment_name: str,
-        run_name: str | None,
-        tags: dict[str, str],
-        resume_run_id: str | None = None,
-    ) -> None:
-        """Creates (or reopens, for a resumed run) the MLflow run.
+    def connect(self, experiment_name: str) -> None:
+        """Opens the store and the experiment before any compute is spent.
+
+        A server that does not answer fails here, within seconds (or switches to the
+        fallback store when `offline_fallback` is on). RUNNING runs of processes on this
+        host that are gone are marked KILLED.
 
         Args:
             experiment_name: Experiment to use when none was configured.
-            run_name: Display name when none was configured.
-            tags: Tags of the run.
-            resume_run_id: Id of this run's earlier MLflow run, to log into it again.
+
+        Raises:
+            TrackingUnavailableError: The server does not answer and there is no fallback.
         """
         from mlflow.tracking import MlflowClient
 
+        if not self.is_local:
+            # The outbox retries on its own; MLflow's default (7 retries with backoff)
+            # would hold a call for minutes while a server is down.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        if not self.is_local and not server_reachable(self.tracking_uri):
+            self.fell_back_from = self._fall_back()
         name = self.experiment_name or experiment_name
         with self._store_lock():
             # Creating the client opens the store, and the first opening of a new SQLite
@@ -147,6 +334,27 @@ class MlflowTracker(NullTracker):
             # migration, so they take turns.
             self.client = MlflowClient(tracking_uri=self.tracking_uri)
             self.experiment_id = with_retry(lambda: self._experiment_id(name))
+        reap_stale_runs(self.client, [self.experiment_id])
+
+    def start(
+        self,
+        run_name: str | None,
+        tags: dict[str, str],
+        resume_run_id: str | None = None,
+        local_dir: Path | None = None,
+    ) -> None:
+        """Creates (or reopens, for a resumed run) the MLflow run; `connect` comes first.
+
+        Args:
+            run_name: Display name when none was configured.
+            tags: Tags of the run.
+            resume_run_id: Id of this run's earlier MLflow run, to log into it again.
+            local_dir: Where logs a server never received are saved at the end.
+        """
+        self.local_dir = local_dir
+        tags = {**tags, "runner.pid": str(os.getpid()), "runner.host": socket.gethostname()}
+        if self.fell_back_from:
+            tags["offline_fallback"] = self.fell_back_from
         if resume_run_id:
             with_retry(lambda: self.client.update_run(resume_run_id, status="RUNNING"))
             self.run_id = resume_run_id
@@ -158,6 +366,20 @@ class MlflowTracker(NullTracker):
             )
         )
         self.run_id = run.info.run_id
+
+    def _fall_back(self) -> str:
+        """Switches to the local fallback store, or raises when that is not allowed."""
+        unreachable = self.tracking_uri
+        if not (self.offline_fallback and self.fallback_uri):
+            raise TrackingUnavailableError(
+                f"logger.tracking_uri={unreachable!r}: the MLflow server does not answer. "
+                "Start it, fix the URI, or set logger.offline_fallback=true to log to the "
+                "local store instead."
+            )
+        self.tracking_uri = self.fallback_uri
+        log.warning("MLflow server %s does not answer: logging to %s instead "
+                    "(logger.offline_fallback=true)", unreachable, self.fallback_uri)  # fmt: skip
+        return unreachable
 
     def _store_lock(self) -> contextlib.AbstractContextManager:
         if not self.tracking_uri.startswith("sqlite:///"):
@@ -189,6 +411,17 @@ class MlflowTracker(NullTracker):
             chunk = items[start : start + _MAX_PARAMS_PER_BATCH]
             with_retry(lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
 
+    def _submit(self, op: tuple) -> None:
+        """Performs an operation now (local store) or queues it (server)."""
+        started = time.perf_counter()
+        if self.is_local:
+            with_retry(lambda: _apply(self.client, self.run_id, op))
+        else:
+            if self.outbox is None:
+                self.outbox = Outbox(lambda queued: _apply(self.client, self.run_id, queued))
+            self.outbox.put(op)
+        self.longest_block_s = max(self.longest_block_s, time.perf_counter() - started)
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Buffers metrics; `flush` sends them."""
         from mlflow.entities import Metric
@@ -200,28 +433,42 @@ class MlflowTracker(NullTracker):
         """Sends the buffered metrics in as few calls as MLflow allows."""
         pending, self._metrics = self._metrics, []
         for start in range(0, len(pending), _MAX_METRICS_PER_BATCH):
-            chunk = pending[start : start + _MAX_METRICS_PER_BATCH]
-            with_retry(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
+            self._submit(("metrics", pending[start : start + _MAX_METRICS_PER_BATCH]))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Sets tags on the run."""
-        from mlflow.entities import RunTag
-
-        run_tags = [RunTag(k, str(v)) for k, v in tags.items()]
-        with_retry(lambda: self.client.log_batch(self.run_id, tags=run_tags))
+        self._submit(("tags", {k: str(v) for k, v in tags.items()}))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copies a file into the run's artifacts."""
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._submit(("artifact", str(path), artifact_path))
 
     def finish(self, status: str) -> None:
-        """Flushes and ends the run as FINISHED, FAILED or KILLED."""
+        """Flushes and ends the run as FINISHED, FAILED or KILLED.
+
+        With a server, waits up to `delivery_timeout_s` for buffered logs; what the
+        server did not take is saved to `<run dir>/mlflow_pending.jsonl`, with the
+        command that sends it later.
+        """
         if self.run_id is None:
             return
         try:
             self.flush()
         finally:
-            with_retry(lambda: self.client.set_terminated(self.run_id, status=status))
+            self._submit(("status", status))
+        log.info("tracking: the longest logging call blocked training %.3f s",
+                 self.longest_block_s)  # fmt: skip
+        if self.outbox is None:
+            return
+        left = self.outbox.close(self.delivery_timeout_s)
+        if left:
+            path = (self.local_dir or Path.cwd()) / "mlflow_pending.jsonl"
+            write_pending(path, self.tracking_uri, self.run_id, left)
+            log.error(
+                "MLflow server %s did not take %d logging operation(s); saved to %s. "
+                "Send them when it is back: python -m runner.tools replay %s",
+                self.tracking_uri, len(left), path, path,
+            )  # fmt: skip
 
     def describe(self) -> str:
         """Where the run can be looked at."""

@@ -7,7 +7,8 @@ import logging
 import math
 import random
 import traceback
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from runner import checkpoint, console, engine, provenance, realworld
-from runner.augment import Normalize
-from runner.config import REPO_ROOT, validate
+from runner.augment import Normalize, save_preview_grid
+from runner.config import REPO_ROOT, redacted_container, validate
 from runner.data import DataSplits
+from runner.lifecycle import GracefulStop, TrainingInterrupted
 from runner.metrics import build_confusion_matrix, build_metrics, per_class_table, shot_accuracies
 from runner.models import pretrained_normalization
 from runner.optim import build_optimizer
@@ -39,72 +41,46 @@ def run(cfg: DictConfig) -> float:
     validate(cfg)
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.remove_stale_temp_files(run_dir / "checkpoints")
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
     console.print_config(cfg)
+    preview_only = cfg.get("preview_only", False)  # `+preview_only=true`: show the aug, stop
+    tracker = instantiate(cfg.logger)
+    if not preview_only:  # before the data: a tracking server that is down fails in seconds
+        tracker.connect(experiment_name=cfg.data.name)
 
     data = build_data(cfg.data)
-    model = build_model(cfg.model, data.num_classes, device, cfg.trainer.channels_last)
-    augment = instantiate(cfg.aug).to(device)
-    normalize = build_normalize(model, data, device, cfg.trainer.channels_last)
+    augment = instantiate(cfg.aug, num_classes=data.num_classes).to(device)
+    preview = run_dir / "aug_preview.png"
+    save_preview_grid(augment, data.train, data.class_names, preview, seed=cfg.seed, device=device)
+    if preview_only:
+        log.info("preview_only: wrote %s", preview)
+        return float("nan")
     train_loader, val_loader, test_loader = build_loaders(cfg, data, device)
-    optimizer = build_optimizer(model, instantiate(cfg.optim), cfg.optim.weight_decay)
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.trainer.accumulate_grad_batches)
-    scheduler = instantiate(cfg.sched)(
-        optimizer=optimizer,
-        total_steps=steps_per_epoch * cfg.trainer.max_epochs,
-        steps_per_epoch=steps_per_epoch,
-    )
-    loss_fn = instantiate(cfg.loss)(class_counts=data.class_counts().to(device))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
-    ema = build_ema(model, cfg.trainer.ema_decay)
-    state = TrainState()
-    resume_from = find_resume_checkpoint(run_dir, cfg.trainer.resume)
-    if resume_from is not None:
-        state = restore(resume_from, model, optimizer, scheduler, scaler, ema)
-
-    tracker = instantiate(cfg.logger)
+    parts = build_training_parts(cfg, data, augment, device, precision, len(train_loader))
+    state = resume_or_start(run_dir, cfg.trainer.resume, parts)
     start_tracking(tracker, cfg, data, device, run_dir, state.mlflow_run_id)
     state.mlflow_run_id = tracker.run_id
     realworld.report_data(data, run_dir, tracker)
+    tracker.log_artifact(preview)
+
     writer = checkpoint.AsyncCheckpointWriter()
     status = "FAILED"
     try:
-        fit(
-            cfg,
-            state,
-            model,
-            augment,
-            normalize,
-            loss_fn,
-            optimizer,
-            scheduler,
-            scaler,
-            ema,
-            train_loader,
-            val_loader,
-            data,
-            device,
-            precision,
-            tracker,
-            writer,
-            run_dir,
-        )
+        with GracefulStop() as stop:
+            fit(cfg, state, parts, train_loader, val_loader, data, device, precision, tracker,
+                writer, run_dir, stop)  # fmt: skip
         writer.wait()
-        test_metrics = test(
-            cfg,
-            model,
-            normalize,
-            test_loader,
-            data,
-            device,
-            precision,
-            tracker,
-            run_dir,
-        )
+        export_best_weights(run_dir)
+        test_metrics = test(cfg, parts, test_loader, data, device, precision, tracker, run_dir)
         write_results(state, test_metrics, tracker, run_dir)
         status = "FINISHED"
+    except TrainingInterrupted as stopped:
+        status = "KILLED"
+        log.warning("run stopped (%s); continue it by running again in %s", stopped, run_dir)
+        raise SystemExit(stopped.exit_code) from None
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -112,12 +88,14 @@ def run(cfg: DictConfig) -> float:
         log_failure(tracker, run_dir)
         raise
     finally:
-        writer.wait()
+        write_error = writer.close()
+        if write_error is not None:
+            log.error("%s", write_error)
         tracker.finish(status)
     return state.best_value
 
 
-# --- set-up ------------------------------------------------------------------------
+# --- set-up ------------------------------------------------------------------------------
 
 
 def seed_everything(seed: int) -> None:
@@ -166,33 +144,90 @@ def build_data(data_cfg: DictConfig) -> DataSplits:
     data = realworld.apply_switches(data, seed=settings.get("split_seed", 0), **switches)
     log.info(
         "data %s: %d train / %d val / %d test images, %d classes, %dx%d",
-        data.name,
-        len(data.train),
-        len(data.val),
-        len(data.test),
-        data.num_classes,
-        data.image_size,
-        data.image_size,
-    )
+        data.name, len(data.train), len(data.val), len(data.test),
+        data.num_classes, data.image_size, data.image_size,
+    )  # fmt: skip
     return data
 
 
-def build_model(
-    model_cfg: DictConfig, num_classes: int, device: torch.device, channels_last: bool
-) -> torch.nn.Module:
-    """Creates the model with the data's class count, on the device."""
-    model = instantiate(model_cfg)(num_classes=num_classes)
-    model = model.to(
-        device,
-        memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+@dataclass
+class TrainingParts:
+    """The objects training updates, built once and checkpointed together."""
+
+    model: torch.nn.Module
+    augment: torch.nn.Module
+    normalize: Normalize
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: torch.nn.Module | None
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights to evaluate: the EMA's when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def build_training_parts(
+    cfg: DictConfig,
+    data: DataSplits,
+    augment: torch.nn.Module,
+    device: torch.device,
+    precision: str,
+    batches: int,
+) -> TrainingParts:
+    """Model, augmentation, loss, optimizer, schedule, scaler and EMA from the config."""
+    trainer = cfg.trainer
+    memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
+    model = instantiate(cfg.model)(num_classes=data.num_classes).to(
+        device, memory_format=memory_format
     )
-    params = sum(p.numel() for p in model.parameters())
-    log.info(
-        "model %s: %.2fM parameters",
-        model_cfg.get("name", model_cfg._target_),
-        params / 1e6,
+    log.info("model %s: %.2fM parameters", cfg.model.get("name", cfg.model._target_),
+             sum(p.numel() for p in model.parameters()) / 1e6)  # fmt: skip
+    optimizer = build_optimizer(model, instantiate(cfg.optim), cfg.optim.weight_decay)
+    steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+    scheduler = instantiate(cfg.sched)(
+        optimizer=optimizer,
+        total_steps=steps_per_epoch * trainer.max_epochs,
+        steps_per_epoch=steps_per_epoch,
     )
-    return model
+    loss_fn = instantiate(cfg.loss)(class_counts=data.class_counts().to(device))
+    if cfg.get("fail"):
+        loss_fn = FaultInjection(loss_fn, str(cfg.fail))
+    return TrainingParts(
+        model=model,
+        augment=augment,
+        normalize=build_normalize(model, data, device, trainer.channels_last),
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "16"),
+        ema=build_ema(model, trainer.ema_decay),
+    )
+
+
+class FaultInjection(torch.nn.Module):
+    """Test hook `+fail=...`: makes the training step fail the way a real run can.
+
+    `+fail=true` raises in the first training step; `+fail=nan@K` makes the loss NaN
+    from the K-th training step of this process on. Used by the reliability and sweep
+    tests; never set by a real config.
+    """
+
+    def __init__(self, loss_fn: torch.nn.Module, mode: str):
+        super().__init__()
+        self.loss_fn = loss_fn
+        self.mode = mode
+        self.calls = 0
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The wrapped loss, or the configured failure."""
+        self.calls += 1
+        loss = self.loss_fn(logits, target)
+        if self.mode.startswith("nan@"):
+            return loss * float("nan") if self.calls >= int(self.mode[4:]) else loss
+        raise RuntimeError(f"fail={self.mode}: the test hook failed this training step")
 
 
 def build_normalize(
@@ -231,69 +266,57 @@ def build_ema(model: torch.nn.Module, decay: float | None) -> torch.nn.Module | 
 class TrainState:
     """Progress that a checkpoint carries across a restart."""
 
-    epoch: int = 0
-    global_step: int = 0
+    epoch: int = 0  # finished epochs
+    global_step: int = 0  # training batches done, including a partial epoch
     best_value: float = float("nan")
     best_epoch: int = 0
     epochs_since_best: int = 0
+    nan_skips: int = 0
     mlflow_run_id: str | None = None
+    partial_epoch: dict[str, Any] | None = None  # engine.EpochProgress of an unfinished epoch
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def find_resume_checkpoint(run_dir: Path, resume: str) -> Path | None:
-    """The checkpoint to resume from: last.pt of this run dir (auto), a path, or none."""
+def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts) -> TrainState:
+    """Restores the newest loadable checkpoint when resuming, else a fresh state.
+
+    `resume=auto` continues from this run dir's checkpoints/last.pt (or, when that file
+    is damaged, the one before it); `never` starts fresh; a path resumes from that file.
+    """
     if resume == "never":
-        return None
+        return TrainState()
     if resume == "auto":
         last = run_dir / "checkpoints" / "last.pt"
-        return last if last.is_file() else None
-    path = Path(resume)
-    if not path.is_file():
-        raise checkpoint.CheckpointError(f"trainer.resume={resume!r}: no such checkpoint file")
-    return path
-
-
-def restore(path: Path, model, optimizer, scheduler, scaler, ema) -> TrainState:
-    """Loads a last.pt into the training objects and returns the saved progress."""
-    saved = checkpoint.load_checkpoint(path)
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    scaler.load_state_dict(saved["scaler"])
-    if ema is not None and saved.get("ema") is not None:
-        ema.module.load_state_dict(saved["ema"])
+        if not (last.exists() or checkpoint.previous_path(last).exists()):
+            return TrainState()
+        saved, source = checkpoint.load_newest(last)
+    else:
+        saved, source = checkpoint.load_checkpoint(resume), Path(resume)
+    parts.model.load_state_dict(saved["model"])
+    parts.optimizer.load_state_dict(saved["optimizer"])
+    parts.scheduler.load_state_dict(saved["scheduler"])
+    parts.scaler.load_state_dict(saved["scaler"])
+    if parts.ema is not None and saved.get("ema") is not None:
+        parts.ema.module.load_state_dict(saved["ema"])
     set_rng_state(saved["rng"])
-    log.info("resumed from %s after epoch %d", path, saved["state"]["epoch"])
-    return TrainState(**saved["state"])
+    state = TrainState(**saved["state"])
+    log.info("resumed from %s: epoch %d done, step %d", source, state.epoch, state.global_step)
+    return state
 
 
-def start_tracking(
-    tracker,
-    cfg: DictConfig,
-    data: DataSplits,
-    device: torch.device,
-    run_dir: Path,
-    resume_run_id: str | None,
-) -> None:
+def start_tracking(tracker, cfg: DictConfig, data: DataSplits, device: torch.device,
+                   run_dir: Path, resume_run_id: str | None) -> None:  # fmt: skip
     """Starts the tracked run and records everything needed to reproduce it."""
     overrides = hydra_overrides()
     env = provenance.environment(REPO_ROOT, str(device))
-    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    resolved = OmegaConf.to_yaml(OmegaConf.create(redacted_container(cfg)))
     (run_dir / "config_resolved.yaml").write_text(resolved)
     (run_dir / "environment.json").write_text(json.dumps({**env, "overrides": overrides}, indent=2))
-    tags = {
-        **env,
-        "overrides": " ".join(overrides) or "(none)",
-        "run_dir": str(run_dir),
-    }
-    tracker.start(
-        experiment_name=data.name,
-        run_name=run_dir.name,
-        tags=tags,
-        resume_run_id=resume_run_id,
-    )
+    tags = {**env, "overrides": " ".join(overrides) or "(none)", "run_dir": str(run_dir)}
+    tracker.start(run_name=run_dir.name, tags=tags, resume_run_id=resume_run_id,
+                  local_dir=run_dir)  # fmt: skip
     if resume_run_id is None:
-        params = flatten(OmegaConf.to_container(cfg, resolve=True))
+        params = flatten(redacted_container(cfg))
         # One call: data.num_classes may be null in the config (inferred from the data),
         # and MLflow refuses to change a logged param.
         params.update({"data.num_train": len(data.train), "data.num_classes": data.num_classes})
@@ -303,74 +326,61 @@ def start_tracking(
     log.info("tracking: %s", tracker.describe())
 
 
-# --- training ------------------------------------------------------------------------
+# --- training --------------------------------------------------------------------------------
 
 
-def fit(
-    cfg,
-    state: TrainState,
-    model,
-    augment,
-    normalize,
-    loss_fn,
-    optimizer,
-    scheduler,
-    scaler,
-    ema,
-    train_loader,
-    val_loader,
-    data,
-    device,
-    precision,
-    tracker,
-    writer: checkpoint.AsyncCheckpointWriter,
-    run_dir: Path,
-) -> None:
-    """Trains epoch by epoch, validating, checkpointing and logging after each."""
+def fit(cfg: DictConfig, state: TrainState, parts: TrainingParts, train_loader: Iterable,
+        val_loader: Iterable, data: DataSplits, device: torch.device, precision: str,
+        tracker, writer: checkpoint.AsyncCheckpointWriter, run_dir: Path,
+        stop: GracefulStop) -> None:  # fmt: skip
+    """Trains epoch by epoch, validating, checkpointing and logging after each.
+
+    Raises:
+        TrainingInterrupted: A signal asked to stop; last.pt holds the exact position.
+    """
     trainer = cfg.trainer
     autocast = engine.make_autocast(device, precision)
-    train_model = torch.compile(model) if trainer.compile else model
-    eval_model = ema.module if ema is not None else model
+    train_model = torch.compile(parts.model) if trainer.compile else parts.model
     val_metrics = build_metrics(data.num_classes).to(device)
     progress = console.EpochProgress(trainer.max_epochs)
+    guard = engine.NanGuard(trainer.nan_policy, trainer.max_nan_skips, state.nan_skips)
+    last = run_dir / "checkpoints" / "last.pt"
     maximize = trainer.monitor_mode == "max"
     for epoch in range(state.epoch + 1, trainer.max_epochs + 1):
-        train_loader.set_epoch(epoch)
-        progress.start_epoch(epoch, len(train_loader), trainer.batch_size)
-        stats = engine.train_one_epoch(
-            model=train_model,
-            loader=train_loader,
-            augment=augment,
-            normalize=normalize,
-            loss_fn=loss_fn,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            scaler=scaler,
-            autocast=autocast,
-            device=device,
-            ema=ema,
-            accumulate_grad_batches=trainer.accumulate_grad_batches,
+        partial = engine.EpochProgress(**state.partial_epoch) if state.partial_epoch else None
+        done_before = partial.batches if partial else 0
+        train_loader.set_epoch(epoch, start_batch=done_before)
+        progress.start_epoch(epoch, train_loader.batches_per_epoch(), trainer.batch_size,
+                             done_before)  # fmt: skip
+        done = engine.train_one_epoch(
+            model=train_model, loader=train_loader, augment=parts.augment,
+            normalize=parts.normalize, loss_fn=parts.loss_fn, optimizer=parts.optimizer,
+            scheduler=parts.scheduler, scaler=parts.scaler, autocast=autocast, device=device,
+            ema=parts.ema, accumulate_grad_batches=trainer.accumulate_grad_batches,
             gradient_clip_val=trainer.gradient_clip_val,
-            log_every_n_steps=trainer.log_every_n_steps,
-            on_log=progress.on_log,
-        )
-        val = engine.evaluate(
-            model=eval_model,
-            loader=val_loader,
-            normalize=normalize,
-            metrics=val_metrics,
-            autocast=autocast,
-            device=device,
-        )
+            log_every_n_steps=trainer.log_every_n_steps, on_log=progress.on_log,
+            progress=partial, should_stop=stop.requested, nan_guard=guard,
+            first_step=state.global_step - done_before + 1,
+        )  # fmt: skip
+        state.global_step += done.batches - done_before
+        state.nan_skips = guard.skipped
+        if not done.finished:
+            state.partial_epoch = asdict(done)
+            writer.submit({last: last_state(state, parts)}, keep_previous={last})
+            writer.wait()
+            progress.end_epoch(f"stopped after batch {done.batches}; checkpoint saved")
+            raise TrainingInterrupted(stop.signum)
+        state.partial_epoch = None
+
+        val = engine.evaluate(model=parts.eval_model, loader=val_loader, augment=parts.augment,
+                              normalize=parts.normalize, metrics=val_metrics, autocast=autocast,
+                              device=device)  # fmt: skip
         metrics = {
-            "train/loss": stats.loss,
-            "train/acc": stats.acc,
-            "train/throughput": stats.throughput,
-            "epoch_time_s": stats.seconds,
-            "lr": optimizer.param_groups[0]["lr"],
+            "train/loss": done.loss, "train/acc": done.acc, "train/throughput": done.throughput,
+            "epoch_time_s": done.seconds, "lr": parts.optimizer.param_groups[0]["lr"],
             **{f"val/{name}": value for name, value in val.items()},
-        }
-        state.epoch, state.global_step = epoch, state.global_step + stats.steps
+        }  # fmt: skip
+        state.epoch = epoch
         state.history.append({"epoch": epoch, **metrics})
         current = metrics[trainer.monitor]
         improved = math.isnan(state.best_value) or (
@@ -378,53 +388,40 @@ def fit(
         )
         files = {}
         if improved:
-            state.best_value, state.best_epoch, state.epochs_since_best = (
-                current,
-                epoch,
-                0,
-            )
+            state.best_value, state.best_epoch, state.epochs_since_best = current, epoch, 0
             files[run_dir / "checkpoints" / "best.pt"] = best_state(
-                eval_model, cfg, data, normalize, epoch, metrics
+                cfg, parts, data, epoch, metrics
             )
         else:
             state.epochs_since_best += 1
-        files[run_dir / "checkpoints" / "last.pt"] = last_state(
-            state, model, optimizer, scheduler, scaler, ema
-        )
-        writer.submit(files)
+        files[last] = last_state(state, parts)
+        writer.submit(files, keep_previous={last})
         tracker.log_metrics(metrics, step=epoch)
         tracker.flush()
         progress.end_epoch(
-            f"train loss {stats.loss:.4f} acc {stats.acc:.4f} | val loss {val['loss']:.4f} "
-            f"acc {val['acc']:.4f} | {stats.throughput:.0f} img/s {stats.seconds:.1f}s"
+            f"train loss {done.loss:.4f} acc {done.acc:.4f} | val loss {val['loss']:.4f} "
+            f"acc {val['acc']:.4f} | {done.throughput:.0f} img/s {done.seconds:.1f}s"
             + ("  *best*" if improved else "")
         )
+        if stop.requested():  # the signal came during validation: last.pt is this epoch's
+            writer.wait()
+            raise TrainingInterrupted(stop.signum)
         patience = trainer.early_stopping_patience
         if patience is not None and state.epochs_since_best >= patience:
-            log.info(
-                "early stopping: %s has not improved for %d epochs",
-                trainer.monitor,
-                patience,
-            )
+            log.info("early stopping: %s has not improved for %d epochs", trainer.monitor, patience)
             break
 
 
-def best_state(
-    model,
-    cfg: DictConfig,
-    data: DataSplits,
-    normalize: Normalize,
-    epoch: int,
-    metrics: dict[str, float],
-) -> dict[str, Any]:
+def best_state(cfg: DictConfig, parts: TrainingParts, data: DataSplits, epoch: int,
+               metrics: dict[str, float]) -> dict[str, Any]:  # fmt: skip
     """The content of checkpoints/best.pt: weights plus what predicting with them needs."""
     return {
-        "model": model.state_dict(),
-        "config": OmegaConf.to_yaml(cfg, resolve=True),
+        "model": parts.eval_model.state_dict(),
+        "config": OmegaConf.to_yaml(OmegaConf.create(redacted_container(cfg))),
         "class_names": list(data.class_names),
         "normalization": {
-            "mean": normalize.mean.flatten().tolist(),
-            "std": normalize.std.flatten().tolist(),
+            "mean": parts.normalize.mean.flatten().tolist(),
+            "std": parts.normalize.std.flatten().tolist(),
         },
         "image_size": data.image_size,
         "epoch": epoch,
@@ -432,16 +429,16 @@ def best_state(
     }
 
 
-def last_state(state: TrainState, model, optimizer, scheduler, scaler, ema) -> dict[str, Any]:
+def last_state(state: TrainState, parts: TrainingParts) -> dict[str, Any]:
     """The content of checkpoints/last.pt: everything needed to continue training exactly."""
     return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "ema": ema.module.state_dict() if ema is not None else None,
+        "model": parts.model.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "scaler": parts.scaler.state_dict(),
+        "ema": parts.ema.module.state_dict() if parts.ema is not None else None,
         "rng": get_rng_state(),
-        "state": vars(state),
+        "state": asdict(state),
     }
 
 
@@ -450,13 +447,7 @@ def get_rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": [
-            kind,
-            torch.from_numpy(keys.astype(np.int64)),
-            pos,
-            has_gauss,
-            cached,
-        ],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -473,33 +464,35 @@ def set_rng_state(rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-# --- testing and reporting ------------------------------------------------------------
+def export_best_weights(run_dir: Path) -> Path:
+    """Writes the best weights as checkpoints/best.safetensors (no pickle at all)."""
+    from safetensors.torch import save_file
+
+    best = checkpoint.load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    path = run_dir / "checkpoints" / "best.safetensors"
+    # Clones: safetensors refuses tensors that share storage.
+    save_file({k: v.detach().clone().contiguous() for k, v in best["model"].items()}, str(path),
+              metadata={"class_names": json.dumps(best["class_names"])})  # fmt: skip
+    return path
 
 
-def test(
-    cfg,
-    model,
-    normalize,
-    test_loader,
-    data: DataSplits,
-    device,
-    precision,
-    tracker,
-    run_dir: Path,
-) -> dict[str, float]:
+# --- testing and reporting -------------------------------------------------------------------
+
+
+def test(cfg: DictConfig, parts: TrainingParts, test_loader: Iterable, data: DataSplits,
+         device: torch.device, precision: str, tracker,
+         run_dir: Path) -> dict[str, float]:  # fmt: skip
     """Evaluates the best checkpoint on the test split and writes the per-class report."""
     best = checkpoint.load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=device)
+    model = parts.eval_model
     model.load_state_dict(best["model"])
     confusion = build_confusion_matrix(data.num_classes).to(device)
     results = engine.evaluate(
-        model=model,
-        loader=test_loader,
-        normalize=normalize,
+        model=model, loader=test_loader, augment=parts.augment, normalize=parts.normalize,
         metrics=build_metrics(data.num_classes, with_auroc=True).to(device),
-        autocast=engine.make_autocast(device, precision),
-        device=device,
+        autocast=engine.make_autocast(device, precision), device=device,
         extra_metrics=[confusion],
-    )
+    )  # fmt: skip
     metrics = {f"test/{name}": value for name, value in results.items()}
     matrix = confusion.compute().cpu()
     if data.long_tailed:
@@ -510,7 +503,8 @@ def test(
     tracker.log_metrics(metrics, step=cfg.trainer.max_epochs)
     for name in ("per_class.csv", "confusion_matrix.png"):
         tracker.log_artifact(run_dir / name)
-    tracker.log_artifact(run_dir / "checkpoints" / "best.pt", "checkpoints")
+    for name in ("best.pt", "best.safetensors"):
+        tracker.log_artifact(run_dir / "checkpoints" / name, "checkpoints")
     return metrics
 
 
@@ -544,15 +538,9 @@ def plot_confusion_matrix(matrix: torch.Tensor, class_names: list[str], path: Pa
     if len(class_names) <= 20:
         for i in ticks:
             for j in ticks:
-                ax.text(
-                    j,
-                    i,
-                    f"{normalized[i, j]:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if normalized[i, j] > 0.5 else "black",
-                )
+                color = "white" if normalized[i, j] > 0.5 else "black"
+                ax.text(j, i, f"{normalized[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color=color)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -562,12 +550,8 @@ def write_results(
     state: TrainState, test_metrics: dict[str, float], tracker, run_dir: Path
 ) -> None:
     """Writes metrics.json, logs it, and prints the summary table."""
-    results = {
-        "best_epoch": state.best_epoch,
-        "best_value": state.best_value,
-        "epochs": state.epoch,
-        **test_metrics,
-    }
+    results = {"best_epoch": state.best_epoch, "best_value": state.best_value,
+               "epochs": state.epoch, **test_metrics}  # fmt: skip
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     tracker.log_artifact(run_dir / "metrics.json")
     tracker.set_tags({"best_epoch": str(state.best_epoch)})
@@ -583,14 +567,16 @@ def write_results(
 def log_failure(tracker, run_dir: Path) -> None:
     """Saves the traceback of a failed run next to it and into the tracker."""
     path = run_dir / "traceback.txt"
+    run_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(traceback.format_exc())
+    log.error("run failed; traceback in %s", path)
     try:
         tracker.log_artifact(path)
     except Exception:  # the original error matters more than a failed upload
         log.exception("could not upload %s", path)
 
 
-# --- helpers ------------------------------------------------------------------------------
+# --- helpers ---------------------------------------------------------------------------------
 
 
 def hydra_overrides() -> list[str]:

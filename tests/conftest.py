@@ -32,6 +32,57 @@ TINY = [
 ]
 
 
+# --- GPU tests -----------------------------------------------------------------------
+#
+# Tests marked `gpu` need CUDA. Where it is missing they are *deselected* (they show in
+# the "deselected" count and in a line of their own, never as passed or skipped), so a
+# CPU-only CI, which sets RUNNER_REQUIRE_ALL=1, stays green without pretending they
+# ran. A GPU CI job sets RUNNER_REQUIRE_GPU=1: then a missing CUDA fails them instead.
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselects `gpu` tests when CUDA is missing (unless RUNNER_REQUIRE_GPU=1)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu or _cuda_available() or os.environ.get("RUNNER_REQUIRE_GPU") == "1":
+        return
+    config.hook.pytest_deselected(items=gpu)
+    items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+    config.stash[_GPU_DESELECTED] = len(gpu)
+
+
+_GPU_DESELECTED = pytest.StashKey[int]()
+_GPU_MESSAGE = (
+    "{} gpu test(s) deselected, not run: CUDA is not available here "
+    "(RUNNER_REQUIRE_GPU=1 makes them fail instead)"
+)
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> str | None:
+    """Says right after collection that gpu tests were deselected."""
+    count = config.stash.get(_GPU_DESELECTED, 0)
+    return _GPU_MESSAGE.format(count) if count else None
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    """Repeats it in the final summary, where a reader of CI logs looks."""
+    count = config.stash.get(_GPU_DESELECTED, 0)
+    if count:
+        terminalreporter.write_line(_GPU_MESSAGE.format(count), yellow=True, bold=True)
+
+
+@pytest.fixture(autouse=True)
+def _require_cuda_for_gpu_tests(request: pytest.FixtureRequest) -> None:
+    """A gpu test that runs without CUDA (RUNNER_REQUIRE_GPU=1) fails, never skips."""
+    if request.node.get_closest_marker("gpu") and not _cuda_available():
+        pytest.fail("this test needs CUDA, which is not available (RUNNER_REQUIRE_GPU=1)")
+
+
 def group_options(group: str) -> list[str]:
     """The option names of a config group (its YAML files)."""
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))

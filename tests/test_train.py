@@ -90,6 +90,7 @@ def test_mlflow_store_holds_params_metrics_tags_and_artifacts(digits_run):
         "config_resolved.yaml",
         "metrics.json",
         "confusion_matrix.png",
+        "aug_preview.png",
         "per_class.csv",
         "environment.json",
         "checkpoints/best.pt",
@@ -195,3 +196,30 @@ def test_two_cli_runs_started_together_get_their_own_dirs_and_mlflow_runs(tmp_pa
     assert sorted("seed=0" in o for o in overrides) == [False, True]
     # Not a terminal: progress comes as plain lines, and the config prints as a tree.
     assert "epoch 1 step" in outputs[0] and "trainer" in outputs[0]
+
+
+def test_a_terminal_gets_a_progress_bar_per_epoch(tmp_path):
+    """Runs a tiny training in a pseudo-terminal, as a person at a shell would."""
+    import os
+    import pty
+
+    command = [sys.executable, str(REPO / "run.py"), f"paths.output_dir={tmp_path}", "logger=none",
+               *TINY, "trainer.max_epochs=2"]  # fmt: skip
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: becomes the training run, its stdout a terminal
+        os.execv(command[0], command)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, screen[-2000:]
+    assert "epoch 1/2" in screen and "epoch 2/2" in screen
+    assert "━" in screen, "rich draws a bar on a terminal"
+    assert "img/s" in screen and "run summary" in screen

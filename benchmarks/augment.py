@@ -1,0 +1,397 @@
+"""Augmentation cost: Kornia batched on the device vs torchvision v2 per sample, and vs the step.
+
+For each image size (default: batch 256 at 32x32 and batch 128 at 224x224) and each
+preset in conf/aug, three things are timed in one process, side by side:
+
+* kornia: ms per batch of `runner.augment.DeviceAugment` built from conf/aug/<preset>.yaml
+  (train mode, the default no_grad), on a uint8 batch already on the device: uint8 ->
+  float, the whole pipeline, and MixUp/CutMix when the row says so;
+* v2: ms per batch of the same pipeline written with `torchvision.transforms.v2` and
+  applied per sample in a `DataLoader` with 2 worker processes (the usual host-side
+  recipe): the ops run on uint8, as torchvision recommends for speed, then `ToDtype`;
+  steady state, timed from the arrival of the second batch;
+* step: ms of the resnet18 training step the augmentation feeds (timm resnet18 as in
+  conf/model, 10 classes, channels_last, forward + cross-entropy + backward + SGD step),
+  timed before and after the presets (the machine may be shared; the median is used).
+
+It prints, per preset:
+
+* aug share of step = kornia / (kornia + step): the share of a training step spent
+  augmenting (goal: <= 10% for flip_crop and strong at 32x32);
+* speedup vs per-sample v2 = v2 / kornia (both per batch of the same size, so the same
+  ratio per image; goal: >= 3x).
+
+Two extra rows show what the options cost: `strong+mix` (MixUp 0.8 / CutMix 1.0; on
+the v2 side torchvision's batch-level `MixUp`/`CutMix` in the workers' collate), and
+`strong, differentiable` (the graph kept through the pipeline for an input that
+requires grad, vs the default no_grad).
+
+Run it from the repository root (about 2-4 minutes on 2 CPU cores with the defaults)::
+
+    PYTHONPATH=. .venv/bin/python benchmarks/augment.py
+    PYTHONPATH=. .venv/bin/python benchmarks/augment.py --sizes 32x256 --presets flip_crop strong
+    PYTHONPATH=. .venv/bin/python benchmarks/augment.py --device cuda
+
+On CUDA the kornia and step timings are bracketed by `torch.cuda.synchronize`; the v2
+loader side stays on the host, as it would in a real run.
+
+On a machine whose cores other processes are also using, `--threads 1` gives stable
+figures: with 2 intra-op threads every small op can wait a scheduler slice for its
+descheduled partner thread, which slows this process (kornia and the step) by 5-10x
+while the single-threaded v2 workers do not suffer, so the ratios measure the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+import runner  # noqa: F401  (registers the config resolvers)
+from runner.data import make_synthetic
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+PRESETS = sorted(p.stem for p in (CONF_DIR / "aug").glob("*.yaml"))
+SHARE_GOAL, SHARE_PRESETS, SHARE_SIZE = 0.10, ("flip_crop", "strong"), 32
+SPEEDUP_GOAL = 3.0
+MIX = ("aug.mixup_alpha=0.8", "aug.cutmix_alpha=1.0")
+NUM_CLASSES = 10
+
+
+def synchronize(device: torch.device) -> None:
+    """Waits for queued device work (CUDA); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(call: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
+    """Median wall time of `call` in ms, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        call()
+        synchronize(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+# --- the Kornia side -------------------------------------------------------------------
+
+
+def build_kornia(preset: str, size: int, device: torch.device, *overrides: str):
+    """DeviceAugment from conf/aug/<preset>.yaml, sized like the run would size it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"aug={preset}",
+                f"data.image_size={size}",
+                "paths.run_dir=unused",
+                *overrides,
+            ],
+        )
+    return instantiate(cfg.aug, num_classes=NUM_CLASSES).to(device).train()
+
+
+def time_kornia(augment, images, labels, device, repeats, warmup) -> float:
+    """Ms per batch of augment (+ mix) on a batch that is already on the device."""
+
+    def call():
+        return augment.mix(augment(images), labels)
+
+    return median_ms(call, device, repeats, warmup)
+
+
+def time_graph_vs_no_grad(preset, size, batch, device, repeats) -> tuple[float, float]:
+    """Ms per batch with aug.differentiable=true vs the default, alternating call by call.
+
+    The input requires grad (as for adversarial augmentation), so only the flag differs:
+    the default runs under no_grad and keeps no graph.
+    """
+    default = build_kornia(preset, size, device)
+    graph = build_kornia(preset, size, device, "aug.differentiable=true")
+    images = batch.float().div(255).requires_grad_()
+    times = {"graph": [], "no_grad": []}
+    for round_ in range(repeats + 1):  # round 0 warms up
+        for name, augment in (("no_grad", default), ("graph", graph)):
+            synchronize(device)
+            start = time.perf_counter()
+            augment(images)
+            synchronize(device)
+            if round_:
+                times[name].append((time.perf_counter() - start) * 1000)
+    return statistics.median(times["graph"]), statistics.median(times["no_grad"])
+
+
+# --- the torchvision v2 side -----------------------------------------------------------
+
+
+def build_v2(preset: str, size: int):
+    """The preset's pipeline in torchvision.transforms.v2, per sample, on uint8 then float."""
+    from torchvision.transforms import v2
+
+    resized_crop = [
+        v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+    ]
+    ops = {
+        "none": [],
+        "basic": [v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))],
+        "flip_crop": [
+            v2.RandomCrop(size, padding=4, padding_mode="reflect"),
+            v2.RandomHorizontalFlip(),
+        ],
+        "strong": [
+            *resized_crop,
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.05)], p=0.8),
+            v2.RandomErasing(p=0.25, scale=(0.02, 0.25)),
+        ],
+        "randaugment": [*resized_crop, v2.RandAugment(num_ops=2, magnitude=9)],
+        "trivialaugment": [*resized_crop, v2.TrivialAugmentWide()],
+        "autoaugment": [*resized_crop, v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)],
+    }[preset]
+    return v2.Compose([*ops, v2.ToDtype(torch.float32, scale=True)])
+
+
+class PerSample(Dataset):
+    """uint8 images in memory, transformed one at a time (what a DataLoader worker does)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.transform(self.images[index]), self.labels[index]
+
+
+class MixCollate:
+    """Collates, then MixUp or CutMix on the batch (torchvision's recipe; picklable)."""
+
+    def __init__(self):
+        from torchvision.transforms import v2
+
+        self.mix = v2.RandomChoice(
+            [
+                v2.MixUp(alpha=0.8, num_classes=NUM_CLASSES),
+                v2.CutMix(alpha=1.0, num_classes=NUM_CLASSES),
+            ]
+        )
+
+    def __call__(self, batch):
+        return self.mix(*default_collate(batch))
+
+
+def time_v2(transform, images, labels, batch_size, workers, batches, mix=False) -> float:
+    """Steady-state ms per batch of a per-sample v2 pipeline in a multi-worker DataLoader.
+
+    Timed from the arrival of batch 2 (by then every worker has been busy since the
+    start) to the arrival of the last; the loop only receives the batches.
+    """
+    warmup = 2
+    needed = batch_size * (warmup + batches)
+    loader = DataLoader(
+        PerSample(images[:needed], labels[:needed], transform),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=MixCollate() if mix else None,
+        drop_last=True,
+    )
+    arrivals = []
+    for _ in loader:
+        arrivals.append(time.perf_counter())
+    timed = arrivals[warmup - 1 :]
+    return (timed[-1] - timed[0]) * 1000 / (len(timed) - 1)
+
+
+# --- the training step -----------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    """resnet18's training step on one normalised batch."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    inputs: torch.Tensor
+    labels: torch.Tensor
+
+    def __call__(self) -> None:
+        loss = F.cross_entropy(self.model(self.inputs), self.labels)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def build_step(size: int, batch_size: int, device: torch.device) -> Step:
+    """timm resnet18 (conf/model/resnet18.yaml), channels_last, SGD, on a random batch."""
+    from omegaconf import OmegaConf
+
+    model = instantiate(OmegaConf.load(CONF_DIR / "model" / "resnet18.yaml"))(
+        num_classes=NUM_CLASSES
+    )
+    model = model.to(device, memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    inputs = torch.randn(batch_size, 3, size, size, device=device)
+    inputs = inputs.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, NUM_CLASSES, (batch_size,), device=device)
+    return Step(model, optimizer, inputs, labels)
+
+
+# --- the report ------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    name: str
+    kornia_ms: float
+    v2_ms: float | None
+    note: str = ""
+
+
+def bench_size(args, size: int, batch_size: int, device: torch.device) -> tuple[float, list[Row]]:
+    """Times every preset at one size; returns the step's ms and the rows."""
+    large = size * size * batch_size > 4 * 32 * 32 * 256
+    repeats = args.repeats or (3 if large else 10)
+    step_repeats = 1 if large else 5
+    v2_batches = 4 if large else 8
+    data = make_synthetic(
+        num_samples=batch_size * (v2_batches + 2),
+        num_classes=NUM_CLASSES,
+        image_size=size,
+        val_fraction=0.0,
+        test_fraction=0.0,
+    )
+    images, labels = data.train.images, data.train.labels
+    batch, batch_labels = images[:batch_size].to(device), labels[:batch_size].to(device)
+
+    step = build_step(size, batch_size, device)
+    step_times = [median_ms(step, device, step_repeats, warmup=1)]
+    rows = []
+    for preset in args.presets:
+        augment = build_kornia(preset, size, device)
+        kornia_ms = time_kornia(augment, batch, batch_labels, device, repeats, warmup=2)
+        v2_ms = time_v2(
+            build_v2(preset, size), images, labels, batch_size, args.workers, v2_batches
+        )
+        rows.append(Row(preset, kornia_ms, v2_ms))
+        print(f"  {preset:<26} kornia {kornia_ms:9.1f} ms   v2 {v2_ms:9.1f} ms", flush=True)
+    if "strong" in args.presets and not args.no_extras:
+        mixing = build_kornia("strong", size, device, *MIX)
+        kornia_ms = time_kornia(mixing, batch, batch_labels, device, repeats, warmup=2)
+        v2_ms = time_v2(
+            build_v2("strong", size), images, labels, batch_size, args.workers, v2_batches, mix=True
+        )
+        rows.append(Row("strong+mix", kornia_ms, v2_ms))
+        graph_ms, no_grad_ms = time_graph_vs_no_grad("strong", size, batch, device, repeats)
+        note = f"{graph_ms / no_grad_ms:.2f}x the no_grad default, interleaved: {no_grad_ms:.1f} ms"
+        rows.append(Row("strong, differentiable", graph_ms, None, note))
+    step_times.append(median_ms(step, device, step_repeats, warmup=0))
+    return statistics.median(step_times), rows
+
+
+def print_table(size: int, batch_size: int, step_ms: float, rows: list[Row]) -> None:
+    """Prints one size's table with the two ratios."""
+    print(f"\n{size}x{size}, batch {batch_size}: resnet18 training step {step_ms:.1f} ms")
+    header = (
+        f"{'preset':<24} {'kornia ms':>10} {'v2 ms':>10} {'step ms':>9} "
+        f"{'aug share of step':>18} {'speedup vs per-sample v2':>25}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        share = row.kornia_ms / (row.kornia_ms + step_ms)
+        v2 = f"{row.v2_ms:10.1f}" if row.v2_ms is not None else f"{'-':>10}"
+        speedup = f"{row.v2_ms / row.kornia_ms:24.1f}x" if row.v2_ms is not None else f"{'-':>25}"
+        print(f"{row.name:<24} {row.kornia_ms:10.1f} {v2} {step_ms:9.1f} {share:17.1%} {speedup}")
+        if row.note:
+            print(f"{'':<24} ({row.note})")
+
+
+def print_goals(results: dict[tuple[int, int], tuple[float, list[Row]]]) -> None:
+    """Checks the two goals and says which rows meet them."""
+    print()
+    for (size, _), (step_ms, rows) in results.items():
+        if size != SHARE_SIZE:
+            continue
+        for row in rows:
+            if row.name in SHARE_PRESETS:
+                share = row.kornia_ms / (row.kornia_ms + step_ms)
+                verdict = "OK" if share <= SHARE_GOAL else "MISSED"
+                print(
+                    f"goal aug share of step <= {SHARE_GOAL:.0%} at {size}x{size}: "
+                    f"{row.name} {share:.1%} {verdict}"
+                )
+    for (size, batch_size), (_, rows) in results.items():
+        speedups = [(r.v2_ms / r.kornia_ms, r.name) for r in rows if r.v2_ms is not None]
+        missed = [f"{name} {s:.1f}x" for s, name in speedups if s < SPEEDUP_GOAL]
+        low, name = min(speedups)
+        verdict = "OK" if not missed else "MISSED for " + ", ".join(missed)
+        print(
+            f"goal kornia >= {SPEEDUP_GOAL:.0f}x per-sample v2 at {size}x{size} (batch "
+            f"{batch_size}): lowest {low:.1f}x ({name}); {verdict}"
+        )
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """ "32x256,224x128" -> [(32, 256), (224, 128)] (image side x batch size)."""
+    return [tuple(int(v) for v in item.split("x")) for item in text.split(",")]
+
+
+def main() -> None:
+    """Parses arguments, runs every size and prints the tables and goals."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="32x256,224x128", help="SIDExBATCH, comma-separated")
+    parser.add_argument("--presets", nargs="+", default=PRESETS, choices=PRESETS)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for v2")
+    parser.add_argument("--repeats", type=int, default=None, help="kornia timings per preset")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--no-extras", action="store_true", help="skip the mix/grad rows")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of this process (kornia and the step); default: torch's choice",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    start = time.perf_counter()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
+        f"v2 in {args.workers} DataLoader workers"
+    )
+    results = {}
+    for size, batch_size in parse_sizes(args.sizes):
+        print(f"\n{size}x{size}, batch {batch_size}:", flush=True)
+        results[(size, batch_size)] = bench_size(args, size, batch_size, device)
+    for (size, batch_size), (step_ms, rows) in results.items():
+        print_table(size, batch_size, step_ms, rows)
+    print(
+        "\naug share of step = kornia / (kornia + step); "
+        "speedup vs per-sample v2 = v2 / kornia (per batch = per image)"
+    )
+    print_goals(results)
+    print(f"wall time {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Runs and checkpoints: interruption, exact resume, crashes, bad files, NaN, full disks."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from runner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from tests.conftest import REPO, query
+from tests.reliability.conftest import cli, require, run_to_end, run_until, weights
+
+pytestmark = pytest.mark.slow
+
+
+def statuses(db: Path) -> list[str]:
+    return [s for (s,) in query(db, "SELECT status FROM runs")]
+
+
+def val_steps(db: Path) -> list[int]:
+    return [s for (s,) in query(db, "SELECT step FROM metrics WHERE key='val/acc' ORDER BY step")]
+
+
+def test_sigterm_then_rerun_resumes_exactly_as_an_uninterrupted_run(tmp_path):
+    """Points 1 and 2: SIGTERM mid-training, rerun in the same dir, same result and run."""
+    straight_dir, broken_dir = tmp_path / "straight" / "run", tmp_path / "broken" / "run"
+    code, out = run_to_end(cli(tmp_path / "straight", straight_dir))
+    assert code == 0, out[-3000:]
+
+    command = cli(tmp_path / "broken", broken_dir)
+    code, out = run_until(command, "epoch 3 step 4/", signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, out[-3000:]
+    db = tmp_path / "broken" / "mlflow.db"
+    assert statuses(db) == ["KILLED"] and val_steps(db) == [1, 2]
+    interrupted = torch.load(broken_dir / "checkpoints" / "last.pt", weights_only=True)["state"]
+    assert interrupted["epoch"] == 2 and interrupted["partial_epoch"]["batches"] >= 4
+
+    code, out = run_to_end(command)
+    assert code == 0, out[-3000:]
+    assert statuses(db) == ["FINISHED"], "the resumed run logs into the same MLflow run"
+    assert val_steps(db) == [1, 2, 3, 4], "every epoch logged exactly once"
+    for name in ("last.pt", "best.pt"):
+        a, b = (
+            weights(straight_dir / "checkpoints" / name),
+            weights(broken_dir / "checkpoints" / name),
+        )
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resume"
+    straight = json.loads((straight_dir / "metrics.json").read_text())
+    resumed = json.loads((broken_dir / "metrics.json").read_text())
+    assert straight == resumed
+
+
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_file(tmp_path):
+    """Point 3: the newest complete file survives; the stray temp file is cleaned up."""
+    target = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint({"generation": 0, "w": torch.zeros(10)}, target)
+    writer = textwrap.dedent(f"""
+        import torch
+        from runner.checkpoint import save_checkpoint
+        big = torch.randn(150_000_000)  # 600 MB: slow enough to be killed mid-write
+        save_checkpoint({{"generation": 1, "w": big}}, {str(target)!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", writer], cwd=REPO)
+    deadline = time.monotonic() + 120
+    while not list(target.parent.glob(".*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    assert list(target.parent.glob(".*.tmp")), "the writer was killed before it started writing"
+    assert load_checkpoint(target)["generation"] == 0
+    # The next run in this dir removes what the killed writer left.
+    from runner.checkpoint import remove_stale_temp_files
+
+    assert remove_stale_temp_files(target.parent)
+    assert [p.name for p in target.parent.iterdir()] == ["last.pt"]
+
+
+def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    """Point 4: the bad file is named and the run resumes from the one before it."""
+    run_dir = tmp_path / "run"
+    code, out = run_to_end(cli(tmp_path, run_dir, "trainer.max_epochs=2", "logger=none"))
+    assert code == 0, out[-3000:]
+    last = run_dir / "checkpoints" / "last.pt"
+    previous = run_dir / "checkpoints" / "last-previous.pt"
+    assert load_checkpoint(previous)["state"]["epoch"] == 1
+    last.write_bytes(last.read_bytes()[:1000])
+    code, out = run_to_end(cli(tmp_path, run_dir, "trainer.max_epochs=3", "logger=none"))
+    assert code == 0, out[-3000:]
+    assert "last.pt cannot be loaded" in out and "resumed from" in out and "last-previous.pt" in out
+    assert load_checkpoint(last)["state"]["epoch"] == 3
+
+    for path in (last, previous):
+        path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"last-previous\.pt"):
+        from runner.checkpoint import load_newest
+
+        load_newest(last)
+    code, out = run_to_end(cli(tmp_path, run_dir, "trainer.max_epochs=4", "logger=none"))
+    assert code != 0 and "no loadable checkpoint" in out and "trainer.resume=never" in out
+
+
+def test_the_best_metric_survives_a_restart(tmp_path):
+    """Point 5: the best value is read from the checkpoint, not kept only in memory."""
+    run_dir = tmp_path / "run"
+    code, out = run_to_end(cli(tmp_path, run_dir, "trainer.max_epochs=2", "logger=none"))
+    assert code == 0, out[-3000:]
+    last = run_dir / "checkpoints" / "last.pt"
+    saved = load_checkpoint(last)
+    saved["state"].update(best_value=0.999, best_epoch=2)  # as if epoch 2 had been excellent
+    save_checkpoint(saved, last)
+    best_before = (run_dir / "checkpoints" / "best.pt").read_bytes()
+    code, out = run_to_end(cli(tmp_path, run_dir, "trainer.max_epochs=4", "logger=none"))
+    assert code == 0, out[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 2 and metrics["best_value"] == 0.999
+    assert (run_dir / "checkpoints" / "best.pt").read_bytes() == best_before
+
+
+def test_exception_in_a_step_fails_the_run_with_its_traceback(tmp_path):
+    """Point 6a: non-zero exit, MLflow FAILED, traceback as an artifact."""
+    code, out = run_to_end(cli(tmp_path, tmp_path / "run", "+fail=true"))
+    assert code != 0 and "the test hook failed this training step" in out
+    db = tmp_path / "mlflow.db"
+    ((status, artifact_uri),) = query(db, "SELECT status, artifact_uri FROM runs")
+    assert status == "FAILED"
+    assert "test hook" in (Path(artifact_uri.removeprefix("file://")) / "traceback.txt").read_text()
+
+
+def test_ctrl_c_saves_a_checkpoint_and_marks_the_run_killed(tmp_path):
+    """Point 6b: SIGINT -> checkpoint at the next step, MLflow KILLED, exit 130."""
+    run_dir = tmp_path / "run"
+    code, out = run_until(cli(tmp_path, run_dir), "epoch 1 step 4/", signal.SIGINT)
+    assert code == 130, out[-3000:]
+    assert statuses(tmp_path / "mlflow.db") == ["KILLED"]
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["state"]
+    assert state["epoch"] == 0 and state["partial_epoch"]["batches"] >= 4
+
+
+def test_sigkilled_run_is_reaped_by_the_tool_and_by_the_next_run(tmp_path):
+    """Point 7: a run left RUNNING by SIGKILL is marked KILLED (pid + host recorded)."""
+    db = tmp_path / "mlflow.db"
+    for attempt in ("tool", "next run"):
+        code, _ = run_until(cli(tmp_path, tmp_path / attempt), "epoch 1 step 4/", signal.SIGKILL)
+        assert code == -signal.SIGKILL
+        running = query(db, "SELECT run_uuid FROM runs WHERE status='RUNNING'")
+        assert len(running) == 1
+        tags = dict(query(db, "SELECT key, value FROM tags WHERE run_uuid=?", running[0][0]))
+        assert tags["runner.pid"].isdigit() and tags["runner.host"]
+        if attempt == "tool":
+            tool = [sys.executable, "-m", "runner.tools", "reap", f"--tracking-uri=sqlite:///{db}"]
+            result = subprocess.run(tool, capture_output=True, text=True, cwd=REPO, timeout=120)
+            assert "1 stale run(s) marked KILLED" in result.stdout, result.stderr
+        else:
+            code, out = run_to_end(cli(tmp_path, tmp_path / "third", "trainer.max_epochs=1"))
+            assert code == 0, out[-3000:]
+        (status,) = query(db, "SELECT status FROM runs WHERE run_uuid=?", running[0][0])[0]
+        assert status == "KILLED"
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    """Point 8: nan_policy=stop names the step; last.pt is the last good epoch's."""
+    run_dir = tmp_path / "run"
+    code, out = run_to_end(cli(tmp_path, run_dir, "+fail=nan@20"))
+    assert code != 0 and "non-finite loss at step 20" in out, out[-3000:]
+    assert statuses(tmp_path / "mlflow.db") == ["FAILED"]
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["state"]
+    assert state["epoch"] == 1 and state["global_step"] == 16
+
+    code, out = run_to_end(cli(tmp_path / "skip", tmp_path / "skip" / "run", "+fail=nan@20",
+                               "trainer.nan_policy=skip", "trainer.max_nan_skips=3"))  # fmt: skip
+    assert code != 0 and "more than trainer.max_nan_skips=3" in out, out[-3000:]
+
+
+def test_disk_full_while_saving_fails_clearly_and_keeps_the_previous_checkpoint(tmp_path):
+    """Point 9: on a tiny tmpfs the save fails; the previous file is intact, no temp left."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                             capture_output=True).returncode == 0  # fmt: skip
+    require(mounted, "mounting a tmpfs (root)")
+    try:
+        target = mount / "last.pt"
+        save_checkpoint({"w": torch.zeros(250_000)}, target)  # 1 MB
+        from runner.checkpoint import AsyncCheckpointWriter
+
+        writer = AsyncCheckpointWriter()
+        writer.submit({target: {"w": torch.zeros(1_000_000)}}, keep_previous={target})  # 4 MB
+        with pytest.raises(CheckpointError, match="No space left on device"):
+            writer.wait()
+        assert load_checkpoint(target)["w"].numel() == 250_000
+        assert [p.name for p in mount.iterdir()] == ["last.pt"]
+
+        code, out = run_to_end(cli(tmp_path, mount / "run", "trainer.max_epochs=1", "logger=none"))
+        assert code != 0 and "No space left on device" in out, out[-3000:]
+        assert not list((mount / "run" / "checkpoints").glob(".*.tmp"))
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_checkpoints_are_weights_only_and_best_is_exported_as_safetensors(tmp_path):
+    """Point 10: plain types only; safetensors export; pickled objects refused."""
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "run"
+    code, out = run_to_end(cli(tmp_path, run_dir, "trainer.max_epochs=1", "logger=none"))
+    assert code == 0, out[-3000:]
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    exported = load_file(str(run_dir / "checkpoints" / "best.safetensors"))
+    assert set(exported) == set(best["model"])
+    assert all(torch.equal(exported[k], best["model"][k]) for k in exported)
+
+    class Payload:
+        pass
+
+    torch.save({"model": {}, "evil": Payload()}, run_dir / "checkpoints" / "last.pt")
+    code, out = run_to_end(cli(tmp_path, run_dir, "trainer.max_epochs=2", "logger=none"))
+    assert code != 0 and "pickled objects, which are refused" in out
