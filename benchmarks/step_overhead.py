@@ -16,7 +16,7 @@ the data's 10 classes, channels_last) with the same augmentation (conf/aug/basic
 Kornia RandomAffine, built through `runner.augment.DeviceAugment`), the same
 normalisation, optimizer (conf/optim/adamw.yaml with the runner's weight-decay parameter
 groups), schedule (conf/sched/cosine.yaml), precision and batch size, on the digits data
-(`runner.data.load_digits`) resident on the device and batched by index. Every round
+(`runner.data.load_digits()`, 32x32) resident on the device and batched by index. Every round
 both sides draw the same sample order (uniform draws of `runner.samplers`'
 WeightedClassSampler with power 0, so an epoch has exactly `--steps` batches).
 
@@ -60,7 +60,7 @@ from torch import nn
 
 from runner import console, engine
 from runner.augment import Normalize
-from runner.data import DataSplits, ResidentLoader, Split
+from runner.data import DataSplits, ResidentLoader, Split, load_digits
 from runner.lifecycle import GracefulStop
 from runner.optim import build_optimizer
 from runner.samplers import WeightedClassSampler
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> float:
     args = parse_args(argv)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
-    data = instantiate(load_group("data", "digits"))
+    data = load_digits()  # conf/data/digits.yaml's defaults: 32x32, seed-0 split
     train = data.train.to(device)
     model = build_model(data.num_classes, device)
     total_steps = args.warmup_steps + args.rounds * args.steps

@@ -323,7 +323,7 @@ def save_preview_grid(
 
     Args:
         augment: The training augmentation (its mode is restored afterwards).
-        split: The training split: uint8 images (N, C, H, W) and labels, on any device.
+        split: The training split (resident or streaming), on any device.
         class_names: Name per class id, for the row labels.
         path: Where the PNG goes.
         seed: Seed of the augmentation draws.
@@ -341,15 +341,14 @@ def save_preview_grid(
     import matplotlib.pyplot as plt
     from torchvision.utils import make_grid
 
-    images, labels = split.images, split.labels
-    device = device or images.device
-    host_labels = labels.cpu()
+    host_labels = split.labels.cpu()
+    device = device or split.labels.device
     rows = [torch.nonzero(host_labels == c).flatten()[:per_class] for c in range(len(class_names))]
     shown = [(c, idx) for c, idx in enumerate(rows) if len(idx)][:max_classes]
     cols = min(len(idx) for _, idx in shown)
     index = torch.cat([idx[:cols] for _, idx in shown])
-    batch = images[index.to(images.device)].to(device)
-    batch_labels = labels[index.to(labels.device)].to(device)
+    images, labels = split.take(index)  # streaming splits decode just these
+    batch, batch_labels = images.to(device), labels.to(device)
 
     was_training = augment.training
     # manual_seed seeds every CUDA device, so every one is forked and restored.

@@ -27,6 +27,12 @@ class Split:
     images: torch.Tensor
     labels: torch.Tensor
 
+    def take(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images and labels at `indices` (same interface as a streaming split)."""
+        return self.images[indices.to(self.images.device)], self.labels[
+            indices.to(self.labels.device)
+        ]
+
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 

@@ -223,3 +223,25 @@ def plot_class_counts(counts: torch.Tensor, class_names: list[str], path: Path) 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def report_streamed_bad_files(data: DataSplits, loaders: list, run_dir: Path, tracker) -> None:
+    """Adds the bad files that streaming loaders met while training to bad_files.txt.
+
+    A streaming split decodes its files only when it reads them, so a truncated file may
+    turn up after the start-of-run report; it is listed here, with those found at start.
+
+    Args:
+        data: The data set (its `bad_files` were reported at start).
+        loaders: The run's loaders; resident ones have nothing to add.
+        run_dir: Where bad_files.txt is written.
+        tracker: The run's tracker (artifact and tag).
+    """
+    late = [bad for loader in loaders for bad in getattr(loader, "bad_files", [])]
+    if not late:
+        return
+    path = run_dir / "bad_files.txt"
+    path.write_text("".join(f"{reason}\n" for _, reason in [*data.bad_files, *late]))
+    tracker.log_artifact(path)
+    tracker.set_tags({"data.num_bad_files_streamed": str(len(late))})
+    log.warning("%d more bad file(s) met while streaming; listed in %s", len(late), path)

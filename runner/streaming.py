@@ -65,6 +65,11 @@ class EncodedSplit:
     def _dataset(self, on_bad: str) -> _DecodeBatches:
         return _DecodeBatches(self.records, self.positions, self.labels.cpu(), self.size, on_bad)
 
+    def take(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decodes the samples at `indices`: uint8 images and their labels (bad ones dropped)."""
+        images, labels, _ = self._dataset("skip")[indices.cpu()]
+        return images, labels
+
     def decode_sample(self, count: int, seed: int = 0) -> torch.Tensor:
         """Decodes up to `count` random images (e.g. for normalisation statistics)."""
         generator = torch.Generator().manual_seed(seed)

@@ -75,6 +75,8 @@ def run(cfg: DictConfig) -> float:
         writer.wait()
         export_best_weights(run_dir)
         test_metrics = test(cfg, parts, test_loader, data, device, precision, tracker, run_dir)
+        loaders = [train_loader, val_loader, test_loader]
+        realworld.report_streamed_bad_files(data, loaders, run_dir, tracker)
         write_results(state, test_metrics, tracker, run_dir)
         status = "FINISHED"
     except TrainingInterrupted as stopped:

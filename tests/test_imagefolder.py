@@ -274,3 +274,32 @@ def test_training_run_on_a_folder_logs_bad_files_counts_and_tail_accuracy(
     listed = (artifacts / "bad_files.txt").read_text()
     assert str(bad["zero"]) in listed and str(bad["text"]) in listed
     assert (run_dir / "bad_files.txt").is_file()
+
+
+def test_bad_files_met_while_streaming_are_added_to_the_report(tmp_path):
+    from runner.realworld import report_streamed_bad_files
+    from runner.tracking import NullTracker
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    good = [write_noise_jpeg(folder / f"ok{i}.jpg", seed=i, size=24) for i in range(5)]
+    bad = write_bad_files(folder)
+    records = [str(p) for p in (*good, bad["truncated"])]
+    split = EncodedSplit(records, torch.arange(6), torch.zeros(6, dtype=torch.long), size=16,
+                         num_workers=0)  # fmt: skip
+    loader = split.loader(batch_size=4, device=torch.device("cpu"))
+    seen = sum(len(labels) for _, labels in loader)
+    assert seen == 5, "the truncated file is dropped from its batch"
+
+    class Recorder(NullTracker):
+        def __init__(self):
+            self.artifacts = []
+
+        def log_artifact(self, path, artifact_path=None):
+            self.artifacts.append(Path(path))
+
+    data = load_imagefolder(root=str(make_imagefolder(tmp_path / "set")), image_size=16)
+    tracker = Recorder()
+    report_streamed_bad_files(data, [loader], tmp_path, tracker)
+    assert "truncated.jpg" in (tmp_path / "bad_files.txt").read_text()
+    assert tracker.artifacts == [tmp_path / "bad_files.txt"]

@@ -20,6 +20,10 @@ from tests.reliability.conftest import cli, require, run_to_end, run_until, weig
 pytestmark = pytest.mark.slow
 
 
+class Payload:
+    """A pickled object that weights-only loading must refuse."""
+
+
 def statuses(db: Path) -> list[str]:
     return [s for (s,) in query(db, "SELECT status FROM runs")]
 
@@ -216,9 +220,6 @@ def test_checkpoints_are_weights_only_and_best_is_exported_as_safetensors(tmp_pa
     exported = load_file(str(run_dir / "checkpoints" / "best.safetensors"))
     assert set(exported) == set(best["model"])
     assert all(torch.equal(exported[k], best["model"][k]) for k in exported)
-
-    class Payload:
-        pass
 
     torch.save({"model": {}, "evil": Payload()}, run_dir / "checkpoints" / "last.pt")
     code, out = run_to_end(cli(tmp_path, run_dir, "trainer.max_epochs=2", "logger=none"))
