@@ -16,8 +16,8 @@ the data's 10 classes, channels_last) with the same augmentation (conf/aug/basic
 Kornia RandomAffine, built through `runner.augment.DeviceAugment`), the same
 normalisation, optimizer (conf/optim/adamw.yaml with the runner's weight-decay parameter
 groups), schedule (conf/sched/cosine.yaml), precision and batch size, on the digits data
-(`runner.data.load_digits()`, 32x32) resident on the device and batched by index. Every round
-both sides draw the same sample order (uniform draws of `runner.samplers`'
+(`runner.data.load_digits`, 32x32) resident on the device and batched by index. Every
+round both sides draw the same sample order (uniform draws of `runner.samplers`'
 WeightedClassSampler with power 0, so an epoch has exactly `--steps` batches).
 
 The machine may be noisy, so both sides run in one process, interleaved: each round runs
@@ -25,14 +25,14 @@ both sides once, and the side that goes first alternates (ABBA...). Each side fi
 `--warmup-steps` untimed batches. The reported ratio is the median runner throughput over
 the median hand-written throughput; the goal is >= 0.97, i.e. the runner's loop (metric
 accumulation, logging hook, loader, scaler, accumulation logic) costs at most 3%. On the
-CPU the minor page faults per batch of each side are printed too: unlike the timings they
-barely move when other processes compete for the cores, and memory that the allocator
-hands back to the OS and touches again shows up there first.
+CPU the minor page faults per batch of each side are printed too: they do not depend on
+how busy the machine is, and memory that the allocator hands back to the OS between
+steps (to be faulted in and zeroed again) shows up there.
 
 Run it from the repository root (about 2 minutes on 2 idle CPU cores with the defaults)::
 
     .venv/bin/python benchmarks/step_overhead.py
-    .venv/bin/python benchmarks/step_overhead.py --device cuda --precision bf16 --steps 200
+    .venv/bin/python benchmarks/step_overhead.py --device cuda --steps 200
 
 On CUDA the timings are bracketed by `torch.cuda.synchronize`. On an interactive
 terminal `EpochProgress` draws a rich progress bar (its refresh thread is part of what
@@ -238,7 +238,8 @@ class HandWrittenLoop:
 
     Args:
         side: Model and training objects; only the Kornia pipeline of `side.augment`
-            is used (the loop divides by 255 and disables autograd itself).
+            is used (the loop divides by 255, disables autograd and draws the Kornia
+            parameters on the batch's device itself).
         data: The data set (for the normalisation statistics).
         train: The train split, resident on the device.
         device: The device.
@@ -286,8 +287,10 @@ class HandWrittenLoop:
         for first in range(0, num_batches * self.batch_size, self.batch_size):
             index = order[first : first + self.batch_size]
             x, y = images[index].float().div_(255.0), labels[index]
-            with torch.no_grad():
-                x = self.kornia(x)
+            with torch.no_grad(), torch.device(self.device):
+                # Parameters drawn with the batch's device as the default device, as
+                # DeviceAugment does (else Kornia copies them via the host on CUDA).
+                x = self.kornia(x, params=self.kornia.forward_parameters(x.shape))
             x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
             with self.autocast():
                 loss = F.cross_entropy(model(x).float(), y)
@@ -309,9 +312,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda")
     parser.add_argument(
         "--precision",
-        default="32",
-        choices=("32", "bf16"),
-        help="32 (the runner's choice on CPU) or bf16 autocast (its choice on recent GPUs)",
+        default="auto",
+        choices=("auto", "32", "bf16"),
+        help="auto = the runner's default: bf16 autocast on CUDA that supports it, else 32",
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -324,8 +327,11 @@ def main(argv: list[str] | None = None) -> float:
     """Runs the benchmark, prints the table and returns the throughput ratio."""
     args = parse_args(argv)
     device = resolve_device(args.device)
+    if args.precision == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        args.precision = "bf16" if bf16 else "32"
     torch.manual_seed(args.seed)
-    data = load_digits()  # conf/data/digits.yaml's defaults: 32x32, seed-0 split
+    data = load_digits(image_size=DIGITS_SIZE)  # conf/data/digits.yaml's defaults
     train = data.train.to(device)
     model = build_model(data.num_classes, device)
     total_steps = args.warmup_steps + args.rounds * args.steps

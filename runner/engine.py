@@ -154,7 +154,7 @@ def train_one_epoch(
     total = done.batches + len(loader)
     batch_index = done.batches
     start = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
+    window_start = True  # the next backward begins an accumulation window
     for batch_index, (images, labels) in enumerate(loader, start=done.batches + 1):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
@@ -175,10 +175,17 @@ def train_one_epoch(
             continue
         counter += 1
         first_bad = torch.where(~finite & (first_bad < 0), counter, first_bad)
+        if window_start:
+            # Clearing right before the backward that refills the gradients (not right
+            # after the step) keeps their memory with the allocator: on the CPU, freeing
+            # it early hands it back to the OS and every step faults it in again.
+            optimizer.zero_grad(set_to_none=True)
+            window_start = False
         scaler.scale(loss / accumulate_grad_batches).backward()
         at_boundary = batch_index % accumulate_grad_batches == 0 or batch_index == total
         if at_boundary:
             _optimizer_step(model, optimizer, scaler, gradient_clip_val)
+            window_start = True
             scheduler.step()
             if ema is not None:
                 ema.update(model)
@@ -231,7 +238,6 @@ def _optimizer_step(
         torch.nn.utils.clip_grad_norm_(model.parameters(), gradient_clip_val)
     scaler.step(optimizer)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
 
 
 @torch.inference_mode()
