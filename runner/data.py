@@ -280,18 +280,21 @@ def make_synthetic(
     )
 
 
-class ResidentLoader:
-    """Batches a split that lives in (device) memory by indexing: no per-sample Python.
+class EpochBatches:
+    """What every training loader shares: an epoch's order cut into batches.
+
+    The order depends only on (sampler seed, epoch), so an epoch interrupted after
+    `start_batch` batches continues exactly where it stopped.
 
     Args:
-        split: The split, already on the device where batches are wanted.
+        split: The split (anything with a length).
         batch_size: Samples per batch.
         sampler: Gives the sample order of an epoch (`indices(epoch)`); None means
             sequential order, for evaluation.
         drop_last: Whether to drop the last incomplete batch.
     """
 
-    def __init__(self, split: Split, batch_size: int, sampler=None, drop_last: bool = False):
+    def __init__(self, split, batch_size: int, sampler=None, drop_last: bool = False):
         self.split = split
         self.batch_size = batch_size
         self.sampler = sampler
@@ -320,6 +323,18 @@ class ResidentLoader:
 
     def __len__(self) -> int:
         return self.batches_per_epoch() - self.start_batch
+
+
+class ResidentLoader(EpochBatches):
+    """Batches a split that lives in (device) memory by indexing: no per-sample Python.
+
+    Args:
+        split: The split, already on the device where batches are wanted.
+        batch_size: Samples per batch.
+        sampler: Gives the sample order of an epoch (`indices(epoch)`); None means
+            sequential order, for evaluation.
+        drop_last: Whether to drop the last incomplete batch.
+    """
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         images, labels = self.split.images, self.split.labels

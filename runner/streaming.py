@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from runner.data import EpochBatches
 from runner.decoding import BadImageError, decode_record, record_name
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ def _first(items: list) -> Any:
     return items[0]
 
 
-class StreamingLoader:
+class StreamingLoader(EpochBatches):
     """Decodes batches in worker processes in the sampler's order; see the module doc.
 
     Args:
@@ -174,13 +175,8 @@ class StreamingLoader:
         sampler=None,
         drop_last: bool = False,
     ):
-        self.split = split
-        self.batch_size = batch_size
+        super().__init__(split, batch_size, sampler, drop_last)
         self.device = torch.device(device)
-        self.sampler = sampler
-        self.drop_last = drop_last and len(split) > batch_size
-        self.epoch = 0
-        self.start_batch = 0
         self.bad_files: list[tuple[str, str]] = []
         self._seen_bad: set[str] = set()
         workers = split.num_workers
@@ -193,28 +189,6 @@ class StreamingLoader:
             persistent_workers=workers > 0,
             prefetch_factor=split.prefetch_factor if workers > 0 else None,
         )
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Chooses the epoch whose sample order the next iteration yields.
-
-        Args:
-            epoch: The epoch (the sampler's order depends only on seed and epoch).
-            start_batch: Batches of that epoch to leave out, to continue an epoch
-                that was interrupted after them.
-        """
-        self.epoch = epoch
-        self.start_batch = start_batch
-
-    def _num_samples(self) -> int:
-        return len(self.split) if self.sampler is None else self.sampler.num_samples
-
-    def batches_per_epoch(self) -> int:
-        """Batches in a whole epoch."""
-        n = self._num_samples()
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch() - self.start_batch
 
     def order(self) -> torch.Tensor:
         """The sample order of the current epoch (int64, on the CPU)."""
