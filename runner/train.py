@@ -61,14 +61,14 @@ def run(cfg: DictConfig) -> float:
     train_loader, val_loader, test_loader = build_loaders(cfg, data, device)
     parts = build_training_parts(cfg, data, augment, device, precision, len(train_loader))
     state = resume_or_start(run_dir, cfg.trainer.resume, parts)
-    start_tracking(tracker, cfg, data, device, run_dir, state.mlflow_run_id)
-    state.mlflow_run_id = tracker.run_id
-    realworld.report_data(data, run_dir, tracker)
-    tracker.log_artifact(preview)
 
     writer = checkpoint.AsyncCheckpointWriter()
     status = "FAILED"
-    try:
+    try:  # from the moment the tracked run exists, it always ends with a status
+        start_tracking(tracker, cfg, data, device, run_dir, state.mlflow_run_id)
+        state.mlflow_run_id = tracker.run_id
+        realworld.report_data(data, run_dir, tracker)
+        tracker.log_artifact(preview)
         with GracefulStop() as stop:
             fit(cfg, state, parts, train_loader, val_loader, data, device, precision, tracker,
                 writer, run_dir, stop)  # fmt: skip
