@@ -73,8 +73,10 @@ def run(cfg: DictConfig) -> float:
             fit(cfg, state, parts, train_loader, val_loader, data, device, precision, tracker,
                 writer, run_dir, stop)  # fmt: skip
         writer.wait()
-        export_best_weights(run_dir)
-        test_metrics = test(cfg, parts, test_loader, data, device, precision, tracker, run_dir)
+        best = checkpoint.load_checkpoint(run_dir / "checkpoints" / "best.pt")
+        export_best_weights(best, run_dir)
+        test_metrics = test(cfg, parts, best, test_loader, data, device, precision, tracker,
+                            run_dir)  # fmt: skip
         loaders = [train_loader, val_loader, test_loader]
         realworld.report_streamed_bad_files(data, loaders, run_dir, tracker)
         write_results(state, test_metrics, tracker, run_dir)
@@ -347,6 +349,7 @@ def fit(cfg: DictConfig, state: TrainState, parts: TrainingParts, train_loader: 
     progress = console.EpochProgress(trainer.max_epochs)
     guard = engine.NanGuard(trainer.nan_policy, trainer.max_nan_skips, state.nan_skips)
     last = run_dir / "checkpoints" / "last.pt"
+    config_yaml = (run_dir / "config_resolved.yaml").read_text()  # redacted, written at start
     maximize = trainer.monitor_mode == "max"
     for epoch in range(state.epoch + 1, trainer.max_epochs + 1):
         partial = engine.EpochProgress(**state.partial_epoch) if state.partial_epoch else None
@@ -392,7 +395,7 @@ def fit(cfg: DictConfig, state: TrainState, parts: TrainingParts, train_loader: 
         if improved:
             state.best_value, state.best_epoch, state.epochs_since_best = current, epoch, 0
             files[run_dir / "checkpoints" / "best.pt"] = best_state(
-                cfg, parts, data, epoch, metrics
+                config_yaml, parts, data, epoch, metrics
             )
         else:
             state.epochs_since_best += 1
@@ -414,12 +417,12 @@ def fit(cfg: DictConfig, state: TrainState, parts: TrainingParts, train_loader: 
             break
 
 
-def best_state(cfg: DictConfig, parts: TrainingParts, data: DataSplits, epoch: int,
+def best_state(config_yaml: str, parts: TrainingParts, data: DataSplits, epoch: int,
                metrics: dict[str, float]) -> dict[str, Any]:  # fmt: skip
     """The content of checkpoints/best.pt: weights plus what predicting with them needs."""
     return {
         "model": parts.eval_model.state_dict(),
-        "config": OmegaConf.to_yaml(OmegaConf.create(redacted_container(cfg))),
+        "config": config_yaml,
         "class_names": list(data.class_names),
         "normalization": {
             "mean": parts.normalize.mean.flatten().tolist(),
@@ -466,11 +469,10 @@ def set_rng_state(rng: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def export_best_weights(run_dir: Path) -> Path:
-    """Writes the best weights as checkpoints/best.safetensors (no pickle at all)."""
+def export_best_weights(best: dict[str, Any], run_dir: Path) -> Path:
+    """Writes the best weights (best.pt's content) as checkpoints/best.safetensors."""
     from safetensors.torch import save_file
 
-    best = checkpoint.load_checkpoint(run_dir / "checkpoints" / "best.pt")
     path = run_dir / "checkpoints" / "best.safetensors"
     # Clones: safetensors refuses tensors that share storage.
     save_file({k: v.detach().clone().contiguous() for k, v in best["model"].items()}, str(path),
@@ -481,11 +483,10 @@ def export_best_weights(run_dir: Path) -> Path:
 # --- testing and reporting -------------------------------------------------------------------
 
 
-def test(cfg: DictConfig, parts: TrainingParts, test_loader: Iterable, data: DataSplits,
-         device: torch.device, precision: str, tracker,
+def test(cfg: DictConfig, parts: TrainingParts, best: dict[str, Any], test_loader: Iterable,
+         data: DataSplits, device: torch.device, precision: str, tracker,
          run_dir: Path) -> dict[str, float]:  # fmt: skip
-    """Evaluates the best checkpoint on the test split and writes the per-class report."""
-    best = checkpoint.load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=device)
+    """Evaluates the best weights (best.pt's content) on the test split; per-class report."""
     model = parts.eval_model
     model.load_state_dict(best["model"])
     confusion = build_confusion_matrix(data.num_classes).to(device)
