@@ -39,10 +39,19 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("runner_repo_root"):
         OmegaConf.register_new_resolver("runner_repo_root", lambda: str(REPO_ROOT))
     if not OmegaConf.has_resolver("runner_unique_id"):
-        # One id per process: Hydra may resolve the run dir more than once, and every
-        # resolution must give the same dir. The pid and random part keep two runs
-        # started in the same second apart.
-        OmegaConf.register_new_resolver("runner_unique_id", lambda: f"{os.getpid()}{_UNIQUE_ID}")
+        # One id per launching process: Hydra may resolve the run dir more than once, and
+        # every resolution must give the same dir. The pid and random part keep two runs
+        # started in the same second apart. Cached (like Hydra's `now`): the cache travels
+        # with the config to a launcher's job processes, so they resolve the same id.
+        OmegaConf.register_new_resolver(
+            "runner_unique_id", lambda: f"{os.getpid()}{_UNIQUE_ID}", use_cache=True
+        )
+    if not OmegaConf.has_resolver("runner_sweep_dir"):
+        # `sweep.resume=<dir>` sends a sweep back into the dir of the earlier one.
+        OmegaConf.register_new_resolver(
+            "runner_sweep_dir",
+            lambda resume, fresh: str(Path(resume).resolve()) if resume else fresh,
+        )
 
 
 # --- checks ------------------------------------------------------------------------
@@ -166,6 +175,13 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "trainer.resume": _non_empty_string,
     "trainer.nan_policy": _one_of("stop", "skip"),
     "trainer.max_nan_skips": _positive_int,
+    "sweep.fail_fast": _boolean,
+    "sweep.resume": _optional_non_empty_string,
+    "optuna.pruner": _one_of("median", "hyperband", "none"),
+    "optuna.pruner_startup_trials": _non_negative_int,
+    "optuna.pruner_warmup_epochs": _non_negative_int,
+    "optuna.study_name": _non_empty_string,
+    "optuna.storage": _non_empty_string,
     "optim.lr": _positive_number,
     "optim.weight_decay": _non_negative_number,
     "sched.warmup_epochs": _non_negative_number,
@@ -218,7 +234,7 @@ REQUIRED_GROUPS = ("data", "aug", "model", "optim", "sched", "loss", "sampler", 
 TOP_LEVEL_KEYS = frozenset(
     {*REQUIRED_GROUPS, "trainer", "seed", "paths", "allowed_targets"}
     | {"preview_only", "mode", "ckpt", "eval", "predict", "analysis", "sweep", "fail"}
-    | {"experiment", "debug", "hparams_search", "hydra"}
+    | {"experiment", "debug", "hparams_search", "optuna", "hydra"}
 )
 # Nodes whose keys are fixed: an added key there is a typo, not a new option.
 CLOSED_NODES = ("trainer", "paths")

@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from runner import checkpoint, console, engine, provenance, realworld
+from runner import checkpoint, console, engine, provenance, realworld, sweep
 from runner.augment import Normalize, save_preview_grid
 from runner.config import REPO_ROOT, redacted_container, validate
 from runner.data import DataSplits
@@ -38,6 +38,14 @@ def run(cfg: DictConfig) -> float:
     Returns:
         The best value of `trainer.monitor`, for a sweeper to optimise.
     """
+    job = sweep.SweepJob.current(cfg)  # None outside `-m`
+    if job is not None:  # records the job in the sweep's manifest; a failure returns NaN
+        return job.run(cfg, train_and_test)
+    return train_and_test(cfg, job=None)
+
+
+def train_and_test(cfg: DictConfig, job: sweep.SweepJob | None) -> float:
+    """The run itself; `job` is the sweep job it belongs to, if any."""
     validate(cfg)
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -49,7 +57,7 @@ def run(cfg: DictConfig) -> float:
     preview_only = cfg.get("preview_only", False)  # `+preview_only=true`: show the aug, stop
     tracker = instantiate(cfg.logger)
     if not preview_only:  # before the data: a tracking server that is down fails in seconds
-        tracker.connect(experiment_name=cfg.data.name)
+        tracker.connect(experiment_name=(job and job.experiment_name) or cfg.data.name)
 
     data = build_data(cfg.data)
     augment = instantiate(cfg.aug, num_classes=data.num_classes).to(device)
@@ -65,13 +73,15 @@ def run(cfg: DictConfig) -> float:
     writer = checkpoint.AsyncCheckpointWriter()
     status = "FAILED"
     try:  # from the moment the tracked run exists, it always ends with a status
-        start_tracking(tracker, cfg, data, device, run_dir, state.mlflow_run_id)
+        start_tracking(tracker, cfg, data, device, run_dir, state.mlflow_run_id, job)
         state.mlflow_run_id = tracker.run_id
+        if job is not None:
+            job.record_run(tracker.run_id)
         realworld.report_data(data, run_dir, tracker)
         tracker.log_artifact(preview)
         with GracefulStop() as stop:
             fit(cfg, state, parts, train_loader, val_loader, data, device, precision, tracker,
-                writer, run_dir, stop)  # fmt: skip
+                writer, run_dir, stop, job)  # fmt: skip
         writer.wait()
         best = checkpoint.load_checkpoint(run_dir / "checkpoints" / "best.pt")
         export_best_weights(best, run_dir)
@@ -309,16 +319,21 @@ def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts) -> TrainSt
 
 
 def start_tracking(tracker, cfg: DictConfig, data: DataSplits, device: torch.device,
-                   run_dir: Path, resume_run_id: str | None) -> None:  # fmt: skip
-    """Starts the tracked run and records everything needed to reproduce it."""
+                   run_dir: Path, resume_run_id: str | None,
+                   job: sweep.SweepJob | None) -> None:  # fmt: skip
+    """Starts the tracked run and records everything needed to reproduce it.
+
+    A sweep job's run is a child of the sweep's parent run, named after what it varies.
+    """
     overrides = hydra_overrides()
     env = provenance.environment(REPO_ROOT, str(device))
     resolved = OmegaConf.to_yaml(OmegaConf.create(redacted_container(cfg)))
     (run_dir / "config_resolved.yaml").write_text(resolved)
     (run_dir / "environment.json").write_text(json.dumps({**env, "overrides": overrides}, indent=2))
-    tags = {**env, "overrides": " ".join(overrides) or "(none)", "run_dir": str(run_dir)}
-    tracker.start(run_name=run_dir.name, tags=tags, resume_run_id=resume_run_id,
-                  local_dir=run_dir)  # fmt: skip
+    tags = {**env, "overrides": " ".join(overrides) or "(none)", "run_dir": str(run_dir),
+            **(job.tracking_tags() if job else {})}  # fmt: skip
+    tracker.start(run_name=job.run_name if job else run_dir.name, tags=tags,
+                  resume_run_id=resume_run_id, local_dir=run_dir)  # fmt: skip
     if resume_run_id is None:
         params = flatten(redacted_container(cfg))
         # One call: data.num_classes may be null in the config (inferred from the data),
@@ -336,8 +351,11 @@ def start_tracking(tracker, cfg: DictConfig, data: DataSplits, device: torch.dev
 def fit(cfg: DictConfig, state: TrainState, parts: TrainingParts, train_loader: Iterable,
         val_loader: Iterable, data: DataSplits, device: torch.device, precision: str,
         tracker, writer: checkpoint.AsyncCheckpointWriter, run_dir: Path,
-        stop: GracefulStop) -> None:  # fmt: skip
+        stop: GracefulStop, job: sweep.SweepJob | None = None) -> None:  # fmt: skip
     """Trains epoch by epoch, validating, checkpointing and logging after each.
+
+    In an Optuna sweep, each epoch's monitored value goes to the job's trial, and the
+    pruner may end training early (the run is then tested and tagged `pruned=true`).
 
     Raises:
         TrainingInterrupted: A signal asked to stop; last.pt holds the exact position.
@@ -411,6 +429,11 @@ def fit(cfg: DictConfig, state: TrainState, parts: TrainingParts, train_loader: 
         if stop.requested():  # the signal came during validation: last.pt is this epoch's
             writer.wait()
             raise TrainingInterrupted(stop.signum)
+        if job is not None and job.should_prune(cfg, epoch, current):
+            log.info("pruned by Optuna after epoch %d (%s = %.4f)", epoch, trainer.monitor, current)
+            tracker.set_tags({"pruned": "true"})
+            writer.wait()
+            break
         patience = trainer.early_stopping_patience
         if patience is not None and state.epochs_since_best >= patience:
             log.info("early stopping: %s has not improved for %d epochs", trainer.monitor, patience)

@@ -1,0 +1,1 @@
+"""The project's Optuna sweeper for Hydra (`hydra/sweeper=runner_optuna`)."""
