@@ -195,11 +195,13 @@ class SweepJob:
         update_manifest(self.sweep_dir, self.key, status="RUNNING", overrides=self.overrides,
                         num=self.num, run_dir=str(cfg.paths.run_dir),
                         attempts=recorded.get("attempts", 0) + 1)  # fmt: skip
+        started = time.time()
         try:
             value = train(cfg, self)
         except Exception as err:
             update_manifest(self.sweep_dir, self.key, status="FAILED",
-                            error=f"{type(err).__name__}: {err}",
+                            error=f"{type(err).__name__}: {err}", started=started,
+                            seconds=time.time() - started,
                             traceback=traceback.format_exc())  # fmt: skip
             log.error("sweep job %s failed: %s: %s (the sweep goes on)", self.key,
                       type(err).__name__, err)  # fmt: skip
@@ -210,7 +212,8 @@ class SweepJob:
             update_manifest(self.sweep_dir, self.key, status="INTERRUPTED")
             raise
         update_manifest(self.sweep_dir, self.key, status="FINISHED", value=value,
-                        pruned=self.pruned)  # fmt: skip
+                        pruned=self.pruned, started=started,
+                        seconds=time.time() - started)  # fmt: skip
         return value
 
     def record_run(self, mlflow_run_id: str | None) -> None:

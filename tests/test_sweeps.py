@@ -5,6 +5,7 @@ submitit's local launcher)."""
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import pytest
 from tests.conftest import REPO, TINY, query
 
 pytestmark = pytest.mark.slow
+# 16 batches per epoch: long enough to be interrupted in the middle of one.
+STEADY = ["data.num_samples=640", "trainer.max_epochs=3", "trainer.log_every_n_steps=4"]
 
 
 def multirun(out: Path, sweep_dir: Path, *overrides: str, timeout: float = 600):
@@ -37,7 +40,7 @@ def runs(db: Path) -> dict[str, dict]:
 def manifest(sweep_dir: Path) -> dict[str, dict]:
     """The sweep's manifest entries by the swept part of their overrides."""
     jobs = json.loads((sweep_dir / "manifest.json").read_text())["jobs"]
-    swept = lambda o: o not in TINY and not o.startswith(("paths.", "sweep."))  # noqa: E731
+    swept = lambda o: o not in TINY + STEADY and not o.startswith(("paths.", "sweep."))  # noqa: E731
     return {" ".join(filter(swept, e["overrides"])): e for e in jobs.values()}
 
 
@@ -148,10 +151,9 @@ def test_resume_of_a_dir_that_is_not_a_sweep_fails_clearly(tmp_path):
 # A case built to be prunable: lr 1e-9 cannot learn, so its validation loss stays above
 # the median of the trials that can, from the first epoch on.
 PRUNABLE = [
-    "hparams_search=optuna", "trainer.max_epochs=3", "trainer.monitor=val/loss",
-    "trainer.monitor_mode=min", "hydra.sweeper.sampler=grid", "~hydra.sweeper.params",
-    "+hydra.sweeper.params.optim.lr=choice(3e-3,1e-9)",
-    "+hydra.sweeper.params.seed=choice(0,1,2)",
+    "hparams_search=optuna", "trainer.max_epochs=2", "trainer.monitor=val/loss",
+    "trainer.monitor_mode=min", "hydra.sweeper.sampler=grid", "hydra.sweeper.params=null",
+    "optim.lr=3e-3,1e-9", "seed=0,1,2",  # a sweep on the command line joins the space
     "optuna.pruner_startup_trials=2", "optuna.pruner_warmup_epochs=0",
 ]  # fmt: skip
 
@@ -182,11 +184,11 @@ def test_optuna_prunes_hopeless_trials_and_reports_to_the_parent(tmp_path):
     assert best["best_params"]["optim.lr"] == 3e-3
     assert found[parent_id]["tags"]["best.optim.lr"] == "0.003"
 
-    # The same command continues the study: two more trials, not six.
-    code, output = multirun(tmp_path, tmp_path / "sweep2", *PRUNABLE, "hydra.sweeper.n_trials=8")
+    # The same command continues the study: one more trial, not seven.
+    code, output = multirun(tmp_path, tmp_path / "sweep2", *PRUNABLE, "hydra.sweeper.n_trials=7")
     assert code == 0, output[-3000:]
-    assert "6 finished trial(s), target 8" in output
-    assert len(_trial_states(tmp_path / "optuna.db")) == 8
+    assert "6 finished trial(s), target 7" in output
+    assert len(_trial_states(tmp_path / "optuna.db")) == 7
 
 
 def test_optuna_with_submitit_local_prunes_across_processes(tmp_path):
@@ -203,3 +205,32 @@ def test_optuna_with_submitit_local_prunes_across_processes(tmp_path):
     assert len(children) == 4
     pids = {r["tags"]["runner.pid"] for r in children}
     assert found[parent_id]["tags"]["runner.pid"] not in pids  # jobs ran in other processes
+
+
+def test_an_interrupted_sweep_resumes_its_job_from_the_checkpoint(tmp_path):
+    from tests.reliability.conftest import run_until
+
+    sweep_dir = tmp_path / "sweep"
+    command = [sys.executable, str(REPO / "run.py"), "-m", f"paths.output_dir={tmp_path}",
+               f"hydra.sweep.dir={sweep_dir}", *TINY, *STEADY, "seed=0,1"]  # fmt: skip
+    code, output = run_until(command, "epoch 2 step 8/", signal.SIGTERM)
+    assert code == 143, output[-3000:]
+    jobs = manifest(sweep_dir)
+    assert jobs["seed=0"]["status"] == "INTERRUPTED" and "seed=1" not in jobs
+    first_run = jobs["seed=0"]["mlflow_run_id"]
+    found = runs(tmp_path / "mlflow.db")
+    parent = next(r for r in found.values() if r["tags"].get("sweep.role") == "parent")
+    assert parent["status"] == "KILLED" and found[first_run]["status"] == "KILLED"
+
+    code, output = multirun(tmp_path, sweep_dir, *STEADY, "seed=0,1", f"sweep.resume={sweep_dir}")
+    assert code == 0, output[-3000:]
+    assert "resumed from" in output and "epoch 1 done" in output
+    jobs = manifest(sweep_dir)
+    assert jobs["seed=0"]["mlflow_run_id"] == first_run
+    assert {e["status"] for e in jobs.values()} == {"FINISHED"}
+    epochs = query(
+        tmp_path / "mlflow.db",
+        "SELECT step FROM metrics WHERE run_uuid = ? AND key = 'val/acc'",
+        first_run,
+    )
+    assert sorted(s for (s,) in epochs) == [1, 2, 3]  # each epoch logged once  # fmt: skip

@@ -19,7 +19,7 @@ Search spaces use Hydra's override grammar:
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -54,7 +54,8 @@ class RunnerOptunaSweeperConf:
     n_jobs: int = 1
     # maximize | minimize; null = from trainer.monitor_mode.
     direction: Optional[str] = None
-    params: Dict[str, str] = field(default_factory=dict)
+    # The search space (null = only what the command line sweeps, as choices).
+    params: Optional[Dict[str, str]] = None
 
 
 ConfigStore.instance().store(
@@ -126,7 +127,7 @@ class RunnerOptunaSweeper(Sweeper):
 
     def __init__(self, study_name: str, storage: str, sampler: str, seed: Optional[int],
                  n_trials: int, n_jobs: int, direction: Optional[str],
-                 params: Dict[str, str]) -> None:  # fmt: skip
+                 params: Optional[Dict[str, str]] = None) -> None:  # fmt: skip
         self.study_name = study_name
         self.storage = storage
         self.sampler = sampler
