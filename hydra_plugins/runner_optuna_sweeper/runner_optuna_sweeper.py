@@ -11,6 +11,7 @@ Search spaces use Hydra's override grammar:
     optim.lr: tag(log, interval(1e-5, 1e-1))     # float, log-uniform
     trainer.batch_size: choice(32, 64, 128)      # categorical
     model.drop_rate: interval(0.0, 0.5)          # float, uniform
+    trainer.batch_size: tag(int, log, interval(16, 256))   # int, log-uniform
     trainer.max_epochs: range(2, 10, 2)          # int, step 2 (10 excluded)
 """
 
@@ -75,8 +76,8 @@ def distribution_of(override: Override) -> Any:
     name = override.get_key_element()
     if isinstance(value, IntervalSweep):
         log_scale = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return dist.IntDistribution(value.start, value.end, log=log_scale)
+        if "int" in value.tags:  # Hydra's intervals are floats unless tagged
+            return dist.IntDistribution(int(value.start), int(value.end), log=log_scale)
         return dist.FloatDistribution(float(value.start), float(value.end), log=log_scale)
     if isinstance(value, RangeSweep):
         if all(isinstance(v, int) for v in (value.start, value.stop, value.step)):
