@@ -390,7 +390,9 @@ def plot_reliability(probabilities: torch.Tensor, labels: torch.Tensor, bins: in
     edges = torch.linspace(0, 1, bins + 1)
     width = 1 / bins
     if len(labels):
-        mean_conf, accuracy, counts = reliability_bins(probabilities, labels, bins)
+        mean_conf, accuracy, counts = (t.numpy() for t in reliability_bins(probabilities, labels,
+                                                                             bins))  # fmt: skip
+        edges = edges.numpy()
         filled = counts > 0
         ax.bar(edges[:-1][filled], accuracy[filled], width=width, align="edge",
                edgecolor="black", label="accuracy")  # fmt: skip
