@@ -78,7 +78,7 @@ def test_eval_reproduces_the_test_metrics_in_a_new_linked_run(trained):
 
 @pytest.mark.slow
 def test_eval_from_an_mlflow_run_id_with_flip_tta(trained):
-    tmp, db, run_id = trained
+    tmp, _, run_id = trained
     run(compose_cfg(tmp, "eval_tta", "mode=eval", f"ckpt=runs:/{run_id}", "eval.tta=flip"))
     evaluated = json.loads((tmp / "eval_tta" / "metrics.json").read_text())
     assert evaluated["tta"] == "flip" and evaluated["source_run_id"] == run_id
@@ -128,7 +128,7 @@ def test_ckpt_errors_name_the_file_and_the_fix(tmp_path, trained):
     cfg = compose_cfg(trained[0], "unused")  # the trained run's MLflow store
     with pytest.raises(CheckpointError, match=r"ckpt='/nope/best.pt': no such file"):
         resolve_ckpt("/nope/best.pt", cfg, tmp_path)
-    with pytest.raises(CheckpointError, match="a folder: point at its checkpoints/best.pt"):
+    with pytest.raises(CheckpointError, match=r"a folder: point at its checkpoints/best\.pt"):
         resolve_ckpt(str(tmp_path), cfg, tmp_path)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"definitely not a checkpoint")
