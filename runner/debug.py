@@ -58,7 +58,7 @@ def profile(enabled: bool, run_dir: Path, tracker) -> Iterator[None]:
         activities.append(ProfilerActivity.CUDA)
     folder = run_dir / "profile"
     folder.mkdir(parents=True, exist_ok=True)
-    with torch_profile(activities=activities, record_shapes=True) as prof:
+    with torch_profile(activities=activities) as prof:
         yield
     trace, ops = folder / "trace.json", folder / "ops.txt"
     prof.export_chrome_trace(str(trace))
