@@ -16,8 +16,9 @@ import csv
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -118,21 +119,32 @@ def report(
     write_per_class_csv(per_class_table(inputs.confusion, inputs.class_names), files[0])
     metrics: dict[str, float] = {}
     if settings.enabled:
-        files.append(run_dir / "confusion_matrix.png")
-        plot_confusion_matrix(inputs.confusion, inputs.class_names, files[-1])
-        files.append(run_dir / "misclassified.png")
-        plot_misclassified(inputs, settings.num_misclassified, files[-1])
+
+        def reliability(path: Path) -> None:
+            bins = settings.calibration_bins
+            metrics["test/ece"] = plot_reliability(inputs.probabilities, inputs.labels, bins, path)
+
+        plots: dict[str, Callable[[Path], Any]] = {
+            "confusion_matrix.png": partial(
+                plot_confusion_matrix, inputs.confusion, inputs.class_names
+            ),
+            "misclassified.png": partial(plot_misclassified, inputs, settings.num_misclassified),
+            "reliability.png": reliability,
+        }
         if settings.num_gradcam > 0 and len(inputs.labels):
-            files.append(run_dir / "gradcam.png")
-            plot_gradcam(inputs, settings.num_gradcam, settings.gradcam_layer,
-                         settings.gradcam_min_size, files[-1])  # fmt: skip
-        files.append(run_dir / "reliability.png")
-        ece = plot_reliability(inputs.probabilities, inputs.labels, settings.calibration_bins,
-                               files[-1])  # fmt: skip
-        metrics["test/ece"] = ece
+            layer, min_size = settings.gradcam_layer, settings.gradcam_min_size
+            plots["gradcam.png"] = partial(
+                plot_gradcam, inputs, settings.num_gradcam, layer, min_size
+            )
         if inputs.history:
-            files.append(run_dir / "learning_curves.png")
-            plot_learning_curves(inputs.history, files[-1])
+            plots["learning_curves.png"] = partial(plot_learning_curves, inputs.history)
+        for name, plot in plots.items():
+            try:
+                plot(run_dir / name)
+            except Exception as err:  # a report must not cost the run its tested results
+                log.error("analysis: %s was not written: %s", name, err)
+                continue
+            files.append(run_dir / name)
     for path in files:
         tracker.log_artifact(path)
     log.info("analysis: wrote %s in %.1fs", ", ".join(p.name for p in files),
