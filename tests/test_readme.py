@@ -211,6 +211,9 @@ def test_readme_commands_run(tmp_path):
         started = time.perf_counter()
         output = session.run(command)
         ran.append((command, round(time.perf_counter() - started, 1)))
+        if command == "python run.py":
+            assert "run summary" in output and "best epoch" in output
+            assert "then open http://127.0.0.1:5000/#/experiments/" in output, "the MLflow URL"
         if command.startswith("python run.py --help"):
             assert "Config groups" in output
         if "mode=eval" in command:
