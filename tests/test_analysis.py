@@ -10,16 +10,14 @@ from omegaconf import OmegaConf
 from torchvision.models import resnet18
 
 from runner.analysis import (
-    AnalysisError,
     AnalysisInputs,
     expected_calibration_error,
-    find_gradcam_layer,
-    gradcam_maps,
     most_confident_mistakes,
     report,
 )
 from runner.augment import DeviceAugment, Normalize
 from runner.data import Split
+from runner.gradcam import GradCamError, find_gradcam_layer, gradcam_maps
 from runner.tracking import NullTracker
 
 
@@ -34,9 +32,9 @@ def test_auto_layer_is_the_last_feature_map_big_enough(tv_resnet):
     assert find_gradcam_layer(tv_resnet, example, "auto", min_size=4)[0] == "layer3"
     assert find_gradcam_layer(tv_resnet, example, "auto", min_size=1)[0] == "layer4"
     assert find_gradcam_layer(tv_resnet, example, "layer2.1")[0] == "layer2.1"
-    with pytest.raises(AnalysisError, match=r"analysis\.gradcam_layer='layer9' is not a module"):
+    with pytest.raises(GradCamError, match=r"analysis\.gradcam_layer='layer9' is not a module"):
         find_gradcam_layer(tv_resnet, example, "layer9")
-    with pytest.raises(AnalysisError, match="no layer with a feature map of at least 64x64"):
+    with pytest.raises(GradCamError, match="no layer with a feature map of at least 64x64"):
         find_gradcam_layer(tv_resnet, example, "auto", min_size=64)
 
 
