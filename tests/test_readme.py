@@ -7,7 +7,7 @@ itself). Placeholders (`<run id>`, `outputs/runs/<date>/...`, `photos/`) are rep
 by the results of the commands before them, so the block runs top to bottom.
 
 A command that selects a config option which does not exist in conf/ yet (a feature
-of another branch) is listed by `test_pending_readme_commands_name_a_missing_option`;
+not added yet) is listed by `test_pending_readme_commands_name_a_missing_option`;
 once the option exists, the command runs like the others. To give a command settings of
 its own (e.g. fewer Optuna trials), add it to `EXTRA`.
 """
@@ -71,7 +71,7 @@ def missing_option(command: str) -> str | None:
     """The first `group=option` of the command that conf/ does not have (yet).
 
     A `key=value` names a config group when conf/<key>/ exists or when `key` is not a
-    top-level key of conf/train.yaml (a group of another branch, e.g. hparams_search);
+    top-level key of conf/train.yaml (a group not added yet, e.g. hparams_search);
     it is missing when conf/<key>/<value>.yaml is absent.
     """
     top_level = set(OmegaConf.load(CONF / "train.yaml"))
@@ -205,7 +205,7 @@ def test_readme_has_the_commands_people_need():
 
 def test_pending_readme_commands_name_a_missing_option():
     pending = {c: missing_option(c) for c in readme_commands() if missing_option(c)}
-    # Only the features built on other branches may be pending, and only while their
+    # Only these features may be pending, and only while their
     # config option is absent here; then they run in test_readme_commands_run.
     assert set(pending.values()) <= {"hparams_search=optuna", "hydra/launcher=slurm"}, pending
 
