@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/imagefolder_cache.py
 	$(PY) benchmarks/logging_overhead.py
 	$(PY) benchmarks/checkpoint_cost.py
+	$(PY) benchmarks/startup.py
 
 clean:
 	rm -rf outputs/runs outputs/multirun

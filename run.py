@@ -8,8 +8,8 @@ import runner  # noqa: F401  (registers the config resolvers)
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    """Runs one job and returns its best monitored value (a sweeper's objective)."""
-    from runner.train import run
+    """Runs one job (train, eval or predict: `mode=`) and returns its objective."""
+    from runner.main import run
 
     return run(cfg)
 

@@ -62,7 +62,7 @@ from runner import console, engine
 from runner.augment import Normalize
 from runner.data import DataSplits, ResidentLoader, Split, load_digits
 from runner.lifecycle import GracefulStop
-from runner.optim import build_optimizer
+from runner.optim import optimizer_from_config
 from runner.samplers import WeightedClassSampler
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -146,7 +146,7 @@ def build_side(
         The side.
     """
     optim_cfg = load_group("optim", "adamw")
-    optimizer = build_optimizer(model, instantiate(optim_cfg), optim_cfg.weight_decay)
+    optimizer = optimizer_from_config(model, optim_cfg)
     scheduler = instantiate(load_group("sched", "cosine"))(
         optimizer=optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch
     )

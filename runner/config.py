@@ -19,6 +19,7 @@ _UNIQUE_ID = secrets.token_hex(3)
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 PRECISION_CHOICES = ("auto", "32", "bf16", "16")
 MONITOR_MODES = ("max", "min")
+MODES = ("train", "eval", "predict")
 MONITORABLE = (
     "val/acc",
     "val/loss",
@@ -149,6 +150,12 @@ def _optional_share(value: Any) -> str | None:
     return "null (all) or a number in (0, 1]"
 
 
+def _ckpt(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value):
+        return None
+    return "null, a checkpoint file (checkpoints/best.pt) or runs:/<mlflow run id>"
+
+
 def _resident(value: Any) -> str | None:
     return None if value == "auto" or isinstance(value, bool) else "one of auto, true, false"
 
@@ -182,8 +189,12 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "optuna.pruner_warmup_epochs": _non_negative_int,
     "optuna.study_name": _non_empty_string,
     "optuna.storage": _non_empty_string,
+    "trainer.limit_batches": _optional_positive_int,
+    "trainer.overfit_batches": _optional_positive_int,
+    "trainer.profile": _boolean,
     "optim.lr": _positive_number,
     "optim.weight_decay": _non_negative_number,
+    "optim.backbone_lr_mult": _positive_number,
     "sched.warmup_epochs": _non_negative_number,
     "sched.min_lr_ratio": _fraction,
     "sched.pct_start": _fraction,
@@ -225,6 +236,21 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "aug.cutmix_alpha": _non_negative_number,
     "aug.mix_prob": _probability,
     "preview_only": _boolean,
+    "mode": _one_of(*MODES),
+    "ckpt": _ckpt,
+    "eval.tta": _one_of("none", "flip"),
+    "eval.data": _one_of("stored", "current"),
+    "predict.input": _optional_non_empty_string,
+    "predict.output": _optional_non_empty_string,
+    "predict.topk": _positive_int,
+    "predict.batch_size": _positive_int,
+    "predict.tta": _one_of("none", "flip"),
+    "analysis.enabled": _boolean,
+    "analysis.num_misclassified": _non_negative_int,
+    "analysis.num_gradcam": _non_negative_int,
+    "analysis.gradcam_layer": _non_empty_string,
+    "analysis.gradcam_min_size": _positive_int,
+    "analysis.calibration_bins": _positive_int,
 }
 
 REQUIRED_GROUPS = ("data", "aug", "model", "optim", "sched", "loss", "sampler", "logger")
@@ -237,7 +263,7 @@ TOP_LEVEL_KEYS = frozenset(
     | {"experiment", "debug", "hparams_search", "optuna", "hydra"}
 )
 # Nodes whose keys are fixed: an added key there is a typo, not a new option.
-CLOSED_NODES = ("trainer", "paths")
+CLOSED_NODES = ("trainer", "paths", "eval", "predict", "analysis")
 
 # `_target_`s may only come from these packages (and `allowed_targets`), so a config
 # file or a checkpoint cannot make the runner import and call arbitrary code.
@@ -299,10 +325,29 @@ def validate(cfg: DictConfig) -> None:
             f"data.fraction={subset[0]!r} and data.samples_per_class={subset[1]!r} are both "
             "set: choose one (the other null)"
         )
+    problems.extend(_mode_problems(cfg))
     if problems:
         plural = "" if len(problems) == 1 else "s"
         listing = "\n  - ".join(problems)
         raise ConfigError(f"Invalid config ({len(problems)} problem{plural}):\n  - {listing}")
+
+
+def _mode_problems(cfg: DictConfig) -> list[str]:
+    """What eval and predict need besides well-typed keys: a checkpoint and an input."""
+    mode = OmegaConf.select(cfg, "mode", default="train")
+    if mode not in ("eval", "predict"):
+        return []
+    problems = []
+    if OmegaConf.select(cfg, "ckpt", default=None) is None:
+        problems.append(
+            f"mode={mode} needs a checkpoint: set ckpt=<run dir>/checkpoints/best.pt "
+            "or ckpt=runs:/<mlflow run id>"
+        )
+    if mode == "predict" and OmegaConf.select(cfg, "predict.input", default=None) is None:
+        problems.append(
+            "mode=predict needs images: set predict.input=<image file or folder of images>"
+        )
+    return problems
 
 
 def _unresolvable_values(cfg: DictConfig) -> list[str]:
@@ -331,8 +376,11 @@ def _unresolvable_values(cfg: DictConfig) -> list[str]:
 
 
 def _unknown_keys(cfg: DictConfig) -> list[str]:
-    known_trainer = {key.split(".", 1)[1] for key in CHECKS if key.startswith("trainer.")}
-    known = {"trainer": known_trainer, "paths": {"root_dir", "output_dir", "run_dir"}}
+    known = {
+        node: {key.split(".", 1)[1] for key in CHECKS if key.startswith(f"{node}.")}
+        for node in CLOSED_NODES
+    }
+    known["paths"] = {"root_dir", "output_dir", "run_dir"}
     listing = ", ".join(sorted(TOP_LEVEL_KEYS - {"hydra"}))
     problems = [
         f"{key!r} is not a known top-level key (known: {listing})"

@@ -103,12 +103,12 @@ class EpochProgress:
         log.info("epoch %d/%d  %s", self._epoch, self.max_epochs, summary)
 
 
-def print_summary(rows: list[tuple[str, str]]) -> None:
+def print_summary(rows: list[tuple[str, str]], title: str = "run summary") -> None:
     """Prints the end-of-run summary as a two-column table."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="run summary", show_header=False)
+    table = Table(title=title, show_header=False)
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows:

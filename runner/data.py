@@ -301,6 +301,7 @@ class EpochBatches:
         self.drop_last = drop_last and len(split) > batch_size
         self.epoch = 0
         self.start_batch = 0
+        self.limit_batches: int | None = None  # trainer.limit_batches (debugging)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Chooses the epoch whose sample order the next iteration yields.
@@ -319,7 +320,8 @@ class EpochBatches:
     def batches_per_epoch(self) -> int:
         """Batches in a whole epoch."""
         n = self._num_samples()
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return batches if self.limit_batches is None else min(batches, self.limit_batches)
 
     def __len__(self) -> int:
         return self.batches_per_epoch() - self.start_batch

@@ -10,14 +10,38 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+
+# Keys of conf/optim/ that the runner uses itself rather than passing to the optimizer.
+RUNNER_KEYS = ("backbone_lr_mult",)
+
+
+def optimizer_from_config(model: nn.Module, optim_cfg: DictConfig) -> torch.optim.Optimizer:
+    """Builds the optimizer of conf/optim/ for the model (see `build_optimizer`)."""
+    from hydra.utils import instantiate
+
+    settings = OmegaConf.to_container(optim_cfg, resolve=True)
+    runner_settings = {key: settings.pop(key) for key in RUNNER_KEYS if key in settings}
+    return build_optimizer(model, instantiate(settings), settings.get("weight_decay", 0.0),
+                           **runner_settings)  # fmt: skip
+
+
+def head_parameters(model: nn.Module) -> set[int]:
+    """Ids of the classifier head's parameters: timm's `get_classifier()`, else the last Linear."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Module):
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        head = linears[-1] if linears else None
+    return {id(p) for p in head.parameters()} if head is not None else set()
 
 
 def build_optimizer(
     model: nn.Module,
     optimizer_factory: Callable[..., torch.optim.Optimizer],
     weight_decay: float,
+    backbone_lr_mult: float = 1.0,
 ) -> torch.optim.Optimizer:
     """Binds the optimizer to the model's parameters, excluding norms and biases from decay.
 
@@ -26,6 +50,9 @@ def build_optimizer(
         optimizer_factory: The partially built optimizer (`_partial_: true` in conf/optim).
         weight_decay: Decay of the weight matrices and kernels; 1-D parameters (norm
             scales, biases) and the model's `no_weight_decay()` names get none.
+        backbone_lr_mult: The lr of everything but the classifier head, as a multiple of
+            the head's (`optim.lr`); below 1 fine-tunes pretrained features gently. The
+            head's groups come first, so `param_groups[0]["lr"]` is `optim.lr`'s schedule.
 
     Returns:
         The optimizer.
@@ -36,7 +63,20 @@ def build_optimizer(
     groups = param_groups_weight_decay(
         model, weight_decay=weight_decay, no_weight_decay_list=no_decay
     )
-    return optimizer_factory(params=groups)
+    if backbone_lr_mult == 1.0:
+        return optimizer_factory(params=groups)
+    head = head_parameters(model)
+    split = []
+    for is_head in (True, False):
+        for group in groups:
+            params = [p for p in group["params"] if (id(p) in head) == is_head]
+            if params:
+                split.append({**group, "params": params, "backbone": not is_head})
+    optimizer = optimizer_factory(params=split)
+    for group in optimizer.param_groups:
+        if group["backbone"]:
+            group["lr"] = group["lr"] * backbone_lr_mult
+    return optimizer
 
 
 def _warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:

@@ -473,8 +473,11 @@ class MlflowTracker(NullTracker):
     def describe(self) -> str:
         """Where the run can be looked at."""
         if self.is_local:
+            # `mlflow ui` serves on 127.0.0.1:5000 by default; the URL works once it runs.
             return (
-                f"run {self.run_id}; view with: mlflow ui --backend-store-uri {self.tracking_uri}"
+                f"run {self.run_id}; view with: mlflow ui --backend-store-uri "
+                f"{self.tracking_uri}, then open http://127.0.0.1:5000/#/experiments/"
+                f"{self.experiment_id}/runs/{self.run_id}"
             )
         base = self.tracking_uri.rstrip("/")
         return f"{base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"

@@ -17,14 +17,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from runner import checkpoint, console, engine, provenance, realworld, sweep
+from runner import analysis, checkpoint, console, debug, engine, provenance, realworld, sweep
 from runner.augment import Normalize, save_preview_grid
 from runner.config import REPO_ROOT, redacted_container, validate
 from runner.data import DataSplits
 from runner.lifecycle import GracefulStop, TrainingInterrupted
-from runner.metrics import build_confusion_matrix, build_metrics, per_class_table, shot_accuracies
+from runner.metrics import build_confusion_matrix, build_metrics, shot_accuracies
 from runner.models import pretrained_normalization
-from runner.optim import build_optimizer
+from runner.optim import optimizer_from_config
 
 log = logging.getLogger("runner")
 
@@ -59,7 +59,8 @@ def train_and_test(cfg: DictConfig, job: sweep.SweepJob | None) -> float:
     if not preview_only:  # before the data: a tracking server that is down fails in seconds
         tracker.connect(experiment_name=(job and job.experiment_name) or cfg.data.name)
 
-    data = build_data(cfg.data)
+    data = debug.overfit_subset(build_data(cfg.data), cfg.trainer.overfit_batches,
+                                cfg.trainer.batch_size)  # fmt: skip
     augment = instantiate(cfg.aug, num_classes=data.num_classes).to(device)
     preview = run_dir / "aug_preview.png"
     save_preview_grid(augment, data.train, data.class_names, preview, seed=cfg.seed, device=device)
@@ -79,14 +80,14 @@ def train_and_test(cfg: DictConfig, job: sweep.SweepJob | None) -> float:
             job.record_run(tracker.run_id)
         realworld.report_data(data, run_dir, tracker)
         tracker.log_artifact(preview)
-        with GracefulStop() as stop:
+        with GracefulStop() as stop, debug.profile(cfg.trainer.profile, run_dir, tracker):
             fit(cfg, state, parts, train_loader, val_loader, data, device, precision, tracker,
                 writer, run_dir, stop, job)  # fmt: skip
         writer.wait()
         best = checkpoint.load_checkpoint(run_dir / "checkpoints" / "best.pt")
         export_best_weights(best, run_dir)
         test_metrics = test(cfg, parts, best, test_loader, data, device, precision, tracker,
-                            run_dir)  # fmt: skip
+                            run_dir, state.history)  # fmt: skip
         loaders = [train_loader, val_loader, test_loader]
         realworld.report_streamed_bad_files(data, loaders, run_dir, tracker)
         write_results(state, test_metrics, tracker, run_dir)
@@ -199,7 +200,7 @@ def build_training_parts(
     )
     log.info("model %s: %.2fM parameters", cfg.model.get("name", cfg.model._target_),
              sum(p.numel() for p in model.parameters()) / 1e6)  # fmt: skip
-    optimizer = build_optimizer(model, instantiate(cfg.optim), cfg.optim.weight_decay)
+    optimizer = optimizer_from_config(model, cfg.optim)
     steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
     scheduler = instantiate(cfg.sched)(
         optimizer=optimizer,
@@ -264,6 +265,7 @@ def build_loaders(cfg: DictConfig, data: DataSplits, device: torch.device) -> tu
     )
     val_loader = data.val.loader(cfg.trainer.eval_batch_size, device)
     test_loader = data.test.loader(cfg.trainer.eval_batch_size, device)
+    debug.limit_batches([train_loader, val_loader, test_loader], cfg.trainer.limit_batches)
     return train_loader, val_loader, test_loader
 
 
@@ -413,7 +415,7 @@ def fit(cfg: DictConfig, state: TrainState, parts: TrainingParts, train_loader: 
         if improved:
             state.best_value, state.best_epoch, state.epochs_since_best = current, epoch, 0
             files[run_dir / "checkpoints" / "best.pt"] = best_state(
-                config_yaml, parts, data, epoch, metrics
+                config_yaml, parts, data, epoch, metrics, state.mlflow_run_id
             )
         else:
             state.epochs_since_best += 1
@@ -441,7 +443,7 @@ def fit(cfg: DictConfig, state: TrainState, parts: TrainingParts, train_loader: 
 
 
 def best_state(config_yaml: str, parts: TrainingParts, data: DataSplits, epoch: int,
-               metrics: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+               metrics: dict[str, float], run_id: str | None = None) -> dict[str, Any]:  # fmt: skip
     """The content of checkpoints/best.pt: weights plus what predicting with them needs."""
     return {
         "model": parts.eval_model.state_dict(),
@@ -454,6 +456,7 @@ def best_state(config_yaml: str, parts: TrainingParts, data: DataSplits, epoch: 
         "image_size": data.image_size,
         "epoch": epoch,
         "metrics": dict(metrics),
+        "mlflow_run_id": run_id,  # the training run, linked from eval runs (source_run_id)
     }
 
 
@@ -507,69 +510,31 @@ def export_best_weights(best: dict[str, Any], run_dir: Path) -> Path:
 
 
 def test(cfg: DictConfig, parts: TrainingParts, best: dict[str, Any], test_loader: Iterable,
-         data: DataSplits, device: torch.device, precision: str, tracker,
-         run_dir: Path) -> dict[str, float]:  # fmt: skip
+         data: DataSplits, device: torch.device, precision: str, tracker, run_dir: Path,
+         history: list[dict[str, float]]) -> dict[str, float]:  # fmt: skip
     """Evaluates the best weights (best.pt's content) on the test split; per-class report."""
     model = parts.eval_model
     model.load_state_dict(best["model"])
     confusion = build_confusion_matrix(data.num_classes).to(device)
+    predictions = analysis.PredictionCollector()
     results = engine.evaluate(
         model=model, loader=test_loader, augment=parts.augment, normalize=parts.normalize,
         metrics=build_metrics(data.num_classes, with_auroc=True).to(device),
         autocast=engine.make_autocast(device, precision), device=device,
-        extra_metrics=[confusion],
+        extra_metrics=[confusion, predictions],
     )  # fmt: skip
     metrics = {f"test/{name}": value for name, value in results.items()}
     matrix = confusion.compute().cpu()
     if data.long_tailed:
         shots = shot_accuracies(matrix, data.class_counts())
         metrics.update({f"test/{name}": value for name, value in shots.items()})
-    write_per_class_csv(per_class_table(matrix, data.class_names), run_dir / "per_class.csv")
-    plot_confusion_matrix(matrix, data.class_names, run_dir / "confusion_matrix.png")
+    metrics.update(analysis.report(cfg.analysis, analysis.AnalysisInputs(
+        model, parts.augment, parts.normalize, data.test, *predictions.result(), matrix,
+        data.class_names, device, history), run_dir, tracker))  # fmt: skip
     tracker.log_metrics(metrics, step=cfg.trainer.max_epochs)
-    for name in ("per_class.csv", "confusion_matrix.png"):
-        tracker.log_artifact(run_dir / name)
     for name in ("best.pt", "best.safetensors"):
         tracker.log_artifact(run_dir / "checkpoints" / name, "checkpoints")
     return metrics
-
-
-def write_per_class_csv(rows: list[dict], path: Path) -> None:
-    """Writes the per-class precision/recall/F1/support table."""
-    import csv
-
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def plot_confusion_matrix(matrix: torch.Tensor, class_names: list[str], path: Path) -> None:
-    """Saves the row-normalised confusion matrix as a PNG with class names on the axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    normalized = (matrix.double() / matrix.sum(1, keepdim=True).clamp_min(1)).numpy()
-    size = max(4.0, 0.45 * len(class_names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
-    ticks = range(len(class_names))
-    ax.set_xticks(ticks, class_names, rotation=90 if len(class_names) > 10 else 0)
-    ax.set_yticks(ticks, class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("confusion matrix (row-normalised)")
-    if len(class_names) <= 20:
-        for i in ticks:
-            for j in ticks:
-                color = "white" if normalized[i, j] > 0.5 else "black"
-                ax.text(j, i, f"{normalized[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color=color)  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_results(
