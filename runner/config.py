@@ -41,8 +41,12 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("runner_unique_id"):
         # One id per process: Hydra may resolve the run dir more than once, and every
         # resolution must give the same dir. The pid and random part keep two runs
-        # started in the same second apart.
-        OmegaConf.register_new_resolver("runner_unique_id", lambda: f"{os.getpid()}{_UNIQUE_ID}")
+        # started in the same second apart. Cached like Hydra's `now`: Hydra copies the
+        # cache of the sweep's config into each job's, so jobs that run in other
+        # processes (submitit, SLURM) share the sweep dir of the process that launched them.
+        OmegaConf.register_new_resolver(
+            "runner_unique_id", lambda: f"{os.getpid()}{_UNIQUE_ID}", use_cache=True
+        )
 
 
 # --- checks ------------------------------------------------------------------------
