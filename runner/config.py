@@ -170,6 +170,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "trainer.resume": _non_empty_string,
     "trainer.nan_policy": _one_of("stop", "skip"),
     "trainer.max_nan_skips": _positive_int,
+    "trainer.lr_scaling": _one_of("none", "linear", "sqrt"),
     "optim.lr": _positive_number,
     "optim.weight_decay": _non_negative_number,
     "sched.warmup_epochs": _non_negative_number,
