@@ -21,8 +21,10 @@ import logging
 import math
 import os
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -139,6 +141,25 @@ def init(device: torch.device) -> tuple[World, torch.device]:
 
 
 _CONTROL: Any = None
+
+
+def shared_run_dir(run_dir: Path) -> Path:
+    """Rank 0's run dir, for every rank.
+
+    Each process composes its own config, and a run dir made of the time and the process
+    id differs between ranks started by torchrun or srun. Every rank uses rank 0's; the
+    dir Hydra made for another rank is removed when it holds only Hydra's own files.
+    """
+    if not current().distributed:
+        return run_dir
+    shared = [str(run_dir)]
+    dist.broadcast_object_list(shared, src=0, group=_CONTROL)
+    if shared[0] != str(run_dir):
+        leftovers = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+        if leftovers <= {".hydra", "run.log"}:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        log.info("rank %d uses rank 0's run dir %s", current().rank, shared[0])
+    return Path(shared[0])
 
 
 def _limit_threads() -> None:

@@ -46,6 +46,7 @@ def run(cfg: DictConfig) -> float:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
     world, device = distributed.init(device)  # DDP under torchrun or SLURM; else one process
+    run_dir = distributed.shared_run_dir(run_dir)
     precision = resolve_precision(cfg.trainer.precision, device)
     console.print_config(cfg)
     preview_only = cfg.get("preview_only", False)  # `+preview_only=true`: show the aug, stop

@@ -1,0 +1,98 @@
+"""Sweeps, preemption with requeue, and DDP on a real (local, one-node) SLURM cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import query
+from tests.slurm.conftest import slurm_command, stamp_of, wait_for_line
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm")]
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def run_sweep(command: list[str], timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def tags(db: Path, run_id: str) -> dict[str, str]:
+    return dict(query(db, "SELECT key, value FROM tags WHERE run_uuid=?", run_id))
+
+
+def test_two_job_sweep_runs_as_slurm_jobs_in_one_sweep_dir(tmp_path):
+    done = run_sweep(slurm_command(tmp_path, "optim.lr=1e-3,1e-2"))
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    (sweep,) = [p.parent for p in (tmp_path / "multirun").glob("*/*/multirun.yaml")]
+    assert sorted(p.name for p in sweep.glob("[0-9]*")) == ["0", "1"]
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "metrics.json").read_text())["epochs"] == 1
+    assert len(list((sweep / ".submitit").glob("*_[01]/*_result.pkl"))) == 2, "ran as a job array"
+    db = tmp_path / "mlflow.db"
+    runs = query(db, "SELECT run_uuid, status FROM runs")
+    assert len(runs) == 2 and {status for _, status in runs} == {"FINISHED"}
+    run_dirs = {tags(db, run_id)["run_dir"] for run_id, _ in runs}
+    assert run_dirs == {str(sweep / "0"), str(sweep / "1")}
+    assert {tags(db, run_id)["slurm.job_id"] for run_id, _ in runs} != {None}
+
+
+def test_usr2_checkpoints_requeues_and_resumes_into_the_same_mlflow_run(tmp_path):
+    epochs = 4
+    command = slurm_command(tmp_path, "data.num_samples=640", f"trainer.max_epochs={epochs}",
+                            "trainer.log_every_n_steps=1")  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=ENV)  # fmt: skip
+    try:
+        pattern = "*/*/.submitit/*/*_log.out"  # the job's stdout
+        log, text = wait_for_line(pattern, tmp_path / "multirun", "epoch 2 step 4/", proc)
+        job_id = log.parent.name
+        signalled = time.time()
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    job_log = log.read_text()
+    assert "USR2 received" in job_log and "requeue" in job_log, job_log[-3000:]
+    db = tmp_path / "mlflow.db"
+    (run_id, status), *others = query(db, "SELECT run_uuid, status FROM runs")
+    assert not others, "the requeued job logs into the same MLflow run"
+    assert status == "FINISHED"
+    steps = [s for (s,) in query(db, "SELECT step FROM metrics WHERE key='val/acc' AND "
+                                     "run_uuid=? ORDER BY step", run_id)]  # fmt: skip
+    assert steps == list(range(1, epochs + 1)), "every epoch logged exactly once"
+    assert tags(db, run_id)["requeues"] == "1"
+    # Figures: the step being trained when the signal came vs where the job went on from.
+    stopped = [line for line in job_log.splitlines() if "checkpoint saved" in line]
+    resumed = [line for line in job_log.splitlines() if "resumed from" in line]
+    assert stopped and resumed, job_log[-3000:]
+    submitted = stamp_of(out, "sweep output dir")
+    first_step = stamp_of(text, "epoch 1 step 1/")
+    print(f"\nsubmission-to-first-step: {first_step - submitted:.1f} s")
+    print(f"signal sent at {signalled:.1f}; {stopped[0].strip()}")
+    print(resumed[0].strip())
+
+
+def test_two_task_ddp_job_completes_with_one_run_and_one_set_of_checkpoints(tmp_path):
+    done = run_sweep(slurm_command(tmp_path, "hydra.launcher.tasks_per_node=2",
+                                   "trainer.batch_size=16"))  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    (run_dir,) = list((tmp_path / "multirun").glob("*/*/0"))
+    assert (run_dir / "metrics.json").exists()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "best.pt", "best.safetensors", "last.pt"]  # fmt: skip
+    db = tmp_path / "mlflow.db"
+    ((run_id, status),) = query(db, "SELECT run_uuid, status FROM runs")
+    assert status == "FINISHED"
+    run_tags = tags(db, run_id)
+    assert run_tags["world_size"] == "2" and run_tags["distributed.backend"] == "gloo"
+    assert run_tags["effective_batch_size"] == "32"
+    logs = "".join(p.read_text() for p in run_dir.parent.glob(".submitit/*/*_log.out"))
+    assert "rank 1 of 2" in logs and "rank 0 of 2" in logs
