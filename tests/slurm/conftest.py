@@ -55,7 +55,8 @@ def wait_for_line(path_glob: str, root: Path, pattern: str, proc: subprocess.Pop
     raise AssertionError(f"{pattern!r} never appeared in {root}/{path_glob}\n{out[-3000:]}")
 
 
-STAMP = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
+# Hydra's "[2026-01-02 03:04:05,678]" and submitit's "(2026-01-02 03:04:05,678)".
+STAMP = re.compile(r"[\[(](\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})[\])]")
 
 
 def stamp_of(text: str, pattern: str) -> float:
@@ -68,3 +69,21 @@ def stamp_of(text: str, pattern: str) -> float:
             if match:
                 return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
     raise AssertionError(f"no timestamped line with {pattern!r}")
+
+
+def release_requeued(job_id: str, timeout: float = 120) -> None:
+    """Lets a requeued job start now.
+
+    SLURM holds a requeued job for about two minutes (reason BeginTime) before it may
+    start again; on a real cluster that is harmless, in a test it is dead time.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True,
+                               text=True, timeout=30).stdout.split()  # fmt: skip
+        if state[:2] == ["PENDING", "BeginTime"]:
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True,
+                           timeout=30)  # fmt: skip
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} was not requeued within {timeout} s")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import query
-from tests.slurm.conftest import slurm_command, stamp_of, wait_for_line
+from tests.conftest import REPO, TINY, query
+from tests.slurm.conftest import release_requeued, slurm_command, stamp_of, wait_for_line
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm")]
 
@@ -54,6 +55,7 @@ def test_usr2_checkpoints_requeues_and_resumes_into_the_same_mlflow_run(tmp_path
         job_id = log.parent.name
         signalled = time.time()
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+        release_requeued(job_id)
         out, _ = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:
@@ -73,21 +75,38 @@ def test_usr2_checkpoints_requeues_and_resumes_into_the_same_mlflow_run(tmp_path
     stopped = [line for line in job_log.splitlines() if "checkpoint saved" in line]
     resumed = [line for line in job_log.splitlines() if "resumed from" in line]
     assert stopped and resumed, job_log[-3000:]
+    # The signal came after batch 4 of epoch 2 (16 batches an epoch); the step under way
+    # finishes and is saved, and the requeued job goes on from exactly there.
+    batch = int(stopped[0].split("stopped after batch ")[1].split(";")[0])
+    assert batch >= 4 and f"epoch 1 done, step {16 + batch}" in resumed[0]
     submitted = stamp_of(out, "sweep output dir")
+    started = stamp_of(text, "Starting with JobEnvironment")
     first_step = stamp_of(text, "epoch 1 step 1/")
-    print(f"\nsubmission-to-first-step: {first_step - submitted:.1f} s")
+    print(
+        f"\nsubmission-to-first-step: {first_step - submitted:.1f} s (job start "
+        f"{started - submitted:.1f} s, then {first_step - started:.1f} s to the first step)"
+    )
     print(f"signal sent at {signalled:.1f}; {stopped[0].strip()}")
     print(resumed[0].strip())
 
 
-def test_two_task_ddp_job_completes_with_one_run_and_one_set_of_checkpoints(tmp_path):
+def test_two_task_ddp_job_matches_one_process_on_the_same_global_batch(tmp_path):
+    """2 SLURM tasks (gloo, batch 16 each) against 1 local process (batch 32), no aug."""
+    same = ["aug=none", "trainer.max_epochs=2", "data.num_samples=320"]
+    single = subprocess.Popen(
+        [sys.executable, str(REPO / "run.py"), f"paths.output_dir={tmp_path / 'single'}",
+         *TINY, *same, "trainer.batch_size=32"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+    )  # fmt: skip
     done = run_sweep(slurm_command(tmp_path, "hydra.launcher.tasks_per_node=2",
-                                   "trainer.batch_size=16"))  # fmt: skip
+                                   "trainer.batch_size=16", *same))  # fmt: skip
+    single_out, _ = single.communicate(timeout=400)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert single.returncode == 0, single_out[-3000:]
     (run_dir,) = list((tmp_path / "multirun").glob("*/*/0"))
-    assert (run_dir / "metrics.json").exists()
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
-        "best.pt", "best.safetensors", "last.pt"]  # fmt: skip
+        "best.pt", "best.safetensors", "last-previous.pt", "last.pt"]  # fmt: skip
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == [".submitit", "0", "multirun.yaml"]
     db = tmp_path / "mlflow.db"
     ((run_id, status),) = query(db, "SELECT run_uuid, status FROM runs")
     assert status == "FINISHED"
@@ -96,3 +115,27 @@ def test_two_task_ddp_job_completes_with_one_run_and_one_set_of_checkpoints(tmp_
     assert run_tags["effective_batch_size"] == "32"
     logs = "".join(p.read_text() for p in run_dir.parent.glob(".submitit/*/*_log.out"))
     assert "rank 1 of 2" in logs and "rank 0 of 2" in logs
+    # Same data order and averaged gradients; only BatchNorm sees 16 instead of 32 images.
+    ddp = json.loads((run_dir / "metrics.json").read_text())
+    (one_dir,) = list((tmp_path / "single" / "runs").glob("*/*"))
+    one = json.loads((one_dir / "metrics.json").read_text())
+    ddp_loss = metric_values(db, run_id, "train/loss")
+    one_db = tmp_path / "single" / "mlflow.db"
+    ((one_id,),) = query(one_db, "SELECT run_uuid FROM runs")
+    one_loss = metric_values(one_db, one_id, "train/loss")
+    print(
+        f"\ntrain/loss per epoch: 2 tasks {ddp_loss}, 1 process {one_loss}; test/acc "
+        f"{ddp['test/acc']:.4f} vs {one['test/acc']:.4f}"
+    )
+    assert len(ddp_loss) == len(one_loss) == 2
+    # Measured: [1.5633, 0.156] vs [1.5381, 0.121]; a rank that trained on all the data
+    # (no sharding) or without averaged gradients ends far from the single process.
+    assert abs(ddp_loss[0] - one_loss[0]) <= 0.05 * one_loss[0]
+    assert abs(ddp_loss[1] - one_loss[1]) <= 0.06
+    assert abs(ddp["test/acc"] - one["test/acc"]) <= 0.1
+
+
+def metric_values(db: Path, run_id: str, key: str) -> list[float]:
+    rows = query(db, "SELECT value FROM metrics WHERE run_uuid=? AND key=? ORDER BY step",
+                 run_id, key)  # fmt: skip
+    return [round(v, 4) for (v,) in rows]
