@@ -139,3 +139,25 @@ def metric_values(db: Path, run_id: str, key: str) -> list[float]:
     rows = query(db, "SELECT value FROM metrics WHERE run_uuid=? AND key=? ORDER BY step",
                  run_id, key)  # fmt: skip
     return [round(v, 4) for (v,) in rows]
+
+
+def test_submit_only_launcher_returns_at_once_and_collect_reports_the_jobs(tmp_path):
+    command = slurm_command(tmp_path, "optim.lr=1e-3,1e-2")
+    command[command.index("hydra/launcher=slurm")] = "hydra/launcher=slurm_submit"
+    started = time.monotonic()
+    done = run_sweep(command, timeout=120)
+    took = time.monotonic() - started
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    (sweep,) = [p.parent for p in (tmp_path / "multirun").glob("*/*/multirun.yaml")]
+    jobs = json.loads((sweep / "slurm_jobs.json").read_text())
+    try:
+        assert [job["num"] for job in jobs] == [0, 1]
+        assert f"runner.tools collect {sweep}" in done.stdout + done.stderr
+        assert all(f"submitted job {job['job_id']}" in done.stdout + done.stderr for job in jobs)
+        assert took < 30, f"the submit-only launcher waited {took:.0f} s"
+        from runner.tools import sweep_jobs
+
+        states = {job["state"] for job in sweep_jobs(sweep)}
+        assert states <= {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "FINISHED"}, states
+    finally:
+        subprocess.run(["scancel", *(job["job_id"] for job in jobs)], timeout=30)
