@@ -64,7 +64,9 @@ def detect() -> World:
     if "RANK" in env and "WORLD_SIZE" in env:
         return World(rank=int(env["RANK"]), local_rank=int(env.get("LOCAL_RANK", 0)),
                      world_size=int(env["WORLD_SIZE"]), launcher="torchrun")  # fmt: skip
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+    # SLURM_STEP_ID: started by srun. A batch script has SLURM_NTASKS of the whole
+    # allocation but is one process; it must not wait for ranks that never come.
+    if "SLURM_STEP_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         rank, local_rank, size = _slurm_ranks()
         return World(rank=rank, local_rank=local_rank, world_size=size, launcher="slurm")
     return World()

@@ -35,7 +35,9 @@ def preemption_signal() -> int:
     return getattr(signal, f"SIG{name.removeprefix('SIG')}", signal.SIGUSR2)
 
 
-HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+def handled_signals() -> tuple[int, ...]:
+    """The signals that ask a run to stop at the next step boundary."""
+    return tuple(dict.fromkeys((signal.SIGTERM, signal.SIGINT, preemption_signal())))
 
 
 class TrainingInterrupted(Exception):
@@ -97,7 +99,7 @@ class GracefulStop:
         # Signal handlers can only be installed from the main thread (e.g. not when a
         # launcher runs jobs in threads); there the default behaviour stays.
         if threading.current_thread() is threading.main_thread():
-            for signum in HANDLED:
+            for signum in handled_signals():
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 

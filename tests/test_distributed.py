@@ -20,6 +20,7 @@ def test_detect_reads_torchrun_then_slurm_variables(monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"):
         monkeypatch.delenv(key, raising=False)
     assert distributed.detect() == distributed.World()
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
     monkeypatch.setenv("SLURM_PROCID", "3")
     monkeypatch.setenv("SLURM_NTASKS", "4")
     monkeypatch.setenv("SLURM_LOCALID", "1")
@@ -33,10 +34,15 @@ def test_detect_reads_torchrun_then_slurm_variables(monkeypatch):
     assert not world.is_main
 
 
-def test_a_single_task_slurm_job_is_not_distributed(monkeypatch):
+def test_a_single_task_or_a_batch_script_is_not_distributed(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
     monkeypatch.setenv("SLURM_PROCID", "0")
     monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert not distributed.detect().distributed
+    # The batch script of a 2-task job (no srun step): one process, not rank 0 of 2.
+    monkeypatch.delenv("SLURM_STEP_ID")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
     assert not distributed.detect().distributed
 
 
