@@ -87,8 +87,12 @@ def test_usr2_checkpoints_requeues_and_resumes_into_the_same_mlflow_run(tmp_path
         f"\nsubmission-to-first-step: {first_step - submitted:.1f} s (job start "
         f"{started - submitted:.1f} s, then {first_step - started:.1f} s to the first step)"
     )
-    print(f"signal sent at {signalled:.1f}; {stopped[0].strip()}")
-    print(resumed[0].strip())
+    saved = stamp_of(job_log, "checkpoint saved")
+    print(f"signal to checkpoint saved: {saved - signalled:.2f} s; {stopped[0].strip()}")
+    print(
+        f"checkpoint saved to resumed: {stamp_of(job_log, 'resumed from') - saved:.1f} s; "
+        f"{resumed[0].strip()}"
+    )
 
 
 def test_two_task_ddp_job_matches_one_process_on_the_same_global_batch(tmp_path):
