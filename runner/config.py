@@ -192,6 +192,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "trainer.limit_batches": _optional_positive_int,
     "trainer.overfit_batches": _optional_positive_int,
     "trainer.profile": _boolean,
+    "trainer.lr_scaling": _one_of("none", "linear", "sqrt"),
     "optim.lr": _positive_number,
     "optim.weight_decay": _non_negative_number,
     "optim.backbone_lr_mult": _positive_number,

@@ -17,7 +17,17 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from runner import analysis, checkpoint, console, debug, engine, provenance, realworld, sweep
+from runner import (
+    analysis,
+    checkpoint,
+    console,
+    debug,
+    distributed,
+    engine,
+    provenance,
+    realworld,
+    sweep,
+)
 from runner.augment import Normalize, save_preview_grid
 from runner.config import REPO_ROOT, redacted_container, validate
 from runner.data import DataSplits
@@ -25,6 +35,7 @@ from runner.lifecycle import GracefulStop, TrainingInterrupted
 from runner.metrics import build_confusion_matrix, build_metrics, shot_accuracies
 from runner.models import pretrained_normalization
 from runner.optim import optimizer_from_config
+from runner.tracking import NullTracker
 
 log = logging.getLogger("runner")
 
@@ -38,7 +49,8 @@ def run(cfg: DictConfig) -> float:
     Returns:
         The best value of `trainer.monitor`, for a sweeper to optimise.
     """
-    job = sweep.SweepJob.current(cfg)  # None outside `-m`
+    # None outside `-m`; under DDP only rank 0 records the job.
+    job = sweep.SweepJob.current(cfg) if distributed.detect().is_main else None
     if job is not None:  # records the job in the sweep's manifest; a failure returns NaN
         return job.run(cfg, train_and_test)
     return train_and_test(cfg, job=None)
@@ -52,10 +64,12 @@ def train_and_test(cfg: DictConfig, job: sweep.SweepJob | None) -> float:
     checkpoint.remove_stale_temp_files(run_dir / "checkpoints")
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
+    world, device = distributed.init(device)  # DDP under torchrun or SLURM; else one process
+    run_dir = distributed.shared_run_dir(run_dir)
     precision = resolve_precision(cfg.trainer.precision, device)
     console.print_config(cfg)
     preview_only = cfg.get("preview_only", False)  # `+preview_only=true`: show the aug, stop
-    tracker = instantiate(cfg.logger)
+    tracker = instantiate(cfg.logger) if world.is_main else NullTracker()  # rank 0 tracks
     if not preview_only:  # before the data: a tracking server that is down fails in seconds
         tracker.connect(experiment_name=(job and job.experiment_name) or cfg.data.name)
 
@@ -63,27 +77,41 @@ def train_and_test(cfg: DictConfig, job: sweep.SweepJob | None) -> float:
                                 cfg.trainer.batch_size)  # fmt: skip
     augment = instantiate(cfg.aug, num_classes=data.num_classes).to(device)
     preview = run_dir / "aug_preview.png"
-    save_preview_grid(augment, data.train, data.class_names, preview, seed=cfg.seed, device=device)
+    if world.is_main:  # one set of files per run: rank 0 writes them
+        save_preview_grid(augment, data.train, data.class_names, preview, seed=cfg.seed,
+                          device=device)  # fmt: skip
     if preview_only:
         log.info("preview_only: wrote %s", preview)
         return float("nan")
     train_loader, val_loader, test_loader = build_loaders(cfg, data, device)
     parts = build_training_parts(cfg, data, augment, device, precision, len(train_loader))
     state = resume_or_start(run_dir, cfg.trainer.resume, parts)
+    distributed.seed_rank(cfg.seed, state.global_step)
 
-    writer = checkpoint.AsyncCheckpointWriter()
+    writer = (
+        checkpoint.AsyncCheckpointWriter() if world.is_main else distributed.NullCheckpointWriter()
+    )
+    agreement = distributed.stop_agreement(world)  # under DDP all ranks stop at the same step
+    stop = GracefulStop(agreement)
     status = "FAILED"
     try:  # from the moment the tracked run exists, it always ends with a status
-        start_tracking(tracker, cfg, data, device, run_dir, state.mlflow_run_id, job)
+        if world.is_main:
+            start_tracking(tracker, cfg, data, device, run_dir, state.mlflow_run_id, job)
+            tracker.set_tags(distributed.tags(world, cfg.trainer))
+            if job is not None:
+                job.record_run(tracker.run_id)
+            realworld.report_data(data, run_dir, tracker)
+            tracker.log_artifact(preview)
+        distributed.barrier()  # the run's config file exists before any rank reads it
         state.mlflow_run_id = tracker.run_id
-        if job is not None:
-            job.record_run(tracker.run_id)
-        realworld.report_data(data, run_dir, tracker)
-        tracker.log_artifact(preview)
-        with GracefulStop() as stop, debug.profile(cfg.trainer.profile, run_dir, tracker):
+        with stop, debug.profile(cfg.trainer.profile, run_dir, tracker):
             fit(cfg, state, parts, train_loader, val_loader, data, device, precision, tracker,
                 writer, run_dir, stop, job)  # fmt: skip
         writer.wait()
+        distributed.end_training(world, agreement)  # the other ranks are done; rank 0 tests
+        if not world.is_main:
+            status = "FINISHED"
+            return state.best_value
         best = checkpoint.load_checkpoint(run_dir / "checkpoints" / "best.pt")
         export_best_weights(best, run_dir)
         test_metrics = test(cfg, parts, best, test_loader, data, device, precision, tracker,
@@ -107,6 +135,8 @@ def train_and_test(cfg: DictConfig, job: sweep.SweepJob | None) -> float:
         if write_error is not None:
             log.error("%s", write_error)
         tracker.finish(status)
+        if status == "KILLED":
+            stop.hand_over()  # after USR2 under SLURM: requeue the job
     return state.best_value
 
 
@@ -201,6 +231,7 @@ def build_training_parts(
     log.info("model %s: %.2fM parameters", cfg.model.get("name", cfg.model._target_),
              sum(p.numel() for p in model.parameters()) / 1e6)  # fmt: skip
     optimizer = optimizer_from_config(model, cfg.optim)
+    distributed.scale_lr(optimizer, trainer.lr_scaling, distributed.world_size_now())
     steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
     scheduler = instantiate(cfg.sched)(
         optimizer=optimizer,
@@ -364,7 +395,7 @@ def fit(cfg: DictConfig, state: TrainState, parts: TrainingParts, train_loader: 
     """
     trainer = cfg.trainer
     autocast = engine.make_autocast(device, precision)
-    train_model = torch.compile(parts.model) if trainer.compile else parts.model
+    train_model = distributed.wrap(parts.model, device, compile=trainer.compile)
     val_metrics = build_metrics(data.num_classes).to(device)
     progress = console.EpochProgress(trainer.max_epochs)
     guard = engine.NanGuard(trainer.nan_policy, trainer.max_nan_skips, state.nan_skips)
@@ -372,7 +403,8 @@ def fit(cfg: DictConfig, state: TrainState, parts: TrainingParts, train_loader: 
     config_yaml = (run_dir / "config_resolved.yaml").read_text()  # redacted, written at start
     maximize = trainer.monitor_mode == "max"
     for epoch in range(state.epoch + 1, trainer.max_epochs + 1):
-        partial = engine.EpochProgress(**state.partial_epoch) if state.partial_epoch else None
+        partial = (distributed.rank_share(engine.EpochProgress(**state.partial_epoch))
+                   if state.partial_epoch else None)  # fmt: skip
         done_before = partial.batches if partial else 0
         train_loader.set_epoch(epoch, start_batch=done_before)
         progress.start_epoch(epoch, train_loader.batches_per_epoch(), trainer.batch_size,
@@ -390,12 +422,13 @@ def fit(cfg: DictConfig, state: TrainState, parts: TrainingParts, train_loader: 
         state.global_step += done.batches - done_before
         state.nan_skips = guard.skipped
         if not done.finished:
-            state.partial_epoch = asdict(done)
+            state.partial_epoch = asdict(distributed.reduce_epoch(done))
             writer.submit({last: last_state(state, parts)}, keep_previous={last})
             writer.wait()
             progress.end_epoch(f"stopped after batch {done.batches}; checkpoint saved")
             raise TrainingInterrupted(stop.signum)
         state.partial_epoch = None
+        done = distributed.reduce_epoch(done)  # the sums of all ranks
 
         val = engine.evaluate(model=parts.eval_model, loader=val_loader, augment=parts.augment,
                               normalize=parts.normalize, metrics=val_metrics, autocast=autocast,
