@@ -49,6 +49,7 @@ TINY = [
 # Settings for particular commands, by a substring of the command.
 EXTRA: dict[str, list[str]] = {
     "hparams_search=optuna": ["hydra.sweeper.n_trials=2"],
+    "hydra/launcher=slurm": ["hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=20"],
 }
 
 
@@ -134,6 +135,10 @@ class Session:
         if args[0] == "mlflow":
             return self.serve(args)
         assert args[:2] == ["python", "run.py"], f"add a way to run {command!r} to this test"
+        if "hydra/launcher=slurm" in args:  # the real local cluster of tests/slurm/
+            from tests.slurm.conftest import start_local_cluster
+
+            start_local_cluster()
         tiny = [*with_tiny(args[2:]), *(e for k, v in EXTRA.items() if k in command for e in v)]
         if "--help" in args:
             tiny = []

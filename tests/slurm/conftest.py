@@ -19,6 +19,12 @@ SCRIPT = REPO / "scripts" / "slurm_local.sh"
 @pytest.fixture(scope="session")
 def slurm() -> None:
     """Starts the local cluster when it is not running (fails under RUNNER_REQUIRE_ALL=1)."""
+    start_local_cluster()
+
+
+def start_local_cluster() -> None:
+    """Runs `scripts/slurm_local.sh up` (idempotent); a cluster that cannot start is a
+    failure under RUNNER_REQUIRE_ALL=1."""
     try:
         done = subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, text=True,
                               timeout=600)  # fmt: skip
