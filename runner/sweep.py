@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 SWEEP_FILE = "sweep.json"
 MANIFEST_FILE = "manifest.json"
 STOP_FILE = "STOP"
+SUBMITTED_FILE = "slurm_jobs.json"  # written by hydra/launcher=slurm_submit
 # Overrides that steer the sweep itself; a resumed sweep may change them freely.
 _SWEEP_CONTROL_PREFIXES = ("sweep.", "+sweep.", "optuna.trial=", "+optuna.trial=")
 
@@ -280,31 +281,78 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Summarises the jobs, logs the summary to the parent run, sets the exit status."""
-        from runner.sweep_summary import summarize
-
-        monitor = config.trainer.monitor
-        maximize = config.trainer.monitor_mode == "max"
-        summary = summarize(self.sweep_dir, monitor=monitor, maximize=maximize)
-        print(summary.markdown)
-        failed = [e for e in summary.jobs if e.get("status") != "FINISHED"]
-        if self.tracker is not None:
-            for path in summary.files:
-                self.tracker.log_artifact(path, "summary")
-            self.tracker.set_tags(summary.best_tags)
-            if summary.best_value is not None:
-                self.tracker.log_metrics({f"best/{monitor}": summary.best_value}, step=0)
-            self._finish_if_open("FAILED" if failed else "FINISHED")
-        if failed:
+        if (self.sweep_dir / SUBMITTED_FILE).exists():  # hydra/launcher=slurm_submit
+            log.info("jobs submitted; when they are done, `python -m runner.tools collect %s` "
+                     "summarises them into the parent run", self.sweep_dir)  # fmt: skip
+            if self.tracker is not None:
+                self.tracker.set_tags({"summary": "pending: python -m runner.tools collect"})
+            self._finish_if_open("FINISHED")
+            return
+        summary = report(self.sweep_dir, config.trainer.monitor,
+                         config.trainer.monitor_mode == "max", self.tracker)  # fmt: skip
+        self._finish_if_open("FAILED" if summary.failed else "FINISHED")
+        if summary.failed:
             listing = "\n".join(
                 f"  job {e.get('num')} {e.get('status', '?')}: {e['label'] or e['key']}"
-                for e in failed
+                for e in summary.failed
             )
             raise SystemExit(
-                f"Error: {len(failed)} of {len(summary.jobs)} sweep job(s) did not finish:\n"
-                f"{listing}\nRun them again with sweep.resume={self.sweep_dir}"
+                f"Error: {len(summary.failed)} of {len(summary.jobs)} sweep job(s) did not "
+                f"finish:\n{listing}\nRun them again with sweep.resume={self.sweep_dir}"
             )
 
     def _finish_if_open(self, status: str) -> None:
         tracker, self.tracker = self.tracker, None
         if tracker is not None:
             tracker.finish(status)
+
+
+def report(sweep_dir: Path, monitor: str, maximize: bool, tracker: Any = None) -> Any:
+    """Summarises a sweep dir, prints the summary and logs it to the parent run.
+
+    Args:
+        sweep_dir: The sweep's directory.
+        monitor: The monitored metric.
+        maximize: Whether larger values of it are better.
+        tracker: The parent run's open tracker, or None for no logging.
+
+    Returns:
+        The `runner.sweep_summary.Summary`.
+    """
+    from runner.sweep_summary import summarize
+
+    summary = summarize(sweep_dir, monitor=monitor, maximize=maximize)
+    print(summary.markdown)
+    if tracker is not None:
+        for path in summary.files:
+            tracker.log_artifact(path, "summary")
+        tracker.set_tags({**summary.best_tags, "summary": "summary/summary.md"})
+        if summary.best_value is not None:
+            tracker.log_metrics({f"best/{monitor}": summary.best_value}, step=0)
+    return summary
+
+
+def finish_submitted_sweep(sweep_dir: Path) -> int:
+    """Summarises a sweep whose jobs were submitted without waiting, into its parent run.
+
+    For `runner.tools collect` once the jobs are done: reads the sweep's config and
+    sweep.json, reopens the parent MLflow run, logs the summary and ends it.
+
+    Returns:
+        1 when a job did not finish, else 0.
+    """
+    sweep_dir = Path(sweep_dir)
+    config = OmegaConf.load(sweep_dir / "multirun.yaml")
+    info = read_sweep_info(sweep_dir)
+    tracker = None
+    if info.get("parent_run_id") and info.get("tracking_uri"):
+        from runner.tracking import MlflowTracker
+
+        tracker = MlflowTracker(tracking_uri=info["tracking_uri"])
+        tracker.connect(experiment_name=info["experiment_name"])
+        tracker.start(run_name=None, tags={}, resume_run_id=info["parent_run_id"])
+    summary = report(sweep_dir, config.trainer.monitor, config.trainer.monitor_mode == "max",
+                     tracker)  # fmt: skip
+    if tracker is not None:
+        tracker.finish("FAILED" if summary.failed else "FINISHED")
+    return int(bool(summary.failed))

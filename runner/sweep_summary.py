@@ -33,6 +33,7 @@ class Summary:
         files: The files written into the sweep dir.
         best_tags: Tags for the parent run: the best job's overrides and run id.
         best_value: The best monitored value among finished jobs, or None.
+        failed: The jobs that did not finish (failed, skipped, interrupted).
     """
 
     jobs: list[dict[str, Any]]
@@ -40,6 +41,7 @@ class Summary:
     files: list[Path] = field(default_factory=list)
     best_tags: dict[str, str] = field(default_factory=dict)
     best_value: float | None = None
+    failed: list[dict[str, Any]] = field(default_factory=list)
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, str]:
@@ -121,7 +123,7 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     if plot is not None:
         files.append(plot)
     files += sorted((sweep_dir / "optuna").glob("*")) if (sweep_dir / "optuna").is_dir() else []
-    return Summary(jobs, markdown, files, best_tags, best["value"] if best else None)
+    return Summary(jobs, markdown, files, best_tags, best["value"] if best else None, not_done)
 
 
 def _swept_names(jobs: list[dict[str, Any]]) -> list[str]:

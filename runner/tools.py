@@ -41,7 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "collect":
-        return print_sweep(args.sweep_dir)
+        status = print_sweep(args.sweep_dir)
+        if any(job["state"] not in ("FINISHED", "FAILED", "UNKNOWN")
+               for job in sweep_jobs(args.sweep_dir)):  # fmt: skip
+            print("jobs still queued or running: collect again when they are done")
+            return status
+        from runner.sweep import finish_submitted_sweep
+
+        return max(status, finish_submitted_sweep(args.sweep_dir))
     if args.command == "replay":
         print(f"{replay_pending(args.file)} logging operation(s) sent")
         return 0

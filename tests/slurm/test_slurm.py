@@ -36,8 +36,12 @@ def test_two_job_sweep_runs_as_slurm_jobs_in_one_sweep_dir(tmp_path):
         assert json.loads((sweep / job / "metrics.json").read_text())["epochs"] == 1
     assert len(list((sweep / ".submitit").glob("*_[01]/*_result.pkl"))) == 2, "ran as a job array"
     db = tmp_path / "mlflow.db"
-    runs = query(db, "SELECT run_uuid, status FROM runs")
+    parent = json.loads((sweep / "sweep.json").read_text())["parent_run_id"]
+    runs = query(db, "SELECT run_uuid, status FROM runs WHERE run_uuid != ?", parent)
     assert len(runs) == 2 and {status for _, status in runs} == {"FINISHED"}
+    assert {tags(db, run_id)["mlflow.parentRunId"] for run_id, _ in runs} == {parent}
+    ((parent_status,),) = query(db, "SELECT status FROM runs WHERE run_uuid = ?", parent)
+    assert parent_status == "FINISHED" and (sweep / "summary.md").is_file()
     run_dirs = {tags(db, run_id)["run_dir"] for run_id, _ in runs}
     assert run_dirs == {str(sweep / "0"), str(sweep / "1")}
     job_ids = {tags(db, run_id)["slurm.job_id"] for run_id, _ in runs}
@@ -164,5 +168,23 @@ def test_submit_only_launcher_returns_at_once_and_collect_reports_the_jobs(tmp_p
 
         states = {job["state"] for job in sweep_jobs(sweep)}
         assert states <= {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "FINISHED"}, states
+        # Later: once the jobs are done, collect summarises them into the parent run.
+        deadline = time.monotonic() + 300
+        while {job["state"] for job in sweep_jobs(sweep)} != {"FINISHED"}:
+            assert time.monotonic() < deadline, sweep_jobs(sweep)
+            time.sleep(1)
+        collect = [sys.executable, "-m", "runner.tools", "collect", str(sweep)]
+        collected = subprocess.run(collect, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert collected.returncode == 0, collected.stdout + collected.stderr
+        assert "2 job(s), 2 finished" in collected.stdout
+        db = tmp_path / "mlflow.db"
+        parent = json.loads((sweep / "sweep.json").read_text())["parent_run_id"]
+        ((status,),) = query(db, "SELECT status FROM runs WHERE run_uuid = ?", parent)
+        assert status == "FINISHED"
+        children = query(db, "SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId' "
+                             "AND value = ?", parent)  # fmt: skip
+        assert len(children) == 2
+        tags = dict(query(db, "SELECT key, value FROM tags WHERE run_uuid = ?", parent))
+        assert tags["summary"] == "summary/summary.md" and "best.optim.lr" in tags
     finally:
         subprocess.run(["scancel", *(job["job_id"] for job in jobs)], timeout=30)
