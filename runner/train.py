@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from runner import checkpoint, console, engine, provenance, realworld
+from runner import checkpoint, console, engine, provenance, realworld, startup, throughput
 from runner.augment import Normalize, save_preview_grid
 from runner.config import REPO_ROOT, redacted_container, validate
 from runner.data import DataSplits
@@ -38,6 +38,7 @@ def run(cfg: DictConfig) -> float:
     Returns:
         The best value of `trainer.monitor`, for a sweeper to optimise.
     """
+    startup.begin_run()
     validate(cfg)
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -46,6 +47,8 @@ def run(cfg: DictConfig) -> float:
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
     console.print_config(cfg)
+    if cfg.get("throughput"):  # experiment=throughput: img/s per model and batch size
+        return throughput.benchmark(cfg, device, precision)
     preview_only = cfg.get("preview_only", False)  # `+preview_only=true`: show the aug, stop
     tracker = instantiate(cfg.logger)
     if not preview_only:  # before the data: a tracking server that is down fails in seconds
@@ -69,6 +72,7 @@ def run(cfg: DictConfig) -> float:
         state.mlflow_run_id = tracker.run_id
         realworld.report_data(data, run_dir, tracker)
         tracker.log_artifact(preview)
+        startup.finish(run_dir, tracker)  # start-up phases: startup.json, startup/*_s
         with GracefulStop() as stop:
             fit(cfg, state, parts, train_loader, val_loader, data, device, precision, tracker,
                 writer, run_dir, stop)  # fmt: skip
@@ -136,6 +140,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+@startup.timed("data")
 def build_data(data_cfg: DictConfig) -> DataSplits:
     """Builds the data set's splits (uint8) and applies the real-world switches to train.
 
@@ -173,6 +178,7 @@ class TrainingParts:
         return self.ema.module if self.ema is not None else self.model
 
 
+@startup.timed("model")
 def build_training_parts(
     cfg: DictConfig,
     data: DataSplits,
@@ -308,6 +314,7 @@ def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts) -> TrainSt
     return state
 
 
+@startup.timed("mlflow")
 def start_tracking(tracker, cfg: DictConfig, data: DataSplits, device: torch.device,
                    run_dir: Path, resume_run_id: str | None) -> None:  # fmt: skip
     """Starts the tracked run and records everything needed to reproduce it."""

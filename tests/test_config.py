@@ -195,6 +195,9 @@ def test_readme_lists_every_option_of_every_group():
 def test_experiments_compose_and_validate(make_cfg, option):
     cfg = make_cfg(f"experiment={option}", tiny=False)
     validate(cfg)
+    if option == "throughput":  # tests/test_perf.py runs it
+        assert cfg.throughput.models and cfg.logger._target_.endswith("NullTracker")
+        return
     assert cfg.data.imbalance_ratio == 100 and cfg.trainer.max_epochs == 200
     model = instantiate(cfg.model)(num_classes=10)
     assert 0.4e6 < sum(p.numel() for p in model.parameters()) < 0.5e6, "resnet32: 0.46M"
