@@ -157,7 +157,7 @@ def main() -> None:
     """Measures both sides and prints the share of an epoch that logging takes."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4 if quick() else 8, help="fit rounds")
-    parser.add_argument("--fit-epochs", type=int, default=2, help="epochs per fit")
+    parser.add_argument("--fit-epochs", type=int, default=1 if quick() else 2, help="epochs a fit")
     parser.add_argument("--epochs", type=int, default=30, help="epochs of logging to time")
     parser.add_argument("--steps", type=int, default=8, help="training steps to time")
     parser.add_argument("--steps-per-epoch", type=int, default=9, help="digits: 1259 // 128")
