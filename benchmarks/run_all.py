@@ -5,8 +5,8 @@ pointing at a file where it records its figures (see bench_results.py). RESULTS.
 the machine (CPU model, cores, load), the library versions, the date, a table of every
 recorded figure with its goal and whether it was met, and each script's full output.
 
-    .venv/bin/python benchmarks/run_all.py            # full settings (about an hour here)
-    .venv/bin/python benchmarks/run_all.py --quick    # quick settings (about 10-15 minutes)
+    .venv/bin/python benchmarks/run_all.py            # each script's own (fuller) settings
+    .venv/bin/python benchmarks/run_all.py --quick    # few rounds each: minutes on idle cores
     .venv/bin/python benchmarks/run_all.py --only startup options
 """
 
@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
@@ -28,11 +29,11 @@ REPO = HERE.parent
 # (script, quick-mode arguments): quick mode also sets RUNNER_BENCH_QUICK=1, which the
 # newer scripts read themselves.
 SCRIPTS = {
-    "step_overhead": ["--rounds", "6", "--steps", "8"],
-    "logging_overhead": [],
-    "input_pipeline": [],
-    "startup": [],
-    "options": [],
+    "step_overhead": ["--rounds", "4", "--steps", "4", "--warmup-steps", "2"],
+    "logging_overhead": ["--rounds", "3", "--epochs", "10", "--steps", "3"],
+    "input_pipeline": ["--rounds", "2", "--steps", "3"],
+    "startup": ["--rounds", "1"],
+    "options": ["--rounds", "2", "--steps", "2"],
     "augment": [
         "--sizes",
         "32x256",
@@ -41,10 +42,12 @@ SCRIPTS = {
         "flip_crop",
         "strong",
         "--no-extras",
+        "--repeats",
+        "3",
     ],
     "checkpoint_cost": [],
     "imagefolder_cache": ["--num-images", "500", "--repeats", "1"],
-    "imbalance": ["--epochs", "2", "--seeds", "0"],
+    "imbalance": ["--epochs", "1", "--seeds", "0"],
 }
 VERSIONS = ("torch", "torchvision", "kornia", "timm", "torchmetrics", "mlflow", "hydra-core")
 
@@ -108,13 +111,15 @@ def run_script(name: str, args: list[str], quick: bool, results: Path) -> tuple[
     return output, seconds, done.returncode
 
 
-def write_report(path: Path, quick: bool, rows: list[dict], outputs: dict, loads: tuple) -> None:
+def write_report(
+    path: Path, quick: bool, jobs: int, rows: list[dict], outputs: dict, loads: tuple
+) -> None:
     """Writes RESULTS.md."""
     lines = [
         "# Benchmark results",
         "",
         f"Written by `make bench` (benchmarks/run_all.py{' --quick' if quick else ''}) on "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {jobs} script(s) at a time.",
         "",
         *machine(),
         f"- load average (1 min) at start / end: {loads[0]} / {loads[1]} (other processes "
@@ -143,17 +148,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="quick settings")
     parser.add_argument("--only", nargs="+", choices=list(SCRIPTS), default=list(SCRIPTS))
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument(
+        "--jobs", type=int, default=1,
+        help="scripts run at once (more finishes sooner on a busy machine; ratios stay "
+        "side by side within each script, absolute figures get noisier)",
+    )  # fmt: skip
     args = parser.parse_args()
     quick = args.quick or os.environ.get("RUNNER_BENCH_QUICK", "") not in ("", "0")
     start_load = load()
-    outputs = {}
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp) / "results.jsonl"
         results.touch()
-        for name in args.only:
-            outputs[name] = run_script(name, SCRIPTS[name], quick, results)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            futures = {name: pool.submit(run_script, name, SCRIPTS[name], quick, results)
+                       for name in args.only}  # fmt: skip
+            outputs = {name: future.result() for name, future in futures.items()}
         rows = [json.loads(line) for line in results.read_text().splitlines() if line]
-    write_report(args.out, quick, rows, outputs, (start_load, load()))
+    write_report(args.out, quick, args.jobs, rows, outputs, (start_load, load()))
     failed = [name for name, (_, _, status) in outputs.items() if status]
     print(f"wrote {args.out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     raise SystemExit(1 if failed else 0)
