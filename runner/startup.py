@@ -10,8 +10,10 @@ the tracker as `startup/<phase>_s` metrics. Phases:
     compose_s   Hydra: command line, config composition, run dir
     imports_s   from the job's start to `run()`: the training stack (torch, ...)
     validate_s  config validation (the callback's check and run()'s)
-    data_s, aug_s, model_s, mlflow_s   building each part (lazy imports included)
-    other_s     the rest before the first step (seeding, preview grid, loaders, ...)
+    data_s      building the data splits (lazy imports included, e.g. scikit-learn)
+    model_s     model, optimizer, schedule, loss, EMA (timm's import included)
+    mlflow_s    connecting to the store and starting the run (mlflow's import included)
+    other_s     the rest before the first step (aug, preview grid, loaders, ...)
     total_s     process start to the first training step
 
 A process that runs several jobs (a sweep in one process, tests) reports `python_s`,
