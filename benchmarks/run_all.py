@@ -148,6 +148,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="quick settings")
     parser.add_argument("--only", nargs="+", choices=list(SCRIPTS), default=list(SCRIPTS))
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--records", type=Path, default=None, help="keep the figures here")
     parser.add_argument(
         "--jobs", type=int, default=1,
         help="scripts run at once (more finishes sooner on a busy machine; ratios stay "
@@ -157,7 +158,7 @@ def main() -> None:
     quick = args.quick or os.environ.get("RUNNER_BENCH_QUICK", "") not in ("", "0")
     start_load = load()
     with tempfile.TemporaryDirectory() as tmp:
-        results = Path(tmp) / "results.jsonl"
+        results = args.records or Path(tmp) / "results.jsonl"
         results.touch()
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             futures = {name: pool.submit(run_script, name, SCRIPTS[name], quick, results)
