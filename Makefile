@@ -28,13 +28,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Every script in benchmarks/, results in benchmarks/RESULTS.md; QUICK=1 (or
+# RUNNER_BENCH_QUICK=1) for the quick settings (about 10-15 minutes on 2 CPU cores).
 bench: $(STAMP)
-	$(PY) benchmarks/step_overhead.py
-	$(PY) benchmarks/augment.py
-	$(PY) benchmarks/imagefolder_cache.py
-	$(PY) benchmarks/logging_overhead.py
-	$(PY) benchmarks/checkpoint_cost.py
-	$(PY) benchmarks/startup.py
+	$(PY) benchmarks/run_all.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf outputs/runs outputs/multirun

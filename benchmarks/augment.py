@@ -52,6 +52,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_results import record
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -333,6 +334,8 @@ def print_goals(results: dict[tuple[int, int], tuple[float, list[Row]]]) -> None
             if row.name in SHARE_PRESETS:
                 share = row.kornia_ms / (row.kornia_ms + step_ms)
                 verdict = "OK" if share <= SHARE_GOAL else "MISSED"
+                record("augment", f"aug share of step: {row.name} {size}x{size}", f"{share:.1%}",
+                       goal=f"<= {SHARE_GOAL:.0%}", passed=share <= SHARE_GOAL)  # fmt: skip
                 print(
                     f"goal aug share of step <= {SHARE_GOAL:.0%} at {size}x{size}: "
                     f"{row.name} {share:.1%} {verdict}"
@@ -342,6 +345,9 @@ def print_goals(results: dict[tuple[int, int], tuple[float, list[Row]]]) -> None
         missed = [f"{name} {s:.1f}x" for s, name in speedups if s < SPEEDUP_GOAL]
         low, name = min(speedups)
         verdict = "OK" if not missed else "MISSED for " + ", ".join(missed)
+        record("augment", f"lowest speedup vs per-sample v2 at {size}x{size}, batch {batch_size}",
+               f"{low:.1f}x ({name})", goal=f">= {SPEEDUP_GOAL:.0f}x", passed=not missed,
+               note=", ".join(f"{n} {s:.1f}x" for s, n in speedups))  # fmt: skip
         print(
             f"goal kornia >= {SPEEDUP_GOAL:.0f}x per-sample v2 at {size}x{size} (batch "
             f"{batch_size}): lowest {low:.1f}x ({name}); {verdict}"

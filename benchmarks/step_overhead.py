@@ -54,6 +54,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_results import record
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -405,6 +406,9 @@ def main(argv: list[str] | None = None) -> float:
             f"{statistics.median(faults['hand-written']):.0f}"
         )
     print(f"runner/hand-written throughput ratio: {ratio:.3f} (goal >= {GOAL})")
+    record("step_overhead", "runner loop / hand-written loop img/s", ratio, goal=f">= {GOAL}",
+           passed=ratio >= GOAL, note=f"median of per-round ratios {paired:.3f}; "
+           f"{args.rounds} rounds x {args.steps} batches, {device}")  # fmt: skip
     return ratio
 
 

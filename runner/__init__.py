@@ -4,6 +4,7 @@ Importing the package registers the OmegaConf resolvers the configs use; it stay
 (no torch) so that composing and validating a config is fast.
 """
 
+from runner import startup  # noqa: F401  (first: its clock notes when the runner loaded)
 from runner.config import register_resolvers
 
 register_resolvers()

@@ -13,6 +13,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from runner import startup
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _UNIQUE_ID = secrets.token_hex(3)
 
@@ -128,6 +130,22 @@ def _ema_decay(value: Any) -> str | None:
 
 def _non_empty_string(value: Any) -> str | None:
     return None if isinstance(value, str) and value else "a non-empty string"
+
+
+def _model_names(value: Any) -> str | None:
+    ok = (
+        OmegaConf.is_list(value)
+        and len(value) > 0
+        and all(_non_empty_string(v) is None for v in value)
+    )
+    return None if ok else "a non-empty list of timm model names, e.g. [resnet18,resnet50]"
+
+
+def _batch_sizes(value: Any) -> str | None:
+    ok = (
+        OmegaConf.is_list(value) and len(value) > 0 and all(_positive_int(v) is None for v in value)
+    )
+    return None if ok else "a non-empty list of integers >= 1, e.g. [32,64,128]"
 
 
 def _optional_non_empty_string(value: Any) -> str | None:
@@ -252,6 +270,10 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "analysis.gradcam_layer": _non_empty_string,
     "analysis.gradcam_min_size": _positive_int,
     "analysis.calibration_bins": _positive_int,
+    "throughput.models": _model_names,
+    "throughput.batch_sizes": _batch_sizes,
+    "throughput.warmup_steps": _non_negative_int,
+    "throughput.steps": _positive_int,
 }
 
 REQUIRED_GROUPS = ("data", "aug", "model", "optim", "sched", "loss", "sampler", "logger")
@@ -260,8 +282,8 @@ REQUIRED_GROUPS = ("data", "aug", "model", "optim", "sched", "loss", "sampler", 
 # modes and tools that are added on the command line (`+preview_only=true`).
 TOP_LEVEL_KEYS = frozenset(
     {*REQUIRED_GROUPS, "trainer", "seed", "paths", "allowed_targets"}
-    | {"preview_only", "mode", "ckpt", "eval", "predict", "analysis", "sweep", "fail"}
-    | {"experiment", "debug", "hparams_search", "optuna", "hydra"}
+    | {"preview_only", "throughput", "mode", "ckpt", "eval", "predict", "analysis", "sweep"}
+    | {"fail", "experiment", "debug", "hparams_search", "optuna", "hydra"}
 )
 # Nodes whose keys are fixed: an added key there is a typo, not a new option.
 CLOSED_NODES = ("trainer", "paths", "eval", "predict", "analysis")
@@ -279,6 +301,7 @@ SECRET_KEY = re.compile(
 REDACTED = "***"
 
 
+@startup.timed("validate")
 def validate(cfg: DictConfig) -> None:
     """Checks a composed config and raises one error listing every problem.
 
@@ -474,6 +497,10 @@ class ValidateConfigCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Validates a single run's config."""
         self._check(config)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Notes that composition is over (for the start-up report)."""
+        startup.CLOCK.job_start()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Validates the sweep's base config; each job is validated again when it runs."""

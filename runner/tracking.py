@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from runner import startup
+
 log = logging.getLogger(__name__)
 
 # MLflow limits per log_batch call.
@@ -305,6 +307,7 @@ class MlflowTracker(NullTracker):
         """Whether the store is a local database file rather than a server."""
         return not self.tracking_uri.startswith(("http://", "https://", "databricks"))
 
+    @startup.timed("mlflow")
     def connect(self, experiment_name: str) -> None:
         """Opens the store and the experiment before any compute is spent.
 

@@ -26,7 +26,9 @@ from runner import (
     engine,
     provenance,
     realworld,
+    startup,
     sweep,
+    throughput,
 )
 from runner.augment import Normalize, save_preview_grid
 from runner.config import REPO_ROOT, redacted_container, validate
@@ -49,6 +51,7 @@ def run(cfg: DictConfig) -> float:
     Returns:
         The best value of `trainer.monitor`, for a sweeper to optimise.
     """
+    startup.begin_run()
     # None outside `-m`; under DDP only rank 0 records the job.
     job = sweep.SweepJob.current(cfg) if distributed.detect().is_main else None
     if job is not None:  # records the job in the sweep's manifest; a failure returns NaN
@@ -68,6 +71,8 @@ def train_and_test(cfg: DictConfig, job: sweep.SweepJob | None) -> float:
     run_dir = distributed.shared_run_dir(run_dir)
     precision = resolve_precision(cfg.trainer.precision, device)
     console.print_config(cfg)
+    if cfg.get("throughput"):  # experiment=throughput: img/s per model and batch size
+        return throughput.benchmark(cfg, device, precision)
     preview_only = cfg.get("preview_only", False)  # `+preview_only=true`: show the aug, stop
     tracker = instantiate(cfg.logger) if world.is_main else NullTracker()  # rank 0 tracks
     if not preview_only:  # before the data: a tracking server that is down fails in seconds
@@ -102,6 +107,7 @@ def train_and_test(cfg: DictConfig, job: sweep.SweepJob | None) -> float:
                 job.record_run(tracker.run_id)
             realworld.report_data(data, run_dir, tracker)
             tracker.log_artifact(preview)
+            startup.finish(run_dir, tracker)  # start-up phases: startup.json, startup/*_s
         distributed.barrier()  # the run's config file exists before any rank reads it
         state.mlflow_run_id = tracker.run_id
         with stop, debug.profile(cfg.trainer.profile, run_dir, tracker):
@@ -177,6 +183,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+@startup.timed("data")
 def build_data(data_cfg: DictConfig) -> DataSplits:
     """Builds the data set's splits (uint8) and applies the real-world switches to train.
 
@@ -214,6 +221,7 @@ class TrainingParts:
         return self.ema.module if self.ema is not None else self.model
 
 
+@startup.timed("model")
 def build_training_parts(
     cfg: DictConfig,
     data: DataSplits,
@@ -351,6 +359,7 @@ def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts) -> TrainSt
     return state
 
 
+@startup.timed("mlflow")
 def start_tracking(tracker, cfg: DictConfig, data: DataSplits, device: torch.device,
                    run_dir: Path, resume_run_id: str | None,
                    job: sweep.SweepJob | None) -> None:  # fmt: skip

@@ -1,0 +1,120 @@
+"""Throughput mode (`experiment=throughput`): training img/s per model and batch size.
+
+For every model name and batch size in the `throughput` node, the runner's own training
+step (`runner.engine.train_one_epoch`: aug on the device, normalisation, autocast, the
+optimizer of the `optim` group) runs on one fixed synthetic uint8 batch resident on the
+device, so nothing but the step is measured: `warmup_steps` untimed steps, then `steps`
+timed ones (bracketed by `torch.cuda.synchronize` on CUDA). A batch size that does not
+fit in memory is reported as "OOM" and the next one is tried. The table is printed and
+written to `<run dir>/throughput.json`; no MLflow run is made.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from runner import engine
+from runner.augment import Normalize
+from runner.models import create_timm_model
+from runner.optim import build_optimizer
+
+log = logging.getLogger(__name__)
+
+
+class _SameBatch:
+    """A loader that yields one batch `count` times."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, count: int):
+        self.images, self.labels, self.count = images, labels, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        for _ in range(self.count):
+            yield self.images, self.labels
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(
+    cfg: DictConfig, model_name: str, batch_size: int, device: torch.device, precision: str
+) -> float:
+    """Training images per second of one model at one batch size (see the module doc)."""
+    settings, size = cfg.throughput, cfg.data.image_size
+    num_classes = cfg.data.get("num_classes") or 10
+    memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+    model = create_timm_model(num_classes, model_name).to(device, memory_format=memory_format)
+    optimizer = build_optimizer(model, instantiate(cfg.optim), cfg.optim.weight_decay)
+    step_kwargs = dict(
+        model=torch.compile(model) if cfg.trainer.compile else model,
+        augment=instantiate(cfg.aug, num_classes=num_classes).to(device),
+        normalize=Normalize((0.5,) * 3, (0.25,) * 3, channels_last=cfg.trainer.channels_last).to(
+            device
+        ),
+        loss_fn=instantiate(cfg.loss)(class_counts=torch.ones(num_classes, device=device)),
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "16"),
+        autocast=engine.make_autocast(device, precision),
+        device=device,
+        log_every_n_steps=10**9,
+    )
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8,
+                           generator=generator).to(device)  # fmt: skip
+    labels = torch.randint(0, num_classes, (batch_size,), generator=generator).to(device)
+    engine.train_one_epoch(loader=_SameBatch(images, labels, settings.warmup_steps), **step_kwargs)
+    _synchronize(device)
+    start = time.perf_counter()
+    engine.train_one_epoch(loader=_SameBatch(images, labels, settings.steps), **step_kwargs)
+    _synchronize(device)
+    return settings.steps * batch_size / (time.perf_counter() - start)
+
+
+def benchmark(cfg: DictConfig, device: torch.device, precision: str) -> float:
+    """Measures every model and batch size, prints the table, writes throughput.json.
+
+    Args:
+        cfg: The composed config with a `throughput` node (models, batch_sizes,
+            warmup_steps, steps).
+        device: Where to train.
+        precision: The resolved precision ("32", "bf16", "16").
+
+    Returns:
+        The highest img/s measured (the run's objective).
+    """
+    settings = cfg.throughput
+    rows: list[dict[str, Any]] = []
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    size = cfg.data.image_size
+    steps = f"{settings.warmup_steps} warm-up + {settings.steps} timed steps"
+    print(f"throughput on {device} ({where}), precision {precision}, {size}x{size}, {steps}")
+    print(f"{'model':<24} {'batch':>6} {'img/s':>10} {'ms/step':>9}", flush=True)
+    for model_name in settings.models:
+        for batch_size in settings.batch_sizes:
+            try:
+                rate = measure(cfg, str(model_name), int(batch_size), device, precision)
+            except torch.OutOfMemoryError:
+                rate = None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            rows.append({"model": str(model_name), "batch_size": int(batch_size), "img_s": rate})
+            shown = f"{rate:10.1f} {1000 * batch_size / rate:9.1f}" if rate else f"{'OOM':>10}"
+            print(f"{model_name:<24} {batch_size:>6} {shown}", flush=True)
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "throughput.json").write_text(json.dumps(rows, indent=2))
+    log.info("throughput table written to %s", run_dir / "throughput.json")
+    return max((row["img_s"] for row in rows if row["img_s"]), default=float("nan"))
