@@ -43,7 +43,7 @@ from runner import engine
 from runner.augment import Normalize
 from runner.data import ResidentLoader, load_digits, make_synthetic
 from runner.imagefolder import load_imagefolder
-from runner.optim import build_optimizer
+from runner.optim import optimizer_from_config
 
 GOAL_RATIO = 0.95
 GOAL_SPEEDUP = 3.0
@@ -71,7 +71,7 @@ class Trainer:
         model = instantiate(load_group("model", "resnet18"))(num_classes=data.num_classes)
         model = model.to(device, memory_format=torch.channels_last)
         optim_cfg = load_group("optim", "adamw")
-        optimizer = build_optimizer(model, instantiate(optim_cfg), optim_cfg.weight_decay)
+        optimizer = optimizer_from_config(model, optim_cfg)
         self.device = device
         self.kwargs = dict(
             model=model,

@@ -41,7 +41,7 @@ from runner import engine
 from runner.augment import Normalize
 from runner.data import load_digits
 from runner.metrics import build_metrics
-from runner.optim import build_optimizer
+from runner.optim import optimizer_from_config
 
 BATCH, SIZE, CLASSES = 128, 32, 10
 
@@ -53,7 +53,7 @@ def make_step(device: torch.device, channels_last=True, precision="32", compile_
     model = instantiate(load_group("model", "resnet18"))(num_classes=CLASSES)
     model = model.to(device, memory_format=memory_format)
     optim_cfg = load_group("optim", "adamw")
-    optimizer = build_optimizer(model, instantiate(optim_cfg), optim_cfg.weight_decay)
+    optimizer = optimizer_from_config(model, optim_cfg)
     images = torch.randint(0, 256, (BATCH, 3, SIZE, SIZE), dtype=torch.uint8, device=device)
     labels = torch.randint(0, CLASSES, (BATCH,), device=device)
     kwargs = dict(

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from runner import engine
 from runner.augment import Normalize
 from runner.models import create_timm_model
-from runner.optim import build_optimizer
+from runner.optim import optimizer_from_config
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def measure(
     num_classes = cfg.data.get("num_classes") or 10
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
     model = create_timm_model(num_classes, model_name).to(device, memory_format=memory_format)
-    optimizer = build_optimizer(model, instantiate(cfg.optim), cfg.optim.weight_decay)
+    optimizer = optimizer_from_config(model, cfg.optim)
     step_kwargs = dict(
         model=torch.compile(model) if cfg.trainer.compile else model,
         augment=instantiate(cfg.aug, num_classes=num_classes).to(device),

@@ -362,7 +362,7 @@ def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts) -> TrainSt
 @startup.timed("mlflow")
 def start_tracking(tracker, cfg: DictConfig, data: DataSplits, device: torch.device,
                    run_dir: Path, resume_run_id: str | None,
-                   job: sweep.SweepJob | None) -> None:  # fmt: skip
+                   job: sweep.SweepJob | None = None) -> None:  # fmt: skip
     """Starts the tracked run and records everything needed to reproduce it.
 
     A sweep job's run is a child of the sweep's parent run, named after what it varies.
