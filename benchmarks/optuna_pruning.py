@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_results import record  # noqa: E402
 
 
 def run_study(work: Path, name: str, pruner: str, args: argparse.Namespace) -> dict:
@@ -73,6 +75,13 @@ def main() -> None:
         print(f"{name:<15}{result['best']:>14.4f}{result['pruned']:>8}{result['seconds']:>9.1f}")
     ratio = results["median pruner"]["seconds"] / results["no pruning"]["seconds"]
     print(f"wall time pruned / unpruned: {ratio:.2f}")
+    pruned, unpruned = results["median pruner"], results["no pruning"]
+    setting = f"{args.trials} trials x {args.epochs} epochs, digits, resnet10t"
+    record("optuna_pruning", "best val/acc, median pruner / no pruning",
+           f"{pruned['best']:.4f} / {unpruned['best']:.4f}", note=setting)  # fmt: skip
+    record("optuna_pruning", "trials pruned", f"{pruned['pruned']} of {pruned['trials']}")
+    record("optuna_pruning", "wall time, pruned / unpruned", ratio,
+           note=f"{pruned['seconds']:.0f} s vs {unpruned['seconds']:.0f} s")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ SCRIPTS = {
     "checkpoint_cost": [],
     "imagefolder_cache": ["--num-images", "500", "--repeats", "1"],
     "imbalance": ["--epochs", "1", "--seeds", "0"],
+    "sweep_overhead": ["--jobs", "2"],
+    "optuna_pruning": ["--trials", "6", "--epochs", "3"],
 }
 VERSIONS = ("torch", "torchvision", "kornia", "timm", "torchmetrics", "mlflow", "hydra-core")
 

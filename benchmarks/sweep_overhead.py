@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_results import record  # noqa: E402
+
 TINY = ["trainer.max_epochs=2", "trainer.batch_size=32", "trainer.eval_batch_size=64",
         "data=synthetic", "data.num_samples=320", "data.image_size=32", "model=timm",
         "model.name=resnet10t"]  # fmt: skip
@@ -61,6 +64,10 @@ def main() -> None:
               f"{r['overhead'] / own:>14.2f}")  # fmt: skip
     ratio = results["submitit_local"]["overhead"] / results["basic"]["overhead"]
     print(f"overhead per job, submitit_local / basic: {ratio:.2f}")
+    for name, r in results.items():
+        own = sum(r["own"]) / len(r["own"])
+        record("sweep_overhead", f"launcher overhead per job, {name} (s)", r["overhead"],
+               note=f"job's own time {own:.2f} s; {args.jobs} jobs one at a time")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -198,3 +199,22 @@ def test_submit_only_launcher_returns_at_once_and_collect_reports_the_jobs(tmp_p
         assert tags["summary"] == "summary/summary.md" and "best.optim.lr" in tags
     finally:
         subprocess.run(["scancel", *(job["job_id"] for job in jobs)], timeout=30)
+
+
+def test_optuna_trials_run_as_slurm_jobs_and_are_pruned_through_the_storage(tmp_path):
+    from tests.test_sweeps import PRUNABLE
+
+    trials = [
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2",
+        "optuna.pruner_startup_trials=1",
+    ]
+    done = run_sweep(slurm_command(tmp_path, *PRUNABLE, *trials))
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    with sqlite3.connect(tmp_path / "optuna.db") as conn:
+        states = [s for (s,) in conn.execute("SELECT state FROM trials ORDER BY number")]
+    assert len(states) == 4 and "PRUNED" in states and "COMPLETE" in states, states
+    db = tmp_path / "mlflow.db"
+    children = query(db, "SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId'")
+    assert len(children) == 4
+    assert all(tags(db, run_id)["slurm.job_id"].isdigit() for (run_id,) in children)
