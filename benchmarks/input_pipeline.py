@@ -44,24 +44,11 @@ from runner.augment import Normalize
 from runner.data import ResidentLoader, load_digits, make_synthetic
 from runner.imagefolder import load_imagefolder
 from runner.optim import optimizer_from_config
+from runner.throughput import FixedBatches
 
 GOAL_RATIO = 0.95
 GOAL_SPEEDUP = 3.0
 BATCH = 128
-
-
-class FixedBatches:
-    """Yields one fixed batch (already on the device) `count` times: the synthetic limit."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, count: int):
-        self.images, self.labels, self.count = images, labels, count
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __iter__(self):
-        for _ in range(self.count):
-            yield self.images, self.labels
 
 
 class Trainer:

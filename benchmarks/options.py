@@ -34,7 +34,6 @@ import torch
 from augment import build_kornia
 from bench_results import quick, record
 from hydra.utils import instantiate
-from input_pipeline import FixedBatches
 from step_overhead import load_group, synchronize
 
 from runner import engine
@@ -42,6 +41,7 @@ from runner.augment import Normalize
 from runner.data import load_digits
 from runner.metrics import build_metrics
 from runner.optim import optimizer_from_config
+from runner.throughput import FixedBatches
 
 BATCH, SIZE, CLASSES = 128, 32, 10
 

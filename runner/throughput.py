@@ -29,8 +29,8 @@ from runner.optim import optimizer_from_config
 log = logging.getLogger(__name__)
 
 
-class _SameBatch:
-    """A loader that yields one batch `count` times."""
+class FixedBatches:
+    """A loader that yields one batch, already on the device, `count` times."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, count: int):
         self.images, self.labels, self.count = images, labels, count
@@ -75,10 +75,12 @@ def measure(
     images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8,
                            generator=generator).to(device)  # fmt: skip
     labels = torch.randint(0, num_classes, (batch_size,), generator=generator).to(device)
-    engine.train_one_epoch(loader=_SameBatch(images, labels, settings.warmup_steps), **step_kwargs)
+    engine.train_one_epoch(
+        loader=FixedBatches(images, labels, settings.warmup_steps), **step_kwargs
+    )
     _synchronize(device)
     start = time.perf_counter()
-    engine.train_one_epoch(loader=_SameBatch(images, labels, settings.steps), **step_kwargs)
+    engine.train_one_epoch(loader=FixedBatches(images, labels, settings.steps), **step_kwargs)
     _synchronize(device)
     return settings.steps * batch_size / (time.perf_counter() - start)
 
