@@ -17,20 +17,21 @@ exception, so one failing job never stops the others.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import json
 import logging
 import math
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from runner.tracking import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +44,6 @@ _SWEEP_CONTROL_PREFIXES = ("sweep.", "+sweep.", "optuna.trial=", "+optuna.trial=
 
 
 # --- files in the sweep dir -----------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock next to `path` across processes (POSIX flock)."""
-    import fcntl
-
-    lock = path.with_name(path.name + ".lock")
-    with lock.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_json(path: Path, content: Any) -> None:
@@ -77,7 +64,7 @@ def read_manifest(sweep_dir: Path) -> dict[str, dict[str, Any]]:
 def update_manifest(sweep_dir: Path, key: str, **fields: Any) -> dict[str, Any]:
     """Merges `fields` into the job's manifest entry under a lock; returns the entry."""
     path = Path(sweep_dir) / MANIFEST_FILE
-    with _locked(path):
+    with file_lock(path.with_name(path.name + ".lock")):
         jobs = read_manifest(sweep_dir)
         entry = {**jobs.get(key, {}), **fields, "updated": time.time()}
         jobs[key] = entry
@@ -89,6 +76,11 @@ def job_key(overrides: list[str]) -> str:
     """The identity of a job: its overrides, sorted, without the sweep-control ones."""
     kept = [o for o in overrides if not o.startswith(_SWEEP_CONTROL_PREFIXES)]
     return " ".join(sorted(kept)) or "(no overrides)"
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, str]:
+    """`["a.b=1", "+c=x"]` -> `{"a.b": "1", "c": "x"}`."""
+    return {name: value for name, _, value in (o.lstrip("+~").partition("=") for o in overrides)}
 
 
 def read_sweep_info(sweep_dir: Path) -> dict[str, Any]:
@@ -167,9 +159,7 @@ class SweepJob:
         tags = {"sweep_dir": str(self.sweep_dir), "sweep.job": str(self.num)}
         if self.info.get("parent_run_id"):
             tags["mlflow.parentRunId"] = self.info["parent_run_id"]
-        for override in self.overrides:
-            name, _, value = override.lstrip("+~").partition("=")
-            tags[f"override.{name}"] = value
+        tags.update({f"override.{n}": v for n, v in parse_overrides(self.overrides).items()})
         return tags
 
     def run(self, cfg: DictConfig, train: Callable[[DictConfig, SweepJob], float]) -> float:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.sweep import read_manifest
+from runner.sweep import parse_overrides, read_manifest
 
 # Test metrics shown in the markdown table (the CSV has all of them).
 _SHOWN_TEST_METRICS = ("test/acc", "test/balanced_acc", "test/macro_f1")
@@ -42,15 +42,6 @@ class Summary:
     best_tags: dict[str, str] = field(default_factory=dict)
     best_value: float | None = None
     failed: list[dict[str, Any]] = field(default_factory=list)
-
-
-def parse_overrides(overrides: list[str]) -> dict[str, str]:
-    """`["a.b=1", "+c=x"]` -> `{"a.b": "1", "c": "x"}`."""
-    parsed = {}
-    for override in overrides:
-        name, _, value = override.lstrip("+~").partition("=")
-        parsed[name] = value
-    return parsed
 
 
 def _finite(value: Any) -> bool:
@@ -129,8 +120,9 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
 def _swept_names(jobs: list[dict[str, Any]]) -> list[str]:
     """Override names whose values differ between jobs (all names for a single job)."""
     names: dict[str, set[str]] = defaultdict(set)
+    all_names = {name for job in jobs for name in job["params"]}
     for job in jobs:
-        for name in {n for j in jobs for n in j["params"]}:
+        for name in all_names:
             names[name].add(job["params"].get(name, ""))
     if len(jobs) == 1:
         return sorted(names)

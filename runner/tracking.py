@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """Holds an exclusive lock on `path` (POSIX flock; a no-op where unsupported)."""
     try:
         import fcntl
@@ -388,7 +388,7 @@ class MlflowTracker(NullTracker):
         if not self.tracking_uri.startswith("sqlite:///"):
             return contextlib.nullcontext()
         database = Path(self.tracking_uri.removeprefix("sqlite:///"))
-        return _file_lock(database.with_name(database.name + ".lock"))
+        return file_lock(database.with_name(database.name + ".lock"))
 
     def _experiment_id(self, name: str) -> str:
         from mlflow.exceptions import MlflowException
