@@ -13,7 +13,9 @@ throughput (> 1 = the option pays):
 * trainer.eval_batch_size: evaluation of the digits val+test images in batches of 512
   (the default) vs 64;
 * torch.backends.cudnn.benchmark (CUDA only; "n/a on CPU" otherwise): the cuDNN
-  autotuner on vs off.
+  autotuner on vs off;
+* trainer.keep_host_memory: glibc malloc keeps freed large blocks (the default) vs hands
+  them back to the OS after every step (glibc's own thresholds), switched per round.
 
     .venv/bin/python benchmarks/options.py [--rounds 5] [--steps 4] [--skip-compile]
 """
@@ -39,6 +41,7 @@ from step_overhead import load_group, synchronize
 from runner import engine
 from runner.augment import Normalize
 from runner.data import load_digits
+from runner.hostmem import keep_freed_memory
 from runner.metrics import build_metrics
 from runner.optim import optimizer_from_config
 from runner.throughput import FixedBatches
@@ -156,6 +159,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
+    keep_freed_memory(True)  # as a run sets it (trainer.keep_host_memory)
     began = time.perf_counter()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}; "
@@ -179,6 +183,18 @@ def main() -> None:
               f"generation; {cache})")  # fmt: skip
         record("options", "torch.compile: compile time (first 2 steps, s)", compile_s, note=cache)
         compare("torch.compile", compiled, make_step(device), rounds, steps)
+
+    def with_host_memory(keep: bool) -> Callable:
+        step = make_step(device)
+
+        def run(steps: int) -> float:
+            keep_freed_memory(keep)
+            return step(steps)
+
+        return run
+
+    compare("keep_host_memory", with_host_memory(True), with_host_memory(False), rounds, steps)
+    keep_freed_memory(True)
     if device.type == "cuda":
 
         def with_benchmark(flag: bool) -> Callable:

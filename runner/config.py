@@ -191,6 +191,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "trainer.gradient_clip_val": _optional_positive_number,
     "trainer.channels_last": _boolean,
     "trainer.compile": _boolean,
+    "trainer.keep_host_memory": _boolean,
     "trainer.ema_decay": _ema_decay,
     "trainer.monitor": _one_of(*MONITORABLE),
     "trainer.monitor_mode": _one_of(*MONITOR_MODES),

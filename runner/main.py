@@ -15,6 +15,10 @@ def run(cfg: DictConfig) -> float:
         train: the best monitored value (a sweeper's objective); eval: test accuracy;
         predict: the number of images labelled.
     """
+    from runner.hostmem import keep_freed_memory
+
+    # Before any data or worker exists: DataLoader workers inherit it.
+    keep_freed_memory(cfg.trainer.get("keep_host_memory", True))
     mode = cfg.get("mode", "train")
     if mode == "eval":
         from runner.evaluate import run_eval
