@@ -59,6 +59,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 import runner  # noqa: F401  (registers the config resolvers)
 from runner.data import make_synthetic
+from runner.hostmem import keep_freed_memory
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PRESETS = sorted(p.stem for p in (CONF_DIR / "aug").glob("*.yaml"))
@@ -268,7 +269,7 @@ class Row:
 def bench_size(args, size: int, batch_size: int, device: torch.device) -> tuple[float, list[Row]]:
     """Times every preset at one size; returns the step's ms and the rows."""
     large = size * size * batch_size > 4 * 32 * 32 * 256
-    repeats = args.repeats or (3 if large else 10)
+    repeats = args.repeats or (7 if large else 10)
     step_repeats = 1 if large else 5
     v2_batches = 4 if large else 8
     data = make_synthetic(
@@ -374,10 +375,18 @@ def main() -> None:
         default=None,
         help="torch threads of this process (kornia and the step); default: torch's choice",
     )
+    parser.add_argument(
+        "--return-host-memory",
+        action="store_true",
+        help="leave glibc's malloc thresholds at their defaults (trainer.keep_host_memory=false)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    # As a run sets it (trainer.keep_host_memory); the v2 workers fork from this process
+    # and inherit it, so both sides allocate the same way.
+    keep_freed_memory(not args.return_host_memory)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     start = time.perf_counter()

@@ -65,6 +65,8 @@ class DeviceAugment(nn.Module):
             import kornia.augmentation as K
 
             self.pipeline = K.AugmentationSequential(*transforms)
+        first = transforms[0] if transforms else None
+        self._first_takes_uint8 = bool(getattr(first, "accepts_uint8", False))
         # Kornia samples on the device its generators were last moved to; tracked so a
         # batch on another device moves them once instead of drawing on the host forever.
         self._rng_device = torch.device("cpu")
@@ -87,7 +89,9 @@ class DeviceAugment(nn.Module):
         Returns:
             Float images in [0, 1] (the augmentation may move values slightly outside).
         """
-        if images.dtype == torch.uint8:
+        # A first module that takes uint8 (runner.aug_ops.RandomCropFlip) converts only
+        # the pixels it keeps; everything else wants floats in [0, 1].
+        if images.dtype == torch.uint8 and not (self.training and self._first_takes_uint8):
             images = images.float().div_(255.0)
         if not self.training:
             return resize_center_crop(images, self.image_size, self.eval_crop_pct)
