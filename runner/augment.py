@@ -30,8 +30,8 @@ class DeviceAugment(nn.Module):
         transforms: Kornia augmentation modules (plain ones or `kornia.augmentation.auto`
             policies), applied in order as one `AugmentationSequential`. Empty = none.
         differentiable: Keep the autograd graph through the augmentation and mixing (for
-            learned or adversarial augmentation). Off by default: under no_grad it is
-            about 1.5x cheaper.
+            learned or adversarial augmentation). Off by default: under no_grad it keeps
+            no graph (1.1x cheaper for `strong` on the CPU, benchmarks/augment.py).
         image_size: Side of the images the model sees; the eval path resizes and
             center-crops to it. None = evaluation images are used as they come.
         eval_crop_pct: Eval path: resize the short side to `image_size / eval_crop_pct`,
