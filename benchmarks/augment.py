@@ -376,9 +376,9 @@ def main() -> None:
         help="torch threads of this process (kornia and the step); default: torch's choice",
     )
     parser.add_argument(
-        "--return-host-memory",
+        "--default-host-memory",
         action="store_true",
-        help="leave glibc's malloc thresholds at their defaults (trainer.keep_host_memory=false)",
+        help="leave glibc's malloc thresholds as they are (trainer.keep_host_memory=false)",
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -386,7 +386,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     # As a run sets it (trainer.keep_host_memory); the v2 workers fork from this process
     # and inherit it, so both sides allocate the same way.
-    keep_freed_memory(not args.return_host_memory)
+    if not args.default_host_memory:
+        keep_freed_memory()
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     start = time.perf_counter()

@@ -14,8 +14,9 @@ throughput (> 1 = the option pays):
   (the default) vs 64;
 * torch.backends.cudnn.benchmark (CUDA only; "n/a on CPU" otherwise): the cuDNN
   autotuner on vs off;
-* trainer.keep_host_memory: glibc malloc keeps freed large blocks (the default) vs hands
-  them back to the OS after every step (glibc's own thresholds), switched per round.
+* trainer.keep_host_memory: glibc malloc keeps freed blocks (the runner's default) vs
+  glibc's own adaptive thresholds. glibc cannot switch back within a process, so each
+  round times both sides in a fresh child process (warm-up first), in alternating order.
 
     .venv/bin/python benchmarks/options.py [--rounds 5] [--steps 4] [--skip-compile]
 """
@@ -25,8 +26,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -123,9 +127,12 @@ def inductor_cache_state() -> str:
     return "inductor cache cold"
 
 
-def compare(name: str, on: Callable, off: Callable, rounds: int, steps: int) -> float:
+def compare(
+    name: str, on: Callable, off: Callable, rounds: int, steps: int, warm_up: bool = True
+) -> float:
     """Interleaved rounds; prints and returns the median per-round on/off throughput."""
-    on(1), off(1)  # warm-up
+    if warm_up:
+        on(1), off(1)
     ratios, rates = [], {"on": [], "off": []}
     for round_index in range(rounds):
         sides = (("on", on), ("off", off)) if round_index % 2 else (("off", off), ("on", on))
@@ -150,6 +157,29 @@ def compare(name: str, on: Callable, off: Callable, rounds: int, steps: int) -> 
     return ratio
 
 
+def host_memory_child(device: torch.device, keep: bool, steps: int) -> None:
+    """One side of the keep_host_memory comparison: prints the img/s of warm steps."""
+    if keep:
+        keep_freed_memory()
+    step = make_step(device)
+    step(2)  # warm-up
+    print(json.dumps({"img_per_s": statistics.median(step(steps) for _ in range(3))}))
+
+
+def compare_host_memory(device: torch.device, rounds: int, steps: int) -> float:
+    """keep_host_memory on/off, each side in a fresh process per round; prints the ratio."""
+
+    def child(side: str) -> float:
+        command = [sys.executable, __file__, "--device", str(device), "--steps", str(steps),
+                   "--host-memory-child", side]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])["img_per_s"]
+
+    processes = {"keep": lambda _steps: child("keep"), "default": lambda _steps: child("default")}
+    return compare("keep_host_memory", processes["keep"], processes["default"], rounds, steps,
+                   warm_up=False)  # fmt: skip
+
+
 def main() -> None:
     """Measures each option on and off."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -157,9 +187,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3 if quick() else 5)
     parser.add_argument("--skip-compile", action="store_true", help="leave torch.compile out")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--host-memory-child", choices=["keep", "default"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
-    keep_freed_memory(True)  # as a run sets it (trainer.keep_host_memory)
+    if args.host_memory_child:
+        host_memory_child(device, args.host_memory_child == "keep", args.steps)
+        return
+    keep_freed_memory()  # as a run sets it (trainer.keep_host_memory)
     began = time.perf_counter()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}; "
@@ -183,18 +217,7 @@ def main() -> None:
               f"generation; {cache})")  # fmt: skip
         record("options", "torch.compile: compile time (first 2 steps, s)", compile_s, note=cache)
         compare("torch.compile", compiled, make_step(device), rounds, steps)
-
-    def with_host_memory(keep: bool) -> Callable:
-        step = make_step(device)
-
-        def run(steps: int) -> float:
-            keep_freed_memory(keep)
-            return step(steps)
-
-        return run
-
-    compare("keep_host_memory", with_host_memory(True), with_host_memory(False), rounds, steps)
-    keep_freed_memory(True)
+    compare_host_memory(device, rounds, steps)
     if device.type == "cuda":
 
         def with_benchmark(flag: bool) -> Callable:

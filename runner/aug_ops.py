@@ -60,6 +60,15 @@ def _uniform(n: int, low: float, high: float, device: torch.device) -> torch.Ten
     return torch.rand(n, device=device) * (high - low) + low
 
 
+def _refuse_same_on_batch(module: torch.nn.Module) -> None:
+    """These modules draw per sample; Kornia containers can set `same_on_batch` on them."""
+    if module.same_on_batch:
+        raise ValueError(
+            f"{type(module).__name__} draws its parameters per sample and does not support "
+            "same_on_batch=True; use the Kornia module it fuses for that"
+        )
+
+
 class RandomCropFlip(GeometricAugmentationBase2D):
     """Pads, crops a random window and flips it horizontally, in one indexed copy.
 
@@ -98,7 +107,6 @@ class RandomCropFlip(GeometricAugmentationBase2D):
             raise ValueError(f"flip_p={flip_p!r}: expected a probability in [0, 1]")
         self.padding, self.padding_mode, self.flip_p = int(padding), padding_mode, float(flip_p)
 
-    _compute_matrix_lazily = True  # the matrix only when someone asks for it
     accepts_uint8 = True  # see the class docstring; returns float images in [0, 1]
 
     def transform_tensor(
@@ -118,6 +126,7 @@ class RandomCropFlip(GeometricAugmentationBase2D):
 
     def generate_parameters(self, batch_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
         """Draws the window offsets (in padded coordinates) and the flips on `self.device`."""
+        _refuse_same_on_batch(self)
         n, _, height, width = batch_shape
         room_y = height + 2 * self.padding - self.size[0]
         room_x = width + 2 * self.padding - self.size[1]
@@ -174,7 +183,7 @@ class RandomCropFlip(GeometricAugmentationBase2D):
     def _per_sample(self, padded, offset_y, offset_x, flip) -> torch.Tensor:
         height, width = self.size
         dtype = torch.float32 if padded.dtype == torch.uint8 else padded.dtype
-        out = torch.empty(*padded.shape[:2], height, width, dtype=dtype)
+        out = torch.empty(*padded.shape[:2], height, width, dtype=dtype, device=padded.device)
         for index, (top, left, mirror) in enumerate(
             zip(offset_y.tolist(), offset_x.tolist(), flip.tolist(), strict=True)
         ):
@@ -214,7 +223,8 @@ class RandomResizedCropFlip(GeometricAugmentationBase2D):
     ratio), vectorised over the batch. On the CPU with images of 128x128 pixels or more,
     each box is resampled with bilinear `F.interpolate` (antialiased where it shrinks);
     otherwise the whole batch is resampled by one separable bilinear gather with the flip
-    folded into the column indices.
+    folded into the column indices, which does not antialias: where a box is larger than
+    `size` (images bigger than the output) the two paths differ, on CUDA too.
 
     Args:
         size: Output (height, width), or one int for a square.
@@ -238,10 +248,9 @@ class RandomResizedCropFlip(GeometricAugmentationBase2D):
             raise ValueError(f"flip_p={flip_p!r}: expected a probability in [0, 1]")
         self.flip_p = float(flip_p)
 
-    _compute_matrix_lazily = True  # the matrix only when someone asks for it
-
     def generate_parameters(self, batch_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
         """Draws boxes (top, left, height, width) and flips on `self.device`."""
+        _refuse_same_on_batch(self)
         n, _, height, width = batch_shape
         tries, device = 10, self.device
         area = height * width * _uniform(n * tries, *self.scale, device).view(n, tries)
@@ -335,12 +344,16 @@ class RandomResizedCropFlip(GeometricAugmentationBase2D):
         def rows(index):
             return input.gather(2, index.view(n, 1, out_h, 1).expand(n, channels, out_h, width))
 
-        resized = torch.lerp(rows(rows_lo), rows(rows_hi), row_weight.view(n, 1, out_h, 1))
+        resized = torch.lerp(
+            rows(rows_lo), rows(rows_hi), row_weight.to(input.dtype).view(n, 1, out_h, 1)
+        )
 
         def cols(index):
             return resized.gather(3, index.view(n, 1, 1, out_w).expand(n, channels, out_h, out_w))
 
-        return torch.lerp(cols(cols_lo), cols(cols_hi), col_weight.view(n, 1, 1, out_w))
+        return torch.lerp(
+            cols(cols_lo), cols(cols_hi), col_weight.to(input.dtype).view(n, 1, 1, out_w)
+        )
 
 
 def _bilinear_taps(start: torch.Tensor, length: torch.Tensor, out: int):
@@ -399,15 +412,25 @@ class ColorJitterAffine(IntensityAugmentationBase2D):
         if not 0 <= p <= 1:
             raise ValueError(f"p={p!r}: expected a probability in [0, 1]")
         self.brightness, self.contrast = float(brightness), float(contrast)
+        # Constants live on the module's device: building them from Python lists per call
+        # would copy from pageable host memory, which waits for the GPU every step.
+        self.register_buffer("luma", torch.tensor(_LUMA), persistent=False)
+        cross = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]])
+        self.register_buffer("gray_axis_cross", cross / math.sqrt(3), persistent=False)
         self.saturation, self.hue, self.prob = float(saturation), float(hue), float(p)
 
     def generate_parameters(self, batch_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
         """Draws the four factors per sample, the order of the steps and who is jittered."""
+        _refuse_same_on_batch(self)
         n, device = batch_shape[0], self.device
+
+        def factor(jitter: float) -> torch.Tensor:  # torchvision's range, never negative
+            return _uniform(n, max(0.0, 1 - jitter), 1 + jitter, device)
+
         return {
-            "brightness": _uniform(n, 1 - self.brightness, 1 + self.brightness, device),
-            "contrast": _uniform(n, 1 - self.contrast, 1 + self.contrast, device),
-            "saturation": _uniform(n, 1 - self.saturation, 1 + self.saturation, device),
+            "brightness": factor(self.brightness),
+            "contrast": factor(self.contrast),
+            "saturation": factor(self.saturation),
             "hue": _uniform(n, -self.hue, self.hue, device),
             "order": torch.randperm(4, device=device),
             "jitter": torch.rand(n, device=device) < self.prob,
@@ -427,7 +450,7 @@ class ColorJitterAffine(IntensityAugmentationBase2D):
         n, channels = input.shape[:2]
         # (N, 3, HW): a channels_last batch is copied to this layout first, because a
         # matmul over rows of 3 pixels values is five times slower than over rows of HW.
-        flat = input.reshape(n, channels, -1)
+        flat = input.reshape(n, channels, input.shape[-2] * input.shape[-1])
         out = torch.baddbmm(offset.unsqueeze(-1), matrix, flat).view(input.shape)
         return out.clamp_(0, 1) if not out.requires_grad else out.clamp(0, 1)
 
@@ -440,13 +463,14 @@ class ColorJitterAffine(IntensityAugmentationBase2D):
         the step is picked on the device (no host read of the order).
         """
         n, device, dtype = input.shape[0], input.device, input.dtype
-        luma = torch.tensor(_LUMA, device=device, dtype=dtype)
+        luma = self.luma.to(device=device, dtype=dtype)
         eye = torch.eye(3, device=device, dtype=dtype)
         factors = {k: params[k].to(device=device, dtype=dtype) for k in
                    ("brightness", "contrast", "saturation", "hue")}  # fmt: skip
         brightness = _homogeneous(factors["brightness"].view(n, 1, 1) * eye)
         saturation = _homogeneous(_blend(eye, luma.expand(3, 3), factors["saturation"]))
-        hue = _homogeneous(_hue_rotation(factors["hue"], device, dtype))
+        cross = self.gray_axis_cross.to(device=device, dtype=dtype)
+        hue = _homogeneous(_hue_rotation(factors["hue"], cross))
         # Contrast blends with the mean luma of the image as it is at that step: the
         # channel means pushed through the steps before it.
         channel_mean = torch.ones(n, 4, 1, device=device, dtype=dtype)
@@ -485,18 +509,17 @@ def _blend(eye: torch.Tensor, target: torch.Tensor, factor: torch.Tensor) -> tor
     return factor * eye + (1 - factor) * target
 
 
-def _hue_rotation(hue: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _hue_rotation(hue: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
     """Rotation by 2*pi*hue about the gray axis (R = G = B) of the RGB cube (Rodrigues).
 
     Of the linear hue rotations this one is the closest to torchvision's HSV hue shift
     (mean absolute difference 0.040 vs 0.049 for the YIQ rotation at hue 0.05, on random
-    colours, where the shift itself moves pixels by 0.050).
+    colours, where the shift itself moves pixels by 0.050). `cross` is the cross-product
+    matrix of the unit gray axis.
     """
+    device, dtype = cross.device, cross.dtype
     angle = 2 * math.pi * hue.view(-1, 1, 1)
     axis = torch.full((3,), 1 / math.sqrt(3), device=device, dtype=dtype)
-    cross = torch.tensor(
-        [[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]], device=device, dtype=dtype
-    ) / math.sqrt(3)
     eye = torch.eye(3, device=device, dtype=dtype)
     return (
         torch.cos(angle) * eye
@@ -536,6 +559,7 @@ class RandomBoxErasing(IntensityAugmentationBase2D):
 
     def generate_parameters(self, batch_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
         """Draws one box (top, left, height, width; height 0 = no box) per sample."""
+        _refuse_same_on_batch(self)
         n, _, height, width = batch_shape
         tries, device = 10, self.device
         area = height * width * _uniform(n * tries, *self.scale, device).view(n, tries)

@@ -17,8 +17,8 @@ def run(cfg: DictConfig) -> float:
     """
     from runner.hostmem import keep_freed_memory
 
-    # Before any data or worker exists: DataLoader workers inherit it.
-    keep_freed_memory(cfg.trainer.get("keep_host_memory", True))
+    if cfg.trainer.get("keep_host_memory", True):  # before any DataLoader worker forks
+        keep_freed_memory()
     mode = cfg.get("mode", "train")
     if mode == "eval":
         from runner.evaluate import run_eval

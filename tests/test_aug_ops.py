@@ -238,3 +238,25 @@ def test_bad_arguments_name_the_argument_and_value(build, message):
 def test_a_crop_larger_than_the_padded_image_says_so():
     with pytest.raises(ValueError, match="does not fit"):
         RandomCropFlip(48, padding=4)(images(SMALL))
+
+
+def test_jitter_factors_never_go_negative_and_an_empty_batch_passes():
+    op = ColorJitterAffine(brightness=1.5, contrast=1.5, saturation=1.5)
+    params = op.forward_parameters((500, 3, 8, 8))
+    for name in ("brightness", "contrast", "saturation"):
+        assert params[name].min() >= 0, name
+    empty = torch.rand(0, 3, 8, 8)
+    assert op(empty).shape == empty.shape
+
+
+def test_same_on_batch_is_refused_rather_than_ignored():
+    import kornia.augmentation as K
+
+    pipeline = K.AugmentationSequential(RandomResizedCropFlip(SMALL), same_on_batch=True)
+    with pytest.raises(ValueError, match="same_on_batch"):
+        pipeline(images(SMALL))
+
+
+def test_batched_resized_crop_keeps_the_input_dtype():
+    x = images(SMALL).double()
+    assert RandomResizedCropFlip(SMALL, scale=(0.3, 1.0))(x).dtype == torch.float64
