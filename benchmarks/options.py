@@ -15,8 +15,9 @@ throughput (> 1 = the option pays):
 * torch.backends.cudnn.benchmark (CUDA only; "n/a on CPU" otherwise): the cuDNN
   autotuner on vs off;
 * trainer.keep_host_memory: glibc malloc keeps freed blocks (the runner's default) vs
-  glibc's own adaptive thresholds. glibc cannot switch back within a process, so each
-  round times both sides in a fresh child process (warm-up first), in alternating order.
+  glibc's own adaptive thresholds, on the step above and on 224x224 images in batches of
+  32. glibc cannot switch back within a process, so each round times both sides in a
+  fresh child process (warm-up first), in alternating order.
 
     .venv/bin/python benchmarks/options.py [--rounds 5] [--steps 4] [--skip-compile]
 """
@@ -53,7 +54,14 @@ from runner.throughput import FixedBatches
 BATCH, SIZE, CLASSES = 128, 32, 10
 
 
-def make_step(device: torch.device, channels_last=True, precision="32", compile_=False):
+def make_step(
+    device: torch.device,
+    channels_last=True,
+    precision="32",
+    compile_=False,
+    size: int = SIZE,
+    batch: int = BATCH,
+):
     """A function that trains `steps` batches with these options; returns img/s."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
@@ -61,11 +69,11 @@ def make_step(device: torch.device, channels_last=True, precision="32", compile_
     model = model.to(device, memory_format=memory_format)
     optim_cfg = load_group("optim", "adamw")
     optimizer = optimizer_from_config(model, optim_cfg)
-    images = torch.randint(0, 256, (BATCH, 3, SIZE, SIZE), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, CLASSES, (BATCH,), device=device)
+    images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, CLASSES, (batch,), device=device)
     kwargs = dict(
         model=torch.compile(model) if compile_ else model,
-        augment=build_kornia("basic", SIZE, device),
+        augment=build_kornia("basic", size, device),
         normalize=Normalize((0.5,) * 3, (0.25,) * 3, channels_last=channels_last).to(device),
         loss_fn=torch.nn.CrossEntropyLoss(),
         optimizer=optimizer,
@@ -80,7 +88,7 @@ def make_step(device: torch.device, channels_last=True, precision="32", compile_
         start = time.perf_counter()
         engine.train_one_epoch(loader=FixedBatches(images, labels, steps), **kwargs)
         synchronize(device)
-        return steps * BATCH / (time.perf_counter() - start)
+        return steps * batch / (time.perf_counter() - start)
 
     return run
 
@@ -157,26 +165,26 @@ def compare(
     return ratio
 
 
-def host_memory_child(device: torch.device, keep: bool, steps: int) -> None:
+def host_memory_child(device: torch.device, keep: bool, steps: int, size: int, batch: int):
     """One side of the keep_host_memory comparison: prints the img/s of warm steps."""
     if keep:
         keep_freed_memory()
-    step = make_step(device)
+    step = make_step(device, size=size, batch=batch)
     step(2)  # warm-up
     print(json.dumps({"img_per_s": statistics.median(step(steps) for _ in range(3))}))
 
 
-def compare_host_memory(device: torch.device, rounds: int, steps: int) -> float:
+def compare_host_memory(device: torch.device, rounds: int, steps: int, size: int, batch: int):
     """keep_host_memory on/off, each side in a fresh process per round; prints the ratio."""
 
     def child(side: str) -> float:
         command = [sys.executable, __file__, "--device", str(device), "--steps", str(steps),
-                   "--host-memory-child", side]  # fmt: skip
+                   "--host-memory-child", side, str(size), str(batch)]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         return json.loads(done.stdout.strip().splitlines()[-1])["img_per_s"]
 
-    processes = {"keep": lambda _steps: child("keep"), "default": lambda _steps: child("default")}
-    return compare("keep_host_memory", processes["keep"], processes["default"], rounds, steps,
+    return compare(f"keep_host_memory ({size}x{size}, batch {batch})",
+                   lambda _steps: child("keep"), lambda _steps: child("default"), rounds, steps,
                    warm_up=False)  # fmt: skip
 
 
@@ -187,11 +195,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3 if quick() else 5)
     parser.add_argument("--skip-compile", action="store_true", help="leave torch.compile out")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--host-memory-child", choices=["keep", "default"], help=argparse.SUPPRESS)
+    parser.add_argument("--host-memory-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
-    if args.host_memory_child:
-        host_memory_child(device, args.host_memory_child == "keep", args.steps)
+    if args.host_memory_child:  # keep|default SIZE BATCH
+        side, size, batch = args.host_memory_child
+        host_memory_child(device, side == "keep", args.steps, int(size), int(batch))
         return
     keep_freed_memory()  # as a run sets it (trainer.keep_host_memory)
     began = time.perf_counter()
@@ -217,7 +226,8 @@ def main() -> None:
               f"generation; {cache})")  # fmt: skip
         record("options", "torch.compile: compile time (first 2 steps, s)", compile_s, note=cache)
         compare("torch.compile", compiled, make_step(device), rounds, steps)
-    compare_host_memory(device, rounds, steps)
+    compare_host_memory(device, rounds, steps, SIZE, BATCH)
+    compare_host_memory(device, rounds, max(1, steps // 2), 224, 32)
     if device.type == "cuda":
 
         def with_benchmark(flag: bool) -> Callable:
