@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from kornia.augmentation import GeometricAugmentationBase2D, IntensityAugmentationBase2D
 
+from runner.augment import to_unit_float
+
 # Per-sample loops pay ~20 us of Python per image; below this many pixels per image the
 # batched gather is cheaper on the CPU (measured at 32x32, 64x64 and 224x224).
 _PER_SAMPLE_MIN_PIXELS = 128 * 128
@@ -67,6 +69,52 @@ def _refuse_same_on_batch(module: torch.nn.Module) -> None:
             f"{type(module).__name__} draws its parameters per sample and does not support "
             "same_on_batch=True; use the Kornia module it fuses for that"
         )
+
+
+def _loops_per_sample(images: torch.Tensor) -> bool:
+    """Whether a per-sample loop beats the batched kernel: large images on the CPU."""
+    pixels = images.shape[-2] * images.shape[-1]
+    return images.device.type == "cpu" and pixels >= _PER_SAMPLE_MIN_PIXELS
+
+
+def _box_tries(
+    n: int, height: int, width: int, scale, ratio, device: torch.device, tries: int = 10
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`tries` candidate box sides per sample, drawn as torchvision draws them.
+
+    The area share is uniform in `scale` and the aspect log-uniform in `ratio`; returns
+    sqrt(area * aspect) and sqrt(area / aspect), rounded, each (n, tries).
+    """
+    area = height * width * _uniform(n * tries, *scale, device).view(n, tries)
+    log_ratio = _uniform(n * tries, *(math.log(r) for r in ratio), device)
+    aspect = torch.exp(log_ratio).view(n, tries)
+    return torch.sqrt(area * aspect).round().long(), torch.sqrt(area / aspect).round().long()
+
+
+def _first_fit(fits: torch.Tensor, *sides: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Whether any try fits, then each side of the first try that fits (per sample)."""
+    first = fits.long().argmax(1, keepdim=True)  # argmax returns the first maximum
+    return fits.any(1), *(side.gather(1, first).squeeze(1) for side in sides)
+
+
+def _random_corner(height: int, width: int, box_h, box_w, device) -> tuple[torch.Tensor, ...]:
+    """A uniformly random top-left corner per sample that keeps the box inside."""
+    top = (torch.rand(len(box_h), device=device) * (height - box_h + 1)).long()
+    left = (torch.rand(len(box_w), device=device) * (width - box_w + 1)).long()
+    return top, left
+
+
+def _scale_shift_flip(scale_x, scale_y, shift_x, shift_y, flip, out_width, like):
+    """(N, 3, 3): x -> scale_x x + shift_x, y -> scale_y y + shift_y, then mirrored where flip.
+
+    The mirror maps x to out_width - 1 - x; `like` gives the device and dtype.
+    """
+    matrix = torch.eye(3, device=like.device, dtype=like.dtype).repeat(len(flip), 1, 1)
+    matrix[:, 0, 0] = torch.where(flip, -scale_x, scale_x)
+    matrix[:, 0, 2] = torch.where(flip, out_width - 1 - shift_x, shift_x)
+    matrix[:, 1, 1] = scale_y
+    matrix[:, 1, 2] = shift_y
+    return matrix
 
 
 class RandomCropFlip(GeometricAugmentationBase2D):
@@ -145,15 +193,11 @@ class RandomCropFlip(GeometricAugmentationBase2D):
         self, input: torch.Tensor, params: dict[str, torch.Tensor], flags: dict[str, Any]
     ) -> torch.Tensor:
         """Input pixel (x, y) -> output pixel: shift by padding - offset, then mirror."""
-        dtype = input.dtype if input.is_floating_point() else torch.float32
-        shift_x = (self.padding - params["offset_x"]).to(dtype)
-        shift_y = (self.padding - params["offset_y"]).to(dtype)
-        sign = 1 - 2 * params["flip"].to(dtype)
-        matrix = torch.eye(3, device=input.device, dtype=dtype).repeat(len(shift_x), 1, 1)
-        matrix[:, 0, 0] = sign
-        matrix[:, 0, 2] = torch.where(params["flip"], self.size[1] - 1 - shift_x, shift_x)
-        matrix[:, 1, 2] = shift_y
-        return matrix
+        like = input if input.is_floating_point() else input.float()
+        shift_x = (self.padding - params["offset_x"]).to(like)
+        shift_y = (self.padding - params["offset_y"]).to(like)
+        one = torch.ones_like(shift_x)
+        return _scale_shift_flip(one, one, shift_x, shift_y, params["flip"], self.size[1], like)
 
     def apply_transform(
         self,
@@ -166,10 +210,9 @@ class RandomCropFlip(GeometricAugmentationBase2D):
         offset_y = params["offset_y"].to(input.device)
         offset_x = params["offset_x"].to(input.device)
         flip = params["flip"].to(input.device)
-        height, width = input.shape[-2:]
-        per_sample = input.device.type == "cpu" and height * width >= _PER_SAMPLE_MIN_PIXELS
+        per_sample = _loops_per_sample(input)
         if not per_sample:  # uint8 indexing has no fast kernel: convert first
-            input = _to_unit_float(input)
+            input = to_unit_float(input)
         padded = input
         if self.padding:
             padded = F.pad(input, (self.padding,) * 4, mode=self.padding_mode)
@@ -192,11 +235,6 @@ class RandomCropFlip(GeometricAugmentationBase2D):
         return out.div_(255) if padded.dtype == torch.uint8 else out
 
 
-def _to_unit_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (0..255) -> float32 in [0, 1]; float images pass unchanged."""
-    return images.float().div_(255) if images.dtype == torch.uint8 else images
-
-
 def _flip_where(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """Mirrors the samples where `flip` is set.
 
@@ -206,7 +244,7 @@ def _flip_where(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """
     if images.device.type == "cpu" and not images.requires_grad:
         chosen = flip.nonzero().squeeze(1)
-        if images.shape[-2] * images.shape[-1] >= _PER_SAMPLE_MIN_PIXELS:
+        if _loops_per_sample(images):
             for index in chosen.tolist():
                 images[index] = images[index].flip(-1)
         elif len(chosen):
@@ -252,15 +290,10 @@ class RandomResizedCropFlip(GeometricAugmentationBase2D):
         """Draws boxes (top, left, height, width) and flips on `self.device`."""
         _refuse_same_on_batch(self)
         n, _, height, width = batch_shape
-        tries, device = 10, self.device
-        area = height * width * _uniform(n * tries, *self.scale, device).view(n, tries)
-        log_ratio = _uniform(n * tries, *(math.log(r) for r in self.ratio), device)
-        aspect = torch.exp(log_ratio).view(n, tries)
-        box_w = torch.sqrt(area * aspect).round().long()
-        box_h = torch.sqrt(area / aspect).round().long()
+        device = self.device
+        box_w, box_h = _box_tries(n, height, width, self.scale, self.ratio, device)
         fits = (box_w > 0) & (box_w <= width) & (box_h > 0) & (box_h <= height)
-        first = fits.long().argmax(1, keepdim=True)  # the first try that fits
-        box_w, box_h = box_w.gather(1, first).squeeze(1), box_h.gather(1, first).squeeze(1)
+        any_fit, box_w, box_h = _first_fit(fits, box_w, box_h)
         # No try fits: torchvision's fallback, the central crop of the nearest ratio.
         low, high = self.ratio
         if width / height < low:
@@ -269,11 +302,9 @@ class RandomResizedCropFlip(GeometricAugmentationBase2D):
             fallback = (min(width, round(height * high)), height)
         else:
             fallback = (width, height)
-        any_fit = fits.any(1)
         box_w = torch.where(any_fit, box_w, fallback[0])
         box_h = torch.where(any_fit, box_h, fallback[1])
-        top = (torch.rand(n, device=device) * (height - box_h + 1)).long()
-        left = (torch.rand(n, device=device) * (width - box_w + 1)).long()
+        top, left = _random_corner(height, width, box_h, box_w, device)
         top = torch.where(any_fit, top, (height - box_h) // 2)
         left = torch.where(any_fit, left, (width - box_w) // 2)
         return {
@@ -285,19 +316,12 @@ class RandomResizedCropFlip(GeometricAugmentationBase2D):
         self, input: torch.Tensor, params: dict[str, torch.Tensor], flags: dict[str, Any]
     ) -> torch.Tensor:
         """Input pixel (x, y) -> output pixel, with pixel centres at +0.5 (align_corners=False)."""
-        dtype = input.dtype
-        top, left, box_h, box_w = params["box"].to(dtype).unbind(1)
+        top, left, box_h, box_w = params["box"].to(input).unbind(1)
         out_h, out_w = self.size
         scale_x, scale_y = out_w / box_w, out_h / box_h
         shift_x = (0.5 - left) * scale_x - 0.5
         shift_y = (0.5 - top) * scale_y - 0.5
-        flip = params["flip"]
-        matrix = torch.eye(3, device=input.device, dtype=dtype).repeat(len(top), 1, 1)
-        matrix[:, 0, 0] = torch.where(flip, -scale_x, scale_x)
-        matrix[:, 0, 2] = torch.where(flip, out_w - 1 - shift_x, shift_x)
-        matrix[:, 1, 1] = scale_y
-        matrix[:, 1, 2] = shift_y
-        return matrix
+        return _scale_shift_flip(scale_x, scale_y, shift_x, shift_y, params["flip"], out_w, input)
 
     def apply_transform(
         self,
@@ -308,8 +332,7 @@ class RandomResizedCropFlip(GeometricAugmentationBase2D):
     ) -> torch.Tensor:
         """Resamples every sample's box to `size`, mirrored where its flip is set."""
         box, flip = params["box"].to(input.device), params["flip"].to(input.device)
-        height, width = input.shape[-2:]
-        if input.device.type == "cpu" and height * width >= _PER_SAMPLE_MIN_PIXELS:
+        if _loops_per_sample(input):
             return self._per_sample(input, box, flip)
         return self._batched(input, box, flip)
 
@@ -561,18 +584,13 @@ class RandomBoxErasing(IntensityAugmentationBase2D):
         """Draws one box (top, left, height, width; height 0 = no box) per sample."""
         _refuse_same_on_batch(self)
         n, _, height, width = batch_shape
-        tries, device = 10, self.device
-        area = height * width * _uniform(n * tries, *self.scale, device).view(n, tries)
-        aspect = torch.exp(_uniform(n * tries, *(math.log(r) for r in self.ratio), device))
-        box_h = torch.sqrt(area * aspect.view(n, tries)).round().long()
-        box_w = torch.sqrt(area / aspect.view(n, tries)).round().long()
+        device = self.device
+        box_h, box_w = _box_tries(n, height, width, self.scale, self.ratio, device)
         fits = (box_h < height) & (box_w < width) & (box_h > 0) & (box_w > 0)
-        first = fits.long().argmax(1, keepdim=True)
-        box_h, box_w = box_h.gather(1, first).squeeze(1), box_w.gather(1, first).squeeze(1)
-        erase = fits.any(1) & (torch.rand(n, device=device) < self.prob)
+        any_fit, box_h, box_w = _first_fit(fits, box_h, box_w)
+        erase = any_fit & (torch.rand(n, device=device) < self.prob)
         box_h, box_w = box_h * erase, box_w * erase
-        top = (torch.rand(n, device=device) * (height - box_h + 1)).long()
-        left = (torch.rand(n, device=device) * (width - box_w + 1)).long()
+        top, left = _random_corner(height, width, box_h, box_w, device)
         return {"box": torch.stack([top, left, box_h, box_w], 1)}
 
     def apply_transform(

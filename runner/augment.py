@@ -91,8 +91,8 @@ class DeviceAugment(nn.Module):
         """
         # A first module that takes uint8 (runner.aug_ops.RandomCropFlip) converts only
         # the pixels it keeps; everything else wants floats in [0, 1].
-        if images.dtype == torch.uint8 and not (self.training and self._first_takes_uint8):
-            images = images.float().div_(255.0)
+        if not (self.training and self._first_takes_uint8):
+            images = to_unit_float(images)
         if not self.training:
             return resize_center_crop(images, self.image_size, self.eval_crop_pct)
         if self.pipeline is None:
@@ -139,6 +139,11 @@ class DeviceAugment(nn.Module):
         with torch.device(images.device):
             params = self.pipeline.forward_parameters(images.shape)
         return self.pipeline(images, params=params)
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (0..255) -> float32 in [0, 1]; float images pass unchanged."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
 
 
 class MixUpCutMix(nn.Module):
@@ -303,8 +308,7 @@ class Normalize(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalises float images in [0, 1]; uint8 input is scaled first."""
-        if images.dtype == torch.uint8:
-            images = images.float().div_(255.0)
+        images = to_unit_float(images)
         return ((images - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
 
