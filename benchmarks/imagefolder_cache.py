@@ -41,16 +41,21 @@ def write_folder(root: Path, num_images: int, num_classes: int = 10, seed: int =
     total = 0
     for i in range(num_images):
         height, width = rng.integers(96, 161, size=2)
-        y, x = np.mgrid[0:height, 0:width] / max(height, width)
-        base = rng.uniform(0, 255, size=3)
-        slope = rng.uniform(-120, 120, size=(2, 3))
-        image = base + y[..., None] * slope[0] + x[..., None] * slope[1]
-        image += rng.normal(0, 12, size=image.shape)
         path = root / "train" / f"class_{i % num_classes}" / f"{i:05d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(path, quality=90)
-        total += path.stat().st_size
+        total += write_gradient_jpeg(path, rng, height, width)
     return total
+
+
+def write_gradient_jpeg(path: Path, rng: np.random.Generator, height: int, width: int) -> int:
+    """A smooth colour gradient plus noise, as a JPEG of quality 90; returns its size."""
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    base = rng.uniform(0, 255, size=3)
+    slope = rng.uniform(-120, 120, size=(2, 3))
+    image = base + y[..., None] * slope[0] + x[..., None] * slope[1]
+    image += rng.normal(0, 12, size=image.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+    return path.stat().st_size
 
 
 def timed_load(root: Path, cache_dir: Path, workers: int, image_size: int) -> float:

@@ -36,7 +36,7 @@ import torch
 from augment import build_kornia, build_v2, time_kornia, time_v2
 from bench_results import quick, record
 from hydra.utils import instantiate
-from PIL import Image
+from imagefolder_cache import write_gradient_jpeg
 from step_overhead import load_group, synchronize, uniform_sampler
 
 from runner import engine
@@ -110,15 +110,9 @@ def compare(name: str, trainer: Trainer, real, synthetic, rounds: int) -> tuple[
 def write_jpegs(root: Path, count: int, size: int = 64, classes: int = 10) -> None:
     """root/train/class_k/i.jpg: smooth colour gradients plus noise, quality 90."""
     rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:size, 0:size] / size
     for i in range(count):
-        base = rng.uniform(0, 255, size=3)
-        slope = rng.uniform(-120, 120, size=(2, 3))
-        image = base + y[..., None] * slope[0] + x[..., None] * slope[1]
-        image += rng.normal(0, 12, size=image.shape)
         path = root / "train" / f"class_{i % classes}" / f"{i:05d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+        write_gradient_jpeg(path, rng, size, size)
 
 
 def aug_speedup(preset: str, size: int, device: torch.device, repeats: int) -> tuple[float, float]:
