@@ -184,6 +184,15 @@ class RandAugment(KorniaRandAugment):
         super().__init__(*args, **kwargs)
         accelerate(self)
 
+    def rand_selector(self, n: int) -> torch.Tensor:
+        """`n` distinct op indices, drawn on the host.
+
+        Kornia draws them on the default device, which is the batch's device while
+        DeviceAugment runs; the indices then pick Python modules, so on a GPU each step
+        would read them back (a sync). On the CPU the draws are Kornia's exactly.
+        """
+        return torch.randperm(len(self._modules), device="cpu")[:n]
+
 
 class TrivialAugment(KorniaTrivialAugment):
     """Kornia's `TrivialAugment` (same arguments) with `accelerate`'d operations."""
