@@ -139,13 +139,21 @@ _FAST_OPS: dict[type, type] = {
 }
 
 
+_GATED: dict[type, type] = {}
+
+
 def _hard_gated(cls: type) -> type:
-    """The module-level hard-gated subclass of a Kornia operation wrapper (picklable by name)."""
-    name = f"HardGated{cls.__name__}"
-    gated = globals().get(name)
+    """The hard-gated subclass of an operation wrapper class, one per class.
+
+    Kornia's wrappers get theirs at import under a module-level name, so a pickled policy
+    finds them by name; another class's keeps a name of its own only if it is still free.
+    """
+    gated = _GATED.get(cls)
     if gated is None:
+        name = f"HardGated{cls.__name__}"
         gated = type(name, (_HardGate, cls), {"__module__": __name__, "__qualname__": name})
-        globals()[name] = gated
+        _GATED[cls] = gated
+        globals().setdefault(name, gated)
     return gated
 
 
