@@ -50,9 +50,9 @@ class _Sharpness(K.RandomSharpness):
     """Kornia's sharpness (PIL's 3x3 smoothing, border kept) with the kernel as slice sums."""
 
     def apply_transform(self, input, params, flags, transform=None):
-        images = input.clamp(0.0, 1.0)
-        if images.shape[-2] < 3 or images.shape[-1] < 3:
+        if input.shape[-2] < 3 or input.shape[-1] < 3:
             return super().apply_transform(input, params, flags, transform)
+        images = input.clamp(0.0, 1.0)
         # The kernel [[1,1,1],[1,5,1],[1,1,1]] / 13 is a 3x3 box sum plus 4x the centre.
         rows = images[..., :-2, :] + images[..., 1:-1, :]
         rows += images[..., 2:, :]
@@ -104,9 +104,9 @@ class _Saturation(K.RandomSaturation):
     """
 
     def apply_transform(self, input, params, flags, transform=None):
-        images = input.clamp(0.0, 1.0)
-        if images.shape[-3] != 3:
+        if input.shape[-3] != 3:
             return super().apply_transform(input, params, flags, transform)
+        images = input.clamp(0.0, 1.0)
         factor = params["saturation_factor"].to(images.device, images.dtype).view(-1, 1, 1, 1)
         red, green, blue = images[:, 0:1], images[:, 1:2], images[:, 2:3]
         value = torch.maximum(torch.maximum(red, green), blue)
