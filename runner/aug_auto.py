@@ -32,9 +32,18 @@ from kornia.augmentation.auto import TrivialAugment as KorniaTrivialAugment
 from kornia.augmentation.auto.operations import OperationBase
 from kornia.augmentation.auto.operations import ops as kornia_ops
 
+from runner.aug_ops import FastWarp
+
 
 class _HardGate:
-    """`OperationBase.forward` with the gate applied by the wrapped op alone (no blend pass)."""
+    """`OperationBase.forward` with the gate applied by the wrapped op alone (no blend pass).
+
+    On the CPU an operation whose gate picks some rows but not all (AutoAugment's p < 1)
+    runs on those rows only and writes them back into a copy of the batch. Kornia computes
+    it on the whole batch and then picks rows with `torch.where`; the pixels are the same.
+    On other devices the whole-batch way stays: choosing rows means reading the gate on
+    the host, a device sync per operation.
+    """
 
     def forward(
         self, input: torch.Tensor, params: dict[str, torch.Tensor] | None = None
@@ -43,7 +52,39 @@ class _HardGate:
             params = self.forward_parameters(input.shape)
         gated = dict(params)
         gated["batch_prob"] = (params["batch_prob"] > 0).to(params["batch_prob"].dtype)
+        if input.device.type == "cpu" and input.ndim == 4:
+            rows = gated["batch_prob"].nonzero().flatten()
+            if 0 < len(rows) < len(input):
+                return self._apply_to_rows(input, gated, rows)
         return self.op(input, params=gated)
+
+    def _apply_to_rows(
+        self, input: torch.Tensor, params: dict[str, torch.Tensor], rows: torch.Tensor
+    ) -> torch.Tensor:
+        """The op on `input[rows]`, written into a copy of `input`; state as for the batch."""
+        batch = len(input)
+        subset = input.index_select(0, rows)
+        sub_params = {
+            key: value.index_select(0, rows)
+            if torch.is_tensor(value) and value.ndim and len(value) == batch
+            else value
+            for key, value in params.items()
+            if key != "forward_input_shape"
+        }
+        if "forward_input_shape" in params:
+            sub_params["forward_input_shape"] = torch.tensor(subset.shape)
+        out = input.clone().index_copy_(0, rows, self.op(subset, params=sub_params))
+        # What the op records (read by the policy for matrices, and for replay) describes the
+        # whole batch, as after Kornia's whole-batch call: gated-off rows keep the identity.
+        matrix = getattr(self.op, "_transform_matrix", None)
+        lazy = getattr(self.op, "_lazy_matrix_args", None)
+        if torch.is_tensor(matrix) and len(matrix) == len(rows):
+            identity = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+            self.op._transform_matrix = identity.repeat(batch, 1, 1).index_copy_(0, rows, matrix)
+        elif lazy is not None:  # the matrix is computed when first read: from the whole batch
+            self.op._lazy_matrix_args = (input, params, lazy[2])
+        self.op._params = params
+        return out
 
 
 class _Sharpness(K.RandomSharpness):
@@ -128,6 +169,22 @@ class _AutoContrast(K.RandomAutoContrast):
         return out.clamp_(0.0, 1.0) if self.clip_output else out
 
 
+class _Rotate(FastWarp, K.RandomRotation):
+    """Kornia's rotation with the sampling grid built in fewer passes (same grid)."""
+
+
+class _Shear(FastWarp, K.RandomShear):
+    """Kornia's shear with the sampling grid built in fewer passes (same grid)."""
+
+    _PADDING = None
+
+
+class _Translate(FastWarp, K.RandomTranslate):
+    """Kornia's translation with the sampling grid built in fewer passes (same grid)."""
+
+    _PADDING = None
+
+
 # Kornia's operation class -> the same class computed in fewer passes. Exact type match:
 # a user's subclass of a Kornia op keeps its own apply_transform.
 _FAST_OPS: dict[type, type] = {
@@ -136,6 +193,9 @@ _FAST_OPS: dict[type, type] = {
     K.RandomSolarize: _Solarize,
     K.RandomSaturation: _Saturation,
     K.RandomAutoContrast: _AutoContrast,
+    K.RandomRotation: _Rotate,
+    K.RandomShear: _Shear,
+    K.RandomTranslate: _Translate,
 }
 
 

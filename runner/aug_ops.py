@@ -17,7 +17,10 @@ in as few passes over the batch as it can:
   separable bilinear gather elsewhere;
 * `ColorJitterAffine`: brightness, contrast, saturation and hue folded into one 3x3 colour
   matrix and offset per sample, applied in one batched matmul;
-* `RandomBoxErasing`: random erasing as one multiply by a keep mask.
+* `RandomBoxErasing`: random erasing as one multiply by a keep mask;
+* `RandomAffine`: Kornia's own, with its sampling grid built in fewer passes
+  (`warp_affine`, bit for bit the same grid); `FastWarp` does the same for other Kornia
+  affine ops.
 
 Each applies its own per-sample probability inside the op (Kornia's `p` stays 1, which
 skips Kornia's blend pass).
@@ -29,15 +32,20 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
 from kornia.augmentation import GeometricAugmentationBase2D, IntensityAugmentationBase2D
+from kornia.geometry import transform as kornia_transform
+from kornia.geometry.conversions import convert_affinematrix_to_homography, normalize_homography
 
 from runner.augment import to_unit_float
 
 # Per-sample loops pay ~20 us of Python per image; below this many pixels per image the
 # batched gather is cheaper on the CPU (measured at 32x32, 64x64 and 224x224).
 _PER_SAMPLE_MIN_PIXELS = 128 * 128
+# Kornia inverts its warp matrices in closed form; the same inverse keeps the same grid.
+_inverse_3x3 = getattr(kornia_transform.imgwarp, "_inverse_3x3_closed_form", torch.linalg.inv)
 # ITU-R BT.601 luma weights as torchvision's rgb_to_grayscale rounds them.
 _LUMA = (0.2989, 0.587, 0.114)
 
@@ -612,3 +620,90 @@ class RandomBoxErasing(IntensityAugmentationBase2D):
         # (4.7 ms vs 18 ms for 128 images of 224x224 on the CPU).
         out = input * (1 - inside)
         return out + self.value * inside if self.value else out
+
+
+def warp_affine(
+    images: torch.Tensor,
+    matrix: torch.Tensor,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+    align_corners: bool = True,
+) -> torch.Tensor:
+    """Kornia's `warp_affine` to the same size, its sampling grid built in fewer passes.
+
+    Kornia builds each grid coordinate from full-size products, `m0 * x + m1 * y + m2`, and
+    then stacks the two coordinates: about ten passes over a grid as large as two image
+    channels. Here `m0 * x` is a row and `m1 * y` a column, so each coordinate is one
+    broadcast sum written straight into the grid, then the offset: the same additions in
+    the same order, so the same grid bit for bit, and the same `grid_sample`.
+
+    Args:
+        images: (B, C, H, W) floating-point images.
+        matrix: (B, 2, 3) source-to-destination pixel affine matrices.
+        mode: `bilinear` or `nearest`.
+        padding_mode: `zeros`, `border` or `reflection`.
+        align_corners: as in Kornia's warp (and `grid_sample`).
+
+    Returns:
+        The warped (B, C, H, W) images.
+    """
+    batch, _, height, width = images.shape
+    size = (height, width)
+    to_normalized = normalize_homography(
+        convert_affinematrix_to_homography(matrix), size, size, align_corners
+    )
+    inverse = _inverse_3x3(to_normalized)
+    xs = _grid_axis(width, align_corners, images).view(1, 1, width)
+    ys = _grid_axis(height, align_corners, images).view(1, height, 1)
+    rows = [inverse[:, axis, 0, None, None] * xs for axis in (0, 1)]
+    columns = [inverse[:, axis, 1, None, None] * ys for axis in (0, 1)]
+    offsets = [inverse[:, axis, 2, None, None] for axis in (0, 1)]
+    if torch.is_grad_enabled() and (images.requires_grad or inverse.requires_grad):
+        # Autograd does not follow `out=`: the same sums, stacked.
+        grid = torch.stack([rows[a] + columns[a] + offsets[a] for a in (0, 1)], dim=-1)
+    else:
+        grid = images.new_empty(batch, height, width, 2)
+        for axis in (0, 1):
+            torch.add(rows[axis], columns[axis], out=grid[..., axis]).add_(offsets[axis])
+    return F.grid_sample(
+        images, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners
+    )
+
+
+def _grid_axis(n: int, align_corners: bool, like: torch.Tensor) -> torch.Tensor:
+    """Normalised pixel coordinates along one side, as Kornia's (and `affine_grid`'s)."""
+    edge = 1.0 if align_corners else 1.0 - 1.0 / n
+    return torch.linspace(-edge, edge, n, device=like.device, dtype=like.dtype)
+
+
+class FastWarp:
+    """Mixin for Kornia's affine ops: `apply_transform` through `warp_affine` above.
+
+    Falls back to Kornia's own warp where this one does not apply: half precision on the
+    CPU (Kornia samples it in float32), a fill colour, a matrix shared by the batch.
+    """
+
+    _PADDING: str | None = "zeros"  # None: the op's own `padding_mode` flag
+
+    def apply_transform(self, input, params, flags, transform=None):
+        """Kornia's `apply_transform` for this op, through `warp_affine` where it applies."""
+        padding = self._PADDING or flags["padding_mode"].name.lower()
+        fast = (
+            isinstance(transform, torch.Tensor)
+            and input.ndim == 4
+            and input.dtype in (torch.float32, torch.float64)
+            and padding in ("zeros", "border", "reflection")
+            and transform.shape[0] == input.shape[0]
+            and not torch.jit.is_tracing()
+        )
+        if not fast:
+            return super().apply_transform(input, params, flags, transform)
+        matrix = transform[:, :2, :].to(input.dtype)
+        mode = flags["resample"].name.lower()
+        return warp_affine(input, matrix, mode, padding, flags["align_corners"])
+
+
+class RandomAffine(FastWarp, K.RandomAffine):
+    """Kornia's `RandomAffine` (same arguments, draws and pixels), warped by `warp_affine`."""
+
+    _PADDING = None

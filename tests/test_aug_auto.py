@@ -10,6 +10,7 @@ import torch
 from kornia.augmentation.auto import AutoAugment as KorniaAutoAugment
 from kornia.augmentation.auto import RandAugment as KorniaRandAugment
 from kornia.augmentation.auto import TrivialAugment as KorniaTrivialAugment
+from kornia.augmentation.auto.operations import ops as kornia_ops
 from kornia.augmentation.auto.rand_augment import ops as rand_ops
 from kornia.augmentation.auto.rand_augment.rand_augment import default_policy
 
@@ -18,6 +19,7 @@ from runner.aug_auto import AutoAugment, RandAugment, TrivialAugment, accelerate
 
 OPS = [subpolicy[0] for subpolicy in default_policy]
 FAST = ["sharpness", "posterize", "solarize", "solarize_add", "color", "auto_contrast"]
+WARPS = ["rotate", "shear_x", "shear_y", "translate_x", "translate_y"]
 
 
 def images(n: int = 12, size: int = 24) -> torch.Tensor:
@@ -53,11 +55,11 @@ def test_each_operation_gives_kornias_pixels(name, low, high, level):
 
 
 def test_the_fast_operations_are_the_ones_switched():
-    """The five rewritten ops (six policy entries) run their own code; the others keep Kornia's."""
+    """The rewritten ops and the warps run their own code; the others keep Kornia's."""
     for name, low, high in OPS:
         op = accelerate(getattr(rand_ops, name)(low, high))
         assert isinstance(op, aug_auto._HardGate)
-        assert (type(op.op).__module__ == aug_auto.__name__) == (name in FAST), name
+        assert (type(op.op).__module__ == aug_auto.__name__) == (name in FAST + WARPS), name
 
 
 @pytest.mark.parametrize(
@@ -81,6 +83,31 @@ def test_policies_draw_and_apply_exactly_like_kornias(ours, theirs, kwargs):
         names = [item.name for item in fast._params]
         assert names == [item.name for item in reference._params], seed
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=0, msg=f"seed {seed}: {names}")
+
+
+@pytest.mark.parametrize("name", ["Rotate", "Equalize", "Posterize", "ShearX"])
+def test_a_partial_gate_computes_its_rows_only_with_kornias_result(name):
+    """AutoAugment's p < 1 on the CPU: the op sees the gated rows only; the pixels, the
+    matrix and the recorded params are those of Kornia's whole-batch call."""
+    reference = getattr(kornia_ops, name)(initial_probability=0.5)
+    fast = accelerate(copy.deepcopy(reference))
+    batch = images(n=12)
+    torch.manual_seed(4)
+    params = reference.forward_parameters(batch.shape)
+    rows = int((params["batch_prob"] > 0).sum())
+    assert 0 < rows < len(batch)  # the seed gives a partial gate
+    seen = []
+    apply = fast.op.apply_transform
+    fast.op.apply_transform = lambda input, *args, **kw: (
+        seen.append(len(input)) or apply(input, *args, **kw)
+    )
+    expected = reference(batch.clone(), params=params)
+    got = fast(batch.clone(), params=params)
+    assert seen == [rows]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    if reference.transform_matrix is not None:
+        assert torch.equal(fast.transform_matrix, reference.transform_matrix)
+    assert fast.op._params["batch_prob"].shape == (len(batch),)
 
 
 def test_recorded_params_replay_the_same_batch():

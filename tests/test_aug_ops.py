@@ -6,16 +6,20 @@ per-sample path; both are checked against a plain reference on the same paramete
 
 from __future__ import annotations
 
+import kornia.augmentation as K
 import pytest
 import torch
 import torch.nn.functional as F
+from kornia.geometry.transform import warp_affine as kornia_warp_affine
 from torchvision.transforms.v2 import functional as TF
 
 from runner.aug_ops import (
     ColorJitterAffine,
+    RandomAffine,
     RandomBoxErasing,
     RandomCropFlip,
     RandomResizedCropFlip,
+    warp_affine,
 )
 from runner.augment import DeviceAugment
 
@@ -201,6 +205,7 @@ def test_gradients_reach_the_input_through_every_module():
         (RandomResizedCropFlip(LARGE, scale=(0.3, 1.0)), LARGE),
         (ColorJitterAffine(0.4, 0.4, 0.4, 0.05), SMALL),
         (RandomBoxErasing(p=1.0), SMALL),
+        (RandomAffine(degrees=20, p=1.0), SMALL),
     ]:
         x = images(size, n=2).requires_grad_()
         op(x).sum().backward()
@@ -260,3 +265,56 @@ def test_same_on_batch_is_refused_rather_than_ignored():
 def test_batched_resized_crop_keeps_the_input_dtype():
     x = images(SMALL).double()
     assert RandomResizedCropFlip(SMALL, scale=(0.3, 1.0))(x).dtype == torch.float64
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["no_graph", "graph"])
+@pytest.mark.parametrize("align_corners", [True, False])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+def test_warp_affine_is_kornias_bit_for_bit(align_corners, mode, padding_mode, graph):
+    """Same grid, same sampler: equal tensors, not merely close ones (non-square images),
+    with and without an autograd graph (which builds the grid without `out=`)."""
+    x = torch.rand(5, 3, 20, 28, requires_grad=graph)
+    draw = K.RandomAffine(degrees=30, translate=(0.2, 0.1), scale=(0.7, 1.3), shear=15)
+    draw(x)
+    matrix = torch.cat([torch.eye(2, 3)[None], draw.transform_matrix[:, :2, :]])  # + identity
+    x = torch.cat([x[:1], x])
+    if graph:
+        matrix.requires_grad_()
+    expected = kornia_warp_affine(
+        x, matrix, (20, 28), mode, padding_mode=padding_mode, align_corners=align_corners
+    )
+    got = warp_affine(x, matrix, mode, padding_mode, align_corners)
+    assert torch.equal(got, expected)
+    assert got.requires_grad == graph
+    torch.testing.assert_close(got[0], x[0])  # the identity warp keeps the image
+
+
+def test_random_affine_draws_and_warps_like_kornias():
+    x = torch.rand(6, 3, 24, 24)
+    kwargs = {"degrees": 20, "translate": (0.1, 0.1), "scale": (0.8, 1.2), "shear": 5, "p": 0.5}
+    ours, theirs = RandomAffine(**kwargs), K.RandomAffine(**kwargs)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        expected = theirs(x)
+        torch.manual_seed(seed)
+        got = ours(x)
+        assert torch.equal(got, expected), seed
+        assert torch.equal(ours.transform_matrix, theirs.transform_matrix), seed
+    replay = ours(x, params=ours._params)
+    assert torch.equal(replay, got)
+
+
+def test_random_affine_hands_what_it_does_not_cover_to_kornia():
+    """A fill colour and half precision on the CPU take Kornia's own warp, same result."""
+    x = torch.rand(4, 3, 16, 16)
+    for kwargs, batch in [
+        ({"padding_mode": "fill", "fill_value": torch.tensor([0.2, 0.4, 0.6])}, x),
+        ({}, x.to(torch.bfloat16)),
+    ]:
+        ours = RandomAffine(degrees=25, p=1.0, **kwargs)
+        theirs = K.RandomAffine(degrees=25, p=1.0, **kwargs)
+        torch.manual_seed(1)
+        expected = theirs(batch)
+        torch.manual_seed(1)
+        assert torch.equal(ours(batch), expected), kwargs
