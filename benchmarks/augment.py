@@ -309,30 +309,23 @@ def bench_size(args, size: int, batch_size: int, device: torch.device) -> tuple[
     step = build_step(size, batch_size, device)
     step_times = [median_ms(step, device, step_repeats, warmup=1)]
     rows = []
-    for preset in args.presets:
-        augment = build_kornia(preset, size, device)
+
+    def measure(name: str, augment, v2_transform, mix=False, note="", counts=True) -> None:
+        """Times one row, both sides, and prints it as it goes."""
         kornia_ms = time_kornia(augment, batch, batch_labels, device, repeats, warmup=2)
-        v2_ms = time_v2(
-            build_v2(preset, size), images, labels, batch_size, args.workers, v2_batches
-        )
-        rows.append(Row(preset, kornia_ms, v2_ms))
-        print(f"  {preset:<26} kornia {kornia_ms:9.1f} ms   v2 {v2_ms:9.1f} ms", flush=True)
+        v2_ms = time_v2(v2_transform, images, labels, batch_size, args.workers, v2_batches, mix=mix)
+        rows.append(Row(name, kornia_ms, v2_ms, note, counts))
+        print(f"  {name:<26} kornia {kornia_ms:9.1f} ms   v2 {v2_ms:9.1f} ms", flush=True)
+
+    for preset in args.presets:
+        measure(preset, build_kornia(preset, size, device), build_v2(preset, size))
     if any(p in args.presets for p in POLICIES) and not args.no_extras:
         crop = build_kornia("randaugment", size, device, stages=1)  # RandomResizedCropFlip
-        kornia_ms = time_kornia(crop, batch, batch_labels, device, repeats, warmup=2)
-        v2_ms = time_v2(
-            build_v2(CROP_ONLY, size), images, labels, batch_size, args.workers, v2_batches
-        )
         note = "the policies' first stage alone; not a preset, outside the goal"
-        rows.append(Row(CROP_ONLY, kornia_ms, v2_ms, note, counts=False))
-        print(f"  {CROP_ONLY:<26} kornia {kornia_ms:9.1f} ms   v2 {v2_ms:9.1f} ms", flush=True)
+        measure(CROP_ONLY, crop, build_v2(CROP_ONLY, size), note=note, counts=False)
     if "strong" in args.presets and not args.no_extras:
         mixing = build_kornia("strong", size, device, *MIX)
-        kornia_ms = time_kornia(mixing, batch, batch_labels, device, repeats, warmup=2)
-        v2_ms = time_v2(
-            build_v2("strong", size), images, labels, batch_size, args.workers, v2_batches, mix=True
-        )
-        rows.append(Row("strong+mix", kornia_ms, v2_ms))
+        measure("strong+mix", mixing, build_v2("strong", size), mix=True)
         graph_ms, no_grad_ms = time_graph_vs_no_grad("strong", size, batch, device, repeats)
         note = f"{graph_ms / no_grad_ms:.2f}x the no_grad default, interleaved: {no_grad_ms:.1f} ms"
         rows.append(Row("strong, differentiable", graph_ms, None, note))

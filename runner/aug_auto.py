@@ -69,9 +69,8 @@ class _HardGate:
             if torch.is_tensor(value) and value.ndim and len(value) == batch
             else value
             for key, value in params.items()
-            if key != "forward_input_shape"
         }
-        if "forward_input_shape" in params:
+        if "forward_input_shape" in params:  # a shape, not per sample (even if batch == 4)
             sub_params["forward_input_shape"] = torch.tensor(subset.shape)
         out = input.clone().index_copy_(0, rows, self.op(subset, params=sub_params))
         # What the op records (read by the policy for matrices, and for replay) describes the
