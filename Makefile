@@ -17,12 +17,15 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) run.py
 
+# Two workers (pytest-xdist) on the two cores, a test file per worker at a time (--dist
+# loadfile): a module's trained run is made once, and the SLURM tests share one cluster.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

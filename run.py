@@ -8,8 +8,8 @@ import runner  # noqa: F401  (registers the config resolvers)
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    """Runs one job (train, eval or predict: `mode=`) and returns its objective."""
-    from runner.main import run
+    """Runs one job (`mode=`: train, eval, predict, preview, throughput); returns its objective."""
+    from runner.cli import run
 
     return run(cfg)
 

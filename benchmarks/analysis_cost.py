@@ -23,14 +23,26 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["data=synthetic", "data.num_samples=320", "model=timm", "model.name=resnet10t",
-        "trainer.max_epochs=1", "trainer.batch_size=32", "trainer.log_every_n_steps=1"]  # fmt: skip
+TINY = [
+    "data=synthetic",
+    "data.num_samples=320",
+    "model=timm",
+    "model.name=resnet10t",
+    "trainer.max_epochs=1",
+    "trainer.batch_size=32",
+    "trainer.log_every_n_steps=1",
+]
 
 
 def one_run(enabled: bool, out: Path) -> tuple[float, float, float]:
     """(seconds to the first step, seconds of the analysis reports, total seconds)."""
-    command = [sys.executable, str(REPO / "run.py"), *TINY, f"analysis.enabled={enabled}",
-               f"paths.output_dir={out}"]  # fmt: skip
+    command = [
+        sys.executable,
+        str(REPO / "run.py"),
+        *TINY,
+        f"analysis.enabled={enabled}",
+        f"paths.output_dir={out}",
+    ]
     started = time.perf_counter()
     first_step, analysis = float("nan"), 0.0
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -57,12 +69,15 @@ def main() -> None:
         for _ in range(args.rounds):
             for enabled in (True, False):
                 results[enabled].append(one_run(enabled, Path(tmp)))
-    median = {k: [statistics.median(col) for col in zip(*v, strict=True)]
-              for k, v in results.items()}  # fmt: skip
+    median = {
+        k: [statistics.median(col) for col in zip(*v, strict=True)] for k, v in results.items()
+    }
     for enabled in (False, True):
         first, analysis, total = median[enabled]
-        print(f"analysis.enabled={str(enabled).lower():5}  first step {first:6.2f} s  "
-              f"reports {analysis:5.2f} s  whole run {total:6.2f} s")  # fmt: skip
+        print(
+            f"analysis.enabled={str(enabled).lower():5}  first step {first:6.2f} s  "
+            f"reports {analysis:5.2f} s  whole run {total:6.2f} s"
+        )
     ratio = median[True][0] / median[False][0]
     print(
         f"time to the first step, analysis on / off: {ratio:.3f} "

@@ -40,7 +40,13 @@ def record(
     if not path:
         return
     text = f"{value:.3f}" if isinstance(value, float) else str(value)
-    row = {"benchmark": benchmark, "figure": figure, "value": text, "goal": goal,
-           "passed": passed, "note": note}  # fmt: skip
+    row = {
+        "benchmark": benchmark,
+        "figure": figure,
+        "value": text,
+        "goal": goal,
+        "passed": passed,
+        "note": note,
+    }
     with open(path, "a") as handle:
         handle.write(json.dumps(row) + "\n")

@@ -5,7 +5,7 @@
   time, and the time training actually waits with the background writer (the snapshot).
 * NaN check: the device ops the loop adds per step under `trainer.nan_policy=stop`
   (isfinite, a counter, a where) against the training step they ride on; they never
-  read the value on the host (tests/test_engine.py counts host reads).
+  read the value on the host (tests/training/test_engine.py counts host reads).
 
     .venv/bin/python benchmarks/checkpoint_cost.py
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 import timm
 import torch
 
-from runner.checkpoint import AsyncCheckpointWriter, save_checkpoint
-from runner.optim import cosine_schedule
+from runner.training.checkpoint_io import AsyncCheckpointWriter, save_checkpoint
+from runner.training.optim import cosine_schedule
 
 
 def median_ms(samples: list[float]) -> float:
@@ -47,9 +47,11 @@ def main() -> None:
 
     step()
     state = lambda: {  # noqa: E731
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-    }  # fmt: skip
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "last.pt"
         sync, blocking = [], []
@@ -86,11 +88,15 @@ def main() -> None:
     print(f"checkpoint save (temp + fsync + replace): {median_ms(sync):.0f} ms per save")
     print(f"time training waits with the background writer: {median_ms(blocking):.1f} ms per save")
     foreground, background = median_ms(sync) / step_ms, median_ms(blocking) / step_ms
-    print(f"training step: {step_ms:.0f} ms; one save costs {foreground:.2f} steps in the "
-          f"foreground, {background:.3f} steps with the writer")  # fmt: skip
+    print(
+        f"training step: {step_ms:.0f} ms; one save costs {foreground:.2f} steps in the "
+        f"foreground, {background:.3f} steps with the writer"
+    )
     check_us = statistics.median(checks) * 1e6
-    print(f"NaN check per step: {check_us:.1f} us = {100 * check_us / 1000 / step_ms:.3f}% of a "
-          "step; host syncs per step: 0")  # fmt: skip
+    print(
+        f"NaN check per step: {check_us:.1f} us = {100 * check_us / 1000 / step_ms:.3f}% of a "
+        "step; host syncs per step: 0"
+    )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ cached run (read the cache file).
 
 Writes a folder of `--num-images` JPEGs (10 classes, sizes 96..160 px, smooth colour
 fields plus noise, so they compress like photos rather than like random pixels) into a
-temporary folder, then loads it with `runner.imagefolder.load_imagefolder` as a run
+temporary folder, then loads it with `runner.data.sets.imagefolder.load_imagefolder` as a run
 would (`resident=true`, `--workers` decoding processes, `image_size` 64):
 
 * first run: every file is decoded and resized, and the uint8 tensor is written to the
@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from runner import decoding
-from runner.imagefolder import load_imagefolder
+from runner.data import decoding
+from runner.data.sets.imagefolder import load_imagefolder
 
 
 def write_folder(root: Path, num_images: int, num_classes: int = 10, seed: int = 0) -> int:

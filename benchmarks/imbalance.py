@@ -96,7 +96,7 @@ def print_table(results: dict, seeds: list[int]) -> None:
         cells = "".join(f"{b:9.4f}" for b in balanced)
         print(f"{variant:18s}{cells}{means[variant]:9.4f}{std:8.4f}{acc:8.4f}{tail:8.4f}")
     print("(acc: mean test accuracy; tail: mean test accuracy on the tail classes, < 20 train")
-    print(" samples or the smallest third; see runner.metrics.shot_groups)")
+    print(" samples or the smallest third; see runner.reports.per_class.shot_groups)")
     for variant in VARIANTS[1:]:
         gain = means[variant] - means["ce"]
         verdict = "beats" if gain > 0 else "does NOT beat"

@@ -1,16 +1,16 @@
 """Input pipeline at the limit: real data through the runner's loaders vs fixed synthetic tensors.
 
 Two pairs, each timed side by side through the runner's real training step
-(`runner.engine.train_one_epoch`: uint8 batch -> device -> Kornia aug -> normalise ->
+(`runner.training.engine.train_one_epoch`: uint8 batch -> device -> Kornia aug -> normalise ->
 timm resnet18 (channels_last) -> cross-entropy -> AdamW), on one model, in
 interleaved rounds (the side that goes first alternates):
 
 * digits: the default data set resident on the device, batched by index
-  (`runner.data.ResidentLoader`, aug basic, 32x32, batch 128), vs one fixed random
+  (`runner.data.loaders.ResidentLoader`, aug basic, 32x32, batch 128), vs one fixed random
   uint8 batch of the same shape fed again and again;
 * image folder: 5,000 generated 64x64 JPEGs (10 classes) in a temporary folder, loaded
-  with `runner.imagefolder.load_imagefolder(resident=False)` and streamed by
-  `runner.streaming.StreamingLoader` (2 decoding workers, as `data.num_workers`
+  with `runner.data.sets.imagefolder.load_imagefolder(resident=False)` and streamed by
+  `runner.data.streaming.StreamingLoader` (2 decoding workers, as `data.num_workers`
   defaults; aug flip_crop, batch 128), vs a fixed batch of the same shape.
 
 Goal: real / synthetic throughput >= 0.95 for each.
@@ -39,12 +39,13 @@ from hydra.utils import instantiate
 from imagefolder_cache import write_gradient_jpeg
 from step_overhead import load_group, synchronize, uniform_sampler
 
-from runner import engine
-from runner.augment import Normalize
-from runner.data import ResidentLoader, load_digits, make_synthetic
-from runner.imagefolder import load_imagefolder
-from runner.optim import optimizer_from_config
-from runner.throughput import FixedBatches
+from runner.augment.normalize import Normalize
+from runner.data.loaders import FixedBatches, ResidentLoader
+from runner.data.sets.digits import load_digits
+from runner.data.sets.imagefolder import load_imagefolder
+from runner.data.sets.synthetic import make_synthetic
+from runner.training import engine
+from runner.training.optim import optimizer_from_config
 
 GOAL_RATIO = 0.95
 GOAL_SPEEDUP = 3.0

@@ -2,7 +2,7 @@
 
 Two measurements in one process:
 
-1. The runner's real fit loop (`runner.train.fit`: train epochs, validation,
+1. The runner's real fit loop (`runner.training.loop.fit`: train epochs, validation,
    checkpoints, per-epoch logging) on the default run's config (digits, timm resnet18,
    aug basic, batch 128), with `logger=mlflow` (a SQLite store) against `logger=none`.
    Each round builds both sides afresh exactly as `runner.train.run` does (model,
@@ -30,17 +30,31 @@ from bench_results import quick, record
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from runner import checkpoint, train
-from runner.lifecycle import GracefulStop
-from runner.tracking import MlflowTracker
+from runner.data.build import build_data, build_loaders
+from runner.tracking.mlflow_tracker import MlflowTracker
+from runner.tracking.run_record import start_run
+from runner.training.checkpoint_io import AsyncCheckpointWriter
+from runner.training.context import RunContext, resolve_device, resolve_precision, seed_everything
+from runner.training.distributed import World
+from runner.training.loop import fit
+from runner.training.parts import build_parts
+from runner.training.state import TrainState
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 FIT_GOAL = 0.99
 
 EPOCH_METRICS = (
-    "train/loss", "train/acc", "train/throughput", "epoch_time_s", "lr",
-    "val/loss", "val/acc", "val/balanced_acc", "val/macro_f1", "val/top5",
-)  # fmt: skip
+    "train/loss",
+    "train/acc",
+    "train/throughput",
+    "epoch_time_s",
+    "lr",
+    "val/loss",
+    "val/acc",
+    "val/balanced_acc",
+    "val/macro_f1",
+    "val/top5",
+)
 
 
 def time_logging(epochs: int) -> list[float]:
@@ -91,39 +105,47 @@ def time_fit(logger: str, out: Path, run_name: str, epochs: int, data) -> tuple[
     Returns:
         Seconds of `fit` plus the wait for its checkpoint writes, and images trained.
     """
-    overrides = [f"logger={logger}", f"paths.output_dir={out}", f"paths.run_dir={out}/{run_name}",
-                 f"trainer.max_epochs={epochs}"]  # fmt: skip
+    overrides = [
+        f"logger={logger}",
+        f"paths.output_dir={out}",
+        f"paths.run_dir={out}/{run_name}",
+        f"trainer.max_epochs={epochs}",
+    ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True)
-    train.seed_everything(cfg.seed)
-    device = train.resolve_device(cfg.trainer.device)
-    precision = train.resolve_precision(cfg.trainer.precision, device)
-    tracker = instantiate(cfg.logger)
-    tracker.connect(experiment_name=cfg.data.name)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.trainer.device)
+    ctx = RunContext(
+        cfg=cfg,
+        device=device,
+        precision=resolve_precision(cfg.trainer.precision, device),
+        world=World(),
+        run_dir=run_dir,
+        tracker=instantiate(cfg.logger),
+        writer=AsyncCheckpointWriter(),
+    )
+    ctx.tracker.connect(experiment_name=cfg.data.name)
     augment = instantiate(cfg.aug, num_classes=data.num_classes).to(device)
-    train_loader, val_loader, _ = train.build_loaders(cfg, data, device)
-    parts = train.build_training_parts(cfg, data, augment, device, precision, len(train_loader))
-    state = train.TrainState()
-    train.start_tracking(tracker, cfg, data, device, run_dir, None)
-    writer = checkpoint.AsyncCheckpointWriter()
+    train_loader, val_loader, _ = build_loaders(data, cfg.sampler, cfg.trainer, cfg.seed, device)
+    parts = build_parts(cfg, data, augment, device, ctx.precision, len(train_loader))
+    start_run(ctx.tracker, cfg, run_dir, device=str(device), run_name=run_name, tags={}, params={})
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    train.fit(cfg, state, parts, train_loader, val_loader, data, device, precision, tracker,
-              writer, run_dir, GracefulStop())  # fmt: skip
-    writer.wait()
+    fit(ctx, TrainState(), parts, (train_loader, val_loader), data)
+    ctx.writer.wait()
     seconds = time.perf_counter() - start
-    writer.close()
-    tracker.finish("FINISHED")
+    ctx.writer.close()
+    ctx.tracker.finish("FINISHED")
     return seconds, epochs * train_loader.batches_per_epoch() * cfg.trainer.batch_size
 
 
 def compare_fit(rounds: int, epochs: int) -> float:
     """Interleaved rounds of fit with logger=mlflow and logger=none; returns the ratio."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        data = train.build_data(compose("train", overrides=["paths.run_dir=unused"]).data)
+        data = build_data(compose("train", overrides=["paths.run_dir=unused"]).data)
     rates: dict[str, list[float]] = {"mlflow": [], "none": []}
     print(f"fit loop, default run (digits, resnet18, batch 128), {epochs} epochs per fit")
     print(f"{'round':>5}  {'first':<6}  {'mlflow img/s':>12}  {'none img/s':>10}  {'ratio':>6}")
@@ -131,8 +153,9 @@ def compare_fit(rounds: int, epochs: int) -> float:
         for round_index in range(rounds + 1):  # round 0 warms up (and creates the store)
             order = ("mlflow", "none") if round_index % 2 else ("none", "mlflow")
             for logger in order:
-                seconds, images = time_fit(logger, Path(tmp) / logger, f"r{round_index}", epochs,
-                                           data)  # fmt: skip
+                seconds, images = time_fit(
+                    logger, Path(tmp) / logger, f"r{round_index}", epochs, data
+                )
                 if round_index:
                     rates[logger].append(images / seconds)
             if round_index:
@@ -144,12 +167,19 @@ def compare_fit(rounds: int, epochs: int) -> float:
     spread = statistics.pstdev(ratios)
     of_medians = statistics.median(rates["mlflow"]) / statistics.median(rates["none"])
     ok = ratio >= FIT_GOAL
-    print(f"MLflow on / off throughput of the fit loop: median of per-round ratios {ratio:.3f} "
-          f"(spread {spread:.3f}; ratio of medians {of_medians:.3f}); goal >= {FIT_GOAL}: "
-          f"{'OK' if ok else 'MISSED'}")  # fmt: skip
-    record("logging_overhead", "fit loop img/s, logger=mlflow / logger=none", ratio,
-           goal=f">= {FIT_GOAL}", passed=ok,
-           note=f"{rounds} interleaved rounds of {epochs} epochs; spread {spread:.3f}")  # fmt: skip
+    print(
+        f"MLflow on / off throughput of the fit loop: median of per-round ratios {ratio:.3f} "
+        f"(spread {spread:.3f}; ratio of medians {of_medians:.3f}); goal >= {FIT_GOAL}: "
+        f"{'OK' if ok else 'MISSED'}"
+    )
+    record(
+        "logging_overhead",
+        "fit loop img/s, logger=mlflow / logger=none",
+        ratio,
+        goal=f">= {FIT_GOAL}",
+        passed=ok,
+        note=f"{rounds} interleaved rounds of {epochs} epochs; spread {spread:.3f}",
+    )
     return ratio
 
 

@@ -1,8 +1,8 @@
 """Options that should speed training up, each measured on and off, side by side.
 
-Every option is timed through the runner's training step (`runner.engine.train_one_epoch`
+Every option is timed through the runner's training step (`runner.training.engine.train_one_epoch`
 on one fixed uint8 batch resident on the device: Kornia aug basic, normalisation, timm
-resnet18, cross-entropy, AdamW) or its evaluation pass (`runner.engine.evaluate`), in
+resnet18, cross-entropy, AdamW) or its evaluation pass (`runner.training.engine.evaluate`), in
 interleaved rounds (the side that goes first alternates), and reported as on/off
 throughput (> 1 = the option pays):
 
@@ -43,13 +43,13 @@ from bench_results import quick, record
 from hydra.utils import instantiate
 from step_overhead import load_group, synchronize
 
-from runner import engine
-from runner.augment import Normalize
-from runner.data import load_digits
-from runner.hostmem import keep_freed_memory
-from runner.metrics import build_metrics
-from runner.optim import optimizer_from_config
-from runner.throughput import FixedBatches
+from runner.augment.normalize import Normalize
+from runner.data.loaders import FixedBatches
+from runner.data.sets.digits import load_digits
+from runner.training import engine
+from runner.training.host_memory import keep_freed_memory
+from runner.training.metrics import build_metrics
+from runner.training.optim import optimizer_from_config
 
 BATCH, SIZE, CLASSES = 128, 32, 10
 
@@ -178,14 +178,29 @@ def compare_host_memory(device: torch.device, rounds: int, steps: int, size: int
     """keep_host_memory on/off, each side in a fresh process per round; prints the ratio."""
 
     def child(side: str) -> float:
-        command = [sys.executable, __file__, "--device", str(device), "--steps", str(steps),
-                   "--host-memory-child", side, str(size), str(batch)]  # fmt: skip
+        command = [
+            sys.executable,
+            __file__,
+            "--device",
+            str(device),
+            "--steps",
+            str(steps),
+            "--host-memory-child",
+            side,
+            str(size),
+            str(batch),
+        ]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         return json.loads(done.stdout.strip().splitlines()[-1])["img_per_s"]
 
-    return compare(f"keep_host_memory ({size}x{size}, batch {batch})",
-                   lambda _steps: child("keep"), lambda _steps: child("default"), rounds, steps,
-                   warm_up=False)  # fmt: skip
+    return compare(
+        f"keep_host_memory ({size}x{size}, batch {batch})",
+        lambda _steps: child("keep"),
+        lambda _steps: child("default"),
+        rounds,
+        steps,
+        warm_up=False,
+    )
 
 
 def main() -> None:
@@ -222,8 +237,10 @@ def main() -> None:
         start = time.perf_counter()
         compiled(2)  # the first steps trace and compile (train mode, forward and backward)
         compile_s = time.perf_counter() - start
-        print(f"torch.compile: first 2 steps took {compile_s:.1f} s (tracing and code "
-              f"generation; {cache})")  # fmt: skip
+        print(
+            f"torch.compile: first 2 steps took {compile_s:.1f} s (tracing and code "
+            f"generation; {cache})"
+        )
         record("options", "torch.compile: compile time (first 2 steps, s)", compile_s, note=cache)
         compare("torch.compile", compiled, make_step(device), rounds, steps)
     compare_host_memory(device, rounds, steps, SIZE, BATCH)

@@ -34,26 +34,47 @@ def run_study(work: Path, name: str, pruner: str, args: argparse.Namespace) -> d
     """Runs one study; returns its wall time and outcome."""
     sweep_dir = work / name
     command = [
-        sys.executable, str(REPO / "run.py"), "-m", "hparams_search=optuna",
-        f"paths.output_dir={work}", f"hydra.sweep.dir={sweep_dir}",
-        f"optuna.study_name={name}", f"optuna.pruner={pruner}",
-        f"hydra.sweeper.n_trials={args.trials}", f"hydra.sweeper.seed={args.seed}",
-        "optuna.pruner_startup_trials=3", "optuna.pruner_warmup_epochs=1",
-        "data=digits", f"trainer.max_epochs={args.epochs}", "trainer.batch_size=128",
-        "model=timm", "model.name=resnet10t", "logger=none",
-    ]  # fmt: skip
+        sys.executable,
+        str(REPO / "run.py"),
+        "-m",
+        "hparams_search=optuna",
+        f"paths.output_dir={work}",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"optuna.study_name={name}",
+        f"optuna.pruner={pruner}",
+        f"hydra.sweeper.n_trials={args.trials}",
+        f"hydra.sweeper.seed={args.seed}",
+        "optuna.pruner_startup_trials=3",
+        "optuna.pruner_warmup_epochs=1",
+        "data=digits",
+        f"trainer.max_epochs={args.epochs}",
+        "trainer.batch_size=128",
+        "model=timm",
+        "model.name=resnet10t",
+        "logger=none",
+    ]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"{name} failed:\n{(done.stdout + done.stderr)[-4000:]}")
     with sqlite3.connect(work / "optuna.db") as conn:
-        states = [s for (s,) in conn.execute(
-            "SELECT t.state FROM trials t JOIN studies s ON s.study_id = t.study_id "
-            "WHERE s.study_name = ?", (name,))]  # fmt: skip
+        states = [
+            s
+            for (s,) in conn.execute(
+                "SELECT t.state FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                "WHERE s.study_name = ?",
+                (name,),
+            )
+        ]
     best = json.loads((sweep_dir / "optuna" / "best_params.json").read_text())
-    return {"seconds": seconds, "best": best["best_value"], "pruned": states.count("PRUNED"),
-            "trials": len(states), "params": best["best_params"]}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "best": best["best_value"],
+        "pruned": states.count("PRUNED"),
+        "trials": len(states),
+        "params": best["best_params"],
+    }
 
 
 def main() -> None:
@@ -68,8 +89,10 @@ def main() -> None:
             "median pruner": run_study(work, "pruned", "median", args),
             "no pruning": run_study(work, "unpruned", "none", args),
         }
-    print(f"Optuna on digits: {args.trials} trials, {args.epochs} epochs each, TPE seed "
-          f"{args.seed}, resnet10t")  # fmt: skip
+    print(
+        f"Optuna on digits: {args.trials} trials, {args.epochs} epochs each, TPE seed "
+        f"{args.seed}, resnet10t"
+    )
     print(f"{'study':<15}{'best val/acc':>14}{'pruned':>8}{'wall s':>9}")
     for name, result in results.items():
         print(f"{name:<15}{result['best']:>14.4f}{result['pruned']:>8}{result['seconds']:>9.1f}")
@@ -77,11 +100,19 @@ def main() -> None:
     print(f"wall time pruned / unpruned: {ratio:.2f}")
     pruned, unpruned = results["median pruner"], results["no pruning"]
     setting = f"{args.trials} trials x {args.epochs} epochs, digits, resnet10t"
-    record("optuna_pruning", "best val/acc, median pruner / no pruning",
-           f"{pruned['best']:.4f} / {unpruned['best']:.4f}", note=setting)  # fmt: skip
+    record(
+        "optuna_pruning",
+        "best val/acc, median pruner / no pruning",
+        f"{pruned['best']:.4f} / {unpruned['best']:.4f}",
+        note=setting,
+    )
     record("optuna_pruning", "trials pruned", f"{pruned['pruned']} of {pruned['trials']}")
-    record("optuna_pruning", "wall time, pruned / unpruned", ratio,
-           note=f"{pruned['seconds']:.0f} s vs {unpruned['seconds']:.0f} s")  # fmt: skip
+    record(
+        "optuna_pruning",
+        "wall time, pruned / unpruned",
+        ratio,
+        note=f"{pruned['seconds']:.0f} s vs {unpruned['seconds']:.0f} s",
+    )
 
 
 if __name__ == "__main__":

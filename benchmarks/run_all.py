@@ -142,10 +142,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--records", type=Path, default=None, help="keep the figures here")
     parser.add_argument(
-        "--jobs", type=int, default=1,
+        "--jobs",
+        type=int,
+        default=1,
         help="scripts run at once (more finishes sooner on a busy machine; ratios stay "
         "side by side within each script, absolute figures get noisier)",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     quick = args.quick or os.environ.get("RUNNER_BENCH_QUICK", "") not in ("", "0")
     start_load = load()
@@ -153,8 +155,10 @@ def main() -> None:
         results = args.records or Path(tmp) / "results.jsonl"
         results.touch()
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = {name: pool.submit(run_script, name, SCRIPTS[name], quick, results)
-                       for name in args.only}  # fmt: skip
+            futures = {
+                name: pool.submit(run_script, name, SCRIPTS[name], quick, results)
+                for name in args.only
+            }
             outputs = {name: future.result() for name, future in futures.items()}
         rows = [json.loads(line) for line in results.read_text().splitlines() if line]
     write_report(args.out, quick, args.jobs, rows, outputs, (start_load, load()))

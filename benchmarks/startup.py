@@ -2,7 +2,7 @@
 
 Runs `python run.py` (the default config: digits, timm resnet18, aug basic, MLflow into
 a SQLite store) in fresh processes and reads the runner's own start-up report
-(`<run dir>/startup.json`, see runner/startup.py), written just before the first
+(`<run dir>/startup.json`, see runner/training/startup_clock.py), written just before the first
 training step; the process is then stopped with SIGTERM. Two kinds of process take
 turns, round by round (the machine may be shared):
 
@@ -38,10 +38,16 @@ from bench_results import quick, record
 REPO = Path(__file__).resolve().parent.parent
 GOAL_S = 0.5
 PRELOAD = (
-    "torch", "torchvision", "timm", "kornia.augmentation", "mlflow.tracking",
-    "mlflow.store.tracking.sqlalchemy_store", "sklearn.datasets", "torchmetrics",
+    "torch",
+    "torchvision",
+    "timm",
+    "kornia.augmentation",
+    "mlflow.tracking",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "sklearn.datasets",
+    "torchmetrics",
     "matplotlib.pyplot",
-)  # fmt: skip
+)
 PHASES = ("python", "compose", "imports", "validate", "data", "model", "mlflow", "other")
 # What the goal counts: composing, checking and building the run, and starting MLflow.
 BEYOND = ("compose", "validate", "data", "model", "mlflow")
@@ -66,9 +72,12 @@ def command(kind: str, out: Path, run_dir: Path) -> list[str]:
 def measure(kind: str, out: Path, run_dir: Path) -> tuple[dict[str, float], float | None]:
     """Starts one run, stops it at its first training step; its phases and preload time."""
     proc = subprocess.Popen(
-        command(kind, out, run_dir), cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        command(kind, out, run_dir),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines, preload = [], None
     for line in proc.stdout:
         lines.append(line)
@@ -100,8 +109,10 @@ def main() -> dict[str, float]:
                 out = Path(tmp) / kind  # one store per kind: round 0 creates it
                 phases, preload = measure(kind, out, out / f"run{round_index}")
                 if round_index == 0:
-                    print(f"round 0 ({kind}, new MLflow store): mlflow {phases['mlflow']:.2f} s, "
-                          f"total {phases.get('total', float('nan')):.2f} s")  # fmt: skip
+                    print(
+                        f"round 0 ({kind}, new MLflow store): mlflow {phases['mlflow']:.2f} s, "
+                        f"total {phases.get('total', float('nan')):.2f} s"
+                    )
                     if kind == "plain":
                         first_store = phases["mlflow"]
                     continue
@@ -111,10 +122,11 @@ def main() -> dict[str, float]:
             print(f"round {round_index} done", flush=True)
 
     medians = {
-        kind: {p: statistics.median(r.get(p, float("nan")) for r in rows)
-               for p in (*PHASES, "total")}
+        kind: {
+            p: statistics.median(r.get(p, float("nan")) for r in rows) for p in (*PHASES, "total")
+        }
         for kind, rows in results.items()
-    }  # fmt: skip
+    }
     print(f"\nmedian of {args.rounds} rounds (s); python = interpreter + hydra/runner imports")
     print(f"{'phase':<10} {'plain':>8} {'preloaded':>10}")
     for phase in (*PHASES, "total"):
@@ -125,19 +137,34 @@ def main() -> dict[str, float]:
     print(f"preloaded third-party imports: {preload_s:.2f} s ({', '.join(PRELOAD)})")
     print(f"MLflow start with a new store (tables created): {first_store:.2f} s")
     ok = beyond <= GOAL_S
-    print(f"compose + validate + data + model + mlflow: {beyond_plain:.2f} s in the plain run, "
-          f"{beyond:.2f} s beyond the imports (goal <= {GOAL_S} s): "
-          f"{'OK' if ok else 'MISSED'}")  # fmt: skip
+    print(
+        f"compose + validate + data + model + mlflow: {beyond_plain:.2f} s in the plain run, "
+        f"{beyond:.2f} s beyond the imports (goal <= {GOAL_S} s): "
+        f"{'OK' if ok else 'MISSED'}"
+    )
     print(f"wall time {time.perf_counter() - began:.0f} s")
     plain = medians["plain"]
-    record("startup", "process start -> first training step, default run (s)",
-           plain["total"], note="; ".join(f"{p} {plain[p]:.2f}" for p in PHASES))  # fmt: skip
+    record(
+        "startup",
+        "process start -> first training step, default run (s)",
+        plain["total"],
+        note="; ".join(f"{p} {plain[p]:.2f}" for p in PHASES),
+    )
     record("startup", "third-party imports the default run needs (s)", preload_s)
-    record("startup", "MLflow start with a new SQLite store (s)", first_store,
-           note="first run only: creates the tables")  # fmt: skip
-    record("startup", "compose+validate+data+model+MLflow beyond imports (s)", beyond,
-           goal=f"<= {GOAL_S}", passed=ok,
-           note="; ".join(f"{p} {medians['preloaded'][p]:.2f}" for p in BEYOND))  # fmt: skip
+    record(
+        "startup",
+        "MLflow start with a new SQLite store (s)",
+        first_store,
+        note="first run only: creates the tables",
+    )
+    record(
+        "startup",
+        "compose+validate+data+model+MLflow beyond imports (s)",
+        beyond,
+        goal=f"<= {GOAL_S}",
+        passed=ok,
+        note="; ".join(f"{p} {medians['preloaded'][p]:.2f}" for p in BEYOND),
+    )
     return plain
 
 

@@ -2,22 +2,23 @@
 
 Measures steady-state training throughput (images/s) of two loops that do the same work:
 
-* runner: the real `runner.engine.train_one_epoch`, called as `runner.train.fit` calls
-  it with the default trainer settings: fed by a `runner.data.ResidentLoader` with a
-  runner sampler, logging through `runner.console.EpochProgress.on_log` every 10
-  batches, stepping a `runner.optim.cosine_schedule`, asking a
-  `runner.lifecycle.GracefulStop` after every step, with the default NaN guard;
+* runner: the real `runner.training.engine.train_one_epoch`, called as
+  `runner.training.loop.fit` calls
+  it with the default trainer settings: fed by a `runner.data.loaders.ResidentLoader` with a
+  runner sampler, logging through `runner.reports.console.ProgressDisplay.on_log` every 10
+  batches, stepping a `runner.training.optim.cosine_schedule`, asking a
+  `runner.training.signals.GracefulStop` after every step, with the default NaN guard;
 * hand-written: a minimal loop that indexes the batch, divides by 255, runs the Kornia
   pipeline under no_grad, normalises, runs forward, cross-entropy, backward, the
   optimizer step and the scheduler step, and nothing else.
 
 Both sides train their own copy of the same model (timm resnet18 from conf/model, with
 the data's 10 classes, channels_last) with the same augmentation (conf/aug/basic.yaml:
-Kornia RandomAffine, built through `runner.augment.DeviceAugment`), the same
+Kornia RandomAffine, built through `runner.augment.device.DeviceAugment`), the same
 normalisation, optimizer (conf/optim/adamw.yaml with the runner's weight-decay parameter
 groups), schedule (conf/sched/cosine.yaml), precision and batch size, on the digits data
-(`runner.data.load_digits`, 32x32) resident on the device and batched by index. Every
-round both sides draw the same sample order (uniform draws of `runner.samplers`'
+(`runner.data.sets.digits.load_digits`, 32x32) resident on the device and batched by index. Every
+round both sides draw the same sample order (uniform draws of `runner.data.samplers`'
 WeightedClassSampler with power 0, so an epoch has exactly `--steps` batches).
 
 The machine may be noisy, so both sides run in one process, interleaved: each round runs
@@ -35,7 +36,7 @@ Run it from the repository root (about 2 minutes on 2 idle CPU cores with the de
     .venv/bin/python benchmarks/step_overhead.py --device cuda --steps 200
 
 On CUDA the timings are bracketed by `torch.cuda.synchronize`. On an interactive
-terminal `EpochProgress` draws a rich progress bar (its refresh thread is part of what
+terminal `ProgressDisplay` draws a rich progress bar (its refresh thread is part of what
 is measured); elsewhere it writes log lines, which are not shown here because the
 benchmark configures no logging handler.
 """
@@ -59,12 +60,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from runner import console, engine
-from runner.augment import Normalize
-from runner.data import DataSplits, ResidentLoader, Split, load_digits
-from runner.lifecycle import GracefulStop
-from runner.optim import optimizer_from_config
-from runner.samplers import WeightedClassSampler
+from runner.augment.normalize import Normalize
+from runner.data.loaders import ResidentLoader
+from runner.data.samplers import WeightedClassSampler
+from runner.data.sets.digits import load_digits
+from runner.data.splits import DataSplits, Split
+from runner.reports import console
+from runner.training import engine
+from runner.training.optim import optimizer_from_config
+from runner.training.signals import GracefulStop
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GOAL = 0.97
@@ -157,7 +161,7 @@ def build_side(
 
 
 class RunnerLoop:
-    """The runner's training loop: `engine.train_one_epoch` as `runner.train.fit` calls it.
+    """The runner's training loop: `engine.train_one_epoch` as `runner.training.loop.fit` calls it.
 
     Args:
         side: Model and training objects.
@@ -194,7 +198,7 @@ class RunnerLoop:
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
         self.autocast = engine.make_autocast(device, precision)
-        self.progress = console.EpochProgress(max_epochs=rounds)
+        self.progress = console.ProgressDisplay(max_epochs=rounds)
         # Not entered (no signal handlers): only its per-step check is part of the loop.
         self.stop = GracefulStop()
         self.nan_guard = engine.NanGuard()  # trainer.nan_policy's default, "stop"
@@ -406,9 +410,15 @@ def main(argv: list[str] | None = None) -> float:
             f"{statistics.median(faults['hand-written']):.0f}"
         )
     print(f"runner/hand-written throughput ratio: {ratio:.3f} (goal >= {GOAL})")
-    record("step_overhead", "runner loop / hand-written loop img/s", ratio, goal=f">= {GOAL}",
-           passed=ratio >= GOAL, note=f"median of per-round ratios {paired:.3f}; "
-           f"{args.rounds} rounds x {args.steps} batches, {device}")  # fmt: skip
+    record(
+        "step_overhead",
+        "runner loop / hand-written loop img/s",
+        ratio,
+        goal=f">= {GOAL}",
+        passed=ratio >= GOAL,
+        note=f"median of per-round ratios {paired:.3f}; "
+        f"{args.rounds} rounds x {args.steps} batches, {device}",
+    )
     return ratio
 
 

@@ -25,18 +25,32 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_results import record  # noqa: E402
 
-TINY = ["trainer.max_epochs=2", "trainer.batch_size=32", "trainer.eval_batch_size=64",
-        "data=synthetic", "data.num_samples=320", "data.image_size=32", "model=timm",
-        "model.name=resnet10t"]  # fmt: skip
+TINY = [
+    "trainer.max_epochs=2",
+    "trainer.batch_size=32",
+    "trainer.eval_batch_size=64",
+    "data=synthetic",
+    "data.num_samples=320",
+    "data.image_size=32",
+    "model=timm",
+    "model.name=resnet10t",
+]
 
 
 def run_sweep(work: Path, launcher: str, jobs: int) -> dict:
     """Runs the sweep with `launcher`; returns wall time and the jobs' own times."""
     sweep_dir = work / launcher
-    command = [sys.executable, str(REPO / "run.py"), "-m", f"hydra/launcher={launcher}",
-               f"paths.output_dir={work}", f"hydra.sweep.dir={sweep_dir}",
-               "hydra.sweeper.max_batch_size=1", f"seed={','.join(map(str, range(jobs)))}",
-               *TINY]  # fmt: skip
+    command = [
+        sys.executable,
+        str(REPO / "run.py"),
+        "-m",
+        f"hydra/launcher={launcher}",
+        f"paths.output_dir={work}",
+        f"hydra.sweep.dir={sweep_dir}",
+        "hydra.sweeper.max_batch_size=1",
+        f"seed={','.join(map(str, range(jobs)))}",
+        *TINY,
+    ]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -52,22 +66,29 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        results = {name: run_sweep(Path(tmp), name, args.jobs)
-                   for name in ("basic", "submitit_local")}  # fmt: skip
+        results = {
+            name: run_sweep(Path(tmp), name, args.jobs) for name in ("basic", "submitit_local")
+        }
     print(f"{args.jobs} jobs per sweep, one at a time (tiny synthetic, resnet10t, 2 epochs)")
     print(
         f"{'launcher':<16}{'wall s':>8}{'job own s':>11}{'overhead/job s':>16}{'overhead/own':>14}"
     )
     for name, r in results.items():
         own = sum(r["own"]) / len(r["own"])
-        print(f"{name:<16}{r['wall']:>8.1f}{own:>11.2f}{r['overhead']:>16.2f}"
-              f"{r['overhead'] / own:>14.2f}")  # fmt: skip
+        print(
+            f"{name:<16}{r['wall']:>8.1f}{own:>11.2f}{r['overhead']:>16.2f}"
+            f"{r['overhead'] / own:>14.2f}"
+        )
     ratio = results["submitit_local"]["overhead"] / results["basic"]["overhead"]
     print(f"overhead per job, submitit_local / basic: {ratio:.2f}")
     for name, r in results.items():
         own = sum(r["own"]) / len(r["own"])
-        record("sweep_overhead", f"launcher overhead per job, {name} (s)", r["overhead"],
-               note=f"job's own time {own:.2f} s; {args.jobs} jobs one at a time")  # fmt: skip
+        record(
+            "sweep_overhead",
+            f"launcher overhead per job, {name} (s)",
+            r["overhead"],
+            note=f"job's own time {own:.2f} s; {args.jobs} jobs one at a time",
+        )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,21 @@
 """Hydra-composed experiment runner for PyTorch image classification.
 
+The package is layered (README "Architecture"; the rule is checked by import-linter):
+
+    cli                      mode dispatch
+    train, evaluate,         the recipes, one per mode
+    throughput, preview
+    training                 run context and lifecycle, parts, the loop, checkpoints
+    sweeps, reports          sweep files and summaries; what a person reads
+    data, augment,           independent of each other
+    models, tracking
+    config                   resolvers, choices, validation, target allowlist
+
 Importing the package registers the OmegaConf resolvers the configs use; it stays light
 (no torch) so that composing and validating a config is fast.
 """
 
-from runner import startup  # noqa: F401  (first: its clock notes when the runner loaded)
-from runner.config import register_resolvers
+from runner.config.resolvers import register_resolvers
+from runner.training import startup_clock  # noqa: F401  (first: notes when the runner loaded)
 
 register_resolvers()

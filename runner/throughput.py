@@ -1,7 +1,8 @@
-"""Throughput mode (`experiment=throughput`): training img/s per model and batch size.
+"""The throughput recipe: training img/s per model and batch size on this machine.
 
-For every model name and batch size in the `throughput` node, the runner's own training
-step (`runner.engine.train_one_epoch`: aug on the device, normalisation, autocast, the
+`mode=throughput` (set by `experiment=throughput`). For every model name and batch size
+in the `throughput` node, the runner's own training step
+(`runner.training.engine.train_one_epoch`: aug on the device, normalisation, autocast, the
 optimizer of the `optim` group) runs on one fixed synthetic uint8 batch resident on the
 device, so nothing but the step is measured: `warmup_steps` untimed steps, then `steps`
 timed ones (bracketed by `torch.cuda.synchronize` on CUDA). A batch size that does not
@@ -21,26 +22,16 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from runner import engine
-from runner.augment import Normalize
-from runner.models import create_timm_model
-from runner.optim import optimizer_from_config
+from runner.augment.normalize import Normalize
+from runner.config.validation import validate
+from runner.data.loaders import FixedBatches
+from runner.models.factories import create_timm_model
+from runner.reports.console import print_config
+from runner.training import engine
+from runner.training.context import resolve_device, resolve_precision, seed_everything
+from runner.training.optim import optimizer_from_config
 
 log = logging.getLogger(__name__)
-
-
-class FixedBatches:
-    """A loader that yields one batch, already on the device, `count` times."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, count: int):
-        self.images, self.labels, self.count = images, labels, count
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __iter__(self):
-        for _ in range(self.count):
-            yield self.images, self.labels
 
 
 def _synchronize(device: torch.device) -> None:
@@ -72,8 +63,9 @@ def measure(
         log_every_n_steps=10**9,
     )
     generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8,
-                           generator=generator).to(device)  # fmt: skip
+    images = torch.randint(
+        0, 256, (batch_size, 3, size, size), dtype=torch.uint8, generator=generator
+    ).to(device)
     labels = torch.randint(0, num_classes, (batch_size,), generator=generator).to(device)
     engine.train_one_epoch(
         loader=FixedBatches(images, labels, settings.warmup_steps), **step_kwargs
@@ -85,18 +77,21 @@ def measure(
     return settings.steps * batch_size / (time.perf_counter() - start)
 
 
-def benchmark(cfg: DictConfig, device: torch.device, precision: str) -> float:
+def run(cfg: DictConfig) -> float:
     """Measures every model and batch size, prints the table, writes throughput.json.
 
     Args:
         cfg: The composed config with a `throughput` node (models, batch_sizes,
             warmup_steps, steps).
-        device: Where to train.
-        precision: The resolved precision ("32", "bf16", "16").
 
     Returns:
         The highest img/s measured (the run's objective).
     """
+    validate(cfg)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.trainer.device)
+    precision = resolve_precision(cfg.trainer.precision, device)
+    print_config(cfg)
     settings = cfg.throughput
     rows: list[dict[str, Any]] = []
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

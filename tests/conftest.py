@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,15 @@ import runner  # noqa: F401  (registers the config resolvers)
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
+# Under pytest-xdist (`make test` runs two workers on two cores) each worker and the runs
+# it starts use one thread: two processes with two intra-op threads each on two cores
+# wait for each other's descheduled threads, which made the suite slower, not faster.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 # Small enough to train in seconds on 2 CPU cores.
 TINY = [
     "trainer.max_epochs=1",
@@ -29,6 +40,9 @@ TINY = [
     "data.image_size=32",
     "model=timm",
     "model.name=resnet10t",
+    # The reports take seconds a run; tests/recipes/test_evaluate.py and
+    # tests/reports/test_analysis.py turn them on and check them.
+    "analysis.enabled=false",
 ]
 
 
@@ -84,8 +98,38 @@ def _require_cuda_for_gpu_tests(request: pytest.FixtureRequest) -> None:
 
 
 def group_options(group: str) -> list[str]:
-    """The option names of a config group (its YAML files)."""
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """The option names of a config group (its YAML files; `_shared.yaml` and the like hold
+    blocks the options share and are not options)."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.name.startswith("_"))
+
+
+_STORE_TEMPLATE: list[Path] = []
+
+
+def seed_store(output_dir: Path) -> Path:
+    """Puts an empty MLflow SQLite store, its tables already made, at output_dir/mlflow.db.
+
+    Creating a store's tables takes MLflow 1.3-2 s per new file; the suite makes about a
+    hundred stores, so each starts as a copy of one made once per test process. It is a
+    real store (MLflow opens it as its own); the tests of a fresh store's first opening
+    (tests/reliability/test_config_tracking.py) do not seed one.
+    """
+    if not _STORE_TEMPLATE:
+        from mlflow.tracking import MlflowClient
+
+        template = Path(tempfile.mkdtemp(prefix="mlflow-template-")) / "mlflow.db"
+        MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
+        _STORE_TEMPLATE.append(template)
+    store = Path(output_dir) / "mlflow.db"
+    if not store.exists():
+        store.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_STORE_TEMPLATE[0], store)
+    return store
+
+
+def runs_in(db: Path) -> int:
+    """How many MLflow runs a store holds (0 when there is no store)."""
+    return query(db, "SELECT COUNT(*) FROM runs")[0][0] if db.exists() else 0
 
 
 @pytest.fixture
@@ -93,6 +137,7 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """Composes conf/train.yaml with outputs under tmp_path; tiny=True adds TINY first."""
 
     def make(*overrides: str, tiny: bool = True) -> DictConfig:
+        seed_store(tmp_path / "outputs")
         base = [f"paths.output_dir={tmp_path}/outputs", f"paths.run_dir={tmp_path}/run"]
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             return compose("train", overrides=[*base, *(TINY if tiny else []), *overrides])
@@ -101,7 +146,8 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
 
 def run_cli(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Runs `python run.py ARGS` in a subprocess, non-interactively."""
+    """Runs `python run.py ARGS` in a subprocess, non-interactively (no store seeded: the
+    config tests check that a bad command leaves no output dir)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, str(REPO / "run.py"), *args],

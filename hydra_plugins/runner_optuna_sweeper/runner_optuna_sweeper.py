@@ -4,7 +4,7 @@
 Each batch asks the study for `n_jobs` trials, launches them through the configured
 launcher (in this process, local worker processes or SLURM), and tells the study each
 job's result. Jobs report their monitored value every epoch to their trial through the
-study's storage and stop early when the pruner says so (see runner/optuna_trial.py).
+study's storage and stop early when the pruner says so (see runner/sweeps/optuna_trial.py).
 
 Search spaces use Hydra's override grammar:
 
@@ -126,9 +126,17 @@ def _as_override_value(value: Any) -> str:
 class RunnerOptunaSweeper(Sweeper):
     """Optuna search over Hydra jobs; see the module docstring."""
 
-    def __init__(self, study_name: str, storage: str, sampler: str, seed: Optional[int],
-                 n_trials: int, n_jobs: int, direction: Optional[str],
-                 params: Optional[Dict[str, str]] = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        study_name: str,
+        storage: str,
+        sampler: str,
+        seed: Optional[int],
+        n_trials: int,
+        n_jobs: int,
+        direction: Optional[str],
+        params: Optional[Dict[str, str]] = None,
+    ) -> None:
         self.study_name = study_name
         self.storage = storage
         self.sampler = sampler
@@ -141,8 +149,9 @@ class RunnerOptunaSweeper(Sweeper):
         self.launcher = None
         self.hydra_context: Optional[HydraContext] = None
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
-              config: DictConfig) -> None:  # fmt: skip
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
         """Keeps the config and instantiates the launcher."""
         self.config = config
         self.hydra_context = hydra_context
@@ -181,8 +190,8 @@ class RunnerOptunaSweeper(Sweeper):
         import optuna
         from optuna.trial import TrialState
 
-        from runner.optuna_trial import open_storage
-        from runner.sweep import STOP_FILE
+        from runner.sweeps.manifest import STOP_FILE
+        from runner.sweeps.optuna_trial import open_storage
 
         direction = self._check()
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
@@ -201,14 +210,20 @@ class RunnerOptunaSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         study = optuna.create_study(
-            study_name=self.study_name, storage=open_storage(self.storage),
-            sampler=build_sampler(self.sampler, self.seed, space), direction=direction,
+            study_name=self.study_name,
+            storage=open_storage(self.storage),
+            sampler=build_sampler(self.sampler, self.seed, space),
+            direction=direction,
             load_if_exists=True,
-        )  # fmt: skip
+        )
         done_states = (TrialState.COMPLETE, TrialState.PRUNED)
-        log.info("optuna study %r in %s: %d finished trial(s), target %d", self.study_name,
-                 self.storage, len(study.get_trials(states=done_states)),
-                 self.n_trials)  # fmt: skip
+        log.info(
+            "optuna study %r in %s: %d finished trial(s), target %d",
+            self.study_name,
+            self.storage,
+            len(study.get_trials(states=done_states)),
+            self.n_trials,
+        )
         returns, job_index = [], 0
         while (left := self.n_trials - len(study.get_trials(states=done_states))) > 0:
             stop = sweep_dir / STOP_FILE
@@ -217,25 +232,30 @@ class RunnerOptunaSweeper(Sweeper):
                 break
             trials = [study.ask(space) for _ in range(min(self.n_jobs, left))]
             batch = [
-                [*fixed, *(f"{k}={_as_override_value(v)}" for k, v in t.params.items()),
-                 f"optuna.trial={t.number}"]
+                [
+                    *fixed,
+                    *(f"{k}={_as_override_value(v)}" for k, v in t.params.items()),
+                    f"optuna.trial={t.number}",
+                ]
                 for t in trials
-            ]  # fmt: skip
+            ]
             results = self.launcher.launch(batch, initial_job_idx=job_index)
             job_index += len(batch)
             states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
             for trial, result in zip(trials, results, strict=True):
                 if states[trial.number].is_finished():  # the job pruned it itself
                     continue
-                value = result._return_value if result.status == JobStatus.COMPLETED else None
+                value = result.return_value if result.status == JobStatus.COMPLETED else None
                 if isinstance(value, int | float) and math.isfinite(value):
                     study.tell(trial, float(value))
                 else:
                     study.tell(trial, state=TrialState.FAIL)
             returns.append(results)
-            if not study.get_trials(states=done_states) and all(
-                t.state == TrialState.FAIL for t in study.get_trials()
-            ) and len(study.get_trials()) >= 3 * self.n_jobs:  # fmt: skip
+            if (
+                not study.get_trials(states=done_states)
+                and all(t.state == TrialState.FAIL for t in study.get_trials())
+                and len(study.get_trials()) >= 3 * self.n_jobs
+            ):
                 log.error("optuna: every trial so far failed; stopping the study")
                 break
         self._report(study, sweep_dir / "optuna")
@@ -253,8 +273,9 @@ class RunnerOptunaSweeper(Sweeper):
         if counts["complete"]:
             best = study.best_trial
             report.update(best_value=best.value, best_params=best.params, best_trial=best.number)
-            log.info("optuna: best trial %d, value %.4f, params %s", best.number, best.value,
-                     best.params)  # fmt: skip
+            log.info(
+                "optuna: best trial %d, value %.4f, params %s", best.number, best.value, best.params
+            )
         (out / "best_params.json").write_text(json.dumps(report, indent=2))
         _plot_history(trials, study.direction.name.lower(), out / "optimization_history.png")
 
@@ -272,8 +293,9 @@ def _plot_history(trials: List[Any], direction: str, path: Path) -> None:
     for trial in sorted(trials, key=lambda t: t.number):
         if trial.state == TrialState.COMPLETE:
             ax.scatter(trial.number, trial.value, color="tab:blue")
-            better = best is None or (trial.value > best if direction == "maximize"
-                                      else trial.value < best)  # fmt: skip
+            better = best is None or (
+                trial.value > best if direction == "maximize" else trial.value < best
+            )
             best = trial.value if better else best
         elif trial.state == TrialState.PRUNED and trial.intermediate_values:
             last = trial.intermediate_values[max(trial.intermediate_values)]

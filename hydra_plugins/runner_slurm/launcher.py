@@ -27,7 +27,7 @@ class SubmitOnlySlurmLauncher(SlurmLauncher):
     """Submits the sweep as one SLURM job array and returns at once.
 
     The job ids, overrides and run dirs go to `<sweep dir>/slurm_jobs.json` and to the
-    console; `python -m runner.tools collect <sweep dir>` reports on them later. A job
+    console; `python -m runner.sweeps collect <sweep dir>` reports on them later. A job
     still checkpoints and is requeued on preemption or timeout, as with `slurm`.
     """
 
@@ -69,12 +69,14 @@ class SubmitOnlySlurmLauncher(SlurmLauncher):
         earlier = json.loads(path.read_text()) if path.exists() else []
         path.write_text(json.dumps(earlier + records, indent=2))
         for record in records:
-            log.info("submitted job %s: #%d %s", record["job_id"], record["num"],
-                     record["overrides"])  # fmt: skip
-        log.info("sweep dir %s; results later: python -m runner.tools collect %s",
-                 sweep_dir, sweep_dir)  # fmt: skip
+            log.info(
+                "submitted job %s: #%d %s", record["job_id"], record["num"], record["overrides"]
+            )
+        log.info(
+            "sweep dir %s; results later: python -m runner.sweeps collect %s", sweep_dir, sweep_dir
+        )
         # COMPLETED with no value: the sweep ends here; the jobs run on.
         return [
-            JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None)
+            JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
             for overrides in job_overrides
         ]

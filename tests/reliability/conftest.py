@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, seed_store
 
 # 16 batches of 32 per epoch: long enough to be interrupted in the middle of an epoch.
 STEADY = [*TINY, "data.num_samples=640", "trainer.max_epochs=4", "trainer.log_every_n_steps=4"]
@@ -20,8 +20,15 @@ STEADY = [*TINY, "data.num_samples=640", "trainer.max_epochs=4", "trainer.log_ev
 
 def cli(out: Path, run_dir: Path, *overrides: str) -> list[str]:
     """The command line of a run with its outputs under `out` and a fixed run dir."""
-    return [sys.executable, str(REPO / "run.py"), f"paths.output_dir={out}",
-            f"hydra.run.dir={run_dir}", *STEADY, *overrides]  # fmt: skip
+    seed_store(out)
+    return [
+        sys.executable,
+        str(REPO / "run.py"),
+        f"paths.output_dir={out}",
+        f"hydra.run.dir={run_dir}",
+        *STEADY,
+        *overrides,
+    ]
 
 
 def run_until(command: list[str], pattern: str, send: int, timeout: float = 300) -> tuple[int, str]:

@@ -10,8 +10,10 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from runner.config import redacted_container, untrusted_targets
-from runner.tracking import MlflowTracker, TrackingUnavailableError
+from runner.config.redaction import redacted_container
+from runner.config.targets import untrusted_targets
+from runner.tracking.mlflow_tracker import MlflowTracker
+from runner.tracking.store import TrackingUnavailableError
 from tests.conftest import REPO, TINY, query, run_cli
 
 pytestmark = pytest.mark.slow
@@ -21,7 +23,7 @@ def test_eight_runs_started_at_once_on_a_fresh_sqlite_store(tmp_path):
     """Point 11: eight processes, one new store, one experiment: eight finished runs."""
     script = textwrap.dedent(f"""
         import sys
-        from runner.tracking import MlflowTracker
+        from runner.tracking.mlflow_tracker import MlflowTracker
         uri, art = "sqlite:///{tmp_path}/mlflow.db", "{tmp_path}/art"
         tracker = MlflowTracker(uri, artifact_location=art)
         tracker.connect("shared")

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from runner.training.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
 from tests.conftest import REPO, query
+from tests.faults import FAULTY_LOSS
 from tests.reliability.conftest import cli, require, run_to_end, run_until, weights
 
 pytestmark = pytest.mark.slow
@@ -67,7 +68,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_file(tmp_path):
     save_checkpoint({"generation": 0, "w": torch.zeros(10)}, target)
     writer = textwrap.dedent(f"""
         import torch
-        from runner.checkpoint import save_checkpoint
+        from runner.training.checkpoint_io import save_checkpoint
         big = torch.randn(150_000_000)  # 600 MB: slow enough to be killed mid-write
         save_checkpoint({{"generation": 1, "w": big}}, {str(target)!r})
     """)
@@ -81,7 +82,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_file(tmp_path):
     assert list(target.parent.glob(".*.tmp")), "the writer was killed before it started writing"
     assert load_checkpoint(target)["generation"] == 0
     # The next run in this dir removes what the killed writer left.
-    from runner.checkpoint import remove_stale_temp_files
+    from runner.training.checkpoint_io import remove_stale_temp_files
 
     assert remove_stale_temp_files(target.parent)
     assert [p.name for p in target.parent.iterdir()] == ["last.pt"]
@@ -104,7 +105,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     for path in (last, previous):
         path.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match=r"last-previous\.pt"):
-        from runner.checkpoint import load_newest
+        from runner.training.checkpoint_io import load_newest
 
         load_newest(last)
     code, out = run_to_end(cli(tmp_path, run_dir, "trainer.max_epochs=4", "logger=none"))
@@ -130,7 +131,7 @@ def test_the_best_metric_survives_a_restart(tmp_path):
 
 def test_exception_in_a_step_fails_the_run_with_its_traceback(tmp_path):
     """Point 6a: non-zero exit, MLflow FAILED, traceback as an artifact."""
-    code, out = run_to_end(cli(tmp_path, tmp_path / "run", "+fail=true"))
+    code, out = run_to_end(cli(tmp_path, tmp_path / "run", *FAULTY_LOSS, "+loss.fail=raise"))
     assert code != 0 and "the test hook failed this training step" in out
     db = tmp_path / "mlflow.db"
     ((status, artifact_uri),) = query(db, "SELECT status, artifact_uri FROM runs")
@@ -159,7 +160,13 @@ def test_sigkilled_run_is_reaped_by_the_tool_and_by_the_next_run(tmp_path):
         tags = dict(query(db, "SELECT key, value FROM tags WHERE run_uuid=?", running[0][0]))
         assert tags["runner.pid"].isdigit() and tags["runner.host"]
         if attempt == "tool":
-            tool = [sys.executable, "-m", "runner.tools", "reap", f"--tracking-uri=sqlite:///{db}"]
+            tool = [
+                sys.executable,
+                "-m",
+                "runner.tracking",
+                "reap",
+                f"--tracking-uri=sqlite:///{db}",
+            ]
             result = subprocess.run(tool, capture_output=True, text=True, cwd=REPO, timeout=120)
             assert "1 stale run(s) marked KILLED" in result.stdout, result.stderr
         else:
@@ -172,14 +179,22 @@ def test_sigkilled_run_is_reaped_by_the_tool_and_by_the_next_run(tmp_path):
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     """Point 8: nan_policy=stop names the step; last.pt is the last good epoch's."""
     run_dir = tmp_path / "run"
-    code, out = run_to_end(cli(tmp_path, run_dir, "+fail=nan@20"))
+    code, out = run_to_end(cli(tmp_path, run_dir, *FAULTY_LOSS, "+loss.fail=nan@20"))
     assert code != 0 and "non-finite loss at step 20" in out, out[-3000:]
     assert statuses(tmp_path / "mlflow.db") == ["FAILED"]
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["state"]
     assert state["epoch"] == 1 and state["global_step"] == 16
 
-    code, out = run_to_end(cli(tmp_path / "skip", tmp_path / "skip" / "run", "+fail=nan@20",
-                               "trainer.nan_policy=skip", "trainer.max_nan_skips=3"))  # fmt: skip
+    code, out = run_to_end(
+        cli(
+            tmp_path / "skip",
+            tmp_path / "skip" / "run",
+            *FAULTY_LOSS,
+            "+loss.fail=nan@20",
+            "trainer.nan_policy=skip",
+            "trainer.max_nan_skips=3",
+        )
+    )
     assert code != 0 and "more than trainer.max_nan_skips=3" in out, out[-3000:]
 
 
@@ -187,13 +202,17 @@ def test_disk_full_while_saving_fails_clearly_and_keeps_the_previous_checkpoint(
     """Point 9: on a tiny tmpfs the save fails; the previous file is intact, no temp left."""
     mount = tmp_path / "small"
     mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
-                             capture_output=True).returncode == 0  # fmt: skip
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+        == 0
+    )
     require(mounted, "mounting a tmpfs (root)")
     try:
         target = mount / "last.pt"
         save_checkpoint({"w": torch.zeros(250_000)}, target)  # 1 MB
-        from runner.checkpoint import AsyncCheckpointWriter
+        from runner.training.checkpoint_io import AsyncCheckpointWriter
 
         writer = AsyncCheckpointWriter()
         writer.submit({target: {"w": torch.zeros(1_000_000)}}, keep_previous={target})  # 4 MB

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.tracking import server_reachable
+from runner.tracking.store import server_reachable
 from tests.conftest import REPO, query
 from tests.reliability.conftest import cli
 
@@ -35,11 +35,24 @@ class MlflowServer:
     def start(self, timeout: float = 120) -> None:
         mlflow = Path(sys.executable).with_name("mlflow")
         self.proc = subprocess.Popen(
-            [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root}/server.db",
-             "--artifacts-destination", str(self.root / "artifacts")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            [
+                str(mlflow),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{self.root}/server.db",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while not server_reachable(self.uri, timeout_s=1):
             assert self.proc.poll() is None, "mlflow server exited"
@@ -65,10 +78,12 @@ def server(tmp_path):
 
 def test_training_goes_on_while_the_server_is_down_and_logs_arrive_later(tmp_path, server):
     """Point 13: buffered while down, delivered on return, no call blocks over 1 s."""
-    command = cli(tmp_path, tmp_path / "run", "trainer.max_epochs=6",
-                  f"logger.tracking_uri={server.uri}")  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=REPO)  # fmt: skip
+    command = cli(
+        tmp_path, tmp_path / "run", "trainer.max_epochs=6", f"logger.tracking_uri={server.uri}"
+    )
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)

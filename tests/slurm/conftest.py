@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, seed_store
 from tests.reliability.conftest import require
 
 SCRIPT = REPO / "scripts" / "slurm_local.sh"
@@ -26,8 +26,9 @@ def start_local_cluster() -> None:
     """Runs `scripts/slurm_local.sh up` (idempotent); a cluster that cannot start is a
     failure under RUNNER_REQUIRE_ALL=1."""
     try:
-        done = subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, text=True,
-                              timeout=600)  # fmt: skip
+        done = subprocess.run(
+            ["bash", str(SCRIPT), "up"], capture_output=True, text=True, timeout=600
+        )
         ok, why = done.returncode == 0, (done.stdout + done.stderr).strip()
     except (OSError, subprocess.SubprocessError) as err:
         ok, why = False, str(err)
@@ -36,13 +37,23 @@ def start_local_cluster() -> None:
 
 def slurm_command(out: Path, *overrides: str) -> list[str]:
     """A multirun through hydra/launcher=slurm, tiny settings, outputs under `out`."""
-    return [sys.executable, str(REPO / "run.py"), "-m", "hydra/launcher=slurm",
-            "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=20",
-            f"paths.output_dir={out}", *TINY, *overrides]  # fmt: skip
+    seed_store(out)
+    return [
+        sys.executable,
+        str(REPO / "run.py"),
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.timeout_min=20",
+        f"paths.output_dir={out}",
+        *TINY,
+        *overrides,
+    ]
 
 
-def wait_for_line(path_glob: str, root: Path, pattern: str, proc: subprocess.Popen,
-                  timeout: float = 300) -> tuple[Path, str]:  # fmt: skip
+def wait_for_line(
+    path_glob: str, root: Path, pattern: str, proc: subprocess.Popen, timeout: float = 300
+) -> tuple[Path, str]:
     """Polls the files matching `path_glob` under `root` until one has a line with `pattern`.
 
     Returns:
@@ -85,11 +96,16 @@ def release_requeued(job_id: str, timeout: float = 120) -> None:
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True,
-                               text=True, timeout=30).stdout.split()  # fmt: skip
+        state = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%T %r"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.split()
         if state[:2] == ["PENDING", "BeginTime"]:
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True,
-                           timeout=30)  # fmt: skip
+            subprocess.run(
+                ["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30
+            )
             return
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} was not requeued within {timeout} s")

@@ -15,6 +15,8 @@ import pytest
 from tests.conftest import REPO, TINY, query
 from tests.slurm.conftest import release_requeued, slurm_command, stamp_of, wait_for_line
 
+# `make test` runs each file on one worker (--dist loadfile): the tests of the one-node
+# cluster never wait for each other's CPUs.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm")]
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -51,10 +53,15 @@ def test_two_job_sweep_runs_as_slurm_jobs_in_one_sweep_dir(tmp_path):
 
 def test_usr2_checkpoints_requeues_and_resumes_into_the_same_mlflow_run(tmp_path):
     epochs = 4
-    command = slurm_command(tmp_path, "data.num_samples=640", f"trainer.max_epochs={epochs}",
-                            "trainer.log_every_n_steps=1")  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=ENV)  # fmt: skip
+    command = slurm_command(
+        tmp_path,
+        "data.num_samples=640",
+        f"trainer.max_epochs={epochs}",
+        "trainer.log_every_n_steps=1",
+    )
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
+    )
     try:
         pattern = "*/*/.submitit/*/*_log.out"  # the job's stdout
         log, text = wait_for_line(pattern, tmp_path / "multirun", "epoch 2 step 4/", proc)
@@ -78,8 +85,12 @@ def test_usr2_checkpoints_requeues_and_resumes_into_the_same_mlflow_run(tmp_path
     )
     assert not others, "the requeued job logs into the same MLflow run"
     assert status == "FINISHED"
-    steps = [s for (s,) in query(db, "SELECT step FROM metrics WHERE key='val/acc' AND "
-                                     "run_uuid=? ORDER BY step", run_id)]  # fmt: skip
+    steps = [
+        s
+        for (s,) in query(
+            db, "SELECT step FROM metrics WHERE key='val/acc' AND run_uuid=? ORDER BY step", run_id
+        )
+    ]
     assert steps == list(range(1, epochs + 1)), "every epoch logged exactly once"
     assert tags(db, run_id)["requeues"] == "1"
     # Figures: the step being trained when the signal came vs where the job went on from.
@@ -109,18 +120,32 @@ def test_two_task_ddp_job_matches_one_process_on_the_same_global_batch(tmp_path)
     """2 SLURM tasks (gloo, batch 16 each) against 1 local process (batch 32), no aug."""
     same = ["aug=none", "trainer.max_epochs=2", "data.num_samples=320"]
     single = subprocess.Popen(
-        [sys.executable, str(REPO / "run.py"), f"paths.output_dir={tmp_path / 'single'}",
-         *TINY, *same, "trainer.batch_size=32"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
-    )  # fmt: skip
-    done = run_sweep(slurm_command(tmp_path, "hydra.launcher.tasks_per_node=2",
-                                   "trainer.batch_size=16", *same))  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "run.py"),
+            f"paths.output_dir={tmp_path / 'single'}",
+            *TINY,
+            *same,
+            "trainer.batch_size=32",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+    )
+    done = run_sweep(
+        slurm_command(tmp_path, "hydra.launcher.tasks_per_node=2", "trainer.batch_size=16", *same)
+    )
     single_out, _ = single.communicate(timeout=400)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert single.returncode == 0, single_out[-3000:]
     (run_dir,) = list((tmp_path / "multirun").glob("*/*/0"))
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
-        "best.pt", "best.safetensors", "last-previous.pt", "last.pt"]  # fmt: skip
+        "best.pt",
+        "best.safetensors",
+        "last-previous.pt",
+        "last.pt",
+    ]
     # One job dir: the second task wrote nothing of its own.
     assert [p.name for p in run_dir.parent.iterdir() if p.name.isdigit()] == ["0"]
     db = tmp_path / "mlflow.db"
@@ -156,8 +181,9 @@ def test_two_task_ddp_job_matches_one_process_on_the_same_global_batch(tmp_path)
 
 
 def metric_values(db: Path, run_id: str, key: str) -> list[float]:
-    rows = query(db, "SELECT value FROM metrics WHERE run_uuid=? AND key=? ORDER BY step",
-                 run_id, key)  # fmt: skip
+    rows = query(
+        db, "SELECT value FROM metrics WHERE run_uuid=? AND key=? ORDER BY step", run_id, key
+    )
     return [round(v, 4) for (v,) in rows]
 
 
@@ -172,10 +198,10 @@ def test_submit_only_launcher_returns_at_once_and_collect_reports_the_jobs(tmp_p
     jobs = json.loads((sweep / "slurm_jobs.json").read_text())
     try:
         assert [job["num"] for job in jobs] == [0, 1]
-        assert f"runner.tools collect {sweep}" in done.stdout + done.stderr
+        assert f"runner.sweeps collect {sweep}" in done.stdout + done.stderr
         assert all(f"submitted job {job['job_id']}" in done.stdout + done.stderr for job in jobs)
         assert took < 30, f"the submit-only launcher waited {took:.0f} s"
-        from runner.tools import sweep_jobs
+        from runner.sweeps.collect import sweep_jobs
 
         states = {job["state"] for job in sweep_jobs(sweep)}
         assert states <= {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "FINISHED"}, states
@@ -184,7 +210,7 @@ def test_submit_only_launcher_returns_at_once_and_collect_reports_the_jobs(tmp_p
         while {job["state"] for job in sweep_jobs(sweep)} != {"FINISHED"}:
             assert time.monotonic() < deadline, sweep_jobs(sweep)
             time.sleep(1)
-        collect = [sys.executable, "-m", "runner.tools", "collect", str(sweep)]
+        collect = [sys.executable, "-m", "runner.sweeps", "collect", str(sweep)]
         collected = subprocess.run(collect, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert collected.returncode == 0, collected.stdout + collected.stderr
         assert "2 job(s), 2 finished" in collected.stdout
@@ -192,8 +218,9 @@ def test_submit_only_launcher_returns_at_once_and_collect_reports_the_jobs(tmp_p
         parent = json.loads((sweep / "sweep.json").read_text())["parent_run_id"]
         ((status,),) = query(db, "SELECT status FROM runs WHERE run_uuid = ?", parent)
         assert status == "FINISHED"
-        children = query(db, "SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId' "
-                             "AND value = ?", parent)  # fmt: skip
+        children = query(
+            db, "SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId' AND value = ?", parent
+        )
         assert len(children) == 2
         tags = dict(query(db, "SELECT key, value FROM tags WHERE run_uuid = ?", parent))
         assert tags["summary"] == "summary/summary.md" and "best.optim.lr" in tags
@@ -202,7 +229,7 @@ def test_submit_only_launcher_returns_at_once_and_collect_reports_the_jobs(tmp_p
 
 
 def test_optuna_trials_run_as_slurm_jobs_and_are_pruned_through_the_storage(tmp_path):
-    from tests.test_sweeps import PRUNABLE
+    from tests.sweeps.test_sweeps import PRUNABLE
 
     trials = [
         "hydra.sweeper.n_trials=4",

@@ -1,0 +1,172 @@
+"""Batched augmentation on the device: the Kornia pipeline, MixUp/CutMix, the eval path.
+
+The loader hands out uint8 batches; `DeviceAugment` turns them into float images in
+[0, 1] and applies the chosen Kornia pipeline to the whole batch at once, on whatever
+device the batch is on, then (optionally) MixUp or CutMix with soft targets. In eval
+mode it only resizes and center-crops. `runner.augment.normalize.Normalize` follows, for
+training and evaluation alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from runner.augment.mixing import MixUpCutMix
+
+
+class DeviceAugment(nn.Module):
+    """A Kornia pipeline plus MixUp/CutMix applied to a whole batch on its device.
+
+    Args:
+        transforms: Kornia augmentation modules (plain ones or `kornia.augmentation.auto`
+            policies), applied in order as one `AugmentationSequential`. Empty = none.
+        differentiable: Keep the autograd graph through the augmentation and mixing (for
+            learned or adversarial augmentation). Off by default: under no_grad it keeps
+            no graph (1.1x cheaper for `strong` on the CPU, benchmarks/augment.py).
+        image_size: Side of the images the model sees; the eval path resizes and
+            center-crops to it. None = evaluation images are used as they come.
+        eval_crop_pct: Eval path: resize the short side to `image_size / eval_crop_pct`,
+            then center-crop `image_size` (timm's `crop_pct`); 1.0 = resize only.
+        mixup_alpha: MixUp's Beta(alpha, alpha) concentration; 0 = off.
+        cutmix_alpha: CutMix's Beta(alpha, alpha) concentration; 0 = off.
+        mix_prob: Probability that a training sample is mixed at all.
+        num_classes: Class count for the soft targets; required when mixing is on
+            (`runner.train` binds it from the data).
+    """
+
+    def __init__(
+        self,
+        transforms: Sequence[nn.Module] = (),
+        differentiable: bool = False,
+        image_size: int | None = None,
+        eval_crop_pct: float = 1.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mix_prob: float = 1.0,
+        num_classes: int | None = None,
+    ):
+        super().__init__()
+        if not 0 < eval_crop_pct <= 1:
+            raise ValueError(f"eval_crop_pct={eval_crop_pct!r}: expected a number in (0, 1]")
+        self.differentiable = differentiable
+        self.image_size = image_size
+        self.eval_crop_pct = eval_crop_pct
+        self.pipeline = None
+        if transforms:
+            import kornia.augmentation as K
+
+            self.pipeline = K.AugmentationSequential(*transforms)
+        first = transforms[0] if transforms else None
+        self._first_takes_uint8 = bool(getattr(first, "accepts_uint8", False))
+        # Kornia samples on the device its generators were last moved to; tracked so a
+        # batch on another device moves them once instead of drawing on the host forever.
+        self._rng_device = torch.device("cpu")
+        self.mixer = None
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            if num_classes is None:
+                raise ValueError(
+                    "MixUp/CutMix need num_classes for their soft targets: build with "
+                    "instantiate(cfg.aug, num_classes=...)"
+                )
+            self.mixer = MixUpCutMix(num_classes, mixup_alpha, cutmix_alpha, mix_prob)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Augments a batch (train mode) or resizes and center-crops it (eval mode).
+
+        Args:
+            images: (N, C, H, W) uint8 (0..255) or float (0..1) images. Pass float
+                images with `requires_grad` to get gradients w.r.t. the input.
+
+        Returns:
+            Float images in [0, 1] (the augmentation may move values slightly outside).
+        """
+        # A first module that takes uint8 (runner.augment.ops.crop_flip.RandomCropFlip)
+        # converts only the pixels it keeps; everything else wants floats in [0, 1].
+        if not (self.training and self._first_takes_uint8):
+            images = to_unit_float(images)
+        if not self.training:
+            return resize_center_crop(images, self.image_size, self.eval_crop_pct)
+        if self.pipeline is None:
+            return images
+        with self._grad_mode():
+            return self._run_pipeline(images)
+
+    def mix(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Applies MixUp/CutMix to an augmented training batch.
+
+        Args:
+            images: (N, C, H, W) float images, the output of `forward`.
+            labels: (N,) int64 class ids on the same device.
+
+        Returns:
+            (images, targets): targets are (N, num_classes) probabilities when mixing is
+            on, else `labels` unchanged (in eval mode too). The losses accept both.
+        """
+        if self.mixer is None or not self.training:
+            return images, labels
+        with self._grad_mode():
+            return self.mixer(images, labels)
+
+    def describe(self) -> str:
+        """A one-line summary of the pipeline, e.g. for a preview's title."""
+        names = [type(t).__name__ for t in self.pipeline.children()] if self.pipeline else []
+        text = " + ".join(names) or "no augmentation"
+        if self.mixer is not None:
+            text += f" | {self.mixer.describe()}"
+        return text
+
+    def _grad_mode(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if self.differentiable else torch.no_grad()
+
+    def _run_pipeline(self, images: torch.Tensor) -> torch.Tensor:
+        if self._rng_device != images.device:
+            self.pipeline.to(images.device)
+            self._rng_device = images.device
+        # Kornia's generators sample on their device, then move the result to the
+        # device of the configured ranges, which for plain numbers from YAML is the
+        # *default* device: the host, a copy back and forth per op and step (kornia
+        # issue #4426). With the batch's device as the default, the parameters stay
+        # where they were drawn.
+        with torch.device(images.device):
+            params = self.pipeline.forward_parameters(images.shape)
+        return self.pipeline(images, params=params)
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (0..255) -> float32 in [0, 1]; float images pass unchanged."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
+
+def resize_center_crop(
+    images: torch.Tensor, size: int | None, crop_pct: float = 1.0
+) -> torch.Tensor:
+    """The eval geometry: resize the short side to floor(size / crop_pct), center-crop size.
+
+    Args:
+        images: (N, C, H, W) float images.
+        size: Output side; None returns `images` unchanged.
+        crop_pct: Share of the resized short side that the crop keeps.
+
+    Returns:
+        (N, C, size, size) images; the input itself when nothing needs to change.
+    """
+    if size is None:
+        return images
+    height, width = images.shape[-2:]
+    short = math.floor(size / crop_pct)
+    if min(height, width) != short:
+        scale = short / min(height, width)
+        height, width = max(short, round(height * scale)), max(short, round(width * scale))
+        images = F.interpolate(
+            images, size=(height, width), mode="bilinear", align_corners=False, antialias=True
+        )
+    top, left = (height - size) // 2, (width - size) // 2
+    if (top, left, height, width) == (0, 0, size, size):
+        return images
+    return images[..., top : top + size, left : left + size]

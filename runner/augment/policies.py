@@ -1,0 +1,21 @@
+"""The policy presets' RandAugment, drawing its op indices on the host.
+
+TrivialAugment and AutoAugment are Kornia's own (`kornia.augmentation.auto`): they pick
+their sub-policy with a `Categorical` built on the host at construction, so they never
+read a device tensor back. Kornia's RandAugment draws its op indices with `randperm` on the
+default device, which is the batch's device while `DeviceAugment` draws parameters; the
+indices then choose Python modules, which on a GPU would read them back every step.
+"""
+
+from __future__ import annotations
+
+import torch
+from kornia.augmentation.auto import RandAugment as KorniaRandAugment
+
+
+class RandAugment(KorniaRandAugment):
+    """Kornia's `RandAugment` (same arguments and ops) with its op indices drawn on the host."""
+
+    def rand_selector(self, n: int) -> torch.Tensor:
+        """`n` distinct op indices, drawn on the host (on the CPU: Kornia's draws exactly)."""
+        return torch.randperm(len(self._modules), device="cpu")[:n]

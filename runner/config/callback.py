@@ -1,0 +1,33 @@
+"""The Hydra callback that rejects a bad config before Hydra creates any output dir."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from runner.config.validation import ConfigError, validate
+
+
+class ValidateConfigCallback(Callback):
+    """Validates the config before Hydra creates the run dir.
+
+    Hydra turns an `Exception` raised by a callback into a warning and goes on, so a
+    bad config ends the program with `SystemExit` (message on stderr, exit status 1).
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Validates a single run's config."""
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Validates the sweep's base config; each job is validated again when it runs."""
+        self._check(config)
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        try:
+            validate(config)
+        except ConfigError as err:
+            raise SystemExit(f"Error: {err}") from err

@@ -1,0 +1,30 @@
+"""Every closed set of values a config key takes, written once.
+
+The config checks (runner.config.validation) and the code that acts on a value both
+read these tuples, so a new choice is added in one place.
+"""
+
+from __future__ import annotations
+
+MODES = ("train", "eval", "predict", "preview", "throughput")
+DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N
+PRECISIONS = ("auto", "32", "bf16", "16")
+MONITOR_MODES = ("max", "min")
+MONITORABLE = (
+    "val/acc",
+    "val/loss",
+    "val/balanced_acc",
+    "val/macro_f1",
+    "val/top5",
+    "train/loss",
+    "train/acc",
+)
+NAN_POLICIES = ("stop", "skip")
+LR_SCALING = ("none", "linear", "sqrt")
+PRUNERS = ("median", "hyperband", "none")
+CLASS_WEIGHTS = ("balanced", "effective")
+CIFAR_VARIANTS = ("cifar10", "cifar100")
+ON_BAD_FILE = ("skip", "error")
+NOISE_TYPES = ("symmetric", "asymmetric")
+TTA = ("none", "flip")
+EVAL_DATA = ("stored", "current")

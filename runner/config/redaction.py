@@ -1,0 +1,43 @@
+"""Secrets never leave the process in the clear: logged params and saved configs show '***'."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# Keys whose values are never logged or saved in the clear.
+SECRET_KEY = re.compile(
+    r"(^|_)(token|password|passwd|secret|api_?key|access_?key|secret_?key|private_?key"
+    r"|credentials?)$",
+    re.IGNORECASE,
+)
+REDACTED = "***"
+
+
+def redacted_container(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain containers, with secrets replaced by '***'.
+
+    Redacts values of keys that name a secret (token, password, api_key, ...) and any
+    value taken from the environment with `${oc.env:...}`.
+    """
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+
+    def redact(raw_node: Any, node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                key: REDACTED
+                if SECRET_KEY.search(str(key)) and node[key] is not None
+                else redact(raw_node.get(key) if isinstance(raw_node, dict) else None, node[key])
+                for key in node
+            }
+        if isinstance(node, list):
+            raws = raw_node if isinstance(raw_node, list) else [None] * len(node)
+            return [redact(r, n) for r, n in zip(raws, node, strict=False)]
+        if isinstance(raw_node, str) and "oc.env" in raw_node:
+            return REDACTED
+        return node
+
+    return redact(raw, resolved)

@@ -1,0 +1,108 @@
+"""Which `_target_`s a config may name, and where the flat layout's targets live now.
+
+A config file or a checkpoint must not make the runner import and call arbitrary code,
+so `_target_`s may only come from trusted packages and the modules a command line lists
+in `allowed_targets`. Checkpoints written before the package was split into layers name
+the old flat modules (`runner.cifar_models.cifar_resnet`); `upgrade_legacy_targets` maps
+them to their new homes so those checkpoints still evaluate and predict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+TRUSTED_TARGET_PACKAGES = ("runner", "torch", "torchvision", "timm", "kornia", "torchmetrics")
+
+# Old module -> new module, for modules that moved whole.
+_MOVED_MODULES = {
+    "runner.models": "runner.models.factories",
+    "runner.cifar_models": "runner.models.cifar_resnet",
+    "runner.optim": "runner.training.optim",
+    "runner.losses": "runner.training.losses",
+    "runner.samplers": "runner.data.samplers",
+    "runner.cifar": "runner.data.sets.cifar",
+    "runner.imagefolder": "runner.data.sets.imagefolder",
+    "runner.hf": "runner.data.sets.hf",
+}
+# Old target -> new target, for modules that were split (or replaced by Kornia's own).
+_MOVED_TARGETS = {
+    "runner.data.load_digits": "runner.data.sets.digits.load_digits",
+    "runner.data.make_synthetic": "runner.data.sets.synthetic.make_synthetic",
+    "runner.augment.DeviceAugment": "runner.augment.device.DeviceAugment",
+    "runner.aug_ops.RandomCropFlip": "runner.augment.ops.crop_flip.RandomCropFlip",
+    "runner.aug_ops.RandomResizedCropFlip": (
+        "runner.augment.ops.resized_crop_flip.RandomResizedCropFlip"
+    ),
+    "runner.aug_ops.ColorJitterAffine": "runner.augment.ops.color_jitter.ColorJitterAffine",
+    "runner.aug_ops.RandomBoxErasing": "runner.augment.ops.erasing.RandomBoxErasing",
+    # Kornia's own: the flat layout's was the same op with a faster sampling grid.
+    "runner.aug_ops.RandomAffine": "kornia.augmentation.RandomAffine",
+    "runner.aug_auto.RandAugment": "runner.augment.policies.RandAugment",
+    "runner.aug_auto.TrivialAugment": "kornia.augmentation.auto.TrivialAugment",
+    "runner.aug_auto.AutoAugment": "kornia.augmentation.auto.AutoAugment",
+    "runner.tracking.MlflowTracker": "runner.tracking.mlflow_tracker.MlflowTracker",
+    "runner.tracking.NullTracker": "runner.tracking.null.NullTracker",
+}
+
+
+def legacy_target(target: str) -> str:
+    """Where a `_target_` of the flat layout lives now (unchanged when it did not move)."""
+    if target in _MOVED_TARGETS:
+        return _MOVED_TARGETS[target]
+    module, _, name = target.rpartition(".")
+    return f"{_MOVED_MODULES[module]}.{name}" if module in _MOVED_MODULES else target
+
+
+def upgrade_legacy_targets(cfg: DictConfig) -> DictConfig:
+    """A copy of a flat-layout config with every `_target_` mapped by `legacy_target`."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                key: legacy_target(value)
+                if key == "_target_" and isinstance(value, str)
+                else walk(value)
+                for key, value in node.items()
+            }
+        if isinstance(node, list):
+            return [walk(value) for value in node]
+        return node
+
+    return OmegaConf.create(walk(OmegaConf.to_container(cfg, resolve=False)))
+
+
+def untrusted_targets(cfg: DictConfig, extra_allowed: tuple[str, ...] = ()) -> list[str]:
+    """Lists `_target_`s outside the trusted packages, without importing anything.
+
+    Args:
+        cfg: A config, e.g. a composed one or one loaded back from a checkpoint.
+        extra_allowed: More trusted module prefixes (besides `allowed_targets` in cfg).
+
+    Returns:
+        One problem per untrusted `_target_`, naming its key.
+    """
+    allowed = list(TRUSTED_TARGET_PACKAGES) + list(extra_allowed)
+    allowed += list(OmegaConf.select(cfg, "allowed_targets", default=None) or [])
+    raw = OmegaConf.to_container(cfg, resolve=False)  # targets as written, nothing resolved
+    raw.pop("hydra", None)  # Hydra's own launchers, sweepers and callbacks
+    problems = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, child in node.items():
+                child_path = f"{path}.{key}" if path else str(key)
+                if key != "_target_":
+                    walk(child, child_path)
+                elif not any(str(child) == p or str(child).startswith(p + ".") for p in allowed):
+                    problems.append(
+                        f"{child_path}={str(child)!r} is not trusted: targets must come from "
+                        f"{', '.join(allowed)}; add its module to allowed_targets to allow it"
+                    )
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                walk(child, f"{path}[{index}]")
+
+    walk(raw, "")
+    return problems

@@ -1,0 +1,60 @@
+"""From the data and sampler config to splits and loaders."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from runner.data import switches
+from runner.data.debug import limit_batches
+from runner.data.splits import DataSplits
+
+log = logging.getLogger(__name__)
+
+
+def build_data(data_cfg: DictConfig) -> DataSplits:
+    """Builds the data set's splits (uint8) and applies the real-world switches to train.
+
+    The switch keys (`data.imbalance_ratio`, `data.label_noise`, ...) are taken out of
+    the group before its factory is called, so every data set gets them the same way.
+    """
+    settings = OmegaConf.to_container(data_cfg, resolve=True)
+    chosen = {key: settings.pop(key) for key in switches.SWITCHES if key in settings}
+    data = instantiate(settings)
+    data = switches.apply_switches(data, seed=settings.get("split_seed", 0), **chosen)
+    log.info(
+        "data %s: %d train / %d val / %d test images, %d classes, %dx%d",
+        data.name,
+        len(data.train),
+        len(data.val),
+        len(data.test),
+        data.num_classes,
+        data.image_size,
+        data.image_size,
+    )
+    return data
+
+
+def build_loaders(
+    data: DataSplits,
+    sampler_cfg: DictConfig,
+    trainer_cfg: DictConfig,
+    seed: int,
+    device: torch.device,
+) -> tuple:
+    """Loaders over the train, val and test splits, in the sampler's order for train.
+
+    A resident split is moved to the device once and batched by index; a streaming one
+    (large image sets) is decoded batch by batch by loader workers.
+    """
+    sampler = instantiate(sampler_cfg)(labels=data.train.labels, seed=seed)
+    train = data.train.loader(
+        trainer_cfg.batch_size, device, sampler, drop_last=trainer_cfg.drop_last
+    )
+    val = data.val.loader(trainer_cfg.eval_batch_size, device)
+    test = data.test.loader(trainer_cfg.eval_batch_size, device)
+    limit_batches([train, val, test], trainer_cfg.limit_batches)
+    return train, val, test

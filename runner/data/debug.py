@@ -1,0 +1,39 @@
+"""Debugging switches (conf/debug/) on the data: fewer batches, or overfitting a few."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch
+
+from runner.data.splits import DataSplits
+
+log = logging.getLogger(__name__)
+
+
+def overfit_subset(data: DataSplits, overfit_batches: int | None, batch_size: int) -> DataSplits:
+    """The first `overfit_batches` train batches as both train and val; None = unchanged.
+
+    Validating on the same samples shows whether the model can fit them at all, which a
+    working model, loss and optimizer always can (Karpathy's "overfit one batch").
+    """
+    if overfit_batches is None:
+        return data
+    keep = torch.arange(min(overfit_batches * batch_size, len(data.train)))
+    train = data.train.subset(keep)
+    clean = data.clean_train_labels
+    log.info(
+        "trainer.overfit_batches=%d: training and validating on the same %d images",
+        overfit_batches,
+        len(keep),
+    )
+    return dataclasses.replace(
+        data, train=train, val=train, clean_train_labels=None if clean is None else clean[keep]
+    )
+
+
+def limit_batches(loaders: list, limit: int | None) -> None:
+    """Makes every loader yield at most `limit` batches per epoch; None = all."""
+    for loader in loaders:
+        loader.limit_batches = limit

@@ -1,0 +1,319 @@
+"""Image decoding to 3-channel uint8 at a fixed size, bad-file handling, and a decode cache.
+
+One function turns the bytes of any image file into a (3, S, S) uint8 tensor:
+torchvision's `decode_image` for JPEG, PNG, GIF and WebP, Pillow for the rest (BMP,
+TIFF, PPM, ...). Grayscale, palette, RGBA and CMYK images become RGB; 16-bit images are
+scaled to 8 bits (Pillow's `convert("RGB")` clips them, which turns them white).
+
+A file that cannot be decoded raises `BadImageError`; the callers skip it (and list it)
+or stop, as `data.on_bad_file` says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on every
+# call; they still work, and if they are removed, decoding falls back to Pillow.
+warnings.filterwarnings(
+    "ignore",
+    message="The image decoding and encoding capabilities of TorchVision are deprecated",
+    category=DeprecationWarning,
+)
+
+
+# Bump when decoding changes, so that old cache files are not reused.
+DECODER_VERSION = 1
+
+
+class BadImageError(ValueError):
+    """A file that is not a decodable image; the message names the file and the reason."""
+
+
+class DataError(ValueError):
+    """A data set that cannot be used as laid out; the message names folders and numbers."""
+
+
+def read_record(record: Any) -> tuple[bytes, str]:
+    """The encoded bytes of a record and a name for messages.
+
+    Args:
+        record: A file path, raw bytes, or a Hugging Face image dict
+            (`{"bytes": ..., "path": ...}`, as given by `Image(decode=False)`).
+
+    Returns:
+        (bytes, name) where name is the path or "<bytes>".
+    """
+    if isinstance(record, dict):
+        path = record.get("path")
+        if record.get("bytes"):
+            return bytes(record["bytes"]), str(path or "<bytes>")
+        if not path:
+            return b"", "<empty record>"
+        record = path
+    if isinstance(record, bytes | bytearray | memoryview):
+        return bytes(record), "<bytes>"
+    path = os.fspath(record)
+    with open(path, "rb") as handle:
+        return handle.read(), path
+
+
+def _to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """Scales 16-bit (and other wider integer) images to 0..255 instead of clipping."""
+    if image.dtype == torch.uint8:
+        return image
+    if image.dtype == torch.uint16:
+        # uint16 has few kernels; int32 holds 65535 * 255 without overflow.
+        wide = image.to(torch.int32)
+        return ((wide * 255 + 32767) // 65535).to(torch.uint8)
+    raise BadImageError(f"unsupported pixel type {image.dtype}")
+
+
+def _decode_torchvision(data: bytes) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image
+
+    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return _to_uint8(decode_image(buffer, mode=ImageReadMode.RGB))
+
+
+def _decode_pillow(data: bytes) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()  # a truncated file fails here rather than later
+        if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+            array = np.asarray(image).astype(np.int64)
+            # "I" (32-bit) images written from 16-bit data keep 0..65535.
+            top = 65535 if array.max(initial=0) > 255 else 255
+            array = (array.clip(0, top) * 255 + top // 2) // top
+            gray = torch.from_numpy(array.astype(np.uint8))
+            return gray.unsqueeze(0).expand(3, -1, -1).contiguous()
+        if image.mode == "F":
+            array = np.asarray(image, dtype=np.float32)
+            low, high = float(array.min(initial=0)), float(array.max(initial=1))
+            scaled = (array - low) / max(high - low, 1e-12) * 255
+            gray = torch.from_numpy(scaled.round().astype(np.uint8))
+            return gray.unsqueeze(0).expand(3, -1, -1).contiguous()
+        rgb = np.asarray(image.convert("RGB"))
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+
+
+def resize_square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Resizes the shorter side to `size` (antialiased) and center-crops a square.
+
+    Cropping keeps the aspect ratio of objects, as torchvision's evaluation transforms
+    do; random crops for training happen later, on the device.
+    """
+    from torchvision.transforms.v2 import functional as TF
+
+    height, width = image.shape[-2:]
+    if (height, width) == (size, size):
+        return image
+    if height != width or height != size:
+        image = TF.resize(image, size, antialias=True)
+    return TF.center_crop(image, [size, size]).contiguous()
+
+
+def decode_bytes(data: bytes, image_size: int, name: str = "<bytes>") -> torch.Tensor:
+    """Decodes an encoded image into a (3, image_size, image_size) uint8 tensor.
+
+    Args:
+        data: The file's bytes.
+        image_size: Output height and width.
+        name: The file's name, for the error message.
+
+    Returns:
+        The image, RGB, uint8.
+
+    Raises:
+        BadImageError: The bytes are empty, truncated or not an image.
+    """
+    if not data:
+        raise BadImageError(f"{name}: empty file (0 bytes)")
+    try:
+        image = _decode_torchvision(data)
+    except BadImageError:
+        raise
+    except Exception as torchvision_error:
+        # torchvision knows JPEG/PNG/GIF/WebP; Pillow reads BMP, TIFF, PPM and more, and
+        # tells a truncated file apart from an unknown format.
+        try:
+            image = _decode_pillow(data)
+        except Exception as pillow_error:
+            reason = str(pillow_error).strip().splitlines()[0] or type(pillow_error).__name__
+            if "cannot identify image file" in reason:
+                reason = "not an image (unknown format)"
+            raise BadImageError(f"{name}: {reason}") from torchvision_error
+    return resize_square(image, image_size)
+
+
+def decode_record(record: Any, image_size: int) -> torch.Tensor:
+    """Reads and decodes one record (path, bytes or image dict); see `decode_bytes`."""
+    try:
+        data, name = read_record(record)
+    except OSError as err:
+        raise BadImageError(f"{record}: cannot read ({err.strerror or err})") from err
+    return decode_bytes(data, image_size, name)
+
+
+def record_name(record: Any) -> str:
+    """A printable name of a record (its path where it has one)."""
+    if isinstance(record, dict):
+        return str(record.get("path") or "<bytes>")
+    if isinstance(record, bytes | bytearray | memoryview):
+        return "<bytes>"
+    return os.fspath(record)
+
+
+class _DecodeDataset(torch.utils.data.Dataset):
+    """Decodes record i; a bad record gives None and its reason instead of raising."""
+
+    def __init__(self, records: Sequence[Any], image_size: int, on_bad_file: str):
+        self.records = records
+        self.image_size = image_size
+        self.on_bad_file = on_bad_file
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            return index, decode_record(self.records[index], self.image_size), None
+        except BadImageError as err:
+            if self.on_bad_file == "error":
+                raise
+            return index, None, str(err)
+
+
+def _keep_list(batch: list) -> list:
+    return batch
+
+
+def decode_all(
+    records: Sequence[Any],
+    image_size: int,
+    on_bad_file: str = "skip",
+    num_workers: int = 0,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+    """Decodes every record into one uint8 tensor, in worker processes.
+
+    Args:
+        records: Paths, bytes or image dicts.
+        image_size: Output height and width.
+        on_bad_file: "skip" leaves bad records out; "error" raises on the first one.
+        num_workers: Decoding processes (0 decodes in this process).
+        chunk_size: Records per worker task (amortises inter-process transfers).
+
+    Returns:
+        (images (M, 3, S, S) uint8, kept (M,) int64 record indices, bad files as
+        (name, reason) pairs), with M <= len(records).
+
+    Raises:
+        BadImageError: A record cannot be decoded and on_bad_file is "error".
+    """
+    dataset = _DecodeDataset(records, image_size, on_bad_file)
+    images = torch.empty((len(records), 3, image_size, image_size), dtype=torch.uint8)
+    ok = torch.zeros(len(records), dtype=torch.bool)
+    bad: list[tuple[str, str]] = []
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=chunk_size,
+        num_workers=num_workers,
+        collate_fn=_keep_list,
+    )
+    for chunk in loader:
+        for index, image, reason in chunk:
+            if image is None:
+                bad.append((record_name(records[index]), reason))
+            else:
+                images[index] = image
+                ok[index] = True
+    kept = ok.nonzero().flatten()
+    if len(kept) < len(records):
+        images = images[kept].contiguous()
+    return images, kept, bad
+
+
+# --- cache --------------------------------------------------------------------------
+
+# Decoded data sets of this process, by cache key: a sweep that runs its jobs in one
+# process (Hydra's basic launcher, Optuna) decodes once. Bounded, as each can be large.
+_MEMORY_CACHE: dict[str, dict[str, Any]] = {}
+_MEMORY_CACHE_ENTRIES = 2
+
+
+def cache_key(*parts: Any) -> str:
+    """A short stable hash of `parts` (file listings with sizes and mtimes, settings)."""
+    digest = hashlib.sha256(repr((DECODER_VERSION, *parts)).encode())
+    return digest.hexdigest()[:20]
+
+
+def cached(
+    key: str,
+    build: Callable[[], dict[str, Any]],
+    cache_dir: str | os.PathLike | None,
+    label: str,
+) -> dict[str, Any]:
+    """Returns the decoded data for `key` from memory, a cache file, or `build()`.
+
+    Args:
+        key: The content key (see `cache_key`).
+        build: Decodes the data; returns a dict of tensors and plain lists.
+        cache_dir: Folder of cache files; None keeps the cache in memory only.
+        label: Name for the cache file and log lines (e.g. the data set's name).
+
+    Returns:
+        The dict `build` returned, possibly read back from disk.
+    """
+    if key in _MEMORY_CACHE:
+        log.info("data %s: decoded images from the in-memory cache", label)
+        return _MEMORY_CACHE[key]
+    path = None
+    if cache_dir is not None:
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)[:40]
+        path = Path(cache_dir) / f"{safe}-{key}.pt"
+    if path is not None and path.is_file():
+        start = time.perf_counter()
+        try:
+            value = torch.load(path, weights_only=True)
+        except Exception as err:  # a damaged cache must not stop the run: decode again
+            log.warning("data %s: ignoring unreadable cache file %s (%s)", label, path, err)
+        else:
+            log.info("data %s: read %s in %.1fs", label, path.name, time.perf_counter() - start)
+            _remember(key, value)
+            return value
+    value = build()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Atomic: a concurrent run never reads a half-written file.
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save(value, tmp)
+        os.replace(tmp, path)
+        log.info("data %s: wrote the decode cache %s", label, path)
+    _remember(key, value)
+    return value
+
+
+def _remember(key: str, value: dict[str, Any]) -> None:
+    while len(_MEMORY_CACHE) >= _MEMORY_CACHE_ENTRIES:
+        _MEMORY_CACHE.pop(next(iter(_MEMORY_CACHE)))
+    _MEMORY_CACHE[key] = value
+
+
+def clear_memory_cache() -> None:
+    """Forgets the decoded data sets kept in this process (benchmarks, tests)."""
+    _MEMORY_CACHE.clear()

@@ -1,0 +1,221 @@
+"""Hugging Face `datasets` data sets (a Hub name or a local path) as uint8 splits.
+
+Needs the optional extra: `pip install -e ".[hf]"`. Images are read undecoded
+(`Image(decode=False)`) and decoded by the runner's decoder, so they get the same
+handling as image folders: RGB uint8 at `image_size`, 16-bit scaling, bad records
+skipped and listed, resident with a decode cache or streamed by loader workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from runner.data.decoding import DataError
+from runner.data.sets.imagefolder import splits_from_records
+from runner.data.splits import DataSplits
+
+log = logging.getLogger(__name__)
+
+# Local files that `load_dataset` reads with a packaged builder, by suffix.
+_FILE_BUILDERS = {
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".csv": "csv",
+    ".json": "json",
+    ".jsonl": "json",
+}
+
+
+class _Column(Sequence):
+    """A lazy view of one image column: item i is record i, read when asked for.
+
+    Records without a path get "<data set>:<split>[i]", so a bad one can be named.
+    """
+
+    def __init__(self, dataset, key: str, label: str):
+        self.dataset = dataset.select_columns([key])
+        self.key = key
+        self.label = label
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        value = self.dataset[int(index)][self.key]
+        if isinstance(value, dict):
+            return {"bytes": value.get("bytes"), "path": value.get("path") or self._name(index)}
+        if isinstance(value, bytes | bytearray):
+            return {"bytes": bytes(value), "path": self._name(index)}
+        return value  # a path string
+
+    def _name(self, index: int) -> str:
+        return f"{self.label}[{int(index)}]"
+
+
+def _import_datasets():
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError(
+            "data=hf needs the Hugging Face `datasets` package: pip install -e '.[hf]'"
+        ) from err
+    return datasets
+
+
+def _loader(name: str, config_name: str | None, revision: str | None, hf_cache_dir: str | None):
+    """A function split-spec -> Dataset for a Hub name, a saved data set or a local file."""
+    datasets = _import_datasets()
+    path = Path(name).expanduser()
+    if path.is_dir() and any(
+        (path / f).is_file() for f in ("dataset_info.json", "dataset_dict.json")
+    ):
+        saved = datasets.load_from_disk(str(path))
+        if isinstance(saved, datasets.DatasetDict):
+            return lambda split: saved[split]
+
+        def only_split(split: str):
+            if split != "train":
+                raise DataError(
+                    f"data.name={name!r} is one saved Dataset (no splits): set "
+                    "data.split_train=train and data.split_val/split_test=null to carve them"
+                )
+            return saved
+
+        return only_split
+    if path.is_file():
+        builder = _FILE_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise DataError(
+                f"data.name={name!r}: a file must be one of {', '.join(_FILE_BUILDERS)}"
+            )
+        return lambda split: datasets.load_dataset(
+            builder, data_files=str(path), split=split, cache_dir=hf_cache_dir
+        )
+    # A local folder of images or data files, or a Hub name (downloads when online).
+    return lambda split: datasets.load_dataset(
+        str(path) if path.is_dir() else name,
+        config_name,
+        split=split,
+        revision=revision,
+        cache_dir=hf_cache_dir,
+    )
+
+
+def load_hf(
+    name: str,
+    image_key: str = "image",
+    label_key: str = "label",
+    split_train: str = "train",
+    split_val: str | None = None,
+    split_test: str | None = "test",
+    config_name: str | None = None,
+    revision: str | None = None,
+    image_size: int = 64,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    split_seed: int = 0,
+    num_classes: int | None = None,
+    resident: bool | str = "auto",
+    resident_max_gb: float = 2.0,
+    cache_dir: str | None = None,
+    hf_cache_dir: str | None = None,
+    num_workers: int = 2,
+    on_bad_file: str = "skip",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> DataSplits:
+    """A Hugging Face data set as uint8 splits.
+
+    Args:
+        name: A Hub name ("uoft-cs/cifar10"), a folder saved with `save_to_disk`, a folder
+            of images (class subfolders) or data files, or one .parquet/.arrow/.csv/.json
+            file (its rows are the "train" split).
+        image_key: Column with the images (Image feature, bytes or file paths).
+        label_key: Column with the labels (ClassLabel, integers or strings).
+        split_train: Split (or slice, e.g. "train[:90%]") to train on.
+        split_val: Split for validation; None carves `val_fraction` from train.
+        split_test: Split for testing; None carves `test_fraction` from train.
+        config_name: The data set's configuration (Hub data sets with several).
+        revision: Git revision of a Hub data set.
+        image_size: Images are resized (shorter side) and center-cropped to this.
+        val_fraction: Share of each train class for val when `split_val` is None.
+        test_fraction: Share of each train class for test when `split_test` is None.
+        split_seed: Seed of the carved splits.
+        num_classes: Expected class count; None = what the labels hold.
+        resident: True, False or "auto" (see `runner.data.sets.imagefolder.load_imagefolder`).
+        resident_max_gb: Decoded size up to which "auto" keeps the data resident.
+        cache_dir: Folder for the decode cache file; None = no cache file.
+        hf_cache_dir: The `datasets` cache folder; None = its default (HF_HOME).
+        num_workers: Decoding processes.
+        on_bad_file: "skip" leaves undecodable images out and lists them; "error" stops.
+        mean: Per-channel normalisation mean; None computes it from the train split.
+        std: Per-channel normalisation std; None computes it from the train split.
+
+    Returns:
+        The splits with the bad records listed.
+
+    Raises:
+        DataError: A column is missing, or the labels of val/test are not train's.
+    """
+    datasets = _import_datasets()
+    load = _loader(name, config_name, revision, hf_cache_dir)
+    specs = {"train": split_train, "val": split_val, "test": split_test}
+    loaded = {split: load(spec) for split, spec in specs.items() if spec is not None}
+    train = loaded["train"]
+    missing = [k for k in (image_key, label_key) if k not in train.column_names]
+    if missing:
+        raise DataError(
+            f"data.name={name!r} has no column {', '.join(missing)} (columns: "
+            f"{', '.join(train.column_names)}): set data.image_key / data.label_key."
+        )
+    class_names, to_index = _classes(train.features[label_key], train[label_key])
+    if num_classes is not None and num_classes != len(class_names):
+        raise DataError(
+            f"data.num_classes={num_classes} but {name} split {split_train!r} has "
+            f"{len(class_names)} classes ({', '.join(class_names[:20])})."
+        )
+    records, labels = {}, {}
+    label = Path(name).name if Path(name).expanduser().exists() else name
+    for split, dataset in loaded.items():
+        if isinstance(dataset.features[image_key], datasets.Image):
+            dataset = dataset.cast_column(image_key, datasets.Image(decode=False))
+        unknown = sorted({str(v) for v in dataset[label_key] if v not in to_index})
+        if unknown:
+            raise DataError(
+                f"{name} split {specs[split]!r} has labels that {split_train!r} lacks: "
+                f"{', '.join(unknown[:20])} ({len(unknown)} in all)."
+            )
+        records[split] = _Column(dataset, image_key, f"{label}:{specs[split]}")
+        labels[split] = [to_index[v] for v in dataset[label_key]]
+    fingerprints = [(s, d._fingerprint, len(d)) for s, d in loaded.items()]
+    return splits_from_records(
+        name=label,
+        records=records,
+        labels=labels,
+        class_names=class_names,
+        content_key=(name, config_name, revision, image_key, label_key, fingerprints),
+        where=f"data.name={name!r}",
+        image_size=image_size,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        split_seed=split_seed,
+        resident=resident,
+        resident_max_gb=resident_max_gb,
+        cache_dir=cache_dir,
+        num_workers=num_workers,
+        on_bad_file=on_bad_file,
+        mean=mean,
+        std=std,
+    )
+
+
+def _classes(feature, values: Sequence[Any]) -> tuple[list[str], dict[Any, int]]:
+    """Class names and a value -> index map, from a ClassLabel or the values themselves."""
+    names = getattr(feature, "names", None)
+    if names:
+        return list(names), {i: i for i in range(len(names))}
+    distinct = sorted(set(values), key=lambda v: (isinstance(v, str), v))
+    return [str(v) for v in distinct], {v: i for i, v in enumerate(distinct)}

@@ -1,0 +1,393 @@
+"""Image folders in torchvision's ImageFolder layout, decoded once and cached, or streamed.
+
+    root/train/<class>/<image>      required
+    root/val/<class>/<image>        optional; else carved from train (stratified)
+    root/test/<class>/<image>       optional; else carved from train (stratified)
+
+Every non-hidden file in a class folder (subfolders included) is a sample candidate;
+one that does not decode is a bad file (skipped and listed, or an error). Small data
+sets are decoded once into uint8 tensors (kept in memory, and in a cache file keyed by
+the folder's listing) and stay resident; large ones are decoded batch by batch by loader
+workers (`runner.data.streaming`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runner.data.decoding import (
+    BadImageError,
+    DataError,
+    cache_key,
+    cached,
+    decode_all,
+    record_name,
+)
+from runner.data.splits import DataSplits, Split, channel_stats, stratified_split
+from runner.data.streaming import EncodedSplit
+
+log = logging.getLogger(__name__)
+
+SPLIT_FOLDERS = ("train", "val", "test")
+
+# Leading bytes of the formats the decoders read; the streaming path checks them up
+# front (cheap) so that non-image files are listed before training starts.
+_SIGNATURES = (
+    b"\xff\xd8\xff",  # JPEG
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",  # BMP
+    b"II*\x00",  # TIFF, little-endian
+    b"MM\x00*",  # TIFF, big-endian
+    b"P1",
+    b"P2",
+    b"P3",
+    b"P4",
+    b"P5",
+    b"P6",  # PBM/PGM/PPM
+)
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def list_class_files(folder: Path) -> dict[str, list[Path]]:
+    """Class name -> its files (sorted), for the class folders directly under `folder`.
+
+    Hidden files and folders (".DS_Store", ".ipynb_checkpoints") are ignored; files in
+    subfolders of a class folder belong to that class, as in torchvision's ImageFolder.
+    """
+    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and _visible(e.name))
+    files = {}
+    for name in classes:
+        found = []
+        for parent, dirs, names in os.walk(folder / name, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if _visible(d))
+            found.extend(Path(parent) / n for n in sorted(names) if _visible(n))
+        files[name] = found
+    return files
+
+
+def scan_layout(
+    root: str | os.PathLike, num_classes: int | None = None
+) -> tuple[list[str], dict[str, tuple[list[Path], list[int]]]]:
+    """Finds the split folders and checks that they agree before anything is decoded.
+
+    Args:
+        root: The data set folder (`data.root`).
+        num_classes: The class count the config expects; None accepts what is found.
+
+    Returns:
+        (class names, {split folder: (files, labels)}) for the split folders present.
+
+    Raises:
+        DataError: No train/ folder, an empty class folder, val/test classes that differ
+            from train's, or a class count other than `num_classes`.
+    """
+    root = Path(root).expanduser()
+    if not (root / "train").is_dir():
+        found = sorted(p.name for p in root.iterdir())[:10] if root.is_dir() else []
+        where = f"it holds {found}" if root.is_dir() else "it does not exist"
+        raise DataError(
+            f"data.root={str(root)!r} has no train/ folder ({where}). Expected the "
+            "ImageFolder layout root/train/<class>/<image>, with optional val/ and test/."
+        )
+    layout = {s: list_class_files(root / s) for s in SPLIT_FOLDERS if (root / s).is_dir()}
+    class_names = list(layout["train"])
+    if not class_names:
+        raise DataError(f"{root / 'train'} has no class folders (expected train/<class>/<image>)")
+    empty = [
+        f"{split}/{cls}"
+        for split, classes in layout.items()
+        for cls, files in classes.items()
+        if not files
+    ]
+    if empty:
+        raise DataError(
+            f"{len(empty)} empty class folder(s) under {root}: {', '.join(empty)}. "
+            "Add images or remove the folders."
+        )
+    for split in ("val", "test"):
+        if split in layout and list(layout[split]) != class_names:
+            extra = sorted(set(layout[split]) - set(class_names))
+            missing = sorted(set(class_names) - set(layout[split]))
+            raise DataError(
+                f"{root / split} has {len(layout[split])} classes but {root / 'train'} has "
+                f"{len(class_names)}: the class folders must be the same. "
+                f"Only in {split}/: {extra or 'none'}; missing from {split}/: {missing or 'none'}."
+            )
+    if num_classes is not None and num_classes != len(class_names):
+        raise DataError(
+            f"data.num_classes={num_classes} but {root / 'train'} has {len(class_names)} class "
+            f"folders ({', '.join(class_names[:20])}{', ...' if len(class_names) > 20 else ''}). "
+            "Fix the folders or set data.num_classes=null."
+        )
+    result = {}
+    for split, classes in layout.items():
+        files, labels = [], []
+        for label, name in enumerate(class_names):
+            files.extend(classes[name])
+            labels.extend([label] * len(classes[name]))
+        result[split] = (files, labels)
+    return class_names, result
+
+
+def sniff(record: Any) -> str | None:
+    """Why a record is not an image file (empty, unknown format), or None if it may be one.
+
+    Reads only the first bytes of a file, so a large folder is checked in seconds.
+    """
+    name = record_name(record)
+    if isinstance(record, dict) and record.get("bytes"):
+        head = bytes(record["bytes"][:16])
+    else:
+        try:
+            with open(name, "rb") as handle:
+                head = handle.read(16)
+        except OSError as err:
+            return f"{name}: cannot read ({err.strerror or err})"
+    if not head:
+        return f"{name}: empty file (0 bytes)"
+    if head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return None
+    return f"{name}: not an image (unknown format)"
+
+
+def load_imagefolder(
+    root: str,
+    name: str = "imagefolder",
+    image_size: int = 64,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    split_seed: int = 0,
+    num_classes: int | None = None,
+    resident: bool | str = "auto",
+    resident_max_gb: float = 2.0,
+    cache_dir: str | None = None,
+    num_workers: int = 2,
+    on_bad_file: str = "skip",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> DataSplits:
+    """An image folder (see the module doc) as uint8 splits.
+
+    Args:
+        root: The folder holding train/ (and optionally val/, test/).
+        name: Name of the data set (the MLflow experiment name by default).
+        image_size: Images are resized (shorter side) and center-cropped to this.
+        val_fraction: Share of each train class for val when there is no val/ folder.
+        test_fraction: Share of each train class for test when there is no test/ folder.
+        split_seed: Seed of the carved splits.
+        num_classes: Expected class count; None = whatever train/ holds.
+        resident: True decodes everything once and keeps it in memory; False streams
+            through loader workers; "auto" decodes when the decoded size fits in
+            `resident_max_gb`.
+        resident_max_gb: Decoded size (3 * image_size^2 bytes per image) up to which
+            "auto" keeps the data resident.
+        cache_dir: Folder for the decode cache file; None = no cache file.
+        num_workers: Decoding processes.
+        on_bad_file: "skip" leaves undecodable files out and lists them; "error" stops.
+        mean: Per-channel normalisation mean; None computes it from the train split.
+        std: Per-channel normalisation std; None computes it from the train split.
+
+    Returns:
+        The splits (resident `Split`s or streaming `EncodedSplit`s) with the bad files.
+
+    Raises:
+        DataError: The layout is wrong (see `scan_layout`), or a class has no images.
+        BadImageError: A file does not decode and on_bad_file is "error".
+    """
+    class_names, layout = scan_layout(root, num_classes)
+    records = {split: [str(p) for p in files] for split, (files, _) in layout.items()}
+    labels = {split: labels for split, (_, labels) in layout.items()}
+    # The listing with sizes and modification times stands for the content: a changed,
+    # added or removed file gives another key, and reading every byte is not needed.
+    listing = [
+        (split, [(os.path.relpath(p, root), *_stat(p)) for p in files])
+        for split, (files, _) in layout.items()
+    ]
+    return splits_from_records(
+        name=name,
+        records=records,
+        labels=labels,
+        class_names=class_names,
+        content_key=(str(Path(root).resolve()), listing),
+        where=str(root),
+        image_size=image_size,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        split_seed=split_seed,
+        resident=resident,
+        resident_max_gb=resident_max_gb,
+        cache_dir=cache_dir,
+        num_workers=num_workers,
+        on_bad_file=on_bad_file,
+        mean=mean,
+        std=std,
+    )
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def splits_from_records(
+    *,
+    name: str,
+    records: dict[str, Sequence[Any]],
+    labels: dict[str, Sequence[int]],
+    class_names: list[str],
+    content_key: Any,
+    where: str,
+    image_size: int,
+    val_fraction: float,
+    test_fraction: float,
+    split_seed: int,
+    resident: bool | str,
+    resident_max_gb: float,
+    cache_dir: str | None,
+    num_workers: int,
+    on_bad_file: str,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> DataSplits:
+    """Decodes (resident) or wraps (streaming) encoded images per split, then assembles.
+
+    Shared by the image-folder and Hugging Face data sets.
+
+    Args:
+        name: Name of the data set.
+        records: Split ("train", optionally "val", "test") -> paths/bytes/image dicts.
+        labels: Split -> class index of each record.
+        class_names: Name of each class.
+        content_key: What identifies the content, for the decode cache.
+        where: Where the data comes from, for error messages.
+        image_size: Output height and width.
+        val_fraction: Share of each train class for val when there is no "val" split.
+        test_fraction: Share of each train class for test when there is no "test" split.
+        split_seed: Seed of the carved splits.
+        resident: True, False or "auto" (see `load_imagefolder`).
+        resident_max_gb: Decoded size up to which "auto" means resident.
+        cache_dir: Folder for the decode cache file; None = no cache file.
+        num_workers: Decoding processes.
+        on_bad_file: "skip" or "error".
+        mean: Per-channel normalisation mean; None computes it from the train split.
+        std: Per-channel normalisation std; None computes it from the train split.
+
+    Returns:
+        The splits with the bad files listed.
+    """
+    total = sum(len(r) for r in records.values())
+    decoded_gb = total * 3 * image_size**2 / 2**30
+    keep = decoded_gb <= resident_max_gb if resident == "auto" else bool(resident)
+    log.info(
+        "data %s: %d images in %s, %d classes; %.2f GB decoded -> %s",
+        name,
+        total,
+        "/".join(records),
+        len(class_names),
+        decoded_gb,
+        "resident" if keep else "streaming",
+    )
+    if keep:
+        key = cache_key(content_key, image_size)
+        parts, bad = _decode_parts(records, labels, image_size, key, cache_dir, num_workers, name)
+        if bad and on_bad_file == "error":
+            raise BadImageError(bad[0][1])
+    else:
+        parts, bad = _stream_parts(records, labels, image_size, num_workers, on_bad_file)
+    _check_classes_have_images(parts, class_names, where, bad)
+    train, val, test = _assemble(parts, val_fraction, test_fraction, split_seed)
+    if mean is None or std is None:
+        sample = train.images if keep else train.decode_sample(512, split_seed)
+        stat_mean, stat_std = channel_stats(sample)
+        mean = stat_mean if mean is None else mean
+        std = stat_std if std is None else std
+    for _, reason in bad:
+        log.warning("skipped bad file %s", reason)
+    return DataSplits(
+        name=name,
+        train=train,
+        val=val,
+        test=test,
+        class_names=list(class_names),
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        bad_files=bad,
+    )
+
+
+def _decode_parts(records, labels, image_size, key, cache_dir, num_workers, name):
+    """Decodes every split (or reads them from the cache); bad files are left out."""
+
+    def build() -> dict:
+        value = {"bad": []}
+        for split, split_records in records.items():
+            images, kept, bad = decode_all(split_records, image_size, "skip", num_workers)
+            value[split] = [images, torch.tensor(labels[split], dtype=torch.long)[kept]]
+            value["bad"].extend([path, reason] for path, reason in bad)
+        return value
+
+    value = cached(key, build, cache_dir, name)
+    parts = {split: Split(*value[split]) for split in records}
+    return parts, [(path, reason) for path, reason in value["bad"]]
+
+
+def _stream_parts(records, labels, image_size, num_workers, on_bad_file):
+    """Checks each record's leading bytes now; content errors surface in batches."""
+    parts, bad = {}, []
+    for split, split_records in records.items():
+        keep = []
+        for position in range(len(split_records)):
+            reason = sniff(split_records[position])
+            if reason is None:
+                keep.append(position)
+            elif on_bad_file == "error":
+                raise BadImageError(reason)
+            else:
+                bad.append((record_name(split_records[position]), reason))
+        positions = torch.tensor(keep, dtype=torch.long)
+        parts[split] = EncodedSplit(
+            records=split_records,
+            positions=positions,
+            labels=torch.tensor(labels[split], dtype=torch.long)[positions],
+            size=image_size,
+            num_workers=num_workers,
+            on_bad_file=on_bad_file,
+        )
+    return parts, bad
+
+
+def _check_classes_have_images(parts, class_names, where, bad) -> None:
+    for split, part in parts.items():
+        counts = torch.bincount(part.labels, minlength=len(class_names))
+        empty = [class_names[c] for c in (counts == 0).nonzero().flatten().tolist()]
+        if empty:
+            folders = ", ".join(f"{split}/{c}" for c in empty)
+            raise DataError(
+                f"{len(empty)} class(es) of {where} have no readable image: {folders} "
+                f"({len(bad)} bad file(s) skipped in all; see the bad-file list)."
+            )
+
+
+def _assemble(parts, val_fraction, test_fraction, split_seed):
+    """Uses the val/test splits where present and carves the rest from train."""
+    train = parts["train"]
+    carve_val = 0.0 if "val" in parts else val_fraction
+    carve_test = 0.0 if "test" in parts else test_fraction
+    train_idx, val_idx, test_idx = (
+        torch.from_numpy(i)
+        for i in stratified_split(train.labels.numpy(), carve_val, carve_test, split_seed)
+    )
+    val = parts["val"] if "val" in parts else train.subset(val_idx)
+    test = parts["test"] if "test" in parts else train.subset(test_idx)
+    return train.subset(train_idx), val, test

@@ -1,0 +1,227 @@
+"""Splits too large to keep decoded: image files decoded by loader workers, batch by batch.
+
+`EncodedSplit` holds records (paths or encoded bytes) and labels; its `StreamingLoader`
+has the interface of `runner.data.loaders.ResidentLoader` (`set_epoch`, `__len__`, `__iter__`
+yielding uint8 (images, labels)) and follows the sampler's `indices(epoch)` order. Each
+worker decodes a whole batch (one inter-process transfer per batch), batches are pinned
+when the device is CUDA, and the next batch is copied to the device while the current
+one is used. Images stay uint8 until the device.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from runner.data.decoding import BadImageError, decode_record, record_name
+from runner.data.loaders import EpochBatches
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodedSplit:
+    """A split of encoded images, decoded when batches are drawn.
+
+    Attributes:
+        records: Paths, bytes objects or image dicts (anything
+            `runner.data.decoding.read_record` reads), in any indexable sequence (a list,
+            a lazy Hugging Face column); shared, never copied, by subsets.
+        positions: int64 (N,): sample i is `records[positions[i]]`.
+        labels: int64 labels (N,).
+        size: Height (= width) images are decoded to.
+        num_workers: Decoding processes per loader.
+        on_bad_file: "skip" drops undecodable samples from their batch; "error" stops.
+        prefetch_factor: Batches each worker decodes ahead.
+    """
+
+    records: Sequence[Any]
+    positions: torch.Tensor
+    labels: torch.Tensor
+    size: int
+    num_workers: int = 2
+    on_bad_file: str = "skip"
+    prefetch_factor: int = 2
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def image_size(self) -> int:
+        """Height (= width) of the decoded images."""
+        return self.size
+
+    def subset(self, indices: torch.Tensor) -> EncodedSplit:
+        """The samples at `indices` (int64), in that order."""
+        return replace(self, positions=self.positions[indices], labels=self.labels[indices])
+
+    def with_labels(self, labels: torch.Tensor) -> EncodedSplit:
+        """The same records with other labels (label noise)."""
+        return replace(self, labels=labels)
+
+    def _dataset(self, on_bad: str) -> _DecodeBatches:
+        return _DecodeBatches(self.records, self.positions, self.labels.cpu(), self.size, on_bad)
+
+    def take(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decodes the samples at `indices`: uint8 images and their labels (bad ones dropped)."""
+        images, labels, _ = self._dataset("skip")[indices.cpu()]
+        return images, labels
+
+    def decode_sample(self, count: int, seed: int = 0) -> torch.Tensor:
+        """Decodes up to `count` random images (e.g. for normalisation statistics)."""
+        generator = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(self), generator=generator)[:count]
+        images, _, _ = self._dataset("skip")[order]
+        return images
+
+    def loader(
+        self,
+        batch_size: int,
+        device: torch.device,
+        sampler=None,
+        drop_last: bool = False,
+    ) -> StreamingLoader:
+        """A streaming loader over the split that delivers batches on `device`."""
+        return StreamingLoader(self, batch_size, device, sampler, drop_last=drop_last)
+
+
+class _DecodeBatches(torch.utils.data.Dataset):
+    """Item `indices` (a batch of sample ids) is that batch decoded: one task per batch."""
+
+    def __init__(
+        self,
+        records: Sequence[Any],
+        positions: torch.Tensor,
+        labels: torch.Tensor,
+        size: int,
+        on_bad: str,
+    ):
+        self.records = records
+        self.positions = positions
+        self.labels = labels
+        self.size = size
+        self.on_bad = on_bad
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(
+        self, indices: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+        images = torch.empty((len(indices), 3, self.size, self.size), dtype=torch.uint8)
+        keep = torch.ones(len(indices), dtype=torch.bool)
+        bad = []
+        for row, position in enumerate(self.positions[indices].tolist()):
+            record = self.records[position]
+            try:
+                images[row] = decode_record(record, self.size)
+            except BadImageError as err:
+                if self.on_bad == "error":
+                    raise
+                keep[row] = False
+                bad.append((record_name(record), str(err)))
+        labels = self.labels[indices]
+        if not bool(keep.all()):
+            images, labels = images[keep], labels[keep]
+        return images, labels, bad
+
+
+class _OrderedBatchSampler:
+    """Batch sampler: the current epoch's order, cut into batches.
+
+    It runs in the main process, so a new epoch takes effect with persistent workers too.
+    """
+
+    def __init__(self, loader: StreamingLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[list[torch.Tensor]]:
+        order = self.loader.order()
+        size = self.loader.batch_size
+        first = self.loader.start_batch * size
+        for start in range(first, self.loader.batches_per_epoch() * size, size):
+            # A list of one item: DataLoader hands the batch's ids to __getitem__ whole.
+            yield [order[start : start + size]]
+
+
+def _first(items: list) -> Any:
+    return items[0]
+
+
+class StreamingLoader(EpochBatches):
+    """Decodes batches in worker processes in the sampler's order; see the module doc.
+
+    Args:
+        split: The encoded split.
+        batch_size: Samples per batch.
+        device: Where batches are delivered (pinned memory and prefetch on CUDA).
+        sampler: Gives the sample order of an epoch (`indices(epoch)`); None means
+            sequential order, for evaluation.
+        drop_last: Whether to drop the last incomplete batch.
+    """
+
+    def __init__(
+        self,
+        split: EncodedSplit,
+        batch_size: int,
+        device: torch.device,
+        sampler=None,
+        drop_last: bool = False,
+    ):
+        super().__init__(split, batch_size, sampler, drop_last)
+        self.device = torch.device(device)
+        self.bad_files: list[tuple[str, str]] = []
+        self._seen_bad: set[str] = set()
+        workers = split.num_workers
+        self._loader = torch.utils.data.DataLoader(
+            split._dataset(split.on_bad_file),
+            batch_sampler=_OrderedBatchSampler(self),
+            collate_fn=_first,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            prefetch_factor=split.prefetch_factor if workers > 0 else None,
+        )
+
+    def order(self) -> torch.Tensor:
+        """The sample order of the current epoch (int64, on the CPU)."""
+        if self.sampler is None:
+            return torch.arange(len(self.split))
+        return self.sampler.indices(self.epoch).cpu()
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        yield from _prefetch(self._batches(), self.device)
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels, bad in self._loader:
+            for name, reason in bad:
+                if name not in self._seen_bad:
+                    self._seen_bad.add(name)
+                    self.bad_files.append((name, reason))
+                    log.warning("skipped a bad image file: %s", reason)
+            if labels.numel():
+                yield images, labels
+
+
+def _prefetch(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Starts copying batch i+1 to the device before batch i is handed out."""
+    pending = None
+    for images, labels in batches:
+        moved = (
+            images.to(device, non_blocking=True),
+            labels.to(device, non_blocking=True),
+        )
+        if pending is not None:
+            yield pending
+        pending = moved
+    if pending is not None:
+        yield pending

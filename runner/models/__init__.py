@@ -1,0 +1,7 @@
+"""Models: timm and torchvision factories, and the CIFAR ResNets.
+
+Pretrained weights come from the Hub or, offline, from a local file.
+
+May import runner.config only. Add your own: a factory that takes `num_classes`, named
+as `_target_` in conf/model/<name>.yaml.
+"""

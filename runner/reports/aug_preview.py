@@ -1,0 +1,86 @@
+"""What an augmentation does to a few training images per class, as a PNG grid."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from runner.augment.device import DeviceAugment
+from runner.data.splits import Split
+
+
+def save_preview_grid(
+    augment: DeviceAugment,
+    split: Split,
+    class_names: Sequence[str],
+    path: Path,
+    *,
+    seed: int,
+    device: torch.device | None = None,
+    per_class: int = 8,
+    max_classes: int = 10,
+    max_side: int = 128,
+) -> Path:
+    """Saves a PNG grid of augmented training images: one row per class.
+
+    The draws come from a forked RNG seeded with `seed`, so the same seed gives the same
+    grid, and previewing leaves the training run's random stream untouched.
+
+    Args:
+        augment: The training augmentation (its mode is restored afterwards).
+        split: The training split (resident or streaming), on any device.
+        class_names: Name per class id, for the row labels.
+        path: Where the PNG goes.
+        seed: Seed of the augmentation draws.
+        device: Where to augment; None = where the split is.
+        per_class: Images per row (fewer when a shown class has fewer).
+        max_classes: Rows at most (the first classes).
+        max_side: Larger images are shrunk to this side for the grid.
+
+    Returns:
+        `path`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    host_labels = split.labels.cpu()
+    device = device or split.labels.device
+    rows = [torch.nonzero(host_labels == c).flatten()[:per_class] for c in range(len(class_names))]
+    shown = [(c, idx) for c, idx in enumerate(rows) if len(idx)][:max_classes]
+    cols = min(len(idx) for _, idx in shown)
+    index = torch.cat([idx[:cols] for _, idx in shown])
+    images, labels = split.take(index)  # streaming splits decode just these
+    batch, batch_labels = images.to(device), labels.to(device)
+
+    was_training = augment.training
+    # manual_seed seeds every CUDA device, so every one is forked and restored.
+    cuda_devices = list(range(torch.cuda.device_count()))
+    with torch.random.fork_rng(devices=cuda_devices), torch.no_grad():
+        torch.manual_seed(seed)
+        augment.train()
+        out, _ = augment.mix(augment(batch), batch_labels)
+    augment.train(was_training)
+
+    out = out.detach().float().clamp(0, 1).cpu()
+    if max(out.shape[-2:]) > max_side:
+        out = F.interpolate(out, size=(max_side, max_side), mode="bilinear", antialias=True)
+    grid = make_grid(out, nrow=cols, padding=2, pad_value=1.0)
+    cell = out.shape[-1] + 2  # make_grid's pitch: image plus padding
+    inches = max(1.0, 96 / cell) / 100  # per grid pixel; small images are drawn larger
+    fig, ax = plt.subplots(figsize=(grid.shape[2] * inches + 1.5, grid.shape[1] * inches + 0.8))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    row_centres = [1 + cell * row + cell / 2 for row in range(len(shown))]
+    ax.set_yticks(row_centres, [class_names[c] for c, _ in shown])
+    ax.set_xticks([])
+    ax.set_title(augment.describe(), fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,97 @@
+"""What the train split looks like after the switches: class counts, bad files, noisy labels."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import torch
+
+from runner.data.splits import DataSplits
+from runner.tracking.protocol import Tracker
+
+log = logging.getLogger(__name__)
+
+
+def report_train_data(data: DataSplits, run_dir: Path, tracker: Tracker) -> None:
+    """Logs the train class counts (param + bar chart), the bad files and the noisy labels.
+
+    Args:
+        data: The data set after the switches.
+        run_dir: Where the files are written.
+        tracker: The run's tracker (params and artifacts).
+    """
+    counts = data.class_counts()
+    present = counts[counts > 0]
+    params = {
+        "data.train_class_counts": ",".join(str(int(c)) for c in counts),
+        "data.actual_imbalance_ratio": round(float(present.max()) / float(present.min()), 4),
+        "data.num_bad_files": len(data.bad_files),
+        **data.extra_params,
+    }
+    log.info("train samples per class: %s", params["data.train_class_counts"])
+    tracker.log_params(params)
+    plot_class_counts(counts, data.class_names, run_dir / "class_counts.png")
+    tracker.log_artifact(run_dir / "class_counts.png")
+    if data.bad_files:
+        path = run_dir / "bad_files.txt"
+        path.write_text("".join(f"{reason}\n" for _, reason in data.bad_files))
+        tracker.log_artifact(path)
+        log.warning("%d bad file(s) skipped; listed in %s", len(data.bad_files), path)
+    if data.clean_train_labels is not None:
+        path = run_dir / "label_noise.csv"
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["train_index", "clean_label", "noisy_label"])
+            rows = zip(data.clean_train_labels.tolist(), data.train.labels.tolist(), strict=True)
+            writer.writerows((i, clean, noisy) for i, (clean, noisy) in enumerate(rows))
+        tracker.log_artifact(path)
+
+
+def plot_class_counts(counts: torch.Tensor, class_names: list[str], path: Path) -> None:
+    """Saves a bar chart of the train samples per class (log scale when long-tailed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = counts.tolist()
+    width = min(max(5.0, 0.3 * len(values) + 2), 24.0)
+    fig, ax = plt.subplots(figsize=(width, 3.5))
+    ax.bar(range(len(values)), values, color="tab:blue")
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) / min(positive) >= 10:
+        ax.set_yscale("log")
+    if len(values) <= 40:
+        ax.set_xticks(range(len(values)), class_names, rotation=90 if len(values) > 10 else 0)
+    ax.set_xlabel("class")
+    ax.set_ylabel("train samples")
+    ax.set_title(f"train samples per class ({sum(values)} in all)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def report_streamed_bad_files(
+    data: DataSplits, loaders: list, run_dir: Path, tracker: Tracker
+) -> None:
+    """Adds the bad files that streaming loaders met while training to bad_files.txt.
+
+    A streaming split decodes its files only when it reads them, so a truncated file may
+    turn up after the start-of-run report; it is listed here, with those found at start.
+
+    Args:
+        data: The data set (its `bad_files` were reported at start).
+        loaders: The run's loaders; resident ones have nothing to add.
+        run_dir: Where bad_files.txt is written.
+        tracker: The run's tracker (artifact and tag).
+    """
+    late = [bad for loader in loaders for bad in getattr(loader, "bad_files", [])]
+    if not late:
+        return
+    path = run_dir / "bad_files.txt"
+    path.write_text("".join(f"{reason}\n" for _, reason in [*data.bad_files, *late]))
+    tracker.log_artifact(path)
+    tracker.set_tags({"data.num_bad_files_streamed": str(len(late))})
+    log.warning("%d more bad file(s) met while streaming; listed in %s", len(late), path)

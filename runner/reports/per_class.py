@@ -1,0 +1,87 @@
+"""Per-class results from a confusion matrix: precision/recall/F1, and head/medium/tail accuracy."""
+
+from __future__ import annotations
+
+import torch
+
+
+def per_class_table(confusion: torch.Tensor, class_names: list[str]) -> list[dict]:
+    """Precision, recall, F1 and support of each class from a confusion matrix.
+
+    Args:
+        confusion: (C, C) counts, rows = true class, columns = predicted class.
+        class_names: Name of each class.
+
+    Returns:
+        One dict per class with keys class, precision, recall, f1, support.
+    """
+    confusion = confusion.double().cpu()
+    true_positive = confusion.diag()
+    support = confusion.sum(1)
+    predicted = confusion.sum(0)
+    precision = true_positive / predicted.clamp_min(1)
+    recall = true_positive / support.clamp_min(1)
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+    return [
+        {
+            "class": name,
+            "precision": round(float(precision[i]), 6),
+            "recall": round(float(recall[i]), 6),
+            "f1": round(float(f1[i]), 6),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(class_names)
+    ]
+
+
+# Liu et al. (2019): many-shot classes have > 100 train samples, few-shot < 20.
+MANY_SHOT_MIN = 100
+FEW_SHOT_MAX = 20
+
+
+def shot_groups(train_counts: torch.Tensor) -> tuple[dict[str, torch.Tensor], str]:
+    """Splits classes into head, medium and tail by their train sample counts.
+
+    Uses the literature's thresholds (head > 100, tail < 20 samples) when every group
+    gets a class; otherwise (small data sets) thirds of the classes ranked by count.
+
+    Args:
+        train_counts: Train samples per class.
+
+    Returns:
+        ({"head": class ids, "medium": ..., "tail": ...}, the rule used: "thresholds"
+        or "thirds").
+    """
+    counts = train_counts.cpu()
+    groups = {
+        "head": (counts > MANY_SHOT_MIN).nonzero().flatten(),
+        "medium": ((counts >= FEW_SHOT_MAX) & (counts <= MANY_SHOT_MIN)).nonzero().flatten(),
+        "tail": (counts < FEW_SHOT_MAX).nonzero().flatten(),
+    }
+    if all(len(ids) for ids in groups.values()):
+        return groups, "thresholds"
+    ranked = torch.sort(counts, descending=True, stable=True).indices
+    third = len(ranked) / 3
+    head, tail = round(third), len(ranked) - round(third)
+    return {"head": ranked[:head], "medium": ranked[head:tail], "tail": ranked[tail:]}, "thirds"
+
+
+def shot_accuracies(confusion: torch.Tensor, train_counts: torch.Tensor) -> dict[str, float]:
+    """Test accuracy on head, medium and tail classes (see `shot_groups`).
+
+    Args:
+        confusion: (C, C) test counts, rows = true class.
+        train_counts: Train samples per class.
+
+    Returns:
+        {"head_acc", "medium_acc", "tail_acc"}: correct / test samples of the group's
+        classes (NaN for a group without test samples).
+    """
+    confusion = confusion.double().cpu()
+    groups, _ = shot_groups(train_counts)
+    results = {}
+    for name, ids in groups.items():
+        total = confusion[ids].sum()
+        correct = confusion.diag()[ids].sum()
+        results[f"{name}_acc"] = float(correct / total) if total > 0 else float("nan")
+    return results

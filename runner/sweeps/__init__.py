@@ -1,0 +1,10 @@
+"""Sweeps: the files in a sweep dir and everything that reads or writes them.
+
+The manifest, a job's side, the launcher's callback, the summary, Optuna trials seen
+from a job, and collecting submitted SLURM jobs.
+
+May import runner.config and runner.tracking; never data, models or the training loop.
+
+    python -m runner.sweeps collect SWEEP_DIR             # state and results of its jobs
+    python -m runner.sweeps summary SWEEP_DIR [METRIC] [max|min]   # rebuild summary.md
+"""

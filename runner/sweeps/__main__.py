@@ -1,0 +1,50 @@
+"""Commands on a sweep dir: `collect` (state and results of its jobs) and `summary`.
+
+python -m runner.sweeps collect SWEEP_DIR
+python -m runner.sweeps summary SWEEP_DIR [METRIC] [max|min]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from runner.config.choices import MONITOR_MODES
+from runner.sweeps.collect import print_sweep, sweep_jobs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs a command; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m runner.sweeps", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    collect = commands.add_parser(
+        "collect",
+        help="state and results of the jobs of a sweep dir (e.g. one submitted with "
+        "hydra/launcher=slurm_submit); summarises them into the parent run once all are done",
+    )
+    collect.add_argument("sweep_dir", type=Path)
+    summary = commands.add_parser("summary", help="rebuild summary.md and summary.csv")
+    summary.add_argument("sweep_dir", type=Path)
+    summary.add_argument("monitor", nargs="?", default="val/acc")
+    summary.add_argument("mode", nargs="?", default="max", choices=MONITOR_MODES)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "summary":
+        from runner.sweeps.summary import summarize
+
+        print(summarize(args.sweep_dir, args.monitor, args.mode == "max").markdown)
+        return 0
+    status = print_sweep(args.sweep_dir)
+    if any(
+        job["state"] not in ("FINISHED", "FAILED", "UNKNOWN") for job in sweep_jobs(args.sweep_dir)
+    ):
+        print("jobs still queued or running: collect again when they are done")
+        return status
+    from runner.sweeps.callback import finish_submitted_sweep
+
+    return max(status, finish_submitted_sweep(args.sweep_dir))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""The launching process's side of a sweep: the MLflow parent run, summary and exit status.
+
+`SweepCallback` (a Hydra callback, conf/train.yaml) creates the parent run before the
+first job and summarises the sweep after the last one; `finish_submitted_sweep` does the
+summary later for sweeps whose jobs were submitted without waiting.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from runner.sweeps.manifest import (
+    MANIFEST_FILE,
+    STOP_FILE,
+    SUBMITTED_FILE,
+    SWEEP_FILE,
+    read_sweep_info,
+    write_json,
+)
+from runner.sweeps.summary import summarize_and_log
+
+log = logging.getLogger(__name__)
+
+
+class SweepCallback(Callback):
+    """Hydra callback: the sweep's MLflow parent run, summary and exit status."""
+
+    def __init__(self) -> None:
+        self.tracker = None
+        self.sweep_dir: Path | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Creates (or, for `sweep.resume`, reopens) the parent run and writes sweep.json."""
+        from hydra.utils import instantiate
+
+        self.sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        resume = OmegaConf.select(config, "sweep.resume", default=None)
+        if resume and not (self.sweep_dir / MANIFEST_FILE).exists():
+            raise SystemExit(
+                f"Error: sweep.resume={resume!r}: {self.sweep_dir / MANIFEST_FILE} does not "
+                "exist. Pass the directory of an earlier sweep (it holds manifest.json), or "
+                "leave sweep.resume out to start a new sweep."
+            )
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        (self.sweep_dir / STOP_FILE).unlink(missing_ok=True)
+        info = read_sweep_info(self.sweep_dir)
+        arguments = [str(a) for a in config.hydra.overrides.task]
+        tracker = instantiate(config.logger)
+        name = config.logger.get("experiment_name") or config.data.name
+        try:
+            tracker.connect(experiment_name=name)
+            tracker.start(
+                run_name=self.sweep_dir.name,
+                tags={
+                    "sweep_dir": str(self.sweep_dir),
+                    "overrides": " ".join(arguments),
+                    "sweep.role": "parent",
+                },
+                resume_run_id=info.get("parent_run_id"),
+                local_dir=self.sweep_dir,
+            )
+        except Exception as err:
+            raise SystemExit(f"Error: cannot start the sweep's MLflow run: {err}") from err
+        self.tracker = tracker
+        atexit.register(self._finish_if_open, "KILLED")
+        write_json(
+            self.sweep_dir / SWEEP_FILE,
+            {
+                **info,
+                "arguments": arguments,
+                "parent_run_id": tracker.run_id,
+                "tracking_uri": getattr(tracker, "tracking_uri", None),
+                "experiment_name": name,
+            },
+        )
+        log.info("sweep %s: parent MLflow run %s", self.sweep_dir, tracker.run_id)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Summarises the jobs, logs the summary to the parent run, sets the exit status."""
+        if (self.sweep_dir / SUBMITTED_FILE).exists():  # hydra/launcher=slurm_submit
+            log.info(
+                "jobs submitted; when they are done, `python -m runner.sweeps collect %s` "
+                "summarises them into the parent run",
+                self.sweep_dir,
+            )
+            if self.tracker is not None:
+                self.tracker.set_tags({"summary": "pending: python -m runner.sweeps collect"})
+            self._finish_if_open("FINISHED")
+            return
+        summary = summarize_and_log(
+            self.sweep_dir,
+            config.trainer.monitor,
+            config.trainer.monitor_mode == "max",
+            self.tracker,
+        )
+        self._finish_if_open("FAILED" if summary.failed else "FINISHED")
+        if summary.failed:
+            listing = "\n".join(
+                f"  job {e.get('num')} {e.get('status', '?')}: {e['label'] or e['key']}"
+                for e in summary.failed
+            )
+            raise SystemExit(
+                f"Error: {len(summary.failed)} of {len(summary.jobs)} sweep job(s) did not "
+                f"finish:\n{listing}\nRun them again with sweep.resume={self.sweep_dir}"
+            )
+
+    def _finish_if_open(self, status: str) -> None:
+        tracker, self.tracker = self.tracker, None
+        if tracker is not None:
+            tracker.finish(status)
+
+
+def finish_submitted_sweep(sweep_dir: Path) -> int:
+    """Summarises a sweep whose jobs were submitted without waiting, into its parent run.
+
+    For `python -m runner.sweeps collect` once the jobs are done: reads the sweep's config and
+    sweep.json, reopens the parent MLflow run, logs the summary and ends it.
+
+    Returns:
+        1 when a job did not finish, else 0.
+    """
+    sweep_dir = Path(sweep_dir)
+    config = OmegaConf.load(sweep_dir / "multirun.yaml")
+    info = read_sweep_info(sweep_dir)
+    tracker = None
+    if info.get("parent_run_id") and info.get("tracking_uri"):
+        from runner.tracking.mlflow_tracker import MlflowTracker
+
+        tracker = MlflowTracker(tracking_uri=info["tracking_uri"])
+        tracker.connect(experiment_name=info["experiment_name"])
+        tracker.start(run_name=None, tags={}, resume_run_id=info["parent_run_id"])
+    summary = summarize_and_log(
+        sweep_dir, config.trainer.monitor, config.trainer.monitor_mode == "max", tracker
+    )
+    if tracker is not None:
+        tracker.finish("FAILED" if summary.failed else "FINISHED")
+    return int(bool(summary.failed))

@@ -1,0 +1,76 @@
+"""The state and results of a sweep's jobs, read from the sweep dir and SLURM's queue.
+
+For sweeps submitted with `hydra/launcher=slurm_submit`: `python -m runner.sweeps collect
+<sweep dir>` lists every job and, once all are done, summarises them into the parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+
+def sweep_jobs(sweep_dir: Path) -> list[dict]:
+    """The jobs of a sweep dir: their number, run dir, SLURM job id, state and results.
+
+    The state is SLURM's while the job is known to the scheduler (PENDING, RUNNING, ...),
+    else FINISHED when the run wrote metrics.json, FAILED when it wrote traceback.txt,
+    and UNKNOWN otherwise (e.g. a job cancelled before it started).
+
+    Raises:
+        FileNotFoundError: `sweep_dir` is not a directory.
+    """
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep dir {sweep_dir} does not exist")
+    listing = sweep_dir / "slurm_jobs.json"
+    if listing.exists():
+        jobs = json.loads(listing.read_text())
+    else:
+        numbered = sorted(
+            (p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
+        )
+        jobs = [{"num": int(p.name), "run_dir": str(p), "job_id": None} for p in numbered]
+    for job in jobs:
+        run_dir = Path(job["run_dir"])
+        queued = _squeue_state(job.get("job_id"))
+        metrics = run_dir / "metrics.json"
+        if queued:
+            job["state"] = queued
+        elif metrics.exists():
+            job["state"] = "FINISHED"
+        elif (run_dir / "traceback.txt").exists():
+            job["state"] = "FAILED"
+        else:
+            job["state"] = "UNKNOWN"
+        job["results"] = json.loads(metrics.read_text()) if metrics.exists() else None
+    return jobs
+
+
+def _squeue_state(job_id: str | None) -> str:
+    """SLURM's state of a job it still knows ("" when it does not, or without SLURM)."""
+    if not job_id or shutil.which("squeue") is None:
+        return ""
+    done = subprocess.run(
+        ["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True, timeout=30
+    )
+    return (
+        done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else ""
+    )
+
+
+def print_sweep(sweep_dir: Path) -> int:
+    """Prints one line per job of the sweep; returns 1 when a job failed, else 0."""
+    jobs = sweep_jobs(sweep_dir)
+    for job in jobs:
+        results = job["results"] or {}
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in results.items() if k.startswith("test/acc"))
+        best = results.get("best_value")
+        print(
+            f"#{job['num']} job {job.get('job_id') or '-'} {job['state']:<10} "
+            f"{job.get('overrides', '')}  {shown}"
+            + (f"  best={best:.4f}" if best is not None else "")
+            + f"  {job['run_dir']}"
+        )
+    return int(any(job["state"] == "FAILED" for job in jobs))

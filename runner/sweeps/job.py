@@ -1,0 +1,181 @@
+"""One job of a sweep, seen from inside its process: records, skips, contains failures.
+
+Each job wraps its training in `SweepJob.run`, which records it in the manifest, skips it
+when a resumed sweep already finished it, and turns a failure into a FAILED entry instead
+of an exception, so one failing job never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from runner.sweeps.manifest import (
+    STOP_FILE,
+    SWEEP_CONTROL_PREFIXES,
+    job_key,
+    parse_overrides,
+    read_manifest,
+    read_sweep_info,
+    update_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepJob:
+    """One job of a sweep, as seen from inside the job's process.
+
+    Attributes:
+        sweep_dir: The sweep's directory (Hydra's `hydra.sweep.dir`).
+        num: Hydra's job number.
+        overrides: The job's task overrides.
+        key: The job's identity in the manifest.
+        info: The parent run's record from sweep.json.
+        fail_fast: Whether a failure stops the jobs that have not started yet.
+        pruned: Set when the Optuna pruner stopped the job early.
+    """
+
+    sweep_dir: Path
+    num: int
+    overrides: list[str]
+    key: str
+    info: dict[str, Any] = field(default_factory=dict)
+    fail_fast: bool = False
+    pruned: bool = False
+    trial: Any = None
+
+    @classmethod
+    def current(cls, cfg: DictConfig) -> SweepJob | None:
+        """The job Hydra is running now, or None outside a multirun."""
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized():
+            return None
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            return None
+        sweep_dir = Path(hydra_cfg.sweep.dir).resolve()
+        overrides = list(hydra_cfg.overrides.task)
+        return cls(
+            sweep_dir=sweep_dir,
+            num=int(hydra_cfg.job.num),
+            overrides=overrides,
+            key=job_key(overrides),
+            info=read_sweep_info(sweep_dir),
+            fail_fast=bool(OmegaConf.select(cfg, "sweep.fail_fast", default=False)),
+        )
+
+    @property
+    def experiment_name(self) -> str | None:
+        """The parent's experiment: children must share it to nest under it in the UI."""
+        return self.info.get("experiment_name")
+
+    @property
+    def swept_overrides(self) -> list[str]:
+        """The job's overrides that the sweep varies (not given as-is on the command line)."""
+        given = set(self.info.get("arguments", []))
+        return [
+            o for o in self.overrides if o not in given and not o.startswith(SWEEP_CONTROL_PREFIXES)
+        ]
+
+    @property
+    def run_name(self) -> str:
+        """The MLflow run name: the job number and what it varies."""
+        return " ".join([f"job{self.num}", *self.swept_overrides])[:250]
+
+    def tracking_tags(self) -> dict[str, str]:
+        """Tags that make the job's MLflow run a child of the sweep's parent run."""
+        tags = {"sweep_dir": str(self.sweep_dir), "sweep.job": str(self.num)}
+        if self.info.get("parent_run_id"):
+            tags["mlflow.parentRunId"] = self.info["parent_run_id"]
+        tags.update({f"override.{n}": v for n, v in parse_overrides(self.overrides).items()})
+        return tags
+
+    def run(self, cfg: DictConfig, train: Callable[[DictConfig, SweepJob], float]) -> float:
+        """Runs `train` as this job: skips, records and contains failures.
+
+        Returns:
+            The job's objective; NaN when it failed or was skipped, so the sweep goes on.
+        """
+        recorded = read_manifest(self.sweep_dir).get(self.key, {})
+        if recorded.get("status") == "FINISHED":
+            log.info("sweep job %s finished earlier (%s): kept", self.key, recorded["run_dir"])
+            return float(recorded.get("value", math.nan))
+        stop = self.sweep_dir / STOP_FILE
+        if stop.exists():
+            log.warning("sweep.fail_fast: not starting %s (%s)", self.key, stop.read_text())
+            update_manifest(
+                self.sweep_dir, self.key, status="SKIPPED", overrides=self.overrides, num=self.num
+            )
+            return math.nan
+        if recorded.get("run_dir") and recorded["run_dir"] != str(cfg.paths.run_dir):
+            # A resumed sweep whose jobs were listed in another order: continue where this
+            # job's checkpoints are.
+            with open_dict(cfg):
+                cfg.paths.run_dir = recorded["run_dir"]
+        update_manifest(
+            self.sweep_dir,
+            self.key,
+            status="RUNNING",
+            overrides=self.overrides,
+            num=self.num,
+            run_dir=str(cfg.paths.run_dir),
+            attempts=recorded.get("attempts", 0) + 1,
+        )
+        started = time.time()
+        try:
+            value = train(cfg, self)
+        except Exception as err:
+            update_manifest(
+                self.sweep_dir,
+                self.key,
+                status="FAILED",
+                error=f"{type(err).__name__}: {err}",
+                started=started,
+                seconds=time.time() - started,
+                traceback=traceback.format_exc(),
+            )
+            log.error(
+                "sweep job %s failed: %s: %s (the sweep goes on)", self.key, type(err).__name__, err
+            )
+            if self.fail_fast:
+                stop.write_text(f"job {self.num} ({self.key}) failed")
+            return math.nan
+        except BaseException:  # a signal or Ctrl-C: the job resumes when the sweep does
+            update_manifest(self.sweep_dir, self.key, status="INTERRUPTED")
+            raise
+        update_manifest(
+            self.sweep_dir,
+            self.key,
+            status="FINISHED",
+            value=value,
+            pruned=self.pruned,
+            started=started,
+            seconds=time.time() - started,
+        )
+        return value
+
+    def record_run(self, mlflow_run_id: str | None) -> None:
+        """Notes the job's MLflow run id in the manifest."""
+        update_manifest(self.sweep_dir, self.key, mlflow_run_id=mlflow_run_id)
+
+    def should_prune(self, cfg: DictConfig, epoch: int, value: float) -> bool:
+        """Reports the monitored value to the job's Optuna trial; True = stop early."""
+        trial_number = OmegaConf.select(cfg, "optuna.trial", default=None)
+        if trial_number is None:
+            return False
+        from runner.sweeps.optuna_trial import report_and_check
+
+        self.pruned = report_and_check(cfg.optuna, int(trial_number), epoch, value)
+        return self.pruned

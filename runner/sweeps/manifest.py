@@ -1,0 +1,70 @@
+"""The files a sweep keeps in its dir, and how a job is named in them.
+
+    <sweep_dir>/sweep.json     the parent MLflow run: id, tracking URI, experiment
+    <sweep_dir>/manifest.json  one entry per job: overrides, status, run dir, run id, value
+    <sweep_dir>/STOP           written by a failing job when `sweep.fail_fast=true`
+
+Every piece of a sweep (the launching process's callback, each job, the summary) meets
+the others only through these files, so a sweep works the same whichever launcher runs
+its jobs: in this process, in local worker processes, or as SLURM jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from runner.tracking.store import file_lock
+
+SWEEP_FILE = "sweep.json"
+MANIFEST_FILE = "manifest.json"
+STOP_FILE = "STOP"
+SUBMITTED_FILE = "slurm_jobs.json"  # written by hydra/launcher=slurm_submit
+# Overrides that steer the sweep itself; a resumed sweep may change them freely.
+SWEEP_CONTROL_PREFIXES = ("sweep.", "+sweep.", "optuna.trial=", "+optuna.trial=")
+
+
+def write_json(path: Path, content: Any) -> None:
+    """Writes JSON atomically: a reader sees the old file or the new one, never half."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(json.dumps(content, indent=2, sort_keys=True))
+    os.replace(temp, path)
+
+
+def read_manifest(sweep_dir: Path) -> dict[str, dict[str, Any]]:
+    """The manifest's entries by job key ({} when the sweep has none yet)."""
+    path = Path(sweep_dir) / MANIFEST_FILE
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())["jobs"]
+
+
+def update_manifest(sweep_dir: Path, key: str, **fields: Any) -> dict[str, Any]:
+    """Merges `fields` into the job's manifest entry under a lock; returns the entry."""
+    path = Path(sweep_dir) / MANIFEST_FILE
+    with file_lock(path.with_name(path.name + ".lock")):
+        jobs = read_manifest(sweep_dir)
+        entry = {**jobs.get(key, {}), **fields, "updated": time.time()}
+        jobs[key] = entry
+        write_json(path, {"jobs": jobs})
+    return entry
+
+
+def job_key(overrides: list[str]) -> str:
+    """The identity of a job: its overrides, sorted, without the sweep-control ones."""
+    kept = [o for o in overrides if not o.startswith(SWEEP_CONTROL_PREFIXES)]
+    return " ".join(sorted(kept)) or "(no overrides)"
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, str]:
+    """`["a.b=1", "+c=x"]` -> `{"a.b": "1", "c": "x"}`."""
+    return {name: value for name, _, value in (o.lstrip("+~").partition("=") for o in overrides)}
+
+
+def read_sweep_info(sweep_dir: Path) -> dict[str, Any]:
+    """The parent run's record (sweep.json), or {} when the sweep has no tracking."""
+    path = Path(sweep_dir) / SWEEP_FILE
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,299 @@
+"""The end-of-sweep report: every job, seed aggregates, the best job and a plot.
+
+Reads only the sweep dir (manifest.json and each job's metrics.json), so it gives the
+same answer wherever the jobs ran, and can be rerun on a finished sweep:
+`python -m runner.sweeps summary <sweep_dir>`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.sweeps.manifest import parse_overrides, read_manifest
+from runner.tracking.protocol import Tracker
+
+# Test metrics shown in the markdown table (the CSV has all of them).
+_SHOWN_TEST_METRICS = ("test/acc", "test/balanced_acc", "test/macro_f1")
+
+
+@dataclass
+class Summary:
+    """What `summarize` found and wrote.
+
+    Attributes:
+        jobs: The manifest entries, each with its key, parsed overrides and test metrics.
+        markdown: The report (also in summary.md).
+        files: The files written into the sweep dir.
+        best_tags: Tags for the parent run: the best job's overrides and run id.
+        best_value: The best monitored value among finished jobs, or None.
+        failed: The jobs that did not finish (failed, skipped, interrupted).
+    """
+
+    jobs: list[dict[str, Any]]
+    markdown: str
+    files: list[Path] = field(default_factory=list)
+    best_tags: dict[str, str] = field(default_factory=dict)
+    best_value: float | None = None
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
+    """Builds the sweep's report and writes summary.md, summary.csv and sweep_plot.png.
+
+    Args:
+        sweep_dir: The sweep's directory.
+        monitor: The monitored metric (`trainer.monitor`), the value each job returned.
+        maximize: Whether larger monitored values are better.
+
+    Returns:
+        The summary.
+    """
+    sweep_dir = Path(sweep_dir)
+    jobs = []
+    for key, entry in sorted(read_manifest(sweep_dir).items(), key=lambda kv: kv[1].get("num", 0)):
+        metrics_file = Path(entry.get("run_dir", "/nonexistent")) / "metrics.json"
+        test = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        test = {k: v for k, v in test.items() if k.startswith("test/")}
+        jobs.append(
+            {
+                **entry,
+                "key": key,
+                "params": parse_overrides(entry.get("overrides", [])),
+                "test": test,
+            }
+        )
+    swept = _swept_names(jobs)
+    for job in jobs:  # what tells the jobs apart, for people reading the report
+        job["label"] = " ".join(
+            f"{n}={_short(job['params'][n])}" for n in swept if n in job["params"]
+        )
+    finished = [j for j in jobs if j.get("status") == "FINISHED" and _finite(j.get("value"))]
+    # A pruned job stopped early: its value does not stand for its configuration.
+    complete = [j for j in finished if not j.get("pruned")]
+    best = (max if maximize else min)(complete, key=lambda j: j["value"]) if complete else None
+
+    lines = [
+        f"# Sweep {sweep_dir.name}",
+        "",
+        f"{len(jobs)} job(s), {len(finished)} finished; "
+        f"monitored: {monitor} ({'max' if maximize else 'min'})",
+        "",
+    ]
+    shown = [m for m in _SHOWN_TEST_METRICS if any(m in j["test"] for j in jobs)]
+    header = ["job", *swept, "status", monitor, *shown, "mlflow run"]
+    rows = [
+        [
+            str(j.get("num", "")),
+            *(_short(j["params"].get(n, "")) for n in swept),
+            _status(j),
+            _fmt(j.get("value")),
+            *(_fmt(j["test"].get(m)) for m in shown),
+            j.get("mlflow_run_id") or "",
+        ]
+        for j in jobs
+    ]
+    lines += _markdown_table(header, rows)
+    aggregates = _seed_aggregates(jobs, swept, shown)
+    if aggregates:
+        lines += ["", "## Mean +- std over seeds", ""]
+        agg_header = [*[n for n in swept if n != "seed"], "seeds", monitor, *shown]
+        lines += _markdown_table(agg_header, aggregates)
+    best_tags = {}
+    if best is not None:
+        described = best["label"] or "the only job"
+        value = _fmt(best["value"])
+        lines += ["", f"Best: job {best.get('num')} ({described}): {monitor} = {value}"]
+        best_tags = {f"best.{n}": best["params"][n] for n in swept if n in best["params"]}
+        best_tags["best.run_id"] = best.get("mlflow_run_id") or ""
+        best_tags["best.job"] = str(best.get("num"))
+    not_done = [j for j in jobs if j.get("status") != "FINISHED"]
+    if not_done:
+        lines += ["", "## Not finished", ""]
+        lines += [
+            f"- job {j.get('num')} {j.get('status')}: {j['label'] or j['key']}"
+            + (f" ({j['error']})" if j.get("error") else "")
+            for j in not_done
+        ]
+    markdown = "\n".join(lines) + "\n"
+
+    files = [sweep_dir / "summary.md", sweep_dir / "summary.csv"]
+    files[0].write_text(markdown)
+    _write_csv(files[1], jobs, swept, monitor)
+    plot = _plot(jobs, [n for n in swept if n != "seed"], monitor, sweep_dir / "sweep_plot.png")
+    if plot is not None:
+        files.append(plot)
+    files += sorted((sweep_dir / "optuna").glob("*")) if (sweep_dir / "optuna").is_dir() else []
+    return Summary(jobs, markdown, files, best_tags, best["value"] if best else None, not_done)
+
+
+def summarize_and_log(
+    sweep_dir: Path, monitor: str, maximize: bool, tracker: Tracker | None = None
+) -> Summary:
+    """Summarises a sweep dir, prints the summary and logs it to the parent run.
+
+    Args:
+        sweep_dir: The sweep's directory.
+        monitor: The monitored metric.
+        maximize: Whether larger values of it are better.
+        tracker: The parent run's open tracker, or None for no logging.
+
+    Returns:
+        The summary.
+    """
+    summary = summarize(sweep_dir, monitor=monitor, maximize=maximize)
+    print(summary.markdown)
+    if tracker is not None:
+        for path in summary.files:
+            tracker.log_artifact(path, "summary")
+        tracker.set_tags({**summary.best_tags, "summary": "summary/summary.md"})
+        if summary.best_value is not None:
+            tracker.log_metrics({f"best/{monitor}": summary.best_value}, step=0)
+    return summary
+
+
+def _swept_names(jobs: list[dict[str, Any]]) -> list[str]:
+    """Override names whose values differ between jobs (all names for a single job)."""
+    names: dict[str, set[str]] = defaultdict(set)
+    all_names = {name for job in jobs for name in job["params"]}
+    for job in jobs:
+        for name in all_names:
+            names[name].add(job["params"].get(name, ""))
+    if len(jobs) == 1:
+        return sorted(names)
+    return sorted(n for n, values in names.items() if len(values) > 1 and n != "optuna.trial")
+
+
+def _status(job: dict[str, Any]) -> str:
+    return job.get("status", "?") + (" (pruned)" if job.get("pruned") else "")
+
+
+def _short(value: str) -> str:
+    """A long float as 4 significant digits (the CSV keeps every digit)."""
+    number = _as_number(value)
+    return f"{number:.4g}" if number is not None and len(value) > 8 else value
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if _finite(value) else ("" if value is None else str(value))
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def _seed_aggregates(
+    jobs: list[dict[str, Any]], swept: list[str], shown: list[str]
+) -> list[list[str]]:
+    """Mean +- std per config over the jobs that differ only by `seed`."""
+    if "seed" not in swept:
+        return []
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for job in jobs:
+        if job.get("status") == "FINISHED" and _finite(job.get("value")):
+            groups[tuple(job["params"].get(n, "") for n in swept if n != "seed")].append(job)
+    rows = []
+    for config, members in groups.items():
+        values = [[m["value"] for m in members]]
+        values += [
+            [m["test"][name] for m in members if _finite(m["test"].get(name))] for name in shown
+        ]
+        rows.append([*map(_short, config), str(len(members)), *(_mean_std(v) for v in values)])
+    return rows
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return ""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.4f} +- {std:.4f}"
+
+
+def _write_csv(path: Path, jobs: list[dict[str, Any]], swept: list[str], monitor: str) -> None:
+    test_names = sorted({name for job in jobs for name in job["test"]})
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            [
+                "job",
+                *swept,
+                "status",
+                "pruned",
+                monitor,
+                *test_names,
+                "mlflow_run_id",
+                "run_dir",
+                "overrides",
+                "error",
+            ]
+        )
+        for job in jobs:
+            writer.writerow(
+                [
+                    job.get("num", ""),
+                    *(job["params"].get(n, "") for n in swept),
+                    job.get("status", ""),
+                    bool(job.get("pruned")),
+                    job.get("value", ""),
+                    *(job["test"].get(name, "") for name in test_names),
+                    job.get("mlflow_run_id") or "",
+                    job.get("run_dir", ""),
+                    " ".join(job.get("overrides", [])),
+                    job.get("error", ""),
+                ]
+            )
+
+
+def _plot(jobs: list[dict[str, Any]], names: list[str], monitor: str, path: Path) -> Path | None:
+    """One panel per swept parameter: the monitored value of each finished job."""
+    finished = [j for j in jobs if j.get("status") == "FINISHED" and _finite(j.get("value"))]
+    if not names or not finished:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        raw = [j["params"].get(name, "") for j in finished]
+        numbers = [_as_number(v) for v in raw]
+        values = [j["value"] for j in finished]
+        if all(n is not None for n in numbers):
+            ax.scatter(numbers, values)
+            positive = [n for n in numbers if n > 0]
+            if len(positive) == len(numbers) and max(numbers) / min(positive) >= 10:
+                ax.set_xscale("log")
+        else:
+            categories = sorted(set(raw))
+            ax.scatter([categories.index(v) for v in raw], values)
+            ax.set_xticks(range(len(categories)), categories, rotation=30)
+        ax.set_xlabel(name)
+        ax.set_ylabel(monitor)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{monitor} by swept parameter")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _as_number(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None

@@ -1,0 +1,48 @@
+"""Maintenance of a tracking store.
+
+python -m runner.tracking reap [--tracking-uri URI]   # stale RUNNING runs -> KILLED
+python -m runner.tracking replay FILE                 # send logs a server missed
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from runner.config.resolvers import REPO_ROOT
+from runner.tracking.outbox import replay_pending
+from runner.tracking.store import reap_stale_runs
+
+DEFAULT_URI = f"sqlite:///{REPO_ROOT / 'outputs' / 'mlflow.db'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs a maintenance command; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m runner.tracking", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    reap = commands.add_parser(
+        "reap", help="mark RUNNING runs of processes on this host that are gone as KILLED"
+    )
+    reap.add_argument("--tracking-uri", default=DEFAULT_URI, help=f"default: {DEFAULT_URI}")
+    replay = commands.add_parser(
+        "replay", help="send the logs saved in a run dir's mlflow_pending.jsonl to the server"
+    )
+    replay.add_argument("file", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "replay":
+        print(f"{replay_pending(args.file)} logging operation(s) sent")
+        return 0
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=args.tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    reaped = reap_stale_runs(client, experiments) if experiments else []
+    print(f"{len(reaped)} stale run(s) marked KILLED")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

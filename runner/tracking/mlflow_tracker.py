@@ -1,0 +1,265 @@
+"""Tracking to MLflow (a SQLite file or a server) through `MlflowClient`.
+
+Metrics are buffered and sent in one `log_batch` call per flush, so logging costs one
+database round trip per epoch, never one per metric per step. With a server, every call
+goes through an outbox thread, so a server that goes away never stops training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from runner.tracking.outbox import Outbox, apply_op, write_pending
+from runner.tracking.store import (
+    TrackingUnavailableError,
+    file_lock,
+    reap_stale_runs,
+    server_reachable,
+    with_retry,
+)
+
+log = logging.getLogger(__name__)
+
+# MLflow limits per log_batch call.
+_MAX_PARAMS_PER_BATCH = 100
+_MAX_METRICS_PER_BATCH = 1000
+_MAX_PARAM_LENGTH = 6000
+
+
+class MlflowTracker:
+    """Logs a run to MLflow through `MlflowClient` with explicit run ids.
+
+    Args:
+        tracking_uri: `sqlite:///path/to/mlflow.db` or a server URL.
+        artifact_location: Local folder for the artifacts of experiments this tracker
+            creates in a local store; a server chooses its own.
+        experiment_name: Experiment to log into; None = the name the run passes in
+            (the data set's name).
+        run_name: Display name of the run; None = the run dir's name.
+        offline_fallback: When the server cannot be reached at start, log to
+            `fallback_uri` instead of failing.
+        fallback_uri: The local store used by `offline_fallback`.
+        delivery_timeout_s: How long the end of a run waits for a server that went away
+            to take the buffered logs; what is left is written to the run dir with a
+            command that replays it.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        artifact_location: str | None = None,
+        experiment_name: str | None = None,
+        run_name: str | None = None,
+        offline_fallback: bool = False,
+        fallback_uri: str | None = None,
+        delivery_timeout_s: float = 30.0,
+    ):
+        self.tracking_uri = tracking_uri
+        self.artifact_location = artifact_location
+        self.experiment_name = experiment_name
+        self.run_name = run_name
+        self.offline_fallback = offline_fallback
+        self.fallback_uri = fallback_uri
+        self.fell_back_from: str | None = None
+        self.delivery_timeout_s = delivery_timeout_s
+        self.outbox: Outbox | None = None
+        self.local_dir: Path | None = None
+        self.longest_block_s = 0.0
+        self.client = None
+        self.run_id = None
+        self.experiment_id = None
+        self._metrics: list = []
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the store is a local database file rather than a server."""
+        return not self.tracking_uri.startswith(("http://", "https://", "databricks"))
+
+    def connect(self, experiment_name: str) -> None:
+        """Opens the store and the experiment before any compute is spent.
+
+        A server that does not answer fails here, within seconds (or switches to the
+        fallback store when `offline_fallback` is on). RUNNING runs of processes on this
+        host that are gone are marked KILLED.
+
+        Args:
+            experiment_name: Experiment to use when none was configured.
+
+        Raises:
+            TrackingUnavailableError: The server does not answer and there is no fallback.
+        """
+        from mlflow.tracking import MlflowClient
+
+        if not self.is_local:
+            # The outbox retries on its own; MLflow's default (7 retries with backoff)
+            # would hold a call for minutes while a server is down.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        if not self.is_local and not server_reachable(self.tracking_uri):
+            self.fell_back_from = self._fall_back()
+        name = self.experiment_name or experiment_name
+        with self._store_lock():
+            # Creating the client opens the store, and the first opening of a new SQLite
+            # store creates its tables; two processes doing that at once corrupt the
+            # migration, so they take turns.
+            self.client = MlflowClient(tracking_uri=self.tracking_uri)
+            self.experiment_id = with_retry(lambda: self._experiment_id(name))
+        reap_stale_runs(self.client, [self.experiment_id])
+
+    def start(
+        self,
+        run_name: str | None,
+        tags: dict[str, str],
+        resume_run_id: str | None = None,
+        local_dir: Path | None = None,
+    ) -> None:
+        """Creates (or reopens, for a resumed run) the MLflow run; `connect` comes first.
+
+        Args:
+            run_name: Display name when none was configured.
+            tags: Tags of the run.
+            resume_run_id: Id of this run's earlier MLflow run, to log into it again.
+            local_dir: Where logs a server never received are saved at the end.
+        """
+        self.local_dir = local_dir
+        tags = {**tags, "runner.pid": str(os.getpid()), "runner.host": socket.gethostname()}
+        if self.fell_back_from:
+            tags["offline_fallback"] = self.fell_back_from
+        if resume_run_id:
+            with_retry(lambda: self.client.update_run(resume_run_id, status="RUNNING"))
+            self.run_id = resume_run_id
+            self.set_tags(tags)
+            return
+        run = with_retry(
+            lambda: self.client.create_run(
+                self.experiment_id, run_name=self.run_name or run_name, tags=tags
+            )
+        )
+        self.run_id = run.info.run_id
+
+    def _fall_back(self) -> str:
+        """Switches to the local fallback store, or raises when that is not allowed."""
+        unreachable = self.tracking_uri
+        if not (self.offline_fallback and self.fallback_uri):
+            raise TrackingUnavailableError(
+                f"logger.tracking_uri={unreachable!r}: the MLflow server does not answer. "
+                "Start it, fix the URI, or set logger.offline_fallback=true to log to the "
+                "local store instead."
+            )
+        self.tracking_uri = self.fallback_uri
+        log.warning(
+            "MLflow server %s does not answer: logging to %s instead "
+            "(logger.offline_fallback=true)",
+            unreachable,
+            self.fallback_uri,
+        )
+        return unreachable
+
+    def _store_lock(self) -> contextlib.AbstractContextManager:
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return contextlib.nullcontext()
+        database = Path(self.tracking_uri.removeprefix("sqlite:///"))
+        return file_lock(database.with_name(database.name + ".lock"))
+
+    def _experiment_id(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = None
+        if self.is_local and self.artifact_location:
+            location = (Path(self.artifact_location).resolve() / name).as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException:
+            # Another run created it first.
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Logs params in batches of MLflow's maximum size; long values are truncated."""
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for start in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+            chunk = items[start : start + _MAX_PARAMS_PER_BATCH]
+            with_retry(lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
+
+    def _submit(self, op: tuple) -> None:
+        """Performs an operation now (local store) or queues it (server)."""
+        started = time.perf_counter()
+        if self.is_local:
+            with_retry(lambda: apply_op(self.client, self.run_id, op))
+        else:
+            if self.outbox is None:
+                self.outbox = Outbox(lambda queued: apply_op(self.client, self.run_id, queued))
+            self.outbox.put(op)
+        self.longest_block_s = max(self.longest_block_s, time.perf_counter() - started)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Buffers metrics; `flush` sends them."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._metrics.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+
+    def flush(self) -> None:
+        """Sends the buffered metrics in as few calls as MLflow allows."""
+        pending, self._metrics = self._metrics, []
+        for start in range(0, len(pending), _MAX_METRICS_PER_BATCH):
+            self._submit(("metrics", pending[start : start + _MAX_METRICS_PER_BATCH]))
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Sets tags on the run."""
+        self._submit(("tags", {k: str(v) for k, v in tags.items()}))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Copies a file into the run's artifacts."""
+        self._submit(("artifact", str(path), artifact_path))
+
+    def finish(self, status: str) -> None:
+        """Flushes and ends the run as FINISHED, FAILED or KILLED.
+
+        With a server, waits up to `delivery_timeout_s` for buffered logs; what the
+        server did not take is saved to `<run dir>/mlflow_pending.jsonl`, with the
+        command that sends it later.
+        """
+        if self.run_id is None:
+            return
+        try:
+            self.flush()
+        finally:
+            self._submit(("status", status))
+        log.info("tracking: the longest logging call blocked training %.3f s", self.longest_block_s)
+        if self.outbox is None:
+            return
+        left = self.outbox.close(self.delivery_timeout_s)
+        if left:
+            path = (self.local_dir or Path.cwd()) / "mlflow_pending.jsonl"
+            write_pending(path, self.tracking_uri, self.run_id, left)
+            log.error(
+                "MLflow server %s did not take %d logging operation(s); saved to %s. "
+                "Send them when it is back: python -m runner.tracking replay %s",
+                self.tracking_uri,
+                len(left),
+                path,
+                path,
+            )
+
+    def describe(self) -> str:
+        """Where the run can be looked at."""
+        if self.is_local:
+            # `mlflow ui` serves on 127.0.0.1:5000 by default; the URL works once it runs.
+            return (
+                f"run {self.run_id}; view with: mlflow ui --backend-store-uri "
+                f"{self.tracking_uri}, then open http://127.0.0.1:5000/#/experiments/"
+                f"{self.experiment_id}/runs/{self.run_id}"
+            )
+        base = self.tracking_uri.rstrip("/")
+        return f"{base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"

@@ -1,0 +1,46 @@
+"""The tracker of `logger=none` (and of DDP ranks other than 0): it records nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class NullTracker:
+    """Tracks nothing; the run dir still gets metrics.json and checkpoints."""
+
+    run_id: str | None = None
+
+    def connect(self, experiment_name: str) -> None:
+        """Does nothing."""
+
+    def start(
+        self,
+        run_name: str | None,
+        tags: dict[str, str],
+        resume_run_id: str | None = None,
+        local_dir: Path | None = None,
+    ) -> None:
+        """Does nothing."""
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Does nothing."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Does nothing."""
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Does nothing."""
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Does nothing."""
+
+    def flush(self) -> None:
+        """Does nothing."""
+
+    def finish(self, status: str) -> None:
+        """Does nothing."""
+
+    def describe(self) -> str:
+        """Where the run can be looked at."""
+        return "not tracked (logger=none)"

@@ -1,0 +1,120 @@
+"""Logging operations that wait for a server: the outbox thread and the pending-log file.
+
+While a tracking server is away, operations queue in the `Outbox` and are retried in
+order; what it never takes is saved as JSON lines and sent later with
+`python -m runner.tracking replay <file>`.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    """Delivers logging operations to a server on a background thread.
+
+    The training loop only appends; while the server is down, operations wait here and
+    are retried with backoff, in order, so a stopped server never blocks training.
+
+    Args:
+        send: Performs one operation against the server; raises when it cannot.
+    """
+
+    def __init__(self, send: Callable[[tuple], None]):
+        self._send = send
+        self._ops: collections.deque[tuple] = collections.deque()
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._thread = threading.Thread(target=self._deliver, name="mlflow-outbox", daemon=True)
+        self._thread.start()
+
+    def put(self, op: tuple) -> None:
+        """Queues an operation (returns at once)."""
+        with self._cond:
+            self._ops.append(op)
+            self._cond.notify_all()
+
+    def _deliver(self) -> None:
+        delay, failing = 0.5, False
+        while True:
+            with self._cond:
+                while not self._ops and self._deadline is None:
+                    self._cond.wait()
+                if not self._ops or (self._deadline and time.monotonic() > self._deadline):
+                    return
+                op = self._ops[0]
+            try:
+                self._send(op)
+            except Exception as err:
+                if not failing:
+                    log.warning("MLflow server unreachable (%s); buffering and retrying", err)
+                failing = True
+                with self._cond:
+                    self._cond.wait(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if failing:
+                log.info("MLflow server reachable again: delivering buffered logs")
+            delay, failing = 0.5, False
+            with self._cond:
+                self._ops.popleft()
+                self._cond.notify_all()
+
+    def close(self, timeout_s: float) -> list[tuple]:
+        """Waits up to `timeout_s` for delivery; returns the operations still pending."""
+        with self._cond:
+            self._deadline = time.monotonic() + timeout_s
+            self._cond.notify_all()
+        self._thread.join(timeout_s + 15)
+        with self._cond:
+            return list(self._ops)
+
+
+def write_pending(path: Path, tracking_uri: str, run_id: str, ops: list[tuple]) -> None:
+    """Saves undelivered operations as JSON lines for `python -m runner.tracking replay`."""
+    with path.open("w") as handle:
+        handle.write(json.dumps({"tracking_uri": tracking_uri, "run_id": run_id}) + "\n")
+        for kind, *args in ops:
+            if kind == "metrics":
+                args = [[[m.key, m.value, m.timestamp, m.step] for m in args[0]]]
+            handle.write(json.dumps([kind, *args]) + "\n")
+
+
+def replay_pending(path: Path) -> int:
+    """Sends the operations of a pending-log file to its server; returns how many."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    header, *lines = path.read_text().splitlines()
+    target = json.loads(header)
+    client = MlflowClient(tracking_uri=target["tracking_uri"])
+    for line in lines:
+        kind, *args = json.loads(line)
+        if kind == "metrics":
+            args = [[Metric(*fields) for fields in args[0]]]
+        apply_op(client, target["run_id"], (kind, *args))
+    return len(lines)
+
+
+def apply_op(client: Any, run_id: str, op: tuple) -> None:
+    """Performs one logging operation with an MlflowClient."""
+    from mlflow.entities import RunTag
+
+    kind, *args = op
+    if kind == "metrics":
+        client.log_batch(run_id, metrics=args[0])
+    elif kind == "tags":
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in args[0].items()])
+    elif kind == "artifact":
+        client.log_artifact(run_id, args[0], args[1])
+    elif kind == "status":
+        client.set_terminated(run_id, status=args[0])

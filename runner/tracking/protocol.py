@@ -1,0 +1,49 @@
+"""What a run asks of its tracker; `MlflowTracker` and `NullTracker` both provide it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class Tracker(Protocol):
+    """An experiment tracker as the recipes, reports and sweeps use it.
+
+    `connect` comes first (it fails fast when a server is down), then `start`; every
+    other call belongs to the started run, and `finish` ends it with a status.
+    """
+
+    run_id: str | None
+
+    def connect(self, experiment_name: str) -> None:
+        """Opens the store and the experiment (the data set's name when none is set)."""
+
+    def start(
+        self,
+        run_name: str | None,
+        tags: dict[str, str],
+        resume_run_id: str | None = None,
+        local_dir: Path | None = None,
+    ) -> None:
+        """Creates the run, or reopens `resume_run_id` to log into it again."""
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Logs params (once each: MLflow refuses to change a logged param)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Buffers metrics for the next `flush`."""
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Sets tags on the run."""
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Copies a file into the run's artifacts."""
+
+    def flush(self) -> None:
+        """Sends the buffered metrics."""
+
+    def finish(self, status: str) -> None:
+        """Flushes and ends the run as FINISHED, FAILED or KILLED."""
+
+    def describe(self) -> str:
+        """Where the run can be looked at, for the summary."""

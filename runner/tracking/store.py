@@ -1,0 +1,108 @@
+"""The MLflow store's plumbing: locks, retries, server health, runs of dead processes.
+
+A file lock for first opens of a SQLite store, retries while SQLite is locked, the
+server's health check, and marking RUNNING runs of dead processes KILLED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Holds an exclusive lock on `path` (POSIX flock; a no-op where unsupported)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: concurrent first runs there must be started apart
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def with_retry(call: Callable[[], T], attempts: int = 8, first_delay_s: float = 0.05) -> T:
+    """Runs `call`, retrying with jittered exponential backoff while SQLite is locked."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as err:
+            if "database is locked" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(first_delay_s * 2**attempt * (1 + random.random()))
+    raise AssertionError("unreachable")
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The tracking server cannot be reached; the message names it and the fix."""
+
+
+def server_reachable(uri: str, timeout_s: float = 5.0) -> bool:
+    """Whether an MLflow server answers its /health endpoint within `timeout_s`."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as reply:
+            return reply.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def reap_stale_runs(client: Any, experiment_ids: list[str], host: str | None = None) -> list[str]:
+    """Marks KILLED the RUNNING runs whose process on this host no longer exists.
+
+    A run killed with SIGKILL (or by the OOM killer) cannot end its own MLflow run; its
+    `runner.pid` and `runner.host` tags tell whether its process is gone.
+
+    Args:
+        client: An MlflowClient.
+        experiment_ids: Experiments to search.
+        host: The host whose runs to check; None = this one.
+
+    Returns:
+        The ids of the runs marked KILLED.
+    """
+    host = host or socket.gethostname()
+    reaped = []
+    runs = client.search_runs(
+        experiment_ids, filter_string="attributes.status = 'RUNNING'", max_results=5000
+    )
+    for run in runs:
+        tags = run.data.tags
+        pid = tags.get("runner.pid", "")
+        if tags.get("runner.host") != host or not pid.isdigit() or process_alive(int(pid)):
+            continue
+        client.set_tag(run.info.run_id, "reaped", f"process {pid} on {host} was gone")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        reaped.append(run.info.run_id)
+    if reaped:
+        log.warning("marked %d stale run(s) of dead processes KILLED: %s", len(reaped), reaped)
+    return reaped

@@ -1,0 +1,119 @@
+"""checkpoints/best.pt: one versioned schema for the writer, eval, predict and MLflow.
+
+best.pt holds the best weights and everything needed to use them without the training
+run's files: the run's resolved (redacted) config, the class names, the normalisation,
+the image size, the epoch and its metrics, and the training run's MLflow id. It loads
+with `torch.load(path, weights_only=True)`; its keys are those of `BestCheckpoint`'s
+fields (mean and std under "normalization") plus "schema_version".
+
+Version 1 is the file written before the package was split into layers: no
+"schema_version" key, and a config whose `_target_`s name the flat modules
+(`runner.cifar_models.cifar_resnet`); reading it maps them to their new homes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from runner.config.targets import upgrade_legacy_targets
+from runner.training.checkpoint_io import CheckpointError, load_checkpoint
+
+SCHEMA_VERSION = 2
+# What every version has that a last.pt or any other file has not.
+_REQUIRED = ("model", "config", "class_names", "normalization", "image_size")
+
+
+@dataclass
+class BestCheckpoint:
+    """The content of a best.pt.
+
+    Attributes:
+        model: The weights (the EMA's when EMA was on), a state dict.
+        config: The training run's resolved config as YAML, secrets redacted.
+        class_names: Name per class id.
+        mean: Per-channel normalisation mean the model was trained with.
+        std: Per-channel normalisation std.
+        image_size: Side of the images the model was trained on.
+        epoch: The epoch these weights are from.
+        metrics: That epoch's metrics.
+        mlflow_run_id: The training run, linked from eval runs (source_run_id).
+    """
+
+    model: dict[str, torch.Tensor]
+    config: str
+    class_names: list[str]
+    mean: list[float]
+    std: list[float]
+    image_size: int
+    epoch: int = 0
+    metrics: dict[str, float] | None = None
+    mlflow_run_id: str | None = None
+
+    def to_payload(self) -> dict[str, Any]:
+        """The dict saved as best.pt (tensors and plain types only)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "config": self.config,
+            "class_names": list(self.class_names),
+            "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            "image_size": int(self.image_size),
+            "epoch": int(self.epoch),
+            "metrics": dict(self.metrics or {}),
+            "mlflow_run_id": self.mlflow_run_id,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Any, path: Path | str = "best.pt") -> BestCheckpoint:
+        """Reads a loaded best.pt of any schema version.
+
+        Raises:
+            CheckpointError: It is not a best.pt (e.g. a last.pt, which holds training
+                state but not the config and class names), or a newer version.
+        """
+        missing = [key for key in _REQUIRED if not isinstance(payload, dict) or key not in payload]
+        if missing:
+            is_last = isinstance(payload, dict) and "optimizer" in payload
+            kind = "a training-state checkpoint (last.pt)" if is_last else "not a best.pt"
+            raise CheckpointError(
+                f"ckpt={str(path)!r} is {kind}: it lacks {', '.join(missing)}. "
+                "Pass the run's checkpoints/best.pt"
+            )
+        version = payload.get("schema_version", 1)
+        if version > SCHEMA_VERSION:
+            raise CheckpointError(
+                f"ckpt={str(path)!r} has best.pt schema version {version}, newer than this "
+                f"runner's {SCHEMA_VERSION}: update the runner to read it"
+            )
+        config = payload["config"]
+        if version == 1:
+            config = OmegaConf.to_yaml(upgrade_legacy_targets(OmegaConf.create(config)))
+        return cls(
+            model=payload["model"],
+            config=config,
+            class_names=list(payload["class_names"]),
+            mean=list(payload["normalization"]["mean"]),
+            std=list(payload["normalization"]["std"]),
+            image_size=int(payload["image_size"]),
+            epoch=int(payload.get("epoch", 0)),
+            metrics=dict(payload.get("metrics") or {}),
+            mlflow_run_id=payload.get("mlflow_run_id"),
+        )
+
+    def stored_config(self) -> DictConfig:
+        """The training run's config."""
+        return OmegaConf.create(self.config)
+
+
+def read_best(path: Path | str) -> BestCheckpoint:
+    """Loads a best.pt (weights only) of any schema version.
+
+    Raises:
+        CheckpointError: The file cannot be loaded safely, or is not a best.pt.
+    """
+    return BestCheckpoint.from_payload(load_checkpoint(path), path)

@@ -1,0 +1,142 @@
+"""What every step of a run shares (`RunContext`), and the run's one lifecycle (`tracked_run`).
+
+A recipe builds one `RunContext` after validating its config and passes it down, instead
+of handing device, precision, tracker, run dir, writer and stop flag to every call.
+`tracked_run` gives every tracked run (train and eval alike) an end: FINISHED, FAILED
+with its traceback saved next to it and in the tracker, or KILLED, followed by the
+requeue hand-over when SLURM asked the job to stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from runner.sweeps.job import SweepJob
+from runner.tracking.protocol import Tracker
+from runner.training import distributed
+from runner.training.checkpoint_io import AsyncCheckpointWriter, NullCheckpointWriter
+from runner.training.signals import GracefulStop, TrainingInterrupted
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    """The state one run shares between its steps.
+
+    Attributes:
+        cfg: The composed, validated config.
+        device: Where the run computes.
+        precision: The resolved precision ("32", "bf16" or "16").
+        world: This process's place among the training processes (DDP).
+        run_dir: Where the run's files go.
+        tracker: The run's tracker (a NullTracker on ranks other than 0).
+        writer: Writes checkpoints in the background (writes nothing on other ranks).
+        stop: Turns SIGTERM/SIGUSR2/Ctrl-C into a stop at the next step boundary.
+        job: The sweep job this run is, or None outside a sweep.
+    """
+
+    cfg: DictConfig
+    device: torch.device
+    precision: str
+    world: distributed.World
+    run_dir: Path
+    tracker: Tracker
+    writer: AsyncCheckpointWriter | NullCheckpointWriter = field(
+        default_factory=NullCheckpointWriter
+    )
+    stop: GracefulStop = field(default_factory=GracefulStop)
+    job: SweepJob | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process logs, writes the run's files and tests (rank 0)."""
+        return self.world.is_main
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    """Turns `trainer.device` into a torch device; auto = CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"trainer.device={device!r} but CUDA is not available: use trainer.device=auto or cpu"
+        )
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Turns `trainer.precision` into "32", "bf16" or "16" for this device.
+
+    auto picks bf16 on CUDA devices that support it and 32 elsewhere: bf16 autocast on
+    CPUs without native bf16 units is slower than float32.
+    """
+    precision = str(precision)
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "32"
+    if precision == "16" and device.type != "cuda":
+        raise RuntimeError(
+            "trainer.precision=16 needs a CUDA device: use trainer.precision=bf16 or 32"
+        )
+    return precision
+
+
+@contextlib.contextmanager
+def tracked_run(ctx: RunContext) -> Iterator[None]:
+    """Ends the tracked run with a status whatever happens inside the block.
+
+    FINISHED when the block returns; KILLED when a signal stopped training (the process
+    then exits with 128 + the signal, after the requeue hand-over for SLURM's USR2) or
+    on Ctrl-C; FAILED otherwise, with the traceback in `<run dir>/traceback.txt` and the
+    tracker. The checkpoint writer is drained first, so a write error is reported too.
+    """
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    except TrainingInterrupted as stopped:
+        status = "KILLED"
+        log.warning("run stopped (%s); continue it by running again in %s", stopped, ctx.run_dir)
+        raise SystemExit(stopped.exit_code) from None
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        save_traceback(ctx.tracker, ctx.run_dir)
+        raise
+    finally:
+        write_error = ctx.writer.close()
+        if write_error is not None:
+            log.error("%s", write_error)
+        ctx.tracker.finish(status)
+        if status == "KILLED":
+            ctx.stop.hand_over()  # after USR2 under SLURM: requeue the job
+
+
+def save_traceback(tracker: Tracker, run_dir: Path) -> None:
+    """Saves the traceback of a failed run next to it and into the tracker."""
+    path = run_dir / "traceback.txt"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(traceback.format_exc())
+    log.error("run failed; traceback in %s", path)
+    try:
+        tracker.log_artifact(path)
+    except Exception:  # the original error matters more than a failed upload
+        log.exception("could not upload %s", path)

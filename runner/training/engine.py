@@ -1,0 +1,294 @@
+"""One training epoch and one evaluation pass: AMP, accumulation, clipping, EMA.
+
+Running sums stay on the device; the host reads them only at logging intervals and at
+the end of an epoch, so the loop adds no host sync per step.
+
+Under MixUp/CutMix the targets are soft, (N, C) probabilities, and every loss in
+`runner.training.losses` takes them as they are. Training accuracy then counts a prediction as
+right when it is the dominant class of its target (the class with the largest share),
+which for an unmixed sample is simply its label.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from runner.augment.device import DeviceAugment
+
+# Called at logging intervals with (step in epoch, mean loss so far, accuracy so far).
+LogHook = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+def make_autocast(
+    device: torch.device, precision: str
+) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of autocast contexts for the resolved precision ("32", "bf16", "16")."""
+    if precision == "32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite and `trainer.nan_policy` says to stop."""
+
+
+@dataclass
+class EpochStats:
+    """How far an epoch got: enough to continue it exactly after a restart.
+
+    The sums are host numbers, read once when the epoch ends or is interrupted.
+    """
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seen: int = 0
+    seconds: float = 0.0
+    finished: bool = False
+
+    @property
+    def loss(self) -> float:
+        """Mean training loss so far."""
+        return self.loss_sum / max(self.seen, 1)
+
+    @property
+    def acc(self) -> float:
+        """Training accuracy so far."""
+        return self.correct / max(self.seen, 1)
+
+    @property
+    def throughput(self) -> float:
+        """Training images per second."""
+        return self.seen / max(self.seconds, 1e-9)
+
+
+@dataclass
+class NanGuard:
+    """What to do about a non-finite loss, and how many skips are left.
+
+    With policy "stop", the loop records the first bad step on the device and checks it
+    only where it reads the host anyway (logging intervals, epoch end): no sync per
+    step, and the run stops before the next checkpoint is written. With policy "skip",
+    every step's loss is checked on the host (one sync per step) so that a bad batch's
+    update is never applied.
+    """
+
+    policy: str = "stop"
+    max_skips: int = 10
+    skipped: int = 0
+
+
+def train_one_epoch(
+    *,
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    augment: DeviceAugment,
+    normalize: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    device: torch.device,
+    ema: nn.Module | None = None,
+    accumulate_grad_batches: int = 1,
+    gradient_clip_val: float | None = None,
+    log_every_n_steps: int = 10,
+    on_log: LogHook | None = None,
+    progress: EpochStats | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    nan_guard: NanGuard | None = None,
+    first_step: int = 1,
+) -> EpochStats:
+    """Trains the model for one pass over `loader`, or the rest of one.
+
+    Args:
+        model: The (possibly compiled) model, in train mode.
+        loader: Yields (uint8 images, int64 labels) batches; when `progress` says the
+            epoch is partly done, the loader already starts after those batches.
+        augment: Turns a uint8 batch into augmented float images in [0, 1], then
+            mixes it (MixUp/CutMix with soft targets) when configured to.
+        normalize: Per-channel normalisation (and memory format).
+        loss_fn: Loss of (logits, target); the target is (N,) class ids or (N, C)
+            probabilities under mixing.
+        optimizer: The optimizer.
+        scheduler: Per-step lr schedule, stepped after every optimizer step.
+        scaler: Gradient scaler (a pass-through unless precision is 16).
+        autocast: Factory of autocast contexts.
+        device: Where the batches go.
+        ema: timm ModelEmaV3, updated after every optimizer step; None = off.
+        accumulate_grad_batches: Batches per optimizer step.
+        gradient_clip_val: Max global gradient norm; None = no clipping.
+        log_every_n_steps: Interval of `on_log` calls, in batches.
+        on_log: Called at logging intervals; may read the tensors it gets.
+        progress: The progress of this epoch before a restart; None = a fresh epoch.
+        should_stop: Asked after every optimizer step; True ends the epoch early
+            (`finished` is then False) so the caller can checkpoint and exit.
+        nan_guard: Policy for non-finite losses; None = stop.
+        first_step: Global number of the epoch's first batch (for error messages).
+
+    Returns:
+        The epoch's progress: sums, sample count, duration, and whether it finished.
+
+    Raises:
+        NonFiniteLossError: A non-finite loss under policy "stop", or more skips than
+            the policy allows.
+    """
+    model.train()
+    augment.train()
+    done = progress or EpochStats()
+    guard = nan_guard or NanGuard()
+    loss_sum = torch.full((), done.loss_sum, device=device)
+    correct = torch.full((), done.correct, device=device)
+    counter = torch.zeros((), device=device, dtype=torch.long)
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)
+    seen = done.seen
+    total = done.batches + len(loader)
+    batch_index = done.batches
+    start = time.perf_counter()
+    window_start = True  # the next backward begins an accumulation window
+    for batch_index, (images, labels) in enumerate(loader, start=done.batches + 1):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        images, targets = augment.mix(augment(images), labels)
+        inputs = normalize(images)
+        with autocast():
+            logits = model(inputs)
+            loss = loss_fn(logits, targets)
+        finite = torch.isfinite(loss.detach())
+        if guard.policy == "skip" and not bool(finite):
+            guard.skipped += 1
+            if guard.skipped > guard.max_skips:
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {first_step + batch_index - 1}: "
+                    f"more than trainer.max_nan_skips={guard.max_skips} batches skipped"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            continue
+        counter += 1
+        first_bad = torch.where(~finite & (first_bad < 0), counter, first_bad)
+        if window_start:
+            # Clearing right before the backward that refills the gradients (not right
+            # after the step) keeps their memory with the allocator: on the CPU, freeing
+            # it early hands it back to the OS and every step faults it in again.
+            optimizer.zero_grad(set_to_none=True)
+            window_start = False
+        scaler.scale(loss / accumulate_grad_batches).backward()
+        at_boundary = batch_index % accumulate_grad_batches == 0 or batch_index == total
+        if at_boundary:
+            _optimizer_step(model, optimizer, scaler, gradient_clip_val)
+            window_start = True
+            scheduler.step()
+            if ema is not None:
+                ema.update(model)
+        batch = labels.shape[0]
+        seen += batch
+        loss_sum += loss.detach().float() * batch
+        correct += (logits.detach().argmax(-1) == dominant_class(targets)).sum()
+        if on_log is not None and (batch_index % log_every_n_steps == 0 or batch_index == total):
+            _raise_if_bad(first_bad, first_step + done.batches)
+            on_log(batch_index, loss_sum / seen, correct / seen)
+        if at_boundary and should_stop is not None and should_stop():
+            break
+    loss_value, correct_value, bad = torch.stack(
+        [loss_sum.float(), correct.float(), first_bad.float()]
+    ).tolist()
+    _raise_if_bad(bad, first_step + done.batches)
+    return EpochStats(
+        batches=batch_index,
+        loss_sum=loss_value,
+        correct=correct_value,
+        seen=seen,
+        seconds=done.seconds + time.perf_counter() - start,
+        finished=batch_index == total,
+    )
+
+
+def _raise_if_bad(first_bad: torch.Tensor | float, offset: int) -> None:
+    """Raises when `first_bad` (1-based batch of this call, or -1) marks a bad loss."""
+    index = int(first_bad.item() if isinstance(first_bad, torch.Tensor) else first_bad)
+    if index >= 0:
+        raise NonFiniteLossError(
+            f"non-finite loss at step {offset + index - 1} (trainer.nan_policy=stop): "
+            "training stopped; the checkpoints written before it are untouched"
+        )
+
+
+def dominant_class(targets: torch.Tensor) -> torch.Tensor:
+    """The class with the largest share of each target: (N,) labels stay as they are."""
+    return targets.argmax(-1) if targets.ndim == 2 else targets
+
+
+def _optimizer_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    gradient_clip_val: float | None,
+) -> None:
+    if gradient_clip_val is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), gradient_clip_val)
+    scaler.step(optimizer)
+    scaler.update()
+
+
+@torch.inference_mode()
+def evaluate(
+    *,
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    normalize: nn.Module,
+    metrics: nn.Module,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    device: torch.device,
+    extra_metrics: Iterable[nn.Module] = (),
+    augment: nn.Module | None = None,
+) -> dict[str, float]:
+    """Evaluates the model: mean cross-entropy plus every metric in `metrics`.
+
+    Args:
+        model: The model (set to eval mode here).
+        loader: Yields (uint8 images, int64 labels) batches in a fixed order.
+        normalize: Per-channel normalisation.
+        metrics: A torchmetrics MetricCollection updated with (probabilities, labels).
+        autocast: Factory of autocast contexts.
+        device: Where the batches go.
+        extra_metrics: More metrics updated with (logits, labels), e.g. a confusion
+            matrix; the caller reads them.
+        augment: The training augmentation, used in eval mode: only resize and
+            center-crop. None = the images go to `normalize` as they are.
+
+    Returns:
+        {"loss": ..., <metric name>: ...} as host floats.
+    """
+    model.eval()
+    if augment is not None:
+        augment.eval()
+    metrics.reset()
+    loss_sum = torch.zeros((), device=device)
+    seen = 0
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if augment is not None:
+            images = augment(images)
+        with autocast():
+            logits = model(normalize(images))
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        seen += labels.shape[0]
+        probabilities = logits.softmax(-1)
+        metrics.update(probabilities, labels)
+        for metric in extra_metrics:
+            metric.update(probabilities, labels)
+    results = {name: float(value) for name, value in metrics.compute().items()}
+    results["loss"] = (loss_sum / max(seen, 1)).item()
+    return results

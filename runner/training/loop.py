@@ -1,0 +1,224 @@
+"""The epoch loop: train, validate, decide, checkpoint, log; until done or stopped.
+
+`fit` runs the epochs; `decide_after_epoch` is every end-of-epoch decision in one small
+pure function (improved? which files? stop for pruning or patience?), so the loop itself
+only acts on its answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from functools import partial
+
+from runner.data.splits import DataSplits
+from runner.reports.console import ProgressDisplay
+from runner.training import distributed, engine
+from runner.training.best_checkpoint import BestCheckpoint
+from runner.training.context import RunContext
+from runner.training.metrics import build_metrics
+from runner.training.parts import TrainingParts
+from runner.training.signals import TrainingInterrupted
+from runner.training.state import TrainState, last_payload
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EpochDecision:
+    """What to do after an epoch.
+
+    Attributes:
+        improved: The monitored value is the best so far: write best.pt.
+        stop: Why training ends after this epoch's files are written: "interrupted" (a
+            signal asked to stop), "pruned", "patience"; None to go on.
+    """
+
+    improved: bool
+    stop: str | None = None
+
+
+def decide_after_epoch(
+    state: TrainState,
+    value: float,
+    *,
+    maximize: bool,
+    patience: int | None,
+    interrupted: bool = False,
+    prune: Callable[[], bool] = lambda: False,
+) -> EpochDecision:
+    """Updates the best-so-far bookkeeping in `state` and decides what follows.
+
+    Args:
+        state: The training state after the epoch (`state.epoch` is that epoch).
+        value: The epoch's monitored value.
+        maximize: Whether larger values are better.
+        patience: Epochs without improvement before stopping; None = never.
+        interrupted: A signal asked the run to stop (the pruner is then not asked).
+        prune: Asked once per epoch whether a pruner stops the run here.
+
+    Returns:
+        Whether the epoch improved, and why training stops (None: it goes on).
+    """
+    improved = math.isnan(state.best_value) or (
+        value > state.best_value if maximize else value < state.best_value
+    )
+    if improved:
+        state.best_value, state.best_epoch, state.epochs_since_best = value, state.epoch, 0
+    else:
+        state.epochs_since_best += 1
+    if interrupted:
+        return EpochDecision(improved, "interrupted")
+    if prune():
+        return EpochDecision(improved, "pruned")
+    if patience is not None and state.epochs_since_best >= patience:
+        return EpochDecision(improved, "patience")
+    return EpochDecision(improved)
+
+
+def should_prune(ctx: RunContext, epoch: int, value: float) -> bool:
+    """Reports the epoch's value to the sweep job's Optuna trial; True = stop (pruned)."""
+    return ctx.job is not None and ctx.job.should_prune(ctx.cfg, epoch, value)
+
+
+def fit(
+    ctx: RunContext,
+    state: TrainState,
+    parts: TrainingParts,
+    loaders: tuple[Iterable, Iterable],
+    data: DataSplits,
+) -> None:
+    """Trains epoch by epoch, validating, checkpointing and logging after each.
+
+    In an Optuna sweep, each epoch's monitored value goes to the job's trial, and the
+    pruner may end training early (the run is then tested and tagged `pruned=true`).
+
+    Args:
+        ctx: The run.
+        state: Progress so far (fresh, or restored from last.pt).
+        parts: Model, optimizer, schedule, ... as built by `build_parts`.
+        loaders: The train and val loaders.
+        data: The data set (class names and count for best.pt and the metrics).
+
+    Raises:
+        TrainingInterrupted: A signal asked to stop; last.pt holds the exact position.
+    """
+    trainer = ctx.cfg.trainer
+    train_loader, val_loader = loaders
+    autocast = engine.make_autocast(ctx.device, ctx.precision)
+    train_model = distributed.wrap(parts.model, ctx.device, compile=trainer.compile)
+    val_metrics = build_metrics(data.num_classes).to(ctx.device)
+    display = ProgressDisplay(trainer.max_epochs)
+    guard = engine.NanGuard(trainer.nan_policy, trainer.max_nan_skips, state.nan_skips)
+    checkpoints = ctx.run_dir / "checkpoints"
+    last = checkpoints / "last.pt"
+    config_yaml = (ctx.run_dir / "config_resolved.yaml").read_text()  # redacted, at start
+    for epoch in range(state.epoch + 1, trainer.max_epochs + 1):
+        unfinished = None
+        if state.partial_epoch:
+            unfinished = distributed.rank_share(engine.EpochStats(**state.partial_epoch))
+        done_before = unfinished.batches if unfinished else 0
+        train_loader.set_epoch(epoch, start_batch=done_before)
+        display.start_epoch(
+            epoch, train_loader.batches_per_epoch(), trainer.batch_size, done_before
+        )
+        done = engine.train_one_epoch(
+            model=train_model,
+            loader=train_loader,
+            augment=parts.augment,
+            normalize=parts.normalize,
+            loss_fn=parts.loss_fn,
+            optimizer=parts.optimizer,
+            scheduler=parts.scheduler,
+            scaler=parts.scaler,
+            autocast=autocast,
+            device=ctx.device,
+            ema=parts.ema,
+            accumulate_grad_batches=trainer.accumulate_grad_batches,
+            gradient_clip_val=trainer.gradient_clip_val,
+            log_every_n_steps=trainer.log_every_n_steps,
+            on_log=display.on_log,
+            progress=unfinished,
+            should_stop=ctx.stop.requested,
+            nan_guard=guard,
+            first_step=state.global_step - done_before + 1,
+        )
+        state.global_step += done.batches - done_before
+        state.nan_skips = guard.skipped
+        if not done.finished:
+            state.partial_epoch = asdict(distributed.reduce_epoch(done))
+            ctx.writer.submit({last: last_payload(state, parts)}, keep_previous={last})
+            ctx.writer.wait()
+            display.end_epoch(f"stopped after batch {done.batches}; checkpoint saved")
+            raise TrainingInterrupted(ctx.stop.signum)
+        state.partial_epoch = None
+        done = distributed.reduce_epoch(done)  # the sums of all ranks
+
+        val = engine.evaluate(
+            model=parts.eval_model,
+            loader=val_loader,
+            augment=parts.augment,
+            normalize=parts.normalize,
+            metrics=val_metrics,
+            autocast=autocast,
+            device=ctx.device,
+        )
+        metrics = {
+            "train/loss": done.loss,
+            "train/acc": done.acc,
+            "train/throughput": done.throughput,
+            "epoch_time_s": done.seconds,
+            "lr": parts.optimizer.param_groups[0]["lr"],
+            **{f"val/{name}": value for name, value in val.items()},
+        }
+        state.epoch = epoch
+        state.history.append({"epoch": epoch, **metrics})
+        current = metrics[trainer.monitor]
+        decision = decide_after_epoch(
+            state,
+            current,
+            maximize=trainer.monitor_mode == "max",
+            patience=trainer.early_stopping_patience,
+            interrupted=ctx.stop.requested(),  # during validation: last.pt is this epoch's
+            prune=partial(should_prune, ctx, epoch, current),
+        )
+        files = {}
+        if decision.improved:
+            best = BestCheckpoint(
+                model=parts.eval_model.state_dict(),
+                config=config_yaml,
+                class_names=list(data.class_names),
+                mean=parts.normalize.mean.flatten().tolist(),
+                std=parts.normalize.std.flatten().tolist(),
+                image_size=data.image_size,
+                epoch=epoch,
+                metrics=metrics,
+                mlflow_run_id=state.mlflow_run_id,
+            )
+            files[checkpoints / "best.pt"] = best.to_payload()
+        files[last] = last_payload(state, parts)
+        ctx.writer.submit(files, keep_previous={last})
+        ctx.tracker.log_metrics(metrics, step=epoch)
+        ctx.tracker.flush()
+        display.end_epoch(
+            f"train loss {done.loss:.4f} acc {done.acc:.4f} | val loss {val['loss']:.4f} "
+            f"acc {val['acc']:.4f} | {done.throughput:.0f} img/s {done.seconds:.1f}s"
+            + ("  *best*" if decision.improved else "")
+        )
+        if decision.stop == "interrupted":
+            ctx.writer.wait()
+            raise TrainingInterrupted(ctx.stop.signum)
+        if decision.stop == "pruned":
+            log.info("pruned by Optuna after epoch %d (%s = %.4f)", epoch, trainer.monitor, current)
+            ctx.tracker.set_tags({"pruned": "true"})
+            ctx.writer.wait()
+            break
+        if decision.stop == "patience":
+            log.info(
+                "early stopping: %s has not improved for %d epochs",
+                trainer.monitor,
+                trainer.early_stopping_patience,
+            )
+            break

@@ -1,0 +1,211 @@
+"""Optimizer binding with weight-decay parameter groups, and per-step lr schedules.
+
+Every schedule is a torch `LRScheduler` stepped once per optimizer step, built from
+`(optimizer, total_steps, steps_per_epoch)` plus its own settings from conf/sched/.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+
+# Keys of conf/optim/ that the runner uses itself rather than passing to the optimizer.
+RUNNER_KEYS = ("backbone_lr_mult",)
+
+
+def optimizer_from_config(model: nn.Module, optim_cfg: DictConfig) -> torch.optim.Optimizer:
+    """Builds the optimizer of conf/optim/ for the model (see `build_optimizer`)."""
+    from hydra.utils import instantiate
+
+    settings = OmegaConf.to_container(optim_cfg, resolve=True)
+    runner_settings = {key: settings.pop(key) for key in RUNNER_KEYS if key in settings}
+    return build_optimizer(
+        model, instantiate(settings), settings.get("weight_decay", 0.0), **runner_settings
+    )
+
+
+def head_parameters(model: nn.Module) -> set[int]:
+    """Ids of the classifier head's parameters: timm's `get_classifier()`, else the last Linear."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Module):
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        head = linears[-1] if linears else None
+    return {id(p) for p in head.parameters()} if head is not None else set()
+
+
+def build_optimizer(
+    model: nn.Module,
+    optimizer_factory: Callable[..., torch.optim.Optimizer],
+    weight_decay: float,
+    backbone_lr_mult: float = 1.0,
+) -> torch.optim.Optimizer:
+    """Binds the optimizer to the model's parameters, excluding norms and biases from decay.
+
+    Args:
+        model: The model to optimise.
+        optimizer_factory: The partially built optimizer (`_partial_: true` in conf/optim).
+        weight_decay: Decay of the weight matrices and kernels; 1-D parameters (norm
+            scales, biases) and the model's `no_weight_decay()` names get none.
+        backbone_lr_mult: The lr of everything but the classifier head, as a multiple of
+            the head's (`optim.lr`); below 1 fine-tunes pretrained features gently. The
+            head's groups come first, so `param_groups[0]["lr"]` is `optim.lr`'s schedule.
+
+    Returns:
+        The optimizer.
+    """
+    from timm.optim import param_groups_weight_decay
+
+    no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    groups = param_groups_weight_decay(
+        model, weight_decay=weight_decay, no_weight_decay_list=no_decay
+    )
+    if backbone_lr_mult == 1.0:
+        return optimizer_factory(params=groups)
+    head = head_parameters(model)
+    split = []
+    for is_head in (True, False):
+        for group in groups:
+            params = [p for p in group["params"] if (id(p) in head) == is_head]
+            if params:
+                split.append({**group, "params": params, "backbone": not is_head})
+    optimizer = optimizer_factory(params=split)
+    for group in optimizer.param_groups:
+        if group["backbone"]:
+            group["lr"] = group["lr"] * backbone_lr_mult
+    return optimizer
+
+
+def _warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
+    return min(round(warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
+
+
+def _warmup_factor(step: int, warmup: int) -> float:
+    # Starts at 1/(warmup+1) rather than 0 so the first step already updates the weights.
+    return (step + 1) / (warmup + 1)
+
+
+def cosine_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 1,
+    min_lr_ratio: float = 0.01,
+) -> LRScheduler:
+    """Linear warmup, then cosine decay from lr to `min_lr_ratio * lr`.
+
+    Args:
+        optimizer: The optimizer whose groups' lr is scaled.
+        total_steps: Optimizer steps in the whole run.
+        steps_per_epoch: Optimizer steps per epoch (converts warmup epochs to steps).
+        warmup_epochs: Length of the linear warmup, in epochs (may be fractional).
+        min_lr_ratio: Final lr as a fraction of the peak lr.
+
+    Returns:
+        The scheduler.
+    """
+    warmup = _warmup_steps(warmup_epochs, steps_per_epoch, total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return _warmup_factor(step, warmup)
+        progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)
+
+
+def onecycle_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    pct_start: float = 0.25,
+    div_factor: float = 25.0,
+    final_div_factor: float = 1e4,
+) -> LRScheduler:
+    """The one-cycle lr policy (Smith & Topin, 2017) peaking at each group's lr.
+
+    Cosine rise from lr / div_factor to lr over `pct_start` of training, then cosine
+    fall to lr / (div_factor * final_div_factor). Same shape as torch's OneCycleLR
+    (without its momentum cycling), but valid for runs of any length.
+
+    Args:
+        optimizer: The optimizer.
+        total_steps: Optimizer steps in the whole run.
+        steps_per_epoch: Unused; accepted so every schedule is bound alike.
+        pct_start: Share of the run spent increasing the lr.
+        div_factor: Peak lr / initial lr.
+        final_div_factor: Initial lr / final lr.
+
+    Returns:
+        The scheduler.
+    """
+    rise = max(round(pct_start * total_steps), 1)
+    start, end = 1 / div_factor, 1 / (div_factor * final_div_factor)
+
+    def anneal(begin: float, finish: float, progress: float) -> float:
+        return finish + (begin - finish) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    def factor(step: int) -> float:
+        if step < rise:
+            return anneal(start, 1.0, step / rise)
+        return anneal(1.0, end, (step - rise) / max(total_steps - rise, 1))
+
+    return LambdaLR(optimizer, factor)
+
+
+def step_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    milestones: Sequence[float] = (0.5, 0.75),
+    gamma: float = 0.1,
+    warmup_epochs: float = 0,
+) -> LRScheduler:
+    """Multiplies the lr by `gamma` at each milestone, given as fractions of training.
+
+    Args:
+        optimizer: The optimizer.
+        total_steps: Optimizer steps in the whole run.
+        steps_per_epoch: Optimizer steps per epoch.
+        milestones: Points of decay as fractions of `total_steps`, e.g. [0.5, 0.75].
+        gamma: Multiplier applied at each milestone.
+        warmup_epochs: Length of a linear warmup, in epochs.
+
+    Returns:
+        The scheduler.
+    """
+    warmup = _warmup_steps(warmup_epochs, steps_per_epoch, total_steps)
+    boundaries = sorted(int(m * total_steps) for m in milestones)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return _warmup_factor(step, warmup)
+        return gamma ** sum(step >= b for b in boundaries)
+
+    return LambdaLR(optimizer, factor)
+
+
+def constant_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 0,
+) -> LRScheduler:
+    """A constant lr after an optional linear warmup.
+
+    Args:
+        optimizer: The optimizer.
+        total_steps: Optimizer steps in the whole run.
+        steps_per_epoch: Optimizer steps per epoch.
+        warmup_epochs: Length of a linear warmup, in epochs.
+
+    Returns:
+        The scheduler.
+    """
+    warmup = _warmup_steps(warmup_epochs, steps_per_epoch, total_steps)
+    return LambdaLR(optimizer, lambda step: _warmup_factor(step, warmup) if step < warmup else 1.0)

@@ -1,0 +1,102 @@
+"""The objects training updates, built once from the config and checkpointed together."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from runner.augment.normalize import Normalize
+from runner.data.splits import DataSplits
+from runner.models.factories import pretrained_normalization
+from runner.training import distributed
+from runner.training.optim import optimizer_from_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingParts:
+    """Model, augmentation, normalisation, loss, optimizer, schedule, scaler and EMA."""
+
+    model: torch.nn.Module
+    augment: torch.nn.Module
+    normalize: Normalize
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: torch.nn.Module | None
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights to evaluate: the EMA's when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def build_parts(
+    cfg: DictConfig,
+    data: DataSplits,
+    augment: torch.nn.Module,
+    device: torch.device,
+    precision: str,
+    batches_per_epoch: int,
+) -> TrainingParts:
+    """Builds the model, loss, optimizer, schedule, scaler and EMA that `cfg` names.
+
+    Args:
+        cfg: The composed config (its model, optim, sched, loss and trainer nodes).
+        data: The data set (class count, train class counts, fallback mean/std).
+        augment: The run's augmentation, already on `device`.
+        device: Where the model goes.
+        precision: The resolved precision; "16" turns the gradient scaler on.
+        batches_per_epoch: Training batches per epoch (the schedule's length).
+    """
+    trainer = cfg.trainer
+    memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
+    model = instantiate(cfg.model)(num_classes=data.num_classes)
+    model = model.to(device, memory_format=memory_format)
+    log.info(
+        "model %s: %.2fM parameters",
+        cfg.model.get("name", cfg.model._target_),
+        sum(p.numel() for p in model.parameters()) / 1e6,
+    )
+    optimizer = optimizer_from_config(model, cfg.optim)
+    distributed.scale_lr(optimizer, trainer.lr_scaling, distributed.world_size_now())
+    steps_per_epoch = math.ceil(batches_per_epoch / trainer.accumulate_grad_batches)
+    scheduler = instantiate(cfg.sched)(
+        optimizer=optimizer,
+        total_steps=steps_per_epoch * trainer.max_epochs,
+        steps_per_epoch=steps_per_epoch,
+    )
+    return TrainingParts(
+        model=model,
+        augment=augment,
+        normalize=build_normalize(model, data, device, trainer.channels_last),
+        loss_fn=instantiate(cfg.loss)(class_counts=data.class_counts().to(device)),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "16"),
+        ema=build_ema(model, trainer.ema_decay),
+    )
+
+
+def build_normalize(
+    model: torch.nn.Module, data: DataSplits, device: torch.device, channels_last: bool
+) -> Normalize:
+    """Normalisation with the pretrained weights' mean/std when pretrained, else the data's."""
+    mean, std = pretrained_normalization(model) or (data.mean, data.std)
+    return Normalize(mean, std, channels_last=channels_last).to(device)
+
+
+def build_ema(model: torch.nn.Module, decay: float | None) -> torch.nn.Module | None:
+    """timm's ModelEmaV3 of the model, or None when `trainer.ema_decay` is null."""
+    if decay is None:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=decay)

@@ -1,0 +1,99 @@
+"""Training progress across restarts: `TrainState`, checkpoints/last.pt, and resuming.
+
+last.pt holds everything needed to continue exactly: weights, optimizer, schedule,
+scaler, EMA, every RNG state and the progress (`TrainState`), the position inside an
+unfinished epoch included. It loads with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runner.training import checkpoint_io
+from runner.training.parts import TrainingParts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """Progress that a checkpoint carries across a restart."""
+
+    epoch: int = 0  # finished epochs
+    global_step: int = 0  # training batches done, including a partial epoch
+    best_value: float = float("nan")
+    best_epoch: int = 0
+    epochs_since_best: int = 0
+    nan_skips: int = 0
+    mlflow_run_id: str | None = None
+    partial_epoch: dict[str, Any] | None = None  # engine.EpochStats of an unfinished epoch
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def last_payload(state: TrainState, parts: TrainingParts) -> dict[str, Any]:
+    """The content of checkpoints/last.pt: everything needed to continue training exactly."""
+    return {
+        "model": parts.model.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "scaler": parts.scaler.state_dict(),
+        "ema": parts.ema.module.state_dict() if parts.ema is not None else None,
+        "rng": get_rng_state(),
+        "state": asdict(state),
+    }
+
+
+def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts) -> TrainState:
+    """Restores the newest loadable checkpoint when resuming, else a fresh state.
+
+    `resume=auto` continues from this run dir's checkpoints/last.pt (or, when that file
+    is damaged, the one before it); `never` starts fresh; a path resumes from that file.
+    """
+    if resume == "never":
+        return TrainState()
+    if resume == "auto":
+        last = run_dir / "checkpoints" / "last.pt"
+        if not (last.exists() or checkpoint_io.previous_path(last).exists()):
+            return TrainState()
+        saved, source = checkpoint_io.load_newest(last)
+    else:
+        saved, source = checkpoint_io.load_checkpoint(resume), Path(resume)
+    parts.model.load_state_dict(saved["model"])
+    parts.optimizer.load_state_dict(saved["optimizer"])
+    parts.scheduler.load_state_dict(saved["scheduler"])
+    parts.scaler.load_state_dict(saved["scaler"])
+    if parts.ema is not None and saved.get("ema") is not None:
+        parts.ema.module.load_state_dict(saved["ema"])
+    set_rng_state(saved["rng"])
+    state = TrainState(**saved["state"])
+    log.info("resumed from %s: epoch %d done, step %d", source, state.epoch, state.global_step)
+    return state
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as tensors and plain types."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(rng: dict[str, Any]) -> None:
+    """Restores the RNG states saved by `get_rng_state`."""
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])

@@ -1,0 +1,97 @@
+"""Testing a model and writing its reports: the one block that training and eval share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from runner.data.splits import DataSplits
+from runner.reports import analysis
+from runner.reports.per_class import shot_accuracies
+from runner.training import engine
+from runner.training.context import RunContext
+from runner.training.metrics import build_confusion_matrix, build_metrics
+
+
+class FlipTTA(nn.Module):
+    """Test-time augmentation: the mean of the logits of the images and their mirror images."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits averaged over the image and its horizontal flip."""
+        return (self.model(images) + self.model(images.flip(-1))) / 2
+
+
+def with_tta(model: nn.Module, tta: str) -> nn.Module:
+    """The model wrapped for `tta` ("none" or "flip")."""
+    return FlipTTA(model) if tta == "flip" else model
+
+
+def test_and_report(
+    ctx: RunContext,
+    model: nn.Module,
+    augment: nn.Module,
+    normalize: nn.Module,
+    data: DataSplits,
+    loader: Iterable,
+    *,
+    tta: str = "none",
+    history: Sequence[dict[str, float]] = (),
+    step: int = 0,
+) -> dict[str, float]:
+    """Tests `model` on the test split, writes the analysis reports, logs the metrics.
+
+    Args:
+        ctx: The run (device, precision, run dir, tracker, `analysis` settings).
+        model: The model to test, with the weights to test.
+        augment: The run's augmentation (its eval path: resize, center-crop).
+        normalize: The normalisation the model was trained with.
+        data: The data set (test split, class names; train class counts when long-tailed).
+        loader: The test split's loader.
+        tta: Test-time augmentation ("none" or "flip").
+        history: Per-epoch metrics of the training run, for the learning curves.
+        step: The step the test metrics are logged at.
+
+    Returns:
+        The `test/*` metrics: those of `engine.evaluate`, head/medium/tail accuracy for
+        a long-tailed train split, and `test/ece` when the reports are on.
+    """
+    device = ctx.device
+    confusion = build_confusion_matrix(data.num_classes).to(device)
+    predictions = analysis.PredictionCollector()
+    results = engine.evaluate(
+        model=with_tta(model, tta),
+        loader=loader,
+        augment=augment,
+        normalize=normalize,
+        metrics=build_metrics(data.num_classes, with_auroc=True).to(device),
+        autocast=engine.make_autocast(device, ctx.precision),
+        device=device,
+        extra_metrics=[confusion, predictions],
+    )
+    metrics = {f"test/{name}": value for name, value in results.items()}
+    matrix = confusion.compute().cpu()
+    if data.long_tailed:
+        shots = shot_accuracies(matrix, data.class_counts())
+        metrics.update({f"test/{name}": value for name, value in shots.items()})
+    probabilities, labels = predictions.result()
+    inputs = analysis.AnalysisInputs(
+        model=model,
+        augment=augment,
+        normalize=normalize,
+        split=data.test,
+        probabilities=probabilities,
+        labels=labels,
+        confusion=matrix,
+        class_names=list(data.class_names),
+        device=device,
+        history=list(history),
+    )
+    metrics.update(analysis.write_reports(ctx.cfg.analysis, inputs, ctx.run_dir, ctx.tracker))
+    ctx.tracker.log_metrics(metrics, step=step)
+    return metrics

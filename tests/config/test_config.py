@@ -1,0 +1,204 @@
+"""Every option of every group composes and instantiates; bad configs fail early."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from runner.config.validation import ConfigError, validate
+from runner.data.build import build_data
+from runner.data.splits import DataSplits
+from tests.conftest import REPO, group_options, run_cli
+from tests.datagen import make_imagefolder, write_cifar, write_hf_parquet
+
+GROUPS = ["data", "aug", "model", "optim", "sched", "loss", "sampler", "logger", "trainer"]
+# Groups that may be left unchosen (no default option).
+OPTIONAL_GROUPS = ["experiment"]
+
+
+def test_every_group_has_options():
+    for group in GROUPS:
+        assert group_options(group), f"conf/{group} has no options"
+
+
+def data_files(option: str, tmp_path) -> list[str]:
+    """Overrides pointing a data option at small real files written for the test."""
+    if option == "imagefolder":
+        return [f"data.root={make_imagefolder(tmp_path / 'folder', per_class=10)}"]
+    if option in ("cifar10", "cifar100"):
+        per_file = 100 if option == "cifar10" else 200  # val needs >= 10 per class
+        return [f"data.root={write_cifar(tmp_path / option, option, per_file=per_file)}"]
+    if option == "hf":
+        path = write_hf_parquet(tmp_path / "bugs.parquet")
+        return [
+            f"data.name={path}",
+            "data.image_key=img",
+            "data.label_key=y",
+            "data.split_test=null",
+            f"data.hf_cache_dir={tmp_path / 'hf'}",
+        ]
+    return []
+
+
+@pytest.mark.parametrize("option", group_options("data"))
+def test_data_options_build_uint8_splits(make_cfg, tmp_path, option):
+    cfg = make_cfg(f"data={option}", *data_files(option, tmp_path), tiny=False)
+    validate(cfg)
+    data = build_data(cfg.data)
+    assert isinstance(data, DataSplits)
+    for split in (data.train, data.val, data.test):
+        images, labels = next(iter(split.loader(8, torch.device("cpu"))))
+        assert images.dtype == torch.uint8
+        assert images.shape[1:] == (3, cfg.data.image_size, cfg.data.image_size)
+        assert labels.dtype == torch.int64
+    assert data.num_classes >= 2 and len(data.mean) == 3
+
+
+@pytest.mark.parametrize("option", group_options("aug"))
+def test_aug_options_run_on_a_uint8_batch(make_cfg, option):
+    cfg = make_cfg(f"aug={option}")
+    augment = instantiate(cfg.aug)
+    batch = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    out = augment.train()(batch)
+    assert out.dtype == torch.float32 and out.shape == (8, 3, 32, 32)
+    assert torch.equal(augment.eval()(batch), batch.float() / 255)
+
+
+MODEL_OVERRIDES = {"timm": ["model.name=resnet10t"]}
+
+
+@pytest.mark.parametrize("option", group_options("model"))
+def test_model_options_build_with_the_data_class_count(make_cfg, option):
+    cfg = make_cfg(f"model={option}", *MODEL_OVERRIDES.get(option, []), tiny=False)
+    validate(cfg)
+    model = instantiate(cfg.model)(num_classes=7).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 7)
+
+
+@pytest.mark.parametrize("optim", group_options("optim"))
+@pytest.mark.parametrize("sched", group_options("sched"))
+def test_optim_and_sched_options_step(make_cfg, optim, sched):
+    from runner.training.optim import optimizer_from_config
+
+    cfg = make_cfg(f"optim={optim}", f"sched={sched}")
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2)
+    )
+    optimizer = optimizer_from_config(model, cfg.optim)
+    decays = sorted(group["weight_decay"] for group in optimizer.param_groups)
+    assert decays[0] == 0.0, "norm and bias parameters must not be decayed"
+    scheduler = instantiate(cfg.sched)(optimizer=optimizer, total_steps=10, steps_per_epoch=5)
+    lrs = []
+    for _ in range(10):
+        model(torch.randn(8, 4)).sum().backward()
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert all(lr > 0 for lr in lrs)
+    if sched in ("cosine", "onecycle"):
+        assert lrs[-1] < max(lrs), "a decaying schedule must end below its peak"
+
+
+@pytest.mark.parametrize("option", group_options("loss"))
+def test_loss_options_accept_hard_and_soft_targets(make_cfg, option):
+    cfg = make_cfg(f"loss={option}")
+    loss_fn = instantiate(cfg.loss)(class_counts=torch.tensor([5, 3, 2]))
+    logits = torch.randn(6, 3, requires_grad=True)
+    hard = torch.tensor([0, 1, 2, 0, 1, 2])
+    soft = torch.nn.functional.one_hot(hard, 3).float()
+    loss_hard, loss_soft = loss_fn(logits, hard), loss_fn(logits, soft)
+    assert torch.allclose(loss_hard, loss_soft, atol=1e-6)
+    loss_hard.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("option", group_options("sampler"))
+def test_sampler_options_give_an_epoch_of_indices(make_cfg, option):
+    cfg = make_cfg(f"sampler={option}")
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    sampler = instantiate(cfg.sampler)(labels=labels, seed=0)
+    first, again = sampler.indices(3), sampler.indices(3)
+    assert torch.equal(first, again), "the order must depend only on (seed, epoch)"
+    assert first.shape == (100,) and int(first.max()) < 100
+    assert not torch.equal(first, sampler.indices(4))
+
+
+@pytest.mark.parametrize("option", group_options("logger"))
+def test_logger_options_instantiate(make_cfg, option):
+    tracker = instantiate(make_cfg(f"logger={option}").logger)
+    assert hasattr(tracker, "start") and hasattr(tracker, "finish")
+
+
+def test_the_default_config_is_the_documented_one(make_cfg):
+    cfg = make_cfg(tiny=False)
+    assert cfg.data.name == "digits" and cfg.data.image_size == 32
+    assert cfg.model.name == "resnet18"
+    assert cfg.optim._target_ == "torch.optim.AdamW"
+    assert cfg.loss._target_.endswith("CrossEntropyLoss")
+    assert cfg.sampler._target_.endswith("RandomSampler")
+    assert cfg.logger._target_.endswith("MlflowTracker")
+    assert cfg.trainer.monitor == "val/acc" and cfg.trainer.device == "auto"
+    validate(cfg)
+
+
+def test_validate_lists_every_problem_with_key_and_value(make_cfg):
+    cfg = make_cfg("trainer.max_epochs=abc", "trainer.precision=64", "optim.lr=-1")
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    message = str(info.value)
+    assert "3 problems" in message
+    assert "trainer.max_epochs='abc'" in message and "integer >= 1" in message
+    assert "trainer.precision=64 " in message and "bf16" in message
+    assert "optim.lr=-1" in message
+
+
+def test_validate_reports_missing_values(make_cfg):
+    cfg = make_cfg("model=timm", "model.name=???")
+    with pytest.raises(ConfigError, match=r"model\.name is required"):
+        validate(cfg)
+
+
+def test_validate_reports_unset_environment_variables(make_cfg, monkeypatch):
+    monkeypatch.delenv("RUNNER_TEST_UNSET", raising=False)
+    cfg = make_cfg("+extra=${oc.env:RUNNER_TEST_UNSET}")
+    with pytest.raises(ConfigError, match="extra cannot be resolved"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model=resnet5", ["model/resnet5", "resnet18", "convnext_tiny"]),
+        ("optim.lrr=0.1", ["lrr"]),
+        ("trainer.max_epochs=abc", ["trainer.max_epochs='abc'", "integer >= 1"]),
+        ("trainer.monitor_mode=maximum", ["trainer.monitor_mode='maximum'", "max, min"]),
+    ],
+)
+def test_cli_rejects_bad_config_before_creating_outputs(tmp_path, override, expected):
+    result = run_cli(f"paths.output_dir={tmp_path}/outputs", override, timeout=120)
+    assert result.returncode != 0
+    for text in expected:
+        assert text in result.stderr + result.stdout
+    assert not (tmp_path / "outputs").exists(), "no output dir may be created for a bad config"
+
+
+def test_readme_lists_every_option_of_every_group():
+    readme = (REPO / "README.md").read_text()
+    rows = {
+        line.split("|")[1].strip(): line for line in readme.splitlines() if line.startswith("| ")
+    }
+    for group in GROUPS + OPTIONAL_GROUPS:
+        assert group in rows, f"README's config table has no row for {group}"
+        for option in group_options(group):
+            assert f"`{option}`" in rows[group], f"README does not list {group}={option}"
+
+
+def test_cifar10_lt_experiment_composes_and_validates(make_cfg):
+    cfg = make_cfg("experiment=cifar10_lt", tiny=False)
+    validate(cfg)
+    assert cfg.data.imbalance_ratio == 100 and cfg.trainer.max_epochs == 200
+    model = instantiate(cfg.model)(num_classes=10)
+    assert 0.4e6 < sum(p.numel() for p in model.parameters()) < 0.5e6, "resnet32: 0.46M"

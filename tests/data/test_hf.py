@@ -1,0 +1,77 @@
+"""Hugging Face data sets, offline: a parquet file and an image folder the test writes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from runner.data import decoding
+from runner.data.decoding import DataError
+from runner.data.sets.hf import load_hf
+from runner.data.streaming import EncodedSplit
+from tests.datagen import make_imagefolder, write_bad_files, write_hf_parquet
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memory_cache():
+    decoding.clear_memory_cache()
+    yield
+
+
+def common(tmp_path):
+    return {"image_size": 16, "num_workers": 0, "hf_cache_dir": str(tmp_path / "hf_cache")}
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_parquet_file_with_image_bytes_and_class_labels(tmp_path, resident):
+    path = write_hf_parquet(tmp_path / "bugs.parquet", classes=("ant", "bee"), per_class=10)
+    data = load_hf(
+        str(path),
+        image_key="img",
+        label_key="y",
+        split_test=None,
+        val_fraction=0.2,
+        test_fraction=0.2,
+        resident=resident,
+        **common(tmp_path),
+    )
+    assert data.name == "bugs.parquet" and data.class_names == ["ant", "bee"]
+    assert (len(data.train), len(data.val), len(data.test)) == (12, 4, 4)
+    assert isinstance(data.train, EncodedSplit) is not resident
+    images, labels = next(iter(data.train.loader(64, CPU)))
+    assert images.dtype == torch.uint8 and images.shape == (12, 3, 16, 16)
+    # The tint of each class's channel survives decoding: labels stay with their images.
+    means = images.float().mean(dim=(2, 3))
+    assert (means[labels == 0, 0] > means[labels == 0, 1]).all()
+    assert (means[labels == 1, 1] > means[labels == 1, 0]).all()
+
+
+def test_local_image_folder_through_datasets_with_a_bad_file(tmp_path):
+    root = make_imagefolder(tmp_path / "pics", per_class=6, splits=("train", "test"))
+    write_bad_files(root / "train" / "cat")
+    (root / "train" / "cat" / "notes.txt").unlink()  # datasets lists image extensions only
+    data = load_hf(str(root), split_test="test", **common(tmp_path))
+    assert data.class_names == ["cat", "dog", "fox"]
+    assert len(data.test) == 18 and len(data.train) + len(data.val) == 18
+    assert sorted(p.rsplit("/", 1)[-1] for p, _ in data.bad_files) == ["truncated.jpg", "zero.jpg"]
+
+
+def test_missing_column_names_the_columns(tmp_path):
+    path = write_hf_parquet(tmp_path / "bugs.parquet")
+    with pytest.raises(DataError, match=r"no column image.*columns: img, y"):
+        load_hf(str(path), split_test=None, **common(tmp_path))
+
+
+def test_class_count_other_than_num_classes_stops(tmp_path):
+    path = write_hf_parquet(tmp_path / "bugs.parquet")
+    with pytest.raises(DataError, match=r"data.num_classes=5 .* has 2 classes"):
+        load_hf(
+            str(path),
+            image_key="img",
+            label_key="y",
+            split_test=None,
+            num_classes=5,
+            **common(tmp_path),
+        )

@@ -1,0 +1,307 @@
+"""Image folders on disk: every image mode, bad files, layout errors, cache, streaming."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from runner.data import decoding
+from runner.data.decoding import BadImageError, DataError, decode_record
+from runner.data.samplers import RandomSampler, WeightedClassSampler
+from runner.data.sets.imagefolder import load_imagefolder
+from runner.data.splits import Split
+from runner.data.streaming import EncodedSplit
+from tests.datagen import (
+    EXPECTED_RGB,
+    make_imagefolder,
+    write_bad_files,
+    write_image,
+    write_noise_jpeg,
+)
+
+CPU = torch.device("cpu")
+SUFFIX = {"png16": ".png", "cmyk": ".jpg", "upper": ".JPG", "rgb": ".jpg"}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memory_cache():
+    decoding.clear_memory_cache()
+    yield
+    decoding.clear_memory_cache()
+
+
+def mode_folder(root):
+    """train/<kind>/ with two images of that kind each, plus bad files in train/rgb/."""
+    for kind in EXPECTED_RGB:
+        for i in range(2):
+            write_image(root / "train" / kind / f"img{i}{SUFFIX.get(kind, '.png')}", kind)
+    bad = write_bad_files(root / "train" / "rgb")
+    return root, bad
+
+
+def load(root, **kwargs):
+    settings = {"image_size": 8, "val_fraction": 0.0, "test_fraction": 0.0, "num_workers": 0}
+    return load_imagefolder(str(root), **{**settings, **kwargs})
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED_RGB))
+def test_each_image_mode_decodes_to_the_right_rgb_uint8(tmp_path, kind):
+    path = write_image(tmp_path / f"x{SUFFIX.get(kind, '.png')}", kind)
+    image = decode_record(str(path), image_size=12)
+    assert image.dtype == torch.uint8 and image.shape == (3, 12, 12)
+    tolerance = 3 if SUFFIX.get(kind, ".png").lower() == ".jpg" else 0  # JPEG is lossy
+    mean = image.float().mean(dim=(1, 2))
+    assert torch.allclose(mean, torch.tensor(EXPECTED_RGB[kind]).float(), atol=tolerance), mean
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 64, dtype=np.uint16).reshape(8, 8)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    image = decode_record(str(tmp_path / "ramp.png"), image_size=8)
+    expected = torch.from_numpy((ramp.astype(np.int64) * 255 + 32767) // 65535)
+    assert torch.equal(image[0].long(), expected)
+    assert int(image.min()) == 0 and int(image.max()) == 255 and (image < 255).float().mean() > 0.9
+
+
+def test_non_square_images_are_resized_and_center_cropped(tmp_path):
+    path = write_noise_jpeg(tmp_path / "wide.jpg", seed=0, size=20)
+    from PIL import Image
+
+    Image.open(path).resize((40, 20)).save(path)
+    image = decode_record(str(path), image_size=10)
+    assert image.shape == (3, 10, 10)
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_folder_of_every_mode_with_bad_files(tmp_path, resident):
+    root, bad = mode_folder(tmp_path / "data")
+    data = load(root, resident=resident)
+    assert data.class_names == sorted(EXPECTED_RGB)
+    assert isinstance(data.train, Split if resident else EncodedSplit)
+    images, labels = _all_images(data.train)
+    assert images.dtype == torch.uint8 and images.shape[1:] == (3, 8, 8)
+    assert torch.bincount(labels).tolist() == [2] * len(EXPECTED_RGB)
+    for label, kind in enumerate(data.class_names):
+        tolerance = 3 if SUFFIX.get(kind, ".png").lower() == ".jpg" else 0
+        colour = images[labels == label].float().mean(dim=(0, 2, 3))
+        assert torch.allclose(colour, torch.tensor(EXPECTED_RGB[kind]).float(), atol=tolerance)
+    listed = {path for path, _ in data.bad_files}
+    # The streaming path checks leading bytes up front and finds truncation in batches.
+    expected = {bad["zero"], bad["text"]} | ({bad["truncated"]} if resident else set())
+    assert listed == {str(p) for p in expected}
+    assert all(path in reason for path, reason in data.bad_files)
+
+
+def _all_images(split):
+    """Every image and label of a split, through its own loader."""
+    loader = split.loader(64, CPU)
+    batches = list(loader)
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+
+def test_streaming_skips_a_truncated_file_in_its_batch_and_lists_it(tmp_path):
+    root, bad = mode_folder(tmp_path / "data")
+    data = load(root, resident=False)
+    loader = data.train.loader(5, CPU)
+    seen = sum(len(labels) for _, labels in loader)
+    assert seen == len(data.train) - 1, "the truncated file is dropped from its batch"
+    assert [path for path, _ in loader.bad_files] == [str(bad["truncated"])]
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_on_bad_file_error_names_the_file(tmp_path, resident):
+    root, bad = mode_folder(tmp_path / "data")
+    if resident:
+        with pytest.raises(BadImageError, match=r"notes\.txt|zero\.jpg|truncated\.jpg"):
+            load(root, resident=True, on_bad_file="error")
+        return
+    bad["zero"].unlink()
+    bad["text"].unlink()
+    data = load(root, resident=False, on_bad_file="error")
+    with pytest.raises(BadImageError, match=r"truncated\.jpg"):
+        list(data.train.loader(64, CPU))
+
+
+def test_empty_class_folder_stops_with_its_name(tmp_path):
+    root = make_imagefolder(tmp_path / "data", per_class=2)
+    (root / "train" / "owl").mkdir()
+    with pytest.raises(DataError, match=r"1 empty class folder.*train/owl"):
+        load(root)
+
+
+def test_class_folder_with_only_bad_files_stops_with_its_name(tmp_path):
+    root = make_imagefolder(tmp_path / "data", per_class=2)
+    write_bad_files(root / "train" / "owl")
+    with pytest.raises(DataError, match=r"no readable image: train/owl \(3 bad file"):
+        load(root)
+
+
+def test_val_classes_that_differ_from_train_stop_with_both_lists(tmp_path):
+    root = make_imagefolder(tmp_path / "data", per_class=2, splits=("train", "val"))
+    (root / "val" / "dog").rename(root / "val" / "wolf")
+    with pytest.raises(DataError) as info:
+        load(root)
+    message = str(info.value)
+    assert "val has 3 classes but" in message and "has 3" in message
+    assert "Only in val/: ['wolf']" in message and "missing from val/: ['dog']" in message
+
+
+def test_class_count_other_than_num_classes_stops(tmp_path):
+    root = make_imagefolder(tmp_path / "data", per_class=2)
+    with pytest.raises(DataError, match=r"data.num_classes=5 but .*train has 3 class folders"):
+        load(root, num_classes=5)
+    assert load(root, num_classes=3).num_classes == 3
+
+
+def test_missing_train_folder_names_the_root(tmp_path):
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"data.root=.*data' has no train/ folder"):
+        load(tmp_path / "data")
+
+
+def test_without_val_and_test_folders_the_split_is_stratified_and_seeded(tmp_path):
+    root = make_imagefolder(tmp_path / "data", per_class=20)
+    data = load(root, val_fraction=0.1, test_fraction=0.2, split_seed=0)
+    assert (len(data.train), len(data.val), len(data.test)) == (42, 6, 12)
+    assert torch.bincount(data.test.labels).tolist() == [4, 4, 4]
+    again = load(root, val_fraction=0.1, test_fraction=0.2, split_seed=0)
+    assert torch.equal(again.test.images, data.test.images)
+
+
+def test_val_and_test_folders_are_used_when_present(tmp_path):
+    root = make_imagefolder(tmp_path / "data", per_class=4, splits=("train", "val", "test"))
+    data = load(root, val_fraction=0.5, test_fraction=0.3)
+    assert (len(data.train), len(data.val), len(data.test)) == (12, 12, 12)
+
+
+def test_decode_cache_file_is_reused_and_keyed_by_content(tmp_path, monkeypatch):
+    root = make_imagefolder(tmp_path / "data", per_class=5)
+    cache = tmp_path / "cache"
+    first = load(root, cache_dir=str(cache))
+    (cache_file,) = cache.glob("*.pt")
+    decoding.clear_memory_cache()
+    calls = []
+    real_decode_all = decoding.decode_all
+    monkeypatch.setattr(
+        "runner.data.sets.imagefolder.decode_all",
+        lambda *a, **k: calls.append(1) or real_decode_all(*a, **k),
+    )
+    second = load(root, cache_dir=str(cache))
+    assert calls == [] and torch.equal(first.train.images, second.train.images)
+    # A changed file is another content: decoded again, into a second cache file.
+    target = root / "train" / "cat" / "000.jpg"
+    write_noise_jpeg(target, seed=12345, size=16)
+    os.utime(target, ns=(1, 1))
+    decoding.clear_memory_cache()
+    third = load(root, cache_dir=str(cache))
+    assert calls == [1] and len(list(cache.glob("*.pt"))) == 2
+    assert not torch.equal(first.train.images, third.train.images)
+    assert cache_file.is_file()
+
+
+def test_auto_resident_streams_when_the_decoded_size_is_large(tmp_path):
+    root = make_imagefolder(tmp_path / "data", per_class=3)
+    assert isinstance(load(root, resident="auto").train, Split)
+    assert isinstance(load(root, resident="auto", resident_max_gb=1e-9).train, EncodedSplit)
+
+
+def test_streaming_loader_follows_the_sampler_and_matches_resident_data(tmp_path):
+    root = make_imagefolder(tmp_path / "data", per_class=10)
+    resident = load(root, resident=True).train
+    streaming = load(root, resident=False, num_workers=2).train
+    assert torch.equal(resident.labels, streaming.labels)
+    for sampler_cls in (RandomSampler, WeightedClassSampler):
+        sampler = sampler_cls(resident.labels, seed=3)
+        fast = resident.loader(8, CPU, sampler, drop_last=True)
+        slow = streaming.loader(8, CPU, sampler, drop_last=True)
+        assert len(fast) == len(slow) == 3
+        for epoch in (1, 2):  # persistent workers see the new epoch's order
+            fast.set_epoch(epoch)
+            slow.set_epoch(epoch)
+            pairs = list(zip(fast, slow, strict=True))
+            for (a_images, a_labels), (b_images, b_labels) in pairs:
+                assert b_images.dtype == torch.uint8
+                assert torch.equal(a_labels, b_labels) and torch.equal(a_images, b_images)
+            order = sampler.indices(epoch)[:24]
+            assert torch.equal(torch.cat([b[1] for _, b in pairs]), resident.labels[order])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resident", [True, False])
+def test_training_run_on_a_folder_logs_bad_files_counts_and_tail_accuracy(
+    make_cfg, tmp_path, resident
+):
+    from runner.train import run
+    from tests.conftest import query
+
+    root = make_imagefolder(tmp_path / "data", classes=("a", "b", "c", "d"), per_class=15)
+    bad = write_bad_files(root / "train" / "d")
+    cfg = make_cfg(
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.image_size=16",
+        f"data.resident={str(resident).lower()}",
+        "data.num_workers=1",
+        "data.imbalance_ratio=4",
+        "model=timm",
+        "model.name=resnet10t",
+        "trainer.max_epochs=1",
+        "trainer.batch_size=8",
+        "sampler=balanced",
+        "loss=balanced_softmax",
+        tiny=False,
+    )
+    run(cfg)
+    run_dir = tmp_path / "run"
+    db = tmp_path / "outputs" / "mlflow.db"
+    assert query(db, "SELECT status FROM runs") == [("FINISHED",)]
+    params = dict(query(db, "SELECT key, value FROM params"))
+    # 15 per class: 2 go to val, 2 to test, 11 train; ratio 4 -> 11, 6, 4, 2 (int(11 * 4^(-c/3))).
+    # Streaming finds the truncated file only when it reads it, so class d has 12 train
+    # samples and sets n_max: 12 (but a has 11), 7, 4, 3.
+    assert params["data.train_class_counts"] == ("11,6,4,2" if resident else "11,7,4,3")
+    assert params["data.num_bad_files"] == ("3" if resident else "2")
+    metric_names = {row[0] for row in query(db, "SELECT DISTINCT key FROM metrics")}
+    assert {"test/head_acc", "test/medium_acc", "test/tail_acc"} <= metric_names
+    (artifact_uri,) = query(db, "SELECT artifact_uri FROM runs")[0]
+    artifacts = Path(artifact_uri.removeprefix("file://"))
+    assert (artifacts / "class_counts.png").is_file()
+    listed = (artifacts / "bad_files.txt").read_text()
+    assert str(bad["zero"]) in listed and str(bad["text"]) in listed
+    assert (run_dir / "bad_files.txt").is_file()
+
+
+def test_bad_files_met_while_streaming_are_added_to_the_report(tmp_path):
+    from runner.reports.data_report import report_streamed_bad_files
+    from runner.tracking.null import NullTracker
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    good = [write_noise_jpeg(folder / f"ok{i}.jpg", seed=i, size=24) for i in range(5)]
+    bad = write_bad_files(folder)
+    records = [str(p) for p in (*good, bad["truncated"])]
+    split = EncodedSplit(
+        records, torch.arange(6), torch.zeros(6, dtype=torch.long), size=16, num_workers=0
+    )
+    loader = split.loader(batch_size=4, device=torch.device("cpu"))
+    seen = sum(len(labels) for _, labels in loader)
+    assert seen == 5, "the truncated file is dropped from its batch"
+
+    class Recorder(NullTracker):
+        def __init__(self):
+            self.artifacts = []
+
+        def log_artifact(self, path, artifact_path=None):
+            self.artifacts.append(Path(path))
+
+    data = load_imagefolder(root=str(make_imagefolder(tmp_path / "set")), image_size=16)
+    tracker = Recorder()
+    report_streamed_bad_files(data, [loader], tmp_path, tracker)
+    assert "truncated.jpg" in (tmp_path / "bad_files.txt").read_text()
+    assert tracker.artifacts == [tmp_path / "bad_files.txt"]

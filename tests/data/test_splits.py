@@ -1,0 +1,68 @@
+"""Data sets as uint8 tensors, stratified splits, index-batched loaders, samplers."""
+
+from __future__ import annotations
+
+import torch
+
+from runner.data.loaders import ResidentLoader
+from runner.data.samplers import RandomSampler, WeightedClassSampler
+from runner.data.sets.digits import load_digits
+from runner.data.sets.synthetic import make_synthetic
+from runner.data.splits import Split, stratified_split
+
+
+def test_digits_is_the_full_set_upscaled_to_three_uint8_channels():
+    data = load_digits(image_size=32)
+    assert len(data.train) + len(data.val) + len(data.test) == 1797
+    assert data.class_names == [str(d) for d in range(10)]
+    images = data.train.images
+    assert images.dtype == torch.uint8 and images.shape[1:] == (3, 32, 32)
+    assert torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 1], images[:, 2])
+    assert int(images.max()) == 255 and int(images.min()) == 0
+
+
+def test_digits_split_is_stratified_and_fixed_by_its_seed():
+    data = load_digits(val_fraction=0.1, test_fraction=0.2, split_seed=0)
+    for split, share in ((data.val, 0.1), (data.test, 0.2)):
+        counts = torch.bincount(split.labels, minlength=10)
+        assert (counts > 0).all()
+        assert abs(len(split) / 1797 - share) < 0.01
+    again = load_digits(val_fraction=0.1, test_fraction=0.2, split_seed=0)
+    other = load_digits(val_fraction=0.1, test_fraction=0.2, split_seed=1)
+    assert torch.equal(data.test.images, again.test.images)
+    assert not torch.equal(data.test.images, other.test.images)
+
+
+def test_stratified_split_has_no_overlap():
+    labels = torch.randint(0, 5, (500,)).numpy()
+    train, val, test = stratified_split(labels, 0.2, 0.2, seed=3)
+    assert len(set(train) | set(val) | set(test)) == 500
+    assert not (set(train) & set(val) or set(train) & set(test) or set(val) & set(test))
+
+
+def test_synthetic_has_the_requested_shape_and_classes():
+    data = make_synthetic(num_samples=300, num_classes=3, image_size=16)
+    assert data.num_classes == 3 and data.image_size == 16
+    assert len(data.train) + len(data.val) + len(data.test) == 300
+
+
+def test_resident_loader_batches_by_index():
+    split = Split(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1), torch.arange(10))
+    loader = ResidentLoader(
+        split, batch_size=4, sampler=RandomSampler(split.labels), drop_last=True
+    )
+    loader.set_epoch(1)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 2 and all(b[0].shape[0] == 4 for b in batches)
+    for images, labels in batches:
+        assert torch.equal(images.view(-1).long(), labels), "images and labels stay paired"
+    sequential = list(ResidentLoader(split, batch_size=4))
+    assert [len(labels) for _, labels in sequential] == [4, 4, 2]
+    assert torch.equal(torch.cat([labels for _, labels in sequential]), torch.arange(10))
+
+
+def test_balanced_sampler_draws_classes_about_equally():
+    labels = torch.tensor([0] * 900 + [1] * 90 + [2] * 10)
+    draws = WeightedClassSampler(labels, seed=0).indices(0)
+    shares = torch.bincount(labels[draws], minlength=3).float() / len(draws)
+    assert torch.allclose(shares, torch.full((3,), 1 / 3), atol=0.05), shares

@@ -1,0 +1,173 @@
+"""Real-world switches: long tail, label noise, subsets; the class-count report; config checks."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from runner.config.validation import ConfigError, validate
+from runner.data.build import build_data
+from runner.data.sets.digits import load_digits
+from runner.data.sets.synthetic import make_synthetic
+from runner.data.switches import (
+    apply_switches,
+    long_tail_counts,
+    long_tail_indices,
+    noisy_labels,
+    subset_indices,
+)
+from runner.reports.data_report import report_train_data as report_data
+from runner.tracking.null import NullTracker
+
+CIFAR10_LT_100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+
+
+def test_long_tail_profile_matches_the_cifar10_lt_counts():
+    counts = long_tail_counts(torch.full((10,), 5000), ratio=100)
+    assert counts.tolist() == CIFAR10_LT_100
+    assert long_tail_counts(torch.full((5,), 500), ratio=10).tolist() == [500, 281, 158, 88, 50]
+
+
+def test_long_tail_indices_draw_exact_counts_reproducibly():
+    labels = torch.arange(10).repeat_interleave(5000)
+    picked = long_tail_indices(labels, ratio=100, seed=0)
+    assert torch.bincount(labels[picked]).tolist() == CIFAR10_LT_100
+    assert torch.equal(picked, long_tail_indices(labels, ratio=100, seed=0))
+    assert not torch.equal(picked, long_tail_indices(labels, ratio=100, seed=1))
+    assert len(picked.unique()) == len(picked), "a subsample, without repeats"
+
+
+def test_long_tail_never_asks_a_class_for_more_than_it_has():
+    counts = long_tail_counts(torch.tensor([100, 10, 100]), ratio=4)
+    assert counts.tolist() == [100, 10, 25]
+
+
+@pytest.mark.parametrize("rate", [0.2, 0.4])
+def test_symmetric_noise_flips_about_the_rate_to_other_classes(rate):
+    clean = torch.arange(10).repeat(2000)
+    noisy = noisy_labels(clean, rate, "symmetric", 10, seed=0)
+    flipped = noisy != clean
+    assert abs(float(flipped.float().mean()) - rate) < 0.015
+    # Flipped labels spread over the other nine classes about evenly.
+    targets = torch.bincount(noisy[flipped & (clean == 0)], minlength=10)
+    assert targets[0] == 0 and targets[1:].min() > 0.5 * targets[1:].float().mean()
+    assert torch.equal(noisy, noisy_labels(clean, rate, "symmetric", 10, seed=0))
+
+
+def test_asymmetric_noise_flips_to_the_next_class():
+    clean = torch.arange(5).repeat(2000)
+    noisy = noisy_labels(clean, 0.3, "asymmetric", 5, seed=0)
+    flipped = noisy != clean
+    assert abs(float(flipped.float().mean()) - 0.3) < 0.02
+    assert torch.equal(noisy[flipped], (clean[flipped] + 1) % 5)
+
+
+def test_fraction_and_samples_per_class_are_stratified():
+    labels = torch.tensor([0] * 100 + [1] * 50 + [2] * 8)
+    by_fraction = subset_indices(labels, fraction=0.1, seed=0)
+    assert torch.bincount(labels[by_fraction]).tolist() == [10, 5, 1]
+    by_count = subset_indices(labels, samples_per_class=20, seed=0)
+    assert torch.bincount(labels[by_count]).tolist() == [20, 20, 8]
+
+
+def test_apply_switches_changes_train_only_and_keeps_clean_labels():
+    data = load_digits()
+    val, test = data.val.labels.clone(), data.test.labels.clone()
+    data = apply_switches(data, seed=0, imbalance_ratio=10, label_noise=0.3)
+    assert data.long_tailed
+    assert torch.equal(data.val.labels, val) and torch.equal(data.test.labels, test)
+    clean = data.clean_train_labels
+    assert clean is not None and len(clean) == len(data.train)
+    clean_counts = torch.bincount(clean, minlength=10)
+    assert int(clean_counts.max()) / int(clean_counts.min()) == pytest.approx(10, rel=0.1)
+    assert clean_counts[0] == clean_counts.max() and clean_counts[9] == clean_counts.min()
+    rate = data.extra_params["data.actual_noise_rate"]
+    assert rate == pytest.approx(float((clean != data.train.labels).float().mean()))
+    assert 0.2 < rate < 0.4
+
+
+def test_switches_off_leave_the_data_alone():
+    data = make_synthetic(num_samples=200)
+    before = data.train.labels.clone()
+    data = apply_switches(data, seed=0)
+    assert torch.equal(data.train.labels, before)
+    assert data.clean_train_labels is None and not data.long_tailed
+
+
+def test_build_data_applies_switches_from_the_config(make_cfg):
+    cfg = make_cfg("data.samples_per_class=30", "data.label_noise=0.2", tiny=False)
+    data = build_data(cfg.data)
+    assert torch.bincount(data.clean_train_labels).tolist() == [30] * 10
+    assert (data.clean_train_labels != data.train.labels).any()
+
+
+class RecordingTracker(NullTracker):
+    def __init__(self):
+        self.params, self.artifacts = {}, []
+
+    def log_params(self, params):
+        self.params.update(params)
+
+    def log_artifact(self, path, artifact_path=None):
+        self.artifacts.append(path.name)
+
+
+def test_report_logs_counts_noise_and_bad_files(tmp_path):
+    data = apply_switches(load_digits(), seed=0, imbalance_ratio=20, label_noise=0.2)
+    data.bad_files = [("/x/a.jpg", "/x/a.jpg: empty file (0 bytes)")]
+    tracker = RecordingTracker()
+    report_data(data, tmp_path, tracker)
+    counts = data.class_counts().tolist()
+    assert tracker.params["data.train_class_counts"] == ",".join(map(str, counts))
+    assert tracker.params["data.num_bad_files"] == 1
+    assert tracker.params["data.actual_imbalance_ratio"] == pytest.approx(max(counts) / min(counts))
+    assert 0.1 < tracker.params["data.actual_noise_rate"] < 0.3
+    assert set(tracker.artifacts) == {"class_counts.png", "bad_files.txt", "label_noise.csv"}
+    assert (tmp_path / "class_counts.png").stat().st_size > 1000
+    assert (tmp_path / "bad_files.txt").read_text() == "/x/a.jpg: empty file (0 bytes)\n"
+    with (tmp_path / "label_noise.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(data.train)
+    assert [int(r["noisy_label"]) for r in rows] == data.train.labels.tolist()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("data.imbalance_ratio=0.5", "data.imbalance_ratio=0.5 is invalid"),
+        ("data.label_noise=1.5", "data.label_noise=1.5 is invalid"),
+        ("data.noise_type=pairs", "symmetric, asymmetric"),
+        ("data.fraction=0", "data.fraction=0 is invalid"),
+        ("data.samples_per_class=-3", "data.samples_per_class=-3 is invalid"),
+    ],
+)
+def test_bad_switch_values_fail_validation_with_the_key(make_cfg, override, expected):
+    with pytest.raises(ConfigError, match="1 problem") as info:
+        validate(make_cfg(override))
+    assert expected in str(info.value)
+
+
+def test_fraction_and_samples_per_class_together_fail_validation(make_cfg):
+    with pytest.raises(ConfigError, match="choose one"):
+        validate(make_cfg("data.fraction=0.5", "data.samples_per_class=3"))
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("data.on_bad_file=ignore", "skip, error"),
+        ("data.resident=maybe", "auto, true, false"),
+        ("data.num_workers=-1", "an integer >= 0"),
+    ],
+)
+def test_bad_imagefolder_values_fail_validation(make_cfg, tmp_path, override, expected):
+    cfg = make_cfg("data=imagefolder", f"data.root={tmp_path}", override, tiny=False)
+    with pytest.raises(ConfigError, match=expected):
+        validate(cfg)
+
+
+def test_imagefolder_without_root_fails_validation(make_cfg):
+    with pytest.raises(ConfigError, match=r"data.root is required"):
+        validate(make_cfg("data=imagefolder", tiny=False))

@@ -1,0 +1,245 @@
+"""mode=eval and mode=predict from a real trained checkpoint; analysis reports in MLflow."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torchvision.io import write_png
+
+from runner.cli import run
+from runner.evaluate import resolve_ckpt
+from runner.training.best_checkpoint import read_best
+from runner.training.checkpoint_io import CheckpointError
+from runner.training.test_report import FlipTTA
+from tests.conftest import CONF, TINY, query, seed_store
+
+ANALYSIS_FILES = ("confusion_matrix.png", "misclassified.png", "gradcam.png", "reliability.png")
+
+
+def compose_cfg(tmp: Path, run_dir: str, *overrides: str):
+    seed_store(Path(tmp) / "outputs")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                f"paths.output_dir={tmp}/outputs",
+                f"paths.run_dir={tmp}/{run_dir}",
+                *TINY,
+                *overrides,
+            ],
+        )
+
+
+def artifacts_of(db: Path, run_id: str) -> Path:
+    ((uri,),) = query(db, "SELECT artifact_uri FROM runs WHERE run_uuid = ?", run_id)
+    return Path(uri.removeprefix("file://"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run with MLflow and the analysis reports on."""
+    tmp = tmp_path_factory.mktemp("trained")
+    run(compose_cfg(tmp, "train", "analysis.enabled=true"))
+    db = tmp / "outputs" / "mlflow.db"
+    ((run_id,),) = query(db, "SELECT run_uuid FROM runs")
+    return tmp, db, run_id
+
+
+@pytest.mark.slow
+def test_training_logs_the_analysis_reports_and_links_best_pt_to_its_run(trained):
+    tmp, db, run_id = trained
+    artifacts = artifacts_of(db, run_id)
+    for name in (*ANALYSIS_FILES, "learning_curves.png", "per_class.csv"):
+        assert (tmp / "train" / name).stat().st_size > 1000 or name.endswith(".csv"), name
+        assert (artifacts / name).is_file(), name
+    (ece,) = query(db, "SELECT value FROM metrics WHERE key = 'test/ece'")[0]
+    assert 0.0 <= ece <= 1.0
+    best = torch.load(tmp / "train" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["mlflow_run_id"] == run_id
+
+
+@pytest.mark.slow
+def test_eval_reproduces_the_test_metrics_in_a_new_linked_run(trained):
+    tmp, db, run_id = trained
+    ckpt = tmp / "train" / "checkpoints" / "best.pt"
+    acc = run(compose_cfg(tmp, "eval", "mode=eval", f"ckpt={ckpt}", "analysis.enabled=false"))
+    trained_metrics = json.loads((tmp / "train" / "metrics.json").read_text())
+    evaluated = json.loads((tmp / "eval" / "metrics.json").read_text())
+    # Same weights, same data, same preprocessing: the same numbers.
+    for key in ("test/acc", "test/loss", "test/macro_f1"):
+        assert evaluated[key] == pytest.approx(trained_metrics[key], abs=1e-5), key
+    assert acc == pytest.approx(evaluated["test/acc"])
+    runs = dict(query(db, "SELECT run_uuid, status FROM runs"))
+    assert len(runs) == 2 and set(runs.values()) == {"FINISHED"}
+    (eval_id,) = set(runs) - {run_id}
+    tags = dict(query(db, "SELECT key, value FROM tags WHERE run_uuid = ?", eval_id))
+    assert tags["source_run_id"] == run_id and tags["mode"] == "eval"
+    # analysis.enabled=false: the per-class table only, no plots, no ECE.
+    assert (tmp / "eval" / "per_class.csv").is_file()
+    assert not any((tmp / "eval" / name).exists() for name in ANALYSIS_FILES)
+    assert "test/ece" not in evaluated
+
+
+@pytest.mark.slow
+def test_eval_from_an_mlflow_run_id_with_flip_tta(trained):
+    tmp, _, run_id = trained
+    tta = ("mode=eval", f"ckpt=runs:/{run_id}", "eval.tta=flip", "analysis.enabled=true")
+    run(compose_cfg(tmp, "eval_tta", *tta))
+    evaluated = json.loads((tmp / "eval_tta" / "metrics.json").read_text())
+    assert evaluated["tta"] == "flip" and evaluated["source_run_id"] == run_id
+    assert 0 <= evaluated["test/ece"] <= 1
+    for name in ANALYSIS_FILES:
+        assert (tmp / "eval_tta" / name).is_file(), name
+    assert not (tmp / "eval_tta" / "learning_curves.png").exists(), "no history in eval"
+
+
+def test_flip_tta_averages_the_logits_of_both_views():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 5, 3))
+    images = torch.randn(2, 3, 4, 5)
+    expected = (model(images) + model(images.flip(-1))) / 2
+    assert torch.allclose(FlipTTA(model)(images), expected)
+    assert not torch.allclose(expected, model(images))
+
+
+@pytest.mark.slow
+def test_predict_writes_top_k_with_class_names_in_file_order(trained, tmp_path):
+    tmp, _, run_id = trained
+    ckpt = tmp / "train" / "checkpoints" / "best.pt"
+    best = read_best(ckpt)
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    image = torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8)
+    write_png(image, str(folder / "a.png"))
+    write_png(image, str(folder / "sub" / "c.png"))
+    (folder / "b.jpg").write_bytes(b"not an image")
+    out = tmp_path / "preds" / "p.csv"
+    count = run(
+        compose_cfg(
+            tmp,
+            "predict",
+            "mode=predict",
+            f"ckpt=runs:/{run_id}",
+            f"predict.input={folder}",
+            f"predict.output={out}",
+            "predict.topk=3",
+        )
+    )
+    assert count == 2
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [Path(r["file"]).name for r in rows] == ["a.png", "b.jpg", "c.png"]
+    assert "b.jpg" in rows[1]["error"] and rows[1]["predicted_class"] == ""
+    for row in (rows[0], rows[2]):
+        assert row["predicted_class"] == row["class_1"] in best.class_names
+        probs = [float(row[f"prob_{k}"]) for k in (1, 2, 3)]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    assert rows[0]["class_1"] == rows[2]["class_1"], "the same image gets the same label"
+
+
+@pytest.mark.slow
+def test_ckpt_errors_name_the_file_and_the_fix(tmp_path, trained):
+    cfg = compose_cfg(trained[0], "unused")  # the trained run's MLflow store
+    with pytest.raises(CheckpointError, match=r"ckpt='/nope/best.pt': no such file"):
+        resolve_ckpt("/nope/best.pt", cfg, tmp_path)
+    with pytest.raises(CheckpointError, match=r"a folder: point at its checkpoints/best\.pt"):
+        resolve_ckpt(str(tmp_path), cfg, tmp_path)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        read_best(junk)
+    last = tmp_path / "last.pt"
+    torch.save({"model": {}, "optimizer": {}, "state": {}}, last)
+    with pytest.raises(CheckpointError, match=r"training-state checkpoint \(last.pt\)"):
+        read_best(last)
+    with pytest.raises(CheckpointError, match="run 'feedc0de' was not found in the MLflow"):
+        resolve_ckpt("runs:/feedc0de", cfg, tmp_path / "dl")
+
+
+# --- best.pt written before the package was split into layers (schema version 1) -----
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def as_flat_layout(best_pt: Path, out: Path) -> Path:
+    """The same best.pt as the flat layout wrote it: no schema_version, old `_target_`s."""
+    from omegaconf import OmegaConf
+
+    from runner.config.targets import legacy_target
+
+    old_name = {}  # new target -> the flat layout's, from the mapping itself
+    for path in FIXTURES.glob("legacy_best_config_*.yaml"):
+        for target in _targets(OmegaConf.to_container(OmegaConf.load(path))):
+            old_name[legacy_target(target)] = target
+    payload = torch.load(best_pt, weights_only=True)
+    del payload["schema_version"]
+    config = OmegaConf.to_container(OmegaConf.create(payload["config"]))
+    payload["config"] = OmegaConf.to_yaml(OmegaConf.create(_rename(config, old_name)))
+    assert "runner.data.make_synthetic" in payload["config"]  # the flat layout's name
+    torch.save(payload, out)
+    return out
+
+
+def _targets(node) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["_target_"]] if isinstance(node.get("_target_"), str) else []
+        return own + [t for value in node.values() for t in _targets(value)]
+    if isinstance(node, list):
+        return [t for value in node for t in _targets(value)]
+    return []
+
+
+def _rename(node, names: dict[str, str]):
+    if isinstance(node, dict):
+        return {
+            k: names.get(v, v) if k == "_target_" else _rename(v, names) for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_rename(v, names) for v in node]
+    return node
+
+
+@pytest.mark.parametrize("name", ["resnet10t", "resnet32"])
+def test_every_target_of_a_flat_layout_config_resolves_now(name):
+    """Configs that best.pt files of the flat layout carry (captured before the move)."""
+    from hydra.utils import get_object
+    from omegaconf import OmegaConf
+
+    from runner.config.targets import upgrade_legacy_targets
+
+    legacy = OmegaConf.load(FIXTURES / f"legacy_best_config_{name}.yaml")
+    old = _targets(OmegaConf.to_container(legacy))
+    assert any(t.startswith("runner.aug") for t in old)
+    new = _targets(OmegaConf.to_container(upgrade_legacy_targets(legacy)))
+    for target in new:
+        assert get_object(target) is not None, target
+
+
+@pytest.mark.slow
+def test_a_flat_layout_best_pt_evaluates_and_predicts_as_before(trained, tmp_path):
+    tmp, _, _ = trained
+    current = tmp / "train" / "checkpoints" / "best.pt"
+    legacy = as_flat_layout(current, tmp_path / "legacy.pt")
+    assert read_best(legacy).stored_config().model._target_ == (
+        read_best(current).stored_config().model._target_
+    )
+    run(compose_cfg(tmp, "eval_legacy", "mode=eval", f"ckpt={legacy}", "analysis.enabled=false"))
+    evaluated = json.loads((tmp / "eval_legacy" / "metrics.json").read_text())
+    trained_metrics = json.loads((tmp / "train" / "metrics.json").read_text())
+    for key in ("test/acc", "test/loss", "test/macro_f1"):
+        assert evaluated[key] == pytest.approx(trained_metrics[key], abs=1e-5), key
+    image = tmp_path / "photos" / "a.png"
+    image.parent.mkdir()
+    write_png(torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8), str(image))
+    rows = {}
+    for label, ckpt in (("legacy", legacy), ("current", current)):
+        out = tmp_path / f"{label}.csv"
+        predict = ("mode=predict", f"ckpt={ckpt}", f"predict.input={image}")
+        run(compose_cfg(tmp, f"predict_{label}", *predict, f"predict.output={out}"))
+        with out.open() as handle:
+            rows[label] = [row[1:] for row in csv.reader(handle)]
+    assert rows["legacy"] == rows["current"]

@@ -1,0 +1,242 @@
+"""Real CPU training runs: learning, MLflow contents, checkpoints, resume, failure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+import runner.training.engine
+from runner.train import run
+from tests.conftest import CONF, REPO, TINY, query, runs_in, seed_store
+
+pytestmark = pytest.mark.slow
+
+REQUIRED_METRICS = {
+    "train/loss",
+    "train/acc",
+    "val/loss",
+    "val/acc",
+    "val/balanced_acc",
+    "lr",
+    "epoch_time_s",
+    "train/throughput",
+    "test/acc",
+    "test/top5",
+    "test/balanced_acc",
+    "test/macro_f1",
+    "test/auroc",
+}
+REQUIRED_TAGS = {
+    "git_commit",
+    "git_dirty",
+    "host",
+    "device",
+    "torch",
+    "timm",
+    "kornia",
+    "overrides",
+}
+
+
+def compose_cfg(tmp: Path, *overrides: str):
+    seed_store(Path(tmp) / "outputs")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[f"paths.output_dir={tmp}/outputs", f"paths.run_dir={tmp}/run", *overrides],
+        )
+
+
+def run_status(db: Path) -> list[str]:
+    return [row[0] for row in query(db, "SELECT status FROM runs")]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """One short training run of the default config (digits, resnet18, MLflow)."""
+    tmp = tmp_path_factory.mktemp("digits")
+    cfg = compose_cfg(tmp, "trainer.max_epochs=6")
+    best = run(cfg)
+    return tmp, cfg, best
+
+
+def test_default_run_learns_digits(digits_run):
+    tmp, _, best = digits_run
+    metrics = json.loads((tmp / "run" / "metrics.json").read_text())
+    assert metrics["test/acc"] >= 0.93, metrics
+    assert metrics["test/balanced_acc"] >= 0.93, metrics
+    assert best == pytest.approx(metrics["best_value"])
+    assert 0.9 <= best <= 1.0
+
+
+def test_mlflow_store_holds_params_metrics_tags_and_artifacts(digits_run):
+    tmp, cfg, best = digits_run
+    db = tmp / "outputs" / "mlflow.db"
+    ((status, artifact_uri),) = query(db, "SELECT status, artifact_uri FROM runs")
+    assert status == "FINISHED"
+    (experiment,) = query(db, "SELECT name FROM experiments WHERE name != 'Default'")
+    assert experiment == ("digits",)
+    metric_names = {row[0] for row in query(db, "SELECT DISTINCT key FROM metrics")}
+    assert metric_names >= REQUIRED_METRICS
+    epochs = query(db, "SELECT step FROM metrics WHERE key = 'val/acc' ORDER BY step")
+    assert [e for (e,) in epochs] == list(range(1, 7)), "one val/acc per epoch"
+    (best_logged,) = query(db, "SELECT MAX(value) FROM metrics WHERE key = 'val/acc'")[0]
+    assert best_logged == pytest.approx(best)
+    params = dict(query(db, "SELECT key, value FROM params"))
+    assert params["optim.lr"] == str(cfg.optim.lr) and params["model.name"] == "resnet18"
+    assert params["trainer.max_epochs"] == "6"
+    tags = dict(query(db, "SELECT key, value FROM tags"))
+    assert set(tags) >= REQUIRED_TAGS
+    assert tags["device"] == "cpu"
+    assert len(tags["git_commit"]) == 40 or tags["git_commit"] == "unknown"
+    artifacts = Path(artifact_uri.removeprefix("file://"))
+    for name in (
+        "config_resolved.yaml",
+        "metrics.json",
+        "confusion_matrix.png",
+        "aug_preview.png",
+        "per_class.csv",
+        "environment.json",
+        "checkpoints/best.pt",
+    ):
+        assert (artifacts / name).is_file(), name
+    assert str(tmp / "outputs" / "mlartifacts") in artifact_uri
+
+
+def test_run_dir_holds_checkpoints_that_load_with_weights_only(digits_run):
+    tmp, cfg, _ = digits_run
+    ckpt = tmp / "run" / "checkpoints"
+    best = torch.load(ckpt / "best.pt", weights_only=True)
+    last = torch.load(ckpt / "last.pt", weights_only=True)
+    assert best["class_names"] == [str(d) for d in range(10)] and best["image_size"] == 32
+    assert last["state"]["epoch"] == 6 and set(last) >= {"optimizer", "scheduler", "rng"}
+    model = instantiate(cfg.model)(num_classes=10)
+    model.load_state_dict(best["model"])
+    per_class = (tmp / "run" / "per_class.csv").read_text().splitlines()
+    assert per_class[0] == "class,precision,recall,f1,support" and len(per_class) == 11
+    assert not list(ckpt.glob("*.tmp")), "no temp files may be left behind"
+
+
+def test_resume_continues_the_same_mlflow_run(tmp_path):
+    first = run(compose_cfg(tmp_path, *TINY, "trainer.max_epochs=2"))
+    db = tmp_path / "outputs" / "mlflow.db"
+    (run_id,) = query(db, "SELECT run_uuid FROM runs")[0]
+    second = run(compose_cfg(tmp_path, *TINY, "trainer.max_epochs=3"))
+    assert query(db, "SELECT run_uuid, status FROM runs") == [(run_id, "FINISHED")]
+    steps = [s for (s,) in query(db, "SELECT step FROM metrics WHERE key='val/acc' ORDER BY step")]
+    assert steps == [1, 2, 3], "each epoch is logged once across the restart"
+    assert second >= first or second == pytest.approx(first)
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert last["state"]["epoch"] == 3
+
+
+def test_exception_marks_the_run_failed_with_its_traceback(tmp_path, monkeypatch):
+    def broken_epoch(**kwargs):
+        raise RuntimeError("boom in a training step")
+
+    monkeypatch.setattr(runner.training.engine, "train_one_epoch", broken_epoch)
+    with pytest.raises(RuntimeError, match="boom"):
+        run(compose_cfg(tmp_path, *TINY))
+    db = tmp_path / "outputs" / "mlflow.db"
+    assert run_status(db) == ["FAILED"]
+    (artifact_uri,) = query(db, "SELECT artifact_uri FROM runs")[0]
+    traceback_file = Path(artifact_uri.removeprefix("file://")) / "traceback.txt"
+    assert "boom in a training step" in traceback_file.read_text()
+
+
+def test_keyboard_interrupt_marks_the_run_killed(tmp_path, monkeypatch):
+    def interrupted_epoch(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.training.engine, "train_one_epoch", interrupted_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(compose_cfg(tmp_path, *TINY))
+    assert run_status(tmp_path / "outputs" / "mlflow.db") == ["KILLED"]
+
+
+def test_logger_none_still_writes_metrics_and_checkpoints(tmp_path):
+    best = run(compose_cfg(tmp_path, *TINY, "logger=none"))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["best_value"] == pytest.approx(best)
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
+    assert runs_in(tmp_path / "outputs" / "mlflow.db") == 0
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [
+            "trainer.ema_decay=0.9",
+            "trainer.gradient_clip_val=1.0",
+            "trainer.accumulate_grad_batches=2",
+            "loss=focal",
+            "sampler=balanced",
+            "optim=sgd",
+            "sched=onecycle",
+            "trainer.early_stopping_patience=1",
+        ]
+    ],
+)
+def test_trainer_options_run_together(tmp_path, extra):
+    best = run(compose_cfg(tmp_path, *TINY, "trainer.max_epochs=2", "logger=none", *extra))
+    assert 0.0 <= best <= 1.0
+
+
+def test_two_cli_runs_started_together_get_their_own_dirs_and_mlflow_runs(tmp_path):
+    args = [sys.executable, str(REPO / "run.py"), f"paths.output_dir={tmp_path}", *TINY]
+    procs = [
+        subprocess.Popen(
+            [*args, f"seed={seed}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for seed in (0, 1)
+    ]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    run_dirs = sorted((tmp_path / "runs").glob("*/*"))
+    assert len(run_dirs) == 2 and all((d / "metrics.json").is_file() for d in run_dirs)
+    db = tmp_path / "mlflow.db"
+    assert run_status(db) == ["FINISHED", "FINISHED"]
+    overrides = [v for (v,) in query(db, "SELECT value FROM tags WHERE key='overrides'")]
+    assert sorted("seed=0" in o for o in overrides) == [False, True]
+    # Not a terminal: progress comes as plain lines, and the config prints as a tree.
+    assert "epoch 1 step" in outputs[0] and "trainer" in outputs[0]
+
+
+def test_a_terminal_gets_a_progress_bar_per_epoch(tmp_path):
+    """Runs a tiny training in a pseudo-terminal, as a person at a shell would."""
+    import os
+    import pty
+
+    command = [
+        sys.executable,
+        str(REPO / "run.py"),
+        f"paths.output_dir={tmp_path}",
+        "logger=none",
+        *TINY,
+        "trainer.max_epochs=2",
+    ]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: becomes the training run, its stdout a terminal
+        os.execv(command[0], command)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, screen[-2000:]
+    assert "epoch 1/2" in screen and "epoch 2/2" in screen
+    assert "━" in screen, "rich draws a bar on a terminal"
+    assert "img/s" in screen and "run summary" in screen

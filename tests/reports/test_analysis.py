@@ -1,0 +1,98 @@
+"""The analysis reports on small real models and predictions (no training)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torchvision.models import resnet18
+
+from runner.augment.device import DeviceAugment
+from runner.augment.normalize import Normalize
+from runner.data.splits import Split
+from runner.reports.analysis import (
+    AnalysisInputs,
+    expected_calibration_error,
+    most_confident_mistakes,
+    write_reports,
+)
+from runner.reports.gradcam import GradCamError, find_gradcam_layer, gradcam_maps
+from runner.tracking.null import NullTracker
+
+
+@pytest.fixture(scope="module")
+def tv_resnet():
+    torch.manual_seed(0)
+    return resnet18(num_classes=3).eval()
+
+
+def test_auto_layer_is_the_last_feature_map_big_enough(tv_resnet):
+    example = torch.randn(1, 3, 64, 64)  # layer3 gives 4x4, layer4 2x2
+    assert find_gradcam_layer(tv_resnet, example, "auto", min_size=4)[0] == "layer3"
+    assert find_gradcam_layer(tv_resnet, example, "auto", min_size=1)[0] == "layer4"
+    assert find_gradcam_layer(tv_resnet, example, "layer2.1")[0] == "layer2.1"
+    with pytest.raises(GradCamError, match=r"analysis\.gradcam_layer='layer9' is not a module"):
+        find_gradcam_layer(tv_resnet, example, "layer9")
+    with pytest.raises(GradCamError, match="no layer with a feature map of at least 64x64"):
+        find_gradcam_layer(tv_resnet, example, "auto", min_size=64)
+
+
+def test_gradcam_maps_are_per_image_heat_maps_in_0_1(tv_resnet):
+    images = torch.randn(2, 3, 64, 64)
+    _, layer = find_gradcam_layer(tv_resnet, images[:1])
+    maps = gradcam_maps(tv_resnet, images, torch.tensor([0, 2]), layer)
+    assert maps.shape == (2, 64, 64)
+    assert maps.min() >= 0 and maps.max() <= 1 and maps.flatten(1).std(1).min() > 0
+
+
+def test_calibration_error_and_confident_mistakes():
+    labels = torch.tensor([0, 1, 2, 0])
+    right = torch.nn.functional.one_hot(labels, 3).float()
+    assert expected_calibration_error(right, labels, 15) == pytest.approx(0.0, abs=1e-6)
+    wrong = torch.nn.functional.one_hot((labels + 1) % 3, 3).float()
+    assert expected_calibration_error(wrong, labels, 15) == pytest.approx(1.0)
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.5, 0.4]])
+    assert most_confident_mistakes(probs, labels, 5).tolist() == [2, 3]
+
+
+def test_a_failing_report_does_not_stop_the_others(tv_resnet, tmp_path, caplog):
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    probs = torch.rand(6, 3).softmax(-1)
+    inputs = AnalysisInputs(
+        tv_resnet,
+        DeviceAugment(image_size=32).eval(),
+        Normalize((0.5,) * 3, (0.25,) * 3),
+        Split(images, labels),
+        probs,
+        labels,
+        torch.eye(3, dtype=torch.long) * 2,
+        ["a", "b", "c"],
+        torch.device("cpu"),
+        [{"epoch": 1, "train/loss": 1.0, "lr": 0.1}],
+    )
+    settings = OmegaConf.create(
+        {
+            "enabled": True,
+            "num_misclassified": 4,
+            "num_gradcam": 2,
+            "gradcam_layer": "nope",
+            "gradcam_min_size": 4,
+            "calibration_bins": 10,
+        }
+    )
+    with caplog.at_level(logging.ERROR, logger="runner"):
+        metrics = write_reports(settings, inputs, tmp_path, NullTracker())
+    assert "gradcam.png was not written" in caplog.text
+    assert not (tmp_path / "gradcam.png").exists()
+    for name in (
+        "per_class.csv",
+        "confusion_matrix.png",
+        "misclassified.png",
+        "reliability.png",
+        "learning_curves.png",
+    ):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert 0 <= metrics["test/ece"] <= 1

@@ -1,0 +1,36 @@
+"""The launcher presets compose on top of hydra-submitit-launcher's configs."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
+
+from tests.conftest import CONF
+
+
+def launcher(name: str, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=[f"hydra/launcher={name}", *overrides], return_hydra_config=True
+        )
+    # The sweep dir holds submitit's folder (logs, pickles), shared by every job.
+    assert cfg.hydra.launcher.submitit_folder == f"{cfg.hydra.sweep.dir}/.submitit/%j"
+    return cfg.hydra.launcher
+
+
+@pytest.mark.parametrize("name", ["slurm", "slurm_submit"])
+def test_slurm_presets(name):
+    conf = launcher(name, "hydra.launcher.partition=gpu")
+    assert conf.partition == "gpu" and conf.max_num_timeout > 0 and conf.signal_delay_s > 0
+    assert get_class(conf._target_).__name__.endswith("SlurmLauncher")
+
+
+def test_local_preset():
+    conf = launcher("local")
+    assert get_class(conf._target_).__name__ == "LocalLauncher"
+
+
+def test_an_unknown_launcher_key_is_refused():
+    with pytest.raises(Exception, match="partiton"):
+        launcher("slurm", "hydra.launcher.partiton=gpu")

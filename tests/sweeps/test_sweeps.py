@@ -1,0 +1,272 @@
+"""Sweeps as real multirun subprocesses: parent/child MLflow runs, summary, failure,
+resume, fail-fast, and the project's Optuna sweeper with pruning (in-process and with
+submitit's local launcher)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, TINY, query, seed_store
+from tests.faults import FAULTY_LOSS
+
+pytestmark = pytest.mark.slow
+# 16 batches per epoch: long enough to be interrupted in the middle of one.
+STEADY = ["data.num_samples=640", "trainer.max_epochs=3", "trainer.log_every_n_steps=4"]
+
+
+def multirun(out: Path, sweep_dir: Path, *overrides: str, timeout: float = 600):
+    """`python run.py -m ...` with outputs under `out` and the sweep in `sweep_dir`."""
+    seed_store(out)
+    command = [
+        sys.executable,
+        str(REPO / "run.py"),
+        "-m",
+        f"paths.output_dir={out}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *TINY,
+        *overrides,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    return done.returncode, done.stdout + done.stderr
+
+
+def runs(db: Path) -> dict[str, dict]:
+    """Every MLflow run in the store: status, name and tags, by run id."""
+    found = {}
+    for run_id, name, status in query(db, "SELECT run_uuid, name, status FROM runs"):
+        tags = dict(query(db, "SELECT key, value FROM tags WHERE run_uuid = ?", run_id))
+        found[run_id] = {"name": name, "status": status, "tags": tags}
+    return found
+
+
+def manifest(sweep_dir: Path) -> dict[str, dict]:
+    """The sweep's manifest entries by the swept part of their overrides."""
+    jobs = json.loads((sweep_dir / "manifest.json").read_text())["jobs"]
+    # Hydra's sweeper writes booleans back capitalised (analysis.enabled=False).
+    fixed = {o.lower() for o in TINY + STEADY}
+    swept = lambda o: o.lower() not in fixed and not o.startswith(("paths.", "sweep."))  # noqa: E731
+    return {" ".join(filter(swept, e["overrides"])): e for e in jobs.values()}
+
+
+def artifacts_of(db: Path, run_id: str) -> Path:
+    ((uri,),) = query(db, "SELECT artifact_uri FROM runs WHERE run_uuid = ?", run_id)
+    return Path(uri.removeprefix("file://"))
+
+
+def test_grid_sweep_nests_children_under_a_parent_and_aggregates_seeds(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    code, output = multirun(tmp_path, sweep_dir, "optim.lr=1e-3,3e-3", "seed=0,1")
+    assert code == 0, output[-3000:]
+    db = tmp_path / "mlflow.db"
+    found = runs(db)
+    parents = [i for i, r in found.items() if r["tags"].get("sweep.role") == "parent"]
+    assert len(parents) == 1
+    parent = found[parents[0]]
+    assert parent["status"] == "FINISHED"
+    assert parent["name"] == sweep_dir.name
+    assert "optim.lr=1e-3,3e-3" in parent["tags"]["overrides"]
+    children = {i: r for i, r in found.items() if i not in parents}
+    assert len(children) == 4
+    for child in children.values():
+        assert child["status"] == "FINISHED"
+        assert child["tags"]["mlflow.parentRunId"] == parents[0]
+        assert child["tags"]["override.optim.lr"] in ("0.001", "0.003")
+        assert child["name"].startswith("job")
+    jobs = manifest(sweep_dir)
+    assert len(jobs) == 4
+    assert all(e["status"] == "FINISHED" and e["mlflow_run_id"] in children for e in jobs.values())
+
+    summary = (sweep_dir / "summary.md").read_text()
+    assert "## Mean +- std over seeds" in summary
+    aggregate = summary.split("## Mean +- std over seeds")[1]
+    assert aggregate.count("| 2 |") == 2  # one row per lr, two seeds each
+    assert "Best: job" in summary and summary in output
+    best = parent["tags"]["best.run_id"]
+    assert best in children and parent["tags"]["best.optim.lr"] in ("0.001", "0.003")
+    for name in ("summary.md", "summary.csv", "sweep_plot.png"):
+        assert (artifacts_of(db, parents[0]) / "summary" / name).is_file(), name
+    assert len((sweep_dir / "summary.csv").read_text().splitlines()) == 5
+
+
+def by_fail(jobs: dict) -> dict:
+    """The manifest's entries by the job's `loss.fail` value."""
+    return {key.split("+loss.fail=")[1].split()[0]: entry for key, entry in jobs.items()}
+
+
+def test_a_failing_job_does_not_stop_the_others_and_the_sweep_fails(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    code, output = multirun(tmp_path, sweep_dir, *FAULTY_LOSS, "+loss.fail=raise,none")
+    assert code == 1, output[-3000:]
+    assert "1 of 2 sweep job(s) did not finish" in output
+    assert "job 0 FAILED: loss.fail=raise" in output  # what tells the failed job apart
+    assert f"sweep.resume={sweep_dir}" in output
+    jobs = by_fail(manifest(sweep_dir))
+    assert {k: e["status"] for k, e in jobs.items()} == {"raise": "FAILED", "none": "FINISHED"}
+    assert "the test hook failed" in jobs["raise"]["error"]
+    db = tmp_path / "mlflow.db"
+    found = runs(db)
+    assert found[jobs["none"]["mlflow_run_id"]]["status"] == "FINISHED"
+    failed_run = jobs["raise"]["mlflow_run_id"]
+    assert found[failed_run]["status"] == "FAILED"
+    assert (artifacts_of(db, failed_run) / "traceback.txt").is_file()
+    parent = next(r for r in found.values() if r["tags"].get("sweep.role") == "parent")
+    assert parent["status"] == "FAILED"  # the sweep as a whole did not succeed
+
+
+def test_fail_fast_stops_the_jobs_not_started(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    failing = (*FAULTY_LOSS, "+loss.fail=raise,none", "sweep.fail_fast=true")
+    code, output = multirun(tmp_path, sweep_dir, *failing)
+    assert code == 1, output[-3000:]
+    jobs = by_fail(manifest(sweep_dir))
+    assert jobs["raise"]["status"] == "FAILED"
+    assert jobs["none"]["status"] == "SKIPPED"
+    assert not (sweep_dir / "1" / "checkpoints").exists()
+
+
+def test_resume_runs_only_missing_and_failed_jobs(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    code, output = multirun(tmp_path, sweep_dir, "optim.lr=1e-3,-1")
+    assert code == 1, output[-3000:]
+    first = manifest(sweep_dir)
+    assert first["optim.lr=-1"]["status"] == "FAILED"
+    assert "optim.lr=-1" in first["optim.lr=-1"]["error"]  # the config error names the key
+    kept = first["optim.lr=0.001"]
+    parent_before = json.loads((sweep_dir / "sweep.json").read_text())["parent_run_id"]
+
+    code, output = multirun(
+        tmp_path, sweep_dir, "optim.lr=1e-3,-1,3e-3", f"sweep.resume={sweep_dir}"
+    )
+    assert code == 1, output[-3000:]  # lr=-1 fails again
+    second = manifest(sweep_dir)
+    assert second["optim.lr=0.001"]["attempts"] == 1  # not run again
+    assert second["optim.lr=0.001"]["mlflow_run_id"] == kept["mlflow_run_id"]
+    assert second["optim.lr=-1"]["attempts"] == 2
+    assert second["optim.lr=0.003"]["status"] == "FINISHED"
+    assert json.loads((sweep_dir / "sweep.json").read_text())["parent_run_id"] == parent_before
+    found = runs(tmp_path / "mlflow.db")
+    children = [r for r in found.values() if r["tags"].get("mlflow.parentRunId") == parent_before]
+    assert len(children) == 2  # lr=1e-3 once, lr=3e-3 once; lr=-1 never got past validation
+
+
+def test_resume_of_a_dir_that_is_not_a_sweep_fails_clearly(tmp_path):
+    code, output = multirun(
+        tmp_path, tmp_path / "x", "optim.lr=1e-3", f"sweep.resume={tmp_path / 'nowhere'}"
+    )
+    assert code == 1
+    assert "sweep.resume=" in output and "manifest.json does not exist" in output
+
+
+# A case built to be prunable: lr 1e-9 cannot learn, so its validation loss stays above
+# the median of the trials that can, from the first epoch on.
+PRUNABLE = [
+    "hparams_search=optuna",
+    "trainer.max_epochs=2",
+    "trainer.monitor=val/loss",
+    "trainer.monitor_mode=min",
+    "hydra.sweeper.sampler=grid",
+    "hydra.sweeper.params=null",
+    "optim.lr=3e-3,1e-9",
+    "seed=0,1,2",  # a sweep on the command line joins the space
+    "optuna.pruner_startup_trials=2",
+    "optuna.pruner_warmup_epochs=0",
+]
+
+
+def _trial_states(db: Path) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        return [s for (s,) in conn.execute("SELECT state FROM trials ORDER BY number")]
+
+
+def test_optuna_prunes_hopeless_trials_and_reports_to_the_parent(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    code, output = multirun(tmp_path, sweep_dir, *PRUNABLE, "hydra.sweeper.n_trials=6")
+    assert code == 0, output[-3000:]
+    states = _trial_states(tmp_path / "optuna.db")
+    assert len(states) == 6 and "PRUNED" in states and "COMPLETE" in states, states
+    jobs = json.loads((sweep_dir / "manifest.json").read_text())["jobs"].values()
+    pruned = [e for e in jobs if e.get("pruned")]
+    assert len(pruned) == states.count("PRUNED")
+    assert all(e["status"] == "FINISHED" for e in jobs)
+    found = runs(tmp_path / "mlflow.db")
+    for entry in pruned:
+        run = found[entry["mlflow_run_id"]]
+        assert run["status"] == "FINISHED" and run["tags"]["pruned"] == "true"
+    parent_id = next(i for i, r in found.items() if r["tags"].get("sweep.role") == "parent")
+    parent_files = artifacts_of(tmp_path / "mlflow.db", parent_id) / "summary"
+    assert (parent_files / "optimization_history.png").is_file()
+    best = json.loads((parent_files / "best_params.json").read_text())
+    assert best["best_params"]["optim.lr"] == 3e-3
+    assert found[parent_id]["tags"]["best.optim.lr"] == "0.003"
+
+    # The same command continues the study: one more trial, not seven.
+    code, output = multirun(tmp_path, tmp_path / "sweep2", *PRUNABLE, "hydra.sweeper.n_trials=7")
+    assert code == 0, output[-3000:]
+    assert "6 finished trial(s), target 7" in output
+    assert len(_trial_states(tmp_path / "optuna.db")) == 7
+
+
+def test_optuna_with_submitit_local_prunes_across_processes(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    code, output = multirun(
+        tmp_path,
+        sweep_dir,
+        *PRUNABLE,
+        "hydra/launcher=submitit_local",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.n_jobs=2",
+        "optuna.pruner_startup_trials=1",
+    )
+    assert code == 0, output[-3000:]
+    states = _trial_states(tmp_path / "optuna.db")
+    assert len(states) == 4 and "PRUNED" in states, states
+    found = runs(tmp_path / "mlflow.db")
+    parent_id = next(i for i, r in found.items() if r["tags"].get("sweep.role") == "parent")
+    children = [r for r in found.values() if r["tags"].get("mlflow.parentRunId") == parent_id]
+    assert len(children) == 4
+    pids = {r["tags"]["runner.pid"] for r in children}
+    assert found[parent_id]["tags"]["runner.pid"] not in pids  # jobs ran in other processes
+
+
+def test_an_interrupted_sweep_resumes_its_job_from_the_checkpoint(tmp_path):
+    from tests.reliability.conftest import run_until
+
+    sweep_dir = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        str(REPO / "run.py"),
+        "-m",
+        f"paths.output_dir={tmp_path}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *TINY,
+        *STEADY,
+        "seed=0,1",
+    ]
+    code, output = run_until(command, "epoch 2 step 8/", signal.SIGTERM)
+    assert code == 143, output[-3000:]
+    jobs = manifest(sweep_dir)
+    assert jobs["seed=0"]["status"] == "INTERRUPTED" and "seed=1" not in jobs
+    first_run = jobs["seed=0"]["mlflow_run_id"]
+    found = runs(tmp_path / "mlflow.db")
+    parent = next(r for r in found.values() if r["tags"].get("sweep.role") == "parent")
+    assert parent["status"] == "KILLED" and found[first_run]["status"] == "KILLED"
+
+    code, output = multirun(tmp_path, sweep_dir, *STEADY, "seed=0,1", f"sweep.resume={sweep_dir}")
+    assert code == 0, output[-3000:]
+    assert "resumed from" in output and "epoch 1 done" in output
+    jobs = manifest(sweep_dir)
+    assert jobs["seed=0"]["mlflow_run_id"] == first_run
+    assert {e["status"] for e in jobs.values()} == {"FINISHED"}
+    epochs = query(
+        tmp_path / "mlflow.db",
+        "SELECT step FROM metrics WHERE run_uuid = ? AND key = 'val/acc'",
+        first_run,
+    )
+    assert sorted(s for (s,) in epochs) == [1, 2, 3]  # each epoch logged once

@@ -1,0 +1,66 @@
+"""Atomic, weights-only checkpoints and the background writer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from runner.training.checkpoint_io import (
+    AsyncCheckpointWriter,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+class NotATensor:
+    """A pickled object that weights-only loading must refuse."""
+
+
+def test_round_trip_with_weights_only(tmp_path):
+    state = {"w": torch.arange(4.0), "epoch": 3, "names": ["a", "b"], "rng": (1, (2, 3), None)}
+    save_checkpoint(state, tmp_path / "c.pt")
+    loaded = load_checkpoint(tmp_path / "c.pt")
+    assert torch.equal(loaded["w"], state["w"]) and loaded["epoch"] == 3
+    assert loaded["rng"] == (1, (2, 3), None)
+
+
+def test_pickled_objects_are_refused_with_the_file_named(tmp_path):
+    torch.save({"obj": NotATensor()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"evil\.pt.*pickled objects"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_truncated_file_is_reported(tmp_path):
+    save_checkpoint({"w": torch.randn(1000)}, tmp_path / "c.pt")
+    data = (tmp_path / "c.pt").read_bytes()
+    (tmp_path / "c.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"c\.pt"):
+        load_checkpoint(tmp_path / "c.pt")
+
+
+def test_failed_write_keeps_the_previous_file_and_no_temp(tmp_path):
+    save_checkpoint({"w": torch.ones(3)}, tmp_path / "c.pt")
+    with pytest.raises(Exception):  # noqa: B017  (any pickling error will do)
+        save_checkpoint({"w": torch.zeros(3), "bad": lambda: None}, tmp_path / "c.pt")
+    assert torch.equal(load_checkpoint(tmp_path / "c.pt")["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_async_writer_saves_a_snapshot_not_the_live_tensor(tmp_path):
+    weights = torch.zeros(1_000_000)
+    writer = AsyncCheckpointWriter()
+    writer.submit({tmp_path / "a.pt": {"w": weights}, tmp_path / "b.pt": {"w": weights}})
+    weights.add_(1)  # training goes on at once
+    writer.wait()
+    assert load_checkpoint(tmp_path / "a.pt")["w"].sum() == 0
+    assert load_checkpoint(tmp_path / "b.pt")["w"].sum() == 0
+
+
+def test_async_writer_reports_a_failed_write(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    writer = AsyncCheckpointWriter()
+    writer.submit({blocker / "c.pt": {"w": torch.ones(1)}})
+    with pytest.raises(CheckpointError, match="writing a checkpoint failed"):
+        writer.wait()

@@ -1,0 +1,111 @@
+"""Losses on hard and soft targets; metrics and the per-class table."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from runner.reports.per_class import per_class_table, shot_accuracies, shot_groups
+from runner.training.losses import (
+    BalancedCrossEntropyLoss,
+    BalancedSoftmaxLoss,
+    CrossEntropyLoss,
+    FocalLoss,
+    effective_number_weights,
+)
+from runner.training.metrics import build_metrics
+
+
+def test_focal_with_gamma_zero_is_cross_entropy():
+    logits, target = torch.randn(16, 5), torch.randint(0, 5, (16,))
+    focal = FocalLoss(gamma=0.0)(logits, target)
+    assert torch.allclose(focal, F.cross_entropy(logits, target), atol=1e-6)
+
+
+def test_focal_down_weights_easy_examples():
+    confident = torch.tensor([[8.0, 0.0], [0.0, 8.0]])
+    target = torch.tensor([0, 1])
+    assert FocalLoss(gamma=2.0)(confident, target) < 0.01 * CrossEntropyLoss()(confident, target)
+
+
+def test_label_smoothing_matches_torch():
+    logits, target = torch.randn(8, 4), torch.randint(0, 4, (8,))
+    ours = CrossEntropyLoss(label_smoothing=0.1)(logits, target)
+    assert torch.allclose(ours, F.cross_entropy(logits, target, label_smoothing=0.1))
+
+
+def test_metrics_on_known_predictions():
+    metrics = build_metrics(3, with_auroc=True)
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
+    labels = torch.tensor([0, 1, 2, 2])
+    values = {k: float(v) for k, v in metrics(probs, labels).items()}
+    assert values["acc"] == 0.75
+    assert abs(values["balanced_acc"] - (1 + 1 + 0.5) / 3) < 1e-6
+    assert values["top5"] == 1.0 and 0 < values["auroc"] <= 1
+
+
+def test_per_class_table_from_a_confusion_matrix():
+    confusion = torch.tensor([[8, 2], [1, 9]])
+    rows = per_class_table(confusion, ["cat", "dog"])
+    precision, recall = 8 / 9, 0.8
+    f1 = 2 * precision * recall / (precision + recall)
+    expected = {"class": "cat", "precision": round(precision, 6), "recall": recall}
+    assert rows[0] == {**expected, "f1": round(f1, 6), "support": 10}
+    assert rows[1]["recall"] == 0.9 and rows[1]["support"] == 10
+
+
+def test_balanced_ce_weights_equal_scikit_learns_compute_class_weight():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 15 + [3] * 5)
+    counts = torch.bincount(labels)
+    expected = compute_class_weight("balanced", classes=np.arange(4), y=labels.numpy())
+    loss = BalancedCrossEntropyLoss(counts, weights="balanced")
+    assert torch.allclose(loss.weight, torch.from_numpy(expected).float())
+
+
+def test_balanced_ce_is_the_weighted_per_sample_log_loss():
+    counts = torch.tensor([60, 30, 10])
+    logits, target = torch.randn(12, 3), torch.randint(0, 3, (12,))
+    loss = BalancedCrossEntropyLoss(counts)
+    per_sample = F.cross_entropy(logits, target, reduction="none")
+    assert torch.allclose(loss(logits, target), (loss.weight[target] * per_sample).mean())
+    uniform = BalancedCrossEntropyLoss(torch.tensor([5, 5, 5]))
+    assert torch.allclose(uniform(logits, target), F.cross_entropy(logits, target))
+
+
+def test_effective_number_weights_follow_cui_et_al():
+    counts = torch.tensor([1000, 100, 10])
+    beta = 0.999
+    raw = (1 - beta) / (1 - beta ** counts.double())
+    expected = raw / raw.sum() * 3
+    assert torch.allclose(effective_number_weights(counts, beta).double(), expected, atol=1e-6)
+    loss = BalancedCrossEntropyLoss(counts, weights="effective", beta=beta)
+    assert loss.weight[2] > loss.weight[1] > loss.weight[0]
+    assert torch.allclose(effective_number_weights(counts, 0.0), torch.ones(3))
+
+
+def test_balanced_softmax_is_cross_entropy_on_logits_plus_log_prior():
+    counts = torch.tensor([500, 50, 5])
+    logits, target = torch.randn(16, 3), torch.randint(0, 3, (16,))
+    prior = counts.double() / counts.sum()
+    expected = F.cross_entropy(logits + prior.log().float(), target)
+    assert torch.allclose(BalancedSoftmaxLoss(counts)(logits, target), expected, atol=1e-6)
+
+
+def test_shot_groups_use_the_literature_thresholds_or_thirds():
+    groups, rule = shot_groups(torch.tensor([500, 150, 60, 30, 10, 5]))
+    assert rule == "thresholds"
+    assert [groups[g].tolist() for g in ("head", "medium", "tail")] == [[0, 1], [2, 3], [4, 5]]
+    small = torch.tensor([95, 80, 60, 40, 30, 20, 15, 10, 8, 6])  # no class > 100
+    groups, rule = shot_groups(small)
+    assert rule == "thirds"
+    assert [len(groups[g]) for g in ("head", "medium", "tail")] == [3, 4, 3]
+    assert groups["head"].tolist() == [0, 1, 2] and groups["tail"].tolist() == [7, 8, 9]
+
+
+def test_shot_accuracies_from_a_confusion_matrix():
+    confusion = torch.tensor([[9, 1, 0], [2, 8, 0], [5, 0, 5]])
+    accuracies = shot_accuracies(confusion, torch.tensor([300, 50, 3]))
+    assert accuracies == {"head_acc": 0.9, "medium_acc": 0.8, "tail_acc": 0.5}
