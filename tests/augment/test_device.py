@@ -356,10 +356,10 @@ def test_validation_names_bad_augmentation_values(make_cfg):
 
 
 @pytest.mark.slow
-def test_cli_preview_only_writes_a_png_and_exits(tmp_path):
+def test_cli_preview_mode_writes_a_png_and_exits(tmp_path):
     result = run_cli(
         f"paths.output_dir={tmp_path}",
-        "+preview_only=true",
+        "mode=preview",
         "aug=strong",
         "data=synthetic",
         "data.num_samples=100",

@@ -1,0 +1,58 @@
+"""The end-of-epoch decisions: improved? stop for a signal, the pruner or patience?"""
+
+from __future__ import annotations
+
+import math
+
+from runner.training.loop import decide_after_epoch
+from runner.training.state import TrainState
+
+
+def epochs(values, *, maximize=True, patience=None, prune_at=None, interrupted_at=None):
+    """Feeds `values` epoch by epoch; returns each decision and the final state."""
+    state, decisions = TrainState(), []
+    for epoch, value in enumerate(values, start=1):
+        state.epoch = epoch
+        decision = decide_after_epoch(
+            state,
+            value,
+            maximize=maximize,
+            patience=patience,
+            interrupted=epoch == interrupted_at,
+            prune=lambda epoch=epoch: epoch == prune_at,
+        )
+        decisions.append(decision)
+        if decision.stop:
+            break
+    return decisions, state
+
+
+def test_the_first_epoch_always_improves_and_a_tie_does_not():
+    decisions, state = epochs([0.5, 0.7, 0.7, 0.6])
+    assert [d.improved for d in decisions] == [True, True, False, False]
+    assert (state.best_value, state.best_epoch, state.epochs_since_best) == (0.7, 2, 2)
+
+
+def test_min_mode_keeps_the_lowest_value():
+    decisions, state = epochs([1.0, 0.8, 0.9], maximize=False)
+    assert [d.improved for d in decisions] == [True, True, False]
+    assert state.best_value == 0.8 and state.best_epoch == 2
+
+
+def test_patience_stops_after_that_many_epochs_without_improvement():
+    decisions, state = epochs([0.5, 0.6, 0.6, 0.6, 0.9], patience=2)
+    assert [d.stop for d in decisions] == [None, None, None, "patience"]
+    assert state.epoch == 4 and state.best_epoch == 2
+
+
+def test_a_signal_comes_before_the_pruner_and_the_pruner_before_patience():
+    decisions, _ = epochs([0.5, 0.4], patience=1, prune_at=2, interrupted_at=2)
+    assert decisions[-1].stop == "interrupted"
+    decisions, _ = epochs([0.5, 0.4], patience=1, prune_at=2)
+    assert decisions[-1].stop == "pruned"
+
+
+def test_an_improving_epoch_may_still_be_the_last_one():
+    decisions, state = epochs([0.5, 0.9], prune_at=2)
+    assert decisions[-1].improved and decisions[-1].stop == "pruned"
+    assert not math.isnan(state.best_value) and state.best_epoch == 2
