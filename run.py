@@ -9,9 +9,9 @@ import runner  # noqa: F401  (registers the config resolvers)
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Runs one job (`mode=`: train, eval, predict, preview, throughput); returns its objective."""
-    from runner.cli import run
+    from runner.cli import main as run_job
 
-    return run(cfg)
+    return run_job(cfg)
 
 
 if __name__ == "__main__":

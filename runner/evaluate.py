@@ -31,9 +31,11 @@ from runner.augment.normalize import Normalize
 from runner.config.targets import untrusted_targets
 from runner.config.validation import ConfigError, validate
 from runner.data.build import build_data
-from runner.data.decoding import BadImageError, decode_record
+from runner.data.checks import require_splits
+from runner.data.decoding import BadImageError, DataError, decode_record
 from runner.reports import console
 from runner.tracking.null import NullTracker
+from runner.tracking.run_record import hydra_overrides
 from runner.training import engine
 from runner.training.best_checkpoint import BestCheckpoint, read_best
 from runner.training.checkpoint_io import CheckpointError
@@ -89,11 +91,21 @@ def run_eval(cfg: DictConfig) -> float:
         Test accuracy.
     """
     ctx = start_context(cfg)
+    refuse_unused_data_overrides(cfg)
     loaded = load_checkpoint(ctx)
     ctx.tracker = instantiate(cfg.logger)
     data_cfg = loaded.stored.data if cfg.eval.data == "stored" else cfg.data
     ctx.tracker.connect(experiment_name=str(data_cfg.name))
-    data = build_data(data_cfg)
+    try:
+        data = build_data(data_cfg)
+    except DataError as err:
+        if cfg.eval.data != "stored":
+            raise
+        raise DataError(
+            f"{err} (this is the checkpoint's own data, eval.data=stored; to test on other "
+            "data, add eval.data=current with data=... data.root=...)"
+        ) from err
+    require_splits(data, ("test",))
     if list(data.class_names) != loaded.best.class_names:
         raise ConfigError(
             f"eval.data={cfg.eval.data}: the data's classes {data.class_names[:10]} differ "
@@ -162,9 +174,8 @@ def run_predict(cfg: DictConfig) -> float:
     """
     ctx = start_context(cfg)  # tracks nothing
     files = list_images(str(cfg.predict.input))
+    output = predictions_path(cfg.predict.output, ctx.run_dir)  # before any image is read
     loaded = load_checkpoint(ctx)
-    output = Path(cfg.predict.output or ctx.run_dir / "predictions.csv")
-    output.parent.mkdir(parents=True, exist_ok=True)
     names, size = loaded.best.class_names, loaded.best.image_size
     topk = min(int(cfg.predict.topk), len(names))
     predictor = with_tta(loaded.model, cfg.predict.tta)
@@ -219,6 +230,33 @@ def run_predict(cfg: DictConfig) -> float:
     return float(labelled)
 
 
+def predictions_path(output: str | None, run_dir: Path) -> Path:
+    """Where predict writes its CSV; its folder is made now, before any image is read.
+
+    `predict.output`, or `<folder>/predictions.csv` when it names a folder, else
+    `<run dir>/predictions.csv`.
+
+    Raises:
+        ConfigError: The folder cannot be made or written to.
+    """
+    path = Path(output).expanduser() if output else run_dir / "predictions.csv"
+    if path.is_dir():
+        path = path / "predictions.csv"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"predict.output={output!r}: cannot make its folder ({err}); point it at a CSV file "
+            "in a folder you can write to"
+        ) from err
+    if not os.access(path.parent, os.W_OK):
+        raise ConfigError(
+            f"predict.output={output!r}: {path.parent} is not writable; point it at a CSV file "
+            "in a folder you can write to"
+        )
+    return path
+
+
 def list_images(source: str) -> list[Path]:
     """The file, or every visible file under the folder (recursively, sorted).
 
@@ -251,6 +289,22 @@ def start_context(cfg: DictConfig) -> RunContext:
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)
     return RunContext(cfg, device, precision, World(), run_dir, NullTracker())
+
+
+def refuse_unused_data_overrides(cfg: DictConfig) -> None:
+    """With eval.data=stored, data keys on the command line would be ignored: refuse them.
+
+    Raises:
+        ConfigError: Naming the overrides and eval.data=current.
+    """
+    if cfg.eval.data != "stored":
+        return
+    given = [o for o in hydra_overrides() if o.lstrip("+~").startswith(("data.", "data="))]
+    if given:
+        raise ConfigError(
+            f"{' '.join(given)}: eval.data=stored tests on the data the checkpoint was trained "
+            "on and would ignore this. Add eval.data=current to test on the command line's data"
+        )
 
 
 def load_checkpoint(ctx: RunContext) -> LoadedCheckpoint:

@@ -26,7 +26,7 @@ from runner.reports.aug_preview import save_preview_grid
 from runner.reports.data_report import report_streamed_bad_files, report_train_data
 from runner.sweeps.job import SweepJob
 from runner.tracking.null import NullTracker
-from runner.tracking.run_record import start_run
+from runner.tracking.run_record import debug_tags, start_run
 from runner.training import checkpoint_io, distributed, startup_clock
 from runner.training.best_checkpoint import read_best
 from runner.training.context import (
@@ -38,9 +38,10 @@ from runner.training.context import (
 )
 from runner.training.loop import fit
 from runner.training.parts import build_parts
+from runner.training.preflight import check_training_data
 from runner.training.profiling import profile
 from runner.training.signals import GracefulStop
-from runner.training.state import TrainState, resume_or_start
+from runner.training.state import TrainState, check_resume, resume_or_start
 from runner.training.test_report import test_and_report
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,8 @@ def run(cfg: DictConfig) -> float:
 def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
     """The run itself; `job` is the sweep job it belongs to, if any."""
     ctx = start_context(cfg, job)
-    console.print_config(cfg)
+    if job is None or job.num == 0:  # a sweep shows its config tree once
+        console.print_config(cfg)
     if ctx.is_main:  # before the data: a tracking server that is down fails in seconds
         with startup_clock.phase("mlflow"):
             ctx.tracker.connect(experiment_name=(job and job.experiment_name) or cfg.data.name)
@@ -74,13 +76,14 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
     with startup_clock.phase("data"):
         data = build_data(cfg.data)
     data = overfit_subset(data, cfg.trainer.overfit_batches, cfg.trainer.batch_size)
+    loaders = build_loaders(data, cfg.sampler, cfg.trainer, cfg.seed, ctx.device)
+    check_training_data(cfg, data, len(loaders[0]))  # before the model: nothing spent yet
     augment = instantiate(cfg.aug, num_classes=data.num_classes).to(ctx.device)
     preview = ctx.run_dir / "aug_preview.png"
     if ctx.is_main:  # one set of files per run: rank 0 writes them
         save_preview_grid(
             augment, data.train, data.class_names, preview, seed=cfg.seed, device=ctx.device
         )
-    loaders = build_loaders(data, cfg.sampler, cfg.trainer, cfg.seed, ctx.device)
     with startup_clock.phase("model"):
         parts = build_parts(cfg, data, augment, ctx.device, ctx.precision, len(loaders[0]))
     state = resume_or_start(ctx.run_dir, cfg.trainer.resume, parts)
@@ -107,6 +110,7 @@ def start_context(cfg: DictConfig, job: SweepJob | None) -> RunContext:
     with startup_clock.phase("validate"):
         validate(cfg)
     run_dir = Path(cfg.paths.run_dir)
+    check_resume(run_dir, cfg)  # before anything in the dir changes
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_io.remove_stale_temp_files(run_dir / "checkpoints")
     seed_everything(cfg.seed)
@@ -135,7 +139,7 @@ def record_start(ctx: RunContext, data: DataSplits, state: TrainState, preview: 
             ctx.run_dir,
             device=str(ctx.device),
             run_name=ctx.job.run_name if ctx.job else ctx.run_dir.name,
-            tags=ctx.job.tracking_tags() if ctx.job else {},
+            tags={**(ctx.job.tracking_tags() if ctx.job else {}), **debug_tags()},
             # One call: data.num_classes may be null in the config (inferred from the
             # data), and MLflow refuses to change a logged param.
             params={"data.num_train": len(data.train), "data.num_classes": data.num_classes},
@@ -178,9 +182,13 @@ def test_best(ctx: RunContext, parts, data: DataSplits, loaders: tuple, state: T
     (ctx.run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     ctx.tracker.log_artifact(ctx.run_dir / "metrics.json")
     ctx.tracker.set_tags({"best_epoch": str(state.best_epoch)})
+    overfit = []  # debug=overfit is there to show that the model fits its few batches
+    if ctx.cfg.trainer.overfit_batches and state.history:
+        overfit = [("final train/acc", f"{state.history[-1]['train/acc']:.4f}")]
     console.print_summary(
         [
             ("best epoch", f"{state.best_epoch} of {state.epoch}"),
+            *overfit,
             *((name, f"{value:.4f}") for name, value in test_metrics.items()),
             ("run dir", str(ctx.run_dir)),
             ("tracking", ctx.tracker.describe()),

@@ -24,6 +24,9 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver(
             "runner_unique_id", lambda: f"{os.getpid()}{_UNIQUE_ID}", use_cache=True
         )
+    if not OmegaConf.has_resolver("runner_monitor_mode"):
+        # trainer.monitor_mode follows trainer.monitor unless set: losses go down.
+        OmegaConf.register_new_resolver("runner_monitor_mode", monitor_mode_for)
     if not OmegaConf.has_resolver("runner_help_groups"):
         # `python run.py --help`: each group's options with their one-line descriptions.
         OmegaConf.register_new_resolver("runner_help_groups", _help_groups)
@@ -39,3 +42,8 @@ def _help_groups() -> str:
     from runner.config.catalog import help_listing
 
     return help_listing()
+
+
+def monitor_mode_for(monitor: str) -> str:
+    """The direction that improves a monitored metric: "min" for a loss, else "max"."""
+    return "min" if str(monitor).rsplit("/", 1)[-1].endswith("loss") else "max"

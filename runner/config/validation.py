@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from runner.config import choices
+from runner.config.errors import ConfigError
+from runner.config.resolvers import monitor_mode_for
 from runner.config.targets import untrusted_targets
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message lists every problem found."""
-
 
 # --- checks ------------------------------------------------------------------------
 
@@ -133,6 +131,34 @@ def _ckpt(value: Any) -> str | None:
     return "null, a checkpoint file (checkpoints/best.pt) or runs:/<mlflow run id>"
 
 
+def _train_batch_size(value: Any) -> str | None:
+    if _is_int(value) and value >= 2:
+        return None
+    return "an integer >= 2 (BatchNorm needs two samples per training batch)"
+
+
+def _resume(value: Any) -> str | None:
+    if value in ("auto", "never") or (isinstance(value, str) and Path(value).is_file()):
+        return None
+    return "auto, never, or the path of a checkpoint file (checkpoints/last.pt) that exists"
+
+
+def _statistics(value: Any) -> str | None:
+    """data.mean / data.std: null, or one value per channel (1 or 3), in [0, 1]."""
+    if value is None:
+        return None
+    ok = (
+        OmegaConf.is_list(value)
+        and len(value) in (1, 3)
+        and all(_is_number(v) and 0 <= v <= 1 for v in value)
+    )
+    return (
+        None
+        if ok
+        else "null (computed from the train split) or 3 numbers in [0, 1], e.g. [0.5,0.5,0.5]"
+    )
+
+
 def _resident(value: Any) -> str | None:
     return None if value == "auto" or isinstance(value, bool) else "one of auto, true, false"
 
@@ -142,7 +168,7 @@ def _resident(value: Any) -> str | None:
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "seed": _integer,
     "trainer.max_epochs": _positive_int,
-    "trainer.batch_size": _positive_int,
+    "trainer.batch_size": _train_batch_size,
     "trainer.eval_batch_size": _positive_int,
     "trainer.device": _device,
     "trainer.precision": _one_of(*choices.PRECISIONS),
@@ -157,7 +183,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "trainer.early_stopping_patience": _optional_positive_int,
     "trainer.log_every_n_steps": _positive_int,
     "trainer.drop_last": _boolean,
-    "trainer.resume": _non_empty_string,
+    "trainer.resume": _resume,
     "trainer.nan_policy": _one_of(*choices.NAN_POLICIES),
     "trainer.max_nan_skips": _positive_int,
     "sweep.fail_fast": _boolean,
@@ -184,6 +210,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "loss.beta": _fraction,
     "data.name": _non_empty_string,
     "data.image_size": _positive_int,
+    "data.mean": _statistics,
+    "data.std": _statistics,
     "data.val_fraction": _fraction,
     "data.test_fraction": _fraction,
     "data.split_seed": _integer,
@@ -296,11 +324,29 @@ def validate(cfg: DictConfig) -> None:
             f"data.fraction={subset[0]!r} and data.samples_per_class={subset[1]!r} are both "
             "set: choose one (the other null)"
         )
+    problems.extend(_monitor_problems(cfg))
     problems.extend(_mode_problems(cfg))
     if problems:
         plural = "" if len(problems) == 1 else "s"
         listing = "\n  - ".join(problems)
         raise ConfigError(f"Invalid config ({len(problems)} problem{plural}):\n  - {listing}")
+
+
+def _monitor_problems(cfg: DictConfig) -> list[str]:
+    """trainer.monitor_mode must be the direction in which trainer.monitor improves."""
+    monitor = OmegaConf.select(cfg, "trainer.monitor", default=None)
+    mode = OmegaConf.select(cfg, "trainer.monitor_mode", default=None)
+    if monitor is None or mode not in choices.MONITOR_MODES:
+        return []
+    expected = monitor_mode_for(monitor)
+    if mode == expected:
+        return []
+    better = "lower" if expected == "min" else "higher"
+    return [
+        f"trainer.monitor_mode={mode} contradicts trainer.monitor={monitor}, which is better "
+        f"{better}: leave trainer.monitor_mode out (it follows the metric) or set it to "
+        f"{expected}"
+    ]
 
 
 def _mode_problems(cfg: DictConfig) -> list[str]:

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from runner.config.errors import UserError
+
 log = logging.getLogger(__name__)
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on every
@@ -42,7 +44,7 @@ class BadImageError(ValueError):
     """A file that is not a decodable image; the message names the file and the reason."""
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data set that cannot be used as laid out; the message names folders and numbers."""
 
 

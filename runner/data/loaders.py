@@ -48,6 +48,10 @@ class EpochBatches:
         """Batches in a whole epoch."""
         n = self._num_samples()
         batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        if self.sampler is not None and not self.drop_last and n > 1 and n % self.batch_size == 1:
+            # A training batch of one sample fails in BatchNorm: leave the last one out
+            # (the order changes every epoch, so it is another sample each time).
+            batches -= 1
         return batches if self.limit_batches is None else min(batches, self.limit_batches)
 
     def __len__(self) -> int:

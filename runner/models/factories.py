@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import socket
 from pathlib import Path
@@ -9,13 +10,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from runner.config.errors import ConfigError, UserError
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UserError, RuntimeError):
     """Pretrained weights could not be loaded; the message says how to fix it."""
 
 
@@ -57,21 +60,30 @@ def create_timm_model(
     """
     import timm
 
-    if not timm.is_model(name.split(".")[0]):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
-        raise ValueError(
+    architecture = name.split(".")[0]
+    if not timm.is_model(architecture):
+        close = difflib.get_close_matches(architecture, timm.list_models(), n=8, cutoff=0.6)
+        raise ConfigError(
             f"model.name={name!r} is not a timm model. Similar names: {', '.join(close) or 'none'}"
             " (see timm.list_models())."
         )
     path = _check_file(pretrained_file, "model.pretrained_file")
     if path is not None:
-        model = timm.create_model(
-            name,
-            pretrained=True,
-            pretrained_cfg_overlay={"file": str(path)},
-            num_classes=num_classes,
-            **kwargs,
-        )
+        try:
+            model = timm.create_model(
+                name,
+                pretrained=True,
+                pretrained_cfg_overlay={"file": str(path)},
+                num_classes=num_classes,
+                **kwargs,
+            )
+        except (RuntimeError, KeyError, ValueError) as err:
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise PretrainedWeightsError(
+                f"model.pretrained_file={pretrained_file!r} does not fit model.name={name!r} "
+                f"({type(err).__name__}: {first_line[:300]}). Point it at weights of {name}, "
+                "or set model.name to the architecture the file was saved from."
+            ) from err
     elif not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     else:

@@ -15,6 +15,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config.errors import ConfigError
+from runner.sweeps.grid import refuse_bad_jobs
 from runner.sweeps.manifest import (
     MANIFEST_FILE,
     STOP_FILE,
@@ -39,6 +41,10 @@ class SweepCallback(Callback):
         """Creates (or, for `sweep.resume`, reopens) the parent run and writes sweep.json."""
         from hydra.utils import instantiate
 
+        try:  # every job's config, before the parent run exists or any job trains
+            refuse_bad_jobs(config, kwargs.get("config_name"))
+        except ConfigError as err:
+            raise SystemExit(f"Error: {err}") from err
         self.sweep_dir = Path(config.hydra.sweep.dir).resolve()
         resume = OmegaConf.select(config, "sweep.resume", default=None)
         if resume and not (self.sweep_dir / MANIFEST_FILE).exists():

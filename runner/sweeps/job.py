@@ -108,7 +108,8 @@ class SweepJob:
         Returns:
             The job's objective; NaN when it failed or was skipped, so the sweep goes on.
         """
-        recorded = read_manifest(self.sweep_dir).get(self.key, {})
+        jobs = read_manifest(self.sweep_dir)
+        recorded = jobs.get(self.key, {})
         if recorded.get("status") == "FINISHED":
             log.info("sweep job %s finished earlier (%s): kept", self.key, recorded["run_dir"])
             return float(recorded.get("value", math.nan))
@@ -119,11 +120,12 @@ class SweepJob:
                 self.sweep_dir, self.key, status="SKIPPED", overrides=self.overrides, num=self.num
             )
             return math.nan
-        if recorded.get("run_dir") and recorded["run_dir"] != str(cfg.paths.run_dir):
-            # A resumed sweep whose jobs were listed in another order: continue where this
-            # job's checkpoints are.
+        run_dir = recorded.get("run_dir") or own_run_dir(str(cfg.paths.run_dir), self.key, jobs)
+        if run_dir != str(cfg.paths.run_dir):
+            # A resumed sweep whose jobs are listed in another order (or a changed grid):
+            # continue where this job's checkpoints are, never in another job's dir.
             with open_dict(cfg):
-                cfg.paths.run_dir = recorded["run_dir"]
+                cfg.paths.run_dir = run_dir
         update_manifest(
             self.sweep_dir,
             self.key,
@@ -179,3 +181,16 @@ class SweepJob:
 
         self.pruned = report_and_check(cfg.optuna, int(trial_number), epoch, value)
         return self.pruned
+
+
+def own_run_dir(run_dir: str, key: str, jobs: dict[str, dict[str, Any]]) -> str:
+    """`run_dir`, unless another job of the manifest has it: then a free dir beside it.
+
+    A resumed sweep with a changed grid numbers its jobs anew, so job N's dir may hold the
+    checkpoints of a job with other overrides; a job resumes only a run of its own.
+    """
+    taken = {entry.get("run_dir") for other, entry in jobs.items() if other != key}
+    candidate, suffix = run_dir, 1
+    while candidate in taken:
+        candidate, suffix = f"{run_dir}-{suffix}", suffix + 1
+    return candidate

@@ -92,3 +92,16 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in items:
         flat.update(flatten(value, f"{prefix}{key}."))
     return flat
+
+
+def debug_tags() -> dict[str, str]:
+    """{"debug": <option>} for a run of a debug preset (debug=fast|overfit|profile), else {}.
+
+    Debug runs are tagged so that they can be told apart from real ones in MLflow.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    choice = HydraConfig.get().runtime.choices.get("debug")
+    return {"debug": str(choice)} if choice else {}

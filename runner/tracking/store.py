@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from runner.config.errors import UserError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -50,7 +52,7 @@ def with_retry(call: Callable[[], T], attempts: int = 8, first_delay_s: float = 
     raise AssertionError("unreachable")
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(UserError, RuntimeError):
     """The tracking server cannot be reached; the message names it and the fix."""
 
 

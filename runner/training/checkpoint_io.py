@@ -17,10 +17,12 @@ from typing import Any
 
 import torch
 
+from runner.config.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint cannot be read or written; the message names the file."""
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import shlex
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,8 +22,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from runner.config.errors import ConfigError
 from runner.sweeps.job import SweepJob
 from runner.tracking.protocol import Tracker
+from runner.tracking.run_record import hydra_overrides
 from runner.training import distributed
 from runner.training.checkpoint_io import AsyncCheckpointWriter, NullCheckpointWriter
 from runner.training.signals import GracefulStop, TrainingInterrupted
@@ -76,7 +79,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise ConfigError(
             f"trainer.device={device!r} but CUDA is not available: use trainer.device=auto or cpu"
         )
     return torch.device(device)
@@ -92,8 +95,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "32"
     if precision == "16" and device.type != "cuda":
-        raise RuntimeError(
-            "trainer.precision=16 needs a CUDA device: use trainer.precision=bf16 or 32"
+        raise ConfigError(
+            f"trainer.precision=16 needs a CUDA device, and this run is on {device.type}: "
+            "use trainer.precision=bf16 or 32"
         )
     return precision
 
@@ -113,7 +117,7 @@ def tracked_run(ctx: RunContext) -> Iterator[None]:
         status = "FINISHED"
     except TrainingInterrupted as stopped:
         status = "KILLED"
-        log.warning("run stopped (%s); continue it by running again in %s", stopped, ctx.run_dir)
+        log.warning("run stopped (%s); continue it with: %s", stopped, resume_command(ctx))
         raise SystemExit(stopped.exit_code) from None
     except KeyboardInterrupt:
         status = "KILLED"
@@ -128,6 +132,14 @@ def tracked_run(ctx: RunContext) -> Iterator[None]:
         ctx.tracker.finish(status)
         if status == "KILLED":
             ctx.stop.hand_over()  # after USR2 under SLURM: requeue the job
+
+
+def resume_command(ctx: RunContext) -> str:
+    """The command that continues this run where it stopped (a sweep: the whole sweep)."""
+    if ctx.job is not None:
+        return f"the sweep's command with sweep.resume={ctx.job.sweep_dir}"
+    overrides = [o for o in hydra_overrides() if not o.startswith("hydra.run.dir=")]
+    return shlex.join(["python", "run.py", *overrides, f"hydra.run.dir={ctx.run_dir}"])
 
 
 def save_traceback(tracker: Tracker, run_dir: Path) -> None:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runner.augment.device import DeviceAugment
+from runner.config.errors import UserError
 
 # Called at logging intervals with (step in epoch, mean loss so far, accuracy so far).
 LogHook = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -36,7 +37,7 @@ def make_autocast(
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite and `trainer.nan_policy` says to stop."""
 
 

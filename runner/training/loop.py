@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from functools import partial
 
+import torch
+
 from runner.data.splits import DataSplits
 from runner.reports.console import ProgressDisplay
 from runner.training import distributed, engine
@@ -33,7 +35,8 @@ class EpochDecision:
     Attributes:
         improved: The monitored value is the best so far: write best.pt.
         stop: Why training ends after this epoch's files are written: "interrupted" (a
-            signal asked to stop), "pruned", "patience"; None to go on.
+            signal asked to stop), "non-finite" (the weights are not finite and
+            trainer.nan_policy is stop), "pruned", "patience"; None to go on.
     """
 
     improved: bool
@@ -47,6 +50,8 @@ def decide_after_epoch(
     maximize: bool,
     patience: int | None,
     interrupted: bool = False,
+    finite: bool = True,
+    stop_if_not_finite: bool = True,
     prune: Callable[[], bool] = lambda: False,
 ) -> EpochDecision:
     """Updates the best-so-far bookkeeping in `state` and decides what follows.
@@ -57,13 +62,17 @@ def decide_after_epoch(
         maximize: Whether larger values are better.
         patience: Epochs without improvement before stopping; None = never.
         interrupted: A signal asked the run to stop (the pruner is then not asked).
+        finite: Whether the weights to save as best are finite; non-finite weights are
+            never the best, however the metric came out.
+        stop_if_not_finite: Whether non-finite weights stop the run (nan_policy=stop).
         prune: Asked once per epoch whether a pruner stops the run here.
 
     Returns:
         Whether the epoch improved, and why training stops (None: it goes on).
     """
-    improved = math.isnan(state.best_value) or (
-        value > state.best_value if maximize else value < state.best_value
+    improved = finite and (
+        math.isnan(state.best_value)
+        or (value > state.best_value if maximize else value < state.best_value)
     )
     if improved:
         state.best_value, state.best_epoch, state.epochs_since_best = value, state.epoch, 0
@@ -71,11 +80,21 @@ def decide_after_epoch(
         state.epochs_since_best += 1
     if interrupted:
         return EpochDecision(improved, "interrupted")
+    if not finite and stop_if_not_finite:
+        return EpochDecision(improved, "non-finite")
     if prune():
         return EpochDecision(improved, "pruned")
     if patience is not None and state.epochs_since_best >= patience:
         return EpochDecision(improved, "patience")
     return EpochDecision(improved)
+
+
+def weights_finite(model: torch.nn.Module) -> bool:
+    """Whether every parameter and buffer is finite (one host read, once per epoch)."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    if not tensors:
+        return True
+    return bool(torch.stack([t.detach().isfinite().all() for t in tensors]).all())
 
 
 def should_prune(ctx: RunContext, epoch: int, value: float) -> bool:
@@ -182,6 +201,9 @@ def fit(
             maximize=trainer.monitor_mode == "max",
             patience=trainer.early_stopping_patience,
             interrupted=ctx.stop.requested(),  # during validation: last.pt is this epoch's
+            # A NaN val loss: the weights give non-finite outputs, whatever val/acc says.
+            finite=math.isfinite(val["loss"]) and weights_finite(parts.eval_model),
+            stop_if_not_finite=trainer.nan_policy == "stop",
             prune=partial(should_prune, ctx, epoch, current),
         )
         files = {}
@@ -198,7 +220,8 @@ def fit(
                 mlflow_run_id=state.mlflow_run_id,
             )
             files[checkpoints / "best.pt"] = best.to_payload()
-        files[last] = last_payload(state, parts)
+        if decision.stop != "non-finite":  # the last good last.pt stays
+            files[last] = last_payload(state, parts)
         ctx.writer.submit(files, keep_previous={last})
         ctx.tracker.log_metrics(metrics, step=epoch)
         ctx.tracker.flush()
@@ -210,6 +233,13 @@ def fit(
         if decision.stop == "interrupted":
             ctx.writer.wait()
             raise TrainingInterrupted(ctx.stop.signum)
+        if decision.stop == "non-finite":
+            ctx.writer.wait()
+            raise engine.NonFiniteLossError(
+                f"non-finite weights or val loss after epoch {epoch} (trainer.nan_policy=stop): "
+                "training diverged; the weights were saved neither as best.pt nor as last.pt. "
+                "Lower optim.lr or set trainer.gradient_clip_val (e.g. 1.0)"
+            )
         if decision.stop == "pruned":
             log.info("pruned by Optuna after epoch %d (%s = %.4f)", epoch, trainer.monitor, current)
             ctx.tracker.set_tags({"pruned": "true"})

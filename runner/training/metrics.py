@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from torchmetrics.classification import MulticlassConfusionMatrix
 
 
+TOP_K = 5
+
+
 def build_metrics(num_classes: int, with_auroc: bool = False) -> MetricCollection:
     """The metric collection for val (per epoch) or test (once, with AUROC).
 
@@ -23,18 +26,20 @@ def build_metrics(num_classes: int, with_auroc: bool = False) -> MetricCollectio
         with_auroc: Add one-vs-rest macro AUROC (keeps every prediction; test only).
 
     Returns:
-        Metrics named acc, top5, balanced_acc (mean per-class recall), macro_f1
-        [and auroc], updated with (logits, labels).
+        Metrics named acc, top5 (only with more than 5 classes, where it differs from
+        a certain 1.0), balanced_acc (mean per-class recall), macro_f1 [and auroc],
+        updated with (logits, labels).
     """
     from torchmetrics import MetricCollection
     from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
     metrics = {
         "acc": MulticlassAccuracy(num_classes, average="micro"),
-        "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
         "balanced_acc": MulticlassAccuracy(num_classes, average="macro"),
         "macro_f1": MulticlassF1Score(num_classes, average="macro"),
     }
+    if num_classes > TOP_K:
+        metrics["top5"] = MulticlassAccuracy(num_classes, top_k=TOP_K, average="micro")
     if with_auroc:
         metrics["auroc"] = MulticlassAUROC(num_classes, average="macro")
     return MetricCollection(metrics)

@@ -15,7 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
+from runner.config.changes import MAY_CHANGE_ON_RESUME, config_changes
+from runner.config.errors import ConfigError
+from runner.config.redaction import redacted_container
 from runner.training import checkpoint_io
 from runner.training.parts import TrainingParts
 
@@ -48,6 +52,33 @@ def last_payload(state: TrainState, parts: TrainingParts) -> dict[str, Any]:
         "rng": get_rng_state(),
         "state": asdict(state),
     }
+
+
+def check_resume(run_dir: Path, cfg: DictConfig) -> None:
+    """Refuses to resume a run dir's checkpoints with another config (before any work).
+
+    With `trainer.resume=auto` and a last.pt in the run dir, this command's config must be
+    the one in the dir's config_resolved.yaml, apart from the keys that may change on
+    resume (runner.config.changes.MAY_CHANGE_ON_RESUME).
+
+    Raises:
+        ConfigError: Naming the changed keys and the two ways out.
+    """
+    last = run_dir / "checkpoints" / "last.pt"
+    saved = run_dir / "config_resolved.yaml"
+    has_checkpoint = last.exists() or checkpoint_io.previous_path(last).exists()
+    if cfg.trainer.resume != "auto" or not has_checkpoint or not saved.is_file():
+        return
+    before = OmegaConf.to_container(OmegaConf.load(saved))
+    changes = config_changes(before, redacted_container(cfg), MAY_CHANGE_ON_RESUME)
+    if changes:
+        listing = "\n  - ".join(changes[:20]) + (" ..." if len(changes) > 20 else "")
+        raise ConfigError(
+            f"{run_dir} holds checkpoints of a run with another config, and "
+            f"trainer.resume=auto would continue it with this one. Changed:\n  - {listing}\n"
+            "Start over in this dir with trainer.resume=never, or run in another dir (leave "
+            "hydra.run.dir out for a new one)."
+        )
 
 
 def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts) -> TrainState:

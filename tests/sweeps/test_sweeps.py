@@ -133,27 +133,31 @@ def test_fail_fast_stops_the_jobs_not_started(tmp_path):
 
 def test_resume_runs_only_missing_and_failed_jobs(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    code, output = multirun(tmp_path, sweep_dir, "optim.lr=1e-3,-1")
+    code, output = multirun(tmp_path, sweep_dir, *FAULTY_LOSS, "+loss.fail=none,raise")
     assert code == 1, output[-3000:]
-    first = manifest(sweep_dir)
-    assert first["optim.lr=-1"]["status"] == "FAILED"
-    assert "optim.lr=-1" in first["optim.lr=-1"]["error"]  # the config error names the key
-    kept = first["optim.lr=0.001"]
+    first = by_fail(manifest(sweep_dir))
+    assert first["raise"]["status"] == "FAILED"
+    assert "loss.fail=raise" in first["raise"]["error"]  # the failure names its cause
+    kept = first["none"]
     parent_before = json.loads((sweep_dir / "sweep.json").read_text())["parent_run_id"]
 
     code, output = multirun(
-        tmp_path, sweep_dir, "optim.lr=1e-3,-1,3e-3", f"sweep.resume={sweep_dir}"
+        tmp_path,
+        sweep_dir,
+        *FAULTY_LOSS,
+        "+loss.fail=none,raise,nan@999",
+        f"sweep.resume={sweep_dir}",
     )
-    assert code == 1, output[-3000:]  # lr=-1 fails again
-    second = manifest(sweep_dir)
-    assert second["optim.lr=0.001"]["attempts"] == 1  # not run again
-    assert second["optim.lr=0.001"]["mlflow_run_id"] == kept["mlflow_run_id"]
-    assert second["optim.lr=-1"]["attempts"] == 2
-    assert second["optim.lr=0.003"]["status"] == "FINISHED"
+    assert code == 1, output[-3000:]  # loss.fail=raise fails again
+    second = by_fail(manifest(sweep_dir))
+    assert second["none"]["attempts"] == 1  # not run again
+    assert second["none"]["mlflow_run_id"] == kept["mlflow_run_id"]
+    assert second["raise"]["attempts"] == 2
+    assert second["nan@999"]["status"] == "FINISHED"
     assert json.loads((sweep_dir / "sweep.json").read_text())["parent_run_id"] == parent_before
     found = runs(tmp_path / "mlflow.db")
     children = [r for r in found.values() if r["tags"].get("mlflow.parentRunId") == parent_before]
-    assert len(children) == 2  # lr=1e-3 once, lr=3e-3 once; lr=-1 never got past validation
+    assert len(children) == 4  # none once, raise twice (no checkpoint to continue), nan@999 once
 
 
 def test_resume_of_a_dir_that_is_not_a_sweep_fails_clearly(tmp_path):

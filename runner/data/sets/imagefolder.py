@@ -236,7 +236,10 @@ def load_imagefolder(
 
 
 def _stat(path: Path) -> tuple[int, int]:
-    stat = path.stat()
+    try:
+        stat = path.stat()
+    except OSError:  # a broken link or a file gone: decoding lists it as a bad file
+        return -1, -1
     return stat.st_size, stat.st_mtime_ns
 
 

@@ -1,0 +1,64 @@
+"""What differs between two configs, key by key: a run dir is resumed only by its own config.
+
+A run dir's `config_resolved.yaml` records the config that wrote its checkpoints. Running
+again in that dir continues the run only when the command's config is the same, apart
+from the keys in `MAY_CHANGE_ON_RESUME` (how long to train, how often to log, where to
+write reports): another lr, model, data or tracking store would continue one run with
+another's weights and MLflow run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Keys (or prefixes ending in ".") a resumed run may change; README "What a run leaves
+# behind" lists them.
+MAY_CHANGE_ON_RESUME = (
+    "trainer.max_epochs",
+    "trainer.early_stopping_patience",
+    "trainer.log_every_n_steps",
+    "trainer.eval_batch_size",
+    "trainer.keep_host_memory",
+    "trainer.profile",
+    "trainer.resume",
+    "data.num_workers",
+    "data.cache_dir",
+    "analysis.",
+    "sweep.",
+    "paths.root_dir",
+    "mode",
+    "ckpt",
+    "eval.",
+    "predict.",
+)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}, "c": [1, {"d": 2}]} -> {"a.b": 1, "c": [1, {"d": 2}]} (lists whole)."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}{key}."))
+    return flat
+
+
+def config_changes(
+    saved: dict[str, Any], current: dict[str, Any], may_change: tuple[str, ...] = ()
+) -> list[str]:
+    """The keys whose values differ, as "key: old -> new", except those in `may_change`.
+
+    Args:
+        saved: The earlier config (plain containers).
+        current: This command's config (plain containers, redacted the same way).
+        may_change: Keys, or prefixes ending in ".", whose changes are allowed.
+    """
+    before, after = flatten(saved), flatten(current)
+    changed = []
+    for key in sorted(set(before) | set(after)):
+        if key in may_change or key.startswith(tuple(p for p in may_change if p.endswith("."))):
+            continue
+        old, new = before.get(key, "(absent)"), after.get(key, "(absent)")
+        if old != new:
+            changed.append(f"{key}: {old!r} -> {new!r}")
+    return changed

@@ -1,0 +1,62 @@
+"""Checks of a built data set that no config check can make: empty splits, missing classes.
+
+They run right after the data is built, before any model is, so a split left empty by
+`data.val_fraction=0` (or by classes too small to give every split a sample) stops the
+run at start instead of training with val metrics of 0 or crashing after training.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from runner.data.decoding import DataError
+from runner.data.splits import DataSplits
+
+log = logging.getLogger(__name__)
+
+# How a split gets its samples, for the message that says what to change.
+_SOURCE = {
+    "train": "the data set's train split (data.fraction / data.samples_per_class keep a share)",
+    "val": "data.val_fraction of each class (or the data set's own val split)",
+    "test": "data.test_fraction of each class (or the data set's own test split)",
+}
+
+
+def require_splits(data: DataSplits, names: tuple[str, ...] = ("train", "val", "test")) -> None:
+    """Refuses one class and empty splits among `names`; logs classes a split lacks.
+
+    Raises:
+        DataError: Fewer than two classes, or a split is empty; the message says what to
+            change.
+    """
+    if data.num_classes < 2:
+        raise DataError(
+            f"data {data.name!r} has one class ({', '.join(data.class_names)}): a classifier "
+            "needs two or more. An image folder has one folder per class under "
+            "data.root/train/ (or set data.root to the folder that holds them)"
+        )
+    for name in names:
+        split = getattr(data, name)
+        if len(split) == 0:
+            raise DataError(
+                f"the {name} split of data {data.name!r} is empty: it comes from "
+                f"{_SOURCE[name]}. Give it samples (e.g. data.{name}_fraction=0.1), or, for "
+                f"an image folder, a root/{name}/ folder."
+                if name != "train"
+                else f"the train split of data {data.name!r} is empty: it comes from "
+                f"{_SOURCE[name]}; check data.root and the switches"
+            )
+        counts = torch.bincount(split.labels.cpu(), minlength=data.num_classes)
+        missing = [data.class_names[c] for c in (counts == 0).nonzero().flatten().tolist()]
+        if missing:
+            shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+            log.warning(
+                "the %s split has no sample of %d class(es): %s. Their %s metrics are empty; "
+                "classes with few samples round to none in a small split",
+                name,
+                len(missing),
+                shown,
+                name,
+            )

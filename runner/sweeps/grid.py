@@ -1,0 +1,55 @@
+"""The jobs a grid sweep's command line asks for, checked before any of them starts.
+
+`python run.py -m optim.lr=1e-3,-1 seed=0,1` is four jobs; a bad value in any of them is
+reported at start, before the sweep's MLflow parent run exists or any job trains.
+Ranges a sweeper searches (Optuna's `interval(...)`) are the sweeper's to check.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig
+
+from runner.config.errors import ConfigError
+
+
+def grid_jobs(overrides: list[str]) -> list[list[str]]:
+    """The overrides of every job of a command line's grid (its product of value lists).
+
+    Overrides that are not lists of values (an `interval(...)` for a search) are left as
+    written for the sweeper.
+    """
+    axes = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.input_line.partition("=")[0]
+        if override.is_sweep_override() and not override.is_interval_sweep():
+            values = [str(value) for value in override.sweep_string_iterator()]
+            axes.append([f"{key}={value}" for value in values])
+        else:
+            axes.append([override.input_line])
+    return [list(job) for job in itertools.product(*axes)]
+
+
+def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
+    """Composes and validates every job of the sweep's grid.
+
+    Raises:
+        ConfigError: Naming each bad job by its overrides and its problems.
+    """
+    from hydra import compose
+
+    from runner.config.validation import validate
+
+    overrides = [str(o) for o in config.hydra.overrides.task]
+    problems = []
+    for number, job in enumerate(grid_jobs(overrides)):
+        cfg = compose(config_name=config_name or "train", overrides=job)
+        try:
+            validate(cfg)
+        except ConfigError as err:
+            swept = " ".join(o for o in job if o not in overrides)
+            problems.append(f"job {number} ({swept or 'its only job'}): {err}")
+    if problems:
+        raise ConfigError("the sweep was not started:\n" + "\n".join(problems))

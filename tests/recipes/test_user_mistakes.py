@@ -1,0 +1,348 @@
+"""Every mistake a user can make is caught at start, in one clear line (issue: nothing wrong
+in silence). Each test feeds the bad input and checks the message, the exit status and that
+nothing was spent or lost: no MLflow run, no checkpoint, earlier files as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+from torchvision.io import write_png
+
+from runner.cli import main
+from runner.config.errors import ConfigError
+from runner.config.validation import validate
+from runner.data.loaders import ResidentLoader
+from runner.data.samplers import RandomSampler
+from runner.data.splits import Split
+from runner.sweeps.job import SweepJob, own_run_dir
+from runner.sweeps.manifest import update_manifest
+from tests.conftest import REPO, TINY, query, run_cli, runs_in, seed_store
+from tests.datagen import make_imagefolder
+
+
+def refused(cfg, *expected: str) -> str:
+    """Runs `cfg` as the command line does; returns the one-line error it ends with."""
+    with pytest.raises(SystemExit) as info:
+        main(cfg)
+    message = str(info.value.code)
+    assert message.startswith("Error: ") and "Traceback" not in message, message
+    for text in expected:
+        assert text in message, (text, message)
+    return message
+
+
+def nothing_spent(tmp_path: Path) -> None:
+    """No tracked run and no checkpoint came of the command."""
+    assert runs_in(tmp_path / "outputs" / "mlflow.db") == 0
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# --- silent wrong results ------------------------------------------------------------------
+
+
+def test_monitor_mode_follows_the_metric_and_a_contradiction_is_refused(make_cfg):
+    assert make_cfg("trainer.monitor=val/loss").trainer.monitor_mode == "min"
+    assert make_cfg("trainer.monitor=train/loss").trainer.monitor_mode == "min"
+    assert make_cfg().trainer.monitor_mode == "max"
+    validate(make_cfg("trainer.monitor=val/loss", "trainer.monitor_mode=min"))
+    with pytest.raises(ConfigError) as info:
+        validate(make_cfg("trainer.monitor=val/loss", "trainer.monitor_mode=max"))
+    assert "trainer.monitor_mode=max contradicts trainer.monitor=val/loss" in str(info.value)
+    assert "leave trainer.monitor_mode out" in str(info.value)
+
+
+@pytest.mark.slow
+def test_a_loss_is_monitored_as_the_lowest(make_cfg, tmp_path):
+    from runner.cli import run
+
+    best = run(make_cfg("trainer.monitor=val/loss", "trainer.max_epochs=3"))
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    val_losses = [
+        row[0]
+        for row in query(
+            tmp_path / "outputs" / "mlflow.db", "SELECT value FROM metrics WHERE key = 'val/loss'"
+        )
+    ]
+    assert best == pytest.approx(min(val_losses)) and history["best_value"] == best
+
+
+@pytest.mark.slow
+def test_a_run_dir_is_not_resumed_with_another_config(make_cfg, tmp_path):
+    from runner.cli import run
+
+    run(make_cfg())
+    run_dir = tmp_path / "run"
+    before = {p: p.read_bytes() for p in (run_dir / "checkpoints").glob("*.pt")}
+    saved = (run_dir / "config_resolved.yaml").read_text()
+    message = refused(make_cfg("optim.lr=0.01", "model.name=resnet14t"), "optim.lr", "model.name")
+    assert "trainer.resume=never" in message and "another dir" in message
+    assert {p: p.read_bytes() for p in (run_dir / "checkpoints").glob("*.pt")} == before
+    assert (run_dir / "config_resolved.yaml").read_text() == saved
+    db = tmp_path / "outputs" / "mlflow.db"
+    assert [s for (s,) in query(db, "SELECT status FROM runs")] == ["FINISHED"]
+    # trainer.max_epochs may change on resume; trainer.resume=never starts over.
+    run(make_cfg("trainer.max_epochs=2"))
+    run(make_cfg("optim.lr=0.01", "trainer.resume=never"))
+    assert len(query(db, "SELECT status FROM runs")) == 2
+
+
+def test_a_resumed_sweep_job_never_takes_another_jobs_dir(tmp_path, make_cfg):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    update_manifest(sweep, "seed=0", run_dir=str(sweep / "0"), status="FAILED")
+    taken = {"seed=0": {"run_dir": str(sweep / "0")}}
+    assert own_run_dir(str(sweep / "0"), "seed=1", taken) == str(sweep / "0-1")
+    assert own_run_dir(str(sweep / "0"), "seed=0", taken) == str(sweep / "0")
+    job = SweepJob(sweep_dir=sweep, num=0, overrides=["seed=1"], key="seed=1")
+    cfg = make_cfg()
+    with open_dict(cfg):
+        cfg.paths.run_dir = str(sweep / "0")
+    seen = []
+    job.run(cfg, lambda cfg, job: seen.append(cfg.paths.run_dir) or 0.5)
+    assert seen == [str(sweep / "0-1")], "the new grid's job 0 is another job: its own dir"
+
+
+@pytest.mark.parametrize(
+    ("override", "key"), [("data.val_fraction=0", "val"), ("data.test_fraction=0", "test")]
+)
+def test_an_empty_split_is_refused_at_start(make_cfg, tmp_path, override, key):
+    message = refused(make_cfg(override), f"the {key} split", f"data.{key}_fraction")
+    assert "is empty" in message
+    nothing_spent(tmp_path)
+
+
+def test_a_class_missing_from_a_split_is_reported_at_start(make_cfg, caplog):
+    from runner.data.build import build_data
+    from runner.data.checks import require_splits
+
+    # 45 samples of 10 classes: 5 of classes 0-4 (12% gives one), 4 of 5-9 (12% gives none).
+    data = build_data(make_cfg("data.num_samples=45", "data.val_fraction=0.12").data)
+    require_splits(data, ("val",))
+    assert "the val split has no sample of 5 class(es): class_5, class_6" in caplog.text
+
+
+# --- crashes after the work is done ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def best_pt(tmp_path_factory):
+    from runner.cli import run
+    from tests.conftest import CONF
+
+    tmp = tmp_path_factory.mktemp("trained")
+    seed_store(tmp / "outputs")
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[f"paths.output_dir={tmp}/outputs", f"paths.run_dir={tmp}/run", *TINY],
+        )
+    run(cfg)
+    return tmp / "run" / "checkpoints" / "best.pt"
+
+
+@pytest.mark.slow
+def test_predict_output_naming_a_folder_writes_predictions_csv_into_it(make_cfg, best_pt, tmp_path):
+    from runner.cli import run
+
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    write_png(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8), str(image))
+    folder = tmp_path / "out"
+    folder.mkdir()
+    predict = ("mode=predict", f"ckpt={best_pt}", f"predict.input={image}")
+    assert run(make_cfg(*predict, f"predict.output={folder}")) == 1
+    assert (folder / "predictions.csv").read_text().count("\n") == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["predictions.csv"], "no temp file left"
+
+
+@pytest.mark.slow
+def test_eval_with_stored_data_refuses_data_keys_and_names_eval_data_current(best_pt, tmp_path):
+    command = ("mode=eval", f"ckpt={best_pt}", f"paths.output_dir={tmp_path}")
+    done = run_cli(*command, "data.val_fraction=0.3", timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Error: data.val_fraction=0.3: eval.data=stored" in done.stderr
+    assert "Add eval.data=current" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "mlflow.db").exists(), "refused before any tracking"
+
+
+def test_a_training_batch_of_one_sample_is_refused_or_left_out(make_cfg, tmp_path):
+    refused(make_cfg("trainer.batch_size=1"), "trainer.batch_size=1", ">= 2")
+    nothing_spent(tmp_path)
+    split = Split(torch.zeros(9, 3, 4, 4, dtype=torch.uint8), torch.arange(9) % 3)
+    loader = ResidentLoader(split, 4, RandomSampler(split.labels), drop_last=False)
+    assert [len(labels) for _, labels in loader] == [4, 4], "the lone ninth sample is left out"
+    assert len(ResidentLoader(split, 4)) == 3, "evaluation keeps every sample"
+
+
+# --- one clear line, not a traceback --------------------------------------------------------
+
+
+def test_the_command_line_shows_a_mistake_as_one_line_and_exit_status_1(tmp_path):
+    done = run_cli(f"paths.output_dir={tmp_path}", "trainer.device=cuda", *TINY, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Error: trainer.device='cuda' but CUDA is not available" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert not (tmp_path / "mlflow.db").exists() or runs_in(tmp_path / "mlflow.db") == 0
+    full = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "run.py"),
+            f"paths.output_dir={tmp_path}",
+            "trainer.device=cuda",
+            *TINY,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+    )
+    assert full.returncode == 1 and "Traceback" in full.stderr, "HYDRA_FULL_ERROR=1 shows it"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["trainer.precision=16"], ["trainer.precision=16 needs a CUDA device", "bf16 or 32"]),
+        (["model.name=resnet_18"], ["model.name='resnet_18' is not a timm model", "resnet18"]),
+        (["data.mean=[0.5,0.5]"], ["data.mean=[0.5, 0.5] is invalid", "3 numbers"]),
+        (["trainer.resume=nevr"], ["trainer.resume='nevr'", "auto, never"]),
+        (["mode=eval", "ckpt=/nope/best.pt"], ["ckpt='/nope/best.pt': no such file"]),
+    ],
+)
+def test_mistakes_end_in_one_line_naming_the_key_and_the_fix(
+    make_cfg, tmp_path, overrides, expected
+):
+    refused(make_cfg(*overrides), *expected)
+    nothing_spent(tmp_path)
+
+
+def test_weights_of_another_architecture_are_named(make_cfg, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "resnet14t.safetensors"
+    save_file(timm.create_model("resnet14t").state_dict(), str(weights))
+    refused(
+        make_cfg(f"model.pretrained_file={weights}"),
+        "model.pretrained_file=",
+        "does not fit model.name='resnet10t'",
+    )
+    nothing_spent(tmp_path)
+
+
+def test_a_checkpoint_naming_untrusted_code_needs_allowed_targets(make_cfg, best_pt, tmp_path):
+    payload = torch.load(best_pt, weights_only=True)
+    payload["config"] = payload["config"].replace(
+        "runner.models.factories.create_timm_model", "mylab.models.net"
+    )
+    odd = tmp_path / "odd.pt"
+    torch.save(payload, odd)
+    refused(make_cfg("mode=eval", f"ckpt={odd}", "eval.data=current"), "allowed_targets")
+
+
+@pytest.mark.parametrize("layout", ["one_class", "broken_link"])
+def test_bad_image_folders_are_named_at_start(make_cfg, tmp_path, layout):
+    root = make_imagefolder(
+        tmp_path / "data", classes=("only",) if layout == "one_class" else ("a", "b"), per_class=6
+    )
+    if layout == "broken_link":
+        (root / "train" / "a" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    no_data = [t for t in TINY if not t.startswith("data")]
+    cfg = make_cfg(
+        *no_data, "data=imagefolder", f"data.root={root}", "data.image_size=16", tiny=False
+    )
+    if layout == "one_class":
+        refused(cfg, "has one class (only)", "data.root/train/")
+        nothing_spent(tmp_path)
+    else:  # a broken link is a bad file: skipped, listed, and training goes on
+        from runner.cli import run
+
+        run(cfg)
+        assert "gone.png" in (tmp_path / "run" / "bad_files.txt").read_text()
+
+
+# --- sweeps ---------------------------------------------------------------------------------
+
+
+def test_a_bad_value_in_the_third_grid_point_stops_the_sweep_at_start(tmp_path):
+    done = run_cli(
+        "-m",
+        f"paths.output_dir={tmp_path}",
+        "optim.lr=1e-3,3e-3,-1",
+        "seed=0,1",
+        *TINY,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert "the sweep was not started" in done.stderr and "optim.lr=-1" in done.stderr
+    assert "job 4 (optim.lr=-1 seed=0)" in done.stderr
+    assert not (tmp_path / "multirun").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_hints_name_the_options(tmp_path):
+    done = run_cli(f"paths.output_dir={tmp_path}", "model=resnet_18", timeout=120)
+    assert done.returncode == 1 and "Could not find 'model/resnet_18'" in done.stderr
+    assert "\tresnet18\n" in done.stderr, "the options are listed"
+
+
+# --- small things ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_non_finite_best_weights_fail_the_run_instead_of_being_saved(make_cfg, tmp_path):
+    cfg = make_cfg("optim.lr=1e9", "trainer.limit_batches=1")
+    refused(cfg, "non-finite weights or val loss after epoch 1", "Lower optim.lr")
+    assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+    db = tmp_path / "outputs" / "mlflow.db"
+    assert [s for (s,) in query(db, "SELECT status FROM runs")] == ["FAILED"]
+
+
+@pytest.mark.slow
+def test_debug_runs_are_tagged_and_overfit_reports_train_accuracy(tmp_path):
+    done = run_cli(
+        f"paths.output_dir={tmp_path}",
+        "debug=overfit",
+        "trainer.max_epochs=3",
+        *TINY,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "final train/acc" in done.stdout
+    tags = dict(query(tmp_path / "mlflow.db", "SELECT key, value FROM tags"))
+    assert tags["debug"] == "overfit"
+
+
+@pytest.mark.slow
+def test_paths_output_dir_moves_everything_a_run_writes(tmp_path):
+    before = set((REPO / "outputs").iterdir()) if (REPO / "outputs").exists() else set()
+    done = run_cli(f"paths.output_dir={tmp_path / 'out'}", *TINY, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = set((REPO / "outputs").iterdir()) if (REPO / "outputs").exists() else set()
+    assert after == before, "nothing lands in the repository's outputs/"
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"runs", "mlflow.db", "mlartifacts"}
+    assert not [p for p in tmp_path.iterdir() if p.name not in ("out",)], "nor in the cwd"
+
+
+def test_top5_is_left_out_with_five_classes_or_fewer_and_a_short_epoch_is_named(make_cfg, caplog):
+    from runner.data.build import build_data, build_loaders
+    from runner.training.preflight import check_training_data
+
+    cfg = make_cfg("data.num_classes=4")
+    data = build_data(cfg.data)
+    loaders = build_loaders(data, cfg.sampler, cfg.trainer, cfg.seed, torch.device("cpu"))
+    check_training_data(cfg, data, len(loaders[0]))
+    assert (
+        "only 4 optimizer step(s) per epoch" in caplog.text and "trainer.batch_size" in caplog.text
+    )
+    with pytest.raises(ConfigError, match="needs more than 5 classes"):
+        check_training_data(make_cfg("trainer.monitor=val/top5"), data, len(loaders[0]))
