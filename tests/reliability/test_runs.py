@@ -147,6 +147,8 @@ def test_ctrl_c_saves_a_checkpoint_and_marks_the_run_killed(tmp_path):
     assert statuses(tmp_path / "mlflow.db") == ["KILLED"]
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["state"]
     assert state["epoch"] == 0 and state["partial_epoch"]["batches"] >= 4
+    # The hint is the whole command that continues the run, in its run dir.
+    assert "continue it with: python run.py" in out and f"hydra.run.dir={run_dir}" in out
 
 
 def test_sigkilled_run_is_reaped_by_the_tool_and_by_the_next_run(tmp_path):

@@ -64,6 +64,7 @@ def test_grid_sweep_nests_children_under_a_parent_and_aggregates_seeds(tmp_path)
     sweep_dir = tmp_path / "sweep"
     code, output = multirun(tmp_path, sweep_dir, "optim.lr=1e-3,3e-3", "seed=0,1")
     assert code == 0, output[-3000:]
+    assert output.count("\nconfig\n") == 1, "the config tree is shown once, not per job"
     db = tmp_path / "mlflow.db"
     found = runs(db)
     parents = [i for i, r in found.items() if r["tags"].get("sweep.role") == "parent"]
