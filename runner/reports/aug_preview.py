@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,43 +13,49 @@ from runner.augment.device import DeviceAugment
 from runner.data.splits import Split
 
 
-def save_preview_grid(
+@dataclass
+class Preview:
+    """Augmented training images, one row per class, ready to be drawn.
+
+    Attributes:
+        images: (rows * columns, C, H, W) float images in [0, 1], on the CPU.
+        columns: Images per row.
+        row_names: The class name of each row.
+        title: What the augmentation does (its `describe()`).
+    """
+
+    images: torch.Tensor
+    columns: int
+    row_names: list[str]
+    title: str
+
+
+def augment_preview(
     augment: DeviceAugment,
     split: Split,
     class_names: Sequence[str],
-    path: Path,
     *,
     seed: int,
     device: torch.device | None = None,
     per_class: int = 8,
     max_classes: int = 10,
     max_side: int = 128,
-) -> Path:
-    """Saves a PNG grid of augmented training images: one row per class.
+) -> Preview:
+    """Augments a few training images per class with a forked RNG seeded with `seed`.
 
-    The draws come from a forked RNG seeded with `seed`, so the same seed gives the same
-    grid, and previewing leaves the training run's random stream untouched.
+    The same seed gives the same images, and the training run's random stream is left
+    untouched. Cheap (one batch); drawing them (`draw_preview`) can wait.
 
     Args:
         augment: The training augmentation (its mode is restored afterwards).
         split: The training split (resident or streaming), on any device.
         class_names: Name per class id, for the row labels.
-        path: Where the PNG goes.
         seed: Seed of the augmentation draws.
         device: Where to augment; None = where the split is.
         per_class: Images per row (fewer when a shown class has fewer).
         max_classes: Rows at most (the first classes).
         max_side: Larger images are shrunk to this side for the grid.
-
-    Returns:
-        `path`.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from torchvision.utils import make_grid
-
     host_labels = split.labels.cpu()
     device = device or split.labels.device
     rows = [torch.nonzero(host_labels == c).flatten()[:per_class] for c in range(len(class_names))]
@@ -70,17 +77,47 @@ def save_preview_grid(
     out = out.detach().float().clamp(0, 1).cpu()
     if max(out.shape[-2:]) > max_side:
         out = F.interpolate(out, size=(max_side, max_side), mode="bilinear", antialias=True)
-    grid = make_grid(out, nrow=cols, padding=2, pad_value=1.0)
-    cell = out.shape[-1] + 2  # make_grid's pitch: image plus padding
+    return Preview(out, cols, [class_names[c] for c, _ in shown], augment.describe())
+
+
+def draw_preview(preview: Preview, path: Path) -> Path:
+    """Draws the preview as a PNG grid (matplotlib), one row per class; returns `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    grid = make_grid(preview.images, nrow=preview.columns, padding=2, pad_value=1.0)
+    cell = preview.images.shape[-1] + 2  # make_grid's pitch: image plus padding
     inches = max(1.0, 96 / cell) / 100  # per grid pixel; small images are drawn larger
     fig, ax = plt.subplots(figsize=(grid.shape[2] * inches + 1.5, grid.shape[1] * inches + 0.8))
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-    row_centres = [1 + cell * row + cell / 2 for row in range(len(shown))]
-    ax.set_yticks(row_centres, [class_names[c] for c, _ in shown])
+    row_centres = [1 + cell * row + cell / 2 for row in range(len(preview.row_names))]
+    ax.set_yticks(row_centres, preview.row_names)
     ax.set_xticks([])
-    ax.set_title(augment.describe(), fontsize=8)
+    ax.set_title(preview.title, fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def save_preview_grid(
+    augment: DeviceAugment,
+    split: Split,
+    class_names: Sequence[str],
+    path: Path,
+    *,
+    seed: int,
+    device: torch.device | None = None,
+    **options: int,
+) -> Path:
+    """Saves a PNG grid of augmented training images: `augment_preview`, then `draw_preview`.
+
+    `options` are augment_preview's per_class, max_classes and max_side.
+    """
+    return draw_preview(
+        augment_preview(augment, split, class_names, seed=seed, device=device, **options), path
+    )

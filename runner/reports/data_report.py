@@ -9,13 +9,16 @@ from pathlib import Path
 import torch
 
 from runner.data.splits import DataSplits
+from runner.reports.aug_preview import Preview, draw_preview
 from runner.tracking.protocol import Tracker
 
 log = logging.getLogger(__name__)
 
 
 def report_train_data(data: DataSplits, run_dir: Path, tracker: Tracker) -> None:
-    """Logs the train class counts (param + bar chart), the bad files and the noisy labels.
+    """Logs the train class counts (a param), the bad files and the noisy labels.
+
+    The bar chart of the counts is `plot_class_counts`, drawn while training runs.
 
     Args:
         data: The data set after the switches.
@@ -32,8 +35,6 @@ def report_train_data(data: DataSplits, run_dir: Path, tracker: Tracker) -> None
     }
     log.info("train samples per class: %s", params["data.train_class_counts"])
     tracker.log_params(params)
-    plot_class_counts(counts, data.class_names, run_dir / "class_counts.png")
-    tracker.log_artifact(run_dir / "class_counts.png")
     if data.bad_files:
         path = run_dir / "bad_files.txt"
         path.write_text("".join(f"{reason}\n" for _, reason in data.bad_files))
@@ -95,3 +96,26 @@ def report_streamed_bad_files(
     tracker.log_artifact(path)
     tracker.set_tags({"data.num_bad_files_streamed": str(len(late))})
     log.warning("%d more bad file(s) met while streaming; listed in %s", len(late), path)
+
+
+def draw_start_plots(preview: Preview, data: DataSplits, run_dir: Path) -> list[Path]:
+    """Draws aug_preview.png and class_counts.png; returns the files written.
+
+    Run beside the first training steps: matplotlib is not needed before them. A plot that
+    fails is named in the log and left out; the run goes on.
+    """
+    plots = {
+        "aug_preview.png": lambda path: draw_preview(preview, path),
+        "class_counts.png": lambda path: plot_class_counts(
+            data.class_counts(), data.class_names, path
+        ),
+    }
+    written = []
+    for name, draw in plots.items():
+        try:
+            draw(run_dir / name)
+        except Exception as err:  # a plot must not cost the run its training
+            log.error("%s was not written: %s", name, err)
+            continue
+        written.append(run_dir / name)
+    return written

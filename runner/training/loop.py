@@ -49,6 +49,7 @@ def decide_after_epoch(
     *,
     maximize: bool,
     patience: int | None,
+    tie_break: float | None = None,
     interrupted: bool = False,
     finite: bool = True,
     stop_if_not_finite: bool = True,
@@ -61,6 +62,9 @@ def decide_after_epoch(
         value: The epoch's monitored value.
         maximize: Whether larger values are better.
         patience: Epochs without improvement before stopping; None = never.
+        tie_break: The epoch's val/loss: when the monitored value ties with the best, the
+            lower val/loss wins, so the tested weights are the best-trained ones (a metric
+            like val/acc on a small val split ties often). None = ties keep the earlier.
         interrupted: A signal asked the run to stop (the pruner is then not asked).
         finite: Whether the weights to save as best are finite; non-finite weights are
             never the best, however the metric came out.
@@ -70,12 +74,19 @@ def decide_after_epoch(
     Returns:
         Whether the epoch improved, and why training stops (None: it goes on).
     """
+    tied_but_better = (
+        value == state.best_value
+        and tie_break is not None
+        and (math.isnan(state.best_tie_break) or tie_break < state.best_tie_break)
+    )
     improved = finite and (
         math.isnan(state.best_value)
         or (value > state.best_value if maximize else value < state.best_value)
+        or tied_but_better
     )
     if improved:
         state.best_value, state.best_epoch, state.epochs_since_best = value, state.epoch, 0
+        state.best_tie_break = math.nan if tie_break is None else tie_break
     else:
         state.epochs_since_best += 1
     if interrupted:
@@ -200,6 +211,7 @@ def fit(
             current,
             maximize=trainer.monitor_mode == "max",
             patience=trainer.early_stopping_patience,
+            tie_break=None if trainer.monitor == "val/loss" else metrics["val/loss"],
             interrupted=ctx.stop.requested(),  # during validation: last.pt is this epoch's
             # A NaN val loss: the weights give non-finite outputs, whatever val/acc says.
             finite=math.isfinite(val["loss"]) and weights_finite(parts.eval_model),

@@ -33,6 +33,7 @@ class TrainState:
     epoch: int = 0  # finished epochs
     global_step: int = 0  # training batches done, including a partial epoch
     best_value: float = float("nan")
+    best_tie_break: float = float("nan")  # the best epoch's val/loss (ties on the monitor)
     best_epoch: int = 0
     epochs_since_best: int = 0
     nan_skips: int = 0

@@ -18,6 +18,8 @@ from runner.data.switches import (
     noisy_labels,
     subset_indices,
 )
+from runner.reports.aug_preview import Preview
+from runner.reports.data_report import draw_start_plots
 from runner.reports.data_report import report_train_data as report_data
 from runner.tracking.null import NullTracker
 
@@ -124,7 +126,11 @@ def test_report_logs_counts_noise_and_bad_files(tmp_path):
     assert tracker.params["data.num_bad_files"] == 1
     assert tracker.params["data.actual_imbalance_ratio"] == pytest.approx(max(counts) / min(counts))
     assert 0.1 < tracker.params["data.actual_noise_rate"] < 0.3
-    assert set(tracker.artifacts) == {"class_counts.png", "bad_files.txt", "label_noise.csv"}
+    assert set(tracker.artifacts) == {"bad_files.txt", "label_noise.csv"}
+    # The bar chart is drawn beside the first training steps, with the augmentation preview.
+    preview = Preview(torch.rand(4, 3, 8, 8), 2, ["0", "1"], "none")
+    written = draw_start_plots(preview, data, tmp_path)
+    assert [p.name for p in written] == ["aug_preview.png", "class_counts.png"]
     assert (tmp_path / "class_counts.png").stat().st_size > 1000
     assert (tmp_path / "bad_files.txt").read_text() == "/x/a.jpg: empty file (0 bytes)\n"
     with (tmp_path / "label_noise.csv").open() as handle:

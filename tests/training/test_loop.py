@@ -56,3 +56,20 @@ def test_an_improving_epoch_may_still_be_the_last_one():
     decisions, state = epochs([0.5, 0.9], prune_at=2)
     assert decisions[-1].improved and decisions[-1].stop == "pruned"
     assert not math.isnan(state.best_value) and state.best_epoch == 2
+
+
+def test_a_tie_on_the_monitor_goes_to_the_lower_val_loss():
+    """val/acc 0.994 at epoch 2 and again at 4 with a lower val/loss: epoch 4's weights."""
+    state, improved = TrainState(), []
+    for epoch, (acc, loss) in enumerate([(0.9, 0.5), (0.994, 0.2), (0.99, 0.1), (0.994, 0.05)]):
+        state.epoch = epoch + 1
+        decision = decide_after_epoch(state, acc, maximize=True, patience=None, tie_break=loss)
+        improved.append(decision.improved)
+    assert improved == [True, True, False, True]
+    assert state.best_epoch == 4 and state.best_tie_break == 0.05
+    assert state.epochs_since_best == 0
+    # A tie with a higher val/loss does not move the best.
+    state.epoch = 5
+    assert not decide_after_epoch(
+        state, 0.994, maximize=True, patience=None, tie_break=0.3
+    ).improved
