@@ -184,6 +184,7 @@ def test_decode_cache_file_is_reused_and_keyed_by_content(tmp_path, monkeypatch)
     root = make_imagefolder(tmp_path / "data", per_class=5)
     cache = tmp_path / "cache"
     first = load(root, cache_dir=str(cache))
+    decoding.wait_for_cache_writes()  # written beside the run, not before it goes on
     (cache_file,) = cache.glob("*.pt")
     decoding.clear_memory_cache()
     calls = []
@@ -200,6 +201,7 @@ def test_decode_cache_file_is_reused_and_keyed_by_content(tmp_path, monkeypatch)
     os.utime(target, ns=(1, 1))
     decoding.clear_memory_cache()
     third = load(root, cache_dir=str(cache))
+    decoding.wait_for_cache_writes()
     assert calls == [1] and len(list(cache.glob("*.pt"))) == 2
     assert not torch.equal(first.train.images, third.train.images)
     assert cache_file.is_file()
