@@ -40,6 +40,7 @@ SCRIPTS = {
     "imbalance": ["--epochs", "1", "--seeds", "0"],
     "sweep_overhead": ["--jobs", "2"],
     "optuna_pruning": ["--trials", "6", "--epochs", "3"],
+    "default_run": ["--rounds", "1"],
 }
 VERSIONS = ("torch", "torchvision", "kornia", "timm", "torchmetrics", "mlflow", "hydra-core")
 

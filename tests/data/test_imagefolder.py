@@ -307,3 +307,15 @@ def test_bad_files_met_while_streaming_are_added_to_the_report(tmp_path):
     report_streamed_bad_files(data, [loader], tmp_path, tracker)
     assert "truncated.jpg" in (tmp_path / "bad_files.txt").read_text()
     assert tracker.artifacts == [tmp_path / "bad_files.txt"]
+
+
+def test_decoding_on_threads_gives_the_same_images_and_bad_files(tmp_path):
+    root = make_imagefolder(tmp_path / "data", per_class=30, size=20)
+    bad = write_bad_files(root / "train" / "cat")
+    files = sorted(p for p in (root / "train").rglob("*") if p.is_file())
+    one = decoding.decode_all(files, 16, num_workers=0, chunk_size=8)
+    two = decoding.decode_all(files, 16, num_workers=2, chunk_size=8)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    assert sorted(one[2]) == sorted(two[2]) and len(two[2]) == len(bad)
+    with pytest.raises(BadImageError):
+        decoding.decode_all(files, 16, on_bad_file="error", num_workers=2, chunk_size=8)
