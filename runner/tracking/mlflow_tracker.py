@@ -100,6 +100,10 @@ class MlflowTracker:
         self.experiment_id = None
         self._metrics: list = []
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles without the background threads (a launcher may pickle the sweep's tracker)."""
+        return {**self.__dict__, "monitor": None, "outbox": None}
+
     @property
     def is_local(self) -> bool:
         """Whether the store is a local database file rather than a server."""
