@@ -9,8 +9,9 @@ training run's files:
     python run.py mode=eval ckpt=runs:/<mlflow run id> eval.tta=flip
     python run.py mode=predict ckpt=<best.pt> predict.input=photos/
 
-`ckpt=runs:/<run id>` downloads `checkpoints/best.pt` from that MLflow run's artifacts,
-from the store `logger.tracking_uri` names.
+`ckpt=runs:/<run id>` downloads that MLflow run's logged model and
+`ckpt=models:/<name>/<version>` a registered version, from the store
+`logger.tracking_uri` names.
 """
 
 from __future__ import annotations
@@ -47,11 +48,10 @@ from runner.training.context import (
     tracked_run,
 )
 from runner.training.distributed import World
+from runner.training.exported_model import MODEL_URI_PREFIXES, checkpoint_from_mlflow
 from runner.training.test_report import test_and_report, with_tta
 
 log = logging.getLogger(__name__)
-
-RUN_URI_PREFIX = "runs:/"
 
 
 @dataclass
@@ -350,56 +350,23 @@ def resolve_ckpt(ckpt: str, cfg: DictConfig, download_dir: Path) -> tuple[Path, 
     """The local best.pt for `ckpt`, and the MLflow run id it came from when known.
 
     Args:
-        ckpt: A file path, or `runs:/<run id>` (downloads that run's checkpoints/best.pt).
+        ckpt: A file path, `runs:/<run id>` (that run's logged model, or its
+            checkpoints/best.pt for runs logged before models were) or
+            `models:/<name>/<version>` (a registered model version).
         cfg: The composed config (its `logger.tracking_uri` names the MLflow store).
         download_dir: Where a downloaded checkpoint is put.
 
     Raises:
-        CheckpointError: The file does not exist, the run does not exist in the store,
-            or the run has no checkpoints/best.pt artifact.
+        CheckpointError: The file does not exist, or the URI names no run, model or
+            version the store has.
     """
-    if not ckpt.startswith(RUN_URI_PREFIX):
+    if not ckpt.startswith(MODEL_URI_PREFIXES):
         path = Path(ckpt).expanduser()
         if not path.is_file():
             hint = " (a folder: point at its checkpoints/best.pt)" if path.is_dir() else ""
             raise CheckpointError(
                 f"ckpt={ckpt!r}: no such file{hint}. Pass a run's checkpoints/best.pt or "
-                "ckpt=runs:/<mlflow run id>"
+                "ckpt=runs:/<mlflow run id> or ckpt=models:/<registered model>/<version>"
             )
         return path, None
-    run_id = ckpt.removeprefix(RUN_URI_PREFIX).strip("/").split("/")[0]
-    tracking_uri = OmegaConf.select(cfg, "logger.tracking_uri", default=None)
-    if not run_id or tracking_uri is None:
-        raise CheckpointError(
-            f"ckpt={ckpt!r}: expected runs:/<mlflow run id> with logger=mlflow "
-            "(logger.tracking_uri names the store to download from)"
-        )
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    try:
-        client.get_run(run_id)
-    except MlflowException as err:
-        raise CheckpointError(
-            f"ckpt={ckpt!r}: run {run_id!r} was not found in the MLflow store "
-            f"logger.tracking_uri={tracking_uri!r} ({err.error_code}). Check the id "
-            "(mlflow ui lists the runs) or point logger.tracking_uri at the right store"
-        ) from err
-    download_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar in logs
-    try:
-        local = mlflow.artifacts.download_artifacts(
-            run_id=run_id,
-            artifact_path="checkpoints/best.pt",
-            dst_path=str(download_dir),
-            tracking_uri=tracking_uri,
-        )
-    except (MlflowException, OSError) as err:
-        raise CheckpointError(
-            f"ckpt={ckpt!r}: run {run_id!r} has no checkpoints/best.pt artifact ({err}). "
-            "Only runs that finished training log it; pick a FINISHED training run"
-        ) from err
-    log.info("downloaded checkpoints/best.pt of MLflow run %s to %s", run_id, local)
-    return Path(local), run_id
+    return checkpoint_from_mlflow(ckpt, cfg, download_dir)

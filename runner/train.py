@@ -41,6 +41,8 @@ from runner.training.context import (
     seed_everything,
     tracked_run,
 )
+from runner.training.exported_model import log_best_model
+from runner.training.lineage import log_data_inputs
 from runner.training.loop import fit
 from runner.training.parts import build_parts
 from runner.training.preflight import check_training_data
@@ -157,8 +159,9 @@ def record_start(ctx: RunContext, data: DataSplits, state: TrainState) -> None:
     ctx.tracker.set_tags(distributed.tags(ctx.world, ctx.cfg.trainer))
     if ctx.job is not None:
         ctx.job.record_run(ctx.tracker.run_id)
+    log_data_inputs(ctx.tracker, ctx.cfg.data, data)  # train/val/test as MLflow datasets
     report_train_data(data, ctx.run_dir, ctx.tracker)
-    startup_clock.finish(ctx.run_dir, ctx.tracker)  # start-up phases: startup.json, startup/*_s
+    startup_clock.finish(ctx.run_dir, ctx.tracker)  # start-up phases: startup.json, startup_s
 
 
 def test_best(ctx: RunContext, parts, data: DataSplits, loaders: tuple, state: TrainState) -> None:
@@ -178,8 +181,7 @@ def test_best(ctx: RunContext, parts, data: DataSplits, loaders: tuple, state: T
         history=state.history,
         step=ctx.cfg.trainer.max_epochs,
     )
-    for name in ("best.pt", "best.safetensors"):
-        ctx.tracker.log_artifact(checkpoints / name, "checkpoints")
+    log_best_model(ctx, parts, best, data)  # the run's one uploaded copy of the weights
     report_streamed_bad_files(data, list(loaders), ctx.run_dir, ctx.tracker)
     results = {
         "best_epoch": state.best_epoch,

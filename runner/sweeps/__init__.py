@@ -1,7 +1,8 @@
 """Sweeps: the files in a sweep dir and everything that reads or writes them.
 
-The manifest, a job's side, the launcher's callback, the summary, Optuna trials seen
-from a job, and collecting submitted SLURM jobs.
+The manifest, a job's side, the launcher's callback, the summary, an Optuna sweep's
+settings (checked before it starts) and its trials seen from a job, the warning about
+SQLite stores on a cluster, and collecting submitted SLURM jobs.
 
 May import runner.config and runner.tracking; never data, models or the training loop.
 

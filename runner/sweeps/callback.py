@@ -25,6 +25,8 @@ from runner.sweeps.manifest import (
     read_sweep_info,
     write_json,
 )
+from runner.sweeps.optuna_study import check_optuna_settings, is_optuna_sweep
+from runner.sweeps.stores import cluster_store_warning
 from runner.sweeps.summary import summarize_and_log
 
 log = logging.getLogger(__name__)
@@ -38,13 +40,22 @@ class SweepCallback(Callback):
         self.sweep_dir: Path | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Creates (or, for `sweep.resume`, reopens) the parent run and writes sweep.json."""
+        """Creates (or, for `sweep.resume`, reopens) the parent run and writes sweep.json.
+
+        The sweep is checked first (every grid job's config; an Optuna sweep's settings):
+        a problem stops the command with one message, before any run or job exists.
+        """
         from hydra.utils import instantiate
 
-        try:  # every job's config, before the parent run exists or any job trains
-            refuse_bad_jobs(config, kwargs.get("config_name"))
-        except ConfigError as err:
-            raise SystemExit(f"Error: {err}") from err
+        if is_optuna_sweep(config):  # its searched values are the sweeper's to check
+            check_optuna_settings(config)
+        else:
+            try:  # every job's config, before the parent run exists or any job trains
+                refuse_bad_jobs(config, kwargs.get("config_name"))
+            except ConfigError as err:
+                raise SystemExit(f"Error: {err}") from err
+        if warning := cluster_store_warning(config):
+            log.warning("%s", warning)
         self.sweep_dir = Path(config.hydra.sweep.dir).resolve()
         resume = OmegaConf.select(config, "sweep.resume", default=None)
         if resume and not (self.sweep_dir / MANIFEST_FILE).exists():

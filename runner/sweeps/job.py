@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -83,10 +84,17 @@ class SweepJob:
 
     @property
     def swept_overrides(self) -> list[str]:
-        """The job's overrides that the sweep varies (not given as-is on the command line)."""
-        given = set(self.info.get("arguments", []))
+        r"""The job's overrides that the sweep varies (not constants of the command line).
+
+        Compared by key: Hydra hands each job the command line's constants again, with
+        special characters escaped (`logger.tracking_uri=sqlite\:///...`), so the text
+        differs from what was typed while the key and value are the same.
+        """
+        constant = constant_keys(self.info.get("arguments", []))
         return [
-            o for o in self.overrides if o not in given and not o.startswith(SWEEP_CONTROL_PREFIXES)
+            o
+            for o in self.overrides
+            if not o.startswith(SWEEP_CONTROL_PREFIXES) and override_key(o) not in constant
         ]
 
     @property
@@ -99,7 +107,9 @@ class SweepJob:
         tags = {"sweep_dir": str(self.sweep_dir), "sweep.job": str(self.num)}
         if self.info.get("parent_run_id"):
             tags["mlflow.parentRunId"] = self.info["parent_run_id"]
-        tags.update({f"override.{n}": v for n, v in parse_overrides(self.overrides).items()})
+        tags.update(
+            {f"override.{n}": unescape(v) for n, v in parse_overrides(self.overrides).items()}
+        )
         return tags
 
     def run(self, cfg: DictConfig, train: Callable[[DictConfig, SweepJob], float]) -> float:
@@ -177,9 +187,14 @@ class SweepJob:
         trial_number = OmegaConf.select(cfg, "optuna.trial", default=None)
         if trial_number is None:
             return False
+        from runner.sweeps.optuna_study import read_study_file
         from runner.sweeps.optuna_trial import report_and_check
 
-        self.pruned = report_and_check(cfg.optuna, int(trial_number), epoch, value)
+        settings = read_study_file(self.sweep_dir)
+        if settings is None:  # not launched by the Optuna sweeper: nothing to report to
+            return False
+        last_epoch = int(cfg.trainer.max_epochs)
+        self.pruned = report_and_check(settings, int(trial_number), epoch, value, last_epoch)
         return self.pruned
 
 
@@ -194,3 +209,24 @@ def own_run_dir(run_dir: str, key: str, jobs: dict[str, dict[str, Any]]) -> str:
     while candidate in taken:
         candidate, suffix = f"{run_dir}-{suffix}", suffix + 1
     return candidate
+
+
+def override_key(override: str) -> str:
+    """`+a.b=1` -> `a.b`; `group@pkg=x` -> `group@pkg`."""
+    return override.lstrip("+~").partition("=")[0]
+
+
+def unescape(value: str) -> str:
+    r"""A value as typed: Hydra escapes `\ ( ) [ ] { } : = , ` and blanks with a backslash."""
+    return re.sub(r"\\(.)", r"\1", value)
+
+
+def constant_keys(arguments: list[str]) -> set[str]:
+    """The keys the command line sets to one value (not swept), from its overrides."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides(arguments)
+    except Exception:  # not Hydra's grammar (a hand-written sweep.json): compare by key
+        return {override_key(a) for a in arguments if "," not in a.partition("=")[2]}
+    return {override_key(o.input_line) for o in overrides if not o.is_sweep_override()}

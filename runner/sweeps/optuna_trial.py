@@ -1,110 +1,85 @@
 """Optuna from inside a job: the study's storage, the pruner, and per-epoch reports.
 
-The sweeper (hydra_plugins/runner_optuna_sweeper) asks the study for a trial and passes
-its number as `optuna.trial=N`. The job reaches the same trial through the storage (a
+The sweeper (hydra_plugins/runner_optuna_sweeper) asks the study for a trial, passes its
+number as `optuna.trial=N`, and writes `<sweep dir>/optuna/study.json` (the study's name,
+storage and pruner node). The job reaches the same trial through the storage (a
 database or a journal file), so reporting and pruning work when the job runs in another
-process or on another machine of the cluster.
+process or on another machine of the cluster. A study without storage (`storage: null`)
+lives in the sweeper's process: jobs launched in that process report to it; jobs in
+other processes cannot reach it and are not pruned.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
-from pathlib import Path
 from typing import Any
 
-from runner.config.choices import PRUNERS
+from runner.sweeps.optuna_study import build_pruner, open_storage
 
 log = logging.getLogger(__name__)
 
-JOURNAL_PREFIX = "journal:///"
+# Studies without storage, by name, for jobs that run in the sweeper's own process.
+_IN_MEMORY: dict[str, Any] = {}
 
 
-def open_storage(url: str) -> Any:
-    """An Optuna storage for `url`.
-
-    Args:
-        url: An RDB URL (`sqlite:///outputs/optuna.db`, `postgresql://...`) or
-            `journal:///path/to/study.log` for a journal file on a shared file system
-            (clusters where SQLite's locking over NFS is not safe).
-    """
-    import optuna
-
-    if url.startswith(JOURNAL_PREFIX):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        path = Path(url.removeprefix(JOURNAL_PREFIX))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    # Heartbeats are off: a trial's job reports every epoch, and a job that dies is
-    # marked failed by the sweeper when its launcher returns.
-    return optuna.storages.RDBStorage(url)
+def keep_in_memory(study: Any, trial: Any) -> None:
+    """Makes a trial of a study without storage reachable by the jobs of this process."""
+    _IN_MEMORY[(study.study_name, trial.number)] = (study, trial)
 
 
-def build_pruner(name: str, startup_trials: int, warmup_epochs: int, max_epochs: int) -> Any:
-    """The pruner `optuna.pruner` names.
-
-    Args:
-        name: median (stop a trial whose value is below the median of earlier trials at
-            the same epoch), hyperband, or none.
-        startup_trials: Trials that run to the end before median pruning starts.
-        warmup_epochs: Epochs of each trial that are never pruned.
-        max_epochs: The longest a trial trains (hyperband's max resource).
-    """
-    import optuna
-
-    if name == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=startup_trials, n_warmup_steps=warmup_epochs
-        )
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(
-            min_resource=max(1, warmup_epochs), max_resource=max_epochs
-        )
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise ValueError(f"optuna.pruner={name!r} is not a pruner: use one of {', '.join(PRUNERS)}")
+def _trial(storage_url: str | None, study_name: str, trial_number: int, pruner_json: str) -> tuple:
+    """The study and the job's trial; (None, None) for one in another process's memory."""
+    if storage_url is None:
+        return _IN_MEMORY.get((study_name, trial_number), (None, None))
+    return _stored_trial(storage_url, study_name, trial_number, pruner_json)
 
 
 @functools.lru_cache(maxsize=8)
-def _trial(storage_url: str, study_name: str, trial_number: int, pruner_key: tuple) -> tuple:
-    """The study (with the pruner) and the job's trial, opened once per job."""
+def _stored_trial(storage_url: str, study_name: str, trial_number: int, pruner_json: str) -> tuple:
+    """The stored study (with the pruner) and the job's trial, opened once per job."""
     import optuna
 
     storage = open_storage(storage_url)
     study = optuna.load_study(
-        study_name=study_name, storage=storage, pruner=build_pruner(*pruner_key)
+        study_name=study_name, storage=storage, pruner=build_pruner(json.loads(pruner_json))
     )
     study_id = storage.get_study_id_from_name(study_name)
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial_number)
     return study, optuna.trial.Trial(study, trial_id)
 
 
-def report_and_check(settings: Any, trial_number: int, epoch: int, value: float) -> bool:
+def report_and_check(
+    settings: dict[str, Any], trial_number: int, epoch: int, value: float, last_epoch: int
+) -> bool:
     """Reports the epoch's monitored value; marks the trial PRUNED when the pruner says so.
 
+    A trial at its last epoch is never pruned: it has trained as long as a complete one,
+    so it ends COMPLETE with its value.
+
     Args:
-        settings: The config's `optuna` node (storage, study_name, pruner settings).
+        settings: The sweep's study.json (study name, storage, pruner node).
         trial_number: The job's trial, from `optuna.trial`.
         epoch: The epoch just finished (the report's step).
         value: The monitored value after that epoch.
+        last_epoch: The job's last epoch (`trainer.max_epochs`).
 
     Returns:
         True when the job should stop training now.
     """
     from optuna.trial import TrialState
 
-    pruner_key = (
-        str(settings.pruner),
-        int(settings.pruner_startup_trials),
-        int(settings.pruner_warmup_epochs),
-        int(settings.max_epochs),
+    study, trial = _trial(
+        settings.get("storage"),
+        str(settings.get("study_name")),
+        trial_number,
+        json.dumps(settings.get("pruner"), sort_keys=True),
     )
-    study, trial = _trial(str(settings.storage), str(settings.study_name), trial_number, pruner_key)
+    if trial is None:
+        return False
     trial.report(value, step=epoch)
-    if not trial.should_prune():
+    if epoch >= last_epoch or not trial.should_prune():
         return False
     study.tell(trial, state=TrialState.PRUNED)
     log.info("optuna: trial %d pruned at epoch %d", trial_number, epoch)

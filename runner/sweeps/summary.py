@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.sweeps.job import unescape
 from runner.sweeps.manifest import parse_overrides, read_manifest
 from runner.tracking.protocol import Tracker
 
@@ -32,8 +33,11 @@ class Summary:
         markdown: The report (also in summary.md).
         files: The files written into the sweep dir.
         best_tags: Tags for the parent run: the best job's overrides and run id.
-        best_value: The best monitored value among finished jobs, or None.
+        best_value: The best monitored value among finished jobs, or None; with seeds
+            swept, the best configuration's mean over its seeds.
         failed: The jobs that did not finish (failed, skipped, interrupted).
+        best_metrics: Metrics for the parent run: `best/<monitor>` (and, with seeds
+            swept, `best/<monitor>_std` and the test metrics' mean and std).
     """
 
     jobs: list[dict[str, Any]]
@@ -42,6 +46,7 @@ class Summary:
     best_tags: dict[str, str] = field(default_factory=dict)
     best_value: float | None = None
     failed: list[dict[str, Any]] = field(default_factory=list)
+    best_metrics: dict[str, float] = field(default_factory=dict)
 
 
 def _finite(value: Any) -> bool:
@@ -69,7 +74,9 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
             {
                 **entry,
                 "key": key,
-                "params": parse_overrides(entry.get("overrides", [])),
+                "params": {
+                    k: unescape(v) for k, v in parse_overrides(entry.get("overrides", [])).items()
+                },
                 "test": test,
             }
         )
@@ -81,7 +88,14 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     finished = [j for j in jobs if j.get("status") == "FINISHED" and _finite(j.get("value"))]
     # A pruned job stopped early: its value does not stand for its configuration.
     complete = [j for j in finished if not j.get("pruned")]
-    best = (max if maximize else min)(complete, key=lambda j: j["value"]) if complete else None
+    pick = max if maximize else min
+    # With seeds swept, a configuration is judged by its mean over seeds, not its luckiest.
+    groups = _seed_groups(complete, swept)
+    best_group = pick(groups, key=lambda g: g.mean) if groups else None
+    if best_group is not None:
+        best = pick(best_group.members, key=lambda j: j["value"])
+    else:
+        best = pick(complete, key=lambda j: j["value"]) if complete else None
 
     lines = [
         f"# Sweep {sweep_dir.name}",
@@ -104,19 +118,36 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
         for j in jobs
     ]
     lines += _markdown_table(header, rows)
-    aggregates = _seed_aggregates(jobs, swept, shown)
-    if aggregates:
+    if groups:
         lines += ["", "## Mean +- std over seeds", ""]
         agg_header = [*[n for n in swept if n != "seed"], "seeds", monitor, *shown]
-        lines += _markdown_table(agg_header, aggregates)
+        lines += _markdown_table(agg_header, [g.row(shown) for g in groups])
     best_tags = {}
-    if best is not None:
+    best_metrics: dict[str, float] = {}
+    if best_group is not None:
+        members = best_group.members
+        described = best_group.label or "the only configuration"
+        numbers = ", ".join(str(j.get("num")) for j in members)
+        lines += [
+            "",
+            f"Best: jobs {numbers} ({described}, {len(members)} seed(s)): {monitor} = "
+            f"{_mean_std(best_group.values)}",
+        ]
+        chosen = zip(best_group.names, best_group.config, strict=True)
+        best_tags = {f"best.{name}": value for name, value in chosen}
+        best_tags["best.seeds"] = ",".join(str(j["params"].get("seed", "")) for j in members)
+        best_tags["best.run_ids"] = ",".join(j.get("mlflow_run_id") or "" for j in members)
+        best_tags["best.run_id"] = best.get("mlflow_run_id") or ""
+        best_tags["best.job"] = str(best.get("num"))
+        best_metrics = best_group.metrics(monitor, shown)
+    elif best is not None:
         described = best["label"] or "the only job"
         value = _fmt(best["value"])
         lines += ["", f"Best: job {best.get('num')} ({described}): {monitor} = {value}"]
         best_tags = {f"best.{n}": best["params"][n] for n in swept if n in best["params"]}
         best_tags["best.run_id"] = best.get("mlflow_run_id") or ""
         best_tags["best.job"] = str(best.get("num"))
+        best_metrics = {f"best/{monitor}": best["value"]}
     not_done = [j for j in jobs if j.get("status") != "FINISHED"]
     if not_done:
         lines += ["", "## Not finished", ""]
@@ -134,7 +165,8 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     if plot is not None:
         files.append(plot)
     files += sorted((sweep_dir / "optuna").glob("*")) if (sweep_dir / "optuna").is_dir() else []
-    return Summary(jobs, markdown, files, best_tags, best["value"] if best else None, not_done)
+    best_value = best_group.mean if best_group is not None else (best["value"] if best else None)
+    return Summary(jobs, markdown, files, best_tags, best_value, not_done, best_metrics)
 
 
 def summarize_and_log(
@@ -157,8 +189,8 @@ def summarize_and_log(
         for path in summary.files:
             tracker.log_artifact(path, "summary")
         tracker.set_tags({**summary.best_tags, "summary": "summary/summary.md"})
-        if summary.best_value is not None:
-            tracker.log_metrics({f"best/{monitor}": summary.best_value}, step=0)
+        if summary.best_metrics:
+            tracker.log_metrics(summary.best_metrics, step=0)
     return summary
 
 
@@ -196,31 +228,73 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def _seed_aggregates(
-    jobs: list[dict[str, Any]], swept: list[str], shown: list[str]
-) -> list[list[str]]:
-    """Mean +- std per config over the jobs that differ only by `seed`."""
+@dataclass
+class SeedGroup:
+    """The complete jobs of one configuration that differ only by `seed`.
+
+    Attributes:
+        names: The swept parameters other than seed.
+        config: Their values for this group.
+        members: The group's jobs.
+    """
+
+    names: list[str]
+    config: tuple[str, ...]
+    members: list[dict[str, Any]]
+
+    @property
+    def values(self) -> list[float]:
+        """The monitored value of each member."""
+        return [m["value"] for m in self.members]
+
+    @property
+    def mean(self) -> float:
+        """The mean monitored value."""
+        return statistics.fmean(self.values)
+
+    @property
+    def label(self) -> str:
+        """`a=1 b=x`: what tells this configuration apart."""
+        return " ".join(f"{n}={_short(v)}" for n, v in zip(self.names, self.config, strict=True))
+
+    def test_values(self, name: str) -> list[float]:
+        """The members' values of a test metric (those that have it)."""
+        return [m["test"][name] for m in self.members if _finite(m["test"].get(name))]
+
+    def row(self, shown: list[str]) -> list[str]:
+        """The group's row of the mean +- std table."""
+        cells = [_mean_std(self.values), *(_mean_std(self.test_values(n)) for n in shown)]
+        return [*map(_short, self.config), str(len(self.members)), *cells]
+
+    def metrics(self, monitor: str, shown: list[str]) -> dict[str, float]:
+        """`best/<metric>` and `best/<metric>_std` for the monitored and test metrics."""
+        found = {}
+        for name, values in [(monitor, self.values), *((n, self.test_values(n)) for n in shown)]:
+            if values:
+                found[f"best/{name}"] = statistics.fmean(values)
+                found[f"best/{name}_std"] = _std(values)
+        return found
+
+
+def _seed_groups(jobs: list[dict[str, Any]], swept: list[str]) -> list[SeedGroup]:
+    """The complete jobs grouped by everything swept but `seed` (none without seeds)."""
     if "seed" not in swept:
         return []
+    names = [n for n in swept if n != "seed"]
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for job in jobs:
-        if job.get("status") == "FINISHED" and _finite(job.get("value")):
-            groups[tuple(job["params"].get(n, "") for n in swept if n != "seed")].append(job)
-    rows = []
-    for config, members in groups.items():
-        values = [[m["value"] for m in members]]
-        values += [
-            [m["test"][name] for m in members if _finite(m["test"].get(name))] for name in shown
-        ]
-        rows.append([*map(_short, config), str(len(members)), *(_mean_std(v) for v in values)])
-    return rows
+        groups[tuple(job["params"].get(n, "") for n in names)].append(job)
+    return [SeedGroup(names, config, members) for config, members in groups.items()]
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def _mean_std(values: list[float]) -> str:
     if not values:
         return ""
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.4f} +- {std:.4f}"
+    return f"{statistics.fmean(values):.4f} +- {_std(values):.4f}"
 
 
 def _write_csv(path: Path, jobs: list[dict[str, Any]], swept: list[str], monitor: str) -> None:

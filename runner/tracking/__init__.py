@@ -1,5 +1,9 @@
 """Tracking: the `Tracker` protocol, the MLflow tracker with its outbox, the null tracker.
 
+The MLflow side also logs (and fetches back) a run's model, its dataset inputs and MLflow's
+system metrics; the model arrives as a torch module and the datasets as records, so this
+package still imports no training code.
+
 May import runner.config only. It knows nothing of data, models or the training loop:
 a run hands it params, metrics, tags and files.
 

@@ -3,6 +3,11 @@
 Metrics are buffered and sent in one `log_batch` call per flush, so logging costs one
 database round trip per epoch, never one per metric per step. With a server, every call
 goes through an outbox thread, so a server that goes away never stops training.
+
+Runs look as MLflow 3 users expect: the experiment is tagged as a model-training one,
+runs carry MLflow's `mlflow.source.*` tags, system metrics are sampled on a background
+thread, the data splits are dataset inputs, the model is a logged model (optionally
+registered), and the run's log file is uploaded at the end.
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runner.config.resolvers import REPO_ROOT
+from runner.tracking import provenance
+from runner.tracking.inputs import DatasetRecord
+from runner.tracking.models import log_pytorch_model
 from runner.tracking.outbox import Outbox, apply_op, write_pending
 from runner.tracking.store import (
     TrackingUnavailableError,
@@ -30,6 +39,10 @@ log = logging.getLogger(__name__)
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAM_LENGTH = 6000
+# MLflow 3's UI opens experiments without this tag in GenAI mode (traces, prompts); this
+# value opens them as model training (runs, metrics, models), as the UI's own menu sets it.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
 
 
 class MlflowTracker:
@@ -48,6 +61,10 @@ class MlflowTracker:
         delivery_timeout_s: How long the end of a run waits for a server that went away
             to take the buffered logs; what is left is written to the run dir with a
             command that replays it.
+        registered_model_name: Register the run's logged model as a new version of this
+            registered model; None = log it without registering.
+        system_metrics: Sample CPU, memory, disk, network (and GPU) use during the run.
+        system_metrics_interval_s: Seconds between two samples.
     """
 
     def __init__(
@@ -59,6 +76,9 @@ class MlflowTracker:
         offline_fallback: bool = False,
         fallback_uri: str | None = None,
         delivery_timeout_s: float = 30.0,
+        registered_model_name: str | None = None,
+        system_metrics: bool = True,
+        system_metrics_interval_s: float = 10.0,
     ):
         self.tracking_uri = tracking_uri
         self.artifact_location = artifact_location
@@ -68,6 +88,10 @@ class MlflowTracker:
         self.fallback_uri = fallback_uri
         self.fell_back_from: str | None = None
         self.delivery_timeout_s = delivery_timeout_s
+        self.registered_model_name = registered_model_name
+        self.system_metrics = system_metrics
+        self.system_metrics_interval_s = system_metrics_interval_s
+        self.monitor: Any = None
         self.outbox: Outbox | None = None
         self.local_dir: Path | None = None
         self.longest_block_s = 0.0
@@ -75,6 +99,10 @@ class MlflowTracker:
         self.run_id = None
         self.experiment_id = None
         self._metrics: list = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles without the background threads (a launcher may pickle the sweep's tracker)."""
+        return {**self.__dict__, "monitor": None, "outbox": None}
 
     @property
     def is_local(self) -> bool:
@@ -128,20 +156,35 @@ class MlflowTracker:
             local_dir: Where logs a server never received are saved at the end.
         """
         self.local_dir = local_dir
-        tags = {**tags, "runner.pid": str(os.getpid()), "runner.host": socket.gethostname()}
+        tags = {
+            **provenance.source_tags(REPO_ROOT, tags.get("git_commit")),
+            **tags,
+            "runner.pid": str(os.getpid()),
+            "runner.host": socket.gethostname(),
+        }
         if self.fell_back_from:
             tags["offline_fallback"] = self.fell_back_from
         if resume_run_id:
             with_retry(lambda: self.client.update_run(resume_run_id, status="RUNNING"))
             self.run_id = resume_run_id
             self.set_tags(tags)
-            return
-        run = with_retry(
-            lambda: self.client.create_run(
-                self.experiment_id, run_name=self.run_name or run_name, tags=tags
+        else:
+            run = with_retry(
+                lambda: self.client.create_run(
+                    self.experiment_id, run_name=self.run_name or run_name, tags=tags
+                )
             )
-        )
-        self.run_id = run.info.run_id
+            self.run_id = run.info.run_id
+        if self.system_metrics:
+            from runner.tracking.system_metrics import SystemMetrics
+
+            self.monitor = SystemMetrics(
+                self.run_id,
+                self.tracking_uri,
+                self.system_metrics_interval_s,
+                resume=resume_run_id is not None,
+            )
+            self.monitor.start()
 
     def _fall_back(self) -> str:
         """Switches to the local fallback store, or raises when that is not allowed."""
@@ -172,12 +215,20 @@ class MlflowTracker:
 
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
+            if EXPERIMENT_KIND_TAG not in experiment.tags:  # a kind someone chose stays
+                self.client.set_experiment_tag(
+                    experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+                )
             return experiment.experiment_id
         location = None
         if self.is_local and self.artifact_location:
             location = (Path(self.artifact_location).resolve() / name).as_uri()
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(
+                name,
+                artifact_location=location,
+                tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
+            )
         except MlflowException:
             # Another run created it first.
             return self.client.get_experiment_by_name(name).experiment_id
@@ -223,17 +274,69 @@ class MlflowTracker:
         """Copies a file into the run's artifacts."""
         self._submit(("artifact", str(path), artifact_path))
 
+    def log_inputs(self, inputs: list[DatasetRecord]) -> None:
+        """Records the run's data splits as MLflow dataset inputs (one call for all)."""
+        if inputs:
+            self._submit(("inputs", [record.to_json() for record in inputs]))
+
+    def log_model(
+        self,
+        model: Any,
+        input_example: Any,
+        metadata: dict[str, Any],
+        files: list[Path],
+        fallback: Path | None = None,
+    ) -> str | None:
+        """Logs a torch module as the run's MLflow model `model`; returns its URI.
+
+        Registers a version under `registered_model_name` when it is set. When the model
+        cannot be logged (it does not export, the server is away), `fallback` is
+        uploaded as `checkpoints/<name>` instead and None is returned, so the run keeps
+        its weights either way.
+        """
+        started = time.perf_counter()
+        try:
+            uri = log_pytorch_model(
+                self.client,
+                self.tracking_uri,
+                self.experiment_id,
+                self.run_id,
+                model,
+                input_example,
+                metadata,
+                files,
+                registered_model_name=self.registered_model_name,
+                tags=provenance.source_tags(REPO_ROOT),
+            )
+        except Exception as err:
+            log.error(
+                "the model could not be logged to MLflow (%s: %s)%s",
+                type(err).__name__,
+                err,
+                f"; uploading {fallback} instead" if fallback else "",
+            )
+            if fallback is not None:
+                self.log_artifact(fallback, "checkpoints")
+            return None
+        log.info("logged model %s in %.1f s", uri, time.perf_counter() - started)
+        return uri
+
     def finish(self, status: str) -> None:
         """Flushes and ends the run as FINISHED, FAILED or KILLED.
 
-        With a server, waits up to `delivery_timeout_s` for buffered logs; what the
-        server did not take is saved to `<run dir>/mlflow_pending.jsonl`, with the
-        command that sends it later.
+        The system-metrics monitor stops first, and the run dir's log files (Hydra's
+        `run.log`) are uploaded. With a server, waits up to `delivery_timeout_s` for
+        buffered logs; what the server did not take is saved to
+        `<run dir>/mlflow_pending.jsonl`, with the command that sends it later.
         """
         if self.run_id is None:
             return
         try:
+            if self.monitor is not None:
+                self.monitor.stop()
             self.flush()
+            for path in sorted(self.local_dir.glob("*.log")) if self.local_dir else []:
+                self.log_artifact(path)
         finally:
             self._submit(("status", status))
         log.info("tracking: the longest logging call blocked training %.3f s", self.longest_block_s)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from runner.tracking.inputs import DatasetRecord
+
 
 class NullTracker:
     """Tracks nothing; the run dir still gets metrics.json and checkpoints."""
@@ -34,6 +36,20 @@ class NullTracker:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Does nothing."""
+
+    def log_inputs(self, inputs: list[DatasetRecord]) -> None:
+        """Does nothing."""
+
+    def log_model(
+        self,
+        model: Any,
+        input_example: Any,
+        metadata: dict[str, Any],
+        files: list[Path],
+        fallback: Path | None = None,
+    ) -> str | None:
+        """Logs nothing; the weights stay in the run dir."""
+        return None
 
     def flush(self) -> None:
         """Does nothing."""

@@ -116,5 +116,24 @@ def apply_op(client: Any, run_id: str, op: tuple) -> None:
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in args[0].items()])
     elif kind == "artifact":
         client.log_artifact(run_id, args[0], args[1])
+    elif kind == "inputs":
+        client.log_inputs(run_id, datasets=[_dataset_input(record) for record in args[0]])
     elif kind == "status":
         client.set_terminated(run_id, status=args[0])
+
+
+def _dataset_input(record: dict[str, Any]) -> Any:
+    """An MLflow dataset input from a `DatasetRecord.to_json()` dict."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from runner.tracking.inputs import CONTEXT_TAG
+
+    dataset = Dataset(
+        name=record["name"],
+        digest=record["digest"],
+        source_type=record["source_type"],
+        source=record["source"],
+        schema=record.get("schema"),
+        profile=record.get("profile"),
+    )
+    return DatasetInput(dataset=dataset, tags=[InputTag(CONTEXT_TAG, record["context"])])

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from runner.tracking.inputs import DatasetRecord
+
 
 @runtime_checkable
 class Tracker(Protocol):
@@ -39,6 +41,24 @@ class Tracker(Protocol):
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copies a file into the run's artifacts."""
+
+    def log_inputs(self, inputs: list[DatasetRecord]) -> None:
+        """Records the data sets the run used (train, val and test splits)."""
+
+    def log_model(
+        self,
+        model: Any,
+        input_example: Any,
+        metadata: dict[str, Any],
+        files: list[Path],
+        fallback: Path | None = None,
+    ) -> str | None:
+        """Logs a torch module as the run's model; returns its URI (None: not logged).
+
+        `input_example` is a batch the model takes; `metadata` and `files` travel with
+        the model. When the model cannot be logged, `fallback` (a file) is uploaded as
+        a run artifact instead, so the weights are never lost.
+        """
 
     def flush(self) -> None:
         """Sends the buffered metrics."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import platform
 import socket
 import subprocess
@@ -21,17 +23,21 @@ PACKAGES = (
 )
 
 
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout.strip()
+
+
 def git_state(repo: Path) -> dict[str, str]:
     """The commit and dirtiness of the repository, or "unknown" outside git."""
 
     def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(repo), *args],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
+        return _git(repo, *args)
 
     try:
         commit = git("rev-parse", "HEAD")
@@ -62,3 +68,27 @@ def environment(repo: Path, device: str) -> dict[str, str]:
     env.update(git_state(repo))
     env.update(versions())
     return env
+
+
+def source_tags(repo: Path, commit: str | None = None) -> dict[str, str]:
+    """MLflow's own `mlflow.source.*` and `mlflow.user` tags, as `mlflow.start_run` sets them.
+
+    The run page shows them as the run's source (entry point, git commit, branch).
+
+    Args:
+        repo: The repository the runner runs from.
+        commit: Its commit when already known (saves a git call); None = ask git.
+    """
+    entry = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else Path("python")
+    if entry.is_relative_to(repo.resolve()):
+        entry = entry.relative_to(repo.resolve())
+    tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": str(entry)}
+    with contextlib.suppress(KeyError, OSError):  # no user name for this uid (containers)
+        tags["mlflow.user"] = getpass.getuser()
+    try:
+        commit = commit if commit and commit != "unknown" else _git(repo, "rev-parse", "HEAD")
+        tags["mlflow.source.git.commit"] = commit
+        tags["mlflow.source.git.branch"] = _git(repo, "rev-parse", "--abbrev-ref", "HEAD")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags

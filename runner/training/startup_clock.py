@@ -3,8 +3,10 @@
 `runner/__init__.py` imports this module first (stdlib only), so the clock knows when the
 runner package was loaded. The mode dispatch (runner.cli) marks the end of composition,
 the training recipe times its phases with `phase`, and `finish` turns the marks into
-seconds per phase, logs them, writes them to `<run dir>/startup.json` and hands them to
-the tracker as `startup/<phase>_s` metrics. Phases:
+seconds per phase, logs them, writes them to `<run dir>/startup.json` (an artifact of the
+tracked run) and hands the tracker one metric, `startup_s` (the total: `total_s` when the
+process start is known, else the sum of this run's phases), so the phases stay out of the
+run's metrics page. Phases:
 
     python_s    interpreter start and the entry point's imports (hydra, runner)
     compose_s   Hydra: command line, config composition, run dir
@@ -121,18 +123,25 @@ def begin_run() -> None:
     CLOCK.begin_run()
 
 
+def total(report: dict[str, float]) -> float:
+    """Seconds from process start to the first step, else the sum of the run's phases."""
+    return report.get("total_s", sum(v for k, v in report.items() if k != "total_s"))
+
+
 def finish(run_dir: Path, tracker: Tracker) -> dict[str, float]:
-    """Reports the start-up phases: a log line, startup.json and `startup/*_s` metrics.
+    """Reports the start-up phases: a log line, startup.json and one `startup_s` metric.
 
     Args:
-        run_dir: The run dir (startup.json goes there).
-        tracker: The run's tracker; the metrics are sent with the first epoch's.
+        run_dir: The run dir (startup.json goes there and to the tracker's artifacts).
+        tracker: The run's tracker; the metric is sent with the first epoch's.
 
     Returns:
         Seconds per phase.
     """
     report = CLOCK.finish()
-    (run_dir / "startup.json").write_text(json.dumps(report, indent=2))
-    tracker.log_metrics({f"startup/{name}": value for name, value in report.items()}, step=0)
+    path = run_dir / "startup.json"
+    path.write_text(json.dumps(report, indent=2))
+    tracker.log_artifact(path)
+    tracker.log_metrics({"startup_s": total(report)}, step=0)
     log.info("start-up: %s", ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in report.items()))
     return report

@@ -234,7 +234,7 @@ def test_optuna_trials_run_as_slurm_jobs_and_are_pruned_through_the_storage(tmp_
     trials = [
         "hydra.sweeper.n_trials=4",
         "hydra.sweeper.n_jobs=2",
-        "optuna.pruner_startup_trials=1",
+        "hydra.sweeper.pruner.n_startup_trials=1",
     ]
     done = run_sweep(slurm_command(tmp_path, *PRUNABLE, *trials))
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]

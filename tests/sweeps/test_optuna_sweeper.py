@@ -1,25 +1,64 @@
-"""The Optuna sweeper's pieces without training: search-space grammar, samplers, storages,
-pruners, and the summary of a sweep dir."""
+"""The Optuna sweeper's pieces without training: search-space grammar, sampler and pruner
+nodes, the settings check, storages, stored studies, pruning at the last epoch, the
+cluster-store warning, and the summary of a sweep dir."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shlex
+import warnings
+from pathlib import Path
 
 import optuna
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 from hydra_plugins.runner_optuna_sweeper.runner_optuna_sweeper import (
     build_sampler,
     distribution_of,
 )
+from runner.sweeps.job import SweepJob, unescape
 from runner.sweeps.manifest import job_key, update_manifest
-from runner.sweeps.optuna_trial import build_pruner, open_storage
+from runner.sweeps.optuna_study import (
+    SPACE_ATTR,
+    SweepConfigError,
+    build_pruner,
+    open_storage,
+    plan_study,
+    space_to_json,
+)
+from runner.sweeps.optuna_trial import report_and_check
+from runner.sweeps.stores import cluster_store_warning
 from runner.sweeps.summary import summarize
+from tests.conftest import CONF
+
+PRESET = CONF / "hparams_search" / "optuna.yaml"
+
+
+def _nothing():
+    return contextlib.nullcontext()
 
 
 def space(line: str):
     return distribution_of(OverridesParser.create().parse_override(line))
+
+
+def sweep_cfg(tmp_path: Path, *overrides: str):
+    """The composed config of `python run.py -m hparams_search=optuna OVERRIDES`, hydra node
+    included, with the study in tmp_path."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[f"paths.output_dir={tmp_path}", "hparams_search=optuna", *overrides],
+            return_hydra_config=True,
+        )
+
+
+def plan(tmp_path: Path, *overrides: str, arguments: tuple[str, ...] = (), **kwargs):
+    return plan_study(sweep_cfg(tmp_path, *overrides), list(arguments), **kwargs)
 
 
 def test_the_override_grammar_maps_to_optuna_distributions():
@@ -43,75 +82,263 @@ def test_a_single_value_is_not_a_search_space():
         space("optim.lr=0.1")
 
 
-def test_every_sampler_builds_and_grid_needs_finite_values():
-    finite = {"seed": space("seed=0,1"), "epochs": space("trainer.max_epochs=range(1, 3)")}
-    samplers = optuna.samplers
-    kinds = {
-        "tpe": samplers.TPESampler,
-        "random": samplers.RandomSampler,
-        "cmaes": samplers.CmaEsSampler,
-        "grid": samplers.GridSampler,
-    }
-    for name, kind in kinds.items():
-        assert isinstance(build_sampler(name, 0, finite), kind)
-    with pytest.raises(ValueError, match="sampler=grid needs finite values, but lr"):
-        build_sampler("grid", 0, {"lr": space("optim.lr=interval(0.1, 1.0)")})
-    with pytest.raises(ValueError, match="sampler='bayes' is unknown: use one of tpe"):
-        build_sampler("bayes", 0, finite)
-
-
-def test_storages_and_pruners(tmp_path):
-    journal = open_storage(f"journal:///{tmp_path}/shared/study.log")
-    optuna.create_study(study_name="s", storage=journal)
-    assert (tmp_path / "shared" / "study.log").exists()
-    database = open_storage(f"sqlite:///{tmp_path}/sub/optuna.db")
-    optuna.create_study(study_name="s", storage=database)
-    assert (tmp_path / "sub" / "optuna.db").exists()
-    assert isinstance(build_pruner("median", 3, 1, 10), optuna.pruners.MedianPruner)
-    assert isinstance(build_pruner("hyperband", 3, 1, 10), optuna.pruners.HyperbandPruner)
-    assert isinstance(build_pruner("none", 3, 1, 10), optuna.pruners.NopPruner)
-    with pytest.raises(ValueError, match=r"optuna\.pruner='asha' is not a pruner"):
-        build_pruner("asha", 3, 1, 10)
-
-
-def test_summary_ranks_jobs_aggregates_seeds_and_skips_pruned_for_best(tmp_path):
-    values = {("0.1", "0"): 0.8, ("0.1", "1"): 0.6, ("0.01", "0"): 0.9, ("0.01", "1"): 0.7}
-    for num, ((lr, seed), value) in enumerate(values.items()):
-        run_dir = tmp_path / str(num)
-        run_dir.mkdir()
-        (run_dir / "metrics.json").write_text(json.dumps({"test/acc": value - 0.05}))
-        overrides = [f"optim.lr={lr}", f"seed={seed}", "trainer.max_epochs=2"]
-        update_manifest(
+@pytest.mark.parametrize(
+    ("option", "kind"),
+    [
+        ("tpe", optuna.samplers.TPESampler),
+        ("random", optuna.samplers.RandomSampler),
+        ("cmaes", optuna.samplers.CmaEsSampler),
+        ("grid", optuna.samplers.GridSampler),
+        ("qmc", optuna.samplers.QMCSampler),
+    ],
+)
+def test_every_sampler_option_is_a_target_node_that_builds(tmp_path, option, kind):
+    finite = ("seed=0,1", "trainer.max_epochs=range(1, 3)")
+    # Optuna marks QMCSampler experimental (not deprecated), and says so once it is built.
+    experimental = option == "qmc"
+    with pytest.warns(optuna.exceptions.ExperimentalWarning) if experimental else _nothing():
+        found = plan(
             tmp_path,
-            job_key(overrides),
-            status="FINISHED",
-            value=value,
-            num=num,
-            overrides=overrides,
-            run_dir=str(run_dir),
-            mlflow_run_id=f"id{num}",
+            "hydra.sweeper.params=null",
+            f"hydra/sweeper/sampler={option}",
+            arguments=finite,
         )
-    overrides = ["optim.lr=1.0", "seed=0", "trainer.max_epochs=2"]
+    assert isinstance(found.sampler, kind)
+    node = sweep_cfg(tmp_path, f"hydra/sweeper/sampler={option}").hydra.sweeper.sampler
+    assert node._target_ == f"optuna.samplers.{kind.__name__}" and node.seed == 0  # ${seed}
+
+
+def test_tpe_writes_out_optuna_5_defaults_and_takes_command_line_options(tmp_path):
+    node = sweep_cfg(tmp_path).hydra.sweeper.sampler
+    assert OmegaConf.to_container(node, resolve=True) == {
+        "_target_": "optuna.samplers.TPESampler",
+        "seed": 0,
+        "n_startup_trials": 10,
+        "multivariate": True,
+        "constant_liar": True,
+    }
+    found = plan(tmp_path, "hydra.sweeper.sampler.n_startup_trials=2", "seed=7")
+    assert found.sampler._n_startup_trials == 2  # what the sampler was built with
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecation (or other) warning from Optuna
+        plan(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("option", "kind"),
+    [
+        ("median", optuna.pruners.MedianPruner),
+        ("hyperband", optuna.pruners.HyperbandPruner),
+        ("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
+        ("none", optuna.pruners.NopPruner),
+    ],
+)
+def test_every_pruner_option_is_a_target_node_that_builds(tmp_path, option, kind):
+    found = plan(tmp_path, f"hydra/sweeper/pruner={option}", "trainer.max_epochs=9")
+    assert isinstance(found.pruner, kind)
+    if option == "hyperband":
+        assert found.pruner_node["max_resource"] == 9  # ${trainer.max_epochs}
+    assert isinstance(build_pruner(found.pruner_node), kind)  # as the jobs build it
+
+
+def test_a_sampler_or_pruner_given_by_name_still_works(tmp_path):
+    found = plan(tmp_path, "hydra.sweeper.sampler=random", "hydra.sweeper.pruner=none")
+    assert isinstance(found.sampler, optuna.samplers.RandomSampler)
+    assert isinstance(found.pruner, optuna.pruners.NopPruner)
+
+
+def test_grid_needs_finite_values_and_names_are_checked():
+    with pytest.raises(SweepConfigError, match="sampler=grid needs finite values, but lr"):
+        build_sampler("grid", {"lr": space("optim.lr=interval(0.1, 1.0)")})
+    with pytest.raises(SweepConfigError, match=r"sampler='bayes' is not an Optuna sampler"):
+        build_sampler("bayes", {})
+
+
+def test_every_bad_setting_is_named_in_one_error(tmp_path):
+    overrides = (
+        "hydra.sweeper.n_trials=0",
+        "hydra.sweeper.n_jobs=0",
+        "hydra.sweeper.direction=up",
+        "+hydra.sweeper.sampler.bogus=1",
+        "hydra.sweeper.pruner._target_=os.system",
+        "hydra.sweeper.storage=redis://x",
+    )
+    with pytest.raises(SweepConfigError) as raised:
+        plan(tmp_path, *overrides)
+    message = str(raised.value)
+    assert message.startswith("Invalid Optuna sweep (6 problems)")
+    for expected in (
+        "hydra.sweeper.n_trials=0 is invalid: expected an integer >= 1",
+        "hydra.sweeper.n_jobs=0",
+        "hydra.sweeper.direction='up' is invalid",
+        "unexpected keyword argument 'bogus'",
+        "hydra.sweeper.pruner._target_='os.system' is not an Optuna pruner",
+        "hydra.sweeper.storage='redis://x' is invalid",
+    ):
+        assert expected in message, expected
+    with pytest.raises(SweepConfigError, match="multi-objective studies are not supported"):
+        plan(tmp_path, "hydra.sweeper.direction=[maximize,minimize]")
+    with pytest.raises(SweepConfigError, match="the search space is empty"):
+        plan(tmp_path, "hydra.sweeper.params=null")
+
+
+def test_command_line_ranges_replace_the_presets_and_constants_fix_a_key(tmp_path):
+    found = plan(tmp_path, arguments=("optim.lr=interval(0.5,0.9)", "loss.label_smoothing=0.1"))
+    lr = found.space["optim.lr"]
+    assert (lr.low, lr.high, lr.log) == (0.5, 0.9, False)  # not the preset's 1e-4..3e-2
+    assert "loss.label_smoothing" not in found.space  # fixed by the command line
+    assert "loss.label_smoothing=0.1" in found.fixed
+    assert set(found.space) == {"optim.lr", "optim.weight_decay"}
+    own = plan(tmp_path, "hydra.sweeper.params=null", arguments=("model=choice(a, b)",))
+    assert set(own.space) == {"model"}  # the preset's space replaced by the user's
+
+
+def test_the_search_space_example_in_the_preset_works_as_written(tmp_path):
+    """conf/hparams_search/optuna.yaml's comment shows how to change a range."""
+    (example,) = [
+        line.lstrip("# ").strip()
+        for line in PRESET.read_text().splitlines()
+        if line.lstrip("# ").startswith("python run.py -m hparams_search=optuna '")
+    ]
+    arguments = shlex.split(example)[3:]  # after `python run.py -m`
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    constant = [o.input_line for o in parsed if not o.is_sweep_override()]
+    assert "hparams_search=optuna" in constant  # composed, as Hydra composes a sweep's base
+    found = plan(tmp_path, *constant, arguments=tuple(arguments))
+    lr = found.space["optim.lr"]
+    assert (lr.low, lr.high, lr.log) == (1e-4, 1e-2, True)
+
+
+def test_storage_null_is_an_in_memory_study(tmp_path):
+    found = plan(tmp_path, "hydra.sweeper.storage=null")
+    assert found.storage is None
+    assert not (tmp_path / "optuna.db").exists()
+
+
+def test_a_stored_study_over_another_space_or_direction_is_refused(tmp_path):
+    first = plan(tmp_path)
+    study = optuna.create_study(
+        study_name=first.study_name,
+        storage=open_storage(first.storage),
+        direction=first.direction,
+    )
+    study.set_user_attr(SPACE_ATTR, space_to_json(first.space))
+    assert plan(tmp_path).space.keys() == first.space.keys()  # the same space continues
+    with pytest.raises(SweepConfigError) as raised:
+        plan(tmp_path, arguments=("optim.lr=interval(0.5, 0.9)",))
+    message = str(raised.value)
+    assert "was searched over {" in message and "optim.lr: interval(0.0001, 0.03) log" in message
+    assert "this command searches {" in message and "optim.lr: interval(0.5, 0.9)" in message
+    assert "hydra.sweeper.study_name=<new name>" in message
+    with pytest.raises(SweepConfigError, match="was started to maximize; this command would min"):
+        plan(tmp_path, "trainer.monitor=val/loss", "trainer.monitor_mode=min")
+    # A study kept before the space was: its trials' distributions are compared.
+    old = optuna.create_study(study_name="old", storage=open_storage(first.storage))
+    old.ask({"optim.lr": space("optim.lr=interval(0.1, 0.2)")})
+    with pytest.raises(SweepConfigError, match=r"optim.lr: interval\(0.1, 0.2\)"):
+        plan(tmp_path, "hydra.sweeper.study_name=old", "trainer.monitor_mode=min")
+
+
+def test_a_trial_is_pruned_before_its_last_epoch_but_never_at_it(tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    pruner = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 10.0}  # prunes any value
+    study = optuna.create_study(study_name="s", storage=open_storage(storage))
+    settings = {"study_name": "s", "storage": storage, "pruner": pruner}
+    early, last = study.ask(), study.ask()
+    assert report_and_check(settings, early.number, epoch=1, value=0.5, last_epoch=3)
+    assert not report_and_check(settings, last.number, epoch=3, value=0.5, last_epoch=3)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[early.number] == optuna.trial.TrialState.PRUNED
+    assert states[last.number] == optuna.trial.TrialState.RUNNING  # the sweeper tells it
+
+
+def test_slurm_with_sqlite_stores_warns_and_names_the_alternatives(tmp_path):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        slurm = compose(
+            "train",
+            overrides=[
+                f"paths.output_dir={tmp_path}",
+                "hparams_search=optuna",
+                "hydra/launcher=slurm",
+            ],
+            return_hydra_config=True,
+        )
+        local = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
+    warning = cluster_store_warning(slurm)
+    assert f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db" in warning
+    assert f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db" in warning
+    assert "logger.tracking_uri=http://<server host>:5000" in warning and "mlflow server" in warning
+    assert "journal:///" in warning
+    assert cluster_store_warning(local) is None
+    slurm.logger.tracking_uri = "http://head:5000"
+    slurm.hydra.sweeper.storage = f"journal:///{tmp_path}/optuna.log"
+    assert cluster_store_warning(slurm) is None
+
+
+def test_constants_escaped_by_hydra_are_not_taken_for_swept_values(tmp_path):
+    typed = [f"logger.tracking_uri=sqlite:///{tmp_path}/m.db", "optim.lr=1e-3,3e-3"]
+    # What Hydra hands the job: the constant escaped, the sweep as one value.
+    job_overrides = [f"logger.tracking_uri=sqlite\\:///{tmp_path}/m.db", "optim.lr=0.001"]
+    job = SweepJob(tmp_path, 3, job_overrides, job_key(job_overrides), {"arguments": typed})
+    assert job.swept_overrides == ["optim.lr=0.001"]
+    assert job.run_name == "job3 optim.lr=0.001"
+    assert job.tracking_tags()["override.logger.tracking_uri"] == f"sqlite:///{tmp_path}/m.db"
+    assert unescape(r"a\,b\:c\=d") == "a,b:c=d"
+
+
+def _job(sweep_dir: Path, num: int, overrides: list[str], value: float, **fields) -> None:
+    run_dir = sweep_dir / str(num)
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"test/acc": value - 0.05}))
     update_manifest(
-        tmp_path,
+        sweep_dir,
         job_key(overrides),
         status="FINISHED",
-        value=0.95,
-        pruned=True,
-        num=4,
+        value=value,
+        num=num,
         overrides=overrides,
-        run_dir=str(tmp_path / "4"),
+        run_dir=str(run_dir),
+        mlflow_run_id=f"id{num}",
+        **fields,
     )
+
+
+def test_summary_ranks_jobs_and_skips_pruned_for_best(tmp_path):
+    for num, (lr, value) in enumerate([("0.1", 0.8), ("0.01", 0.9)]):
+        _job(tmp_path, num, [f"optim.lr={lr}", "trainer.max_epochs=2"], value)
+    _job(tmp_path, 2, ["optim.lr=1.0", "trainer.max_epochs=2"], 0.95, pruned=True)
     summary = summarize(tmp_path, monitor="val/acc", maximize=True)
     assert summary.best_value == 0.9  # the pruned job's 0.95 does not count
-    assert summary.best_tags == {
-        "best.optim.lr": "0.01",
-        "best.seed": "0",
-        "best.run_id": "id2",
-        "best.job": "2",
-    }
-    assert "| 0.1 | 2 | 0.7000 +- 0.1414 | 0.6500 +- 0.1414 |" in summary.markdown
-    assert "| 0.01 | 2 | 0.8000 +- 0.1414 |" in summary.markdown
+    assert summary.best_tags == {"best.optim.lr": "0.01", "best.run_id": "id1", "best.job": "1"}
+    assert summary.best_metrics == {"best/val/acc": 0.9}
     assert "FINISHED (pruned)" in summary.markdown
     assert "trainer.max_epochs" not in summary.markdown  # the same in every job
     assert (tmp_path / "sweep_plot.png").stat().st_size > 1000
+
+
+def test_with_seeds_the_best_is_the_best_mean_over_seeds_not_the_luckiest_seed(tmp_path):
+    # lr=0.1 has the single best seed (0.95); lr=0.01 the best mean (0.8 vs 0.725).
+    values = {("0.1", "0"): 0.95, ("0.1", "1"): 0.5, ("0.01", "0"): 0.9, ("0.01", "1"): 0.7}
+    for num, ((lr, seed), value) in enumerate(values.items()):
+        _job(tmp_path, num, [f"optim.lr={lr}", f"seed={seed}", "trainer.max_epochs=2"], value)
+    _job(tmp_path, 4, ["optim.lr=1.0", "seed=0", "trainer.max_epochs=2"], 0.99, pruned=True)
+    summary = summarize(tmp_path, monitor="val/acc", maximize=True)
+    assert summary.best_value == pytest.approx(0.8)
+    assert summary.best_tags == {
+        "best.optim.lr": "0.01",
+        "best.seeds": "0,1",
+        "best.run_ids": "id2,id3",
+        "best.run_id": "id2",
+        "best.job": "2",
+    }
+    metrics = summary.best_metrics
+    assert metrics["best/val/acc"] == pytest.approx(0.8)
+    assert metrics["best/val/acc_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert metrics["best/test/acc"] == pytest.approx(0.75)
+    assert metrics["best/test/acc_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert "| 0.1 | 2 | 0.7250 +- 0.3182 | 0.6750 +- 0.3182 |" in summary.markdown
+    assert "| 0.01 | 2 | 0.8000 +- 0.1414 | 0.7500 +- 0.1414 |" in summary.markdown
+    assert "Best: jobs 2, 3 (optim.lr=0.01, 2 seed(s)): val/acc = 0.8000 +- 0.1414" in (
+        summary.markdown
+    )
+    assert "| 1.0 |" not in summary.markdown.split("## Mean")[1]  # pruned: in no mean

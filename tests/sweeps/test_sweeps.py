@@ -62,10 +62,12 @@ def artifacts_of(db: Path, run_id: str) -> Path:
 
 def test_grid_sweep_nests_children_under_a_parent_and_aggregates_seeds(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    code, output = multirun(tmp_path, sweep_dir, "optim.lr=1e-3,3e-3", "seed=0,1")
+    db = tmp_path / "mlflow.db"
+    # A constant with a ':' that Hydra escapes in each job's overrides (sqlite\:///...).
+    store = f"logger.tracking_uri=sqlite:///{db}"
+    code, output = multirun(tmp_path, sweep_dir, "optim.lr=1e-3,3e-3", "seed=0,1", store)
     assert code == 0, output[-3000:]
     assert output.count("\nconfig\n") == 1, "the config tree is shown once, not per job"
-    db = tmp_path / "mlflow.db"
     found = runs(db)
     parents = [i for i, r in found.items() if r["tags"].get("sweep.role") == "parent"]
     assert len(parents) == 1
@@ -79,7 +81,8 @@ def test_grid_sweep_nests_children_under_a_parent_and_aggregates_seeds(tmp_path)
         assert child["status"] == "FINISHED"
         assert child["tags"]["mlflow.parentRunId"] == parents[0]
         assert child["tags"]["override.optim.lr"] in ("0.001", "0.003")
-        assert child["name"].startswith("job")
+        assert child["name"].startswith("job") and "tracking_uri" not in child["name"]
+        assert child["tags"]["override.logger.tracking_uri"] == f"sqlite:///{db}"
     jobs = manifest(sweep_dir)
     assert len(jobs) == 4
     assert all(e["status"] == "FINISHED" and e["mlflow_run_id"] in children for e in jobs.values())
@@ -88,9 +91,16 @@ def test_grid_sweep_nests_children_under_a_parent_and_aggregates_seeds(tmp_path)
     assert "## Mean +- std over seeds" in summary
     aggregate = summary.split("## Mean +- std over seeds")[1]
     assert aggregate.count("| 2 |") == 2  # one row per lr, two seeds each
-    assert "Best: job" in summary and summary in output
+    assert "Best: jobs" in summary and "2 seed(s)" in summary and summary in output
     best = parent["tags"]["best.run_id"]
     assert best in children and parent["tags"]["best.optim.lr"] in ("0.001", "0.003")
+    # The best is a configuration's mean over its seeds, and the parent gets mean and std.
+    best_lr = parent["tags"]["best.optim.lr"]
+    values = [e["value"] for e in jobs.values() if f"optim.lr={best_lr}" in e["overrides"]]
+    metrics = dict(query(db, "SELECT key, value FROM metrics WHERE run_uuid = ?", parents[0]))
+    assert metrics["best/val/acc"] == pytest.approx(sum(values) / 2)
+    assert metrics["best/val/acc_std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+    assert len(parent["tags"]["best.run_ids"].split(",")) == 2
     for name in ("summary.md", "summary.csv", "sweep_plot.png"):
         assert (artifacts_of(db, parents[0]) / "summary" / name).is_file(), name
     assert len((sweep_dir / "summary.csv").read_text().splitlines()) == 5
@@ -176,12 +186,12 @@ PRUNABLE = [
     "trainer.max_epochs=2",
     "trainer.monitor=val/loss",
     "trainer.monitor_mode=min",
-    "hydra.sweeper.sampler=grid",
+    "hydra/sweeper/sampler=grid",
     "hydra.sweeper.params=null",
     "optim.lr=3e-3,1e-9",
     "seed=0,1,2",  # a sweep on the command line joins the space
-    "optuna.pruner_startup_trials=2",
-    "optuna.pruner_warmup_epochs=0",
+    "hydra.sweeper.pruner.n_startup_trials=2",
+    "hydra.sweeper.pruner.n_warmup_steps=0",
 ]
 
 
@@ -227,7 +237,7 @@ def test_optuna_with_submitit_local_prunes_across_processes(tmp_path):
         "hydra/launcher=submitit_local",
         "hydra.sweeper.n_trials=4",
         "hydra.sweeper.n_jobs=2",
-        "optuna.pruner_startup_trials=1",
+        "hydra.sweeper.pruner.n_startup_trials=1",
     )
     assert code == 0, output[-3000:]
     states = _trial_states(tmp_path / "optuna.db")
@@ -275,3 +285,91 @@ def test_an_interrupted_sweep_resumes_its_job_from_the_checkpoint(tmp_path):
         first_run,
     )
     assert sorted(s for (s,) in epochs) == [1, 2, 3]  # each epoch logged once
+
+
+def test_a_bad_optuna_setting_stops_the_sweep_before_anything_starts(tmp_path):
+    """n_trials=0: one message, no traceback, no sweep dir, no (KILLED) parent run."""
+    sweep_dir = tmp_path / "sweep"
+    code, output = multirun(
+        tmp_path, sweep_dir, "hparams_search=optuna", "hydra.sweeper.n_trials=0"
+    )
+    assert code == 1, output[-3000:]
+    assert output.strip() == (
+        "Error: Invalid Optuna sweep (1 problem):\n"
+        "  - hydra.sweeper.n_trials=0 is invalid: expected an integer >= 1"
+    )
+    assert not sweep_dir.exists()
+    assert query(tmp_path / "mlflow.db", "SELECT COUNT(*) FROM runs") == [(0,)]
+
+
+# A hparams_search file written for Hydra's own Optuna sweeper, as lightning-hydra-template
+# ships it (configs/hparams_search/mnist_optuna.yaml), with this project's keys in `params`.
+HYDRA_OPTUNA_FILE = """\
+# @package _global_
+defaults:
+  - override /hydra/sweeper: optuna
+
+hydra:
+  mode: "MULTIRUN"
+  sweeper:
+    _target_: hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper
+    storage: null
+    study_name: null
+    n_jobs: 1
+    direction: maximize
+    n_trials: 3
+    sampler:
+      _target_: optuna.samplers.TPESampler
+      seed: 1234
+      n_startup_trials: 10
+    params:
+      optim.lr: interval(0.0001, 0.1)
+      trainer.batch_size: choice(16, 32)
+"""
+
+
+def test_a_hydra_optuna_sweeper_file_ports_by_renaming_the_sweeper(tmp_path):
+    ported = HYDRA_OPTUNA_FILE.replace("sweeper: optuna", "sweeper: runner_optuna").replace(
+        "hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+        "runner_optuna_sweeper.runner_optuna_sweeper.RunnerOptunaSweeper",
+    )
+    changed = [
+        (old, new)
+        for old, new in zip(HYDRA_OPTUNA_FILE.splitlines(), ported.splitlines(), strict=True)
+        if old != new
+    ]
+    assert len(changed) == 2  # the sweeper's name, where it is chosen and in its _target_
+    extra = tmp_path / "conf" / "hparams_search"
+    extra.mkdir(parents=True)
+    (extra / "ported.yaml").write_text(ported)
+    sweep_dir = tmp_path / "sweep"
+    seed_store(tmp_path)
+    command = [
+        sys.executable,
+        str(REPO / "run.py"),  # no -m: the file sets hydra.mode=MULTIRUN
+        f"--config-dir={tmp_path / 'conf'}",
+        "hparams_search=ported",
+        f"paths.output_dir={tmp_path}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *TINY,
+        "hydra.sweeper.sampler.n_startup_trials=2",  # an option of the sampler's node
+        "optim.lr=interval(0.5, 0.9)",  # the command line's range wins over the file's
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "memory (hydra.sweeper.storage=null)" in output
+    assert not (tmp_path / "optuna.db").exists()  # storage: null is an in-memory study
+    study = json.loads((sweep_dir / "optuna" / "study.json").read_text())
+    assert study["storage"] is None and study["search_space"]["optim.lr"] == "interval(0.5, 0.9)"
+    jobs = json.loads((sweep_dir / "manifest.json").read_text())["jobs"].values()
+    assert len(jobs) == 3 and {e["status"] for e in jobs} == {"FINISHED"}
+    lrs = [
+        float(o.split("=")[1]) for e in jobs for o in e["overrides"] if o.startswith("optim.lr=")
+    ]
+    assert len(lrs) == 3 and all(0.5 <= lr <= 0.9 for lr in lrs), lrs
+    assert all("+optuna.trial=" in " ".join(e["overrides"]) for e in jobs)
+    best = json.loads((sweep_dir / "optuna" / "best_params.json").read_text())
+    assert best["trials"]["complete"] == 3
+    # No warning from Optuna (deprecations included) anywhere in the sweep's output.
+    assert not [line for line in output.splitlines() if "Warning" in line and "optuna" in line]

@@ -1,0 +1,506 @@
+"""An Optuna sweep's settings, checked and turned into a plan before anything starts.
+
+The project's sweeper (hydra_plugins/runner_optuna_sweeper) is configured as Hydra's
+Optuna sweeper is: `hydra.sweeper.sampler` and `hydra.sweeper.pruner` are `_target_`
+nodes naming Optuna classes (groups hydra/sweeper/sampler and hydra/sweeper/pruner),
+`params` is the search space in Hydra's override grammar, `storage: null` is a fresh
+in-memory study. `plan_study` checks every setting at once and says what is wrong; the
+sweep's callback calls it before the sweep's MLflow parent run exists, and the sweeper
+again before its first trial.
+
+Search spaces use Hydra's override grammar; a range given on the command line replaces
+the preset's range of the same key, and a single value there fixes the key:
+
+    optim.lr: tag(log, interval(1e-5, 1e-1))     # float, log-uniform
+    trainer.batch_size: choice(32, 64, 128)      # categorical
+    model.drop_rate: interval(0.0, 0.5)          # float, uniform
+    trainer.batch_size: tag(int, log, interval(16, 256))   # int, log-uniform
+    trainer.max_epochs: range(2, 10, 2)          # int, step 2 (10 excluded)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+SWEEPER_TARGET = "hydra_plugins.runner_optuna_sweeper.runner_optuna_sweeper.RunnerOptunaSweeper"
+# The group options of hydra/sweeper/sampler, for `hydra.sweeper.sampler=<name>`.
+SAMPLER_TARGETS = {
+    "tpe": "optuna.samplers.TPESampler",
+    "random": "optuna.samplers.RandomSampler",
+    "cmaes": "optuna.samplers.CmaEsSampler",
+    "grid": "optuna.samplers.GridSampler",
+    "qmc": "optuna.samplers.QMCSampler",
+}
+PRUNER_TARGETS = {
+    "median": "optuna.pruners.MedianPruner",
+    "hyperband": "optuna.pruners.HyperbandPruner",
+    "successive_halving": "optuna.pruners.SuccessiveHalvingPruner",
+    "none": "optuna.pruners.NopPruner",
+}
+STORAGE_FORMS = ("sqlite:///", "postgresql", "mysql", "oracle", "mssql", "journal:///")
+DIRECTIONS = ("maximize", "minimize")
+# Where a study's search space is kept, to refuse continuing it over another space.
+SPACE_ATTR = "runner.search_space"
+STUDY_FILE = "study.json"
+JOURNAL_PREFIX = "journal:///"
+
+
+class SweepConfigError(ValueError):
+    """A sweeper setting that cannot run; the message lists every problem found."""
+
+
+@dataclass
+class StudyPlan:
+    """What the sweep will do, from its checked settings.
+
+    Attributes:
+        study_name: The study's name (None: Optuna names a new one).
+        storage: The storage URL (None: a fresh in-memory study).
+        direction: maximize or minimize.
+        space: Parameter name -> Optuna distribution.
+        fixed: The command line's constant overrides, given to every job.
+        sampler: The sampler, built.
+        pruner: The pruner, built.
+        pruner_node: The pruner's node (resolved), for the jobs to build the same one.
+        n_trials: Finished (complete or pruned) trials the study should have.
+        n_jobs: Trials launched per batch.
+        trial_override: How a job is told its trial: `optuna.trial` or `+optuna.trial`.
+    """
+
+    study_name: str | None
+    storage: str | None
+    direction: str
+    space: dict[str, Any]
+    fixed: list[str]
+    sampler: Any
+    pruner: Any
+    pruner_node: dict[str, Any]
+    n_trials: int
+    n_jobs: int
+    trial_override: str = "optuna.trial"
+    notes: list[str] = field(default_factory=list)
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna storage for `url`.
+
+    Args:
+        url: An RDB URL (`sqlite:///outputs/optuna.db`, `postgresql://...`) or
+            `journal:///path/to/study.log` for a journal file on a shared file system
+            (clusters where SQLite's locking over NFS is not safe).
+    """
+    import optuna
+
+    if url.startswith(JOURNAL_PREFIX):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(url.removeprefix(JOURNAL_PREFIX))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    # Heartbeats are off: a trial's job reports every epoch, and a job that dies is
+    # marked failed by the sweeper when its launcher returns.
+    return optuna.storages.RDBStorage(url)
+
+
+def is_optuna_sweep(config: DictConfig) -> bool:
+    """Whether the config's sweeper is the project's Optuna sweeper."""
+    target = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
+    return target == SWEEPER_TARGET
+
+
+def check_optuna_settings(config: DictConfig) -> None:
+    """Stops the command with one message when an Optuna sweep's settings are bad.
+
+    Raises:
+        SystemExit: Naming every bad setting (no traceback; exit status 1).
+    """
+    if not is_optuna_sweep(config):
+        return
+    try:
+        plan_study(config, [str(a) for a in config.hydra.overrides.task])
+    except SweepConfigError as err:
+        raise SystemExit(f"Error: {err}") from None
+
+
+def distribution_of(override: Override) -> Any:
+    """The Optuna distribution of one search-space entry in Hydra's override grammar.
+
+    Raises:
+        ValueError: The entry is a single value or an unsupported form.
+    """
+    import optuna.distributions as dist
+
+    value = override.value()
+    name = override.get_key_element()
+    if isinstance(value, IntervalSweep):
+        log_scale = "log" in value.tags
+        if "int" in value.tags:  # Hydra's intervals are floats unless tagged
+            return dist.IntDistribution(int(value.start), int(value.end), log=log_scale)
+        return dist.FloatDistribution(float(value.start), float(value.end), log=log_scale)
+    if isinstance(value, RangeSweep):
+        if all(isinstance(v, int) for v in (value.start, value.stop, value.step)):
+            last = value.start + (value.stop - 1 - value.start) // value.step * value.step
+            return dist.IntDistribution(value.start, last, step=value.step)
+        return dist.CategoricalDistribution(list(value.range()))
+    if isinstance(value, ChoiceSweep):
+        return dist.CategoricalDistribution(list(value.list))
+    raise ValueError(
+        f"hydra.sweeper.params.{name}={override.get_value_element_as_str()!r} is not a search "
+        "space: use interval(a, b), tag(log, interval(a, b)), choice(a, b, ...) or "
+        "range(start, stop, step)"
+    )
+
+
+def describe_distribution(distribution: Any) -> str:
+    """A distribution as a person reads it, e.g. `interval(0.0001, 0.03) log`."""
+    import optuna.distributions as dist
+
+    if isinstance(distribution, dist.FloatDistribution):
+        text = f"interval({distribution.low:g}, {distribution.high:g})"
+        return text + (" log" if distribution.log else "")
+    if isinstance(distribution, dist.IntDistribution):
+        text = f"int interval({distribution.low}, {distribution.high})"
+        step = f" step {distribution.step}" if distribution.step != 1 else ""
+        return text + step + (" log" if distribution.log else "")
+    if isinstance(distribution, dist.CategoricalDistribution):
+        return "choice(" + ", ".join(str(c) for c in distribution.choices) + ")"
+    return str(distribution)
+
+
+def describe_space(space: dict[str, Any]) -> str:
+    """`{name: distribution}` as one line, sorted by name."""
+    return "{" + ", ".join(f"{k}: {describe_distribution(space[k])}" for k in sorted(space)) + "}"
+
+
+def space_to_json(space: dict[str, Any]) -> dict[str, str]:
+    """The space as JSON strings (Optuna's own distribution format)."""
+    from optuna.distributions import distribution_to_json
+
+    return {name: distribution_to_json(space[name]) for name in sorted(space)}
+
+
+def search_space(
+    params: dict[str, str] | None, arguments: list[str]
+) -> tuple[dict[str, Any], list[str], list[str]]:
+    """The search space from the preset's params and the command line, and the fixed rest.
+
+    A range on the command line replaces the preset's range of that key; a single value
+    there fixes the key (it leaves the space).
+
+    Returns:
+        The space, the command line's constant overrides, and the problems found.
+    """
+    parser = OverridesParser.create()
+    space: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in flatten_params(params or {}).items():
+        try:
+            space[key] = distribution_of(parser.parse_override(f"{key}={value}"))
+        except Exception as err:  # a grammar error or a single value
+            problems.append(str(err) if isinstance(err, ValueError) else f"{key}: {err}")
+    fixed = []
+    try:
+        overrides = parser.parse_overrides(arguments)
+    except Exception as err:
+        return space, fixed, [*problems, f"the command line does not parse: {err}"]
+    for override in overrides:
+        key = override.get_key_element().lstrip("+~")
+        if override.is_sweep_override():
+            try:
+                space[key] = distribution_of(override)
+            except ValueError as err:
+                problems.append(str(err).replace("hydra.sweeper.params.", "", 1))
+            continue
+        if key in space:
+            log.info("optuna: %s is fixed by the command line (%s)", key, override.input_line)
+            del space[key]
+        fixed.append(override.input_line)
+    return space, fixed, problems
+
+
+def flatten_params(params: Any, prefix: str = "") -> dict[str, str]:
+    """`{"optim": {"lr": "..."}}` (a dotted key set on the command line) -> `{"optim.lr": ...}`."""
+    if OmegaConf.is_config(params):
+        params = OmegaConf.to_container(params, resolve=True)
+    flat: dict[str, str] = {}
+    for key, value in (params or {}).items():
+        if isinstance(value, dict):
+            flat.update(flatten_params(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat
+
+
+def _node(value: Any, names: dict[str, str]) -> Any:
+    """A sampler/pruner node as a plain dict; a group option's name becomes its node."""
+    if isinstance(value, str) and value in names:
+        return {"_target_": names[value]}
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _build(
+    what: str, node: Any, module: str, names: dict[str, str], allowed: tuple[str, ...], **extra: Any
+) -> tuple[Any, str | None]:
+    """Instantiates a sampler or pruner node; returns it or the problem with it."""
+    from hydra.utils import instantiate
+
+    group = f"hydra/sweeper/{what}=" + "|".join(names)
+    if not isinstance(node, dict) or not isinstance(node.get("_target_"), str):
+        return None, (
+            f"hydra.sweeper.{what}={node!r} is not an Optuna {what}: choose one with {group}, "
+            f"or give a node with _target_: {module}.<Class> and its options"
+        )
+    target = node["_target_"]
+    if not target.startswith(f"{module}.") and not target.startswith(allowed):
+        return None, (
+            f"hydra.sweeper.{what}._target_={target!r} is not an Optuna {what} ({module}.*); "
+            f"choose one with {group}, or list its module in allowed_targets"
+        )
+    try:
+        return instantiate(node, **extra), None
+    except Exception as err:  # an unknown class or option: say which
+        cause = err.__cause__ or err
+        return None, (
+            f"hydra.sweeper.{what} ({target}) cannot be built: {cause}. Fix its options "
+            f"(hydra.sweeper.{what}.<option>=...) or choose another with {group}"
+        )
+
+
+def _grid_values(space: dict[str, Any]) -> tuple[dict[str, list[Any]], list[str]]:
+    """The finite values of every parameter, for GridSampler; problems for intervals."""
+    import optuna.distributions as dist
+
+    grid, infinite = {}, []
+    for key, distribution in space.items():
+        if isinstance(distribution, dist.CategoricalDistribution):
+            grid[key] = list(distribution.choices)
+        elif isinstance(distribution, dist.IntDistribution) and not distribution.log:
+            grid[key] = list(range(distribution.low, distribution.high + 1, distribution.step))
+        else:
+            infinite.append(f"{key} is {describe_distribution(distribution)}")
+    if not infinite:
+        return grid, []
+    return grid, [
+        f"hydra/sweeper/sampler=grid needs finite values, but {', '.join(infinite)}: use "
+        "choice(...) or range(...) for them, or another sampler"
+    ]
+
+
+def build_sampler(node: Any, space: dict[str, Any], allowed: tuple[str, ...] = ()) -> Any:
+    """The sampler a `hydra.sweeper.sampler` node (or option name) describes.
+
+    GridSampler gets its grid from the search space when the node has none.
+
+    Raises:
+        SweepConfigError: The node names no Optuna sampler, or it cannot be built.
+    """
+    import optuna
+
+    node = _node(node, SAMPLER_TARGETS)
+    extra = {}
+    is_grid = isinstance(node, dict) and node.get("_target_") == SAMPLER_TARGETS["grid"]
+    if is_grid and node.get("search_space") is None:
+        grid, problems = _grid_values(space)
+        if problems:
+            raise SweepConfigError("; ".join(problems))
+        node = {k: v for k, v in node.items() if k != "search_space"}
+        extra["search_space"] = grid
+    sampler, problem = _build("sampler", node, "optuna.samplers", SAMPLER_TARGETS, allowed, **extra)
+    if problem:
+        raise SweepConfigError(problem)
+    if not isinstance(sampler, optuna.samplers.BaseSampler):
+        raise SweepConfigError(f"hydra.sweeper.sampler built {sampler!r}, not an Optuna sampler")
+    return sampler
+
+
+def build_pruner(node: Any, allowed: tuple[str, ...] = ()) -> Any:
+    """The pruner a `hydra.sweeper.pruner` node (or option name) describes.
+
+    Raises:
+        SweepConfigError: The node names no Optuna pruner, or it cannot be built.
+    """
+    import optuna
+
+    node = _node(node, PRUNER_TARGETS)
+    if node is None:
+        return optuna.pruners.NopPruner()
+    pruner, problem = _build("pruner", node, "optuna.pruners", PRUNER_TARGETS, allowed)
+    if problem:
+        raise SweepConfigError(problem)
+    if not isinstance(pruner, optuna.pruners.BasePruner):
+        raise SweepConfigError(f"hydra.sweeper.pruner built {pruner!r}, not an Optuna pruner")
+    return pruner
+
+
+def _positive_int(name: str, value: Any) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return None
+    return f"hydra.sweeper.{name}={value!r} is invalid: expected an integer >= 1"
+
+
+def plan_study(config: DictConfig, arguments: list[str], *, open_store: bool = True) -> StudyPlan:
+    """Checks every sweeper setting and returns the sweep's plan.
+
+    Args:
+        config: The sweep's composed config (with its `hydra` node).
+        arguments: The command line's task overrides.
+        open_store: Also open the storage and check a stored study of the same name
+            (its search space and direction must be this command's).
+
+    Raises:
+        SweepConfigError: Naming every bad setting, its value and the fix.
+    """
+    sweeper = config.hydra.sweeper
+    problems = [
+        p
+        for p in (
+            _positive_int("n_trials", sweeper.get("n_trials")),
+            _positive_int("n_jobs", sweeper.get("n_jobs")),
+        )
+        if p
+    ]
+    direction = sweeper.get("direction")
+    if isinstance(direction, ListConfig | list):
+        problems.append(
+            f"hydra.sweeper.direction={list(direction)!r}: multi-objective studies are not "
+            "supported; give one direction (maximize or minimize) or null"
+        )
+        direction = None
+    if direction is None:
+        direction = "maximize" if config.trainer.monitor_mode == "max" else "minimize"
+    elif direction not in DIRECTIONS:
+        problems.append(
+            f"hydra.sweeper.direction={direction!r} is invalid: expected maximize, minimize or "
+            "null (= from trainer.monitor_mode)"
+        )
+    storage = sweeper.get("storage")
+    if storage is not None and (
+        not isinstance(storage, str) or not storage.startswith(STORAGE_FORMS)
+    ):
+        problems.append(
+            f"hydra.sweeper.storage={storage!r} is invalid: expected null (an in-memory study), "
+            "an RDB URL (sqlite:///path/optuna.db, postgresql://...) or journal:///path/study.log"
+        )
+    study_name = sweeper.get("study_name")
+    if study_name is not None and not (isinstance(study_name, str) and study_name):
+        problems.append(f"hydra.sweeper.study_name={study_name!r}: expected a name or null")
+    space, fixed, space_problems = search_space(sweeper.get("params"), arguments)
+    problems += space_problems
+    if not space and not space_problems:
+        problems.append(
+            "the search space is empty: set hydra.sweeper.params, or give ranges on the "
+            "command line ('optim.lr=interval(1e-4, 1e-2)')"
+        )
+    allowed = tuple(f"{m}." for m in (OmegaConf.select(config, "allowed_targets") or []))
+    sampler = pruner = None
+    try:
+        sampler = build_sampler(sweeper.get("sampler"), space, allowed)
+    except SweepConfigError as err:
+        problems.append(str(err))
+    pruner_node = _node(sweeper.get("pruner"), PRUNER_TARGETS)
+    try:
+        pruner = build_pruner(pruner_node, allowed)
+    except SweepConfigError as err:
+        problems.append(str(err))
+    if problems:
+        _raise(problems)
+    plan = StudyPlan(
+        study_name=study_name,
+        storage=storage,
+        direction=direction,
+        space=space,
+        fixed=fixed,
+        sampler=sampler,
+        pruner=pruner,
+        pruner_node=pruner_node or {"_target_": PRUNER_TARGETS["none"]},
+        n_trials=int(sweeper.n_trials),
+        n_jobs=int(sweeper.n_jobs),
+        trial_override="optuna.trial" if "optuna" in config else "+optuna.trial",
+    )
+    if open_store and storage is not None and study_name is not None:
+        problem = stored_study_problem(plan)
+        if problem:
+            _raise([problem])
+    return plan
+
+
+def _raise(problems: list[str]) -> None:
+    plural = "" if len(problems) == 1 else "s"
+    listing = "\n  - ".join(problems)
+    raise SweepConfigError(
+        f"Invalid Optuna sweep ({len(problems)} problem{plural}):\n  - {listing}"
+    )
+
+
+def stored_study_problem(plan: StudyPlan) -> str | None:
+    """Why the stored study of the plan's name cannot be continued by it, or None.
+
+    A stored study is continued only over the same search space and direction: trials
+    from another space would mislead the sampler and the summary.
+    """
+    from optuna.distributions import json_to_distribution
+
+    storage = open_storage(plan.storage)
+    try:
+        study_id = storage.get_study_id_from_name(plan.study_name)
+    except KeyError:
+        return None  # a new study
+    directions = [d.name.lower() for d in storage.get_study_directions(study_id)]
+    stored = storage.get_study_user_attrs(study_id).get(SPACE_ATTR)
+    if stored is not None:
+        stored_space = {k: json_to_distribution(v) for k, v in stored.items()}
+    else:  # a study started before the space was kept: its trials' distributions
+        stored_space = {}
+        for trial in storage.get_all_trials(study_id, deepcopy=False):
+            stored_space.update(trial.distributions)
+    where = f"hydra.sweeper.study_name={plan.study_name!r} in {plan.storage}"
+    fix = (
+        "Give this search a new study (hydra.sweeper.study_name=<new name>), or continue "
+        "it with the space it was started with"
+    )
+    if directions != [plan.direction]:
+        return (
+            f"{where} was started to {' and '.join(directions)}; this command would "
+            f"{plan.direction} (trainer.monitor_mode / hydra.sweeper.direction). {fix}"
+        )
+    if stored_space and space_to_json(stored_space) != space_to_json(plan.space):
+        return (
+            f"{where} was searched over {describe_space(stored_space)}; this command searches "
+            f"{describe_space(plan.space)}. {fix}"
+        )
+    return None
+
+
+def write_study_file(sweep_dir: Path, plan: StudyPlan) -> Path:
+    """Writes what the jobs need to reach their trial: `<sweep dir>/optuna/study.json`."""
+    path = Path(sweep_dir) / "optuna" / STUDY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = {
+        "study_name": plan.study_name,
+        "storage": plan.storage,
+        "pruner": plan.pruner_node,
+        "direction": plan.direction,
+        "search_space": {k: describe_distribution(v) for k, v in sorted(plan.space.items())},
+    }
+    path.write_text(json.dumps(content, indent=2, default=str))
+    return path
+
+
+def read_study_file(sweep_dir: Path) -> dict[str, Any] | None:
+    """The sweep's study.json, or None outside an Optuna sweep."""
+    path = Path(sweep_dir) / "optuna" / STUDY_FILE
+    return json.loads(path.read_text()) if path.exists() else None

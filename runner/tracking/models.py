@@ -1,0 +1,228 @@
+"""The run's model in MLflow: logging it (and registering a version), and fetching it back.
+
+`log_pytorch_model` logs a torch module with `mlflow.pytorch.log_model` as the run's
+model `model` (MLflow 3: a LoggedModel whose source is the run, shown in the run's
+Models tab), with a signature, an input example, metadata and extra files, and
+registers a version under `registered_model_name` when one is given. The module is saved
+in MLflow's "pt2" format (`torch.export`): it loads without the code that defined it and
+without unpickling anything.
+
+`fetch_checkpoint` brings a model (or, for runs logged before models were, the run's
+`checkpoints/best.pt`) back from a `runs:/<run id>` or `models:/<name>/<version>` URI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "model"
+RUN_URI_PREFIX = "runs:/"
+REGISTRY_URI_PREFIX = "models:/"
+LEGACY_CHECKPOINT = "checkpoints/best.pt"
+
+
+class ModelNotFoundError(LookupError):
+    """A `runs:/` or `models:/` URI names nothing the store has; the message says what."""
+
+
+@dataclass(frozen=True)
+class FetchedModel:
+    """What a model URI brought back.
+
+    Attributes:
+        path: The MLflow model's directory, or a best.pt file (`is_checkpoint`).
+        is_checkpoint: The run predates logged models: `path` is its checkpoints/best.pt.
+        run_id: The run that trained it.
+    """
+
+    path: Path
+    is_checkpoint: bool
+    run_id: str | None
+
+
+def _public_version(version: str) -> str:
+    """`2.5.1+cu124` -> `2.5.1`: pip resolves public versions only."""
+    return version.split("+", 1)[0]
+
+
+def log_pytorch_model(
+    client: Any,
+    tracking_uri: str,
+    experiment_id: str,
+    run_id: str,
+    model: Any,
+    input_example: Any,
+    metadata: dict[str, Any],
+    files: list[Path],
+    registered_model_name: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Logs `model` as the run's MLflow model; returns its `models:/` URI.
+
+    Args:
+        client: The run's MlflowClient.
+        tracking_uri: Its store (MLflow's model logging reads the process-wide URI).
+        experiment_id: The run's experiment.
+        run_id: The run the model comes from.
+        model: A torch module on the CPU in eval mode; takes `input_example`.
+        input_example: A numpy batch the model takes (its batch size must be > 1, so
+            that the exported batch dimension stays dynamic).
+        metadata: Saved in the model's MLmodel file.
+        files: Saved in the model's `extra_files/` folder.
+        registered_model_name: Registers a version under this name; None = no version.
+        tags: Tags of the logged model.
+
+    Raises:
+        Exception: Whatever MLflow or torch.export raise while logging the model; the
+            caller decides what follows. A failed registration is only logged.
+    """
+    import mlflow
+    import numpy as np
+    import torch
+    from mlflow.entities import LoggedModelOutput
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    with torch.inference_mode():
+        output = model(torch.from_numpy(input_example)).float().numpy()
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(input_example.dtype, (-1, *input_example.shape[1:]))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *output.shape[1:]))]),
+    )
+    run = client.get_run(run_id)
+    # MLflow's own log_model copies the run's params onto the model; so does this.
+    logged = client.create_logged_model(
+        experiment_id,
+        name=MODEL_NAME,
+        source_run_id=run_id,
+        params=dict(run.data.params),
+        tags=tags,
+    )
+    # log_model, its registration and its final status read the process-wide store.
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar in logs
+    try:
+        info = mlflow.pytorch.log_model(
+            model,
+            name=MODEL_NAME,
+            model_id=logged.model_id,
+            signature=signature,
+            input_example=input_example,
+            metadata=metadata,
+            extra_files=[str(path) for path in files],
+            # Without them MLflow infers requirements by loading the model in a subprocess.
+            pip_requirements=[
+                f"torch=={_public_version(torch.__version__)}",
+                f"mlflow=={_public_version(mlflow.__version__)}",
+            ],
+            serialization_format="pt2",
+        )
+    except Exception:
+        # A model that could not be saved is no model of the run (`runs:/<id>/model`).
+        client.delete_logged_model(logged.model_id)
+        raise
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    if registered_model_name:
+        try:
+            version = mlflow.register_model(info.model_uri, registered_model_name)
+        except Exception as err:  # the model is logged; only the version is missing
+            log.error(
+                "logger.registered_model_name=%r: the model was logged (%s) but not registered: "
+                "%s. Register it later: mlflow.register_model(%r, %r)",
+                registered_model_name,
+                info.model_uri,
+                err,
+                info.model_uri,
+                registered_model_name,
+            )
+        else:
+            log.info("registered model %s version %s", registered_model_name, version.version)
+    return info.model_uri
+
+
+def fetch_checkpoint(uri: str, tracking_uri: str, download_dir: Path) -> FetchedModel:
+    """Downloads the model a `runs:/<run id>` or `models:/<name>/<version>` URI names.
+
+    A run logged before models were has no model `model`: its checkpoints/best.pt
+    artifact comes back instead.
+
+    Args:
+        uri: `runs:/<run id>` (also `runs:/<run id>/model`) or `models:/<name>/<version>`.
+        tracking_uri: The store (also the registry).
+        download_dir: Where the files go.
+
+    Raises:
+        ModelNotFoundError: The run, the registered model or its version does not exist,
+            or the run logged no model (and no best.pt).
+    """
+    import mlflow
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar in logs
+    download_dir.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    # MLflow resolves a model's files (`models:/...`, a run's model) through the
+    # process-wide store and registry, whatever URI the download itself is given.
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    if uri.startswith(REGISTRY_URI_PREFIX):
+        name, _, version = uri.removeprefix(REGISTRY_URI_PREFIX).strip("/").partition("/")
+        if not name or not version:
+            raise ModelNotFoundError(
+                f"ckpt={uri!r}: expected models:/<registered model name>/<version>"
+            )
+        try:
+            found = client.get_model_version(name, version)
+        except MlflowException as err:
+            raise ModelNotFoundError(
+                f"ckpt={uri!r}: the registry of logger.tracking_uri={tracking_uri!r} has no "
+                f"version {version!r} of model {name!r} ({err.error_code}). Registered "
+                "models are listed in mlflow ui's Models page"
+            ) from err
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{REGISTRY_URI_PREFIX}{name}/{version}",
+            dst_path=str(download_dir),
+            tracking_uri=tracking_uri,
+            registry_uri=tracking_uri,
+        )
+        return FetchedModel(Path(local), False, found.run_id)
+
+    run_id = uri.removeprefix(RUN_URI_PREFIX).strip("/").split("/")[0]
+    if not run_id:
+        raise ModelNotFoundError(f"ckpt={uri!r}: expected runs:/<mlflow run id>")
+    try:
+        client.get_run(run_id)
+    except MlflowException as err:
+        raise ModelNotFoundError(
+            f"ckpt={uri!r}: run {run_id!r} was not found in the MLflow store "
+            f"logger.tracking_uri={tracking_uri!r} ({err.error_code}). Check the id "
+            "(mlflow ui lists the runs) or point logger.tracking_uri at the right store"
+        ) from err
+    for path, is_checkpoint in ((MODEL_NAME, False), (LEGACY_CHECKPOINT, True)):
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{RUN_URI_PREFIX}{run_id}/{path}",
+                dst_path=str(download_dir),
+                tracking_uri=tracking_uri,
+                registry_uri=tracking_uri,
+            )
+        except (MlflowException, OSError):
+            continue
+        if not is_checkpoint and not (Path(local) / "MLmodel").is_file():
+            continue
+        log.info("downloaded %s of MLflow run %s to %s", path, run_id, local)
+        return FetchedModel(Path(local), is_checkpoint, run_id)
+    raise ModelNotFoundError(
+        f"ckpt={uri!r}: run {run_id!r} has neither a logged model {MODEL_NAME!r} nor a "
+        f"{LEGACY_CHECKPOINT} artifact. Only runs that finished training log them; pick a "
+        "FINISHED training run"
+    )

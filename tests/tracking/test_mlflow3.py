@@ -1,0 +1,234 @@
+"""What an MLflow 3 user finds in a run: the logged (and registered) model, its datasets,
+system metrics, the experiment kind, source tags, run.log, and one copy of the weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from runner.augment.normalize import Normalize
+from runner.cli import run
+from runner.data.build import build_data
+from runner.tracking.mlflow_tracker import MODEL_TRAINING_KIND, MlflowTracker
+from runner.tracking.models import fetch_checkpoint
+from runner.training.best_checkpoint import read_best
+from runner.training.lineage import content_settings, dataset_records, split_digest
+from tests.conftest import CONF, TINY, query, run_cli, seed_store
+
+MODEL_NAME = "tiny-classifier"
+
+
+def compose_cfg(tmp: Path, run_dir: str, *overrides: str, tiny: bool = True):
+    seed_store(Path(tmp) / "outputs")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                f"paths.output_dir={tmp}/outputs",
+                f"paths.run_dir={tmp}/{run_dir}",
+                *(TINY if tiny else []),
+                *overrides,
+            ],
+        )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run (`python run.py`, so Hydra writes run.log) that registers its
+    model and samples system metrics often."""
+    tmp = tmp_path_factory.mktemp("mlflow3")
+    seed_store(tmp / "outputs")
+    done = run_cli(
+        f"paths.output_dir={tmp}/outputs",
+        f"hydra.run.dir={tmp}/train",
+        *TINY,
+        f"logger.registered_model_name={MODEL_NAME}",
+        "logger.system_metrics_interval_s=0.5",
+        "data.num_samples=320",
+        "trainer.max_epochs=2",
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    db = tmp / "outputs" / "mlflow.db"
+    ((run_id,),) = query(db, "SELECT run_uuid FROM runs")
+    return tmp, db, run_id, f"sqlite:///{db}"
+
+
+def artifacts_of(db: Path, run_id: str) -> Path:
+    ((uri,),) = query(db, "SELECT artifact_uri FROM runs WHERE run_uuid = ?", run_id)
+    return Path(uri.removeprefix("file://"))
+
+
+def eval_path_probabilities(best_pt: Path, images: torch.Tensor) -> np.ndarray:
+    """What eval and predict compute for a uint8 batch: the reference for the model."""
+    best = read_best(best_pt)
+    stored = best.stored_config()
+    model = instantiate(stored.model)(num_classes=len(best.class_names))
+    model.load_state_dict(best.model)
+    augment = instantiate(stored.aug, num_classes=len(best.class_names)).eval()
+    with torch.inference_mode():
+        logits = model.eval()(Normalize(best.mean, best.std)(augment(images)))
+    return logits.softmax(-1).numpy()
+
+
+@pytest.mark.slow
+def test_the_best_weights_are_a_logged_model_that_returns_probabilities(trained):
+    tmp, db, run_id, uri = trained
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    probs = model.predict(images.numpy())
+    assert probs.shape == (5, 10) and probs.dtype == np.float32
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    reference = eval_path_probabilities(tmp / "train" / "checkpoints" / "best.pt", images)
+    assert np.allclose(probs, reference, atol=1e-5)  # normalisation and geometry inside
+    meta = model.metadata
+    assert meta.metadata["class_names"] == [f"class_{i}" for i in range(10)]
+    assert meta.metadata["image_size"] == 32 and len(meta.metadata["mean"]) == 3
+    signature = meta.get_input_schema().inputs[0]
+    assert signature.type == np.dtype(np.uint8) and signature.shape == (-1, 3, 32, 32)
+    assert meta.get_output_schema().inputs[0].shape == (-1, 10)
+    assert meta.saved_input_example_info is not None
+    local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=tmp / "m"))
+    config = (local / "extra_files" / "config_resolved.yaml").read_text()
+    assert config == (tmp / "train" / "config_resolved.yaml").read_text()
+    # One copy of the weights per run: the model's; no best.pt or safetensors uploaded.
+    artifacts = artifacts_of(db, run_id)
+    assert not (artifacts / "checkpoints").exists()
+    weight_files = [p for p in (tmp / "outputs" / "mlartifacts").rglob("*") if p.is_file()]
+    weight_files = [p for p in weight_files if p.suffix in (".pt", ".pt2", ".safetensors")]
+    assert [p.name for p in weight_files] == ["model.pt2"]
+    ((status, source_run),) = query(db, "SELECT status, source_run_id FROM logged_models")
+    assert source_run == run_id and status == 2  # READY
+
+
+@pytest.mark.slow
+def test_the_model_is_registered_and_eval_takes_models_and_runs_uris(trained):
+    tmp, _, run_id, uri = trained
+    versions = MlflowClient(uri).search_model_versions(f"name = '{MODEL_NAME}'")
+    assert [(int(v.version), v.run_id) for v in versions] == [(1, run_id)]
+    trained_metrics = json.loads((tmp / "train" / "metrics.json").read_text())
+    for name, ckpt in (("by_version", f"models:/{MODEL_NAME}/1"), ("by_run", f"runs:/{run_id}")):
+        cfg = compose_cfg(tmp, name, "mode=eval", f"ckpt={ckpt}", "logger.system_metrics=false")
+        run(cfg)
+        evaluated = json.loads((tmp / name / "metrics.json").read_text())
+        for key in ("test/acc", "test/loss", "test/macro_f1"):
+            assert evaluated[key] == pytest.approx(trained_metrics[key], abs=1e-5), key
+        assert evaluated["source_run_id"] == run_id
+
+
+@pytest.mark.slow
+def test_the_run_page_has_kind_source_datasets_system_metrics_and_run_log(trained):
+    _, db, run_id, _ = trained
+    (kind,) = query(db, "SELECT value FROM experiment_tags WHERE key = 'mlflow.experimentKind'")
+    assert kind == (MODEL_TRAINING_KIND,)
+    tags = dict(query(db, "SELECT key, value FROM tags WHERE run_uuid = ?", run_id))
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"] == "run.py"
+    assert tags["mlflow.source.git.commit"] == tags["git_commit"]
+    inputs = query(
+        db,
+        "SELECT d.name, d.digest, d.dataset_source_type, d.dataset_source, t.value "
+        "FROM inputs i JOIN datasets d ON d.dataset_uuid = i.source_id "
+        "JOIN input_tags t ON t.input_uuid = i.input_uuid "
+        "WHERE i.destination_id = ? AND t.name = 'mlflow.data.context'",
+        run_id,
+    )
+    assert sorted(row[4] for row in inputs) == ["test", "train", "val"]
+    assert len({row[1] for row in inputs}) == 3  # a digest per split
+    assert all(row[0] == "synthetic" and row[2] == "code" for row in inputs)
+    assert "make_synthetic" in inputs[0][3]
+    metrics = {
+        k for (k,) in query(db, "SELECT DISTINCT key FROM metrics WHERE run_uuid = ?", run_id)
+    }
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= metrics
+    assert "startup_s" in metrics and not [m for m in metrics if m.startswith("startup/")]
+    assert "model_logging_s" in metrics
+    artifacts = artifacts_of(db, run_id)
+    assert json.loads((artifacts / "startup.json").read_text())["data_s"] >= 0
+    log = (artifacts / "run.log").read_text()
+    assert "epoch 2/2" in log and "logged model models:/" in log
+
+
+def test_a_digest_changes_with_the_data_and_every_switch_not_with_where_it_lives(tmp_path):
+    def digests(*overrides: str) -> list[str]:
+        cfg = compose_cfg(tmp_path, "unused", "data=digits", *overrides, tiny=False)
+        return [r.digest for r in dataset_records(cfg.data, build_data(cfg.data))]
+
+    base = digests()
+    assert base == digests()  # the same data, the same digests
+    for switch in (
+        "data.label_noise=0.2",
+        "data.imbalance_ratio=10",
+        "data.fraction=0.5",
+        "data.split_seed=1",
+        "data.image_size=16",
+    ):
+        changed = digests(switch)
+        assert changed[0] != base[0], switch  # the train split changed
+    cfg = compose_cfg(tmp_path, "unused", "data=digits", tiny=False)
+    data = build_data(cfg.data)
+    settings = content_settings(cfg.data)
+    # Keys another data option adds (a fold, an exclusion list) count without being listed.
+    OmegaConf.set_struct(cfg.data, False)
+    with_fold = OmegaConf.merge(cfg.data, {"fold": 2, "exclude": ["a.png"]})
+    assert split_digest(data.train, content_settings(with_fold), "train") != base[0]
+    assert split_digest(data.train, settings, "train") == base[0]
+    moved = OmegaConf.merge(cfg.data, {"root": "/elsewhere", "num_workers": 7})
+    assert split_digest(data.train, content_settings(moved), "train") == base[0]
+
+
+class DataDependent(torch.nn.Module):
+    """A model torch.export cannot trace (its branch depends on the pixels)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.float().mean() > 127:
+            return torch.ones(images.shape[0], 2)
+        return torch.zeros(images.shape[0], 2)
+
+
+def test_a_model_that_cannot_be_logged_leaves_best_pt_in_the_run_instead(tmp_path):
+    seed_store(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = MlflowTracker(uri, artifact_location=str(tmp_path / "art"), system_metrics=False)
+    tracker.connect("x")
+    tracker.start("r", tags={}, local_dir=tmp_path)
+    best = tmp_path / "best.pt"
+    torch.save({"model": {}}, best)
+    example = np.zeros((2, 3, 8, 8), dtype=np.uint8)
+    assert tracker.log_model(DataDependent(), example, {}, [], fallback=best) is None
+    tracker.finish("FINISHED")
+    client = MlflowClient(uri)
+    assert [f.path for f in client.list_artifacts(tracker.run_id, "checkpoints")] == [
+        "checkpoints/best.pt"
+    ]
+    experiment = client.get_experiment_by_name("x").experiment_id
+    assert list(client.search_logged_models([experiment])) == []  # no half-logged model
+    fetched = fetch_checkpoint(f"runs:/{tracker.run_id}", uri, tmp_path / "dl")
+    assert fetched.is_checkpoint and fetched.path.name == "best.pt"
+
+
+def test_the_experiment_is_tagged_for_model_training_unless_a_kind_was_chosen(tmp_path):
+    seed_store(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    client.create_experiment("old")
+    client.create_experiment("genai", tags={"mlflow.experimentKind": "genai_development"})
+    for name in ("old", "genai", "new"):
+        MlflowTracker(uri, artifact_location=str(tmp_path / "art")).connect(name)
+    kinds = {
+        name: client.get_experiment_by_name(name).tags.get("mlflow.experimentKind")
+        for name in ("old", "genai", "new")
+    }
+    assert kinds == {
+        "old": MODEL_TRAINING_KIND,
+        "genai": "genai_development",
+        "new": MODEL_TRAINING_KIND,
+    }

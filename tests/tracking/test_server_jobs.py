@@ -1,0 +1,83 @@
+"""Stores on a cluster: eight jobs at once against one real `mlflow server`, nothing lost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, TINY, query
+from tests.reliability.test_tracking_server import MlflowServer, free_port
+
+pytestmark = pytest.mark.slow
+
+JOBS = 8
+EPOCHS = 2
+PER_EPOCH = ("train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_time_s")
+AT_END = ("test/acc", "test/loss", "startup_s", "model_logging_s")
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = MlflowServer(tmp_path / "server", free_port())
+    srv.root.mkdir()
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def test_eight_concurrent_jobs_log_everything_to_one_mlflow_server(tmp_path, server):
+    """What `hydra/launcher=slurm` jobs do with logger.tracking_uri=http://...: each job
+    a process of its own, all writing to the server at the same time."""
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "run.py"),
+                f"paths.output_dir={tmp_path}",
+                f"hydra.run.dir={tmp_path}/job{index}",
+                *TINY,
+                f"trainer.max_epochs={EPOCHS}",
+                f"seed={index}",
+                f"logger.tracking_uri={server.uri}",
+                "logger.experiment_name=cluster",
+                "logger.system_metrics_interval_s=1",
+                "trainer.keep_host_memory=false",  # eight processes on a small machine
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for index in range(JOBS)
+    ]
+    outputs = [proc.communicate(timeout=1200)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * JOBS, "\n".join(outputs)[-4000:]
+    assert not any("buffering and retrying" in out for out in outputs)  # no call was refused
+    assert not list(tmp_path.rglob("mlflow_pending.jsonl"))  # nothing left undelivered
+
+    db = server.root / "server.db"
+    runs = dict(query(db, "SELECT run_uuid, status FROM runs"))
+    assert len(runs) == JOBS and set(runs.values()) == {"FINISHED"}
+    for run_id in runs:
+        steps = query(db, "SELECT key, step FROM metrics WHERE run_uuid = ?", run_id)
+        for key in PER_EPOCH:
+            assert sorted(s for k, s in steps if k == key) == list(range(1, EPOCHS + 1)), key
+        assert all(any(k == key for k, _ in steps) for key in AT_END)
+        assert any(k.startswith("system/") for k, _ in steps)
+        contexts = query(
+            db,
+            "SELECT t.value FROM inputs i JOIN input_tags t ON t.input_uuid = i.input_uuid "
+            "WHERE i.destination_id = ?",
+            run_id,
+        )
+        assert sorted(c for (c,) in contexts) == ["test", "train", "val"]
+        params = query(db, "SELECT COUNT(*) FROM params WHERE run_uuid = ?", run_id)[0][0]
+        assert params > 50
+    models = query(db, "SELECT source_run_id, status FROM logged_models")
+    assert sorted(models) == sorted((run_id, 2) for run_id in runs)  # one READY model each
+    artifacts = server.root / "artifacts"
+    assert len(list(artifacts.rglob("model.pt2"))) == JOBS
+    assert len(list(artifacts.rglob("run.log"))) == JOBS
+    assert len(list(artifacts.rglob("config_resolved.yaml"))) == 2 * JOBS  # run + model
