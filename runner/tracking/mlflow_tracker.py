@@ -126,9 +126,11 @@ class MlflowTracker:
 
         if not self.is_local:
             # The outbox retries on its own; MLflow's default (7 retries with backoff)
-            # would hold a call for minutes while a server is down.
+            # would hold a call for minutes while a server is down. A server that is down
+            # refuses at once; one busy with many jobs answers late, so the read timeout
+            # is generous (with 5 s, eight jobs on two cores timed out their model uploads).
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         if not self.is_local and not server_reachable(self.tracking_uri):
             self.fell_back_from = self._fall_back()
         name = self.experiment_name or experiment_name

@@ -165,6 +165,9 @@ class Session:
         if "-m" in args:
             return self.compose_sweep(command)
         tiny = [*with_tiny(args[2:]), *(e for k, v in EXTRA.items() if k in command for e in v)]
+        if {"mode=eval", "mode=predict"} & set(args):
+            # They build the checkpoint's own data and model: a data override is refused.
+            tiny = [t for t in tiny if not t.startswith(("data", "model"))]
         if "--help" in args:
             tiny = []
         # `python run.py` on tiny settings already is `python run.py debug=fast` on them:
