@@ -37,6 +37,7 @@ from runner.training.context import (
     tracked_run,
 )
 from runner.training.loop import fit
+from runner.training.oof import write_out_of_fold
 from runner.training.parts import build_parts
 from runner.training.profiling import profile
 from runner.training.signals import GracefulStop
@@ -166,6 +167,7 @@ def test_best(ctx: RunContext, parts, data: DataSplits, loaders: tuple, state: T
         history=state.history,
         step=ctx.cfg.trainer.max_epochs,
     )
+    write_out_of_fold(ctx, model, parts, data)  # a k-fold job's held-out outputs, for the audit
     for name in ("best.pt", "best.safetensors"):
         ctx.tracker.log_artifact(checkpoints / name, "checkpoints")
     report_streamed_bad_files(data, list(loaders), ctx.run_dir, ctx.tracker)
