@@ -1,10 +1,12 @@
 """Sweeps: the files in a sweep dir and everything that reads or writes them.
 
 The manifest, a job's side, the launcher's callback, the summary, Optuna trials seen
-from a job, and collecting submitted SLURM jobs.
+from a job, collecting submitted SLURM jobs, and the audit of a k-fold sweep.
 
-May import runner.config and runner.tracking; never data, models or the training loop.
+May import runner.config, runner.tracking and runner.data (the audit draws its
+thumbnails from the data set); never models or the training loop.
 
     python -m runner.sweeps collect SWEEP_DIR             # state and results of its jobs
     python -m runner.sweeps summary SWEEP_DIR [METRIC] [max|min]   # rebuild summary.md
+    python -m runner.sweeps audit SWEEP_DIR               # redo a k-fold sweep's audit
 """

@@ -1,4 +1,4 @@
-"""The end-of-sweep report: every job, seed aggregates, the best job and a plot.
+"""The end-of-sweep report: every job, seed and fold aggregates, the best job and a plot.
 
 Reads only the sweep dir (manifest.json and each job's metrics.json), so it gives the
 same answer wherever the jobs ran, and can be rerun on a finished sweep:
@@ -21,6 +21,8 @@ from runner.tracking.protocol import Tracker
 
 # Test metrics shown in the markdown table (the CSV has all of them).
 _SHOWN_TEST_METRICS = ("test/acc", "test/balanced_acc", "test/macro_f1")
+# Overrides whose jobs repeat one configuration: the summary gives mean +- std over them.
+_REPEATS = {"seed": "seeds", "data.fold": "folds"}
 
 
 @dataclass
@@ -106,8 +108,9 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     lines += _markdown_table(header, rows)
     aggregates = _seed_aggregates(jobs, swept, shown)
     if aggregates:
-        lines += ["", "## Mean +- std over seeds", ""]
-        agg_header = [*[n for n in swept if n != "seed"], "seeds", monitor, *shown]
+        repeats = [_REPEATS[n] for n in _REPEATS if n in swept]
+        lines += ["", f"## Mean +- std over {' and '.join(repeats)}", ""]
+        agg_header = [*[n for n in swept if n not in _REPEATS], "+".join(repeats), monitor, *shown]
         lines += _markdown_table(agg_header, aggregates)
     best_tags = {}
     if best is not None:
@@ -130,7 +133,9 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     files = [sweep_dir / "summary.md", sweep_dir / "summary.csv"]
     files[0].write_text(markdown)
     _write_csv(files[1], jobs, swept, monitor)
-    plot = _plot(jobs, [n for n in swept if n != "seed"], monitor, sweep_dir / "sweep_plot.png")
+    plot = _plot(
+        jobs, [n for n in swept if n not in _REPEATS], monitor, sweep_dir / "sweep_plot.png"
+    )
     if plot is not None:
         files.append(plot)
     files += sorted((sweep_dir / "optuna").glob("*")) if (sweep_dir / "optuna").is_dir() else []
@@ -199,13 +204,13 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _seed_aggregates(
     jobs: list[dict[str, Any]], swept: list[str], shown: list[str]
 ) -> list[list[str]]:
-    """Mean +- std per config over the jobs that differ only by `seed`."""
-    if "seed" not in swept:
+    """Mean +- std per config over the jobs that differ only by `seed` and `data.fold`."""
+    if not any(n in swept for n in _REPEATS):
         return []
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for job in jobs:
         if job.get("status") == "FINISHED" and _finite(job.get("value")):
-            groups[tuple(job["params"].get(n, "") for n in swept if n != "seed")].append(job)
+            groups[tuple(job["params"].get(n, "") for n in swept if n not in _REPEATS)].append(job)
     rows = []
     for config, members in groups.items():
         values = [[m["value"] for m in members]]

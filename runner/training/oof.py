@@ -26,12 +26,11 @@ import torch
 from torch import nn
 
 from runner.data.splits import DataSplits
+from runner.sweeps.audit import OOF_FILE
 from runner.training import engine
 from runner.training.context import RunContext
 
 log = logging.getLogger(__name__)
-
-OOF_FILE = "out_of_fold.npz"
 
 
 @dataclass
