@@ -98,6 +98,45 @@ class AuditResult:
     known_noise: dict[str, float] = field(default_factory=dict)
 
 
+def save_out_of_fold(
+    path: Path,
+    *,
+    sample_id: np.ndarray,
+    label: np.ndarray,
+    probabilities: np.ndarray,
+    embeddings: np.ndarray,
+    class_names: list[str],
+    fold: int,
+    num_folds: int,
+) -> Path:
+    """Writes a fold job's out-of-fold outputs (the arrays `merge_folds` reads), atomically.
+
+    Args:
+        path: The file, `<run dir>/out_of_fold.npz`.
+        sample_id: (N,) ids of the held-out samples.
+        label: (N,) their given labels.
+        probabilities: (N, C) softmax probabilities of the job's best weights.
+        embeddings: (N, D) penultimate-layer embeddings.
+        class_names: Name of each class.
+        fold: The held-out fold.
+        num_folds: K.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(
+        tmp,
+        sample_id=np.asarray(sample_id, dtype=str),
+        label=np.asarray(label, dtype=np.int64),
+        probabilities=np.asarray(probabilities, dtype=np.float32),
+        embeddings=np.asarray(embeddings, dtype=np.float32),
+        class_names=np.asarray(class_names, dtype=str),
+        fold=np.int64(fold),
+        num_folds=np.int64(num_folds),
+    )
+    tmp.replace(path)  # the audit never reads a half-written file
+    return path
+
+
 def _fold_runs(sweep_dir: Path) -> list[tuple[Path, float]]:
     """(run dir, wall seconds) of the jobs that wrote out-of-fold outputs."""
     runs = []

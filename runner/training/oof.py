@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from runner.data.splits import DataSplits
-from runner.sweeps.audit import OOF_FILE
+from runner.sweeps.audit import OOF_FILE, save_out_of_fold
 from runner.training import engine
 from runner.training.context import RunContext
 
@@ -156,19 +156,16 @@ def write_out_of_fold(ctx: RunContext, model: nn.Module, parts, data: DataSplits
         ctx.precision,
         ctx.cfg.trainer.eval_batch_size,
     )
-    path = ctx.run_dir / OOF_FILE
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(
-        tmp,
+    path = save_out_of_fold(
+        ctx.run_dir / OOF_FILE,
         sample_id=outputs.sample_id,
         label=outputs.label,
         probabilities=outputs.probabilities,
         embeddings=outputs.embeddings,
-        class_names=np.array(data.class_names, dtype=str),
-        fold=np.int64(data_cfg.fold),
-        num_folds=np.int64(data_cfg.num_folds),
+        class_names=list(data.class_names),
+        fold=int(data_cfg.fold),
+        num_folds=int(data_cfg.num_folds),
     )
-    tmp.replace(path)  # the audit never reads a half-written file
     ctx.tracker.log_artifact(path)
     log.info(
         "fold %d of %d: out-of-fold outputs of %d samples (embeddings of %d) in %s",
