@@ -34,7 +34,8 @@ def load_images(
     are read from their files, at `file_size` pixels: a handful of files, not the data
     set. For the others (bundled sets, records without files) the data set is built
     again, without the switches (a sample's image does not depend on them), and the
-    images are taken from its splits at the data's `image_size`.
+    images are taken from its splits at the data's `image_size`. A file that is gone has
+    no image.
 
     Args:
         data_cfg: The run's resolved data config (its `data` node as a mapping).
@@ -56,8 +57,11 @@ def load_images(
                 log.warning("no thumbnail for %s: %s", sample_id, err)
         else:
             rest.append(sample_id)
-    if rest:
-        images.update(_from_the_data_set(data_cfg, rest))
+    # A file-based data set is not decoded again for ids whose files are gone; records
+    # without files (index ids, `<set>:<index>`) are found in the rebuilt data set.
+    rebuild = [i for i in rest if root is None or ":" in i]
+    if rebuild:
+        images.update(_from_the_data_set(data_cfg, rebuild))
     return images
 
 

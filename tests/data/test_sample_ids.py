@@ -132,3 +132,15 @@ def test_label_noise_csv_names_each_sample(tmp_path):
     assert [r["sample_id"] for r in rows] == [str(i) for i in data.train.ids]
     flipped = [r for r in rows if r["clean_label"] != r["noisy_label"]]
     assert 0.1 < len(flipped) / len(rows) < 0.3
+
+
+def test_thumbnails_of_an_image_folder_come_from_its_files(tmp_path):
+    from runner.data.lookup import load_images
+
+    root = make_imagefolder(tmp_path / "pics", per_class=3, size=40)
+    cfg = {"_target_": "runner.data.sets.imagefolder.load_imagefolder", "root": str(root)}
+    wanted = ["train/dog/001.jpg", "train/fox/002.jpg", "train/cat/gone.jpg"]
+    images = load_images(cfg, wanted, file_size=24)
+    assert set(images) == set(wanted[:2]), "a file that is gone has no thumbnail"
+    expected = decoding.decode_record(str(root / wanted[0]), 24)
+    assert images[wanted[0]].shape == (3, 24, 24) and torch.equal(images[wanted[0]], expected)
