@@ -18,6 +18,7 @@ train sample then has a prediction from a model that never trained on it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,8 +98,7 @@ def predict_split(
     try:
         for start in range(0, len(split), batch_size):
             batch = torch.arange(start, min(start + batch_size, len(split)))
-            for indices in _decodable_batches(split, batch):
-                images, batch_labels = split.take(indices)
+            for indices, images, batch_labels in _decoded_batches(split, batch):
                 images = augment(images.to(device, non_blocking=True))
                 with autocast():
                     logits = model(normalize(images))
@@ -115,18 +115,23 @@ def predict_split(
     )
 
 
-def _decodable_batches(split, indices: torch.Tensor) -> list[torch.Tensor]:
-    """`indices` as one batch, or one batch per sample that decodes (streamed files).
+def _decoded_batches(
+    split, indices: torch.Tensor
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(indices, uint8 images, labels) of a batch, each image with its own index.
 
-    A streamed split leaves undecodable samples out of a batch without saying which;
-    taking them one by one keeps every id with its image.
+    A streamed split leaves a file that fails to decode out of its batch without saying
+    which; that batch is then taken again sample by sample, so every id keeps its image.
     """
-    if not hasattr(split, "records"):  # resident: every sample is there
-        return [indices]
-    _, labels = split.take(indices)
+    images, labels = split.take(indices)
     if len(labels) == len(indices):
-        return [indices]
-    return [i.view(1) for i in indices if len(split.take(i.view(1))[1]) == 1]
+        yield indices, images, labels
+        return
+    for index in indices:
+        one = index.view(1)
+        images, labels = split.take(one)
+        if len(labels):
+            yield one, images, labels
 
 
 def write_out_of_fold(ctx: RunContext, model: nn.Module, parts, data: DataSplits) -> Path | None:
