@@ -27,7 +27,7 @@ from runner.sweeps.audit import (
     save_out_of_fold,
 )
 from runner.sweeps.manifest import update_manifest
-from tests.conftest import REPO, TINY, query, seed_store
+from tests.conftest import REPO, TINY, query, run_cli, seed_store
 
 DIGITS = {
     "_target_": "runner.data.sets.digits.load_digits",
@@ -246,6 +246,14 @@ def test_the_audit_command_on_a_dir_without_fold_outputs_says_what_to_run(tmp_pa
 
     assert main(["audit", str(tmp_path)]) == 1
     assert "experiment=audit" in capsys.readouterr().out
+
+
+def test_experiment_audit_without_m_is_refused_before_any_output(tmp_path):
+    out = tmp_path / "outputs"
+    done = run_cli("experiment=audit", f"paths.output_dir={out}")
+    assert done.returncode == 1
+    assert "audits the K fold jobs of a sweep: add -m" in done.stderr
+    assert not out.exists()
 
 
 # --- whole sweeps ------------------------------------------------------------------
