@@ -40,7 +40,7 @@ SCRIPTS = {
     "imbalance": ["--epochs", "1", "--seeds", "0"],
     "sweep_overhead": ["--jobs", "2"],
     "optuna_pruning": ["--trials", "6", "--epochs", "3"],
-    "audit": ["--epochs", "3", "--folds", "3"],  # one seed in quick mode
+    "audit": ["--epochs", "3", "--train-epochs", "3", "--folds", "3"],  # quick: one seed
 }
 VERSIONS = ("torch", "torchvision", "kornia", "timm", "torchmetrics", "mlflow", "hydra-core")
 
