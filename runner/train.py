@@ -44,6 +44,7 @@ from runner.training.context import (
 from runner.training.exported_model import log_best_model
 from runner.training.lineage import log_data_inputs
 from runner.training.loop import fit
+from runner.training.oof import write_out_of_fold
 from runner.training.parts import build_parts
 from runner.training.preflight import check_training_data
 from runner.training.profiling import profile
@@ -181,6 +182,7 @@ def test_best(ctx: RunContext, parts, data: DataSplits, loaders: tuple, state: T
         history=state.history,
         step=ctx.cfg.trainer.max_epochs,
     )
+    write_out_of_fold(ctx, model, parts, data)  # a k-fold job's held-out outputs, for the audit
     log_best_model(ctx, parts, best, data)  # the run's one uploaded copy of the weights
     report_streamed_bad_files(data, list(loaders), ctx.run_dir, ctx.tracker)
     results = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -163,6 +165,53 @@ def _resident(value: Any) -> str | None:
     return None if value == "auto" or isinstance(value, bool) else "one of auto, true, false"
 
 
+def _num_folds(value: Any) -> str | None:
+    if value is None or (_is_int(value) and value >= 2):
+        return None
+    return "null (off) or an integer >= 2 (the number of folds K), e.g. 5"
+
+
+def _fold(value: Any) -> str | None:
+    if value is None or (_is_int(value) and value >= 0):
+        return None
+    return "null or an integer in 0..data.num_folds-1"
+
+
+def _gce_q(value: Any) -> str | None:
+    return None if _is_number(value) and 0 < value <= 1 else "a number in (0, 1], e.g. 0.7"
+
+
+def csv_file_problem(path: Any, columns: tuple[str, ...]) -> str | None:
+    """What is wrong with a CSV file the config names (missing, unreadable, lacks a column).
+
+    Reads the header only, so it is cheap enough for the config checks; the data code
+    (`runner.data.curation`) asks the same before it reads the rows.
+
+    Args:
+        path: The file, absolute or relative to the working directory.
+        columns: Columns the header must have.
+
+    Returns:
+        None when the file is fine, else what is wrong and how to fix it.
+    """
+    file = Path(str(path)).expanduser()
+    if not file.is_file():
+        return f"no such file (relative paths start at {Path.cwd()}); give the path of a CSV file"
+    try:
+        with file.open(newline="") as handle:
+            header = next(csv.reader(handle), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        return f"cannot be read as CSV ({err})"
+    missing = [c for c in columns if c not in header]
+    if missing:
+        found = ", ".join(header[:10]) or "none"
+        return (
+            f"has no {', '.join(missing)} column (its columns: {found}); the file needs a "
+            f"header row with {', '.join(columns)}"
+        )
+    return None
+
+
 # key -> check; a check returns None when the value is fine, else what was expected.
 # Keys absent from the config are not checked (a group option may not have them).
 CHECKS: dict[str, Callable[[Any], str | None]] = {
@@ -238,6 +287,14 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "data.noise_type": _one_of(*choices.NOISE_TYPES),
     "data.fraction": _optional_share,
     "data.samples_per_class": _optional_positive_int,
+    "data.num_folds": _num_folds,
+    "data.fold": _fold,
+    "data.exclude": _optional_non_empty_string,
+    "data.relabel": _optional_non_empty_string,
+    "loss.q": _gce_q,
+    "loss.alpha": _non_negative_number,
+    "audit.enabled": _boolean,
+    "audit.num_thumbnails": _non_negative_int,
     "model.name": _non_empty_string,
     "model.pretrained": _boolean,
     "aug.differentiable": _boolean,
@@ -274,10 +331,19 @@ REQUIRED_GROUPS = ("data", "aug", "model", "optim", "sched", "loss", "sampler", 
 TOP_LEVEL_KEYS = frozenset(
     {*REQUIRED_GROUPS, "trainer", "seed", "paths", "allowed_targets"}
     | {"preview_only", "throughput", "mode", "ckpt", "eval", "predict", "analysis", "sweep"}
-    | {"experiment", "debug", "hparams_search", "optuna", "hydra"}
+    | {"experiment", "debug", "hparams_search", "optuna", "hydra", "audit"}
 )
 # Nodes whose keys are fixed: an added key there is a typo, not a new option.
-CLOSED_NODES = ("trainer", "paths", "eval", "predict", "analysis")
+CLOSED_NODES = ("trainer", "paths", "eval", "predict", "analysis", "audit")
+
+# Keys whose meaning depends on the option chosen in their group: (key, the option's
+# `_target_`) -> the check used instead of CHECKS[key] for that option.
+SCE_TARGET = "runner.training.losses.SymmetricCrossEntropyLoss"
+OPTION_CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
+    # loss=sce's beta weighs the reverse cross-entropy (1.0 in Wang et al. 2019); the
+    # [0, 1) check of CHECKS is for the effective-number beta of loss=balanced_ce.
+    ("loss.beta", SCE_TARGET): _non_negative_number,
+}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -308,6 +374,8 @@ def validate(cfg: DictConfig) -> None:
             continue
         if value is None and OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
             continue
+        group_target = OmegaConf.select(cfg, f"{key.split('.')[0]}._target_", default=None)
+        check = OPTION_CHECKS.get((key, str(group_target)), check)
         expected = check(value)
         if expected is not None:
             problems.append(f"{key}={value!r} is invalid: expected {expected}")
@@ -329,6 +397,9 @@ def validate(cfg: DictConfig) -> None:
         )
     problems.extend(_monitor_problems(cfg))
     problems.extend(_mode_problems(cfg))
+    problems.extend(_fold_problems(cfg))
+    problems.extend(_curation_problems(cfg))
+    problems.extend(_robust_loss_problems(cfg))
     if problems:
         plural = "" if len(problems) == 1 else "s"
         listing = "\n  - ".join(problems)
@@ -368,6 +439,107 @@ def _mode_problems(cfg: DictConfig) -> list[str]:
             "mode=predict needs images: set predict.input=<image file or folder of images>"
         )
     return problems
+
+
+def _swept_values(cfg: DictConfig, key: str) -> list[Any] | None:
+    """The values a multirun sweeps `key` over (command line or hydra.sweeper.params).
+
+    In the launching process, the config Hydra validates has the sweep overrides left
+    out; this reads them from the `hydra` node. None when `key` is not swept (outside a
+    multirun, or a plain override, which the config holds already).
+    """
+    if str(OmegaConf.select(cfg, "hydra.mode", default="")) != "RunMode.MULTIRUN":
+        return None
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
+    given = (
+        [(f"{k}={v}", True) for k, v in params.items()] if isinstance(params, DictConfig) else []
+    )
+    tasks = OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []
+    given += [(str(o), False) for o in tasks]
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    values = None
+    for text, from_params in given:  # the last one wins, as in Hydra's basic sweeper
+        if text.lstrip("+~").split("=", 1)[0] != key:
+            continue
+        try:
+            override = parser.parse_override(text)
+        except Exception:  # Hydra itself reports a malformed override
+            return None
+        if override.is_sweep_override():
+            values = list(override.sweep_iterator())
+        else:
+            values = [override.value()] if from_params else None
+    return values
+
+
+def _fold_problems(cfg: DictConfig) -> list[str]:
+    """data.fold needs data.num_folds and lies in 0..K-1; the audit needs k-fold."""
+    if OmegaConf.select(cfg, "data", default=None) is None:
+        return []
+    folds = _swept_values(cfg, "data.num_folds")
+    folds = folds if folds is not None else [OmegaConf.select(cfg, "data.num_folds", default=None)]
+    fold = _swept_values(cfg, "data.fold")
+    fold = fold if fold is not None else [OmegaConf.select(cfg, "data.fold", default=None)]
+    problems = []
+    for k, f in itertools.product(folds, fold):
+        if _num_folds(k) is not None or _fold(f) is not None:
+            continue  # the type checks report these
+        if k is None and f is not None:
+            problems.append(
+                f"data.fold={f} needs data.num_folds (the number of folds K): set e.g. "
+                f"data.num_folds=5, or leave data.fold out"
+            )
+        elif k is not None and f is None:
+            problems.append(
+                f"data.num_folds={k} needs data.fold=<0..{k - 1}>: run the {k} fold jobs "
+                f"as python run.py -m data.num_folds={k} 'data.fold=range({k})'"
+            )
+        elif k is not None and not f < k:
+            problems.append(
+                f"data.fold={f} is outside 0..{k - 1} (data.num_folds={k}): use "
+                f"'data.fold=range({k})' or a fold below {k}"
+            )
+    if OmegaConf.select(cfg, "audit.enabled", default=False) is True:
+        if folds == [None]:
+            problems.append(
+                "audit.enabled=true needs k-fold jobs: run python run.py -m experiment=audit "
+                "(it sets data.num_folds and sweeps data.fold)"
+            )
+        elif str(OmegaConf.select(cfg, "hydra.mode", default="")) == "RunMode.RUN":
+            problems.append(
+                "audit.enabled=true audits the K fold jobs of a sweep: add -m "
+                "(python run.py -m experiment=audit), or set audit.enabled=false to run "
+                "one fold job alone"
+            )
+    return problems
+
+
+def _curation_problems(cfg: DictConfig) -> list[str]:
+    """data.exclude and data.relabel name readable CSV files with the needed columns."""
+    problems = []
+    for key, columns in (
+        ("data.exclude", ("sample_id",)),
+        ("data.relabel", ("sample_id", "label")),
+    ):
+        value = OmegaConf.select(cfg, key, default=None)
+        if not isinstance(value, str) or not value or _swept_values(cfg, key) is not None:
+            continue
+        problem = csv_file_problem(value, columns)
+        if problem is not None:
+            problems.append(f"{key}={value!r} {problem}")
+    return problems
+
+
+def _robust_loss_problems(cfg: DictConfig) -> list[str]:
+    """loss=sce needs a positive weight on at least one of its two terms."""
+    if str(OmegaConf.select(cfg, "loss._target_", default="")) != SCE_TARGET:
+        return []
+    alpha, beta = (OmegaConf.select(cfg, f"loss.{k}", default=None) for k in ("alpha", "beta"))
+    if _is_number(alpha) and _is_number(beta) and alpha == 0 and beta == 0:
+        return ["loss.alpha=0 and loss.beta=0 leave loss=sce with no loss: make one > 0"]
+    return []
 
 
 def _unresolvable_values(cfg: DictConfig) -> list[str]:

@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from runner.data import switches
+from runner.data import curation, folds, switches
 from runner.data.debug import limit_batches
 from runner.data.splits import DataSplits
 
@@ -16,15 +16,22 @@ log = logging.getLogger(__name__)
 
 
 def build_data(data_cfg: DictConfig) -> DataSplits:
-    """Builds the data set's splits (uint8) and applies the real-world switches to train.
+    """Builds the data set's splits (uint8) and applies the switches to train.
 
-    The switch keys (`data.imbalance_ratio`, `data.label_noise`, ...) are taken out of
-    the group before its factory is called, so every data set gets them the same way.
+    In this order: the real-world switches (`data.imbalance_ratio`, `data.label_noise`,
+    ...), `data.exclude` and `data.relabel`, then k-fold (`data.num_folds`, `data.fold`).
+    Their keys are taken out of the group before its factory is called, so every data
+    set gets them the same way.
     """
     settings = OmegaConf.to_container(data_cfg, resolve=True)
     chosen = {key: settings.pop(key) for key in switches.SWITCHES if key in settings}
-    data = instantiate(settings)
-    data = switches.apply_switches(data, seed=settings.get("split_seed", 0), **chosen)
+    curated = {key: settings.pop(key) for key in curation.KEYS if key in settings}
+    folding = {key: settings.pop(key) for key in folds.KEYS if key in settings}
+    seed = settings.get("split_seed", 0)
+    data = instantiate(settings).ensure_ids()
+    data = switches.apply_switches(data, seed=seed, **chosen)
+    data = curation.apply_curation(data, **curated)
+    data = folds.select_fold(data, seed=seed, **folding)
     log.info(
         "data %s: %d train / %d val / %d test images, %d classes, %dx%d",
         data.name,

@@ -6,8 +6,14 @@ statistics. Augmentation and normalisation happen later, batched on the device.
 
 A split is either resident (`Split`: decoded uint8 tensors) or encoded
 (`runner.data.streaming.EncodedSplit`: image files decoded by loader workers). Both offer
-`labels`, `image_size`, `subset`, `with_labels` and `loader`, so the rest of a run, and
-the real-world switches in `runner.data.switches`, treat them alike.
+`labels`, `ids`, `image_size`, `subset`, `with_labels` and `loader`, so the rest of a run,
+and the real-world switches in `runner.data.switches`, treat them alike.
+
+Every sample carries a stable id (`ids`, a numpy array of str): the file's path under
+`data.root` for image folders and Hugging Face files, `<set>:<index in the source>` for
+the bundled sets (`digits:17`, `synthetic:3`, `cifar10:train:49999`). Ids survive every
+subset, so a file of ids (`data.exclude`, `data.relabel`, an audit's label_issues.csv)
+names the same images in every run of the same data.
 """
 
 from __future__ import annotations
@@ -21,12 +27,22 @@ import torch
 from runner.data.loaders import ResidentLoader
 
 
+def index_ids(prefix: str, count: int, start: int = 0) -> np.ndarray:
+    """Ids `<prefix>:<i>` for samples `start` ... `start + count - 1` of a source."""
+    return np.array([f"{prefix}:{i}" for i in range(start, start + count)], dtype=object)
+
+
 @dataclass
 class Split:
-    """One split: uint8 images (N, C, H, W) and int64 labels (N,)."""
+    """One split: uint8 images (N, C, H, W), int64 labels (N,) and sample ids (N,).
+
+    `ids` is None only for a split a custom factory built without them;
+    `DataSplits.ensure_ids` fills them in.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
+    ids: np.ndarray | None = None
 
     def take(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The images and labels at `indices` (same interface as a streaming split)."""
@@ -44,15 +60,19 @@ class Split:
 
     def to(self, device: torch.device) -> Split:
         """Moves the split to `device` (images stay uint8: 4x less traffic than float)."""
-        return Split(self.images.to(device), self.labels.to(device))
+        return Split(self.images.to(device), self.labels.to(device), self.ids)
 
     def subset(self, indices: torch.Tensor) -> Split:
         """The samples at `indices` (int64), in that order."""
-        return Split(self.images[indices].contiguous(), self.labels[indices].contiguous())
+        return Split(
+            self.images[indices].contiguous(),
+            self.labels[indices].contiguous(),
+            None if self.ids is None else self.ids[indices.cpu().numpy()],
+        )
 
     def with_labels(self, labels: torch.Tensor) -> Split:
         """The same images with other labels (label noise)."""
-        return Split(self.images, labels)
+        return Split(self.images, labels, self.ids)
 
     def loader(
         self,
@@ -98,6 +118,14 @@ class DataSplits:
     def class_counts(self) -> torch.Tensor:
         """Number of training samples per class (int64, on the CPU)."""
         return torch.bincount(self.train.labels.cpu(), minlength=self.num_classes)
+
+    def ensure_ids(self) -> DataSplits:
+        """Gives `<name>:<split>:<i>` ids to the splits a factory built without ids."""
+        for split_name in ("train", "val", "test"):
+            split = getattr(self, split_name)
+            if split.ids is None:
+                split.ids = index_ids(f"{self.name}:{split_name}", len(split))
+        return self
 
 
 def stratified_split(
@@ -159,6 +187,7 @@ def assemble_splits(
     split_seed: int,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
+    ids: np.ndarray | None = None,
 ) -> DataSplits:
     """Splits a whole data set stratified into train/val/test and fills in mean/std.
 
@@ -174,11 +203,13 @@ def assemble_splits(
         split_seed: Seed of the split.
         mean: Per-channel mean; None computes it from the train split.
         std: Per-channel std; None computes it from the train split.
+        ids: Sample id of each image; None = `<name>:<index>`.
     """
     train_idx, val_idx, test_idx = stratified_split(
         labels.numpy(), val_fraction, test_fraction, split_seed
     )
-    train = Split(images[train_idx].contiguous(), labels[train_idx].contiguous())
+    full = Split(images, labels, index_ids(name, len(labels)) if ids is None else ids)
+    train = full.subset(torch.from_numpy(train_idx))
     if mean is None or std is None:
         stat_mean, stat_std = channel_stats(train.images)
         mean = stat_mean if mean is None else mean
@@ -186,8 +217,8 @@ def assemble_splits(
     return DataSplits(
         name=name,
         train=train,
-        val=Split(images[val_idx].contiguous(), labels[val_idx].contiguous()),
-        test=Split(images[test_idx].contiguous(), labels[test_idx].contiguous()),
+        val=full.subset(torch.from_numpy(val_idx)),
+        test=full.subset(torch.from_numpy(test_idx)),
         class_names=list(class_names),
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from runner.data.decoding import BadImageError, decode_record, record_name
@@ -37,6 +38,7 @@ class EncodedSplit:
         num_workers: Decoding processes per loader.
         on_bad_file: "skip" drops undecodable samples from their batch; "error" stops.
         prefetch_factor: Batches each worker decodes ahead.
+        ids: Sample id of each sample (N,), see `runner.data.splits`; None = not given.
     """
 
     records: Sequence[Any]
@@ -46,6 +48,7 @@ class EncodedSplit:
     num_workers: int = 2
     on_bad_file: str = "skip"
     prefetch_factor: int = 2
+    ids: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -57,7 +60,10 @@ class EncodedSplit:
 
     def subset(self, indices: torch.Tensor) -> EncodedSplit:
         """The samples at `indices` (int64), in that order."""
-        return replace(self, positions=self.positions[indices], labels=self.labels[indices])
+        ids = None if self.ids is None else self.ids[indices.cpu().numpy()]
+        return replace(
+            self, positions=self.positions[indices], labels=self.labels[indices], ids=ids
+        )
 
     def with_labels(self, labels: torch.Tensor) -> EncodedSplit:
         """The same records with other labels (label noise)."""

@@ -44,9 +44,14 @@ def report_train_data(data: DataSplits, run_dir: Path, tracker: Tracker) -> None
         path = run_dir / "label_noise.csv"
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["train_index", "clean_label", "noisy_label"])
-            rows = zip(data.clean_train_labels.tolist(), data.train.labels.tolist(), strict=True)
-            writer.writerows((i, clean, noisy) for i, (clean, noisy) in enumerate(rows))
+            writer.writerow(["sample_id", "clean_label", "noisy_label", "train_index"])
+            rows = zip(
+                data.train.ids,
+                data.clean_train_labels.tolist(),
+                data.train.labels.tolist(),
+                strict=True,
+            )
+            writer.writerows((sid, clean, noisy, i) for i, (sid, clean, noisy) in enumerate(rows))
         tracker.log_artifact(path)
 
 

@@ -2,10 +2,13 @@
 
 The manifest, a job's side, the launcher's callback, the summary, an Optuna sweep's
 settings (checked before it starts) and its trials seen from a job, the warning about
-SQLite stores on a cluster, and collecting submitted SLURM jobs.
+SQLite stores on a cluster, collecting submitted SLURM jobs, and the audit of a k-fold
+sweep.
 
-May import runner.config and runner.tracking; never data, models or the training loop.
+May import runner.config, runner.tracking and runner.data (the audit draws its
+thumbnails from the data set); never models or the training loop.
 
     python -m runner.sweeps collect SWEEP_DIR             # state and results of its jobs
     python -m runner.sweeps summary SWEEP_DIR [METRIC] [max|min]   # rebuild summary.md
+    python -m runner.sweeps audit SWEEP_DIR               # redo a k-fold sweep's audit
 """

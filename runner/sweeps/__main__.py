@@ -1,7 +1,8 @@
-"""Commands on a sweep dir: `collect` (state and results of its jobs) and `summary`.
+"""Commands on a sweep dir: `collect` (state and results of its jobs), `summary`, `audit`.
 
 python -m runner.sweeps collect SWEEP_DIR
 python -m runner.sweeps summary SWEEP_DIR [METRIC] [max|min]
+python -m runner.sweeps audit SWEEP_DIR [--thumbnails N]
 """
 
 from __future__ import annotations
@@ -28,8 +29,26 @@ def main(argv: list[str] | None = None) -> int:
     summary.add_argument("sweep_dir", type=Path)
     summary.add_argument("monitor", nargs="?", default="val/acc")
     summary.add_argument("mode", nargs="?", default="max", choices=MONITOR_MODES)
+    audit = commands.add_parser(
+        "audit",
+        help="redo the audit of a k-fold sweep (experiment=audit) from its fold jobs' "
+        "out_of_fold.npz files: <sweep dir>/audit/, logged to the parent run",
+    )
+    audit.add_argument("sweep_dir", type=Path)
+    audit.add_argument("--thumbnails", type=int, default=32, help="suspects in label_issues.png")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "audit":
+        from runner.sweeps.audit import AuditError, redo_audit
+
+        try:
+            result = redo_audit(args.sweep_dir, args.thumbnails)
+        except AuditError as err:
+            print(f"Error: {err}")
+            return 1
+        print((args.sweep_dir / "audit" / "summary.md").read_text())
+        print("files: " + ", ".join(str(p) for p in result.files))
+        return 0
     if args.command == "summary":
         from runner.sweeps.summary import summarize
 

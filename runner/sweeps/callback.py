@@ -16,6 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.errors import ConfigError
+from runner.sweeps.audit import audit_if_asked
 from runner.sweeps.grid import refuse_bad_jobs
 from runner.sweeps.manifest import (
     MANIFEST_FILE,
@@ -116,7 +117,10 @@ class SweepCallback(Callback):
             config.trainer.monitor_mode == "max",
             self.tracker,
         )
+        audit_problem = audit_if_asked(config, self.sweep_dir, self.tracker)  # experiment=audit
         self._finish_if_open("FAILED" if summary.failed else "FINISHED")
+        if audit_problem and not summary.failed:
+            raise SystemExit(f"Error: {audit_problem}")
         if summary.failed:
             listing = "\n".join(
                 f"  job {e.get('num')} {e.get('status', '?')}: {e['label'] or e['key']}"
@@ -155,6 +159,9 @@ def finish_submitted_sweep(sweep_dir: Path) -> int:
     summary = summarize_and_log(
         sweep_dir, config.trainer.monitor, config.trainer.monitor_mode == "max", tracker
     )
+    audit_problem = audit_if_asked(config, sweep_dir, tracker)  # experiment=audit
     if tracker is not None:
         tracker.finish("FAILED" if summary.failed else "FINISHED")
-    return int(bool(summary.failed))
+    if audit_problem:
+        print(f"Error: {audit_problem}")
+    return int(bool(summary.failed or audit_problem))

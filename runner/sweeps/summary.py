@@ -1,4 +1,4 @@
-"""The end-of-sweep report: every job, seed aggregates, the best job and a plot.
+"""The end-of-sweep report: every job, seed and fold aggregates, the best job and a plot.
 
 Reads only the sweep dir (manifest.json and each job's metrics.json), so it gives the
 same answer wherever the jobs ran, and can be rerun on a finished sweep:
@@ -22,6 +22,8 @@ from runner.tracking.protocol import Tracker
 
 # Test metrics shown in the markdown table (the CSV has all of them).
 _SHOWN_TEST_METRICS = ("test/acc", "test/balanced_acc", "test/macro_f1")
+# Overrides whose jobs repeat one configuration: the summary gives mean +- std over them.
+_REPEATS = {"seed": "seeds", "data.fold": "folds"}
 
 
 @dataclass
@@ -89,7 +91,7 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     # A pruned job stopped early: its value does not stand for its configuration.
     complete = [j for j in finished if not j.get("pruned")]
     pick = max if maximize else min
-    # With seeds swept, a configuration is judged by its mean over seeds, not its luckiest.
+    # With seeds (or folds) swept, a configuration is judged by its mean, not its luckiest.
     groups = _seed_groups(complete, swept)
     best_group = pick(groups, key=lambda g: g.mean) if groups else None
     if best_group is not None:
@@ -119,8 +121,9 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     ]
     lines += _markdown_table(header, rows)
     if groups:
-        lines += ["", "## Mean +- std over seeds", ""]
-        agg_header = [*[n for n in swept if n != "seed"], "seeds", monitor, *shown]
+        repeats = [_REPEATS[n] for n in _REPEATS if n in swept]
+        lines += ["", f"## Mean +- std over {' and '.join(repeats)}", ""]
+        agg_header = [*[n for n in swept if n not in _REPEATS], "+".join(repeats), monitor, *shown]
         lines += _markdown_table(agg_header, [g.row(shown) for g in groups])
     best_tags = {}
     best_metrics: dict[str, float] = {}
@@ -130,7 +133,7 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
         numbers = ", ".join(str(j.get("num")) for j in members)
         lines += [
             "",
-            f"Best: jobs {numbers} ({described}, {len(members)} seed(s)): {monitor} = "
+            f"Best: jobs {numbers} ({described}, {len(members)} runs): {monitor} = "
             f"{_mean_std(best_group.values)}",
         ]
         chosen = zip(best_group.names, best_group.config, strict=True)
@@ -161,7 +164,9 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     files = [sweep_dir / "summary.md", sweep_dir / "summary.csv"]
     files[0].write_text(markdown)
     _write_csv(files[1], jobs, swept, monitor)
-    plot = _plot(jobs, [n for n in swept if n != "seed"], monitor, sweep_dir / "sweep_plot.png")
+    plot = _plot(
+        jobs, [n for n in swept if n not in _REPEATS], monitor, sweep_dir / "sweep_plot.png"
+    )
     if plot is not None:
         files.append(plot)
     files += sorted((sweep_dir / "optuna").glob("*")) if (sweep_dir / "optuna").is_dir() else []
@@ -230,10 +235,10 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 @dataclass
 class SeedGroup:
-    """The complete jobs of one configuration that differ only by `seed`.
+    """The complete jobs of one configuration that differ only by `seed` or `data.fold`.
 
     Attributes:
-        names: The swept parameters other than seed.
+        names: The swept parameters other than seed and data.fold.
         config: Their values for this group.
         members: The group's jobs.
     """
@@ -277,10 +282,11 @@ class SeedGroup:
 
 
 def _seed_groups(jobs: list[dict[str, Any]], swept: list[str]) -> list[SeedGroup]:
-    """The complete jobs grouped by everything swept but `seed` (none without seeds)."""
-    if "seed" not in swept:
+    """The complete jobs grouped by everything swept but `seed` and `data.fold` (none
+    when neither is swept)."""
+    if not any(n in swept for n in _REPEATS):
         return []
-    names = [n for n in swept if n != "seed"]
+    names = [n for n in swept if n not in _REPEATS]
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for job in jobs:
         groups[tuple(job["params"].get(n, "") for n in names)].append(job)

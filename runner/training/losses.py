@@ -151,3 +151,71 @@ class BalancedSoftmaxLoss(nn.Module):
         """Mean loss over the batch; `target` is (N,) class ids or (N, C) probabilities."""
         adjusted = logits.float() + self.log_prior
         return F.cross_entropy(adjusted, target, label_smoothing=self.label_smoothing)
+
+
+class GeneralizedCrossEntropyLoss(nn.Module):
+    """Generalized cross-entropy (Zhang & Sabuncu 2018), robust to noisy labels.
+
+    The loss of a sample is (1 - p_y^q) / q, the negative Box-Cox transform of p_y: q -> 0
+    gives cross-entropy, q = 1 the mean absolute error (robust to noise, slow to fit).
+    A soft target q_c weighs each class's term: sum_c t_c (1 - p_c^q) / q.
+
+    Args:
+        class_counts: Unused; every loss accepts it so all are built alike.
+        q: The Box-Cox exponent, in (0, 1]; the paper uses 0.7.
+        label_smoothing: Share of the target mass spread uniformly over the classes.
+    """
+
+    def __init__(
+        self,
+        class_counts: torch.Tensor | None = None,
+        q: float = 0.7,
+        label_smoothing: float = 0.0,
+    ):
+        super().__init__()
+        if not 0 < q <= 1:
+            raise ValueError(f"loss.q={q!r}: expected a number in (0, 1]")
+        self.q = q
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean loss over the batch; `target` is (N,) class ids or (N, C) probabilities."""
+        # p^q as exp(q log p): exact where p underflows to 0, and its gradient stays finite.
+        p_q = torch.exp(self.q * F.log_softmax(logits.float(), dim=-1))
+        t = _soft_targets(target, logits.shape[-1], self.label_smoothing)
+        return (t * (1 - p_q) / self.q).sum(-1).mean()
+
+
+class SymmetricCrossEntropyLoss(nn.Module):
+    """Symmetric cross-entropy (Wang et al. 2019): alpha * CE + beta * reverse CE.
+
+    The reverse cross-entropy -sum_c p_c log t_c swaps prediction and target; the
+    target's zeros are clamped to 1e-4 (log = -9.2), as in the authors' code, so a
+    confident wrong prediction costs a bounded amount, which makes it robust to noise.
+
+    Args:
+        class_counts: Unused; every loss accepts it so all are built alike.
+        alpha: Weight of the cross-entropy term (0.1 in the paper for CIFAR-10).
+        beta: Weight of the reverse cross-entropy term (1.0 in the paper for CIFAR-10).
+        label_smoothing: Share of the target mass spread uniformly over the classes.
+    """
+
+    def __init__(
+        self,
+        class_counts: torch.Tensor | None = None,
+        alpha: float = 0.1,
+        beta: float = 1.0,
+        label_smoothing: float = 0.0,
+    ):
+        super().__init__()
+        self.alpha = alpha
+        self.beta = beta
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean loss over the batch; `target` is (N,) class ids or (N, C) probabilities."""
+        log_p = F.log_softmax(logits.float(), dim=-1)
+        t = _soft_targets(target, logits.shape[-1], self.label_smoothing)
+        ce = -(t * log_p).sum(-1)
+        rce = -(log_p.exp() * t.clamp(min=1e-4, max=1.0).log()).sum(-1)
+        return (self.alpha * ce + self.beta * rce).mean()

@@ -338,7 +338,7 @@ def test_with_seeds_the_best_is_the_best_mean_over_seeds_not_the_luckiest_seed(t
     assert metrics["best/test/acc_std"] == pytest.approx(0.1414, abs=1e-4)
     assert "| 0.1 | 2 | 0.7250 +- 0.3182 | 0.6750 +- 0.3182 |" in summary.markdown
     assert "| 0.01 | 2 | 0.8000 +- 0.1414 | 0.7500 +- 0.1414 |" in summary.markdown
-    assert "Best: jobs 2, 3 (optim.lr=0.01, 2 seed(s)): val/acc = 0.8000 +- 0.1414" in (
+    assert "Best: jobs 2, 3 (optim.lr=0.01, 2 runs): val/acc = 0.8000 +- 0.1414" in (
         summary.markdown
     )
     assert "| 1.0 |" not in summary.markdown.split("## Mean")[1]  # pruned: in no mean

@@ -91,7 +91,7 @@ def test_grid_sweep_nests_children_under_a_parent_and_aggregates_seeds(tmp_path)
     assert "## Mean +- std over seeds" in summary
     aggregate = summary.split("## Mean +- std over seeds")[1]
     assert aggregate.count("| 2 |") == 2  # one row per lr, two seeds each
-    assert "Best: jobs" in summary and "2 seed(s)" in summary and summary in output
+    assert "Best: jobs" in summary and "2 runs)" in summary and summary in output
     best = parent["tags"]["best.run_id"]
     assert best in children and parent["tags"]["best.optim.lr"] in ("0.001", "0.003")
     # The best is a configuration's mean over its seeds, and the parent gets mean and std.

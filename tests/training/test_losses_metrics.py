@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
+from runner.config.validation import ConfigError, validate
 from runner.reports.per_class import per_class_table, shot_accuracies, shot_groups
 from runner.training.losses import (
     BalancedCrossEntropyLoss,
     BalancedSoftmaxLoss,
     CrossEntropyLoss,
     FocalLoss,
+    GeneralizedCrossEntropyLoss,
+    SymmetricCrossEntropyLoss,
     effective_number_weights,
 )
 from runner.training.metrics import build_metrics
@@ -111,3 +115,73 @@ def test_shot_accuracies_from_a_confusion_matrix():
     confusion = torch.tensor([[9, 1, 0], [2, 8, 0], [5, 0, 5]])
     accuracies = shot_accuracies(confusion, torch.tensor([300, 50, 3]))
     assert accuracies == {"head_acc": 0.9, "medium_acc": 0.8, "tail_acc": 0.5}
+
+
+def test_gce_is_one_minus_p_to_the_q_over_q_and_tends_to_cross_entropy():
+    logits, target = torch.randn(32, 6), torch.randint(0, 6, (32,))
+    p_y = logits.softmax(-1).gather(1, target[:, None]).squeeze(1)
+    gce = GeneralizedCrossEntropyLoss(q=0.7)(logits, target)
+    assert torch.allclose(gce, ((1 - p_y**0.7) / 0.7).mean(), atol=1e-6)
+    assert torch.allclose(GeneralizedCrossEntropyLoss(q=1.0)(logits, target), (1 - p_y).mean())
+    near_ce = GeneralizedCrossEntropyLoss(q=1e-4)(logits, target)
+    assert torch.allclose(near_ce, F.cross_entropy(logits, target), rtol=1e-3)
+
+
+def test_sce_is_alpha_ce_plus_beta_reverse_ce_with_log_zero_clamped():
+    logits, target = torch.randn(32, 6), torch.randint(0, 6, (32,))
+    ce = F.cross_entropy(logits, target)
+    assert torch.allclose(SymmetricCrossEntropyLoss(alpha=1, beta=0)(logits, target), ce)
+    p_y = logits.softmax(-1).gather(1, target[:, None]).squeeze(1)
+    # -sum_c p_c log t_c with t one-hot and log 0 -> log 1e-4: -log(1e-4) * (1 - p_y).
+    reverse = (-torch.log(torch.tensor(1e-4)) * (1 - p_y)).mean()
+    sce = SymmetricCrossEntropyLoss(alpha=0.1, beta=1.0)(logits, target)
+    assert torch.allclose(sce, 0.1 * ce + reverse, atol=1e-5)
+
+
+def test_robust_losses_take_soft_targets_and_bound_a_confident_mistake():
+    logits, target = torch.randn(8, 4), torch.randint(0, 4, (8,))
+    soft = F.one_hot(target, 4).float()
+    for loss in (GeneralizedCrossEntropyLoss(q=0.5), SymmetricCrossEntropyLoss()):
+        assert torch.allclose(loss(logits, target), loss(logits, soft), atol=1e-6)
+        mixed = 0.7 * soft + 0.3 * F.one_hot((target + 1) % 4, 4).float()
+        assert torch.isfinite(loss(logits, mixed))
+    # A confidently wrong (e.g. mislabeled) sample: CE grows without bound, GCE/SCE do not.
+    wrong = torch.tensor([[40.0, 0.0, 0.0, 0.0]])
+    label = torch.tensor([1])
+    assert F.cross_entropy(wrong, label) > 39
+    assert GeneralizedCrossEntropyLoss(q=0.7)(wrong, label) <= 1 / 0.7 + 1e-6
+    assert SymmetricCrossEntropyLoss(alpha=0.0, beta=1.0)(wrong, label) <= 9.22
+    gradient = wrong.clone().requires_grad_()
+    GeneralizedCrossEntropyLoss(q=0.7)(gradient, label).backward()
+    assert torch.isfinite(gradient.grad).all()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["loss=gce", "loss.q=0"], "loss.q=0 is invalid: expected a number in (0, 1]"),
+        (["loss=gce", "loss.q=1.5"], "loss.q=1.5 is invalid"),
+        (["loss=sce", "loss.alpha=-1"], "loss.alpha=-1 is invalid"),
+        (["loss=sce", "loss.beta=-0.5"], "loss.beta=-0.5 is invalid: expected a number >= 0"),
+        (["loss=sce", "loss.alpha=0", "loss.beta=0"], "leave loss=sce with no loss"),
+        # beta keeps its [0, 1) meaning for the effective-number weights of balanced_ce.
+        (["loss=balanced_ce", "loss.beta=1.0"], "loss.beta=1.0 is invalid: expected a number"),
+    ],
+)
+def test_robust_loss_settings_are_validated(make_cfg, overrides, expected):
+    with pytest.raises(ConfigError, match="1 problem") as err:
+        validate(make_cfg(*overrides))
+    assert expected in str(err.value)
+
+
+def test_the_papers_settings_validate_and_build(make_cfg):
+    from hydra.utils import instantiate
+
+    for option, expected in (
+        ("gce", GeneralizedCrossEntropyLoss),
+        ("sce", SymmetricCrossEntropyLoss),
+    ):
+        cfg = make_cfg(f"loss={option}")
+        validate(cfg)
+        assert isinstance(instantiate(cfg.loss)(class_counts=torch.ones(3)), expected)
+    assert make_cfg("loss=sce").loss.beta == 1.0 and make_cfg("loss=gce").loss.q == 0.7

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from runner.config.choices import CIFAR_VARIANTS
 from runner.data.decoding import DataError
-from runner.data.splits import DataSplits, Split, channel_stats, stratified_split
+from runner.data.splits import DataSplits, Split, channel_stats, index_ids, stratified_split
 
 # Folder, train files, test file, meta file, label key, class-name key, per variant.
 _LAYOUT = {
@@ -123,6 +123,9 @@ def load_cifar(
 ) -> DataSplits:
     """CIFAR-10 or CIFAR-100: train split (val carved from it, stratified) and test split.
 
+    Sample ids are `<variant>:train:<i>` and `<variant>:test:<i>`, the index in the
+    archive's train batches (concatenated) and test batch.
+
     Args:
         variant: "cifar10" or "cifar100".
         root: Folder with the unpacked archive (e.g. root/cifar-10-batches-py/).
@@ -146,7 +149,11 @@ def load_cifar(
         variant, root, download
     )
     train_idx, val_idx, _ = stratified_split(train_labels.numpy(), val_fraction, 0.0, split_seed)
-    full = Split(_resize(train_images, image_size), train_labels)
+    full = Split(
+        _resize(train_images, image_size),
+        train_labels,
+        index_ids(f"{variant}:train", len(train_labels)),
+    )
     train = full.subset(torch.from_numpy(train_idx))
     if mean is None or std is None:
         stat_mean, stat_std = channel_stats(train.images)
@@ -156,7 +163,11 @@ def load_cifar(
         name=name or variant,
         train=train,
         val=full.subset(torch.from_numpy(val_idx)),
-        test=Split(_resize(test_images, image_size), test_labels),
+        test=Split(
+            _resize(test_images, image_size),
+            test_labels,
+            index_ids(f"{variant}:test", len(test_labels)),
+        ),
         class_names=class_names,
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from runner.data.splits import DataSplits, assemble_splits
+from runner.data.splits import DataSplits, assemble_splits, index_ids
 
 
 def load_digits(
@@ -21,7 +21,8 @@ def load_digits(
 ) -> DataSplits:
     """scikit-learn's handwritten digits, upscaled to `image_size`, 3 channels, uint8.
 
-    The 1,797 8x8 images ship with scikit-learn, so this works offline.
+    The 1,797 8x8 images ship with scikit-learn, so this works offline. Sample ids are
+    `digits:<index in scikit-learn's array>`.
 
     Args:
         name: Name of the data set (the MLflow experiment name by default).
@@ -56,4 +57,5 @@ def load_digits(
         split_seed,
         mean,
         std,
+        ids=index_ids("digits", len(labels)),
     )

@@ -4,11 +4,16 @@ Needs the optional extra: `pip install -e ".[hf]"`. Images are read undecoded
 (`Image(decode=False)`) and decoded by the runner's decoder, so they get the same
 handling as image folders: RGB uint8 at `image_size`, 16-bit scaling, bad records
 skipped and listed, resident with a decode cache or streamed by loader workers.
+
+A sample's id is its image file's path under the data set's folder when `data.name` is
+a local folder of images (`train/cat/001.jpg`), else `<data set>:<split>:<index>`, the
+record's index in the split as loaded (`bugs.parquet:train:17`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -177,8 +182,9 @@ def load_hf(
             f"data.num_classes={num_classes} but {name} split {split_train!r} has "
             f"{len(class_names)} classes ({', '.join(class_names[:20])})."
         )
-    records, labels = {}, {}
+    records, labels, ids = {}, {}, {}
     label = Path(name).name if Path(name).expanduser().exists() else name
+    folder = Path(name).expanduser() if Path(name).expanduser().is_dir() else None
     for split, dataset in loaded.items():
         if isinstance(dataset.features[image_key], datasets.Image):
             dataset = dataset.cast_column(image_key, datasets.Image(decode=False))
@@ -190,11 +196,14 @@ def load_hf(
             )
         records[split] = _Column(dataset, image_key, f"{label}:{specs[split]}")
         labels[split] = [to_index[v] for v in dataset[label_key]]
+        ids[split] = record_ids(dataset, image_key, folder, f"{label}:{specs[split]}")
+    ids = _unique_ids(ids)
     fingerprints = [(s, d._fingerprint, len(d)) for s, d in loaded.items()]
     return splits_from_records(
         name=label,
         records=records,
         labels=labels,
+        ids=ids,
         class_names=class_names,
         content_key=(name, config_name, revision, image_key, label_key, fingerprints),
         where=f"data.name={name!r}",
@@ -210,6 +219,56 @@ def load_hf(
         mean=mean,
         std=std,
     )
+
+
+def record_ids(dataset, image_key: str, folder: Path | None, label: str) -> list[str]:
+    """Sample ids of a split: file paths under `folder` where records have them.
+
+    Args:
+        dataset: The split (images undecoded).
+        image_key: The image column.
+        folder: The data set's local folder; None = no file paths (a Hub name, a file).
+        label: `<data set>:<split>`, the prefix of index ids.
+
+    Returns:
+        Per record, its path relative to `folder` (posix) when it is a file there, else
+        `<label>:<index>`.
+    """
+    ids = [f"{label}:{i}" for i in range(len(dataset))]
+    if folder is None:
+        return ids
+    column = dataset.select_columns([image_key]).flatten()  # Image -> .bytes, .path columns
+    if f"{image_key}.path" in column.column_names:
+        paths = column[f"{image_key}.path"]  # reads the paths only, not the bytes
+    elif image_key in column.column_names and column.features[image_key].dtype == "string":
+        paths = column[image_key]
+    else:
+        return ids
+    # os.path only (no file system calls per record): a large folder stays quick.
+    bases = {os.path.abspath(folder), os.path.realpath(folder)}
+    for i, path in enumerate(paths):
+        if not path:
+            continue
+        absolute = os.path.abspath(path)
+        for base in bases:
+            if absolute.startswith(base + os.sep):
+                ids[i] = Path(os.path.relpath(absolute, base)).as_posix()
+                break
+    return ids
+
+
+def _unique_ids(ids: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Makes repeated path ids (one file in two splits) unique: `<split>:<i>:<path>`."""
+    counts: dict[str, int] = {}
+    for split_ids in ids.values():
+        for sample_id in split_ids:
+            counts[sample_id] = counts.get(sample_id, 0) + 1
+    if all(c == 1 for c in counts.values()):
+        return ids
+    return {
+        split: [i if counts[i] == 1 else f"{split}:{n}:{i}" for n, i in enumerate(split_ids)]
+        for split, split_ids in ids.items()
+    }
 
 
 def _classes(feature, values: Sequence[Any]) -> tuple[list[str], dict[Any, int]]:

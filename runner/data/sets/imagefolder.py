@@ -5,7 +5,8 @@
     root/test/<class>/<image>       optional; else carved from train (stratified)
 
 Every non-hidden file in a class folder (subfolders included) is a sample candidate;
-one that does not decode is a bad file (skipped and listed, or an error). Small data
+one that does not decode is a bad file (skipped and listed, or an error). A sample's id
+is its path under `data.root` (e.g. `train/cat/001.jpg`). Small data
 sets are decoded once into uint8 tensors (kept in memory, and in a cache file keyed by
 the folder's listing) and stay resident; large ones are decoded batch by batch by loader
 workers (`runner.data.streaming`).
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from runner.data.decoding import (
@@ -208,6 +210,10 @@ def load_imagefolder(
     class_names, layout = scan_layout(root, num_classes)
     records = {split: [str(p) for p in files] for split, (files, _) in layout.items()}
     labels = {split: labels for split, (_, labels) in layout.items()}
+    ids = {
+        split: [Path(os.path.relpath(p, root)).as_posix() for p in files]
+        for split, (files, _) in layout.items()
+    }
     # The listing with sizes and modification times stands for the content: a changed,
     # added or removed file gives another key, and reading every byte is not needed.
     listing = [
@@ -218,6 +224,7 @@ def load_imagefolder(
         name=name,
         records=records,
         labels=labels,
+        ids=ids,
         class_names=class_names,
         content_key=(str(Path(root).resolve()), listing),
         where=str(root),
@@ -248,6 +255,7 @@ def splits_from_records(
     name: str,
     records: dict[str, Sequence[Any]],
     labels: dict[str, Sequence[int]],
+    ids: dict[str, Sequence[str]],
     class_names: list[str],
     content_key: Any,
     where: str,
@@ -271,6 +279,7 @@ def splits_from_records(
         name: Name of the data set.
         records: Split ("train", optionally "val", "test") -> paths/bytes/image dicts.
         labels: Split -> class index of each record.
+        ids: Split -> sample id of each record (see `runner.data.splits`).
         class_names: Name of each class.
         content_key: What identifies the content, for the decode cache.
         where: Where the data comes from, for error messages.
@@ -301,13 +310,17 @@ def splits_from_records(
         decoded_gb,
         "resident" if keep else "streaming",
     )
+    id_arrays = {split: np.array(list(split_ids), dtype=object) for split, split_ids in ids.items()}
     if keep:
-        key = cache_key(content_key, image_size)
-        parts, bad = _decode_parts(records, labels, image_size, key, cache_dir, num_workers, name)
+        # "kept": the cache holds which records decoded, so that the ids follow the images.
+        key = cache_key(content_key, image_size, "kept")
+        parts, bad = _decode_parts(
+            records, labels, id_arrays, image_size, key, cache_dir, num_workers, name
+        )
         if bad and on_bad_file == "error":
             raise BadImageError(bad[0][1])
     else:
-        parts, bad = _stream_parts(records, labels, image_size, num_workers, on_bad_file)
+        parts, bad = _stream_parts(records, labels, id_arrays, image_size, num_workers, on_bad_file)
     _check_classes_have_images(parts, class_names, where, bad)
     train, val, test = _assemble(parts, val_fraction, test_fraction, split_seed)
     if mean is None or std is None:
@@ -329,23 +342,27 @@ def splits_from_records(
     )
 
 
-def _decode_parts(records, labels, image_size, key, cache_dir, num_workers, name):
+def _decode_parts(records, labels, ids, image_size, key, cache_dir, num_workers, name):
     """Decodes every split (or reads them from the cache); bad files are left out."""
 
     def build() -> dict:
         value = {"bad": []}
         for split, split_records in records.items():
             images, kept, bad = decode_all(split_records, image_size, "skip", num_workers)
-            value[split] = [images, torch.tensor(labels[split], dtype=torch.long)[kept]]
+            kept = torch.as_tensor(kept, dtype=torch.long)
+            value[split] = [images, torch.tensor(labels[split], dtype=torch.long)[kept], kept]
             value["bad"].extend([path, reason] for path, reason in bad)
         return value
 
     value = cached(key, build, cache_dir, name)
-    parts = {split: Split(*value[split]) for split in records}
+    parts = {}
+    for split in records:
+        images, split_labels, kept = value[split]
+        parts[split] = Split(images, split_labels, ids[split][kept.numpy()])
     return parts, [(path, reason) for path, reason in value["bad"]]
 
 
-def _stream_parts(records, labels, image_size, num_workers, on_bad_file):
+def _stream_parts(records, labels, ids, image_size, num_workers, on_bad_file):
     """Checks each record's leading bytes now; content errors surface in batches."""
     parts, bad = {}, []
     for split, split_records in records.items():
@@ -366,6 +383,7 @@ def _stream_parts(records, labels, image_size, num_workers, on_bad_file):
             size=image_size,
             num_workers=num_workers,
             on_bad_file=on_bad_file,
+            ids=ids[split][positions.numpy()],
         )
     return parts, bad
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from runner.data.splits import DataSplits, assemble_splits
+from runner.data.splits import DataSplits, assemble_splits, index_ids
 
 
 def make_synthetic(
@@ -24,7 +24,8 @@ def make_synthetic(
     """Random uint8 images whose class shifts the mean of one colour band.
 
     The signal makes the task learnable (so a smoke test can check that training
-    works) while the images stay random enough for throughput benchmarks.
+    works) while the images stay random enough for throughput benchmarks. Sample ids
+    are `synthetic:<index>` (the order the images are drawn in).
 
     Args:
         name: Name of the data set.
@@ -61,4 +62,5 @@ def make_synthetic(
         split_seed,
         mean,
         std,
+        ids=index_ids("synthetic", num_samples),
     )

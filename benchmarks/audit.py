@@ -1,0 +1,284 @@
+"""The data audit and the noise-robust losses, measured on scikit-learn's digits.
+
+Four measurements, each from runs of `run.py` made here (no tracking):
+
+1. The audit at 10% symmetric label noise: `python run.py -m experiment=audit
+   data.label_noise=0.1` (5 fold jobs, the preset's resnet10t and epochs, then cleanlab's
+   Datalab). Precision and recall of `is_label_issue` (audit/label_issues.csv) against
+   the labels the runs flipped (the fold jobs' label_noise.csv). Goal: >= 0.8 each.
+2. Acting on it: test accuracy of cross-entropy on the noisy labels, after
+   `data.exclude=<sweep>/audit/label_issues.csv`, and on clean labels, 3 seeds each.
+   Goal: the cleaned runs recover at least half of the noisy-to-clean gap.
+3. 40% symmetric noise: test accuracy mean +- std over 3 seeds for loss=ce, gce, sce.
+   Goal: the best robust loss >= 3 points over cross-entropy.
+4. The audit's own time (Datalab on the merged outputs, timed here again) against the
+   fold jobs' training time (their wall time in the sweep's manifest).
+
+The fold jobs train `--epochs` (the preset's 8); the runs of 2 and 3 train
+`--train-epochs` (15: long enough for cross-entropy to suffer from 40% noise).
+
+The val split stays clean in every run (the switches change train only), so every run
+keeps the weights of its best epoch by a clean val/acc. Run it from the repository root::
+
+    .venv/bin/python benchmarks/audit.py                  # 23 runs: minutes on a CPU
+    .venv/bin/python benchmarks/audit.py --train-epochs 8 --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.bench_results import quick, record  # noqa: E402
+
+LOSSES = ("ce", "gce", "sce")
+
+
+def run_sweep(sweep_dir: Path, overrides: list[str]) -> float:
+    """Runs `python run.py -m ...` into `sweep_dir` (log: sweep.log); returns its wall time."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        str(REPO / "run.py"),
+        "-m",
+        f"hydra.sweep.dir={sweep_dir}",
+        "logger=none",
+        *overrides,
+    ]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    start = time.perf_counter()
+    with (sweep_dir / "sweep.log").open("w") as log:
+        done = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"the sweep failed; see {sweep_dir / 'sweep.log'}")
+    return time.perf_counter() - start
+
+
+def job_results(sweep_dir: Path) -> list[tuple[dict[str, str], dict[str, float], float]]:
+    """(overrides, metrics.json, seconds) of every job in the sweep's manifest."""
+    jobs = json.loads((sweep_dir / "manifest.json").read_text())["jobs"]
+    results = []
+    for entry in jobs.values():
+        overrides = dict(o.lstrip("+").split("=", 1) for o in entry["overrides"])
+        metrics = json.loads((Path(entry["run_dir"]) / "metrics.json").read_text())
+        results.append((overrides, metrics, float(entry.get("seconds", 0.0))))
+    return results
+
+
+def flagged_and_flipped(sweep_dir: Path) -> tuple[set[str], set[str], int]:
+    """Flagged ids (label_issues.csv), flipped ids (the jobs' label_noise.csv), audited."""
+    with (sweep_dir / "audit" / "label_issues.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    flagged = {r["sample_id"] for r in rows if r["is_label_issue"] == "True"}
+    flipped = set()
+    for noise_file in sweep_dir.glob("*/label_noise.csv"):
+        with noise_file.open(newline="") as handle:
+            flipped |= {
+                r["sample_id"]
+                for r in csv.DictReader(handle)
+                if r["clean_label"] != r["noisy_label"]
+            }
+    audited = {r["sample_id"] for r in rows}
+    return flagged, flipped & audited, len(audited)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def train_settings(args: argparse.Namespace) -> list[str]:
+    """The runs of measurements 2 and 3: the audit preset's model, `--train-epochs`."""
+    return [
+        "data=digits",
+        "model=timm",
+        "model.name=resnet10t",
+        "aug=basic",
+        f"trainer.max_epochs={args.train_epochs}",
+        "trainer.batch_size=64",
+        "analysis.enabled=false",
+        f"seed={','.join(str(s) for s in args.seeds)}",
+    ]
+
+
+def measure_audit(args: argparse.Namespace, root: Path) -> dict:
+    from runner.sweeps.audit import find_issues, merge_folds
+
+    sweep = root / "audit"
+    wall = run_sweep(
+        sweep,
+        [
+            "experiment=audit",
+            f"data.label_noise={args.noise}",
+            f"data.num_folds={args.folds}",
+            f"trainer.max_epochs={args.epochs}",
+        ],
+    )
+    flagged, flipped, audited = flagged_and_flipped(sweep)
+    hits = len(flagged & flipped)
+    merged = merge_folds(sweep)
+    _, datalab = find_issues(merged)
+    return {
+        "sweep": sweep,
+        "wall": wall,
+        "audited": audited,
+        "flagged": len(flagged),
+        "flipped": len(flipped),
+        "precision": hits / max(len(flagged), 1),
+        "recall": hits / max(len(flipped), 1),
+        "datalab": datalab,
+        "fold_seconds": merged.train_seconds,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=8, help="fold jobs (the preset's 8)")
+    parser.add_argument(
+        "--train-epochs", type=int, default=15, help="the runs of measurements 2 and 3"
+    )
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0] if quick() else [0, 1, 2])
+    parser.add_argument("--noise", type=float, default=0.1)
+    parser.add_argument("--high-noise", type=float, default=0.4)
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=REPO / "outputs" / "multirun" / f"bench_audit_{time.strftime('%Y%m%d-%H%M%S')}",
+    )
+    args = parser.parse_args()
+    started = time.perf_counter()
+    audit = measure_audit(args, args.root)
+    label_issues = audit["sweep"] / "audit" / "label_issues.csv"
+
+    settings = train_settings(args)
+    cleaning = {}
+    for name, extra in (
+        ("noisy", [f"data.label_noise={args.noise}"]),
+        ("excluded", [f"data.label_noise={args.noise}", f"data.exclude={label_issues}"]),
+        ("clean", ["data.label_noise=0"]),
+    ):
+        run_sweep(args.root / f"ce_{name}", [*settings, *extra])
+        cleaning[name] = [m["test/acc"] for _, m, _ in job_results(args.root / f"ce_{name}")]
+    run_sweep(
+        args.root / "robust",
+        [*settings, f"loss={','.join(LOSSES)}", f"data.label_noise={args.high_noise}"],
+    )
+    robust: dict[str, list[float]] = {loss: [] for loss in LOSSES}
+    for overrides, metrics, _ in job_results(args.root / "robust"):
+        robust[overrides["loss"]].append(metrics["test/acc"])
+
+    print(
+        f"digits, resnet10t, fold jobs {args.epochs} epochs, other runs {args.train_epochs} "
+        f"epochs, seeds {args.seeds}; runs in {args.root}"
+    )
+    print()
+    print(f"1. audit at {args.noise:.0%} symmetric noise, {args.folds} folds:")
+    print(
+        f"   {audit['audited']} train samples, {audit['flipped']} flipped, "
+        f"{audit['flagged']} flagged as label issues"
+    )
+    precision, recall = audit["precision"], audit["recall"]
+    ok_pr = precision >= 0.8 and recall >= 0.8
+    print(
+        f"   precision {precision:.3f}  recall {recall:.3f}  (goal >= 0.8 each: "
+        f"{'met' if ok_pr else 'NOT met'})"
+    )
+    print()
+    print(f"2. cross-entropy test accuracy, {args.noise:.0%} noise, mean +- std over seeds:")
+    means = {}
+    for name in ("noisy", "excluded", "clean"):
+        means[name], std = mean_std(cleaning[name])
+        cells = " ".join(f"{a:.4f}" for a in cleaning[name])
+        print(f"   {name:9s} {means[name]:.4f} +- {std:.4f}   ({cells})")
+    gap = means["clean"] - means["noisy"]
+    recovered = (means["excluded"] - means["noisy"]) / gap if gap > 0 else float("nan")
+    ok_gap = gap > 0 and recovered >= 0.5
+    print(
+        f"   gap clean - noisy {gap * 100:+.2f} points; data.exclude recovers "
+        f"{recovered:.0%} of it (goal >= 50%: {'met' if ok_gap else 'NOT met'})"
+    )
+    print()
+    print(f"3. test accuracy at {args.high_noise:.0%} symmetric noise, mean +- std over seeds:")
+    robust_means = {}
+    for loss in LOSSES:
+        robust_means[loss], std = mean_std(robust[loss])
+        cells = " ".join(f"{a:.4f}" for a in robust[loss])
+        print(f"   loss={loss:4s} {robust_means[loss]:.4f} +- {std:.4f}   ({cells})")
+    best = max(("gce", "sce"), key=robust_means.get)
+    margin = (robust_means[best] - robust_means["ce"]) * 100
+    ok_loss = margin >= 3
+    print(
+        f"   best robust loss {best}: {margin:+.2f} points over ce (goal >= +3: "
+        f"{'met' if ok_loss else 'NOT met'})"
+    )
+    print()
+    ratio = audit["datalab"] / max(audit["fold_seconds"], 1e-9)
+    print("4. the audit's own time:")
+    print(
+        f"   Datalab {audit['datalab']:.2f} s; the {args.folds} fold jobs "
+        f"{audit['fold_seconds']:.1f} s "
+        f"(ratio {ratio:.4f}); the whole audit sweep {audit['wall']:.1f} s wall"
+    )
+    print(f"wall time {time.perf_counter() - started:.0f} s")
+
+    record(
+        "audit",
+        f"precision of is_label_issue at {args.noise:.0%} noise",
+        precision,
+        ">= 0.8",
+        precision >= 0.8,
+    )
+    record(
+        "audit",
+        f"recall of is_label_issue at {args.noise:.0%} noise",
+        recall,
+        ">= 0.8",
+        recall >= 0.8,
+    )
+    record(
+        "audit",
+        "share of the noisy-to-clean gap data.exclude recovers",
+        recovered,
+        ">= 0.5",
+        ok_gap,
+        f"ce test acc noisy {means['noisy']:.4f}, excluded "
+        f"{means['excluded']:.4f}, clean {means['clean']:.4f}",
+    )
+    record(
+        "audit",
+        f"best robust loss - ce at {args.high_noise:.0%} noise (points)",
+        margin,
+        ">= 3",
+        ok_loss,
+        " ".join(f"{k} {v:.4f}" for k, v in robust_means.items()),
+    )
+    record(
+        "audit",
+        "Datalab s / fold jobs' training s",
+        ratio,
+        "",
+        None,
+        f"{audit['datalab']:.2f} s vs {audit['fold_seconds']:.1f} s",
+    )
+    record(
+        "audit",
+        "audit sweep wall time (s)",
+        audit["wall"],
+        "",
+        None,
+        f"{args.folds} folds, {args.epochs} epochs",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Acting on an audit: `data.exclude` drops train samples, `data.relabel` replaces labels.
+
+Both read a CSV file with a `sample_id` column (the ids of `runner.data.splits`):
+
+- `data.exclude=<csv>` drops those train samples. A file with an `is_label_issue`
+  column (an audit's label_issues.csv, which lists every sample) drops only the rows
+  where it is true.
+- `data.relabel=<csv with sample_id,label>` gives those train samples the label named
+  in `label`: a class name, or a class index when no class has that name.
+
+They apply after the real-world switches (so they act on the labels an audit saw) and
+before k-fold. Only train samples change; an id of the val or test split, or of no
+sample, is counted and reported, and a file none of whose ids is a train sample is an
+error that names the file. The counts go to the run's params (`data.num_excluded`,
+`data.num_relabeled`, `data.num_label_changes`, `data.exclude_unmatched`,
+`data.relabel_unmatched`).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runner.config.validation import csv_file_problem
+from runner.data.decoding import DataError
+from runner.data.splits import DataSplits
+
+log = logging.getLogger(__name__)
+
+# Keys of the data group that `apply_curation` consumes (the factories never see them).
+KEYS = ("exclude", "relabel")
+# A column that marks which rows of an exclude file to act on (label_issues.csv).
+FLAG_COLUMN = "is_label_issue"
+_TRUE = frozenset({"true", "1", "yes"})
+
+
+def read_id_file(path: str, key: str, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of a CSV file that must have `columns` (header checked first).
+
+    Args:
+        path: The file (`data.exclude` or `data.relabel`).
+        key: The config key that named it, for messages.
+        columns: Columns the file must have.
+
+    Returns:
+        The rows as dicts.
+
+    Raises:
+        DataError: The file is missing, unreadable or lacks a column.
+    """
+    problem = csv_file_problem(path, columns)
+    if problem is not None:
+        raise DataError(f"{key}={path!r}: {problem}")
+    with Path(path).expanduser().open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _train_positions(data: DataSplits, ids: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
+    """Positions in the train split of `ids`, those ids, and the ids that are not train's."""
+    where = {sample_id: i for i, sample_id in enumerate(data.train.ids)}
+    matched = [i for i in ids if i in where]
+    unmatched = [i for i in ids if i not in where]
+    return np.array([where[i] for i in matched], dtype=np.int64), matched, unmatched
+
+
+def _nothing_matched(key: str, path: str, data: DataSplits, ids: list[str]) -> DataError:
+    other = {str(i) for split in (data.val, data.test) for i in split.ids}
+    in_other = sum(i in other for i in ids)
+    where = f" ({in_other} are val/test samples, which are never changed)" if in_other else ""
+    return DataError(
+        f"{key}={path!r}: none of its {len(ids)} sample ids is a train sample of "
+        f"{data.name}{where}; e.g. {ids[0]!r}, while train ids look like "
+        f"{data.train.ids[0]!r}. Use a file written for this data set (the same data "
+        "config and data.split_seed), e.g. <sweep dir>/audit/label_issues.csv."
+    )
+
+
+def _report_unmatched(key: str, path: str, unmatched: list[str]) -> None:
+    if unmatched:
+        log.warning(
+            "%s=%s: %d sample id(s) are not train samples and were ignored (e.g. %s)",
+            key,
+            path,
+            len(unmatched),
+            unmatched[0],
+        )
+
+
+def exclude_samples(data: DataSplits, path: str) -> DataSplits:
+    """Drops the train samples whose ids the file lists (see the module doc).
+
+    Raises:
+        DataError: The file is missing or lacks `sample_id`, or none of its ids is a
+            train sample.
+    """
+    rows = read_id_file(path, "data.exclude", ("sample_id",))
+    if rows and FLAG_COLUMN in rows[0]:
+        rows = [r for r in rows if str(r[FLAG_COLUMN]).strip().lower() in _TRUE]
+    ids = list(dict.fromkeys(r["sample_id"] for r in rows))
+    if not ids:
+        raise DataError(
+            f"data.exclude={path!r} lists no sample to drop"
+            + (f" (no row has {FLAG_COLUMN} true)" if FLAG_COLUMN in _header(path) else "")
+            + ": leave data.exclude out, or give a file with the samples to drop."
+        )
+    positions, _, unmatched = _train_positions(data, ids)
+    if not len(positions):
+        raise _nothing_matched("data.exclude", path, data, ids)
+    _report_unmatched("data.exclude", path, unmatched)
+    keep = np.ones(len(data.train), dtype=bool)
+    keep[positions] = False
+    kept = torch.from_numpy(np.flatnonzero(keep))
+    data.train = data.train.subset(kept)
+    if data.clean_train_labels is not None:
+        data.clean_train_labels = data.clean_train_labels[kept]
+    data.extra_params["data.num_excluded"] = len(positions)
+    data.extra_params["data.exclude_unmatched"] = len(unmatched)
+    log.info("data.exclude: dropped %d train samples (%d left)", len(positions), len(kept))
+    return data
+
+
+def _header(path: str) -> list[str]:
+    with Path(path).expanduser().open(newline="") as handle:
+        return next(csv.reader(handle), [])
+
+
+def _class_index(value: str, class_names: list[str]) -> int | None:
+    """The class a relabel row names: its name, else its index; None = no such class."""
+    text = str(value).strip()
+    if text in class_names:
+        return class_names.index(text)
+    if text.lstrip("-").isdigit() and 0 <= int(text) < len(class_names):
+        return int(text)
+    return None
+
+
+def relabel_samples(data: DataSplits, path: str) -> DataSplits:
+    """Gives the listed train samples the labels the file names (see the module doc).
+
+    Raises:
+        DataError: The file is missing or lacks `sample_id` or `label`, a label names no
+            class, one id gets two labels, or none of its ids is a train sample.
+    """
+    rows = read_id_file(path, "data.relabel", ("sample_id", "label"))
+    wanted: dict[str, int] = {}
+    unknown = []
+    for line, row in enumerate(rows, start=2):
+        index = _class_index(row["label"], data.class_names)
+        if index is None:
+            unknown.append(f"line {line}: {row['label']!r}")
+            continue
+        if wanted.get(row["sample_id"], index) != index:
+            raise DataError(
+                f"data.relabel={path!r}: sample {row['sample_id']!r} is given two labels "
+                f"(line {line}); keep one row per sample_id."
+            )
+        wanted[row["sample_id"]] = index
+    if unknown:
+        names = ", ".join(data.class_names[:20]) + (", ..." if data.num_classes > 20 else "")
+        raise DataError(
+            f"data.relabel={path!r}: {len(unknown)} label(s) name no class of {data.name} "
+            f"({'; '.join(unknown[:5])}). A label is a class name ({names}) or a class "
+            f"index 0..{data.num_classes - 1}."
+        )
+    if not wanted:
+        raise DataError(f"data.relabel={path!r} has no rows: leave data.relabel out.")
+    ids = list(wanted)
+    positions, matched, unmatched = _train_positions(data, ids)
+    if not len(positions):
+        raise _nothing_matched("data.relabel", path, data, ids)
+    _report_unmatched("data.relabel", path, unmatched)
+    labels = data.train.labels.clone()
+    new = torch.tensor([wanted[i] for i in matched], dtype=labels.dtype)
+    changes = int((labels[torch.from_numpy(positions)].cpu() != new).sum())
+    labels[torch.from_numpy(positions).to(labels.device)] = new.to(labels.device)
+    data.train = data.train.with_labels(labels)
+    data.extra_params["data.num_relabeled"] = len(positions)
+    data.extra_params["data.num_label_changes"] = changes
+    data.extra_params["data.relabel_unmatched"] = len(unmatched)
+    log.info("data.relabel: %d train samples listed, %d labels changed", len(positions), changes)
+    return data
+
+
+def apply_curation(
+    data: DataSplits, exclude: str | None = None, relabel: str | None = None
+) -> DataSplits:
+    """Applies `data.exclude`, then `data.relabel` (each None = off)."""
+    if exclude is not None:
+        data = exclude_samples(data, exclude)
+    if relabel is not None:
+        data = relabel_samples(data, relabel)
+    return data

@@ -1,0 +1,114 @@
+"""K-fold cross-validation: fold k of the train split becomes the run's validation split.
+
+`data.num_folds=K` and `data.fold=k` cut the train split, after the real-world switches
+and `data.exclude` / `data.relabel` (so every fold job sees the same labels), into K
+stratified folds (scikit-learn's `StratifiedKFold`, shuffled with `data.split_seed`).
+Fold k is the job's validation split and the other K - 1 folds its train split; the
+test split is unchanged and the data set's own val split is not used. Each train
+sample is held out by exactly one of the K jobs, which is what an audit of the labels
+needs: a prediction for every sample from a model that did not train on it.
+
+    python run.py -m data.num_folds=5 'data.fold=range(5)'
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from runner.data.decoding import DataError
+from runner.data.splits import DataSplits
+
+log = logging.getLogger(__name__)
+
+# Keys of the data group that `select_fold` consumes (the factories never see them).
+KEYS = ("num_folds", "fold")
+
+
+def fold_indices(
+    labels: torch.Tensor, num_folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train indices, held-out indices) of each of the K stratified folds.
+
+    Args:
+        labels: The train split's labels.
+        num_folds: K.
+        seed: Seed of the shuffle before the cut (`data.split_seed`).
+
+    Returns:
+        K pairs of sorted int64 index arrays; the held-out parts cover every sample once.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed)
+    y = labels.cpu().numpy()
+    return [(np.sort(a), np.sort(b)) for a, b in folds.split(np.zeros((len(y), 1)), y)]
+
+
+def check_fold_counts(data: DataSplits, num_folds: int) -> None:
+    """Refuses a K larger than a class's train sample count, naming the classes.
+
+    Raises:
+        DataError: A class has fewer than `num_folds` train samples.
+    """
+    counts = data.class_counts().tolist()
+    small = [(data.class_names[c], n) for c, n in enumerate(counts) if n < num_folds]
+    if small:
+        listing = ", ".join(f"{name!r} has {n}" for name, n in small[:10])
+        more = f" (and {len(small) - 10} more)" if len(small) > 10 else ""
+        fewest = min(n for _, n in small)
+        fix = (
+            f"Lower data.num_folds to at most {fewest}"
+            if fewest >= 2
+            else "K-fold needs at least 2 train samples per class"
+        )
+        raise DataError(
+            f"data.num_folds={num_folds}: every class needs at least {num_folds} train "
+            f"samples (one per fold), but {listing}{more} after the switches, "
+            f"data.exclude and data.relabel. {fix}, or give those classes more train "
+            "samples (data.samples_per_class, data.imbalance_ratio, data.exclude)."
+        )
+
+
+def select_fold(
+    data: DataSplits, num_folds: int | None = None, fold: int | None = None, seed: int = 0
+) -> DataSplits:
+    """Makes fold `fold` of K the validation split and the other folds the train split.
+
+    Args:
+        data: The data set after the switches.
+        num_folds: K; None = k-fold is off (the data set is returned as it is).
+        fold: Which fold to hold out, 0 ... K - 1.
+        seed: Seed of the folds (`data.split_seed`).
+
+    Returns:
+        The data set with the new train and val splits (clean labels follow train).
+
+    Raises:
+        DataError: A class has fewer than K train samples.
+        ValueError: `fold` is missing or out of range (the config checks catch it first).
+    """
+    if num_folds is None:
+        return data
+    if fold is None or not 0 <= fold < num_folds:
+        raise ValueError(f"data.fold={fold!r}: expected an integer in 0..{num_folds - 1}")
+    check_fold_counts(data, num_folds)
+    train_idx, held_idx = fold_indices(data.train.labels, num_folds, seed)[fold]
+    train_idx, held_idx = torch.from_numpy(train_idx), torch.from_numpy(held_idx)
+    log.info(
+        "data.num_folds=%d, data.fold=%d: %d train samples, %d held out as the val split "
+        "(the data set's own val split, %d samples, is not used)",
+        num_folds,
+        fold,
+        len(train_idx),
+        len(held_idx),
+        len(data.val),
+    )
+    clean = data.clean_train_labels
+    data.val = data.train.subset(held_idx)
+    data.train = data.train.subset(train_idx)
+    data.clean_train_labels = None if clean is None else clean[train_idx]
+    data.extra_params["data.num_held_out"] = len(held_idx)
+    return data

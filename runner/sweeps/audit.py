@@ -1,0 +1,592 @@
+"""The audit of a k-fold sweep: label issues, near duplicates and outliers, by cleanlab.
+
+Each fold job of `python run.py -m experiment=audit` (or any sweep over `data.fold`)
+writes its held-out fold's softmax probabilities and penultimate-layer embeddings into
+`<run dir>/out_of_fold.npz` (`runner.training.oof`). The audit merges them over the K
+jobs (every train sample then has a prediction from a model that never trained on it)
+and runs cleanlab's `Datalab` with `pred_probs` = the probabilities and `features` = the
+embeddings: label issues (confident learning), near duplicates, outliers and class
+imbalance. It writes `<sweep dir>/audit/`:
+
+    label_issues.csv     every sample, most suspect first: sample_id, given_label,
+                         suggested_label, label_quality, is_label_issue
+    near_duplicates.csv  the samples cleanlab flags as near duplicates, with their sets
+    outliers.csv         the samples it flags as outliers
+    summary.md           counts, folds, timings, the top suspects
+    label_issues.png     the top suspects as thumbnails, given and suggested class
+
+and logs them with `audit/num_label_issues`, `audit/num_near_duplicates` and
+`audit/num_outliers` to the sweep's MLflow parent run. It reads only the sweep dir, so
+it works whichever launcher ran the jobs (SLURM included) and can be redone:
+
+    python -m runner.sweeps audit <sweep dir>
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from runner.sweeps.manifest import read_manifest, read_sweep_info
+from runner.tracking.protocol import Tracker
+
+log = logging.getLogger(__name__)
+
+OOF_FILE = "out_of_fold.npz"  # what a fold job writes (runner.training.oof)
+AUDIT_DIR = "audit"
+ISSUE_TYPES = ("label", "near_duplicate", "outlier", "class_imbalance")
+LABEL_ISSUE_COLUMNS = (
+    "sample_id",
+    "given_label",
+    "suggested_label",
+    "label_quality",
+    "is_label_issue",
+)
+
+
+class AuditError(RuntimeError):
+    """The sweep dir holds nothing an audit can use; the message says what to run."""
+
+
+@dataclass
+class MergedFolds:
+    """The fold jobs' out-of-fold outputs, one row per audited sample.
+
+    Attributes:
+        sample_id: (N,) str.
+        label: (N,) int64, the given label.
+        probabilities: (N, C) out-of-fold softmax probabilities.
+        embeddings: (N, D) penultimate-layer embeddings.
+        fold: (N,) the fold that held each sample out.
+        class_names: Name of each class.
+        num_folds: K.
+        run_dirs: The fold jobs' run dirs, by fold.
+        train_seconds: The fold jobs' wall time (manifest), summed.
+    """
+
+    sample_id: np.ndarray
+    label: np.ndarray
+    probabilities: np.ndarray
+    embeddings: np.ndarray
+    fold: np.ndarray
+    class_names: list[str]
+    num_folds: int
+    run_dirs: dict[int, Path]
+    train_seconds: float = 0.0
+
+    @property
+    def missing_folds(self) -> list[int]:
+        """Folds without outputs (their jobs failed or have not run)."""
+        return [k for k in range(self.num_folds) if k not in self.run_dirs]
+
+
+@dataclass
+class AuditResult:
+    """What `run_audit` found and wrote."""
+
+    counts: dict[str, int]
+    files: list[Path]
+    datalab_seconds: float
+    train_seconds: float
+    known_noise: dict[str, float] = field(default_factory=dict)
+
+
+def save_out_of_fold(
+    path: Path,
+    *,
+    sample_id: np.ndarray,
+    label: np.ndarray,
+    probabilities: np.ndarray,
+    embeddings: np.ndarray,
+    class_names: list[str],
+    fold: int,
+    num_folds: int,
+) -> Path:
+    """Writes a fold job's out-of-fold outputs (the arrays `merge_folds` reads), atomically.
+
+    Args:
+        path: The file, `<run dir>/out_of_fold.npz`.
+        sample_id: (N,) ids of the held-out samples.
+        label: (N,) their given labels.
+        probabilities: (N, C) softmax probabilities of the job's best weights.
+        embeddings: (N, D) penultimate-layer embeddings.
+        class_names: Name of each class.
+        fold: The held-out fold.
+        num_folds: K.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(
+        tmp,
+        sample_id=np.asarray(sample_id, dtype=str),
+        label=np.asarray(label, dtype=np.int64),
+        probabilities=np.asarray(probabilities, dtype=np.float32),
+        embeddings=np.asarray(embeddings, dtype=np.float32),
+        class_names=np.asarray(class_names, dtype=str),
+        fold=np.int64(fold),
+        num_folds=np.int64(num_folds),
+    )
+    tmp.replace(path)  # the audit never reads a half-written file
+    return path
+
+
+def _fold_runs(sweep_dir: Path) -> list[tuple[Path, float]]:
+    """(run dir, wall seconds) of the jobs that wrote out-of-fold outputs."""
+    runs = []
+    for entry in read_manifest(sweep_dir).values():
+        run_dir = Path(entry.get("run_dir", "/nonexistent"))
+        if entry.get("status") == "FINISHED" and (run_dir / OOF_FILE).is_file():
+            runs.append((run_dir, float(entry.get("seconds") or 0.0)))
+    if not runs:  # no manifest (copied outputs): the job dirs themselves
+        runs = [(p.parent, 0.0) for p in sorted(Path(sweep_dir).glob(f"*/{OOF_FILE}"))]
+    return runs
+
+
+def merge_folds(sweep_dir: Path) -> MergedFolds:
+    """Merges the out-of-fold outputs of a sweep's fold jobs.
+
+    Raises:
+        AuditError: No job wrote outputs, two jobs held out the same fold or sample,
+            or the jobs disagree on the classes or on K.
+    """
+    sweep_dir = Path(sweep_dir)
+    runs = _fold_runs(sweep_dir)
+    if not runs:
+        raise AuditError(
+            f"{sweep_dir} has no fold job with {OOF_FILE}: the audit needs the jobs of a "
+            "k-fold sweep (python run.py -m experiment=audit, or data.num_folds=K "
+            "'data.fold=range(K)'), finished."
+        )
+    parts: dict[int, dict[str, np.ndarray]] = {}
+    run_dirs: dict[int, Path] = {}
+    class_names, num_folds = None, None
+    for run_dir, _ in runs:
+        with np.load(run_dir / OOF_FILE) as saved:
+            part = {k: saved[k] for k in saved.files}
+        fold, k = int(part["fold"]), int(part["num_folds"])
+        names = [str(n) for n in part["class_names"]]
+        if fold in run_dirs:
+            raise AuditError(
+                f"two jobs of {sweep_dir} held out fold {fold}: {run_dirs[fold]} and "
+                f"{run_dir}. The audit merges one job per fold; audit a sweep whose jobs "
+                "differ only by data.fold."
+            )
+        if class_names is not None and (names != class_names or k != num_folds):
+            raise AuditError(
+                f"{run_dir} has other classes or another data.num_folds than "
+                f"{next(iter(run_dirs.values()))}: the jobs are not folds of one data set."
+            )
+        class_names, num_folds = names, k
+        parts[fold], run_dirs[fold] = part, run_dir
+    folds = sorted(parts)
+    sample_id = np.concatenate([parts[f]["sample_id"] for f in folds])
+    unique, counts = np.unique(sample_id, return_counts=True)
+    if (counts > 1).any():
+        raise AuditError(
+            f"sample {unique[counts > 1][0]!r} is held out by two fold jobs of {sweep_dir}: "
+            "the jobs did not cut the same train split (another data config or split_seed)."
+        )
+    merged = MergedFolds(
+        sample_id=sample_id,
+        label=np.concatenate([parts[f]["label"] for f in folds]).astype(np.int64),
+        probabilities=np.concatenate([parts[f]["probabilities"] for f in folds]),
+        embeddings=np.concatenate([parts[f]["embeddings"] for f in folds]),
+        fold=np.concatenate([np.full(len(parts[f]["label"]), f) for f in folds]),
+        class_names=class_names,
+        num_folds=num_folds,
+        run_dirs=run_dirs,
+        train_seconds=sum(seconds for _, seconds in runs),
+    )
+    if merged.missing_folds:
+        log.warning(
+            "audit: no outputs for fold(s) %s of %d; auditing the %d samples of the others",
+            merged.missing_folds,
+            num_folds,
+            len(sample_id),
+        )
+    return merged
+
+
+def find_issues(merged: MergedFolds) -> tuple[Any, float]:
+    """Runs cleanlab's Datalab on the merged outputs; returns it and its seconds."""
+    from cleanlab import Datalab
+
+    start = time.perf_counter()
+    lab = Datalab(data={"label": merged.label}, label_name="label", verbosity=0)
+    lab.find_issues(
+        pred_probs=merged.probabilities,
+        features=merged.embeddings,
+        issue_types={name: {} for name in ISSUE_TYPES},
+    )
+    return lab, time.perf_counter() - start
+
+
+def _issues(lab: Any, name: str):
+    """Datalab's table of one issue type, or None when it could not check that type."""
+    try:
+        return lab.get_issues(name)
+    except ValueError:  # e.g. too few samples for the neighbours a check needs
+        log.warning("audit: cleanlab did not check %s", name)
+        return None
+
+
+def known_noise(merged: MergedFolds, flagged: np.ndarray) -> dict[str, float]:
+    """Precision and recall of `flagged` against the labels the runs flipped on purpose.
+
+    The fold jobs of a run with `data.label_noise` list every train sample's clean and
+    noisy label in label_noise.csv; empty when they did not inject noise.
+    """
+    clean: dict[str, int] = {}
+    for run_dir in merged.run_dirs.values():
+        path = run_dir / "label_noise.csv"
+        if path.is_file():
+            with path.open(newline="") as handle:
+                for row in csv.DictReader(handle):
+                    if "sample_id" in row:
+                        clean[row["sample_id"]] = int(row["clean_label"])
+    known = np.array([sid in clean for sid in merged.sample_id])
+    if not known.all():
+        return {}
+    flipped = np.array([clean[sid] for sid in merged.sample_id]) != merged.label
+    hits = int((flipped & flagged).sum())
+    return {
+        "flipped": int(flipped.sum()),
+        "precision": hits / max(int(flagged.sum()), 1),
+        "recall": hits / max(int(flipped.sum()), 1),
+    }
+
+
+def run_audit(sweep_dir: Path, num_thumbnails: int = 32) -> AuditResult:
+    """Merges the fold outputs, runs Datalab and writes `<sweep dir>/audit/`.
+
+    Args:
+        sweep_dir: The k-fold sweep's directory.
+        num_thumbnails: Top suspects drawn in label_issues.png (0 = no picture).
+
+    Returns:
+        The counts, the files written and the timings.
+
+    Raises:
+        AuditError: See `merge_folds`.
+    """
+    sweep_dir = Path(sweep_dir)
+    merged = merge_folds(sweep_dir)
+    lab, seconds = find_issues(merged)
+    out = sweep_dir / AUDIT_DIR
+    out.mkdir(exist_ok=True)
+    names = np.array(merged.class_names, dtype=object)
+
+    label = lab.get_issues("label")
+    order = np.argsort(label["label_score"].to_numpy(), kind="stable")
+    flagged = label["is_label_issue"].to_numpy(dtype=bool)
+    suggested = label["predicted_label"].to_numpy(dtype=np.int64)
+    _write_csv(
+        out / "label_issues.csv",
+        LABEL_ISSUE_COLUMNS,
+        (
+            (
+                merged.sample_id[i],
+                names[merged.label[i]],
+                names[suggested[i]],
+                f"{label['label_score'].iat[i]:.6f}",
+                bool(flagged[i]),
+            )
+            for i in order
+        ),
+    )
+    duplicates = _write_near_duplicates(out / "near_duplicates.csv", lab, merged, names)
+    outliers = _write_outliers(out / "outliers.csv", lab, merged, names)
+    counts = {
+        "num_label_issues": int(flagged.sum()),
+        "num_near_duplicates": duplicates,
+        "num_outliers": outliers,
+    }
+    noise = known_noise(merged, flagged)
+    files = [out / "label_issues.csv", out / "near_duplicates.csv", out / "outliers.csv"]
+    picture = _draw_suspects(
+        out / "label_issues.png", sweep_dir, merged, order, flagged, suggested, num_thumbnails
+    )
+    if picture is not None:
+        files.append(picture)
+    summary = out / "summary.md"
+    summary.write_text(
+        _summary_markdown(
+            sweep_dir, merged, lab, counts, noise, seconds, order, flagged, suggested, names
+        )
+    )
+    files.append(summary)
+    log.info(
+        "audit of %s: %d label issues, %d near duplicates, %d outliers among %d samples "
+        "(Datalab %.1fs); %s",
+        sweep_dir,
+        counts["num_label_issues"],
+        counts["num_near_duplicates"],
+        counts["num_outliers"],
+        len(merged.sample_id),
+        seconds,
+        out,
+    )
+    return AuditResult(counts, files, seconds, merged.train_seconds, noise)
+
+
+def _write_csv(path: Path, header, rows) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _write_near_duplicates(path: Path, lab: Any, merged: MergedFolds, names) -> int:
+    table = _issues(lab, "near_duplicate")
+    rows = []
+    if table is not None:
+        hit = np.flatnonzero(table["is_near_duplicate_issue"].to_numpy(dtype=bool))
+        scores = table["near_duplicate_score"].to_numpy()
+        for i in hit[np.argsort(scores[hit], kind="stable")]:
+            members = [merged.sample_id[j] for j in table["near_duplicate_sets"].iat[i]]
+            rows.append(
+                (
+                    merged.sample_id[i],
+                    names[merged.label[i]],
+                    f"{scores[i]:.6f}",
+                    f"{table['distance_to_nearest_neighbor'].iat[i]:.6g}",
+                    " ".join(members),
+                )
+            )
+    header = ("sample_id", "given_label", "near_duplicate_score", "distance", "duplicate_ids")
+    _write_csv(path, header, rows)
+    return len(rows)
+
+
+def _write_outliers(path: Path, lab: Any, merged: MergedFolds, names) -> int:
+    table = _issues(lab, "outlier")
+    rows = []
+    if table is not None:
+        hit = np.flatnonzero(table["is_outlier_issue"].to_numpy(dtype=bool))
+        scores = table["outlier_score"].to_numpy()
+        rows = [
+            (merged.sample_id[i], names[merged.label[i]], f"{scores[i]:.6f}")
+            for i in hit[np.argsort(scores[hit], kind="stable")]
+        ]
+    _write_csv(path, ("sample_id", "given_label", "outlier_score"), rows)
+    return len(rows)
+
+
+def _data_config(merged: MergedFolds) -> dict[str, Any] | None:
+    """The fold jobs' resolved data config (config_resolved.yaml), for the thumbnails."""
+    for run_dir in merged.run_dirs.values():
+        path = run_dir / "config_resolved.yaml"
+        if path.is_file():
+            data = OmegaConf.load(path).get("data")
+            if data is not None:
+                return OmegaConf.to_container(data, resolve=True)
+    return None
+
+
+def _draw_suspects(
+    path: Path,
+    sweep_dir: Path,
+    merged: MergedFolds,
+    order: np.ndarray,
+    flagged: np.ndarray,
+    suggested: np.ndarray,
+    count: int,
+) -> Path | None:
+    """The `count` most suspect samples as thumbnails: given -> suggested class."""
+    top = [int(i) for i in order[:count]]
+    if not top:
+        return None
+    data_cfg = _data_config(merged)
+    images = {}
+    if data_cfg is not None:
+        try:
+            from runner.data.lookup import load_images
+
+            images = load_images(data_cfg, [str(merged.sample_id[i]) for i in top])
+        except Exception as err:  # the data moved since: the figure says so, the CSVs stand
+            log.warning("audit: no thumbnails (%s: %s)", type(err).__name__, err)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(8, len(top))
+    rows = -(-len(top) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    names = merged.class_names
+    for ax, i in zip(axes.flat, top, strict=False):
+        image = images.get(str(merged.sample_id[i]))
+        if image is not None:
+            picture = image.permute(1, 2, 0).numpy()
+            ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray")
+        else:
+            ax.text(0.5, 0.5, "no image", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(
+            f"{names[merged.label[i]]} -> {names[suggested[i]]}\n{merged.sample_id[i]}"[:60],
+            fontsize=7,
+            color="tab:red" if flagged[i] else "black",
+        )
+    fig.suptitle(
+        f"{sweep_dir.name}: most suspect labels (given -> suggested; red = label issue)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _summary_markdown(
+    sweep_dir, merged, lab, counts, noise, seconds, order, flagged, suggested, names
+) -> str:
+    n = len(merged.sample_id)
+    accuracy = float((merged.probabilities.argmax(1) == merged.label).mean())
+    folds = f"{len(merged.run_dirs)} of {merged.num_folds}"
+    lines = [
+        f"# Audit of {sweep_dir.name}",
+        "",
+        f"{n} train samples audited from the out-of-fold outputs of {folds} fold jobs"
+        + (f" (missing folds: {merged.missing_folds})" if merged.missing_folds else "")
+        + f"; out-of-fold accuracy against the given labels: {accuracy:.4f}.",
+        "",
+        "| issue | samples |",
+        "|---|---|",
+        f"| label issues | {counts['num_label_issues']} |",
+        f"| near duplicates | {counts['num_near_duplicates']} |",
+        f"| outliers | {counts['num_outliers']} |",
+        "",
+        f"cleanlab Datalab: {seconds:.1f} s; the fold jobs: {merged.train_seconds:.1f} s.",
+    ]
+    if noise:
+        lines += [
+            "",
+            f"Injected label noise (label_noise.csv): {noise['flipped']} flipped labels; "
+            f"is_label_issue has precision {noise['precision']:.3f} and recall "
+            f"{noise['recall']:.3f} against them.",
+        ]
+    imbalance = _issues(lab, "class_imbalance")
+    rare_rows = (
+        imbalance["is_class_imbalance_issue"].to_numpy(dtype=bool) if imbalance is not None else []
+    )
+    if np.any(rare_rows):
+        rare = sorted({names[g] for g in merged.label[rare_rows]})
+        lines += ["", f"Class imbalance: cleanlab flags the rare class(es) {', '.join(rare)}."]
+    lines += [
+        "",
+        "Act on it: `data.exclude=" + str(sweep_dir / AUDIT_DIR / "label_issues.csv") + "` "
+        "drops the flagged samples; `data.relabel=<csv with sample_id,label>` relabels.",
+        "",
+        "## Most suspect labels",
+        "",
+        "| sample_id | given | suggested | label_quality | is_label_issue |",
+        "|---|---|---|---|---|",
+    ]
+    quality = lab.get_issues("label")["label_score"].to_numpy()
+    for i in order[:20]:
+        lines.append(
+            f"| {merged.sample_id[i]} | {names[merged.label[i]]} | {names[suggested[i]]} "
+            f"| {quality[i]:.4f} | {bool(flagged[i])} |"
+        )
+    lines += ["", "## cleanlab's issue summary", ""]
+    table = lab.get_issue_summary()
+    lines += [
+        "| issue_type | score | num_issues |",
+        "|---|---|---|",
+        *(
+            f"| {r.issue_type} | {r.score:.4f} | {int(r.num_issues)} |"
+            for r in table.itertuples(index=False)
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def audit_and_log(
+    sweep_dir: Path, tracker: Tracker | None = None, num_thumbnails: int = 32
+) -> AuditResult:
+    """Runs the audit and logs its counts and files to the sweep's parent run.
+
+    Args:
+        sweep_dir: The k-fold sweep's directory.
+        tracker: The parent run's open tracker; None = files only.
+        num_thumbnails: Top suspects drawn in label_issues.png.
+
+    Returns:
+        The audit's result.
+    """
+    result = run_audit(sweep_dir, num_thumbnails)
+    if tracker is not None:
+        metrics = {f"audit/{name}": float(value) for name, value in result.counts.items()}
+        metrics["audit/datalab_seconds"] = result.datalab_seconds
+        metrics.update(
+            {
+                f"audit/known_noise_{k}": float(result.known_noise[k])
+                for k in ("precision", "recall")
+            }
+            if result.known_noise
+            else {}
+        )
+        tracker.log_metrics(metrics, step=0)
+        for path in result.files:
+            tracker.log_artifact(path, AUDIT_DIR)
+        tracker.set_tags({"audit": f"{AUDIT_DIR}/summary.md"})
+    return result
+
+
+def audit_if_asked(config: DictConfig, sweep_dir: Path, tracker: Tracker | None) -> str | None:
+    """Runs the audit at the end of a sweep whose config asks for it (`audit.enabled`).
+
+    A failure leaves the sweep's summary and runs as they are: it is logged and tagged on
+    the parent run, and returned, so the launching process can exit with an error.
+
+    Returns:
+        None when the audit ran or was not asked for, else why it failed and what to run.
+    """
+    if OmegaConf.select(config, "audit.enabled", default=False) is not True:
+        return None
+    thumbnails = OmegaConf.select(config, "audit.num_thumbnails", default=32)
+    try:
+        audit_and_log(sweep_dir, tracker, int(thumbnails))
+    except Exception as err:  # the jobs' results stand; the audit can be redone from them
+        log.exception("audit of %s failed", sweep_dir)
+        if tracker is not None:
+            tracker.set_tags({"audit": f"failed: {type(err).__name__}: {err}"[:250]})
+        return (
+            f"the audit failed ({type(err).__name__}: {err}); the jobs' outputs are kept: "
+            f"redo it with python -m runner.sweeps audit {sweep_dir}"
+        )
+    return None
+
+
+def redo_audit(sweep_dir: Path, num_thumbnails: int = 32) -> AuditResult:
+    """Redoes the audit of a finished sweep and logs it to its parent run, reopened.
+
+    For `python -m runner.sweeps audit <sweep dir>`: after the fold jobs of a sweep were
+    collected from SLURM, or to audit again (another number of thumbnails, a newer
+    cleanlab). The parent run ends as the sweep did: FAILED when a job did not finish.
+    """
+    sweep_dir = Path(sweep_dir)
+    info = read_sweep_info(sweep_dir)
+    tracker = None
+    if info.get("parent_run_id") and info.get("tracking_uri"):
+        from runner.tracking.mlflow_tracker import MlflowTracker
+
+        tracker = MlflowTracker(tracking_uri=info["tracking_uri"])
+        tracker.connect(experiment_name=info["experiment_name"])
+        tracker.start(run_name=None, tags={}, resume_run_id=info["parent_run_id"])
+    jobs = read_manifest(sweep_dir).values()
+    failed = any(job.get("status") != "FINISHED" for job in jobs)
+    try:
+        result = audit_and_log(sweep_dir, tracker, num_thumbnails)
+    finally:
+        if tracker is not None:
+            tracker.finish("FAILED" if failed else "FINISHED")
+    return result

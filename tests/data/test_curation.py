@@ -1,0 +1,100 @@
+"""data.exclude and data.relabel: files of sample ids, their counts and their bad input."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from runner.config.validation import ConfigError, validate
+from runner.data.build import build_data
+from runner.data.decoding import DataError
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def digits(make_cfg, *overrides):
+    return build_data(make_cfg("data=digits", *overrides, tiny=False).data)
+
+
+def test_exclude_drops_the_listed_train_samples_and_counts_them(make_cfg, tmp_path):
+    plain = digits(make_cfg)
+    dropped = [str(i) for i in plain.train.ids[:7]]
+    stranger = str(plain.test.ids[0])  # not a train sample: reported, not an error
+    path = write_csv(tmp_path / "drop.csv", ["sample_id"], [[i] for i in [*dropped, stranger]])
+    data = digits(make_cfg, f"data.exclude={path}")
+    assert len(data.train) == len(plain.train) - 7
+    assert not {str(i) for i in data.train.ids} & set(dropped)
+    assert data.extra_params["data.num_excluded"] == 7
+    assert data.extra_params["data.exclude_unmatched"] == 1
+    assert len(data.test) == len(plain.test) and len(data.val) == len(plain.val)
+
+
+def test_exclude_of_an_audit_file_drops_only_the_flagged_rows(make_cfg, tmp_path):
+    plain = digits(make_cfg, "data.label_noise=0.1")
+    header = ["sample_id", "given_label", "suggested_label", "label_quality", "is_label_issue"]
+    rows = [[str(i), 0, 1, 0.5, n % 3 == 0] for n, i in enumerate(plain.train.ids[:30])]
+    path = write_csv(tmp_path / "label_issues.csv", header, rows)
+    data = digits(make_cfg, "data.label_noise=0.1", f"data.exclude={path}")
+    assert data.extra_params["data.num_excluded"] == 10
+    kept = {str(i) for i in data.train.ids}
+    assert all((row[0] in kept) != row[4] for row in rows)
+    # The clean labels follow the kept samples (label_noise.csv stays aligned).
+    assert len(data.clean_train_labels) == len(data.train)
+
+
+def test_relabel_gives_the_listed_samples_their_new_class(make_cfg, tmp_path):
+    plain = digits(make_cfg)
+    ids = [str(i) for i in plain.train.ids[:4]]
+    old = plain.train.labels[:4].tolist()
+    new = [(y + 1) % 10 for y in old]
+    path = write_csv(
+        tmp_path / "fix.csv",
+        ["sample_id", "label"],
+        [[ids[0], str(new[0])], [ids[1], str(new[1])], [ids[2], new[2]], [ids[3], old[3]]],
+    )
+    data = digits(make_cfg, f"data.relabel={path}")
+    assert data.train.labels[:4].tolist() == [*new[:3], old[3]]
+    assert torch.equal(data.train.labels[4:], plain.train.labels[4:])
+    assert data.extra_params["data.num_relabeled"] == 4
+    assert data.extra_params["data.num_label_changes"] == 3
+
+
+def test_relabel_to_an_unknown_class_is_refused_naming_the_file(make_cfg, tmp_path):
+    plain = digits(make_cfg)
+    path = write_csv(tmp_path / "fix.csv", ["sample_id", "label"], [[plain.train.ids[0], "cat"]])
+    with pytest.raises(DataError, match=r"data\.relabel=.*fix\.csv.*name no class") as err:
+        digits(make_cfg, f"data.relabel={path}")
+    assert "line 2: 'cat'" in str(err.value) and "class index 0..9" in str(err.value)
+
+
+@pytest.mark.parametrize("key", ["exclude", "relabel"])
+def test_ids_that_match_nothing_are_refused_naming_the_file(make_cfg, tmp_path, key):
+    path = write_csv(tmp_path / "other.csv", ["sample_id", "label"], [["cifar10:train:3", "1"]])
+    with pytest.raises(DataError, match=rf"data\.{key}=.*other\.csv.*none of its 1 sample ids"):
+        digits(make_cfg, f"data.{key}={path}")
+
+
+@pytest.mark.parametrize(
+    ("key", "header", "expected"),
+    [
+        ("exclude", None, "no such file"),
+        ("exclude", ["id", "label"], "has no sample_id column (its columns: id, label)"),
+        ("relabel", ["sample_id"], "has no label column"),
+    ],
+)
+def test_a_missing_file_or_column_fails_validation(make_cfg, tmp_path, key, header, expected):
+    path = tmp_path / "ids.csv"
+    if header is not None:
+        write_csv(path, header, [])
+    with pytest.raises(ConfigError, match="1 problem") as err:
+        validate(make_cfg(f"data.{key}={path}"))
+    assert f"data.{key}='{path}' {expected}" in str(err.value)

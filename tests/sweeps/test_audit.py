@@ -1,0 +1,338 @@
+"""The audit of a k-fold sweep: merging the fold outputs, cleanlab's Datalab, the files,
+the parent run, the `audit` command, and whole sweeps (in-process and through SLURM)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from runner.data.build import build_data
+from runner.data.folds import fold_indices
+from runner.data.sets.digits import load_digits
+from runner.data.switches import apply_switches
+from runner.sweeps.audit import (
+    LABEL_ISSUE_COLUMNS,
+    OOF_FILE,
+    AuditError,
+    merge_folds,
+    run_audit,
+    save_out_of_fold,
+)
+from runner.sweeps.manifest import update_manifest
+from tests.conftest import REPO, TINY, query, run_cli, seed_store
+
+DIGITS = {
+    "_target_": "runner.data.sets.digits.load_digits",
+    "name": "digits",
+    "image_size": 8,
+    "val_fraction": 0.1,
+    "test_fraction": 0.2,
+    "split_seed": 0,
+    "mean": None,
+    "std": None,
+}
+
+
+def fake_sweep(
+    root: Path,
+    noise: float = 0.1,
+    num_folds: int = 4,
+    skip: tuple[int, ...] = (),
+    edit_embeddings=None,
+) -> tuple[Path, object]:
+    """A sweep dir as K fold jobs leave it, with a logistic regression as the model.
+
+    Digits at 8x8 with `noise` symmetric label noise (the runner's own switches); each
+    fold's held-out probabilities come from a model fitted on the other folds, and the
+    embeddings are the pixels. Returns the sweep dir and the noisy data set.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    data = apply_switches(load_digits(image_size=8), seed=0, label_noise=noise)
+    pixels = data.train.images[:, 0].reshape(len(data.train), -1).float().numpy() / 255
+    labels = data.train.labels.numpy()
+    embeddings = pixels.copy()
+    if edit_embeddings is not None:
+        edit_embeddings(embeddings)
+    data_cfg = {**DIGITS, "label_noise": noise, "num_folds": num_folds}
+    for fold, (train, held) in enumerate(fold_indices(data.train.labels, num_folds, seed=0)):
+        if fold in skip:
+            continue
+        model = LogisticRegression(max_iter=400).fit(pixels[train], labels[train])
+        run_dir = root / str(fold)
+        run_dir.mkdir(parents=True)
+        save_out_of_fold(
+            run_dir / OOF_FILE,
+            sample_id=data.train.ids[held],
+            label=labels[held],
+            probabilities=model.predict_proba(pixels[held]),
+            embeddings=embeddings[held],
+            class_names=data.class_names,
+            fold=fold,
+            num_folds=num_folds,
+        )
+        if data.clean_train_labels is not None:  # as report_train_data writes it
+            with (run_dir / "label_noise.csv").open("w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["sample_id", "clean_label", "noisy_label", "train_index"])
+                for i, position in enumerate(train):
+                    clean = int(data.clean_train_labels[position])
+                    writer.writerow([data.train.ids[position], clean, labels[position], i])
+        OmegaConf.save({"data": {**data_cfg, "fold": fold}}, run_dir / "config_resolved.yaml")
+        update_manifest(
+            root,
+            f"data.fold={fold}",
+            status="FINISHED",
+            run_dir=str(run_dir),
+            num=fold,
+            overrides=[f"data.fold={fold}"],
+            seconds=2.0,
+        )
+    return root, data
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_audit_ranks_every_sample_and_flags_the_flipped_labels(tmp_path):
+    sweep, data = fake_sweep(tmp_path / "sweep")
+    result = run_audit(sweep, num_thumbnails=8)
+    audit = sweep / "audit"
+    names = {p.name for p in result.files}
+    assert names == {
+        "label_issues.csv",
+        "near_duplicates.csv",
+        "outliers.csv",
+        "summary.md",
+        "label_issues.png",
+    }
+    rows = read_rows(audit / "label_issues.csv")
+    assert tuple(rows[0]) == LABEL_ISSUE_COLUMNS
+    assert sorted(r["sample_id"] for r in rows) == sorted(str(i) for i in data.train.ids)
+    quality = [float(r["label_quality"]) for r in rows]
+    assert quality == sorted(quality), "most suspect first"
+    given = {
+        str(i): data.class_names[int(y)]
+        for i, y in zip(data.train.ids, data.train.labels, strict=True)
+    }
+    assert all(r["given_label"] == given[r["sample_id"]] for r in rows)
+    flipped = {
+        str(i)
+        for i, clean, noisy in zip(
+            data.train.ids, data.clean_train_labels, data.train.labels, strict=True
+        )
+        if clean != noisy
+    }
+    flagged = {r["sample_id"] for r in rows if r["is_label_issue"] == "True"}
+    assert result.counts["num_label_issues"] == len(flagged) > 0
+    precision = len(flagged & flipped) / len(flagged)
+    recall = len(flagged & flipped) / len(flipped)
+    assert precision > 0.6 and recall > 0.6, (precision, recall)  # the base rate is 0.1
+    assert result.known_noise["precision"] == pytest.approx(precision)
+    assert result.known_noise["recall"] == pytest.approx(recall)
+    summary = (audit / "summary.md").read_text()
+    assert f"precision {precision:.3f} and recall {recall:.3f}" in summary
+    assert f"| label issues | {len(flagged)} |" in summary and "4 of 4 fold jobs" in summary
+    assert (audit / "label_issues.png").stat().st_size > 10_000
+    top = rows[0]
+    assert top["suggested_label"] != top["given_label"] and top["is_label_issue"] == "True"
+
+
+def test_near_duplicates_and_outliers_are_listed_by_sample_id(tmp_path):
+    def edit(embeddings):
+        embeddings[11] = embeddings[10]  # an exact copy
+        embeddings[20] = 25.0  # far from every image
+
+    sweep, data = fake_sweep(tmp_path / "sweep", noise=0.0, edit_embeddings=edit)
+    result = run_audit(sweep, num_thumbnails=0)
+    duplicates = {r["sample_id"]: r for r in read_rows(sweep / "audit" / "near_duplicates.csv")}
+    first, second = str(data.train.ids[10]), str(data.train.ids[11])
+    assert second in duplicates[first]["duplicate_ids"].split()
+    assert first in duplicates[second]["duplicate_ids"].split()
+    outliers = read_rows(sweep / "audit" / "outliers.csv")
+    assert outliers[0]["sample_id"] == str(data.train.ids[20]), "the most outlying first"
+    assert result.counts["num_near_duplicates"] == len(duplicates)
+    assert result.counts["num_outliers"] == len(outliers)
+    assert not (sweep / "audit" / "label_issues.png").exists()
+    assert "Injected label noise" not in (sweep / "audit" / "summary.md").read_text()
+
+
+def test_a_missing_fold_is_named_and_the_others_are_audited(tmp_path):
+    sweep, data = fake_sweep(tmp_path / "sweep", skip=(2,))
+    merged = merge_folds(sweep)
+    assert merged.missing_folds == [2] and sorted(merged.run_dirs) == [0, 1, 3]
+    assert len(merged.sample_id) < len(data.train)
+    run_audit(sweep, num_thumbnails=0)
+    assert "3 of 4 fold jobs (missing folds: [2])" in (sweep / "audit" / "summary.md").read_text()
+
+
+def test_what_cannot_be_audited_is_refused_with_what_to_run(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(AuditError, match=r"no fold job with out_of_fold\.npz.*experiment=audit"):
+        merge_folds(empty)
+    sweep, _ = fake_sweep(tmp_path / "sweep", num_folds=2)
+    twin = sweep / "9"
+    twin.mkdir()
+    (twin / OOF_FILE).write_bytes((sweep / "0" / OOF_FILE).read_bytes())
+    update_manifest(sweep, "x", status="FINISHED", run_dir=str(twin), num=9, overrides=[])
+    with pytest.raises(AuditError, match=r"two jobs of .* held out fold 0"):
+        merge_folds(sweep)
+
+
+def test_the_flagged_samples_can_be_excluded_by_the_audit_file(tmp_path, make_cfg):
+    sweep, data = fake_sweep(tmp_path / "sweep")
+    result = run_audit(sweep, num_thumbnails=0)
+    path = sweep / "audit" / "label_issues.csv"
+    overrides = ["data=digits", "data.image_size=8", "data.label_noise=0.1", f"data.exclude={path}"]
+    cleaned = build_data(make_cfg(*overrides, tiny=False).data)
+    assert cleaned.extra_params["data.num_excluded"] == result.counts["num_label_issues"]
+    assert len(cleaned.train) == len(data.train) - result.counts["num_label_issues"]
+
+
+def test_thumbnails_come_from_the_data_set_by_id(tmp_path):
+    from runner.data.lookup import load_images
+
+    data = load_digits(image_size=8)
+    wanted = [str(data.train.ids[3]), str(data.test.ids[0])]
+    images = load_images(DIGITS, wanted)
+    assert set(images) == set(wanted)
+    assert np.array_equal(images[wanted[0]].numpy(), data.train.images[3].numpy())
+
+
+def test_the_audit_is_logged_to_the_parent_run_and_the_command_redoes_it(tmp_path):
+    from runner.sweeps.__main__ import main
+    from runner.tracking.mlflow_tracker import MlflowTracker
+
+    db = seed_store(tmp_path)
+    uri = f"sqlite:///{db}"
+    sweep, _ = fake_sweep(tmp_path / "sweep")
+    parent = MlflowTracker(tracking_uri=uri)
+    parent.connect(experiment_name="digits")
+    parent.start(run_name="sweep", tags={"sweep.role": "parent"}, local_dir=sweep)
+    parent.finish("FINISHED")
+    info = {"parent_run_id": parent.run_id, "tracking_uri": uri, "experiment_name": "digits"}
+    (sweep / "sweep.json").write_text(json.dumps(info))
+
+    assert main(["audit", str(sweep), "--thumbnails", "4"]) == 0
+    metrics = dict(query(db, "SELECT key, value FROM metrics WHERE run_uuid=?", parent.run_id))
+    flagged = sum(
+        r["is_label_issue"] == "True" for r in read_rows(sweep / "audit" / "label_issues.csv")
+    )
+    assert metrics["audit/num_label_issues"] == flagged
+    assert {"audit/num_near_duplicates", "audit/num_outliers"} <= set(metrics)
+    assert 0.6 < metrics["audit/known_noise_precision"] <= 1
+    tags = dict(query(db, "SELECT key, value FROM tags WHERE run_uuid=?", parent.run_id))
+    assert tags["audit"] == "audit/summary.md"
+    ((artifacts,),) = query(db, "SELECT artifact_uri FROM runs WHERE run_uuid=?", parent.run_id)
+    logged = {p.name for p in (Path(artifacts.removeprefix("file://")) / "audit").iterdir()}
+    assert {"label_issues.csv", "near_duplicates.csv", "outliers.csv", "summary.md"} <= logged
+    ((status,),) = query(db, "SELECT status FROM runs WHERE run_uuid=?", parent.run_id)
+    assert status == "FINISHED"
+
+
+def test_the_audit_command_on_a_dir_without_fold_outputs_says_what_to_run(tmp_path, capsys):
+    from runner.sweeps.__main__ import main
+
+    assert main(["audit", str(tmp_path)]) == 1
+    assert "experiment=audit" in capsys.readouterr().out
+
+
+def test_experiment_audit_without_m_is_refused_before_any_output(tmp_path):
+    out = tmp_path / "outputs"
+    done = run_cli("experiment=audit", f"paths.output_dir={out}")
+    assert done.returncode == 1
+    assert "audits the K fold jobs of a sweep: add -m" in done.stderr
+    assert not out.exists()
+
+
+# --- whole sweeps ------------------------------------------------------------------
+
+
+def sweep_command(out: Path, *overrides: str) -> list[str]:
+    seed_store(out)
+    return [
+        sys.executable,
+        str(REPO / "run.py"),
+        "-m",
+        "experiment=audit",
+        f"paths.output_dir={out}",
+        *TINY,
+        "data.num_samples=200",
+        "data.num_folds=2",
+        "audit.num_thumbnails=4",
+        *overrides,
+    ]
+
+
+def check_audited_sweep(out: Path, sweep: Path) -> None:
+    """Both fold jobs' outputs cover the train split; the audit is in the dir and MLflow."""
+    merged = merge_folds(sweep)
+    assert sorted(merged.run_dirs) == [0, 1] and merged.num_folds == 2
+    for name in ("label_issues.csv", "near_duplicates.csv", "outliers.csv", "summary.md"):
+        assert (sweep / "audit" / name).is_file(), name
+    assert (sweep / "audit" / "label_issues.png").stat().st_size > 5_000
+    rows = read_rows(sweep / "audit" / "label_issues.csv")
+    assert len(rows) == len(merged.sample_id) and all(
+        r["sample_id"].startswith("synthetic:") for r in rows
+    )
+    assert merged.embeddings.shape[1] == 512, "resnet10t's pooled features"
+    np.testing.assert_allclose(merged.probabilities.sum(1), 1, atol=1e-4)
+    db = out / "mlflow.db"
+    parent = json.loads((sweep / "sweep.json").read_text())["parent_run_id"]
+    metrics = dict(query(db, "SELECT key, value FROM metrics WHERE run_uuid=?", parent))
+    assert metrics["audit/num_label_issues"] == sum(r["is_label_issue"] == "True" for r in rows)
+    assert "audit/num_near_duplicates" in metrics and "audit/num_outliers" in metrics
+    assert "## Mean +- std over folds" in (sweep / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_experiment_audit_runs_the_fold_jobs_and_audits_them(tmp_path):
+    out = tmp_path / "outputs"
+    sweep = tmp_path / "sweep"
+    command = sweep_command(out, f"hydra.sweep.dir={sweep}")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    jobs = json.loads((sweep / "manifest.json").read_text())["jobs"]
+    folds = sorted(
+        o for job in jobs.values() for o in job["overrides"] if o.startswith("data.fold")
+    )
+    assert folds == ["data.fold=0", "data.fold=1"] and len(jobs) == 2
+    check_audited_sweep(out, sweep)
+
+
+@pytest.mark.slow
+def test_fold_jobs_submitted_to_slurm_are_audited_when_collected(tmp_path):
+    from tests.slurm.conftest import start_local_cluster
+
+    start_local_cluster()
+    out = tmp_path / "outputs"
+    command = sweep_command(out, "hydra/launcher=slurm_submit", "hydra.launcher.cpus_per_task=1")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    (sweep,) = [p.parent for p in (out / "multirun").glob("*/*/multirun.yaml")]
+    jobs = json.loads((sweep / "slurm_jobs.json").read_text())
+    try:
+        from runner.sweeps.collect import sweep_jobs
+
+        deadline = time.monotonic() + 400
+        while {job["state"] for job in sweep_jobs(sweep)} != {"FINISHED"}:
+            assert time.monotonic() < deadline, sweep_jobs(sweep)
+            time.sleep(2)
+        assert not (sweep / "audit").exists(), "the launching process did not wait"
+        collect = [sys.executable, "-m", "runner.sweeps", "collect", str(sweep)]
+        collected = subprocess.run(collect, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert collected.returncode == 0, collected.stdout + collected.stderr
+    finally:
+        subprocess.run(["scancel", *(job["job_id"] for job in jobs)], timeout=30)
+    check_audited_sweep(out, sweep)
