@@ -282,8 +282,7 @@ class SeedGroup:
 
 
 def _seed_groups(jobs: list[dict[str, Any]], swept: list[str]) -> list[SeedGroup]:
-    """The complete jobs grouped by everything swept but `seed` and `data.fold` (none
-    when neither is swept)."""
+    """The complete jobs grouped by all swept but `seed` and `data.fold` (or none)."""
     if not any(n in swept for n in _REPEATS):
         return []
     names = [n for n in swept if n not in _REPEATS]

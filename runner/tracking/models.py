@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,7 @@ def log_pytorch_model(
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
     if registered_model_name:
         try:
-            version = mlflow.register_model(info.model_uri, registered_model_name)
+            version = _register(info.model_uri, registered_model_name)
         except Exception as err:  # the model is logged; only the version is missing
             log.error(
                 "logger.registered_model_name=%r: the model was logged (%s) but not registered: "
@@ -145,6 +146,24 @@ def log_pytorch_model(
         else:
             log.info("registered model %s version %s", registered_model_name, version.version)
     return info.model_uri
+
+
+def _register(model_uri: str, name: str, attempts: int = 3):
+    """`mlflow.register_model`, tried again after a pause.
+
+    A store busy with other writers (a SQLite file the system-metrics thread writes to, a
+    loaded server) can fail a call that succeeds a moment later.
+    """
+    import mlflow
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return mlflow.register_model(model_uri, name)
+        except Exception as err:
+            if attempt == attempts:
+                raise
+            log.warning("registering %s failed (%s); trying again", name, err)
+            time.sleep(2.0 * attempt)
 
 
 def fetch_checkpoint(uri: str, tracking_uri: str, download_dir: Path) -> FetchedModel:

@@ -217,7 +217,7 @@ def test_the_audit_is_logged_to_the_parent_run_and_the_command_redoes_it(tmp_pat
     db = seed_store(tmp_path)
     uri = f"sqlite:///{db}"
     sweep, _ = fake_sweep(tmp_path / "sweep")
-    parent = MlflowTracker(tracking_uri=uri)
+    parent = MlflowTracker(tracking_uri=uri, artifact_location=str(tmp_path / "mlartifacts"))
     parent.connect(experiment_name="digits")
     parent.start(run_name="sweep", tags={"sweep.role": "parent"}, local_dir=sweep)
     parent.finish("FINISHED")

@@ -114,7 +114,10 @@ def test_the_best_weights_are_a_logged_model_that_returns_probabilities(trained)
 def test_the_model_is_registered_and_eval_takes_models_and_runs_uris(trained):
     tmp, _, run_id, uri = trained
     versions = MlflowClient(uri).search_model_versions(f"name = '{MODEL_NAME}'")
-    assert [(int(v.version), v.run_id) for v in versions] == [(1, run_id)]
+    said = [
+        line for line in (tmp / "train" / "run.log").read_text().splitlines() if "regist" in line
+    ]
+    assert [(int(v.version), v.run_id) for v in versions] == [(1, run_id)], said
     trained_metrics = json.loads((tmp / "train" / "metrics.json").read_text())
     for name, ckpt in (("by_version", f"models:/{MODEL_NAME}/1"), ("by_run", f"runs:/{run_id}")):
         cfg = compose_cfg(tmp, name, "mode=eval", f"ckpt={ckpt}", "logger.system_metrics=false")

@@ -53,7 +53,11 @@ def test_eight_concurrent_jobs_log_everything_to_one_mlflow_server(tmp_path, ser
         for index in range(JOBS)
     ]
     outputs = [proc.communicate(timeout=1200)[0] for proc in procs]
-    failed = [(i, out) for i, (proc, out) in enumerate(zip(procs, outputs)) if proc.returncode]
+    failed = [
+        (i, out)
+        for i, (proc, out) in enumerate(zip(procs, outputs, strict=True))
+        if proc.returncode
+    ]
     assert not failed, "\n".join(f"job{i}:\n{out[-3000:]}" for i, out in failed)
     assert not list(tmp_path.rglob("mlflow_pending.jsonl"))  # nothing left undelivered
 
