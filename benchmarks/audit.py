@@ -111,7 +111,8 @@ def train_settings(args: argparse.Namespace) -> list[str]:
 
 
 def measure_audit(args: argparse.Namespace, root: Path) -> dict:
-    from runner.sweeps.audit import find_issues, merge_folds
+    from runner.sweeps.audit import find_issues
+    from runner.sweeps.out_of_fold import merge_folds
 
     sweep = root / "audit"
     wall = run_sweep(

@@ -30,14 +30,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from runner.sweeps.optuna_study import (
-    SPACE_ATTR,
-    build_sampler,
-    distribution_of,
-    plan_study,
-    space_to_json,
-    write_study_file,
-)
+from runner.sweeps.optuna_study import SPACE_ATTR, build_sampler, plan_study, write_study_file
+from runner.sweeps.search_space import distribution_of, space_to_json
 
 log = logging.getLogger(__name__)
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import itertools
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -15,314 +12,15 @@ from runner.config import choices
 from runner.config.errors import ConfigError
 from runner.config.resolvers import monitor_mode_for
 from runner.config.targets import untrusted_targets
-
-# --- checks ------------------------------------------------------------------------
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _positive_int(value: Any) -> str | None:
-    return None if _is_int(value) and value >= 1 else "an integer >= 1"
-
-
-def _optional_positive_int(value: Any) -> str | None:
-    return None if value is None else _positive_int(value)
-
-
-def _positive_number(value: Any) -> str | None:
-    return None if _is_number(value) and value > 0 else "a number > 0"
-
-
-def _non_negative_number(value: Any) -> str | None:
-    return None if _is_number(value) and value >= 0 else "a number >= 0"
-
-
-def _optional_positive_number(value: Any) -> str | None:
-    return None if value is None else _positive_number(value)
-
-
-def _fraction(value: Any) -> str | None:
-    return None if _is_number(value) and 0 <= value < 1 else "a number in [0, 1)"
-
-
-def _probability(value: Any) -> str | None:
-    return None if _is_number(value) and 0 <= value <= 1 else "a number in [0, 1]"
-
-
-def _crop_pct(value: Any) -> str | None:
-    return None if _is_number(value) and 0 < value <= 1 else "a number in (0, 1], e.g. 0.875"
-
-
-def _boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "true or false"
-
-
-def _integer(value: Any) -> str | None:
-    return None if _is_int(value) else "an integer"
-
-
-def _one_of(*options: str) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        return None if str(value) in options else "one of " + ", ".join(options)
-
-    return check
-
-
-def _device(value: Any) -> str | None:
-    text = str(value)
-    if text in choices.DEVICES or (text.startswith("cuda:") and text[5:].isdigit()):
-        return None
-    return "one of " + ", ".join((*choices.DEVICES, "cuda:N"))
-
-
-def _ema_decay(value: Any) -> str | None:
-    if value is None or (_is_number(value) and 0 < value < 1):
-        return None
-    return "null (off) or a number in (0, 1), e.g. 0.999"
-
-
-def _non_empty_string(value: Any) -> str | None:
-    return None if isinstance(value, str) and value else "a non-empty string"
-
-
-def _model_names(value: Any) -> str | None:
-    ok = (
-        OmegaConf.is_list(value)
-        and len(value) > 0
-        and all(_non_empty_string(v) is None for v in value)
-    )
-    return None if ok else "a non-empty list of timm model names, e.g. [resnet18,resnet50]"
-
-
-def _batch_sizes(value: Any) -> str | None:
-    ok = (
-        OmegaConf.is_list(value) and len(value) > 0 and all(_positive_int(v) is None for v in value)
-    )
-    return None if ok else "a non-empty list of integers >= 1, e.g. [32,64,128]"
-
-
-def _optional_non_empty_string(value: Any) -> str | None:
-    return None if value is None else _non_empty_string(value)
-
-
-def _non_negative_int(value: Any) -> str | None:
-    return None if _is_int(value) and value >= 0 else "an integer >= 0"
-
-
-def _imbalance_ratio(value: Any) -> str | None:
-    if value is None or (_is_number(value) and value >= 1):
-        return None
-    return "null (off) or a number >= 1 (largest / smallest class count), e.g. 100"
-
-
-def _optional_share(value: Any) -> str | None:
-    if value is None or (_is_number(value) and 0 < value <= 1):
-        return None
-    return "null (all) or a number in (0, 1]"
-
-
-def _ckpt(value: Any) -> str | None:
-    if value is None or (isinstance(value, str) and value):
-        return None
-    return "null, a checkpoint file (checkpoints/best.pt) or runs:/<mlflow run id>"
-
-
-def _train_batch_size(value: Any) -> str | None:
-    if _is_int(value) and value >= 2:
-        return None
-    return "an integer >= 2 (BatchNorm needs two samples per training batch)"
-
-
-def _resume(value: Any) -> str | None:
-    if value in ("auto", "never") or (isinstance(value, str) and Path(value).is_file()):
-        return None
-    return "auto, never, or the path of a checkpoint file (checkpoints/last.pt) that exists"
-
-
-def _statistics(value: Any) -> str | None:
-    """data.mean / data.std: null, or one value per channel (1 or 3), in [0, 1]."""
-    if value is None:
-        return None
-    ok = (
-        OmegaConf.is_list(value)
-        and len(value) in (1, 3)
-        and all(_is_number(v) and 0 <= v <= 1 for v in value)
-    )
-    return (
-        None
-        if ok
-        else "null (computed from the train split) or 3 numbers in [0, 1], e.g. [0.5,0.5,0.5]"
-    )
-
-
-def _resident(value: Any) -> str | None:
-    return None if value == "auto" or isinstance(value, bool) else "one of auto, true, false"
-
-
-def _num_folds(value: Any) -> str | None:
-    if value is None or (_is_int(value) and value >= 2):
-        return None
-    return "null (off) or an integer >= 2 (the number of folds K), e.g. 5"
-
-
-def _fold(value: Any) -> str | None:
-    if value is None or (_is_int(value) and value >= 0):
-        return None
-    return "null or an integer in 0..data.num_folds-1"
-
-
-def _gce_q(value: Any) -> str | None:
-    return None if _is_number(value) and 0 < value <= 1 else "a number in (0, 1], e.g. 0.7"
-
-
-def csv_file_problem(path: Any, columns: tuple[str, ...]) -> str | None:
-    """What is wrong with a CSV file the config names (missing, unreadable, lacks a column).
-
-    Reads the header only, so it is cheap enough for the config checks; the data code
-    (`runner.data.curation`) asks the same before it reads the rows.
-
-    Args:
-        path: The file, absolute or relative to the working directory.
-        columns: Columns the header must have.
-
-    Returns:
-        None when the file is fine, else what is wrong and how to fix it.
-    """
-    file = Path(str(path)).expanduser()
-    if not file.is_file():
-        return f"no such file (relative paths start at {Path.cwd()}); give the path of a CSV file"
-    try:
-        with file.open(newline="") as handle:
-            header = next(csv.reader(handle), [])
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        return f"cannot be read as CSV ({err})"
-    missing = [c for c in columns if c not in header]
-    if missing:
-        found = ", ".join(header[:10]) or "none"
-        return (
-            f"has no {', '.join(missing)} column (its columns: {found}); the file needs a "
-            f"header row with {', '.join(columns)}"
-        )
-    return None
-
-
-# key -> check; a check returns None when the value is fine, else what was expected.
-# Keys absent from the config are not checked (a group option may not have them).
-CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "seed": _integer,
-    "trainer.max_epochs": _positive_int,
-    "trainer.batch_size": _train_batch_size,
-    "trainer.eval_batch_size": _positive_int,
-    "trainer.device": _device,
-    "trainer.precision": _one_of(*choices.PRECISIONS),
-    "trainer.accumulate_grad_batches": _positive_int,
-    "trainer.gradient_clip_val": _optional_positive_number,
-    "trainer.channels_last": _boolean,
-    "trainer.compile": _boolean,
-    "trainer.keep_host_memory": _boolean,
-    "trainer.ema_decay": _ema_decay,
-    "trainer.monitor": _one_of(*choices.MONITORABLE),
-    "trainer.monitor_mode": _one_of(*choices.MONITOR_MODES),
-    "trainer.early_stopping_patience": _optional_positive_int,
-    "trainer.log_every_n_steps": _positive_int,
-    "trainer.drop_last": _boolean,
-    "trainer.resume": _resume,
-    "trainer.nan_policy": _one_of(*choices.NAN_POLICIES),
-    "trainer.max_nan_skips": _positive_int,
-    "sweep.fail_fast": _boolean,
-    "sweep.resume": _optional_non_empty_string,
-    "optuna.pruner": _one_of(*choices.PRUNERS),
-    "optuna.pruner_startup_trials": _non_negative_int,
-    "optuna.pruner_warmup_epochs": _non_negative_int,
-    "optuna.study_name": _non_empty_string,
-    "optuna.storage": _non_empty_string,
-    "logger.registered_model_name": _optional_non_empty_string,
-    "logger.system_metrics": _boolean,
-    "logger.system_metrics_interval_s": _positive_number,
-    "trainer.limit_batches": _optional_positive_int,
-    "trainer.overfit_batches": _optional_positive_int,
-    "trainer.profile": _boolean,
-    "trainer.lr_scaling": _one_of(*choices.LR_SCALING),
-    "optim.lr": _positive_number,
-    "optim.weight_decay": _non_negative_number,
-    "optim.backbone_lr_mult": _positive_number,
-    "sched.warmup_epochs": _non_negative_number,
-    "sched.min_lr_ratio": _fraction,
-    "sched.pct_start": _fraction,
-    "sched.gamma": _positive_number,
-    "loss.label_smoothing": _fraction,
-    "loss.gamma": _non_negative_number,
-    "loss.weights": _one_of(*choices.CLASS_WEIGHTS),
-    "loss.beta": _fraction,
-    "data.name": _non_empty_string,
-    "data.image_size": _positive_int,
-    "data.mean": _statistics,
-    "data.std": _statistics,
-    "data.val_fraction": _fraction,
-    "data.test_fraction": _fraction,
-    "data.split_seed": _integer,
-    "data.num_samples": _positive_int,
-    "data.num_classes": _optional_positive_int,
-    "data.root": _non_empty_string,
-    "data.download": _boolean,
-    "data.variant": _one_of(*choices.CIFAR_VARIANTS),
-    "data.resident": _resident,
-    "data.resident_max_gb": _positive_number,
-    "data.num_workers": _non_negative_int,
-    "data.on_bad_file": _one_of(*choices.ON_BAD_FILE),
-    "data.cache_dir": _optional_non_empty_string,
-    "data.image_key": _non_empty_string,
-    "data.label_key": _non_empty_string,
-    "data.split_train": _non_empty_string,
-    "data.split_val": _optional_non_empty_string,
-    "data.split_test": _optional_non_empty_string,
-    "data.imbalance_ratio": _imbalance_ratio,
-    "data.label_noise": _fraction,
-    "data.noise_type": _one_of(*choices.NOISE_TYPES),
-    "data.fraction": _optional_share,
-    "data.samples_per_class": _optional_positive_int,
-    "data.num_folds": _num_folds,
-    "data.fold": _fold,
-    "data.exclude": _optional_non_empty_string,
-    "data.relabel": _optional_non_empty_string,
-    "loss.q": _gce_q,
-    "loss.alpha": _non_negative_number,
-    "audit.enabled": _boolean,
-    "audit.num_thumbnails": _non_negative_int,
-    "model.name": _non_empty_string,
-    "model.pretrained": _boolean,
-    "aug.differentiable": _boolean,
-    "aug.eval_crop_pct": _crop_pct,
-    "aug.mixup_alpha": _non_negative_number,
-    "aug.cutmix_alpha": _non_negative_number,
-    "aug.mix_prob": _probability,
-    "preview_only": _boolean,
-    "mode": _one_of(*choices.MODES),
-    "ckpt": _ckpt,
-    "eval.tta": _one_of(*choices.TTA),
-    "eval.data": _one_of(*choices.EVAL_DATA),
-    "predict.input": _optional_non_empty_string,
-    "predict.output": _optional_non_empty_string,
-    "predict.topk": _positive_int,
-    "predict.batch_size": _positive_int,
-    "predict.tta": _one_of(*choices.TTA),
-    "analysis.enabled": _boolean,
-    "analysis.num_misclassified": _non_negative_int,
-    "analysis.num_gradcam": _non_negative_int,
-    "analysis.gradcam_layer": _non_empty_string,
-    "analysis.gradcam_min_size": _positive_int,
-    "analysis.calibration_bins": _positive_int,
-    "throughput.models": _model_names,
-    "throughput.batch_sizes": _batch_sizes,
-    "throughput.warmup_steps": _non_negative_int,
-    "throughput.steps": _positive_int,
-}
+from runner.config.value_checks import (
+    CHECKS,
+    OPTION_CHECKS,
+    SCE_TARGET,
+    csv_file_problem,
+    fold_problem,
+    is_number,
+    num_folds_problem,
+)
 
 REQUIRED_GROUPS = ("data", "aug", "model", "optim", "sched", "loss", "sampler", "logger")
 
@@ -335,15 +33,6 @@ TOP_LEVEL_KEYS = frozenset(
 )
 # Nodes whose keys are fixed: an added key there is a typo, not a new option.
 CLOSED_NODES = ("trainer", "paths", "eval", "predict", "analysis", "audit")
-
-# Keys whose meaning depends on the option chosen in their group: (key, the option's
-# `_target_`) -> the check used instead of CHECKS[key] for that option.
-SCE_TARGET = "runner.training.losses.SymmetricCrossEntropyLoss"
-OPTION_CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
-    # loss=sce's beta weighs the reverse cross-entropy (1.0 in Wang et al. 2019); the
-    # [0, 1) check of CHECKS is for the effective-number beta of loss=balanced_ce.
-    ("loss.beta", SCE_TARGET): _non_negative_number,
-}
 
 
 def validate(cfg: DictConfig) -> None:
@@ -384,7 +73,7 @@ def validate(cfg: DictConfig) -> None:
     problems.extend(_unknown_keys(cfg))
     problems.extend(untrusted_targets(cfg))
     data_fractions = [OmegaConf.select(cfg, f"data.{k}") for k in ("val_fraction", "test_fraction")]
-    if all(_is_number(f) for f in data_fractions) and sum(data_fractions) >= 1:
+    if all(is_number(f) for f in data_fractions) and sum(data_fractions) >= 1:
         problems.append(
             f"data.val_fraction + data.test_fraction = {sum(data_fractions):g} leaves no "
             "training data: keep their sum below 1"
@@ -484,7 +173,7 @@ def _fold_problems(cfg: DictConfig) -> list[str]:
     fold = fold if fold is not None else [OmegaConf.select(cfg, "data.fold", default=None)]
     problems = []
     for k, f in itertools.product(folds, fold):
-        if _num_folds(k) is not None or _fold(f) is not None:
+        if num_folds_problem(k) is not None or fold_problem(f) is not None:
             continue  # the type checks report these
         if k is None and f is not None:
             problems.append(
@@ -537,7 +226,7 @@ def _robust_loss_problems(cfg: DictConfig) -> list[str]:
     if str(OmegaConf.select(cfg, "loss._target_", default="")) != SCE_TARGET:
         return []
     alpha, beta = (OmegaConf.select(cfg, f"loss.{k}", default=None) for k in ("alpha", "beta"))
-    if _is_number(alpha) and _is_number(beta) and alpha == 0 and beta == 0:
+    if is_number(alpha) and is_number(beta) and alpha == 0 and beta == 0:
         return ["loss.alpha=0 and loss.beta=0 leave loss=sce with no loss: make one > 0"]
     return []
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runner.config.validation import csv_file_problem
+from runner.config.value_checks import csv_file_problem
 from runner.data.decoding import DataError
 from runner.data.splits import DataSplits
 

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "audit":
-        from runner.sweeps.audit import AuditError, redo_audit
+        from runner.sweeps.audit import redo_audit
+        from runner.sweeps.out_of_fold import AuditError
 
         try:
             result = redo_audit(args.sweep_dir, args.thumbnails)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from runner.data.splits import DataSplits
-from runner.sweeps.audit import OOF_FILE, save_out_of_fold
+from runner.sweeps.out_of_fold import OOF_FILE, save_out_of_fold
 from runner.training import engine
 from runner.training.context import RunContext
 

@@ -18,15 +18,9 @@ from runner.data.build import build_data
 from runner.data.folds import fold_indices
 from runner.data.sets.digits import load_digits
 from runner.data.switches import apply_switches
-from runner.sweeps.audit import (
-    LABEL_ISSUE_COLUMNS,
-    OOF_FILE,
-    AuditError,
-    merge_folds,
-    run_audit,
-    save_out_of_fold,
-)
+from runner.sweeps.audit import LABEL_ISSUE_COLUMNS, run_audit
 from runner.sweeps.manifest import update_manifest
+from runner.sweeps.out_of_fold import OOF_FILE, AuditError, merge_folds, save_out_of_fold
 from tests.conftest import REPO, TINY, query, run_cli, seed_store
 
 DIGITS = {

@@ -28,9 +28,9 @@ from runner.sweeps.optuna_study import (
     build_pruner,
     open_storage,
     plan_study,
-    space_to_json,
 )
 from runner.sweeps.optuna_trial import report_and_check
+from runner.sweeps.search_space import space_to_json
 from runner.sweeps.stores import cluster_store_warning
 from runner.sweeps.summary import summarize
 from tests.conftest import CONF

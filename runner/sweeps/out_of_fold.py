@@ -1,0 +1,173 @@
+"""The out-of-fold outputs of a k-fold sweep: written by each fold job, merged for the audit.
+
+A fold job writes its held-out fold's softmax probabilities and penultimate-layer
+embeddings, keyed by sample id, into `<run dir>/out_of_fold.npz`; `merge_folds` joins the
+K jobs' files into one row per train sample, each predicted by a model that never
+trained on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runner.sweeps.manifest import read_manifest
+
+log = logging.getLogger(__name__)
+
+OOF_FILE = "out_of_fold.npz"  # what a fold job writes (runner.training.oof)
+
+
+class AuditError(RuntimeError):
+    """The sweep dir holds nothing an audit can use; the message says what to run."""
+
+
+@dataclass
+class MergedFolds:
+    """The fold jobs' out-of-fold outputs, one row per audited sample.
+
+    Attributes:
+        sample_id: (N,) str.
+        label: (N,) int64, the given label.
+        probabilities: (N, C) out-of-fold softmax probabilities.
+        embeddings: (N, D) penultimate-layer embeddings.
+        fold: (N,) the fold that held each sample out.
+        class_names: Name of each class.
+        num_folds: K.
+        run_dirs: The fold jobs' run dirs, by fold.
+        train_seconds: The fold jobs' wall time (manifest), summed.
+    """
+
+    sample_id: np.ndarray
+    label: np.ndarray
+    probabilities: np.ndarray
+    embeddings: np.ndarray
+    fold: np.ndarray
+    class_names: list[str]
+    num_folds: int
+    run_dirs: dict[int, Path]
+    train_seconds: float = 0.0
+
+    @property
+    def missing_folds(self) -> list[int]:
+        """Folds without outputs (their jobs failed or have not run)."""
+        return [k for k in range(self.num_folds) if k not in self.run_dirs]
+
+
+def save_out_of_fold(
+    path: Path,
+    *,
+    sample_id: np.ndarray,
+    label: np.ndarray,
+    probabilities: np.ndarray,
+    embeddings: np.ndarray,
+    class_names: list[str],
+    fold: int,
+    num_folds: int,
+) -> Path:
+    """Writes a fold job's out-of-fold outputs (the arrays `merge_folds` reads), atomically.
+
+    Args:
+        path: The file, `<run dir>/out_of_fold.npz`.
+        sample_id: (N,) ids of the held-out samples.
+        label: (N,) their given labels.
+        probabilities: (N, C) softmax probabilities of the job's best weights.
+        embeddings: (N, D) penultimate-layer embeddings.
+        class_names: Name of each class.
+        fold: The held-out fold.
+        num_folds: K.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(
+        tmp,
+        sample_id=np.asarray(sample_id, dtype=str),
+        label=np.asarray(label, dtype=np.int64),
+        probabilities=np.asarray(probabilities, dtype=np.float32),
+        embeddings=np.asarray(embeddings, dtype=np.float32),
+        class_names=np.asarray(class_names, dtype=str),
+        fold=np.int64(fold),
+        num_folds=np.int64(num_folds),
+    )
+    tmp.replace(path)  # the audit never reads a half-written file
+    return path
+
+
+def _fold_runs(sweep_dir: Path) -> list[tuple[Path, float]]:
+    """(run dir, wall seconds) of the jobs that wrote out-of-fold outputs."""
+    runs = []
+    for entry in read_manifest(sweep_dir).values():
+        run_dir = Path(entry.get("run_dir", "/nonexistent"))
+        if entry.get("status") == "FINISHED" and (run_dir / OOF_FILE).is_file():
+            runs.append((run_dir, float(entry.get("seconds") or 0.0)))
+    if not runs:  # no manifest (copied outputs): the job dirs themselves
+        runs = [(p.parent, 0.0) for p in sorted(Path(sweep_dir).glob(f"*/{OOF_FILE}"))]
+    return runs
+
+
+def merge_folds(sweep_dir: Path) -> MergedFolds:
+    """Merges the out-of-fold outputs of a sweep's fold jobs.
+
+    Raises:
+        AuditError: No job wrote outputs, two jobs held out the same fold or sample,
+            or the jobs disagree on the classes or on K.
+    """
+    sweep_dir = Path(sweep_dir)
+    runs = _fold_runs(sweep_dir)
+    if not runs:
+        raise AuditError(
+            f"{sweep_dir} has no fold job with {OOF_FILE}: the audit needs the jobs of a "
+            "k-fold sweep (python run.py -m experiment=audit, or data.num_folds=K "
+            "'data.fold=range(K)'), finished."
+        )
+    parts: dict[int, dict[str, np.ndarray]] = {}
+    run_dirs: dict[int, Path] = {}
+    class_names, num_folds = None, None
+    for run_dir, _ in runs:
+        with np.load(run_dir / OOF_FILE) as saved:
+            part = {k: saved[k] for k in saved.files}
+        fold, k = int(part["fold"]), int(part["num_folds"])
+        names = [str(n) for n in part["class_names"]]
+        if fold in run_dirs:
+            raise AuditError(
+                f"two jobs of {sweep_dir} held out fold {fold}: {run_dirs[fold]} and "
+                f"{run_dir}. The audit merges one job per fold; audit a sweep whose jobs "
+                "differ only by data.fold."
+            )
+        if class_names is not None and (names != class_names or k != num_folds):
+            raise AuditError(
+                f"{run_dir} has other classes or another data.num_folds than "
+                f"{next(iter(run_dirs.values()))}: the jobs are not folds of one data set."
+            )
+        class_names, num_folds = names, k
+        parts[fold], run_dirs[fold] = part, run_dir
+    folds = sorted(parts)
+    sample_id = np.concatenate([parts[f]["sample_id"] for f in folds])
+    unique, counts = np.unique(sample_id, return_counts=True)
+    if (counts > 1).any():
+        raise AuditError(
+            f"sample {unique[counts > 1][0]!r} is held out by two fold jobs of {sweep_dir}: "
+            "the jobs did not cut the same train split (another data config or split_seed)."
+        )
+    merged = MergedFolds(
+        sample_id=sample_id,
+        label=np.concatenate([parts[f]["label"] for f in folds]).astype(np.int64),
+        probabilities=np.concatenate([parts[f]["probabilities"] for f in folds]),
+        embeddings=np.concatenate([parts[f]["embeddings"] for f in folds]),
+        fold=np.concatenate([np.full(len(parts[f]["label"]), f) for f in folds]),
+        class_names=class_names,
+        num_folds=num_folds,
+        run_dirs=run_dirs,
+        train_seconds=sum(seconds for _, seconds in runs),
+    )
+    if merged.missing_folds:
+        log.warning(
+            "audit: no outputs for fold(s) %s of %d; auditing the %d samples of the others",
+            merged.missing_folds,
+            num_folds,
+            len(sample_id),
+        )
+    return merged
