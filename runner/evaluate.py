@@ -31,6 +31,7 @@ from torch import nn
 from runner.augment.normalize import Normalize
 from runner.config.targets import untrusted_targets
 from runner.config.validation import ConfigError, validate
+from runner.data import curation, folds
 from runner.data.build import build_data
 from runner.data.checks import require_splits
 from runner.data.decoding import BadImageError, DataError, decode_record
@@ -94,7 +95,7 @@ def run_eval(cfg: DictConfig) -> float:
     refuse_unused_data_overrides(cfg)
     loaded = load_checkpoint(ctx)
     ctx.tracker = instantiate(cfg.logger)
-    data_cfg = loaded.stored.data if cfg.eval.data == "stored" else cfg.data
+    data_cfg = cfg.data if cfg.eval.data == "current" else train_only_keys_off(loaded.stored.data)
     ctx.tracker.connect(experiment_name=str(data_cfg.name))
     try:
         data = build_data(data_cfg)
@@ -329,6 +330,19 @@ def load_checkpoint(ctx: RunContext) -> LoadedCheckpoint:
         augment=augment,
         normalize=Normalize(best.mean, best.std).to(ctx.device),
     )
+
+
+def train_only_keys_off(data_cfg: DictConfig) -> DictConfig:
+    """The stored data config without the keys that change only train and val splits.
+
+    `data.exclude`/`relabel` and k-fold leave the test split as it is, and their files
+    need not exist where eval runs.
+    """
+    data_cfg = data_cfg.copy()
+    for key in (*curation.KEYS, *folds.KEYS):
+        if key in data_cfg:
+            data_cfg[key] = None
+    return data_cfg
 
 
 def rebuild_model(stored: DictConfig, best: BestCheckpoint, device: torch.device) -> nn.Module:

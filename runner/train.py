@@ -44,7 +44,7 @@ from runner.training.context import (
 from runner.training.exported_model import log_best_model
 from runner.training.lineage import log_data_inputs
 from runner.training.loop import fit
-from runner.training.oof import write_out_of_fold
+from runner.training.oof import check_embedding_layer, write_out_of_fold
 from runner.training.parts import build_parts
 from runner.training.preflight import check_training_data
 from runner.training.profiling import profile
@@ -92,6 +92,7 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
     )
     with startup_clock.phase("model"):
         parts = build_parts(cfg, data, augment, ctx.device, ctx.precision, len(loaders[0]))
+    check_embedding_layer(cfg.data, parts.model, data.num_classes)  # a k-fold job's outputs
     state = resume_or_start(ctx.run_dir, cfg.trainer.resume, parts)
     distributed.seed_rank(cfg.seed, state.global_step)
     if ctx.is_main:  # a tracking server that is down fails here, before training

@@ -1,6 +1,6 @@
 """Every closed set of values a config key takes, written once.
 
-The config checks (runner.config.validation) and the code that acts on a value both
+The config checks (runner.config.value_checks) and the code that acts on a value both
 read these tuples, so a new choice is added in one place.
 """
 

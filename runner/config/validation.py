@@ -163,6 +163,17 @@ def _swept_values(cfg: DictConfig, key: str) -> list[Any] | None:
     return values
 
 
+def _swept_keys(cfg: DictConfig) -> list[str]:
+    """The keys a multirun sweeps over more than one value (command line or params)."""
+    if str(OmegaConf.select(cfg, "hydra.mode", default="")) != "RunMode.MULTIRUN":
+        return []
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
+    keys = list(params) if isinstance(params, DictConfig) else []
+    tasks = OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []
+    keys += [str(o).lstrip("+~").split("=", 1)[0] for o in tasks]
+    return [k for k in dict.fromkeys(keys) if len(_swept_values(cfg, k) or []) > 1]
+
+
 def _fold_problems(cfg: DictConfig) -> list[str]:
     """data.fold needs data.num_folds and lies in 0..K-1; the audit needs k-fold."""
     if OmegaConf.select(cfg, "data", default=None) is None:
@@ -190,7 +201,20 @@ def _fold_problems(cfg: DictConfig) -> list[str]:
                 f"data.fold={f} is outside 0..{k - 1} (data.num_folds={k}): use "
                 f"'data.fold=range({k})' or a fold below {k}"
             )
+    overfit = OmegaConf.select(cfg, "trainer.overfit_batches", default=None)
+    if overfit is not None and folds != [None]:
+        problems.append(
+            f"trainer.overfit_batches={overfit} validates on the train batches, so a k-fold "
+            "job would hold out no fold: leave data.num_folds out (or debug=overfit off)"
+        )
     if OmegaConf.select(cfg, "audit.enabled", default=False) is True:
+        others = [key for key in _swept_keys(cfg) if key != "data.fold"]
+        if others:
+            problems.append(
+                f"audit.enabled=true merges one job per fold, but {', '.join(others)} "
+                "is swept as well (two jobs would hold out the same fold): sweep only "
+                "data.fold, or set audit.enabled=false"
+            )
         if folds == [None]:
             problems.append(
                 "audit.enabled=true needs k-fold jobs: run python run.py -m experiment=audit "

@@ -15,6 +15,17 @@ from runner.config.choices import MONITOR_MODES
 from runner.sweeps.collect import print_sweep, sweep_jobs
 
 
+def _count(text: str) -> int:
+    """An integer >= 0, for argparse (which names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs a command; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m runner.sweeps", description=__doc__)
@@ -35,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         "out_of_fold.npz files: <sweep dir>/audit/, logged to the parent run",
     )
     audit.add_argument("sweep_dir", type=Path)
-    audit.add_argument("--thumbnails", type=int, default=32, help="suspects in label_issues.png")
+    audit.add_argument(
+        "--thumbnails", type=_count, default=32, help="suspects in label_issues.png (>= 0)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "audit":

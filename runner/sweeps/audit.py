@@ -422,6 +422,7 @@ def redo_audit(sweep_dir: Path, num_thumbnails: int = 32) -> AuditResult:
     cleanlab). The parent run ends as the sweep did: FAILED when a job did not finish.
     """
     sweep_dir = Path(sweep_dir)
+    merge_folds(sweep_dir)  # nothing to audit: say so before the parent run is reopened
     info = read_sweep_info(sweep_dir)
     tracker = None
     if info.get("parent_run_id") and info.get("tracking_uri"):

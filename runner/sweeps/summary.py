@@ -36,10 +36,10 @@ class Summary:
         files: The files written into the sweep dir.
         best_tags: Tags for the parent run: the best job's overrides and run id.
         best_value: The best monitored value among finished jobs, or None; with seeds
-            swept, the best configuration's mean over its seeds.
+            (or folds) swept, the best configuration's mean over them.
         failed: The jobs that did not finish (failed, skipped, interrupted).
-        best_metrics: Metrics for the parent run: `best/<monitor>` (and, with seeds
-            swept, `best/<monitor>_std` and the test metrics' mean and std).
+        best_metrics: Metrics for the parent run: `best/<monitor>` (and, with seeds or
+            folds swept, `best/<monitor>_std` and the test metrics' mean and std).
     """
 
     jobs: list[dict[str, Any]]
@@ -92,7 +92,7 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     complete = [j for j in finished if not j.get("pruned")]
     pick = max if maximize else min
     # With seeds (or folds) swept, a configuration is judged by its mean, not its luckiest.
-    groups = _seed_groups(complete, swept)
+    groups = _repeat_groups(complete, swept)
     best_group = pick(groups, key=lambda g: g.mean) if groups else None
     if best_group is not None:
         best = pick(best_group.members, key=lambda j: j["value"])
@@ -138,7 +138,9 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
         ]
         chosen = zip(best_group.names, best_group.config, strict=True)
         best_tags = {f"best.{name}": value for name, value in chosen}
-        best_tags["best.seeds"] = ",".join(str(j["params"].get("seed", "")) for j in members)
+        for key, plural in _REPEATS.items():  # best.seeds, best.folds: what was averaged
+            if key in swept:
+                best_tags[f"best.{plural}"] = ",".join(str(j["params"][key]) for j in members)
         best_tags["best.run_ids"] = ",".join(j.get("mlflow_run_id") or "" for j in members)
         best_tags["best.run_id"] = best.get("mlflow_run_id") or ""
         best_tags["best.job"] = str(best.get("num"))
@@ -234,7 +236,7 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 @dataclass
-class SeedGroup:
+class RepeatGroup:
     """The complete jobs of one configuration that differ only by `seed` or `data.fold`.
 
     Attributes:
@@ -281,7 +283,7 @@ class SeedGroup:
         return found
 
 
-def _seed_groups(jobs: list[dict[str, Any]], swept: list[str]) -> list[SeedGroup]:
+def _repeat_groups(jobs: list[dict[str, Any]], swept: list[str]) -> list[RepeatGroup]:
     """The complete jobs grouped by all swept but `seed` and `data.fold` (or none)."""
     if not any(n in swept for n in _REPEATS):
         return []
@@ -289,7 +291,7 @@ def _seed_groups(jobs: list[dict[str, Any]], swept: list[str]) -> list[SeedGroup
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for job in jobs:
         groups[tuple(job["params"].get(n, "") for n in names)].append(job)
-    return [SeedGroup(names, config, members) for config, members in groups.items()]
+    return [RepeatGroup(names, config, members) for config, members in groups.items()]
 
 
 def _std(values: list[float]) -> float:

@@ -155,6 +155,7 @@ def _register(model_uri: str, name: str, attempts: int = 3):
     loaded server) can fail a call that succeeds a moment later.
     """
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     for attempt in range(1, attempts + 1):
         try:
@@ -164,6 +165,13 @@ def _register(model_uri: str, name: str, attempts: int = 3):
                 raise
             log.warning("registering %s failed (%s); trying again", name, err)
             time.sleep(2.0 * attempt)
+            # A call that timed out may have registered the version all the same.
+            for version in MlflowClient().search_model_versions(f"name = '{name}'"):
+                if version.source == model_uri or (
+                    version.model_id and model_uri.endswith(version.model_id)
+                ):
+                    return version
+    return None
 
 
 def fetch_checkpoint(uri: str, tracking_uri: str, download_dir: Path) -> FetchedModel:

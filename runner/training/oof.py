@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from runner.config.errors import ConfigError
 from runner.data.splits import DataSplits
 from runner.sweeps.out_of_fold import OOF_FILE, save_out_of_fold
 from runner.training import engine
@@ -132,6 +133,26 @@ def _decoded_batches(
         images, labels = split.take(one)
         if len(labels):
             yield one, images, labels
+
+
+def check_embedding_layer(data_cfg, model: nn.Module, num_classes: int) -> None:
+    """Refuses, before training, a k-fold job whose model has no embedding layer.
+
+    The held-out fold's embeddings are the input of the classifier layer; without one
+    the job would fail after training, when it writes them.
+
+    Raises:
+        ConfigError: data.num_folds is set and the model has no classifier layer.
+    """
+    if data_cfg.get("num_folds") is None:
+        return
+    try:
+        classifier_layer(model, num_classes)
+    except ValueError as err:
+        raise ConfigError(
+            f"data.num_folds={data_cfg.num_folds}: {err}. Choose a model with such a head "
+            "(any timm or torchvision classifier), or leave data.num_folds out"
+        ) from None
 
 
 def write_out_of_fold(ctx: RunContext, model: nn.Module, parts, data: DataSplits) -> Path | None:

@@ -67,6 +67,10 @@ def test_a_class_with_fewer_samples_than_folds_is_refused_naming_the_key():
         (["data.num_folds=5"], "data.num_folds=5 needs data.fold=<0..4>"),
         (["data.num_folds=5", "data.fold=5"], "data.fold=5 is outside 0..4"),
         (["data.num_folds=5", "data.fold=-1"], "data.fold=-1 is invalid"),
+        (
+            ["data.num_folds=5", "data.fold=0", "debug=overfit"],
+            "a k-fold job would hold out no fold",
+        ),
     ],
 )
 def test_bad_fold_settings_fail_validation_with_the_key_and_the_fix(make_cfg, overrides, expected):

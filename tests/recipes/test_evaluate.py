@@ -243,3 +243,18 @@ def test_a_flat_layout_best_pt_evaluates_and_predicts_as_before(trained, tmp_pat
         with out.open() as handle:
             rows[label] = [row[1:] for row in csv.reader(handle)]
     assert rows["legacy"] == rows["current"]
+
+
+def test_eval_on_stored_data_needs_no_exclude_file_and_no_folds(tmp_path):
+    """The test split is the same without the train-only keys, whose files may be gone."""
+    from runner.data.build import build_data
+    from runner.evaluate import train_only_keys_off
+
+    cfg = compose_cfg(tmp_path, "run", "data.num_folds=5", "data.fold=0")
+    stored = cfg.data.copy()
+    stored.exclude = str(tmp_path / "gone.csv")  # an audit file deleted since training
+    kept = train_only_keys_off(stored)
+    assert (kept.exclude, kept.num_folds, kept.fold) == (None, None, None)
+    assert stored.exclude is not None, "the stored config itself is left as it was"
+    test = build_data(kept).test
+    assert torch.equal(test.images, build_data(cfg.data).test.images)

@@ -265,6 +265,8 @@ def test_readme_has_the_commands_people_need():
     ):
         assert any(needed in c or c == needed for c in commands), needed
     assert len(commands) <= 15, "one screen of commands"
+    first_block = README.read_text().split("## ", 1)[0]
+    assert "paths.output_dir=<dir>" in first_block, "the one setting that moves every output"
 
 
 def test_pending_readme_commands_name_a_missing_option():

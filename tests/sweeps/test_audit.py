@@ -250,6 +250,14 @@ def test_experiment_audit_without_m_is_refused_before_any_output(tmp_path):
     assert not out.exists()
 
 
+def test_an_audit_sweep_over_another_key_is_refused_before_any_output(tmp_path):
+    out = tmp_path / "outputs"
+    done = run_cli("-m", "experiment=audit", "optim.lr=1e-3,1e-2", f"paths.output_dir={out}")
+    assert done.returncode == 1
+    assert "optim.lr is swept as well" in done.stderr and "sweep only data.fold" in done.stderr
+    assert not out.exists()
+
+
 # --- whole sweeps ------------------------------------------------------------------
 
 
