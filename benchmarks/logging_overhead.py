@@ -164,6 +164,7 @@ def time_fit(
         f"paths.output_dir={out}",
         f"paths.run_dir={out}/{run_name}",
         f"trainer.max_epochs={epochs}",
+        "trainer.batch_size=128",  # the batch the step timing and the figures use
     )
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True)
