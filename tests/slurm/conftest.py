@@ -103,8 +103,12 @@ def release_requeued(job_id: str, timeout: float = 120) -> None:
             timeout=30,
         ).stdout.split()
         if state[:2] == ["PENDING", "BeginTime"]:
+            # Not `now`: slurmd revokes the killed instance's credential, and a new one
+            # issued within the same second is refused ("Job credential revoked").
             subprocess.run(
-                ["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30
+                ["scontrol", "update", f"JobId={job_id}", "StartTime=now+3"],
+                check=True,
+                timeout=30,
             )
             return
         time.sleep(0.2)

@@ -113,7 +113,9 @@ def test_the_best_weights_are_a_logged_model_that_returns_probabilities(trained)
 @pytest.mark.slow
 def test_the_model_is_registered_and_eval_takes_models_and_runs_uris(trained):
     tmp, _, run_id, uri = trained
-    versions = MlflowClient(uri).search_model_versions(f"name = '{MODEL_NAME}'")
+    # The registry named outright: an earlier test in this process may have set another.
+    registry = MlflowClient(uri, registry_uri=uri)
+    versions = registry.search_model_versions(f"name = '{MODEL_NAME}'")
     said = [
         line for line in (tmp / "train" / "run.log").read_text().splitlines() if "regist" in line
     ]
