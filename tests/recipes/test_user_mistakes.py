@@ -216,10 +216,10 @@ def test_the_command_line_shows_a_mistake_as_one_line_and_exit_status_1(tmp_path
         (["model.name=resnet_18"], ["model.name='resnet_18' is not a timm model", "resnet18"]),
         (["data.mean=[0.5,0.5]"], ["data.mean=[0.5, 0.5] is invalid", "3 numbers"]),
         (["trainer.resume=nevr"], ["trainer.resume='nevr'", "auto, never"]),
-        (["data.std=[0.2]"], ["data.std=[0.2] is invalid", "3 numbers"]),
+        (["data.std=[0.2,0.2]"], ["data.std=[0.2, 0.2] is invalid", "3 numbers"]),
         (["mode=eval", "ckpt=/nope/best.pt"], ["ckpt='/nope/best.pt': no such file"]),
         (
-            ["mode=predict", "ckpt=/nope/best.pt", "predict.input=/nope/images"],
+            ["mode=predict", "ckpt=/nope/best.pt", f"predict.input={REPO / 'README.md'}"],
             ["ckpt='/nope/best.pt': no such file"],
         ),
     ],
