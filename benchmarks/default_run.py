@@ -7,9 +7,10 @@ store), taking turns round by round, and prints the wall time of each, their rat
 their test accuracy (goal: the default reaches test/acc >= 0.985 in <= 0.5x the former's
 wall).
 
-With `--compare-with <checkout>` it also times an image-folder run (the digits written as
-PNG files, resnet18 at 32 px, 6 epochs) in this checkout and in another one (e.g. a git
-worktree of an earlier commit), side by side, for their wall times before and after.
+With `--compare-with <checkout>` (e.g. a git worktree of an earlier commit) it also
+times that checkout's own default run (`python run.py` there), and an image-folder run
+(the digits written as PNG files, resnet18 at 32 px, 6 epochs) in both checkouts, side
+by side, for their wall times before and after.
 
 Run from the repository root::
 
@@ -132,6 +133,25 @@ def main() -> None:
             note=f"former default {min(accs['former']):.4f}",
         )
         if args.compare_with is not None:
+            # The other checkout's own default (`python run.py` there): the default as it
+            # was, with that code's start-up and end of run.
+            for round_index in range(args.rounds):
+                out = Path(tmp) / f"compared_default{round_index}"
+                seconds, metrics = timed_run(args.compare_with, out)
+                walls.setdefault("compared default", []).append(seconds)
+                print(
+                    f"round {round_index} default of {args.compare_with}: {seconds:6.1f} s  "
+                    f"test/acc {metrics['test/acc']:.4f}  epochs {metrics['epochs']}",
+                    flush=True,
+                )
+            then = statistics.median(walls["compared default"])
+            print(f"default run: {default:.1f} s here, {then:.1f} s there: {default / then:.2f}x")
+            record(
+                "default_run",
+                "default run wall, this checkout's default / compared checkout's default",
+                default / then,
+                note=f"{default:.1f} s vs {then:.1f} s ({args.compare_with})",
+            )
             folder = write_digits_folder(Path(tmp) / "digits_png")
             folder_run = [*FOLDER_RUN, f"data.root={folder}"]
             for round_index in range(args.rounds):
