@@ -130,15 +130,18 @@ def _mode_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def _swept_values(cfg: DictConfig, key: str) -> list[Any] | None:
-    """The values a multirun sweeps `key` over (command line or hydra.sweeper.params).
+def _sweeps(cfg: DictConfig) -> tuple[dict[str, list[Any] | None], list[str]]:
+    """What a multirun sweeps: key -> values, and the keys swept over more than one value.
 
     In the launching process, the config Hydra validates has the sweep overrides left
-    out; this reads them from the `hydra` node. None when `key` is not swept (outside a
-    multirun, or a plain override, which the config holds already).
+    out; this reads them from the `hydra` node (command line and hydra.sweeper.params;
+    the last one of a key wins, as in Hydra's basic sweeper). A key's values are None
+    when they are not a list: a plain command-line value (the config holds it already),
+    a search range such as `interval(a, b)`, or an override Hydra itself reports as
+    malformed. Both are empty outside a multirun.
     """
     if str(OmegaConf.select(cfg, "hydra.mode", default="")) != "RunMode.MULTIRUN":
-        return None
+        return {}, []
     params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
     given = (
         [(f"{k}={v}", True) for k, v in params.items()] if isinstance(params, DictConfig) else []
@@ -148,30 +151,29 @@ def _swept_values(cfg: DictConfig, key: str) -> list[Any] | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
-    values = None
-    for text, from_params in given:  # the last one wins, as in Hydra's basic sweeper
-        if text.lstrip("+~").split("=", 1)[0] != key:
-            continue
+    values: dict[str, list[Any] | None] = {}
+    swept: dict[str, bool] = {}
+    for text, from_params in given:
+        key = text.lstrip("+~").split("=", 1)[0]
         try:
             override = parser.parse_override(text)
         except Exception:  # Hydra itself reports a malformed override
-            return None
-        if override.is_sweep_override():
-            values = list(override.sweep_iterator())
-        else:
-            values = [override.value()] if from_params else None
-    return values
+            values[key], swept[key] = None, False
+            continue
+        if not override.is_sweep_override():
+            values[key] = [override.value()] if from_params else None
+            swept[key] = False
+        elif override.is_discrete_sweep():
+            values[key] = list(override.sweep_iterator())
+            swept[key] = len(values[key]) > 1
+        else:  # a range searched by the sweeper: swept, with no list of values
+            values[key], swept[key] = None, True
+    return values, [key for key, is_swept in swept.items() if is_swept]
 
 
-def _swept_keys(cfg: DictConfig) -> list[str]:
-    """The keys a multirun sweeps over more than one value (command line or params)."""
-    if str(OmegaConf.select(cfg, "hydra.mode", default="")) != "RunMode.MULTIRUN":
-        return []
-    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
-    keys = list(params) if isinstance(params, DictConfig) else []
-    tasks = OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []
-    keys += [str(o).lstrip("+~").split("=", 1)[0] for o in tasks]
-    return [k for k in dict.fromkeys(keys) if len(_swept_values(cfg, k) or []) > 1]
+def _swept_values(cfg: DictConfig, key: str) -> list[Any] | None:
+    """The values a multirun sweeps `key` over, or None (see `_sweeps`)."""
+    return _sweeps(cfg)[0].get(key)
 
 
 def _fold_problems(cfg: DictConfig) -> list[str]:
@@ -208,11 +210,12 @@ def _fold_problems(cfg: DictConfig) -> list[str]:
             "job would hold out no fold: leave data.num_folds out (or debug=overfit off)"
         )
     if OmegaConf.select(cfg, "audit.enabled", default=False) is True:
-        others = [key for key in _swept_keys(cfg) if key != "data.fold"]
+        others = [key for key in _sweeps(cfg)[1] if key != "data.fold"]
         if others:
+            verb = "is" if len(others) == 1 else "are"
             problems.append(
-                f"audit.enabled=true merges one job per fold, but {', '.join(others)} "
-                "is swept as well (two jobs would hold out the same fold): sweep only "
+                f"audit.enabled=true merges one job per fold, but {', '.join(others)} {verb} "
+                "swept as well (two jobs would hold out the same fold): sweep only "
                 "data.fold, or set audit.enabled=false"
             )
         if folds == [None]:

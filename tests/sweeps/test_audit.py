@@ -258,6 +258,16 @@ def test_an_audit_sweep_over_another_key_is_refused_before_any_output(tmp_path):
     assert not out.exists()
 
 
+def test_an_audit_sweep_with_a_searched_range_is_refused_before_any_output(tmp_path):
+    """An Optuna interval is swept too (it has no list of values to expand)."""
+    out = tmp_path / "outputs"
+    done = run_cli("-m", "experiment=audit", "hparams_search=optuna", f"paths.output_dir={out}")
+    assert done.returncode == 1
+    swept = "optim.lr, optim.weight_decay, loss.label_smoothing are swept as well"
+    assert swept in done.stderr, done.stderr[-2000:]
+    assert not out.exists()
+
+
 # --- whole sweeps ------------------------------------------------------------------
 
 
