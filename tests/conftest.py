@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import runner  # noqa: F401  (registers the config resolvers)
+from runner.tracking.store import server_reachable
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -163,3 +167,61 @@ def query(db: Path, sql: str, *params) -> list[tuple]:
     """Runs a read-only SQL query against an MLflow SQLite store."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         return conn.execute(sql, params).fetchall()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 with a SQLite store, in its own process group."""
+
+    def __init__(self, root: Path, port: int):
+        self.root, self.port, self.proc = root, port, None
+        self.uri = f"http://127.0.0.1:{port}"
+
+    def start(self, timeout: float = 120) -> None:
+        mlflow = Path(sys.executable).with_name("mlflow")
+        self.proc = subprocess.Popen(
+            [
+                str(mlflow),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{self.root}/server.db",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while not server_reachable(self.uri, timeout_s=1):
+            assert self.proc.poll() is None, "mlflow server exited"
+            assert time.monotonic() < deadline, "mlflow server did not come up"
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=60)
+        while server_reachable(self.uri, timeout_s=1):
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A running `mlflow server` with its own store under tmp_path/server."""
+    srv = MlflowServer(tmp_path / "server", free_port())
+    srv.root.mkdir()
+    srv.start()
+    yield srv
+    srv.stop()

@@ -22,7 +22,6 @@ import itertools
 import json
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.io import write_png
 
-from tests.conftest import CONF, REPO, query, seed_store
+from tests.conftest import CONF, REPO, free_port, query, seed_store
 
 README = REPO / "README.md"
 MARKER = "<!-- readme-test"
@@ -118,12 +117,6 @@ def sweep_jobs(command: str) -> list[list[str]]:
             values = [override.get_value_element_as_str()]
         axes.append([f"{key}={value}" for value in values])
     return [list(job) for job in itertools.product(*axes)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Session:

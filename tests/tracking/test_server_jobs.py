@@ -8,7 +8,6 @@ import sys
 import pytest
 
 from tests.conftest import REPO, TINY, query
-from tests.reliability.test_tracking_server import MlflowServer, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -18,16 +17,7 @@ PER_EPOCH = ("train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_time
 AT_END = ("test/acc", "test/loss", "startup_s", "model_logging_s")
 
 
-@pytest.fixture
-def server(tmp_path):
-    srv = MlflowServer(tmp_path / "server", free_port())
-    srv.root.mkdir()
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-def test_eight_concurrent_jobs_log_everything_to_one_mlflow_server(tmp_path, server):
+def test_eight_concurrent_jobs_log_everything_to_one_mlflow_server(tmp_path, mlflow_server):
     """What `hydra/launcher=slurm` jobs do with logger.tracking_uri=http://...: each job
     a process of its own, all writing to the server at the same time."""
     procs = [
@@ -40,7 +30,7 @@ def test_eight_concurrent_jobs_log_everything_to_one_mlflow_server(tmp_path, ser
                 *TINY,
                 f"trainer.max_epochs={EPOCHS}",
                 f"seed={index}",
-                f"logger.tracking_uri={server.uri}",
+                f"logger.tracking_uri={mlflow_server.uri}",
                 "logger.experiment_name=cluster",
                 "logger.system_metrics_interval_s=1",
                 "trainer.keep_host_memory=false",  # eight processes on a small machine
@@ -61,7 +51,7 @@ def test_eight_concurrent_jobs_log_everything_to_one_mlflow_server(tmp_path, ser
     assert not failed, "\n".join(f"job{i}:\n{out[-3000:]}" for i, out in failed)
     assert not list(tmp_path.rglob("mlflow_pending.jsonl"))  # nothing left undelivered
 
-    db = server.root / "server.db"
+    db = mlflow_server.root / "server.db"
     runs = dict(query(db, "SELECT run_uuid, status FROM runs"))
     assert len(runs) == JOBS and set(runs.values()) == {"FINISHED"}
     for run_id in runs:
@@ -81,7 +71,7 @@ def test_eight_concurrent_jobs_log_everything_to_one_mlflow_server(tmp_path, ser
         assert params > 50
     models = query(db, "SELECT source_run_id, status FROM logged_models")
     assert sorted(models) == sorted((run_id, 2) for run_id in runs)  # one READY model each
-    artifacts = server.root / "artifacts"
+    artifacts = mlflow_server.root / "artifacts"
     assert len(list(artifacts.rglob("model.pt2"))) == JOBS
     assert len(list(artifacts.rglob("run.log"))) == JOBS
     assert len(list(artifacts.rglob("config_resolved.yaml"))) == 2 * JOBS  # run + model
