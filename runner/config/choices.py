@@ -21,7 +21,6 @@ MONITORABLE = (
 )
 NAN_POLICIES = ("stop", "skip")
 LR_SCALING = ("none", "linear", "sqrt")
-PRUNERS = ("median", "hyperband", "none")
 CLASS_WEIGHTS = ("balanced", "effective")
 CIFAR_VARIANTS = ("cifar10", "cifar100")
 ON_BAD_FILE = ("skip", "error")
