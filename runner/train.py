@@ -87,9 +87,10 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
     loaders = build_loaders(data, cfg.sampler, cfg.trainer, cfg.seed, ctx.device)
     check_training_data(cfg, data, len(loaders[0]))  # before the model: nothing spent yet
     augment = instantiate(cfg.aug, num_classes=data.num_classes).to(ctx.device)
-    preview = augment_preview(
-        augment, data.train, data.class_names, seed=cfg.seed, device=ctx.device
-    )
+    if ctx.is_main:  # only rank 0 draws it (a forked RNG: the training draws are unchanged)
+        preview = augment_preview(
+            augment, data.train, data.class_names, seed=cfg.seed, device=ctx.device
+        )
     with startup_clock.phase("model"):
         parts = build_parts(cfg, data, augment, ctx.device, ctx.precision, len(loaders[0]))
     check_embedding_layer(cfg.data, parts.model, data.num_classes)  # a k-fold job's outputs

@@ -255,8 +255,7 @@ def fit(
         if decision.stop == "pruned":
             log.info("pruned by Optuna after epoch %d (%s = %.4f)", epoch, trainer.monitor, current)
             ctx.tracker.set_tags({"pruned": "true"})
-            ctx.writer.wait()
-            break
+            break  # the recipe waits for the writer after fit, as for patience
         if decision.stop == "patience":
             log.info(
                 "early stopping: %s has not improved for %d epochs",

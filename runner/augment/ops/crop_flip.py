@@ -94,7 +94,8 @@ class RandomCropFlip(GeometricAugmentationBase2D):
         self, input: torch.Tensor, params: dict[str, torch.Tensor], flags: dict[str, Any]
     ) -> torch.Tensor:
         """Input pixel (x, y) -> output pixel: shift by padding - offset, then mirror."""
-        like = input if input.is_floating_point() else input.float()
+        # Only the dtype and device matter: a uint8 batch is not converted to read them.
+        like = input if input.is_floating_point() else input.new_empty(0, dtype=torch.float32)
         shift_x = (self.padding - params["offset_x"]).to(like)
         shift_y = (self.padding - params["offset_y"]).to(like)
         one = torch.ones_like(shift_x)
