@@ -94,6 +94,7 @@ class MlflowTracker:
         self.monitor: Any = None
         self.outbox: Outbox | None = None
         self.local_dir: Path | None = None
+        self.source_tags: dict[str, str] = {}
         self.longest_block_s = 0.0
         self.client = None
         self.run_id = None
@@ -158,8 +159,10 @@ class MlflowTracker:
             local_dir: Where logs a server never received are saved at the end.
         """
         self.local_dir = local_dir
+        # Kept for the logged model, which carries the same source tags (git runs once).
+        self.source_tags = provenance.source_tags(REPO_ROOT, tags.get("git_commit"))
         tags = {
-            **provenance.source_tags(REPO_ROOT, tags.get("git_commit")),
+            **self.source_tags,
             **tags,
             "runner.pid": str(os.getpid()),
             "runner.host": socket.gethostname(),
@@ -308,7 +311,7 @@ class MlflowTracker:
                 metadata,
                 files,
                 registered_model_name=self.registered_model_name,
-                tags=provenance.source_tags(REPO_ROOT),
+                tags=self.source_tags,
             )
         except Exception as err:
             log.error(
