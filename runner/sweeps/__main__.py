@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from runner.config.choices import MONITOR_MODES
+from runner.sweeps.audit import NUM_THUMBNAILS
 from runner.sweeps.collect import print_sweep, sweep_jobs
 
 
@@ -47,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     audit.add_argument("sweep_dir", type=Path)
     audit.add_argument(
-        "--thumbnails", type=_count, default=32, help="suspects in label_issues.png (>= 0)"
+        "--thumbnails",
+        type=_count,
+        default=NUM_THUMBNAILS,
+        help="suspects in label_issues.png (>= 0)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -68,10 +72,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(summarize(args.sweep_dir, args.monitor, args.mode == "max").markdown)
         return 0
-    status = print_sweep(args.sweep_dir)
-    if any(
-        job["state"] not in ("FINISHED", "FAILED", "UNKNOWN") for job in sweep_jobs(args.sweep_dir)
-    ):
+    jobs = sweep_jobs(args.sweep_dir)  # one squeue per job: asked once
+    status = print_sweep(jobs)
+    if any(job["state"] not in ("FINISHED", "FAILED", "UNKNOWN") for job in jobs):
         print("jobs still queued or running: collect again when they are done")
         return status
     from runner.sweeps.callback import finish_submitted_sweep

@@ -34,13 +34,14 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from runner.sweeps.manifest import read_manifest, read_sweep_info
+from runner.sweeps.manifest import read_manifest, reopen_parent_run
 from runner.sweeps.out_of_fold import MergedFolds, merge_folds
 from runner.tracking.protocol import Tracker
 
 log = logging.getLogger(__name__)
 
 AUDIT_DIR = "audit"
+NUM_THUMBNAILS = 32  # top suspects drawn in label_issues.png (audit.num_thumbnails)
 ISSUE_TYPES = ("label", "near_duplicate", "outlier", "class_imbalance")
 LABEL_ISSUE_COLUMNS = (
     "sample_id",
@@ -111,12 +112,15 @@ def known_noise(merged: MergedFolds, flagged: np.ndarray) -> dict[str, float]:
     }
 
 
-def run_audit(sweep_dir: Path, num_thumbnails: int = 32) -> AuditResult:
+def run_audit(
+    sweep_dir: Path, num_thumbnails: int = NUM_THUMBNAILS, merged: MergedFolds | None = None
+) -> AuditResult:
     """Merges the fold outputs, runs Datalab and writes `<sweep dir>/audit/`.
 
     Args:
         sweep_dir: The k-fold sweep's directory.
         num_thumbnails: Top suspects drawn in label_issues.png (0 = no picture).
+        merged: The fold outputs when already merged; None = merge them here.
 
     Returns:
         The counts, the files written and the timings.
@@ -125,7 +129,7 @@ def run_audit(sweep_dir: Path, num_thumbnails: int = 32) -> AuditResult:
         AuditError: See `merge_folds`.
     """
     sweep_dir = Path(sweep_dir)
-    merged = merge_folds(sweep_dir)
+    merged = merged if merged is not None else merge_folds(sweep_dir)
     lab, seconds = find_issues(merged)
     out = sweep_dir / AUDIT_DIR
     out.mkdir(exist_ok=True)
@@ -358,7 +362,10 @@ def _summary_markdown(
 
 
 def audit_and_log(
-    sweep_dir: Path, tracker: Tracker | None = None, num_thumbnails: int = 32
+    sweep_dir: Path,
+    tracker: Tracker | None = None,
+    num_thumbnails: int = NUM_THUMBNAILS,
+    merged: MergedFolds | None = None,
 ) -> AuditResult:
     """Runs the audit and logs its counts and files to the sweep's parent run.
 
@@ -366,11 +373,12 @@ def audit_and_log(
         sweep_dir: The k-fold sweep's directory.
         tracker: The parent run's open tracker; None = files only.
         num_thumbnails: Top suspects drawn in label_issues.png.
+        merged: The fold outputs when already merged; None = merge them here.
 
     Returns:
         The audit's result.
     """
-    result = run_audit(sweep_dir, num_thumbnails)
+    result = run_audit(sweep_dir, num_thumbnails, merged)
     if tracker is not None:
         metrics = {f"audit/{name}": float(value) for name, value in result.counts.items()}
         metrics["audit/datalab_seconds"] = result.datalab_seconds
@@ -400,7 +408,7 @@ def audit_if_asked(config: DictConfig, sweep_dir: Path, tracker: Tracker | None)
     """
     if OmegaConf.select(config, "audit.enabled", default=False) is not True:
         return None
-    thumbnails = OmegaConf.select(config, "audit.num_thumbnails", default=32)
+    thumbnails = OmegaConf.select(config, "audit.num_thumbnails", default=NUM_THUMBNAILS)
     try:
         audit_and_log(sweep_dir, tracker, int(thumbnails))
     except Exception as err:  # the jobs' results stand; the audit can be redone from them
@@ -414,7 +422,7 @@ def audit_if_asked(config: DictConfig, sweep_dir: Path, tracker: Tracker | None)
     return None
 
 
-def redo_audit(sweep_dir: Path, num_thumbnails: int = 32) -> AuditResult:
+def redo_audit(sweep_dir: Path, num_thumbnails: int = NUM_THUMBNAILS) -> AuditResult:
     """Redoes the audit of a finished sweep and logs it to its parent run, reopened.
 
     For `python -m runner.sweeps audit <sweep dir>`: after the fold jobs of a sweep were
@@ -422,19 +430,12 @@ def redo_audit(sweep_dir: Path, num_thumbnails: int = 32) -> AuditResult:
     cleanlab). The parent run ends as the sweep did: FAILED when a job did not finish.
     """
     sweep_dir = Path(sweep_dir)
-    merge_folds(sweep_dir)  # nothing to audit: say so before the parent run is reopened
-    info = read_sweep_info(sweep_dir)
-    tracker = None
-    if info.get("parent_run_id") and info.get("tracking_uri"):
-        from runner.tracking.mlflow_tracker import MlflowTracker
-
-        tracker = MlflowTracker(tracking_uri=info["tracking_uri"])
-        tracker.connect(experiment_name=info["experiment_name"])
-        tracker.start(run_name=None, tags={}, resume_run_id=info["parent_run_id"])
+    merged = merge_folds(sweep_dir)  # nothing to audit: said before the parent run reopens
+    tracker = reopen_parent_run(sweep_dir)
     jobs = read_manifest(sweep_dir).values()
     failed = any(job.get("status") != "FINISHED" for job in jobs)
     try:
-        result = audit_and_log(sweep_dir, tracker, num_thumbnails)
+        result = audit_and_log(sweep_dir, tracker, num_thumbnails, merged)
     finally:
         if tracker is not None:
             tracker.finish("FAILED" if failed else "FINISHED")

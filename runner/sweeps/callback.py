@@ -24,6 +24,7 @@ from runner.sweeps.manifest import (
     SUBMITTED_FILE,
     SWEEP_FILE,
     read_sweep_info,
+    reopen_parent_run,
     write_json,
 )
 from runner.sweeps.optuna_study import check_optuna_settings, is_optuna_sweep
@@ -148,14 +149,7 @@ def finish_submitted_sweep(sweep_dir: Path) -> int:
     """
     sweep_dir = Path(sweep_dir)
     config = OmegaConf.load(sweep_dir / "multirun.yaml")
-    info = read_sweep_info(sweep_dir)
-    tracker = None
-    if info.get("parent_run_id") and info.get("tracking_uri"):
-        from runner.tracking.mlflow_tracker import MlflowTracker
-
-        tracker = MlflowTracker(tracking_uri=info["tracking_uri"])
-        tracker.connect(experiment_name=info["experiment_name"])
-        tracker.start(run_name=None, tags={}, resume_run_id=info["parent_run_id"])
+    tracker = reopen_parent_run(sweep_dir)
     summary = summarize_and_log(
         sweep_dir, config.trainer.monitor, config.trainer.monitor_mode == "max", tracker
     )

@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 
 def sweep_jobs(sweep_dir: Path) -> list[dict]:
@@ -60,9 +61,8 @@ def _squeue_state(job_id: str | None) -> str:
     )
 
 
-def print_sweep(sweep_dir: Path) -> int:
-    """Prints one line per job of the sweep; returns 1 when a job failed, else 0."""
-    jobs = sweep_jobs(sweep_dir)
+def print_sweep(jobs: list[dict[str, Any]]) -> int:
+    """Prints one line per job (`sweep_jobs`' rows); returns 1 when a job failed, else 0."""
     for job in jobs:
         results = job["results"] or {}
         shown = "  ".join(f"{k}={v:.4f}" for k, v in results.items() if k.startswith("test/acc"))

@@ -7,6 +7,7 @@ of an exception, so one failing job never stops the others.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -53,7 +54,6 @@ class SweepJob:
     info: dict[str, Any] = field(default_factory=dict)
     fail_fast: bool = False
     pruned: bool = False
-    trial: Any = None
 
     @classmethod
     def current(cls, cfg: DictConfig) -> SweepJob | None:
@@ -182,15 +182,21 @@ class SweepJob:
         """Notes the job's MLflow run id in the manifest."""
         update_manifest(self.sweep_dir, self.key, mlflow_run_id=mlflow_run_id)
 
+    @functools.cached_property
+    def study_settings(self) -> dict[str, Any] | None:
+        """The Optuna sweeper's study.json (written before any trial starts), read once."""
+        from runner.sweeps.optuna_study import read_study_file
+
+        return read_study_file(self.sweep_dir)
+
     def should_prune(self, cfg: DictConfig, epoch: int, value: float) -> bool:
         """Reports the monitored value to the job's Optuna trial; True = stop early."""
         trial_number = OmegaConf.select(cfg, "optuna.trial", default=None)
         if trial_number is None:
             return False
-        from runner.sweeps.optuna_study import read_study_file
         from runner.sweeps.optuna_trial import report_and_check
 
-        settings = read_study_file(self.sweep_dir)
+        settings = self.study_settings
         if settings is None:  # not launched by the Optuna sweeper: nothing to report to
             return False
         last_epoch = int(cfg.trainer.max_epochs)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runner.tracking.protocol import Tracker
 from runner.tracking.store import file_lock
 
 SWEEP_FILE = "sweep.json"
@@ -68,3 +69,19 @@ def read_sweep_info(sweep_dir: Path) -> dict[str, Any]:
     """The parent run's record (sweep.json), or {} when the sweep has no tracking."""
     path = Path(sweep_dir) / SWEEP_FILE
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def reopen_parent_run(sweep_dir: Path) -> Tracker | None:
+    """The sweep's MLflow parent run (sweep.json), reopened to log into after its jobs.
+
+    None when the sweep has no tracking. The caller finishes the run.
+    """
+    info = read_sweep_info(sweep_dir)
+    if not (info.get("parent_run_id") and info.get("tracking_uri")):
+        return None
+    from runner.tracking.mlflow_tracker import MlflowTracker
+
+    tracker = MlflowTracker(tracking_uri=info["tracking_uri"])
+    tracker.connect(experiment_name=info["experiment_name"])
+    tracker.start(run_name=None, tags={}, resume_run_id=info["parent_run_id"])
+    return tracker
