@@ -1,4 +1,4 @@
-"""Models: timm and torchvision factories, and the CIFAR ResNets.
+"""Models: timm and torchvision factories, the CIFAR ResNets, and finding a classifier head.
 
 Pretrained weights come from the Hub or, offline, from a local file.
 

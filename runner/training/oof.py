@@ -28,6 +28,7 @@ from torch import nn
 
 from runner.config.errors import ConfigError
 from runner.data.splits import DataSplits
+from runner.models.heads import classifier_layer
 from runner.sweeps.out_of_fold import OOF_FILE, save_out_of_fold
 from runner.training import engine
 from runner.training.context import RunContext
@@ -43,31 +44,6 @@ class OutOfFold:
     label: np.ndarray
     probabilities: np.ndarray
     embeddings: np.ndarray
-
-
-def classifier_layer(model: nn.Module, num_classes: int) -> nn.Module:
-    """The layer that maps the penultimate features to the logits.
-
-    timm models name it (`get_classifier()`); for others it is the last `nn.Linear`
-    with `num_classes` outputs (torchvision's `fc`/`heads`, the CIFAR ResNets' `fc`).
-
-    Raises:
-        ValueError: The model has no such layer.
-    """
-    get_classifier = getattr(model, "get_classifier", None)
-    if callable(get_classifier):
-        head = get_classifier()
-        if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
-            return head
-    linears = [
-        m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes
-    ]
-    if not linears:
-        raise ValueError(
-            f"{type(model).__name__} has no classifier layer (an nn.Linear with "
-            f"{num_classes} outputs) whose input could serve as the embedding"
-        )
-    return linears[-1]
 
 
 @torch.inference_mode()
@@ -94,7 +70,9 @@ def predict_split(
     def keep_input(_module: nn.Module, inputs: tuple) -> None:
         features.append(inputs[0].detach().flatten(1).float().cpu())
 
-    hook = classifier_layer(model, num_classes).register_forward_pre_hook(keep_input)
+    hook = classifier_layer(model, num_classes, trainable=True).register_forward_pre_hook(
+        keep_input
+    )
     ids, labels, probabilities = [], [], []
     try:
         for start in range(0, len(split), batch_size):
@@ -147,7 +125,7 @@ def check_embedding_layer(data_cfg, model: nn.Module, num_classes: int) -> None:
     if data_cfg.get("num_folds") is None:
         return
     try:
-        classifier_layer(model, num_classes)
+        classifier_layer(model, num_classes, trainable=True)
     except ValueError as err:
         raise ConfigError(
             f"data.num_folds={data_cfg.num_folds}: {err}. Choose a model with such a head "

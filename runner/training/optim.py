@@ -14,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from runner.models.heads import classifier_layer
+
 # Keys of conf/optim/ that the runner uses itself rather than passing to the optimizer.
 RUNNER_KEYS = ("backbone_lr_mult",)
 
@@ -31,11 +33,10 @@ def optimizer_from_config(model: nn.Module, optim_cfg: DictConfig) -> torch.opti
 
 def head_parameters(model: nn.Module) -> set[int]:
     """Ids of the classifier head's parameters: timm's `get_classifier()`, else the last Linear."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(head, nn.Module):
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        head = linears[-1] if linears else None
-    return {id(p) for p in head.parameters()} if head is not None else set()
+    try:
+        return {id(p) for p in classifier_layer(model).parameters()}
+    except ValueError:  # no head: every parameter is the backbone's
+        return set()
 
 
 def build_optimizer(
