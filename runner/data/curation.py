@@ -114,9 +114,7 @@ def exclude_samples(data: DataSplits, path: str) -> DataSplits:
     keep = np.ones(len(data.train), dtype=bool)
     keep[positions] = False
     kept = torch.from_numpy(np.flatnonzero(keep))
-    data.train = data.train.subset(kept)
-    if data.clean_train_labels is not None:
-        data.clean_train_labels = data.clean_train_labels[kept]
+    data = data.subset_train(kept)
     data.extra_params["data.num_excluded"] = len(positions)
     data.extra_params["data.exclude_unmatched"] = len(unmatched)
     log.info("data.exclude: dropped %d train samples (%d left)", len(positions), len(kept))

@@ -21,16 +21,13 @@ def overfit_subset(data: DataSplits, overfit_batches: int | None, batch_size: in
     if overfit_batches is None:
         return data
     keep = torch.arange(min(overfit_batches * batch_size, len(data.train)))
-    train = data.train.subset(keep)
-    clean = data.clean_train_labels
     log.info(
         "trainer.overfit_batches=%d: training and validating on the same %d images",
         overfit_batches,
         len(keep),
     )
-    return dataclasses.replace(
-        data, train=train, val=train, clean_train_labels=None if clean is None else clean[keep]
-    )
+    data = data.subset_train(keep)
+    return dataclasses.replace(data, val=data.train)
 
 
 def limit_batches(loaders: list, limit: int | None) -> None:

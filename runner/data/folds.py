@@ -13,6 +13,7 @@ needs: a prediction for every sample from a model that did not train on it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -106,9 +107,7 @@ def select_fold(
         len(held_idx),
         len(data.val),
     )
-    clean = data.clean_train_labels
-    data.val = data.train.subset(held_idx)
-    data.train = data.train.subset(train_idx)
-    data.clean_train_labels = None if clean is None else clean[train_idx]
+    held_out = data.train.subset(held_idx)
+    data = dataclasses.replace(data.subset_train(train_idx), val=held_out)
     data.extra_params["data.num_held_out"] = len(held_idx)
     return data

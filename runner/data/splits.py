@@ -18,6 +18,7 @@ names the same images in every run of the same data.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -114,6 +115,15 @@ class DataSplits:
     def image_size(self) -> int:
         """Height (= width) of the images."""
         return self.train.image_size
+
+    def subset_train(self, index: torch.Tensor) -> DataSplits:
+        """These splits with only the train samples at `index` (clean labels alike)."""
+        clean = self.clean_train_labels
+        return dataclasses.replace(
+            self,
+            train=self.train.subset(index),
+            clean_train_labels=None if clean is None else clean[index],
+        )
 
     def class_counts(self) -> torch.Tensor:
         """Number of training samples per class (int64, on the CPU)."""
