@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from kornia.augmentation import IntensityAugmentationBase2D
 
-from runner.augment.ops.shared import refuse_same_on_batch, uniform
+from runner.augment.ops.shared import probability, refuse_same_on_batch, uniform
 
 # ITU-R BT.601 luma weights as torchvision's rgb_to_grayscale rounds them.
 _LUMA = (0.2989, 0.587, 0.114)
@@ -54,8 +54,7 @@ class ColorJitterAffine(IntensityAugmentationBase2D):
                 raise ValueError(f"{name}={value!r}: expected a jitter >= 0")
         if not 0 <= hue <= 0.5:
             raise ValueError(f"hue={hue!r}: expected a jitter in [0, 0.5]")
-        if not 0 <= p <= 1:
-            raise ValueError(f"p={p!r}: expected a probability in [0, 1]")
+        probability(p, "p")
         self.brightness, self.contrast = float(brightness), float(contrast)
         # Constants live on the module's device: building them from Python lists per call
         # would copy from pageable host memory, which waits for the GPU every step.

@@ -13,6 +13,7 @@ from runner.augment.device import to_unit_float
 from runner.augment.ops.shared import (
     loops_per_sample,
     pair,
+    probability,
     refuse_same_on_batch,
     scale_shift_flip,
 )
@@ -52,9 +53,8 @@ class RandomCropFlip(GeometricAugmentationBase2D):
             raise ValueError(
                 f"padding_mode={padding_mode!r}: expected 'reflect', 'replicate' or 'constant'"
             )
-        if not 0 <= flip_p <= 1:
-            raise ValueError(f"flip_p={flip_p!r}: expected a probability in [0, 1]")
-        self.padding, self.padding_mode, self.flip_p = int(padding), padding_mode, float(flip_p)
+        self.padding, self.padding_mode = int(padding), padding_mode
+        self.flip_p = probability(flip_p, "flip_p")
 
     accepts_uint8 = True  # see the class docstring; returns float images in [0, 1]
 

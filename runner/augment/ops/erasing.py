@@ -12,6 +12,7 @@ from kornia.augmentation import IntensityAugmentationBase2D
 from runner.augment.ops.shared import (
     box_tries,
     first_fit,
+    probability,
     random_corner,
     refuse_same_on_batch,
     value_range,
@@ -40,8 +41,7 @@ class RandomBoxErasing(IntensityAugmentationBase2D):
         value: float = 0.0,
     ):
         super().__init__(p=1.0)
-        if not 0 <= p <= 1:
-            raise ValueError(f"p={p!r}: expected a probability in [0, 1]")
+        probability(p, "p")
         self.prob = float(p)
         self.scale = value_range(scale, "scale", 0.0, 1.0)
         self.ratio = value_range(ratio, "ratio", 1e-6, math.inf)

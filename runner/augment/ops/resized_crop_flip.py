@@ -15,6 +15,7 @@ from runner.augment.ops.shared import (
     first_fit,
     loops_per_sample,
     pair,
+    probability,
     random_corner,
     refuse_same_on_batch,
     scale_shift_flip,
@@ -51,9 +52,7 @@ class RandomResizedCropFlip(GeometricAugmentationBase2D):
         self.size = pair(size, "size")
         self.scale = value_range(scale, "scale", 0.0, 1.0)
         self.ratio = value_range(ratio, "ratio", 1e-6, math.inf)
-        if not 0 <= flip_p <= 1:
-            raise ValueError(f"flip_p={flip_p!r}: expected a probability in [0, 1]")
-        self.flip_p = float(flip_p)
+        self.flip_p = probability(flip_p, "flip_p")
 
     def generate_parameters(self, batch_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
         """Draws boxes (top, left, height, width) and flips on `self.device`."""

@@ -34,6 +34,13 @@ def value_range(value: Sequence[float], name: str, low: float, high: float) -> t
     return pair
 
 
+def probability(value: float, name: str) -> float:
+    """A probability in [0, 1], checked; `name` is the argument, for the error."""
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name}={value!r}: expected a probability in [0, 1]")
+    return float(value)
+
+
 def uniform(n: int, low: float, high: float, device: torch.device) -> torch.Tensor:
     """`n` draws from U(low, high) on `device`."""
     return torch.rand(n, device=device) * (high - low) + low
