@@ -188,14 +188,15 @@ def load_hf(
     for split, dataset in loaded.items():
         if isinstance(dataset.features[image_key], datasets.Image):
             dataset = dataset.cast_column(image_key, datasets.Image(decode=False))
-        unknown = sorted({str(v) for v in dataset[label_key] if v not in to_index})
+        values = dataset[label_key]  # the label column, read once per split
+        unknown = sorted({str(v) for v in values if v not in to_index})
         if unknown:
             raise DataError(
                 f"{name} split {specs[split]!r} has labels that {split_train!r} lacks: "
                 f"{', '.join(unknown[:20])} ({len(unknown)} in all)."
             )
         records[split] = _Column(dataset, image_key, f"{label}:{specs[split]}")
-        labels[split] = [to_index[v] for v in dataset[label_key]]
+        labels[split] = [to_index[v] for v in values]
         ids[split] = record_ids(dataset, image_key, folder, f"{label}:{specs[split]}")
     ids = _unique_ids(ids)
     fingerprints = [(s, d._fingerprint, len(d)) for s, d in loaded.items()]

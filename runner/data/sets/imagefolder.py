@@ -210,14 +210,14 @@ def load_imagefolder(
     class_names, layout = scan_layout(root, num_classes)
     records = {split: [str(p) for p in files] for split, (files, _) in layout.items()}
     labels = {split: labels for split, (_, labels) in layout.items()}
-    ids = {
-        split: [Path(os.path.relpath(p, root)).as_posix() for p in files]
-        for split, (files, _) in layout.items()
+    relative = {
+        split: [os.path.relpath(p, root) for p in files] for split, (files, _) in layout.items()
     }
+    ids = {split: [Path(r).as_posix() for r in paths] for split, paths in relative.items()}
     # The listing with sizes and modification times stands for the content: a changed,
     # added or removed file gives another key, and reading every byte is not needed.
     listing = [
-        (split, [(os.path.relpath(p, root), *_stat(p)) for p in files])
+        (split, [(r, *_stat(p)) for r, p in zip(relative[split], files, strict=True)])
         for split, (files, _) in layout.items()
     ]
     return splits_from_records(
@@ -403,6 +403,8 @@ def _check_classes_have_images(parts, class_names, where, bad) -> None:
 def _assemble(parts, val_fraction, test_fraction, split_seed):
     """Uses the val/test splits where present and carves the rest from train."""
     train = parts["train"]
+    if "val" in parts and "test" in parts:  # nothing to carve: no copy of train
+        return train, parts["val"], parts["test"]
     carve_val = 0.0 if "val" in parts else val_fraction
     carve_test = 0.0 if "test" in parts else test_fraction
     train_idx, val_idx, test_idx = (
