@@ -105,10 +105,7 @@ def log_pytorch_model(
         params=dict(run.data.params),
         tags=tags,
     )
-    # log_model, its registration and its final status read the process-wide store.
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar in logs
+    _use_store(tracking_uri)  # log_model, its registration and its status read it
     try:
         info = mlflow.pytorch.log_model(
             model,
@@ -146,6 +143,18 @@ def log_pytorch_model(
         else:
             log.info("registered model %s version %s", registered_model_name, version.version)
     return info.model_uri
+
+
+def _use_store(tracking_uri: str) -> None:
+    """Points MLflow's process-wide store and registry at `tracking_uri`.
+
+    Also turns off the artifact progress bars, which would fill the run's log.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _register(model_uri: str, name: str, attempts: int = 3):
@@ -194,13 +203,11 @@ def fetch_checkpoint(uri: str, tracking_uri: str, download_dir: Path) -> Fetched
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar in logs
     download_dir.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     # MLflow resolves a model's files (`models:/...`, a run's model) through the
     # process-wide store and registry, whatever URI the download itself is given.
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    _use_store(tracking_uri)
     if uri.startswith(REGISTRY_URI_PREFIX):
         name, _, version = uri.removeprefix(REGISTRY_URI_PREFIX).strip("/").partition("/")
         if not name or not version:
