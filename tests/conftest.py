@@ -141,12 +141,18 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """Composes conf/train.yaml with outputs under tmp_path; tiny=True adds TINY first."""
 
     def make(*overrides: str, tiny: bool = True) -> DictConfig:
-        seed_store(tmp_path / "outputs")
-        base = [f"paths.output_dir={tmp_path}/outputs", f"paths.run_dir={tmp_path}/run"]
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose("train", overrides=[*base, *(TINY if tiny else []), *overrides])
+        return compose_run(tmp_path, "run", *overrides, tiny=tiny)
 
     return make
+
+
+def compose_run(tmp: Path, run_dir: str, *overrides: str, tiny: bool = True) -> DictConfig:
+    """conf/train.yaml with outputs (a seeded store) under `tmp` and the run in tmp/run_dir;
+    tiny=True adds TINY before the overrides."""
+    seed_store(Path(tmp) / "outputs")
+    base = [f"paths.output_dir={tmp}/outputs", f"paths.run_dir={tmp}/{run_dir}"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=[*base, *(TINY if tiny else []), *overrides])
 
 
 def run_cli(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess:

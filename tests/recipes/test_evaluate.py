@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torchvision.io import write_png
 
 from runner.cli import run
@@ -16,23 +15,9 @@ from runner.evaluate import resolve_ckpt
 from runner.training.best_checkpoint import read_best
 from runner.training.checkpoint_io import CheckpointError
 from runner.training.test_report import FlipTTA
-from tests.conftest import CONF, TINY, query, seed_store
+from tests.conftest import compose_run, query
 
 ANALYSIS_FILES = ("confusion_matrix.png", "misclassified.png", "gradcam.png", "reliability.png")
-
-
-def compose_cfg(tmp: Path, run_dir: str, *overrides: str):
-    seed_store(Path(tmp) / "outputs")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                f"paths.output_dir={tmp}/outputs",
-                f"paths.run_dir={tmp}/{run_dir}",
-                *TINY,
-                *overrides,
-            ],
-        )
 
 
 def artifacts_of(db: Path, run_id: str) -> Path:
@@ -44,7 +29,7 @@ def artifacts_of(db: Path, run_id: str) -> Path:
 def trained(tmp_path_factory):
     """One tiny training run with MLflow and the analysis reports on."""
     tmp = tmp_path_factory.mktemp("trained")
-    run(compose_cfg(tmp, "train", "analysis.enabled=true"))
+    run(compose_run(tmp, "train", "analysis.enabled=true"))
     db = tmp / "outputs" / "mlflow.db"
     ((run_id,),) = query(db, "SELECT run_uuid FROM runs")
     return tmp, db, run_id
@@ -67,7 +52,7 @@ def test_training_logs_the_analysis_reports_and_links_best_pt_to_its_run(trained
 def test_eval_reproduces_the_test_metrics_in_a_new_linked_run(trained):
     tmp, db, run_id = trained
     ckpt = tmp / "train" / "checkpoints" / "best.pt"
-    acc = run(compose_cfg(tmp, "eval", "mode=eval", f"ckpt={ckpt}", "analysis.enabled=false"))
+    acc = run(compose_run(tmp, "eval", "mode=eval", f"ckpt={ckpt}", "analysis.enabled=false"))
     trained_metrics = json.loads((tmp / "train" / "metrics.json").read_text())
     evaluated = json.loads((tmp / "eval" / "metrics.json").read_text())
     # Same weights, same data, same preprocessing: the same numbers.
@@ -89,7 +74,7 @@ def test_eval_reproduces_the_test_metrics_in_a_new_linked_run(trained):
 def test_eval_from_an_mlflow_run_id_with_flip_tta(trained):
     tmp, _, run_id = trained
     tta = ("mode=eval", f"ckpt=runs:/{run_id}", "eval.tta=flip", "analysis.enabled=true")
-    run(compose_cfg(tmp, "eval_tta", *tta))
+    run(compose_run(tmp, "eval_tta", *tta))
     evaluated = json.loads((tmp / "eval_tta" / "metrics.json").read_text())
     assert evaluated["tta"] == "flip" and evaluated["source_run_id"] == run_id
     assert 0 <= evaluated["test/ece"] <= 1
@@ -119,7 +104,7 @@ def test_predict_writes_top_k_with_class_names_in_file_order(trained, tmp_path):
     (folder / "b.jpg").write_bytes(b"not an image")
     out = tmp_path / "preds" / "p.csv"
     count = run(
-        compose_cfg(
+        compose_run(
             tmp,
             "predict",
             "mode=predict",
@@ -143,7 +128,7 @@ def test_predict_writes_top_k_with_class_names_in_file_order(trained, tmp_path):
 
 @pytest.mark.slow
 def test_ckpt_errors_name_the_file_and_the_fix(tmp_path, trained):
-    cfg = compose_cfg(trained[0], "unused")  # the trained run's MLflow store
+    cfg = compose_run(trained[0], "unused")  # the trained run's MLflow store
     with pytest.raises(CheckpointError, match=r"ckpt='/nope/best.pt': no such file"):
         resolve_ckpt("/nope/best.pt", cfg, tmp_path)
     with pytest.raises(CheckpointError, match=r"a folder: point at its checkpoints/best\.pt"):
@@ -227,7 +212,7 @@ def test_a_flat_layout_best_pt_evaluates_and_predicts_as_before(trained, tmp_pat
     assert read_best(legacy).stored_config().model._target_ == (
         read_best(current).stored_config().model._target_
     )
-    run(compose_cfg(tmp, "eval_legacy", "mode=eval", f"ckpt={legacy}", "analysis.enabled=false"))
+    run(compose_run(tmp, "eval_legacy", "mode=eval", f"ckpt={legacy}", "analysis.enabled=false"))
     evaluated = json.loads((tmp / "eval_legacy" / "metrics.json").read_text())
     trained_metrics = json.loads((tmp / "train" / "metrics.json").read_text())
     for key in ("test/acc", "test/loss", "test/macro_f1"):
@@ -239,7 +224,7 @@ def test_a_flat_layout_best_pt_evaluates_and_predicts_as_before(trained, tmp_pat
     for label, ckpt in (("legacy", legacy), ("current", current)):
         out = tmp_path / f"{label}.csv"
         predict = ("mode=predict", f"ckpt={ckpt}", f"predict.input={image}")
-        run(compose_cfg(tmp, f"predict_{label}", *predict, f"predict.output={out}"))
+        run(compose_run(tmp, f"predict_{label}", *predict, f"predict.output={out}"))
         with out.open() as handle:
             rows[label] = [row[1:] for row in csv.reader(handle)]
     assert rows["legacy"] == rows["current"]
@@ -250,7 +235,7 @@ def test_eval_on_stored_data_needs_no_exclude_file_and_no_folds(tmp_path):
     from runner.data.build import build_data
     from runner.evaluate import train_only_keys_off
 
-    cfg = compose_cfg(tmp_path, "run", "data.num_folds=5", "data.fold=0")
+    cfg = compose_run(tmp_path, "run", "data.num_folds=5", "data.fold=0")
     stored = cfg.data.copy()
     stored.exclude = str(tmp_path / "gone.csv")  # an audit file deleted since training
     kept = train_only_keys_off(stored)

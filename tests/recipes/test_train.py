@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import runner.training.engine
 from runner.train import run
-from tests.conftest import CONF, REPO, TINY, query, runs_in, seed_store
+from tests.conftest import REPO, TINY, compose_run, query, runs_in
 
 pytestmark = pytest.mark.slow
 
@@ -45,15 +44,6 @@ REQUIRED_TAGS = {
 }
 
 
-def compose_cfg(tmp: Path, *overrides: str):
-    seed_store(Path(tmp) / "outputs")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[f"paths.output_dir={tmp}/outputs", f"paths.run_dir={tmp}/run", *overrides],
-        )
-
-
 def run_status(db: Path) -> list[str]:
     return [row[0] for row in query(db, "SELECT status FROM runs")]
 
@@ -62,7 +52,7 @@ def run_status(db: Path) -> list[str]:
 def digits_run(tmp_path_factory):
     """One short training run of the default config (digits, resnet18, MLflow)."""
     tmp = tmp_path_factory.mktemp("digits")
-    cfg = compose_cfg(tmp, "trainer.max_epochs=6")
+    cfg = compose_run(tmp, "run", "trainer.max_epochs=6", tiny=False)
     best = run(cfg)
     return tmp, cfg, best
 
@@ -126,10 +116,10 @@ def test_run_dir_holds_checkpoints_that_load_with_weights_only(digits_run):
 
 
 def test_resume_continues_the_same_mlflow_run(tmp_path):
-    first = run(compose_cfg(tmp_path, *TINY, "trainer.max_epochs=2"))
+    first = run(compose_run(tmp_path, "run", "trainer.max_epochs=2"))
     db = tmp_path / "outputs" / "mlflow.db"
     (run_id,) = query(db, "SELECT run_uuid FROM runs")[0]
-    second = run(compose_cfg(tmp_path, *TINY, "trainer.max_epochs=3"))
+    second = run(compose_run(tmp_path, "run", "trainer.max_epochs=3"))
     assert query(db, "SELECT run_uuid, status FROM runs") == [(run_id, "FINISHED")]
     steps = [s for (s,) in query(db, "SELECT step FROM metrics WHERE key='val/acc' ORDER BY step")]
     assert steps == [1, 2, 3], "each epoch is logged once across the restart"
@@ -144,7 +134,7 @@ def test_exception_marks_the_run_failed_with_its_traceback(tmp_path, monkeypatch
 
     monkeypatch.setattr(runner.training.engine, "train_one_epoch", broken_epoch)
     with pytest.raises(RuntimeError, match="boom"):
-        run(compose_cfg(tmp_path, *TINY))
+        run(compose_run(tmp_path, "run"))
     db = tmp_path / "outputs" / "mlflow.db"
     assert run_status(db) == ["FAILED"]
     (artifact_uri,) = query(db, "SELECT artifact_uri FROM runs")[0]
@@ -158,12 +148,12 @@ def test_keyboard_interrupt_marks_the_run_killed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner.training.engine, "train_one_epoch", interrupted_epoch)
     with pytest.raises(KeyboardInterrupt):
-        run(compose_cfg(tmp_path, *TINY))
+        run(compose_run(tmp_path, "run"))
     assert run_status(tmp_path / "outputs" / "mlflow.db") == ["KILLED"]
 
 
 def test_logger_none_still_writes_metrics_and_checkpoints(tmp_path):
-    best = run(compose_cfg(tmp_path, *TINY, "logger=none"))
+    best = run(compose_run(tmp_path, "run", "logger=none"))
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["best_value"] == pytest.approx(best)
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
@@ -186,7 +176,7 @@ def test_logger_none_still_writes_metrics_and_checkpoints(tmp_path):
     ],
 )
 def test_trainer_options_run_together(tmp_path, extra):
-    best = run(compose_cfg(tmp_path, *TINY, "trainer.max_epochs=2", "logger=none", *extra))
+    best = run(compose_run(tmp_path, "run", "trainer.max_epochs=2", "logger=none", *extra))
     assert 0.0 <= best <= 1.0
 
 

@@ -10,7 +10,6 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
@@ -22,23 +21,9 @@ from runner.tracking.mlflow_tracker import MODEL_TRAINING_KIND, MlflowTracker
 from runner.tracking.models import fetch_checkpoint
 from runner.training.best_checkpoint import read_best
 from runner.training.lineage import content_settings, dataset_records, split_digest
-from tests.conftest import CONF, TINY, query, run_cli, seed_store
+from tests.conftest import TINY, compose_run, query, run_cli, seed_store
 
 MODEL_NAME = "tiny-classifier"
-
-
-def compose_cfg(tmp: Path, run_dir: str, *overrides: str, tiny: bool = True):
-    seed_store(Path(tmp) / "outputs")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                f"paths.output_dir={tmp}/outputs",
-                f"paths.run_dir={tmp}/{run_dir}",
-                *(TINY if tiny else []),
-                *overrides,
-            ],
-        )
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +107,7 @@ def test_the_model_is_registered_and_eval_takes_models_and_runs_uris(trained):
     assert [(int(v.version), v.run_id) for v in versions] == [(1, run_id)], said
     trained_metrics = json.loads((tmp / "train" / "metrics.json").read_text())
     for name, ckpt in (("by_version", f"models:/{MODEL_NAME}/1"), ("by_run", f"runs:/{run_id}")):
-        cfg = compose_cfg(tmp, name, "mode=eval", f"ckpt={ckpt}", "logger.system_metrics=false")
+        cfg = compose_run(tmp, name, "mode=eval", f"ckpt={ckpt}", "logger.system_metrics=false")
         run(cfg)
         evaluated = json.loads((tmp / name / "metrics.json").read_text())
         for key in ("test/acc", "test/loss", "test/macro_f1"):
@@ -164,7 +149,7 @@ def test_the_run_page_has_kind_source_datasets_system_metrics_and_run_log(traine
 
 def test_a_digest_changes_with_the_data_and_every_switch_not_with_where_it_lives(tmp_path):
     def digests(*overrides: str) -> list[str]:
-        cfg = compose_cfg(tmp_path, "unused", "data=digits", *overrides, tiny=False)
+        cfg = compose_run(tmp_path, "unused", "data=digits", *overrides, tiny=False)
         return [r.digest for r in dataset_records(cfg.data, build_data(cfg.data))]
 
     base = digests()
@@ -178,7 +163,7 @@ def test_a_digest_changes_with_the_data_and_every_switch_not_with_where_it_lives
     ):
         changed = digests(switch)
         assert changed[0] != base[0], switch  # the train split changed
-    cfg = compose_cfg(tmp_path, "unused", "data=digits", tiny=False)
+    cfg = compose_run(tmp_path, "unused", "data=digits", tiny=False)
     data = build_data(cfg.data)
     settings = content_settings(cfg.data)
     # Keys another data option adds (a fold, an exclusion list) count without being listed.
