@@ -27,7 +27,7 @@ from runner.sweeps.manifest import (
     reopen_parent_run,
     write_json,
 )
-from runner.sweeps.optuna_study import check_optuna_settings, is_optuna_sweep
+from runner.sweeps.optuna_study import is_optuna_sweep, plan_study
 from runner.sweeps.stores import cluster_store_warning
 from runner.sweeps.summary import summarize_and_log
 
@@ -49,13 +49,13 @@ class SweepCallback(Callback):
         """
         from hydra.utils import instantiate
 
-        if is_optuna_sweep(config):  # its searched values are the sweeper's to check
-            check_optuna_settings(config)
-        else:
-            try:  # every job's config, before the parent run exists or any job trains
+        try:  # before the parent run exists or any job trains
+            if is_optuna_sweep(config):  # its searched values are the sweeper's to check
+                plan_study(config, [str(a) for a in config.hydra.overrides.task])
+            else:  # every job's config
                 refuse_bad_jobs(config, kwargs.get("config_name"))
-            except ConfigError as err:
-                raise SystemExit(f"Error: {err}") from err
+        except ConfigError as err:  # a SweepConfigError is one too
+            raise SystemExit(f"Error: {err}") from err
         if warning := cluster_store_warning(config):
             log.warning("%s", warning)
         self.sweep_dir = Path(config.hydra.sweep.dir).resolve()

@@ -126,20 +126,6 @@ def is_optuna_sweep(config: DictConfig) -> bool:
     return target == SWEEPER_TARGET
 
 
-def check_optuna_settings(config: DictConfig) -> None:
-    """Stops the command with one message when an Optuna sweep's settings are bad.
-
-    Raises:
-        SystemExit: Naming every bad setting (no traceback; exit status 1).
-    """
-    if not is_optuna_sweep(config):
-        return
-    try:
-        plan_study(config, [str(a) for a in config.hydra.overrides.task])
-    except SweepConfigError as err:
-        raise SystemExit(f"Error: {err}") from None
-
-
 def _node(value: Any, names: dict[str, str]) -> Any:
     """A sampler/pruner node as a plain dict; a group option's name becomes its node."""
     if isinstance(value, str) and value in names:

@@ -142,17 +142,16 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
             if key in swept:
                 best_tags[f"best.{plural}"] = ",".join(str(j["params"][key]) for j in members)
         best_tags["best.run_ids"] = ",".join(j.get("mlflow_run_id") or "" for j in members)
-        best_tags["best.run_id"] = best.get("mlflow_run_id") or ""
-        best_tags["best.job"] = str(best.get("num"))
         best_metrics = best_group.metrics(monitor, shown)
     elif best is not None:
         described = best["label"] or "the only job"
         value = _fmt(best["value"])
         lines += ["", f"Best: job {best.get('num')} ({described}): {monitor} = {value}"]
         best_tags = {f"best.{n}": best["params"][n] for n in swept if n in best["params"]}
+        best_metrics = {f"best/{monitor}": best["value"]}
+    if best is not None:  # the best job itself (of the best group, when there is one)
         best_tags["best.run_id"] = best.get("mlflow_run_id") or ""
         best_tags["best.job"] = str(best.get("num"))
-        best_metrics = {f"best/{monitor}": best["value"]}
     not_done = [j for j in jobs if j.get("status") != "FINISHED"]
     if not_done:
         lines += ["", "## Not finished", ""]
