@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from runner.reports.drawing import draw_each
 from runner.reports.gradcam import find_gradcam_layer, gradcam_maps
 from runner.reports.per_class import per_class_table
 from runner.tracking.protocol import Tracker
@@ -123,13 +124,7 @@ def write_reports(
             )
         if inputs.history:
             plots["learning_curves.png"] = partial(plot_learning_curves, inputs.history)
-        for name, plot in plots.items():
-            try:
-                plot(run_dir / name)
-            except Exception as err:  # a report must not cost the run its tested results
-                log.error("analysis: %s was not written: %s", name, err)
-                continue
-            files.append(run_dir / name)
+        files += draw_each(plots, run_dir, "analysis")
     for path in files:
         tracker.log_artifact(path)
     log.info(

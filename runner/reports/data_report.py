@@ -10,6 +10,7 @@ import torch
 
 from runner.data.splits import DataSplits
 from runner.reports.aug_preview import Preview, draw_preview
+from runner.reports.drawing import draw_each
 from runner.tracking.protocol import Tracker
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,7 @@ def report_train_data(data: DataSplits, run_dir: Path, tracker: Tracker) -> None
     log.info("train samples per class: %s", params["data.train_class_counts"])
     tracker.log_params(params)
     if data.bad_files:
-        path = run_dir / "bad_files.txt"
-        path.write_text("".join(f"{reason}\n" for _, reason in data.bad_files))
+        path = _write_bad_files(run_dir, data.bad_files)
         tracker.log_artifact(path)
         log.warning("%d bad file(s) skipped; listed in %s", len(data.bad_files), path)
     if data.clean_train_labels is not None:
@@ -96,8 +96,7 @@ def report_streamed_bad_files(
     late = [bad for loader in loaders for bad in getattr(loader, "bad_files", [])]
     if not late:
         return
-    path = run_dir / "bad_files.txt"
-    path.write_text("".join(f"{reason}\n" for _, reason in [*data.bad_files, *late]))
+    path = _write_bad_files(run_dir, [*data.bad_files, *late])
     tracker.log_artifact(path)
     tracker.set_tags({"data.num_bad_files_streamed": str(len(late))})
     log.warning("%d more bad file(s) met while streaming; listed in %s", len(late), path)
@@ -115,12 +114,11 @@ def draw_start_plots(preview: Preview, data: DataSplits, run_dir: Path) -> list[
             data.class_counts(), data.class_names, path
         ),
     }
-    written = []
-    for name, draw in plots.items():
-        try:
-            draw(run_dir / name)
-        except Exception as err:  # a plot must not cost the run its training
-            log.error("%s was not written: %s", name, err)
-            continue
-        written.append(run_dir / name)
-    return written
+    return draw_each(plots, run_dir)
+
+
+def _write_bad_files(run_dir: Path, bad_files: list[tuple[str, str]]) -> Path:
+    """bad_files.txt: one line per skipped file, saying which and why."""
+    path = run_dir / "bad_files.txt"
+    path.write_text("".join(f"{reason}\n" for _, reason in bad_files))
+    return path

@@ -1,0 +1,26 @@
+"""Drawing a run's plots so that one that fails costs the run nothing but that plot."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def draw_each(plots: dict[str, Callable[[Path], Any]], run_dir: Path, what: str = "") -> list[Path]:
+    """Draws each `{file name: draw(path)}` into run_dir; returns the files written.
+
+    A plot that fails is named in the log (prefixed by `what`) and left out.
+    """
+    written = []
+    for name, draw in plots.items():
+        try:
+            draw(run_dir / name)
+        except Exception as err:  # a plot must not cost the run its training or results
+            log.error("%s%s was not written: %s", f"{what}: " if what else "", name, err)
+            continue
+        written.append(run_dir / name)
+    return written
