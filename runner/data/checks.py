@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from runner.data.decoding import DataError
-from runner.data.splits import DataSplits
+from runner.data.splits import DataSplits, classes_without_samples
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +46,7 @@ def require_splits(data: DataSplits, names: tuple[str, ...] = ("train", "val", "
                 else f"the train split of data {data.name!r} is empty: it comes from "
                 f"{_SOURCE[name]}; check data.root and the switches"
             )
-        counts = torch.bincount(split.labels.cpu(), minlength=data.num_classes)
-        missing = [data.class_names[c] for c in (counts == 0).nonzero().flatten().tolist()]
+        missing = classes_without_samples(split.labels, data.class_names)
         if missing:
             shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
             log.warning(

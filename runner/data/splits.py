@@ -138,6 +138,12 @@ class DataSplits:
         return self
 
 
+def classes_without_samples(labels: torch.Tensor, class_names: Sequence[str]) -> list[str]:
+    """The names of the classes that none of `labels` has."""
+    counts = torch.bincount(labels.cpu(), minlength=len(class_names))
+    return [class_names[c] for c in (counts == 0).nonzero().flatten().tolist()]
+
+
 def stratified_split(
     labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

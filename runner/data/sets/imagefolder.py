@@ -31,7 +31,13 @@ from runner.data.decoding import (
     decode_all,
     record_name,
 )
-from runner.data.splits import DataSplits, Split, channel_stats, stratified_split
+from runner.data.splits import (
+    DataSplits,
+    Split,
+    channel_stats,
+    classes_without_samples,
+    stratified_split,
+)
 from runner.data.streaming import EncodedSplit
 
 log = logging.getLogger(__name__)
@@ -390,8 +396,7 @@ def _stream_parts(records, labels, ids, image_size, num_workers, on_bad_file):
 
 def _check_classes_have_images(parts, class_names, where, bad) -> None:
     for split, part in parts.items():
-        counts = torch.bincount(part.labels, minlength=len(class_names))
-        empty = [class_names[c] for c in (counts == 0).nonzero().flatten().tolist()]
+        empty = classes_without_samples(part.labels, class_names)
         if empty:
             folders = ", ".join(f"{split}/{c}" for c in empty)
             raise DataError(
