@@ -125,6 +125,7 @@ class SweepCallback(Callback):
         if summary.failed:
             listing = "\n".join(
                 f"  job {e.get('num')} {e.get('status', '?')}: {e['label'] or e['key']}"
+                + (f"\n    {e['error']}" if e.get("error") else "")
                 for e in summary.failed
             )
             raise SystemExit(

@@ -59,6 +59,7 @@ DIRECTIONS = ("maximize", "minimize")
 SPACE_ATTR = "runner.search_space"
 STUDY_FILE = "study.json"
 JOURNAL_PREFIX = "journal:///"
+SQLITE_BUSY_TIMEOUT_S = 60
 
 
 class SweepConfigError(ConfigError):
@@ -113,11 +114,15 @@ def open_storage(url: str) -> Any:
         path = Path(url.removeprefix(JOURNAL_PREFIX))
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
+    engine_kwargs = {}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # Concurrent jobs write their reports to one file; on busy cores a writer can hold
+        # the lock longer than SQLite's default 5 s wait.
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
     # Heartbeats are off: a trial's job reports every epoch, and a job that dies is
     # marked failed by the sweeper when its launcher returns.
-    return optuna.storages.RDBStorage(url)
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
 def is_optuna_sweep(config: DictConfig) -> bool:

@@ -70,17 +70,28 @@ def report_and_check(
     """
     from optuna.trial import TrialState
 
-    study, trial = _trial(
-        settings.get("storage"),
-        str(settings.get("study_name")),
-        trial_number,
-        json.dumps(settings.get("pruner"), sort_keys=True),
-    )
-    if trial is None:
+    try:
+        study, trial = _trial(
+            settings.get("storage"),
+            str(settings.get("study_name")),
+            trial_number,
+            json.dumps(settings.get("pruner"), sort_keys=True),
+        )
+        if trial is None:
+            return False
+        trial.report(value, step=epoch)
+        if epoch >= last_epoch or not trial.should_prune():
+            return False
+        study.tell(trial, state=TrialState.PRUNED)
+    except Exception as err:  # the storage is busy or away: the job trains on, unpruned
+        log.warning(
+            "optuna: trial %d could not report epoch %d to %s (%s: %s); it trains on",
+            trial_number,
+            epoch,
+            settings.get("storage"),
+            type(err).__name__,
+            err,
+        )
         return False
-    trial.report(value, step=epoch)
-    if epoch >= last_epoch or not trial.should_prune():
-        return False
-    study.tell(trial, state=TrialState.PRUNED)
     log.info("optuna: trial %d pruned at epoch %d", trial_number, epoch)
     return True

@@ -252,6 +252,31 @@ def test_a_trial_is_pruned_before_its_last_epoch_but_never_at_it(tmp_path):
     assert states[last.number] == optuna.trial.TrialState.RUNNING  # the sweeper tells it
 
 
+def test_a_locked_storage_costs_the_report_not_the_job(tmp_path, monkeypatch, caplog):
+    import sqlite3
+
+    from runner.sweeps import optuna_study
+
+    monkeypatch.setattr(optuna_study, "SQLITE_BUSY_TIMEOUT_S", 0.2)  # wait briefly, not 60 s
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    pruner = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 10.0}  # prunes any value
+    study = optuna.create_study(study_name="locked", storage=open_storage(storage))
+    settings = {"study_name": "locked", "storage": storage, "pruner": pruner}
+    trial = study.ask()
+    other = sqlite3.connect(tmp_path / "optuna.db", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another job holds the lock past the wait
+    try:
+        assert not report_and_check(settings, trial.number, epoch=1, value=0.5, last_epoch=3)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert f"trial {trial.number} could not report epoch 1" in caplog.text
+    assert "database is locked" in caplog.text
+    # Once the lock is gone the next epoch reports (and here is pruned) as usual.
+    assert report_and_check(settings, trial.number, epoch=2, value=0.5, last_epoch=3)
+    assert study.trials[trial.number].state == optuna.trial.TrialState.PRUNED
+
+
 def test_slurm_with_sqlite_stores_warns_and_names_the_alternatives(tmp_path):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         slurm = compose(

@@ -117,6 +117,7 @@ def test_a_failing_job_does_not_stop_the_others_and_the_sweep_fails(tmp_path):
     assert code == 1, output[-3000:]
     assert "1 of 2 sweep job(s) did not finish" in output
     assert "job 0 FAILED: loss.fail=raise" in output  # what tells the failed job apart
+    assert "RuntimeError: loss.fail=raise: the test hook failed" in output  # and why
     assert f"sweep.resume={sweep_dir}" in output
     jobs = by_fail(manifest(sweep_dir))
     assert {k: e["status"] for k, e in jobs.items()} == {"raise": "FAILED", "none": "FINISHED"}
