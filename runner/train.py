@@ -22,7 +22,7 @@ from runner.data.build import build_data, build_loaders
 from runner.data.debug import overfit_subset
 from runner.data.splits import DataSplits
 from runner.reports import console
-from runner.reports.aug_preview import augment_preview
+from runner.reports.aug_preview import Preview, augment_preview
 from runner.reports.data_report import (
     draw_start_plots,
     report_streamed_bad_files,
@@ -32,7 +32,6 @@ from runner.sweeps.job import SweepJob
 from runner.tracking.null import NullTracker
 from runner.tracking.run_record import debug_tags, start_run
 from runner.training import checkpoint_io, distributed, startup_clock
-from runner.training.background import in_background
 from runner.training.best_checkpoint import read_best
 from runner.training.context import (
     RunContext,
@@ -77,9 +76,9 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
     ctx = start_context(cfg, job)
     if job is None or job.num == 0:  # a sweep shows its config tree once
         console.print_config(cfg)
-    if ctx.is_main:  # opening (or creating) the store waits on the disk: beside the data
-        experiment = (job and job.experiment_name) or cfg.data.name
-        connecting = in_background(ctx.tracker.connect, experiment_name=experiment)
+    if ctx.is_main:  # before the data: a tracking server that is down fails in seconds
+        with startup_clock.phase("mlflow"):
+            ctx.tracker.connect(experiment_name=(job and job.experiment_name) or cfg.data.name)
 
     with startup_clock.phase("data"):
         data = build_data(cfg.data)
@@ -96,16 +95,12 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
     check_embedding_layer(cfg.data, parts.model, data.num_classes)  # a k-fold job's outputs
     state = resume_or_start(ctx.run_dir, cfg.trainer.resume, parts)
     distributed.seed_rank(cfg.seed, state.global_step)
-    if ctx.is_main:  # a tracking server that is down fails here, before training
-        with startup_clock.phase("mlflow"):
-            connecting.result()
 
     agreement = distributed.stop_agreement(ctx.world)  # under DDP all ranks stop together
     ctx.stop = GracefulStop(agreement)
     with tracked_run(ctx):  # from here on, the tracked run always ends with a status
         if ctx.is_main:
-            record_start(ctx, data, state)
-            drawing = in_background(draw_start_plots, preview, data, ctx.run_dir)
+            record_start(ctx, data, state, preview)
         distributed.barrier()  # the run's config file exists before any rank reads it
         state.mlflow_run_id = ctx.tracker.run_id
         with ctx.stop, profile(cfg.trainer.profile, ctx.run_dir, ctx.tracker):
@@ -113,8 +108,6 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
         ctx.writer.wait()
         distributed.end_training(ctx.world, agreement)  # the other ranks are done
         if ctx.is_main:  # rank 0 tests the best weights and reports
-            for path in drawing.result():
-                ctx.tracker.log_artifact(path)
             test_best(ctx, parts, data, loaders, state)
     return state.best_value
 
@@ -144,8 +137,8 @@ def start_context(cfg: DictConfig, job: SweepJob | None) -> RunContext:
     )
 
 
-def record_start(ctx: RunContext, data: DataSplits, state: TrainState) -> None:
-    """Starts the tracked run and records the config, environment and data."""
+def record_start(ctx: RunContext, data: DataSplits, state: TrainState, preview: Preview) -> None:
+    """Starts the tracked run and records the config, environment, data and start plots."""
     with startup_clock.phase("mlflow"):
         start_run(
             ctx.tracker,
@@ -164,6 +157,8 @@ def record_start(ctx: RunContext, data: DataSplits, state: TrainState) -> None:
         ctx.job.record_run(ctx.tracker.run_id)
     log_data_inputs(ctx.tracker, ctx.cfg.data, data)  # train/val/test as MLflow datasets
     report_train_data(data, ctx.run_dir, ctx.tracker)
+    for path in draw_start_plots(preview, data, ctx.run_dir):
+        ctx.tracker.log_artifact(path)
     startup_clock.finish(ctx.run_dir, ctx.tracker)  # start-up phases: startup.json, startup_s
 
 

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def report_train_data(data: DataSplits, run_dir: Path, tracker: Tracker) -> None:
     """Logs the train class counts (a param), the bad files and the noisy labels.
 
-    The bar chart of the counts is `plot_class_counts`, drawn while training runs.
+    The bar chart of the counts is drawn by `draw_start_plots`.
 
     Args:
         data: The data set after the switches.
@@ -105,8 +105,7 @@ def report_streamed_bad_files(
 def draw_start_plots(preview: Preview, data: DataSplits, run_dir: Path) -> list[Path]:
     """Draws aug_preview.png and class_counts.png; returns the files written.
 
-    Run beside the first training steps: matplotlib is not needed before them. A plot that
-    fails is named in the log and left out; the run goes on.
+    A plot that fails is named in the log and left out; the run goes on.
     """
     plots = {
         "aug_preview.png": lambda path: draw_preview(preview, path),

@@ -52,8 +52,7 @@ def test_eight_runs_started_at_once_on_a_fresh_sqlite_store(tmp_path):
 
 
 def test_unreachable_server_fails_fast_before_training(tmp_path):
-    """Point 12a: the URI is named, within 10 s, before any training (the store is opened
-    beside the data build, so the data may be built meanwhile)."""
+    """Point 12a: the URI is named, within 10 s, before any data, model or training."""
     start = time.monotonic()
     with pytest.raises(TrackingUnavailableError, match=r"http://127\.0\.0\.1:1.*offline_fallback"):
         MlflowTracker("http://127.0.0.1:1").connect("x")
@@ -64,7 +63,7 @@ def test_unreachable_server_fails_fast_before_training(tmp_path):
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "http://127.0.0.1:1" in output
-    assert "epoch 1" not in output and "model resnet10t" in output, "no training first"
+    assert "epoch 1" not in output and "model resnet10t" not in output, "nothing built first"
     assert "Error: logger.tracking_uri='http://127.0.0.1:1'" in output
     assert not (tmp_path / "mlflow.db").exists()
 
