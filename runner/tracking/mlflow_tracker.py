@@ -141,7 +141,7 @@ class MlflowTracker:
             # migration, so they take turns.
             self.client = MlflowClient(tracking_uri=self.tracking_uri)
             self.experiment_id = with_retry(lambda: self._experiment_id(name))
-        reap_stale_runs(self.client, [self.experiment_id])
+        with_retry(lambda: reap_stale_runs(self.client, [self.experiment_id]))
 
     def start(
         self,
