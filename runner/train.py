@@ -22,7 +22,7 @@ from runner.data.build import build_data, build_loaders
 from runner.data.debug import overfit_subset
 from runner.data.splits import DataSplits
 from runner.reports import console
-from runner.reports.aug_preview import Preview, augment_preview
+from runner.reports.aug_preview import augment_preview
 from runner.reports.data_report import (
     draw_start_plots,
     report_streamed_bad_files,
@@ -100,7 +100,7 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
     ctx.stop = GracefulStop(agreement)
     with tracked_run(ctx):  # from here on, the tracked run always ends with a status
         if ctx.is_main:
-            record_start(ctx, data, state, preview)
+            record_start(ctx, data, state)
         distributed.barrier()  # the run's config file exists before any rank reads it
         state.mlflow_run_id = ctx.tracker.run_id
         with ctx.stop, profile(cfg.trainer.profile, ctx.run_dir, ctx.tracker):
@@ -108,6 +108,11 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
         ctx.writer.wait()
         distributed.end_training(ctx.world, agreement)  # the other ranks are done
         if ctx.is_main:  # rank 0 tests the best weights and reports
+            # Drawn now, not before the first step: matplotlib and the drawing take about
+            # a second that training need not wait for (a thread saves nothing: the
+            # drawing holds the interpreter lock).
+            for path in draw_start_plots(preview, data, ctx.run_dir):
+                ctx.tracker.log_artifact(path)
             test_best(ctx, parts, data, loaders, state)
     return state.best_value
 
@@ -137,8 +142,8 @@ def start_context(cfg: DictConfig, job: SweepJob | None) -> RunContext:
     )
 
 
-def record_start(ctx: RunContext, data: DataSplits, state: TrainState, preview: Preview) -> None:
-    """Starts the tracked run and records the config, environment, data and start plots."""
+def record_start(ctx: RunContext, data: DataSplits, state: TrainState) -> None:
+    """Starts the tracked run and records the config, environment and data."""
     with startup_clock.phase("mlflow"):
         start_run(
             ctx.tracker,
@@ -157,8 +162,6 @@ def record_start(ctx: RunContext, data: DataSplits, state: TrainState, preview: 
         ctx.job.record_run(ctx.tracker.run_id)
     log_data_inputs(ctx.tracker, ctx.cfg.data, data)  # train/val/test as MLflow datasets
     report_train_data(data, ctx.run_dir, ctx.tracker)
-    for path in draw_start_plots(preview, data, ctx.run_dir):
-        ctx.tracker.log_artifact(path)
     startup_clock.finish(ctx.run_dir, ctx.tracker)  # start-up phases: startup.json, startup_s
 
 
