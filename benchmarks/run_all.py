@@ -33,6 +33,7 @@ SCRIPTS = {
     "logging_overhead": ["--rounds", "3", "--epochs", "10", "--steps", "3"],
     "input_pipeline": ["--rounds", "2", "--steps", "3"],
     "startup": ["--rounds", "1"],
+    "exit_time": ["--rounds", "1"],
     "options": ["--rounds", "2", "--steps", "2"],
     "augment": ["--repeats", "5"],  # every preset at both sizes: about a minute
     "checkpoint_cost": [],
