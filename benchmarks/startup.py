@@ -1,6 +1,6 @@
 """Start-up: from process start to the first training step of the default run, by phase.
 
-Runs `python run.py` (the default config: digits, timm resnet18, aug basic, MLflow into
+Runs `python run.py` (the default config: digits, timm resnet10t, aug basic, MLflow into
 a SQLite store) in fresh processes and reads the runner's own start-up report
 (`<run dir>/startup.json`, see runner/training/startup_clock.py), written just before the first
 training step; the process is then stopped with SIGTERM. Two kinds of process take

@@ -135,7 +135,7 @@ def test_logger_options_instantiate(make_cfg, option):
 def test_the_default_config_is_the_documented_one(make_cfg):
     cfg = make_cfg(tiny=False)
     assert cfg.data.name == "digits" and cfg.data.image_size == 32
-    assert cfg.model.name == "resnet18"
+    assert cfg.model.name == "resnet10t"
     assert cfg.optim._target_ == "torch.optim.AdamW"
     assert cfg.loss._target_.endswith("CrossEntropyLoss")
     assert cfg.sampler._target_.endswith("RandomSampler")

@@ -50,7 +50,7 @@ def run_status(db: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    """One short training run of the default config (digits, resnet18, MLflow)."""
+    """One short training run of the default config (digits, resnet10t, MLflow)."""
     tmp = tmp_path_factory.mktemp("digits")
     cfg = compose_run(tmp, "run", "trainer.max_epochs=6", tiny=False)
     best = run(cfg)
@@ -80,7 +80,7 @@ def test_mlflow_store_holds_params_metrics_tags_and_artifacts(digits_run):
     (best_logged,) = query(db, "SELECT MAX(value) FROM metrics WHERE key = 'val/acc'")[0]
     assert best_logged == pytest.approx(best)
     params = dict(query(db, "SELECT key, value FROM params"))
-    assert params["optim.lr"] == str(cfg.optim.lr) and params["model.name"] == "resnet18"
+    assert params["optim.lr"] == str(cfg.optim.lr) and params["model.name"] == "resnet10t"
     assert params["trainer.max_epochs"] == "6"
     tags = dict(query(db, "SELECT key, value FROM tags"))
     assert set(tags) >= REQUIRED_TAGS

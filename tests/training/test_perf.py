@@ -54,7 +54,7 @@ USED = ("torch", "timm", "kornia", "mlflow")
 
 @pytest.mark.slow
 def test_a_default_run_imports_nothing_heavy_it_does_not_use(tmp_path):
-    """The default run (timm resnet18, MLflow), built in a fresh process."""
+    """The default run (timm resnet10t, MLflow), built in a fresh process."""
     names = ",".join((*FORBIDDEN, *USED))
     done = subprocess.run(
         [sys.executable, "-c", BUILD_DEFAULT_RUN, str(tmp_path), "mlflow", names],
