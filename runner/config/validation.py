@@ -15,6 +15,7 @@ from runner.config.targets import untrusted_targets
 from runner.config.value_checks import (
     CHECKS,
     OPTION_CHECKS,
+    OPTION_KEYS,
     SCE_TARGET,
     csv_file_problem,
     fold_problem,
@@ -63,8 +64,9 @@ def validate(cfg: DictConfig) -> None:
             continue
         if value is None and OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
             continue
-        group_target = OmegaConf.select(cfg, f"{key.split('.')[0]}._target_", default=None)
-        check = OPTION_CHECKS.get((key, str(group_target)), check)
+        if key in OPTION_KEYS:  # a key whose check depends on the chosen option
+            group_target = OmegaConf.select(cfg, f"{key.split('.')[0]}._target_", default=None)
+            check = OPTION_CHECKS.get((key, str(group_target)), check)
         expected = check(value)
         if expected is not None:
             problems.append(f"{key}={value!r} is invalid: expected {expected}")
@@ -86,8 +88,9 @@ def validate(cfg: DictConfig) -> None:
         )
     problems.extend(_monitor_problems(cfg))
     problems.extend(_mode_problems(cfg))
-    problems.extend(_fold_problems(cfg))
-    problems.extend(_curation_problems(cfg))
+    swept_values, swept_keys = _sweeps(cfg)
+    problems.extend(_fold_problems(cfg, swept_values, swept_keys))
+    problems.extend(_curation_problems(cfg, swept_values))
     problems.extend(_robust_loss_problems(cfg))
     if problems:
         plural = "" if len(problems) == 1 else "s"
@@ -171,19 +174,23 @@ def _sweeps(cfg: DictConfig) -> tuple[dict[str, list[Any] | None], list[str]]:
     return values, [key for key, is_swept in swept.items() if is_swept]
 
 
-def _swept_values(cfg: DictConfig, key: str) -> list[Any] | None:
-    """The values a multirun sweeps `key` over, or None (see `_sweeps`)."""
-    return _sweeps(cfg)[0].get(key)
+def _values(cfg: DictConfig, key: str, swept_values: dict[str, list[Any] | None]) -> list[Any]:
+    """The values a multirun sweeps `key` over, else the config's one value."""
+    values = swept_values.get(key)
+    return values if values is not None else [OmegaConf.select(cfg, key, default=None)]
 
 
-def _fold_problems(cfg: DictConfig) -> list[str]:
-    """data.fold needs data.num_folds and lies in 0..K-1; the audit needs k-fold."""
+def _fold_problems(
+    cfg: DictConfig, swept_values: dict[str, list[Any] | None], swept_keys: list[str]
+) -> list[str]:
+    """data.fold needs data.num_folds and lies in 0..K-1; the audit needs k-fold.
+
+    `swept_values` and `swept_keys` are what `_sweeps` found.
+    """
     if OmegaConf.select(cfg, "data", default=None) is None:
         return []
-    folds = _swept_values(cfg, "data.num_folds")
-    folds = folds if folds is not None else [OmegaConf.select(cfg, "data.num_folds", default=None)]
-    fold = _swept_values(cfg, "data.fold")
-    fold = fold if fold is not None else [OmegaConf.select(cfg, "data.fold", default=None)]
+    folds = _values(cfg, "data.num_folds", swept_values)
+    fold = _values(cfg, "data.fold", swept_values)
     problems = []
     for k, f in itertools.product(folds, fold):
         if num_folds_problem(k) is not None or fold_problem(f) is not None:
@@ -210,7 +217,7 @@ def _fold_problems(cfg: DictConfig) -> list[str]:
             "job would hold out no fold: leave data.num_folds out (or debug=overfit off)"
         )
     if OmegaConf.select(cfg, "audit.enabled", default=False) is True:
-        others = [key for key in _sweeps(cfg)[1] if key != "data.fold"]
+        others = [key for key in swept_keys if key != "data.fold"]
         if others:
             verb = "is" if len(others) == 1 else "are"
             problems.append(
@@ -232,7 +239,7 @@ def _fold_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def _curation_problems(cfg: DictConfig) -> list[str]:
+def _curation_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) -> list[str]:
     """data.exclude and data.relabel name readable CSV files with the needed columns."""
     problems = []
     for key, columns in (
@@ -240,7 +247,7 @@ def _curation_problems(cfg: DictConfig) -> list[str]:
         ("data.relabel", ("sample_id", "label")),
     ):
         value = OmegaConf.select(cfg, key, default=None)
-        if not isinstance(value, str) or not value or _swept_values(cfg, key) is not None:
+        if not isinstance(value, str) or not value or swept_values.get(key) is not None:
             continue
         problem = csv_file_problem(value, columns)
         if problem is not None:

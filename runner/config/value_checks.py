@@ -328,3 +328,4 @@ OPTION_CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     # [0, 1) check of CHECKS is for the effective-number beta of loss=balanced_ce.
     ("loss.beta", SCE_TARGET): _non_negative_number,
 }
+OPTION_KEYS = frozenset(key for key, _ in OPTION_CHECKS)
