@@ -83,6 +83,7 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
             }
         )
     swept = _swept_names(jobs)
+    varied = [n for n in swept if n not in _REPEATS]  # what a repeat group is keyed by
     for job in jobs:  # what tells the jobs apart, for people reading the report
         job["label"] = " ".join(
             f"{n}={_short(job['params'][n])}" for n in swept if n in job["params"]
@@ -123,7 +124,7 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     if groups:
         repeats = [_REPEATS[n] for n in _REPEATS if n in swept]
         lines += ["", f"## Mean +- std over {' and '.join(repeats)}", ""]
-        agg_header = [*[n for n in swept if n not in _REPEATS], "+".join(repeats), monitor, *shown]
+        agg_header = [*varied, "+".join(repeats), monitor, *shown]
         lines += _markdown_table(agg_header, [g.row(shown) for g in groups])
     best_tags = {}
     best_metrics: dict[str, float] = {}
@@ -140,7 +141,9 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
         best_tags = {f"best.{name}": value for name, value in chosen}
         for key, plural in _REPEATS.items():  # best.seeds, best.folds: what was averaged
             if key in swept:
-                best_tags[f"best.{plural}"] = ",".join(str(j["params"][key]) for j in members)
+                best_tags[f"best.{plural}"] = ",".join(
+                    str(j["params"].get(key, "")) for j in members
+                )
         best_tags["best.run_ids"] = ",".join(j.get("mlflow_run_id") or "" for j in members)
         best_metrics = best_group.metrics(monitor, shown)
     elif best is not None:
@@ -165,9 +168,7 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     files = [sweep_dir / "summary.md", sweep_dir / "summary.csv"]
     files[0].write_text(markdown)
     _write_csv(files[1], jobs, swept, monitor)
-    plot = _plot(
-        jobs, [n for n in swept if n not in _REPEATS], monitor, sweep_dir / "sweep_plot.png"
-    )
+    plot = _plot(jobs, varied, monitor, sweep_dir / "sweep_plot.png")
     if plot is not None:
         files.append(plot)
     files += sorted((sweep_dir / "optuna").glob("*")) if (sweep_dir / "optuna").is_dir() else []
