@@ -29,7 +29,8 @@ from runner.sweeps.manifest import (
 )
 from runner.sweeps.optuna_study import is_optuna_sweep, plan_study
 from runner.sweeps.stores import cluster_store_warning
-from runner.sweeps.summary import summarize_and_log
+from runner.sweeps.summary import Summary, summarize_and_log
+from runner.tracking.protocol import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +113,7 @@ class SweepCallback(Callback):
                 self.tracker.set_tags({"summary": "pending: python -m runner.sweeps collect"})
             self._finish_if_open("FINISHED")
             return
-        summary = summarize_and_log(
-            self.sweep_dir,
-            config.trainer.monitor,
-            config.trainer.monitor_mode == "max",
-            self.tracker,
-        )
-        audit_problem = audit_if_asked(config, self.sweep_dir, self.tracker)  # experiment=audit
+        summary, audit_problem = _summarize_and_audit(config, self.sweep_dir, self.tracker)
         self._finish_if_open("FAILED" if summary.failed else "FINISHED")
         if audit_problem and not summary.failed:
             raise SystemExit(f"Error: {audit_problem}")
@@ -151,12 +146,22 @@ def finish_submitted_sweep(sweep_dir: Path) -> int:
     sweep_dir = Path(sweep_dir)
     config = OmegaConf.load(sweep_dir / "multirun.yaml")
     tracker = reopen_parent_run(sweep_dir)
-    summary = summarize_and_log(
-        sweep_dir, config.trainer.monitor, config.trainer.monitor_mode == "max", tracker
-    )
-    audit_problem = audit_if_asked(config, sweep_dir, tracker)  # experiment=audit
+    summary, audit_problem = _summarize_and_audit(config, sweep_dir, tracker)
     if tracker is not None:
         tracker.finish("FAILED" if summary.failed else "FINISHED")
     if audit_problem:
         print(f"Error: {audit_problem}")
     return int(bool(summary.failed or audit_problem))
+
+
+def _summarize_and_audit(
+    config: DictConfig, sweep_dir: Path, tracker: Tracker | None
+) -> tuple[Summary, str | None]:
+    """The sweep's summary, logged to the parent run, and the audit's problem if it has one.
+
+    The audit runs only under experiment=audit; what ends the parent run is the caller's.
+    """
+    summary = summarize_and_log(
+        sweep_dir, config.trainer.monitor, config.trainer.monitor_mode == "max", tracker
+    )
+    return summary, audit_if_asked(config, sweep_dir, tracker)
