@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
@@ -24,11 +26,11 @@ def build_data(data_cfg: DictConfig) -> DataSplits:
     set gets them the same way.
     """
     settings = OmegaConf.to_container(data_cfg, resolve=True)
-    chosen = {key: settings.pop(key) for key in switches.SWITCHES if key in settings}
-    curated = {key: settings.pop(key) for key in curation.KEYS if key in settings}
-    folding = {key: settings.pop(key) for key in folds.KEYS if key in settings}
+    chosen = {key: settings[key] for key in switches.SWITCHES if key in settings}
+    curated = {key: settings[key] for key in curation.KEYS if key in settings}
+    folding = {key: settings[key] for key in folds.KEYS if key in settings}
     seed = settings.get("split_seed", 0)
-    data = instantiate(settings).ensure_ids()
+    data = source_splits(settings)
     data = switches.apply_switches(data, seed=seed, **chosen)
     data = curation.apply_curation(data, **curated)
     data = folds.select_fold(data, seed=seed, **folding)
@@ -43,6 +45,20 @@ def build_data(data_cfg: DictConfig) -> DataSplits:
         data.image_size,
     )
     return data
+
+
+# The data group's keys the runner applies itself, to every data set alike; the data
+# set's factory never sees them.
+RUNNER_KEYS = (*switches.SWITCHES, *curation.KEYS, *folds.KEYS)
+
+
+def source_splits(settings: Mapping[str, Any]) -> DataSplits:
+    """The data set's own splits (with sample ids), before the runner's switches.
+
+    Args:
+        settings: The data group as a plain mapping; `RUNNER_KEYS` in it are left out.
+    """
+    return instantiate({k: v for k, v in settings.items() if k not in RUNNER_KEYS}).ensure_ids()
 
 
 def build_loaders(

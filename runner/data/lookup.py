@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 
-from runner.data import curation, folds, switches
+from runner.data.build import source_splits
 from runner.data.decoding import BadImageError, decode_record
 
 log = logging.getLogger(__name__)
@@ -66,9 +65,7 @@ def load_images(
 
 
 def _from_the_data_set(data_cfg: Mapping[str, Any], ids: list[str]) -> dict[str, torch.Tensor]:
-    skipped = set(switches.SWITCHES) | set(curation.KEYS) | set(folds.KEYS)
-    settings = {k: v for k, v in dict(data_cfg).items() if k not in skipped}
-    data = instantiate(settings).ensure_ids()
+    data = source_splits(data_cfg)
     wanted = set(ids)
     found: dict[str, torch.Tensor] = {}
     for split in (data.train, data.val, data.test):
