@@ -136,7 +136,8 @@ def run_audit(
     names = np.array(merged.class_names, dtype=object)
 
     label = lab.get_issues("label")
-    order = np.argsort(label["label_score"].to_numpy(), kind="stable")
+    quality = label["label_score"].to_numpy()
+    order = np.argsort(quality, kind="stable")
     flagged = label["is_label_issue"].to_numpy(dtype=bool)
     suggested = label["predicted_label"].to_numpy(dtype=np.int64)
     _write_csv(
@@ -147,7 +148,7 @@ def run_audit(
                 merged.sample_id[i],
                 names[merged.label[i]],
                 names[suggested[i]],
-                f"{label['label_score'].iat[i]:.6f}",
+                f"{quality[i]:.6f}",
                 bool(flagged[i]),
             )
             for i in order
@@ -170,7 +171,17 @@ def run_audit(
     summary = out / "summary.md"
     summary.write_text(
         _summary_markdown(
-            sweep_dir, merged, lab, counts, noise, seconds, order, flagged, suggested, names
+            sweep_dir,
+            merged,
+            lab,
+            counts,
+            noise,
+            seconds,
+            order,
+            quality,
+            flagged,
+            suggested,
+            names,
         )
     )
     files.append(summary)
@@ -298,7 +309,7 @@ def _draw_suspects(
 
 
 def _summary_markdown(
-    sweep_dir, merged, lab, counts, noise, seconds, order, flagged, suggested, names
+    sweep_dir, merged, lab, counts, noise, seconds, order, quality, flagged, suggested, names
 ) -> str:
     n = len(merged.sample_id)
     accuracy = float((merged.probabilities.argmax(1) == merged.label).mean())
@@ -342,7 +353,6 @@ def _summary_markdown(
         "| sample_id | given | suggested | label_quality | is_label_issue |",
         "|---|---|---|---|---|",
     ]
-    quality = lab.get_issues("label")["label_score"].to_numpy()
     for i in order[:20]:
         lines.append(
             f"| {merged.sample_id[i]} | {names[merged.label[i]]} | {names[suggested[i]]} "
