@@ -180,7 +180,7 @@ def _register(model_uri: str, name: str, attempts: int = 3):
                     version.model_id and model_uri.endswith(version.model_id)
                 ):
                     return version
-    return None
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def fetch_checkpoint(uri: str, tracking_uri: str, download_dir: Path) -> FetchedModel:
