@@ -45,15 +45,15 @@ def plain_entry(folder: Path) -> Path:
     return entry
 
 
-def last_log_time(text: str) -> float | None:
+def last_log_time(text: str) -> float:
     """The epoch seconds of the last `[YYYY-MM-DD HH:MM:SS,mmm]` log line in `text`."""
     stamps = [line[1:24] for line in text.splitlines() if line.startswith("[20")]
     if not stamps:
-        return None
+        raise RuntimeError(f"no log line in the run's output:\n{text[-3000:]}")
     return datetime.strptime(stamps[-1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-def timed(entry: Path, out: Path) -> tuple[float, float | None]:
+def timed(entry: Path, out: Path) -> tuple[float, float]:
     """Wall seconds of one `debug=fast` run, and seconds from its last log line to exit."""
     command = [sys.executable, str(entry), "debug=fast", f"paths.output_dir={out}"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -62,8 +62,7 @@ def timed(entry: Path, out: Path) -> tuple[float, float | None]:
     ended_at, wall = time.time(), time.perf_counter() - began
     if done.returncode != 0:
         raise RuntimeError(f"{entry} failed:\n{(done.stdout + done.stderr)[-3000:]}")
-    last = last_log_time(done.stdout + done.stderr)
-    return wall, None if last is None else ended_at - last
+    return wall, ended_at - last_log_time(done.stdout + done.stderr)
 
 
 def main() -> None:
