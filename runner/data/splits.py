@@ -28,9 +28,9 @@ import torch
 from runner.data.loaders import ResidentLoader
 
 
-def index_ids(prefix: str, count: int, start: int = 0) -> np.ndarray:
-    """Ids `<prefix>:<i>` for samples `start` ... `start + count - 1` of a source."""
-    return np.array([f"{prefix}:{i}" for i in range(start, start + count)], dtype=object)
+def index_ids(prefix: str, count: int) -> np.ndarray:
+    """Ids `<prefix>:<i>` for samples 0 ... `count - 1` of a source."""
+    return np.array([f"{prefix}:{i}" for i in range(count)], dtype=object)
 
 
 @dataclass

@@ -176,19 +176,22 @@ def load_hf(
             f"data.name={name!r} has no column {', '.join(missing)} (columns: "
             f"{', '.join(train.column_names)}): set data.image_key / data.label_key."
         )
-    class_names, to_index = _classes(train.features[label_key], train[label_key])
+    # Each split's label column, read once (every read builds a list of the whole column).
+    label_columns = {split: dataset[label_key] for split, dataset in loaded.items()}
+    class_names, to_index = _classes(train.features[label_key], label_columns["train"])
     if num_classes is not None and num_classes != len(class_names):
         raise DataError(
             f"data.num_classes={num_classes} but {name} split {split_train!r} has "
             f"{len(class_names)} classes ({', '.join(class_names[:20])})."
         )
     records, labels, ids = {}, {}, {}
-    label = Path(name).name if Path(name).expanduser().exists() else name
-    folder = Path(name).expanduser() if Path(name).expanduser().is_dir() else None
+    local = Path(name).expanduser()
+    label = local.name if local.exists() else name
+    folder = local if local.is_dir() else None
     for split, dataset in loaded.items():
         if isinstance(dataset.features[image_key], datasets.Image):
             dataset = dataset.cast_column(image_key, datasets.Image(decode=False))
-        values = dataset[label_key]  # the label column, read once per split
+        values = label_columns[split]
         unknown = sorted({str(v) for v in values if v not in to_index})
         if unknown:
             raise DataError(
