@@ -133,6 +133,19 @@ def _mode_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def flatten_params(params: Any, prefix: str = "") -> dict[str, str]:
+    """`{"optim": {"lr": "..."}}` (a dotted key set on the command line) -> `{"optim.lr": ...}`."""
+    if OmegaConf.is_config(params):
+        params = OmegaConf.to_container(params, resolve=True)
+    flat: dict[str, str] = {}
+    for key, value in (params or {}).items():
+        if isinstance(value, dict):
+            flat.update(flatten_params(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat
+
+
 def _sweeps(cfg: DictConfig) -> tuple[dict[str, list[Any] | None], list[str]]:
     """What a multirun sweeps: key -> values, and the keys swept over more than one value.
 
@@ -146,9 +159,8 @@ def _sweeps(cfg: DictConfig) -> tuple[dict[str, list[Any] | None], list[str]]:
     if str(OmegaConf.select(cfg, "hydra.mode", default="")) != "RunMode.MULTIRUN":
         return {}, []
     params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
-    given = (
-        [(f"{k}={v}", True) for k, v in params.items()] if isinstance(params, DictConfig) else []
-    )
+    flat = flatten_params(params) if isinstance(params, DictConfig) else {}
+    given = [(f"{k}={v}", True) for k, v in flat.items()]
     tasks = OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []
     given += [(str(o), False) for o in tasks]
     from hydra.core.override_parser.overrides_parser import OverridesParser

@@ -14,7 +14,8 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
-from omegaconf import OmegaConf
+
+from runner.config.validation import flatten_params
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +114,3 @@ def search_space(
             del space[key]
         fixed.append(override.input_line)
     return space, fixed, problems
-
-
-def flatten_params(params: Any, prefix: str = "") -> dict[str, str]:
-    """`{"optim": {"lr": "..."}}` (a dotted key set on the command line) -> `{"optim.lr": ...}`."""
-    if OmegaConf.is_config(params):
-        params = OmegaConf.to_container(params, resolve=True)
-    flat: dict[str, str] = {}
-    for key, value in (params or {}).items():
-        if isinstance(value, dict):
-            flat.update(flatten_params(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = str(value)
-    return flat

@@ -155,6 +155,23 @@ def test_validate_lists_every_problem_with_key_and_value(make_cfg):
     assert "optim.lr=-1" in message
 
 
+def test_a_sweep_set_as_nested_sweeper_params_is_checked_like_a_flat_one(make_cfg):
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = make_cfg("+data.num_folds=3")
+    with open_dict(cfg):
+        # `hydra.sweeper.params.data.fold=0,3` on the command line nests the key.
+        cfg.hydra = OmegaConf.create(
+            {
+                "mode": "RunMode.MULTIRUN",
+                "sweeper": {"params": {"data": {"fold": "0,3"}}},
+                "overrides": {"task": []},
+            }
+        )
+    with pytest.raises(ConfigError, match=r"data\.fold=3 is outside 0\.\.2"):
+        validate(cfg)
+
+
 def test_validate_reports_missing_values(make_cfg):
     cfg = make_cfg("model=timm", "model.name=???")
     with pytest.raises(ConfigError, match=r"model\.name is required"):
