@@ -14,6 +14,7 @@ from runner.config.resolvers import monitor_mode_for
 from runner.config.targets import untrusted_targets
 from runner.config.value_checks import (
     CHECKS,
+    CURATION_COLUMNS,
     OPTION_CHECKS,
     OPTION_KEYS,
     SCE_TARGET,
@@ -254,10 +255,7 @@ def _fold_problems(
 def _curation_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) -> list[str]:
     """data.exclude and data.relabel name readable CSV files with the needed columns."""
     problems = []
-    for key, columns in (
-        ("data.exclude", ("sample_id",)),
-        ("data.relabel", ("sample_id", "label")),
-    ):
+    for key, columns in CURATION_COLUMNS.items():
         value = OmegaConf.select(cfg, key, default=None)
         if not isinstance(value, str) or not value or swept_values.get(key) is not None:
             continue

@@ -329,3 +329,7 @@ OPTION_CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("loss.beta", SCE_TARGET): _non_negative_number,
 }
 OPTION_KEYS = frozenset(key for key, _ in OPTION_CHECKS)
+
+# The columns the files of data.exclude and data.relabel need (checked at start, read
+# when the data is built).
+CURATION_COLUMNS = {"data.exclude": ("sample_id",), "data.relabel": ("sample_id", "label")}

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runner.config.value_checks import csv_file_problem
+from runner.config.value_checks import CURATION_COLUMNS, csv_file_problem
 from runner.data.decoding import DataError
 from runner.data.splits import DataSplits
 
@@ -97,7 +97,7 @@ def exclude_samples(data: DataSplits, path: str) -> DataSplits:
         DataError: The file is missing or lacks `sample_id`, or none of its ids is a
             train sample.
     """
-    rows = read_id_file(path, "data.exclude", ("sample_id",))
+    rows = read_id_file(path, "data.exclude", CURATION_COLUMNS["data.exclude"])
     if rows and FLAG_COLUMN in rows[0]:
         rows = [r for r in rows if str(r[FLAG_COLUMN]).strip().lower() in _TRUE]
     ids = list(dict.fromkeys(r["sample_id"] for r in rows))
@@ -143,7 +143,7 @@ def relabel_samples(data: DataSplits, path: str) -> DataSplits:
         DataError: The file is missing or lacks `sample_id` or `label`, a label names no
             class, one id gets two labels, or none of its ids is a train sample.
     """
-    rows = read_id_file(path, "data.relabel", ("sample_id", "label"))
+    rows = read_id_file(path, "data.relabel", CURATION_COLUMNS["data.relabel"])
     wanted: dict[str, int] = {}
     unknown = []
     for line, row in enumerate(rows, start=2):
