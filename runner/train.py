@@ -78,7 +78,7 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
         console.print_config(cfg)
     if ctx.is_main:  # before the data: a tracking server that is down fails in seconds
         with startup_clock.phase("mlflow"):
-            ctx.tracker.connect(experiment_name=(job and job.experiment_name) or cfg.data.name)
+            ctx.tracker.prepare()  # a new store's tables are created beside the data and model
 
     with startup_clock.phase("data"):
         data = build_data(cfg.data)
@@ -93,6 +93,9 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
     with startup_clock.phase("model"):
         parts = build_parts(cfg, data, augment, ctx.device, ctx.precision, len(loaders[0]))
     check_embedding_layer(cfg.data, parts.model, data.num_classes)  # a k-fold job's outputs
+    if ctx.is_main:
+        with startup_clock.phase("mlflow"):
+            ctx.tracker.connect(experiment_name=(job and job.experiment_name) or cfg.data.name)
     state = resume_or_start(ctx.run_dir, cfg.trainer.resume, parts)
     distributed.seed_rank(cfg.seed, state.global_step)
 

@@ -2,6 +2,7 @@
 
 python -m runner.tracking reap [--tracking-uri URI]   # stale RUNNING runs -> KILLED
 python -m runner.tracking replay FILE                 # send logs a server missed
+python -m runner.tracking create [--tracking-uri URI] # a new store's tables
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from runner.config.resolvers import REPO_ROOT
 from runner.tracking.outbox import replay_pending
-from runner.tracking.store import reap_stale_runs
+from runner.tracking.store import reap_stale_runs, store_lock
 
 DEFAULT_URI = f"sqlite:///{REPO_ROOT / 'outputs' / 'mlflow.db'}"
 
@@ -29,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         "replay", help="send the logs saved in a run dir's mlflow_pending.jsonl to the server"
     )
     replay.add_argument("file", type=Path)
+    create = commands.add_parser(
+        "create",
+        help="create a new store's tables (a run starts this beside its data and model build)",
+    )
+    create.add_argument("--tracking-uri", default=DEFAULT_URI, help=f"default: {DEFAULT_URI}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "replay":
@@ -37,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=args.tracking_uri)
+    with store_lock(args.tracking_uri):
+        client = MlflowClient(tracking_uri=args.tracking_uri)  # opens (or creates) the store
+    if args.command == "create":
+        return 0
     experiments = [e.experiment_id for e in client.search_experiments()]
     reaped = reap_stale_runs(client, experiments) if experiments else []
     print(f"{len(reaped)} stale run(s) marked KILLED")

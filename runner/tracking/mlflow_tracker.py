@@ -12,10 +12,11 @@ registered), and the run's log file is uploaded at the end.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,10 @@ from runner.tracking.models import log_pytorch_model
 from runner.tracking.outbox import Outbox, apply_op, write_pending
 from runner.tracking.store import (
     TrackingUnavailableError,
-    file_lock,
     reap_stale_runs,
     server_reachable,
+    sqlite_path,
+    store_lock,
     with_retry,
 )
 
@@ -43,6 +45,9 @@ _MAX_PARAM_LENGTH = 6000
 # value opens them as model training (runs, metrics, models), as the UI's own menu sets it.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
+# A new store's tables take 1-2 s; a helper still busy after this is stuck (a lock on a
+# network file system) and is stopped, and `connect` opens the store itself.
+STORE_CREATION_TIMEOUT_S = 120
 
 
 class MlflowTracker:
@@ -100,22 +105,48 @@ class MlflowTracker:
         self.run_id = None
         self.experiment_id = None
         self._metrics: list = []
+        self._server_checked = False
+        self._store_creator: subprocess.Popen | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickles without the background threads (a launcher may pickle the sweep's tracker)."""
-        return {**self.__dict__, "monitor": None, "outbox": None}
+        """Pickles without threads and helper processes (a launcher may pickle the tracker)."""
+        return {**self.__dict__, "monitor": None, "outbox": None, "_store_creator": None}
 
     @property
     def is_local(self) -> bool:
         """Whether the store is a local database file rather than a server."""
         return not self.tracking_uri.startswith(("http://", "https://", "databricks"))
 
-    def connect(self, experiment_name: str) -> None:
-        """Opens the store and the experiment before any compute is spent.
+    def prepare(self) -> None:
+        """Starts what may run beside the data and model build; `connect` follows.
 
         A server that does not answer fails here, within seconds (or switches to the
-        fallback store when `offline_fallback` is on). RUNNING runs of processes on this
-        host that are gone are marked KILLED.
+        fallback store when `offline_fallback` is on). A SQLite store that does not exist
+        yet has its tables created by a helper process (`python -m runner.tracking
+        create`): MLflow's schema migrations take 1-2 s of a new store's first run, and
+        in a process of their own they use the other core instead of this one's time.
+        """
+        self._check_server()
+        database = sqlite_path(self.tracking_uri)
+        if database is None or database.exists() or self._store_creator is not None:
+            return
+        database.parent.mkdir(parents=True, exist_ok=True)
+        # The helper imports the runner package from this checkout, wherever it started.
+        path = os.pathsep.join(filter(None, (str(REPO_ROOT), os.environ.get("PYTHONPATH"))))
+        command = ["-m", "runner.tracking", "create", f"--tracking-uri={self.tracking_uri}"]
+        self._store_creator = subprocess.Popen(
+            [sys.executable, *command],
+            env={**os.environ, "PYTHONPATH": path},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,  # a failure shows below: `connect` opens the store itself
+        )
+
+    def connect(self, experiment_name: str) -> None:
+        """Opens the store and the experiment before any training step.
+
+        Checks the server first unless `prepare` did, and waits for the tables that
+        `prepare` had created. RUNNING runs of processes on this host that are gone are
+        marked KILLED.
 
         Args:
             experiment_name: Experiment to use when none was configured.
@@ -125,23 +156,37 @@ class MlflowTracker:
         """
         from mlflow.tracking import MlflowClient
 
-        if not self.is_local:
-            # The outbox retries on its own; MLflow's default (7 retries with backoff)
-            # would hold a call for minutes while a server is down. A server that is down
-            # refuses at once; one busy with many jobs answers late, so the read timeout
-            # is generous (with 5 s, eight jobs on two cores timed out their model uploads).
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-        if not self.is_local and not server_reachable(self.tracking_uri):
-            self.fell_back_from = self._fall_back()
+        self._check_server()
+        if self._store_creator is not None:
+            try:
+                self._store_creator.wait(timeout=STORE_CREATION_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._store_creator.kill()
+                self._store_creator.wait()
+            self._store_creator = None
         name = self.experiment_name or experiment_name
-        with self._store_lock():
-            # Creating the client opens the store, and the first opening of a new SQLite
-            # store creates its tables; two processes doing that at once corrupt the
-            # migration, so they take turns.
+        with store_lock(self.tracking_uri):
+            # The first opening of a store that is still new creates its tables (when
+            # the helper of `prepare` failed, the error of doing it again shows here).
             self.client = MlflowClient(tracking_uri=self.tracking_uri)
             self.experiment_id = with_retry(lambda: self._experiment_id(name))
         with_retry(lambda: reap_stale_runs(self.client, [self.experiment_id]))
+
+    def _check_server(self) -> None:
+        """Fails (or falls back) when the server does not answer; once per tracker."""
+        if self._server_checked:
+            return
+        self._server_checked = True
+        if self.is_local:
+            return
+        # The outbox retries on its own; MLflow's default (7 retries with backoff) would
+        # hold a call for minutes while a server is down. A server that is down refuses
+        # at once; one busy with many jobs answers late, so the read timeout is generous
+        # (with 5 s, eight jobs on two cores timed out their model uploads).
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        if not server_reachable(self.tracking_uri):
+            self.fell_back_from = self._fall_back()
 
     def start(
         self,
@@ -208,12 +253,6 @@ class MlflowTracker:
             self.fallback_uri,
         )
         return unreachable
-
-    def _store_lock(self) -> contextlib.AbstractContextManager:
-        if not self.tracking_uri.startswith("sqlite:///"):
-            return contextlib.nullcontext()
-        database = Path(self.tracking_uri.removeprefix("sqlite:///"))
-        return file_lock(database.with_name(database.name + ".lock"))
 
     def _experiment_id(self, name: str) -> str:
         from mlflow.exceptions import MlflowException

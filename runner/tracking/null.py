@@ -13,6 +13,9 @@ class NullTracker:
 
     run_id: str | None = None
 
+    def prepare(self) -> None:
+        """Does nothing."""
+
     def connect(self, experiment_name: str) -> None:
         """Does nothing."""
 

@@ -12,11 +12,16 @@ from runner.tracking.inputs import DatasetRecord
 class Tracker(Protocol):
     """An experiment tracker as the recipes, reports and sweeps use it.
 
-    `connect` comes first (it fails fast when a server is down), then `start`; every
-    other call belongs to the started run, and `finish` ends it with a status.
+    `prepare` may come first (it fails fast when a server is down and starts what can
+    run beside the data and model build), then `connect` (it fails fast too when nothing
+    was prepared), then `start`; every other call belongs to the started run, and
+    `finish` ends it with a status.
     """
 
     run_id: str | None
+
+    def prepare(self) -> None:
+        """Checks the server and starts what may run beside the data and model build."""
 
     def connect(self, experiment_name: str) -> None:
         """Opens the store and the experiment (the data set's name when none is set)."""

@@ -40,6 +40,26 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI; None for a server or another store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///"))
+
+
+def store_lock(tracking_uri: str) -> contextlib.AbstractContextManager:
+    """Held while a SQLite store is opened: its first opening creates the tables.
+
+    Creating the tables runs MLflow's schema migrations (1-2 s); two processes doing
+    that at once corrupt the migration, so they take turns under a file lock beside the
+    database. A server needs no lock.
+    """
+    database = sqlite_path(tracking_uri)
+    if database is None:
+        return contextlib.nullcontext()
+    return file_lock(database.with_name(database.name + ".lock"))
+
+
 def with_retry(call: Callable[[], T], attempts: int = 8, first_delay_s: float = 0.05) -> T:
     """Runs `call`, retrying with jittered exponential backoff while SQLite is locked."""
     for attempt in range(attempts):

@@ -51,6 +51,36 @@ def test_eight_runs_started_at_once_on_a_fresh_sqlite_store(tmp_path):
     assert query(db, "SELECT COUNT(*) FROM metrics") == [(24,)]
 
 
+def test_a_new_store_is_created_by_a_helper_process_while_the_run_builds(tmp_path):
+    """prepare() has another process create a new store's tables; connect() waits for it."""
+    db = tmp_path / "new" / "mlflow.db"
+    tracker = MlflowTracker(f"sqlite:///{db}", artifact_location=str(tmp_path / "art"))
+    tracker.prepare()
+    # This process does nothing more: only the helper can create the store's tables. The
+    # Default experiment is the last thing MLflow writes into a new store.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if db.exists() and sqlite3_tables(db) and query(db, DEFAULT_EXPERIMENT):
+            break
+        time.sleep(0.2)
+    assert query(db, DEFAULT_EXPERIMENT) == [("Default",)]
+    tracker.connect("x")
+    assert query(db, "SELECT name FROM experiments ORDER BY name") == [("Default",), ("x",)]
+
+    again = MlflowTracker(f"sqlite:///{db}", artifact_location=str(tmp_path / "art"))
+    again.prepare()  # the store exists: no helper, and connecting opens it as it is
+    again.connect("x")
+    assert again.experiment_id == tracker.experiment_id
+
+
+DEFAULT_EXPERIMENT = "SELECT name FROM experiments WHERE experiment_id = 0"
+
+
+def sqlite3_tables(db) -> list[str]:
+    """The names of the tables of a SQLite file (none while it is being created)."""
+    return [name for (name,) in query(db, "SELECT name FROM sqlite_master WHERE type='table'")]
+
+
 def test_unreachable_server_fails_fast_before_training(tmp_path):
     """Point 12a: the URI is named, within 10 s, before any data, model or training."""
     start = time.monotonic()
