@@ -109,8 +109,12 @@ class MlflowTracker:
         self._store_creator: subprocess.Popen | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickles without threads and helper processes (a launcher may pickle the tracker)."""
-        return {**self.__dict__, "monitor": None, "outbox": None, "_store_creator": None}
+        """Pickles without threads and helpers (a launcher may pickle the sweep's tracker).
+
+        The process that unpickles it checks the server again (and sets its HTTP limits).
+        """
+        helpers = {"monitor": None, "outbox": None, "_store_creator": None}
+        return {**self.__dict__, **helpers, "_server_checked": False}
 
     @property
     def is_local(self) -> bool:
