@@ -134,7 +134,6 @@ class MlflowTracker:
         database = sqlite_path(self.tracking_uri)
         if database is None or database.exists() or self._store_creator is not None:
             return
-        database.parent.mkdir(parents=True, exist_ok=True)
         # The helper imports the runner package from this checkout, wherever it started.
         path = os.pathsep.join(filter(None, (str(REPO_ROOT), os.environ.get("PYTHONPATH"))))
         command = ["-m", "runner.tracking", "create", f"--tracking-uri={self.tracking_uri}"]
