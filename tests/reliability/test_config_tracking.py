@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -59,9 +60,7 @@ def test_a_new_store_is_created_by_a_helper_process_while_the_run_builds(tmp_pat
     # This process does nothing more: only the helper can create the store's tables. The
     # Default experiment is the last thing MLflow writes into a new store.
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if db.exists() and sqlite3_tables(db) and query(db, DEFAULT_EXPERIMENT):
-            break
+    while not default_experiment(db) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert query(db, DEFAULT_EXPERIMENT) == [("Default",)]
     tracker.connect("x")
@@ -76,9 +75,12 @@ def test_a_new_store_is_created_by_a_helper_process_while_the_run_builds(tmp_pat
 DEFAULT_EXPERIMENT = "SELECT name FROM experiments WHERE experiment_id = 0"
 
 
-def sqlite3_tables(db) -> list[str]:
-    """The names of the tables of a SQLite file (none while it is being created)."""
-    return [name for (name,) in query(db, "SELECT name FROM sqlite_master WHERE type='table'")]
+def default_experiment(db) -> list[tuple]:
+    """The Default experiment's row of a store; none while the store is being created."""
+    try:
+        return query(db, DEFAULT_EXPERIMENT) if db.exists() else []
+    except sqlite3.OperationalError:  # its tables are not all there yet
+        return []
 
 
 def test_unreachable_server_fails_fast_before_training(tmp_path):
