@@ -188,7 +188,7 @@ def main() -> dict[str, float]:
 def fresh_store(rounds: int, compare_with: Path | None) -> None:
     """Start-up beyond the imports of a first run on a new store, here (and elsewhere).
 
-    A third column, taking turns with the others, is the same run with `logger=none`: no
+    One more column, taking turns with the others, is the same run with `logger=none`: no
     tracking at all, the floor that no way of starting MLflow can go below.
     """
     setups = {
