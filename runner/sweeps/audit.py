@@ -140,19 +140,21 @@ def run_audit(
     order = np.argsort(quality, kind="stable")
     flagged = label["is_label_issue"].to_numpy(dtype=bool)
     suggested = label["predicted_label"].to_numpy(dtype=np.int64)
+    # sample_id, given, suggested, label_quality, is_label_issue; most suspect first.
+    ranked = [
+        (
+            merged.sample_id[i],
+            names[merged.label[i]],
+            names[suggested[i]],
+            float(quality[i]),
+            bool(flagged[i]),
+        )
+        for i in order
+    ]
     _write_csv(
         out / "label_issues.csv",
         LABEL_ISSUE_COLUMNS,
-        (
-            (
-                merged.sample_id[i],
-                names[merged.label[i]],
-                names[suggested[i]],
-                f"{quality[i]:.6f}",
-                bool(flagged[i]),
-            )
-            for i in order
-        ),
+        ((*row[:3], f"{row[3]:.6f}", row[4]) for row in ranked),
     )
     duplicates = _write_near_duplicates(out / "near_duplicates.csv", lab, merged, names)
     outliers = _write_outliers(out / "outliers.csv", lab, merged, names)
@@ -170,19 +172,7 @@ def run_audit(
         files.append(picture)
     summary = out / "summary.md"
     summary.write_text(
-        _summary_markdown(
-            sweep_dir,
-            merged,
-            lab,
-            counts,
-            noise,
-            seconds,
-            order,
-            quality,
-            flagged,
-            suggested,
-            names,
-        )
+        _summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, names)
     )
     files.append(summary)
     log.info(
@@ -308,9 +298,7 @@ def _draw_suspects(
     return path
 
 
-def _summary_markdown(
-    sweep_dir, merged, lab, counts, noise, seconds, order, quality, flagged, suggested, names
-) -> str:
+def _summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, names) -> str:
     n = len(merged.sample_id)
     accuracy = float((merged.probabilities.argmax(1) == merged.label).mean())
     folds = f"{len(merged.run_dirs)} of {merged.num_folds}"
@@ -353,11 +341,8 @@ def _summary_markdown(
         "| sample_id | given | suggested | label_quality | is_label_issue |",
         "|---|---|---|---|---|",
     ]
-    for i in order[:20]:
-        lines.append(
-            f"| {merged.sample_id[i]} | {names[merged.label[i]]} | {names[suggested[i]]} "
-            f"| {quality[i]:.4f} | {bool(flagged[i])} |"
-        )
+    for sample_id, given, suggested, quality, flagged in ranked[:20]:
+        lines.append(f"| {sample_id} | {given} | {suggested} | {quality:.4f} | {flagged} |")
     lines += ["", "## cleanlab's issue summary", ""]
     table = lab.get_issue_summary()
     lines += [
