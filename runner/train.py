@@ -76,9 +76,10 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
     ctx = start_context(cfg, job)
     if job is None or job.num == 0:  # a sweep shows its config tree once
         console.print_config(cfg)
+    experiment = (job and job.experiment_name) or cfg.data.name
     if ctx.is_main:  # before the data: a tracking server that is down fails in seconds
         with startup_clock.phase("mlflow"):
-            ctx.tracker.prepare()  # a new store's tables are created beside the data and model
+            ctx.tracker.prepare(experiment)  # the store opens beside the data and model build
 
     with startup_clock.phase("data"):
         data = build_data(cfg.data)
@@ -95,7 +96,7 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
     check_embedding_layer(cfg.data, parts.model, data.num_classes)  # a k-fold job's outputs
     if ctx.is_main:
         with startup_clock.phase("mlflow"):
-            ctx.tracker.connect(experiment_name=(job and job.experiment_name) or cfg.data.name)
+            ctx.tracker.connect(experiment_name=experiment)
     state = resume_or_start(ctx.run_dir, cfg.trainer.resume, parts)
     distributed.seed_rank(cfg.seed, state.global_step)
 

@@ -2,16 +2,19 @@
 
 python -m runner.tracking reap [--tracking-uri URI]   # stale RUNNING runs -> KILLED
 python -m runner.tracking replay FILE                 # send logs a server missed
-python -m runner.tracking create [--tracking-uri URI] # a new store's tables
+python -m runner.tracking open --tracking-uri URI --experiment NAME
+                                    # a training run's helper (runner/tracking/opening.py)
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from runner.config.resolvers import REPO_ROOT
+from runner.tracking.opening import serve
 from runner.tracking.outbox import replay_pending
 from runner.tracking.store import reap_stale_runs, store_lock
 
@@ -30,23 +33,28 @@ def main(argv: list[str] | None = None) -> int:
         "replay", help="send the logs saved in a run dir's mlflow_pending.jsonl to the server"
     )
     replay.add_argument("file", type=Path)
-    create = commands.add_parser(
-        "create",
-        help="create a new store's tables (a run starts this beside its data and model build)",
+    opener = commands.add_parser(
+        "open",
+        help="open the store, the experiment and then the run a training run asks for "
+        "on stdin (a run starts this beside its data and model build)",
     )
-    create.add_argument("--tracking-uri", default=DEFAULT_URI, help=f"default: {DEFAULT_URI}")
+    opener.add_argument("--tracking-uri", required=True)
+    opener.add_argument("--experiment", required=True)
+    opener.add_argument("--artifact-location", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "replay":
         print(f"{replay_pending(args.file)} logging operation(s) sent")
         return 0
+    if args.command == "open":
+        # Replies go to the real stdout; anything a library prints goes to stderr.
+        replies, sys.stdout = sys.stdout, sys.stderr
+        return serve(args.tracking_uri, args.experiment, args.artifact_location, sys.stdin, replies)
 
     from mlflow.tracking import MlflowClient
 
     with store_lock(args.tracking_uri):
         client = MlflowClient(tracking_uri=args.tracking_uri)  # opens (or creates) the store
-    if args.command == "create":
-        return 0
     experiments = [e.experiment_id for e in client.search_experiments()]
     reaped = reap_stale_runs(client, experiments) if experiments else []
     print(f"{len(reaped)} stale run(s) marked KILLED")

@@ -4,6 +4,11 @@ Metrics are buffered and sent in one `log_batch` call per flush, so logging cost
 database round trip per epoch, never one per metric per step. With a server, every call
 goes through an outbox thread, so a server that goes away never stops training.
 
+A training run opens its store, experiment and run through a helper process
+(runner/tracking/opening.py) while it builds its data and model; its own client is then
+opened on a thread, and its logging goes through the outbox, so mlflow's import is off
+the path to the first step.
+
 Runs look as MLflow 3 users expect: the experiment is tagged as a model-training one,
 runs carry MLflow's `mlflow.source.*` tags, system metrics are sampled on a background
 thread, the data splits are dataset inputs, the model is a logged model (optionally
@@ -15,8 +20,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,15 +30,9 @@ from runner.config.resolvers import REPO_ROOT
 from runner.tracking import provenance
 from runner.tracking.inputs import DatasetRecord
 from runner.tracking.models import log_pytorch_model
+from runner.tracking.opening import StoreOpener, open_run, open_store
 from runner.tracking.outbox import Outbox, apply_op, write_pending
-from runner.tracking.store import (
-    TrackingUnavailableError,
-    reap_stale_runs,
-    server_reachable,
-    sqlite_path,
-    store_lock,
-    with_retry,
-)
+from runner.tracking.store import TrackingUnavailableError, server_reachable, with_retry
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +40,9 @@ log = logging.getLogger(__name__)
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAM_LENGTH = 6000
-# MLflow 3's UI opens experiments without this tag in GenAI mode (traces, prompts); this
-# value opens them as model training (runs, metrics, models), as the UI's own menu sets it.
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-MODEL_TRAINING_KIND = "custom_model_development"
 # A new store's tables take 1-2 s; a helper still busy after this is stuck (a lock on a
-# network file system) and is stopped, and `connect` opens the store itself.
-STORE_CREATION_TIMEOUT_S = 120
+# network file system) and is stopped, and the tracker opens the store itself.
+STORE_OPENING_TIMEOUT_S = 120
 
 
 class MlflowTracker:
@@ -104,16 +99,17 @@ class MlflowTracker:
         self.client = None
         self.run_id = None
         self.experiment_id = None
-        self._metrics: list = []
+        self._metrics: list[tuple[str, float, int, int]] = []
         self._server_checked = False
-        self._store_creator: subprocess.Popen | None = None
+        self._opener: StoreOpener | None = None
+        self._connector: threading.Thread | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickles without threads and helpers (a launcher may pickle the sweep's tracker).
 
         The process that unpickles it checks the server again (and sets its HTTP limits).
         """
-        helpers = {"monitor": None, "outbox": None, "_store_creator": None}
+        helpers = {"monitor": None, "outbox": None, "_opener": None, "_connector": None}
         return {**self.__dict__, **helpers, "_server_checked": False}
 
     @property
@@ -121,35 +117,34 @@ class MlflowTracker:
         """Whether the store is a local database file rather than a server."""
         return not self.tracking_uri.startswith(("http://", "https://", "databricks"))
 
-    def prepare(self) -> None:
-        """Starts what may run beside the data and model build; `connect` follows.
+    def prepare(self, experiment_name: str) -> None:
+        """Starts opening the store beside the data and model build; `connect` follows.
 
         A server that does not answer fails here, within seconds (or switches to the
-        fallback store when `offline_fallback` is on). A SQLite store that does not exist
-        yet has its tables created by a helper process (`python -m runner.tracking
-        create`): MLflow's schema migrations take 1-2 s of a new store's first run, and
-        in a process of their own they use the other core instead of this one's time.
+        fallback store when `offline_fallback` is on). Then a helper process (`python -m
+        runner.tracking open`) imports mlflow and opens the store and the experiment (a
+        new SQLite store's tables included) on the other core, and later creates the run,
+        so this process's first step does not wait for mlflow's import. When mlflow is
+        loaded here already (a sweep's later jobs in one process), opening it here is
+        quick and no helper starts.
+
+        Args:
+            experiment_name: Experiment to use when none was configured.
         """
         self._check_server()
-        database = sqlite_path(self.tracking_uri)
-        if database is None or database.exists() or self._store_creator is not None:
+        if self._opener is not None or self.client is not None or "mlflow" in sys.modules:
             return
-        # The helper imports the runner package from this checkout, wherever it started.
-        path = os.pathsep.join(filter(None, (str(REPO_ROOT), os.environ.get("PYTHONPATH"))))
-        command = ["-m", "runner.tracking", "create", f"--tracking-uri={self.tracking_uri}"]
-        self._store_creator = subprocess.Popen(
-            [sys.executable, *command],
-            env={**os.environ, "PYTHONPATH": path},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,  # a failure shows below: `connect` opens the store itself
-        )
+        location = self.artifact_location if self.is_local else None
+        name = self.experiment_name or experiment_name
+        self._opener = StoreOpener(self.tracking_uri, name, location)
 
     def connect(self, experiment_name: str) -> None:
         """Opens the store and the experiment before any training step.
 
-        Checks the server first unless `prepare` did, and waits for the tables that
-        `prepare` had created. RUNNING runs of processes on this host that are gone are
-        marked KILLED.
+        Checks the server first unless `prepare` did. After `prepare`, waits for its
+        helper to open them; when it failed, opens them here, so that the store's own
+        error is raised. RUNNING runs of processes on this host that are gone are marked
+        KILLED.
 
         Args:
             experiment_name: Experiment to use when none was configured.
@@ -157,23 +152,45 @@ class MlflowTracker:
         Raises:
             TrackingUnavailableError: The server does not answer and there is no fallback.
         """
-        from mlflow.tracking import MlflowClient
-
         self._check_server()
-        if self._store_creator is not None:
-            try:
-                self._store_creator.wait(timeout=STORE_CREATION_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self._store_creator.kill()
-                self._store_creator.wait()
-            self._store_creator = None
+        if self._opener is not None:
+            self.experiment_id = self._opener.experiment_id(STORE_OPENING_TIMEOUT_S)
+            if self.experiment_id is not None:
+                return
+            self._opener = None
+        location = self.artifact_location if self.is_local else None
         name = self.experiment_name or experiment_name
-        with store_lock(self.tracking_uri):
-            # The first opening of a store that is still new creates its tables (when
-            # the helper of `prepare` failed, the error of doing it again shows here).
+        self.client, self.experiment_id = open_store(self.tracking_uri, name, location)
+
+    def _client(self) -> Any:
+        """This process's MlflowClient; waits for the connecting thread, if one runs."""
+        if self._connector is not None:
+            self._connector.join()
+        if self.client is None:  # the connecting thread failed: its error shows here
+            from mlflow.tracking import MlflowClient
+
             self.client = MlflowClient(tracking_uri=self.tracking_uri)
-            self.experiment_id = with_retry(lambda: self._experiment_id(name))
-        with_retry(lambda: reap_stale_runs(self.client, [self.experiment_id]))
+        return self.client
+
+    def _connect_in_background(self) -> None:
+        """Opens this process's client and the system-metrics monitor on a thread.
+
+        One thread does all of it: importing mlflow from two threads at once leaves one
+        of them with a half-initialised module.
+        """
+
+        def connect() -> None:
+            try:
+                from mlflow.tracking import MlflowClient
+
+                self.client = MlflowClient(tracking_uri=self.tracking_uri)
+            except Exception as err:  # retried where the client is needed
+                log.warning("MLflow client not opened yet (%s: %s)", type(err).__name__, err)
+            if self.monitor is not None:
+                self.monitor.start()
+
+        self._connector = threading.Thread(target=connect, name="mlflow-connect", daemon=True)
+        self._connector.start()
 
     def _check_server(self) -> None:
         """Fails (or falls back) when the server does not answer; once per tracker."""
@@ -217,17 +234,12 @@ class MlflowTracker:
         }
         if self.fell_back_from:
             tags["offline_fallback"] = self.fell_back_from
-        if resume_run_id:
-            with_retry(lambda: self.client.update_run(resume_run_id, status="RUNNING"))
-            self.run_id = resume_run_id
-            self.set_tags(tags)
-        else:
-            run = with_retry(
-                lambda: self.client.create_run(
-                    self.experiment_id, run_name=self.run_name or run_name, tags=tags
-                )
-            )
-            self.run_id = run.info.run_id
+        run_name = self.run_name or run_name
+        run_id = None
+        if self._opener is not None:  # after `prepare`: the helper creates it
+            run_id = self._opener.run_id(run_name, tags, resume_run_id, STORE_OPENING_TIMEOUT_S)
+        client = self.client if run_id else self._client()  # the helper failed: here
+        self.run_id = run_id or open_run(client, self.experiment_id, run_name, tags, resume_run_id)
         if self.system_metrics:
             from runner.tracking.system_metrics import SystemMetrics
 
@@ -237,6 +249,9 @@ class MlflowTracker:
                 self.system_metrics_interval_s,
                 resume=resume_run_id is not None,
             )
+        if self.client is None:
+            self._connect_in_background()
+        elif self.monitor is not None:
             self.monitor.start()
 
     def _fall_back(self) -> str:
@@ -257,55 +272,35 @@ class MlflowTracker:
         )
         return unreachable
 
-    def _experiment_id(self, name: str) -> str:
-        from mlflow.exceptions import MlflowException
-
-        experiment = self.client.get_experiment_by_name(name)
-        if experiment is not None:
-            if EXPERIMENT_KIND_TAG not in experiment.tags:  # a kind someone chose stays
-                self.client.set_experiment_tag(
-                    experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
-                )
-            return experiment.experiment_id
-        location = None
-        if self.is_local and self.artifact_location:
-            location = (Path(self.artifact_location).resolve() / name).as_uri()
-        try:
-            return self.client.create_experiment(
-                name,
-                artifact_location=location,
-                tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
-            )
-        except MlflowException:
-            # Another run created it first.
-            return self.client.get_experiment_by_name(name).experiment_id
-
     def log_params(self, params: dict[str, Any]) -> None:
         """Logs params in batches of MLflow's maximum size; long values are truncated."""
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in params.items()]
+        items = [(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in params.items()]
         for start in range(0, len(items), _MAX_PARAMS_PER_BATCH):
-            chunk = items[start : start + _MAX_PARAMS_PER_BATCH]
-            with_retry(lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
+            self._submit(("params", items[start : start + _MAX_PARAMS_PER_BATCH]))
 
     def _submit(self, op: tuple) -> None:
-        """Performs an operation now (local store) or queues it (server)."""
+        """Performs an operation now (local store, client open) or queues it.
+
+        A server's operations always go through the outbox; so do a local store's once
+        the run was opened by the helper (this process's client opens on a thread).
+        """
         started = time.perf_counter()
-        if self.is_local:
+        if self.outbox is None and self.is_local and self._connector is None:
             with_retry(lambda: apply_op(self.client, self.run_id, op))
         else:
             if self.outbox is None:
-                self.outbox = Outbox(lambda queued: apply_op(self.client, self.run_id, queued))
+                self.outbox = Outbox(self._deliver)
             self.outbox.put(op)
         self.longest_block_s = max(self.longest_block_s, time.perf_counter() - started)
 
+    def _deliver(self, op: tuple) -> None:
+        """Performs one queued operation (on the outbox thread)."""
+        with_retry(lambda: apply_op(self._client(), self.run_id, op))
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Buffers metrics; `flush` sends them."""
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        self._metrics.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        self._metrics.extend((k, float(v), now, step) for k, v in metrics.items())
 
     def flush(self) -> None:
         """Sends the buffered metrics in as few calls as MLflow allows."""
@@ -344,7 +339,7 @@ class MlflowTracker:
         started = time.perf_counter()
         try:
             uri = log_pytorch_model(
-                self.client,
+                self._client(),
                 self.tracking_uri,
                 self.experiment_id,
                 self.run_id,
@@ -376,9 +371,14 @@ class MlflowTracker:
         buffered logs; what the server did not take is saved to
         `<run dir>/mlflow_pending.jsonl`, with the command that sends it later.
         """
+        if self._opener is not None:  # it has ended (after the run id), or is not needed
+            self._opener.close()
+            self._opener = None
         if self.run_id is None:
             return
         try:
+            if self._connector is not None:  # the monitor has started, or failed to
+                self._connector.join()
             if self.monitor is not None:
                 self.monitor.stop()
             self.flush()

@@ -13,7 +13,7 @@ class NullTracker:
 
     run_id: str | None = None
 
-    def prepare(self) -> None:
+    def prepare(self, experiment_name: str) -> None:
         """Does nothing."""
 
     def connect(self, experiment_name: str) -> None:

@@ -1,8 +1,8 @@
-"""Logging operations that wait for a server: the outbox thread and the pending-log file.
+"""Logging operations off the training thread: the outbox thread and the pending-log file.
 
-While a tracking server is away, operations queue in the `Outbox` and are retried in
-order; what it never takes is saved as JSON lines and sent later with
-`python -m runner.tracking replay <file>`.
+Operations queue in the `Outbox` and are delivered in order on its thread; while a
+tracking server is away they are retried, and what it never takes is saved as JSON lines
+and sent later with `python -m runner.tracking replay <file>`.
 """
 
 from __future__ import annotations
@@ -56,14 +56,14 @@ class Outbox:
                 self._send(op)
             except Exception as err:
                 if not failing:
-                    log.warning("MLflow server unreachable (%s); buffering and retrying", err)
+                    log.warning("MLflow store not reachable (%s); buffering and retrying", err)
                 failing = True
                 with self._cond:
                     self._cond.wait(delay)
                 delay = min(delay * 2, 10.0)
                 continue
             if failing:
-                log.info("MLflow server reachable again: delivering buffered logs")
+                log.info("MLflow store reachable again: delivering buffered logs")
             delay, failing = 0.5, False
             with self._cond:
                 self._ops.popleft()
@@ -83,35 +83,37 @@ def write_pending(path: Path, tracking_uri: str, run_id: str, ops: list[tuple]) 
     """Saves undelivered operations as JSON lines for `python -m runner.tracking replay`."""
     with path.open("w") as handle:
         handle.write(json.dumps({"tracking_uri": tracking_uri, "run_id": run_id}) + "\n")
-        for kind, *args in ops:
-            if kind == "metrics":
-                args = [[[m.key, m.value, m.timestamp, m.step] for m in args[0]]]
-            handle.write(json.dumps([kind, *args]) + "\n")
+        for op in ops:
+            handle.write(json.dumps(op) + "\n")
 
 
 def replay_pending(path: Path) -> int:
     """Sends the operations of a pending-log file to its server; returns how many."""
-    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     header, *lines = path.read_text().splitlines()
     target = json.loads(header)
     client = MlflowClient(tracking_uri=target["tracking_uri"])
     for line in lines:
-        kind, *args = json.loads(line)
-        if kind == "metrics":
-            args = [[Metric(*fields) for fields in args[0]]]
-        apply_op(client, target["run_id"], (kind, *args))
+        apply_op(client, target["run_id"], tuple(json.loads(line)))
     return len(lines)
 
 
 def apply_op(client: Any, run_id: str, op: tuple) -> None:
-    """Performs one logging operation with an MlflowClient."""
-    from mlflow.entities import RunTag
+    """Performs one logging operation with an MlflowClient.
+
+    Operations hold plain values (they are queued, and saved as JSON when undelivered):
+    `("metrics", [(key, value, timestamp_ms, step), ...])`, `("params", [(key, value),
+    ...])`, `("tags", {key: value})`, `("artifact", path, artifact_path)`, `("inputs",
+    [DatasetRecord.to_json(), ...])`, `("status", status)`.
+    """
+    from mlflow.entities import Metric, Param, RunTag
 
     kind, *args = op
     if kind == "metrics":
-        client.log_batch(run_id, metrics=args[0])
+        client.log_batch(run_id, metrics=[Metric(*fields) for fields in args[0]])
+    elif kind == "params":
+        client.log_batch(run_id, params=[Param(key, value) for key, value in args[0]])
     elif kind == "tags":
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in args[0].items()])
     elif kind == "artifact":

@@ -20,7 +20,7 @@ class Tracker(Protocol):
 
     run_id: str | None
 
-    def prepare(self) -> None:
+    def prepare(self, experiment_name: str) -> None:
         """Checks the server and starts what may run beside the data and model build."""
 
     def connect(self, experiment_name: str) -> None:

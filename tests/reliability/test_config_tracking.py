@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
+import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -52,35 +53,89 @@ def test_eight_runs_started_at_once_on_a_fresh_sqlite_store(tmp_path):
     assert query(db, "SELECT COUNT(*) FROM metrics") == [(24,)]
 
 
-def test_a_new_store_is_created_by_a_helper_process_while_the_run_builds(tmp_path):
-    """prepare() has another process create a new store's tables; connect() waits for it."""
-    db = tmp_path / "new" / "mlflow.db"
-    tracker = MlflowTracker(f"sqlite:///{db}", artifact_location=str(tmp_path / "art"))
-    tracker.prepare()
-    # This process does nothing more: only the helper can create the store's tables. The
-    # Default experiment is the last thing MLflow writes into a new store.
-    deadline = time.monotonic() + 120
-    while not default_experiment(db) and time.monotonic() < deadline:
+OPEN_THROUGH_THE_HELPER = """
+import json, sqlite3, sys, threading, time
+from pathlib import Path
+from runner.tracking.mlflow_tracker import MlflowTracker
+
+importers = []  # the thread that imports mlflow into this process
+
+
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "mlflow":
+            importers.append(threading.current_thread().name)
+
+
+sys.meta_path.insert(0, Spy())
+
+db = Path(sys.argv[1])
+tracker = MlflowTracker(f"sqlite:///{db}", artifact_location=sys.argv[2], system_metrics=False)
+tracker.prepare("x")
+if sys.argv[3] == "wait":  # this process does nothing: only the helper can make the store
+    deadline, made = time.monotonic() + 120, []
+    while not made and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert query(db, DEFAULT_EXPERIMENT) == [("Default",)]
-    tracker.connect("x")
-    assert query(db, "SELECT name FROM experiments ORDER BY name") == [("Default",), ("x",)]
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                made = conn.execute("SELECT name FROM experiments WHERE name='x'").fetchall()
+        except sqlite3.OperationalError:  # not there yet, or its tables are half made
+            pass
+tracker.connect("x")
+tracker.start("r", tags={"k": "v"})
+tracker.log_params({"a": 1})
+tracker.log_metrics({"m": 0.5}, step=1)
+tracker.flush()
+tracker.finish("FINISHED")
+print(json.dumps({"mlflow_imported_by": importers, "run_id": tracker.run_id}))
+"""
 
-    again = MlflowTracker(f"sqlite:///{db}", artifact_location=str(tmp_path / "art"))
-    again.prepare()  # the store exists: no helper, and connecting opens it as it is
-    again.connect("x")
-    assert again.experiment_id == tracker.experiment_id
+
+def open_through_the_helper(db, tmp_path, mode: str) -> subprocess.CompletedProcess:
+    """Runs OPEN_THROUGH_THE_HELPER in a fresh interpreter (mlflow not loaded)."""
+    return subprocess.run(
+        [sys.executable, "-c", OPEN_THROUGH_THE_HELPER, str(db), str(tmp_path / "art"), mode],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-DEFAULT_EXPERIMENT = "SELECT name FROM experiments WHERE experiment_id = 0"
+def test_a_helper_process_opens_the_store_experiment_and_run_while_the_run_builds(tmp_path):
+    """prepare() starts the helper; this process loads mlflow on a thread, after start()."""
+    db = tmp_path / "new" / "mlflow.db"
+    done = open_through_the_helper(db, tmp_path, "wait")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["mlflow_imported_by"] == ["mlflow-connect"], "never the main thread"
+    run = result["run_id"]
+    assert query(db, "SELECT status FROM runs WHERE run_uuid=?", run) == [("FINISHED",)]
+    tags = dict(query(db, "SELECT key, value FROM tags WHERE run_uuid=?", run))
+    assert tags["k"] == "v" and tags["mlflow.runName"] == "r"
+    assert tags["runner.pid"].isdigit() and int(tags["runner.pid"]) != os.getpid()
+    assert query(db, "SELECT key, value FROM params WHERE run_uuid=?", run) == [("a", "1")]
+    assert query(db, "SELECT key, value, step FROM metrics WHERE run_uuid=?", run) == [
+        ("m", 0.5, 1)
+    ]
+
+    again = open_through_the_helper(db, tmp_path, "now")  # the store is there: opened as is
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert query(db, "SELECT COUNT(*) FROM experiments WHERE name='x'") == [(1,)]
+    assert query(db, "SELECT status, COUNT(*) FROM runs GROUP BY status") == [("FINISHED", 2)]
 
 
-def default_experiment(db) -> list[tuple]:
-    """The Default experiment's row of a store; none while the store is being created."""
-    try:
-        return query(db, DEFAULT_EXPERIMENT) if db.exists() else []
-    except sqlite3.OperationalError:  # its tables are not all there yet
-        return []
+def test_a_store_the_helper_cannot_open_fails_in_connect_with_the_store_error(tmp_path):
+    """The helper's failure costs time only: the store's own error is raised by connect()."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    db = blocker / "mlflow.db"
+    done = open_through_the_helper(db, tmp_path, "now")
+    assert done.returncode != 0
+    assert "opening it in this process" in done.stderr, done.stderr[-3000:]
+    assert "FileExistsError" in done.stderr and str(blocker) in done.stderr
+    frames = [line for line in done.stderr.splitlines() if "mlflow_tracker.py" in line]
+    assert frames and frames[0].endswith("in connect"), "raised before the run, by connect()"
 
 
 def test_unreachable_server_fails_fast_before_training(tmp_path):

@@ -17,8 +17,9 @@ from omegaconf import OmegaConf
 from runner.augment.normalize import Normalize
 from runner.cli import run
 from runner.data.build import build_data
-from runner.tracking.mlflow_tracker import MODEL_TRAINING_KIND, MlflowTracker
+from runner.tracking.mlflow_tracker import MlflowTracker
 from runner.tracking.models import fetch_checkpoint
+from runner.tracking.opening import MODEL_TRAINING_KIND
 from runner.training.best_checkpoint import read_best
 from runner.training.lineage import content_settings, dataset_records, split_digest
 from tests.conftest import TINY, compose_run, query, run_cli, seed_store
