@@ -214,9 +214,13 @@ def fresh_store(rounds: int, compare_with: Path | None) -> None:
         print(f"{phase:<10} " + " ".join(f"{medians[label][phase]:14.2f}" for label in setups))
     for label in setups:
         rows = found[label]
-        beyond = statistics.median(r["total"] - r["python"] - r["imports"] for r in rows)
+        values = [r["total"] - r["python"] - r["imports"] for r in rows]
+        beyond = statistics.median(values)
         goal = label == "this checkout"
-        print(f"{label}: total - python - imports = {beyond:.2f} s (goal <= {FRESH_GOAL_S} s)")
+        print(
+            f"{label}: total - python - imports = {beyond:.2f} s "
+            f"(rounds {min(values):.2f}-{max(values):.2f}; goal <= {FRESH_GOAL_S} s)"
+        )
         phases = medians[label]
         record(
             "startup",
