@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from runner.config.redaction import redacted_container
 from runner.config.targets import untrusted_targets
 from runner.tracking.mlflow_tracker import MlflowTracker
-from runner.tracking.store import TrackingUnavailableError
+from runner.tracking.opening import StoreOpener
+from runner.tracking.store import TrackingUnavailableError, store_lock
 from tests.conftest import REPO, TINY, query, run_cli
 
 pytestmark = pytest.mark.slow
@@ -136,6 +137,22 @@ def test_a_store_the_helper_cannot_open_fails_in_connect_with_the_store_error(tm
     assert "FileExistsError" in done.stderr and str(blocker) in done.stderr
     frames = [line for line in done.stderr.splitlines() if "mlflow_tracker.py" in line]
     assert frames and frames[0].endswith("in connect"), "raised before the run, by connect()"
+
+
+def test_a_helper_that_does_not_answer_is_stopped_and_the_store_opened_here(tmp_path, caplog):
+    """A helper stuck on the store's lock (as on a hung network file system) is given up."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with store_lock(uri):  # held here: the helper cannot open the store
+        opener = StoreOpener(uri, "x", None)
+        started = time.monotonic()
+        assert opener.experiment_id(timeout_s=3) is None
+        assert time.monotonic() - started < 9, "stopped, not waited for (10 s)"
+    assert "did not answer in 3 s; opening it in this process" in caplog.text
+    assert opener.run_id("r", {}, None, timeout_s=3) is None  # it is gone: no second wait
+
+    tracker = MlflowTracker(uri, artifact_location=str(tmp_path / "art"))
+    tracker.connect("x")  # what the tracker does next: it opens the store itself
+    assert query(tmp_path / "mlflow.db", "SELECT name FROM experiments WHERE name='x'") == [("x",)]
 
 
 def test_unreachable_server_fails_fast_before_training(tmp_path):
