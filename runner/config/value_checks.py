@@ -8,6 +8,7 @@ overrides a key's check for one option of its group.
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,28 @@ def _gce_q(value: Any) -> str | None:
     return None if is_number(value) and 0 < value <= 1 else "a number in (0, 1], e.g. 0.7"
 
 
+def _tracking_uri(value: Any) -> str | None:
+    """A server URL, or a `sqlite:///` file whose folder exists or can be made."""
+    if not isinstance(value, str) or not value:
+        return "a tracking URI: sqlite:///<path>/mlflow.db or a server URL (http://host:5000)"
+    if not value.startswith("sqlite:///"):
+        return None
+    database = Path(value.removeprefix("sqlite:///")).expanduser().absolute()
+    existing = next(folder for folder in database.parents if folder.exists())
+    if not existing.is_dir():
+        return (
+            f"a SQLite file in a folder that can be made, but {existing} is a file: "
+            "choose another path"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"a SQLite file in a folder you can write to, but {existing} is not writable"
+    return None
+
+
+def _optional_tracking_uri(value: Any) -> str | None:
+    return None if value is None else _tracking_uri(value)
+
+
 def csv_file_problem(path: Any, columns: tuple[str, ...]) -> str | None:
     """What is wrong with a CSV file the config names (missing, unreadable, lacks a column).
 
@@ -238,6 +261,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "trainer.max_nan_skips": _positive_int,
     "sweep.fail_fast": _boolean,
     "sweep.resume": _optional_non_empty_string,
+    "logger.tracking_uri": _tracking_uri,
+    "logger.fallback_uri": _optional_tracking_uri,
     "logger.registered_model_name": _optional_non_empty_string,
     "logger.system_metrics": _boolean,
     "logger.system_metrics_interval_s": _positive_number,

@@ -231,6 +231,20 @@ def test_mistakes_end_in_one_line_naming_the_key_and_the_fix(
     nothing_spent(tmp_path)
 
 
+def test_a_tracking_store_under_a_file_is_named_before_anything_runs(make_cfg, tmp_path):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a folder")
+    uri = f"sqlite:///{blocker}/mlflow.db"
+    refused(
+        make_cfg(f"logger.tracking_uri={uri}"),
+        f"logger.tracking_uri='{uri}' is invalid",
+        f"{blocker} is a file",
+        "choose another path",
+    )
+    nothing_spent(tmp_path)
+    validate(make_cfg(f"logger.tracking_uri=sqlite:///{tmp_path}/new/folders/mlflow.db"))
+
+
 def test_weights_of_another_architecture_are_named(make_cfg, tmp_path):
     import timm
     from safetensors.torch import save_file
