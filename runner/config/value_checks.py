@@ -183,13 +183,21 @@ def _gce_q(value: Any) -> str | None:
     return None if is_number(value) and 0 < value <= 1 else "a number in (0, 1], e.g. 0.7"
 
 
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI; None for a server or another store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///"))
+
+
 def _tracking_uri(value: Any) -> str | None:
     """A server URL, or a `sqlite:///` file whose folder exists or can be made."""
     if not isinstance(value, str) or not value:
         return "a tracking URI: sqlite:///<path>/mlflow.db or a server URL (http://host:5000)"
-    if not value.startswith("sqlite:///"):
+    database = sqlite_path(value)
+    if database is None:
         return None
-    database = Path(value.removeprefix("sqlite:///")).expanduser().absolute()
+    database = database.expanduser().absolute()
     existing = next(folder for folder in database.parents if folder.exists())
     if not existing.is_dir():
         return (

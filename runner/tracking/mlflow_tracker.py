@@ -134,9 +134,7 @@ class MlflowTracker:
         self._check_server()
         if self._opener is not None or self.client is not None or "mlflow" in sys.modules:
             return
-        location = self.artifact_location if self.is_local else None
-        name = self.experiment_name or experiment_name
-        self._opener = StoreOpener(self.tracking_uri, name, location)
+        self._opener = StoreOpener(self.tracking_uri, *self._experiment(experiment_name))
 
     def connect(self, experiment_name: str) -> None:
         """Opens the store and the experiment before any training step.
@@ -158,9 +156,13 @@ class MlflowTracker:
             if self.experiment_id is not None:
                 return
             self._opener = None
-        location = self.artifact_location if self.is_local else None
-        name = self.experiment_name or experiment_name
+        name, location = self._experiment(experiment_name)
         self.client, self.experiment_id = open_store(self.tracking_uri, name, location)
+
+    def _experiment(self, experiment_name: str) -> tuple[str, str | None]:
+        """The experiment's name (the configured one first) and its artifact folder."""
+        location = self.artifact_location if self.is_local else None
+        return self.experiment_name or experiment_name, location
 
     def _client(self) -> Any:
         """This process's MlflowClient; waits for the connecting thread, if one runs."""
@@ -238,8 +240,10 @@ class MlflowTracker:
         run_id = None
         if self._opener is not None:  # after `prepare`: the helper creates it
             run_id = self._opener.run_id(run_name, tags, resume_run_id, STORE_OPENING_TIMEOUT_S)
-        client = self.client if run_id else self._client()  # the helper failed: here
-        self.run_id = run_id or open_run(client, self.experiment_id, run_name, tags, resume_run_id)
+        # Without a helper, or when it failed, the run is opened here.
+        self.run_id = run_id or open_run(
+            self._client(), self.experiment_id, run_name, tags, resume_run_id
+        )
         if self.system_metrics:
             from runner.tracking.system_metrics import SystemMetrics
 

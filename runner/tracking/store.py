@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from runner.config.errors import UserError
+from runner.config.value_checks import sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,6 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def sqlite_path(tracking_uri: str) -> Path | None:
-    """The database file of a `sqlite:///` tracking URI; None for a server or another store."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return Path(tracking_uri.removeprefix("sqlite:///"))
 
 
 def store_lock(tracking_uri: str) -> contextlib.AbstractContextManager:
