@@ -44,7 +44,7 @@ TINY = [
     "data=synthetic",
     "data.num_samples=160",
     "model=timm",
-    "model.name=resnet10t",
+    "model.name=test_resnet",
     "trainer.batch_size=32",
     "trainer.eval_batch_size=64",
     # The reports are tested in test_evaluate.py; here they would only add minutes.

@@ -254,7 +254,7 @@ def test_weights_of_another_architecture_are_named(make_cfg, tmp_path):
     refused(
         make_cfg(f"model.pretrained_file={weights}"),
         "model.pretrained_file=",
-        "does not fit model.name='resnet10t'",
+        "does not fit model.name='test_resnet'",
     )
     nothing_spent(tmp_path)
 

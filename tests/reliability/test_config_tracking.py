@@ -167,7 +167,7 @@ def test_unreachable_server_fails_fast_before_training(tmp_path):
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "http://127.0.0.1:1" in output
-    assert "epoch 1" not in output and "model resnet10t" not in output, "nothing built first"
+    assert "epoch 1" not in output and "model test_resnet" not in output, "nothing built first"
     assert "Error: logger.tracking_uri='http://127.0.0.1:1'" in output
     assert not (tmp_path / "mlflow.db").exists()
 

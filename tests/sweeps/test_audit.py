@@ -298,7 +298,7 @@ def check_audited_sweep(out: Path, sweep: Path) -> None:
     assert len(rows) == len(merged.sample_id) and all(
         r["sample_id"].startswith("synthetic:") for r in rows
     )
-    assert merged.embeddings.shape[1] == 512, "resnet10t's pooled features"
+    assert merged.embeddings.shape[1] == 96, "test_resnet's pooled features"
     np.testing.assert_allclose(merged.probabilities.sum(1), 1, atol=1e-4)
     db = out / "mlflow.db"
     parent = json.loads((sweep / "sweep.json").read_text())["parent_run_id"]
