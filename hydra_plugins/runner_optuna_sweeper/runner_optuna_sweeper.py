@@ -73,10 +73,6 @@ ConfigStore.instance().store(
 )
 
 
-def _as_override_value(value: Any) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
-
-
 class RunnerOptunaSweeper(Sweeper):
     """Optuna search over Hydra jobs; see the module docstring."""
 
@@ -118,7 +114,7 @@ class RunnerOptunaSweeper(Sweeper):
         from optuna.trial import TrialState
 
         from runner.sweeps.manifest import STOP_FILE
-        from runner.sweeps.optuna_trial import keep_in_memory, open_storage
+        from runner.sweeps.optuna_trial import keep_in_memory, open_storage, tell_trial
 
         plan = plan_study(self.config, list(arguments))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -154,14 +150,7 @@ class RunnerOptunaSweeper(Sweeper):
             if plan.storage is None:
                 for trial in trials:
                     keep_in_memory(study, trial)
-            batch = [
-                [
-                    *plan.fixed,
-                    *(f"{k}={_as_override_value(v)}" for k, v in t.params.items()),
-                    f"{plan.trial_override}={t.number}",
-                ]
-                for t in trials
-            ]
+            batch = [plan.job_overrides(t) for t in trials]
             results = self.launcher.launch(batch, initial_job_idx=job_index)
             job_index += len(batch)
             states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
@@ -170,10 +159,23 @@ class RunnerOptunaSweeper(Sweeper):
                     continue
                 value = result.return_value if result.status == JobStatus.COMPLETED else None
                 if isinstance(value, int | float) and math.isfinite(value):
-                    study.tell(trial, float(value))
+                    tell_trial(study, trial, values=float(value))
                 else:
-                    study.tell(trial, state=TrialState.FAIL)
+                    tell_trial(study, trial, state=TrialState.FAIL)
             returns.append(results)
+            finished = len(study.get_trials(states=done_states))
+            if (
+                isinstance(study.sampler, optuna.samplers.GridSampler)
+                and study.sampler.is_exhausted(study)
+                and finished < plan.n_trials
+            ):  # the study ends as study.optimize ends it: more trials would repeat points
+                log.warning(
+                    "optuna: every point of the grid has a finished trial; %d of "
+                    "hydra.sweeper.n_trials=%d finished as COMPLETE or PRUNED",
+                    finished,
+                    plan.n_trials,
+                )
+                break
             if (
                 not study.get_trials(states=done_states)
                 and all(t.state == TrialState.FAIL for t in study.get_trials())

@@ -82,6 +82,8 @@ class StudyPlan:
         n_trials: Finished (complete or pruned) trials the study should have.
         n_jobs: Trials launched per batch.
         trial_override: How a job is told its trial: `optuna.trial` or `+optuna.trial`.
+        spelled: A space key as the jobs' overrides write it, where that is not the key
+            itself (`+loss.fail`: a key the command line adds to the config).
     """
 
     study_name: str | None
@@ -95,7 +97,16 @@ class StudyPlan:
     n_trials: int
     n_jobs: int
     trial_override: str = "optuna.trial"
+    spelled: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+    def job_overrides(self, trial: Any) -> list[str]:
+        """The overrides of the job that runs `trial`: the fixed ones, its params, its number."""
+        params = [
+            f"{self.spelled.get(key, key)}={repr(v) if isinstance(v, float) else v}"
+            for key, v in trial.params.items()
+        ]
+        return [*self.fixed, *params, f"{self.trial_override}={trial.number}"]
 
 
 def open_storage(url: str) -> Any:
@@ -286,7 +297,7 @@ def plan_study(config: DictConfig, arguments: list[str], *, open_store: bool = T
     study_name = sweeper.get("study_name")
     if study_name is not None and not (isinstance(study_name, str) and study_name):
         problems.append(f"hydra.sweeper.study_name={study_name!r}: expected a name or null")
-    space, fixed, space_problems = search_space(sweeper.get("params"), arguments)
+    space, fixed, space_problems, spelled = search_space(sweeper.get("params"), arguments)
     problems += space_problems
     if not space and not space_problems:
         problems.append(
@@ -318,6 +329,7 @@ def plan_study(config: DictConfig, arguments: list[str], *, open_store: bool = T
         n_trials=int(sweeper.n_trials),
         n_jobs=int(sweeper.n_jobs),
         trial_override="optuna.trial" if "optuna" in config else "+optuna.trial",
+        spelled=spelled,
     )
     if open_store and storage is not None and study_name is not None:
         problem = stored_study_problem(plan)

@@ -29,6 +29,30 @@ def keep_in_memory(study: Any, trial: Any) -> None:
     _IN_MEMORY[(study.study_name, trial.number)] = (study, trial)
 
 
+def tell_trial(study: Any, trial: Any, **result: Any) -> None:
+    """`study.tell(trial, **result)`, also when it is the last point of a grid.
+
+    Optuna's GridSampler calls `study.stop()` once every point of its grid has a
+    finished trial, and `stop()` raises RuntimeError outside `study.optimize` (Optuna
+    documents this for the ask-and-tell interface). The trial's state is stored before
+    that, so the error only means the grid is done; the sweeper ends the study there,
+    as `study.optimize` would, by `GridSampler.is_exhausted` after each batch.
+
+    Args:
+        study: The Optuna study.
+        trial: The trial to end.
+        **result: What `Study.tell` takes: `values` or `state`.
+    """
+    import optuna
+
+    try:
+        study.tell(trial, **result)
+    except RuntimeError as err:
+        grid_done = isinstance(study.sampler, optuna.samplers.GridSampler) and "stop" in str(err)
+        if not grid_done:
+            raise
+
+
 def _trial(storage_url: str | None, study_name: str, trial_number: int, pruner_json: str) -> tuple:
     """The study and the job's trial; (None, None) for one in another process's memory."""
     if storage_url is None:
@@ -82,7 +106,7 @@ def report_and_check(
         trial.report(value, step=epoch)
         if epoch >= last_epoch or not trial.should_prune():
             return False
-        study.tell(trial, state=TrialState.PRUNED)
+        tell_trial(study, trial, state=TrialState.PRUNED)
     except Exception as err:  # the storage is busy or away: the job trains on, unpruned
         log.warning(
             "optuna: trial %d could not report epoch %d to %s (%s: %s); it trains on",

@@ -79,17 +79,20 @@ def space_to_json(space: dict[str, Any]) -> dict[str, str]:
 
 def search_space(
     params: dict[str, str] | None, arguments: list[str]
-) -> tuple[dict[str, Any], list[str], list[str]]:
+) -> tuple[dict[str, Any], list[str], list[str], dict[str, str]]:
     """The search space from the preset's params and the command line, and the fixed rest.
 
     A range on the command line replaces the preset's range of that key; a single value
     there fixes the key (it leaves the space).
 
     Returns:
-        The space, the command line's constant overrides, and the problems found.
+        The space, the command line's constant overrides, the problems found, and the
+        command line's spelling of the space's keys that it adds to the config
+        (`loss.fail` -> `+loss.fail`), for the jobs' overrides.
     """
     parser = OverridesParser.create()
     space: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
     problems: list[str] = []
     for key, value in flatten_params(params or {}).items():
         try:
@@ -108,9 +111,12 @@ def search_space(
                 space[key] = distribution_of(override)
             except ValueError as err:
                 problems.append(str(err).replace("hydra.sweeper.params.", "", 1))
+            if override.get_key_element().startswith("+"):
+                spelled[key] = override.get_key_element()
             continue
         if key in space:
             log.info("optuna: %s is fixed by the command line (%s)", key, override.input_line)
             del space[key]
+            spelled.pop(key, None)
         fixed.append(override.input_line)
-    return space, fixed, problems
+    return space, fixed, problems, spelled

@@ -29,7 +29,7 @@ from runner.sweeps.optuna_study import (
     open_storage,
     plan_study,
 )
-from runner.sweeps.optuna_trial import report_and_check
+from runner.sweeps.optuna_trial import report_and_check, tell_trial
 from runner.sweeps.search_space import space_to_json
 from runner.sweeps.stores import cluster_store_warning
 from runner.sweeps.summary import summarize
@@ -250,6 +250,32 @@ def test_a_trial_is_pruned_before_its_last_epoch_but_never_at_it(tmp_path):
     states = {t.number: t.state for t in study.get_trials()}
     assert states[early.number] == optuna.trial.TrialState.PRUNED
     assert states[last.number] == optuna.trial.TrialState.RUNNING  # the sweeper tells it
+
+
+def test_the_last_point_of_a_grid_is_told_and_the_grid_is_then_exhausted():
+    """Optuna's GridSampler stops the study after its last point, which raises outside
+    study.optimize; the sweeper's tell stores the result and goes on."""
+    space = {"x": optuna.distributions.CategoricalDistribution([1, 2])}
+
+    def grid_study() -> optuna.Study:
+        return optuna.create_study(sampler=optuna.samplers.GridSampler({"x": [1, 2]}, seed=0))
+
+    plain = grid_study()
+    first, last = plain.ask(space), plain.ask(space)
+    plain.tell(first, 1.0)
+    with pytest.raises(RuntimeError, match="stop"):  # Optuna's own behaviour
+        plain.tell(last, 2.0)
+
+    study = grid_study()
+    first, last = study.ask(space), study.ask(space)
+    tell_trial(study, first, state=optuna.trial.TrialState.FAIL)
+    tell_trial(study, last, values=2.0)
+    assert study.sampler.is_exhausted(study)
+    assert [(t.state.name, t.value) for t in study.trials] == [("FAIL", None), ("COMPLETE", 2.0)]
+
+    other = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    with pytest.raises(ValueError):  # any other error of tell still reaches the caller
+        tell_trial(other, other.ask(space), values=1.0, state=optuna.trial.TrialState.FAIL)
 
 
 def test_a_locked_storage_costs_the_report_not_the_job(tmp_path, monkeypatch, caplog):

@@ -196,6 +196,33 @@ PRUNABLE = [
 ]
 
 
+def test_an_optuna_grid_with_a_failed_trial_ends_when_its_points_are_tried(tmp_path):
+    """Optuna's GridSampler stops the study after the last point of the grid (which
+    raised from the sweeper's tell); a failed point leaves the grid done with fewer
+    finished trials than n_trials, and the sweep ends there instead of repeating points.
+    The swept key is new to the config, so each job's override keeps the command
+    line's `+`."""
+    sweep_dir = tmp_path / "sweep"
+    code, output = multirun(
+        tmp_path,
+        sweep_dir,
+        *FAULTY_LOSS,
+        "hparams_search=optuna",
+        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.params=null",
+        "hydra.sweeper.storage=null",
+        "hydra.sweeper.n_trials=2",
+        "+loss.fail=raise,none",
+    )
+    assert code == 1, output[-3000:]
+    assert "Study.stop" not in output
+    assert "every point of the grid has a finished trial; 1 of hydra.sweeper.n_trials=2" in output
+    assert "1 of 2 sweep job(s) did not finish" in output
+    report = json.loads((sweep_dir / "optuna" / "best_params.json").read_text())
+    assert report["trials"] == {"complete": 1, "pruned": 0, "fail": 1}
+    assert report["best_params"] == {"loss.fail": "none"}
+
+
 def _trial_states(db: Path) -> list[str]:
     with sqlite3.connect(db) as conn:
         return [s for (s,) in conn.execute("SELECT state FROM trials ORDER BY number")]
