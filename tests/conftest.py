@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -49,6 +49,9 @@ TINY = [
     # The reports take seconds a run; tests/recipes/test_evaluate.py and
     # tests/reports/test_analysis.py turn them on and check them.
     "analysis.enabled=false",
+    # So does the model's export (torch.export, about 2 s); the tests of logged models
+    # (tests/tracking/, tests/recipes/test_train.py) turn it on.
+    "logger.export_model=false",
 ]
 
 
@@ -148,13 +151,22 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     return make
 
 
+def for_logger(args: list[str], overrides: Iterable[str]) -> list[str]:
+    """`args` (TINY, say) without their logger.* keys when `overrides` choose logger=none,
+    which has none of MLflow's keys."""
+    if "logger=none" not in overrides:
+        return list(args)
+    return [arg for arg in args if not arg.startswith("logger.")]
+
+
 def compose_run(tmp: Path, run_dir: str, *overrides: str, tiny: bool = True) -> DictConfig:
     """conf/train.yaml with outputs (a seeded store) under `tmp` and the run in tmp/run_dir;
     tiny=True adds TINY before the overrides."""
     seed_store(Path(tmp) / "outputs")
     base = [f"paths.output_dir={tmp}/outputs", f"paths.run_dir={tmp}/{run_dir}"]
+    tiny_args = for_logger(TINY, overrides) if tiny else []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", overrides=[*base, *(TINY if tiny else []), *overrides])
+        return compose("train", overrides=[*base, *tiny_args, *overrides])
 
 
 def run_cli(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -89,6 +89,7 @@ def validate(cfg: DictConfig) -> None:
         )
     problems.extend(_monitor_problems(cfg))
     problems.extend(_mode_problems(cfg))
+    problems.extend(_model_registry_problems(cfg))
     swept_values, swept_keys = _sweeps(cfg)
     problems.extend(_fold_problems(cfg, swept_values, swept_keys))
     problems.extend(_curation_problems(cfg, swept_values))
@@ -113,6 +114,17 @@ def _monitor_problems(cfg: DictConfig) -> list[str]:
         f"trainer.monitor_mode={mode} contradicts trainer.monitor={monitor}, which is better "
         f"{better}: leave trainer.monitor_mode out (it follows the metric) or set it to "
         f"{expected}"
+    ]
+
+
+def _model_registry_problems(cfg: DictConfig) -> list[str]:
+    """A registered model version is made from the exported model: it needs one."""
+    name = OmegaConf.select(cfg, "logger.registered_model_name", default=None)
+    if name is None or OmegaConf.select(cfg, "logger.export_model", default=True) is not False:
+        return []
+    return [
+        f"logger.registered_model_name={name!r} needs logger.export_model=true (a registered "
+        "version is made from the exported model): set it, or registered_model_name=null"
     ]
 
 

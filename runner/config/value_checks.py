@@ -272,6 +272,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "logger.tracking_uri": _tracking_uri,
     "logger.fallback_uri": _optional_tracking_uri,
     "logger.registered_model_name": _optional_non_empty_string,
+    "logger.export_model": _boolean,
     "logger.system_metrics": _boolean,
     "logger.system_metrics_interval_s": _positive_number,
     "trainer.limit_batches": _optional_positive_int,

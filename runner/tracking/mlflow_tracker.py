@@ -79,6 +79,7 @@ class MlflowTracker:
         registered_model_name: str | None = None,
         system_metrics: bool = True,
         system_metrics_interval_s: float = 10.0,
+        export_model: bool = True,
     ):
         self.tracking_uri = tracking_uri
         self.artifact_location = artifact_location
@@ -89,6 +90,7 @@ class MlflowTracker:
         self.fell_back_from: str | None = None
         self.delivery_timeout_s = delivery_timeout_s
         self.registered_model_name = registered_model_name
+        self.export_model = export_model
         self.system_metrics = system_metrics
         self.system_metrics_interval_s = system_metrics_interval_s
         self.monitor: Any = None
@@ -335,11 +337,16 @@ class MlflowTracker:
     ) -> str | None:
         """Logs a torch module as the run's MLflow model `model`; returns its URI.
 
-        Registers a version under `registered_model_name` when it is set. When the model
-        cannot be logged (it does not export, the server is away), `fallback` is
-        uploaded as `checkpoints/<name>` instead and None is returned, so the run keeps
-        its weights either way.
+        Registers a version under `registered_model_name` when it is set. With
+        `export_model` off, or when the model cannot be logged (it does not export, the
+        server is away), `fallback` is uploaded as `checkpoints/<name>` instead and None
+        is returned, so the run keeps its weights either way.
         """
+        if not self.export_model:
+            if fallback is not None:
+                self.log_artifact(fallback, "checkpoints")
+                log.info("logger.export_model=false: uploaded %s, not an MLflow model", fallback)
+            return None
         started = time.perf_counter()
         try:
             uri = log_pytorch_model(

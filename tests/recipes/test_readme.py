@@ -49,6 +49,7 @@ TINY = [
     "trainer.eval_batch_size=64",
     # The reports are tested in test_evaluate.py; here they would only add minutes.
     "analysis.enabled=false",
+    "logger.export_model=false",  # the logged model is tested in tests/tracking/
 ]
 # Settings for particular commands, by a substring of the command.
 EXTRA: dict[str, list[str]] = {}

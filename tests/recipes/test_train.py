@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 
 import runner.training.engine
 from runner.train import run
-from tests.conftest import REPO, TINY, compose_run, query, runs_in
+from tests.conftest import REPO, TINY, compose_run, for_logger, query, runs_in
 
 pytestmark = pytest.mark.slow
 
@@ -210,7 +210,7 @@ def test_a_terminal_gets_a_progress_bar_per_epoch(tmp_path):
         str(REPO / "run.py"),
         f"paths.output_dir={tmp_path}",
         "logger=none",
-        *TINY,
+        *for_logger(TINY, ["logger=none"]),
         "trainer.max_epochs=2",
     ]
     pid, fd = pty.fork()

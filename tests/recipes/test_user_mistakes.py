@@ -245,6 +245,17 @@ def test_a_tracking_store_under_a_file_is_named_before_anything_runs(make_cfg, t
     validate(make_cfg(f"logger.tracking_uri=sqlite:///{tmp_path}/new/folders/mlflow.db"))
 
 
+def test_a_registered_model_without_the_export_is_refused(make_cfg, tmp_path):
+    refused(
+        make_cfg("logger.registered_model_name=digits-net", "logger.export_model=false"),
+        "logger.registered_model_name='digits-net' needs logger.export_model=true",
+        "registered_model_name=null",
+    )
+    nothing_spent(tmp_path)
+    refused(make_cfg("logger.export_model=maybe"), "logger.export_model='maybe' is invalid")
+    validate(make_cfg("logger.registered_model_name=digits-net", "logger.export_model=true"))
+
+
 def test_weights_of_another_architecture_are_named(make_cfg, tmp_path):
     import timm
     from safetensors.torch import save_file

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY, seed_store
+from tests.conftest import REPO, TINY, for_logger, seed_store
 
 # 16 batches of 32 per epoch: long enough to be interrupted in the middle of an epoch.
 STEADY = [*TINY, "data.num_samples=640", "trainer.max_epochs=4", "trainer.log_every_n_steps=4"]
@@ -26,7 +26,7 @@ def cli(out: Path, run_dir: Path, *overrides: str) -> list[str]:
         str(REPO / "run.py"),
         f"paths.output_dir={out}",
         f"hydra.run.dir={run_dir}",
-        *STEADY,
+        *for_logger(STEADY, overrides),
         *overrides,
     ]
 

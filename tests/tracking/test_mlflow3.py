@@ -37,6 +37,7 @@ def trained(tmp_path_factory):
         f"paths.output_dir={tmp}/outputs",
         f"hydra.run.dir={tmp}/train",
         *TINY,
+        "logger.export_model=true",
         f"logger.registered_model_name={MODEL_NAME}",
         "logger.system_metrics_interval_s=0.5",
         "data.num_samples=320",
@@ -204,6 +205,27 @@ def test_a_model_that_cannot_be_logged_leaves_best_pt_in_the_run_instead(tmp_pat
     assert list(client.search_logged_models([experiment])) == []  # no half-logged model
     fetched = fetch_checkpoint(f"runs:/{tracker.run_id}", uri, tmp_path / "dl")
     assert fetched.is_checkpoint and fetched.path.name == "best.pt"
+
+
+@pytest.mark.slow
+def test_without_the_export_the_run_uploads_best_pt_and_eval_finds_it(tmp_path):
+    """logger.export_model=false (TINY sets it): no torch.export, no logged model; the
+    run's one copy of its weights is checkpoints/best.pt, which ckpt=runs:/ fetches."""
+    assert "logger.export_model=false" in TINY
+    run(compose_run(tmp_path, "train", "logger.system_metrics=false"))
+    db = tmp_path / "outputs" / "mlflow.db"
+    ((run_id,),) = query(db, "SELECT run_uuid FROM runs")
+    client = MlflowClient(f"sqlite:///{db}")
+    assert [f.path for f in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/best.pt"]
+    assert [f.path for f in client.list_artifacts(run_id) if f.path == "model"] == []
+    assert query(db, "SELECT COUNT(*) FROM logged_models") == [(0,)]
+    metrics = {k for (k,) in query(db, "SELECT key FROM metrics WHERE run_uuid=?", run_id)}
+    assert "test/acc" in metrics and "model_logging_s" not in metrics
+    trained = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    run(compose_run(tmp_path, "eval", "mode=eval", f"ckpt=runs:/{run_id}"))
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert evaluated["source_run_id"] == run_id
+    assert evaluated["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-5)
 
 
 def test_the_experiment_is_tagged_for_model_training_unless_a_kind_was_chosen(tmp_path):

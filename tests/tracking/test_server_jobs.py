@@ -33,6 +33,7 @@ def test_eight_concurrent_jobs_log_everything_to_one_mlflow_server(tmp_path, mlf
                 f"logger.tracking_uri={mlflow_server.uri}",
                 "logger.experiment_name=cluster",
                 "logger.system_metrics_interval_s=1",
+                "logger.export_model=true",
                 "trainer.keep_host_memory=false",  # eight processes on a small machine
             ],
             cwd=REPO,
