@@ -234,7 +234,9 @@ def test_throughput_settings_are_validated(make_cfg):
     """A bad model list or batch size is named with the fix."""
     from runner.config.validation import ConfigError, validate
 
-    cfg = make_cfg("experiment=throughput", "throughput.batch_sizes=[0,8]", "throughput.models=[]")
+    cfg = make_cfg(
+        "experiment=throughput", "throughput.batch_sizes=[0,8]", "throughput.models=[]", tiny=False
+    )
     with pytest.raises(ConfigError) as err:
         validate(cfg)
     assert "throughput.batch_sizes=[0, 8] is invalid" in str(err.value)
