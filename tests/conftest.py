@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -127,6 +128,7 @@ def seed_store(output_dir: Path) -> Path:
         from mlflow.tracking import MlflowClient
 
         template = Path(tempfile.mkdtemp(prefix="mlflow-template-")) / "mlflow.db"
+        atexit.register(shutil.rmtree, template.parent, True)  # one per test process
         MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
         _STORE_TEMPLATE.append(template)
     store = Path(output_dir) / "mlflow.db"
