@@ -50,8 +50,8 @@ TINY = [
     # The reports take seconds a run; tests/recipes/test_evaluate.py and
     # tests/reports/test_analysis.py turn them on and check them.
     "analysis.enabled=false",
-    # So does the model's export (torch.export, about 2 s); the tests of logged models
-    # (tests/tracking/, tests/recipes/test_train.py) turn it on.
+    # So does the model's export (torch.export, about 2 s): tests/tracking/ turns it on
+    # where it checks the logged model, and tests/recipes/test_train.py trains the default.
     "logger.export_model=false",
 ]
 
