@@ -337,16 +337,11 @@ class MlflowTracker:
     ) -> str | None:
         """Logs a torch module as the run's MLflow model `model`; returns its URI.
 
-        Registers a version under `registered_model_name` when it is set. With
-        `export_model` off, or when the model cannot be logged (it does not export, the
-        server is away), `fallback` is uploaded as `checkpoints/<name>` instead and None
-        is returned, so the run keeps its weights either way.
+        Registers a version under `registered_model_name` when it is set. When the model
+        cannot be logged (it does not export, the server is away), `fallback` is
+        uploaded as `checkpoints/<name>` instead and None is returned, so the run keeps
+        its weights either way.
         """
-        if not self.export_model:
-            if fallback is not None:
-                self.log_artifact(fallback, "checkpoints")
-                log.info("logger.export_model=false: uploaded %s, not an MLflow model", fallback)
-            return None
         started = time.perf_counter()
         try:
             uri = log_pytorch_model(

@@ -12,6 +12,7 @@ class NullTracker:
     """Tracks nothing; the run dir still gets metrics.json and checkpoints."""
 
     run_id: str | None = None
+    export_model: bool = False
 
     def prepare(self, experiment_name: str) -> None:
         """Does nothing."""

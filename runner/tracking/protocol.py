@@ -19,6 +19,8 @@ class Tracker(Protocol):
     """
 
     run_id: str | None
+    # Whether `log_model` exports a model; when not, the run skips building one to export.
+    export_model: bool
 
     def prepare(self, experiment_name: str) -> None:
         """Checks the server and starts what may run beside the data and model build."""

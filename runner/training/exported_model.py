@@ -92,7 +92,8 @@ def log_best_model(
 ) -> str | None:
     """Logs the best weights as the run's MLflow model (`model`), after testing.
 
-    With a tracker that keeps no models (logger=none) nothing happens; when the model
+    A tracker that exports no models (logger=none, logger.export_model=false) gets
+    checkpoints/best.pt as it is, and nothing is built for an export; when the model
     cannot be logged, the tracker uploads checkpoints/best.pt instead.
 
     Args:
@@ -105,6 +106,9 @@ def log_best_model(
         The model's URI, or None.
     """
     best_path = ctx.run_dir / "checkpoints" / "best.pt"
+    if not ctx.tracker.export_model:  # logger=none, or logger.export_model=false
+        ctx.tracker.log_artifact(best_path, "checkpoints")
+        return None
     started = time.perf_counter()
     wrapper, example = exported_classifier(parts, best)
     metadata = {
