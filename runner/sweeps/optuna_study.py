@@ -297,9 +297,10 @@ def plan_study(config: DictConfig, arguments: list[str], *, open_store: bool = T
     study_name = sweeper.get("study_name")
     if study_name is not None and not (isinstance(study_name, str) and study_name):
         problems.append(f"hydra.sweeper.study_name={study_name!r}: expected a name or null")
-    space, fixed, space_problems, spelled = search_space(sweeper.get("params"), arguments)
-    problems += space_problems
-    if not space and not space_problems:
+    searched = search_space(sweeper.get("params"), arguments)
+    space = searched.space
+    problems += searched.problems
+    if not space and not searched.problems:
         problems.append(
             "the search space is empty: set hydra.sweeper.params, or give ranges on the "
             "command line ('optim.lr=interval(1e-4, 1e-2)')"
@@ -322,14 +323,14 @@ def plan_study(config: DictConfig, arguments: list[str], *, open_store: bool = T
         storage=storage,
         direction=direction,
         space=space,
-        fixed=fixed,
+        fixed=searched.fixed,
         sampler=sampler,
         pruner=pruner,
         pruner_node=pruner_node or {"_target_": PRUNER_TARGETS["none"]},
         n_trials=int(sweeper.n_trials),
         n_jobs=int(sweeper.n_jobs),
         trial_override="optuna.trial" if "optuna" in config else "+optuna.trial",
-        spelled=spelled,
+        spelled=searched.spelled,
     )
     if open_store and storage is not None and study_name is not None:
         problem = stored_study_problem(plan)

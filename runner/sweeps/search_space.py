@@ -10,6 +10,7 @@ preset's range of that key, a single value fixes the key.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -77,46 +78,55 @@ def space_to_json(space: dict[str, Any]) -> dict[str, str]:
     return {name: distribution_to_json(space[name]) for name in sorted(space)}
 
 
-def search_space(
-    params: dict[str, str] | None, arguments: list[str]
-) -> tuple[dict[str, Any], list[str], list[str], dict[str, str]]:
+@dataclass
+class SearchSpace:
+    """What the preset's params and the command line make of a study.
+
+    Attributes:
+        space: Optuna distribution of each searched key.
+        fixed: The command line's constant overrides, as written.
+        problems: What is wrong with the params or the command line (empty: nothing).
+        spelled: A searched key as the command line wrote it, where that adds the key to
+            the config (`loss.fail` -> `+loss.fail`), for the jobs' overrides.
+    """
+
+    space: dict[str, Any] = field(default_factory=dict)
+    fixed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    spelled: dict[str, str] = field(default_factory=dict)
+
+
+def search_space(params: dict[str, str] | None, arguments: list[str]) -> SearchSpace:
     """The search space from the preset's params and the command line, and the fixed rest.
 
     A range on the command line replaces the preset's range of that key; a single value
     there fixes the key (it leaves the space).
-
-    Returns:
-        The space, the command line's constant overrides, the problems found, and the
-        command line's spelling of the space's keys that it adds to the config
-        (`loss.fail` -> `+loss.fail`), for the jobs' overrides.
     """
     parser = OverridesParser.create()
-    space: dict[str, Any] = {}
-    spelled: dict[str, str] = {}
-    problems: list[str] = []
+    found = SearchSpace()
     for key, value in flatten_params(params or {}).items():
         try:
-            space[key] = distribution_of(parser.parse_override(f"{key}={value}"))
+            found.space[key] = distribution_of(parser.parse_override(f"{key}={value}"))
         except Exception as err:  # a grammar error or a single value
-            problems.append(str(err) if isinstance(err, ValueError) else f"{key}: {err}")
-    fixed = []
+            found.problems.append(str(err) if isinstance(err, ValueError) else f"{key}: {err}")
     try:
         overrides = parser.parse_overrides(arguments)
     except Exception as err:
-        return space, fixed, [*problems, f"the command line does not parse: {err}"]
+        found.problems.append(f"the command line does not parse: {err}")
+        return found
     for override in overrides:
         key = override.get_key_element().lstrip("+~")
         if override.is_sweep_override():
             try:
-                space[key] = distribution_of(override)
+                found.space[key] = distribution_of(override)
             except ValueError as err:
-                problems.append(str(err).replace("hydra.sweeper.params.", "", 1))
+                found.problems.append(str(err).replace("hydra.sweeper.params.", "", 1))
             if override.get_key_element().startswith("+"):
-                spelled[key] = override.get_key_element()
+                found.spelled[key] = override.get_key_element()
             continue
-        if key in space:
+        if key in found.space:
             log.info("optuna: %s is fixed by the command line (%s)", key, override.input_line)
-            del space[key]
-            spelled.pop(key, None)
-        fixed.append(override.input_line)
-    return space, fixed, problems, spelled
+            del found.space[key]
+            found.spelled.pop(key, None)
+        found.fixed.append(override.input_line)
+    return found

@@ -30,7 +30,7 @@ from runner.sweeps.optuna_study import (
     plan_study,
 )
 from runner.sweeps.optuna_trial import report_and_check, tell_trial
-from runner.sweeps.search_space import space_to_json
+from runner.sweeps.search_space import search_space, space_to_json
 from runner.sweeps.stores import cluster_store_warning
 from runner.sweeps.summary import summarize
 from tests.conftest import CONF
@@ -80,6 +80,24 @@ def test_the_override_grammar_maps_to_optuna_distributions():
 def test_a_single_value_is_not_a_search_space():
     with pytest.raises(ValueError, match=r"hydra.sweeper.params.optim.lr='0.1'.*interval"):
         space("optim.lr=0.1")
+
+
+def test_a_command_line_that_does_not_parse_is_a_problem_not_a_crash(tmp_path):
+    found = search_space({"optim.lr": "interval(0.001, 0.1)"}, ["seed=choice(0, 1"])
+    assert "optim.lr" in found.space and found.fixed == [] and found.spelled == {}
+    assert len(found.problems) == 1 and "the command line does not parse" in found.problems[0]
+    with pytest.raises(SweepConfigError, match="the command line does not parse"):
+        plan(tmp_path, arguments=("seed=choice(0, 1",), open_store=False)
+
+
+def test_a_swept_key_the_command_line_adds_keeps_its_plus_and_a_value_fixes_a_key():
+    found = search_space(
+        {"optim.lr": "interval(0.001, 0.1)", "seed": "0,1"},
+        ["+loss.fail=raise,none", "seed=3", "trainer.max_epochs=2"],
+    )
+    assert sorted(found.space) == ["loss.fail", "optim.lr"]
+    assert found.spelled == {"loss.fail": "+loss.fail"}
+    assert found.fixed == ["seed=3", "trainer.max_epochs=2"] and found.problems == []
 
 
 @pytest.mark.parametrize(
