@@ -114,10 +114,22 @@ def write_reports(
             "confusion_matrix.png": partial(
                 plot_confusion_matrix, inputs.confusion, inputs.class_names
             ),
-            "misclassified.png": partial(plot_misclassified, inputs, settings.num_misclassified),
             "reliability.png": reliability,
         }
-        if settings.num_gradcam > 0 and len(inputs.labels):
+        lost = len(inputs.split) - len(inputs.labels)
+        if lost:  # a streamed file failed to decode while testing: positions no longer match
+            log.warning(
+                "analysis: %d of the %d test images did not decode while testing; "
+                "misclassified.png and gradcam.png are left out, as their images would not "
+                "line up with the predictions (see the bad-file list)",
+                lost,
+                len(inputs.split),
+            )
+        else:
+            plots["misclassified.png"] = partial(
+                plot_misclassified, inputs, settings.num_misclassified
+            )
+        if settings.num_gradcam > 0 and len(inputs.labels) and not lost:
             layer, min_size = settings.gradcam_layer, settings.gradcam_min_size
             plots["gradcam.png"] = partial(
                 plot_gradcam, inputs, settings.num_gradcam, layer, min_size

@@ -96,3 +96,42 @@ def test_a_failing_report_does_not_stop_the_others(tv_resnet, tmp_path, caplog):
     ):
         assert (tmp_path / name).stat().st_size > 0, name
     assert 0 <= metrics["test/ece"] <= 1
+
+
+def test_per_image_reports_are_left_out_when_a_test_image_did_not_decode(
+    tv_resnet, tmp_path, caplog
+):
+    # A streamed test split of 6 where one file failed to decode while testing: the
+    # evaluation has 5 predictions, so position i of the predictions is not image i.
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    probs = torch.rand(5, 3).softmax(-1)
+    inputs = AnalysisInputs(
+        tv_resnet,
+        DeviceAugment(image_size=32).eval(),
+        Normalize((0.5,) * 3, (0.25,) * 3),
+        Split(images, labels),
+        probs,
+        labels[:5],
+        torch.eye(3, dtype=torch.long),
+        ["a", "b", "c"],
+        torch.device("cpu"),
+    )
+    settings = OmegaConf.create(
+        {
+            "enabled": True,
+            "num_misclassified": 4,
+            "num_gradcam": 2,
+            "gradcam_layer": "auto",
+            "gradcam_min_size": 4,
+            "calibration_bins": 10,
+        }
+    )
+    with caplog.at_level(logging.WARNING, logger="runner"):
+        metrics = write_reports(settings, inputs, tmp_path, NullTracker())
+    assert "1 of the 6 test images did not decode while testing" in caplog.text
+    assert not (tmp_path / "misclassified.png").exists()
+    assert not (tmp_path / "gradcam.png").exists()
+    for name in ("per_class.csv", "confusion_matrix.png", "reliability.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert 0 <= metrics["test/ece"] <= 1
