@@ -18,7 +18,6 @@ Every setting is checked (runner/sweeps/optuna_study.py) before the sweep starts
 # them in sys.modules, and OmegaConf reads the config dataclass's real types.
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -52,8 +51,8 @@ class RunnerOptunaSweeperConf:
     )
     # null = Optuna names a new study (nothing to continue).
     study_name: Optional[str] = None
-    # null = an in-memory study; an RDB URL; or journal:///path/to/file.log (a shared
-    # file system on a cluster).
+    # null = an in-memory study; an RDB URL; or journal:////abs/path/file.log (a shared
+    # file system on a cluster; journal:///rel/path is relative, as in sqlite URLs).
     storage: Optional[str] = None
     sampler: Any = None
     pruner: Any = None
@@ -114,7 +113,7 @@ class RunnerOptunaSweeper(Sweeper):
         from optuna.trial import TrialState
 
         from runner.sweeps.manifest import STOP_FILE
-        from runner.sweeps.optuna_trial import keep_in_memory, open_storage, tell_trial
+        from runner.sweeps.optuna_trial import keep_in_memory, open_storage
 
         plan = plan_study(self.config, list(arguments))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -141,6 +140,7 @@ class RunnerOptunaSweeper(Sweeper):
             plan.n_trials,
         )
         returns, job_index = [], 0
+        finished_here = failed_here = 0  # this sweep's trials (a stored study has older ones)
         while (left := plan.n_trials - len(study.get_trials(states=done_states))) > 0:
             stop = sweep_dir / STOP_FILE
             if stop.exists():
@@ -150,18 +150,11 @@ class RunnerOptunaSweeper(Sweeper):
             if plan.storage is None:
                 for trial in trials:
                     keep_in_memory(study, trial)
-            batch = [plan.job_overrides(t) for t in trials]
-            results = self.launcher.launch(batch, initial_job_idx=job_index)
-            job_index += len(batch)
+            results = self._launch_and_tell(study, plan, trials, job_index, sweep_dir)
+            job_index += len(results)
             states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
-            for trial, result in zip(trials, results, strict=True):
-                if states[trial.number].is_finished():  # the job pruned it itself
-                    continue
-                value = result.return_value if result.status == JobStatus.COMPLETED else None
-                if isinstance(value, int | float) and math.isfinite(value):
-                    tell_trial(study, trial, values=float(value))
-                else:
-                    tell_trial(study, trial, state=TrialState.FAIL)
+            failed_here += sum(states[t.number] == TrialState.FAIL for t in trials)
+            finished_here += sum(states[t.number] in done_states for t in trials)
             returns.append(results)
             finished = len(study.get_trials(states=done_states))
             if (
@@ -176,15 +169,60 @@ class RunnerOptunaSweeper(Sweeper):
                     plan.n_trials,
                 )
                 break
-            if (
-                not study.get_trials(states=done_states)
-                and all(t.state == TrialState.FAIL for t in study.get_trials())
-                and len(study.get_trials()) >= 3 * plan.n_jobs
-            ):
-                log.error("optuna: every trial so far failed; stopping the study")
+            # Failed trials do not count towards n_trials, so failures need their own end.
+            if not finished_here and failed_here >= 3 * plan.n_jobs:
+                log.error(
+                    "optuna: all %d trials of this sweep failed; stopping the study (the jobs' "
+                    "errors are in %s)",
+                    failed_here,
+                    sweep_dir / "manifest.json",
+                )
+                break
+            if failed_here >= plan.n_trials:
+                log.error(
+                    "optuna: %d trials of this sweep failed, as many as hydra.sweeper.n_trials; "
+                    "stopping the study with %d of %d finished (the jobs' errors are in %s)",
+                    failed_here,
+                    finished,
+                    plan.n_trials,
+                    sweep_dir / "manifest.json",
+                )
                 break
         self._report(study, sweep_dir / "optuna")
         return returns
+
+    def _launch_and_tell(
+        self, study: Any, plan: Any, trials: List[Any], job_index: int, sweep_dir: Path
+    ) -> List[Any]:
+        """Runs the trials' jobs through the launcher and tells the study their results.
+
+        A sampler may draw one point twice (a grid with fewer points left than n_jobs, a
+        small categorical space): such trials share one job, as two jobs with the same
+        overrides would share one run dir.
+
+        Returns:
+            The launcher's results, one per job launched.
+        """
+        from runner.sweeps.manifest import job_key, read_manifest
+        from runner.sweeps.optuna_trial import tell_trial, trial_result
+
+        jobs: Dict[str, List[str]] = {}
+        keys = []
+        for trial in trials:
+            overrides = plan.job_overrides(trial)
+            keys.append(job_key(overrides))
+            jobs.setdefault(keys[-1], overrides)
+        results = self.launcher.launch(list(jobs.values()), initial_job_idx=job_index)
+        result_of = dict(zip(jobs, results, strict=True))
+        recorded = read_manifest(sweep_dir)
+        states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+        for trial, key in zip(trials, keys, strict=True):
+            if states[trial.number].is_finished():  # the job pruned it itself
+                continue
+            result = result_of[key]
+            value = result.return_value if result.status == JobStatus.COMPLETED else None
+            tell_trial(study, trial, **trial_result(value, recorded.get(key)))
+        return results
 
     def _report(self, study: Any, out: Path) -> None:
         """Writes the best trial's params and an optimisation-history plot."""

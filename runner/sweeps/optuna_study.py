@@ -114,8 +114,9 @@ def open_storage(url: str) -> Any:
 
     Args:
         url: An RDB URL (`sqlite:///outputs/optuna.db`, `postgresql://...`) or
-            `journal:///path/to/study.log` for a journal file on a shared file system
-            (clusters where SQLite's locking over NFS is not safe).
+            `journal:////abs/path/study.log` for a journal file on a shared file system
+            (clusters where SQLite's locking over NFS is not safe). As in sqlite URLs,
+            the path after `journal:///` is relative unless it starts with `/`.
     """
     import optuna
 
@@ -292,7 +293,8 @@ def plan_study(config: DictConfig, arguments: list[str], *, open_store: bool = T
     ):
         problems.append(
             f"hydra.sweeper.storage={storage!r} is invalid: expected null (an in-memory study), "
-            "an RDB URL (sqlite:///path/optuna.db, postgresql://...) or journal:///path/study.log"
+            "an RDB URL (sqlite:///path/optuna.db, postgresql://...) or "
+            "journal:////abs/path/study.log"
         )
     study_name = sweeper.get("study_name")
     if study_name is not None and not (isinstance(study_name, str) and study_name):

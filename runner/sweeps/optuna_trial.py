@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
+from collections.abc import Mapping
 from typing import Any
 
 from runner.sweeps.optuna_study import build_pruner, open_storage
@@ -51,6 +53,26 @@ def tell_trial(study: Any, trial: Any, **result: Any) -> None:
         grid_done = isinstance(study.sampler, optuna.samplers.GridSampler) and "stop" in str(err)
         if not grid_done:
             raise
+
+
+def trial_result(value: Any, recorded: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What the sweeper tells a trial, as keyword arguments of `Study.tell`.
+
+    A job that was pruned (by its own trial, or by another trial with the same overrides
+    that it shares) is PRUNED: its value is that of an unfinished training. Otherwise a
+    finite value completes the trial and anything else fails it.
+
+    Args:
+        value: The job's return value; None when the job did not complete.
+        recorded: The job's manifest entry (see runner/sweeps/manifest.py), if any.
+    """
+    from optuna.trial import TrialState
+
+    if recorded and recorded.get("status") == "FINISHED" and recorded.get("pruned"):
+        return {"state": TrialState.PRUNED}
+    if isinstance(value, int | float) and math.isfinite(value):
+        return {"values": float(value)}
+    return {"state": TrialState.FAIL}
 
 
 def _trial(storage_url: str | None, study_name: str, trial_number: int, pruner_json: str) -> tuple:

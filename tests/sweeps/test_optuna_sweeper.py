@@ -29,7 +29,7 @@ from runner.sweeps.optuna_study import (
     open_storage,
     plan_study,
 )
-from runner.sweeps.optuna_trial import report_and_check, tell_trial
+from runner.sweeps.optuna_trial import report_and_check, tell_trial, trial_result
 from runner.sweeps.search_space import search_space, space_to_json
 from runner.sweeps.stores import cluster_store_warning
 from runner.sweeps.summary import summarize
@@ -342,6 +342,29 @@ def test_slurm_with_sqlite_stores_warns_and_names_the_alternatives(tmp_path):
     slurm.logger.tracking_uri = "http://head:5000"
     slurm.hydra.sweeper.storage = f"journal:///{tmp_path}/optuna.log"
     assert cluster_store_warning(slurm) is None
+
+
+def test_a_journal_url_reads_its_path_as_a_sqlite_url_does(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # three slashes: relative to the working directory
+    optuna.create_study(study_name="rel", storage=open_storage("journal:///rel/study.log"))
+    assert (tmp_path / "rel" / "study.log").stat().st_size > 0
+    absolute = tmp_path / "shared" / "study.log"  # four slashes: an absolute path
+    optuna.create_study(study_name="abs", storage=open_storage(f"journal:///{absolute}"))
+    assert f"journal:///{absolute}".startswith("journal:////")
+    assert absolute.stat().st_size > 0
+    assert not (tmp_path / str(absolute).lstrip("/")).exists()
+
+
+def test_what_the_sweeper_tells_a_trial_from_its_job():
+    state = optuna.trial.TrialState
+    assert trial_result(0.75, {"status": "FINISHED", "value": 0.75}) == {"values": 0.75}
+    assert trial_result(0.75, None) == {"values": 0.75}
+    for failed in (None, float("nan"), float("inf"), "x"):
+        assert trial_result(failed, {"status": "FAILED"}) == {"state": state.FAIL}
+    # A value recorded by a pruned job (its own trial, or a trial with the same overrides
+    # whose job it shares) is an unfinished training's value: never a COMPLETE trial.
+    pruned = {"status": "FINISHED", "value": 0.31, "pruned": True}
+    assert trial_result(0.31, pruned) == {"state": state.PRUNED}
 
 
 def test_constants_escaped_by_hydra_are_not_taken_for_swept_values(tmp_path):

@@ -223,6 +223,43 @@ def test_an_optuna_grid_with_a_failed_trial_ends_when_its_points_are_tried(tmp_p
     assert report["best_params"] == {"loss.fail": "none"}
 
 
+def test_optuna_trials_drawn_twice_share_a_job_and_failing_trials_end_a_stored_study(tmp_path):
+    """A grid of 2 points asked for 3 trials at once draws one point twice: that trial
+    shares the job of its point instead of a second job in the same run dir. Then the
+    stored study (3 finished trials) is continued to 5 with a fault that fails every
+    job: failed trials do not count towards n_trials, and the sweep still ends."""
+    first_dir = tmp_path / "first"
+    study = ["hparams_search=optuna", "hydra.sweeper.params=null", "hydra.sweeper.study_name=s"]
+    code, output = multirun(
+        tmp_path,
+        first_dir,
+        *study,
+        "hydra/sweeper/sampler=grid",
+        "seed=0,1",
+        "hydra.sweeper.n_jobs=3",
+        "hydra.sweeper.n_trials=3",
+    )
+    assert code == 0, output[-3000:]
+    assert "#1 : " in output and "#2 : " not in output, "2 jobs for 3 trials"
+    assert len(manifest(first_dir)) == 2
+    assert _trial_states(tmp_path / "optuna.db") == ["COMPLETE"] * 3
+
+    code, output = multirun(
+        tmp_path,
+        tmp_path / "second",
+        *study,
+        *FAULTY_LOSS,
+        "+loss.fail=raise",
+        "hydra/sweeper/sampler=random",
+        "seed=0,1",
+        "hydra.sweeper.n_trials=5",
+        timeout=300,  # the sweeper before this fix asked for trials forever
+    )
+    assert code == 1, output[-3000:]
+    assert "optuna: all 3 trials of this sweep failed; stopping the study" in output
+    assert _trial_states(tmp_path / "optuna.db") == ["COMPLETE"] * 3 + ["FAIL"] * 3
+
+
 def _trial_states(db: Path) -> list[str]:
     with sqlite3.connect(db) as conn:
         return [s for (s,) in conn.execute("SELECT state FROM trials ORDER BY number")]
