@@ -141,6 +141,8 @@ def run_eval(cfg: DictConfig) -> float:
             data,
             test_loader,
             tta=cfg.eval.tta,
+            # The groups of the training run: eval's data has no k-fold, exclude or relabel.
+            train_counts=loaded.best.train_class_counts,
         )
         summary = {
             "ckpt": str(loaded.path),

@@ -2,9 +2,10 @@
 
 best.pt holds the best weights and everything needed to use them without the training
 run's files: the run's resolved (redacted) config, the class names, the normalisation,
-the image size, the epoch and its metrics, and the training run's MLflow id. It loads
-with `torch.load(path, weights_only=True)`; its keys are those of `BestCheckpoint`'s
-fields (mean and std under "normalization") plus "schema_version".
+the image size, the epoch and its metrics, the training run's MLflow id and the class
+counts of the train split it learnt from. It loads with `torch.load(path,
+weights_only=True)`; its keys are those of `BestCheckpoint`'s fields (mean and std under
+"normalization") plus "schema_version".
 
 Version 1 is the file written before the package was split into layers: no
 "schema_version" key, and a config whose `_target_`s name the flat modules
@@ -42,6 +43,9 @@ class BestCheckpoint:
         epoch: The epoch these weights are from.
         metrics: That epoch's metrics.
         mlflow_run_id: The training run, linked from eval runs (source_run_id).
+        train_class_counts: Train samples per class the model was trained on (after
+            k-fold, `data.exclude` and `data.relabel`), from which eval groups the classes
+            into head, medium and tail; None in a file written before it was kept.
     """
 
     model: dict[str, torch.Tensor]
@@ -53,6 +57,7 @@ class BestCheckpoint:
     epoch: int = 0
     metrics: dict[str, float] | None = None
     mlflow_run_id: str | None = None
+    train_class_counts: list[int] | None = None
 
     def to_payload(self) -> dict[str, Any]:
         """The dict saved as best.pt (tensors and plain types only)."""
@@ -66,6 +71,7 @@ class BestCheckpoint:
             "epoch": int(self.epoch),
             "metrics": dict(self.metrics or {}),
             "mlflow_run_id": self.mlflow_run_id,
+            "train_class_counts": self.train_class_counts,
         }
 
     @classmethod
@@ -103,11 +109,16 @@ class BestCheckpoint:
             epoch=int(payload.get("epoch", 0)),
             metrics=dict(payload.get("metrics") or {}),
             mlflow_run_id=payload.get("mlflow_run_id"),
+            train_class_counts=_counts(payload.get("train_class_counts")),
         )
 
     def stored_config(self) -> DictConfig:
         """The training run's config."""
         return OmegaConf.create(self.config)
+
+
+def _counts(value: Any) -> list[int] | None:
+    return None if value is None else [int(count) for count in value]
 
 
 def read_best(path: Path | str) -> BestCheckpoint:

@@ -118,6 +118,7 @@ def log_best_model(
         "std": list(best.std),
         "epoch": best.epoch,
         "metrics": {k: float(v) for k, v in (best.metrics or {}).items()},
+        "train_class_counts": best.train_class_counts,
         "best_pt_schema_version": SCHEMA_VERSION,
         "data": data.name,
         "input": "uint8 (N, C, H, W) at image_size; output: class probabilities (N, classes)",
@@ -205,4 +206,5 @@ def best_from_model_dir(model_dir: Path, run_id: str | None) -> BestCheckpoint:
         epoch=int(metadata.get("epoch", 0)),
         metrics={k: float(v) for k, v in (metadata.get("metrics") or {}).items()},
         mlflow_run_id=run_id,
+        train_class_counts=metadata.get("train_class_counts"),
     )

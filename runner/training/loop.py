@@ -230,6 +230,7 @@ def fit(
                 epoch=epoch,
                 metrics=metrics,
                 mlflow_run_id=state.mlflow_run_id,
+                train_class_counts=data.class_counts().tolist(),
             )
             files[checkpoints / "best.pt"] = best.to_payload()
         if decision.stop != "non-finite":  # the last good last.pt stays

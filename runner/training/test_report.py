@@ -43,6 +43,7 @@ def test_and_report(
     tta: str = "none",
     history: Sequence[dict[str, float]] = (),
     step: int = 0,
+    train_counts: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Tests `model` on the test split, writes the analysis reports, logs the metrics.
 
@@ -56,6 +57,8 @@ def test_and_report(
         tta: Test-time augmentation ("none" or "flip").
         history: Per-epoch metrics of the training run, for the learning curves.
         step: The step the test metrics are logged at.
+        train_counts: Train samples per class the model was trained on, for the
+            head/medium/tail groups; None = those of `data`'s train split.
 
     Returns:
         The `test/*` metrics: those of `engine.evaluate`, head/medium/tail accuracy for
@@ -77,7 +80,8 @@ def test_and_report(
     metrics = {f"test/{name}": value for name, value in results.items()}
     matrix = confusion.compute().cpu()
     if data.long_tailed:
-        shots = shot_accuracies(matrix, data.class_counts())
+        counts = data.class_counts() if train_counts is None else torch.tensor(train_counts)
+        shots = shot_accuracies(matrix, counts)
         metrics.update({f"test/{name}": value for name, value in shots.items()})
     probabilities, labels = predictions.result()
     inputs = analysis.AnalysisInputs(

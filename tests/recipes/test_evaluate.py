@@ -243,3 +243,35 @@ def test_eval_on_stored_data_needs_no_exclude_file_and_no_folds(tmp_path):
     assert stored.exclude is not None, "the stored config itself is left as it was"
     test = build_data(kept).test
     assert torch.equal(test.images, build_data(cfg.data).test.images)
+
+
+@pytest.mark.slow
+def test_eval_groups_head_and_tail_classes_by_the_counts_the_model_learnt_from(tmp_path):
+    """A k-fold job of a long-tailed train split learns from 4/5 of it. Eval's data has
+    no folds, so grouping by its own train counts would put other classes in the head
+    and tail, and report other head/medium/tail accuracies for the same weights."""
+    from runner.data.build import build_data
+    from runner.evaluate import train_only_keys_off
+    from runner.reports.per_class import shot_groups
+
+    long_tailed_fold = [
+        "data.num_samples=2000",
+        "data.image_size=16",
+        "data.imbalance_ratio=20",
+        "data.num_folds=5",
+        "data.fold=0",
+        "logger=none",
+    ]
+    cfg = compose_run(tmp_path, "train", *long_tailed_fold)
+    learnt = build_data(cfg.data).class_counts()
+    without_folds = build_data(train_only_keys_off(cfg.data)).class_counts()
+    head_of = [shot_groups(counts)[0]["head"].tolist() for counts in (learnt, without_folds)]
+    assert head_of[0] != head_of[1], "the case must tell the two groupings apart"
+    run(cfg)
+    ckpt = tmp_path / "train" / "checkpoints" / "best.pt"
+    assert read_best(ckpt).train_class_counts == learnt.tolist()
+    run(compose_run(tmp_path, "eval", "mode=eval", f"ckpt={ckpt}", "logger=none"))
+    trained_metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in ("test/acc", "test/head_acc", "test/medium_acc", "test/tail_acc"):
+        assert evaluated[key] == pytest.approx(trained_metrics[key], abs=1e-5, nan_ok=True), key
