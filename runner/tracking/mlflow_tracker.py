@@ -32,7 +32,12 @@ from runner.tracking.inputs import DatasetRecord
 from runner.tracking.models import log_pytorch_model
 from runner.tracking.opening import StoreOpener, open_run, open_store
 from runner.tracking.outbox import Outbox, apply_op, write_pending
-from runner.tracking.store import TrackingUnavailableError, server_reachable, with_retry
+from runner.tracking.store import (
+    TrackingUnavailableError,
+    refused_for_good,
+    server_reachable,
+    with_retry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +300,7 @@ class MlflowTracker:
             with_retry(lambda: apply_op(self.client, self.run_id, op))
         else:
             if self.outbox is None:
-                self.outbox = Outbox(self._deliver)
+                self.outbox = Outbox(self._deliver, refused=refused_for_good)
             self.outbox.put(op)
         self.longest_block_s = max(self.longest_block_s, time.perf_counter() - started)
 

@@ -27,10 +27,16 @@ class Outbox:
 
     Args:
         send: Performs one operation against the server; raises when it cannot.
+        refused: Whether an error of `send` is the server refusing the operation for good;
+            such an operation is dropped with an error instead of holding up the ones
+            after it (the run's final status among them).
     """
 
-    def __init__(self, send: Callable[[tuple], None]):
+    def __init__(
+        self, send: Callable[[tuple], None], refused: Callable[[Exception], bool] = lambda _: False
+    ):
         self._send = send
+        self._refused = refused
         self._ops: collections.deque[tuple] = collections.deque()
         self._cond = threading.Condition()
         self._deadline: float | None = None
@@ -55,6 +61,17 @@ class Outbox:
             try:
                 self._send(op)
             except Exception as err:
+                if self._refused(err):
+                    log.error(
+                        "MLflow refused a %r logging operation: %s; it is dropped so that the "
+                        "later ones get through",
+                        op[0],
+                        err,
+                    )
+                    with self._cond:
+                        self._ops.popleft()
+                        self._cond.notify_all()
+                    continue
                 if not failing:
                     log.warning("MLflow store not reachable (%s); buffering and retrying", err)
                 failing = True

@@ -66,6 +66,26 @@ def with_retry(call: Callable[[], T], attempts: int = 8, first_delay_s: float = 
     raise AssertionError("unreachable")
 
 
+# Client errors that sending the same operation again may cure: credentials fixed in the
+# meantime (401, 403), a timeout (408), a rate limit (429).
+_TRANSIENT_CLIENT_ERRORS = (401, 403, 408, 429)
+
+
+def refused_for_good(err: Exception) -> bool:
+    """Whether the tracking store refused an operation for good.
+
+    That is an HTTP 4xx answer (a changed param value, a run deleted meanwhile): sending
+    the same operation again gets the same answer. A store that is away (no answer, 5xx)
+    has not refused anything.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(err, MlflowException):
+        return False
+    status = err.get_http_status_code()
+    return 400 <= status < 500 and status not in _TRANSIENT_CLIENT_ERRORS
+
+
 class TrackingUnavailableError(UserError, RuntimeError):
     """The tracking server cannot be reached; the message names it and the fix."""
 
