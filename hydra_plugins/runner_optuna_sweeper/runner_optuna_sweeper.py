@@ -29,7 +29,13 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from runner.sweeps.optuna_study import SPACE_ATTR, build_sampler, plan_study, write_study_file
+from runner.sweeps.optuna_study import (
+    SPACE_ATTR,
+    build_sampler,
+    plan_study,
+    shown_storage,
+    write_study_file,
+)
 from runner.sweeps.search_space import distribution_of, space_to_json
 
 log = logging.getLogger(__name__)
@@ -135,7 +141,7 @@ class RunnerOptunaSweeper(Sweeper):
         log.info(
             "optuna study %r in %s: %d finished trial(s), target %d",
             study.study_name,
-            plan.storage or "memory (hydra.sweeper.storage=null)",
+            shown_storage(plan.storage) if plan.storage else "memory (hydra.sweeper.storage=null)",
             len(study.get_trials(states=done_states)),
             plan.n_trials,
         )

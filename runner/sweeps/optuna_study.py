@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ DIRECTIONS = ("maximize", "minimize")
 SPACE_ATTR = "runner.search_space"
 STUDY_FILE = "study.json"
 JOURNAL_PREFIX = "journal:///"
+# The password of an RDB URL (`postgresql://user:password@host/db`).
+_URL_PASSWORD = re.compile(r"(?<=://)([^:/@]*):[^@/]*@")
 SQLITE_BUSY_TIMEOUT_S = 60
 
 
@@ -107,6 +110,11 @@ class StudyPlan:
             for key, v in trial.params.items()
         ]
         return [*self.fixed, *params, f"{self.trial_override}={trial.number}"]
+
+
+def shown_storage(url: Any) -> str:
+    """A storage URL as logs and messages show it: its password, if any, as `***`."""
+    return _URL_PASSWORD.sub(r"\1:***@", str(url))
 
 
 def open_storage(url: str) -> Any:
@@ -291,8 +299,9 @@ def plan_study(config: DictConfig, arguments: list[str], *, open_store: bool = T
     if storage is not None and (
         not isinstance(storage, str) or not storage.startswith(STORAGE_FORMS)
     ):
+        shown = shown_storage(storage) if isinstance(storage, str) else storage
         problems.append(
-            f"hydra.sweeper.storage={storage!r} is invalid: expected null (an in-memory study), "
+            f"hydra.sweeper.storage={shown!r} is invalid: expected null (an in-memory study), "
             "an RDB URL (sqlite:///path/optuna.db, postgresql://...) or "
             "journal:////abs/path/study.log"
         )
@@ -370,7 +379,7 @@ def stored_study_problem(plan: StudyPlan) -> str | None:
         stored_space = {}
         for trial in storage.get_all_trials(study_id, deepcopy=False):
             stored_space.update(trial.distributions)
-    where = f"hydra.sweeper.study_name={plan.study_name!r} in {plan.storage}"
+    where = f"hydra.sweeper.study_name={plan.study_name!r} in {shown_storage(plan.storage)}"
     fix = (
         "Give this search a new study (hydra.sweeper.study_name=<new name>), or continue "
         "it with the space it was started with"

@@ -28,6 +28,7 @@ from runner.sweeps.optuna_study import (
     build_pruner,
     open_storage,
     plan_study,
+    shown_storage,
 )
 from runner.sweeps.optuna_trial import report_and_check, tell_trial, trial_result
 from runner.sweeps.search_space import search_space, space_to_json
@@ -434,3 +435,15 @@ def test_with_seeds_the_best_is_the_best_mean_over_seeds_not_the_luckiest_seed(t
         summary.markdown
     )
     assert "| 1.0 |" not in summary.markdown.split("## Mean")[1]  # pruned: in no mean
+
+
+def test_a_storage_password_is_never_shown(tmp_path):
+    assert shown_storage("postgresql://ann:s3cr:et@db.lan:5432/optuna") == (
+        "postgresql://ann:***@db.lan:5432/optuna"
+    )
+    for url in ("sqlite:///outputs/optuna.db", "journal:////shared/study.log", "mysql://db/x"):
+        assert shown_storage(url) == url
+    with pytest.raises(SweepConfigError) as refused:
+        plan(tmp_path, "hydra.sweeper.storage=postgres://ann:s3cret@db.lan/optuna")
+    assert "postgres://ann:***@db.lan/optuna" in str(refused.value)
+    assert "s3cret" not in str(refused.value)
