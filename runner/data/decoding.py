@@ -11,6 +11,7 @@ or stop, as `data.on_bad_file` says.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -315,8 +316,11 @@ def _write_cache(path: Path, value: dict[str, Any], label: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(value, tmp)
         os.replace(tmp, path)
-    except OSError as err:  # a cache that cannot be written costs the next run, not this one
-        tmp.unlink(missing_ok=True)
+    except Exception as err:  # a cache that cannot be written costs the next run, not this one
+        # torch.save reports a full disk as RuntimeError, not OSError; the part written
+        # goes either way (a name with the pid in it is never read or cleaned up later).
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         log.warning("data %s: the decode cache %s was not written: %s", label, path, err)
         return
     log.info("data %s: wrote the decode cache %s", label, path)

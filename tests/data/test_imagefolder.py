@@ -319,3 +319,23 @@ def test_decoding_on_threads_gives_the_same_images_and_bad_files(tmp_path):
     assert sorted(one[2]) == sorted(two[2]) and len(two[2]) == len(bad)
     with pytest.raises(BadImageError):
         decoding.decode_all(files, 16, on_bad_file="error", num_workers=2, chunk_size=8)
+
+
+def test_a_decode_cache_that_cannot_be_written_leaves_no_part_file_and_says_why(tmp_path, caplog):
+    # torch.save fails after it has opened the file (here: a value it cannot pickle;
+    # a full disk fails the same way, as RuntimeError): the run goes on, nothing is left.
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("no space left on device (stand-in)")
+
+    def build():
+        return {"images": torch.zeros(4, 3, 8, 8, dtype=torch.uint8), "extra": Unpicklable()}
+
+    decoding.clear_memory_cache()
+    with caplog.at_level("WARNING", logger="runner"):
+        value = decoding.cached(decoding.cache_key("unwritable"), build, tmp_path, "folder")
+        decoding.wait_for_cache_writes()
+    assert value["images"].shape == (4, 3, 8, 8)
+    assert list(tmp_path.iterdir()) == [], "no cache file and no part of one"
+    assert "the decode cache" in caplog.text and "was not written" in caplog.text
+    decoding.clear_memory_cache()
