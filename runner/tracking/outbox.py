@@ -63,8 +63,8 @@ class Outbox:
             except Exception as err:
                 if self._refused(err):
                     log.error(
-                        "MLflow refused a %r logging operation: %s; it is dropped so that the "
-                        "later ones get through",
+                        "MLflow cannot take a %r logging operation (%s); it is dropped so "
+                        "that the later ones get through",
                         op[0],
                         err,
                     )

@@ -25,8 +25,22 @@ def test_an_operation_the_store_refuses_is_dropped_and_the_later_ones_get_throug
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params == {"optim.lr": "0.1"} and run.data.metrics == {"val/acc": 0.5}
-    assert "MLflow refused a 'params' logging operation" in caplog.text
+    assert "MLflow cannot take a 'params' logging operation" in caplog.text
     assert "Changing param values is not allowed" in caplog.text
+
+
+def test_a_file_that_is_gone_does_not_hold_up_the_runs_end(tmp_path, caplog):
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = client.create_run(client.create_experiment("outbox")).info.run_id
+    outbox = Outbox(lambda op: apply_op(client, run_id, op), refused=refused_for_good)
+    with caplog.at_level(logging.ERROR, logger="runner"):
+        outbox.put(("artifact", str(tmp_path / "deleted_meanwhile.png"), None))
+        outbox.put(("metrics", [("test/acc", 0.9, 0, 3)]))
+        outbox.put(("status", "FINISHED"))
+        assert outbox.close(timeout_s=10) == []
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics == {"test/acc": 0.9}
+    assert "MLflow cannot take a 'artifact' logging operation" in caplog.text
 
 
 def test_only_a_final_answer_of_the_store_is_a_refusal():
@@ -44,4 +58,7 @@ def test_only_a_final_answer_of_the_store_is_a_refusal():
         codes.REQUEST_LIMIT_EXCEEDED,
     ):
         assert not refused_for_good(error(code)), codes.ErrorCode.Name(code)
-    assert not refused_for_good(OSError("connection refused"))
+    assert not refused_for_good(ConnectionRefusedError("connection refused"))
+    assert not refused_for_good(OSError(28, "No space left on device"))  # may be freed
+    assert refused_for_good(FileNotFoundError(2, "No such file or directory"))
+    assert refused_for_good(PermissionError(13, "Permission denied"))
