@@ -230,7 +230,7 @@ def csv_file_problem(path: Any, columns: tuple[str, ...]) -> str | None:
     if not file.is_file():
         return f"no such file (relative paths start at {Path.cwd()}); give the path of a CSV file"
     try:
-        with file.open(newline="") as handle:
+        with file.open(newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's BOM
             header = next(csv.reader(handle), [])
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         return f"cannot be read as CSV ({err})"

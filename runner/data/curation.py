@@ -55,7 +55,8 @@ def read_id_file(path: str, key: str, columns: tuple[str, ...]) -> list[dict[str
     problem = csv_file_problem(path, columns)
     if problem is not None:
         raise DataError(f"{key}={path!r}: {problem}")
-    with Path(path).expanduser().open(newline="") as handle:
+    # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark.
+    with Path(path).expanduser().open(newline="", encoding="utf-8-sig") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -122,7 +123,7 @@ def exclude_samples(data: DataSplits, path: str) -> DataSplits:
 
 
 def _header(path: str) -> list[str]:
-    with Path(path).expanduser().open(newline="") as handle:
+    with Path(path).expanduser().open(newline="", encoding="utf-8-sig") as handle:
         return next(csv.reader(handle), [])
 
 
@@ -131,7 +132,8 @@ def _class_index(value: str, class_names: list[str]) -> int | None:
     text = str(value).strip()
     if text in class_names:
         return class_names.index(text)
-    if text.lstrip("-").isdigit() and 0 <= int(text) < len(class_names):
+    # isdecimal, not isdigit: "²" is a digit that int() refuses.
+    if text.lstrip("-").isdecimal() and 0 <= int(text) < len(class_names):
         return int(text)
     return None
 

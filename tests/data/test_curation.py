@@ -76,6 +76,29 @@ def test_relabel_to_an_unknown_class_is_refused_naming_the_file(make_cfg, tmp_pa
     assert "line 2: 'cat'" in str(err.value) and "class index 0..9" in str(err.value)
 
 
+def test_a_spreadsheets_utf8_csv_with_a_byte_order_mark_is_read(make_cfg, tmp_path):
+    plain = digits(make_cfg)
+    ids = [str(i) for i in plain.train.ids[:3]]
+    new = (int(plain.train.labels[0]) + 1) % 10
+    drop = tmp_path / "drop.csv"
+    drop.write_text("sample_id\r\n" + "".join(f"{i}\r\n" for i in ids[1:]), encoding="utf-8-sig")
+    fix = tmp_path / "fix.csv"
+    fix.write_text(f"sample_id,label\r\n{ids[0]},{new}\r\n", encoding="utf-8-sig")
+    assert drop.read_bytes().startswith(b"\xef\xbb\xbf")
+    cfg = make_cfg("data=digits", f"data.exclude={drop}", f"data.relabel={fix}", tiny=False)
+    validate(cfg)
+    data = build_data(cfg.data)
+    assert data.extra_params["data.num_excluded"] == 2
+    assert data.extra_params["data.num_label_changes"] == 1
+
+
+def test_a_label_that_is_a_digit_but_not_a_number_is_an_unknown_class(make_cfg, tmp_path):
+    plain = digits(make_cfg)
+    path = write_csv(tmp_path / "fix.csv", ["sample_id", "label"], [[plain.train.ids[0], "²"]])
+    with pytest.raises(DataError, match=r"data\.relabel=.*name no class"):
+        digits(make_cfg, f"data.relabel={path}")
+
+
 @pytest.mark.parametrize("key", ["exclude", "relabel"])
 def test_ids_that_match_nothing_are_refused_naming_the_file(make_cfg, tmp_path, key):
     path = write_csv(tmp_path / "other.csv", ["sample_id", "label"], [["cifar10:train:3", "1"]])
