@@ -255,6 +255,7 @@ def _draw_suspects(
     """The `count` most suspect samples as thumbnails: given -> suggested class."""
     top = [int(i) for i in order[:count]]
     if not top:
+        path.unlink(missing_ok=True)  # an earlier audit's picture would not match the CSVs
         return None
     data_cfg = _data_config(merged)
     images = {}

@@ -140,6 +140,10 @@ def test_audit_ranks_every_sample_and_flags_the_flipped_labels(tmp_path):
     assert (audit / "label_issues.png").stat().st_size > 10_000
     top = rows[0]
     assert top["suggested_label"] != top["given_label"] and top["is_label_issue"] == "True"
+    # Audited again without thumbnails: no picture of the earlier audit is left beside it.
+    again = run_audit(sweep, num_thumbnails=0)
+    assert "label_issues.png" not in {p.name for p in again.files}
+    assert not (audit / "label_issues.png").exists()
 
 
 def test_near_duplicates_and_outliers_are_listed_by_sample_id(tmp_path):
