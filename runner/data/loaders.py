@@ -25,7 +25,9 @@ class EpochBatches:
         self.split = split
         self.batch_size = batch_size
         self.sampler = sampler
-        self.drop_last = drop_last and len(split) > batch_size
+        # An epoch (of a sampler's draws, or of this rank's share) smaller than one batch
+        # keeps its one incomplete batch rather than dropping it and training on nothing.
+        self.drop_last = drop_last and self._num_samples() > batch_size
         self.epoch = 0
         self.start_batch = 0
         self.limit_batches: int | None = None  # trainer.limit_batches (debugging)

@@ -61,6 +61,28 @@ def test_resident_loader_batches_by_index():
     assert torch.equal(torch.cat([labels for _, labels in sequential]), torch.arange(10))
 
 
+def test_an_epoch_smaller_than_a_batch_keeps_its_one_batch_with_drop_last():
+    # 200 samples but 50 draws an epoch (a weighted sampler's num_samples), or one rank's
+    # share of 100 samples over 2 ranks: below one batch of 64, dropping the incomplete
+    # batch would leave no training batch at all.
+    split = Split(torch.zeros(200, 1, 1, 1, dtype=torch.uint8), torch.arange(200) % 4)
+    draws = WeightedClassSampler(split.labels, num_samples=50)
+    loader = ResidentLoader(split, batch_size=64, sampler=draws, drop_last=True)
+    assert len(loader) == 1 and [len(y) for _, y in loader] == [50]
+    half = Split(split.images[:100], split.labels[:100])
+    share = RandomSampler(half.labels, rank=0, world_size=2)
+    assert len(ResidentLoader(half, batch_size=64, sampler=share, drop_last=True)) == 1
+    # Larger epochs still drop their incomplete batch.
+    assert (
+        len(
+            ResidentLoader(
+                split, batch_size=64, sampler=RandomSampler(split.labels), drop_last=True
+            )
+        )
+        == 3
+    )
+
+
 def test_balanced_sampler_draws_classes_about_equally():
     labels = torch.tensor([0] * 900 + [1] * 90 + [2] * 10)
     draws = WeightedClassSampler(labels, seed=0).indices(0)
