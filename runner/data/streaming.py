@@ -212,7 +212,9 @@ class StreamingLoader(EpochBatches):
                     self._seen_bad.add(name)
                     self.bad_files.append((name, reason))
                     log.warning("skipped a bad image file: %s", reason)
-            if labels.numel():
+            # A training batch that bad files left with one sample is left out, like a last
+            # batch of one (BatchNorm needs two); an empty one has nothing to give.
+            if labels.numel() > (1 if self.sampler is not None else 0):
                 yield images, labels
 
 

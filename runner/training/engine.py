@@ -156,6 +156,7 @@ def train_one_epoch(
     batch_index = done.batches
     start = time.perf_counter()
     window_start = True  # the next backward begins an accumulation window
+    stopped = False
     for batch_index, (images, labels) in enumerate(loader, start=done.batches + 1):
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
@@ -198,7 +199,15 @@ def train_one_epoch(
             _raise_if_bad(first_bad, first_step + done.batches)
             on_log(batch_index, loss_sum / seen, correct / seen)
         if at_boundary and should_stop is not None and should_stop():
+            stopped = True
             break
+    if not stopped and not window_start:
+        # The loader gave fewer batches than its length (a streamed batch whose files all
+        # failed to decode): the open accumulation window is stepped as the last one.
+        _optimizer_step(model, optimizer, scaler, gradient_clip_val)
+        scheduler.step()
+        if ema is not None:
+            ema.update(model)
     loss_value, correct_value, bad = torch.stack(
         [loss_sum.float(), correct.float(), first_bad.float()]
     ).tolist()
@@ -209,7 +218,8 @@ def train_one_epoch(
         correct=correct_value,
         seen=seen,
         seconds=done.seconds + time.perf_counter() - start,
-        finished=batch_index == total,
+        # A stop asked at the epoch's last step leaves nothing of it to do.
+        finished=not stopped or batch_index == total,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -277,6 +278,45 @@ def test_training_run_on_a_folder_logs_bad_files_counts_and_tail_accuracy(
     listed = (artifacts / "bad_files.txt").read_text()
     assert str(bad["zero"]) in listed and str(bad["text"]) in listed
     assert (run_dir / "bad_files.txt").is_file()
+
+
+@pytest.mark.slow
+def test_a_streamed_batch_whose_files_all_fail_to_decode_leaves_the_epoch_finished(
+    make_cfg, tmp_path
+):
+    """8 good train images and 20 truncated ones (their headers pass the check at the
+    start) in batches of 2: some batches have only truncated files, and some are left with
+    one image (too few for BatchNorm), so the loader gives fewer batches than its length.
+    The epochs still end as finished (not as an interruption)."""
+    from runner.train import run
+
+    root = make_imagefolder(
+        tmp_path / "data", classes=("a", "b"), per_class=4, splits=("train", "val", "test")
+    )
+    truncated = write_bad_files(tmp_path / "bad")["truncated"].read_bytes()
+    for i in range(20):
+        (root / "train" / "a" / f"truncated{i}.jpg").write_bytes(truncated)
+    cfg = make_cfg(
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.image_size=16",
+        "data.resident=false",
+        "data.num_workers=1",
+        "model=timm",
+        "model.name=test_resnet",
+        "trainer.max_epochs=2",
+        "trainer.batch_size=2",
+        "trainer.accumulate_grad_batches=4",
+        "logger=none",
+        "analysis.enabled=false",
+        tiny=False,
+    )
+    run(cfg)
+    run_dir = tmp_path / "run"
+    saved = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["state"]["epoch"] == 2 and saved["state"]["partial_epoch"] is None
+    assert "truncated" in (run_dir / "bad_files.txt").read_text()
+    assert "test/acc" in json.loads((run_dir / "metrics.json").read_text())
 
 
 def test_bad_files_met_while_streaming_are_added_to_the_report(tmp_path):
