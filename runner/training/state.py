@@ -8,7 +8,9 @@ unfinished epoch included. It loads with `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,8 +107,38 @@ def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts) -> TrainSt
         parts.ema.module.load_state_dict(saved["ema"])
     set_rng_state(saved["rng"])
     state = TrainState(**saved["state"])
+    if resume != "auto":
+        _take_best_along(Path(resume), run_dir, state)
     log.info("resumed from %s: epoch %d done, step %d", source, state.epoch, state.global_step)
     return state
+
+
+def _take_best_along(last: Path, run_dir: Path, state: TrainState) -> None:
+    """Copies the best.pt beside a resumed last.pt into this run dir.
+
+    The state carries on that run's best value, so a later epoch that does not beat it
+    writes no best.pt here; without the copy the test would find none, after training.
+
+    Raises:
+        ConfigError: The resumed run had a best epoch, and its best.pt is not beside
+            `last` (nor in this run dir).
+    """
+    best = run_dir / "checkpoints" / "best.pt"
+    if state.best_epoch == 0 or best.exists():
+        return
+    found = last.parent / "best.pt"
+    if not found.is_file():
+        raise ConfigError(
+            f"trainer.resume={str(last)!r}: that run's best weights (epoch "
+            f"{state.best_epoch}) are not beside it ({found} does not exist), and this run "
+            "would test them after training. Put that best.pt beside the checkpoint, or "
+            "resume in its own run dir (trainer.resume=auto hydra.run.dir=<its run dir>)"
+        )
+    best.parent.mkdir(parents=True, exist_ok=True)
+    partial = best.with_name(f".best.pt.{os.getpid()}.tmp")
+    shutil.copyfile(found, partial)
+    os.replace(partial, best)  # under DDP every rank may copy: never half a file
+    log.info("resume: copied the resumed run's best.pt (epoch %d) from %s", state.best_epoch, found)
 
 
 def get_rng_state() -> dict[str, Any]:

@@ -64,3 +64,31 @@ def test_async_writer_reports_a_failed_write(tmp_path):
     writer.submit({blocker / "c.pt": {"w": torch.ones(1)}})
     with pytest.raises(CheckpointError, match="writing a checkpoint failed"):
         writer.wait()
+
+
+@pytest.mark.slow
+def test_a_run_resumed_from_another_dirs_last_pt_takes_its_best_pt_along(tmp_path):
+    """The resumed state keeps that run's best value: with no epoch left to beat it, the
+    new run dir would have no best.pt to test. It is copied at the start; a best.pt that
+    is not beside last.pt is refused before anything trains."""
+    import json
+
+    from runner.cli import run
+    from runner.config.errors import ConfigError
+    from tests.conftest import compose_run
+
+    run(compose_run(tmp_path, "first", "logger=none"))
+    last = tmp_path / "first" / "checkpoints" / "last.pt"
+    run(compose_run(tmp_path, "second", "logger=none", f"trainer.resume={last}"))
+    second = tmp_path / "second"
+    assert (second / "checkpoints" / "best.pt").read_bytes() == (
+        tmp_path / "first" / "checkpoints" / "best.pt"
+    ).read_bytes()
+    tested = json.loads((second / "metrics.json").read_text())
+    first = json.loads((tmp_path / "first" / "metrics.json").read_text())
+    assert tested["test/acc"] == pytest.approx(first["test/acc"])
+
+    (tmp_path / "first" / "checkpoints" / "best.pt").unlink()
+    with pytest.raises(ConfigError, match=r"trainer\.resume=.*best\.pt does not exist"):
+        run(compose_run(tmp_path, "third", "logger=none", f"trainer.resume={last}"))
+    assert not (tmp_path / "third" / "checkpoints" / "last.pt").exists()
