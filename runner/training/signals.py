@@ -84,8 +84,8 @@ class GracefulStop:
         return bool(self._agreed)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if signum == signal.SIGINT and self.signum == signal.SIGINT:
-            raise KeyboardInterrupt  # the second Ctrl-C: stop now
+        if signum == signal.SIGINT and self.signum is not None:
+            raise KeyboardInterrupt  # Ctrl-C after any stop request (the log says so): now
         if self.signum is None:
             self.signum = signum
         log.warning(

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -120,3 +121,13 @@ def test_graceful_stop_without_agreement_is_unchanged():
         os.kill(os.getpid(), signal.SIGUSR2)
         assert stop.requested() and stop.signum == signal.SIGUSR2
     stop.hand_over()  # no SLURM, no earlier handler: nothing to hand over to
+
+
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR2])
+def test_ctrl_c_after_any_stop_request_stops_at_once(first):
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), first)
+        assert stop.requested() and stop.signum == first
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs at the next bytecode of the main thread
