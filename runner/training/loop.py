@@ -145,6 +145,16 @@ def fit(
     checkpoints = ctx.run_dir / "checkpoints"
     last = checkpoints / "last.pt"
     config_yaml = (ctx.run_dir / "config_resolved.yaml").read_text()  # redacted, at start
+    patience = trainer.early_stopping_patience
+    if patience is not None and not state.partial_epoch and state.epochs_since_best >= patience:
+        # A run stopped during the validation that met its patience (or rerun after it
+        # stopped early) ends where the uninterrupted run ended.
+        log.info(
+            "early stopping: %s had not improved for %d epochs when this run last stopped",
+            trainer.monitor,
+            state.epochs_since_best,
+        )
+        return
     for epoch in range(state.epoch + 1, trainer.max_epochs + 1):
         unfinished = None
         if state.partial_epoch:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+import pytest
+import torch
+
 from runner.training.loop import decide_after_epoch
 from runner.training.state import TrainState
 
@@ -73,3 +76,21 @@ def test_a_tie_on_the_monitor_goes_to_the_lower_val_loss():
     assert not decide_after_epoch(
         state, 0.994, maximize=True, patience=None, tie_break=0.3
     ).improved
+
+
+@pytest.mark.slow
+def test_a_run_whose_patience_was_met_trains_no_more_epochs_when_resumed(tmp_path):
+    """A stop during the validation that met the patience (or a rerun after an early
+    stop) resumes with the patience met: it ends there, as the uninterrupted run did,
+    instead of training another epoch."""
+    from runner.cli import run
+    from tests.conftest import compose_run
+
+    slow = ["logger=none", "optim.lr=1e-9"]  # no epoch beats the first
+    run(compose_run(tmp_path, "r", *slow, "trainer.max_epochs=2"))
+    last = tmp_path / "r" / "checkpoints" / "last.pt"
+    before = torch.load(last, weights_only=True)["state"]
+    assert (before["epoch"], before["epochs_since_best"]) == (2, 1), "the case needs this"
+    more = ["trainer.max_epochs=4", "trainer.early_stopping_patience=1"]  # may change
+    run(compose_run(tmp_path, "r", *slow, *more))
+    assert torch.load(last, weights_only=True)["state"]["epoch"] == 2
