@@ -57,32 +57,40 @@ def test_calibration_error_and_confident_mistakes():
     assert most_confident_mistakes(probs, labels, 5).tolist() == [2, 3]
 
 
-def test_a_failing_report_does_not_stop_the_others(tv_resnet, tmp_path, caplog):
+def six_test_images(model, predicted: int = 6, history=()):
+    """The inputs of 6 test images of 3 classes; `predicted` of them have predictions."""
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    probs = torch.rand(6, 3).softmax(-1)
-    inputs = AnalysisInputs(
-        tv_resnet,
+    return AnalysisInputs(
+        model,
         DeviceAugment(image_size=32).eval(),
         Normalize((0.5,) * 3, (0.25,) * 3),
         Split(images, labels),
-        probs,
-        labels,
+        torch.rand(predicted, 3).softmax(-1),
+        labels[:predicted],
         torch.eye(3, dtype=torch.long) * 2,
         ["a", "b", "c"],
         torch.device("cpu"),
-        [{"epoch": 1, "train/loss": 1.0, "lr": 0.1}],
+        list(history),
     )
-    settings = OmegaConf.create(
+
+
+def report_settings(gradcam_layer: str = "auto"):
+    return OmegaConf.create(
         {
             "enabled": True,
             "num_misclassified": 4,
             "num_gradcam": 2,
-            "gradcam_layer": "nope",
+            "gradcam_layer": gradcam_layer,
             "gradcam_min_size": 4,
             "calibration_bins": 10,
         }
     )
+
+
+def test_a_failing_report_does_not_stop_the_others(tv_resnet, tmp_path, caplog):
+    inputs = six_test_images(tv_resnet, history=[{"epoch": 1, "train/loss": 1.0, "lr": 0.1}])
+    settings = report_settings(gradcam_layer="nope")
     with caplog.at_level(logging.ERROR, logger="runner"):
         metrics = write_reports(settings, inputs, tmp_path, NullTracker())
     assert "gradcam.png was not written" in caplog.text
@@ -103,30 +111,8 @@ def test_per_image_reports_are_left_out_when_a_test_image_did_not_decode(
 ):
     # A streamed test split of 6 where one file failed to decode while testing: the
     # evaluation has 5 predictions, so position i of the predictions is not image i.
-    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
-    labels = torch.tensor([0, 1, 2, 0, 1, 2])
-    probs = torch.rand(5, 3).softmax(-1)
-    inputs = AnalysisInputs(
-        tv_resnet,
-        DeviceAugment(image_size=32).eval(),
-        Normalize((0.5,) * 3, (0.25,) * 3),
-        Split(images, labels),
-        probs,
-        labels[:5],
-        torch.eye(3, dtype=torch.long),
-        ["a", "b", "c"],
-        torch.device("cpu"),
-    )
-    settings = OmegaConf.create(
-        {
-            "enabled": True,
-            "num_misclassified": 4,
-            "num_gradcam": 2,
-            "gradcam_layer": "auto",
-            "gradcam_min_size": 4,
-            "calibration_bins": 10,
-        }
-    )
+    inputs = six_test_images(tv_resnet, predicted=5)
+    settings = report_settings()
     with caplog.at_level(logging.WARNING, logger="runner"):
         metrics = write_reports(settings, inputs, tmp_path, NullTracker())
     assert "1 of the 6 test images did not decode while testing" in caplog.text
