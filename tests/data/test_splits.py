@@ -73,14 +73,8 @@ def test_an_epoch_smaller_than_a_batch_keeps_its_one_batch_with_drop_last():
     share = RandomSampler(half.labels, rank=0, world_size=2)
     assert len(ResidentLoader(half, batch_size=64, sampler=share, drop_last=True)) == 1
     # Larger epochs still drop their incomplete batch.
-    assert (
-        len(
-            ResidentLoader(
-                split, batch_size=64, sampler=RandomSampler(split.labels), drop_last=True
-            )
-        )
-        == 3
-    )
+    whole = RandomSampler(split.labels)
+    assert len(ResidentLoader(split, batch_size=64, sampler=whole, drop_last=True)) == 3
 
 
 def test_balanced_sampler_draws_classes_about_equally():
