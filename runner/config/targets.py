@@ -13,7 +13,31 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-TRUSTED_TARGET_PACKAGES = ("runner", "torch", "torchvision", "timm", "kornia", "torchmetrics")
+# The parts of the libraries that build models, optimizers, augmentations and metrics.
+# Not whole packages: torch.hub.load runs a repository's hubconf.py,
+# torch.utils.cpp_extension.load_inline compiles and loads native code, and
+# torchvision.io and kornia.io write files, all from a checkpoint's config.
+TRUSTED_TARGET_PACKAGES = (
+    "runner",
+    "torch.nn",
+    "torch.optim",
+    "torchvision.models",
+    "torchvision.transforms",
+    "torchvision.ops",
+    "timm.create_model",
+    "timm.models",
+    "timm.layers",
+    "timm.loss",
+    "timm.optim",
+    "timm.scheduler",
+    "timm.data",
+    "kornia.augmentation",
+    "kornia.color",
+    "kornia.enhance",
+    "kornia.filters",
+    "kornia.geometry",
+    "torchmetrics",
+)
 
 # Old module -> new module, for modules that moved whole.
 _MOVED_MODULES = {
