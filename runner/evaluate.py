@@ -20,6 +20,7 @@ import csv
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,7 +178,7 @@ def run_predict(cfg: DictConfig) -> float:
     """
     ctx = start_context(cfg)  # tracks nothing
     files = list_images(str(cfg.predict.input))
-    output = predictions_path(cfg.predict.output, ctx.run_dir)  # before any image is read
+    output = predictions_path(cfg.predict.output, ctx.run_dir, files)  # before reading any
     loaded = load_checkpoint(ctx)
     names, size = loaded.best.class_names, loaded.best.image_size
     topk = min(int(cfg.predict.topk), len(names))
@@ -233,18 +234,24 @@ def run_predict(cfg: DictConfig) -> float:
     return float(labelled)
 
 
-def predictions_path(output: str | None, run_dir: Path) -> Path:
+def predictions_path(output: str | None, run_dir: Path, inputs: Sequence[Path | str] = ()) -> Path:
     """Where predict writes its CSV; its folder is made now, before any image is read.
 
-    `predict.output`, or `<folder>/predictions.csv` when it names a folder, else
-    `<run dir>/predictions.csv`.
+    `predict.output`, or `<folder>/predictions.csv` when it names a folder (one that
+    exists, or a path that ends with `/`), else `<run dir>/predictions.csv`.
 
     Raises:
-        ConfigError: The folder cannot be made or written to.
+        ConfigError: The folder cannot be made or written to, or the path is one of the
+            images to label (`inputs`).
     """
     path = Path(output).expanduser() if output else run_dir / "predictions.csv"
-    if path.is_dir():
+    if path.is_dir() or (output and str(output).endswith(("/", os.sep))):
         path = path / "predictions.csv"
+    if any(path.resolve() == Path(image).resolve() for image in inputs):
+        raise ConfigError(
+            f"predict.output={output!r} is one of the images to label and would be "
+            "overwritten: point it at a CSV file (or a folder) elsewhere"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -129,8 +129,16 @@ def _model_registry_problems(cfg: DictConfig) -> list[str]:
 
 
 def _mode_problems(cfg: DictConfig) -> list[str]:
-    """What eval and predict need besides well-typed keys: a checkpoint and an input."""
+    """What a mode needs besides well-typed keys.
+
+    Eval and predict need a checkpoint (predict also an input), throughput its preset.
+    """
     mode = OmegaConf.select(cfg, "mode", default="train")
+    if mode == "throughput" and OmegaConf.select(cfg, "throughput", default=None) is None:
+        return [
+            "mode=throughput needs the throughput settings of its preset: run "
+            "python run.py experiment=throughput (it sets mode=throughput)"
+        ]
     if mode not in ("eval", "predict"):
         return []
     problems = []

@@ -163,6 +163,18 @@ def test_predict_output_naming_a_folder_writes_predictions_csv_into_it(make_cfg,
     assert run(make_cfg(*predict, f"predict.output={folder}")) == 1
     assert (folder / "predictions.csv").read_text().count("\n") == 2
     assert sorted(p.name for p in folder.iterdir()) == ["predictions.csv"], "no temp file left"
+    # A folder that does not exist yet, named with a trailing slash, is a folder too.
+    assert run(make_cfg(*predict, f"predict.output={tmp_path / 'new'}/")) == 1
+    assert (tmp_path / "new" / "predictions.csv").is_file()
+    # The image itself as the output would be overwritten: refused before it is read.
+    before = image.read_bytes()
+    refused(make_cfg(*predict, f"predict.output={image}"), "is one of the images to label")
+    assert image.read_bytes() == before
+
+
+def test_mode_throughput_without_its_preset_names_the_preset(make_cfg, tmp_path):
+    refused(make_cfg("mode=throughput"), "mode=throughput", "experiment=throughput")
+    nothing_spent(tmp_path)
 
 
 @pytest.mark.slow
