@@ -154,6 +154,20 @@ def _mode_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def override_parser() -> Any:
+    """Hydra's override parser, with Hydra's config repository once Hydra has started.
+
+    With the repository, a `glob(...)` sweep lists its group's options, as Hydra's own
+    sweeper does; without it, it raises "ConfigLoader is not set".
+    """
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra = GlobalHydra.instance()
+    repository = hydra.config_loader() if hydra.is_initialized() else None
+    return OverridesParser.create(config_loader=repository)
+
+
 def flatten_params(params: Any, prefix: str = "") -> dict[str, str]:
     """`{"optim": {"lr": "..."}}` (a dotted key set on the command line) -> `{"optim.lr": ...}`."""
     if OmegaConf.is_config(params):
@@ -184,15 +198,13 @@ def _sweeps(cfg: DictConfig) -> tuple[dict[str, list[Any] | None], list[str]]:
     given = [(f"{k}={v}", True) for k, v in flat.items()]
     tasks = OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []
     given += [(str(o), False) for o in tasks]
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
+    parser = override_parser()
     values: dict[str, list[Any] | None] = {}
     swept: dict[str, bool] = {}
     for text, from_params in given:
         key = text.lstrip("+~").split("=", 1)[0]
         try:
-            override = parser.parse_override(text)
+            (override,) = parser.parse_overrides([text])  # with the repository, for glob()
         except Exception:  # Hydra itself reports a malformed override
             values[key], swept[key] = None, False
             continue

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import itertools
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from runner.config.errors import ConfigError
+from runner.config.validation import override_parser
 
 
 def grid_jobs(overrides: list[str]) -> list[list[str]]:
@@ -22,7 +22,7 @@ def grid_jobs(overrides: list[str]) -> list[list[str]]:
     written for the sweeper.
     """
     axes = []
-    for override in OverridesParser.create().parse_overrides(overrides):
+    for override in override_parser().parse_overrides(overrides):
         key = override.input_line.partition("=")[0]
         if override.is_sweep_override() and not override.is_interval_sweep():
             values = [str(value) for value in override.sweep_string_iterator()]

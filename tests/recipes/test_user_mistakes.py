@@ -388,3 +388,21 @@ def test_top5_is_left_out_with_five_classes_or_fewer_and_a_short_epoch_is_named(
     )
     with pytest.raises(ConfigError, match="needs more than 5 classes"):
         check_training_data(make_cfg("trainer.monitor=val/top5"), data, len(loaders[0]))
+
+
+def test_a_glob_sweep_is_checked_at_start_like_a_list_of_options(tmp_path):
+    done = run_cli(
+        "-m",
+        f"paths.output_dir={tmp_path}/out",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        "model=glob(resnet1*)",  # resnet10t and resnet18
+        "optim.lr=1e-3,-1",
+        "logger=none",
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Error: the sweep was not started" in done.stderr
+    assert "job 3 (model=resnet18 optim.lr=-1)" in done.stderr
+    assert "optim.lr=-1 is invalid" in done.stderr and "job 2 " not in done.stderr
+    assert "ConfigLoader is not set" not in done.stderr
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "out").exists()
