@@ -1,7 +1,7 @@
 """Commands on a sweep dir: `collect` (state and results of its jobs), `summary`, `audit`.
 
 python -m runner.sweeps collect SWEEP_DIR
-python -m runner.sweeps summary SWEEP_DIR [METRIC] [max|min]
+python -m runner.sweeps summary SWEEP_DIR [METRIC] [max|min]   (default: the sweep's monitor)
 python -m runner.sweeps audit SWEEP_DIR [--thumbnails N]
 """
 
@@ -11,9 +11,13 @@ import argparse
 import logging
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from runner.config.choices import MONITOR_MODES
+from runner.config.resolvers import monitor_mode_for, register_resolvers
 from runner.sweeps.audit import NUM_THUMBNAILS
 from runner.sweeps.collect import print_sweep, sweep_jobs
+from runner.sweeps.manifest import MANIFEST_FILE
 
 
 def _count(text: str) -> int:
@@ -25,6 +29,26 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
     return value
+
+
+def sweep_monitor(sweep_dir: Path, monitor: str | None, mode: str | None) -> tuple[str, str]:
+    """The metric and mode a summary ranks the jobs by.
+
+    Those given, else the sweep's own (`trainer.monitor` and `trainer.monitor_mode` in its
+    multirun.yaml), else val/acc; a metric without a mode goes the way it improves.
+    """
+    register_resolvers()  # multirun.yaml's monitor_mode is the runner's interpolation
+    saved = sweep_dir / "multirun.yaml"
+    config = OmegaConf.load(saved) if saved.is_file() else OmegaConf.create()
+    own = OmegaConf.select(config, "trainer.monitor", default=None)
+    monitor = monitor or own or "val/acc"
+    if mode is None:
+        mode = (
+            OmegaConf.select(config, "trainer.monitor_mode")
+            if monitor == own
+            else monitor_mode_for(monitor)
+        )
+    return monitor, mode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     collect.add_argument("sweep_dir", type=Path)
     summary = commands.add_parser("summary", help="rebuild summary.md and summary.csv")
     summary.add_argument("sweep_dir", type=Path)
-    summary.add_argument("monitor", nargs="?", default="val/acc")
-    summary.add_argument("mode", nargs="?", default="max", choices=MONITOR_MODES)
+    summary.add_argument("monitor", nargs="?", default=None, help="default: the sweep's own")
+    summary.add_argument("mode", nargs="?", default=None, choices=MONITOR_MODES)
     audit = commands.add_parser(
         "audit",
         help="redo the audit of a k-fold sweep (experiment=audit) from its fold jobs' "
@@ -70,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "summary":
         from runner.sweeps.summary import summarize
 
-        print(summarize(args.sweep_dir, args.monitor, args.mode == "max").markdown)
+        if not (args.sweep_dir / MANIFEST_FILE).is_file():
+            print(f"Error: {args.sweep_dir} is not a sweep dir (it has no {MANIFEST_FILE})")
+            return 1
+        monitor, mode = sweep_monitor(args.sweep_dir, args.monitor, args.mode)
+        print(summarize(args.sweep_dir, monitor, mode == "max").markdown)
         return 0
     jobs = sweep_jobs(args.sweep_dir)  # one squeue per job: asked once
     status = print_sweep(jobs)

@@ -447,3 +447,24 @@ def test_a_storage_password_is_never_shown(tmp_path):
         plan(tmp_path, "hydra.sweeper.storage=postgres://ann:s3cret@db.lan/optuna")
     assert "postgres://ann:***@db.lan/optuna" in str(refused.value)
     assert "s3cret" not in str(refused.value)
+
+
+def test_the_summary_command_ranks_by_the_sweeps_own_monitor(tmp_path, capsys):
+    from runner.sweeps.__main__ import main
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    for num, (lr, loss) in enumerate([("0.1", 0.9), ("0.01", 0.2), ("1.0", 1.7)]):
+        _job(sweep, num, [f"optim.lr={lr}"], loss)
+    # What Hydra saves: monitor_mode as the runner's interpolation of trainer.monitor.
+    (sweep / "multirun.yaml").write_text(
+        "trainer:\n  monitor: val/loss\n  monitor_mode: ${runner_monitor_mode:${.monitor}}\n"
+    )
+    assert main(["summary", str(sweep)]) == 0
+    written = (sweep / "summary.md").read_text()
+    assert "monitored: val/loss (min)" in written
+    assert "Best: job 1 (optim.lr=0.01): val/loss = 0.2000" in written
+    assert "Best: job 1" in capsys.readouterr().out
+    # A dir that is not a sweep gets an error and no files.
+    assert main(["summary", str(tmp_path / "elsewhere")]) == 1
+    assert not (tmp_path / "elsewhere").exists()
