@@ -82,6 +82,16 @@ def resolve_device(device: str) -> torch.device:
         raise ConfigError(
             f"trainer.device={device!r} but CUDA is not available: use trainer.device=auto or cpu"
         )
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"trainer.device={device!r} but this machine has {torch.cuda.device_count()} CUDA "
+            f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}: pick one of them"
+        )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            "trainer.device='mps' but this machine has no usable Apple GPU (MPS): use "
+            "trainer.device=auto or cpu"
+        )
     return torch.device(device)
 
 

@@ -406,3 +406,17 @@ def test_a_glob_sweep_is_checked_at_start_like_a_list_of_options(tmp_path):
     assert "optim.lr=-1 is invalid" in done.stderr and "job 2 " not in done.stderr
     assert "ConfigLoader is not set" not in done.stderr
     assert not (tmp_path / "sweep").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_device_this_machine_lacks_is_refused_by_name():
+    from runner.training.context import resolve_device
+
+    if torch.backends.mps.is_available():  # an Apple machine: it is a device here
+        assert resolve_device("mps") == torch.device("mps")
+    else:  # it failed later, when the data moved there, with a bare RuntimeError
+        with pytest.raises(ConfigError, match=r"trainer\.device='mps' but this machine has no"):
+            resolve_device("mps")
+    # cuda:N beyond the machine's devices is refused the same way (needs a GPU to reach).
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device("cuda:3")
