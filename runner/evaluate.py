@@ -278,8 +278,13 @@ def list_images(source: str) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise ConfigError(f"predict.input={source!r}: no such file or folder")
-    files = []
+    files, seen = [], set()
     for parent, dirs, names in os.walk(path, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen:  # a link back to a folder already listed: a loop, or a copy
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         files.extend(Path(parent) / n for n in sorted(names) if not n.startswith("."))
     if not files:

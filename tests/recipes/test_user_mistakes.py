@@ -420,3 +420,15 @@ def test_a_device_this_machine_lacks_is_refused_by_name():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda:3")
+
+
+def test_predict_lists_a_folder_with_a_link_back_to_itself_once(tmp_path):
+    from runner.evaluate import list_images
+
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.png", "sub/b.png"):
+        (folder / name).write_bytes(b"x")
+    (folder / "sub" / "loop").symlink_to(folder)  # os.walk followed it 40 levels deep
+    listed = [p.relative_to(folder).as_posix() for p in list_images(str(folder))]
+    assert listed == ["a.png", "sub/b.png"]
