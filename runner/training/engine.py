@@ -186,11 +186,8 @@ def train_one_epoch(
         scaler.scale(loss / accumulate_grad_batches).backward()
         at_boundary = batch_index % accumulate_grad_batches == 0 or batch_index == total
         if at_boundary:
-            _optimizer_step(model, optimizer, scaler, gradient_clip_val)
+            _optimizer_step(model, optimizer, scaler, gradient_clip_val, scheduler, ema)
             window_start = True
-            scheduler.step()
-            if ema is not None:
-                ema.update(model)
         batch = labels.shape[0]
         seen += batch
         loss_sum += loss.detach().float() * batch
@@ -204,10 +201,7 @@ def train_one_epoch(
     if not stopped and not window_start:
         # The loader gave fewer batches than its length (a streamed batch whose files all
         # failed to decode): the open accumulation window is stepped as the last one.
-        _optimizer_step(model, optimizer, scaler, gradient_clip_val)
-        scheduler.step()
-        if ema is not None:
-            ema.update(model)
+        _optimizer_step(model, optimizer, scaler, gradient_clip_val, scheduler, ema)
     loss_value, correct_value, bad = torch.stack(
         [loss_sum.float(), correct.float(), first_bad.float()]
     ).tolist()
@@ -243,12 +237,18 @@ def _optimizer_step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     gradient_clip_val: float | None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ema: nn.Module | None,
 ) -> None:
+    """Ends an accumulation window: clip, step, then the lr schedule and the EMA."""
     if gradient_clip_val is not None:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), gradient_clip_val)
     scaler.step(optimizer)
     scaler.update()
+    scheduler.step()
+    if ema is not None:
+        ema.update(model)
 
 
 @torch.inference_mode()
