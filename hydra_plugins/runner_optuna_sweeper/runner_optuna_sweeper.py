@@ -138,16 +138,17 @@ class RunnerOptunaSweeper(Sweeper):
         plan.study_name = study.study_name
         write_study_file(sweep_dir, plan)
         done_states = (TrialState.COMPLETE, TrialState.PRUNED)
+        finished = len(study.get_trials(states=done_states))
         log.info(
             "optuna study %r in %s: %d finished trial(s), target %d",
             study.study_name,
             shown_storage(plan.storage) if plan.storage else "memory (hydra.sweeper.storage=null)",
-            len(study.get_trials(states=done_states)),
+            finished,
             plan.n_trials,
         )
         returns, job_index = [], 0
         finished_here = failed_here = 0  # this sweep's trials (a stored study has older ones)
-        while (left := plan.n_trials - len(study.get_trials(states=done_states))) > 0:
+        while (left := plan.n_trials - finished) > 0:
             stop = sweep_dir / STOP_FILE
             if stop.exists():
                 log.warning("sweep.fail_fast: no more trials (%s)", stop.read_text())
@@ -161,8 +162,8 @@ class RunnerOptunaSweeper(Sweeper):
             states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
             failed_here += sum(states[t.number] == TrialState.FAIL for t in trials)
             finished_here += sum(states[t.number] in done_states for t in trials)
+            finished = sum(state in done_states for state in states.values())
             returns.append(results)
-            finished = len(study.get_trials(states=done_states))
             if (
                 isinstance(study.sampler, optuna.samplers.GridSampler)
                 and study.sampler.is_exhausted(study)

@@ -145,6 +145,7 @@ def fit(
     checkpoints = ctx.run_dir / "checkpoints"
     last = checkpoints / "last.pt"
     config_yaml = (ctx.run_dir / "config_resolved.yaml").read_text()  # redacted, at start
+    train_counts = data.class_counts().tolist()  # kept in every best.pt, for eval's groups
     patience = trainer.early_stopping_patience
     if patience is not None and not state.partial_epoch and state.epochs_since_best >= patience:
         # A run stopped during the validation that met its patience (or rerun after it
@@ -240,7 +241,7 @@ def fit(
                 epoch=epoch,
                 metrics=metrics,
                 mlflow_run_id=state.mlflow_run_id,
-                train_class_counts=data.class_counts().tolist(),
+                train_class_counts=train_counts,
             )
             files[checkpoints / "best.pt"] = best.to_payload()
         if decision.stop != "non-finite":  # the last good last.pt stays
