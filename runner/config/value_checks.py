@@ -213,6 +213,15 @@ def _optional_tracking_uri(value: Any) -> str | None:
     return None if value is None else _tracking_uri(value)
 
 
+def csv_header(path: Any) -> list[str]:
+    """The column names of a CSV file (its first row); [] for an empty file.
+
+    Read as UTF-8 with an optional byte-order mark, which spreadsheets write first.
+    """
+    with Path(str(path)).expanduser().open(newline="", encoding="utf-8-sig") as handle:
+        return next(csv.reader(handle), [])
+
+
 def csv_file_problem(path: Any, columns: tuple[str, ...]) -> str | None:
     """What is wrong with a CSV file the config names (missing, unreadable, lacks a column).
 
@@ -230,8 +239,7 @@ def csv_file_problem(path: Any, columns: tuple[str, ...]) -> str | None:
     if not file.is_file():
         return f"no such file (relative paths start at {Path.cwd()}); give the path of a CSV file"
     try:
-        with file.open(newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's BOM
-            header = next(csv.reader(handle), [])
+        header = csv_header(file)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         return f"cannot be read as CSV ({err})"
     missing = [c for c in columns if c not in header]

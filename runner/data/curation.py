@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runner.config.value_checks import CURATION_COLUMNS, csv_file_problem
+from runner.config.value_checks import CURATION_COLUMNS, csv_file_problem, csv_header
 from runner.data.decoding import DataError
 from runner.data.splits import DataSplits
 
@@ -105,7 +105,7 @@ def exclude_samples(data: DataSplits, path: str) -> DataSplits:
     if not ids:
         raise DataError(
             f"data.exclude={path!r} lists no sample to drop"
-            + (f" (no row has {FLAG_COLUMN} true)" if FLAG_COLUMN in _header(path) else "")
+            + (f" (no row has {FLAG_COLUMN} true)" if FLAG_COLUMN in csv_header(path) else "")
             + ": leave data.exclude out, or give a file with the samples to drop."
         )
     positions, _, unmatched = _train_positions(data, ids)
@@ -120,11 +120,6 @@ def exclude_samples(data: DataSplits, path: str) -> DataSplits:
     data.extra_params["data.exclude_unmatched"] = len(unmatched)
     log.info("data.exclude: dropped %d train samples (%d left)", len(positions), len(kept))
     return data
-
-
-def _header(path: str) -> list[str]:
-    with Path(path).expanduser().open(newline="", encoding="utf-8-sig") as handle:
-        return next(csv.reader(handle), [])
 
 
 def _class_index(value: str, class_names: list[str]) -> int | None:
