@@ -247,7 +247,8 @@ def predictions_path(output: str | None, run_dir: Path, inputs: Sequence[Path | 
     path = Path(output).expanduser() if output else run_dir / "predictions.csv"
     if path.is_dir() or (output and str(output).endswith(("/", os.sep))):
         path = path / "predictions.csv"
-    if any(path.resolve() == Path(image).resolve() for image in inputs):
+    # Only an existing file can be an input image: a new output costs no look at them.
+    if path.is_file() and path.resolve() in {Path(image).resolve() for image in inputs}:
         raise ConfigError(
             f"predict.output={output!r} is one of the images to label and would be "
             "overwritten: point it at a CSV file (or a folder) elsewhere"
