@@ -166,7 +166,6 @@ def record_start(ctx: RunContext, data: DataSplits, state: TrainState) -> None:
         ctx.job.record_run(ctx.tracker.run_id)
     log_data_inputs(ctx.tracker, ctx.cfg.data, data)  # train/val/test as MLflow datasets
     report_train_data(data, ctx.run_dir, ctx.tracker)
-    startup_clock.finish(ctx.run_dir, ctx.tracker)  # start-up phases: startup.json, startup_s
 
 
 def test_best(ctx: RunContext, parts, data: DataSplits, loaders: tuple, state: TrainState) -> None:

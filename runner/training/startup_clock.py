@@ -2,7 +2,8 @@
 
 `runner/__init__.py` imports this module first (stdlib only), so the clock knows when the
 runner package was loaded. The mode dispatch (runner.cli) marks the end of composition,
-the training recipe times its phases with `phase`, and `finish` turns the marks into
+the training recipe times its phases with `phase`, and `finish`, which the training loop
+calls when everything its first step needs is built, turns the marks into
 seconds per phase, logs them, writes them to `<run dir>/startup.json` (an artifact of the
 tracked run) and hands the tracker one metric, `startup_s` (the total: `total_s` when the
 process start is known, else the sum of this run's phases), so the phases stay out of the
@@ -15,7 +16,8 @@ run's metrics page. Phases:
     data_s      building the data splits (lazy imports included, e.g. scikit-learn)
     model_s     model, optimizer, schedule, loss, EMA (timm's import included)
     mlflow_s    connecting to the store and starting the run (mlflow's import included)
-    other_s     the rest before the first step (aug, preview grid, loaders, ...)
+    other_s     the rest before the first step (aug, loaders, recording the run's start,
+                the training loop's set-up, ...)
     total_s     process start to the first training step
 
 A process that runs several jobs (a sweep in one process, tests) reports `python_s`,
