@@ -20,7 +20,10 @@ the imports (the preloaded process's phases).
 
 Then the start-up of a first run on a new MLflow store (its tables are created), as the
 run reports it: total_s - python_s - imports_s of startup.json (goal <= 4 s), each round
-with a fresh output dir, after one warm-up run (OS and font caches warm). With
+with a fresh output dir, after one warm-up run (OS and font caches warm). These runs
+also print when the training loop first calls its epoch function ("first step", the
+process's age then), seen from outside the runner's clock, so that a checkout whose
+clock ended earlier is compared by when it really starts training. With
 `--compare-with <checkout>` the same is measured, taking turns, in another checkout (e.g. a
 git worktree of an earlier commit), for the phases before and after. The same run with
 `logger=none` (no tracking at all) takes turns with them: the floor of any way of starting
@@ -63,6 +66,43 @@ PHASES = ("python", "compose", "imports", "validate", "data", "model", "mlflow",
 BEYOND = ("compose", "validate", "data", "model", "mlflow")
 
 
+# Runs run.py as a user does, and prints the process's age when the training loop first
+# calls its epoch function (the first step is that call's first batch): the start of
+# training as seen from outside, whatever the checkout's startup.json says. The wrapper
+# is installed when runner.training.engine is imported, so no phase moves.
+FIRST_STEP_PROBE = """
+import importlib.abc, importlib.util, runpy, sys
+
+class FirstStep(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "runner.training.engine":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            epoch = module.train_one_epoch
+
+            def first_epoch(*args, **kwargs):
+                from runner.training.startup_clock import process_age_s
+
+                module.train_one_epoch = epoch
+                print(f"first step at {process_age_s():.3f} s", flush=True)
+                return epoch(*args, **kwargs)
+
+            module.train_one_epoch = first_epoch
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, FirstStep())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def command(
     kind: str, out: Path, run_dir: Path, repo: Path = REPO, overrides: tuple[str, ...] = ()
 ) -> list[str]:
@@ -70,6 +110,8 @@ def command(
     args = [f"paths.output_dir={out}", f"hydra.run.dir={run_dir}", *overrides]
     if kind == "plain":
         return [sys.executable, str(repo / "run.py"), *args]
+    if kind == "first step":
+        return [sys.executable, "-c", FIRST_STEP_PROBE, str(repo / "run.py"), *args]
     code = (
         "import time; t = time.perf_counter()\n"
         f"for name in {PRELOAD!r}: __import__(name)\n"
@@ -93,12 +135,16 @@ def measure(
         text=True,
         env={**os.environ, "PYTHONPATH": str(repo)},  # that checkout's runner package
     )
-    lines, preload = [], None
+    lines, preload, first_step = [], None, None
+    # The probed run goes on to its first step, wherever its checkout's clock ends.
+    stop_at = "first step at" if kind == "first step" else "start-up:"
     for line in proc.stdout:
         lines.append(line)
         if line.startswith("preloaded imports"):
             preload = float(line.split()[2])
-        if "start-up:" in line:
+        if line.startswith("first step at"):
+            first_step = float(line.split()[3])
+        if stop_at in line:
             proc.send_signal(signal.SIGTERM)  # stops at the next step, checkpoint saved
             break
     proc.stdout.close()
@@ -106,7 +152,10 @@ def measure(
     report = run_dir / "startup.json"
     if not report.exists():
         raise RuntimeError(f"{kind} run wrote no startup.json:\n{''.join(lines)[-3000:]}")
-    return {k.removesuffix("_s"): v for k, v in json.loads(report.read_text()).items()}, preload
+    phases = {k.removesuffix("_s"): v for k, v in json.loads(report.read_text()).items()}
+    if first_step is not None:
+        phases["first step"] = first_step
+    return phases, preload
 
 
 def main() -> dict[str, float]:
@@ -201,16 +250,19 @@ def fresh_store(rounds: int, compare_with: Path | None) -> None:
         for round_index in range(rounds + 1):  # round 0 warms the OS and font caches
             for index, (label, (repo, overrides)) in enumerate(setups.items()):
                 out = Path(tmp) / f"{index}-{round_index}"  # a new MLflow store each time
-                phases, _ = measure("plain", out, out / "run", repo, overrides)
+                phases, _ = measure("first step", out, out / "run", repo, overrides)
                 if round_index:
                     found[label].append(phases)
     print(f"\nfirst run on a new MLflow store, median of {rounds} rounds (s)")
     print(f"{'phase':<10} " + " ".join(f"{label:>14}" for label in setups))
     medians = {
-        label: {p: statistics.median(r.get(p, 0.0) for r in rows) for p in (*PHASES, "total")}
+        label: {
+            p: statistics.median(r.get(p, 0.0) for r in rows)
+            for p in (*PHASES, "total", "first step")
+        }
         for label, rows in found.items()
     }
-    for phase in (*PHASES, "total"):
+    for phase in (*PHASES, "total", "first step"):
         print(f"{phase:<10} " + " ".join(f"{medians[label][phase]:14.2f}" for label in setups))
     for label in setups:
         rows = found[label]
@@ -220,6 +272,12 @@ def fresh_store(rounds: int, compare_with: Path | None) -> None:
         print(
             f"{label}: total - python - imports = {beyond:.2f} s "
             f"(rounds {min(values):.2f}-{max(values):.2f}; goal <= {FRESH_GOAL_S} s)"
+        )
+        real = [r["first step"] - r["python"] - r["imports"] for r in rows]
+        late = [r["first step"] - r["total"] for r in rows]
+        print(
+            f"{label}: first step - python - imports = {statistics.median(real):.2f} s; "
+            f"the first step came {statistics.median(late):.2f} s after startup.json's total"
         )
         phases = medians[label]
         record(
