@@ -13,15 +13,18 @@ def per_class_table(confusion: torch.Tensor, class_names: list[str]) -> list[dic
         class_names: Name of each class.
 
     Returns:
-        One dict per class with keys class, precision, recall, f1, support.
+        One dict per class with keys class, precision, recall, f1, support. A value with
+        nothing to measure is NaN, not 0: recall of a class without test samples,
+        precision of a class never predicted, F1 (2TP / (2TP + FP + FN)) of a class
+        neither in the test split nor predicted.
     """
     confusion = confusion.double().cpu()
     true_positive = confusion.diag()
     support = confusion.sum(1)
     predicted = confusion.sum(0)
-    precision = true_positive / predicted.clamp_min(1)
-    recall = true_positive / support.clamp_min(1)
-    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+    precision = true_positive / predicted  # 0 / 0 = NaN
+    recall = true_positive / support
+    f1 = 2 * true_positive / (support + predicted)
     return [
         {
             "class": name,

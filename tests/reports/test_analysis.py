@@ -47,6 +47,21 @@ def test_gradcam_maps_are_per_image_heat_maps_in_0_1(tv_resnet):
     assert maps.min() >= 0 and maps.max() <= 1 and maps.flatten(1).std(1).min() > 0
 
 
+def test_the_confusion_matrix_figure_stops_growing_with_many_classes(tmp_path):
+    """300 classes once drew a 16,440 px square (12.6 GB of memory); it is capped now."""
+    from PIL import Image
+
+    from runner.reports.analysis import MAX_CONFUSION_INCHES, plot_confusion_matrix
+
+    classes = 300
+    matrix = torch.eye(classes, dtype=torch.long) * 3
+    plot_confusion_matrix(matrix, [f"class_{i}" for i in range(classes)], tmp_path / "cm.png")
+    width, height = Image.open(tmp_path / "cm.png").size
+    assert width <= MAX_CONFUSION_INCHES * 120 and height <= MAX_CONFUSION_INCHES * 120
+    plot_confusion_matrix(torch.eye(3, dtype=torch.long), ["a", "b", "c"], tmp_path / "3.png")
+    assert Image.open(tmp_path / "3.png").size[0] < 1000  # a few classes: a small figure
+
+
 def test_calibration_error_and_confident_mistakes():
     labels = torch.tensor([0, 1, 2, 0])
     right = torch.nn.functional.one_hot(labels, 3).float()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -59,6 +61,19 @@ def test_per_class_table_from_a_confusion_matrix():
     expected = {"class": "cat", "precision": round(precision, 6), "recall": recall}
     assert rows[0] == {**expected, "f1": round(f1, 6), "support": 10}
     assert rows[1]["recall"] == 0.9 and rows[1]["support"] == 10
+
+
+def test_per_class_table_leaves_what_cannot_be_measured_as_nan_not_zero():
+    """A class without test samples has no recall; one never predicted has no precision."""
+    confusion = torch.tensor([[5, 0, 1, 0], [2, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 3]])
+    rows = {row["class"]: row for row in per_class_table(confusion, ["a", "b", "c", "d"])}
+    # b: 2 test samples, never predicted; c: no test samples, predicted once (wrongly).
+    assert math.isnan(rows["b"]["precision"]) and rows["b"]["recall"] == 0 and rows["b"]["f1"] == 0
+    assert rows["c"]["precision"] == 0 and math.isnan(rows["c"]["recall"]) and rows["c"]["f1"] == 0
+    assert rows["c"]["support"] == 0
+    absent = per_class_table(torch.tensor([[3, 0], [0, 0]]), ["a", "never"])[1]
+    assert all(math.isnan(absent[key]) for key in ("precision", "recall", "f1"))
+    assert rows["d"] == {"class": "d", "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 3}
 
 
 def test_balanced_ce_weights_equal_scikit_learns_compute_class_weight():
