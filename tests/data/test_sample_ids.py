@@ -102,6 +102,19 @@ def test_imagefolder_ids_are_paths_under_the_root_and_skip_bad_files(tmp_path, r
     assert np.array_equal(again.train.ids, data.train.ids), "the same from the decode cache"
 
 
+def test_imagefolder_ids_under_a_home_relative_root_are_the_same(tmp_path, monkeypatch):
+    """data.root=~/pics gives the ids (and the decode cache) of the absolute path."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "..")
+    make_imagefolder(tmp_path / "pics", per_class=3, splits=("train", "test"))
+    common = {"image_size": 16, "num_workers": 0, "cache_dir": str(tmp_path / "cache")}
+    home = load_imagefolder("~/pics", **common)
+    absolute = load_imagefolder(str(tmp_path / "pics"), **common)
+    assert all_ids(home) == all_ids(absolute)
+    assert all_ids(home)[0].startswith(("train/", "test/"))
+    assert len(list((tmp_path / "cache").iterdir())) == 1, "one decode cache file, not two"
+
+
 def test_hf_ids_are_paths_in_a_folder_and_indices_in_a_file(tmp_path):
     common = {"image_size": 16, "num_workers": 0, "hf_cache_dir": str(tmp_path / "hf")}
     root = make_imagefolder(tmp_path / "pics", per_class=4, splits=("train", "test"))

@@ -213,6 +213,7 @@ def load_imagefolder(
         DataError: The layout is wrong (see `scan_layout`), or a class has no images.
         BadImageError: A file does not decode and on_bad_file is "error".
     """
+    root = str(Path(root).expanduser())  # ids relative to the folder itself, not to "<cwd>/~"
     class_names, layout = scan_layout(root, num_classes)
     records = {split: [str(p) for p in files] for split, (files, _) in layout.items()}
     labels = {split: labels for split, (_, labels) in layout.items()}
