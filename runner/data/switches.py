@@ -22,6 +22,7 @@ import logging
 import torch
 
 from runner.config.choices import NOISE_TYPES
+from runner.data.checks import require_splits
 from runner.data.splits import DataSplits
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ def apply_switches(
         data.long_tailed = True
     data.train = train
     if label_noise:
+        require_splits(data, names=())  # one class: no other class to flip a label to
         clean = train.labels.clone()
         noisy = noisy_labels(clean, label_noise, noise_type, data.num_classes, seed)
         data.train = train.with_labels(noisy)

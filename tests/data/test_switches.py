@@ -98,6 +98,15 @@ def test_switches_off_leave_the_data_alone():
     assert data.clean_train_labels is None and not data.long_tailed
 
 
+def test_label_noise_on_one_class_is_refused_as_without_noise():
+    """Noise flips a label to another class: one class ends with the one-class message."""
+    from runner.data.decoding import DataError
+
+    data = make_synthetic(num_classes=1, num_samples=64)
+    with pytest.raises(DataError, match=r"has one class .*needs two or more"):
+        apply_switches(data, seed=0, label_noise=0.2)
+
+
 def test_build_data_applies_switches_from_the_config(make_cfg):
     cfg = make_cfg("data.samples_per_class=30", "data.label_noise=0.2", tiny=False)
     data = build_data(cfg.data)
