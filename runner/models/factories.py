@@ -49,7 +49,9 @@ def create_timm_model(
         pretrained: Load pretrained weights: from `pretrained_file` when given, else
             downloaded from the Hugging Face Hub.
         pretrained_file: Local weights file (.safetensors, .pth, .bin); implies
-            pretrained. A head of another size is dropped and re-initialised.
+            pretrained. timm keeps the file's classifier only when `num_classes` equals
+            the architecture's pretrained class count (1000 for ImageNet weights);
+            otherwise the head is re-initialised, whatever its size in the file.
         **kwargs: Passed to `timm.create_model` (drop_rate, img_size, ...).
 
     Returns:
@@ -67,6 +69,12 @@ def create_timm_model(
             f"model.name={name!r} is not a timm model. Similar names: {', '.join(close) or 'none'}"
             " (see timm.list_models())."
         )
+    if name != architecture and name not in timm.list_pretrained(f"{architecture}.*"):
+        tags = timm.list_pretrained(f"{architecture}.*")
+        raise ConfigError(
+            f"model.name={name!r}: timm has no pretrained tag {name.partition('.')[2]!r} for "
+            f"{architecture}. Its tags: {', '.join(tags) or 'none'}; or drop the tag."
+        )
     path = _check_file(pretrained_file, "model.pretrained_file")
     if path is not None:
         try:
@@ -77,12 +85,12 @@ def create_timm_model(
                 num_classes=num_classes,
                 **kwargs,
             )
-        except (RuntimeError, KeyError, ValueError) as err:
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        except Exception as err:  # a file of another model, or no weights file at all
             raise PretrainedWeightsError(
                 f"model.pretrained_file={pretrained_file!r} does not fit model.name={name!r} "
-                f"({type(err).__name__}: {first_line[:300]}). Point it at weights of {name}, "
-                "or set model.name to the architecture the file was saved from."
+                f"({_cause(err)}). Point it at a state dict of {name} (.safetensors, or a "
+                ".pth/.bin of tensors), or set model.name to the architecture it was saved "
+                "from."
             ) from err
     elif not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
@@ -91,6 +99,12 @@ def create_timm_model(
     cfg = model.pretrained_cfg
     model.runner_normalization = (tuple(cfg["mean"]), tuple(cfg["std"]))
     return model
+
+
+def _cause(err: Exception, lines: int = 4) -> str:
+    """The error's type and first lines: a state-dict mismatch names its keys from line 2."""
+    text = " ".join(line.strip() for line in str(err).strip().splitlines()[:lines])
+    return f"{type(err).__name__}: {text[:600]}"
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:
@@ -173,46 +187,108 @@ def create_torchvision_model(
 
 
 def _replace_head(model: nn.Module, num_classes: int) -> None:
-    """Replaces the last Linear layer when its output size differs from num_classes."""
+    """Replaces the last Linear layer when its output size differs from num_classes.
+
+    Raises:
+        ConfigError: The model has no Linear layer (e.g. SqueezeNet's convolutional head),
+            so its pretrained head would keep the weights' class count.
+    """
     last_name, last = None, None
     for module_name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             last_name, last = module_name, module
-    if last is None or last.out_features == num_classes:
+    if last is None:
+        raise ConfigError(
+            f"model.weights with {type(model).__name__}: the runner fits a pretrained model "
+            "to the data's classes by replacing its last nn.Linear, and this model has none. "
+            "Set model.weights=null (trained from scratch with the data's class count) or "
+            "choose a model with a Linear classifier."
+        )
+    if last.out_features == num_classes:
         return
     parent = model.get_submodule(last_name.rpartition(".")[0]) if "." in last_name else model
     setattr(parent, last_name.rpartition(".")[2], nn.Linear(last.in_features, num_classes))
 
 
+# Prefixes that wrappers put before every name of a saved state dict (DDP's `module.`,
+# a Lightning module's `model.` attribute).
+WRAPPER_PREFIXES = ("module.", "model.")
+
+
 def load_matching_weights(model: nn.Module, path: Path) -> list[str]:
-    """Loads the tensors of a weights file whose names and shapes match the model.
+    """Loads a weights file into the model; only the classifier head may be left out.
+
+    Tensors whose names and shapes match are loaded; the head's are skipped when the
+    class count differs. A prefix that wraps every name (`module.`, `model.`) is taken
+    off first.
 
     Args:
         model: The model to load into.
         path: A .safetensors file or a torch state dict (loaded with weights_only=True).
 
     Returns:
-        The names of the model's tensors that were not loaded.
-    """
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        The names of the model's tensors that were not loaded (the head's).
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state.get("model", state))
-    own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(usable, strict=False)
-    skipped = sorted(set(own) - set(usable))
-    if skipped:
-        log.info(
-            "Weights from %s: %d tensors not loaded (e.g. %s)",
-            path,
-            len(skipped),
-            skipped[:3],
+    Raises:
+        PretrainedWeightsError: The file does not load, or leaves a tensor outside the
+            head unloaded (another architecture, or a checkpoint of another layout).
+    """
+    key = f"model.pretrained_file={str(path)!r}"
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(state, dict):
+                state = state.get("state_dict", state.get("model", state))
+    except Exception as err:  # not a weights file, or a pickled whole model
+        raise PretrainedWeightsError(
+            f"{key} does not load ({_cause(err)}). It must be a state dict: a .safetensors "
+            "file, or a .pth/.bin of tensors saved with torch.save(model.state_dict(), ...)."
+        ) from err
+    if not isinstance(state, dict):
+        raise PretrainedWeightsError(
+            f"{key} holds a {type(state).__name__}, not a state dict: save it with "
+            "torch.save(model.state_dict(), ...)."
         )
+    own = model.state_dict()
+    for prefix in WRAPPER_PREFIXES:
+        if state and not set(state) & set(own) and all(k.startswith(prefix) for k in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(own) - set(usable))
+    head = _head_prefix(model)
+    # BatchNorm's step counter is not a weight; files saved before it existed lack it.
+    missing = [
+        k
+        for k in skipped
+        if not (head and k.startswith(head)) and not k.endswith("num_batches_tracked")
+    ]
+    if missing:
+        raise PretrainedWeightsError(
+            f"{key} does not fit {type(model).__name__}: {len(missing)} of its "
+            f"{len(own)} tensors outside the classifier are missing or of another shape "
+            f"(e.g. {', '.join(missing[:3])}; the file has e.g. {', '.join(list(state)[:3])}). "
+            "Point it at weights of this architecture, or set model.name to the one the "
+            "file was saved from."
+        )
+    model.load_state_dict(usable, strict=False)
+    if skipped:
+        log.info("Weights from %s: the head was not loaded (%s)", path, ", ".join(skipped))
     return skipped
+
+
+def _head_prefix(model: nn.Module) -> str | None:
+    """`<name>.` of the model's classifier layer (its tensors may stay unloaded), or None."""
+    from runner.models.heads import classifier_layer
+
+    try:
+        head = classifier_layer(model)
+    except ValueError:
+        return None
+    return next((f"{name}." for name, module in model.named_modules() if module is head), None)
 
 
 def pretrained_normalization(model: nn.Module) -> tuple[tuple, tuple] | None:

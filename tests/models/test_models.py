@@ -65,3 +65,45 @@ def test_torchvision_model_from_a_local_file_skips_the_head(tmp_path):
     model = create_torchvision_model(num_classes=3, name="resnet18", pretrained_file=str(path))
     assert torch.equal(model.conv1.weight, source.conv1.weight)
     assert model.fc.out_features == 3
+
+
+def test_torchvision_weights_of_a_wrapped_model_load_and_of_another_model_are_refused(tmp_path):
+    """A DDP/Lightning prefix is taken off; a file that fits only the head is an error."""
+    source = create_torchvision_model(num_classes=1000, name="resnet18")
+    wrapped = tmp_path / "ddp.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, wrapped)
+    model = create_torchvision_model(num_classes=3, name="resnet18", pretrained_file=str(wrapped))
+    assert torch.equal(model.conv1.weight, source.conv1.weight)
+    other = tmp_path / "mobilenet.pth"
+    torch.save(create_torchvision_model(num_classes=3, name="mobilenet_v2").state_dict(), other)
+    with pytest.raises(PretrainedWeightsError, match=r"mobilenet\.pth.*does not fit ResNet"):
+        create_torchvision_model(num_classes=3, name="resnet18", pretrained_file=str(other))
+
+
+def test_files_that_are_not_state_dicts_are_refused_with_the_file_named(tmp_path):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\xff" * 64)
+    for create, name in ((create_timm_model, "resnet10t"), (create_torchvision_model, "resnet18")):
+        with pytest.raises(PretrainedWeightsError, match=r"broken\.safetensors"):
+            create(num_classes=3, name=name, pretrained_file=str(broken))
+    whole = tmp_path / "whole.pth"
+    torch.save(create_torchvision_model(num_classes=3, name="resnet18"), whole)
+    with pytest.raises(PretrainedWeightsError, match=r"whole\.pth.*state_dict"):
+        create_torchvision_model(num_classes=3, name="resnet18", pretrained_file=str(whole))
+
+
+def test_a_torchvision_model_without_a_linear_head_is_refused_with_weights():
+    """SqueezeNet's head is a convolution: replacing the last Linear would keep 1000 outputs."""
+    from torchvision.models import squeezenet1_1
+
+    from runner.config.errors import ConfigError
+    from runner.models.factories import _replace_head
+
+    with pytest.raises(ConfigError, match=r"model\.weights.*SqueezeNet.*no"):
+        _replace_head(squeezenet1_1(), 10)
+
+
+def test_an_unknown_timm_pretrained_tag_lists_the_tags():
+    with pytest.raises(ValueError, match=r"resnet10t\.bogus.*'bogus'.*resnet10t\.c3_in1k"):
+        create_timm_model(num_classes=4, name="resnet10t.bogus")
+    assert create_timm_model(num_classes=4, name="resnet10t.c3_in1k").num_classes == 4
