@@ -156,7 +156,7 @@ def stratified_split(
         seed: Seed of the split; the same seed gives the same split.
 
     Returns:
-        Index arrays for train, val and test.
+        Index arrays for train, val and test; every class has at least one train sample.
     """
     rng = np.random.default_rng(seed)
     train, val, test = [], [], []
@@ -164,6 +164,10 @@ def stratified_split(
         idx = rng.permutation(np.flatnonzero(labels == cls))
         n_test = round(len(idx) * test_fraction)
         n_val = round(len(idx) * val_fraction)
+        # A rare class keeps one train sample (val gives way first, then test): without
+        # it the model could never learn the class it is tested on.
+        n_val = min(n_val, max(len(idx) - n_test - 1, 0))
+        n_test = min(n_test, len(idx) - n_val - 1)
         test.append(idx[:n_test])
         val.append(idx[n_test : n_test + n_val])
         train.append(idx[n_test + n_val :])

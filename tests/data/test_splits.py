@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from runner.data.loaders import ResidentLoader
@@ -38,6 +39,15 @@ def test_stratified_split_has_no_overlap():
     train, val, test = stratified_split(labels, 0.2, 0.2, seed=3)
     assert len(set(train) | set(val) | set(test)) == 500
     assert not (set(train) & set(val) or set(train) & set(test) or set(val) & set(test))
+
+
+def test_a_rare_class_keeps_a_train_sample():
+    """Two samples at val = test = 0.3 went to val and test, leaving none to learn from."""
+    labels = np.array([0] * 50 + [1] * 2 + [2] * 1)
+    train, val, test = stratified_split(labels, 0.3, 0.3, seed=0)
+    assert set(labels[train]) == {0, 1, 2}
+    assert (labels[test] == 1).sum() == 1 and (labels[val] == 0).sum() == 15
+    assert len(train) + len(val) + len(test) == len(labels)
 
 
 def test_synthetic_has_the_requested_shape_and_classes():
