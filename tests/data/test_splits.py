@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from runner.data.loaders import ResidentLoader
@@ -48,6 +49,21 @@ def test_a_rare_class_keeps_a_train_sample():
     assert set(labels[train]) == {0, 1, 2}
     assert (labels[test] == 1).sum() == 1 and (labels[val] == 0).sum() == 15
     assert len(train) + len(val) + len(test) == len(labels)
+
+
+@pytest.mark.parametrize("num_classes", [6, 20])
+def test_every_synthetic_class_has_its_own_signal(num_classes):
+    """With more classes than rows (20 at 8 px), classes beyond the 8th had no signal."""
+    data = make_synthetic(num_samples=40 * num_classes, num_classes=num_classes, image_size=8)
+    images = torch.cat([data.train.images, data.val.images, data.test.images]).float()
+    labels = torch.cat([data.train.labels, data.val.labels, data.test.labels])
+    overall = images.mean(0)
+    for c in range(num_classes):
+        lift = images[labels == c].mean(0) - overall
+        assert lift.max() > 40, f"class {c} is not brighter anywhere"
+    if num_classes == 6:  # fewer classes than rows: bands of rows, as always
+        lift = images[labels == 0].mean(0) - overall
+        assert lift[:, :1].mean() > 40 and lift[:, 2:].mean() < 0
 
 
 def test_synthetic_has_the_requested_shape_and_classes():

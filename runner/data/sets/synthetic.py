@@ -21,7 +21,7 @@ def make_synthetic(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> DataSplits:
-    """Random uint8 images whose class shifts the mean of one colour band.
+    """Random uint8 images whose class brightens its own band of rows (or run of pixels).
 
     The signal makes the task learnable (so a smoke test can check that training
     works) while the images stay random enough for throughput benchmarks. Sample ids
@@ -49,7 +49,12 @@ def make_synthetic(
         0, 160, (num_samples, channels, image_size, image_size), generator=generator
     )
     rows = torch.arange(image_size).view(1, 1, image_size, 1)
-    band = (rows * num_classes // image_size) == labels.view(-1, 1, 1, 1)
+    if num_classes <= image_size:  # a band of rows per class
+        place = rows * num_classes // image_size
+    else:  # more classes than rows: a run of pixels in reading order per class
+        cols = torch.arange(image_size).view(1, 1, 1, image_size)
+        place = (rows * image_size + cols) * num_classes // image_size**2
+    band = place == labels.view(-1, 1, 1, 1)
     images = (noise + band * 95).to(torch.uint8)
     class_names = [f"class_{c}" for c in range(num_classes)]
     return assemble_splits(
