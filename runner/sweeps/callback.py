@@ -57,6 +57,10 @@ class SweepCallback(Callback):
                 refuse_bad_jobs(config, kwargs.get("config_name"))
         except ConfigError as err:  # a SweepConfigError is one too
             raise SystemExit(f"Error: {err}") from err
+        mode = "preview" if config.get("preview_only") else config.get("mode", "train")
+        if mode != "train":  # eval, predict, preview, throughput: their jobs track no runs
+            log.info("a sweep of mode=%s: no parent MLflow run and no sweep summary", mode)
+            return
         if warning := cluster_store_warning(config):
             log.warning("%s", warning)
         self.sweep_dir = Path(config.hydra.sweep.dir).resolve()
@@ -103,6 +107,8 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Summarises the jobs, logs the summary to the parent run, sets the exit status."""
+        if self.sweep_dir is None:  # not a training sweep: nothing was tracked
+            return
         if (self.sweep_dir / SUBMITTED_FILE).exists():  # hydra/launcher=slurm_submit
             log.info(
                 "jobs submitted; when they are done, `python -m runner.sweeps collect %s` "

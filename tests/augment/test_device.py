@@ -357,18 +357,21 @@ def test_validation_names_bad_augmentation_values(make_cfg):
 
 @pytest.mark.slow
 def test_cli_preview_mode_writes_a_png_and_exits(tmp_path):
+    """A sweep of previews too: a PNG per job, and no MLflow run (it made a parent run)."""
     result = run_cli(
+        "-m",
         f"paths.output_dir={tmp_path}",
         "mode=preview",
-        "aug=strong",
+        "aug=strong,flip_crop",
         "data=synthetic",
         "data.num_samples=100",
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    (png,) = (tmp_path / "runs").glob("*/*/aug_preview.png")
-    assert read_png(png).shape[0] > 50
-    assert not list((tmp_path / "runs").glob("*/*/checkpoints"))
+    pngs = list(tmp_path.glob("**/aug_preview.png"))
+    assert len(pngs) == 2 and all(read_png(png).shape[0] > 50 for png in pngs)
+    assert not list(tmp_path.glob("**/checkpoints"))
+    assert runs_in(tmp_path / "mlflow.db") == 0 and not list(tmp_path.glob("**/sweep.json"))
 
 
 @pytest.mark.slow
