@@ -206,7 +206,7 @@ class MlflowTracker:
         if self._server_checked:
             return
         self._server_checked = True
-        if self.is_local:
+        if not self.tracking_uri.startswith(("http://", "https://")):  # a file or databricks
             return
         # The outbox retries on its own; MLflow's default (7 retries with backoff) would
         # hold a call for minutes while a server is down. A server that is down refuses
@@ -295,6 +295,9 @@ class MlflowTracker:
         A server's operations always go through the outbox; so do a local store's once
         the run was opened by the helper (this process's client opens on a thread).
         """
+        if self.run_id is None:  # the run was never opened (the store refused it)
+            log.debug("MLflow run not open: %s not logged", op[0])
+            return
         started = time.perf_counter()
         if self.outbox is None and self.is_local and self._connector is None:
             with_retry(lambda: apply_op(self.client, self.run_id, op))

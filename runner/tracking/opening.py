@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
+from runner.config.errors import ConfigError
 from runner.config.resolvers import REPO_ROOT
 from runner.tracking.store import reap_stale_runs, store_lock, with_retry
 
@@ -47,6 +48,14 @@ def open_experiment(client: Any, name: str, artifact_location: str | None) -> st
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        number = experiment.experiment_id
+        raise ConfigError(
+            f"MLflow experiment {name!r} (id {number}) in {client.tracking_uri} is deleted "
+            "(in the trash), and a deleted experiment takes no runs. Restore it "
+            f"(mlflow experiments restore --experiment-id {number}), remove it for good "
+            "(mlflow gc), or log to another: logger.experiment_name=<name>."
+        )
     if experiment is not None:
         if EXPERIMENT_KIND_TAG not in experiment.tags:  # a kind someone chose stays
             client.set_experiment_tag(

@@ -95,14 +95,22 @@ class TrackingUnavailableError(UserError, RuntimeError):
 
 
 def server_reachable(uri: str, timeout_s: float = 5.0) -> bool:
-    """Whether an MLflow server answers its /health endpoint within `timeout_s`."""
-    import urllib.request
+    """Whether an MLflow server answers its /health endpoint within `timeout_s`.
 
+    Asks as MLflow's own client does (requests): credentials in the URL, and the TLS
+    settings MLFLOW_TRACKING_SERVER_CERT_PATH and MLFLOW_TRACKING_INSECURE_TLS, apply.
+    Any HTTP answer below 500 counts: a server that wants other credentials is up, and
+    MLflow's own calls then say what it wants.
+    """
+    import requests
+
+    verify: bool | str = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true"
+    verify = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or verify
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as reply:
-            return reply.status == 200
-    except (OSError, ValueError):
+        reply = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s, verify=verify)
+    except (requests.RequestException, ValueError):
         return False
+    return reply.status_code < 500
 
 
 def process_alive(pid: int) -> bool:
