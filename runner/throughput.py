@@ -6,8 +6,10 @@ in the `throughput` node, the runner's own training step
 optimizer of the `optim` group) runs on one fixed synthetic uint8 batch resident on the
 device, so nothing but the step is measured: `warmup_steps` untimed steps, then `steps`
 timed ones (bracketed by `torch.cuda.synchronize` on CUDA). A batch size that does not
-fit in memory is reported as "OOM" and the next one is tried. The table is printed and
-written to `<run dir>/throughput.json`; no MLflow run is made.
+fit in memory is reported as "OOM" and the next one is tried; a model that fails
+otherwise gets a row with its error, and the others are still measured. The table is
+printed and written to `<run dir>/throughput.json` (after each row); no MLflow run is
+made. A ViT is built for `data.image_size`, as in training.
 """
 
 from __future__ import annotations
@@ -39,6 +41,24 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timm_model_at(num_classes: int, name: str, size: int) -> torch.nn.Module:
+    """A timm model for `size` px images, as conf/model/vit_tiny.yaml builds it in training.
+
+    A ViT's patch grid is made for `size`; a model without `img_size` takes any size.
+    """
+    try:
+        return create_timm_model(num_classes, name, img_size=size)
+    except TypeError:  # a convolutional model's constructor has no img_size
+        return create_timm_model(num_classes, name)
+
+
+def _out_of_memory(err: Exception) -> bool:
+    """CUDA's OutOfMemoryError, or a CPU allocation that failed (a plain RuntimeError)."""
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+    )
+
+
 def measure(
     cfg: DictConfig, model_name: str, batch_size: int, device: torch.device, precision: str
 ) -> float:
@@ -46,7 +66,8 @@ def measure(
     settings, size = cfg.throughput, cfg.data.image_size
     num_classes = cfg.data.get("num_classes") or 10
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
-    model = create_timm_model(num_classes, model_name).to(device, memory_format=memory_format)
+    model = _timm_model_at(num_classes, model_name, size)
+    model = model.to(device, memory_format=memory_format)
     optimizer = optimizer_from_config(model, cfg.optim)
     step_kwargs = dict(
         model=torch.compile(model) if cfg.trainer.compile else model,
@@ -99,19 +120,24 @@ def run(cfg: DictConfig) -> float:
     steps = f"{settings.warmup_steps} warm-up + {settings.steps} timed steps"
     print(f"throughput on {device} ({where}), precision {precision}, {size}x{size}, {steps}")
     print(f"{'model':<24} {'batch':>6} {'img/s':>10} {'ms/step':>9}", flush=True)
-    for model_name in settings.models:
-        for batch_size in settings.batch_sizes:
-            try:
-                rate = measure(cfg, str(model_name), int(batch_size), device, precision)
-            except torch.OutOfMemoryError:
-                rate = None
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            rows.append({"model": str(model_name), "batch_size": int(batch_size), "img_s": rate})
-            shown = f"{rate:10.1f} {1000 * batch_size / rate:9.1f}" if rate else f"{'OOM':>10}"
-            print(f"{model_name:<24} {batch_size:>6} {shown}", flush=True)
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "throughput.json").write_text(json.dumps(rows, indent=2))
-    log.info("throughput table written to %s", run_dir / "throughput.json")
+    table = run_dir / "throughput.json"
+    for model_name in settings.models:
+        for batch_size in settings.batch_sizes:
+            row: dict[str, Any] = {"model": str(model_name), "batch_size": int(batch_size)}
+            try:
+                row["img_s"] = measure(cfg, str(model_name), int(batch_size), device, precision)
+                rate = row["img_s"]
+                shown = f"{rate:10.1f} {1000 * batch_size / rate:9.1f}"
+            except Exception as err:  # one model that fails leaves the others' rows
+                row["img_s"] = None
+                row["error"] = "OOM" if _out_of_memory(err) else f"{type(err).__name__}: {err}"
+                shown = f"{'OOM':>10}" if _out_of_memory(err) else f"{'error':>10}  {row['error']}"
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            rows.append(row)
+            print(f"{model_name:<24} {batch_size:>6} {shown}", flush=True)
+            table.write_text(json.dumps(rows, indent=2))  # each row as it comes
+    log.info("throughput table written to %s", table)
     return max((row["img_s"] for row in rows if row["img_s"]), default=float("nan"))
