@@ -45,7 +45,7 @@ from runner.training.lineage import log_data_inputs
 from runner.training.loop import fit
 from runner.training.oof import check_embedding_layer, write_out_of_fold
 from runner.training.parts import build_parts
-from runner.training.preflight import check_training_data
+from runner.training.preflight import check_model_takes_data, check_training_data
 from runner.training.profiling import profile
 from runner.training.signals import GracefulStop
 from runner.training.state import TrainState, check_resume, resume_or_start
@@ -94,6 +94,7 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
     with startup_clock.phase("model"):
         parts = build_parts(cfg, data, augment, ctx.device, ctx.precision, len(loaders[0]))
     check_embedding_layer(cfg.data, parts.model, data.num_classes)  # a k-fold job's outputs
+    check_model_takes_data(cfg, parts, data, ctx.device)  # one forward pass, before tracking
     if ctx.is_main:
         with startup_clock.phase("mlflow"):
             ctx.tracker.connect(experiment_name=experiment)

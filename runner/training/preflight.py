@@ -1,14 +1,16 @@
-"""Checks of a training run against its built data, before the model is built.
+"""Checks of a training run against its built data and model, before the tracked run.
 
 What the config alone cannot tell: whether every split has samples, whether the
-monitored metric exists for this class count, and whether an epoch has enough steps for
-the schedule and the statistics to mean something.
+monitored metric exists for this class count, whether an epoch has enough steps for
+the schedule and the statistics to mean something, and whether the model takes the
+data's images at all.
 """
 
 from __future__ import annotations
 
 import logging
 
+import torch
 from omegaconf import DictConfig
 
 from runner.config.errors import ConfigError
@@ -48,4 +50,50 @@ def check_training_data(cfg: DictConfig, data: DataSplits, batches_per_epoch: in
             cfg.trainer.drop_last,
             cfg.trainer.accumulate_grad_batches,
             max(2, len(data.train) // (FEW_STEPS * cfg.trainer.accumulate_grad_batches)),
+        )
+
+
+def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: torch.device) -> None:
+    """Refuses, before the tracked run starts, a model that cannot take the data's images.
+
+    Two train images go through the evaluation path (resize and centre-crop,
+    normalisation, the model in eval mode, no gradients), so no weight, statistic or
+    random draw of the training changes. A channel count the model was not built for,
+    images too small for its architecture or a ViT built for another size fail here,
+    with the keys to change, instead of at the first step.
+
+    Raises:
+        ConfigError: The forward pass fails, or gives other than one logit per class.
+    """
+    images, _ = data.train.take(torch.arange(min(2, len(data.train))))
+    modules = [*parts.model.modules(), *parts.augment.modules()]
+    modes = [module.training for module in modules]
+    what = (
+        f"model.name={cfg.model.get('name')!r} on data {data.name!r} ({images.shape[1]} "
+        f"channel(s), data.image_size={data.image_size})"
+    )
+    try:
+        parts.model.eval()
+        parts.augment.eval()
+        with torch.no_grad():
+            logits = parts.model(parts.normalize(parts.augment(images.to(device))))
+    except Exception as err:
+        cause = " ".join(str(err).split())[:300]
+        raise ConfigError(
+            f"{what}: the model does not take these images ({type(err).__name__}: {cause}). "
+            "Build it for them (a timm model takes +model.in_chans=<channels>; a ViT "
+            "model.img_size) or change data.image_size"
+        ) from err
+    finally:
+        for module, mode in zip(modules, modes, strict=True):
+            module.training = mode
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (
+        len(images),
+        data.num_classes,
+    ):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits)
+        raise ConfigError(
+            f"{what}: the model gives outputs of shape {shape} for {len(images)} images; "
+            f"the runner needs one logit per class ({data.num_classes}). Choose a classifier "
+            "whose head the runner sizes (model.num_classes comes from the data)"
         )

@@ -282,6 +282,16 @@ def test_weights_of_another_architecture_are_named(make_cfg, tmp_path):
     nothing_spent(tmp_path)
 
 
+def test_a_model_that_cannot_take_the_images_is_refused_before_the_tracked_run(make_cfg, tmp_path):
+    """One-channel images for a three-channel model failed at the first step, in a run."""
+    refused(
+        make_cfg("data=synthetic", "data.channels=1", "data.num_samples=120"),
+        "model.name='test_resnet' on data 'synthetic' (1 channel(s)",
+        "+model.in_chans=<channels>",
+    )
+    nothing_spent(tmp_path)
+
+
 def test_a_checkpoint_naming_untrusted_code_needs_allowed_targets(make_cfg, best_pt, tmp_path):
     payload = torch.load(best_pt, weights_only=True)
     payload["config"] = payload["config"].replace(
