@@ -107,6 +107,12 @@ def _batch_sizes(value: Any) -> str | None:
     return None if ok else "a non-empty list of integers >= 1, e.g. [32,64,128]"
 
 
+def _milestones(value: Any) -> str | None:
+    ok = OmegaConf.is_list(value) and all(is_number(v) and 0 < v < 1 for v in value)
+    # Epoch numbers (as torch's MultiStepLR takes) would lie past the end: no decay at all.
+    return None if ok else "a list of fractions of training in (0, 1), e.g. [0.5, 0.75]"
+
+
 def _optional_non_empty_string(value: Any) -> str | None:
     return None if value is None else _non_empty_string(value)
 
@@ -294,6 +300,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "sched.min_lr_ratio": _fraction,
     "sched.pct_start": _fraction,
     "sched.gamma": _positive_number,
+    "sched.milestones": _milestones,
     "loss.label_smoothing": _fraction,
     "loss.gamma": _non_negative_number,
     "loss.weights": _one_of(*choices.CLASS_WEIGHTS),
