@@ -174,6 +174,7 @@ def train_one_epoch(
                     f"more than trainer.max_nan_skips={guard.max_skips} batches skipped"
                 )
             optimizer.zero_grad(set_to_none=True)
+            window_start = True  # the window's gradients are gone: nothing is left to step
             continue
         counter += 1
         first_bad = torch.where(~finite & (first_bad < 0), counter, first_bad)

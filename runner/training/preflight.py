@@ -9,6 +9,7 @@ data's images at all.
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from omegaconf import DictConfig
@@ -38,7 +39,8 @@ def check_training_data(cfg: DictConfig, data: DataSplits, batches_per_epoch: in
             f"trainer.monitor={cfg.trainer.monitor} needs more than {TOP_K} classes, and "
             f"data {data.name!r} has {data.num_classes}: monitor val/acc instead"
         )
-    steps = batches_per_epoch // cfg.trainer.accumulate_grad_batches
+    # A short last accumulation window is stepped too.
+    steps = math.ceil(batches_per_epoch / cfg.trainer.accumulate_grad_batches)
     if steps < FEW_STEPS:
         log.warning(
             "only %d optimizer step(s) per epoch: %d train images, trainer.batch_size=%d, "

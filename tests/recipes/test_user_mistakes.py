@@ -396,6 +396,9 @@ def test_top5_is_left_out_with_five_classes_or_fewer_and_a_short_epoch_is_named(
     assert (
         "only 4 optimizer step(s) per epoch" in caplog.text and "trainer.batch_size" in caplog.text
     )
+    caplog.clear()  # 3 batches in windows of 4: one (short) window, one step, not "0"
+    check_training_data(make_cfg("trainer.accumulate_grad_batches=4"), data, 3)
+    assert "only 1 optimizer step(s) per epoch" in caplog.text
     with pytest.raises(ConfigError, match="needs more than 5 classes"):
         check_training_data(make_cfg("trainer.monitor=val/top5"), data, len(loaders[0]))
 

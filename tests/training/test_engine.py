@@ -145,6 +145,25 @@ def test_nan_policy_skip_leaves_the_weights_untouched_by_bad_batches(make_cfg):
         engine.train_one_epoch(**kwargs, nan_guard=engine.NanGuard(policy="skip", max_skips=2))
 
 
+def test_a_skipped_last_batch_closes_its_accumulation_window(make_cfg):
+    """fp16's gradient scaler with nothing to step asserted ("No inf checks were recorded")."""
+    kwargs = setup_loop(make_cfg, aug="none", batches=4)
+    kwargs["scaler"] = torch.amp.GradScaler("cpu", enabled=True)
+    real_loss, calls = kwargs["loss_fn"], {"n": 0}
+
+    def loss_nan_at_4(logits, target):
+        calls["n"] += 1
+        loss = real_loss(logits, target)
+        return loss * float("nan") if calls["n"] == 4 else loss
+
+    kwargs["loss_fn"] = loss_nan_at_4
+    steps = kwargs["scheduler"].last_epoch
+    guard = engine.NanGuard(policy="skip", max_skips=10)
+    done = engine.train_one_epoch(**kwargs, nan_guard=guard, accumulate_grad_batches=4)
+    assert guard.skipped == 1 and done.batches == 4 and done.seen == 24
+    assert kwargs["scheduler"].last_epoch == steps, "the window was skipped: no step"
+
+
 def test_a_stopped_epoch_continues_where_it_stopped(make_cfg):
     """Stopping after batch 5 and continuing gives the same sums as one pass."""
     torch.manual_seed(0)
