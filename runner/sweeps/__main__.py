@@ -1,7 +1,7 @@
 """Commands on a sweep dir: `collect` (state and results of its jobs), `summary`, `audit`.
 
 python -m runner.sweeps collect SWEEP_DIR
-python -m runner.sweeps summary SWEEP_DIR [METRIC] [max|min]   (default: the sweep's monitor)
+python -m runner.sweeps summary SWEEP_DIR [METRIC] [max|min]   (METRIC: the sweep's monitor)
 python -m runner.sweeps audit SWEEP_DIR [--thumbnails N]
 """
 
@@ -31,24 +31,38 @@ def _count(text: str) -> int:
     return value
 
 
+class SummaryArgumentError(ValueError):
+    """A summary was asked for a metric the sweep's jobs did not record."""
+
+
 def sweep_monitor(sweep_dir: Path, monitor: str | None, mode: str | None) -> tuple[str, str]:
     """The metric and mode a summary ranks the jobs by.
 
-    Those given, else the sweep's own (`trainer.monitor` and `trainer.monitor_mode` in its
-    multirun.yaml), else val/acc; a metric without a mode goes the way it improves.
+    The sweep's own (`trainer.monitor` and `trainer.monitor_mode` in its multirun.yaml),
+    else the one given, else val/acc; a metric without a mode goes the way it improves.
+
+    Raises:
+        SummaryArgumentError: Another metric than the sweep's monitor was given: each
+            job recorded only its best monitored value, so the jobs cannot be ranked by it.
     """
     register_resolvers()  # multirun.yaml's monitor_mode is the runner's interpolation
     saved = sweep_dir / "multirun.yaml"
     config = OmegaConf.load(saved) if saved.is_file() else OmegaConf.create()
     own = OmegaConf.select(config, "trainer.monitor", default=None)
-    monitor = monitor or own or "val/acc"
-    if mode is None:
-        mode = (
-            OmegaConf.select(config, "trainer.monitor_mode")
-            if monitor == own
-            else monitor_mode_for(monitor)
+    if monitor and own and monitor != own:
+        raise SummaryArgumentError(
+            f"the jobs of {sweep_dir} recorded their best {own} (the sweep's trainer.monitor), "
+            f"not {monitor}: the summary ranks by {own}. Leave the metric out, or compare "
+            f"{monitor} across the child runs in MLflow"
         )
-    return monitor, mode
+    monitor = monitor or own or "val/acc"
+    own_mode = OmegaConf.select(config, "trainer.monitor_mode") if monitor == own else None
+    if mode is not None and own_mode is not None and mode != own_mode:
+        raise SummaryArgumentError(
+            f"{monitor} was {own_mode}imised by the sweep of {sweep_dir}: ranking its jobs "
+            f"the other way ({mode}) would call the worst the best. Leave the mode out"
+        )
+    return monitor, mode or own_mode or monitor_mode_for(monitor)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.sweep_dir / MANIFEST_FILE).is_file():
             print(f"Error: {args.sweep_dir} is not a sweep dir (it has no {MANIFEST_FILE})")
             return 1
-        monitor, mode = sweep_monitor(args.sweep_dir, args.monitor, args.mode)
+        try:
+            monitor, mode = sweep_monitor(args.sweep_dir, args.monitor, args.mode)
+        except SummaryArgumentError as err:
+            print(f"Error: {err}")
+            return 1
         print(summarize(args.sweep_dir, monitor, mode == "max").markdown)
         return 0
     jobs = sweep_jobs(args.sweep_dir)  # one squeue per job: asked once

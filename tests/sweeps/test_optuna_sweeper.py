@@ -465,6 +465,14 @@ def test_the_summary_command_ranks_by_the_sweeps_own_monitor(tmp_path, capsys):
     assert "monitored: val/loss (min)" in written
     assert "Best: job 1 (optim.lr=0.01): val/loss = 0.2000" in written
     assert "Best: job 1" in capsys.readouterr().out
+    assert main(["summary", str(sweep), "val/loss", "min"]) == 0
+    # The jobs recorded val/loss only: another metric, or the other way, would relabel
+    # the column and rank by val/loss (the worst job called the best val/acc).
+    capsys.readouterr()
+    assert main(["summary", str(sweep), "val/acc"]) == 1
+    assert "recorded their best val/loss" in capsys.readouterr().out
+    assert main(["summary", str(sweep), "val/loss", "max"]) == 1
+    assert "Best: job 1 (optim.lr=0.01)" in (sweep / "summary.md").read_text()
     # A dir that is not a sweep gets an error and no files.
     assert main(["summary", str(tmp_path / "elsewhere")]) == 1
     assert not (tmp_path / "elsewhere").exists()
