@@ -78,6 +78,12 @@ def test_the_override_grammar_maps_to_optuna_distributions():
     assert space("seed=0,1,2").choices == (0, 1, 2)
 
 
+def test_the_presets_study_is_named_after_the_data_and_model_options(tmp_path):
+    """`${model.name}` failed (a raw traceback) for a model without that key (resnet32)."""
+    assert plan(tmp_path, "model=resnet32").study_name == "digits-resnet32"
+    assert plan(tmp_path).study_name == "digits-resnet10t"
+
+
 def test_a_single_value_is_not_a_search_space():
     with pytest.raises(ValueError, match=r"hydra.sweeper.params.optim.lr='0.1'.*interval"):
         space("optim.lr=0.1")
