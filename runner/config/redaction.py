@@ -1,4 +1,4 @@
-"""Secrets never leave the process in the clear: logged params and saved configs show '***'."""
+"""Secrets never leave the process in the clear: params, tags and saved files show ***."""
 
 from __future__ import annotations
 
@@ -41,3 +41,13 @@ def redacted_container(cfg: DictConfig) -> dict[str, Any]:
         return node
 
     return redact(raw, resolved)
+
+
+def redacted_override(override: str) -> str:
+    """A command-line override with its value shown as '***' when its key names a secret.
+
+    `+data.token=abc` becomes `+data.token=***`; other overrides stay as they are.
+    """
+    key, sep, _ = override.partition("=")
+    name = key.lstrip("+~").rsplit(".", 1)[-1]
+    return f"{key}{sep}{REDACTED}" if sep and SECRET_KEY.search(name) else override

@@ -16,6 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.errors import ConfigError
+from runner.config.redaction import redacted_override
 from runner.sweeps.audit import audit_if_asked
 from runner.sweeps.grid import refuse_bad_jobs
 from runner.sweeps.manifest import (
@@ -74,7 +75,7 @@ class SweepCallback(Callback):
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         (self.sweep_dir / STOP_FILE).unlink(missing_ok=True)
         info = read_sweep_info(self.sweep_dir)
-        arguments = [str(a) for a in config.hydra.overrides.task]
+        arguments = [redacted_override(str(a)) for a in config.hydra.overrides.task]
         tracker = instantiate(config.logger)
         name = config.logger.get("experiment_name") or config.data.name
         try:

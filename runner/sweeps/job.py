@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from runner.config.redaction import redacted_override
 from runner.sweeps.manifest import (
     STOP_FILE,
     SWEEP_CONTROL_PREFIXES,
@@ -100,16 +101,16 @@ class SweepJob:
     @property
     def run_name(self) -> str:
         """The MLflow run name: the job number and what it varies."""
-        return " ".join([f"job{self.num}", *self.swept_overrides])[:250]
+        swept = [redacted_override(o) for o in self.swept_overrides]
+        return " ".join([f"job{self.num}", *swept])[:250]
 
     def tracking_tags(self) -> dict[str, str]:
         """Tags that make the job's MLflow run a child of the sweep's parent run."""
         tags = {"sweep_dir": str(self.sweep_dir), "sweep.job": str(self.num)}
         if self.info.get("parent_run_id"):
             tags["mlflow.parentRunId"] = self.info["parent_run_id"]
-        tags.update(
-            {f"override.{n}": unescape(v) for n, v in parse_overrides(self.overrides).items()}
-        )
+        shown = [redacted_override(o) for o in self.overrides]
+        tags.update({f"override.{n}": unescape(v) for n, v in parse_overrides(shown).items()})
         return tags
 
     def run(self, cfg: DictConfig, train: Callable[[DictConfig, SweepJob], float]) -> float:

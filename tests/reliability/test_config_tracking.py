@@ -251,6 +251,33 @@ def test_untrusted_targets_are_refused_before_import(tmp_path):
     assert untrusted_targets(allowed) == []
 
 
+def test_a_secret_typed_on_the_command_line_is_redacted_in_tags_and_files(
+    make_cfg, tmp_path, monkeypatch
+):
+    """`+data.token=...` reached the overrides tag and environment.json in the clear."""
+    from runner.config.redaction import redacted_override
+    from runner.tracking import run_record
+    from runner.tracking.mlflow_tracker import MlflowTracker
+
+    assert redacted_override("+data.api_key=abc") == "+data.api_key=***"
+    assert redacted_override("optim.lr=0.1") == "optim.lr=0.1"
+    assert redacted_override("data.image_key=img") == "data.image_key=img"
+    typed = ["+data.token=TOPSECRET", "seed=3"]
+    monkeypatch.setattr(run_record, "hydra_overrides", lambda: typed)  # as Hydra gives them
+    db = tmp_path / "store.db"
+    tracker = MlflowTracker(f"sqlite:///{db}")
+    tracker.connect(experiment_name="digits")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run_record.start_run(
+        tracker, make_cfg(), run_dir, device="cpu", run_name="r", tags={}, params={}
+    )
+    tracker.finish("FINISHED")
+    assert "TOPSECRET" not in (run_dir / "environment.json").read_text()
+    (overrides,) = query(db, "SELECT value FROM tags WHERE key='overrides'")[0]
+    assert overrides == "+data.token=*** seed=3"
+
+
 def test_secrets_are_redacted_in_params_and_saved_configs(tmp_path, monkeypatch):
     """Point 16: secret-named keys and ${oc.env:...} values never reach logs or files."""
     cfg = OmegaConf.create(
