@@ -3,10 +3,11 @@
 Each split becomes a `DatasetRecord`: the data set's name, a source (the folder, the
 Hugging Face name, or the bundled/generated set), a schema, a profile (size and class
 counts), the context (train, val, test) and a digest. The digest hashes the split's
-labels, its images (resident splits) or file list (streamed splits), and every key of
-the data config that shapes the data (the real-world switches of conf/data/_switches.yaml
-included, whichever exist): it changes when the data or any switch changes, and stays
-when only where the data lives or how it is loaded changes.
+labels, its images (resident splits) or sample ids (streamed splits: paths under
+data.root, or `<set>:<index>`), and every key of the data config that shapes the data
+(the real-world switches of conf/data/_switches.yaml included, whichever exist): it
+changes when the data or any switch changes, and stays when only where the data lives
+or the loader's settings change. Switching `data.resident` changes it (pixels or ids).
 """
 
 from __future__ import annotations
@@ -57,7 +58,12 @@ def split_digest(split: Any, settings: dict[str, Any], context: str) -> str:
     digest.update(split.labels.cpu().numpy().tobytes())
     if isinstance(split, Split):
         digest.update(split.images.cpu().contiguous().numpy().tobytes())
-    else:  # a streamed split: the files (or records) it reads, in order
+    elif getattr(split, "ids", None) is not None:  # streamed: its sample ids, in order
+        # (paths under data.root, or <set>:<index>), so moving the folder keeps the digest
+        for sample_id in split.ids:
+            digest.update(str(sample_id).encode())
+            digest.update(b"\0")
+    else:  # a streamed split without ids: the files (or records) it reads, in order
         records = getattr(split, "records", ())
         positions = getattr(split, "positions", torch.arange(len(split)))
         for position in positions.tolist():

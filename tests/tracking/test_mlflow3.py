@@ -177,6 +177,23 @@ def test_a_digest_changes_with_the_data_and_every_switch_not_with_where_it_lives
     assert split_digest(data.train, content_settings(moved), "train") == base[0]
 
 
+def test_a_streamed_folder_keeps_its_digest_where_it_moves(tmp_path):
+    """A streamed split hashed the absolute paths of its files: a moved copy got another."""
+    import shutil
+
+    from runner.data.sets.imagefolder import load_imagefolder
+    from tests.datagen import make_imagefolder
+
+    first = make_imagefolder(tmp_path / "a" / "pics", per_class=4, splits=("train", "test"))
+    moved = shutil.copytree(first, tmp_path / "b" / "pics")
+    common = {"image_size": 16, "num_workers": 0, "resident": False}
+    splits = [load_imagefolder(str(root), **common) for root in (first, moved)]
+    digests = [split_digest(data.train, {"name": "x"}, "train") for data in splits]
+    assert digests[0] == digests[1]
+    relabelled = splits[0].train.with_labels(1 - splits[0].train.labels.clamp(max=1))
+    assert split_digest(relabelled, {"name": "x"}, "train") != digests[0]
+
+
 class DataDependent(torch.nn.Module):
     """A model torch.export cannot trace (its branch depends on the pixels)."""
 
