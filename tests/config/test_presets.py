@@ -165,6 +165,8 @@ def test_help_shows_the_header_groups_and_completion(tmp_path):
         "experiment (default: none)",
         "mode: train",
         "-sc install=bash",
+        # One sentence: the file's next comment lines stay out of the description.
+        "Bayesian search with pruning (python run.py -m hparams_search=optuna)\n",
     ):
         assert line in done.stdout, line
     assert "_shared" not in done.stdout and "_switches" not in done.stdout, "not options"
