@@ -165,6 +165,7 @@ def fit(
             unfinished = distributed.rank_share(engine.EpochStats(**state.partial_epoch))
         done_before = unfinished.batches if unfinished else 0
         train_loader.set_epoch(epoch, start_batch=done_before)
+        epoch_lr = parts.optimizer.param_groups[0]["lr"]  # read after the epoch, it is the next's
         display.start_epoch(
             epoch, train_loader.batches_per_epoch(), trainer.batch_size, done_before
         )
@@ -216,7 +217,7 @@ def fit(
             "train/acc": done.acc,
             "train/throughput": done.throughput,
             "epoch_time_s": done.seconds,
-            "lr": parts.optimizer.param_groups[0]["lr"],
+            "lr": epoch_lr,
             **{f"val/{name}": value for name, value in val.items()},
         }
         state.epoch = epoch

@@ -27,15 +27,18 @@ def build_metrics(num_classes: int, with_auroc: bool = False) -> MetricCollectio
 
     Returns:
         Metrics named acc, top5 (only with more than 5 classes, where it differs from
-        a certain 1.0), balanced_acc (mean per-class recall), macro_f1 [and auroc],
+        a certain 1.0), balanced_acc (mean recall of the classes present, as
+        scikit-learn's balanced_accuracy_score), macro_f1 [and auroc],
         updated with (logits, labels).
     """
     from torchmetrics import MetricCollection
     from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
 
+    from runner.training.balanced_accuracy import BalancedAccuracy
+
     metrics = {
         "acc": MulticlassAccuracy(num_classes, average="micro"),
-        "balanced_acc": MulticlassAccuracy(num_classes, average="macro"),
+        "balanced_acc": BalancedAccuracy(num_classes),
         "macro_f1": MulticlassF1Score(num_classes, average="macro"),
     }
     if num_classes > TOP_K:

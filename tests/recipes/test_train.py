@@ -77,6 +77,10 @@ def test_mlflow_store_holds_params_metrics_tags_and_artifacts(digits_run):
     assert metric_names >= REQUIRED_METRICS
     epochs = query(db, "SELECT step FROM metrics WHERE key = 'val/acc' ORDER BY step")
     assert [e for (e,) in epochs] == list(range(1, 7)), "one val/acc per epoch"
+    # An epoch's lr is the one its first step used: epoch 1 starts the warmup, far below
+    # optim.lr (the lr read after the epoch was the next's: the end of the warmup).
+    ((first_lr,),) = query(db, "SELECT value FROM metrics WHERE key = 'lr' AND step = 1")
+    assert first_lr < 0.2 * cfg.optim.lr
     (best_logged,) = query(db, "SELECT MAX(value) FROM metrics WHERE key = 'val/acc'")[0]
     assert best_logged == pytest.approx(best)
     params = dict(query(db, "SELECT key, value FROM params"))

@@ -63,6 +63,21 @@ def test_per_class_table_from_a_confusion_matrix():
     assert rows[1]["recall"] == 0.9 and rows[1]["support"] == 10
 
 
+def test_balanced_accuracy_is_scikit_learns_whatever_is_predicted():
+    """A stray prediction of a class absent from the split counted as its recall 0."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    predicted = torch.tensor([0, 0, 1, 1, 2, 3])  # class 3 has no sample here
+    metrics = build_metrics(4)
+    metrics.update(torch.nn.functional.one_hot(predicted, 4).float(), labels)
+    expected = balanced_accuracy_score(labels.numpy(), predicted.numpy())
+    assert metrics.compute()["balanced_acc"].item() == pytest.approx(expected)  # 0.8333
+    metrics.reset()
+    metrics.update(torch.nn.functional.one_hot(labels, 4).float(), labels)
+    assert metrics.compute()["balanced_acc"].item() == 1.0
+
+
 def test_per_class_table_leaves_what_cannot_be_measured_as_nan_not_zero():
     """A class without test samples has no recall; one never predicted has no precision."""
     confusion = torch.tensor([[5, 0, 1, 0], [2, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 3]])
