@@ -118,10 +118,12 @@ def test_streaming_skips_a_truncated_file_in_its_batch_and_lists_it(tmp_path):
 @pytest.mark.parametrize("resident", [True, False])
 def test_on_bad_file_error_names_the_file(tmp_path, resident):
     root, bad = mode_folder(tmp_path / "data")
-    if resident:
-        with pytest.raises(BadImageError, match=r"notes\.txt|zero\.jpg|truncated\.jpg"):
+    if resident:  # found at start: the one-line error with the key and the fix
+        with pytest.raises(DataError, match=r"(notes\.txt|zero\.jpg|truncated\.jpg).*skip"):
             load(root, resident=True, on_bad_file="error")
         return
+    with pytest.raises(DataError, match=r"(notes\.txt|zero\.jpg).*data\.on_bad_file=error"):
+        load(root, resident=False, on_bad_file="error")  # the leading bytes are read at start
     bad["zero"].unlink()
     bad["text"].unlink()
     data = load(root, resident=False, on_bad_file="error")

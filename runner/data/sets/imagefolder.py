@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from runner.data.decoding import (
-    BadImageError,
     DataError,
     cache_key,
     cached,
@@ -211,7 +210,9 @@ def load_imagefolder(
 
     Raises:
         DataError: The layout is wrong (see `scan_layout`), or a class has no images.
-        BadImageError: A file does not decode and on_bad_file is "error".
+        DataError: A file does not decode (found at start) and on_bad_file is "error".
+        BadImageError: Streamed, a file whose content does not decode, when its batch is
+            read, and on_bad_file is "error".
     """
     root = str(Path(root).expanduser())  # ids relative to the folder itself, not to "<cwd>/~"
     class_names, layout = scan_layout(root, num_classes)
@@ -325,7 +326,7 @@ def splits_from_records(
             records, labels, id_arrays, image_size, key, cache_dir, num_workers, name
         )
         if bad and on_bad_file == "error":
-            raise BadImageError(bad[0][1])
+            raise _refused_bad_file(bad[0][1])
     else:
         parts, bad = _stream_parts(records, labels, id_arrays, image_size, num_workers, on_bad_file)
     _check_classes_have_images(parts, class_names, where, bad)
@@ -369,6 +370,14 @@ def _decode_parts(records, labels, ids, image_size, key, cache_dir, num_workers,
     return parts, [(path, reason) for path, reason in value["bad"]]
 
 
+def _refused_bad_file(reason: str) -> DataError:
+    """The one-line error of a bad file found at start under data.on_bad_file=error."""
+    return DataError(
+        f"{reason} (data.on_bad_file=error): fix or remove the file, or set "
+        "data.on_bad_file=skip to leave undecodable files out and list them"
+    )
+
+
 def _stream_parts(records, labels, ids, image_size, num_workers, on_bad_file):
     """Checks each record's leading bytes now; content errors surface in batches."""
     parts, bad = {}, []
@@ -379,7 +388,7 @@ def _stream_parts(records, labels, ids, image_size, num_workers, on_bad_file):
             if reason is None:
                 keep.append(position)
             elif on_bad_file == "error":
-                raise BadImageError(reason)
+                raise _refused_bad_file(reason)
             else:
                 bad.append((record_name(split_records[position]), reason))
         positions = torch.tensor(keep, dtype=torch.long)
