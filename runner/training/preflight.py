@@ -41,7 +41,9 @@ def check_training_data(cfg: DictConfig, data: DataSplits, batches_per_epoch: in
         )
     # A short last accumulation window is stepped too.
     steps = math.ceil(batches_per_epoch / cfg.trainer.accumulate_grad_batches)
-    if steps < FEW_STEPS:
+    # trainer.limit_batches and overfit_batches (debug=fast, profile, overfit) ask for it.
+    asked = cfg.trainer.get("limit_batches") or cfg.trainer.get("overfit_batches")
+    if steps < FEW_STEPS and not asked:
         log.warning(
             "only %d optimizer step(s) per epoch: %d train images, trainer.batch_size=%d, "
             "trainer.drop_last=%s, trainer.accumulate_grad_batches=%d. Lower "

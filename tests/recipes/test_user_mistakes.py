@@ -399,6 +399,9 @@ def test_top5_is_left_out_with_five_classes_or_fewer_and_a_short_epoch_is_named(
     caplog.clear()  # 3 batches in windows of 4: one (short) window, one step, not "0"
     check_training_data(make_cfg("trainer.accumulate_grad_batches=4"), data, 3)
     assert "only 1 optimizer step(s) per epoch" in caplog.text
+    caplog.clear()  # debug=fast asks for one batch: no advice to lower the batch size
+    check_training_data(make_cfg("debug=fast"), data, 1)
+    assert "optimizer step(s) per epoch" not in caplog.text
     with pytest.raises(ConfigError, match="needs more than 5 classes"):
         check_training_data(make_cfg("trainer.monitor=val/top5"), data, len(loaders[0]))
 
