@@ -140,6 +140,13 @@ def test_debug_overfit_fits_a_few_batches(make_cfg, tmp_path):
     history = last["state"]["history"]
     assert last["state"]["global_step"] == 2 * 6, "two batches per epoch"
     assert history[-1]["train/acc"] >= 0.97, [round(h["train/acc"], 3) for h in history]
+    # debug= goes on top of any schedule: the preset set sched.warmup_epochs, which the
+    # one-cycle schedule has not (a TypeError at the start of training).
+    from hydra.utils import instantiate
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    for sched in group_options("sched"):
+        instantiate(make_cfg("debug=overfit", f"sched={sched}").sched)(optimizer, 12, 2)
 
 
 @pytest.mark.slow
