@@ -97,7 +97,9 @@ def run_eval(cfg: DictConfig) -> float:
     loaded = load_checkpoint(ctx)
     ctx.tracker = instantiate(cfg.logger)
     data_cfg = cfg.data if cfg.eval.data == "current" else train_only_keys_off(loaded.stored.data)
-    ctx.tracker.connect(experiment_name=str(data_cfg.name))
+    # The training run's experiment, unless this command names one (logger.experiment_name).
+    trained_in = OmegaConf.select(loaded.stored, "logger.experiment_name", default=None)
+    ctx.tracker.connect(experiment_name=str(trained_in or loaded.stored.data.name))
     try:
         data = build_data(data_cfg)
     except DataError as err:

@@ -29,7 +29,7 @@ def artifacts_of(db: Path, run_id: str) -> Path:
 def trained(tmp_path_factory):
     """One tiny training run with MLflow and the analysis reports on."""
     tmp = tmp_path_factory.mktemp("trained")
-    run(compose_run(tmp, "train", "analysis.enabled=true"))
+    run(compose_run(tmp, "train", "analysis.enabled=true", "logger.experiment_name=mine"))
     db = tmp / "outputs" / "mlflow.db"
     ((run_id,),) = query(db, "SELECT run_uuid FROM runs")
     return tmp, db, run_id
@@ -64,6 +64,11 @@ def test_eval_reproduces_the_test_metrics_in_a_new_linked_run(trained):
     (eval_id,) = set(runs) - {run_id}
     tags = dict(query(db, "SELECT key, value FROM tags WHERE run_uuid = ?", eval_id))
     assert tags["source_run_id"] == run_id and tags["mode"] == "eval"
+    # In the training run's experiment (logger.experiment_name of its config), not "digits".
+    experiments = query(
+        db, "SELECT DISTINCT e.name FROM runs r JOIN experiments e USING (experiment_id)"
+    )
+    assert experiments == [("mine",)]
     # analysis.enabled=false: the per-class table only, no plots, no ECE.
     assert (tmp / "eval" / "per_class.csv").is_file()
     assert not any((tmp / "eval" / name).exists() for name in ANALYSIS_FILES)
