@@ -265,7 +265,7 @@ def test_a_secret_typed_on_the_command_line_is_redacted_in_tags_and_files(
     typed = ["+data.token=TOPSECRET", "seed=3"]
     monkeypatch.setattr(run_record, "hydra_overrides", lambda: typed)  # as Hydra gives them
     db = tmp_path / "store.db"
-    tracker = MlflowTracker(f"sqlite:///{db}")
+    tracker = MlflowTracker(f"sqlite:///{db}", artifact_location=str(tmp_path / "art"))
     tracker.connect(experiment_name="digits")
     run_dir = tmp_path / "run"
     run_dir.mkdir()

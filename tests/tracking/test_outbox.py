@@ -14,7 +14,8 @@ from runner.tracking.store import refused_for_good
 
 def test_an_operation_the_store_refuses_is_dropped_and_the_later_ones_get_through(tmp_path, caplog):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    run_id = client.create_run(client.create_experiment("outbox")).info.run_id
+    experiment = client.create_experiment("outbox", artifact_location=(tmp_path / "a").as_uri())
+    run_id = client.create_run(experiment).info.run_id
     outbox = Outbox(lambda op: apply_op(client, run_id, op), refused=refused_for_good)
     with caplog.at_level(logging.ERROR, logger="runner"):
         outbox.put(("params", [("optim.lr", "0.1")]))
@@ -31,7 +32,8 @@ def test_an_operation_the_store_refuses_is_dropped_and_the_later_ones_get_throug
 
 def test_a_file_that_is_gone_does_not_hold_up_the_runs_end(tmp_path, caplog):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    run_id = client.create_run(client.create_experiment("outbox")).info.run_id
+    experiment = client.create_experiment("outbox", artifact_location=(tmp_path / "a").as_uri())
+    run_id = client.create_run(experiment).info.run_id
     outbox = Outbox(lambda op: apply_op(client, run_id, op), refused=refused_for_good)
     with caplog.at_level(logging.ERROR, logger="runner"):
         outbox.put(("artifact", str(tmp_path / "deleted_meanwhile.png"), None))
