@@ -301,6 +301,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "sched.pct_start": _fraction,
     "sched.gamma": _positive_number,
     "sched.milestones": _milestones,
+    # Below 0 the sampler would favour the large classes it is there to temper.
+    "sampler.power": _non_negative_number,
     "loss.label_smoothing": _fraction,
     "loss.gamma": _non_negative_number,
     "loss.weights": _one_of(*choices.CLASS_WEIGHTS),

@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(summarize(args.sweep_dir, monitor, mode == "max").markdown)
         return 0
+    if not args.sweep_dir.is_dir():
+        print(f"Error: {args.sweep_dir} is not a directory: pass the sweep dir (hydra.sweep.dir)")
+        return 1
     jobs = sweep_jobs(args.sweep_dir)  # one squeue per job: asked once
     status = print_sweep(jobs)
     if any(job["state"] not in ("FINISHED", "FAILED", "UNKNOWN") for job in jobs):

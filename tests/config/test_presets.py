@@ -58,6 +58,7 @@ def test_cifar_presets_fail_offline_naming_data_root(make_cfg, tmp_path, option)
         (["optim.backbone_lr_mult=0"], "optim.backbone_lr_mult=0 is invalid"),
         # Epochs, as torch's MultiStepLR takes them, lay past the end: the lr never decayed.
         (["sched=step", "sched.milestones=[30,60]"], "sched.milestones=[30, 60] is invalid"),
+        (["sampler=sqrt", "sampler.power=-0.5"], "sampler.power=-0.5 is invalid"),
     ],
 )
 def test_mode_and_analysis_keys_are_validated(make_cfg, overrides, expected):

@@ -481,4 +481,5 @@ def test_the_summary_command_ranks_by_the_sweeps_own_monitor(tmp_path, capsys):
     assert "Best: job 1 (optim.lr=0.01)" in (sweep / "summary.md").read_text()
     # A dir that is not a sweep gets an error and no files.
     assert main(["summary", str(tmp_path / "elsewhere")]) == 1
+    assert main(["collect", str(tmp_path / "elsewhere")]) == 1  # not a traceback
     assert not (tmp_path / "elsewhere").exists()
