@@ -276,7 +276,7 @@ def load_matching_weights(model: nn.Module, path: Path) -> list[str]:
         )
     model.load_state_dict(usable, strict=False)
     if skipped:
-        log.info("Weights from %s: the head was not loaded (%s)", path, ", ".join(skipped))
+        log.info("Weights from %s: not loaded (the head): %s", path, ", ".join(skipped))
     return skipped
 
 

@@ -209,8 +209,8 @@ def load_imagefolder(
         The splits (resident `Split`s or streaming `EncodedSplit`s) with the bad files.
 
     Raises:
-        DataError: The layout is wrong (see `scan_layout`), or a class has no images.
-        DataError: A file does not decode (found at start) and on_bad_file is "error".
+        DataError: The layout is wrong (see `scan_layout`), a class has no images, or a
+            file does not decode (found at start) and on_bad_file is "error".
         BadImageError: Streamed, a file whose content does not decode, when its batch is
             read, and on_bad_file is "error".
     """
