@@ -166,6 +166,7 @@ def train_one_epoch(
             logits = model(inputs)
             loss = loss_fn(logits, targets)
         finite = torch.isfinite(loss.detach())
+        at_boundary = batch_index % accumulate_grad_batches == 0 or batch_index == total
         if guard.policy == "skip" and not bool(finite):
             guard.skipped += 1
             if guard.skipped > guard.max_skips:
@@ -173,8 +174,14 @@ def train_one_epoch(
                     f"non-finite loss at step {first_step + batch_index - 1}: "
                     f"more than trainer.max_nan_skips={guard.max_skips} batches skipped"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            window_start = True  # the window's gradients are gone: nothing is left to step
+            # The batch is left out (it had no backward); the other batches of its
+            # accumulation window keep their gradients and still make the window's step.
+            if at_boundary and not window_start:
+                _optimizer_step(model, optimizer, scaler, gradient_clip_val, scheduler, ema)
+                window_start = True
+            if at_boundary and should_stop is not None and should_stop():
+                stopped = True
+                break
             continue
         counter += 1
         first_bad = torch.where(~finite & (first_bad < 0), counter, first_bad)
@@ -185,7 +192,6 @@ def train_one_epoch(
             optimizer.zero_grad(set_to_none=True)
             window_start = False
         scaler.scale(loss / accumulate_grad_batches).backward()
-        at_boundary = batch_index % accumulate_grad_batches == 0 or batch_index == total
         if at_boundary:
             _optimizer_step(model, optimizer, scaler, gradient_clip_val, scheduler, ema)
             window_start = True

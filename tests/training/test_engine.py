@@ -145,8 +145,9 @@ def test_nan_policy_skip_leaves_the_weights_untouched_by_bad_batches(make_cfg):
         engine.train_one_epoch(**kwargs, nan_guard=engine.NanGuard(policy="skip", max_skips=2))
 
 
-def test_a_skipped_last_batch_closes_its_accumulation_window(make_cfg):
-    """fp16's gradient scaler with nothing to step asserted ("No inf checks were recorded")."""
+def test_a_skipped_last_batch_leaves_its_window_to_the_others(make_cfg):
+    """The window's good batches make its step; fp16's scaler once asserted ("No inf checks
+    were recorded") on an empty window, and the good gradients were thrown away."""
     kwargs = setup_loop(make_cfg, aug="none", batches=4)
     kwargs["scaler"] = torch.amp.GradScaler("cpu", enabled=True)
     real_loss, calls = kwargs["loss_fn"], {"n": 0}
@@ -158,10 +159,30 @@ def test_a_skipped_last_batch_closes_its_accumulation_window(make_cfg):
 
     kwargs["loss_fn"] = loss_nan_at_4
     steps = kwargs["scheduler"].last_epoch
+    before = [p.detach().clone() for p in kwargs["model"].parameters()]
     guard = engine.NanGuard(policy="skip", max_skips=10)
     done = engine.train_one_epoch(**kwargs, nan_guard=guard, accumulate_grad_batches=4)
     assert guard.skipped == 1 and done.batches == 4 and done.seen == 24
-    assert kwargs["scheduler"].last_epoch == steps, "the window was skipped: no step"
+    assert kwargs["scheduler"].last_epoch == steps + 1, "batches 1-3 make the window's step"
+    after = list(kwargs["model"].parameters())
+    assert not all(torch.equal(p, b) for p, b in zip(after, before, strict=True))
+
+
+def test_a_skipped_batch_at_a_window_boundary_keeps_the_windows_step(make_cfg):
+    """Windows of 2 over 4 batches, batch 2 not finite: still 2 steps (batch 1's was lost)."""
+    kwargs = setup_loop(make_cfg, aug="none", batches=4)
+    real_loss, calls = kwargs["loss_fn"], {"n": 0}
+
+    def loss_nan_at_2(logits, target):
+        calls["n"] += 1
+        loss = real_loss(logits, target)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    kwargs["loss_fn"] = loss_nan_at_2
+    steps = kwargs["scheduler"].last_epoch
+    guard = engine.NanGuard(policy="skip", max_skips=10)
+    engine.train_one_epoch(**kwargs, nan_guard=guard, accumulate_grad_batches=2)
+    assert guard.skipped == 1 and kwargs["scheduler"].last_epoch == steps + 2
 
 
 def test_a_stopped_epoch_continues_where_it_stopped(make_cfg):
