@@ -18,8 +18,14 @@ class ValidateConfigCallback(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Validates a single run's config."""
+        """Validates a single run's config; `sweep.resume` needs `-m`."""
         self._check(config)
+        resume = config.get("sweep", {}).get("resume")
+        if resume is not None:  # without -m the run would ignore it and train from scratch
+            raise SystemExit(
+                f"Error: sweep.resume={resume!r} resumes a sweep, which needs -m: "
+                f"python run.py -m sweep.resume={resume} <the sweep's own arguments>"
+            )
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Validates the sweep's base config; each job is validated again when it runs."""

@@ -161,6 +161,14 @@ def test_debug_profile_logs_a_trace_to_mlflow(make_cfg, tmp_path):
 
 
 @pytest.mark.slow
+def test_sweep_resume_without_multirun_is_refused_before_anything_is_written(tmp_path):
+    """It was ignored: the command trained one run from scratch."""
+    done = run_cli(f"paths.output_dir={tmp_path}/out", f"sweep.resume={tmp_path}/sweep")
+    assert done.returncode == 1
+    assert "sweep.resume=" in done.stderr and "needs -m" in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
+
+
 def test_help_shows_the_header_groups_and_completion(tmp_path):
     done = run_cli("--help", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
