@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,10 +191,19 @@ def run_audit(
 
 
 def _write_csv(path: Path, header, rows) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
+    """Writes a CSV atomically; a failure leaves the old file as it was.
+
+    A reader (e.g. a run's data.exclude) sees the old file or the new one, never half.
+    """
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with temp.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(rows)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def _write_near_duplicates(path: Path, lab: Any, merged: MergedFolds, names) -> int:

@@ -352,3 +352,20 @@ def test_fold_jobs_submitted_to_slurm_are_audited_when_collected(tmp_path):
     finally:
         subprocess.run(["scancel", *(job["job_id"] for job in jobs)], timeout=30)
     check_audited_sweep(out, sweep)
+
+
+def test_an_audit_csv_is_replaced_whole_or_not_at_all(tmp_path):
+    """A redo that fails while writing left a truncated label_issues.csv behind."""
+    from runner.sweeps.audit import _write_csv
+
+    path = tmp_path / "label_issues.csv"
+    _write_csv(path, ("sample_id", "is_label_issue"), [("a.png", True)])
+    before = path.read_text()
+
+    def rows():
+        yield ("b.png", True)
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        _write_csv(path, ("sample_id", "is_label_issue"), rows())
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
