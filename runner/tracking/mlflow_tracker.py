@@ -164,7 +164,7 @@ class MlflowTracker:
                 return
             self._opener = None
         name, location = self._experiment(experiment_name)
-        self.client, self.experiment_id = open_store(self.tracking_uri, name, location)
+        self.client, self.experiment_id, _ = open_store(self.tracking_uri, name, location)
 
     def _experiment(self, experiment_name: str) -> tuple[str, str | None]:
         """The experiment's name (the configured one first) and its artifact folder."""

@@ -74,19 +74,22 @@ def open_experiment(client: Any, name: str, artifact_location: str | None) -> st
         return client.get_experiment_by_name(name).experiment_id
 
 
-def open_store(tracking_uri: str, name: str, artifact_location: str | None) -> tuple[Any, str]:
-    """An MlflowClient on the store and the id of experiment `name`.
+def open_store(
+    tracking_uri: str, name: str, artifact_location: str | None
+) -> tuple[Any, str, list[str]]:
+    """An MlflowClient on the store, the id of experiment `name`, and the runs reaped.
 
     The first opening of a new SQLite store creates its tables (under the store's file
-    lock); RUNNING runs of processes on this host that are gone are marked KILLED.
+    lock); RUNNING runs of processes on this host that are gone are marked KILLED (their
+    ids are the third value).
     """
     from mlflow.tracking import MlflowClient
 
     with store_lock(tracking_uri):
         client = MlflowClient(tracking_uri=tracking_uri)
         experiment_id = with_retry(lambda: open_experiment(client, name, artifact_location))
-    with_retry(lambda: reap_stale_runs(client, [experiment_id]))
-    return client, experiment_id
+    reaped = with_retry(lambda: reap_stale_runs(client, [experiment_id]))
+    return client, experiment_id, reaped
 
 
 def open_run(
@@ -123,8 +126,9 @@ def serve(
         replies.flush()
 
     try:
-        client, experiment_id = open_store(tracking_uri, name, artifact_location)
-        reply({"experiment_id": experiment_id})
+        client, experiment_id, reaped = open_store(tracking_uri, name, artifact_location)
+        # The helper's own log goes nowhere on success: the training process reports them.
+        reply({"experiment_id": experiment_id, "reaped": reaped})
         line = requests.readline()
         if not line:
             return 0
@@ -201,6 +205,12 @@ class StoreOpener:
             answer = json.loads(line) if line else {}
         except json.JSONDecodeError:
             answer = {}
+        if answer.get("reaped"):
+            log.warning(
+                "marked %d stale run(s) of dead processes KILLED: %s",
+                len(answer["reaped"]),
+                answer["reaped"],
+            )
         if key in answer:
             return answer[key]
         if process.poll() is None:  # stuck (a lock on a network file system): stop it

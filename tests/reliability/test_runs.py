@@ -174,6 +174,8 @@ def test_sigkilled_run_is_reaped_by_the_tool_and_by_the_next_run(tmp_path):
         else:
             code, out = run_to_end(cli(tmp_path, tmp_path / "third", "trainer.max_epochs=1"))
             assert code == 0, out[-3000:]
+            # The store helper reaped it; the run says so (the helper's log went nowhere).
+            assert f"marked 1 stale run(s) of dead processes KILLED: ['{running[0][0]}']" in out
         (status,) = query(db, "SELECT status FROM runs WHERE run_uuid=?", running[0][0])[0]
         assert status == "KILLED"
 
