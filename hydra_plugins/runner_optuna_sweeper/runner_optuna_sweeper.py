@@ -30,8 +30,10 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from runner.sweeps.optuna_study import (
+    MONITOR_ATTR,
     SPACE_ATTR,
     build_sampler,
+    continued_sampler,
     plan_study,
     shown_storage,
     write_study_file,
@@ -135,6 +137,10 @@ class RunnerOptunaSweeper(Sweeper):
         )
         if SPACE_ATTR not in study.user_attrs:  # refuses continuing over another space
             study.set_user_attr(SPACE_ATTR, space_to_json(plan.space))
+        if MONITOR_ATTR not in study.user_attrs:  # ... or on another metric
+            study.set_user_attr(MONITOR_ATTR, plan.monitor)
+        if study.trials:  # a continued study: its sampler must not redraw the same points
+            study.sampler = continued_sampler(self.config, plan, len(study.trials))
         plan.study_name = study.study_name
         write_study_file(sweep_dir, plan)
         done_states = (TrialState.COMPLETE, TrialState.PRUNED)

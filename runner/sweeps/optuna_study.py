@@ -58,6 +58,8 @@ STORAGE_FORMS = ("sqlite:///", "postgresql", "mysql", "oracle", "mssql", "journa
 DIRECTIONS = ("maximize", "minimize")
 # Where a study's search space is kept, to refuse continuing it over another space.
 SPACE_ATTR = "runner.search_space"
+# The metric the study's trial values are (trainer.monitor): a study is continued only on it.
+MONITOR_ATTR = "runner.monitor"
 STUDY_FILE = "study.json"
 JOURNAL_PREFIX = "journal:///"
 # The password of an RDB URL (`postgresql://user:password@host/db`).
@@ -102,6 +104,7 @@ class StudyPlan:
     trial_override: str = "optuna.trial"
     spelled: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    monitor: str = ""
 
     def job_overrides(self, trial: Any) -> list[str]:
         """The overrides of the job that runs `trial`: the fixed ones, its params, its number."""
@@ -235,6 +238,21 @@ def build_sampler(node: Any, space: dict[str, Any], allowed: tuple[str, ...] = (
     return sampler
 
 
+def continued_sampler(config: DictConfig, plan: StudyPlan, trials_before: int) -> Any:
+    """The sampler for a stored study that already has `trials_before` trials.
+
+    A sampler seeded as in the first command would draw that command's points again (TPE
+    draws at random for its first trials): the seed is moved by the trials the study
+    has, so each continuation draws new points and stays reproducible.
+    """
+    node = _node(config.hydra.sweeper.get("sampler"), SAMPLER_TARGETS)
+    if not trials_before or not isinstance(node, dict) or node.get("seed") is None:
+        return plan.sampler
+    seed = (int(node["seed"]) * 1_000_003 + trials_before) % 2**32
+    allowed = tuple(f"{m}." for m in (OmegaConf.select(config, "allowed_targets") or []))
+    return build_sampler({**node, "seed": seed}, plan.space, allowed)
+
+
 def build_pruner(node: Any, allowed: tuple[str, ...] = ()) -> Any:
     """The pruner a `hydra.sweeper.pruner` node (or option name) describes.
 
@@ -288,12 +306,27 @@ def plan_study(config: DictConfig, arguments: list[str], *, open_store: bool = T
             "supported; give one direction (maximize or minimize) or null"
         )
         direction = None
+    follows = "maximize" if config.trainer.monitor_mode == "max" else "minimize"
     if direction is None:
-        direction = "maximize" if config.trainer.monitor_mode == "max" else "minimize"
+        direction = follows
     elif direction not in DIRECTIONS:
         problems.append(
             f"hydra.sweeper.direction={direction!r} is invalid: expected maximize, minimize or "
             "null (= from trainer.monitor_mode)"
+        )
+    elif direction != follows:  # each job returns its best value by monitor_mode
+        problems.append(
+            f"hydra.sweeper.direction={direction} contradicts trainer.monitor_mode="
+            f"{config.trainer.monitor_mode} ({config.trainer.monitor}): each job returns its "
+            "best value by monitor_mode. Leave hydra.sweeper.direction out (null), or set "
+            "trainer.monitor_mode"
+        )
+    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+    if launcher.endswith("SubmitOnlySlurmLauncher"):
+        problems.append(
+            "hydra/launcher=slurm_submit returns before the jobs ran, and the Optuna sweeper "
+            "needs each batch's results before it asks for the next: use "
+            "hydra/launcher=slurm (it waits for the jobs) with hparams_search=optuna"
         )
     storage = sweeper.get("storage")
     if storage is not None and (
@@ -342,6 +375,7 @@ def plan_study(config: DictConfig, arguments: list[str], *, open_store: bool = T
         n_jobs=int(sweeper.n_jobs),
         trial_override="optuna.trial" if "optuna" in config else "+optuna.trial",
         spelled=searched.spelled,
+        monitor=str(config.trainer.monitor),
     )
     if open_store and storage is not None and study_name is not None:
         problem = stored_study_problem(plan)
@@ -372,7 +406,8 @@ def stored_study_problem(plan: StudyPlan) -> str | None:
     except KeyError:
         return None  # a new study
     directions = [d.name.lower() for d in storage.get_study_directions(study_id)]
-    stored = storage.get_study_user_attrs(study_id).get(SPACE_ATTR)
+    attrs = storage.get_study_user_attrs(study_id)
+    stored = attrs.get(SPACE_ATTR)
     if stored is not None:
         stored_space = {k: json_to_distribution(v) for k, v in stored.items()}
     else:  # a study started before the space was kept: its trials' distributions
@@ -384,6 +419,12 @@ def stored_study_problem(plan: StudyPlan) -> str | None:
         "Give this search a new study (hydra.sweeper.study_name=<new name>), or continue "
         "it with the space it was started with"
     )
+    monitor = attrs.get(MONITOR_ATTR)
+    if monitor and plan.monitor and monitor != plan.monitor:
+        return (
+            f"{where} holds {monitor} values (its trainer.monitor); this command's jobs would "
+            f"return {plan.monitor}, and the sampler and pruner would compare the two. {fix}"
+        )
     if directions != [plan.direction]:
         return (
             f"{where} was started to {' and '.join(directions)}; this command would "

@@ -96,6 +96,15 @@ class SearchSpace:
     spelled: dict[str, str] = field(default_factory=dict)
 
 
+def _named(spelled: str, key: str, err: Exception) -> str:
+    """The error's text, led by the setting it is about when it does not name it.
+
+    Optuna's own checks (e.g. "`low > 0` must hold for `log=True`") name no key.
+    """
+    text = str(err)
+    return text if key in text else f"{spelled}: {text}"
+
+
 def search_space(params: dict[str, str] | None, arguments: list[str]) -> SearchSpace:
     """The search space from the preset's params and the command line, and the fixed rest.
 
@@ -107,8 +116,8 @@ def search_space(params: dict[str, str] | None, arguments: list[str]) -> SearchS
     for key, value in flatten_params(params or {}).items():
         try:
             found.space[key] = distribution_of(parser.parse_override(f"{key}={value}"))
-        except Exception as err:  # a grammar error or a single value
-            found.problems.append(str(err) if isinstance(err, ValueError) else f"{key}: {err}")
+        except Exception as err:  # a grammar error, a single value, Optuna's own refusal
+            found.problems.append(_named(f"hydra.sweeper.params.{key}={value}", key, err))
     try:
         overrides = parser.parse_overrides(arguments)
     except Exception as err:
@@ -120,7 +129,9 @@ def search_space(params: dict[str, str] | None, arguments: list[str]) -> SearchS
             try:
                 found.space[key] = distribution_of(override)
             except ValueError as err:
-                found.problems.append(str(err).replace("hydra.sweeper.params.", "", 1))
+                found.problems.append(
+                    _named(override.input_line, key, err).replace("hydra.sweeper.params.", "", 1)
+                )
             if override.get_key_element().startswith("+"):
                 found.spelled[key] = override.get_key_element()
             continue

@@ -23,9 +23,11 @@ from hydra_plugins.runner_optuna_sweeper.runner_optuna_sweeper import (
 from runner.sweeps.job import SweepJob, unescape
 from runner.sweeps.manifest import job_key, update_manifest
 from runner.sweeps.optuna_study import (
+    MONITOR_ATTR,
     SPACE_ATTR,
     SweepConfigError,
     build_pruner,
+    continued_sampler,
     open_storage,
     plan_study,
     shown_storage,
@@ -262,6 +264,47 @@ def test_a_stored_study_over_another_space_or_direction_is_refused(tmp_path):
     old.ask({"optim.lr": space("optim.lr=interval(0.1, 0.2)")})
     with pytest.raises(SweepConfigError, match=r"optim.lr: interval\(0.1, 0.2\)"):
         plan(tmp_path, "hydra.sweeper.study_name=old", "trainer.monitor_mode=min")
+
+
+def test_a_stored_study_of_another_metric_is_refused(tmp_path):
+    """Its trial values were val/acc: val/macro_f1 values would join them unnoticed."""
+    first = plan(tmp_path)
+    study = optuna.create_study(
+        study_name=first.study_name, storage=open_storage(first.storage), direction="maximize"
+    )
+    study.set_user_attr(MONITOR_ATTR, "val/acc")
+    assert plan(tmp_path).monitor == "val/acc"
+    with pytest.raises(SweepConfigError, match=r"holds val/acc values .*return val/macro_f1"):
+        plan(tmp_path, "trainer.monitor=val/macro_f1")
+
+
+def test_a_direction_against_the_monitor_or_a_launcher_that_does_not_wait_is_refused(tmp_path):
+    with pytest.raises(SweepConfigError) as raised:
+        plan(tmp_path, "hydra.sweeper.direction=minimize", "hydra/launcher=slurm_submit")
+    message = str(raised.value)
+    assert "direction=minimize contradicts trainer.monitor_mode=max (val/acc)" in message
+    assert "use hydra/launcher=slurm" in message  # it marked every trial FAIL, then stopped
+
+
+def test_a_continued_study_draws_new_points(tmp_path):
+    """The same seed drew the first command's points again (TPE starts at random)."""
+    config = sweep_cfg(tmp_path)
+    first = plan_study(config, [], open_store=False)
+    assert continued_sampler(config, first, 0) is first.sampler
+
+    def drawn(sampler) -> list[dict]:
+        study = optuna.create_study(sampler=sampler, direction="maximize")
+        return [study.ask(first.space).params for _ in range(2)]
+
+    again = plan_study(config, [], open_store=False)
+    assert drawn(first.sampler) == drawn(again.sampler), "one seed, one sequence"
+    continued = drawn(continued_sampler(config, plan_study(config, [], open_store=False), 2))
+    assert continued != drawn(plan_study(config, [], open_store=False).sampler)
+
+
+def test_a_search_space_error_names_its_key():
+    found = search_space({}, ["optim.lr=tag(log, interval(0, 1e-2))"])
+    assert found.problems[0].startswith("optim.lr=tag(log, interval(0, 1e-2)): `low > 0`")
 
 
 def test_a_trial_is_pruned_before_its_last_epoch_but_never_at_it(tmp_path):
