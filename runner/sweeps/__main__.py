@@ -118,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(summarize(args.sweep_dir, monitor, mode == "max").markdown)
         return 0
-    if not args.sweep_dir.is_dir():
-        print(f"Error: {args.sweep_dir} is not a directory: pass the sweep dir (hydra.sweep.dir)")
+    if not (args.sweep_dir / "multirun.yaml").is_file():
+        print(
+            f"Error: {args.sweep_dir} is not a sweep dir (it has no multirun.yaml): pass "
+            "the sweep dir itself (hydra.sweep.dir)"
+        )
         return 1
     jobs = sweep_jobs(args.sweep_dir)  # one squeue per job: asked once
     status = print_sweep(jobs)

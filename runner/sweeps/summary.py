@@ -94,7 +94,11 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     pick = max if maximize else min
     # With seeds (or folds) swept, a configuration is judged by its mean, not its luckiest.
     groups = _repeat_groups(complete, swept)
-    best_group = pick(groups, key=lambda g: g.mean) if groups else None
+    # Only the configurations with the most finished repeats are ranked: one whose other
+    # seeds failed (often because it diverged) would win on its one lucky run.
+    most = max((len(g.members) for g in groups), default=0)
+    ranked = [g for g in groups if len(g.members) == most]
+    best_group = pick(ranked, key=lambda g: g.mean) if ranked else None
     if best_group is not None:
         best = pick(best_group.members, key=lambda j: j["value"])
     else:
@@ -126,6 +130,12 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
         lines += ["", f"## Mean +- std over {' and '.join(repeats)}", ""]
         agg_header = [*varied, "+".join(repeats), monitor, *shown]
         lines += _markdown_table(agg_header, [g.row(shown) for g in groups])
+        if len(ranked) < len(groups):
+            lines += [
+                "",
+                f"Ranked: the configurations with {most} finished runs; those with fewer "
+                "(a failed or pruned repeat) are listed, not ranked.",
+            ]
     best_tags = {}
     best_metrics: dict[str, float] = {}
     if best_group is not None:
@@ -295,7 +305,8 @@ def _repeat_groups(jobs: list[dict[str, Any]], swept: list[str]) -> list[RepeatG
 
 
 def _std(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
+    # One run has no spread to measure: NaN, not a perfect agreement of 0.
+    return statistics.stdev(values) if len(values) > 1 else math.nan
 
 
 def _mean_std(values: list[float]) -> str:

@@ -486,6 +486,30 @@ def test_with_seeds_the_best_is_the_best_mean_over_seeds_not_the_luckiest_seed(t
     assert "| 1.0 |" not in summary.markdown.split("## Mean")[1]  # pruned: in no mean
 
 
+def test_a_configuration_whose_other_seeds_failed_does_not_win_on_its_one_run(tmp_path):
+    """lr=1e-2 finished 1 of 3 seeds (the others diverged): it won with a std of 0."""
+    values = {("1e-3", s): v for s, v in zip("012", (0.90, 0.88, 0.89), strict=True)}
+    values[("1e-2", "0")] = 0.93
+    for num, ((lr, seed), value) in enumerate(values.items()):
+        _job(tmp_path, num, [f"optim.lr={lr}", f"seed={seed}"], value)
+    for num, seed in ((4, "1"), (5, "2")):
+        update_manifest(
+            tmp_path,
+            job_key(["optim.lr=1e-2", f"seed={seed}"]),
+            status="FAILED",
+            num=num,
+            overrides=["optim.lr=1e-2", f"seed={seed}"],
+            run_dir=str(tmp_path / str(num)),
+        )
+    summary = summarize(tmp_path, monitor="val/acc", maximize=True)
+    assert summary.best_tags["best.optim.lr"] == "1e-3"
+    assert summary.best_value == pytest.approx(0.89)
+    assert "those with fewer (a failed or pruned repeat) are listed, not ranked" in (
+        summary.markdown
+    )
+    assert "| 1e-2 | 1 | 0.9300 +- nan |" in summary.markdown  # one run: no spread
+
+
 def test_a_storage_password_is_never_shown(tmp_path):
     assert shown_storage("postgresql://ann:s3cr:et@db.lan:5432/optuna") == (
         "postgresql://ann:***@db.lan:5432/optuna"
@@ -525,4 +549,5 @@ def test_the_summary_command_ranks_by_the_sweeps_own_monitor(tmp_path, capsys):
     # A dir that is not a sweep gets an error and no files.
     assert main(["summary", str(tmp_path / "elsewhere")]) == 1
     assert main(["collect", str(tmp_path / "elsewhere")]) == 1  # not a traceback
+    assert main(["collect", str(tmp_path)]) == 1  # one level too high: not a sweep dir
     assert not (tmp_path / "elsewhere").exists()
