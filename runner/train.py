@@ -83,7 +83,7 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
 
     with startup_clock.phase("data"):
         data = build_data(cfg.data)
-    data = overfit_subset(data, cfg.trainer.overfit_batches, cfg.trainer.batch_size)
+    data = overfit_subset(data, cfg.trainer.overfit_batches, cfg.trainer.batch_size, cfg.seed)
     loaders = build_loaders(data, cfg.sampler, cfg.trainer, cfg.seed, ctx.device)
     check_training_data(cfg, data, len(loaders[0]))  # before the model: nothing spent yet
     augment = instantiate(cfg.aug, num_classes=data.num_classes).to(ctx.device)

@@ -108,3 +108,19 @@ def test_balanced_sampler_draws_classes_about_equally():
     draws = WeightedClassSampler(labels, seed=0).indices(0)
     shares = torch.bincount(labels[draws], minlength=3).float() / len(draws)
     assert torch.allclose(shares, torch.full((3,), 1 / 3), atol=0.05), shares
+
+
+def test_overfit_batches_draw_every_class_of_a_folder_stored_class_by_class(tmp_path):
+    """The first 32 samples of a class-sorted folder were one class: a constant "fits" them."""
+    from runner.data.debug import overfit_subset
+    from runner.data.sets.imagefolder import load_imagefolder
+    from tests.datagen import make_imagefolder
+
+    root = make_imagefolder(tmp_path / "pics", per_class=40, splits=("train", "test"))
+    data = load_imagefolder(str(root), image_size=16, num_workers=0, val_fraction=0.1)
+    assert data.train.labels[:32].unique().tolist() == [0], "stored class by class"
+    picked = overfit_subset(data, overfit_batches=2, batch_size=16, seed=0)
+    assert len(picked.train) == 32 and picked.val is picked.train
+    assert picked.train.labels.unique().tolist() == [0, 1, 2]
+    again = overfit_subset(data, overfit_batches=2, batch_size=16, seed=0)
+    assert list(again.train.ids) == list(picked.train.ids), "seeded"
