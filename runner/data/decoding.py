@@ -90,7 +90,10 @@ def _decode_torchvision(data: bytes) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_image
 
     buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    return _to_uint8(decode_image(buffer, mode=ImageReadMode.RGB))
+    image = decode_image(buffer, mode=ImageReadMode.RGB)
+    if image.ndim == 4:  # an animated GIF: (frames, 3, H, W); its first frame, as Pillow's
+        image = image[0]
+    return _to_uint8(image)
 
 
 def _decode_pillow(data: bytes) -> torch.Tensor:

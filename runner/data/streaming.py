@@ -11,6 +11,7 @@ one is used. Images stay uint8 until the device.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -188,7 +189,9 @@ class StreamingLoader(EpochBatches):
         workers = split.num_workers
         self._loader = torch.utils.data.DataLoader(
             split._dataset(split.on_bad_file),
-            batch_sampler=_OrderedBatchSampler(self),
+            # A weak reference: loader -> DataLoader -> sampler -> loader was a cycle, so
+            # a dropped loader kept its persistent workers until a garbage collection.
+            batch_sampler=_OrderedBatchSampler(weakref.proxy(self)),
             collate_fn=_first,
             num_workers=workers,
             pin_memory=self.device.type == "cuda",

@@ -381,3 +381,35 @@ def test_a_decode_cache_that_cannot_be_written_leaves_no_part_file_and_says_why(
     assert list(tmp_path.iterdir()) == [], "no cache file and no part of one"
     assert "the decode cache" in caplog.text and "was not written" in caplog.text
     decoding.clear_memory_cache()
+
+
+def test_an_animated_gif_decodes_to_its_first_frame(tmp_path):
+    """torchvision gives (frames, 3, H, W): writing it into a 3-D slot crashed the decode."""
+    from PIL import Image
+
+    frames = [Image.new("RGB", (10, 10), (v, v, v)) for v in (200, 40, 90)]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    image = decode_record(str(path), 8)
+    assert image.shape == (3, 8, 8) and abs(int(image[0, 4, 4]) - 200) <= 2
+
+
+def test_a_dropped_streaming_loader_stops_its_workers_at_once(tmp_path):
+    """A reference cycle kept its persistent workers alive until a garbage collection."""
+    import gc
+    import multiprocessing
+
+    root = tmp_path / "data"
+    for label in ("a", "b"):
+        for i in range(4):
+            write_noise_jpeg(root / "train" / label / f"{i}.jpg", seed=i)
+    data = load(root, resident=False, num_workers=1)
+    gc.disable()  # what a collection would have cleaned up must go without one
+    try:
+        loader = data.train.loader(4, CPU)
+        assert sum(len(labels) for _, labels in loader) == 8
+        assert multiprocessing.active_children()
+        del loader
+        assert multiprocessing.active_children() == []
+    finally:
+        gc.enable()
