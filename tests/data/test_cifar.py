@@ -38,6 +38,15 @@ def test_missing_cifar_files_name_data_root(tmp_path):
     assert "data_batch_1" in message and "data.download=true" in message
 
 
+def test_a_truncated_cifar_file_is_named_with_the_fix(tmp_path):
+    """A cut-off copy or download ended in a bare 'pickle data was truncated'."""
+    write_cifar(tmp_path, "cifar10", per_file=20)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:200])
+    with pytest.raises(DataError, match=r"data_batch_3 is not a whole CIFAR file.*download"):
+        load_cifar("cifar10", root=str(tmp_path))
+
+
 def test_failed_download_names_data_root_and_the_cause(tmp_path, monkeypatch):
     from urllib.error import URLError
 

@@ -36,8 +36,15 @@ _LAYOUT = {
 
 
 def _unpickle(path: Path) -> dict:
-    with path.open("rb") as handle:
-        entry = pickle.load(handle, encoding="latin1")
+    try:
+        with path.open("rb") as handle:
+            entry = pickle.load(handle, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError) as err:
+        raise DataError(
+            f"{path} is not a whole CIFAR file ({type(err).__name__}: {err}): a truncated "
+            "copy or an interrupted download. Delete the folder under data.root and run "
+            "again with data.download=true, or copy it again"
+        ) from err
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
 
 
