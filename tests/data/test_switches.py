@@ -114,6 +114,25 @@ def test_build_data_applies_switches_from_the_config(make_cfg):
     assert (data.clean_train_labels != data.train.labels).any()
 
 
+def test_the_noise_rate_is_the_final_train_splits_after_exclusion(make_cfg, tmp_path):
+    """data.actual_noise_rate kept the rate before data.exclude dropped the flipped labels."""
+    noisy = build_data(make_cfg("data.label_noise=0.3", tiny=False).data)
+    flipped = [
+        str(i)
+        for i, clean, label in zip(
+            noisy.train.ids, noisy.clean_train_labels, noisy.train.labels, strict=True
+        )
+        if clean != label
+    ]
+    assert noisy.extra_params["data.actual_noise_rate"] > 0.25
+    listing = tmp_path / "flipped.csv"
+    listing.write_text("sample_id\n" + "\n".join(flipped) + "\n")
+    cleaned_cfg = make_cfg("data.label_noise=0.3", f"data.exclude={listing}", tiny=False)
+    cleaned = build_data(cleaned_cfg.data)
+    assert len(cleaned.train) == len(noisy.train) - len(flipped)
+    assert cleaned.extra_params["data.actual_noise_rate"] == 0.0
+
+
 class RecordingTracker(NullTracker):
     def __init__(self):
         self.params, self.artifacts = {}, []
