@@ -70,7 +70,8 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
     last = run_dir / "checkpoints" / "last.pt"
     saved = run_dir / "config_resolved.yaml"
     has_checkpoint = last.exists() or checkpoint_io.previous_path(last).exists()
-    if cfg.trainer.resume != "auto" or not has_checkpoint or not saved.is_file():
+    # A path resume also continues this dir's own last.pt once there is one.
+    if cfg.trainer.resume == "never" or not has_checkpoint or not saved.is_file():
         return
     before = OmegaConf.to_container(OmegaConf.load(saved))
     changes = config_changes(before, redacted_container(cfg), MAY_CHANGE_ON_RESUME)
@@ -88,18 +89,36 @@ def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts) -> TrainSt
     """Restores the newest loadable checkpoint when resuming, else a fresh state.
 
     `resume=auto` continues from this run dir's checkpoints/last.pt (or, when that file
-    is damaged, the one before it); `never` starts fresh; a path resumes from that file.
+    is damaged, the one before it); `never` starts fresh; a path starts from that file (a
+    new MLflow run, with its best.pt along), and once this run dir has a last.pt of its
+    own (a stop, a requeue), it goes on from that one, as `auto` does.
+
+    Raises:
+        ConfigError: The path is not a last.pt, or its weights do not fit the model.
     """
     if resume == "never":
         return TrainState()
-    if resume == "auto":
-        last = run_dir / "checkpoints" / "last.pt"
-        if not (last.exists() or checkpoint_io.previous_path(last).exists()):
-            return TrainState()
+    last = run_dir / "checkpoints" / "last.pt"
+    own = last.exists() or checkpoint_io.previous_path(last).exists()
+    if resume == "auto" and not own:
+        return TrainState()
+    if own:  # a path resume that ran here before (stopped, requeued) goes on from here
         saved, source = checkpoint_io.load_newest(last)
     else:
         saved, source = checkpoint_io.load_checkpoint(resume), Path(resume)
-    parts.model.load_state_dict(saved["model"])
+        if not isinstance(saved, dict) or not {"optimizer", "state"} <= saved.keys():
+            raise ConfigError(
+                f"trainer.resume={resume!r} is not a last.pt (it holds no optimizer and "
+                "training state; a best.pt has weights only): pass the run's "
+                "checkpoints/last.pt, or fine-tune from weights with model.pretrained_file"
+            )
+    try:
+        parts.model.load_state_dict(saved["model"])
+    except RuntimeError as err:
+        raise ConfigError(
+            f"{source} does not fit this model ({str(err).splitlines()[0]}): resume with the "
+            "model settings it was trained with"
+        ) from err
     parts.optimizer.load_state_dict(saved["optimizer"])
     parts.scheduler.load_state_dict(saved["scheduler"])
     parts.scaler.load_state_dict(saved["scaler"])
@@ -107,7 +126,8 @@ def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts) -> TrainSt
         parts.ema.module.load_state_dict(saved["ema"])
     set_rng_state(saved["rng"])
     state = TrainState(**saved["state"])
-    if resume != "auto":
+    if not own:  # another run's checkpoint: this run keeps its own MLflow run
+        state.mlflow_run_id = None
         _take_best_along(Path(resume), run_dir, state)
     log.info("resumed from %s: epoch %d done, step %d", source, state.epoch, state.global_step)
     return state

@@ -92,3 +92,30 @@ def test_a_run_resumed_from_another_dirs_last_pt_takes_its_best_pt_along(tmp_pat
     with pytest.raises(ConfigError, match=r"trainer\.resume=.*best\.pt does not exist"):
         run(compose_run(tmp_path, "third", "logger=none", f"trainer.resume={last}"))
     assert not (tmp_path / "third" / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_run_resumed_from_a_path_is_its_own_run_and_goes_on_from_its_own_last_pt(
+    tmp_path, caplog
+):
+    """It reopened the source's MLflow run (its record overwritten), and running it again
+    (the printed "continue it with" command, a requeue) restarted from the path each time."""
+    import logging
+
+    from runner.cli import run
+    from runner.config.errors import ConfigError
+    from tests.conftest import compose_run, query
+
+    run(compose_run(tmp_path, "first"))
+    last = tmp_path / "first" / "checkpoints" / "last.pt"
+    run(compose_run(tmp_path, "second", f"trainer.resume={last}", "trainer.max_epochs=2"))
+    db = tmp_path / "outputs" / "mlflow.db"
+    assert len(query(db, "SELECT run_uuid FROM runs")) == 2, "a run of its own"
+    own = tmp_path / "second" / "checkpoints" / "last.pt"
+    with caplog.at_level(logging.INFO, logger="runner"):
+        run(compose_run(tmp_path, "second", f"trainer.resume={last}", "trainer.max_epochs=3"))
+    assert f"resumed from {own}: epoch 2 done" in caplog.text
+    assert len(query(db, "SELECT run_uuid FROM runs")) == 2, "the second run, continued"
+    best = tmp_path / "first" / "checkpoints" / "best.pt"
+    with pytest.raises(ConfigError, match=r"is not a last\.pt .*a best\.pt has weights only"):
+        run(compose_run(tmp_path, "third", f"trainer.resume={best}"))
