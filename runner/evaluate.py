@@ -190,37 +190,40 @@ def run_predict(cfg: DictConfig) -> float:
     header += [f"{kind}_{rank}" for rank in range(1, topk + 1) for kind in ("class", "prob")]
     labelled = failed = 0
     tmp = output.with_name(f".{output.name}.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([*header, "error"])
-        for start in range(0, len(files), cfg.predict.batch_size):
-            chunk = files[start : start + cfg.predict.batch_size]
-            rows: dict[int, list[str]] = {}
-            images, kept = [], []
-            for index, file in enumerate(chunk):
-                try:
-                    images.append(decode_record(file, size))
-                    kept.append(index)
-                except BadImageError as err:
-                    rows[index] = [str(file), "", "", *[""] * (2 * topk), str(err)]
-            if images:
-                batch = torch.stack(images).to(ctx.device)
-                with torch.inference_mode(), autocast():
-                    logits = predictor(loaded.normalize(loaded.augment(batch)))
-                probs, classes = logits.float().softmax(-1).topk(topk, dim=-1)
-                for index, row_probs, row_classes in zip(
-                    kept, probs.tolist(), classes.tolist(), strict=True
-                ):
-                    ranked = [
-                        v
-                        for c, p in zip(row_classes, row_probs, strict=True)
-                        for v in (names[c], f"{p:.6f}")
-                    ]
-                    rows[index] = [str(chunk[index]), ranked[0], ranked[1], *ranked, ""]
-            writer.writerows(rows[index] for index in range(len(chunk)))  # in file order
-            labelled += len(kept)
-            failed += len(chunk) - len(kept)
-    os.replace(tmp, output)  # a complete file or none: an earlier CSV is never half-written
+    try:
+        with tmp.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([*header, "error"])
+            for start in range(0, len(files), cfg.predict.batch_size):
+                chunk = files[start : start + cfg.predict.batch_size]
+                rows: dict[int, list[str]] = {}
+                images, kept = [], []
+                for index, file in enumerate(chunk):
+                    try:
+                        images.append(decode_record(file, size))
+                        kept.append(index)
+                    except BadImageError as err:
+                        rows[index] = [str(file), "", "", *[""] * (2 * topk), str(err)]
+                if images:
+                    batch = torch.stack(images).to(ctx.device)
+                    with torch.inference_mode(), autocast():
+                        logits = predictor(loaded.normalize(loaded.augment(batch)))
+                    probs, classes = logits.float().softmax(-1).topk(topk, dim=-1)
+                    for index, row_probs, row_classes in zip(
+                        kept, probs.tolist(), classes.tolist(), strict=True
+                    ):
+                        ranked = [
+                            v
+                            for c, p in zip(row_classes, row_probs, strict=True)
+                            for v in (names[c], f"{p:.6f}")
+                        ]
+                        rows[index] = [str(chunk[index]), ranked[0], ranked[1], *ranked, ""]
+                writer.writerows(rows[index] for index in range(len(chunk)))  # in file order
+                labelled += len(kept)
+                failed += len(chunk) - len(kept)
+        os.replace(tmp, output)  # a complete file or none: an earlier CSV is never half-written
+    finally:
+        tmp.unlink(missing_ok=True)  # after an error (or Ctrl-C) no partial file is left
     log.info(
         "predict: %d image(s) labelled, %d could not be read; wrote %s", labelled, failed, output
     )

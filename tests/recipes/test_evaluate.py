@@ -132,6 +132,29 @@ def test_predict_writes_top_k_with_class_names_in_file_order(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_predict_that_fails_leaves_no_partial_file(tmp_path):
+    """A one-channel model gets RGB files: the failure left .predictions.csv.tmp behind."""
+    run(compose_run(tmp_path, "gray", "data.channels=1", "+model.in_chans=1", "logger=none"))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    write_png(torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8), str(folder / "a.png"))
+    out = tmp_path / "preds"
+    ckpt = tmp_path / "gray" / "checkpoints" / "best.pt"
+    predicting = compose_run(
+        tmp_path,
+        "p",
+        "mode=predict",
+        f"ckpt={ckpt}",
+        f"predict.input={folder}",
+        f"predict.output={out}/",
+        "logger=none",
+    )
+    with pytest.raises(RuntimeError, match="channels"):
+        run(predicting)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.slow
 def test_ckpt_errors_name_the_file_and_the_fix(tmp_path, trained):
     cfg = compose_run(trained[0], "unused")  # the trained run's MLflow store
     with pytest.raises(CheckpointError, match=r"ckpt='/nope/best.pt': no such file"):
