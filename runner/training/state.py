@@ -74,6 +74,15 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
     if cfg.trainer.resume == "never" or not has_checkpoint or not saved.is_file():
         return
     before = OmegaConf.to_container(OmegaConf.load(saved))
+    epochs_before = before.get("trainer", {}).get("max_epochs")
+    if epochs_before is not None and epochs_before != cfg.trainer.max_epochs:
+        log.warning(
+            "trainer.max_epochs %s -> %s on resume: the lr schedule is rebuilt for the new "
+            "length and continues at the same step, so its lr jumps (warmup, milestones and "
+            "the cosine are fractions of the whole run)",
+            epochs_before,
+            cfg.trainer.max_epochs,
+        )
     changes = config_changes(before, redacted_container(cfg), MAY_CHANGE_ON_RESUME)
     if changes:
         listing = "\n  - ".join(changes[:20]) + (" ..." if len(changes) > 20 else "")
