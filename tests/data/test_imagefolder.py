@@ -413,3 +413,18 @@ def test_a_dropped_streaming_loader_stops_its_workers_at_once(tmp_path):
         assert multiprocessing.active_children() == []
     finally:
         gc.enable()
+
+
+def test_a_streamed_folder_of_tga_files_is_read_as_a_resident_one(tmp_path):
+    """The streaming check knew only some signatures: TGA files were "not an image"."""
+    from PIL import Image
+
+    root = tmp_path / "tga"
+    for label, shade in (("a", 30), ("b", 220)):
+        for i in range(3):
+            path = root / "train" / label / f"{i}.tga"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (12, 12), (shade, shade, shade)).save(path)
+    streamed = load(root, resident=False)
+    assert len(streamed.train) == 6 and streamed.bad_files == []
+    assert sum(len(labels) for _, labels in streamed.train.loader(4, CPU)) == 6

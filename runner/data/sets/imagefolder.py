@@ -14,6 +14,7 @@ workers (`runner.data.streaming`).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Sequence
@@ -165,7 +166,24 @@ def sniff(record: Any) -> str | None:
         return f"{name}: empty file (0 bytes)"
     if head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return None
+    if _pillow_knows(record, name):  # formats without a signature here (TGA, ICO, ...)
+        return None
     return f"{name}: not an image (unknown format)"
+
+
+def _pillow_knows(record: Any, name: str) -> bool:
+    """Whether Pillow recognises the file's header (it reads no pixels).
+
+    The decoder falls back to Pillow for the formats torchvision does not read.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        source = io.BytesIO(bytes(record["bytes"])) if isinstance(record, dict) else name
+        with Image.open(source):
+            return True
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
 
 
 def load_imagefolder(
