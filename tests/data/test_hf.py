@@ -75,3 +75,19 @@ def test_class_count_other_than_num_classes_stops(tmp_path):
             num_classes=5,
             **common(tmp_path),
         )
+
+
+def test_a_split_the_data_set_lacks_is_named_with_its_key(tmp_path):
+    """A single file under the default split_test=test, and a saved DatasetDict without a
+    test split, ended in bare ValueError / KeyError tracebacks."""
+    from datasets import load_dataset
+
+    path = write_hf_parquet(tmp_path / "bugs.parquet")
+    settings = {"image_key": "img", "label_key": "y", **common(tmp_path)}
+    with pytest.raises(DataError, match=r"data\.split_test='test': .*split_test=null"):
+        load_hf(str(path), **settings)
+    saved = tmp_path / "saved"
+    loaded = load_dataset("parquet", data_files=str(path), cache_dir=str(tmp_path / "hf"))
+    loaded.save_to_disk(str(saved))
+    with pytest.raises(DataError, match=r"data\.split_test='test'.*saved splits \(train\)"):
+        load_hf(str(saved), **settings)

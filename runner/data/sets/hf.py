@@ -79,7 +79,16 @@ def _loader(name: str, config_name: str | None, revision: str | None, hf_cache_d
     ):
         saved = datasets.load_from_disk(str(path))
         if isinstance(saved, datasets.DatasetDict):
-            return lambda split: saved[split]
+
+            def saved_split(split: str):
+                if split not in saved:
+                    raise KeyError(
+                        f"{split!r} is not one of the saved splits ({', '.join(saved)}); a "
+                        "saved data set takes split names only, not slices"
+                    )
+                return saved[split]
+
+            return saved_split
 
         def only_split(split: str):
             if split != "train":
@@ -168,7 +177,20 @@ def load_hf(
     datasets = _import_datasets()
     load = _loader(name, config_name, revision, hf_cache_dir)
     specs = {"train": split_train, "val": split_val, "test": split_test}
-    loaded = {split: load(spec) for split, spec in specs.items() if spec is not None}
+    loaded = {}
+    for split, spec in specs.items():
+        if spec is None:
+            continue
+        try:
+            loaded[split] = load(spec)
+        except (KeyError, ValueError) as err:  # an unknown split name (or slice)
+            if isinstance(err, DataError) or "split" not in str(err).lower():
+                raise
+            reason = err.args[0] if err.args else err
+            raise DataError(
+                f"data.split_{split}={spec!r}: data.name={name!r} has no such split ({reason}). "
+                f"Name one it has, or set data.split_{split}=null to carve it from train"
+            ) from err
     train = loaded["train"]
     missing = [k for k in (image_key, label_key) if k not in train.column_names]
     if missing:
