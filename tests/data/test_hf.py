@@ -91,3 +91,30 @@ def test_a_split_the_data_set_lacks_is_named_with_its_key(tmp_path):
     loaded.save_to_disk(str(saved))
     with pytest.raises(DataError, match=r"data\.split_test='test'.*saved splits \(train\)"):
         load_hf(str(saved), **settings)
+
+
+def test_a_csv_of_image_paths_sees_its_files_change(tmp_path):
+    """The decode cache was keyed by the table alone: rewritten images kept old pixels."""
+    import os
+
+    from PIL import Image
+
+    def write_images(shade: int) -> None:
+        for i in range(6):
+            path = tmp_path / "img" / f"{i}.png"
+            path.parent.mkdir(exist_ok=True)
+            Image.new("RGB", (8, 8), (shade, shade, shade)).save(path)
+            os.utime(path, ns=(shade * 10**9, shade * 10**9))  # a new modification time
+
+    write_images(10)
+    table = tmp_path / "files.csv"
+    rows = [f"{tmp_path / 'img' / f'{i}.png'},{'ab'[i % 2]}" for i in range(6)]
+    table.write_text("img,y\n" + "\n".join(rows) + "\n")
+    settings = {"image_key": "img", "label_key": "y", "split_test": None, "resident": True}
+    settings.update(val_fraction=0.0, test_fraction=0.0, cache_dir=str(tmp_path / "cache"))
+    first = load_hf(str(table), **settings, **common(tmp_path))
+    assert int(first.train.images[0, 0, 0, 0]) == 10
+    write_images(250)
+    decoding.clear_memory_cache()
+    again = load_hf(str(table), **settings, **common(tmp_path))
+    assert int(again.train.images[0, 0, 0, 0]) == 250

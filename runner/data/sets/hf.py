@@ -60,6 +60,23 @@ class _Column(Sequence):
         return f"{self.label}[{int(index)}]"
 
 
+def _file_stats(column: _Column) -> list[tuple[str, int, int]]:
+    """(path, size, mtime) of each file a column of paths names; [] for embedded bytes."""
+    first = column[0] if len(column) else None
+    if first is None or (isinstance(first, dict) and first.get("bytes")):
+        return []
+    stats = []
+    for index in range(len(column)):
+        record = column[index]
+        path = record["path"] if isinstance(record, dict) else str(record)
+        try:
+            stat = os.stat(path)
+            stats.append((path, stat.st_size, stat.st_mtime_ns))
+        except OSError:  # gone or unreadable: decoding lists it as a bad file
+            stats.append((path, -1, -1))
+    return stats
+
+
 def _import_datasets():
     try:
         import datasets
@@ -225,13 +242,15 @@ def load_hf(
         ids[split] = record_ids(dataset, image_key, folder, f"{label}:{specs[split]}")
     ids = _unique_ids(ids)
     fingerprints = [(s, d._fingerprint, len(d)) for s, d in loaded.items()]
+    # A column of file paths: the table's fingerprint does not see the files change.
+    files = [_file_stats(column) for column in records.values()]
     return splits_from_records(
         name=label,
         records=records,
         labels=labels,
         ids=ids,
         class_names=class_names,
-        content_key=(name, config_name, revision, image_key, label_key, fingerprints),
+        content_key=(name, config_name, revision, image_key, label_key, fingerprints, files),
         where=f"data.name={name!r}",
         image_size=image_size,
         val_fraction=val_fraction,
