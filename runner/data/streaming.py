@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from runner.data.decoding import BadImageError, decode_record, record_name
+from runner.data.decoding import BadImageError, DataError, decode_record, record_name
 from runner.data.loaders import EpochBatches
 
 log = logging.getLogger(__name__)
@@ -126,9 +126,7 @@ class _DecodeBatches(torch.utils.data.Dataset):
             record = self.records[position]
             try:
                 images[row] = decode_record(record, self.size)
-            except BadImageError as err:
-                if self.on_bad == "error":
-                    raise
+            except BadImageError as err:  # under on_bad_file=error the loader raises it
                 keep[row] = False
                 bad.append((record_name(record), str(err)))
         labels = self.labels[indices]
@@ -210,6 +208,11 @@ class StreamingLoader(EpochBatches):
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels, bad in self._loader:
+            if bad and self.split.on_bad_file == "error":  # here, not in a worker: one line
+                raise DataError(
+                    f"{bad[0][1]} (data.on_bad_file=error): fix or remove the file, or set "
+                    "data.on_bad_file=skip to leave undecodable files out and list them"
+                )
             for name, reason in bad:
                 if name not in self._seen_bad:
                     self._seen_bad.add(name)
