@@ -28,8 +28,8 @@ class Outbox:
     Args:
         send: Performs one operation against the server; raises when it cannot.
         refused: Whether an error of `send` is the server refusing the operation for good;
-            such an operation is dropped with an error instead of holding up the ones
-            after it (the run's final status among them).
+            such an operation is tried once more, then dropped with an error instead of
+            holding up the ones after it (the run's final status among them).
     """
 
     def __init__(
@@ -51,6 +51,7 @@ class Outbox:
 
     def _deliver(self) -> None:
         delay, failing = 0.5, False
+        refused_once = None  # the op refused once: it is tried once more before it is dropped
         while True:
             with self._cond:
                 while not self._ops and self._deadline is None:
@@ -61,6 +62,13 @@ class Outbox:
             try:
                 self._send(op)
             except Exception as err:
+                # A refusal can be a race another job lost (a dataset that two runs
+                # insert at once): the second try finds the row, a lasting one fails again.
+                if self._refused(err) and refused_once is not op:
+                    refused_once = op
+                    with self._cond:
+                        self._cond.wait(0.5)
+                    continue
                 if self._refused(err):
                     log.error(
                         "MLflow cannot take a %r logging operation (%s); it is dropped so "

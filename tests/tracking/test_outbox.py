@@ -64,3 +64,37 @@ def test_only_a_final_answer_of_the_store_is_a_refusal():
     assert not refused_for_good(OSError(28, "No space left on device"))  # may be freed
     assert refused_for_good(FileNotFoundError(2, "No such file or directory"))
     assert refused_for_good(PermissionError(13, "Permission denied"))
+
+
+def test_a_refusal_a_second_try_does_not_repeat_is_delivered(tmp_path, caplog):
+    """Eight jobs logging one data set to a server at once: the insert one of them loses
+    comes back as a 400 (what the server answers in that race, injected here once); the
+    second try finds the row. Dropped at the first refusal, the run lost its inputs."""
+    from runner.tracking.inputs import DatasetRecord
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("race", artifact_location=(tmp_path / "a").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    lost_race = {"left": 1}
+
+    def send(op):
+        if op[0] == "inputs" and lost_race["left"]:
+            lost_race["left"] -= 1
+            raise MlflowException(
+                "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                "datasets.name, datasets.digest",
+                error_code=codes.BAD_REQUEST,
+            )
+        apply_op(client, run_id, op)
+
+    record = DatasetRecord(
+        name="digits", digest="abc", source_type="code", source="{}", context="train"
+    )
+    outbox = Outbox(send, refused=refused_for_good)
+    with caplog.at_level(logging.ERROR, logger="runner"):
+        outbox.put(("inputs", [record.to_json()]))
+        outbox.put(("status", "FINISHED"))
+        assert outbox.close(timeout_s=10) == []
+    run = client.get_run(run_id)
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["digits"]
+    assert "cannot take" not in caplog.text
