@@ -117,17 +117,21 @@ def test_gradient_clipping_bounds_the_update(make_cfg):
     assert moved.norm() <= 1e-3 + 1e-6
 
 
+def nan_at(loss_fn, bad_call: int):
+    """`loss_fn`, whose `bad_call`-th call (from 1) returns NaN."""
+    calls = {"n": 0}
+
+    def loss(logits, target):
+        calls["n"] += 1
+        value = loss_fn(logits, target)
+        return value * float("nan") if calls["n"] == bad_call else value
+
+    return loss
+
+
 def test_nan_policy_stop_names_the_first_bad_step(make_cfg):
     kwargs = setup_loop(make_cfg, aug="none", batches=20)
-    calls = {"n": 0}
-    real_loss = kwargs["loss_fn"]
-
-    def loss_nan_at_7(logits, target):
-        calls["n"] += 1
-        loss = real_loss(logits, target)
-        return loss * float("nan") if calls["n"] == 7 else loss
-
-    kwargs["loss_fn"] = loss_nan_at_7
+    kwargs["loss_fn"] = nan_at(kwargs["loss_fn"], 7)
     with pytest.raises(engine.NonFiniteLossError, match="non-finite loss at step 107"):
         engine.train_one_epoch(**kwargs, log_every_n_steps=10, first_step=101)
 
@@ -150,14 +154,7 @@ def test_a_skipped_last_batch_leaves_its_window_to_the_others(make_cfg):
     were recorded") on an empty window, and the good gradients were thrown away."""
     kwargs = setup_loop(make_cfg, aug="none", batches=4)
     kwargs["scaler"] = torch.amp.GradScaler("cpu", enabled=True)
-    real_loss, calls = kwargs["loss_fn"], {"n": 0}
-
-    def loss_nan_at_4(logits, target):
-        calls["n"] += 1
-        loss = real_loss(logits, target)
-        return loss * float("nan") if calls["n"] == 4 else loss
-
-    kwargs["loss_fn"] = loss_nan_at_4
+    kwargs["loss_fn"] = nan_at(kwargs["loss_fn"], 4)
     steps = kwargs["scheduler"].last_epoch
     before = [p.detach().clone() for p in kwargs["model"].parameters()]
     guard = engine.NanGuard(policy="skip", max_skips=10)
@@ -171,14 +168,7 @@ def test_a_skipped_last_batch_leaves_its_window_to_the_others(make_cfg):
 def test_a_skipped_batch_at_a_window_boundary_keeps_the_windows_step(make_cfg):
     """Windows of 2 over 4 batches, batch 2 not finite: still 2 steps (batch 1's was lost)."""
     kwargs = setup_loop(make_cfg, aug="none", batches=4)
-    real_loss, calls = kwargs["loss_fn"], {"n": 0}
-
-    def loss_nan_at_2(logits, target):
-        calls["n"] += 1
-        loss = real_loss(logits, target)
-        return loss * float("nan") if calls["n"] == 2 else loss
-
-    kwargs["loss_fn"] = loss_nan_at_2
+    kwargs["loss_fn"] = nan_at(kwargs["loss_fn"], 2)
     steps = kwargs["scheduler"].last_epoch
     guard = engine.NanGuard(policy="skip", max_skips=10)
     engine.train_one_epoch(**kwargs, nan_guard=guard, accumulate_grad_batches=2)
