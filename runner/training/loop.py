@@ -89,10 +89,12 @@ def decide_after_epoch(
         state.best_tie_break = math.nan if tie_break is None else tie_break
     else:
         state.epochs_since_best += 1
-    if interrupted:
-        return EpochDecision(improved, "interrupted")
+    # Non-finite first: a signal during the validation of a diverged epoch would save its
+    # weights as last.pt, over the last good one.
     if not finite and stop_if_not_finite:
         return EpochDecision(improved, "non-finite")
+    if interrupted:
+        return EpochDecision(improved, "interrupted")
     if prune():
         return EpochDecision(improved, "pruned")
     if patience is not None and state.epochs_since_best >= patience:

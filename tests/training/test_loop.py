@@ -94,3 +94,22 @@ def test_a_run_whose_patience_was_met_trains_no_more_epochs_when_resumed(tmp_pat
     more = ["trainer.max_epochs=4", "trainer.early_stopping_patience=1"]  # may change
     run(compose_run(tmp_path, "r", *slow, *more))
     assert torch.load(last, weights_only=True)["state"]["epoch"] == 2
+
+
+def test_a_diverged_epoch_stops_as_diverged_even_when_a_signal_came_too():
+    """As "interrupted", its non-finite weights were saved as last.pt over the last good."""
+    state = TrainState(epoch=3)
+    decision = decide_after_epoch(
+        state, math.nan, maximize=True, patience=None, interrupted=True, finite=False
+    )
+    assert decision.stop == "non-finite" and not decision.improved
+    skipping = decide_after_epoch(
+        TrainState(epoch=3),
+        0.5,
+        maximize=True,
+        patience=None,
+        interrupted=True,
+        finite=False,
+        stop_if_not_finite=False,
+    )
+    assert skipping.stop == "interrupted"  # nan_policy=skip goes on: the signal stops it
