@@ -12,10 +12,15 @@ from runner.tracking.outbox import Outbox, apply_op
 from runner.tracking.store import refused_for_good
 
 
-def test_an_operation_the_store_refuses_is_dropped_and_the_later_ones_get_through(tmp_path, caplog):
+def open_run(tmp_path):
+    """A client on a real SQLite store in tmp_path (artifacts there too) and a new run."""
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.create_experiment("outbox", artifact_location=(tmp_path / "a").as_uri())
-    run_id = client.create_run(experiment).info.run_id
+    return client, client.create_run(experiment).info.run_id
+
+
+def test_an_operation_the_store_refuses_is_dropped_and_the_later_ones_get_through(tmp_path, caplog):
+    client, run_id = open_run(tmp_path)
     outbox = Outbox(lambda op: apply_op(client, run_id, op), refused=refused_for_good)
     with caplog.at_level(logging.ERROR, logger="runner"):
         outbox.put(("params", [("optim.lr", "0.1")]))
@@ -31,9 +36,7 @@ def test_an_operation_the_store_refuses_is_dropped_and_the_later_ones_get_throug
 
 
 def test_a_file_that_is_gone_does_not_hold_up_the_runs_end(tmp_path, caplog):
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    experiment = client.create_experiment("outbox", artifact_location=(tmp_path / "a").as_uri())
-    run_id = client.create_run(experiment).info.run_id
+    client, run_id = open_run(tmp_path)
     outbox = Outbox(lambda op: apply_op(client, run_id, op), refused=refused_for_good)
     with caplog.at_level(logging.ERROR, logger="runner"):
         outbox.put(("artifact", str(tmp_path / "deleted_meanwhile.png"), None))
@@ -72,9 +75,7 @@ def test_a_refusal_a_second_try_does_not_repeat_is_delivered(tmp_path, caplog):
     second try finds the row. Dropped at the first refusal, the run lost its inputs."""
     from runner.tracking.inputs import DatasetRecord
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    experiment = client.create_experiment("race", artifact_location=(tmp_path / "a").as_uri())
-    run_id = client.create_run(experiment).info.run_id
+    client, run_id = open_run(tmp_path)
     lost_race = {"left": 1}
 
     def send(op):
