@@ -51,6 +51,26 @@ class DataError(UserError, ValueError):
     """A data set that cannot be used as laid out; the message names folders and numbers."""
 
 
+def refused_bad_file(reason: str) -> DataError:
+    """The one-line error of a file that does not decode, under data.on_bad_file=error."""
+    return DataError(
+        f"{reason} (data.on_bad_file=error): fix or remove the file, or set "
+        "data.on_bad_file=skip to leave undecodable files out and list them"
+    )
+
+
+def file_stat(path: str | os.PathLike) -> tuple[int, int]:
+    """(size, mtime_ns) of a file, (-1, -1) when it is gone or unreadable.
+
+    What a decode cache of files is keyed by; decoding lists such a file as bad.
+    """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return -1, -1
+    return stat.st_size, stat.st_mtime_ns
+
+
 def read_record(record: Any) -> tuple[bytes, str]:
     """The encoded bytes of a record and a name for messages.
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from runner.data.decoding import BadImageError, DataError, decode_record, record_name
+from runner.data.decoding import BadImageError, decode_record, record_name, refused_bad_file
 from runner.data.loaders import EpochBatches
 
 log = logging.getLogger(__name__)
@@ -209,10 +209,7 @@ class StreamingLoader(EpochBatches):
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for images, labels, bad in self._loader:
             if bad and self.split.on_bad_file == "error":  # here, not in a worker: one line
-                raise DataError(
-                    f"{bad[0][1]} (data.on_bad_file=error): fix or remove the file, or set "
-                    "data.on_bad_file=skip to leave undecodable files out and list them"
-                )
+                raise refused_bad_file(bad[0][1])
             for name, reason in bad:
                 if name not in self._seen_bad:
                     self._seen_bad.add(name)

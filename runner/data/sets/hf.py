@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from runner.data.decoding import DataError
+from runner.data.decoding import DataError, file_stat
 from runner.data.sets.imagefolder import splits_from_records
 from runner.data.splits import DataSplits
 
@@ -69,11 +69,7 @@ def _file_stats(column: _Column) -> list[tuple[str, int, int]]:
     for index in range(len(column)):
         record = column[index]
         path = record["path"] if isinstance(record, dict) else str(record)
-        try:
-            stat = os.stat(path)
-            stats.append((path, stat.st_size, stat.st_mtime_ns))
-        except OSError:  # gone or unreadable: decoding lists it as a bad file
-            stats.append((path, -1, -1))
+        stats.append((path, *file_stat(path)))
     return stats
 
 

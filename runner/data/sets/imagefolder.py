@@ -29,7 +29,9 @@ from runner.data.decoding import (
     cache_key,
     cached,
     decode_all,
+    file_stat,
     record_name,
+    refused_bad_file,
 )
 from runner.data.splits import (
     DataSplits,
@@ -243,7 +245,7 @@ def load_imagefolder(
     # The listing with sizes and modification times stands for the content: a changed,
     # added or removed file gives another key, and reading every byte is not needed.
     listing = [
-        (split, [(r, *_stat(p)) for r, p in zip(relative[split], files, strict=True)])
+        (split, [(r, *file_stat(p)) for r, p in zip(relative[split], files, strict=True)])
         for split, (files, _) in layout.items()
     ]
     return splits_from_records(
@@ -266,14 +268,6 @@ def load_imagefolder(
         mean=mean,
         std=std,
     )
-
-
-def _stat(path: Path) -> tuple[int, int]:
-    try:
-        stat = path.stat()
-    except OSError:  # a broken link or a file gone: decoding lists it as a bad file
-        return -1, -1
-    return stat.st_size, stat.st_mtime_ns
 
 
 def splits_from_records(
@@ -344,7 +338,7 @@ def splits_from_records(
             records, labels, id_arrays, image_size, key, cache_dir, num_workers, name
         )
         if bad and on_bad_file == "error":
-            raise _refused_bad_file(bad[0][1])
+            raise refused_bad_file(bad[0][1])
     else:
         parts, bad = _stream_parts(records, labels, id_arrays, image_size, num_workers, on_bad_file)
     _check_classes_have_images(parts, class_names, where, bad)
@@ -388,14 +382,6 @@ def _decode_parts(records, labels, ids, image_size, key, cache_dir, num_workers,
     return parts, [(path, reason) for path, reason in value["bad"]]
 
 
-def _refused_bad_file(reason: str) -> DataError:
-    """The one-line error of a bad file found at start under data.on_bad_file=error."""
-    return DataError(
-        f"{reason} (data.on_bad_file=error): fix or remove the file, or set "
-        "data.on_bad_file=skip to leave undecodable files out and list them"
-    )
-
-
 def _stream_parts(records, labels, ids, image_size, num_workers, on_bad_file):
     """Checks each record's leading bytes now; content errors surface in batches."""
     parts, bad = {}, []
@@ -406,7 +392,7 @@ def _stream_parts(records, labels, ids, image_size, num_workers, on_bad_file):
             if reason is None:
                 keep.append(position)
             elif on_bad_file == "error":
-                raise _refused_bad_file(reason)
+                raise refused_bad_file(reason)
             else:
                 bad.append((record_name(split_records[position]), reason))
         positions = torch.tensor(keep, dtype=torch.long)
