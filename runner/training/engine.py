@@ -167,41 +167,39 @@ def train_one_epoch(
             loss = loss_fn(logits, targets)
         finite = torch.isfinite(loss.detach())
         at_boundary = batch_index % accumulate_grad_batches == 0 or batch_index == total
-        if guard.policy == "skip" and not bool(finite):
+        # A skipped batch (nan_policy=skip) has no backward; the other batches of its
+        # accumulation window keep their gradients and still make the window's step.
+        skipped = guard.policy == "skip" and not bool(finite)
+        if skipped:
             guard.skipped += 1
             if guard.skipped > guard.max_skips:
                 raise NonFiniteLossError(
                     f"non-finite loss at step {first_step + batch_index - 1}: "
                     f"more than trainer.max_nan_skips={guard.max_skips} batches skipped"
                 )
-            # The batch is left out (it had no backward); the other batches of its
-            # accumulation window keep their gradients and still make the window's step.
-            if at_boundary and not window_start:
-                _optimizer_step(model, optimizer, scaler, gradient_clip_val, scheduler, ema)
-                window_start = True
-            if at_boundary and should_stop is not None and should_stop():
-                stopped = True
-                break
-            continue
-        counter += 1
-        first_bad = torch.where(~finite & (first_bad < 0), counter, first_bad)
-        if window_start:
-            # Clearing right before the backward that refills the gradients (not right
-            # after the step) keeps their memory with the allocator: on the CPU, freeing
-            # it early hands it back to the OS and every step faults it in again.
-            optimizer.zero_grad(set_to_none=True)
-            window_start = False
-        scaler.scale(loss / accumulate_grad_batches).backward()
-        if at_boundary:
+        else:
+            counter += 1
+            first_bad = torch.where(~finite & (first_bad < 0), counter, first_bad)
+            if window_start:
+                # Clearing right before the backward that refills the gradients (not right
+                # after the step) keeps their memory with the allocator: on the CPU, freeing
+                # it early hands it back to the OS and every step faults it in again.
+                optimizer.zero_grad(set_to_none=True)
+                window_start = False
+            scaler.scale(loss / accumulate_grad_batches).backward()
+        if at_boundary and not window_start:
             _optimizer_step(model, optimizer, scaler, gradient_clip_val, scheduler, ema)
             window_start = True
-        batch = labels.shape[0]
-        seen += batch
-        loss_sum += loss.detach().float() * batch
-        correct += (logits.detach().argmax(-1) == dominant_class(targets)).sum()
-        if on_log is not None and (batch_index % log_every_n_steps == 0 or batch_index == total):
-            _raise_if_bad(first_bad, first_step + done.batches)
-            on_log(batch_index, loss_sum / seen, correct / seen)
+        if not skipped:
+            batch = labels.shape[0]
+            seen += batch
+            loss_sum += loss.detach().float() * batch
+            correct += (logits.detach().argmax(-1) == dominant_class(targets)).sum()
+            if on_log is not None and (
+                batch_index % log_every_n_steps == 0 or batch_index == total
+            ):
+                _raise_if_bad(first_bad, first_step + done.batches)
+                on_log(batch_index, loss_sum / seen, correct / seen)
         if at_boundary and should_stop is not None and should_stop():
             stopped = True
             break
