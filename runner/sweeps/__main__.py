@@ -31,6 +31,17 @@ def _count(text: str) -> int:
     return value
 
 
+def _is_sweep_dir(sweep_dir: Path, marker: str) -> bool:
+    """Whether `sweep_dir` holds `marker` (a file every sweep dir has); says so when not."""
+    if (sweep_dir / marker).is_file():
+        return True
+    print(
+        f"Error: {sweep_dir} is not a sweep dir (it has no {marker}): pass the sweep dir "
+        "itself (hydra.sweep.dir)"
+    )
+    return False
+
+
 class SummaryArgumentError(ValueError):
     """A summary was asked for a metric the sweep's jobs did not record."""
 
@@ -108,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "summary":
         from runner.sweeps.summary import summarize
 
-        if not (args.sweep_dir / MANIFEST_FILE).is_file():
-            print(f"Error: {args.sweep_dir} is not a sweep dir (it has no {MANIFEST_FILE})")
+        if not _is_sweep_dir(args.sweep_dir, MANIFEST_FILE):
             return 1
         try:
             monitor, mode = sweep_monitor(args.sweep_dir, args.monitor, args.mode)
@@ -118,11 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(summarize(args.sweep_dir, monitor, mode == "max").markdown)
         return 0
-    if not (args.sweep_dir / "multirun.yaml").is_file():
-        print(
-            f"Error: {args.sweep_dir} is not a sweep dir (it has no multirun.yaml): pass "
-            "the sweep dir itself (hydra.sweep.dir)"
-        )
+    if not _is_sweep_dir(args.sweep_dir, "multirun.yaml"):
         return 1
     jobs = sweep_jobs(args.sweep_dir)  # one squeue per job: asked once
     status = print_sweep(jobs)

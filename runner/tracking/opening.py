@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from runner.config.errors import ConfigError
 from runner.config.resolvers import REPO_ROOT
-from runner.tracking.store import reap_stale_runs, store_lock, with_retry
+from runner.tracking.store import reap_stale_runs, report_reaped, store_lock, with_retry
 
 log = logging.getLogger(__name__)
 
@@ -205,12 +205,7 @@ class StoreOpener:
             answer = json.loads(line) if line else {}
         except json.JSONDecodeError:
             answer = {}
-        if answer.get("reaped"):
-            log.warning(
-                "marked %d stale run(s) of dead processes KILLED: %s",
-                len(answer["reaped"]),
-                answer["reaped"],
-            )
+        report_reaped(answer.get("reaped") or [])  # the helper's own log went nowhere
         if key in answer:
             return answer[key]
         if process.poll() is None:  # stuck (a lock on a network file system): stop it

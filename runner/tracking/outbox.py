@@ -64,12 +64,13 @@ class Outbox:
             except Exception as err:
                 # A refusal can be a race another job lost (a dataset that two runs
                 # insert at once): the second try finds the row, a lasting one fails again.
-                if self._refused(err) and refused_once is not op:
+                refused = self._refused(err)
+                if refused and refused_once is not op:
                     refused_once = op
                     with self._cond:
                         self._cond.wait(0.5)
                     continue
-                if self._refused(err):
+                if refused:
                     log.error(
                         "MLflow cannot take a %r logging operation (%s); it is dropped so "
                         "that the later ones get through",

@@ -151,6 +151,11 @@ def reap_stale_runs(client: Any, experiment_ids: list[str], host: str | None = N
         client.set_tag(run.info.run_id, "reaped", f"process {pid} on {host} was gone")
         client.set_terminated(run.info.run_id, status="KILLED")
         reaped.append(run.info.run_id)
-    if reaped:
-        log.warning("marked %d stale run(s) of dead processes KILLED: %s", len(reaped), reaped)
+    report_reaped(reaped)
     return reaped
+
+
+def report_reaped(run_ids: list[str]) -> None:
+    """Logs the runs `reap_stale_runs` marked KILLED (nothing when there are none)."""
+    if run_ids:
+        log.warning("marked %d stale run(s) of dead processes KILLED: %s", len(run_ids), run_ids)
