@@ -11,6 +11,7 @@ import os
 from omegaconf import DictConfig
 
 from runner.config.errors import UserError
+from runner.config.validation import job_mode
 
 
 def main(cfg: DictConfig) -> float:
@@ -56,9 +57,7 @@ def run(cfg: DictConfig) -> float:
 
     if cfg.trainer.get("keep_host_memory", True):  # before any DataLoader worker forks
         keep_freed_memory()
-    mode = cfg.get("mode", "train")
-    if cfg.get("preview_only"):  # `+preview_only=true`, the older spelling of mode=preview
-        mode = "preview"
+    mode = job_mode(cfg)
     if mode == "eval":
         from runner.evaluate import run_eval
 

@@ -51,3 +51,8 @@ def redacted_override(override: str) -> str:
     key, sep, _ = override.partition("=")
     name = key.lstrip("+~").rsplit(".", 1)[-1]
     return f"{key}{sep}{REDACTED}" if sep and SECRET_KEY.search(name) else override
+
+
+def redacted_overrides(overrides: Any) -> list[str]:
+    """Command-line overrides as text, each as `redacted_override` shows it."""
+    return [redacted_override(str(override)) for override in overrides]

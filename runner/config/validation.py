@@ -128,6 +128,13 @@ def _model_registry_problems(cfg: DictConfig) -> list[str]:
     ]
 
 
+def job_mode(cfg: DictConfig) -> str:
+    """What the command does: `mode` (train by default); `+preview_only=true` is preview."""
+    if cfg.get("preview_only"):  # the older spelling of mode=preview
+        return "preview"
+    return str(OmegaConf.select(cfg, "mode", default="train"))
+
+
 def _mode_problems(cfg: DictConfig) -> list[str]:
     """What a mode needs besides well-typed keys.
 

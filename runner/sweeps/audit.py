@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from runner.sweeps.manifest import read_manifest, reopen_parent_run
+from runner.sweeps.manifest import read_manifest, reopen_parent_run, replaced_whole
 from runner.sweeps.out_of_fold import MergedFolds, merge_folds
 from runner.tracking.protocol import Tracker
 
@@ -191,19 +190,11 @@ def run_audit(
 
 
 def _write_csv(path: Path, header, rows) -> None:
-    """Writes a CSV atomically; a failure leaves the old file as it was.
-
-    A reader (e.g. a run's data.exclude) sees the old file or the new one, never half.
-    """
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with temp.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(rows)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    """Writes a CSV whole or not at all: a run may read it as data.exclude meanwhile."""
+    with replaced_whole(path) as temp, temp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def _write_near_duplicates(path: Path, lab: Any, merged: MergedFolds, names) -> int:

@@ -16,7 +16,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.errors import ConfigError
-from runner.config.redaction import redacted_override
+from runner.config.redaction import redacted_overrides
+from runner.config.validation import job_mode
 from runner.sweeps.audit import audit_if_asked
 from runner.sweeps.grid import refuse_bad_jobs
 from runner.sweeps.manifest import (
@@ -58,7 +59,7 @@ class SweepCallback(Callback):
                 refuse_bad_jobs(config, kwargs.get("config_name"))
         except ConfigError as err:  # a SweepConfigError is one too
             raise SystemExit(f"Error: {err}") from err
-        mode = "preview" if config.get("preview_only") else config.get("mode", "train")
+        mode = job_mode(config)
         if mode != "train":  # eval, predict, preview, throughput: their jobs track no runs
             log.info("a sweep of mode=%s: no parent MLflow run and no sweep summary", mode)
             return
@@ -75,7 +76,7 @@ class SweepCallback(Callback):
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         (self.sweep_dir / STOP_FILE).unlink(missing_ok=True)
         info = read_sweep_info(self.sweep_dir)
-        arguments = [redacted_override(str(a)) for a in config.hydra.overrides.task]
+        arguments = redacted_overrides(config.hydra.overrides.task)
         tracker = instantiate(config.logger)
         name = config.logger.get("experiment_name") or config.data.name
         try:

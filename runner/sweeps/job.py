@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from runner.config.redaction import redacted_override
+from runner.config.redaction import redacted_overrides
 from runner.sweeps.manifest import (
     STOP_FILE,
     SWEEP_CONTROL_PREFIXES,
@@ -101,16 +101,15 @@ class SweepJob:
     @property
     def run_name(self) -> str:
         """The MLflow run name: the job number and what it varies."""
-        swept = [redacted_override(o) for o in self.swept_overrides]
-        return " ".join([f"job{self.num}", *swept])[:250]
+        return " ".join([f"job{self.num}", *redacted_overrides(self.swept_overrides)])[:250]
 
     def tracking_tags(self) -> dict[str, str]:
         """Tags that make the job's MLflow run a child of the sweep's parent run."""
         tags = {"sweep_dir": str(self.sweep_dir), "sweep.job": str(self.num)}
         if self.info.get("parent_run_id"):
             tags["mlflow.parentRunId"] = self.info["parent_run_id"]
-        shown = [redacted_override(o) for o in self.overrides]
-        tags.update({f"override.{n}": unescape(v) for n, v in parse_overrides(shown).items()})
+        shown = parse_overrides(redacted_overrides(self.overrides))
+        tags.update({f"override.{n}": unescape(v) for n, v in shown.items()})
         return tags
 
     def run(self, cfg: DictConfig, train: Callable[[DictConfig, SweepJob], float]) -> float:

@@ -11,9 +11,11 @@ its jobs: in this process, in local worker processes, or as SLURM jobs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +30,24 @@ SUBMITTED_FILE = "slurm_jobs.json"  # written by hydra/launcher=slurm_submit
 SWEEP_CONTROL_PREFIXES = ("sweep.", "+sweep.", "optuna.trial=", "+optuna.trial=")
 
 
-def write_json(path: Path, content: Any) -> None:
-    """Writes JSON atomically: a reader sees the old file or the new one, never half."""
+@contextlib.contextmanager
+def replaced_whole(path: Path) -> Iterator[Path]:
+    """A temp path to write; it replaces `path` when the block ends without an error.
+
+    A reader sees the old file or the new one, never half; a failure leaves the old one.
+    """
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(content, indent=2, sort_keys=True))
-    os.replace(temp, path)
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, content: Any) -> None:
+    """Writes JSON atomically (see `replaced_whole`)."""
+    with replaced_whole(path) as temp:
+        temp.write_text(json.dumps(content, indent=2, sort_keys=True))
 
 
 def read_manifest(sweep_dir: Path) -> dict[str, dict[str, Any]]:

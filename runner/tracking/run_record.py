@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config.redaction import redacted_container, redacted_override
+from runner.config.redaction import redacted_container, redacted_overrides
 from runner.config.resolvers import REPO_ROOT
 from runner.tracking import provenance
 from runner.tracking.protocol import Tracker
@@ -47,7 +47,7 @@ def start_run(
         resume_run_id: The run's earlier tracked run, to log into it again; its params
             are not logged twice (MLflow refuses to change a logged param).
     """
-    overrides = [redacted_override(o) for o in hydra_overrides()]
+    overrides = redacted_overrides(hydra_overrides())
     env = provenance.environment(REPO_ROOT, device)
     resolved = redacted_container(cfg)
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
