@@ -34,9 +34,7 @@ def build_data(data_cfg: DictConfig) -> DataSplits:
     data = switches.apply_switches(data, seed=seed, **chosen)
     data = curation.apply_curation(data, **curated)
     data = folds.select_fold(data, seed=seed, **folding)
-    if data.clean_train_labels is not None:  # the rate of the final train split
-        noisy = data.clean_train_labels != data.train.labels.cpu()
-        data.extra_params["data.actual_noise_rate"] = round(float(noisy.double().mean()), 6)
+    data.note_noise_rate()  # again: exclusion, relabelling and the fold change the rate
     log.info(
         "data %s: %d train / %d val / %d test images, %d classes, %dx%d",
         data.name,

@@ -125,6 +125,18 @@ class DataSplits:
             clean_train_labels=None if clean is None else clean[index],
         )
 
+    def note_noise_rate(self) -> float | None:
+        """The share of train labels that differ from the clean ones; None without noise.
+
+        Kept as the `data.actual_noise_rate` param (extra_params).
+        """
+        if self.clean_train_labels is None:
+            return None
+        noisy = self.clean_train_labels.cpu() != self.train.labels.cpu()
+        rate = float(noisy.double().mean())
+        self.extra_params["data.actual_noise_rate"] = round(rate, 6)
+        return rate
+
     def class_counts(self) -> torch.Tensor:
         """Number of training samples per class (int64, on the CPU)."""
         return torch.bincount(self.train.labels.cpu(), minlength=self.num_classes)

@@ -160,7 +160,6 @@ def apply_switches(
         noisy = noisy_labels(clean, label_noise, noise_type, data.num_classes, seed)
         data.train = train.with_labels(noisy)
         data.clean_train_labels = clean
-        rate = float((noisy != clean).double().mean())
-        data.extra_params["data.actual_noise_rate"] = round(rate, 6)
+        rate = data.note_noise_rate()
         log.info("label noise: %.4f of %d train labels flipped (%s)", rate, len(clean), noise_type)
     return data

@@ -69,8 +69,8 @@ def create_timm_model(
             f"model.name={name!r} is not a timm model. Similar names: {', '.join(close) or 'none'}"
             " (see timm.list_models())."
         )
-    if name != architecture and name not in timm.list_pretrained(f"{architecture}.*"):
-        tags = timm.list_pretrained(f"{architecture}.*")
+    tags = timm.list_pretrained(f"{architecture}.*") if name != architecture else [name]
+    if name not in tags:
         raise ConfigError(
             f"model.name={name!r}: timm has no pretrained tag {name.partition('.')[2]!r} for "
             f"{architecture}. Its tags: {', '.join(tags) or 'none'}; or drop the tag."
