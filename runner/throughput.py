@@ -127,13 +127,14 @@ def run(cfg: DictConfig) -> float:
         for batch_size in settings.batch_sizes:
             row: dict[str, Any] = {"model": str(model_name), "batch_size": int(batch_size)}
             try:
-                row["img_s"] = measure(cfg, str(model_name), int(batch_size), device, precision)
-                rate = row["img_s"]
+                rate = measure(cfg, str(model_name), int(batch_size), device, precision)
+                row["img_s"] = rate
                 shown = f"{rate:10.1f} {1000 * batch_size / rate:9.1f}"
             except Exception as err:  # one model that fails leaves the others' rows
+                oom = _out_of_memory(err)
                 row["img_s"] = None
-                row["error"] = "OOM" if _out_of_memory(err) else f"{type(err).__name__}: {err}"
-                shown = f"{'OOM':>10}" if _out_of_memory(err) else f"{'error':>10}  {row['error']}"
+                row["error"] = "OOM" if oom else f"{type(err).__name__}: {err}"
+                shown = f"{'OOM':>10}" if oom else f"{'error':>10}  {row['error']}"
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             rows.append(row)

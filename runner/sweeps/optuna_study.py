@@ -238,6 +238,11 @@ def build_sampler(node: Any, space: dict[str, Any], allowed: tuple[str, ...] = (
     return sampler
 
 
+def _allowed_prefixes(config: DictConfig) -> tuple[str, ...]:
+    """`<module>.` of each module in `allowed_targets`: samplers and pruners may come from them."""
+    return tuple(f"{m}." for m in (OmegaConf.select(config, "allowed_targets") or []))
+
+
 def continued_sampler(config: DictConfig, plan: StudyPlan, trials_before: int) -> Any:
     """The sampler for a stored study that already has `trials_before` trials.
 
@@ -249,7 +254,7 @@ def continued_sampler(config: DictConfig, plan: StudyPlan, trials_before: int) -
     if not trials_before or not isinstance(node, dict) or node.get("seed") is None:
         return plan.sampler
     seed = (int(node["seed"]) * 1_000_003 + trials_before) % 2**32
-    allowed = tuple(f"{m}." for m in (OmegaConf.select(config, "allowed_targets") or []))
+    allowed = _allowed_prefixes(config)
     return build_sampler({**node, "seed": seed}, plan.space, allowed)
 
 
@@ -349,7 +354,7 @@ def plan_study(config: DictConfig, arguments: list[str], *, open_store: bool = T
             "the search space is empty: set hydra.sweeper.params, or give ranges on the "
             "command line ('optim.lr=interval(1e-4, 1e-2)')"
         )
-    allowed = tuple(f"{m}." for m in (OmegaConf.select(config, "allowed_targets") or []))
+    allowed = _allowed_prefixes(config)
     sampler = pruner = None
     try:
         sampler = build_sampler(sweeper.get("sampler"), space, allowed)
