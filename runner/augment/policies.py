@@ -18,4 +18,4 @@ class RandAugment(KorniaRandAugment):
 
     def rand_selector(self, n: int) -> torch.Tensor:
         """`n` distinct op indices, drawn on the host (on the CPU: Kornia's draws exactly)."""
-        return torch.randperm(len(self._modules), device="cpu")[:n]
+        return torch.randperm(len(self), device="cpu")[:n]

@@ -22,8 +22,9 @@ from runner.sweeps.optuna_study import build_pruner, open_storage
 
 log = logging.getLogger(__name__)
 
-# Studies without storage, by name, for jobs that run in the sweeper's own process.
-_IN_MEMORY: dict[str, Any] = {}
+# Trials of studies without storage, by (study name, trial number), for the jobs that
+# run in the sweeper's own process.
+_IN_MEMORY: dict[tuple[str, int], Any] = {}
 
 
 def keep_in_memory(study: Any, trial: Any) -> None:
@@ -49,8 +50,9 @@ def tell_trial(study: Any, trial: Any, **result: Any) -> None:
 
     try:
         study.tell(trial, **result)
-    except RuntimeError as err:
-        grid_done = isinstance(study.sampler, optuna.samplers.GridSampler) and "stop" in str(err)
+    except RuntimeError:
+        sampler = study.sampler
+        grid_done = isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
         if not grid_done:
             raise
 

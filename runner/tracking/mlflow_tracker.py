@@ -70,6 +70,9 @@ class MlflowTracker:
             registered model; None = log it without registering.
         system_metrics: Sample CPU, memory, disk, network (and GPU) use during the run.
         system_metrics_interval_s: Seconds between two samples.
+        export_model: The best weights become the run's MLflow model (artifact
+            `model`, torch.export's format); False = checkpoints/best.pt is uploaded as
+            it is.
     """
 
     def __init__(

@@ -277,8 +277,8 @@ def evaluate(
         metrics: A torchmetrics MetricCollection updated with (probabilities, labels).
         autocast: Factory of autocast contexts.
         device: Where the batches go.
-        extra_metrics: More metrics updated with (logits, labels), e.g. a confusion
-            matrix; the caller reads them.
+        extra_metrics: More metrics updated with (probabilities, labels), e.g. a
+            confusion matrix; the caller reads them.
         augment: The training augmentation, used in eval mode: only resize and
             center-crop. None = the images go to `normalize` as they are.
 

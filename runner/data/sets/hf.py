@@ -237,6 +237,8 @@ def load_hf(
         labels[split] = [to_index[v] for v in values]
         ids[split] = record_ids(dataset, image_key, folder, f"{label}:{specs[split]}")
     ids = _unique_ids(ids)
+    # datasets has no public getter for a table's fingerprint (its hash of the Arrow
+    # data); its cache guide reads `_fingerprint`, as here. It changes with the data.
     fingerprints = [(s, d._fingerprint, len(d)) for s, d in loaded.items()]
     # A column of file paths: the table's fingerprint does not see the files change.
     files = [_file_stats(column) for column in records.values()]
