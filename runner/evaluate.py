@@ -51,7 +51,7 @@ from runner.training.context import (
 )
 from runner.training.distributed import World
 from runner.training.exported_model import MODEL_URI_PREFIXES, checkpoint_from_mlflow
-from runner.training.test_report import test_and_report, with_tta
+from runner.training.final_eval import evaluate_and_report, with_tta
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def run_eval(cfg: DictConfig) -> float:
                 "data.num_test": len(data.test),
             }
         )
-        metrics = test_and_report(
+        metrics = evaluate_and_report(
             ctx,
             loaded.model,
             loaded.augment,

@@ -41,6 +41,7 @@ from runner.training.context import (
     tracked_run,
 )
 from runner.training.exported_model import log_best_model
+from runner.training.final_eval import evaluate_and_report
 from runner.training.lineage import log_data_inputs
 from runner.training.loop import fit
 from runner.training.oof import check_embedding_layer, write_out_of_fold
@@ -49,7 +50,6 @@ from runner.training.preflight import check_model_takes_data, check_training_dat
 from runner.training.profiling import profile
 from runner.training.signals import GracefulStop
 from runner.training.state import TrainState, check_resume, resume_or_start
-from runner.training.test_report import test_and_report
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
             # drawing holds the interpreter lock).
             for path in draw_start_plots(preview, data, ctx.run_dir):
                 ctx.tracker.log_artifact(path)
-            test_best(ctx, parts, data, loaders, state)
+            evaluate_best(ctx, parts, data, loaders, state)
     return state.best_value
 
 
@@ -169,14 +169,16 @@ def record_start(ctx: RunContext, data: DataSplits, state: TrainState) -> None:
     report_train_data(data, ctx.run_dir, ctx.tracker)
 
 
-def test_best(ctx: RunContext, parts, data: DataSplits, loaders: tuple, state: TrainState) -> None:
+def evaluate_best(
+    ctx: RunContext, parts, data: DataSplits, loaders: tuple, state: TrainState
+) -> None:
     """Tests the best weights, reports, and writes metrics.json and the summary table."""
     checkpoints = ctx.run_dir / "checkpoints"
     best = read_best(checkpoints / "best.pt")
     export_safetensors(best.model, best.class_names, checkpoints / "best.safetensors")
     model = parts.eval_model
     model.load_state_dict(best.model)
-    test_metrics = test_and_report(
+    test_metrics = evaluate_and_report(
         ctx,
         model,
         parts.augment,

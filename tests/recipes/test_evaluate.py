@@ -14,7 +14,7 @@ from runner.cli import run
 from runner.evaluate import resolve_ckpt
 from runner.training.best_checkpoint import read_best
 from runner.training.checkpoint_io import CheckpointError
-from runner.training.test_report import FlipTTA
+from runner.training.final_eval import FlipTTA
 from tests.conftest import compose_run, query
 
 ANALYSIS_FILES = ("confusion_matrix.png", "misclassified.png", "gradcam.png", "reliability.png")

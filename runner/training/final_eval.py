@@ -1,4 +1,4 @@
-"""Testing a model and writing its reports: the one block that training and eval share."""
+"""The final test of a model and its reports: the one block that training and eval share."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def with_tta(model: nn.Module, tta: str) -> nn.Module:
     return FlipTTA(model) if tta == "flip" else model
 
 
-def test_and_report(
+def evaluate_and_report(
     ctx: RunContext,
     model: nn.Module,
     augment: nn.Module,
