@@ -46,6 +46,7 @@ from runner.data.sets.imagefolder import load_imagefolder
 from runner.data.sets.synthetic import make_synthetic
 from runner.training import engine
 from runner.training.optim import optimizer_from_config
+from runner.training.parts import TrainingParts
 
 GOAL_RATIO = 0.95
 GOAL_SPEEDUP = 3.0
@@ -63,15 +64,19 @@ class Trainer:
         self.device = device
         self.kwargs = dict(
             model=model,
-            augment=build_kornia(aug, image_size, device),
-            normalize=Normalize(data.mean, data.std, channels_last=True).to(device),
-            loss_fn=torch.nn.CrossEntropyLoss(),
-            optimizer=optimizer,
-            scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
-            scaler=torch.amp.GradScaler(device.type, enabled=False),
+            parts=TrainingParts(
+                model=model,
+                augment=build_kornia(aug, image_size, device),
+                normalize=Normalize(data.mean, data.std, channels_last=True).to(device),
+                loss_fn=torch.nn.CrossEntropyLoss(),
+                optimizer=optimizer,
+                scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+                scaler=torch.amp.GradScaler(device.type, enabled=False),
+                ema=None,
+            ),
             autocast=engine.make_autocast(device, "32"),
             device=device,
-            log_every_n_steps=10,
+            settings=engine.StepSettings(log_every_n_steps=10),
             on_log=lambda *args: None,
         )
 

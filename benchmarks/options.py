@@ -50,6 +50,7 @@ from runner.training import engine
 from runner.training.host_memory import keep_freed_memory
 from runner.training.metrics import build_metrics
 from runner.training.optim import optimizer_from_config
+from runner.training.parts import TrainingParts
 
 BATCH, SIZE, CLASSES = 128, 32, 10
 
@@ -73,12 +74,16 @@ def make_step(
     labels = torch.randint(0, CLASSES, (batch,), device=device)
     kwargs = dict(
         model=torch.compile(model) if compile_ else model,
-        augment=build_kornia("basic", size, device),
-        normalize=Normalize((0.5,) * 3, (0.25,) * 3, channels_last=channels_last).to(device),
-        loss_fn=torch.nn.CrossEntropyLoss(),
-        optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
-        scaler=torch.amp.GradScaler(device.type, enabled=False),
+        parts=TrainingParts(
+            model=model,
+            augment=build_kornia("basic", size, device),
+            normalize=Normalize((0.5,) * 3, (0.25,) * 3, channels_last=channels_last).to(device),
+            loss_fn=torch.nn.CrossEntropyLoss(),
+            optimizer=optimizer,
+            scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
+            scaler=torch.amp.GradScaler(device.type, enabled=False),
+            ema=None,
+        ),
         autocast=engine.make_autocast(device, precision),
         device=device,
     )

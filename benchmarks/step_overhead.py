@@ -55,6 +55,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from augment import build_kornia
 from bench_results import record
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -68,6 +69,7 @@ from runner.data.splits import DataSplits, Split
 from runner.reports import console
 from runner.training import engine
 from runner.training.optim import optimizer_from_config
+from runner.training.parts import TrainingParts
 from runner.training.signals import GracefulStop
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -155,8 +157,8 @@ def build_side(
     scheduler = instantiate(load_group("sched", "cosine"))(
         optimizer=optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch
     )
-    # The aug file's sizes interpolate ${data.image_size}; loaded alone, they are bound here.
-    augment = instantiate(load_group("aug", "basic"), image_size=DIGITS_SIZE).to(device)
+    # Composed as a run composes it: the preset's defaults list and ${data.image_size}.
+    augment = build_kornia("basic", DIGITS_SIZE, device)
     return Side(model, optimizer, scheduler, augment)
 
 
@@ -198,6 +200,16 @@ class RunnerLoop:
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
         self.autocast = engine.make_autocast(device, precision)
+        self.parts = TrainingParts(
+            model=side.model,
+            augment=side.augment,
+            normalize=self.normalize,
+            loss_fn=self.loss_fn,
+            optimizer=side.optimizer,
+            scheduler=side.scheduler,
+            scaler=self.scaler,
+            ema=None,
+        )
         self.progress = console.ProgressDisplay(max_epochs=rounds)
         # Not entered (no signal handlers): only its per-step check is part of the loop.
         self.stop = GracefulStop()
@@ -214,18 +226,10 @@ class RunnerLoop:
         done = engine.train_one_epoch(
             model=self.side.model,
             loader=loader,
-            augment=self.side.augment,
-            normalize=self.normalize,
-            loss_fn=self.loss_fn,
-            optimizer=self.side.optimizer,
-            scheduler=self.side.scheduler,
-            scaler=self.scaler,
+            parts=self.parts,
             autocast=self.autocast,
             device=self.device,
-            ema=None,
-            accumulate_grad_batches=1,
-            gradient_clip_val=None,
-            log_every_n_steps=LOG_EVERY_N_STEPS,
+            settings=engine.StepSettings(log_every_n_steps=LOG_EVERY_N_STEPS),
             on_log=self.progress.on_log,
             should_stop=self.stop.requested,
             nan_guard=self.nan_guard,

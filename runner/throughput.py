@@ -32,6 +32,7 @@ from runner.reports.console import print_config
 from runner.training import engine
 from runner.training.context import resolve_device, resolve_precision, seed_everything
 from runner.training.optim import optimizer_from_config
+from runner.training.parts import TrainingParts
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,8 @@ def measure(
     model = _timm_model_at(num_classes, model_name, size)
     model = model.to(device, memory_format=memory_format)
     optimizer = optimizer_from_config(model, cfg.optim)
-    step_kwargs = dict(
-        model=torch.compile(model) if cfg.trainer.compile else model,
+    parts = TrainingParts(
+        model=model,
         augment=instantiate(cfg.aug, num_classes=num_classes).to(device),
         normalize=Normalize((0.5,) * 3, (0.25,) * 3, channels_last=cfg.trainer.channels_last).to(
             device
@@ -79,9 +80,14 @@ def measure(
         optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
         scaler=torch.amp.GradScaler(device.type, enabled=precision == "16"),
+        ema=None,
+    )
+    step_kwargs = dict(
+        model=torch.compile(model) if cfg.trainer.compile else model,
+        parts=parts,
         autocast=engine.make_autocast(device, precision),
         device=device,
-        log_every_n_steps=10**9,
+        settings=engine.StepSettings(log_every_n_steps=10**9),
     )
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(

@@ -15,6 +15,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -87,22 +88,50 @@ class NanGuard:
     skipped: int = 0
 
 
+class StepParts(Protocol):
+    """What a training step applies and updates (`TrainingParts` has all of it)."""
+
+    augment: DeviceAugment
+    normalize: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: nn.Module | None
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How batches make optimizer steps, and how often the epoch reports its progress.
+
+    Attributes:
+        accumulate_grad_batches: Batches per optimizer step.
+        gradient_clip_val: Max global gradient norm; None = no clipping.
+        log_every_n_steps: Interval of the `on_log` calls, in batches.
+    """
+
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    log_every_n_steps: int = 10
+
+    @classmethod
+    def from_trainer(cls, trainer: Any) -> StepSettings:
+        """The settings of the config's `trainer` node."""
+        return cls(
+            accumulate_grad_batches=trainer.accumulate_grad_batches,
+            gradient_clip_val=trainer.gradient_clip_val,
+            log_every_n_steps=trainer.log_every_n_steps,
+        )
+
+
 def train_one_epoch(
     *,
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    augment: DeviceAugment,
-    normalize: nn.Module,
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
+    parts: StepParts,
     autocast: Callable[[], contextlib.AbstractContextManager],
     device: torch.device,
-    ema: nn.Module | None = None,
-    accumulate_grad_batches: int = 1,
-    gradient_clip_val: float | None = None,
-    log_every_n_steps: int = 10,
+    settings: StepSettings = StepSettings(),
     on_log: LogHook | None = None,
     progress: EpochStats | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -115,20 +144,15 @@ def train_one_epoch(
         model: The (possibly compiled) model, in train mode.
         loader: Yields (uint8 images, int64 labels) batches; when `progress` says the
             epoch is partly done, the loader already starts after those batches.
-        augment: Turns a uint8 batch into augmented float images in [0, 1], then
-            mixes it (MixUp/CutMix with soft targets) when configured to.
-        normalize: Per-channel normalisation (and memory format).
-        loss_fn: Loss of (logits, target); the target is (N,) class ids or (N, C)
-            probabilities under mixing.
-        optimizer: The optimizer.
-        scheduler: Per-step lr schedule, stepped after every optimizer step.
-        scaler: Gradient scaler (a pass-through unless precision is 16).
+        parts: The augmentation (uint8 batch -> augmented float images in [0, 1], then
+            MixUp/CutMix with soft targets when configured), normalisation, loss of
+            (logits, (N,) class ids or (N, C) probabilities), optimizer, per-step lr
+            schedule (stepped after every optimizer step), gradient scaler (a
+            pass-through unless precision is 16) and EMA (updated after every optimizer
+            step; None = off).
         autocast: Factory of autocast contexts.
         device: Where the batches go.
-        ema: timm ModelEmaV3, updated after every optimizer step; None = off.
-        accumulate_grad_batches: Batches per optimizer step.
-        gradient_clip_val: Max global gradient norm; None = no clipping.
-        log_every_n_steps: Interval of `on_log` calls, in batches.
+        settings: Accumulation, clipping and the logging interval.
         on_log: Called at logging intervals; may read the tensors it gets.
         progress: The progress of this epoch before a restart; None = a fresh epoch.
         should_stop: Asked after every optimizer step; True ends the epoch early
@@ -143,6 +167,7 @@ def train_one_epoch(
         NonFiniteLossError: A non-finite loss under policy "stop", or more skips than
             the policy allows.
     """
+    augment, accumulate = parts.augment, settings.accumulate_grad_batches
     model.train()
     augment.train()
     done = progress or EpochStats()
@@ -161,12 +186,12 @@ def train_one_epoch(
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         images, targets = augment.mix(augment(images), labels)
-        inputs = normalize(images)
+        inputs = parts.normalize(images)
         with autocast():
             logits = model(inputs)
-            loss = loss_fn(logits, targets)
+            loss = parts.loss_fn(logits, targets)
         finite = torch.isfinite(loss.detach())
-        at_boundary = batch_index % accumulate_grad_batches == 0 or batch_index == total
+        at_boundary = batch_index % accumulate == 0 or batch_index == total
         # A skipped batch (nan_policy=skip) has no backward; the other batches of its
         # accumulation window keep their gradients and still make the window's step.
         skipped = guard.policy == "skip" and not bool(finite)
@@ -184,11 +209,11 @@ def train_one_epoch(
                 # Clearing right before the backward that refills the gradients (not right
                 # after the step) keeps their memory with the allocator: on the CPU, freeing
                 # it early hands it back to the OS and every step faults it in again.
-                optimizer.zero_grad(set_to_none=True)
+                parts.optimizer.zero_grad(set_to_none=True)
                 window_start = False
-            scaler.scale(loss / accumulate_grad_batches).backward()
+            parts.scaler.scale(loss / accumulate).backward()
         if at_boundary and not window_start:
-            _optimizer_step(model, optimizer, scaler, gradient_clip_val, scheduler, ema)
+            _optimizer_step(model, parts, settings.gradient_clip_val)
             window_start = True
         if not skipped:
             batch = labels.shape[0]
@@ -196,7 +221,7 @@ def train_one_epoch(
             loss_sum += loss.detach().float() * batch
             correct += (logits.detach().argmax(-1) == dominant_class(targets)).sum()
             if on_log is not None and (
-                batch_index % log_every_n_steps == 0 or batch_index == total
+                batch_index % settings.log_every_n_steps == 0 or batch_index == total
             ):
                 _raise_if_bad(first_bad, first_step + done.batches)
                 on_log(batch_index, loss_sum / seen, correct / seen)
@@ -206,7 +231,7 @@ def train_one_epoch(
     if not stopped and not window_start:
         # The loader gave fewer batches than its length (a streamed batch whose files all
         # failed to decode): the open accumulation window is stepped as the last one.
-        _optimizer_step(model, optimizer, scaler, gradient_clip_val, scheduler, ema)
+        _optimizer_step(model, parts, settings.gradient_clip_val)
     loss_value, correct_value, bad = torch.stack(
         [loss_sum.float(), correct.float(), first_bad.float()]
     ).tolist()
@@ -237,23 +262,16 @@ def dominant_class(targets: torch.Tensor) -> torch.Tensor:
     return targets.argmax(-1) if targets.ndim == 2 else targets
 
 
-def _optimizer_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    gradient_clip_val: float | None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    ema: nn.Module | None,
-) -> None:
+def _optimizer_step(model: nn.Module, parts: StepParts, gradient_clip_val: float | None) -> None:
     """Ends an accumulation window: clip, step, then the lr schedule and the EMA."""
     if gradient_clip_val is not None:
-        scaler.unscale_(optimizer)
+        parts.scaler.unscale_(parts.optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), gradient_clip_val)
-    scaler.step(optimizer)
-    scaler.update()
-    scheduler.step()
-    if ema is not None:
-        ema.update(model)
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    parts.scheduler.step()
+    if parts.ema is not None:
+        parts.ema.update(model)
 
 
 @torch.inference_mode()

@@ -150,6 +150,7 @@ def fit(
     config_yaml = (ctx.run_dir / "config_resolved.yaml").read_text()  # redacted, at start
     train_counts = data.class_counts().tolist()  # kept in every best.pt, for eval's groups
     patience = trainer.early_stopping_patience
+    steps = engine.StepSettings.from_trainer(trainer)
     if ctx.is_main:  # everything the first step needs is built: start-up ends here
         startup_clock.finish(ctx.run_dir, ctx.tracker)
     if patience is not None and not state.partial_epoch and state.epochs_since_best >= patience:
@@ -174,18 +175,10 @@ def fit(
         done = engine.train_one_epoch(
             model=train_model,
             loader=train_loader,
-            augment=parts.augment,
-            normalize=parts.normalize,
-            loss_fn=parts.loss_fn,
-            optimizer=parts.optimizer,
-            scheduler=parts.scheduler,
-            scaler=parts.scaler,
+            parts=parts,
             autocast=autocast,
             device=ctx.device,
-            ema=parts.ema,
-            accumulate_grad_batches=trainer.accumulate_grad_batches,
-            gradient_clip_val=trainer.gradient_clip_val,
-            log_every_n_steps=trainer.log_every_n_steps,
+            settings=steps,
             on_log=display.on_log,
             progress=unfinished,
             should_stop=ctx.stop.requested,
@@ -229,7 +222,7 @@ def fit(
             state,
             current,
             maximize=trainer.monitor_mode == "max",
-            patience=trainer.early_stopping_patience,
+            patience=patience,
             tie_break=None if trainer.monitor == "val/loss" else metrics["val/loss"],
             interrupted=ctx.stop.requested(),  # during validation: last.pt is this epoch's
             # A NaN val loss: the weights give non-finite outputs, whatever val/acc says.
@@ -280,6 +273,6 @@ def fit(
             log.info(
                 "early stopping: %s has not improved for %d epochs",
                 trainer.monitor,
-                trainer.early_stopping_patience,
+                patience,
             )
             break

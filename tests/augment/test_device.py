@@ -179,13 +179,13 @@ def test_training_with_mixing_feeds_soft_targets_to_the_loss(make_cfg):
 
     kwargs = setup_loop(make_cfg, aug="flip_crop", batches=4, aug_overrides=MIX)
     seen = []
-    loss_fn = kwargs["loss_fn"]
+    loss_fn = kwargs["parts"].loss_fn
 
     def spy(logits, target):
         seen.append(target)
         return loss_fn(logits, target)
 
-    kwargs["loss_fn"] = spy
+    kwargs["parts"].loss_fn = spy
     stats = engine.train_one_epoch(**kwargs)
     assert all(t.shape == (8, 4) and t.dtype == torch.float32 for t in seen)
     assert math.isfinite(stats.loss) and 0 <= stats.acc <= 1

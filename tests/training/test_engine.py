@@ -17,6 +17,7 @@ from runner.data.sets.synthetic import make_synthetic
 from runner.training import engine
 from runner.training.losses import CrossEntropyLoss
 from runner.training.optim import build_optimizer, cosine_schedule
+from runner.training.parts import TrainingParts
 from tests.conftest import group_options
 
 
@@ -36,14 +37,18 @@ def setup_loop(make_cfg, aug: str = "basic", batches: int = 20, aug_overrides=()
     kwargs = dict(
         model=model,
         loader=ResidentLoader(data.train, 8, RandomSampler(data.train.labels)),
-        augment=instantiate(
-            make_cfg(f"aug={aug}", "data.image_size=16", *aug_overrides).aug, num_classes=4
+        parts=TrainingParts(
+            model=model,
+            augment=instantiate(
+                make_cfg(f"aug={aug}", "data.image_size=16", *aug_overrides).aug, num_classes=4
+            ),
+            normalize=Normalize(data.mean, data.std),
+            loss_fn=CrossEntropyLoss(),
+            optimizer=optimizer,
+            scheduler=cosine_schedule(optimizer, total_steps=batches, steps_per_epoch=batches),
+            scaler=torch.amp.GradScaler("cpu", enabled=False),
+            ema=None,
         ),
-        normalize=Normalize(data.mean, data.std),
-        loss_fn=CrossEntropyLoss(),
-        optimizer=optimizer,
-        scheduler=cosine_schedule(optimizer, total_steps=batches, steps_per_epoch=batches),
-        scaler=torch.amp.GradScaler("cpu", enabled=False),
         autocast=contextlib.nullcontext,
         device=torch.device("cpu"),
     )
@@ -87,7 +92,9 @@ def test_no_host_sync_per_step(make_cfg, monkeypatch, aug, aug_overrides):
         monkeypatch.setattr(torch.Tensor, name, counting)
     logged = []
     stats = engine.train_one_epoch(
-        **kwargs, log_every_n_steps=10, on_log=lambda step, loss, acc: logged.append(step)
+        **kwargs,
+        settings=engine.StepSettings(log_every_n_steps=10),
+        on_log=lambda step, loss, acc: logged.append(step),
     )
     assert stats.batches == 20 and stats.finished and logged == [10, 20]
     # One read of the NaN flag per logging interval, one read of the sums at the end.
@@ -98,16 +105,18 @@ def test_no_host_sync_per_step(make_cfg, monkeypatch, aug, aug_overrides):
 
 def test_accumulation_steps_the_optimizer_every_k_batches(make_cfg):
     kwargs = setup_loop(make_cfg, aug="none", batches=20)
-    engine.train_one_epoch(**kwargs, accumulate_grad_batches=4)
-    assert kwargs["scheduler"].last_epoch == 5
+    engine.train_one_epoch(**kwargs, settings=engine.StepSettings(accumulate_grad_batches=4))
+    assert kwargs["parts"].scheduler.last_epoch == 5
 
 
 def test_gradient_clipping_bounds_the_update(make_cfg):
     kwargs = setup_loop(make_cfg, aug="none", batches=4)
     before = [p.detach().clone() for p in kwargs["model"].parameters()]
-    kwargs["optimizer"] = torch.optim.SGD(kwargs["model"].parameters(), lr=1.0)
-    kwargs["scheduler"] = torch.optim.lr_scheduler.LambdaLR(kwargs["optimizer"], lambda s: 1.0)
-    engine.train_one_epoch(**kwargs, gradient_clip_val=1e-3, accumulate_grad_batches=4)
+    parts = kwargs["parts"]
+    parts.optimizer = torch.optim.SGD(kwargs["model"].parameters(), lr=1.0)
+    parts.scheduler = torch.optim.lr_scheduler.LambdaLR(parts.optimizer, lambda s: 1.0)
+    settings = engine.StepSettings(gradient_clip_val=1e-3, accumulate_grad_batches=4)
+    engine.train_one_epoch(**kwargs, settings=settings)
     moved = torch.cat(
         [
             (p.detach() - b).flatten()
@@ -131,15 +140,17 @@ def nan_at(loss_fn, bad_call: int):
 
 def test_nan_policy_stop_names_the_first_bad_step(make_cfg):
     kwargs = setup_loop(make_cfg, aug="none", batches=20)
-    kwargs["loss_fn"] = nan_at(kwargs["loss_fn"], 7)
+    kwargs["parts"].loss_fn = nan_at(kwargs["parts"].loss_fn, 7)
     with pytest.raises(engine.NonFiniteLossError, match="non-finite loss at step 107"):
-        engine.train_one_epoch(**kwargs, log_every_n_steps=10, first_step=101)
+        engine.train_one_epoch(
+            **kwargs, settings=engine.StepSettings(log_every_n_steps=10), first_step=101
+        )
 
 
 def test_nan_policy_skip_leaves_the_weights_untouched_by_bad_batches(make_cfg):
     kwargs = setup_loop(make_cfg, aug="none", batches=4)
     model = kwargs["model"]
-    kwargs["loss_fn"] = lambda logits, target: logits.sum() * float("inf")
+    kwargs["parts"].loss_fn = lambda logits, target: logits.sum() * float("inf")
     before = [p.detach().clone() for p in model.parameters()]
     guard = engine.NanGuard(policy="skip", max_skips=10)
     done = engine.train_one_epoch(**kwargs, nan_guard=guard)
@@ -153,14 +164,17 @@ def test_a_skipped_last_batch_leaves_its_window_to_the_others(make_cfg):
     """The window's good batches make its step; fp16's scaler once asserted ("No inf checks
     were recorded") on an empty window, and the good gradients were thrown away."""
     kwargs = setup_loop(make_cfg, aug="none", batches=4)
-    kwargs["scaler"] = torch.amp.GradScaler("cpu", enabled=True)
-    kwargs["loss_fn"] = nan_at(kwargs["loss_fn"], 4)
-    steps = kwargs["scheduler"].last_epoch
+    parts = kwargs["parts"]
+    parts.scaler = torch.amp.GradScaler("cpu", enabled=True)
+    parts.loss_fn = nan_at(parts.loss_fn, 4)
+    steps = parts.scheduler.last_epoch
     before = [p.detach().clone() for p in kwargs["model"].parameters()]
     guard = engine.NanGuard(policy="skip", max_skips=10)
-    done = engine.train_one_epoch(**kwargs, nan_guard=guard, accumulate_grad_batches=4)
+    done = engine.train_one_epoch(
+        **kwargs, nan_guard=guard, settings=engine.StepSettings(accumulate_grad_batches=4)
+    )
     assert guard.skipped == 1 and done.batches == 4 and done.seen == 24
-    assert kwargs["scheduler"].last_epoch == steps + 1, "batches 1-3 make the window's step"
+    assert parts.scheduler.last_epoch == steps + 1, "batches 1-3 make the window's step"
     after = list(kwargs["model"].parameters())
     assert not all(torch.equal(p, b) for p, b in zip(after, before, strict=True))
 
@@ -168,11 +182,14 @@ def test_a_skipped_last_batch_leaves_its_window_to_the_others(make_cfg):
 def test_a_skipped_batch_at_a_window_boundary_keeps_the_windows_step(make_cfg):
     """Windows of 2 over 4 batches, batch 2 not finite: still 2 steps (batch 1's was lost)."""
     kwargs = setup_loop(make_cfg, aug="none", batches=4)
-    kwargs["loss_fn"] = nan_at(kwargs["loss_fn"], 2)
-    steps = kwargs["scheduler"].last_epoch
+    parts = kwargs["parts"]
+    parts.loss_fn = nan_at(parts.loss_fn, 2)
+    steps = parts.scheduler.last_epoch
     guard = engine.NanGuard(policy="skip", max_skips=10)
-    engine.train_one_epoch(**kwargs, nan_guard=guard, accumulate_grad_batches=2)
-    assert guard.skipped == 1 and kwargs["scheduler"].last_epoch == steps + 2
+    engine.train_one_epoch(
+        **kwargs, nan_guard=guard, settings=engine.StepSettings(accumulate_grad_batches=2)
+    )
+    assert guard.skipped == 1 and parts.scheduler.last_epoch == steps + 2
 
 
 def test_a_stopped_epoch_continues_where_it_stopped(make_cfg):

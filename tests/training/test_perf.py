@@ -139,13 +139,13 @@ def test_no_host_sync_per_step_with_clipping_accumulation_and_ema(make_cfg, monk
             return _original(self, *args, **kw)
 
         monkeypatch.setattr(torch.Tensor, name, counting)
+    kwargs["parts"].ema = ModelEmaV3(kwargs["model"], decay=0.9)
     done = engine.train_one_epoch(
         **kwargs,
-        log_every_n_steps=10,
+        settings=engine.StepSettings(
+            log_every_n_steps=10, gradient_clip_val=1.0, accumulate_grad_batches=2
+        ),
         on_log=lambda *args: None,
-        gradient_clip_val=1.0,
-        accumulate_grad_batches=2,
-        ema=ModelEmaV3(kwargs["model"], decay=0.9),
     )
     assert done.batches == 20 and done.finished
     # torch.optim reads its host-side step counter; not a device sync.
@@ -171,17 +171,17 @@ def test_no_host_sync_in_steady_state_steps_on_cuda(make_cfg):
     for aug, overrides in (("none", MIX), ("basic", ())):
         kwargs = setup_loop(make_cfg, aug=aug, batches=12, aug_overrides=overrides)
         kwargs["model"] = kwargs["model"].to(device)
-        kwargs["augment"] = kwargs["augment"].to(device)
-        kwargs["normalize"] = kwargs["normalize"].to(device)
+        parts = kwargs["parts"]
+        parts.augment = parts.augment.to(device)
+        parts.normalize = parts.normalize.to(device)
+        parts.ema = ModelEmaV3(kwargs["model"], decay=0.9)
         kwargs["device"] = device
         loader = kwargs.pop("loader")
         loader.split = loader.split.to(device)
         kwargs["loader"] = _SyncChecked(loader, warmup=2)
         engine.train_one_epoch(
             **kwargs,
-            log_every_n_steps=10_000,
-            gradient_clip_val=1.0,
-            ema=ModelEmaV3(kwargs["model"], decay=0.9),
+            settings=engine.StepSettings(log_every_n_steps=10_000, gradient_clip_val=1.0),
         )
         assert kwargs["loader"].checked == 10
 
