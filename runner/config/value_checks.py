@@ -220,12 +220,12 @@ def _optional_tracking_uri(value: Any) -> str | None:
 
 
 def csv_header(path: Any) -> list[str]:
-    """The column names of a CSV file (its first row); [] for an empty file.
+    """The column names of a CSV file (its first row, names stripped); [] for an empty file.
 
     Read as UTF-8 with an optional byte-order mark, which spreadsheets write first.
     """
     with Path(str(path)).expanduser().open(newline="", encoding="utf-8-sig") as handle:
-        return next(csv.reader(handle), [])
+        return [name.strip() for name in next(csv.reader(handle), [])]
 
 
 def csv_file_problem(path: Any, columns: tuple[str, ...]) -> str | None:

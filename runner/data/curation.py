@@ -6,7 +6,11 @@ Both read a CSV file with a `sample_id` column (the ids of `runner.data.splits`)
   column (an audit's label_issues.csv, which lists every sample) drops only the rows
   where it is true.
 - `data.relabel=<csv with sample_id,label>` gives those train samples the label named
-  in `label`: a class name, or a class index when no class has that name.
+  in `label`: a class name, or a class index when no class has that name. With an
+  `is_label_issue` column, only the rows where it is true.
+
+`is_label_issue` takes True/False, 1/0, yes/no (any case); another value is an error
+naming the line. Column names and labels may have surrounding spaces.
 
 They apply after the real-world switches (so they act on the labels an audit saw) and
 before k-fold. Only train samples change; an id of the val or test split, or of no
@@ -35,11 +39,16 @@ log = logging.getLogger(__name__)
 KEYS = ("exclude", "relabel")
 # A column that marks which rows of an exclude file to act on (label_issues.csv).
 FLAG_COLUMN = "is_label_issue"
-_TRUE = frozenset({"true", "1", "yes"})
+_TRUE = frozenset({"true", "t", "yes", "y", "1", "1.0"})
+_FALSE = frozenset({"false", "f", "no", "n", "0", "0.0", ""})
 
 
-def read_id_file(path: str, key: str, columns: tuple[str, ...]) -> list[dict[str, str]]:
+def read_id_file(path: str, key: str, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
     """The rows of a CSV file that must have `columns` (header checked first).
+
+    Column names and the values of every column but `sample_id` are stripped of
+    surrounding spaces (`sample_id, label` is a header a person writes); ids are kept as
+    written, since file names may end in a space.
 
     Args:
         path: The file (`data.exclude` or `data.relabel`).
@@ -47,25 +56,75 @@ def read_id_file(path: str, key: str, columns: tuple[str, ...]) -> list[dict[str
         columns: Columns the file must have.
 
     Returns:
-        The rows as dicts.
+        (line number in the file, row) pairs.
 
     Raises:
-        DataError: The file is missing, unreadable or lacks a column.
+        DataError: The file is missing, unreadable, not UTF-8 text or lacks a column.
     """
     problem = csv_file_problem(path, columns)
     if problem is not None:
         raise DataError(f"{key}={path!r}: {problem}")
+    rows = []
     # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark.
     with Path(path).expanduser().open(newline="", encoding="utf-8-sig") as handle:
-        return list(csv.DictReader(handle))
+        reader = csv.reader(handle)
+        try:
+            header = [name.strip() for name in next(reader)]
+            for values in reader:
+                if not any(v.strip() for v in values):
+                    continue  # a blank line
+                row = dict(zip(header, values, strict=False))
+                rows.append((reader.line_num, _stripped(row)))
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise DataError(
+                f"{key}={path!r} cannot be read as CSV near line {reader.line_num + 1} "
+                f"({err}): save it as UTF-8 CSV."
+            ) from None
+    return rows
+
+
+def _stripped(row: dict[str, str | None]) -> dict[str, str]:
+    return {
+        name: (value or "") if name == "sample_id" else (value or "").strip()
+        for name, value in row.items()
+    }
+
+
+def _flag_is_true(path: str, key: str, line: int, value: str) -> bool:
+    """Whether an `is_label_issue` value is true; anything but a yes or a no is refused."""
+    text = value.lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise DataError(
+        f"{key}={path!r}, line {line}: {FLAG_COLUMN}={value!r} is neither true nor false; "
+        "write True/False (or 1/0) in that column."
+    )
+
+
+def _flagged(path: str, key: str, rows: list[tuple[int, dict[str, str]]]) -> list:
+    """The rows to act on: those whose `is_label_issue` is true, or all without that column."""
+    if not rows or FLAG_COLUMN not in rows[0][1]:
+        return rows
+    return [(line, r) for line, r in rows if _flag_is_true(path, key, line, r[FLAG_COLUMN])]
 
 
 def _train_positions(data: DataSplits, ids: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
-    """Positions in the train split of `ids`, those ids, and the ids that are not train's."""
+    """Positions in the train split of `ids`, those ids, and the ids that are not train's.
+
+    An id matches as written or, failing that, without surrounding spaces.
+    """
     where = {sample_id: i for i, sample_id in enumerate(data.train.ids)}
-    matched = [i for i in ids if i in where]
-    unmatched = [i for i in ids if i not in where]
-    return np.array([where[i] for i in matched], dtype=np.int64), matched, unmatched
+    matched, unmatched, positions = [], [], []
+    for sample_id in ids:
+        position = where.get(sample_id, where.get(sample_id.strip()))
+        if position is None:
+            unmatched.append(sample_id)
+        else:
+            matched.append(sample_id)
+            positions.append(position)
+    return np.array(positions, dtype=np.int64), matched, unmatched
 
 
 def _nothing_matched(key: str, path: str, data: DataSplits, ids: list[str]) -> DataError:
@@ -98,10 +157,10 @@ def exclude_samples(data: DataSplits, path: str) -> DataSplits:
         DataError: The file is missing or lacks `sample_id`, or none of its ids is a
             train sample.
     """
-    rows = read_id_file(path, "data.exclude", CURATION_COLUMNS["data.exclude"])
-    if rows and FLAG_COLUMN in rows[0]:
-        rows = [r for r in rows if str(r[FLAG_COLUMN]).strip().lower() in _TRUE]
-    ids = list(dict.fromkeys(r["sample_id"] for r in rows))
+    rows = _flagged(
+        path, "data.exclude", read_id_file(path, "data.exclude", CURATION_COLUMNS["data.exclude"])
+    )
+    ids = list(dict.fromkeys(r["sample_id"] for _, r in rows))
     if not ids:
         raise DataError(
             f"data.exclude={path!r} lists no sample to drop"
@@ -114,6 +173,12 @@ def exclude_samples(data: DataSplits, path: str) -> DataSplits:
     _report_unmatched("data.exclude", path, unmatched)
     keep = np.ones(len(data.train), dtype=bool)
     keep[positions] = False
+    if not keep.any():
+        raise DataError(
+            f"data.exclude={path!r} lists all {len(keep)} train samples of {data.name}, so "
+            "nothing would be left to train on: give a file with only the samples to drop "
+            f"(for an audit's label_issues.csv, keep its {FLAG_COLUMN} column)."
+        )
     kept = torch.from_numpy(np.flatnonzero(keep))
     data = data.subset_train(kept)
     data.extra_params["data.num_excluded"] = len(positions)
@@ -141,9 +206,10 @@ def relabel_samples(data: DataSplits, path: str) -> DataSplits:
             class, one id gets two labels, or none of its ids is a train sample.
     """
     rows = read_id_file(path, "data.relabel", CURATION_COLUMNS["data.relabel"])
+    rows = _flagged(path, "data.relabel", rows)
     wanted: dict[str, int] = {}
     unknown = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         index = _class_index(row["label"], data.class_names)
         if index is None:
             unknown.append(f"line {line}: {row['label']!r}")
@@ -162,7 +228,11 @@ def relabel_samples(data: DataSplits, path: str) -> DataSplits:
             f"index 0..{data.num_classes - 1}."
         )
     if not wanted:
-        raise DataError(f"data.relabel={path!r} has no rows: leave data.relabel out.")
+        raise DataError(
+            f"data.relabel={path!r} has no rows"
+            + (f" with {FLAG_COLUMN} true" if FLAG_COLUMN in csv_header(path) else "")
+            + ": leave data.relabel out."
+        )
     ids = list(wanted)
     positions, matched, unmatched = _train_positions(data, ids)
     if not len(positions):

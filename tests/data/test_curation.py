@@ -121,3 +121,66 @@ def test_a_missing_file_or_column_fails_validation(make_cfg, tmp_path, key, head
     with pytest.raises(ConfigError, match="1 problem") as err:
         validate(make_cfg(f"data.{key}={path}"))
     assert f"data.{key}='{path}' {expected}" in str(err.value)
+
+
+def test_flag_values_of_every_usual_spelling_are_read_and_others_refused(make_cfg, tmp_path):
+    plain = digits(make_cfg)
+    ids = [str(i) for i in plain.train.ids[:8]]
+    flags = ["True", "1.0", "yes", "T", "False", "0.0", "no", ""]
+    header = ["sample_id", "is_label_issue"]
+    path = write_csv(tmp_path / "flags.csv", header, list(zip(ids, flags, strict=True)))
+    assert digits(make_cfg, f"data.exclude={path}").extra_params["data.num_excluded"] == 4
+    bad = write_csv(tmp_path / "bad.csv", header, [[ids[0], "True"], [ids[1], "x"]])
+    with pytest.raises(DataError, match=r"bad.csv', line 3: is_label_issue='x' is neither"):
+        digits(make_cfg, f"data.exclude={bad}")
+
+
+def test_a_header_written_with_spaces_keeps_its_flag_column(make_cfg, tmp_path):
+    """`sample_id, is_label_issue` once read as an id list: the false rows were dropped too."""
+    plain = digits(make_cfg)
+    ids = [str(i) for i in plain.train.ids[:3]]
+    path = tmp_path / "spaced.csv"
+    path.write_text(
+        f"sample_id, is_label_issue\n{ids[0]}, true\n{ids[1]}, false\n{ids[2]} , false\n"
+    )
+    assert digits(make_cfg, f"data.exclude={path}").extra_params["data.num_excluded"] == 1
+    drop = tmp_path / "drop.csv"
+    drop.write_text(f"sample_id\n{ids[2]} \n")  # an id with a trailing space still matches
+    data = digits(make_cfg, f"data.exclude={drop}")
+    assert data.extra_params["data.num_excluded"] == 1
+    assert data.extra_params["data.exclude_unmatched"] == 0
+
+
+def test_a_file_that_is_not_utf8_past_its_header_is_refused_naming_it(make_cfg, tmp_path):
+    plain = digits(make_cfg)
+    path = tmp_path / "latin1.csv"
+    lines = ["sample_id", *(str(i) for i in plain.train.ids[:600]), "caf\xe9"]
+    path.write_bytes("\n".join(lines).encode("latin-1"))
+    with pytest.raises(DataError, match=r"data.exclude=.*latin1.csv.*save it as UTF-8"):
+        digits(make_cfg, f"data.exclude={path}")
+
+
+def test_excluding_every_train_sample_is_refused_naming_the_key(make_cfg, tmp_path):
+    plain = digits(make_cfg)
+    path = write_csv(tmp_path / "all.csv", ["sample_id"], [[str(i)] for i in plain.train.ids])
+    with pytest.raises(DataError, match=r"data.exclude=.*all.csv' lists all \d+ train samples"):
+        digits(make_cfg, f"data.exclude={path}")
+
+
+def test_relabel_of_an_audit_file_changes_only_the_flagged_rows(make_cfg, tmp_path):
+    plain = digits(make_cfg)
+    ids = [str(i) for i in plain.train.ids[:6]]
+    old = plain.train.labels[:6].tolist()
+    rows = [[i, (y + 1) % 10, n < 2] for n, (i, y) in enumerate(zip(ids, old, strict=True))]
+    path = write_csv(tmp_path / "suggested.csv", ["sample_id", "label", "is_label_issue"], rows)
+    data = digits(make_cfg, f"data.relabel={path}")
+    assert data.extra_params["data.num_relabeled"] == 2
+    assert data.train.labels[:6].tolist() == [(old[0] + 1) % 10, (old[1] + 1) % 10, *old[2:]]
+
+
+def test_relabel_errors_give_the_files_own_line_numbers(make_cfg, tmp_path):
+    plain = digits(make_cfg)
+    path = tmp_path / "blank.csv"
+    path.write_text(f"sample_id,label\n\n{plain.train.ids[0]},1\n\n\n{plain.train.ids[1]},cat\n")
+    with pytest.raises(DataError, match=r"line 6: 'cat'"):
+        digits(make_cfg, f"data.relabel={path}")
