@@ -25,6 +25,7 @@ it works whichever launcher ran the jobs (SLURM included) and can be redone:
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -56,7 +57,8 @@ LABEL_ISSUE_COLUMNS = (
 class AuditResult:
     """What `run_audit` found and wrote."""
 
-    counts: dict[str, int]
+    # None = cleanlab could not check that issue type (too few samples).
+    counts: dict[str, int | None]
     files: list[Path]
     datalab_seconds: float
     train_seconds: float
@@ -176,12 +178,12 @@ def run_audit(
     )
     files.append(summary)
     log.info(
-        "audit of %s: %d label issues, %d near duplicates, %d outliers among %d samples "
+        "audit of %s: %s label issues, %s near duplicates, %s outliers among %d samples "
         "(Datalab %.1fs); %s",
         sweep_dir,
         counts["num_label_issues"],
-        counts["num_near_duplicates"],
-        counts["num_outliers"],
+        _count(counts["num_near_duplicates"]),
+        _count(counts["num_outliers"]),
         len(merged.sample_id),
         seconds,
         out,
@@ -197,7 +199,8 @@ def _write_csv(path: Path, header, rows) -> None:
         writer.writerows(rows)
 
 
-def _write_near_duplicates(path: Path, lab: Any, merged: MergedFolds, names) -> int:
+def _write_near_duplicates(path: Path, lab: Any, merged: MergedFolds, names) -> int | None:
+    """Writes near_duplicates.csv; returns its row count, None when cleanlab could not check."""
     table = _issues(lab, "near_duplicate")
     rows = []
     if table is not None:
@@ -211,15 +214,16 @@ def _write_near_duplicates(path: Path, lab: Any, merged: MergedFolds, names) -> 
                     names[merged.label[i]],
                     f"{scores[i]:.6f}",
                     f"{table['distance_to_nearest_neighbor'].iat[i]:.6g}",
-                    " ".join(members),
+                    json.dumps(members),  # a JSON list: image paths may hold spaces
                 )
             )
     header = ("sample_id", "given_label", "near_duplicate_score", "distance", "duplicate_ids")
     _write_csv(path, header, rows)
-    return len(rows)
+    return None if table is None else len(rows)
 
 
-def _write_outliers(path: Path, lab: Any, merged: MergedFolds, names) -> int:
+def _write_outliers(path: Path, lab: Any, merged: MergedFolds, names) -> int | None:
+    """Writes outliers.csv; returns its row count, None when cleanlab could not check."""
     table = _issues(lab, "outlier")
     rows = []
     if table is not None:
@@ -230,7 +234,7 @@ def _write_outliers(path: Path, lab: Any, merged: MergedFolds, names) -> int:
             for i in hit[np.argsort(scores[hit], kind="stable")]
         ]
     _write_csv(path, ("sample_id", "given_label", "outlier_score"), rows)
-    return len(rows)
+    return None if table is None else len(rows)
 
 
 def _data_config(merged: MergedFolds) -> dict[str, Any] | None:
@@ -300,6 +304,10 @@ def _draw_suspects(
     return path
 
 
+def _count(value: int | None) -> str:
+    return "not checked (too few samples for cleanlab)" if value is None else str(value)
+
+
 def _summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, names) -> str:
     n = len(merged.sample_id)
     accuracy = float((merged.probabilities.argmax(1) == merged.label).mean())
@@ -313,9 +321,9 @@ def _summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, na
         "",
         "| issue | samples |",
         "|---|---|",
-        f"| label issues | {counts['num_label_issues']} |",
-        f"| near duplicates | {counts['num_near_duplicates']} |",
-        f"| outliers | {counts['num_outliers']} |",
+        f"| label issues | {_count(counts['num_label_issues'])} |",
+        f"| near duplicates | {_count(counts['num_near_duplicates'])} |",
+        f"| outliers | {_count(counts['num_outliers'])} |",
         "",
         f"cleanlab Datalab: {seconds:.1f} s; the fold jobs: {merged.train_seconds:.1f} s.",
     ]
@@ -377,21 +385,27 @@ def audit_and_log(
     """
     result = run_audit(sweep_dir, num_thumbnails, merged)
     if tracker is not None:
-        metrics = {f"audit/{name}": float(value) for name, value in result.counts.items()}
-        metrics["audit/datalab_seconds"] = result.datalab_seconds
+        log_audit(tracker, result)
+    return result
+
+
+def log_audit(tracker: Tracker, result: AuditResult) -> None:
+    """Logs an audit's counts and files to the sweep's parent run (artifacts in audit/)."""
+    metrics = {
+        f"audit/{name}": float(value) for name, value in result.counts.items() if value is not None
+    }
+    metrics["audit/datalab_seconds"] = result.datalab_seconds
+    if result.known_noise:
         metrics.update(
             {
                 f"audit/known_noise_{k}": float(result.known_noise[k])
                 for k in ("precision", "recall")
             }
-            if result.known_noise
-            else {}
         )
-        tracker.log_metrics(metrics, step=0)
-        for path in result.files:
-            tracker.log_artifact(path, AUDIT_DIR)
-        tracker.set_tags({"audit": f"{AUDIT_DIR}/summary.md"})
-    return result
+    tracker.log_metrics(metrics, step=0)
+    for path in result.files:
+        tracker.log_artifact(path, AUDIT_DIR)
+    tracker.set_tags({"audit": f"{AUDIT_DIR}/summary.md"})
 
 
 def audit_if_asked(config: DictConfig, sweep_dir: Path, tracker: Tracker | None) -> str | None:
@@ -424,16 +438,27 @@ def redo_audit(sweep_dir: Path, num_thumbnails: int = NUM_THUMBNAILS) -> AuditRe
 
     For `python -m runner.sweeps audit <sweep dir>`: after the fold jobs of a sweep were
     collected from SLURM, or to audit again (another number of thumbnails, a newer
-    cleanlab). The parent run ends as the sweep did: FAILED when a job did not finish.
+    cleanlab). The files are written first, from the sweep dir alone; the parent run
+    then ends as the sweep did: FAILED when a job did not finish. A parent run that
+    cannot be reached (the store moved, the server is down) leaves the files written
+    and is reported as a warning.
     """
     sweep_dir = Path(sweep_dir)
-    merged = merge_folds(sweep_dir)  # nothing to audit: said before the parent run reopens
-    tracker = reopen_parent_run(sweep_dir)
-    jobs = read_manifest(sweep_dir).values()
-    failed = any(job.get("status") != "FINISHED" for job in jobs)
+    result = run_audit(sweep_dir, num_thumbnails)
     try:
-        result = audit_and_log(sweep_dir, tracker, num_thumbnails, merged)
-    finally:
-        if tracker is not None:
+        tracker = reopen_parent_run(sweep_dir)
+    except Exception as err:  # the files stand; only the logging is lost
+        log.warning(
+            "audit: the files are written, but not logged to the sweep's parent run (%s: %s)",
+            type(err).__name__,
+            err,
+        )
+        return result
+    if tracker is not None:
+        jobs = read_manifest(sweep_dir).values()
+        failed = any(job.get("status") != "FINISHED" for job in jobs)
+        try:
+            log_audit(tracker, result)
+        finally:
             tracker.finish("FAILED" if failed else "FINISHED")
     return result

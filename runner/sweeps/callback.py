@@ -153,7 +153,16 @@ def finish_submitted_sweep(sweep_dir: Path) -> int:
     """
     sweep_dir = Path(sweep_dir)
     config = OmegaConf.load(sweep_dir / "multirun.yaml")
-    tracker = reopen_parent_run(sweep_dir)
+    try:
+        tracker = reopen_parent_run(sweep_dir)
+    except Exception as err:  # the store moved or the server is down: the files stand
+        log.warning(
+            "the sweep's parent run cannot be reopened (%s: %s): the summary is written to "
+            "the sweep dir only",
+            type(err).__name__,
+            err,
+        )
+        tracker = None
     summary, audit_problem = _summarize_and_audit(config, sweep_dir, tracker)
     if tracker is not None:
         tracker.finish("FAILED" if summary.failed else "FINISHED")

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from runner.config.value_checks import sqlite_path
 from runner.tracking.protocol import Tracker
 from runner.tracking.store import file_lock
 
@@ -96,6 +97,9 @@ def reopen_parent_run(sweep_dir: Path) -> Tracker | None:
         return None
     from runner.tracking.mlflow_tracker import MlflowTracker
 
+    store = sqlite_path(info["tracking_uri"])
+    if store is not None and not store.expanduser().is_file():  # opening it would create it
+        raise FileNotFoundError(f"the sweep's tracking store {store} is gone")
     tracker = MlflowTracker(tracking_uri=info["tracking_uri"])
     tracker.connect(experiment_name=info["experiment_name"])
     tracker.start(run_name=None, tags={}, resume_run_id=info["parent_run_id"])

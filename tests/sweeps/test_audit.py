@@ -155,8 +155,9 @@ def test_near_duplicates_and_outliers_are_listed_by_sample_id(tmp_path):
     result = run_audit(sweep, num_thumbnails=0)
     duplicates = {r["sample_id"]: r for r in read_rows(sweep / "audit" / "near_duplicates.csv")}
     first, second = str(data.train.ids[10]), str(data.train.ids[11])
-    assert second in duplicates[first]["duplicate_ids"].split()
-    assert first in duplicates[second]["duplicate_ids"].split()
+    # A JSON list: image-folder ids are paths, which may hold spaces.
+    assert second in json.loads(duplicates[first]["duplicate_ids"])
+    assert first in json.loads(duplicates[second]["duplicate_ids"])
     outliers = read_rows(sweep / "audit" / "outliers.csv")
     assert outliers[0]["sample_id"] == str(data.train.ids[20]), "the most outlying first"
     assert result.counts["num_near_duplicates"] == len(duplicates)
@@ -237,6 +238,75 @@ def test_the_audit_is_logged_to_the_parent_run_and_the_command_redoes_it(tmp_pat
     assert {"label_issues.csv", "near_duplicates.csv", "outliers.csv", "summary.md"} <= logged
     ((status,),) = query(db, "SELECT status FROM runs WHERE run_uuid=?", parent.run_id)
     assert status == "FINISHED"
+
+
+def test_the_audit_command_writes_its_files_when_the_parent_runs_store_is_gone(tmp_path, caplog):
+    """A sweep dir copied off the cluster: the files come first, the store is not created."""
+    from runner.sweeps.__main__ import main
+
+    sweep, _ = fake_sweep(tmp_path / "sweep")
+    gone = tmp_path / "gone" / "mlflow.db"
+    info = {"parent_run_id": "0" * 32, "tracking_uri": f"sqlite:///{gone}", "experiment_name": "d"}
+    (sweep / "sweep.json").write_text(json.dumps(info))
+    assert main(["audit", str(sweep), "--thumbnails", "0"]) == 0
+    assert read_rows(sweep / "audit" / "label_issues.csv")
+    assert not gone.parent.exists()
+    assert "not logged to the sweep's parent run" in caplog.text
+
+
+def test_collect_summarises_and_audits_when_the_parent_runs_store_is_gone(tmp_path, caplog):
+    from runner.sweeps.callback import finish_submitted_sweep
+
+    sweep, _ = fake_sweep(tmp_path / "sweep")
+    for fold in range(4):
+        (sweep / str(fold) / "metrics.json").write_text(json.dumps({"test/acc": 0.9}))
+    config = {
+        "trainer": {"monitor": "val/acc", "monitor_mode": "max"},
+        "audit": {"enabled": True, "num_thumbnails": 0},
+    }
+    OmegaConf.save(config, sweep / "multirun.yaml")
+    gone = tmp_path / "gone" / "mlflow.db"
+    info = {"parent_run_id": "0" * 32, "tracking_uri": f"sqlite:///{gone}", "experiment_name": "d"}
+    (sweep / "sweep.json").write_text(json.dumps(info))
+    assert finish_submitted_sweep(sweep) == 0
+    assert (sweep / "summary.md").is_file() and (sweep / "audit" / "label_issues.csv").is_file()
+    assert not gone.parent.exists()
+    assert "the summary is written to the sweep dir only" in caplog.text
+
+
+def test_checks_cleanlab_could_not_run_are_reported_as_not_checked(tmp_path):
+    """With 8 samples Datalab skips the neighbour checks: no count of 0 is reported."""
+    data = load_digits(image_size=8)
+    pixels = data.train.images[:8, 0].reshape(8, -1).float().numpy() / 255
+    labels = np.arange(8) % 2
+    for fold in range(2):
+        run_dir = tmp_path / "sweep" / str(fold)
+        run_dir.mkdir(parents=True)
+        held = np.arange(fold, 8, 2)
+        probabilities = np.full((4, 2), 0.5)
+        save_out_of_fold(
+            run_dir / OOF_FILE,
+            sample_id=data.train.ids[held],
+            label=labels[held],
+            probabilities=probabilities,
+            embeddings=pixels[held],
+            class_names=["a", "b"],
+            fold=fold,
+            num_folds=2,
+        )
+        update_manifest(
+            tmp_path / "sweep",
+            f"data.fold={fold}",
+            status="FINISHED",
+            run_dir=str(run_dir),
+            num=fold,
+            overrides=[f"data.fold={fold}"],
+            seconds=1.0,
+        )
+    result = run_audit(tmp_path / "sweep", num_thumbnails=0)
+    assert result.counts["num_near_duplicates"] is None and result.counts["num_outliers"] is None
+    summary = (tmp_path / "sweep" / "audit" / "summary.md").read_text()
+    assert "| near duplicates | not checked" in summary
 
 
 def test_the_audit_command_on_a_dir_without_fold_outputs_says_what_to_run(tmp_path, capsys):
