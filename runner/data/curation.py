@@ -188,10 +188,16 @@ def exclude_samples(data: DataSplits, path: str) -> DataSplits:
 
 
 def _class_index(value: str, class_names: list[str]) -> int | None:
-    """The class a relabel row names: its name, else its index; None = no such class."""
+    """The class a relabel row names: its name, else its index; None = no such class.
+
+    Where a class name is itself a number (folders `0`, `1`, `10`), a number is read as a
+    name only: as an index it would name another class than the one it spells.
+    """
     text = str(value).strip()
     if text in class_names:
         return class_names.index(text)
+    if any(name.isdecimal() for name in class_names):
+        return None
     # isdecimal, not isdigit: "²" is a digit that int() refuses.
     if text.lstrip("-").isdecimal() and 0 <= int(text) < len(class_names):
         return int(text)
@@ -224,8 +230,13 @@ def relabel_samples(data: DataSplits, path: str) -> DataSplits:
         names = ", ".join(data.class_names[:20]) + (", ..." if data.num_classes > 20 else "")
         raise DataError(
             f"data.relabel={path!r}: {len(unknown)} label(s) name no class of {data.name} "
-            f"({'; '.join(unknown[:5])}). A label is a class name ({names}) or a class "
-            f"index 0..{data.num_classes - 1}."
+            f"({'; '.join(unknown[:5])}). A label is a class name ({names})"
+            + (
+                ""
+                if any(name.isdecimal() for name in data.class_names)
+                else f" or a class index 0..{data.num_classes - 1}"
+            )
+            + "."
         )
     if not wanted:
         raise DataError(

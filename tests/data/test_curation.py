@@ -73,7 +73,7 @@ def test_relabel_to_an_unknown_class_is_refused_naming_the_file(make_cfg, tmp_pa
     path = write_csv(tmp_path / "fix.csv", ["sample_id", "label"], [[plain.train.ids[0], "cat"]])
     with pytest.raises(DataError, match=r"data\.relabel=.*fix\.csv.*name no class") as err:
         digits(make_cfg, f"data.relabel={path}")
-    assert "line 2: 'cat'" in str(err.value) and "class index 0..9" in str(err.value)
+    assert "line 2: 'cat'" in str(err.value) and "a class name (0, 1, 2" in str(err.value)
 
 
 def test_a_spreadsheets_utf8_csv_with_a_byte_order_mark_is_read(make_cfg, tmp_path):
@@ -184,3 +184,19 @@ def test_relabel_errors_give_the_files_own_line_numbers(make_cfg, tmp_path):
     path.write_text(f"sample_id,label\n\n{plain.train.ids[0]},1\n\n\n{plain.train.ids[1]},cat\n")
     with pytest.raises(DataError, match=r"line 6: 'cat'"):
         digits(make_cfg, f"data.relabel={path}")
+
+
+def test_where_class_names_are_numbers_a_relabel_number_is_a_name_only(tmp_path):
+    """Folders 1, 10, 2: label 0 once meant class '1' (index 0), label 2 class '2' (name)."""
+    from runner.data.curation import relabel_samples
+    from runner.data.sets.synthetic import make_synthetic
+
+    data = make_synthetic(num_samples=30, num_classes=3, image_size=8)
+    data.class_names = ["1", "10", "2"]
+    ids = [str(i) for i in data.train.ids[:2]]
+    path = write_csv(tmp_path / "fix.csv", ["sample_id", "label"], [[ids[0], "10"], [ids[1], "2"]])
+    fixed = relabel_samples(data, str(path))
+    assert fixed.train.labels[:2].tolist() == [1, 2]
+    path = write_csv(tmp_path / "index.csv", ["sample_id", "label"], [[ids[0], "0"]])
+    with pytest.raises(DataError, match=r"line 2: '0'\). A label is a class name \(1, 10, 2\)\."):
+        relabel_samples(data, str(path))
