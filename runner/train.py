@@ -31,7 +31,7 @@ from runner.reports.data_report import (
 from runner.sweeps.job import SweepJob
 from runner.tracking.null import NullTracker
 from runner.tracking.run_record import debug_tags, start_run
-from runner.training import checkpoint_io, distributed, startup_clock
+from runner.training import checkpoint_io, distributed, engine, startup_clock
 from runner.training.best_checkpoint import read_best
 from runner.training.context import (
     RunContext,
@@ -174,6 +174,12 @@ def evaluate_best(
 ) -> None:
     """Tests the best weights, reports, and writes metrics.json and the summary table."""
     checkpoints = ctx.run_dir / "checkpoints"
+    if state.best_epoch == 0:  # under nan_policy=skip, no epoch validated to a finite loss
+        raise engine.NonFiniteLossError(
+            f"none of the {state.epoch} epoch(s) gave a finite val loss "
+            f"(trainer.nan_policy={ctx.cfg.trainer.nan_policy}), so there are no best "
+            "weights to test. Lower optim.lr or set trainer.gradient_clip_val (e.g. 1.0)"
+        )
     best = read_best(checkpoints / "best.pt")
     export_safetensors(best.model, best.class_names, checkpoints / "best.safetensors")
     model = parts.eval_model

@@ -10,8 +10,10 @@ Only rank 0 tracks to MLflow and writes files; the other ranks get a NullTracker
 checkpoint writer that writes nothing. The samplers shard each epoch's order by rank
 (runner/data/samplers.py), DDP averages the gradients, and the epoch's training sums are
 added over the ranks before they are logged. Validation runs on every rank over the
-whole split (its torchmetrics states are synced on compute, so every rank gets the
-same numbers); the test runs on rank 0 alone after the others have left.
+whole split with rank 0's BatchNorm statistics (its torchmetrics states are synced on
+compute, so every rank gets the same numbers), and rank 0's decision after the epoch
+(improved, pruned, early stop) is every rank's; the test runs on rank 0 alone after the
+others have left.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -34,6 +36,8 @@ from runner.config.choices import LR_SCALING
 from runner.training.engine import EpochStats
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -214,6 +218,33 @@ def reduce_epoch(done: EpochStats) -> EpochStats:
     return replace(
         done, loss_sum=loss_sum, correct=correct, seen=int(seen), seconds=float(seconds.item())
     )
+
+
+def share_buffers(model: torch.nn.Module) -> None:
+    """Gives every rank rank 0's buffers (BatchNorm statistics), before validation.
+
+    Each rank's last training forward updates the buffers with its own batch, and DDP
+    copies rank 0's only at the next training forward. Validating rank 0's buffers on
+    every rank makes every rank's numbers those of the weights rank 0 checkpoints, so
+    the ranks' decisions (best epoch, early stopping) agree. A collective call.
+    """
+    if not current().distributed:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def from_main(value: T) -> T:
+    """Rank 0's `value` on every rank (any picklable object); `value` in a single process.
+
+    For what only rank 0 decides, e.g. Optuna's pruning (only rank 0 reports to the
+    trial). A collective call.
+    """
+    if not current().distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, group=_CONTROL)
+    return box[0]
 
 
 def rank_share(progress: EpochStats) -> EpochStats:

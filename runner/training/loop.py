@@ -35,8 +35,9 @@ class EpochDecision:
     Attributes:
         improved: The monitored value is the best so far: write best.pt.
         stop: Why training ends after this epoch's files are written: "interrupted" (a
-            signal asked to stop), "non-finite" (the weights are not finite and
-            trainer.nan_policy is stop), "pruned", "patience"; None to go on.
+            signal asked to stop), "non-finite" (the weights or the val loss are not
+            finite under trainer.nan_policy=stop, or the weights under skip), "pruned",
+            "patience"; None to go on.
     """
 
     improved: bool
@@ -68,7 +69,7 @@ def decide_after_epoch(
         interrupted: A signal asked the run to stop (the pruner is then not asked).
         finite: Whether the weights to save as best are finite; non-finite weights are
             never the best, however the metric came out.
-        stop_if_not_finite: Whether non-finite weights stop the run (nan_policy=stop).
+        stop_if_not_finite: Whether a non-finite epoch stops the run.
         prune: Asked once per epoch whether a pruner stops the run here.
 
     Returns:
@@ -198,6 +199,7 @@ def fit(
 
         if val_metrics is None:
             val_metrics = build_metrics(data.num_classes).to(ctx.device)
+        distributed.share_buffers(parts.eval_model)  # every rank validates rank 0's weights
         val = engine.evaluate(
             model=parts.eval_model,
             loader=val_loader,
@@ -218,6 +220,7 @@ def fit(
         state.epoch = epoch
         state.history.append({"epoch": epoch, **metrics})
         current = metrics[trainer.monitor]
+        weights_ok = weights_finite(parts.eval_model)
         decision = decide_after_epoch(
             state,
             current,
@@ -226,10 +229,12 @@ def fit(
             tie_break=None if trainer.monitor == "val/loss" else metrics["val/loss"],
             interrupted=ctx.stop.requested(),  # during validation: last.pt is this epoch's
             # A NaN val loss: the weights give non-finite outputs, whatever val/acc says.
-            finite=math.isfinite(val["loss"]) and weights_finite(parts.eval_model),
-            stop_if_not_finite=trainer.nan_policy == "stop",
+            finite=math.isfinite(val["loss"]) and weights_ok,
+            # Skipping batches cannot bring non-finite weights back: every later loss is NaN.
+            stop_if_not_finite=trainer.nan_policy == "stop" or not weights_ok,
             prune=partial(should_prune, ctx, epoch, current),
         )
+        decision = distributed.from_main(decision)  # only rank 0 reports to a pruner
         files = {}
         if decision.improved:
             best = BestCheckpoint(
@@ -261,9 +266,10 @@ def fit(
         if decision.stop == "non-finite":
             ctx.writer.wait()
             raise engine.NonFiniteLossError(
-                f"non-finite weights or val loss after epoch {epoch} (trainer.nan_policy=stop): "
-                "training diverged; the weights were saved neither as best.pt nor as last.pt. "
-                "Lower optim.lr or set trainer.gradient_clip_val (e.g. 1.0)"
+                f"non-finite weights or val loss after epoch {epoch} "
+                f"(trainer.nan_policy={trainer.nan_policy}): training diverged; the weights "
+                "were saved neither as best.pt nor as last.pt. Lower optim.lr or set "
+                "trainer.gradient_clip_val (e.g. 1.0)"
             )
         if decision.stop == "pruned":
             log.info("pruned by Optuna after epoch %d (%s = %.4f)", epoch, trainer.monitor, current)

@@ -235,3 +235,21 @@ def test_a_terminal_gets_a_progress_bar_per_epoch(tmp_path):
     assert "epoch 1/2" in screen and "epoch 2/2" in screen
     assert "━" in screen, "rich draws a bar on a terminal"
     assert "img/s" in screen and "run summary" in screen
+
+
+def test_nan_policy_skip_stops_when_the_weights_are_no_longer_finite(tmp_path):
+    """Skipping cannot bring inf weights back: the run once went on to its test and crashed
+    there on a best.pt that was never written."""
+    overrides = [
+        "logger=none",
+        "optim=sgd",
+        "optim.lr=1e16",
+        "sched=constant",
+        "trainer.nan_policy=skip",
+        "trainer.max_nan_skips=100000",
+        "trainer.max_epochs=3",
+    ]
+    with pytest.raises(runner.training.engine.NonFiniteLossError) as err:
+        run(compose_run(tmp_path, "run", *overrides))
+    assert "after epoch 1 (trainer.nan_policy=skip): training diverged" in str(err.value)
+    assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
