@@ -27,3 +27,15 @@ ON_BAD_FILE = ("skip", "error")
 NOISE_TYPES = ("symmetric", "asymmetric")
 TTA = ("none", "flip")
 EVAL_DATA = ("stored", "current")
+
+# Keys of a config group that the runner reads itself; the group's `_target_` gets the
+# others. Data: the real-world switches, the curation files and k-fold, applied to every
+# data set alike.
+DATA_SWITCHES = ("imbalance_ratio", "label_noise", "noise_type", "fraction", "samples_per_class")
+DATA_CURATION_KEYS = ("exclude", "relabel")
+DATA_FOLD_KEYS = ("num_folds", "fold")
+OPTIM_RUNNER_KEYS = ("backbone_lr_mult",)
+RUNNER_GROUP_KEYS = {
+    "data": (*DATA_SWITCHES, *DATA_CURATION_KEYS, *DATA_FOLD_KEYS),
+    "optim": OPTIM_RUNNER_KEYS,
+}

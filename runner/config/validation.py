@@ -10,6 +10,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from runner.config import choices
 from runner.config.errors import ConfigError
+from runner.config.group_keys import unexpected_group_keys
 from runner.config.resolvers import monitor_mode_for
 from runner.config.targets import untrusted_targets
 from runner.config.value_checks import (
@@ -74,7 +75,10 @@ def validate(cfg: DictConfig) -> None:
 
     problems.extend(_unresolvable_values(cfg))
     problems.extend(_unknown_keys(cfg))
-    problems.extend(untrusted_targets(cfg))
+    untrusted = untrusted_targets(cfg)
+    problems.extend(untrusted)
+    if not untrusted:  # the check imports the targets
+        problems.extend(unexpected_group_keys(cfg))
     data_fractions = [OmegaConf.select(cfg, f"data.{k}") for k in ("val_fraction", "test_fraction")]
     if all(is_number(f) for f in data_fractions) and sum(data_fractions) >= 1:
         problems.append(

@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config.choices import RUNNER_GROUP_KEYS
 from runner.data import curation, folds, switches
 from runner.data.debug import limit_batches
 from runner.data.splits import DataSplits
@@ -50,7 +51,7 @@ def build_data(data_cfg: DictConfig) -> DataSplits:
 
 # The data group's keys the runner applies itself, to every data set alike; the data
 # set's factory never sees them.
-RUNNER_KEYS = (*switches.SWITCHES, *curation.KEYS, *folds.KEYS)
+RUNNER_KEYS = RUNNER_GROUP_KEYS["data"]
 
 
 def source_splits(settings: Mapping[str, Any]) -> DataSplits:

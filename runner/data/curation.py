@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runner.config.choices import DATA_CURATION_KEYS
 from runner.config.value_checks import CURATION_COLUMNS, csv_file_problem, csv_header
 from runner.data.decoding import DataError
 from runner.data.splits import DataSplits
@@ -36,7 +37,7 @@ from runner.data.splits import DataSplits
 log = logging.getLogger(__name__)
 
 # Keys of the data group that `apply_curation` consumes (the factories never see them).
-KEYS = ("exclude", "relabel")
+KEYS = DATA_CURATION_KEYS
 # A column that marks which rows of an exclude file to act on (label_issues.csv).
 FLAG_COLUMN = "is_label_issue"
 _TRUE = frozenset({"true", "t", "yes", "y", "1", "1.0"})

@@ -19,13 +19,14 @@ import logging
 import numpy as np
 import torch
 
+from runner.config.choices import DATA_FOLD_KEYS
 from runner.data.decoding import DataError
 from runner.data.splits import DataSplits
 
 log = logging.getLogger(__name__)
 
 # Keys of the data group that `select_fold` consumes (the factories never see them).
-KEYS = ("num_folds", "fold")
+KEYS = DATA_FOLD_KEYS
 
 
 def fold_indices(

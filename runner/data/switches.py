@@ -21,14 +21,14 @@ import logging
 
 import torch
 
-from runner.config.choices import NOISE_TYPES
+from runner.config.choices import DATA_SWITCHES, NOISE_TYPES
 from runner.data.checks import require_splits
 from runner.data.splits import DataSplits
 
 log = logging.getLogger(__name__)
 
 # Keys of the data group that `apply_switches` consumes (the factories never see them).
-SWITCHES = ("imbalance_ratio", "label_noise", "noise_type", "fraction", "samples_per_class")
+SWITCHES = DATA_SWITCHES
 
 
 def _shuffled_class_members(labels: torch.Tensor, cls: int, generator) -> torch.Tensor:

@@ -14,10 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
+from runner.config.choices import OPTIM_RUNNER_KEYS
 from runner.models.heads import classifier_layer
 
 # Keys of conf/optim/ that the runner uses itself rather than passing to the optimizer.
-RUNNER_KEYS = ("backbone_lr_mult",)
+RUNNER_KEYS = OPTIM_RUNNER_KEYS
 
 
 def optimizer_from_config(model: nn.Module, optim_cfg: DictConfig) -> torch.optim.Optimizer:

@@ -219,3 +219,36 @@ def test_cifar10_lt_experiment_composes_and_validates(make_cfg):
     assert cfg.data.imbalance_ratio == 100 and cfg.trainer.max_epochs == 200
     model = instantiate(cfg.model)(num_classes=10)
     assert 0.4e6 < sum(p.numel() for p in model.parameters()) < 0.5e6, "resnet32: 0.46M"
+
+
+@pytest.mark.parametrize("group", ["data", "model", "optim", "sched", "loss", "sampler", "aug"])
+def test_every_option_passes_only_arguments_its_target_takes(make_cfg, group):
+    from runner.config.group_keys import unexpected_group_keys
+
+    for option in group_options(group):
+        assert unexpected_group_keys(make_cfg(f"{group}={option}", tiny=False)) == [], option
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["+optim.momentun=0.9"],
+            "optim.momentun is not an argument of optim._target_='torch.optim.AdamW'",
+        ),
+        (
+            ["experiment=cifar10_lt", "data=digits", "sched=cosine"],
+            "sched.milestones is not an argument of sched._target_="
+            "'runner.training.optim.cosine_schedule'",
+        ),
+        (["experiment=digits_quick", "model=resnet32"], "remove it with ~model.name"),
+        (["loss._target_=runner.training.losses.NoSuchLoss"], "loss._target_='runner.training"),
+    ],
+)
+def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
+    make_cfg, overrides, expected
+):
+    """These once failed as a TypeError in the constructor, after data and model were built."""
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg(*overrides, tiny=False))
+    assert expected in str(err.value)

@@ -1,0 +1,57 @@
+"""Keys a config group would pass to its `_target_` that the target does not take.
+
+`python run.py +optim.momentun=0.9`, or a preset's `sched.milestones` left behind by
+`sched=cosine`, would otherwise reach the constructor as an unexpected keyword argument,
+after the data set and the model were built. Checked from the target's signature, so a
+new option of a target needs no list here; a target that takes `**kwargs` (timm's
+`create_model`) is not checked.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.config.choices import RUNNER_GROUP_KEYS
+
+# Groups whose node is built with `instantiate`; their keys are the target's arguments.
+TARGET_GROUPS = ("data", "model", "optim", "sched", "loss", "sampler", "aug", "logger")
+
+
+def unexpected_group_keys(cfg: DictConfig) -> list[str]:
+    """One problem per group key its `_target_` does not take, or target it cannot import.
+
+    Only call it on a config whose targets are all trusted: it imports them.
+    """
+    from hydra.utils import get_object
+
+    problems = []
+    for group in TARGET_GROUPS:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        target = str(OmegaConf.select(node, "_target_"))
+        try:
+            parameters = inspect.signature(get_object(target)).parameters
+        except (ImportError, AttributeError, ValueError) as err:
+            problems.append(
+                f"{group}._target_={target!r} cannot be imported ({type(err).__name__}: "
+                f"{err}): check its spelling, or choose another {group} option"
+            )
+            continue
+        except TypeError:  # no signature to read (a builtin)
+            continue
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            continue
+        runner_keys = RUNNER_GROUP_KEYS.get(group, ())
+        takes = [name for name in parameters if name not in ("self", "args")]
+        for key in node:
+            if str(key).startswith("_") or key in parameters or key in runner_keys:
+                continue
+            problems.append(
+                f"{group}.{key} is not an argument of {group}._target_={target!r} (it takes: "
+                f"{', '.join(takes + list(runner_keys))}): fix its spelling, or remove it with "
+                f"~{group}.{key} (a key left by a preset when another {group} was chosen)"
+            )
+    return problems
