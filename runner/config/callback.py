@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from runner.config.validation import ConfigError, validate
 
@@ -18,8 +18,21 @@ class ValidateConfigCallback(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Validates a single run's config; `sweep.resume` needs `-m`."""
+        """Validates a single run's config; `sweep.resume`, a search and a launcher need `-m`."""
         self._check(config)
+        choices = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
+        search = choices.get("hparams_search")
+        if search is not None:  # without -m: one run at the preset's defaults, no search
+            raise SystemExit(
+                f"Error: hparams_search={search} runs a search, which needs -m: "
+                f"python run.py -m hparams_search={search} <your arguments>"
+            )
+        launcher = choices.get("hydra/launcher")
+        if launcher is not None and launcher != "basic":  # without -m: trains right here
+            raise SystemExit(
+                f"Error: hydra/launcher={launcher} launches the jobs of a sweep, which needs "
+                f"-m: python run.py -m hydra/launcher={launcher} <your arguments>"
+            )
         resume = config.get("sweep", {}).get("resume")
         if resume is not None:  # without -m the run would ignore it and train from scratch
             raise SystemExit(

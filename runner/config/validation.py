@@ -91,6 +91,13 @@ def validate(cfg: DictConfig) -> None:
             f"data.fraction={subset[0]!r} and data.samples_per_class={subset[1]!r} are both "
             "set: choose one (the other null)"
         )
+    sizes = [OmegaConf.select(cfg, f"{k}.image_size") for k in ("data", "aug")]
+    if all(is_number(v) for v in sizes) and sizes[0] != sizes[1]:
+        problems.append(
+            f"aug.image_size={sizes[1]!r} differs from data.image_size={sizes[0]!r}: the "
+            "model would train at one size and be tested at the other; set data.image_size "
+            "(aug.image_size follows it)"
+        )
     problems.extend(_monitor_problems(cfg))
     problems.extend(_mode_problems(cfg))
     problems.extend(_model_registry_problems(cfg))

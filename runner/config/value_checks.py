@@ -102,9 +102,11 @@ def _model_names(value: Any) -> str | None:
 
 def _batch_sizes(value: Any) -> str | None:
     ok = (
-        OmegaConf.is_list(value) and len(value) > 0 and all(_positive_int(v) is None for v in value)
+        OmegaConf.is_list(value)
+        and len(value) > 0
+        and all(_train_batch_size(v) is None for v in value)  # a training step: BatchNorm
     )
-    return None if ok else "a non-empty list of integers >= 1, e.g. [32,64,128]"
+    return None if ok else "a non-empty list of integers >= 2, e.g. [32,64,128]"
 
 
 def _milestones(value: Any) -> str | None:
@@ -167,6 +169,28 @@ def _statistics(value: Any) -> str | None:
     )
 
 
+def _std(value: Any) -> str | None:
+    """data.std: like data.mean, and above 0 (the images are divided by it)."""
+    if _statistics(value) is None and (value is None or all(v > 0 for v in value)):
+        return None
+    return "null (computed from the train split) or 3 numbers in (0, 1], e.g. [0.25,0.25,0.25]"
+
+
+def _split_seed(value: Any) -> str | None:
+    # numpy's seeds: scikit-learn's split and the data sets' own draws take no other.
+    return None if _is_int(value) and 0 <= value < 2**32 else "an integer in 0..2**32-1"
+
+
+def _betas(value: Any) -> str | None:
+    ok = OmegaConf.is_list(value) and len(value) == 2 and all(_fraction(v) is None for v in value)
+    return None if ok else "two numbers in [0, 1), e.g. [0.9,0.999]"
+
+
+def _cifar_depth(value: Any) -> str | None:
+    ok = _is_int(value) and value >= 8 and (value - 2) % 6 == 0
+    return None if ok else "an integer 6n+2 (20, 32, 44, 56, 110)"
+
+
 def _resident(value: Any) -> str | None:
     return None if value == "auto" or isinstance(value, bool) else "one of auto, true, false"
 
@@ -198,8 +222,12 @@ def sqlite_path(tracking_uri: str) -> Path | None:
 
 def _tracking_uri(value: Any) -> str | None:
     """A server URL, or a `sqlite:///` file whose folder exists or can be made."""
+    expected = "a tracking URI: sqlite:///<path>/mlflow.db or a server URL (http://host:5000)"
     if not isinstance(value, str) or not value:
-        return "a tracking URI: sqlite:///<path>/mlflow.db or a server URL (http://host:5000)"
+        return expected
+    if value.startswith("file:") or ("://" not in value and value != "databricks"):
+        # MLflow 3 keeps its file store in maintenance mode and refuses to open one.
+        return expected + "; MLflow's file store (a folder) is not supported"
     database = sqlite_path(value)
     if database is None:
         return None
@@ -287,6 +315,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "logger.fallback_uri": _optional_tracking_uri,
     "logger.registered_model_name": _optional_non_empty_string,
     "logger.export_model": _boolean,
+    "logger.offline_fallback": _boolean,
+    "logger.delivery_timeout_s": _positive_number,
     "logger.system_metrics": _boolean,
     "logger.system_metrics_interval_s": _positive_number,
     "trainer.limit_batches": _optional_positive_int,
@@ -296,6 +326,14 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "optim.lr": _positive_number,
     "optim.weight_decay": _non_negative_number,
     "optim.backbone_lr_mult": _positive_number,
+    "optim.momentum": _fraction,
+    "optim.nesterov": _boolean,
+    "optim.betas": _betas,
+    "optim.eps": _positive_number,
+    "model.drop_rate": _fraction,
+    "model.drop_path_rate": _fraction,
+    "model.depth": _positive_int,
+    "model.patch_size": _positive_int,
     "sched.warmup_epochs": _non_negative_number,
     "sched.min_lr_ratio": _fraction,
     "sched.pct_start": _fraction,
@@ -310,10 +348,10 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "data.name": _non_empty_string,
     "data.image_size": _positive_int,
     "data.mean": _statistics,
-    "data.std": _statistics,
+    "data.std": _std,
     "data.val_fraction": _fraction,
     "data.test_fraction": _fraction,
-    "data.split_seed": _integer,
+    "data.split_seed": _split_seed,
     "data.num_samples": _positive_int,
     "data.num_classes": _optional_positive_int,
     "data.root": _non_empty_string,
@@ -378,6 +416,8 @@ OPTION_CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     # loss=sce's beta weighs the reverse cross-entropy (1.0 in Wang et al. 2019); the
     # [0, 1) check of CHECKS is for the effective-number beta of loss=balanced_ce.
     ("loss.beta", SCE_TARGET): _non_negative_number,
+    # The CIFAR ResNets stack 3 stages of (depth - 2) / 6 basic blocks.
+    ("model.depth", "runner.models.cifar_resnet.cifar_resnet"): _cifar_depth,
 }
 OPTION_KEYS = frozenset(key for key, _ in OPTION_CHECKS)
 

@@ -252,3 +252,40 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
     with pytest.raises(ConfigError) as err:
         validate(make_cfg(*overrides, tiny=False))
     assert expected in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["optim=sgd", "optim.momentum=abc"], "optim.momentum='abc' is invalid"),
+        (["optim=sgd", "optim.nesterov=maybe"], "optim.nesterov='maybe' is invalid"),
+        (["optim.betas=[0.9]"], "optim.betas=[0.9] is invalid: expected two numbers"),
+        (
+            ["model=resnet32", "model.depth=33"],
+            "model.depth=33 is invalid: expected an integer 6n+2",
+        ),
+        (["model=vit_tiny", "model.patch_size=0"], "model.patch_size=0 is invalid"),
+        (["model.drop_path_rate=2"], "model.drop_path_rate=2 is invalid"),
+        (["data.std=[0,0,0]"], "data.std=[0, 0, 0] is invalid"),
+        (["data.split_seed=-1"], "data.split_seed=-1 is invalid"),
+        (["logger.tracking_uri=file:///tmp/store"], "MLflow's file store (a folder) is not"),
+        (["logger.offline_fallback=maybe"], "logger.offline_fallback='maybe' is invalid"),
+        (["aug.image_size=64"], "aug.image_size=64 differs from data.image_size=32"),
+        (["experiment=throughput", "throughput.batch_sizes=[1]"], "integers >= 2"),
+    ],
+)
+def test_values_that_failed_late_or_passed_as_true_are_refused(make_cfg, overrides, expected):
+    """Each once passed the checks: a crash after the data and model were built, a loss
+    that was non-finite at step 1, or a string taken as true."""
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg(*overrides, tiny=False))
+    assert expected in str(err.value)
+
+
+@pytest.mark.parametrize("chosen", ["hparams_search=optuna", "hydra/launcher=slurm"])
+def test_a_search_or_a_launcher_without_m_is_refused_before_any_output(tmp_path, chosen):
+    """Without -m, both once made one plain local run (on a cluster's login node)."""
+    result = run_cli(f"paths.output_dir={tmp_path}/outputs", chosen, timeout=120)
+    assert result.returncode != 0
+    assert f"{chosen} " in result.stderr and "which needs -m" in result.stderr
+    assert not (tmp_path / "outputs").exists()
