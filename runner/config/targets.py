@@ -108,7 +108,8 @@ def untrusted_targets(cfg: DictConfig, extra_allowed: tuple[str, ...] = ()) -> l
         One problem per untrusted `_target_`, naming its key.
     """
     allowed = list(TRUSTED_TARGET_PACKAGES) + list(extra_allowed)
-    allowed += list(OmegaConf.select(cfg, "allowed_targets", default=None) or [])
+    extra = OmegaConf.select(cfg, "allowed_targets", default=None) or []
+    allowed += [extra] if isinstance(extra, str) else list(extra)  # one module, not its letters
     raw = OmegaConf.to_container(cfg, resolve=False)  # targets as written, nothing resolved
     raw.pop("hydra", None)  # Hydra's own launchers, sweepers and callbacks
     problems = []

@@ -289,3 +289,15 @@ def test_a_search_or_a_launcher_without_m_is_refused_before_any_output(tmp_path,
     assert result.returncode != 0
     assert f"{chosen} " in result.stderr and "which needs -m" in result.stderr
     assert not (tmp_path / "outputs").exists()
+
+
+def test_allowed_targets_given_as_one_module_name_is_that_module():
+    """`allowed_targets=mylab` was read letter by letter: m, y, l, a, b."""
+    from omegaconf import OmegaConf
+
+    from runner.config.targets import untrusted_targets
+
+    cfg = OmegaConf.create({"loss": {"_target_": "mylab.Loss"}, "allowed_targets": "mylab"})
+    assert untrusted_targets(cfg) == []
+    cfg.allowed_targets = "other"
+    assert "allowed_targets" in untrusted_targets(cfg)[0]
