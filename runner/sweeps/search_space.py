@@ -17,6 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 
 from runner.config.validation import flatten_params
+from runner.config.value_checks import CHECKS, OPTION_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -140,4 +141,36 @@ def search_space(params: dict[str, str] | None, arguments: list[str]) -> SearchS
             del found.space[key]
             found.spelled.pop(key, None)
         found.fixed.append(override.input_line)
+    found.problems.extend(_values_out_of_range(found.space))
     return found
+
+
+def _extremes(distribution: Any) -> list[Any]:
+    """The values of a distribution that the config checks must accept: ends or choices."""
+    import optuna.distributions as dist
+
+    if isinstance(distribution, dist.CategoricalDistribution):
+        return list(distribution.choices)
+    return [distribution.low, distribution.high]
+
+
+def _values_out_of_range(space: dict[str, Any]) -> list[str]:
+    """A searched key whose range reaches a value its config check refuses (optim.lr=-1).
+
+    Found here, before any trial: otherwise each trial fails when it draws such a value.
+    Keys whose check depends on the chosen option are left to each job's own check.
+    """
+    problems = []
+    for key, distribution in space.items():
+        check = CHECKS.get(key)
+        if check is None or key in OPTION_KEYS:
+            continue
+        for value in _extremes(distribution):
+            expected = check(value)
+            if expected is not None:
+                problems.append(
+                    f"{key}: the search space {describe_distribution(distribution)} reaches "
+                    f"{value!r}, which is invalid: expected {expected}"
+                )
+                break
+    return problems

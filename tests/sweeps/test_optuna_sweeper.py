@@ -551,3 +551,18 @@ def test_the_summary_command_ranks_by_the_sweeps_own_monitor(tmp_path, capsys):
     assert main(["collect", str(tmp_path / "elsewhere")]) == 1  # not a traceback
     assert main(["collect", str(tmp_path)]) == 1  # one level too high: not a sweep dir
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_range_that_reaches_a_value_the_config_refuses_is_refused_before_any_trial():
+    """choice(0.001, -1) once failed in the trials that drew -1, one by one."""
+    found = search_space(
+        {"loss.label_smoothing": "interval(0.0, 0.2)"},
+        ["optim.lr=choice(0.001,-1)", "optim.weight_decay=interval(-1,0.1)"],
+    )
+    assert found.problems == [
+        "optim.lr: the search space choice(0.001, -1) reaches -1, which is invalid: "
+        "expected a number > 0",
+        "optim.weight_decay: the search space interval(-1, 0.1) reaches -1.0, which is "
+        "invalid: expected a number >= 0",
+    ]
+    assert search_space({"optim.lr": "tag(log, interval(1e-4, 3e-2))"}, []).problems == []
