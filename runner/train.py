@@ -98,8 +98,8 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
     if ctx.is_main:
         with startup_clock.phase("mlflow"):
             ctx.tracker.connect(experiment_name=experiment)
-    state = resume_or_start(ctx.run_dir, cfg.trainer.resume, parts)
-    distributed.seed_rank(cfg.seed, state.global_step)
+    # Also each rank's RNG states: restored from last.pt, or seeded apart on a fresh start.
+    state = resume_or_start(ctx.run_dir, cfg.trainer.resume, parts, seed=cfg.seed)
 
     agreement = distributed.stop_agreement(ctx.world)  # under DDP all ranks stop together
     ctx.stop = GracefulStop(agreement)

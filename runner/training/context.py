@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import shlex
 import traceback
@@ -119,7 +120,8 @@ def tracked_run(ctx: RunContext) -> Iterator[None]:
     FINISHED when the block returns; KILLED when a signal stopped training (the process
     then exits with 128 + the signal, after the requeue hand-over for SLURM's USR2) or
     on Ctrl-C; FAILED otherwise, with the traceback in `<run dir>/traceback.txt` and the
-    tracker. The checkpoint writer is drained first, so a write error is reported too.
+    tracker (another DDP rank's in `traceback-rank<R>.txt`). The checkpoint writer is
+    drained first, so a write error is reported too.
     """
     status = "FAILED"
     try:
@@ -133,7 +135,7 @@ def tracked_run(ctx: RunContext) -> Iterator[None]:
         status = "KILLED"
         raise
     except BaseException:
-        save_traceback(ctx.tracker, ctx.run_dir)
+        save_traceback(ctx.tracker, ctx.run_dir, rank=ctx.world.rank)
         raise
     finally:
         write_error = ctx.writer.close()
@@ -145,16 +147,52 @@ def tracked_run(ctx: RunContext) -> Iterator[None]:
 
 
 def resume_command(ctx: RunContext) -> str:
-    """The command that continues this run where it stopped (a sweep: the whole sweep)."""
+    """The command that continues this run where it stopped (a sweep: the whole sweep).
+
+    With the launcher that started it: run as one process, a DDP run would go on with a
+    smaller effective batch and a rebuilt schedule (and a partial epoch is refused).
+    """
     if ctx.job is not None:
         return f"the sweep's command with sweep.resume={ctx.job.sweep_dir}"
     overrides = [o for o in hydra_overrides() if not o.startswith("hydra.run.dir=")]
-    return shlex.join(["python", "run.py", *overrides, f"hydra.run.dir={ctx.run_dir}"])
+    args = ["run.py", *overrides, f"hydra.run.dir={ctx.run_dir}"]
+    world = ctx.world
+    if world.launcher == "torchrun":
+        return f"torchrun {torchrun_options(world.world_size)} {shlex.join(args)}"
+    if world.launcher == "slurm":
+        return (
+            f"the same SLURM job again ({world.world_size} tasks, the same run dir), which "
+            f"runs: {shlex.join(['python', *args])}"
+        )
+    return shlex.join(["python", *args])
 
 
-def save_traceback(tracker: Tracker, run_dir: Path) -> None:
-    """Saves the traceback of a failed run next to it and into the tracker."""
-    path = run_dir / "traceback.txt"
+def torchrun_options(world_size: int) -> str:
+    """torchrun's process-count options for `world_size` processes, as this run was started.
+
+    LOCAL_WORLD_SIZE (set by torchrun) tells the processes per node; across several nodes
+    the rendezvous options are the user's own and cannot be known here.
+    """
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or world_size)
+    if per_node == world_size:
+        return f"--nproc_per_node={world_size}"
+    return (
+        f"--nnodes={world_size // per_node} --nproc_per_node={per_node} "
+        "<the same rendezvous options, on every node>"
+    )
+
+
+def save_traceback(tracker: Tracker, run_dir: Path, rank: int = 0) -> None:
+    """Saves the traceback of a failed run next to it and into the tracker.
+
+    Args:
+        tracker: The run's tracker (under DDP only rank 0's uploads).
+        run_dir: Where the file goes (rank 0's, shared by every rank).
+        rank: This process's DDP rank: rank 0 writes `traceback.txt`, another rank
+            `traceback-rank<R>.txt`, so a failure on one rank alone is kept and no rank
+            overwrites another's.
+    """
+    path = run_dir / ("traceback.txt" if rank == 0 else f"traceback-rank{rank}.txt")
     run_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(traceback.format_exc())
     log.error("run failed; traceback in %s", path)

@@ -247,6 +247,20 @@ def from_main(value: T) -> T:
     return box[0]
 
 
+def gather(value: T) -> list[T]:
+    """Every rank's `value` (any picklable object), in rank order; `[value]` in a single process.
+
+    For what each rank holds apart, e.g. its RNG states for last.pt (only rank 0 writes
+    the file, so it must hold the other ranks' too). A collective call: every rank makes
+    it at the same point.
+    """
+    if not current().distributed:
+        return [value]
+    values: list[Any] = [None] * current().world_size
+    dist.all_gather_object(values, value, group=_CONTROL)
+    return values
+
+
 def rank_share(progress: EpochStats) -> EpochStats:
     """This rank's part of a checkpointed (all-rank) partial epoch: rank 0 keeps the sums.
 
@@ -262,8 +276,11 @@ def seed_rank(seed: int, global_step: int) -> None:
     """Gives each rank its own random stream (augmentation draws), from step `global_step`.
 
     All ranks build the model from the same seed (identical weights and EMA); afterwards
-    each needs different random augmentations. Nothing happens for a single process, so
-    its exact resume is unchanged.
+    each needs different random augmentations. Called on a fresh start, and on a resume
+    only when last.pt holds no RNG states for this world size (written before last.pt kept
+    every rank's, or by another number of processes): an exact resume restores each
+    rank's own states instead (runner/training/state.py). Nothing happens for a single
+    process.
     """
     world = current()
     if not world.distributed:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from runner.config.errors import ConfigError
 from runner.data.checks import require_splits
 from runner.data.splits import DataSplits
+from runner.training import distributed
 from runner.training.metrics import TOP_K
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,12 @@ FEW_STEPS = 10
 
 def check_training_data(cfg: DictConfig, data: DataSplits, batches_per_epoch: int) -> None:
     """Refuses what would fail later and says when an epoch is very short.
+
+    Args:
+        cfg: The run's config.
+        data: The built splits.
+        batches_per_epoch: This process's training batches per epoch (under DDP its
+            share of the split: the train loader's length).
 
     Raises:
         DataError: A split is empty.
@@ -44,16 +51,22 @@ def check_training_data(cfg: DictConfig, data: DataSplits, batches_per_epoch: in
     # trainer.limit_batches and overfit_batches (debug=fast, profile, overfit) ask for it.
     asked = cfg.trainer.get("limit_batches") or cfg.trainer.get("overfit_batches")
     if steps < FEW_STEPS and not asked:
+        # Under DDP each process takes 1/world_size of the split (padded to equal shares),
+        # so a batch size advised from the whole split would still give too few steps.
+        world_size = distributed.current().world_size
+        per_rank = math.ceil(len(data.train) / world_size)
+        share = f" ({per_rank} per process, {world_size} processes)" if world_size > 1 else ""
         log.warning(
-            "only %d optimizer step(s) per epoch: %d train images, trainer.batch_size=%d, "
+            "only %d optimizer step(s) per epoch: %d train images%s, trainer.batch_size=%d, "
             "trainer.drop_last=%s, trainer.accumulate_grad_batches=%d. Lower "
             "trainer.batch_size (e.g. %d) for more steps per epoch",
             steps,
             len(data.train),
+            share,
             cfg.trainer.batch_size,
             cfg.trainer.drop_last,
             cfg.trainer.accumulate_grad_batches,
-            max(2, len(data.train) // (FEW_STEPS * cfg.trainer.accumulate_grad_batches)),
+            max(2, per_rank // (FEW_STEPS * cfg.trainer.accumulate_grad_batches)),
         )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from runner.tracking.protocol import Tracker
+from runner.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +21,10 @@ def profile(enabled: bool, run_dir: Path, tracker: Tracker) -> Iterator[None]:
 
     Writes `profile/trace.json` (open it in chrome://tracing or Perfetto) and
     `profile/ops.txt` (the operators by total time) in the run dir, and logs both to
-    the tracker under `profile/`.
+    the tracker under `profile/`. Under DDP only rank 0 records: every rank shares rank
+    0's run dir, and the ranks' files would overwrite each other there.
     """
-    if not enabled:
+    if not enabled or not distributed.current().is_main:
         yield
         return
     from torch.profiler import ProfilerActivity

@@ -1,8 +1,9 @@
 """Training progress across restarts: `TrainState`, checkpoints/last.pt, and resuming.
 
 last.pt holds everything needed to continue exactly: weights, optimizer, schedule,
-scaler, EMA, every RNG state and the progress (`TrainState`), the position inside an
-unfinished epoch included. It loads with `torch.load(weights_only=True)`.
+scaler, EMA, every RNG state (under DDP every rank's) and the progress (`TrainState`),
+the position inside an unfinished epoch included, and the number of processes that wrote
+it. It loads with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from runner.config.changes import MAY_CHANGE_ON_RESUME, config_changes
 from runner.config.errors import ConfigError
 from runner.config.redaction import redacted_container
-from runner.training import checkpoint_io
+from runner.training import checkpoint_io, distributed
 from runner.training.parts import TrainingParts
 
 log = logging.getLogger(__name__)
@@ -45,14 +46,25 @@ class TrainState:
 
 
 def last_payload(state: TrainState, parts: TrainingParts) -> dict[str, Any]:
-    """The content of checkpoints/last.pt: everything needed to continue training exactly."""
+    """The content of checkpoints/last.pt: everything needed to continue training exactly.
+
+    Under DDP a collective call (every rank's RNG states go into rank 0's file): every
+    rank builds it at the same points, the loop's stop and end-of-epoch checkpoints.
+    """
+    rng = get_rng_state()
+    world = distributed.current()
     return {
         "model": parts.model.state_dict(),
         "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict(),
         "scaler": parts.scaler.state_dict(),
         "ema": parts.ema.module.state_dict() if parts.ema is not None else None,
-        "rng": get_rng_state(),
+        "rng": rng,  # this process's (rank 0's in the file): all a single process needs
+        # Each rank draws its own augmentations: restoring rank 0's states on every rank
+        # (or reseeding) would make the resumed ranks draw other numbers than they did.
+        "rng_by_rank": distributed.gather(rng) if world.distributed else None,
+        # A partial epoch can only be continued by as many processes as began it.
+        "world_size": world.world_size,
         "state": asdict(state),
     }
 
@@ -94,7 +106,7 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
         )
 
 
-def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts) -> TrainState:
+def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts, *, seed: int) -> TrainState:
     """Restores the newest loadable checkpoint when resuming, else a fresh state.
 
     `resume=auto` continues from this run dir's checkpoints/last.pt (or, when that file
@@ -102,15 +114,25 @@ def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts) -> TrainSt
     new MLflow run, with its best.pt along), and once this run dir has a last.pt of its
     own (a stop, a requeue), it goes on from that one, as `auto` does.
 
+    The RNG states are set here too: each rank's own from the checkpoint, or on a fresh
+    start each rank's own stream from `seed` (see `restore_rng`).
+
+    Args:
+        run_dir: The run dir (rank 0's under DDP).
+        resume: `trainer.resume`: auto, never, or the path of a last.pt.
+        parts: The freshly built model, optimizer, ... to load the checkpoint into.
+        seed: The run's `seed`, for the ranks' random streams.
+
     Raises:
-        ConfigError: The path is not a last.pt, or its weights do not fit the model.
+        ConfigError: The path is not a last.pt, its weights do not fit the model, or it
+            stopped in the middle of an epoch with another number of processes.
     """
     if resume == "never":
-        return TrainState()
+        return _fresh_start(seed)
     last = run_dir / "checkpoints" / "last.pt"
     own = last.exists() or checkpoint_io.previous_path(last).exists()
     if resume == "auto" and not own:
-        return TrainState()
+        return _fresh_start(seed)
     if own:  # a path resume that ran here before (stopped, requeued) goes on from here
         saved, source = checkpoint_io.load_newest(last)
     else:
@@ -121,6 +143,13 @@ def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts) -> TrainSt
                 "training state; a best.pt has weights only): pass the run's "
                 "checkpoints/last.pt, or fine-tune from weights with model.pretrained_file"
             )
+    check_world_size(
+        source,
+        saved.get("world_size"),  # None in a last.pt from before it was kept
+        distributed.current().world_size,
+        epoch=saved["state"]["epoch"],
+        mid_epoch=bool(saved["state"].get("partial_epoch")),
+    )
     try:
         parts.model.load_state_dict(saved["model"])
     except RuntimeError as err:
@@ -133,13 +162,77 @@ def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts) -> TrainSt
     parts.scaler.load_state_dict(saved["scaler"])
     if parts.ema is not None and saved.get("ema") is not None:
         parts.ema.module.load_state_dict(saved["ema"])
-    set_rng_state(saved["rng"])
     state = TrainState(**saved["state"])
+    restore_rng(saved, seed, state.global_step)
     if not own:  # another run's checkpoint: this run keeps its own MLflow run
         state.mlflow_run_id = None
         _take_best_along(Path(resume), run_dir, state)
     log.info("resumed from %s: epoch %d done, step %d", source, state.epoch, state.global_step)
     return state
+
+
+def _fresh_start(seed: int) -> TrainState:
+    """A new state; under DDP each rank gets its own random stream from `seed`."""
+    distributed.seed_rank(seed, 0)
+    return TrainState()
+
+
+def _launch(world_size: int) -> str:
+    """How to start `world_size` processes, for the messages below."""
+    if world_size == 1:
+        return "a single process (python run.py ..., without torchrun or srun)"
+    return (
+        f"{world_size} processes (torchrun --nproc_per_node={world_size} run.py ... on one "
+        f"node, or a SLURM job of {world_size} tasks)"
+    )
+
+
+def check_world_size(
+    source: Path, saved: int | None, now: int, *, epoch: int, mid_epoch: bool
+) -> None:
+    """Refuses to continue a partial epoch with another number of processes; warns otherwise.
+
+    Each rank's share of an epoch's batches depends on the world size, so the rest of a
+    partial epoch cannot be split among another number of processes. At an epoch boundary
+    training can go on, but the effective batch (trainer.batch_size x processes) and
+    with it the optimizer steps per epoch change.
+
+    Args:
+        source: The checkpoint, for the messages.
+        saved: The world size that wrote it; None (a last.pt from before it was kept)
+            checks nothing.
+        now: This run's world size.
+        epoch: The epochs the checkpoint had finished.
+        mid_epoch: Whether it was saved inside an unfinished epoch.
+
+    Raises:
+        ConfigError: `mid_epoch` and the world sizes differ.
+    """
+    if saved is None or saved == now:
+        return
+    if mid_epoch:
+        raise ConfigError(
+            f"{source} was saved in the middle of epoch {epoch + 1} by {saved} process(es) "
+            f"(world size {saved}), and this run has {now} (world size {now}): the rest of "
+            "that epoch cannot be continued by another number of processes (each one's "
+            f"share of the epoch's batches depends on it). Resume it with {_launch(saved)}, "
+            "or start over in this dir with trainer.resume=never"
+        )
+    log.warning(
+        "%s was saved by %d process(es) at the end of epoch %d, and this run has %d: "
+        "training goes on with an effective batch of trainer.batch_size x %d instead of "
+        "x %d, so the optimizer steps per epoch change, and the lr schedule (rebuilt for the "
+        "new steps per epoch, continued at the step count of the old ones) no longer lines "
+        "up with the epochs; the result differs from an uninterrupted run. To continue "
+        "exactly, resume with %s",
+        source,
+        saved,
+        epoch,
+        now,
+        now,
+        saved,
+        _launch(saved),
+    )
 
 
 def _take_best_along(last: Path, run_dir: Path, state: TrainState) -> None:
@@ -179,6 +272,30 @@ def get_rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
+
+
+def restore_rng(saved: dict[str, Any], seed: int, global_step: int) -> None:
+    """Restores this process's RNG states from a last.pt: under DDP, this rank's own.
+
+    A last.pt written by as many processes as this run has holds every rank's states, so
+    each rank draws the numbers the uninterrupted run drew. Otherwise (a last.pt from
+    before every rank's were kept, or from another number of processes) each rank gets
+    a fresh stream of its own (`distributed.seed_rank`): close to, but not exactly, the
+    uninterrupted run. A single process restores the file's states, as always.
+    """
+    world = distributed.current()
+    by_rank = saved.get("rng_by_rank")
+    if world.distributed and by_rank is not None and len(by_rank) == world.world_size:
+        set_rng_state(by_rank[world.rank])
+        return
+    set_rng_state(saved["rng"])
+    if world.distributed and "world_size" not in saved:  # another world size was warned of
+        log.warning(
+            "the checkpoint holds one process's RNG states (it was written before last.pt "
+            "kept every rank's): each rank draws a new random stream, so this resumed run "
+            "comes close to, but not exactly, the uninterrupted one"
+        )
+    distributed.seed_rank(seed, global_step)
 
 
 def set_rng_state(rng: dict[str, Any]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,11 +12,12 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
 from runner.training.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
-from tests.conftest import REPO, query
+from tests.conftest import REPO, TINY, for_logger, query
 from tests.faults import FAULTY_LOSS
 from tests.reliability.conftest import cli, require, run_to_end, run_until, weights
 
@@ -247,3 +250,102 @@ def test_checkpoints_are_weights_only_and_best_is_exported_as_safetensors(tmp_pa
     torch.save({"model": {}, "evil": Payload()}, run_dir / "checkpoints" / "last.pt")
     code, out = run_to_end(cli(tmp_path, run_dir, "trainer.max_epochs=2", "logger=none"))
     assert code != 0 and "pickled objects, which are refused" in out
+
+
+# 2 processes with 16 batches of 16 each per epoch, augmented (aug=basic draws a random
+# affine per image on each rank): a stop in the middle of epoch 2 leaves enough to resume.
+DDP_RUN = [
+    *for_logger(TINY, ["logger=none"]),
+    "logger=none",
+    "data.num_samples=640",
+    "trainer.max_epochs=2",
+    "trainer.batch_size=16",
+    "trainer.log_every_n_steps=2",
+    "aug=basic",
+]
+
+
+def torchrun(run_dir: Path, *overrides: str) -> list[str]:
+    """The torchrun command line of a 2-process CPU run in `run_dir`."""
+    launcher = str(Path(sys.executable).with_name("torchrun"))
+    run = [str(REPO / "run.py"), *DDP_RUN, *overrides, f"hydra.run.dir={run_dir}"]
+    return [launcher, "--nproc_per_node=2", *run]
+
+
+def epoch_lines(out: str) -> list[str]:
+    """The end-of-epoch lines (train loss and acc, val loss and acc) the ranks printed."""
+    return re.findall(
+        r"epoch \d+/\d+  train loss [\d.]+ acc [\d.]+ \| val loss [\d.]+ acc [\d.]+", out
+    )
+
+
+def test_a_ddp_run_stopped_on_one_rank_resumes_exactly_as_an_uninterrupted_run(tmp_path):
+    """last.pt held rank 0's RNG states only, and a resume reseeded every rank: the ranks'
+    augmentations differed from the uninterrupted run's (epoch-2 train loss 2.0088 against
+    1.9895 here, test/acc 0.133 against 0.183). The printed resume command also dropped
+    torchrun, and as one process a partial epoch went on with half the batch."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    straight_dir, broken_dir = tmp_path / "straight", tmp_path / "broken"
+    done = subprocess.run(
+        torchrun(straight_dir), cwd=REPO, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    straight_epochs = epoch_lines(done.stdout + done.stderr)
+
+    # SIGTERM to rank 1 alone, in the middle of epoch 2: both ranks stop after one step.
+    proc = subprocess.Popen(
+        torchrun(broken_dir),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    lines, sent = [], False
+    for line in proc.stdout:
+        lines.append(line)
+        if not sent and "epoch 2 step 4/" in line:
+            (rank1,) = [
+                child
+                for child in psutil.Process(proc.pid).children()
+                if child.environ().get("RANK") == "1"
+            ]
+            rank1.send_signal(signal.SIGTERM)
+            sent = True
+    proc.wait(timeout=120)
+    out = "".join(lines)
+    assert sent and proc.returncode != 0, out[-3000:]
+    saved = torch.load(broken_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["state"]["epoch"] == 1 and saved["state"]["partial_epoch"], out[-3000:]
+    assert saved["world_size"] == 2 and len(saved["rng_by_rank"]) == 2
+    assert "continue it with: torchrun --nproc_per_node=2 run.py" in out, out[-3000:]
+
+    # The same command without torchrun: one process cannot continue 2 processes' epoch.
+    alone = subprocess.run(
+        [sys.executable, *torchrun(broken_dir)[2:]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    refusal = alone.stdout + alone.stderr
+    assert alone.returncode != 0, refusal[-3000:]
+    assert "in the middle of epoch 2 by 2 process(es)" in refusal, refusal[-3000:]
+    assert "this run has 1" in refusal and "torchrun --nproc_per_node=2" in refusal
+
+    done = subprocess.run(
+        torchrun(broken_dir), cwd=REPO, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    resumed_epochs = epoch_lines(done.stdout + done.stderr)  # epoch 2, from each rank
+    second = [line for line in straight_epochs if line.startswith("epoch 2/")]
+    assert len(second) == 2 and resumed_epochs == second, (straight_epochs, resumed_epochs)
+    a, b = (
+        weights(straight_dir / "checkpoints" / "last.pt"),
+        weights(broken_dir / "checkpoints" / "last.pt"),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a), "last.pt differs after the resume"
+    straight = json.loads((straight_dir / "metrics.json").read_text())
+    resumed = json.loads((broken_dir / "metrics.json").read_text())
+    assert straight == resumed

@@ -1,4 +1,6 @@
-"""DDP set-up from torchrun/SLURM variables, lr scaling, and the ranks' stop agreement."""
+"""DDP set-up from torchrun/SLURM variables, lr scaling, the ranks' stop agreement, and
+what each rank keeps and writes (RNG states, world size on resume, resume command,
+profile, traceback)."""
 
 from __future__ import annotations
 
@@ -167,3 +169,104 @@ def test_two_torchrun_ranks_validate_the_same_weights_and_log_the_same_numbers(t
     }
     assert sorted(logs) == [0, 1] and len(logs[0]) == 2, logs
     assert logs[0] == logs[1], logs
+
+
+@pytest.fixture
+def rank1_of_2(monkeypatch):
+    """This process as rank 1 of 2 torchrun processes (no process group is joined)."""
+    world = distributed.World(
+        rank=1, local_rank=1, world_size=2, backend="gloo", launcher="torchrun"
+    )
+    monkeypatch.setattr(distributed, "_WORLD", world)
+    return world
+
+
+def test_each_rank_restores_its_own_rng_states_and_an_old_checkpoint_reseeds(rank1_of_2):
+    from runner.training.state import get_rng_state, restore_rng
+
+    states = []
+    for seed in (10, 11):  # what rank 0 and rank 1 held when last.pt was written
+        torch.manual_seed(seed)
+        states.append(get_rng_state())
+    expected = torch.rand(3)  # rank 1's next draws, from the state saved just before
+    restore_rng({"rng": states[0], "rng_by_rank": states, "world_size": 2}, seed=0, global_step=7)
+    assert torch.equal(torch.rand(3), expected)
+    # A last.pt from before every rank's states were kept: rank 0's, then this rank's stream.
+    restore_rng({"rng": states[0]}, seed=0, global_step=7)
+    reseeded = torch.rand(3)
+    distributed.seed_rank(0, 7)
+    assert torch.equal(reseeded, torch.rand(3)) and not torch.equal(reseeded, expected)
+
+
+def test_a_partial_epoch_is_refused_with_another_world_size_and_a_finished_one_warned(caplog):
+    from runner.config.errors import ConfigError
+    from runner.training.state import check_world_size
+
+    last = Path("run/checkpoints/last.pt")
+    with pytest.raises(ConfigError) as refused:
+        check_world_size(last, 2, 1, epoch=1, mid_epoch=True)
+    message = str(refused.value)
+    assert "in the middle of epoch 2 by 2 process(es)" in message and "this run has 1" in message
+    assert "torchrun --nproc_per_node=2" in message and "trainer.resume=never" in message
+    with pytest.raises(ConfigError, match=r"this run has 4.*a single process"):
+        check_world_size(last, 1, 4, epoch=0, mid_epoch=True)
+
+    check_world_size(last, 2, 1, epoch=3, mid_epoch=False)
+    assert "saved by 2 process(es) at the end of epoch 3, and this run has 1" in caplog.text
+    assert "steps per epoch change" in caplog.text and "lr schedule" in caplog.text
+    caplog.clear()
+    check_world_size(last, None, 2, epoch=1, mid_epoch=True)  # an old last.pt: no size kept
+    check_world_size(last, 2, 2, epoch=1, mid_epoch=True)
+    assert not caplog.text
+
+
+def test_the_resume_command_keeps_the_launcher(rank1_of_2, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from runner.tracking.null import NullTracker
+    from runner.training.context import RunContext, resume_command
+
+    def ctx(world: distributed.World) -> RunContext:
+        cfg = OmegaConf.create({})
+        return RunContext(cfg, torch.device("cpu"), "32", world, Path("/runs/a"), NullTracker())
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert (
+        resume_command(ctx(rank1_of_2))
+        == "torchrun --nproc_per_node=2 run.py hydra.run.dir=/runs/a"
+    )
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 2 nodes of 4
+    eight = distributed.World(rank=1, world_size=8, launcher="torchrun")
+    assert resume_command(ctx(eight)).startswith("torchrun --nnodes=2 --nproc_per_node=4 ")
+    slurm = distributed.World(rank=1, world_size=4, launcher="slurm")
+    assert resume_command(ctx(slurm)).startswith("the same SLURM job again (4 tasks")
+    assert resume_command(ctx(distributed.World())) == "python run.py hydra.run.dir=/runs/a"
+
+
+def test_short_epoch_advice_counts_each_process_share(make_cfg, caplog, rank1_of_2):
+    from runner.data.build import build_data
+    from runner.training.preflight import check_training_data
+
+    cfg = make_cfg("data.num_samples=640", "trainer.batch_size=32")
+    data = build_data(cfg.data)
+    per_rank = -(-len(data.train) // 2)
+    check_training_data(cfg, data, -(-per_rank // 32))  # the train loader's length on a rank
+    assert f"{len(data.train)} train images ({per_rank} per process, 2 processes)" in caplog.text
+    # A batch size that gives FEW_STEPS steps of this rank's share, not of the whole split.
+    assert f"trainer.batch_size (e.g. {per_rank // 10})" in caplog.text
+
+
+def test_only_rank_0_profiles_and_another_rank_keeps_its_own_traceback(tmp_path, rank1_of_2):
+    from runner.tracking.null import NullTracker
+    from runner.training.context import save_traceback
+    from runner.training.profiling import profile
+
+    with profile(True, tmp_path, NullTracker()):
+        torch.ones(4).sum()
+    assert not (tmp_path / "profile").exists(), "rank 1 wrote into rank 0's run dir"
+    try:
+        raise RuntimeError("only rank 1 failed")
+    except RuntimeError:
+        save_traceback(NullTracker(), tmp_path, rank=1)
+    assert "only rank 1 failed" in (tmp_path / "traceback-rank1.txt").read_text()
+    assert not (tmp_path / "traceback.txt").exists()
