@@ -67,6 +67,8 @@ def run_study(work: Path, name: str, pruner: str, args: argparse.Namespace) -> d
             )
         ]
     best = json.loads((sweep_dir / "optuna" / "best_params.json").read_text())
+    if "best_value" not in best:  # written only when a trial completed
+        sys.exit(f"{name}: no trial completed (states {states}); see the logs in {sweep_dir}")
     return {
         "seconds": seconds,
         "best": best["best_value"],

@@ -43,9 +43,14 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
     from runner.config.validation import validate
 
     overrides = [str(o) for o in config.hydra.overrides.task]
+    # The command line's config dirs: without them a group they add (+my_group=x) would
+    # compose as an unknown top-level key.
+    search = [
+        str(o) for o in config.hydra.overrides.hydra if str(o).startswith("hydra.searchpath=")
+    ]
     problems = []
     for number, job in enumerate(grid_jobs(overrides)):
-        cfg = compose(config_name=config_name or "train", overrides=job)
+        cfg = compose(config_name=config_name or "train", overrides=[*search, *job])
         try:
             validate(cfg)
         except ConfigError as err:

@@ -341,6 +341,27 @@ def test_a_bad_value_in_the_third_grid_point_stops_the_sweep_at_start(tmp_path):
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_the_start_check_of_a_sweep_sees_the_groups_of_the_command_lines_searchpath(tmp_path):
+    """A group from hydra.searchpath once composed as an unknown top-level key in the check
+    of every job, so no such sweep could start (benchmarks/imbalance.py among them)."""
+    (tmp_path / "conf" / "variant").mkdir(parents=True)
+    (tmp_path / "conf" / "variant" / "short.yaml").write_text(
+        "# @package _global_\ntrainer:\n  max_epochs: 1\n"
+    )
+    done = run_cli(
+        "-m",
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        f"paths.output_dir={tmp_path / 'out'}",
+        "+variant=short",
+        "optim.lr=1e-3,-1",
+        *TINY,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert "job 1 (optim.lr=-1)" in done.stderr, done.stderr[-2000:]
+    assert "variant" not in done.stderr.partition("the sweep was not started")[2]
+
+
 def test_hints_name_the_options(tmp_path):
     done = run_cli(f"paths.output_dir={tmp_path}", "model=resnet_18", timeout=120)
     assert done.returncode == 1 and "Could not find 'model/resnet_18'" in done.stderr
