@@ -12,7 +12,7 @@ import logging
 import math
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from runner.config.errors import ConfigError
 from runner.data.checks import require_splits
@@ -83,6 +83,7 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
         ConfigError: The forward pass fails, or gives other than one logit per class.
     """
     images, _ = data.train.take(torch.arange(min(2, len(data.train))))
+    _check_gradcam_layer(cfg, parts.model)
     modules = [*parts.model.modules(), *parts.augment.modules()]
     modes = [module.training for module in modules]
     what = (
@@ -96,10 +97,18 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
             logits = parts.model(parts.normalize(parts.augment(images.to(device))))
     except Exception as err:
         cause = " ".join(str(err).split())[:300]
+        stats = parts.normalize.mean.numel()
+        if stats not in (1, images.shape[1]):  # the normalisation broadcasts the channels
+            cause += (
+                f"; note that the normalisation's {stats} mean/std values turn the "
+                f"{images.shape[1]}-channel images into {stats}-channel ones (data.mean, "
+                "data.std, or a pretrained model's own)"
+            )
         raise ConfigError(
             f"{what}: the model does not take these images ({type(err).__name__}: {cause}). "
-            "Build it for them (a timm model takes +model.in_chans=<channels>; a ViT "
-            "model.img_size) or change data.image_size"
+            "When the cause is their size or channel count, build the model for them (a "
+            "timm model takes +model.in_chans=<channels>; a ViT model.img_size) or change "
+            "data.image_size; otherwise the cause names the model's setting"
         ) from err
     finally:
         for module, mode in zip(modules, modes, strict=True):
@@ -113,4 +122,18 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
             f"{what}: the model gives outputs of shape {shape} for {len(images)} images; "
             f"the runner needs one logit per class ({data.num_classes}). Choose a classifier "
             "whose head the runner sizes (model.num_classes comes from the data)"
+        )
+
+
+def _check_gradcam_layer(cfg: DictConfig, model: torch.nn.Module) -> None:
+    """A named analysis.gradcam_layer must be a module of the model (else found after training)."""
+    name = OmegaConf.select(cfg, "analysis.gradcam_layer", default="auto")
+    enabled = OmegaConf.select(cfg, "analysis.enabled", default=False)
+    if not enabled or name == "auto":
+        return
+    if name not in dict(model.named_modules()):
+        children = [n for n, _ in model.named_children()]
+        raise ConfigError(
+            f"analysis.gradcam_layer={name!r} is not a module of this model: use auto, or a "
+            f"name from model.named_modules(), e.g. {', '.join(children)}"
         )

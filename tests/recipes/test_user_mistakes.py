@@ -292,6 +292,32 @@ def test_a_model_that_cannot_take_the_images_is_refused_before_the_tracked_run(m
     nothing_spent(tmp_path)
 
 
+def test_three_normalisation_values_for_one_channel_images_are_named(make_cfg, tmp_path):
+    """A 1-channel model with 3 mean/std values: the advice once said to set in_chans, which
+    was set; the normalisation had made the images 3-channel."""
+    refused(
+        make_cfg(
+            "data=synthetic",
+            "data.channels=1",
+            "data.num_samples=120",
+            "+model.in_chans=1",
+            "data.mean=[.5,.5,.5]",
+            "data.std=[.2,.2,.2]",
+        ),
+        "3 mean/std values turn the 1-channel images into 3-channel ones",
+    )
+    nothing_spent(tmp_path)
+
+
+def test_a_gradcam_layer_the_model_lacks_is_refused_before_training(make_cfg, tmp_path):
+    """It was found only after training, when the analysis drew Grad-CAM."""
+    refused(
+        make_cfg("analysis.enabled=true", "analysis.gradcam_layer=layer9"),
+        "analysis.gradcam_layer='layer9' is not a module of this model",
+    )
+    nothing_spent(tmp_path)
+
+
 def test_a_checkpoint_naming_untrusted_code_needs_allowed_targets(make_cfg, best_pt, tmp_path):
     payload = torch.load(best_pt, weights_only=True)
     payload["config"] = payload["config"].replace(
