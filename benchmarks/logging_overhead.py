@@ -181,8 +181,8 @@ def time_fit(
     )
     ctx.tracker.connect(experiment_name=cfg.data.name)
     augment = instantiate(cfg.aug, num_classes=data.num_classes).to(device)
-    train_loader, val_loader, _ = build_loaders(data, cfg.sampler, cfg.trainer, cfg.seed, device)
-    parts = build_parts(cfg, data, augment, device, ctx.precision, len(train_loader))
+    loaders = build_loaders(data, cfg.sampler, cfg.trainer, cfg.seed, device)
+    parts = build_parts(cfg, data, augment, device, ctx.precision, len(loaders.train))
     start_run(ctx.tracker, cfg, run_dir, device=str(device), run_name=run_name, tags={}, params={})
     inputs_s = 0.0
     if side == "mlflow":
@@ -192,12 +192,12 @@ def time_fit(
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    fit(ctx, TrainState(), parts, (train_loader, val_loader), data)
+    fit(ctx, TrainState(), parts, loaders, data)
     ctx.writer.wait()
     seconds = time.perf_counter() - start
     ctx.writer.close()
     ctx.tracker.finish("FINISHED")
-    return seconds, epochs * train_loader.batches_per_epoch() * cfg.trainer.batch_size, inputs_s
+    return seconds, epochs * loaders.train.batches_per_epoch() * cfg.trainer.batch_size, inputs_s
 
 
 def compare_fit(rounds: int, epochs: int, interval_s: float) -> dict[str, float]:

@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from runner.config.validation import validate
-from runner.data.build import build_data, build_loaders
+from runner.data.build import Loaders, build_data, build_loaders
 from runner.data.debug import overfit_subset
 from runner.data.splits import DataSplits
 from runner.reports import console
@@ -85,14 +85,14 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
         data = build_data(cfg.data)
     data = overfit_subset(data, cfg.trainer.overfit_batches, cfg.trainer.batch_size, cfg.seed)
     loaders = build_loaders(data, cfg.sampler, cfg.trainer, cfg.seed, ctx.device)
-    check_training_data(cfg, data, len(loaders[0]))  # before the model: nothing spent yet
+    check_training_data(cfg, data, len(loaders.train))  # before the model: nothing spent yet
     augment = instantiate(cfg.aug, num_classes=data.num_classes).to(ctx.device)
     if ctx.is_main:  # only rank 0 draws it (a forked RNG: the training draws are unchanged)
         preview = augment_preview(
             augment, data.train, data.class_names, seed=cfg.seed, device=ctx.device
         )
     with startup_clock.phase("model"):
-        parts = build_parts(cfg, data, augment, ctx.device, ctx.precision, len(loaders[0]))
+        parts = build_parts(cfg, data, augment, ctx.device, ctx.precision, len(loaders.train))
     check_embedding_layer(cfg.data, parts.model, data.num_classes)  # a k-fold job's outputs
     check_model_takes_data(cfg, parts, data, ctx.device)  # one forward pass, before tracking
     if ctx.is_main:
@@ -109,7 +109,7 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
         distributed.barrier()  # the run's config file exists before any rank reads it
         state.mlflow_run_id = ctx.tracker.run_id
         with ctx.stop, profile(cfg.trainer.profile, ctx.run_dir, ctx.tracker):
-            fit(ctx, state, parts, loaders[:2], data)
+            fit(ctx, state, parts, loaders, data)
         ctx.writer.wait()
         distributed.end_training(ctx.world, agreement)  # the other ranks are done
         if ctx.is_main:  # rank 0 tests the best weights and reports
@@ -170,7 +170,7 @@ def record_start(ctx: RunContext, data: DataSplits, state: TrainState) -> None:
 
 
 def evaluate_best(
-    ctx: RunContext, parts, data: DataSplits, loaders: tuple, state: TrainState
+    ctx: RunContext, parts, data: DataSplits, loaders: Loaders, state: TrainState
 ) -> None:
     """Tests the best weights, reports, and writes metrics.json and the summary table."""
     checkpoints = ctx.run_dir / "checkpoints"
@@ -190,7 +190,7 @@ def evaluate_best(
         parts.augment,
         parts.normalize,
         data,
-        loaders[2],
+        loaders.test,
         history=state.history,
         step=ctx.cfg.trainer.max_epochs,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from hydra.utils import instantiate
@@ -63,13 +63,21 @@ def source_splits(settings: Mapping[str, Any]) -> DataSplits:
     return instantiate({k: v for k, v in settings.items() if k not in RUNNER_KEYS}).ensure_ids()
 
 
+class Loaders(NamedTuple):
+    """The loaders of a run's three splits (train in the sampler's order)."""
+
+    train: Any
+    val: Any
+    test: Any
+
+
 def build_loaders(
     data: DataSplits,
     sampler_cfg: DictConfig,
     trainer_cfg: DictConfig,
     seed: int,
     device: torch.device,
-) -> tuple:
+) -> Loaders:
     """Loaders over the train, val and test splits, in the sampler's order for train.
 
     A resident split is moved to the device once and batched by index; a streaming one
@@ -82,4 +90,4 @@ def build_loaders(
     val = data.val.loader(trainer_cfg.eval_batch_size, device)
     test = data.test.loader(trainer_cfg.eval_batch_size, device)
     limit_batches([train, val, test], trainer_cfg.limit_batches)
-    return train, val, test
+    return Loaders(train, val, test)

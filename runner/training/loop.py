@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 
 import torch
 
+from runner.data.build import Loaders
 from runner.data.splits import DataSplits
 from runner.reports.console import ProgressDisplay
 from runner.training import distributed, engine, startup_clock
@@ -120,7 +121,7 @@ def fit(
     ctx: RunContext,
     state: TrainState,
     parts: TrainingParts,
-    loaders: tuple[Iterable, Iterable],
+    loaders: Loaders,
     data: DataSplits,
 ) -> None:
     """Trains epoch by epoch, validating, checkpointing and logging after each.
@@ -132,14 +133,14 @@ def fit(
         ctx: The run.
         state: Progress so far (fresh, or restored from last.pt).
         parts: Model, optimizer, schedule, ... as built by `build_parts`.
-        loaders: The train and val loaders.
+        loaders: The run's loaders (train and val are used here).
         data: The data set (class names and count for best.pt and the metrics).
 
     Raises:
         TrainingInterrupted: A signal asked to stop; last.pt holds the exact position.
     """
     trainer = ctx.cfg.trainer
-    train_loader, val_loader = loaders
+    train_loader, val_loader = loaders.train, loaders.val
     autocast = engine.make_autocast(ctx.device, ctx.precision)
     train_model = distributed.wrap(parts.model, ctx.device, compile=trainer.compile)
     # Built at the first validation: torchmetrics' import (~0.8 s) need not delay step 1.

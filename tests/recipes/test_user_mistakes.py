@@ -439,7 +439,7 @@ def test_top5_is_left_out_with_five_classes_or_fewer_and_a_short_epoch_is_named(
     cfg = make_cfg("data.num_classes=4")
     data = build_data(cfg.data)
     loaders = build_loaders(data, cfg.sampler, cfg.trainer, cfg.seed, torch.device("cpu"))
-    check_training_data(cfg, data, len(loaders[0]))
+    check_training_data(cfg, data, len(loaders.train))
     assert (
         "only 4 optimizer step(s) per epoch" in caplog.text and "trainer.batch_size" in caplog.text
     )
