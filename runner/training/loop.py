@@ -238,18 +238,7 @@ def fit(
         decision = distributed.from_main(decision)  # only rank 0 reports to a pruner
         files = {}
         if decision.improved:
-            best = BestCheckpoint(
-                model=parts.eval_model.state_dict(),
-                config=config_yaml,
-                class_names=list(data.class_names),
-                mean=parts.normalize.mean.flatten().tolist(),
-                std=parts.normalize.std.flatten().tolist(),
-                image_size=data.image_size,
-                epoch=epoch,
-                metrics=metrics,
-                mlflow_run_id=state.mlflow_run_id,
-                train_class_counts=train_counts,
-            )
+            best = best_checkpoint(parts, data, epoch, metrics, config_yaml, state, train_counts)
             files[checkpoints / "best.pt"] = best.to_payload()
         if decision.stop != "non-finite":  # the last good last.pt stays
             files[last] = last_payload(state, parts)
@@ -261,25 +250,60 @@ def fit(
             f"acc {val['acc']:.4f} | {done.throughput:.0f} img/s {done.seconds:.1f}s"
             + ("  *best*" if decision.improved else "")
         )
-        if decision.stop == "interrupted":
-            ctx.writer.wait()
-            raise TrainingInterrupted(ctx.stop.signum)
-        if decision.stop == "non-finite":
-            ctx.writer.wait()
-            raise engine.NonFiniteLossError(
-                f"non-finite weights or val loss after epoch {epoch} "
-                f"(trainer.nan_policy={trainer.nan_policy}): training diverged; the weights "
-                "were saved neither as best.pt nor as last.pt. Lower optim.lr or set "
-                "trainer.gradient_clip_val (e.g. 1.0)"
-            )
-        if decision.stop == "pruned":
-            log.info("pruned by Optuna after epoch %d (%s = %.4f)", epoch, trainer.monitor, current)
-            ctx.tracker.set_tags({"pruned": "true"})
-            break  # the recipe waits for the writer after fit, as for patience
-        if decision.stop == "patience":
-            log.info(
-                "early stopping: %s has not improved for %d epochs",
-                trainer.monitor,
-                patience,
-            )
-            break
+        if decision.stop is not None:
+            end_training(ctx, decision.stop, epoch, current)
+            break  # pruned or patience: the recipe waits for the writer after fit
+
+
+def best_checkpoint(
+    parts: TrainingParts,
+    data: DataSplits,
+    epoch: int,
+    metrics: dict[str, float],
+    config_yaml: str,
+    state: TrainState,
+    train_counts: list[int],
+) -> BestCheckpoint:
+    """best.pt of this epoch: the weights to test, with what eval and predict need."""
+    return BestCheckpoint(
+        model=parts.eval_model.state_dict(),
+        config=config_yaml,
+        class_names=list(data.class_names),
+        mean=parts.normalize.mean.flatten().tolist(),
+        std=parts.normalize.std.flatten().tolist(),
+        image_size=data.image_size,
+        epoch=epoch,
+        metrics=metrics,
+        mlflow_run_id=state.mlflow_run_id,
+        train_class_counts=train_counts,
+    )
+
+
+def end_training(ctx: RunContext, stop: str, epoch: int, value: float) -> None:
+    """Acts on an epoch's decision to stop: raises for a signal or divergence, else logs.
+
+    Raises:
+        TrainingInterrupted: `stop` is "interrupted" (last.pt holds this epoch).
+        NonFiniteLossError: `stop` is "non-finite".
+    """
+    trainer = ctx.cfg.trainer
+    if stop == "interrupted":
+        ctx.writer.wait()
+        raise TrainingInterrupted(ctx.stop.signum)
+    if stop == "non-finite":
+        ctx.writer.wait()
+        raise engine.NonFiniteLossError(
+            f"non-finite weights or val loss after epoch {epoch} "
+            f"(trainer.nan_policy={trainer.nan_policy}): training diverged; the weights "
+            "were saved neither as best.pt nor as last.pt. Lower optim.lr or set "
+            "trainer.gradient_clip_val (e.g. 1.0)"
+        )
+    if stop == "pruned":
+        log.info("pruned by Optuna after epoch %d (%s = %.4f)", epoch, trainer.monitor, value)
+        ctx.tracker.set_tags({"pruned": "true"})
+    elif stop == "patience":
+        log.info(
+            "early stopping: %s has not improved for %d epochs",
+            trainer.monitor,
+            trainer.early_stopping_patience,
+        )
