@@ -52,6 +52,7 @@ from runner.training.context import (
 from runner.training.distributed import World
 from runner.training.exported_model import MODEL_URI_PREFIXES, checkpoint_from_mlflow
 from runner.training.final_eval import evaluate_and_report, with_tta
+from runner.training.preflight import check_gradcam_layer
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,8 @@ def run_predict(cfg: DictConfig) -> float:
                         rows[index] = [str(file), "", "", *[""] * (2 * topk), str(err)]
                 if images:
                     batch = torch.stack(images).to(ctx.device)
+                    if len(loaded.best.mean) == 1:  # a one-channel model: files decode as RGB
+                        batch = to_grayscale(batch)
                     with torch.inference_mode(), autocast():
                         logits = predictor(loaded.normalize(loaded.augment(batch)))
                     probs, classes = logits.float().softmax(-1).topk(topk, dim=-1)
@@ -258,6 +261,12 @@ def predictions_path(output: str | None, run_dir: Path, inputs: Sequence[Path | 
             f"predict.output={output!r} is one of the images to label and would be "
             "overwritten: point it at a CSV file (or a folder) elsewhere"
         )
+    if path.exists() and (not path.is_file() or path.suffix.lower() != ".csv"):
+        # An earlier predictions CSV is replaced; any other file (a checkpoint) is not.
+        raise ConfigError(
+            f"predict.output={output!r} is an existing file that is not a CSV and would be "
+            "overwritten: point it at a .csv file (or a folder) instead"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -265,11 +274,15 @@ def predictions_path(output: str | None, run_dir: Path, inputs: Sequence[Path | 
             f"predict.output={output!r}: cannot make its folder ({err}); point it at a CSV file "
             "in a folder you can write to"
         ) from err
-    if not os.access(path.parent, os.W_OK):
+    probe = path.with_name(f".{path.name}.tmp")
+    try:  # a real file: os.access says yes to root for /sys and /proc
+        probe.open("w").close()
+        probe.unlink()
+    except OSError as err:
         raise ConfigError(
-            f"predict.output={output!r}: {path.parent} is not writable; point it at a CSV file "
-            "in a folder you can write to"
-        )
+            f"predict.output={output!r}: cannot write in {path.parent} ({err.strerror}); point "
+            "it at a CSV file in a folder you can write to"
+        ) from err
     return path
 
 
@@ -292,7 +305,11 @@ def list_images(source: str) -> list[Path]:
             continue
         seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files.extend(Path(parent) / n for n in sorted(names) if not n.startswith("."))
+        files.extend(
+            Path(parent) / n
+            for n in sorted(names)
+            if not n.startswith(".") and os.path.isfile(os.path.join(parent, n))  # no FIFOs
+        )
     if not files:
         raise ConfigError(f"predict.input={source!r}: the folder holds no files")
     return files
@@ -341,12 +358,14 @@ def load_checkpoint(ctx: RunContext) -> LoadedCheckpoint:
         raise ConfigError("the checkpoint's config is refused:\n  - " + "\n  - ".join(problems))
     num_classes = len(best.class_names)
     augment = instantiate(stored.aug, num_classes=num_classes).to(ctx.device).eval()
+    model = rebuild_model(stored, best, ctx.device)
+    check_gradcam_layer(ctx.cfg, model)  # else found only after the test
     return LoadedCheckpoint(
         path=path,
         source_run_id=run_id or best.mlflow_run_id,
         best=best,
         stored=stored,
-        model=rebuild_model(stored, best, ctx.device),
+        model=model,
         augment=augment,
         normalize=Normalize(best.mean, best.std).to(ctx.device),
     )
@@ -376,7 +395,14 @@ def rebuild_model(stored: DictConfig, best: BestCheckpoint, device: torch.device
         if key in settings:
             settings[key] = off
     model = instantiate(settings)(num_classes=len(best.class_names))
-    model.load_state_dict(best.model)
+    try:
+        model.load_state_dict(best.model)
+    except RuntimeError as err:
+        cause = " ".join(str(err).split())[:300]
+        raise CheckpointError(
+            f"the weights in the checkpoint do not fit the model its config builds ({cause}): "
+            "it was changed or written by other code; use the best.pt its run wrote"
+        ) from err
     return model.to(device).eval()
 
 
@@ -404,3 +430,9 @@ def resolve_ckpt(ckpt: str, cfg: DictConfig, download_dir: Path) -> tuple[Path, 
             )
         return path, None
     return checkpoint_from_mlflow(ckpt, cfg, download_dir)
+
+
+def to_grayscale(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) uint8 RGB -> (N, 1, H, W) uint8 luma (ITU-R BT.601, as Pillow's "L")."""
+    weights = torch.tensor([0.299, 0.587, 0.114], device=images.device).view(1, 3, 1, 1)
+    return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)

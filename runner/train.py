@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -227,4 +228,5 @@ def export_safetensors(weights: dict, class_names: list[str], path: Path) -> Pat
     # Clones: safetensors refuses tensors that share storage.
     tensors = {k: v.detach().clone().contiguous() for k, v in weights.items()}
     save_file(tensors, str(path), metadata={"class_names": json.dumps(class_names)})
+    os.chmod(path, 0o644)  # safetensors writes through a private temp file (0600), unlike best.pt
     return path

@@ -125,7 +125,7 @@ def write_reports(
                 lost,
                 len(inputs.split),
             )
-        else:
+        elif settings.num_misclassified > 0:  # 0 = off, as for Grad-CAM
             plots["misclassified.png"] = partial(
                 plot_misclassified, inputs, settings.num_misclassified
             )

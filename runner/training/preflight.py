@@ -83,7 +83,7 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
         ConfigError: The forward pass fails, or gives other than one logit per class.
     """
     images, _ = data.train.take(torch.arange(min(2, len(data.train))))
-    _check_gradcam_layer(cfg, parts.model)
+    check_gradcam_layer(cfg, parts.model)
     modules = [*parts.model.modules(), *parts.augment.modules()]
     modes = [module.training for module in modules]
     what = (
@@ -125,8 +125,14 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
         )
 
 
-def _check_gradcam_layer(cfg: DictConfig, model: torch.nn.Module) -> None:
-    """A named analysis.gradcam_layer must be a module of the model (else found after training)."""
+def check_gradcam_layer(cfg: DictConfig, model: torch.nn.Module) -> None:
+    """Refuses a named analysis.gradcam_layer that is no module of `model`.
+
+    Checked before training (or eval's test): the analysis would find it only at the end.
+
+    Raises:
+        ConfigError: Naming the layer and the model's top-level modules.
+    """
     name = OmegaConf.select(cfg, "analysis.gradcam_layer", default="auto")
     enabled = OmegaConf.select(cfg, "analysis.enabled", default=False)
     if not enabled or name == "auto":

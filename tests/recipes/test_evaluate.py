@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -132,8 +133,11 @@ def test_predict_writes_top_k_with_class_names_in_file_order(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_that_fails_leaves_no_partial_file(tmp_path):
-    """A one-channel model gets RGB files: the failure left .predictions.csv.tmp behind."""
+def test_a_one_channel_model_predicts_files_by_their_luma_and_a_failure_leaves_no_file(
+    tmp_path, monkeypatch
+):
+    """Files decode as RGB: a one-channel model once failed on them (and the failure once
+    left .predictions.csv.tmp behind)."""
     run(compose_run(tmp_path, "gray", "data.channels=1", "+model.in_chans=1", "logger=none"))
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -149,9 +153,66 @@ def test_predict_that_fails_leaves_no_partial_file(tmp_path):
         f"predict.output={out}/",
         "logger=none",
     )
-    with pytest.raises(RuntimeError, match="channels"):
+    assert run(predicting) == 1
+    with (out / "predictions.csv").open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["predicted_class"] and row["error"] == ""
+    (out / "predictions.csv").unlink()
+
+    def broken(images):
+        raise RuntimeError("a failure while predicting")
+
+    monkeypatch.setattr("runner.evaluate.to_grayscale", broken)  # a fault, injected
+    with pytest.raises(RuntimeError, match="while predicting"):
         run(predicting)
     assert list(out.iterdir()) == []
+
+
+def test_predict_output_refuses_what_it_must_not_overwrite_or_cannot_write(trained, tmp_path):
+    """best.pt as predict.output was replaced by 566 bytes of CSV; /proc failed at the end."""
+    from runner.config.errors import ConfigError
+    from runner.evaluate import list_images, predictions_path
+
+    ckpt = trained[0] / "train" / "checkpoints" / "best.pt"
+    with pytest.raises(ConfigError, match="an existing file that is not a CSV"):
+        predictions_path(str(ckpt), tmp_path)
+    earlier = tmp_path / "earlier.csv"
+    earlier.write_text("file\n")
+    assert predictions_path(str(earlier), tmp_path) == earlier  # earlier predictions: replaced
+    with pytest.raises(ConfigError, match="cannot write in /proc"):
+        predictions_path("/proc/predictions.csv", tmp_path)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_png(torch.zeros(3, 8, 8, dtype=torch.uint8), str(folder / "a.png"))
+    os.mkfifo(folder / "pipe")  # reading it would wait forever
+    assert [p.name for p in list_images(str(folder))] == ["a.png"]
+
+
+def test_weights_that_do_not_fit_the_checkpoints_model_name_the_fix(trained):
+    from runner.evaluate import rebuild_model
+
+    best = read_best(trained[0] / "train" / "checkpoints" / "best.pt")
+    best.model["fc.weight"] = best.model["fc.weight"][:, :3]
+    with pytest.raises(CheckpointError, match="do not fit the model its config builds"):
+        rebuild_model(best.stored_config(), best, torch.device("cpu"))
+
+
+def test_eval_refuses_a_gradcam_layer_the_model_lacks_before_testing(trained):
+    from runner.config.errors import ConfigError
+
+    tmp, _, _ = trained
+    ckpt = tmp / "train" / "checkpoints" / "best.pt"
+    cfg = compose_run(
+        tmp,
+        "eval_bad",
+        "mode=eval",
+        f"ckpt={ckpt}",
+        "analysis.enabled=true",
+        "analysis.gradcam_layer=bogus",
+    )
+    with pytest.raises(ConfigError, match=r"analysis\.gradcam_layer='bogus' is not a module"):
+        run(cfg)
+    assert not (tmp / "eval_bad" / "metrics.json").exists()
 
 
 @pytest.mark.slow

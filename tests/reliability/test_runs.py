@@ -246,6 +246,9 @@ def test_checkpoints_are_weights_only_and_best_is_exported_as_safetensors(tmp_pa
     exported = load_file(str(run_dir / "checkpoints" / "best.safetensors"))
     assert set(exported) == set(best["model"])
     assert all(torch.equal(exported[k], best["model"][k]) for k in exported)
+    # Readable by the team like best.pt (safetensors itself writes 0600).
+    for name in ("best.pt", "best.safetensors"):
+        assert (run_dir / "checkpoints" / name).stat().st_mode & 0o777 == 0o644, name
 
     torch.save({"model": {}, "evil": Payload()}, run_dir / "checkpoints" / "last.pt")
     code, out = run_to_end(cli(tmp_path, run_dir, "trainer.max_epochs=2", "logger=none"))
