@@ -98,10 +98,10 @@ def validate(cfg: DictConfig) -> None:
             "model would train at one size and be tested at the other; set data.image_size "
             "(aug.image_size follows it)"
         )
-    problems.extend(_monitor_problems(cfg))
-    problems.extend(_mode_problems(cfg))
-    problems.extend(_model_registry_problems(cfg))
     swept_values, swept_keys = _sweeps(cfg)
+    problems.extend(_monitor_problems(cfg))
+    problems.extend(_mode_problems(cfg, swept_values))
+    problems.extend(_model_registry_problems(cfg))
     problems.extend(_fold_problems(cfg, swept_values, swept_keys))
     problems.extend(_curation_problems(cfg, swept_values))
     problems.extend(_robust_loss_problems(cfg))
@@ -146,10 +146,11 @@ def job_mode(cfg: DictConfig) -> str:
     return str(OmegaConf.select(cfg, "mode", default="train"))
 
 
-def _mode_problems(cfg: DictConfig) -> list[str]:
+def _mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) -> list[str]:
     """What a mode needs besides well-typed keys.
 
-    Eval and predict need a checkpoint (predict also an input), throughput its preset.
+    Eval and predict need a checkpoint (predict also an input), throughput its preset. A
+    key a sweep sets (`-m ckpt=a.pt,b.pt`) is checked in each job, where it has its value.
     """
     mode = OmegaConf.select(cfg, "mode", default="train")
     if mode == "throughput" and OmegaConf.select(cfg, "throughput", default=None) is None:
@@ -160,12 +161,13 @@ def _mode_problems(cfg: DictConfig) -> list[str]:
     if mode not in ("eval", "predict"):
         return []
     problems = []
-    if OmegaConf.select(cfg, "ckpt", default=None) is None:
+    if OmegaConf.select(cfg, "ckpt", default=None) is None and "ckpt" not in swept_values:
         problems.append(
             f"mode={mode} needs a checkpoint: set ckpt=<run dir>/checkpoints/best.pt "
             "or ckpt=runs:/<mlflow run id>"
         )
-    if mode == "predict" and OmegaConf.select(cfg, "predict.input", default=None) is None:
+    given = OmegaConf.select(cfg, "predict.input", default=None) is not None
+    if mode == "predict" and not given and "predict.input" not in swept_values:
         problems.append(
             "mode=predict needs images: set predict.input=<image file or folder of images>"
         )

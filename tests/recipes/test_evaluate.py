@@ -364,3 +364,29 @@ def test_eval_groups_head_and_tail_classes_by_the_counts_the_model_learnt_from(t
     evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for key in ("test/acc", "test/head_acc", "test/medium_acc", "test/tail_acc"):
         assert evaluated[key] == pytest.approx(trained_metrics[key], abs=1e-5, nan_ok=True), key
+
+
+@pytest.mark.slow
+def test_a_sweep_over_checkpoints_evaluates_each(trained, tmp_path):
+    """The base config of `-m ckpt=a,b` has no ckpt: it was refused as 'needs a checkpoint'."""
+    import shutil
+
+    from tests.conftest import run_cli
+
+    first = trained[0] / "train" / "checkpoints" / "best.pt"
+    second = tmp_path / "copy.pt"
+    shutil.copyfile(first, second)
+    done = run_cli(
+        "-m",
+        "mode=eval",
+        f"ckpt={first},{second}",
+        f"paths.output_dir={tmp_path / 'out'}",
+        "analysis.enabled=false",
+        "logger=none",
+        timeout=600,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    metrics = sorted((tmp_path / "out").rglob("metrics.json"))
+    assert len(metrics) == 2
+    accs = [json.loads(m.read_text())["test/acc"] for m in metrics]
+    assert accs[0] == accs[1]
