@@ -46,6 +46,12 @@ def require_splits(data: DataSplits, names: tuple[str, ...] = ("train", "val", "
                 else f"the train split of data {data.name!r} is empty: it comes from "
                 f"{_SOURCE[name]}; check data.root and the switches"
             )
+        if name == "train" and len(split) == 1:
+            raise DataError(
+                f"the train split of data {data.name!r} has one sample: training needs two "
+                "or more (BatchNorm needs two per batch). Raise data.fraction, "
+                "data.samples_per_class or lower data.imbalance_ratio"
+            )
         missing = classes_without_samples(split.labels, data.class_names)
         if missing:
             shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")

@@ -195,6 +195,10 @@ class StreamingLoader(EpochBatches):
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
             prefetch_factor=split.prefetch_factor if workers > 0 else None,
+            # Its own generator: each iteration draws the workers' base seed, and from the
+            # global one that draw shifted every later augmentation draw (a streamed run
+            # then differed from the resident run of the same seed). Decoding draws nothing.
+            generator=torch.Generator(),
         )
 
     def order(self) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch
 
 from runner.config.choices import DATA_SWITCHES, NOISE_TYPES
 from runner.data.checks import require_splits
+from runner.data.decoding import DataError
 from runner.data.splits import DataSplits
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,13 @@ def apply_switches(
     if fraction is not None or samples_per_class is not None:
         train = train.subset(subset_indices(train.labels, fraction, samples_per_class, seed))
     if imbalance_ratio is not None and imbalance_ratio > 1:
+        largest = int(torch.bincount(train.labels).max())
+        if largest < imbalance_ratio:  # the smallest class would round to no sample
+            raise DataError(
+                f"data.imbalance_ratio={imbalance_ratio:g} asks for a smallest train class of "
+                f"{largest}/{imbalance_ratio:g} < 1 sample (the largest has {largest}), which "
+                f"would drop the tail classes: use a ratio of at most {largest}"
+            )
         train = train.subset(long_tail_indices(train.labels, imbalance_ratio, seed))
         data.long_tailed = True
     data.train = train

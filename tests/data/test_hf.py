@@ -118,3 +118,25 @@ def test_a_csv_of_image_paths_sees_its_files_change(tmp_path):
     decoding.clear_memory_cache()
     again = load_hf(str(table), **settings, **common(tmp_path))
     assert int(again.train.images[0, 0, 0, 0]) == 250
+
+
+def test_a_row_without_a_label_is_refused_naming_the_rows(tmp_path):
+    """A null string label became a class named "None"."""
+    import io
+
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    def png() -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), (40, 80, 120)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    labels = ["ant", "bee", None, "ant", "bee", "ant", "bee", "ant", "bee", "ant"]
+    rows = {"img": [{"bytes": png(), "path": None} for _ in labels], "y": labels}
+    features = Features({"img": ImageFeature(), "y": Value("string")})
+    path = tmp_path / "unlabelled.parquet"
+    Dataset.from_dict(rows, features=features).to_parquet(str(path))
+    with pytest.raises(DataError, match=r"1 row\(s\) have no 'y' \(data.label_key\), e.g. row"):
+        load_hf(str(path), image_key="img", label_key="y", split_test=None, **common(tmp_path))

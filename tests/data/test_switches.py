@@ -205,3 +205,22 @@ def test_bad_imagefolder_values_fail_validation(make_cfg, tmp_path, override, ex
 def test_imagefolder_without_root_fails_validation(make_cfg):
     with pytest.raises(ConfigError, match=r"data.root is required"):
         validate(make_cfg("data=imagefolder", tiny=False))
+
+
+def test_an_imbalance_ratio_above_the_largest_class_is_refused_before_tails_vanish():
+    """R=200 on digits' ~125 per class floored the last classes to 0 samples, silently."""
+    from runner.data.decoding import DataError
+
+    with pytest.raises(DataError, match=r"data.imbalance_ratio=200 .* use a ratio of at most"):
+        apply_switches(load_digits(image_size=8), seed=0, imbalance_ratio=200)
+
+
+def test_a_train_split_of_one_sample_is_refused_naming_the_switches():
+    """It crashed in BatchNorm at the first step ("Expected more than 1 value per channel")."""
+    from runner.data.checks import require_splits
+    from runner.data.decoding import DataError
+
+    data = make_synthetic(num_samples=60, num_classes=2, image_size=8)
+    data.train = data.train.subset(torch.tensor([0]))
+    with pytest.raises(DataError, match="has one sample: training needs two"):
+        require_splits(data)

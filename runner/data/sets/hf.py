@@ -213,6 +213,14 @@ def load_hf(
         )
     # Each split's label column, read once (every read builds a list of the whole column).
     label_columns = {split: dataset[label_key] for split, dataset in loaded.items()}
+    for split, values in label_columns.items():
+        unlabelled = [i for i, v in enumerate(values) if v is None]
+        if unlabelled:  # else a class named "None", or a contradictory unknown-label error
+            raise DataError(
+                f"{name} split {specs[split]!r}: {len(unlabelled)} row(s) have no "
+                f"{label_key!r} (data.label_key), e.g. row(s) {unlabelled[:5]}: drop or label "
+                "them first"
+            )
     class_names, to_index = _classes(train.features[label_key], label_columns["train"])
     if num_classes is not None and num_classes != len(class_names):
         raise DataError(

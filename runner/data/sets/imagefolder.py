@@ -78,8 +78,13 @@ def list_class_files(folder: Path) -> dict[str, list[Path]]:
     classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and _visible(e.name))
     files = {}
     for name in classes:
-        found = []
+        found, seen = [], set()
         for parent, dirs, names in os.walk(folder / name, followlinks=True):
+            real = os.path.realpath(parent)
+            if real in seen:  # a link back to a folder already listed: a loop, or a copy
+                dirs[:] = []
+                continue
+            seen.add(real)
             dirs[:] = sorted(d for d in dirs if _visible(d))
             found.extend(Path(parent) / n for n in sorted(names) if _visible(n))
         files[name] = found
@@ -413,9 +418,13 @@ def _check_classes_have_images(parts, class_names, where, bad) -> None:
         empty = classes_without_samples(part.labels, class_names)
         if empty:
             folders = ", ".join(f"{split}/{c}" for c in empty)
+            # The run stops here, before the bad-file list is written: name the first ones.
+            examples = "; ".join(reason for _, reason in bad[:3])
             raise DataError(
                 f"{len(empty)} class(es) of {where} have no readable image: {folders} "
-                f"({len(bad)} bad file(s) skipped in all; see the bad-file list)."
+                f"({len(bad)} bad file(s) skipped in all"
+                + (f", e.g. {examples}" if examples else "")
+                + ")."
             )
 
 
