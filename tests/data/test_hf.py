@@ -140,3 +140,27 @@ def test_a_row_without_a_label_is_refused_naming_the_rows(tmp_path):
     Dataset.from_dict(rows, features=features).to_parquet(str(path))
     with pytest.raises(DataError, match=r"1 row\(s\) have no 'y' \(data.label_key\), e.g. row"):
         load_hf(str(path), image_key="img", label_key="y", split_test=None, **common(tmp_path))
+
+
+def test_relative_paths_in_a_csv_are_read_from_the_csvs_folder(tmp_path, monkeypatch):
+    """They were read from the working directory: every image was a bad file."""
+    from PIL import Image
+
+    folder = tmp_path / "set"
+    lines = ["image,label"]
+    for label, colour in (("x", (200, 30, 30)), ("y", (30, 30, 200))):
+        (folder / "images" / label).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (8, 8), colour).save(folder / "images" / label / f"{i}.png")
+            lines.append(f"images/{label}/{i}.png,{label}")
+    (folder / "rel.csv").write_text("\n".join(lines) + "\n")
+    monkeypatch.chdir(tmp_path)  # not the CSV's folder
+    data = load_hf(
+        str(folder / "rel.csv"),
+        image_key="image",
+        label_key="label",
+        split_test=None,
+        **common(tmp_path),
+    )
+    assert len(data.train) + len(data.val) + len(data.test) == 16
+    assert data.class_names == ["x", "y"]

@@ -37,13 +37,21 @@ _FILE_BUILDERS = {
 class _Column(Sequence):
     """A lazy view of one image column: item i is record i, read when asked for.
 
-    Records without a path get "<data set>:<split>[i]", so a bad one can be named.
+    Records without a path get "<data set>:<split>[i]", so a bad one can be named. A
+    relative path in a local table (a CSV listing `images/a.png`) is read from the
+    table's folder when the file is there, else as written (from the working directory).
     """
 
-    def __init__(self, dataset, key: str, label: str):
+    def __init__(self, dataset, key: str, label: str, base: Path | None = None):
         self.dataset = dataset.select_columns([key])
         self.key = key
         self.label = label
+        self.base = base
+
+    def _resolved(self, path: str) -> str:
+        if self.base is None or os.path.isabs(path) or not (self.base / path).exists():
+            return path
+        return str(self.base / path)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -51,10 +59,12 @@ class _Column(Sequence):
     def __getitem__(self, index: int) -> Any:
         value = self.dataset[int(index)][self.key]
         if isinstance(value, dict):
+            if not value.get("bytes") and value.get("path"):
+                return {"bytes": None, "path": self._resolved(value["path"])}
             return {"bytes": value.get("bytes"), "path": value.get("path") or self._name(index)}
         if isinstance(value, bytes | bytearray):
             return {"bytes": bytes(value), "path": self._name(index)}
-        return value  # a path string
+        return self._resolved(value) if isinstance(value, str) else value  # a path
 
     def _name(self, index: int) -> str:
         return f"{self.label}[{int(index)}]"
@@ -241,7 +251,8 @@ def load_hf(
                 f"{name} split {specs[split]!r} has labels that {split_train!r} lacks: "
                 f"{', '.join(unknown[:20])} ({len(unknown)} in all)."
             )
-        records[split] = _Column(dataset, image_key, f"{label}:{specs[split]}")
+        table_folder = local.parent if local.is_file() else None
+        records[split] = _Column(dataset, image_key, f"{label}:{specs[split]}", table_folder)
         labels[split] = [to_index[v] for v in values]
         ids[split] = record_ids(dataset, image_key, folder, f"{label}:{specs[split]}")
     ids = _unique_ids(ids)
