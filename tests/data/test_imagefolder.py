@@ -70,6 +70,19 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     assert int(image.min()) == 0 and int(image.max()) == 255 and (image < 255).float().mean() > 0.9
 
 
+def test_a_dark_sixteen_bit_tiff_is_scaled_like_a_png(tmp_path):
+    """A 16-bit TIFF of values <= 255 was read as 8-bit: 256 times too bright."""
+    import numpy as np
+    from PIL import Image
+
+    dark = np.full((8, 8), 200, dtype=np.uint16)
+    Image.fromarray(dark).save(tmp_path / "dark.tif")
+    Image.fromarray(dark).save(tmp_path / "dark.png")
+    tif = decode_record(str(tmp_path / "dark.tif"), image_size=8)
+    png = decode_record(str(tmp_path / "dark.png"), image_size=8)
+    assert torch.equal(tif, png) and int(tif.max()) == 1
+
+
 def test_non_square_images_are_resized_and_center_cropped(tmp_path):
     path = write_noise_jpeg(tmp_path / "wide.jpg", seed=0, size=20)
     from PIL import Image
