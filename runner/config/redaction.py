@@ -56,3 +56,14 @@ def redacted_override(override: str) -> str:
 def redacted_overrides(overrides: Any) -> list[str]:
     """Command-line overrides as text, each as `redacted_override` shows it."""
     return [redacted_override(str(override)) for override in overrides]
+
+
+def public_uri(uri: str) -> str:
+    """A URI as it may be shown and logged: a password in it (`http://u:pw@host`) as '***'."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:{REDACTED}@{host}"))

@@ -191,6 +191,13 @@ def _cifar_depth(value: Any) -> str | None:
     return None if ok else "an integer 6n+2 (20, 32, 44, 56, 110)"
 
 
+def _model_name(value: Any) -> str | None:
+    # MLflow refuses '/' and ':' in a registered model's name, after training.
+    if value is None or (isinstance(value, str) and value.strip() and not set("/:") & set(value)):
+        return None
+    return "null or a registered model name without '/' or ':', e.g. digits-classifier"
+
+
 def _resident(value: Any) -> str | None:
     return None if value == "auto" or isinstance(value, bool) else "one of auto, true, false"
 
@@ -313,7 +320,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "sweep.resume": _optional_non_empty_string,
     "logger.tracking_uri": _tracking_uri,
     "logger.fallback_uri": _optional_tracking_uri,
-    "logger.registered_model_name": _optional_non_empty_string,
+    "logger.registered_model_name": _model_name,
     "logger.export_model": _boolean,
     "logger.offline_fallback": _boolean,
     "logger.delivery_timeout_s": _positive_number,

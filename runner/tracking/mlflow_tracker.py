@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runner.config.redaction import public_uri
 from runner.config.resolvers import REPO_ROOT
 from runner.tracking import provenance
 from runner.tracking.inputs import DatasetRecord
@@ -245,7 +246,7 @@ class MlflowTracker:
             "runner.host": socket.gethostname(),
         }
         if self.fell_back_from:
-            tags["offline_fallback"] = self.fell_back_from
+            tags["offline_fallback"] = public_uri(self.fell_back_from)
         run_name = self.run_name or run_name
         run_id = None
         if self._opener is not None:  # after `prepare`: the helper creates it
@@ -273,7 +274,8 @@ class MlflowTracker:
         unreachable = self.tracking_uri
         if not (self.offline_fallback and self.fallback_uri):
             raise TrackingUnavailableError(
-                f"logger.tracking_uri={unreachable!r}: the MLflow server does not answer. "
+                f"logger.tracking_uri={public_uri(unreachable)!r}: the MLflow server does not "
+                "answer. "
                 "Start it, fix the URI, or set logger.offline_fallback=true to log to the "
                 "local store instead."
             )
@@ -281,7 +283,7 @@ class MlflowTracker:
         log.warning(
             "MLflow server %s does not answer: logging to %s instead "
             "(logger.offline_fallback=true)",
-            unreachable,
+            public_uri(unreachable),
             self.fallback_uri,
         )
         return unreachable
@@ -409,11 +411,11 @@ class MlflowTracker:
         left = self.outbox.close(self.delivery_timeout_s)
         if left:
             path = (self.local_dir or Path.cwd()) / "mlflow_pending.jsonl"
-            write_pending(path, self.tracking_uri, self.run_id, left)
+            path = write_pending(path, self.tracking_uri, self.run_id, left)
             log.error(
                 "MLflow server %s did not take %d logging operation(s); saved to %s. "
                 "Send them when it is back: python -m runner.tracking replay %s",
-                self.tracking_uri,
+                public_uri(self.tracking_uri),
                 len(left),
                 path,
                 path,
@@ -428,5 +430,5 @@ class MlflowTracker:
                 f"{self.tracking_uri}, then open http://127.0.0.1:5000/#/experiments/"
                 f"{self.experiment_id}/runs/{self.run_id}"
             )
-        base = self.tracking_uri.rstrip("/")
+        base = public_uri(self.tracking_uri).rstrip("/")
         return f"{base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"

@@ -105,12 +105,27 @@ class Outbox:
             return list(self._ops)
 
 
-def write_pending(path: Path, tracking_uri: str, run_id: str, ops: list[tuple]) -> None:
-    """Saves undelivered operations as JSON lines for `python -m runner.tracking replay`."""
-    with path.open("w") as handle:
-        handle.write(json.dumps({"tracking_uri": tracking_uri, "run_id": run_id}) + "\n")
+def write_pending(path: Path, tracking_uri: str, run_id: str, ops: list[tuple]) -> Path:
+    """Saves undelivered operations as JSON lines for `python -m runner.tracking replay`.
+
+    A file left by an earlier outage of the same run (a resumed run) is added to, in
+    order, so that nothing it holds is lost; one for another run or store is kept, and
+    these go to the next free `<stem>-<n>.jsonl`.
+
+    Returns:
+        The file written.
+    """
+    header = json.dumps({"tracking_uri": tracking_uri, "run_id": run_id})
+    target, number = path, 1
+    while target.exists() and target.read_text().partition("\n")[0] != header:
+        number += 1
+        target = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    with target.open("a") as handle:
+        if handle.tell() == 0:
+            handle.write(header + "\n")
         for op in ops:
             handle.write(json.dumps(op) + "\n")
+    return target
 
 
 def replay_pending(path: Path) -> int:

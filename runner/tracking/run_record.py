@@ -72,12 +72,16 @@ def start_run(
 
 
 def hydra_overrides() -> list[str]:
-    """The command-line overrides of this job, when run through Hydra."""
+    """The command-line overrides of this job as typed, when run through Hydra.
+
+    Unresolved: `x=${oc.env:PW}` stays that text (reading the list resolved it, so the
+    secret reached environment.json, the overrides tag and the log).
+    """
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return []
-    return list(HydraConfig.get().overrides.task)
+    return OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

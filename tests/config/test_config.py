@@ -301,3 +301,9 @@ def test_allowed_targets_given_as_one_module_name_is_that_module():
     assert untrusted_targets(cfg) == []
     cfg.allowed_targets = "other"
     assert "allowed_targets" in untrusted_targets(cfg)[0]
+
+
+def test_a_registered_model_name_mlflow_refuses_is_refused_at_start(make_cfg):
+    """`team/clf` failed to register after training, three times, with exit status 0."""
+    with pytest.raises(ConfigError, match=r"logger\.registered_model_name='team/clf' is invalid"):
+        validate(make_cfg("logger.registered_model_name=team/clf"))

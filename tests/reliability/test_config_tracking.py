@@ -314,3 +314,20 @@ def test_secrets_are_redacted_in_params_and_saved_configs(tmp_path, monkeypatch)
     assert query(db, "SELECT value FROM params WHERE key='logger.experiment_name'") == [("***",)]
     (run_dir,) = [p.parent for p in (tmp_path / "runs").glob("*/*/config_resolved.yaml")]
     assert "hunter2" not in (run_dir / "config_resolved.yaml").read_text()
+    # The overrides as typed, not resolved: the value once reached these in the clear.
+    for name in ("environment.json", "run.log"):
+        assert "hunter2" not in (run_dir / name).read_text(), name
+    (overrides,) = query(db, "SELECT value FROM tags WHERE key='overrides'")[0]
+    assert "${oc.env:RUNNER_TEST_SECRET}" in overrides and "hunter2" not in overrides
+
+
+def test_a_password_in_a_tracking_uri_is_shown_as_stars():
+    from runner.config.redaction import public_uri
+    from runner.tracking.mlflow_tracker import MlflowTracker
+
+    assert public_uri("http://alice:pw9@host:5000/") == "http://alice:***@host:5000/"
+    assert public_uri("https://host:5000") == "https://host:5000"
+    assert public_uri("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    tracker = MlflowTracker("http://alice:pw9@127.0.0.1:5999")
+    tracker.experiment_id, tracker.run_id = "1", "abc"
+    assert "pw9" not in tracker.describe() and "alice:***@127.0.0.1:5999" in tracker.describe()

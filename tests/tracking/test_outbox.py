@@ -99,3 +99,21 @@ def test_a_refusal_a_second_try_does_not_repeat_is_delivered(tmp_path, caplog):
     run = client.get_run(run_id)
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["digits"]
     assert "cannot take" not in caplog.text
+
+
+def test_a_second_outage_adds_to_the_runs_pending_file_and_another_runs_is_kept(tmp_path):
+    """The second outage of a resumed run once overwrote the first one's unsent logs."""
+    import json
+
+    from runner.tracking.outbox import write_pending
+
+    path = tmp_path / "mlflow_pending.jsonl"
+    first = [("log_metric", "a", 1.0, 0, 1)]
+    second = [("log_metric", "a", 2.0, 0, 2)]
+    assert write_pending(path, "http://h:5000", "run1", first) == path
+    assert write_pending(path, "http://h:5000", "run1", second) == path
+    header, *ops = path.read_text().splitlines()
+    assert json.loads(header)["run_id"] == "run1"
+    assert [tuple(json.loads(op)) for op in ops] == [*first, *second]
+    other = write_pending(path, "http://h:5000", "run2", second)
+    assert other.name == "mlflow_pending-2.jsonl" and len(path.read_text().splitlines()) == 3
