@@ -15,7 +15,7 @@ from pathlib import Path
 
 from runner.config.resolvers import REPO_ROOT
 from runner.tracking.opening import serve
-from runner.tracking.outbox import replay_pending
+from runner.tracking.outbox import pending_file_problem, replay_pending
 from runner.tracking.store import reap_stale_runs, store_lock
 
 DEFAULT_URI = f"sqlite:///{REPO_ROOT / 'outputs' / 'mlflow.db'}"
@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "replay":
+        problem = pending_file_problem(args.file)
+        if problem is not None:
+            print(f"Error: {args.file}: {problem}", file=sys.stderr)
+            return 1
         print(f"{replay_pending(args.file)} logging operation(s) sent")
         return 0
     if args.command == "open":

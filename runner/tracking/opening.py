@@ -70,8 +70,10 @@ def open_experiment(client: Any, name: str, artifact_location: str | None) -> st
             name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
         )
     except MlflowException:
-        # Another run created it first.
-        return client.get_experiment_by_name(name).experiment_id
+        created = client.get_experiment_by_name(name)  # another run created it first
+        if created is None:  # a refusal (a name too long, no permission): say it
+            raise
+        return created.experiment_id
 
 
 def open_store(

@@ -128,6 +128,20 @@ def write_pending(path: Path, tracking_uri: str, run_id: str, ops: list[tuple]) 
     return target
 
 
+def pending_file_problem(path: Path) -> str | None:
+    """What keeps `path` from being replayed (not a file, not a pending-log file); None = fine."""
+    if not path.is_file():
+        return "no such file: give the mlflow_pending.jsonl a run dir holds"
+    header = path.read_text(errors="replace").partition("\n")[0]
+    try:
+        target = json.loads(header)
+    except json.JSONDecodeError:
+        target = None
+    if not isinstance(target, dict) or not {"tracking_uri", "run_id"} <= set(target):
+        return "not a pending-log file (its first line names no tracking_uri and run_id)"
+    return None
+
+
 def replay_pending(path: Path) -> int:
     """Sends the operations of a pending-log file to its server; returns how many."""
     from mlflow.tracking import MlflowClient

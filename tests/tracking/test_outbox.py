@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos import databricks_pb2 as codes
 from mlflow.tracking import MlflowClient
@@ -117,3 +118,27 @@ def test_a_second_outage_adds_to_the_runs_pending_file_and_another_runs_is_kept(
     assert [tuple(json.loads(op)) for op in ops] == [*first, *second]
     other = write_pending(path, "http://h:5000", "run2", second)
     assert other.name == "mlflow_pending-2.jsonl" and len(path.read_text().splitlines()) == 3
+
+
+def test_replay_of_what_is_no_pending_log_file_says_so(tmp_path, capsys):
+    """A missing file, a folder, an empty file and run.log gave four raw tracebacks."""
+    from runner.tracking.__main__ import main
+
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "run.log").write_text("[2026] INFO - epoch 1\n")
+    for name in ("nope.jsonl", ".", "empty.jsonl", "run.log"):
+        assert main(["replay", str(tmp_path / name)]) == 1, name
+    errors = capsys.readouterr().err
+    assert errors.count("Error: ") == 4 and "no such file" in errors
+    assert "not a pending-log file" in errors
+
+
+def test_an_experiment_the_store_refuses_to_create_says_why(tmp_path):
+    """A 600-character name ended in "'NoneType' object has no attribute 'experiment_id'"."""
+    from mlflow.exceptions import MlflowException
+
+    from runner.tracking.opening import open_experiment
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(MlflowException, match="500"):
+        open_experiment(client, "e" * 600, str(tmp_path / "art"))
