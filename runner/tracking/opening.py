@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from runner.config.errors import ConfigError
+from runner.config.redaction import public_uri
 from runner.config.resolvers import REPO_ROOT
 from runner.tracking.store import reap_stale_runs, report_reaped, store_lock, with_retry
 
@@ -103,10 +104,27 @@ def open_run(
 ) -> str:
     """Creates a run with `tags`, or reopens `resume_run_id` and sets them; returns its id."""
     from mlflow.entities import RunTag
+    from mlflow.exceptions import MlflowException
 
     if resume_run_id is None:
         run = with_retry(lambda: client.create_run(experiment_id, run_name=run_name, tags=tags))
         return run.info.run_id
+    try:
+        stage = client.get_run(resume_run_id).info.lifecycle_stage
+    except MlflowException as err:  # logged to another store (an offline fallback)
+        raise ConfigError(
+            f"this run dir continues MLflow run {resume_run_id}, which the store "
+            f"{public_uri(client.tracking_uri)} does not have ({err.error_code}): resume "
+            "with the logger settings it was logged with (e.g. logger.tracking_uri=<its "
+            "fallback_uri> after an offline fallback), or start anew here with "
+            "trainer.resume=never"
+        ) from err
+    if stage == "deleted":
+        raise ConfigError(
+            f"this run dir continues MLflow run {resume_run_id}, which was deleted: restore "
+            f"it (mlflow runs restore --run-id {resume_run_id}) or start anew here with "
+            "trainer.resume=never"
+        )
     with_retry(lambda: client.update_run(resume_run_id, status="RUNNING"))
     run_tags = [RunTag(key, value) for key, value in tags.items()]
     with_retry(lambda: client.log_batch(resume_run_id, tags=run_tags))

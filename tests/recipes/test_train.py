@@ -132,6 +132,26 @@ def test_resume_continues_the_same_mlflow_run(tmp_path):
     assert last["state"]["epoch"] == 3
 
 
+def test_resuming_into_a_deleted_or_absent_mlflow_run_says_what_to_do(tmp_path):
+    """Both ended in a raw MlflowException traceback, after the data and model were built."""
+    from mlflow.tracking import MlflowClient
+
+    from runner.config.errors import ConfigError
+
+    run(compose_run(tmp_path, "run", "trainer.max_epochs=1"))
+    db = tmp_path / "outputs" / "mlflow.db"
+    (run_id,) = query(db, "SELECT run_uuid FROM runs")[0]
+    MlflowClient(tracking_uri=f"sqlite:///{db}").delete_run(run_id)
+    with pytest.raises(ConfigError, match=rf"MLflow run {run_id}, which was deleted: restore"):
+        run(compose_run(tmp_path, "run", "trainer.max_epochs=2"))
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    payload = torch.load(last, weights_only=True)
+    payload["state"]["mlflow_run_id"] = "0" * 32  # a run of another store (offline fallback)
+    torch.save(payload, last)
+    with pytest.raises(ConfigError, match=r"which the store \S+ does not have"):
+        run(compose_run(tmp_path, "run", "trainer.max_epochs=2"))
+
+
 def test_exception_marks_the_run_failed_with_its_traceback(tmp_path, monkeypatch):
     def broken_epoch(**kwargs):
         raise RuntimeError("boom in a training step")
