@@ -100,6 +100,12 @@ def validate(cfg: DictConfig) -> None:
         )
     swept_values, swept_keys = _sweeps(cfg)
     problems.extend(_monitor_problems(cfg))
+    problems.extend(
+        f"-m {key}=...: the jobs of one sweep are ranked by one metric; run one sweep per "
+        f"{key.split('.')[1]} (or compare the other metric across the child runs)"
+        for key in ("trainer.monitor", "trainer.monitor_mode")
+        if key in swept_keys
+    )
     problems.extend(_mode_problems(cfg, swept_values))
     problems.extend(_model_registry_problems(cfg))
     problems.extend(_fold_problems(cfg, swept_values, swept_keys))

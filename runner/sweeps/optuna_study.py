@@ -343,6 +343,13 @@ def plan_study(config: DictConfig, arguments: list[str], *, open_store: bool = T
             "an RDB URL (sqlite:///path/optuna.db, postgresql://...) or "
             "journal:////abs/path/study.log"
         )
+    elif isinstance(storage, str):
+        path = storage.partition(":///")[2]
+        if not path or path.endswith("/") or Path(path).is_dir():  # no file to keep it in
+            problems.append(
+                f"hydra.sweeper.storage={shown_storage(storage)!r} names no file: give one, "
+                "e.g. sqlite:///outputs/optuna.db or journal:////abs/path/study.log"
+            )
     study_name = sweeper.get("study_name")
     if study_name is not None and not (isinstance(study_name, str) and study_name):
         problems.append(f"hydra.sweeper.study_name={study_name!r}: expected a name or null")

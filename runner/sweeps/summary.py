@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.sweeps.job import unescape
-from runner.sweeps.manifest import parse_overrides, read_manifest
+from runner.sweeps.manifest import SWEEP_CONTROL_PREFIXES, parse_overrides, read_manifest
 from runner.tracking.protocol import Tracker
 
 # Test metrics shown in the markdown table (the CSV has all of them).
@@ -76,8 +76,17 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
             {
                 **entry,
                 "key": key,
+                # Without the sweep's own controls: a resumed sweep's jobs carry
+                # sweep.resume=..., which is no setting of the model (it split the seeds).
                 "params": {
-                    k: unescape(v) for k, v in parse_overrides(entry.get("overrides", [])).items()
+                    k: unescape(v)
+                    for k, v in parse_overrides(
+                        [
+                            o
+                            for o in entry.get("overrides", [])
+                            if not o.startswith(SWEEP_CONTROL_PREFIXES)
+                        ]
+                    ).items()
                 },
                 "test": test,
             }

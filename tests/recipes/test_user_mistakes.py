@@ -388,6 +388,14 @@ def test_the_start_check_of_a_sweep_sees_the_groups_of_the_command_lines_searchp
     assert "variant" not in done.stderr.partition("the sweep was not started")[2]
 
 
+def test_a_sweep_over_the_monitored_metric_is_refused_before_any_output(tmp_path):
+    """Its summary ranked val/acc against val/loss values ("val/acc = 2.2974")."""
+    done = run_cli("-m", f"paths.output_dir={tmp_path}", "trainer.monitor=val/acc,val/loss", *TINY)
+    assert done.returncode == 1
+    assert "-m trainer.monitor=...: the jobs of one sweep are ranked by one metric" in (done.stderr)
+    assert not (tmp_path / "multirun").exists()
+
+
 def test_hints_name_the_options(tmp_path):
     done = run_cli(f"paths.output_dir={tmp_path}", "model=resnet_18", timeout=120)
     assert done.returncode == 1 and "Could not find 'model/resnet_18'" in done.stderr

@@ -510,6 +510,17 @@ def test_a_configuration_whose_other_seeds_failed_does_not_win_on_its_one_run(tm
     assert "| 1e-2 | 1 | 0.9300 +- nan |" in summary.markdown  # one run: no spread
 
 
+def test_the_jobs_a_resumed_sweep_added_are_grouped_with_the_others(tmp_path):
+    """Their sweep.resume=... override made seed 2 a configuration of its own."""
+    _job(tmp_path, 0, ["seed=0"], 0.8)
+    _job(tmp_path, 1, ["seed=1"], 0.9)
+    _job(tmp_path, 2, ["seed=2", f"sweep.resume={tmp_path}"], 0.7)
+    summary = summarize(tmp_path, monitor="val/acc", maximize=True)
+    assert summary.best_value == pytest.approx(0.8)
+    assert summary.best_tags["best.seeds"] == "0,1,2"
+    assert "sweep.resume" not in summary.markdown
+
+
 def test_a_storage_password_is_never_shown(tmp_path):
     assert shown_storage("postgresql://ann:s3cr:et@db.lan:5432/optuna") == (
         "postgresql://ann:***@db.lan:5432/optuna"
@@ -566,3 +577,11 @@ def test_a_range_that_reaches_a_value_the_config_refuses_is_refused_before_any_t
         "invalid: expected a number >= 0",
     ]
     assert search_space({"optim.lr": "tag(log, interval(1e-4, 3e-2))"}, []).problems == []
+
+
+@pytest.mark.parametrize("storage", ["sqlite:///", "journal:///"])
+def test_a_storage_url_that_names_no_file_is_refused(tmp_path, storage):
+    """sqlite:/// kept each connection's study in memory (pruning lost, nothing stored);
+    journal:/// failed with IsADirectoryError."""
+    with pytest.raises(SweepConfigError, match="names no file"):
+        plan(tmp_path, f"hydra.sweeper.storage={storage}")
