@@ -250,3 +250,19 @@ def test_throughput_settings_are_validated(make_cfg):
         validate(cfg)
     assert "throughput.batch_sizes=[0, 8] is invalid" in str(err.value)
     assert "throughput.models=[] is invalid" in str(err.value)
+
+
+def test_what_the_config_check_imports_while_hydra_composes_counts_as_imports(monkeypatch):
+    """The check reads the targets' signatures, so the training stack's import moved into
+    composition: 1.1 s of compose_s that the start-up figure wrongly counted."""
+    from runner.config import group_keys
+    from runner.training.startup_clock import StartupClock
+
+    clock = StartupClock()
+    clock.runner_imported -= 3.0  # composition took 3 s ...
+    monkeypatch.setattr(group_keys, "_import_seconds", 2.0)  # ... 2 of them importing targets
+    clock.job_start()
+    clock.begin_run()
+    report = clock.finish()
+    assert report["compose_s"] == pytest.approx(1.0, abs=0.05)
+    assert report["imports_s"] == pytest.approx(2.0, abs=0.05)
