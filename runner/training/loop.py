@@ -251,7 +251,7 @@ def fit(
             + ("  *best*" if decision.improved else "")
         )
         if decision.stop is not None:
-            end_training(ctx, decision.stop, epoch, current)
+            act_on_stop(ctx, decision.stop, epoch, current)
             break  # pruned or patience: the recipe waits for the writer after fit
 
 
@@ -279,7 +279,7 @@ def best_checkpoint(
     )
 
 
-def end_training(ctx: RunContext, stop: str, epoch: int, value: float) -> None:
+def act_on_stop(ctx: RunContext, stop: str, epoch: int, value: float) -> None:
     """Acts on an epoch's decision to stop: raises for a signal or divergence, else logs.
 
     Raises:
