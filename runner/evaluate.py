@@ -36,6 +36,7 @@ from runner.data import curation, folds
 from runner.data.build import build_data
 from runner.data.checks import require_splits
 from runner.data.decoding import BadImageError, DataError, decode_record
+from runner.data.sets.imagefolder import visible_files
 from runner.reports import console
 from runner.tracking.null import NullTracker
 from runner.tracking.run_record import hydra_overrides
@@ -297,19 +298,7 @@ def list_images(source: str) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise ConfigError(f"predict.input={source!r}: no such file or folder")
-    files, seen = [], set()
-    for parent, dirs, names in os.walk(path, followlinks=True):
-        real = os.path.realpath(parent)
-        if real in seen:  # a link back to a folder already listed: a loop, or a copy
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files.extend(
-            Path(parent) / n
-            for n in sorted(names)
-            if not n.startswith(".") and os.path.isfile(os.path.join(parent, n))  # no FIFOs
-        )
+    files = visible_files(path, regular_only=True)  # a FIFO would make predict wait
     if not files:
         raise ConfigError(f"predict.input={source!r}: the folder holds no files")
     return files

@@ -76,18 +76,33 @@ def list_class_files(folder: Path) -> dict[str, list[Path]]:
     subfolders of a class folder belong to that class, as in torchvision's ImageFolder.
     """
     classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and _visible(e.name))
-    files = {}
-    for name in classes:
-        found, seen = [], set()
-        for parent, dirs, names in os.walk(folder / name, followlinks=True):
-            real = os.path.realpath(parent)
-            if real in seen:  # a link back to a folder already listed: a loop, or a copy
-                dirs[:] = []
-                continue
-            seen.add(real)
-            dirs[:] = sorted(d for d in dirs if _visible(d))
-            found.extend(Path(parent) / n for n in sorted(names) if _visible(n))
-        files[name] = found
+    return {name: visible_files(folder / name) for name in classes}
+
+
+def visible_files(folder: Path, regular_only: bool = False) -> list[Path]:
+    """The files under `folder`, recursively, sorted, hidden ones left out.
+
+    Links are followed, each real folder once (a link back to a folder already listed is
+    a loop, or a copy).
+
+    Args:
+        folder: Where to look.
+        regular_only: Leave out what is no regular file: FIFOs (reading one waits) and
+            broken links. False keeps them, to be reported as bad files.
+    """
+    files, seen = [], set()
+    for parent, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if _visible(d))
+        files.extend(
+            Path(parent) / n
+            for n in sorted(names)
+            if _visible(n) and (not regular_only or os.path.isfile(os.path.join(parent, n)))
+        )
     return files
 
 
