@@ -14,6 +14,8 @@ SECRET_KEY = re.compile(
     re.IGNORECASE,
 )
 REDACTED = "***"
+# `scheme://user:password@`: the password, up to the last "@" before the host.
+_URL_PASSWORD = re.compile(r"(?<=://)([^:/@]*):[^@/]*@")
 
 
 def redacted_container(cfg: DictConfig) -> dict[str, Any]:
@@ -60,10 +62,4 @@ def redacted_overrides(overrides: Any) -> list[str]:
 
 def public_uri(uri: str) -> str:
     """A URI as it may be shown and logged: a password in it (`http://u:pw@host`) as '***'."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:{REDACTED}@{host}"))
+    return _URL_PASSWORD.sub(r"\1:***@", uri)

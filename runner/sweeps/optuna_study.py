@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from runner.config.errors import ConfigError
+from runner.config.redaction import public_uri
 from runner.sweeps.search_space import (
     describe_distribution,
     describe_space,
@@ -63,7 +63,6 @@ MONITOR_ATTR = "runner.monitor"
 STUDY_FILE = "study.json"
 JOURNAL_PREFIX = "journal:///"
 # The password of an RDB URL (`postgresql://user:password@host/db`).
-_URL_PASSWORD = re.compile(r"(?<=://)([^:/@]*):[^@/]*@")
 SQLITE_BUSY_TIMEOUT_S = 60
 
 
@@ -117,7 +116,7 @@ class StudyPlan:
 
 def shown_storage(url: Any) -> str:
     """A storage URL as logs and messages show it: its password, if any, as `***`."""
-    return _URL_PASSWORD.sub(r"\1:***@", str(url))
+    return public_uri(str(url))
 
 
 def open_storage(url: str) -> Any:
