@@ -70,10 +70,14 @@ def update_manifest(sweep_dir: Path, key: str, **fields: Any) -> dict[str, Any]:
     return entry
 
 
+def setting_overrides(overrides: list[str]) -> list[str]:
+    """A job's overrides without the sweep's own controls (sweep.resume=..., the trial)."""
+    return [o for o in overrides if not o.startswith(SWEEP_CONTROL_PREFIXES)]
+
+
 def job_key(overrides: list[str]) -> str:
     """The identity of a job: its overrides, sorted, without the sweep-control ones."""
-    kept = [o for o in overrides if not o.startswith(SWEEP_CONTROL_PREFIXES)]
-    return " ".join(sorted(kept)) or "(no overrides)"
+    return " ".join(sorted(setting_overrides(overrides))) or "(no overrides)"
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, str]:

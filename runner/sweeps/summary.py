@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.sweeps.job import unescape
-from runner.sweeps.manifest import SWEEP_CONTROL_PREFIXES, parse_overrides, read_manifest
+from runner.sweeps.manifest import parse_overrides, read_manifest, setting_overrides
 from runner.tracking.protocol import Tracker
 
 # Test metrics shown in the markdown table (the CSV has all of them).
@@ -76,16 +76,11 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
             {
                 **entry,
                 "key": key,
-                # Without the sweep's own controls: a resumed sweep's jobs carry
-                # sweep.resume=..., which is no setting of the model (it split the seeds).
+                # A resumed sweep's jobs carry sweep.resume=..., no setting of theirs.
                 "params": {
                     k: unescape(v)
                     for k, v in parse_overrides(
-                        [
-                            o
-                            for o in entry.get("overrides", [])
-                            if not o.startswith(SWEEP_CONTROL_PREFIXES)
-                        ]
+                        setting_overrides(entry.get("overrides", []))
                     ).items()
                 },
                 "test": test,
