@@ -188,16 +188,21 @@ def exclude_samples(data: DataSplits, path: str) -> DataSplits:
     return data
 
 
-def _class_index(value: str, class_names: list[str]) -> int | None:
-    """The class a relabel row names: its name, else its index; None = no such class.
+def _indices_allowed(class_names: list[str]) -> bool:
+    """Whether a relabel may name a class by its index.
 
-    Where a class name is itself a number (folders `0`, `1`, `10`), a number is read as a
-    name only: as an index it would name another class than the one it spells.
+    Not where a class name is a number (folders `0`, `1`, `10`): an index would name
+    another class than the one it spells.
     """
+    return not any(name.isdecimal() for name in class_names)
+
+
+def _class_index(value: str, class_names: list[str], by_index: bool) -> int | None:
+    """The class a relabel row names: its name, else (`by_index`) its index; None = none."""
     text = str(value).strip()
     if text in class_names:
         return class_names.index(text)
-    if any(name.isdecimal() for name in class_names):
+    if not by_index:
         return None
     # isdecimal, not isdigit: "²" is a digit that int() refuses.
     if text.lstrip("-").isdecimal() and 0 <= int(text) < len(class_names):
@@ -214,10 +219,11 @@ def relabel_samples(data: DataSplits, path: str) -> DataSplits:
     """
     rows = read_id_file(path, "data.relabel", CURATION_COLUMNS["data.relabel"])
     rows = _flagged(path, "data.relabel", rows)
+    by_index = _indices_allowed(data.class_names)
     wanted: dict[str, int] = {}
     unknown = []
     for line, row in rows:
-        index = _class_index(row["label"], data.class_names)
+        index = _class_index(row["label"], data.class_names, by_index)
         if index is None:
             unknown.append(f"line {line}: {row['label']!r}")
             continue
@@ -232,11 +238,7 @@ def relabel_samples(data: DataSplits, path: str) -> DataSplits:
         raise DataError(
             f"data.relabel={path!r}: {len(unknown)} label(s) name no class of {data.name} "
             f"({'; '.join(unknown[:5])}). A label is a class name ({names})"
-            + (
-                ""
-                if any(name.isdecimal() for name in data.class_names)
-                else f" or a class index 0..{data.num_classes - 1}"
-            )
+            + (f" or a class index 0..{data.num_classes - 1}" if by_index else "")
             + "."
         )
     if not wanted:
