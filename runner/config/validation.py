@@ -91,21 +91,9 @@ def validate(cfg: DictConfig) -> None:
             f"data.fraction={subset[0]!r} and data.samples_per_class={subset[1]!r} are both "
             "set: choose one (the other null)"
         )
-    sizes = [OmegaConf.select(cfg, f"{k}.image_size") for k in ("data", "aug")]
-    if all(is_number(v) for v in sizes) and sizes[0] != sizes[1]:
-        problems.append(
-            f"aug.image_size={sizes[1]!r} differs from data.image_size={sizes[0]!r}: the "
-            "model would train at one size and be tested at the other; set data.image_size "
-            "(aug.image_size follows it)"
-        )
+    problems.extend(_image_size_problems(cfg))
     swept_values, swept_keys = _sweeps(cfg)
-    problems.extend(_monitor_problems(cfg))
-    problems.extend(
-        f"-m {key}=...: the jobs of one sweep are ranked by one metric; run one sweep per "
-        f"{key.split('.')[1]} (or compare the other metric across the child runs)"
-        for key in ("trainer.monitor", "trainer.monitor_mode")
-        if key in swept_keys
-    )
+    problems.extend(_monitor_problems(cfg, swept_keys))
     problems.extend(_mode_problems(cfg, swept_values))
     problems.extend(_model_registry_problems(cfg))
     problems.extend(_fold_problems(cfg, swept_values, swept_keys))
@@ -117,20 +105,39 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"Invalid config ({len(problems)} problem{plural}):\n  - {listing}")
 
 
-def _monitor_problems(cfg: DictConfig) -> list[str]:
-    """trainer.monitor_mode must be the direction in which trainer.monitor improves."""
+def _monitor_problems(cfg: DictConfig, swept_keys: list[str]) -> list[str]:
+    """One metric ranks a sweep's jobs; trainer.monitor_mode is its direction."""
+    swept = [
+        f"-m {key}=...: the jobs of one sweep are ranked by one metric; run one sweep per "
+        f"{key.split('.')[1]} (or compare the other metric across the child runs)"
+        for key in ("trainer.monitor", "trainer.monitor_mode")
+        if key in swept_keys
+    ]
     monitor = OmegaConf.select(cfg, "trainer.monitor", default=None)
     mode = OmegaConf.select(cfg, "trainer.monitor_mode", default=None)
     if monitor is None or mode not in choices.MONITOR_MODES:
-        return []
+        return swept
     expected = monitor_mode_for(monitor)
     if mode == expected:
-        return []
+        return swept
     better = "lower" if expected == "min" else "higher"
     return [
+        *swept,
         f"trainer.monitor_mode={mode} contradicts trainer.monitor={monitor}, which is better "
         f"{better}: leave trainer.monitor_mode out (it follows the metric) or set it to "
-        f"{expected}"
+        f"{expected}",
+    ]
+
+
+def _image_size_problems(cfg: DictConfig) -> list[str]:
+    """The augmentation's eval size must be the data's: else train and test sizes differ."""
+    data_size, aug_size = (OmegaConf.select(cfg, f"{k}.image_size") for k in ("data", "aug"))
+    if not (is_number(data_size) and is_number(aug_size)) or data_size == aug_size:
+        return []
+    return [
+        f"aug.image_size={aug_size!r} differs from data.image_size={data_size!r}: the model "
+        "would train at one size and be tested at the other; set data.image_size "
+        "(aug.image_size follows it)"
     ]
 
 
