@@ -13,12 +13,31 @@ import logging
 import sys
 from pathlib import Path
 
+from runner.config.redaction import public_uri
 from runner.config.resolvers import REPO_ROOT
+from runner.config.value_checks import sqlite_path
 from runner.tracking.opening import serve
 from runner.tracking.outbox import pending_file_problem, replay_pending
-from runner.tracking.store import reap_stale_runs, store_lock
+from runner.tracking.store import reap_stale_runs, server_reachable, store_lock
 
 DEFAULT_URI = f"sqlite:///{REPO_ROOT / 'outputs' / 'mlflow.db'}"
+
+
+def reap_problem(tracking_uri: str) -> str | None:
+    """Why `reap` cannot look into this store (None when it can), asked before MLflow is.
+
+    Opening a SQLite file that is not there would create an empty store, and MLflow's
+    client retries a server that does not answer for minutes.
+    """
+    database = sqlite_path(tracking_uri)
+    if database is not None and not database.expanduser().is_file():
+        return (
+            f"no store at {database}: nothing to reap. Pass the tracking URI your runs "
+            "logged to (their logger.tracking_uri)"
+        )
+    if tracking_uri.startswith(("http://", "https://")) and not server_reachable(tracking_uri):
+        return "the tracking server does not answer: start it, or try again when it is up"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         replies, sys.stdout = sys.stdout, sys.stderr
         return serve(args.tracking_uri, args.experiment, args.artifact_location, sys.stdin, replies)
 
+    problem = reap_problem(args.tracking_uri)
+    if problem is not None:
+        print(f"Error: --tracking-uri={public_uri(args.tracking_uri)}: {problem}", file=sys.stderr)
+        return 1
     from mlflow.tracking import MlflowClient
 
     with store_lock(args.tracking_uri):

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import select
 import subprocess
 import sys
@@ -35,6 +36,19 @@ log = logging.getLogger(__name__)
 # value opens them as model training (runs, metrics, models), as the UI's own menu sets it.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
+
+
+def experiment_folder(artifact_location: Path, name: str) -> Path:
+    """The folder of a new experiment's artifacts: `artifact_location/<name>`.
+
+    A name that would lead out of `artifact_location` (`../x`, `/Users/me/x`, `..`) gets
+    a folder named after it with its separators and `..` replaced, so that no experiment
+    writes its artifacts elsewhere on the disk or into another experiment's folder.
+    """
+    base, relative = artifact_location.resolve(), Path(name)
+    if relative.parts and not relative.is_absolute() and ".." not in relative.parts:
+        return base / relative
+    return base / (re.sub(r"[/\\]+|\.\.", "_", name).strip(". ") or "experiment")
 
 
 def open_experiment(client: Any, name: str, artifact_location: str | None) -> str:
@@ -65,7 +79,7 @@ def open_experiment(client: Any, name: str, artifact_location: str | None) -> st
         return experiment.experiment_id
     location = None
     if artifact_location:
-        location = (Path(artifact_location).resolve() / name).as_uri()
+        location = experiment_folder(Path(artifact_location), name).as_uri()
     try:
         return client.create_experiment(
             name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}

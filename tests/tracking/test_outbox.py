@@ -1,8 +1,11 @@
-"""The outbox on a real SQLite MLflow store: what the store refuses for good is dropped."""
+"""The outbox on a real SQLite MLflow store (what the store refuses for good is dropped),
+and the maintenance commands replay and reap."""
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
 from mlflow.exceptions import MlflowException
@@ -11,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from runner.tracking.outbox import Outbox, apply_op
 from runner.tracking.store import refused_for_good
+from tests.conftest import REPO, free_port
 
 
 def open_run(tmp_path):
@@ -142,3 +146,32 @@ def test_an_experiment_the_store_refuses_to_create_says_why(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     with pytest.raises(MlflowException, match="500"):
         open_experiment(client, "e" * 600, str(tmp_path / "art"))
+
+
+def test_reap_of_a_store_that_is_not_there_says_so_and_creates_nothing(tmp_path):
+    """A missing SQLite file was created empty; a server that is down held reap for minutes."""
+    missing = tmp_path / "typo" / "mlflow.db"
+    (tmp_path / "typo").mkdir()
+    down = f"http://user:secret@127.0.0.1:{free_port()}"  # nothing listens there
+    for uri, problem in ((f"sqlite:///{missing}", "no store at"), (down, "does not answer")):
+        tool = [sys.executable, "-m", "runner.tracking", "reap", f"--tracking-uri={uri}"]
+        done = subprocess.run(tool, capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert done.returncode == 1 and problem in done.stderr, done.stderr
+    assert not missing.exists()
+    assert "secret" not in done.stderr and "user:***@" in done.stderr
+
+
+def test_an_experiment_name_never_leads_its_artifacts_out_of_the_artifact_location(tmp_path):
+    """`../elsewhere` and `/Users/me/exp` put artifacts beside or far from the store."""
+    from runner.tracking.opening import open_experiment
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    base = tmp_path / "artifacts"
+    for name, folder in (
+        ("team/exp", "team/exp"),
+        ("../elsewhere", "__elsewhere"),
+        ("/Users/me/exp", "_Users_me_exp"),
+        ("..", "_"),
+    ):
+        experiment = client.get_experiment(open_experiment(client, name, str(base)))
+        assert experiment.artifact_location == (base.resolve() / folder).as_uri(), name
