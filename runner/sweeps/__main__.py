@@ -17,7 +17,7 @@ from runner.config.choices import MONITOR_MODES
 from runner.config.resolvers import monitor_mode_for, register_resolvers
 from runner.sweeps.audit import NUM_THUMBNAILS
 from runner.sweeps.collect import print_sweep, sweep_jobs
-from runner.sweeps.manifest import MANIFEST_FILE
+from runner.sweeps.manifest import MANIFEST_FILE, SWEEP_LOCK_FILE, is_locked
 
 
 def _count(text: str) -> int:
@@ -132,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     jobs = sweep_jobs(args.sweep_dir)  # one squeue per job: asked once
     status = print_sweep(jobs)
+    if is_locked(args.sweep_dir / SWEEP_LOCK_FILE):
+        print(
+            "the sweep is still running in the process that launched it, which summarises "
+            "it when its jobs are done"
+        )
+        return status
     if any(job["state"] not in ("FINISHED", "FAILED", "UNKNOWN") for job in jobs):
         print("jobs still queued or running: collect again when they are done")
         return status

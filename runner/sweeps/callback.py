@@ -10,7 +10,7 @@ from __future__ import annotations
 import atexit
 import logging
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -25,6 +25,8 @@ from runner.sweeps.manifest import (
     STOP_FILE,
     SUBMITTED_FILE,
     SWEEP_FILE,
+    SWEEP_LOCK_FILE,
+    hold_lock,
     read_sweep_info,
     reopen_parent_run,
     write_json,
@@ -43,6 +45,11 @@ class SweepCallback(Callback):
     def __init__(self) -> None:
         self.tracker = None
         self.sweep_dir: Path | None = None
+        self.sweep_lock: IO[str] | None = None  # open while this process runs the sweep
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The callback without its lock: submitit pickles it into every job it sends."""
+        return {**self.__dict__, "sweep_lock": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Creates (or, for `sweep.resume`, reopens) the parent run and writes sweep.json.
@@ -74,6 +81,13 @@ class SweepCallback(Callback):
                 "leave sweep.resume out to start a new sweep."
             )
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.sweep_lock = hold_lock(self.sweep_dir / SWEEP_LOCK_FILE)
+        if self.sweep_lock is None:
+            raise SystemExit(
+                f"Error: the sweep dir {self.sweep_dir} is in use: another launch of this "
+                "sweep is still running. Wait for it to end (or stop it), then run this "
+                f"command again (with sweep.resume={self.sweep_dir} to continue that sweep)."
+            )
         (self.sweep_dir / STOP_FILE).unlink(missing_ok=True)
         info = read_sweep_info(self.sweep_dir)
         arguments = redacted_overrides(config.hydra.overrides.task)
@@ -137,9 +151,13 @@ class SweepCallback(Callback):
             )
 
     def _finish_if_open(self, status: str) -> None:
+        """Ends the parent run, then lets another launch (or `collect`) have the sweep."""
         tracker, self.tracker = self.tracker, None
         if tracker is not None:
             tracker.finish(status)
+        lock, self.sweep_lock = self.sweep_lock, None
+        if lock is not None:
+            lock.close()
 
 
 def finish_submitted_sweep(sweep_dir: Path) -> int:

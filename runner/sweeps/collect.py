@@ -12,13 +12,16 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from runner.sweeps.manifest import JOB_LOCK_FILE, is_locked
+
 
 def sweep_jobs(sweep_dir: Path) -> list[dict]:
     """The jobs of a sweep dir: their number, run dir, SLURM job id, state and results.
 
     The state is SLURM's while the job is known to the scheduler (PENDING, RUNNING, ...),
-    else FINISHED when the run wrote metrics.json, FAILED when it wrote traceback.txt,
-    and UNKNOWN otherwise (e.g. a job cancelled before it started).
+    else RUNNING while a process on this machine holds the job's lock, FINISHED when the
+    run wrote metrics.json, FAILED when it wrote traceback.txt, and UNKNOWN otherwise
+    (e.g. a job cancelled before it started).
 
     Raises:
         FileNotFoundError: `sweep_dir` is not a directory.
@@ -39,6 +42,8 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
         metrics = run_dir / "metrics.json"
         if queued:
             job["state"] = queued
+        elif is_locked(run_dir / JOB_LOCK_FILE):
+            job["state"] = "RUNNING"
         elif metrics.exists():
             job["state"] = "FINISHED"
         elif (run_dir / "traceback.txt").exists():

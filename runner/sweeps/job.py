@@ -25,6 +25,7 @@ from runner.sweeps.manifest import (
     STOP_FILE,
     SWEEP_CONTROL_PREFIXES,
     job_key,
+    job_lock,
     parse_overrides,
     read_manifest,
     read_sweep_info,
@@ -121,8 +122,7 @@ class SweepJob:
         jobs = read_manifest(self.sweep_dir)
         recorded = jobs.get(self.key, {})
         if recorded.get("status") == "FINISHED":
-            log.info("sweep job %s finished earlier (%s): kept", self.key, recorded["run_dir"])
-            return float(recorded.get("value", math.nan))
+            return self._kept(recorded)
         stop = self.sweep_dir / STOP_FILE
         if stop.exists():
             log.warning("sweep.fail_fast: not starting %s (%s)", self.key, stop.read_text())
@@ -136,6 +136,25 @@ class SweepJob:
             # continue where this job's checkpoints are, never in another job's dir.
             with open_dict(cfg):
                 cfg.paths.run_dir = run_dir
+        with job_lock(Path(run_dir), self.key):
+            # Read again: a process that held the lock may have finished the job since.
+            recorded = read_manifest(self.sweep_dir).get(self.key, {})
+            if recorded.get("status") == "FINISHED":
+                return self._kept(recorded)
+            return self._train_and_record(cfg, train, recorded)
+
+    def _kept(self, recorded: dict[str, Any]) -> float:
+        """The value of a job that finished earlier, which is not run again."""
+        log.info("sweep job %s finished earlier (%s): kept", self.key, recorded["run_dir"])
+        return float(recorded.get("value", math.nan))
+
+    def _train_and_record(
+        self,
+        cfg: DictConfig,
+        train: Callable[[DictConfig, SweepJob], float],
+        recorded: dict[str, Any],
+    ) -> float:
+        """Runs `train`, recording the job as RUNNING, then FINISHED, FAILED or INTERRUPTED."""
         update_manifest(
             self.sweep_dir,
             self.key,
@@ -162,7 +181,7 @@ class SweepJob:
                 "sweep job %s failed: %s: %s (the sweep goes on)", self.key, type(err).__name__, err
             )
             if self.fail_fast:
-                stop.write_text(f"job {self.num} ({self.key}) failed")
+                (self.sweep_dir / STOP_FILE).write_text(f"job {self.num} ({self.key}) failed")
             return math.nan
         except BaseException:  # a signal or Ctrl-C: the job resumes when the sweep does
             update_manifest(self.sweep_dir, self.key, status="INTERRUPTED")

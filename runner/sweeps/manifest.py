@@ -3,6 +3,8 @@
     <sweep_dir>/sweep.json     the parent MLflow run: id, tracking URI, experiment
     <sweep_dir>/manifest.json  one entry per job: overrides, status, run dir, run id, value
     <sweep_dir>/STOP           written by a failing job when `sweep.fail_fast=true`
+    <sweep_dir>/.sweep.lock    held by the launching process while the sweep runs
+    <run_dir>/.job.lock        held by a job's process while the job runs
 
 Every piece of a sweep (the launching process's callback, each job, the summary) meets
 the others only through these files, so a sweep works the same whichever launcher runs
@@ -13,15 +15,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from runner.config.value_checks import sqlite_path
 from runner.tracking.protocol import Tracker
 from runner.tracking.store import file_lock
+
+log = logging.getLogger(__name__)
 
 SWEEP_FILE = "sweep.json"
 MANIFEST_FILE = "manifest.json"
@@ -29,6 +34,72 @@ STOP_FILE = "STOP"
 SUBMITTED_FILE = "slurm_jobs.json"  # written by hydra/launcher=slurm_submit
 # Overrides that steer the sweep itself; a resumed sweep may change them freely.
 SWEEP_CONTROL_PREFIXES = ("sweep.", "+sweep.", "optuna.trial=", "+optuna.trial=")
+SWEEP_LOCK_FILE = ".sweep.lock"
+JOB_LOCK_FILE = ".job.lock"
+
+
+def _flock(handle: IO[str], wait: bool) -> bool:
+    """Takes an exclusive lock on an open file; False when another process holds it.
+
+    Always True where POSIX locks do not exist (Windows): there, nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def hold_lock(path: Path) -> IO[str] | None:
+    """Takes the lock at `path` for as long as the returned file stays open.
+
+    None when another process holds it. The lock ends with its process, however that
+    ends, so a lock is never left behind by a killed process.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a")
+    if _flock(handle, wait=False):
+        return handle
+    handle.close()
+    return None
+
+
+def is_locked(path: Path) -> bool:
+    """Whether another process holds the lock at `path` (False when there is no file)."""
+    if not path.is_file():
+        return False
+    handle = hold_lock(path)
+    if handle is None:
+        return True
+    handle.close()
+    return False
+
+
+@contextlib.contextmanager
+def job_lock(run_dir: Path, key: str) -> Iterator[None]:
+    """Held while a job runs in `run_dir`; waits while another process holds it.
+
+    A job of an earlier launch of the sweep can outlive its launcher (a killed local
+    launcher leaves its worker processes running): a resumed sweep then waits for that
+    job to end instead of training a second time in the same dir.
+    """
+    path = Path(run_dir) / JOB_LOCK_FILE
+    handle = hold_lock(path)
+    if handle is None:
+        log.warning(
+            "sweep job %s is still running in %s, started by an earlier launch of this "
+            "sweep: waiting for it to end",
+            key,
+            run_dir,
+        )
+        handle = path.open("a")
+        _flock(handle, wait=True)
+    with handle:
+        yield
 
 
 @contextlib.contextmanager

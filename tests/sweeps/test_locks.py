@@ -1,0 +1,150 @@
+"""The locks of a sweep: a job of an earlier launch still running, a launch still running.
+
+Each lock is held by a real second process, as a killed launcher's worker or a sweep
+launched in another shell would hold it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from runner.sweeps.__main__ import main as sweeps_main
+from runner.sweeps.job import SweepJob
+from runner.sweeps.manifest import SWEEP_LOCK_FILE, read_manifest, update_manifest
+from tests.conftest import REPO, TINY
+
+# Runs a job as a worker of an earlier launch does: records it, holds its lock, and
+# finishes it after the line "holding" once told to (a line on stdin), or is killed.
+EARLIER_JOB = """
+import sys
+from pathlib import Path
+from runner.sweeps.manifest import job_lock, update_manifest
+sweep, run_dir, key = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+update_manifest(sweep, key, status="RUNNING", run_dir=str(run_dir), num=0)
+with job_lock(run_dir, key):
+    print("holding", flush=True)
+    sys.stdin.readline()
+    update_manifest(sweep, key, status="FINISHED", value=0.75)
+"""
+
+# Holds a lock file until its stdin closes, as a launching process holds its sweep's.
+HOLDER = """
+import sys
+from pathlib import Path
+from runner.sweeps.manifest import hold_lock
+lock = hold_lock(Path(sys.argv[1]))
+print("holding" if lock else "refused", flush=True)
+sys.stdin.read()
+"""
+
+
+def start(script: str, *args: Path | str) -> subprocess.Popen:
+    """A Python process running `script` from the repository, once it holds its lock."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *map(str, args)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "holding"
+    return proc
+
+
+def a_job(sweep: Path, run_dir: Path) -> tuple[SweepJob, object]:
+    job = SweepJob(sweep_dir=sweep, num=0, overrides=["seed=0"], key="seed=0")
+    return job, OmegaConf.create({"paths": {"run_dir": str(run_dir)}})
+
+
+def test_a_resumed_job_waits_for_the_earlier_launch_of_it_and_keeps_its_result(tmp_path, caplog):
+    sweep, run_dir = tmp_path / "sweep", tmp_path / "sweep" / "0"
+    earlier = start(EARLIER_JOB, sweep, run_dir, "seed=0")
+    job, cfg = a_job(sweep, run_dir)
+    trained = []
+
+    def train(cfg, job):
+        trained.append(cfg.paths.run_dir)
+        return 0.5
+
+    def finish_earlier():
+        earlier.stdin.write("finish\n")
+        earlier.stdin.flush()
+
+    threading.Timer(1.0, finish_earlier).start()  # while this job waits for the lock
+    with caplog.at_level(logging.WARNING):
+        value = job.run(cfg, train)
+    earlier.wait(timeout=30)
+    assert "is still running in" in caplog.text and "waiting for it to end" in caplog.text
+    assert trained == [] and value == 0.75  # the earlier launch's result, not a second run
+    assert read_manifest(sweep)["seed=0"]["status"] == "FINISHED"
+
+
+def test_a_job_whose_earlier_process_was_killed_runs_again(tmp_path):
+    sweep, run_dir = tmp_path / "sweep", tmp_path / "sweep" / "0"
+    earlier = start(EARLIER_JOB, sweep, run_dir, "seed=0")
+    earlier.send_signal(signal.SIGKILL)  # its lock goes with it
+    earlier.wait(timeout=30)
+    job, cfg = a_job(sweep, run_dir)
+    assert job.run(cfg, lambda cfg, job: 0.5) == 0.5
+    entry = read_manifest(sweep)["seed=0"]
+    assert entry["status"] == "FINISHED" and entry["attempts"] == 1
+
+
+def test_collect_leaves_a_sweep_that_is_still_running_to_its_launcher(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "1").mkdir()
+    (sweep / "multirun.yaml").write_text("trainer: {monitor: val/acc, monitor_mode: max}\n")
+    (sweep / "0" / "metrics.json").write_text(json.dumps({"test/acc": 0.5}))
+    update_manifest(sweep, "seed=1", status="RUNNING", run_dir=str(sweep / "1"), num=1)
+    launcher = start(HOLDER, sweep / SWEEP_LOCK_FILE)
+    job = start(HOLDER, sweep / "1" / ".job.lock")
+    try:
+        status = sweeps_main(["collect", str(sweep)])
+    finally:
+        for proc in (launcher, job):
+            proc.stdin.close()
+            proc.wait(timeout=30)
+    shown = capsys.readouterr().out
+    assert status == 0, shown
+    assert "RUNNING" in shown.splitlines()[1]  # job 1, by its lock
+    assert "still running in the process that launched it" in shown
+    assert not (sweep / "summary.md").exists()  # nothing summarised or ended yet
+
+
+def test_a_second_launch_into_a_running_sweep_is_refused_and_changes_nothing(tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "manifest.json").write_text(json.dumps({"jobs": {}}))
+    (sweep / "sweep.json").write_text('{"parent_run_id": "abc"}')
+    (sweep / "STOP").write_text("job 3 failed")
+    launcher = start(HOLDER, sweep / SWEEP_LOCK_FILE)
+    command = [
+        sys.executable,
+        str(REPO / "run.py"),
+        "-m",
+        f"paths.output_dir={tmp_path}",
+        f"hydra.sweep.dir={sweep}",
+        *TINY,
+        "seed=0,1",
+        f"sweep.resume={sweep}",
+    ]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    finally:
+        launcher.stdin.close()
+        launcher.wait(timeout=30)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert f"the sweep dir {sweep} is in use" in output and "sweep.resume=" in output
+    assert (sweep / "sweep.json").read_text() == '{"parent_run_id": "abc"}'
+    assert (sweep / "STOP").exists() and not (sweep / "0").exists()
+    assert not (tmp_path / "mlflow.db").exists()  # no parent run was started
