@@ -23,7 +23,7 @@ from runner.sweeps.grid import refuse_bad_jobs
 from runner.sweeps.manifest import (
     MANIFEST_FILE,
     STOP_FILE,
-    SUBMITTED_FILE,
+    SUBMIT_ONLY_LAUNCHER,
     SWEEP_FILE,
     SWEEP_LOCK_FILE,
     hold_lock,
@@ -125,7 +125,7 @@ class SweepCallback(Callback):
         """Summarises the jobs, logs the summary to the parent run, sets the exit status."""
         if self.sweep_dir is None:  # not a training sweep: nothing was tracked
             return
-        if (self.sweep_dir / SUBMITTED_FILE).exists():  # hydra/launcher=slurm_submit
+        if submits_only(config):  # hydra/launcher=slurm_submit: the jobs run on
             log.info(
                 "jobs submitted; when they are done, `python -m runner.sweeps collect %s` "
                 "summarises them into the parent run",
@@ -158,6 +158,16 @@ class SweepCallback(Callback):
         lock, self.sweep_lock = self.sweep_lock, None
         if lock is not None:
             lock.close()
+
+
+def submits_only(config: DictConfig) -> bool:
+    """Whether this launch submitted its jobs without waiting (hydra/launcher=slurm_submit).
+
+    Read from the launch's own launcher: a sweep submitted once and resumed with another
+    launcher has the earlier launch's slurm_jobs.json, and is summarised when it ends.
+    """
+    target = OmegaConf.select(config, "hydra.launcher._target_", default=None)
+    return target == SUBMIT_ONLY_LAUNCHER
 
 
 def finish_submitted_sweep(sweep_dir: Path) -> int:

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from runner.sweeps.manifest import JOB_LOCK_FILE, is_locked
+from runner.sweeps.manifest import JOB_LOCK_FILE, SUBMITTED_FILE, is_locked
 
 
 def sweep_jobs(sweep_dir: Path) -> list[dict]:
@@ -28,7 +28,7 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
     """
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep dir {sweep_dir} does not exist")
-    listing = sweep_dir / "slurm_jobs.json"
+    listing = sweep_dir / SUBMITTED_FILE
     if listing.exists():
         jobs = json.loads(listing.read_text())
     else:

@@ -32,6 +32,7 @@ SWEEP_FILE = "sweep.json"
 MANIFEST_FILE = "manifest.json"
 STOP_FILE = "STOP"
 SUBMITTED_FILE = "slurm_jobs.json"  # written by hydra/launcher=slurm_submit
+SUBMIT_ONLY_LAUNCHER = "hydra_plugins.runner_slurm.launcher.SubmitOnlySlurmLauncher"
 # Overrides that steer the sweep itself; a resumed sweep may change them freely.
 SWEEP_CONTROL_PREFIXES = ("sweep.", "+sweep.", "optuna.trial=", "+optuna.trial=")
 SWEEP_LOCK_FILE = ".sweep.lock"

@@ -26,6 +26,22 @@ def test_slurm_presets(name):
     assert get_class(conf._target_).__name__.endswith("SlurmLauncher")
 
 
+def test_the_sweep_callback_knows_the_submit_only_launcher_by_the_presets_target():
+    """A launch with it leaves its jobs running; the callback then summarises nothing."""
+    from hydra_plugins.runner_slurm.launcher import JOBS_FILE, SubmitOnlySlurmLauncher
+    from runner.sweeps.callback import submits_only
+    from runner.sweeps.manifest import SUBMIT_ONLY_LAUNCHER, SUBMITTED_FILE
+
+    assert launcher("slurm_submit")._target_ == SUBMIT_ONLY_LAUNCHER
+    assert (
+        get_class(SUBMIT_ONLY_LAUNCHER) is SubmitOnlySlurmLauncher and JOBS_FILE == SUBMITTED_FILE
+    )
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for name, submits in (("slurm_submit", True), ("slurm", False), ("local", False)):
+            cfg = compose("train", [f"hydra/launcher={name}"], return_hydra_config=True)
+            assert submits_only(cfg) is submits, name
+
+
 def test_local_preset():
     conf = launcher("local")
     assert get_class(conf._target_).__name__ == "LocalLauncher"

@@ -152,6 +152,9 @@ def test_resume_runs_only_missing_and_failed_jobs(tmp_path):
     assert "loss.fail=raise" in first["raise"]["error"]  # the failure names its cause
     kept = first["none"]
     parent_before = json.loads((sweep_dir / "sweep.json").read_text())["parent_run_id"]
+    # As a first launch with hydra/launcher=slurm_submit leaves it: this launch waits for
+    # its jobs, so it still summarises them and fails for the failed one (it exited 0).
+    (sweep_dir / "slurm_jobs.json").write_text("[]")
 
     code, output = multirun(
         tmp_path,
@@ -161,6 +164,7 @@ def test_resume_runs_only_missing_and_failed_jobs(tmp_path):
         f"sweep.resume={sweep_dir}",
     )
     assert code == 1, output[-3000:]  # loss.fail=raise fails again
+    assert "sweep job(s) did not finish" in output and (sweep_dir / "summary.md").is_file()
     second = by_fail(manifest(sweep_dir))
     assert second["none"]["attempts"] == 1  # not run again
     assert second["none"]["mlflow_run_id"] == kept["mlflow_run_id"]
