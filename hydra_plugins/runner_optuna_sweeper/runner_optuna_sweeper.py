@@ -216,6 +216,8 @@ class RunnerOptunaSweeper(Sweeper):
         Returns:
             The launcher's results, one per job launched.
         """
+        from optuna.trial import TrialState
+
         from runner.sweeps.manifest import job_key, read_manifest
         from runner.sweeps.optuna_trial import tell_trial, trial_result
 
@@ -225,7 +227,14 @@ class RunnerOptunaSweeper(Sweeper):
             overrides = plan.job_overrides(trial)
             keys.append(job_key(overrides))
             jobs.setdefault(keys[-1], overrides)
-        results = self.launcher.launch(list(jobs.values()), initial_job_idx=job_index)
+        try:
+            results = self.launcher.launch(list(jobs.values()), initial_job_idx=job_index)
+        except BaseException:  # a signal or Ctrl-C: a stored study must not keep them RUNNING
+            states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+            for trial in trials:
+                if not states[trial.number].is_finished():
+                    tell_trial(study, trial, state=TrialState.FAIL)
+            raise
         result_of = dict(zip(jobs, results, strict=True))
         recorded = read_manifest(sweep_dir)
         states = {t.number: t.state for t in study.get_trials(deepcopy=False)}

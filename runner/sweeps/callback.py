@@ -147,7 +147,7 @@ class SweepCallback(Callback):
             )
             raise SystemExit(
                 f"Error: {len(summary.failed)} of {len(summary.jobs)} sweep job(s) did not "
-                f"finish:\n{listing}\nRun them again with sweep.resume={self.sweep_dir}"
+                f"finish:\n{listing}\n{resume_advice(config, self.sweep_dir)}"
             )
 
     def _finish_if_open(self, status: str) -> None:
@@ -158,6 +158,22 @@ class SweepCallback(Callback):
         lock, self.sweep_lock = self.sweep_lock, None
         if lock is not None:
             lock.close()
+
+
+def resume_advice(config: DictConfig, sweep_dir: Path) -> str:
+    """What runs a sweep's failed jobs again, or (Optuna) what continues its study."""
+    if not is_optuna_sweep(config):
+        return f"Run them again with sweep.resume={sweep_dir}"
+    if OmegaConf.select(config, "hydra.sweeper.storage", default=None) is None:
+        return (
+            "An Optuna study in memory (hydra.sweeper.storage=null) ends with its sweep: "
+            "run the command again for a new study, or set hydra.sweeper.storage to keep one"
+        )
+    return (
+        f"Continue the study with sweep.resume={sweep_dir}: the sampler draws new trials "
+        "in place of the failed ones (they do not count towards hydra.sweeper.n_trials), "
+        "so a failed point is tried again only if it is drawn again"
+    )
 
 
 def submits_only(config: DictConfig) -> bool:

@@ -116,6 +116,8 @@ def test_a_failing_job_does_not_stop_the_others_and_the_sweep_fails(tmp_path):
     code, output = multirun(tmp_path, sweep_dir, *FAULTY_LOSS, "+loss.fail=raise,none")
     assert code == 1, output[-3000:]
     assert "1 of 2 sweep job(s) did not finish" in output
+    assert "sweep.resume" not in output.split("did not finish")[1], "it repeats no trial"
+    assert "hydra.sweeper.storage=null) ends with its sweep" in output
     assert "job 0 FAILED: loss.fail=raise" in output  # what tells the failed job apart
     assert "RuntimeError: loss.fail=raise: the test hook failed" in output  # and why
     assert f"sweep.resume={sweep_dir}" in output
@@ -222,6 +224,8 @@ def test_an_optuna_grid_with_a_failed_trial_ends_when_its_points_are_tried(tmp_p
     assert "Study.stop" not in output
     assert "every point of the grid has a finished trial; 1 of hydra.sweeper.n_trials=2" in output
     assert "1 of 2 sweep job(s) did not finish" in output
+    assert "sweep.resume" not in output.split("did not finish")[1], "it repeats no trial"
+    assert "hydra.sweeper.storage=null) ends with its sweep" in output
     report = json.loads((sweep_dir / "optuna" / "best_params.json").read_text())
     assert report["trials"] == {"complete": 1, "pruned": 0, "fail": 1}
     assert report["best_params"] == {"loss.fail": "none"}
@@ -354,6 +358,27 @@ def test_an_interrupted_sweep_resumes_its_job_from_the_checkpoint(tmp_path):
         first_run,
     )
     assert sorted(s for (s,) in epochs) == [1, 2, 3]  # each epoch logged once
+
+
+def test_an_interrupted_optuna_sweep_leaves_no_trial_running_in_its_stored_study(tmp_path):
+    """The trial of a sweep stopped by a signal stayed RUNNING in optuna.db for good."""
+    from tests.reliability.conftest import run_until
+
+    seed_store(tmp_path)
+    command = [
+        sys.executable,
+        str(REPO / "run.py"),
+        "-m",
+        f"paths.output_dir={tmp_path}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *TINY,
+        *STEADY,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+    ]
+    code, output = run_until(command, "epoch 1 step 4/", signal.SIGTERM)
+    assert code == 143, output[-3000:]
+    assert _trial_states(tmp_path / "optuna.db") == ["FAIL"]
 
 
 def test_a_bad_optuna_setting_stops_the_sweep_before_anything_starts(tmp_path):
