@@ -109,17 +109,19 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
             record_start(ctx, data, state)
         distributed.barrier()  # the run's config file exists before any rank reads it
         state.mlflow_run_id = ctx.tracker.run_id
-        with ctx.stop, profile(cfg.trainer.profile, ctx.run_dir, ctx.tracker):
-            fit(ctx, state, parts, loaders, data)
-        ctx.writer.wait()
-        distributed.end_training(ctx.world, agreement)  # the other ranks are done
-        if ctx.is_main:  # rank 0 tests the best weights and reports
-            # Drawn now, not before the first step: matplotlib and the drawing take about
-            # a second that training need not wait for (a thread saves nothing: the
-            # drawing holds the interpreter lock).
-            for path in draw_start_plots(preview, data, ctx.run_dir):
-                ctx.tracker.log_artifact(path)
-            evaluate_best(ctx, parts, data, loaders, state)
+        with ctx.stop:  # signals stop the run at a step boundary, then (at_once) where it is
+            with profile(cfg.trainer.profile, ctx.run_dir, ctx.tracker):
+                fit(ctx, state, parts, loaders, data)
+            ctx.writer.wait()
+            distributed.end_training(ctx.world, agreement)  # the other ranks are done
+            ctx.stop.at_once()
+            if ctx.is_main:  # rank 0 tests the best weights and reports
+                # Drawn now, not before the first step: matplotlib and the drawing take
+                # about a second that training need not wait for (a thread saves nothing:
+                # the drawing holds the interpreter lock).
+                for path in draw_start_plots(preview, data, ctx.run_dir):
+                    ctx.tracker.log_artifact(path)
+                evaluate_best(ctx, parts, data, loaders, state)
     return state.best_value
 
 

@@ -40,8 +40,12 @@ def handled_signals() -> tuple[int, ...]:
     return tuple(dict.fromkeys((signal.SIGTERM, signal.SIGINT, preemption_signal())))
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(BaseException):
     """Training stopped at a step boundary because a signal asked it to.
+
+    Like KeyboardInterrupt it is no error, so an `except Exception` that keeps a run going
+    past a failed report or logging call lets it through (after training it is raised
+    wherever the run is).
 
     Args:
         signum: The signal that asked for the stop.
@@ -72,6 +76,7 @@ class GracefulStop:
         self._agreed = 0
         self._previous: dict[int, object] = {}
         self._chained: object = None
+        self._immediate = False
 
     def requested(self) -> bool:
         """Whether a signal asked the run to stop (under DDP: asked any rank)."""
@@ -83,7 +88,22 @@ class GracefulStop:
                 self.signum = self._agreed  # another rank got the signal
         return bool(self._agreed)
 
+    def at_once(self) -> None:
+        """Switches to stopping at once, for after training (testing, reports).
+
+        There is no step boundary left to wait for, and last.pt already holds the last
+        epoch: a signal now raises `TrainingInterrupted` where the run is, so the tracked
+        run ends KILLED instead of being left RUNNING by the signal's default action. A
+        signal that came after the training loop last looked stops the run here.
+        """
+        self._immediate = True
+        if self.signum is not None:
+            raise TrainingInterrupted(self.signum)
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._immediate:
+            self.signum = signum
+            raise TrainingInterrupted(signum)
         if signum == signal.SIGINT and self.signum is not None:
             raise KeyboardInterrupt  # Ctrl-C after any stop request (the log says so): now
         if self.signum is None:
@@ -106,6 +126,7 @@ class GracefulStop:
     def __exit__(self, *exc_info: object) -> None:
         if self.signum is not None:
             self._chained = self._previous.get(self.signum)
+        self._immediate = False
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()

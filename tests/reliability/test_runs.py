@@ -154,6 +154,16 @@ def test_ctrl_c_saves_a_checkpoint_and_marks_the_run_killed(tmp_path):
     assert "continue it with: python run.py" in out and f"hydra.run.dir={run_dir}" in out
 
 
+def test_sigterm_while_the_run_tests_and_reports_ends_it_killed(tmp_path):
+    """The signal's default action ended the process and left the MLflow run RUNNING."""
+    after_training = ["trainer.max_epochs=1", "analysis.enabled=true", "logger.export_model=true"]
+    command = cli(tmp_path, tmp_path / "run", *after_training)
+    code, out = run_until(command, "analysis: wrote", signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM, out[-3000:]
+    assert statuses(tmp_path / "mlflow.db") == ["KILLED"]
+    assert "continue it with: " in out
+
+
 def test_sigkilled_run_is_reaped_by_the_tool_and_by_the_next_run(tmp_path):
     """Point 7: a run left RUNNING by SIGKILL is marked KILLED (pid + host recorded)."""
     db = tmp_path / "mlflow.db"

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from runner.training import distributed
-from runner.training.signals import GracefulStop
+from runner.training.signals import GracefulStop, TrainingInterrupted
 from tests.conftest import REPO, TINY, for_logger
 
 
@@ -135,6 +135,20 @@ def test_ctrl_c_after_any_stop_request_stops_at_once(first):
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)  # the handler runs at the next bytecode of the main thread
+
+
+def test_after_training_a_signal_stops_at_once_and_an_earlier_one_at_the_switch():
+    with GracefulStop() as stop:
+        stop.at_once()
+        with pytest.raises(TrainingInterrupted) as stopped:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    with GracefulStop() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)  # after the training loop last looked
+        with pytest.raises(TrainingInterrupted):
+            stop.at_once()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 
 
 @pytest.mark.slow
