@@ -97,8 +97,27 @@ def create_timm_model(
     else:
         model = _download_timm(name, num_classes, **kwargs)
     cfg = model.pretrained_cfg
-    model.runner_normalization = (tuple(cfg["mean"]), tuple(cfg["std"]))
+    channels = kwargs.get("in_chans", len(cfg["mean"]))
+    model.runner_normalization = (
+        stats_for_channels(cfg["mean"], channels),
+        stats_for_channels(cfg["std"], channels),
+    )
     return model
+
+
+def stats_for_channels(stats: tuple[float, ...], channels: int) -> tuple[float, ...]:
+    """The weights' per-channel mean or std for a first layer timm adapted to `channels`.
+
+    timm sums the RGB filters into one for a single channel, so that channel gets their
+    average statistic; for more channels it repeats the RGB filters in turn, so channel
+    k gets the statistic of channel k mod 3.
+    """
+    stats = tuple(float(v) for v in stats)
+    if channels == len(stats):
+        return stats
+    if channels == 1:
+        return (sum(stats) / len(stats),)
+    return tuple(stats[k % len(stats)] for k in range(channels))
 
 
 def _cause(err: Exception, lines: int = 4) -> str:

@@ -51,6 +51,22 @@ def test_timm_pretrained_from_a_local_file_loads_the_backbone(tmp_path):
     assert pretrained_normalization(model)[0] == pytest.approx(IMAGENET_MEAN)
 
 
+@pytest.mark.parametrize("channels", [1, 4])
+def test_pretrained_weights_adapted_to_other_channels_get_stats_for_each(tmp_path, channels):
+    """The weights' three RGB values normalised 1- and 4-channel input: the run was refused."""
+    path = tmp_path / "model.safetensors"
+    save_file(timm.create_model("test_resnet", num_classes=1000).state_dict(), str(path))
+    model = create_timm_model(
+        num_classes=5, name="test_resnet", pretrained_file=str(path), in_chans=channels
+    )
+    mean, std = pretrained_normalization(model)
+    assert len(mean) == len(std) == channels
+    rgb = model.pretrained_cfg["mean"]
+    expected = [sum(rgb) / 3] if channels == 1 else [*rgb, rgb[0]]
+    assert mean == pytest.approx(expected)
+    assert model(torch.rand(2, channels, 32, 32)).shape == (2, 5)
+
+
 def test_missing_local_weights_file_is_named(tmp_path):
     with pytest.raises(PretrainedWeightsError, match=r"nope\.safetensors.*no such file"):
         create_timm_model(
@@ -107,3 +123,21 @@ def test_an_unknown_timm_pretrained_tag_lists_the_tags():
     with pytest.raises(ValueError, match=r"resnet10t\.bogus.*'bogus'.*resnet10t\.c3_in1k"):
         create_timm_model(num_classes=4, name="resnet10t.bogus")
     assert create_timm_model(num_classes=4, name="resnet10t.c3_in1k").num_classes == 4
+
+
+def test_both_heads_of_a_distilled_timm_model_train_at_the_heads_lr():
+    """get_classifier() gives (head, head_dist): only head_dist got optim.lr, head 10x less."""
+    from runner.models.heads import classifier_layer
+    from runner.training.optim import build_optimizer
+
+    model = timm.create_model(
+        "deit_tiny_distilled_patch16_224", num_classes=10, img_size=32, patch_size=8
+    )
+    assert classifier_layer(model) is model.head  # the embedding is the main head's input
+    optimizer = build_optimizer(
+        model, lambda params: torch.optim.AdamW(params, lr=1e-3), 0.05, backbone_lr_mult=0.1
+    )
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    for name, parameter in model.named_parameters():
+        head = name.startswith(("head.", "head_dist."))
+        assert lr_of[id(parameter)] == pytest.approx(1e-3 if head else 1e-4), name
