@@ -10,8 +10,9 @@ def classifier_layer(
 ) -> nn.Module:
     """The model's classifier layer.
 
-    timm models name it (`get_classifier()`); for others it is the last `nn.Linear`
-    (torchvision's `fc`/`heads`, the CIFAR ResNets' `fc`).
+    timm models name it (`get_classifier()`; a distilled model's main head, not its
+    distillation head); for others it is the last `nn.Linear` (torchvision's
+    `fc`/`heads`, the CIFAR ResNets' `fc`).
 
     Args:
         model: The model.
@@ -21,10 +22,10 @@ def classifier_layer(
     Raises:
         ValueError: The model has no such layer.
     """
-    get_classifier = getattr(model, "get_classifier", None)
-    if callable(get_classifier):
-        head = get_classifier()
-        if isinstance(head, nn.Module) and (not trainable or any(True for _ in head.parameters())):
+    timm_heads = _timm_heads(model)
+    if timm_heads:
+        head = timm_heads[0]
+        if not trainable or any(True for _ in head.parameters()):
             return head
     linears = [
         m
@@ -38,3 +39,26 @@ def classifier_layer(
             "input could serve as the embedding"
         )
     return linears[-1]
+
+
+def classifier_layers(model: nn.Module) -> list[nn.Module]:
+    """Every layer that maps the features to logits: a distilled timm model has two.
+
+    Raises:
+        ValueError: The model has no such layer.
+    """
+    return _timm_heads(model) or [classifier_layer(model)]
+
+
+def _timm_heads(model: nn.Module) -> list[nn.Module]:
+    """The heads timm's `get_classifier()` names ([] for models without it).
+
+    It returns one module, or for distilled models (DeiT, LeViT) the pair (head,
+    distillation head), whose logits such a model averages at inference.
+    """
+    get_classifier = getattr(model, "get_classifier", None)
+    if not callable(get_classifier):
+        return []
+    heads = get_classifier()
+    heads = heads if isinstance(heads, (tuple, list)) else [heads]
+    return [h for h in heads if isinstance(h, nn.Module)]

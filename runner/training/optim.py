@@ -15,7 +15,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from runner.config.choices import OPTIM_RUNNER_KEYS
-from runner.models.heads import classifier_layer
+from runner.models.heads import classifier_layers
 
 # Keys of conf/optim/ that the runner uses itself rather than passing to the optimizer.
 RUNNER_KEYS = OPTIM_RUNNER_KEYS
@@ -33,9 +33,9 @@ def optimizer_from_config(model: nn.Module, optim_cfg: DictConfig) -> torch.opti
 
 
 def head_parameters(model: nn.Module) -> set[int]:
-    """Ids of the classifier head's parameters: timm's `get_classifier()`, else the last Linear."""
+    """Ids of the classifier heads' parameters: timm's `get_classifier()`, else the last Linear."""
     try:
-        return {id(p) for p in classifier_layer(model).parameters()}
+        return {id(p) for head in classifier_layers(model) for p in head.parameters()}
     except ValueError:  # no head: every parameter is the backbone's
         return set()
 
