@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision models that return a named tuple of logits and auxiliary logits in training
+# mode unless built with aux_logits=False; the runner trains on the logits alone.
+AUX_LOGIT_MODELS = ("googlenet", "inception_v3")
 
 
 class PretrainedWeightsError(UserError, RuntimeError):
@@ -177,13 +180,16 @@ def create_torchvision_model(
         weights: A weights enum name (e.g. "IMAGENET1K_V2", downloaded), or None.
         pretrained_file: Local state-dict file; tensors whose shapes do not match
             (the head, when the class count differs) are skipped.
-        **kwargs: Passed to `get_model`.
+        **kwargs: Passed to `get_model`; googlenet and inception_v3 get `aux_logits=False`
+            unless it is given.
 
     Returns:
         The model.
     """
     from torchvision.models import get_model
 
+    if name in AUX_LOGIT_MODELS:  # in training mode their extra outputs replace the logits
+        kwargs.setdefault("aux_logits", False)
     path = _check_file(pretrained_file, "model.pretrained_file")
     if weights is None:
         model = get_model(name, weights=None, num_classes=num_classes, **kwargs)

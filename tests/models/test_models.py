@@ -141,3 +141,10 @@ def test_both_heads_of_a_distilled_timm_model_train_at_the_heads_lr():
     for name, parameter in model.named_parameters():
         head = name.startswith(("head.", "head_dist."))
         assert lr_of[id(parameter)] == pytest.approx(1e-3 if head else 1e-4), name
+
+
+def test_a_torchvision_model_with_auxiliary_logits_gives_plain_logits_in_training():
+    """googlenet passed the eval-mode check, then failed its first step on a named tuple."""
+    model = create_torchvision_model(num_classes=3, name="googlenet").train()
+    logits = model(torch.rand(2, 3, 64, 64))
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 3)
