@@ -17,6 +17,7 @@ from runner.augment.ops.color_jitter import ColorJitterAffine
 from runner.augment.ops.crop_flip import RandomCropFlip
 from runner.augment.ops.erasing import RandomBoxErasing
 from runner.augment.ops.resized_crop_flip import RandomResizedCropFlip
+from runner.config.errors import ConfigError
 
 SMALL, LARGE = 32, 128  # batched path / per-sample path on the CPU
 
@@ -162,6 +163,28 @@ def test_colour_jitter_hue_keeps_gray_and_turns_colour_like_torchvision():
     # The same amount: nearer to torchvision's result than torchvision's is to the input
     # (random colours are the worst case for the difference between the two hue models).
     assert sum(to_reference) < 0.9 * sum(moved)
+
+
+def test_colour_jitter_of_one_channel_jitters_gray_and_other_counts_name_the_fix():
+    """aug=strong crashed on one-channel data (torchvision's jitter takes it) with a raw
+    ValueError; four channels now name data.channels and the presets to use."""
+    gray = images(SMALL)[:, :1]
+    op = ColorJitterAffine(0.4, 0.4, 0.4, 0.1)
+    out = op(gray)
+    assert out.shape == gray.shape
+    for n in range(len(gray)):
+        # Brightness and contrast in the drawn order, clamped once (the op is one affine
+        # map, where torchvision clamps after each step); hue and saturation leave gray.
+        reference = gray[n]
+        for step in op._params["order"].tolist():
+            if step == 0:
+                reference = reference * op._params["brightness"][n]
+            elif step == 1:
+                factor = op._params["contrast"][n]
+                reference = factor * reference + (1 - factor) * reference.mean()
+        torch.testing.assert_close(out[n], reference.clamp(0, 1), atol=1e-4, rtol=0)
+    with pytest.raises(ConfigError, match=r"data\.channels=4.*aug=basic"):
+        op(images(SMALL).repeat(1, 2, 1, 1)[:, :4])
 
 
 def test_colour_jitter_skips_samples_by_p_and_handles_channels_last():

@@ -9,6 +9,7 @@ import torch
 from kornia.augmentation import IntensityAugmentationBase2D
 
 from runner.augment.ops.shared import probability, refuse_same_on_batch, uniform
+from runner.config.errors import ConfigError
 
 # ITU-R BT.601 luma weights as torchvision's rgb_to_grayscale rounds them.
 _LUMA = (0.2989, 0.587, 0.114)
@@ -87,9 +88,20 @@ class ColorJitterAffine(IntensityAugmentationBase2D):
         flags: dict[str, Any],
         transform: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Jitters every sample with its own matrix (the identity where it is skipped)."""
+        """Jitters every sample with its own matrix (the identity where it is skipped).
+
+        A one-channel image is jittered as the gray RGB image it stands for: saturation
+        and hue leave gray unchanged, as torchvision's ColorJitter leaves such an image.
+        """
+        if input.shape[1] == 1:
+            gray = input.expand(-1, 3, -1, -1).contiguous()
+            return self.apply_transform(gray, params, flags, transform)[:, :1]
         if input.shape[1] != 3:
-            raise ValueError(f"ColorJitterAffine needs RGB images (3 channels), got {input.shape}")
+            raise ConfigError(
+                f"the aug preset's colour jitter (ColorJitterAffine) needs RGB or one-channel "
+                f"images, and data.channels={input.shape[1]}: choose an aug preset without "
+                "colour jitter (aug=basic, aug=none)"
+            )
         matrix, offset = self.colour_transform(input, params)
         n, channels = input.shape[:2]
         # (N, 3, HW): a channels_last batch is copied to this layout first, because a
