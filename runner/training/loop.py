@@ -171,6 +171,8 @@ def fit(
         done_before = unfinished.batches if unfinished else 0
         train_loader.set_epoch(epoch, start_batch=done_before)
         epoch_lr = parts.optimizer.param_groups[0]["lr"]  # read after the epoch, it is the next's
+        if unfinished is not None and state.partial_epoch_lr is not None:
+            epoch_lr = state.partial_epoch_lr  # the epoch's first step was before the stop
         display.start_epoch(
             epoch, train_loader.batches_per_epoch(), trainer.batch_size, done_before
         )
@@ -191,11 +193,12 @@ def fit(
         state.nan_skips = guard.skipped
         if not done.finished:
             state.partial_epoch = asdict(distributed.reduce_epoch(done))
+            state.partial_epoch_lr = epoch_lr
             ctx.writer.submit({last: last_payload(state, parts)}, keep_previous={last})
             ctx.writer.wait()
             display.end_epoch(f"stopped after batch {done.batches}; checkpoint saved")
             raise TrainingInterrupted(ctx.stop.signum)
-        state.partial_epoch = None
+        state.partial_epoch = state.partial_epoch_lr = None
         done = distributed.reduce_epoch(done)  # the sums of all ranks
 
         if val_metrics is None:

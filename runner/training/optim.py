@@ -91,6 +91,23 @@ def _warmup_factor(step: int, warmup: int) -> float:
     return (step + 1) / (warmup + 1)
 
 
+def set_scheduled_lr(scheduler: LRScheduler) -> None:
+    """Sets each group's lr to the schedule's value at the scheduler's position.
+
+    A resumed optimizer holds the lr of the schedule that saved it. Where this run's
+    schedule differs (`trainer.max_epochs` raised on resume), the next step must take
+    this schedule's lr, as every later step does. For the same schedule nothing changes.
+    The project's schedules are all LambdaLR; another scheduler keeps the saved lr.
+    """
+    if not isinstance(scheduler, LambdaLR):
+        return
+    position = scheduler.last_epoch
+    for group, base_lr, factor in zip(
+        scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        group["lr"] = base_lr * factor(position)
+
+
 def cosine_schedule(
     optimizer: torch.optim.Optimizer,
     total_steps: int,

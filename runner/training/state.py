@@ -24,6 +24,7 @@ from runner.config.changes import MAY_CHANGE_ON_RESUME, config_changes
 from runner.config.errors import ConfigError
 from runner.config.redaction import redacted_container
 from runner.training import checkpoint_io, distributed
+from runner.training.optim import set_scheduled_lr
 from runner.training.parts import TrainingParts
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class TrainState:
     nan_skips: int = 0
     mlflow_run_id: str | None = None
     partial_epoch: dict[str, Any] | None = None  # engine.EpochStats of an unfinished epoch
+    partial_epoch_lr: float | None = None  # the lr of that epoch's first step, logged as lr
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -159,9 +161,13 @@ def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts, *, seed: i
         ) from err
     parts.optimizer.load_state_dict(saved["optimizer"])
     parts.scheduler.load_state_dict(saved["scheduler"])
+    set_scheduled_lr(parts.scheduler)  # this run's schedule, where the saved one stopped
     parts.scaler.load_state_dict(saved["scaler"])
-    if parts.ema is not None and saved.get("ema") is not None:
-        parts.ema.module.load_state_dict(saved["ema"])
+    if parts.ema is not None:
+        if saved.get("ema") is not None:
+            parts.ema.module.load_state_dict(saved["ema"])
+        else:  # trained without EMA so far: the average starts from the weights, not the init
+            parts.ema.set(parts.model)
     state = TrainState(**saved["state"])
     restore_rng(saved, seed, state.global_step)
     if not own:  # another run's checkpoint: this run keeps its own MLflow run

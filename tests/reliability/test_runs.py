@@ -54,6 +54,9 @@ def test_sigterm_then_rerun_resumes_exactly_as_an_uninterrupted_run(tmp_path):
     assert code == 0, out[-3000:]
     assert statuses(db) == ["FINISHED"], "the resumed run logs into the same MLflow run"
     assert val_steps(db) == [1, 2, 3, 4], "every epoch logged exactly once"
+    # An epoch's lr is its first step's, also for the epoch the stop cut in two.
+    lr = "SELECT step, value FROM metrics WHERE key='lr' ORDER BY step"
+    assert query(db, lr) == query(tmp_path / "straight" / "mlflow.db", lr)
     for name in ("last.pt", "best.pt"):
         a, b = (
             weights(straight_dir / "checkpoints" / name),

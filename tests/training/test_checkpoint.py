@@ -120,3 +120,54 @@ def test_a_run_resumed_from_a_path_is_its_own_run_and_goes_on_from_its_own_last_
     best = tmp_path / "first" / "checkpoints" / "best.pt"
     with pytest.raises(ConfigError, match=r"is not a last\.pt .*a best\.pt has weights only"):
         run(compose_run(tmp_path, "third", f"trainer.resume={best}"))
+
+
+def small_parts(total_steps: int, ema_decay: float | None = None, seed: int = 0):
+    """A linear model's training parts with a cosine schedule over `total_steps`."""
+    from runner.augment.normalize import Normalize
+    from runner.training.optim import cosine_schedule
+    from runner.training.parts import TrainingParts, build_ema
+
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return TrainingParts(
+        model=model,
+        augment=torch.nn.Identity(),
+        normalize=Normalize((0.5,), (0.5,)),
+        loss_fn=torch.nn.CrossEntropyLoss(),
+        optimizer=optimizer,
+        scheduler=cosine_schedule(optimizer, total_steps, steps_per_epoch=2, warmup_epochs=1),
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        ema=build_ema(model, ema_decay),
+    )
+
+
+def saved_after_steps(run_dir, parts, steps: int) -> None:
+    """`steps` optimizer steps, then last.pt in the run dir as the loop writes it."""
+    from runner.training.state import TrainState, last_payload
+
+    for _ in range(steps):
+        parts.model(torch.randn(2, 4)).sum().backward()
+        parts.optimizer.step()
+        parts.scheduler.step()
+    state = TrainState(epoch=steps // 2, global_step=steps)
+    save_checkpoint(last_payload(state, parts), run_dir / "checkpoints" / "last.pt")
+
+
+def test_a_resumed_run_takes_its_own_schedules_lr_and_starts_its_ema_from_the_weights(tmp_path):
+    """With max_epochs raised, the first resumed step took the old schedule's last lr; and
+    an EMA turned on at resume averaged from the new model's random init, not the weights."""
+    from runner.training.state import resume_or_start
+
+    saved_after_steps(tmp_path, small_parts(total_steps=6), steps=6)
+    longer = small_parts(total_steps=12, ema_decay=0.99, seed=1)
+    resume_or_start(tmp_path, "auto", longer, seed=0)
+    straight = small_parts(total_steps=12)
+    for _ in range(6):
+        straight.optimizer.step()
+        straight.scheduler.step()
+    assert longer.optimizer.param_groups[0]["lr"] == straight.optimizer.param_groups[0]["lr"]
+    assert longer.optimizer.param_groups[0]["lr"] > 0.05  # mid-cosine, not the old end
+    for name, value in longer.model.state_dict().items():
+        assert torch.equal(longer.ema.module.state_dict()[name], value), name
