@@ -31,11 +31,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.sweeps.optuna_study import (
     MONITOR_ATTR,
+    SETTINGS_ATTR,
     SPACE_ATTR,
     build_sampler,
     continued_sampler,
     plan_study,
+    settings_change_warning,
     shown_storage,
+    trial_settings,
     write_study_file,
 )
 from runner.sweeps.search_space import distribution_of, space_to_json
@@ -139,6 +142,10 @@ class RunnerOptunaSweeper(Sweeper):
             study.set_user_attr(SPACE_ATTR, space_to_json(plan.space))
         if MONITOR_ATTR not in study.user_attrs:  # ... or on another metric
             study.set_user_attr(MONITOR_ATTR, plan.monitor)
+        if SETTINGS_ATTR not in study.user_attrs:  # ... and warns about other settings
+            study.set_user_attr(SETTINGS_ATTR, trial_settings(plan.fixed))
+        elif warning := settings_change_warning(study.user_attrs[SETTINGS_ATTR], plan):
+            log.warning("%s", warning)
         if study.trials:  # a continued study: its sampler must not redraw the same points
             study.sampler = continued_sampler(self.config, plan, len(study.trials))
         plan.study_name = study.study_name

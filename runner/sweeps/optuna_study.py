@@ -60,6 +60,12 @@ DIRECTIONS = ("maximize", "minimize")
 SPACE_ATTR = "runner.search_space"
 # The metric the study's trial values are (trainer.monitor): a study is continued only on it.
 MONITOR_ATTR = "runner.monitor"
+# The command line's constant overrides that change what a trial trains (see
+# `trial_settings`): a study continued with others compares unlike trials, and says so.
+SETTINGS_ATTR = "runner.fixed_settings"
+# Constant overrides that leave a trial's value alone: where outputs go, how it is tracked
+# and launched, and the sweep's own controls.
+OUTSIDE_TRIAL_PREFIXES = ("paths.", "hydra.", "logger.", "sweep.", "hydra/")
 STUDY_FILE = "study.json"
 JOURNAL_PREFIX = "journal:///"
 # The password of an RDB URL (`postgresql://user:password@host/db`).
@@ -447,6 +453,27 @@ def stored_study_problem(plan: StudyPlan) -> str | None:
             f"{describe_space(plan.space)}. {fix}"
         )
     return None
+
+
+def trial_settings(fixed: list[str]) -> list[str]:
+    """The constant overrides that shape what each trial trains, sorted."""
+    return sorted(o for o in fixed if not o.lstrip("+~").startswith(OUTSIDE_TRIAL_PREFIXES))
+
+
+def settings_change_warning(stored: list[str] | None, plan: StudyPlan) -> str | None:
+    """A warning when a stored study's trials ran with other constant overrides, or None."""
+    now = trial_settings(plan.fixed)
+    if stored is None or sorted(stored) == now:
+        return None
+    dropped = sorted(set(stored) - set(now))
+    added = sorted(set(now) - set(stored))
+    return (
+        f"hydra.sweeper.study_name={plan.study_name!r}: its earlier trials ran with other "
+        f"fixed overrides (dropped: {' '.join(dropped) or 'none'}; added: "
+        f"{' '.join(added) or 'none'}), and the sampler, the pruner and the best trial now "
+        "compare them with this sweep's as one study. Give a search with other settings "
+        "a study of its own (hydra.sweeper.study_name=<new name>)"
+    )
 
 
 def write_study_file(sweep_dir: Path, plan: StudyPlan) -> Path:

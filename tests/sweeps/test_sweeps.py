@@ -265,6 +265,9 @@ def test_optuna_trials_drawn_twice_share_a_job_and_failing_trials_end_a_stored_s
     )
     assert code == 1, output[-3000:]
     assert "optuna: all 3 trials of this sweep failed; stopping the study" in output
+    # Its trials fail by a fault the first sweep's did not have: the study says so.
+    assert "its earlier trials ran with other fixed overrides" in output
+    assert "added: +loss.fail=raise " in output and "loss._target_=tests.faults" in output
     assert _trial_states(tmp_path / "optuna.db") == ["COMPLETE"] * 3 + ["FAIL"] * 3
 
 
@@ -298,6 +301,7 @@ def test_optuna_prunes_hopeless_trials_and_reports_to_the_parent(tmp_path):
     code, output = multirun(tmp_path, tmp_path / "sweep2", *PRUNABLE, "hydra.sweeper.n_trials=7")
     assert code == 0, output[-3000:]
     assert "6 finished trial(s), target 7" in output
+    assert "other fixed overrides" not in output  # the same settings
     assert len(_trial_states(tmp_path / "optuna.db")) == 7
 
 
