@@ -84,6 +84,8 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
     """
     images, _ = data.train.take(torch.arange(min(2, len(data.train))))
     check_gradcam_layer(cfg, parts.model)
+    gradcam_output: list[torch.Tensor] = []
+    gradcam_hook = _hook_gradcam_layer(cfg, parts.model, gradcam_output)
     modules = [*parts.model.modules(), *parts.augment.modules()]
     modes = [module.training for module in modules]
     what = (
@@ -113,6 +115,15 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
     finally:
         for module, mode in zip(modules, modes, strict=True):
             module.training = mode
+        if gradcam_hook is not None:
+            gradcam_hook.remove()
+    if gradcam_output and gradcam_output[0].ndim != 4:
+        raise ConfigError(
+            f"analysis.gradcam_layer={cfg.analysis.gradcam_layer!r} outputs a tensor of shape "
+            f"{tuple(gradcam_output[0].shape)}, not a feature map (N, C, H, W), so Grad-CAM "
+            "cannot weigh it (a ViT's blocks output tokens): name a convolutional layer, use "
+            "auto, or set analysis.num_gradcam=0"
+        )
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (
         len(images),
         data.num_classes,
@@ -123,6 +134,23 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
             f"the runner needs one logit per class ({data.num_classes}). Choose a classifier "
             "whose head the runner sizes (model.num_classes comes from the data)"
         )
+
+
+def _hook_gradcam_layer(
+    cfg: DictConfig, model: torch.nn.Module, outputs: list[torch.Tensor]
+) -> torch.utils.hooks.RemovableHandle | None:
+    """Collects the named analysis.gradcam_layer's output into `outputs` (None: no layer)."""
+    name = OmegaConf.select(cfg, "analysis.gradcam_layer", default="auto")
+    if not OmegaConf.select(cfg, "analysis.enabled", default=False) or name == "auto":
+        return None
+    if not OmegaConf.select(cfg, "analysis.num_gradcam", default=1):
+        return None
+
+    def keep(_module, _inputs, output) -> None:
+        if isinstance(output, torch.Tensor) and not outputs:
+            outputs.append(output)
+
+    return dict(model.named_modules())[name].register_forward_hook(keep)
 
 
 def check_gradcam_layer(cfg: DictConfig, model: torch.nn.Module) -> None:

@@ -318,6 +318,20 @@ def test_a_gradcam_layer_the_model_lacks_is_refused_before_training(make_cfg, tm
     nothing_spent(tmp_path)
 
 
+def test_a_gradcam_layer_without_a_feature_map_is_refused_before_training(make_cfg, tmp_path):
+    """A ViT block outputs tokens: Grad-CAM failed on them after training."""
+    refused(
+        make_cfg(
+            "analysis.enabled=true",
+            "model.name=test_vit",
+            "+model.img_size=32",
+            "analysis.gradcam_layer=blocks.0",
+        ),
+        "analysis.gradcam_layer='blocks.0' outputs a tensor of shape (2, ",
+    )
+    nothing_spent(tmp_path)
+
+
 def test_a_checkpoint_naming_untrusted_code_needs_allowed_targets(make_cfg, best_pt, tmp_path):
     payload = torch.load(best_pt, weights_only=True)
     payload["config"] = payload["config"].replace(

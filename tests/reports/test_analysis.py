@@ -39,6 +39,14 @@ def test_auto_layer_is_the_last_feature_map_big_enough(tv_resnet):
         find_gradcam_layer(tv_resnet, example, "auto", min_size=64)
 
 
+def test_auto_layer_of_a_bottleneck_resnet_is_a_stage_not_a_layer_of_the_next_one():
+    """At 32 px it took layer3.0.bn1: the first 1x1 conv of layer3 keeps layer2's size."""
+    import timm
+
+    model = timm.create_model("test_resnet", num_classes=3).eval()  # bottleneck blocks
+    assert find_gradcam_layer(model, torch.randn(1, 3, 32, 32))[0] == "layer2"
+
+
 def test_gradcam_maps_are_per_image_heat_maps_in_0_1(tv_resnet):
     images = torch.randn(2, 3, 64, 64)
     _, layer = find_gradcam_layer(tv_resnet, images[:1])
