@@ -112,6 +112,7 @@ def test_imagefolder_ids_under_a_home_relative_root_are_the_same(tmp_path, monke
     absolute = load_imagefolder(str(tmp_path / "pics"), **common)
     assert all_ids(home) == all_ids(absolute)
     assert all_ids(home)[0].startswith(("train/", "test/"))
+    decoding.wait_for_cache_writes()  # the file is written on a thread of its own
     assert len(list((tmp_path / "cache").iterdir())) == 1, "one decode cache file, not two"
 
 

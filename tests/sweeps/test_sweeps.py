@@ -116,8 +116,6 @@ def test_a_failing_job_does_not_stop_the_others_and_the_sweep_fails(tmp_path):
     code, output = multirun(tmp_path, sweep_dir, *FAULTY_LOSS, "+loss.fail=raise,none")
     assert code == 1, output[-3000:]
     assert "1 of 2 sweep job(s) did not finish" in output
-    assert "sweep.resume" not in output.split("did not finish")[1], "it repeats no trial"
-    assert "hydra.sweeper.storage=null) ends with its sweep" in output
     assert "job 0 FAILED: loss.fail=raise" in output  # what tells the failed job apart
     assert "RuntimeError: loss.fail=raise: the test hook failed" in output  # and why
     assert f"sweep.resume={sweep_dir}" in output
