@@ -40,7 +40,7 @@ warnings.filterwarnings(
 
 
 # Bump when decoding changes, so that old cache files are not reused.
-DECODER_VERSION = 1
+DECODER_VERSION = 2  # 2: EXIF orientation applied
 
 
 class BadImageError(ValueError):
@@ -110,7 +110,9 @@ def _decode_torchvision(data: bytes) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_image
 
     buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    image = decode_image(buffer, mode=ImageReadMode.RGB)
+    # A camera's photo is stored as the sensor saw it, with the turn to show it upright
+    # in its EXIF tag: the model sees it upright, as a person does.
+    image = decode_image(buffer, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     if image.ndim == 4:  # an animated GIF: (frames, 3, H, W); its first frame, as Pillow's
         image = image[0]
     return _to_uint8(image)
@@ -118,10 +120,11 @@ def _decode_torchvision(data: bytes) -> torch.Tensor:
 
 def _decode_pillow(data: bytes) -> torch.Tensor:
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageOps
 
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()  # a truncated file fails here rather than later
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.load()  # a truncated file fails here rather than later
+        image = ImageOps.exif_transpose(opened)  # upright, as `_decode_torchvision`
         if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
             array = np.asarray(image).astype(np.int64)
             # A 16-bit mode is 0..65535 whatever the pixels; only "I" (32-bit, written

@@ -92,6 +92,29 @@ def test_non_square_images_are_resized_and_center_cropped(tmp_path):
     assert image.shape == (3, 10, 10)
 
 
+@pytest.mark.parametrize("decoder", ["torchvision", "pillow"])
+def test_a_photo_is_turned_upright_by_its_exif_orientation(tmp_path, decoder):
+    """A phone photo stored sideways with EXIF orientation 6 was trained on sideways."""
+    import io
+
+    from PIL import Image
+
+    stored = Image.new("RGB", (40, 20), "black")
+    stored.paste((255, 255, 255), (0, 0, 20, 20))  # white left half, as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: the white half on top
+    buffer = io.BytesIO()
+    stored.save(buffer, "JPEG", exif=exif.tobytes())
+    if decoder == "torchvision":
+        image = decoding.decode_bytes(buffer.getvalue(), image_size=20)
+    else:
+        image = decoding._decode_pillow(buffer.getvalue())
+    assert tuple(image.shape[-2:]) == ((20, 20) if decoder == "torchvision" else (40, 20))
+    height = image.shape[-2]
+    top, bottom = image[:, : height // 2].float().mean(), image[:, height // 2 :].float().mean()
+    assert top > 200 and bottom < 50
+
+
 @pytest.mark.parametrize("resident", [True, False])
 def test_folder_of_every_mode_with_bad_files(tmp_path, resident):
     root, bad = mode_folder(tmp_path / "data")
