@@ -30,6 +30,19 @@ def _default_rank_and_world(rank: int | None, world_size: int | None) -> tuple[i
     return rank, world_size
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's order: (seed, epoch) mixed by numpy's SeedSequence.
+
+    Not `seed + epoch` (torch's DistributedSampler): with it, seed 1's epoch 1 is seed 0's
+    epoch 2, so the runs of a seed sweep see the same batches one epoch apart and their
+    spread understates the seed's effect.
+    """
+    import numpy as np
+
+    entropy = [seed % 2**64, epoch]  # SeedSequence takes no negative numbers; `seed` may be
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 class _ShardedSampler:
     """Common part: the epoch's full order (`_draw`), padded and strided by rank."""
 
@@ -45,7 +58,7 @@ class _ShardedSampler:
 
     def indices(self, epoch: int) -> torch.Tensor:
         """Returns this rank's share of the epoch's order (int64, on the CPU)."""
-        generator = torch.Generator().manual_seed(self.seed + epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         order = self._draw(generator)
         if len(order) < self.total_size:
             repeats = -(-self.total_size // len(order))
@@ -58,7 +71,7 @@ class RandomSampler(_ShardedSampler):
 
     Args:
         labels: Train labels (int64).
-        seed: Base seed; epoch e uses seed + e.
+        seed: Base seed; epoch e draws from `epoch_seed(seed, e)`.
         rank: This process's rank; None = from torch.distributed (0 when not distributed).
         world_size: Number of processes; None = from torch.distributed (else 1).
     """
@@ -85,7 +98,7 @@ class WeightedClassSampler(_ShardedSampler):
 
     Args:
         labels: Train labels (int64).
-        seed: Base seed; epoch e uses seed + e.
+        seed: Base seed; epoch e draws from `epoch_seed(seed, e)`.
         power: Exponent of the inverse class frequency.
         num_samples: Draws per epoch over all ranks; None = the size of the split.
         rank: This process's rank; None = from torch.distributed (0 when not distributed).

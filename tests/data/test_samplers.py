@@ -88,3 +88,18 @@ def test_two_gloo_ranks_draw_disjoint_shares_of_the_same_weighted_sample(tmp_pat
         else:
             single = WeightedClassSampler(LABELS, seed=7, power=power).indices(3)
             assert torch.equal(interleaved, single), "the ranks split one weighted draw"
+
+
+@pytest.mark.parametrize("sampler_cls", [RandomSampler, WeightedClassSampler])
+def test_the_orders_of_two_seeds_are_not_the_same_orders_an_epoch_apart(sampler_cls):
+    """With seed + epoch, seed 1's epoch 1 was seed 0's epoch 2: a seed sweep's runs saw
+    the same batches, one epoch apart. A seed and epoch still give one order (resume)."""
+    labels = torch.arange(64) % 4
+
+    def order(seed: int, epoch: int) -> torch.Tensor:
+        return sampler_cls(labels, seed=seed, rank=0, world_size=1).indices(epoch)
+
+    for epoch in (1, 2, 3):
+        assert not torch.equal(order(1, epoch), order(0, epoch + 1))
+        assert torch.equal(order(0, epoch), order(0, epoch))
+    assert not torch.equal(order(-1, 1), order(0, 1))  # a negative seed is a seed too
