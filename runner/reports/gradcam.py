@@ -32,11 +32,11 @@ def find_gradcam_layer(
     """The layer Grad-CAM weighs: by name, or the last feature map of at least min_size.
 
     With `name="auto"`, one forward pass records every module whose output is a 4-D
-    feature map (N, C, H, W); the last one (in the order they finish, so a stage wins
-    over the layers inside it) with H and W >= `min_size`, and not inside a module whose
-    map is smaller, is chosen, skipping activations, dropout and pooling. That is the
-    last stage of a CNN's feature extractor at usual image sizes, and an earlier stage
-    for small images where the last map is 1x1.
+    feature map (N, C, H, W); the last one (in call order, so a stage wins over the
+    layers inside it) with H and W >= `min_size` is chosen, skipping activations,
+    dropout and pooling; of a timm model, the last such stage its `feature_info` names.
+    That is the last stage of a CNN's feature extractor at usual image sizes, and an
+    earlier one for small images where the last map is 1x1.
 
     Args:
         model: The model, in eval mode.
@@ -80,19 +80,12 @@ def find_gradcam_layer(
     finally:
         for handle in handles:
             handle.remove()
-    sizes = dict(seen)
-
-    def fits(module_name: str) -> bool:
-        return min(sizes[module_name][-2:]) >= min_size
-
-    def enclosing(module_name: str) -> list[str]:  # the modules it is part of
-        parts = module_name.split(".")
-        return [".".join(parts[:i]) for i in range(1, len(parts))]
-
-    # A layer inside a stage whose output is too small is no candidate: it runs after the
-    # stage before (a bottleneck's first 1x1 conv has that stage's size), yet its map
-    # is part of the smaller stage.
-    fitting = [n for n, _ in seen if fits(n) and all(fits(a) for a in enclosing(n) if a in sizes)]
+    fitting = [n for n, shape in seen if min(shape[-2:]) >= min_size]
+    # timm names its models' stages (feature_info): the last that fits is a stage's output,
+    # where the rule above may take a layer early in the next, smaller stage (the first
+    # 1x1 conv of a bottleneck block keeps the size of the stage before it).
+    stages = {info["module"] for info in getattr(model, "feature_info", None) or ()}
+    fitting = [n for n in fitting if n in stages] or fitting
     if not fitting:
         raise GradCamError(
             f"analysis.gradcam_layer=auto found no layer with a feature map of at least "

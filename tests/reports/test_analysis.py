@@ -39,12 +39,20 @@ def test_auto_layer_is_the_last_feature_map_big_enough(tv_resnet):
         find_gradcam_layer(tv_resnet, example, "auto", min_size=64)
 
 
-def test_auto_layer_of_a_bottleneck_resnet_is_a_stage_not_a_layer_of_the_next_one():
-    """At 32 px it took layer3.0.bn1: the first 1x1 conv of layer3 keeps layer2's size."""
+def test_auto_layer_of_a_timm_model_is_its_last_stage_that_fits():
+    """At 32 px a bottleneck ResNet got layer3.0.bn1, a layer early in the next stage."""
     import timm
+    from torchvision.models import mobilenet_v2
 
-    model = timm.create_model("test_resnet", num_classes=3).eval()  # bottleneck blocks
-    assert find_gradcam_layer(model, torch.randn(1, 3, 32, 32))[0] == "layer2"
+    example = torch.randn(1, 3, 32, 32)
+    for name, stage in (("test_resnet", "layer2"), ("efficientnet_b0", "blocks.2")):
+        model = timm.create_model(name, num_classes=3).eval()  # bottleneck blocks
+        assert find_gradcam_layer(model, example)[0] == stage, name
+    # A model without timm's stage names keeps the last layer whose map fits, also
+    # inside a container whose own output is 1x1.
+    assert find_gradcam_layer(mobilenet_v2(num_classes=3).eval(), example)[0].startswith(
+        "features."
+    )
 
 
 def test_gradcam_maps_are_per_image_heat_maps_in_0_1(tv_resnet):
