@@ -180,15 +180,15 @@ def create_torchvision_model(
         weights: A weights enum name (e.g. "IMAGENET1K_V2", downloaded), or None.
         pretrained_file: Local state-dict file; tensors whose shapes do not match
             (the head, when the class count differs) are skipped.
-        **kwargs: Passed to `get_model`; googlenet and inception_v3 get `aux_logits=False`
-            unless it is given.
+        **kwargs: Passed to `get_model`. googlenet and inception_v3 are built without
+            their auxiliary classifiers (see `without_aux_logits`).
 
     Returns:
         The model.
     """
     from torchvision.models import get_model
 
-    if name in AUX_LOGIT_MODELS:  # in training mode their extra outputs replace the logits
+    if name in AUX_LOGIT_MODELS and weights is None:  # the weights' builders refuse it
         kwargs.setdefault("aux_logits", False)
     path = _check_file(pretrained_file, "model.pretrained_file")
     if weights is None:
@@ -202,12 +202,29 @@ def create_torchvision_model(
                 f"({type(err).__name__}: {err}). Without network, set model.weights=null and "
                 "model.pretrained_file=/path/to/weights.pth."
             ) from err
+        without_aux_logits(model)
         _replace_head(model, num_classes)
     if path is not None:
         load_matching_weights(model, path)
     if weights is not None or path is not None:
         # torchvision's classification weights are all trained on ImageNet.
         model.runner_normalization = (IMAGENET_MEAN, IMAGENET_STD)
+    return model
+
+
+def without_aux_logits(model: nn.Module) -> nn.Module:
+    """Drops the auxiliary classifiers a torchvision googlenet or inception_v3 was built with.
+
+    In training mode such a model returns a named tuple of logits and auxiliary logits
+    in place of the logits. Their builders take `aux_logits=False` without weights only,
+    and inception_v3's keeps its auxiliary head with weights; this does what the
+    builders themselves do to drop it (googlenet's, for weights without the heads).
+    """
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False
+        for head in ("aux1", "aux2", "AuxLogits"):
+            if hasattr(model, head):
+                setattr(model, head, None)
     return model
 
 
