@@ -225,7 +225,7 @@ class RunnerOptunaSweeper(Sweeper):
         """
         from optuna.trial import TrialState
 
-        from runner.sweeps.manifest import job_key, read_manifest
+        from runner.sweeps.manifest import ABANDONED, job_key, read_manifest, update_manifest
         from runner.sweeps.optuna_trial import tell_trial, trial_result
 
         jobs: Dict[str, List[str]] = {}
@@ -241,6 +241,11 @@ class RunnerOptunaSweeper(Sweeper):
             for trial in trials:
                 if not states[trial.number].is_finished():
                     tell_trial(study, trial, state=TrialState.FAIL)
+            # The study draws new trials in their place: no later launch continues these.
+            recorded = read_manifest(sweep_dir)
+            for key in jobs:
+                if recorded.get(key, {}).get("status") in ("RUNNING", "INTERRUPTED"):
+                    update_manifest(sweep_dir, key, status=ABANDONED)
             raise
         result_of = dict(zip(jobs, results, strict=True))
         recorded = read_manifest(sweep_dir)

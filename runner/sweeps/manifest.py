@@ -36,6 +36,9 @@ SUBMIT_ONLY_LAUNCHER = "hydra_plugins.runner_slurm.launcher.SubmitOnlySlurmLaunc
 # Overrides that steer the sweep itself; a resumed sweep may change them freely.
 SWEEP_CONTROL_PREFIXES = ("sweep.", "+sweep.", "optuna.trial=", "+optuna.trial=")
 SWEEP_LOCK_FILE = ".sweep.lock"
+# The status of an Optuna trial's job that a signal stopped: the study ended the trial
+# FAIL and draws new trials in its place, so no later launch continues this job.
+ABANDONED = "ABANDONED"
 JOB_LOCK_FILE = ".job.lock"
 
 

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from runner.config.errors import ConfigError
 from runner.config.redaction import public_uri
+from runner.sweeps.manifest import parse_overrides
 from runner.sweeps.search_space import (
     describe_distribution,
     describe_space,
@@ -455,24 +456,30 @@ def stored_study_problem(plan: StudyPlan) -> str | None:
     return None
 
 
-def trial_settings(fixed: list[str]) -> list[str]:
-    """The constant overrides that shape what each trial trains, sorted."""
-    return sorted(o for o in fixed if not o.lstrip("+~").startswith(OUTSIDE_TRIAL_PREFIXES))
+def trial_settings(fixed: list[str]) -> dict[str, str]:
+    """The constant overrides that shape what each trial trains, as key -> value.
+
+    A key given twice has the value that applies: the last one, as Hydra applies them.
+    """
+    kept = [o for o in fixed if not o.lstrip("+~").startswith(OUTSIDE_TRIAL_PREFIXES)]
+    return dict(sorted(parse_overrides(kept).items()))
 
 
-def settings_change_warning(stored: list[str] | None, plan: StudyPlan) -> str | None:
+def settings_change_warning(stored: Any, plan: StudyPlan) -> str | None:
     """A warning when a stored study's trials ran with other constant overrides, or None."""
     now = trial_settings(plan.fixed)
-    if stored is None or sorted(stored) == now:
+    if not isinstance(stored, dict) or stored == now:
         return None
-    dropped = sorted(set(stored) - set(now))
-    added = sorted(set(now) - set(stored))
+    changes = [
+        f"{key}: {stored.get(key, '(not set)')} -> {now.get(key, '(not set)')}"
+        for key in sorted(stored.keys() | now.keys())
+        if stored.get(key) != now.get(key)
+    ]
     return (
         f"hydra.sweeper.study_name={plan.study_name!r}: its earlier trials ran with other "
-        f"fixed overrides (dropped: {' '.join(dropped) or 'none'}; added: "
-        f"{' '.join(added) or 'none'}), and the sampler, the pruner and the best trial now "
-        "compare them with this sweep's as one study. Give a search with other settings "
-        "a study of its own (hydra.sweeper.study_name=<new name>)"
+        f"fixed overrides ({'; '.join(changes)}), and the sampler, the pruner and the best "
+        "trial now compare them with this sweep's as one study. Give a search with other "
+        "settings a study of its own (hydra.sweeper.study_name=<new name>)"
     )
 
 

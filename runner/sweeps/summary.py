@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from runner.sweeps.job import unescape
-from runner.sweeps.manifest import parse_overrides, read_manifest, setting_overrides
+from runner.sweeps.manifest import (
+    ABANDONED,
+    parse_overrides,
+    read_manifest,
+    setting_overrides,
+)
 from runner.tracking.protocol import Tracker
 
 # Test metrics shown in the markdown table (the CSV has all of them).
@@ -37,7 +42,8 @@ class Summary:
         best_tags: Tags for the parent run: the best job's overrides and run id.
         best_value: The best monitored value among finished jobs, or None; with seeds
             (or folds) swept, the best configuration's mean over them.
-        failed: The jobs that did not finish (failed, skipped, interrupted).
+        failed: The jobs that did not finish (failed, skipped, interrupted), but not
+            the abandoned trials of an Optuna study, which went on without them.
         best_metrics: Metrics for the parent run: `best/<monitor>` (and, with seeds or
             folds swept, `best/<monitor>_std` and the test metrics' mean and std).
     """
@@ -175,6 +181,11 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
         lines += [
             f"- job {j.get('num')} {j.get('status')}: {j['label'] or j['key']}"
             + (f" ({j['error']})" if j.get("error") else "")
+            + (
+                " (stopped by a signal; the Optuna study went on with new trials)"
+                if j.get("status") == ABANDONED
+                else ""
+            )
             for j in not_done
         ]
     markdown = "\n".join(lines) + "\n"
@@ -187,7 +198,8 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
         files.append(plot)
     files += sorted((sweep_dir / "optuna").glob("*")) if (sweep_dir / "optuna").is_dir() else []
     best_value = best_group.mean if best_group is not None else (best["value"] if best else None)
-    return Summary(jobs, markdown, files, best_tags, best_value, not_done, best_metrics)
+    failed = [j for j in not_done if j.get("status") != ABANDONED]
+    return Summary(jobs, markdown, files, best_tags, best_value, failed, best_metrics)
 
 
 def summarize_and_log(

@@ -152,6 +152,11 @@ def resume_command(ctx: RunContext) -> str:
     With the launcher that started it: run as one process, a DDP run would go on with a
     smaller effective batch and a rebuilt schedule (and a partial epoch is refused).
     """
+    if ctx.job is not None and ctx.job.study_settings is not None:
+        return (
+            f"the sweep's command with sweep.resume={ctx.job.sweep_dir}, which continues "
+            "the Optuna study with new trials (this trial ends FAIL and is not continued)"
+        )
     if ctx.job is not None:
         return f"the sweep's command with sweep.resume={ctx.job.sweep_dir}"
     overrides = [o for o in hydra_overrides() if not o.startswith("hydra.run.dir=")]

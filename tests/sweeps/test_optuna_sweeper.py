@@ -585,3 +585,20 @@ def test_a_storage_url_that_names_no_file_is_refused(tmp_path, storage):
     journal:/// failed with IsADirectoryError."""
     with pytest.raises(SweepConfigError, match="names no file"):
         plan(tmp_path, f"hydra.sweeper.storage={storage}")
+
+
+def test_a_study_continued_with_other_settings_names_each_value_that_applies_now():
+    """A key given twice was compared as two texts: no change showed as "dropped: none"."""
+    from types import SimpleNamespace
+
+    from runner.sweeps.optuna_study import settings_change_warning, trial_settings
+
+    first = trial_settings(["trainer.max_epochs=1", "trainer.max_epochs=30", "paths.output_dir=a"])
+    assert first == {"trainer.max_epochs": "30"}
+    plan = SimpleNamespace(
+        study_name="s", fixed=["trainer.max_epochs=30", "trainer.max_epochs=1", "+loss.q=0.7"]
+    )
+    warning = settings_change_warning(first, plan)
+    assert "trainer.max_epochs: 30 -> 1" in warning and "loss.q: (not set) -> 0.7" in warning
+    plan.fixed = ["trainer.max_epochs=30", "paths.output_dir=b", "hydra.sweeper.n_trials=9"]
+    assert settings_change_warning(first, plan) is None  # outputs and the sweeper's own

@@ -265,7 +265,8 @@ def test_optuna_trials_drawn_twice_share_a_job_and_failing_trials_end_a_stored_s
     assert "optuna: all 3 trials of this sweep failed; stopping the study" in output
     # Its trials fail by a fault the first sweep's did not have: the study says so.
     assert "its earlier trials ran with other fixed overrides" in output
-    assert "added: +loss.fail=raise " in output and "loss._target_=tests.faults" in output
+    assert "loss.fail: (not set) -> raise" in output
+    assert "loss._target_: (not set) -> tests.faults.FaultyLoss" in output
     assert _trial_states(tmp_path / "optuna.db") == ["COMPLETE"] * 3 + ["FAIL"] * 3
 
 
@@ -362,25 +363,37 @@ def test_an_interrupted_sweep_resumes_its_job_from_the_checkpoint(tmp_path):
     assert sorted(s for (s,) in epochs) == [1, 2, 3]  # each epoch logged once
 
 
-def test_an_interrupted_optuna_sweep_leaves_no_trial_running_in_its_stored_study(tmp_path):
-    """The trial of a sweep stopped by a signal stayed RUNNING in optuna.db for good."""
+def test_an_interrupted_optuna_sweep_fails_its_trial_and_a_resumed_one_goes_on_without_it(
+    tmp_path,
+):
+    """The trial of a sweep stopped by a signal stayed RUNNING in optuna.db for good, and
+    every later launch exited 1 for its job, advising a sweep.resume that never ran it."""
     from tests.reliability.conftest import run_until
 
     seed_store(tmp_path)
+    sweep_dir = tmp_path / "sweep"
     command = [
         sys.executable,
         str(REPO / "run.py"),
         "-m",
         f"paths.output_dir={tmp_path}",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"hydra.sweep.dir={sweep_dir}",
         *TINY,
         *STEADY,
         "hparams_search=optuna",
-        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_trials=1",
     ]
     code, output = run_until(command, "epoch 1 step 4/", signal.SIGTERM)
     assert code == 143, output[-3000:]
     assert _trial_states(tmp_path / "optuna.db") == ["FAIL"]
+    assert "continues the Optuna study with new trials (this trial ends FAIL" in output
+    assert [e["status"] for e in manifest(sweep_dir).values()] == ["ABANDONED"]
+
+    resumed = [*command, f"sweep.resume={sweep_dir}", "trainer.max_epochs=1"]  # the new trial
+    done = subprocess.run(resumed, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert _trial_states(tmp_path / "optuna.db") == ["FAIL", "COMPLETE"]
+    assert "went on with new trials" in (sweep_dir / "summary.md").read_text()
 
 
 def test_a_bad_optuna_setting_stops_the_sweep_before_anything_starts(tmp_path):
