@@ -21,8 +21,9 @@ _URL_PASSWORD = re.compile(r"(?<=://)([^:/@]*):[^@/]*@")
 def redacted_container(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain containers, with secrets replaced by '***'.
 
-    Redacts values of keys that name a secret (token, password, api_key, ...) and any
-    value taken from the environment with `${oc.env:...}`.
+    Redacts values of keys that name a secret (token, password, api_key, ...), any
+    value taken from the environment with `${oc.env:...}`, and the password of a URL
+    (`logger.tracking_uri=http://user:password@host`).
     """
     raw = OmegaConf.to_container(cfg, resolve=False)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -40,7 +41,7 @@ def redacted_container(cfg: DictConfig) -> dict[str, Any]:
             return [redact(r, n) for r, n in zip(raws, node, strict=False)]
         if isinstance(raw_node, str) and "oc.env" in raw_node:
             return REDACTED
-        return node
+        return public_uri(node) if isinstance(node, str) else node
 
     return redact(raw, resolved)
 
@@ -48,11 +49,12 @@ def redacted_container(cfg: DictConfig) -> dict[str, Any]:
 def redacted_override(override: str) -> str:
     """A command-line override with its value shown as '***' when its key names a secret.
 
-    `+data.token=abc` becomes `+data.token=***`; other overrides stay as they are.
+    `+data.token=abc` becomes `+data.token=***`, and a URL's password is '***'
+    (`logger.tracking_uri=http://u:***@host`); other overrides stay as they are.
     """
     key, sep, _ = override.partition("=")
     name = key.lstrip("+~").rsplit(".", 1)[-1]
-    return f"{key}{sep}{REDACTED}" if sep and SECRET_KEY.search(name) else override
+    return f"{key}{sep}{REDACTED}" if sep and SECRET_KEY.search(name) else public_uri(override)
 
 
 def redacted_overrides(overrides: Any) -> list[str]:

@@ -322,12 +322,17 @@ def test_secrets_are_redacted_in_params_and_saved_configs(tmp_path, monkeypatch)
 
 
 def test_a_password_in_a_tracking_uri_is_shown_as_stars():
-    from runner.config.redaction import public_uri
+    """The printed config, the params, the overrides tag and the run's files had it."""
+    from runner.config.redaction import public_uri, redacted_override
     from runner.tracking.mlflow_tracker import MlflowTracker
 
     assert public_uri("http://alice:pw9@host:5000/") == "http://alice:***@host:5000/"
     assert public_uri("https://host:5000") == "https://host:5000"
     assert public_uri("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    typed = "logger.tracking_uri=http://alice:pw9@host:5000"
+    assert redacted_override(typed) == "logger.tracking_uri=http://alice:***@host:5000"
+    cfg = OmegaConf.create({"logger": {"tracking_uri": "http://alice:pw9@host:5000"}})
+    assert redacted_container(cfg) == {"logger": {"tracking_uri": "http://alice:***@host:5000"}}
     tracker = MlflowTracker("http://alice:pw9@127.0.0.1:5999")
     tracker.experiment_id, tracker.run_id = "1", "abc"
     assert "pw9" not in tracker.describe() and "alice:***@127.0.0.1:5999" in tracker.describe()
