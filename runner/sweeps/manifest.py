@@ -58,12 +58,8 @@ def _flock(handle: IO[str], wait: bool) -> bool:
     return True
 
 
-def hold_lock(path: Path) -> IO[str] | None:
-    """Takes the lock at `path` for as long as the returned file stays open.
-
-    None when another process holds it. The lock ends with its process, however that
-    ends, so a lock is never left behind by a killed process.
-    """
+def _try_lock(path: Path) -> IO[str] | None:
+    """One attempt at the lock at `path`: the open file that holds it, or None."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = path.open("a")
     if _flock(handle, wait=False):
@@ -72,11 +68,24 @@ def hold_lock(path: Path) -> IO[str] | None:
     return None
 
 
+def hold_lock(path: Path, patience_s: float = 0.5) -> IO[str] | None:
+    """Takes the lock at `path` for as long as the returned file stays open.
+
+    None when another process holds it for `patience_s`: `is_locked` (collect) takes it
+    for an instant, which must not pass for a running sweep. The lock ends with its
+    process, however that ends, so a lock is never left behind by a killed process.
+    """
+    deadline = time.monotonic() + patience_s
+    while (handle := _try_lock(path)) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return handle
+
+
 def is_locked(path: Path) -> bool:
     """Whether another process holds the lock at `path` (False when there is no file)."""
     if not path.is_file():
         return False
-    handle = hold_lock(path)
+    handle = _try_lock(path)
     if handle is None:
         return True
     handle.close()
