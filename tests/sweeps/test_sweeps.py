@@ -21,10 +21,9 @@ pytestmark = pytest.mark.slow
 STEADY = ["data.num_samples=640", "trainer.max_epochs=3", "trainer.log_every_n_steps=4"]
 
 
-def multirun(out: Path, sweep_dir: Path, *overrides: str, timeout: float = 600):
-    """`python run.py -m ...` with outputs under `out` and the sweep in `sweep_dir`."""
-    seed_store(out)
-    command = [
+def multirun_command(out: Path, sweep_dir: Path, *overrides: str) -> list[str]:
+    """`python run.py -m ...` on TINY, with outputs under `out` and the sweep in `sweep_dir`."""
+    return [
         sys.executable,
         str(REPO / "run.py"),
         "-m",
@@ -33,6 +32,12 @@ def multirun(out: Path, sweep_dir: Path, *overrides: str, timeout: float = 600):
         *TINY,
         *overrides,
     ]
+
+
+def multirun(out: Path, sweep_dir: Path, *overrides: str, timeout: float = 600):
+    """Runs `multirun_command`; returns its exit code and output."""
+    seed_store(out)
+    command = multirun_command(out, sweep_dir, *overrides)
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     return done.returncode, done.stdout + done.stderr
 
@@ -330,16 +335,7 @@ def test_an_interrupted_sweep_resumes_its_job_from_the_checkpoint(tmp_path):
     from tests.reliability.conftest import run_until
 
     sweep_dir = tmp_path / "sweep"
-    command = [
-        sys.executable,
-        str(REPO / "run.py"),
-        "-m",
-        f"paths.output_dir={tmp_path}",
-        f"hydra.sweep.dir={sweep_dir}",
-        *TINY,
-        *STEADY,
-        "seed=0,1",
-    ]
+    command = multirun_command(tmp_path, sweep_dir, *STEADY, "seed=0,1")
     code, output = run_until(command, "epoch 2 step 8/", signal.SIGTERM)
     assert code == 143, output[-3000:]
     jobs = manifest(sweep_dir)
@@ -372,17 +368,9 @@ def test_an_interrupted_optuna_sweep_fails_its_trial_and_a_resumed_one_goes_on_w
 
     seed_store(tmp_path)
     sweep_dir = tmp_path / "sweep"
-    command = [
-        sys.executable,
-        str(REPO / "run.py"),
-        "-m",
-        f"paths.output_dir={tmp_path}",
-        f"hydra.sweep.dir={sweep_dir}",
-        *TINY,
-        *STEADY,
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=1",
-    ]
+    command = multirun_command(
+        tmp_path, sweep_dir, *STEADY, "hparams_search=optuna", "hydra.sweeper.n_trials=1"
+    )
     code, output = run_until(command, "epoch 1 step 4/", signal.SIGTERM)
     assert code == 143, output[-3000:]
     assert _trial_states(tmp_path / "optuna.db") == ["FAIL"]
