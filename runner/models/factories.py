@@ -216,9 +216,9 @@ def without_aux_logits(model: nn.Module) -> nn.Module:
     """Drops the auxiliary classifiers a torchvision googlenet or inception_v3 was built with.
 
     In training mode such a model returns a named tuple of logits and auxiliary logits
-    in place of the logits. Their builders take `aux_logits=False` without weights only,
-    and inception_v3's keeps its auxiliary head with weights; this does what the
-    builders themselves do to drop it (googlenet's, for weights without the heads).
+    in place of the logits. Their builders take `aux_logits=False` only without weights;
+    with weights, googlenet's drops the heads itself and inception_v3's keeps its head.
+    This drops them as the builders do: the flag off and the head modules set to None.
     """
     if getattr(model, "aux_logits", False):
         model.aux_logits = False
