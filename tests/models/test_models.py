@@ -150,13 +150,13 @@ def test_a_torchvision_model_with_auxiliary_logits_gives_plain_logits_in_trainin
     assert isinstance(logits, torch.Tensor) and logits.shape == (2, 3)
 
 
-def test_inception_built_with_its_auxiliary_head_trains_on_plain_logits():
-    """With weights, torchvision refuses aux_logits=False and inception_v3 keeps the head
+def test_a_model_built_with_auxiliary_heads_trains_on_plain_logits():
+    """With weights, torchvision refuses aux_logits=False and inception_v3 keeps its head
     (googlenet with weights failed on aux_logits=False, which the builder refuses)."""
-    from torchvision.models import inception_v3
+    from torchvision.models import googlenet
 
     from runner.models.factories import without_aux_logits
 
-    model = without_aux_logits(inception_v3(aux_logits=True, init_weights=False)).train()
-    assert model.AuxLogits is None
-    assert isinstance(model(torch.rand(2, 3, 75, 75)), torch.Tensor)
+    model = without_aux_logits(googlenet(aux_logits=True, init_weights=False)).train()
+    assert model.aux1 is None and model.aux2 is None
+    assert isinstance(model(torch.rand(2, 3, 64, 64)), torch.Tensor)
