@@ -163,16 +163,19 @@ def onecycle_schedule(
     Returns:
         The scheduler.
     """
-    rise = max(round(pct_start * total_steps), 1)
+    # The peak at step pct_start * total_steps - 1 and the final lr at the last step
+    # (total_steps - 1), as torch's OneCycleLR places them.
+    peak = max(pct_start * total_steps - 1, 0.0)
+    last = max(total_steps - 1, peak)
     start, end = 1 / div_factor, 1 / (div_factor * final_div_factor)
 
     def anneal(begin: float, finish: float, progress: float) -> float:
         return finish + (begin - finish) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     def factor(step: int) -> float:
-        if step < rise:
-            return anneal(start, 1.0, step / rise)
-        return anneal(1.0, end, (step - rise) / max(total_steps - rise, 1))
+        if step <= peak and peak > 0:
+            return anneal(start, 1.0, step / peak)
+        return anneal(1.0, end, (step - peak) / (last - peak)) if last > peak else 1.0
 
     return LambdaLR(optimizer, factor)
 

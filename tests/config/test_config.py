@@ -307,3 +307,24 @@ def test_a_registered_model_name_mlflow_refuses_is_refused_at_start(make_cfg):
     """`team/clf` failed to register after training, three times, with exit status 0."""
     with pytest.raises(ConfigError, match=r"logger\.registered_model_name='team/clf' is invalid"):
         validate(make_cfg("logger.registered_model_name=team/clf"))
+
+
+def test_onecycle_follows_torchs_one_cycle_step_for_step():
+    """Its peak came one step late and its last step stopped short of the final lr."""
+    from runner.training.optim import onecycle_schedule
+
+    lrs = {}
+    for name in ("runner", "torch"):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        if name == "runner":
+            scheduler = onecycle_schedule(optimizer, total_steps=20, steps_per_epoch=5)
+        else:
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=0.1, total_steps=20, pct_start=0.25, cycle_momentum=False
+            )
+        lrs[name] = []
+        for _ in range(20):
+            lrs[name].append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+    assert lrs["runner"] == pytest.approx(lrs["torch"], rel=1e-9, abs=1e-12)
