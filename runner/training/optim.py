@@ -15,6 +15,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from runner.config.choices import OPTIM_RUNNER_KEYS
+from runner.config.errors import ConfigError
 from runner.models.heads import classifier_layers
 
 # Keys of conf/optim/ that the runner uses itself rather than passing to the optimizer.
@@ -59,6 +60,9 @@ def build_optimizer(
 
     Returns:
         The optimizer.
+
+    Raises:
+        ConfigError: `backbone_lr_mult` is not 1 and the model has no classifier layer.
     """
     from timm.optim import param_groups_weight_decay
 
@@ -69,6 +73,12 @@ def build_optimizer(
     if backbone_lr_mult == 1.0:
         return optimizer_factory(params=groups)
     head = head_parameters(model)
+    if not head:  # every parameter would take the backbone's lr, optim.lr none
+        raise ConfigError(
+            f"optim.backbone_lr_mult={backbone_lr_mult} needs a classifier head to tell from "
+            f"the backbone, and {type(model).__name__} has no classifier layer (timm's "
+            "get_classifier() or a last nn.Linear): set optim.backbone_lr_mult=1"
+        )
     split = []
     for is_head in (True, False):
         for group in groups:

@@ -160,3 +160,15 @@ def test_a_model_built_with_auxiliary_heads_trains_on_plain_logits():
     model = without_aux_logits(googlenet(aux_logits=True, init_weights=False)).train()
     assert model.aux1 is None and model.aux2 is None
     assert isinstance(model(torch.rand(2, 3, 64, 64)), torch.Tensor)
+
+
+def test_backbone_lr_mult_on_a_model_without_a_head_is_refused():
+    """Every parameter took optim.lr x backbone_lr_mult, and no group had optim.lr."""
+    from runner.config.errors import ConfigError
+    from runner.training.optim import build_optimizer
+
+    headless = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
+    with pytest.raises(ConfigError, match=r"optim\.backbone_lr_mult=0\.1 needs a classifier"):
+        build_optimizer(
+            headless, lambda params: torch.optim.SGD(params, lr=1e-3), 0.0, backbone_lr_mult=0.1
+        )
