@@ -42,6 +42,7 @@ SCRIPTS = {
     "sweep_overhead": ["--jobs", "2"],
     "optuna_pruning": ["--trials", "6", "--epochs", "3"],
     "default_run": ["--rounds", "1"],
+    "analysis_cost": ["--rounds", "1"],
     "audit": ["--epochs", "3", "--train-epochs", "3", "--folds", "3"],  # quick: one seed
 }
 VERSIONS = ("torch", "torchvision", "kornia", "timm", "torchmetrics", "mlflow", "hydra-core")
