@@ -14,6 +14,7 @@ SECRET_KEY = re.compile(
     re.IGNORECASE,
 )
 REDACTED = "***"
+MIN_SECRET_LENGTH = 4
 # `scheme://user:password@`: the password, up to the last "@" before the host.
 _URL_PASSWORD = re.compile(r"(?<=://)([^:/@]*):[^@/]*@")
 
@@ -22,28 +23,46 @@ def redacted_container(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain containers, with secrets replaced by '***'.
 
     Redacts values of keys that name a secret (token, password, api_key, ...), any
-    value taken from the environment with `${oc.env:...}`, and the password of a URL
-    (`logger.tracking_uri=http://user:password@host`).
+    value taken from the environment with `${oc.env:...}`, any other value that holds
+    one of those secrets (`b: ${a}` or `url: https://${a}@host` where `a` is one), and
+    the password of a URL (`logger.tracking_uri=http://user:password@host`).
     """
     raw = OmegaConf.to_container(cfg, resolve=False)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    secrets: set[str] = set()
 
     def redact(raw_node: Any, node: Any) -> Any:
         if isinstance(node, dict):
-            return {
-                key: REDACTED
-                if SECRET_KEY.search(str(key)) and node[key] is not None
-                else redact(raw_node.get(key) if isinstance(raw_node, dict) else None, node[key])
-                for key in node
-            }
+            kept = {}
+            for key in node:
+                if SECRET_KEY.search(str(key)) and node[key] is not None:
+                    secrets.add(str(node[key]))
+                    kept[key] = REDACTED
+                else:
+                    below = raw_node.get(key) if isinstance(raw_node, dict) else None
+                    kept[key] = redact(below, node[key])
+            return kept
         if isinstance(node, list):
             raws = raw_node if isinstance(raw_node, list) else [None] * len(node)
             return [redact(r, n) for r, n in zip(raws, node, strict=False)]
         if isinstance(raw_node, str) and "oc.env" in raw_node:
+            secrets.add(str(node))
             return REDACTED
         return public_uri(node) if isinstance(node, str) else node
 
-    return redact(raw, resolved)
+    def redact_copies(node: Any) -> Any:  # values that carry a secret found above
+        if isinstance(node, dict):
+            return {key: redact_copies(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [redact_copies(value) for value in node]
+        if isinstance(node, str) and any(s in node for s in secrets):
+            return REDACTED
+        return node
+
+    redacted = redact(raw, resolved)
+    # Only secrets long enough to be one: "1" or "" would hide every value holding it.
+    secrets = {s for s in secrets if len(s) >= MIN_SECRET_LENGTH}
+    return redact_copies(redacted)
 
 
 def redacted_override(override: str) -> str:

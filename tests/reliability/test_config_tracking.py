@@ -293,6 +293,23 @@ def test_secrets_are_redacted_in_params_and_saved_configs(tmp_path, monkeypatch)
         "b": [{"secret": "***"}],
         "c": "***",
     }
+    # A value that carries a secret through an interpolation was left in the clear.
+    copies = OmegaConf.create(
+        {
+            "a": "${oc.env:RUNNER_TEST_SECRET}",
+            "b": "${a}",
+            "c": "prefix-${a}",
+            "n": {"api_key": "k1-long", "copy": "${n.api_key}", "pin": "1"},
+            "d": "plain",
+        }
+    )
+    assert redacted_container(copies) == {
+        "a": "***",
+        "b": "***",
+        "c": "***",
+        "n": {"api_key": "***", "copy": "***", "pin": "1"},
+        "d": "plain",
+    }
 
     env = {"RUNNER_TEST_SECRET": "hunter2-experiment"}
     result = subprocess.run(
