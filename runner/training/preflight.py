@@ -83,9 +83,16 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
         ConfigError: The forward pass fails, or gives other than one logit per class.
     """
     images, _ = data.train.take(torch.arange(min(2, len(data.train))))
-    check_gradcam_layer(cfg, parts.model)
+    gradcam_layer = check_gradcam_layer(cfg, parts.model)
     gradcam_output: list[torch.Tensor] = []
-    gradcam_hook = _hook_gradcam_layer(cfg, parts.model, gradcam_output)
+    gradcam_hook = None
+    if gradcam_layer is not None and OmegaConf.select(cfg, "analysis.num_gradcam", default=1):
+
+        def keep(_module, _inputs, output) -> None:  # the named layer's output, to check it
+            if isinstance(output, torch.Tensor) and not gradcam_output:
+                gradcam_output.append(output)
+
+        gradcam_hook = gradcam_layer.register_forward_hook(keep)
     modules = [*parts.model.modules(), *parts.augment.modules()]
     modes = [module.training for module in modules]
     what = (
@@ -136,27 +143,13 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
         )
 
 
-def _hook_gradcam_layer(
-    cfg: DictConfig, model: torch.nn.Module, outputs: list[torch.Tensor]
-) -> torch.utils.hooks.RemovableHandle | None:
-    """Collects the named analysis.gradcam_layer's output into `outputs` (None: no layer)."""
-    name = OmegaConf.select(cfg, "analysis.gradcam_layer", default="auto")
-    if not OmegaConf.select(cfg, "analysis.enabled", default=False) or name == "auto":
-        return None
-    if not OmegaConf.select(cfg, "analysis.num_gradcam", default=1):
-        return None
-
-    def keep(_module, _inputs, output) -> None:
-        if isinstance(output, torch.Tensor) and not outputs:
-            outputs.append(output)
-
-    return dict(model.named_modules())[name].register_forward_hook(keep)
-
-
-def check_gradcam_layer(cfg: DictConfig, model: torch.nn.Module) -> None:
+def check_gradcam_layer(cfg: DictConfig, model: torch.nn.Module) -> torch.nn.Module | None:
     """Refuses a named analysis.gradcam_layer that is no module of `model`.
 
     Checked before training (or eval's test): the analysis would find it only at the end.
+
+    Returns:
+        The named layer; None with `auto` or the analysis off.
 
     Raises:
         ConfigError: Naming the layer and the model's top-level modules.
@@ -164,10 +157,12 @@ def check_gradcam_layer(cfg: DictConfig, model: torch.nn.Module) -> None:
     name = OmegaConf.select(cfg, "analysis.gradcam_layer", default="auto")
     enabled = OmegaConf.select(cfg, "analysis.enabled", default=False)
     if not enabled or name == "auto":
-        return
-    if name not in dict(model.named_modules()):
+        return None
+    modules = dict(model.named_modules())
+    if name not in modules:
         children = [n for n, _ in model.named_children()]
         raise ConfigError(
             f"analysis.gradcam_layer={name!r} is not a module of this model: use auto, or a "
             f"name from model.named_modules(), e.g. {', '.join(children)}"
         )
+    return modules[name]
