@@ -17,7 +17,8 @@ from runner.config.choices import MONITOR_MODES
 from runner.config.resolvers import monitor_mode_for, register_resolvers
 from runner.sweeps.audit import NUM_THUMBNAILS
 from runner.sweeps.collect import print_sweep, sweep_jobs
-from runner.sweeps.manifest import MANIFEST_FILE, SWEEP_LOCK_FILE, is_locked
+from runner.sweeps.manifest import MANIFEST_FILE, SWEEP_LOCK_FILE
+from runner.tracking.store import is_locked
 
 
 def _count(text: str) -> int:

@@ -26,7 +26,6 @@ from runner.sweeps.manifest import (
     SUBMIT_ONLY_LAUNCHER,
     SWEEP_FILE,
     SWEEP_LOCK_FILE,
-    hold_lock,
     read_sweep_info,
     reopen_parent_run,
     write_json,
@@ -35,6 +34,7 @@ from runner.sweeps.optuna_study import is_optuna_sweep, plan_study
 from runner.sweeps.stores import cluster_store_warning
 from runner.sweeps.summary import Summary, summarize_and_log
 from runner.tracking.protocol import Tracker
+from runner.tracking.store import hold_lock
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from runner.sweeps.manifest import JOB_LOCK_FILE, SUBMITTED_FILE, is_locked
+from runner.sweeps.manifest import JOB_LOCK_FILE, SUBMITTED_FILE
+from runner.tracking.store import is_locked
 
 
 def sweep_jobs(sweep_dir: Path) -> list[dict]:

@@ -20,11 +20,11 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from runner.config.value_checks import sqlite_path
 from runner.tracking.protocol import Tracker
-from runner.tracking.store import file_lock
+from runner.tracking.store import file_lock, hold_lock
 
 log = logging.getLogger(__name__)
 
@@ -42,56 +42,6 @@ ABANDONED = "ABANDONED"
 JOB_LOCK_FILE = ".job.lock"
 
 
-def _flock(handle: IO[str], wait: bool) -> bool:
-    """Takes an exclusive lock on an open file; False when another process holds it.
-
-    Always True where POSIX locks do not exist (Windows): there, nothing is locked.
-    """
-    try:
-        import fcntl
-    except ImportError:
-        return True
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except BlockingIOError:
-        return False
-    return True
-
-
-def _try_lock(path: Path) -> IO[str] | None:
-    """One attempt at the lock at `path`: the open file that holds it, or None."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a")
-    if _flock(handle, wait=False):
-        return handle
-    handle.close()
-    return None
-
-
-def hold_lock(path: Path, patience_s: float = 0.5) -> IO[str] | None:
-    """Takes the lock at `path` for as long as the returned file stays open.
-
-    None when another process holds it for `patience_s`: `is_locked` (collect) takes it
-    for an instant, which must not pass for a running sweep. The lock ends with its
-    process, however that ends, so a lock is never left behind by a killed process.
-    """
-    deadline = time.monotonic() + patience_s
-    while (handle := _try_lock(path)) is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return handle
-
-
-def is_locked(path: Path) -> bool:
-    """Whether another process holds the lock at `path` (False when there is no file)."""
-    if not path.is_file():
-        return False
-    handle = _try_lock(path)
-    if handle is None:
-        return True
-    handle.close()
-    return False
-
-
 @contextlib.contextmanager
 def job_lock(run_dir: Path, key: str) -> Iterator[None]:
     """Held while a job runs in `run_dir`; waits while another process holds it.
@@ -102,16 +52,17 @@ def job_lock(run_dir: Path, key: str) -> Iterator[None]:
     """
     path = Path(run_dir) / JOB_LOCK_FILE
     handle = hold_lock(path)
-    if handle is None:
-        log.warning(
-            "sweep job %s is still running in %s, started by an earlier launch of this "
-            "sweep: waiting for it to end",
-            key,
-            run_dir,
-        )
-        handle = path.open("a")
-        _flock(handle, wait=True)
-    with handle:
+    if handle is not None:
+        with handle:
+            yield
+        return
+    log.warning(
+        "sweep job %s is still running in %s, started by an earlier launch of this "
+        "sweep: waiting for it to end",
+        key,
+        run_dir,
+    )
+    with file_lock(path):
         yield
 
 

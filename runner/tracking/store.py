@@ -1,7 +1,8 @@
 """The MLflow store's plumbing: locks, retries, server health, runs of dead processes.
 
-A file lock for first opens of a SQLite store, retries while SQLite is locked, the
-server's health check, and marking RUNNING runs of dead processes KILLED.
+File locks (for first opens of a SQLite store, and the sweeps' locks), retries while
+SQLite is locked, the server's health check, and marking RUNNING runs of dead processes
+KILLED.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from runner.config.errors import UserError
 from runner.config.value_checks import sqlite_path
@@ -24,21 +25,64 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Holds an exclusive lock on `path` (POSIX flock; a no-op where unsupported)."""
+def _flock(handle: IO[str], wait: bool) -> bool:
+    """Takes an exclusive POSIX lock on an open file; False when another process holds it.
+
+    Always True where POSIX locks do not exist (Windows): there, nothing is locked, and
+    concurrent first runs must be started apart.
+    """
     try:
         import fcntl
-    except ImportError:  # Windows: concurrent first runs there must be started apart
-        yield
-        return
+    except ImportError:
+        return True
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Holds an exclusive lock on `path`, waiting for it (it ends when the file closes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        _flock(handle, wait=True)
+        yield
+
+
+def _try_lock(path: Path) -> IO[str] | None:
+    """One attempt at the lock at `path`: the open file that holds it, or None."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a")
+    if _flock(handle, wait=False):
+        return handle
+    handle.close()
+    return None
+
+
+def hold_lock(path: Path, patience_s: float = 0.5) -> IO[str] | None:
+    """Takes the lock at `path` for as long as the returned file stays open.
+
+    None when another process holds it for `patience_s`: `is_locked` takes it for an
+    instant, which must not pass for a holder. The lock ends with its process, however
+    that ends, so a lock is never left behind by a killed process.
+    """
+    deadline = time.monotonic() + patience_s
+    while (handle := _try_lock(path)) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return handle
+
+
+def is_locked(path: Path) -> bool:
+    """Whether another process holds the lock at `path` (False when there is no file)."""
+    if not path.is_file():
+        return False
+    handle = _try_lock(path)
+    if handle is None:
+        return True
+    handle.close()
+    return False
 
 
 def store_lock(tracking_uri: str) -> contextlib.AbstractContextManager:

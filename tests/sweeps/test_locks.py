@@ -19,12 +19,8 @@ from omegaconf import OmegaConf
 
 from runner.sweeps.__main__ import main as sweeps_main
 from runner.sweeps.job import SweepJob
-from runner.sweeps.manifest import (
-    SWEEP_LOCK_FILE,
-    hold_lock,
-    read_manifest,
-    update_manifest,
-)
+from runner.sweeps.manifest import SWEEP_LOCK_FILE, read_manifest, update_manifest
+from runner.tracking.store import hold_lock
 from tests.conftest import REPO, TINY
 
 # Runs a job as a worker of an earlier launch does: records it, holds its lock, and
@@ -45,7 +41,7 @@ with job_lock(run_dir, key):
 HOLDER = """
 import sys
 from pathlib import Path
-from runner.sweeps.manifest import hold_lock
+from runner.tracking.store import hold_lock
 lock = hold_lock(Path(sys.argv[1]))
 print("holding" if lock else "refused", flush=True)
 sys.stdin.read()
@@ -161,7 +157,7 @@ def test_collect_looking_at_a_lock_never_refuses_a_launch(tmp_path):
     lock = tmp_path / SWEEP_LOCK_FILE
     lock.touch()
     poll = (
-        "import sys, time\nfrom pathlib import Path\nfrom runner.sweeps.manifest import is_locked\n"
+        "import sys, time\nfrom pathlib import Path\nfrom runner.tracking.store import is_locked\n"
         "print('polling', flush=True)\nend = time.time() + 2\n"
         "while time.time() < end:\n    is_locked(Path(sys.argv[1]))\n"
     )
