@@ -117,7 +117,7 @@ def write_pending(path: Path, tracking_uri: str, run_id: str, ops: list[tuple]) 
     """
     header = json.dumps({"tracking_uri": tracking_uri, "run_id": run_id})
     target, number = path, 1
-    while target.exists() and target.read_text().partition("\n")[0] != header:
+    while target.exists() and _first_line(target) != header:
         number += 1
         target = path.with_name(f"{path.stem}-{number}{path.suffix}")
     with target.open("a") as handle:
@@ -128,11 +128,17 @@ def write_pending(path: Path, tracking_uri: str, run_id: str, ops: list[tuple]) 
     return target
 
 
+def _first_line(path: Path) -> str:
+    """A pending file's header line, read without the operations after it."""
+    with path.open(errors="replace") as handle:
+        return handle.readline().rstrip("\n")
+
+
 def pending_file_problem(path: Path) -> str | None:
     """What keeps `path` from being replayed (not a file, not a pending-log file); None = fine."""
     if not path.is_file():
         return "no such file: give the mlflow_pending.jsonl a run dir holds"
-    header = path.read_text(errors="replace").partition("\n")[0]
+    header = _first_line(path)
     try:
         target = json.loads(header)
     except json.JSONDecodeError:
