@@ -22,9 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from runner.config.value_checks import sqlite_path
 from runner.tracking.protocol import Tracker
-from runner.tracking.store import file_lock, hold_lock
+from runner.tracking.store import file_lock, hold_lock, missing_store_file
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +135,8 @@ def reopen_parent_run(sweep_dir: Path) -> Tracker | None:
         return None
     from runner.tracking.mlflow_tracker import MlflowTracker
 
-    store = sqlite_path(info["tracking_uri"])
-    if store is not None and not store.expanduser().is_file():  # opening it would create it
+    store = missing_store_file(info["tracking_uri"])
+    if store is not None:
         raise FileNotFoundError(f"the sweep's tracking store {store} is gone")
     tracker = MlflowTracker(tracking_uri=info["tracking_uri"])
     tracker.connect(experiment_name=info["experiment_name"])

@@ -15,10 +15,14 @@ from pathlib import Path
 
 from runner.config.redaction import public_uri
 from runner.config.resolvers import REPO_ROOT
-from runner.config.value_checks import sqlite_path
 from runner.tracking.opening import serve
 from runner.tracking.outbox import pending_file_problem, replay_pending
-from runner.tracking.store import reap_stale_runs, server_reachable, store_lock
+from runner.tracking.store import (
+    missing_store_file,
+    reap_stale_runs,
+    server_reachable,
+    store_lock,
+)
 
 DEFAULT_URI = f"sqlite:///{REPO_ROOT / 'outputs' / 'mlflow.db'}"
 
@@ -29,8 +33,8 @@ def reap_problem(tracking_uri: str) -> str | None:
     Opening a SQLite file that is not there would create an empty store, and MLflow's
     client retries a server that does not answer for minutes.
     """
-    database = sqlite_path(tracking_uri)
-    if database is not None and not database.expanduser().is_file():
+    database = missing_store_file(tracking_uri)
+    if database is not None:
         return (
             f"no store at {database}: nothing to reap. Pass the tracking URI your runs "
             "logged to (their logger.tracking_uri)"

@@ -85,6 +85,16 @@ def is_locked(path: Path) -> bool:
     return False
 
 
+def missing_store_file(tracking_uri: str) -> Path | None:
+    """The SQLite file a tracking URI names, when it is not there; else None.
+
+    Opening such a URI would create an empty store, so a command that reads an existing
+    store (reap, collect) asks this first.
+    """
+    database = sqlite_path(tracking_uri)
+    return database if database is not None and not database.expanduser().is_file() else None
+
+
 def store_lock(tracking_uri: str) -> contextlib.AbstractContextManager:
     """Held while a SQLite store is opened: its first opening creates the tables.
 
