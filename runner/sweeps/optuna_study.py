@@ -34,6 +34,7 @@ from runner.sweeps.manifest import parse_overrides
 from runner.sweeps.search_space import (
     describe_distribution,
     describe_space,
+    override_value,
     search_space,
     space_to_json,
 )
@@ -115,8 +116,7 @@ class StudyPlan:
     def job_overrides(self, trial: Any) -> list[str]:
         """The overrides of the job that runs `trial`: the fixed ones, its params, its number."""
         params = [
-            f"{self.spelled.get(key, key)}={repr(v) if isinstance(v, float) else v}"
-            for key, v in trial.params.items()
+            f"{self.spelled.get(key, key)}={override_value(v)}" for key, v in trial.params.items()
         ]
         return [*self.fixed, *params, f"{self.trial_override}={trial.number}"]
 

@@ -10,6 +10,7 @@ preset's range of that key, a single value fixes the key.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,31 @@ def distribution_of(override: Override) -> Any:
         "space: use interval(a, b), tag(log, interval(a, b)), choice(a, b, ...) or "
         "range(start, stop, step)"
     )
+
+
+def override_value(value: Any) -> str:
+    """A drawn value as an override's right-hand side that Hydra parses back to it.
+
+    Optuna returns Python values: printed as they are, None would be the string "None"
+    and a string with a space, comma or quote would not parse. A string that parses back
+    to itself is written bare, as a job's overrides always were.
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, float):
+        return repr(value)
+    if not isinstance(value, str):
+        return str(value)
+    try:
+        bare = OverridesParser.create().parse_override(f"key={value}").value()
+    except Exception:  # Hydra's grammar refuses it bare
+        bare = None
+    if isinstance(bare, str) and bare == value:
+        return value
+    # In a quoted value only a quote and the backslashes before a quote (or the closing
+    # quote) are escaped.
+    escaped = re.sub(r"(\\+)(?='|$)", lambda run: run.group(1) * 2, value)
+    return "'" + escaped.replace("'", "\\'") + "'"
 
 
 def describe_distribution(distribution: Any) -> str:

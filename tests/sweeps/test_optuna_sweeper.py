@@ -9,6 +9,7 @@ import json
 import shlex
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -403,6 +404,30 @@ def test_a_journal_url_reads_its_path_as_a_sqlite_url_does(tmp_path, monkeypatch
     assert f"journal:///{absolute}".startswith("journal:////")
     assert absolute.stat().st_size > 0
     assert not (tmp_path / str(absolute).lstrip("/")).exists()
+
+
+def test_a_trials_choices_reach_its_job_as_the_values_drawn(tmp_path):
+    # Optuna hands back Python values; written as they print, None became the string
+    # "None" and a string with a space, comma or quote did not parse.
+    drawn = {
+        "optim.weight_decay": None,
+        "+note": "a b,c",
+        "+quote": "it's \\'",
+        "+text": "1e-3",
+        "model": "resnet18",
+        "optim.lr": 0.001,
+        "trainer.batch_size": 32,
+        "trainer.deterministic": True,
+    }
+    study = plan(tmp_path)
+    study.spelled = {key.lstrip("+"): key for key in drawn if key.startswith("+")}
+    trial = SimpleNamespace(params={k.lstrip("+"): v for k, v in drawn.items()}, number=4)
+    lines = study.job_overrides(trial)
+    assert "model=resnet18" in lines and "optim.lr=0.001" in lines  # plain ones unchanged
+    parsed = OverridesParser.create().parse_overrides(lines)
+    got = {o.get_key_element(): o.value() for o in parsed}
+    assert {k: got[k] for k in drawn} == drawn
+    assert type(got["+text"]) is str and got["optuna.trial"] == 4
 
 
 def test_what_the_sweeper_tells_a_trial_from_its_job():
