@@ -36,7 +36,7 @@ from runner.data import curation, folds
 from runner.data.build import build_data
 from runner.data.checks import require_splits
 from runner.data.decoding import BadImageError, DataError, decode_record
-from runner.data.sets.imagefolder import visible_files
+from runner.data.sets.imagefolder import sniff, visible_files
 from runner.reports import console
 from runner.tracking.null import NullTracker
 from runner.tracking.run_record import hydra_overrides
@@ -201,6 +201,11 @@ def run_predict(cfg: DictConfig) -> float:
                 rows: dict[int, list[str]] = {}
                 images, kept = [], []
                 for index, file in enumerate(chunk):
+                    # From its first bytes: a movie or archive in the folder is not read whole.
+                    reason = sniff(file)
+                    if reason is not None:
+                        rows[index] = [str(file), "", "", *[""] * (2 * topk), reason]
+                        continue
                     try:
                         images.append(decode_record(file, size))
                         kept.append(index)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -108,23 +109,33 @@ def test_predict_writes_top_k_with_class_names_in_file_order(trained, tmp_path):
     write_png(image, str(folder / "a.png"))
     write_png(image, str(folder / "sub" / "c.png"))
     (folder / "b.jpg").write_bytes(b"not an image")
+    with (folder / "d.mp4").open("wb") as movie:  # 256 MB (sparse): its header says enough
+        movie.truncate(256 << 20)
     out = tmp_path / "preds" / "p.csv"
-    count = run(
-        compose_run(
-            tmp,
-            "predict",
-            "mode=predict",
-            f"ckpt=runs:/{run_id}",
-            f"predict.input={folder}",
-            f"predict.output={out}",
-            "predict.topk=3",
+    tracemalloc.start()
+    try:
+        count = run(
+            compose_run(
+                tmp,
+                "predict",
+                "mode=predict",
+                f"ckpt=runs:/{run_id}",
+                f"predict.input={folder}",
+                f"predict.output={out}",
+                "predict.topk=3",
+            )
         )
-    )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert count == 2
+    assert peak < 64 << 20, f"predict held {peak >> 20} MB: it read the movie whole"
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
-    assert [Path(r["file"]).name for r in rows] == ["a.png", "b.jpg", "c.png"]
+    assert [Path(r["file"]).name for r in rows] == ["a.png", "b.jpg", "d.mp4", "c.png"]
     assert "b.jpg" in rows[1]["error"] and rows[1]["predicted_class"] == ""
+    assert "not an image" in rows[2]["error"] and rows[2]["predicted_class"] == ""
+    rows = [rows[0], rows[1], rows[3]]
     for row in (rows[0], rows[2]):
         assert row["predicted_class"] == row["class_1"] in best.class_names
         probs = [float(row[f"prob_{k}"]) for k in (1, 2, 3)]
