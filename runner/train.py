@@ -50,7 +50,12 @@ from runner.training.parts import build_parts
 from runner.training.preflight import check_model_takes_data, check_training_data
 from runner.training.profiling import profile
 from runner.training.signals import GracefulStop
-from runner.training.state import TrainState, check_resume, resume_or_start
+from runner.training.state import (
+    TrainState,
+    check_resume,
+    resume_or_start,
+    set_aside_checkpoints,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +106,8 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
             ctx.tracker.connect(experiment_name=experiment)
     # Also each rank's RNG states: restored from last.pt, or seeded apart on a fresh start.
     state = resume_or_start(ctx.run_dir, cfg.trainer.resume, parts, seed=cfg.seed)
+    if ctx.is_main and cfg.trainer.resume == "never":
+        set_aside_checkpoints(ctx.run_dir)
 
     agreement = distributed.stop_agreement(ctx.world)  # under DDP all ranks stop together
     ctx.stop = GracefulStop(agreement)

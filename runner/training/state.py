@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,31 @@ def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts, *, seed: i
         _take_best_along(Path(resume), run_dir, state)
     log.info("resumed from %s: epoch %d done, step %d", source, state.epoch, state.global_step)
     return state
+
+
+def set_aside_checkpoints(run_dir: Path) -> Path | None:
+    """Moves an earlier run's checkpoints/ to checkpoints.replaced-<time>/ (rank 0 only).
+
+    For `trainer.resume=never` in a run dir that has checkpoints: they are kept, but not
+    where this run writes. Left in place, a run that ended before its first checkpoint
+    (a crash in epoch 1) would leave the earlier run's last.pt, which `auto` would then
+    continue under this run's config.
+
+    Returns:
+        Where the earlier checkpoints are now, or None when there were none.
+    """
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = run_dir / f"checkpoints.replaced-{stamp}"
+    number = 1
+    while aside.exists():  # two starts over in one second
+        number += 1
+        aside = run_dir / f"checkpoints.replaced-{stamp}-{number}"
+    folder.rename(aside)
+    log.warning("trainer.resume=never: the earlier checkpoints of %s are now in %s", run_dir, aside)
+    return aside
 
 
 def _fresh_start(seed: int) -> TrainState:

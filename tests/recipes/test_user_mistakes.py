@@ -26,6 +26,7 @@ from runner.sweeps.job import SweepJob, own_run_dir
 from runner.sweeps.manifest import update_manifest
 from tests.conftest import REPO, TINY, query, run_cli, runs_in, seed_store
 from tests.datagen import make_imagefolder
+from tests.faults import FAULTY_LOSS
 
 
 def refused(cfg, *expected: str) -> str:
@@ -90,8 +91,18 @@ def test_a_run_dir_is_not_resumed_with_another_config(make_cfg, tmp_path):
     assert [s for (s,) in query(db, "SELECT status FROM runs")] == ["FINISHED"]
     # trainer.max_epochs may change on resume; trainer.resume=never starts over.
     run(make_cfg("trainer.max_epochs=2"))
-    run(make_cfg("optim.lr=0.01", "trainer.resume=never"))
-    assert len(query(db, "SELECT status FROM runs")) == 2
+    earlier = {p.name: p.read_bytes() for p in (run_dir / "checkpoints").glob("*.pt")}
+    # Starting over sets the earlier checkpoints aside first: a run that dies before it
+    # writes one (here in its first step) leaves none that `auto` would take for its own.
+    with pytest.raises(RuntimeError, match=r"loss\.fail=raise"):
+        run(make_cfg("optim.lr=0.01", "trainer.resume=never", *FAULTY_LOSS, "+loss.fail=raise"))
+    assert not list((run_dir / "checkpoints").glob("*.pt"))
+    (aside,) = run_dir.glob("checkpoints.replaced-*")
+    assert {p.name: p.read_bytes() for p in aside.glob("*.pt")} == earlier
+    run(make_cfg("optim.lr=0.01"))  # auto: a fresh start, not epoch 3 of the earlier run
+    assert len(query(db, "SELECT status FROM runs")) == 3
+    last = json.loads((run_dir / "metrics.json").read_text())
+    assert last["best_epoch"] == 1 and len(list(run_dir.glob("checkpoints.replaced-*"))) == 1
 
 
 def test_a_resumed_sweep_job_never_takes_another_jobs_dir(tmp_path, make_cfg):
