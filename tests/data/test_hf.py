@@ -58,6 +58,24 @@ def test_local_image_folder_through_datasets_with_a_bad_file(tmp_path):
     assert sorted(p.rsplit("/", 1)[-1] for p, _ in data.bad_files) == ["truncated.jpg", "zero.jpg"]
 
 
+@pytest.mark.parametrize(
+    ("specs", "named"),
+    [
+        ({"split_test": "train"}, "data.split_train='train' and data.split_test='train'"),
+        (
+            {"split_train": "train[:80%]", "split_val": "train[40%:]", "split_test": "test"},
+            "data.split_train='train[:80%]' and data.split_val='train[40%:]'",
+        ),
+    ],
+)
+def test_splits_that_share_samples_are_refused(tmp_path, specs, named):
+    """They were renamed apart and the run tested on its own train images (acc 1.0)."""
+    root = make_imagefolder(tmp_path / "pics", per_class=5, splits=("train", "test"))
+    with pytest.raises(DataError, match=r"share [0-9]+ sample") as refused:
+        load_hf(str(root), **specs, **common(tmp_path))
+    assert named in str(refused.value) and "carve them from train" in str(refused.value)
+
+
 def test_missing_column_names_the_columns(tmp_path):
     path = write_hf_parquet(tmp_path / "bugs.parquet")
     with pytest.raises(DataError, match=r"no column image.*columns: img, y"):

@@ -255,7 +255,7 @@ def load_hf(
         records[split] = _Column(dataset, image_key, f"{label}:{specs[split]}", table_folder)
         labels[split] = [to_index[v] for v in values]
         ids[split] = record_ids(dataset, image_key, folder, f"{label}:{specs[split]}")
-    ids = _unique_ids(ids)
+    ids = _unique_ids(ids, specs)
     # datasets has no public getter for a table's fingerprint (its hash of the Arrow
     # data); its cache guide reads `_fingerprint`, as here. It changes with the data.
     fingerprints = [(s, d._fingerprint, len(d)) for s, d in loaded.items()]
@@ -319,12 +319,33 @@ def record_ids(dataset, image_key: str, folder: Path | None, label: str) -> list
     return ids
 
 
-def _unique_ids(ids: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Makes repeated path ids (one file in two splits) unique: `<split>:<i>:<path>`."""
+def _unique_ids(ids: dict[str, list[str]], specs: dict[str, str | None]) -> dict[str, list[str]]:
+    """Refuses a sample in two splits; a file listed twice in one split gets unique ids.
+
+    A repeat inside a split becomes `<split>:<i>:<path>`.
+
+    Raises:
+        DataError: One file (or one index of the same split spec) is in two splits: the
+            run would test on what it trains on. Overlapping slices of a Hub split have
+            index ids and are not seen here.
+    """
+    homes: dict[str, set[str]] = {}
     counts: dict[str, int] = {}
-    for split_ids in ids.values():
+    for split, split_ids in ids.items():
         for sample_id in split_ids:
+            homes.setdefault(sample_id, set()).add(split)
             counts[sample_id] = counts.get(sample_id, 0) + 1
+    shared = sorted(i for i, where in homes.items() if len(where) > 1)
+    if shared:
+        pairs = sorted({tuple(s for s in ids if s in homes[i]) for i in shared})  # train first
+        named = "; ".join(
+            " and ".join(f"data.split_{s}={specs[s]!r}" for s in pair) for pair in pairs
+        )
+        raise DataError(
+            f"{named} share {len(shared)} sample(s) (e.g. {shared[0]}): the run would "
+            "validate or test on images it trains on. Choose splits that do not overlap, or "
+            "set data.split_val / data.split_test=null to carve them from train"
+        )
     if all(c == 1 for c in counts.values()):
         return ids
     return {
