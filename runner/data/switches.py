@@ -52,8 +52,11 @@ def long_tail_counts(counts: torch.Tensor, ratio: float) -> torch.Tensor:
     if num_classes < 2:
         return counts.clone()
     # Python floats, in the order the reference implementations compute them, so the
-    # counts match theirs exactly (CIFAR-10, R=100: 5000, 2997, 1796, ..., 50).
-    target = [int(n_max * (1 / ratio) ** (c / (num_classes - 1))) for c in range(num_classes)]
+    # counts match theirs exactly (CIFAR-10, R=100: 5000, 2997, 1796, ..., 50); the
+    # tolerance keeps a whole number whole (49 * (1/49) is 0.99999... in floats).
+    target = [
+        int(n_max * (1 / ratio) ** (c / (num_classes - 1)) + 1e-6) for c in range(num_classes)
+    ]
     return torch.minimum(torch.tensor(target, dtype=torch.long), counts.long())
 
 

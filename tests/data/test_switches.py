@@ -32,6 +32,13 @@ def test_long_tail_profile_matches_the_cifar10_lt_counts():
     assert long_tail_counts(torch.full((5,), 500), ratio=10).tolist() == [500, 281, 158, 88, 50]
 
 
+def test_a_whole_number_of_samples_is_not_cut_by_rounding():
+    # 49 * (1/49) is 0.99999... in floats: the tail class got no sample, though the guard
+    # allows a ratio up to the largest class.
+    assert long_tail_counts(torch.full((10,), 49), ratio=49).tolist()[-1] == 1
+    assert long_tail_counts(torch.full((3,), 98), ratio=49).tolist() == [98, 14, 2]
+
+
 def test_long_tail_indices_draw_exact_counts_reproducibly():
     labels = torch.arange(10).repeat_interleave(5000)
     picked = long_tail_indices(labels, ratio=100, seed=0)
