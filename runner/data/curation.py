@@ -74,7 +74,10 @@ def read_id_file(path: str, key: str, columns: tuple[str, ...]) -> list[tuple[in
             for values in reader:
                 if not any(v.strip() for v in values):
                     continue  # a blank line
-                row = dict(zip(header, values, strict=False))
+                # A short row (a spreadsheet drops trailing empty cells) has empty cells.
+                row = dict(
+                    zip(header, [*values, *[""] * (len(header) - len(values))], strict=False)
+                )
                 rows.append((reader.line_num, _stripped(row)))
         except (UnicodeDecodeError, csv.Error) as err:
             raise DataError(

@@ -151,6 +151,19 @@ def test_a_header_written_with_spaces_keeps_its_flag_column(make_cfg, tmp_path):
     assert data.extra_params["data.exclude_unmatched"] == 0
 
 
+def test_a_row_shorter_than_the_header_has_empty_cells_not_another_header(make_cfg, tmp_path):
+    """A short first row turned the flag off for the whole file; a short later row was a
+    bare KeyError."""
+    ids = [str(i) for i in digits(make_cfg).train.ids[:4]]
+    path = tmp_path / "short.csv"
+    path.write_text(
+        f"sample_id,given_label,is_label_issue\n{ids[0]}\n{ids[1]},4,False\n"
+        f"{ids[2]},4,True\n{ids[3]}\n"
+    )
+    data = digits(make_cfg, f"data.exclude={path}")
+    assert data.extra_params["data.num_excluded"] == 1 and ids[2] not in set(data.train.ids)
+
+
 def test_a_file_that_is_not_utf8_past_its_header_is_refused_naming_it(make_cfg, tmp_path):
     plain = digits(make_cfg)
     path = tmp_path / "latin1.csv"
