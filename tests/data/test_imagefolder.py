@@ -484,13 +484,15 @@ def test_iterating_a_streaming_loader_leaves_the_global_random_stream_alone(tmp_
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_a_folder_linked_into_itself_is_listed_once(tmp_path):
-    """`x/self -> .` listed x's files over and over (and mutual links never ended)."""
+def test_a_folder_linked_into_itself_is_listed_once_and_a_fifo_not_at_all(tmp_path):
+    """`x/self -> .` listed x's files over and over (and mutual links never ended); a FIFO
+    is not a file to read."""
     from runner.data.sets.imagefolder import list_class_files
 
     root = make_imagefolder(tmp_path / "data", classes=("x", "y"), per_class=3)
     os.symlink(".", root / "train" / "x" / "self")
     os.symlink("..", root / "train" / "y" / "up")
+    os.mkfifo(root / "train" / "x" / "pipe.png")  # decoding it waited forever
     files = list_class_files(root / "train")
     assert len(files["x"]) == 3
     assert len(files["y"]) == len(set(map(os.path.realpath, files["y"])))

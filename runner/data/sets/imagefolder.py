@@ -87,8 +87,9 @@ def visible_files(folder: Path, regular_only: bool = False) -> list[Path]:
 
     Args:
         folder: Where to look.
-        regular_only: Leave out what is no regular file: FIFOs (reading one waits) and
-            broken links. False keeps them, to be reported as bad files.
+        regular_only: Leave out broken links too. False keeps them, to be reported as
+            bad files. A FIFO, socket or device is never listed: reading one can wait
+            forever.
     """
     files, seen = [], set()
     for parent, dirs, names in os.walk(folder, followlinks=True):
@@ -101,9 +102,14 @@ def visible_files(folder: Path, regular_only: bool = False) -> list[Path]:
         files.extend(
             Path(parent) / n
             for n in sorted(names)
-            if _visible(n) and (not regular_only or os.path.isfile(os.path.join(parent, n)))
+            if _visible(n) and _listed(os.path.join(parent, n), regular_only)
         )
     return files
+
+
+def _listed(path: str, regular_only: bool) -> bool:
+    """A regular file; or, unless `regular_only`, a broken link (a bad file to report)."""
+    return os.path.isfile(path) or (not regular_only and not os.path.exists(path))
 
 
 def scan_layout(
