@@ -96,8 +96,8 @@ def test_class_count_other_than_num_classes_stops(tmp_path):
 
 
 def test_a_split_the_data_set_lacks_is_named_with_its_key(tmp_path):
-    """A single file under the default split_test=test, and a saved DatasetDict without a
-    test split, ended in bare ValueError / KeyError tracebacks."""
+    """A single file under the default split_test=test, a saved DatasetDict without a
+    test split and a path that does not exist ended in bare tracebacks."""
     from datasets import load_dataset
 
     path = write_hf_parquet(tmp_path / "bugs.parquet")
@@ -109,6 +109,9 @@ def test_a_split_the_data_set_lacks_is_named_with_its_key(tmp_path):
     loaded.save_to_disk(str(saved))
     with pytest.raises(DataError, match=r"data\.split_test='test'.*saved splits \(train\)"):
         load_hf(str(saved), **settings)
+    for missing in (str(tmp_path / "nope"), "nope.parquet"):  # Hub's FileNotFoundError
+        with pytest.raises(DataError, match=r"data\.name='.*nope.*': no such file or folder"):
+            load_hf(missing, **settings)
 
 
 def test_a_csv_of_image_paths_sees_its_files_change(tmp_path):

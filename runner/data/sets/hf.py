@@ -131,6 +131,13 @@ def _loader(name: str, config_name: str | None, revision: str | None, hf_cache_d
         return lambda split: datasets.load_dataset(
             builder, data_files=str(path), split=split, cache_dir=hf_cache_dir
         )
+    if not path.exists() and (
+        name.startswith(("/", "./", "../", "~")) or path.suffix.lower() in _FILE_BUILDERS
+    ):  # a path, not a Hub name (owner/name): the Hub would answer with a confusing error
+        raise DataError(
+            f"data.name={name!r}: no such file or folder. Give an existing local data set "
+            "(a folder, or a .parquet/.arrow/.csv/.json file) or a Hub name (owner/name)"
+        )
     # A local folder of images or data files, or a Hub name (downloads when online).
     return lambda split: datasets.load_dataset(
         str(path) if path.is_dir() else name,
