@@ -217,6 +217,25 @@ def test_without_val_and_test_folders_the_split_is_stratified_and_seeded(tmp_pat
     assert torch.equal(again.test.images, data.test.images)
 
 
+def test_the_carved_splits_do_not_depend_on_which_files_turn_out_bad(tmp_path):
+    """They were drawn after the bad files were dropped: a truncated file (found when
+    decoded resident, later when streamed) moved other samples into the test split."""
+    root = make_imagefolder(tmp_path / "data", per_class=10)
+    write_bad_files(root / "train" / "cat")
+    settings = {"val_fraction": 0.2, "test_fraction": 0.2, "split_seed": 1}
+    resident, streamed = (load(root, **settings, resident=keep) for keep in (True, False))
+    truncated = {"train/cat/truncated.jpg"}  # found when decoded: in a batch when streamed
+    for split in ("train", "val", "test"):
+        ids = [set(getattr(d, split).ids) - truncated for d in (resident, streamed)]
+        assert ids[0] == ids[1] and len(ids[0]) >= 6
+    # A class whose every train-side file is bad takes one back from val or test.
+    for path in (root / "train" / "dog").iterdir():
+        if f"train/dog/{path.name}" in set(resident.train.ids):
+            path.write_bytes(b"")
+    data = load(root, **settings)
+    assert (data.train.labels == data.class_names.index("dog")).sum() == 1
+
+
 def test_val_and_test_folders_are_used_when_present(tmp_path):
     root = make_imagefolder(tmp_path / "data", per_class=4, splits=("train", "val", "test"))
     data = load(root, val_fraction=0.5, test_fraction=0.3)
