@@ -37,6 +37,7 @@ from runner.data.build import build_data
 from runner.data.checks import require_splits
 from runner.data.decoding import BadImageError, DataError, decode_record
 from runner.data.sets.imagefolder import sniff, visible_files
+from runner.data.splits import ids_digest
 from runner.reports import console
 from runner.tracking.null import NullTracker
 from runner.tracking.run_record import hydra_overrides
@@ -112,6 +113,15 @@ def run_eval(cfg: DictConfig) -> float:
             "data, add eval.data=current with data=... data.root=...)"
         ) from err
     require_splits(data, ("test",))
+    tested_on = loaded.best.test_ids_digest  # None in a best.pt from before it was kept
+    if cfg.eval.data == "stored" and tested_on not in (None, ids_digest(data.test.ids)):
+        raise DataError(
+            f"eval.data=stored: the test split rebuilt from the checkpoint's data config "
+            f"({len(data.test)} samples of {data.name}) is not the one the training run was "
+            "tested on: the data changed since (files added, removed or renamed), and the "
+            "split may now hold images the model trained on. Restore the data as it was, or "
+            "test on a held-out set with eval.data=current data=... data.root=..."
+        )
     if list(data.class_names) != loaded.best.class_names:
         raise ConfigError(
             f"eval.data={cfg.eval.data}: the data's classes {data.class_names[:10]} differ "

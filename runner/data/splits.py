@@ -19,6 +19,7 @@ names the same images in every run of the same data.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -148,6 +149,16 @@ class DataSplits:
             if split.ids is None:
                 split.ids = index_ids(f"{self.name}:{split_name}", len(split))
         return self
+
+
+def ids_digest(ids: Sequence[str] | np.ndarray) -> str:
+    """A short fingerprint of a split's sample ids (their set, not their order).
+
+    A best.pt keeps its test split's, so that eval can tell whether the split it
+    rebuilds from the stored config is the one the run was tested on.
+    """
+    text = "\n".join(sorted(str(sample_id) for sample_id in ids))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def classes_without_samples(labels: torch.Tensor, class_names: Sequence[str]) -> list[str]:

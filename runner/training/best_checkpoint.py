@@ -2,10 +2,10 @@
 
 best.pt holds the best weights and everything needed to use them without the training
 run's files: the run's resolved (redacted) config, the class names, the normalisation,
-the image size, the epoch and its metrics, the training run's MLflow id and the class
-counts of the train split it learnt from. It loads with `torch.load(path,
-weights_only=True)`; its keys are those of `BestCheckpoint`'s fields (mean and std under
-"normalization") plus "schema_version".
+the image size, the epoch and its metrics, the training run's MLflow id, the class
+counts of the train split it learnt from and a fingerprint of its test split's ids. It
+loads with `torch.load(path, weights_only=True)`; its keys are those of
+`BestCheckpoint`'s fields (mean and std under "normalization") plus "schema_version".
 
 Version 1 is the file written before the package was split into layers: no
 "schema_version" key, and a config whose `_target_`s name the flat modules
@@ -46,6 +46,9 @@ class BestCheckpoint:
         train_class_counts: Train samples per class the model was trained on (after
             k-fold, `data.exclude` and `data.relabel`), from which eval groups the classes
             into head, medium and tail; None in a file written before it was kept.
+        test_ids_digest: `ids_digest` of the test split the run was tested on, which
+            `eval.data=stored` checks its rebuilt split against; None in a file written
+            before it was kept.
     """
 
     model: dict[str, torch.Tensor]
@@ -58,6 +61,7 @@ class BestCheckpoint:
     metrics: dict[str, float] | None = None
     mlflow_run_id: str | None = None
     train_class_counts: list[int] | None = None
+    test_ids_digest: str | None = None
 
     def to_payload(self) -> dict[str, Any]:
         """The dict saved as best.pt (tensors and plain types only)."""
@@ -72,6 +76,7 @@ class BestCheckpoint:
             "metrics": dict(self.metrics or {}),
             "mlflow_run_id": self.mlflow_run_id,
             "train_class_counts": self.train_class_counts,
+            "test_ids_digest": self.test_ids_digest,
         }
 
     @classmethod
@@ -110,6 +115,7 @@ class BestCheckpoint:
             metrics=dict(payload.get("metrics") or {}),
             mlflow_run_id=payload.get("mlflow_run_id"),
             train_class_counts=_counts(payload.get("train_class_counts")),
+            test_ids_digest=payload.get("test_ids_digest"),
         )
 
     def stored_config(self) -> DictConfig:

@@ -119,6 +119,7 @@ def log_best_model(
         "epoch": best.epoch,
         "metrics": {k: float(v) for k, v in (best.metrics or {}).items()},
         "train_class_counts": best.train_class_counts,
+        "test_ids_digest": best.test_ids_digest,
         "best_pt_schema_version": SCHEMA_VERSION,
         "data": data.name,
         "input": "uint8 (N, C, H, W) at image_size; output: class probabilities (N, classes)",
@@ -207,4 +208,5 @@ def best_from_model_dir(model_dir: Path, run_id: str | None) -> BestCheckpoint:
         metrics={k: float(v) for k, v in (metadata.get("metrics") or {}).items()},
         mlflow_run_id=run_id,
         train_class_counts=metadata.get("train_class_counts"),
+        test_ids_digest=metadata.get("test_ids_digest"),
     )

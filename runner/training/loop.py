@@ -16,7 +16,7 @@ from functools import partial
 import torch
 
 from runner.data.build import Loaders
-from runner.data.splits import DataSplits
+from runner.data.splits import DataSplits, ids_digest
 from runner.reports.console import ProgressDisplay
 from runner.training import distributed, engine, startup_clock
 from runner.training.best_checkpoint import BestCheckpoint
@@ -279,6 +279,7 @@ def best_checkpoint(
         metrics=metrics,
         mlflow_run_id=state.mlflow_run_id,
         train_class_counts=train_counts,
+        test_ids_digest=ids_digest(data.test.ids),
     )
 
 

@@ -13,6 +13,7 @@ import torch
 from torchvision.io import write_png
 
 from runner.cli import run
+from runner.data.decoding import DataError
 from runner.evaluate import resolve_ckpt
 from runner.training.best_checkpoint import read_best
 from runner.training.checkpoint_io import CheckpointError
@@ -88,6 +89,23 @@ def test_eval_from_an_mlflow_run_id_with_flip_tta(trained):
     for name in ANALYSIS_FILES:
         assert (tmp / "eval_tta" / name).is_file(), name
     assert not (tmp / "eval_tta" / "learning_curves.png").exists(), "no history in eval"
+
+
+def test_eval_on_stored_data_refuses_a_test_split_other_than_the_one_tested(trained, tmp_path):
+    """A folder changed since training rebuilt another carved test split, which could hold
+    images the model trained on, and eval scored it without a word."""
+    tmp, db, run_id = trained
+    best = read_best(tmp / "train" / "checkpoints" / "best.pt")
+    assert best.test_ids_digest is not None
+    logged = resolve_ckpt(f"runs:/{run_id}", compose_run(tmp, "x"), tmp_path / "from_mlflow")[0]
+    assert read_best(logged).test_ids_digest == best.test_ids_digest  # the MLflow model too
+    best.test_ids_digest = "0" * 16  # what a changed folder gives
+    changed = tmp_path / "best.pt"
+    torch.save(best.to_payload(), changed)
+    before = query(db, "SELECT COUNT(*) FROM runs")
+    with pytest.raises(DataError, match="not the one the training run was tested on"):
+        run(compose_run(tmp, "eval_changed", "mode=eval", f"ckpt={changed}"))
+    assert query(db, "SELECT COUNT(*) FROM runs") == before
 
 
 def test_flip_tta_averages_the_logits_of_both_views():
