@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -185,14 +186,22 @@ def test_class_folder_with_only_bad_files_stops_with_its_name(tmp_path):
         load(root)
 
 
-def test_val_classes_that_differ_from_train_stop_with_both_lists(tmp_path):
-    root = make_imagefolder(tmp_path / "data", per_class=2, splits=("train", "val"))
+def test_a_val_class_train_lacks_stops_and_a_class_val_lacks_is_allowed(tmp_path):
+    root = make_imagefolder(tmp_path / "data", per_class=2, splits=("train", "val", "test"))
     (root / "val" / "dog").rename(root / "val" / "wolf")
     with pytest.raises(DataError) as info:
         load(root)
     message = str(info.value)
-    assert "val has 3 classes but" in message and "has 3" in message
-    assert "Only in val/: ['wolf']" in message and "missing from val/: ['dog']" in message
+    assert "val has class folders that" in message and "['wolf']" in message
+    assert "missing from val/ (allowed): ['dog']" in message
+    # A rare class with no held-out image: once refused whether its folder was left
+    # empty ("remove the folders") or removed ("the class folders must be the same").
+    shutil.rmtree(root / "val" / "wolf")
+    for image in (root / "test" / "fox").iterdir():
+        image.unlink()
+    data = load(root)
+    assert torch.bincount(data.val.labels, minlength=3).tolist() == [2, 0, 2]
+    assert torch.bincount(data.test.labels, minlength=3).tolist() == [2, 2, 0]
 
 
 def test_class_count_other_than_num_classes_stops(tmp_path):

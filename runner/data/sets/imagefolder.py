@@ -4,6 +4,9 @@
     root/val/<class>/<image>        optional; else carved from train (stratified)
     root/test/<class>/<image>       optional; else carved from train (stratified)
 
+A val/ or test/ folder may lack a class of train/ (a rare class with no held-out image:
+its metrics are empty, and the run says so); a class train/ lacks is refused.
+
 Every non-hidden file in a class folder (subfolders included) is a sample candidate;
 one that does not decode is a bad file (skipped and listed, or an error). A sample's id
 is its path under `data.root` (e.g. `train/cat/001.jpg`). Small data
@@ -125,8 +128,8 @@ def scan_layout(
         (class names, {split folder: (files, labels)}) for the split folders present.
 
     Raises:
-        DataError: No train/ folder, an empty class folder, val/test classes that differ
-            from train's, or a class count other than `num_classes`.
+        DataError: No train/ folder, an empty train class folder, a val/test class that
+            train lacks, or a class count other than `num_classes`.
     """
     root = Path(root).expanduser()
     if not (root / "train").is_dir():
@@ -140,26 +143,27 @@ def scan_layout(
     class_names = list(layout["train"])
     if not class_names:
         raise DataError(f"{root / 'train'} has no class folders (expected train/<class>/<image>)")
-    empty = [
-        f"{split}/{cls}"
-        for split, classes in layout.items()
-        for cls, files in classes.items()
-        if not files
-    ]
+    empty = [f"train/{cls}" for cls, files in layout["train"].items() if not files]
     if empty:
         raise DataError(
             f"{len(empty)} empty class folder(s) under {root}: {', '.join(empty)}. "
             "Add images or remove the folders."
         )
     for split in ("val", "test"):
-        if split in layout and list(layout[split]) != class_names:
-            extra = sorted(set(layout[split]) - set(class_names))
-            missing = sorted(set(class_names) - set(layout[split]))
+        if split not in layout:
+            continue
+        # A small val or test set may lack a rare class (its metrics are then empty, as
+        # the run says); a class the model never trains on may not be tested.
+        extra = sorted(set(layout[split]) - set(class_names))
+        missing = sorted(c for c in class_names if not layout[split].get(c))
+        if extra:
             raise DataError(
-                f"{root / split} has {len(layout[split])} classes but {root / 'train'} has "
-                f"{len(class_names)}: the class folders must be the same. "
-                f"Only in {split}/: {extra or 'none'}; missing from {split}/: {missing or 'none'}."
+                f"{root / split} has class folders that {root / 'train'} lacks: {extra} "
+                "(the model could never predict them). Rename or move them to train/; "
+                f"missing from {split}/ (allowed): {missing or 'none'}."
             )
+        if missing:
+            log.warning("%s has no image of %d class(es): %s", root / split, len(missing), missing)
     if num_classes is not None and num_classes != len(class_names):
         raise DataError(
             f"data.num_classes={num_classes} but {root / 'train'} has {len(class_names)} class "
@@ -170,8 +174,8 @@ def scan_layout(
     for split, classes in layout.items():
         files, labels = [], []
         for label, name in enumerate(class_names):
-            files.extend(classes[name])
-            labels.extend([label] * len(classes[name]))
+            files.extend(classes.get(name, []))
+            labels.extend([label] * len(classes.get(name, [])))
         result[split] = (files, labels)
     return class_names, result
 
@@ -438,18 +442,18 @@ def _stream_parts(records, labels, ids, image_size, num_workers, on_bad_file):
 
 
 def _check_classes_have_images(parts, class_names, where, bad) -> None:
-    for split, part in parts.items():
-        empty = classes_without_samples(part.labels, class_names)
-        if empty:
-            folders = ", ".join(f"{split}/{c}" for c in empty)
-            # The run stops here, before the bad-file list is written: name the first ones.
-            examples = "; ".join(reason for _, reason in bad[:3])
-            raise DataError(
-                f"{len(empty)} class(es) of {where} have no readable image: {folders} "
-                f"({len(bad)} bad file(s) skipped in all"
-                + (f", e.g. {examples}" if examples else "")
-                + ")."
-            )
+    """Refuses a class with no readable train image (a val or test split may lack one)."""
+    empty = classes_without_samples(parts["train"].labels, class_names)
+    if empty:
+        folders = ", ".join(f"train/{c}" for c in empty)
+        # The run stops here, before the bad-file list is written: name the first ones.
+        examples = "; ".join(reason for _, reason in bad[:3])
+        raise DataError(
+            f"{len(empty)} class(es) of {where} have no readable image: {folders} "
+            f"({len(bad)} bad file(s) skipped in all"
+            + (f", e.g. {examples}" if examples else "")
+            + ")."
+        )
 
 
 def _carve(train_labels, train_ids, records, val_fraction, test_fraction, split_seed):
