@@ -36,8 +36,8 @@ from runner.data import curation, folds
 from runner.data.build import build_data
 from runner.data.checks import require_splits
 from runner.data.decoding import BadImageError, DataError, decode_record
-from runner.data.sets.imagefolder import sniff, visible_files
-from runner.data.splits import ids_digest
+from runner.data.sets.imagefolder import load_imagefolder, load_test_folder, sniff, visible_files
+from runner.data.splits import DataSplits, Split, ids_digest
 from runner.reports import console
 from runner.tracking.null import NullTracker
 from runner.tracking.run_record import hydra_overrides
@@ -57,6 +57,8 @@ from runner.training.final_eval import evaluate_and_report, with_tta
 from runner.training.preflight import check_gradcam_layer
 
 log = logging.getLogger(__name__)
+
+IMAGEFOLDER_TARGET = f"{load_imagefolder.__module__}.{load_imagefolder.__name__}"
 
 
 @dataclass
@@ -99,35 +101,10 @@ def run_eval(cfg: DictConfig) -> float:
     refuse_unused_data_overrides(cfg)
     loaded = load_checkpoint(ctx)
     ctx.tracker = instantiate(cfg.logger)
-    data_cfg = cfg.data if cfg.eval.data == "current" else train_only_keys_off(loaded.stored.data)
     # The training run's experiment, unless this command names one (logger.experiment_name).
     trained_in = OmegaConf.select(loaded.stored, "logger.experiment_name", default=None)
     ctx.tracker.connect(experiment_name=str(trained_in or loaded.stored.data.name))
-    try:
-        data = build_data(data_cfg)
-    except DataError as err:
-        if cfg.eval.data != "stored":
-            raise
-        raise DataError(
-            f"{err} (this is the checkpoint's own data, eval.data=stored; to test on other "
-            "data, add eval.data=current with data=... data.root=...)"
-        ) from err
-    require_splits(data, ("test",))
-    tested_on = loaded.best.test_ids_digest  # None in a best.pt from before it was kept
-    if cfg.eval.data == "stored" and tested_on not in (None, ids_digest(data.test.ids)):
-        raise DataError(
-            f"eval.data=stored: the test split rebuilt from the checkpoint's data config "
-            f"({len(data.test)} samples of {data.name}) is not the one the training run was "
-            "tested on: the data changed since (files added, removed or renamed), and the "
-            "split may now hold images the model trained on. Restore the data as it was, or "
-            "test on a held-out set with eval.data=current data=... data.root=..."
-        )
-    if list(data.class_names) != loaded.best.class_names:
-        raise ConfigError(
-            f"eval.data={cfg.eval.data}: the data's classes {data.class_names[:10]} differ "
-            f"from the checkpoint's {loaded.best.class_names[:10]}: evaluate on data with the "
-            "same classes"
-        )
+    data = eval_data(cfg, loaded)
     test_loader = data.test.loader(cfg.trainer.eval_batch_size, ctx.device)
     source = loaded.source_run_id or "unknown"
     with tracked_run(ctx):
@@ -176,6 +153,93 @@ def run_eval(cfg: DictConfig) -> float:
         ]
         console.print_summary(rows, title="eval summary")
     return metrics["test/acc"]
+
+
+def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:
+    """The data eval tests on, checked against the checkpoint before anything is tested.
+
+    `eval.data=stored`: the training run's data (its train-only switches off), whose
+    test split must be the one the run was tested on. `eval.data=current`: this command
+    line's data; an image folder without train/ is a held-out set (see
+    `load_test_folder`).
+
+    Raises:
+        DataError: The data cannot be built, or its test split is not the run's.
+        ConfigError: The data's classes are not the checkpoint's.
+    """
+    if cfg.eval.data == "current":
+        if held_out_folder(cfg.data):
+            data = load_test_folder(
+                cfg.data.root,
+                loaded.best.class_names,
+                image_size=loaded.best.image_size,
+                mean=loaded.best.mean,
+                std=loaded.best.std,
+                name=cfg.data.name,
+                num_workers=cfg.data.num_workers,
+                on_bad_file=cfg.data.on_bad_file,
+            )
+            require_splits(data, ("test",))
+            return with_channels(data, len(loaded.best.mean))
+        data = with_channels(build_data(cfg.data), len(loaded.best.mean))
+    else:
+        try:
+            data = build_data(train_only_keys_off(loaded.stored.data))
+        except DataError as err:
+            raise DataError(
+                f"{err} (this is the checkpoint's own data, eval.data=stored; to test on "
+                "other data, add eval.data=current with data=... data.root=...)"
+            ) from err
+        tested_on = loaded.best.test_ids_digest  # None in a best.pt from before it was kept
+        if tested_on not in (None, ids_digest(data.test.ids)):
+            raise DataError(
+                f"eval.data=stored: the test split rebuilt from the checkpoint's data config "
+                f"({len(data.test)} samples of {data.name}) is not the one the training run "
+                "was tested on: the data changed since (files added, removed or renamed), "
+                "and the split may now hold images the model trained on. Restore the data "
+                "as it was, or test on a held-out set with eval.data=current data=... "
+                "data.root=..."
+            )
+    require_splits(data, ("test",))
+    if list(data.class_names) != loaded.best.class_names:
+        raise ConfigError(
+            f"eval.data={cfg.eval.data}: the data's classes {data.class_names[:10]} differ "
+            f"from the checkpoint's {loaded.best.class_names[:10]}: evaluate on data with the "
+            "same classes"
+        )
+    return data
+
+
+def with_channels(data: DataSplits, channels: int) -> DataSplits:
+    """The data with its test images in the model's channel count, as predict reads files.
+
+    RGB becomes luma for a one-channel model and gray is repeated for a three-channel
+    one, where the test split is in memory.
+
+    Raises:
+        ConfigError: Other channel counts, or a streamed split that is not RGB already.
+    """
+    test = data.test
+    have = int(test.images.shape[1]) if isinstance(test, Split) else 3
+    if have == channels:
+        return data
+    if isinstance(test, Split) and (have, channels) in ((3, 1), (1, 3)):
+        images = to_grayscale(test.images) if channels == 1 else test.images.repeat(1, 3, 1, 1)
+        data.test = Split(images, test.labels, test.ids)
+        return data
+    raise ConfigError(
+        f"eval.data=current: the checkpoint's model takes {channels}-channel images and "
+        f"this data gives {have}, which eval does not convert: test on data with "
+        f"{channels} channel(s)"
+    )
+
+
+def held_out_folder(data_cfg: DictConfig) -> bool:
+    """Whether the data group is an image folder whose existing root has no train/."""
+    if OmegaConf.select(data_cfg, "_target_") != IMAGEFOLDER_TARGET:
+        return False
+    root = Path(str(data_cfg.root)).expanduser()
+    return root.is_dir() and not (root / "train").is_dir()
 
 
 # --- predict -------------------------------------------------------------------------------

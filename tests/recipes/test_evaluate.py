@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import tracemalloc
 from pathlib import Path
 
@@ -108,6 +109,32 @@ def test_eval_on_stored_data_refuses_a_test_split_other_than_the_one_tested(trai
     assert query(db, "SELECT COUNT(*) FROM runs") == before
 
 
+def test_eval_on_a_held_out_folder_without_train(trained, tmp_path):
+    """eval.data=current data=imagefolder once needed a train/ folder beside the test set."""
+    from runner.data.build import build_data
+
+    tmp, _, _ = trained
+    ckpt = tmp / "train" / "checkpoints" / "best.pt"
+    best = read_best(ckpt)
+    stored = build_data(best.stored_config().data)  # its test images, as PNG files below
+    held_out = tmp_path / "held_out"
+    for i, (image, label) in enumerate(zip(stored.test.images, stored.test.labels, strict=True)):
+        folder = held_out / "test" / best.class_names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        write_png(image, str(folder / f"{i:03d}.png"))
+    current = ("mode=eval", f"ckpt={ckpt}", "eval.data=current", "data=imagefolder")
+    current += ("analysis.enabled=false", "logger.export_model=false")
+    run(compose_run(tmp, "eval_held_out", *current, f"data.root={held_out}", tiny=False))
+    evaluated = json.loads((tmp / "eval_held_out" / "metrics.json").read_text())
+    trained_metrics = json.loads((tmp / "train" / "metrics.json").read_text())
+    assert evaluated["test/acc"] == pytest.approx(trained_metrics["test/acc"], abs=1e-6)
+    # The held-out set may lack a class; a class the model does not know is refused.
+    shutil.rmtree(held_out / "test" / best.class_names[0])
+    (held_out / "test" / "owl").mkdir()
+    with pytest.raises(DataError, match=r"class folders the checkpoint does not know: \['owl'\]"):
+        run(compose_run(tmp, "eval_owl", *current, f"data.root={held_out}", tiny=False))
+
+
 def test_flip_tta_averages_the_logits_of_both_views():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 5, 3))
     images = torch.randn(2, 3, 4, 5)
@@ -165,8 +192,8 @@ def test_predict_writes_top_k_with_class_names_in_file_order(trained, tmp_path):
 def test_a_one_channel_model_predicts_files_by_their_luma_and_a_failure_leaves_no_file(
     tmp_path, monkeypatch
 ):
-    """Files decode as RGB: a one-channel model once failed on them (and the failure once
-    left .predictions.csv.tmp behind)."""
+    """Files decode as RGB: a one-channel model once failed on them in predict and in eval
+    (and the failure once left .predictions.csv.tmp behind)."""
     run(compose_run(tmp_path, "gray", "data.channels=1", "+model.in_chans=1", "logger=none"))
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -187,6 +214,9 @@ def test_a_one_channel_model_predicts_files_by_their_luma_and_a_failure_leaves_n
         (row,) = list(csv.DictReader(handle))
     assert row["predicted_class"] and row["error"] == ""
     (out / "predictions.csv").unlink()
+    # eval on RGB data takes its luma too (it failed mid-test on a 3-channel batch).
+    rgb = ("mode=eval", f"ckpt={ckpt}", "eval.data=current", "data.channels=3", "logger=none")
+    assert 0 <= run(compose_run(tmp_path, "e", *rgb)) <= 1
 
     def broken(images):
         raise RuntimeError("a failure while predicting")

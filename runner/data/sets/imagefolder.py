@@ -300,6 +300,67 @@ def load_imagefolder(
     )
 
 
+def load_test_folder(
+    root: str | os.PathLike,
+    class_names: Sequence[str],
+    *,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    name: str = "imagefolder",
+    num_workers: int = 2,
+    on_bad_file: str = "skip",
+) -> DataSplits:
+    """A labelled held-out folder without train/, as the test split of a model's classes.
+
+    For `mode=eval eval.data=current`: `root/test/<class>/<image>`, or `root/<class>/
+    <image>` when there is no test/. A class folder is matched to the model's classes by
+    name; the folder may lack some of them. Train and val are empty; the mean and std
+    are the model's.
+
+    Raises:
+        DataError: A class folder the model does not know, or no image at all.
+    """
+    root = Path(root).expanduser()
+    folder = root / "test" if (root / "test").is_dir() else root
+    classes = list_class_files(folder)
+    unknown = sorted(set(classes) - set(class_names))
+    if unknown:
+        raise DataError(
+            f"data.root={str(root)!r}: {folder} has class folders the checkpoint does not "
+            f"know: {unknown[:10]} (its classes: {list(class_names)[:10]}). Test on folders "
+            "named after the checkpoint's classes"
+        )
+    files, labels = [], []
+    for label, class_name in enumerate(class_names):
+        files.extend(classes.get(class_name, []))
+        labels.extend([label] * len(classes.get(class_name, [])))
+    if not files:
+        raise DataError(
+            f"data.root={str(root)!r}: no image under {folder}/<class>/ (expected "
+            "root/test/<class>/<image> or root/<class>/<image>)"
+        )
+    images, kept, bad = decode_all([str(f) for f in files], image_size, "skip", num_workers)
+    if bad and on_bad_file == "error":
+        raise refused_bad_file(bad[0][1])
+    for _, reason in bad:
+        log.warning("skipped bad file %s", reason)
+    ids = np.array([Path(os.path.relpath(f, root)).as_posix() for f in files], dtype=object)
+    kept = torch.as_tensor(kept, dtype=torch.long)
+    test = Split(images, torch.tensor(labels, dtype=torch.long)[kept], ids[kept.numpy()])
+    empty = test.subset(torch.zeros(0, dtype=torch.long))
+    return DataSplits(
+        name=name,
+        train=empty,
+        val=empty,
+        test=test,
+        class_names=list(class_names),
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        bad_files=bad,
+    )
+
+
 def splits_from_records(
     *,
     name: str,
