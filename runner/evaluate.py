@@ -9,9 +9,9 @@ training run's files:
     python run.py mode=eval ckpt=runs:/<mlflow run id> eval.tta=flip
     python run.py mode=predict ckpt=<best.pt> predict.input=photos/
 
-`ckpt=runs:/<run id>` downloads that MLflow run's logged model and
-`ckpt=models:/<name>/<version>` a registered version, from the store
-`logger.tracking_uri` names.
+`ckpt=runs:/<run id>` downloads that MLflow run's logged model,
+`ckpt=models:/<name>/<version>` a registered version and `ckpt=models:/<m-id>` a logged
+model by its id, from the store `logger.tracking_uri` names.
 """
 
 from __future__ import annotations
@@ -479,8 +479,9 @@ def resolve_ckpt(ckpt: str, cfg: DictConfig, download_dir: Path) -> tuple[Path, 
 
     Args:
         ckpt: A file path, `runs:/<run id>` (that run's logged model, or its
-            checkpoints/best.pt for runs logged before models were) or
-            `models:/<name>/<version>` (a registered model version).
+            checkpoints/best.pt for runs logged before models were),
+            `models:/<name>/<version>` (a registered model version) or
+            `models:/<logged model id>`.
         cfg: The composed config (its `logger.tracking_uri` names the MLflow store).
         download_dir: Where a downloaded checkpoint is put.
 

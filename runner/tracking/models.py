@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.tracking.store import missing_store_file, server_reachable
+
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "model"
@@ -183,6 +185,33 @@ def _register(model_uri: str, name: str, attempts: int = 3):
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
+def _logged_model(
+    client: Any, uri: str, model_id: str, tracking_uri: str, download_dir: Path
+) -> FetchedModel:
+    """Downloads a logged model by its id (`models:/m-...`, as a training run's log says).
+
+    Raises:
+        ModelNotFoundError: The store has no logged model of that id.
+    """
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.get_logged_model(model_id)
+    except MlflowException as err:
+        raise ModelNotFoundError(
+            f"ckpt={uri!r}: the store logger.tracking_uri={tracking_uri!r} has no logged "
+            f"model {model_id!r} ({err.error_code}). Check the id, or pass runs:/<run id>"
+        ) from err
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=uri,
+        dst_path=str(download_dir),
+        tracking_uri=tracking_uri,
+        registry_uri=tracking_uri,
+    )
+    return FetchedModel(Path(local), False, found.source_run_id)
+
+
 def fetch_checkpoint(uri: str, tracking_uri: str, download_dir: Path) -> FetchedModel:
     """Downloads the model a `runs:/<run id>` or `models:/<name>/<version>` URI names.
 
@@ -190,7 +219,8 @@ def fetch_checkpoint(uri: str, tracking_uri: str, download_dir: Path) -> Fetched
     artifact comes back instead.
 
     Args:
-        uri: `runs:/<run id>` (also `runs:/<run id>/model`) or `models:/<name>/<version>`.
+        uri: `runs:/<run id>` (also `runs:/<run id>/model`), `models:/<name>/<version>`
+            or `models:/<logged model id>`.
         tracking_uri: The store (also the registry).
         download_dir: Where the files go.
 
@@ -203,6 +233,17 @@ def fetch_checkpoint(uri: str, tracking_uri: str, download_dir: Path) -> Fetched
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    database = missing_store_file(tracking_uri)
+    if database is not None:  # opening it would create an empty store
+        raise ModelNotFoundError(
+            f"ckpt={uri!r}: logger.tracking_uri={tracking_uri!r} names no store ({database} "
+            "is not there): point it at the store the run logged to"
+        )
+    if tracking_uri.startswith(("http://", "https://")) and not server_reachable(tracking_uri):
+        raise ModelNotFoundError(  # MLflow's client would retry it for minutes
+            f"ckpt={uri!r}: the tracking server logger.tracking_uri={tracking_uri!r} does "
+            "not answer: start it, or try again when it is up"
+        )
     download_dir.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     # MLflow resolves a model's files (`models:/...`, a run's model) through the
@@ -210,9 +251,12 @@ def fetch_checkpoint(uri: str, tracking_uri: str, download_dir: Path) -> Fetched
     _use_store(tracking_uri)
     if uri.startswith(REGISTRY_URI_PREFIX):
         name, _, version = uri.removeprefix(REGISTRY_URI_PREFIX).strip("/").partition("/")
+        if name.startswith("m-") and not version:  # MLflow 3's id of a logged model
+            return _logged_model(client, uri, name, tracking_uri, download_dir)
         if not name or not version:
             raise ModelNotFoundError(
-                f"ckpt={uri!r}: expected models:/<registered model name>/<version>"
+                f"ckpt={uri!r}: expected models:/<registered model name>/<version> or "
+                "models:/<logged model id> (m-...)"
             )
         try:
             found = client.get_model_version(name, version)

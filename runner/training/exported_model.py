@@ -7,9 +7,10 @@ inside, exactly as eval and predict preprocess. `log_best_model` logs it after t
 with the class names, image size, normalisation and epoch as metadata and the resolved
 config as an extra file. That model is the run's one uploaded copy of the weights.
 
-`checkpoint_from_mlflow` turns `ckpt=runs:/<run id>` or `ckpt=models:/<name>/<version>`
-back into a best.pt (weights from the model, everything else from its metadata and
-config), so eval and predict rebuild the model as from a local best.pt.
+`checkpoint_from_mlflow` turns `ckpt=runs:/<run id>`, `ckpt=models:/<name>/<version>` or
+`ckpt=models:/<logged model id>` back into a best.pt (weights from the model, everything
+else from its metadata and config), so eval and predict rebuild the model as from a local
+best.pt.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import shutil
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -291,6 +292,18 @@ def test_ckpt_errors_name_the_file_and_the_fix(tmp_path, trained):
         read_best(last)
     with pytest.raises(CheckpointError, match="run 'feedc0de' was not found in the MLflow"):
         resolve_ckpt("runs:/feedc0de", cfg, tmp_path / "dl")
+    # A store that is not there: a mistyped SQLite path was created empty ("run not
+    # found"), and a server that does not answer was retried for four minutes.
+    typo = tmp_path / "typo" / "mlflow.db"
+    cfg.logger.tracking_uri = f"sqlite:///{typo}"
+    with pytest.raises(CheckpointError, match=r"names no store \(.*typo/mlflow.db is not there"):
+        resolve_ckpt("runs:/feedc0de", cfg, tmp_path / "dl")
+    assert not typo.exists()
+    cfg.logger.tracking_uri = "http://127.0.0.1:9"  # the discard port: nothing listens
+    started = time.monotonic()
+    with pytest.raises(CheckpointError, match=r"tracking server .* does not answer"):
+        resolve_ckpt("models:/digits/1", cfg, tmp_path / "dl")
+    assert time.monotonic() - started < 30
 
 
 # --- best.pt written before the package was split into layers (schema version 1) -----

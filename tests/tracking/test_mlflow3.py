@@ -108,7 +108,14 @@ def test_the_model_is_registered_and_eval_takes_models_and_runs_uris(trained):
     ]
     assert [(int(v.version), v.run_id) for v in versions] == [(1, run_id)], said
     trained_metrics = json.loads((tmp / "train" / "metrics.json").read_text())
-    for name, ckpt in (("by_version", f"models:/{MODEL_NAME}/1"), ("by_run", f"runs:/{run_id}")):
+    # The training log names the model by its id (models:/m-...): that URI was refused.
+    ((model_id,),) = query(tmp / "outputs" / "mlflow.db", "SELECT model_id FROM logged_models")
+    assert f"logged model models:/{model_id}" in (tmp / "train" / "run.log").read_text()
+    for name, ckpt in (
+        ("by_version", f"models:/{MODEL_NAME}/1"),
+        ("by_run", f"runs:/{run_id}"),
+        ("by_model_id", f"models:/{model_id}"),
+    ):
         cfg = compose_run(tmp, name, "mode=eval", f"ckpt={ckpt}", "logger.system_metrics=false")
         run(cfg)
         evaluated = json.loads((tmp / name / "metrics.json").read_text())
