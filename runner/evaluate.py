@@ -257,6 +257,12 @@ def run_predict(cfg: DictConfig) -> float:
     ctx = start_context(cfg)  # tracks nothing
     files = list_images(str(cfg.predict.input))
     output = predictions_path(cfg.predict.output, ctx.run_dir, files)  # before reading any
+    # An earlier predictions CSV inside the input folder is not an image to label.
+    files = [f for f in files if f.resolve() != output.resolve()]
+    if not files:
+        raise ConfigError(
+            f"predict.input={cfg.predict.input!r} holds no file but predict.output's CSV"
+        )
     loaded = load_checkpoint(ctx)
     names, size = loaded.best.class_names, loaded.best.image_size
     topk = min(int(cfg.predict.topk), len(names))
@@ -329,23 +335,29 @@ def predictions_path(output: str | None, run_dir: Path, inputs: Sequence[Path | 
     exists, or a path that ends with `/`), else `<run dir>/predictions.csv`.
 
     Raises:
-        ConfigError: The folder cannot be made or written to, or the path is one of the
-            images to label (`inputs`).
+        ConfigError: The folder cannot be made or written to, the path is one of the
+            images to label (`inputs`) or another existing file that is not a CSV, or its
+            name does not end in .csv.
     """
     path = Path(output).expanduser() if output else run_dir / "predictions.csv"
     if path.is_dir() or (output and str(output).endswith(("/", os.sep))):
         path = path / "predictions.csv"
-    # Only an existing file can be an input image: a new output costs no look at them.
-    if path.is_file() and path.resolve() in {Path(image).resolve() for image in inputs}:
-        raise ConfigError(
-            f"predict.output={output!r} is one of the images to label and would be "
-            "overwritten: point it at a CSV file (or a folder) elsewhere"
-        )
     if path.exists() and (not path.is_file() or path.suffix.lower() != ".csv"):
+        # Only an existing file can be an input image: a new output costs no look at them.
+        if path.resolve() in {Path(image).resolve() for image in inputs}:
+            raise ConfigError(
+                f"predict.output={output!r} is one of the images to label and would be "
+                "overwritten: point it at a CSV file (or a folder) elsewhere"
+            )
         # An earlier predictions CSV is replaced; any other file (a checkpoint) is not.
         raise ConfigError(
             f"predict.output={output!r} is an existing file that is not a CSV and would be "
             "overwritten: point it at a .csv file (or a folder) instead"
+        )
+    if path.suffix.lower() != ".csv":  # written now, it would be refused the next time
+        raise ConfigError(
+            f"predict.output={output!r} does not end in .csv: name a .csv file, or a folder "
+            "(with a trailing /) for predictions.csv in it"
         )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -239,6 +239,9 @@ def test_predict_output_refuses_what_it_must_not_overwrite_or_cannot_write(train
     earlier = tmp_path / "earlier.csv"
     earlier.write_text("file\n")
     assert predictions_path(str(earlier), tmp_path) == earlier  # earlier predictions: replaced
+    # Written under another name, the same command was refused the next time.
+    with pytest.raises(ConfigError, match=r"does not end in \.csv"):
+        predictions_path(str(tmp_path / "preds"), tmp_path)
     with pytest.raises(ConfigError, match="cannot write in /proc"):
         predictions_path("/proc/predictions.csv", tmp_path)
     folder = tmp_path / "in"

@@ -181,6 +181,12 @@ def test_predict_output_naming_a_folder_writes_predictions_csv_into_it(make_cfg,
     before = image.read_bytes()
     refused(make_cfg(*predict, f"predict.output={image}"), "is one of the images to label")
     assert image.read_bytes() == before
+    # Into the folder it labels, again and again: the second time once took the first
+    # CSV for an image (and refused to overwrite it).
+    into_input = ("mode=predict", f"ckpt={best_pt}", f"predict.input={image.parent}")
+    for _ in range(2):
+        assert run(make_cfg(*into_input, f"predict.output={image.parent}/")) == 1
+    assert (image.parent / "predictions.csv").read_text().count("\n") == 2
 
 
 def test_mode_throughput_without_its_preset_names_the_preset(make_cfg, tmp_path):
