@@ -98,7 +98,7 @@ def run_eval(cfg: DictConfig) -> float:
         Test accuracy.
     """
     ctx = start_context(cfg)
-    refuse_unused_data_overrides(cfg)
+    refuse_ignored_overrides(cfg)
     loaded = load_checkpoint(ctx)
     ctx.tracker = instantiate(cfg.logger)
     # The training run's experiment, unless this command names one (logger.experiment_name).
@@ -255,6 +255,7 @@ def run_predict(cfg: DictConfig) -> float:
         The number of images labelled.
     """
     ctx = start_context(cfg)  # tracks nothing
+    refuse_ignored_overrides(cfg)
     files = list_images(str(cfg.predict.input))
     output = predictions_path(cfg.predict.output, ctx.run_dir, files)  # before reading any
     # An earlier predictions CSV inside the input folder is not an image to label.
@@ -409,19 +410,38 @@ def start_context(cfg: DictConfig) -> RunContext:
     return RunContext(cfg, device, precision, World(), run_dir, NullTracker())
 
 
-def refuse_unused_data_overrides(cfg: DictConfig) -> None:
-    """With eval.data=stored, data keys on the command line would be ignored: refuse them.
+def refuse_ignored_overrides(cfg: DictConfig) -> None:
+    """Refuses command-line keys that eval or predict would silently ignore.
+
+    The model and its augmentation always come from the checkpoint; the data too in
+    predict, and in eval with eval.data=stored.
 
     Raises:
-        ConfigError: Naming the overrides and eval.data=current.
+        ConfigError: Naming the overrides and why they do not apply.
     """
-    if cfg.eval.data != "stored":
-        return
-    given = [o for o in hydra_overrides() if o.lstrip("+~").startswith(("data.", "data="))]
-    if given:
+
+    def given(*groups: str) -> list[str]:
+        keys = tuple(f"{g}{sep}" for g in groups for sep in (".", "="))
+        return [o for o in hydra_overrides() if o.lstrip("+~").startswith(keys)]
+
+    stored_parts = given("model", "aug")
+    if stored_parts:
         raise ConfigError(
-            f"{' '.join(given)}: eval.data=stored tests on the data the checkpoint was trained "
-            "on and would ignore this. Add eval.data=current to test on the command line's data"
+            f"{' '.join(stored_parts)}: mode={cfg.mode} uses the model and augmentation "
+            "stored in the checkpoint and would ignore this: leave it out (they change only "
+            "by training anew)"
+        )
+    data_keys = given("data")
+    if data_keys and cfg.mode == "predict":
+        raise ConfigError(
+            f"{' '.join(data_keys)}: mode=predict reads predict.input at the checkpoint's "
+            "image size and would ignore this: leave it out"
+        )
+    if data_keys and cfg.eval.data == "stored":
+        raise ConfigError(
+            f"{' '.join(data_keys)}: eval.data=stored tests on the data the checkpoint was "
+            "trained on and would ignore this. Add eval.data=current to test on the command "
+            "line's data"
         )
 
 

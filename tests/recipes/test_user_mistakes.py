@@ -202,6 +202,10 @@ def test_eval_with_stored_data_refuses_data_keys_and_names_eval_data_current(bes
     assert "Error: data.val_fraction=0.3: eval.data=stored" in done.stderr
     assert "Add eval.data=current" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "mlflow.db").exists(), "refused before any tracking"
+    # The model and its augmentation come from the checkpoint: they were ignored silently.
+    done = run_cli(*command, "model=resnet50", "aug.eval_crop_pct=0.5", timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Error: model=resnet50 aug.eval_crop_pct=0.5: mode=eval uses the model" in done.stderr
 
 
 def test_a_training_batch_of_one_sample_is_refused_or_left_out(make_cfg, tmp_path):
