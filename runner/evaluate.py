@@ -36,7 +36,13 @@ from runner.data import curation, folds
 from runner.data.build import build_data
 from runner.data.checks import require_splits
 from runner.data.decoding import BadImageError, DataError, decode_record
-from runner.data.sets.imagefolder import load_imagefolder, load_test_folder, sniff, visible_files
+from runner.data.sets.imagefolder import (
+    load_imagefolder,
+    load_test_folder,
+    scan_layout,
+    sniff,
+    visible_files,
+)
 from runner.data.splits import DataSplits, Split, ids_digest
 from runner.reports import console
 from runner.tracking.null import NullTracker
@@ -181,6 +187,9 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:
             )
             require_splits(data, ("test",))
             return with_channels(data, len(loaded.best.mean))
+        if OmegaConf.select(cfg.data, "_target_") == IMAGEFOLDER_TARGET:
+            # From the folder names, before a folder of any size is decoded.
+            same_classes(cfg, scan_layout(cfg.data.root)[0], loaded.best.class_names)
         data = with_channels(build_data(cfg.data), len(loaded.best.mean))
     else:
         try:
@@ -201,13 +210,21 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:
                 "data.root=..."
             )
     require_splits(data, ("test",))
-    if list(data.class_names) != loaded.best.class_names:
-        raise ConfigError(
-            f"eval.data={cfg.eval.data}: the data's classes {data.class_names[:10]} differ "
-            f"from the checkpoint's {loaded.best.class_names[:10]}: evaluate on data with the "
-            "same classes"
-        )
+    same_classes(cfg, data.class_names, loaded.best.class_names)
     return data
+
+
+def same_classes(cfg: DictConfig, names: list[str], trained: list[str]) -> None:
+    """Refuses data whose classes are not the checkpoint's, in the same order.
+
+    Raises:
+        ConfigError: Naming both lists.
+    """
+    if list(names) != list(trained):
+        raise ConfigError(
+            f"eval.data={cfg.eval.data}: the data's classes {list(names)[:10]} differ from "
+            f"the checkpoint's {list(trained)[:10]}: evaluate on data with the same classes"
+        )
 
 
 def with_channels(data: DataSplits, channels: int) -> DataSplits:

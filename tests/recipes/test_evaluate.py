@@ -15,6 +15,7 @@ import torch
 from torchvision.io import write_png
 
 from runner.cli import run
+from runner.config.errors import ConfigError
 from runner.data.decoding import DataError
 from runner.evaluate import resolve_ckpt
 from runner.training.best_checkpoint import read_best
@@ -134,6 +135,23 @@ def test_eval_on_a_held_out_folder_without_train(trained, tmp_path):
     (held_out / "test" / "owl").mkdir()
     with pytest.raises(DataError, match=r"class folders the checkpoint does not know: \['owl'\]"):
         run(compose_run(tmp, "eval_owl", *current, f"data.root={held_out}", tiny=False))
+    # A set with train/ and other classes is refused from its folder names, before its
+    # images are decoded (and cached).
+    (held_out / "test" / "owl").rmdir()
+    (held_out / "test").rename(held_out / "train")
+    cache = tmp_path / "cache"
+    with pytest.raises(ConfigError, match="differ from the checkpoint's"):
+        run(
+            compose_run(
+                tmp,
+                "eval_other",
+                *current,
+                f"data.root={held_out}",
+                f"data.cache_dir={cache}",
+                tiny=False,
+            )
+        )
+    assert not cache.exists()
 
 
 def test_flip_tta_averages_the_logits_of_both_views():
