@@ -52,7 +52,7 @@ def augment_preview(
         class_names: Name per class id, for the row labels.
         seed: Seed of the augmentation draws.
         device: Where to augment; None = where the split is.
-        per_class: Images per row (fewer when a shown class has fewer).
+        per_class: Images per row (a class with fewer ends its row in blank cells).
         max_classes: Rows at most (the first classes).
         max_side: Larger images are shrunk to this side for the grid.
     """
@@ -60,8 +60,8 @@ def augment_preview(
     device = device or split.labels.device
     rows = [torch.nonzero(host_labels == c).flatten()[:per_class] for c in range(len(class_names))]
     shown = [(c, idx) for c, idx in enumerate(rows) if len(idx)][:max_classes]
-    cols = min(len(idx) for _, idx in shown)
-    index = torch.cat([idx[:cols] for _, idx in shown])
+    cols = max(len(idx) for _, idx in shown)
+    index = torch.cat([idx for _, idx in shown])
     images, labels = split.take(index)  # streaming splits decode just these
     batch, batch_labels = images.to(device), labels.to(device)
 
@@ -77,7 +77,12 @@ def augment_preview(
     out = out.detach().float().clamp(0, 1).cpu()
     if max(out.shape[-2:]) > max_side:
         out = F.interpolate(out, size=(max_side, max_side), mode="bilinear", antialias=True)
-    return Preview(out, cols, [class_names[c] for c, _ in shown], augment.describe())
+    # A rare class's row ends in blank cells; the other rows keep all their images.
+    cells, start = [], 0
+    for _, idx in shown:
+        cells += [out[start : start + len(idx)], torch.ones(cols - len(idx), *out.shape[1:])]
+        start += len(idx)
+    return Preview(torch.cat(cells), cols, [class_names[c] for c, _ in shown], augment.describe())
 
 
 def draw_preview(preview: Preview, path: Path) -> Path:

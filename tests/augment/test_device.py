@@ -21,7 +21,7 @@ from runner.augment.mixing import MixUpCutMix
 from runner.cli import run
 from runner.config.validation import ConfigError, validate
 from runner.data.sets.synthetic import make_synthetic
-from runner.reports.aug_preview import save_preview_grid
+from runner.reports.aug_preview import augment_preview, save_preview_grid
 from runner.training import engine
 from runner.training.parts import build_normalize
 from tests.conftest import group_options, run_cli, runs_in
@@ -328,6 +328,21 @@ def test_preview_grid_is_seeded_and_leaves_the_rng_alone(make_cfg, tmp_path):
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
     assert not augment.training, "the module's mode is restored"
+
+
+def test_a_rare_class_leaves_blank_cells_and_the_other_rows_full(make_cfg):
+    """One class with a single image cut every row to one image."""
+    data = make_synthetic(num_samples=200, num_classes=5, image_size=32)
+    rare = (data.train.labels == 1).nonzero().flatten()[1:]
+    keep = torch.ones(len(data.train), dtype=torch.bool)
+    keep[rare] = False
+    split = data.train.subset(keep.nonzero().flatten())
+    augment = build(make_cfg, "basic", num_classes=5).eval()
+    preview = augment_preview(augment, split, data.class_names, seed=0, per_class=8)
+    assert preview.columns == 8 and preview.images.shape[0] == 5 * 8
+    rows = preview.images.view(5, 8, *preview.images.shape[1:])
+    assert (rows[1, 1:] == 1).all() and not (rows[1, 0] == 1).all()
+    assert not any((rows[0, i] == 1).all() for i in range(8))
 
 
 def test_preview_only_run_writes_the_grid_and_trains_nothing(make_cfg, tmp_path):
