@@ -116,7 +116,10 @@ class WeightedClassSampler(_ShardedSampler):
     ):
         labels = labels.cpu()
         counts = torch.bincount(labels).double()
-        class_weight = torch.where(counts > 0, counts.clamp_min(1).pow(-power), 0.0)
+        # Relative to the smallest class (weight 1): a large power makes the others' weights
+        # tiny, never all zero (count ** -power underflowed and multinomial failed).
+        smallest = counts[counts > 0].min()
+        class_weight = torch.where(counts > 0, (counts.clamp_min(1) / smallest).pow(-power), 0.0)
         self.weights = class_weight[labels]
         super().__init__(int(num_samples or labels.shape[0]), seed, rank, world_size)
 

@@ -25,6 +25,12 @@ def test_balanced_sampler_draws_classes_equally():
     assert torch.allclose(shares, torch.full((3,), 1 / 3).double(), atol=0.01), shares
 
 
+def test_a_large_power_draws_the_smallest_class_instead_of_failing():
+    """count ** -1000 underflowed to 0 for every class: multinomial refused the weights."""
+    sampler = WeightedClassSampler(LABELS, seed=0, power=1000.0, num_samples=500)
+    assert (LABELS[sampler.indices(0)] == 2).all()
+
+
 def _shares(sampler_cls, world_size, epoch, **kwargs):
     return [
         sampler_cls(LABELS, seed=5, rank=r, world_size=world_size, **kwargs).indices(epoch)
