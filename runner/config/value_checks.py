@@ -115,6 +115,13 @@ def _milestones(value: Any) -> str | None:
     return None if ok else "a list of fractions of training in (0, 1), e.g. [0.5, 0.75]"
 
 
+def _int_between(low: int, high: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if _is_int(value) and low <= value <= high else f"an integer in {low}..{high}"
+
+    return check
+
+
 def _optional_non_empty_string(value: Any) -> str | None:
     return None if value is None else _non_empty_string(value)
 
@@ -321,6 +328,9 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "logger.tracking_uri": _tracking_uri,
     "logger.fallback_uri": _optional_tracking_uri,
     "logger.registered_model_name": _model_name,
+    "logger.experiment_name": _optional_non_empty_string,
+    "logger.run_name": _optional_non_empty_string,
+    "logger.artifact_location": _optional_non_empty_string,
     "logger.export_model": _boolean,
     "logger.offline_fallback": _boolean,
     "logger.delivery_timeout_s": _positive_number,
@@ -345,6 +355,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "sched.min_lr_ratio": _fraction,
     "sched.pct_start": _fraction,
     "sched.gamma": _positive_number,
+    "sched.div_factor": _positive_number,
+    "sched.final_div_factor": _positive_number,
     "sched.milestones": _milestones,
     # Below 0 the sampler would favour the large classes it is there to temper.
     "sampler.power": _non_negative_number,
@@ -360,6 +372,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "data.test_fraction": _fraction,
     "data.split_seed": _split_seed,
     "data.num_samples": _positive_int,
+    "data.channels": _positive_int,
     "data.num_classes": _optional_positive_int,
     "data.root": _non_empty_string,
     "data.download": _boolean,
@@ -409,7 +422,9 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "analysis.num_gradcam": _non_negative_int,
     "analysis.gradcam_layer": _non_empty_string,
     "analysis.gradcam_min_size": _positive_int,
-    "analysis.calibration_bins": _positive_int,
+    # One bin per test image at most is already more than a reliability plot can show;
+    # the bins cost memory and time after training.
+    "analysis.calibration_bins": _int_between(1, 1000),
     "throughput.models": _model_names,
     "throughput.batch_sizes": _batch_sizes,
     "throughput.warmup_steps": _non_negative_int,

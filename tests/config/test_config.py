@@ -272,6 +272,11 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
         (["logger.offline_fallback=maybe"], "logger.offline_fallback='maybe' is invalid"),
         (["aug.image_size=64"], "aug.image_size=64 differs from data.image_size=32"),
         (["experiment=throughput", "throughput.batch_sizes=[1]"], "integers >= 2"),
+        (["sched=onecycle", "+sched.div_factor=0"], "sched.div_factor=0 is invalid"),
+        (["data=synthetic", "data.channels=0"], "data.channels=0 is invalid"),
+        (["analysis.calibration_bins=100000"], "expected an integer in 1..1000"),
+        (["logger.run_name=[1,2]"], "logger.run_name=[1, 2] is invalid"),
+        (["logger.experiment_name=[a,b]"], "logger.experiment_name=['a', 'b'] is invalid"),
     ],
 )
 def test_values_that_failed_late_or_passed_as_true_are_refused(make_cfg, overrides, expected):
