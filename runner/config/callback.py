@@ -8,6 +8,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.validation import ConfigError, validate
+from runner.config.value_checks import folder_problem
 
 
 class ValidateConfigCallback(Callback):
@@ -19,6 +20,7 @@ class ValidateConfigCallback(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Validates a single run's config; `sweep.resume`, a search and a launcher need `-m`."""
+        _check_writable(config, "hydra.run.dir")
         self._check(config)
         choices = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
         search = choices.get("hparams_search")
@@ -42,6 +44,7 @@ class ValidateConfigCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Validates the sweep's base config; each job is validated again when it runs."""
+        _check_writable(config, "hydra.sweep.dir")
         self._check(config)
 
     @staticmethod
@@ -50,3 +53,14 @@ class ValidateConfigCallback(Callback):
             validate(config)
         except ConfigError as err:
             raise SystemExit(f"Error: {err}") from err
+
+
+def _check_writable(config: DictConfig, key: str) -> None:
+    """Refuses an output folder that cannot be made (Hydra failed in chained tracebacks)."""
+    folder = OmegaConf.select(config, key, default=None)
+    problem = None if folder is None else folder_problem(str(folder))
+    if problem is not None:
+        raise SystemExit(
+            f"Error: {key}={str(folder)!r}: {problem}. Set paths.output_dir (or {key}) to a "
+            "folder you can write to"
+        )

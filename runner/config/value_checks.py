@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,35 @@ def _milestones(value: Any) -> str | None:
     ok = OmegaConf.is_list(value) and all(is_number(v) and 0 < v < 1 for v in value)
     # Epoch numbers (as torch's MultiStepLR takes) would lie past the end: no decay at all.
     return None if ok else "a list of fractions of training in (0, 1), e.g. [0.5, 0.75]"
+
+
+def folder_problem(folder: str) -> str | None:
+    """Why a folder cannot be made and written (None when it can).
+
+    Its nearest existing folder must take a new file: `os.access` says yes to root for
+    /proc and /sys, so a file is made there and removed.
+    """
+    existing = Path(folder).expanduser().absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".probe-"):
+            return None
+    except OSError as err:
+        return f"cannot write in {existing} ({err.strerror or err})"
+
+
+def _artifact_location(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        return "a folder path or URI, or null"
+    if "://" in value and not value.startswith("file://"):
+        return None  # a remote store (s3://, gs://, ...) answers for itself
+    problem = folder_problem(value.removeprefix("file://"))
+    return None if problem is None else f"a folder that can be written ({problem})"
 
 
 def _int_between(low: int, high: int) -> Callable[[Any], str | None]:
@@ -330,7 +360,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "logger.registered_model_name": _model_name,
     "logger.experiment_name": _optional_non_empty_string,
     "logger.run_name": _optional_non_empty_string,
-    "logger.artifact_location": _optional_non_empty_string,
+    "logger.artifact_location": _artifact_location,
     "logger.export_model": _boolean,
     "logger.offline_fallback": _boolean,
     "logger.delivery_timeout_s": _positive_number,

@@ -192,6 +192,8 @@ def test_validate_reports_unset_environment_variables(make_cfg, monkeypatch):
         ("optim.lrr=0.1", ["lrr"]),
         ("trainer.max_epochs=abc", ["trainer.max_epochs='abc'", "integer >= 1"]),
         ("trainer.monitor_mode=maximum", ["trainer.monitor_mode='maximum'", "max, min"]),
+        # It ended in five chained tracebacks that named no key.
+        ("hydra.run.dir=/proc/nope", ["Error: hydra.run.dir='/proc/nope'", "cannot write in"]),
     ],
 )
 def test_cli_rejects_bad_config_before_creating_outputs(tmp_path, override, expected):
@@ -277,6 +279,7 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
         (["analysis.calibration_bins=100000"], "expected an integer in 1..1000"),
         (["logger.run_name=[1,2]"], "logger.run_name=[1, 2] is invalid"),
         (["logger.experiment_name=[a,b]"], "logger.experiment_name=['a', 'b'] is invalid"),
+        (["logger.artifact_location=/proc/nope/art"], "cannot write in /proc"),
     ],
 )
 def test_values_that_failed_late_or_passed_as_true_are_refused(make_cfg, overrides, expected):
