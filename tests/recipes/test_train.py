@@ -188,7 +188,7 @@ def test_logger_none_still_writes_metrics_and_checkpoints(tmp_path):
     "extra",
     [
         [
-            "trainer.ema_decay=0.9",
+            "trainer.ema_decay=0.5",
             "trainer.gradient_clip_val=1.0",
             "trainer.accumulate_grad_batches=2",
             "loss=focal",

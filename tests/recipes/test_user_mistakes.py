@@ -189,6 +189,13 @@ def test_predict_output_naming_a_folder_writes_predictions_csv_into_it(make_cfg,
     assert (image.parent / "predictions.csv").read_text().count("\n") == 2
 
 
+def test_an_ema_too_slow_for_the_runs_steps_is_refused_before_training(make_cfg, tmp_path):
+    """0.999 (the example of conf/trainer/default.yaml) over a short run tested weights
+    that were 86% the random initial ones: chance accuracy, and no word about it."""
+    refused(make_cfg("trainer.ema_decay=0.999"), "trainer.ema_decay=0.999 would keep", "<= 0.")
+    nothing_spent(tmp_path)
+
+
 def test_mode_throughput_without_its_preset_names_the_preset(make_cfg, tmp_path):
     refused(make_cfg("mode=throughput"), "mode=throughput", "experiment=throughput")
     nothing_spent(tmp_path)
