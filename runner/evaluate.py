@@ -372,6 +372,12 @@ def predictions_path(output: str | None, run_dir: Path, inputs: Sequence[Path | 
             f"predict.output={output!r} is an existing file that is not a CSV and would be "
             "overwritten: point it at a .csv file (or a folder) instead"
         )
+    if path.is_file() and not _is_predictions_csv(path):
+        raise ConfigError(
+            f"predict.output={output!r} is an existing CSV that predict did not write (it "
+            "does not start with file,predicted_class) and would be overwritten: point it "
+            "at a new .csv file (or a folder)"
+        )
     if path.suffix.lower() != ".csv":  # written now, it would be refused the next time
         raise ConfigError(
             f"predict.output={output!r} does not end in .csv: name a .csv file, or a folder "
@@ -394,6 +400,15 @@ def predictions_path(output: str | None, run_dir: Path, inputs: Sequence[Path | 
             "it at a CSV file in a folder you can write to"
         ) from err
     return path
+
+
+def _is_predictions_csv(path: Path) -> bool:
+    """Whether a file starts with the header predict writes (an earlier predictions CSV)."""
+    try:
+        with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+            return handle.readline().startswith("file,predicted_class,")
+    except OSError:
+        return False
 
 
 def list_images(source: str) -> list[Path]:

@@ -255,8 +255,12 @@ def test_predict_output_refuses_what_it_must_not_overwrite_or_cannot_write(train
     with pytest.raises(ConfigError, match="an existing file that is not a CSV"):
         predictions_path(str(ckpt), tmp_path)
     earlier = tmp_path / "earlier.csv"
-    earlier.write_text("file\n")
+    earlier.write_text("file,predicted_class,probability,error\n")
     assert predictions_path(str(earlier), tmp_path) == earlier  # earlier predictions: replaced
+    relabel = tmp_path / "relabel.csv"  # a user's own CSV was overwritten with predictions
+    relabel.write_text("sample_id,label\ntrain/cat/1.jpg,dog\n")
+    with pytest.raises(ConfigError, match="an existing CSV that predict did not write"):
+        predictions_path(str(relabel), tmp_path)
     # Written under another name, the same command was refused the next time.
     with pytest.raises(ConfigError, match=r"does not end in \.csv"):
         predictions_path(str(tmp_path / "preds"), tmp_path)
