@@ -64,6 +64,7 @@ class SweepCallback(Callback):
                 plan_study(config, [str(a) for a in config.hydra.overrides.task])
             else:  # every job's config
                 refuse_bad_jobs(config, kwargs.get("config_name"))
+            check_launcher(config)
         except ConfigError as err:  # a SweepConfigError is one too
             raise SystemExit(f"Error: {err}") from err
         mode = job_mode(config)
@@ -158,6 +159,39 @@ class SweepCallback(Callback):
         lock, self.sweep_lock = self.sweep_lock, None
         if lock is not None:
             lock.close()
+
+
+# The submitit launchers' resource counts (slurm, slurm_submit, local) and their least
+# value; None may stand for "the cluster's default" where the preset has it null.
+LAUNCHER_COUNTS = {
+    "timeout_min": 1,
+    "nodes": 1,
+    "tasks_per_node": 1,
+    "cpus_per_task": 1,
+    "gpus_per_node": 0,
+    "mem_gb": 1,
+    "array_parallelism": 1,
+    "max_num_timeout": 0,
+    "signal_delay_s": 0,
+}
+
+
+def check_launcher(config: DictConfig) -> None:
+    """Refuses resource counts a launcher would pass on to sbatch (`--nodes=0`).
+
+    Raises:
+        ConfigError: Naming every bad `hydra.launcher.*` key.
+    """
+    launcher = OmegaConf.select(config, "hydra.launcher", default=None) or {}
+    problems = []
+    for key, least in LAUNCHER_COUNTS.items():
+        value = launcher.get(key) if key in launcher else None
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            problems.append(f"hydra.launcher.{key}={value!r}: expected an integer >= {least}")
+    if problems:
+        raise ConfigError("the launcher's settings are invalid:\n  - " + "\n  - ".join(problems))
 
 
 def resume_advice(config: DictConfig, sweep_dir: Path) -> str:

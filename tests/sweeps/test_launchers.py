@@ -47,6 +47,22 @@ def test_local_preset():
     assert get_class(conf._target_).__name__ == "LocalLauncher"
 
 
+def test_resource_counts_sbatch_would_refuse_are_refused_before_the_sweep():
+    """--nodes=0 and --time=-5 reached sbatch, after the sweep's parent run was made."""
+    from runner.config.errors import ConfigError
+    from runner.sweeps.callback import check_launcher
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for name in ("slurm", "slurm_submit", "local"):
+            check_launcher(compose("train", [f"hydra/launcher={name}"], return_hydra_config=True))
+        bad = ["hydra/launcher=slurm", "hydra.launcher.nodes=0", "hydra.launcher.timeout_min=-5"]
+        cfg = compose("train", bad, return_hydra_config=True)
+    with pytest.raises(ConfigError) as refused:
+        check_launcher(cfg)
+    assert "hydra.launcher.timeout_min=-5: expected an integer >= 1" in str(refused.value)
+    assert "hydra.launcher.nodes=0" in str(refused.value)
+
+
 def test_an_unknown_launcher_key_is_refused():
     with pytest.raises(Exception, match="partiton"):
         launcher("slurm", "hydra.launcher.partiton=gpu")
