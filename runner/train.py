@@ -22,6 +22,7 @@ from runner.config.validation import validate
 from runner.data.build import Loaders, build_data, build_loaders
 from runner.data.debug import overfit_subset
 from runner.data.splits import DataSplits
+from runner.models.factories import check_model_config
 from runner.reports import console
 from runner.reports.aug_preview import augment_preview
 from runner.reports.data_report import (
@@ -87,6 +88,7 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
         with startup_clock.phase("mlflow"):
             ctx.tracker.prepare(experiment)  # the store opens beside the data and model build
 
+    check_model_config(cfg.model)  # a wrong name or weights file, before any data is decoded
     with startup_clock.phase("data"):
         data = build_data(cfg.data)
     data = overfit_subset(data, cfg.trainer.overfit_batches, cfg.trainer.batch_size, cfg.seed)

@@ -6,6 +6,7 @@ import difflib
 import logging
 import socket
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,6 +38,54 @@ def _check_file(pretrained_file: str | None, key: str) -> Path | None:
     return path
 
 
+def check_model_config(model_cfg: Any) -> None:
+    """Refuses, before any data is built, a model name or weights file its factory would.
+
+    Args:
+        model_cfg: The model group (`_target_`, `name`, `pretrained_file`, ...).
+
+    Raises:
+        ConfigError: A timm or torchvision name that does not exist.
+        PretrainedWeightsError: `model.pretrained_file` is not a file.
+    """
+    target = model_cfg.get("_target_")
+    if target == f"{__name__}.{create_timm_model.__name__}":
+        _check_timm_name(str(model_cfg.get("name")))
+    elif target == f"{__name__}.{create_torchvision_model.__name__}":
+        _check_torchvision_name(str(model_cfg.get("name")))
+    _check_file(model_cfg.get("pretrained_file"), "model.pretrained_file")
+
+
+def _check_timm_name(name: str) -> None:
+    import timm
+
+    architecture = name.split(".")[0]
+    if not timm.is_model(architecture):
+        close = difflib.get_close_matches(architecture, timm.list_models(), n=8, cutoff=0.6)
+        raise ConfigError(
+            f"model.name={name!r} is not a timm model. Similar names: {', '.join(close) or 'none'}"
+            " (see timm.list_models())."
+        )
+    tags = timm.list_pretrained(f"{architecture}.*") if name != architecture else [name]
+    if name not in tags:
+        raise ConfigError(
+            f"model.name={name!r}: timm has no pretrained tag {name.partition('.')[2]!r} for "
+            f"{architecture}. Its tags: {', '.join(tags) or 'none'}; or drop the tag."
+        )
+
+
+def _check_torchvision_name(name: str) -> None:
+    from torchvision.models import list_models
+
+    known = list_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=8, cutoff=0.6)
+        raise ConfigError(
+            f"model.name={name!r} is not a torchvision model. Similar names: "
+            f"{', '.join(close) or 'none'} (see torchvision.models.list_models())."
+        )
+
+
 def create_timm_model(
     num_classes: int,
     name: str,
@@ -65,19 +114,7 @@ def create_timm_model(
     """
     import timm
 
-    architecture = name.split(".")[0]
-    if not timm.is_model(architecture):
-        close = difflib.get_close_matches(architecture, timm.list_models(), n=8, cutoff=0.6)
-        raise ConfigError(
-            f"model.name={name!r} is not a timm model. Similar names: {', '.join(close) or 'none'}"
-            " (see timm.list_models())."
-        )
-    tags = timm.list_pretrained(f"{architecture}.*") if name != architecture else [name]
-    if name not in tags:
-        raise ConfigError(
-            f"model.name={name!r}: timm has no pretrained tag {name.partition('.')[2]!r} for "
-            f"{architecture}. Its tags: {', '.join(tags) or 'none'}; or drop the tag."
-        )
+    _check_timm_name(name)
     path = _check_file(pretrained_file, "model.pretrained_file")
     if path is not None:
         try:
@@ -188,6 +225,7 @@ def create_torchvision_model(
     """
     from torchvision.models import get_model
 
+    _check_torchvision_name(name)
     if name in AUX_LOGIT_MODELS and weights is None:  # the weights' builders refuse it
         kwargs.setdefault("aux_logits", False)
     path = _check_file(pretrained_file, "model.pretrained_file")

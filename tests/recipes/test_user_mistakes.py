@@ -196,6 +196,23 @@ def test_an_ema_too_slow_for_the_runs_steps_is_refused_before_training(make_cfg,
     nothing_spent(tmp_path)
 
 
+def test_a_model_name_or_weights_file_that_does_not_exist_is_refused_before_the_data(
+    make_cfg, tmp_path
+):
+    """Each was found when the model was built: after the folder was decoded and cached,
+    and for torchvision as a traceback."""
+    root = make_imagefolder(tmp_path / "pics", per_class=12)
+    cache = tmp_path / "cache"
+    folder = ("data=imagefolder", f"data.root={root}", f"data.cache_dir={cache}", "logger=none")
+    for model, expected in (
+        (("model=timm", "model.name=resnet_nope"), "model.name='resnet_nope' is not a timm"),
+        (("model=tv_resnet50", "model.name=resnet_nope"), "is not a torchvision model"),
+        (("model.pretrained_file=/nonexistent/m.safetensors",), "no such file"),
+    ):
+        refused(make_cfg(*folder, *model, tiny=False), expected)
+    assert not cache.exists()
+
+
 def test_mode_throughput_without_its_preset_names_the_preset(make_cfg, tmp_path):
     refused(make_cfg("mode=throughput"), "mode=throughput", "experiment=throughput")
     nothing_spent(tmp_path)
