@@ -18,6 +18,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from runner.augment.checks import check_transforms
 from runner.config.validation import validate
 from runner.data.build import Loaders, build_data, build_loaders
 from runner.data.debug import overfit_subset
@@ -89,6 +90,7 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
             ctx.tracker.prepare(experiment)  # the store opens beside the data and model build
 
     check_model_config(cfg.model)  # a wrong name or weights file, before any data is decoded
+    check_transforms(cfg.aug)  # a bad transform parameter, as early
     with startup_clock.phase("data"):
         data = build_data(cfg.data)
     data = overfit_subset(data, cfg.trainer.overfit_batches, cfg.trainer.batch_size, cfg.seed)

@@ -213,6 +213,23 @@ def test_a_model_name_or_weights_file_that_does_not_exist_is_refused_before_the_
     assert not cache.exists()
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["aug.transforms.0.degrees=-5"], "aug.transforms.0 (RandomAffine) cannot be built"),
+        (["aug.transforms.0.p=1.5"], "aug.transforms.0 (RandomAffine): p=1.5 is a probability"),
+        (["aug=randaugment", "aug.transforms.1.m=100"], "aug.transforms.1 (RandAugment)"),
+    ],
+)
+def test_a_bad_transform_parameter_is_named_before_the_data(
+    make_cfg, tmp_path, overrides, expected
+):
+    """Kornia refused them when the augmentation was built, after the data, through
+    Hydra's wrapper; p=1.5 trained."""
+    refused(make_cfg(*overrides), expected)
+    nothing_spent(tmp_path)
+
+
 def test_mode_throughput_without_its_preset_names_the_preset(make_cfg, tmp_path):
     refused(make_cfg("mode=throughput"), "mode=throughput", "experiment=throughput")
     nothing_spent(tmp_path)
