@@ -121,6 +121,20 @@ class StudyPlan:
         return [*self.fixed, *params, f"{self.trial_override}={trial.number}"]
 
 
+def _unknown_key(config: DictConfig, key: str) -> str | None:
+    """Why a searched key is not in the config (each trial would fail on it), or None."""
+    absent = object()
+    if OmegaConf.select(config, key, default=absent) is not absent:
+        return None
+    parent, _, _ = key.rpartition(".")
+    node = OmegaConf.select(config, parent, default=None) if parent else config
+    keys = ", ".join(k for k in node if not str(k).startswith("_")) if node is not None else ""
+    return (
+        f"{key}: the config has no such key, so every trial would fail on it; check its "
+        "spelling" + (f" ({parent} has: {keys})" if parent and keys else "")
+    )
+
+
 def shown_storage(url: Any) -> str:
     """A storage URL as logs and messages show it: its password, if any, as `***`."""
     return public_uri(str(url))
@@ -362,6 +376,8 @@ def plan_study(config: DictConfig, arguments: list[str], *, open_store: bool = T
     searched = search_space(sweeper.get("params"), arguments)
     space = searched.space
     problems += searched.problems
+    problems += [_unknown_key(config, key) for key in space if key not in searched.spelled]
+    problems = [p for p in problems if p]
     if not space and not searched.problems:
         problems.append(
             "the search space is empty: set hydra.sweeper.params, or give ranges on the "

@@ -208,6 +208,13 @@ def test_every_bad_setting_is_named_in_one_error(tmp_path):
         plan(tmp_path, "hydra.sweeper.direction=[maximize,minimize]")
     with pytest.raises(SweepConfigError, match="the search space is empty"):
         plan(tmp_path, "hydra.sweeper.params=null")
+    # A misspelt key: the sweep started, and its first trial failed on Hydra's error.
+    typo = ("optim.learning_rate=interval(1e-4, 1e-2)",)
+    with pytest.raises(SweepConfigError) as raised:
+        plan(tmp_path, arguments=typo)
+    assert "optim.learning_rate: the config has no such key" in str(raised.value)
+    assert "optim has: lr, weight_decay" in str(raised.value)
+    assert plan(tmp_path, arguments=("+optim.extra=interval(0.1, 0.2)",))  # added with +
 
 
 def test_command_line_ranges_replace_the_presets_and_constants_fix_a_key(tmp_path):
