@@ -32,6 +32,18 @@ def grid_jobs(overrides: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*axes)]
 
 
+def _composition(err: Exception) -> str:
+    """Hydra's composition error in a line, without its advice to add the key with +.
+
+    A key the config lacks is mostly a misspelt one, and a key that a group's target
+    does not take is refused anyway.
+    """
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if first.startswith("Could not override"):
+        return f"{first.rstrip('.')}: the config has no such key; check its spelling"
+    return first
+
+
 def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
     """Composes and validates every job of the sweep's grid.
 
@@ -50,11 +62,15 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
     ]
     problems = []
     for number, job in enumerate(grid_jobs(overrides)):
-        cfg = compose(config_name=config_name or "train", overrides=[*search, *job])
+        swept = " ".join(o for o in job if o not in overrides)
+        try:
+            cfg = compose(config_name=config_name or "train", overrides=[*search, *job])
+        except Exception as err:  # Hydra's composition error: a key the config lacks
+            problems.append(f"job {number} ({swept or 'its only job'}): {_composition(err)}")
+            continue
         try:
             validate(cfg)
         except ConfigError as err:
-            swept = " ".join(o for o in job if o not in overrides)
             problems.append(f"job {number} ({swept or 'its only job'}): {err}")
     if problems:
         raise ConfigError("the sweep was not started:\n" + "\n".join(problems))

@@ -443,6 +443,16 @@ def test_a_bad_value_in_the_third_grid_point_stops_the_sweep_at_start(tmp_path):
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_misspelt_key_in_a_grid_is_named_without_the_advice_to_add_it(tmp_path):
+    """Hydra's own error came after a warning that the start check raised, and advised
+    +optim.learning_rate, which the config check then refuses."""
+    done = run_cli("-m", f"paths.output_dir={tmp_path}", "optim.learning_rate=1e-3,3e-3", *TINY)
+    assert done.returncode == 1
+    assert "job 1 (optim.learning_rate=0.003): Could not override" in done.stderr
+    assert "check its spelling" in done.stderr and "+optim" not in done.stderr
+    assert not (tmp_path / "multirun").exists()
+
+
 def test_the_start_check_of_a_sweep_sees_the_groups_of_the_command_lines_searchpath(tmp_path):
     """A group from hydra.searchpath once composed as an unknown top-level key in the check
     of every job, so no such sweep could start (benchmarks/imbalance.py among them)."""
