@@ -99,6 +99,7 @@ def validate(cfg: DictConfig) -> None:
     problems.extend(_fold_problems(cfg, swept_values, swept_keys))
     problems.extend(_curation_problems(cfg, swept_values))
     problems.extend(_robust_loss_problems(cfg))
+    problems.extend(_noise_problems(cfg))
     if problems:
         plural = "" if len(problems) == 1 else "s"
         listing = "\n  - ".join(problems)
@@ -337,6 +338,19 @@ def _robust_loss_problems(cfg: DictConfig) -> list[str]:
     alpha, beta = (OmegaConf.select(cfg, f"loss.{k}", default=None) for k in ("alpha", "beta"))
     if is_number(alpha) and is_number(beta) and alpha == 0 and beta == 0:
         return ["loss.alpha=0 and loss.beta=0 leave loss=sce with no loss: make one > 0"]
+    return []
+
+
+def _noise_problems(cfg: DictConfig) -> list[str]:
+    """Asymmetric noise of 0.5 or more moves most of each class into the next one."""
+    rate = OmegaConf.select(cfg, "data.label_noise", default=None)
+    kind = OmegaConf.select(cfg, "data.noise_type", default=None)
+    if kind == "asymmetric" and is_number(rate) and rate >= 0.5:
+        return [
+            f"data.label_noise={rate} with data.noise_type=asymmetric gives most of each "
+            "class the next class's label, so the labels name other classes than the "
+            "images: use a rate below 0.5 (or symmetric noise)"
+        ]
     return []
 
 

@@ -280,6 +280,7 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
         (["logger.run_name=[1,2]"], "logger.run_name=[1, 2] is invalid"),
         (["logger.experiment_name=[a,b]"], "logger.experiment_name=['a', 'b'] is invalid"),
         (["logger.artifact_location=/proc/nope/art"], "cannot write in /proc"),
+        (["data.label_noise=0.95", "data.noise_type=asymmetric"], "use a rate below 0.5"),
     ],
 )
 def test_values_that_failed_late_or_passed_as_true_are_refused(make_cfg, overrides, expected):
