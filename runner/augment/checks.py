@@ -27,8 +27,8 @@ def check_transforms(aug_cfg: Any) -> None:
             isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1
         ):
             raise ConfigError(f"{name}: p={p!r} is a probability: expected a number in [0, 1]")
-        try:
-            instantiate(node)
+        try:  # converted as the group converts them (`_convert_: all`: lists, not ListConfig)
+            instantiate(node, _convert_=aug_cfg.get("_convert_", "none"))
         except Exception as err:  # the transform's own check, through Hydra's wrapper
             cause = err.__cause__ or err
             reason = f"{type(cause).__name__}: {str(cause).rstrip('.')}"

@@ -230,6 +230,15 @@ def test_a_bad_transform_parameter_is_named_before_the_data(
     nothing_spent(tmp_path)
 
 
+def test_the_transform_check_builds_them_as_the_group_does(make_cfg):
+    """Built without the group's _convert_, a size list reached Kornia as a ListConfig,
+    which RandomResizedCrop refuses: a preset that trains was refused."""
+    from runner.augment.checks import check_transforms
+
+    crop = "{_target_:kornia.augmentation.RandomResizedCrop,size:[32,32],scale:[0.5,1.0]}"
+    check_transforms(make_cfg(f"aug.transforms=[{crop}]").aug)
+
+
 def test_mode_throughput_without_its_preset_names_the_preset(make_cfg, tmp_path):
     refused(make_cfg("mode=throughput"), "mode=throughput", "experiment=throughput")
     nothing_spent(tmp_path)
