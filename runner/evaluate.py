@@ -244,10 +244,11 @@ def with_channels(data: DataSplits, channels: int) -> DataSplits:
         images = to_grayscale(test.images) if channels == 1 else test.images.repeat(1, 3, 1, 1)
         data.test = Split(images, test.labels, test.ids)
         return data
+    streamed = "" if isinstance(test, Split) else " (a streamed split: data.resident=true)"
     raise ConfigError(
         f"eval.data=current: the checkpoint's model takes {channels}-channel images and "
-        f"this data gives {have}, which eval does not convert: test on data with "
-        f"{channels} channel(s)"
+        f"this data gives {have}, which eval converts only between 1 and 3 channels of a "
+        f"split in memory{streamed}: test on data with {channels} channel(s)"
     )
 
 

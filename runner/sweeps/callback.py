@@ -169,7 +169,7 @@ LAUNCHER_COUNTS = {
     "tasks_per_node": 1,
     "cpus_per_task": 1,
     "gpus_per_node": 0,
-    "mem_gb": 1,
+    "mem_gb": 0,  # --mem=0: all of a node's memory
     "array_parallelism": 1,
     "max_num_timeout": 0,
     "signal_delay_s": 0,

@@ -124,7 +124,8 @@ class StudyPlan:
 def _unknown_key(config: DictConfig, key: str) -> str | None:
     """Why a searched key is not in the config (each trial would fail on it), or None."""
     absent = object()
-    if OmegaConf.select(config, key, default=absent) is not absent:
+    found = OmegaConf.select(config, key, default=absent, throw_on_resolution_failure=False)
+    if found is not absent:
         return None
     parent, _, _ = key.rpartition(".")
     node = OmegaConf.select(config, parent, default=None) if parent else config

@@ -55,6 +55,8 @@ def test_resource_counts_sbatch_would_refuse_are_refused_before_the_sweep():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for name in ("slurm", "slurm_submit", "local"):
             check_launcher(compose("train", [f"hydra/launcher={name}"], return_hydra_config=True))
+        whole_node = ["hydra/launcher=slurm", "hydra.launcher.mem_gb=0"]  # sbatch --mem=0
+        check_launcher(compose("train", whole_node, return_hydra_config=True))
         bad = ["hydra/launcher=slurm", "hydra.launcher.nodes=0", "hydra.launcher.timeout_min=-5"]
         cfg = compose("train", bad, return_hydra_config=True)
     with pytest.raises(ConfigError) as refused:
