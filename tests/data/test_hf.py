@@ -76,6 +76,15 @@ def test_splits_that_share_samples_are_refused(tmp_path, specs, named):
     assert named in str(refused.value) and "carve them from train" in str(refused.value)
 
 
+def test_val_and_test_may_be_the_same_split_with_a_warning(tmp_path, caplog):
+    """A set with only train and test, both held-out keys naming test, loaded before the
+    refusal above and still does: model selection on test is the user's choice."""
+    root = make_imagefolder(tmp_path / "pics", per_class=5, splits=("train", "test"))
+    data = load_hf(str(root), split_val="test", split_test="test", **common(tmp_path))
+    assert len(data.val) == len(data.test) == 15 and len(set(data.val.ids)) == 15
+    assert "the test figures are optimistic" in caplog.text
+
+
 def test_missing_column_names_the_columns(tmp_path):
     path = write_hf_parquet(tmp_path / "bugs.parquet")
     with pytest.raises(DataError, match=r"no column image.*columns: img, y"):

@@ -327,14 +327,16 @@ def record_ids(dataset, image_key: str, folder: Path | None, label: str) -> list
 
 
 def _unique_ids(ids: dict[str, list[str]], specs: dict[str, str | None]) -> dict[str, list[str]]:
-    """Refuses a sample in two splits; a file listed twice in one split gets unique ids.
+    """Refuses a train sample in val or test; other repeats get unique ids.
 
-    A repeat inside a split becomes `<split>:<i>:<path>`.
+    A file listed twice in one split, or in both val and test (a set with only train and
+    test, both named `test`: model selection on the test split, which the log says),
+    becomes `<split>:<i>:<path>`.
 
     Raises:
-        DataError: One file (or one index of the same split spec) is in two splits: the
-            run would test on what it trains on. Overlapping slices of a Hub split have
-            index ids and are not seen here.
+        DataError: One file (or one index of the same split spec) is in train and in val
+            or test: the run would validate or test on what it trains on. Overlapping
+            slices of a Hub split have index ids and are not seen here.
     """
     homes: dict[str, set[str]] = {}
     counts: dict[str, int] = {}
@@ -342,7 +344,7 @@ def _unique_ids(ids: dict[str, list[str]], specs: dict[str, str | None]) -> dict
         for sample_id in split_ids:
             homes.setdefault(sample_id, set()).add(split)
             counts[sample_id] = counts.get(sample_id, 0) + 1
-    shared = sorted(i for i, where in homes.items() if len(where) > 1)
+    shared = sorted(i for i, where in homes.items() if "train" in where and len(where) > 1)
     if shared:
         pairs = sorted({tuple(s for s in ids if s in homes[i]) for i in shared})  # train first
         named = "; ".join(
@@ -352,6 +354,13 @@ def _unique_ids(ids: dict[str, list[str]], specs: dict[str, str | None]) -> dict
             f"{named} share {len(shared)} sample(s) (e.g. {shared[0]}): the run would "
             "validate or test on images it trains on. Choose splits that do not overlap, or "
             "set data.split_val / data.split_test=null to carve them from train"
+        )
+    if any(len(where) > 1 for where in homes.values()):
+        log.warning(
+            "data.split_val=%r and data.split_test=%r share samples: the best epoch is chosen "
+            "on test images, so the test figures are optimistic",
+            specs.get("val"),
+            specs.get("test"),
         )
     if all(c == 1 for c in counts.values()):
         return ids
