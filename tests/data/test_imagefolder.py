@@ -202,6 +202,13 @@ def test_a_val_class_train_lacks_stops_and_a_class_val_lacks_is_allowed(tmp_path
     data = load(root)
     assert torch.bincount(data.val.labels, minlength=3).tolist() == [2, 0, 2]
     assert torch.bincount(data.test.labels, minlength=3).tolist() == [2, 2, 0]
+    # A test/ with no image at all is refused at the scan, naming the way out (it was
+    # decoded and then refused as an empty split, advising data.test_fraction).
+    for folder in (root / "test").iterdir():
+        shutil.rmtree(folder)
+        folder.mkdir()
+    with pytest.raises(DataError, match=r"test holds no image .*remove it to carve test"):
+        load(root)
 
 
 def test_class_count_other_than_num_classes_stops(tmp_path):

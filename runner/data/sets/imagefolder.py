@@ -162,6 +162,11 @@ def scan_layout(
                 "(the model could never predict them). Rename or move them to train/; "
                 f"missing from {split}/ (allowed): {missing or 'none'}."
             )
+        if not any(layout[split].values()):
+            raise DataError(
+                f"{root / split} holds no image (its class folders are empty): add images, "
+                f"or remove it to carve {split} from train (data.{split}_fraction)."
+            )
         if missing:
             log.warning("%s has no image of %d class(es): %s", root / split, len(missing), missing)
     if num_classes is not None and num_classes != len(class_names):
