@@ -213,7 +213,7 @@ def _logged_model(
 
 
 def fetch_checkpoint(uri: str, tracking_uri: str, download_dir: Path) -> FetchedModel:
-    """Downloads the model a `runs:/<run id>` or `models:/<name>/<version>` URI names.
+    """Downloads the model a `runs:/`, `models:/<name>/<version>` or `models:/<m-id>` names.
 
     A run logged before models were has no model `model`: its checkpoints/best.pt
     artifact comes back instead.
@@ -225,8 +225,10 @@ def fetch_checkpoint(uri: str, tracking_uri: str, download_dir: Path) -> Fetched
         download_dir: Where the files go.
 
     Raises:
-        ModelNotFoundError: The run, the registered model or its version does not exist,
-            or the run logged no model (and no best.pt).
+        ModelNotFoundError: The SQLite store is not there or the server does not answer
+            (asked first: MLflow would create the one and retry the other for minutes),
+            the run, the registered model, its version or the logged model does not
+            exist, or the run logged no model (and no best.pt).
     """
     import mlflow
     import mlflow.artifacts

@@ -137,7 +137,7 @@ def log_best_model(
 def checkpoint_from_mlflow(
     ckpt: str, cfg: DictConfig, download_dir: Path
 ) -> tuple[Path, str | None]:
-    """The local best.pt for `ckpt=runs:/<run id>` or `ckpt=models:/<name>/<version>`.
+    """The local best.pt for `ckpt=runs:/<run id>`, `models:/<name>/<version>` or `models:/<m-id>`.
 
     Args:
         ckpt: The URI.
