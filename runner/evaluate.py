@@ -40,9 +40,9 @@ from runner.data.sets.imagefolder import (
     load_imagefolder,
     load_test_folder,
     scan_layout,
-    sniff,
     visible_files,
 )
+from runner.data.sets.records import sniff
 from runner.data.splits import DataSplits, Split, ids_digest
 from runner.reports import console
 from runner.tracking.null import NullTracker

@@ -268,7 +268,7 @@ def test_decode_cache_file_is_reused_and_keyed_by_content(tmp_path, monkeypatch)
     calls = []
     real_decode_all = decoding.decode_all
     monkeypatch.setattr(
-        "runner.data.sets.imagefolder.decode_all",
+        "runner.data.sets.records.decode_all",
         lambda *a, **k: calls.append(1) or real_decode_all(*a, **k),
     )
     second = load(root, cache_dir=str(cache))

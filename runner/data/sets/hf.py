@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.data.decoding import DataError, file_stat
-from runner.data.sets.imagefolder import splits_from_records
+from runner.data.sets.records import splits_from_records
 from runner.data.splits import DataSplits
 
 log = logging.getLogger(__name__)

@@ -12,60 +12,27 @@ one that does not decode is a bad file (skipped and listed, or an error). A samp
 is its path under `data.root` (e.g. `train/cat/001.jpg`). Small data
 sets are decoded once into uint8 tensors (kept in memory, and in a cache file keyed by
 the folder's listing) and stay resident; large ones are decoded batch by batch by loader
-workers (`runner.data.streaming`).
+workers (`runner.data.streaming`); `runner.data.sets.records` does both, for the Hugging
+Face sets too.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from runner.data.decoding import (
-    DataError,
-    cache_key,
-    cached,
-    decode_all,
-    file_stat,
-    record_name,
-    refused_bad_file,
-)
-from runner.data.splits import (
-    DataSplits,
-    Split,
-    channel_stats,
-    classes_without_samples,
-    stratified_split,
-)
-from runner.data.streaming import EncodedSplit
+from runner.data.decoding import DataError, decode_all, file_stat, refused_bad_file
+from runner.data.sets.records import splits_from_records
+from runner.data.splits import DataSplits, Split
 
 log = logging.getLogger(__name__)
 
 SPLIT_FOLDERS = ("train", "val", "test")
-
-# Leading bytes of the formats the decoders read; the streaming path checks them up
-# front (cheap) so that non-image files are listed before training starts.
-_SIGNATURES = (
-    b"\xff\xd8\xff",  # JPEG
-    b"\x89PNG\r\n\x1a\n",
-    b"GIF87a",
-    b"GIF89a",
-    b"BM",  # BMP
-    b"II*\x00",  # TIFF, little-endian
-    b"MM\x00*",  # TIFF, big-endian
-    b"P1",
-    b"P2",
-    b"P3",
-    b"P4",
-    b"P5",
-    b"P6",  # PBM/PGM/PPM
-)
 
 
 def _visible(name: str) -> bool:
@@ -183,44 +150,6 @@ def scan_layout(
             labels.extend([label] * len(classes.get(name, [])))
         result[split] = (files, labels)
     return class_names, result
-
-
-def sniff(record: Any) -> str | None:
-    """Why a record is not an image file (empty, unknown format), or None if it may be one.
-
-    Reads only the first bytes of a file, so a large folder is checked in seconds.
-    """
-    name = record_name(record)
-    if isinstance(record, dict) and record.get("bytes"):
-        head = bytes(record["bytes"][:16])
-    else:
-        try:
-            with open(name, "rb") as handle:
-                head = handle.read(16)
-        except OSError as err:
-            return f"{name}: cannot read ({err.strerror or err})"
-    if not head:
-        return f"{name}: empty file (0 bytes)"
-    if head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-        return None
-    if _pillow_knows(record, name):  # formats without a signature here (TGA, ICO, ...)
-        return None
-    return f"{name}: not an image (unknown format)"
-
-
-def _pillow_knows(record: Any, name: str) -> bool:
-    """Whether Pillow recognises the file's header (it reads no pixels).
-
-    The decoder falls back to Pillow for the formats torchvision does not read.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        source = io.BytesIO(bytes(record["bytes"])) if isinstance(record, dict) else name
-        with Image.open(source):
-            return True
-    except (UnidentifiedImageError, OSError, ValueError):
-        return False
 
 
 def load_imagefolder(
@@ -364,204 +293,3 @@ def load_test_folder(
         std=tuple(float(s) for s in std),
         bad_files=bad,
     )
-
-
-def splits_from_records(
-    *,
-    name: str,
-    records: dict[str, Sequence[Any]],
-    labels: dict[str, Sequence[int]],
-    ids: dict[str, Sequence[str]],
-    class_names: list[str],
-    content_key: Any,
-    where: str,
-    image_size: int,
-    val_fraction: float,
-    test_fraction: float,
-    split_seed: int,
-    resident: bool | str,
-    resident_max_gb: float,
-    cache_dir: str | None,
-    num_workers: int,
-    on_bad_file: str,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-) -> DataSplits:
-    """Decodes (resident) or wraps (streaming) encoded images per split, then assembles.
-
-    Shared by the image-folder and Hugging Face data sets.
-
-    Args:
-        name: Name of the data set.
-        records: Split ("train", optionally "val", "test") -> paths/bytes/image dicts.
-        labels: Split -> class index of each record.
-        ids: Split -> sample id of each record (see `runner.data.splits`).
-        class_names: Name of each class.
-        content_key: What identifies the content, for the decode cache.
-        where: Where the data comes from, for error messages.
-        image_size: Output height and width.
-        val_fraction: Share of each train class for val when there is no "val" split.
-        test_fraction: Share of each train class for test when there is no "test" split.
-        split_seed: Seed of the carved splits.
-        resident: True, False or "auto" (see `load_imagefolder`).
-        resident_max_gb: Decoded size up to which "auto" means resident.
-        cache_dir: Folder for the decode cache file; None = no cache file.
-        num_workers: Decoding processes.
-        on_bad_file: "skip" or "error".
-        mean: Per-channel normalisation mean; None computes it from the train split.
-        std: Per-channel normalisation std; None computes it from the train split.
-
-    Returns:
-        The splits with the bad files listed.
-    """
-    total = sum(len(r) for r in records.values())
-    decoded_gb = total * 3 * image_size**2 / 2**30
-    keep = decoded_gb <= resident_max_gb if resident == "auto" else bool(resident)
-    log.info(
-        "data %s: %d images in %s, %d classes; %.2f GB decoded -> %s",
-        name,
-        total,
-        "/".join(records),
-        len(class_names),
-        decoded_gb,
-        "resident" if keep else "streaming",
-    )
-    id_arrays = {split: np.array(list(split_ids), dtype=object) for split, split_ids in ids.items()}
-    if keep:
-        # "kept": the cache holds which records decoded, so that the ids follow the images.
-        key = cache_key(content_key, image_size, "kept")
-        parts, bad = _decode_parts(
-            records, labels, id_arrays, image_size, key, cache_dir, num_workers, name
-        )
-        if bad and on_bad_file == "error":
-            raise refused_bad_file(bad[0][1])
-    else:
-        parts, bad = _stream_parts(records, labels, id_arrays, image_size, num_workers, on_bad_file)
-    _check_classes_have_images(parts, class_names, where, bad)
-    carved = _carve(
-        labels["train"], id_arrays["train"], records, val_fraction, test_fraction, split_seed
-    )
-    train, val, test = _assemble(parts, carved)
-    if mean is None or std is None:
-        sample = train.images if keep else train.decode_sample(512, split_seed)
-        stat_mean, stat_std = channel_stats(sample)
-        mean = stat_mean if mean is None else mean
-        std = stat_std if std is None else std
-    for _, reason in bad:
-        log.warning("skipped bad file %s", reason)
-    return DataSplits(
-        name=name,
-        train=train,
-        val=val,
-        test=test,
-        class_names=list(class_names),
-        mean=tuple(float(m) for m in mean),
-        std=tuple(float(s) for s in std),
-        bad_files=bad,
-    )
-
-
-def _decode_parts(records, labels, ids, image_size, key, cache_dir, num_workers, name):
-    """Decodes every split (or reads them from the cache); bad files are left out."""
-
-    def build() -> dict:
-        value = {"bad": []}
-        for split, split_records in records.items():
-            images, kept, bad = decode_all(split_records, image_size, "skip", num_workers)
-            kept = torch.as_tensor(kept, dtype=torch.long)
-            value[split] = [images, torch.tensor(labels[split], dtype=torch.long)[kept], kept]
-            value["bad"].extend([path, reason] for path, reason in bad)
-        return value
-
-    value = cached(key, build, cache_dir, name)
-    parts = {}
-    for split in records:
-        images, split_labels, kept = value[split]
-        parts[split] = Split(images, split_labels, ids[split][kept.numpy()])
-    return parts, [(path, reason) for path, reason in value["bad"]]
-
-
-def _stream_parts(records, labels, ids, image_size, num_workers, on_bad_file):
-    """Checks each record's leading bytes now; content errors surface in batches."""
-    parts, bad = {}, []
-    for split, split_records in records.items():
-        keep = []
-        for position in range(len(split_records)):
-            reason = sniff(split_records[position])
-            if reason is None:
-                keep.append(position)
-            elif on_bad_file == "error":
-                raise refused_bad_file(reason)
-            else:
-                bad.append((record_name(split_records[position]), reason))
-        positions = torch.tensor(keep, dtype=torch.long)
-        parts[split] = EncodedSplit(
-            records=split_records,
-            positions=positions,
-            labels=torch.tensor(labels[split], dtype=torch.long)[positions],
-            size=image_size,
-            num_workers=num_workers,
-            on_bad_file=on_bad_file,
-            ids=ids[split][positions.numpy()],
-        )
-    return parts, bad
-
-
-def _check_classes_have_images(parts, class_names, where, bad) -> None:
-    """Refuses a class with no readable train image (a val or test split may lack one)."""
-    empty = classes_without_samples(parts["train"].labels, class_names)
-    if empty:
-        folders = ", ".join(f"train/{c}" for c in empty)
-        # The run stops here, before the bad-file list is written: name the first ones.
-        examples = "; ".join(reason for _, reason in bad[:3])
-        raise DataError(
-            f"{len(empty)} class(es) of {where} have no readable image: {folders} "
-            f"({len(bad)} bad file(s) skipped in all"
-            + (f", e.g. {examples}" if examples else "")
-            + ")."
-        )
-
-
-def _carve(train_labels, train_ids, records, val_fraction, test_fraction, split_seed):
-    """The ids of the train records that go to val and to test, where those are carved.
-
-    Drawn from the whole listing, before any file is decoded: which files turn out bad
-    (a truncated file is found by decoding it resident, in a batch when streamed) does
-    not move other samples between train, val and test.
-
-    Returns:
-        (train ids, val ids, test ids) as arrays, in the order the split draws them.
-    """
-    carve_val = 0.0 if "val" in records else val_fraction
-    carve_test = 0.0 if "test" in records else test_fraction
-    positions = stratified_split(np.asarray(train_labels), carve_val, carve_test, split_seed)
-    return tuple(train_ids[p] for p in positions)
-
-
-def _assemble(parts, carved):
-    """Uses the val/test splits where present and carves the rest from train.
-
-    A sample whose file was bad is absent from the part; a class left with no train
-    sample that way takes one back from the carved val (or test) samples, so that no
-    class is tested that the model could not learn.
-    """
-    train = parts["train"]
-    if "val" in parts and "test" in parts:  # nothing to carve: no copy of train
-        return train, parts["val"], parts["test"]
-    index_of = {sample_id: i for i, sample_id in enumerate(train.ids)}
-    train_idx, val_idx, test_idx = ([index_of[i] for i in ids if i in index_of] for ids in carved)
-    labels = train.labels.tolist()
-    learnt = {labels[i] for i in train_idx}
-    for carved_idx in (val_idx, test_idx):
-        for i in list(carved_idx):
-            if labels[i] not in learnt:
-                carved_idx.remove(i)
-                train_idx.append(i)
-                learnt.add(labels[i])
-    train_idx.sort()
-    train_idx, val_idx, test_idx = (
-        torch.tensor(i, dtype=torch.long) for i in (train_idx, val_idx, test_idx)
-    )
-    val = parts["val"] if "val" in parts else train.subset(val_idx)
-    test = parts["test"] if "test" in parts else train.subset(test_idx)
-    return train.subset(train_idx), val, test
