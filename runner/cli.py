@@ -63,7 +63,7 @@ def run(cfg: DictConfig) -> float:
 
         return run_eval(cfg)
     if mode == "predict":
-        from runner.evaluate import run_predict
+        from runner.predict import run_predict
 
         return run_predict(cfg)
     if mode == "preview":

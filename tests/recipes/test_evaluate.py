@@ -17,7 +17,7 @@ from torchvision.io import write_png
 from runner.cli import run
 from runner.config.errors import ConfigError
 from runner.data.decoding import DataError
-from runner.evaluate import resolve_ckpt
+from runner.from_checkpoint import resolve_ckpt
 from runner.training.best_checkpoint import read_best
 from runner.training.checkpoint_io import CheckpointError
 from runner.training.final_eval import FlipTTA
@@ -240,7 +240,7 @@ def test_a_one_channel_model_predicts_files_by_their_luma_and_a_failure_leaves_n
     def broken(images):
         raise RuntimeError("a failure while predicting")
 
-    monkeypatch.setattr("runner.evaluate.to_grayscale", broken)  # a fault, injected
+    monkeypatch.setattr("runner.predict.to_grayscale", broken)  # a fault, injected
     with pytest.raises(RuntimeError, match="while predicting"):
         run(predicting)
     assert list(out.iterdir()) == []
@@ -249,7 +249,7 @@ def test_a_one_channel_model_predicts_files_by_their_luma_and_a_failure_leaves_n
 def test_predict_output_refuses_what_it_must_not_overwrite_or_cannot_write(trained, tmp_path):
     """best.pt as predict.output was replaced by 566 bytes of CSV; /proc failed at the end."""
     from runner.config.errors import ConfigError
-    from runner.evaluate import list_images, predictions_path
+    from runner.predict import list_images, predictions_path
 
     ckpt = trained[0] / "train" / "checkpoints" / "best.pt"
     with pytest.raises(ConfigError, match="an existing file that is not a CSV"):
@@ -274,7 +274,7 @@ def test_predict_output_refuses_what_it_must_not_overwrite_or_cannot_write(train
 
 
 def test_weights_that_do_not_fit_the_checkpoints_model_name_the_fix(trained):
-    from runner.evaluate import rebuild_model
+    from runner.from_checkpoint import rebuild_model
 
     best = read_best(trained[0] / "train" / "checkpoints" / "best.pt")
     best.model["fc.weight"] = best.model["fc.weight"][:, :3]
@@ -419,7 +419,7 @@ def test_a_flat_layout_best_pt_evaluates_and_predicts_as_before(trained, tmp_pat
 def test_eval_on_stored_data_needs_no_exclude_file_and_no_folds(tmp_path):
     """The test split is the same without the train-only keys, whose files may be gone."""
     from runner.data.build import build_data
-    from runner.evaluate import train_only_keys_off
+    from runner.from_checkpoint import train_only_keys_off
 
     cfg = compose_run(tmp_path, "run", "data.num_folds=5", "data.fold=0")
     stored = cfg.data.copy()
@@ -437,7 +437,7 @@ def test_eval_groups_head_and_tail_classes_by_the_counts_the_model_learnt_from(t
     no folds, so grouping by its own train counts would put other classes in the head
     and tail, and report other head/medium/tail accuracies for the same weights."""
     from runner.data.build import build_data
-    from runner.evaluate import train_only_keys_off
+    from runner.from_checkpoint import train_only_keys_off
     from runner.reports.per_class import shot_groups
 
     long_tailed_fold = [

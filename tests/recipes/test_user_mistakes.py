@@ -589,7 +589,7 @@ def test_a_device_this_machine_lacks_is_refused_by_name():
 
 
 def test_predict_lists_a_folder_with_a_link_back_to_itself_once(tmp_path):
-    from runner.evaluate import list_images
+    from runner.predict import list_images
 
     folder = tmp_path / "in"
     (folder / "sub").mkdir(parents=True)

@@ -1,0 +1,203 @@
+"""What eval and predict share: a run's best.pt made ready to use.
+
+A `checkpoints/best.pt` (runner.training.best_checkpoint) carries the weights, the run's
+resolved config, the class names, the normalisation and the image size, so the model is
+rebuilt exactly as it was trained, with no access to the training run's files.
+`ckpt=runs:/<run id>` downloads that MLflow run's logged model,
+`ckpt=models:/<name>/<version>` a registered version and `ckpt=models:/<m-id>` a logged
+model by its id, from the store `logger.tracking_uri` names.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from runner.augment.normalize import Normalize
+from runner.config.targets import untrusted_targets
+from runner.config.validation import ConfigError, validate
+from runner.data import curation, folds
+from runner.tracking.null import NullTracker
+from runner.tracking.run_record import hydra_overrides
+from runner.training.best_checkpoint import BestCheckpoint, read_best
+from runner.training.checkpoint_io import CheckpointError
+from runner.training.context import (
+    RunContext,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
+from runner.training.distributed import World
+from runner.training.exported_model import MODEL_URI_PREFIXES, checkpoint_from_mlflow
+from runner.training.preflight import check_gradcam_layer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A best.pt ready to use: its content, the training run's config, the rebuilt model.
+
+    Attributes:
+        path: The local best.pt.
+        source_run_id: The MLflow run that trained it, when known.
+        best: The checkpoint's content.
+        stored: The training run's config (targets checked against the allowlist).
+        model: The trained model, in eval mode on the device.
+        augment: The training augmentation (its eval path: resize, center-crop).
+        normalize: The normalisation the model was trained with.
+    """
+
+    path: Path
+    source_run_id: str | None
+    best: BestCheckpoint
+    stored: DictConfig
+    model: nn.Module
+    augment: nn.Module
+    normalize: Normalize
+
+
+def start_context(cfg: DictConfig) -> RunContext:
+    """Validates the config; one process, its device, precision and run dir; no tracker yet."""
+    validate(cfg)
+    seed_everything(cfg.seed)
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.trainer.device)
+    precision = resolve_precision(cfg.trainer.precision, device)
+    return RunContext(cfg, device, precision, World(), run_dir, NullTracker())
+
+
+def refuse_ignored_overrides(cfg: DictConfig) -> None:
+    """Refuses command-line keys that eval or predict would silently ignore.
+
+    The model and its augmentation always come from the checkpoint; the data too in
+    predict, and in eval with eval.data=stored.
+
+    Raises:
+        ConfigError: Naming the overrides and why they do not apply.
+    """
+
+    def given(*groups: str) -> list[str]:
+        keys = tuple(f"{g}{sep}" for g in groups for sep in (".", "="))
+        return [o for o in hydra_overrides() if o.lstrip("+~").startswith(keys)]
+
+    stored_parts = given("model", "aug")
+    if stored_parts:
+        raise ConfigError(
+            f"{' '.join(stored_parts)}: mode={cfg.mode} uses the model and augmentation "
+            "stored in the checkpoint and would ignore this: leave it out (they change only "
+            "by training anew)"
+        )
+    data_keys = given("data")
+    if data_keys and cfg.mode == "predict":
+        raise ConfigError(
+            f"{' '.join(data_keys)}: mode=predict reads predict.input at the checkpoint's "
+            "image size and would ignore this: leave it out"
+        )
+    if data_keys and cfg.eval.data == "stored":
+        raise ConfigError(
+            f"{' '.join(data_keys)}: eval.data=stored tests on the data the checkpoint was "
+            "trained on and would ignore this. Add eval.data=current to test on the command "
+            "line's data"
+        )
+
+
+def load_checkpoint(ctx: RunContext) -> LoadedCheckpoint:
+    """Resolves `ckpt`, reads the best.pt, checks its config and rebuilds the model."""
+    path, run_id = resolve_ckpt(str(ctx.cfg.ckpt), ctx.cfg, ctx.run_dir / "downloaded")
+    best = read_best(path)
+    stored = best.stored_config()
+    allowed = tuple(ctx.cfg.get("allowed_targets") or [])
+    # Only this command line's allowed_targets count: a checkpoint cannot widen them itself.
+    parts = OmegaConf.create({k: stored[k] for k in ("model", "aug", "data") if k in stored})
+    problems = untrusted_targets(parts, extra_allowed=allowed)
+    if problems:
+        raise ConfigError("the checkpoint's config is refused:\n  - " + "\n  - ".join(problems))
+    num_classes = len(best.class_names)
+    augment = instantiate(stored.aug, num_classes=num_classes).to(ctx.device).eval()
+    model = rebuild_model(stored, best, ctx.device)
+    check_gradcam_layer(ctx.cfg, model)  # else found only after the test
+    return LoadedCheckpoint(
+        path=path,
+        source_run_id=run_id or best.mlflow_run_id,
+        best=best,
+        stored=stored,
+        model=model,
+        augment=augment,
+        normalize=Normalize(best.mean, best.std).to(ctx.device),
+    )
+
+
+def train_only_keys_off(data_cfg: DictConfig) -> DictConfig:
+    """The stored data config without the keys that change only train and val splits.
+
+    `data.exclude`/`relabel` and k-fold leave the test split as it is, and their files
+    need not exist where eval runs.
+    """
+    data_cfg = data_cfg.copy()
+    for key in (*curation.KEYS, *folds.KEYS):
+        if key in data_cfg:
+            data_cfg[key] = None
+    return data_cfg
+
+
+def rebuild_model(stored: DictConfig, best: BestCheckpoint, device: torch.device) -> nn.Module:
+    """The trained model: its config from the checkpoint, its weights from best.pt.
+
+    Pretrained weights are not loaded again (neither downloaded nor read from
+    `model.pretrained_file`, which may not exist here): best.pt has the trained ones.
+    """
+    settings = OmegaConf.to_container(stored.model, resolve=True)
+    for key, off in (("pretrained", False), ("pretrained_file", None), ("weights", None)):
+        if key in settings:
+            settings[key] = off
+    model = instantiate(settings)(num_classes=len(best.class_names))
+    try:
+        model.load_state_dict(best.model)
+    except RuntimeError as err:
+        cause = " ".join(str(err).split())[:300]
+        raise CheckpointError(
+            f"the weights in the checkpoint do not fit the model its config builds ({cause}): "
+            "it was changed or written by other code; use the best.pt its run wrote"
+        ) from err
+    return model.to(device).eval()
+
+
+def resolve_ckpt(ckpt: str, cfg: DictConfig, download_dir: Path) -> tuple[Path, str | None]:
+    """The local best.pt for `ckpt`, and the MLflow run id it came from when known.
+
+    Args:
+        ckpt: A file path, `runs:/<run id>` (that run's logged model, or its
+            checkpoints/best.pt for runs logged before models were),
+            `models:/<name>/<version>` (a registered model version) or
+            `models:/<logged model id>`.
+        cfg: The composed config (its `logger.tracking_uri` names the MLflow store).
+        download_dir: Where a downloaded checkpoint is put.
+
+    Raises:
+        CheckpointError: The file does not exist, or the URI names no run, model or
+            version the store has.
+    """
+    if not ckpt.startswith(MODEL_URI_PREFIXES):
+        path = Path(ckpt).expanduser()
+        if not path.is_file():
+            hint = " (a folder: point at its checkpoints/best.pt)" if path.is_dir() else ""
+            raise CheckpointError(
+                f"ckpt={ckpt!r}: no such file{hint}. Pass a run's checkpoints/best.pt or "
+                "ckpt=runs:/<mlflow run id> or ckpt=models:/<registered model>/<version>"
+            )
+        return path, None
+    return checkpoint_from_mlflow(ckpt, cfg, download_dir)
+
+
+def to_grayscale(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) uint8 RGB -> (N, 1, H, W) uint8 luma (ITU-R BT.601, as Pillow's "L")."""
+    weights = torch.tensor([0.299, 0.587, 0.114], device=images.device).view(1, 3, 1, 1)
+    return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)

@@ -1,0 +1,199 @@
+"""The predict recipe: label image files with a checkpoint into a CSV; nothing tracked.
+
+    python run.py mode=predict ckpt=<best.pt> predict.input=photos/ predict.topk=3
+
+The checkpoint is made ready by `runner.from_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from runner.config.validation import ConfigError
+from runner.data.decoding import BadImageError, decode_record
+from runner.data.sets.imagefolder import visible_files
+from runner.data.sets.records import sniff
+from runner.from_checkpoint import (
+    load_checkpoint,
+    refuse_ignored_overrides,
+    start_context,
+    to_grayscale,
+)
+from runner.reports import console
+from runner.training import engine
+from runner.training.final_eval import with_tta
+
+log = logging.getLogger(__name__)
+
+
+def run_predict(cfg: DictConfig) -> float:
+    """Labels images with a checkpoint and writes a CSV: file, class, probability, top-k.
+
+    Files that do not decode get a row with their error instead of a prediction. Nothing
+    is tracked in MLflow.
+
+    Returns:
+        The number of images labelled.
+    """
+    ctx = start_context(cfg)  # tracks nothing
+    refuse_ignored_overrides(cfg)
+    files = list_images(str(cfg.predict.input))
+    output = predictions_path(cfg.predict.output, ctx.run_dir, files)  # before reading any
+    # An earlier predictions CSV inside the input folder is not an image to label.
+    files = [f for f in files if f.resolve() != output.resolve()]
+    if not files:
+        raise ConfigError(
+            f"predict.input={cfg.predict.input!r} holds no file but predict.output's CSV"
+        )
+    loaded = load_checkpoint(ctx)
+    names, size = loaded.best.class_names, loaded.best.image_size
+    topk = min(int(cfg.predict.topk), len(names))
+    predictor = with_tta(loaded.model, cfg.predict.tta)
+    autocast = engine.make_autocast(ctx.device, ctx.precision)
+    header = ["file", "predicted_class", "probability"]
+    header += [f"{kind}_{rank}" for rank in range(1, topk + 1) for kind in ("class", "prob")]
+    labelled = failed = 0
+    tmp = output.with_name(f".{output.name}.tmp")
+    try:
+        with tmp.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([*header, "error"])
+            for start in range(0, len(files), cfg.predict.batch_size):
+                chunk = files[start : start + cfg.predict.batch_size]
+                rows: dict[int, list[str]] = {}
+                images, kept = [], []
+                for index, file in enumerate(chunk):
+                    # From its first bytes: a movie or archive in the folder is not read whole.
+                    reason = sniff(file)
+                    if reason is not None:
+                        rows[index] = [str(file), "", "", *[""] * (2 * topk), reason]
+                        continue
+                    try:
+                        images.append(decode_record(file, size))
+                        kept.append(index)
+                    except BadImageError as err:
+                        rows[index] = [str(file), "", "", *[""] * (2 * topk), str(err)]
+                if images:
+                    batch = torch.stack(images).to(ctx.device)
+                    if len(loaded.best.mean) == 1:  # a one-channel model: files decode as RGB
+                        batch = to_grayscale(batch)
+                    with torch.inference_mode(), autocast():
+                        logits = predictor(loaded.normalize(loaded.augment(batch)))
+                    probs, classes = logits.float().softmax(-1).topk(topk, dim=-1)
+                    for index, row_probs, row_classes in zip(
+                        kept, probs.tolist(), classes.tolist(), strict=True
+                    ):
+                        ranked = [
+                            v
+                            for c, p in zip(row_classes, row_probs, strict=True)
+                            for v in (names[c], f"{p:.6f}")
+                        ]
+                        rows[index] = [str(chunk[index]), ranked[0], ranked[1], *ranked, ""]
+                writer.writerows(rows[index] for index in range(len(chunk)))  # in file order
+                labelled += len(kept)
+                failed += len(chunk) - len(kept)
+        os.replace(tmp, output)  # a complete file or none: an earlier CSV is never half-written
+    finally:
+        tmp.unlink(missing_ok=True)  # after an error (or Ctrl-C) no partial file is left
+    log.info(
+        "predict: %d image(s) labelled, %d could not be read; wrote %s", labelled, failed, output
+    )
+    console.print_summary(
+        [
+            ("images labelled", str(labelled)),
+            ("unreadable", str(failed)),
+            ("checkpoint", str(loaded.path)),
+            ("predictions", str(output)),
+        ],
+        title="predict summary",
+    )
+    return float(labelled)
+
+
+def predictions_path(output: str | None, run_dir: Path, inputs: Sequence[Path | str] = ()) -> Path:
+    """Where predict writes its CSV; its folder is made now, before any image is read.
+
+    `predict.output`, or `<folder>/predictions.csv` when it names a folder (one that
+    exists, or a path that ends with `/`), else `<run dir>/predictions.csv`.
+
+    Raises:
+        ConfigError: The folder cannot be made or written to, the path is one of the
+            images to label (`inputs`) or another existing file that is not a CSV, or its
+            name does not end in .csv.
+    """
+    path = Path(output).expanduser() if output else run_dir / "predictions.csv"
+    if path.is_dir() or (output and str(output).endswith(("/", os.sep))):
+        path = path / "predictions.csv"
+    if path.exists() and (not path.is_file() or path.suffix.lower() != ".csv"):
+        # Only an existing file can be an input image: a new output costs no look at them.
+        if path.resolve() in {Path(image).resolve() for image in inputs}:
+            raise ConfigError(
+                f"predict.output={output!r} is one of the images to label and would be "
+                "overwritten: point it at a CSV file (or a folder) elsewhere"
+            )
+        # An earlier predictions CSV is replaced; any other file (a checkpoint) is not.
+        raise ConfigError(
+            f"predict.output={output!r} is an existing file that is not a CSV and would be "
+            "overwritten: point it at a .csv file (or a folder) instead"
+        )
+    if path.is_file() and not _is_predictions_csv(path):
+        raise ConfigError(
+            f"predict.output={output!r} is an existing CSV that predict did not write (it "
+            "does not start with file,predicted_class) and would be overwritten: point it "
+            "at a new .csv file (or a folder)"
+        )
+    if path.suffix.lower() != ".csv":  # written now, it would be refused the next time
+        raise ConfigError(
+            f"predict.output={output!r} does not end in .csv: name a .csv file, or a folder "
+            "(with a trailing /) for predictions.csv in it"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"predict.output={output!r}: cannot make its folder ({err}); point it at a CSV file "
+            "in a folder you can write to"
+        ) from err
+    probe = path.with_name(f".{path.name}.tmp")
+    try:  # a real file: os.access says yes to root for /sys and /proc
+        probe.open("w").close()
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"predict.output={output!r}: cannot write in {path.parent} ({err.strerror}); point "
+            "it at a CSV file in a folder you can write to"
+        ) from err
+    return path
+
+
+def _is_predictions_csv(path: Path) -> bool:
+    """Whether a file starts with the header predict writes (an earlier predictions CSV)."""
+    try:
+        with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+            return handle.readline().startswith("file,predicted_class,")
+    except OSError:
+        return False
+
+
+def list_images(source: str) -> list[Path]:
+    """The file, or every visible file under the folder (recursively, sorted).
+
+    Raises:
+        ConfigError: The path does not exist or the folder holds no files.
+    """
+    path = Path(source).expanduser()
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ConfigError(f"predict.input={source!r}: no such file or folder")
+    files = visible_files(path, regular_only=True)  # a FIFO would make predict wait
+    if not files:
+        raise ConfigError(f"predict.input={source!r}: the folder holds no files")
+    return files
