@@ -89,7 +89,8 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
         with startup_clock.phase("mlflow"):
             ctx.tracker.prepare(experiment)  # the store opens beside the data and model build
 
-    check_model_config(cfg.model)  # a wrong name or weights file, before any data is decoded
+    with startup_clock.phase("model"):  # a wrong name or weights file, before the data
+        check_model_config(cfg.model)
     check_transforms(cfg.aug)  # a bad transform parameter, as early
     with startup_clock.phase("data"):
         data = build_data(cfg.data)
