@@ -172,6 +172,30 @@ def test_a_row_without_a_label_is_refused_naming_the_rows(tmp_path):
         load_hf(str(path), image_key="img", label_key="y", split_test=None, **common(tmp_path))
 
 
+def test_a_hub_name_without_network_is_named_with_the_local_ways_out(tmp_path):
+    """datasets' ConnectionError reached the user through Hydra's wrapper."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from runner.data.sets.hf import load_hf\n"
+        "from runner.data.decoding import DataError\n"
+        "try:\n"
+        f"    load_hf('someone/nothing', hf_cache_dir={str(tmp_path)!r})\n"
+        "except DataError as err:\n"
+        "    print('refused:', err)\n"
+    )
+    offline = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=offline, timeout=120
+    )
+    assert "refused: data.name='someone/nothing' cannot be loaded from the" in done.stdout, (
+        done.stdout + done.stderr
+    )[-2000:]
+    assert "point data.name at a local copy" in done.stdout
+
+
 def test_relative_paths_in_a_csv_are_read_from_the_csvs_folder(tmp_path, monkeypatch):
     """They were read from the working directory: every image was a bad file."""
     from PIL import Image

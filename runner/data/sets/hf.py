@@ -221,6 +221,12 @@ def load_hf(
                 f"data.split_{split}={spec!r}: data.name={name!r} has no such split ({reason}). "
                 f"Name one it has, or set data.split_{split}=null to carve it from train"
             ) from err
+        except ConnectionError as err:  # a Hub name without network (or HF_HUB_OFFLINE=1)
+            raise DataError(
+                f"data.name={name!r} cannot be loaded from the Hugging Face Hub ({err}). "
+                "Without network, point data.name at a local copy: a folder saved with "
+                "save_to_disk, a folder of images, or a .parquet/.arrow/.csv/.json file"
+            ) from err
     train = loaded["train"]
     missing = [k for k in (image_key, label_key) if k not in train.column_names]
     if missing:
