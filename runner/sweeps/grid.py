@@ -8,8 +8,9 @@ Ranges a sweeper searches (Optuna's `interval(...)`) are the sweeper's to check.
 from __future__ import annotations
 
 import itertools
+import re
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from runner.config.errors import ConfigError
 from runner.config.validation import override_parser
@@ -32,16 +33,28 @@ def grid_jobs(overrides: list[str]) -> list[list[str]]:
     return [list(job) for job in itertools.product(*axes)]
 
 
-def _composition(err: Exception) -> str:
-    """Hydra's composition error in a line, without its advice to add the key with +.
+def missing_key(config: DictConfig, key: str) -> str | None:
+    """Why a key is not in the config, with its group's keys; None when it is there.
 
-    A key the config lacks is mostly a misspelt one, and a key that a group's target
-    does not take is refused anyway.
+    Hydra's own error advises adding the key with +, but a key the config lacks is
+    mostly a misspelt one, and a key that a group's target does not take is refused.
     """
+    absent = object()
+    found = OmegaConf.select(config, key, default=absent, throw_on_resolution_failure=False)
+    if found is not absent:
+        return None
+    parent, _, _ = key.rpartition(".")
+    node = OmegaConf.select(config, parent, default=None) if parent else config
+    keys = ", ".join(k for k in node if not str(k).startswith("_")) if node is not None else ""
+    listing = f" ({parent} has: {keys})" if parent and keys else ""
+    return f"{key}: the config has no such key; check its spelling{listing}"
+
+
+def _composition(err: Exception, config: DictConfig) -> str:
+    """Hydra's composition error in a line; for a key the config lacks, `missing_key`'s."""
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if first.startswith("Could not override"):
-        return f"{first.rstrip('.')}: the config has no such key; check its spelling"
-    return first
+    key = re.match(r"Could not override '([^']+)'", first)
+    return (key and missing_key(config, key.group(1).lstrip("+~"))) or first
 
 
 def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
@@ -66,7 +79,8 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
         try:
             cfg = compose(config_name=config_name or "train", overrides=[*search, *job])
         except Exception as err:  # Hydra's composition error: a key the config lacks
-            problems.append(f"job {number} ({swept or 'its only job'}): {_composition(err)}")
+            reason = _composition(err, config)
+            problems.append(f"job {number} ({swept or 'its only job'}): {reason}")
             continue
         try:
             validate(cfg)

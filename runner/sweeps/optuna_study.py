@@ -30,6 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from runner.config.errors import ConfigError
 from runner.config.redaction import public_uri
+from runner.sweeps.grid import missing_key
 from runner.sweeps.manifest import parse_overrides
 from runner.sweeps.search_space import (
     describe_distribution,
@@ -119,21 +120,6 @@ class StudyPlan:
             f"{self.spelled.get(key, key)}={override_value(v)}" for key, v in trial.params.items()
         ]
         return [*self.fixed, *params, f"{self.trial_override}={trial.number}"]
-
-
-def _unknown_key(config: DictConfig, key: str) -> str | None:
-    """Why a searched key is not in the config (each trial would fail on it), or None."""
-    absent = object()
-    found = OmegaConf.select(config, key, default=absent, throw_on_resolution_failure=False)
-    if found is not absent:
-        return None
-    parent, _, _ = key.rpartition(".")
-    node = OmegaConf.select(config, parent, default=None) if parent else config
-    keys = ", ".join(k for k in node if not str(k).startswith("_")) if node is not None else ""
-    return (
-        f"{key}: the config has no such key, so every trial would fail on it; check its "
-        "spelling" + (f" ({parent} has: {keys})" if parent and keys else "")
-    )
 
 
 def shown_storage(url: Any) -> str:
@@ -377,7 +363,7 @@ def plan_study(config: DictConfig, arguments: list[str], *, open_store: bool = T
     searched = search_space(sweeper.get("params"), arguments)
     space = searched.space
     problems += searched.problems
-    problems += [_unknown_key(config, key) for key in space if key not in searched.spelled]
+    problems += [missing_key(config, key) for key in space if key not in searched.spelled]
     problems = [p for p in problems if p]
     if not space and not searched.problems:
         problems.append(

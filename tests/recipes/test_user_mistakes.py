@@ -457,8 +457,8 @@ def test_a_misspelt_key_in_a_grid_is_named_without_the_advice_to_add_it(tmp_path
     +optim.learning_rate, which the config check then refuses."""
     done = run_cli("-m", f"paths.output_dir={tmp_path}", "optim.learning_rate=1e-3,3e-3", *TINY)
     assert done.returncode == 1
-    assert "job 1 (optim.learning_rate=0.003): Could not override" in done.stderr
-    assert "check its spelling" in done.stderr and "+optim" not in done.stderr
+    assert "job 1 (optim.learning_rate=0.003): optim.learning_rate: the config has" in done.stderr
+    assert "check its spelling (optim has: lr" in done.stderr and "+optim" not in done.stderr
     assert not (tmp_path / "multirun").exists()
 
 
