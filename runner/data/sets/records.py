@@ -165,10 +165,9 @@ def splits_from_records(
     else:
         parts, bad = _stream_parts(records, labels, id_arrays, image_size, num_workers, on_bad_file)
     _check_classes_have_images(parts, class_names, where, bad)
-    carved = _carve(
-        labels["train"], id_arrays["train"], records, val_fraction, test_fraction, split_seed
+    train, val, test = _assemble(
+        parts, labels["train"], id_arrays["train"], val_fraction, test_fraction, split_seed
     )
-    train, val, test = _assemble(parts, carved)
     if mean is None or std is None:
         sample = train.images if keep else train.decode_sample(512, split_seed)
         stat_mean, stat_std = channel_stats(sample)
@@ -249,34 +248,26 @@ def _check_classes_have_images(parts, class_names, where, bad) -> None:
         )
 
 
-def _carve(train_labels, train_ids, records, val_fraction, test_fraction, split_seed):
-    """The ids of the train records that go to val and to test, where those are carved.
-
-    Drawn from the whole listing, before any file is decoded: which files turn out bad
-    (a truncated file is found by decoding it resident, in a batch when streamed) does
-    not move other samples between train, val and test.
-
-    Returns:
-        (train ids, val ids, test ids) as arrays, in the order the split draws them.
-    """
-    carve_val = 0.0 if "val" in records else val_fraction
-    carve_test = 0.0 if "test" in records else test_fraction
-    positions = stratified_split(np.asarray(train_labels), carve_val, carve_test, split_seed)
-    return tuple(train_ids[p] for p in positions)
-
-
-def _assemble(parts, carved):
+def _assemble(parts, train_labels, train_ids, val_fraction, test_fraction, split_seed):
     """Uses the val/test splits where present and carves the rest from train.
 
-    A sample whose file was bad is absent from the part; a class left with no train
-    sample that way takes one back from the carved val (or test) samples, so that no
-    class is tested that the model could not learn.
+    The carve is drawn from the whole train listing (`train_labels`, `train_ids`), before
+    any file is decoded: which files turn out bad (a truncated file is found by decoding
+    it resident, in a batch when streamed) does not move other samples between train,
+    val and test. A sample whose file was bad is absent from the part; a class left with
+    no train sample that way takes one back from the carved val (or test) samples, so
+    that no class is tested that the model could not learn.
     """
     train = parts["train"]
     if "val" in parts and "test" in parts:  # nothing to carve: no copy of train
         return train, parts["val"], parts["test"]
+    carve_val = 0.0 if "val" in parts else val_fraction
+    carve_test = 0.0 if "test" in parts else test_fraction
+    drawn = stratified_split(np.asarray(train_labels), carve_val, carve_test, split_seed)
     index_of = {sample_id: i for i, sample_id in enumerate(train.ids)}
-    train_idx, val_idx, test_idx = ([index_of[i] for i in ids if i in index_of] for ids in carved)
+    train_idx, val_idx, test_idx = (
+        [index_of[i] for i in train_ids[positions] if i in index_of] for positions in drawn
+    )
     labels = train.labels.tolist()
     learnt = {labels[i] for i in train_idx}
     for carved_idx in (val_idx, test_idx):
