@@ -20,7 +20,7 @@ from runner.config.validation import ConfigError
 from runner.data.build import build_data
 from runner.data.checks import require_splits
 from runner.data.decoding import DataError
-from runner.data.sets.imagefolder import load_imagefolder, load_test_folder, scan_layout
+from runner.data.sets.imagefolder import class_folders, load_imagefolder, load_test_folder
 from runner.data.splits import DataSplits, Split, ids_digest
 from runner.from_checkpoint import (
     LoadedCheckpoint,
@@ -120,7 +120,8 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:
         ConfigError: The data's classes are not the checkpoint's.
     """
     if cfg.eval.data == "current":
-        if held_out_folder(cfg.data):
+        root = image_folder_root(cfg.data)
+        if root is not None and root.is_dir() and not (root / "train").is_dir():
             data = load_test_folder(
                 cfg.data.root,
                 loaded.best.class_names,
@@ -133,9 +134,9 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:
             )
             require_splits(data, ("test",))
             return with_channels(data, len(loaded.best.mean))
-        if OmegaConf.select(cfg.data, "_target_") == IMAGEFOLDER_TARGET:
-            # From the folder names, before a folder of any size is decoded.
-            same_classes(cfg, scan_layout(cfg.data.root)[0], loaded.best.class_names)
+        if root is not None and (root / "train").is_dir():
+            # From the class folders' names, before a folder of any size is listed and decoded.
+            same_classes(cfg, class_folders(root / "train"), loaded.best.class_names)
         data = with_channels(build_data(cfg.data), len(loaded.best.mean))
     else:
         try:
@@ -198,9 +199,8 @@ def with_channels(data: DataSplits, channels: int) -> DataSplits:
     )
 
 
-def held_out_folder(data_cfg: DictConfig) -> bool:
-    """Whether the data group is an image folder whose existing root has no train/."""
+def image_folder_root(data_cfg: DictConfig) -> Path | None:
+    """`data.root` of an image-folder data group; None for another data set."""
     if OmegaConf.select(data_cfg, "_target_") != IMAGEFOLDER_TARGET:
-        return False
-    root = Path(str(data_cfg.root)).expanduser()
-    return root.is_dir() and not (root / "train").is_dir()
+        return None
+    return Path(str(data_cfg.root)).expanduser()

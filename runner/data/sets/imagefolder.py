@@ -45,8 +45,12 @@ def list_class_files(folder: Path) -> dict[str, list[Path]]:
     Hidden files and folders (".DS_Store", ".ipynb_checkpoints") are ignored; files in
     subfolders of a class folder belong to that class, as in torchvision's ImageFolder.
     """
-    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and _visible(e.name))
-    return {name: visible_files(folder / name) for name in classes}
+    return {name: visible_files(folder / name) for name in class_folders(folder)}
+
+
+def class_folders(folder: Path) -> list[str]:
+    """The class folder names directly under `folder`, sorted, hidden ones left out."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and _visible(e.name))
 
 
 def visible_files(folder: Path, regular_only: bool = False) -> list[Path]:
