@@ -46,8 +46,10 @@ def run_predict(cfg: DictConfig) -> float:
     refuse_ignored_overrides(cfg)
     files = list_images(str(cfg.predict.input))
     output = predictions_path(cfg.predict.output, ctx.run_dir, files)  # before reading any
-    # An earlier predictions CSV inside the input folder is not an image to label.
-    files = [f for f in files if f.resolve() != output.resolve()]
+    # An earlier predictions CSV inside the input folder is not an image to label; only
+    # a file of its name can be it, so the others are not resolved (a call each).
+    target = output.resolve()
+    files = [f for f in files if f.name != output.name or f.resolve() != target]
     if not files:
         raise ConfigError(
             f"predict.input={cfg.predict.input!r} holds no file but predict.output's CSV"

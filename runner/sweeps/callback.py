@@ -185,7 +185,7 @@ def check_launcher(config: DictConfig) -> None:
     launcher = OmegaConf.select(config, "hydra.launcher", default=None) or {}
     problems = []
     for key, least in LAUNCHER_COUNTS.items():
-        value = launcher.get(key) if key in launcher else None
+        value = launcher.get(key)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < least:

@@ -56,9 +56,10 @@ def check_training_data(cfg: DictConfig, data: DataSplits, batches_per_epoch: in
     asked = cfg.trainer.get("limit_batches") or cfg.trainer.get("overfit_batches")
     decay = cfg.trainer.get("ema_decay")
     total = steps * cfg.trainer.max_epochs
-    if decay is not None and not asked and decay**total > EMA_INIT_LEFT:
+    initial_left = 0.0 if decay is None or asked else decay**total
+    if initial_left > EMA_INIT_LEFT:
         raise ConfigError(
-            f"trainer.ema_decay={decay} would keep {decay**total:.0%} of the random initial "
+            f"trainer.ema_decay={decay} would keep {initial_left:.0%} of the random initial "
             f"weights in the EMA after this run's {total} optimizer steps, and val, test and "
             f"best.pt use the EMA weights: use trainer.ema_decay <= "
             f"{EMA_INIT_LEFT ** (1 / total):.4f} or train longer (trainer.max_epochs)"
