@@ -344,12 +344,11 @@ def _unique_ids(ids: dict[str, list[str]], specs: dict[str, str | None]) -> dict
             or test: the run would validate or test on what it trains on. Overlapping
             slices of a Hub split have index ids and are not seen here.
     """
-    homes: dict[str, set[str]] = {}
-    counts: dict[str, int] = {}
+    seen_in: dict[str, list[str]] = {}  # id -> the split of each time it is listed
     for split, split_ids in ids.items():
         for sample_id in split_ids:
-            homes.setdefault(sample_id, set()).add(split)
-            counts[sample_id] = counts.get(sample_id, 0) + 1
+            seen_in.setdefault(sample_id, []).append(split)
+    homes = {i: set(splits) for i, splits in seen_in.items()}
     shared = sorted(i for i, where in homes.items() if "train" in where and len(where) > 1)
     if shared:
         pairs = sorted({tuple(s for s in ids if s in homes[i]) for i in shared})  # train first
@@ -368,10 +367,10 @@ def _unique_ids(ids: dict[str, list[str]], specs: dict[str, str | None]) -> dict
             specs.get("val"),
             specs.get("test"),
         )
-    if all(c == 1 for c in counts.values()):
+    if all(len(splits) == 1 for splits in seen_in.values()):
         return ids
     return {
-        split: [i if counts[i] == 1 else f"{split}:{n}:{i}" for n, i in enumerate(split_ids)]
+        split: [i if len(seen_in[i]) == 1 else f"{split}:{n}:{i}" for n, i in enumerate(split_ids)]
         for split, split_ids in ids.items()
     }
 
