@@ -110,7 +110,7 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
         with startup_clock.phase("mlflow"):
             ctx.tracker.connect(experiment_name=experiment)
     # Also each rank's RNG states: restored from last.pt, or seeded apart on a fresh start.
-    state = resume_or_start(ctx.run_dir, cfg.trainer.resume, parts, seed=cfg.seed)
+    state = resume_or_start(ctx.run_dir, cfg.trainer.resume, parts, data, seed=cfg.seed)
     if ctx.is_main and cfg.trainer.resume == "never":
         set_aside_checkpoints(ctx.run_dir)
 

@@ -161,6 +161,20 @@ def ids_digest(ids: Sequence[str] | np.ndarray) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def splits_digest(data: DataSplits) -> str:
+    """A short fingerprint of a run's data: each split's ids, in order, and train labels.
+
+    last.pt keeps it, so that a resumed run can tell whether it continues on the data it
+    began with: files added to an image folder reshuffle its carved splits, and an edited
+    `data.relabel` file changes labels, under the same config.
+    """
+    digest = hashlib.sha256()
+    for split in (data.train, data.val, data.test):
+        digest.update("\n".join(str(sample_id) for sample_id in split.ids).encode() + b"\0")
+    digest.update(data.train.labels.cpu().numpy().astype(np.int64).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def classes_without_samples(labels: torch.Tensor, class_names: Sequence[str]) -> list[str]:
     """The names of the classes that none of `labels` has."""
     counts = torch.bincount(labels.cpu(), minlength=len(class_names))

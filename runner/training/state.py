@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from runner.config.changes import MAY_CHANGE_ON_RESUME, config_changes
 from runner.config.errors import ConfigError
 from runner.config.redaction import redacted_container
+from runner.data.splits import DataSplits, splits_digest
 from runner.training import checkpoint_io, distributed
 from runner.training.optim import set_scheduled_lr
 from runner.training.parts import TrainingParts
@@ -46,6 +47,7 @@ class TrainState:
     partial_epoch: dict[str, Any] | None = None  # engine.EpochStats of an unfinished epoch
     partial_epoch_lr: float | None = None  # the lr of that epoch's first step, logged as lr
     history: list[dict[str, float]] = field(default_factory=list)
+    data_digest: str | None = None  # `splits_digest` of the data; None in an older last.pt
 
 
 def last_payload(state: TrainState, parts: TrainingParts) -> dict[str, Any]:
@@ -109,7 +111,9 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
         )
 
 
-def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts, *, seed: int) -> TrainState:
+def resume_or_start(
+    run_dir: Path, resume: str, parts: TrainingParts, data: DataSplits, *, seed: int
+) -> TrainState:
     """Restores the newest loadable checkpoint when resuming, else a fresh state.
 
     `resume=auto` continues from this run dir's checkpoints/last.pt (or, when that file
@@ -124,18 +128,21 @@ def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts, *, seed: i
         run_dir: The run dir (rank 0's under DDP).
         resume: `trainer.resume`: auto, never, or the path of a last.pt.
         parts: The freshly built model, optimizer, ... to load the checkpoint into.
+        data: The run's data, which must be the data the checkpoint was trained on.
         seed: The run's `seed`, for the ranks' random streams.
 
     Raises:
-        ConfigError: The path is not a last.pt, its weights do not fit the model, or it
-            stopped in the middle of an epoch with another number of processes.
+        ConfigError: The path is not a last.pt, its weights do not fit the model, it
+            stopped in the middle of an epoch with another number of processes, or it
+            was trained on other data.
     """
+    digest = splits_digest(data)
     if resume == "never":
-        return _fresh_start(seed)
+        return _fresh_start(seed, digest)
     last = run_dir / "checkpoints" / "last.pt"
     own = last.exists() or checkpoint_io.previous_path(last).exists()
     if resume == "auto" and not own:
-        return _fresh_start(seed)
+        return _fresh_start(seed, digest)
     if own:  # a path resume that ran here before (stopped, requeued) goes on from here
         saved, source = checkpoint_io.load_newest(last)
     else:
@@ -146,6 +153,7 @@ def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts, *, seed: i
                 "training state; a best.pt has weights only): pass the run's "
                 "checkpoints/last.pt, or fine-tune from weights with model.pretrained_file"
             )
+    check_same_data(source, saved["state"].get("data_digest"), digest)
     check_world_size(
         source,
         saved.get("world_size"),  # None in a last.pt from before it was kept
@@ -169,7 +177,7 @@ def resume_or_start(run_dir: Path, resume: str, parts: TrainingParts, *, seed: i
             parts.ema.module.load_state_dict(saved["ema"])
         else:  # trained without EMA so far: the average starts from the weights, not the init
             parts.ema.set(parts.model)
-    state = TrainState(**saved["state"])
+    state = TrainState(**{**saved["state"], "data_digest": digest})
     restore_rng(saved, seed, state.global_step)
     if not own:  # another run's checkpoint: this run keeps its own MLflow run
         state.mlflow_run_id = None
@@ -203,10 +211,39 @@ def set_aside_checkpoints(run_dir: Path) -> Path | None:
     return aside
 
 
-def _fresh_start(seed: int) -> TrainState:
+def _fresh_start(seed: int, data_digest: str) -> TrainState:
     """A new state; under DDP each rank gets its own random stream from `seed`."""
     distributed.seed_rank(seed, 0)
-    return TrainState()
+    return TrainState(data_digest=data_digest)
+
+
+def check_same_data(source: Path, saved: str | None, now: str) -> None:
+    """Refuses to resume a checkpoint on other data than it was trained on.
+
+    The sample order, the partial epoch's position and best.pt's val and test scores all
+    refer to the samples the checkpoint was trained on. A changed image folder (files
+    added or removed) reshuffles its carved splits under the same config, so a resumed
+    run would go on training on images it had tested on.
+
+    Args:
+        source: The checkpoint, for the message.
+        saved: Its `splits_digest`; None (a last.pt from before it was kept) checks nothing.
+        now: This run's.
+
+    Raises:
+        ConfigError: The digests differ.
+    """
+    if saved is None or saved == now:
+        return
+    raise ConfigError(
+        f"{source} was trained on other data than this run has: the samples of its train, "
+        "val or test split, or its train labels, changed since (files added to or removed "
+        "from the data folder, an edited data.exclude or data.relabel file). Resuming "
+        "would continue on other samples, some of them perhaps tested on before. Restore "
+        "the data as it was, start over in this dir with trainer.resume=never, or "
+        "fine-tune from its weights in a new run dir with model.pretrained_file=<its "
+        "best.pt>"
+    )
 
 
 def _launch(world_size: int) -> str:

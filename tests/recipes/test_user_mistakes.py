@@ -105,6 +105,30 @@ def test_a_run_dir_is_not_resumed_with_another_config(make_cfg, tmp_path):
     assert last["best_epoch"] == 1 and len(list(run_dir.glob("checkpoints.replaced-*"))) == 1
 
 
+def test_a_run_is_not_resumed_on_data_that_changed_since(make_cfg, tmp_path):
+    """Images added to the folder reshuffled its carved splits under the same config, and
+    trainer.resume=auto went on training, on some images the run had been tested on."""
+    from runner.cli import run
+
+    root = make_imagefolder(tmp_path / "pics", per_class=12)
+    folder = (
+        *("data=imagefolder", f"data.root={root}", f"data.cache_dir={tmp_path}/cache"),
+        *("model=timm", "model.name=test_resnet", "analysis.enabled=false", "logger=none"),
+    )
+    run(make_cfg(*folder, "trainer.max_epochs=1", tiny=False))
+    run(make_cfg(*folder, "trainer.max_epochs=2", tiny=False))  # the same data resumes
+    checkpoints = tmp_path / "run" / "checkpoints"
+    before = {p.name: p.read_bytes() for p in checkpoints.glob("*.pt")}
+    make_imagefolder(tmp_path / "more", per_class=3)
+    for image in (tmp_path / "more" / "train").glob("*/*.jpg"):
+        image.rename(root / "train" / image.parent.name / f"new_{image.name}")
+    message = refused(
+        make_cfg(*folder, "trainer.max_epochs=3", tiny=False), "was trained on other data"
+    )
+    assert "trainer.resume=never" in message and "model.pretrained_file" in message
+    assert {p.name: p.read_bytes() for p in checkpoints.glob("*.pt")} == before
+
+
 def test_a_resumed_sweep_job_never_takes_another_jobs_dir(tmp_path, make_cfg):
     sweep = tmp_path / "sweep"
     sweep.mkdir()

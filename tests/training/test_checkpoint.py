@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -143,6 +144,20 @@ def small_parts(total_steps: int, ema_decay: float | None = None, seed: int = 0)
     )
 
 
+def tiny_data(ids: tuple[str, ...] = ("a", "b", "c")):
+    """Splits of three one-pixel images with these train ids."""
+    from runner.data.splits import DataSplits, Split
+
+    def split(names):
+        return Split(
+            torch.zeros(len(names), 1, 1, 1, dtype=torch.uint8),
+            torch.zeros(len(names), dtype=torch.int64),
+            np.array(names),
+        )
+
+    return DataSplits("tiny", split(ids), split(["v"]), split(["t"]), ["x"], (0.0,) * 3, (1.0,) * 3)
+
+
 def saved_after_steps(run_dir, parts, steps: int) -> None:
     """`steps` optimizer steps, then last.pt in the run dir as the loop writes it."""
     from runner.training.state import TrainState, last_payload
@@ -162,7 +177,7 @@ def test_a_resumed_run_takes_its_own_schedules_lr_and_starts_its_ema_from_the_we
 
     saved_after_steps(tmp_path, small_parts(total_steps=6), steps=6)
     longer = small_parts(total_steps=12, ema_decay=0.99, seed=1)
-    resume_or_start(tmp_path, "auto", longer, seed=0)
+    resume_or_start(tmp_path, "auto", longer, tiny_data(), seed=0)
     straight = small_parts(total_steps=12)
     for _ in range(6):
         straight.optimizer.step()
@@ -171,3 +186,19 @@ def test_a_resumed_run_takes_its_own_schedules_lr_and_starts_its_ema_from_the_we
     assert longer.optimizer.param_groups[0]["lr"] > 0.05  # mid-cosine, not the old end
     for name, value in longer.model.state_dict().items():
         assert torch.equal(longer.ema.module.state_dict()[name], value), name
+
+
+def test_a_checkpoint_resumes_only_on_the_data_it_was_trained_on(tmp_path):
+    """An image folder with files added since reshuffles its carved splits under the same
+    config; the resumed run went on with other samples at the same positions."""
+    from runner.config.errors import ConfigError
+    from runner.training.state import last_payload, resume_or_start
+
+    parts = small_parts(total_steps=6)
+    state = resume_or_start(tmp_path, "auto", parts, tiny_data(), seed=0)  # a fresh start
+    save_checkpoint(last_payload(state, parts), tmp_path / "checkpoints" / "last.pt")
+    again = resume_or_start(tmp_path, "auto", small_parts(total_steps=6), tiny_data(), seed=0)
+    assert again.data_digest == state.data_digest
+    for changed in (tiny_data(("a", "b", "d")), tiny_data(("b", "a", "c"))):
+        with pytest.raises(ConfigError, match="was trained on other data"):
+            resume_or_start(tmp_path, "auto", small_parts(total_steps=6), changed, seed=0)
