@@ -23,7 +23,8 @@ def build_metrics(num_classes: int, with_auroc: bool = False) -> MetricCollectio
 
     Args:
         num_classes: Number of classes.
-        with_auroc: Add one-vs-rest macro AUROC (keeps every prediction; test only).
+        with_auroc: Add one-vs-rest macro AUROC over the classes present (keeps every
+            prediction; test only).
 
     Returns:
         Metrics named acc, top5 (only with more than 5 classes, where it differs from
@@ -32,8 +33,9 @@ def build_metrics(num_classes: int, with_auroc: bool = False) -> MetricCollectio
         updated with (logits, labels).
     """
     from torchmetrics import MetricCollection
-    from torchmetrics.classification import MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+    from runner.training.auroc import PresentClassesAUROC
     from runner.training.balanced_accuracy import BalancedAccuracy
 
     metrics = {
@@ -44,7 +46,7 @@ def build_metrics(num_classes: int, with_auroc: bool = False) -> MetricCollectio
     if num_classes > TOP_K:
         metrics["top5"] = MulticlassAccuracy(num_classes, top_k=TOP_K, average="micro")
     if with_auroc:
-        metrics["auroc"] = MulticlassAUROC(num_classes, average="macro")
+        metrics["auroc"] = PresentClassesAUROC(num_classes)
     return MetricCollection(metrics)
 
 

@@ -78,6 +78,24 @@ def test_balanced_accuracy_is_scikit_learns_whatever_is_predicted():
     assert metrics.compute()["balanced_acc"].item() == 1.0
 
 
+def test_auroc_averages_the_classes_present_as_scikit_learn_does():
+    """A class without test samples was scored 0: four classes, one absent, perfect
+    ranking, and test/auroc said 0.75."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 1, 0])
+    probs = torch.rand(8, 4, generator=torch.Generator().manual_seed(0)).softmax(-1)
+    metrics = build_metrics(4, with_auroc=True)
+    metrics.update(probs[:4], labels[:4])
+    metrics.update(probs[4:], labels[4:])
+    # scikit-learn's one-vs-rest macro AUROC over the three classes that have samples
+    expected = sum(roc_auc_score(labels == c, probs[:, c]) for c in range(3)) / 3
+    assert metrics.compute()["auroc"].item() == pytest.approx(expected)
+    metrics.reset()
+    metrics.update(torch.nn.functional.one_hot(labels, 4).float(), labels)
+    assert metrics.compute()["auroc"].item() == 1.0
+
+
 def test_per_class_table_leaves_what_cannot_be_measured_as_nan_not_zero():
     """A class without test samples has no recall; one never predicted has no precision."""
     confusion = torch.tensor([[5, 0, 1, 0], [2, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 3]])
