@@ -17,6 +17,8 @@ REDACTED = "***"
 MIN_SECRET_LENGTH = 4
 # `scheme://user:password@`: the password, up to the last "@" before the host.
 _URL_PASSWORD = re.compile(r"(?<=://)([^:/@]*):[^@/]*@")
+# A password as a query parameter (`postgresql://db/x?user=u&password=pw`).
+_QUERY_PASSWORD = re.compile(r"([?&](?:password|passwd|pwd)=)[^&#\s]*", re.IGNORECASE)
 
 
 def redacted_container(cfg: DictConfig) -> dict[str, Any]:
@@ -82,5 +84,8 @@ def redacted_overrides(overrides: Any) -> list[str]:
 
 
 def public_uri(uri: str) -> str:
-    """A URI as it may be shown and logged: a password in it (`http://u:pw@host`) as '***'."""
-    return _URL_PASSWORD.sub(r"\1:***@", uri)
+    """A URI as it may be shown and logged: a password in it as '***'.
+
+    Both forms: `http://u:pw@host` and a query parameter (`...?user=u&password=pw`).
+    """
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", uri))

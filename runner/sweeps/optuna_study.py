@@ -350,7 +350,7 @@ def plan_study(config: DictConfig, arguments: list[str], *, open_store: bool = T
             "an RDB URL (sqlite:///path/optuna.db, postgresql://...) or "
             "journal:////abs/path/study.log"
         )
-    elif isinstance(storage, str):
+    elif isinstance(storage, str) and storage.startswith(("sqlite:", "journal:")):
         path = storage.partition(":///")[2]
         if not path or path.endswith("/") or Path(path).is_dir():  # no file to keep it in
             problems.append(

@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from runner.sweeps.optuna_study import build_pruner, open_storage
+from runner.sweeps.optuna_study import build_pruner, open_storage, shown_storage
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +136,9 @@ def report_and_check(
             "optuna: trial %d could not report epoch %d to %s (%s: %s); it trains on",
             trial_number,
             epoch,
-            settings.get("storage"),
+            shown_storage(settings.get("storage")),
             type(err).__name__,
-            err,
+            shown_storage(err),
         )
         return False
     log.info("optuna: trial %d pruned at epoch %d", trial_number, epoch)

@@ -16,13 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runner.config.redaction import public_uri, redacted_overrides
 from runner.sweeps.job import unescape
 from runner.sweeps.manifest import (
     ABANDONED,
+    job_key,
     parse_overrides,
     read_manifest,
     setting_overrides,
+    write_json,
 )
+from runner.sweeps.optuna_study import STUDY_FILE
 from runner.tracking.protocol import Tracker
 
 # Test metrics shown in the markdown table (the CSV has all of them).
@@ -74,20 +78,20 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     """
     sweep_dir = Path(sweep_dir)
     jobs = []
-    for key, entry in sorted(read_manifest(sweep_dir).items(), key=lambda kv: kv[1].get("num", 0)):
+    for entry in sorted(read_manifest(sweep_dir).values(), key=lambda e: e.get("num", 0)):
         metrics_file = Path(entry.get("run_dir", "/nonexistent")) / "metrics.json"
         test = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         test = {k: v for k, v in test.items() if k.startswith("test/")}
+        # The summary's files and tags go to the tracking server: no secret in the clear.
+        overrides = redacted_overrides(entry.get("overrides", []))
         jobs.append(
             {
                 **entry,
-                "key": key,
+                "overrides": overrides,
+                "key": job_key(overrides),
                 # A resumed sweep's jobs carry sweep.resume=..., no setting of theirs.
                 "params": {
-                    k: unescape(v)
-                    for k, v in parse_overrides(
-                        setting_overrides(entry.get("overrides", []))
-                    ).items()
+                    k: unescape(v) for k, v in parse_overrides(setting_overrides(overrides)).items()
                 },
                 "test": test,
             }
@@ -196,10 +200,32 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     plot = _plot(jobs, varied, monitor, sweep_dir / "sweep_plot.png")
     if plot is not None:
         files.append(plot)
-    files += sorted((sweep_dir / "optuna").glob("*")) if (sweep_dir / "optuna").is_dir() else []
+    files += _optuna_files(sweep_dir)
     best_value = best_group.mean if best_group is not None else (best["value"] if best else None)
     failed = [j for j in not_done if j.get("status") != ABANDONED]
     return Summary(jobs, markdown, files, best_tags, best_value, failed, best_metrics)
+
+
+def _optuna_files(sweep_dir: Path) -> list[Path]:
+    """The Optuna sweeper's files, to log; study.json as a copy without a storage password.
+
+    The jobs reach their trial through the storage URL in study.json, so the file itself
+    keeps the URL whole; the copy logged to the tracking server does not.
+    """
+    folder = sweep_dir / "optuna"
+    if not folder.is_dir():
+        return []
+    files = sorted(path for path in folder.iterdir() if path.is_file())
+    study = folder / STUDY_FILE
+    if study.is_file():
+        content = json.loads(study.read_text())
+        if content.get("storage"):
+            content["storage"] = public_uri(str(content["storage"]))
+        public = folder / "public" / STUDY_FILE
+        public.parent.mkdir(exist_ok=True)
+        write_json(public, content)
+        files[files.index(study)] = public
+    return files
 
 
 def summarize_and_log(

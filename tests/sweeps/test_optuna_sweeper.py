@@ -477,6 +477,25 @@ def _job(sweep_dir: Path, num: int, overrides: list[str], value: float, **fields
     )
 
 
+def test_the_summary_logs_no_password_of_a_tracking_or_storage_url(tmp_path):
+    """A one-job sweep's best.logger.tracking_uri tag, summary.csv and the uploaded
+    study.json held the password in the clear."""
+    uri = "logger.tracking_uri=http://bob:s3cret@127.0.0.1:5000"
+    _job(tmp_path, 0, ["optim.lr=0.1", uri], 0.8)
+    study = tmp_path / "optuna" / "study.json"
+    study.parent.mkdir()
+    study.write_text(json.dumps({"storage": "postgresql://ann:s3cret@db.lan/optuna"}))
+    summary = summarize(tmp_path, monitor="val/acc", maximize=True)
+    assert summary.best_tags["best.logger.tracking_uri"] == "http://bob:***@127.0.0.1:5000"
+    assert "s3cret" not in summary.markdown + json.dumps(summary.best_tags)
+    (logged,) = [path for path in summary.files if path.name == "study.json"]
+    for path in summary.files:
+        if path.suffix != ".png":
+            assert "s3cret" not in path.read_text(), path
+    assert json.loads(logged.read_text())["storage"] == "postgresql://ann:***@db.lan/optuna"
+    assert "s3cret" in study.read_text()  # the jobs reach their trial through it
+
+
 def test_summary_ranks_jobs_and_skips_pruned_for_best(tmp_path):
     for num, (lr, value) in enumerate([("0.1", 0.8), ("0.01", 0.9)]):
         _job(tmp_path, num, [f"optim.lr={lr}", "trainer.max_epochs=2"], value)
@@ -563,6 +582,17 @@ def test_a_storage_password_is_never_shown(tmp_path):
         plan(tmp_path, "hydra.sweeper.storage=postgres://ann:s3cret@db.lan/optuna")
     assert "postgres://ann:***@db.lan/optuna" in str(refused.value)
     assert "s3cret" not in str(refused.value)
+    assert shown_storage("postgresql://db.lan/optuna?user=ann&password=s3cret&x=1") == (
+        "postgresql://db.lan/optuna?user=ann&password=***&x=1"
+    )
+
+
+@pytest.mark.parametrize(
+    "storage", ["postgresql+psycopg2://ann:pw@127.0.0.1:5432/optuna", "mysql://db.lan/optuna"]
+)
+def test_a_database_servers_storage_url_is_taken(tmp_path, storage):
+    """Each was refused as naming no file, though Optuna opens it."""
+    assert plan(tmp_path, f"hydra.sweeper.storage={storage}", open_store=False).storage == storage
 
 
 def test_the_summary_command_ranks_by_the_sweeps_own_monitor(tmp_path, capsys):
