@@ -80,6 +80,11 @@ class SweepJob:
         )
 
     @property
+    def shown_key(self) -> str:
+        """The job's key as logs show it (run.log is uploaded): passwords as '***'."""
+        return job_key(redacted_overrides(self.overrides))
+
+    @property
     def experiment_name(self) -> str | None:
         """The parent's experiment: children must share it to nest under it in the UI."""
         return self.info.get("experiment_name")
@@ -125,7 +130,7 @@ class SweepJob:
             return self._kept(recorded)
         stop = self.sweep_dir / STOP_FILE
         if stop.exists():
-            log.warning("sweep.fail_fast: not starting %s (%s)", self.key, stop.read_text())
+            log.warning("sweep.fail_fast: not starting %s (%s)", self.shown_key, stop.read_text())
             update_manifest(
                 self.sweep_dir, self.key, status="SKIPPED", overrides=self.overrides, num=self.num
             )
@@ -136,7 +141,7 @@ class SweepJob:
             # continue where this job's checkpoints are, never in another job's dir.
             with open_dict(cfg):
                 cfg.paths.run_dir = run_dir
-        with job_lock(Path(run_dir), self.key):
+        with job_lock(Path(run_dir), self.shown_key):
             # Read again: a process that held the lock may have finished the job since.
             recorded = read_manifest(self.sweep_dir).get(self.key, {})
             if recorded.get("status") == "FINISHED":
@@ -145,7 +150,7 @@ class SweepJob:
 
     def _kept(self, recorded: dict[str, Any]) -> float:
         """The value of a job that finished earlier, which is not run again."""
-        log.info("sweep job %s finished earlier (%s): kept", self.key, recorded["run_dir"])
+        log.info("sweep job %s finished earlier (%s): kept", self.shown_key, recorded["run_dir"])
         return float(recorded.get("value", math.nan))
 
     def _train_and_record(
@@ -178,10 +183,13 @@ class SweepJob:
                 traceback=traceback.format_exc(),
             )
             log.error(
-                "sweep job %s failed: %s: %s (the sweep goes on)", self.key, type(err).__name__, err
+                "sweep job %s failed: %s: %s (the sweep goes on)",
+                self.shown_key,
+                type(err).__name__,
+                err,
             )
             if self.fail_fast:
-                (self.sweep_dir / STOP_FILE).write_text(f"job {self.num} ({self.key}) failed")
+                (self.sweep_dir / STOP_FILE).write_text(f"job {self.num} ({self.shown_key}) failed")
             return math.nan
         except BaseException:  # a signal or Ctrl-C: the job resumes when the sweep does
             update_manifest(self.sweep_dir, self.key, status="INTERRUPTED")

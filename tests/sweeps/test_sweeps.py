@@ -137,6 +137,27 @@ def test_a_failing_job_does_not_stop_the_others_and_the_sweep_fails(tmp_path):
     assert parent["status"] == "FAILED"  # the sweep as a whole did not succeed
 
 
+def test_a_jobs_log_lines_show_no_password(tmp_path, caplog):
+    """The job's key went into run.log, which is uploaded, with the URL's password."""
+    from omegaconf import OmegaConf
+
+    from runner.sweeps.job import SweepJob
+    from runner.sweeps.manifest import job_key
+
+    overrides = ["optim.lr=0.1", "logger.tracking_uri=http://bob:s3cret@127.0.0.1:5000"]
+    job = SweepJob(tmp_path, 0, overrides, job_key(overrides), fail_fast=True)
+
+    def fails(cfg, job):
+        raise RuntimeError("diverged")
+
+    cfg = OmegaConf.create({"paths": {"run_dir": str(tmp_path / "0")}})
+    with caplog.at_level("INFO"):
+        job.run(cfg, fails)
+        job.run(cfg, fails)  # not started: the STOP file
+    assert "sweep job" in caplog.text and "bob:***@" in caplog.text
+    assert "s3cret" not in caplog.text + (tmp_path / "STOP").read_text()
+
+
 def test_fail_fast_stops_the_jobs_not_started(tmp_path):
     sweep_dir = tmp_path / "sweep"
     failing = (*FAULTY_LOSS, "+loss.fail=raise,none", "sweep.fail_fast=true")
