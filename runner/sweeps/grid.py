@@ -74,6 +74,7 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
         str(o) for o in config.hydra.overrides.hydra if str(o).startswith("hydra.searchpath=")
     ]
     problems = []
+    monitors: dict[str, str] = {}  # what each job is ranked by -> the first job that is
     for number, job in enumerate(grid_jobs(overrides)):
         swept = " ".join(o for o in job if o not in overrides)
         try:
@@ -86,5 +87,15 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
             validate(cfg)
         except ConfigError as err:
             problems.append(f"job {number} ({swept or 'its only job'}): {err}")
+            continue
+        monitor = f"{cfg.trainer.monitor} ({cfg.trainer.monitor_mode})"
+        monitors.setdefault(monitor, f"job {number} ({swept or 'its only job'})")
+    if len(monitors) > 1:  # an experiment preset sets its own trainer.monitor
+        listing = ", ".join(f"{job} by {monitor}" for monitor, job in monitors.items())
+        problems.append(
+            f"the jobs of one sweep are ranked by one metric, and these would be ranked by "
+            f"different ones: {listing}. Give trainer.monitor=<metric> on the command line "
+            "for all of them, or run one sweep per metric"
+        )
     if problems:
         raise ConfigError("the sweep was not started:\n" + "\n".join(problems))

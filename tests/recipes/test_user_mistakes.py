@@ -486,6 +486,27 @@ def test_a_misspelt_key_in_a_grid_is_named_without_the_advice_to_add_it(tmp_path
     assert not (tmp_path / "multirun").exists()
 
 
+def test_a_grid_whose_presets_monitor_different_metrics_is_refused(tmp_path):
+    """experiment=a,b where b sets trainer.monitor=val/loss: the summary ranked job b's
+    val/loss among the others' val/acc and named it the best val/acc."""
+    (tmp_path / "conf" / "variant").mkdir(parents=True)
+    for name, monitor in (("by_acc", "val/acc"), ("by_loss", "val/loss")):
+        (tmp_path / "conf" / "variant" / f"{name}.yaml").write_text(
+            f"# @package _global_\ntrainer:\n  monitor: {monitor}\n"
+        )
+    done = run_cli(
+        "-m",
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        f"paths.output_dir={tmp_path / 'out'}",
+        "+variant=by_acc,by_loss",
+        *TINY,
+    )
+    assert done.returncode == 1
+    assert "ranked by different ones: job 0 (+variant=by_acc) by val/acc (max)" in done.stderr
+    assert "job 1 (+variant=by_loss) by val/loss (min)" in done.stderr
+    assert not (tmp_path / "out" / "multirun").exists()
+
+
 def test_the_start_check_of_a_sweep_sees_the_groups_of_the_command_lines_searchpath(tmp_path):
     """A group from hydra.searchpath once composed as an unknown top-level key in the check
     of every job, so no such sweep could start (benchmarks/imbalance.py among them)."""
