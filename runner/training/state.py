@@ -31,6 +31,10 @@ from runner.training.parts import TrainingParts
 
 log = logging.getLogger(__name__)
 
+# What a run resumed from another run dir's last.pt may also change: it is a new run, in
+# its own dir, tracked as a new MLflow run (perhaps in another store).
+MAY_CHANGE_IN_A_NEW_DIR = ("paths.", "logger.")
+
 
 @dataclass
 class TrainState:
@@ -75,20 +79,30 @@ def last_payload(state: TrainState, parts: TrainingParts) -> dict[str, Any]:
 
 
 def check_resume(run_dir: Path, cfg: DictConfig) -> None:
-    """Refuses to resume a run dir's checkpoints with another config (before any work).
+    """Refuses to resume a checkpoint with another config (before any work).
 
     With `trainer.resume=auto` and a last.pt in the run dir, this command's config must be
     the one in the dir's config_resolved.yaml, apart from the keys that may change on
-    resume (runner.config.changes.MAY_CHANGE_ON_RESUME).
+    resume (runner.config.changes.MAY_CHANGE_ON_RESUME). With `trainer.resume=<path>`, it
+    must be the config of the run dir the last.pt is in (where it has one), apart from
+    those keys and the paths and tracking keys of the new run.
 
     Raises:
-        ConfigError: Naming the changed keys and the two ways out.
+        ConfigError: Naming the changed keys and the ways out.
     """
+    resume = cfg.trainer.resume
     last = run_dir / "checkpoints" / "last.pt"
-    saved = run_dir / "config_resolved.yaml"
     has_checkpoint = last.exists() or checkpoint_io.previous_path(last).exists()
-    # A path resume also continues this dir's own last.pt once there is one.
-    if cfg.trainer.resume == "never" or not has_checkpoint or not saved.is_file():
+    if resume == "never":
+        return
+    if has_checkpoint:  # a path resume also continues this dir's own last.pt once it has one
+        saved, may_change = run_dir / "config_resolved.yaml", MAY_CHANGE_ON_RESUME
+    elif resume != "auto":  # another run's last.pt: its run dir's config
+        saved = Path(resume).parent.parent / "config_resolved.yaml"
+        may_change = (*MAY_CHANGE_ON_RESUME, *MAY_CHANGE_IN_A_NEW_DIR)
+    else:
+        return
+    if not saved.is_file():
         return
     before = OmegaConf.to_container(OmegaConf.load(saved))
     epochs_before = before.get("trainer", {}).get("max_epochs")
@@ -100,7 +114,16 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
             epochs_before,
             cfg.trainer.max_epochs,
         )
-    changes = config_changes(before, redacted_container(cfg), MAY_CHANGE_ON_RESUME)
+    changes = config_changes(before, redacted_container(cfg), may_change)
+    if changes and not has_checkpoint:
+        listing = "\n  - ".join(changes[:20]) + (" ..." if len(changes) > 20 else "")
+        raise ConfigError(
+            f"trainer.resume={resume} continues a run of another config ({saved}), and "
+            f"its optimizer, schedule and weights would override this one's. Changed:\n"
+            f"  - {listing}\nResume it with the settings it was trained with, or start a "
+            "new run from its weights with model.pretrained_file=<its best.pt> and "
+            "trainer.resume=never"
+        )
     if changes:
         listing = "\n  - ".join(changes[:20]) + (" ..." if len(changes) > 20 else "")
         raise ConfigError(

@@ -121,6 +121,12 @@ def test_a_run_resumed_from_a_path_is_its_own_run_and_goes_on_from_its_own_last_
     best = tmp_path / "first" / "checkpoints" / "best.pt"
     with pytest.raises(ConfigError, match=r"is not a last\.pt .*a best\.pt has weights only"):
         run(compose_run(tmp_path, "third", f"trainer.resume={best}"))
+    # Its optimizer and schedule would override these: the lr was ignored, SGD crashed.
+    for changed in (("optim.lr=1e-6",), ("optim=sgd",)):
+        with pytest.raises(ConfigError, match=r"continues a run of another config") as info:
+            run(compose_run(tmp_path, "fourth", f"trainer.resume={last}", *changed))
+        assert changed[0].partition("=")[0] in str(info.value)
+        assert not (tmp_path / "fourth" / "checkpoints").exists()
 
 
 def small_parts(total_steps: int, ema_decay: float | None = None, seed: int = 0):
