@@ -9,7 +9,6 @@ The checkpoint is made ready by `runner.from_checkpoint`.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from runner.from_checkpoint import (
 )
 from runner.reports import console
 from runner.training.context import tracked_run
-from runner.training.final_eval import evaluate_and_report
+from runner.training.final_eval import evaluate_and_report, write_metrics_file
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +93,7 @@ def run_eval(cfg: DictConfig) -> float:
             "tta": cfg.eval.tta,
             **metrics,
         }
-        (ctx.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-        ctx.tracker.log_artifact(ctx.run_dir / "metrics.json")
+        ctx.tracker.log_artifact(write_metrics_file(ctx.run_dir / "metrics.json", summary))
         rows = [
             *((name, f"{value:.4f}") for name, value in metrics.items()),
             ("checkpoint", str(loaded.path)),

@@ -44,7 +44,7 @@ from runner.training.context import (
     tracked_run,
 )
 from runner.training.exported_model import log_best_model
-from runner.training.final_eval import evaluate_and_report
+from runner.training.final_eval import evaluate_and_report, write_metrics_file
 from runner.training.lineage import log_data_inputs
 from runner.training.loop import fit
 from runner.training.oof import check_embedding_layer, write_out_of_fold
@@ -218,8 +218,7 @@ def evaluate_best(
         "epochs": state.epoch,
         **test_metrics,
     }
-    (ctx.run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
-    ctx.tracker.log_artifact(ctx.run_dir / "metrics.json")
+    ctx.tracker.log_artifact(write_metrics_file(ctx.run_dir / "metrics.json", results))
     ctx.tracker.set_tags({"best_epoch": str(state.best_epoch)})
     overfit = []  # debug=overfit is there to show that the model fits its few batches
     if ctx.cfg.trainer.overfit_batches and state.history:

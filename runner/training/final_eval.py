@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -99,3 +104,20 @@ def evaluate_and_report(
     metrics.update(analysis.write_reports(ctx.cfg.analysis, inputs, ctx.run_dir, ctx.tracker))
     ctx.tracker.log_metrics(metrics, step=step)
     return metrics
+
+
+def write_metrics_file(path: Path, results: dict[str, Any]) -> Path:
+    """Writes a run's metrics.json: strict JSON, whole or not at all.
+
+    A value that is not a finite number (the tail accuracy of a test split without tail
+    classes is NaN) is written as null: strict JSON readers refuse NaN. The file is
+    written beside and renamed over, so a reader never sees half of it.
+    """
+    finite = {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value
+        for key, value in results.items()
+    }
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(finite, indent=2, allow_nan=False))
+    os.replace(temp, path)
+    return path

@@ -233,3 +233,20 @@ def test_the_papers_settings_validate_and_build(make_cfg):
         validate(cfg)
         assert isinstance(instantiate(cfg.loss)(class_counts=torch.ones(3)), expected)
     assert make_cfg("loss=sce").loss.beta == 1.0 and make_cfg("loss=gce").loss.q == 0.7
+
+
+def test_metrics_json_is_strict_json_with_null_for_what_has_no_value(tmp_path):
+    """A test split without tail classes wrote "test/tail_acc": NaN, which strict JSON
+    readers (jq, JavaScript, json.loads with parse_constant) refuse."""
+    import json
+
+    from runner.training.final_eval import write_metrics_file
+
+    def strict(text: str):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the file"))
+
+    path = write_metrics_file(
+        tmp_path / "metrics.json", {"test/acc": 0.9, "test/tail_acc": float("nan"), "epochs": 3}
+    )
+    assert strict(path.read_text()) == {"test/acc": 0.9, "test/tail_acc": None, "epochs": 3}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
