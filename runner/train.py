@@ -207,10 +207,10 @@ def evaluate_best(
         data,
         loaders.test,
         history=state.history,
-        step=ctx.cfg.trainer.max_epochs,
+        step=state.epoch,  # the last epoch logged: fewer than max_epochs after an early stop
     )
     write_out_of_fold(ctx, model, parts, data)  # a k-fold job's held-out outputs, for the audit
-    log_best_model(ctx, parts, best, data)  # the run's one uploaded copy of the weights
+    log_best_model(ctx, parts, best, data, state.epoch)  # the run's one uploaded copy
     report_streamed_bad_files(data, list(loaders), ctx.run_dir, ctx.tracker)
     results = {
         "best_epoch": state.best_epoch,

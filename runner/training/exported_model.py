@@ -89,7 +89,7 @@ def exported_classifier(
 
 
 def log_best_model(
-    ctx: RunContext, parts: TrainingParts, best: BestCheckpoint, data: DataSplits
+    ctx: RunContext, parts: TrainingParts, best: BestCheckpoint, data: DataSplits, step: int
 ) -> str | None:
     """Logs the best weights as the run's MLflow model (`model`), after testing.
 
@@ -102,6 +102,7 @@ def log_best_model(
         parts: Its parts (the network's architecture and the augmentation's eval path).
         best: The content of its checkpoints/best.pt.
         data: Its data (the name goes into the metadata).
+        step: The step its time to log is logged at (the epochs the run trained).
 
     Returns:
         The model's URI, or None.
@@ -130,7 +131,7 @@ def log_best_model(
     )
     if uri is not None:
         seconds = time.perf_counter() - started
-        ctx.tracker.log_metrics({"model_logging_s": seconds}, step=ctx.cfg.trainer.max_epochs)
+        ctx.tracker.log_metrics({"model_logging_s": seconds}, step=step)
     return uri
 
 

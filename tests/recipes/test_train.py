@@ -204,6 +204,17 @@ def test_trainer_options_run_together(tmp_path, extra):
     assert 0.0 <= best <= 1.0
 
 
+def test_a_run_stopped_early_logs_its_test_metrics_at_its_last_epoch(tmp_path):
+    """They were logged at step trainer.max_epochs, epochs after the last val/acc."""
+    stalled = ("trainer.max_epochs=5", "trainer.early_stopping_patience=1", "optim.lr=1e-9")
+    run(compose_run(tmp_path, "run", *stalled, "sched=constant"))
+    steps = query(
+        tmp_path / "outputs" / "mlflow.db",
+        "SELECT key, MAX(step) FROM metrics WHERE key IN ('val/acc', 'test/acc') GROUP BY key",
+    )
+    assert dict(steps) == {"val/acc": 2, "test/acc": 2}
+
+
 def test_two_cli_runs_started_together_get_their_own_dirs_and_mlflow_runs(tmp_path):
     args = [sys.executable, str(REPO / "run.py"), f"paths.output_dir={tmp_path}", *TINY]
     procs = [
