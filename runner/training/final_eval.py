@@ -89,11 +89,15 @@ def evaluate_and_report(
         shots = shot_accuracies(matrix, counts)
         metrics.update({f"test/{name}": value for name, value in shots.items()})
     probabilities, labels = predictions.result()
+    tested = data.test
+    limit = getattr(loader, "limit_batches", None)
+    if limit is not None:  # trainer.limit_batches: the first batches only, in order
+        tested = tested.subset(torch.arange(min(len(tested), limit * loader.batch_size)))
     inputs = analysis.AnalysisInputs(
         model=model,
         augment=augment,
         normalize=normalize,
-        split=data.test,
+        split=tested,
         probabilities=probabilities,
         labels=labels,
         confusion=matrix,

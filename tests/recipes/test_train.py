@@ -215,6 +215,18 @@ def test_a_run_stopped_early_logs_its_test_metrics_at_its_last_epoch(tmp_path):
     assert dict(steps) == {"val/acc": 2, "test/acc": 2}
 
 
+def test_the_reports_of_a_run_with_limited_batches_show_the_images_it_tested(tmp_path, caplog):
+    """trainer.limit_batches tests the first batches only: the reports said the other
+    test images "did not decode" and left out the per-image plots."""
+    import logging
+
+    limited = ("trainer.limit_batches=2", "trainer.eval_batch_size=8", "logger=none")
+    with caplog.at_level(logging.WARNING):
+        run(compose_run(tmp_path, "run", *limited, "analysis.enabled=true"))
+    assert "did not decode" not in caplog.text
+    assert (tmp_path / "run" / "misclassified.png").is_file()
+
+
 def test_two_cli_runs_started_together_get_their_own_dirs_and_mlflow_runs(tmp_path):
     args = [sys.executable, str(REPO / "run.py"), f"paths.output_dir={tmp_path}", *TINY]
     procs = [
