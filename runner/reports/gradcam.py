@@ -23,7 +23,16 @@ _PASS_THROUGH = (
 
 
 class GradCamError(ValueError):
-    """An analysis setting that cannot be used with this model; names the key and fix."""
+    """An analysis setting that cannot be used with this model; names the key and fix.
+
+    Attributes:
+        largest: The side of the model's largest feature map when `auto` found none big
+            enough; None when it found no feature map at all (a ViT) or a name was wrong.
+    """
+
+    def __init__(self, message: str, largest: int | None = None) -> None:
+        super().__init__(message)
+        self.largest = largest
 
 
 def find_gradcam_layer(
@@ -90,7 +99,8 @@ def find_gradcam_layer(
         raise GradCamError(
             f"analysis.gradcam_layer=auto found no layer with a feature map of at least "
             f"{min_size}x{min_size} (analysis.gradcam_min_size): set analysis.gradcam_layer "
-            "to a module name, lower gradcam_min_size, or set analysis.num_gradcam=0"
+            "to a module name, lower gradcam_min_size, or set analysis.num_gradcam=0",
+            largest=max((min(shape[-2:]) for _, shape in seen), default=None),
         )
     return fitting[-1], modules[fitting[-1]]
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from runner.config.errors import ConfigError
 from runner.data.checks import require_splits
 from runner.data.splits import DataSplits
+from runner.reports.gradcam import GradCamError, find_gradcam_layer
 from runner.training import distributed
 from runner.training.metrics import TOP_K
 
@@ -117,7 +118,8 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
         parts.model.eval()
         parts.augment.eval()
         with torch.no_grad():
-            logits = parts.model(parts.normalize(parts.augment(images.to(device))))
+            example = parts.normalize(parts.augment(images.to(device)))
+            logits = parts.model(example)
     except Exception as err:
         cause = " ".join(str(err).split())[:300]
         stats = parts.normalize.mean.numel()
@@ -155,6 +157,45 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
             f"the runner needs one logit per class ({data.num_classes}). Choose a classifier "
             "whose head the runner sizes (model.num_classes comes from the data)"
         )
+    check_gradcam_size(cfg, parts.model, example)
+
+
+def check_gradcam_size(cfg: DictConfig, model: torch.nn.Module, example: torch.Tensor) -> None:
+    """Refuses an analysis.gradcam_min_size that no feature map of the model reaches.
+
+    With `analysis.gradcam_layer=auto` the layer is found after the test, so a size too
+    big for the images was found then, and gradcam.png left out. A model without any
+    feature map is left to the report, which says so.
+
+    Args:
+        cfg: The run's config.
+        model: The model.
+        example: A normalised input batch of the run's images.
+
+    Raises:
+        ConfigError: Naming the key, its value and the largest size the model has.
+    """
+    analysis = cfg.get("analysis")
+    if not (analysis and analysis.enabled and analysis.num_gradcam > 0):
+        return
+    if analysis.gradcam_layer != "auto":
+        return
+    modes = [module.training for module in model.modules()]
+    model.eval()
+    try:
+        find_gradcam_layer(model, example, "auto", analysis.gradcam_min_size)
+    except GradCamError as err:
+        if err.largest is not None:
+            raise ConfigError(
+                f"analysis.gradcam_min_size={analysis.gradcam_min_size}: the largest feature "
+                f"map of this model for {example.shape[-2]}x{example.shape[-1]} images is "
+                f"{err.largest}x{err.largest}, so Grad-CAM would find no layer after the "
+                f"test. Set it to at most {err.largest}, name analysis.gradcam_layer, or set "
+                "analysis.num_gradcam=0"
+            ) from err
+    finally:
+        for module, mode in zip(model.modules(), modes, strict=True):
+            module.training = mode
 
 
 def check_gradcam_layer(cfg: DictConfig, model: torch.nn.Module) -> torch.nn.Module | None:

@@ -427,6 +427,23 @@ def test_a_gradcam_layer_without_a_feature_map_is_refused_before_training(make_c
     nothing_spent(tmp_path)
 
 
+def test_a_gradcam_min_size_no_feature_map_reaches_is_refused_before_training(make_cfg, tmp_path):
+    """With gradcam_layer=auto it was found after the test, and gradcam.png left out; a
+    model without any feature map is still left to the report."""
+    refused(
+        make_cfg("analysis.enabled=true", "analysis.gradcam_min_size=64"),
+        "analysis.gradcam_min_size=64: the largest feature map of this model for 32x32 "
+        "images is 16x16",
+        "at most 16",
+    )
+    nothing_spent(tmp_path)
+    from runner.training.preflight import check_gradcam_size
+
+    flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(), torch.nn.Linear(12, 4))
+    check_gradcam_size(make_cfg("analysis.enabled=true"), flat, torch.zeros(2, 3, 2, 2))
+    assert all(module.training for module in flat.modules()), "its modes are given back"
+
+
 def test_a_checkpoint_naming_untrusted_code_needs_allowed_targets(make_cfg, best_pt, tmp_path):
     payload = torch.load(best_pt, weights_only=True)
     payload["config"] = payload["config"].replace(
