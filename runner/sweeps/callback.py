@@ -19,7 +19,7 @@ from runner.config.errors import ConfigError
 from runner.config.redaction import redacted_overrides
 from runner.config.validation import job_mode
 from runner.sweeps.audit import audit_if_asked
-from runner.sweeps.grid import refuse_bad_jobs
+from runner.sweeps.grid import group_options, refuse_bad_jobs
 from runner.sweeps.manifest import (
     MANIFEST_FILE,
     STOP_FILE,
@@ -61,7 +61,8 @@ class SweepCallback(Callback):
 
         try:  # before the parent run exists or any job trains
             if is_optuna_sweep(config):  # its searched values are the sweeper's to check
-                plan_study(config, [str(a) for a in config.hydra.overrides.task])
+                arguments = [str(a) for a in config.hydra.overrides.task]
+                plan_study(config, arguments, group_options=group_options(config))
             else:  # every job's config
                 refuse_bad_jobs(config, kwargs.get("config_name"))
             check_launcher(config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -57,6 +58,26 @@ def _composition(err: Exception, config: DictConfig) -> str:
     return (key and missing_key(config, key.group(1).lstrip("+~"))) or first
 
 
+def searchpath_overrides(config: DictConfig) -> list[str]:
+    """The command line's config dirs (hydra.searchpath=...), to compose as it does.
+
+    Without them a group they add (+my_group=x) would compose as an unknown key.
+    """
+    return [str(o) for o in config.hydra.overrides.hydra if str(o).startswith("hydra.searchpath=")]
+
+
+def group_options(config: DictConfig) -> Callable[[str], list[str]]:
+    """The options of a config group, those of the command line's config dirs included.
+
+    Asks the config loader of the Hydra app that runs (the sweep's own process).
+    """
+    from hydra.core.global_hydra import GlobalHydra
+
+    search = searchpath_overrides(config)
+    loader = GlobalHydra.instance().config_loader()
+    return lambda group: loader.get_group_options(group, overrides=search)
+
+
 def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
     """Composes and validates every job of the sweep's grid.
 
@@ -68,11 +89,7 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
     from runner.config.validation import validate
 
     overrides = [str(o) for o in config.hydra.overrides.task]
-    # The command line's config dirs: without them a group they add (+my_group=x) would
-    # compose as an unknown top-level key.
-    search = [
-        str(o) for o in config.hydra.overrides.hydra if str(o).startswith("hydra.searchpath=")
-    ]
+    search = searchpath_overrides(config)
     problems = []
     monitors: dict[str, str] = {}  # what each job is ranked by -> the first job that is
     for number, job in enumerate(grid_jobs(overrides)):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,7 +291,13 @@ def _positive_int(name: str, value: Any) -> str | None:
     return f"hydra.sweeper.{name}={value!r} is invalid: expected an integer >= 1"
 
 
-def plan_study(config: DictConfig, arguments: list[str], *, open_store: bool = True) -> StudyPlan:
+def plan_study(
+    config: DictConfig,
+    arguments: list[str],
+    *,
+    open_store: bool = True,
+    group_options: Callable[[str], list[str]] | None = None,
+) -> StudyPlan:
     """Checks every sweeper setting and returns the sweep's plan.
 
     Args:
@@ -298,6 +305,9 @@ def plan_study(config: DictConfig, arguments: list[str], *, open_store: bool = T
         arguments: The command line's task overrides.
         open_store: Also open the storage and check a stored study of the same name
             (its search space and direction must be this command's).
+        group_options: The options of a config group (Hydra's config loader), to check
+            the choices of a searched group (`model=choice(resnet18, convnext_tiny)`);
+            None checks none.
 
     Raises:
         SweepConfigError: Naming every bad setting, its value and the fix.
@@ -364,6 +374,7 @@ def plan_study(config: DictConfig, arguments: list[str], *, open_store: bool = T
     space = searched.space
     problems += searched.problems
     problems += [missing_key(config, key) for key in space if key not in searched.spelled]
+    problems += _unknown_options(config, space, group_options)
     problems = [p for p in problems if p]
     if not space and not searched.problems:
         problems.append(
@@ -403,6 +414,30 @@ def plan_study(config: DictConfig, arguments: list[str], *, open_store: bool = T
         if problem:
             _raise([problem])
     return plan
+
+
+def _unknown_options(
+    config: DictConfig, space: dict[str, Any], group_options: Callable[[str], list[str]] | None
+) -> list[str]:
+    """A searched config group's choices that are no option of the group.
+
+    Found here, before any trial: the trial that drew one failed to compose, and with it
+    the whole sweep.
+    """
+    groups = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
+    problems = []
+    for key, distribution in space.items():
+        if group_options is None or key not in groups or not hasattr(distribution, "choices"):
+            continue
+        options = group_options(key)
+        unknown = [str(choice) for choice in distribution.choices if str(choice) not in options]
+        if unknown:
+            problems.append(
+                f"{key}: the search space {describe_distribution(distribution)} reaches "
+                f"{', '.join(unknown)}, which the {key} group does not have (its options: "
+                f"{', '.join(options)})"
+            )
+    return problems
 
 
 def _raise(problems: list[str]) -> None:

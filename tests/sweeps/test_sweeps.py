@@ -420,6 +420,27 @@ def test_a_bad_optuna_setting_stops_the_sweep_before_anything_starts(tmp_path):
     assert query(tmp_path / "mlflow.db", "SELECT COUNT(*) FROM runs") == [(0,)]
 
 
+def test_an_optuna_choice_of_an_option_the_group_lacks_stops_the_sweep_before_any_trial(
+    tmp_path,
+):
+    """The trial that drew it failed to compose and took the whole sweep down with it,
+    after the trials before it had trained."""
+    sweep_dir = tmp_path / "sweep"
+    code, output = multirun(
+        tmp_path,
+        sweep_dir,
+        "hparams_search=optuna",
+        "hydra.sweeper.params=null",
+        "model=choice(resnet10t, nosuchmodel)",
+    )
+    assert code == 1, output[-3000:]
+    assert "Error: Invalid Optuna sweep (1 problem):\n  - model: the search space " in output
+    assert "choice(resnet10t, nosuchmodel) reaches nosuchmodel, which the model group " in output
+    assert "does not have (its options: convnext_tiny," in output and "Traceback" not in output
+    assert not sweep_dir.exists()
+    assert query(tmp_path / "mlflow.db", "SELECT COUNT(*) FROM runs") == [(0,)]
+
+
 # A hparams_search file written for Hydra's own Optuna sweeper, as lightning-hydra-template
 # ships it (configs/hparams_search/mnist_optuna.yaml), with this project's keys in `params`.
 HYDRA_OPTUNA_FILE = """\
