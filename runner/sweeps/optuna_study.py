@@ -410,7 +410,9 @@ def plan_study(
         monitor=str(config.trainer.monitor),
     )
     if open_store and storage is not None and study_name is not None:
-        problem = stored_study_problem(plan)
+        # A resumed sweep may still have a summary to write when its study is complete.
+        resumed = OmegaConf.select(config, "sweep.resume", default=None) is not None
+        problem = stored_study_problem(plan, complete_is_a_problem=not resumed)
         if problem:
             _raise([problem])
     return plan
@@ -448,13 +450,16 @@ def _raise(problems: list[str]) -> None:
     )
 
 
-def stored_study_problem(plan: StudyPlan) -> str | None:
+def stored_study_problem(plan: StudyPlan, complete_is_a_problem: bool = False) -> str | None:
     """Why the stored study of the plan's name cannot be continued by it, or None.
 
     A stored study is continued only over the same search space and direction: trials
-    from another space would mislead the sampler and the summary.
+    from another space would mislead the sampler and the summary. With
+    `complete_is_a_problem`, a study that already has `n_trials` finished trials is one
+    too: the command would make an empty sweep and parent run, and say nothing.
     """
     from optuna.distributions import json_to_distribution
+    from optuna.trial import TrialState
 
     storage = open_storage(plan.storage)
     try:
@@ -490,6 +495,15 @@ def stored_study_problem(plan: StudyPlan) -> str | None:
         return (
             f"{where} was searched over {describe_space(stored_space)}; this command searches "
             f"{describe_space(plan.space)}. {fix}"
+        )
+    done = (TrialState.COMPLETE, TrialState.PRUNED)  # as the sweeper counts them
+    finished = sum(t.state in done for t in storage.get_all_trials(study_id, deepcopy=False))
+    if complete_is_a_problem and finished >= plan.n_trials:
+        return (
+            f"{where} already has {finished} finished trial(s), and hydra.sweeper.n_trials="
+            f"{plan.n_trials} is the study's total, so no trial would run. Raise "
+            f"hydra.sweeper.n_trials (e.g. {finished + plan.n_trials}) to add trials, or "
+            "give this search a new study (hydra.sweeper.study_name=<new name>)"
         )
     return None
 

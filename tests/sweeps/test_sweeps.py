@@ -294,6 +294,13 @@ def test_optuna_trials_drawn_twice_share_a_job_and_failing_trials_end_a_stored_s
     assert "loss.fail: (not set) -> raise" in output
     assert "loss._target_: (not set) -> tests.faults.FaultyLoss" in output
     assert _trial_states(tmp_path / "optuna.db") == ["COMPLETE"] * 3 + ["FAIL"] * 3
+    # The study has its 3 finished trials: the same command again would run none. It made
+    # an empty sweep dir and parent run, and said nothing.
+    again = [*study, "seed=0,1", "hydra.sweeper.n_trials=3"]
+    code, output = multirun(tmp_path, tmp_path / "third", *again)
+    assert code == 1 and "already has 3 finished trial(s)" in output, output[-3000:]
+    assert "Raise hydra.sweeper.n_trials (e.g. 6)" in output
+    assert not (tmp_path / "third").exists()
 
 
 def _trial_states(db: Path) -> list[str]:
