@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -89,3 +90,19 @@ def public_uri(uri: str) -> str:
     Both forms: `http://u:pw@host` and a query parameter (`...?user=u&password=pw`).
     """
     return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", uri))
+
+
+class PasswordFilter(logging.Filter):
+    """Shows URL passwords in log lines as '***' (conf/train.yaml puts it on every handler).
+
+    run.log is uploaded to the tracking server, and library messages (an MLflow error
+    that quotes the store's URI) carry the URI as it was given.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrites the record's message when it holds a password; keeps every record."""
+        message = record.getMessage()
+        public = public_uri(message)
+        if public != message:
+            record.msg, record.args = public, None
+        return True

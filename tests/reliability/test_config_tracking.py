@@ -353,3 +353,30 @@ def test_a_password_in_a_tracking_uri_is_shown_as_stars():
     tracker = MlflowTracker("http://alice:pw9@127.0.0.1:5999")
     tracker.experiment_id, tracker.run_id = "1", "abc"
     assert "pw9" not in tracker.describe() and "alice:***@127.0.0.1:5999" in tracker.describe()
+
+
+def test_a_log_line_that_quotes_a_uri_shows_its_password_as_stars(tmp_path):
+    """A library's message (an MLflow error, the outbox's retry warning) that quotes the
+    store's URI went to the terminal and to run.log, which is uploaded, in the clear."""
+    script = textwrap.dedent(
+        f"""
+        import logging.config
+        from hydra import compose, initialize_config_dir
+        from omegaconf import OmegaConf
+
+        with initialize_config_dir(config_dir="{REPO / "conf"}", version_base="1.3"):
+            cfg = compose("train", return_hydra_config=True)
+        for name in ("hydra_logging", "job_logging"):
+            settings = OmegaConf.to_container(cfg.hydra[name])
+            if "file" in settings["handlers"]:
+                settings["handlers"]["file"]["filename"] = "{tmp_path / "run.log"}"
+            logging.config.dictConfig(settings)
+            logging.getLogger("mlflow").warning("store %s: 503", "http://alice:pw9@host:5000")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    written = (tmp_path / "run.log").read_text()
+    assert "store http://alice:***@host:5000: 503" in written
+    assert done.stdout.count("alice:***@host") == 2 and "pw9" not in done.stdout + written
