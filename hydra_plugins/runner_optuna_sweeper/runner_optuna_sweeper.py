@@ -123,7 +123,7 @@ class RunnerOptunaSweeper(Sweeper):
         import optuna
         from optuna.trial import TrialState
 
-        from runner.sweeps.manifest import STOP_FILE
+        from runner.sweeps.manifest import STOP_FILE, read_manifest
         from runner.sweeps.optuna_trial import keep_in_memory, open_storage
 
         plan = plan_study(self.config, list(arguments))
@@ -159,7 +159,10 @@ class RunnerOptunaSweeper(Sweeper):
             finished,
             plan.n_trials,
         )
-        returns, job_index = [], 0
+        # A resumed sweep's new jobs are numbered after its earlier ones: numbered from 0
+        # again, two jobs shared a number, a run name, and (suffixed) a run dir.
+        earlier = [entry.get("num", -1) for entry in read_manifest(sweep_dir).values()]
+        returns, job_index = [], 1 + max(earlier, default=-1)
         finished_here = failed_here = 0  # this sweep's trials (a stored study has older ones)
         while (left := plan.n_trials - finished) > 0:
             stop = sweep_dir / STOP_FILE

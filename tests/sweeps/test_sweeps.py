@@ -410,6 +410,10 @@ def test_an_interrupted_optuna_sweep_fails_its_trial_and_a_resumed_one_goes_on_w
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert _trial_states(tmp_path / "optuna.db") == ["FAIL", "COMPLETE"]
     assert "went on with new trials" in (sweep_dir / "summary.md").read_text()
+    # The new trial's job is numbered after the abandoned one: both were job 0, in run
+    # dirs 0 and 0-1.
+    jobs = sorted((e["num"], Path(e["run_dir"]).name) for e in manifest(sweep_dir).values())
+    assert jobs == [(0, "0"), (1, "1")]
 
 
 def test_a_bad_optuna_setting_stops_the_sweep_before_anything_starts(tmp_path):
