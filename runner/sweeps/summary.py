@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from runner.config.redaction import public_uri, redacted_overrides
-from runner.sweeps.job import unescape
+from runner.sweeps.job import constant_keys, unescape
 from runner.sweeps.manifest import (
     ABANDONED,
     job_key,
     parse_overrides,
     read_manifest,
+    read_sweep_info,
     setting_overrides,
     write_json,
 )
@@ -96,7 +97,8 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
                 "test": test,
             }
         )
-    swept = _swept_names(jobs)
+    # The command line's constants tell no job apart, even in a sweep of one job.
+    swept = _swept_names(jobs, constant_keys(read_sweep_info(sweep_dir).get("arguments", [])))
     varied = [n for n in swept if n not in _REPEATS]  # what a repeat group is keyed by
     for job in jobs:  # what tells the jobs apart, for people reading the report
         job["label"] = " ".join(
@@ -253,15 +255,19 @@ def summarize_and_log(
     return summary
 
 
-def _swept_names(jobs: list[dict[str, Any]]) -> list[str]:
-    """Override names whose values differ between jobs (all names for a single job)."""
+def _swept_names(jobs: list[dict[str, Any]], constant: set[str]) -> list[str]:
+    """Override names whose values differ between jobs.
+
+    For a single job: its names but the command line's `constant` ones (an Optuna trial's
+    drawn values, a one-point grid's own).
+    """
     names: dict[str, set[str]] = defaultdict(set)
     all_names = {name for job in jobs for name in job["params"]}
     for job in jobs:
         for name in all_names:
             names[name].add(job["params"].get(name, ""))
     if len(jobs) == 1:
-        return sorted(names)
+        return sorted(n for n in names if n not in constant)
     return sorted(n for n, values in names.items() if len(values) > 1 and n != "optuna.trial")
 
 

@@ -496,6 +496,19 @@ def test_the_summary_logs_no_password_of_a_tracking_or_storage_url(tmp_path):
     assert "s3cret" in study.read_text()  # the jobs reach their trial through it
 
 
+def test_a_one_job_sweeps_best_tags_leave_the_command_lines_constants_out(tmp_path):
+    """A continued study's one new trial tagged best.paths.output_dir, best.debug and
+    best.hparams_search beside the value it drew."""
+    typed = ["paths.output_dir=/o", "debug=fast", "hparams_search=optuna"]
+    (tmp_path / "sweep.json").write_text(json.dumps({"arguments": typed}))
+    _job(tmp_path, 0, [*typed, "optim.lr=0.0012", "optuna.trial=2"], 0.8)
+    summary = summarize(tmp_path, monitor="val/acc", maximize=True)
+    assert {k: v for k, v in summary.best_tags.items() if k != "best.run_id"} == {
+        "best.optim.lr": "0.0012",
+        "best.job": "0",
+    }
+
+
 def test_summary_ranks_jobs_and_skips_pruned_for_best(tmp_path):
     for num, (lr, value) in enumerate([("0.1", 0.8), ("0.01", 0.9)]):
         _job(tmp_path, num, [f"optim.lr={lr}", "trainer.max_epochs=2"], value)
