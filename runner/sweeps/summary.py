@@ -181,6 +181,7 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     if best is not None:  # the best job itself (of the best group, when there is one)
         best_tags["best.run_id"] = best.get("mlflow_run_id") or ""
         best_tags["best.job"] = str(best.get("num"))
+    lines += _earlier_study_best(sweep_dir, jobs, monitor)
     not_done = [j for j in jobs if j.get("status") != "FINISHED"]
     if not_done:
         lines += ["", "## Not finished", ""]
@@ -206,6 +207,26 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     best_value = best_group.mean if best_group is not None else (best["value"] if best else None)
     failed = [j for j in not_done if j.get("status") != ABANDONED]
     return Summary(jobs, markdown, files, best_tags, best_value, failed, best_metrics)
+
+
+def _earlier_study_best(sweep_dir: Path, jobs: list[dict[str, Any]], monitor: str) -> list[str]:
+    """A line on the Optuna study's best trial when an earlier launch ran it.
+
+    A continued study's sweep summarises its own trials; the study's best (in
+    optuna/best_params.json) may be one of another sweep's, which the table cannot show.
+    """
+    path = sweep_dir / "optuna" / "best_params.json"
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    trial = report.get("best_trial")
+    own = {parse_overrides(job["overrides"]).get("optuna.trial") for job in jobs}
+    if trial is None or str(trial) in own:
+        return []
+    return [
+        "",
+        f"The study's best is trial {trial}, of an earlier sweep: {monitor} = "
+        f"{_fmt(report.get('best_value'))} with {report.get('best_params')} "
+        "(optuna/best_params.json); the table and the best tags are this sweep's trials.",
+    ]
 
 
 def _optuna_files(sweep_dir: Path) -> list[Path]:

@@ -509,6 +509,20 @@ def test_a_one_job_sweeps_best_tags_leave_the_command_lines_constants_out(tmp_pa
     }
 
 
+def test_a_continued_studys_summary_names_the_studys_best_of_an_earlier_sweep(tmp_path):
+    """Its best tags and "Best:" line named this sweep's trial as if it were the study's
+    best, while best_params.json in the same parent run named another."""
+    _job(tmp_path, 0, ["optim.lr=0.0012", "optuna.trial=2"], 0.13)
+    (tmp_path / "optuna").mkdir()
+    best = {"best_trial": 0, "best_value": 0.162, "best_params": {"optim.lr": 0.0023}}
+    (tmp_path / "optuna" / "best_params.json").write_text(json.dumps(best))
+    markdown = summarize(tmp_path, monitor="val/acc", maximize=True).markdown
+    assert "The study's best is trial 0, of an earlier sweep: val/acc = 0.1620 with " in markdown
+    best["best_trial"] = 2  # this sweep's own trial: nothing to add
+    (tmp_path / "optuna" / "best_params.json").write_text(json.dumps(best))
+    assert "The study's best" not in summarize(tmp_path, monitor="val/acc", maximize=True).markdown
+
+
 def test_summary_ranks_jobs_and_skips_pruned_for_best(tmp_path):
     for num, (lr, value) in enumerate([("0.1", 0.8), ("0.01", 0.9)]):
         _job(tmp_path, num, [f"optim.lr={lr}", "trainer.max_epochs=2"], value)
