@@ -17,7 +17,7 @@ from runner.config.choices import MONITOR_MODES
 from runner.config.resolvers import monitor_mode_for, register_resolvers
 from runner.sweeps.audit import NUM_THUMBNAILS
 from runner.sweeps.collect import print_sweep, sweep_jobs
-from runner.sweeps.manifest import MANIFEST_FILE, SWEEP_LOCK_FILE
+from runner.sweeps.manifest import MANIFEST_FILE, SUBMITTED_FILE, SWEEP_LOCK_FILE
 from runner.tracking.store import is_locked
 
 
@@ -142,7 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     if any(job["state"] not in ("FINISHED", "FAILED", "UNKNOWN") for job in jobs):
         print("jobs still queued or running: collect again when they are done")
         return status
-    from runner.sweeps.callback import finish_submitted_sweep
+    from runner.sweeps.callback import finish_submitted_sweep, resume_advice
+
+    if not (args.sweep_dir / SUBMITTED_FILE).exists():  # its launcher waited for its jobs
+        # ... and was stopped before the end: jobs it had not started are in no listing.
+        config = OmegaConf.load(args.sweep_dir / "multirun.yaml")
+        print(
+            "this sweep's launcher waited for its jobs (not hydra/launcher=slurm_submit) and "
+            "was stopped before it summarised them, so some may not have run. "
+            f"{resume_advice(config, args.sweep_dir)}, added to the command that launched "
+            f"it; `python -m runner.sweeps summary {args.sweep_dir}` shows its jobs so far"
+        )
+        return 1
 
     return max(status, finish_submitted_sweep(args.sweep_dir))
 

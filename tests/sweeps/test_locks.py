@@ -122,6 +122,20 @@ def test_collect_leaves_a_sweep_that_is_still_running_to_its_launcher(tmp_path, 
     assert not (sweep / "summary.md").exists()  # nothing summarised or ended yet
 
 
+def test_collect_points_a_killed_launchers_sweep_to_sweep_resume(tmp_path, capsys):
+    """It summarised such a sweep as done: one of two jobs (the other never started),
+    the dead one shown RUNNING, the parent run ended FAILED, and no word of sweep.resume."""
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("trainer: {monitor: val/acc, monitor_mode: max}\n")
+    update_manifest(sweep, "optim.lr=0.001", status="RUNNING", run_dir=str(sweep / "0"), num=0)
+    assert sweeps_main(["collect", str(sweep)]) == 1
+    shown = capsys.readouterr().out
+    assert "was stopped before it summarised them" in shown
+    assert f"Run them again with sweep.resume={sweep}, added to the command" in shown
+    assert not (sweep / "summary.md").exists()
+
+
 def test_a_second_launch_into_a_running_sweep_is_refused_and_changes_nothing(tmp_path):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
