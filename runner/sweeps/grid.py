@@ -8,8 +8,10 @@ Ranges a sweeper searches (Optuna's `interval(...)`) are the sweeper's to check.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -92,6 +94,7 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
     search = searchpath_overrides(config)
     problems = []
     monitors: dict[str, str] = {}  # what each job is ranked by -> the first job that is
+    outputs: dict[str, list[str]] = {}  # a predictions file -> the jobs that would write it
     for number, job in enumerate(grid_jobs(overrides)):
         swept = " ".join(o for o in job if o not in overrides)
         try:
@@ -105,8 +108,10 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
         except ConfigError as err:
             problems.append(f"job {number} ({swept or 'its only job'}): {err}")
             continue
-        monitor = f"{cfg.trainer.monitor} ({cfg.trainer.monitor_mode})"
-        monitors.setdefault(monitor, f"job {number} ({swept or 'its only job'})")
+        named = f"job {number} ({swept or 'its only job'})"
+        monitors.setdefault(f"{cfg.trainer.monitor} ({cfg.trainer.monitor_mode})", named)
+        if cfg.mode == "predict" and cfg.predict.output:
+            outputs.setdefault(_predictions_file(str(cfg.predict.output)), []).append(named)
     if len(monitors) > 1:  # an experiment preset sets its own trainer.monitor
         listing = ", ".join(f"{job} by {monitor}" for monitor, job in monitors.items())
         problems.append(
@@ -114,5 +119,20 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
             f"different ones: {listing}. Give trainer.monitor=<metric> on the command line "
             "for all of them, or run one sweep per metric"
         )
+    for path, jobs in outputs.items():
+        if len(jobs) > 1:
+            problems.append(
+                f"{', '.join(jobs)} would all write predict.output {path}, each replacing "
+                "the one before: leave predict.output out (each job writes predictions.csv "
+                "in its own run dir), or sweep it too"
+            )
     if problems:
         raise ConfigError("the sweep was not started:\n" + "\n".join(problems))
+
+
+def _predictions_file(output: str) -> str:
+    """The file `predict.output` names: itself, or predictions.csv in the folder it names."""
+    path = Path(output).expanduser()
+    if path.is_dir() or output.endswith(("/", os.sep)):
+        path = path / "predictions.csv"
+    return str(path.resolve())

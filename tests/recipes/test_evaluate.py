@@ -488,3 +488,29 @@ def test_a_sweep_over_checkpoints_evaluates_each(trained, tmp_path):
     assert len(metrics) == 2
     accs = [json.loads(m.read_text())["test/acc"] for m in metrics]
     assert accs[0] == accs[1]
+
+
+def test_a_predict_sweep_whose_jobs_share_one_output_file_is_refused_at_start(trained, tmp_path):
+    """-m ckpt=a,b predict.output=p.csv: each job replaced the one before's predictions."""
+    import shutil
+
+    from tests.conftest import run_cli
+
+    first = trained[0] / "train" / "checkpoints" / "best.pt"
+    second = tmp_path / "copy.pt"
+    shutil.copyfile(first, second)
+    from tests.datagen import write_image
+
+    write_image(tmp_path / "photos" / "a.png", "gray", size=32)
+    done = run_cli(
+        "-m",
+        "mode=predict",
+        f"ckpt={first},{second}",
+        f"predict.input={tmp_path / 'photos'}",
+        f"predict.output={tmp_path / 'p.csv'}",
+        f"paths.output_dir={tmp_path / 'out'}",
+        "logger=none",
+    )
+    assert done.returncode == 1, (done.stdout + done.stderr)[-3000:]
+    assert f"would all write predict.output {tmp_path / 'p.csv'}, each replacing" in done.stderr
+    assert not (tmp_path / "out").exists()
