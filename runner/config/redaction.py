@@ -101,7 +101,10 @@ class PasswordFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Rewrites the record's message when it holds a password; keeps every record."""
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: the handler reports it, as without a filter
+            return True
         public = public_uri(message)
         if public != message:
             record.msg, record.args = public, None

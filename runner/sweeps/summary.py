@@ -279,8 +279,8 @@ def summarize_and_log(
 def _swept_names(jobs: list[dict[str, Any]], constant: set[str]) -> list[str]:
     """Override names whose values differ between jobs.
 
-    For a single job: its names but the command line's `constant` ones (an Optuna trial's
-    drawn values, a one-point grid's own).
+    For a single job: its names but the command line's `constant` ones (what an Optuna
+    trial drew).
     """
     names: dict[str, set[str]] = defaultdict(set)
     all_names = {name for job in jobs for name in job["params"]}
