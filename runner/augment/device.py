@@ -58,10 +58,13 @@ class DeviceAugment(nn.Module):
         self.image_size = image_size
         self.eval_crop_pct = eval_crop_pct
         self.pipeline = None
+        self._has_policy = False
         if transforms:
             import kornia.augmentation as K
+            from kornia.augmentation.auto import PolicyAugmentBase
 
             self.pipeline = K.AugmentationSequential(*transforms)
+            self._has_policy = any(isinstance(t, PolicyAugmentBase) for t in transforms)
         first = transforms[0] if transforms else None
         self._first_takes_uint8 = bool(getattr(first, "accepts_uint8", False))
         # Kornia samples on the device its generators were last moved to; tracked so a
@@ -133,9 +136,16 @@ class DeviceAugment(nn.Module):
         # *default* device: the host, a copy back and forth per op and step (kornia
         # issue #4426). With the batch's device as the default, the parameters stay
         # where they were drawn.
+        # Kornia's policies have colour ops that take RGB only (saturation raised at the
+        # step that drew it): gray images go through as RGB with equal channels, which
+        # every op keeps equal (gray has no saturation or hue), and come back as one.
+        gray = self._has_policy and images.shape[1] == 1
+        if gray:
+            images = images.repeat(1, 3, 1, 1)
         with torch.device(images.device):
             params = self.pipeline.forward_parameters(images.shape)
-        return self.pipeline(images, params=params)
+        augmented = self.pipeline(images, params=params)
+        return augmented.mean(dim=1, keepdim=True) if gray else augmented
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:

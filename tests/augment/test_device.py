@@ -97,6 +97,18 @@ def test_preset_runs_with_its_random_parameters_on_the_batch_device(make_cfg, pr
     assert not off_device, f"parameters not on {batch.device}: {off_device}"
 
 
+@pytest.mark.parametrize("preset", ["randaugment", "autoaugment", "trivialaugment"])
+def test_a_policy_preset_augments_one_channel_images(make_cfg, preset):
+    """Kornia's saturation op takes RGB only: on gray images the run died at whichever
+    step drew it (about one batch in five for randaugment)."""
+    augment = build(make_cfg, preset, "data.image_size=32").train()
+    gray = uint8_batch(n=8)[:, :1]
+    torch.manual_seed(0)
+    for _ in range(40):
+        out = augment(gray)
+        assert out.shape == (8, 1, 32, 32) and torch.isfinite(out).all()
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_sizes_follow_the_data_image_size(make_cfg, preset):
     augment = build(make_cfg, preset, "data.image_size=24").train()
