@@ -117,21 +117,7 @@ def create_timm_model(
     _check_timm_name(name)
     path = _check_file(pretrained_file, "model.pretrained_file")
     if path is not None:
-        try:
-            model = timm.create_model(
-                name,
-                pretrained=True,
-                pretrained_cfg_overlay={"file": str(path)},
-                num_classes=num_classes,
-                **kwargs,
-            )
-        except Exception as err:  # a file of another model, or no weights file at all
-            raise PretrainedWeightsError(
-                f"model.pretrained_file={pretrained_file!r} does not fit model.name={name!r} "
-                f"({_cause(err)}). Point it at a state dict of {name} (.safetensors, or a "
-                ".pth/.bin of tensors), or set model.name to the architecture it was saved "
-                "from."
-            ) from err
+        model = _timm_from_file(name, num_classes, path, **kwargs)
     elif not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     else:
@@ -142,6 +128,59 @@ def create_timm_model(
         stats_for_channels(cfg["mean"], channels),
         stats_for_channels(cfg["std"], channels),
     )
+    return model
+
+
+def _timm_from_file(name: str, num_classes: int, path: Path, **kwargs) -> nn.Module:
+    """A timm model with the weights of a local file, refused when they did not load.
+
+    With a head of another class count than the weights' (fine-tuning), timm loads the
+    file loosely: tensors whose names do not match are left out without an error, so a
+    file of another architecture, or one whose names carry a wrapper's prefix, loaded
+    nothing. Which parameters kept their initial values is found by building the model
+    a second time without the file, from the same random state.
+    """
+    import timm
+
+    key = f"model.pretrained_file={str(path)!r}"
+    seed = int(torch.randint(2**62, ()))  # the run's random stream still draws the head's init
+
+    def build(file: Path | None) -> nn.Module:
+        overlay = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(file)}}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return timm.create_model(
+                name, num_classes=num_classes, **(overlay if file else {}), **kwargs
+            )
+
+    try:
+        model = build(path)
+    except Exception as err:  # a file of another model, or no weights file at all
+        raise PretrainedWeightsError(
+            f"{key} does not fit model.name={name!r} ({_cause(err)}). Point it at a state "
+            f"dict of {name} (.safetensors, or a .pth/.bin of tensors), or set model.name to "
+            "the architecture it was saved from."
+        ) from err
+    # Only a randomly initialised tensor tells: a constant one (a norm's ones and zeros)
+    # may hold the same values in a file.
+    initial = {
+        param_name: value
+        for param_name, value in build(None).named_parameters()
+        if value.numel() > 1 and bool(value.max() > value.min())
+    }
+    head = _head_prefix(model) or "\0"
+    checked = [param_name for param_name in initial if not param_name.startswith(head)]
+    params = dict(model.named_parameters())
+    unloaded = [n for n in checked if torch.equal(params[n], initial[n])]
+    if unloaded:
+        raise PretrainedWeightsError(
+            f"{key} does not fit model.name={name!r}: {len(unloaded)} of its {len(checked)} "
+            "randomly initialised weight tensors outside the classifier were not in the file "
+            f"(e.g. {', '.join(unloaded[:3])}), so they would train from their random start. "
+            f"Point it at a state dict of {name} whose names are the model's own (no wrapper "
+            "prefix such as 'model.'), or set model.name to the architecture it was saved "
+            "from."
+        )
     return model
 
 

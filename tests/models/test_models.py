@@ -51,6 +51,36 @@ def test_timm_pretrained_from_a_local_file_loads_the_backbone(tmp_path):
     assert pretrained_normalization(model)[0] == pytest.approx(IMAGENET_MEAN)
 
 
+@pytest.mark.parametrize("layout", ["another_architecture", "wrapped"])
+def test_a_timm_weights_file_that_loads_nothing_is_refused(tmp_path, layout):
+    """For another class count timm loads the file loosely: a file of another model, or
+    one whose names carry a Lightning module's 'model.' prefix, trained from scratch."""
+    from runner.models.factories import PretrainedWeightsError
+
+    if layout == "another_architecture":
+        weights = timm.create_model("test_vit", num_classes=1000).state_dict()
+    else:
+        own = timm.create_model("resnet10t", num_classes=1000).state_dict()
+        weights = {f"model.{k}": v for k, v in own.items()}
+    path = tmp_path / "model.safetensors"
+    save_file(weights, str(path))
+    with pytest.raises(
+        PretrainedWeightsError, match=r"does not fit model.name='resnet10t': \d+ of"
+    ):
+        create_timm_model(num_classes=5, name="resnet10t", pretrained_file=str(path))
+
+
+def test_a_timm_weights_file_leaves_the_head_to_the_runs_random_stream(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file(timm.create_model("resnet10t", num_classes=1000).state_dict(), str(path))
+    heads = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        model = create_timm_model(num_classes=5, name="resnet10t", pretrained_file=str(path))
+        heads.append(model.get_classifier().weight)
+    assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])
+
+
 @pytest.mark.parametrize("channels", [1, 4])
 def test_pretrained_weights_adapted_to_other_channels_get_stats_for_each(tmp_path, channels):
     """The weights' three RGB values normalised 1- and 4-channel input: the run was refused."""
