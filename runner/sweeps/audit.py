@@ -5,8 +5,9 @@ writes its held-out fold's softmax probabilities and penultimate-layer embedding
 `<run dir>/out_of_fold.npz` (`runner.training.oof`). The audit merges them over the K
 jobs (every train sample then has a prediction from a model that never trained on it)
 and runs cleanlab's `Datalab` with `pred_probs` = the probabilities and `features` = the
-embeddings: label issues (confident learning), near duplicates, outliers and class
-imbalance. It writes `<sweep dir>/audit/`:
+embeddings (those of fold 0's model for every sample, which its job writes too, so that
+they share one space): label issues (confident learning, from the probabilities), near
+duplicates, outliers and class imbalance. It writes `<sweep dir>/audit/`:
 
     label_issues.csv     every sample, most suspect first: sample_id, given_label,
                          suggested_label, label_quality, is_label_issue
@@ -73,10 +74,20 @@ def find_issues(merged: MergedFolds) -> tuple[Any, float]:
     lab = Datalab(data={"label": merged.label}, label_name="label", verbosity=0)
     lab.find_issues(
         pred_probs=merged.probabilities,
-        features=merged.embeddings,
+        features=_features(merged),
         issue_types={name: {} for name in ISSUE_TYPES},
     )
     return lab, time.perf_counter() - start
+
+
+def _features(merged: MergedFolds) -> np.ndarray:
+    """The embeddings the neighbour checks (near duplicates, outliers) compare.
+
+    One model's for every sample (fold 0's) when its job wrote them: each fold's own
+    embeddings come from another model, so distances between folds mean nothing, and
+    a duplicate whose copies fell into two folds was not found.
+    """
+    return merged.embeddings if merged.shared_embeddings is None else merged.shared_embeddings
 
 
 def _issues(lab: Any, name: str):
@@ -326,6 +337,15 @@ def _summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, na
         f"| outliers | {_count(counts['num_outliers'])} |",
         "",
         f"cleanlab Datalab: {seconds:.1f} s; the fold jobs: {merged.train_seconds:.1f} s.",
+        "",
+        "Near duplicates and outliers are found among the penultimate-layer embeddings of "
+        + (
+            "fold 0's model, for every sample (it trained on the other folds, whose samples "
+            "may therefore look a little less outlying than those of fold 0)."
+            if merged.shared_embeddings is not None
+            else "each fold's own model (fold 0's job embedded no other fold): duplicates "
+            "whose copies are in two folds are not found."
+        ),
     ]
     if noise:
         lines += [

@@ -39,6 +39,11 @@ class MergedFolds:
         num_folds: K.
         run_dirs: The fold jobs' run dirs, by fold.
         train_seconds: The fold jobs' wall time (manifest), summed.
+        shared_embeddings: (N, D) embeddings of every sample by one model, fold 0's
+            (its own fold held out, the others trained on); None when its job wrote none.
+            Each fold's `embeddings` come from that fold's model, so two images in
+            different folds are not in one space: near duplicates across folds are
+            found only in this one.
     """
 
     sample_id: np.ndarray
@@ -50,6 +55,7 @@ class MergedFolds:
     num_folds: int
     run_dirs: dict[int, Path]
     train_seconds: float = 0.0
+    shared_embeddings: np.ndarray | None = None
 
     @property
     def missing_folds(self) -> list[int]:
@@ -67,6 +73,8 @@ def save_out_of_fold(
     class_names: list[str],
     fold: int,
     num_folds: int,
+    space_sample_id: np.ndarray | None = None,
+    space_embeddings: np.ndarray | None = None,
 ) -> Path:
     """Writes a fold job's out-of-fold outputs (the arrays `merge_folds` reads), atomically.
 
@@ -79,6 +87,9 @@ def save_out_of_fold(
         class_names: Name of each class.
         fold: The held-out fold.
         num_folds: K.
+        space_sample_id: (M,) ids of the job's train samples (the other folds), which
+            fold 0's job embeds too, so that every sample has an embedding by one model.
+        space_embeddings: (M, D) their embeddings.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
@@ -91,6 +102,14 @@ def save_out_of_fold(
         class_names=np.asarray(class_names, dtype=str),
         fold=np.int64(fold),
         num_folds=np.int64(num_folds),
+        **(
+            {}
+            if space_embeddings is None
+            else {
+                "space_sample_id": np.asarray(space_sample_id, dtype=str),
+                "space_embeddings": np.asarray(space_embeddings, dtype=np.float32),
+            }
+        ),
     )
     tmp.replace(path)  # the audit never reads a half-written file
     return path
@@ -106,6 +125,21 @@ def _fold_runs(sweep_dir: Path) -> list[tuple[Path, float]]:
     if not runs:  # no manifest (copied outputs): the job dirs themselves
         runs = [(p.parent, 0.0) for p in sorted(Path(sweep_dir).glob(f"*/{OOF_FILE}"))]
     return runs
+
+
+def _shared_embeddings(
+    first: dict[str, np.ndarray] | None, sample_id: np.ndarray
+) -> np.ndarray | None:
+    """Fold 0's model's embeddings of `sample_id`, in that order; None without them."""
+    if first is None or "space_embeddings" not in first:
+        return None
+    ids = np.concatenate([first["sample_id"], first["space_sample_id"]])
+    vectors = np.concatenate([first["embeddings"], first["space_embeddings"]])
+    row = {str(sid): i for i, sid in enumerate(ids)}
+    if not all(str(sid) in row for sid in sample_id):  # a file that no longer decoded
+        log.warning("audit: fold 0's job embedded not every sample; each fold's own are used")
+        return None
+    return vectors[[row[str(sid)] for sid in sample_id]]
 
 
 def merge_folds(sweep_dir: Path) -> MergedFolds:
@@ -162,6 +196,7 @@ def merge_folds(sweep_dir: Path) -> MergedFolds:
         num_folds=num_folds,
         run_dirs=run_dirs,
         train_seconds=sum(seconds for _, seconds in runs),
+        shared_embeddings=_shared_embeddings(parts.get(0), sample_id),
     )
     if merged.missing_folds:
         log.warning(

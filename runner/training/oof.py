@@ -11,6 +11,14 @@ runs its best weights over that fold and writes, keyed by sample id, into
     class_names    (C,)   str
     fold, num_folds       int64    which fold of how many
 
+Fold 0's job also embeds its train samples (the other folds), by the same weights:
+
+    space_sample_id   (M,)   str
+    space_embeddings  (M, D) float32
+
+so that every train sample has an embedding in one model's space, where the audit looks
+for near duplicates and outliers: each fold's own embeddings come from another model.
+
 The audit (`runner.sweeps.audit`) merges these files over the K jobs of a sweep: every
 train sample then has a prediction from a model that never trained on it.
 """
@@ -150,16 +158,21 @@ def write_out_of_fold(ctx: RunContext, model: nn.Module, parts, data: DataSplits
     data_cfg = ctx.cfg.data
     if data_cfg.get("num_folds") is None:
         return None
-    outputs = predict_split(
-        model,
-        data.val,
-        data.num_classes,
-        parts.augment,
-        parts.normalize,
-        ctx.device,
-        ctx.precision,
-        ctx.cfg.trainer.eval_batch_size,
-    )
+
+    def predict(split) -> OutOfFold:
+        return predict_split(
+            model,
+            split,
+            data.num_classes,
+            parts.augment,
+            parts.normalize,
+            ctx.device,
+            ctx.precision,
+            ctx.cfg.trainer.eval_batch_size,
+        )
+
+    outputs = predict(data.val)
+    space = predict(data.train) if int(data_cfg.fold) == 0 else None
     path = save_out_of_fold(
         ctx.run_dir / OOF_FILE,
         sample_id=outputs.sample_id,
@@ -169,6 +182,8 @@ def write_out_of_fold(ctx: RunContext, model: nn.Module, parts, data: DataSplits
         class_names=list(data.class_names),
         fold=int(data_cfg.fold),
         num_folds=int(data_cfg.num_folds),
+        space_sample_id=None if space is None else space.sample_id,
+        space_embeddings=None if space is None else space.embeddings,
     )
     ctx.tracker.log_artifact(path)
     log.info(

@@ -41,12 +41,16 @@ def fake_sweep(
     num_folds: int = 4,
     skip: tuple[int, ...] = (),
     edit_embeddings=None,
+    fold_spaces: bool = False,
+    shared: bool = True,
 ) -> tuple[Path, object]:
     """A sweep dir as K fold jobs leave it, with a logistic regression as the model.
 
     Digits at 8x8 with `noise` symmetric label noise (the runner's own switches); each
     fold's held-out probabilities come from a model fitted on the other folds, and the
-    embeddings are the pixels. Returns the sweep dir and the noisy data set.
+    embeddings are the pixels, or with `fold_spaces` the pixels turned by a rotation of
+    each fold's own, as each fold's network embeds in a space of its own. With `shared`,
+    fold 0's job also embeds the other folds. Returns the sweep dir and the noisy data set.
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -63,15 +67,22 @@ def fake_sweep(
         model = LogisticRegression(max_iter=400).fit(pixels[train], labels[train])
         run_dir = root / str(fold)
         run_dir.mkdir(parents=True)
+        space = embeddings
+        if fold_spaces:
+            turn = np.linalg.qr(np.random.default_rng(fold).normal(size=(64, 64)))[0]
+            space = embeddings @ turn.astype(np.float32)
+        others = fold == 0 and shared
         save_out_of_fold(
             run_dir / OOF_FILE,
             sample_id=data.train.ids[held],
             label=labels[held],
             probabilities=model.predict_proba(pixels[held]),
-            embeddings=embeddings[held],
+            embeddings=space[held],
             class_names=data.class_names,
             fold=fold,
             num_folds=num_folds,
+            space_sample_id=data.train.ids[train] if others else None,
+            space_embeddings=space[train] if others else None,
         )
         if data.clean_train_labels is not None:  # as report_train_data writes it
             with (run_dir / "label_noise.csv").open("w", newline="") as handle:
@@ -164,6 +175,29 @@ def test_near_duplicates_and_outliers_are_listed_by_sample_id(tmp_path):
     assert result.counts["num_outliers"] == len(outliers)
     assert not (sweep / "audit" / "label_issues.png").exists()
     assert "Injected label noise" not in (sweep / "audit" / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_duplicate_whose_copies_are_in_two_folds_is_found_in_fold_0s_space(tmp_path, shared):
+    """Each fold's embeddings come from its own model: stacked, the copies of an image in
+    two folds were far apart, and only duplicates within one fold were found."""
+    folds = list(fold_indices(load_digits(image_size=8).train.labels, 4, seed=0))
+    first, second = int(folds[1][1][0]), int(folds[2][1][0])  # held out by folds 1 and 2
+
+    def edit(embeddings):
+        embeddings[second] = embeddings[first]
+
+    sweep, data = fake_sweep(
+        tmp_path / "sweep", noise=0.0, edit_embeddings=edit, fold_spaces=True, shared=shared
+    )
+    run_audit(sweep, num_thumbnails=0)
+    duplicates = {r["sample_id"] for r in read_rows(sweep / "audit" / "near_duplicates.csv")}
+    pair = {str(data.train.ids[first]), str(data.train.ids[second])}
+    summary = (sweep / "audit" / "summary.md").read_text()
+    if shared:
+        assert pair <= duplicates and "embeddings of fold 0's model, for every sample" in summary
+    else:
+        assert not pair & duplicates and "duplicates whose copies are in two folds" in summary
 
 
 def test_a_missing_fold_is_named_and_the_others_are_audited(tmp_path):
@@ -373,6 +407,7 @@ def check_audited_sweep(out: Path, sweep: Path) -> None:
         r["sample_id"].startswith("synthetic:") for r in rows
     )
     assert merged.embeddings.shape[1] == 96, "test_resnet's pooled features"
+    assert merged.shared_embeddings.shape == merged.embeddings.shape, "fold 0's, for all"
     np.testing.assert_allclose(merged.probabilities.sum(1), 1, atol=1e-4)
     db = out / "mlflow.db"
     parent = json.loads((sweep / "sweep.json").read_text())["parent_run_id"]
