@@ -99,14 +99,24 @@ def _issues(lab: Any, name: str):
         return None
 
 
-def known_noise(merged: MergedFolds, flagged: np.ndarray) -> dict[str, float]:
+def known_noise(
+    merged: MergedFolds, flagged: np.ndarray, sweep_dir: Path | None = None
+) -> dict[str, float]:
     """Precision and recall of `flagged` against the labels the runs flipped on purpose.
 
-    The fold jobs of a run with `data.label_noise` list every train sample's clean and
-    noisy label in label_noise.csv; empty when they did not inject noise.
+    The fold jobs of a run with `data.label_noise` list their train samples' clean and
+    noisy labels in label_noise.csv: each job the other folds', so the files of every
+    job of the sweep are read (a job that wrote no outputs may have written its own).
+    Empty when they did not inject noise or leave an audited sample without its clean
+    label.
     """
     clean: dict[str, int] = {}
-    for run_dir in merged.run_dirs.values():
+    run_dirs = set(merged.run_dirs.values())
+    if sweep_dir is not None:
+        run_dirs |= {
+            Path(e["run_dir"]) for e in read_manifest(sweep_dir).values() if "run_dir" in e
+        }
+    for run_dir in sorted(run_dirs):
         path = run_dir / "label_noise.csv"
         if path.is_file():
             with path.open(newline="") as handle:
@@ -176,7 +186,7 @@ def run_audit(
         "num_near_duplicates": duplicates,
         "num_outliers": outliers,
     }
-    noise = known_noise(merged, flagged)
+    noise = known_noise(merged, flagged, sweep_dir)
     files = [out / "label_issues.csv", out / "near_duplicates.csv", out / "outliers.csv"]
     picture = _draw_suspects(
         out / "label_issues.png", sweep_dir, merged, order, flagged, suggested, num_thumbnails
@@ -411,17 +421,16 @@ def audit_and_log(
 
 def log_audit(tracker: Tracker, result: AuditResult) -> None:
     """Logs an audit's counts and files to the sweep's parent run (artifacts in audit/)."""
+    # Every audit metric, NaN for what this audit could not compute: a redone audit
+    # leaves none of an earlier one's values standing beside its own.
+    nan = float("nan")
     metrics = {
-        f"audit/{name}": float(value) for name, value in result.counts.items() if value is not None
+        f"audit/{name}": nan if value is None else float(value)
+        for name, value in result.counts.items()
     }
     metrics["audit/datalab_seconds"] = result.datalab_seconds
-    if result.known_noise:
-        metrics.update(
-            {
-                f"audit/known_noise_{k}": float(result.known_noise[k])
-                for k in ("precision", "recall")
-            }
-        )
+    for key in ("precision", "recall"):
+        metrics[f"audit/known_noise_{key}"] = float(result.known_noise.get(key, nan))
     tracker.log_metrics(metrics, step=0)
     for path in result.files:
         tracker.log_artifact(path, AUDIT_DIR)

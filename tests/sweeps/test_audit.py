@@ -200,6 +200,16 @@ def test_a_duplicate_whose_copies_are_in_two_folds_is_found_in_fold_0s_space(tmp
         assert not pair & duplicates and "duplicates whose copies are in two folds" in summary
 
 
+def test_the_injected_noise_is_measured_with_the_record_of_a_job_without_outputs(tmp_path):
+    """With two folds, the job that wrote out_of_fold.npz lists the other fold's clean
+    labels, not its own: precision and recall vanished from the summary."""
+    sweep, _ = fake_sweep(tmp_path / "sweep", noise=0.2, num_folds=2)
+    (sweep / "1" / OOF_FILE).unlink()
+    result = run_audit(sweep, num_thumbnails=0)
+    assert result.known_noise["flipped"] > 0 and 0 < result.known_noise["precision"] <= 1
+    assert "Injected label noise" in (sweep / "audit" / "summary.md").read_text()
+
+
 def test_a_missing_fold_is_named_and_the_others_are_audited(tmp_path):
     sweep, data = fake_sweep(tmp_path / "sweep", skip=(2,))
     merged = merge_folds(sweep)
@@ -272,6 +282,15 @@ def test_the_audit_is_logged_to_the_parent_run_and_the_command_redoes_it(tmp_pat
     assert {"label_issues.csv", "near_duplicates.csv", "outliers.csv", "summary.md"} <= logged
     ((status,),) = query(db, "SELECT status FROM runs WHERE run_uuid=?", parent.run_id)
     assert status == "FINISHED"
+    # Audited again without the injected noise's record: no value of the first audit
+    # stays the run's latest beside the second's.
+    for path in sweep.glob("*/label_noise.csv"):
+        path.unlink()
+    assert main(["audit", str(sweep), "--thumbnails", "0"]) == 0
+    latest = dict(
+        query(db, "SELECT key, is_nan FROM latest_metrics WHERE run_uuid=?", parent.run_id)
+    )
+    assert latest["audit/known_noise_precision"] == 1 and latest["audit/known_noise_recall"] == 1
 
 
 def test_the_audit_command_writes_its_files_when_the_parent_runs_store_is_gone(tmp_path, caplog):
