@@ -174,6 +174,7 @@ def exclude_samples(data: DataSplits, path: str) -> DataSplits:
     positions, _, unmatched = _train_positions(data, ids)
     if not len(positions):
         raise _nothing_matched("data.exclude", path, data, ids)
+    positions = np.unique(positions)  # an id written with and without spaces is one sample
     _report_unmatched("data.exclude", path, unmatched)
     keep = np.ones(len(data.train), dtype=bool)
     keep[positions] = False
@@ -255,8 +256,17 @@ def relabel_samples(data: DataSplits, path: str) -> DataSplits:
     if not len(positions):
         raise _nothing_matched("data.relabel", path, data, ids)
     _report_unmatched("data.relabel", path, unmatched)
+    chosen: dict[int, tuple[str, int]] = {}  # train position -> (id as written, label)
+    for sample_id, position in zip(matched, positions.tolist(), strict=True):
+        earlier = chosen.setdefault(position, (sample_id, wanted[sample_id]))
+        if earlier[1] != wanted[sample_id]:  # the same id, written with and without spaces
+            raise DataError(
+                f"data.relabel={path!r}: {earlier[0]!r} and {sample_id!r} name the same "
+                "train sample and give it two labels; keep one row per sample_id."
+            )
+    positions = np.array(sorted(chosen), dtype=np.int64)
     labels = data.train.labels.clone()
-    new = torch.tensor([wanted[i] for i in matched], dtype=labels.dtype)
+    new = torch.tensor([chosen[p][1] for p in positions.tolist()], dtype=labels.dtype)
     changes = int((labels[torch.from_numpy(positions)].cpu() != new).sum())
     labels[torch.from_numpy(positions).to(labels.device)] = new.to(labels.device)
     data.train = data.train.with_labels(labels)

@@ -213,3 +213,18 @@ def test_where_class_names_are_numbers_a_relabel_number_is_a_name_only(tmp_path)
     path = write_csv(tmp_path / "index.csv", ["sample_id", "label"], [[ids[0], "0"]])
     with pytest.raises(DataError, match=r"line 2: '0'\). A label is a class name \(1, 10, 2\)\."):
         relabel_samples(data, str(path))
+
+
+def test_an_id_written_with_and_without_spaces_is_one_sample(make_cfg, tmp_path):
+    """It was counted twice when excluded, and given two labels without a word."""
+    plain = digits(make_cfg)
+    first = str(plain.train.ids[0])
+    drop = write_csv(tmp_path / "drop.csv", ["sample_id"], [[first], [f"{first} "]])
+    dropped = digits(make_cfg, f"data.exclude={drop}")
+    assert len(dropped.train) == len(plain.train) - 1
+    assert dropped.extra_params["data.num_excluded"] == 1
+    relabel = write_csv(
+        tmp_path / "relabel.csv", ["sample_id", "label"], [[first, "3"], [f"{first} ", "5"]]
+    )
+    with pytest.raises(DataError, match="name the same train sample and give it two labels"):
+        digits(make_cfg, f"data.relabel={relabel}")
