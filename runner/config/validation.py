@@ -133,13 +133,29 @@ def _monitor_problems(cfg: DictConfig, swept_keys: list[str]) -> list[str]:
 def _image_size_problems(cfg: DictConfig) -> list[str]:
     """The augmentation's eval size must be the data's: else train and test sizes differ."""
     data_size, aug_size = (OmegaConf.select(cfg, f"{k}.image_size") for k in ("data", "aug"))
-    if not (is_number(data_size) and is_number(aug_size)) or data_size == aug_size:
+    if not is_number(data_size):
         return []
-    return [
-        f"aug.image_size={aug_size!r} differs from data.image_size={data_size!r}: the model "
-        "would train at one size and be tested at the other; set data.image_size "
-        "(aug.image_size follows it)"
-    ]
+    problems = []
+    if is_number(aug_size) and data_size != aug_size:
+        problems.append(
+            f"aug.image_size={aug_size!r} differs from data.image_size={data_size!r}: the "
+            "model would train at one size and be tested at the other; set data.image_size "
+            "(aug.image_size follows it)"
+        )
+    transforms = OmegaConf.select(cfg, "aug.transforms", default=None)
+    for index, transform in enumerate(transforms if OmegaConf.is_list(transforms) else []):
+        size = transform.get("size") if OmegaConf.is_dict(transform) else None
+        sides = list(size) if OmegaConf.is_list(size) else [size]
+        if size is None or not all(is_number(side) for side in sides):
+            continue
+        if any(side != data_size for side in sides):  # a crop's output: the training size
+            shown = OmegaConf.to_container(size) if OmegaConf.is_list(size) else size
+            problems.append(
+                f"aug.transforms.{index}.size={shown} differs from data.image_size="
+                f"{data_size}: the model would train at that size and be tested at "
+                f"{data_size}; set data.image_size (the presets' sizes follow it)"
+            )
+    return problems
 
 
 def _model_registry_problems(cfg: DictConfig) -> list[str]:

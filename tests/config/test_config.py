@@ -273,6 +273,10 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
         (["logger.tracking_uri=file:///tmp/store"], "MLflow's file store (a folder) is not"),
         (["logger.offline_fallback=maybe"], "logger.offline_fallback='maybe' is invalid"),
         (["aug.image_size=64"], "aug.image_size=64 differs from data.image_size=32"),
+        (
+            ["aug=strong", "aug.transforms.0.size=[24,24]"],
+            "aug.transforms.0.size=[24, 24] differs from data.image_size=32",
+        ),
         (["experiment=throughput", "throughput.batch_sizes=[1]"], "integers >= 2"),
         (["sched=onecycle", "+sched.div_factor=0"], "sched.div_factor=0 is invalid"),
         (["data=synthetic", "data.channels=0"], "data.channels=0 is invalid"),
