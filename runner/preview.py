@@ -18,6 +18,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from runner.augment.checks import check_transforms
 from runner.config.validation import validate
 from runner.data.build import build_data
 from runner.reports.aug_preview import save_preview_grid
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> float:
     """Draws the augmentation preview grid of the configured data and preset."""
     validate(cfg)
+    check_transforms(cfg.aug)  # a bad transform parameter, before the data is built
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)

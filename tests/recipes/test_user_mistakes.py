@@ -254,6 +254,15 @@ def test_a_bad_transform_parameter_is_named_before_the_data(
     nothing_spent(tmp_path)
 
 
+def test_a_bad_transform_parameter_is_named_in_preview_mode_before_the_data(make_cfg, tmp_path):
+    """mode=preview built the data, then failed in Hydra's wrapper; p=1.5 drew a grid."""
+    message = refused(
+        make_cfg("mode=preview", "aug.transforms.0.p=1.5"), "aug.transforms.0 (RandomAffine)"
+    )
+    assert "p=1.5 is a probability" in message
+    assert not list(tmp_path.rglob("aug_preview.png"))
+
+
 def test_the_transform_check_builds_them_as_the_group_does(make_cfg):
     """Built without the group's _convert_, a size list reached Kornia as a ListConfig,
     which RandomResizedCrop refuses: a preset that trains was refused."""
