@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from runner.augment.normalize import Normalize
 from runner.config.validation import validate
 from runner.data.loaders import FixedBatches
-from runner.models.factories import create_timm_model
+from runner.models.factories import check_timm_name, create_timm_model
 from runner.reports.console import print_config
 from runner.training import engine
 from runner.training.context import resolve_device, resolve_precision, seed_everything
@@ -115,6 +115,8 @@ def run(cfg: DictConfig) -> float:
         The highest img/s measured (the run's objective).
     """
     validate(cfg)
+    for index, name in enumerate(cfg.throughput.models):  # before the first is timed
+        check_timm_name(str(name), f"throughput.models.{index}")
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
     precision = resolve_precision(cfg.trainer.precision, device)

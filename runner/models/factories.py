@@ -50,26 +50,35 @@ def check_model_config(model_cfg: Any) -> None:
     """
     target = model_cfg.get("_target_")
     if target == f"{__name__}.{create_timm_model.__name__}":
-        _check_timm_name(str(model_cfg.get("name")))
+        check_timm_name(str(model_cfg.get("name")))
     elif target == f"{__name__}.{create_torchvision_model.__name__}":
         _check_torchvision_name(str(model_cfg.get("name")))
     _check_file(model_cfg.get("pretrained_file"), "model.pretrained_file")
 
 
-def _check_timm_name(name: str) -> None:
+def check_timm_name(name: str, key: str = "model.name") -> None:
+    """Refuses a name that is no timm model, or a pretrained tag timm does not have.
+
+    Args:
+        name: The model name, perhaps with a tag (`resnet50.a1_in1k`).
+        key: The config key that gave it, for the message.
+
+    Raises:
+        ConfigError: Naming the key, the value and similar names.
+    """
     import timm
 
     architecture = name.split(".")[0]
     if not timm.is_model(architecture):
         close = difflib.get_close_matches(architecture, timm.list_models(), n=8, cutoff=0.6)
         raise ConfigError(
-            f"model.name={name!r} is not a timm model. Similar names: {', '.join(close) or 'none'}"
+            f"{key}={name!r} is not a timm model. Similar names: {', '.join(close) or 'none'}"
             " (see timm.list_models())."
         )
     tags = timm.list_pretrained(f"{architecture}.*") if name != architecture else [name]
     if name not in tags:
         raise ConfigError(
-            f"model.name={name!r}: timm has no pretrained tag {name.partition('.')[2]!r} for "
+            f"{key}={name!r}: timm has no pretrained tag {name.partition('.')[2]!r} for "
             f"{architecture}. Its tags: {', '.join(tags) or 'none'}; or drop the tag."
         )
 
@@ -114,7 +123,7 @@ def create_timm_model(
     """
     import timm
 
-    _check_timm_name(name)
+    check_timm_name(name)
     path = _check_file(pretrained_file, "model.pretrained_file")
     if path is not None:
         model = _timm_from_file(name, num_classes, path, **kwargs)

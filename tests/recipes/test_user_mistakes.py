@@ -274,6 +274,15 @@ def test_the_transform_check_builds_them_as_the_group_does(make_cfg):
 
 def test_mode_throughput_without_its_preset_names_the_preset(make_cfg, tmp_path):
     refused(make_cfg("mode=throughput"), "mode=throughput", "experiment=throughput")
+
+
+def test_an_unknown_throughput_model_is_refused_before_the_first_is_timed(make_cfg, tmp_path):
+    """It became an error row after the models before it were timed, naming model.name."""
+    refused(
+        make_cfg("experiment=throughput", "throughput.models=[resnet10t,resnet_nope]", tiny=False),
+        "throughput.models.1='resnet_nope' is not a timm model",
+    )
+    assert not list(tmp_path.rglob("throughput.json"))
     nothing_spent(tmp_path)
 
 
