@@ -44,6 +44,7 @@ SCRIPTS = {
     "default_run": ["--rounds", "1"],
     "analysis_cost": ["--rounds", "1"],
     "audit": ["--epochs", "3", "--train-epochs", "3", "--folds", "3"],  # quick: one seed
+    "audit_duplicates": ["--epochs", "2"],
 }
 VERSIONS = ("torch", "torchvision", "kornia", "timm", "torchmetrics", "mlflow", "hydra-core")
 
