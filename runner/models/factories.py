@@ -53,6 +53,7 @@ def check_model_config(model_cfg: Any) -> None:
         check_timm_name(str(model_cfg.get("name")))
     elif target == f"{__name__}.{create_torchvision_model.__name__}":
         _check_torchvision_name(str(model_cfg.get("name")))
+        _check_torchvision_weights(str(model_cfg.get("name")), model_cfg.get("weights"))
     _check_file(model_cfg.get("pretrained_file"), "model.pretrained_file")
 
 
@@ -92,6 +93,20 @@ def _check_torchvision_name(name: str) -> None:
         raise ConfigError(
             f"model.name={name!r} is not a torchvision model. Similar names: "
             f"{', '.join(close) or 'none'} (see torchvision.models.list_models())."
+        )
+
+
+def _check_torchvision_weights(name: str, weights: Any) -> None:
+    """Refuses a model.weights name that the torchvision model has no weights of."""
+    if weights is None:
+        return
+    from torchvision.models import get_model_weights
+
+    known = ["DEFAULT", *(w.name for w in get_model_weights(name))]
+    if str(weights) not in known:
+        raise ConfigError(
+            f"model.weights={weights!r}: torchvision has no such weights for {name!r}. Its "
+            f"weights: {', '.join(known)}; or model.weights=null to train from scratch."
         )
 
 

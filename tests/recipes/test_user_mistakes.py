@@ -232,6 +232,10 @@ def test_a_model_name_or_weights_file_that_does_not_exist_is_refused_before_the_
         (("model=timm", "model.name=resnet_nope"), "model.name='resnet_nope' is not a timm"),
         (("model=tv_resnet50", "model.name=resnet_nope"), "is not a torchvision model"),
         (("model.pretrained_file=/nonexistent/m.safetensors",), "no such file"),
+        (
+            ("model=tv_resnet50", "model.weights=IMAGENET1K_V9"),
+            "model.weights='IMAGENET1K_V9': torchvision has no such weights for 'resnet50'",
+        ),
     ):
         refused(make_cfg(*folder, *model, tiny=False), expected)
     assert not cache.exists()
