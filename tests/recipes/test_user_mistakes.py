@@ -290,6 +290,16 @@ def test_an_unknown_throughput_model_is_refused_before_the_first_is_timed(make_c
     nothing_spent(tmp_path)
 
 
+def test_throughput_refuses_model_keys_it_would_ignore(tmp_path):
+    """It timed throughput.models and dropped model=... without a word."""
+    done = run_cli(
+        "experiment=throughput", "model=resnet32", f"paths.output_dir={tmp_path}", timeout=300
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Error: model=resnet32: mode=throughput times the timm models" in done.stderr
+    assert not list(tmp_path.rglob("throughput.json"))
+
+
 @pytest.mark.slow
 def test_eval_with_stored_data_refuses_data_keys_and_names_eval_data_current(best_pt, tmp_path):
     command = ("mode=eval", f"ckpt={best_pt}", f"paths.output_dir={tmp_path}")
