@@ -110,9 +110,11 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
         gradcam_hook = gradcam_layer.register_forward_hook(keep)
     modules = [*parts.model.modules(), *parts.augment.modules()]
     modes = [module.training for module in modules]
+    name = cfg.model.get("name")  # the CIFAR ResNets have none: their factory names them
+    model = f"model.name={name!r}" if name else str(cfg.model.get("_target_")).rsplit(".")[-1]
     what = (
-        f"model.name={cfg.model.get('name')!r} on data {data.name!r} ({images.shape[1]} "
-        f"channel(s), data.image_size={data.image_size})"
+        f"{model} on data {data.name!r} ({images.shape[1]} channel(s), "
+        f"data.image_size={data.image_size})"
     )
     try:
         parts.model.eval()
@@ -132,7 +134,8 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
         raise ConfigError(
             f"{what}: the model does not take these images ({type(err).__name__}: {cause}). "
             "When the cause is their size or channel count, build the model for them (a "
-            "timm model takes +model.in_chans=<channels>; a ViT model.img_size) or change "
+            "timm model takes +model.in_chans=<channels>, a CIFAR ResNet (model=resnet32) "
+            "+model.in_channels=<channels>; a ViT model.img_size) or change "
             "data.image_size; otherwise the cause names the model's setting"
         ) from err
     finally:

@@ -419,6 +419,22 @@ def test_a_model_that_cannot_take_the_images_is_refused_before_the_tracked_run(m
     nothing_spent(tmp_path)
 
 
+def test_a_cifar_resnet_on_one_channel_images_is_named_with_its_own_argument(make_cfg, tmp_path):
+    """The message said model.name=None and advised +model.in_chans, which this model
+    calls in_channels (and refuses)."""
+    message = refused(
+        make_cfg(
+            *("data=synthetic", "data.channels=1", "data.num_samples=120", "data.image_size=32"),
+            *("model=resnet32", "trainer.max_epochs=1"),
+            tiny=False,
+        ),
+        "cifar_resnet on data 'synthetic' (1 channel(s)",
+        "+model.in_channels=<channels>",
+    )
+    assert "model.name=None" not in message
+    nothing_spent(tmp_path)
+
+
 def test_three_normalisation_values_for_one_channel_images_are_named(make_cfg, tmp_path):
     """A 1-channel model with 3 mean/std values: the advice once said to set in_chans, which
     was set; the normalisation had made the images 3-channel."""
