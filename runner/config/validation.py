@@ -183,6 +183,11 @@ def _mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) -
     key a sweep sets (`-m ckpt=a.pt,b.pt`) is checked in each job, where it has its value.
     """
     mode = OmegaConf.select(cfg, "mode", default="train")
+    if cfg.get("preview_only") is True and mode not in ("train", "preview"):
+        return [
+            f"+preview_only=true draws the augmentation preview and would replace "
+            f"mode={mode}: give one of them (mode=preview is the same as +preview_only=true)"
+        ]
     if mode == "throughput" and OmegaConf.select(cfg, "throughput", default=None) is None:
         return [
             "mode=throughput needs the throughput settings of its preset: run "

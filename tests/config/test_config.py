@@ -274,6 +274,10 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
         (["logger.offline_fallback=maybe"], "logger.offline_fallback='maybe' is invalid"),
         (["aug.image_size=64"], "aug.image_size=64 differs from data.image_size=32"),
         (
+            ["experiment=throughput", "+preview_only=true"],
+            "+preview_only=true draws the augmentation preview and would replace mode=throughput",
+        ),
+        (
             ["aug=strong", "aug.transforms.0.size=[24,24]"],
             "aug.transforms.0.size=[24, 24] differs from data.image_size=32",
         ),
