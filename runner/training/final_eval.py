@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from torch import nn
 from runner.data.splits import DataSplits
 from runner.reports import analysis
 from runner.reports.per_class import shot_accuracies
+from runner.sweeps.manifest import replaced_whole
 from runner.training import engine
 from runner.training.context import RunContext
 from runner.training.metrics import build_confusion_matrix, build_metrics
@@ -114,14 +114,13 @@ def write_metrics_file(path: Path, results: dict[str, Any]) -> Path:
     """Writes a run's metrics.json: strict JSON, whole or not at all.
 
     A value that is not a finite number (the tail accuracy of a test split without tail
-    classes is NaN) is written as null: strict JSON readers refuse NaN. The file is
-    written beside and renamed over, so a reader never sees half of it.
+    classes is NaN) is written as null: strict JSON readers refuse NaN. A reader never
+    sees half of it (`replaced_whole`).
     """
     finite = {
         key: None if isinstance(value, float) and not math.isfinite(value) else value
         for key, value in results.items()
     }
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(finite, indent=2, allow_nan=False))
-    os.replace(temp, path)
+    with replaced_whole(path) as temp:
+        temp.write_text(json.dumps(finite, indent=2, allow_nan=False))
     return path
