@@ -24,7 +24,7 @@ from runner.config.targets import untrusted_targets
 from runner.config.validation import ConfigError, validate
 from runner.data import curation, folds
 from runner.tracking.null import NullTracker
-from runner.tracking.run_record import hydra_overrides
+from runner.tracking.run_record import group_overrides
 from runner.training.best_checkpoint import BestCheckpoint, read_best
 from runner.training.checkpoint_io import CheckpointError
 from runner.training.context import (
@@ -83,19 +83,14 @@ def refuse_ignored_overrides(cfg: DictConfig) -> None:
     Raises:
         ConfigError: Naming the overrides and why they do not apply.
     """
-
-    def given(*groups: str) -> list[str]:
-        keys = tuple(f"{g}{sep}" for g in groups for sep in (".", "="))
-        return [o for o in hydra_overrides() if o.lstrip("+~").startswith(keys)]
-
-    stored_parts = given("model", "aug")
+    stored_parts = group_overrides("model", "aug")
     if stored_parts:
         raise ConfigError(
             f"{' '.join(stored_parts)}: mode={cfg.mode} uses the model and augmentation "
             "stored in the checkpoint and would ignore this: leave it out (they change only "
             "by training anew)"
         )
-    data_keys = given("data")
+    data_keys = group_overrides("data")
     if data_keys and cfg.mode == "predict":
         raise ConfigError(
             f"{' '.join(data_keys)}: mode=predict reads predict.input at the checkpoint's "

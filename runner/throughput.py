@@ -30,7 +30,7 @@ from runner.config.validation import validate
 from runner.data.loaders import FixedBatches
 from runner.models.factories import check_timm_name, create_timm_model
 from runner.reports.console import print_config
-from runner.tracking.run_record import hydra_overrides
+from runner.tracking.run_record import group_overrides
 from runner.training import engine
 from runner.training.context import resolve_device, resolve_precision, seed_everything
 from runner.training.optim import optimizer_from_config
@@ -117,7 +117,7 @@ def run(cfg: DictConfig) -> float:
         The highest img/s measured (the run's objective).
     """
     validate(cfg)
-    model_keys = [o for o in hydra_overrides() if o.lstrip("+~").startswith(("model=", "model."))]
+    model_keys = group_overrides("model")
     if model_keys:  # the timed models are throughput.models, built as timm builds them
         raise ConfigError(
             f"{' '.join(model_keys)}: mode=throughput times the timm models of "

@@ -84,6 +84,12 @@ def hydra_overrides() -> list[str]:
     return OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
 
 
+def group_overrides(*groups: str) -> list[str]:
+    """This job's command-line overrides of the config groups named (`model=...`, `model.x=...`)."""
+    keys = tuple(f"{group}{sep}" for group in groups for sep in (".", "="))
+    return [o for o in hydra_overrides() if o.lstrip("+~").startswith(keys)]
+
+
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """Flattens nested dicts/lists into {"a.b": value} for MLflow params."""
     if isinstance(tree, dict):
