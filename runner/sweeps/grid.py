@@ -97,18 +97,17 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
     outputs: dict[str, list[str]] = {}  # a predictions file -> the jobs that would write it
     for number, job in enumerate(grid_jobs(overrides)):
         swept = " ".join(o for o in job if o not in overrides)
+        named = f"job {number} ({swept or 'its only job'})"
         try:
             cfg = compose(config_name=config_name or "train", overrides=[*search, *job])
         except Exception as err:  # Hydra's composition error: a key the config lacks
-            reason = _composition(err, config)
-            problems.append(f"job {number} ({swept or 'its only job'}): {reason}")
+            problems.append(f"{named}: {_composition(err, config)}")
             continue
         try:
             validate(cfg)
         except ConfigError as err:
-            problems.append(f"job {number} ({swept or 'its only job'}): {err}")
+            problems.append(f"{named}: {err}")
             continue
-        named = f"job {number} ({swept or 'its only job'})"
         monitors.setdefault(f"{cfg.trainer.monitor} ({cfg.trainer.monitor_mode})", named)
         if cfg.mode == "predict" and cfg.predict.output:
             outputs.setdefault(_predictions_file(str(cfg.predict.output)), []).append(named)

@@ -93,24 +93,19 @@ def save_out_of_fold(
     """
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(
-        tmp,
-        sample_id=np.asarray(sample_id, dtype=str),
-        label=np.asarray(label, dtype=np.int64),
-        probabilities=np.asarray(probabilities, dtype=np.float32),
-        embeddings=np.asarray(embeddings, dtype=np.float32),
-        class_names=np.asarray(class_names, dtype=str),
-        fold=np.int64(fold),
-        num_folds=np.int64(num_folds),
-        **(
-            {}
-            if space_embeddings is None
-            else {
-                "space_sample_id": np.asarray(space_sample_id, dtype=str),
-                "space_embeddings": np.asarray(space_embeddings, dtype=np.float32),
-            }
-        ),
-    )
+    arrays = {
+        "sample_id": np.asarray(sample_id, dtype=str),
+        "label": np.asarray(label, dtype=np.int64),
+        "probabilities": np.asarray(probabilities, dtype=np.float32),
+        "embeddings": np.asarray(embeddings, dtype=np.float32),
+        "class_names": np.asarray(class_names, dtype=str),
+        "fold": np.int64(fold),
+        "num_folds": np.int64(num_folds),
+    }
+    if space_embeddings is not None:
+        arrays["space_sample_id"] = np.asarray(space_sample_id, dtype=str)
+        arrays["space_embeddings"] = np.asarray(space_embeddings, dtype=np.float32)
+    np.savez(tmp, **arrays)
     tmp.replace(path)  # the audit never reads a half-written file
     return path
 

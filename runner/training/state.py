@@ -115,8 +115,10 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
             cfg.trainer.max_epochs,
         )
     changes = config_changes(before, redacted_container(cfg), may_change)
-    if changes and not has_checkpoint:
-        listing = "\n  - ".join(changes[:20]) + (" ..." if len(changes) > 20 else "")
+    if not changes:
+        return
+    listing = "\n  - ".join(changes[:20]) + (" ..." if len(changes) > 20 else "")
+    if not has_checkpoint:
         raise ConfigError(
             f"trainer.resume={resume} continues a run of another config ({saved}), and "
             f"its optimizer, schedule and weights would override this one's. Changed:\n"
@@ -124,14 +126,12 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
             "new run from its weights with model.pretrained_file=<its best.pt> and "
             "trainer.resume=never"
         )
-    if changes:
-        listing = "\n  - ".join(changes[:20]) + (" ..." if len(changes) > 20 else "")
-        raise ConfigError(
-            f"{run_dir} holds checkpoints of a run with another config, and "
-            f"trainer.resume=auto would continue it with this one. Changed:\n  - {listing}\n"
-            "Start over in this dir with trainer.resume=never, or run in another dir (leave "
-            "hydra.run.dir out for a new one)."
-        )
+    raise ConfigError(
+        f"{run_dir} holds checkpoints of a run with another config, and "
+        f"trainer.resume=auto would continue it with this one. Changed:\n  - {listing}\n"
+        "Start over in this dir with trainer.resume=never, or run in another dir (leave "
+        "hydra.run.dir out for a new one)."
+    )
 
 
 def resume_or_start(
