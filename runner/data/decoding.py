@@ -76,17 +76,22 @@ def read_record(record: Any) -> tuple[bytes, str]:
 
     Args:
         record: A file path, raw bytes, or a Hugging Face image dict
-            (`{"bytes": ..., "path": ...}`, as given by `Image(decode=False)`).
+            (`{"bytes": ..., "path": ...}`, as given by `Image(decode=False)`; a row
+            without an image is `{"bytes": None, "path": None, "name": <where it is>}`).
 
     Returns:
         (bytes, name) where name is the path or "<bytes>".
+
+    Raises:
+        BadImageError: The record holds neither bytes nor a path.
+        OSError: Its file cannot be read.
     """
     if isinstance(record, dict):
         path = record.get("path")
         if record.get("bytes"):
             return bytes(record["bytes"]), str(path or "<bytes>")
-        if not path:
-            return b"", "<empty record>"
+        if not path:  # a table's row without an image (a null cell)
+            raise BadImageError(f"{record_name(record)}: no image (an empty record)")
         record = path
     if isinstance(record, bytes | bytearray | memoryview):
         return bytes(record), "<bytes>"
@@ -204,8 +209,8 @@ def decode_record(record: Any, image_size: int) -> torch.Tensor:
 
 def record_name(record: Any) -> str:
     """A printable name of a record (its path where it has one)."""
-    if isinstance(record, dict):
-        return str(record.get("path") or "<bytes>")
+    if isinstance(record, dict):  # "name": where a record without a path came from
+        return str(record.get("path") or record.get("name") or "<bytes>")
     if isinstance(record, bytes | bytearray | memoryview):
         return "<bytes>"
     return os.fspath(record)

@@ -218,3 +218,100 @@ def test_relative_paths_in_a_csv_are_read_from_the_csvs_folder(tmp_path, monkeyp
     )
     assert len(data.train) + len(data.val) + len(data.test) == 16
     assert data.class_names == ["x", "y"]
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_a_row_without_an_image_is_a_bad_file(tmp_path, resident):
+    """A null image cell stopped the run with a bare TypeError (os.fspath(None))."""
+    from datasets import Dataset
+
+    path = write_hf_parquet(tmp_path / "bugs.parquet", per_class=10)
+    table = Dataset.from_parquet(str(path), cache_dir=str(tmp_path / "hf_cache"))
+    rows = table.to_dict()
+    rows["img"][3] = None
+    nulled = tmp_path / "nulled.parquet"
+    Dataset.from_dict(rows, features=table.features).to_parquet(str(nulled))
+    data = load_hf(
+        str(nulled),
+        image_key="img",
+        label_key="y",
+        split_test=None,
+        resident=resident,
+        **common(tmp_path),
+    )
+    assert data.bad_files == [
+        ("nulled.parquet:train[3]", "nulled.parquet:train[3]: no image (an empty record)")
+    ]
+    assert len(data.train) + len(data.val) + len(data.test) == 19
+
+
+def _saved_with_test(tmp_path, test):
+    """A saved DatasetDict: train from write_hf_parquet, test made by `test(train)`."""
+    from datasets import Dataset, DatasetDict
+
+    path = write_hf_parquet(tmp_path / "bugs.parquet", per_class=10)
+    train = Dataset.from_parquet(str(path), cache_dir=str(tmp_path / "hf_cache"))
+    saved = tmp_path / "saved"
+    DatasetDict({"train": train, "test": test(train)}).save_to_disk(str(saved))
+    return str(saved)
+
+
+def test_a_test_split_without_labels_names_its_key_and_the_carve(tmp_path):
+    """A test split without the label column raised datasets' bare ValueError, and one
+    labelled -1 (a ClassLabel's "no label") was called a label train lacks."""
+    settings = {"image_key": "img", "label_key": "y", **common(tmp_path)}
+    no_column = _saved_with_test(tmp_path / "a", lambda t: t.select(range(4)).remove_columns("y"))
+    with pytest.raises(
+        DataError, match=r"'test' \(data.split_test\) has no column y .*data\.split_test=null"
+    ):
+        load_hf(no_column, **settings)
+    minus_one = _saved_with_test(
+        tmp_path / "b", lambda t: t.select(range(4)).map(lambda r: {"y": -1})
+    )
+    with pytest.raises(
+        DataError,
+        match=r"'test' \(data.split_test\): 4 row\(s\) have no 'y'.*data\.split_test=null",
+    ):
+        load_hf(minus_one, **settings)
+
+
+def test_a_class_label_name_without_train_rows_is_named(tmp_path):
+    """It was reported as a class whose images were all unreadable, in a folder train/zebra."""
+    from datasets import ClassLabel, Dataset
+
+    path = write_hf_parquet(tmp_path / "bugs.parquet", per_class=10)
+    table = Dataset.from_parquet(str(path), cache_dir=str(tmp_path / "hf_cache"))
+    wider = table.cast_column("y", ClassLabel(names=["ant", "bee", "zebra"]))
+    wider.to_parquet(str(tmp_path / "wider.parquet"))
+    with pytest.raises(
+        DataError, match=r"no row of class\(es\) zebra, which 'y'.s ClassLabel names"
+    ):
+        load_hf(
+            str(tmp_path / "wider.parquet"),
+            image_key="img",
+            label_key="y",
+            split_test=None,
+            **common(tmp_path),
+        )
+
+
+def test_relative_paths_in_a_folder_of_tables_are_read_from_that_folder(tmp_path, monkeypatch):
+    """With data.name a folder of CSV tables, they were read from the working directory."""
+    from PIL import Image
+
+    folder = tmp_path / "set"
+    (folder / "meta").mkdir(parents=True)
+    for split in ("train", "test"):
+        lines = ["image,label"]
+        for label, colour in (("x", (200, 30, 30)), ("y", (30, 30, 200))):
+            (folder / "images" / split / label).mkdir(parents=True)
+            for i in range(6):
+                Image.new("RGB", (8, 8), colour).save(
+                    folder / "images" / split / label / f"{i}.png"
+                )
+                lines.append(f"../images/{split}/{label}/{i}.png,{label}")
+        (folder / "meta" / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    monkeypatch.chdir(tmp_path)  # not the tables' folder
+    data = load_hf(str(folder / "meta"), image_key="image", label_key="label", **common(tmp_path))
+    assert data.bad_files == []
+    assert len(data.test) == 12 and len(data.train) + len(data.val) == 12

@@ -39,7 +39,8 @@ class _Column(Sequence):
 
     Records without a path get "<data set>:<split>[i]", so a bad one can be named. A
     relative path in a local table (a CSV listing `images/a.png`) is read from the
-    table's folder when the file is there, else as written (from the working directory).
+    folder `data.name` names, or the table file's folder, when the file is there, else as
+    written (from the working directory).
     """
 
     def __init__(self, dataset, key: str, label: str, base: Path | None = None):
@@ -58,6 +59,8 @@ class _Column(Sequence):
 
     def __getitem__(self, index: int) -> Any:
         value = self.dataset[int(index)][self.key]
+        if value is None or value == {"bytes": None, "path": None}:  # a row without an image
+            return {"bytes": None, "path": None, "name": self._name(index)}
         if isinstance(value, dict):
             if not value.get("bytes") and value.get("path"):
                 return {"bytes": None, "path": self._resolved(value["path"])}
@@ -72,14 +75,13 @@ class _Column(Sequence):
 
 def _file_stats(column: _Column) -> list[tuple[str, int, int]]:
     """(path, size, mtime) of each file a column of paths names; [] for embedded bytes."""
-    first = column[0] if len(column) else None
-    if first is None or (isinstance(first, dict) and first.get("bytes")):
-        return []
     stats = []
     for index in range(len(column)):
         record = column[index]
-        path = record["path"] if isinstance(record, dict) else str(record)
-        stats.append((path, *file_stat(path)))
+        if isinstance(record, dict) and record.get("bytes"):
+            return []  # embedded: the table's fingerprint sees them change
+        path = record.get("path") if isinstance(record, dict) else str(record)
+        stats.append((path, *file_stat(path)) if path else ("", -1, -1))  # a row without one
     return stats
 
 
@@ -228,21 +230,39 @@ def load_hf(
                 "save_to_disk, a folder of images, or a .parquet/.arrow/.csv/.json file"
             ) from err
     train = loaded["train"]
-    missing = [k for k in (image_key, label_key) if k not in train.column_names]
-    if missing:
-        raise DataError(
-            f"data.name={name!r} has no column {', '.join(missing)} (columns: "
-            f"{', '.join(train.column_names)}): set data.image_key / data.label_key."
-        )
+    for split, dataset in loaded.items():
+        missing = [k for k in (image_key, label_key) if k not in dataset.column_names]
+        if missing:
+            raise DataError(
+                f"data.name={name!r} split {specs[split]!r} (data.split_{split}) has no "
+                f"column {', '.join(missing)} (columns: {', '.join(dataset.column_names)}): "
+                + (
+                    "set data.image_key / data.label_key."
+                    if split == "train"
+                    else f"set data.split_{split}=null to carve a labelled {split} split from "
+                    "train, or data.image_key / data.label_key."
+                )
+            )
     # Each split's label column, read once (every read builds a list of the whole column).
     label_columns = {split: dataset[label_key] for split, dataset in loaded.items()}
     for split, values in label_columns.items():
-        unlabelled = [i for i, v in enumerate(values) if v is None]
+        # -1 is how a ClassLabel column marks a row without a label (a Hub test split's).
+        no_label = (
+            {None, -1}
+            if isinstance(loaded[split].features[label_key], datasets.ClassLabel)
+            else {None}
+        )
+        unlabelled = [i for i, v in enumerate(values) if v in no_label]
         if unlabelled:  # else a class named "None", or a contradictory unknown-label error
             raise DataError(
-                f"{name} split {specs[split]!r}: {len(unlabelled)} row(s) have no "
-                f"{label_key!r} (data.label_key), e.g. row(s) {unlabelled[:5]}: drop or label "
-                "them first"
+                f"{name} split {specs[split]!r} (data.split_{split}): {len(unlabelled)} "
+                f"row(s) have no {label_key!r} (data.label_key), e.g. row(s) "
+                f"{unlabelled[:5]}: drop or label them first"
+                + (
+                    ""
+                    if split == "train"
+                    else f", or set data.split_{split}=null to carve it from train"
+                )
             )
     class_names, to_index = _classes(train.features[label_key], label_columns["train"])
     if num_classes is not None and num_classes != len(class_names):
@@ -264,10 +284,17 @@ def load_hf(
                 f"{name} split {specs[split]!r} has labels that {split_train!r} lacks: "
                 f"{', '.join(unknown[:20])} ({len(unknown)} in all)."
             )
-        table_folder = local.parent if local.is_file() else None
+        table_folder = local if local.is_dir() else local.parent if local.is_file() else None
         records[split] = _Column(dataset, image_key, f"{label}:{specs[split]}", table_folder)
         labels[split] = [to_index[v] for v in values]
         ids[split] = record_ids(dataset, image_key, folder, f"{label}:{specs[split]}")
+    absent = sorted(set(range(len(class_names))) - set(labels["train"]))
+    if absent:  # classes a ClassLabel names that no train row has: the model cannot learn them
+        raise DataError(
+            f"{name} split {split_train!r} (data.split_train) has no row of class(es) "
+            f"{', '.join(class_names[i] for i in absent)}, which {label_key!r}'s ClassLabel "
+            "names: add train rows of them, or drop them from the ClassLabel's names"
+        )
     ids = _unique_ids(ids, specs)
     # datasets has no public getter for a table's fingerprint (its hash of the Arrow
     # data); its cache guide reads `_fingerprint`, as here. It changes with the data.

@@ -63,6 +63,8 @@ def sniff(record: Any) -> str | None:
     name = record_name(record)
     if isinstance(record, dict) and record.get("bytes"):
         head = bytes(record["bytes"][:16])
+    elif isinstance(record, dict) and not record.get("path"):
+        return f"{name}: no image (an empty record)"
     else:
         try:
             with open(name, "rb") as handle:
