@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +34,16 @@ from runner.data.loaders import ResidentLoader
 def index_ids(prefix: str, count: int) -> np.ndarray:
     """Ids `<prefix>:<i>` for samples 0 ... `count - 1` of a source."""
     return np.array([f"{prefix}:{i}" for i in range(count)], dtype=object)
+
+
+def path_id(relative_path: str) -> str:
+    r"""The sample id of a file: its path under the data set's folder, posix, printable.
+
+    A file name that is not valid UTF-8 (a Latin-1 name from an old archive) reaches
+    Python with surrogate escapes, which no text file or MLflow takes: its bytes are
+    written as backslash escapes instead (`caf\xe9.png`), one id per file still.
+    """
+    return os.fsencode(Path(relative_path).as_posix()).decode("utf-8", "backslashreplace")
 
 
 @dataclass

@@ -116,6 +116,22 @@ def test_imagefolder_ids_under_a_home_relative_root_are_the_same(tmp_path, monke
     assert len(list((tmp_path / "cache").iterdir())) == 1, "one decode cache file, not two"
 
 
+def test_a_file_name_that_is_not_utf8_gets_a_printable_id(tmp_path):
+    """Its surrogate-escaped id crashed the run's data fingerprint (and any CSV of ids)."""
+    import os
+    import shutil
+
+    from runner.data.splits import splits_digest
+
+    root = make_imagefolder(tmp_path / "pics", per_class=4)
+    cat = os.fsencode(root / "train" / "cat")
+    shutil.copy(cat + b"/000.jpg", cat + b"/caf\xe9.jpg")  # a Latin-1 name, as old zips hold
+    data = load_imagefolder(str(root), image_size=16, num_workers=0, split_seed=0)
+    assert "train/cat/caf\\xe9.jpg" in all_ids(data)
+    assert len(splits_digest(data)) == 16
+    (tmp_path / "ids.csv").write_text("\n".join(all_ids(data)), encoding="utf-8")
+
+
 def test_hf_ids_are_paths_in_a_folder_and_indices_in_a_file(tmp_path):
     common = {"image_size": 16, "num_workers": 0, "hf_cache_dir": str(tmp_path / "hf")}
     root = make_imagefolder(tmp_path / "pics", per_class=4, splits=("train", "test"))

@@ -20,7 +20,7 @@ from typing import Any
 
 from runner.data.decoding import DataError, file_stat
 from runner.data.sets.records import splits_from_records
-from runner.data.splits import DataSplits
+from runner.data.splits import DataSplits, path_id
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +354,7 @@ def record_ids(dataset, image_key: str, folder: Path | None, label: str) -> list
         absolute = os.path.abspath(path)
         for base in bases:
             if absolute.startswith(base + os.sep):
-                ids[i] = Path(os.path.relpath(absolute, base)).as_posix()
+                ids[i] = path_id(os.path.relpath(absolute, base))
                 break
     return ids
 

@@ -28,7 +28,7 @@ import torch
 
 from runner.data.decoding import DataError, decode_all, file_stat, refused_bad_file
 from runner.data.sets.records import splits_from_records
-from runner.data.splits import DataSplits, Split
+from runner.data.splits import DataSplits, Split, path_id
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def load_imagefolder(
     relative = {
         split: [os.path.relpath(p, root) for p in files] for split, (files, _) in layout.items()
     }
-    ids = {split: [Path(r).as_posix() for r in paths] for split, paths in relative.items()}
+    ids = {split: [path_id(r) for r in paths] for split, paths in relative.items()}
     # The listing with sizes and modification times stands for the content: a changed,
     # added or removed file gives another key, and reading every byte is not needed.
     listing = [
