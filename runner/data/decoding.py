@@ -40,7 +40,7 @@ warnings.filterwarnings(
 
 
 # Bump when decoding changes, so that old cache files are not reused.
-DECODER_VERSION = 2  # 2: EXIF orientation applied
+DECODER_VERSION = 3  # 2: EXIF orientation applied; 3: also to WebP
 
 
 class BadImageError(ValueError):
@@ -123,6 +123,16 @@ def _decode_torchvision(data: bytes) -> torch.Tensor:
     return _to_uint8(image)
 
 
+def _webp_with_exif(data: bytes) -> bool:
+    """Whether the bytes are an extended WebP whose VP8X header flags an EXIF chunk."""
+    return (
+        data[:4] == b"RIFF"
+        and data[8:16] == b"WEBPVP8X"
+        and len(data) > 20
+        and bool(data[20] & 0x08)
+    )
+
+
 def _decode_pillow(data: bytes) -> torch.Tensor:
     import numpy as np
     from PIL import Image, ImageOps
@@ -182,7 +192,8 @@ def decode_bytes(data: bytes, image_size: int, name: str = "<bytes>") -> torch.T
     if not data:
         raise BadImageError(f"{name}: empty file (0 bytes)")
     try:
-        image = _decode_torchvision(data)
+        # torchvision leaves a WebP's EXIF orientation unapplied; Pillow turns it upright.
+        image = _decode_pillow(data) if _webp_with_exif(data) else _decode_torchvision(data)
     except BadImageError:
         raise
     except Exception as torchvision_error:
