@@ -10,6 +10,7 @@ The checkpoint is made ready by `runner.from_checkpoint`.
 from __future__ import annotations
 
 import logging
+import unicodedata
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -165,7 +166,8 @@ def same_classes(cfg: DictConfig, names: list[str], trained: list[str]) -> None:
     Raises:
         ConfigError: Naming both lists.
     """
-    if list(names) != list(trained):
+    found = [unicodedata.normalize("NFC", n) for n in names]  # "é" either way: see
+    if found != [unicodedata.normalize("NFC", n) for n in trained]:  # same_classes_as
         raise ConfigError(
             f"eval.data={cfg.eval.data}: the data's classes {list(names)[:10]} differ from "
             f"the checkpoint's {list(trained)[:10]}: evaluate on data with the same classes"

@@ -215,6 +215,30 @@ def test_a_val_class_train_lacks_stops_and_a_class_val_lacks_is_allowed(tmp_path
         load(root)
 
 
+def test_a_class_spelt_in_another_unicode_form_is_the_same_class(tmp_path):
+    """val/éléphant copied from macOS (NFD) was refused as a class train/éléphant (NFC)
+    lacks, and listed as missing from val/ in the same breath."""
+    import unicodedata
+
+    from runner.data.sets.imagefolder import load_test_folder
+
+    nfc, nfd = (unicodedata.normalize(form, "éléphant") for form in ("NFC", "NFD"))
+    root = make_imagefolder(tmp_path / "data", classes=("cat", nfc), per_class=2)
+    make_imagefolder(tmp_path / "data", classes=("cat", nfd), per_class=2, splits=("val",))
+    data = load(root)
+    assert data.class_names == ["cat", nfc]
+    assert torch.bincount(data.val.labels, minlength=2).tolist() == [2, 2]
+    held_out = load_test_folder(
+        str(root / "val"),
+        ["cat", nfc],
+        image_size=8,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        num_workers=0,
+    )
+    assert torch.bincount(held_out.test.labels, minlength=2).tolist() == [2, 2]
+
+
 def test_class_count_other_than_num_classes_stops(tmp_path):
     root = make_imagefolder(tmp_path / "data", per_class=2)
     with pytest.raises(DataError, match=r"data.num_classes=5 but .*train has 3 class folders"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,6 +47,22 @@ def list_class_files(folder: Path) -> dict[str, list[Path]]:
     subfolders of a class folder belong to that class, as in torchvision's ImageFolder.
     """
     return {name: visible_files(folder / name) for name in class_folders(folder)}
+
+
+def same_classes_as(
+    classes: dict[str, list[Path]], class_names: Sequence[str]
+) -> dict[str, list[Path]]:
+    """`classes` (class folder -> files) keyed by `class_names` where a folder names one.
+
+    A name is matched in Unicode's NFC form: a folder copied from macOS spells "é" as "e"
+    plus an accent (NFD), which looks the same as, but is not, the "é" of one made
+    elsewhere. A folder matching no class keeps its own name.
+    """
+    by_form = {unicodedata.normalize("NFC", name): name for name in class_names}
+    matched: dict[str, list[Path]] = {}
+    for name, files in classes.items():
+        matched.setdefault(by_form.get(unicodedata.normalize("NFC", name), name), []).extend(files)
+    return matched
 
 
 def class_folders(folder: Path) -> list[str]:
@@ -123,6 +140,7 @@ def scan_layout(
     for split in ("val", "test"):
         if split not in layout:
             continue
+        layout[split] = same_classes_as(layout[split], class_names)
         # A small val or test set may lack a rare class (its metrics are then empty, as
         # the run says); a class the model never trains on may not be tested.
         extra = sorted(set(layout[split]) - set(class_names))
@@ -261,7 +279,7 @@ def load_test_folder(
     """
     root = Path(root).expanduser()
     folder = root / "test" if (root / "test").is_dir() else root
-    classes = list_class_files(folder)
+    classes = same_classes_as(list_class_files(folder), class_names)
     unknown = sorted(set(classes) - set(class_names))
     if unknown:
         raise DataError(
@@ -283,7 +301,7 @@ def load_test_folder(
         raise refused_bad_file(bad[0][1])
     for _, reason in bad:
         log.warning("skipped bad file %s", reason)
-    ids = np.array([Path(os.path.relpath(f, root)).as_posix() for f in files], dtype=object)
+    ids = np.array([path_id(os.path.relpath(f, root)) for f in files], dtype=object)
     kept = torch.as_tensor(kept, dtype=torch.long)
     test = Split(images, torch.tensor(labels, dtype=torch.long)[kept], ids[kept.numpy()])
     empty = test.subset(torch.zeros(0, dtype=torch.long))
