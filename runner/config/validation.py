@@ -55,11 +55,15 @@ def validate(cfg: DictConfig) -> None:
         if group not in cfg:
             problems.append(f"config group '{group}' is missing: choose one with {group}=<option>")
 
+    # A `???` key that a multirun sets (`-m model=timm model.name=a,b`) is checked in
+    # each job, where it has its value.
+    swept_values, swept_keys = _sweeps(cfg)
     for key, check in CHECKS.items():
         try:
             value = OmegaConf.select(cfg, key, throw_on_missing=True)
         except MissingMandatoryValue:
-            problems.append(f"{key} is required (it is '???'): set it with {key}=<value>")
+            if key not in swept_values:
+                problems.append(f"{key} is required (it is '???'): set it with {key}=<value>")
             continue
         except InterpolationResolutionError as err:
             problems.append(f"{key} cannot be resolved: {err}")
@@ -73,7 +77,7 @@ def validate(cfg: DictConfig) -> None:
         if expected is not None:
             problems.append(f"{key}={value!r} is invalid: expected {expected}")
 
-    problems.extend(_unresolvable_values(cfg))
+    problems.extend(_unresolvable_values(cfg, swept_values))
     problems.extend(_unknown_keys(cfg))
     untrusted = untrusted_targets(cfg)
     problems.extend(untrusted)
@@ -92,7 +96,6 @@ def validate(cfg: DictConfig) -> None:
             "set: choose one (the other null)"
         )
     problems.extend(_image_size_problems(cfg))
-    swept_values, swept_keys = _sweeps(cfg)
     problems.extend(_monitor_problems(cfg, swept_keys))
     problems.extend(_mode_problems(cfg, swept_values))
     problems.extend(_model_registry_problems(cfg))
@@ -375,8 +378,11 @@ def _noise_problems(cfg: DictConfig) -> list[str]:
     return []
 
 
-def _unresolvable_values(cfg: DictConfig) -> list[str]:
-    """Finds `???` values and interpolations that fail, anywhere outside `hydra`."""
+def _unresolvable_values(cfg: DictConfig, swept: dict[str, Any]) -> list[str]:
+    """Finds `???` values and interpolations that fail, anywhere outside `hydra`.
+
+    A `???` that a multirun sets (a key of `swept`) is left to each job's check.
+    """
     problems = []
 
     def walk(node: Any, prefix: str) -> None:
@@ -386,7 +392,8 @@ def _unresolvable_values(cfg: DictConfig) -> list[str]:
             if path in CHECKS or path == "hydra" or path == "paths.run_dir":
                 continue
             if OmegaConf.is_missing(node, key):
-                problems.append(f"{path} is required (it is '???'): set it with {path}=<value>")
+                if path not in swept:
+                    problems.append(f"{path} is required (it is '???'): set it with {path}=<value>")
                 continue
             try:
                 child = node[key]

@@ -178,6 +178,24 @@ def test_validate_reports_missing_values(make_cfg):
         validate(cfg)
 
 
+def test_a_required_value_a_sweep_sets_is_left_to_each_job(make_cfg):
+    """`-m model=timm model.name=a,b` was refused: the launching process's config holds
+    `???` there, the sweep's values are in the hydra node."""
+    from omegaconf import OmegaConf, open_dict
+
+    for node in ("model.name", "+extra"):  # a checked key, and one no check knows
+        cfg = make_cfg("model=timm", "model.name=???", "+extra=???")
+        with open_dict(cfg):
+            cfg.hydra = OmegaConf.create(
+                {"mode": "RunMode.MULTIRUN", "overrides": {"task": [f"{node}=a,b"]}}
+            )
+        node, other = node.lstrip("+"), "extra" if node == "model.name" else "model.name"
+        with pytest.raises(ConfigError) as info:
+            validate(cfg)
+        assert f"{other} is required" in str(info.value)
+        assert f"{node} is required" not in str(info.value)
+
+
 def test_validate_reports_unset_environment_variables(make_cfg, monkeypatch):
     monkeypatch.delenv("RUNNER_TEST_UNSET", raising=False)
     cfg = make_cfg("+extra=${oc.env:RUNNER_TEST_UNSET}")
