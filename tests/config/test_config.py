@@ -261,7 +261,7 @@ def test_every_option_passes_only_arguments_its_target_takes(make_cfg, group):
             "sched.milestones is not an argument of sched._target_="
             "'runner.training.optim.cosine_schedule'",
         ),
-        (["experiment=digits_quick", "model=resnet32"], "remove it with ~model.name"),
+        (["model=resnet32", "+model.name=resnet18"], "remove it with ~model.name"),
         (["loss._target_=runner.training.losses.NoSuchLoss"], "loss._target_='runner.training"),
     ],
 )

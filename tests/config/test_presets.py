@@ -29,6 +29,16 @@ def test_every_experiment_composes_and_validates(make_cfg, option):
     assert cfg.trainer.max_epochs >= 5
 
 
+@pytest.mark.parametrize("option", ["digits_quick", "audit", "imagefolder_finetune"])
+def test_a_model_option_on_the_command_line_replaces_the_presets_model(make_cfg, option):
+    """The preset set model.name on top of model=timm: `model=convnext_tiny` still trained
+    its resnet, while the run's choices said convnext_tiny."""
+    overrides = [f"experiment={option}", "model=convnext_tiny", *PRESET_INPUTS.get(option, [])]
+    cfg = make_cfg(*overrides, tiny=False)
+    assert cfg.model.name == "convnext_tiny"
+    validate(cfg)
+
+
 def test_finetune_preset_asks_for_its_data(make_cfg):
     cfg = make_cfg("experiment=imagefolder_finetune", tiny=False)
     with pytest.raises(ConfigError, match=r"data\.root is required"):
@@ -104,7 +114,7 @@ def test_imagefolder_finetune_loads_local_weights_and_slows_the_backbone(make_cf
             "data.image_size=32",
             "data.num_workers=0",
             "data.cache_dir=null",
-            "model.name=resnet10t",
+            "model=resnet10t",
             f"model.pretrained_file={weights}",
             "debug=fast",
             "logger=none",
