@@ -197,7 +197,24 @@ def _mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) -
             "python run.py experiment=throughput (it sets mode=throughput)"
         ]
     if mode not in ("eval", "predict"):
-        return []
+        # Read only by eval and predict: a run of another mode would ignore them silently
+        # (a fine-tune meant from `ckpt=` trained from scratch).
+        ignored = [
+            key
+            for key in ("ckpt", "predict.input")
+            if OmegaConf.select(cfg, key, default=None) is not None or swept_values.get(key)
+        ]
+        return [
+            f"{key} is read by mode=eval and mode=predict only, and mode={mode} would ignore "
+            f"it: add mode={'predict' if key == 'predict.input' else 'eval'} to use it"
+            + (
+                ", or, to train starting from a checkpoint's weights, give "
+                "model.pretrained_file=<best.pt> instead of ckpt"
+                if key == "ckpt"
+                else ""
+            )
+            for key in ignored
+        ]
     problems = []
     if OmegaConf.select(cfg, "ckpt", default=None) is None and "ckpt" not in swept_values:
         problems.append(

@@ -60,6 +60,9 @@ def test_cifar_presets_fail_offline_naming_data_root(make_cfg, tmp_path, option)
     [
         (["mode=eval"], "mode=eval needs a checkpoint: set ckpt="),
         (["mode=predict", "ckpt=x.pt"], "mode=predict needs images: set predict.input="),
+        # A train run ignored them: `ckpt=best.pt` meant as a fine-tune trained from scratch.
+        (["ckpt=x.pt"], "ckpt is read by mode=eval and mode=predict only, and mode=train"),
+        (["predict.input=pics"], "add mode=predict to use it"),
         (["mode=serve"], "mode='serve' is invalid: expected one of train, eval, predict"),
         (["eval.tta=rotate"], "eval.tta='rotate' is invalid: expected one of none, flip"),
         (["predict.topk=0"], "predict.topk=0 is invalid: expected an integer >= 1"),
