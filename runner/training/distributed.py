@@ -220,6 +220,36 @@ def reduce_epoch(done: EpochStats) -> EpochStats:
     )
 
 
+def finite_on_every_rank(finite: torch.Tensor) -> bool:
+    """Whether a step's loss is finite on every rank; `finite` itself in one process.
+
+    With `trainer.nan_policy=skip`, a batch that one rank skipped alone would leave its
+    gradient all-reduce out of step with the other ranks'. A collective call.
+    """
+    if not current().distributed:
+        return bool(finite)
+    flag = torch.tensor([int(bool(finite))], dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=_CONTROL)
+    return bool(flag.item())
+
+
+_NO_BAD_BATCH = 2**62
+
+
+def first_bad_on_any_rank(first_bad: torch.Tensor) -> int:
+    """The earliest batch whose loss was not finite on some rank, or -1 (see `NanGuard`).
+
+    With `trainer.nan_policy=stop`, every rank then stops at the same check with the
+    same message, instead of the others failing on a lost peer. A collective call.
+    """
+    index = int(first_bad.item())
+    if not current().distributed:
+        return index
+    earliest = torch.tensor([index if index >= 0 else _NO_BAD_BATCH], dtype=torch.int64)
+    dist.all_reduce(earliest, op=dist.ReduceOp.MIN, group=_CONTROL)
+    return -1 if int(earliest.item()) == _NO_BAD_BATCH else int(earliest.item())
+
+
 def share_buffers(model: torch.nn.Module) -> None:
     """Gives every rank rank 0's buffers (BatchNorm statistics), before validation.
 

@@ -86,6 +86,11 @@ class NanGuard:
     policy: str = "stop"
     max_skips: int = 10
     skipped: int = 0
+    # Under DDP, the ranks' verdicts combined (`distributed.finite_on_every_rank`,
+    # `distributed.first_bad_on_any_rank`): a batch that one rank skips, every rank
+    # skips, and a bad loss on one rank stops them all, at the same step.
+    finite_everywhere: Callable[[torch.Tensor], bool] = bool
+    first_bad_anywhere: Callable[[torch.Tensor], int] = int
 
 
 class StepParts(Protocol):
@@ -194,7 +199,7 @@ def train_one_epoch(
         at_boundary = batch_index % accumulate == 0 or batch_index == total
         # A skipped batch (nan_policy=skip) has no backward; the other batches of its
         # accumulation window keep their gradients and still make the window's step.
-        skipped = guard.policy == "skip" and not bool(finite)
+        skipped = guard.policy == "skip" and not guard.finite_everywhere(finite)
         if skipped:
             guard.skipped += 1
             if guard.skipped > guard.max_skips:
@@ -223,7 +228,7 @@ def train_one_epoch(
             if on_log is not None and (
                 batch_index % settings.log_every_n_steps == 0 or batch_index == total
             ):
-                _raise_if_bad(first_bad, first_step + done.batches)
+                _raise_if_bad(guard.first_bad_anywhere(first_bad), first_step + done.batches)
                 on_log(batch_index, loss_sum / seen, correct / seen)
         if at_boundary and should_stop is not None and should_stop():
             stopped = True
@@ -232,10 +237,8 @@ def train_one_epoch(
         # The loader gave fewer batches than its length (a streamed batch whose files all
         # failed to decode): the open accumulation window is stepped as the last one.
         _optimizer_step(model, parts, settings.gradient_clip_val)
-    loss_value, correct_value, bad = torch.stack(
-        [loss_sum.float(), correct.float(), first_bad.float()]
-    ).tolist()
-    _raise_if_bad(bad, first_step + done.batches)
+    _raise_if_bad(guard.first_bad_anywhere(first_bad), first_step + done.batches)
+    loss_value, correct_value = torch.stack([loss_sum.float(), correct.float()]).tolist()
     return EpochStats(
         batches=batch_index,
         loss_sum=loss_value,
@@ -247,9 +250,8 @@ def train_one_epoch(
     )
 
 
-def _raise_if_bad(first_bad: torch.Tensor | float, offset: int) -> None:
-    """Raises when `first_bad` (1-based batch of this call, or -1) marks a bad loss."""
-    index = int(first_bad.item() if isinstance(first_bad, torch.Tensor) else first_bad)
+def _raise_if_bad(index: int, offset: int) -> None:
+    """Raises when `index` (1-based batch of this call, or -1) marks a bad loss."""
     if index >= 0:
         raise NonFiniteLossError(
             f"non-finite loss at step {offset + index - 1} (trainer.nan_policy=stop): "

@@ -146,7 +146,13 @@ def fit(
     # Built at the first validation: torchmetrics' import (~0.8 s) need not delay step 1.
     val_metrics = None
     display = ProgressDisplay(trainer.max_epochs)
-    guard = engine.NanGuard(trainer.nan_policy, trainer.max_nan_skips, state.nan_skips)
+    guard = engine.NanGuard(
+        trainer.nan_policy,
+        trainer.max_nan_skips,
+        state.nan_skips,
+        finite_everywhere=distributed.finite_on_every_rank,
+        first_bad_anywhere=distributed.first_bad_on_any_rank,
+    )
     checkpoints = ctx.run_dir / "checkpoints"
     last = checkpoints / "last.pt"
     config_yaml = (ctx.run_dir / "config_resolved.yaml").read_text()  # redacted, at start

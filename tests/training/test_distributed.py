@@ -119,6 +119,83 @@ def test_two_gloo_ranks_stop_at_the_same_step_when_one_gets_the_signal(tmp_path)
     assert f"rank 1 stopped at call 6 by {usr2}" in outs[1], outs[1]
 
 
+NAN_ON_ONE_RANK = textwrap.dedent("""
+    import sys
+    import torch
+    from torch import nn
+    from runner.training import distributed, engine
+
+    world, device = distributed.init(torch.device("cpu"))
+
+    class Loss(nn.Module):  # rank 1's second batch only has a non-finite loss
+        calls = 0
+
+        def forward(self, logits, targets):
+            self.calls += 1
+            loss = nn.functional.cross_entropy(logits, targets)
+            return loss * float("nan") if world.rank == 1 and self.calls == 2 else loss
+
+    class Parts:
+        augment = type("Same", (nn.Module,), {"forward": lambda s, x: x.float(),
+                                             "mix": lambda s, x, y: (x, y)})()
+        normalize, loss_fn, ema = nn.Identity(), Loss(), None
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    Parts.optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    Parts.scheduler = torch.optim.lr_scheduler.LambdaLR(Parts.optimizer, lambda step: 1.0)
+    Parts.scaler = torch.amp.GradScaler("cpu", enabled=False)
+    generator = torch.Generator().manual_seed(world.rank)
+    loader = [(torch.randint(0, 255, (4, 3, 2, 2), generator=generator, dtype=torch.uint8),
+               torch.randint(0, 3, (4,), generator=generator)) for _ in range(4)]
+    guard = engine.NanGuard(sys.argv[1], 10, finite_everywhere=distributed.finite_on_every_rank,
+                            first_bad_anywhere=distributed.first_bad_on_any_rank)
+    try:
+        done = engine.train_one_epoch(model=distributed.wrap(model, device), loader=loader,
+                                      parts=Parts, autocast=engine.make_autocast(device, "32"),
+                                      device=device, nan_guard=guard)
+    except engine.NonFiniteLossError as err:
+        print(f"rank {world.rank} stopped: {err}")
+    else:
+        weights = distributed.gather(model[1].weight.detach())
+        print(f"rank {world.rank}: {done.seen} images, {guard.skipped} skipped, "
+              f"same weights: {torch.equal(weights[0], weights[1])}")
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_a_non_finite_loss_on_one_rank_is_handled_alike_on_every_rank(tmp_path, policy):
+    """With skip, rank 1 alone skipped the batch and its all-reduces fell out of step with
+    rank 0's (gloo: "collective mismatch"); with stop, rank 1 alone stopped and rank 0
+    failed on the lost peer, its traceback naming no non-finite loss."""
+    env = {
+        **os.environ,
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29519" if policy == "skip" else "29521",
+        "OMP_NUM_THREADS": "1",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", NAN_ON_ONE_RANK, policy],
+            cwd=REPO,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+        )
+        for rank in (0, 1)
+    ]
+    outs = [proc.communicate(timeout=120)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outs
+    for rank, out in enumerate(outs):
+        if policy == "skip":  # the batch skipped on both ranks: 3 of 4 batches of 4 images
+            assert f"rank {rank}: 12 images, 1 skipped, same weights: True" in out, out
+        else:
+            assert f"rank {rank} stopped: non-finite loss at step 2" in out, out
+
+
 def test_graceful_stop_without_agreement_is_unchanged():
     with GracefulStop() as stop:
         assert not stop.requested()
