@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -72,10 +73,11 @@ def run(cfg: DictConfig) -> float:
         The best value of `trainer.monitor`, for a sweeper to optimise.
     """
     startup_clock.begin_run()
-    # None outside `-m`; under DDP only rank 0 records the job.
-    job = SweepJob.current(cfg) if distributed.detect().is_main else None
-    if job is not None:  # records the job in the sweep's manifest; a failure returns NaN
-        return job.run(cfg, train_and_test)
+    job = SweepJob.current(cfg)  # None outside `-m`
+    if job is not None and distributed.detect().is_main:
+        return job.run(cfg, train_and_test)  # records the job; a failure returns NaN
+    if job is not None and job.settled():  # under DDP: rank 0 skips it too
+        return math.nan
     return train_and_test(cfg, job=None)
 
 

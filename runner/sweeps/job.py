@@ -118,6 +118,17 @@ class SweepJob:
         tags.update({f"override.{n}": unescape(v) for n, v in shown.items()})
         return tags
 
+    def settled(self) -> bool:
+        """Whether this job is not to be trained now (finished, or stopped by fail_fast).
+
+        A resumed sweep finished it earlier, or `sweep.fail_fast` stopped the sweep. Reads
+        only: under DDP every rank asks it before the ranks meet, so that the ranks
+        of a finished job end with rank 0 instead of waiting for it to join them. Rank 0
+        alone records the job (`run`).
+        """
+        recorded = read_manifest(self.sweep_dir).get(self.key, {})
+        return recorded.get("status") == "FINISHED" or (self.sweep_dir / STOP_FILE).exists()
+
     def run(self, cfg: DictConfig, train: Callable[[DictConfig, SweepJob], float]) -> float:
         """Runs `train` as this job: skips, records and contains failures.
 

@@ -179,6 +179,16 @@ def test_two_task_ddp_job_matches_one_process_on_the_same_global_batch(tmp_path)
     assert abs(ddp_loss[0] - one_loss[0]) <= 0.05 * one_loss[0]
     assert abs(ddp_loss[1] - one_loss[1]) <= 0.12
     assert abs(ddp["test/acc"] - one["test/acc"]) <= 0.1
+    # Resumed, the finished job is kept on both tasks: rank 1 once went on to wait for
+    # rank 0 to join it (10 minutes), as rank 0 alone knew the job was done.
+    resume = slurm_command(
+        tmp_path, "hydra.launcher.tasks_per_node=2", "trainer.batch_size=16", *same
+    )
+    started = time.monotonic()
+    again = run_sweep([*resume, f"sweep.resume={run_dir.parent}"], timeout=240)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert time.monotonic() - started < 180
+    assert json.loads((run_dir / "metrics.json").read_text()) == ddp
 
 
 def metric_values(db: Path, run_id: str, key: str) -> list[float]:
