@@ -191,6 +191,17 @@ def check_launcher(config: DictConfig) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             problems.append(f"hydra.launcher.{key}={value!r}: expected an integer >= {least}")
+    delay, limit = launcher.get("signal_delay_s"), launcher.get("timeout_min")
+    if not problems and isinstance(delay, int) and isinstance(limit, int) and delay >= limit * 60:
+        # SLURM would signal each job at its start: it checkpoints, is requeued and
+        # signalled again, until max_num_timeout is spent.
+        problems.append(
+            f"hydra.launcher.signal_delay_s={delay} is not shorter than "
+            f"hydra.launcher.timeout_min={limit} ({limit * 60} s): every job would be told "
+            "to stop as it starts. Give a signal_delay_s of a few steps plus a checkpoint "
+            f"(e.g. hydra.launcher.signal_delay_s={min(120, limit * 15)}), or a longer "
+            "timeout_min"
+        )
     if problems:
         raise ConfigError("the launcher's settings are invalid:\n  - " + "\n  - ".join(problems))
 

@@ -65,6 +65,25 @@ def test_resource_counts_sbatch_would_refuse_are_refused_before_the_sweep():
     assert "hydra.launcher.nodes=0" in str(refused.value)
 
 
+def test_a_signal_delay_as_long_as_the_time_limit_is_refused():
+    """timeout_min=2 kept signal_delay_s=120: each job was signalled as it started and
+    requeued until its timeouts were spent."""
+    from runner.config.errors import ConfigError
+    from runner.sweeps.callback import check_launcher
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        short = ["hydra/launcher=slurm", "hydra.launcher.timeout_min=2"]
+        cfg = compose("train", short, return_hydra_config=True)
+        fits = compose(
+            "train", [*short, "hydra.launcher.signal_delay_s=30"], return_hydra_config=True
+        )
+    with pytest.raises(
+        ConfigError, match=r"signal_delay_s=120 is not shorter than .*timeout_min=2"
+    ):
+        check_launcher(cfg)
+    check_launcher(fits)
+
+
 def test_an_unknown_launcher_key_is_refused():
     with pytest.raises(Exception, match="partiton"):
         launcher("slurm", "hydra.launcher.partiton=gpu")
