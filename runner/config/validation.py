@@ -102,6 +102,7 @@ def validate(cfg: DictConfig) -> None:
     problems.extend(_fold_problems(cfg, swept_values, swept_keys))
     problems.extend(_curation_problems(cfg, swept_values))
     problems.extend(_robust_loss_problems(cfg))
+    problems.extend(_nesterov_problems(cfg))
     problems.extend(_noise_problems(cfg))
     if problems:
         plural = "" if len(problems) == 1 else "s"
@@ -370,6 +371,23 @@ def _curation_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None
         if problem is not None:
             problems.append(f"{key}={value!r} {problem}")
     return problems
+
+
+def _nesterov_problems(cfg: DictConfig) -> list[str]:
+    """Nesterov momentum needs a momentum and no dampening (torch refuses it at build)."""
+    optim = OmegaConf.select(cfg, "optim", default=None)
+    if not isinstance(optim, DictConfig) or optim.get("nesterov") is not True:
+        return []
+    momentum, dampening = optim.get("momentum", 0), optim.get("dampening", 0)
+    if not (is_number(momentum) and is_number(dampening)):
+        return []  # the type checks report these
+    if momentum > 0 and dampening == 0:
+        return []
+    return [
+        f"optim.nesterov=true needs optim.momentum > 0 and optim.dampening=0 (they are "
+        f"{momentum!r} and {dampening!r}): set optim.nesterov=false, or a momentum such "
+        "as optim.momentum=0.9 without dampening"
+    ]
 
 
 def _robust_loss_problems(cfg: DictConfig) -> list[str]:

@@ -279,6 +279,9 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
     [
         (["optim=sgd", "optim.momentum=abc"], "optim.momentum='abc' is invalid"),
         (["optim=sgd", "optim.nesterov=maybe"], "optim.nesterov='maybe' is invalid"),
+        # torch refused these in the optimizer's constructor, after the data and model.
+        (["optim=sgd", "optim.momentum=0"], "optim.nesterov=true needs optim.momentum > 0"),
+        (["optim=sgd", "+optim.dampening=0.1"], "and optim.dampening=0 (they are 0.9 and 0.1)"),
         (["optim.betas=[0.9]"], "optim.betas=[0.9] is invalid: expected two numbers"),
         (
             ["model=resnet32", "model.depth=33"],
