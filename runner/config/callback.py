@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -44,6 +45,13 @@ class ValidateConfigCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Validates the sweep's base config; each job is validated again when it runs."""
+        resume = OmegaConf.select(config, "sweep.resume", default=None)
+        if resume is not None and Path(str(resume)).expanduser().is_file():
+            # hydra.sweep.dir is the resumed sweep's folder: its check would name that key.
+            raise SystemExit(
+                f"Error: sweep.resume={resume!r} is a file: give the sweep's folder, the one "
+                f"that holds manifest.json (sweep.resume={Path(str(resume)).parent})"
+            )
         _check_writable(config, "hydra.sweep.dir")
         self._check(config)
 

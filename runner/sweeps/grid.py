@@ -16,24 +16,33 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.errors import ConfigError
-from runner.config.validation import override_parser
+from runner.config.validation import flatten_params, override_parser
 
 
 def grid_jobs(overrides: list[str]) -> list[list[str]]:
-    """The overrides of every job of a command line's grid (its product of value lists).
+    """The overrides of every job of a grid (the product of its value lists), in order.
 
-    Overrides that are not lists of values (an `interval(...)` for a search) are left as
-    written for the sweeper.
+    As Hydra's basic sweeper: a key given twice keeps its first place and its last
+    values (`hydra.sweeper.params`, then the command line).
+
+    Raises:
+        ConfigError: An `interval(...)`, a range that only a search samples.
     """
-    axes = []
+    axes: dict[str, list[str]] = {}
     for override in override_parser().parse_overrides(overrides):
         key = override.input_line.partition("=")[0]
-        if override.is_sweep_override() and not override.is_interval_sweep():
+        if override.is_interval_sweep():
+            raise ConfigError(
+                f"{override.input_line}: interval() is a range that a search samples, and "
+                "this sweep is a grid: add hparams_search=optuna to search it, or give the "
+                "values to try (a,b,c or range(...))"
+            )
+        if override.is_sweep_override():
             values = [str(value) for value in override.sweep_string_iterator()]
-            axes.append([f"{key}={value}" for value in values])
+            axes[key] = [f"{key}={value}" for value in values]
         else:
-            axes.append([override.input_line])
-    return [list(job) for job in itertools.product(*axes)]
+            axes[key] = [override.input_line]
+    return [list(job) for job in itertools.product(*axes.values())]
 
 
 def missing_key(config: DictConfig, key: str) -> str | None:
@@ -91,11 +100,14 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
     from runner.config.validation import validate
 
     overrides = [str(o) for o in config.hydra.overrides.task]
+    # A sweep a config file sets (`hydra.sweeper.params` of an experiment) is in the grid.
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+    in_config = [f"{k}={v}" for k, v in flatten_params(params).items()] if params else []
     search = searchpath_overrides(config)
     problems = []
     monitors: dict[str, str] = {}  # what each job is ranked by -> the first job that is
     outputs: dict[str, list[str]] = {}  # a predictions file -> the jobs that would write it
-    for number, job in enumerate(grid_jobs(overrides)):
+    for number, job in enumerate(grid_jobs([*in_config, *overrides])):
         swept = " ".join(o for o in job if o not in overrides)
         named = f"job {number} ({swept or 'its only job'})"
         try:

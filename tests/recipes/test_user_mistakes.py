@@ -541,6 +541,44 @@ def test_a_bad_value_in_the_third_grid_point_stops_the_sweep_at_start(tmp_path):
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_grid_a_config_file_sweeps_is_checked_job_by_job_at_start(tmp_path):
+    """hydra.sweeper.params of an experiment file was left out of the start check: job 0
+    trained, then job 1 failed on its bad value."""
+    (tmp_path / "conf" / "variant").mkdir(parents=True)
+    (tmp_path / "conf" / "variant" / "lrs.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      optim.lr: 1e-3,-1\n"
+    )
+    done = run_cli(
+        "-m",
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        f"paths.output_dir={tmp_path / 'out'}",
+        "+variant=lrs",
+        *TINY,
+    )
+    assert done.returncode == 1
+    assert "job 1 (optim.lr=-1)" in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "out" / "multirun").exists()
+
+
+def test_an_interval_in_a_grid_names_the_search_it_needs(tmp_path):
+    """Hydra's own message said that the sweep "requires --multirun", given -m."""
+    done = run_cli("-m", f"paths.output_dir={tmp_path}", "optim.lr=interval(1e-3,1e-2)", *TINY)
+    assert done.returncode == 1
+    assert "interval() is a range that a search samples" in done.stderr
+    assert "hparams_search=optuna" in done.stderr and "--multirun" not in done.stderr
+
+
+def test_sweep_resume_given_a_file_asks_for_the_sweeps_folder(tmp_path):
+    """It named hydra.sweep.dir and advised paths.output_dir, keys the user never set."""
+    manifest = tmp_path / "sweep" / "manifest.json"
+    manifest.parent.mkdir()
+    manifest.write_text("{}")
+    done = run_cli("-m", f"paths.output_dir={tmp_path}", f"sweep.resume={manifest}", *TINY)
+    assert done.returncode == 1
+    assert f"sweep.resume='{manifest}' is a file: give the sweep's folder" in done.stderr
+    assert f"(sweep.resume={manifest.parent})" in done.stderr
+
+
 def test_a_misspelt_key_in_a_grid_is_named_without_the_advice_to_add_it(tmp_path):
     """Hydra's own error came after a warning that the start check raised, and advised
     +optim.learning_rate, which the config check then refuses."""
