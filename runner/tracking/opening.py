@@ -200,6 +200,10 @@ class StoreOpener:
             stdout=subprocess.PIPE,
             stderr=self._errors,
             text=True,
+            # Out of the terminal's process group: Ctrl-C stops the run, not the helper in
+            # the middle of a new store's schema migration (which left it unusable). It
+            # exits by itself once its stdin closes.
+            start_new_session=True,
         )
 
     def experiment_id(self, timeout_s: float) -> str | None:

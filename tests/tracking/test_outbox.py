@@ -175,3 +175,19 @@ def test_an_experiment_name_never_leads_its_artifacts_out_of_the_artifact_locati
     ):
         experiment = client.get_experiment(open_experiment(client, name, str(base)))
         assert experiment.artifact_location == (base.resolve() / folder).as_uri(), name
+
+
+def test_the_store_helper_runs_outside_the_terminals_process_group(tmp_path):
+    """Ctrl-C reached the helper too, in the middle of a new SQLite store's schema
+    migration, and the store was unusable from then on ("_alembic_tmp_... exists")."""
+    import os
+
+    from runner.tracking.opening import StoreOpener
+
+    opener = StoreOpener(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp", None)
+    try:
+        helper = opener._process.pid
+        assert os.getpgid(helper) != os.getpgid(0)
+        assert opener.experiment_id(timeout_s=120) is not None
+    finally:
+        opener.close()
