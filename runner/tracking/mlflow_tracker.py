@@ -32,7 +32,7 @@ from runner.tracking import provenance
 from runner.tracking.inputs import DatasetRecord
 from runner.tracking.models import log_pytorch_model
 from runner.tracking.opening import StoreOpener, open_run, open_store
-from runner.tracking.outbox import Outbox, apply_op, write_pending
+from runner.tracking.outbox import Outbox, OutboxInterrupted, apply_op, write_pending
 from runner.tracking.store import (
     TrackingUnavailableError,
     refused_for_good,
@@ -408,7 +408,15 @@ class MlflowTracker:
         log.info("tracking: the longest logging call blocked training %.3f s", self.longest_block_s)
         if self.outbox is None:
             return
-        left = self.outbox.close(self.delivery_timeout_s)
+        try:
+            left = self.outbox.close(self.delivery_timeout_s)
+        except OutboxInterrupted as stopped:  # Ctrl-C while waiting: what is queued is saved
+            self._save_pending(stopped.pending)
+            raise stopped.__cause__ from None
+        self._save_pending(left)
+
+    def _save_pending(self, left: list[tuple]) -> None:
+        """Writes the operations the server did not take to mlflow_pending.jsonl, and says so."""
         if left:
             path = (self.local_dir or Path.cwd()) / "mlflow_pending.jsonl"
             path = write_pending(path, self.tracking_uri, self.run_id, left)

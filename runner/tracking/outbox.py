@@ -96,13 +96,31 @@ class Outbox:
                 self._cond.notify_all()
 
     def close(self, timeout_s: float) -> list[tuple]:
-        """Waits up to `timeout_s` for delivery; returns the operations still pending."""
+        """Waits up to `timeout_s` for delivery; returns the operations still pending.
+
+        Raises:
+            OutboxInterrupted: Ctrl-C (or another exception) ended the wait; it holds
+                the operations still pending, to be saved before the exception goes on.
+        """
         with self._cond:
             self._deadline = time.monotonic() + timeout_s
             self._cond.notify_all()
-        self._thread.join(timeout_s + 15)
+        try:
+            self._thread.join(timeout_s + 15)
+        except BaseException as err:
+            with self._cond:
+                self._deadline = time.monotonic()  # the delivery thread stops at its next look
+                raise OutboxInterrupted(list(self._ops)) from err
         with self._cond:
             return list(self._ops)
+
+
+class OutboxInterrupted(Exception):
+    """The wait for delivery was interrupted; `pending` is what was not delivered."""
+
+    def __init__(self, pending: list[tuple]):
+        super().__init__(f"{len(pending)} logging operation(s) not delivered")
+        self.pending = pending
 
 
 def write_pending(path: Path, tracking_uri: str, run_id: str, ops: list[tuple]) -> Path:

@@ -40,6 +40,28 @@ def test_an_operation_the_store_refuses_is_dropped_and_the_later_ones_get_throug
     assert "Changing param values is not allowed" in caplog.text
 
 
+def test_ctrl_c_while_waiting_for_the_server_keeps_what_is_queued():
+    """Ctrl-C during the end-of-run wait ended in a traceback from Thread.join, and every
+    operation still queued (test metrics, artifacts, the final status) was lost."""
+    import os
+    import signal
+    import threading
+
+    from runner.tracking.outbox import OutboxInterrupted
+
+    def server_down(op):
+        raise ConnectionError("connection refused")
+
+    outbox = Outbox(server_down)
+    outbox.put(("metrics", [("test/acc", 0.5, 0, 3)]))
+    outbox.put(("status", "FINISHED"))
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()  # the user's Ctrl-C
+    with pytest.raises(OutboxInterrupted) as stopped:
+        outbox.close(timeout_s=30)
+    assert isinstance(stopped.value.__cause__, KeyboardInterrupt)
+    assert stopped.value.pending == [("metrics", [("test/acc", 0.5, 0, 3)]), ("status", "FINISHED")]
+
+
 def test_a_file_that_is_gone_does_not_hold_up_the_runs_end(tmp_path, caplog):
     client, run_id = open_run(tmp_path)
     outbox = Outbox(lambda op: apply_op(client, run_id, op), refused=refused_for_good)
