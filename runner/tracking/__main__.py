@@ -16,7 +16,7 @@ from pathlib import Path
 from runner.config.redaction import public_uri
 from runner.config.resolvers import REPO_ROOT
 from runner.tracking.opening import serve
-from runner.tracking.outbox import pending_file_problem, replay_pending
+from runner.tracking.outbox import pending_file_problem, pending_target, replay_pending
 from runner.tracking.store import (
     missing_store_file,
     reap_stale_runs,
@@ -44,6 +44,18 @@ def reap_problem(tracking_uri: str) -> str | None:
     return None
 
 
+def replay_problem(path: Path) -> str | None:
+    """Why the store a pending-log file names cannot take it now (None when it can)."""
+    uri = pending_target(path)["tracking_uri"]
+    database = missing_store_file(uri)
+    if database is not None:  # opening it would create an empty store
+        return f"its store {database} is not there: restore it, then replay"
+    if uri.startswith(("http://", "https://")) and not server_reachable(uri):
+        # MLflow's client would retry it for minutes.
+        return f"its server {public_uri(uri)} does not answer: try again when it is up"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs a maintenance command; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m runner.tracking", description=__doc__)
@@ -67,12 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "replay":
-        problem = pending_file_problem(args.file)
+        problem = pending_file_problem(args.file) or replay_problem(args.file)
         if problem is not None:
             print(f"Error: {args.file}: {problem}", file=sys.stderr)
             return 1
-        print(f"{replay_pending(args.file)} logging operation(s) sent")
-        return 0
+        sent, failed = replay_pending(args.file)
+        for line in failed:
+            print(f"Error: {line}", file=sys.stderr)
+        print(f"{sent} logging operation(s) sent, {len(failed)} failed")
+        return 1 if failed else 0
     if args.command == "open":
         # Replies go to the real stdout; anything a library prints goes to stderr.
         replies, sys.stdout = sys.stdout, sys.stderr

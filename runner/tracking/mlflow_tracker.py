@@ -404,7 +404,7 @@ class MlflowTracker:
             for path in sorted(self.local_dir.glob("*.log")) if self.local_dir else []:
                 self.log_artifact(path)
         finally:
-            self._submit(("status", status))
+            self._submit(("status", status, int(time.time() * 1000)))
         log.info("tracking: the longest logging call blocked training %.3f s", self.longest_block_s)
         if self.outbox is None:
             return

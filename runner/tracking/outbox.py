@@ -166,16 +166,61 @@ def pending_file_problem(path: Path) -> str | None:
     return None
 
 
-def replay_pending(path: Path) -> int:
-    """Sends the operations of a pending-log file to its server; returns how many."""
+def pending_target(path: Path) -> dict[str, str]:
+    """The header of a pending-log file: its `tracking_uri` and `run_id`."""
+    return json.loads(_first_line(path))
+
+
+def replay_pending(path: Path) -> tuple[int, list[str]]:
+    """Sends the operations of a pending-log file to its server.
+
+    An operation that fails is reported and the later ones are still sent (the run's
+    final status among them). A file an operation names that is no longer where it was
+    (the run dir was copied or moved) is looked for under the pending file's folder. A
+    final status older than the run's (a resumed run ended since) is not sent.
+
+    Returns:
+        (operations sent, one problem line per operation that failed).
+    """
     from mlflow.tracking import MlflowClient
 
-    header, *lines = path.read_text().splitlines()
-    target = json.loads(header)
+    _, *lines = path.read_text().splitlines()
+    target = pending_target(path)
     client = MlflowClient(tracking_uri=target["tracking_uri"])
-    for line in lines:
-        apply_op(client, target["run_id"], tuple(json.loads(line)))
-    return len(lines)
+    sent, problems = 0, []
+    for number, line in enumerate(lines, start=2):
+        op = tuple(json.loads(line))
+        if op[0] == "artifact":
+            op = ("artifact", _moved(op[1], path.parent), *op[2:])
+        if op[0] == "status" and _superseded(client, target["run_id"], op):
+            continue
+        try:
+            apply_op(client, target["run_id"], op)
+        except Exception as err:
+            problems.append(f"{path}:{number}: the {op[0]!r} operation failed: {err}")
+            continue
+        sent += 1
+    return sent, problems
+
+
+def _moved(original: str, folder: Path) -> str:
+    """`original`, or the file under `folder` that ends with the most of its path."""
+    if Path(original).exists():
+        return original
+    parts = Path(original).parts[1:]
+    for start in range(len(parts)):
+        candidate = folder.joinpath(*parts[start:])
+        if candidate.is_file():
+            return str(candidate)
+    return original
+
+
+def _superseded(client: Any, run_id: str, op: tuple) -> bool:
+    """Whether the run ended later than a status operation says it did (a resumed run)."""
+    if len(op) < 3:  # a file from before statuses carried their time
+        return False
+    ended = client.get_run(run_id).info.end_time
+    return ended is not None and ended > op[2]
 
 
 def apply_op(client: Any, run_id: str, op: tuple) -> None:
@@ -184,7 +229,8 @@ def apply_op(client: Any, run_id: str, op: tuple) -> None:
     Operations hold plain values (they are queued, and saved as JSON when undelivered):
     `("metrics", [(key, value, timestamp_ms, step), ...])`, `("params", [(key, value),
     ...])`, `("tags", {key: value})`, `("artifact", path, artifact_path)`, `("inputs",
-    [DatasetRecord.to_json(), ...])`, `("status", status)`.
+    [DatasetRecord.to_json(), ...])`, `("status", status, end_time_ms)` (files written
+    before statuses carried their time hold `("status", status)`).
     """
     from mlflow.entities import Metric, Param, RunTag
 
@@ -200,7 +246,7 @@ def apply_op(client: Any, run_id: str, op: tuple) -> None:
     elif kind == "inputs":
         client.log_inputs(run_id, datasets=[_dataset_input(record) for record in args[0]])
     elif kind == "status":
-        client.set_terminated(run_id, status=args[0])
+        client.set_terminated(run_id, status=args[0], end_time=args[1] if len(args) > 1 else None)
 
 
 def _dataset_input(record: dict[str, Any]) -> Any:

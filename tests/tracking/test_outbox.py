@@ -213,3 +213,52 @@ def test_the_store_helper_runs_outside_the_terminals_process_group(tmp_path):
         assert opener.experiment_id(timeout_s=120) is not None
     finally:
         opener.close()
+
+
+def test_replay_goes_past_a_failed_operation_finds_moved_files_and_keeps_a_later_status(
+    tmp_path, capsys
+):
+    """Replay stopped at the first failing operation (a file of a run dir since moved),
+    so the later ones and the final status were never sent; and an earlier outage's
+    KILLED replaced the FINISHED of the resumed run that ended since."""
+    import shutil
+
+    from runner.tracking.__main__ import main
+    from runner.tracking.outbox import write_pending
+
+    client, run_id = open_run(tmp_path)
+    old_dir, new_dir = tmp_path / "run", tmp_path / "moved"
+    (old_dir / "checkpoints").mkdir(parents=True)
+    (old_dir / "checkpoints" / "metrics.json").write_text("{}")
+    ops = [
+        ("artifact", str(tmp_path / "gone" / "notes.txt"), None),  # nowhere now
+        ("artifact", str(old_dir / "checkpoints" / "metrics.json"), "checkpoints"),
+        ("metrics", [("val/acc", 0.5, 0, 2)]),
+        ("status", "KILLED", 1_000),  # the interrupted first part of the run
+    ]
+    pending = write_pending(old_dir / "mlflow_pending.jsonl", client.tracking_uri, run_id, ops)
+    shutil.move(old_dir, new_dir)
+    client.set_terminated(run_id, "FINISHED", end_time=2_000)  # the resumed run's end
+    assert main(["replay", str(new_dir / pending.name)]) == 1
+    captured = capsys.readouterr()
+    assert f"Error: {new_dir / pending.name}:2: the 'artifact' operation failed" in captured.err
+    assert "2 logging operation(s) sent, 1 failed" in captured.out
+    run = client.get_run(run_id)
+    assert run.data.metrics == {"val/acc": 0.5} and run.info.status == "FINISHED"
+    listed = [a.path for a in client.list_artifacts(run_id, "checkpoints")]
+    assert listed == ["checkpoints/metrics.json"]
+
+
+def test_replay_to_a_server_that_does_not_answer_says_so_at_once(tmp_path, capsys):
+    """MLflow's client retried it for minutes."""
+    import time
+
+    from runner.tracking.__main__ import main
+    from runner.tracking.outbox import write_pending
+
+    down = f"http://127.0.0.1:{free_port()}"
+    path = write_pending(tmp_path / "mlflow_pending.jsonl", down, "r1", [("tags", {"a": "1"})])
+    started = time.monotonic()
+    assert main(["replay", str(path)]) == 1
+    assert time.monotonic() - started < 30
+    assert "does not answer: try again when it is up" in capsys.readouterr().err
