@@ -32,7 +32,14 @@ from runner.tracking import provenance
 from runner.tracking.inputs import DatasetRecord
 from runner.tracking.models import log_pytorch_model
 from runner.tracking.opening import StoreOpener, open_run, open_store
-from runner.tracking.outbox import Outbox, OutboxInterrupted, apply_op, write_pending
+from runner.tracking.outbox import (
+    Outbox,
+    OutboxInterrupted,
+    apply_op,
+    pending_file_problem,
+    pending_target,
+    write_pending,
+)
 from runner.tracking.store import (
     TrackingUnavailableError,
     refused_for_good,
@@ -255,6 +262,8 @@ class MlflowTracker:
         self.run_id = run_id or open_run(
             self._client(), self.experiment_id, run_name, tags, resume_run_id
         )
+        if resume_run_id is not None and local_dir is not None:
+            self._point_to_unsent(local_dir)
         if self.system_metrics:
             from runner.tracking.system_metrics import SystemMetrics
 
@@ -268,6 +277,18 @@ class MlflowTracker:
             self._connect_in_background()
         elif self.monitor is not None:
             self.monitor.start()
+
+    def _point_to_unsent(self, local_dir: Path) -> None:
+        """Warns of this run's logs that an earlier outage left unsent in its run dir."""
+        for path in sorted(local_dir.glob("mlflow_pending*.jsonl")):
+            if pending_file_problem(path) is None and pending_target(path)["run_id"] == self.run_id:
+                log.warning(
+                    "%s holds logs of this run that MLflow never received (an earlier "
+                    "outage): the run logs on, and its earlier steps are missing from MLflow "
+                    "until you send them: python -m runner.tracking replay %s",
+                    path,
+                    path,
+                )
 
     def _fall_back(self) -> str:
         """Switches to the local fallback store, or raises when that is not allowed."""

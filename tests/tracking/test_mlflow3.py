@@ -231,6 +231,30 @@ def test_a_model_that_cannot_be_logged_leaves_best_pt_in_the_run_instead(tmp_pat
     assert fetched.is_checkpoint and fetched.path.name == "best.pt"
 
 
+def test_a_resumed_run_points_to_the_logs_an_earlier_outage_left_unsent(tmp_path, caplog):
+    """The resume neither sent nor named them: its earlier epochs were missing from MLflow
+    with nothing to say so."""
+    import logging
+
+    from runner.tracking.outbox import write_pending
+
+    seed_store(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = MlflowTracker(uri, artifact_location=str(tmp_path / "art"), system_metrics=False)
+    first.connect("x")
+    first.start("r", tags={}, local_dir=tmp_path)
+    first.finish("KILLED")
+    unsent = write_pending(tmp_path / "mlflow_pending.jsonl", uri, first.run_id, [("tags", {})])
+    write_pending(tmp_path / "mlflow_pending.jsonl", uri, "another-run", [("tags", {})])
+    again = MlflowTracker(uri, artifact_location=str(tmp_path / "art"), system_metrics=False)
+    again.connect("x")
+    with caplog.at_level(logging.WARNING, logger="runner"):
+        again.start("r", tags={}, resume_run_id=first.run_id, local_dir=tmp_path)
+    again.finish("FINISHED")
+    assert f"python -m runner.tracking replay {unsent}" in caplog.text
+    assert caplog.text.count("never received") == 1  # not the other run's file
+
+
 @pytest.mark.slow
 def test_without_the_export_the_run_uploads_best_pt_and_eval_finds_it(tmp_path):
     """logger.export_model=false (TINY sets it): no torch.export, no logged model; the
