@@ -21,6 +21,8 @@ from runner.tracking.protocol import Tracker
 
 log = logging.getLogger(__name__)
 
+_MAX_TAG_LENGTH = 1000  # a `resumed.<key>` tag's value: a changed list can be long
+
 
 def start_run(
     tracker: Tracker,
@@ -50,6 +52,8 @@ def start_run(
     overrides = redacted_overrides(hydra_overrides())
     env = provenance.environment(REPO_ROOT, device)
     resolved = redacted_container(cfg)
+    # Read before the file is replaced: a resumed run's params stay those of its start.
+    changed = resumed_changes(run_dir / "config_resolved.yaml", resolved) if resume_run_id else {}
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
     record = {**env, "overrides": overrides}
     (run_dir / "environment.json").write_text(json.dumps(record, indent=2))
@@ -59,6 +63,7 @@ def start_run(
             **env,
             "overrides": " ".join(overrides) or "(none)",
             "run_dir": str(run_dir),
+            **changed,
             **tags,
         },
         resume_run_id=resume_run_id,
@@ -69,6 +74,22 @@ def start_run(
     tracker.log_artifact(run_dir / "config_resolved.yaml")
     tracker.log_artifact(run_dir / "environment.json")
     log.info("tracking: %s", tracker.describe())
+
+
+def resumed_changes(saved: Path, resolved: dict[str, Any]) -> dict[str, str]:
+    """Tags `resumed.<key>`: "old -> new" for each key a resume changed (max_epochs, ...).
+
+    MLflow never changes a logged param, so a resumed run's params keep the values it
+    started with; these tags say what it went on with.
+    """
+    if not saved.is_file():
+        return {}
+    before, after = flatten(OmegaConf.to_container(OmegaConf.load(saved))), flatten(resolved)
+    return {
+        f"resumed.{key}": f"{before.get(key)} -> {after.get(key)}"[:_MAX_TAG_LENGTH]
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key)
+    }
 
 
 def hydra_overrides() -> list[str]:

@@ -118,6 +118,9 @@ def test_a_run_resumed_from_a_path_is_its_own_run_and_goes_on_from_its_own_last_
     assert f"resumed from {own}: epoch 2 done" in caplog.text
     assert "trainer.max_epochs 2 -> 3 on resume: the lr schedule is rebuilt" in caplog.text
     assert len(query(db, "SELECT run_uuid FROM runs")) == 2, "the second run, continued"
+    # Its param keeps its start's value (MLflow never changes one); a tag says what it ran.
+    ((changed,),) = query(db, "SELECT value FROM tags WHERE key = 'resumed.trainer.max_epochs'")
+    assert changed == "2 -> 3"
     best = tmp_path / "first" / "checkpoints" / "best.pt"
     with pytest.raises(ConfigError, match=r"is not a last\.pt .*a best\.pt has weights only"):
         run(compose_run(tmp_path, "third", f"trainer.resume={best}"))
