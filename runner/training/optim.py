@@ -101,6 +101,20 @@ def _warmup_factor(step: int, warmup: int) -> float:
     return (step + 1) / (warmup + 1)
 
 
+def load_schedule(scheduler: LRScheduler, saved: dict) -> None:
+    """Continues a saved schedule at its position, with this run's base lrs.
+
+    The saved base lrs are those of the run that saved it: scaled for its number of
+    processes (`trainer.lr_scaling`), which a resume on another number changes.
+    """
+    own = list(scheduler.base_lrs)
+    scheduler.load_state_dict(saved)
+    scheduler.base_lrs = own
+    for group, base_lr in zip(scheduler.optimizer.param_groups, own, strict=True):
+        group["initial_lr"] = base_lr
+    set_scheduled_lr(scheduler)
+
+
 def set_scheduled_lr(scheduler: LRScheduler) -> None:
     """Sets each group's lr to the schedule's value at the scheduler's position.
 

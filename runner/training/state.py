@@ -26,7 +26,7 @@ from runner.config.errors import ConfigError
 from runner.config.redaction import redacted_container
 from runner.data.splits import DataSplits, splits_digest
 from runner.training import checkpoint_io, distributed
-from runner.training.optim import set_scheduled_lr
+from runner.training.optim import load_schedule
 from runner.training.parts import TrainingParts
 
 log = logging.getLogger(__name__)
@@ -192,8 +192,7 @@ def resume_or_start(
             "model settings it was trained with"
         ) from err
     parts.optimizer.load_state_dict(saved["optimizer"])
-    parts.scheduler.load_state_dict(saved["scheduler"])
-    set_scheduled_lr(parts.scheduler)  # this run's schedule, where the saved one stopped
+    load_schedule(parts.scheduler, saved["scheduler"])  # this run's, where the saved one stopped
     parts.scaler.load_state_dict(saved["scaler"])
     if parts.ema is not None:
         if saved.get("ema") is not None:

@@ -65,6 +65,31 @@ def test_lr_scaling_rules():
         distributed.scale_lr(optimizer, "cubic", world_size=4)
 
 
+def test_a_resume_on_another_number_of_processes_takes_this_runs_scaled_lr():
+    """The saved schedule's base lrs (scaled for 2 processes) came back on 1 process: the
+    lr stayed doubled, while the run's tags said effective batch 64 on 1 process."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    from runner.training.optim import load_schedule
+
+    def schedule(world_size):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        distributed.scale_lr(optimizer, "linear", world_size=world_size)
+        return LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
+
+    two = schedule(2)
+    for _ in range(3):
+        two.optimizer.step()
+        two.step()
+    one = schedule(1)
+    load_schedule(one, two.state_dict())
+    assert one.last_epoch == 3
+    assert one.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 / 4)
+    one.optimizer.step()
+    one.step()
+    assert one.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 / 5)
+
+
 def test_lr_scaling_is_validated_with_the_config(make_cfg):
     from runner.config.validation import ConfigError, validate
 
