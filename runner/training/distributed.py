@@ -179,12 +179,38 @@ def shared_run_dir(run_dir: Path) -> Path:
         return run_dir
     shared = [str(run_dir)]
     dist.broadcast_object_list(shared, src=0, group=_CONTROL)
+    if current().rank != 0:
+        _log_beside(Path(shared[0]), run_dir)
     if shared[0] != str(run_dir):
         leftovers = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
         if leftovers <= {".hydra", "run.log"}:
             shutil.rmtree(run_dir, ignore_errors=True)
         log.info("rank %d uses rank 0's run dir %s", current().rank, shared[0])
     return Path(shared[0])
+
+
+def _log_beside(shared: Path, own: Path) -> None:
+    """Moves this rank's log file (Hydra's run.log) to run-rank<R>.log in rank 0's dir.
+
+    Every rank wrote rank 0's run.log when they shared a dir (`hydra.run.dir`), each
+    epoch twice and rank 1's share of the loss beside rank 0's, with nothing to tell
+    them apart; and into a dir that is removed, otherwise.
+    """
+    root = logging.getLogger()
+    folders = {shared.resolve(), own.resolve()}
+    for handler in list(root.handlers):
+        if not isinstance(handler, logging.FileHandler):
+            continue
+        if Path(handler.baseFilename).resolve().parent not in folders:
+            continue
+        moved = logging.FileHandler(shared / f"run-rank{current().rank}.log")
+        moved.setFormatter(handler.formatter)
+        moved.setLevel(handler.level)
+        for log_filter in handler.filters:
+            moved.addFilter(log_filter)
+        root.removeHandler(handler)
+        handler.close()
+        root.addHandler(moved)
 
 
 def _limit_threads() -> None:

@@ -285,6 +285,9 @@ def test_two_torchrun_ranks_validate_the_same_weights_and_log_the_same_numbers(t
     }
     assert sorted(logs) == [0, 1] and len(logs[0]) == 2, logs
     assert logs[0] == logs[1], logs
+    # Both ranks wrote run.log, every epoch twice; rank 1 writes a file of its own.
+    assert (tmp_path / "run" / "run.log").read_text().count("epoch 2/2") == 1
+    assert "epoch 2/2" in (tmp_path / "run" / "run-rank1.log").read_text()
 
 
 @pytest.fixture
