@@ -8,7 +8,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config.validation import ConfigError, validate
+from runner.config.validation import ConfigError, job_mode, validate
 from runner.config.value_checks import folder_problem
 
 
@@ -23,6 +23,13 @@ class ValidateConfigCallback(Callback):
         """Validates a single run's config; `sweep.resume`, a search and a launcher need `-m`."""
         _check_writable(config, "hydra.run.dir")
         self._check(config)
+        run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir", default="")))
+        if job_mode(config) == "eval" and (run_dir / "checkpoints").is_dir():
+            raise SystemExit(  # its metrics.json and reports would be replaced by eval's
+                f"Error: hydra.run.dir={str(run_dir)!r} holds a training run (checkpoints/), "
+                "whose metrics.json and reports mode=eval would overwrite: leave "
+                "hydra.run.dir out (each eval gets a run dir of its own), or name a new folder"
+            )
         choices = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
         search = choices.get("hparams_search")
         if search is not None:  # without -m: one run at the preset's defaults, no search

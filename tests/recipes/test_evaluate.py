@@ -55,6 +55,21 @@ def test_training_logs_the_analysis_reports_and_links_best_pt_to_its_run(trained
 
 
 @pytest.mark.slow
+def test_eval_into_a_training_runs_dir_is_refused_before_anything_is_written(trained):
+    """Its metrics.json (best_epoch, epochs) and reports were replaced by eval's."""
+    from tests.conftest import run_cli
+
+    tmp, _, _ = trained
+    before = {p: p.read_bytes() for p in (tmp / "train").rglob("*") if p.is_file()}
+    ckpt = tmp / "train" / "checkpoints" / "best.pt"
+    done = run_cli("mode=eval", f"ckpt={ckpt}", f"hydra.run.dir={tmp / 'train'}", "logger=none")
+    assert done.returncode == 1
+    assert "holds a training run (checkpoints/), whose metrics.json" in done.stderr
+    after = {p: p.read_bytes() for p in (tmp / "train").rglob("*") if p.is_file()}
+    assert after == before
+
+
+@pytest.mark.slow
 def test_eval_reproduces_the_test_metrics_in_a_new_linked_run(trained):
     tmp, db, run_id = trained
     ckpt = tmp / "train" / "checkpoints" / "best.pt"
