@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,44 @@ def check_model_config(model_cfg: Any) -> None:
     target = model_cfg.get("_target_")
     if target == f"{__name__}.{create_timm_model.__name__}":
         check_timm_name(str(model_cfg.get("name")))
+        _check_timm_arguments(model_cfg)
     elif target == f"{__name__}.{create_torchvision_model.__name__}":
         _check_torchvision_name(str(model_cfg.get("name")))
         _check_torchvision_weights(str(model_cfg.get("name")), model_cfg.get("weights"))
     _check_file(model_cfg.get("pretrained_file"), "model.pretrained_file")
+
+
+# The timm group's own keys (conf/model/timm.yaml); any other goes to timm.create_model.
+_TIMM_GROUP_KEYS = {"_target_", "_partial_", "name", "pretrained", "pretrained_file"}
+_TIMM_GROUP_KEYS |= {"drop_rate", "drop_path_rate"}
+
+
+def _check_timm_arguments(model_cfg: Any) -> None:
+    """Refuses a key added to the model group that timm's model does not take.
+
+    `+model.drop_rat=0.1` failed as a TypeError once the data was built. Only with such
+    keys, the model is built here, on the meta device (no memory, no weights).
+    """
+    extra = {k: v for k, v in model_cfg.items() if k not in _TIMM_GROUP_KEYS}
+    if not extra:
+        return
+    import timm
+
+    name = str(model_cfg.get("name"))
+    try:
+        with torch.device("meta"):
+            timm.create_model(name.split(".")[0], num_classes=2, **extra)
+    except TypeError as err:
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if unknown is None:
+            return  # another problem: the real build reports it
+        key = unknown.group(1)
+        raise ConfigError(
+            f"model.{key}={extra.get(key)!r} is not an argument of timm's {name}: fix its "
+            f"spelling, or remove it with ~model.{key}"
+        ) from err
+    except Exception:  # not every model builds on the meta device: the real build tells
+        return
 
 
 def check_timm_name(name: str, key: str = "model.name") -> None:

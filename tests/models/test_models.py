@@ -30,6 +30,16 @@ def test_unknown_timm_name_suggests_similar_ones():
         create_timm_model(num_classes=4, name="resnet_18")
 
 
+def test_a_key_added_to_the_model_group_that_timm_does_not_take_is_refused_at_start(make_cfg):
+    """+model.drop_rat=0.1 failed as a TypeError traceback once the data was built."""
+    from runner.config.errors import ConfigError
+    from runner.models.factories import check_model_config
+
+    with pytest.raises(ConfigError, match=r"model\.drop_rat=0\.1 is not an argument of timm's"):
+        check_model_config(make_cfg("+model.drop_rat=0.1", tiny=False).model)
+    check_model_config(make_cfg("model=vit_tiny", "model.img_size=32", tiny=False).model)
+
+
 def test_pretrained_without_network_says_how_to_use_a_local_file(monkeypatch, tmp_path):
     # An endpoint that refuses connections and an empty cache: the offline situation.
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
