@@ -15,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config.errors import ConfigError
+from runner.config.errors import ConfigError, UserError
 from runner.config.validation import flatten_params, override_parser
 
 
@@ -92,12 +92,19 @@ def group_options(config: DictConfig) -> Callable[[str], list[str]]:
 def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
     """Composes and validates every job of the sweep's grid.
 
+    A training job's model name, weights file and transforms are checked too, as the job
+    itself checks them before its data. What depends on the host a job runs on (its
+    device and precision) is left to the job: a SLURM job may have a GPU that this
+    process lacks.
+
     Raises:
         ConfigError: Naming each bad job by its overrides and its problems.
     """
     from hydra import compose
 
-    from runner.config.validation import validate
+    from runner.augment.checks import check_transforms
+    from runner.config.validation import job_mode, validate
+    from runner.models.factories import check_model_config
 
     overrides = [str(o) for o in config.hydra.overrides.task]
     # A sweep a config file sets (`hydra.sweeper.params` of an experiment) is in the grid.
@@ -117,7 +124,10 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
             continue
         try:
             validate(cfg)
-        except ConfigError as err:
+            if job_mode(cfg) == "train":  # what a job checks at its start, without the data
+                check_model_config(cfg.model)
+                check_transforms(cfg.aug)
+        except UserError as err:
             problems.append(f"{named}: {err}")
             continue
         monitors.setdefault(f"{cfg.trainer.monitor} ({cfg.trainer.monitor_mode})", named)

@@ -560,6 +560,14 @@ def test_a_grid_a_config_file_sweeps_is_checked_job_by_job_at_start(tmp_path):
     assert not (tmp_path / "out" / "multirun").exists()
 
 
+def test_a_misspelt_model_name_in_a_grid_stops_the_sweep_before_job_0_trains(tmp_path):
+    """Job 0 trained and wrote its run; job 1 then failed on its model name."""
+    done = run_cli("-m", f"paths.output_dir={tmp_path}", *TINY, "model.name=test_resnet,resnt18")
+    assert done.returncode == 1
+    assert "job 1 (model.name=resnt18): model.name='resnt18' is not a timm model" in done.stderr
+    assert not (tmp_path / "multirun").exists()
+
+
 def test_an_interval_in_a_grid_names_the_search_it_needs(tmp_path):
     """Hydra's own message said that the sweep "requires --multirun", given -m."""
     done = run_cli("-m", f"paths.output_dir={tmp_path}", "optim.lr=interval(1e-3,1e-2)", *TINY)
