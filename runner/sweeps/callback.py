@@ -16,7 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.errors import ConfigError
-from runner.config.redaction import redacted_overrides
+from runner.config.redaction import public_uri, redacted_overrides
 from runner.config.validation import job_mode
 from runner.sweeps.audit import audit_if_asked
 from runner.sweeps.grid import group_options, refuse_bad_jobs
@@ -108,6 +108,17 @@ class SweepCallback(Callback):
                 local_dir=self.sweep_dir,
             )
         except Exception as err:
+            logged_to, now = info.get("tracking_uri"), getattr(tracker, "tracking_uri", None)
+            if info.get("parent_run_id") and logged_to and logged_to != now:
+                # The run-dir wording of the error ("start anew with trainer.resume=never")
+                # does not fit a sweep: name the store its parent run is in.
+                raise SystemExit(
+                    f"Error: sweep.resume={resume}: its parent MLflow run "
+                    f"{info['parent_run_id']} is in {public_uri(logged_to)}, and this command "
+                    f"logs to {public_uri(str(now))}, which cannot reopen it. Pass "
+                    f"logger.tracking_uri={public_uri(logged_to)} to continue it there, or "
+                    "leave sweep.resume out to start a new sweep"
+                ) from err
             raise SystemExit(f"Error: cannot start the sweep's MLflow run: {err}") from err
         self.tracker = tracker
         atexit.register(self._finish_if_open, "KILLED")

@@ -200,6 +200,20 @@ def test_resume_runs_only_missing_and_failed_jobs(tmp_path):
     found = runs(tmp_path / "mlflow.db")
     children = [r for r in found.values() if r["tags"].get("mlflow.parentRunId") == parent_before]
     assert len(children) == 4  # none once, raise twice (no checkpoint to continue), nan@999 once
+    # Resumed against another store: the advice was the run dir's (trainer.resume=never,
+    # which changes nothing here), and the store the parent run is in was not named.
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    code, output = multirun(
+        tmp_path,
+        sweep_dir,
+        *FAULTY_LOSS,
+        "+loss.fail=none",
+        f"sweep.resume={sweep_dir}",
+        f"logger.tracking_uri={other}",
+    )
+    assert code == 1
+    assert f"its parent MLflow run {parent_before} is in sqlite:///{tmp_path}" in output
+    assert "trainer.resume=never" not in output
 
 
 def test_resume_of_a_dir_that_is_not_a_sweep_fails_clearly(tmp_path):
