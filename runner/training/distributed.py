@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from runner.config.choices import LR_SCALING
-from runner.training.engine import EpochStats
+from runner.training.engine import EpochStats, batch_index_of
 
 log = logging.getLogger(__name__)
 
@@ -262,13 +262,13 @@ def finite_on_every_rank(finite: torch.Tensor) -> bool:
 _NO_BAD_BATCH = 2**62
 
 
-def first_bad_on_any_rank(first_bad: torch.Tensor) -> int:
+def first_bad_on_any_rank(first_bad: torch.Tensor | float) -> int:
     """The earliest batch whose loss was not finite on some rank, or -1 (see `NanGuard`).
 
     With `trainer.nan_policy=stop`, every rank then stops at the same check with the
     same message, instead of the others failing on a lost peer. A collective call.
     """
-    index = int(first_bad.item())
+    index = batch_index_of(first_bad)
     if not current().distributed:
         return index
     earliest = torch.tensor([index if index >= 0 else _NO_BAD_BATCH], dtype=torch.int64)

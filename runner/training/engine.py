@@ -72,6 +72,11 @@ class EpochStats:
         return self.seen / max(self.seconds, 1e-9)
 
 
+def batch_index_of(first_bad: torch.Tensor | float) -> int:
+    """The batch a first-bad-loss marker holds (-1 for none), read to the host once."""
+    return int(first_bad.item() if isinstance(first_bad, torch.Tensor) else first_bad)
+
+
 @dataclass
 class NanGuard:
     """What to do about a non-finite loss, and how many skips are left.
@@ -90,7 +95,7 @@ class NanGuard:
     # `distributed.first_bad_on_any_rank`): a batch that one rank skips, every rank
     # skips, and a bad loss on one rank stops them all, at the same step.
     finite_everywhere: Callable[[torch.Tensor], bool] = bool
-    first_bad_anywhere: Callable[[torch.Tensor], int] = int
+    first_bad_anywhere: Callable[[torch.Tensor | float], int] = batch_index_of
 
 
 class StepParts(Protocol):
@@ -237,8 +242,10 @@ def train_one_epoch(
         # The loader gave fewer batches than its length (a streamed batch whose files all
         # failed to decode): the open accumulation window is stepped as the last one.
         _optimizer_step(model, parts, settings.gradient_clip_val)
-    _raise_if_bad(guard.first_bad_anywhere(first_bad), first_step + done.batches)
-    loss_value, correct_value = torch.stack([loss_sum.float(), correct.float()]).tolist()
+    loss_value, correct_value, bad = torch.stack(  # one read of the host for the three
+        [loss_sum.float(), correct.float(), first_bad.float()]
+    ).tolist()
+    _raise_if_bad(guard.first_bad_anywhere(bad), first_step + done.batches)
     return EpochStats(
         batches=batch_index,
         loss_sum=loss_value,
