@@ -84,8 +84,9 @@ class Outbox:
                 if not failing:
                     log.warning("MLflow store not reachable (%s); buffering and retrying", err)
                 failing = True
-                with self._cond:
-                    self._cond.wait(delay)
+                with self._cond:  # never past the deadline `close` set: the run is ending
+                    left = None if self._deadline is None else self._deadline - time.monotonic()
+                    self._cond.wait(delay if left is None else max(0.0, min(delay, left)))
                 delay = min(delay * 2, 10.0)
                 continue
             if failing:

@@ -62,6 +62,21 @@ def test_ctrl_c_while_waiting_for_the_server_keeps_what_is_queued():
     assert stopped.value.pending == [("metrics", [("test/acc", 0.5, 0, 3)]), ("status", "FINISHED")]
 
 
+def test_the_wait_for_a_server_that_is_down_ends_at_its_deadline():
+    """The retry's back-off (up to 10 s) ran past logger.delivery_timeout_s."""
+    import time
+
+    def server_down(op):
+        raise ConnectionError("connection refused")
+
+    outbox = Outbox(server_down)
+    outbox.put(("status", "FINISHED"))
+    time.sleep(3.6)  # failures at 0, 0.5, 1.5 and 3.5 s: the next back-off is 4 s
+    started = time.monotonic()
+    assert outbox.close(timeout_s=1.0) == [("status", "FINISHED")]
+    assert time.monotonic() - started < 2.0
+
+
 def test_a_file_that_is_gone_does_not_hold_up_the_runs_end(tmp_path, caplog):
     client, run_id = open_run(tmp_path)
     outbox = Outbox(lambda op: apply_op(client, run_id, op), refused=refused_for_good)
