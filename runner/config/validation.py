@@ -205,9 +205,14 @@ def _mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) -
             for key in ("ckpt", "predict.input")
             if OmegaConf.select(cfg, key, default=None) is not None or swept_values.get(key)
         ]
+        typed = OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []
+        for override in typed:  # their settings too (eval.tta=flip), where typed
+            key = str(override).lstrip("+~").split("=", 1)[0]
+            if key.startswith(("eval.", "predict.")) and key not in ignored:
+                ignored.append(key)
         return [
             f"{key} is read by mode=eval and mode=predict only, and mode={mode} would ignore "
-            f"it: add mode={'predict' if key == 'predict.input' else 'eval'} to use it"
+            f"it: add mode={'predict' if key.startswith('predict.') else 'eval'} to use it"
             + (
                 ", or, to train starting from a checkpoint's weights, give "
                 "model.pretrained_file=<best.pt> instead of ckpt"

@@ -560,6 +560,15 @@ def test_a_grid_a_config_file_sweeps_is_checked_job_by_job_at_start(tmp_path):
     assert not (tmp_path / "out" / "multirun").exists()
 
 
+def test_an_eval_setting_on_a_training_command_is_refused_not_ignored(tmp_path):
+    """eval.tta=flip on a training run changed nothing: its test was without TTA."""
+    done = run_cli(f"paths.output_dir={tmp_path}", *TINY, "eval.tta=flip", "predict.topk=3")
+    assert done.returncode == 1
+    assert "eval.tta is read by mode=eval and mode=predict only" in done.stderr
+    assert "predict.topk is read by" in done.stderr and "add mode=predict" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_misspelt_model_name_in_a_grid_stops_the_sweep_before_job_0_trains(tmp_path):
     """Job 0 trained and wrote its run; job 1 then failed on its model name."""
     done = run_cli("-m", f"paths.output_dir={tmp_path}", *TINY, "model.name=test_resnet,resnt18")
