@@ -197,6 +197,8 @@ def _mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) -
             "mode=throughput needs the throughput settings of its preset: run "
             "python run.py experiment=throughput (it sets mode=throughput)"
         ]
+    if swept_values.get("mode"):  # `-m mode=eval,predict`: each job checks its own mode
+        return []
     if mode not in ("eval", "predict"):
         # Read only by eval and predict: a run of another mode would ignore them silently
         # (a fine-tune meant from `ckpt=` trained from scratch).

@@ -196,6 +196,22 @@ def test_a_required_value_a_sweep_sets_is_left_to_each_job(make_cfg):
         assert f"{node} is required" not in str(info.value)
 
 
+def test_a_sweep_over_mode_leaves_each_mode_s_needs_to_its_job(make_cfg):
+    """`-m mode=eval,predict ckpt=x.pt predict.input=p` was refused as a train run's: the
+    launching process's config holds the default mode."""
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = make_cfg("ckpt=x.pt", "predict.input=pics")
+    with open_dict(cfg):
+        cfg.hydra = OmegaConf.create(
+            {
+                "mode": "RunMode.MULTIRUN",
+                "overrides": {"task": ["mode=eval,predict", "ckpt=x.pt", "predict.input=pics"]},
+            }
+        )
+    validate(cfg)
+
+
 def test_validate_reports_unset_environment_variables(make_cfg, monkeypatch):
     monkeypatch.delenv("RUNNER_TEST_UNSET", raising=False)
     cfg = make_cfg("+extra=${oc.env:RUNNER_TEST_UNSET}")
