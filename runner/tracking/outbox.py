@@ -127,14 +127,18 @@ class OutboxInterrupted(Exception):
 def write_pending(path: Path, tracking_uri: str, run_id: str, ops: list[tuple]) -> Path:
     """Saves undelivered operations as JSON lines for `python -m runner.tracking replay`.
 
-    A file left by an earlier outage of the same run (a resumed run) is added to, in
+    The header names the store, the run and the folder the file is in. A file left by an
+    earlier outage of the same run (a resumed run) is added to, in
     order, so that nothing it holds is lost; one for another run or store is kept, and
     these go to the next free `<stem>-<n>.jsonl`.
 
     Returns:
         The file written.
     """
-    header = json.dumps({"tracking_uri": tracking_uri, "run_id": run_id})
+    # The folder it is written in: replay finds the run's files there after a move.
+    header = json.dumps(
+        {"tracking_uri": tracking_uri, "run_id": run_id, "run_dir": str(path.parent.resolve())}
+    )
     target, number = path, 1
     while target.exists() and _first_line(target) != header:
         number += 1
@@ -168,7 +172,10 @@ def pending_file_problem(path: Path) -> str | None:
 
 
 def pending_target(path: Path) -> dict[str, str]:
-    """The header of a pending-log file: its `tracking_uri` and `run_id`."""
+    """The header of a pending-log file: its `tracking_uri`, `run_id` and `run_dir`.
+
+    `run_dir`, the folder the file was written in, is absent from older files.
+    """
     return json.loads(_first_line(path))
 
 
@@ -177,7 +184,8 @@ def replay_pending(path: Path) -> tuple[int, list[str]]:
 
     An operation that fails is reported and the later ones are still sent (the run's
     final status among them). A file an operation names that is no longer where it was
-    (the run dir was copied or moved) is looked for under the pending file's folder. A
+    (the run dir was copied or moved) is looked for at its place under the pending
+    file's folder. A
     final status older than the run's (a resumed run ended since) is not sent.
 
     Returns:
@@ -191,8 +199,8 @@ def replay_pending(path: Path) -> tuple[int, list[str]]:
     sent, problems = 0, []
     for number, line in enumerate(lines, start=2):
         op = tuple(json.loads(line))
-        if op[0] == "artifact":
-            op = ("artifact", _moved(op[1], path.parent), *op[2:])
+        if op[0] == "artifact" and target.get("run_dir"):
+            op = ("artifact", _moved(op[1], Path(target["run_dir"]), path.parent), *op[2:])
         if op[0] == "status" and _superseded(client, target["run_id"], op):
             continue
         try:
@@ -204,24 +212,34 @@ def replay_pending(path: Path) -> tuple[int, list[str]]:
     return sent, problems
 
 
-def _moved(original: str, folder: Path) -> str:
-    """`original`, or the file under `folder` that ends with the most of its path."""
-    if Path(original).exists():
+def _moved(original: str, run_dir: Path, folder: Path) -> str:
+    """`original`, or where it is now that `run_dir` (which held it) is at `folder`."""
+    path = Path(original)
+    if path.exists() or not path.is_relative_to(run_dir):
         return original
-    parts = Path(original).parts[1:]
-    for start in range(len(parts)):
-        candidate = folder.joinpath(*parts[start:])
-        if candidate.is_file():
-            return str(candidate)
-    return original
+    moved = folder / path.relative_to(run_dir)
+    return str(moved) if moved.is_file() else original
 
 
 def _superseded(client: Any, run_id: str, op: tuple) -> bool:
-    """Whether the run ended later than a status operation says it did (a resumed run)."""
+    """Whether the run ended later than a status operation says it did (a resumed run).
+
+    A KILLED that `reap` set is no such end: it marked a run whose process was gone, and
+    the status its process saved here (say FINISHED, when the server was away) is the
+    truth.
+    """
     if len(op) < 3:  # a file from before statuses carried their time
         return False
-    ended = client.get_run(run_id).info.end_time
-    return ended is not None and ended > op[2]
+    run = client.get_run(run_id)
+    reaped = run.info.status == "KILLED" and "reaped" in run.data.tags
+    if reaped or run.info.end_time is None or run.info.end_time <= op[2]:
+        return False
+    log.info(
+        "replay: the run ended later (%s) than this file's %s: not sent",
+        run.info.status,
+        op[1],
+    )
+    return True
 
 
 def apply_op(client: Any, run_id: str, op: tuple) -> None:

@@ -245,8 +245,10 @@ def test_replay_goes_past_a_failed_operation_finds_moved_files_and_keeps_a_later
     old_dir, new_dir = tmp_path / "run", tmp_path / "moved"
     (old_dir / "checkpoints").mkdir(parents=True)
     (old_dir / "checkpoints" / "metrics.json").write_text("{}")
+    (old_dir / "notes.txt").write_text("not the gone file of the same name")
     ops = [
-        ("artifact", str(tmp_path / "gone" / "notes.txt"), None),  # nowhere now
+        ("artifact", str(tmp_path / "gone" / "notes.txt"), None),  # nowhere now, and not
+        # the run dir's file of the same name
         ("artifact", str(old_dir / "checkpoints" / "metrics.json"), "checkpoints"),
         ("metrics", [("val/acc", 0.5, 0, 2)]),
         ("status", "KILLED", 1_000),  # the interrupted first part of the run
@@ -262,6 +264,21 @@ def test_replay_goes_past_a_failed_operation_finds_moved_files_and_keeps_a_later
     assert run.data.metrics == {"val/acc": 0.5} and run.info.status == "FINISHED"
     listed = [a.path for a in client.list_artifacts(run_id, "checkpoints")]
     assert listed == ["checkpoints/metrics.json"]
+
+
+def test_replay_sends_the_saved_status_of_a_run_reap_marked_killed(tmp_path):
+    """The server was away at the run's end; the next run reaped it as KILLED, later than
+    the FINISHED the file saved, and replay then kept the KILLED."""
+    from runner.tracking.__main__ import main
+    from runner.tracking.outbox import write_pending
+
+    client, run_id = open_run(tmp_path)
+    ops = [("status", "FINISHED", 1_000)]
+    pending = write_pending(tmp_path / "mlflow_pending.jsonl", client.tracking_uri, run_id, ops)
+    client.set_tag(run_id, "reaped", "process 123 on host was gone")  # as reap_stale_runs
+    client.set_terminated(run_id, "KILLED", end_time=2_000)
+    assert main(["replay", str(pending)]) == 0
+    assert client.get_run(run_id).info.status == "FINISHED"
 
 
 def test_replay_to_a_server_that_does_not_answer_says_so_at_once(tmp_path, capsys):
