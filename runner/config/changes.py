@@ -53,12 +53,19 @@ def config_changes(
         current: This command's config (plain containers, redacted the same way).
         may_change: Keys, or prefixes ending in ".", whose changes are allowed.
     """
+    allowed = tuple(p for p in may_change if p.endswith("."))
+    return [
+        f"{key}: {old!r} -> {new!r}"
+        for key, (old, new) in changed_values(saved, current).items()
+        if key not in may_change and not key.startswith(allowed)
+    ]
+
+
+def changed_values(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Every flattened key whose value differs: key -> (old, new), "(absent)" for none."""
     before, after = flatten(saved), flatten(current)
-    changed = []
-    for key in sorted(set(before) | set(after)):
-        if key in may_change or key.startswith(tuple(p for p in may_change if p.endswith("."))):
-            continue
-        old, new = before.get(key, "(absent)"), after.get(key, "(absent)")
-        if old != new:
-            changed.append(f"{key}: {old!r} -> {new!r}")
-    return changed
+    pairs = {
+        key: (before.get(key, "(absent)"), after.get(key, "(absent)"))
+        for key in sorted(set(before) | set(after))
+    }
+    return {key: (old, new) for key, (old, new) in pairs.items() if old != new}

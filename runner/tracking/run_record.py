@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config.changes import changed_values
 from runner.config.redaction import redacted_container, redacted_overrides
 from runner.config.resolvers import REPO_ROOT
 from runner.tracking import provenance
@@ -84,11 +85,10 @@ def resumed_changes(saved: Path, resolved: dict[str, Any]) -> dict[str, str]:
     """
     if not saved.is_file():
         return {}
-    before, after = flatten(OmegaConf.to_container(OmegaConf.load(saved))), flatten(resolved)
+    before = OmegaConf.to_container(OmegaConf.load(saved))
     return {
-        f"resumed.{key}": f"{before.get(key)} -> {after.get(key)}"[:_MAX_TAG_LENGTH]
-        for key in sorted(set(before) | set(after))
-        if before.get(key) != after.get(key)
+        f"resumed.{key}": f"{old} -> {new}"[:_MAX_TAG_LENGTH]
+        for key, (old, new) in changed_values(before, resolved).items()
     }
 
 

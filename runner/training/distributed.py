@@ -203,7 +203,11 @@ def _log_beside(shared: Path, own: Path) -> None:
             continue
         if Path(handler.baseFilename).resolve().parent not in folders:
             continue
-        moved = logging.FileHandler(shared / f"run-rank{current().rank}.log")
+        try:
+            moved = logging.FileHandler(shared / f"run-rank{current().rank}.log")
+        except OSError as err:  # rank 0's dir is not on this node's disk: keep the old file
+            log.warning("rank %d keeps its log in %s (%s)", current().rank, own, err)
+            return
         moved.setFormatter(handler.formatter)
         moved.setLevel(handler.level)
         for log_filter in handler.filters:
