@@ -39,8 +39,8 @@ class _Column(Sequence):
 
     Records without a path get "<data set>:<split>[i]", so a bad one can be named. A
     relative path in a local table (a CSV listing `images/a.png`) is read from the
-    folder `data.name` names, or the table file's folder, when the file is there, else as
-    written (from the working directory).
+    folder `data.name` names, or the folder of the table file it names, when the image is
+    there, else as written (from the working directory).
     """
 
     def __init__(self, dataset, key: str, label: str, base: Path | None = None):
