@@ -33,9 +33,20 @@ def distribution_of(override: Override) -> Any:
 
     value = override.value()
     name = override.get_key_element()
+    tags = set(getattr(value, "tags", None) or ())
+    spelled = f"hydra.sweeper.params.{override.input_line}"  # the command line drops the prefix
+    if tags - {"log", "int"} or (tags and not isinstance(value, IntervalSweep)):
+        # Unknown (`tag(Log, ...)`) or misplaced ones were dropped: a log search ran linear.
+        raise ValueError(
+            f"{spelled}: this search would drop tag({', '.join(sorted(tags))}, ...): it "
+            "applies tag(log, ...), tag(int, ...) or both to interval(a, b), and no tag to "
+            "range() or choice()"
+        )
     if isinstance(value, IntervalSweep):
         log_scale = "log" in value.tags
         if "int" in value.tags:  # Hydra's intervals are floats unless tagged
+            if not all(float(end).is_integer() for end in (value.start, value.end)):
+                raise ValueError(f"{spelled}: tag(int, ...) needs whole-number ends")
             return dist.IntDistribution(int(value.start), int(value.end), log=log_scale)
         return dist.FloatDistribution(float(value.start), float(value.end), log=log_scale)
     if isinstance(value, RangeSweep):
@@ -194,9 +205,17 @@ def _values_out_of_range(space: dict[str, Any]) -> list[str]:
         for value in _extremes(distribution):
             expected = check(value)
             if expected is not None:
+                # interval() draws floats: an integer key needs tag(int, ...).
+                whole = isinstance(value, float) and value.is_integer()
+                hint = (
+                    "; interval() draws floats: search whole numbers with "
+                    "tag(int, interval(a, b)) or range(a, b)"
+                    if whole and check(int(value)) is None
+                    else ""
+                )
                 problems.append(
                     f"{key}: the search space {describe_distribution(distribution)} reaches "
-                    f"{value!r}, which is invalid: expected {expected}"
+                    f"{value!r}, which is invalid: expected {expected}{hint}"
                 )
                 break
     return problems

@@ -92,6 +92,26 @@ def test_a_single_value_is_not_a_search_space():
         space("optim.lr=0.1")
 
 
+@pytest.mark.parametrize(
+    ("argument", "expected"),
+    [
+        # These tags were dropped without a word: a log search ran on a linear scale.
+        ("optim.lr=tag(Log, interval(1e-4, 1e-1))", "would drop tag(Log, ...)"),
+        ("trainer.batch_size=tag(log, range(16, 257))", "would drop tag(log, ...)"),
+        ("optim.lr=tag(log, choice(0.1, 0.2))", "would drop tag(log, ...)"),
+        # Truncated to interval(1, 10).
+        ("trainer.batch_size=tag(int, interval(1.5, 10.7))", "needs whole-number ends"),
+        # "reaches 1.0, which is invalid: expected an integer >= 1" said no more.
+        ("trainer.max_epochs=interval(1, 3)", "interval() draws floats: search whole numbers"),
+    ],
+)
+def test_a_tag_the_search_would_drop_or_a_float_range_of_an_integer_key_is_named(
+    argument, expected
+):
+    (problem,) = search_space({}, [argument]).problems
+    assert expected in problem and problem.startswith(argument.split("=")[0])
+
+
 def test_a_command_line_that_does_not_parse_is_a_problem_not_a_crash(tmp_path):
     found = search_space({"optim.lr": "interval(0.001, 0.1)"}, ["seed=choice(0, 1"])
     assert "optim.lr" in found.space and found.fixed == [] and found.spelled == {}
