@@ -189,6 +189,22 @@ def test_every_pruner_option_is_a_target_node_that_builds(tmp_path, option, kind
     assert isinstance(build_pruner(found.pruner_node), kind)  # as the jobs build it
 
 
+def test_the_median_presets_pruner_leaves_every_trials_first_epoch_alone(tmp_path):
+    """Its n_warmup_steps: 1 said "epochs never pruned", but Optuna prunes from step
+    n_warmup_steps on and the steps are the epochs from 1: trials were pruned at epoch 1."""
+    study = optuna.create_study(direction="maximize", pruner=plan(tmp_path).pruner)
+    for _ in range(3):  # the preset's n_startup_trials
+        trial = study.ask()
+        for epoch in (1, 2):
+            trial.report(0.9, step=epoch)
+        study.tell(trial, 0.9)
+    poor = study.ask()
+    poor.report(0.1, step=1)
+    assert not poor.should_prune()
+    poor.report(0.1, step=2)
+    assert poor.should_prune()
+
+
 def test_a_sampler_or_pruner_given_by_name_still_works(tmp_path):
     found = plan(tmp_path, "hydra.sweeper.sampler=random", "hydra.sweeper.pruner=none")
     assert isinstance(found.sampler, optuna.samplers.RandomSampler)
