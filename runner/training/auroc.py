@@ -25,9 +25,13 @@ class PresentClassesAUROC(MulticlassAUROC):
         self.support += torch.bincount(target.flatten(), minlength=self.num_classes)
 
     def compute(self) -> torch.Tensor:
-        """The macro AUROC of the classes seen in the labels (NaN if none was)."""
+        """The macro AUROC of the classes seen in the labels (NaN if none can be scored).
+
+        A class that every sample belongs to has no negative to rank either: a split
+        of one class (a held-out folder may be one) has no AUROC, not 0.
+        """
         per_class = super().compute()
-        present = self.support > 0
+        present = (self.support > 0) & (self.support < self.support.sum())
         if not present.any():
             return torch.tensor(float("nan"), device=per_class.device)
         return per_class[present].mean()

@@ -94,6 +94,10 @@ def test_auroc_averages_the_classes_present_as_scikit_learn_does():
     metrics.reset()
     metrics.update(torch.nn.functional.one_hot(labels, 4).float(), labels)
     assert metrics.compute()["auroc"].item() == 1.0
+    # A split of one class (a held-out folder) has no negatives: no AUROC, not 0.
+    metrics.reset()
+    metrics.update(probs[:3], torch.tensor([2, 2, 2]))
+    assert math.isnan(metrics.compute()["auroc"].item())
 
 
 def test_per_class_table_leaves_what_cannot_be_measured_as_nan_not_zero():
