@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from runner.reports.drawing import draw_each
+from runner.reports.drawing import draw_each, drawable
 from runner.reports.gradcam import find_gradcam_layer, gradcam_maps
 from runner.reports.per_class import per_class_table
 from runner.tracking.protocol import Tracker
@@ -238,7 +238,7 @@ def _image_grid(count: int, plt, cell: float = 1.6):
 
 def _as_rgb(image: torch.Tensor):
     """(C, H, W) uint8 or [0, 1] float -> (H, W, 3) NumPy for imshow."""
-    image = image.detach().cpu()
+    image = drawable(image.detach().cpu())
     if image.dtype == torch.uint8:
         image = image.float() / 255
     if image.shape[0] == 1:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from runner.augment.device import DeviceAugment
 from runner.data.splits import Split
+from runner.reports.drawing import drawable
 
 
 @dataclass
@@ -93,7 +94,7 @@ def draw_preview(preview: Preview, path: Path) -> Path:
     import matplotlib.pyplot as plt
     from torchvision.utils import make_grid
 
-    grid = make_grid(preview.images, nrow=preview.columns, padding=2, pad_value=1.0)
+    grid = make_grid(drawable(preview.images), nrow=preview.columns, padding=2, pad_value=1.0)
     cell = preview.images.shape[-1] + 2  # make_grid's pitch: image plus padding
     inches = max(1.0, 96 / cell) / 100  # per grid pixel; small images are drawn larger
     fig, ax = plt.subplots(figsize=(grid.shape[2] * inches + 1.5, grid.shape[1] * inches + 0.8))

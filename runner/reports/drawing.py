@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 log = logging.getLogger(__name__)
 
 
@@ -24,3 +26,12 @@ def draw_each(plots: dict[str, Callable[[Path], Any]], run_dir: Path, what: str 
             continue
         written.append(run_dir / name)
     return written
+
+
+def drawable(images: torch.Tensor) -> torch.Tensor:
+    """Images (..., C, H, W) with 1 or 3 channels, as an image plot takes them.
+
+    Other channel counts (`data.channels=2`, or 4 drawn as transparency) show their
+    first channel, in gray.
+    """
+    return images if images.shape[-3] in (1, 3) else images[..., :1, :, :]

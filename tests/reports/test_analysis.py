@@ -137,6 +137,25 @@ def test_a_failing_report_does_not_stop_the_others(tv_resnet, tmp_path, caplog):
     assert 0 <= metrics["test/ece"] <= 1
 
 
+def test_images_of_two_channels_are_drawn_by_their_first(tmp_path, caplog):
+    """data.channels=2: misclassified.png, gradcam.png and aug_preview.png were not
+    written ("Invalid shape (32, 32, 2) for image data")."""
+    from runner.reports.aug_preview import Preview, draw_preview
+
+    torch.manual_seed(0)
+    model = resnet18(num_classes=3).eval()
+    model.conv1 = torch.nn.Conv2d(2, 64, 7, 2, 3, bias=False)
+    inputs = six_test_images(model)
+    inputs.split = Split(inputs.split.images[:, :2], inputs.split.labels)
+    inputs.normalize = Normalize((0.5,) * 2, (0.25,) * 2)
+    with caplog.at_level(logging.ERROR, logger="runner"):
+        write_reports(report_settings(), inputs, tmp_path, NullTracker())
+    assert "was not written" not in caplog.text
+    assert (tmp_path / "misclassified.png").is_file() and (tmp_path / "gradcam.png").is_file()
+    preview = Preview(torch.rand(4, 2, 16, 16), 2, ["a", "b"], "aug")
+    assert draw_preview(preview, tmp_path / "aug_preview.png").stat().st_size > 0
+
+
 def test_per_image_reports_are_left_out_when_a_test_image_did_not_decode(
     tv_resnet, tmp_path, caplog
 ):
