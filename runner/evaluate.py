@@ -85,8 +85,10 @@ def run_eval(cfg: DictConfig) -> float:
             data,
             test_loader,
             tta=cfg.eval.tta,
-            # The groups of the training run: eval's data has no k-fold, exclude or relabel.
+            # The groups of the training run: eval's data has no k-fold, exclude or relabel,
+            # and, with eval.data=current or a held-out folder, not its imbalance either.
             train_counts=loaded.best.train_class_counts,
+            long_tailed=(OmegaConf.select(loaded.stored, "data.imbalance_ratio") or 1) > 1,
         )
         summary = {
             "ckpt": str(loaded.path),

@@ -49,6 +49,7 @@ def evaluate_and_report(
     history: Sequence[dict[str, float]] = (),
     step: int = 0,
     train_counts: Sequence[int] | None = None,
+    long_tailed: bool | None = None,
 ) -> dict[str, float]:
     """Tests `model` on the test split, writes the analysis reports, logs the metrics.
 
@@ -64,6 +65,8 @@ def evaluate_and_report(
         step: The step the test metrics are logged at.
         train_counts: Train samples per class the model was trained on, for the
             head/medium/tail groups; None = those of `data`'s train split.
+        long_tailed: Whether the model was trained long-tailed (head/medium/tail
+            accuracy is reported); None = whether `data` is.
 
     Returns:
         The `test/*` metrics: those of `engine.evaluate`, head/medium/tail accuracy for
@@ -84,7 +87,7 @@ def evaluate_and_report(
     )
     metrics = {f"test/{name}": value for name, value in results.items()}
     matrix = confusion.compute().cpu()
-    if data.long_tailed:
+    if data.long_tailed if long_tailed is None else long_tailed:
         counts = data.class_counts() if train_counts is None else torch.tensor(train_counts)
         shots = shot_accuracies(matrix, counts)
         metrics.update({f"test/{name}": value for name, value in shots.items()})

@@ -477,6 +477,11 @@ def test_eval_groups_head_and_tail_classes_by_the_counts_the_model_learnt_from(t
     evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text(), **strict)
     for key in ("test/acc", "test/head_acc", "test/medium_acc", "test/tail_acc"):
         assert evaluated[key] == pytest.approx(trained_metrics[key], abs=1e-5), key
+    # On this command line's data, which is not long-tailed: the groups were left out.
+    current = ["eval.data=current", "data.num_samples=2000", "data.image_size=16"]
+    run(compose_run(tmp_path, "current", "mode=eval", f"ckpt={ckpt}", *current, "logger=none"))
+    on_current = json.loads((tmp_path / "current" / "metrics.json").read_text(), **strict)
+    assert {"test/head_acc", "test/medium_acc", "test/tail_acc"} <= on_current.keys()
 
 
 @pytest.mark.slow
