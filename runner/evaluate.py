@@ -13,6 +13,7 @@ import logging
 import unicodedata
 from pathlib import Path
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,6 +34,7 @@ from runner.from_checkpoint import (
 from runner.reports import console
 from runner.training.context import tracked_run
 from runner.training.final_eval import evaluate_and_report, write_metrics_file
+from runner.training.preflight import check_gradcam
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,9 @@ def run_eval(cfg: DictConfig) -> float:
     trained_in = OmegaConf.select(loaded.stored, "logger.experiment_name", default=None)
     ctx.tracker.connect(experiment_name=str(trained_in or loaded.stored.data.name))
     data = eval_data(cfg, loaded)
+    first, _ = data.test.take(torch.arange(min(1, len(data.test))))
+    example = loaded.normalize(loaded.augment(first.to(ctx.device)))
+    check_gradcam(cfg, loaded.model, example)  # else gradcam.png is left out after the test
     test_loader = data.test.loader(cfg.trainer.eval_batch_size, ctx.device)
     source = loaded.source_run_id or "unknown"
     with tracked_run(ctx):

@@ -144,12 +144,7 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
         if gradcam_hook is not None:
             gradcam_hook.remove()
     if gradcam_output and gradcam_output[0].ndim != 4:
-        raise ConfigError(
-            f"analysis.gradcam_layer={cfg.analysis.gradcam_layer!r} outputs a tensor of shape "
-            f"{tuple(gradcam_output[0].shape)}, not a feature map (N, C, H, W), so Grad-CAM "
-            "cannot weigh it (a ViT's blocks output tokens): name a convolutional layer, use "
-            "auto, or set analysis.num_gradcam=0"
-        )
+        raise _not_a_feature_map(cfg, gradcam_output[0])
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (
         len(images),
         data.num_classes,
@@ -161,6 +156,58 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
             "whose head the runner sizes (model.num_classes comes from the data)"
         )
     check_gradcam_size(cfg, parts.model, example)
+
+
+def _not_a_feature_map(cfg: DictConfig, output: torch.Tensor) -> ConfigError:
+    """The refusal of a named Grad-CAM layer whose output is no (N, C, H, W) feature map."""
+    return ConfigError(
+        f"analysis.gradcam_layer={cfg.analysis.gradcam_layer!r} outputs a tensor of shape "
+        f"{tuple(output.shape)}, not a feature map (N, C, H, W), so Grad-CAM cannot weigh "
+        "it (a ViT's blocks output tokens): name a convolutional layer, use auto, or set "
+        "analysis.num_gradcam=0"
+    )
+
+
+def check_gradcam(cfg: DictConfig, model: torch.nn.Module, example: torch.Tensor) -> None:
+    """Refuses, before eval's test, Grad-CAM settings that would leave gradcam.png out.
+
+    A named layer whose output is no feature map, or an `analysis.gradcam_min_size` that
+    no feature map of the model reaches (training checks both in
+    `check_model_takes_data`, within its own forward pass).
+
+    Args:
+        cfg: The command's config.
+        model: The checkpoint's model.
+        example: A normalised input batch of the test images.
+
+    Raises:
+        ConfigError: Naming the key, the value and the fix.
+    """
+    analysis = cfg.get("analysis")
+    if not (analysis and analysis.enabled and analysis.num_gradcam > 0):
+        return
+    layer = check_gradcam_layer(cfg, model)
+    if layer is None:
+        check_gradcam_size(cfg, model, example)
+        return
+    outputs: list[torch.Tensor] = []
+
+    def keep(_module, _inputs, output) -> None:
+        if isinstance(output, torch.Tensor) and not outputs:
+            outputs.append(output)
+
+    hook = layer.register_forward_hook(keep)
+    modes = [module.training for module in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        hook.remove()
+        for module, mode in zip(model.modules(), modes, strict=True):
+            module.training = mode
+    if outputs and outputs[0].ndim != 4:
+        raise _not_a_feature_map(cfg, outputs[0])
 
 
 def check_gradcam_size(cfg: DictConfig, model: torch.nn.Module, example: torch.Tensor) -> None:

@@ -313,6 +313,18 @@ def test_eval_refuses_a_gradcam_layer_the_model_lacks_before_testing(trained):
     with pytest.raises(ConfigError, match=r"analysis\.gradcam_layer='bogus' is not a module"):
         run(cfg)
     assert not (tmp / "eval_bad" / "metrics.json").exists()
+    # A layer that is no feature map, and a size no map reaches, were found after the test
+    # ("gradcam.png was not written" in torch's words), as training refuses them before.
+    for setting, expected in (
+        ("analysis.gradcam_layer=fc", r"gradcam_layer='fc' outputs a tensor of shape \(1, 10\)"),
+        ("analysis.gradcam_min_size=512", r"gradcam_min_size=512: the largest feature map"),
+    ):
+        cfg = compose_run(
+            tmp, "eval_bad", "mode=eval", f"ckpt={ckpt}", "analysis.enabled=true", setting
+        )
+        with pytest.raises(ConfigError, match=expected):
+            run(cfg)
+        assert not (tmp / "eval_bad" / "metrics.json").exists()
 
 
 @pytest.mark.slow
