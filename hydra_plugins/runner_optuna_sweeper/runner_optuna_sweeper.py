@@ -24,7 +24,8 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
-from hydra.core.utils import JobStatus
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import ConfigCompositionException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
@@ -239,6 +240,25 @@ class RunnerOptunaSweeper(Sweeper):
             jobs.setdefault(keys[-1], overrides)
         try:
             results = self.launcher.launch(list(jobs.values()), initial_job_idx=job_index)
+        except ConfigCompositionException as err:
+            # A drawn point that composes no config (`model=choice(resnet32, ...)` with a
+            # key only other models have): those trials fail, the study goes on (it
+            # stopped the whole sweep).
+            log.error("optuna: the trials %s compose no config: %s", keys, err)
+            states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+            for trial in trials:
+                if not states[trial.number].is_finished():
+                    tell_trial(study, trial, state=TrialState.FAIL)
+            for number, (key, overrides) in enumerate(jobs.items(), start=job_index):
+                update_manifest(
+                    sweep_dir,
+                    key,
+                    status="FAILED",
+                    overrides=overrides,
+                    num=number,
+                    error=" ".join(str(err).split())[:500],
+                )
+            return [JobReturn(overrides=o, status=JobStatus.FAILED) for o in jobs.values()]
         except BaseException:  # a signal or Ctrl-C: a stored study must not keep them RUNNING
             states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
             for trial in trials:

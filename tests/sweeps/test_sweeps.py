@@ -269,6 +269,28 @@ def test_an_optuna_grid_with_a_failed_trial_ends_when_its_points_are_tried(tmp_p
     assert report["best_params"] == {"loss.fail": "none"}
 
 
+def test_an_optuna_trial_whose_point_composes_no_config_fails_alone(tmp_path):
+    """A drawn model without a searched key (resnet32 has no drop_rate) raised Hydra's
+    composition error out of the sweeper: the sweep stopped with no summary."""
+    sweep_dir = tmp_path / "sweep"
+    code, output = multirun(
+        tmp_path,
+        sweep_dir,
+        "hparams_search=optuna",
+        "hydra.sweeper.params=null",
+        "hydra.sweeper.storage=null",
+        "hydra.sweeper.n_trials=1",
+        "model=choice(resnet32)",
+        "model.drop_rate=interval(0, 0.3)",
+    )
+    assert code == 1, output[-3000:]
+    assert "1 trials of this sweep failed, as many as hydra.sweeper.n_trials" in output
+    # TINY's model.name has no place in resnet32's config either.
+    (job,) = manifest(sweep_dir).values()
+    assert job["status"] == "FAILED" and "Could not override 'model." in job["error"]
+    assert (sweep_dir / "summary.md").is_file()
+
+
 def test_optuna_trials_drawn_twice_share_a_job_and_failing_trials_end_a_stored_study(tmp_path):
     """A grid of 2 points asked for 3 trials at once draws one point twice: that trial
     shares the job of its point instead of a second job in the same run dir. Then the
