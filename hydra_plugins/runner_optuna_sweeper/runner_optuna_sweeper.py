@@ -125,7 +125,7 @@ class RunnerOptunaSweeper(Sweeper):
         from optuna.trial import TrialState
 
         from runner.sweeps.manifest import STOP_FILE, read_manifest
-        from runner.sweeps.optuna_trial import keep_in_memory, open_storage
+        from runner.sweeps.optuna_trial import keep_in_memory, open_storage, retire_unfinished_jobs
 
         plan = plan_study(self.config, list(arguments))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -149,6 +149,8 @@ class RunnerOptunaSweeper(Sweeper):
             log.warning("%s", warning)
         if study.trials:  # a continued study: its sampler must not redraw the same points
             study.sampler = continued_sampler(self.config, plan, len(study.trials))
+            if ended := retire_unfinished_jobs(study, sweep_dir):
+                log.warning("optuna: trial(s) %s, left RUNNING by a killed launch, end FAIL", ended)
         plan.study_name = study.study_name
         write_study_file(sweep_dir, plan)
         done_states = (TrialState.COMPLETE, TrialState.PRUNED)

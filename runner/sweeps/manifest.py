@@ -38,6 +38,10 @@ SWEEP_LOCK_FILE = ".sweep.lock"
 # The status of an Optuna trial's job that a signal stopped: the study ended the trial
 # FAIL and draws new trials in its place, so no later launch continues this job.
 ABANDONED = "ABANDONED"
+# The status of an earlier launch's Optuna job that did not finish (failed, skipped, or
+# left RUNNING by a killed launcher) once a resumed sweep continues the study: the study
+# draws new trials in its place, so no launch runs it again.
+REPLACED = "REPLACED"
 JOB_LOCK_FILE = ".job.lock"
 
 

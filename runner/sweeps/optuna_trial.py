@@ -16,9 +16,18 @@ import json
 import logging
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from runner.sweeps.manifest import (
+    JOB_LOCK_FILE,
+    REPLACED,
+    parse_overrides,
+    read_manifest,
+    update_manifest,
+)
 from runner.sweeps.optuna_study import build_pruner, open_storage, shown_storage
+from runner.tracking.store import is_locked
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +64,37 @@ def tell_trial(study: Any, trial: Any, **result: Any) -> None:
         grid_done = isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
         if not grid_done:
             raise
+
+
+def retire_unfinished_jobs(study: Any, sweep_dir: Path) -> list[int]:
+    """Marks an earlier launch's unfinished jobs REPLACED when a resumed sweep goes on.
+
+    A continued study never runs a failed or killed trial again: it draws new ones. Those
+    jobs counted as failures at every later launch (whose advice, to resume, could then
+    never be followed to the end), and a trial a killed launcher left RUNNING stayed a
+    pending point for the sampler. A job whose process still runs (its lock is held) is
+    left alone.
+
+    Returns:
+        The numbers of the trials ended FAIL here (those left RUNNING).
+    """
+    from optuna.trial import TrialState
+
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    ended = []
+    for key, entry in read_manifest(sweep_dir).items():
+        status = entry.get("status")
+        if status not in ("FAILED", "SKIPPED", "RUNNING", "INTERRUPTED"):
+            continue
+        run_dir = entry.get("run_dir")
+        if run_dir and is_locked(Path(run_dir) / JOB_LOCK_FILE):
+            continue
+        trial = parse_overrides(entry.get("overrides", [])).get("optuna.trial", "")
+        if trial.isdigit() and states.get(int(trial)) == TrialState.RUNNING:
+            tell_trial(study, int(trial), state=TrialState.FAIL)
+            ended.append(int(trial))
+        update_manifest(sweep_dir, key, status=REPLACED)
+    return ended
 
 
 def trial_result(value: Any, recorded: Mapping[str, Any] | None) -> dict[str, Any]:

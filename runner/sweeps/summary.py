@@ -20,6 +20,7 @@ from runner.config.redaction import public_uri, redacted_overrides
 from runner.sweeps.job import constant_keys, unescape
 from runner.sweeps.manifest import (
     ABANDONED,
+    REPLACED,
     job_key,
     parse_overrides,
     read_manifest,
@@ -191,6 +192,8 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
             + (
                 " (stopped by a signal; the Optuna study went on with new trials)"
                 if j.get("status") == ABANDONED
+                else " (an earlier launch's; the continued Optuna study drew new trials)"
+                if j.get("status") == REPLACED
                 else ""
             )
             for j in not_done
@@ -205,7 +208,7 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
         files.append(plot)
     files += _optuna_files(sweep_dir)
     best_value = best_group.mean if best_group is not None else (best["value"] if best else None)
-    failed = [j for j in not_done if j.get("status") != ABANDONED]
+    failed = [j for j in not_done if j.get("status") not in (ABANDONED, REPLACED)]
     return Summary(jobs, markdown, files, best_tags, best_value, failed, best_metrics)
 
 

@@ -269,6 +269,46 @@ def test_an_optuna_grid_with_a_failed_trial_ends_when_its_points_are_tried(tmp_p
     assert report["best_params"] == {"loss.fail": "none"}
 
 
+def test_a_resumed_optuna_sweep_replaces_the_earlier_launchs_failed_and_killed_trials(
+    tmp_path,
+):
+    """The earlier launch's failed jobs counted as failures at every resume, whose advice
+    (resume again) then looped for ever; a trial a killed launcher left RUNNING stayed
+    RUNNING in the study."""
+    import optuna
+
+    sweep_dir = tmp_path / "sweep"
+    search = [
+        *FAULTY_LOSS,
+        "hparams_search=optuna",
+        "hydra.sweeper.params=null",
+        "hydra/sweeper/pruner=none",
+        "hydra.sweeper.n_trials=1",
+        "+loss.fail=choice(raise)",
+    ]
+    code, output = multirun(tmp_path, sweep_dir, *search)
+    assert code == 1 and "Continue the study with sweep.resume" in output, output[-3000:]
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    (name,) = optuna.get_all_study_names(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    # As a launcher killed while its trial's job ran leaves them (the job's lock is gone).
+    from runner.sweeps.manifest import update_manifest
+
+    stale = study.ask().number
+    killed = ["+loss.fail=none", f"optuna.trial={stale}"]
+    run_dir = str(sweep_dir / "9")
+    update_manifest(sweep_dir, "killed", status="RUNNING", overrides=killed, num=9, run_dir=run_dir)
+    code, output = multirun(tmp_path, sweep_dir, *search, f"sweep.resume={sweep_dir}")
+    assert f"trial(s) [{stale}], left RUNNING by a killed launch, end FAIL" in output
+    jobs = json.loads((sweep_dir / "manifest.json").read_text())["jobs"]
+    assert jobs["killed"]["status"] == "REPLACED"
+    # The earlier failed job was REPLACED too; this launch drew its point again (the same
+    # job key), and this launch's own failure counts.
+    assert sorted(j["status"] for j in jobs.values()) == ["FAILED", "REPLACED"]
+    assert optuna.load_study(study_name=name, storage=storage).trials[stale].state.name == "FAIL"
+    assert "the continued Optuna study drew new trials" in (sweep_dir / "summary.md").read_text()
+
+
 def test_an_optuna_trial_whose_point_composes_no_config_fails_alone(tmp_path):
     """A drawn model without a searched key (resnet32 has no drop_rate) raised Hydra's
     composition error out of the sweeper: the sweep stopped with no summary."""
