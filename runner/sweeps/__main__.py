@@ -145,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     from runner.sweeps.callback import finish_submitted_sweep, resume_advice
 
     if not (args.sweep_dir / SUBMITTED_FILE).exists():  # its launcher waited for its jobs
+        summary, manifest = args.sweep_dir / "summary.md", args.sweep_dir / MANIFEST_FILE
+        if summary.is_file() and (
+            not manifest.is_file() or summary.stat().st_mtime >= manifest.stat().st_mtime
+        ):  # ... to the end: it summarised them after the last one
+            print(f"this sweep's launcher ran it to the end and summarised it: {summary}")
+            return status
         # ... and was stopped before the end: jobs it had not started are in no listing.
         config = OmegaConf.load(args.sweep_dir / "multirun.yaml")
         print(

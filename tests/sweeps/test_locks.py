@@ -136,6 +136,19 @@ def test_collect_points_a_killed_launchers_sweep_to_sweep_resume(tmp_path, capsy
     assert not (sweep / "summary.md").exists()
 
 
+def test_collect_on_a_sweep_its_launcher_finished_says_so(tmp_path, capsys):
+    """It said the launcher "was stopped before it summarised them" and exited 1."""
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("trainer: {monitor: val/acc, monitor_mode: max}\n")
+    (sweep / "0" / "metrics.json").write_text(json.dumps({"test/acc": 0.5}))
+    update_manifest(sweep, "optim.lr=0.001", status="FINISHED", run_dir=str(sweep / "0"), num=0)
+    (sweep / "summary.md").write_text("# Sweep\n")  # written after the last job, as it does
+    assert sweeps_main(["collect", str(sweep)]) == 0
+    shown = capsys.readouterr().out
+    assert "ran it to the end and summarised it" in shown and "stopped" not in shown
+
+
 def test_a_second_launch_into_a_running_sweep_is_refused_and_changes_nothing(tmp_path):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
