@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from runner.config.choices import MONITOR_MODES
 from runner.config.resolvers import monitor_mode_for, register_resolvers
 from runner.sweeps.audit import NUM_THUMBNAILS
-from runner.sweeps.collect import print_sweep, sweep_jobs
+from runner.sweeps.collect import FINAL_STATES, print_sweep, sweep_jobs
 from runner.sweeps.manifest import MANIFEST_FILE, SUBMITTED_FILE, SWEEP_LOCK_FILE
 from runner.tracking.store import is_locked
 
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             "it when its jobs are done"
         )
         return status
-    if any(job["state"] not in ("FINISHED", "FAILED", "UNKNOWN") for job in jobs):
+    if any(job["state"] not in (*FINAL_STATES, "UNKNOWN") for job in jobs):
         print("jobs still queued or running: collect again when they are done")
         return status
     from runner.sweeps.callback import finish_submitted_sweep, resume_advice

@@ -12,8 +12,18 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from runner.sweeps.manifest import JOB_LOCK_FILE, SUBMITTED_FILE
+from runner.sweeps.manifest import (
+    ABANDONED,
+    JOB_LOCK_FILE,
+    REPLACED,
+    SUBMITTED_FILE,
+    read_manifest,
+    setting_overrides,
+)
 from runner.tracking.store import is_locked
+
+# Manifest statuses that end a job (RUNNING without a lock is a killed job: UNKNOWN).
+FINAL_STATES = ("FINISHED", "FAILED", "SKIPPED", "INTERRUPTED", ABANDONED, REPLACED)
 
 
 def sweep_jobs(sweep_dir: Path) -> list[dict]:
@@ -21,8 +31,10 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
 
     The state is SLURM's while the job is known to the scheduler (PENDING, RUNNING, ...),
     else RUNNING while a process on this machine holds the job's lock, FINISHED when the
-    run wrote metrics.json, FAILED when it wrote traceback.txt, and UNKNOWN otherwise
-    (e.g. a job cancelled before it started).
+    run wrote metrics.json, FAILED when it wrote traceback.txt, else what the sweep's
+    manifest recorded for it when that is final (a job that failed before its run
+    started, one fail_fast skipped), and UNKNOWN otherwise (e.g. a job cancelled before
+    it started).
 
     Raises:
         FileNotFoundError: `sweep_dir` is not a directory.
@@ -37,8 +49,12 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
             (p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
         )
         jobs = [{"num": int(p.name), "run_dir": str(p), "job_id": None} for p in numbered]
+    recorded = {entry.get("run_dir"): entry for entry in read_manifest(sweep_dir).values()}
     for job in jobs:
         run_dir = Path(job["run_dir"])
+        entry = recorded.get(job["run_dir"], {})
+        if not job.get("overrides") and entry.get("overrides"):
+            job["overrides"] = " ".join(setting_overrides(entry["overrides"]))
         queued = _squeue_state(job.get("job_id"))
         metrics = run_dir / "metrics.json"
         if queued:
@@ -49,6 +65,8 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
             job["state"] = "FINISHED"
         elif (run_dir / "traceback.txt").exists():
             job["state"] = "FAILED"
+        elif entry.get("status") in FINAL_STATES:
+            job["state"] = entry["status"]
         else:
             job["state"] = "UNKNOWN"
         job["results"] = json.loads(metrics.read_text()) if metrics.exists() else None

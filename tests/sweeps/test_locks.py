@@ -149,6 +149,25 @@ def test_collect_on_a_sweep_its_launcher_finished_says_so(tmp_path, capsys):
     assert "ran it to the end and summarised it" in shown and "stopped" not in shown
 
 
+def test_collect_takes_a_jobs_final_status_from_the_manifest(tmp_path, capsys):
+    """A job that failed before its run started (no traceback.txt) was UNKNOWN, with
+    no overrides shown, although the manifest recorded it FAILED."""
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("trainer: {monitor: val/acc, monitor_mode: max}\n")
+    update_manifest(
+        sweep,
+        "model.name=x",
+        status="FAILED",
+        run_dir=str(sweep / "0"),
+        num=0,
+        overrides=["model.name=x", "sweep.resume=y"],
+    )
+    assert sweeps_main(["collect", str(sweep)]) == 1
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "FAILED" in first and "model.name=x" in first and "sweep.resume" not in first
+
+
 def test_a_second_launch_into_a_running_sweep_is_refused_and_changes_nothing(tmp_path):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
