@@ -78,11 +78,15 @@ def augment_preview(
     out = out.detach().float().clamp(0, 1).cpu()
     if max(out.shape[-2:]) > max_side:
         out = F.interpolate(out, size=(max_side, max_side), mode="bilinear", antialias=True)
-    # A rare class's row ends in blank cells; the other rows keep all their images.
+    # A rare class's row ends in blank cells; the other rows keep all their images. The
+    # rows are counted from the labels `take` gave: a streamed file that did not decode
+    # is left out, and the rows after it would otherwise shift into the wrong class.
     cells, start = [], 0
-    for _, idx in shown:
-        cells += [out[start : start + len(idx)], torch.ones(cols - len(idx), *out.shape[1:])]
-        start += len(idx)
+    decoded = labels.cpu()
+    for c, _ in shown:
+        count = int((decoded == c).sum())
+        cells += [out[start : start + count], torch.ones(cols - count, *out.shape[1:])]
+        start += count
     return Preview(torch.cat(cells), cols, [class_names[c] for c, _ in shown], augment.describe())
 
 

@@ -357,6 +357,30 @@ def test_a_rare_class_leaves_blank_cells_and_the_other_rows_full(make_cfg):
     assert not any((rows[0, i] == 1).all() for i in range(8))
 
 
+def test_a_streamed_file_that_does_not_decode_leaves_a_blank_in_its_own_row(make_cfg, tmp_path):
+    """Every row after it shifted: the next class's images were drawn in its row."""
+    from runner.data.sets.imagefolder import load_imagefolder
+    from tests.datagen import make_imagefolder
+
+    root = make_imagefolder(tmp_path / "pics", classes=("cat", "dog"), per_class=6, size=16)
+    bad = sorted((root / "train" / "cat").iterdir())[0]
+    bad.write_bytes(bad.read_bytes()[:200])  # a valid header: found only when decoded
+    data = load_imagefolder(
+        str(root),
+        image_size=16,
+        val_fraction=0.0,
+        test_fraction=0.0,
+        resident=False,
+        num_workers=0,
+        cache_dir=None,
+    )
+    augment = build(make_cfg, "none", num_classes=2).eval()
+    preview = augment_preview(augment, data.train, data.class_names, seed=0, per_class=8)
+    rows = preview.images.view(2, 6, *preview.images.shape[1:])  # 6 images of each class
+    blank = [[bool((cell == 1).all()) for cell in row] for row in rows]
+    assert blank == [[False] * 5 + [True], [False] * 6]
+
+
 def test_preview_only_run_writes_the_grid_and_trains_nothing(make_cfg, tmp_path):
     grids = []
     for name in ("a", "b"):
