@@ -32,6 +32,7 @@ from runner.from_checkpoint import (
     train_only_keys_off,
 )
 from runner.reports import console
+from runner.reports.data_report import report_streamed_bad_files
 from runner.training.context import tracked_run
 from runner.training.final_eval import evaluate_and_report, write_metrics_file
 from runner.training.preflight import check_gradcam
@@ -95,6 +96,8 @@ def run_eval(cfg: DictConfig) -> float:
             train_counts=loaded.best.train_class_counts,
             long_tailed=(OmegaConf.select(loaded.stored, "data.imbalance_ratio") or 1) > 1,
         )
+        # Files of a streamed test split that did not decode while testing.
+        report_streamed_bad_files(data, [test_loader], ctx.run_dir, ctx.tracker)
         summary = {
             "ckpt": str(loaded.path),
             "source_run_id": loaded.source_run_id,

@@ -11,7 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from runner.data.decoding import record_name
 from runner.data.splits import DataSplits
+from runner.data.streaming import EncodedSplit
 from runner.reports import analysis
 from runner.reports.per_class import shot_accuracies
 from runner.sweeps.manifest import replaced_whole
@@ -96,6 +98,7 @@ def evaluate_and_report(
     limit = getattr(loader, "limit_batches", None)
     if limit is not None:  # trainer.limit_batches: the first batches only, in order
         tested = tested.subset(torch.arange(min(len(tested), limit * loader.batch_size)))
+    tested = _without_bad_files(tested, getattr(loader, "bad_files", []), len(labels))
     inputs = analysis.AnalysisInputs(
         model=model,
         augment=augment,
@@ -127,3 +130,21 @@ def write_metrics_file(path: Path, results: dict[str, Any]) -> Path:
     with replaced_whole(path) as temp:
         temp.write_text(json.dumps(finite, indent=2, allow_nan=False))
     return path
+
+
+def _without_bad_files(tested: Any, bad_files: list[tuple[str, str]], predicted: int) -> Any:
+    """The tested split without the streamed files that did not decode while testing.
+
+    The predictions skip them, so the per-image reports (misclassified.png, gradcam.png)
+    line up with the split only without them. Unchanged where the files' names do not
+    tell the samples apart (records of bytes): the reports are left out then.
+    """
+    if len(tested) == predicted or not isinstance(tested, EncodedSplit) or not bad_files:
+        return tested
+    bad = {name for name, _ in bad_files}
+    kept = [
+        i
+        for i, position in enumerate(tested.positions.tolist())
+        if record_name(tested.records[position]) not in bad
+    ]
+    return tested.subset(torch.tensor(kept, dtype=torch.long)) if len(kept) == predicted else tested
