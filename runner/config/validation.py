@@ -207,8 +207,7 @@ def _mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) -
             for key in ("ckpt", "predict.input")
             if OmegaConf.select(cfg, key, default=None) is not None or swept_values.get(key)
         ]
-        typed = OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []
-        for override in typed:  # their settings too (eval.tta=flip), where typed
+        for override in _typed_overrides(cfg):  # their settings too (eval.tta=flip)
             key = str(override).lstrip("+~").split("=", 1)[0]
             if key.startswith(("eval.", "predict.")) and key not in ignored:
                 ignored.append(key)
@@ -279,8 +278,7 @@ def _sweeps(cfg: DictConfig) -> tuple[dict[str, list[Any] | None], list[str]]:
     params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
     flat = flatten_params(params) if isinstance(params, DictConfig) else {}
     given = [(f"{k}={v}", True) for k, v in flat.items()]
-    tasks = OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []
-    given += [(str(o), False) for o in tasks]
+    given += [(o, False) for o in _typed_overrides(cfg)]
     parser = override_parser()
     values: dict[str, list[Any] | None] = {}
     swept: dict[str, bool] = {}
@@ -300,6 +298,12 @@ def _sweeps(cfg: DictConfig) -> tuple[dict[str, list[Any] | None], list[str]]:
         else:  # a range searched by the sweeper: swept, with no list of values
             values[key], swept[key] = None, True
     return values, [key for key, is_swept in swept.items() if is_swept]
+
+
+def _typed_overrides(cfg: DictConfig) -> list[str]:
+    """The command line's overrides as typed (`${oc.env:...}` unresolved: it may be unset)."""
+    tasks = OmegaConf.select(cfg, "hydra.overrides.task", default=None)
+    return [str(o) for o in OmegaConf.to_container(tasks, resolve=False)] if tasks else []
 
 
 def _values(cfg: DictConfig, key: str, swept_values: dict[str, list[Any] | None]) -> list[Any]:
