@@ -116,18 +116,18 @@ AGREEMENT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
-def test_two_gloo_ranks_stop_at_the_same_step_when_one_gets_the_signal(tmp_path):
+def two_gloo_ranks(code: str, *args: str) -> list[str]:
+    """Runs `python -c code args` as ranks 0 and 1 of a gloo group; each rank's output."""
     env = {
         **os.environ,
         "WORLD_SIZE": "2",
         "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": "29517",
+        "MASTER_PORT": str(free_port()),
         "OMP_NUM_THREADS": "1",
     }
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", AGREEMENT],
+            [sys.executable, "-c", code, *args],
             cwd=REPO,
             text=True,
             stdout=subprocess.PIPE,
@@ -138,6 +138,12 @@ def test_two_gloo_ranks_stop_at_the_same_step_when_one_gets_the_signal(tmp_path)
     ]
     outs = [proc.communicate(timeout=120)[0] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], outs
+    return outs
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_stop_at_the_same_step_when_one_gets_the_signal(tmp_path):
+    outs = two_gloo_ranks(AGREEMENT)
     usr2 = int(signal.SIGUSR2)
     # The signal came during call 5; the agreement answers one call late: both stop at 6.
     assert f"rank 0 stopped at call 6 by {usr2}" in outs[0], outs[0]
@@ -194,26 +200,7 @@ def test_a_non_finite_loss_on_one_rank_is_handled_alike_on_every_rank(tmp_path, 
     """With skip, rank 1 alone skipped the batch and its all-reduces fell out of step with
     rank 0's (gloo: "collective mismatch"); with stop, rank 1 alone stopped and rank 0
     failed on the lost peer, its traceback naming no non-finite loss."""
-    env = {
-        **os.environ,
-        "WORLD_SIZE": "2",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-        "OMP_NUM_THREADS": "1",
-    }
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", NAN_ON_ONE_RANK, policy],
-            cwd=REPO,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-        )
-        for rank in (0, 1)
-    ]
-    outs = [proc.communicate(timeout=120)[0] for proc in procs]
-    assert [proc.returncode for proc in procs] == [0, 0], outs
+    outs = two_gloo_ranks(NAN_ON_ONE_RANK, policy)
     for rank, out in enumerate(outs):
         if policy == "skip":  # the batch skipped on both ranks: 3 of 4 batches of 4 images
             assert f"rank {rank}: 12 images, 1 skipped, same weights: True" in out, out
