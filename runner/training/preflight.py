@@ -8,8 +8,11 @@ data's images at all.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -99,17 +102,10 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
     """
     images, _ = data.train.take(torch.arange(min(2, len(data.train))))
     gradcam_layer = check_gradcam_layer(cfg, parts.model)
-    gradcam_output: list[torch.Tensor] = []
+    gradcam_output: list[torch.Tensor] = []  # the named layer's output, to check it
     gradcam_hook = None
     if gradcam_layer is not None and OmegaConf.select(cfg, "analysis.num_gradcam", default=1):
-
-        def keep(_module, _inputs, output) -> None:  # the named layer's output, to check it
-            if isinstance(output, torch.Tensor) and not gradcam_output:
-                gradcam_output.append(output)
-
-        gradcam_hook = gradcam_layer.register_forward_hook(keep)
-    modules = [*parts.model.modules(), *parts.augment.modules()]
-    modes = [module.training for module in modules]
+        gradcam_hook = _keep_first_output(gradcam_layer, gradcam_output)
     name = cfg.model.get("name")  # the CIFAR ResNets have none: their factory names them
     model = f"model.name={name!r}" if name else str(cfg.model.get("_target_")).rsplit(".")[-1]
     what = (
@@ -117,9 +113,7 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
         f"data.image_size={data.image_size})"
     )
     try:
-        parts.model.eval()
-        parts.augment.eval()
-        with torch.no_grad():
+        with _evaluating(parts.model, parts.augment), torch.no_grad():
             example = parts.normalize(parts.augment(images.to(device)))
             logits = parts.model(example)
     except Exception as err:
@@ -139,8 +133,6 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
             "data.image_size; otherwise the cause names the model's setting"
         ) from err
     finally:
-        for module, mode in zip(modules, modes, strict=True):
-            module.training = mode
         if gradcam_hook is not None:
             gradcam_hook.remove()
     if gradcam_output and gradcam_output[0].ndim != 4:
@@ -191,21 +183,12 @@ def check_gradcam(cfg: DictConfig, model: torch.nn.Module, example: torch.Tensor
         check_gradcam_size(cfg, model, example)
         return
     outputs: list[torch.Tensor] = []
-
-    def keep(_module, _inputs, output) -> None:
-        if isinstance(output, torch.Tensor) and not outputs:
-            outputs.append(output)
-
-    hook = layer.register_forward_hook(keep)
-    modes = [module.training for module in model.modules()]
+    hook = _keep_first_output(layer, outputs)
     try:
-        model.eval()
-        with torch.no_grad():
+        with _evaluating(model), torch.no_grad():
             model(example)
     finally:
         hook.remove()
-        for module, mode in zip(model.modules(), modes, strict=True):
-            module.training = mode
     if outputs and outputs[0].ndim != 4:
         raise _not_a_feature_map(cfg, outputs[0])
 
@@ -230,10 +213,9 @@ def check_gradcam_size(cfg: DictConfig, model: torch.nn.Module, example: torch.T
         return
     if analysis.gradcam_layer != "auto":
         return
-    modes = [module.training for module in model.modules()]
-    model.eval()
     try:
-        find_gradcam_layer(model, example, "auto", analysis.gradcam_min_size)
+        with _evaluating(model):
+            find_gradcam_layer(model, example, "auto", analysis.gradcam_min_size)
     except GradCamError as err:
         if err.largest is not None:
             raise ConfigError(
@@ -243,9 +225,33 @@ def check_gradcam_size(cfg: DictConfig, model: torch.nn.Module, example: torch.T
                 f"test. Set it to at most {err.largest}, name analysis.gradcam_layer, or set "
                 "analysis.num_gradcam=0"
             ) from err
+
+
+@contextlib.contextmanager
+def _evaluating(*modules: torch.nn.Module) -> Iterator[None]:
+    """The modules in eval mode; every submodule back in its own mode afterwards.
+
+    A check's forward pass must change no statistic, and leave the run's modes as found.
+    """
+    every = [sub for module in modules for sub in module.modules()]
+    modes = [sub.training for sub in every]
+    try:
+        for module in modules:
+            module.eval()
+        yield
     finally:
-        for module, mode in zip(model.modules(), modes, strict=True):
-            module.training = mode
+        for sub, mode in zip(every, modes, strict=True):
+            sub.training = mode
+
+
+def _keep_first_output(layer: torch.nn.Module, outputs: list[torch.Tensor]) -> Any:
+    """Hooks `layer` to append its first tensor output to `outputs`; returns the hook."""
+
+    def keep(_module, _inputs, output) -> None:
+        if isinstance(output, torch.Tensor) and not outputs:
+            outputs.append(output)
+
+    return layer.register_forward_hook(keep)
 
 
 def check_gradcam_layer(cfg: DictConfig, model: torch.nn.Module) -> torch.nn.Module | None:
