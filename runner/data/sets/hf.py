@@ -230,18 +230,15 @@ def load_hf(
                 "save_to_disk, a folder of images, or a .parquet/.arrow/.csv/.json file"
             ) from err
     train = loaded["train"]
+    # A val or test split without labels can be carved from train instead.
+    carve = {s: f", or set data.split_{s}=null to carve it from train" for s in ("val", "test")}
     for split, dataset in loaded.items():
         missing = [k for k in (image_key, label_key) if k not in dataset.column_names]
         if missing:
             raise DataError(
                 f"data.name={name!r} split {specs[split]!r} (data.split_{split}) has no "
                 f"column {', '.join(missing)} (columns: {', '.join(dataset.column_names)}): "
-                + (
-                    "set data.image_key / data.label_key."
-                    if split == "train"
-                    else f"set data.split_{split}=null to carve a labelled {split} split from "
-                    "train, or data.image_key / data.label_key."
-                )
+                f"set data.image_key / data.label_key{carve.get(split, '')}."
             )
     # Each split's label column, read once (every read builds a list of the whole column).
     label_columns = {split: dataset[label_key] for split, dataset in loaded.items()}
@@ -257,12 +254,7 @@ def load_hf(
             raise DataError(
                 f"{name} split {specs[split]!r} (data.split_{split}): {len(unlabelled)} "
                 f"row(s) have no {label_key!r} (data.label_key), e.g. row(s) "
-                f"{unlabelled[:5]}: drop or label them first"
-                + (
-                    ""
-                    if split == "train"
-                    else f", or set data.split_{split}=null to carve it from train"
-                )
+                f"{unlabelled[:5]}: drop or label them first{carve.get(split, '')}"
             )
     class_names, to_index = _classes(train.features[label_key], label_columns["train"])
     if num_classes is not None and num_classes != len(class_names):
