@@ -10,7 +10,6 @@ The checkpoint is made ready by `runner.from_checkpoint`.
 from __future__ import annotations
 
 import logging
-import unicodedata
 from pathlib import Path
 
 import torch
@@ -21,7 +20,12 @@ from runner.config.validation import ConfigError
 from runner.data.build import build_data
 from runner.data.checks import require_splits
 from runner.data.decoding import DataError
-from runner.data.sets.imagefolder import class_folders, load_imagefolder, load_test_folder
+from runner.data.sets.imagefolder import (
+    class_folders,
+    class_key,
+    load_imagefolder,
+    load_test_folder,
+)
 from runner.data.splits import DataSplits, Split, ids_digest
 from runner.from_checkpoint import (
     LoadedCheckpoint,
@@ -176,8 +180,7 @@ def same_classes(cfg: DictConfig, names: list[str], trained: list[str]) -> None:
     Raises:
         ConfigError: Naming both lists.
     """
-    found = [unicodedata.normalize("NFC", n) for n in names]  # "é" either way: see
-    if found != [unicodedata.normalize("NFC", n) for n in trained]:  # same_classes_as
+    if [class_key(n) for n in names] != [class_key(n) for n in trained]:  # "é" either way
         raise ConfigError(
             f"eval.data={cfg.eval.data}: the data's classes {list(names)[:10]} differ from "
             f"the checkpoint's {list(trained)[:10]}: evaluate on data with the same classes"

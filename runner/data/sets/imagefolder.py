@@ -49,6 +49,11 @@ def list_class_files(folder: Path) -> dict[str, list[Path]]:
     return {name: visible_files(folder / name) for name in class_folders(folder)}
 
 
+def class_key(name: str) -> str:
+    """A class folder's name as matched: in Unicode's NFC form (see `same_classes_as`)."""
+    return unicodedata.normalize("NFC", name)
+
+
 def same_classes_as(
     classes: dict[str, list[Path]], class_names: Sequence[str]
 ) -> dict[str, list[Path]]:
@@ -58,10 +63,10 @@ def same_classes_as(
     plus an accent (NFD), which looks the same as, but is not, the "é" of one made
     elsewhere. A folder matching no class keeps its own name.
     """
-    by_form = {unicodedata.normalize("NFC", name): name for name in class_names}
+    by_form = {class_key(name): name for name in class_names}
     matched: dict[str, list[Path]] = {}
     for name, files in classes.items():
-        matched.setdefault(by_form.get(unicodedata.normalize("NFC", name), name), []).extend(files)
+        matched.setdefault(by_form.get(class_key(name), name), []).extend(files)
     return matched
 
 
