@@ -185,16 +185,16 @@ def replay_pending(path: Path) -> tuple[int, list[str]]:
     An operation that fails is reported and the later ones are still sent (the run's
     final status among them). A file an operation names that is no longer where it was
     (the run dir was copied or moved) is looked for at its place under the pending
-    file's folder. A
-    final status older than the run's (a resumed run ended since) is not sent.
+    file's folder. A final status older than the run's (a resumed run ended since) is not
+    sent.
 
     Returns:
         (operations sent, one problem line per operation that failed).
     """
     from mlflow.tracking import MlflowClient
 
-    _, *lines = path.read_text().splitlines()
-    target = pending_target(path)
+    header, *lines = path.read_text().splitlines()
+    target = json.loads(header)  # as `pending_target` reads it, from the text read here
     client = MlflowClient(tracking_uri=target["tracking_uri"])
     sent, problems = 0, []
     for number, line in enumerate(lines, start=2):
