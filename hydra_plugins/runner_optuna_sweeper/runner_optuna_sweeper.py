@@ -229,8 +229,6 @@ class RunnerOptunaSweeper(Sweeper):
         Returns:
             The launcher's results, one per job launched.
         """
-        from optuna.trial import TrialState
-
         from runner.sweeps.manifest import ABANDONED, job_key, read_manifest, update_manifest
         from runner.sweeps.optuna_trial import tell_trial, trial_result
 
@@ -247,10 +245,7 @@ class RunnerOptunaSweeper(Sweeper):
             # key only other models have): those trials fail, the study goes on (it
             # stopped the whole sweep).
             log.error("optuna: the trials %s compose no config: %s", keys, err)
-            states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
-            for trial in trials:
-                if not states[trial.number].is_finished():
-                    tell_trial(study, trial, state=TrialState.FAIL)
+            _fail_unfinished(study, trials)
             for number, (key, overrides) in enumerate(jobs.items(), start=job_index):
                 update_manifest(
                     sweep_dir,
@@ -262,10 +257,7 @@ class RunnerOptunaSweeper(Sweeper):
                 )
             return [JobReturn(overrides=o, status=JobStatus.FAILED) for o in jobs.values()]
         except BaseException:  # a signal or Ctrl-C: a stored study must not keep them RUNNING
-            states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
-            for trial in trials:
-                if not states[trial.number].is_finished():
-                    tell_trial(study, trial, state=TrialState.FAIL)
+            _fail_unfinished(study, trials)
             # The study draws new trials in their place: no later launch continues these.
             recorded = read_manifest(sweep_dir)
             for key in jobs:
@@ -300,6 +292,18 @@ class RunnerOptunaSweeper(Sweeper):
             )
         (out / "best_params.json").write_text(json.dumps(report, indent=2))
         _plot_history(trials, study.direction.name.lower(), out / "optimization_history.png")
+
+
+def _fail_unfinished(study: Any, trials: List[Any]) -> None:
+    """Ends FAIL those of `trials` that no job ended (pruned) before."""
+    from optuna.trial import TrialState
+
+    from runner.sweeps.optuna_trial import tell_trial
+
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    for trial in trials:
+        if not states[trial.number].is_finished():
+            tell_trial(study, trial, state=TrialState.FAIL)
 
 
 def _plot_history(trials: List[Any], direction: str, path: Path) -> None:
