@@ -10,6 +10,7 @@ training and evaluation alike.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Sequence
 
@@ -18,6 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from runner.augment.mixing import MixUpCutMix
+from runner.config.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class DeviceAugment(nn.Module):
@@ -58,13 +62,15 @@ class DeviceAugment(nn.Module):
         self.image_size = image_size
         self.eval_crop_pct = eval_crop_pct
         self.pipeline = None
-        self._has_policy = False
+        self._policies: list[str] = []  # class names of the Kornia policies in `transforms`
         if transforms:
             import kornia.augmentation as K
             from kornia.augmentation.auto import PolicyAugmentBase
 
             self.pipeline = K.AugmentationSequential(*transforms)
-            self._has_policy = any(isinstance(t, PolicyAugmentBase) for t in transforms)
+            self._policies = [
+                type(t).__name__ for t in transforms if isinstance(t, PolicyAugmentBase)
+            ]
         first = transforms[0] if transforms else None
         self._first_takes_uint8 = bool(getattr(first, "accepts_uint8", False))
         # Kornia samples on the device its generators were last moved to; tracked so a
@@ -78,6 +84,12 @@ class DeviceAugment(nn.Module):
                     "instantiate(cfg.aug, num_classes=...)"
                 )
             self.mixer = MixUpCutMix(num_classes, mixup_alpha, cutmix_alpha, mix_prob)
+        elif mix_prob != 1:  # a warning, not an error: a sweep may turn the mixing off
+            log.warning(
+                "aug.mix_prob=%s is ignored: MixUp and CutMix are off (aug.mixup_alpha=0, "
+                "aug.cutmix_alpha=0); set one of them above 0 to mix",
+                mix_prob,
+            )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Augments a batch (train mode) or resizes and center-crops it (eval mode).
@@ -139,7 +151,15 @@ class DeviceAugment(nn.Module):
         # Kornia's policies have colour ops that take RGB only (saturation raised at the
         # step that drew it): gray images go through as RGB with equal channels, which
         # every op keeps equal (gray has no saturation or hue), and come back as one.
-        gray = self._has_policy and images.shape[1] == 1
+        # Other channel counts are refused at every batch, so the start-up preview (the
+        # first batch) fails instead of whichever training step first draws such an op.
+        if self._policies and images.shape[1] not in (1, 3):
+            raise ConfigError(
+                f"the aug preset's {' and '.join(self._policies)} policy has colour ops that "
+                f"take RGB or one-channel images, and data.channels={images.shape[1]}: "
+                "choose an aug preset without a policy (aug=basic, aug=flip_crop, aug=none)"
+            )
+        gray = bool(self._policies) and images.shape[1] == 1
         if gray:
             images = images.repeat(1, 3, 1, 1)
         with torch.device(images.device):

@@ -432,6 +432,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "audit.num_thumbnails": _non_negative_int,
     "model.name": _non_empty_string,
     "model.pretrained": _boolean,
+    "aug.image_size": _optional_positive_int,
     "aug.differentiable": _boolean,
     "aug.eval_crop_pct": _crop_pct,
     "aug.mixup_alpha": _non_negative_number,

@@ -109,6 +109,21 @@ def test_a_policy_preset_augments_one_channel_images(make_cfg, preset):
         assert out.shape == (8, 1, 32, 32) and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("preset", ["randaugment", "autoaugment"])
+def test_a_policy_preset_refuses_two_channel_images_at_the_first_batch(make_cfg, preset):
+    """Two- and four-channel images died at whichever training step first drew a colour
+    op (epoch 3 of a seed-1 run); now the first batch (the start-up preview) says so."""
+    augment = build(make_cfg, preset, "data.image_size=32").train()
+    torch.manual_seed(0)
+    with pytest.raises(ConfigError, match=r"data\.channels=2: choose an aug preset without"):
+        augment(uint8_batch(n=4)[:, :2])
+
+
+def test_mix_prob_without_mixup_or_cutmix_is_reported_as_ignored(make_cfg, caplog):
+    build(make_cfg, "basic", "aug.mix_prob=0.5")
+    assert "aug.mix_prob=0.5 is ignored: MixUp and CutMix are off" in caplog.text
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_sizes_follow_the_data_image_size(make_cfg, preset):
     augment = build(make_cfg, preset, "data.image_size=24").train()

@@ -258,8 +258,17 @@ def test_bad_arguments_name_the_argument_and_value(build, message):
 
 
 def test_a_crop_larger_than_the_padded_image_says_so():
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ConfigError, match="does not fit"):
         RandomCropFlip(48, padding=4)(images(SMALL))
+
+
+def test_reflect_padding_as_wide_as_the_image_names_the_padding():
+    """torch's pad refused it with a traceback that named neither key nor fix."""
+    side = images(SMALL).shape[-1]
+    with pytest.raises(ConfigError, match=f"padding={side} with padding_mode='reflect'"):
+        RandomCropFlip(side, padding=side)(images(SMALL))
+    out = RandomCropFlip(side, padding=side, padding_mode="constant")(images(SMALL))
+    assert out.shape[-1] == side
 
 
 def test_jitter_factors_never_go_negative_and_an_empty_batch_passes():

@@ -310,6 +310,8 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
         (["logger.tracking_uri=file:///tmp/store"], "MLflow's file store (a folder) is not"),
         (["logger.offline_fallback=maybe"], "logger.offline_fallback='maybe' is invalid"),
         (["aug.image_size=64"], "aug.image_size=64 differs from data.image_size=32"),
+        # Was blamed on the model ("the model does not take these images").
+        (["aug.image_size=[32,32]"], "aug.image_size=[32, 32] is invalid"),
         (
             ["experiment=throughput", "+preview_only=true"],
             "+preview_only=true draws the augmentation preview and would replace mode=throughput",

@@ -17,6 +17,7 @@ from runner.augment.ops.shared import (
     refuse_same_on_batch,
     scale_shift_flip,
 )
+from runner.config.errors import ConfigError
 
 
 class RandomCropFlip(GeometricAugmentationBase2D):
@@ -79,10 +80,19 @@ class RandomCropFlip(GeometricAugmentationBase2D):
         n, _, height, width = batch_shape
         room_y = height + 2 * self.padding - self.size[0]
         room_x = width + 2 * self.padding - self.size[1]
+        # ConfigErrors: the first batch (the start-up preview) meets them, and the fix is
+        # in the aug preset's keys.
         if min(room_y, room_x) < 0:
-            raise ValueError(
-                f"RandomCropFlip: crop {self.size} does not fit images of {height}x{width} "
-                f"padded by {self.padding}; set a smaller size or more padding"
+            raise ConfigError(
+                f"RandomCropFlip (aug.transforms): crop {self.size} does not fit images of "
+                f"{height}x{width} padded by {self.padding}; set a smaller size or more padding"
+            )
+        if self.padding_mode == "reflect" and self.padding >= min(height, width):
+            raise ConfigError(  # torch's reflect pad needs a border the image can mirror
+                f"RandomCropFlip (aug.transforms): padding={self.padding} with "
+                f"padding_mode='reflect' needs images larger than the padding, and these are "
+                f"{height}x{width}; set a smaller padding or another padding_mode (constant, "
+                "replicate)"
             )
         return {
             "offset_y": torch.randint(0, room_y + 1, (n,), device=self.device),
