@@ -22,14 +22,8 @@ class ValidateConfigCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Validates a single run's config; `sweep.resume`, a search and a launcher need `-m`."""
         _check_writable(config, "hydra.run.dir")
+        _refuse_training_run_dir(config)
         self._check(config)
-        run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir", default="")))
-        if job_mode(config) == "eval" and (run_dir / "checkpoints").is_dir():
-            raise SystemExit(  # its metrics.json and reports would be replaced by eval's
-                f"Error: hydra.run.dir={str(run_dir)!r} holds a training run (checkpoints/), "
-                "whose metrics.json and reports mode=eval would overwrite: leave "
-                "hydra.run.dir out (each eval gets a run dir of its own), or name a new folder"
-            )
         choices = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
         search = choices.get("hparams_search")
         if search is not None:  # without -m: one run at the preset's defaults, no search
@@ -68,6 +62,30 @@ class ValidateConfigCallback(Callback):
             validate(config)
         except ConfigError as err:
             raise SystemExit(f"Error: {err}") from err
+
+
+def _refuse_training_run_dir(config: DictConfig) -> None:
+    """Refuses a run dir holding a training run (checkpoints/) for any mode but train.
+
+    Eval would replace its metrics.json and reports, and every mode its config record
+    (.hydra/, which Hydra rewrites) and run.log; a training run in its own dir resumes.
+    """
+    mode = job_mode(config)
+    if mode == "train":
+        return
+    for key in ("hydra.run.dir", "paths.run_dir"):
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(config, parent_key, default=None)
+        if not isinstance(parent, DictConfig) or OmegaConf.is_interpolation(parent, leaf):
+            continue  # paths.run_dir follows hydra.run.dir unless given
+        folder = parent.get(leaf)
+        if folder is not None and (Path(str(folder)).expanduser() / "checkpoints").is_dir():
+            raise SystemExit(
+                f"Error: {key}={str(folder)!r} holds a training run (checkpoints/), whose "
+                f"metrics.json, reports and config record (.hydra/) mode={mode} would "
+                f"overwrite: leave {key} out (each {mode} run gets a run dir of its own), or "
+                "name a new folder"
+            )
 
 
 def _check_writable(config: DictConfig, key: str) -> None:

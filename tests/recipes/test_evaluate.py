@@ -55,16 +55,29 @@ def test_training_logs_the_analysis_reports_and_links_best_pt_to_its_run(trained
 
 
 @pytest.mark.slow
-def test_eval_into_a_training_runs_dir_is_refused_before_anything_is_written(trained):
-    """Its metrics.json (best_epoch, epochs) and reports were replaced by eval's."""
+@pytest.mark.parametrize(
+    ("mode", "key"),
+    [("eval", "hydra.run.dir"), ("eval", "paths.run_dir"), ("predict", "hydra.run.dir")],
+)
+def test_eval_into_a_training_runs_dir_is_refused_before_anything_is_written(trained, mode, key):
+    """Its metrics.json (best_epoch, epochs) and reports were replaced by eval's; through
+    paths.run_dir, and with mode=predict (its .hydra/ config record), they still were."""
     from tests.conftest import run_cli
 
     tmp, _, _ = trained
     before = {p: p.read_bytes() for p in (tmp / "train").rglob("*") if p.is_file()}
     ckpt = tmp / "train" / "checkpoints" / "best.pt"
-    done = run_cli("mode=eval", f"ckpt={ckpt}", f"hydra.run.dir={tmp / 'train'}", "logger=none")
+    images = tmp / "train" / "learning_curves.png"
+    done = run_cli(
+        f"mode={mode}",
+        f"ckpt={ckpt}",
+        f"predict.input={images}",
+        f"{key}={tmp / 'train'}",
+        f"paths.output_dir={tmp / 'out'}",
+        "logger=none",
+    )
     assert done.returncode == 1
-    assert "holds a training run (checkpoints/), whose metrics.json" in done.stderr
+    assert f"{key}={str(tmp / 'train')!r} holds a training run (checkpoints/)" in done.stderr
     after = {p: p.read_bytes() for p in (tmp / "train").rglob("*") if p.is_file()}
     assert after == before
 
