@@ -223,6 +223,14 @@ def _mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) -
             for key in ignored
         ]
     problems = []
+    other = "predict" if mode == "eval" else "eval"
+    for override in _typed_overrides(cfg):  # the other mode's settings (eval.tta=flip)
+        key = str(override).lstrip("+~").split("=", 1)[0]
+        if key.startswith(f"{other}."):
+            problems.append(
+                f"{key} is read by mode={other} only, and mode={mode} would ignore it: "
+                f"use {mode}.{key.split('.', 1)[1]} (if it exists) or mode={other}"
+            )
     if OmegaConf.select(cfg, "ckpt", default=None) is None and "ckpt" not in swept_values:
         problems.append(
             f"mode={mode} needs a checkpoint: set ckpt=<run dir>/checkpoints/best.pt "

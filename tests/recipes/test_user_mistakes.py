@@ -569,6 +569,17 @@ def test_an_eval_setting_on_a_training_command_is_refused_not_ignored(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_predict_setting_on_an_eval_command_is_refused_not_ignored(tmp_path):
+    """mode=eval with predict.tta=flip tested without TTA (and predict with eval.tta)."""
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"")  # never read: the command is refused first
+    done = run_cli(f"paths.output_dir={tmp_path}", "mode=eval", f"ckpt={ckpt}", "predict.tta=flip")
+    assert done.returncode == 1
+    expected = "predict.tta is read by mode=predict only, and mode=eval would ignore it: use "
+    assert expected + "eval.tta" in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_misspelt_model_name_in_a_grid_stops_the_sweep_before_job_0_trains(tmp_path):
     """Job 0 trained and wrote its run; job 1 then failed on its model name."""
     done = run_cli("-m", f"paths.output_dir={tmp_path}", *TINY, "model.name=test_resnet,resnt18")
