@@ -20,6 +20,7 @@ from runner.config.validation import ConfigError
 from runner.data.decoding import BadImageError, decode_record
 from runner.data.sets.imagefolder import visible_files
 from runner.data.sets.records import sniff
+from runner.data.splits import path_id
 from runner.from_checkpoint import (
     load_checkpoint,
     refuse_ignored_overrides,
@@ -62,9 +63,12 @@ def run_predict(cfg: DictConfig) -> float:
     header = ["file", "predicted_class", "probability"]
     header += [f"{kind}_{rank}" for rank in range(1, topk + 1) for kind in ("class", "prob")]
     labelled = failed = 0
-    tmp = output.with_name(f".{output.name}.tmp")
+    # Its own temporary file: another predict into the same CSV keeps its own.
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
-        with tmp.open("w", newline="") as handle:
+        # UTF-8 whatever the locale (a class named in any script); `_is_predictions_csv`
+        # reads it so.
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow([*header, "error"])
             for start in range(0, len(files), cfg.predict.batch_size):
@@ -75,13 +79,13 @@ def run_predict(cfg: DictConfig) -> float:
                     # From its first bytes: a movie or archive in the folder is not read whole.
                     reason = sniff(file)
                     if reason is not None:
-                        rows[index] = [str(file), "", "", *[""] * (2 * topk), reason]
+                        rows[index] = [path_id(str(file)), "", "", *[""] * (2 * topk), reason]
                         continue
                     try:
                         images.append(decode_record(file, size))
                         kept.append(index)
                     except BadImageError as err:
-                        rows[index] = [str(file), "", "", *[""] * (2 * topk), str(err)]
+                        rows[index] = [path_id(str(file)), "", "", *[""] * (2 * topk), str(err)]
                 if images:
                     batch = torch.stack(images).to(ctx.device)
                     if len(loaded.best.mean) == 1:  # a one-channel model: files decode as RGB
@@ -97,7 +101,8 @@ def run_predict(cfg: DictConfig) -> float:
                             for c, p in zip(row_classes, row_probs, strict=True)
                             for v in (names[c], f"{p:.6f}")
                         ]
-                        rows[index] = [str(chunk[index]), ranked[0], ranked[1], *ranked, ""]
+                        # A name that is not UTF-8 as backslash escapes (caf\xe9.png).
+                        rows[index] = [path_id(str(chunk[index])), *ranked[:2], *ranked, ""]
                 writer.writerows(rows[index] for index in range(len(chunk)))  # in file order
                 labelled += len(kept)
                 failed += len(chunk) - len(kept)
@@ -163,7 +168,7 @@ def predictions_path(output: str | None, run_dir: Path, inputs: Sequence[Path | 
             f"predict.output={output!r}: cannot make its folder ({err}); point it at a CSV file "
             "in a folder you can write to"
         ) from err
-    probe = path.with_name(f".{path.name}.tmp")
+    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
     try:  # a real file: os.access says yes to root for /sys and /proc
         probe.open("w").close()
         probe.unlink()

@@ -236,6 +236,24 @@ def test_predict_writes_top_k_with_class_names_in_file_order(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_predict_writes_a_file_name_that_is_not_utf8_as_escapes(trained, tmp_path):
+    """A Latin-1 name (from an old archive) ended predict with UnicodeEncodeError, after
+    every image was labelled and with no CSV written."""
+    tmp, _, run_id = trained
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    write_png(image, str(folder / "a.png"))
+    os.rename(folder / "a.png", os.fsencode(folder) + b"/caf\xe9.png")
+    out = tmp_path / "p.csv"
+    predicting = (f"ckpt=runs:/{run_id}", f"predict.input={folder}", f"predict.output={out}")
+    assert run(compose_run(tmp, "predict_latin1", "mode=predict", *predicting)) == 1
+    with out.open(encoding="utf-8") as handle:  # valid UTF-8 throughout
+        (row,) = list(csv.DictReader(handle))
+    assert row["file"].endswith("/caf\\xe9.png") and row["predicted_class"], row
+
+
+@pytest.mark.slow
 def test_a_one_channel_model_predicts_files_by_their_luma_and_a_failure_leaves_no_file(
     tmp_path, monkeypatch
 ):
