@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.config.validation import ConfigError
 from runner.data.build import build_data
@@ -120,6 +120,26 @@ def run_eval(cfg: DictConfig) -> float:
     return metrics["test/acc"]
 
 
+def at_trained_size(data_cfg: DictConfig, loaded: LoadedCheckpoint) -> DictConfig:
+    """The data config decoding at the checkpoint's image size, as predict and training do.
+
+    At the data group's own size (64 for data=imagefolder), a model trained at another
+    was tested on images decoded at one size and resized to the other.
+    """
+    size = loaded.best.image_size
+    if data_cfg.get("image_size") == size:
+        return data_cfg
+    log.info(
+        "eval.data=current: images decoded at the checkpoint's size %s (not data.image_size=%s)",
+        size,
+        data_cfg.get("image_size"),
+    )
+    data_cfg = data_cfg.copy()
+    with open_dict(data_cfg):
+        data_cfg.image_size = size
+    return data_cfg
+
+
 def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:
     """The data eval tests on, checked against the checkpoint before anything is tested.
 
@@ -150,7 +170,7 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:
         if root is not None and (root / "train").is_dir():
             # From the class folders' names, before a folder of any size is listed and decoded.
             same_classes(cfg, class_folders(root / "train"), loaded.best.class_names)
-        data = with_channels(build_data(cfg.data), len(loaded.best.mean))
+        data = with_channels(build_data(at_trained_size(cfg.data, loaded)), len(loaded.best.mean))
     else:
         try:
             data = build_data(train_only_keys_off(loaded.stored.data))

@@ -139,6 +139,19 @@ def test_eval_on_stored_data_refuses_a_test_split_other_than_the_one_tested(trai
     assert query(db, "SELECT COUNT(*) FROM runs") == before
 
 
+def test_eval_on_current_data_decodes_at_the_checkpoints_image_size(trained):
+    """It decoded at the data group's size (64 for data=imagefolder, a 224-px model's
+    held-out set too) and the eval path resized to the model's: other metrics than the
+    training run's on the same images."""
+    tmp, _, _ = trained
+    ckpt = tmp / "train" / "checkpoints" / "best.pt"
+    current = ("mode=eval", f"ckpt={ckpt}", "eval.data=current", "data.image_size=16")
+    run(compose_run(tmp, "eval_current_size", *current, "logger=none"))
+    evaluated = json.loads((tmp / "eval_current_size" / "metrics.json").read_text())
+    trained_metrics = json.loads((tmp / "train" / "metrics.json").read_text())
+    assert evaluated["test/loss"] == pytest.approx(trained_metrics["test/loss"], abs=1e-5)
+
+
 def test_eval_on_a_held_out_folder_without_train(trained, tmp_path):
     """eval.data=current data=imagefolder once needed a train/ folder beside the test set."""
     from runner.data.build import build_data
