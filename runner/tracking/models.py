@@ -185,6 +185,23 @@ def _register(model_uri: str, name: str, attempts: int = 3):
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
+def _latest_version(client: Any, name: str) -> Any:
+    """The highest version of a registered model, as MLflow's models:/<name>/latest.
+
+    Raises:
+        MlflowException: The model does not exist or has no version.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client.get_registered_model(name)  # a missing model raises with its own error code
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise MlflowException(
+            f"model {name!r} has no version", error_code="RESOURCE_DOES_NOT_EXIST"
+        )
+    return max(versions, key=lambda v: int(v.version))
+
+
 def _logged_model(
     client: Any, uri: str, model_id: str, tracking_uri: str, download_dir: Path
 ) -> FetchedModel:
@@ -255,21 +272,29 @@ def fetch_checkpoint(uri: str, tracking_uri: str, download_dir: Path) -> Fetched
         name, _, version = uri.removeprefix(REGISTRY_URI_PREFIX).strip("/").partition("/")
         if name.startswith("m-") and not version:  # MLflow 3's id of a logged model
             return _logged_model(client, uri, name, tracking_uri, download_dir)
-        if not name or not version:
+        name, _, alias = name.partition("@")  # MLflow's models:/<name>@<alias>
+        if not name or bool(version) == bool(alias):
             raise ModelNotFoundError(
-                f"ckpt={uri!r}: expected models:/<registered model name>/<version> or "
-                "models:/<logged model id> (m-...)"
+                f"ckpt={uri!r}: expected models:/<registered model name>/<version> (or "
+                "/latest), models:/<registered model name>@<alias> or models:/<logged model "
+                "id> (m-...)"
             )
+        wanted = f"alias {alias!r}" if alias else f"version {version!r}"
         try:
-            found = client.get_model_version(name, version)
+            if alias:
+                found = client.get_model_version_by_alias(name, alias)
+            elif version == "latest":
+                found = _latest_version(client, name)
+            else:
+                found = client.get_model_version(name, version)
         except MlflowException as err:
             raise ModelNotFoundError(
                 f"ckpt={uri!r}: the registry of logger.tracking_uri={tracking_uri!r} has no "
-                f"version {version!r} of model {name!r} ({err.error_code}). Registered "
+                f"{wanted} of model {name!r} ({err.error_code}). Registered "
                 "models are listed in mlflow ui's Models page"
             ) from err
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{REGISTRY_URI_PREFIX}{name}/{version}",
+            artifact_uri=f"{REGISTRY_URI_PREFIX}{name}/{found.version}",
             dst_path=str(download_dir),
             tracking_uri=tracking_uri,
             registry_uri=tracking_uri,

@@ -111,8 +111,12 @@ def test_the_model_is_registered_and_eval_takes_models_and_runs_uris(trained):
     # The training log names the model by its id (models:/m-...): that URI was refused.
     ((model_id,),) = query(tmp / "outputs" / "mlflow.db", "SELECT model_id FROM logged_models")
     assert f"logged model models:/{model_id}" in (tmp / "train" / "run.log").read_text()
+    # MLflow's own forms /latest and @alias were refused ("has no version 'latest'").
+    registry.set_registered_model_alias(MODEL_NAME, "champion", "1")
     for name, ckpt in (
         ("by_version", f"models:/{MODEL_NAME}/1"),
+        ("by_latest", f"models:/{MODEL_NAME}/latest"),
+        ("by_alias", f"models:/{MODEL_NAME}@champion"),
         ("by_run", f"runs:/{run_id}"),
         ("by_model_id", f"models:/{model_id}"),
     ):
