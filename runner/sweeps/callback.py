@@ -161,6 +161,7 @@ class SweepCallback(Callback):
             raise SystemExit(
                 f"Error: {len(summary.failed)} of {len(summary.jobs)} sweep job(s) did not "
                 f"finish:\n{listing}\n{resume_advice(config, self.sweep_dir)}"
+                + (f"\nAnd {audit_problem}" if audit_problem else "")
             )
 
     def _finish_if_open(self, status: str) -> None:
@@ -282,4 +283,8 @@ def _summarize_and_audit(
     summary = summarize_and_log(
         sweep_dir, config.trainer.monitor, config.trainer.monitor_mode == "max", tracker
     )
+    if summary.failed and len(summary.failed) == len(summary.jobs):
+        if OmegaConf.select(config, "audit.enabled", default=False) is True:
+            log.warning("audit skipped: no fold job finished (their errors follow)")
+        return summary, None
     return summary, audit_if_asked(config, sweep_dir, tracker)

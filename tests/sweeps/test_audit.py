@@ -451,6 +451,23 @@ def test_experiment_audit_runs_the_fold_jobs_and_audits_them(tmp_path):
     check_audited_sweep(out, sweep)
 
 
+def test_folds_a_class_cannot_fill_stop_the_sweep_at_the_first_job_without_an_audit(tmp_path):
+    """Every one of the K jobs failed on the same data (300 with data.num_folds=300),
+    then the audit printed a traceback blaming the sweep for not being a k-fold one."""
+    out, sweep = tmp_path / "outputs", tmp_path / "sweep"
+    command = sweep_command(
+        out, f"hydra.sweep.dir={sweep}", "data.num_folds=5", "data.samples_per_class=3"
+    )
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "every class needs at least 5 train samples" in done.stderr, done.stderr[-3000:]
+    assert "audit skipped: no fold job finished" in done.stdout
+    assert "Traceback" not in done.stderr + done.stdout and "AuditError" not in done.stdout
+    jobs = json.loads((sweep / "manifest.json").read_text())["jobs"]
+    statuses = [job["status"] for job in jobs.values()]
+    assert statuses == ["FAILED", *["SKIPPED"] * 4], statuses  # fail_fast: not started
+
+
 @pytest.mark.slow
 def test_fold_jobs_submitted_to_slurm_are_audited_when_collected(tmp_path):
     from tests.slurm.conftest import start_local_cluster
