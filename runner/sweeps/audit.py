@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from runner.sweeps.manifest import read_manifest, reopen_parent_run, replaced_whole
+from runner.sweeps.manifest import job_run_dir, read_manifest, reopen_parent_run, replaced_whole
 from runner.sweeps.out_of_fold import MergedFolds, merge_folds
 from runner.tracking.protocol import Tracker
 
@@ -114,7 +114,7 @@ def known_noise(
     run_dirs = set(merged.run_dirs.values())
     if sweep_dir is not None:
         run_dirs |= {
-            Path(e["run_dir"]) for e in read_manifest(sweep_dir).values() if "run_dir" in e
+            job_run_dir(sweep_dir, e) for e in read_manifest(sweep_dir).values() if "run_dir" in e
         }
     for run_dir in sorted(run_dirs):
         path = run_dir / "label_noise.csv"

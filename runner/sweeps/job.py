@@ -178,6 +178,7 @@ class SweepJob:
             overrides=self.overrides,
             num=self.num,
             run_dir=str(cfg.paths.run_dir),
+            sweep_dir=str(self.sweep_dir),  # where run_dir lies in a moved copy (job_run_dir)
             attempts=recorded.get("attempts", 0) + 1,
         )
         started = time.time()

@@ -97,7 +97,25 @@ def read_manifest(sweep_dir: Path) -> dict[str, dict[str, Any]]:
     return json.loads(path.read_text())["jobs"]
 
 
-def update_manifest(sweep_dir: Path, key: str, **fields: Any) -> dict[str, Any]:
+def job_run_dir(sweep_dir: Path, entry: dict[str, Any]) -> Path:
+    """A job's run dir in `sweep_dir`, where the sweep dir was moved or copied to.
+
+    The manifest records absolute paths, so a copy of a sweep dir read the original's
+    files and a moved one none. A job records its sweep dir beside its run dir: a run dir
+    under it is found at the same place under `sweep_dir`. Entries written before (no
+    `sweep_dir`), or a run dir outside the sweep dir (`paths.run_dir` set), stand as
+    recorded.
+    """
+    recorded = Path(entry.get("run_dir", "/nonexistent"))
+    if "sweep_dir" not in entry:
+        return recorded
+    try:
+        return Path(sweep_dir) / recorded.resolve().relative_to(entry["sweep_dir"])
+    except ValueError:
+        return recorded
+
+
+def update_manifest(sweep_dir: Path, key: str, /, **fields: Any) -> dict[str, Any]:
     """Merges `fields` into the job's manifest entry under a lock; returns the entry."""
     path = Path(sweep_dir) / MANIFEST_FILE
     with file_lock(path.with_name(path.name + ".lock")):

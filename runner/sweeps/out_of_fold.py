@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runner.sweeps.manifest import read_manifest
+from runner.sweeps.manifest import job_run_dir, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _fold_runs(sweep_dir: Path) -> list[tuple[Path, float]]:
     """(run dir, wall seconds) of the jobs that wrote out-of-fold outputs."""
     runs = []
     for entry in read_manifest(sweep_dir).values():
-        run_dir = Path(entry.get("run_dir", "/nonexistent"))
+        run_dir = job_run_dir(sweep_dir, entry)
         if entry.get("status") == "FINISHED" and (run_dir / OOF_FILE).is_file():
             runs.append((run_dir, float(entry.get("seconds") or 0.0)))
     if not runs:  # no manifest (copied outputs): the job dirs themselves

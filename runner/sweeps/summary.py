@@ -22,6 +22,7 @@ from runner.sweeps.manifest import (
     ABANDONED,
     REPLACED,
     job_key,
+    job_run_dir,
     parse_overrides,
     read_manifest,
     read_sweep_info,
@@ -81,7 +82,7 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     sweep_dir = Path(sweep_dir)
     jobs = []
     for entry in sorted(read_manifest(sweep_dir).values(), key=lambda e: e.get("num", 0)):
-        metrics_file = Path(entry.get("run_dir", "/nonexistent")) / "metrics.json"
+        metrics_file = job_run_dir(sweep_dir, entry) / "metrics.json"
         test = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         test = {k: v for k, v in test.items() if k.startswith("test/")}
         # The summary's files and tags go to the tracking server: no secret in the clear.

@@ -97,6 +97,7 @@ def fake_sweep(
             f"data.fold={fold}",
             status="FINISHED",
             run_dir=str(run_dir),
+            sweep_dir=str(root.resolve()),  # as runner.sweeps.job records it
             num=fold,
             overrides=[f"data.fold={fold}"],
             seconds=2.0,
@@ -107,6 +108,24 @@ def fake_sweep(
 def read_rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def test_a_copied_or_moved_sweep_dir_is_merged_from_its_own_job_dirs(tmp_path):
+    """The manifest's absolute run dirs made a copy read the original's files (a fold
+    deleted from the copy was still merged) and a moved one report 0.0 s of training."""
+    import shutil
+
+    original, _ = fake_sweep(tmp_path / "sweep")
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    shutil.rmtree(copy / "1")
+    merged = merge_folds(copy)
+    assert sorted(merged.run_dirs) == [0, 2, 3]
+    assert all(d.parent == copy for d in merged.run_dirs.values()), merged.run_dirs
+    moved = tmp_path / "moved"
+    original.rename(moved)
+    merged = merge_folds(moved)
+    assert sorted(merged.run_dirs) == [0, 1, 2, 3] and merged.train_seconds == 8.0
 
 
 def test_audit_ranks_every_sample_and_flags_the_flipped_labels(tmp_path):
@@ -448,6 +467,7 @@ def test_experiment_audit_runs_the_fold_jobs_and_audits_them(tmp_path):
         o for job in jobs.values() for o in job["overrides"] if o.startswith("data.fold")
     )
     assert folds == ["data.fold=0", "data.fold=1"] and len(jobs) == 2
+    assert {job["sweep_dir"] for job in jobs.values()} == {str(sweep.resolve())}
     check_audited_sweep(out, sweep)
 
 
