@@ -259,14 +259,36 @@ def _write_outliers(path: Path, lab: Any, merged: MergedFolds, names) -> int | N
 
 
 def _data_config(merged: MergedFolds) -> dict[str, Any] | None:
-    """The fold jobs' resolved data config (config_resolved.yaml), for the thumbnails."""
+    """The fold jobs' resolved data config (config_resolved.yaml), for the thumbnails.
+
+    A relative folder (data.root=../leaves) is the job's: it is taken from the working
+    directory the job ran in (.hydra/hydra.yaml), so the audit redone from another finds
+    the files too.
+    """
     for run_dir in merged.run_dirs.values():
         path = run_dir / "config_resolved.yaml"
         if path.is_file():
             data = OmegaConf.load(path).get("data")
             if data is not None:
-                return OmegaConf.to_container(data, resolve=True)
+                data = OmegaConf.to_container(data, resolve=True)
+                job_cwd = _job_cwd(run_dir)
+                for key in ("root", "name", "cache_dir"):
+                    value = data.get(key)
+                    if job_cwd is None or not isinstance(value, str) or not value:
+                        continue
+                    if not Path(value).expanduser().is_absolute() and (job_cwd / value).exists():
+                        data[key] = str(job_cwd / value)
+                return data
     return None
+
+
+def _job_cwd(run_dir: Path) -> Path | None:
+    """The working directory a job ran in, as Hydra recorded it; None when unknown."""
+    path = run_dir / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return None
+    cwd = OmegaConf.select(OmegaConf.load(path), "hydra.runtime.cwd", default=None)
+    return Path(cwd) if isinstance(cwd, str) and cwd else None
 
 
 def _draw_suspects(

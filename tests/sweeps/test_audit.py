@@ -272,6 +272,26 @@ def test_thumbnails_come_from_the_data_set_by_id(tmp_path):
     assert np.array_equal(images[wanted[0]].numpy(), data.train.images[3].numpy())
 
 
+def test_a_relative_data_root_is_the_fold_jobs_own_when_audited_from_elsewhere(
+    tmp_path, monkeypatch
+):
+    """data.root=../leaves was taken from the auditing command's working directory: the
+    audit redone from another had no thumbnails (every tile 'no image')."""
+    from types import SimpleNamespace
+
+    from runner.sweeps.audit import _data_config
+
+    job_cwd = tmp_path / "work"
+    (job_cwd / "leaves" / "train").mkdir(parents=True)
+    run_dir = tmp_path / "sweep" / "0"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save({"data": {"root": "leaves", "name": "leaves"}}, run_dir / "config_resolved.yaml")
+    OmegaConf.save({"hydra": {"runtime": {"cwd": str(job_cwd)}}}, run_dir / ".hydra" / "hydra.yaml")
+    monkeypatch.chdir(tmp_path)  # the audit's own working directory has no leaves/
+    data = _data_config(SimpleNamespace(run_dirs={0: run_dir}))
+    assert data["root"] == str(job_cwd / "leaves") and data["name"] == str(job_cwd / "leaves")
+
+
 def test_the_audit_is_logged_to_the_parent_run_and_the_command_redoes_it(tmp_path):
     from runner.sweeps.__main__ import main
     from runner.tracking.mlflow_tracker import MlflowTracker
