@@ -182,6 +182,11 @@ class MlflowTracker:
         location = self.artifact_location if self.is_local else None
         return self.experiment_name or experiment_name, location
 
+    def wait_connected(self) -> None:
+        """Waits for the thread opening the client (mlflow's import: pandas, scipy)."""
+        if self._connector is not None:
+            self._connector.join()
+
     def _client(self) -> Any:
         """This process's MlflowClient; waits for the connecting thread, if one runs."""
         if self._connector is not None:

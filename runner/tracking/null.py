@@ -29,6 +29,9 @@ class NullTracker:
     ) -> None:
         """Does nothing."""
 
+    def wait_connected(self) -> None:
+        """Does nothing."""
+
     def log_params(self, params: dict[str, Any]) -> None:
         """Does nothing."""
 

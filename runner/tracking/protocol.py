@@ -37,6 +37,13 @@ class Tracker(Protocol):
     ) -> None:
         """Creates the run, or reopens `resume_run_id` to log into it again."""
 
+    def wait_connected(self) -> None:
+        """Returns once what `start` left opening on a thread is open.
+
+        Called before the run imports a library that thread may import too (two threads
+        importing the same modules at once can leave one of them without a module).
+        """
+
     def log_params(self, params: dict[str, Any]) -> None:
         """Logs params (once each: MLflow refuses to change a logged param)."""
 

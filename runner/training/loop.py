@@ -208,6 +208,9 @@ def fit(
         done = distributed.reduce_epoch(done)  # the sums of all ranks
 
         if val_metrics is None:
+            # torchmetrics imports scipy, as mlflow does on the tracker's thread: importing
+            # both at once once failed with KeyError: 'scipy'. Mostly long done by now.
+            ctx.tracker.wait_connected()
             val_metrics = build_metrics(data.num_classes).to(ctx.device)
         distributed.share_buffers(parts.eval_model)  # every rank validates rank 0's weights
         val = engine.evaluate(

@@ -113,3 +113,29 @@ def test_a_diverged_epoch_stops_as_diverged_even_when_a_signal_came_too():
         stop_if_not_finite=False,
     )
     assert skipping.stop == "interrupted"  # nan_policy=skip goes on: the signal stops it
+
+
+def test_the_first_validation_waits_for_the_thread_opening_the_mlflow_client(make_cfg, monkeypatch):
+    """mlflow's import on that thread (a fresh process's) and torchmetrics' on the main one
+    both import scipy: together they once failed with KeyError: 'scipy' at the first
+    validation. The race itself cannot be reproduced at will; the order that rules it
+    out is checked: the run waits for the tracker before torchmetrics is first needed."""
+    from runner.cli import run
+    from runner.tracking.mlflow_tracker import MlflowTracker
+    from runner.training import loop
+
+    calls = []
+    waiting, building = MlflowTracker.wait_connected, loop.build_metrics
+
+    def recording_wait(self):
+        calls.append("wait_connected")
+        return waiting(self)
+
+    def recording_build(*args, **kwargs):
+        calls.append("build_metrics")
+        return building(*args, **kwargs)
+
+    monkeypatch.setattr(MlflowTracker, "wait_connected", recording_wait)
+    monkeypatch.setattr(loop, "build_metrics", recording_build)
+    run(make_cfg("trainer.max_epochs=2", "logger.system_metrics=false"))
+    assert calls[:2] == ["wait_connected", "build_metrics"], calls
