@@ -9,8 +9,9 @@ Both read a CSV file with a `sample_id` column (the ids of `runner.data.splits`)
   in `label`: a class name, or a class index when no class has that name. With an
   `is_label_issue` column, only the rows where it is true.
 
-`is_label_issue` takes True/False, 1/0, yes/no (any case); another value is an error
-naming the line. Column names and labels may have surrounding spaces.
+`is_label_issue` takes True/False, 1/0, yes/no (any case), and an empty cell as false (a
+flag cleared in a spreadsheet); another value is an error naming the line. Column names
+and labels may have surrounding spaces.
 
 They apply after the real-world switches (so they act on the labels an audit saw) and
 before k-fold. Only train samples change; an id of the val or test split, or of no
@@ -95,7 +96,7 @@ def _stripped(row: dict[str, str | None]) -> dict[str, str]:
 
 
 def _flag_is_true(path: str, key: str, line: int, value: str) -> bool:
-    """Whether an `is_label_issue` value is true; anything but a yes or a no is refused."""
+    """Whether an `is_label_issue` value is true (empty: false); other values are refused."""
     text = value.lower()
     if text in _TRUE:
         return True

@@ -100,17 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument(
         "--thumbnails",
         type=_count,
-        default=NUM_THUMBNAILS,
-        help="suspects in label_issues.png (>= 0)",
+        default=None,
+        help="suspects in label_issues.png (>= 0; default: the sweep's audit.num_thumbnails, "
+        f"else {NUM_THUMBNAILS})",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "audit":
-        from runner.sweeps.audit import redo_audit
+        from runner.sweeps.audit import configured_thumbnails, redo_audit
         from runner.sweeps.out_of_fold import AuditError
 
+        thumbnails = args.thumbnails
+        if thumbnails is None:
+            thumbnails = configured_thumbnails(args.sweep_dir)
         try:
-            result = redo_audit(args.sweep_dir, args.thumbnails)
+            result = redo_audit(args.sweep_dir, thumbnails)
         except AuditError as err:
             print(f"Error: {err}")
             return 1

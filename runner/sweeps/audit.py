@@ -484,6 +484,16 @@ def audit_if_asked(config: DictConfig, sweep_dir: Path, tracker: Tracker | None)
     return None
 
 
+def configured_thumbnails(sweep_dir: Path) -> int:
+    """The sweep's `audit.num_thumbnails` (its multirun.yaml), else NUM_THUMBNAILS."""
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return NUM_THUMBNAILS
+    value = OmegaConf.select(OmegaConf.load(path), "audit.num_thumbnails", default=None)
+    valid = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return value if valid else NUM_THUMBNAILS
+
+
 def redo_audit(sweep_dir: Path, num_thumbnails: int = NUM_THUMBNAILS) -> AuditResult:
     """Redoes the audit of a finished sweep and logs it to its parent run, reopened.
 

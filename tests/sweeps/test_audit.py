@@ -292,6 +292,15 @@ def test_a_relative_data_root_is_the_fold_jobs_own_when_audited_from_elsewhere(
     assert data["root"] == str(job_cwd / "leaves") and data["name"] == str(job_cwd / "leaves")
 
 
+def test_the_audit_command_draws_as_many_thumbnails_as_the_sweep_asked(tmp_path):
+    """It drew 32 whatever the sweep's audit.num_thumbnails."""
+    from runner.sweeps.audit import NUM_THUMBNAILS, configured_thumbnails
+
+    assert configured_thumbnails(tmp_path) == NUM_THUMBNAILS  # no multirun.yaml
+    OmegaConf.save({"audit": {"num_thumbnails": 3}}, tmp_path / "multirun.yaml")
+    assert configured_thumbnails(tmp_path) == 3
+
+
 def test_the_audit_is_logged_to_the_parent_run_and_the_command_redoes_it(tmp_path):
     from runner.sweeps.__main__ import main
     from runner.tracking.mlflow_tracker import MlflowTracker
