@@ -250,6 +250,10 @@ def test_same_seed_same_draws_and_params_replay():
         (lambda: ColorJitterAffine(hue=0.7), "hue=0.7"),
         (lambda: ColorJitterAffine(brightness=-1), "brightness=-1"),
         (lambda: RandomBoxErasing(p=1.5), "p=1.5"),
+        # Cut to 4 pixels, and True taken as 1, without a word.
+        (lambda: RandomCropFlip(32, padding=4.5), "padding=4.5"),
+        (lambda: RandomCropFlip((24.5, 24)), "size=.24.5, 24.: expected"),
+        (lambda: RandomCropFlip(32, flip_p=True), "flip_p=True"),
     ],
 )
 def test_bad_arguments_name_the_argument_and_value(build, message):

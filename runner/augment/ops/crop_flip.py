@@ -48,8 +48,8 @@ class RandomCropFlip(GeometricAugmentationBase2D):
     ):
         super().__init__(p=1.0)
         self.size = pair(size, "size")
-        if padding < 0:
-            raise ValueError(f"padding={padding!r}: expected a number of pixels >= 0")
+        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+            raise ValueError(f"padding={padding!r}: expected a whole number of pixels >= 0")
         if padding_mode not in ("reflect", "replicate", "constant"):
             raise ValueError(
                 f"padding_mode={padding_mode!r}: expected 'reflect', 'replicate' or 'constant'"

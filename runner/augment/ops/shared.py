@@ -19,7 +19,8 @@ PER_SAMPLE_MIN_PIXELS = 128 * 128
 def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     """A size as (height, width), checked; `name` is the argument, for the error."""
     pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or min(pair) <= 0:
+    whole = all(isinstance(v, int) and not isinstance(v, bool) for v in pair)
+    if len(pair) != 2 or not whole or min(pair) <= 0:  # 24.5 was cut to 24, True taken as 1
         raise ValueError(f"{name}={value!r}: expected a positive size or a (height, width) pair")
     return int(pair[0]), int(pair[1])
 
@@ -36,7 +37,7 @@ def value_range(value: Sequence[float], name: str, low: float, high: float) -> t
 
 def probability(value: float, name: str) -> float:
     """A probability in [0, 1], checked; `name` is the argument, for the error."""
-    if not 0 <= value <= 1:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
         raise ValueError(f"{name}={value!r}: expected a probability in [0, 1]")
     return float(value)
 
