@@ -160,7 +160,8 @@ def reopen_parent_run(sweep_dir: Path) -> Tracker | None:
     store = missing_store_file(info["tracking_uri"])
     if store is not None:
         raise FileNotFoundError(f"the sweep's tracking store {store} is gone")
-    tracker = MlflowTracker(tracking_uri=info["tracking_uri"])
+    # What it logs is the sweep's; this command's own CPU and memory use is not.
+    tracker = MlflowTracker(tracking_uri=info["tracking_uri"], system_metrics=False)
     tracker.connect(experiment_name=info["experiment_name"])
     tracker.start(run_name=None, tags={}, resume_run_id=info["parent_run_id"])
     return tracker

@@ -301,7 +301,7 @@ def test_the_audit_command_draws_as_many_thumbnails_as_the_sweep_asked(tmp_path)
     assert configured_thumbnails(tmp_path) == 3
 
 
-def test_the_audit_is_logged_to_the_parent_run_and_the_command_redoes_it(tmp_path):
+def test_the_audit_is_logged_to_the_parent_run_and_the_command_redoes_it(tmp_path, capfd):
     from runner.sweeps.__main__ import main
     from runner.tracking.mlflow_tracker import MlflowTracker
 
@@ -315,7 +315,10 @@ def test_the_audit_is_logged_to_the_parent_run_and_the_command_redoes_it(tmp_pat
     info = {"parent_run_id": parent.run_id, "tracking_uri": uri, "experiment_name": "digits"}
     (sweep / "sweep.json").write_text(json.dumps(info))
 
+    capfd.readouterr()
     assert main(["audit", str(sweep), "--thumbnails", "4"]) == 0
+    # The parent run's system metrics are the sweep's, not this command's.
+    assert "system metrics" not in "".join(capfd.readouterr()).lower()
     metrics = dict(query(db, "SELECT key, value FROM metrics WHERE run_uuid=?", parent.run_id))
     flagged = sum(
         r["is_label_issue"] == "True" for r in read_rows(sweep / "audit" / "label_issues.csv")
