@@ -19,6 +19,16 @@ from runner.config.choices import RUNNER_GROUP_KEYS
 # Groups whose node is built with `instantiate`; their keys are the target's arguments.
 TARGET_GROUPS = ("data", "model", "optim", "sched", "loss", "sampler", "aug", "logger")
 
+# Arguments the runner passes to a group's target itself (runner/training/parts.py): a
+# target that does not take them (torch's own lr schedulers) failed after the data and
+# model were built.
+BOUND_ARGUMENTS = {
+    "model": ("num_classes",),
+    "sched": ("optimizer", "total_steps", "steps_per_epoch"),
+    "loss": ("class_counts",),
+    "aug": ("num_classes",),
+}
+
 # Seconds this process spent importing targets' modules for the check. The first check
 # imports the training stack (torch, timm, ...) while Hydra composes; the start-up clock
 # counts these seconds as imports, which they are, not as composition.
@@ -61,6 +71,14 @@ def unexpected_group_keys(cfg: DictConfig) -> list[str]:
             continue
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
             continue
+        missing = [name for name in BOUND_ARGUMENTS.get(group, ()) if name not in parameters]
+        if missing:
+            problems.append(
+                f"{group}._target_={target!r} does not take {', '.join(missing)}, which the "
+                f"runner passes to every {group} target: choose a {group} option, or point "
+                f"{group}._target_ at a function that takes {', '.join(BOUND_ARGUMENTS[group])}"
+                + (" (as runner.training.optim's schedules do)" if group == "sched" else "")
+            )
         runner_keys = RUNNER_GROUP_KEYS.get(group, ())
         takes = [name for name in parameters if name not in ("self", "args")]
         for key in node:

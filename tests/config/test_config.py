@@ -322,6 +322,15 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
         ),
         (["experiment=throughput", "throughput.batch_sizes=[1]"], "integers >= 2"),
         (["sched=onecycle", "+sched.div_factor=0"], "sched.div_factor=0 is invalid"),
+        (
+            [
+                "sched._target_=torch.optim.lr_scheduler.CosineAnnealingLR",
+                "~sched.warmup_epochs",
+                "~sched.min_lr_ratio",
+                "+sched.T_max=10",
+            ],
+            "does not take total_steps, steps_per_epoch, which the runner passes",
+        ),
         (["data=synthetic", "data.channels=0"], "data.channels=0 is invalid"),
         (["analysis.calibration_bins=100000"], "expected an integer in 1..1000"),
         (["logger.run_name=[1,2]"], "logger.run_name=[1, 2] is invalid"),
