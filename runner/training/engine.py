@@ -191,6 +191,8 @@ def train_one_epoch(
     batch_index = done.batches
     start = time.perf_counter()
     window_start = True  # the next backward begins an accumulation window
+    backwards = 0  # batches of the open window that went backward
+    window_size = accumulate
     stopped = False
     for batch_index, (images, labels) in enumerate(loader, start=done.batches + 1):
         images = images.to(device, non_blocking=True)
@@ -202,6 +204,9 @@ def train_one_epoch(
             loss = parts.loss_fn(logits, targets)
         finite = torch.isfinite(loss.detach())
         at_boundary = batch_index % accumulate == 0 or batch_index == total
+        # An epoch's last window may be short (22 batches, accumulate 4: the last has 2):
+        # its step takes the mean over the batches it has, as a full window's does.
+        window_size = min(accumulate, total - (batch_index - 1) // accumulate * accumulate)
         # A skipped batch (nan_policy=skip) has no backward; the other batches of its
         # accumulation window keep their gradients and still make the window's step.
         skipped = guard.policy == "skip" and not guard.finite_everywhere(finite)
@@ -221,10 +226,11 @@ def train_one_epoch(
                 # it early hands it back to the OS and every step faults it in again.
                 parts.optimizer.zero_grad(set_to_none=True)
                 window_start = False
-            parts.scaler.scale(loss / accumulate).backward()
+            parts.scaler.scale(loss / window_size).backward()
+            backwards += 1
         if at_boundary and not window_start:
-            _optimizer_step(model, parts, settings.gradient_clip_val)
-            window_start = True
+            _optimizer_step(model, parts, settings.gradient_clip_val, backwards / window_size)
+            window_start, backwards = True, 0
         if not skipped:
             batch = labels.shape[0]
             seen += batch
@@ -241,7 +247,7 @@ def train_one_epoch(
     if not stopped and not window_start:
         # The loader gave fewer batches than its length (a streamed batch whose files all
         # failed to decode): the open accumulation window is stepped as the last one.
-        _optimizer_step(model, parts, settings.gradient_clip_val)
+        _optimizer_step(model, parts, settings.gradient_clip_val, backwards / window_size)
     loss_value, correct_value, bad = torch.stack(  # one read of the host for the three
         [loss_sum.float(), correct.float(), first_bad.float()]
     ).tolist()
@@ -271,8 +277,18 @@ def dominant_class(targets: torch.Tensor) -> torch.Tensor:
     return targets.argmax(-1) if targets.ndim == 2 else targets
 
 
-def _optimizer_step(model: nn.Module, parts: StepParts, gradient_clip_val: float | None) -> None:
-    """Ends an accumulation window: clip, step, then the lr schedule and the EMA."""
+def _optimizer_step(
+    model: nn.Module, parts: StepParts, gradient_clip_val: float | None, filled: float = 1.0
+) -> None:
+    """Ends an accumulation window: clip, step, then the lr schedule and the EMA.
+
+    `filled` is the share of the window's batches that went backward: below 1 when
+    nan_policy=skip left one out, whose gradients are then taken as the mean of the rest.
+    """
+    if filled < 1:
+        for param in model.parameters():
+            if param.grad is not None:
+                param.grad.div_(filled)
     if gradient_clip_val is not None:
         parts.scaler.unscale_(parts.optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), gradient_clip_val)

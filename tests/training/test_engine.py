@@ -109,6 +109,49 @@ def test_accumulation_steps_the_optimizer_every_k_batches(make_cfg):
     assert kwargs["parts"].scheduler.last_epoch == 5
 
 
+def gradients_of_each_step(batches: int, accumulate: int, nan_batch: int | None = None):
+    """The gradient of a linear model at each optimizer step of one epoch over
+    `batches` identical one-sample batches (lr 0: the weights stay, so should it)."""
+    from runner.augment.device import DeviceAugment
+
+    torch.manual_seed(0)  # the same weights in every call
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    steps = []
+    optimizer.register_step_pre_hook(lambda *_: steps.append(model[1].weight.grad.detach().clone()))
+    loss_fn = CrossEntropyLoss()
+    image = torch.tensor([[[[10, 200], [30, 90]]]], dtype=torch.uint8)
+    engine.train_one_epoch(
+        model=model,
+        loader=[(image, torch.tensor([1]))] * batches,
+        parts=TrainingParts(
+            model=model,
+            augment=DeviceAugment(),
+            normalize=Normalize([0.5], [0.25]),
+            loss_fn=loss_fn if nan_batch is None else nan_at(loss_fn, nan_batch),
+            optimizer=optimizer,
+            scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+            scaler=torch.amp.GradScaler("cpu", enabled=False),
+            ema=None,
+        ),
+        autocast=contextlib.nullcontext,
+        device=torch.device("cpu"),
+        settings=engine.StepSettings(accumulate_grad_batches=accumulate),
+        nan_guard=None if nan_batch is None else engine.NanGuard(policy="skip"),
+    )
+    return steps
+
+
+def test_a_short_last_window_or_a_skipped_batch_steps_with_the_mean_gradient():
+    """The loss was divided by the full window always: 5 batches with accumulate=4 made
+    a last step with a quarter of the gradient, and a skipped NaN batch one with 3/4."""
+    steps = gradients_of_each_step(batches=5, accumulate=4)
+    assert len(steps) == 2
+    torch.testing.assert_close(steps[1], steps[0])
+    (skipping,) = gradients_of_each_step(batches=4, accumulate=4, nan_batch=2)
+    torch.testing.assert_close(skipping, steps[0])
+
+
 def test_gradient_clipping_bounds_the_update(make_cfg):
     kwargs = setup_loop(make_cfg, aug="none", batches=4)
     before = [p.detach().clone() for p in kwargs["model"].parameters()]
