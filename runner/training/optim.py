@@ -6,6 +6,7 @@ Every schedule is a torch `LRScheduler` stepped once per optimizer step, built f
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 
@@ -17,6 +18,8 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from runner.config.choices import OPTIM_RUNNER_KEYS
 from runner.config.errors import ConfigError
 from runner.models.heads import classifier_layers
+
+log = logging.getLogger(__name__)
 
 # Keys of conf/optim/ that the runner uses itself rather than passing to the optimizer.
 RUNNER_KEYS = OPTIM_RUNNER_KEYS
@@ -93,7 +96,16 @@ def build_optimizer(
 
 
 def _warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
-    return min(round(warmup_epochs * steps_per_epoch), max(total_steps - 1, 0))
+    wanted = round(warmup_epochs * steps_per_epoch)
+    if wanted and wanted >= total_steps:  # a debug run of one epoch, or a preset's warmup
+        log.warning(
+            "sched.warmup_epochs=%s covers the whole run (%d optimizer steps): the lr only "
+            "ramps up to its peak at the last step and never decays; lower "
+            "sched.warmup_epochs or raise trainer.max_epochs",
+            warmup_epochs,
+            total_steps,
+        )
+    return min(wanted, max(total_steps - 1, 0))
 
 
 def _warmup_factor(step: int, warmup: int) -> float:
@@ -227,6 +239,16 @@ def step_schedule(
     """
     warmup = _warmup_steps(warmup_epochs, steps_per_epoch, total_steps)
     boundaries = sorted(int(m * total_steps) for m in milestones)
+    if boundaries and boundaries[0] < warmup:
+        log.warning(
+            "sched.milestones=%s: the first decay (step %d) falls inside the %d-step warmup "
+            "(sched.warmup_epochs=%s), so the peak lr is never used; shorten the warmup or "
+            "move the milestones later",
+            list(milestones),
+            boundaries[0],
+            warmup,
+            warmup_epochs,
+        )
 
     def factor(step: int) -> float:
         if step < warmup:

@@ -152,6 +152,25 @@ def test_a_short_last_window_or_a_skipped_batch_steps_with_the_mean_gradient():
     torch.testing.assert_close(skipping, steps[0])
 
 
+def test_a_warmup_that_covers_the_run_or_its_first_milestone_is_reported(caplog):
+    """Both were accepted without a word: the lr only ramped up (cifar10_resnet18 with
+    trainer.max_epochs=2 is all warmup), or both decays fell into one inside the warmup."""
+    from runner.training.optim import step_schedule
+
+    def optimizer():
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+
+    cosine_schedule(optimizer(), total_steps=16, steps_per_epoch=8, warmup_epochs=1)
+    step_schedule(optimizer(), total_steps=160, steps_per_epoch=8, milestones=(0.5, 0.75))
+    assert "covers the whole run" not in caplog.text and "inside the" not in caplog.text
+    cosine_schedule(optimizer(), total_steps=16, steps_per_epoch=8, warmup_epochs=5)
+    assert "sched.warmup_epochs=5 covers the whole run (16 optimizer steps)" in caplog.text
+    step_schedule(
+        optimizer(), total_steps=16, steps_per_epoch=8, milestones=(0.25, 0.5), warmup_epochs=1
+    )
+    assert "the first decay (step 4) falls inside the 8-step warmup" in caplog.text
+
+
 def test_gradient_clipping_bounds_the_update(make_cfg):
     kwargs = setup_loop(make_cfg, aug="none", batches=4)
     before = [p.detach().clone() for p in kwargs["model"].parameters()]
