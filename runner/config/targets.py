@@ -9,6 +9,8 @@ them to their new homes so those checkpoints still evaluate and predict.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -97,8 +99,53 @@ def upgrade_legacy_targets(cfg: DictConfig) -> DictConfig:
     return OmegaConf.create(walk(OmegaConf.to_container(cfg, resolve=False)))
 
 
+def _within(name: str, allowed: list[str]) -> bool:
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in allowed)
+
+
+def escaped_module(target: str, allowed: list[str]) -> str | None:
+    """The module outside `allowed` that a target in it reaches by attributes, if any.
+
+    Hydra follows attributes as well as modules: `torch.nn.functional.torch.hub.load`
+    is torch.hub.load, reached through the `torch` that torch.nn.functional imported,
+    and `runner.training.state.os.system` is os.system. The target is located as Hydra
+    does, importing only modules inside `allowed` (trusted code, whose import runs
+    nothing a checkpoint chose); every module passed through, and the module the target
+    itself is defined in, must be inside `allowed` too. None when it stays inside, or
+    when it cannot be located (its instantiation then fails on its own).
+    """
+    parts = target.split(".")
+    found, depth = None, 0
+    for depth in range(len(parts), 0, -1):
+        name = ".".join(parts[:depth])
+        if not _within(name, allowed):
+            return None  # the prefix check refuses it (or it cannot be imported)
+        try:
+            found = importlib.import_module(name)
+            break
+        except ImportError:
+            continue
+        except Exception:  # a trusted module that fails to import: instantiate says so
+            return None
+    if found is None:
+        return None
+    for attribute in parts[depth:]:
+        found = getattr(found, attribute, None)
+        if found is None:
+            return None
+        if inspect.ismodule(found) and not _within(found.__name__, allowed):
+            return found.__name__
+    defined_in = getattr(found, "__module__", None)
+    if isinstance(defined_in, str) and not _within(defined_in, allowed):
+        return defined_in
+    return None
+
+
 def untrusted_targets(cfg: DictConfig, extra_allowed: tuple[str, ...] = ()) -> list[str]:
-    """Lists `_target_`s outside the trusted packages, without importing anything.
+    """Lists `_target_`s outside the trusted packages, or reaching outside them.
+
+    A target whose name is outside is refused without importing anything; one inside
+    is located (`escaped_module`), importing trusted modules only.
 
     Args:
         cfg: A config, e.g. a composed one or one loaded back from a checkpoint.
@@ -120,10 +167,16 @@ def untrusted_targets(cfg: DictConfig, extra_allowed: tuple[str, ...] = ()) -> l
                 child_path = f"{path}.{key}" if path else str(key)
                 if key != "_target_":
                     walk(child, child_path)
-                elif not any(str(child) == p or str(child).startswith(p + ".") for p in allowed):
+                elif not _within(str(child), allowed):
                     problems.append(
                         f"{child_path}={str(child)!r} is not trusted: targets must come from "
                         f"{', '.join(allowed)}; add its module to allowed_targets to allow it"
+                    )
+                elif (outside := escaped_module(str(child), allowed)) is not None:
+                    problems.append(
+                        f"{child_path}={str(child)!r} is not trusted: it reaches {outside}, "
+                        f"outside {', '.join(allowed)}; name the target by the module it is "
+                        "defined in, or add that module to allowed_targets"
                     )
         elif isinstance(node, list):
             for index, child in enumerate(node):

@@ -247,6 +247,15 @@ def test_untrusted_targets_are_refused_before_import(tmp_path):
         "runner.models.factories.create_timm_model",
     ):
         assert untrusted_targets(OmegaConf.create({"m": {"_target_": target}})) == [], target
+    # Hydra follows attributes too: each reached code outside the trusted parts (a
+    # crafted best.pt's model ran a hubconf.py through the first in mode=eval).
+    for target, outside in (
+        ("torch.nn.functional.torch.hub.load", "it reaches torch,"),
+        ("runner.training.state.os.system", "it reaches os,"),
+        ("torch.nn.modules.module.torch.load", "it reaches torch,"),
+    ):
+        (problem,) = untrusted_targets(OmegaConf.create({"m": {"_target_": target}}))
+        assert f"m._target_={target!r} is not trusted: {outside}" in problem
     allowed = OmegaConf.create({"allowed_targets": ["mylab"], "m": {"_target_": "mylab.Net"}})
     assert untrusted_targets(allowed) == []
 
