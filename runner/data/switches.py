@@ -167,6 +167,15 @@ def apply_switches(
     data.train = train
     if label_noise:
         require_splits(data, names=())  # one class: no other class to flip a label to
+        classes = data.num_classes
+        if noise_type == "symmetric" and label_noise >= (classes - 1) / classes:
+            # Each wrong class then gets P/(C-1) of a class's labels, at least the 1-P
+            # its own keeps: the labels no longer name the images' class most often.
+            raise DataError(
+                f"data.label_noise={label_noise:g} with data.noise_type=symmetric and "
+                f"{classes} classes leaves fewer labels on each image's own class than on "
+                f"another: use a rate below {(classes - 1) / classes:.3g}"
+            )
         clean = train.labels.clone()
         noisy = noisy_labels(clean, label_noise, noise_type, data.num_classes, seed)
         data.train = train.with_labels(noisy)

@@ -114,6 +114,17 @@ def test_label_noise_on_one_class_is_refused_as_without_noise():
         apply_switches(data, seed=0, label_noise=0.2)
 
 
+def test_symmetric_noise_that_leaves_the_own_class_no_majority_is_refused():
+    """Only asymmetric noise of 0.5 was refused; symmetric 0.7 on 2 classes inverted
+    most labels (actual noise rate 0.75) without a word."""
+    from runner.data.decoding import DataError
+
+    data = make_synthetic(num_classes=2, num_samples=320)
+    with pytest.raises(DataError, match=r"label_noise=0.7 .* 2 classes .*below 0.5"):
+        apply_switches(data, seed=0, label_noise=0.7)
+    apply_switches(make_synthetic(num_classes=10, num_samples=320), seed=0, label_noise=0.7)
+
+
 def test_build_data_applies_switches_from_the_config(make_cfg):
     cfg = make_cfg("data.samples_per_class=30", "data.label_noise=0.2", tiny=False)
     data = build_data(cfg.data)
