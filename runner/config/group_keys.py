@@ -27,6 +27,18 @@ BOUND_ARGUMENTS = {
     "sched": ("optimizer", "total_steps", "steps_per_epoch"),
     "loss": ("class_counts",),
     "aug": ("num_classes",),
+    "sampler": ("labels", "seed"),
+}
+# Where the runner takes each bound argument from, for the refusal of a config that sets
+# one (`+model.num_classes=5` was replaced by the data's class count without a word).
+_BOUND_FROM = {
+    "num_classes": "the data's classes",
+    "optimizer": "the optim group",
+    "total_steps": "trainer.max_epochs and the batches per epoch",
+    "steps_per_epoch": "the batches per epoch",
+    "class_counts": "the train split",
+    "labels": "the train split",
+    "seed": "the run's seed=",
 }
 
 # Seconds this process spent importing targets' modules for the check. The first check
@@ -53,6 +65,12 @@ def unexpected_group_keys(cfg: DictConfig) -> list[str]:
         node = cfg.get(group)
         if not isinstance(node, DictConfig) or "_target_" not in node:
             continue
+        for key in BOUND_ARGUMENTS.get(group, ()):
+            if key in node:
+                problems.append(
+                    f"{group}.{key} is passed by the runner (from {_BOUND_FROM[key]}) and "
+                    f"would be ignored: remove it with ~{group}.{key}"
+                )
         target = str(OmegaConf.select(node, "_target_"))
         started = time.perf_counter()
         try:

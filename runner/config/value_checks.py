@@ -402,6 +402,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "data.test_fraction": _fraction,
     "data.split_seed": _split_seed,
     "data.num_samples": _positive_int,
+    "sampler.num_samples": _optional_positive_int,  # 0 was read as the split's size
     "data.channels": _positive_int,
     "data.num_classes": _optional_positive_int,
     "data.root": _non_empty_string,

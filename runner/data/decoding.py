@@ -320,7 +320,7 @@ def cached(
     path = None
     if cache_dir is not None:
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)[:40]
-        path = Path(cache_dir) / f"{safe}-{key}.pt"
+        path = Path(cache_dir).expanduser() / f"{safe}-{key}.pt"  # as data.root is
     if path is not None and path.is_file():
         start = time.perf_counter()
         try:

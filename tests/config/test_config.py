@@ -322,6 +322,10 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
         ),
         (["experiment=throughput", "throughput.batch_sizes=[1]"], "integers >= 2"),
         (["sched=onecycle", "+sched.div_factor=0"], "sched.div_factor=0 is invalid"),
+        # Replaced by what the runner passes, without a word (or, -5, failed at epoch 1).
+        (["+model.num_classes=5"], "model.num_classes is passed by the runner (from the data"),
+        (["sampler=balanced", "+sampler.seed=123"], "sampler.seed is passed by the runner"),
+        (["sampler=balanced", "+sampler.num_samples=-5"], "sampler.num_samples=-5 is invalid"),
         (
             [
                 "sched._target_=torch.optim.lr_scheduler.CosineAnnealingLR",

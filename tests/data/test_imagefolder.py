@@ -486,6 +486,22 @@ def test_a_decode_cache_that_cannot_be_written_leaves_no_part_file_and_says_why(
     decoding.clear_memory_cache()
 
 
+def test_a_decode_cache_dir_under_home_is_written_there(tmp_path, monkeypatch):
+    """data.cache_dir='~/dcache' made a folder named '~' in the working directory."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+
+    def build():
+        return {"images": torch.zeros(2, 3, 8, 8, dtype=torch.uint8)}
+
+    decoding.clear_memory_cache()
+    decoding.cached(decoding.cache_key("home"), build, "~/dcache", "folder")
+    decoding.wait_for_cache_writes()
+    decoding.clear_memory_cache()
+    assert len(list((tmp_path / "home" / "dcache").glob("folder-*.pt"))) == 1
+    assert not (tmp_path / "~").exists()
+
+
 def test_an_animated_gif_decodes_to_its_first_frame(tmp_path):
     """torchvision gives (frames, 3, H, W): writing it into a 3-D slot crashed the decode."""
     from PIL import Image
