@@ -90,6 +90,10 @@ class RandomSampler(_ShardedSampler):
         return torch.randperm(self.size, generator=generator)
 
 
+# The most categories torch.multinomial draws from.
+MULTINOMIAL_LIMIT = 2**24
+
+
 class WeightedClassSampler(_ShardedSampler):
     """Draws samples with replacement, weighting each class by count ** -power.
 
@@ -121,10 +125,24 @@ class WeightedClassSampler(_ShardedSampler):
         smallest = counts[counts > 0].min()
         class_weight = torch.where(counts > 0, (counts.clamp_min(1) / smallest).pow(-power), 0.0)
         self.weights = class_weight[labels]
+        if labels.shape[0] > MULTINOMIAL_LIMIT:  # a class first, then one of its samples
+            self.class_mass = class_weight * counts
+            self.counts = counts
+            self.by_class = torch.argsort(labels, stable=True)
+            self.class_start = torch.cumsum(counts, 0).long() - counts.long()
         super().__init__(int(num_samples or labels.shape[0]), seed, rank, world_size)
 
     def _draw(self, generator: torch.Generator) -> torch.Tensor:
         # One draw of the padded size: the padding is fresh draws, not repeats.
-        return torch.multinomial(
-            self.weights, self.total_size, replacement=True, generator=generator
+        if self.weights.shape[0] <= MULTINOMIAL_LIMIT:
+            return torch.multinomial(
+                self.weights, self.total_size, replacement=True, generator=generator
+            )
+        # torch.multinomial takes at most 2**24 categories: a class drawn by its share of
+        # the weight, then one of its samples uniformly, is the same distribution.
+        classes = torch.multinomial(
+            self.class_mass, self.total_size, replacement=True, generator=generator
         )
+        within = torch.rand(self.total_size, generator=generator, dtype=torch.float64)
+        offset = (within * self.counts[classes]).long()
+        return self.by_class[self.class_start[classes] + offset]

@@ -25,6 +25,19 @@ def test_balanced_sampler_draws_classes_equally():
     assert torch.allclose(shares, torch.full((3,), 1 / 3).double(), atol=0.01), shares
 
 
+def test_a_train_split_over_two_to_the_24_samples_is_balanced_too():
+    """torch.multinomial takes at most 2**24 categories: a larger streamed folder or
+    Hugging Face set failed at its first epoch (number of categories cannot exceed 2^24)."""
+    labels = torch.zeros(2**24 + 10, dtype=torch.long)
+    labels[-10:] = 1  # 10 samples of class 1 among 16.8M of class 0
+    sampler = WeightedClassSampler(labels, seed=0, power=1.0, num_samples=20000)
+    drawn = sampler.indices(0)
+    shares = torch.bincount(labels[drawn], minlength=2).double() / len(drawn)
+    assert torch.allclose(shares, torch.full((2,), 0.5).double(), atol=0.02), shares
+    assert set(drawn[labels[drawn] == 1].tolist()) == set(range(2**24, 2**24 + 10))
+    assert torch.equal(drawn, sampler.indices(0)) and not torch.equal(drawn, sampler.indices(1))
+
+
 def test_a_large_power_draws_the_smallest_class_instead_of_failing():
     """count ** -1000 underflowed to 0 for every class: multinomial refused the weights."""
     sampler = WeightedClassSampler(LABELS, seed=0, power=1000.0, num_samples=500)
