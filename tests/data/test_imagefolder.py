@@ -261,6 +261,16 @@ def test_without_val_and_test_folders_the_split_is_stratified_and_seeded(tmp_pat
     assert torch.equal(again.test.images, data.test.images)
 
 
+def test_a_fraction_the_folders_own_split_replaces_is_said_not_to_be_used(tmp_path, caplog):
+    """data.val_fraction=0.3 beside a val/ folder did nothing, without a word."""
+    root = make_imagefolder(tmp_path / "data", per_class=10, splits=("train", "val"))
+    with caplog.at_level("INFO", logger="runner"):
+        data = load(root, val_fraction=0.3, test_fraction=0.2, split_seed=0)
+    assert len(data.val) == 30 and len(data.test) == 6  # val/ as it is; test carved
+    assert "data.val_fraction=0.3 is not used" in caplog.text
+    assert "test_fraction" not in caplog.text
+
+
 def test_the_carved_splits_do_not_depend_on_which_files_turn_out_bad(tmp_path):
     """They were drawn after the bad files were dropped: a truncated file (found when
     decoded resident, later when streamed) moved other samples into the test split."""

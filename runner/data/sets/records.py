@@ -261,6 +261,15 @@ def _assemble(parts, train_labels, train_ids, val_fraction, test_fraction, split
     that no class is tested that the model could not learn.
     """
     train = parts["train"]
+    for split, fraction in (("val", val_fraction), ("test", test_fraction)):
+        if split in parts and fraction:  # the group's default fraction too: said, not acted on
+            log.info(
+                "data: the %s split is the data's own %s/ (data.%s_fraction=%s is not used)",
+                split,
+                split,
+                split,
+                fraction,
+            )
     if "val" in parts and "test" in parts:  # nothing to carve: no copy of train
         return train, parts["val"], parts["test"]
     carve_val = 0.0 if "val" in parts else val_fraction
