@@ -52,6 +52,10 @@ def _fraction(value: Any) -> str | None:
     return None if is_number(value) and 0 <= value < 1 else "a number in [0, 1)"
 
 
+def _optional_fraction(value: Any) -> str | None:
+    return None if value is None else _fraction(value)
+
+
 def _probability(value: Any) -> str | None:
     return None if is_number(value) and 0 <= value <= 1 else "a number in [0, 1]"
 
@@ -377,8 +381,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "optim.nesterov": _boolean,
     "optim.betas": _betas,
     "optim.eps": _positive_number,
-    "model.drop_rate": _fraction,
-    "model.drop_path_rate": _fraction,
+    "model.drop_rate": _optional_fraction,
+    "model.drop_path_rate": _optional_fraction,
     "model.depth": _positive_int,
     "model.patch_size": _positive_int,
     "sched.warmup_epochs": _non_negative_number,

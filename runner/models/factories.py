@@ -59,9 +59,10 @@ def check_model_config(model_cfg: Any) -> None:
     _check_file(model_cfg.get("pretrained_file"), "model.pretrained_file")
 
 
-# The timm group's own keys (conf/model/timm.yaml); any other goes to timm.create_model.
+# The timm group's own keys (conf/model/timm.yaml); any other goes to timm.create_model,
+# as do drop_rate and drop_path_rate when set (timm leaves out the ones that are None).
 _TIMM_GROUP_KEYS = {"_target_", "_partial_", "name", "pretrained", "pretrained_file"}
-_TIMM_GROUP_KEYS |= {"drop_rate", "drop_path_rate"}
+_TIMM_DROP_KEYS = {"drop_rate", "drop_path_rate"}
 
 
 def _check_timm_arguments(model_cfg: Any) -> None:
@@ -70,7 +71,11 @@ def _check_timm_arguments(model_cfg: Any) -> None:
     `+model.drop_rat=0.1` failed as a TypeError once the data was built. Only with such
     keys, the model is built here, on the meta device (no memory, no weights).
     """
-    extra = {k: v for k, v in model_cfg.items() if k not in _TIMM_GROUP_KEYS}
+    extra = {
+        k: v
+        for k, v in model_cfg.items()
+        if k not in _TIMM_GROUP_KEYS and not (k in _TIMM_DROP_KEYS and v in (None, 0))
+    }
     if not extra:
         return
     import timm
@@ -80,7 +85,9 @@ def _check_timm_arguments(model_cfg: Any) -> None:
         with torch.device("meta"):
             timm.create_model(name.split(".")[0], num_classes=2, **extra)
     except TypeError as err:
-        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        # Python's wording, or timm's own for some families (poolformer, hrnet, vovnet):
+        # "got unexpected keyword argument(s): ['foo']".
+        unknown = re.search(r"unexpected keyword argument(?:\(s\): \[)? ?'(\w+)'", str(err))
         if unknown is None:
             return  # another problem: the real build reports it
         key = unknown.group(1)

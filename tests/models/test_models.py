@@ -38,6 +38,28 @@ def test_a_key_added_to_the_model_group_that_timm_does_not_take_is_refused_at_st
     with pytest.raises(ConfigError, match=r"model\.drop_rat=0\.1 is not an argument of timm's"):
         check_model_config(make_cfg("+model.drop_rat=0.1", tiny=False).model)
     check_model_config(make_cfg("model=vit_tiny", "model.img_size=32", tiny=False).model)
+    # timm's own wording for some families ("unexpected keyword argument(s): ['foo']").
+    with pytest.raises(ConfigError, match=r"model\.foo=1 is not an argument of timm's"):
+        check_model_config(
+            make_cfg("model=timm", "model.name=poolformer_s12", "+model.foo=1").model
+        )
+
+
+def test_model_timm_builds_a_timm_model_that_takes_no_drop_path_rate(make_cfg):
+    """model=timm passed drop_path_rate=0.0 to every model: densenet121, vgg11, dla34 and
+    others failed with a TypeError after the data was built."""
+    from hydra.utils import instantiate
+
+    from runner.config.errors import ConfigError
+    from runner.models.factories import check_model_config
+
+    cfg = make_cfg("model=timm", "model.name=dla34")
+    check_model_config(cfg.model)
+    with torch.device("meta"):
+        assert instantiate(cfg.model)(num_classes=3) is not None
+    given = make_cfg("model=timm", "model.name=dla34", "model.drop_path_rate=0.1")
+    with pytest.raises(ConfigError, match=r"model\.drop_path_rate=0\.1 is not an argument"):
+        check_model_config(given.model)
 
 
 def test_pretrained_without_network_says_how_to_use_a_local_file(monkeypatch, tmp_path):
