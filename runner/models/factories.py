@@ -21,6 +21,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision models that return a named tuple of logits and auxiliary logits in training
 # mode unless built with aux_logits=False; the runner trains on the logits alone.
 AUX_LOGIT_MODELS = ("googlenet", "inception_v3")
+# Their auxiliary classifiers, which `without_aux_logits` drops from the model.
+AUX_HEAD_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
 
 
 class PretrainedWeightsError(UserError, RuntimeError):
@@ -166,10 +168,10 @@ def create_timm_model(
         name: Any name from `timm.list_models()`.
         pretrained: Load pretrained weights: from `pretrained_file` when given, else
             downloaded from the Hugging Face Hub.
-        pretrained_file: Local weights file (.safetensors, .pth, .bin); implies
-            pretrained. timm keeps the file's classifier only when `num_classes` equals
-            the architecture's pretrained class count (1000 for ImageNet weights);
-            otherwise the head is re-initialised, whatever its size in the file.
+        pretrained_file: Local weights file (.safetensors, .pth, .bin, or a runner
+            best.pt); implies pretrained. The file's classifier is kept when it fits
+            `num_classes` (see `_keep_fitting_head`), else re-initialised; a best.pt's
+            normalisation replaces the architecture's.
         **kwargs: Passed to `timm.create_model` (drop_rate, img_size, ...).
 
     Returns:
@@ -190,7 +192,7 @@ def create_timm_model(
         model = _download_timm(name, num_classes, **kwargs)
     cfg = model.pretrained_cfg
     channels = kwargs.get("in_chans", len(cfg["mean"]))
-    model.runner_normalization = (
+    model.runner_normalization = (path and stored_normalization(path)) or (
         stats_for_channels(cfg["mean"], channels),
         stats_for_channels(cfg["std"], channels),
     )
@@ -234,8 +236,8 @@ def _timm_from_file(name: str, num_classes: int, path: Path, **kwargs) -> nn.Mod
         for param_name, value in build(None).named_parameters()
         if value.numel() > 1 and bool(value.max() > value.min())
     }
-    head = _head_prefix(model) or "\0"
-    checked = [param_name for param_name in initial if not param_name.startswith(head)]
+    heads = _head_prefixes(model)
+    checked = [param_name for param_name in initial if not param_name.startswith(heads or "\0")]
     params = dict(model.named_parameters())
     unloaded = [n for n in checked if torch.equal(params[n], initial[n])]
     if unloaded:
@@ -247,7 +249,27 @@ def _timm_from_file(name: str, num_classes: int, path: Path, **kwargs) -> nn.Mod
             "prefix such as 'model.'), or set model.name to the architecture it was saved "
             "from."
         )
+    _keep_fitting_head(model, path, heads)
     return model
+
+
+def _keep_fitting_head(model: nn.Module, path: Path, heads: tuple[str, ...]) -> None:
+    """Loads the file's classifier when it fits the model's (fine-tuning from a best.pt).
+
+    timm keeps a file's head only for the architecture's pretrained class count (1000):
+    an earlier run's best.pt of the same classes lost its trained head. A head whose
+    tensors are all in the file, of the same shapes, is loaded; any other stays new.
+    """
+    if not heads:
+        return
+    own = {k: v for k, v in model.state_dict().items() if k.startswith(heads)}
+    try:
+        state = _unwrapped(_read_state(path, ""), model.state_dict())
+    except PretrainedWeightsError:  # a layout timm converts on loading: its head stays new
+        return
+    if own and all(k in state and state[k].shape == v.shape for k, v in own.items()):
+        model.load_state_dict({k: state[k] for k in own}, strict=False)
+        log.info("Weights from %s: the classifier fits the data's classes and is kept", path)
 
 
 def stats_for_channels(stats: tuple[float, ...], channels: int) -> tuple[float, ...]:
@@ -350,8 +372,10 @@ def create_torchvision_model(
     if path is not None:
         load_matching_weights(model, path)
     if weights is not None or path is not None:
-        # torchvision's classification weights are all trained on ImageNet.
-        model.runner_normalization = (IMAGENET_MEAN, IMAGENET_STD)
+        # torchvision's classification weights are all trained on ImageNet; an earlier
+        # run's best.pt keeps the normalisation it was trained with.
+        stored = stored_normalization(path) if path is not None else None
+        model.runner_normalization = stored or (IMAGENET_MEAN, IMAGENET_STD)
     return model
 
 
@@ -419,6 +443,47 @@ def load_matching_weights(model: nn.Module, path: Path) -> list[str]:
             head unloaded (another architecture, or a checkpoint of another layout).
     """
     key = f"model.pretrained_file={str(path)!r}"
+    own = model.state_dict()
+    state = _unwrapped(_read_state(path, key), own)
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(own) - set(usable))
+    heads = _head_prefixes(model) or ("\0",)
+    # BatchNorm's step counter is not a weight; files saved before it existed lack it.
+    missing = [
+        k for k in skipped if not k.startswith(heads) and not k.endswith("num_batches_tracked")
+    ]
+    # A deeper model's file (resnet34's into resnet18) has every tensor the model needs,
+    # and more; auxiliary classifiers the model was built without are not the model's.
+    extra = [
+        k
+        for k in state
+        if k not in own and not k.startswith(heads) and not k.startswith(AUX_HEAD_PREFIXES)
+    ]
+    if missing or extra:
+        problem = (
+            f"{len(missing)} of its {len(own)} tensors outside the classifier are missing "
+            f"or of another shape (e.g. {', '.join(missing[:3])}; the file has e.g. "
+            f"{', '.join(list(state)[:3])})"
+            if missing
+            else f"the file has {len(extra)} tensors the model has not (e.g. "
+            f"{', '.join(extra[:3])})"
+        )
+        raise PretrainedWeightsError(
+            f"{key} does not fit {type(model).__name__}: {problem}. Point it at weights of "
+            "this architecture, or set model.name to the one the file was saved from."
+        )
+    model.load_state_dict(usable, strict=False)
+    if skipped:
+        log.info("Weights from %s: not loaded (the head): %s", path, ", ".join(skipped))
+    return skipped
+
+
+def _read_state(path: Path, key: str) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: .safetensors, a state dict, or a checkpoint's.
+
+    Raises:
+        PretrainedWeightsError: Naming `key`, when the file holds no state dict.
+    """
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -438,42 +503,50 @@ def load_matching_weights(model: nn.Module, path: Path) -> list[str]:
             f"{key} holds a {type(state).__name__}, not a state dict: save it with "
             "torch.save(model.state_dict(), ...)."
         )
-    own = model.state_dict()
+    return state
+
+
+def _unwrapped(state: dict[str, torch.Tensor], own: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """`state` without a prefix that wraps every name (`module.`, `model.`)."""
     for prefix in WRAPPER_PREFIXES:
         if state and not set(state) & set(own) and all(k.startswith(prefix) for k in state):
-            state = {k.removeprefix(prefix): v for k, v in state.items()}
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    skipped = sorted(set(own) - set(usable))
-    head = _head_prefix(model)
-    # BatchNorm's step counter is not a weight; files saved before it existed lack it.
-    missing = [
-        k
-        for k in skipped
-        if not (head and k.startswith(head)) and not k.endswith("num_batches_tracked")
-    ]
-    if missing:
-        raise PretrainedWeightsError(
-            f"{key} does not fit {type(model).__name__}: {len(missing)} of its "
-            f"{len(own)} tensors outside the classifier are missing or of another shape "
-            f"(e.g. {', '.join(missing[:3])}; the file has e.g. {', '.join(list(state)[:3])}). "
-            "Point it at weights of this architecture, or set model.name to the one the "
-            "file was saved from."
-        )
-    model.load_state_dict(usable, strict=False)
-    if skipped:
-        log.info("Weights from %s: not loaded (the head): %s", path, ", ".join(skipped))
-    return skipped
+            return {k.removeprefix(prefix): v for k, v in state.items()}
+    return state
 
 
-def _head_prefix(model: nn.Module) -> str | None:
-    """`<name>.` of the model's classifier layer (its tensors may stay unloaded), or None."""
-    from runner.models.heads import classifier_layer
+def stored_normalization(path: Path) -> tuple[tuple, tuple] | None:
+    """The mean and std a runner best.pt was trained with; None for other files.
+
+    Its weights expect the earlier run's normalisation, not the ImageNet statistics of
+    the architecture's pretrained weights.
+    """
+    if path.suffix == ".safetensors":
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a legacy (non-zip) file cannot be mapped: the loading said enough
+        return None
+    stats = payload.get("normalization") if isinstance(payload, dict) else None
+    if not (isinstance(stats, dict) and "model" in payload):
+        return None
+    return tuple(stats["mean"]), tuple(stats["std"])
+
+
+def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """`<name>.` of each classifier layer (their tensors may stay unloaded); () for none.
+
+    A distilled timm model (DeiT) has two, its head and its distillation head, and timm
+    re-initialises both for another class count.
+    """
+    from runner.models.heads import classifier_layers
 
     try:
-        head = classifier_layer(model)
+        heads = classifier_layers(model)
     except ValueError:
-        return None
-    return next((f"{name}." for name, module in model.named_modules() if module is head), None)
+        return ()
+    return tuple(
+        f"{name}." for name, module in model.named_modules() if any(module is h for h in heads)
+    )
 
 
 def pretrained_normalization(model: nn.Module) -> tuple[tuple, tuple] | None:
