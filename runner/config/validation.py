@@ -215,8 +215,8 @@ def _mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) -
             f"{key} is read by mode=eval and mode=predict only, and mode={mode} would ignore "
             f"it: add mode={'predict' if key.startswith('predict.') else 'eval'} to use it"
             + (
-                ", or, to train starting from a checkpoint's weights, give "
-                "model.pretrained_file=<best.pt> instead of ckpt"
+                ", or, to train a timm or torchvision model starting from a checkpoint's "
+                "weights, give model.pretrained_file=<best.pt> instead of ckpt"
                 if key == "ckpt"
                 else ""
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
@@ -76,7 +77,7 @@ def build_parts(
     return TrainingParts(
         model=model,
         augment=augment,
-        normalize=build_normalize(model, data, device, trainer.channels_last),
+        normalize=build_normalize(model, data, device, trainer.channels_last, cfg.data),
         loss_fn=instantiate(cfg.loss)(class_counts=data.class_counts().to(device)),
         optimizer=optimizer,
         scheduler=scheduler,
@@ -86,10 +87,28 @@ def build_parts(
 
 
 def build_normalize(
-    model: torch.nn.Module, data: DataSplits, device: torch.device, channels_last: bool
+    model: torch.nn.Module,
+    data: DataSplits,
+    device: torch.device,
+    channels_last: bool,
+    data_cfg: Any = None,
 ) -> Normalize:
-    """Normalisation with the pretrained weights' mean/std when pretrained, else the data's."""
-    mean, std = pretrained_normalization(model) or (data.mean, data.std)
+    """Normalisation with the pretrained weights' mean/std when pretrained, else the data's.
+
+    A data.mean/data.std set in `data_cfg` beside pretrained weights is not used: the
+    weights expect their own statistics; a warning says so.
+    """
+    pretrained = pretrained_normalization(model)
+    given = [k for k in ("mean", "std") if data_cfg is not None and data_cfg.get(k) is not None]
+    if pretrained and given:
+        log.warning(
+            "%s not used: the pretrained weights expect their own mean/std %s / %s, which "
+            "normalise the images",
+            " and ".join(f"data.{k}" for k in given),
+            list(pretrained[0]),
+            list(pretrained[1]),
+        )
+    mean, std = pretrained or (data.mean, data.std)
     return Normalize(mean, std, channels_last=channels_last).to(device)
 
 

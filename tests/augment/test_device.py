@@ -318,6 +318,18 @@ def test_normalisation_uses_pretrained_stats_when_the_model_has_them():
     assert torch.allclose(normalize.mean.flatten(), torch.tensor([0.5, 0.4, 0.3]))
 
 
+def test_a_data_mean_set_beside_pretrained_weights_is_said_not_to_be_used(caplog):
+    """data.mean/data.std given with a pretrained model were replaced without a word."""
+    from omegaconf import OmegaConf
+
+    data = make_synthetic(num_samples=40, num_classes=4, image_size=8)
+    pretrained = nn.Linear(2, 2)
+    pretrained.runner_normalization = ((0.5, 0.4, 0.3), (0.2, 0.2, 0.2))
+    given = OmegaConf.create({"mean": [0.3, 0.3, 0.3], "std": None})
+    build_normalize(pretrained, data, torch.device("cpu"), False, given)
+    assert "data.mean not used: the pretrained weights expect their own" in caplog.text
+
+
 # --- reproducibility --------------------------------------------------------------------
 
 

@@ -415,6 +415,8 @@ def test_a_model_that_cannot_take_the_images_is_refused_before_the_tracked_run(m
         make_cfg("data=synthetic", "data.channels=1", "data.num_samples=120"),
         "model.name='test_resnet' on data 'synthetic' (1 channel(s)",
         "+model.in_chans=<channels>",
+        # model.img_size=... failed as "Could not override" for model=timm.
+        "a ViT +model.img_size=<data.image_size>",
     )
     nothing_spent(tmp_path)
 
