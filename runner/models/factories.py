@@ -58,6 +58,7 @@ def check_model_config(model_cfg: Any) -> None:
     elif target == f"{__name__}.{create_torchvision_model.__name__}":
         _check_torchvision_name(str(model_cfg.get("name")))
         _check_torchvision_weights(str(model_cfg.get("name")), model_cfg.get("weights"))
+        _check_torchvision_arguments(model_cfg)
     _check_file(model_cfg.get("pretrained_file"), "model.pretrained_file")
 
 
@@ -96,6 +97,40 @@ def _check_timm_arguments(model_cfg: Any) -> None:
         raise ConfigError(
             f"model.{key}={extra.get(key)!r} is not an argument of timm's {name}: fix its "
             f"spelling, or remove it with ~model.{key}"
+        ) from err
+    except Exception:  # not every model builds on the meta device: the real build tells
+        return
+
+
+_TORCHVISION_GROUP_KEYS = {"_target_", "_partial_", "name", "weights", "pretrained_file"}
+
+
+def _check_torchvision_arguments(model_cfg: Any) -> None:
+    """Refuses a key added to the model group that torchvision's model does not take.
+
+    The factory passes any other key to the model's builder (`+model.foo=1` failed as a
+    TypeError once the data was built); with such keys the model is built here, on the
+    meta device, as `_check_timm_arguments` does.
+    """
+    extra = {k: v for k, v in model_cfg.items() if k not in _TORCHVISION_GROUP_KEYS}
+    if not extra:
+        return
+    from torchvision.models import get_model
+
+    name = str(model_cfg.get("name"))
+    if name in AUX_LOGIT_MODELS:
+        extra.setdefault("aux_logits", False)
+    try:
+        with torch.device("meta"):
+            get_model(name, weights=None, num_classes=2, **extra)
+    except TypeError as err:
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if unknown is None:
+            return  # another problem: the real build reports it
+        key = unknown.group(1)
+        raise ConfigError(
+            f"model.{key}={extra.get(key)!r} is not an argument of torchvision's {name}: fix "
+            f"its spelling, or remove it with ~model.{key}"
         ) from err
     except Exception:  # not every model builds on the meta device: the real build tells
         return

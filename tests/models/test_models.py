@@ -45,6 +45,16 @@ def test_a_key_added_to_the_model_group_that_timm_does_not_take_is_refused_at_st
         )
 
 
+def test_a_key_added_to_a_torchvision_model_group_that_it_does_not_take_is_refused(make_cfg):
+    """+model.foo=1 with model=tv_resnet50 failed as a TypeError after the data was built."""
+    from runner.config.errors import ConfigError
+    from runner.models.factories import check_model_config
+
+    with pytest.raises(ConfigError, match=r"model\.foo=1 is not an argument of torchvision's"):
+        check_model_config(make_cfg("model=tv_resnet50", "+model.foo=1").model)
+    check_model_config(make_cfg("model=tv_resnet50", "+model.zero_init_residual=true").model)
+
+
 def test_model_timm_builds_a_timm_model_that_takes_no_drop_path_rate(make_cfg):
     """model=timm passed drop_path_rate=0.0 to every model: densenet121, vgg11, dla34 and
     others failed with a TypeError after the data was built."""
