@@ -51,8 +51,10 @@ def test_a_key_added_to_a_torchvision_model_group_that_it_does_not_take_is_refus
     from runner.models.factories import check_model_config
 
     with pytest.raises(ConfigError, match=r"model\.foo=1 is not an argument of torchvision's"):
-        check_model_config(make_cfg("model=tv_resnet50", "+model.foo=1").model)
-    check_model_config(make_cfg("model=tv_resnet50", "+model.zero_init_residual=true").model)
+        check_model_config(make_cfg("model=tv_resnet50", "+model.foo=1", tiny=False).model)
+    check_model_config(
+        make_cfg("model=tv_resnet50", "+model.zero_init_residual=true", tiny=False).model
+    )
 
 
 def test_model_timm_builds_a_timm_model_that_takes_no_drop_path_rate(make_cfg):
