@@ -52,6 +52,12 @@ def import_seconds() -> float:
     return _import_seconds
 
 
+def add_import_seconds(seconds: float) -> None:
+    """Counts seconds another check spent importing targets' modules (`runner.config.targets`)."""
+    global _import_seconds
+    _import_seconds += seconds
+
+
 def unexpected_group_keys(cfg: DictConfig) -> list[str]:
     """One problem per group key its `_target_` does not take, or target it cannot import.
 

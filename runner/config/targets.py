@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import time
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -114,12 +115,15 @@ def escaped_module(target: str, allowed: list[str]) -> str | None:
     itself is defined in, must be inside `allowed` too. None when it stays inside, or
     when it cannot be located (its instantiation then fails on its own).
     """
+    from runner.config.group_keys import add_import_seconds
+
     parts = target.split(".")
     found, depth = None, 0
     for depth in range(len(parts), 0, -1):
         name = ".".join(parts[:depth])
         if not _within(name, allowed):
             return None  # the prefix check refuses it (or it cannot be imported)
+        started = time.perf_counter()  # the start-up clock counts it as imports
         try:
             found = importlib.import_module(name)
             break
@@ -127,6 +131,8 @@ def escaped_module(target: str, allowed: list[str]) -> str | None:
             continue
         except Exception:  # a trusted module that fails to import: instantiate says so
             return None
+        finally:
+            add_import_seconds(time.perf_counter() - started)
     if found is None:
         return None
     for attribute in parts[depth:]:
