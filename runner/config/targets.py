@@ -112,8 +112,9 @@ def escaped_module(target: str, allowed: list[str]) -> str | None:
     and `runner.training.state.os.system` is os.system. The target is located as Hydra
     does, importing only modules inside `allowed` (trusted code, whose import runs
     nothing a checkpoint chose); every module passed through, and the module the target
-    itself is defined in, must be inside `allowed` too. None when it stays inside, or
-    when it cannot be located (its instantiation then fails on its own).
+    itself is defined in (a Python function or class), must be inside `allowed` too.
+    None when it stays inside, or when it cannot be located (its instantiation then
+    fails on its own).
     """
     from runner.config.group_keys import add_import_seconds
 
@@ -141,8 +142,11 @@ def escaped_module(target: str, allowed: list[str]) -> str | None:
             return None
         if inspect.ismodule(found) and not _within(found.__name__, allowed):
             return found.__name__
+    # A Python function or class a trusted module imported from elsewhere; builtins (torch's
+    # C ops: torch.nn.functional.gelu is torch._C._nn's) stay what the module exposes.
     defined_in = getattr(found, "__module__", None)
-    if isinstance(defined_in, str) and not _within(defined_in, allowed):
+    python_code = inspect.isfunction(found) or inspect.isclass(found)
+    if python_code and isinstance(defined_in, str) and not _within(defined_in, allowed):
         return defined_in
     return None
 
