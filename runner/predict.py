@@ -67,8 +67,8 @@ def run_predict(cfg: DictConfig) -> float:
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
         # UTF-8 whatever the locale (a class named in any script); `_is_predictions_csv`
-        # reads it so.
-        with tmp.open("w", newline="", encoding="utf-8") as handle:
+        # reads it so. A name that is not UTF-8 may also be in an error's text: escaped.
+        with tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as handle:
             writer = csv.writer(handle)
             writer.writerow([*header, "error"])
             for start in range(0, len(files), cfg.predict.batch_size):

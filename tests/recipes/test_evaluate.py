@@ -258,12 +258,15 @@ def test_predict_writes_a_file_name_that_is_not_utf8_as_escapes(trained, tmp_pat
     image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
     write_png(image, str(folder / "a.png"))
     os.rename(folder / "a.png", os.fsencode(folder) + b"/caf\xe9.png")
+    (folder / "b.png").write_bytes(b"")  # its error names it too
+    os.rename(folder / "b.png", os.fsencode(folder) + b"/th\xe9.png")
     out = tmp_path / "p.csv"
     predicting = (f"ckpt=runs:/{run_id}", f"predict.input={folder}", f"predict.output={out}")
     assert run(compose_run(tmp, "predict_latin1", "mode=predict", *predicting)) == 1
     with out.open(encoding="utf-8") as handle:  # valid UTF-8 throughout
-        (row,) = list(csv.DictReader(handle))
-    assert row["file"].endswith("/caf\\xe9.png") and row["predicted_class"], row
+        labelled, empty = list(csv.DictReader(handle))
+    assert labelled["file"].endswith("/caf\\xe9.png") and labelled["predicted_class"]
+    assert empty["file"].endswith("/th\\xe9.png") and "empty file" in empty["error"], empty
 
 
 @pytest.mark.slow
