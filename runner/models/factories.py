@@ -77,7 +77,7 @@ def _check_timm_arguments(model_cfg: Any) -> None:
     extra = {
         k: v
         for k, v in model_cfg.items()
-        if k not in _TIMM_GROUP_KEYS and not (k in _TIMM_DROP_KEYS and v in (None, 0))
+        if k not in _TIMM_GROUP_KEYS and not (k in _TIMM_DROP_KEYS and v is None)
     }
     if not extra:
         return

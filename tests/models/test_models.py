@@ -72,6 +72,10 @@ def test_model_timm_builds_a_timm_model_that_takes_no_drop_path_rate(make_cfg):
     given = make_cfg("model=timm", "model.name=dla34", "model.drop_path_rate=0.1")
     with pytest.raises(ConfigError, match=r"model\.drop_path_rate=0\.1 is not an argument"):
         check_model_config(given.model)
+    # 0 is passed to timm as well (a preset's, with another name): checked too.
+    preset = make_cfg("model=resnet18", "model.name=dla34", tiny=False)
+    with pytest.raises(ConfigError, match=r"model\.drop_path_rate=0\.0 is not an argument"):
+        check_model_config(preset.model)
 
 
 def test_pretrained_without_network_says_how_to_use_a_local_file(monkeypatch, tmp_path):
