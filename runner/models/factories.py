@@ -204,9 +204,10 @@ def create_timm_model(
         pretrained: Load pretrained weights: from `pretrained_file` when given, else
             downloaded from the Hugging Face Hub.
         pretrained_file: Local weights file (.safetensors, .pth, .bin, or a runner
-            best.pt); implies pretrained. The file's classifier is kept when it fits
-            `num_classes` (see `_keep_fitting_head`), else re-initialised; a best.pt's
-            normalisation replaces the architecture's.
+            best.pt); implies pretrained. timm keeps the file's classifier when
+            `num_classes` is the architecture's pretrained class count (1000), else
+            re-initialises it (`keep_trained_head` restores a best.pt's of the same
+            classes); a best.pt's normalisation replaces the architecture's.
         **kwargs: Passed to `timm.create_model` (drop_rate, img_size, ...).
 
     Returns:
@@ -284,27 +285,39 @@ def _timm_from_file(name: str, num_classes: int, path: Path, **kwargs) -> nn.Mod
             "prefix such as 'model.'), or set model.name to the architecture it was saved "
             "from."
         )
-    _keep_fitting_head(model, path, heads)
     return model
 
 
-def _keep_fitting_head(model: nn.Module, path: Path, heads: tuple[str, ...]) -> None:
-    """Loads the file's classifier when it fits the model's (fine-tuning from a best.pt).
+def keep_trained_head(model: nn.Module, pretrained_file: str | None, class_names) -> bool:
+    """Loads the classifier of a runner best.pt trained on the same classes, in order.
 
-    timm keeps a file's head only for the architecture's pretrained class count (1000):
-    an earlier run's best.pt of the same classes lost its trained head. A head whose
-    tensors are all in the file, of the same shapes, is loaded; any other stays new.
+    Fine-tuning an earlier run: timm re-initialises a file's head unless it has the
+    architecture's pretrained class count (1000), and a factory knows the class count,
+    not the classes. A best.pt whose `class_names` are the data's keeps its trained
+    head here; any other file's head stays as the factory left it.
+
+    Returns:
+        Whether the head was loaded.
     """
-    if not heads:
-        return
-    own = {k: v for k, v in model.state_dict().items() if k.startswith(heads)}
+    if not pretrained_file or Path(pretrained_file).suffix == ".safetensors":
+        return False
+    path = Path(pretrained_file).expanduser()
     try:
-        state = _unwrapped(_read_state(path, ""), model.state_dict())
-    except PretrainedWeightsError:  # a layout timm converts on loading: its head stays new
-        return
-    if own and all(k in state and state[k].shape == v.shape for k, v in own.items()):
-        model.load_state_dict({k: state[k] for k in own}, strict=False)
-        log.info("Weights from %s: the classifier fits the data's classes and is kept", path)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a best.pt: the factory loaded (or refused) it already
+        return False
+    if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
+        return False
+    if list(payload.get("class_names") or []) != list(class_names):
+        return False
+    heads = _head_prefixes(model)
+    own = {k: v for k, v in model.state_dict().items() if heads and k.startswith(heads)}
+    state = _unwrapped(payload["model"], model.state_dict())
+    if not own or not all(k in state and state[k].shape == v.shape for k, v in own.items()):
+        return False
+    model.load_state_dict({k: state[k] for k in own}, strict=False)
+    log.info("Weights from %s: its classifier, trained on the same classes, is kept", path)
+    return True
 
 
 def stats_for_channels(stats: tuple[float, ...], channels: int) -> tuple[float, ...]:

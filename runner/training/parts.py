@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from runner.augment.normalize import Normalize
 from runner.data.splits import DataSplits
-from runner.models.factories import pretrained_normalization
+from runner.models.factories import keep_trained_head, pretrained_normalization
 from runner.training import distributed
 from runner.training.optim import optimizer_from_config
 
@@ -60,6 +60,8 @@ def build_parts(
     trainer = cfg.trainer
     memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
     model = instantiate(cfg.model)(num_classes=data.num_classes)
+    # Fine-tuning an earlier run of the same classes keeps its trained classifier.
+    keep_trained_head(model, cfg.model.get("pretrained_file"), data.class_names)
     model = model.to(device, memory_format=memory_format)
     log.info(
         "model %s: %.2fM parameters",

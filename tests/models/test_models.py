@@ -256,14 +256,22 @@ def test_a_best_pt_of_the_same_classes_fine_tunes_with_its_head_and_normalisatio
     """timm dropped a best.pt's trained head (it keeps one only for 1000 classes) and both
     factories normalised with ImageNet's statistics, not the run's: a digits model fell
     from 0.81 to 0.10 test accuracy at lr 1e-9."""
+    from runner.models.factories import keep_trained_head
+
     trained = timm.create_model("test_resnet", num_classes=10)
     stats = {"mean": [0.3, 0.3, 0.3], "std": [0.2, 0.2, 0.2]}
     best = tmp_path / "best.pt"
-    torch.save({"model": trained.state_dict(), "normalization": stats, "image_size": 32}, best)
+    names = [f"c{i}" for i in range(10)]
+    payload = {"model": trained.state_dict(), "normalization": stats, "class_names": names}
+    torch.save(payload, best)
     model = create_timm_model(num_classes=10, name="test_resnet", pretrained_file=str(best))
+    assert model.runner_normalization == ((0.3, 0.3, 0.3), (0.2, 0.2, 0.2))
+    # Other classes, even as many: the head stays new (trained for other classes).
+    assert not keep_trained_head(model, str(best), list(reversed(names)))
+    assert not torch.equal(model.fc.weight, trained.fc.weight)
+    assert keep_trained_head(model, str(best), names)  # build_parts, with the data's names
     for name, value in trained.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
-    assert model.runner_normalization == ((0.3, 0.3, 0.3), (0.2, 0.2, 0.2))
     # Another class count: the head is new, the body and the normalisation the run's.
     other = create_timm_model(num_classes=4, name="test_resnet", pretrained_file=str(best))
     assert other.get_classifier().out_features == 4
