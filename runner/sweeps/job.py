@@ -26,6 +26,7 @@ from runner.sweeps.manifest import (
     SWEEP_CONTROL_PREFIXES,
     job_key,
     job_lock,
+    job_run_dir,
     parse_overrides,
     read_manifest,
     read_sweep_info,
@@ -146,7 +147,12 @@ class SweepJob:
                 self.sweep_dir, self.key, status="SKIPPED", overrides=self.overrides, num=self.num
             )
             return math.nan
-        run_dir = recorded.get("run_dir") or own_run_dir(str(cfg.paths.run_dir), self.key, jobs)
+        # In a copied or moved sweep dir, the recorded run dir's place in it (job_run_dir).
+        run_dir = (
+            str(job_run_dir(self.sweep_dir, recorded))
+            if recorded.get("run_dir")
+            else own_run_dir(str(cfg.paths.run_dir), self.key, jobs)
+        )
         if run_dir != str(cfg.paths.run_dir):
             # A resumed sweep whose jobs are listed in another order (or a changed grid):
             # continue where this job's checkpoints are, never in another job's dir.

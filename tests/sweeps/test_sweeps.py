@@ -137,6 +137,39 @@ def test_a_failing_job_does_not_stop_the_others_and_the_sweep_fails(tmp_path):
     assert parent["status"] == "FAILED"  # the sweep as a whole did not succeed
 
 
+def test_a_job_resumed_in_a_copied_sweep_dir_trains_in_the_copy(tmp_path):
+    """sweep.resume=<a copy> trained its unfinished job in the original's job dir (the
+    manifest's absolute run dir), over the original's checkpoints."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from runner.sweeps.job import SweepJob
+    from runner.sweeps.manifest import job_key, read_manifest
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    overrides = ["seed=1"]
+    job = SweepJob(original.resolve(), 0, overrides, job_key(overrides))
+
+    def fails(cfg, job):
+        raise RuntimeError("preempted")
+
+    cfg = OmegaConf.create({"paths": {"run_dir": str(original / "0")}})
+    job.run(cfg, fails)
+    shutil.copytree(original, copy)
+    trained_in = []
+
+    def trains(cfg, job):
+        trained_in.append(cfg.paths.run_dir)
+        return 0.5
+
+    resumed = SweepJob(copy.resolve(), 0, overrides, job_key(overrides))
+    resumed.run(OmegaConf.create({"paths": {"run_dir": str(copy / "0")}}), trains)
+    assert trained_in == [str(copy.resolve() / "0")]
+    (entry,) = read_manifest(copy).values()
+    assert entry["status"] == "FINISHED" and entry["run_dir"] == str(copy.resolve() / "0")
+
+
 def test_a_jobs_log_lines_show_no_password(tmp_path, caplog):
     """The job's key went into run.log, which is uploaded, with the URL's password."""
     from omegaconf import OmegaConf
