@@ -97,8 +97,11 @@ def build_optimizer(
 
 def _warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
     wanted = round(warmup_epochs * steps_per_epoch)
-    if wanted and wanted >= total_steps:  # a debug run of one epoch, or a preset's warmup
-        log.warning(
+    if wanted and wanted >= total_steps:
+        # A one-epoch run (debug=fast, with the default one-epoch warmup) is told quietly.
+        level = logging.WARNING if total_steps > steps_per_epoch else logging.INFO
+        log.log(
+            level,
             "sched.warmup_epochs=%s covers the whole run (%d optimizer steps): the lr only "
             "ramps up to its peak at the last step and never decays; lower "
             "sched.warmup_epochs or raise trainer.max_epochs",

@@ -165,6 +165,10 @@ def test_a_warmup_that_covers_the_run_or_its_first_milestone_is_reported(caplog)
     assert "covers the whole run" not in caplog.text and "inside the" not in caplog.text
     cosine_schedule(optimizer(), total_steps=16, steps_per_epoch=8, warmup_epochs=5)
     assert "sched.warmup_epochs=5 covers the whole run (16 optimizer steps)" in caplog.text
+    assert caplog.records[-1].levelname == "WARNING"
+    with caplog.at_level("INFO"):  # one epoch (debug=fast) with the default warmup: quietly
+        cosine_schedule(optimizer(), total_steps=8, steps_per_epoch=8, warmup_epochs=1)
+    assert caplog.records[-1].levelname == "INFO"
     step_schedule(
         optimizer(), total_steps=16, steps_per_epoch=8, milestones=(0.25, 0.5), warmup_epochs=1
     )
