@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,7 +271,9 @@ def fetch_checkpoint(uri: str, tracking_uri: str, download_dir: Path) -> Fetched
     _use_store(tracking_uri)
     if uri.startswith(REGISTRY_URI_PREFIX):
         name, _, version = uri.removeprefix(REGISTRY_URI_PREFIX).strip("/").partition("/")
-        if name.startswith("m-") and not version:  # MLflow 3's id of a logged model
+        # MLflow 3's id of a logged model (m- and 32 hex digits); a registered model's
+        # name may start with m- too.
+        if re.fullmatch(r"m-[0-9a-f]{32}", name) and not version:
             return _logged_model(client, uri, name, tracking_uri, download_dir)
         name, _, alias = name.partition("@")  # MLflow's models:/<name>@<alias>
         if not name or bool(version) == bool(alias):

@@ -111,12 +111,19 @@ def test_the_model_is_registered_and_eval_takes_models_and_runs_uris(trained):
     # The training log names the model by its id (models:/m-...): that URI was refused.
     ((model_id,),) = query(tmp / "outputs" / "mlflow.db", "SELECT model_id FROM logged_models")
     assert f"logged model models:/{model_id}" in (tmp / "train" / "run.log").read_text()
-    # MLflow's own forms /latest and @alias were refused ("has no version 'latest'").
+    # MLflow's own forms /latest and @alias were refused ("has no version 'latest'"); a
+    # registered name that starts with m- was taken for a logged model's id.
     registry.set_registered_model_alias(MODEL_NAME, "champion", "1")
+    registry.create_registered_model("m-net")
+    # MLflow finds a version's source (models:/m-...) through the process-wide store.
+    mlflow.set_tracking_uri(uri)
+    registry.create_model_version("m-net", versions[0].source, run_id=run_id)
+    registry.set_registered_model_alias("m-net", "prod", "1")
     for name, ckpt in (
         ("by_version", f"models:/{MODEL_NAME}/1"),
         ("by_latest", f"models:/{MODEL_NAME}/latest"),
         ("by_alias", f"models:/{MODEL_NAME}@champion"),
+        ("by_m_alias", "models:/m-net@prod"),
         ("by_run", f"runs:/{run_id}"),
         ("by_model_id", f"models:/{model_id}"),
     ):
