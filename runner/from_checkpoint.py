@@ -186,7 +186,8 @@ def resolve_ckpt(ckpt: str, cfg: DictConfig, download_dir: Path) -> tuple[Path, 
             hint = " (a folder: point at its checkpoints/best.pt)" if path.is_dir() else ""
             raise CheckpointError(
                 f"ckpt={ckpt!r}: no such file{hint}. Pass a run's checkpoints/best.pt or "
-                "ckpt=runs:/<mlflow run id> or ckpt=models:/<registered model>/<version>"
+                "ckpt=runs:/<mlflow run id> or ckpt=models:/<registered model>/<version> "
+                "(or /latest, or @<alias>)"
             )
         return path, None
     return checkpoint_from_mlflow(ckpt, cfg, download_dir)

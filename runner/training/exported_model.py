@@ -154,8 +154,9 @@ def checkpoint_from_mlflow(
     tracking_uri = OmegaConf.select(cfg, "logger.tracking_uri", default=None)
     if tracking_uri is None:
         raise CheckpointError(
-            f"ckpt={ckpt!r}: expected runs:/<mlflow run id> or models:/<name>/<version> with "
-            "logger=mlflow (logger.tracking_uri names the store to download from)"
+            f"ckpt={ckpt!r}: expected runs:/<mlflow run id> or models:/<name>/<version> (or "
+            "/latest, or @<alias>) with logger=mlflow (logger.tracking_uri names the store to "
+            "download from)"
         )
     try:
         fetched = fetch_checkpoint(ckpt, str(tracking_uri), download_dir)
