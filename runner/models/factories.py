@@ -6,6 +6,7 @@ import difflib
 import logging
 import re
 import socket
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +85,22 @@ def _check_timm_arguments(model_cfg: Any) -> None:
     import timm
 
     name = str(model_cfg.get("name"))
+    _refuse_unknown_arguments(
+        lambda: timm.create_model(name.split(".")[0], num_classes=2, **extra),
+        extra,
+        f"timm's {name}",
+    )
+
+
+def _refuse_unknown_arguments(build: Callable[[], Any], extra: dict, model: str) -> None:
+    """Builds a model on the meta device (no memory, no weights); refuses a key it rejects.
+
+    Raises:
+        ConfigError: The build names one of `extra` as an unexpected keyword argument.
+    """
     try:
         with torch.device("meta"):
-            timm.create_model(name.split(".")[0], num_classes=2, **extra)
+            build()
     except TypeError as err:
         # Python's wording, or timm's own for some families (poolformer, hrnet, vovnet):
         # "got unexpected keyword argument(s): ['foo']".
@@ -95,7 +109,7 @@ def _check_timm_arguments(model_cfg: Any) -> None:
             return  # another problem: the real build reports it
         key = unknown.group(1)
         raise ConfigError(
-            f"model.{key}={extra.get(key)!r} is not an argument of timm's {name}: fix its "
+            f"model.{key}={extra.get(key)!r} is not an argument of {model}: fix its "
             f"spelling, or remove it with ~model.{key}"
         ) from err
     except Exception:  # not every model builds on the meta device: the real build tells
@@ -120,20 +134,11 @@ def _check_torchvision_arguments(model_cfg: Any) -> None:
     name = str(model_cfg.get("name"))
     if name in AUX_LOGIT_MODELS:
         extra.setdefault("aux_logits", False)
-    try:
-        with torch.device("meta"):
-            get_model(name, weights=None, num_classes=2, **extra)
-    except TypeError as err:
-        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(err))
-        if unknown is None:
-            return  # another problem: the real build reports it
-        key = unknown.group(1)
-        raise ConfigError(
-            f"model.{key}={extra.get(key)!r} is not an argument of torchvision's {name}: fix "
-            f"its spelling, or remove it with ~model.{key}"
-        ) from err
-    except Exception:  # not every model builds on the meta device: the real build tells
-        return
+    _refuse_unknown_arguments(
+        lambda: get_model(name, weights=None, num_classes=2, **extra),
+        extra,
+        f"torchvision's {name}",
+    )
 
 
 def check_timm_name(name: str, key: str = "model.name") -> None:
@@ -288,7 +293,9 @@ def _timm_from_file(name: str, num_classes: int, path: Path, **kwargs) -> nn.Mod
     return model
 
 
-def keep_trained_head(model: nn.Module, pretrained_file: str | None, class_names) -> bool:
+def keep_trained_head(
+    model: nn.Module, pretrained_file: str | None, class_names: Sequence[str]
+) -> bool:
     """Loads the classifier of a runner best.pt trained on the same classes, in order.
 
     Fine-tuning an earlier run: timm re-initialises a file's head unless it has the
