@@ -195,7 +195,8 @@ def _latest_version(client: Any, name: str) -> Any:
     from mlflow.exceptions import MlflowException
 
     client.get_registered_model(name)  # a missing model raises with its own error code
-    versions = client.search_model_versions(f"name = '{name}'")
+    quote = '"' if "'" in name else "'"  # a name may hold either quote (it's-net)
+    versions = client.search_model_versions(f"name = {quote}{name}{quote}")
     if not versions:
         raise MlflowException(
             f"model {name!r} has no version", error_code="RESOURCE_DOES_NOT_EXIST"

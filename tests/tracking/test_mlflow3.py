@@ -119,11 +119,14 @@ def test_the_model_is_registered_and_eval_takes_models_and_runs_uris(trained):
     mlflow.set_tracking_uri(uri)
     registry.create_model_version("m-net", versions[0].source, run_id=run_id)
     registry.set_registered_model_alias("m-net", "prod", "1")
+    registry.create_registered_model("it's-net")  # a quote broke /latest's search
+    registry.create_model_version("it's-net", versions[0].source, run_id=run_id)
     for name, ckpt in (
         ("by_version", f"models:/{MODEL_NAME}/1"),
         ("by_latest", f"models:/{MODEL_NAME}/latest"),
         ("by_alias", f"models:/{MODEL_NAME}@champion"),
         ("by_m_alias", "models:/m-net@prod"),
+        ("by_quoted_latest", '"models:/it\'s-net/latest"'),  # quoted for Hydra's parser
         ("by_run", f"runs:/{run_id}"),
         ("by_model_id", f"models:/{model_id}"),
     ):
