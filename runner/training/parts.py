@@ -110,6 +110,12 @@ def build_normalize(
             list(pretrained[0]),
             list(pretrained[1]),
         )
+    if pretrained and len(pretrained[0]) > 1 and len(data.mean) == 1:
+        log.info(
+            "one-channel images go to the pretrained model as %d equal channels, as its "
+            "weights expect (a timm model built with +model.in_chans=1 takes one)",
+            len(pretrained[0]),
+        )
     mean, std = pretrained or (data.mean, data.std)
     return Normalize(mean, std, channels_last=channels_last).to(device)
 

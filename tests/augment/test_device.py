@@ -328,6 +328,11 @@ def test_a_data_mean_set_beside_pretrained_weights_is_said_not_to_be_used(caplog
     given = OmegaConf.create({"mean": [0.3, 0.3, 0.3], "std": None})
     build_normalize(pretrained, data, torch.device("cpu"), False, given)
     assert "data.mean not used: the pretrained weights expect their own" in caplog.text
+    # One-channel data for a three-channel model: the gray channel is repeated, said so.
+    gray = make_synthetic(num_samples=40, num_classes=4, image_size=8, channels=1)
+    with caplog.at_level("INFO"):
+        build_normalize(pretrained, gray, torch.device("cpu"), False)
+    assert "one-channel images go to the pretrained model as 3 equal channels" in caplog.text
 
 
 # --- reproducibility --------------------------------------------------------------------
