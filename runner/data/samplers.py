@@ -124,17 +124,19 @@ class WeightedClassSampler(_ShardedSampler):
         # tiny, never all zero (count ** -power underflowed and multinomial failed).
         smallest = counts[counts > 0].min()
         class_weight = torch.where(counts > 0, (counts.clamp_min(1) / smallest).pow(-power), 0.0)
-        self.weights = class_weight[labels]
-        if labels.shape[0] > MULTINOMIAL_LIMIT:  # a class first, then one of its samples
+        self.by_class_first = labels.shape[0] > MULTINOMIAL_LIMIT
+        if self.by_class_first:  # a class first, then one of its samples
             self.class_mass = class_weight * counts
             self.counts = counts
             self.by_class = torch.argsort(labels, stable=True)
             self.class_start = torch.cumsum(counts, 0).long() - counts.long()
+        else:
+            self.weights = class_weight[labels]
         super().__init__(int(num_samples or labels.shape[0]), seed, rank, world_size)
 
     def _draw(self, generator: torch.Generator) -> torch.Tensor:
         # One draw of the padded size: the padding is fresh draws, not repeats.
-        if self.weights.shape[0] <= MULTINOMIAL_LIMIT:
+        if not self.by_class_first:
             return torch.multinomial(
                 self.weights, self.total_size, replacement=True, generator=generator
             )
