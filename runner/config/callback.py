@@ -54,6 +54,7 @@ class ValidateConfigCallback(Callback):
                 f"that holds manifest.json (sweep.resume={Path(str(resume)).parent})"
             )
         _check_writable(config, "hydra.sweep.dir")
+        _refuse_training_sweep_dir(config)
         self._check(config)
 
     @staticmethod
@@ -86,6 +87,36 @@ def _refuse_training_run_dir(config: DictConfig) -> None:
                 f"overwrite: leave {key} out (each {mode} run gets a run dir of its own), or "
                 "name a new folder"
             )
+
+
+def _refuse_training_sweep_dir(config: DictConfig) -> None:
+    """Refuses, for a sweep of any mode but train, a sweep dir holding training runs.
+
+    Its jobs' dirs are numbered as the training sweep's were (hydra.sweep.subdir): an
+    eval or predict sweep there would overwrite the training jobs' files. A sweep over
+    `mode` leaves it to each job (the run-dir check).
+    """
+    mode = job_mode(config)
+    if mode == "train" or _sweeps_mode(config):
+        return
+    folder = OmegaConf.select(config, "hydra.sweep.dir", default=None)
+    if folder is None:
+        return
+    trained = sorted(Path(str(folder)).expanduser().glob("*/checkpoints"))
+    if trained:
+        raise SystemExit(
+            f"Error: hydra.sweep.dir={str(folder)!r} holds training runs "
+            f"({trained[0].parent.name}/checkpoints/), whose files the mode={mode} jobs "
+            "would overwrite: leave hydra.sweep.dir out (the sweep gets a dir of its own), "
+            "or name a new folder"
+        )
+
+
+def _sweeps_mode(config: DictConfig) -> bool:
+    """Whether the command line sweeps `mode` (`-m mode=train,eval`)."""
+    tasks = OmegaConf.select(config, "hydra.overrides.task", default=None)
+    typed = OmegaConf.to_container(tasks, resolve=False) if tasks else []  # as typed
+    return any(str(o).lstrip("+").startswith("mode=") and "," in str(o) for o in typed)
 
 
 def _check_writable(config: DictConfig, key: str) -> None:

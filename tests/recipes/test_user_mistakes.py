@@ -571,6 +571,20 @@ def test_an_eval_setting_on_a_training_command_is_refused_not_ignored(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_an_eval_sweep_into_a_training_sweeps_dir_is_refused_before_any_job(tmp_path):
+    """Its jobs' dirs (0, 1, ...) were the training jobs': their reports were replaced."""
+    sweep = tmp_path / "sweep"
+    (sweep / "0" / "checkpoints").mkdir(parents=True)
+    (sweep / "0" / "metrics.json").write_text("{}")
+    done = run_cli(
+        "-m", "mode=eval", f"ckpt={tmp_path}/a.pt,{tmp_path}/b.pt", f"hydra.sweep.dir={sweep}"
+    )
+    assert done.returncode == 1
+    assert "holds training runs (0/checkpoints/), whose files the mode=eval jobs" in done.stderr
+    assert sorted(p.name for p in sweep.iterdir()) == ["0"]
+    assert (sweep / "0" / "metrics.json").read_text() == "{}"
+
+
 def test_a_predict_setting_on_an_eval_command_is_refused_not_ignored(tmp_path):
     """mode=eval with predict.tta=flip tested without TTA (and predict with eval.tta)."""
     ckpt = tmp_path / "best.pt"
