@@ -19,26 +19,20 @@ from runner.config.choices import RUNNER_GROUP_KEYS
 # Groups whose node is built with `instantiate`; their keys are the target's arguments.
 TARGET_GROUPS = ("data", "model", "optim", "sched", "loss", "sampler", "aug", "logger")
 
-# Arguments the runner passes to a group's target itself (runner/training/parts.py): a
-# target that does not take them (torch's own lr schedulers) failed after the data and
-# model were built.
+# Arguments the runner passes to a group's target itself (runner/training/parts.py), with
+# where it takes each from: a target that does not take them (torch's own lr schedulers)
+# failed after the data and model were built, and a config that sets one
+# (`+model.num_classes=5`) was replaced without a word.
 BOUND_ARGUMENTS = {
-    "model": ("num_classes",),
-    "sched": ("optimizer", "total_steps", "steps_per_epoch"),
-    "loss": ("class_counts",),
-    "aug": ("num_classes",),
-    "sampler": ("labels", "seed"),
-}
-# Where the runner takes each bound argument from, for the refusal of a config that sets
-# one (`+model.num_classes=5` was replaced by the data's class count without a word).
-_BOUND_FROM = {
-    "num_classes": "the data's classes",
-    "optimizer": "the optim group",
-    "total_steps": "trainer.max_epochs and the batches per epoch",
-    "steps_per_epoch": "the batches per epoch",
-    "class_counts": "the train split",
-    "labels": "the train split",
-    "seed": "the run's seed=",
+    "model": {"num_classes": "the data's classes"},
+    "sched": {
+        "optimizer": "the optim group",
+        "total_steps": "trainer.max_epochs and the batches per epoch",
+        "steps_per_epoch": "the batches per epoch",
+    },
+    "loss": {"class_counts": "the train split"},
+    "aug": {"num_classes": "the data's classes"},
+    "sampler": {"labels": "the train split", "seed": "the run's seed="},
 }
 
 # Seconds this process spent importing targets' modules for the check. The first check
@@ -71,11 +65,12 @@ def unexpected_group_keys(cfg: DictConfig) -> list[str]:
         node = cfg.get(group)
         if not isinstance(node, DictConfig) or "_target_" not in node:
             continue
-        for key in BOUND_ARGUMENTS.get(group, ()):
+        bound = BOUND_ARGUMENTS.get(group, {})
+        for key, source in bound.items():
             if key in node:
                 problems.append(
-                    f"{group}.{key} is passed by the runner (from {_BOUND_FROM[key]}) and "
-                    f"would be ignored: remove it with ~{group}.{key}"
+                    f"{group}.{key} is passed by the runner (from {source}) and would be "
+                    f"ignored: remove it with ~{group}.{key}"
                 )
         target = str(OmegaConf.select(node, "_target_"))
         started = time.perf_counter()
@@ -95,12 +90,12 @@ def unexpected_group_keys(cfg: DictConfig) -> list[str]:
             continue
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
             continue
-        missing = [name for name in BOUND_ARGUMENTS.get(group, ()) if name not in parameters]
+        missing = [name for name in bound if name not in parameters]
         if missing:
             problems.append(
                 f"{group}._target_={target!r} does not take {', '.join(missing)}, which the "
                 f"runner passes to every {group} target: choose a {group} option, or point "
-                f"{group}._target_ at a function that takes {', '.join(BOUND_ARGUMENTS[group])}"
+                f"{group}._target_ at a function that takes {', '.join(bound)}"
                 + (" (as runner.training.optim's schedules do)" if group == "sched" else "")
             )
         runner_keys = RUNNER_GROUP_KEYS.get(group, ())
