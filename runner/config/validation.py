@@ -199,6 +199,7 @@ def _mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) -
         ]
     if swept_values.get("mode"):  # `-m mode=eval,predict`: each job checks its own mode
         return []
+    typed_keys = [str(o).lstrip("+~").split("=", 1)[0] for o in _typed_overrides(cfg)]
     if mode not in ("eval", "predict"):
         # Read only by eval and predict: a run of another mode would ignore them silently
         # (a fine-tune meant from `ckpt=` trained from scratch).
@@ -207,8 +208,7 @@ def _mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) -
             for key in ("ckpt", "predict.input")
             if OmegaConf.select(cfg, key, default=None) is not None or swept_values.get(key)
         ]
-        for override in _typed_overrides(cfg):  # their settings too (eval.tta=flip)
-            key = str(override).lstrip("+~").split("=", 1)[0]
+        for key in typed_keys:  # their settings too (eval.tta=flip)
             if key.startswith(("eval.", "predict.")) and key not in ignored:
                 ignored.append(key)
         return [
@@ -222,15 +222,13 @@ def _mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) -
             )
             for key in ignored
         ]
-    problems = []
     other = "predict" if mode == "eval" else "eval"
-    for override in _typed_overrides(cfg):  # the other mode's settings (eval.tta=flip)
-        key = str(override).lstrip("+~").split("=", 1)[0]
-        if key.startswith(f"{other}."):
-            problems.append(
-                f"{key} is read by mode={other} only, and mode={mode} would ignore it: "
-                f"use {mode}.{key.split('.', 1)[1]} (if it exists) or mode={other}"
-            )
+    problems = [
+        f"{key} is read by mode={other} only, and mode={mode} would ignore it: "
+        f"use {mode}.{key.split('.', 1)[1]} (if it exists) or mode={other}"
+        for key in typed_keys
+        if key.startswith(f"{other}.")  # the other mode's settings (eval.tta=flip)
+    ]
     if OmegaConf.select(cfg, "ckpt", default=None) is None and "ckpt" not in swept_values:
         problems.append(
             f"mode={mode} needs a checkpoint: set ckpt=<run dir>/checkpoints/best.pt "
@@ -269,6 +267,11 @@ def flatten_params(params: Any, prefix: str = "") -> dict[str, str]:
         else:
             flat[f"{prefix}{key}"] = str(value)
     return flat
+
+
+def swept_keys_of(cfg: DictConfig) -> list[str]:
+    """The keys a multirun sweeps over more than one value ([] outside one; see `_sweeps`)."""
+    return _sweeps(cfg)[1]
 
 
 def _sweeps(cfg: DictConfig) -> tuple[dict[str, list[Any] | None], list[str]]:
