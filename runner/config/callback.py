@@ -8,7 +8,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config.validation import ConfigError, job_mode, validate
+from runner.config.validation import ConfigError, job_mode, swept_keys_of, validate
 from runner.config.value_checks import folder_problem
 
 
@@ -97,7 +97,7 @@ def _refuse_training_sweep_dir(config: DictConfig) -> None:
     `mode` leaves it to each job (the run-dir check).
     """
     mode = job_mode(config)
-    if mode == "train" or _sweeps_mode(config):
+    if mode == "train" or "mode" in swept_keys_of(config):
         return
     folder = OmegaConf.select(config, "hydra.sweep.dir", default=None)
     if folder is None:
@@ -110,13 +110,6 @@ def _refuse_training_sweep_dir(config: DictConfig) -> None:
             "would overwrite: leave hydra.sweep.dir out (the sweep gets a dir of its own), "
             "or name a new folder"
         )
-
-
-def _sweeps_mode(config: DictConfig) -> bool:
-    """Whether the command line sweeps `mode` (`-m mode=train,eval`)."""
-    tasks = OmegaConf.select(config, "hydra.overrides.task", default=None)
-    typed = OmegaConf.to_container(tasks, resolve=False) if tasks else []  # as typed
-    return any(str(o).lstrip("+").startswith("mode=") and "," in str(o) for o in typed)
 
 
 def _check_writable(config: DictConfig, key: str) -> None:
