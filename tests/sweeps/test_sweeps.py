@@ -259,6 +259,9 @@ def test_resume_of_a_dir_that_is_not_a_sweep_fails_clearly(tmp_path):
 
 # A case built to be prunable: lr 1e-9 cannot learn, so its validation loss stays above
 # the median of the trials that can, from the first epoch on.
+# The Optuna preset with its search space left to the command line's.
+OWN_SPACE = ("hparams_search=optuna", "hydra.sweeper.params=null")
+
 PRUNABLE = [
     "hparams_search=optuna",
     "trainer.max_epochs=2",
@@ -313,8 +316,7 @@ def test_a_resumed_optuna_sweep_replaces_the_earlier_launchs_failed_and_killed_t
     sweep_dir = tmp_path / "sweep"
     search = [
         *FAULTY_LOSS,
-        "hparams_search=optuna",
-        "hydra.sweeper.params=null",
+        *OWN_SPACE,
         "hydra/sweeper/pruner=none",
         "hydra.sweeper.n_trials=1",
         "+loss.fail=choice(raise)",
@@ -349,8 +351,7 @@ def test_an_optuna_trial_whose_point_composes_no_config_fails_alone(tmp_path):
     code, output = multirun(
         tmp_path,
         sweep_dir,
-        "hparams_search=optuna",
-        "hydra.sweeper.params=null",
+        *OWN_SPACE,
         "hydra.sweeper.storage=null",
         "hydra.sweeper.n_trials=1",
         "model=choice(resnet32)",
@@ -370,7 +371,7 @@ def test_optuna_trials_drawn_twice_share_a_job_and_failing_trials_end_a_stored_s
     stored study (3 finished trials) is continued to 5 with a fault that fails every
     job: failed trials do not count towards n_trials, and the sweep still ends."""
     first_dir = tmp_path / "first"
-    study = ["hparams_search=optuna", "hydra.sweeper.params=null", "hydra.sweeper.study_name=s"]
+    study = [*OWN_SPACE, "hydra.sweeper.study_name=s"]
     code, output = multirun(
         tmp_path,
         first_dir,
@@ -549,8 +550,7 @@ def test_an_optuna_choice_of_an_option_the_group_lacks_stops_the_sweep_before_an
     code, output = multirun(
         tmp_path,
         sweep_dir,
-        "hparams_search=optuna",
-        "hydra.sweeper.params=null",
+        *OWN_SPACE,
         "model=choice(resnet10t, nosuchmodel)",
     )
     assert code == 1, output[-3000:]
