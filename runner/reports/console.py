@@ -24,6 +24,7 @@ def is_terminal() -> bool:
 def print_config(cfg: DictConfig) -> None:
     """Prints the resolved config as a tree, one branch per group."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.syntax import Syntax
     from rich.tree import Tree
 
@@ -34,9 +35,9 @@ def print_config(cfg: DictConfig) -> None:
     for key, value in container.items():
         if isinstance(value, dict):
             text = OmegaConf.to_yaml(OmegaConf.create(value)).rstrip()
-            tree.add(f"[bold]{key}[/bold]").add(Syntax(text, "yaml", theme="ansi_dark"))
+            tree.add(f"[bold]{escape(key)}[/bold]").add(Syntax(text, "yaml", theme="ansi_dark"))
         else:
-            tree.add(f"[bold]{key}[/bold]: {value}")
+            tree.add(f"[bold]{escape(key)}[/bold]: {escape(str(value))}")
     Console(force_terminal=is_terminal(), width=None if is_terminal() else 120).print(tree)
 
 
@@ -104,13 +105,18 @@ class ProgressDisplay:
 
 
 def print_summary(rows: list[tuple[str, str]], title: str = "run summary") -> None:
-    """Prints the end-of-run summary as a two-column table."""
+    """Prints the end-of-run summary as a two-column table.
+
+    The cells are shown as written: a path such as `ck[v2]/best.pt` is not read as
+    rich's markup.
+    """
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title, show_header=False)
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows:
-        table.add_row(key, value)
+        table.add_row(escape(key), escape(value))
     Console(force_terminal=is_terminal(), width=None if is_terminal() else 120).print(table)

@@ -171,3 +171,14 @@ def test_per_image_reports_are_left_out_when_a_test_image_did_not_decode(
     for name in ("per_class.csv", "confusion_matrix.png", "reliability.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert 0 <= metrics["test/ece"] <= 1
+
+
+@pytest.mark.parametrize("path", ["/runs/ck[v2]/best.pt", "/runs/x[/y]/best.pt"])
+def test_the_summary_shows_a_path_with_brackets_as_written(path, capsys):
+    """Rich read `[v2]` as markup (dropped) and `[/y]` as a closing tag (MarkupError)."""
+    from runner.reports.console import print_config, print_summary
+
+    print_summary([("checkpoint", path), ("[b]", "x")])
+    print_config(OmegaConf.create({"ckpt": path}))
+    shown = capsys.readouterr().out
+    assert shown.count(path) == 2 and "[b]" in shown, shown
