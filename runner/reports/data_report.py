@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -117,7 +118,12 @@ def draw_start_plots(preview: Preview, data: DataSplits, run_dir: Path) -> list[
 
 
 def _write_bad_files(run_dir: Path, bad_files: list[tuple[str, str]]) -> Path:
-    """bad_files.txt: one line per skipped file, saying which and why."""
+    r"""bad_files.txt: one line per skipped file, saying which and why.
+
+    A file name that is not valid UTF-8 keeps its bytes as backslash escapes
+    (`caf\xe9.jpg`), as in its sample id.
+    """
     path = run_dir / "bad_files.txt"
-    path.write_text("".join(f"{reason}\n" for _, reason in bad_files))
+    text = "".join(f"{reason}\n" for _, reason in bad_files)
+    path.write_text(os.fsencode(text).decode("utf-8", "backslashreplace"), encoding="utf-8")
     return path

@@ -174,3 +174,29 @@ def test_thumbnails_of_an_image_folder_come_from_its_files(tmp_path):
     assert set(images) == set(wanted[:2]), "a file that is gone has no thumbnail"
     expected = decoding.decode_record(str(root / wanted[0]), 24)
     assert images[wanted[0]].shape == (3, 24, 24) and torch.equal(images[wanted[0]], expected)
+
+
+def test_a_bad_file_whose_name_is_not_utf8_is_listed_escaped(tmp_path):
+    """bad_files.txt was written as strict UTF-8: the run stopped at its start."""
+    import os
+
+    root = make_imagefolder(tmp_path / "pics", per_class=4)
+    (root / "train" / "cat" / "000.jpg").write_bytes(b"")
+    os.rename(
+        root / "train" / "cat" / "000.jpg", os.fsencode(root / "train" / "cat") + b"/\xe9.jpg"
+    )
+    data = load_imagefolder(str(root), image_size=16, num_workers=0, split_seed=0)
+    report_train_data(data, tmp_path, NullTracker())
+    assert "train/cat/\\xe9.jpg" in (tmp_path / "bad_files.txt").read_text(encoding="utf-8")
+
+
+def test_a_class_folder_whose_name_is_not_utf8_is_refused_before_training(tmp_path):
+    """It trained, then per_class.csv (strict UTF-8) ended the run after the compute."""
+    import os
+
+    from runner.data.decoding import DataError
+
+    root = make_imagefolder(tmp_path / "pics", per_class=4)
+    os.rename(root / "train" / "cat", os.fsencode(root / "train") + b"/caf\xe9")
+    with pytest.raises(DataError, match=r"not valid UTF-8: \['caf\\\\xe9'\]. .*rename"):
+        load_imagefolder(str(root), image_size=16, num_workers=0)

@@ -70,6 +70,15 @@ def same_classes_as(
     return matched
 
 
+def _valid_utf8(name: str) -> bool:
+    """Whether a name read from disk was valid UTF-8 (else it holds surrogate escapes)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def class_folders(folder: Path) -> list[str]:
     """The class folder names directly under `folder`, sorted, hidden ones left out."""
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and _visible(e.name))
@@ -136,6 +145,14 @@ def scan_layout(
     class_names = list(layout["train"])
     if not class_names:
         raise DataError(f"{root / 'train'} has no class folders (expected train/<class>/<image>)")
+    unreadable = [name for name in class_names if not _valid_utf8(name)]
+    if unreadable:
+        shown = [os.fsencode(name).decode("utf-8", "backslashreplace") for name in unreadable]
+        raise DataError(
+            f"class folder name(s) under {path_id(str(root / 'train'))} that are not valid "
+            f"UTF-8: {shown}. A class name goes into checkpoints, reports and MLflow as text: "
+            "rename the folders in UTF-8 (e.g. `convmv -f latin1 -t utf8 -r --notest`)."
+        )
     empty = [f"train/{cls}" for cls, files in layout["train"].items() if not files]
     if empty:
         raise DataError(
