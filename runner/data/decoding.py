@@ -71,6 +71,16 @@ def file_stat(path: str | os.PathLike) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
+def printable(name: str) -> str:
+    r"""`name` as text any file or MLflow takes.
+
+    A file name that is not valid UTF-8 (a Latin-1 name from an old archive) reaches
+    Python with surrogate escapes, which no UTF-8 text can hold: its bytes are written
+    as backslash escapes instead (`caf\xe9.png`).
+    """
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def read_record(record: Any) -> tuple[bytes, str]:
     """The encoded bytes of a record and a name for messages.
 
@@ -89,7 +99,7 @@ def read_record(record: Any) -> tuple[bytes, str]:
     if isinstance(record, dict):
         path = record.get("path")
         if record.get("bytes"):
-            return bytes(record["bytes"]), str(path or "<bytes>")
+            return bytes(record["bytes"]), record_name(record)
         if not path:  # a table's row without an image (a null cell)
             raise BadImageError(f"{record_name(record)}: no image (an empty record)")
         record = path
@@ -97,7 +107,7 @@ def read_record(record: Any) -> tuple[bytes, str]:
         return bytes(record), "<bytes>"
     path = os.fspath(record)
     with open(path, "rb") as handle:
-        return handle.read(), path
+        return handle.read(), printable(path)
 
 
 def _to_uint8(image: torch.Tensor) -> torch.Tensor:
@@ -214,17 +224,17 @@ def decode_record(record: Any, image_size: int) -> torch.Tensor:
     try:
         data, name = read_record(record)
     except OSError as err:
-        raise BadImageError(f"{record}: cannot read ({err.strerror or err})") from err
+        raise BadImageError(f"{record_name(record)}: cannot read ({err.strerror or err})") from err
     return decode_bytes(data, image_size, name)
 
 
 def record_name(record: Any) -> str:
-    """A printable name of a record (its path where it has one)."""
+    """A printable name of a record (its path where it has one; see `printable`)."""
     if isinstance(record, dict):  # "name": where a record without a path came from
-        return str(record.get("path") or record.get("name") or "<bytes>")
+        return printable(str(record.get("path") or record.get("name") or "<bytes>"))
     if isinstance(record, bytes | bytearray | memoryview):
         return "<bytes>"
-    return os.fspath(record)
+    return printable(os.fspath(record))
 
 
 def decode_all(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runner.data.decoding import printable
 from runner.data.loaders import ResidentLoader
 
 
@@ -37,13 +37,12 @@ def index_ids(prefix: str, count: int) -> np.ndarray:
 
 
 def path_id(relative_path: str) -> str:
-    r"""The sample id of a file: its path under the data set's folder, posix, printable.
+    """The sample id of a file: its path under the data set's folder, posix, `printable`.
 
-    A file name that is not valid UTF-8 (a Latin-1 name from an old archive) reaches
-    Python with surrogate escapes, which no text file or MLflow takes: its bytes are
-    written as backslash escapes instead (`caf\xe9.png`), one id per file still.
+    A name that is not valid UTF-8 keeps its bytes as backslash escapes: one id per file
+    still.
     """
-    return os.fsencode(Path(relative_path).as_posix()).decode("utf-8", "backslashreplace")
+    return printable(Path(relative_path).as_posix())
 
 
 @dataclass

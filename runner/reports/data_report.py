@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from pathlib import Path
 
 import torch
 
+from runner.data.decoding import printable
 from runner.data.splits import DataSplits
 from runner.reports.aug_preview import Preview, draw_preview
 from runner.reports.drawing import draw_each
@@ -125,5 +125,5 @@ def _write_bad_files(run_dir: Path, bad_files: list[tuple[str, str]]) -> Path:
     """
     path = run_dir / "bad_files.txt"
     text = "".join(f"{reason}\n" for _, reason in bad_files)
-    path.write_text(os.fsencode(text).decode("utf-8", "backslashreplace"), encoding="utf-8")
+    path.write_text(printable(text), encoding="utf-8")
     return path

@@ -186,6 +186,7 @@ def test_a_bad_file_whose_name_is_not_utf8_is_listed_escaped(tmp_path):
         root / "train" / "cat" / "000.jpg", os.fsencode(root / "train" / "cat") + b"/\xe9.jpg"
     )
     data = load_imagefolder(str(root), image_size=16, num_workers=0, split_seed=0)
+    assert data.bad_files[0][1].endswith("train/cat/\\xe9.jpg: empty file (0 bytes)")
     report_train_data(data, tmp_path, NullTracker())
     assert "train/cat/\\xe9.jpg" in (tmp_path / "bad_files.txt").read_text(encoding="utf-8")
 

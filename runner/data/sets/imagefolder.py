@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runner.data.decoding import DataError, decode_all, file_stat, refused_bad_file
+from runner.data.decoding import DataError, decode_all, file_stat, printable, refused_bad_file
 from runner.data.sets.records import splits_from_records
 from runner.data.splits import DataSplits, Split, path_id
 
@@ -147,9 +147,9 @@ def scan_layout(
         raise DataError(f"{root / 'train'} has no class folders (expected train/<class>/<image>)")
     unreadable = [name for name in class_names if not _valid_utf8(name)]
     if unreadable:
-        shown = [os.fsencode(name).decode("utf-8", "backslashreplace") for name in unreadable]
+        shown = [printable(name) for name in unreadable]
         raise DataError(
-            f"class folder name(s) under {path_id(str(root / 'train'))} that are not valid "
+            f"class folder name(s) under {printable(str(root / 'train'))} that are not valid "
             f"UTF-8: {shown}. A class name goes into checkpoints, reports and MLflow as text: "
             "rename the folders in UTF-8 (e.g. `convmv -f latin1 -t utf8 -r --notest`)."
         )
