@@ -315,3 +315,22 @@ def test_relative_paths_in_a_folder_of_tables_are_read_from_that_folder(tmp_path
     data = load_hf(str(folder / "meta"), image_key="image", label_key="label", **common(tmp_path))
     assert data.bad_files == []
     assert len(data.test) == 12 and len(data.train) + len(data.val) == 12
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_csv_tables_whose_test_rows_name_train_files_are_refused(tmp_path, relative):
+    """A CSV's text column (large_string) and relative paths got index ids: no check."""
+    from PIL import Image
+
+    folder = tmp_path / "set"
+    rows = []
+    for label, colour in (("x", (200, 30, 30)), ("y", (30, 30, 200))):
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        for i in range(6):
+            Image.new("RGB", (8, 8), colour).save(folder / "images" / f"{label}{i}.png")
+            path = f"images/{label}{i}.png" if relative else str(folder / f"images/{label}{i}.png")
+            rows.append(f"{path},{label}")
+    (folder / "train.csv").write_text("\n".join(["image,label", *rows]) + "\n")
+    (folder / "test.csv").write_text("\n".join(["image,label", *rows[::3]]) + "\n")
+    with pytest.raises(DataError, match=r"share 4 sample.*images/x0\.png"):
+        load_hf(str(folder), image_key="image", label_key="label", **common(tmp_path))

@@ -334,7 +334,10 @@ def record_ids(dataset, image_key: str, folder: Path | None, label: str) -> list
     column = dataset.select_columns([image_key]).flatten()  # Image -> .bytes, .path columns
     if f"{image_key}.path" in column.column_names:
         paths = column[f"{image_key}.path"]  # reads the paths only, not the bytes
-    elif image_key in column.column_names and column.features[image_key].dtype == "string":
+    elif image_key in column.column_names and column.features[image_key].dtype in (
+        "string",
+        "large_string",  # how datasets reads a CSV's or JSON's text column
+    ):
         paths = column[image_key]
     else:
         return ids
@@ -343,7 +346,8 @@ def record_ids(dataset, image_key: str, folder: Path | None, label: str) -> list
     for i, path in enumerate(paths):
         if not path:
             continue
-        absolute = os.path.abspath(path)
+        # A relative path is read from the folder (see `_Column`), as its id is.
+        absolute = os.path.abspath(os.path.join(folder, path))
         for base in bases:
             if absolute.startswith(base + os.sep):
                 ids[i] = path_id(os.path.relpath(absolute, base))
