@@ -48,6 +48,21 @@ def test_parquet_file_with_image_bytes_and_class_labels(tmp_path, resident):
     assert (means[labels == 1, 1] > means[labels == 1, 0]).all()
 
 
+@pytest.mark.parametrize("resident", [True, False])
+def test_a_streamed_folder_sniffs_files_without_a_signature_by_their_path(tmp_path, resident):
+    """Streamed, a TGA (no signature listed) or an HTML page saved as .jpg was a TypeError."""
+    from PIL import Image
+
+    root = make_imagefolder(tmp_path / "pics", per_class=6, splits=("train", "test"))
+    Image.new("RGB", (16, 16), (10, 120, 230)).save(root / "train" / "cat" / "valid.tga")
+    (root / "train" / "dog" / "page.jpg").write_text("<html>404 not found</html>")
+    data = load_hf(str(root), split_test="test", resident=resident, **common(tmp_path))
+    assert len(data.train) + len(data.val) == 19
+    assert [reason.rsplit("/", 1)[-1] for _, reason in data.bad_files] == [
+        "page.jpg: not an image (unknown format)"
+    ]
+
+
 def test_local_image_folder_through_datasets_with_a_bad_file(tmp_path):
     root = make_imagefolder(tmp_path / "pics", per_class=6, splits=("train", "test"))
     write_bad_files(root / "train" / "cat")

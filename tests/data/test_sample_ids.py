@@ -176,6 +176,18 @@ def test_thumbnails_of_an_image_folder_come_from_its_files(tmp_path):
     assert images[wanted[0]].shape == (3, 24, 24) and torch.equal(images[wanted[0]], expected)
 
 
+def test_a_good_file_whose_name_is_not_utf8_is_read_when_streamed(tmp_path):
+    """The check of its first bytes opened the printable name, not the file."""
+    import os
+    import shutil
+
+    root = make_imagefolder(tmp_path / "pics", per_class=4)
+    cat = os.fsencode(root / "train" / "cat")
+    shutil.copy(cat + b"/000.jpg", cat + b"/caf\xe9.jpg")
+    data = load_imagefolder(str(root), image_size=16, num_workers=0, resident=False)
+    assert data.bad_files == [] and "train/cat/caf\\xe9.jpg" in all_ids(data)
+
+
 def test_a_bad_file_whose_name_is_not_utf8_is_listed_escaped(tmp_path):
     """bad_files.txt was written as strict UTF-8: the run stopped at its start."""
     import os

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,14 +61,14 @@ def sniff(record: Any) -> str | None:
 
     Reads only the first bytes of a file, so a large folder is checked in seconds.
     """
-    name = record_name(record)
+    name = record_name(record)  # printable; the file is opened by its own path
     if isinstance(record, dict) and record.get("bytes"):
         head = bytes(record["bytes"][:16])
     elif isinstance(record, dict) and not record.get("path"):
         return f"{name}: no image (an empty record)"
     else:
         try:
-            with open(name, "rb") as handle:
+            with open(_path_of(record), "rb") as handle:
                 head = handle.read(16)
         except OSError as err:
             return f"{name}: cannot read ({err.strerror or err})"
@@ -75,12 +76,17 @@ def sniff(record: Any) -> str | None:
         return f"{name}: empty file (0 bytes)"
     if head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return None
-    if _pillow_knows(record, name):  # formats without a signature here (TGA, ICO, ...)
+    if _pillow_knows(record):  # formats without a signature here (TGA, ICO, ...)
         return None
     return f"{name}: not an image (unknown format)"
 
 
-def _pillow_knows(record: Any, name: str) -> bool:
+def _path_of(record: Any) -> str:
+    """The file a path record, or an image dict without bytes, is read from."""
+    return record["path"] if isinstance(record, dict) else os.fspath(record)
+
+
+def _pillow_knows(record: Any) -> bool:
     """Whether Pillow recognises the file's header (it reads no pixels).
 
     The decoder falls back to Pillow for the formats torchvision does not read.
@@ -88,7 +94,10 @@ def _pillow_knows(record: Any, name: str) -> bool:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        source = io.BytesIO(bytes(record["bytes"])) if isinstance(record, dict) else name
+        if isinstance(record, dict) and record.get("bytes"):
+            source = io.BytesIO(bytes(record["bytes"]))
+        else:
+            source = _path_of(record)
         with Image.open(source):
             return True
     except (UnidentifiedImageError, OSError, ValueError):
