@@ -152,9 +152,10 @@ def _decode_pillow(data: bytes) -> torch.Tensor:
         image = ImageOps.exif_transpose(opened)  # upright, as `_decode_torchvision`
         if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
             array = np.asarray(image).astype(np.int64)
-            # A 16-bit mode is 0..65535 whatever the pixels; only "I" (32-bit, written
-            # from 8- or 16-bit data) is told by its values.
-            sixteen = image.mode != "I" or array.max(initial=0) > 255
+            # A 16-bit mode is 0..65535 whatever the pixels, and so is a PGM's "I" (Pillow
+            # scales its maxval to 65535); any other "I" (32-bit, written from 8- or
+            # 16-bit data) is told by its values.
+            sixteen = image.mode != "I" or opened.format == "PPM" or array.max(initial=0) > 255
             top = 65535 if sixteen else 255
             array = (array.clip(0, top) * 255 + top // 2) // top
             gray = torch.from_numpy(array.astype(np.uint8))

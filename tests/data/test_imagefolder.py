@@ -296,6 +296,21 @@ def test_val_and_test_folders_are_used_when_present(tmp_path):
     assert (len(data.train), len(data.val), len(data.test)) == (12, 12, 12)
 
 
+@pytest.mark.parametrize(
+    ("maxval", "value", "expected"),
+    [(65535, 200, 1), (65535, 0x8080, 128), (1023, 1023, 255), (255, 200, 200)],
+)
+def test_a_dark_16_bit_pgm_keeps_its_scale(maxval, value, expected):
+    """Pillow reads a 16-bit PGM as "I"; a dark one (all <= 255) came out 256x too bright."""
+    import numpy as np
+
+    from runner.data.decoding import decode_bytes
+
+    dtype = ">u2" if maxval > 255 else "u1"
+    pgm = f"P5\n4 4\n{maxval}\n".encode() + np.full((4, 4), value, dtype).tobytes()
+    assert decode_bytes(pgm, 4)[:, 2, 2].tolist() == [expected] * 3
+
+
 def test_decode_cache_file_is_reused_and_keyed_by_content(tmp_path, monkeypatch):
     root = make_imagefolder(tmp_path / "data", per_class=5)
     cache = tmp_path / "cache"
