@@ -31,6 +31,7 @@ from runner.from_checkpoint import (
     LoadedCheckpoint,
     load_checkpoint,
     refuse_ignored_overrides,
+    resolved_part,
     start_context,
     to_grayscale,
     train_only_keys_off,
@@ -61,7 +62,7 @@ def run_eval(cfg: DictConfig) -> float:
     loaded = load_checkpoint(ctx)
     ctx.tracker = instantiate(cfg.logger)
     # The training run's experiment, unless this command names one (logger.experiment_name).
-    trained_in = OmegaConf.select(loaded.stored, "logger.experiment_name", default=None)
+    trained_in = resolved_part(loaded.stored, "logger.experiment_name", loaded.path)
     ctx.tracker.connect(experiment_name=str(trained_in or loaded.stored.data.name))
     data = eval_data(cfg, loaded)
     first, _ = data.test.take(torch.arange(min(1, len(data.test))))
@@ -172,6 +173,8 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:
             same_classes(cfg, class_folders(root / "train"), loaded.best.class_names)
         data = with_channels(build_data(at_trained_size(cfg.data, loaded)), len(loaded.best.mean))
     else:
+        other = ", or test on other data: eval.data=current data=... data.root=..."
+        resolved_part(loaded.stored, "data", loaded.path, other)
         try:
             data = build_data(train_only_keys_off(loaded.stored.data))
         except DataError as err:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 from torch import nn
 
 from runner.augment.normalize import Normalize
@@ -109,6 +111,8 @@ def load_checkpoint(ctx: RunContext) -> LoadedCheckpoint:
     path, run_id = resolve_ckpt(str(ctx.cfg.ckpt), ctx.cfg, ctx.run_dir / "downloaded")
     best = read_best(path)
     stored = best.stored_config()
+    for part in ("model", "aug"):
+        resolved_part(stored, part, path)
     allowed = tuple(ctx.cfg.get("allowed_targets") or [])
     # Only this command line's allowed_targets count: a checkpoint cannot widen them itself.
     parts = OmegaConf.create({k: stored[k] for k in ("model", "aug", "data") if k in stored})
@@ -141,6 +145,35 @@ def train_only_keys_off(data_cfg: DictConfig) -> DictConfig:
         if key in data_cfg:
             data_cfg[key] = None
     return data_cfg
+
+
+def resolved_part(stored: DictConfig, key: str, path: Path, fix: str = "") -> Any:
+    """`key` of a checkpoint's config, with what it reads from the environment read now.
+
+    A value the training run read with `${oc.env:...}` is kept as typed in its config
+    (see `redacted_container`), and is read from this command's environment.
+
+    Args:
+        stored: The checkpoint's config.
+        key: A dotted key (`data`, `logger.experiment_name`).
+        path: The checkpoint, for the message.
+        fix: Another way out, added to the message.
+
+    Raises:
+        ConfigError: A variable it reads is not set here.
+    """
+    try:
+        node = OmegaConf.select(stored, key, default=None)
+        if isinstance(node, DictConfig | ListConfig):
+            OmegaConf.to_container(node, resolve=True)
+        return node
+    except InterpolationResolutionError as err:
+        reason = str(err).splitlines()[0]
+        raise ConfigError(
+            f"{path}: its config's {err.full_key or key} is read from the environment "
+            f"(${{oc.env:...}} as the training run typed it), and {reason}. Set that "
+            f"variable as the training run had it{fix}"
+        ) from None
 
 
 def rebuild_model(stored: DictConfig, best: BestCheckpoint, device: torch.device) -> nn.Module:

@@ -23,16 +23,20 @@ _QUERY_PASSWORD = re.compile(r"([?&](?:password|passwd|pwd)=)[^&#\s]*", re.IGNOR
 
 
 def redacted_container(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as plain containers, with secrets replaced by '***'.
+    """The resolved config as plain containers, with no secret in the clear.
 
-    Redacts values of keys that name a secret (token, password, api_key, ...), any
-    value taken from the environment with `${oc.env:...}`, any other value that holds
-    one of those secrets (`b: ${a}` or `url: https://${a}@host` where `a` is one), and
-    the password of a URL (`logger.tracking_uri=http://user:password@host`).
+    Values of keys that name a secret (token, password, api_key, ...), and values that
+    hold one (`b: ${a}` or `url: https://${a}@host` where `a` is one), become '***'. A
+    value taken from the environment with `${oc.env:...}`, or holding one, is kept as
+    typed (`${oc.env:DATA}/pets`, `${a}`): its value is not written, and a checkpoint's
+    config still rebuilds it where that variable is set (`mode=eval` of a run whose
+    `data.root` came from the environment). The password of a URL is '***'
+    (`logger.tracking_uri=http://user:***@host`).
     """
     raw = OmegaConf.to_container(cfg, resolve=False)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    secrets: set[str] = set()
+    secrets: set[str] = set()  # values of secret-named keys
+    from_env: set[str] = set()  # values read from the environment
 
     def redact(raw_node: Any, node: Any) -> Any:
         if isinstance(node, dict):
@@ -49,23 +53,31 @@ def redacted_container(cfg: DictConfig) -> dict[str, Any]:
             raws = raw_node if isinstance(raw_node, list) else [None] * len(node)
             return [redact(r, n) for r, n in zip(raws, node, strict=False)]
         if isinstance(raw_node, str) and "oc.env" in raw_node:
-            secrets.add(str(node))
-            return REDACTED
+            from_env.add(str(node))
+            return raw_node
         return public_uri(node) if isinstance(node, str) else node
 
-    def redact_copies(node: Any) -> Any:  # values that carry a secret found above
+    def redact_copies(raw_node: Any, node: Any) -> Any:  # values that carry one found above
         if isinstance(node, dict):
-            return {key: redact_copies(value) for key, value in node.items()}
+            below = raw_node if isinstance(raw_node, dict) else {}
+            return {key: redact_copies(below.get(key), value) for key, value in node.items()}
         if isinstance(node, list):
-            return [redact_copies(value) for value in node]
-        if isinstance(node, str) and any(s in node for s in secrets):
+            raws = raw_node if isinstance(raw_node, list) else [None] * len(node)
+            return [redact_copies(r, n) for r, n in zip(raws, node, strict=False)]
+        if not isinstance(node, str):
+            return node
+        if any(s in node for s in secrets):
             return REDACTED
+        if any(s in node for s in from_env):
+            typed = isinstance(raw_node, str) and "${" in raw_node
+            return raw_node if typed else REDACTED
         return node
 
     redacted = redact(raw, resolved)
-    # Only secrets long enough to be one: "1" or "" would hide every value holding it.
+    # Only values long enough to be secrets: "1" or "" would hide every value holding it.
     secrets = {s for s in secrets if len(s) >= MIN_SECRET_LENGTH}
-    return redact_copies(redacted)
+    from_env = {s for s in from_env if len(s) >= MIN_SECRET_LENGTH}
+    return redact_copies(raw, redacted)
 
 
 def redacted_override(override: str) -> str:

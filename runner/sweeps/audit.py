@@ -305,15 +305,15 @@ def _draw_suspects(
     if not top:
         path.unlink(missing_ok=True)  # an earlier audit's picture would not match the CSVs
         return None
-    data_cfg = _data_config(merged)
     images = {}
-    if data_cfg is not None:
-        try:
+    try:  # the data moved since, or its folder came from an unset ${oc.env:...}
+        data_cfg = _data_config(merged)
+        if data_cfg is not None:
             from runner.data.lookup import load_images
 
             images = load_images(data_cfg, [str(merged.sample_id[i]) for i in top])
-        except Exception as err:  # the data moved since: the figure says so, the CSVs stand
-            log.warning("audit: no thumbnails (%s: %s)", type(err).__name__, err)
+    except Exception as err:  # the figure says so, the CSVs stand
+        log.warning("audit: no thumbnails (%s: %s)", type(err).__name__, err)
     import matplotlib
 
     matplotlib.use("Agg")

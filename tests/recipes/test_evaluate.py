@@ -621,3 +621,25 @@ def test_a_streamed_test_file_that_does_not_decode_costs_only_its_own_cells(tmp_
         for name in ("misclassified.png", "gradcam.png"):
             assert (tmp_path / run_dir / name).is_file(), (run_dir, name)
         assert bad.name in (tmp_path / run_dir / "bad_files.txt").read_text(), run_dir
+
+
+def test_a_data_root_from_the_environment_is_kept_as_typed_and_read_again_by_eval(
+    tmp_path, monkeypatch
+):
+    """best.pt kept data.root as '***' (redacted): eval.data=stored looked for '***'/train."""
+    from tests.datagen import make_imagefolder
+
+    make_imagefolder(tmp_path / "sets" / "pics", per_class=6, splits=("train", "test"))
+    monkeypatch.setenv("RUNNER_TEST_DATA", str(tmp_path / "sets"))
+    typed = "${oc.env:RUNNER_TEST_DATA}/pics"
+    small = ["trainer.max_epochs=1", "trainer.batch_size=8", "model=timm", "model.name=test_resnet"]
+    folder = ["data=imagefolder", f"data.root={typed}", "data.image_size=16", "data.cache_dir=null"]
+    run(compose_run(tmp_path, "train", *folder, *small, "logger=none", tiny=False))
+    ckpt = tmp_path / "train" / "checkpoints" / "best.pt"
+    assert f"root: {typed}" in read_best(ckpt).config  # the YAML text
+    assert str(tmp_path / "sets") not in (tmp_path / "train" / "config_resolved.yaml").read_text()
+    evaluating = ("mode=eval", f"ckpt={ckpt}", "logger=none")
+    assert 0.0 <= run(compose_run(tmp_path, "eval", *evaluating, tiny=False)) <= 1.0
+    monkeypatch.delenv("RUNNER_TEST_DATA")
+    with pytest.raises(ConfigError, match=r"data.root is read from the environment.*RUNNER_TEST"):
+        run(compose_run(tmp_path, "eval_unset", *evaluating, tiny=False))

@@ -302,7 +302,7 @@ def test_secrets_are_redacted_in_params_and_saved_configs(tmp_path, monkeypatch)
     assert redacted_container(cfg) == {
         "a": {"api_token": "***", "image_key": "img", "password": None},
         "b": [{"secret": "***"}],
-        "c": "***",
+        "c": "${oc.env:RUNNER_TEST_SECRET}",  # as typed: its value is not written
     }
     # A value that carries a secret through an interpolation was left in the clear.
     copies = OmegaConf.create(
@@ -312,14 +312,16 @@ def test_secrets_are_redacted_in_params_and_saved_configs(tmp_path, monkeypatch)
             "c": "prefix-${a}",
             "n": {"api_key": "k1-long", "copy": "${n.api_key}", "pin": "1"},
             "d": "plain",
+            "e": "typed from-env",
         }
     )
     assert redacted_container(copies) == {
-        "a": "***",
-        "b": "***",
-        "c": "***",
+        "a": "${oc.env:RUNNER_TEST_SECRET}",
+        "b": "${a}",
+        "c": "prefix-${a}",
         "n": {"api_key": "***", "copy": "***", "pin": "1"},
         "d": "plain",
+        "e": "***",  # the value typed again, not read from the environment
     }
 
     env = {"RUNNER_TEST_SECRET": "hunter2-experiment"}
@@ -339,7 +341,8 @@ def test_secrets_are_redacted_in_params_and_saved_configs(tmp_path, monkeypatch)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "hunter2" not in result.stdout
     db = tmp_path / "mlflow.db"
-    assert query(db, "SELECT value FROM params WHERE key='logger.experiment_name'") == [("***",)]
+    params = query(db, "SELECT value FROM params WHERE key='logger.experiment_name'")
+    assert params == [("${oc.env:RUNNER_TEST_SECRET}",)]
     (run_dir,) = [p.parent for p in (tmp_path / "runs").glob("*/*/config_resolved.yaml")]
     assert "hunter2" not in (run_dir / "config_resolved.yaml").read_text()
     # The overrides as typed, not resolved: the value once reached these in the clear.
