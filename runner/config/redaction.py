@@ -17,7 +17,7 @@ SECRET_KEY = re.compile(
 REDACTED = "***"
 MIN_SECRET_LENGTH = 4
 # `scheme://user:password@`: the password, up to the last "@" before the host.
-_URL_PASSWORD = re.compile(r"(?<=://)([^:/@]*):[^@/]*@")
+_URL_PASSWORD = re.compile(r"(?<=://)([^:/@]*):[^/]*@")
 # A password as a query parameter (`postgresql://db/x?user=u&password=pw`).
 _QUERY_PASSWORD = re.compile(r"([?&](?:password|passwd|pwd)=)[^&#\s]*", re.IGNORECASE)
 

@@ -461,7 +461,7 @@ class MlflowTracker:
             # `mlflow ui` serves on 127.0.0.1:5000 by default; the URL works once it runs.
             return (
                 f"run {self.run_id}; view with: mlflow ui --backend-store-uri "
-                f"{self.tracking_uri}, then open http://127.0.0.1:5000/#/experiments/"
+                f"{public_uri(self.tracking_uri)}, then open http://127.0.0.1:5000/#/experiments/"
                 f"{self.experiment_id}/runs/{self.run_id}"
             )
         base = public_uri(self.tracking_uri).rstrip("/")

@@ -358,6 +358,7 @@ def test_a_password_in_a_tracking_uri_is_shown_as_stars():
     from runner.tracking.mlflow_tracker import MlflowTracker
 
     assert public_uri("http://alice:pw9@host:5000/") == "http://alice:***@host:5000/"
+    assert public_uri("http://bob:my@pw@host/a@b") == "http://bob:***@host/a@b"  # to the last @
     assert public_uri("https://host:5000") == "https://host:5000"
     assert public_uri("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
     typed = "logger.tracking_uri=http://alice:pw9@host:5000"
@@ -367,6 +368,9 @@ def test_a_password_in_a_tracking_uri_is_shown_as_stars():
     tracker = MlflowTracker("http://alice:pw9@127.0.0.1:5999")
     tracker.experiment_id, tracker.run_id = "1", "abc"
     assert "pw9" not in tracker.describe() and "alice:***@127.0.0.1:5999" in tracker.describe()
+    database = MlflowTracker("postgresql://bob:db42secret@db.example/mlflow")
+    database.experiment_id, database.run_id = "1", "abc"
+    assert "db42secret" not in database.describe() and "bob:***@db" in database.describe()
 
 
 def test_a_log_line_that_quotes_a_uri_shows_its_password_as_stars(tmp_path):
