@@ -201,9 +201,9 @@ def replay_pending(path: Path) -> tuple[int, list[str]]:
         op = tuple(json.loads(line))
         if op[0] == "artifact" and target.get("run_dir"):
             op = ("artifact", _moved(op[1], Path(target["run_dir"]), path.parent), *op[2:])
-        if op[0] == "status" and _superseded(client, target["run_id"], op):
-            continue
-        try:
+        try:  # a run the store lacks fails each operation, not the replay
+            if op[0] == "status" and _superseded(client, target["run_id"], op):
+                continue
             apply_op(client, target["run_id"], op)
         except Exception as err:
             problems.append(f"{path}:{number}: the {op[0]!r} operation failed: {err}")
