@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from runner.config.errors import ConfigError
 from runner.config.redaction import public_uri
@@ -45,10 +47,31 @@ def experiment_folder(artifact_location: Path, name: str) -> Path:
     a folder named after it with its separators and `..` replaced, so that no experiment
     writes its artifacts elsewhere on the disk or into another experiment's folder.
     """
-    base, relative = artifact_location.resolve(), Path(name)
+    return artifact_location.resolve() / _folder_name(name)
+
+
+def _folder_name(name: str) -> str:
+    """An experiment's name as a relative path that stays inside its parent folder."""
+    relative = Path(name)
     if relative.parts and not relative.is_absolute() and ".." not in relative.parts:
-        return base / relative
-    return base / (re.sub(r"[/\\]+|\.\.", "_", name).strip(". ") or "experiment")
+        return relative.as_posix()
+    return re.sub(r"[/\\]+|\.\.", "_", name).strip(". ") or "experiment"
+
+
+def experiment_location(artifact_location: str, name: str) -> str:
+    """The artifact URI of a new experiment: `<artifact_location>/<name>`.
+
+    A folder or `file://` URI becomes the absolute `file://` URI of `experiment_folder`;
+    a remote one (`s3://bucket/mlflow`) gets the name added as it is (its store answers
+    for it).
+    """
+    if artifact_location.startswith("file://"):
+        folder = Path(url2pathname(urlparse(artifact_location).path))
+    elif "://" in artifact_location:
+        return f"{artifact_location.rstrip('/')}/{_folder_name(name)}"
+    else:
+        folder = Path(artifact_location).expanduser()
+    return experiment_folder(folder, name).as_uri()
 
 
 def open_experiment(client: Any, name: str, artifact_location: str | None) -> str:
@@ -79,7 +102,7 @@ def open_experiment(client: Any, name: str, artifact_location: str | None) -> st
         return experiment.experiment_id
     location = None
     if artifact_location:
-        location = experiment_folder(Path(artifact_location), name).as_uri()
+        location = experiment_location(artifact_location, name)
     try:
         return client.create_experiment(
             name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
@@ -185,8 +208,9 @@ class StoreOpener:
 
     def __init__(self, tracking_uri: str, name: str, artifact_location: str | None) -> None:
         self.tracking_uri = tracking_uri
-        command = ["-m", "runner.tracking", "open", f"--tracking-uri={tracking_uri}"]
-        command.append(f"--experiment={name}")
+        # The store's URI (a password in it) goes in the helper's environment, which only
+        # this user can read, rather than on its command line, which `ps` shows to all.
+        command = ["-m", "runner.tracking", "open", f"--experiment={name}"]
         if artifact_location:
             command.append(f"--artifact-location={artifact_location}")
         # The helper imports the runner package from this checkout, wherever it started.
@@ -195,7 +219,7 @@ class StoreOpener:
         self._errors = tempfile.TemporaryFile()  # noqa: SIM115
         self._process: subprocess.Popen | None = subprocess.Popen(
             [sys.executable, *command],
-            env={**os.environ, "PYTHONPATH": path},
+            env={**os.environ, "PYTHONPATH": path, "MLFLOW_TRACKING_URI": tracking_uri},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._errors,
