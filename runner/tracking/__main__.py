@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -73,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         help="open the store, the experiment and then the run a training run asks for "
         "on stdin (a run starts this beside its data and model build)",
     )
-    opener.add_argument("--tracking-uri", required=True)
+    opener.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="default: $MLFLOW_TRACKING_URI (a password in it is not shown by ps)",
+    )
     opener.add_argument("--experiment", required=True)
     opener.add_argument("--artifact-location", default=None)
     args = parser.parse_args(argv)
@@ -89,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{sent} logging operation(s) sent, {len(failed)} failed")
         return 1 if failed else 0
     if args.command == "open":
+        if not args.tracking_uri:
+            parser.error("open needs --tracking-uri or MLFLOW_TRACKING_URI")
         # Replies go to the real stdout; anything a library prints goes to stderr.
         replies, sys.stdout = sys.stdout, sys.stderr
         return serve(args.tracking_uri, args.experiment, args.artifact_location, sys.stdin, replies)
