@@ -10,3 +10,9 @@ a run hands it params, metrics, tags and files.
     python -m runner.tracking reap [--tracking-uri URI]   # stale RUNNING runs -> KILLED
     python -m runner.tracking replay FILE                 # send logs a server missed
 """
+
+import os
+
+# MLflow prints a run's URL as given, a password in it included, when the run ends; the
+# runner prints its own, with the password as `***`.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")

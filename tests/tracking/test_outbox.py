@@ -294,3 +294,44 @@ def test_replay_to_a_server_that_does_not_answer_says_so_at_once(tmp_path, capsy
     assert main(["replay", str(path)]) == 1
     assert time.monotonic() - started < 30
     assert "does not answer: try again when it is up" in capsys.readouterr().err
+
+
+def test_replay_for_a_run_the_store_lacks_names_each_operation(tmp_path, capsys):
+    """The status's check of the run ran outside the per-operation guard: a traceback."""
+    from runner.tracking.__main__ import main
+    from runner.tracking.outbox import write_pending
+
+    client, _ = open_run(tmp_path)
+    ops = [("tags", {"a": "1"}), ("status", "FINISHED", 1_000)]
+    path = write_pending(tmp_path / "mlflow_pending.jsonl", client.tracking_uri, "f" * 32, ops)
+    assert main(["replay", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:3: the 'status' operation failed" in err and "not found" in err, err
+
+
+def test_artifact_locations_given_as_uris_are_used_as_such(tmp_path):
+    """file:///x and s3://b/m became folders named 'file:' and 's3:' in the working dir."""
+    from runner.tracking.opening import open_experiment
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    for location, expected in (
+        ((tmp_path / "arts").as_uri(), (tmp_path / "arts" / "e1").as_uri()),
+        ("s3://bucket/mlflow/", "s3://bucket/mlflow/e2"),
+        ("s3://bucket/mlflow", "s3://bucket/mlflow/__e3"),
+    ):
+        name = "../e3" if expected.endswith("__e3") else expected.rsplit("/", 1)[-1]
+        experiment = client.get_experiment(open_experiment(client, name, location))
+        assert experiment.artifact_location == expected
+
+
+def test_the_store_helper_gets_the_uri_in_its_environment_not_its_arguments(tmp_path):
+    """Its command line (shown to every user by ps) carried a URI's password."""
+    from runner.tracking.opening import StoreOpener
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    opener = StoreOpener(uri, "exp", None)
+    try:
+        assert not any(uri in str(arg) for arg in opener._process.args)
+        assert opener.experiment_id(timeout_s=120) is not None
+    finally:
+        opener.close()
