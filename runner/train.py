@@ -56,6 +56,7 @@ from runner.training.signals import GracefulStop
 from runner.training.state import (
     TrainState,
     check_resume,
+    continue_requeued_run,
     resume_or_start,
     set_aside_checkpoints,
 )
@@ -144,6 +145,7 @@ def start_context(cfg: DictConfig, job: SweepJob | None) -> RunContext:
     with startup_clock.phase("validate"):
         validate(cfg)
     run_dir = Path(cfg.paths.run_dir)
+    continue_requeued_run(cfg)
     check_resume(run_dir, cfg)  # before anything in the dir changes
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_io.remove_stale_temp_files(run_dir / "checkpoints")

@@ -159,8 +159,16 @@ def resume_command(ctx: RunContext) -> str:
         )
     if ctx.job is not None:
         return f"the sweep's command with sweep.resume={ctx.job.sweep_dir}"
-    overrides = [o for o in hydra_overrides() if not o.startswith("hydra.run.dir=")]
-    args = ["run.py", *overrides, f"hydra.run.dir={ctx.run_dir}"]
+    # A run started with trainer.resume=never would start over again: it continues.
+    never = ctx.cfg.get("trainer", {}).get("resume") == "never"
+    overrides = [
+        o
+        for o in hydra_overrides()
+        if not o.startswith("hydra.run.dir=")
+        and not (never and o.lstrip("+").startswith("trainer.resume="))
+    ]
+    args = ["run.py", *overrides, *(["trainer.resume=auto"] if never else [])]
+    args.append(f"hydra.run.dir={ctx.run_dir}")
     world = ctx.world
     if world.launcher == "torchrun":
         return f"torchrun {torchrun_options(world.world_size)} {shlex.join(args)}"

@@ -78,6 +78,24 @@ def last_payload(state: TrainState, parts: TrainingParts) -> dict[str, Any]:
     }
 
 
+def continue_requeued_run(cfg: DictConfig) -> None:
+    """Makes a run started with `trainer.resume=never` continue when SLURM requeues it.
+
+    `never` sets the run dir's earlier checkpoints aside when the job starts. A job that
+    SLURM requeues (preempted, out of time, its node failed: SLURM_RESTART_COUNT > 0)
+    runs the same command in the same run dir again, and the checkpoints there are then
+    its own: it goes on from them (`auto`) rather than starting over at each requeue.
+    """
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if cfg.trainer.resume == "never" and restarts > 0:
+        log.info(
+            "trainer.resume=never, but SLURM requeued this job (%d restart(s)): it continues "
+            "from its own checkpoint (trainer.resume=auto)",
+            restarts,
+        )
+        cfg.trainer.resume = "auto"
+
+
 def check_resume(run_dir: Path, cfg: DictConfig) -> None:
     """Refuses to resume a checkpoint with another config (before any work).
 

@@ -89,6 +89,15 @@ def test_a_run_dir_is_not_resumed_with_another_config(make_cfg, tmp_path):
     assert (run_dir / "config_resolved.yaml").read_text() == saved
     db = tmp_path / "outputs" / "mlflow.db"
     assert [s for (s,) in query(db, "SELECT status FROM runs")] == ["FINISHED"]
+    # SLURM's requeue of a job started with trainer.resume=never continues its own run (it
+    # set the checkpoints aside at each requeue and started over). SLURM_RESTART_COUNT is
+    # set here by hand, as SLURM sets it in a requeued job.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SLURM_RESTART_COUNT", "1")
+        run(make_cfg("trainer.max_epochs=2", "trainer.resume=never"))
+    assert not list(run_dir.glob("checkpoints.replaced-*"))
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 2
+    assert query(db, "SELECT COUNT(*) FROM metrics WHERE key='val/acc'") == [(2,)]
     # trainer.max_epochs may change on resume; trainer.resume=never starts over.
     run(make_cfg("trainer.max_epochs=2"))
     earlier = {p.name: p.read_bytes() for p in (run_dir / "checkpoints").glob("*.pt")}

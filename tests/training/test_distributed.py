@@ -349,6 +349,24 @@ def test_the_resume_command_keeps_the_launcher(rank1_of_2, monkeypatch):
     assert resume_command(ctx(distributed.World())) == "python run.py hydra.run.dir=/runs/a"
 
 
+def test_the_resume_command_of_a_run_started_with_resume_never_continues_it(monkeypatch):
+    """It kept trainer.resume=never: the printed command set the checkpoints aside."""
+    from omegaconf import OmegaConf
+
+    from runner.tracking.null import NullTracker
+    from runner.training import context
+    from runner.training.context import RunContext, resume_command
+
+    typed = ["seed=3", "trainer.resume=never", "hydra.run.dir=/runs/a"]
+    monkeypatch.setattr(context, "hydra_overrides", lambda: typed)  # as Hydra records them
+    cfg = OmegaConf.create({"trainer": {"resume": "never"}})
+    ctx = RunContext(
+        cfg, torch.device("cpu"), "32", distributed.World(), Path("/runs/a"), NullTracker()
+    )
+    expected = "python run.py seed=3 trainer.resume=auto hydra.run.dir=/runs/a"
+    assert resume_command(ctx) == expected
+
+
 def test_short_epoch_advice_counts_each_process_share(make_cfg, caplog, rank1_of_2):
     from runner.data.build import build_data
     from runner.training.preflight import check_training_data
