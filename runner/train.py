@@ -39,6 +39,7 @@ from runner.training import checkpoint_io, distributed, engine, startup_clock
 from runner.training.best_checkpoint import read_best
 from runner.training.context import (
     RunContext,
+    claim_run_dir,
     resolve_device,
     resolve_precision,
     seed_everything,
@@ -147,7 +148,7 @@ def start_context(cfg: DictConfig, job: SweepJob | None) -> RunContext:
     run_dir = Path(cfg.paths.run_dir)
     continue_requeued_run(cfg)
     check_resume(run_dir, cfg)  # before anything in the dir changes
-    run_dir.mkdir(parents=True, exist_ok=True)
+    claim_run_dir(run_dir, main=distributed.detect().is_main)  # a second run is refused
     checkpoint_io.remove_stale_temp_files(run_dir / "checkpoints")
     seed_everything(cfg.seed)
     world, device = distributed.init(resolve_device(cfg.trainer.device))  # DDP or one process

@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -27,11 +28,15 @@ from runner.config.errors import ConfigError
 from runner.sweeps.job import SweepJob
 from runner.tracking.protocol import Tracker
 from runner.tracking.run_record import hydra_overrides
+from runner.tracking.store import hold_lock
 from runner.training import distributed
 from runner.training.checkpoint_io import AsyncCheckpointWriter, NullCheckpointWriter
 from runner.training.signals import GracefulStop, TrainingInterrupted
 
 log = logging.getLogger(__name__)
+
+RUN_LOCK_FILE = ".run.lock"
+_claimed: dict[Path, IO[str]] = {}  # the run dir this process trains in, and its lock
 
 
 @dataclass
@@ -66,6 +71,37 @@ class RunContext:
     def is_main(self) -> bool:
         """Whether this process logs, writes the run's files and tests (rank 0)."""
         return self.world.is_main
+
+
+def claim_run_dir(run_dir: Path, main: bool = True) -> None:
+    """Makes the run dir; refuses one another process trains in, else holds it.
+
+    Two runs in one dir would continue the same last.pt side by side, overwrite each
+    other's checkpoints and log every epoch twice into one MLflow run. The lock
+    (`run_dir/.run.lock`) ends with this process, however it ends, or when the process
+    claims another run dir (a sweep's jobs, one after another).
+
+    Args:
+        run_dir: The run dir.
+        main: Whether this is the run's main process (rank 0), which holds the lock.
+
+    Raises:
+        ConfigError: Another process holds the run dir.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not main or run_dir in _claimed:
+        return
+    handle = hold_lock(run_dir / RUN_LOCK_FILE)
+    if handle is None:
+        raise ConfigError(
+            f"{run_dir} is in use: another process is training in it (it holds "
+            f"{RUN_LOCK_FILE} there). Wait for that run to end, or run in another dir "
+            "(leave hydra.run.dir out)"
+        )
+    for earlier in _claimed.values():
+        earlier.close()
+    _claimed.clear()
+    _claimed[run_dir] = handle
 
 
 def seed_everything(seed: int) -> None:

@@ -365,3 +365,35 @@ def test_a_ddp_run_stopped_on_one_rank_resumes_exactly_as_an_uninterrupted_run(t
     straight = json.loads((straight_dir / "metrics.json").read_text())
     resumed = json.loads((broken_dir / "metrics.json").read_text())
     assert straight == resumed
+
+
+def test_a_second_run_in_a_run_dir_in_use_is_refused_before_it_writes(make_cfg, tmp_path):
+    """It resumed from the live run's last.pt: both trained the same epochs, overwrote each
+    other's checkpoints and logged every epoch twice into one MLflow run."""
+    from runner.cli import run
+    from runner.config.errors import ConfigError
+
+    run_dir = tmp_path / "run"
+    holder = textwrap.dedent(
+        f"""
+        import sys, time
+        from runner.tracking.store import hold_lock
+        handle = hold_lock(__import__("pathlib").Path({str(run_dir / ".run.lock")!r}))
+        print("held" if handle else "not held", flush=True)
+        time.sleep(120)
+        """
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", holder], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=r"run is in use: another process is training"):
+            run(make_cfg())
+        assert not (run_dir / "checkpoints").exists()
+    finally:
+        other.kill()
+        other.wait()
+    run(make_cfg())  # the other process is gone, and with it its lock
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    run(make_cfg("trainer.max_epochs=2"))  # this process's own dir: claimed again
