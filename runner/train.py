@@ -120,24 +120,24 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
 
     agreement = distributed.stop_agreement(ctx.world)  # under DDP all ranks stop together
     ctx.stop = GracefulStop(agreement)
-    with tracked_run(ctx):  # from here on, the tracked run always ends with a status
+    # From here on the tracked run always ends with a status; a signal stops it at a step
+    # boundary (also one that comes while record_start runs).
+    with tracked_run(ctx), ctx.stop:
         if ctx.is_main:
             record_start(ctx, data, state)
         distributed.barrier()  # the run's config file exists before any rank reads it
         state.mlflow_run_id = ctx.tracker.run_id
-        with ctx.stop:  # signals stop the run at a step boundary, then (at_once) where it is
-            with profile(cfg.trainer.profile, ctx.run_dir, ctx.tracker):
-                fit(ctx, state, parts, loaders, data)
-            ctx.writer.wait()
-            distributed.end_training(ctx.world, agreement)  # the other ranks are done
-            ctx.stop.at_once()
-            if ctx.is_main:  # rank 0 tests the best weights and reports
-                # Drawn now, not before the first step: matplotlib and the drawing take
-                # about a second that training need not wait for (a thread saves nothing:
-                # the drawing holds the interpreter lock).
-                for path in draw_start_plots(preview, data, ctx.run_dir):
-                    ctx.tracker.log_artifact(path)
-                evaluate_best(ctx, parts, data, loaders, state)
+        with profile(cfg.trainer.profile, ctx.run_dir, ctx.tracker):
+            fit(ctx, state, parts, loaders, data)
+        ctx.writer.wait()
+        distributed.end_training(ctx.world, agreement)  # the other ranks are done
+        ctx.stop.at_once()
+        if ctx.is_main:  # rank 0 tests the best weights and reports
+            # Drawn now, not before the first step: matplotlib takes about a second that
+            # training need not wait for (a thread saves nothing: it holds the GIL).
+            for path in draw_start_plots(preview, data, ctx.run_dir):
+                ctx.tracker.log_artifact(path)
+            evaluate_best(ctx, parts, data, loaders, state)
     return state.best_value
 
 

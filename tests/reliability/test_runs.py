@@ -397,3 +397,33 @@ def test_a_second_run_in_a_run_dir_in_use_is_refused_before_it_writes(make_cfg, 
     run(make_cfg())  # the other process is gone, and with it its lock
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     run(make_cfg("trainer.max_epochs=2"))  # this process's own dir: claimed again
+
+
+def test_a_signal_while_the_tracked_run_starts_ends_it_killed_at_the_first_step(tmp_path):
+    """The handlers came after record_start: a SIGTERM while it created the MLflow run hit
+    the default action (exit -15) and left that run RUNNING."""
+    run_dir = tmp_path / "run"
+    command = cli(tmp_path, run_dir, "trainer.max_epochs=3")
+    starter = textwrap.dedent(
+        f"""
+        import os, runpy, signal, sys
+        import runner.train as train
+
+        recorded = train.record_start
+
+        def record_start_then_signal(*args, **kwargs):  # the fault: a signal at this point
+            recorded(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        train.record_start = record_start_then_signal
+        sys.argv = {command[1:]!r}
+        runpy.run_path(sys.argv[0], run_name="__main__")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", starter], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-3000:]
+    assert statuses(tmp_path / "mlflow.db") == ["KILLED"]
+    saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert saved["state"]["epoch"] == 0 and saved["state"]["global_step"] == 1  # the first step
