@@ -245,8 +245,15 @@ class RunnerOptunaSweeper(Sweeper):
             # key only other models have): those trials fail, the study goes on (it
             # stopped the whole sweep).
             log.error("optuna: the trials %s compose no config: %s", keys, err)
+            done = _tell_finished_jobs(study, trials, keys, sweep_dir)
             _fail_unfinished(study, trials)
+            returns = []
             for number, (key, overrides) in enumerate(jobs.items(), start=job_index):
+                if key in done:  # it ran before the one that failed to compose
+                    finished = JobReturn(overrides=overrides, status=JobStatus.COMPLETED)
+                    finished.return_value = done[key].get("value")
+                    returns.append(finished)
+                    continue
                 update_manifest(
                     sweep_dir,
                     key,
@@ -255,8 +262,10 @@ class RunnerOptunaSweeper(Sweeper):
                     num=number,
                     error=" ".join(str(err).split())[:500],
                 )
-            return [JobReturn(overrides=o, status=JobStatus.FAILED) for o in jobs.values()]
+                returns.append(JobReturn(overrides=overrides, status=JobStatus.FAILED))
+            return returns
         except BaseException:  # a signal or Ctrl-C: a stored study must not keep them RUNNING
+            _tell_finished_jobs(study, trials, keys, sweep_dir)
             _fail_unfinished(study, trials)
             # The study draws new trials in their place: no later launch continues these.
             recorded = read_manifest(sweep_dir)
@@ -292,6 +301,29 @@ class RunnerOptunaSweeper(Sweeper):
             )
         (out / "best_params.json").write_text(json.dumps(report, indent=2))
         _plot_history(trials, study.direction.name.lower(), out / "optimization_history.png")
+
+
+def _tell_finished_jobs(
+    study: Any, trials: List[Any], keys: List[str], sweep_dir: Path
+) -> Dict[str, Any]:
+    """Tells the trials whose jobs finished before their batch stopped what they found.
+
+    The basic launcher runs a batch's jobs one after another: when a later one composes
+    no config, or Ctrl-C comes, the earlier ones have their results in the manifest.
+
+    Returns:
+        The manifest entries of those jobs, by job key.
+    """
+    from runner.sweeps.manifest import read_manifest
+    from runner.sweeps.optuna_trial import tell_trial, trial_result
+
+    recorded = read_manifest(sweep_dir)
+    done = {k: recorded[k] for k in keys if recorded.get(k, {}).get("status") == "FINISHED"}
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    for trial, key in zip(trials, keys, strict=True):
+        if key in done and not states[trial.number].is_finished():
+            tell_trial(study, trial, **trial_result(done[key].get("value"), done[key]))
+    return done
 
 
 def _fail_unfinished(study: Any, trials: List[Any]) -> None:

@@ -365,6 +365,35 @@ def test_an_optuna_trial_whose_point_composes_no_config_fails_alone(tmp_path):
     assert (sweep_dir / "summary.md").is_file()
 
 
+def test_a_batch_whose_later_trial_composes_no_config_keeps_the_earlier_trials_result(
+    tmp_path,
+):
+    """The trial whose job had finished was failed with its batch, and its manifest entry
+    rewritten FAILED with the other's composition error."""
+    sweep_dir = tmp_path / "sweep"
+    code, output = multirun(
+        tmp_path,
+        sweep_dir,
+        *OWN_SPACE,
+        "hydra.sweeper.storage=null",
+        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.sampler.seed=1",  # timm's trial is asked first, so its job runs first
+        "hydra/sweeper/pruner=none",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "model=choice(timm,resnet32)",  # TINY's model.name has no place in resnet32's
+    )
+    assert code == 1, output[-3000:]
+    jobs = manifest(sweep_dir).values()
+    by_model = {[o for o in j["overrides"] if o.startswith("model=")][-1]: j for j in jobs}
+    assert sorted(by_model) == ["model=resnet32", "model=timm"], by_model
+    assert "Could not override 'model." in by_model["model=resnet32"]["error"]
+    assert by_model["model=timm"]["status"] == "FINISHED", by_model
+    report = json.loads((sweep_dir / "optuna" / "best_params.json").read_text())
+    assert report["trials"] == {"complete": 1, "pruned": 0, "fail": 1}
+    assert report["best_params"] == {"model": "timm"}
+
+
 def test_optuna_trials_drawn_twice_share_a_job_and_failing_trials_end_a_stored_study(tmp_path):
     """A grid of 2 points asked for 3 trials at once draws one point twice: that trial
     shares the job of its point instead of a second job in the same run dir. Then the
