@@ -17,7 +17,13 @@ from runner.config.choices import MONITOR_MODES
 from runner.config.resolvers import monitor_mode_for, register_resolvers
 from runner.sweeps.audit import NUM_THUMBNAILS
 from runner.sweeps.collect import FINAL_STATES, print_sweep, sweep_jobs
-from runner.sweeps.manifest import MANIFEST_FILE, SUBMITTED_FILE, SWEEP_LOCK_FILE
+from runner.sweeps.manifest import (
+    MANIFEST_FILE,
+    SUBMITTED_FILE,
+    SUMMARISED,
+    SWEEP_LOCK_FILE,
+    read_sweep_info,
+)
 from runner.tracking.store import is_locked
 
 
@@ -150,9 +156,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if not (args.sweep_dir / SUBMITTED_FILE).exists():  # its launcher waited for its jobs
         summary, manifest = args.sweep_dir / "summary.md", args.sweep_dir / MANIFEST_FILE
-        if summary.is_file() and (
-            not manifest.is_file() or summary.stat().st_mtime >= manifest.stat().st_mtime
-        ):  # ... to the end: it summarised them after the last one
+        info = read_sweep_info(args.sweep_dir)
+        if SUMMARISED in info:  # `summary` rewrites summary.md: the launcher's own record
+            ended = info[SUMMARISED] is not None
+        else:  # a sweep dir from before that record: summarised after the last job?
+            ended = summary.is_file() and (
+                not manifest.is_file() or summary.stat().st_mtime >= manifest.stat().st_mtime
+            )
+        if ended:  # ... to the end: it summarised them after the last one
             print(f"this sweep's launcher ran it to the end and summarised it: {summary}")
             return status
         # ... and was stopped before the end: jobs it had not started are in no listing.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,6 +25,7 @@ from runner.sweeps.manifest import (
     MANIFEST_FILE,
     STOP_FILE,
     SUBMIT_ONLY_LAUNCHER,
+    SUMMARISED,
     SWEEP_FILE,
     SWEEP_LOCK_FILE,
     read_sweep_info,
@@ -130,6 +132,7 @@ class SweepCallback(Callback):
                 "parent_run_id": tracker.run_id,
                 "tracking_uri": getattr(tracker, "tracking_uri", None),
                 "experiment_name": name,
+                SUMMARISED: None,  # this launch has not ended yet
             },
         )
         log.info("sweep %s: parent MLflow run %s", self.sweep_dir, tracker.run_id)
@@ -149,6 +152,8 @@ class SweepCallback(Callback):
             self._finish_if_open("FINISHED")
             return
         summary, audit_problem = _summarize_and_audit(config, self.sweep_dir, self.tracker)
+        ended = {**read_sweep_info(self.sweep_dir), SUMMARISED: time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json(self.sweep_dir / SWEEP_FILE, ended)  # for `collect`
         self._finish_if_open("FAILED" if summary.failed else "FINISHED")
         if audit_problem and not summary.failed:
             raise SystemExit(f"Error: {audit_problem}")

@@ -28,6 +28,9 @@ from runner.tracking.store import file_lock, hold_lock, missing_store_file
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = "sweep.json"
+# sweep.json's record of the launch's end: when its launcher summarised the jobs (null
+# while a launch runs, or when it was stopped before).
+SUMMARISED = "summarised_by_launcher"
 MANIFEST_FILE = "manifest.json"
 STOP_FILE = "STOP"
 SUBMITTED_FILE = "slurm_jobs.json"  # written by hydra/launcher=slurm_submit

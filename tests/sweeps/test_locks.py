@@ -149,6 +149,24 @@ def test_collect_on_a_sweep_its_launcher_finished_says_so(tmp_path, capsys):
     assert "ran it to the end and summarised it" in shown and "stopped" not in shown
 
 
+def test_collect_after_the_summary_command_still_calls_a_killed_sweep_stopped(tmp_path, capsys):
+    """`summary` rewrote summary.md after the manifest, and collect then took the killed
+    launch for one that ran to the end (exit 0, no word of sweep.resume)."""
+    from runner.sweeps.manifest import SWEEP_FILE, write_json
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("trainer: {monitor: val/acc, monitor_mode: max}\n")
+    started = {"parent_run_id": None, "summarised_by_launcher": None}  # as a launch starts
+    write_json(sweep / SWEEP_FILE, started)
+    (sweep / "0" / "metrics.json").write_text(json.dumps({"test/acc": 0.5}))
+    update_manifest(sweep, "optim.lr=0.001", status="FINISHED", run_dir=str(sweep / "0"), num=0)
+    assert sweeps_main(["summary", str(sweep)]) == 0
+    assert (sweep / "summary.md").is_file()
+    assert sweeps_main(["collect", str(sweep)]) == 1
+    assert "was stopped before it summarised them" in capsys.readouterr().out
+
+
 def test_collect_takes_a_jobs_final_status_from_the_manifest(tmp_path, capsys):
     """A job that failed before its run started (no traceback.txt) was UNKNOWN, with
     no overrides shown, although the manifest recorded it FAILED."""

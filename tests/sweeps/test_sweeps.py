@@ -392,6 +392,8 @@ def test_a_batch_whose_later_trial_composes_no_config_keeps_the_earlier_trials_r
     report = json.loads((sweep_dir / "optuna" / "best_params.json").read_text())
     assert report["trials"] == {"complete": 1, "pruned": 0, "fail": 1}
     assert report["best_params"] == {"model": "timm"}
+    # The launcher summarised the sweep at its end, as `collect` reads it.
+    assert json.loads((sweep_dir / "sweep.json").read_text())["summarised_by_launcher"]
 
 
 def test_optuna_trials_drawn_twice_share_a_job_and_failing_trials_end_a_stored_study(tmp_path):
