@@ -370,6 +370,11 @@ def plan_study(
     study_name = sweeper.get("study_name")
     if study_name is not None and not (isinstance(study_name, str) and study_name):
         problems.append(f"hydra.sweeper.study_name={study_name!r}: expected a name or null")
+    resume = OmegaConf.select(config, "sweep.resume", default=None)
+    if study_name is None and storage is not None and resume:
+        # Optuna names a new study at each launch: a resumed sweep continues its own.
+        recorded = read_study_file(Path(str(resume)).expanduser()) or {}
+        study_name = recorded.get("study_name")
     searched = search_space(sweeper.get("params"), arguments)
     space = searched.space
     problems += searched.problems
@@ -411,8 +416,7 @@ def plan_study(
     )
     if open_store and storage is not None and study_name is not None:
         # A resumed sweep may still have a summary to write when its study is complete.
-        resumed = OmegaConf.select(config, "sweep.resume", default=None) is not None
-        problem = stored_study_problem(plan, complete_is_a_problem=not resumed)
+        problem = stored_study_problem(plan, complete_is_a_problem=resume is None)
         if problem:
             _raise([problem])
     return plan

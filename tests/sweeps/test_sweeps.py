@@ -344,6 +344,28 @@ def test_a_resumed_optuna_sweep_replaces_the_earlier_launchs_failed_and_killed_t
     assert "the continued Optuna study drew new trials" in (sweep_dir / "summary.md").read_text()
 
 
+def test_a_resumed_sweep_of_an_unnamed_stored_study_continues_that_study(tmp_path):
+    """With hydra.sweeper.study_name=null each launch, the advised resume included, made a
+    new study: it redrew the same failing point, and gave the same advice again."""
+    import optuna
+
+    sweep_dir = tmp_path / "sweep"
+    search = [
+        *FAULTY_LOSS,
+        *OWN_SPACE,
+        "hydra.sweeper.study_name=null",
+        "hydra/sweeper/pruner=none",
+        "hydra.sweeper.n_trials=1",
+        "+loss.fail=choice(raise)",
+    ]
+    code, output = multirun(tmp_path, sweep_dir, *search)
+    assert code == 1 and "Continue the study with sweep.resume" in output, output[-3000:]
+    multirun(tmp_path, sweep_dir, *search, f"sweep.resume={sweep_dir}")
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    (name,) = optuna.get_all_study_names(storage)
+    assert len(optuna.load_study(study_name=name, storage=storage).trials) == 2
+
+
 def test_an_optuna_trial_whose_point_composes_no_config_fails_alone(tmp_path):
     """A drawn model without a searched key (resnet32 has no drop_rate) raised Hydra's
     composition error out of the sweeper: the sweep stopped with no summary."""
