@@ -57,6 +57,8 @@ def missing_key(config: DictConfig, key: str) -> str | None:
         return None
     parent, _, _ = key.rpartition(".")
     node = OmegaConf.select(config, parent, default=None) if parent else config
+    if parent and node is not None and not isinstance(node, DictConfig):  # `optim.lr.x`
+        return f"{key}: {parent} is a value ({node!r}), not a group of keys"
     keys = ", ".join(k for k in node if not str(k).startswith("_")) if node is not None else ""
     listing = f" ({parent} has: {keys})" if parent and keys else ""
     return f"{key}: the config has no such key; check its spelling{listing}"

@@ -552,6 +552,15 @@ def test_a_bad_value_in_the_third_grid_point_stops_the_sweep_at_start(tmp_path):
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_swept_key_under_a_value_is_named_before_the_sweep_starts(tmp_path):
+    """`optim.lr.foo=1,2` raised a TypeError in the start check (it listed the keys of a
+    float): Hydra skipped the check with a warning, and the sweep ran without it."""
+    done = run_cli("-m", f"paths.output_dir={tmp_path}", "optim.lr.foo=1,2", *TINY, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "optim.lr.foo: optim.lr is a value (" in done.stderr
+    assert not (tmp_path / "multirun").exists()
+
+
 def test_a_grid_a_config_file_sweeps_is_checked_job_by_job_at_start(tmp_path):
     """hydra.sweeper.params of an experiment file was left out of the start check: job 0
     trained, then job 1 failed on its bad value."""
