@@ -50,7 +50,10 @@ def distribution_of(override: Override) -> Any:
             return dist.IntDistribution(int(value.start), int(value.end), log=log_scale)
         return dist.FloatDistribution(float(value.start), float(value.end), log=log_scale)
     if isinstance(value, RangeSweep):
-        if all(isinstance(v, int) for v in (value.start, value.stop, value.step)):
+        if not list(value.range()):
+            raise ValueError(f"{spelled}: this range holds no value (check its start and stop)")
+        ints = all(isinstance(v, int) for v in (value.start, value.stop, value.step))
+        if ints and value.step > 0:  # a descending range is a list of its values
             last = value.start + (value.stop - 1 - value.start) // value.step * value.step
             return dist.IntDistribution(value.start, last, step=value.step)
         return dist.CategoricalDistribution(list(value.range()))

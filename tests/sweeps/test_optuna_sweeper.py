@@ -79,6 +79,10 @@ def test_the_override_grammar_maps_to_optuna_distributions():
     model = space("model=choice(resnet18, convnext_tiny)")
     assert model.choices == ("resnet18", "convnext_tiny")
     assert space("seed=0,1,2").choices == (0, 1, 2)
+    # Refused as "low <= high must hold, but got (low=10, high=2)", though Hydra takes it.
+    assert space("trainer.max_epochs=range(10, 2, -2)").choices == (10, 8, 6, 4)
+    with pytest.raises(ValueError, match=r"max_epochs=range\(2, 2\): this range holds no value"):
+        space("trainer.max_epochs=range(2, 2)")
 
 
 def test_the_presets_study_is_named_after_the_data_and_model_options(tmp_path):
