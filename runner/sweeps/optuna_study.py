@@ -378,7 +378,11 @@ def plan_study(
     searched = search_space(sweeper.get("params"), arguments)
     space = searched.space
     problems += searched.problems
-    problems += [missing_key(config, key) for key in space if key not in searched.spelled]
+    groups = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
+    # A group (experiment is one) need not be a key of the composed config.
+    problems += [
+        missing_key(config, key) for key in space if key not in {*searched.spelled, *groups}
+    ]
     problems += _unknown_options(config, space, group_options)
     problems = [p for p in problems if p]
     if not space and not searched.problems:

@@ -355,6 +355,27 @@ def test_a_search_space_error_names_its_key():
     assert found.problems[0].startswith("optim.lr=tag(log, interval(0, 1e-2)): `low > 0`")
 
 
+def test_a_search_over_experiment_presets_is_taken(tmp_path):
+    """`experiment` is a group whose options set keys everywhere, not a key of the config:
+    it was refused as "the config has no such key"."""
+    from runner.sweeps.grid import group_options
+
+    searched = "experiment=choice(digits_quick, imagefolder_finetune)"
+    overrides = [
+        f"paths.output_dir={tmp_path}",
+        "hparams_search=optuna",
+        "hydra.sweeper.params=null",
+    ]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):  # for the options
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        found = plan_study(cfg, [searched], group_options=group_options(cfg))
+        assert found.space["experiment"].choices == ("digits_quick", "imagefolder_finetune")
+        with pytest.raises(SweepConfigError, match="reaches nope, which the experiment group"):
+            plan_study(
+                cfg, ["experiment=choice(digits_quick, nope)"], group_options=group_options(cfg)
+            )
+
+
 def test_a_trial_is_pruned_before_its_last_epoch_but_never_at_it(tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     pruner = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 10.0}  # prunes any value
