@@ -125,7 +125,13 @@ class RunnerOptunaSweeper(Sweeper):
         from optuna.trial import TrialState
 
         from runner.sweeps.manifest import STOP_FILE, read_manifest
-        from runner.sweeps.optuna_trial import keep_in_memory, open_storage, retire_unfinished_jobs
+        from runner.sweeps.optuna_trial import (
+            SWEEP_DIR_ATTR,
+            keep_in_memory,
+            open_storage,
+            retire_abandoned_trials,
+            retire_unfinished_jobs,
+        )
 
         plan = plan_study(self.config, list(arguments))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -149,7 +155,10 @@ class RunnerOptunaSweeper(Sweeper):
             log.warning("%s", warning)
         if study.trials:  # a continued study: its sampler must not redraw the same points
             study.sampler = continued_sampler(self.config, plan, len(study.trials))
-            if ended := retire_unfinished_jobs(study, sweep_dir):
+            ended = retire_unfinished_jobs(study, sweep_dir) + retire_abandoned_trials(
+                study, sweep_dir
+            )
+            if ended:
                 log.warning("optuna: trial(s) %s, left RUNNING by a killed launch, end FAIL", ended)
         plan.study_name = study.study_name
         write_study_file(sweep_dir, plan)
@@ -173,6 +182,8 @@ class RunnerOptunaSweeper(Sweeper):
                 log.warning("sweep.fail_fast: no more trials (%s)", stop.read_text())
                 break
             trials = [study.ask(plan.space) for _ in range(min(plan.n_jobs, left))]
+            for trial in trials:  # which launch runs it, for a later one to tell it was killed
+                trial.set_user_attr(SWEEP_DIR_ATTR, str(sweep_dir.resolve()))
             if plan.storage is None:
                 for trial in trials:
                     keep_in_memory(study, trial)

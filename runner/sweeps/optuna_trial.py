@@ -22,6 +22,7 @@ from typing import Any
 from runner.sweeps.manifest import (
     JOB_LOCK_FILE,
     REPLACED,
+    SWEEP_LOCK_FILE,
     parse_overrides,
     read_manifest,
     update_manifest,
@@ -30,6 +31,9 @@ from runner.sweeps.optuna_study import build_pruner, open_storage, shown_storage
 from runner.tracking.store import is_locked
 
 log = logging.getLogger(__name__)
+
+# A trial's user attribute: the sweep dir of the launch that asked for it.
+SWEEP_DIR_ATTR = "runner.sweep_dir"
 
 # Trials of studies without storage, by (study name, trial number), for the jobs that
 # run in the sweeper's own process.
@@ -94,6 +98,38 @@ def retire_unfinished_jobs(study: Any, sweep_dir: Path) -> list[int]:
             tell_trial(study, int(trial), state=TrialState.FAIL)
             ended.append(int(trial))
         update_manifest(sweep_dir, key, status=REPLACED)
+    return ended
+
+
+def retire_abandoned_trials(study: Any, sweep_dir: Path) -> list[int]:
+    """Ends FAIL the RUNNING trials that killed launches in other sweep dirs left.
+
+    A stored study is also continued by the same command with a new sweep dir, where
+    `retire_unfinished_jobs` does not look: such trials stayed RUNNING, a pending point
+    for the sampler for ever. A trial whose launcher still runs (it holds its sweep
+    dir's lock), or whose job still runs (its run dir's lock), is left alone.
+
+    Returns:
+        The numbers of the trials ended FAIL.
+    """
+    from optuna.trial import TrialState
+
+    ended = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        other = trial.user_attrs.get(SWEEP_DIR_ATTR)
+        here = Path(other) == Path(sweep_dir).resolve()
+        if not other or here or is_locked(Path(other) / SWEEP_LOCK_FILE):
+            continue
+        jobs = read_manifest(Path(other)).values() if Path(other).is_dir() else []
+        run_dirs = [
+            entry.get("run_dir")
+            for entry in jobs
+            if parse_overrides(entry.get("overrides", [])).get("optuna.trial") == str(trial.number)
+        ]
+        if any(d and is_locked(Path(d) / JOB_LOCK_FILE) for d in run_dirs):
+            continue
+        tell_trial(study, trial.number, state=TrialState.FAIL)
+        ended.append(trial.number)
     return ended
 
 

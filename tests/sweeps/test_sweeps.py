@@ -344,6 +344,29 @@ def test_a_resumed_optuna_sweep_replaces_the_earlier_launchs_failed_and_killed_t
     assert "the continued Optuna study drew new trials" in (sweep_dir / "summary.md").read_text()
 
 
+def test_a_stored_study_continued_in_a_new_sweep_dir_fails_a_killed_launchs_trial(tmp_path):
+    """Running the same command again continues a stored study, but only the resumed
+    sweep dir's manifest was read: a trial a killed launch elsewhere left RUNNING stayed
+    RUNNING (a pending point for the sampler) for ever."""
+    import optuna
+
+    search = [*OWN_SPACE, "hydra/sweeper/pruner=none", "optim.lr=choice(0.001,0.003)"]
+    code, output = multirun(tmp_path, tmp_path / "first", *search, "hydra.sweeper.n_trials=1")
+    assert code == 0, output[-3000:]
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    (name,) = optuna.get_all_study_names(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    # As a launcher killed while its trial's job ran leaves it: its sweep dir's lock is gone.
+    killed = study.ask()
+    killed.set_user_attr("runner.sweep_dir", str(tmp_path / "killed"))  # as asked there
+    (tmp_path / "killed").mkdir()
+    code, output = multirun(tmp_path, tmp_path / "again", *search, "hydra.sweeper.n_trials=2")
+    assert code == 0, output[-3000:]
+    assert f"trial(s) [{killed.number}], left RUNNING by a killed launch, end FAIL" in output
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+
+
 def test_a_resumed_sweep_of_an_unnamed_stored_study_continues_that_study(tmp_path):
     """With hydra.sweeper.study_name=null each launch, the advised resume included, made a
     new study: it redrew the same failing point, and gave the same advice again."""
