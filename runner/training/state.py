@@ -123,6 +123,11 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
     if not saved.is_file():
         return
     before = OmegaConf.to_container(OmegaConf.load(saved))
+    fallback = (before.get("logger") or {}).get("fallback_uri")
+    if fallback and OmegaConf.select(cfg, "logger.tracking_uri", default=None) == fallback:
+        # A run that fell back to its local store at its start (the server was down)
+        # continues there: the store answers for its run id (tracking.opening.open_run).
+        may_change = (*may_change, "logger.tracking_uri")
     epochs_before = before.get("trainer", {}).get("max_epochs")
     if epochs_before is not None and epochs_before != cfg.trainer.max_epochs:
         log.warning(

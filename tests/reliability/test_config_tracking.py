@@ -190,6 +190,24 @@ def test_unreachable_server_with_fallback_logs_locally_and_says_so(tmp_path):
     ]
 
 
+def test_a_run_that_fell_back_continues_in_its_fallback_store(tmp_path):
+    """The refusal of a resume on the server named logger.tracking_uri=<its fallback_uri>
+    as the way on, and the resume check then refused that very change."""
+    run_dir = tmp_path / "run"
+    common = [f"paths.output_dir={tmp_path}", f"hydra.run.dir={run_dir}", *TINY]
+    down = ["logger.tracking_uri=http://127.0.0.1:1", "logger.offline_fallback=true"]
+    first = run_cli(*common, *down)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # Back on the server, the run is not there; the command again, with the advised store:
+    fallback = f"sqlite:///{tmp_path}/mlflow.db"
+    again = [f"logger.tracking_uri={fallback}", *down[1:], "trainer.max_epochs=2"]
+    resumed = run_cli(*common, *again)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    db = tmp_path / "mlflow.db"
+    assert query(db, "SELECT status FROM runs") == [("FINISHED",)]  # the same run, continued
+    assert query(db, "SELECT COUNT(*) FROM metrics WHERE key='val/acc'") == [(2,)]
+
+
 def test_every_config_problem_is_reported_at_once_and_nothing_is_created(tmp_path, monkeypatch):
     """Point 14: unknown keys, ??? and unset env vars: one error, no dir, no MLflow run."""
     monkeypatch.delenv("RUNNER_UNSET_VARIABLE", raising=False)
