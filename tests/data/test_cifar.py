@@ -63,3 +63,16 @@ def test_failed_download_names_data_root_and_the_cause(tmp_path, monkeypatch):
     message = str(info.value)
     assert f"data.root={str(tmp_path)!r}" in message and "download failed" in message
     assert "no network" in message
+
+
+def test_resizing_in_chunks_gives_the_images_of_one_resize():
+    """All 50,000 images were resized at once: their float copy at 224 px took 30 GB (a
+    machine's memory); in chunks the peak is one chunk's."""
+    import torch.nn.functional as F
+
+    from runner.data.sets.cifar import _resize
+
+    images = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    whole = F.interpolate(images.float(), size=(48, 48), mode="bilinear", antialias=True)
+    expected = whole.round_().clamp_(0, 255).to(torch.uint8)
+    assert torch.equal(_resize(images, 48, chunk=3), expected)
