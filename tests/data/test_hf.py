@@ -349,3 +349,12 @@ def test_csv_tables_whose_test_rows_name_train_files_are_refused(tmp_path, relat
     (folder / "test.csv").write_text("\n".join(["image,label", *rows[::3]]) + "\n")
     with pytest.raises(DataError, match=r"share 4 sample.*images/x0\.png"):
         load_hf(str(folder), image_key="image", label_key="label", **common(tmp_path))
+
+
+def test_a_folder_named_by_a_relative_path_keeps_its_name(tmp_path, monkeypatch):
+    """`data.name=.` failed in datasets ("dataset_name should be specified"), and its
+    data set was named "" (ids ":train:0", a cache file "-<key>.pt")."""
+    root = make_imagefolder(tmp_path / "pets", per_class=4, splits=("train", "test"))
+    monkeypatch.chdir(root)
+    data = load_hf(".", split_test="test", **common(tmp_path))
+    assert data.name == "pets"

@@ -142,7 +142,7 @@ def _loader(name: str, config_name: str | None, revision: str | None, hf_cache_d
         )
     # A local folder of images or data files, or a Hub name (downloads when online).
     return lambda split: datasets.load_dataset(
-        str(path) if path.is_dir() else name,
+        os.path.abspath(path) if path.is_dir() else name,  # `.` is no data set name to it
         config_name,
         split=split,
         revision=revision,
@@ -264,7 +264,7 @@ def load_hf(
         )
     records, labels, ids = {}, {}, {}
     local = Path(name).expanduser()
-    label = local.name if local.exists() else name
+    label = local.resolve().name if local.exists() else name  # `.` is its folder's name
     folder = local if local.is_dir() else None
     for split, dataset in loaded.items():
         if isinstance(dataset.features[image_key], datasets.Image):
