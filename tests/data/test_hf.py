@@ -358,3 +358,16 @@ def test_a_folder_named_by_a_relative_path_keeps_its_name(tmp_path, monkeypatch)
     monkeypatch.chdir(root)
     data = load_hf(".", split_test="test", **common(tmp_path))
     assert data.name == "pets"
+
+
+def test_a_table_with_no_rows_is_named(tmp_path):
+    """A CSV with its header only ended in datasets' 'Instruction "train" corresponds to
+    no data!', which named neither the key nor the file."""
+    table = tmp_path / "empty.csv"
+    table.write_text("image,label\n")
+    with pytest.raises(
+        DataError, match=r"data.split_train='train': data.name='.*empty.csv' has no rows"
+    ):
+        load_hf(
+            str(table), image_key="image", label_key="label", split_test=None, **common(tmp_path)
+        )

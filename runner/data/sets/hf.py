@@ -216,7 +216,14 @@ def load_hf(
         try:
             loaded[split] = load(spec)
         except (KeyError, ValueError) as err:  # an unknown split name (or slice)
-            if isinstance(err, DataError) or "split" not in str(err).lower():
+            if isinstance(err, DataError):
+                raise
+            if "corresponds to no data" in str(err):  # datasets' word for an empty table
+                raise DataError(
+                    f"data.split_{split}={spec!r}: data.name={name!r} has no rows there (an "
+                    "empty table?). Add rows, or name a split that has them"
+                ) from err
+            if "split" not in str(err).lower():
                 raise
             reason = err.args[0] if err.args else err
             raise DataError(
