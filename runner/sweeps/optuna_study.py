@@ -362,7 +362,13 @@ def plan_study(
         )
     elif isinstance(storage, str) and storage.startswith(("sqlite:", "journal:")):
         path = storage.partition(":///")[2]
-        if not path or path.endswith("/") or Path(path).is_dir():  # no file to keep it in
+        if path == ":memory:":  # a database of its own for each connection: of each job
+            problems.append(
+                f"hydra.sweeper.storage={storage!r} is a new empty database for each "
+                "connection, so the jobs could not reach the study: use "
+                "hydra.sweeper.storage=null for a study in memory, or a file"
+            )
+        elif not path or path.endswith("/") or Path(path).is_dir():  # no file to keep it in
             problems.append(
                 f"hydra.sweeper.storage={shown_storage(storage)!r} names no file: give one, "
                 "e.g. sqlite:///outputs/optuna.db or journal:////abs/path/study.log"

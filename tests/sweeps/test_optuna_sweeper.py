@@ -248,6 +248,9 @@ def test_every_bad_setting_is_named_in_one_error(tmp_path):
         plan(tmp_path, "hydra.sweeper.direction=[maximize,minimize]")
     with pytest.raises(SweepConfigError, match="the search space is empty"):
         plan(tmp_path, "hydra.sweeper.params=null")
+    # Each job opened its own empty database: no trial reached, none ever pruned.
+    with pytest.raises(SweepConfigError, match=r":memory:' is a new empty database for each"):
+        plan(tmp_path, "hydra.sweeper.storage=sqlite:///:memory:")
     # A misspelt key: the sweep started, and its first trial failed on Hydra's error.
     typo = ("optim.learning_rate=interval(1e-4, 1e-2)",)
     with pytest.raises(SweepConfigError) as raised:
