@@ -233,10 +233,20 @@ def _cifar_depth(value: Any) -> str | None:
 
 
 def _model_name(value: Any) -> str | None:
-    # MLflow refuses '/' and ':' in a registered model's name, after training.
-    if value is None or (isinstance(value, str) and value.strip() and not set("/:") & set(value)):
+    # MLflow refuses, after training, '/' and ':' in a registered model's name, and a name
+    # read as a path that leads up or nowhere ('.', '..x').
+    if value is None or (
+        isinstance(value, str)
+        and value.strip()
+        and not set("/:") & set(value)
+        and value != "."
+        and not value.startswith("..")
+    ):
         return None
-    return "null or a registered model name without '/' or ':', e.g. digits-classifier"
+    return (
+        "null or a registered model name without '/' or ':', not '.' nor starting with "
+        "'..', e.g. digits-classifier"
+    )
 
 
 def _resident(value: Any) -> str | None:

@@ -376,6 +376,10 @@ def test_a_registered_model_name_mlflow_refuses_is_refused_at_start(make_cfg):
     """`team/clf` failed to register after training, three times, with exit status 0."""
     with pytest.raises(ConfigError, match=r"logger\.registered_model_name='team/clf' is invalid"):
         validate(make_cfg("logger.registered_model_name=team/clf"))
+    for name in (".", "..clf"):  # MLflow reads them as paths that lead nowhere or up
+        with pytest.raises(ConfigError, match=r"registered_model_name=.* is invalid"):
+            validate(make_cfg(f"logger.registered_model_name='{name}'"))
+    validate(make_cfg("logger.registered_model_name=clf.v2", "logger.export_model=true"))  # a name
 
 
 def test_onecycle_follows_torchs_one_cycle_step_for_step():
