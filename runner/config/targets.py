@@ -137,6 +137,10 @@ def escaped_module(target: str, allowed: list[str]) -> str | None:
     if found is None:
         return None
     for attribute in parts[depth:]:
+        if not (inspect.ismodule(found) or inspect.isclass(found)):
+            # An object's attributes (`CONF.rename` of a Path) are not code the
+            # checks can see: only modules and classes are passed through.
+            return f"an attribute of a {type(found).__name__} object"
         found = getattr(found, attribute, None)
         if found is None:
             return None
@@ -173,10 +177,21 @@ def untrusted_targets(cfg: DictConfig, extra_allowed: tuple[str, ...] = ()) -> l
 
     def walk(node: Any, path: str) -> None:
         if isinstance(node, dict):
+            if "_target_" in node and node.get("weights_only", True) is not True:
+                problems.append(
+                    f"{path}.weights_only={node['weights_only']!r} is not trusted: it lets the "
+                    "target unpickle a file, which runs any code the file names; leave it "
+                    "out (or true)"
+                )
             for key, child in node.items():
                 child_path = f"{path}.{key}" if path else str(key)
                 if key != "_target_":
                     walk(child, child_path)
+                elif "${" in str(child):  # resolved only when called: the check sees the text
+                    problems.append(
+                        f"{child_path}={str(child)!r} is not trusted: a target is named as "
+                        "written (module.name), not by an interpolation"
+                    )
                 elif not _within(str(child), allowed):
                     problems.append(
                         f"{child_path}={str(child)!r} is not trusted: targets must come from "

@@ -280,6 +280,29 @@ def test_untrusted_targets_are_refused_before_import(tmp_path):
     assert untrusted_targets(allowed) == []
 
 
+def test_targets_that_reach_code_the_check_cannot_see_are_refused(tmp_path):
+    """Three ways a crafted best.pt (or command line) ran code the allowlist was meant to
+    refuse: an unpickling loader of a trusted package, a target named by an interpolation
+    (`runner.${x}`, resolved only when called), and a method of a module's object
+    (`runner.config.catalog.CONF.rename` moved conf/)."""
+    unpickles = {"_target_": "timm.models.load_state_dict", "checkpoint_path": "x.pkl"}
+    for value in (False, "${no}"):
+        cfg = OmegaConf.create({"model": {**unpickles, "weights_only": value}})
+        (problem,) = untrusted_targets(cfg)
+        assert problem.startswith(f"model.weights_only={value!r} is not trusted: it lets the")
+    safe = {"model": {**unpickles, "weights_only": True}}
+    assert untrusted_targets(OmegaConf.create(safe)) == []
+    hidden = {"model": {"_target_": "runner.${evil}"}, "evil": "training.state.os.makedirs"}
+    (problem,) = untrusted_targets(OmegaConf.create(hidden))
+    assert "model._target_='runner.${evil}' is not trusted: a target is named as written" in problem
+    for target in ("runner.config.catalog.CONF.rename", "runner.config.resolvers.REPO_ROOT.rmdir"):
+        (problem,) = untrusted_targets(OmegaConf.create({"m": {"_target_": target}}))
+        assert "it reaches an attribute of a PosixPath object" in problem, problem
+    # Classes are passed through: a class's method is checked as its class's code.
+    method = {"m": {"_target_": "runner.data.splits.DataSplits.ensure_ids"}}
+    assert untrusted_targets(OmegaConf.create(method)) == []
+
+
 def test_a_secret_typed_on_the_command_line_is_redacted_in_tags_and_files(
     make_cfg, tmp_path, monkeypatch
 ):
