@@ -10,10 +10,8 @@ run dir, tracker, checkpoint writer, stop flag, sweep job)
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -36,10 +34,11 @@ from runner.sweeps.job import SweepJob
 from runner.tracking.null import NullTracker
 from runner.tracking.run_record import debug_tags, start_run
 from runner.training import checkpoint_io, distributed, engine, startup_clock
-from runner.training.best_checkpoint import read_best
+from runner.training.best_checkpoint import export_safetensors, read_best
 from runner.training.context import (
     RunContext,
     claim_run_dir,
+    release_run_dir,
     resolve_device,
     resolve_precision,
     seed_everything,
@@ -76,11 +75,14 @@ def run(cfg: DictConfig) -> float:
     """
     startup_clock.begin_run()
     job = SweepJob.current(cfg)  # None outside `-m`
-    if job is not None and distributed.detect().is_main:
-        return job.run(cfg, train_and_test)  # records the job; a failure returns NaN
-    if job is not None and job.settled():  # under DDP: rank 0 skips it too
-        return math.nan
-    return train_and_test(cfg, job=None)
+    try:
+        if job is not None and distributed.detect().is_main:
+            return job.run(cfg, train_and_test)  # records the job; a failure returns NaN
+        if job is not None and job.settled():  # under DDP: rank 0 skips it too
+            return math.nan
+        return train_and_test(cfg, job=None)
+    finally:
+        release_run_dir()  # another process may continue it now (a notebook's run ended)
 
 
 def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
@@ -115,8 +117,6 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
             ctx.tracker.connect(experiment_name=experiment)
     # Also each rank's RNG states: restored from last.pt, or seeded apart on a fresh start.
     state = resume_or_start(ctx.run_dir, cfg.trainer.resume, parts, data, seed=cfg.seed)
-    if ctx.is_main and cfg.trainer.resume == "never":
-        set_aside_checkpoints(ctx.run_dir)
 
     agreement = distributed.stop_agreement(ctx.world)  # under DDP all ranks stop together
     ctx.stop = GracefulStop(agreement)
@@ -149,6 +149,8 @@ def start_context(cfg: DictConfig, job: SweepJob | None) -> RunContext:
     continue_requeued_run(cfg)
     check_resume(run_dir, cfg)  # before anything in the dir changes
     claim_run_dir(run_dir, main=distributed.detect().is_main)  # a second run is refused
+    if cfg.trainer.resume == "never" and distributed.detect().is_main:
+        set_aside_checkpoints(run_dir)  # first: a requeued job continues only its own
     checkpoint_io.remove_stale_temp_files(run_dir / "checkpoints")
     seed_everything(cfg.seed)
     world, device = distributed.init(resolve_device(cfg.trainer.device))  # DDP or one process
@@ -237,14 +239,3 @@ def evaluate_best(
             ("tracking", ctx.tracker.describe()),
         ]
     )
-
-
-def export_safetensors(weights: dict, class_names: list[str], path: Path) -> Path:
-    """Writes the best weights as a .safetensors file (class names in its metadata)."""
-    from safetensors.torch import save_file
-
-    # Clones: safetensors refuses tensors that share storage.
-    tensors = {k: v.detach().clone().contiguous() for k, v in weights.items()}
-    save_file(tensors, str(path), metadata={"class_names": json.dumps(class_names)})
-    os.chmod(path, 0o644)  # safetensors writes through a private temp file (0600), unlike best.pt
-    return path

@@ -14,6 +14,8 @@ Version 1 is the file written before the package was split into layers: no
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,3 +136,14 @@ def read_best(path: Path | str) -> BestCheckpoint:
         CheckpointError: The file cannot be loaded safely, or is not a best.pt.
     """
     return BestCheckpoint.from_payload(load_checkpoint(path), path)
+
+
+def export_safetensors(weights: dict, class_names: list[str], path: Path) -> Path:
+    """Writes the best weights as a .safetensors file (class names in its metadata)."""
+    from safetensors.torch import save_file
+
+    # Clones: safetensors refuses tensors that share storage.
+    tensors = {k: v.detach().clone().contiguous() for k, v in weights.items()}
+    save_file(tensors, str(path), metadata={"class_names": json.dumps(class_names)})
+    os.chmod(path, 0o644)  # safetensors writes through a private temp file (0600), unlike best.pt
+    return path

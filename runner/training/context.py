@@ -78,8 +78,8 @@ def claim_run_dir(run_dir: Path, main: bool = True) -> None:
 
     Two runs in one dir would continue the same last.pt side by side, overwrite each
     other's checkpoints and log every epoch twice into one MLflow run. The lock
-    (`run_dir/.run.lock`) ends with this process, however it ends, or when the process
-    claims another run dir (a sweep's jobs, one after another).
+    (`run_dir/.run.lock`) ends with the run (`release_run_dir`), or with this process,
+    however it ends.
 
     Args:
         run_dir: The run dir.
@@ -98,10 +98,15 @@ def claim_run_dir(run_dir: Path, main: bool = True) -> None:
             f"{RUN_LOCK_FILE} there). Wait for that run to end, or run in another dir "
             "(leave hydra.run.dir out)"
         )
-    for earlier in _claimed.values():
-        earlier.close()
-    _claimed.clear()
+    release_run_dir()  # the one this process trained in before (a sweep's earlier job)
     _claimed[run_dir] = handle
+
+
+def release_run_dir() -> None:
+    """Lets other processes run in the run dir this process claimed (its run ended)."""
+    for handle in _claimed.values():
+        handle.close()
+    _claimed.clear()
 
 
 def seed_everything(seed: int) -> None:
@@ -195,15 +200,13 @@ def resume_command(ctx: RunContext) -> str:
         )
     if ctx.job is not None:
         return f"the sweep's command with sweep.resume={ctx.job.sweep_dir}"
-    # A run started with trainer.resume=never would start over again: it continues.
-    never = ctx.cfg.get("trainer", {}).get("resume") == "never"
-    overrides = [
-        o
-        for o in hydra_overrides()
-        if not o.startswith("hydra.run.dir=")
-        and not (never and o.lstrip("+").startswith("trainer.resume="))
-    ]
-    args = ["run.py", *overrides, *(["trainer.resume=auto"] if never else [])]
+    # trainer.resume=never (typed, or the config's, or a requeued job's, now auto) would
+    # start over again: the command continues (auto).
+    typed = hydra_overrides()
+    resumes = [o for o in typed if o.lstrip("+").startswith("trainer.resume=")]
+    starts_over = bool(resumes) or ctx.cfg.get("trainer", {}).get("resume") == "never"
+    overrides = [o for o in typed if not o.startswith("hydra.run.dir=") and o not in resumes]
+    args = ["run.py", *overrides, *(["trainer.resume=auto"] if starts_over else [])]
     args.append(f"hydra.run.dir={ctx.run_dir}")
     world = ctx.world
     if world.launcher == "torchrun":

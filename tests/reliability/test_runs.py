@@ -397,6 +397,15 @@ def test_a_second_run_in_a_run_dir_in_use_is_refused_before_it_writes(make_cfg, 
     run(make_cfg())  # the other process is gone, and with it its lock
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     run(make_cfg("trainer.max_epochs=2"))  # this process's own dir: claimed again
+    # The run has ended: another process may continue the dir (a notebook's kept it).
+    after = subprocess.Popen(
+        [sys.executable, "-c", holder], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert after.stdout.readline().strip() == "held"
+    finally:
+        after.kill()
+        after.wait()
 
 
 def test_a_signal_while_the_tracked_run_starts_ends_it_killed_at_the_first_step(tmp_path):

@@ -359,12 +359,13 @@ def test_the_resume_command_of_a_run_started_with_resume_never_continues_it(monk
 
     typed = ["seed=3", "trainer.resume=never", "hydra.run.dir=/runs/a"]
     monkeypatch.setattr(context, "hydra_overrides", lambda: typed)  # as Hydra records them
-    cfg = OmegaConf.create({"trainer": {"resume": "never"}})
-    ctx = RunContext(
-        cfg, torch.device("cpu"), "32", distributed.World(), Path("/runs/a"), NullTracker()
-    )
     expected = "python run.py seed=3 trainer.resume=auto hydra.run.dir=/runs/a"
-    assert resume_command(ctx) == expected
+    # The config says never; or auto, in a job SLURM requeued (continue_requeued_run).
+    for resume in ("never", "auto"):
+        cfg = OmegaConf.create({"trainer": {"resume": resume}})
+        world = distributed.World()
+        ctx = RunContext(cfg, torch.device("cpu"), "32", world, Path("/runs/a"), NullTracker())
+        assert resume_command(ctx) == expected, resume
 
 
 def test_short_epoch_advice_counts_each_process_share(make_cfg, caplog, rank1_of_2):
