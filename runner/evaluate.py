@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
@@ -62,8 +63,8 @@ def run_eval(cfg: DictConfig) -> float:
     loaded = load_checkpoint(ctx)
     ctx.tracker = instantiate(cfg.logger)
     # The training run's experiment, unless this command names one (logger.experiment_name).
-    trained_in = resolved_part(loaded.stored, "logger.experiment_name", loaded.path)
-    ctx.tracker.connect(experiment_name=str(trained_in or loaded.stored.data.name))
+    trained_in = [as_read_here(loaded.stored, k) for k in ("logger.experiment_name", "data.name")]
+    ctx.tracker.connect(experiment_name=str(next(filter(None, trained_in), cfg.data.name)))
     data = eval_data(cfg, loaded)
     first, _ = data.test.take(torch.arange(min(1, len(data.test))))
     example = loaded.normalize(loaded.augment(first.to(ctx.device)))
@@ -99,7 +100,7 @@ def run_eval(cfg: DictConfig) -> float:
             # The groups of the training run: eval's data has no k-fold, exclude or relabel,
             # and, with eval.data=current or a held-out folder, not its imbalance either.
             train_counts=loaded.best.train_class_counts,
-            long_tailed=(OmegaConf.select(loaded.stored, "data.imbalance_ratio") or 1) > 1,
+            long_tailed=(as_read_here(loaded.stored, "data.imbalance_ratio") or 1) > 1,
         )
         # Files of a streamed test split that did not decode while testing.
         report_streamed_bad_files(data, [test_loader], ctx.run_dir, ctx.tracker)
@@ -139,6 +140,11 @@ def at_trained_size(data_cfg: DictConfig, loaded: LoadedCheckpoint) -> DictConfi
     with open_dict(data_cfg):
         data_cfg.image_size = size
     return data_cfg
+
+
+def as_read_here(stored: DictConfig, key: str) -> Any:
+    """A value of the checkpoint's config; None where it reads an unset variable."""
+    return OmegaConf.select(stored, key, default=None, throw_on_resolution_failure=False)
 
 
 def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:

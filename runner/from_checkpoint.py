@@ -41,6 +41,9 @@ from runner.training.preflight import check_gradcam_layer
 
 log = logging.getLogger(__name__)
 
+# A model config's keys that load pretrained weights, and their values that load none.
+PRETRAINED_OFF = (("pretrained", False), ("pretrained_file", None), ("weights", None))
+
 
 @dataclass
 class LoadedCheckpoint:
@@ -111,6 +114,9 @@ def load_checkpoint(ctx: RunContext) -> LoadedCheckpoint:
     path, run_id = resolve_ckpt(str(ctx.cfg.ckpt), ctx.cfg, ctx.run_dir / "downloaded")
     best = read_best(path)
     stored = best.stored_config()
+    for key, off in PRETRAINED_OFF:  # best.pt has the trained weights: none are read again
+        if key in stored.get("model", {}):
+            stored.model[key] = off
     for part in ("model", "aug"):
         resolved_part(stored, part, path)
     allowed = tuple(ctx.cfg.get("allowed_targets") or [])
@@ -183,7 +189,7 @@ def rebuild_model(stored: DictConfig, best: BestCheckpoint, device: torch.device
     `model.pretrained_file`, which may not exist here): best.pt has the trained ones.
     """
     settings = OmegaConf.to_container(stored.model, resolve=True)
-    for key, off in (("pretrained", False), ("pretrained_file", None), ("weights", None)):
+    for key, off in PRETRAINED_OFF:
         if key in settings:
             settings[key] = off
     model = instantiate(settings)(num_classes=len(best.class_names))

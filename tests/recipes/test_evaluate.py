@@ -643,3 +643,31 @@ def test_a_data_root_from_the_environment_is_kept_as_typed_and_read_again_by_eva
     monkeypatch.delenv("RUNNER_TEST_DATA")
     with pytest.raises(ConfigError, match=r"data.root is read from the environment.*RUNNER_TEST"):
         run(compose_run(tmp_path, "eval_unset", *evaluating, tiny=False))
+    # What eval does not read may stay unset: the starting weights (best.pt has the
+    # trained ones) and, with eval.data=current, the data and the data set's name.
+    monkeypatch.setenv("RUNNER_TEST_DATA", str(tmp_path / "sets"))
+    monkeypatch.setenv("RUNNER_TEST_WEIGHTS", str(tmp_path / "train" / "checkpoints"))
+    tuned = [
+        *folder,
+        *small,
+        "logger=none",
+        "model.pretrained_file=${oc.env:RUNNER_TEST_WEIGHTS}/best.pt",
+    ]
+    run(compose_run(tmp_path, "tuned", *tuned, "data.name=${oc.env:RUNNER_TEST_DATA}", tiny=False))
+    monkeypatch.delenv("RUNNER_TEST_DATA")
+    monkeypatch.delenv("RUNNER_TEST_WEIGHTS")
+    current = ["eval.data=current", "data=imagefolder", f"data.root={tmp_path / 'sets' / 'pics'}"]
+    tuned_ckpt = f"ckpt={tmp_path / 'tuned' / 'checkpoints' / 'best.pt'}"
+    evaluated = run(
+        compose_run(
+            tmp_path,
+            "eval_tuned",
+            "mode=eval",
+            tuned_ckpt,
+            "logger=none",
+            *current,
+            "data.image_size=16",
+            tiny=False,
+        )
+    )
+    assert 0.0 <= evaluated <= 1.0
