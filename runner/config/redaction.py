@@ -54,7 +54,7 @@ def redacted_container(cfg: DictConfig) -> dict[str, Any]:
             return [redact(r, n) for r, n in zip(raws, node, strict=False)]
         if isinstance(raw_node, str) and "oc.env" in raw_node:
             from_env.add(str(node))
-            return raw_node
+            return public_uri(raw_node)  # a password typed beside it stays hidden
         return public_uri(node) if isinstance(node, str) else node
 
     def redact_copies(raw_node: Any, node: Any) -> Any:  # values that carry one found above
@@ -70,7 +70,7 @@ def redacted_container(cfg: DictConfig) -> dict[str, Any]:
             return REDACTED
         if any(s in node for s in from_env):
             typed = isinstance(raw_node, str) and "${" in raw_node
-            return raw_node if typed else REDACTED
+            return public_uri(raw_node) if typed else REDACTED
         return node
 
     redacted = redact(raw, resolved)

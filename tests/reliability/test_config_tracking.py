@@ -364,6 +364,10 @@ def test_secrets_are_redacted_in_params_and_saved_configs(tmp_path, monkeypatch)
         "d": "plain",
         "e": "***",  # the value typed again, not read from the environment
     }
+    # Kept as typed, a URL's password typed beside the variable stays hidden.
+    beside = OmegaConf.create({"uri": "http://${oc.env:RUNNER_TEST_SECRET}:pw99@host:5000"})
+    shown = str(redacted_container(beside))
+    assert "pw99" not in shown and "***@host:5000" in shown
 
     env = {"RUNNER_TEST_SECRET": "hunter2-experiment"}
     result = subprocess.run(
