@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from omegaconf import OmegaConf
 
@@ -143,9 +145,10 @@ def _artifact_location(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not value:
         return "a folder path or URI, or null"
-    if "://" in value and not value.startswith("file://"):
-        return None  # a remote store (s3://, gs://, ...) answers for itself
-    problem = folder_problem(value.removeprefix("file://"))
+    scheme = urlparse(value).scheme
+    if len(scheme) > 1 and scheme != "file":
+        return None  # a remote store (s3://, mlflow-artifacts:/, ...) answers for itself
+    problem = folder_problem(url2pathname(urlparse(value).path) if scheme == "file" else value)
     return None if problem is None else f"a folder that can be written ({problem})"
 
 

@@ -61,13 +61,14 @@ def _folder_name(name: str) -> str:
 def experiment_location(artifact_location: str, name: str) -> str:
     """The artifact URI of a new experiment: `<artifact_location>/<name>`.
 
-    A folder or `file://` URI becomes the absolute `file://` URI of `experiment_folder`;
-    a remote one (`s3://bucket/mlflow`) gets the name added as it is (its store answers
-    for it).
+    A folder or `file:` URI becomes the absolute `file://` URI of `experiment_folder`;
+    another URI (`s3://bucket/mlflow`, `mlflow-artifacts:/x`) gets the name added as it
+    is (its store answers for it).
     """
-    if artifact_location.startswith("file://"):
+    scheme = urlparse(artifact_location).scheme
+    if scheme == "file":
         folder = Path(url2pathname(urlparse(artifact_location).path))
-    elif "://" in artifact_location:
+    elif len(scheme) > 1:  # s3://, mlflow-artifacts:/, dbfs:/ (not a Windows drive, C:)
         return f"{artifact_location.rstrip('/')}/{_folder_name(name)}"
     else:
         folder = Path(artifact_location).expanduser()

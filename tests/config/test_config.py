@@ -340,6 +340,7 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
         (["logger.run_name=[1,2]"], "logger.run_name=[1, 2] is invalid"),
         (["logger.experiment_name=[a,b]"], "logger.experiment_name=['a', 'b'] is invalid"),
         (["logger.artifact_location=/proc/nope/art"], "cannot write in /proc"),
+        (["logger.artifact_location=file:/proc/nope/art"], "cannot write in /proc"),
         (["data.label_noise=0.95", "data.noise_type=asymmetric"], "use a rate below 0.5"),
     ],
 )

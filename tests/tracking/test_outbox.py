@@ -311,13 +311,18 @@ def test_replay_for_a_run_the_store_lacks_names_each_operation(tmp_path, capsys)
 
 def test_artifact_locations_given_as_uris_are_used_as_such(tmp_path):
     """file:///x and s3://b/m became folders named 'file:' and 's3:' in the working dir."""
+    from runner.config.value_checks import CHECKS
     from runner.tracking.opening import open_experiment
 
+    for remote in ("s3://bucket/mlflow", "mlflow-artifacts:/arts"):  # their stores answer
+        assert CHECKS["logger.artifact_location"](remote) is None
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     for location, expected in (
         ((tmp_path / "arts").as_uri(), (tmp_path / "arts" / "e1").as_uri()),
         ("s3://bucket/mlflow/", "s3://bucket/mlflow/e2"),
         ("s3://bucket/mlflow", "s3://bucket/mlflow/__e3"),
+        ("mlflow-artifacts:/arts", "mlflow-artifacts:/arts/e4"),  # a scheme without //
+        (f"file:{tmp_path / 'arts5'}", (tmp_path / "arts5" / "e5").as_uri()),
     ):
         name = "../e3" if expected.endswith("__e3") else expected.rsplit("/", 1)[-1]
         experiment = client.get_experiment(open_experiment(client, name, location))
