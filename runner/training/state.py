@@ -122,8 +122,12 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
         return
     if not saved.is_file():
         return
-    before = OmegaConf.to_container(OmegaConf.load(saved))
-    fallback = (before.get("logger") or {}).get("fallback_uri")
+    saved_config = OmegaConf.load(saved)
+    before = OmegaConf.to_container(saved_config)
+    # Resolved here: a fallback_uri under ${oc.env:...} is kept as typed.
+    fallback = OmegaConf.select(
+        saved_config, "logger.fallback_uri", default=None, throw_on_resolution_failure=False
+    )
     if fallback and OmegaConf.select(cfg, "logger.tracking_uri", default=None) == fallback:
         # A run that fell back to its local store at its start (the server was down)
         # continues there: the store answers for its run id (tracking.opening.open_run).

@@ -190,11 +190,13 @@ def test_unreachable_server_with_fallback_logs_locally_and_says_so(tmp_path):
     ]
 
 
-def test_a_run_that_fell_back_continues_in_its_fallback_store(tmp_path):
+def test_a_run_that_fell_back_continues_in_its_fallback_store(tmp_path, monkeypatch):
     """The refusal of a resume on the server named logger.tracking_uri=<its fallback_uri>
-    as the way on, and the resume check then refused that very change."""
+    as the way on, and the resume check then refused that very change (also when that
+    store's folder came from the environment, kept as typed)."""
     run_dir = tmp_path / "run"
-    common = [f"paths.output_dir={tmp_path}", f"hydra.run.dir={run_dir}", *TINY]
+    monkeypatch.setenv("RUNNER_TEST_OUT", str(tmp_path))  # run_cli's process inherits it
+    common = ["paths.output_dir=${oc.env:RUNNER_TEST_OUT}", f"hydra.run.dir={run_dir}", *TINY]
     down = ["logger.tracking_uri=http://127.0.0.1:1", "logger.offline_fallback=true"]
     first = run_cli(*common, *down)
     assert first.returncode == 0, first.stderr[-3000:]
