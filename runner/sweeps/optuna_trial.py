@@ -107,7 +107,8 @@ def retire_abandoned_trials(study: Any, sweep_dir: Path) -> list[int]:
     A stored study is also continued by the same command with a new sweep dir, where
     `retire_unfinished_jobs` does not look: such trials stayed RUNNING, a pending point
     for the sampler for ever. A trial whose launcher still runs (it holds its sweep
-    dir's lock), or whose job still runs (its run dir's lock), is left alone.
+    dir's lock), whose job still runs (its run dir's lock), or whose sweep dir is not
+    on this machine, is left alone.
 
     Returns:
         The numbers of the trials ended FAIL.
@@ -117,10 +118,13 @@ def retire_abandoned_trials(study: Any, sweep_dir: Path) -> list[int]:
     ended = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         other = trial.user_attrs.get(SWEEP_DIR_ATTR)
-        here = Path(other) == Path(sweep_dir).resolve()
-        if not other or here or is_locked(Path(other) / SWEEP_LOCK_FILE):
+        # A sweep dir not on this machine may be another host's live launch (a shared
+        # database study): only what can be seen here is retired.
+        if not other or Path(other) == Path(sweep_dir).resolve() or not Path(other).is_dir():
             continue
-        jobs = read_manifest(Path(other)).values() if Path(other).is_dir() else []
+        if is_locked(Path(other) / SWEEP_LOCK_FILE):
+            continue
+        jobs = read_manifest(Path(other)).values()
         run_dirs = [
             entry.get("run_dir")
             for entry in jobs

@@ -360,11 +360,14 @@ def test_a_stored_study_continued_in_a_new_sweep_dir_fails_a_killed_launchs_tria
     killed = study.ask()
     killed.set_user_attr("runner.sweep_dir", str(tmp_path / "killed"))  # as asked there
     (tmp_path / "killed").mkdir()
+    # A launch on another host (a shared database, a sweep dir not here) may be alive.
+    elsewhere = study.ask()
+    elsewhere.set_user_attr("runner.sweep_dir", str(tmp_path / "on-another-host"))
     code, output = multirun(tmp_path, tmp_path / "again", *search, "hydra.sweeper.n_trials=2")
     assert code == 0, output[-3000:]
     assert f"trial(s) [{killed.number}], left RUNNING by a killed launch, end FAIL" in output
     trials = optuna.load_study(study_name=name, storage=storage).trials
-    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "RUNNING", "COMPLETE"]
 
 
 def test_a_resumed_sweep_of_an_unnamed_stored_study_continues_that_study(tmp_path):
