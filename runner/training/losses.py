@@ -61,7 +61,10 @@ class FocalLoss(nn.Module):
         """Mean loss over the batch; `target` is (N,) class ids or (N, C) probabilities."""
         log_p = F.log_softmax(logits.float(), dim=-1)
         q = _soft_targets(target, logits.shape[-1], self.label_smoothing)
-        return -(q * (1 - log_p.exp()).pow(self.gamma) * log_p).sum(-1).mean()
+        # 1 - p as -expm1(log p): exact near p = 1. Clamped above 0, where x^gamma with
+        # gamma < 1 has an infinite slope (a NaN gradient once p rounds to 1).
+        modulation = (-torch.expm1(log_p)).clamp_min(1e-12).pow(self.gamma)
+        return -(q * modulation * log_p).sum(-1).mean()
 
 
 def balanced_class_weights(class_counts: torch.Tensor) -> torch.Tensor:
@@ -137,7 +140,10 @@ class BalancedSoftmaxLoss(nn.Module):
 
     Args:
         class_counts: Train samples per class (from the data).
-        label_smoothing: Share of the target mass spread uniformly over the classes.
+        label_smoothing: Share of the target mass spread over the classes, in proportion
+            to the prior: uniform in the balanced posterior the model predicts with. (Spread
+            uniformly over the shifted logits, it gave each rare class a share 1/prior
+            times larger there: a head class's optimum predicted the rarest class.)
     """
 
     def __init__(self, class_counts: torch.Tensor, label_smoothing: float = 0.0):
@@ -150,7 +156,11 @@ class BalancedSoftmaxLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean loss over the batch; `target` is (N,) class ids or (N, C) probabilities."""
         adjusted = logits.float() + self.log_prior
-        return F.cross_entropy(adjusted, target, label_smoothing=self.label_smoothing)
+        if not self.label_smoothing:
+            return F.cross_entropy(adjusted, target)
+        t = _soft_targets(target, logits.shape[-1], 0.0)
+        t = (1 - self.label_smoothing) * t + self.label_smoothing * self.log_prior.exp()
+        return -(t * F.log_softmax(adjusted, dim=-1)).sum(-1).mean()
 
 
 class GeneralizedCrossEntropyLoss(nn.Module):
@@ -180,10 +190,11 @@ class GeneralizedCrossEntropyLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean loss over the batch; `target` is (N,) class ids or (N, C) probabilities."""
-        # p^q as exp(q log p): exact where p underflows to 0, and its gradient stays finite.
-        p_q = torch.exp(self.q * F.log_softmax(logits.float(), dim=-1))
+        # 1 - p^q as -expm1(q log p): exact where p underflows to 0, its gradient finite,
+        # and no cancellation for a small q (q -> 0 is cross-entropy).
+        one_minus_p_q = -torch.expm1(self.q * F.log_softmax(logits.float(), dim=-1))
         t = _soft_targets(target, logits.shape[-1], self.label_smoothing)
-        return (t * (1 - p_q) / self.q).sum(-1).mean()
+        return (t * one_minus_p_q / self.q).sum(-1).mean()
 
 
 class SymmetricCrossEntropyLoss(nn.Module):

@@ -35,6 +35,16 @@ def test_focal_down_weights_easy_examples():
     assert FocalLoss(gamma=2.0)(confident, target) < 0.01 * CrossEntropyLoss()(confident, target)
 
 
+@pytest.mark.parametrize("target", [0, 1])
+def test_focal_with_gamma_below_one_keeps_finite_gradients_when_p_rounds_to_one(target):
+    """(1 - p)^gamma has an infinite slope at 0 for gamma < 1: once p rounds to 1.0 (a
+    margin of 17 in float32), the gradient was NaN and the next step wrote NaN weights."""
+    logits = torch.tensor([[20.0, 0.0, 0.0]], requires_grad=True)
+    loss = FocalLoss(gamma=0.5)(logits, torch.tensor([target]))
+    loss.backward()
+    assert torch.isfinite(logits.grad).all(), logits.grad
+
+
 def test_label_smoothing_matches_torch():
     logits, target = torch.randn(8, 4), torch.randint(0, 4, (8,))
     ours = CrossEntropyLoss(label_smoothing=0.1)(logits, target)
@@ -152,6 +162,24 @@ def test_balanced_softmax_is_cross_entropy_on_logits_plus_log_prior():
     assert torch.allclose(BalancedSoftmaxLoss(counts)(logits, target), expected, atol=1e-6)
 
 
+def test_balanced_softmax_smoothing_keeps_each_classs_optimum_on_its_class():
+    """Smoothing spread uniformly over the prior-shifted logits gave a rare class a share
+    1/prior times larger in the model's own logits: on CIFAR-10-LT counts, the loss's
+    optimum for a head-class sample predicted the rarest class."""
+    counts = torch.tensor([5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50])
+    loss = BalancedSoftmaxLoss(counts, label_smoothing=0.1)
+    logits = torch.zeros(10, 10, requires_grad=True)  # free logits, one sample per class
+    optimizer = torch.optim.Adam([logits], lr=0.1)
+    for _ in range(500):
+        optimizer.zero_grad()
+        loss(logits, torch.arange(10)).backward()
+        optimizer.step()
+    assert logits.argmax(-1).tolist() == list(range(10))
+    # Soft targets (mixup) are smoothed the same way: a one-hot row is the class id's.
+    one_hot = F.one_hot(torch.arange(10), 10).float()
+    assert torch.allclose(loss(logits, one_hot), loss(logits, torch.arange(10)))
+
+
 def test_shot_groups_use_the_literature_thresholds_or_thirds():
     groups, rule = shot_groups(torch.tensor([500, 150, 60, 30, 10, 5]))
     assert rule == "thresholds"
@@ -177,6 +205,9 @@ def test_gce_is_one_minus_p_to_the_q_over_q_and_tends_to_cross_entropy():
     assert torch.allclose(GeneralizedCrossEntropyLoss(q=1.0)(logits, target), (1 - p_y).mean())
     near_ce = GeneralizedCrossEntropyLoss(q=1e-4)(logits, target)
     assert torch.allclose(near_ce, F.cross_entropy(logits, target), rtol=1e-3)
+    # 1 - p^q cancelled in float32 for a tiny q: 1.79 for a cross-entropy of 1.57.
+    tiny = GeneralizedCrossEntropyLoss(q=1e-7)(logits, target)
+    assert torch.allclose(tiny, F.cross_entropy(logits, target), rtol=1e-4)
 
 
 def test_sce_is_alpha_ce_plus_beta_reverse_ce_with_log_zero_clamped():
