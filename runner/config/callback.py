@@ -22,6 +22,7 @@ class ValidateConfigCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Validates a single run's config; `sweep.resume`, a search and a launcher need `-m`."""
         _check_writable(config, "hydra.run.dir")
+        _check_writable(config, "paths.run_dir")  # when set apart from Hydra's dir
         _refuse_training_run_dir(config)
         self._check(config)
         choices = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
@@ -114,7 +115,8 @@ def _refuse_training_sweep_dir(config: DictConfig) -> None:
 
 def _check_writable(config: DictConfig, key: str) -> None:
     """Refuses an output folder that cannot be made (Hydra failed in chained tracebacks)."""
-    folder = OmegaConf.select(config, key, default=None)
+    # None where it cannot be resolved yet (paths.run_dir is Hydra's dir until set).
+    folder = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
     problem = None if folder is None else folder_problem(str(folder))
     if problem is not None:
         raise SystemExit(

@@ -74,6 +74,12 @@ def _integer(value: Any) -> str | None:
     return None if _is_int(value) else "an integer"
 
 
+def _seed(value: Any) -> str | None:
+    # torch.manual_seed's range: larger ones failed after the run dir was made.
+    ok = _is_int(value) and -(2**63) <= value < 2**64
+    return None if ok else "an integer from -2**63 to 2**64-1, e.g. 0"
+
+
 def _one_of(*options: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         return None if str(value) in options else "one of " + ", ".join(options)
@@ -350,7 +356,7 @@ def csv_file_problem(path: Any, columns: tuple[str, ...]) -> str | None:
 # key -> check; a check returns None when the value is fine, else what was expected.
 # Keys absent from the config are not checked (a group option may not have them).
 CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "seed": _integer,
+    "seed": _seed,
     "trainer.max_epochs": _positive_int,
     "trainer.batch_size": _train_batch_size,
     "trainer.eval_batch_size": _positive_int,

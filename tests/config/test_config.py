@@ -341,6 +341,7 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
         (["logger.experiment_name=[a,b]"], "logger.experiment_name=['a', 'b'] is invalid"),
         (["logger.artifact_location=/proc/nope/art"], "cannot write in /proc"),
         (["logger.artifact_location=file:/proc/nope/art"], "cannot write in /proc"),
+        (["seed=18446744073709551616"], "seed=18446744073709551616 is invalid"),  # torch's
         (["data.label_noise=0.95", "data.noise_type=asymmetric"], "use a rate below 0.5"),
     ],
 )

@@ -552,6 +552,15 @@ def test_a_bad_value_in_the_third_grid_point_stops_the_sweep_at_start(tmp_path):
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_a_run_dir_that_cannot_be_written_is_named_before_anything_is_made(tmp_path):
+    """paths.run_dir (unlike hydra.run.dir) was not checked: a FileNotFoundError traceback
+    after Hydra had made its own dir."""
+    done = run_cli(f"paths.output_dir={tmp_path}", "paths.run_dir=/proc/nope/x", *TINY)
+    assert done.returncode == 1
+    assert "Error: paths.run_dir='/proc/nope/x': cannot write in /proc" in done.stderr
+    assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())
+
+
 def test_a_swept_key_under_a_value_is_named_before_the_sweep_starts(tmp_path):
     """`optim.lr.foo=1,2` raised a TypeError in the start check (it listed the keys of a
     float): Hydra skipped the check with a warning, and the sweep ran without it."""
