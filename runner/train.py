@@ -58,7 +58,7 @@ from runner.training.state import (
     check_resume,
     continue_requeued_run,
     resume_or_start,
-    set_aside_checkpoints,
+    start_over_if_asked,
 )
 
 log = logging.getLogger(__name__)
@@ -148,10 +148,11 @@ def start_context(cfg: DictConfig, job: SweepJob | None) -> RunContext:
     run_dir = Path(cfg.paths.run_dir)
     continue_requeued_run(cfg)
     check_resume(run_dir, cfg)  # before anything in the dir changes
-    claim_run_dir(run_dir, main=distributed.detect().is_main)  # a second run is refused
-    if cfg.trainer.resume == "never" and distributed.detect().is_main:
-        set_aside_checkpoints(run_dir)  # first: a requeued job continues only its own
-    checkpoint_io.remove_stale_temp_files(run_dir / "checkpoints")
+    main = distributed.detect().is_main
+    claim_run_dir(run_dir, main=main)  # a second run is refused
+    if main:  # the other ranks leave the dir's files to rank 0
+        start_over_if_asked(cfg, run_dir)  # first: a requeued job continues only its own
+        checkpoint_io.remove_stale_temp_files(run_dir / "checkpoints")
     seed_everything(cfg.seed)
     world, device = distributed.init(resolve_device(cfg.trainer.device))  # DDP or one process
     is_main = world.is_main

@@ -200,13 +200,12 @@ def resume_command(ctx: RunContext) -> str:
         )
     if ctx.job is not None:
         return f"the sweep's command with sweep.resume={ctx.job.sweep_dir}"
-    # trainer.resume=never (typed, or the config's, or a requeued job's, now auto) would
-    # start over again: the command continues (auto).
+    # Continues (auto) whatever this run started with: never, typed or from a config file
+    # (a requeued job's is auto by now), would start over.
     typed = hydra_overrides()
-    resumes = [o for o in typed if o.lstrip("+").startswith("trainer.resume=")]
-    starts_over = bool(resumes) or ctx.cfg.get("trainer", {}).get("resume") == "never"
-    overrides = [o for o in typed if not o.startswith("hydra.run.dir=") and o not in resumes]
-    args = ["run.py", *overrides, *(["trainer.resume=auto"] if starts_over else [])]
+    drop = ("hydra.run.dir=", "trainer.resume=")
+    overrides = [o for o in typed if not o.lstrip("+").startswith(drop)]
+    args = ["run.py", *overrides, "trainer.resume=auto"]
     args.append(f"hydra.run.dir={ctx.run_dir}")
     world = ctx.world
     if world.launcher == "torchrun":

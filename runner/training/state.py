@@ -260,6 +260,22 @@ def set_aside_checkpoints(run_dir: Path) -> Path | None:
     return aside
 
 
+def start_over_if_asked(cfg: DictConfig, run_dir: Path) -> None:
+    """For `trainer.resume=never`: sets the dir's checkpoints aside, before any work.
+
+    A weights file among them (`model.pretrained_file=<this dir's best.pt>`: start over
+    from its own best weights) is read from where it has moved.
+    """
+    if cfg.trainer.resume != "never" or (aside := set_aside_checkpoints(run_dir)) is None:
+        return
+    weights = OmegaConf.select(cfg, "model.pretrained_file", default=None)
+    was = Path(str(weights)).expanduser().resolve() if weights else None
+    if was is not None and was.is_relative_to((run_dir / "checkpoints").resolve()):
+        moved = aside.resolve() / was.relative_to((run_dir / "checkpoints").resolve())
+        log.info("model.pretrained_file is read from where it has moved: %s", moved)
+        cfg.model.pretrained_file = str(moved)
+
+
 def _fresh_start(seed: int, data_digest: str) -> TrainState:
     """A new state; under DDP each rank gets its own random stream from `seed`."""
     distributed.seed_rank(seed, 0)

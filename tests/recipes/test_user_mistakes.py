@@ -552,6 +552,20 @@ def test_a_bad_value_in_the_third_grid_point_stops_the_sweep_at_start(tmp_path):
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_starting_over_in_a_dir_from_its_own_best_weights_reads_them_where_they_moved(
+    make_cfg, tmp_path
+):
+    """trainer.resume=never set the checkpoints aside before the model read its
+    pretrained_file among them: 'no such file', after validation had accepted it."""
+    from runner.cli import run
+
+    run(make_cfg())
+    own_best = tmp_path / "run" / "checkpoints" / "best.pt"
+    run(make_cfg("trainer.resume=never", f"model.pretrained_file={own_best}"))
+    (aside,) = (tmp_path / "run").glob("checkpoints.replaced-*")
+    assert (aside / "best.pt").is_file() and own_best.is_file()  # the new run's own
+
+
 def test_a_run_dir_that_cannot_be_written_is_named_before_anything_is_made(tmp_path):
     """paths.run_dir (unlike hydra.run.dir) was not checked: a FileNotFoundError traceback
     after Hydra had made its own dir."""

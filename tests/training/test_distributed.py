@@ -339,14 +339,17 @@ def test_the_resume_command_keeps_the_launcher(rank1_of_2, monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert (
         resume_command(ctx(rank1_of_2))
-        == "torchrun --nproc_per_node=2 run.py hydra.run.dir=/runs/a"
+        == "torchrun --nproc_per_node=2 run.py trainer.resume=auto hydra.run.dir=/runs/a"
     )
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 2 nodes of 4
     eight = distributed.World(rank=1, world_size=8, launcher="torchrun")
     assert resume_command(ctx(eight)).startswith("torchrun --nnodes=2 --nproc_per_node=4 ")
     slurm = distributed.World(rank=1, world_size=4, launcher="slurm")
     assert resume_command(ctx(slurm)).startswith("the same SLURM job again (4 tasks")
-    assert resume_command(ctx(distributed.World())) == "python run.py hydra.run.dir=/runs/a"
+    assert (
+        resume_command(ctx(distributed.World()))
+        == "python run.py trainer.resume=auto hydra.run.dir=/runs/a"
+    )
 
 
 def test_the_resume_command_of_a_run_started_with_resume_never_continues_it(monkeypatch):
@@ -358,14 +361,16 @@ def test_the_resume_command_of_a_run_started_with_resume_never_continues_it(monk
     from runner.training.context import RunContext, resume_command
 
     typed = ["seed=3", "trainer.resume=never", "hydra.run.dir=/runs/a"]
-    monkeypatch.setattr(context, "hydra_overrides", lambda: typed)  # as Hydra records them
     expected = "python run.py seed=3 trainer.resume=auto hydra.run.dir=/runs/a"
-    # The config says never; or auto, in a job SLURM requeued (continue_requeued_run).
-    for resume in ("never", "auto"):
-        cfg = OmegaConf.create({"trainer": {"resume": resume}})
-        world = distributed.World()
-        ctx = RunContext(cfg, torch.device("cpu"), "32", world, Path("/runs/a"), NullTracker())
-        assert resume_command(ctx) == expected, resume
+    # never typed, or in a config file (not typed): the config says never; or auto, in a
+    # job SLURM requeued (continue_requeued_run).
+    for overrides in (typed, [o for o in typed if "resume" not in o]):
+        monkeypatch.setattr(context, "hydra_overrides", lambda o=overrides: o)  # as Hydra's
+        for resume in ("never", "auto"):
+            cfg = OmegaConf.create({"trainer": {"resume": resume}})
+            world = distributed.World()
+            ctx = RunContext(cfg, torch.device("cpu"), "32", world, Path("/runs/a"), NullTracker())
+            assert resume_command(ctx) == expected, (overrides, resume)
 
 
 def test_short_epoch_advice_counts_each_process_share(make_cfg, caplog, rank1_of_2):
