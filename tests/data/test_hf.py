@@ -358,6 +358,11 @@ def test_a_folder_named_by_a_relative_path_keeps_its_name(tmp_path, monkeypatch)
     monkeypatch.chdir(root)
     data = load_hf(".", split_test="test", **common(tmp_path))
     assert data.name == "pets"
+    # A link keeps its own name: the ids (and a stored run's test digest) are keyed by it.
+    (tmp_path / "current").symlink_to(root)
+    assert (
+        load_hf(str(tmp_path / "current"), split_test="test", **common(tmp_path)).name == "current"
+    )
 
 
 def test_a_table_with_no_rows_is_named(tmp_path):

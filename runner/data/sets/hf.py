@@ -271,7 +271,8 @@ def load_hf(
         )
     records, labels, ids = {}, {}, {}
     local = Path(name).expanduser()
-    label = local.resolve().name if local.exists() else name  # `.` is its folder's name
+    # `.` is its folder's name; a link keeps its own name (ids and caches are keyed by it).
+    label = Path(os.path.abspath(local)).name if local.exists() else name
     folder = local if local.is_dir() else None
     for split, dataset in loaded.items():
         if isinstance(dataset.features[image_key], datasets.Image):
