@@ -20,6 +20,13 @@ MIN_SECRET_LENGTH = 4
 _URL_PASSWORD = re.compile(r"(?<=://)([^:/@]*):[^/]*@")
 # A password as a query parameter (`postgresql://db/x?user=u&password=pw`).
 _QUERY_PASSWORD = re.compile(r"([?&](?:password|passwd|pwd)=)[^&#\s]*", re.IGNORECASE)
+# For `_typed_public`: an interpolation with none inside it, its stand-in, a run of
+# stand-ins, and the two password forms in three groups (before, secret, after).
+_INTERPOLATION = re.compile(r"\$\{[^{}]*\}")
+_STAND_IN = re.compile("\0(\\d+)\0")
+_HELD = re.compile("(?:\0\\d+\0)+")
+_URL_PASSWORD_PARTS = re.compile(r"(?<=://)([^:/@]*:)([^/]*)(@)")
+_QUERY_PASSWORD_PARTS = re.compile(r"([?&](?:password|passwd|pwd)=)([^&#\s]*)()", re.IGNORECASE)
 
 
 def redacted_container(cfg: DictConfig) -> dict[str, Any]:
@@ -54,7 +61,7 @@ def redacted_container(cfg: DictConfig) -> dict[str, Any]:
             return [redact(r, n) for r, n in zip(raws, node, strict=False)]
         if isinstance(raw_node, str) and "oc.env" in raw_node:
             from_env.add(str(node))
-            return public_uri(raw_node)  # a password typed beside it stays hidden
+            return _typed_public(raw_node)  # a password typed beside it stays hidden
         return public_uri(node) if isinstance(node, str) else node
 
     def redact_copies(raw_node: Any, node: Any) -> Any:  # values that carry one found above
@@ -70,7 +77,7 @@ def redacted_container(cfg: DictConfig) -> dict[str, Any]:
             return REDACTED
         if any(s in node for s in from_env):
             typed = isinstance(raw_node, str) and "${" in raw_node
-            return public_uri(raw_node) if typed else REDACTED
+            return _typed_public(raw_node) if typed else REDACTED
         return node
 
     redacted = redact(raw, resolved)
@@ -102,6 +109,34 @@ def public_uri(uri: str) -> str:
     Both forms: `http://u:pw@host` and a query parameter (`...?user=u&password=pw`).
     """
     return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", uri))
+
+
+def _typed_public(text: str) -> str:
+    """`public_uri` of a value as typed: a literal password hidden, interpolations whole.
+
+    `http://${oc.env:U}:pw@host` -> `http://${oc.env:U}:***@host`. A password given as an
+    interpolation (`${oc.env:P}`) names a variable, not its value, and is kept: the text
+    must still resolve, and an interpolation cut in half does not parse.
+    """
+    held: list[str] = []
+
+    def hold(match: re.Match) -> str:  # each interpolation, as a stand-in without : / @
+        held.append(match.group(0))
+        return f"\0{len(held) - 1}\0"
+
+    masked = text
+    while (inner := _INTERPOLATION.sub(hold, masked)) != masked:  # nested: inside out
+        masked = inner
+
+    def hide(match: re.Match) -> str:
+        prefix, secret = match.group(1), match.group(2)
+        return match.group(0) if _HELD.fullmatch(secret) else f"{prefix}***{match.group(3)}"
+
+    masked = _URL_PASSWORD_PARTS.sub(hide, masked)
+    masked = _QUERY_PASSWORD_PARTS.sub(hide, masked)
+    while (restored := _STAND_IN.sub(lambda m: held[int(m.group(1))], masked)) != masked:
+        masked = restored
+    return masked
 
 
 class PasswordFilter(logging.Filter):
