@@ -177,6 +177,11 @@ def untrusted_targets(cfg: DictConfig, extra_allowed: tuple[str, ...] = ()) -> l
 
     def walk(node: Any, path: str) -> None:
         if isinstance(node, dict):
+            if "_target_" in node and "_args_" in node:  # what they bind to is not seen
+                problems.append(
+                    f"{path}._args_ is not trusted: positional arguments are not checked "
+                    "(weights_only=false may be among them); pass them by name"
+                )
             if "_target_" in node and node.get("weights_only", True) is not True:
                 problems.append(
                     f"{path}.weights_only={node['weights_only']!r} is not trusted: it lets the "

@@ -294,6 +294,10 @@ def test_targets_that_reach_code_the_check_cannot_see_are_refused(tmp_path):
         assert problem.startswith(f"model.weights_only={value!r} is not trusted: it lets the")
     safe = {"model": {**unpickles, "weights_only": True}}
     assert untrusted_targets(OmegaConf.create(safe)) == []
+    # By position, weights_only was not seen (load_state_dict's fourth argument).
+    positional = {"_target_": unpickles["_target_"], "_args_": ["x.pkl", True, "cpu", False]}
+    (problem,) = untrusted_targets(OmegaConf.create({"model": positional}))
+    assert problem.startswith("model._args_ is not trusted: positional arguments")
     hidden = {"model": {"_target_": "runner.${evil}"}, "evil": "training.state.os.makedirs"}
     (problem,) = untrusted_targets(OmegaConf.create(hidden))
     assert "model._target_='runner.${evil}' is not trusted: a target is named as written" in problem
