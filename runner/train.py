@@ -151,10 +151,10 @@ def start_context(cfg: DictConfig, job: SweepJob | None) -> RunContext:
     main = distributed.detect().is_main
     claim_run_dir(run_dir, main=main)  # a second run is refused
     if main:  # the other ranks leave the dir's files to rank 0
-        start_over_if_asked(cfg, run_dir)  # first: a requeued job continues only its own
         checkpoint_io.remove_stale_temp_files(run_dir / "checkpoints")
     seed_everything(cfg.seed)
     world, device = distributed.init(resolve_device(cfg.trainer.device))  # DDP or one process
+    start_over_if_asked(cfg, run_dir)  # before the data: a requeued job continues its own
     is_main = world.is_main
     return RunContext(
         cfg=cfg,

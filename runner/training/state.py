@@ -261,19 +261,25 @@ def set_aside_checkpoints(run_dir: Path) -> Path | None:
 
 
 def start_over_if_asked(cfg: DictConfig, run_dir: Path) -> None:
-    """For `trainer.resume=never`: sets the dir's checkpoints aside, before any work.
+    """For `trainer.resume=never`: rank 0 sets the dir's checkpoints aside, before the data.
 
-    A weights file among them (`model.pretrained_file=<this dir's best.pt>`: start over
-    from its own best weights) is read from where it has moved.
+    Called once every rank has checked its config (after `distributed.init`). A weights
+    file among them (`model.pretrained_file=<this dir's best.pt>`: start over from its
+    own best weights) is read, on every rank, from where it has moved.
     """
-    if cfg.trainer.resume != "never" or (aside := set_aside_checkpoints(run_dir)) is None:
+    if cfg.trainer.resume != "never":
         return
+    moved = None
+    aside = set_aside_checkpoints(run_dir) if distributed.current().is_main else None
     weights = OmegaConf.select(cfg, "model.pretrained_file", default=None)
     was = Path(str(weights)).expanduser().resolve() if weights else None
-    if was is not None and was.is_relative_to((run_dir / "checkpoints").resolve()):
-        moved = aside.resolve() / was.relative_to((run_dir / "checkpoints").resolve())
+    folder = (run_dir / "checkpoints").resolve()
+    if aside is not None and was is not None and was.is_relative_to(folder):
+        moved = str(aside.resolve() / was.relative_to(folder))
         log.info("model.pretrained_file is read from where it has moved: %s", moved)
-        cfg.model.pretrained_file = str(moved)
+    moved = distributed.from_main(moved)  # a collective call: rank 0 alone moved them
+    if moved is not None:
+        cfg.model.pretrained_file = moved
 
 
 def _fresh_start(seed: int, data_digest: str) -> TrainState:

@@ -275,6 +275,17 @@ def test_two_torchrun_ranks_validate_the_same_weights_and_log_the_same_numbers(t
     # Both ranks wrote run.log, every epoch twice; rank 1 writes a file of its own.
     assert (tmp_path / "run" / "run.log").read_text().count("epoch 2/2") == 1
     assert "epoch 2/2" in (tmp_path / "run" / "run-rank1.log").read_text()
+    # Starting over from its own best weights: rank 0 sets the checkpoints aside, and
+    # rank 1 looked for the weights where they were ('no such file').
+    own_best = tmp_path / "run" / "checkpoints" / "best.pt"
+    again = [*command, "trainer.resume=never", f"model.pretrained_file={own_best}"]
+    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        again, cwd=REPO, capture_output=True, text=True, timeout=300, env=one_thread
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    (aside,) = (tmp_path / "run").glob("checkpoints.replaced-*")
+    assert (aside / "best.pt").is_file() and own_best.is_file()
 
 
 @pytest.fixture
