@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from runner.data.decoding import BadImageError, decode_record, record_name, refused_bad_file
+from runner.data.decoding import (
+    BadImageError,
+    DataError,
+    decode_record,
+    record_name,
+    refused_bad_file,
+)
 from runner.data.loaders import EpochBatches
 
 log = logging.getLogger(__name__)
@@ -211,6 +217,11 @@ class StreamingLoader(EpochBatches):
         yield from _prefetch(self._batches(), self.device)
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # Under DDP every rank must take every step (each backward and agreement is a
+        # collective call): a training batch is never left out by one rank alone.
+        lockstep = self.sampler is not None and getattr(self.sampler, "world_size", 1) > 1
+        spare = None  # this rank's last full batch, for one that bad files emptied
+        owed = 0  # emptied batches before the first full one: it is given again for them
         for images, labels, bad in self._loader:
             if bad and self.split.on_bad_file == "error":  # here, not in a worker: one line
                 raise refused_bad_file(bad[0][1])
@@ -222,7 +233,22 @@ class StreamingLoader(EpochBatches):
             # A training batch that bad files left with one sample is left out, like a last
             # batch of one (BatchNorm needs two); an empty one has nothing to give.
             if labels.numel() > (1 if self.sampler is not None else 0):
-                yield images, labels
+                spare = (images, labels)
+                for _ in range(1 + owed):
+                    yield images, labels
+                owed = 0
+            elif lockstep and labels.numel() == 1:  # its one sample, twice
+                yield images.repeat(2, 1, 1, 1), labels.repeat(2)
+            elif lockstep and spare is not None:
+                yield spare
+            elif lockstep:
+                owed += 1
+        if owed:
+            raise DataError(
+                f"every training file of this process's share failed to decode (e.g. "
+                f"{self.bad_files[-1][1] if self.bad_files else '?'}), and under DDP each "
+                "process must take every step: fix or remove the bad files"
+            )
 
 
 def _prefetch(

@@ -288,6 +288,48 @@ def test_two_torchrun_ranks_validate_the_same_weights_and_log_the_same_numbers(t
     assert (aside / "best.pt").is_file() and own_best.is_file()
 
 
+@pytest.mark.slow
+def test_two_ranks_streaming_a_folder_with_bad_files_take_the_same_steps(tmp_path):
+    """A rank whose batch bad files left with one sample or none dropped it alone: the
+    ranks' collective calls parted, and the run hung until the process group's timeout."""
+    from tests.datagen import make_imagefolder, write_noise_jpeg
+
+    # As many bad files as good: some batches of a rank keep one sample or none.
+    root = make_imagefolder(tmp_path / "pics", classes=("a", "b"), per_class=10, size=16)
+    for name in ("a", "b"):  # valid headers, cut short: found only when decoded
+        for i in range(8):
+            whole = write_noise_jpeg(tmp_path / "whole.jpg", seed=i, size=64).read_bytes()
+            (root / "train" / name / f"cut{i}.jpg").write_bytes(whole[: len(whole) // 2])
+    command = [
+        str(Path(sys.executable).with_name("torchrun")),
+        "--nproc_per_node=2",
+        str(REPO / "run.py"),
+        *[a for a in for_logger(TINY, ["logger=none"]) if not a.startswith(("data", "trainer"))],
+        "logger=none",
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.image_size=16",
+        "data.resident=false",
+        "data.num_workers=0",
+        "data.cache_dir=null",
+        "data.val_fraction=0.2",
+        "data.test_fraction=0.2",
+        "trainer.max_epochs=2",
+        "trainer.batch_size=4",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    done = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,  # the ranks hung until the 10-minute process-group timeout
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "cut" in (tmp_path / "run" / "bad_files.txt").read_text()
+
+
 @pytest.fixture
 def rank1_of_2(monkeypatch):
     """This process as rank 1 of 2 torchrun processes (no process group is joined)."""
