@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -16,17 +17,18 @@ SECRET_KEY = re.compile(
 )
 REDACTED = "***"
 MIN_SECRET_LENGTH = 4
-# `scheme://user:password@`: the password, up to the last "@" before the host.
-_URL_PASSWORD = re.compile(r"(?<=://)([^:/@]*):[^/]*@")
-# A password as a query parameter (`postgresql://db/x?user=u&password=pw`).
-_QUERY_PASSWORD = re.compile(r"([?&](?:password|passwd|pwd)=)[^&#\s]*", re.IGNORECASE)
-# For `_typed_public`: an interpolation with none inside it, its stand-in, a run of
-# stand-ins, and the two password forms in three groups (before, secret, after).
+# Where a password sits in a URI, in three groups (before, the password, after):
+# `scheme://user:password@` (up to the last "@" before the host), and a query parameter
+# (`postgresql://db/x?user=u&password=pw`).
+_PASSWORDS = (
+    re.compile(r"(?<=://)([^:/@]*:)([^/]*)(@)"),
+    re.compile(r"([?&](?:password|passwd|pwd)=)([^&#\s]*)()", re.IGNORECASE),
+)
+# For `_typed_public`: an interpolation with none inside it, its stand-in, and a run of
+# stand-ins.
 _INTERPOLATION = re.compile(r"\$\{[^{}]*\}")
 _STAND_IN = re.compile("\0(\\d+)\0")
 _HELD = re.compile("(?:\0\\d+\0)+")
-_URL_PASSWORD_PARTS = re.compile(r"(?<=://)([^:/@]*:)([^/]*)(@)")
-_QUERY_PASSWORD_PARTS = re.compile(r"([?&](?:password|passwd|pwd)=)([^&#\s]*)()", re.IGNORECASE)
 
 
 def redacted_container(cfg: DictConfig) -> dict[str, Any]:
@@ -108,7 +110,19 @@ def public_uri(uri: str) -> str:
 
     Both forms: `http://u:pw@host` and a query parameter (`...?user=u&password=pw`).
     """
-    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", uri))
+    return _hidden_passwords(uri)
+
+
+def _hidden_passwords(text: str, keep: Callable[[str], bool] = lambda password: False) -> str:
+    """`text` with each password in it as '***', except those `keep` says to keep."""
+
+    def hide(match: re.Match) -> str:
+        before, password, after = match.groups()
+        return match.group(0) if keep(password) else f"{before}***{after}"
+
+    for pattern in _PASSWORDS:
+        text = pattern.sub(hide, text)
+    return text
 
 
 def _typed_public(text: str) -> str:
@@ -128,12 +142,8 @@ def _typed_public(text: str) -> str:
     while (inner := _INTERPOLATION.sub(hold, masked)) != masked:  # nested: inside out
         masked = inner
 
-    def hide(match: re.Match) -> str:
-        prefix, secret = match.group(1), match.group(2)
-        return match.group(0) if _HELD.fullmatch(secret) else f"{prefix}***{match.group(3)}"
-
-    masked = _URL_PASSWORD_PARTS.sub(hide, masked)
-    masked = _QUERY_PASSWORD_PARTS.sub(hide, masked)
+    # A password given as a variable (its stand-ins only) names it, and is kept.
+    masked = _hidden_passwords(masked, keep=lambda password: bool(_HELD.fullmatch(password)))
     while (restored := _STAND_IN.sub(lambda m: held[int(m.group(1))], masked)) != masked:
         masked = restored
     return masked
