@@ -70,15 +70,6 @@ def same_classes_as(
     return matched
 
 
-def _valid_utf8(name: str) -> bool:
-    """Whether a name read from disk was valid UTF-8 (else it holds surrogate escapes)."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def class_folders(folder: Path) -> list[str]:
     """The class folder names directly under `folder`, sorted, hidden ones left out."""
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and _visible(e.name))
@@ -145,9 +136,9 @@ def scan_layout(
     class_names = list(layout["train"])
     if not class_names:
         raise DataError(f"{root / 'train'} has no class folders (expected train/<class>/<image>)")
-    unreadable = [name for name in class_names if not _valid_utf8(name)]
-    if unreadable:
-        shown = [printable(name) for name in unreadable]
+    # A name that was not valid UTF-8 on disk changes when made printable.
+    shown = [printable(name) for name in class_names if printable(name) != name]
+    if shown:
         raise DataError(
             f"class folder name(s) under {printable(str(root / 'train'))} that are not valid "
             f"UTF-8: {shown}. A class name goes into checkpoints, reports and MLflow as text: "
