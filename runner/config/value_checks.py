@@ -146,15 +146,25 @@ def folder_problem(folder: str) -> str | None:
         return f"cannot write in {existing} ({err.strerror or err})"
 
 
+def local_folder(location: str) -> str | None:
+    """The folder an artifact location names: a path, or a `file:` URI's path.
+
+    None for another URI (`s3://bucket/x`, `mlflow-artifacts:/x`, `dbfs:/x`): its store
+    answers for it. A one-letter scheme is a Windows drive (`C:`), a path.
+    """
+    parsed = urlparse(location)
+    if parsed.scheme == "file":
+        return url2pathname(parsed.path)
+    return None if len(parsed.scheme) > 1 else location
+
+
 def _artifact_location(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
         return "a folder path or URI, or null"
-    scheme = urlparse(value).scheme
-    if len(scheme) > 1 and scheme != "file":
-        return None  # a remote store (s3://, mlflow-artifacts:/, ...) answers for itself
-    problem = folder_problem(url2pathname(urlparse(value).path) if scheme == "file" else value)
+    folder = local_folder(value)
+    problem = None if folder is None else folder_problem(folder)
     return None if problem is None else f"a folder that can be written ({problem})"
 
 

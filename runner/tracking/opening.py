@@ -24,12 +24,11 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 from runner.config.errors import ConfigError
 from runner.config.redaction import public_uri
 from runner.config.resolvers import REPO_ROOT
+from runner.config.value_checks import local_folder
 from runner.tracking.store import reap_stale_runs, report_reaped, store_lock, with_retry
 
 log = logging.getLogger(__name__)
@@ -65,14 +64,10 @@ def experiment_location(artifact_location: str, name: str) -> str:
     another URI (`s3://bucket/mlflow`, `mlflow-artifacts:/x`) gets the name added as it
     is (its store answers for it).
     """
-    scheme = urlparse(artifact_location).scheme
-    if scheme == "file":
-        folder = Path(url2pathname(urlparse(artifact_location).path))
-    elif len(scheme) > 1:  # s3://, mlflow-artifacts:/, dbfs:/ (not a Windows drive, C:)
+    folder = local_folder(artifact_location)
+    if folder is None:
         return f"{artifact_location.rstrip('/')}/{_folder_name(name)}"
-    else:
-        folder = Path(artifact_location).expanduser()
-    return experiment_folder(folder, name).as_uri()
+    return experiment_folder(Path(folder).expanduser(), name).as_uri()
 
 
 def open_experiment(client: Any, name: str, artifact_location: str | None) -> str:
