@@ -185,13 +185,10 @@ def resolved_part(stored: DictConfig, key: str, path: Path, fix: str = "") -> An
 def rebuild_model(stored: DictConfig, best: BestCheckpoint, device: torch.device) -> nn.Module:
     """The trained model: its config from the checkpoint, its weights from best.pt.
 
-    Pretrained weights are not loaded again (neither downloaded nor read from
-    `model.pretrained_file`, which may not exist here): best.pt has the trained ones.
+    `stored`'s pretrained weights are off (`load_checkpoint`): they are neither
+    downloaded nor read from `model.pretrained_file`, which may not exist here.
     """
     settings = OmegaConf.to_container(stored.model, resolve=True)
-    for key, off in PRETRAINED_OFF:
-        if key in settings:
-            settings[key] = off
     model = instantiate(settings)(num_classes=len(best.class_names))
     try:
         model.load_state_dict(best.model)
