@@ -90,10 +90,9 @@ def retire_unfinished_jobs(study: Any, sweep_dir: Path) -> list[int]:
         status = entry.get("status")
         if status not in ("FAILED", "SKIPPED", "RUNNING", "INTERRUPTED"):
             continue
-        run_dir = entry.get("run_dir")
-        if run_dir and is_locked(Path(run_dir) / JOB_LOCK_FILE):
+        if _job_running(entry):
             continue
-        trial = parse_overrides(entry.get("overrides", [])).get("optuna.trial", "")
+        trial = _trial_of(entry)
         if trial.isdigit() and states.get(int(trial)) == TrialState.RUNNING:
             tell_trial(study, int(trial), state=TrialState.FAIL)
             ended.append(int(trial))
@@ -125,16 +124,22 @@ def retire_abandoned_trials(study: Any, sweep_dir: Path) -> list[int]:
         if is_locked(Path(other) / SWEEP_LOCK_FILE):
             continue
         jobs = read_manifest(Path(other)).values()
-        run_dirs = [
-            entry.get("run_dir")
-            for entry in jobs
-            if parse_overrides(entry.get("overrides", [])).get("optuna.trial") == str(trial.number)
-        ]
-        if any(d and is_locked(Path(d) / JOB_LOCK_FILE) for d in run_dirs):
+        if any(_trial_of(e) == str(trial.number) and _job_running(e) for e in jobs):
             continue
         tell_trial(study, trial.number, state=TrialState.FAIL)
         ended.append(trial.number)
     return ended
+
+
+def _trial_of(entry: Mapping[str, Any]) -> str:
+    """The trial number a manifest entry's job ran ("" when none)."""
+    return parse_overrides(entry.get("overrides", [])).get("optuna.trial", "")
+
+
+def _job_running(entry: Mapping[str, Any]) -> bool:
+    """Whether a manifest entry's job still runs (its process holds its run dir's lock)."""
+    run_dir = entry.get("run_dir")
+    return bool(run_dir) and is_locked(Path(run_dir) / JOB_LOCK_FILE)
 
 
 def trial_result(value: Any, recorded: Mapping[str, Any] | None) -> dict[str, Any]:
