@@ -72,6 +72,19 @@ def write_bad_files(folder: Path) -> dict[str, Path]:
     return {"zero": zero, "truncated": truncated, "text": text}
 
 
+def streamed_folder(root: Path) -> list[str]:
+    """The overrides of a run on the image folder `root`, decoded batch by batch as it
+    trains (no decode cache, no worker processes), at 16 px."""
+    return [
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.image_size=16",
+        "data.resident=false",
+        "data.num_workers=0",
+        "data.cache_dir=null",
+    ]
+
+
 def make_imagefolder(
     root: Path,
     classes: tuple[str, ...] = ("cat", "dog", "fox"),

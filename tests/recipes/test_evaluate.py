@@ -599,19 +599,12 @@ def test_a_predict_sweep_whose_jobs_share_one_output_file_is_refused_at_start(tr
 def test_a_streamed_test_file_that_does_not_decode_costs_only_its_own_cells(tmp_path):
     """One truncated file of a streamed test split dropped misclassified.png and
     gradcam.png from training and eval, and eval wrote no bad-file list to point to."""
-    from tests.datagen import make_imagefolder
+    from tests.datagen import make_imagefolder, streamed_folder
 
     root = make_imagefolder(tmp_path / "pics", per_class=8, splits=("train", "test"), size=24)
     bad = sorted((root / "test" / "dog").iterdir())[0]
     bad.write_bytes(bad.read_bytes()[:300])  # a valid header: found only when decoded
-    folder = [
-        "data=imagefolder",
-        f"data.root={root}",
-        "data.image_size=16",
-        "data.resident=false",
-        "data.num_workers=0",
-        "data.cache_dir=null",
-    ]
+    folder = streamed_folder(root)
     small = ["trainer.max_epochs=1", "trainer.batch_size=8", "model=timm", "model.name=test_resnet"]
     shared = [*folder, *small, "analysis.enabled=true", "logger=none"]
     run(compose_run(tmp_path, "train", *shared, tiny=False))

@@ -240,32 +240,36 @@ def test_after_training_a_signal_stops_at_once_and_an_earlier_one_at_the_switch(
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 
 
+def two_ranks(*arguments: str, logs: Path | None = None, timeout: float = 300) -> None:
+    """Runs `torchrun --nproc_per_node=2 run.py ARGUMENTS`, one thread a rank, to its end
+    (exit status 0); `logs`: each rank's output in a folder of its own there."""
+    options = ["--redirects=3", f"--log-dir={logs}"] if logs is not None else []
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    command = [torchrun, "--nproc_per_node=2", *options, str(REPO / "run.py"), *arguments]
+    done = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+
+
 @pytest.mark.slow
 def test_two_torchrun_ranks_validate_the_same_weights_and_log_the_same_numbers(tmp_path):
     """Each rank's last training batch once left it its own BatchNorm statistics: the ranks
     validated different models (2.3127 against 2.3129 here), so their best-epoch and
     early-stopping decisions could part, and one rank waited forever for the other."""
-    command = [
-        str(Path(sys.executable).with_name("torchrun")),
-        "--nproc_per_node=2",
-        "--redirects=3",
-        f"--log-dir={tmp_path / 'logs'}",
-        str(REPO / "run.py"),
+    arguments = [
         *for_logger(TINY, ["logger=none"]),
         "logger=none",
         "trainer.max_epochs=2",
         "trainer.batch_size=16",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
-    done = subprocess.run(
-        command,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    two_ranks(*arguments, logs=tmp_path / "logs")
     logs = {
         int(path.parent.name): re.findall(r"val loss \d+\.\d+ acc \d+\.\d+", path.read_text())
         for path in (tmp_path / "logs").rglob("stdout.log")
@@ -278,12 +282,8 @@ def test_two_torchrun_ranks_validate_the_same_weights_and_log_the_same_numbers(t
     # Starting over from its own best weights: rank 0 sets the checkpoints aside, and
     # rank 1 looked for the weights where they were ('no such file').
     own_best = tmp_path / "run" / "checkpoints" / "best.pt"
-    again = [*command, "trainer.resume=never", f"model.pretrained_file={own_best}"]
-    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        again, cwd=REPO, capture_output=True, text=True, timeout=300, env=one_thread
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    again = [*arguments, "trainer.resume=never", f"model.pretrained_file={own_best}"]
+    two_ranks(*again, logs=tmp_path / "logs")
     (aside,) = (tmp_path / "run").glob("checkpoints.replaced-*")
     assert (aside / "best.pt").is_file() and own_best.is_file()
 
@@ -292,7 +292,7 @@ def test_two_torchrun_ranks_validate_the_same_weights_and_log_the_same_numbers(t
 def test_two_ranks_streaming_a_folder_with_bad_files_take_the_same_steps(tmp_path):
     """A rank whose batch bad files left with one sample or none dropped it alone: the
     ranks' collective calls parted, and the run hung until the process group's timeout."""
-    from tests.datagen import make_imagefolder, write_noise_jpeg
+    from tests.datagen import make_imagefolder, streamed_folder, write_noise_jpeg
 
     # As many bad files as good: some batches of a rank keep one sample or none.
     root = make_imagefolder(tmp_path / "pics", classes=("a", "b"), per_class=10, size=16)
@@ -300,33 +300,17 @@ def test_two_ranks_streaming_a_folder_with_bad_files_take_the_same_steps(tmp_pat
         for i in range(8):
             whole = write_noise_jpeg(tmp_path / "whole.jpg", seed=i, size=64).read_bytes()
             (root / "train" / name / f"cut{i}.jpg").write_bytes(whole[: len(whole) // 2])
-    command = [
-        str(Path(sys.executable).with_name("torchrun")),
-        "--nproc_per_node=2",
-        str(REPO / "run.py"),
+    two_ranks(
         *[a for a in for_logger(TINY, ["logger=none"]) if not a.startswith(("data", "trainer"))],
         "logger=none",
-        "data=imagefolder",
-        f"data.root={root}",
-        "data.image_size=16",
-        "data.resident=false",
-        "data.num_workers=0",
-        "data.cache_dir=null",
+        *streamed_folder(root),
         "data.val_fraction=0.2",
         "data.test_fraction=0.2",
         "trainer.max_epochs=2",
         "trainer.batch_size=4",
         f"hydra.run.dir={tmp_path / 'run'}",
-    ]
-    done = subprocess.run(
-        command,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=240,  # the ranks hung until the 10-minute process-group timeout
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "cut" in (tmp_path / "run" / "bad_files.txt").read_text()
 
 
