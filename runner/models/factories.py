@@ -306,16 +306,11 @@ def keep_trained_head(
     Returns:
         Whether the head was loaded.
     """
-    if not pretrained_file or Path(pretrained_file).suffix == ".safetensors":
+    if not pretrained_file:
         return False
     path = Path(pretrained_file).expanduser()
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a best.pt: the factory loaded (or refused) it already
-        return False
-    if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
-        return False
-    if list(payload.get("class_names") or []) != list(class_names):
+    payload = _runner_checkpoint(path)
+    if payload is None or list(payload.get("class_names") or []) != list(class_names):
         return False
     heads = _head_prefixes(model)
     own = {k: v for k, v in model.state_dict().items() if heads and k.startswith(heads)}
@@ -575,16 +570,28 @@ def stored_normalization(path: Path) -> tuple[tuple, tuple] | None:
     Its weights expect the earlier run's normalisation, not the ImageNet statistics of
     the architecture's pretrained weights.
     """
+    payload = _runner_checkpoint(path)
+    stats = payload.get("normalization") if payload is not None else None
+    if not isinstance(stats, dict):
+        return None
+    return tuple(stats["mean"]), tuple(stats["std"])
+
+
+def _runner_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A runner best.pt's content (its tensors mapped, not read); None for other files.
+
+    Other files (.safetensors, a bare state dict, a legacy non-zip file that cannot be
+    mapped) were loaded, or refused, by the factory already.
+    """
     if path.suffix == ".safetensors":
         return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # a legacy (non-zip) file cannot be mapped: the loading said enough
+    except Exception:
         return None
-    stats = payload.get("normalization") if isinstance(payload, dict) else None
-    if not (isinstance(stats, dict) and "model" in payload):
+    if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
         return None
-    return tuple(stats["mean"]), tuple(stats["std"])
+    return payload
 
 
 def _head_prefixes(model: nn.Module) -> tuple[str, ...]:
