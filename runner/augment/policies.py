@@ -14,7 +14,26 @@ from kornia.augmentation.auto import RandAugment as KorniaRandAugment
 
 
 class RandAugment(KorniaRandAugment):
-    """Kornia's `RandAugment` (same arguments and ops) with its op indices drawn on the host."""
+    """Kornia's `RandAugment` (same arguments and ops) with its op indices drawn on the host.
+
+    Args:
+        n: Ops per batch, an integer (Kornia checks only its range: n=1.5 failed at the
+            first augmented batch, slicing the op indices).
+        m: Magnitude, 0..30.
+        policy: Kornia's policy (None = its default).
+        transformation_matrix_mode: As Kornia's.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        m: int,
+        policy: list | None = None,
+        transformation_matrix_mode: str = "silent",
+    ) -> None:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise ValueError(f"n={n!r}: expected a whole number of ops per batch (1..15)")
+        super().__init__(n, m, policy, transformation_matrix_mode)
 
     def rand_selector(self, n: int) -> torch.Tensor:
         """`n` distinct op indices, drawn on the host (on the CPU: Kornia's draws exactly)."""

@@ -35,6 +35,13 @@ BOUND_ARGUMENTS = {
     "sampler": {"labels": "the train split", "seed": "the run's seed="},
 }
 
+# Arguments a group's target takes from the processes themselves: set in a config, a
+# single process silently trained on half the split (`+sampler.world_size=2`), and a rank
+# outside the world failed after the data was built.
+PROCESS_ARGUMENTS = {
+    "sampler": {"rank": "the process's rank", "world_size": "the number of processes"},
+}
+
 # Seconds this process spent importing targets' modules for the check. The first check
 # imports the training stack (torch, timm, ...) while Hydra composes; the start-up clock
 # counts these seconds as imports, which they are, not as composition.
@@ -71,6 +78,13 @@ def unexpected_group_keys(cfg: DictConfig) -> list[str]:
                 problems.append(
                     f"{group}.{key} is passed by the runner (from {source}) and would be "
                     f"ignored: remove it with ~{group}.{key}"
+                )
+        for key, source in PROCESS_ARGUMENTS.get(group, {}).items():
+            if key in node:
+                problems.append(
+                    f"{group}.{key} is {source}, which the sampler reads from torchrun or "
+                    f"SLURM: remove it with ~{group}.{key} (launch several processes with "
+                    "torchrun --nproc_per_node=N)"
                 )
         target = str(OmegaConf.select(node, "_target_"))
         started = time.perf_counter()

@@ -207,6 +207,10 @@ def _train_batch_size(value: Any) -> str | None:
     return "an integer >= 2 (BatchNorm needs two samples per training batch)"
 
 
+def _optional_train_batch_size(value: Any) -> str | None:
+    return None if value is None else _train_batch_size(value)
+
+
 def _resume(value: Any) -> str | None:
     if value in ("auto", "never") or (isinstance(value, str) and Path(value).is_file()):
         return None
@@ -435,7 +439,9 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "data.test_fraction": _fraction,
     "data.split_seed": _split_seed,
     "data.num_samples": _positive_int,
-    "sampler.num_samples": _optional_positive_int,  # 0 was read as the split's size
+    # 0 was read as the split's size; 1 gave an epoch of one batch of one sample, which
+    # BatchNorm refused at the first step.
+    "sampler.num_samples": _optional_train_batch_size,
     "data.channels": _positive_int,
     "data.num_classes": _optional_positive_int,
     "data.root": _non_empty_string,

@@ -71,15 +71,19 @@ def check_training_data(cfg: DictConfig, data: DataSplits, batches_per_epoch: in
     if steps < FEW_STEPS and not asked:
         # Under DDP each process takes 1/world_size of the split (padded to equal shares),
         # so a batch size advised from the whole split would still give too few steps.
+        # An epoch is the sampler's draws when it sets their number (sampler.num_samples).
+        drawn = cfg.get("sampler", {}).get("num_samples")
+        epoch = drawn or len(data.train)
         world_size = distributed.current().world_size
-        per_rank = math.ceil(len(data.train) / world_size)
+        per_rank = math.ceil(epoch / world_size)
         share = f" ({per_rank} per process, {world_size} processes)" if world_size > 1 else ""
         log.warning(
-            "only %d optimizer step(s) per epoch: %d train images%s, trainer.batch_size=%d, "
+            "only %d optimizer step(s) per epoch: %d train images%s%s, trainer.batch_size=%d, "
             "trainer.drop_last=%s, trainer.accumulate_grad_batches=%d. Lower "
             "trainer.batch_size (e.g. %d) for more steps per epoch",
             steps,
-            len(data.train),
+            epoch,
+            " drawn (sampler.num_samples)" if drawn else "",
             share,
             cfg.trainer.batch_size,
             cfg.trainer.drop_last,

@@ -256,6 +256,8 @@ def test_a_model_name_or_weights_file_that_does_not_exist_is_refused_before_the_
         (["aug.transforms.0.degrees=-5"], "aug.transforms.0 (RandomAffine) cannot be built"),
         (["aug.transforms.0.p=1.5"], "aug.transforms.0 (RandomAffine): p=1.5 is a probability"),
         (["aug=randaugment", "aug.transforms.1.m=100"], "aug.transforms.1 (RandAugment)"),
+        # Kornia checks only its range: a TypeError slicing the op indices at the preview.
+        (["aug=randaugment", "aug.transforms.1.n=1.5"], "n=1.5: expected a whole number"),
     ],
 )
 def test_a_bad_transform_parameter_is_named_before_the_data(
@@ -264,6 +266,24 @@ def test_a_bad_transform_parameter_is_named_before_the_data(
     """Kornia refused them when the augmentation was built, after the data, through
     Hydra's wrapper; p=1.5 trained."""
     refused(make_cfg(*overrides), expected)
+    nothing_spent(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # One process trained on half the split, without a word.
+        (["+sampler.world_size=2"], "sampler.world_size is the number of processes"),
+        # A ValueError traceback after the data was built.
+        (["+sampler.rank=3"], "sampler.rank is the process's rank"),
+        # One batch of one sample: BatchNorm's ValueError at the first step.
+        (["sampler=balanced", "+sampler.num_samples=1"], "sampler.num_samples=1 is invalid"),
+    ],
+)
+def test_sampler_keys_that_come_from_the_processes_or_starve_batchnorm_are_refused(
+    make_cfg, tmp_path, overrides, expected
+):
+    refused(make_cfg(*overrides), expected, "Error: ")
     nothing_spent(tmp_path)
 
 
