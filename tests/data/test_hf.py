@@ -376,3 +376,33 @@ def test_a_table_with_no_rows_is_named(tmp_path):
         load_hf(
             str(table), image_key="image", label_key="label", split_test=None, **common(tmp_path)
         )
+
+
+def test_a_table_file_ids_its_rows_by_their_image_paths(tmp_path):
+    """A table given as data.name had row-number ids: the same rows in another order gave
+    `table.csv:train:0` another image, so an exclude or relabel file hit other samples."""
+    from PIL import Image
+
+    folder = tmp_path / "set"
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for label, colour in (("x", (200, 30, 30)), ("y", (30, 30, 200))):
+        for i in range(6):
+            Image.new("RGB", (8, 8), colour).save(folder / "images" / f"{label}{i}.png")
+            rows.append(f"images/{label}{i}.png,{label}")
+    ids_by_order = []
+    for order in (rows, rows[::-1]):
+        (folder / "table.csv").write_text("\n".join(["image,label", *order]) + "\n")
+        data = load_hf(
+            str(folder / "table.csv"),
+            image_key="image",
+            label_key="label",
+            split_test=None,
+            test_fraction=0.25,
+            **common(tmp_path / str(len(ids_by_order))),
+        )
+        ids = [i for split in (data.train, data.val, data.test) for i in split.ids]
+        labels = [int(v) for split in (data.train, data.val, data.test) for v in split.labels]
+        ids_by_order.append(dict(zip(ids, labels, strict=True)))
+    assert sorted(ids_by_order[0]) == sorted(f"images/{r.split(',')[0][7:]}" for r in rows)
+    assert ids_by_order[0] == ids_by_order[1]

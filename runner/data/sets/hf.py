@@ -273,7 +273,9 @@ def load_hf(
     local = Path(name).expanduser()
     # `.` is its folder's name; a link keeps its own name (ids and caches are keyed by it).
     label = Path(os.path.abspath(local)).name if local.exists() else name
-    folder = local if local.is_dir() else None
+    # A table file's relative paths are read from its folder (`_Column`), as its ids are:
+    # row numbers changed with the rows' order, and an exclude file then hit other images.
+    folder = local if local.is_dir() else local.parent if local.is_file() else None
     for split, dataset in loaded.items():
         if isinstance(dataset.features[image_key], datasets.Image):
             dataset = dataset.cast_column(image_key, datasets.Image(decode=False))
@@ -284,8 +286,7 @@ def load_hf(
                 f"{name} split {specs[split]!r} has labels that {split_train!r} lacks: "
                 f"{', '.join(unknown[:20])} ({len(unknown)} in all)."
             )
-        table_folder = local if local.is_dir() else local.parent if local.is_file() else None
-        records[split] = _Column(dataset, image_key, f"{label}:{specs[split]}", table_folder)
+        records[split] = _Column(dataset, image_key, f"{label}:{specs[split]}", folder)
         labels[split] = [to_index[v] for v in values]
         ids[split] = record_ids(dataset, image_key, folder, f"{label}:{specs[split]}")
     absent = sorted(set(range(len(class_names))) - set(labels["train"]))
@@ -329,7 +330,8 @@ def record_ids(dataset, image_key: str, folder: Path | None, label: str) -> list
     Args:
         dataset: The split (images undecoded).
         image_key: The image column.
-        folder: The data set's local folder; None = no file paths (a Hub name, a file).
+        folder: The data set's local folder, or a table file's; None = no file paths (a
+            Hub name).
         label: `<data set>:<split>`, the prefix of index ids.
 
     Returns:
