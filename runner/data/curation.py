@@ -14,9 +14,10 @@ flag cleared in a spreadsheet); another value is an error naming the line. Colum
 and labels may have surrounding spaces.
 
 They apply after the real-world switches (so they act on the labels an audit saw) and
-before k-fold. Only train samples change; an id of the val or test split, or of no
-sample, is counted and reported, and a file none of whose ids is a train sample is an
-error that names the file. The counts go to the run's params (`data.num_excluded`,
+before k-fold. Only train samples change: an id of the val or test split (or, for
+relabel, of a sample data.exclude dropped) is counted and reported. An id of no sample at
+all (a typo, another data set's) is an error naming the file, and so is a file none of
+whose ids is a train sample. The counts go to the run's params (`data.num_excluded`,
 `data.num_relabeled`, `data.num_label_changes`, `data.exclude_unmatched`,
 `data.relabel_unmatched`).
 """
@@ -132,27 +133,71 @@ def _train_positions(data: DataSplits, ids: list[str]) -> tuple[np.ndarray, list
     return np.array(positions, dtype=np.int64), matched, unmatched
 
 
-def _nothing_matched(key: str, path: str, data: DataSplits, ids: list[str]) -> DataError:
-    other = {str(i) for split in (data.val, data.test) for i in split.ids}
-    in_other = sum(i in other for i in ids)
-    where = f" ({in_other} are val/test samples, which are never changed)" if in_other else ""
-    return DataError(
-        f"{key}={path!r}: none of its {len(ids)} sample ids is a train sample of "
-        f"{data.name}{where}; e.g. {ids[0]!r}, while train ids look like "
-        f"{data.train.ids[0]!r}. Use a file written for this data set (the same data "
-        "config and data.split_seed), e.g. <sweep dir>/audit/label_issues.csv."
-    )
+def _check_unmatched(
+    key: str,
+    path: str,
+    data: DataSplits,
+    ids: list[str],
+    unmatched: list[str],
+    dropped: frozenset[str] = frozenset(),
+) -> None:
+    """Reports the file's ids that are no train sample; refuses what cannot be meant.
 
+    Args:
+        key: data.exclude or data.relabel.
+        path: The file.
+        data: The splits the file acts on.
+        ids: The file's ids (those it acts on).
+        unmatched: Those of `ids` that are no train sample.
+        dropped: Ids data.exclude dropped from train in this run.
 
-def _report_unmatched(key: str, path: str, unmatched: list[str]) -> None:
-    if unmatched:
-        log.warning(
-            "%s=%s: %d sample id(s) are not train samples and were ignored (e.g. %s)",
-            key,
-            path,
-            len(unmatched),
-            unmatched[0],
+    Raises:
+        DataError: No id is a train sample, or some id is no sample at all.
+    """
+    if not unmatched:
+        return
+    others = {str(i) for split in (data.val, data.test) for i in split.ids}
+
+    def known_in(known: set[str] | frozenset[str], sample_id: str) -> bool:
+        return sample_id in known or sample_id.strip() in known
+
+    in_other = [i for i in unmatched if known_in(others, i)]
+    in_dropped = [i for i in unmatched if known_in(dropped, i) and not known_in(others, i)]
+    if len(unmatched) == len(ids):
+        where = []
+        if in_other:
+            where.append(f"{len(in_other)} are val/test samples, which are never changed")
+        if in_dropped:
+            where.append(f"{len(in_dropped)} were dropped by data.exclude")
+        said = f" ({'; '.join(where)})" if where else ""
+        fix = (
+            "Leave those samples out of one of the two files"
+            if len(in_dropped) == len(ids)
+            else "Use a file written for this data set (the same data config and "
+            "data.split_seed), e.g. <sweep dir>/audit/label_issues.csv"
         )
+        raise DataError(
+            f"{key}={path!r}: none of its {len(ids)} sample ids is a train sample of "
+            f"{data.name}{said}; e.g. {ids[0]!r}, while train ids look like "
+            f"{data.train.ids[0]!r}. {fix}."
+        )
+    strays = [i for i in unmatched if not known_in(others, i) and not known_in(dropped, i)]
+    if strays:
+        raise DataError(
+            f"{key}={path!r}: {len(strays)} of its sample ids name no sample of {data.name} "
+            f"(e.g. {strays[0]!r}, while train ids look like {data.train.ids[0]!r}): fix or "
+            "remove those rows, or use a file written for this data set (the same data "
+            "config and data.split_seed)."
+        )
+    log.warning(
+        "%s=%s: %d sample id(s) are not train samples and were ignored: %d of val/test%s (e.g. %s)",
+        key,
+        path,
+        len(unmatched),
+        len(in_other),
+        f", {len(in_dropped)} dropped by data.exclude" if in_dropped else "",
+        unmatched[0],
+    )
 
 
 def exclude_samples(data: DataSplits, path: str) -> DataSplits:
@@ -173,10 +218,8 @@ def exclude_samples(data: DataSplits, path: str) -> DataSplits:
             + ": leave data.exclude out, or give a file with the samples to drop."
         )
     positions, _, unmatched = _train_positions(data, ids)
-    if not len(positions):
-        raise _nothing_matched("data.exclude", path, data, ids)
+    _check_unmatched("data.exclude", path, data, ids, unmatched)
     positions = np.unique(positions)  # an id written with and without spaces is one sample
-    _report_unmatched("data.exclude", path, unmatched)
     keep = np.ones(len(data.train), dtype=bool)
     keep[positions] = False
     if not keep.any():
@@ -215,12 +258,20 @@ def _class_index(value: str, class_names: list[str], by_index: bool) -> int | No
     return None
 
 
-def relabel_samples(data: DataSplits, path: str) -> DataSplits:
+def relabel_samples(
+    data: DataSplits, path: str, dropped: frozenset[str] = frozenset()
+) -> DataSplits:
     """Gives the listed train samples the labels the file names (see the module doc).
+
+    Args:
+        data: The splits.
+        path: The relabel file.
+        dropped: Ids data.exclude dropped from train in this run (named as such).
 
     Raises:
         DataError: The file is missing or lacks `sample_id` or `label`, a label names no
-            class, one id gets two labels, or none of its ids is a train sample.
+            class, one id gets two labels, an id is no sample, or none of its ids is a
+            train sample.
     """
     rows = read_id_file(path, "data.relabel", CURATION_COLUMNS["data.relabel"])
     rows = _flagged(path, "data.relabel", rows)
@@ -254,9 +305,7 @@ def relabel_samples(data: DataSplits, path: str) -> DataSplits:
         )
     ids = list(wanted)
     positions, matched, unmatched = _train_positions(data, ids)
-    if not len(positions):
-        raise _nothing_matched("data.relabel", path, data, ids)
-    _report_unmatched("data.relabel", path, unmatched)
+    _check_unmatched("data.relabel", path, data, ids, unmatched, dropped)
     chosen: dict[int, tuple[str, int]] = {}  # train position -> (id as written, label)
     for sample_id, position in zip(matched, positions.tolist(), strict=True):
         earlier = chosen.setdefault(position, (sample_id, wanted[sample_id]))
@@ -282,8 +331,11 @@ def apply_curation(
     data: DataSplits, exclude: str | None = None, relabel: str | None = None
 ) -> DataSplits:
     """Applies `data.exclude`, then `data.relabel` (each None = off)."""
+    dropped: frozenset[str] = frozenset()
     if exclude is not None:
+        before = {str(i) for i in data.train.ids}
         data = exclude_samples(data, exclude)
+        dropped = frozenset(before - {str(i) for i in data.train.ids})
     if relabel is not None:
-        data = relabel_samples(data, relabel)
+        data = relabel_samples(data, relabel, dropped)
     return data

@@ -106,6 +106,33 @@ def test_ids_that_match_nothing_are_refused_naming_the_file(make_cfg, tmp_path, 
         digits(make_cfg, f"data.{key}={path}")
 
 
+@pytest.mark.parametrize("key", ["exclude", "relabel"])
+def test_an_id_of_no_sample_beside_train_ids_is_refused_naming_the_file(make_cfg, tmp_path, key):
+    """A mistyped id beside good ones was a warning, and the run trained without it."""
+    plain = digits(make_cfg)
+    rows = [[plain.train.ids[0], "2"], ["digits:99999", "4"], [plain.test.ids[0], "1"]]
+    path = write_csv(tmp_path / "typo.csv", ["sample_id", "label"], rows)
+    with pytest.raises(DataError, match=r"typo\.csv.*1 of its sample ids name no sample.*99999"):
+        digits(make_cfg, f"data.{key}={path}")
+
+
+def test_relabel_ids_that_exclude_dropped_are_named_as_such(make_cfg, tmp_path):
+    """They were said to be no train sample of the data set, with the fix "use a file
+    written for this data set"."""
+    plain = digits(make_cfg)
+    ids = [str(i) for i in plain.train.ids[:6]]
+    drop = write_csv(tmp_path / "drop.csv", ["sample_id"], [[i] for i in ids])
+    fix = write_csv(tmp_path / "fix.csv", ["sample_id", "label"], [[i, "3"] for i in ids])
+    both = (f"data.exclude={drop}", f"data.relabel={fix}")
+    with pytest.raises(DataError, match=r"6 were dropped by data\.exclude\);.*Leave those"):
+        digits(make_cfg, *both)
+    fix = write_csv(tmp_path / "fix.csv", ["sample_id", "label"], [[i, "3"] for i in ids[3:]])
+    drop = write_csv(tmp_path / "drop.csv", ["sample_id"], [[i] for i in ids[:4]])
+    data = digits(make_cfg, *both)  # one of three dropped: reported, the others relabelled
+    assert data.extra_params["data.relabel_unmatched"] == 1
+    assert data.extra_params["data.num_relabeled"] == 2
+
+
 @pytest.mark.parametrize(
     ("key", "header", "expected"),
     [
