@@ -8,7 +8,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config.validation import ConfigError, job_mode, swept_keys_of, validate
+from runner.config.validation import ConfigError, job_mode, swept_values_of, validate
 from runner.config.value_checks import folder_problem
 
 
@@ -56,6 +56,7 @@ class ValidateConfigCallback(Callback):
             )
         _check_writable(config, "hydra.sweep.dir")
         _refuse_training_sweep_dir(config)
+        _refuse_training_run_dir(config, keys=("paths.run_dir",))  # one dir for every job
         self._check(config)
 
     @staticmethod
@@ -66,7 +67,9 @@ class ValidateConfigCallback(Callback):
             raise SystemExit(f"Error: {err}") from err
 
 
-def _refuse_training_run_dir(config: DictConfig) -> None:
+def _refuse_training_run_dir(
+    config: DictConfig, keys: tuple[str, ...] = ("hydra.run.dir", "paths.run_dir")
+) -> None:
     """Refuses a run dir holding a training run (checkpoints/) for any mode but train.
 
     Eval would replace its metrics.json and reports, and every mode its config record
@@ -75,7 +78,7 @@ def _refuse_training_run_dir(config: DictConfig) -> None:
     mode = job_mode(config)
     if mode == "train":
         return
-    for key in ("hydra.run.dir", "paths.run_dir"):
+    for key in keys:
         parent_key, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(config, parent_key, default=None)
         if not isinstance(parent, DictConfig) or OmegaConf.is_interpolation(parent, leaf):
@@ -91,23 +94,25 @@ def _refuse_training_run_dir(config: DictConfig) -> None:
 
 
 def _refuse_training_sweep_dir(config: DictConfig) -> None:
-    """Refuses, for a sweep of any mode but train, a sweep dir holding training runs.
+    """Refuses, for a sweep with a job of any mode but train, a sweep dir holding training runs.
 
-    Its jobs' dirs are numbered as the training sweep's were (hydra.sweep.subdir): an
-    eval or predict sweep there would overwrite the training jobs' files. A sweep over
-    `mode` leaves it to each job (the run-dir check).
+    Its jobs' dirs are numbered as the training sweep's were (hydra.sweep.subdir), or are
+    the sweep dir itself (`hydra.sweep.subdir=.`): an eval, predict or preview job there
+    would overwrite the training jobs' files. Hydra writes a job's .hydra/ before the job
+    starts, so no job could refuse it itself.
     """
-    mode = job_mode(config)
-    if mode == "train" or "mode" in swept_keys_of(config):
-        return
+    modes = [str(m) for m in swept_values_of(config, "mode") or [job_mode(config)]]
+    mode = next((m for m in modes if m != "train"), None)
     folder = OmegaConf.select(config, "hydra.sweep.dir", default=None)
-    if folder is None:
+    if mode is None or folder is None:
         return
-    trained = sorted(Path(str(folder)).expanduser().glob("*/checkpoints"))
+    base = Path(str(folder)).expanduser()
+    trained = [base / "checkpoints"] if (base / "checkpoints").is_dir() else []
+    trained += sorted(base.glob("*/checkpoints"))
     if trained:
         raise SystemExit(
             f"Error: hydra.sweep.dir={str(folder)!r} holds training runs "
-            f"({trained[0].parent.name}/checkpoints/), whose files the mode={mode} jobs "
+            f"({trained[0].relative_to(base)}/), whose files the mode={mode} jobs "
             "would overwrite: leave hydra.sweep.dir out (the sweep gets a dir of its own), "
             "or name a new folder"
         )

@@ -269,9 +269,9 @@ def flatten_params(params: Any, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def swept_keys_of(cfg: DictConfig) -> list[str]:
-    """The keys a multirun sweeps over more than one value ([] outside one; see `_sweeps`)."""
-    return _sweeps(cfg)[1]
+def swept_values_of(cfg: DictConfig, key: str) -> list[Any] | None:
+    """The values a multirun sweeps `key` over; None when it is not a list (see `_sweeps`)."""
+    return _sweeps(cfg)[0].get(key)
 
 
 def _sweeps(cfg: DictConfig) -> tuple[dict[str, list[Any] | None], list[str]]:

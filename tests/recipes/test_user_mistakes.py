@@ -646,6 +646,34 @@ def test_an_eval_sweep_into_a_training_sweeps_dir_is_refused_before_any_job(tmp_
     assert (sweep / "0" / "metrics.json").read_text() == "{}"
 
 
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("paths.run_dir", "holds a training run (checkpoints/)"),
+        ("a swept mode", "holds training runs (0/checkpoints/), whose files the mode=preview"),
+        ("hydra.sweep.subdir=.", "holds training runs (checkpoints/), whose files the mode"),
+    ],
+)
+def test_a_preview_sweep_into_a_training_run_is_refused_before_any_job(tmp_path, case, expected):
+    """Under -m the run-dir check was skipped, a sweep over mode skipped the sweep-dir
+    check, and the sweep dir itself as the jobs' dir was not looked at: each job replaced
+    the training run's aug_preview.png and .hydra/ (an eval job its metrics.json)."""
+    sweep = tmp_path / "sweep"
+    trained = {"paths.run_dir": tmp_path / "trained", "a swept mode": sweep / "0"}.get(case, sweep)
+    (trained / "checkpoints").mkdir(parents=True)
+    (trained / "aug_preview.png").write_text("the training run's")
+    extra = {
+        "paths.run_dir": ["mode=preview", f"paths.run_dir={trained}"],
+        "a swept mode": ["mode=preview,train"],
+        "hydra.sweep.subdir=.": ["mode=preview", "hydra.sweep.subdir=."],
+    }[case]
+    done = run_cli("-m", *extra, f"hydra.sweep.dir={sweep}", f"paths.output_dir={tmp_path}")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert expected in done.stderr, done.stderr[-2000:]
+    assert (trained / "aug_preview.png").read_text() == "the training run's"
+    assert not (trained / ".hydra").exists()
+
+
 def test_a_predict_setting_on_an_eval_command_is_refused_not_ignored(tmp_path):
     """mode=eval with predict.tta=flip tested without TTA (and predict with eval.tta)."""
     ckpt = tmp_path / "best.pt"
