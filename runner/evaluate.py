@@ -181,8 +181,13 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:
     else:
         other = ", or test on other data: eval.data=current data=... data.root=..."
         resolved_part(loaded.stored, "data", loaded.path, other)
+        stored_data = train_only_keys_off(loaded.stored.data)
+        if stored_data.get("cache_dir") is not None:
+            # Under this command's paths.output_dir, as everything it writes: the stored
+            # value, resolved at training, wrote into the training run's output folder.
+            stored_data.cache_dir = str(Path(cfg.paths.output_dir) / "cache")
         try:
-            data = build_data(train_only_keys_off(loaded.stored.data))
+            data = build_data(stored_data)
         except DataError as err:
             raise DataError(
                 f"{err} (this is the checkpoint's own data, eval.data=stored; to test on "
