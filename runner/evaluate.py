@@ -173,11 +173,13 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:
                 on_bad_file=cfg.data.on_bad_file,
             )
             require_splits(data, ("test",))
-            return with_channels(data, len(loaded.best.mean))
+            return with_channels(data, loaded.best.image_channels())
         if root is not None and (root / "train").is_dir():
             # From the class folders' names, before a folder of any size is listed and decoded.
             same_classes(cfg, class_folders(root / "train"), loaded.best.class_names)
-        data = with_channels(build_data(at_trained_size(cfg.data, loaded)), len(loaded.best.mean))
+        data = with_channels(
+            build_data(at_trained_size(cfg.data, loaded)), loaded.best.image_channels()
+        )
     else:
         other = ", or test on other data: eval.data=current data=... data.root=..."
         resolved_part(loaded.stored, "data", loaded.path, other)
@@ -222,10 +224,11 @@ def same_classes(cfg: DictConfig, names: list[str], trained: list[str]) -> None:
 
 
 def with_channels(data: DataSplits, channels: int) -> DataSplits:
-    """The data with its test images in the model's channel count, as predict reads files.
+    """The data with its test images in the channels the model was trained on.
 
-    RGB becomes luma for a one-channel model and gray is repeated for a three-channel
-    one, where the test split is in memory.
+    As predict reads files: RGB becomes luma for a model trained on gray images (also a
+    3-channel pretrained one, whose normalisation repeats them), and gray is repeated for
+    one trained on RGB, where the test split is in memory.
 
     Raises:
         ConfigError: Other channel counts, or a streamed split that is not RGB already.
@@ -240,7 +243,7 @@ def with_channels(data: DataSplits, channels: int) -> DataSplits:
         return data
     streamed = "" if isinstance(test, Split) else " (a streamed split: data.resident=true)"
     raise ConfigError(
-        f"eval.data=current: the checkpoint's model takes {channels}-channel images and "
+        f"eval.data=current: the checkpoint's model was trained on {channels}-channel images and "
         f"this data gives {have}, which eval converts only between 1 and 3 channels of a "
         f"split in memory{streamed}: test on data with {channels} channel(s)"
     )

@@ -88,7 +88,7 @@ def run_predict(cfg: DictConfig) -> float:
                         rows[index] = [path_id(str(file)), "", "", *[""] * (2 * topk), str(err)]
                 if images:
                     batch = torch.stack(images).to(ctx.device)
-                    if len(loaded.best.mean) == 1:  # a one-channel model: files decode as RGB
+                    if loaded.best.image_channels() == 1:  # trained on gray: files decode as RGB
                         batch = to_grayscale(batch)
                     with torch.inference_mode(), autocast():
                         logits = predictor(loaded.normalize(loaded.augment(batch)))

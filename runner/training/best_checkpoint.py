@@ -51,6 +51,9 @@ class BestCheckpoint:
         test_ids_digest: `ids_digest` of the test split the run was tested on, which
             `eval.data=stored` checks its rebuilt split against; None in a file written
             before it was kept.
+        data_channels: Channels of the training images: 1 for grayscale data, also when
+            a pretrained model's 3-channel normalisation repeated them; None in a file
+            written before it was kept (then the normalisation's count).
     """
 
     model: dict[str, torch.Tensor]
@@ -64,6 +67,11 @@ class BestCheckpoint:
     mlflow_run_id: str | None = None
     train_class_counts: list[int] | None = None
     test_ids_digest: str | None = None
+    data_channels: int | None = None
+
+    def image_channels(self) -> int:
+        """Channels of the images the model was trained on (files decode to these)."""
+        return self.data_channels or len(self.mean)
 
     def to_payload(self) -> dict[str, Any]:
         """The dict saved as best.pt (tensors and plain types only)."""
@@ -79,6 +87,7 @@ class BestCheckpoint:
             "mlflow_run_id": self.mlflow_run_id,
             "train_class_counts": self.train_class_counts,
             "test_ids_digest": self.test_ids_digest,
+            "data_channels": self.data_channels,
         }
 
     @classmethod
@@ -118,6 +127,7 @@ class BestCheckpoint:
             mlflow_run_id=payload.get("mlflow_run_id"),
             train_class_counts=_counts(payload.get("train_class_counts")),
             test_ids_digest=payload.get("test_ids_digest"),
+            data_channels=payload.get("data_channels"),
         )
 
     def stored_config(self) -> DictConfig:

@@ -289,6 +289,7 @@ def best_checkpoint(
         mlflow_run_id=state.mlflow_run_id,
         train_class_counts=train_counts,
         test_ids_digest=ids_digest(data.test.ids),
+        data_channels=len(data.mean),
     )
 
 

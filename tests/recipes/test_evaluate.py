@@ -17,7 +17,7 @@ from torchvision.io import write_png
 from runner.cli import run
 from runner.config.errors import ConfigError
 from runner.data.decoding import DataError
-from runner.from_checkpoint import resolve_ckpt
+from runner.from_checkpoint import resolve_ckpt, to_grayscale
 from runner.training.best_checkpoint import read_best
 from runner.training.checkpoint_io import CheckpointError
 from runner.training.final_eval import FlipTTA
@@ -306,6 +306,28 @@ def test_a_one_channel_model_predicts_files_by_their_luma_and_a_failure_leaves_n
     with pytest.raises(RuntimeError, match="while predicting"):
         run(predicting)
     assert list(out.iterdir()) == []
+
+
+def test_gray_data_on_a_pretrained_rgb_model_predicts_a_colour_file_by_its_luma(trained, tmp_path):
+    """best.pt kept only the pretrained 3-channel normalisation: predict fed colour files
+    as RGB to a model that had only seen gray repeated into 3 channels (0.81 against 0.59
+    for a file and its gray copy)."""
+    tmp, _, _ = trained
+    weights = f"model.pretrained_file={tmp / 'train' / 'checkpoints' / 'best.pt'}"
+    run(compose_run(tmp_path, "gray", "data.channels=1", weights, "logger=none"))
+    ckpt = tmp_path / "gray" / "checkpoints" / "best.pt"
+    assert read_best(ckpt).image_channels() == 1 and len(read_best(ckpt).mean) == 3
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    colour = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)  # no resize: exact
+    write_png(colour, str(folder / "colour.png"))
+    write_png(to_grayscale(colour[None])[0], str(folder / "gray.png"))
+    out = tmp_path / "preds"
+    predicting = ("mode=predict", f"ckpt={ckpt}", f"predict.input={folder}", "predict.topk=1")
+    run(compose_run(tmp_path, "p", *predicting, f"predict.output={out}/", "logger=none"))
+    with (out / "predictions.csv").open() as handle:
+        rows = {Path(row["file"]).name: row for row in csv.DictReader(handle)}
+    assert rows["colour.png"]["prob_1"] == rows["gray.png"]["prob_1"], rows
 
 
 def test_predict_output_refuses_what_it_must_not_overwrite_or_cannot_write(trained, tmp_path):
