@@ -351,12 +351,16 @@ def csv_file_problem(path: Any, columns: tuple[str, ...]) -> str | None:
         None when the file is fine, else what is wrong and how to fix it.
     """
     file = Path(str(path)).expanduser()
+    if file.is_dir():
+        return "is a folder; give the path of a CSV file in it"
     if not file.is_file():
         return f"no such file (relative paths start at {Path.cwd()}); give the path of a CSV file"
     try:
         header = csv_header(file)
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        return f"cannot be read as CSV ({err})"
+    except UnicodeDecodeError as err:
+        return f"is not UTF-8 text ({err}); save it as UTF-8 CSV"
+    except (OSError, csv.Error) as err:
+        return f"cannot be read as CSV ({err}); give a CSV file with a header row"
     missing = [c for c in columns if c not in header]
     if missing:
         found = ", ".join(header[:10]) or "none"

@@ -201,10 +201,13 @@ class SweepJob:
                 traceback=traceback.format_exc(),
             )
             log.error(
-                "sweep job %s failed: %s: %s (the sweep goes on)",
+                "sweep job %s failed: %s: %s (%s)",
                 self.shown_key,
                 type(err).__name__,
                 err,
+                "sweep.fail_fast: the jobs not started yet will not start"
+                if self.fail_fast
+                else "the sweep goes on",
             )
             if self.fail_fast:
                 (self.sweep_dir / STOP_FILE).write_text(f"job {self.num} ({self.shown_key}) failed")

@@ -139,15 +139,24 @@ def test_relabel_ids_that_exclude_dropped_are_named_as_such(make_cfg, tmp_path):
         ("exclude", None, "no such file"),
         ("exclude", ["id", "label"], "has no sample_id column (its columns: id, label)"),
         ("relabel", ["sample_id"], "has no label column"),
+        # It said "no such file", and a Latin-1 file "cannot be read" without a fix.
+        ("exclude", "folder", "is a folder; give the path of a CSV file in it"),
+        ("relabel", "latin-1", "is not UTF-8 text"),
     ],
 )
 def test_a_missing_file_or_column_fails_validation(make_cfg, tmp_path, key, header, expected):
     path = tmp_path / "ids.csv"
-    if header is not None:
+    if header == "folder":
+        path.mkdir()
+    elif header == "latin-1":
+        path.write_bytes("sample_id,label\ndigits:3,caf\xe9\n".encode("latin-1"))
+    elif header is not None:
         write_csv(path, header, [])
     with pytest.raises(ConfigError, match="1 problem") as err:
         validate(make_cfg(f"data.{key}={path}"))
     assert f"data.{key}='{path}' {expected}" in str(err.value)
+    if header == "latin-1":
+        assert "save it as UTF-8 CSV" in str(err.value)
 
 
 def test_flag_values_of_every_usual_spelling_are_read_and_others_refused(make_cfg, tmp_path):

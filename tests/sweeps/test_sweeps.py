@@ -189,6 +189,9 @@ def test_a_jobs_log_lines_show_no_password(tmp_path, caplog):
         job.run(cfg, fails)  # not started: the STOP file
     assert "sweep job" in caplog.text and "bob:***@" in caplog.text
     assert "s3cret" not in caplog.text + (tmp_path / "STOP").read_text()
+    # It said "(the sweep goes on)", and the next line that the other jobs will not start.
+    assert "(sweep.fail_fast: the jobs not started yet will not start)" in caplog.text
+    assert "the sweep goes on" not in caplog.text
 
 
 def test_fail_fast_stops_the_jobs_not_started(tmp_path):
