@@ -128,7 +128,8 @@ def load_checkpoint(ctx: RunContext) -> LoadedCheckpoint:
     num_classes = len(best.class_names)
     augment = instantiate(stored.aug, num_classes=num_classes).to(ctx.device).eval()
     model = rebuild_model(stored, best, ctx.device)
-    check_gradcam_layer(ctx.cfg, model)  # else found only after the test
+    if ctx.cfg.get("mode") == "eval":  # predict draws no Grad-CAM: its layer is not read
+        check_gradcam_layer(ctx.cfg, model)  # else found only after the test
     return LoadedCheckpoint(
         path=path,
         source_run_id=run_id or best.mlflow_run_id,

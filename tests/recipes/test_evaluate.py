@@ -382,6 +382,13 @@ def test_eval_refuses_a_gradcam_layer_the_model_lacks_before_testing(trained):
     with pytest.raises(ConfigError, match=r"analysis\.gradcam_layer='bogus' is not a module"):
         run(cfg)
     assert not (tmp / "eval_bad" / "metrics.json").exists()
+    # Predict draws no Grad-CAM, and refused the same setting.
+    photos = tmp / "gradcam_photos"
+    photos.mkdir(exist_ok=True)
+    write_png(torch.zeros(3, 32, 32, dtype=torch.uint8), str(photos / "a.png"))
+    predicting = ("mode=predict", f"ckpt={ckpt}", f"predict.input={photos}", "logger=none")
+    bogus = ("analysis.enabled=true", "analysis.gradcam_layer=bogus")
+    assert run(compose_run(tmp, "predict_bogus", *predicting, *bogus)) == 1
     # A layer that is no feature map, and a size no map reaches, were found after the test
     # ("gradcam.png was not written" in torch's words), as training refuses them before.
     for setting, expected in (
