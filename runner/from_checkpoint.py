@@ -23,7 +23,7 @@ from torch import nn
 
 from runner.augment.normalize import Normalize
 from runner.config.targets import untrusted_targets
-from runner.config.validation import ConfigError, validate
+from runner.config.validation import ConfigError, job_mode, validate
 from runner.data import curation, folds
 from runner.tracking.null import NullTracker
 from runner.tracking.run_record import group_overrides
@@ -128,7 +128,7 @@ def load_checkpoint(ctx: RunContext) -> LoadedCheckpoint:
     num_classes = len(best.class_names)
     augment = instantiate(stored.aug, num_classes=num_classes).to(ctx.device).eval()
     model = rebuild_model(stored, best, ctx.device)
-    if ctx.cfg.get("mode") == "eval":  # predict draws no Grad-CAM: its layer is not read
+    if job_mode(ctx.cfg) == "eval":  # predict draws no Grad-CAM: its layer is not read
         check_gradcam_layer(ctx.cfg, model)  # else found only after the test
     return LoadedCheckpoint(
         path=path,

@@ -82,7 +82,7 @@ def unexpected_group_keys(cfg: DictConfig) -> list[str]:
         for key, source in PROCESS_ARGUMENTS.get(group, {}).items():
             if key in node:
                 problems.append(
-                    f"{group}.{key} is {source}, which the sampler reads from torchrun or "
+                    f"{group}.{key} is {source}, which the {group} reads from torchrun or "
                     f"SLURM: remove it with ~{group}.{key} (launch several processes with "
                     "torchrun --nproc_per_node=N)"
                 )
