@@ -25,6 +25,7 @@ from runner.augment.normalize import Normalize
 from runner.config.targets import untrusted_targets
 from runner.config.validation import ConfigError, job_mode, validate
 from runner.data import curation, folds
+from runner.models.factories import arguments_set_by_weights
 from runner.tracking.null import NullTracker
 from runner.tracking.run_record import group_overrides
 from runner.training.best_checkpoint import BestCheckpoint, read_best
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 # A model config's keys that load pretrained weights, and their values that load none.
 PRETRAINED_OFF = (("pretrained", False), ("pretrained_file", None), ("weights", None))
+TORCHVISION_TARGET = "runner.models.factories.create_torchvision_model"
 
 
 @dataclass
@@ -114,9 +116,7 @@ def load_checkpoint(ctx: RunContext) -> LoadedCheckpoint:
     path, run_id = resolve_ckpt(str(ctx.cfg.ckpt), ctx.cfg, ctx.run_dir / "downloaded")
     best = read_best(path)
     stored = best.stored_config()
-    for key, off in PRETRAINED_OFF:  # best.pt has the trained weights: none are read again
-        if key in stored.get("model", {}):
-            stored.model[key] = off
+    without_pretrained_weights(stored)
     for part in ("model", "aug"):
         resolved_part(stored, part, path)
     allowed = tuple(ctx.cfg.get("allowed_targets") or [])
@@ -181,6 +181,24 @@ def resolved_part(stored: DictConfig, key: str, path: Path, fix: str = "") -> An
             f"(${{oc.env:...}} as the training run typed it), and {reason}. Set that "
             f"variable as the training run had it{fix}"
         ) from None
+
+
+def without_pretrained_weights(stored: DictConfig) -> None:
+    """Turns off the stored model config's pretrained weights: best.pt has the trained ones.
+
+    A torchvision model keeps the arguments its builder took from the weights
+    (`arguments_set_by_weights`), so that the model built is the one trained.
+    """
+    model_cfg = stored.get("model")
+    if model_cfg is None:
+        return
+    if model_cfg.get("_target_") == TORCHVISION_TARGET:
+        weights = model_cfg.get("weights")
+        for key, value in arguments_set_by_weights(str(model_cfg.name), weights).items():
+            model_cfg.setdefault(key, value)  # one the run set itself was used as set
+    for key, off in PRETRAINED_OFF:
+        if key in model_cfg:
+            model_cfg[key] = off
 
 
 def rebuild_model(stored: DictConfig, best: BestCheckpoint, device: torch.device) -> nn.Module:

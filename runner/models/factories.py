@@ -429,6 +429,33 @@ def create_torchvision_model(
     return model
 
 
+def arguments_set_by_weights(name: str, weights: str | None) -> dict[str, Any]:
+    """The arguments torchvision's builder of `name` takes from its pretrained `weights`.
+
+    A model built with weights is not the model built from the same config without them:
+    googlenet and inception_v3 rescale their input themselves (`transform_input`), and a
+    ViT takes the weights' image size (384 or 518 px for its SWAG weights). Eval and
+    predict rebuild a trained model without its pretrained weights (best.pt has the
+    trained ones) and pass these to get the model that was trained.
+
+    Args:
+        name: The torchvision model name.
+        weights: The weights enum name the model was built with, or None.
+
+    Returns:
+        The builder's keyword arguments with their values; empty for other models.
+    """
+    if weights is None:
+        return {}
+    if name in AUX_LOGIT_MODELS:
+        return {"transform_input": True}
+    if name.startswith("vit_"):
+        from torchvision.models import get_model_weights
+
+        return {"image_size": int(get_model_weights(name)[str(weights)].meta["min_size"][0])}
+    return {}
+
+
 def without_aux_logits(model: nn.Module) -> nn.Module:
     """Drops the auxiliary classifiers a torchvision googlenet or inception_v3 was built with.
 

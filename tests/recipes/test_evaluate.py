@@ -366,6 +366,72 @@ def test_weights_that_do_not_fit_the_checkpoints_model_name_the_fix(trained):
         rebuild_model(best.stored_config(), best, torch.device("cpu"))
 
 
+def test_a_torchvision_model_from_its_weights_is_rebuilt_with_the_arguments_they_set(
+    tmp_path, monkeypatch
+):
+    """googlenet built from its weights rescales its input itself (transform_input).
+
+    Eval and predict rebuilt it without the weights, so without the rescaling, and fed
+    the trained weights differently scaled input.
+    """
+    from omegaconf import OmegaConf
+    from torchvision.models import GoogLeNet_Weights, googlenet
+
+    from runner.from_checkpoint import rebuild_model, without_pretrained_weights
+    from runner.models.factories import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        arguments_set_by_weights,
+        create_torchvision_model,
+    )
+    from runner.training.best_checkpoint import BestCheckpoint
+
+    # Nothing is downloaded here: the weights' file is made where torchvision keeps them.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / Path(GoogLeNet_Weights.IMAGENET1K_V1.url).name
+    cached.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    weights = googlenet(aux_logits=True, init_weights=False)
+    # BatchNorm statistics of real activations (one batch, momentum None: its average);
+    # with the initial ones every image's features are 0 and the logits are the bias.
+    for module in weights.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None
+    with torch.no_grad():
+        weights.train()(torch.rand(16, 3, 64, 64))
+    torch.save(weights.state_dict(), cached)
+    model_cfg = {
+        "_target_": "runner.models.factories.create_torchvision_model",
+        "_partial_": True,
+        "name": "googlenet",
+        "weights": "IMAGENET1K_V1",
+        "pretrained_file": None,
+    }
+    trained = create_torchvision_model(3, **{k: v for k, v in model_cfg.items() if k[0] != "_"})
+    best = BestCheckpoint(
+        model=trained.state_dict(),
+        config=OmegaConf.to_yaml({"model": model_cfg}),
+        class_names=["a", "b", "c"],
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        image_size=64,
+    )
+    stored = best.stored_config()
+    without_pretrained_weights(stored)
+    assert stored.model.weights is None and stored.model.transform_input is True
+    rebuilt = rebuild_model(stored, best, torch.device("cpu"))
+    images = torch.rand(2, 3, 64, 64)
+    without_rescaling = googlenet(num_classes=3, aux_logits=False, init_weights=False)
+    without_rescaling.load_state_dict(best.model)
+    with torch.no_grad():
+        logits = trained.eval()(images)
+        assert torch.allclose(rebuilt(images), logits, atol=1e-5)
+        assert not torch.allclose(without_rescaling.eval()(images), logits, atol=1e-3)
+    # A ViT takes the image size of its weights; other models take nothing from them.
+    assert arguments_set_by_weights("vit_b_16", "IMAGENET1K_SWAG_E2E_V1") == {"image_size": 384}
+    assert arguments_set_by_weights("resnet50", "IMAGENET1K_V2") == {}
+
+
 def test_eval_refuses_a_gradcam_layer_the_model_lacks_before_testing(trained):
     from runner.config.errors import ConfigError
 
