@@ -162,9 +162,22 @@ class DeviceAugment(nn.Module):
         gray = bool(self._policies) and images.shape[1] == 1
         if gray:
             images = images.repeat(1, 3, 1, 1)
-        with torch.device(images.device):
-            params = self.pipeline.forward_parameters(images.shape)
-        augmented = self.pipeline(images, params=params)
+        try:
+            with torch.device(images.device):
+                params = self.pipeline.forward_parameters(images.shape)
+            augmented = self.pipeline(images, params=params)
+        except ValueError as err:
+            if images.shape[1] == 3:
+                raise
+            # Kornia's colour modules check for RGB input, with a shape error of their own
+            # that names neither the config key nor the data's channel count.
+            raise ConfigError(
+                f"aug.transforms ({self.describe()}) failed on the data's "
+                f"{images.shape[1]}-channel images (data.channels={images.shape[1]}): "
+                f"{str(err).strip().splitlines()[0]}. Leave the modules that take RGB only "
+                "(Kornia's ColorJiggle, RandomHue, RandomSaturation, ...) out of "
+                "aug.transforms, or choose an aug preset (aug=basic, aug=strong)"
+            ) from err
         return augmented.mean(dim=1, keepdim=True) if gray else augmented
 
 

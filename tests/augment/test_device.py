@@ -119,6 +119,16 @@ def test_a_policy_preset_refuses_two_channel_images_at_the_first_batch(make_cfg,
         augment(uint8_batch(n=4)[:, :2])
 
 
+def test_an_rgb_only_kornia_module_on_one_channel_images_names_the_key_and_the_fix(make_cfg):
+    """A Kornia colour module in aug.transforms on one-channel data (data=synthetic
+    data.channels=1) failed the start-up preview with Kornia's bare shape error."""
+    transforms = "aug.transforms=[{_target_: kornia.augmentation.RandomHue, hue: [-0.1, 0.1]}]"
+    augment = build(make_cfg, "basic", "data.image_size=32", transforms).train()
+    with pytest.raises(ConfigError, match=r"aug\.transforms \(RandomHue\).*data\.channels=1"):
+        augment(uint8_batch(n=4)[:, :1])
+    assert augment(uint8_batch(n=4)).shape == (4, 3, 32, 32)  # RGB images it takes
+
+
 def test_mix_prob_without_mixup_or_cutmix_is_reported_as_ignored(make_cfg, caplog):
     build(make_cfg, "basic", "aug.mix_prob=0.5")
     assert "aug.mix_prob=0.5 is ignored: MixUp and CutMix are off" in caplog.text
