@@ -180,6 +180,7 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:
         data = with_channels(
             build_data(at_trained_size(cfg.data, loaded)), loaded.best.image_channels()
         )
+        refuse_a_new_split_of_the_trained_data(cfg, data, loaded)
     else:
         other = ", or test on other data: eval.data=current data=... data.root=..."
         resolved_part(loaded.stored, "data", loaded.path, other)
@@ -208,6 +209,39 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:
     require_splits(data, ("test",))
     same_classes(cfg, data.class_names, loaded.best.class_names)
     return data
+
+
+def refuse_a_new_split_of_the_trained_data(
+    cfg: DictConfig, data: DataSplits, loaded: LoadedCheckpoint
+) -> None:
+    """Refuses `eval.data=current` on the checkpoint's own data set split another way.
+
+    The same data set (its `_target_`, `data.name` and `data.root`) with another test
+    split than the run was tested on: this command's split keys differ (`data.split_seed`,
+    `data.test_fraction`, ...) or the data changed since, and a test split carved anew
+    from the images the model learnt from tests it partly on them.
+
+    Raises:
+        DataError: Naming the data set and the fixes.
+    """
+    tested_on = loaded.best.test_ids_digest  # None in a best.pt from before it was kept
+    if tested_on in (None, ids_digest(data.test.ids)):
+        return
+    for key in ("_target_", "name", "root"):
+        here, there = cfg.data.get(key), as_read_here(loaded.stored, f"data.{key}")
+        if key == "root" and here is not None and there is not None:
+            here, there = (Path(str(value)).expanduser().resolve() for value in (here, there))
+        if here != there:
+            return
+    raise DataError(
+        f"eval.data=current: {data.name} is the data the checkpoint was trained on, and "
+        f"this command's test split ({len(data.test)} samples) is not the one its run was "
+        "tested on: this command's split keys (data.split_seed, data.val_fraction, "
+        "data.test_fraction) differ from the run's, or the data changed since, and the "
+        "split may hold images the model trained on. Test on the run's own split with "
+        "eval.data=stored, or on images it did not train on (an image folder without "
+        "train/: data=imagefolder data.root=<folder of test/<class>/...>)"
+    )
 
 
 def same_classes(cfg: DictConfig, names: list[str], trained: list[str]) -> None:

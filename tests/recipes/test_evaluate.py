@@ -152,6 +152,18 @@ def test_eval_on_current_data_decodes_at_the_checkpoints_image_size(trained):
     assert evaluated["test/loss"] == pytest.approx(trained_metrics["test/loss"], abs=1e-5)
 
 
+def test_eval_on_current_data_refuses_the_trained_data_split_another_way(trained):
+    """The checkpoint's own data with another split seed was tested on a split carved
+    anew from the images the model learnt from."""
+    tmp, _, _ = trained
+    ckpt = tmp / "train" / "checkpoints" / "best.pt"
+    current = ("mode=eval", f"ckpt={ckpt}", "eval.data=current", "logger=none")
+    with pytest.raises(DataError, match=r"synthetic is the data the checkpoint was trained on"):
+        run(compose_run(tmp, "eval_resplit", *current, "data.split_seed=7"))
+    assert not (tmp / "eval_resplit" / "metrics.json").exists()
+    # Split as the run split it, the same data is tested: see the image size test above.
+
+
 def test_eval_on_a_held_out_folder_without_train(trained, tmp_path):
     """eval.data=current data=imagefolder once needed a train/ folder beside the test set."""
     from runner.data.build import build_data
