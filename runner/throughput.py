@@ -45,9 +45,11 @@ def _synchronize(device: torch.device) -> None:
 
 
 def _timm_model_at(num_classes: int, name: str, size: int) -> torch.nn.Module:
-    """A timm model for `size` px images, as conf/model/vit_tiny.yaml builds it in training.
+    """A timm model for `size` px images: a ViT's position grid is made for `size`.
 
-    A ViT's patch grid is made for `size`; a model without `img_size` takes any size.
+    The name's own patch size is kept (16 for vit_tiny_patch16_224: 2x2 tokens at 32 px,
+    where conf/model/vit_tiny.yaml trains patch 4); a model without `img_size` takes any
+    size.
     """
     try:
         return create_timm_model(num_classes, name, img_size=size)
