@@ -1,6 +1,8 @@
 """Entry point: `python run.py [group=option ...] [key=value ...]` (see README.md)."""
 
 import gc
+import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -19,6 +21,14 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     try:
         main()
+    except SystemExit as exit_:
+        if exit_.code == 1:  # Hydra's exit after its own error (the runner exits with text)
+            from runner.cli import unknown_key_hint
+
+            hint = unknown_key_hint(sys.argv[1:], Path(__file__).parent / "conf")
+            if hint:
+                print(hint, file=sys.stderr)
+        raise
     finally:
         # The job is over and its files are written. Without this, the interpreter's exit
         # runs full garbage collections over the heap of torch, timm and mlflow objects

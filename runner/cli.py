@@ -7,6 +7,8 @@ the package and may import everything below it.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -40,6 +42,64 @@ def user_error(err: BaseException | None) -> UserError | None:
             return err
         err = err.__cause__
     return None
+
+
+def unknown_key_hint(args: Sequence[str], config_dir: Path) -> str | None:
+    """What a command line's keys that the config lacks are, each with its group's keys.
+
+    Hydra refuses `trainer.max_epoch=3` with the advice to add the key with `+`, which the
+    config check then refuses: the key is mostly a misspelt one. `run.py` asks this only
+    after Hydra refused a command, so a run's start costs nothing more.
+
+    Args:
+        args: The command line's arguments (`sys.argv[1:]`).
+        config_dir: The app's config dir.
+
+    Returns:
+        One line per unknown key, or None when every key is known (or the command line's
+        groups do not compose either: Hydra's error says why).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from runner.config.validation import override_parser
+    from runner.sweeps.grid import missing_key
+
+    config_name, typed = "train", []
+    words = iter(args)
+    for word in words:
+        if word in ("-cn", "--config-name"):
+            config_name = next(words, config_name)
+        elif word.startswith("--config-name="):
+            config_name = word.partition("=")[2]
+        elif "=" in word and not word.startswith("-"):
+            typed.append(word)
+    GlobalHydra.instance().clear()  # the failed app's
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            loader = GlobalHydra.instance().config_loader()
+            selections, keys = [], []
+            for override in override_parser().parse_overrides(typed):
+                name = override.key_or_group
+                if name.startswith("hydra.searchpath"):
+                    selections.append(override.input_line)
+                elif override.is_add() or override.is_delete() or name.startswith("hydra"):
+                    continue
+                elif "." not in name and loader.get_group_options(name):
+                    if override.is_sweep_override():  # a grid's first option stands for all
+                        first = next(override.sweep_string_iterator())
+                        selections.append(f"{name}={first}")
+                    else:
+                        selections.append(override.input_line)
+                else:
+                    keys.append(name)
+            cfg = compose(config_name=config_name, overrides=selections)
+    except Exception:  # Hydra's own error, printed already, is the one to read
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+    problems = [problem for key in keys if (problem := missing_key(cfg, key))]
+    return "\n".join(f"Error: {problem}" for problem in problems) or None
 
 
 def run(cfg: DictConfig) -> float:

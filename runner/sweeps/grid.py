@@ -7,6 +7,7 @@ Ranges a sweeper searches (Optuna's `interval(...)`) are the sweeper's to check.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import os
 import re
@@ -59,9 +60,12 @@ def missing_key(config: DictConfig, key: str) -> str | None:
     node = OmegaConf.select(config, parent, default=None) if parent else config
     if parent and node is not None and not isinstance(node, DictConfig):  # `optim.lr.x`
         return f"{key}: {parent} is a value ({node!r}), not a group of keys"
-    keys = ", ".join(k for k in node if not str(k).startswith("_")) if node is not None else ""
-    listing = f" ({parent} has: {keys})" if parent and keys else ""
-    return f"{key}: the config has no such key; check its spelling{listing}"
+    names = [str(k) for k in node if not str(k).startswith("_")] if node is not None else []
+    listing = f" ({parent} has: {', '.join(names)})" if parent and names else ""
+    close = difflib.get_close_matches(key.rpartition(".")[2], names, n=3, cutoff=0.75)
+    meant = " or ".join(f"{parent}.{name}" if parent else name for name in close)
+    guess = f": did you mean {meant}?" if close else ""
+    return f"{key}: the config has no such key; check its spelling{guess}{listing}"
 
 
 def _composition(err: Exception, config: DictConfig) -> str:

@@ -722,6 +722,22 @@ def test_a_misspelt_key_in_a_grid_is_named_without_the_advice_to_add_it(tmp_path
     assert not (tmp_path / "multirun").exists()
 
 
+def test_a_misspelt_key_that_hydra_refuses_is_named_with_the_key_meant(tmp_path):
+    """Hydra's error advised +trainer.max_epoch=3, which the config check then refuses:
+    in a single run, and in a sweep whose misspelt key is not swept."""
+    done = run_cli(f"paths.output_dir={tmp_path}", "trainer.max_epoch=3")
+    assert done.returncode == 1
+    assert (
+        "trainer.max_epoch: the config has no such key; check its spelling: did you mean "
+        "trainer.max_epochs? (trainer has: max_epochs, batch_size" in done.stderr
+    )
+    # The grid's first loss stands for the group: its keys are listed.
+    done = run_cli("-m", f"paths.output_dir={tmp_path}", "loss=gce,sce", "loss.qq=0.3")
+    assert done.returncode == 1
+    assert "loss.qq: the config has no such key; check its spelling (loss has: q," in done.stderr
+    assert not (tmp_path / "multirun").exists()
+
+
 def test_a_grid_whose_presets_monitor_different_metrics_is_refused(tmp_path):
     """experiment=a,b where b sets trainer.monitor=val/loss: the summary ranked job b's
     val/loss among the others' val/acc and named it the best val/acc."""
