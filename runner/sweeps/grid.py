@@ -60,6 +60,8 @@ def missing_key(config: DictConfig, key: str) -> str | None:
     node = OmegaConf.select(config, parent, default=None) if parent else config
     if parent and node is not None and not isinstance(node, DictConfig):  # `optim.lr.x`
         return f"{key}: {parent} is a value ({node!r}), not a group of keys"
+    if node is not None and OmegaConf.is_missing(node, key.rpartition(".")[2]):  # `???`
+        return None  # a key there, whose value is still to be given
     names = [str(k) for k in node if not str(k).startswith("_")] if node is not None else []
     listing = f" ({parent} has: {', '.join(names)})" if parent and names else ""
     close = difflib.get_close_matches(key.rpartition(".")[2], names, n=3, cutoff=0.75)

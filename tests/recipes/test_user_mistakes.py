@@ -736,6 +736,11 @@ def test_a_misspelt_key_that_hydra_refuses_is_named_with_the_key_meant(tmp_path)
     assert done.returncode == 1
     assert "loss.qq: the config has no such key; check its spelling (loss has: q," in done.stderr
     assert not (tmp_path / "multirun").exists()
+    # A key whose default is ??? is there: a run that failed later is not told otherwise.
+    from runner.cli import unknown_key_hint
+    from tests.conftest import CONF
+
+    assert unknown_key_hint(["data=imagefolder", "data.root=/x"], CONF) is None
 
 
 def test_a_grid_whose_presets_monitor_different_metrics_is_refused(tmp_path):
