@@ -41,6 +41,7 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
     """
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep dir {sweep_dir} does not exist")
+    sweep_dir = sweep_dir.resolve()  # the manifest's run dirs are absolute
     listing = sweep_dir / SUBMITTED_FILE
     if listing.exists():
         jobs = json.loads(listing.read_text())

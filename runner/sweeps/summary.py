@@ -21,6 +21,7 @@ from runner.sweeps.job import constant_keys, unescape
 from runner.sweeps.manifest import (
     ABANDONED,
     REPLACED,
+    SUBMITTED_FILE,
     job_key,
     job_run_dir,
     parse_overrides,
@@ -36,6 +37,8 @@ from runner.tracking.protocol import Tracker
 _SHOWN_TEST_METRICS = ("test/acc", "test/balanced_acc", "test/macro_f1")
 # Overrides whose jobs repeat one configuration: the summary gives mean +- std over them.
 _REPEATS = {"seed": "seeds", "data.fold": "folds"}
+# The status of a submitted job that left no manifest entry (cancelled before it started).
+NOT_STARTED = "NOT STARTED"
 
 
 @dataclass
@@ -81,7 +84,9 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     """
     sweep_dir = Path(sweep_dir)
     jobs = []
-    for entry in sorted(read_manifest(sweep_dir).values(), key=lambda e: e.get("num", 0)):
+    entries = [*read_manifest(sweep_dir).values()]
+    entries += never_started(sweep_dir, entries)
+    for entry in sorted(entries, key=lambda e: e.get("num", 0)):
         metrics_file = job_run_dir(sweep_dir, entry) / "metrics.json"
         test = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         test = {k: v for k, v in test.items() if k.startswith("test/")}
@@ -202,7 +207,7 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     markdown = "\n".join(lines) + "\n"
 
     files = [sweep_dir / "summary.md", sweep_dir / "summary.csv"]
-    files[0].write_text(markdown)
+    files[0].write_text(markdown, encoding="utf-8")
     _write_csv(files[1], jobs, swept, monitor)
     plot = _plot(jobs, varied, monitor, sweep_dir / "sweep_plot.png")
     if plot is not None:
@@ -211,6 +216,27 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     best_value = best_group.mean if best_group is not None else (best["value"] if best else None)
     failed = [j for j in not_done if j.get("status") not in (ABANDONED, REPLACED)]
     return Summary(jobs, markdown, files, best_tags, best_value, failed, best_metrics)
+
+
+def never_started(sweep_dir: Path, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The jobs `hydra/launcher=slurm_submit` submitted that have no manifest entry.
+
+    A job cancelled before it started (or still queued) writes none; without these the
+    summary counted only the jobs that ran, and a sweep of 3 seeds reported 2 as done.
+    """
+    listing = sweep_dir / SUBMITTED_FILE
+    if not listing.is_file():
+        return []
+    recorded = {job_run_dir(sweep_dir, entry).resolve() for entry in entries}
+    return [
+        {
+            "num": job["num"],
+            "overrides": str(job.get("overrides", "")).split(),
+            "status": NOT_STARTED,
+        }
+        for job in json.loads(listing.read_text(encoding="utf-8"))
+        if (sweep_dir / str(job["num"])).resolve() not in recorded
+    ]
 
 
 def _earlier_study_best(sweep_dir: Path, jobs: list[dict[str, Any]], monitor: str) -> list[str]:
@@ -390,7 +416,7 @@ def _mean_std(values: list[float]) -> str:
 
 def _write_csv(path: Path, jobs: list[dict[str, Any]], swept: list[str], monitor: str) -> None:
     test_names = sorted({name for job in jobs for name in job["test"]})
-    with path.open("w", newline="") as handle:
+    with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(
             [

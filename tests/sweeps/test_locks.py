@@ -186,6 +186,61 @@ def test_collect_takes_a_jobs_final_status_from_the_manifest(tmp_path, capsys):
     assert "FAILED" in first and "model.name=x" in first and "sweep.resume" not in first
 
 
+def test_collect_of_a_relative_sweep_dir_shows_what_the_manifest_recorded(
+    tmp_path, capsys, monkeypatch
+):
+    """The manifest's run dirs are absolute: `collect outputs/multirun/...` (as the README
+    writes it) matched none, showed no overrides, and a job that failed before its run
+    started as UNKNOWN, exiting 0."""
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("trainer: {monitor: val/acc, monitor_mode: max}\n")
+    update_manifest(
+        sweep, "seed=1", status="FAILED", run_dir=str(sweep / "0"), num=0, overrides=["seed=1"]
+    )
+    monkeypatch.chdir(tmp_path)
+    assert sweeps_main(["collect", "sweep"]) == 1
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "FAILED" in first and "seed=1" in first
+
+
+def test_collect_counts_a_submitted_job_that_never_started_as_not_finished(tmp_path, capsys):
+    """A slurm_submit job cancelled before it started left no manifest entry: the summary
+    said "2 job(s), 2 finished" of 3 seeds, averaged 2, and collect exited 0."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("trainer: {monitor: val/acc, monitor_mode: max}\n")
+    submitted = []
+    for seed in range(3):
+        run_dir = sweep / str(seed)
+        # No SLURM job id: squeue would wait ~18 s a job when no controller runs.
+        submitted.append(
+            {
+                "job_id": None,
+                "num": seed,
+                "overrides": f"seed={seed}",
+                "run_dir": str(run_dir),
+            }
+        )
+        if seed < 2:  # the third was cancelled in the queue
+            run_dir.mkdir()
+            (run_dir / "metrics.json").write_text(json.dumps({"test/acc": 0.5 + seed / 10}))
+            update_manifest(
+                sweep,
+                f"seed={seed}",
+                status="FINISHED",
+                value=0.5 + seed / 10,
+                run_dir=str(run_dir),
+                num=seed,
+                overrides=[f"seed={seed}"],
+            )
+    (sweep / "slurm_jobs.json").write_text(json.dumps(submitted))
+    assert sweeps_main(["collect", str(sweep)]) == 1
+    summary = (sweep / "summary.md").read_text()
+    assert "3 job(s), 2 finished" in summary
+    assert "## Not finished" in summary and "job 2 NOT STARTED: seed=2" in summary
+
+
 def test_a_second_launch_into_a_running_sweep_is_refused_and_changes_nothing(tmp_path):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
