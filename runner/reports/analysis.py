@@ -152,7 +152,7 @@ def write_reports(
 
 def write_per_class_csv(rows: list[dict], path: Path) -> None:
     """Writes the per-class precision/recall/F1/support table."""
-    with path.open("w", newline="") as handle:
+    with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -43,7 +43,7 @@ def report_train_data(data: DataSplits, run_dir: Path, tracker: Tracker) -> None
         log.warning("%d bad file(s) skipped; listed in %s", len(data.bad_files), path)
     if data.clean_train_labels is not None:
         path = run_dir / "label_noise.csv"
-        with path.open("w", newline="") as handle:
+        with path.open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(["sample_id", "clean_label", "noisy_label", "train_index"])
             rows = zip(

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         except AuditError as err:
             print(f"Error: {err}")
             return 1
-        print((args.sweep_dir / "audit" / "summary.md").read_text())
+        print((args.sweep_dir / "audit" / "summary.md").read_text(encoding="utf-8"))
         print("files: " + ", ".join(str(p) for p in result.files))
         return 0
     if args.command == "summary":

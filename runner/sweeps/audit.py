@@ -119,7 +119,7 @@ def known_noise(
     for run_dir in sorted(run_dirs):
         path = run_dir / "label_noise.csv"
         if path.is_file():
-            with path.open(newline="") as handle:
+            with path.open(newline="", encoding="utf-8") as handle:
                 for row in csv.DictReader(handle):
                     if "sample_id" in row:
                         clean[row["sample_id"]] = int(row["clean_label"])
@@ -195,7 +195,8 @@ def run_audit(
         files.append(picture)
     summary = out / "summary.md"
     summary.write_text(
-        _summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, names)
+        _summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, names),
+        encoding="utf-8",
     )
     files.append(summary)
     log.info(
@@ -214,7 +215,7 @@ def run_audit(
 
 def _write_csv(path: Path, header, rows) -> None:
     """Writes a CSV whole or not at all: a run may read it as data.exclude meanwhile."""
-    with replaced_whole(path) as temp, temp.open("w", newline="") as handle:
+    with replaced_whole(path) as temp, temp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)

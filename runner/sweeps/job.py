@@ -142,7 +142,11 @@ class SweepJob:
             return self._kept(recorded)
         stop = self.sweep_dir / STOP_FILE
         if stop.exists():
-            log.warning("sweep.fail_fast: not starting %s (%s)", self.shown_key, stop.read_text())
+            log.warning(
+                "sweep.fail_fast: not starting %s (%s)",
+                self.shown_key,
+                stop.read_text(encoding="utf-8"),
+            )
             update_manifest(
                 self.sweep_dir, self.key, status="SKIPPED", overrides=self.overrides, num=self.num
             )
@@ -210,7 +214,9 @@ class SweepJob:
                 else "the sweep goes on",
             )
             if self.fail_fast:
-                (self.sweep_dir / STOP_FILE).write_text(f"job {self.num} ({self.shown_key}) failed")
+                (self.sweep_dir / STOP_FILE).write_text(
+                    f"job {self.num} ({self.shown_key}) failed", encoding="utf-8"
+                )
             return math.nan
         except BaseException:  # a signal or Ctrl-C: the job resumes when the sweep does
             update_manifest(self.sweep_dir, self.key, status="INTERRUPTED")

@@ -55,7 +55,8 @@ def start_run(
     resolved = redacted_container(cfg)
     # Read before the file is replaced: a resumed run's params stay those of its start.
     changed = resumed_changes(run_dir / "config_resolved.yaml", resolved) if resume_run_id else {}
-    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    resolved_yaml = OmegaConf.to_yaml(OmegaConf.create(resolved))
+    (run_dir / "config_resolved.yaml").write_text(resolved_yaml, encoding="utf-8")
     record = {**env, "overrides": overrides}
     (run_dir / "environment.json").write_text(json.dumps(record, indent=2))
     tracker.start(

@@ -245,7 +245,7 @@ def save_traceback(tracker: Tracker, run_dir: Path, rank: int = 0) -> None:
     """
     path = run_dir / ("traceback.txt" if rank == 0 else f"traceback-rank{rank}.txt")
     run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(traceback.format_exc())
+    path.write_text(traceback.format_exc(), encoding="utf-8")
     log.error("run failed; traceback in %s", path)
     try:
         tracker.log_artifact(path)

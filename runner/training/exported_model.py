@@ -182,7 +182,7 @@ def best_from_model_dir(model_dir: Path, run_id: str | None) -> BestCheckpoint:
     try:
         metadata = Model.load(str(model_dir)).metadata or {}
         program = torch.export.load(str(model_dir / "data" / "model.pt2"))
-        config = (model_dir / "extra_files" / CONFIG_FILE).read_text()
+        config = (model_dir / "extra_files" / CONFIG_FILE).read_text(encoding="utf-8")
     except (OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(
             f"{model_dir} is not a model the runner logged ({err}): pass a best.pt or the "

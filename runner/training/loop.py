@@ -155,7 +155,9 @@ def fit(
     )
     checkpoints = ctx.run_dir / "checkpoints"
     last = checkpoints / "last.pt"
-    config_yaml = (ctx.run_dir / "config_resolved.yaml").read_text()  # redacted, at start
+    config_yaml = (ctx.run_dir / "config_resolved.yaml").read_text(
+        encoding="utf-8"
+    )  # redacted, at start
     train_counts = data.class_counts().tolist()  # kept in every best.pt, for eval's groups
     patience = trainer.early_stopping_patience
     steps = engine.StepSettings.from_trainer(trainer)

@@ -182,3 +182,33 @@ def test_the_summary_shows_a_path_with_brackets_as_written(path, capsys):
     print_config(OmegaConf.create({"ckpt": path}))
     shown = capsys.readouterr().out
     assert shown.count(path) == 2 and "[b]" in shown, shown
+
+
+def test_report_files_are_utf8_on_a_locale_that_is_not(tmp_path):
+    """Written in the locale's encoding, per_class.csv of a class named 'café' failed the
+    run at its end on an ASCII locale (and summary.md a sweep's, label_noise.csv a run's)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    script = (
+        "import sys, torch; from pathlib import Path\n"
+        "from runner.reports.analysis import write_per_class_csv\n"
+        "from runner.reports.per_class import per_class_table\n"
+        # Escaped: the command line itself is read in the ASCII locale.
+        "table = per_class_table(torch.eye(2, dtype=torch.long), ['caf\\u00e9', 'th\\u00e9'])\n"
+        "write_per_class_csv(table, Path(sys.argv[1]))\n"
+    )
+    path = tmp_path / "per_class.csv"
+    ascii_locale = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        env={**os.environ, **ascii_locale},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "café" in path.read_text(encoding="utf-8")
