@@ -406,3 +406,34 @@ def test_a_table_file_ids_its_rows_by_their_image_paths(tmp_path):
         ids_by_order.append(dict(zip(ids, labels, strict=True)))
     assert sorted(ids_by_order[0]) == sorted(f"images/{r.split(',')[0][7:]}" for r in rows)
     assert ids_by_order[0] == ids_by_order[1]
+
+
+def test_embedded_images_with_the_same_names_in_two_splits_get_index_ids(tmp_path):
+    """A Hub parquet file keeps each image's bytes and only its file name (`0.png` in
+    every split): train and test were refused as sharing samples, all images different."""
+    import io
+
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+
+    def split(count):
+        rows = {"image": [], "label": []}
+        for i in range(count):
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(buffer, "PNG")
+            rows["image"].append({"bytes": buffer.getvalue(), "path": f"{i}.png"})
+            rows["label"].append(i % 2)
+        features = datasets.Features(
+            {"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}
+        )
+        return datasets.Dataset.from_dict(rows, features=features)
+
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"train": split(20), "test": split(6)}).save_to_disk(str(saved))
+    data = load_hf(str(saved), split_val=None, val_fraction=0.2, **common(tmp_path))
+    assert (len(data.train), len(data.val), len(data.test)) == (16, 4, 6)
+    assert sorted(data.test.ids) == sorted(f"saved:test:{i}" for i in range(6))
+    assert all(i.startswith("saved:train:") for i in (*data.train.ids, *data.val.ids))

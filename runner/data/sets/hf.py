@@ -344,6 +344,12 @@ def record_ids(dataset, image_key: str, folder: Path | None, label: str) -> list
     column = dataset.select_columns([image_key]).flatten()  # Image -> .bytes, .path columns
     if f"{image_key}.path" in column.column_names:
         paths = column[f"{image_key}.path"]  # reads the paths only, not the bytes
+        if f"{image_key}.bytes" in column.column_names:
+            # A record with its bytes is decoded from them: its path is only the name the
+            # file had (a Hub parquet file's `0.png` in every split), no file here.
+            stored = column.with_format("arrow")[f"{image_key}.bytes"]  # in record order
+            embedded = stored.is_valid().to_pylist()
+            paths = [None if inline else path for path, inline in zip(paths, embedded, strict=True)]
     elif image_key in column.column_names and column.features[image_key].dtype in (
         "string",
         "large_string",  # how datasets reads a CSV's or JSON's text column
