@@ -437,3 +437,24 @@ def test_embedded_images_with_the_same_names_in_two_splits_get_index_ids(tmp_pat
     assert (len(data.train), len(data.val), len(data.test)) == (16, 4, 6)
     assert sorted(data.test.ids) == sorted(f"saved:test:{i}" for i in range(6))
     assert all(i.startswith("saved:train:") for i in (*data.train.ids, *data.val.ids))
+
+
+def test_a_table_that_lists_a_file_twice_is_refused_when_test_is_carved_from_it(tmp_path):
+    """The carve drew rows one by one: `images/1.png` was in train and, as its copy, in
+    the carved test split."""
+    from PIL import Image
+
+    folder = tmp_path / "set"
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for i in range(12):
+        Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(folder / "images" / f"{i}.png")
+        rows.append(f"images/{i}.png,{'xy'[i % 2]}")
+    table = folder / "table.csv"
+    table.write_text("\n".join(["image,label", *rows, rows[1]]) + "\n")
+    settings = {"image_key": "image", "label_key": "label", **common(tmp_path)}
+    with pytest.raises(DataError, match=r"lists 1 file\(s\) more than once \(e\.g\. 'images/1"):
+        load_hf(str(table), split_test=None, test_fraction=0.25, **settings)
+    # Nothing carved: a repeated row only weighs its image twice in training.
+    data = load_hf(str(table), split_test=None, test_fraction=0.0, val_fraction=0.0, **settings)
+    assert len(data.train) == 13

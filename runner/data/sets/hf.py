@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -296,6 +297,7 @@ def load_hf(
             f"{', '.join(class_names[i] for i in absent)}, which {label_key!r}'s ClassLabel "
             "names: add train rows of them, or drop them from the ClassLabel's names"
         )
+    refuse_copies_in_a_carve(ids["train"], specs, val_fraction, test_fraction)
     ids = _unique_ids(ids, specs)
     # datasets has no public getter for a table's fingerprint (its hash of the Arrow
     # data); its cache guide reads `_fingerprint`, as here. It changes with the data.
@@ -369,6 +371,37 @@ def record_ids(dataset, image_key: str, folder: Path | None, label: str) -> list
                 ids[i] = path_id(os.path.relpath(absolute, base))
                 break
     return ids
+
+
+def refuse_copies_in_a_carve(
+    train_ids: Sequence[str],
+    specs: dict[str, str | None],
+    val_fraction: float,
+    test_fraction: float,
+) -> None:
+    """Refuses a train split that lists a file twice when val or test is carved from it.
+
+    The carve draws rows one by one, so the copies of a file could land in train and in
+    val or test: the run would test on an image it trains on.
+
+    Raises:
+        DataError: Naming the split, a repeated file and the fixes.
+    """
+    fractions = {"val": val_fraction, "test": test_fraction}
+    carved = [split for split, share in fractions.items() if specs[split] is None and share]
+    if not carved:
+        return
+    counts = Counter(train_ids)
+    repeated = [sample_id for sample_id, count in counts.items() if count > 1]
+    if repeated:
+        raise DataError(
+            f"data.split_train={specs['train']!r} lists {len(repeated)} file(s) more than "
+            f"once (e.g. {repeated[0]!r}, {counts[repeated[0]]} times) and "
+            f"{' and '.join(carved)} is carved from it: the copies of a file could be "
+            "trained on and tested. Remove the repeated rows, or give the data set "
+            f"{' and '.join(carved)} rows of its own "
+            f"({', '.join(f'data.split_{split}=...' for split in carved)})"
+        )
 
 
 def _unique_ids(ids: dict[str, list[str]], specs: dict[str, str | None]) -> dict[str, list[str]]:
