@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -458,3 +460,23 @@ def test_a_table_that_lists_a_file_twice_is_refused_when_test_is_carved_from_it(
     # Nothing carved: a repeated row only weighs its image twice in training.
     data = load_hf(str(table), split_test=None, test_fraction=0.0, val_fraction=0.0, **settings)
     assert len(data.train) == 13
+
+
+def test_a_label_column_of_lists_names_data_label_key(tmp_path):
+    """A multi-label (list) column failed with a bare "unhashable type: 'list'"."""
+    from PIL import Image
+
+    folder = tmp_path / "set"
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for i in range(6):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(folder / "images" / f"{i}.png")
+        rows.append({"image": f"images/{i}.png", "tags": [i % 2, 1]})
+    table = folder / "table.json"
+    table.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    with pytest.raises(
+        DataError, match=r"'tags' \(data\.label_key\) holds lists \(e\.g\. \[0, 1\]"
+    ):
+        load_hf(
+            str(table), image_key="image", label_key="tags", split_test=None, **common(tmp_path)
+        )

@@ -251,6 +251,14 @@ def load_hf(
     # Each split's label column, read once (every read builds a list of the whole column).
     label_columns = {split: dataset[label_key] for split, dataset in loaded.items()}
     for split, values in label_columns.items():
+        nested = next((v for v in values if isinstance(v, list | dict)), None)
+        if nested is not None:  # a multi-label column, or a struct: no class per row
+            raise DataError(
+                f"{name} split {specs[split]!r}: {label_key!r} (data.label_key) holds "
+                f"{type(nested).__name__}s (e.g. {str(nested)[:80]}), not one class per row: "
+                "the runner trains single-label classification. Set data.label_key to a "
+                "column of one class per row"
+            )
         # -1 is how a ClassLabel column marks a row without a label (a Hub test split's).
         no_label = (
             {None, -1}
