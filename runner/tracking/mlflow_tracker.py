@@ -299,11 +299,14 @@ class MlflowTracker:
         """Switches to the local fallback store, or raises when that is not allowed."""
         unreachable = self.tracking_uri
         if not (self.offline_fallback and self.fallback_uri):
+            fallback = (
+                "set logger.fallback_uri (it is null) to the local store to log to instead"
+                if self.offline_fallback
+                else "set logger.offline_fallback=true to log to the local store instead"
+            )
             raise TrackingUnavailableError(
                 f"logger.tracking_uri={public_uri(unreachable)!r}: the MLflow server does not "
-                "answer. "
-                "Start it, fix the URI, or set logger.offline_fallback=true to log to the "
-                "local store instead."
+                f"answer. Start it, fix the URI, or {fallback}."
             )
         self.tracking_uri = self.fallback_uri
         log.warning(

@@ -161,6 +161,9 @@ def test_unreachable_server_fails_fast_before_training(tmp_path):
     with pytest.raises(TrackingUnavailableError, match=r"http://127\.0\.0\.1:1.*offline_fallback"):
         MlflowTracker("http://127.0.0.1:1").connect("x")
     assert time.monotonic() - start < 10
+    # With the fallback on and no store to fall back to, it named the switch already set.
+    with pytest.raises(TrackingUnavailableError, match=r"set logger\.fallback_uri \(it is null\)"):
+        MlflowTracker("http://127.0.0.1:1", offline_fallback=True, fallback_uri=None).connect("x")
 
     result = run_cli(
         f"paths.output_dir={tmp_path}", *TINY, "logger.tracking_uri=http://127.0.0.1:1"
