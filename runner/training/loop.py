@@ -155,14 +155,13 @@ def fit(
     )
     checkpoints = ctx.run_dir / "checkpoints"
     last = checkpoints / "last.pt"
-    config_yaml = (ctx.run_dir / "config_resolved.yaml").read_text(
-        encoding="utf-8"
-    )  # redacted, at start
+    # Redacted, written at start.
+    config_yaml = (ctx.run_dir / "config_resolved.yaml").read_text(encoding="utf-8")
     train_counts = data.class_counts().tolist()  # kept in every best.pt, for eval's groups
     patience = trainer.early_stopping_patience
     steps = engine.StepSettings.from_trainer(trainer)
     if ctx.is_main:  # everything the first step needs is built: start-up ends here
-        startup_clock.finish(ctx.run_dir, ctx.tracker)
+        startup_clock.finish(ctx.run_dir, ctx.tracker, step=state.global_step)
     if patience is not None and not state.partial_epoch and state.epochs_since_best >= patience:
         # A run stopped during the validation that met its patience (or rerun after it
         # stopped early) ends where the uninterrupted run ended.

@@ -139,12 +139,14 @@ def total(report: dict[str, float]) -> float:
     return report.get("total_s", sum(v for k, v in report.items() if k != "total_s"))
 
 
-def finish(run_dir: Path, tracker: Tracker) -> dict[str, float]:
+def finish(run_dir: Path, tracker: Tracker, step: int = 0) -> dict[str, float]:
     """Reports the start-up phases: a log line, startup.json and one `startup_s` metric.
 
     Args:
         run_dir: The run dir (startup.json goes there and to the tracker's artifacts).
         tracker: The run's tracker; the metric is sent with the first epoch's.
+        step: The optimizer step training starts from: a resumed run's start-up is a
+            point of its own in the metric's history, not a second value at step 0.
 
     Returns:
         Seconds per phase.
@@ -153,6 +155,6 @@ def finish(run_dir: Path, tracker: Tracker) -> dict[str, float]:
     path = run_dir / "startup.json"
     path.write_text(json.dumps(report, indent=2))
     tracker.log_artifact(path)
-    tracker.log_metrics({"startup_s": total(report)}, step=0)
+    tracker.log_metrics({"startup_s": total(report)}, step=step)
     log.info("start-up: %s", ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in report.items()))
     return report

@@ -211,6 +211,9 @@ def test_a_run_that_fell_back_continues_in_its_fallback_store(tmp_path, monkeypa
     db = tmp_path / "mlflow.db"
     assert query(db, "SELECT status FROM runs") == [("FINISHED",)]  # the same run, continued
     assert query(db, "SELECT COUNT(*) FROM metrics WHERE key='val/acc'") == [(2,)]
+    # Each start-up at the step it started from: the resume's was a second value at 0.
+    steps = query(db, "SELECT step FROM metrics WHERE key='startup_s' ORDER BY step")
+    assert len(steps) == 2 and steps[0] == (0,) and steps[1][0] > 0
 
 
 def test_every_config_problem_is_reported_at_once_and_nothing_is_created(tmp_path, monkeypatch):
