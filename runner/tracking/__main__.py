@@ -92,7 +92,17 @@ def main(argv: list[str] | None = None) -> int:
         for line in failed:
             print(f"Error: {line}", file=sys.stderr)
         print(f"{sent} logging operation(s) sent, {len(failed)} failed")
-        return 1 if failed else 0
+        if failed:
+            return 1
+        # Kept, under a name that a resumed run neither warns of nor appends to: a later
+        # outage's file is replayed alone, not with these operations a second time.
+        done, copies = args.file.with_name(f"{args.file.name}.sent"), 1
+        while done.exists():  # an earlier replay's: kept too
+            copies += 1
+            done = args.file.with_name(f"{args.file.name}.sent{copies}")
+        args.file.rename(done)
+        print(f"{args.file} is now {done}")
+        return 0
     if args.command == "open":
         if not args.tracking_uri:
             parser.error("open needs --tracking-uri or MLFLOW_TRACKING_URI")

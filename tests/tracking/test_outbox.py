@@ -279,6 +279,9 @@ def test_replay_sends_the_saved_status_of_a_run_reap_marked_killed(tmp_path):
     client.set_terminated(run_id, "KILLED", end_time=2_000)
     assert main(["replay", str(pending)]) == 0
     assert client.get_run(run_id).info.status == "FINISHED"
+    # Sent whole, the file is set aside: a resumed run warned of it as unsent, and a later
+    # outage appended to it, to be sent again with the old operations.
+    assert not pending.exists() and pending.with_name("mlflow_pending.jsonl.sent").is_file()
 
 
 def test_replay_to_a_server_that_does_not_answer_says_so_at_once(tmp_path, capsys):
