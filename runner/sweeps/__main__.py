@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from runner.config.choices import MONITOR_MODES
 from runner.config.resolvers import monitor_mode_for, register_resolvers
 from runner.sweeps.audit import NUM_THUMBNAILS
-from runner.sweeps.collect import FINAL_STATES, print_sweep, sweep_jobs
+from runner.sweeps.collect import FINAL_STATES, SlurmUnavailableError, print_sweep, sweep_jobs
 from runner.sweeps.manifest import (
     MANIFEST_FILE,
     SUBMITTED_FILE,
@@ -141,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not _is_sweep_dir(args.sweep_dir, "multirun.yaml"):
         return 1
-    jobs = sweep_jobs(args.sweep_dir)  # one squeue per job: asked once
+    try:
+        jobs = sweep_jobs(args.sweep_dir)  # one squeue per job: asked once
+    except SlurmUnavailableError as err:
+        print(f"Error: {err}")
+        return 1
     status = print_sweep(jobs)
     if is_locked(args.sweep_dir / SWEEP_LOCK_FILE):
         print(
@@ -152,9 +156,24 @@ def main(argv: list[str] | None = None) -> int:
     if any(job["state"] not in (*FINAL_STATES, "UNKNOWN") for job in jobs):
         print("jobs still queued or running: collect again when they are done")
         return status
-    from runner.sweeps.callback import finish_submitted_sweep, resume_advice
+    from runner.config.validation import job_mode
+    from runner.sweeps.callback import finish_submitted_sweep, resume_advice, submits_only
 
+    launched = OmegaConf.load(args.sweep_dir / "multirun.yaml")
+    if (mode := job_mode(launched)) != "train":
+        print(
+            f"a sweep of mode={mode}: its jobs keep their results in their own dirs, and "
+            "there is no sweep summary (nor manifest) to finish"
+        )
+        return status
     if not (args.sweep_dir / SUBMITTED_FILE).exists():  # its launcher waited for its jobs
+        if submits_only(launched):
+            print(
+                f"Error: {args.sweep_dir} was launched with hydra/launcher=slurm_submit and no "
+                f"job was submitted (it has no {SUBMITTED_FILE}): the launch failed, with its "
+                "error on its console. Fix it and launch the sweep again"
+            )
+            return 1
         summary, manifest = args.sweep_dir / "summary.md", args.sweep_dir / MANIFEST_FILE
         info = read_sweep_info(args.sweep_dir)
         if SUMMARISED in info:  # `summary` rewrites summary.md: the launcher's own record
@@ -167,11 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"this sweep's launcher ran it to the end and summarised it: {summary}")
             return status
         # ... and was stopped before the end: jobs it had not started are in no listing.
-        config = OmegaConf.load(args.sweep_dir / "multirun.yaml")
         print(
             "this sweep's launcher waited for its jobs (not hydra/launcher=slurm_submit) and "
             "was stopped before it summarised them, so some may not have run. "
-            f"{resume_advice(config, args.sweep_dir)}, added to the command that launched "
+            f"{resume_advice(launched, args.sweep_dir)}, added to the command that launched "
             f"it; `python -m runner.sweeps summary {args.sweep_dir}` shows its jobs so far"
         )
         return 1

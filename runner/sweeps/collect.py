@@ -16,9 +16,11 @@ from runner.sweeps.manifest import (
     ABANDONED,
     JOB_LOCK_FILE,
     REPLACED,
-    SUBMITTED_FILE,
+    entry_of,
+    job_run_dir,
     read_manifest,
     setting_overrides,
+    submitted_jobs,
 )
 from runner.tracking.store import is_locked
 
@@ -38,22 +40,30 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
 
     Raises:
         FileNotFoundError: `sweep_dir` is not a directory.
+        SlurmUnavailableError: SLURM did not answer `squeue`.
     """
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep dir {sweep_dir} does not exist")
     sweep_dir = sweep_dir.resolve()  # the manifest's run dirs are absolute
-    listing = sweep_dir / SUBMITTED_FILE
-    if listing.exists():
-        jobs = json.loads(listing.read_text())
+    manifest = read_manifest(sweep_dir)
+    jobs = [dict(record) for record in submitted_jobs(sweep_dir)]
+    if jobs:  # a job's entry holds its run dir, moved with the sweep dir (job_run_dir)
+        entries = [entry_of(job, manifest) or {} for job in jobs]
     else:
         numbered = sorted(
             (p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
         )
         jobs = [{"num": int(p.name), "run_dir": str(p), "job_id": None} for p in numbered]
-    recorded = {entry.get("run_dir"): entry for entry in read_manifest(sweep_dir).values()}
-    for job in jobs:
-        run_dir = Path(job["run_dir"])
-        entry = recorded.get(job["run_dir"], {})
+        recorded = [entry for entry in manifest.values() if entry.get("run_dir")]
+        by_dir = {job_run_dir(sweep_dir, entry).resolve(): entry for entry in recorded}
+        # A job fail_fast skipped has an entry without a run dir: found by its number.
+        by_num = {entry["num"]: entry for entry in manifest.values() if "num" in entry}
+        entries = [by_dir.get(Path(job["run_dir"])) or by_num.get(job["num"]) or {} for job in jobs]
+    for job, entry in zip(jobs, entries, strict=True):
+        # A job that never started has no run dir: shown where the default subdir puts it.
+        started = entry.get("run_dir")
+        run_dir = job_run_dir(sweep_dir, entry) if started else sweep_dir / str(job["num"])
+        job["run_dir"] = str(run_dir)
         if not job.get("overrides") and entry.get("overrides"):
             job["overrides"] = " ".join(setting_overrides(entry["overrides"]))
         queued = _squeue_state(job.get("job_id"))
@@ -74,13 +84,31 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
     return jobs
 
 
+class SlurmUnavailableError(RuntimeError):
+    """`squeue` did not answer: the jobs' states cannot be known."""
+
+
 def _squeue_state(job_id: str | None) -> str:
-    """SLURM's state of a job it still knows ("" when it does not, or without SLURM)."""
+    """SLURM's state of a job it still knows ("" when it does not, or without SLURM).
+
+    Raises:
+        SlurmUnavailableError: `squeue` failed otherwise than on a job id SLURM has
+            forgotten (its controller is down): a queued job would be taken for one that
+            ended, and the sweep summarised without it.
+    """
     if not job_id or shutil.which("squeue") is None:
         return ""
-    done = subprocess.run(
-        ["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True, timeout=30
-    )
+    command = ["squeue", "-h", "-j", str(job_id), "-o", "%T"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        done = subprocess.CompletedProcess(command, 1, "", "no answer in 60 s")
+    if done.returncode != 0 and "invalid job id" not in done.stderr.lower():
+        reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[0]
+        raise SlurmUnavailableError(
+            f"squeue could not be asked about job {job_id} ({reason}): the jobs' states are "
+            "unknown, so nothing was summarised. Collect again once SLURM answers"
+        )
     return (
         done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else ""
     )

@@ -100,6 +100,31 @@ def read_manifest(sweep_dir: Path) -> dict[str, dict[str, Any]]:
     return json.loads(path.read_text())["jobs"]
 
 
+def submitted_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The jobs `hydra/launcher=slurm_submit` submitted (slurm_jobs.json), by number.
+
+    A resumed sweep appends its launch's records: a job's latest record stands.
+    """
+    path = Path(sweep_dir) / SUBMITTED_FILE
+    if not path.is_file():
+        return []
+    latest = {record["num"]: record for record in json.loads(path.read_text(encoding="utf-8"))}
+    return [latest[num] for num in sorted(latest)]
+
+
+def entry_of(record: dict[str, Any], manifest: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The manifest entry of a submitted job: by its overrides, else by its number.
+
+    None for a job that never started (cancelled in the queue, or still queued). Its run
+    dir is not looked at: the launcher records `<sweep dir>/<num>`, which another
+    `hydra.sweep.subdir` does not use.
+    """
+    key = job_key(str(record.get("overrides", "")).split())
+    if key in manifest:
+        return manifest[key]
+    return next((e for e in manifest.values() if e.get("num") == record.get("num")), None)
+
+
 def job_run_dir(sweep_dir: Path, entry: dict[str, Any]) -> Path:
     """A job's run dir in `sweep_dir`, where the sweep dir was moved or copied to.
 

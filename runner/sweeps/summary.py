@@ -21,13 +21,14 @@ from runner.sweeps.job import constant_keys, unescape
 from runner.sweeps.manifest import (
     ABANDONED,
     REPLACED,
-    SUBMITTED_FILE,
+    entry_of,
     job_key,
     job_run_dir,
     parse_overrides,
     read_manifest,
     read_sweep_info,
     setting_overrides,
+    submitted_jobs,
     write_json,
 )
 from runner.sweeps.optuna_study import STUDY_FILE
@@ -84,8 +85,8 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     """
     sweep_dir = Path(sweep_dir)
     jobs = []
-    entries = [*read_manifest(sweep_dir).values()]
-    entries += never_started(sweep_dir, entries)
+    manifest = read_manifest(sweep_dir)
+    entries = [*manifest.values(), *never_started(sweep_dir, manifest)]
     for entry in sorted(entries, key=lambda e: e.get("num", 0)):
         metrics_file = job_run_dir(sweep_dir, entry) / "metrics.json"
         test = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
@@ -218,24 +219,20 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     return Summary(jobs, markdown, files, best_tags, best_value, failed, best_metrics)
 
 
-def never_started(sweep_dir: Path, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def never_started(sweep_dir: Path, manifest: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The jobs `hydra/launcher=slurm_submit` submitted that have no manifest entry.
 
     A job cancelled before it started (or still queued) writes none; without these the
     summary counted only the jobs that ran, and a sweep of 3 seeds reported 2 as done.
     """
-    listing = sweep_dir / SUBMITTED_FILE
-    if not listing.is_file():
-        return []
-    recorded = {job_run_dir(sweep_dir, entry).resolve() for entry in entries}
     return [
         {
-            "num": job["num"],
-            "overrides": str(job.get("overrides", "")).split(),
+            "num": record["num"],
+            "overrides": str(record.get("overrides", "")).split(),
             "status": NOT_STARTED,
         }
-        for job in json.loads(listing.read_text(encoding="utf-8"))
-        if (sweep_dir / str(job["num"])).resolve() not in recorded
+        for record in submitted_jobs(sweep_dir)
+        if entry_of(record, manifest) is None
     ]
 
 

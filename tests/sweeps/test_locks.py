@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -239,6 +240,111 @@ def test_collect_counts_a_submitted_job_that_never_started_as_not_finished(tmp_p
     summary = (sweep / "summary.md").read_text()
     assert "3 job(s), 2 finished" in summary
     assert "## Not finished" in summary and "job 2 NOT STARTED: seed=2" in summary
+
+
+def test_collect_finds_submitted_jobs_by_their_overrides_wherever_their_run_dirs_are(
+    tmp_path, capsys
+):
+    """slurm_jobs.json records <sweep dir>/<num>: with another hydra.sweep.subdir the jobs
+    were UNKNOWN and listed again as NOT STARTED; a resumed sweep's second record of a
+    job listed it twice."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("trainer: {monitor: val/acc, monitor_mode: max}\n")
+    submitted = []
+    for num, lr in enumerate(("0.001", "0.01")):
+        run_dir = sweep / f"job{num}"  # hydra.sweep.subdir=job${hydra.job.num}
+        run_dir.mkdir()
+        (run_dir / "metrics.json").write_text(json.dumps({"test/acc": 0.5}))
+        overrides = [f"optim.lr={lr}"]
+        update_manifest(
+            sweep,
+            overrides[0],
+            status="FINISHED",
+            value=0.5,
+            run_dir=str(run_dir),
+            num=num,
+            overrides=overrides,
+            sweep_dir=str(sweep),
+        )
+        # No SLURM job id: squeue would wait ~18 s a job when no controller runs.
+        record = {"job_id": None, "num": num, "overrides": overrides[0]}
+        submitted.append({**record, "run_dir": str(sweep / str(num))})
+    submitted.append({**submitted[0], "job_id": None})  # job 0 again, from a resumed launch
+    (sweep / "slurm_jobs.json").write_text(json.dumps(submitted))
+    assert sweeps_main(["collect", str(sweep)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    listed = [line for line in shown if line[:2] in ("#0", "#1")]  # then the summary's
+    assert len(listed) == 2 and all("FINISHED" in line and "job" in line for line in listed)
+    assert "2 job(s), 2 finished" in (sweep / "summary.md").read_text()
+
+
+def test_collect_summarises_nothing_when_slurm_does_not_answer(tmp_path, capsys, monkeypatch):
+    """squeue's failure was taken for "SLURM does not know the job": queued jobs counted
+    as ended, and the sweep was summarised as failed while they waited to run.
+
+    The squeue here is a script that answers as squeue does while the controller is
+    down: the real one waits about 18 s a call for it.
+    """
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    squeue.write_text(
+        "#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller "
+        "(connect failure)' >&2\nexit 1\n"
+    )
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("trainer: {monitor: val/acc, monitor_mode: max}\n")
+    record = {"job_id": "7_0", "num": 0, "overrides": "seed=0", "run_dir": str(sweep / "0")}
+    (sweep / "slurm_jobs.json").write_text(json.dumps([record]))
+    assert sweeps_main(["collect", str(sweep)]) == 1
+    shown = capsys.readouterr().out
+    assert "squeue could not be asked about job 7_0 (slurm_load_jobs error: Unable" in shown
+    assert not (sweep / "summary.md").exists()
+
+
+def test_collect_of_a_sweep_that_keeps_no_manifest_or_was_never_submitted(tmp_path, capsys):
+    """An eval sweep that ran to its end was called killed and pointed to sweep.resume; a
+    slurm_submit launch whose sbatch failed was called one that waited for its jobs."""
+    evaluated = tmp_path / "eval"
+    (evaluated / "0").mkdir(parents=True)
+    (evaluated / "multirun.yaml").write_text("mode: eval\n")
+    (evaluated / "0" / "metrics.json").write_text(json.dumps({"test/acc": 0.5}))
+    assert sweeps_main(["collect", str(evaluated)]) == 0
+    shown = capsys.readouterr().out
+    assert "a sweep of mode=eval: its jobs keep their results" in shown
+    assert "sweep.resume" not in shown
+    refused = tmp_path / "refused"
+    refused.mkdir()
+    launcher = "hydra_plugins.runner_slurm.launcher.SubmitOnlySlurmLauncher"
+    (refused / "multirun.yaml").write_text(f"hydra: {{launcher: {{_target_: {launcher}}}}}\n")
+    assert sweeps_main(["collect", str(refused)]) == 1
+    assert "launched with hydra/launcher=slurm_submit and no job was submitted" in (
+        capsys.readouterr().out
+    )
+
+
+def test_collect_shows_a_job_fail_fast_skipped_as_the_manifest_recorded_it(tmp_path, capsys):
+    """Its entry has no run dir: collect matched none and showed it UNKNOWN."""
+    sweep = tmp_path / "sweep"
+    for num in (0, 1):
+        (sweep / str(num)).mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("trainer: {monitor: val/acc, monitor_mode: max}\n")
+    update_manifest(
+        sweep,
+        "optim.lr=1e9",
+        status="FAILED",
+        run_dir=str(sweep / "0"),
+        num=0,
+        overrides=["optim.lr=1e9"],
+    )
+    update_manifest(sweep, "optim.lr=0.003", status="SKIPPED", num=1, overrides=["optim.lr=0.003"])
+    assert sweeps_main(["collect", str(sweep)]) == 1
+    second = capsys.readouterr().out.splitlines()[1]
+    assert "SKIPPED" in second and "optim.lr=0.003" in second
 
 
 def test_a_second_launch_into_a_running_sweep_is_refused_and_changes_nothing(tmp_path):
