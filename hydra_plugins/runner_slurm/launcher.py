@@ -48,7 +48,8 @@ class SubmitOnlySlurmLauncher(SlurmLauncher):
         executor.update_parameters(
             **{k if k in common else f"{self._EXECUTOR}_{k}": v for k, v in settings.items()}
         )
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        # Absolute: `collect` is often run from another folder than the launch was.
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         numbers = [initial_job_idx + i for i in range(len(job_overrides))]
         arguments = [
