@@ -214,34 +214,48 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:
 def refuse_a_new_split_of_the_trained_data(
     cfg: DictConfig, data: DataSplits, loaded: LoadedCheckpoint
 ) -> None:
-    """Refuses `eval.data=current` on the checkpoint's own data set split another way.
+    """Refuses `eval.data=current` on a test split carved anew from the trained data.
 
-    The same data set (its `_target_`, `data.name` and `data.root`) with another test
-    split than the run was tested on: this command's split keys differ (`data.split_seed`,
-    `data.test_fraction`, ...) or the data changed since, and a test split carved anew
-    from the images the model learnt from tests it partly on them.
+    The same data set (its `_target_` and `data.root`, or without a root its
+    `data.name`) whose test split is carved from the train listing, and is not the one
+    the run was tested on: this command's split keys differ (`data.split_seed`,
+    `data.test_fraction`, ...) or the data changed since, so the split may hold images
+    the model learnt from. A test split of the data set's own (a `test/` folder, a
+    split named by `data.split_test`) holds none and is tested as asked.
 
     Raises:
         DataError: Naming the data set and the fixes.
     """
     tested_on = loaded.best.test_ids_digest  # None in a best.pt from before it was kept
-    if tested_on in (None, ids_digest(data.test.ids)):
+    if not data.test_carved or tested_on in (None, ids_digest(data.test.ids)):
         return
-    for key in ("_target_", "name", "root"):
-        here, there = cfg.data.get(key), as_read_here(loaded.stored, f"data.{key}")
-        if key == "root" and here is not None and there is not None:
-            here, there = (Path(str(value)).expanduser().resolve() for value in (here, there))
-        if here != there:
-            return
+    here = {key: cfg.data.get(key) for key in ("_target_", "root", "name")}
+    there = {key: as_read_here(loaded.stored, f"data.{key}") for key in here}
+    if here["_target_"] != there["_target_"]:
+        return
+    # The root names an image folder's or CIFAR's files, and `data.name` only labels
+    # them; without a root, `data.name` is the data set (a path or a Hub id for hf).
+    key = "root" if here["root"] is not None or there["root"] is not None else "name"
+    if _as_path(here[key]) != _as_path(there[key]):
+        return
     raise DataError(
         f"eval.data=current: {data.name} is the data the checkpoint was trained on, and "
-        f"this command's test split ({len(data.test)} samples) is not the one its run was "
-        "tested on: this command's split keys (data.split_seed, data.val_fraction, "
-        "data.test_fraction) differ from the run's, or the data changed since, and the "
-        "split may hold images the model trained on. Test on the run's own split with "
-        "eval.data=stored, or on images it did not train on (an image folder without "
-        "train/: data=imagefolder data.root=<folder of test/<class>/...>)"
+        f"this command's test split ({len(data.test)} samples), carved from its train "
+        "listing, is not the one its run was tested on: this command's split keys "
+        "(data.split_seed, data.val_fraction, data.test_fraction) differ from the run's, "
+        "or the data changed since, and the split may hold images the model trained on. "
+        "Test on the run's own split with eval.data=stored, or on images it did not train "
+        "on (a test split of the data set's own, or an image folder without train/: "
+        "data=imagefolder data.root=<folder of test/<class>/...>)"
     )
+
+
+def _as_path(value: Any) -> Any:
+    """A local path, made absolute, as the same data set is named either way; else as is."""
+    if value is None:
+        return None
+    path = Path(str(value)).expanduser()
+    return path.resolve() if path.exists() else value
 
 
 def same_classes(cfg: DictConfig, names: list[str], trained: list[str]) -> None:

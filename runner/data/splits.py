@@ -117,6 +117,9 @@ class DataSplits:
     clean_train_labels: torch.Tensor | None = None
     # Whether the train split was made long-tailed (reports head/medium/tail accuracy).
     long_tailed: bool = False
+    # Whether the test split was carved from the train listing (no test split of its
+    # own): split another way, it may then hold what a model of the first split learnt.
+    test_carved: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -290,4 +293,5 @@ def assemble_splits(
         class_names=list(class_names),
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
+        test_carved=bool(test_fraction),
     )

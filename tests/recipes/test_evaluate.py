@@ -164,6 +164,28 @@ def test_eval_on_current_data_refuses_the_trained_data_split_another_way(trained
     # Split as the run split it, the same data is tested: see the image size test above.
 
 
+def test_eval_on_current_data_tells_a_carved_test_split_from_a_held_out_one(tmp_path, monkeypatch):
+    """The trained folder named another way (a relative root, another data.name) and
+    split another way was not recognised; a test/ folder added since, which the model
+    never saw, was refused as if carved."""
+    from tests.datagen import make_imagefolder
+
+    root = make_imagefolder(tmp_path / "pics", per_class=10, splits=("train",), size=16)
+    folder = ("data=imagefolder", "data.image_size=16", "data.cache_dir=null", "logger=none")
+    small = ("trainer.max_epochs=1", "trainer.batch_size=8", "model=timm", "model.name=test_resnet")
+    run(compose_run(tmp_path, "train", *folder, f"data.root={root}", *small, tiny=False))
+    current = ("mode=eval", f"ckpt={tmp_path / 'train' / 'checkpoints' / 'best.pt'}")
+    current += ("eval.data=current", "analysis.enabled=false", *folder)
+    monkeypatch.chdir(tmp_path)
+    resplit = ("data.root=pics", "data.name=my_pets", "data.split_seed=7")
+    with pytest.raises(DataError, match=r"carved from its train listing"):
+        run(compose_run(tmp_path, "eval_resplit", *current, *resplit, tiny=False))
+    held_out = make_imagefolder(tmp_path / "new", per_class=3, splits=("test",), size=16)
+    shutil.move(held_out / "test", root / "test")
+    tested = run(compose_run(tmp_path, "eval_test", *current, f"data.root={root}", tiny=False))
+    assert 0.0 <= tested <= 1.0
+
+
 def test_eval_on_a_held_out_folder_without_train(trained, tmp_path):
     """eval.data=current data=imagefolder once needed a train/ folder beside the test set."""
     from runner.data.build import build_data
@@ -441,6 +463,9 @@ def test_a_torchvision_model_from_its_weights_is_rebuilt_with_the_arguments_they
         assert not torch.allclose(without_rescaling.eval()(images), logits, atol=1e-3)
     # A ViT takes the image size of its weights; other models take nothing from them.
     assert arguments_set_by_weights("vit_b_16", "IMAGENET1K_SWAG_E2E_V1") == {"image_size": 384}
+    # Spelt as the builder also takes it (a KeyError in eval and predict).
+    swag = "ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1"
+    assert arguments_set_by_weights("vit_b_16", swag) == {"image_size": 384}
     assert arguments_set_by_weights("resnet50", "IMAGENET1K_V2") == {}
 
 

@@ -195,6 +195,7 @@ def splits_from_records(
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
         bad_files=bad,
+        test_carved="test" not in parts and bool(test_fraction),
     )
 
 
