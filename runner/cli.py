@@ -78,27 +78,43 @@ def unknown_key_hint(args: Sequence[str], config_dir: Path) -> str | None:
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             loader = GlobalHydra.instance().config_loader()
-            selections, keys = [], []
+            selections, grids, keys = [], {}, []
             for override in override_parser().parse_overrides(typed):
                 name = override.key_or_group
                 if name.startswith("hydra.searchpath"):
                     selections.append(override.input_line)
-                elif override.is_add() or override.is_delete() or name.startswith("hydra"):
+                elif override.is_add() or override.is_force_add() or override.is_delete():
+                    continue  # a key added on purpose, or taken away
+                elif name.startswith("hydra"):
                     continue
                 elif "." not in name and loader.get_group_options(name):
-                    if override.is_sweep_override():  # a grid's first option stands for all
-                        first = next(override.sweep_string_iterator())
-                        selections.append(f"{name}={first}")
+                    if override.is_sweep_override():  # each option is composed below
+                        grids[name] = list(override.sweep_string_iterator())
                     else:
                         selections.append(override.input_line)
                 else:
                     keys.append(name)
-            cfg = compose(config_name=config_name, overrides=selections)
+            # A key of a swept group need only be in one of its options (model.patch_size
+            # in `model=resnet18,vit_tiny`): each option is composed, the others' first.
+            configs = [compose(config_name=config_name, overrides=selections)]
+            for group, options in grids.items():
+                others = [f"{g}={values[0]}" for g, values in grids.items() if g != group]
+                configs += [
+                    compose(
+                        config_name=config_name,
+                        overrides=[*selections, *others, f"{group}={option}"],
+                    )
+                    for option in options
+                ]
     except Exception:  # Hydra's own error, printed already, is the one to read
         return None
     finally:
         GlobalHydra.instance().clear()
-    problems = [problem for key in keys if (problem := missing_key(cfg, key))]
+    problems = []
+    for key in keys:
+        found = [missing_key(cfg, key) for cfg in configs[1:] or configs]
+        if all(found):  # missing from every option: one that has a near name is shown
+            problems.append(next((f for f in found if "did you mean" in f), found[0]))
     return "\n".join(f"Error: {problem}" for problem in problems) or None
 
 

@@ -452,7 +452,9 @@ def arguments_set_by_weights(name: str, weights: str | None) -> dict[str, Any]:
     if name.startswith("vit_"):
         from torchvision.models import get_model_weights
 
-        return {"image_size": int(get_model_weights(name)[str(weights)].meta["min_size"][0])}
+        # verify takes what the builder takes: a member's name, DEFAULT, or Enum.NAME.
+        chosen = get_model_weights(name).verify(str(weights))
+        return {"image_size": int(chosen.meta["min_size"][0])}
     return {}
 
 

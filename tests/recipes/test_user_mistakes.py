@@ -741,6 +741,11 @@ def test_a_misspelt_key_that_hydra_refuses_is_named_with_the_key_meant(tmp_path)
     from tests.conftest import CONF
 
     assert unknown_key_hint(["data=imagefolder", "data.root=/x"], CONF) is None
+    # A key of one option of a swept group is there; so is one force-added with ++.
+    assert unknown_key_hint(["model=resnet18,vit_tiny", "model.patch_size=4"], CONF) is None
+    assert unknown_key_hint(["++trainer.new_key=1"], CONF) is None
+    hint = unknown_key_hint(["model=resnet18,vit_tiny", "model.patch_sz=4"], CONF)
+    assert "did you mean model.patch_size?" in hint
 
 
 def test_a_grid_whose_presets_monitor_different_metrics_is_refused(tmp_path):
