@@ -170,9 +170,12 @@ def test_collect_after_the_summary_command_still_calls_a_killed_sweep_stopped(tm
 
 def test_collect_takes_a_jobs_final_status_from_the_manifest(tmp_path, capsys):
     """A job that failed before its run started (no traceback.txt) was UNKNOWN, with
-    no overrides shown, although the manifest recorded it FAILED."""
+    no overrides shown, although the manifest recorded it FAILED; so was one fail_fast
+    skipped, whose entry has no run dir."""
     sweep = tmp_path / "sweep"
     (sweep / "0").mkdir(parents=True)
+    (sweep / "1").mkdir()
+    update_manifest(sweep, "optim.lr=0.003", status="SKIPPED", num=1, overrides=["optim.lr=0.003"])
     (sweep / "multirun.yaml").write_text("trainer: {monitor: val/acc, monitor_mode: max}\n")
     update_manifest(
         sweep,
@@ -183,8 +186,9 @@ def test_collect_takes_a_jobs_final_status_from_the_manifest(tmp_path, capsys):
         overrides=["model.name=x", "sweep.resume=y"],
     )
     assert sweeps_main(["collect", str(sweep)]) == 1
-    first = capsys.readouterr().out.splitlines()[0]
+    first, second = capsys.readouterr().out.splitlines()[:2]
     assert "FAILED" in first and "model.name=x" in first and "sweep.resume" not in first
+    assert "SKIPPED" in second and "optim.lr=0.003" in second
 
 
 def test_collect_of_a_relative_sweep_dir_shows_what_the_manifest_recorded(
@@ -325,26 +329,6 @@ def test_collect_of_a_sweep_that_keeps_no_manifest_or_was_never_submitted(tmp_pa
     assert "launched with hydra/launcher=slurm_submit and no job was submitted" in (
         capsys.readouterr().out
     )
-
-
-def test_collect_shows_a_job_fail_fast_skipped_as_the_manifest_recorded_it(tmp_path, capsys):
-    """Its entry has no run dir: collect matched none and showed it UNKNOWN."""
-    sweep = tmp_path / "sweep"
-    for num in (0, 1):
-        (sweep / str(num)).mkdir(parents=True)
-    (sweep / "multirun.yaml").write_text("trainer: {monitor: val/acc, monitor_mode: max}\n")
-    update_manifest(
-        sweep,
-        "optim.lr=1e9",
-        status="FAILED",
-        run_dir=str(sweep / "0"),
-        num=0,
-        overrides=["optim.lr=1e9"],
-    )
-    update_manifest(sweep, "optim.lr=0.003", status="SKIPPED", num=1, overrides=["optim.lr=0.003"])
-    assert sweeps_main(["collect", str(sweep)]) == 1
-    second = capsys.readouterr().out.splitlines()[1]
-    assert "SKIPPED" in second and "optim.lr=0.003" in second
 
 
 def test_a_second_launch_into_a_running_sweep_is_refused_and_changes_nothing(tmp_path):
