@@ -94,25 +94,25 @@ def unknown_key_hint(args: Sequence[str], config_dir: Path) -> str | None:
                         selections.append(override.input_line)
                 else:
                     keys.append(name)
+            if not keys:  # nothing to look for: no config is composed
+                return None
             # A key of a swept group need only be in one of its options (model.patch_size
             # in `model=resnet18,vit_tiny`): each option is composed, the others' first.
-            configs = [compose(config_name=config_name, overrides=selections)]
+            variants = []
             for group, options in grids.items():
-                others = [f"{g}={values[0]}" for g, values in grids.items() if g != group]
-                configs += [
-                    compose(
-                        config_name=config_name,
-                        overrides=[*selections, *others, f"{group}={option}"],
-                    )
-                    for option in options
-                ]
+                firsts = [f"{g}={values[0]}" for g, values in grids.items() if g != group]
+                variants += [[*selections, *firsts, f"{group}={o}"] for o in options]
+            configs = [
+                compose(config_name=config_name, overrides=overrides)
+                for overrides in variants or [selections]
+            ]
     except Exception:  # Hydra's own error, printed already, is the one to read
         return None
     finally:
         GlobalHydra.instance().clear()
     problems = []
     for key in keys:
-        found = [missing_key(cfg, key) for cfg in configs[1:] or configs]
+        found = [missing_key(cfg, key) for cfg in configs]
         if all(found):  # missing from every option: one that has a near name is shown
             problems.append(next((f for f in found if "did you mean" in f), found[0]))
     return "\n".join(f"Error: {problem}" for problem in problems) or None

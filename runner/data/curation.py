@@ -157,12 +157,11 @@ def _check_unmatched(
     if not unmatched:
         return
     others = {str(i) for split in (data.val, data.test) for i in split.ids}
-
-    def known_in(known: set[str] | frozenset[str], sample_id: str) -> bool:
-        return sample_id in known or sample_id.strip() in known
-
-    in_other = [i for i in unmatched if known_in(others, i)]
-    in_dropped = [i for i in unmatched if known_in(dropped, i) and not known_in(others, i)]
+    in_other, in_dropped, strays = [], [], []  # where each unmatched id is, if anywhere
+    for sample_id in unmatched:
+        written = {sample_id, sample_id.strip()}
+        home = in_other if written & others else in_dropped if written & dropped else strays
+        home.append(sample_id)
     if len(unmatched) == len(ids):
         where = []
         if in_other:
@@ -181,7 +180,6 @@ def _check_unmatched(
             f"{data.name}{said}; e.g. {ids[0]!r}, while train ids look like "
             f"{data.train.ids[0]!r}. {fix}."
         )
-    strays = [i for i in unmatched if not known_in(others, i) and not known_in(dropped, i)]
     if strays:
         raise DataError(
             f"{key}={path!r}: {len(strays)} of its sample ids name no sample of {data.name} "
