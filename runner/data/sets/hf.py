@@ -151,6 +151,85 @@ def _loader(name: str, config_name: str | None, revision: str | None, hf_cache_d
     )
 
 
+def _load_splits(name: str, specs: dict[str, str | None], load) -> dict[str, Any]:
+    """Each split that `specs` names, loaded; a missing split or the Hub offline named."""
+    loaded = {}
+    for split, spec in specs.items():
+        if spec is None:
+            continue
+        try:
+            loaded[split] = load(spec)
+        except (KeyError, ValueError) as err:  # an unknown split name (or slice)
+            if isinstance(err, DataError):
+                raise
+            if "corresponds to no data" in str(err):  # datasets' word for an empty table
+                raise DataError(
+                    f"data.split_{split}={spec!r}: data.name={name!r} has no rows there (an "
+                    "empty table?). Add rows, or name a split that has them"
+                ) from err
+            if "split" not in str(err).lower():
+                raise
+            reason = err.args[0] if err.args else err
+            raise DataError(
+                f"data.split_{split}={spec!r}: data.name={name!r} has no such split ({reason}). "
+                f"Name one it has, or set data.split_{split}=null to carve it from train"
+            ) from err
+        except ConnectionError as err:  # a Hub name without network (or HF_HUB_OFFLINE=1)
+            raise DataError(
+                f"data.name={name!r} cannot be loaded from the Hugging Face Hub ({err}). "
+                "Without network, point data.name at a local copy: a folder saved with "
+                "save_to_disk, a folder of images, or a .parquet/.arrow/.csv/.json file"
+            ) from err
+    return loaded
+
+
+def _label_columns(
+    name: str, loaded: dict[str, Any], specs: dict[str, str | None], image_key: str, label_key: str
+) -> dict[str, list]:
+    """Each split's label column, read once, after checking its columns and labels.
+
+    Raises:
+        DataError: A split lacks the image or label column, or has rows with a list, a
+            struct or no value for a label.
+    """
+    datasets = _import_datasets()
+    # A val or test split without labels can be carved from train instead.
+    carve = {s: f", or set data.split_{s}=null to carve it from train" for s in ("val", "test")}
+    for split, dataset in loaded.items():
+        missing = [k for k in (image_key, label_key) if k not in dataset.column_names]
+        if missing:
+            raise DataError(
+                f"data.name={name!r} split {specs[split]!r} (data.split_{split}) has no "
+                f"column {', '.join(missing)} (columns: {', '.join(dataset.column_names)}): "
+                f"set data.image_key / data.label_key{carve.get(split, '')}."
+            )
+    # Every read of a column builds a list of the whole column: once per split.
+    label_columns = {split: dataset[label_key] for split, dataset in loaded.items()}
+    for split, values in label_columns.items():
+        nested = next((v for v in values if isinstance(v, list | dict)), None)
+        if nested is not None:  # a multi-label column, or a struct: no class per row
+            raise DataError(
+                f"{name} split {specs[split]!r}: {label_key!r} (data.label_key) holds "
+                f"{type(nested).__name__}s (e.g. {str(nested)[:80]}), not one class per row: "
+                "the runner trains single-label classification. Set data.label_key to a "
+                "column of one class per row"
+            )
+        # -1 is how a ClassLabel column marks a row without a label (a Hub test split's).
+        no_label = (
+            {None, -1}
+            if isinstance(loaded[split].features[label_key], datasets.ClassLabel)
+            else {None}
+        )
+        unlabelled = [i for i, v in enumerate(values) if v in no_label]
+        if unlabelled:  # else a class named "None", or a contradictory unknown-label error
+            raise DataError(
+                f"{name} split {specs[split]!r} (data.split_{split}): {len(unlabelled)} "
+                f"row(s) have no {label_key!r} (data.label_key), e.g. row(s) "
+                f"{unlabelled[:5]}: drop or label them first{carve.get(split, '')}"
+            )
+    return label_columns
+
+
 def load_hf(
     name: str,
     image_key: str = "image",
@@ -208,70 +287,10 @@ def load_hf(
         DataError: A column is missing, or the labels of val/test are not train's.
     """
     datasets = _import_datasets()
-    load = _loader(name, config_name, revision, hf_cache_dir)
     specs = {"train": split_train, "val": split_val, "test": split_test}
-    loaded = {}
-    for split, spec in specs.items():
-        if spec is None:
-            continue
-        try:
-            loaded[split] = load(spec)
-        except (KeyError, ValueError) as err:  # an unknown split name (or slice)
-            if isinstance(err, DataError):
-                raise
-            if "corresponds to no data" in str(err):  # datasets' word for an empty table
-                raise DataError(
-                    f"data.split_{split}={spec!r}: data.name={name!r} has no rows there (an "
-                    "empty table?). Add rows, or name a split that has them"
-                ) from err
-            if "split" not in str(err).lower():
-                raise
-            reason = err.args[0] if err.args else err
-            raise DataError(
-                f"data.split_{split}={spec!r}: data.name={name!r} has no such split ({reason}). "
-                f"Name one it has, or set data.split_{split}=null to carve it from train"
-            ) from err
-        except ConnectionError as err:  # a Hub name without network (or HF_HUB_OFFLINE=1)
-            raise DataError(
-                f"data.name={name!r} cannot be loaded from the Hugging Face Hub ({err}). "
-                "Without network, point data.name at a local copy: a folder saved with "
-                "save_to_disk, a folder of images, or a .parquet/.arrow/.csv/.json file"
-            ) from err
+    loaded = _load_splits(name, specs, _loader(name, config_name, revision, hf_cache_dir))
+    label_columns = _label_columns(name, loaded, specs, image_key, label_key)
     train = loaded["train"]
-    # A val or test split without labels can be carved from train instead.
-    carve = {s: f", or set data.split_{s}=null to carve it from train" for s in ("val", "test")}
-    for split, dataset in loaded.items():
-        missing = [k for k in (image_key, label_key) if k not in dataset.column_names]
-        if missing:
-            raise DataError(
-                f"data.name={name!r} split {specs[split]!r} (data.split_{split}) has no "
-                f"column {', '.join(missing)} (columns: {', '.join(dataset.column_names)}): "
-                f"set data.image_key / data.label_key{carve.get(split, '')}."
-            )
-    # Each split's label column, read once (every read builds a list of the whole column).
-    label_columns = {split: dataset[label_key] for split, dataset in loaded.items()}
-    for split, values in label_columns.items():
-        nested = next((v for v in values if isinstance(v, list | dict)), None)
-        if nested is not None:  # a multi-label column, or a struct: no class per row
-            raise DataError(
-                f"{name} split {specs[split]!r}: {label_key!r} (data.label_key) holds "
-                f"{type(nested).__name__}s (e.g. {str(nested)[:80]}), not one class per row: "
-                "the runner trains single-label classification. Set data.label_key to a "
-                "column of one class per row"
-            )
-        # -1 is how a ClassLabel column marks a row without a label (a Hub test split's).
-        no_label = (
-            {None, -1}
-            if isinstance(loaded[split].features[label_key], datasets.ClassLabel)
-            else {None}
-        )
-        unlabelled = [i for i, v in enumerate(values) if v in no_label]
-        if unlabelled:  # else a class named "None", or a contradictory unknown-label error
-            raise DataError(
-                f"{name} split {specs[split]!r} (data.split_{split}): {len(unlabelled)} "
-                f"row(s) have no {label_key!r} (data.label_key), e.g. row(s) "
-                f"{unlabelled[:5]}: drop or label them first{carve.get(split, '')}"
-            )
     class_names, to_index = _classes(train.features[label_key], label_columns["train"])
     if num_classes is not None and num_classes != len(class_names):
         raise DataError(
