@@ -480,3 +480,75 @@ def test_a_label_column_of_lists_names_data_label_key(tmp_path):
         load_hf(
             str(table), image_key="image", label_key="tags", split_test=None, **common(tmp_path)
         )
+
+
+def test_a_split_whose_class_label_numbers_its_classes_otherwise_is_read_by_name(tmp_path):
+    """Splits encoded one by one (`class_encode_column` per split): test, without dogs,
+    names [cat, fox], so its fox is 1, which is train's dog. Every test fox was scored
+    as a dog, with no error."""
+    import datasets
+    from PIL import Image
+
+    colours = {"cat": (250, 0, 0), "dog": (0, 250, 0), "fox": (0, 0, 250)}
+    (tmp_path / "images").mkdir()
+
+    def split(name, classes, count):
+        files, labels = [], []
+        for class_name in classes:
+            for i in range(count):
+                path = tmp_path / "images" / f"{name}_{class_name}_{i}.png"
+                Image.new("RGB", (8, 8), colours[class_name]).save(path)
+                files.append(str(path))
+                labels.append(class_name)
+        table = datasets.Dataset.from_dict({"image": files, "label": labels})
+        return table.cast_column("image", datasets.Image()).class_encode_column("label")
+
+    test = split("test", ["cat", "fox"], 3)
+    assert test.features["label"].names == ["cat", "fox"]
+    saved = tmp_path / "saved"
+    splits = {"train": split("train", ["cat", "dog", "fox"], 6), "test": test}
+    datasets.DatasetDict(splits).save_to_disk(str(saved))
+    data = load_hf(str(saved), split_val=None, val_fraction=0.0, **common(tmp_path))
+    assert data.class_names == ["cat", "dog", "fox"]
+    names = [data.class_names[i] for i in data.test.labels.tolist()]
+    assert sorted(names) == ["cat"] * 3 + ["fox"] * 3
+    blue = data.test.images[:, 2].float().mean((1, 2)) > 128  # the foxes' colour
+    assert [n == "fox" for n in names] == blue.tolist()
+
+    # A class that train's ClassLabel does not name is refused by its name.
+    colours["wolf"] = (9, 9, 9)
+    splits["test"] = split("stray", ["cat", "wolf"], 2)
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "saved2"))
+    with pytest.raises(DataError, match=r"has labels that 'train' lacks: wolf"):
+        load_hf(str(tmp_path / "saved2"), split_val=None, val_fraction=0.0, **common(tmp_path))
+
+
+def test_files_outside_the_tables_folder_are_compared_by_path(tmp_path):
+    """Paths outside the table's folder have index ids, one per row: a file listed twice,
+    or in train's table and test's, went unseen, and its copies were trained on and
+    tested."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = []
+    for i in range(12):
+        Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(images / f"{i}.png")
+        rows.append(f"{images / f'{i}.png'},{'xy'[i % 2]}")  # absolute paths
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    table = tables / "train.csv"
+    table.write_text("\n".join(["image,label", *rows, rows[1]]) + "\n")
+    settings = {"image_key": "image", "label_key": "label", **common(tmp_path)}
+    with pytest.raises(DataError, match=r"lists 1 file\(s\) more than once \(e\.g\. '/.*1\.png"):
+        load_hf(str(table), split_test=None, test_fraction=0.25, **settings)
+
+    # A folder of tables whose relative paths leave it, and whose test shares a file.
+    relative = [f"../images/{i}.png,{'xy'[i % 2]}" for i in range(12)]
+    table.write_text("\n".join(["image,label", *relative[:10]]) + "\n")
+    (tables / "test.csv").write_text("\n".join(["image,label", *relative[9:]]) + "\n")
+    with pytest.raises(DataError, match=r"share 1 sample\(s\) \(e\.g\. /.*images/9\.png"):
+        load_hf(str(tables), **settings)
+    (tables / "test.csv").write_text("\n".join(["image,label", *relative[10:]]) + "\n")
+    data = load_hf(str(tables), **settings)
+    assert sorted(data.test.ids) == ["tables:test:0", "tables:test:1"]  # ids as before

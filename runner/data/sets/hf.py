@@ -291,13 +291,14 @@ def load_hf(
     loaded = _load_splits(name, specs, _loader(name, config_name, revision, hf_cache_dir))
     label_columns = _label_columns(name, loaded, specs, image_key, label_key)
     train = loaded["train"]
+    train_names = getattr(train.features[label_key], "names", None)  # a ClassLabel's
     class_names, to_index = _classes(train.features[label_key], label_columns["train"])
     if num_classes is not None and num_classes != len(class_names):
         raise DataError(
             f"data.num_classes={num_classes} but {name} split {split_train!r} has "
             f"{len(class_names)} classes ({', '.join(class_names[:20])})."
         )
-    records, labels, ids = {}, {}, {}
+    records, labels, ids, samples = {}, {}, {}, {}
     local = Path(name).expanduser()
     # `.` is its folder's name; a link keeps its own name (ids and caches are keyed by it).
     label = Path(os.path.abspath(local)).name if local.exists() else name
@@ -307,16 +308,29 @@ def load_hf(
     for split, dataset in loaded.items():
         if isinstance(dataset.features[image_key], datasets.Image):
             dataset = dataset.cast_column(image_key, datasets.Image(decode=False))
-        values = label_columns[split]
-        unknown = sorted({str(v) for v in values if v not in to_index})
+        values, index = label_columns[split], to_index
+        own_names = getattr(dataset.features[label_key], "names", None)
+        if own_names and list(own_names) != list(train_names or ()):
+            # A split whose labels were encoded on their own (`class_encode_column` per
+            # split) numbers its classes in its own order: its integers are not train's.
+            values = [own_names[v] for v in values]
+            index = {class_name: i for i, class_name in enumerate(class_names)}
+        unknown = sorted({str(v) for v in values if v not in index})
         if unknown:
             raise DataError(
                 f"{name} split {specs[split]!r} has labels that {split_train!r} lacks: "
                 f"{', '.join(unknown[:20])} ({len(unknown)} in all)."
             )
         records[split] = _Column(dataset, image_key, f"{label}:{specs[split]}", folder)
-        labels[split] = [to_index[v] for v in values]
-        ids[split] = record_ids(dataset, image_key, folder, f"{label}:{specs[split]}")
+        labels[split] = [index[v] for v in values]
+        files = record_files(dataset, image_key, folder)
+        ids[split] = record_ids(files, folder, f"{label}:{specs[split]}")
+        # What a sample is, to find one listed twice: its id, but a file outside `folder`
+        # (an index id, which differs for each listing) by its path.
+        samples[split] = [
+            file if file and sample_id.startswith(f"{label}:{specs[split]}:") else sample_id
+            for file, sample_id in zip(files, ids[split], strict=True)
+        ]
     absent = sorted(set(range(len(class_names))) - set(labels["train"]))
     if absent:  # classes a ClassLabel names that no train row has: the model cannot learn them
         raise DataError(
@@ -324,8 +338,8 @@ def load_hf(
             f"{', '.join(class_names[i] for i in absent)}, which {label_key!r}'s ClassLabel "
             "names: add train rows of them, or drop them from the ClassLabel's names"
         )
-    refuse_copies_in_a_carve(ids["train"], specs, val_fraction, test_fraction)
-    ids = _unique_ids(ids, specs)
+    refuse_copies_in_a_carve(samples["train"], specs, val_fraction, test_fraction)
+    ids = _unique_ids(ids, specs, samples)
     # datasets has no public getter for a table's fingerprint (its hash of the Arrow
     # data); its cache guide reads `_fingerprint`, as here. It changes with the data.
     fingerprints = [(s, d._fingerprint, len(d)) for s, d in loaded.items()]
@@ -353,23 +367,21 @@ def load_hf(
     )
 
 
-def record_ids(dataset, image_key: str, folder: Path | None, label: str) -> list[str]:
-    """Sample ids of a split: file paths under `folder` where records have them.
+def record_files(dataset, image_key: str, folder: Path | None) -> list[str | None]:
+    """Per record of a split, the absolute path of its image file, or None.
 
     Args:
         dataset: The split (images undecoded).
         image_key: The image column.
-        folder: The data set's local folder, or a table file's; None = no file paths (a
-            Hub name).
-        label: `<data set>:<split>`, the prefix of index ids.
+        folder: The data set's local folder, or a table file's, which relative paths are
+            read from; None = no file paths (a Hub name).
 
     Returns:
-        Per record, its path relative to `folder` (posix) when it is a file there, else
-        `<label>:<index>`.
+        Per record, its file's absolute path (os.path only, links not followed); None for
+        a record without a path, or with its image bytes in the table.
     """
-    ids = [f"{label}:{i}" for i in range(len(dataset))]
     if folder is None:
-        return ids
+        return [None] * len(dataset)
     column = dataset.select_columns([image_key]).flatten()  # Image -> .bytes, .path columns
     if f"{image_key}.path" in column.column_names:
         paths = column[f"{image_key}.path"]  # reads the paths only, not the bytes
@@ -385,14 +397,31 @@ def record_ids(dataset, image_key: str, folder: Path | None, label: str) -> list
     ):
         paths = column[image_key]
     else:
+        return [None] * len(dataset)
+    # A relative path is read from the folder (see `_Column`), as its id is. os.path
+    # only (no file system calls per record): a large folder stays quick.
+    return [os.path.abspath(os.path.join(folder, path)) if path else None for path in paths]
+
+
+def record_ids(files: Sequence[str | None], folder: Path | None, label: str) -> list[str]:
+    """Sample ids of a split: file paths under `folder` where records have them.
+
+    Args:
+        files: Per record, its file's absolute path or None (`record_files`).
+        folder: The data set's local folder, or a table file's; None = no file paths.
+        label: `<data set>:<split>`, the prefix of index ids.
+
+    Returns:
+        Per record, its path relative to `folder` (posix) when it is a file there, else
+        `<label>:<index>`.
+    """
+    ids = [f"{label}:{i}" for i in range(len(files))]
+    if folder is None:
         return ids
-    # os.path only (no file system calls per record): a large folder stays quick.
     bases = {os.path.abspath(folder), os.path.realpath(folder)}
-    for i, path in enumerate(paths):
-        if not path:
+    for i, absolute in enumerate(files):
+        if not absolute:
             continue
-        # A relative path is read from the folder (see `_Column`), as its id is.
-        absolute = os.path.abspath(os.path.join(folder, path))
         for base in bases:
             if absolute.startswith(base + os.sep):
                 ids[i] = path_id(os.path.relpath(absolute, base))
@@ -401,7 +430,7 @@ def record_ids(dataset, image_key: str, folder: Path | None, label: str) -> list
 
 
 def refuse_copies_in_a_carve(
-    train_ids: Sequence[str],
+    train_samples: Sequence[str],
     specs: dict[str, str | None],
     val_fraction: float,
     test_fraction: float,
@@ -418,7 +447,7 @@ def refuse_copies_in_a_carve(
     carved = [split for split, share in fractions.items() if specs[split] is None and share]
     if not carved:
         return
-    counts = Counter(train_ids)
+    counts = Counter(train_samples)
     repeated = [sample_id for sample_id, count in counts.items() if count > 1]
     if repeated:
         raise DataError(
@@ -431,23 +460,30 @@ def refuse_copies_in_a_carve(
         )
 
 
-def _unique_ids(ids: dict[str, list[str]], specs: dict[str, str | None]) -> dict[str, list[str]]:
+def _unique_ids(
+    ids: dict[str, list[str]], specs: dict[str, str | None], samples: dict[str, list[str]]
+) -> dict[str, list[str]]:
     """Refuses a train sample in val or test; other repeats get unique ids.
 
     A file listed twice in one split, or in both val and test (a set with only train and
     test, both named `test`: model selection on the test split, which the log says),
     becomes `<split>:<i>:<path>`.
 
+    Args:
+        ids: Each split's sample ids.
+        specs: Each split's spec (`data.split_*`).
+        samples: Each split's samples as compared: the id, or the path of a file outside
+            the data set's folder.
+
     Raises:
         DataError: One file (or one index of the same split spec) is in train and in val
             or test: the run would validate or test on what it trains on. Overlapping
             slices of a Hub split have index ids and are not seen here.
     """
-    seen_in: dict[str, list[str]] = {}  # id -> the split of each time it is listed
-    for split, split_ids in ids.items():
-        for sample_id in split_ids:
-            seen_in.setdefault(sample_id, []).append(split)
-    homes = {i: set(splits) for i, splits in seen_in.items()}
+    homes: dict[str, set[str]] = {}  # sample -> the splits that list it
+    for split, split_samples in samples.items():
+        for sample in split_samples:
+            homes.setdefault(sample, set()).add(split)
     shared = sorted(i for i, where in homes.items() if "train" in where and len(where) > 1)
     if shared:
         pairs = sorted({tuple(s for s in ids if s in homes[i]) for i in shared})  # train first
@@ -466,6 +502,10 @@ def _unique_ids(ids: dict[str, list[str]], specs: dict[str, str | None]) -> dict
             specs.get("val"),
             specs.get("test"),
         )
+    seen_in: dict[str, list[str]] = {}  # id -> the split of each time it is listed
+    for split, split_ids in ids.items():
+        for sample_id in split_ids:
+            seen_in.setdefault(sample_id, []).append(split)
     if all(len(splits) == 1 for splits in seen_in.values()):
         return ids
     return {
