@@ -10,6 +10,7 @@ import torch
 
 from runner.data import decoding
 from runner.data.build import build_data
+from runner.data.decoding import DataError
 from runner.data.sets.cifar import load_cifar
 from runner.data.sets.digits import load_digits
 from runner.data.sets.hf import load_hf
@@ -130,6 +131,20 @@ def test_a_file_name_that_is_not_utf8_gets_a_printable_id(tmp_path):
     assert "train/cat/caf\\xe9.jpg" in all_ids(data)
     assert len(splits_digest(data)) == 16
     (tmp_path / "ids.csv").write_text("\n".join(all_ids(data)), encoding="utf-8")
+
+
+def test_two_files_with_one_escaped_id_are_refused(tmp_path):
+    """A Latin-1 name (its id escapes the byte as backslash-x-e-9) and a file whose name
+    spells that escape had one id: one image stood for both, the other was lost."""
+    import os
+    import shutil
+
+    root = make_imagefolder(tmp_path / "pics", per_class=4)
+    cat = os.fsencode(root / "train" / "cat")
+    shutil.copy(cat + b"/000.jpg", cat + b"/caf\xe9.jpg")
+    shutil.copy(cat + b"/001.jpg", cat + b"/caf\\xe9.jpg")  # a backslash in the name
+    with pytest.raises(DataError, match=r"would have one sample id, 'train/cat/caf\\\\xe9\.jpg'"):
+        load_imagefolder(str(root), image_size=16, num_workers=0, split_seed=0)
 
 
 def test_hf_ids_are_paths_in_a_folder_and_indices_in_a_file(tmp_path):

@@ -187,6 +187,26 @@ def scan_layout(
     return class_names, result
 
 
+def _refuse_shared_ids(
+    root: str, ids: dict[str, list[str]], relative: dict[str, list[str]]
+) -> None:
+    """Refuses two files with one sample id, one of which would stand for both.
+
+    A name that is not UTF-8 has its bytes written as backslash escapes in its id, which
+    a file whose name spells that escape also gets.
+    """
+    first: dict[str, str] = {}
+    for split, split_ids in ids.items():
+        for sample_id, path in zip(split_ids, relative[split], strict=True):
+            other = first.setdefault(sample_id, path)
+            if other != path:
+                raise DataError(
+                    f"data.root={root!r}: the files {os.fsencode(other)!r} and "
+                    f"{os.fsencode(path)!r} would have one sample id, {sample_id!r} (a name "
+                    "that is not UTF-8 is written with backslash escapes). Rename one of them"
+                )
+
+
 def load_imagefolder(
     root: str,
     name: str = "imagefolder",
@@ -241,6 +261,7 @@ def load_imagefolder(
         split: [os.path.relpath(p, root) for p in files] for split, (files, _) in layout.items()
     }
     ids = {split: [path_id(r) for r in paths] for split, paths in relative.items()}
+    _refuse_shared_ids(root, ids, relative)
     # The listing with sizes and modification times stands for the content: a changed,
     # added or removed file gives another key, and reading every byte is not needed.
     listing = [
