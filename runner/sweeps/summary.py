@@ -84,27 +84,7 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
         The summary.
     """
     sweep_dir = Path(sweep_dir)
-    jobs = []
-    manifest = read_manifest(sweep_dir)
-    entries = [*manifest.values(), *never_started(sweep_dir, manifest)]
-    for entry in sorted(entries, key=lambda e: e.get("num", 0)):
-        metrics_file = job_run_dir(sweep_dir, entry) / "metrics.json"
-        test = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-        test = {k: v for k, v in test.items() if k.startswith("test/")}
-        # The summary's files and tags go to the tracking server: no secret in the clear.
-        overrides = redacted_overrides(entry.get("overrides", []))
-        jobs.append(
-            {
-                **entry,
-                "overrides": overrides,
-                "key": job_key(overrides),
-                # A resumed sweep's jobs carry sweep.resume=..., no setting of theirs.
-                "params": {
-                    k: unescape(v) for k, v in parse_overrides(setting_overrides(overrides)).items()
-                },
-                "test": test,
-            }
-        )
+    jobs = _read_jobs(sweep_dir)
     # The command line's constants tell no job apart, even in a sweep of one job.
     swept = _swept_names(jobs, constant_keys(read_sweep_info(sweep_dir).get("arguments", [])))
     varied = [n for n in swept if n not in _REPEATS]  # what a repeat group is keyed by
@@ -115,13 +95,13 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     finished = [j for j in jobs if j.get("status") == "FINISHED" and _finite(j.get("value"))]
     # A pruned job stopped early: its value does not stand for its configuration.
     complete = [j for j in finished if not j.get("pruned")]
-    pick = max if maximize else min
     # With seeds (or folds) swept, a configuration is judged by its mean, not its luckiest.
     groups = _repeat_groups(complete, swept)
     # Only the configurations with the most finished repeats are ranked: one whose other
     # seeds failed (often because it diverged) would win on its one lucky run.
     most = max((len(g.members) for g in groups), default=0)
     ranked = [g for g in groups if len(g.members) == most]
+    pick = max if maximize else min
     best_group = pick(ranked, key=lambda g: g.mean) if ranked else None
     if best_group is not None:
         best = pick(best_group.members, key=lambda j: j["value"])
@@ -160,7 +140,72 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
                 f"Ranked: the configurations with {most} finished runs; those with fewer "
                 "(a failed or pruned repeat) are listed, not ranked.",
             ]
-    best_tags = {}
+    best_lines, best_tags, best_metrics = _best_report(best_group, best, swept, monitor, shown)
+    lines += best_lines
+    lines += _earlier_study_best(sweep_dir, jobs, monitor)
+    not_done = [j for j in jobs if j.get("status") != "FINISHED"]
+    lines += _not_finished_lines(not_done)
+    markdown = "\n".join(lines) + "\n"
+
+    files = [sweep_dir / "summary.md", sweep_dir / "summary.csv"]
+    files[0].write_text(markdown, encoding="utf-8")
+    _write_csv(files[1], jobs, swept, monitor)
+    plot = _plot(jobs, varied, monitor, sweep_dir / "sweep_plot.png")
+    if plot is not None:
+        files.append(plot)
+    files += _optuna_files(sweep_dir)
+    best_value = best_group.mean if best_group is not None else (best["value"] if best else None)
+    failed = [j for j in not_done if j.get("status") not in (ABANDONED, REPLACED)]
+    return Summary(jobs, markdown, files, best_tags, best_value, failed, best_metrics)
+
+
+def _read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every job of the sweep, by number: its manifest entry, parsed settings and test metrics.
+
+    The jobs a `slurm_submit` launch submitted that never started are among them.
+    """
+    jobs = []
+    manifest = read_manifest(sweep_dir)
+    entries = [*manifest.values(), *never_started(sweep_dir, manifest)]
+    for entry in sorted(entries, key=lambda e: e.get("num", 0)):
+        metrics_file = job_run_dir(sweep_dir, entry) / "metrics.json"
+        test = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        test = {k: v for k, v in test.items() if k.startswith("test/")}
+        # The summary's files and tags go to the tracking server: no secret in the clear.
+        overrides = redacted_overrides(entry.get("overrides", []))
+        jobs.append(
+            {
+                **entry,
+                "overrides": overrides,
+                "key": job_key(overrides),
+                # A resumed sweep's jobs carry sweep.resume=..., no setting of theirs.
+                "params": {
+                    k: unescape(v) for k, v in parse_overrides(setting_overrides(overrides)).items()
+                },
+                "test": test,
+            }
+        )
+    return jobs
+
+
+def _best_report(
+    best_group: RepeatGroup | None,
+    best: dict[str, Any] | None,
+    swept: list[str],
+    monitor: str,
+    shown: list[str],
+) -> tuple[list[str], dict[str, str], dict[str, float]]:
+    """The report's "Best:" line, and the tags and metrics the parent run gets for it.
+
+    Args:
+        best_group: The best configuration when seeds or folds are swept, else None.
+        best: The best job (of the best group, when there is one), or None.
+        swept: The overrides that differ between jobs.
+        monitor: The monitored metric.
+        shown: The test metrics the report shows.
+    """
+    lines: list[str] = []
+    best_tags: dict[str, str] = {}
     best_metrics: dict[str, float] = {}
     if best_group is not None:
         members = best_group.members
@@ -189,34 +234,27 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     if best is not None:  # the best job itself (of the best group, when there is one)
         best_tags["best.run_id"] = best.get("mlflow_run_id") or ""
         best_tags["best.job"] = str(best.get("num"))
-    lines += _earlier_study_best(sweep_dir, jobs, monitor)
-    not_done = [j for j in jobs if j.get("status") != "FINISHED"]
-    if not_done:
-        lines += ["", "## Not finished", ""]
-        lines += [
-            f"- job {j.get('num')} {j.get('status')}: {j['label'] or j['key']}"
-            + (f" ({j['error']})" if j.get("error") else "")
-            + (
-                " (stopped by a signal; the Optuna study went on with new trials)"
-                if j.get("status") == ABANDONED
-                else " (an earlier launch's; the continued Optuna study drew new trials)"
-                if j.get("status") == REPLACED
-                else ""
-            )
-            for j in not_done
-        ]
-    markdown = "\n".join(lines) + "\n"
+    return lines, best_tags, best_metrics
 
-    files = [sweep_dir / "summary.md", sweep_dir / "summary.csv"]
-    files[0].write_text(markdown, encoding="utf-8")
-    _write_csv(files[1], jobs, swept, monitor)
-    plot = _plot(jobs, varied, monitor, sweep_dir / "sweep_plot.png")
-    if plot is not None:
-        files.append(plot)
-    files += _optuna_files(sweep_dir)
-    best_value = best_group.mean if best_group is not None else (best["value"] if best else None)
-    failed = [j for j in not_done if j.get("status") not in (ABANDONED, REPLACED)]
-    return Summary(jobs, markdown, files, best_tags, best_value, failed, best_metrics)
+
+def _not_finished_lines(not_done: list[dict[str, Any]]) -> list[str]:
+    """The report's "Not finished" section: each such job, its status and why."""
+    if not not_done:
+        return []
+    lines = ["", "## Not finished", ""]
+    lines += [
+        f"- job {j.get('num')} {j.get('status')}: {j['label'] or j['key']}"
+        + (f" ({j['error']})" if j.get("error") else "")
+        + (
+            " (stopped by a signal; the Optuna study went on with new trials)"
+            if j.get("status") == ABANDONED
+            else " (an earlier launch's; the continued Optuna study drew new trials)"
+            if j.get("status") == REPLACED
+            else ""
+        )
+        for j in not_done
+    ]
+    return lines
 
 
 def never_started(sweep_dir: Path, manifest: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
