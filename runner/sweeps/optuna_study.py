@@ -321,28 +321,8 @@ def plan_study(
         )
         if p
     ]
-    direction = sweeper.get("direction")
-    if isinstance(direction, ListConfig | list):
-        problems.append(
-            f"hydra.sweeper.direction={list(direction)!r}: multi-objective studies are not "
-            "supported; give one direction (maximize or minimize) or null"
-        )
-        direction = None
-    follows = "maximize" if config.trainer.monitor_mode == "max" else "minimize"
-    if direction is None:
-        direction = follows
-    elif direction not in DIRECTIONS:
-        problems.append(
-            f"hydra.sweeper.direction={direction!r} is invalid: expected maximize, minimize or "
-            "null (= from trainer.monitor_mode)"
-        )
-    elif direction != follows:  # each job returns its best value by monitor_mode
-        problems.append(
-            f"hydra.sweeper.direction={direction} contradicts trainer.monitor_mode="
-            f"{config.trainer.monitor_mode} ({config.trainer.monitor}): each job returns its "
-            "best value by monitor_mode. Leave hydra.sweeper.direction out (null), or set "
-            "trainer.monitor_mode"
-        )
+    direction, direction_problems = _direction(config)
+    problems += direction_problems
     launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
     if launcher.endswith("SubmitOnlySlurmLauncher"):
         problems.append(
@@ -351,28 +331,7 @@ def plan_study(
             "hydra/launcher=slurm (it waits for the jobs) with hparams_search=optuna"
         )
     storage = sweeper.get("storage")
-    if storage is not None and (
-        not isinstance(storage, str) or not storage.startswith(STORAGE_FORMS)
-    ):
-        shown = shown_storage(storage) if isinstance(storage, str) else storage
-        problems.append(
-            f"hydra.sweeper.storage={shown!r} is invalid: expected null (an in-memory study), "
-            "an RDB URL (sqlite:///path/optuna.db, postgresql://...) or "
-            "journal:////abs/path/study.log"
-        )
-    elif isinstance(storage, str) and storage.startswith(("sqlite:", "journal:")):
-        path = storage.partition(":///")[2]
-        if path == ":memory:":  # a database of its own for each connection: of each job
-            problems.append(
-                f"hydra.sweeper.storage={storage!r} is a new empty database for each "
-                "connection, so the jobs could not reach the study: use "
-                "hydra.sweeper.storage=null for a study in memory, or a file"
-            )
-        elif not path or path.endswith("/") or Path(path).is_dir():  # no file to keep it in
-            problems.append(
-                f"hydra.sweeper.storage={shown_storage(storage)!r} names no file: give one, "
-                "e.g. sqlite:///outputs/optuna.db or journal:////abs/path/study.log"
-            )
+    problems += _storage_problems(storage)
     study_name = sweeper.get("study_name")
     if study_name is not None and not (isinstance(study_name, str) and study_name):
         problems.append(f"hydra.sweeper.study_name={study_name!r}: expected a name or null")
@@ -430,6 +389,62 @@ def plan_study(
         if problem:
             _raise([problem])
     return plan
+
+
+def _direction(config: DictConfig) -> tuple[str, list[str]]:
+    """The study's direction (null = from trainer.monitor_mode), and what is wrong with it."""
+    problems: list[str] = []
+    direction = config.hydra.sweeper.get("direction")
+    if isinstance(direction, ListConfig | list):
+        problems.append(
+            f"hydra.sweeper.direction={list(direction)!r}: multi-objective studies are not "
+            "supported; give one direction (maximize or minimize) or null"
+        )
+        direction = None
+    follows = "maximize" if config.trainer.monitor_mode == "max" else "minimize"
+    if direction is None:
+        direction = follows
+    elif direction not in DIRECTIONS:
+        problems.append(
+            f"hydra.sweeper.direction={direction!r} is invalid: expected maximize, minimize or "
+            "null (= from trainer.monitor_mode)"
+        )
+    elif direction != follows:  # each job returns its best value by monitor_mode
+        problems.append(
+            f"hydra.sweeper.direction={direction} contradicts trainer.monitor_mode="
+            f"{config.trainer.monitor_mode} ({config.trainer.monitor}): each job returns its "
+            "best value by monitor_mode. Leave hydra.sweeper.direction out (null), or set "
+            "trainer.monitor_mode"
+        )
+    return direction, problems
+
+
+def _storage_problems(storage: Any) -> list[str]:
+    """What is wrong with `hydra.sweeper.storage`: a form Optuna does not take, or no file."""
+    problems: list[str] = []
+    if storage is not None and (
+        not isinstance(storage, str) or not storage.startswith(STORAGE_FORMS)
+    ):
+        shown = shown_storage(storage) if isinstance(storage, str) else storage
+        problems.append(
+            f"hydra.sweeper.storage={shown!r} is invalid: expected null (an in-memory study), "
+            "an RDB URL (sqlite:///path/optuna.db, postgresql://...) or "
+            "journal:////abs/path/study.log"
+        )
+    elif isinstance(storage, str) and storage.startswith(("sqlite:", "journal:")):
+        path = storage.partition(":///")[2]
+        if path == ":memory:":  # a database of its own for each connection: of each job
+            problems.append(
+                f"hydra.sweeper.storage={storage!r} is a new empty database for each "
+                "connection, so the jobs could not reach the study: use "
+                "hydra.sweeper.storage=null for a study in memory, or a file"
+            )
+        elif not path or path.endswith("/") or Path(path).is_dir():  # no file to keep it in
+            problems.append(
+                f"hydra.sweeper.storage={shown_storage(storage)!r} names no file: give one, "
+                "e.g. sqlite:///outputs/optuna.db or journal:////abs/path/study.log"
+            )
+    return problems
 
 
 def _unknown_options(
