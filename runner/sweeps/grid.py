@@ -60,11 +60,14 @@ def missing_key(config: DictConfig, key: str) -> str | None:
     node = OmegaConf.select(config, parent, default=None) if parent else config
     if parent and node is not None and not isinstance(node, DictConfig):  # `optim.lr.x`
         return f"{key}: {parent} is a value ({node!r}), not a group of keys"
-    if node is not None and OmegaConf.is_missing(node, key.rpartition(".")[2]):  # `???`
-        return None  # a key there, whose value is still to be given
+    leaf = key.rpartition(".")[2]
+    if isinstance(node, DictConfig) and (leaf in node or OmegaConf.is_missing(node, leaf)):
+        # A key there whose value is still to be given (`???`), or cannot be resolved
+        # here (`${hydra:runtime.output_dir}` outside a run).
+        return None
     names = [str(k) for k in node if not str(k).startswith("_")] if node is not None else []
     listing = f" ({parent} has: {', '.join(names)})" if parent and names else ""
-    close = difflib.get_close_matches(key.rpartition(".")[2], names, n=3, cutoff=0.75)
+    close = difflib.get_close_matches(leaf, names, n=3, cutoff=0.75)
     meant = " or ".join(f"{parent}.{name}" if parent else name for name in close)
     guess = f": did you mean {meant}?" if close else ""
     return f"{key}: the config has no such key; check its spelling{guess}{listing}"

@@ -744,6 +744,8 @@ def test_a_misspelt_key_that_hydra_refuses_is_named_with_the_key_meant(tmp_path)
     # A key of one option of a swept group is there; so is one force-added with ++.
     assert unknown_key_hint(["model=resnet18,vit_tiny", "model.patch_size=4"], CONF) is None
     assert unknown_key_hint(["++trainer.new_key=1"], CONF) is None
+    # A key whose value needs a running Hydra (paths.run_dir is ${hydra:...}) is there.
+    assert unknown_key_hint(["paths.run_dir=/x"], CONF) is None
     hint = unknown_key_hint(["model=resnet18,vit_tiny", "model.patch_sz=4"], CONF)
     assert "did you mean model.patch_size?" in hint
 
