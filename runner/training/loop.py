@@ -63,10 +63,11 @@ def decide_after_epoch(
         state: The training state after the epoch (`state.epoch` is that epoch).
         value: The epoch's monitored value.
         maximize: Whether larger values are better.
-        patience: Epochs without improvement before stopping; None = never.
+        patience: Epochs without a better monitored value before stopping; None = never.
         tie_break: The epoch's val/loss: when the monitored value ties with the best, the
             lower val/loss wins, so the tested weights are the best-trained ones (a metric
             like val/acc on a small val split ties often). None = ties keep the earlier.
+            A tie won so still counts as an epoch without improvement for `patience`.
         interrupted: A signal asked the run to stop (the pruner is then not asked).
         finite: Whether the weights to save as best are finite; non-finite weights are
             never the best, however the metric came out.
@@ -87,8 +88,12 @@ def decide_after_epoch(
         or tied_but_better
     )
     if improved:
-        state.best_value, state.best_epoch, state.epochs_since_best = value, state.epoch, 0
+        state.best_value, state.best_epoch = value, state.epoch
         state.best_tie_break = math.nan if tie_break is None else tie_break
+    # Patience counts epochs without a better monitored value: a tie won on val/loss
+    # moves best.pt, but a val/acc stuck while val/loss creeps down never stopped.
+    if improved and not tied_but_better:
+        state.epochs_since_best = 0
     else:
         state.epochs_since_best += 1
     # Non-finite first: a signal during the validation of a diverged epoch would save its

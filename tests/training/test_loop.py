@@ -70,12 +70,27 @@ def test_a_tie_on_the_monitor_goes_to_the_lower_val_loss():
         improved.append(decision.improved)
     assert improved == [True, True, False, True]
     assert state.best_epoch == 4 and state.best_tie_break == 0.05
-    assert state.epochs_since_best == 0
+    assert state.epochs_since_best == 2, "no better val/acc since epoch 2"
     # A tie with a higher val/loss does not move the best.
     state.epoch = 5
     assert not decide_after_epoch(
         state, 0.994, maximize=True, patience=None, tie_break=0.3
     ).improved
+
+
+def test_ties_won_on_val_loss_do_not_hold_off_patience():
+    """val/acc stuck at 0.375 while val/loss fell: every epoch was *best* and a patience
+    of 2 never stopped the run."""
+    state, decisions = TrainState(), []
+    for epoch, loss in enumerate([0.9, 0.8, 0.7, 0.6, 0.5], start=1):
+        state.epoch = epoch
+        decisions.append(
+            decide_after_epoch(state, 0.375, maximize=True, patience=2, tie_break=loss)
+        )
+        if decisions[-1].stop:
+            break
+    assert [d.improved for d in decisions] == [True, True, True]  # best.pt: the lowest loss
+    assert decisions[-1].stop == "patience" and state.best_epoch == 3
 
 
 @pytest.mark.slow
