@@ -45,7 +45,7 @@ class TrainState:
     best_value: float = float("nan")
     best_tie_break: float = float("nan")  # the best epoch's val/loss (ties on the monitor)
     best_epoch: int = 0
-    epochs_since_best: int = 0
+    epochs_since_best: int = 0  # epochs since the monitored value last got better (patience)
     nan_skips: int = 0
     mlflow_run_id: str | None = None
     partial_epoch: dict[str, Any] | None = None  # engine.EpochStats of an unfinished epoch
