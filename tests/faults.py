@@ -5,10 +5,15 @@ Selected by config, from the command line of a test only:
     loss._target_=tests.faults.FaultyLoss +loss.fail=raise allowed_targets=[tests]
 
 `fail=raise` raises in the first training step; `fail=nan@K` makes the loss NaN from this
-process's K-th training step on; `fail=none` is plain cross-entropy.
+process's K-th training step on; `fail=blowup_and_stop@K` gives the K-th step a finite loss
+with an infinite gradient (an overflow in backward: the weights diverge) and sends the
+process SIGTERM during it; `fail=none` is plain cross-entropy.
 """
 
 from __future__ import annotations
+
+import os
+import signal
 
 import torch
 from torch import nn
@@ -41,4 +46,9 @@ class FaultyLoss(nn.Module):
             return loss
         if self.fail.startswith("nan@"):
             return loss * float("nan") if self.calls >= int(self.fail[4:]) else loss
+        if self.fail.startswith("blowup_and_stop@"):
+            if self.calls == int(self.fail.partition("@")[2]):
+                loss.register_hook(lambda grad: grad * float("inf"))
+                os.kill(os.getpid(), signal.SIGTERM)
+            return loss
         raise RuntimeError(f"loss.fail={self.fail}: the test hook failed this training step")

@@ -204,6 +204,17 @@ def fit(
         state.global_step += done.batches - done_before
         state.nan_skips = guard.skipped
         if not done.finished:
+            if not weights_finite(parts.model) or not weights_finite(parts.eval_model):
+                # As at an epoch's end: diverged weights never replace the last good last.pt
+                # (a resume would load them and fail at once, every time).
+                ctx.writer.wait()
+                raise engine.NonFiniteLossError(
+                    f"non-finite weights at step {state.global_step} (epoch {epoch}), when a "
+                    "signal stopped the run "
+                    f"(trainer.nan_policy={trainer.nan_policy}): training diverged; the "
+                    "weights were not saved as last.pt. Lower optim.lr or set "
+                    "trainer.gradient_clip_val (e.g. 1.0)"
+                )
             state.partial_epoch = asdict(distributed.reduce_epoch(done))
             state.partial_epoch_lr = epoch_lr
             ctx.writer.submit({last: last_payload(state, parts)}, keep_previous={last})

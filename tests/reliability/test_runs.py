@@ -218,6 +218,20 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert code != 0 and "more than trainer.max_nan_skips=3" in out, out[-3000:]
 
 
+def test_a_signal_as_the_weights_diverge_keeps_the_last_good_checkpoint(tmp_path):
+    """A stop within an epoch saved the diverged weights (finite loss, infinite gradient)
+    as last.pt: every resume loaded them and failed, the good one never used."""
+    run_dir = tmp_path / "run"
+    fail = "+loss.fail=blowup_and_stop@20"
+    code, out = run_to_end(cli(tmp_path, run_dir, *FAULTY_LOSS, fail))
+    assert code != 0, out[-3000:]
+    assert "non-finite weights at step 20 (epoch 2), when a signal stopped the run" in out
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert last["state"]["epoch"] == 1 and last["state"]["global_step"] == 16
+    weights = [v for v in last["model"].values() if v.is_floating_point()]
+    assert all(bool(v.isfinite().all()) for v in weights)
+
+
 def test_disk_full_while_saving_fails_clearly_and_keeps_the_previous_checkpoint(tmp_path):
     """Point 9: on a tiny tmpfs the save fails; the previous file is intact, no temp left."""
     mount = tmp_path / "small"
