@@ -56,8 +56,8 @@ class DeviceAugment(nn.Module):
         num_classes: int | None = None,
     ):
         super().__init__()
-        if not 0 < eval_crop_pct <= 1:
-            raise ValueError(f"eval_crop_pct={eval_crop_pct!r}: expected a number in (0, 1]")
+        if not 0.5 <= eval_crop_pct <= 1:
+            raise ValueError(f"eval_crop_pct={eval_crop_pct!r}: expected a number in [0.5, 1]")
         self.differentiable = differentiable
         self.image_size = image_size
         self.eval_crop_pct = eval_crop_pct

@@ -343,6 +343,14 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
         (["logger.artifact_location=file:/proc/nope/art"], "cannot write in /proc"),
         (["seed=18446744073709551616"], "seed=18446744073709551616 is invalid"),  # torch's
         (["data.label_noise=0.95", "data.noise_type=asymmetric"], "use a rate below 0.5"),
+        # inf passed every bound: a non-finite loss, an OverflowError, or (power) a run
+        # that trained on one class.
+        (["optim.lr=inf"], "optim.lr=inf is invalid"),
+        (["sched.warmup_epochs=inf"], "sched.warmup_epochs=inf is invalid"),
+        (["sampler=balanced", "sampler.power=inf"], "sampler.power=inf is invalid"),
+        (["loss=focal", "loss.gamma=inf"], "loss.gamma=inf is invalid"),
+        # Eval resized to 3200 px: out of memory at the first validation, after an epoch.
+        (["aug.eval_crop_pct=0.01"], "aug.eval_crop_pct=0.01 is invalid: expected a number in"),
     ],
 )
 def test_values_that_failed_late_or_passed_as_true_are_refused(make_cfg, overrides, expected):
