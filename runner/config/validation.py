@@ -11,6 +11,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 from runner.config import choices
 from runner.config.errors import ConfigError
 from runner.config.group_keys import unexpected_group_keys
+from runner.config.redaction import public_uri
 from runner.config.resolvers import monitor_mode_for
 from runner.config.targets import untrusted_targets
 from runner.config.value_checks import (
@@ -36,6 +37,8 @@ TOP_LEVEL_KEYS = frozenset(
 )
 # Nodes whose keys are fixed: an added key there is a typo, not a new option.
 CLOSED_NODES = ("trainer", "paths", "eval", "predict", "analysis", "audit")
+# Keys whose value may hold a password (user:password@host): shown without it.
+URI_KEYS = ("logger.tracking_uri", "logger.fallback_uri")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -75,7 +78,8 @@ def validate(cfg: DictConfig) -> None:
             check = OPTION_CHECKS.get((key, str(group_target)), check)
         expected = check(value)
         if expected is not None:
-            problems.append(f"{key}={value!r} is invalid: expected {expected}")
+            shown = public_uri(value) if key in URI_KEYS and isinstance(value, str) else value
+            problems.append(f"{key}={shown!r} is invalid: expected {expected}")
 
     problems.extend(_unresolvable_values(cfg, swept_values))
     problems.extend(_unknown_keys(cfg))

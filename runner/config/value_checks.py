@@ -314,8 +314,14 @@ def _tracking_uri(value: Any) -> str | None:
         return expected + "; MLflow's file store (a folder) is not supported"
     database = sqlite_path(value)
     if database is None:
-        return None
+        return _database_driver_problem(value)
     database = database.expanduser().absolute()
+    if database.is_dir():
+        return f"a SQLite file, but {database} is a folder: name a file in it (.../mlflow.db)"
+    if database.is_file() and database.stat().st_size:
+        with database.open("rb") as handle:
+            if handle.read(16) != b"SQLite format 3\x00":  # every SQLite file's first bytes
+                return f"a SQLite file, but {database} is another kind of file: choose another path"
     existing = next(folder for folder in database.parents if folder.exists())
     if not existing.is_dir():
         return (
@@ -324,6 +330,30 @@ def _tracking_uri(value: Any) -> str | None:
         )
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"a SQLite file in a folder you can write to, but {existing} is not writable"
+    return None
+
+
+# The SQL databases MLflow keeps a tracking store in, besides SQLite (a URL's scheme,
+# before any `+driver`).
+_DATABASES = ("postgresql", "mysql", "mssql")
+
+
+def _database_driver_problem(uri: str) -> str | None:
+    """Why SQLAlchemy cannot open a database URL here: its driver module is missing."""
+    if uri.partition("://")[0].partition("+")[0] not in _DATABASES:
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(uri).get_dialect().import_dbapi()
+    except (ArgumentError, NoSuchModuleError) as err:
+        return f"a database URL SQLAlchemy can read ({err})"
+    except ImportError as err:
+        return (
+            f"a database whose driver is installed; {err}: install that module, or name "
+            "an installed driver in the URL (postgresql+psycopg2://...)"
+        )
     return None
 
 

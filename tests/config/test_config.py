@@ -411,3 +411,26 @@ def test_onecycle_follows_torchs_one_cycle_step_for_step():
             optimizer.step()
             scheduler.step()
     assert lrs["runner"] == pytest.approx(lrs["torch"], rel=1e-9, abs=1e-12)
+
+
+def test_a_tracking_store_that_cannot_open_is_refused_before_any_work(make_cfg, tmp_path):
+    """A folder or a text file as the SQLite file, or a database without its driver,
+    passed the checks: a traceback after the data and model were built (the folder after
+    3.5 minutes of retries). The password stays out of the message."""
+    import sqlite3
+
+    (tmp_path / "folder.db").mkdir()
+    (tmp_path / "notes.db").write_text("not a database\n")
+    sqlite3.connect(tmp_path / "real.db").execute("CREATE TABLE t (x)").connection.close()
+    expected = {
+        f"sqlite:///{tmp_path}/folder.db": "folder.db is a folder: name a file in it",
+        f"sqlite:///{tmp_path}/notes.db": "notes.db is another kind of file",
+        "postgresql+nodriver://u:hunter2@host/db": "a database URL SQLAlchemy can read",
+    }
+    for uri, message in expected.items():
+        with pytest.raises(ConfigError) as err:
+            validate(make_cfg("logger=mlflow", f"logger.tracking_uri={uri}"))
+        assert message in str(err.value) and "hunter2" not in str(err.value)
+    for fine in ("real.db", "empty.db", "new/mlflow.db"):
+        (tmp_path / "empty.db").touch()
+        validate(make_cfg("logger=mlflow", f"logger.tracking_uri=sqlite:///{tmp_path}/{fine}"))
