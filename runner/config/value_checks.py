@@ -8,6 +8,7 @@ overrides a key's check for one option of its group.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import math
 import os
 import tempfile
@@ -161,14 +162,39 @@ def local_folder(location: str) -> str | None:
     return None if len(parsed.scheme) > 1 else location
 
 
+# The module MLflow's client uploads artifacts with, and its package, by the artifact
+# location's scheme.
+_ARTIFACT_CLIENTS = {
+    "s3": ("boto3", "boto3"),
+    "gs": ("google.cloud.storage", "google-cloud-storage"),
+    "wasbs": ("azure.storage.blob", "azure-storage-blob"),
+    "abfss": ("azure.storage.filedatalake", "azure-storage-file-datalake"),
+}
+
+
 def _artifact_location(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
         return "a folder path or URI, or null"
+    client, package = _ARTIFACT_CLIENTS.get(urlparse(value).scheme, (None, None))
+    if client is not None and not _importable(client):
+        # Else each upload failed as an unreachable store: the run trained to its end and
+        # stayed RUNNING in MLflow, its metrics queued behind the model.
+        return (
+            f"an artifact store whose client is installed: {value.partition(':')[0]}:// needs "
+            f"the Python module {client} (pip install {package})"
+        )
     folder = local_folder(value)
     problem = None if folder is None else folder_problem(folder)
     return None if problem is None else f"a folder that can be written ({problem})"
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package (google.cloud) is missing
+        return False
 
 
 def _int_between(low: int, high: int) -> Callable[[Any], str | None]:
