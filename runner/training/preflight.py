@@ -32,6 +32,11 @@ FEW_STEPS = 10
 # (decay ** steps): more, and the weights tested are mostly untrained (at 0.999 over
 # 152 steps, 86% of them: chance accuracy on digits).
 EMA_INIT_LEFT = 0.1
+# The losses that correct class imbalance themselves, from the train split's counts.
+REBALANCING_LOSSES = (
+    "runner.training.losses.BalancedCrossEntropyLoss",
+    "runner.training.losses.BalancedSoftmaxLoss",
+)
 
 
 def check_training_data(cfg: DictConfig, data: DataSplits, batches_per_epoch: int) -> None:
@@ -49,6 +54,7 @@ def check_training_data(cfg: DictConfig, data: DataSplits, batches_per_epoch: in
             classes or fewer), or trainer.ema_decay is too slow for the run's steps.
     """
     require_splits(data, ("train", "val", "test"))
+    _warn_of_a_double_correction(cfg)
     if cfg.trainer.monitor.endswith("top5") and data.num_classes <= TOP_K:
         raise ConfigError(
             f"trainer.monitor={cfg.trainer.monitor} needs more than {TOP_K} classes, and "
@@ -89,6 +95,25 @@ def check_training_data(cfg: DictConfig, data: DataSplits, batches_per_epoch: in
             cfg.trainer.drop_last,
             cfg.trainer.accumulate_grad_batches,
             max(2, per_rank // (FEW_STEPS * cfg.trainer.accumulate_grad_batches)),
+        )
+
+
+def _warn_of_a_double_correction(cfg: DictConfig) -> None:
+    """Warns when both the sampler and the loss correct the class imbalance."""
+    sampler = cfg.get("sampler") or {}
+    power = sampler.get("power", 0)
+    loss = str(cfg.loss.get("_target_", ""))
+    if (
+        str(sampler.get("_target_", "")).endswith("WeightedClassSampler")
+        and power
+        and (loss in REBALANCING_LOSSES)
+    ):
+        log.warning(
+            "the class imbalance is corrected twice: the sampler draws rare classes more "
+            "often (sampler.power=%s) and the loss (%s) favours them too, so the frequent "
+            "classes lose accuracy. Keep one: sampler=random, or loss=ce",
+            power,
+            loss.rpartition(".")[2],
         )
 
 

@@ -865,6 +865,22 @@ def test_top5_is_left_out_with_five_classes_or_fewer_and_a_short_epoch_is_named(
         check_training_data(make_cfg("trainer.monitor=val/top5"), data, len(loaders[0]))
 
 
+def test_a_sampler_and_a_loss_that_both_rebalance_are_warned_of(make_cfg, caplog):
+    """sampler=balanced with loss=balanced_ce corrected the imbalance twice, silently."""
+    from runner.data.build import build_data
+    from runner.training.preflight import check_training_data
+
+    data = build_data(make_cfg().data)
+    for sampler, loss in (("balanced", "balanced_ce"), ("sqrt", "balanced_softmax")):
+        caplog.clear()
+        check_training_data(make_cfg(f"sampler={sampler}", f"loss={loss}"), data, 20)
+        assert "the class imbalance is corrected twice" in caplog.text
+    for sampler, loss in (("random", "balanced_ce"), ("balanced", "ce")):
+        caplog.clear()
+        check_training_data(make_cfg(f"sampler={sampler}", f"loss={loss}"), data, 20)
+        assert "corrected twice" not in caplog.text
+
+
 def test_a_glob_sweep_is_checked_at_start_like_a_list_of_options(tmp_path):
     done = run_cli(
         "-m",
