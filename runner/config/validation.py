@@ -163,6 +163,15 @@ def _image_size_problems(cfg: DictConfig) -> list[str]:
                 f"{data_size}: the model would train at that size and be tested at "
                 f"{data_size}; set data.image_size (the presets' sizes follow it)"
             )
+    patch = OmegaConf.select(cfg, "model.patch_size", default=None)
+    if is_number(patch) and patch >= 1 and data_size % patch:
+        # timm's patch embedding (a strided convolution) drops what is left over.
+        below, above = data_size // patch * patch, (data_size // patch + 1) * patch
+        problems.append(
+            f"data.image_size={data_size} is not a multiple of model.patch_size={patch}: the "
+            f"model would never see the last {data_size % patch} pixel rows and columns. "
+            f"Use data.image_size={below or above} or {above}, or another model.patch_size"
+        )
     return problems
 
 

@@ -304,6 +304,12 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
             "model.depth=33 is invalid: expected an integer 6n+2",
         ),
         (["model=vit_tiny", "model.patch_size=0"], "model.patch_size=0 is invalid"),
+        # timm's patch embedding dropped the last 4 pixel rows and columns, silently.
+        (
+            ["model=vit_tiny", "model.patch_size=7"],
+            "data.image_size=32 is not a multiple of model.patch_size=7: the model would never "
+            "see the last 4 pixel rows and columns. Use data.image_size=28 or 35",
+        ),
         (["model.drop_path_rate=2"], "model.drop_path_rate=2 is invalid"),
         (["data.std=[0,0,0]"], "data.std=[0, 0, 0] is invalid"),
         (["data.split_seed=-1"], "data.split_seed=-1 is invalid"),
