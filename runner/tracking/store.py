@@ -124,19 +124,28 @@ def with_retry(call: Callable[[], T], attempts: int = 8, first_delay_s: float = 
 # meantime (401, 403), a timeout (408), a rate limit (429).
 _TRANSIENT_CLIENT_ERRORS = (401, 403, 408, 429)
 # Local errors that stay: a file to log that is gone, a folder that may not be written.
-_LASTING_FILE_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+# Errors that sending again gives again: a file that is gone or may not be written, and a
+# store client module that is not installed (boto3 for an s3:// artifact location).
+_LASTING_ERRORS = (
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    ImportError,
+)
 
 
 def refused_for_good(err: Exception) -> bool:
     """Whether a logging operation failed for good: sending it again gets the same answer.
 
-    That is an HTTP 4xx answer (a changed param value, a run deleted meanwhile), or a
-    local file error (a file to log that is gone, an artifact folder that may not be
-    written). A store that is away (no answer, 5xx) has not refused anything.
+    That is an HTTP 4xx answer (a changed param value, a run deleted meanwhile), a local
+    file error (a file to log that is gone, an artifact folder that may not be written),
+    or a missing module (the client of an artifact store). A store that is away (no
+    answer, 5xx) has not refused anything.
     """
     from mlflow.exceptions import MlflowException
 
-    if isinstance(err, _LASTING_FILE_ERRORS):
+    if isinstance(err, _LASTING_ERRORS):
         return True
     if not isinstance(err, MlflowException):
         return False

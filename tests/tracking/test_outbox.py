@@ -109,6 +109,8 @@ def test_only_a_final_answer_of_the_store_is_a_refusal():
     assert not refused_for_good(OSError(28, "No space left on device"))  # may be freed
     assert refused_for_good(FileNotFoundError(2, "No such file or directory"))
     assert refused_for_good(PermissionError(13, "Permission denied"))
+    # An s3:// upload without boto3: the metrics and the status queued behind it for ever.
+    assert refused_for_good(ModuleNotFoundError("No module named 'boto3'"))
 
 
 def test_a_refusal_a_second_try_does_not_repeat_is_delivered(tmp_path, caplog):
