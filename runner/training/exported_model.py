@@ -122,6 +122,8 @@ def log_best_model(
         "metrics": {k: float(v) for k, v in (best.metrics or {}).items()},
         "train_class_counts": best.train_class_counts,
         "test_ids_digest": best.test_ids_digest,
+        # The data's channels: a 1-channel run's pretrained mean has 3 values.
+        "data_channels": best.data_channels,
         "best_pt_schema_version": SCHEMA_VERSION,
         "data": data.name,
         "input": "uint8 (N, C, H, W) at image_size; output: class probabilities (N, classes)",
@@ -212,4 +214,5 @@ def best_from_model_dir(model_dir: Path, run_id: str | None) -> BestCheckpoint:
         mlflow_run_id=run_id,
         train_class_counts=metadata.get("train_class_counts"),
         test_ids_digest=metadata.get("test_ids_digest"),
+        data_channels=metadata.get("data_channels"),
     )

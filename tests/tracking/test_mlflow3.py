@@ -87,6 +87,18 @@ def test_the_best_weights_are_a_logged_model_that_returns_probabilities(trained)
     local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=tmp / "m"))
     config = (local / "extra_files" / "config_resolved.yaml").read_text()
     assert config == (tmp / "train" / "config_resolved.yaml").read_text()
+    # What eval and predict rebuild from it is the run's best.pt, its data's channels
+    # too (a 1-channel run with a pretrained 3-value mean was fed colour images).
+    from runner.training.exported_model import best_from_model_dir
+
+    rebuilt = best_from_model_dir(local, run_id)
+    best = read_best(tmp / "train" / "checkpoints" / "best.pt")
+    assert rebuilt.data_channels == best.data_channels is not None
+    assert (rebuilt.class_names, rebuilt.mean, rebuilt.image_size) == (
+        best.class_names,
+        best.mean,
+        best.image_size,
+    )
     # One copy of the weights per run: the model's; no best.pt or safetensors uploaded.
     artifacts = artifacts_of(db, run_id)
     assert not (artifacts / "checkpoints").exists()
