@@ -56,6 +56,13 @@ def run_predict(cfg: DictConfig) -> float:
             f"predict.input={cfg.predict.input!r} holds no file but predict.output's CSV"
         )
     loaded = load_checkpoint(ctx)
+    channels = loaded.best.image_channels()
+    if channels not in (1, 3):  # before any image is read: files decode as RGB
+        raise ConfigError(
+            f"ckpt={cfg.ckpt}: its model was trained on {channels}-channel images, and predict "
+            "reads image files as RGB (or gray for a 1-channel model): label such data "
+            "with mode=eval on a data set of that many channels"
+        )
     names, size = loaded.best.class_names, loaded.best.image_size
     topk = min(int(cfg.predict.topk), len(names))
     predictor = with_tta(loaded.model, cfg.predict.tta)

@@ -818,3 +818,22 @@ def test_eval_on_stored_data_writes_its_decode_cache_under_its_own_output_dir(tm
     decoding.wait_for_cache_writes()
     assert list((tmp_path / "b" / "outputs" / "cache").iterdir())
     assert not trained_cache.exists()
+
+
+def test_predict_refuses_a_model_of_other_than_one_or_three_channels_before_reading(tmp_path):
+    """A 4-channel model got the files' RGB batches: a bare "size of tensor a (3) must
+    match" traceback after every image was decoded."""
+    from runner.config.errors import ConfigError
+
+    four = ("data.channels=4", "+model.in_chans=4", "logger=none")
+    run(compose_run(tmp_path, "train4", *four))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_png(torch.zeros(3, 32, 32, dtype=torch.uint8), str(photos / "a.png"))
+    ckpt = tmp_path / "train4" / "checkpoints" / "best.pt"
+    cfg = compose_run(
+        tmp_path, "p", "mode=predict", f"ckpt={ckpt}", f"predict.input={photos}", "logger=none"
+    )
+    with pytest.raises(ConfigError, match=r"trained on 4-channel images, and predict reads"):
+        run(cfg)
+    assert not (tmp_path / "p" / "predictions.csv").exists()
