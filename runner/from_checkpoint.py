@@ -111,11 +111,33 @@ def refuse_ignored_overrides(cfg: DictConfig) -> None:
         )
 
 
+def checkpoint_precision(ctx: RunContext, stored: DictConfig) -> str:
+    """The precision to test at: the training run's, unless the command sets another.
+
+    `trainer.precision=auto` (the default) takes the stored one, so that eval gives the
+    training run's own test figures; float16, which needs CUDA, becomes 32 elsewhere.
+    """
+    if str(ctx.cfg.trainer.precision) != "auto":
+        return ctx.precision
+    trained = str(OmegaConf.select(stored, "trainer.precision", default="auto"))
+    cuda_only = trained == "16" and ctx.device.type != "cuda"
+    precision = "32" if cuda_only else resolve_precision(trained, ctx.device)
+    if precision != ctx.precision:
+        log.info(
+            "precision %s, as the checkpoint was trained (trainer.precision=%s); set "
+            "trainer.precision to test at another",
+            precision,
+            trained,
+        )
+    return precision
+
+
 def load_checkpoint(ctx: RunContext) -> LoadedCheckpoint:
     """Resolves `ckpt`, reads the best.pt, checks its config and rebuilds the model."""
     path, run_id = resolve_ckpt(str(ctx.cfg.ckpt), ctx.cfg, ctx.run_dir / "downloaded")
     best = read_best(path)
     stored = best.stored_config()
+    ctx.precision = checkpoint_precision(ctx, stored)
     without_pretrained_weights(stored)
     for part in ("model", "aug"):
         resolved_part(stored, part, path)

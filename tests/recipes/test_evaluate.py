@@ -837,3 +837,20 @@ def test_predict_refuses_a_model_of_other_than_one_or_three_channels_before_read
     with pytest.raises(ConfigError, match=r"trained on 4-channel images, and predict reads"):
         run(cfg)
     assert not (tmp_path / "p" / "predictions.csv").exists()
+
+
+def test_eval_tests_at_the_precision_the_checkpoint_was_trained_with(tmp_path):
+    """A bf16 run evaluated at the default precision (auto: 32 here) gave other test
+    figures than its own final test."""
+    run(compose_run(tmp_path, "bf16", "trainer.precision=bf16", "logger=none"))
+    trained = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
+    ckpt = tmp_path / "bf16" / "checkpoints" / "best.pt"
+    run(compose_run(tmp_path, "eval", "mode=eval", f"ckpt={ckpt}", "logger=none"))
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in ("test/loss", "test/acc"):
+        assert evaluated[key] == pytest.approx(trained[key], abs=1e-6), key
+    # Asked for, another precision is used: the figures move.
+    more = ("mode=eval", f"ckpt={ckpt}", "logger=none", "trainer.precision=32")
+    run(compose_run(tmp_path, "eval32", *more))
+    at_32 = json.loads((tmp_path / "eval32" / "metrics.json").read_text())
+    assert at_32["test/loss"] != pytest.approx(trained["test/loss"], abs=1e-6)
