@@ -60,7 +60,40 @@ def check_model_config(model_cfg: Any) -> None:
         _check_torchvision_name(str(model_cfg.get("name")))
         _check_torchvision_weights(str(model_cfg.get("name")), model_cfg.get("weights"))
         _check_torchvision_arguments(model_cfg)
+        _check_input_rescaling(model_cfg)
     _check_file(model_cfg.get("pretrained_file"), "model.pretrained_file")
+
+
+def _check_input_rescaling(model_cfg: Any) -> None:
+    """Refuses googlenet or inception_v3 weights from a file without `transform_input`.
+
+    torchvision builds these models for its released weights with `transform_input=True`
+    (they rescale their input themselves), and without weights with False. A weights file
+    does not say which its weights expect, and eval rebuilds the model from the config
+    alone: the config must say it.
+    """
+    name, file = str(model_cfg.get("name")), model_cfg.get("pretrained_file")
+    if (
+        name not in AUX_LOGIT_MODELS
+        or file is None
+        or model_cfg.get("weights") is not None
+        or "transform_input" in model_cfg
+    ):
+        return
+    payload = _runner_checkpoint(_check_file(file, "model.pretrained_file"))
+    known = ""
+    if payload is not None and isinstance(payload.get("config"), str):
+        from omegaconf import OmegaConf
+
+        trained = OmegaConf.create(payload["config"]).get("model") or {}
+        rescaled = trained.get("transform_input", trained.get("weights") is not None)
+        known = f"; this best.pt's {name} was built with transform_input={bool(rescaled)}"
+    raise ConfigError(
+        f"model.pretrained_file={file!r} with model.name={name} and model.weights=null: "
+        f"say whether these weights expect {name}'s own input rescaling: add "
+        "+model.transform_input=true for torchvision's released ImageNet weights, or "
+        f"+model.transform_input=false for weights trained without it{known}"
+    )
 
 
 # The timm group's own keys (conf/model/timm.yaml); any other goes to timm.create_model,

@@ -303,3 +303,35 @@ def test_a_distilled_timm_models_own_weights_load_with_both_heads_new(tmp_path):
         patch_size=4,
     )
     assert model.head.out_features == model.head_dist.out_features == 10
+
+
+def test_googlenet_weights_from_a_file_must_say_whether_they_rescale_their_input(tmp_path):
+    """torchvision's released googlenet weights expect transform_input=True, which a model
+    built without model.weights lacks: their input was scaled wrongly, silently."""
+    from omegaconf import OmegaConf
+    from torchvision.models import googlenet
+
+    from runner.config.errors import ConfigError
+    from runner.models.factories import check_model_config
+
+    path = tmp_path / "googlenet.pth"
+    torch.save(googlenet(aux_logits=False, init_weights=False).state_dict(), path)
+    target = "runner.models.factories.create_torchvision_model"
+    settings = {"_target_": target, "name": "googlenet", "weights": None}
+    with pytest.raises(ConfigError, match=r"add \+model.transform_input=true for torchvision"):
+        check_model_config(OmegaConf.create({**settings, "pretrained_file": str(path)}))
+    said = {**settings, "pretrained_file": str(path), "transform_input": True}
+    check_model_config(OmegaConf.create(said))
+    model = create_torchvision_model(
+        num_classes=3, **{k: v for k, v in said.items() if k != "_target_"}
+    )
+    assert model.transform_input is True
+    # A runner best.pt says what its model was built with.
+    best = {"model": {}, "config": "model:\n  name: googlenet\n  weights: IMAGENET1K_V1\n"}
+    torch.save(best, tmp_path / "best.pt")
+    with pytest.raises(
+        ConfigError, match=r"this best\.pt's googlenet was built with transform_input=True"
+    ):
+        check_model_config(
+            OmegaConf.create({**settings, "pretrained_file": str(tmp_path / "best.pt")})
+        )
