@@ -22,7 +22,7 @@ from runner.config.validation import validate
 from runner.data.build import Loaders, build_data, build_loaders
 from runner.data.debug import overfit_subset
 from runner.data.splits import DataSplits
-from runner.models.factories import check_model_config
+from runner.models.factories import check_model_config, check_weights_at_hand
 from runner.reports import console
 from runner.reports.aug_preview import augment_preview
 from runner.reports.data_report import (
@@ -97,6 +97,7 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
 
     with startup_clock.phase("model"):  # a wrong name or weights file, before the data
         check_model_config(cfg.model)
+        check_weights_at_hand(cfg.model)
     check_transforms(cfg.aug)  # a bad transform parameter, as early
     with startup_clock.phase("data"):
         data = build_data(cfg.data)

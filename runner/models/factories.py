@@ -102,6 +102,61 @@ _TIMM_GROUP_KEYS = {"_target_", "_partial_", "name", "pretrained", "pretrained_f
 _TIMM_DROP_KEYS = {"drop_rate", "drop_path_rate"}
 
 
+def check_weights_at_hand(model_cfg: Any) -> None:
+    """Refuses timm's `model.pretrained=true` when the Hub is out of reach and nothing is cached.
+
+    The weights are fetched when the model is built, after the data: a large folder was
+    decoded whole before the run said it could not get them. Asked by the run itself,
+    on the host it runs on (a sweep's start check cannot tell a job's network).
+
+    Raises:
+        PretrainedWeightsError: Naming the model and the offline fix.
+    """
+    timm_target = f"{__name__}.{create_timm_model.__name__}"
+    if model_cfg.get("_target_") != timm_target or not model_cfg.get("pretrained"):
+        return
+    if model_cfg.get("pretrained_file"):
+        return
+    from huggingface_hub import constants
+
+    name = str(model_cfg.get("name"))
+    if not constants.HF_HUB_OFFLINE and hub_reachable():
+        return
+    if _timm_weights_cached(name):
+        return
+    raise PretrainedWeightsError(
+        f"model.pretrained=true: the weights of {name!r} are not cached and the Hugging Face "
+        "Hub is out of reach. Without network, download them elsewhere (the model's "
+        "model.safetensors on the Hugging Face Hub) and set "
+        "model.pretrained_file=/path/to/model.safetensors"
+    )
+
+
+def _timm_weights_cached(name: str) -> bool:
+    """Whether timm finds the pretrained weights of `name` in the local caches.
+
+    True also when timm names no file to look for: building the model then says.
+    """
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    pretrained = timm.models.get_pretrained_cfg(name)
+    if pretrained is None:
+        return True
+    if pretrained.hf_hub_id:
+        repo, _, revision = pretrained.hf_hub_id.partition("@")
+        files = [getattr(pretrained, "hf_hub_filename", None)]
+        files += ["model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"]
+        return any(
+            isinstance(try_to_load_from_cache(repo, file, revision=revision or None), str)
+            for file in files
+            if file
+        )
+    if pretrained.url:  # torch.hub's cache, as timm downloads such weights
+        return (Path(torch.hub.get_dir()) / "checkpoints" / Path(pretrained.url).name).is_file()
+    return True
+
+
 def _check_timm_arguments(model_cfg: Any) -> None:
     """Refuses a key added to the model group that timm's model does not take.
 

@@ -89,6 +89,28 @@ def test_pretrained_without_network_says_how_to_use_a_local_file(monkeypatch, tm
     assert time.monotonic() - start < 30, "an offline machine must not wait on retries"
 
 
+def test_pretrained_weights_out_of_reach_are_refused_before_the_data(monkeypatch, tmp_path):
+    """The weights were fetched when the model was built, after the data: a large folder
+    was decoded whole before the run said it could not get them."""
+    from omegaconf import OmegaConf
+
+    from runner.models.factories import check_weights_at_hand
+
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = {"_target_": "runner.models.factories.create_timm_model", "name": "resnet18"}
+    with pytest.raises(PretrainedWeightsError, match=r"'resnet18' are not cached and the Hug"):
+        check_weights_at_hand(OmegaConf.create({**model, "pretrained": True}))
+    check_weights_at_hand(OmegaConf.create({**model, "pretrained": False}))
+    # Cached as huggingface_hub keeps a download: the run may go on offline.
+    repo = tmp_path / "hub" / "models--timm--resnet18.a1_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "model.safetensors").write_bytes(b"x")
+    check_weights_at_hand(OmegaConf.create({**model, "pretrained": True}))
+
+
 def test_timm_pretrained_from_a_local_file_loads_the_backbone(tmp_path):
     source = timm.create_model("resnet10t", num_classes=1000)
     path = tmp_path / "model.safetensors"
