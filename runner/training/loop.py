@@ -203,22 +203,8 @@ def fit(
         )
         state.global_step += done.batches - done_before
         state.nan_skips = guard.skipped
-        if not done.finished:
-            if not weights_finite(parts.model) or not weights_finite(parts.eval_model):
-                # As at an epoch's end: diverged weights never replace the last good last.pt
-                # (a resume would load them and fail at once, every time).
-                ctx.writer.wait()
-                raise engine.NonFiniteLossError(
-                    f"non-finite weights at step {state.global_step} (epoch {epoch}), when a "
-                    "signal stopped the run "
-                    f"(trainer.nan_policy={trainer.nan_policy}): training diverged; the "
-                    "weights were not saved as last.pt. Lower optim.lr or set "
-                    "trainer.gradient_clip_val (e.g. 1.0)"
-                )
-            state.partial_epoch = asdict(distributed.reduce_epoch(done))
-            state.partial_epoch_lr = epoch_lr
-            ctx.writer.submit({last: last_payload(state, parts)}, keep_previous={last})
-            ctx.writer.wait()
+        if not done.finished:  # a signal stopped the epoch: save where it is, and exit
+            stop_within_epoch(ctx, state, parts, done, epoch, epoch_lr)
             display.end_epoch(f"stopped after batch {done.batches}; checkpoint saved")
             raise TrainingInterrupted(ctx.stop.signum)
         state.partial_epoch = state.partial_epoch_lr = None
@@ -282,6 +268,36 @@ def fit(
         if decision.stop is not None:
             act_on_stop(ctx, decision.stop, epoch, current)
             break  # pruned or patience: the recipe waits for the writer after fit
+
+
+def stop_within_epoch(
+    ctx: RunContext,
+    state: TrainState,
+    parts: TrainingParts,
+    done: engine.EpochStats,
+    epoch: int,
+    epoch_lr: float,
+) -> None:
+    """Saves last.pt at the batch a signal stopped the epoch at, to resume it exactly.
+
+    Raises:
+        NonFiniteLossError: The weights are not finite. As at an epoch's end, diverged
+            weights never replace the last good last.pt, which a resume would load and
+            fail on at once, every time.
+    """
+    if not weights_finite(parts.model) or not weights_finite(parts.eval_model):
+        ctx.writer.wait()
+        raise engine.NonFiniteLossError(
+            f"non-finite weights at step {state.global_step} (epoch {epoch}), when a signal "
+            f"stopped the run (trainer.nan_policy={ctx.cfg.trainer.nan_policy}): training "
+            "diverged; the weights were not saved as last.pt. Lower optim.lr or set "
+            "trainer.gradient_clip_val (e.g. 1.0)"
+        )
+    state.partial_epoch = asdict(distributed.reduce_epoch(done))
+    state.partial_epoch_lr = epoch_lr
+    last = ctx.run_dir / "checkpoints" / "last.pt"
+    ctx.writer.submit({last: last_payload(state, parts)}, keep_previous={last})
+    ctx.writer.wait()
 
 
 def best_checkpoint(
