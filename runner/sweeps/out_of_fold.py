@@ -9,6 +9,7 @@ trained on it.
 from __future__ import annotations
 
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,9 +157,20 @@ def merge_folds(sweep_dir: Path) -> MergedFolds:
     run_dirs: dict[int, Path] = {}
     class_names, num_folds = None, None
     for run_dir, _ in runs:
-        with np.load(run_dir / OOF_FILE) as saved:
-            part = {k: saved[k] for k in saved.files}
-        fold, k = int(part["fold"]), int(part["num_folds"])
+        try:
+            with np.load(run_dir / OOF_FILE) as saved:
+                part = {k: saved[k] for k in saved.files}
+            fold, k = int(part["fold"]), int(part["num_folds"])
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            # A job writes it whole (temp file, then rename): a damaged one was copied so.
+            log.warning(
+                "audit: %s cannot be read (%s: %s); its fold is left out. Copy it again, or "
+                "rerun that job (sweep.resume=<sweep dir>)",
+                run_dir / OOF_FILE,
+                type(err).__name__,
+                err,
+            )
+            continue
         names = [str(n) for n in part["class_names"]]
         if fold in run_dirs:
             raise AuditError(
@@ -173,6 +185,11 @@ def merge_folds(sweep_dir: Path) -> MergedFolds:
             )
         class_names, num_folds = names, k
         parts[fold], run_dirs[fold] = part, run_dir
+    if not parts:
+        raise AuditError(
+            f"no fold job of {sweep_dir} has a readable {OOF_FILE} (see the warnings above): "
+            "copy the sweep dir again, or rerun its jobs with sweep.resume=<sweep dir>"
+        )
     folds = sorted(parts)
     sample_id = np.concatenate([parts[f]["sample_id"] for f in folds])
     unique, counts = np.unique(sample_id, return_counts=True)

@@ -238,6 +238,20 @@ def test_a_missing_fold_is_named_and_the_others_are_audited(tmp_path):
     assert "3 of 4 fold jobs (missing folds: [2])" in (sweep / "audit" / "summary.md").read_text()
 
 
+def test_a_damaged_fold_file_is_named_and_the_others_are_audited(tmp_path, caplog):
+    """A fold file cut short by a copy stopped the audit with a bare BadZipFile."""
+    sweep, _ = fake_sweep(tmp_path / "sweep")
+    damaged = next(sweep.glob(f"*/{OOF_FILE}"))
+    damaged.write_bytes(damaged.read_bytes()[:500])
+    merged = merge_folds(sweep)
+    assert len(merged.missing_folds) == 1 and len(merged.run_dirs) == 3
+    assert f"audit: {damaged} cannot be read (BadZipFile" in caplog.text
+    for path in sweep.glob(f"*/{OOF_FILE}"):
+        path.write_bytes(b"")
+    with pytest.raises(AuditError, match=r"no fold job of .* has a readable out_of_fold\.npz"):
+        merge_folds(sweep)
+
+
 def test_what_cannot_be_audited_is_refused_with_what_to_run(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
