@@ -77,7 +77,9 @@ def retire_unfinished_jobs(study: Any, sweep_dir: Path) -> list[int]:
     jobs counted as failures at every later launch (whose advice, to resume, could then
     never be followed to the end), and a trial a killed launcher left RUNNING stayed a
     pending point for the sampler. A job whose process still runs (its lock is held) is
-    left alone.
+    left alone. A job that finished before its launcher was killed gets its result told
+    (its value was lost, and its trial stayed RUNNING). Called while this process holds
+    the sweep's lock.
 
     Returns:
         The numbers of the trials ended FAIL here (those left RUNNING).
@@ -86,17 +88,31 @@ def retire_unfinished_jobs(study: Any, sweep_dir: Path) -> list[int]:
 
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     ended = []
-    for key, entry in read_manifest(sweep_dir).items():
+    entries = read_manifest(sweep_dir)
+    for key, entry in entries.items():
         status = entry.get("status")
+        trial = _trial_of(entry)
+        running = trial.isdigit() and states.get(int(trial)) == TrialState.RUNNING
+        if status == "FINISHED" and running:
+            # Its launcher was killed before it told the study: the job's result stands.
+            tell_trial(study, int(trial), **trial_result(entry.get("value"), entry))
+            continue
         if status not in ("FAILED", "SKIPPED", "RUNNING", "INTERRUPTED"):
             continue
         if _job_running(entry):
             continue
-        trial = _trial_of(entry)
-        if trial.isdigit() and states.get(int(trial)) == TrialState.RUNNING:
+        if running:
             tell_trial(study, int(trial), state=TrialState.FAIL)
             ended.append(int(trial))
         update_manifest(sweep_dir, key, status=REPLACED)
+    # A trial this sweep's killed launch drew whose job never started (no entry): this
+    # process holds the sweep's lock, so no launch of this dir still runs it.
+    named = {_trial_of(entry) for entry in entries.values()}
+    here = str(Path(sweep_dir).resolve())
+    for left in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if left.user_attrs.get(SWEEP_DIR_ATTR) == here and str(left.number) not in named:
+            tell_trial(study, left.number, state=TrialState.FAIL)
+            ended.append(left.number)
     return ended
 
 

@@ -347,6 +347,37 @@ def test_a_resumed_optuna_sweep_replaces_the_earlier_launchs_failed_and_killed_t
     assert "the continued Optuna study drew new trials" in (sweep_dir / "summary.md").read_text()
 
 
+def test_a_resumed_optuna_sweep_tells_what_its_killed_launcher_left_untold(tmp_path):
+    """kill -9 of a launcher: a trial whose job had FINISHED stayed RUNNING and its value
+    was lost (best_params.json named another trial than the summary), and a trial drawn
+    for a job that never started stayed RUNNING for ever."""
+    import optuna
+
+    from runner.sweeps.manifest import update_manifest
+
+    sweep_dir = tmp_path / "sweep"
+    search = [*OWN_SPACE, "hydra/sweeper/pruner=none", "optim.lr=choice(0.001,0.003)"]
+    code, output = multirun(tmp_path, sweep_dir, *search, "hydra.sweeper.n_trials=1")
+    assert code == 0, output[-3000:]
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    (name,) = optuna.get_all_study_names(storage)
+    study = optuna.load_study(study_name=name, storage=storage)
+    finished = study.ask()  # its job finished, then the launcher was killed
+    overrides = ["optim.lr=0.003", f"optuna.trial={finished.number}"]
+    update_manifest(sweep_dir, "done", status="FINISHED", overrides=overrides, num=5, value=0.125)
+    unstarted = study.ask()  # drawn by this sweep's killed launch; its job never started
+    unstarted.set_user_attr("runner.sweep_dir", str(sweep_dir.resolve()))
+    more = [*search, "hydra.sweeper.n_trials=3", f"sweep.resume={sweep_dir}"]
+    code, output = multirun(tmp_path, sweep_dir, *more)
+    assert code == 0, output[-3000:]
+    assert f"trial(s) [{unstarted.number}], left RUNNING by a killed launch, end FAIL" in output
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    assert trials[finished.number].state.name == "COMPLETE"
+    assert trials[finished.number].value == 0.125
+    assert trials[unstarted.number].state.name == "FAIL"
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+
+
 def test_a_stored_study_continued_in_a_new_sweep_dir_fails_a_killed_launchs_trial(tmp_path):
     """Running the same command again continues a stored study, but only the resumed
     sweep dir's manifest was read: a trial a killed launch elsewhere left RUNNING stayed
