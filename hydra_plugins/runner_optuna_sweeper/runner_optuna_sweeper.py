@@ -84,6 +84,15 @@ ConfigStore.instance().store(
 )
 
 
+def _job_error(result: JobReturn) -> BaseException | None:
+    """The exception a failed job raised: Hydra's JobReturn raises it when read."""
+    try:
+        _ = result.return_value
+    except Exception as err:
+        return err
+    return None
+
+
 class RunnerOptunaSweeper(Sweeper):
     """Optuna search over Hydra jobs; see the module docstring."""
 
@@ -286,6 +295,20 @@ class RunnerOptunaSweeper(Sweeper):
             raise
         result_of = dict(zip(jobs, results, strict=True))
         recorded = read_manifest(sweep_dir)
+        for number, (key, overrides) in enumerate(jobs.items(), start=job_index):
+            if result_of[key].status == JobStatus.FAILED and key not in recorded:
+                # It failed before the job recorded itself (an import error): it went unseen,
+                # and the sweep ended as if nothing had failed.
+                err = _job_error(result_of[key])
+                log.error("optuna: job %d failed as it started", number, exc_info=err)
+                recorded[key] = update_manifest(
+                    sweep_dir,
+                    key,
+                    status="FAILED",
+                    overrides=overrides,
+                    num=number,
+                    error=" ".join(f"{type(err).__name__}: {err}".split())[:500],
+                )
         states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
         for trial, key in zip(trials, keys, strict=True):
             if states[trial.number].is_finished():  # the job pruned it itself

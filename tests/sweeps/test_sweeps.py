@@ -347,6 +347,33 @@ def test_a_resumed_optuna_sweep_replaces_the_earlier_launchs_failed_and_killed_t
     assert "the continued Optuna study drew new trials" in (sweep_dir / "summary.md").read_text()
 
 
+def test_an_optuna_job_that_fails_before_it_records_itself_fails_the_sweep(tmp_path):
+    """A job that crashed before it wrote its manifest entry (an import error in a recipe)
+    was swallowed: the sweep exited 0, its summary said "0 job(s)"."""
+    # The crash is injected where the job starts, as a broken import would (a test hook).
+    script = tmp_path / "broken_run.py"
+    script.write_text(
+        "import runpy, sys\n"
+        "import runner.cli\n"
+        "def broken(cfg):\n"
+        "    raise ImportError('cannot import name x from runner.train')\n"
+        "runner.cli.run = broken\n"
+        f"sys.argv[0] = {str(REPO / 'run.py')!r}\n"
+        f"runpy.run_path({str(REPO / 'run.py')!r}, run_name='__main__')\n"
+    )
+    sweep_dir = tmp_path / "sweep"
+    seed_store(tmp_path)
+    command = multirun_command(tmp_path, sweep_dir, *OWN_SPACE, "optim.lr=choice(0.001)")
+    command[1] = str(script)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-3000:]
+    assert "optuna: job 0 failed as it started" in output
+    (entry,) = json.loads((sweep_dir / "manifest.json").read_text())["jobs"].values()
+    assert entry["status"] == "FAILED" and "cannot import name x" in entry["error"]
+    assert "1 job(s), 0 finished" in (sweep_dir / "summary.md").read_text()
+
+
 def test_a_resumed_optuna_sweep_tells_what_its_killed_launcher_left_untold(tmp_path):
     """kill -9 of a launcher: a trial whose job had FINISHED stayed RUNNING and its value
     was lost (best_params.json named another trial than the summary), and a trial drawn
