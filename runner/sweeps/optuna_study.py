@@ -344,9 +344,14 @@ def plan_study(
     space = searched.space
     problems += searched.problems
     groups = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
-    # A group (experiment is one) need not be a key of the composed config.
+    # A group (experiment is one) need not be a key of the composed config; nor need a
+    # key of a searched group (model.depth beside model=choice(resnet32, resnet10t)) be
+    # one of the default option's: a point that composes no config fails its trial.
+    searched_groups = {key for key in space if key in groups}
     problems += [
-        missing_key(config, key) for key in space if key not in {*searched.spelled, *groups}
+        missing_key(config, key)
+        for key in space
+        if key not in {*searched.spelled, *groups} and key.split(".")[0] not in searched_groups
     ]
     problems += _unknown_options(config, space, group_options)
     problems = [p for p in problems if p]

@@ -379,6 +379,26 @@ def test_a_search_over_experiment_presets_is_taken(tmp_path):
             )
 
 
+def test_a_key_of_a_searched_model_group_is_not_checked_against_the_default_model(tmp_path):
+    """model.depth (resnet32's) beside model=choice(resnet32, resnet10t) was refused at
+    start with the default model's keys, though resnet32's points compose."""
+    from runner.sweeps.grid import group_options
+
+    overrides = [
+        f"paths.output_dir={tmp_path}",
+        "hparams_search=optuna",
+        "hydra.sweeper.params=null",
+    ]
+    searched = ["model=choice(resnet32, resnet10t)", "model.depth=choice(20, 32)"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        found = plan_study(cfg, searched, group_options=group_options(cfg))
+        assert set(found.space) == {"model", "model.depth"}
+        # Without the group searched, a key the model lacks is still refused at start.
+        with pytest.raises(SweepConfigError, match=r"model\.depth: the config has no such key"):
+            plan_study(cfg, searched[1:], group_options=group_options(cfg))
+
+
 def test_a_trial_is_pruned_before_its_last_epoch_but_never_at_it(tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     pruner = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 10.0}  # prunes any value
