@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -371,6 +372,8 @@ def plan_study(
         pruner = build_pruner(pruner_node, allowed)
     except SweepConfigError as err:
         problems.append(str(err))
+    if not problems:
+        problems += _trial_run(sweeper, space, allowed, direction)
     if problems:
         _raise(problems)
     plan = StudyPlan(
@@ -394,6 +397,55 @@ def plan_study(
         if problem:
             _raise([problem])
     return plan
+
+
+def _trial_run(
+    sweeper: Any, space: dict[str, Any], allowed: tuple[str, ...], direction: str
+) -> list[str]:
+    """What Optuna refuses when the sampler and pruner are used, not when they are built.
+
+    TPE's `n_ei_candidates=0` failed at its first own draw, after its startup trials had
+    trained, and left the sweep without a summary; Hyperband's `reduction_factor=1` failed
+    at every report, so nothing was pruned. Fresh copies draw and prune a few made-up
+    trials in a study in memory, quietly.
+
+    Returns:
+        The problems, naming the sampler or the pruner; [] when both work.
+    """
+    import optuna
+
+    sampler_node = _node(sweeper.get("sampler"), SAMPLER_TARGETS)
+    if isinstance(sampler_node, dict) and sampler_node.get("_target_") == SAMPLER_TARGETS["grid"]:
+        return []  # its grid is the search space, checked already; it stops when drawn out
+    startup = sampler_node.get("n_startup_trials") if isinstance(sampler_node, dict) else None
+    rounds = min(int(startup) + 2, 50) if isinstance(startup, int) and startup >= 0 else 12
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    part = "sampler"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            study = optuna.create_study(
+                direction=direction,
+                sampler=build_sampler(sampler_node, space, allowed),
+                pruner=build_pruner(_node(sweeper.get("pruner"), PRUNER_TARGETS), allowed),
+            )
+            for number in range(rounds):
+                part = "sampler"
+                trial = study.ask(space)
+                part = "pruner"
+                for step in (1, 2):
+                    trial.report(1.0 / (number + step), step)
+                    trial.should_prune()
+                study.tell(trial, 1.0 / (number + 2))
+    except Exception as err:
+        return [
+            f"hydra.sweeper.{part}: Optuna refuses its settings when it is used "
+            f"({type(err).__name__}: {err}); change them"
+        ]
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return []
 
 
 def _direction(config: DictConfig) -> tuple[str, list[str]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shlex
 import warnings
 from pathlib import Path
@@ -207,6 +208,29 @@ def test_the_median_presets_pruner_leaves_every_trials_first_epoch_alone(tmp_pat
     assert not poor.should_prune()
     poor.report(0.1, step=2)
     assert poor.should_prune()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # Failed at TPE's first own draw, after its startup trials had trained: no summary.
+        (
+            (
+                "+hydra.sweeper.sampler.n_ei_candidates=0",
+                "hydra.sweeper.sampler.n_startup_trials=1",
+            ),
+            "hydra.sweeper.sampler: Optuna refuses its settings when it is used (ValueError",
+        ),
+        # Failed at every report, as a storage problem: nothing was ever pruned.
+        (
+            ("hydra/sweeper/pruner=hyperband", "hydra.sweeper.pruner.reduction_factor=1"),
+            "hydra.sweeper.pruner: Optuna refuses its settings when it is used (ZeroDivision",
+        ),
+    ],
+)
+def test_settings_optuna_refuses_only_in_use_are_refused_at_start(tmp_path, overrides, expected):
+    with pytest.raises(SweepConfigError, match=re.escape(expected)):
+        plan(tmp_path, *overrides)
 
 
 def test_a_sampler_or_pruner_given_by_name_still_works(tmp_path):
