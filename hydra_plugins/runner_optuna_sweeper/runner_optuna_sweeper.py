@@ -84,6 +84,23 @@ ConfigStore.instance().store(
 )
 
 
+def _abandon(study: Any, trials: list, keys: list[str], jobs: list[str], sweep_dir: Path) -> None:
+    """Ends a batch that a signal or Ctrl-C stopped.
+
+    Its finished jobs' trials are told, the others end FAIL (a stored study must not keep
+    them RUNNING), and their jobs are ABANDONED.
+    """
+    from runner.sweeps.manifest import ABANDONED, read_manifest, update_manifest
+
+    _tell_finished_jobs(study, trials, keys, sweep_dir)
+    _fail_unfinished(study, trials)
+    # The study draws new trials in their place: no later launch continues these.
+    recorded = read_manifest(sweep_dir)
+    for key in jobs:
+        if recorded.get(key, {}).get("status") in ("RUNNING", "INTERRUPTED"):
+            update_manifest(sweep_dir, key, status=ABANDONED)
+
+
 def _job_error(result: JobReturn) -> BaseException | None:
     """The exception a failed job raised: Hydra's JobReturn raises it when read."""
     try:
@@ -249,7 +266,8 @@ class RunnerOptunaSweeper(Sweeper):
         Returns:
             The launcher's results, one per job launched.
         """
-        from runner.sweeps.manifest import ABANDONED, job_key, read_manifest, update_manifest
+        from runner.sweeps.callback import sweep_signal
+        from runner.sweeps.manifest import job_key, read_manifest, update_manifest
         from runner.sweeps.optuna_trial import tell_trial, trial_result
 
         jobs: Dict[str, List[str]] = {}
@@ -261,6 +279,10 @@ class RunnerOptunaSweeper(Sweeper):
         try:
             results = self.launcher.launch(list(jobs.values()), initial_job_idx=job_index)
         except ConfigCompositionException as err:
+            signum = sweep_signal()
+            if signum is not None:  # SIGTERM while a job's config was composed
+                _abandon(study, trials, keys, list(jobs), sweep_dir)
+                raise SystemExit(128 + signum) from err
             # A drawn point that composes no config (`model=choice(resnet32, ...)` with a
             # key only other models have): those trials fail, the study goes on (it
             # stopped the whole sweep).
@@ -285,13 +307,7 @@ class RunnerOptunaSweeper(Sweeper):
                 returns.append(JobReturn(overrides=overrides, status=JobStatus.FAILED))
             return returns
         except BaseException:  # a signal or Ctrl-C: a stored study must not keep them RUNNING
-            _tell_finished_jobs(study, trials, keys, sweep_dir)
-            _fail_unfinished(study, trials)
-            # The study draws new trials in their place: no later launch continues these.
-            recorded = read_manifest(sweep_dir)
-            for key in jobs:
-                if recorded.get(key, {}).get("status") in ("RUNNING", "INTERRUPTED"):
-                    update_manifest(sweep_dir, key, status=ABANDONED)
+            _abandon(study, trials, keys, list(jobs), sweep_dir)
             raise
         result_of = dict(zip(jobs, results, strict=True))
         recorded = read_manifest(sweep_dir)

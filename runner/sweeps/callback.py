@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -48,10 +49,11 @@ class SweepCallback(Callback):
         self.tracker = None
         self.sweep_dir: Path | None = None
         self.sweep_lock: IO[str] | None = None  # open while this process runs the sweep
+        self.sigterm_before: Any = None  # SIGTERM's handler before the sweep began
 
     def __getstate__(self) -> dict[str, Any]:
         """The callback without its lock: submitit pickles it into every job it sends."""
-        return {**self.__dict__, "sweep_lock": None}
+        return {**self.__dict__, "sweep_lock": None, "sigterm_before": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Creates (or, for `sweep.resume`, reopens) the parent run and writes sweep.json.
@@ -124,6 +126,9 @@ class SweepCallback(Callback):
             raise SystemExit(f"Error: cannot start the sweep's MLflow run: {err}") from err
         self.tracker = tracker
         atexit.register(self._finish_if_open, "KILLED")
+        # A job's training has a SIGTERM handler of its own; between jobs nothing caught
+        # it: the launcher died at once, its Optuna trials and parent run left RUNNING.
+        self.sigterm_before = signal.signal(signal.SIGTERM, self._end_the_sweep)
         write_json(
             self.sweep_dir / SWEEP_FILE,
             {
@@ -141,6 +146,9 @@ class SweepCallback(Callback):
         """Summarises the jobs, logs the summary to the parent run, sets the exit status."""
         if self.sweep_dir is None:  # not a training sweep: nothing was tracked
             return
+        if self.sigterm_before is not None:
+            signal.signal(signal.SIGTERM, self.sigterm_before)
+            self.sigterm_before = None
         if submits_only(config):  # hydra/launcher=slurm_submit: the jobs run on
             log.info(
                 "jobs submitted; when they are done, `python -m runner.sweeps collect %s` "
@@ -169,6 +177,16 @@ class SweepCallback(Callback):
                 + (f"\nAnd {audit_problem}" if audit_problem else "")
             )
 
+    def _end_the_sweep(self, signum: int, frame: Any) -> None:
+        """SIGTERM between jobs: the sweep ends as after Ctrl-C (trials FAIL, run KILLED)."""
+        _SIGNALLED.append(signum)
+        log.warning(
+            "%s: the sweep stops; continue it with sweep.resume=%s",
+            signal.Signals(signum).name,
+            self.sweep_dir,
+        )
+        raise SystemExit(128 + signum)
+
     def _finish_if_open(self, status: str) -> None:
         """Ends the parent run, then lets another launch (or `collect`) have the sweep."""
         tracker, self.tracker = self.tracker, None
@@ -177,6 +195,18 @@ class SweepCallback(Callback):
         lock, self.sweep_lock = self.sweep_lock, None
         if lock is not None:
             lock.close()
+
+
+_SIGNALLED: list[int] = []  # the signal that ended the sweep, once one has
+
+
+def sweep_signal() -> int | None:
+    """The signal that is ending this process's sweep, or None.
+
+    Hydra wraps what a job's config composition raises, a signal's exit included, in a
+    ConfigCompositionException: the sweeper asks this to tell the two apart.
+    """
+    return _SIGNALLED[-1] if _SIGNALLED else None
 
 
 # The submitit launchers' resource counts (slurm, slurm_submit, local) and their least

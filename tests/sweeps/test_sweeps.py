@@ -374,6 +374,36 @@ def test_an_optuna_job_that_fails_before_it_records_itself_fails_the_sweep(tmp_p
     assert "1 job(s), 0 finished" in (sweep_dir / "summary.md").read_text()
 
 
+def test_sigterm_between_optuna_jobs_ends_the_sweep_as_stopped(tmp_path):
+    """Between jobs (a job's training has its own handler) SIGTERM killed the launcher at
+    once: its trial and its parent MLflow run stayed RUNNING."""
+    import signal
+
+    import optuna
+
+    sweep_dir = tmp_path / "sweep"
+    seed_store(tmp_path)
+    search = [*OWN_SPACE, "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=3"]
+    command = multirun_command(tmp_path, sweep_dir, *search, "optim.lr=interval(1e-3, 1e-2)")
+    launcher = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines = []
+    for line in launcher.stdout:  # the second job is announced: it is being composed
+        lines.append(line)
+        if "#1 :" in line:
+            launcher.send_signal(signal.SIGTERM)
+            break
+    lines += launcher.stdout.readlines()
+    assert launcher.wait(timeout=300) == 128 + signal.SIGTERM, "".join(lines)[-3000:]
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    (name,) = optuna.get_all_study_names(storage)
+    states = [t.state.name for t in optuna.load_study(study_name=name, storage=storage).trials]
+    assert states == ["COMPLETE", "FAIL"], "".join(lines)[-3000:]
+    statuses = {r["name"]: r["status"] for r in runs(tmp_path / "mlflow.db").values()}
+    assert statuses[sweep_dir.name] == "KILLED"
+
+
 def test_a_resumed_optuna_sweep_tells_what_its_killed_launcher_left_untold(tmp_path):
     """kill -9 of a launcher: a trial whose job had FINISHED stayed RUNNING and its value
     was lost (best_params.json named another trial than the summary), and a trial drawn
