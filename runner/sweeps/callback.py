@@ -41,6 +41,8 @@ from runner.tracking.store import hold_lock
 
 log = logging.getLogger(__name__)
 
+_SIGNALLED: list[int] = []  # the signal that is ending this process's sweep, once one has
+
 
 class SweepCallback(Callback):
     """Hydra callback: the sweep's MLflow parent run, summary and exit status."""
@@ -195,9 +197,6 @@ class SweepCallback(Callback):
         lock, self.sweep_lock = self.sweep_lock, None
         if lock is not None:
             lock.close()
-
-
-_SIGNALLED: list[int] = []  # the signal that ended the sweep, once one has
 
 
 def sweep_signal() -> int | None:
