@@ -29,7 +29,9 @@ def _is_int(value: Any) -> bool:
 
 def is_number(value: Any) -> bool:
     """A finite int or float, not a bool (inf, from `key=inf`, passed every bound)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or math.isfinite(value)  # a huge int overflows isfinite
 
 
 def _positive_int(value: Any) -> str | None:

@@ -352,6 +352,8 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
         # inf passed every bound: a non-finite loss, an OverflowError, or (power) a run
         # that trained on one class.
         (["optim.lr=inf"], "optim.lr=inf is invalid"),
+        # An integer too large for a float is checked, not a crash of the finite check.
+        ([f"data.label_noise={10**400}"], "data.label_noise=1000"),
         (["sched.warmup_epochs=inf"], "sched.warmup_epochs=inf is invalid"),
         (["sampler=balanced", "sampler.power=inf"], "sampler.power=inf is invalid"),
         (["loss=focal", "loss.gamma=inf"], "loss.gamma=inf is invalid"),
