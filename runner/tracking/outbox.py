@@ -186,7 +186,7 @@ def replay_pending(path: Path) -> tuple[int, list[str]]:
     final status among them). A file an operation names that is no longer where it was
     (the run dir was copied or moved) is looked for at its place under the pending
     file's folder. A final status older than the run's (a resumed run ended since) is not
-    sent.
+    sent, and then neither are the file's tags the run has since set again.
 
     Returns:
         (operations sent, one problem line per operation that failed).
@@ -196,14 +196,24 @@ def replay_pending(path: Path) -> tuple[int, list[str]]:
     header, *lines = path.read_text().splitlines()
     target = json.loads(header)  # as `pending_target` reads it, from the text read here
     client = MlflowClient(tracking_uri=target["tracking_uri"])
+    ops = [tuple(json.loads(line)) for line in lines]
     sent, problems = 0, []
-    for number, line in enumerate(lines, start=2):
-        op = tuple(json.loads(line))
+    ended_later = None  # whether a resumed run ended after this file's last status
+    for number, op in enumerate(ops, start=2):
         if op[0] == "artifact" and target.get("run_dir"):
             op = ("artifact", _moved(op[1], Path(target["run_dir"]), path.parent), *op[2:])
         try:  # a run the store lacks fails each operation, not the replay
             if op[0] == "status" and _superseded(client, target["run_id"], op):
                 continue
+            if op[0] == "tags":
+                if ended_later is None:
+                    statuses = [o for o in ops if o[0] == "status"]
+                    ended_later = bool(statuses) and _superseded(
+                        client, target["run_id"], statuses[-1]
+                    )
+                if ended_later:  # the resumed run's own values (best_epoch) stand
+                    have = client.get_run(target["run_id"]).data.tags
+                    op = ("tags", {k: v for k, v in op[1].items() if k not in have})
             apply_op(client, target["run_id"], op)
         except Exception as err:
             problems.append(f"{path}:{number}: the {op[0]!r} operation failed: {err}")

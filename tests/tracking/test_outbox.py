@@ -253,17 +253,20 @@ def test_replay_goes_past_a_failed_operation_finds_moved_files_and_keeps_a_later
         # the run dir's file of the same name
         ("artifact", str(old_dir / "checkpoints" / "metrics.json"), "checkpoints"),
         ("metrics", [("val/acc", 0.5, 0, 2)]),
+        ("tags", {"best_epoch": "3", "first_part_only": "yes"}),
         ("status", "KILLED", 1_000),  # the interrupted first part of the run
     ]
     pending = write_pending(old_dir / "mlflow_pending.jsonl", client.tracking_uri, run_id, ops)
     shutil.move(old_dir, new_dir)
+    client.set_tag(run_id, "best_epoch", "4")  # the resumed run's, which the file's replaced
     client.set_terminated(run_id, "FINISHED", end_time=2_000)  # the resumed run's end
     assert main(["replay", str(new_dir / pending.name)]) == 1
     captured = capsys.readouterr()
     assert f"Error: {new_dir / pending.name}:2: the 'artifact' operation failed" in captured.err
-    assert "2 logging operation(s) sent, 1 failed" in captured.out
+    assert "3 logging operation(s) sent, 1 failed" in captured.out
     run = client.get_run(run_id)
     assert run.data.metrics == {"val/acc": 0.5} and run.info.status == "FINISHED"
+    assert run.data.tags["best_epoch"] == "4" and run.data.tags["first_part_only"] == "yes"
     listed = [a.path for a in client.list_artifacts(run_id, "checkpoints")]
     assert listed == ["checkpoints/metrics.json"]
 
