@@ -125,8 +125,9 @@ def log_pytorch_model(
             ],
             serialization_format="pt2",
         )
-    except Exception:
-        # A model that could not be saved is no model of the run (`runs:/<id>/model`).
+    except BaseException:
+        # A model that could not be saved, or whose saving a signal stopped, is no model
+        # of the run (`runs:/<id>/model`): it stayed PENDING for ever.
         client.delete_logged_model(logged.model_id)
         raise
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])

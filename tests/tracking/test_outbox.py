@@ -356,3 +356,35 @@ def test_the_store_helper_gets_the_uri_in_its_environment_not_its_arguments(tmp_
         assert opener.experiment_id(timeout_s=120) is not None
     finally:
         opener.close()
+
+
+def test_a_model_whose_logging_a_signal_stops_is_not_left_pending(tmp_path, monkeypatch):
+    """A signal during model logging left a logged model PENDING for ever: eval from
+    runs:/ then found no model, and the rerun run had a READY and a PENDING one. The
+    signal's moment cannot be hit reliably: MLflow's log_model is replaced by one that is
+    interrupted (the store, the logged model and its deletion are real)."""
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+
+    from runner.tracking.models import log_pytorch_model
+
+    client, run_id = open_run(tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # as Ctrl-C while the model's files are written
+
+    monkeypatch.setattr(mlflow.pytorch, "log_model", interrupted)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    with pytest.raises(KeyboardInterrupt):
+        log_pytorch_model(
+            client,
+            client.tracking_uri,
+            experiment_id,
+            run_id,
+            torch.nn.Linear(3, 2),
+            np.zeros((2, 3), dtype=np.float32),
+            {},
+            [],
+        )
+    assert client.search_logged_models([experiment_id]) == []
