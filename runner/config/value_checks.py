@@ -385,8 +385,14 @@ def _database_driver_problem(uri: str) -> str | None:
     return None
 
 
-def _optional_tracking_uri(value: Any) -> str | None:
-    return None if value is None else _tracking_uri(value)
+def _fallback_uri(value: Any) -> str | None:
+    """The store a run falls back to when its server is away: a local SQLite file."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or sqlite_path(value) is None:
+        # A server there failed late, with a traceback, once the data and model were built.
+        return "a local store, sqlite:///<path>/mlflow.db, that needs no server (or null)"
+    return _tracking_uri(value)
 
 
 def csv_header(path: Any) -> list[str]:
@@ -458,7 +464,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "sweep.fail_fast": _boolean,
     "sweep.resume": _optional_non_empty_string,
     "logger.tracking_uri": _tracking_uri,
-    "logger.fallback_uri": _optional_tracking_uri,
+    "logger.fallback_uri": _fallback_uri,
     "logger.registered_model_name": _model_name,
     "logger.experiment_name": _optional_non_empty_string,
     "logger.run_name": _optional_non_empty_string,

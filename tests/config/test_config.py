@@ -315,6 +315,11 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
         (["data.split_seed=-1"], "data.split_seed=-1 is invalid"),
         (["logger.tracking_uri=file:///tmp/store"], "MLflow's file store (a folder) is not"),
         (["logger.offline_fallback=maybe"], "logger.offline_fallback='maybe' is invalid"),
+        # A server as the fallback failed with a traceback after the data and model.
+        (
+            ["logger=mlflow", "logger.fallback_uri=http://127.0.0.1:1"],
+            "logger.fallback_uri='http://127.0.0.1:1' is invalid: expected a local store",
+        ),
         (["aug.image_size=64"], "aug.image_size=64 differs from data.image_size=32"),
         # Was blamed on the model ("the model does not take these images").
         (["aug.image_size=[32,32]"], "aug.image_size=[32, 32] is invalid"),
