@@ -25,7 +25,7 @@ from runner.augment.normalize import Normalize
 from runner.config.targets import untrusted_targets
 from runner.config.validation import ConfigError, job_mode, validate
 from runner.data import curation, folds
-from runner.models.factories import arguments_set_by_weights
+from runner.models.factories import TORCHVISION_TARGET, arguments_set_by_weights
 from runner.tracking.null import NullTracker
 from runner.tracking.run_record import group_overrides
 from runner.training.best_checkpoint import BestCheckpoint, read_best
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 
 # A model config's keys that load pretrained weights, and their values that load none.
 PRETRAINED_OFF = (("pretrained", False), ("pretrained_file", None), ("weights", None))
-TORCHVISION_TARGET = "runner.models.factories.create_torchvision_model"
 
 
 @dataclass

@@ -22,6 +22,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision models that return a named tuple of logits and auxiliary logits in training
 # mode unless built with aux_logits=False; the runner trains on the logits alone.
 AUX_LOGIT_MODELS = ("googlenet", "inception_v3")
+# The model groups' `_target_`s (conf/model/*.yaml).
+TIMM_TARGET = f"{__name__}.create_timm_model"
+TORCHVISION_TARGET = f"{__name__}.create_torchvision_model"
 # Their auxiliary classifiers, which `without_aux_logits` drops from the model.
 AUX_HEAD_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
 
@@ -53,10 +56,10 @@ def check_model_config(model_cfg: Any) -> None:
         PretrainedWeightsError: `model.pretrained_file` is not a file.
     """
     target = model_cfg.get("_target_")
-    if target == f"{__name__}.{create_timm_model.__name__}":
+    if target == TIMM_TARGET:
         check_timm_name(str(model_cfg.get("name")))
         _check_timm_arguments(model_cfg)
-    elif target == f"{__name__}.{create_torchvision_model.__name__}":
+    elif target == TORCHVISION_TARGET:
         _check_torchvision_name(str(model_cfg.get("name")))
         _check_torchvision_weights(str(model_cfg.get("name")), model_cfg.get("weights"))
         _check_torchvision_arguments(model_cfg)
@@ -112,8 +115,7 @@ def check_weights_at_hand(model_cfg: Any) -> None:
     Raises:
         PretrainedWeightsError: Naming the model and the offline fix.
     """
-    timm_target = f"{__name__}.{create_timm_model.__name__}"
-    if model_cfg.get("_target_") != timm_target or not model_cfg.get("pretrained"):
+    if model_cfg.get("_target_") != TIMM_TARGET or not model_cfg.get("pretrained"):
         return
     if model_cfg.get("pretrained_file"):
         return
