@@ -287,11 +287,11 @@ def stop_within_epoch(
     """
     if not weights_finite(parts.model) or not weights_finite(parts.eval_model):
         ctx.writer.wait()
-        raise engine.NonFiniteLossError(
+        raise diverged(
+            ctx,
             f"non-finite weights at step {state.global_step} (epoch {epoch}), when a signal "
-            f"stopped the run (trainer.nan_policy={ctx.cfg.trainer.nan_policy}): training "
-            "diverged; the weights were not saved as last.pt. Lower optim.lr or set "
-            "trainer.gradient_clip_val (e.g. 1.0)"
+            "stopped the run",
+            "not saved as last.pt",
         )
     state.partial_epoch = asdict(distributed.reduce_epoch(done))
     state.partial_epoch_lr = epoch_lr
@@ -326,6 +326,14 @@ def best_checkpoint(
     )
 
 
+def diverged(ctx: RunContext, found: str, kept: str) -> engine.NonFiniteLossError:
+    """The error of a run whose weights diverged: what was found, what was not saved."""
+    return engine.NonFiniteLossError(
+        f"{found} (trainer.nan_policy={ctx.cfg.trainer.nan_policy}): training diverged; the "
+        f"weights were {kept}. Lower optim.lr or set trainer.gradient_clip_val (e.g. 1.0)"
+    )
+
+
 def act_on_stop(ctx: RunContext, stop: str, epoch: int, value: float) -> None:
     """Acts on an epoch's decision to stop: raises for a signal or divergence, else logs.
 
@@ -339,11 +347,10 @@ def act_on_stop(ctx: RunContext, stop: str, epoch: int, value: float) -> None:
         raise TrainingInterrupted(ctx.stop.signum)
     if stop == "non-finite":
         ctx.writer.wait()
-        raise engine.NonFiniteLossError(
-            f"non-finite weights or val loss after epoch {epoch} "
-            f"(trainer.nan_policy={trainer.nan_policy}): training diverged; the weights "
-            "were saved neither as best.pt nor as last.pt. Lower optim.lr or set "
-            "trainer.gradient_clip_val (e.g. 1.0)"
+        raise diverged(
+            ctx,
+            f"non-finite weights or val loss after epoch {epoch}",
+            "saved neither as best.pt nor as last.pt",
         )
     if stop == "pruned":
         log.info("pruned by Optuna after epoch %d (%s = %.4f)", epoch, trainer.monitor, value)
