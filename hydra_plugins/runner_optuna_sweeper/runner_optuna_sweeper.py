@@ -101,6 +101,22 @@ def _abandon(study: Any, trials: list, keys: list[str], jobs: list[str], sweep_d
             update_manifest(sweep_dir, key, status=ABANDONED)
 
 
+def _record_failed(
+    sweep_dir: Path, key: str, overrides: List[str], number: int, error: str
+) -> Dict[str, Any]:
+    """Records in the manifest a job that failed before it could record itself."""
+    from runner.sweeps.manifest import update_manifest
+
+    return update_manifest(
+        sweep_dir,
+        key,
+        status="FAILED",
+        overrides=overrides,
+        num=number,
+        error=" ".join(error.split())[:500],
+    )
+
+
 def _job_error(result: JobReturn) -> BaseException | None:
     """The exception a failed job raised: Hydra's JobReturn raises it when read."""
     try:
@@ -267,7 +283,7 @@ class RunnerOptunaSweeper(Sweeper):
             The launcher's results, one per job launched.
         """
         from runner.sweeps.callback import sweep_signal
-        from runner.sweeps.manifest import job_key, read_manifest, update_manifest
+        from runner.sweeps.manifest import job_key, read_manifest
         from runner.sweeps.optuna_trial import tell_trial, trial_result
 
         jobs: Dict[str, List[str]] = {}
@@ -296,14 +312,7 @@ class RunnerOptunaSweeper(Sweeper):
                     finished.return_value = done[key].get("value")
                     returns.append(finished)
                     continue
-                update_manifest(
-                    sweep_dir,
-                    key,
-                    status="FAILED",
-                    overrides=overrides,
-                    num=number,
-                    error=" ".join(str(err).split())[:500],
-                )
+                _record_failed(sweep_dir, key, overrides, number, str(err))
                 returns.append(JobReturn(overrides=overrides, status=JobStatus.FAILED))
             return returns
         except BaseException:  # a signal or Ctrl-C: a stored study must not keep them RUNNING
@@ -317,14 +326,8 @@ class RunnerOptunaSweeper(Sweeper):
                 # and the sweep ended as if nothing had failed.
                 err = _job_error(result_of[key])
                 log.error("optuna: job %d failed as it started", number, exc_info=err)
-                recorded[key] = update_manifest(
-                    sweep_dir,
-                    key,
-                    status="FAILED",
-                    overrides=overrides,
-                    num=number,
-                    error=" ".join(f"{type(err).__name__}: {err}".split())[:500],
-                )
+                error = f"{type(err).__name__}: {err}"
+                recorded[key] = _record_failed(sweep_dir, key, overrides, number, error)
         states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
         for trial, key in zip(trials, keys, strict=True):
             if states[trial.number].is_finished():  # the job pruned it itself
