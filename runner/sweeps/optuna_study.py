@@ -373,7 +373,7 @@ def plan_study(
     except SweepConfigError as err:
         problems.append(str(err))
     if not problems:
-        problems += _trial_run(sweeper, space, allowed, direction)
+        problems += _trial_run(sweeper.get("sampler"), pruner_node, space, allowed, direction)
     if problems:
         _raise(problems)
     plan = StudyPlan(
@@ -400,7 +400,7 @@ def plan_study(
 
 
 def _trial_run(
-    sweeper: Any, space: dict[str, Any], allowed: tuple[str, ...], direction: str
+    sampler: Any, pruner_node: Any, space: dict[str, Any], allowed: tuple[str, ...], direction: str
 ) -> list[str]:
     """What Optuna refuses when the sampler and pruner are used, not when they are built.
 
@@ -414,7 +414,7 @@ def _trial_run(
     """
     import optuna
 
-    sampler_node = _node(sweeper.get("sampler"), SAMPLER_TARGETS)
+    sampler_node = _node(sampler, SAMPLER_TARGETS)
     if isinstance(sampler_node, dict) and sampler_node.get("_target_") == SAMPLER_TARGETS["grid"]:
         return []  # its grid is the search space, checked already; it stops when drawn out
     startup = sampler_node.get("n_startup_trials") if isinstance(sampler_node, dict) else None
@@ -428,7 +428,7 @@ def _trial_run(
             study = optuna.create_study(
                 direction=direction,
                 sampler=build_sampler(sampler_node, space, allowed),
-                pruner=build_pruner(_node(sweeper.get("pruner"), PRUNER_TARGETS), allowed),
+                pruner=build_pruner(pruner_node, allowed),
             )
             for number in range(rounds):
                 part = "sampler"
