@@ -21,9 +21,11 @@ def images(n: int = 12, size: int = 24) -> torch.Tensor:
     return batch
 
 
-def test_randaugment_draws_and_applies_exactly_like_kornias_on_the_cpu():
-    """Same seed, same draws (ops, magnitudes, signs), same pixels, many batches."""
-    ours, reference = RandAugment(n=2, m=9), kornia_auto.RandAugment(n=2, m=9)
+@pytest.mark.parametrize("n", [2, 15])
+def test_randaugment_draws_and_applies_exactly_like_kornias_on_the_cpu(n):
+    """Same seed, same draws (ops, magnitudes, signs), same pixels, many batches; n=15
+    draws every op of the policy in each batch."""
+    ours, reference = RandAugment(n=n, m=9), kornia_auto.RandAugment(n=n, m=9)
     batch = images(n=16)
     for seed in range(12):
         torch.manual_seed(seed)
@@ -41,6 +43,19 @@ def test_randaugment_draws_its_op_indices_on_the_host():
     with torch.device("meta"):
         assert RandAugment(n=2, m=9).rand_selector(2).device.type == "cpu"
         assert kornia_auto.RandAugment(n=2, m=9).rand_selector(2).device.type == "meta"
+
+
+def test_randaugment_draws_every_op_with_another_default_device():
+    """Inside DeviceAugment the default device is the batch's, and brightness, contrast and
+    color draw their factor where Kornia built their range (the host). Kornia's magnitude
+    follows the default device, and on CUDA the two did not add up: a run failed at the
+    first batch that drew one of those ops. `meta` stands in for the GPU here."""
+    policy = RandAugment(n=15, m=9)  # every op, every batch
+    with torch.device("meta"):
+        params = policy.forward_parameters(torch.Size((4, 3, 16, 16)))
+        with pytest.raises(RuntimeError, match="device"):  # Kornia's, with our op indices
+            kornia_auto.RandAugment.forward_parameters(policy, torch.Size((4, 3, 16, 16)))
+    assert len(params) == 15
 
 
 def test_recorded_params_replay_the_same_batch():
