@@ -162,9 +162,10 @@ def for_logger(args: list[str], overrides: Iterable[str]) -> list[str]:
 
 
 def compose_run(tmp: Path, run_dir: str, *overrides: str, tiny: bool = True) -> DictConfig:
-    """conf/train.yaml with outputs (a seeded store) under `tmp` and the run in tmp/run_dir;
-    tiny=True adds TINY before the overrides."""
-    seed_store(Path(tmp) / "outputs")
+    """conf/train.yaml with outputs (a seeded store, unless logger=none) under `tmp` and the
+    run in tmp/run_dir; tiny=True adds TINY before the overrides."""
+    if "logger=none" not in overrides:
+        seed_store(Path(tmp) / "outputs")
     base = [f"paths.output_dir={tmp}/outputs", f"paths.run_dir={tmp}/{run_dir}"]
     tiny_args = for_logger(TINY, overrides) if tiny else []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

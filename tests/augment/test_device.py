@@ -76,7 +76,8 @@ def test_preset_runs_with_its_random_parameters_on_the_batch_device(make_cfg, pr
     is only one, and kornia cannot sample on `meta`: it reads values while building its
     samplers), so the `gpu`-marked CUDA case is the one that exercises the move.
     """
-    augment = build(make_cfg, preset, "data.image_size=32").train()
+    # logger=none: nothing is tracked, and the device machine has no MLflow.
+    augment = build(make_cfg, preset, "data.image_size=32", "logger=none").train()
     batch = uint8_batch(device=device)
     out = augment(batch)
     assert out.dtype == torch.float32 and out.shape == batch.shape
@@ -95,6 +96,29 @@ def test_preset_runs_with_its_random_parameters_on_the_batch_device(make_cfg, pr
     assert tensors, preset
     off_device = [path for path, t in tensors if t.device != batch.device]
     assert not off_device, f"parameters not on {batch.device}: {off_device}"
+
+
+POLICY_RUNS = [
+    ("randaugment", ("aug.transforms.1.n=15",)),  # every op of the policy in every batch
+    ("randaugment", ()),
+    ("trivialaugment", ()),
+    ("autoaugment", ()),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("preset", "overrides"), POLICY_RUNS)
+def test_a_policy_preset_runs_every_op_on_the_batch_device(make_cfg, preset, overrides, device):
+    """Many batches, so every op of the policy is drawn: on CUDA, RandAugment's brightness,
+    contrast and color ops failed at the first batch that drew one (their factor on the
+    host, Kornia's magnitude on the GPU), which one batch of the test above can miss."""
+    augment = build(make_cfg, preset, "data.image_size=32", "logger=none", *overrides).train()
+    torch.manual_seed(0)
+    for step in range(40):
+        batch = uint8_batch(device=device)
+        out = augment(batch)
+        assert out.device == batch.device and out.shape == batch.shape, step
+        assert torch.isfinite(out).all(), step
 
 
 @pytest.mark.parametrize("preset", ["randaugment", "autoaugment", "trivialaugment"])
@@ -143,7 +167,7 @@ def test_preset_sizes_follow_the_data_image_size(make_cfg, preset):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_mixing_runs_on_the_batch_device(make_cfg, device):
-    augment = build(make_cfg, "flip_crop", *MIX, num_classes=4).train()
+    augment = build(make_cfg, "flip_crop", *MIX, "logger=none", num_classes=4).train()
     batch = uint8_batch(device=device)
     labels = torch.arange(16, device=device) % 4
     images, targets = augment.mix(augment(batch), labels)

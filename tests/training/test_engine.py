@@ -40,7 +40,8 @@ def setup_loop(make_cfg, aug: str = "basic", batches: int = 20, aug_overrides=()
         parts=TrainingParts(
             model=model,
             augment=instantiate(
-                make_cfg(f"aug={aug}", "data.image_size=16", *aug_overrides).aug, num_classes=4
+                make_cfg(f"aug={aug}", "data.image_size=16", "logger=none", *aug_overrides).aug,
+                num_classes=4,
             ),
             normalize=Normalize(data.mean, data.std),
             loss_fn=CrossEntropyLoss(),
