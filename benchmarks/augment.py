@@ -12,7 +12,8 @@ preset in conf/aug, three things are timed in one process, side by side:
   recipe): the ops run on uint8, as torchvision recommends for speed, then `ToDtype`;
   steady state, timed from the arrival of the second batch;
 * step: ms of the resnet18 training step the augmentation feeds (timm resnet18 as in
-  conf/model, 10 classes, channels_last, forward + cross-entropy + backward + SGD step),
+  conf/model, 10 classes, channels_last, forward + cross-entropy + backward + SGD step;
+  bf16 autocast on CUDA, as trainer.precision=auto),
   timed before and after the presets (the machine may be shared; the median is used).
 
 It prints, per preset:
@@ -254,7 +255,7 @@ def time_v2(transform, images, labels, batch_size, workers, batches, mix=False) 
 
 @dataclass
 class Step:
-    """resnet18's training step on one normalised batch."""
+    """resnet18's training step on one normalised batch (bf16 autocast on CUDA)."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -262,7 +263,12 @@ class Step:
     labels: torch.Tensor
 
     def __call__(self) -> None:
-        loss = F.cross_entropy(self.model(self.inputs), self.labels)
+        # trainer.precision=auto trains in bf16 autocast on CUDA that supports it.
+        device = self.inputs.device
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = self.model(self.inputs)
+        loss = F.cross_entropy(logits.float(), self.labels)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

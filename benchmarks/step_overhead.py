@@ -34,6 +34,12 @@ Run it from the repository root (about 2 minutes on 2 idle CPU cores with the de
 
     .venv/bin/python benchmarks/step_overhead.py
     .venv/bin/python benchmarks/step_overhead.py --device cuda --steps 200
+    .venv/bin/python benchmarks/step_overhead.py --device cuda --model resnet50 \
+        --data synthetic --image-size 224 --batch-size 256 --precision bf16
+
+`--data synthetic` trains on `runner.data.sets.synthetic.make_synthetic` at
+`--image-size` (conf/data/synthetic.yaml's other defaults) instead of digits at 32x32;
+`--model` names a file of conf/model.
 
 On CUDA the timings are bracketed by `torch.cuda.synchronize`. On an interactive
 terminal `ProgressDisplay` draws a rich progress bar (its refresh thread is part of what
@@ -65,6 +71,7 @@ from runner.augment.normalize import Normalize
 from runner.data.loaders import ResidentLoader
 from runner.data.samplers import WeightedClassSampler
 from runner.data.sets.digits import load_digits
+from runner.data.sets.synthetic import make_synthetic
 from runner.data.splits import DataSplits, Split
 from runner.reports import console
 from runner.training import engine
@@ -90,9 +97,9 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def build_model(num_classes: int, device: torch.device) -> nn.Module:
-    """conf/model/resnet18.yaml's model, channels_last on the device (as the runner builds it)."""
-    model = instantiate(load_group("model", "resnet18"))(num_classes=num_classes)
+def build_model(name: str, num_classes: int, device: torch.device) -> nn.Module:
+    """conf/model/<name>.yaml's model, channels_last on the device (as the runner builds it)."""
+    model = instantiate(load_group("model", name))(num_classes=num_classes)
     return model.to(device, memory_format=torch.channels_last)
 
 
@@ -139,7 +146,11 @@ class Side:
 
 
 def build_side(
-    model: nn.Module, device: torch.device, total_steps: int, steps_per_epoch: int
+    model: nn.Module,
+    device: torch.device,
+    total_steps: int,
+    steps_per_epoch: int,
+    image_size: int,
 ) -> Side:
     """Builds the optimizer, schedule and augmentation of one side from conf/.
 
@@ -148,6 +159,7 @@ def build_side(
         device: Where the augmentation runs.
         total_steps: Optimizer steps this side will take (warm-up and rounds).
         steps_per_epoch: Optimizer steps per round.
+        image_size: Side of the data's images (the augmentation's output size).
 
     Returns:
         The side.
@@ -158,7 +170,7 @@ def build_side(
         optimizer=optimizer, total_steps=total_steps, steps_per_epoch=steps_per_epoch
     )
     # Composed as a run composes it: the preset's defaults list and ${data.image_size}.
-    augment = build_kornia("basic", DIGITS_SIZE, device)
+    augment = build_kornia("basic", image_size, device)
     return Side(model, optimizer, scheduler, augment)
 
 
@@ -326,9 +338,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="auto = the runner's default: bf16 autocast on CUDA that supports it, else 32",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="resnet18", help="a file of conf/model")
+    parser.add_argument("--data", default="digits", choices=("digits", "synthetic"))
+    parser.add_argument("--image-size", type=int, default=None, help="synthetic only (default 224)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.steps < 1 or args.warmup_steps < 0 or args.batch_size < 1:
         parser.error("--rounds, --steps and --batch-size must be >= 1, --warmup-steps >= 0")
+    if not (CONF_DIR / "model" / f"{args.model}.yaml").is_file():
+        parser.error(f"--model {args.model}: no conf/model/{args.model}.yaml")
+    if args.data == "digits" and args.image_size not in (None, DIGITS_SIZE):
+        parser.error(f"--image-size applies to --data synthetic; digits are {DIGITS_SIZE} px")
+    args.image_size = args.image_size or (DIGITS_SIZE if args.data == "digits" else 224)
     return args
 
 
@@ -340,12 +360,18 @@ def main(argv: list[str] | None = None) -> float:
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         args.precision = "bf16" if bf16 else "32"
     torch.manual_seed(args.seed)
-    data = load_digits(image_size=DIGITS_SIZE)  # conf/data/digits.yaml's defaults
+    if args.data == "digits":
+        data = load_digits(image_size=DIGITS_SIZE)  # conf/data/digits.yaml's defaults
+    else:
+        data = make_synthetic(image_size=args.image_size)  # conf/data/synthetic.yaml's
     train = data.train.to(device)
-    model = build_model(data.num_classes, device)
+    model = build_model(args.model, data.num_classes, device)
     total_steps = args.warmup_steps + args.rounds * args.steps
-    runner_side = build_side(model, device, total_steps, args.steps)
-    hand_side = build_side(copy.deepcopy(model), device, total_steps, args.steps)
+    sides = [
+        build_side(m, device, total_steps, args.steps, args.image_size)
+        for m in (model, copy.deepcopy(model))
+    ]
+    runner_side, hand_side = sides
     loops = (
         RunnerLoop(
             runner_side,
@@ -367,8 +393,9 @@ def main(argv: list[str] | None = None) -> float:
         f"{torch.get_num_threads()} threads, precision {args.precision}"
     )
     print(
-        f"resnet18 channels_last, aug basic, batch {args.batch_size}, {len(train)} digits "
-        f"train images; {args.rounds} rounds x {args.steps} batches per side after "
+        f"{args.model} channels_last, aug basic, batch {args.batch_size}, {len(train)} "
+        f"{args.data} train images at {args.image_size} px; {args.rounds} rounds x "
+        f"{args.steps} batches per side after "
         f"{args.warmup_steps} warm-up batches; on_log every {LOG_EVERY_N_STEPS}: {display}"
     )
     began = time.perf_counter()
@@ -420,8 +447,9 @@ def main(argv: list[str] | None = None) -> float:
         ratio,
         goal=f">= {GOAL}",
         passed=ratio >= GOAL,
-        note=f"median of per-round ratios {paired:.3f}; "
-        f"{args.rounds} rounds x {args.steps} batches, {device}",
+        note=f"median of per-round ratios {paired:.3f}; {args.model}, {args.data} "
+        f"{args.image_size} px, batch {args.batch_size}, {args.precision}; "
+        f"{args.rounds} rounds x {args.steps} batches, {where}",
     )
     return ratio
 
