@@ -65,6 +65,11 @@ def param_tensors(params) -> list[tuple[str, torch.Tensor]]:
 
 # --- presets on the device --------------------------------------------------------------
 
+# The policies' brightness, contrast and colour ops: Kornia returns their factor on the
+# device their range was built on, the host, whichever device drew it (README: the policy
+# presets' host syncs on CUDA). Seen on an H200; the runner does not patch Kornia for it.
+HOST_FACTORS = (".brightness_factor", ".contrast_factor", ".saturation_factor")
+
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("preset", PRESETS)
@@ -94,7 +99,9 @@ def test_preset_runs_with_its_random_parameters_on_the_batch_device(make_cfg, pr
             assert generator.device == batch.device, type(module).__name__
     tensors = param_tensors(augment.pipeline._params)
     assert tensors, preset
-    off_device = [path for path, t in tensors if t.device != batch.device]
+    off_device = [
+        path for path, t in tensors if t.device != batch.device and not path.endswith(HOST_FACTORS)
+    ]
     assert not off_device, f"parameters not on {batch.device}: {off_device}"
 
 
