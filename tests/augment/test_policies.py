@@ -47,9 +47,10 @@ def test_randaugment_draws_its_op_indices_on_the_host():
 
 def test_randaugment_draws_every_op_with_another_default_device():
     """Inside DeviceAugment the default device is the batch's, and brightness, contrast and
-    color draw their factor where Kornia built their range (the host). Kornia's magnitude
-    follows the default device, and on CUDA the two did not add up: a run failed at the
-    first batch that drew one of those ops. `meta` stands in for the GPU here."""
+    color return their factor on the device Kornia built their range on (the host).
+    Kornia's magnitude follows the default device, and on CUDA the two did not add up: a
+    run failed at the first batch that drew one of those ops. `meta` stands in for the GPU
+    here."""
     policy = RandAugment(n=15, m=9)  # every op, every batch
     with torch.device("meta"):
         params = policy.forward_parameters(torch.Size((4, 3, 16, 16)))
