@@ -43,9 +43,9 @@ class RandAugment(KorniaRandAugment):
         if isinstance(n, bool) or not isinstance(n, int):
             raise ValueError(f"n={n!r}: expected a whole number of ops per batch (1..15)")
         super().__init__(n, m, policy, transformation_matrix_mode)
-        # Copied once, while the ranges are on the host (the pipeline is built there).
+        # Read once, while the ranges are on the host (the pipeline is built there).
         self._magnitude_ranges = {
-            name: host_range(module[0].magnitude_range) for name, module in self.named_children()
+            name: low_and_scale(module[0].magnitude_range) for name, module in self.named_children()
         }
 
     def rand_selector(self, n: int) -> torch.Tensor:
@@ -72,8 +72,7 @@ class RandAugment(KorniaRandAugment):
             op = module[0]
             magnitude = None
             if self._magnitude_ranges[name] is not None:
-                low, high = self._magnitude_ranges[name]
-                scale = float(high - low)
+                low, scale = self._magnitude_ranges[name]
                 magnitude = (1 - share if isinstance(op, Posterize) else share) * scale + low
                 if isinstance(op, TranslateX):
                     magnitude = magnitude * batch_shape[-1]
@@ -85,17 +84,20 @@ class RandAugment(KorniaRandAugment):
         return params
 
 
-def host_range(magnitude_range: tuple | torch.Tensor | None) -> tuple | None:
-    """An op's (low, high) as Kornia reads them, copied: a later move leaves it on the host.
+def low_and_scale(magnitude_range: tuple | torch.Tensor | None) -> tuple | None:
+    """An op's range start and width as Kornia computes them, copied off the module.
 
     Args:
         magnitude_range: The op's `magnitude_range`: None, a pair of numbers, or a
             2-element tensor (Kornia's range buffer).
 
     Returns:
-        None, or (low, high) as numbers or 0-dim tensors of the range's dtype.
+        None, or (low, high - low): low a number or a 0-dim host tensor of the range's
+        dtype (a copy, which a later move of the module leaves on the host), the width a
+        float from the range's own dtype, as Kornia's `float(maxval - minval)`.
     """
     if magnitude_range is None:
         return None
     low, high = magnitude_range
-    return tuple(v.detach().clone() if isinstance(v, torch.Tensor) else v for v in (low, high))
+    width = float(high - low)
+    return (low.detach().clone() if isinstance(low, torch.Tensor) else low), width

@@ -123,7 +123,6 @@ def with_retry(call: Callable[[], T], attempts: int = 8, first_delay_s: float = 
 # Client errors that sending the same operation again may cure: credentials fixed in the
 # meantime (401, 403), a timeout (408), a rate limit (429).
 _TRANSIENT_CLIENT_ERRORS = (401, 403, 408, 429)
-# Local errors that stay: a file to log that is gone, a folder that may not be written.
 # Errors that sending again gives again: a file that is gone or may not be written, and a
 # store client module that is not installed (boto3 for an s3:// artifact location).
 _LASTING_ERRORS = (
