@@ -261,12 +261,10 @@ class Step:
     optimizer: torch.optim.Optimizer
     inputs: torch.Tensor
     labels: torch.Tensor
+    bf16: bool  # trainer.precision=auto trains in bf16 autocast on CUDA that supports it
 
     def __call__(self) -> None:
-        # trainer.precision=auto trains in bf16 autocast on CUDA that supports it.
-        device = self.inputs.device
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(self.inputs.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.model(self.inputs)
         loss = F.cross_entropy(logits.float(), self.labels)
         loss.backward()
@@ -286,7 +284,8 @@ def build_step(size: int, batch_size: int, device: torch.device) -> Step:
     inputs = torch.randn(batch_size, 3, size, size, device=device)
     inputs = inputs.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, NUM_CLASSES, (batch_size,), device=device)
-    return Step(model, optimizer, inputs, labels)
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return Step(model, optimizer, inputs, labels, bf16)
 
 
 # --- the report ------------------------------------------------------------------------

@@ -367,11 +367,10 @@ def main(argv: list[str] | None = None) -> float:
     train = data.train.to(device)
     model = build_model(args.model, data.num_classes, device)
     total_steps = args.warmup_steps + args.rounds * args.steps
-    sides = [
+    runner_side, hand_side = (
         build_side(m, device, total_steps, args.steps, args.image_size)
         for m in (model, copy.deepcopy(model))
-    ]
-    runner_side, hand_side = sides
+    )
     loops = (
         RunnerLoop(
             runner_side,
