@@ -34,7 +34,7 @@ EVAL_DATA = ("stored", "current")
 DATA_SWITCHES = ("imbalance_ratio", "label_noise", "noise_type", "fraction", "samples_per_class")
 DATA_CURATION_KEYS = ("exclude", "relabel")
 DATA_FOLD_KEYS = ("num_folds", "fold")
-OPTIM_RUNNER_KEYS = ("backbone_lr_mult",)
+OPTIM_RUNNER_KEYS = ("backbone_lr_mult", "norm_lr_mult", "filter_bias_and_bn")
 RUNNER_GROUP_KEYS = {
     "data": (*DATA_SWITCHES, *DATA_CURATION_KEYS, *DATA_FOLD_KEYS),
     "optim": OPTIM_RUNNER_KEYS,

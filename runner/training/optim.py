@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -44,22 +45,48 @@ def head_parameters(model: nn.Module) -> set[int]:
         return set()
 
 
+# Normalisation layers, whose parameters `optim.norm_lr_mult` scales.
+NORM_LAYERS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.RMSNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
+
+
+def norm_parameters(model: nn.Module) -> set[int]:
+    """Ids of the parameters of the model's normalisation layers (`NORM_LAYERS`)."""
+    return {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters()}
+
+
 def build_optimizer(
     model: nn.Module,
     optimizer_factory: Callable[..., torch.optim.Optimizer],
     weight_decay: float,
     backbone_lr_mult: float = 1.0,
+    norm_lr_mult: float = 1.0,
+    filter_bias_and_bn: bool = True,
 ) -> torch.optim.Optimizer:
-    """Binds the optimizer to the model's parameters, excluding norms and biases from decay.
+    """Binds the optimizer to the model's trainable parameters in weight-decay groups.
 
     Args:
         model: The model to optimise.
         optimizer_factory: The partially built optimizer (`_partial_: true` in conf/optim).
-        weight_decay: Decay of the weight matrices and kernels; 1-D parameters (norm
-            scales, biases) and the model's `no_weight_decay()` names get none.
+        weight_decay: Decay of the weight matrices and kernels.
         backbone_lr_mult: The lr of everything but the classifier head, as a multiple of
             the head's (`optim.lr`); below 1 fine-tunes pretrained features gently. The
             head's groups come first, so `param_groups[0]["lr"]` is `optim.lr`'s schedule.
+        norm_lr_mult: The lr of the normalisation layers' parameters, as a multiple of the
+            others'. Their weight decay is divided by it, so that every decayed parameter
+            shrinks by the same share per step (airbench trains BatchNorm shifts so).
+        filter_bias_and_bn: True (timm's default): 1-D parameters (norm scales, biases)
+            and the model's `no_weight_decay()` names get no decay; false decays them too.
 
     Returns:
         The optimizer.
@@ -69,30 +96,49 @@ def build_optimizer(
     """
     from timm.optim import param_groups_weight_decay
 
-    no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
-    groups = param_groups_weight_decay(
-        model, weight_decay=weight_decay, no_weight_decay_list=no_decay
-    )
-    if backbone_lr_mult == 1.0:
-        return optimizer_factory(params=groups)
-    head = head_parameters(model)
-    if not head:  # every parameter would take the backbone's lr, optim.lr none
-        raise ConfigError(
-            f"optim.backbone_lr_mult={backbone_lr_mult} needs a classifier head to tell from "
-            f"the backbone, and {type(model).__name__} has no classifier layer (timm's "
-            "get_classifier() or a last nn.Linear): set optim.backbone_lr_mult=1"
+    if filter_bias_and_bn:
+        no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+        groups = param_groups_weight_decay(
+            model, weight_decay=weight_decay, no_weight_decay_list=no_decay
         )
-    split = []
-    for is_head in (True, False):
+    else:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": trainable, "weight_decay": weight_decay}]
+    if backbone_lr_mult != 1.0:
+        head = head_parameters(model)
+        if not head:  # every parameter would take the backbone's lr, optim.lr none
+            raise ConfigError(
+                f"optim.backbone_lr_mult={backbone_lr_mult} needs a classifier head to tell "
+                f"from the backbone, and {type(model).__name__} has no classifier layer "
+                "(timm's get_classifier() or a last nn.Linear): set optim.backbone_lr_mult=1"
+            )
+        groups = _split_groups(groups, "backbone", lambda p: id(p) not in head)
+    if norm_lr_mult != 1.0:
+        norms = norm_parameters(model)
+        groups = _split_groups(groups, "norm", lambda p: id(p) in norms)
         for group in groups:
-            params = [p for p in group["params"] if (id(p) in head) == is_head]
-            if params:
-                split.append({**group, "params": params, "backbone": not is_head})
-    optimizer = optimizer_factory(params=split)
+            if group["norm"]:
+                group["weight_decay"] = group["weight_decay"] / norm_lr_mult
+    optimizer = optimizer_factory(params=groups)
     for group in optimizer.param_groups:
-        if group["backbone"]:
+        if group.get("backbone"):
             group["lr"] = group["lr"] * backbone_lr_mult
+        if group.get("norm"):
+            group["lr"] = group["lr"] * norm_lr_mult
     return optimizer
+
+
+def _split_groups(
+    groups: list[dict[str, Any]], key: str, belongs: Callable[[nn.Parameter], bool]
+) -> list[dict[str, Any]]:
+    """Splits every group in two by `belongs`, marked with `key`; the rest come first."""
+    split = []
+    for marked in (False, True):
+        for group in groups:
+            params = [p for p in group["params"] if belongs(p) == marked]
+            if params:
+                split.append({**group, "params": params, key: marked})
+    return split
 
 
 def _warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
@@ -215,6 +261,38 @@ def onecycle_schedule(
         if step <= peak and peak > 0:
             return anneal(start, 1.0, step / peak)
         return anneal(1.0, end, (step - peak) / (last - peak)) if last > peak else 1.0
+
+    return LambdaLR(optimizer, factor)
+
+
+def triangle_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    peak_pct: float = 0.23,
+    start_ratio: float = 0.2,
+    end_ratio: float = 0.07,
+) -> LRScheduler:
+    """airbench's schedule: linear rise to the lr over `peak_pct` of training, linear fall.
+
+    Args:
+        optimizer: The optimizer.
+        total_steps: Optimizer steps in the whole run.
+        steps_per_epoch: Unused; accepted so every schedule is bound alike.
+        peak_pct: Share of the run before the peak.
+        start_ratio: The first step's lr as a fraction of the peak lr.
+        end_ratio: The lr after the last step as a fraction of the peak lr.
+
+    Returns:
+        The scheduler.
+    """
+    peak = int(peak_pct * total_steps)
+
+    def factor(step: int) -> float:
+        if step < peak:
+            return start_ratio + (1 - start_ratio) * step / peak
+        progress = min((step - peak) / max(total_steps - peak, 1), 1.0)
+        return 1 + (end_ratio - 1) * progress
 
     return LambdaLR(optimizer, factor)
 

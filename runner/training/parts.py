@@ -19,6 +19,9 @@ from runner.training.optim import optimizer_from_config
 
 log = logging.getLogger(__name__)
 
+# Images a data-dependent initialisation sees (airbench94 whitens with 5000).
+INIT_IMAGES = 5000
+
 
 @dataclass
 class TrainingParts:
@@ -76,10 +79,12 @@ def build_parts(
         total_steps=steps_per_epoch * trainer.max_epochs,
         steps_per_epoch=steps_per_epoch,
     )
+    normalize = build_normalize(model, data, device, trainer.channels_last, cfg.data)
+    init_from_data(model, data, normalize, device)
     return TrainingParts(
         model=model,
         augment=augment,
-        normalize=build_normalize(model, data, device, trainer.channels_last, cfg.data),
+        normalize=normalize,
         loss_fn=instantiate(cfg.loss)(class_counts=data.class_counts().to(device)),
         optimizer=optimizer,
         scheduler=scheduler,
@@ -118,6 +123,25 @@ def build_normalize(
         )
     mean, std = pretrained or (data.mean, data.std)
     return Normalize(mean, std, channels_last=channels_last).to(device)
+
+
+def init_from_data(
+    model: torch.nn.Module, data: DataSplits, normalize: Normalize, device: torch.device
+) -> None:
+    """Gives a model with a data-dependent initialisation its first training images.
+
+    A model that defines `init_from_images(images)` (airbench94's whitening filters) gets
+    the first `INIT_IMAGES` train images, un-augmented and normalised as it will see
+    them. Every rank takes the same images, so DDP ranks agree; a resumed run then loads
+    its trained weights over the result.
+    """
+    init = getattr(model, "init_from_images", None)
+    if not callable(init):
+        return
+    count = min(len(data.train), INIT_IMAGES)
+    images, _ = data.train.take(torch.arange(count))
+    with torch.no_grad():
+        init(normalize(images.to(device)))
 
 
 def build_ema(model: torch.nn.Module, decay: float | None) -> torch.nn.Module | None:

@@ -46,7 +46,7 @@ def test_finetune_preset_asks_for_its_data(make_cfg):
     assert cfg.optim.backbone_lr_mult == 0.1 and cfg.model.pretrained
 
 
-@pytest.mark.parametrize("option", ["cifar10_resnet18", "cifar10_lt"])
+@pytest.mark.parametrize("option", ["cifar10_resnet18", "cifar10_lt", "airbench94"])
 def test_cifar_presets_fail_offline_naming_data_root(make_cfg, tmp_path, option):
     cfg = make_cfg(f"experiment={option}", f"data.root={tmp_path}", tiny=False)
     validate(cfg)
