@@ -12,10 +12,13 @@
 #    per-sample torchvision v2 in 8 DataLoader workers;
 # 5. benchmarks/cuda_syncs.py: host syncs per batch of each preset;
 # 6. the throughput mode with trainer.compile=false and true;
-# 7. checkpoints made on CUDA: a resumed run, eval on CUDA and on the CPU, predict.
+# 7. checkpoints made on CUDA: a resumed run, eval on CUDA and on the CPU, predict;
+# 8. experiment=airbench94 on CIFAR-shaped synthetic data: a run with its reports, then
+#    benchmarks/airbench.py (the runner's epoch time against a hand-written loop), eager
+#    and compiled.
 #
 # CUDA_CHECK_ONLY="tests presets" runs only the parts of those names (tests, train,
-# presets, step, augment, syncs, compile, ckpt).
+# presets, step, augment, syncs, compile, ckpt, airbench_run, airbench).
 #
 # Each part has its own time limit and log (OUT_DIR/<part>.log); a part that fails does
 # not stop the next, and no part starts or runs past CUDA_CHECK_SECONDS (default 540 s)
@@ -26,6 +29,8 @@ out=${1:?usage: bash benchmarks/cuda_check.sh OUT_DIR}
 mkdir -p "$out"
 runs=$(mktemp -d)
 export RUNNER_BENCH_RESULTS="$out/results.jsonl" PYTHONUNBUFFERED=1
+# The benchmarks import the runner from this checkout (it is not installed there).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 summary=()
 deadline=${CUDA_CHECK_SECONDS:-540}
 only=${CUDA_CHECK_ONLY:-}
@@ -89,6 +94,10 @@ for i, im in enumerate(load_digits().images[:8])]" "$runs/images"
 part ckpt 40 "${cli[@]}" mode=predict ckpt="$best" predict.input="$runs/images" \
   hydra.run.dir="$runs/predict"
 cat "$runs/predict/predictions.csv" >>"$out/ckpt.log" 2>&1
+part airbench_run 90 "${cli[@]}" experiment=airbench94 data=synthetic \
+  data.num_samples=56250 trainer.max_epochs=3 hydra.run.dir="$runs/airbench"
+part airbench 150 python3 benchmarks/airbench.py --device cuda --epochs 6 --rounds 2
+part airbench 200 python3 benchmarks/airbench.py --device cuda --epochs 6 --rounds 2 --compile
 
 printf '%s\n' "${summary[@]}" | tee "$out/summary.log"
 rm -rf "$runs"
