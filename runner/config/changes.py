@@ -32,6 +32,15 @@ MAY_CHANGE_ON_RESUME = (
     "predict.",
 )
 
+# Keys added to conf/ after runs were written without them, each with the value that
+# behaves as its absence did. A run dir from before a key existed (a job requeued across
+# an upgrade of the code) resumes when the key has that value; another value is a change.
+ADDED_KEYS = {
+    "optim.norm_lr_mult": 1.0,
+    "optim.filter_bias_and_bn": True,
+    "logger.delivery_timeout_s": 30,
+}
+
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}, "c": [1, {"d": 2}]} -> {"a.b": 1, "c": [1, {"d": 2}]} (lists whole)."""
@@ -62,8 +71,15 @@ def config_changes(
 
 
 def changed_values(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Every flattened key whose value differs: key -> (old, new), "(absent)" for none."""
+    """Every flattened key whose value differs: key -> (old, new), "(absent)" for none.
+
+    A key of `ADDED_KEYS` that `saved` lacks and `current` has at its listed value is no
+    difference: it does what its absence did.
+    """
     before, after = flatten(saved), flatten(current)
+    for key, value in ADDED_KEYS.items():
+        if key not in before and key in after and after[key] == value:
+            before[key] = value
     pairs = {
         key: (before.get(key, "(absent)"), after.get(key, "(absent)"))
         for key in sorted(set(before) | set(after))

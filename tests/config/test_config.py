@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from runner.config.validation import ConfigError, validate
 from runner.data.build import build_data
@@ -333,6 +334,8 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
         ),
         (["experiment=throughput", "throughput.batch_sizes=[1]"], "integers >= 2"),
         (["sched=onecycle", "+sched.div_factor=0"], "sched.div_factor=0 is invalid"),
+        # In conf/logger/mlflow.yaml: once settable only as +logger.delivery_timeout_s.
+        (["logger.delivery_timeout_s=0"], "logger.delivery_timeout_s=0 is invalid"),
         # Replaced by what the runner passes, without a word (or, -5, failed at epoch 1).
         (["+model.num_classes=5"], "model.num_classes is passed by the runner (from the data"),
         (["sampler=balanced", "+sampler.seed=123"], "sampler.seed is passed by the runner"),
@@ -447,3 +450,14 @@ def test_a_tracking_store_that_cannot_open_is_refused_before_any_work(make_cfg, 
     for fine in ("real.db", "empty.db", "new/mlflow.db"):
         (tmp_path / "empty.db").touch()
         validate(make_cfg("logger=mlflow", f"logger.tracking_uri=sqlite:///{tmp_path}/{fine}"))
+
+
+@pytest.mark.parametrize("optim", group_options("optim"))
+def test_keys_added_after_runs_were_written_default_to_what_their_absence_did(make_cfg, optim):
+    """A resumed run from before such a key takes its listed value as no change
+    (runner.config.changes.ADDED_KEYS): the conf default must be that value."""
+    from runner.config.changes import ADDED_KEYS
+
+    cfg = make_cfg(f"optim={optim}", "logger=mlflow", tiny=False)
+    for key, value in ADDED_KEYS.items():
+        assert OmegaConf.select(cfg, key) == value, key

@@ -132,6 +132,30 @@ def test_a_run_resumed_from_a_path_is_its_own_run_and_goes_on_from_its_own_last_
         assert not (tmp_path / "fourth" / "checkpoints").exists()
 
 
+def test_a_run_written_before_a_key_was_added_resumes_with_that_keys_old_behaviour(tmp_path):
+    """A key added to conf/ (optim.norm_lr_mult, ...) made every run dir written before it
+    hold "another config": a job requeued across the upgrade was refused."""
+    from omegaconf import OmegaConf
+
+    from runner.cli import run
+    from runner.config.errors import ConfigError
+    from tests.conftest import compose_run
+
+    run(compose_run(tmp_path, "run"))
+    saved = tmp_path / "run" / "config_resolved.yaml"
+    config = OmegaConf.load(saved)
+    # As a run dir written before these keys were added has it.
+    for key in ("optim.norm_lr_mult", "optim.filter_bias_and_bn", "logger.delivery_timeout_s"):
+        parent, _, leaf = key.rpartition(".")
+        del OmegaConf.select(config, parent)[leaf]
+    OmegaConf.save(config, saved)
+    with pytest.raises(ConfigError, match=r"optim\.norm_lr_mult: '\(absent\)' -> 2\n"):
+        run(compose_run(tmp_path, "run", "trainer.max_epochs=2", "optim.norm_lr_mult=2"))
+    run(compose_run(tmp_path, "run", "trainer.max_epochs=2"))
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert last["state"]["epoch"] == 2
+
+
 def small_parts(total_steps: int, ema_decay: float | None = None, seed: int = 0):
     """A linear model's training parts with a cosine schedule over `total_steps`."""
     from runner.augment.normalize import Normalize
