@@ -552,3 +552,46 @@ def test_files_outside_the_tables_folder_are_compared_by_path(tmp_path):
     (tables / "test.csv").write_text("\n".join(["image,label", *relative[10:]]) + "\n")
     data = load_hf(str(tables), **settings)
     assert sorted(data.test.ids) == ["tables:test:0", "tables:test:1"]  # ids as before
+
+
+def test_slices_of_one_table_with_the_same_size_are_decoded_apart(tmp_path):
+    """The decode cache's key must tell two equal-sized slices of one file apart."""
+    path = write_hf_parquet(tmp_path / "bugs.parquet", per_class=4)
+    settings = {"image_key": "img", "label_key": "y", "split_test": None, "resident": True}
+    settings.update(val_fraction=0.0, test_fraction=0.0, cache_dir=str(tmp_path / "cache"))
+    halves = ("train[:25%]+train[50%:75%]", "train[25%:50%]+train[75%:]")
+    first, second = (
+        load_hf(str(path), split_train=h, **settings, **common(tmp_path)) for h in halves
+    )
+    assert len(first.train) == len(second.train) == 4
+    assert not torch.equal(first.train.images, second.train.images)
+    assert set(first.train.ids).isdisjoint(second.train.ids)
+
+
+def test_a_table_held_in_memory_is_decoded_again_when_it_changes(tmp_path, monkeypatch):
+    """A table without Arrow files (HF_DATASETS_IN_MEMORY_MAX_SIZE) is keyed by its data."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    def write_table(shade: int) -> None:  # same rows, labels and size; other pixels
+        rows = {"img": [], "y": [0, 1] * 4}
+        for _ in range(8):
+            buffer = io.BytesIO()
+            Image.new("RGB", (16, 16), (shade, shade, shade)).save(buffer, format="PNG")
+            rows["img"].append({"bytes": buffer.getvalue(), "path": None})
+        features = datasets.Features(
+            {"img": datasets.Image(), "y": datasets.ClassLabel(names=["ant", "bee"])}
+        )
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
+
+    monkeypatch.setattr(datasets.config, "IN_MEMORY_MAX_SIZE", 10**12)
+    path = tmp_path / "bugs.parquet"
+    settings = {"image_key": "img", "label_key": "y", "split_test": None, "resident": True}
+    settings.update(val_fraction=0.0, test_fraction=0.0, cache_dir=str(tmp_path / "cache"))
+    write_table(10)
+    assert int(load_hf(str(path), **settings, **common(tmp_path)).train.images.max()) == 10
+    write_table(200)
+    decoding.clear_memory_cache()  # the cache file in cache_dir stays
+    assert int(load_hf(str(path), **settings, **common(tmp_path)).train.images.max()) == 200

@@ -12,6 +12,7 @@ record's index in the split as loaded (`bugs.parquet:train:17`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections import Counter
@@ -80,10 +81,29 @@ def _file_stats(column: _Column) -> list[tuple[str, int, int]]:
     for index in range(len(column)):
         record = column[index]
         if isinstance(record, dict) and record.get("bytes"):
-            return []  # embedded: the table's fingerprint sees them change
+            return []  # embedded: the table's identity sees them change
         path = record.get("path") if isinstance(record, dict) else str(record)
         stats.append((path, *file_stat(path)) if path else ("", -1, -1))  # a row without one
     return stats
+
+
+def _table_identity(dataset) -> list[tuple[str, int, int]] | str:
+    """What identifies a loaded split's Arrow data, for the decode cache.
+
+    Its Arrow files (`cache_files`) with their sizes and modification times: datasets
+    writes new ones when the source changes. A table held in memory (no files, as with
+    HF_DATASETS_IN_MEMORY_MAX_SIZE) is identified by a hash of its buffers instead.
+    """
+    files = [entry["filename"] for entry in dataset.cache_files]
+    if files:
+        return [(file, *file_stat(file)) for file in files]
+    digest = hashlib.sha256()
+    for batch in dataset.data.to_batches():
+        for column in batch.columns:
+            for buffer in column.buffers():
+                if buffer is not None:
+                    digest.update(buffer)
+    return digest.hexdigest()
 
 
 def _import_datasets():
@@ -340,10 +360,9 @@ def load_hf(
         )
     refuse_copies_in_a_carve(samples["train"], specs, val_fraction, test_fraction)
     ids = _unique_ids(ids, specs, samples)
-    # datasets has no public getter for a table's fingerprint (its hash of the Arrow
-    # data); its cache guide reads `_fingerprint`, as here. It changes with the data.
-    fingerprints = [(s, d._fingerprint, len(d)) for s, d in loaded.items()]
-    # A column of file paths: the table's fingerprint does not see the files change.
+    # The split's spec (a slice such as train[:50%] reads the same files as another).
+    tables = [(s, specs[s], _table_identity(d), len(d)) for s, d in loaded.items()]
+    # A column of file paths: the table's identity does not see the files change.
     files = [_file_stats(column) for column in records.values()]
     return splits_from_records(
         name=label,
@@ -351,7 +370,7 @@ def load_hf(
         labels=labels,
         ids=ids,
         class_names=class_names,
-        content_key=(name, config_name, revision, image_key, label_key, fingerprints, files),
+        content_key=(name, config_name, revision, image_key, label_key, tables, files),
         where=f"data.name={name!r}",
         image_size=image_size,
         val_fraction=val_fraction,
