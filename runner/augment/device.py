@@ -71,13 +71,6 @@ class DeviceAugment(nn.Module):
             self._policies = [
                 type(t).__name__ for t in transforms if isinstance(t, PolicyAugmentBase)
             ]
-        # The module that draws the parameters and applies them: a lone plain module runs
-        # on its own, as it draws and applies exactly what the container would, while the
-        # container's bookkeeping costs about as much host time as the module itself
-        # (benchmarks/airbench.py: a small model's step waits for the host).
-        self.applied_by = self.pipeline
-        if len(transforms) == 1 and not self._policies:
-            self.applied_by = transforms[0]
         first = transforms[0] if transforms else None
         self._first_takes_uint8 = bool(getattr(first, "accepts_uint8", False))
         # Kornia samples on the device its generators were last moved to; tracked so a
@@ -171,8 +164,8 @@ class DeviceAugment(nn.Module):
             images = images.repeat(1, 3, 1, 1)
         try:
             with torch.device(images.device):
-                params = self.applied_by.forward_parameters(images.shape)
-            augmented = self.applied_by(images, params=params)
+                params = self.pipeline.forward_parameters(images.shape)
+            augmented = self.pipeline(images, params=params)
         except ValueError as err:
             if images.shape[1] == 3:
                 raise

@@ -97,7 +97,7 @@ def test_preset_runs_with_its_random_parameters_on_the_batch_device(make_cfg, pr
         generator = module._param_generator
         if generator is not None:
             assert generator.device == batch.device, type(module).__name__
-    tensors = param_tensors(augment.applied_by._params)
+    tensors = param_tensors(augment.pipeline._params)
     assert tensors, preset
     off_device = [
         path for path, t in tensors if t.device != batch.device and not path.endswith(HOST_FACTORS)
@@ -516,19 +516,3 @@ def test_two_training_runs_with_mixing_are_identical(make_cfg, tmp_path):
         )
     assert histories[0] == histories[1]
     assert all(math.isfinite(loss) for loss, _, _ in histories[0])
-
-
-@pytest.mark.parametrize("preset", ["flip_crop", "basic"])
-def test_a_lone_module_draws_and_applies_what_kornias_container_would(make_cfg, preset):
-    """A preset of one module runs it without Kornia's container (host time per step)."""
-    augment = instantiate(make_cfg(f"aug={preset}").aug).train()
-    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    torch.manual_seed(0)
-    own = augment(images)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        params = augment.pipeline.forward_parameters(images.shape)
-        first = augment.pipeline[0]
-        given = images if getattr(first, "accepts_uint8", False) else images.float() / 255
-        contained = augment.pipeline(given, params=params)
-    assert torch.equal(own, contained)

@@ -98,7 +98,7 @@ def test_preset_keeps_the_batch_and_its_parameters_on_fake_cuda(make_cfg, preset
         out = augment(batch)  # a steady-state step
     assert out.is_cuda and out.dtype == torch.float32 and out.shape == batch.shape
     if augment.pipeline is not None:
-        tensors = param_tensors(augment.applied_by._params)
+        tensors = param_tensors(augment.pipeline._params)
         off_device = [path for path, t in tensors if not t.is_cuda]
         assert tensors and not off_device, f"parameters not on cuda: {off_device}"
 
