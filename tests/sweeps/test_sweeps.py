@@ -726,7 +726,8 @@ def test_an_optuna_choice_of_an_option_the_group_lacks_stops_the_sweep_before_an
     assert code == 1, output[-3000:]
     assert "Error: Invalid Optuna sweep (1 problem):\n  - model: the search space " in output
     assert "choice(resnet10t, nosuchmodel) reaches nosuchmodel, which the model group " in output
-    assert "does not have (its options: convnext_tiny," in output and "Traceback" not in output
+    assert "does not have (its options: airbench94, convnext_tiny," in output
+    assert "Traceback" not in output
     assert not sweep_dir.exists()
     assert query(tmp_path / "mlflow.db", "SELECT COUNT(*) FROM runs") == [(0,)]
 
