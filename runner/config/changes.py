@@ -20,6 +20,7 @@ MAY_CHANGE_ON_RESUME = (
     "trainer.eval_batch_size",
     "trainer.keep_host_memory",
     "trainer.profile",
+    "logger.delivery_timeout_s",
     "trainer.resume",
     "data.num_workers",
     "data.cache_dir",

@@ -10,6 +10,8 @@ identity. About 2M parameters. conf/experiment/airbench94.yaml is the recipe aro
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,7 +33,13 @@ def _batchnorm(channels: int, momentum: float) -> nn.BatchNorm2d:
 
 
 class ConvGroup(nn.Module):
-    """conv, 2x2 max-pool, BatchNorm, GELU, conv, BatchNorm, GELU."""
+    """conv, 2x2 max-pool, BatchNorm, GELU, conv, BatchNorm, GELU.
+
+    Args:
+        in_channels: Channels of the input.
+        channels: Channels of both convolutions' outputs.
+        batchnorm_momentum: PyTorch's BatchNorm momentum.
+    """
 
     def __init__(self, in_channels: int, channels: int, batchnorm_momentum: float):
         super().__init__()
@@ -77,6 +85,7 @@ class AirBench94(nn.Module):
         whiten_width = 2 * in_channels * whiten_kernel_size**2
         self.whiten = nn.Conv2d(in_channels, whiten_width, whiten_kernel_size, bias=True)
         self.whiten.weight.requires_grad_(False)
+        nn.init.zeros_(self.whiten.bias)  # each +/- pair of filters starts symmetric
         self.whiten_eps = whiten_eps
         self.act = nn.GELU()
         groups, channels = [], whiten_width
@@ -94,25 +103,27 @@ class AirBench94(nn.Module):
         return self.head(self.pool(features).flatten(1)) * self.logit_scale
 
     @torch.no_grad()
-    def init_from_images(self, images: torch.Tensor) -> None:
+    def init_from_images(self, batches: torch.Tensor | Iterable[torch.Tensor]) -> None:
         """Sets the whitening filters from the patches of normalised training images.
 
-        The filters are the patch covariance's eigenvectors, each divided by the square
-        root of its eigenvalue (largest first), and their negatives: the layer's output
-        channels are decorrelated, with unit variance, on these images.
+        The filters are the eigenvectors of the patches' second-moment matrix (not
+        centred, as in airbench), each divided by the square root of its eigenvalue
+        (largest first), and their negatives: on these images the layer's output
+        channels are uncorrelated, each with a mean square of 1.
 
         Args:
-            images: Float images (N, C, H, W), normalised as the model will see them.
+            batches: Float images (N, C, H, W), normalised as the model will see them:
+                one tensor, or batches of them (which bound the memory it takes).
         """
         weight = self.whiten.weight
         size = weight.shape[1] * weight.shape[2] * weight.shape[3]
         covariance = torch.zeros(size, size, dtype=torch.float64, device=weight.device)
         count = 0
-        for chunk in images.to(weight.device).split(500):
+        for batch in [batches] if isinstance(batches, torch.Tensor) else batches:
             # Every patch as a row: (n, size, L) -> (n * L, size).
-            patches = F.unfold(chunk.float(), self.whiten.kernel_size).transpose(1, 2)
-            patches = patches.reshape(-1, size)
-            covariance += (patches.T @ patches).double()  # float32 per chunk: BLAS speed
+            patches = F.unfold(batch.to(weight.device).float(), self.whiten.kernel_size)
+            patches = patches.transpose(1, 2).reshape(-1, size)
+            covariance += (patches.T @ patches).double()  # float32 per batch: BLAS speed
             count += patches.shape[0]
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance / count)  # ascending
         scaled = eigenvectors / (eigenvalues.clamp(min=0) + self.whiten_eps).sqrt()

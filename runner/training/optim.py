@@ -83,8 +83,9 @@ def build_optimizer(
             the head's (`optim.lr`); below 1 fine-tunes pretrained features gently. The
             head's groups come first, so `param_groups[0]["lr"]` is `optim.lr`'s schedule.
         norm_lr_mult: The lr of the normalisation layers' parameters, as a multiple of the
-            others'. Their weight decay is divided by it, so that every decayed parameter
-            shrinks by the same share per step (airbench trains BatchNorm shifts so).
+            others'. Their weight decay is divided by it, so that lr x weight decay, the
+            decay a step applies, stays that of the other parameters (as airbench trains
+            BatchNorm shifts).
         filter_bias_and_bn: True (timm's default): 1-D parameters (norm scales, biases)
             and the model's `no_weight_decay()` names get no decay; false decays them too.
 

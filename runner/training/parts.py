@@ -139,9 +139,13 @@ def init_from_data(
     if not callable(init):
         return
     count = min(len(data.train), INIT_IMAGES)
-    images, _ = data.train.take(torch.arange(count))
+    # In batches of 500, so that 5000 images of 224 px need no 3 GB at once.
+    batches = (
+        normalize(data.train.take(torch.arange(start, min(start + 500, count)))[0].to(device))
+        for start in range(0, count, 500)
+    )
     with torch.no_grad():
-        init(normalize(images.to(device)))
+        init(batches)
 
 
 def build_ema(model: torch.nn.Module, decay: float | None) -> torch.nn.Module | None:

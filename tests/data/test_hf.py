@@ -591,6 +591,8 @@ def test_a_table_held_in_memory_is_decoded_again_when_it_changes(tmp_path, monke
     settings = {"image_key": "img", "label_key": "y", "split_test": None, "resident": True}
     settings.update(val_fraction=0.0, test_fraction=0.0, cache_dir=str(tmp_path / "cache"))
     write_table(10)
+    in_memory = datasets.load_dataset("parquet", data_files=str(path), split="train")
+    assert in_memory.cache_files == [], "the table is held in memory, with no Arrow files"
     assert int(load_hf(str(path), **settings, **common(tmp_path)).train.images.max()) == 10
     write_table(200)
     decoding.clear_memory_cache()  # the cache file in cache_dir stays
