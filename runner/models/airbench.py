@@ -66,8 +66,8 @@ class AirBench94(nn.Module):
         batchnorm_momentum: PyTorch's BatchNorm momentum (airbench's 0.6 is 1 - this).
         logit_scale: Factor on the head's output.
         whiten_kernel_size: Side of the whitened patches.
-        whiten_eps: Added to the patch covariance's eigenvalues before dividing by their
-            square roots, so near-constant directions are not blown up.
+        whiten_eps: Added to the eigenvalues of the patches' second-moment matrix before
+            dividing by their square roots, so near-constant directions are not blown up.
     """
 
     def __init__(
