@@ -51,9 +51,11 @@ from bench_results import record
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from step_overhead import synchronize
 
 import runner  # noqa: F401  (registers the config resolvers)
 from runner.data.build import build_data
+from runner.data.splits import DataSplits
 from runner.training.checkpoint_io import load_checkpoint
 from runner.training.host_memory import keep_freed_memory
 
@@ -124,8 +126,9 @@ def hand_crop_flip(
 class HandWritten:
     """airbench's training loop, written out, on the runner's data and network config."""
 
-    def __init__(self, cfg: DictConfig, device: torch.device, compiled: bool, augment: str):
-        data = build_data(cfg.data)
+    def __init__(
+        self, cfg: DictConfig, data: DataSplits, device: torch.device, compiled: bool, augment: str
+    ):
         self.images = data.train.images.to(device)
         self.labels = data.train.labels.to(device)
         self.device = device
@@ -173,7 +176,7 @@ class HandWritten:
 
     def epoch(self) -> float:
         """Trains one epoch; returns its seconds (the device's work included)."""
-        sync(self.device)
+        synchronize(self.device)
         start = time.perf_counter()
         self.model.train()
         order = torch.randperm(len(self.labels), device=self.device, generator=self.generator)
@@ -187,14 +190,8 @@ class HandWritten:
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
-        sync(self.device)
+        synchronize(self.device)
         return time.perf_counter() - start
-
-
-def sync(device: torch.device) -> None:
-    """Waits for queued device work (CUDA); a no-op on the CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -217,6 +214,7 @@ def main() -> None:
     keep_freed_memory()  # as a run sets it (trainer.keep_host_memory): a CPU step's memory
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides(args), "paths.run_dir=unused"])
+    data = build_data(cfg.data)  # the hand-written side's, once for every round
     name = torch.cuda.get_device_name(device) if cuda else "CPU"
     print(f"{name}: airbench94, {args.precision}, compile={args.compile}, {args.epochs} epochs")
 
@@ -230,7 +228,7 @@ def main() -> None:
                     times["runner"] += train
                     times["runner whole"] += whole
                 else:
-                    hand = HandWritten(cfg, device, args.compile, args.hand_augment)
+                    hand = HandWritten(cfg, data, device, args.compile, args.hand_augment)
                     images = len(hand.labels)
                     times["hand"] += [hand.epoch() for _ in range(args.epochs)][1:]
                     del hand
