@@ -40,6 +40,7 @@ class Outbox:
         self._ops: collections.deque[tuple] = collections.deque()
         self._cond = threading.Condition()
         self._deadline: float | None = None
+        self.failing = False  # the last delivery failed: the server is away
         self._thread = threading.Thread(target=self._deliver, name="mlflow-outbox", daemon=True)
         self._thread.start()
 
@@ -50,7 +51,7 @@ class Outbox:
             self._cond.notify_all()
 
     def _deliver(self) -> None:
-        delay, failing = 0.5, False
+        delay = 0.5
         refused_once = None  # the op refused once: it is tried once more before it is dropped
         while True:
             with self._cond:
@@ -81,17 +82,17 @@ class Outbox:
                         self._ops.popleft()
                         self._cond.notify_all()
                     continue
-                if not failing:
+                if not self.failing:
                     log.warning("MLflow store not reachable (%s); buffering and retrying", err)
-                failing = True
+                self.failing = True
                 with self._cond:  # never past the deadline `close` set: the run is ending
                     left = None if self._deadline is None else self._deadline - time.monotonic()
                     self._cond.wait(delay if left is None else max(0.0, min(delay, left)))
                 delay = min(delay * 2, 10.0)
                 continue
-            if failing:
+            if self.failing:
                 log.info("MLflow store reachable again: delivering buffered logs")
-            delay, failing = 0.5, False
+            delay, self.failing = 0.5, False
             with self._cond:
                 self._ops.popleft()
                 self._cond.notify_all()
@@ -103,10 +104,17 @@ class Outbox:
             OutboxInterrupted: Ctrl-C (or another exception) ended the wait; it holds
                 the operations still pending, to be saved before the exception goes on.
         """
-        with self._cond:
-            self._deadline = time.monotonic() + timeout_s
-            self._cond.notify_all()
-        try:
+        try:  # a Ctrl-C as soon as the message below is out must find the handler
+            with self._cond:
+                self._deadline = time.monotonic() + timeout_s
+                self._cond.notify_all()
+                if self.failing and self._ops:  # a wait the user sees: its length, its way out
+                    log.warning(
+                        "MLflow store not reachable: waiting up to %.0f s for it to take %d "
+                        "buffered logging operation(s); Ctrl-C stops waiting and saves them",
+                        timeout_s,
+                        len(self._ops),
+                    )
             self._thread.join(timeout_s + 15)
         except BaseException as err:
             with self._cond:

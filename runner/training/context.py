@@ -162,7 +162,8 @@ def tracked_run(ctx: RunContext) -> Iterator[None]:
     then exits with 128 + the signal, after the requeue hand-over for SLURM's USR2) or
     on Ctrl-C; FAILED otherwise, with the traceback in `<run dir>/traceback.txt` and the
     tracker (another DDP rank's in `traceback-rank<R>.txt`). The checkpoint writer is
-    drained first, so a write error is reported too.
+    drained first, so a write error is reported too. Ctrl-C while the tracker waits for a
+    server that is away exits with 130, without a traceback: the run has ended by then.
     """
     status = "FAILED"
     try:
@@ -182,7 +183,18 @@ def tracked_run(ctx: RunContext) -> Iterator[None]:
         write_error = ctx.writer.close()
         if write_error is not None:
             log.error("%s", write_error)
-        ctx.tracker.finish(status)
+        try:
+            ctx.tracker.finish(status)
+        except KeyboardInterrupt:
+            # Ctrl-C in the wait for a tracking server that is away: the run's files are
+            # written and what the server did not take is saved (the tracker said where).
+            log.warning(
+                "Ctrl-C: stopped waiting for the tracking server; the run ended %s, its "
+                "files are in %s",
+                status,
+                ctx.run_dir,
+            )
+            raise SystemExit(130) from None
         if status == "KILLED":
             ctx.stop.hand_over()  # after USR2 under SLURM: requeue the job
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 
 import pytest
@@ -44,3 +46,35 @@ def test_training_goes_on_while_the_server_is_down_and_logs_arrive_later(tmp_pat
     steps = [s for (s,) in query(db, "SELECT step FROM metrics WHERE key='val/acc' ORDER BY step")]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert query(db, "SELECT COUNT(*) FROM metrics WHERE key='test/acc'") == [(1,)]
+
+
+def test_ctrl_c_while_the_run_waits_for_a_server_that_is_down_saves_its_logs(
+    tmp_path, mlflow_server
+):
+    """The run has ended: Ctrl-C in its wait for the server exits 130, no traceback."""
+    run_dir = tmp_path / "run"
+    command = cli(
+        tmp_path,
+        run_dir,
+        "trainer.max_epochs=2",
+        f"logger.tracking_uri={mlflow_server.uri}",
+        "logger.delivery_timeout_s=600",
+    )
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "epoch 1/2" in line:
+            mlflow_server.stop()  # and it stays away
+        if "Ctrl-C stops waiting" in line:
+            proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=60)
+    output = "".join(lines)
+    assert code == 130, output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
+    assert "python -m runner.tracking replay" in output, output[-3000:]
+    pending = (run_dir / "mlflow_pending.jsonl").read_text().splitlines()
+    assert json.loads(pending[-1])[:2] == ["status", "FINISHED"]  # the run's own end
+    assert (run_dir / "metrics.json").is_file()
