@@ -171,6 +171,8 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:
                 name=cfg.data.name,
                 num_workers=cfg.data.num_workers,
                 on_bad_file=cfg.data.on_bad_file,
+                resident=cfg.data.get("resident", "auto"),
+                resident_max_gb=cfg.data.get("resident_max_gb", 2.0),
             )
             require_splits(data, ("test",))
             return with_channels(data, loaded.best.image_channels())

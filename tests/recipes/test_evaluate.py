@@ -186,8 +186,9 @@ def test_eval_on_current_data_tells_a_carved_test_split_from_a_held_out_one(tmp_
     assert 0.0 <= tested <= 1.0
 
 
-def test_eval_on_a_held_out_folder_without_train(trained, tmp_path):
-    """eval.data=current data=imagefolder once needed a train/ folder beside the test set."""
+def test_eval_on_a_held_out_folder_without_train(trained, tmp_path, caplog):
+    """eval.data=current data=imagefolder once needed a train/ folder beside the test set,
+    and decoded the held-out folder into memory whatever its size."""
     from runner.data.build import build_data
 
     tmp, _, _ = trained
@@ -205,6 +206,19 @@ def test_eval_on_a_held_out_folder_without_train(trained, tmp_path):
     evaluated = json.loads((tmp / "eval_held_out" / "metrics.json").read_text())
     trained_metrics = json.loads((tmp / "train" / "metrics.json").read_text())
     assert evaluated["test/acc"] == pytest.approx(trained_metrics["test/acc"], abs=1e-6)
+    # Past data.resident_max_gb (here forced off) it is streamed, with the same figures.
+    with caplog.at_level("INFO", logger="runner.data.sets.imagefolder"):
+        streamed = ("data.resident=false", "data.num_workers=1")
+        run(
+            compose_run(
+                tmp, "eval_streamed", *current, *streamed, f"data.root={held_out}", tiny=False
+            )
+        )
+    assert f"held-out folder {held_out / 'test'}: {len(stored.test)} images" in caplog.text
+    assert "-> streaming" in caplog.text
+    evaluated = json.loads((tmp / "eval_streamed" / "metrics.json").read_text())
+    assert evaluated["test/acc"] == pytest.approx(trained_metrics["test/acc"], abs=1e-6)
+    assert evaluated["test/loss"] == pytest.approx(trained_metrics["test/loss"], abs=1e-5)
     # The held-out set may lack a class; a class the model does not know is refused.
     shutil.rmtree(held_out / "test" / best.class_names[0])
     (held_out / "test" / "owl").mkdir()

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from runner.data.decoding import DataError, decode_all, file_stat, printable, refused_bad_file
-from runner.data.sets.records import splits_from_records
+from runner.data.sets.records import splits_from_records, stays_resident, stream_parts
 from runner.data.splits import DataSplits, Split, path_id
 
 log = logging.getLogger(__name__)
@@ -300,13 +300,17 @@ def load_test_folder(
     name: str = "imagefolder",
     num_workers: int = 2,
     on_bad_file: str = "skip",
+    resident: bool | str = "auto",
+    resident_max_gb: float = 2.0,
 ) -> DataSplits:
     """A labelled held-out folder without train/, as the test split of a model's classes.
 
     For `mode=eval eval.data=current`: `root/test/<class>/<image>`, or `root/<class>/
     <image>` when there is no test/. A class folder is matched to the model's classes by
     name; the folder may lack some of them. Train and val are empty; the mean and std
-    are the model's.
+    are the model's. Like a training set, it is decoded into memory while it fits in
+    `resident_max_gb` (under `resident="auto"`) and streamed through loader workers
+    otherwise.
 
     Raises:
         DataError: A class folder the model does not know, or no image at all.
@@ -330,14 +334,29 @@ def load_test_folder(
             f"data.root={str(root)!r}: no image under {folder}/<class>/ (expected "
             "root/test/<class>/<image> or root/<class>/<image>)"
         )
-    images, kept, bad = decode_all([str(f) for f in files], image_size, "skip", num_workers)
-    if bad and on_bad_file == "error":
-        raise refused_bad_file(bad[0][1])
+    keep, decoded_gb = stays_resident(len(files), image_size, resident, resident_max_gb)
+    log.info(
+        "held-out folder %s: %d images; %.2f GB decoded -> %s",
+        folder,
+        len(files),
+        decoded_gb,
+        "resident" if keep else "streaming",
+    )
+    files = [str(f) for f in files]
+    ids = np.array([path_id(os.path.relpath(f, root)) for f in files], dtype=object)
+    if keep:
+        images, kept, bad = decode_all(files, image_size, "skip", num_workers)
+        if bad and on_bad_file == "error":
+            raise refused_bad_file(bad[0][1])
+        kept = torch.as_tensor(kept, dtype=torch.long)
+        test = Split(images, torch.tensor(labels, dtype=torch.long)[kept], ids[kept.numpy()])
+    else:
+        parts, bad = stream_parts(
+            {"test": files}, {"test": labels}, {"test": ids}, image_size, num_workers, on_bad_file
+        )
+        test = parts["test"]
     for _, reason in bad:
         log.warning("skipped bad file %s", reason)
-    ids = np.array([path_id(os.path.relpath(f, root)) for f in files], dtype=object)
-    kept = torch.as_tensor(kept, dtype=torch.long)
-    test = Split(images, torch.tensor(labels, dtype=torch.long)[kept], ids[kept.numpy()])
     empty = test.subset(torch.zeros(0, dtype=torch.long))
     return DataSplits(
         name=name,

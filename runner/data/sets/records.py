@@ -153,8 +153,7 @@ def splits_from_records(
         The splits with the bad files listed.
     """
     total = sum(len(r) for r in records.values())
-    decoded_gb = total * 3 * image_size**2 / 2**30
-    keep = decoded_gb <= resident_max_gb if resident == "auto" else bool(resident)
+    keep, decoded_gb = stays_resident(total, image_size, resident, resident_max_gb)
     log.info(
         "data %s: %d images in %s, %d classes; %.2f GB decoded -> %s",
         name,
@@ -174,7 +173,7 @@ def splits_from_records(
         if bad and on_bad_file == "error":
             raise refused_bad_file(bad[0][1])
     else:
-        parts, bad = _stream_parts(records, labels, id_arrays, image_size, num_workers, on_bad_file)
+        parts, bad = stream_parts(records, labels, id_arrays, image_size, num_workers, on_bad_file)
     _check_classes_have_images(parts, class_names, where, bad)
     train, val, test = _assemble(
         parts, labels["train"], id_arrays["train"], val_fraction, test_fraction, split_seed
@@ -219,8 +218,37 @@ def _decode_parts(records, labels, ids, image_size, key, cache_dir, num_workers,
     return parts, [(path, reason) for path, reason in value["bad"]]
 
 
-def _stream_parts(records, labels, ids, image_size, num_workers, on_bad_file):
-    """Checks each record's leading bytes now; content errors surface in batches."""
+def stays_resident(
+    count: int, image_size: int, resident: bool | str, resident_max_gb: float
+) -> tuple[bool, float]:
+    """Whether `count` images are decoded and kept in memory, and their decoded GB.
+
+    Args:
+        count: Number of images.
+        image_size: Height (= width) they are decoded to, 3 channels of uint8.
+        resident: True, False or "auto" (resident while the decoded size fits).
+        resident_max_gb: Decoded size up to which "auto" means resident.
+    """
+    decoded_gb = count * 3 * image_size**2 / 2**30
+    return (decoded_gb <= resident_max_gb if resident == "auto" else bool(resident)), decoded_gb
+
+
+def stream_parts(
+    records: dict[str, Sequence[Any]],
+    labels: dict[str, Sequence[int]],
+    ids: dict[str, np.ndarray],
+    image_size: int,
+    num_workers: int,
+    on_bad_file: str,
+) -> tuple[dict[str, EncodedSplit], list[tuple[str, str]]]:
+    """Wraps each split's records for loader workers, after a look at their leading bytes.
+
+    A record whose leading bytes are no image format is left out and listed (or refused
+    with on_bad_file="error"); content errors surface when a batch is decoded.
+
+    Returns:
+        The streaming splits by name, and the (name, reason) of each record left out.
+    """
     parts, bad = {}, []
     for split, split_records in records.items():
         keep = []
