@@ -40,6 +40,7 @@ from runner.tracking.outbox import (
     pending_target,
     write_pending,
 )
+from runner.tracking.protocol import DeliveryInterrupted
 from runner.tracking.store import (
     TrackingUnavailableError,
     refused_for_good,
@@ -418,6 +419,9 @@ class MlflowTracker:
         `run.log`) are uploaded. With a server, waits up to `delivery_timeout_s` for
         buffered logs; what the server did not take is saved to
         `<run dir>/mlflow_pending.jsonl`, with the command that sends it later.
+
+        Raises:
+            DeliveryInterrupted: Ctrl-C ended that wait (after the saving).
         """
         if self._opener is not None:  # it has ended (after the run id), or is not needed
             self._opener.close()
@@ -441,6 +445,8 @@ class MlflowTracker:
             left = self.outbox.close(self.delivery_timeout_s)
         except OutboxInterrupted as stopped:  # Ctrl-C while waiting: what is queued is saved
             self._save_pending(stopped.pending)
+            if isinstance(stopped.__cause__, KeyboardInterrupt):
+                raise DeliveryInterrupted(str(stopped)) from None
             raise stopped.__cause__ from None
         self._save_pending(left)
 

@@ -40,7 +40,6 @@ class Outbox:
         self._ops: collections.deque[tuple] = collections.deque()
         self._cond = threading.Condition()
         self._deadline: float | None = None
-        self.failing = False  # the last delivery failed: the server is away
         self._thread = threading.Thread(target=self._deliver, name="mlflow-outbox", daemon=True)
         self._thread.start()
 
@@ -51,7 +50,7 @@ class Outbox:
             self._cond.notify_all()
 
     def _deliver(self) -> None:
-        delay = 0.5
+        delay, failing = 0.5, False
         refused_once = None  # the op refused once: it is tried once more before it is dropped
         while True:
             with self._cond:
@@ -82,17 +81,17 @@ class Outbox:
                         self._ops.popleft()
                         self._cond.notify_all()
                     continue
-                if not self.failing:
+                if not failing:
                     log.warning("MLflow store not reachable (%s); buffering and retrying", err)
-                self.failing = True
+                failing = True
                 with self._cond:  # never past the deadline `close` set: the run is ending
                     left = None if self._deadline is None else self._deadline - time.monotonic()
                     self._cond.wait(delay if left is None else max(0.0, min(delay, left)))
                 delay = min(delay * 2, 10.0)
                 continue
-            if self.failing:
+            if failing:
                 log.info("MLflow store reachable again: delivering buffered logs")
-            delay, self.failing = 0.5, False
+            delay, failing = 0.5, False
             with self._cond:
                 self._ops.popleft()
                 self._cond.notify_all()
@@ -108,13 +107,17 @@ class Outbox:
             with self._cond:
                 self._deadline = time.monotonic() + timeout_s
                 self._cond.notify_all()
-                if self.failing and self._ops:  # a wait the user sees: its length, its way out
-                    log.warning(
-                        "MLflow store not reachable: waiting up to %.0f s for it to take %d "
-                        "buffered logging operation(s); Ctrl-C stops waiting and saves them",
-                        timeout_s,
-                        len(self._ops),
-                    )
+            self._thread.join(min(timeout_s, 1.0))  # a store that is there takes them by now
+            # A wait the user would notice is announced, with its length and the way out.
+            if self._thread.is_alive() and timeout_s > 1.0:
+                with self._cond:
+                    queued = len(self._ops)
+                log.warning(
+                    "waiting up to %.0f s for the MLflow store to take %d queued logging "
+                    "operation(s); Ctrl-C stops waiting and saves them to send later",
+                    timeout_s,
+                    queued,
+                )
             self._thread.join(timeout_s + 15)
         except BaseException as err:
             with self._cond:

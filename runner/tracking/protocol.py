@@ -8,6 +8,14 @@ from typing import Any, Protocol, runtime_checkable
 from runner.tracking.inputs import DatasetRecord
 
 
+class DeliveryInterrupted(KeyboardInterrupt):
+    """Ctrl-C while `finish` waited for a store to take the run's last logs.
+
+    The run had ended and its status was queued; what the store did not take is saved
+    to the run dir's `mlflow_pending.jsonl` (the log names the command that sends it).
+    """
+
+
 @runtime_checkable
 class Tracker(Protocol):
     """An experiment tracker as the recipes, reports and sweeps use it.
@@ -78,7 +86,12 @@ class Tracker(Protocol):
         """Sends the buffered metrics."""
 
     def finish(self, status: str) -> None:
-        """Flushes and ends the run as FINISHED, FAILED or KILLED."""
+        """Flushes and ends the run as FINISHED, FAILED or KILLED.
+
+        Raises:
+            DeliveryInterrupted: Ctrl-C ended the wait for the store; what it did not
+                take is saved.
+        """
 
     def describe(self) -> str:
         """Where the run can be looked at, for the summary."""

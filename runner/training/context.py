@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from runner.config.errors import ConfigError
 from runner.sweeps.job import SweepJob
-from runner.tracking.protocol import Tracker
+from runner.tracking.protocol import DeliveryInterrupted, Tracker
 from runner.tracking.run_record import hydra_overrides
 from runner.tracking.store import hold_lock
 from runner.training import distributed
@@ -163,7 +163,8 @@ def tracked_run(ctx: RunContext) -> Iterator[None]:
     on Ctrl-C; FAILED otherwise, with the traceback in `<run dir>/traceback.txt` and the
     tracker (another DDP rank's in `traceback-rank<R>.txt`). The checkpoint writer is
     drained first, so a write error is reported too. Ctrl-C while the tracker waits for a
-    server that is away exits with 130, without a traceback: the run has ended by then.
+    store to take the last logs ends a finished run with exit status 130 and no traceback
+    (it has ended by then); a failed or stopped one ends as it would have.
     """
     status = "FAILED"
     try:
@@ -185,16 +186,17 @@ def tracked_run(ctx: RunContext) -> Iterator[None]:
             log.error("%s", write_error)
         try:
             ctx.tracker.finish(status)
-        except KeyboardInterrupt:
-            # Ctrl-C in the wait for a tracking server that is away: the run's files are
-            # written and what the server did not take is saved (the tracker said where).
+        except DeliveryInterrupted:
+            # The run's files are written and what the store did not take is saved (the
+            # tracker said where). A run that failed or was stopped goes on ending so.
             log.warning(
-                "Ctrl-C: stopped waiting for the tracking server; the run ended %s, its "
+                "Ctrl-C: stopped waiting for the tracking store; the run ended %s, its "
                 "files are in %s",
                 status,
                 ctx.run_dir,
             )
-            raise SystemExit(130) from None
+            if status == "FINISHED":
+                raise SystemExit(130) from None
         if status == "KILLED":
             ctx.stop.hand_over()  # after USR2 under SLURM: requeue the job
 

@@ -62,6 +62,31 @@ def test_ctrl_c_while_waiting_for_the_server_keeps_what_is_queued():
     assert stopped.value.pending == [("metrics", [("test/acc", 0.5, 0, 3)]), ("status", "FINISHED")]
 
 
+def test_a_wait_is_announced_also_while_the_first_send_is_still_failing(caplog):
+    """The wait was announced only after a send had failed: a server that went away while
+    the first send hung gave a silent wait of up to logger.delivery_timeout_s."""
+    import time
+
+    def slow_failure(op):
+        time.sleep(2.0)
+        raise ConnectionError("timed out")
+
+    outbox = Outbox(slow_failure)
+    with caplog.at_level(logging.WARNING, logger="runner"):
+        outbox.put(("status", "FINISHED"))
+        assert outbox.close(timeout_s=2.5) == [("status", "FINISHED")]
+    assert "waiting up to 2 s for the MLflow store to take 1 queued" in caplog.text
+    assert "Ctrl-C stops waiting" in caplog.text
+
+
+def test_a_store_that_takes_the_logs_at_once_is_waited_for_without_a_word(caplog):
+    outbox = Outbox(lambda op: None)
+    with caplog.at_level(logging.WARNING, logger="runner"):
+        outbox.put(("status", "FINISHED"))
+        assert outbox.close(timeout_s=30) == []
+    assert "waiting up to" not in caplog.text
+
+
 def test_the_wait_for_a_server_that_is_down_ends_at_its_deadline():
     """The retry's back-off (up to 10 s) ran past logger.delivery_timeout_s."""
     import time
