@@ -10,6 +10,7 @@ The checkpoint is made ready by `runner.from_checkpoint`.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from runner.config.validation import ConfigError
 from runner.data.build import build_data
 from runner.data.checks import require_splits
-from runner.data.decoding import DataError
+from runner.data.decoding import DataError, to_grayscale
 from runner.data.sets.imagefolder import (
     class_folders,
     class_key,
@@ -34,7 +35,6 @@ from runner.from_checkpoint import (
     refuse_ignored_overrides,
     resolved_part,
     start_context,
-    to_grayscale,
     train_only_keys_off,
 )
 from runner.reports import console
@@ -278,25 +278,29 @@ def with_channels(data: DataSplits, channels: int) -> DataSplits:
 
     As predict reads files: RGB becomes luma for a model trained on gray images (also a
     3-channel pretrained one, whose normalisation repeats them), and gray is repeated for
-    one trained on RGB, where the test split is in memory.
+    one trained on RGB. A streamed split is decoded as RGB and takes its luma batch by
+    batch.
 
     Raises:
-        ConfigError: Other channel counts, or a streamed split that is not RGB already.
+        ConfigError: Other channel counts.
     """
     test = data.test
-    have = int(test.images.shape[1]) if isinstance(test, Split) else 3
+    have = int(test.images.shape[1]) if isinstance(test, Split) else test.channels
     if have == channels:
         return data
-    if isinstance(test, Split) and (have, channels) in ((3, 1), (1, 3)):
-        images = to_grayscale(test.images) if channels == 1 else test.images.repeat(1, 3, 1, 1)
-        data.test = Split(images, test.labels, test.ids)
-        return data
-    streamed = "" if isinstance(test, Split) else " (a streamed split: data.resident=true)"
-    raise ConfigError(
-        f"eval.data=current: the checkpoint's model was trained on {channels}-channel images and "
-        f"this data gives {have}, which eval converts only between 1 and 3 channels of a "
-        f"split in memory{streamed}: test on data with {channels} channel(s)"
-    )
+    if (have, channels) not in ((3, 1), (1, 3)):
+        raise ConfigError(
+            f"eval.data=current: the checkpoint's model was trained on {channels}-channel "
+            f"images and this data gives {have}, which eval converts only between 1 and 3 "
+            f"channels: test on data with {channels} channel(s)"
+        )
+    if not isinstance(test, Split):  # streamed: each batch is decoded as RGB, then converted
+        data.test = replace(test, channels=channels)
+    elif channels == 1:
+        data.test = Split(to_grayscale(test.images), test.labels, test.ids)
+    else:
+        data.test = Split(test.images.repeat(1, 3, 1, 1), test.labels, test.ids)
+    return data
 
 
 def image_folder_root(data_cfg: DictConfig) -> Path | None:

@@ -267,9 +267,3 @@ def resolve_ckpt(ckpt: str, cfg: DictConfig, download_dir: Path) -> tuple[Path, 
             )
         return path, None
     return checkpoint_from_mlflow(ckpt, cfg, download_dir)
-
-
-def to_grayscale(images: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) uint8 RGB -> (N, 1, H, W) uint8 luma (ITU-R BT.601, as Pillow's "L")."""
-    weights = torch.tensor([0.299, 0.587, 0.114], device=images.device).view(1, 3, 1, 1)
-    return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from runner.config.validation import ConfigError
-from runner.data.decoding import BadImageError, decode_record
+from runner.data.decoding import BadImageError, decode_record, to_grayscale
 from runner.data.sets.imagefolder import visible_files
 from runner.data.sets.records import sniff
 from runner.data.splits import path_id
@@ -25,7 +25,6 @@ from runner.from_checkpoint import (
     load_checkpoint,
     refuse_ignored_overrides,
     start_context,
-    to_grayscale,
 )
 from runner.reports import console
 from runner.training import engine

@@ -220,6 +220,12 @@ def decode_bytes(data: bytes, image_size: int, name: str = "<bytes>") -> torch.T
     return resize_square(image, image_size)
 
 
+def to_grayscale(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) uint8 RGB -> (N, 1, H, W) uint8 luma (ITU-R BT.601, as Pillow's "L")."""
+    weights = torch.tensor([0.299, 0.587, 0.114], device=images.device).view(1, 3, 1, 1)
+    return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+
+
 def decode_record(record: Any, image_size: int) -> torch.Tensor:
     """Reads and decodes one record (path, bytes or image dict); see `decode_bytes`."""
     try:

@@ -25,6 +25,7 @@ from runner.data.decoding import (
     decode_record,
     record_name,
     refused_bad_file,
+    to_grayscale,
 )
 from runner.data.loaders import EpochBatches
 
@@ -46,6 +47,8 @@ class EncodedSplit:
         on_bad_file: "skip" drops undecodable samples from their batch; "error" stops.
         prefetch_factor: Batches each worker decodes ahead.
         ids: Sample id of each sample (N,), see `runner.data.splits`; None = not given.
+        channels: 3 (RGB; gray files are repeated) or 1 (the luma of each decoded image,
+            for a model trained on gray images).
     """
 
     records: Sequence[Any]
@@ -56,6 +59,7 @@ class EncodedSplit:
     on_bad_file: str = "skip"
     prefetch_factor: int = 2
     ids: np.ndarray | None = None
+    channels: int = 3
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -77,7 +81,9 @@ class EncodedSplit:
         return replace(self, labels=labels)
 
     def _dataset(self, on_bad: str) -> _DecodeBatches:
-        return _DecodeBatches(self.records, self.positions, self.labels.cpu(), self.size, on_bad)
+        return _DecodeBatches(
+            self.records, self.positions, self.labels.cpu(), self.size, on_bad, self.channels
+        )
 
     def take(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Decodes the samples at `indices`: uint8 images and their labels (bad ones dropped)."""
@@ -112,12 +118,14 @@ class _DecodeBatches(torch.utils.data.Dataset):
         labels: torch.Tensor,
         size: int,
         on_bad: str,
+        channels: int = 3,
     ):
         self.records = records
         self.positions = positions
         self.labels = labels
         self.size = size
         self.on_bad = on_bad
+        self.channels = channels
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -138,6 +146,8 @@ class _DecodeBatches(torch.utils.data.Dataset):
         labels = self.labels[indices]
         if not bool(keep.all()):
             images, labels = images[keep], labels[keep]
+        if self.channels == 1:
+            images = to_grayscale(images)
         return images, labels, bad
 
 

@@ -16,8 +16,8 @@ from torchvision.io import write_png
 
 from runner.cli import run
 from runner.config.errors import ConfigError
-from runner.data.decoding import DataError
-from runner.from_checkpoint import resolve_ckpt, to_grayscale
+from runner.data.decoding import DataError, to_grayscale
+from runner.from_checkpoint import resolve_ckpt
 from runner.training.best_checkpoint import read_best
 from runner.training.checkpoint_io import CheckpointError
 from runner.training.final_eval import FlipTTA
@@ -206,19 +206,21 @@ def test_eval_on_a_held_out_folder_without_train(trained, tmp_path, caplog):
     evaluated = json.loads((tmp / "eval_held_out" / "metrics.json").read_text())
     trained_metrics = json.loads((tmp / "train" / "metrics.json").read_text())
     assert evaluated["test/acc"] == pytest.approx(trained_metrics["test/acc"], abs=1e-6)
-    # Past data.resident_max_gb (here forced off) it is streamed, with the same figures.
+    # Past data.resident_max_gb it is streamed, with the same figures and reports; a file
+    # that only fails as its batch is decoded is left out and listed.
+    png = next((held_out / "test" / best.class_names[1]).iterdir()).read_bytes()
+    (held_out / "test" / best.class_names[1] / "truncated.png").write_bytes(png[:60])
+    streamed = ("data.resident_max_gb=1e-6", "data.num_workers=1", "analysis.enabled=true")
     with caplog.at_level("INFO", logger="runner.data.sets.imagefolder"):
-        streamed = ("data.resident=false", "data.num_workers=1")
-        run(
-            compose_run(
-                tmp, "eval_streamed", *current, *streamed, f"data.root={held_out}", tiny=False
-            )
-        )
-    assert f"held-out folder {held_out / 'test'}: {len(stored.test)} images" in caplog.text
+        run(compose_run(tmp, "streamed", *current, *streamed, f"data.root={held_out}", tiny=False))
+    assert f"held-out folder {held_out / 'test'}: {len(stored.test) + 1} images" in caplog.text
     assert "-> streaming" in caplog.text
-    evaluated = json.loads((tmp / "eval_streamed" / "metrics.json").read_text())
+    evaluated = json.loads((tmp / "streamed" / "metrics.json").read_text())
     assert evaluated["test/acc"] == pytest.approx(trained_metrics["test/acc"], abs=1e-6)
     assert evaluated["test/loss"] == pytest.approx(trained_metrics["test/loss"], abs=1e-5)
+    assert all((tmp / "streamed" / name).is_file() for name in ANALYSIS_FILES)
+    assert "truncated.png" in (tmp / "streamed" / "bad_files.txt").read_text()
+    (held_out / "test" / best.class_names[1] / "truncated.png").unlink()
     # The held-out set may lack a class; a class the model does not know is refused.
     shutil.rmtree(held_out / "test" / best.class_names[0])
     (held_out / "test" / "owl").mkdir()
@@ -376,6 +378,20 @@ def test_gray_data_on_a_pretrained_rgb_model_predicts_a_colour_file_by_its_luma(
     with (out / "predictions.csv").open() as handle:
         rows = {Path(row["file"]).name: row for row in csv.DictReader(handle)}
     assert rows["colour.png"]["prob_1"] == rows["gray.png"]["prob_1"], rows
+    # So does eval on a held-out folder, in memory or streamed (which was refused).
+    held_out = tmp_path / "held_out"
+    (held_out / "class_0").mkdir(parents=True)
+    shutil.copy(folder / "colour.png", held_out / "class_0")
+    shutil.copy(folder / "gray.png", held_out / "class_0")
+    evaluating = ("mode=eval", f"ckpt={ckpt}", "eval.data=current", "data=imagefolder")
+    evaluating += (f"data.root={held_out}", "logger=none", "analysis.enabled=false")
+    for name, where in (("in_memory", "data.resident=true"), ("streamed", "data.resident=false")):
+        run(compose_run(tmp_path, name, *evaluating, where, "data.num_workers=1", tiny=False))
+    metrics = [
+        json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("in_memory", "streamed")
+    ]
+    assert metrics[0]["test/loss"] == metrics[1]["test/loss"]
+    assert metrics[0]["test/acc"] in (0.0, 1.0)  # the two files: one prediction
 
 
 def test_predict_output_refuses_what_it_must_not_overwrite_or_cannot_write(trained, tmp_path):
