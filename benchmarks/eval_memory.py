@@ -10,13 +10,16 @@ process:
 * streamed: `data.resident=false`, decoded batch by batch in loader workers (what
   `data.resident=auto` now chooses past `data.resident_max_gb`).
 
-It reports each side's peak resident set size (the eval process's, and the largest of
-its decoding workers') and its wall time, and the ratio of the two peaks; evaluation runs
-in batches of 32. Both sides must give the same test accuracy. The decoded folder takes
-3 x 224 x 224 bytes per image (0.42 GB at the default 3000). Run from the repository
-root::
+Each side's memory is sampled every 0.1 s as the proportional set size (PSS: shared
+pages split between the processes that share them) of the eval process and of its whole
+process tree (the decoding workers included). Both sides run at each folder size
+(`--num-images`, 1500 and 9000 by default: 0.21 and 1.26 GB decoded, at 3 x 224 x 224
+bytes an image); the script reports each side's peaks and wall time, how much each
+side's peak grows with the folder, and the ratio of the two trees' peaks at the larger
+size. Evaluation runs in batches of 32. Both sides must give the same test accuracy.
+Run from the repository root (about 7 minutes on 2 cores)::
 
-    .venv/bin/python benchmarks/eval_memory.py [--num-images 3000]
+    .venv/bin/python benchmarks/eval_memory.py [--num-images 1500 9000]
 """
 
 from __future__ import annotations
@@ -30,18 +33,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_results import quick, record
+import psutil
+from bench_results import record
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-
-# Runs a command and prints the peak RSS (KiB) of its process tree's largest member:
-# getrusage(RUSAGE_CHILDREN) covers the waited-for children and their waited-for children.
-MEASURE = (
-    "import resource, subprocess, sys; "
-    "code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL); "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
-)
 
 
 def write_held_out(root: Path, num_images: int, num_classes: int = 10, seed: int = 0) -> None:
@@ -64,26 +60,48 @@ def run(args: list[str]) -> None:
         raise SystemExit(f"run.py {' '.join(args)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
 
 
-def measured_eval(args: list[str]) -> tuple[float, float]:
-    """Runs an eval in a measuring parent; returns (peak RSS in GB, wall seconds)."""
+def pss(process: psutil.Process) -> int:
+    """A process's proportional set size in bytes; 0 once it has gone."""
+    try:
+        return process.memory_full_info().pss
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0
+
+
+def measured_eval(args: list[str], log_file: Path) -> tuple[float, float, float]:
+    """Runs an eval (its output to `log_file`), sampling its memory.
+
+    Returns:
+        The peak PSS of the eval process and of its process tree (GB), and the wall time.
+    """
     start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", MEASURE, sys.executable, str(REPO / "run.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    with log_file.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "run.py"), *args], stdout=log, stderr=log, cwd=REPO
+        )
+        main, peak_main, peak_tree = psutil.Process(proc.pid), 0, 0
+        while proc.poll() is None:
+            own = pss(main)
+            try:
+                workers = main.children(recursive=True)
+            except psutil.NoSuchProcess:
+                workers = []
+            peak_main = max(peak_main, own)
+            peak_tree = max(peak_tree, own + sum(pss(w) for w in workers))
+            time.sleep(0.1)
     wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"eval failed:\n{(done.stdout + done.stderr)[-3000:]}")
-    return int(done.stdout.split()[-1]) / 2**20, wall
+    if proc.returncode != 0:
+        raise SystemExit(f"eval failed:\n{log_file.read_text()[-3000:]}")
+    return peak_main / 2**30, peak_tree / 2**30, wall
 
 
 def main() -> None:
-    """Trains, writes the folder, evaluates both ways and prints the figures."""
+    """Trains, writes the folder, evaluates both ways at each size and prints the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-images", type=int, default=1000 if quick() else 3000)
+    parser.add_argument("--num-images", type=int, nargs="+", default=[1500, 9000])
     options = parser.parse_args()
+    sizes = sorted(options.num_images)
+    rows = []
     with tempfile.TemporaryDirectory(prefix="eval_memory_") as tmp:
         tmp = Path(tmp)
         # Batches of 32: at 224 px the activations of the default 512 take several GB,
@@ -106,34 +124,45 @@ def main() -> None:
                 "trainer.max_epochs=1",
             ]
         )
-        write_held_out(tmp / "held_out", options.num_images)
-        results = {}
-        for side, resident in (("resident", "true"), ("streamed", "false")):
-            run_dir = tmp / f"eval_{side}"
-            peak_gb, wall = measured_eval(
-                [
-                    *common,
-                    f"hydra.run.dir={run_dir}",
-                    "mode=eval",
-                    f"ckpt={tmp}/train/checkpoints/best.pt",
-                    "eval.data=current",
-                    "data=imagefolder",
-                    f"data.root={tmp}/held_out",
-                    f"data.resident={resident}",
-                ]
-            )
-            accuracy = json.loads((run_dir / "metrics.json").read_text())["test/acc"]
-            results[side] = (peak_gb, wall, accuracy)
-    decoded_gb = options.num_images * 3 * 224**2 / 2**30
-    print(f"held-out folder: {options.num_images} PNGs of 224 px, {decoded_gb:.2f} GB decoded")
-    for side, (peak_gb, wall, accuracy) in results.items():
-        print(f"  {side:9s} peak RSS {peak_gb:.2f} GB  wall {wall:.1f} s  test/acc {accuracy:.4f}")
-    ratio = results["streamed"][0] / results["resident"][0]
-    same = results["streamed"][2] == results["resident"][2]
-    saved = results["resident"][0] - results["streamed"][0]
-    print(f"streamed / resident peak RSS: {ratio:.2f} ({saved:.2f} GB less); same test/acc: {same}")
-    record("eval_memory", "held-out eval peak RSS, streamed / resident", ratio)
-    record("eval_memory", "held-out eval, same test/acc both ways", str(same))
+        for count in sizes:
+            write_held_out(tmp / f"held_out_{count}", count)
+            for side, resident in (("resident", "true"), ("streamed", "false")):
+                run_dir = tmp / f"eval_{side}_{count}"
+                peak_main, peak_tree, wall = measured_eval(
+                    [
+                        *common,
+                        f"hydra.run.dir={run_dir}",
+                        "mode=eval",
+                        f"ckpt={tmp}/train/checkpoints/best.pt",
+                        "eval.data=current",
+                        "data=imagefolder",
+                        f"data.root={tmp}/held_out_{count}",
+                        f"data.resident={resident}",
+                    ],
+                    tmp / f"eval_{side}_{count}.log",
+                )
+                accuracy = json.loads((run_dir / "metrics.json").read_text())["test/acc"]
+                rows.append((count, side, peak_main, peak_tree, wall, accuracy))
+    print("held-out folder of 224-px PNGs, eval in batches of 32; peak PSS in GB")
+    print("images  decoded  side      eval process  with workers  wall    test/acc")
+    for count, side, peak_main, peak_tree, wall, accuracy in rows:
+        decoded = count * 3 * 224**2 / 2**30
+        print(
+            f"{count:6d}  {decoded:7.2f}  {side:8s}  {peak_main:12.2f}  {peak_tree:12.2f}  "
+            f"{wall:5.1f} s  {accuracy:.4f}"
+        )
+    tree = {(count, side): peak_tree for count, side, _, peak_tree, _, _ in rows}
+    accuracy = {(count, side): acc for count, side, _, _, _, acc in rows}
+    same = all(accuracy[(n, "resident")] == accuracy[(n, "streamed")] for n in sizes)
+    small, large = sizes[0], sizes[-1]
+    for side in ("resident", "streamed"):
+        growth = tree[(large, side)] - tree[(small, side)]
+        print(f"{side}: the process tree's peak grows {growth:+.2f} GB from {small} to {large}")
+        record("eval_memory", f"{side} peak PSS growth, {small} -> {large} images (GB)", growth)
+    ratio = tree[(large, "streamed")] / tree[(large, "resident")]
+    print(f"streamed / resident peak PSS of the process tree at {large} images: {ratio:.2f}")
+    print(f"same test/acc both ways at every size: {same}")
+    record("eval_memory", f"streamed / resident peak PSS at {large} images", ratio)
     if not same:
         raise SystemExit("the two sides gave different test accuracies")
 
