@@ -16,11 +16,20 @@ log = logging.getLogger(__name__)
 
 
 def _file_root(data_cfg: Mapping[str, Any]) -> Path | None:
-    """The folder whose files the ids name: `data.root` or a local `data.name` (HF)."""
+    """The folder whose files the ids name: `data.root`, or a local `data.name` (HF).
+
+    A table file as `data.name` (a CSV of image paths) names its images from its own
+    folder, as their ids do.
+    """
     for key in ("root", "name"):
         value = data_cfg.get(key)
-        if isinstance(value, str) and value and Path(value).expanduser().is_dir():
-            return Path(value).expanduser()
+        if not (isinstance(value, str) and value):
+            continue
+        path = Path(value).expanduser()
+        if path.is_dir():
+            return path
+        if key == "name" and path.is_file():
+            return path.parent
     return None
 
 
@@ -29,8 +38,8 @@ def load_images(
 ) -> dict[str, torch.Tensor]:
     """uint8 (C, H, W) images of the samples with these ids.
 
-    Ids that are paths under `data.root` (image folders, local Hugging Face folders)
-    are read from their files, at `file_size` pixels: a handful of files, not the data
+    Ids that are paths under `data.root` (image folders, local Hugging Face folders and
+    table files) are read from their files, at `file_size` pixels: a handful of files, not the data
     set. For the others (bundled sets, records without files) the data set is built
     again, without the switches (a sample's image does not depend on them), and the
     images are taken from its splits at the data's `image_size`. A file that is gone has

@@ -191,6 +191,24 @@ def test_thumbnails_of_an_image_folder_come_from_its_files(tmp_path):
     assert images[wanted[0]].shape == (3, 24, 24) and torch.equal(images[wanted[0]], expected)
 
 
+def test_thumbnails_of_a_table_of_image_paths_come_from_its_files(tmp_path):
+    """data=hf with a CSV of image paths as data.name: the audit built the whole data set
+    again, decoding every image, for a page of thumbnails at the data's size."""
+    from runner.data.lookup import load_images
+
+    root = make_imagefolder(tmp_path / "pics", per_class=3, size=40)
+    files = sorted((root / "train").rglob("*.jpg"))
+    lines = [f"{f.relative_to(root).as_posix()},{f.parent.name}" for f in files]
+    (root / "table.csv").write_text("\n".join(["image,label", *lines]) + "\n")
+    cfg = {"_target_": "runner.data.sets.hf.load_hf", "name": str(root / "table.csv")}
+    cfg |= {"image_size": 16, "split_test": None, "hf_cache_dir": str(tmp_path / "hf")}
+    wanted = ["train/dog/001.jpg", "train/fox/002.jpg"]
+    images = load_images(cfg, wanted, file_size=24)
+    assert set(images) == set(wanted)
+    expected = decoding.decode_record(str(root / wanted[0]), 24)
+    assert torch.equal(images[wanted[0]], expected), "read from the file, at file_size"
+
+
 def test_a_good_file_whose_name_is_not_utf8_is_read_when_streamed(tmp_path):
     """The check of its first bytes opened the printable name, not the file."""
     import os
