@@ -4,7 +4,8 @@ Both read a CSV file with a `sample_id` column (the ids of `runner.data.splits`)
 
 - `data.exclude=<csv>` drops those train samples. A file with an `is_label_issue`
   column (an audit's label_issues.csv, which lists every sample) drops only the rows
-  where it is true.
+  where it is true, and none, with a warning, where no row is (an audit that found
+  nothing).
 - `data.relabel=<csv with sample_id,label>` gives those train samples the label named
   in `label`: a class name, or a class index when no class has that name. With an
   `is_label_issue` column, only the rows where it is true.
@@ -209,11 +210,15 @@ def exclude_samples(data: DataSplits, path: str) -> DataSplits:
         path, "data.exclude", read_id_file(path, "data.exclude", CURATION_COLUMNS["data.exclude"])
     )
     ids = list(dict.fromkeys(r["sample_id"] for _, r in rows))
+    if not ids and FLAG_COLUMN in csv_header(path):  # an audit that found nothing to drop
+        log.warning("data.exclude=%s: no row has %s true; nothing is dropped", path, FLAG_COLUMN)
+        data.extra_params["data.num_excluded"] = 0
+        data.extra_params["data.exclude_unmatched"] = 0
+        return data
     if not ids:
         raise DataError(
-            f"data.exclude={path!r} lists no sample to drop"
-            + (f" (no row has {FLAG_COLUMN} true)" if FLAG_COLUMN in csv_header(path) else "")
-            + ": leave data.exclude out, or give a file with the samples to drop."
+            f"data.exclude={path!r} lists no sample to drop: leave data.exclude out, or "
+            "give a file with the samples to drop."
         )
     positions, _, unmatched = _train_positions(data, ids)
     _check_unmatched("data.exclude", path, data, ids, unmatched)
@@ -295,12 +300,14 @@ def relabel_samples(
             + (f" or a class index 0..{data.num_classes - 1}" if by_index else "")
             + "."
         )
+    if not wanted and FLAG_COLUMN in csv_header(path):  # an audit that found nothing to fix
+        log.warning("data.relabel=%s: no row has %s true; no label changes", path, FLAG_COLUMN)
+        data.extra_params["data.num_relabeled"] = 0
+        data.extra_params["data.num_label_changes"] = 0
+        data.extra_params["data.relabel_unmatched"] = 0
+        return data
     if not wanted:
-        raise DataError(
-            f"data.relabel={path!r} has no rows"
-            + (f" with {FLAG_COLUMN} true" if FLAG_COLUMN in csv_header(path) else "")
-            + ": leave data.relabel out."
-        )
+        raise DataError(f"data.relabel={path!r} has no rows: leave data.relabel out.")
     ids = list(wanted)
     positions, matched, unmatched = _train_positions(data, ids)
     _check_unmatched("data.relabel", path, data, ids, unmatched, dropped)

@@ -51,6 +51,29 @@ def test_exclude_of_an_audit_file_drops_only_the_flagged_rows(make_cfg, tmp_path
     assert len(data.clean_train_labels) == len(data.train)
 
 
+def test_an_audit_file_that_flags_nothing_changes_nothing_with_a_warning(
+    make_cfg, tmp_path, caplog
+):
+    """An audit that found nothing made its documented follow-up command fail."""
+    plain = digits(make_cfg)
+    header = ["sample_id", "label", "is_label_issue"]
+    rows = [[str(i), 0, False] for i in plain.train.ids[:30]]
+    path = write_csv(tmp_path / "label_issues.csv", header, rows)
+    with caplog.at_level("WARNING", logger="runner.data.curation"):
+        excluded = digits(make_cfg, f"data.exclude={path}")
+        relabeled = digits(make_cfg, f"data.relabel={path}")
+    assert caplog.text.count("no row has is_label_issue true") == 2
+    assert excluded.extra_params["data.num_excluded"] == 0
+    assert relabeled.extra_params["data.num_relabeled"] == 0
+    for data in (excluded, relabeled):
+        assert torch.equal(data.train.labels, plain.train.labels)
+        assert list(data.train.ids) == list(plain.train.ids)
+    # Without the flag column, a file that lists nothing is still refused.
+    empty = write_csv(tmp_path / "empty.csv", ["sample_id"], [])
+    with pytest.raises(DataError, match=r"data.exclude=.*empty.csv' lists no sample to drop"):
+        digits(make_cfg, f"data.exclude={empty}")
+
+
 def test_relabel_gives_the_listed_samples_their_new_class(make_cfg, tmp_path):
     plain = digits(make_cfg)
     ids = [str(i) for i in plain.train.ids[:4]]
