@@ -199,6 +199,9 @@ def run_audit(
         encoding="utf-8",
     )
     files.append(summary)
+    caution = many_flags_caution(float(flagged.mean()), _oof_accuracy(merged))
+    if caution is not None:
+        log.warning("audit of %s: %s", sweep_dir, caution)
     log.info(
         "audit of %s: %s label issues, %s near duplicates, %s outliers among %d samples "
         "(Datalab %.1fs); %s",
@@ -352,9 +355,34 @@ def _count(value: int | None) -> str:
     return "not checked (too few samples for cleanlab)" if value is None else str(value)
 
 
+# Above this share of flagged samples the summary asks for a look before acting: data sets
+# in use hold a few percent of wrong labels (Northcutt et al. 2021 found 3.3% on average
+# in ten test sets), and fold models too weak for their data flag their own mistakes.
+MANY_FLAGS_SHARE = 0.2
+
+
+def _oof_accuracy(merged: MergedFolds) -> float:
+    """The share of samples whose out-of-fold prediction is their given label."""
+    return float((merged.probabilities.argmax(1) == merged.label).mean())
+
+
+def many_flags_caution(flagged_share: float, accuracy: float) -> str | None:
+    """What to check before acting on an audit that flags many labels; None when few."""
+    if flagged_share <= MANY_FLAGS_SHARE:
+        return None
+    return (
+        f"{flagged_share:.0%} of the samples are flagged as label issues, with an "
+        f"out-of-fold accuracy of {accuracy:.4f}. A share this large means very noisy "
+        "labels or fold models too weak to tell a wrong label from their own mistake: look "
+        "at the suspects (label_issues.png) before acting on them, and if the models are "
+        "weak, train the fold jobs longer (trainer.max_epochs) or from pretrained weights "
+        "(model.pretrained=true) and audit again."
+    )
+
+
 def _summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, names) -> str:
     n = len(merged.sample_id)
-    accuracy = float((merged.probabilities.argmax(1) == merged.label).mean())
+    accuracy = _oof_accuracy(merged)
     folds = f"{len(merged.run_dirs)} of {merged.num_folds}"
     lines = [
         f"# Audit of {sweep_dir.name}",
@@ -369,6 +397,11 @@ def _summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, na
         f"| near duplicates | {_count(counts['num_near_duplicates'])} |",
         f"| outliers | {_count(counts['num_outliers'])} |",
         "",
+    ]
+    caution = many_flags_caution(counts["num_label_issues"] / n, accuracy)
+    if caution is not None:
+        lines += [f"**Check before acting:** {caution}", ""]
+    lines += [
         f"cleanlab Datalab: {seconds:.1f} s; the fold jobs: {merged.train_seconds:.1f} s.",
         "",
         "Near duplicates and outliers are found among the penultimate-layer embeddings of "

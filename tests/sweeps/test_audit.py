@@ -167,6 +167,7 @@ def test_audit_ranks_every_sample_and_flags_the_flipped_labels(tmp_path):
     summary = (audit / "summary.md").read_text()
     assert f"precision {precision:.3f} and recall {recall:.3f}" in summary
     assert f"| label issues | {len(flagged)} |" in summary and "4 of 4 fold jobs" in summary
+    assert "Check before acting" not in summary  # 10% of the labels, about as many flagged
     assert (audit / "label_issues.png").stat().st_size > 10_000
     top = rows[0]
     assert top["suggested_label"] != top["given_label"] and top["is_label_issue"] == "True"
@@ -174,6 +175,20 @@ def test_audit_ranks_every_sample_and_flags_the_flipped_labels(tmp_path):
     again = run_audit(sweep, num_thumbnails=0)
     assert "label_issues.png" not in {p.name for p in again.files}
     assert not (audit / "label_issues.png").exists()
+
+
+def test_an_audit_that_flags_many_labels_says_what_to_check_before_acting(tmp_path, caplog):
+    """An audit of weak fold models flagged a third of the samples, and its summary
+    offered them to data.exclude as it did a handful."""
+    sweep, _ = fake_sweep(tmp_path / "sweep", noise=0.4)
+    with caplog.at_level("WARNING", logger="runner.sweeps.audit"):
+        result = run_audit(sweep, num_thumbnails=0)
+    rows = read_rows(sweep / "audit" / "label_issues.csv")
+    share = result.counts["num_label_issues"] / len(rows)
+    assert share > 0.2
+    summary = (sweep / "audit" / "summary.md").read_text()
+    assert f"**Check before acting:** {share:.0%} of the samples are flagged" in summary
+    assert "model.pretrained=true" in summary and "flagged as label issues" in caplog.text
 
 
 def test_near_duplicates_and_outliers_are_listed_by_sample_id(tmp_path):
