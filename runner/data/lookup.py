@@ -39,11 +39,11 @@ def load_images(
     """uint8 (C, H, W) images of the samples with these ids.
 
     Ids that are paths under `data.root` (image folders, local Hugging Face folders and
-    table files) are read from their files, at `file_size` pixels: a handful of files, not the data
-    set. For the others (bundled sets, records without files) the data set is built
-    again, without the switches (a sample's image does not depend on them), and the
-    images are taken from its splits at the data's `image_size`. A file that is gone has
-    no image.
+    table files) are read from their files, at `file_size` pixels: a handful of files,
+    not the data set. For the others (bundled sets, records without files) the data set
+    is built again, without the switches (a sample's image does not depend on them), and
+    the images are taken from its splits at the data's `image_size`. A file that is gone
+    has no image.
 
     Args:
         data_cfg: The run's resolved data config (its `data` node as a mapping).
