@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from runner.config.choices import DATA_CURATION_KEYS
-from runner.config.value_checks import CURATION_COLUMNS, csv_file_problem, csv_header
+from runner.config.value_checks import CURATION_COLUMNS, csv_file_problem
 from runner.data.decoding import DataError
 from runner.data.splits import DataSplits
 
@@ -115,6 +115,28 @@ def _flagged(path: str, key: str, rows: list[tuple[int, dict[str, str]]]) -> lis
     if not rows or FLAG_COLUMN not in rows[0][1]:
         return rows
     return [(line, r) for line, r in rows if _flag_is_true(path, key, line, r[FLAG_COLUMN])]
+
+
+def _nothing_flagged(
+    key: str,
+    path: str,
+    data: DataSplits,
+    rows: list[tuple[int, dict[str, str]]],
+    dropped: frozenset[str] = frozenset(),
+) -> bool:
+    """Whether the file is an audit's that flags none of its rows: nothing changes then.
+
+    An audit that found nothing is no mistake: the run goes on unchanged, with a
+    warning. The file's ids are checked first, as those of a file that flags some are:
+    another data set's file, or one with ids of no sample, is refused.
+    """
+    if not rows or FLAG_COLUMN not in rows[0][1]:
+        return False
+    ids = list(dict.fromkeys(r["sample_id"] for _, r in rows))
+    _, _, unmatched = _train_positions(data, ids)
+    _check_unmatched(key, path, data, ids, unmatched, dropped)
+    log.warning("%s=%s: no row has %s true; nothing changes", key, path, FLAG_COLUMN)
+    return True
 
 
 def _train_positions(data: DataSplits, ids: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
@@ -206,12 +228,10 @@ def exclude_samples(data: DataSplits, path: str) -> DataSplits:
         DataError: The file is missing or lacks `sample_id`, or none of its ids is a
             train sample.
     """
-    rows = _flagged(
-        path, "data.exclude", read_id_file(path, "data.exclude", CURATION_COLUMNS["data.exclude"])
-    )
+    every_row = read_id_file(path, "data.exclude", CURATION_COLUMNS["data.exclude"])
+    rows = _flagged(path, "data.exclude", every_row)
     ids = list(dict.fromkeys(r["sample_id"] for _, r in rows))
-    if not ids and FLAG_COLUMN in csv_header(path):  # an audit that found nothing to drop
-        log.warning("data.exclude=%s: no row has %s true; nothing is dropped", path, FLAG_COLUMN)
+    if not ids and _nothing_flagged("data.exclude", path, data, every_row):
         data.extra_params["data.num_excluded"] = 0
         data.extra_params["data.exclude_unmatched"] = 0
         return data
@@ -276,8 +296,8 @@ def relabel_samples(
             class, one id gets two labels, an id is no sample, or none of its ids is a
             train sample.
     """
-    rows = read_id_file(path, "data.relabel", CURATION_COLUMNS["data.relabel"])
-    rows = _flagged(path, "data.relabel", rows)
+    every_row = read_id_file(path, "data.relabel", CURATION_COLUMNS["data.relabel"])
+    rows = _flagged(path, "data.relabel", every_row)
     by_index = _indices_allowed(data.class_names)
     wanted: dict[str, int] = {}
     unknown = []
@@ -300,8 +320,7 @@ def relabel_samples(
             + (f" or a class index 0..{data.num_classes - 1}" if by_index else "")
             + "."
         )
-    if not wanted and FLAG_COLUMN in csv_header(path):  # an audit that found nothing to fix
-        log.warning("data.relabel=%s: no row has %s true; no label changes", path, FLAG_COLUMN)
+    if not wanted and _nothing_flagged("data.relabel", path, data, every_row, dropped):
         data.extra_params["data.num_relabeled"] = 0
         data.extra_params["data.num_label_changes"] = 0
         data.extra_params["data.relabel_unmatched"] = 0

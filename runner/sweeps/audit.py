@@ -371,12 +371,12 @@ def many_flags_caution(flagged_share: float, accuracy: float) -> str | None:
     if flagged_share <= MANY_FLAGS_SHARE:
         return None
     return (
-        f"{flagged_share:.0%} of the samples are flagged as label issues, with an "
+        f"{flagged_share:.1%} of the samples are flagged as label issues, with an "
         f"out-of-fold accuracy of {accuracy:.4f}. A share this large means very noisy "
         "labels or fold models too weak to tell a wrong label from their own mistake: look "
         "at the top suspects (label_issues.csv) before acting on them, and if the models are "
         "weak, train the fold jobs longer (trainer.max_epochs) or from pretrained weights "
-        "(model.pretrained=true) and audit again."
+        "(e.g. model.pretrained=true for a timm model) and audit again."
     )
 
 

@@ -68,10 +68,15 @@ def test_an_audit_file_that_flags_nothing_changes_nothing_with_a_warning(
     for data in (excluded, relabeled):
         assert torch.equal(data.train.labels, plain.train.labels)
         assert list(data.train.ids) == list(plain.train.ids)
-    # Without the flag column, a file that lists nothing is still refused.
-    empty = write_csv(tmp_path / "empty.csv", ["sample_id"], [])
-    with pytest.raises(DataError, match=r"data.exclude=.*empty.csv' lists no sample to drop"):
-        digits(make_cfg, f"data.exclude={empty}")
+    # A file that lists nothing is still refused, and so is another data set's file.
+    for name, columns in (("empty.csv", ["sample_id"]), ("header.csv", header)):
+        empty = write_csv(tmp_path / name, columns, [])
+        with pytest.raises(DataError, match=rf"data.exclude=.*{name}' lists no sample to drop"):
+            digits(make_cfg, f"data.exclude={empty}")
+    other = write_csv(tmp_path / "other.csv", header, [["cifar10:train:1", 0, False]])
+    for key in ("data.exclude", "data.relabel"):
+        with pytest.raises(DataError, match=rf"{key}=.*other.csv': none of its 1 sample ids"):
+            digits(make_cfg, f"{key}={other}")
 
 
 def test_relabel_gives_the_listed_samples_their_new_class(make_cfg, tmp_path):

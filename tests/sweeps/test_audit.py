@@ -187,7 +187,7 @@ def test_an_audit_that_flags_many_labels_says_what_to_check_before_acting(tmp_pa
     share = result.counts["num_label_issues"] / len(rows)
     assert share > 0.2
     summary = (sweep / "audit" / "summary.md").read_text()
-    assert f"**Check before acting:** {share:.0%} of the samples are flagged" in summary
+    assert f"**Check before acting:** {share:.1%} of the samples are flagged" in summary
     assert "model.pretrained=true" in summary and "flagged as label issues" in caplog.text
 
 
