@@ -193,15 +193,15 @@ def run_audit(
     )
     if picture is not None:
         files.append(picture)
-    summary = out / "summary.md"
-    summary.write_text(
-        _summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, names),
-        encoding="utf-8",
-    )
-    files.append(summary)
     caution = many_flags_caution(float(flagged.mean()), _oof_accuracy(merged))
     if caution is not None:
         log.warning("audit of %s: %s", sweep_dir, caution)
+    summary = out / "summary.md"
+    summary.write_text(
+        _summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, names, caution),
+        encoding="utf-8",
+    )
+    files.append(summary)
     log.info(
         "audit of %s: %s label issues, %s near duplicates, %s outliers among %d samples "
         "(Datalab %.1fs); %s",
@@ -380,7 +380,9 @@ def many_flags_caution(flagged_share: float, accuracy: float) -> str | None:
     )
 
 
-def _summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, names) -> str:
+def _summary_markdown(
+    sweep_dir, merged, lab, counts, noise, seconds, ranked, names, caution
+) -> str:
     n = len(merged.sample_id)
     accuracy = _oof_accuracy(merged)
     folds = f"{len(merged.run_dirs)} of {merged.num_folds}"
@@ -398,7 +400,6 @@ def _summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, na
         f"| outliers | {_count(counts['num_outliers'])} |",
         "",
     ]
-    caution = many_flags_caution(counts["num_label_issues"] / n, accuracy)
     if caution is not None:
         lines += [f"**Check before acting:** {caution}", ""]
     lines += [
