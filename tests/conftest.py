@@ -124,6 +124,15 @@ def seed_store(output_dir: Path) -> Path:
     real store (MLflow opens it as its own); the tests of a fresh store's first opening
     (tests/reliability/test_config_tracking.py) do not seed one.
     """
+    store = Path(output_dir) / "mlflow.db"
+    if not store.exists():
+        store.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(store_template(), store)
+    return store
+
+
+def store_template() -> Path:
+    """This test process's empty store, its tables made (see seed_store)."""
     if not _STORE_TEMPLATE:
         from mlflow.tracking import MlflowClient
 
@@ -131,11 +140,7 @@ def seed_store(output_dir: Path) -> Path:
         atexit.register(shutil.rmtree, template.parent, True)  # one per test process
         MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
         _STORE_TEMPLATE.append(template)
-    store = Path(output_dir) / "mlflow.db"
-    if not store.exists():
-        store.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(_STORE_TEMPLATE[0], store)
-    return store
+    return _STORE_TEMPLATE[0]
 
 
 def runs_in(db: Path) -> int:
@@ -198,6 +203,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# MLflow 3 starts a job runner beside a server with a SQL store: eight more processes
+# that each import mlflow (10-20 CPU-s a start on 2 cores), for GenAI jobs no test runs.
+SERVER_ENV = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 class MlflowServer:
     """`mlflow server` on 127.0.0.1 with a SQLite store, in its own process group."""
 
@@ -207,6 +217,8 @@ class MlflowServer:
 
     def start(self, timeout: float = 120) -> None:
         mlflow = Path(sys.executable).with_name("mlflow")
+        if not (self.root / "server.db").exists():  # a fresh store, as seed_store's
+            shutil.copyfile(store_template(), self.root / "server.db")
         self.proc = subprocess.Popen(
             [
                 str(mlflow),
@@ -225,6 +237,7 @@ class MlflowServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            env=SERVER_ENV,
         )
         deadline = time.monotonic() + timeout
         while not server_reachable(self.uri, timeout_s=1):
