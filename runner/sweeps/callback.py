@@ -36,7 +36,7 @@ from runner.sweeps.manifest import (
 from runner.sweeps.optuna_study import is_optuna_sweep, plan_study
 from runner.sweeps.stores import cluster_store_warning
 from runner.sweeps.summary import Summary, summarize_and_log
-from runner.tracking.protocol import Tracker
+from runner.tracking.protocol import DeliveryInterrupted, Tracker
 from runner.tracking.store import hold_lock
 
 log = logging.getLogger(__name__)
@@ -160,12 +160,13 @@ class SweepCallback(Callback):
             )
             if self.tracker is not None:
                 self.tracker.set_tags({"summary": "pending: python -m runner.sweeps collect"})
-            self._finish_if_open("FINISHED")
+            if not self._finish_if_open("FINISHED"):
+                raise SystemExit(130)
             return
         summary, audit_problem = _summarize_and_audit(config, self.sweep_dir, self.tracker)
         ended = {**read_sweep_info(self.sweep_dir), SUMMARISED: time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json(self.sweep_dir / SWEEP_FILE, ended)  # for `collect`
-        self._finish_if_open("FAILED" if summary.failed else "FINISHED")
+        delivered = self._finish_if_open("FAILED" if summary.failed else "FINISHED")
         if audit_problem and not summary.failed:
             raise SystemExit(f"Error: {audit_problem}")
         if summary.failed:
@@ -179,6 +180,8 @@ class SweepCallback(Callback):
                 f"finish:\n{listing}\n{resume_advice(config, self.sweep_dir)}"
                 + (f"\nAnd {audit_problem}" if audit_problem else "")
             )
+        if not delivered:  # the sweep is done and summarised; its files are written
+            raise SystemExit(130)
 
     def _end_the_sweep(self, signum: int, frame: Any) -> None:
         """SIGTERM between jobs: the sweep ends as after Ctrl-C (trials FAIL, run KILLED)."""
@@ -190,14 +193,40 @@ class SweepCallback(Callback):
         )
         raise SystemExit(128 + signum)
 
-    def _finish_if_open(self, status: str) -> None:
-        """Ends the parent run, then lets another launch (or `collect`) have the sweep."""
+    def _finish_if_open(self, status: str) -> bool:
+        """Ends the parent run, then lets another launch (or `collect`) have the sweep.
+
+        Returns:
+            False when Ctrl-C stopped the parent run's wait for the store (a finished
+            sweep then exits 130; a failed or stopped one ends as it would have).
+        """
         tracker, self.tracker = self.tracker, None
-        if tracker is not None:
-            tracker.finish(status)
-        lock, self.sweep_lock = self.sweep_lock, None
-        if lock is not None:
-            lock.close()
+        try:
+            return tracker is None or _end_parent_run(tracker, status, self.sweep_dir)
+        finally:
+            lock, self.sweep_lock = self.sweep_lock, None
+            if lock is not None:
+                lock.close()
+
+
+def _end_parent_run(tracker: Tracker, status: str, sweep_dir: Path | None) -> bool:
+    """Ends the sweep's parent run with `status`.
+
+    Returns:
+        False when Ctrl-C stopped the wait for the store to take the last logs (the
+        tracker saved them in the sweep dir and printed the command that sends them).
+    """
+    try:
+        tracker.finish(status)
+    except DeliveryInterrupted:
+        log.warning(
+            "Ctrl-C: stopped waiting for the tracking store; the sweep's parent run ended "
+            "%s, its files are in %s",
+            status,
+            sweep_dir,
+        )
+        return False
+    return True
 
 
 def sweep_signal() -> int | None:
@@ -286,7 +315,9 @@ def finish_submitted_sweep(sweep_dir: Path) -> int:
     sweep.json, reopens the parent MLflow run, logs the summary and ends it.
 
     Returns:
-        1 when a job did not finish, else 0.
+        1 when a job did not finish or the audit could not run; else 130 when Ctrl-C
+        stopped the wait for the store to take the summary (it is saved to send later),
+        else 0.
     """
     sweep_dir = Path(sweep_dir)
     config = OmegaConf.load(sweep_dir / "multirun.yaml")
@@ -301,11 +332,13 @@ def finish_submitted_sweep(sweep_dir: Path) -> int:
         )
         tracker = None
     summary, audit_problem = _summarize_and_audit(config, sweep_dir, tracker)
-    if tracker is not None:
-        tracker.finish("FAILED" if summary.failed else "FINISHED")
+    status = "FAILED" if summary.failed else "FINISHED"
+    delivered = tracker is None or _end_parent_run(tracker, status, sweep_dir)
     if audit_problem:
         print(f"Error: {audit_problem}")
-    return int(bool(summary.failed or audit_problem))
+    if summary.failed or audit_problem:
+        return 1
+    return 0 if delivered else 130
 
 
 def _summarize_and_audit(

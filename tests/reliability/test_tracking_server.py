@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 
 import pytest
 
 from tests.conftest import REPO, query
-from tests.reliability.conftest import cli
+from tests.reliability.conftest import STEADY, cli
 
 pytestmark = pytest.mark.slow
 
@@ -79,3 +80,54 @@ def test_ctrl_c_while_the_run_waits_for_a_server_that_is_down_saves_its_logs(
     pending = (run_dir / "mlflow_pending.jsonl").read_text().splitlines()
     assert json.loads(pending[-1])[:2] == ["status", "FINISHED"]  # the run's own end
     assert (run_dir / "metrics.json").is_file()
+
+
+def test_ctrl_c_while_a_sweeps_parent_run_waits_for_a_server_that_is_down_saves_its_logs(
+    tmp_path, mlflow_server
+):
+    """The sweep is summarised: Ctrl-C in its parent run's wait exits 130, no traceback,
+    and the parent run's saved logs reach the server once it is back."""
+    from runner.tracking.__main__ import main as tracking_command
+
+    sweep_dir = tmp_path / "sweep"
+    command = [
+        sys.executable,
+        str(REPO / "run.py"),
+        "-m",
+        f"paths.output_dir={tmp_path}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *STEADY,
+        "trainer.max_epochs=6",  # the server's shutdown may outlast a short epoch
+        f"logger.tracking_uri={mlflow_server.uri}",
+        "logger.delivery_timeout_s=4",  # the job's own wait ends on its own
+        "seed=0",
+    ]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
+    )
+    lines, summarised = [], False
+    for line in proc.stdout:
+        lines.append(line)
+        if "epoch 1/6" in line:
+            mlflow_server.stop()  # and it stays away until the sweep has ended
+        summarised = summarised or line.startswith("# Sweep ")
+        if summarised and "Ctrl-C stops waiting" in line:  # the parent run's wait
+            proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=60)
+    output = "".join(lines)
+    assert summarised and "buffering and retrying" in output, output[-4000:]
+    assert code == 130, output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
+    pending = sweep_dir / "mlflow_pending.jsonl"
+    assert f"python -m runner.tracking replay {pending}" in output, output[-3000:]
+    assert json.loads(pending.read_text().splitlines()[-1])[:2] == ["status", "FINISHED"]
+    assert (sweep_dir / "summary.md").is_file()
+
+    mlflow_server.start()
+    assert tracking_command(["replay", str(pending)]) == 0
+    parent = query(
+        mlflow_server.root / "server.db",
+        "SELECT r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+        "WHERE t.key = 'sweep.role' AND t.value = 'parent'",
+    )
+    assert parent == [("FINISHED",)]
