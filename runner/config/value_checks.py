@@ -404,7 +404,7 @@ def csv_header(path: Any) -> list[str]:
         return [name.strip() for name in next(csv.reader(handle), [])]
 
 
-def csv_file_problem(path: Any, columns: tuple[str, ...]) -> str | None:
+def csv_file_problem(path: Any, columns: tuple[tuple[str, ...], ...]) -> str | None:
     """What is wrong with a CSV file the config names (missing, unreadable, lacks a column).
 
     Reads the header only, so it is cheap enough for the config checks; the data code
@@ -412,7 +412,8 @@ def csv_file_problem(path: Any, columns: tuple[str, ...]) -> str | None:
 
     Args:
         path: The file, absolute or relative to the working directory.
-        columns: Columns the header must have.
+        columns: Columns the header must have, each as a tuple of names any one of
+            which will do (`CURATION_COLUMNS`).
 
     Returns:
         None when the file is fine, else what is wrong and how to fix it.
@@ -428,12 +429,13 @@ def csv_file_problem(path: Any, columns: tuple[str, ...]) -> str | None:
         return f"is not UTF-8 text ({err}); save it as UTF-8 CSV"
     except (OSError, csv.Error) as err:
         return f"cannot be read as CSV ({err}); give a CSV file with a header row"
-    missing = [c for c in columns if c not in header]
+    missing = [" or ".join(names) for names in columns if not set(names) & set(header)]
     if missing:
         found = ", ".join(header[:10]) or "none"
+        needed = ", ".join(names[0] for names in columns)
         return (
             f"has no {', '.join(missing)} column (its columns: {found}); the file needs a "
-            f"header row with {', '.join(columns)}"
+            f"header row with {needed}"
         )
     return None
 
@@ -591,5 +593,10 @@ OPTION_CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
 OPTION_KEYS = frozenset(key for key, _ in OPTION_CHECKS)
 
 # The columns the files of data.exclude and data.relabel need (checked at start, read
-# when the data is built).
-CURATION_COLUMNS = {"data.exclude": ("sample_id",), "data.relabel": ("sample_id", "label")}
+# when the data is built), each a tuple of names of which the first present is read: a
+# relabel file's labels are its `label` column, else the `suggested_label` of an audit's
+# label_issues.csv.
+CURATION_COLUMNS = {
+    "data.exclude": (("sample_id",),),
+    "data.relabel": (("sample_id",), ("label", "suggested_label")),
+}

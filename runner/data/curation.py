@@ -7,8 +7,9 @@ Both read a CSV file with a `sample_id` column (the ids of `runner.data.splits`)
   where it is true, and none, with a warning, where no row is (an audit that found
   nothing).
 - `data.relabel=<csv with sample_id,label>` gives those train samples the label named
-  in `label`: a class name, or a class index when no class has that name. With an
-  `is_label_issue` column, only the rows where it is true.
+  in `label`: a class name, or a class index when no class has that name. A file
+  without `label` but with `suggested_label` (label_issues.csv) uses that column. With
+  an `is_label_issue` column, only the rows where it is true.
 
 `is_label_issue` takes True/False, 1/0, yes/no (any case), and an empty cell as false (a
 flag cleared in a spreadsheet); another value is an error naming the line. Column names
@@ -47,7 +48,9 @@ _TRUE = frozenset({"true", "t", "yes", "y", "1", "1.0"})
 _FALSE = frozenset({"false", "f", "no", "n", "0", "0.0", ""})
 
 
-def read_id_file(path: str, key: str, columns: tuple[str, ...]) -> list[tuple[int, dict[str, str]]]:
+def read_id_file(
+    path: str, key: str, columns: tuple[tuple[str, ...], ...]
+) -> list[tuple[int, dict[str, str]]]:
     """The rows of a CSV file that must have `columns` (header checked first).
 
     Column names and the values of every column but `sample_id` are stripped of
@@ -57,7 +60,7 @@ def read_id_file(path: str, key: str, columns: tuple[str, ...]) -> list[tuple[in
     Args:
         path: The file (`data.exclude` or `data.relabel`).
         key: The config key that named it, for messages.
-        columns: Columns the file must have.
+        columns: Columns the file must have (`CURATION_COLUMNS`).
 
     Returns:
         (line number in the file, row) pairs.
@@ -292,19 +295,21 @@ def relabel_samples(
         dropped: Ids data.exclude dropped from train in this run (named as such).
 
     Raises:
-        DataError: The file is missing or lacks `sample_id` or `label`, a label names no
+        DataError: The file is missing or lacks `sample_id` or a label column, a label names no
             class, one id gets two labels, an id is no sample, or none of its ids is a
             train sample.
     """
-    every_row = read_id_file(path, "data.relabel", CURATION_COLUMNS["data.relabel"])
+    columns = CURATION_COLUMNS["data.relabel"]
+    every_row = read_id_file(path, "data.relabel", columns)
     rows = _flagged(path, "data.relabel", every_row)
     by_index = _indices_allowed(data.class_names)
     wanted: dict[str, int] = {}
     unknown = []
     for line, row in rows:
-        index = _class_index(row["label"], data.class_names, by_index)
+        label = next(row[name] for name in columns[1] if name in row)
+        index = _class_index(label, data.class_names, by_index)
         if index is None:
-            unknown.append(f"line {line}: {row['label']!r}")
+            unknown.append(f"line {line}: {label!r}")
             continue
         if wanted.get(row["sample_id"], index) != index:
             raise DataError(

@@ -430,8 +430,8 @@ def _summary_markdown(
         lines += ["", f"Class imbalance: cleanlab flags the rare class(es) {', '.join(rare)}."]
     lines += [
         "",
-        "Act on it: `data.exclude=" + str(sweep_dir / AUDIT_DIR / "label_issues.csv") + "` "
-        "drops the flagged samples; `data.relabel=<csv with sample_id,label>` relabels.",
+        f"Act on it: `data.exclude={sweep_dir / AUDIT_DIR / 'label_issues.csv'}` drops the "
+        "flagged samples; `data.relabel=` the same file gives them their suggested label.",
         "",
         "## Most suspect labels",
         "",

@@ -166,7 +166,7 @@ def test_relabel_ids_that_exclude_dropped_are_named_as_such(make_cfg, tmp_path):
     [
         ("exclude", None, "no such file"),
         ("exclude", ["id", "label"], "has no sample_id column (its columns: id, label)"),
-        ("relabel", ["sample_id"], "has no label column"),
+        ("relabel", ["sample_id", "given_label"], "has no label or suggested_label column"),
         # It said "no such file", and a Latin-1 file "cannot be read" without a fix.
         ("exclude", "folder", "is a folder; give the path of a CSV file in it"),
         ("relabel", "latin-1", "is not UTF-8 text"),
@@ -253,6 +253,32 @@ def test_relabel_of_an_audit_file_changes_only_the_flagged_rows(make_cfg, tmp_pa
     data = digits(make_cfg, f"data.relabel={path}")
     assert data.extra_params["data.num_relabeled"] == 2
     assert data.train.labels[:6].tolist() == [(old[0] + 1) % 10, (old[1] + 1) % 10, *old[2:]]
+
+
+def test_relabel_of_an_audits_label_issues_gives_the_flagged_rows_their_suggested_class(
+    make_cfg, tmp_path
+):
+    """The audit's own file was refused for want of a `label` column."""
+    plain = digits(make_cfg)
+    names = plain.class_names
+    old = plain.train.labels[:6].tolist()
+    header = ["sample_id", "given_label", "suggested_label", "label_quality", "is_label_issue"]
+    rows = [
+        [str(i), names[y], names[(y + 1) % 10], 0.1, n < 2]
+        for n, (i, y) in enumerate(zip(plain.train.ids[:6], old, strict=True))
+    ]
+    path = write_csv(tmp_path / "label_issues.csv", header, rows)
+    validate(make_cfg(f"data.relabel={path}"))  # the start check takes it
+    data = digits(make_cfg, f"data.relabel={path}")
+    assert data.extra_params["data.num_label_changes"] == 2
+    assert data.train.labels[:6].tolist() == [(old[0] + 1) % 10, (old[1] + 1) % 10, *old[2:]]
+    # A `label` column, where a file has both, is the one read.
+    both = write_csv(
+        tmp_path / "both.csv",
+        ["sample_id", "label", "suggested_label"],
+        [[str(plain.train.ids[0]), names[old[0]], names[(old[0] + 1) % 10]]],
+    )
+    assert digits(make_cfg, f"data.relabel={both}").extra_params["data.num_label_changes"] == 0
 
 
 def test_relabel_errors_give_the_files_own_line_numbers(make_cfg, tmp_path):
