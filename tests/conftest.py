@@ -203,9 +203,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-# MLflow 3 starts a job runner beside a server with a SQL store: eight more processes
-# that each import mlflow (10-20 CPU-s a start on 2 cores), for GenAI jobs no test runs.
-SERVER_ENV = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+def server_env() -> dict[str, str]:
+    """The environment of a test's `mlflow server` or `mlflow ui`.
+
+    MLflow 3 starts a job runner beside a server with a SQL store: eight more processes
+    that each import mlflow (10-20 CPU-s a start on 2 cores), for GenAI jobs no test runs.
+    """
+    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 class MlflowServer:
@@ -237,7 +241,7 @@ class MlflowServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            env=SERVER_ENV,
+            env=server_env(),
         )
         deadline = time.monotonic() + timeout
         while not server_reachable(self.uri, timeout_s=1):

@@ -120,13 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         if thumbnails is None:
             thumbnails = configured_thumbnails(args.sweep_dir)
         try:
-            result = redo_audit(args.sweep_dir, thumbnails)
+            result, delivered = redo_audit(args.sweep_dir, thumbnails)
         except AuditError as err:
             print(f"Error: {err}")
             return 1
         print((args.sweep_dir / "audit" / "summary.md").read_text(encoding="utf-8"))
         print("files: " + ", ".join(str(p) for p in result.files))
-        return 0
+        return 0 if delivered else 130
     if args.command == "summary":
         from runner.sweeps.summary import summarize
 
@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
 
-    return max(status, finish_submitted_sweep(args.sweep_dir))
+    summarised = finish_submitted_sweep(args.sweep_dir)
+    return status or summarised  # a job the listing found unfinished comes first
 
 
 if __name__ == "__main__":

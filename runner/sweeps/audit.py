@@ -36,7 +36,13 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from runner.sweeps.manifest import job_run_dir, read_manifest, reopen_parent_run, replaced_whole
+from runner.sweeps.manifest import (
+    end_parent_run,
+    job_run_dir,
+    read_manifest,
+    reopen_parent_run,
+    replaced_whole,
+)
 from runner.sweeps.out_of_fold import MergedFolds, merge_folds
 from runner.tracking.protocol import Tracker
 
@@ -431,7 +437,8 @@ def _summary_markdown(
     lines += [
         "",
         f"Act on it: `data.exclude={sweep_dir / AUDIT_DIR / 'label_issues.csv'}` drops the "
-        "flagged samples; `data.relabel=` the same file gives them their suggested label.",
+        "flagged samples; `data.relabel=` with the same path gives them their suggested "
+        "label instead.",
         "",
         "## Most suspect labels",
         "",
@@ -529,7 +536,7 @@ def configured_thumbnails(sweep_dir: Path) -> int:
     return value if valid else NUM_THUMBNAILS
 
 
-def redo_audit(sweep_dir: Path, num_thumbnails: int = NUM_THUMBNAILS) -> AuditResult:
+def redo_audit(sweep_dir: Path, num_thumbnails: int = NUM_THUMBNAILS) -> tuple[AuditResult, bool]:
     """Redoes the audit of a finished sweep and logs it to its parent run, reopened.
 
     For `python -m runner.sweeps audit <sweep dir>`: after the fold jobs of a sweep were
@@ -538,6 +545,10 @@ def redo_audit(sweep_dir: Path, num_thumbnails: int = NUM_THUMBNAILS) -> AuditRe
     then ends as the sweep did: FAILED when a job did not finish. A parent run that
     cannot be reached (the store moved, the server is down) leaves the files written
     and is reported as a warning.
+
+    Returns:
+        What the audit found and wrote, and False when Ctrl-C stopped the parent run's
+        wait for the store (what it did not take is saved in the sweep dir).
     """
     sweep_dir = Path(sweep_dir)
     result = run_audit(sweep_dir, num_thumbnails)
@@ -549,12 +560,13 @@ def redo_audit(sweep_dir: Path, num_thumbnails: int = NUM_THUMBNAILS) -> AuditRe
             type(err).__name__,
             err,
         )
-        return result
-    if tracker is not None:
-        jobs = read_manifest(sweep_dir).values()
-        failed = any(job.get("status") != "FINISHED" for job in jobs)
-        try:
-            log_audit(tracker, result)
-        finally:
-            tracker.finish("FAILED" if failed else "FINISHED")
-    return result
+        return result, True
+    if tracker is None:
+        return result, True
+    jobs = read_manifest(sweep_dir).values()
+    status = "FAILED" if any(job.get("status") != "FINISHED" for job in jobs) else "FINISHED"
+    try:
+        log_audit(tracker, result)
+    finally:
+        delivered = end_parent_run(tracker, status, sweep_dir)
+    return result, delivered

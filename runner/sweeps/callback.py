@@ -29,6 +29,7 @@ from runner.sweeps.manifest import (
     SUMMARISED,
     SWEEP_FILE,
     SWEEP_LOCK_FILE,
+    end_parent_run,
     read_sweep_info,
     reopen_parent_run,
     write_json,
@@ -36,7 +37,7 @@ from runner.sweeps.manifest import (
 from runner.sweeps.optuna_study import is_optuna_sweep, plan_study
 from runner.sweeps.stores import cluster_store_warning
 from runner.sweeps.summary import Summary, summarize_and_log
-from runner.tracking.protocol import DeliveryInterrupted, Tracker
+from runner.tracking.protocol import Tracker
 from runner.tracking.store import hold_lock
 
 log = logging.getLogger(__name__)
@@ -202,31 +203,11 @@ class SweepCallback(Callback):
         """
         tracker, self.tracker = self.tracker, None
         try:
-            return tracker is None or _end_parent_run(tracker, status, self.sweep_dir)
+            return tracker is None or end_parent_run(tracker, status, self.sweep_dir)
         finally:
             lock, self.sweep_lock = self.sweep_lock, None
             if lock is not None:
                 lock.close()
-
-
-def _end_parent_run(tracker: Tracker, status: str, sweep_dir: Path | None) -> bool:
-    """Ends the sweep's parent run with `status`.
-
-    Returns:
-        False when Ctrl-C stopped the wait for the store to take the last logs (the
-        tracker saved them in the sweep dir and printed the command that sends them).
-    """
-    try:
-        tracker.finish(status)
-    except DeliveryInterrupted:
-        log.warning(
-            "Ctrl-C: stopped waiting for the tracking store; the sweep's parent run ended "
-            "%s, its files are in %s",
-            status,
-            sweep_dir,
-        )
-        return False
-    return True
 
 
 def sweep_signal() -> int | None:
@@ -333,7 +314,7 @@ def finish_submitted_sweep(sweep_dir: Path) -> int:
         tracker = None
     summary, audit_problem = _summarize_and_audit(config, sweep_dir, tracker)
     status = "FAILED" if summary.failed else "FINISHED"
-    delivered = tracker is None or _end_parent_run(tracker, status, sweep_dir)
+    delivered = tracker is None or end_parent_run(tracker, status, sweep_dir)
     if audit_problem:
         print(f"Error: {audit_problem}")
     if summary.failed or audit_problem:

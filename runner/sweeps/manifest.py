@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from runner.tracking.protocol import Tracker
+from runner.tracking.protocol import DeliveryInterrupted, Tracker
 from runner.tracking.store import file_lock, hold_lock, missing_store_file
 
 log = logging.getLogger(__name__)
@@ -191,5 +191,29 @@ def reopen_parent_run(sweep_dir: Path) -> Tracker | None:
     # What it logs is the sweep's; this command's own CPU and memory use is not.
     tracker = MlflowTracker(tracking_uri=info["tracking_uri"], system_metrics=False)
     tracker.connect(experiment_name=info["experiment_name"])
-    tracker.start(run_name=None, tags={}, resume_run_id=info["parent_run_id"])
+    # local_dir: logs the server does not take are saved in the sweep dir, as the
+    # launch's own parent run does.
+    tracker.start(
+        run_name=None, tags={}, resume_run_id=info["parent_run_id"], local_dir=Path(sweep_dir)
+    )
     return tracker
+
+
+def end_parent_run(tracker: Tracker, status: str, sweep_dir: Path | None) -> bool:
+    """Ends the sweep's parent run with `status`.
+
+    Returns:
+        False when Ctrl-C stopped the wait for the store to take the last logs (the
+        tracker saved them in the sweep dir and printed the command that sends them).
+    """
+    try:
+        tracker.finish(status)
+    except DeliveryInterrupted:
+        log.warning(
+            "Ctrl-C: stopped waiting for the tracking store; the sweep's parent run ended "
+            "%s, its files are in %s",
+            status,
+            sweep_dir,
+        )
+        return False
+    return True

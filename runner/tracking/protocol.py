@@ -12,7 +12,8 @@ class DeliveryInterrupted(KeyboardInterrupt):
     """Ctrl-C while `finish` waited for a store to take the run's last logs.
 
     The run had ended and its status was queued; what the store did not take is saved
-    to the run dir's `mlflow_pending.jsonl` (the log names the command that sends it).
+    to `mlflow_pending.jsonl` in the run dir (a sweep's parent run: the sweep dir), and
+    the log names the command that sends it.
     """
 
 

@@ -33,7 +33,7 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.io import write_png
 
-from tests.conftest import CONF, REPO, SERVER_ENV, free_port, query, seed_store
+from tests.conftest import CONF, REPO, free_port, query, seed_store, server_env
 
 README = REPO / "README.md"
 MARKER = "<!-- readme-test"
@@ -215,7 +215,7 @@ class Session:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=SERVER_ENV,
+            env=server_env(),
         )
         try:
             deadline = time.monotonic() + 90
