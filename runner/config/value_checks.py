@@ -432,10 +432,12 @@ def csv_file_problem(path: Any, columns: tuple[tuple[str, ...], ...]) -> str | N
     missing = [" or ".join(names) for names in columns if not set(names) & set(header)]
     if missing:
         found = ", ".join(header[:10]) or "none"
-        needed = ", ".join(" (or ".join(names) + ")" * (len(names) - 1) for names in columns)
+        needed = ", ".join(
+            names[0] + (f" (or {' or '.join(names[1:])})" if names[1:] else "") for names in columns
+        )
         return (
-            f"has no {', '.join(missing)} column (its columns: {found}); the file needs a "
-            f"header row with {needed}"
+            f"has no {' and no '.join(missing)} column (its columns: {found}); the file "
+            f"needs a header row with {needed}"
         )
     return None
 

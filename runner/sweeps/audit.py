@@ -550,7 +550,7 @@ def redo_audit(sweep_dir: Path, num_thumbnails: int = NUM_THUMBNAILS) -> tuple[A
         What the audit found and wrote, and False when Ctrl-C stopped the parent run's
         wait for the store (what it did not take is saved in the sweep dir).
     """
-    sweep_dir = Path(sweep_dir)
+    sweep_dir = Path(sweep_dir).resolve()  # the paths of logs saved to send later
     result = run_audit(sweep_dir, num_thumbnails)
     try:
         tracker = reopen_parent_run(sweep_dir)

@@ -300,7 +300,7 @@ def finish_submitted_sweep(sweep_dir: Path) -> int:
         stopped the wait for the store to take the summary (it is saved to send later),
         else 0.
     """
-    sweep_dir = Path(sweep_dir)
+    sweep_dir = Path(sweep_dir).resolve()  # the paths of logs saved to send later
     config = OmegaConf.load(sweep_dir / "multirun.yaml")
     try:
         tracker = reopen_parent_run(sweep_dir)

@@ -194,7 +194,10 @@ def reopen_parent_run(sweep_dir: Path) -> Tracker | None:
     # local_dir: logs the server does not take are saved in the sweep dir, as the
     # launch's own parent run does.
     tracker.start(
-        run_name=None, tags={}, resume_run_id=info["parent_run_id"], local_dir=Path(sweep_dir)
+        run_name=None,
+        tags={},
+        resume_run_id=info["parent_run_id"],
+        local_dir=Path(sweep_dir).resolve(),
     )
     return tracker
 
