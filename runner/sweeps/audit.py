@@ -37,14 +37,14 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from runner.sweeps.manifest import (
-    end_parent_run,
+    PARENT_RUN,
     job_run_dir,
     read_manifest,
     reopen_parent_run,
     replaced_whole,
 )
 from runner.sweeps.out_of_fold import MergedFolds, merge_folds
-from runner.tracking.protocol import Tracker
+from runner.tracking.protocol import Tracker, end_run
 
 log = logging.getLogger(__name__)
 
@@ -568,5 +568,5 @@ def redo_audit(sweep_dir: Path, num_thumbnails: int = NUM_THUMBNAILS) -> tuple[A
     try:
         log_audit(tracker, result)
     finally:
-        delivered = end_parent_run(tracker, status, sweep_dir)
+        delivered = end_run(tracker, status, sweep_dir, PARENT_RUN)
     return result, delivered

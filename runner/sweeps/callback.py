@@ -24,12 +24,12 @@ from runner.sweeps.audit import audit_if_asked
 from runner.sweeps.grid import group_options, refuse_bad_jobs
 from runner.sweeps.manifest import (
     MANIFEST_FILE,
+    PARENT_RUN,
     STOP_FILE,
     SUBMIT_ONLY_LAUNCHER,
     SUMMARISED,
     SWEEP_FILE,
     SWEEP_LOCK_FILE,
-    end_parent_run,
     read_sweep_info,
     reopen_parent_run,
     write_json,
@@ -37,7 +37,7 @@ from runner.sweeps.manifest import (
 from runner.sweeps.optuna_study import is_optuna_sweep, plan_study
 from runner.sweeps.stores import cluster_store_warning
 from runner.sweeps.summary import Summary, summarize_and_log
-from runner.tracking.protocol import Tracker
+from runner.tracking.protocol import Tracker, end_run
 from runner.tracking.store import hold_lock
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ class SweepCallback(Callback):
         """
         tracker, self.tracker = self.tracker, None
         try:
-            return tracker is None or end_parent_run(tracker, status, self.sweep_dir)
+            return tracker is None or end_run(tracker, status, self.sweep_dir, PARENT_RUN)
         finally:
             lock, self.sweep_lock = self.sweep_lock, None
             if lock is not None:
@@ -314,7 +314,7 @@ def finish_submitted_sweep(sweep_dir: Path) -> int:
         tracker = None
     summary, audit_problem = _summarize_and_audit(config, sweep_dir, tracker)
     status = "FAILED" if summary.failed else "FINISHED"
-    delivered = tracker is None or end_parent_run(tracker, status, sweep_dir)
+    delivered = tracker is None or end_run(tracker, status, sweep_dir, PARENT_RUN)
     if audit_problem:
         print(f"Error: {audit_problem}")
     if summary.failed or audit_problem:

@@ -22,10 +22,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from runner.tracking.protocol import DeliveryInterrupted, Tracker
+from runner.tracking.protocol import Tracker
 from runner.tracking.store import file_lock, hold_lock, missing_store_file
 
 log = logging.getLogger(__name__)
+
+# How the messages of `runner.tracking.protocol.end_run` name a sweep's own MLflow run.
+PARENT_RUN = "the sweep's parent run"
 
 SWEEP_FILE = "sweep.json"
 # sweep.json's record of the launch's end: when its launcher summarised the jobs (null
@@ -200,23 +203,3 @@ def reopen_parent_run(sweep_dir: Path) -> Tracker | None:
         local_dir=Path(sweep_dir).resolve(),
     )
     return tracker
-
-
-def end_parent_run(tracker: Tracker, status: str, sweep_dir: Path | None) -> bool:
-    """Ends the sweep's parent run with `status`.
-
-    Returns:
-        False when Ctrl-C stopped the wait for the store to take the last logs (the
-        tracker saved them in the sweep dir and printed the command that sends them).
-    """
-    try:
-        tracker.finish(status)
-    except DeliveryInterrupted:
-        log.warning(
-            "Ctrl-C: stopped waiting for the tracking store; the sweep's parent run ended "
-            "%s, its files are in %s",
-            status,
-            sweep_dir,
-        )
-        return False
-    return True

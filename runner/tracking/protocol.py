@@ -1,11 +1,17 @@
-"""What a run asks of its tracker; `MlflowTracker` and `NullTracker` both provide it."""
+"""What a run asks of its tracker; `MlflowTracker` and `NullTracker` both provide it.
+
+`end_run` ends a run, and tells its caller when Ctrl-C cut the last wait for the store.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from runner.tracking.inputs import DatasetRecord
+
+log = logging.getLogger(__name__)
 
 
 class DeliveryInterrupted(KeyboardInterrupt):
@@ -96,3 +102,30 @@ class Tracker(Protocol):
 
     def describe(self) -> str:
         """Where the run can be looked at, for the summary."""
+
+
+def end_run(tracker: Tracker, status: str, files_in: Path | None, what: str = "the run") -> bool:
+    """Ends a tracked run with `status` (`tracker.finish`).
+
+    Args:
+        tracker: The run's tracker.
+        status: FINISHED, FAILED or KILLED.
+        files_in: Where the run's files (and its saved logs) are, for the message.
+        what: The run, as the message names it.
+
+    Returns:
+        False when Ctrl-C stopped the wait for the store to take the last logs: they are
+        saved, and the tracker printed the command that sends them. The caller decides
+        how the process ends (a finished run: exit status 130).
+    """
+    try:
+        tracker.finish(status)
+    except DeliveryInterrupted:
+        log.warning(
+            "Ctrl-C: stopped waiting for the tracking store; %s ended %s, its files are in %s",
+            what,
+            status,
+            files_in,
+        )
+        return False
+    return True

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from runner.config.errors import ConfigError
 from runner.sweeps.job import SweepJob
-from runner.tracking.protocol import DeliveryInterrupted, Tracker
+from runner.tracking.protocol import Tracker, end_run
 from runner.tracking.run_record import hydra_overrides
 from runner.tracking.store import hold_lock
 from runner.training import distributed
@@ -184,19 +184,10 @@ def tracked_run(ctx: RunContext) -> Iterator[None]:
         write_error = ctx.writer.close()
         if write_error is not None:
             log.error("%s", write_error)
-        try:
-            ctx.tracker.finish(status)
-        except DeliveryInterrupted:
-            # The run's files are written and what the store did not take is saved (the
-            # tracker said where). A run that failed or was stopped goes on ending so.
-            log.warning(
-                "Ctrl-C: stopped waiting for the tracking store; the run ended %s, its "
-                "files are in %s",
-                status,
-                ctx.run_dir,
-            )
-            if status == "FINISHED":
-                raise SystemExit(130) from None
+        # Ctrl-C in the wait for the store: the run's files are written and what the store
+        # did not take is saved. A run that failed or was stopped goes on ending so.
+        if not end_run(ctx.tracker, status, ctx.run_dir) and status == "FINISHED":
+            raise SystemExit(130) from None
         if status == "KILLED":
             ctx.stop.hand_over()  # after USR2 under SLURM: requeue the job
 

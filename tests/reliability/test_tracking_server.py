@@ -15,6 +15,23 @@ from tests.reliability.conftest import STEADY, cli
 pytestmark = pytest.mark.slow
 
 
+def run_watching(command: list[str], on_line, timeout: float = 600) -> tuple[int, str]:
+    """Runs `command` from the repository root, calling `on_line(line, proc)` on each line
+    it prints (to stop the server, or to send a signal, at a given point).
+
+    Returns:
+        The exit code and everything the process printed.
+    """
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        on_line(line, proc)
+    return proc.wait(timeout=timeout), "".join(lines)
+
+
 def test_training_goes_on_while_the_server_is_down_and_logs_arrive_later(tmp_path, mlflow_server):
     """Point 13: buffered while down, delivered on return, no call blocks over 1 s."""
     command = cli(
@@ -23,20 +40,17 @@ def test_training_goes_on_while_the_server_is_down_and_logs_arrive_later(tmp_pat
         "trainer.max_epochs=6",
         f"logger.tracking_uri={mlflow_server.uri}",
     )
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
-    )
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
+
+    def outage(line, proc):
         if "epoch 1/6" in line:
             mlflow_server.stop()
         # Back once the run has met the outage (a fixed epoch races the server's shutdown,
         # which may outlast a short epoch).
         if "buffering and retrying" in line:
             mlflow_server.start()
-    assert proc.wait(timeout=600) == 0, "".join(lines)[-4000:]
-    output = "".join(lines)
+
+    code, output = run_watching(command, outage)
+    assert code == 0, output[-4000:]
     assert "buffering and retrying" in output and "reachable again" in output
     # MLflow's own line at a run's end shows the URI as given, a password in it included.
     assert "View run" not in output
@@ -61,18 +75,14 @@ def test_ctrl_c_while_the_run_waits_for_a_server_that_is_down_saves_its_logs(
         f"logger.tracking_uri={mlflow_server.uri}",
         "logger.delivery_timeout_s=120",  # the bound of a wait that is never announced
     )
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
-    )
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
+
+    def outage_then_ctrl_c(line, proc):
         if "epoch 1/6" in line:
             mlflow_server.stop()  # and it stays away
         if "Ctrl-C stops waiting" in line:
             proc.send_signal(signal.SIGINT)
-    code = proc.wait(timeout=60)
-    output = "".join(lines)
+
+    code, output = run_watching(command, outage_then_ctrl_c, timeout=60)
     assert "buffering and retrying" in output, output[-4000:]  # the run met the outage
     assert code == 130, output[-4000:]
     assert "Traceback" not in output, output[-4000:]
@@ -103,19 +113,17 @@ def test_ctrl_c_while_a_sweeps_parent_run_waits_for_a_server_that_is_down_saves_
         "logger.delivery_timeout_s=10",
         "seed=0",
     ]
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
-    )
-    lines, summarised = [], False
-    for line in proc.stdout:
-        lines.append(line)
+    summarised = []
+
+    def outage_then_ctrl_c_after_the_summary(line, proc):
         if "epoch 1/6" in line:
             mlflow_server.stop()  # and it stays away until the sweep has ended
-        summarised = summarised or line.startswith("# Sweep ")
+        if line.startswith("# Sweep "):
+            summarised.append(line)
         if summarised and "Ctrl-C stops waiting" in line:  # the parent run's wait
             proc.send_signal(signal.SIGINT)
-    code = proc.wait(timeout=60)
-    output = "".join(lines)
+
+    code, output = run_watching(command, outage_then_ctrl_c_after_the_summary, timeout=60)
     assert summarised and "buffering and retrying" in output, output[-4000:]
     assert code == 130, output[-4000:]
     assert "Traceback" not in output, output[-4000:]
