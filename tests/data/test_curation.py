@@ -11,6 +11,8 @@ import torch
 from runner.config.validation import ConfigError, validate
 from runner.data.build import build_data
 from runner.data.decoding import DataError
+from runner.reports.data_report import report_train_data
+from runner.tracking.null import NullTracker
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
@@ -253,6 +255,23 @@ def test_relabel_of_an_audit_file_changes_only_the_flagged_rows(make_cfg, tmp_pa
     data = digits(make_cfg, f"data.relabel={path}")
     assert data.extra_params["data.num_relabeled"] == 2
     assert data.train.labels[:6].tolist() == [(old[0] + 1) % 10, (old[1] + 1) % 10, *old[2:]]
+
+
+def test_relabel_to_the_clean_labels_of_label_noise_csv_undoes_the_noise(make_cfg, tmp_path):
+    """The run's own noise file, turned into a relabel file, gives back the clean split."""
+    noisy = digits(make_cfg, "data.label_noise=0.1")
+    report_train_data(noisy, tmp_path, NullTracker())  # label_noise.csv, as a run writes it
+    with (tmp_path / "label_noise.csv").open(newline="") as handle:
+        flipped = [r for r in csv.DictReader(handle) if r["clean_label"] != r["noisy_label"]]
+    rows = [[r["sample_id"], r["clean_label"]] for r in flipped]
+    path = write_csv(tmp_path / "clean.csv", ["sample_id", "label"], rows)
+    fixed = digits(make_cfg, "data.label_noise=0.1", f"data.relabel={path}")
+    clean = digits(make_cfg)
+    assert len(flipped) > 100
+    assert fixed.extra_params["data.num_label_changes"] == len(flipped)
+    assert fixed.extra_params["data.actual_noise_rate"] == 0
+    assert [str(i) for i in fixed.train.ids] == [str(i) for i in clean.train.ids]
+    assert torch.equal(fixed.train.labels, clean.train.labels)
 
 
 def test_relabel_of_an_audits_label_issues_gives_the_flagged_rows_their_suggested_class(
