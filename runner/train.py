@@ -22,7 +22,7 @@ from runner.config.validation import validate
 from runner.data.build import Loaders, build_data, build_loaders
 from runner.data.debug import overfit_subset
 from runner.data.splits import DataSplits
-from runner.models.factories import check_model_config, check_weights_at_hand
+from runner.models.checks import check_model_config, check_weights_at_hand
 from runner.reports import console
 from runner.reports.aug_preview import augment_preview
 from runner.reports.data_report import (

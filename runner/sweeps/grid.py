@@ -115,7 +115,7 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
 
     from runner.augment.checks import check_transforms
     from runner.config.validation import job_mode, validate
-    from runner.models.factories import check_model_config
+    from runner.models.checks import check_model_config
 
     overrides = [str(o) for o in config.hydra.overrides.task]
     # A sweep a config file sets (`hydra.sweeper.params` of an experiment) is in the grid.

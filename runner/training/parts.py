@@ -13,7 +13,8 @@ from omegaconf import DictConfig
 
 from runner.augment.normalize import Normalize
 from runner.data.splits import DataSplits
-from runner.models.factories import keep_trained_head, pretrained_normalization
+from runner.models.factories import pretrained_normalization
+from runner.models.weights import keep_trained_head
 from runner.training import distributed
 from runner.training.optim import optimizer_from_config
 

@@ -12,11 +12,11 @@ from safetensors.torch import save_file
 
 from runner.models.factories import (
     IMAGENET_MEAN,
-    PretrainedWeightsError,
     create_timm_model,
     create_torchvision_model,
     pretrained_normalization,
 )
+from runner.models.weights import PretrainedWeightsError
 
 
 def test_timm_model_gets_the_data_class_count():
@@ -33,7 +33,7 @@ def test_unknown_timm_name_suggests_similar_ones():
 def test_a_key_added_to_the_model_group_that_timm_does_not_take_is_refused_at_start(make_cfg):
     """+model.drop_rat=0.1 failed as a TypeError traceback once the data was built."""
     from runner.config.errors import ConfigError
-    from runner.models.factories import check_model_config
+    from runner.models.checks import check_model_config
 
     with pytest.raises(ConfigError, match=r"model\.drop_rat=0\.1 is not an argument of timm's"):
         check_model_config(make_cfg("+model.drop_rat=0.1", tiny=False).model)
@@ -48,7 +48,7 @@ def test_a_key_added_to_the_model_group_that_timm_does_not_take_is_refused_at_st
 def test_a_key_added_to_a_torchvision_model_group_that_it_does_not_take_is_refused(make_cfg):
     """+model.foo=1 with model=tv_resnet50 failed as a TypeError after the data was built."""
     from runner.config.errors import ConfigError
-    from runner.models.factories import check_model_config
+    from runner.models.checks import check_model_config
 
     with pytest.raises(ConfigError, match=r"model\.foo=1 is not an argument of torchvision's"):
         check_model_config(make_cfg("model=tv_resnet50", "+model.foo=1", tiny=False).model)
@@ -63,7 +63,7 @@ def test_model_timm_builds_a_timm_model_that_takes_no_drop_path_rate(make_cfg):
     from hydra.utils import instantiate
 
     from runner.config.errors import ConfigError
-    from runner.models.factories import check_model_config
+    from runner.models.checks import check_model_config
 
     cfg = make_cfg("model=timm", "model.name=dla34")
     check_model_config(cfg.model)
@@ -94,7 +94,7 @@ def test_pretrained_weights_out_of_reach_are_refused_before_the_data(monkeypatch
     was decoded whole before the run said it could not get them."""
     from omegaconf import OmegaConf
 
-    from runner.models.factories import check_weights_at_hand
+    from runner.models.checks import check_weights_at_hand
 
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -125,8 +125,6 @@ def test_timm_pretrained_from_a_local_file_loads_the_backbone(tmp_path):
 def test_a_timm_weights_file_that_loads_nothing_is_refused(tmp_path, layout):
     """For another class count timm loads the file loosely: a file of another model, or
     one whose names carry a Lightning module's 'model.' prefix, trained from scratch."""
-    from runner.models.factories import PretrainedWeightsError
-
     if layout == "another_architecture":
         weights = timm.create_model("test_vit", num_classes=1000).state_dict()
     else:
@@ -278,7 +276,7 @@ def test_a_best_pt_of_the_same_classes_fine_tunes_with_its_head_and_normalisatio
     """timm dropped a best.pt's trained head (it keeps one only for 1000 classes) and both
     factories normalised with ImageNet's statistics, not the run's: a digits model fell
     from 0.81 to 0.10 test accuracy at lr 1e-9."""
-    from runner.models.factories import keep_trained_head
+    from runner.models.weights import keep_trained_head
 
     trained = timm.create_model("test_resnet", num_classes=10)
     stats = {"mean": [0.3, 0.3, 0.3], "std": [0.2, 0.2, 0.2]}
@@ -334,7 +332,7 @@ def test_googlenet_weights_from_a_file_must_say_whether_they_rescale_their_input
     from torchvision.models import googlenet
 
     from runner.config.errors import ConfigError
-    from runner.models.factories import check_model_config
+    from runner.models.checks import check_model_config
 
     path = tmp_path / "googlenet.pth"
     torch.save(googlenet(aux_logits=False, init_weights=False).state_dict(), path)
