@@ -8,8 +8,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config.location_checks import folder_problem
 from runner.config.validation import ConfigError, job_mode, swept_values_of, validate
-from runner.config.value_checks import folder_problem
 
 
 class ValidateConfigCallback(Callback):

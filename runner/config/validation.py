@@ -11,16 +11,15 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 from runner.config import choices
 from runner.config.errors import ConfigError
 from runner.config.group_keys import unexpected_group_keys
+from runner.config.location_checks import CURATION_COLUMNS, csv_file_problem
 from runner.config.redaction import public_uri
 from runner.config.resolvers import monitor_mode_for
 from runner.config.targets import untrusted_targets
 from runner.config.value_checks import (
     CHECKS,
-    CURATION_COLUMNS,
     OPTION_CHECKS,
     OPTION_KEYS,
     SCE_TARGET,
-    csv_file_problem,
     fold_problem,
     is_number,
     num_folds_problem,

@@ -7,20 +7,19 @@ overrides a key's check for one option of its group.
 
 from __future__ import annotations
 
-import csv
-import importlib.util
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
-from urllib.request import url2pathname
 
 from omegaconf import OmegaConf
 
 from runner.config import choices
+from runner.config.location_checks import (
+    artifact_location_problem,
+    fallback_uri_problem,
+    tracking_uri_problem,
+)
 
 
 def _is_int(value: Any) -> bool:
@@ -132,71 +131,6 @@ def _milestones(value: Any) -> str | None:
     ok = OmegaConf.is_list(value) and all(is_number(v) and 0 < v < 1 for v in value)
     # Epoch numbers (as torch's MultiStepLR takes) would lie past the end: no decay at all.
     return None if ok else "a list of fractions of training in (0, 1), e.g. [0.5, 0.75]"
-
-
-def folder_problem(folder: str) -> str | None:
-    """Why a folder cannot be made and written (None when it can).
-
-    Its nearest existing folder must take a new file: `os.access` says yes to root for
-    /proc and /sys, so a file is made there and removed.
-    """
-    existing = Path(folder).expanduser().absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder"
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".probe-"):
-            return None
-    except OSError as err:
-        return f"cannot write in {existing} ({err.strerror or err})"
-
-
-def local_folder(location: str) -> str | None:
-    """The folder an artifact location names: a path, or a `file:` URI's path.
-
-    None for another URI (`s3://bucket/x`, `mlflow-artifacts:/x`, `dbfs:/x`): its store
-    answers for it. A one-letter scheme is a Windows drive (`C:`), a path.
-    """
-    parsed = urlparse(location)
-    if parsed.scheme == "file":
-        return url2pathname(parsed.path)
-    return None if len(parsed.scheme) > 1 else location
-
-
-# The module MLflow's client uploads artifacts with, and its package, by the artifact
-# location's scheme.
-_ARTIFACT_CLIENTS = {
-    "s3": ("boto3", "boto3"),
-    "gs": ("google.cloud.storage", "google-cloud-storage"),
-    "wasbs": ("azure.storage.blob", "azure-storage-blob"),
-    "abfss": ("azure.storage.filedatalake", "azure-storage-file-datalake"),
-}
-
-
-def _artifact_location(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        return "a folder path or URI, or null"
-    client, package = _ARTIFACT_CLIENTS.get(urlparse(value).scheme, (None, None))
-    if client is not None and not _importable(client):
-        # Else each upload failed as an unreachable store: the run trained to its end and
-        # stayed RUNNING in MLflow, its metrics queued behind the model.
-        return (
-            f"an artifact store whose client is installed: {value.partition(':')[0]}:// needs "
-            f"the Python module {client} (pip install {package})"
-        )
-    folder = local_folder(value)
-    problem = None if folder is None else folder_problem(folder)
-    return None if problem is None else f"a folder that can be written ({problem})"
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a parent package (google.cloud) is missing
-        return False
 
 
 def _int_between(low: int, high: int) -> Callable[[Any], str | None]:
@@ -325,123 +259,6 @@ def _gce_q(value: Any) -> str | None:
     return None if is_number(value) and 0 < value <= 1 else "a number in (0, 1], e.g. 0.7"
 
 
-def sqlite_path(tracking_uri: str) -> Path | None:
-    """The database file of a `sqlite:///` tracking URI; None for a server or another store."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return Path(tracking_uri.removeprefix("sqlite:///"))
-
-
-def _tracking_uri(value: Any) -> str | None:
-    """A server URL, or a `sqlite:///` file whose folder exists or can be made."""
-    expected = "a tracking URI: sqlite:///<path>/mlflow.db or a server URL (http://host:5000)"
-    if not isinstance(value, str) or not value:
-        return expected
-    if value.startswith("file:") or ("://" not in value and value != "databricks"):
-        # MLflow 3 keeps its file store in maintenance mode and refuses to open one.
-        return expected + "; MLflow's file store (a folder) is not supported"
-    database = sqlite_path(value)
-    if database is None:
-        return _database_driver_problem(value)
-    database = database.expanduser().absolute()
-    if database.is_dir():
-        return f"a SQLite file, but {database} is a folder: name a file in it (.../mlflow.db)"
-    if database.is_file() and database.stat().st_size:
-        with database.open("rb") as handle:
-            if handle.read(16) != b"SQLite format 3\x00":  # every SQLite file's first bytes
-                return f"a SQLite file, but {database} is another kind of file: choose another path"
-    existing = next(folder for folder in database.parents if folder.exists())
-    if not existing.is_dir():
-        return (
-            f"a SQLite file in a folder that can be made, but {existing} is a file: "
-            "choose another path"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"a SQLite file in a folder you can write to, but {existing} is not writable"
-    return None
-
-
-# The SQL databases MLflow keeps a tracking store in, besides SQLite (a URL's scheme,
-# before any `+driver`).
-_DATABASES = ("postgresql", "mysql", "mssql")
-
-
-def _database_driver_problem(uri: str) -> str | None:
-    """Why SQLAlchemy cannot open a database URL here: its driver module is missing."""
-    if uri.partition("://")[0].partition("+")[0] not in _DATABASES:
-        return None
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    try:
-        make_url(uri).get_dialect().import_dbapi()
-    except (ArgumentError, NoSuchModuleError) as err:
-        return f"a database URL SQLAlchemy can read ({err})"
-    except ImportError as err:
-        return (
-            f"a database whose driver is installed; {err}: install that module, or name "
-            "an installed driver in the URL (postgresql+psycopg2://...)"
-        )
-    return None
-
-
-def _fallback_uri(value: Any) -> str | None:
-    """The store a run falls back to when its server is away: a local SQLite file."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or sqlite_path(value) is None:
-        # A server there failed late, with a traceback, once the data and model were built.
-        return "a local store, sqlite:///<path>/mlflow.db, that needs no server (or null)"
-    return _tracking_uri(value)
-
-
-def csv_header(path: Any) -> list[str]:
-    """The column names of a CSV file (its first row, names stripped); [] for an empty file.
-
-    Read as UTF-8 with an optional byte-order mark, which spreadsheets write first.
-    """
-    with Path(str(path)).expanduser().open(newline="", encoding="utf-8-sig") as handle:
-        return [name.strip() for name in next(csv.reader(handle), [])]
-
-
-def csv_file_problem(path: Any, columns: tuple[tuple[str, ...], ...]) -> str | None:
-    """What is wrong with a CSV file the config names (missing, unreadable, lacks a column).
-
-    Reads the header only, so it is cheap enough for the config checks; the data code
-    (`runner.data.curation`) asks the same before it reads the rows.
-
-    Args:
-        path: The file, absolute or relative to the working directory.
-        columns: Columns the header must have, each as a tuple of names any one of
-            which will do (`CURATION_COLUMNS`).
-
-    Returns:
-        None when the file is fine, else what is wrong and how to fix it.
-    """
-    file = Path(str(path)).expanduser()
-    if file.is_dir():
-        return "is a folder; give the path of a CSV file in it"
-    if not file.is_file():
-        return f"no such file (relative paths start at {Path.cwd()}); give the path of a CSV file"
-    try:
-        header = csv_header(file)
-    except UnicodeDecodeError as err:
-        return f"is not UTF-8 text ({err}); save it as UTF-8 CSV"
-    except (OSError, csv.Error) as err:
-        return f"cannot be read as CSV ({err}); give a CSV file with a header row"
-    missing = [" or ".join(names) for names in columns if not set(names) & set(header)]
-    if missing:
-        found = ", ".join(header[:10]) or "none"
-        needed = ", ".join(
-            names[0] + (f" (or {' or '.join(names[1:])})" if names[1:] else "") for names in columns
-        )
-        return (
-            f"has no {' and no '.join(missing)} column (its columns: {found}); the file "
-            f"needs a header row with {needed}"
-        )
-    return None
-
-
 # key -> check; a check returns None when the value is fine, else what was expected.
 # Keys absent from the config are not checked (a group option may not have them).
 CHECKS: dict[str, Callable[[Any], str | None]] = {
@@ -467,12 +284,12 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "trainer.max_nan_skips": _positive_int,
     "sweep.fail_fast": _boolean,
     "sweep.resume": _optional_non_empty_string,
-    "logger.tracking_uri": _tracking_uri,
-    "logger.fallback_uri": _fallback_uri,
+    "logger.tracking_uri": tracking_uri_problem,
+    "logger.fallback_uri": fallback_uri_problem,
     "logger.registered_model_name": _model_name,
     "logger.experiment_name": _optional_non_empty_string,
     "logger.run_name": _optional_non_empty_string,
-    "logger.artifact_location": _artifact_location,
+    "logger.artifact_location": artifact_location_problem,
     "logger.export_model": _boolean,
     "logger.offline_fallback": _boolean,
     "logger.delivery_timeout_s": _positive_number,
@@ -593,12 +410,3 @@ OPTION_CHECKS: dict[tuple[str, str], Callable[[Any], str | None]] = {
     ("model.depth", "runner.models.cifar_resnet.cifar_resnet"): _cifar_depth,
 }
 OPTION_KEYS = frozenset(key for key, _ in OPTION_CHECKS)
-
-# The columns the files of data.exclude and data.relabel need (checked at start, read
-# when the data is built), each a tuple of names of which the first present is read: a
-# relabel file's labels are its `label` column, else the `suggested_label` of an audit's
-# label_issues.csv.
-CURATION_COLUMNS = {
-    "data.exclude": (("sample_id",),),
-    "data.relabel": (("sample_id",), ("label", "suggested_label")),
-}

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from runner.config.choices import DATA_CURATION_KEYS
-from runner.config.value_checks import CURATION_COLUMNS, csv_file_problem
+from runner.config.location_checks import CURATION_COLUMNS, csv_file_problem
 from runner.data.decoding import DataError
 from runner.data.splits import DataSplits
 

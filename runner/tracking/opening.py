@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from runner.config.errors import ConfigError
+from runner.config.location_checks import local_folder
 from runner.config.redaction import public_uri
 from runner.config.resolvers import REPO_ROOT
-from runner.config.value_checks import local_folder
 from runner.tracking.store import reap_stale_runs, report_reaped, store_lock, with_retry
 
 log = logging.getLogger(__name__)

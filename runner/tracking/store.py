@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from runner.config.errors import UserError
-from runner.config.value_checks import sqlite_path
+from runner.config.location_checks import sqlite_path
 
 log = logging.getLogger(__name__)
 
