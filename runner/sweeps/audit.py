@@ -16,9 +16,10 @@ duplicates, outliers and class imbalance. It writes `<sweep dir>/audit/`:
     summary.md           counts, folds, timings, the top suspects
     label_issues.png     the top suspects as thumbnails, given and suggested class
 
-and logs them with `audit/num_label_issues`, `audit/num_near_duplicates` and
-`audit/num_outliers` to the sweep's MLflow parent run. It reads only the sweep dir, so
-it works whichever launcher ran the jobs (SLURM included) and can be redone:
+(written by `audit_report`) and logs them with `audit/num_label_issues`,
+`audit/num_near_duplicates` and `audit/num_outliers` to the sweep's MLflow parent run.
+It reads only the sweep dir, so it works whichever launcher ran the jobs (SLURM
+included) and can be redone:
 
     python -m runner.sweeps audit <sweep dir>
 """
@@ -26,7 +27,6 @@ it works whichever launcher ran the jobs (SLURM included) and can be redone:
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -36,19 +36,28 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from runner.sweeps.audit_report import (
+    AUDIT_DIR,
+    draw_suspects,
+    many_flags_caution,
+    oof_accuracy,
+    shown_count,
+    summary_markdown,
+    write_csv,
+    write_near_duplicates,
+    write_outliers,
+)
 from runner.sweeps.manifest import (
     PARENT_RUN,
     job_run_dir,
     read_manifest,
     reopen_parent_run,
-    replaced_whole,
 )
 from runner.sweeps.out_of_fold import MergedFolds, merge_folds
 from runner.tracking.protocol import Tracker, end_run
 
 log = logging.getLogger(__name__)
 
-AUDIT_DIR = "audit"
 NUM_THUMBNAILS = 32  # top suspects drawn in label_issues.png (audit.num_thumbnails)
 ISSUE_TYPES = ("label", "near_duplicate", "outlier", "class_imbalance")
 LABEL_ISSUE_COLUMNS = (
@@ -94,15 +103,6 @@ def _features(merged: MergedFolds) -> np.ndarray:
     a duplicate whose copies fell into two folds was not found.
     """
     return merged.embeddings if merged.shared_embeddings is None else merged.shared_embeddings
-
-
-def _issues(lab: Any, name: str):
-    """Datalab's table of one issue type, or None when it could not check that type."""
-    try:
-        return lab.get_issues(name)
-    except ValueError:  # e.g. too few samples for the neighbours a check needs
-        log.warning("audit: cleanlab did not check %s", name)
-        return None
 
 
 def known_noise(
@@ -180,13 +180,13 @@ def run_audit(
         )
         for i in order
     ]
-    _write_csv(
+    write_csv(
         out / "label_issues.csv",
         LABEL_ISSUE_COLUMNS,
         ((*row[:3], f"{row[3]:.6f}", row[4]) for row in ranked),
     )
-    duplicates = _write_near_duplicates(out / "near_duplicates.csv", lab, merged, names)
-    outliers = _write_outliers(out / "outliers.csv", lab, merged, names)
+    duplicates = write_near_duplicates(out / "near_duplicates.csv", lab, merged, names)
+    outliers = write_outliers(out / "outliers.csv", lab, merged, names)
     counts = {
         "num_label_issues": int(flagged.sum()),
         "num_near_duplicates": duplicates,
@@ -194,17 +194,17 @@ def run_audit(
     }
     noise = known_noise(merged, flagged, sweep_dir)
     files = [out / "label_issues.csv", out / "near_duplicates.csv", out / "outliers.csv"]
-    picture = _draw_suspects(
+    picture = draw_suspects(
         out / "label_issues.png", sweep_dir, merged, order, flagged, suggested, num_thumbnails
     )
     if picture is not None:
         files.append(picture)
-    caution = many_flags_caution(float(flagged.mean()), _oof_accuracy(merged))
+    caution = many_flags_caution(float(flagged.mean()), oof_accuracy(merged))
     if caution is not None:
         log.warning("audit of %s: %s", sweep_dir, caution)
     summary = out / "summary.md"
     summary.write_text(
-        _summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, names, caution),
+        summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, names, caution),
         encoding="utf-8",
     )
     files.append(summary)
@@ -213,251 +213,13 @@ def run_audit(
         "(Datalab %.1fs); %s",
         sweep_dir,
         counts["num_label_issues"],
-        _count(counts["num_near_duplicates"]),
-        _count(counts["num_outliers"]),
+        shown_count(counts["num_near_duplicates"]),
+        shown_count(counts["num_outliers"]),
         len(merged.sample_id),
         seconds,
         out,
     )
     return AuditResult(counts, files, seconds, merged.train_seconds, noise)
-
-
-def _write_csv(path: Path, header, rows) -> None:
-    """Writes a CSV whole or not at all: a run may read it as data.exclude meanwhile."""
-    with replaced_whole(path) as temp, temp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
-def _write_near_duplicates(path: Path, lab: Any, merged: MergedFolds, names) -> int | None:
-    """Writes near_duplicates.csv; returns its row count, None when cleanlab could not check."""
-    table = _issues(lab, "near_duplicate")
-    rows = []
-    if table is not None:
-        hit = np.flatnonzero(table["is_near_duplicate_issue"].to_numpy(dtype=bool))
-        scores = table["near_duplicate_score"].to_numpy()
-        for i in hit[np.argsort(scores[hit], kind="stable")]:
-            members = [merged.sample_id[j] for j in table["near_duplicate_sets"].iat[i]]
-            rows.append(
-                (
-                    merged.sample_id[i],
-                    names[merged.label[i]],
-                    f"{scores[i]:.6f}",
-                    f"{table['distance_to_nearest_neighbor'].iat[i]:.6g}",
-                    json.dumps(members),  # a JSON list: image paths may hold spaces
-                )
-            )
-    header = ("sample_id", "given_label", "near_duplicate_score", "distance", "duplicate_ids")
-    _write_csv(path, header, rows)
-    return None if table is None else len(rows)
-
-
-def _write_outliers(path: Path, lab: Any, merged: MergedFolds, names) -> int | None:
-    """Writes outliers.csv; returns its row count, None when cleanlab could not check."""
-    table = _issues(lab, "outlier")
-    rows = []
-    if table is not None:
-        hit = np.flatnonzero(table["is_outlier_issue"].to_numpy(dtype=bool))
-        scores = table["outlier_score"].to_numpy()
-        rows = [
-            (merged.sample_id[i], names[merged.label[i]], f"{scores[i]:.6f}")
-            for i in hit[np.argsort(scores[hit], kind="stable")]
-        ]
-    _write_csv(path, ("sample_id", "given_label", "outlier_score"), rows)
-    return None if table is None else len(rows)
-
-
-def _data_config(merged: MergedFolds) -> dict[str, Any] | None:
-    """The fold jobs' resolved data config (config_resolved.yaml), for the thumbnails.
-
-    A relative folder (data.root=../leaves) is the job's: it is taken from the working
-    directory the job ran in (.hydra/hydra.yaml), so the audit redone from another finds
-    the files too.
-    """
-    for run_dir in merged.run_dirs.values():
-        path = run_dir / "config_resolved.yaml"
-        if path.is_file():
-            data = OmegaConf.load(path).get("data")
-            if data is not None:
-                data = OmegaConf.to_container(data, resolve=True)
-                job_cwd = _job_cwd(run_dir)
-                for key in ("root", "name", "cache_dir"):
-                    value = data.get(key)
-                    if job_cwd is None or not isinstance(value, str) or not value:
-                        continue
-                    if not Path(value).expanduser().is_absolute() and (job_cwd / value).exists():
-                        data[key] = str(job_cwd / value)
-                return data
-    return None
-
-
-def _job_cwd(run_dir: Path) -> Path | None:
-    """The working directory a job ran in, as Hydra recorded it; None when unknown."""
-    path = run_dir / ".hydra" / "hydra.yaml"
-    if not path.is_file():
-        return None
-    cwd = OmegaConf.select(OmegaConf.load(path), "hydra.runtime.cwd", default=None)
-    return Path(cwd) if isinstance(cwd, str) and cwd else None
-
-
-def _draw_suspects(
-    path: Path,
-    sweep_dir: Path,
-    merged: MergedFolds,
-    order: np.ndarray,
-    flagged: np.ndarray,
-    suggested: np.ndarray,
-    count: int,
-) -> Path | None:
-    """The `count` most suspect samples as thumbnails: given -> suggested class."""
-    top = [int(i) for i in order[:count]]
-    if not top:
-        path.unlink(missing_ok=True)  # an earlier audit's picture would not match the CSVs
-        return None
-    images = {}
-    try:  # the data moved since, or its folder came from an unset ${oc.env:...}
-        data_cfg = _data_config(merged)
-        if data_cfg is not None:
-            from runner.data.lookup import load_images
-
-            images = load_images(data_cfg, [str(merged.sample_id[i]) for i in top])
-    except Exception as err:  # the figure says so, the CSVs stand
-        log.warning("audit: no thumbnails (%s: %s)", type(err).__name__, err)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = min(8, len(top))
-    rows = -(-len(top) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.2 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    names = merged.class_names
-    for ax, i in zip(axes.flat, top, strict=False):
-        image = images.get(str(merged.sample_id[i]))
-        if image is not None:
-            picture = image.permute(1, 2, 0).numpy()
-            ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray")
-        else:
-            ax.text(0.5, 0.5, "no image", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title(
-            f"{names[merged.label[i]]} -> {names[suggested[i]]}\n{merged.sample_id[i]}"[:60],
-            fontsize=7,
-            color="tab:red" if flagged[i] else "black",
-        )
-    fig.suptitle(
-        f"{sweep_dir.name}: most suspect labels (given -> suggested; red = label issue)",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def _count(value: int | None) -> str:
-    return "not checked (too few samples for cleanlab)" if value is None else str(value)
-
-
-# Above this share of flagged samples the summary asks for a look before acting: data sets
-# in use hold a few percent of wrong labels (Northcutt et al. 2021 found 3.3% on average
-# in ten test sets), and fold models too weak for their data flag their own mistakes.
-MANY_FLAGS_SHARE = 0.2
-
-
-def _oof_accuracy(merged: MergedFolds) -> float:
-    """The share of samples whose out-of-fold prediction is their given label."""
-    return float((merged.probabilities.argmax(1) == merged.label).mean())
-
-
-def many_flags_caution(flagged_share: float, accuracy: float) -> str | None:
-    """What to check before acting on an audit that flags many labels; None when few."""
-    if flagged_share <= MANY_FLAGS_SHARE:
-        return None
-    return (
-        f"{flagged_share:.1%} of the samples are flagged as label issues, with an "
-        f"out-of-fold accuracy of {accuracy:.4f}. A share this large means very noisy "
-        "labels or fold models too weak to tell a wrong label from their own mistake: look "
-        "at the top suspects (label_issues.csv) before acting on them, and if the models are "
-        "weak, train the fold jobs longer (trainer.max_epochs) or from pretrained weights "
-        "(e.g. model.pretrained=true for a timm model) and audit again."
-    )
-
-
-def _summary_markdown(
-    sweep_dir, merged, lab, counts, noise, seconds, ranked, names, caution
-) -> str:
-    n = len(merged.sample_id)
-    accuracy = _oof_accuracy(merged)
-    folds = f"{len(merged.run_dirs)} of {merged.num_folds}"
-    lines = [
-        f"# Audit of {sweep_dir.name}",
-        "",
-        f"{n} train samples audited from the out-of-fold outputs of {folds} fold jobs"
-        + (f" (missing folds: {merged.missing_folds})" if merged.missing_folds else "")
-        + f"; out-of-fold accuracy against the given labels: {accuracy:.4f}.",
-        "",
-        "| issue | samples |",
-        "|---|---|",
-        f"| label issues | {_count(counts['num_label_issues'])} |",
-        f"| near duplicates | {_count(counts['num_near_duplicates'])} |",
-        f"| outliers | {_count(counts['num_outliers'])} |",
-        "",
-    ]
-    if caution is not None:
-        lines += [f"**Check before acting:** {caution}", ""]
-    lines += [
-        f"cleanlab Datalab: {seconds:.1f} s; the fold jobs: {merged.train_seconds:.1f} s.",
-        "",
-        "Near duplicates and outliers are found among the penultimate-layer embeddings of "
-        + (
-            "fold 0's model, for every sample (it trained on the other folds, whose samples "
-            "may therefore look a little less outlying than those of fold 0)."
-            if merged.shared_embeddings is not None
-            else "each fold's own model (fold 0's job embedded no other fold): duplicates "
-            "whose copies are in two folds are not found."
-        ),
-    ]
-    if noise:
-        lines += [
-            "",
-            f"Injected label noise (label_noise.csv): {noise['flipped']} flipped labels; "
-            f"is_label_issue has precision {noise['precision']:.3f} and recall "
-            f"{noise['recall']:.3f} against them.",
-        ]
-    imbalance = _issues(lab, "class_imbalance")
-    rare_rows = (
-        imbalance["is_class_imbalance_issue"].to_numpy(dtype=bool) if imbalance is not None else []
-    )
-    if np.any(rare_rows):
-        rare = sorted({names[g] for g in merged.label[rare_rows]})
-        lines += ["", f"Class imbalance: cleanlab flags the rare class(es) {', '.join(rare)}."]
-    lines += [
-        "",
-        f"Act on it: `data.exclude={sweep_dir / AUDIT_DIR / 'label_issues.csv'}` drops the "
-        "flagged samples; `data.relabel=` with the same path gives them their suggested "
-        "label instead.",
-        "",
-        "## Most suspect labels",
-        "",
-        "| sample_id | given | suggested | label_quality | is_label_issue |",
-        "|---|---|---|---|---|",
-    ]
-    for sample_id, given, suggested, quality, flagged in ranked[:20]:
-        lines.append(f"| {sample_id} | {given} | {suggested} | {quality:.4f} | {flagged} |")
-    lines += ["", "## cleanlab's issue summary", ""]
-    table = lab.get_issue_summary()
-    lines += [
-        "| issue_type | score | num_issues |",
-        "|---|---|---|",
-        *(
-            f"| {r.issue_type} | {r.score:.4f} | {int(r.num_issues)} |"
-            for r in table.itertuples(index=False)
-        ),
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def audit_and_log(

@@ -308,7 +308,7 @@ def test_a_relative_data_root_is_the_fold_jobs_own_when_audited_from_elsewhere(
     audit redone from another had no thumbnails (every tile 'no image')."""
     from types import SimpleNamespace
 
-    from runner.sweeps.audit import _data_config
+    from runner.sweeps.audit_report import _data_config
 
     job_cwd = tmp_path / "work"
     (job_cwd / "leaves" / "train").mkdir(parents=True)
@@ -578,10 +578,10 @@ def test_fold_jobs_submitted_to_slurm_are_audited_when_collected(tmp_path):
 
 def test_an_audit_csv_is_replaced_whole_or_not_at_all(tmp_path):
     """A redo that fails while writing left a truncated label_issues.csv behind."""
-    from runner.sweeps.audit import _write_csv
+    from runner.sweeps.audit_report import write_csv
 
     path = tmp_path / "label_issues.csv"
-    _write_csv(path, ("sample_id", "is_label_issue"), [("a.png", True)])
+    write_csv(path, ("sample_id", "is_label_issue"), [("a.png", True)])
     before = path.read_text()
 
     def rows():
@@ -589,5 +589,5 @@ def test_an_audit_csv_is_replaced_whole_or_not_at_all(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        _write_csv(path, ("sample_id", "is_label_issue"), rows())
+        write_csv(path, ("sample_id", "is_label_issue"), rows())
     assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
