@@ -11,7 +11,7 @@ Each batch asks the study for `n_jobs` trials, launches them through the configu
 launcher (in this process, local worker processes or SLURM), and tells the study each
 job's result. Jobs report their monitored value every epoch to their trial through the
 study's storage and stop early when the pruner says so (see runner/sweeps/optuna_trial.py).
-Every setting is checked (runner/sweeps/optuna_study.py) before the sweep starts.
+Every setting is checked (runner/sweeps/optuna_study.py, optuna_parts.py) before the sweep starts.
 """
 
 # No `from __future__ import annotations`: Hydra loads plugin modules without putting
@@ -30,15 +30,14 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from runner.sweeps.optuna_parts import build_sampler, shown_storage
 from runner.sweeps.optuna_study import (
     MONITOR_ATTR,
     SETTINGS_ATTR,
     SPACE_ATTR,
-    build_sampler,
     continued_sampler,
     plan_study,
     settings_change_warning,
-    shown_storage,
     trial_settings,
     write_study_file,
 )

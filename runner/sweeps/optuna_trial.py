@@ -27,7 +27,7 @@ from runner.sweeps.manifest import (
     read_manifest,
     update_manifest,
 )
-from runner.sweeps.optuna_study import build_pruner, open_storage, shown_storage
+from runner.sweeps.optuna_parts import build_pruner, open_storage, shown_storage
 from runner.tracking.store import is_locked
 
 log = logging.getLogger(__name__)

@@ -24,16 +24,8 @@ from hydra_plugins.runner_optuna_sweeper.runner_optuna_sweeper import (
 )
 from runner.sweeps.job import SweepJob, unescape
 from runner.sweeps.manifest import job_key, update_manifest
-from runner.sweeps.optuna_study import (
-    MONITOR_ATTR,
-    SPACE_ATTR,
-    SweepConfigError,
-    build_pruner,
-    continued_sampler,
-    open_storage,
-    plan_study,
-    shown_storage,
-)
+from runner.sweeps.optuna_parts import SweepConfigError, build_pruner, open_storage, shown_storage
+from runner.sweeps.optuna_study import MONITOR_ATTR, SPACE_ATTR, continued_sampler, plan_study
 from runner.sweeps.optuna_trial import report_and_check, tell_trial, trial_result
 from runner.sweeps.search_space import search_space, space_to_json
 from runner.sweeps.stores import cluster_store_warning
@@ -465,9 +457,9 @@ def test_the_last_point_of_a_grid_is_told_and_the_grid_is_then_exhausted():
 def test_a_locked_storage_costs_the_report_not_the_job(tmp_path, monkeypatch, caplog):
     import sqlite3
 
-    from runner.sweeps import optuna_study
+    from runner.sweeps import optuna_parts
 
-    monkeypatch.setattr(optuna_study, "SQLITE_BUSY_TIMEOUT_S", 0.2)  # wait briefly, not 60 s
+    monkeypatch.setattr(optuna_parts, "SQLITE_BUSY_TIMEOUT_S", 0.2)  # wait briefly, not 60 s
     storage = f"sqlite:///{tmp_path}/optuna.db"
     pruner = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 10.0}  # prunes any value
     study = optuna.create_study(study_name="locked", storage=open_storage(storage))
