@@ -103,8 +103,8 @@ def create_timm_model(
         pretrained_file: Local weights file (.safetensors, .pth, .bin, or a runner
             best.pt); implies pretrained. timm keeps the file's classifier when
             `num_classes` is the architecture's pretrained class count (1000), else
-            re-initialises it (`keep_trained_head` restores a best.pt's of the same
-            classes); a best.pt's normalisation replaces the architecture's.
+            re-initialises it (`weights.keep_trained_head` restores a best.pt's of the
+            same classes); a best.pt's normalisation replaces the architecture's.
         **kwargs: Passed to `timm.create_model` (drop_rate, img_size, ...).
 
     Returns:

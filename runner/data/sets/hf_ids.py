@@ -50,7 +50,7 @@ def record_files(dataset, image_key: str, folder: Path | None) -> list[str | Non
         paths = column[image_key]
     else:
         return [None] * len(dataset)
-    # A relative path is read from the folder (see `_Column`), as its id is. os.path
+    # A relative path is read from the folder (see `hf._Column`), as its id is. os.path
     # only (no file system calls per record): a large folder stays quick.
     return [os.path.abspath(os.path.join(folder, path)) if path else None for path in paths]
 
