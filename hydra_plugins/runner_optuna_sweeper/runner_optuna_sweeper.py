@@ -30,7 +30,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from runner.sweeps.optuna_parts import build_sampler, shown_storage
+from runner.sweeps.optuna_parts import build_sampler, open_storage, shown_storage
 from runner.sweeps.optuna_study import (
     MONITOR_ATTR,
     SETTINGS_ATTR,
@@ -169,7 +169,6 @@ class RunnerOptunaSweeper(Sweeper):
         from runner.sweeps.optuna_trial import (
             SWEEP_DIR_ATTR,
             keep_in_memory,
-            open_storage,
             retire_abandoned_trials,
             retire_unfinished_jobs,
         )

@@ -22,8 +22,8 @@ from runner.models.factories import (
 )
 from runner.models.weights import (
     PretrainedWeightsError,
-    check_file,
     hub_reachable,
+    pretrained_file_path,
     runner_checkpoint,
     timm_weights_cached,
 )
@@ -48,7 +48,7 @@ def check_model_config(model_cfg: Any) -> None:
         _check_torchvision_weights(str(model_cfg.get("name")), model_cfg.get("weights"))
         _check_torchvision_arguments(model_cfg)
         _check_input_rescaling(model_cfg)
-    check_file(model_cfg.get("pretrained_file"), "model.pretrained_file")
+    pretrained_file_path(model_cfg.get("pretrained_file"), "model.pretrained_file")
 
 
 def _check_input_rescaling(model_cfg: Any) -> None:
@@ -67,7 +67,7 @@ def _check_input_rescaling(model_cfg: Any) -> None:
         or "transform_input" in model_cfg
     ):
         return
-    payload = runner_checkpoint(check_file(file, "model.pretrained_file"))
+    payload = runner_checkpoint(pretrained_file_path(file, "model.pretrained_file"))
     known = ""
     if payload is not None and isinstance(payload.get("config"), str):
         from omegaconf import OmegaConf

@@ -16,10 +16,10 @@ from torch import nn
 from runner.config.errors import ConfigError
 from runner.models.weights import (
     PretrainedWeightsError,
-    check_file,
     head_prefixes,
     hub_reachable,
     load_matching_weights,
+    pretrained_file_path,
     short_cause,
     stored_normalization,
 )
@@ -116,7 +116,7 @@ def create_timm_model(
     import timm
 
     check_timm_name(name)
-    path = check_file(pretrained_file, "model.pretrained_file")
+    path = pretrained_file_path(pretrained_file, "model.pretrained_file")
     if path is not None:
         model = _timm_from_file(name, num_classes, path, **kwargs)
     elif not pretrained:
@@ -248,7 +248,7 @@ def create_torchvision_model(
     check_torchvision_name(name)
     if name in AUX_LOGIT_MODELS and weights is None:  # the weights' builders refuse it
         kwargs.setdefault("aux_logits", False)
-    path = check_file(pretrained_file, "model.pretrained_file")
+    path = pretrained_file_path(pretrained_file, "model.pretrained_file")
     if weights is None:
         model = get_model(name, weights=None, num_classes=num_classes, **kwargs)
     else:

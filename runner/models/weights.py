@@ -1,6 +1,8 @@
 """Pretrained weights: reading a file, checking that it fits, what a best.pt carries.
 
-A runner best.pt carries, besides its weights, its normalisation and its trained head.
+A runner best.pt carries, besides its weights, its normalisation and its trained head
+(`keep_trained_head`, which the training run calls once the model is built). Whether
+the Hugging Face Hub answers, and whether timm's weights are cached, are here too.
 Used by the factories (`factories.py`) when they build a model, and by the start checks
 (`checks.py`) before any data is built.
 """
@@ -25,8 +27,8 @@ class PretrainedWeightsError(UserError, RuntimeError):
     """Pretrained weights could not be loaded; the message says how to fix it."""
 
 
-def check_file(pretrained_file: str | None, key: str) -> Path | None:
-    """The weights file `pretrained_file` names (None for none), refused when it is not one.
+def pretrained_file_path(pretrained_file: str | None, key: str) -> Path | None:
+    """The path `pretrained_file` names (None for none), refused when it is no file.
 
     Raises:
         PretrainedWeightsError: Naming `key`, when the path is not a file.

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from runner.config.errors import ConfigError
 from runner.config.redaction import public_uri
@@ -192,11 +192,6 @@ def build_sampler(node: Any, space: dict[str, Any], allowed: tuple[str, ...] = (
     if not isinstance(sampler, optuna.samplers.BaseSampler):
         raise SweepConfigError(f"hydra.sweeper.sampler built {sampler!r}, not an Optuna sampler")
     return sampler
-
-
-def allowed_prefixes(config: DictConfig) -> tuple[str, ...]:
-    """`<module>.` of each module in `allowed_targets`: samplers and pruners may come from them."""
-    return tuple(f"{m}." for m in (OmegaConf.select(config, "allowed_targets") or []))
 
 
 def build_pruner(node: Any, allowed: tuple[str, ...] = ()) -> Any:

@@ -35,7 +35,6 @@ from runner.sweeps.optuna_parts import (
     PRUNER_TARGETS,
     SAMPLER_TARGETS,
     SweepConfigError,
-    allowed_prefixes,
     build_pruner,
     build_sampler,
     open_storage,
@@ -118,6 +117,11 @@ def is_optuna_sweep(config: DictConfig) -> bool:
     return target == SWEEPER_TARGET
 
 
+def _allowed_prefixes(config: DictConfig) -> tuple[str, ...]:
+    """`<module>.` of each module in `allowed_targets`: samplers and pruners may come from them."""
+    return tuple(f"{m}." for m in (OmegaConf.select(config, "allowed_targets") or []))
+
+
 def continued_sampler(config: DictConfig, plan: StudyPlan, trials_before: int) -> Any:
     """The sampler for a stored study that already has `trials_before` trials.
 
@@ -129,7 +133,7 @@ def continued_sampler(config: DictConfig, plan: StudyPlan, trials_before: int) -
     if not trials_before or not isinstance(node, dict) or node.get("seed") is None:
         return plan.sampler
     seed = (int(node["seed"]) * 1_000_003 + trials_before) % 2**32
-    allowed = allowed_prefixes(config)
+    allowed = _allowed_prefixes(config)
     return build_sampler({**node, "seed": seed}, plan.space, allowed)
 
 
@@ -208,7 +212,7 @@ def plan_study(
             "the search space is empty: set hydra.sweeper.params, or give ranges on the "
             "command line ('optim.lr=interval(1e-4, 1e-2)')"
         )
-    allowed = allowed_prefixes(config)
+    allowed = _allowed_prefixes(config)
     sampler = pruner = None
     try:
         sampler = build_sampler(sweeper.get("sampler"), space, allowed)
