@@ -62,7 +62,7 @@ def unknown_key_hint(args: Sequence[str], config_dir: Path) -> str | None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from runner.config.validation import override_parser
+    from runner.config.sweep_values import override_parser
     from runner.sweeps.grid import missing_key
 
     config_name, typed = "train", []

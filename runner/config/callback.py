@@ -9,7 +9,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.location_checks import folder_problem
-from runner.config.validation import ConfigError, job_mode, swept_values_of, validate
+from runner.config.sweep_values import swept_values_of
+from runner.config.validation import ConfigError, job_mode, validate
 
 
 class ValidateConfigCallback(Callback):

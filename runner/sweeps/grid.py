@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.errors import ConfigError, UserError
-from runner.config.validation import flatten_params, override_parser
+from runner.config.sweep_values import flatten_params, override_parser
 
 
 def grid_jobs(overrides: list[str]) -> list[list[str]]:

@@ -17,7 +17,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 
-from runner.config.validation import flatten_params
+from runner.config.sweep_values import flatten_params
 from runner.config.value_checks import CHECKS, OPTION_KEYS
 
 log = logging.getLogger(__name__)
