@@ -7,10 +7,7 @@ same answer wherever the jobs ran, and can be rerun on a finished sweep:
 
 from __future__ import annotations
 
-import csv
 import json
-import math
-import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +29,22 @@ from runner.sweeps.manifest import (
     write_json,
 )
 from runner.sweeps.optuna_study import STUDY_FILE
+from runner.sweeps.summary_parts import (
+    REPEATS,
+    RepeatGroup,
+    format_value,
+    is_finite,
+    markdown_table,
+    mean_std,
+    repeat_groups,
+    shorten,
+    write_summary_csv,
+    write_sweep_plot,
+)
 from runner.tracking.protocol import Tracker
 
 # Test metrics shown in the markdown table (the CSV has all of them).
 _SHOWN_TEST_METRICS = ("test/acc", "test/balanced_acc", "test/macro_f1")
-# Overrides whose jobs repeat one configuration: the summary gives mean +- std over them.
-_REPEATS = {"seed": "seeds", "data.fold": "folds"}
 # The status of a submitted job that left no manifest entry (cancelled before it started).
 NOT_STARTED = "NOT STARTED"
 
@@ -68,10 +75,6 @@ class Summary:
     best_metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
-
-
 def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     """Builds the sweep's report and writes summary.md, summary.csv and sweep_plot.png.
 
@@ -87,16 +90,16 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     jobs = _read_jobs(sweep_dir)
     # The command line's constants tell no job apart, even in a sweep of one job.
     swept = _swept_names(jobs, constant_keys(read_sweep_info(sweep_dir).get("arguments", [])))
-    varied = [n for n in swept if n not in _REPEATS]  # what a repeat group is keyed by
+    varied = [n for n in swept if n not in REPEATS]  # what a repeat group is keyed by
     for job in jobs:  # what tells the jobs apart, for people reading the report
         job["label"] = " ".join(
-            f"{n}={_short(job['params'][n])}" for n in swept if n in job["params"]
+            f"{n}={shorten(job['params'][n])}" for n in swept if n in job["params"]
         )
-    finished = [j for j in jobs if j.get("status") == "FINISHED" and _finite(j.get("value"))]
+    finished = [j for j in jobs if j.get("status") == "FINISHED" and is_finite(j.get("value"))]
     # A pruned job stopped early: its value does not stand for its configuration.
     complete = [j for j in finished if not j.get("pruned")]
     # With seeds (or folds) swept, a configuration is judged by its mean, not its luckiest.
-    groups = _repeat_groups(complete, swept)
+    groups = repeat_groups(complete, swept)
     # Only the configurations with the most finished repeats are ranked: one whose other
     # seeds failed (often because it diverged) would win on its one lucky run.
     most = max((len(g.members) for g in groups), default=0)
@@ -120,20 +123,20 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     rows = [
         [
             str(j.get("num", "")),
-            *(_short(j["params"].get(n, "")) for n in swept),
+            *(shorten(j["params"].get(n, "")) for n in swept),
             _status(j),
-            _fmt(j.get("value")),
-            *(_fmt(j["test"].get(m)) for m in shown),
+            format_value(j.get("value")),
+            *(format_value(j["test"].get(m)) for m in shown),
             j.get("mlflow_run_id") or "",
         ]
         for j in jobs
     ]
-    lines += _markdown_table(header, rows)
+    lines += markdown_table(header, rows)
     if groups:
-        repeats = [_REPEATS[n] for n in _REPEATS if n in swept]
+        repeats = [REPEATS[n] for n in REPEATS if n in swept]
         lines += ["", f"## Mean +- std over {' and '.join(repeats)}", ""]
         agg_header = [*varied, "+".join(repeats), monitor, *shown]
-        lines += _markdown_table(agg_header, [g.row(shown) for g in groups])
+        lines += markdown_table(agg_header, [g.row(shown) for g in groups])
         if len(ranked) < len(groups):
             lines += [
                 "",
@@ -149,8 +152,8 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
 
     files = [sweep_dir / "summary.md", sweep_dir / "summary.csv"]
     files[0].write_text(markdown, encoding="utf-8")
-    _write_csv(files[1], jobs, swept, monitor)
-    plot = _plot(jobs, varied, monitor, sweep_dir / "sweep_plot.png")
+    write_summary_csv(files[1], jobs, swept, monitor)
+    plot = write_sweep_plot(jobs, varied, monitor, sweep_dir / "sweep_plot.png")
     if plot is not None:
         files.append(plot)
     files += _optuna_files(sweep_dir)
@@ -214,11 +217,11 @@ def _best_report(
         lines += [
             "",
             f"Best: jobs {numbers} ({described}, {len(members)} runs): {monitor} = "
-            f"{_mean_std(best_group.values)}",
+            f"{mean_std(best_group.values)}",
         ]
         chosen = zip(best_group.names, best_group.config, strict=True)
         best_tags = {f"best.{name}": value for name, value in chosen}
-        for key, plural in _REPEATS.items():  # best.seeds, best.folds: what was averaged
+        for key, plural in REPEATS.items():  # best.seeds, best.folds: what was averaged
             if key in swept:
                 best_tags[f"best.{plural}"] = ",".join(
                     str(j["params"].get(key, "")) for j in members
@@ -227,7 +230,7 @@ def _best_report(
         best_metrics = best_group.metrics(monitor, shown)
     elif best is not None:
         described = best["label"] or "the only job"
-        value = _fmt(best["value"])
+        value = format_value(best["value"])
         lines += ["", f"Best: job {best.get('num')} ({described}): {monitor} = {value}"]
         best_tags = {f"best.{n}": best["params"][n] for n in swept if n in best["params"]}
         best_metrics = {f"best/{monitor}": best["value"]}
@@ -289,7 +292,7 @@ def _earlier_study_best(sweep_dir: Path, jobs: list[dict[str, Any]], monitor: st
     return [
         "",
         f"The study's best is trial {trial}, of an earlier sweep: {monitor} = "
-        f"{_fmt(report.get('best_value'))} with {report.get('best_params')} "
+        f"{format_value(report.get('best_value'))} with {report.get('best_params')} "
         "(optuna/best_params.json); the table and the best tags are this sweep's trials.",
     ]
 
@@ -359,167 +362,3 @@ def _swept_names(jobs: list[dict[str, Any]], constant: set[str]) -> list[str]:
 
 def _status(job: dict[str, Any]) -> str:
     return job.get("status", "?") + (" (pruned)" if job.get("pruned") else "")
-
-
-def _short(value: str) -> str:
-    """A long float as 4 significant digits (the CSV keeps every digit)."""
-    number = _as_number(value)
-    return f"{number:.4g}" if number is not None and len(value) > 8 else value
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if _finite(value) else ("" if value is None else str(value))
-
-
-def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
-
-
-@dataclass
-class RepeatGroup:
-    """The complete jobs of one configuration that differ only by `seed` or `data.fold`.
-
-    Attributes:
-        names: The swept parameters other than seed and data.fold.
-        config: Their values for this group.
-        members: The group's jobs.
-    """
-
-    names: list[str]
-    config: tuple[str, ...]
-    members: list[dict[str, Any]]
-
-    @property
-    def values(self) -> list[float]:
-        """The monitored value of each member."""
-        return [m["value"] for m in self.members]
-
-    @property
-    def mean(self) -> float:
-        """The mean monitored value."""
-        return statistics.fmean(self.values)
-
-    @property
-    def label(self) -> str:
-        """`a=1 b=x`: what tells this configuration apart."""
-        return " ".join(f"{n}={_short(v)}" for n, v in zip(self.names, self.config, strict=True))
-
-    def test_values(self, name: str) -> list[float]:
-        """The members' values of a test metric (those that have it)."""
-        return [m["test"][name] for m in self.members if _finite(m["test"].get(name))]
-
-    def row(self, shown: list[str]) -> list[str]:
-        """The group's row of the mean +- std table."""
-        cells = [_mean_std(self.values), *(_mean_std(self.test_values(n)) for n in shown)]
-        return [*map(_short, self.config), str(len(self.members)), *cells]
-
-    def metrics(self, monitor: str, shown: list[str]) -> dict[str, float]:
-        """`best/<metric>` and `best/<metric>_std` for the monitored and test metrics."""
-        found = {}
-        for name, values in [(monitor, self.values), *((n, self.test_values(n)) for n in shown)]:
-            if values:
-                found[f"best/{name}"] = statistics.fmean(values)
-                found[f"best/{name}_std"] = _std(values)
-        return found
-
-
-def _repeat_groups(jobs: list[dict[str, Any]], swept: list[str]) -> list[RepeatGroup]:
-    """The complete jobs grouped by all swept but `seed` and `data.fold` (or none)."""
-    if not any(n in swept for n in _REPEATS):
-        return []
-    names = [n for n in swept if n not in _REPEATS]
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for job in jobs:
-        groups[tuple(job["params"].get(n, "") for n in names)].append(job)
-    return [RepeatGroup(names, config, members) for config, members in groups.items()]
-
-
-def _std(values: list[float]) -> float:
-    # One run has no spread to measure: NaN, not a perfect agreement of 0.
-    return statistics.stdev(values) if len(values) > 1 else math.nan
-
-
-def _mean_std(values: list[float]) -> str:
-    if not values:
-        return ""
-    return f"{statistics.fmean(values):.4f} +- {_std(values):.4f}"
-
-
-def _write_csv(path: Path, jobs: list[dict[str, Any]], swept: list[str], monitor: str) -> None:
-    test_names = sorted({name for job in jobs for name in job["test"]})
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(
-            [
-                "job",
-                *swept,
-                "status",
-                "pruned",
-                monitor,
-                *test_names,
-                "mlflow_run_id",
-                "run_dir",
-                "overrides",
-                "error",
-            ]
-        )
-        for job in jobs:
-            writer.writerow(
-                [
-                    job.get("num", ""),
-                    *(job["params"].get(n, "") for n in swept),
-                    job.get("status", ""),
-                    bool(job.get("pruned")),
-                    job.get("value", ""),
-                    *(job["test"].get(name, "") for name in test_names),
-                    job.get("mlflow_run_id") or "",
-                    job.get("run_dir", ""),
-                    " ".join(job.get("overrides", [])),
-                    job.get("error", ""),
-                ]
-            )
-
-
-def _plot(jobs: list[dict[str, Any]], names: list[str], monitor: str, path: Path) -> Path | None:
-    """One panel per swept parameter: the monitored value of each finished job."""
-    finished = [j for j in jobs if j.get("status") == "FINISHED" and _finite(j.get("value"))]
-    if not names or not finished:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
-        raw = [j["params"].get(name, "") for j in finished]
-        numbers = [_as_number(v) for v in raw]
-        values = [j["value"] for j in finished]
-        if all(n is not None for n in numbers):
-            ax.scatter(numbers, values)
-            positive = [n for n in numbers if n > 0]
-            if len(positive) == len(numbers) and max(numbers) / min(positive) >= 10:
-                ax.set_xscale("log")
-        else:
-            categories = sorted(set(raw))
-            ax.scatter([categories.index(v) for v in raw], values)
-            ax.set_xticks(range(len(categories)), categories, rotation=30)
-        ax.set_xlabel(name)
-        ax.set_ylabel(monitor)
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{monitor} by swept parameter")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def _as_number(value: str) -> float | None:
-    try:
-        return float(value)
-    except ValueError:
-        return None
