@@ -52,10 +52,10 @@ from runner.training.oof import check_embedding_layer, write_out_of_fold
 from runner.training.parts import build_parts
 from runner.training.preflight import check_model_takes_data, check_training_data
 from runner.training.profiling import profile
+from runner.training.resume_checks import check_resume
 from runner.training.signals import GracefulStop
 from runner.training.state import (
     TrainState,
-    check_resume,
     continue_requeued_run,
     resume_or_start,
     start_over_if_asked,

@@ -21,19 +21,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config.changes import MAY_CHANGE_ON_RESUME, config_changes
 from runner.config.errors import ConfigError
-from runner.config.redaction import redacted_container
 from runner.data.splits import DataSplits, splits_digest
 from runner.training import checkpoint_io, distributed
 from runner.training.optim import load_schedule
 from runner.training.parts import TrainingParts
+from runner.training.resume_checks import check_same_data, check_world_size
 
 log = logging.getLogger(__name__)
-
-# What a run resumed from another run dir's last.pt may also change: it is a new run, in
-# its own dir, tracked as a new MLflow run (perhaps in another store).
-MAY_CHANGE_IN_A_NEW_DIR = ("paths.", "logger.")
 
 
 @dataclass
@@ -94,71 +89,6 @@ def continue_requeued_run(cfg: DictConfig) -> None:
             restarts,
         )
         cfg.trainer.resume = "auto"
-
-
-def check_resume(run_dir: Path, cfg: DictConfig) -> None:
-    """Refuses to resume a checkpoint with another config (before any work).
-
-    With `trainer.resume=auto` and a last.pt in the run dir, this command's config must be
-    the one in the dir's config_resolved.yaml, apart from the keys that may change on
-    resume (runner.config.changes.MAY_CHANGE_ON_RESUME). With `trainer.resume=<path>`, it
-    must be the config of the run dir the last.pt is in (where it has one), apart from
-    those keys and the paths and tracking keys of the new run.
-
-    Raises:
-        ConfigError: Naming the changed keys and the ways out.
-    """
-    resume = cfg.trainer.resume
-    last = run_dir / "checkpoints" / "last.pt"
-    has_checkpoint = last.exists() or checkpoint_io.previous_path(last).exists()
-    if resume == "never":
-        return
-    if has_checkpoint:  # a path resume also continues this dir's own last.pt once it has one
-        saved, may_change = run_dir / "config_resolved.yaml", MAY_CHANGE_ON_RESUME
-    elif resume != "auto":  # another run's last.pt: its run dir's config
-        saved = Path(resume).parent.parent / "config_resolved.yaml"
-        may_change = (*MAY_CHANGE_ON_RESUME, *MAY_CHANGE_IN_A_NEW_DIR)
-    else:
-        return
-    if not saved.is_file():
-        return
-    saved_config = OmegaConf.load(saved)
-    before = OmegaConf.to_container(saved_config)
-    # Resolved here: a fallback_uri under ${oc.env:...} is kept as typed.
-    fallback = OmegaConf.select(
-        saved_config, "logger.fallback_uri", default=None, throw_on_resolution_failure=False
-    )
-    if fallback and OmegaConf.select(cfg, "logger.tracking_uri", default=None) == fallback:
-        # A run that fell back to its local store at its start (the server was down)
-        # continues there: the store answers for its run id (tracking.opening.open_run).
-        may_change = (*may_change, "logger.tracking_uri")
-    epochs_before = before.get("trainer", {}).get("max_epochs")
-    if epochs_before is not None and epochs_before != cfg.trainer.max_epochs:
-        log.warning(
-            "trainer.max_epochs %s -> %s on resume: the lr schedule is rebuilt for the new "
-            "length and continues at the same step, so its lr jumps (warmup, milestones and "
-            "the cosine are fractions of the whole run)",
-            epochs_before,
-            cfg.trainer.max_epochs,
-        )
-    changes = config_changes(before, redacted_container(cfg), may_change)
-    if not changes:
-        return
-    listing = "\n  - ".join(changes[:20]) + (" ..." if len(changes) > 20 else "")
-    if not has_checkpoint:
-        raise ConfigError(
-            f"trainer.resume={resume} continues a run of another config ({saved}), and "
-            f"its optimizer, schedule and weights would override this one's. Changed:\n"
-            f"  - {listing}\nResume it with the settings it was trained with, or start a "
-            "new run from its weights with model.pretrained_file=<its best.pt> and "
-            "trainer.resume=never"
-        )
-    raise ConfigError(
-        f"{run_dir} holds checkpoints of a run with another config, and "
-        f"trainer.resume=auto would continue it with this one. Changed:\n  - {listing}\n"
-        "Start over in this dir with trainer.resume=never, or run in another dir (leave "
-        "hydra.run.dir out for a new one)."
-    )
 
 
 def resume_or_start(
@@ -286,93 +216,6 @@ def _fresh_start(seed: int, data_digest: str) -> TrainState:
     """A new state; under DDP each rank gets its own random stream from `seed`."""
     distributed.seed_rank(seed, 0)
     return TrainState(data_digest=data_digest)
-
-
-def check_same_data(source: Path, saved: str | None, now: str) -> None:
-    """Refuses to resume a checkpoint on other data than it was trained on.
-
-    The sample order, the partial epoch's position and best.pt's val and test scores all
-    refer to the samples the checkpoint was trained on. A changed image folder (files
-    added or removed) reshuffles its carved splits under the same config, so a resumed
-    run would go on training on images it had tested on.
-
-    Args:
-        source: The checkpoint, for the message.
-        saved: Its `splits_digest`; None (a last.pt from before it was kept) checks nothing.
-        now: This run's.
-
-    Raises:
-        ConfigError: The digests differ.
-    """
-    if saved is None or saved == now:
-        return
-    raise ConfigError(
-        f"{source} was trained on other data than this run has: the samples of its train, "
-        "val or test split, or its train labels, changed since (files added to or removed "
-        "from the data folder, an edited data.exclude or data.relabel file). Resuming "
-        "would continue on other samples, some of them perhaps tested on before. Restore "
-        "the data as it was, start over in this dir with trainer.resume=never, or "
-        "fine-tune from its weights in a new run dir with model.pretrained_file=<its "
-        "best.pt>"
-    )
-
-
-def _launch(world_size: int) -> str:
-    """How to start `world_size` processes, for the messages below."""
-    if world_size == 1:
-        return "a single process (python run.py ..., without torchrun or srun)"
-    return (
-        f"{world_size} processes (torchrun --nproc_per_node={world_size} run.py ... on one "
-        f"node, or a SLURM job of {world_size} tasks)"
-    )
-
-
-def check_world_size(
-    source: Path, saved: int | None, now: int, *, epoch: int, mid_epoch: bool
-) -> None:
-    """Refuses to continue a partial epoch with another number of processes; warns otherwise.
-
-    Each rank's share of an epoch's batches depends on the world size, so the rest of a
-    partial epoch cannot be split among another number of processes. At an epoch boundary
-    training can go on, but the effective batch (trainer.batch_size x processes) and
-    with it the optimizer steps per epoch change.
-
-    Args:
-        source: The checkpoint, for the messages.
-        saved: The world size that wrote it; None (a last.pt from before it was kept)
-            checks nothing.
-        now: This run's world size.
-        epoch: The epochs the checkpoint had finished.
-        mid_epoch: Whether it was saved inside an unfinished epoch.
-
-    Raises:
-        ConfigError: `mid_epoch` and the world sizes differ.
-    """
-    if saved is None or saved == now:
-        return
-    if mid_epoch:
-        raise ConfigError(
-            f"{source} was saved in the middle of epoch {epoch + 1} by {saved} process(es) "
-            f"(world size {saved}), and this run has {now} (world size {now}): the rest of "
-            "that epoch cannot be continued by another number of processes (each one's "
-            f"share of the epoch's batches depends on it). Resume it with {_launch(saved)}, "
-            "or start over in this dir with trainer.resume=never"
-        )
-    log.warning(
-        "%s was saved by %d process(es) at the end of epoch %d, and this run has %d: "
-        "training goes on with an effective batch of trainer.batch_size x %d instead of "
-        "x %d, so the optimizer steps per epoch change, and the lr schedule (rebuilt for the "
-        "new steps per epoch, continued at the step count of the old ones) no longer lines "
-        "up with the epochs; the result differs from an uninterrupted run. To continue "
-        "exactly, resume with %s",
-        source,
-        saved,
-        epoch,
-        now,
-        now,
-        saved,
-        _launch(saved),
-    )
 
 
 def _take_best_along(last: Path, run_dir: Path, state: TrainState) -> None:

@@ -349,7 +349,7 @@ def test_each_rank_restores_its_own_rng_states_and_an_old_checkpoint_reseeds(ran
 
 def test_a_partial_epoch_is_refused_with_another_world_size_and_a_finished_one_warned(caplog):
     from runner.config.errors import ConfigError
-    from runner.training.state import check_world_size
+    from runner.training.resume_checks import check_world_size
 
     last = Path("run/checkpoints/last.pt")
     with pytest.raises(ConfigError) as refused:
