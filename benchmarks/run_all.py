@@ -45,6 +45,7 @@ SCRIPTS = {
     "analysis_cost": ["--rounds", "1"],
     "audit": ["--epochs", "3", "--train-epochs", "3", "--folds", "3"],  # quick: one seed
     "audit_duplicates": ["--epochs", "2"],
+    "audit_weights": ["--epochs", "3", "--folds", "3"],  # quick: one seed
     "eval_memory": [],
 }
 VERSIONS = ("torch", "torchvision", "kornia", "timm", "torchmetrics", "mlflow", "hydra-core")
