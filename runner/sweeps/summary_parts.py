@@ -30,7 +30,7 @@ def shorten(value: str) -> str:
 
 
 def format_value(value: Any) -> str:
-    """A metric as 4 decimals; None as an empty cell."""
+    """A finite number with 4 decimals, None as an empty cell, anything else as its text."""
     return f"{value:.4f}" if is_finite(value) else ("" if value is None else str(value))
 
 
