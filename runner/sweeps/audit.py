@@ -53,7 +53,7 @@ from runner.sweeps.manifest import (
     read_manifest,
     reopen_parent_run,
 )
-from runner.sweeps.out_of_fold import MergedFolds, merge_folds
+from runner.sweeps.out_of_fold import AuditError, MergedFolds, merge_folds
 from runner.tracking.protocol import Tracker, end_run
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,45 @@ def known_noise(
     }
 
 
+def keep_a_fuller_audit(out: Path, num_samples: int) -> Path | None:
+    """Moves an earlier audit of more samples to `audit.replaced-<time>/` before a new one.
+
+    A fold job's out_of_fold.npz that is missing or unreadable leaves its fold out of an
+    audit. Redone so, the audit would replace a complete one with one of fewer samples;
+    the complete one is kept beside it instead.
+
+    Args:
+        out: The audit folder, `<sweep dir>/audit`.
+        num_samples: The samples the new audit covers.
+
+    Returns:
+        Where the earlier audit is now, or None when it was left in place (or there was
+        none).
+    """
+    earlier = out / "label_issues.csv"
+    if not earlier.is_file():
+        return None
+    with earlier.open(newline="", encoding="utf-8") as handle:
+        audited = sum(1 for _ in csv.reader(handle)) - 1  # less the header
+    if audited <= num_samples:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = out.with_name(f"{out.name}.replaced-{stamp}")
+    number = 1
+    while aside.exists():  # two audits redone in one second
+        number += 1
+        aside = out.with_name(f"{out.name}.replaced-{stamp}-{number}")
+    out.rename(aside)
+    log.warning(
+        "audit: the earlier audit covered %d samples and this one covers %d (a fold's "
+        "outputs are missing); the earlier one is kept in %s",
+        audited,
+        num_samples,
+        aside,
+    )
+    return aside
+
+
 def run_audit(
     sweep_dir: Path, num_thumbnails: int = NUM_THUMBNAILS, merged: MergedFolds | None = None
 ) -> AuditResult:
@@ -155,12 +194,19 @@ def run_audit(
         The counts, the files written and the timings.
 
     Raises:
-        AuditError: See `merge_folds`.
+        AuditError: See `merge_folds`; or `<sweep dir>/audit` is a file.
     """
     sweep_dir = Path(sweep_dir)
-    merged = merged if merged is not None else merge_folds(sweep_dir)
-    lab, seconds = find_issues(merged)
     out = sweep_dir / AUDIT_DIR
+    if out.exists() and not out.is_dir():
+        raise AuditError(
+            f"{out} is a file, and the audit writes its files into a folder of that name: "
+            f"move or rename the file, then redo the audit (python -m runner.sweeps audit "
+            f"{sweep_dir})."
+        )
+    merged = merged if merged is not None else merge_folds(sweep_dir)
+    keep_a_fuller_audit(out, len(merged.sample_id))
+    lab, seconds = find_issues(merged)
     out.mkdir(exist_ok=True)
     names = np.array(merged.class_names, dtype=object)
 

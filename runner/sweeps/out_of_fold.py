@@ -146,6 +146,12 @@ def merge_folds(sweep_dir: Path) -> MergedFolds:
             or the jobs disagree on the classes or on K.
     """
     sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        what = "is not a folder" if sweep_dir.exists() else "does not exist"
+        raise AuditError(
+            f"{sweep_dir} {what}: pass the dir of a k-fold sweep (its hydra.sweep.dir, "
+            "e.g. multirun/<date>/<time>)."
+        )
     runs = _fold_runs(sweep_dir)
     if not runs:
         raise AuditError(

@@ -267,6 +267,37 @@ def test_a_damaged_fold_file_is_named_and_the_others_are_audited(tmp_path, caplo
         merge_folds(sweep)
 
 
+def test_an_audit_redone_with_a_fold_missing_keeps_the_complete_one_beside_it(tmp_path):
+    """A redo after a fold's out_of_fold.npz went missing replaced the complete audit's
+    files with those of fewer samples, and the complete ones were lost."""
+    sweep, data = fake_sweep(tmp_path / "sweep")
+    run_audit(sweep, num_thumbnails=0)
+    complete = (sweep / "audit" / "label_issues.csv").read_text()
+    assert len(read_rows(sweep / "audit" / "label_issues.csv")) == len(data.train)
+    (sweep / "2" / OOF_FILE).unlink()
+    run_audit(sweep, num_thumbnails=0)
+    (aside,) = sweep.glob("audit.replaced-*")
+    assert (aside / "label_issues.csv").read_text() == complete
+    assert len(read_rows(sweep / "audit" / "label_issues.csv")) < len(data.train)
+    run_audit(sweep, num_thumbnails=0)  # as many samples as the audit in place: replaced
+    assert len(list(sweep.glob("audit.replaced-*"))) == 1
+
+
+def test_an_audit_folder_that_is_a_file_or_a_sweep_dir_that_is_not_there_is_named(tmp_path, capsys):
+    """A file named audit in the sweep dir ended the audit command with a traceback, and
+    a mistyped sweep dir was said to have no fold job rather than not to exist."""
+    from runner.sweeps.__main__ import main
+
+    sweep, _ = fake_sweep(tmp_path / "sweep")
+    (sweep / "audit").write_text("notes")
+    assert main(["audit", str(sweep)]) == 1
+    said = capsys.readouterr().out
+    assert f"Error: {sweep / 'audit'} is a file" in said and "move or rename" in said
+    assert (sweep / "audit").read_text() == "notes"
+    assert main(["audit", str(tmp_path / "swep")]) == 1
+    assert f"{tmp_path / 'swep'} does not exist" in capsys.readouterr().out
+
+
 def test_what_cannot_be_audited_is_refused_with_what_to_run(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
