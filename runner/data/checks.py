@@ -26,8 +26,8 @@ def require_splits(data: DataSplits, names: tuple[str, ...] = ("train", "val", "
     """Refuses one class and empty splits among `names`; logs classes a split lacks.
 
     Raises:
-        DataError: Fewer than two classes, or a split is empty; the message says what to
-            change.
+        DataError: Fewer than two classes (in the data set or in its train split), or a
+            split is empty; the message says what to change.
     """
     if data.num_classes < 2:
         raise DataError(
@@ -53,6 +53,15 @@ def require_splits(data: DataSplits, names: tuple[str, ...] = ("train", "val", "
                 "data.samples_per_class or lower data.imbalance_ratio"
             )
         missing = classes_without_samples(split.labels, data.class_names)
+        if name == "train" and len(missing) >= data.num_classes - 1:
+            (only,) = set(data.class_names) - set(missing)
+            raise DataError(
+                f"the train split of data {data.name!r} holds samples of one class only "
+                f"({only!r}; the other {len(missing)} have none): a model trained on it "
+                "predicts that class for every image. Check what changed the train labels "
+                "or dropped samples: a data.relabel file that gives every sample one label, "
+                "data.exclude, data.fraction, data.samples_per_class or data.imbalance_ratio"
+            )
         if missing:
             shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
             log.warning(

@@ -69,8 +69,10 @@ def check_fold_counts(data: DataSplits, num_folds: int) -> None:
         raise DataError(
             f"data.num_folds={num_folds}: every class needs at least {num_folds} train "
             f"samples (one per fold), but {listing}{more} after the switches, "
-            f"data.exclude and data.relabel. {fix}, or give those classes more train "
-            "samples (data.samples_per_class, data.imbalance_ratio, data.exclude)."
+            f"data.exclude and data.relabel. {fix}, or leave those classes more train "
+            "samples: check data.fraction, data.samples_per_class and "
+            "data.imbalance_ratio, and whether a data.exclude or data.relabel file takes "
+            "them away."
         )
 
 

@@ -136,6 +136,32 @@ def test_ids_that_match_nothing_are_refused_naming_the_file(make_cfg, tmp_path, 
         digits(make_cfg, f"data.{key}={path}")
 
 
+def test_a_relabel_file_of_another_data_set_is_refused_for_its_ids_not_its_labels(
+    make_cfg, tmp_path
+):
+    """A synthetic set's audit file given to digits was refused for its class names, and
+    the message did not say that none of its samples is a digits sample."""
+    rows = [[f"synthetic:{i}", f"class_{i % 10}"] for i in range(5)]
+    path = write_csv(tmp_path / "other.csv", ["sample_id", "label"], rows)
+    with pytest.raises(DataError, match=r"other\.csv.*none of its 5 sample ids") as err:
+        digits(make_cfg, f"data.relabel={path}")
+    assert "name no class" not in str(err.value)
+
+
+def test_a_relabel_that_leaves_train_one_class_is_refused_before_training(make_cfg, tmp_path):
+    """Every train sample relabelled to one class trained a model that predicts it for
+    every image, with a warning only."""
+    from runner.data.checks import require_splits
+
+    plain = digits(make_cfg)
+    rows = [[str(i), "3"] for i in plain.train.ids]
+    path = write_csv(tmp_path / "all_three.csv", ["sample_id", "label"], rows)
+    data = digits(make_cfg, f"data.relabel={path}")
+    with pytest.raises(DataError, match=r"train split .* holds samples of one class only \('3'"):
+        require_splits(data)
+    require_splits(digits(make_cfg))  # the data set as it is passes
+
+
 @pytest.mark.parametrize("key", ["exclude", "relabel"])
 def test_an_id_of_no_sample_beside_train_ids_is_refused_naming_the_file(make_cfg, tmp_path, key):
     """A mistyped id beside good ones was a warning, and the run trained without it."""

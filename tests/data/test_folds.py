@@ -57,6 +57,9 @@ def test_a_class_with_fewer_samples_than_folds_is_refused_naming_the_key():
     with pytest.raises(DataError, match=r"data\.num_folds=5: every class needs at least 5") as err:
         select_fold(data, num_folds=5, fold=0)
     assert "Lower data.num_folds to at most 3" in str(err.value)
+    # data.exclude takes samples away; it was listed as a way to give a class more.
+    assert "whether a data.exclude or data.relabel file takes them away" in str(err.value)
+    assert "data.imbalance_ratio, data.exclude)" not in str(err.value)
 
 
 @pytest.mark.parametrize(
