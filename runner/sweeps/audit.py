@@ -145,7 +145,7 @@ def keep_a_fuller_audit(out: Path, num_samples: int) -> Path | None:
     """Moves an earlier audit of more samples to `audit.replaced-<time>/` before a new one.
 
     A fold job's out_of_fold.npz that is missing or unreadable leaves its fold out of an
-    audit. Redone so, the audit would replace a complete one with one of fewer samples;
+    audit. An audit redone then would replace a complete one with one of fewer samples;
     the complete one is kept beside it instead.
 
     Args:
