@@ -182,6 +182,8 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:
         data = with_channels(
             build_data(at_trained_size(cfg.data, loaded)), loaded.best.image_channels()
         )
+        # Other classes first: a split of other data than the run's is no new split of it.
+        same_classes(cfg, data.class_names, loaded.best.class_names)
         refuse_a_new_split_of_the_trained_data(cfg, data, loaded)
     else:
         other = ", or test on other data: eval.data=current data=... data.root=..."

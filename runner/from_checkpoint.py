@@ -259,7 +259,11 @@ def resolve_ckpt(ckpt: str, cfg: DictConfig, download_dir: Path) -> tuple[Path, 
     if not ckpt.startswith(MODEL_URI_PREFIXES):
         path = Path(ckpt).expanduser()
         if not path.is_file():
-            hint = " (a folder: point at its checkpoints/best.pt)" if path.is_dir() else ""
+            hint = ""
+            if path.is_dir():  # a run dir or its checkpoints/: the best.pt in it, if any
+                found = (path / "best.pt", path / "checkpoints" / "best.pt")
+                there = next((p for p in found if p.is_file()), None)
+                hint = f" (a folder: point at {there})" if there else " (a folder)"
             raise CheckpointError(
                 f"ckpt={ckpt!r}: no such file{hint}. Pass a run's checkpoints/best.pt or "
                 "ckpt=runs:/<mlflow run id> or ckpt=models:/<registered model>/<version> "

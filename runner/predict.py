@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from runner.config.validation import ConfigError
-from runner.data.decoding import BadImageError, decode_record, to_grayscale
+from runner.data.decoding import BadImageError, DataError, decode_record, to_grayscale
 from runner.data.sets.imagefolder import visible_files
 from runner.data.sets.records import sniff
 from runner.data.splits import path_id
@@ -64,6 +64,13 @@ def run_predict(cfg: DictConfig) -> float:
         )
     names, size = loaded.best.class_names, loaded.best.image_size
     topk = min(int(cfg.predict.topk), len(names))
+    if topk < cfg.predict.topk:
+        log.warning(
+            "predict.topk=%s: the checkpoint's model has %d classes, so the CSV ranks %d",
+            cfg.predict.topk,
+            len(names),
+            topk,
+        )
     predictor = with_tta(loaded.model, cfg.predict.tta)
     autocast = engine.make_autocast(ctx.device, ctx.precision)
     header = ["file", "predicted_class", "probability"]
@@ -115,8 +122,13 @@ def run_predict(cfg: DictConfig) -> float:
         os.replace(tmp, output)  # a complete file or none: an earlier CSV is never half-written
     finally:
         tmp.unlink(missing_ok=True)  # after an error (or Ctrl-C) no partial file is left
-    log.info(
-        "predict: %d image(s) labelled, %d could not be read; wrote %s", labelled, failed, output
+    log.log(
+        logging.WARNING if failed else logging.INFO,
+        "predict: %d image(s) labelled, %d could not be read (the CSV's error column says "
+        "why); wrote %s",
+        labelled,
+        failed,
+        output,
     )
     console.print_summary(
         [
@@ -127,6 +139,12 @@ def run_predict(cfg: DictConfig) -> float:
         ],
         title="predict summary",
     )
+    if not labelled:  # the CSV stands: it says why each file could not be read
+        raise DataError(
+            f"predict.input={cfg.predict.input!r}: none of its {failed} file(s) could be "
+            f"read as an image (their errors are in {output}): point predict.input at "
+            "image files (PNG, JPEG, ...) or a folder of them"
+        )
     return float(labelled)
 
 

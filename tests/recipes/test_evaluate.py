@@ -161,6 +161,9 @@ def test_eval_on_current_data_refuses_the_trained_data_split_another_way(trained
     with pytest.raises(DataError, match=r"synthetic is the data the checkpoint was trained on"):
         run(compose_run(tmp, "eval_resplit", *current, "data.split_seed=7"))
     assert not (tmp / "eval_resplit" / "metrics.json").exists()
+    # Other classes are named as such, not blamed on the split keys, which are the run's.
+    with pytest.raises(ConfigError, match=r"the data's classes .* differ from the checkpoint"):
+        run(compose_run(tmp, "eval_classes", *current, "data.num_classes=5"))
     # Split as the run split it, the same data is tested: see the image size test above.
 
 
@@ -296,6 +299,37 @@ def test_predict_writes_top_k_with_class_names_in_file_order(trained, tmp_path):
         probs = [float(row[f"prob_{k}"]) for k in (1, 2, 3)]
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
     assert rows[0]["class_1"] == rows[2]["class_1"], "the same image gets the same label"
+
+
+@pytest.mark.slow
+def test_predict_of_no_readable_image_fails_after_writing_each_files_error(
+    trained, tmp_path, caplog
+):
+    """A folder of files that are no images was labelled "0 images" with exit status 0,
+    and a top-k beyond the class count was cut without a word."""
+    tmp, _, _ = trained
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for name in ("a.txt", "b.png"):
+        (folder / name).write_bytes(b"not an image")
+    out = tmp_path / "p.csv"
+    cfg = compose_run(
+        tmp,
+        "predict_none",
+        "mode=predict",
+        f"ckpt={tmp / 'train' / 'checkpoints' / 'best.pt'}",
+        f"predict.input={folder}",
+        f"predict.output={out}",
+        "predict.topk=50",
+    )
+    with pytest.raises(DataError, match=r"none of its 2 file\(s\) could be read as an image"):
+        run(cfg)
+    with out.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 and all(row["error"] for row in rows)
+    assert "predict.topk=50: the checkpoint's model has 10 classes, so the CSV ranks 10" in (
+        caplog.text
+    )
 
 
 @pytest.mark.slow
@@ -541,8 +575,14 @@ def test_ckpt_errors_name_the_file_and_the_fix(tmp_path, trained):
     cfg = compose_run(trained[0], "unused")  # the trained run's MLflow store
     with pytest.raises(CheckpointError, match=r"ckpt='/nope/best.pt': no such file"):
         resolve_ckpt("/nope/best.pt", cfg, tmp_path)
-    with pytest.raises(CheckpointError, match=r"a folder: point at its checkpoints/best\.pt"):
+    with pytest.raises(CheckpointError, match=r"no such file \(a folder\)\. Pass a run's"):
         resolve_ckpt(str(tmp_path), cfg, tmp_path)
+    # A run dir, or its checkpoints/ folder: the best.pt in it is named (it pointed the
+    # checkpoints/ folder at checkpoints/checkpoints/best.pt).
+    best = trained[0] / "train" / "checkpoints" / "best.pt"
+    for folder in (best.parent.parent, best.parent):
+        with pytest.raises(CheckpointError, match=rf"\(a folder: point at {best}\)"):
+            resolve_ckpt(str(folder), cfg, tmp_path)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"definitely not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot be loaded safely"):
