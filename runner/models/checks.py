@@ -37,7 +37,7 @@ def check_model_config(model_cfg: Any) -> None:
 
     Raises:
         ConfigError: A timm or torchvision name that does not exist.
-        PretrainedWeightsError: `model.pretrained_file` is not a file.
+        PretrainedWeightsError: `model.pretrained_file` is not a file, or is a last.pt.
     """
     target = model_cfg.get("_target_")
     if target == TIMM_TARGET:
@@ -48,7 +48,16 @@ def check_model_config(model_cfg: Any) -> None:
         _check_torchvision_weights(str(model_cfg.get("name")), model_cfg.get("weights"))
         _check_torchvision_arguments(model_cfg)
         _check_input_rescaling(model_cfg)
-    pretrained_file_path(model_cfg.get("pretrained_file"), "model.pretrained_file")
+    path = pretrained_file_path(model_cfg.get("pretrained_file"), "model.pretrained_file")
+    payload = runner_checkpoint(path) if path is not None else None
+    if payload is not None and {"optimizer", "state"} <= payload.keys():
+        # Its weights would load, but not its trained head (a last.pt names no classes)
+        # nor its normalisation: a best.pt carries both.
+        raise PretrainedWeightsError(
+            f"model.pretrained_file={str(path)!r} is a training-state checkpoint (last.pt): "
+            f"start from that run's weights with its best.pt ({path.parent / 'best.pt'}), "
+            f"or continue its training with trainer.resume={path}"
+        )
 
 
 def _check_input_rescaling(model_cfg: Any) -> None:

@@ -20,6 +20,7 @@ from runner.models.weights import (
     hub_reachable,
     load_matching_weights,
     pretrained_file_path,
+    read_state,
     short_cause,
     stored_normalization,
 )
@@ -157,6 +158,7 @@ def _timm_from_file(name: str, num_classes: int, path: Path, **kwargs) -> nn.Mod
     try:
         model = build(path)
     except Exception as err:  # a file of another model, or no weights file at all
+        read_state(path, key)  # raises for a file that holds no state dict: it says so
         raise PretrainedWeightsError(
             f"{key} does not fit model.name={name!r} ({short_cause(err)}). Point it at a state "
             f"dict of {name} (.safetensors, or a .pth/.bin of tensors), or set model.name to "

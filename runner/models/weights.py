@@ -119,7 +119,7 @@ def load_matching_weights(model: nn.Module, path: Path) -> list[str]:
     """
     key = f"model.pretrained_file={str(path)!r}"
     own = model.state_dict()
-    state = _unwrapped(_read_state(path, key), own)
+    state = _unwrapped(read_state(path, key), own)
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(set(own) - set(usable))
     heads = head_prefixes(model) or ("\0",)
@@ -153,7 +153,7 @@ def load_matching_weights(model: nn.Module, path: Path) -> list[str]:
     return skipped
 
 
-def _read_state(path: Path, key: str) -> dict[str, torch.Tensor]:
+def read_state(path: Path, key: str) -> dict[str, torch.Tensor]:
     """The tensors of a weights file: .safetensors, a state dict, or a checkpoint's.
 
     Raises:

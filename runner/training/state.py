@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.config.errors import ConfigError
 from runner.data.splits import DataSplits, splits_digest
+from runner.models.weights import short_cause
 from runner.training import checkpoint_io, distributed
 from runner.training.optim import load_schedule
 from runner.training.parts import TrainingParts
@@ -145,8 +146,10 @@ def resume_or_start(
         parts.model.load_state_dict(saved["model"])
     except RuntimeError as err:
         raise ConfigError(
-            f"{source} does not fit this model ({str(err).splitlines()[0]}): resume with the "
-            "model settings it was trained with"
+            f"trainer.resume={resume}: {source} does not fit this model ({short_cause(err)}): "
+            "resume with the model settings it was trained with (its run dir's "
+            "config_resolved.yaml), or start a new run from its weights with "
+            "model.pretrained_file=<its best.pt> and trainer.resume=never"
         ) from err
     parts.optimizer.load_state_dict(saved["optimizer"])
     load_schedule(parts.scheduler, saved["scheduler"])  # this run's, where the saved one stopped

@@ -206,6 +206,39 @@ def test_files_that_are_not_state_dicts_are_refused_with_the_file_named(tmp_path
         create_torchvision_model(num_classes=3, name="resnet18", pretrained_file=str(whole))
 
 
+def test_a_timm_weights_file_that_is_no_checkpoint_is_named_so_not_another_model(tmp_path):
+    """A text file was said not to fit model.name ('KeyError: 101'), with the advice to
+    change the model."""
+    notes = tmp_path / "notes.pt"
+    notes.write_text("these are notes, not weights\n")
+    with pytest.raises(PretrainedWeightsError, match=r"does not load .* a state dict") as err:
+        create_timm_model(num_classes=3, name="test_resnet", pretrained_file=str(notes))
+    assert "set model.name" not in str(err.value)
+
+
+def test_a_last_pt_as_pretrained_file_is_refused_naming_its_best_pt_and_resume(tmp_path):
+    """A last.pt started a run from its weights with the head re-initialised and the
+    earlier run's normalisation lost, without a word."""
+    from omegaconf import OmegaConf
+
+    from runner.models.checks import check_model_config
+
+    model = create_timm_model(num_classes=3, name="test_resnet")
+    last = tmp_path / "checkpoints" / "last.pt"
+    last.parent.mkdir()
+    torch.save({"model": model.state_dict(), "optimizer": {}, "state": {"epoch": 1}}, last)
+    cfg = OmegaConf.create(
+        {"_target_": "runner.models.factories.create_timm_model", "name": "test_resnet"}
+    )
+    with pytest.raises(PretrainedWeightsError, match=r"last\.pt.*training-state") as err:
+        check_model_config({**cfg, "pretrained_file": str(last)})
+    assert f"its best.pt ({last.parent / 'best.pt'})" in str(err.value)
+    assert f"trainer.resume={last}" in str(err.value)
+    best = last.with_name("best.pt")
+    torch.save({"model": model.state_dict(), "class_names": ["a", "b", "c"]}, best)
+    check_model_config({**cfg, "pretrained_file": str(best)})  # a best.pt is what it takes
+
+
 def test_a_torchvision_model_without_a_linear_head_is_refused_with_weights():
     """SqueezeNet's head is a convolution: replacing the last Linear would keep 1000 outputs."""
     from torchvision.models import squeezenet1_1

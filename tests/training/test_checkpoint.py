@@ -221,6 +221,21 @@ def test_a_resumed_run_takes_its_own_schedules_lr_and_starts_its_ema_from_the_we
         assert torch.equal(longer.ema.module.state_dict()[name], value), name
 
 
+def test_a_last_pt_of_another_model_is_refused_naming_the_key_and_its_tensors(tmp_path):
+    """Without a config beside it, a last.pt of another model was refused with only
+    "Error(s) in loading state_dict for ...:", naming neither the key nor a tensor."""
+    from runner.config.errors import ConfigError
+    from runner.training.state import TrainState, last_payload, resume_or_start
+
+    other = small_parts(total_steps=6)
+    other.model = torch.nn.Linear(4, 5)  # another class count
+    alone = tmp_path / "alone" / "last.pt"
+    save_checkpoint(last_payload(TrainState(epoch=1, global_step=2), other), alone)
+    with pytest.raises(ConfigError, match=rf"trainer\.resume={alone}: .* does not fit") as err:
+        resume_or_start(tmp_path / "new", str(alone), small_parts(6), tiny_data(), seed=0)
+    assert "size mismatch for weight" in str(err.value)
+
+
 def test_a_checkpoint_resumes_only_on_the_data_it_was_trained_on(tmp_path):
     """An image folder with files added since reshuffles its carved splits under the same
     config; the resumed run went on with other samples at the same positions."""
