@@ -148,8 +148,7 @@ def resume_or_start(
         raise ConfigError(
             f"trainer.resume={resume}: {source} does not fit this model ({short_cause(err)}): "
             "resume with the model settings it was trained with (its run dir's "
-            "config_resolved.yaml), or start a new run from its weights with "
-            "model.pretrained_file=<its best.pt> and trainer.resume=never"
+            "config_resolved.yaml), or start over with trainer.resume=never"
         ) from err
     parts.optimizer.load_state_dict(saved["optimizer"])
     load_schedule(parts.scheduler, saved["scheduler"])  # this run's, where the saved one stopped
