@@ -219,17 +219,13 @@ def test_a_timm_weights_file_that_is_no_checkpoint_is_named_so_not_another_model
 def test_a_last_pt_as_pretrained_file_is_refused_naming_its_best_pt_and_resume(tmp_path):
     """A last.pt started a run from its weights with the head re-initialised and the
     earlier run's normalisation lost, without a word."""
-    from omegaconf import OmegaConf
-
     from runner.models.checks import check_model_config
 
     model = create_timm_model(num_classes=3, name="test_resnet")
     last = tmp_path / "checkpoints" / "last.pt"
     last.parent.mkdir()
     torch.save({"model": model.state_dict(), "optimizer": {}, "state": {"epoch": 1}}, last)
-    cfg = OmegaConf.create(
-        {"_target_": "runner.models.factories.create_timm_model", "name": "test_resnet"}
-    )
+    cfg = {"_target_": "runner.models.factories.create_timm_model", "name": "test_resnet"}
     with pytest.raises(PretrainedWeightsError, match=r"last\.pt.*training-state") as err:
         check_model_config({**cfg, "pretrained_file": str(last)})
     assert f"its best.pt ({last.parent / 'best.pt'})" in str(err.value)
