@@ -171,11 +171,7 @@ class SweepCallback(Callback):
         if audit_problem and not summary.failed:
             raise SystemExit(f"Error: {audit_problem}")
         if summary.failed:
-            listing = "\n".join(
-                f"  job {e.get('num')} {e.get('status', '?')}: {e['label'] or e['key']}"
-                + (f"\n    {e['error']}" if e.get("error") else "")
-                for e in summary.failed
-            )
+            listing = failed_listing(summary.failed)
             raise SystemExit(
                 f"Error: {len(summary.failed)} of {len(summary.jobs)} sweep job(s) did not "
                 f"finish:\n{listing}\n{resume_advice(config, self.sweep_dir)}"
@@ -261,6 +257,24 @@ def check_launcher(config: DictConfig) -> None:
         )
     if problems:
         raise ConfigError("the launcher's settings are invalid:\n  - " + "\n  - ".join(problems))
+
+
+def failed_listing(failed: list[dict[str, Any]]) -> str:
+    """A line per job that did not finish, with its error; an error they all share, once.
+
+    Jobs that fail on their data (a class too small for K folds, an exclude file of
+    another data set) fail alike: the same long message once per job hid the jobs.
+    """
+    lines = [
+        f"  job {e.get('num')} {e.get('status', '?')}: {e['label'] or e['key']}" for e in failed
+    ]
+    errors = [e.get("error") for e in failed]
+    if len(failed) > 1 and errors[0] and all(error == errors[0] for error in errors):
+        return "\n".join([*lines, f"  each of them: {errors[0]}"])
+    return "\n".join(
+        line + (f"\n    {error}" if error else "")
+        for line, error in zip(lines, errors, strict=True)
+    )
 
 
 def resume_advice(config: DictConfig, sweep_dir: Path) -> str:

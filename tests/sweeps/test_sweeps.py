@@ -803,3 +803,26 @@ def test_a_hydra_optuna_sweeper_file_ports_by_renaming_the_sweeper(tmp_path):
     assert best["trials"]["complete"] == 3
     # No warning from Optuna (deprecations included) anywhere in the sweep's output.
     assert not [line for line in output.splitlines() if "Warning" in line and "optuna" in line]
+
+
+def test_jobs_that_fail_alike_list_their_shared_error_once():
+    """Thirteen fold jobs refused on the same data printed the same long error thirteen
+    times; jobs with errors of their own keep each under its line."""
+    from runner.sweeps.callback import failed_listing
+
+    error = "DataError: data.num_folds=13: every class needs at least 13 train samples"
+    alike = [
+        {"num": n, "status": "FAILED", "label": f"data.fold={n}", "error": error} for n in (0, 1, 2)
+    ]
+    listing = failed_listing(alike)
+    assert listing.count(error) == 1 and listing.endswith(f"each of them: {error}")
+    assert all(f"job {n} FAILED: data.fold={n}" in listing for n in (0, 1, 2))
+    apart = [{**alike[0], "error": "ValueError: a"}, {**alike[1], "error": "ValueError: b"}]
+    assert failed_listing(apart).splitlines() == [
+        "  job 0 FAILED: data.fold=0",
+        "    ValueError: a",
+        "  job 1 FAILED: data.fold=1",
+        "    ValueError: b",
+    ]
+    one = [{"num": 4, "status": "INTERRUPTED", "label": "", "key": "seed=4"}]
+    assert failed_listing(one) == "  job 4 INTERRUPTED: seed=4"
