@@ -114,8 +114,38 @@ def unknown_key_hint(args: Sequence[str], config_dir: Path) -> str | None:
     for key in keys:
         found = [missing_key(cfg, key) for cfg in configs]
         if all(found):  # missing from every option: one that has a near name is shown
-            problems.append(next((f for f in found if "did you mean" in f), found[0]))
+            problem = next((f for f in found if "did you mean" in f), found[0])
+            having = options_with_key(config_dir, key)
+            if having:  # spelt right, perhaps, and the chosen option has no such key
+                which = f"{' and '.join(having)} {'has' if len(having) == 1 else 'have'} it"
+                problem = problem.replace(
+                    "; check its spelling", f"; {which} (choose it), or check its spelling", 1
+                )
+            problems.append(problem)
     return "\n".join(f"Error: {problem}" for problem in problems) or None
+
+
+def options_with_key(config_dir: Path, key: str) -> list[str]:
+    """The options of `key`'s group whose own file sets it: `["loss=gce"]` for `loss.q`.
+
+    A key spelt right is missing when the chosen option lacks it (`logger=none` has no
+    `logger.export_model`). Only an option's own file is read, not its defaults.
+    """
+    group, _, leaf = key.partition(".")
+    folder = Path(config_dir) / group
+    if not leaf or "." in leaf or not folder.is_dir():
+        return []
+    from omegaconf import OmegaConf
+
+    having = []
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            content = OmegaConf.load(path)
+        except Exception:  # a file Hydra reads, or refuses, on its own
+            continue
+        if isinstance(content, DictConfig) and leaf in content:
+            having.append(f"{group}={path.stem}")
+    return having
 
 
 def run(cfg: DictConfig) -> float:

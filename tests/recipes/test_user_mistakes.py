@@ -750,6 +750,20 @@ def test_a_misspelt_key_that_hydra_refuses_is_named_with_the_key_meant(tmp_path)
     assert "did you mean model.patch_size?" in hint
 
 
+def test_a_key_of_another_option_of_its_group_names_that_option():
+    """logger=none logger.export_model=false was told to check the key's spelling, which
+    was right: the key is logger=mlflow's."""
+    from runner.cli import unknown_key_hint
+    from tests.conftest import CONF
+
+    hint = unknown_key_hint(["logger=none", "logger.export_model=false"], CONF)
+    assert "logger.export_model: the config has no such key; logger=mlflow has it (choose" in hint
+    hint = unknown_key_hint(["loss=sce", "loss.q=0.5"], CONF)
+    assert "; loss=gce has it (choose it), or check its spelling (loss has: alpha" in hint
+    hint = unknown_key_hint(["trainer.max_epoch=3"], CONF)  # no option has it: spelling only
+    assert "has it" not in hint and "did you mean trainer.max_epochs?" in hint
+
+
 def test_a_grid_whose_presets_monitor_different_metrics_is_refused(tmp_path):
     """experiment=a,b where b sets trainer.monitor=val/loss: the summary ranked job b's
     val/loss among the others' val/acc and named it the best val/acc."""
