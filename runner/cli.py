@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from runner.config.errors import UserError
 from runner.config.validation import job_mode
@@ -135,8 +135,6 @@ def options_with_key(config_dir: Path, key: str) -> list[str]:
     folder = Path(config_dir) / group
     if not leaf or "." in leaf or not folder.is_dir():
         return []
-    from omegaconf import OmegaConf
-
     having = []
     for path in sorted(folder.glob("*.yaml")):
         try:

@@ -305,7 +305,7 @@ def relabel_samples(
     # The ids first: a file written for another data set names other classes too, and
     # its ids are what is wrong with it.
     ids = list(dict.fromkeys(row["sample_id"] for _, row in rows))
-    _, _, unmatched = _train_positions(data, ids)
+    positions, matched, unmatched = _train_positions(data, ids)
     _check_unmatched("data.relabel", path, data, ids, unmatched, dropped)
     by_index = _indices_allowed(data.class_names)
     wanted: dict[str, int] = {}
@@ -337,7 +337,8 @@ def relabel_samples(
         return data
     if not wanted:
         raise DataError(f"data.relabel={path!r} has no rows: leave data.relabel out.")
-    positions, matched, unmatched = _train_positions(data, list(wanted))
+    # Every label named a class (else the error above), so `wanted` holds each id of
+    # `ids`, and `matched` and `positions` are theirs.
     chosen: dict[int, tuple[str, int]] = {}  # train position -> (id as written, label)
     for sample_id, position in zip(matched, positions.tolist(), strict=True):
         earlier = chosen.setdefault(position, (sample_id, wanted[sample_id]))

@@ -47,9 +47,10 @@ def check_model_config(model_cfg: Any) -> None:
         check_torchvision_name(str(model_cfg.get("name")))
         _check_torchvision_weights(str(model_cfg.get("name")), model_cfg.get("weights"))
         _check_torchvision_arguments(model_cfg)
-        _check_input_rescaling(model_cfg)
     path = pretrained_file_path(model_cfg.get("pretrained_file"), "model.pretrained_file")
     payload = runner_checkpoint(path) if path is not None else None
+    if target == TORCHVISION_TARGET:
+        _check_input_rescaling(model_cfg, payload)
     if payload is not None and {"optimizer", "state"} <= payload.keys():
         # Its weights would load, but not its trained head (a last.pt names no classes)
         # nor its normalisation: a best.pt carries both.
@@ -60,13 +61,18 @@ def check_model_config(model_cfg: Any) -> None:
         )
 
 
-def _check_input_rescaling(model_cfg: Any) -> None:
+def _check_input_rescaling(model_cfg: Any, payload: dict[str, Any] | None) -> None:
     """Refuses googlenet or inception_v3 weights from a file without `transform_input`.
 
     torchvision builds these models for its released weights with `transform_input=True`
     (they rescale their input themselves), and without weights with False. A weights file
     does not say which its weights expect, and eval rebuilds the model from the config
     alone: the config must say it.
+
+    Args:
+        model_cfg: The model group.
+        payload: The weights file's content when it is a runner checkpoint
+            (`runner_checkpoint`), else None.
     """
     name, file = str(model_cfg.get("name")), model_cfg.get("pretrained_file")
     if (
@@ -76,7 +82,6 @@ def _check_input_rescaling(model_cfg: Any) -> None:
         or "transform_input" in model_cfg
     ):
         return
-    payload = runner_checkpoint(pretrained_file_path(file, "model.pretrained_file"))
     known = ""
     if payload is not None and isinstance(payload.get("config"), str):
         from omegaconf import OmegaConf
