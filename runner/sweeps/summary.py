@@ -132,6 +132,7 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
         for j in jobs
     ]
     lines += markdown_table(header, rows)
+    lines += _lost_metrics_lines(jobs)
     if groups:
         repeats = [REPEATS[n] for n in REPEATS if n in swept]
         lines += ["", f"## Mean +- std over {' and '.join(repeats)}", ""]
@@ -174,6 +175,8 @@ def _read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
         metrics_file = job_run_dir(sweep_dir, entry) / "metrics.json"
         test = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         test = {k: v for k, v in test.items() if k.startswith("test/")}
+        # A finished job's run dir that was moved or deleted: its test metrics are lost.
+        lost = entry.get("status") == "FINISHED" and not metrics_file.exists()
         # The summary's files and tags go to the tracking server: no secret in the clear.
         overrides = redacted_overrides(entry.get("overrides", []))
         jobs.append(
@@ -186,6 +189,7 @@ def _read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
                     k: unescape(v) for k, v in parse_overrides(setting_overrides(overrides)).items()
                 },
                 "test": test,
+                **({"lost_metrics": str(metrics_file)} if lost else {}),
             }
         )
     return jobs
@@ -360,5 +364,19 @@ def _swept_names(jobs: list[dict[str, Any]], constant: set[str]) -> list[str]:
     return sorted(n for n, values in names.items() if len(values) > 1 and n != "optuna.trial")
 
 
+def _lost_metrics_lines(jobs: list[dict[str, Any]]) -> list[str]:
+    """A line per finished job whose metrics.json is gone, so that its blank cells are read."""
+    lines = [
+        f"Job {j.get('num')} finished, but its {j['lost_metrics']} is gone (its run dir was "
+        "moved or deleted): its monitored value is the manifest's, its test metrics are lost."
+        for j in jobs
+        if "lost_metrics" in j
+    ]
+    return ["", *lines] if lines else []
+
+
 def _status(job: dict[str, Any]) -> str:
-    return job.get("status", "?") + (" (pruned)" if job.get("pruned") else "")
+    marks = [
+        mark for mark, key in (("pruned", "pruned"), ("no metrics", "lost_metrics")) if job.get(key)
+    ]
+    return job.get("status", "?") + (f" ({', '.join(marks)})" if marks else "")

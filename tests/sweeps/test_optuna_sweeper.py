@@ -8,6 +8,7 @@ import contextlib
 import json
 import re
 import shlex
+import shutil
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -634,6 +635,17 @@ def test_summary_ranks_jobs_and_skips_pruned_for_best(tmp_path):
     assert "FINISHED (pruned)" in summary.markdown
     assert "trainer.max_epochs" not in summary.markdown  # the same in every job
     assert (tmp_path / "sweep_plot.png").stat().st_size > 1000
+
+
+def test_the_summary_says_which_finished_jobs_run_dir_is_gone(tmp_path):
+    """A job whose run dir was deleted was listed FINISHED with blank test metrics."""
+    for num, lr in enumerate(["0.1", "0.01"]):
+        _job(tmp_path, num, [f"optim.lr={lr}"], 0.8 + num / 10)
+    shutil.rmtree(tmp_path / "1")
+    markdown = summarize(tmp_path, monitor="val/acc", maximize=True).markdown
+    assert "| 1 | 0.01 | FINISHED (no metrics) | 0.9000 |" in markdown
+    assert "| 0 | 0.1 | FINISHED | 0.8000 |" in markdown
+    assert f"Job 1 finished, but its {tmp_path / '1' / 'metrics.json'} is gone" in markdown
 
 
 def test_with_seeds_the_best_is_the_best_mean_over_seeds_not_the_luckiest_seed(tmp_path):
