@@ -172,9 +172,10 @@ class SweepCallback(Callback):
             raise SystemExit(f"Error: {audit_problem}")
         if summary.failed:
             listing = failed_listing(summary.failed)
+            advice = failed_sweep_advice(config, self.sweep_dir, summary.failed)
             raise SystemExit(
                 f"Error: {len(summary.failed)} of {len(summary.jobs)} sweep job(s) did not "
-                f"finish:\n{listing}\n{resume_advice(config, self.sweep_dir)}"
+                f"finish:\n{listing}\n{advice}"
                 + (f"\nAnd {audit_problem}" if audit_problem else "")
             )
         if not delivered:  # the sweep is done and summarised; its files are written
@@ -269,12 +270,27 @@ def failed_listing(failed: list[dict[str, Any]]) -> str:
         f"  job {e.get('num')} {e.get('status', '?')}: {e['label'] or e['key']}" for e in failed
     ]
     errors = [e.get("error") for e in failed]
-    if len(failed) > 1 and errors[0] and all(error == errors[0] for error in errors):
+    if share_one_error(failed):
         return "\n".join([*lines, f"  each of them: {errors[0]}"])
     return "\n".join(
         line + (f"\n    {error}" if error else "")
         for line, error in zip(lines, errors, strict=True)
     )
+
+
+def share_one_error(failed: list[dict[str, Any]]) -> bool:
+    """Whether the jobs that did not finish (more than one) all failed with one error."""
+    errors = [e.get("error") for e in failed]
+    return len(failed) > 1 and bool(errors[0]) and all(error == errors[0] for error in errors)
+
+
+def failed_sweep_advice(config: DictConfig, sweep_dir: Path, failed: list[dict[str, Any]]) -> str:
+    """What to do about a sweep's failed jobs: mend an error they share, then resume."""
+    advice = resume_advice(config, sweep_dir)
+    if not share_one_error(failed):
+        return advice
+    # Jobs refused alike (their data, a key) fail the same way on a resume until it is mended.
+    return f"Mend the error they share first, then: {advice[0].lower()}{advice[1:]}"
 
 
 def resume_advice(config: DictConfig, sweep_dir: Path) -> str:

@@ -808,7 +808,9 @@ def test_a_hydra_optuna_sweeper_file_ports_by_renaming_the_sweeper(tmp_path):
 def test_jobs_that_fail_alike_list_their_shared_error_once():
     """Thirteen fold jobs refused on the same data printed the same long error thirteen
     times; jobs with errors of their own keep each under its line."""
-    from runner.sweeps.callback import failed_listing
+    from omegaconf import OmegaConf
+
+    from runner.sweeps.callback import failed_listing, failed_sweep_advice
 
     error = "DataError: data.num_folds=13: every class needs at least 13 train samples"
     alike = [
@@ -816,6 +818,11 @@ def test_jobs_that_fail_alike_list_their_shared_error_once():
     ]
     listing = failed_listing(alike)
     assert listing.count(error) == 1 and listing.endswith(f"each of them: {error}")
+    # A resume alone would fail alike: the advice says to mend the error first.
+    grid = OmegaConf.create({"hydra": {"sweeper": {"_target_": "basic"}}})
+    advice = failed_sweep_advice(grid, Path("/s"), alike)
+    assert advice == "Mend the error they share first, then: run them again with sweep.resume=/s"
+    assert failed_sweep_advice(grid, Path("/s"), alike[:1]).startswith("Run them again")
     assert all(f"job {n} FAILED: data.fold={n}" in listing for n in (0, 1, 2))
     apart = [{**alike[0], "error": "ValueError: a"}, {**alike[1], "error": "ValueError: b"}]
     assert failed_listing(apart).splitlines() == [
