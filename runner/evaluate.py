@@ -58,8 +58,8 @@ def run_eval(cfg: DictConfig) -> float:
     Returns:
         Test accuracy.
     """
+    refuse_ignored_overrides(cfg)  # before validation, which checks what it would ignore
     ctx = start_context(cfg)
-    refuse_ignored_overrides(cfg)
     loaded = load_checkpoint(ctx)
     ctx.tracker = instantiate(cfg.logger)
     # The training run's experiment, unless this command names one (logger.experiment_name).
@@ -180,7 +180,8 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:
             # From the class folders' names, before a folder of any size is listed and decoded.
             same_classes(cfg, class_folders(root / "train"), loaded.best.class_names)
         data = with_channels(
-            build_data(at_trained_size(cfg.data, loaded)), loaded.best.image_channels()
+            build_data(at_trained_size(train_only_keys_off(cfg.data), loaded)),
+            loaded.best.image_channels(),
         )
         # Other classes first: a split of other data than the run's is no new split of it.
         same_classes(cfg, data.class_names, loaded.best.class_names)

@@ -22,6 +22,7 @@ from omegaconf.errors import InterpolationResolutionError
 from torch import nn
 
 from runner.augment.normalize import Normalize
+from runner.config.choices import RUNNER_GROUP_KEYS
 from runner.config.targets import untrusted_targets
 from runner.config.validation import ConfigError, job_mode, validate
 from runner.data import curation, folds
@@ -84,7 +85,8 @@ def refuse_ignored_overrides(cfg: DictConfig) -> None:
     """Refuses command-line keys that eval or predict would silently ignore.
 
     The model and its augmentation always come from the checkpoint; the data too in
-    predict, and in eval with eval.data=stored.
+    predict, and in eval with eval.data=stored. Nor does eval read the train split that
+    the real-world switches, exclude/relabel and k-fold change.
 
     Raises:
         ConfigError: Naming the overrides and why they do not apply.
@@ -107,6 +109,13 @@ def refuse_ignored_overrides(cfg: DictConfig) -> None:
             f"{' '.join(data_keys)}: eval.data=stored tests on the data the checkpoint was "
             "trained on and would ignore this. Add eval.data=current to test on the command "
             "line's data"
+        )
+    train_only = [f"data.{key}" for key in RUNNER_GROUP_KEYS["data"]]
+    changing_train = [o for o in data_keys if o.lstrip("+~").split("=")[0] in train_only]
+    if changing_train:
+        raise ConfigError(
+            f"{' '.join(changing_train)}: mode=eval tests on the test split, which no "
+            "real-world switch, exclude or relabel file or k-fold key changes: leave it out"
         )
 
 

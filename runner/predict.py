@@ -42,8 +42,8 @@ def run_predict(cfg: DictConfig) -> float:
     Returns:
         The number of images labelled.
     """
+    refuse_ignored_overrides(cfg)  # before validation, which checks what it would ignore
     ctx = start_context(cfg)  # tracks nothing
-    refuse_ignored_overrides(cfg)
     files = list_images(str(cfg.predict.input))
     output = predictions_path(cfg.predict.output, ctx.run_dir, files)  # before reading any
     # An earlier predictions CSV inside the input folder is not an image to label; only

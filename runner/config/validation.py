@@ -315,7 +315,13 @@ def _fold_problems(
 
 
 def _curation_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) -> list[str]:
-    """data.exclude and data.relabel name readable CSV files with the needed columns."""
+    """data.exclude and data.relabel name readable CSV files with the needed columns.
+
+    Not in eval and predict, which read no such file: they test the checkpoint on a test
+    split that the files leave as it is (eval drops the keys; one typed is refused).
+    """
+    if job_mode(cfg) in ("eval", "predict"):
+        return []
     problems = []
     for key, columns in CURATION_COLUMNS.items():
         value = OmegaConf.select(cfg, key, default=None)

@@ -341,6 +341,10 @@ def test_eval_with_stored_data_refuses_data_keys_and_names_eval_data_current(bes
     done = run_cli(*command, "model=resnet50", "aug.eval_crop_pct=0.5", timeout=300)
     assert done.returncode == 1, done.stderr[-2000:]
     assert "Error: model=resnet50 aug.eval_crop_pct=0.5: mode=eval uses the model" in done.stderr
+    # With the command line's data, the keys that change only train were ignored silently.
+    done = run_cli(*command, "eval.data=current", "data.exclude=x.csv", "data.label_noise=0.2")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Error: data.exclude=x.csv data.label_noise=0.2: mode=eval tests on" in done.stderr
 
 
 def test_a_training_batch_of_one_sample_is_refused_or_left_out(make_cfg, tmp_path):
