@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config.sweep_values import read_sweeps, values_of
 from runner.sweeps.audit_report import (
     AUDIT_DIR,
     draw_suspects,
@@ -332,6 +333,29 @@ def audit_if_asked(config: DictConfig, sweep_dir: Path, tracker: Tracker | None)
             f"redo it with python -m runner.sweeps audit {sweep_dir}"
         )
     return None
+
+
+def partial_folds_warning(config: DictConfig) -> str | None:
+    """A warning, at a sweep's start, that its audit will cover only some of the K folds.
+
+    Without it, `experiment=audit 'data.fold=0,1'` trained both folds and said which were
+    missing only when the audit ran at the end.
+    """
+    if OmegaConf.select(config, "audit.enabled", default=False) is not True:
+        return None
+    num_folds = OmegaConf.select(config, "data.num_folds", default=None)
+    folds = values_of(config, "data.fold", read_sweeps(config)[0])
+    if not isinstance(num_folds, int) or not all(isinstance(f, int) for f in folds):
+        return None  # the config checks refuse these
+    left_out = sorted(set(range(num_folds)) - set(folds))
+    if not left_out:
+        return None
+    return (
+        f"audit.enabled=true and this sweep runs fold(s) {sorted(set(folds))} of "
+        f"data.num_folds={num_folds}: the audit at its end leaves out the samples of fold(s) "
+        f"{left_out} (unless this sweep dir holds their outputs); sweep "
+        f"'data.fold=range({num_folds})' to audit all of train"
+    )
 
 
 def configured_thumbnails(sweep_dir: Path) -> int:

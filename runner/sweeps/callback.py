@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from runner.config.errors import ConfigError
 from runner.config.redaction import public_uri, redacted_overrides
 from runner.config.validation import job_mode
-from runner.sweeps.audit import audit_if_asked
+from runner.sweeps.audit import audit_if_asked, partial_folds_warning
 from runner.sweeps.grid import group_options, refuse_bad_jobs
 from runner.sweeps.manifest import (
     MANIFEST_FILE,
@@ -79,8 +79,9 @@ class SweepCallback(Callback):
         if mode != "train":  # eval, predict, preview, throughput: their jobs track no runs
             log.info("a sweep of mode=%s: no parent MLflow run and no sweep summary", mode)
             return
-        if warning := cluster_store_warning(config):
-            log.warning("%s", warning)
+        for warning in (cluster_store_warning(config), partial_folds_warning(config)):
+            if warning:
+                log.warning("%s", warning)
         self.sweep_dir = Path(config.hydra.sweep.dir).resolve()
         resume = OmegaConf.select(config, "sweep.resume", default=None)
         if resume and not (self.sweep_dir / MANIFEST_FILE).exists():

@@ -18,7 +18,7 @@ from runner.data.build import build_data
 from runner.data.folds import fold_indices
 from runner.data.sets.digits import load_digits
 from runner.data.switches import apply_switches
-from runner.sweeps.audit import LABEL_ISSUE_COLUMNS, run_audit
+from runner.sweeps.audit import LABEL_ISSUE_COLUMNS, partial_folds_warning, run_audit
 from runner.sweeps.manifest import update_manifest
 from runner.sweeps.out_of_fold import OOF_FILE, AuditError, merge_folds, save_out_of_fold
 from tests.conftest import REPO, TINY, query, run_cli, seed_store
@@ -296,6 +296,24 @@ def test_an_audit_folder_that_is_a_file_or_a_sweep_dir_that_is_not_there_is_name
     assert (sweep / "audit").read_text() == "notes"
     assert main(["audit", str(tmp_path / "swep")]) == 1
     assert f"{tmp_path / 'swep'} does not exist" in capsys.readouterr().out
+
+
+def test_a_sweep_of_some_folds_is_told_at_its_start_which_its_audit_leaves_out(make_cfg):
+    """`experiment=audit 'data.fold=0,1'` trained both folds and named the missing ones
+    only when the audit ran."""
+    from omegaconf import open_dict
+
+    def warning_for(*task: str, enabled: bool = True) -> str | None:
+        cfg = make_cfg("experiment=audit", "data.num_folds=3", f"audit.enabled={enabled}")
+        with open_dict(cfg):
+            cfg.hydra = OmegaConf.create({"mode": "RunMode.MULTIRUN", "overrides": {"task": task}})
+        return partial_folds_warning(cfg)
+
+    warning = warning_for("data.fold=0,2")
+    assert warning is not None and "leaves out the samples of fold(s) [1]" in warning
+    assert "'data.fold=range(3)'" in warning
+    assert warning_for("data.fold=0,1,2") is None
+    assert warning_for("data.fold=0,1", enabled=False) is None
 
 
 def test_what_cannot_be_audited_is_refused_with_what_to_run(tmp_path):
