@@ -27,6 +27,23 @@ class AuditError(RuntimeError):
 
 
 @dataclass
+class OutOfFold:
+    """One model's outputs for some samples, as `OOF_FILE` holds them.
+
+    Attributes:
+        sample_id: (N,) str.
+        label: (N,) int64, the label the job trained with (after noise/relabel).
+        probabilities: (N, C) softmax probabilities of the job's best weights.
+        embeddings: (N, D) penultimate-layer embeddings.
+    """
+
+    sample_id: np.ndarray
+    label: np.ndarray
+    probabilities: np.ndarray
+    embeddings: np.ndarray
+
+
+@dataclass
 class MergedFolds:
     """The fold jobs' out-of-fold outputs, one row per audited sample.
 
@@ -66,46 +83,39 @@ class MergedFolds:
 
 def save_out_of_fold(
     path: Path,
+    held_out: OutOfFold,
     *,
-    sample_id: np.ndarray,
-    label: np.ndarray,
-    probabilities: np.ndarray,
-    embeddings: np.ndarray,
     class_names: list[str],
     fold: int,
     num_folds: int,
-    space_sample_id: np.ndarray | None = None,
-    space_embeddings: np.ndarray | None = None,
+    space: OutOfFold | None = None,
 ) -> Path:
     """Writes a fold job's out-of-fold outputs (the arrays `merge_folds` reads), atomically.
 
     Args:
         path: The file, `<run dir>/out_of_fold.npz`.
-        sample_id: (N,) ids of the held-out samples.
-        label: (N,) their given labels.
-        probabilities: (N, C) softmax probabilities of the job's best weights.
-        embeddings: (N, D) penultimate-layer embeddings.
+        held_out: The outputs for the held-out fold's samples.
         class_names: Name of each class.
         fold: The held-out fold.
         num_folds: K.
-        space_sample_id: (M,) ids of the job's train samples (the other folds), which
-            fold 0's job embeds too, so that every sample has an embedding by one model.
-        space_embeddings: (M, D) their embeddings.
+        space: The outputs for the job's train samples (the other folds), which fold 0's
+            job computes too, so that every sample has an embedding by one model; only
+            their ids and embeddings are kept.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
     arrays = {
-        "sample_id": np.asarray(sample_id, dtype=str),
-        "label": np.asarray(label, dtype=np.int64),
-        "probabilities": np.asarray(probabilities, dtype=np.float32),
-        "embeddings": np.asarray(embeddings, dtype=np.float32),
+        "sample_id": np.asarray(held_out.sample_id, dtype=str),
+        "label": np.asarray(held_out.label, dtype=np.int64),
+        "probabilities": np.asarray(held_out.probabilities, dtype=np.float32),
+        "embeddings": np.asarray(held_out.embeddings, dtype=np.float32),
         "class_names": np.asarray(class_names, dtype=str),
         "fold": np.int64(fold),
         "num_folds": np.int64(num_folds),
     }
-    if space_embeddings is not None:
-        arrays["space_sample_id"] = np.asarray(space_sample_id, dtype=str)
-        arrays["space_embeddings"] = np.asarray(space_embeddings, dtype=np.float32)
+    if space is not None:
+        arrays["space_sample_id"] = np.asarray(space.sample_id, dtype=str)
+        arrays["space_embeddings"] = np.asarray(space.embeddings, dtype=np.float32)
     np.savez(tmp, **arrays)
     tmp.replace(path)  # the audit never reads a half-written file
     return path

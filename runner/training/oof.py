@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,21 +36,11 @@ from torch import nn
 from runner.config.errors import ConfigError
 from runner.data.splits import DataSplits
 from runner.models.heads import classifier_layer
-from runner.sweeps.out_of_fold import OOF_FILE, save_out_of_fold
+from runner.sweeps.out_of_fold import OOF_FILE, OutOfFold, save_out_of_fold
 from runner.training import engine
 from runner.training.context import RunContext
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class OutOfFold:
-    """The held-out fold's predictions, in the order of the arrays of `OOF_FILE`."""
-
-    sample_id: np.ndarray
-    label: np.ndarray
-    probabilities: np.ndarray
-    embeddings: np.ndarray
 
 
 @torch.inference_mode()
@@ -175,15 +164,11 @@ def write_out_of_fold(ctx: RunContext, model: nn.Module, parts, data: DataSplits
     space = predict(data.train) if int(data_cfg.fold) == 0 else None
     path = save_out_of_fold(
         ctx.run_dir / OOF_FILE,
-        sample_id=outputs.sample_id,
-        label=outputs.label,
-        probabilities=outputs.probabilities,
-        embeddings=outputs.embeddings,
+        outputs,
         class_names=list(data.class_names),
         fold=int(data_cfg.fold),
         num_folds=int(data_cfg.num_folds),
-        space_sample_id=None if space is None else space.sample_id,
-        space_embeddings=None if space is None else space.embeddings,
+        space=space,
     )
     ctx.tracker.log_artifact(path)
     log.info(

@@ -20,7 +20,13 @@ from runner.data.sets.digits import load_digits
 from runner.data.switches import apply_switches
 from runner.sweeps.audit import LABEL_ISSUE_COLUMNS, partial_folds_warning, run_audit
 from runner.sweeps.manifest import update_manifest
-from runner.sweeps.out_of_fold import OOF_FILE, AuditError, merge_folds, save_out_of_fold
+from runner.sweeps.out_of_fold import (
+    OOF_FILE,
+    AuditError,
+    OutOfFold,
+    merge_folds,
+    save_out_of_fold,
+)
 from tests.conftest import REPO, TINY, query, run_cli, seed_store
 
 DIGITS = {
@@ -72,17 +78,20 @@ def fake_sweep(
             turn = np.linalg.qr(np.random.default_rng(fold).normal(size=(64, 64)))[0]
             space = embeddings @ turn.astype(np.float32)
         others = fold == 0 and shared
+
+        outputs = [
+            OutOfFold(
+                data.train.ids[rows], labels[rows], model.predict_proba(pixels[rows]), space[rows]
+            )
+            for rows in (held, train)
+        ]
         save_out_of_fold(
             run_dir / OOF_FILE,
-            sample_id=data.train.ids[held],
-            label=labels[held],
-            probabilities=model.predict_proba(pixels[held]),
-            embeddings=space[held],
+            outputs[0],
             class_names=data.class_names,
             fold=fold,
             num_folds=num_folds,
-            space_sample_id=data.train.ids[train] if others else None,
-            space_embeddings=space[train] if others else None,
+            space=outputs[1] if others else None,
         )
         if data.clean_train_labels is not None:  # as report_train_data writes it
             with (run_dir / "label_noise.csv").open("w", newline="") as handle:
@@ -468,10 +477,7 @@ def test_checks_cleanlab_could_not_run_are_reported_as_not_checked(tmp_path):
         probabilities = np.full((4, 2), 0.5)
         save_out_of_fold(
             run_dir / OOF_FILE,
-            sample_id=data.train.ids[held],
-            label=labels[held],
-            probabilities=probabilities,
-            embeddings=pixels[held],
+            OutOfFold(data.train.ids[held], labels[held], probabilities, pixels[held]),
             class_names=["a", "b"],
             fold=fold,
             num_folds=2,
