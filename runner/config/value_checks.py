@@ -215,6 +215,11 @@ def _betas(value: Any) -> str | None:
     return None if ok else "two numbers in [0, 1), e.g. [0.9,0.999]"
 
 
+def _widths(value: Any) -> str | None:
+    ok = OmegaConf.is_list(value) and len(value) > 0 and all(_is_int(v) and v >= 1 for v in value)
+    return None if ok else "a list of integers >= 1, e.g. [64, 256, 256]"
+
+
 def _cifar_depth(value: Any) -> str | None:
     ok = _is_int(value) and value >= 8 and (value - 2) % 6 == 0
     return None if ok else "an integer 6n+2 (20, 32, 44, 56, 110)"
@@ -312,6 +317,11 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "model.drop_path_rate": _optional_fraction,
     "model.depth": _positive_int,
     "model.patch_size": _positive_int,
+    "model.img_size": _positive_int,
+    "model.widths": _widths,
+    "model.batchnorm_momentum": _probability,
+    "model.weights": _optional_non_empty_string,
+    "model.pretrained_file": _optional_non_empty_string,
     "sched.warmup_epochs": _non_negative_number,
     "sched.min_lr_ratio": _fraction,
     "sched.pct_start": _fraction,
@@ -354,6 +364,9 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "data.split_train": _non_empty_string,
     "data.split_val": _optional_non_empty_string,
     "data.split_test": _optional_non_empty_string,
+    "data.config_name": _optional_non_empty_string,
+    "data.revision": _optional_non_empty_string,
+    "data.hf_cache_dir": _optional_non_empty_string,
     "data.imbalance_ratio": _imbalance_ratio,
     "data.label_noise": _fraction,
     "data.noise_type": _one_of(*choices.NOISE_TYPES),
@@ -397,6 +410,18 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "throughput.batch_sizes": _batch_sizes,
     "throughput.warmup_steps": _non_negative_int,
     "throughput.steps": _positive_int,
+}
+
+# Keys of conf/ that no check above covers, and what checks them instead. A new key of
+# a config group needs a check above (or a line here): tests/config/test_config.py
+# fails for one that has neither.
+CHECKED_ELSEWHERE = {
+    "aug.transforms": "runner.augment.checks.check_transforms builds each one",
+    "allowed_targets": "runner.config.targets checks every _target_ against it",
+    "optuna.trial": "the Optuna sweeper sets it for each trial",
+    "paths.root_dir": "an interpolation source; the run and sweep dirs are checked",
+    "paths.output_dir": "an interpolation source; the run and sweep dirs are checked",
+    "paths.run_dir": "runner.config.callback checks that it can be written",
 }
 
 # Keys whose meaning depends on the option chosen in their group: (key, the option's

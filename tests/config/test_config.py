@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from runner.config.validation import ConfigError, validate
 from runner.data.build import build_data
 from runner.data.splits import DataSplits
-from tests.conftest import REPO, group_options, run_cli
+from tests.conftest import CONF, REPO, group_options, run_cli
 from tests.datagen import make_imagefolder, write_cifar, write_hf_parquet
 
 GROUPS = ["data", "aug", "model", "optim", "sched", "loss", "sampler", "logger", "trainer"]
@@ -256,6 +256,39 @@ def test_cifar10_lt_experiment_composes_and_validates(make_cfg):
     assert cfg.data.imbalance_ratio == 100 and cfg.trainer.max_epochs == 200
     model = instantiate(cfg.model)(num_classes=10)
     assert 0.4e6 < sum(p.numel() for p in model.parameters()) < 0.5e6, "resnet32: 0.46M"
+
+
+def test_every_key_in_conf_has_a_value_check():
+    """A new option's key without a check (`loss.epsilon=abc`) passed validation and failed
+    at the first training step, after the run dir was made."""
+    from omegaconf import DictConfig
+
+    from runner.config.value_checks import CHECKED_ELSEWHERE, CHECKS, OPTION_KEYS
+
+    def keys_of(node: DictConfig, prefix: str):
+        for key in node:
+            if key == "defaults" or str(key).startswith("_") or (not prefix and key == "hydra"):
+                continue
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and len(child):
+                yield from keys_of(child, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    unchecked = []
+    for path in sorted(CONF.rglob("*.yaml")):
+        where = path.relative_to(CONF)
+        if where.parts[0] == "hydra":
+            continue
+        at_root = len(where.parts) == 1 or "@package _global_" in path.read_text()
+        for key in keys_of(OmegaConf.load(path), "" if at_root else f"{where.parts[0]}."):
+            if key not in CHECKS and key not in OPTION_KEYS and key not in CHECKED_ELSEWHERE:
+                unchecked.append(f"{key} (conf/{where})")
+    assert not unchecked, (
+        f"no check for {', '.join(unchecked)}: add one to CHECKS in "
+        "runner/config/value_checks.py (README 'Extending')"
+    )
+    assert set(CHECKED_ELSEWHERE).isdisjoint(CHECKS)
 
 
 @pytest.mark.parametrize("group", ["data", "model", "optim", "sched", "loss", "sampler", "aug"])
