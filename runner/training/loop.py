@@ -330,7 +330,8 @@ def diverged(ctx: RunContext, found: str, kept: str) -> engine.NonFiniteLossErro
     """The error of a run whose weights diverged: what was found, what was not saved."""
     return engine.NonFiniteLossError(
         f"{found} (trainer.nan_policy={ctx.cfg.trainer.nan_policy}): training diverged; the "
-        f"weights were {kept}. Lower optim.lr or set trainer.gradient_clip_val (e.g. 1.0)"
+        f"weights were {kept}. Lower optim.lr or set trainer.gradient_clip_val (e.g. 1.0); "
+        "an optim.* or loss.* value out of its usual range diverges too"
     )
 
 

@@ -300,4 +300,5 @@ def test_nan_policy_skip_stops_when_the_weights_are_no_longer_finite(tmp_path):
     with pytest.raises(runner.training.engine.NonFiniteLossError) as err:
         run(compose_run(tmp_path, "run", *overrides))
     assert "after epoch 1 (trainer.nan_policy=skip): training diverged" in str(err.value)
+    assert "Lower optim.lr" in str(err.value) and "an optim.* or loss.* value" in str(err.value)
     assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()
