@@ -64,8 +64,10 @@ torchvision.__version__, timm.__version__, kornia.__version__, torch.cuda.get_de
 part tests 120 env RUNNER_REQUIRE_GPU=1 python3 -m pytest -p no:cacheprovider -q -m gpu \
   tests/training/test_perf.py tests/augment/test_device.py
 part train 80 "${cli[@]}" hydra.run.dir="$runs/default"
+# Every aug preset of conf/aug (a file starting with _ holds shared keys, not a preset).
+presets=$(cd conf/aug && ls [!_]*.yaml | sed 's/\.yaml$//' | paste -sd, -)
 part presets 100 "${sweep[@]}" trainer.max_epochs=1 hydra.sweep.dir="$runs/presets" \
-  aug=autoaugment,basic,flip_crop,none,randaugment,strong,trivialaugment
+  aug="$presets"
 part train 70 "${sweep[@]}" trainer.max_epochs=2 hydra.sweep.dir="$runs/precision" \
   trainer.precision=32,bf16,16 aug=strong aug.mixup_alpha=0.8 aug.cutmix_alpha=1.0 \
   trainer.ema_decay=0.8 trainer.accumulate_grad_batches=2

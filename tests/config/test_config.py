@@ -247,7 +247,19 @@ def test_readme_lists_every_option_of_every_group():
     for group in GROUPS + OPTIONAL_GROUPS:
         assert group in rows, f"README's config table has no row for {group}"
         for option in group_options(group):
-            assert f"`{option}`" in rows[group], f"README does not list {group}={option}"
+            assert f"`{option}`" in rows[group], (
+                f"README does not list {group}={option}: run python scripts/gen_config_docs.py"
+            )
+
+
+def test_readmes_augmentation_table_lists_every_aug_preset():
+    """The table of the Augmentation section is written by hand, not by the script."""
+    section = (REPO / "README.md").read_text().split("## Augmentation", 1)[1].split("\n## ")[0]
+    listed = sorted(line.split("`")[1] for line in section.splitlines() if line.startswith("| `"))
+    assert listed == group_options("aug"), (
+        "README's Augmentation table lists the presets "
+        f"{listed}, conf/aug has {group_options('aug')}: add (or remove) its row"
+    )
 
 
 def test_cifar10_lt_experiment_composes_and_validates(make_cfg):
