@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -101,23 +100,31 @@ def tracking_uri_problem(value: Any) -> str | None:
         return expected + "; MLflow's file store (a folder) is not supported"
     database = sqlite_path(value)
     if database is None:
-        return _database_driver_problem(value)
-    database = database.expanduser().absolute()
-    if database.is_dir():
-        return f"a SQLite file, but {database} is a folder: name a file in it (.../mlflow.db)"
-    if database.is_file() and database.stat().st_size:
-        with database.open("rb") as handle:
+        return database_driver_problem(value)
+    problem = store_file_problem(database, sqlite=True)
+    return None if problem is None else f"a SQLite file, but {problem}"
+
+
+def store_file_problem(path: Path, sqlite: bool) -> str | None:
+    """Why a store's file (a SQLite database, a journal) cannot be opened or made here.
+
+    Its folder must be one that can be made and written (`folder_problem`: the check
+    once asked `os.access`, which says yes to root for /proc, and the store then failed
+    with a traceback after the data was built).
+
+    Args:
+        path: The file.
+        sqlite: Whether it must be a SQLite database (then an existing file is checked).
+    """
+    path = path.expanduser().absolute()
+    if path.is_dir():
+        return f"{path} is a folder: name a file in it (.../{'mlflow.db' if sqlite else 'x.log'})"
+    if sqlite and path.is_file() and path.stat().st_size:
+        with path.open("rb") as handle:
             if handle.read(16) != b"SQLite format 3\x00":  # every SQLite file's first bytes
-                return f"a SQLite file, but {database} is another kind of file: choose another path"
-    existing = next(folder for folder in database.parents if folder.exists())
-    if not existing.is_dir():
-        return (
-            f"a SQLite file in a folder that can be made, but {existing} is a file: "
-            "choose another path"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"a SQLite file in a folder you can write to, but {existing} is not writable"
-    return None
+                return f"{path} is another kind of file: choose another path"
+    problem = folder_problem(str(path.parent))
+    return None if problem is None else f"its folder cannot be made and written: {problem}"
 
 
 # The SQL databases MLflow keeps a tracking store in, besides SQLite (a URL's scheme,
@@ -125,9 +132,10 @@ def tracking_uri_problem(value: Any) -> str | None:
 _DATABASES = ("postgresql", "mysql", "mssql")
 
 
-def _database_driver_problem(uri: str) -> str | None:
+def database_driver_problem(uri: str) -> str | None:
     """Why SQLAlchemy cannot open a database URL here: its driver module is missing."""
-    if uri.partition("://")[0].partition("+")[0] not in _DATABASES:
+    database = uri.partition("://")[0].partition("+")[0]
+    if database not in _DATABASES:
         return None
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -139,7 +147,7 @@ def _database_driver_problem(uri: str) -> str | None:
     except ImportError as err:
         return (
             f"a database whose driver is installed; {err}: install that module, or name "
-            "an installed driver in the URL (postgresql+psycopg2://...)"
+            f"an installed driver in the URL ({database}+<driver>://...)"
         )
     return None
 

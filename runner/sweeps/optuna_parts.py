@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from runner.config.errors import ConfigError
+from runner.config.location_checks import database_driver_problem, store_file_problem
 from runner.config.redaction import public_uri
 from runner.sweeps.search_space import describe_distribution
 
@@ -107,6 +108,12 @@ def storage_problems(storage: Any) -> list[str]:
                 f"hydra.sweeper.storage={shown_storage(storage)!r} names no file: give one, "
                 "e.g. sqlite:///outputs/optuna.db or journal:////abs/path/study.log"
             )
+        # Else Optuna's traceback when the sweep starts (a folder it cannot make or write,
+        # a text file where the database should be).
+        elif problem := store_file_problem(Path(path), sqlite=storage.startswith("sqlite:")):
+            problems.append(f"hydra.sweeper.storage={shown_storage(storage)!r}: {problem}")
+    elif isinstance(storage, str) and (problem := database_driver_problem(storage)):
+        problems.append(f"hydra.sweeper.storage={shown_storage(storage)!r} needs {problem}")
     return problems
 
 

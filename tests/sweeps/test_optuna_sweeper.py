@@ -729,9 +729,14 @@ def test_a_storage_password_is_never_shown(tmp_path):
 @pytest.mark.parametrize(
     "storage", ["postgresql+psycopg2://ann:pw@127.0.0.1:5432/optuna", "mysql://db.lan/optuna"]
 )
-def test_a_database_servers_storage_url_is_taken(tmp_path, storage):
-    """Each was refused as naming no file, though Optuna opens it."""
-    assert plan(tmp_path, f"hydra.sweeper.storage={storage}", open_store=False).storage == storage
+def test_a_database_servers_storage_url_is_taken_and_its_driver_checked(tmp_path, storage):
+    """Each was refused as naming no file, though Optuna opens it; then, with no driver
+    installed (none is here), it failed with a traceback when the sweep started."""
+    with pytest.raises(SweepConfigError) as err:
+        plan(tmp_path, f"hydra.sweeper.storage={storage}", open_store=False)
+    assert "names no file" not in str(err.value)
+    assert "needs a database whose driver is installed; No module named" in str(err.value)
+    assert f"{storage.partition('+')[0].partition(':')[0]}+<driver>://" in str(err.value)
 
 
 def test_the_summary_command_ranks_by_the_sweeps_own_monitor(tmp_path, capsys):
@@ -786,6 +791,24 @@ def test_a_storage_url_that_names_no_file_is_refused(tmp_path, storage):
     journal:/// failed with IsADirectoryError."""
     with pytest.raises(SweepConfigError, match="names no file"):
         plan(tmp_path, f"hydra.sweeper.storage={storage}")
+
+
+def test_a_storage_that_cannot_be_opened_is_refused_before_the_sweep(tmp_path):
+    """A folder that cannot be made, a text file as the database, a database without its
+    driver: Optuna's traceback when the sweep started."""
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "notes.db").write_text("not a database\n")
+    expected = {
+        f"sqlite:///{tmp_path}/afile/optuna.db": "its folder cannot be made and written",
+        f"journal:///{tmp_path}/afile/study.log": "is a file, not a folder",
+        "sqlite:////proc/nope/optuna.db": "cannot write in /proc",
+        f"sqlite:///{tmp_path}/notes.db": "notes.db is another kind of file",
+        "postgresql+nodriver://u:hunter2@127.0.0.1:9/db": "a database URL SQLAlchemy can read",
+    }
+    for storage, message in expected.items():
+        with pytest.raises(SweepConfigError) as err:
+            plan(tmp_path, f"hydra.sweeper.storage={storage}")
+        assert message in str(err.value) and "hunter2" not in str(err.value), storage
 
 
 def test_a_study_continued_with_other_settings_names_each_value_that_applies_now():
