@@ -306,8 +306,8 @@ class MlflowTracker:
                 else "set logger.offline_fallback=true to log to the local store instead"
             )
             raise TrackingUnavailableError(
-                f"logger.tracking_uri={public_uri(unreachable)!r}: the MLflow server does not "
-                f"answer. Start it, fix the URI, or {fallback}."
+                f"logger.tracking_uri={public_uri(unreachable)!r}: no MLflow server answers "
+                f"there (at its /health). Start it, fix the URI, or {fallback}."
             )
         self.tracking_uri = self.fallback_uri
         log.warning(

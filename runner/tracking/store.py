@@ -161,8 +161,10 @@ def server_reachable(uri: str, timeout_s: float = 5.0) -> bool:
 
     Asks as MLflow's own client does (requests): credentials in the URL, and the TLS
     settings MLFLOW_TRACKING_SERVER_CERT_PATH and MLFLOW_TRACKING_INSECURE_TLS, apply.
-    Any HTTP answer below 500 counts: a server that wants other credentials is up, and
-    MLflow's own calls then say what it wants.
+    Any HTTP answer below 500 counts but 404: a server that wants other credentials is
+    up, and MLflow's own calls then say what it wants; one without /health is another
+    web server, or the URL misses the server's path (MLflow's calls failed later, after
+    the data was built).
     """
     import requests
 
@@ -172,7 +174,7 @@ def server_reachable(uri: str, timeout_s: float = 5.0) -> bool:
         reply = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s, verify=verify)
     except (requests.RequestException, ValueError):
         return False
-    return reply.status_code < 500
+    return reply.status_code < 500 and reply.status_code != 404
 
 
 def process_alive(pid: int) -> bool:

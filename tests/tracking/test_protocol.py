@@ -61,6 +61,8 @@ def test_the_server_check_asks_as_mlflow_does_and_only_http_servers(monkeypatch)
         port = server.server_address[1]
         assert server_reachable(f"http://127.0.0.1:{port}")
         assert server_reachable(f"http://user:secret@127.0.0.1:{port}")
+        # Another web server (no /health), or the URL misses the server's path.
+        assert not server_reachable(f"http://127.0.0.1:{port}/not-mlflow")
     finally:
         server.shutdown()
     assert not server_reachable(f"http://127.0.0.1:{port}", timeout_s=2)
