@@ -120,12 +120,37 @@ def _refuse_training_sweep_dir(config: DictConfig) -> None:
 
 
 def _check_writable(config: DictConfig, key: str) -> None:
-    """Refuses an output folder that cannot be made (Hydra failed in chained tracebacks)."""
+    """Refuses an output folder that cannot be made, or that holds more than runs.
+
+    Hydra failed on the first in chained tracebacks. Into the second (`/`, the
+    repository, an empty value: the current folder) a run wrote its checkpoints, .hydra/
+    and run.log beside everything else.
+    """
     # None where it cannot be resolved yet (paths.run_dir is Hydra's dir until set).
     folder = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
-    problem = None if folder is None else folder_problem(str(folder))
-    if problem is not None:
+    if folder is None:
+        return
+    if problem := folder_problem(str(folder)):
         raise SystemExit(
             f"Error: {key}={str(folder)!r}: {problem}. Set paths.output_dir (or {key}) to a "
             "folder you can write to"
         )
+    if problem := _shared_folder_problem(config, str(folder)):
+        raise SystemExit(
+            f"Error: {key}={str(folder)!r}: {problem}. Name a folder of its own (e.g. "
+            "outputs/runs/mine), or leave the key out"
+        )
+
+
+def _shared_folder_problem(config: DictConfig, folder: str) -> str | None:
+    """Why `folder` is no place for a run's or sweep's own files (None when it is)."""
+    if not folder.strip():
+        return "it is empty, which is the current folder"
+    path = Path(folder).expanduser().resolve()
+    repository = OmegaConf.select(config, "paths.root_dir", default=None)
+    shared = {Path(path.anchor): "the file system's root", Path.home(): "your home folder"}
+    if repository is not None:
+        shared[Path(str(repository)).expanduser().resolve()] = "the repository"
+    if path in shared:
+        return f"it is {shared[path]}, which holds other things than this run's files"
+    return None

@@ -599,6 +599,23 @@ def test_a_run_dir_that_cannot_be_written_is_named_before_anything_is_made(tmp_p
     assert "Traceback" not in done.stderr and not list(tmp_path.iterdir())
 
 
+def test_a_run_dir_that_holds_more_than_runs_is_refused(tmp_path, make_cfg):
+    """hydra.run.dir=/ and hydra.run.dir='' (the current folder, here the repository) were
+    taken: checkpoints, .hydra/ and run.log were written there beside everything else."""
+    from runner.config.callback import _shared_folder_problem
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    done = run_cli(f"paths.root_dir={repo}", f"hydra.run.dir={repo}", *TINY)
+    assert done.returncode == 1
+    assert f"Error: hydra.run.dir='{repo}': it is the repository" in done.stderr
+    assert "Name a folder of its own" in done.stderr and not list(repo.iterdir())
+    cfg = make_cfg()
+    assert "the file system's root" in _shared_folder_problem(cfg, "/")
+    assert "it is empty" in _shared_folder_problem(cfg, " ")
+    assert _shared_folder_problem(cfg, str(tmp_path / "runs" / "mine")) is None
+
+
 def test_a_swept_key_under_a_value_is_named_before_the_sweep_starts(tmp_path):
     """`optim.lr.foo=1,2` raised a TypeError in the start check (it listed the keys of a
     float): Hydra skipped the check with a warning, and the sweep ran without it."""
