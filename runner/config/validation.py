@@ -374,9 +374,11 @@ def _noise_problems(cfg: DictConfig) -> list[str]:
 
 
 def _unresolvable_values(cfg: DictConfig, swept: dict[str, Any]) -> list[str]:
-    """Finds `???` values and interpolations that fail, anywhere outside `hydra`.
+    """Finds `???` values and interpolations that fail (of `hydra`: in sweeper, launcher).
 
-    A `???` that a multirun sets (a key of `swept`) is left to each job's check.
+    Hydra's sweeper and launcher are checked too: Hydra builds them, with a traceback
+    where a value failed. A `???` that a multirun sets (a key of `swept`) is left to each
+    job's check.
     """
     problems = []
 
@@ -399,6 +401,10 @@ def _unresolvable_values(cfg: DictConfig, swept: dict[str, Any]) -> list[str]:
                 walk(child, f"{path}.")
 
     walk(cfg, "")
+    for built_by_hydra in ("hydra.sweeper", "hydra.launcher"):
+        node = OmegaConf.select(cfg, built_by_hydra, default=None)
+        if isinstance(node, DictConfig):
+            walk(node, f"{built_by_hydra}.")
     return problems
 
 

@@ -213,6 +213,21 @@ def test_a_sweep_over_mode_leaves_each_mode_s_needs_to_its_job(make_cfg):
     validate(cfg)
 
 
+def test_an_unresolvable_value_of_the_sweeper_or_launcher_is_named(make_cfg):
+    """Hydra builds them after the checks: `hydra.sweeper.study_name=x${x}` was a traceback."""
+    from omegaconf import open_dict
+
+    cfg = make_cfg()
+    with open_dict(cfg):
+        cfg.hydra = OmegaConf.create(
+            {"sweeper": {"study_name": "x${x}"}, "launcher": {"partition": "${oc.env:NO_SUCH}"}}
+        )
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert "hydra.sweeper.study_name cannot be resolved" in str(err.value)
+    assert "hydra.launcher.partition cannot be resolved" in str(err.value)
+
+
 def test_validate_reports_unset_environment_variables(make_cfg, monkeypatch):
     monkeypatch.delenv("RUNNER_TEST_UNSET", raising=False)
     cfg = make_cfg("+extra=${oc.env:RUNNER_TEST_UNSET}")
