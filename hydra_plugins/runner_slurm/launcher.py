@@ -1,16 +1,22 @@
-"""A SLURM launcher that submits a sweep and returns without waiting for its jobs.
+"""The SLURM launchers: `slurm` waits for the sweep's jobs, `slurm_submit` returns at once.
 
-hydra-submitit-launcher's `SlurmLauncher` waits for every job's result. For long sweeps
-it is often better to submit from a login node, log out, and collect the results later:
-`hydra/launcher=slurm_submit` does that, with the same settings as `hydra/launcher=slurm`.
+Both submit the sweep as one job array as hydra-submitit-launcher's `SlurmLauncher`
+does; sbatch refusing it (a partition or time limit the cluster has not, no controller)
+ends the command with sbatch's own words and the keys to check, not a traceback.
+
+For long sweeps it is often better to submit from a login node, log out, and collect the
+results later: `hydra/launcher=slurm_submit` does that, with the same settings as
+`hydra/launcher=slurm`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
@@ -23,7 +29,77 @@ log = logging.getLogger(__name__)
 JOBS_FILE = "slurm_jobs.json"
 
 
-class SubmitOnlySlurmLauncher(SlurmLauncher):
+class WaitingSlurmLauncher(SlurmLauncher):
+    """Submits the sweep as one SLURM job array and waits for every job's result."""
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        """Submits one job per override list; returns each job's result."""
+        log.info("submitit slurm sweep output dir: %s", self.sweep_dir())
+        jobs, numbers = self.submit_array(job_overrides, initial_job_idx)
+        for job, num, overrides in zip(jobs, numbers, job_overrides, strict=True):
+            log.info("\t#%d (job %s): %s", num, job.job_id, " ".join(filter_overrides(overrides)))
+        return [job.results()[0] for job in jobs]
+
+    def sweep_dir(self) -> Path:
+        """The sweep dir, made (with `hydra.sweep.mode` when set), as an absolute path.
+
+        Absolute: `collect` is often run from another folder than the launch was.
+        """
+        if self.config is None:
+            raise RuntimeError("the launcher was not set up by Hydra")
+        folder = Path(str(self.config.hydra.sweep.dir)).absolute()
+        folder.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(folder, mode=int(str(self.config.hydra.sweep.mode), 8))
+        return folder
+
+    def submit_array(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> tuple[list[Any], list[int]]:
+        """Submits one SLURM job per override list, as one array.
+
+        The executor gets the settings hydra-submitit-launcher's own `launch` gives it.
+
+        Returns:
+            The submitit jobs and their job numbers.
+
+        Raises:
+            SystemExit: sbatch refused the array; the message quotes it and names the keys.
+        """
+        import submitit
+        from submitit.core.utils import FailedJobError
+
+        settings = dict(self.params)
+        folder = settings.pop("submitit_folder")
+        init = {f"{self._EXECUTOR}_max_num_timeout": settings.pop("max_num_timeout")}
+        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=folder, **init)
+        common = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(
+            **{k if k in common else f"{self._EXECUTOR}_{k}": v for k, v in settings.items()}
+        )
+        numbers = [initial_job_idx + i for i in range(len(job_overrides))]
+        arguments = [
+            (list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state())
+            for num, overrides in zip(numbers, job_overrides, strict=True)
+        ]
+        try:
+            jobs = executor.map_array(self, *zip(*arguments, strict=True))
+        except FailedJobError as err:  # submitit raises it with sbatch's stderr
+            from runner.sweeps.callback import launch_failed
+
+            said = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            launch_failed(said)  # the sweep's parent run ends FAILED, not KILLED
+            raise SystemExit(
+                f"Error: sbatch refused the sweep's jobs: {said}. Check the hydra.launcher "
+                "keys (partition, timeout_min, mem_gb, gpus_per_node, additional_parameters) "
+                "against the cluster's (sinfo), or start one (scripts/slurm_local.sh up)"
+            ) from None
+        return jobs, numbers
+
+
+class SubmitOnlySlurmLauncher(WaitingSlurmLauncher):
     """Submits the sweep as one SLURM job array and returns at once.
 
     The job ids, overrides and run dirs go to `<sweep dir>/slurm_jobs.json` and to the
@@ -35,28 +111,8 @@ class SubmitOnlySlurmLauncher(SlurmLauncher):
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
         """Submits one job per override list; returns placeholders, not results."""
-        import submitit
-
-        if self.config is None:
-            raise RuntimeError("the launcher was not set up by Hydra")
-        # The same executor settings as hydra-submitit-launcher's own launch().
-        settings = dict(self.params)
-        folder = settings.pop("submitit_folder")
-        init = {f"{self._EXECUTOR}_max_num_timeout": settings.pop("max_num_timeout")}
-        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=folder, **init)
-        common = set(OmegaConf.structured(BaseQueueConf).keys())
-        executor.update_parameters(
-            **{k if k in common else f"{self._EXECUTOR}_{k}": v for k, v in settings.items()}
-        )
-        # Absolute: `collect` is often run from another folder than the launch was.
-        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        numbers = [initial_job_idx + i for i in range(len(job_overrides))]
-        arguments = [
-            (list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state())
-            for num, overrides in zip(numbers, job_overrides, strict=True)
-        ]
-        jobs = executor.map_array(self, *zip(*arguments, strict=True))
+        sweep_dir = self.sweep_dir()
+        jobs, numbers = self.submit_array(job_overrides, initial_job_idx)
         records = [
             {
                 "job_id": job.job_id,

@@ -42,6 +42,7 @@ from runner.tracking.store import hold_lock
 
 log = logging.getLogger(__name__)
 
+_LAUNCH_ERRORS: list[str] = []  # why the launcher could not start the jobs (launch_failed)
 _SIGNALLED: list[int] = []  # the signal that is ending this process's sweep, once one has
 
 
@@ -129,7 +130,7 @@ class SweepCallback(Callback):
                 ) from err
             raise SystemExit(f"Error: cannot start the sweep's MLflow run: {err}") from err
         self.tracker = tracker
-        atexit.register(self._finish_if_open, "KILLED")
+        atexit.register(self._end_at_exit)
         # A job's training has a SIGTERM handler of its own; between jobs nothing caught
         # it: the launcher died at once, its Optuna trials and parent run left RUNNING.
         _SIGNALLED.clear()  # an earlier sweep's, in this process
@@ -192,6 +193,10 @@ class SweepCallback(Callback):
         )
         raise SystemExit(128 + signum)
 
+    def _end_at_exit(self) -> None:
+        """The process ends before the sweep did: the launcher failed, or it was stopped."""
+        self._finish_if_open("FAILED" if _LAUNCH_ERRORS else "KILLED")
+
     def _finish_if_open(self, status: str) -> bool:
         """Ends the parent run, then lets another launch (or `collect`) have the sweep.
 
@@ -206,6 +211,15 @@ class SweepCallback(Callback):
             lock, self.sweep_lock = self.sweep_lock, None
             if lock is not None:
                 lock.close()
+
+
+def launch_failed(reason: str) -> None:
+    """Notes that the launcher could not start the sweep's jobs (sbatch refused them).
+
+    The launcher then ends the process: the sweep's parent run ends FAILED, not KILLED
+    as after Ctrl-C.
+    """
+    _LAUNCH_ERRORS.append(reason)
 
 
 def sweep_signal() -> int | None:

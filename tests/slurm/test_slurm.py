@@ -51,6 +51,21 @@ def test_two_job_sweep_runs_as_slurm_jobs_in_one_sweep_dir(tmp_path):
     assert len(job_ids) == 2 and all(job_id.isdigit() for job_id in job_ids)
 
 
+@pytest.mark.parametrize("launcher", ["slurm", "slurm_submit"])
+def test_jobs_sbatch_refuses_end_the_sweep_with_its_words_and_the_keys(tmp_path, launcher):
+    """A partition the cluster has not was a submitit traceback, and the sweep's parent
+    run ended KILLED."""
+    command = slurm_command(tmp_path, "hydra.launcher.partition=nope")
+    command[command.index("hydra/launcher=slurm")] = f"hydra/launcher={launcher}"
+    done = run_sweep(command, timeout=120)
+    assert done.returncode == 1, (done.stdout + done.stderr)[-3000:]
+    assert "Error: sbatch refused the sweep's jobs: sbatch: error: invalid partition" in done.stderr
+    assert "Check the hydra.launcher keys (partition," in done.stderr
+    assert "Traceback" not in done.stderr
+    (status,) = {row[0] for row in query(tmp_path / "mlflow.db", "SELECT status FROM runs")}
+    assert status == "FAILED"
+
+
 def test_usr2_checkpoints_requeues_and_resumes_into_the_same_mlflow_run(tmp_path):
     epochs = 4
     command = slurm_command(
