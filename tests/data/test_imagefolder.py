@@ -252,6 +252,17 @@ def test_missing_train_folder_names_the_root(tmp_path):
         load(tmp_path / "data")
 
 
+def test_a_class_folder_that_is_a_broken_link_is_refused_naming_its_target(tmp_path):
+    """It was skipped as neither folder nor file: the run trained on the other classes."""
+    root = make_imagefolder(tmp_path / "data", per_class=2)
+    gone = tmp_path / "elsewhere" / "zebra"
+    (root / "train" / "zebra").symlink_to(gone, target_is_directory=True)
+    with pytest.raises(DataError, match="broken links whose target does not exist") as err:
+        load(root)
+    assert f"{root / 'train' / 'zebra'} -> {gone}" in str(err.value)
+    assert "Point each link at its class's folder, or remove it" in str(err.value)
+
+
 def test_without_val_and_test_folders_the_split_is_stratified_and_seeded(tmp_path):
     root = make_imagefolder(tmp_path / "data", per_class=20)
     data = load(root, val_fraction=0.1, test_fraction=0.2, split_seed=0)

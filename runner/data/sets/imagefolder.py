@@ -71,8 +71,26 @@ def same_classes_as(
 
 
 def class_folders(folder: Path) -> list[str]:
-    """The class folder names directly under `folder`, sorted, hidden ones left out."""
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and _visible(e.name))
+    """The class folder names directly under `folder`, sorted, hidden ones left out.
+
+    Raises:
+        DataError: An entry is a broken link (its class would be left out unseen).
+    """
+    entries = [e for e in os.scandir(folder) if _visible(e.name)]
+    # A link whose target is gone is neither a folder nor a file: skipped as such, its
+    # class vanished and the run trained on the others without a word.
+    broken = sorted(e.path for e in entries if e.is_symlink() and not os.path.exists(e.path))
+    if broken:
+        links = ", ".join(
+            f"{printable(link)} -> {printable(os.path.join(folder, os.readlink(link)))}"
+            for link in broken[:5]
+        )
+        raise DataError(
+            f"{len(broken)} class folder(s) under {printable(str(folder))} are broken links "
+            f"whose target does not exist: {links}. Point each link at its class's folder, "
+            "or remove it to train without that class"
+        )
+    return sorted(e.name for e in entries if e.is_dir())
 
 
 def visible_files(folder: Path, regular_only: bool = False) -> list[Path]:
@@ -121,8 +139,9 @@ def scan_layout(
         (class names, {split folder: (files, labels)}) for the split folders present.
 
     Raises:
-        DataError: No train/ folder, an empty train class folder, a val/test class that
-            train lacks, or a class count other than `num_classes`.
+        DataError: No train/ folder, a class folder that is a broken link, an empty
+            train class folder, a val/test class that train lacks, or a class count other
+            than `num_classes`.
     """
     root = Path(root).expanduser()
     if not (root / "train").is_dir():
