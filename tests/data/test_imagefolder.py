@@ -252,6 +252,16 @@ def test_missing_train_folder_names_the_root(tmp_path):
         load(tmp_path / "data")
 
 
+def test_a_data_root_that_is_a_file_is_named_as_a_file(tmp_path):
+    """It was said not to exist ("it does not exist"), which sent the user looking for it."""
+    archive = tmp_path / "data.zip"
+    archive.write_bytes(b"PK\x03\x04")
+    with pytest.raises(DataError, match=r"data.root=.*data.zip' is a file, not a folder") as err:
+        load(archive)
+    assert "does not exist" not in str(err.value)
+    assert "data.root must be the data set's folder" in str(err.value)
+
+
 def test_a_class_folder_that_is_a_broken_link_is_refused_naming_its_target(tmp_path):
     """It was skipped as neither folder nor file: the run trained on the other classes."""
     root = make_imagefolder(tmp_path / "data", per_class=2)

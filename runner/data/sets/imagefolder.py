@@ -139,11 +139,17 @@ def scan_layout(
         (class names, {split folder: (files, labels)}) for the split folders present.
 
     Raises:
-        DataError: No train/ folder, a class folder that is a broken link, an empty
-            train class folder, a val/test class that train lacks, or a class count other
-            than `num_classes`.
+        DataError: A file for `root`, no train/ folder, a class folder that is a broken
+            link, an empty train class folder, a val/test class that train lacks, or a
+            class count other than `num_classes`.
     """
     root = Path(root).expanduser()
+    if root.is_file():  # "(it does not exist)" sent the user looking for a missing path
+        raise DataError(
+            f"data.root={str(root)!r} is a file, not a folder: data.root must be the data "
+            "set's folder, the one that holds train/<class>/<image> (with optional val/ and "
+            "test/)."
+        )
     if not (root / "train").is_dir():
         found = sorted(p.name for p in root.iterdir())[:10] if root.is_dir() else []
         where = f"it holds {found}" if root.is_dir() else "it does not exist"
