@@ -143,7 +143,8 @@ def apply_switches(
         label_noise: Probability that a train label flips; 0 = off.
         noise_type: "symmetric" or "asymmetric".
         fraction: Share of each train class to keep; None = all.
-        samples_per_class: Train samples to keep per class; None = all.
+        samples_per_class: Train samples to keep per class; None = all (more than the
+            largest class has keeps all too, with a warning).
 
     Returns:
         The data set with the changed train split; when noisy, the clean labels and the
@@ -152,6 +153,16 @@ def apply_switches(
     train = data.train
     if fraction is not None and samples_per_class is not None:
         raise ValueError("set data.fraction or data.samples_per_class, not both")
+    if samples_per_class is not None and len(train.labels):
+        largest = int(torch.bincount(train.labels).max())
+        if samples_per_class > largest:  # keeps every sample: the user thinks it subsampled
+            log.warning(
+                "data.samples_per_class=%d is more than any train class has (the largest has "
+                "%d): every train sample is kept. Set it below %d to subsample, or to null",
+                samples_per_class,
+                largest,
+                largest,
+            )
     if fraction is not None or samples_per_class is not None:
         train = train.subset(subset_indices(train.labels, fraction, samples_per_class, seed))
     if imbalance_ratio is not None and imbalance_ratio > 1:

@@ -81,6 +81,24 @@ def test_fraction_and_samples_per_class_are_stratified():
     assert torch.bincount(labels[by_count]).tolist() == [20, 20, 8]
 
 
+def test_samples_per_class_above_every_class_warns_that_it_keeps_everything(caplog):
+    """It was a silent no-op: the run trained on the whole set, thought to be a subset."""
+    data = make_synthetic(num_samples=120, num_classes=3, image_size=8)
+    largest = int(torch.bincount(data.train.labels).max())
+    before = len(data.train)
+    with caplog.at_level("WARNING", logger="runner.data.switches"):
+        data = apply_switches(data, seed=0, samples_per_class=1000)
+    assert len(data.train) == before
+    assert (
+        f"data.samples_per_class=1000 is more than any train class has (the largest has "
+        f"{largest})" in caplog.text
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="runner.data.switches"):
+        apply_switches(make_synthetic(num_samples=120, num_classes=3), samples_per_class=5)
+    assert "data.samples_per_class" not in caplog.text
+
+
 def test_apply_switches_changes_train_only_and_keeps_clean_labels():
     data = load_digits()
     val, test = data.val.labels.clone(), data.test.labels.clone()
