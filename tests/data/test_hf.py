@@ -482,6 +482,39 @@ def test_a_label_column_of_lists_names_data_label_key(tmp_path):
         )
 
 
+def _csv_of_images(folder, labels, name="table.csv"):
+    """folder/<name> listing one real PNG per label, by a path relative to `folder`."""
+    from PIL import Image
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lines = ["image,label"]
+    for i, label in enumerate(labels):
+        Image.new("RGB", (8, 8), (20 * i, 90, 0)).save(folder / "images" / f"{i}.png")
+        lines.append(f"images/{i}.png,{label}")
+    (folder / name).write_text("\n".join(lines) + "\n")
+    return folder / name
+
+
+def test_a_label_column_of_fractional_numbers_is_refused_naming_data_label_key(tmp_path):
+    """Scores 1.5 and 2.5 became the classes "1.5" and "2.5", with no word."""
+    table = _csv_of_images(tmp_path / "set", [1.5, 2.5] * 4)
+    settings = {"image_key": "image", "label_key": "label", "split_test": None}
+    with pytest.raises(DataError, match=r"'label' \(data\.label_key\) holds numbers with a") as err:
+        load_hf(str(table), **settings, **common(tmp_path))
+    assert "(e.g. 1.5)" in str(err.value) and "map the values to integers" in str(err.value)
+    # Whole numbers written as floats (1.0, 2.0) still name their classes, as before.
+    whole = _csv_of_images(tmp_path / "whole", [1.0, 2.0] * 4)
+    assert load_hf(str(whole), **settings, **common(tmp_path)).class_names == ["1.0", "2.0"]
+    # A NaN (which Arrow keeps where pandas would write a null) is a row without a label.
+    from datasets import Dataset
+
+    rows = Dataset.from_csv(str(whole), cache_dir=str(tmp_path / "hf_cache")).to_dict()
+    rows["label"][3] = float("nan")
+    Dataset.from_dict(rows).to_parquet(str(tmp_path / "whole" / "nan.parquet"))
+    with pytest.raises(DataError, match=r"1 row\(s\) have no 'label' \(data.label_key\), e.g"):
+        load_hf(str(tmp_path / "whole" / "nan.parquet"), **settings, **common(tmp_path))
+
+
 def test_a_split_whose_class_label_numbers_its_classes_otherwise_is_read_by_name(tmp_path):
     """Splits encoded one by one (`class_encode_column` per split): test, without dogs,
     names [cat, fox], so its fox is 1, which is train's dog. Every test fox was scored

@@ -212,7 +212,7 @@ def _label_columns(
 
     Raises:
         DataError: A split lacks the image or label column, or has rows with a list, a
-            struct or no value for a label.
+            struct, a number with a fraction or no value for a label.
     """
     datasets = _import_datasets()
     # A val or test split without labels can be carved from train instead.
@@ -236,13 +236,29 @@ def _label_columns(
                 "the runner trains single-label classification. Set data.label_key to a "
                 "column of one class per row"
             )
+        # A score or a mean of ratings is no class: each distinct number became a class
+        # named after it ("1.5", "2.5"). A whole number (1.0, from a CSV or pandas column
+        # with a gap) names a class as it always did: "1.0".
+        fractional = next(
+            (v for v in values if isinstance(v, float) and v == v and not v.is_integer()), None
+        )  # NaN (v != v) is a missing label, refused as one below
+        if fractional is not None:
+            raise DataError(
+                f"{name} split {specs[split]!r} (data.split_{split}): {label_key!r} "
+                f"(data.label_key) holds numbers with a fraction (e.g. {fractional!r}), not "
+                "classes: each distinct number would become a class of its own. Set "
+                "data.label_key to a column of class indices or names, or map the values to "
+                "integers or strings first"
+            )
         # -1 is how a ClassLabel column marks a row without a label (a Hub test split's).
         no_label = (
             {None, -1}
             if isinstance(loaded[split].features[label_key], datasets.ClassLabel)
             else {None}
         )
-        unlabelled = [i for i, v in enumerate(values) if v in no_label]
+        unlabelled = [
+            i for i, v in enumerate(values) if v in no_label or (isinstance(v, float) and v != v)
+        ]
         if unlabelled:  # else a class named "None", or a contradictory unknown-label error
             raise DataError(
                 f"{name} split {specs[split]!r} (data.split_{split}): {len(unlabelled)} "
