@@ -515,6 +515,22 @@ def test_a_label_column_of_fractional_numbers_is_refused_naming_data_label_key(t
         load_hf(str(tmp_path / "whole" / "nan.parquet"), **settings, **common(tmp_path))
 
 
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_an_image_column_of_integers_is_refused_naming_data_image_key(tmp_path, suffix):
+    """The decoder met each int: "Error in call to target ... TypeError('expected str,
+    bytes or os.PathLike object, not int')", naming neither the key nor the column."""
+    from datasets import Dataset
+
+    table = tmp_path / f"ids{suffix}"
+    rows = Dataset.from_dict({"photo_id": list(range(8)), "y": ["a", "b"] * 4})
+    rows.to_parquet(str(table)) if suffix == ".parquet" else rows.to_csv(str(table), index=False)
+    settings = {"image_key": "photo_id", "label_key": "y", "split_test": None}
+    with pytest.raises(DataError, match=r"image column 'photo_id' \(data\.image_key\)") as err:
+        load_hf(str(table), **settings, **common(tmp_path))
+    assert "holds int64 values, not images" in str(err.value)
+    assert "Image feature, encoded image bytes, or image file paths" in str(err.value)
+
+
 def test_a_split_whose_class_label_numbers_its_classes_otherwise_is_read_by_name(tmp_path):
     """Splits encoded one by one (`class_encode_column` per split): test, without dogs,
     names [cat, fox], so its fox is 1, which is train's dog. Every test fox was scored

@@ -268,6 +268,40 @@ def _label_columns(
     return label_columns
 
 
+# Value types of an image column the decoder reads: file paths, encoded bytes, or a
+# column with no value at all (each row then a bad record without an image).
+_IMAGE_VALUES = ("string", "large_string", "binary", "large_binary", "null")
+
+
+def _refuse_non_image_columns(
+    name: str, loaded: dict[str, Any], specs: dict[str, str | None], image_key: str
+) -> None:
+    """Refuses an image column of another type (numbers, lists) before anything is decoded.
+
+    Raises:
+        DataError: A split's image column is no Image feature, bytes, file paths, or
+            struct of bytes and path.
+    """
+    datasets = _import_datasets()
+    for split, dataset in loaded.items():
+        feature = dataset.features[image_key]
+        if isinstance(feature, datasets.Image):
+            continue
+        if isinstance(feature, datasets.Value) and feature.dtype in _IMAGE_VALUES:
+            continue
+        if isinstance(feature, dict) and {"bytes", "path"} & set(feature):  # Image, undeclared
+            continue
+        # Each record reached the decoder, which failed with a bare TypeError naming
+        # neither the key nor the column ("expected str, bytes or os.PathLike, not int").
+        found = f"{feature.dtype} values" if isinstance(feature, datasets.Value) else feature
+        raise DataError(
+            f"{name} split {specs[split]!r} (data.split_{split}): the image column "
+            f"{image_key!r} (data.image_key) holds {found}, not images: it must hold an Image "
+            "feature, encoded image bytes, or image file paths (strings). Set data.image_key "
+            f"to the column of images (columns: {', '.join(dataset.column_names)})"
+        )
+
+
 def load_hf(
     name: str,
     image_key: str = "image",
@@ -322,12 +356,14 @@ def load_hf(
         The splits with the bad records listed.
 
     Raises:
-        DataError: A column is missing, or the labels of val/test are not train's.
+        DataError: A column is missing, the image column holds no images, or the labels
+            of val/test are not train's.
     """
     datasets = _import_datasets()
     specs = {"train": split_train, "val": split_val, "test": split_test}
     loaded = _load_splits(name, specs, _loader(name, config_name, revision, hf_cache_dir))
     label_columns = _label_columns(name, loaded, specs, image_key, label_key)
+    _refuse_non_image_columns(name, loaded, specs, image_key)
     train = loaded["train"]
     train_names = getattr(train.features[label_key], "names", None)  # a ClassLabel's
     class_names, to_index = _classes(train.features[label_key], label_columns["train"])
