@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -138,6 +139,21 @@ def test_a_split_the_data_set_lacks_is_named_with_its_key(tmp_path):
     for missing in (str(tmp_path / "nope"), "nope.parquet"):  # Hub's FileNotFoundError
         with pytest.raises(DataError, match=r"data\.name='.*nope.*': no such file or folder"):
             load_hf(missing, **settings)
+
+
+@pytest.mark.parametrize(
+    ("key", "spec"),
+    [("split_train", "train[:150%]"), ("split_val", "train[90%:"), ("split_test", "train[:-101%]")],
+)
+def test_a_slice_datasets_cannot_read_is_named_with_its_key_before_loading(tmp_path, key, spec):
+    """A bare ValueError ("Percent slice boundaries must be > -100 and < 100."), raised
+    after the whole split was built, named no key."""
+    path = write_hf_parquet(tmp_path / "bugs.parquet")
+    specs = {"split_train": "train[:80%]", "split_val": None, "split_test": None, key: spec}
+    with pytest.raises(DataError, match=rf"data\.{key}={re.escape(repr(spec))} is not a sl") as err:
+        load_hf(str(path), image_key="img", label_key="y", **specs, **common(tmp_path))
+    assert "a slice of one such as train[:90%]" in str(err.value)
+    assert not (tmp_path / "hf_cache").exists()  # refused before any table was built
 
 
 def test_a_csv_of_image_paths_sees_its_files_change(tmp_path):

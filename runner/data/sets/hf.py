@@ -173,8 +173,33 @@ def _loader(name: str, config_name: str | None, revision: str | None, hf_cache_d
     )
 
 
+def _refuse_bad_slice(split: str, spec: str) -> None:
+    """Refuses a slice that `datasets` cannot read, before any table is built.
+
+    `datasets` parses a slice only after it has built the whole split, and its
+    ValueError ("Percent slice boundaries must be > -100 and < 100.") names no key.
+
+    Raises:
+        DataError: `spec` has a slice (`[...]`) that `datasets` does not accept.
+    """
+    if "[" not in str(spec):  # a split name: its loader says whether it has one
+        return
+    try:
+        _import_datasets().ReadInstruction.from_spec(str(spec))
+    except ValueError as err:
+        reason = str(err).rstrip(".")
+        raise DataError(
+            f"data.split_{split}={spec!r} is not a slice datasets can read ({reason}). Use a "
+            "split name or a slice of one such as train[:90%], train[90%:] or train[:500] "
+            "(percentages between -100 and 100)"
+        ) from err
+
+
 def _load_splits(name: str, specs: dict[str, str | None], load) -> dict[str, Any]:
     """Each split that `specs` names, loaded; a missing split or the Hub offline named."""
+    for split, spec in specs.items():
+        if spec is not None:
+            _refuse_bad_slice(split, spec)
     loaded = {}
     for split, spec in specs.items():
         if spec is None:
