@@ -87,7 +87,8 @@ def read_record(record: Any) -> tuple[bytes, str]:
     Args:
         record: A file path, raw bytes, or a Hugging Face image dict
             (`{"bytes": ..., "path": ...}`, as given by `Image(decode=False)`; a row
-            without an image is `{"bytes": None, "path": None, "name": <where it is>}`).
+            without an image is `{"bytes": None, "path": None, "name": <where it is>}`;
+            a relative path found nowhere has `"base"`, the folder it was looked for in).
 
     Returns:
         (bytes, name) where name is the path or "<bytes>".
@@ -108,6 +109,22 @@ def read_record(record: Any) -> tuple[bytes, str]:
     path = os.fspath(record)
     with open(path, "rb") as handle:
         return handle.read(), printable(path)
+
+
+def unreadable(record: Any, err: OSError) -> str:
+    """Why a record's file cannot be read, for the list of bad files.
+
+    A relative path that is in neither folder it is read from (an image dict with
+    `base`, see `runner.data.sets.hf._Column`) names both: the bare path left the user
+    guessing which folder it was looked for in.
+    """
+    reason = err.strerror or str(err)
+    if isinstance(record, dict) and record.get("base"):
+        reason += (
+            f"; a relative path is read from {printable(record['base'])}, else from the "
+            f"working directory {printable(os.getcwd())}"
+        )
+    return f"{record_name(record)}: cannot read ({reason})"
 
 
 def _to_uint8(image: torch.Tensor) -> torch.Tensor:
@@ -231,7 +248,7 @@ def decode_record(record: Any, image_size: int) -> torch.Tensor:
     try:
         data, name = read_record(record)
     except OSError as err:
-        raise BadImageError(f"{record_name(record)}: cannot read ({err.strerror or err})") from err
+        raise BadImageError(unreadable(record, err)) from err
     return decode_bytes(data, image_size, name)
 
 

@@ -254,6 +254,28 @@ def test_relative_paths_in_a_csv_are_read_from_the_csvs_folder(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("resident", [True, False])
+def test_a_relative_path_found_nowhere_names_the_folder_it_was_read_from(
+    tmp_path, monkeypatch, resident
+):
+    """The reason named "missing/0.png" alone: not which folder it was looked for in."""
+    folder = tmp_path / "set"
+    table = _csv_of_images(folder, ["a", "b"] * 4)
+    table.write_text(table.read_text() + "missing/0.png,a\n")
+    monkeypatch.chdir(tmp_path)  # neither the table's folder nor where the image is
+    settings = {"image_key": "image", "label_key": "label", "split_test": None}
+    data = load_hf(str(table), **settings, resident=resident, **common(tmp_path))
+    assert data.bad_files == [
+        (
+            "missing/0.png",
+            f"missing/0.png: cannot read (No such file or directory; a relative path is read "
+            f"from {folder}, else from the working directory {tmp_path})",
+        )
+    ]
+    with pytest.raises(DataError, match=rf"read from {re.escape(str(folder))}, else from"):
+        load_hf(str(table), **settings, on_bad_file="error", **common(tmp_path))
+
+
+@pytest.mark.parametrize("resident", [True, False])
 def test_a_row_without_an_image_is_a_bad_file(tmp_path, resident):
     """A null image cell stopped the run with a bare TypeError (os.fspath(None))."""
     from datasets import Dataset

@@ -53,10 +53,20 @@ class _Column(Sequence):
         self.label = label
         self.base = base
 
-    def _resolved(self, path: str) -> str:
-        if self.base is None or os.path.isabs(path) or not (self.base / path).exists():
+    def _resolved(self, path: str) -> str | dict[str, Any]:
+        """`path` where it is read from; a relative one that is nowhere keeps its folder.
+
+        A relative path found neither in `base` nor in the working directory is returned
+        as an image dict with `base`, so that its bad-file reason names the folder it was
+        looked for in (`runner.data.decoding.unreadable`), not the bare path alone.
+        """
+        if self.base is None or os.path.isabs(path):
             return path
-        return str(self.base / path)
+        if (self.base / path).exists():
+            return str(self.base / path)
+        if os.path.exists(path):
+            return path
+        return {"bytes": None, "path": path, "base": str(self.base)}
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -67,7 +77,8 @@ class _Column(Sequence):
             return {"bytes": None, "path": None, "name": self._name(index)}
         if isinstance(value, dict):
             if not value.get("bytes") and value.get("path"):
-                return {"bytes": None, "path": self._resolved(value["path"])}
+                resolved = self._resolved(value["path"])
+                return resolved if isinstance(resolved, dict) else {"bytes": None, "path": resolved}
             return {"bytes": value.get("bytes"), "path": value.get("path") or self._name(index)}
         if isinstance(value, bytes | bytearray):
             return {"bytes": bytes(value), "path": self._name(index)}

@@ -25,6 +25,7 @@ from runner.data.decoding import (
     decode_all,
     record_name,
     refused_bad_file,
+    unreadable,
 )
 from runner.data.splits import (
     DataSplits,
@@ -71,7 +72,7 @@ def sniff(record: Any) -> str | None:
             with open(_path_of(record), "rb") as handle:
                 head = handle.read(16)
         except OSError as err:
-            return f"{name}: cannot read ({err.strerror or err})"
+            return unreadable(record, err)
     if not head:
         return f"{name}: empty file (0 bytes)"
     if head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
