@@ -184,6 +184,12 @@ def build_sampler(node: Any, space: dict[str, Any], allowed: tuple[str, ...] = (
     """
     import optuna
 
+    # Options that follow another key (seed: ${seed}): a bad value is that key's to fix.
+    followed = (
+        {k: v for k, v in OmegaConf.to_container(node).items() if isinstance(v, str) and "${" in v}
+        if OmegaConf.is_dict(node)
+        else {}
+    )
     node = option_node(node, SAMPLER_TARGETS)
     extra = {}
     is_grid = isinstance(node, dict) and node.get("_target_") == SAMPLER_TARGETS["grid"]
@@ -195,6 +201,9 @@ def build_sampler(node: Any, space: dict[str, Any], allowed: tuple[str, ...] = (
         extra["search_space"] = grid
     sampler, problem = _build("sampler", node, "optuna.samplers", SAMPLER_TARGETS, allowed, **extra)
     if problem:
+        following = [f"{k}={node[k]!r} follows {v}" for k, v in followed.items()]
+        if following:
+            problem += f" (of its options, {', '.join(following)})"
         raise SweepConfigError(problem)
     if not isinstance(sampler, optuna.samplers.BaseSampler):
         raise SweepConfigError(f"hydra.sweeper.sampler built {sampler!r}, not an Optuna sampler")

@@ -793,6 +793,15 @@ def test_a_storage_url_that_names_no_file_is_refused(tmp_path, storage):
         plan(tmp_path, f"hydra.sweeper.storage={storage}")
 
 
+def test_a_sampler_option_that_follows_another_key_names_that_key():
+    """`seed=-1` failed as "Seed must be between 0 and 2**32 - 1. Fix its options
+    (hydra.sweeper.sampler.<option>=...)": the option was the run's seed."""
+    cfg = OmegaConf.create({"seed": -1, "sampler": {"_target_": "optuna.samplers.TPESampler"}})
+    cfg.sampler.seed = "${seed}"
+    with pytest.raises(SweepConfigError, match=r"of its options, seed=-1 follows \$\{seed\}"):
+        build_sampler(cfg.sampler, {})
+
+
 def test_a_storage_that_cannot_be_opened_is_refused_before_the_sweep(tmp_path):
     """A folder that cannot be made, a text file as the database, a database without its
     driver: Optuna's traceback when the sweep started."""
