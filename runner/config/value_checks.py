@@ -106,7 +106,11 @@ def _ema_decay(value: Any) -> str | None:
 
 
 def _non_empty_string(value: Any) -> str | None:
-    return None if isinstance(value, str) and value else "a non-empty string"
+    if isinstance(value, str) and value:
+        return None
+    if isinstance(value, int | float):  # `name=123`: Hydra reads a number (true: a bool)
+        return f"a non-empty string; to give {value} as one, quote it (\"'{value}'\" in a shell)"
+    return "a non-empty string"
 
 
 def _model_names(value: Any) -> str | None:

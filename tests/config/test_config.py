@@ -355,6 +355,8 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
     ("overrides", "expected"),
     [
         (["optim=sgd", "optim.momentum=abc"], "optim.momentum='abc' is invalid"),
+        # A number where a name goes: the fix is to quote it.
+        (["logger=mlflow", "logger.experiment_name=123"], "quote it (\"'123'\" in a shell)"),
         (["optim=sgd", "optim.nesterov=maybe"], "optim.nesterov='maybe' is invalid"),
         # torch refused these in the optimizer's constructor, after the data and model.
         (["optim=sgd", "optim.momentum=0"], "optim.nesterov=true needs optim.momentum > 0"),
