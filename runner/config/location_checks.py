@@ -98,6 +98,8 @@ def tracking_uri_problem(value: Any) -> str | None:
     if value.startswith("file:") or ("://" not in value and value != "databricks"):
         # MLflow 3 keeps its file store in maintenance mode and refuses to open one.
         return expected + "; MLflow's file store (a folder) is not supported"
+    if value.startswith(("http://", "https://")) and not urlparse(value).hostname:
+        return expected + f"; {value!r} names no host"  # else "the server does not answer"
     database = sqlite_path(value)
     if database is None:
         return database_driver_problem(value)

@@ -506,6 +506,7 @@ def test_a_tracking_store_that_cannot_open_is_refused_before_any_work(make_cfg, 
         "postgresql+nodriver://u:hunter2@host/db": "a database URL SQLAlchemy can read",
         # os.access said yes to root: a traceback once the data was built.
         "sqlite:////proc/nope/mlflow.db": "cannot write in /proc",
+        "http://": "'http://' names no host",
     }
     for uri, message in expected.items():
         with pytest.raises(ConfigError) as err:
