@@ -113,13 +113,16 @@ def unexpected_group_keys(cfg: DictConfig) -> list[str]:
                 + (" (as runner.training.optim's schedules do)" if group == "sched" else "")
             )
         runner_keys = RUNNER_GROUP_KEYS.get(group, ())
-        takes = [name for name in parameters if name not in ("self", "args")]
+        # What a config may set: not what the runner or the processes pass themselves.
+        passed = {"self", "args", *bound, *PROCESS_ARGUMENTS.get(group, {})}
+        takes = [name for name in parameters if name not in passed] + list(runner_keys)
+        settable = f"it takes: {', '.join(takes)}" if takes else "it takes no keys"
         for key in node:
             if str(key).startswith("_") or key in parameters or key in runner_keys:
                 continue
             problems.append(
-                f"{group}.{key} is not an argument of {group}._target_={target!r} (it takes: "
-                f"{', '.join(takes + list(runner_keys))}): fix its spelling, or remove it with "
-                f"~{group}.{key} (a key left by a preset when another {group} was chosen)"
+                f"{group}.{key} is not an argument of {group}._target_={target!r} ({settable}): "
+                f"fix its spelling, or remove it with ~{group}.{key} (a key left by a preset "
+                f"when another {group} was chosen)"
             )
     return problems

@@ -339,6 +339,8 @@ def test_every_option_passes_only_arguments_its_target_takes(make_cfg, group):
             "'runner.training.optim.cosine_schedule'",
         ),
         (["model=resnet32", "+model.name=resnet18"], "remove it with ~model.name"),
+        # Not the arguments the runner passes itself (labels, seed, rank, world_size).
+        (["sampler=random", "+sampler.power=1"], "RandomSampler' (it takes no keys)"),
         (["loss._target_=runner.training.losses.NoSuchLoss"], "loss._target_='runner.training"),
     ],
 )
