@@ -125,6 +125,35 @@ def unknown_key_hint(args: Sequence[str], config_dir: Path) -> str | None:
     return "\n".join(f"Error: {problem}" for problem in problems) or None
 
 
+def unreadable_argument_hint(args: Sequence[str]) -> str | None:
+    """The command line's `key=value` arguments Hydra's grammar cannot read, with quotes.
+
+    Hydra's own error ("mismatched input '[' expecting <EOF>") names no argument;
+    `data.split_train=train[:90%]` needs its value quoted. `run.py` asks this only after
+    Hydra refused a command.
+
+    Returns:
+        One line per such argument, or None when Hydra reads every one.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    lines = []
+    for word in args:
+        if "=" not in word or word.startswith("-"):
+            continue
+        try:
+            parser.parse_overrides([word])
+        except Exception:  # Hydra's OverrideParseException, and what its grammar raises
+            key, _, value = word.partition("=")
+            quoted = "" if "'" in word or '"' in value else f", in a shell '{key}=\"{value}\"'"
+            lines.append(
+                f"Hydra cannot read the argument {word!r}: quote its value (characters such "
+                f"as [ ] : % and spaces need it){quoted}"
+            )
+    return "\n".join(lines) or None
+
+
 def options_with_key(config_dir: Path, key: str) -> list[str]:
     """The options of `key`'s group whose own file sets it: `["loss=gce"]` for `loss.q`.
 

@@ -771,6 +771,20 @@ def test_a_misspelt_key_that_hydra_refuses_is_named_with_the_key_meant(tmp_path)
     assert "did you mean model.patch_size?" in hint
 
 
+def test_an_argument_hydra_cannot_read_is_named_with_how_to_quote_it(tmp_path):
+    """Hydra's "mismatched input '[' expecting <EOF>" named no argument."""
+    from runner.cli import unreadable_argument_hint
+
+    done = run_cli(f"paths.output_dir={tmp_path}", "data.split_train=train[:90%]")
+    assert done.returncode == 1
+    assert (
+        "Hydra cannot read the argument 'data.split_train=train[:90%]': quote its value "
+        "(characters such as [ ] : % and spaces need it), in a shell "
+        "'data.split_train=\"train[:90%]\"'" in done.stderr
+    )
+    assert unreadable_argument_hint(["optim.lr=1e-3,3e-3", "-m", "model=resnet18"]) is None
+
+
 def test_a_key_of_another_option_of_its_group_names_that_option():
     """logger=none logger.export_model=false was told to check the key's spelling, which
     was right: the key is logger=mlflow's."""
