@@ -120,13 +120,15 @@ def store_file_problem(path: Path, sqlite: bool) -> str | None:
     """
     path = path.expanduser().absolute()
     if path.is_dir():
-        return f"{path} is a folder: name a file in it (.../{'mlflow.db' if sqlite else 'x.log'})"
+        return f"{path} is a folder: name a file in it (.../{'x.db' if sqlite else 'x.log'})"
     if sqlite and path.is_file() and path.stat().st_size:
         with path.open("rb") as handle:
             if handle.read(16) != b"SQLite format 3\x00":  # every SQLite file's first bytes
                 return f"{path} is another kind of file: choose another path"
     problem = folder_problem(str(path.parent))
-    return None if problem is None else f"its folder cannot be made and written: {problem}"
+    if problem is not None:
+        return f"its folder cannot be made and written ({problem}): choose another path"
+    return None
 
 
 # The SQL databases MLflow keeps a tracking store in, besides SQLite (a URL's scheme,

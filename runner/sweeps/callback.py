@@ -134,6 +134,7 @@ class SweepCallback(Callback):
         # A job's training has a SIGTERM handler of its own; between jobs nothing caught
         # it: the launcher died at once, its Optuna trials and parent run left RUNNING.
         _SIGNALLED.clear()  # an earlier sweep's, in this process
+        _LAUNCH_ERRORS.clear()
         self.sigterm_before = signal.signal(signal.SIGTERM, self._end_the_sweep)
         write_json(
             self.sweep_dir / SWEEP_FILE,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config.choices import RUNNER_GROUP_KEYS
 from runner.config.errors import ConfigError, UserError
 from runner.config.sweep_values import flatten_params, override_parser
 
@@ -66,6 +67,10 @@ def missing_key(config: DictConfig, key: str) -> str | None:
         # here (`${hydra:runtime.output_dir}` outside a run).
         return None
     names = [str(k) for k in node if not str(k).startswith("_")] if node is not None else []
+    # The option's own keys first: the shared ones (lr multipliers, the data switches)
+    # come first in the composed group, and pushed `lr` out of sight.
+    shared = RUNNER_GROUP_KEYS.get(parent, ())
+    names = [n for n in names if n not in shared] + [n for n in names if n in shared]
     listing = f" ({parent} has: {', '.join(names)})" if parent and names else ""
     close = difflib.get_close_matches(leaf, names, n=3, cutoff=0.75)
     meant = " or ".join(f"{parent}.{name}" if parent else name for name in close)
