@@ -19,6 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from runner.data.decoding import DataError, file_stat
+from runner.data.sets.hf_columns import (
+    import_datasets,
+    read_label_columns,
+    refuse_bad_slice,
+    refuse_non_image_columns,
+)
 from runner.data.sets.hf_ids import (
     record_files,
     record_ids,
@@ -119,19 +125,9 @@ def _table_identity(dataset) -> list[tuple[str, int, int]] | str:
     return digest.hexdigest()
 
 
-def _import_datasets():
-    try:
-        import datasets
-    except ImportError as err:
-        raise ImportError(
-            "data=hf needs the Hugging Face `datasets` package: pip install -e '.[hf]'"
-        ) from err
-    return datasets
-
-
 def _loader(name: str, config_name: str | None, revision: str | None, hf_cache_dir: str | None):
     """A function split-spec -> Dataset for a Hub name, a saved data set or a local file."""
-    datasets = _import_datasets()
+    datasets = import_datasets()
     path = Path(name).expanduser()
     if path.is_dir() and any(
         (path / f).is_file() for f in ("dataset_info.json", "dataset_dict.json")
@@ -184,33 +180,11 @@ def _loader(name: str, config_name: str | None, revision: str | None, hf_cache_d
     )
 
 
-def _refuse_bad_slice(split: str, spec: str) -> None:
-    """Refuses a slice that `datasets` cannot read, before any table is built.
-
-    `datasets` parses a slice only after it has built the whole split, and its
-    ValueError ("Percent slice boundaries must be > -100 and < 100.") names no key.
-
-    Raises:
-        DataError: `spec` has a slice (`[...]`) that `datasets` does not accept.
-    """
-    if "[" not in str(spec):  # a split name: its loader says whether it has one
-        return
-    try:
-        _import_datasets().ReadInstruction.from_spec(str(spec))
-    except ValueError as err:
-        reason = str(err).rstrip(".")
-        raise DataError(
-            f"data.split_{split}={spec!r} is not a slice datasets can read ({reason}). Use a "
-            "split name or a slice of one such as train[:90%], train[90%:] or train[:500] "
-            "(percentages between -100 and 100)"
-        ) from err
-
-
 def _load_splits(name: str, specs: dict[str, str | None], load) -> dict[str, Any]:
     """Each split that `specs` names, loaded; a missing split or the Hub offline named."""
     for split, spec in specs.items():
         if spec is not None:
-            _refuse_bad_slice(split, spec)
+            refuse_bad_slice(split, spec)
     loaded = {}
     for split, spec in specs.items():
         if spec is None:
@@ -239,103 +213,6 @@ def _load_splits(name: str, specs: dict[str, str | None], load) -> dict[str, Any
                 "save_to_disk, a folder of images, or a .parquet/.arrow/.csv/.json file"
             ) from err
     return loaded
-
-
-def _label_columns(
-    name: str, loaded: dict[str, Any], specs: dict[str, str | None], image_key: str, label_key: str
-) -> dict[str, list]:
-    """Each split's label column, read once, after checking its columns and labels.
-
-    Raises:
-        DataError: A split lacks the image or label column, or has rows with a list, a
-            struct, a number with a fraction or no value for a label.
-    """
-    datasets = _import_datasets()
-    # A val or test split without labels can be carved from train instead.
-    carve = {s: f", or set data.split_{s}=null to carve it from train" for s in ("val", "test")}
-    for split, dataset in loaded.items():
-        missing = [k for k in (image_key, label_key) if k not in dataset.column_names]
-        if missing:
-            raise DataError(
-                f"data.name={name!r} split {specs[split]!r} (data.split_{split}) has no "
-                f"column {', '.join(missing)} (columns: {', '.join(dataset.column_names)}): "
-                f"set data.image_key / data.label_key{carve.get(split, '')}."
-            )
-    # Every read of a column builds a list of the whole column: once per split.
-    label_columns = {split: dataset[label_key] for split, dataset in loaded.items()}
-    for split, values in label_columns.items():
-        nested = next((v for v in values if isinstance(v, list | dict)), None)
-        if nested is not None:  # a multi-label column, or a struct: no class per row
-            raise DataError(
-                f"{name} split {specs[split]!r}: {label_key!r} (data.label_key) holds "
-                f"{type(nested).__name__}s (e.g. {str(nested)[:80]}), not one class per row: "
-                "the runner trains single-label classification. Set data.label_key to a "
-                "column of one class per row"
-            )
-        # A score or a mean of ratings is no class: each distinct number became a class
-        # named after it ("1.5", "2.5"). A whole number (1.0, from a CSV or pandas column
-        # with a gap) names a class as it always did: "1.0".
-        fractional = next(
-            (v for v in values if isinstance(v, float) and v == v and not v.is_integer()), None
-        )  # NaN (v != v) is a missing label, refused as one below
-        if fractional is not None:
-            raise DataError(
-                f"{name} split {specs[split]!r} (data.split_{split}): {label_key!r} "
-                f"(data.label_key) holds numbers with a fraction (e.g. {fractional!r}), not "
-                "classes: each distinct number would become a class of its own. Set "
-                "data.label_key to a column of class indices or names, or map the values to "
-                "integers or strings first"
-            )
-        # -1 is how a ClassLabel column marks a row without a label (a Hub test split's).
-        no_label = (
-            {None, -1}
-            if isinstance(loaded[split].features[label_key], datasets.ClassLabel)
-            else {None}
-        )
-        unlabelled = [
-            i for i, v in enumerate(values) if v in no_label or (isinstance(v, float) and v != v)
-        ]
-        if unlabelled:  # else a class named "None", or a contradictory unknown-label error
-            raise DataError(
-                f"{name} split {specs[split]!r} (data.split_{split}): {len(unlabelled)} "
-                f"row(s) have no {label_key!r} (data.label_key), e.g. row(s) "
-                f"{unlabelled[:5]}: drop or label them first{carve.get(split, '')}"
-            )
-    return label_columns
-
-
-# Value types of an image column the decoder reads: file paths, encoded bytes, or a
-# column with no value at all (each row then a bad record without an image).
-_IMAGE_VALUES = ("string", "large_string", "binary", "large_binary", "null")
-
-
-def _refuse_non_image_columns(
-    name: str, loaded: dict[str, Any], specs: dict[str, str | None], image_key: str
-) -> None:
-    """Refuses an image column of another type (numbers, lists) before anything is decoded.
-
-    Raises:
-        DataError: A split's image column is no Image feature, bytes, file paths, or
-            struct of bytes and path.
-    """
-    datasets = _import_datasets()
-    for split, dataset in loaded.items():
-        feature = dataset.features[image_key]
-        if isinstance(feature, datasets.Image):
-            continue
-        if isinstance(feature, datasets.Value) and feature.dtype in _IMAGE_VALUES:
-            continue
-        if isinstance(feature, dict) and {"bytes", "path"} & set(feature):  # Image, undeclared
-            continue
-        # Each record reached the decoder, which failed with a bare TypeError naming
-        # neither the key nor the column ("expected str, bytes or os.PathLike, not int").
-        found = f"{feature.dtype} values" if isinstance(feature, datasets.Value) else feature
-        raise DataError(
-            f"{name} split {specs[split]!r} (data.split_{split}): the image column "
-            f"{image_key!r} (data.image_key) holds {found}, not images: it must hold an Image "
-            "feature, encoded image bytes, or image file paths (strings). Set data.image_key "
-            f"to the column of images (columns: {', '.join(dataset.column_names)})"
-        )
 
 
 def load_hf(
@@ -395,11 +272,11 @@ def load_hf(
         DataError: A column is missing, the image column holds no images, or the labels
             of val/test are not train's.
     """
-    datasets = _import_datasets()
+    datasets = import_datasets()
     specs = {"train": split_train, "val": split_val, "test": split_test}
     loaded = _load_splits(name, specs, _loader(name, config_name, revision, hf_cache_dir))
-    label_columns = _label_columns(name, loaded, specs, image_key, label_key)
-    _refuse_non_image_columns(name, loaded, specs, image_key)
+    label_columns = read_label_columns(name, loaded, specs, image_key, label_key)
+    refuse_non_image_columns(name, loaded, specs, image_key)
     train = loaded["train"]
     train_names = getattr(train.features[label_key], "names", None)  # a ClassLabel's
     class_names, to_index = _classes(train.features[label_key], label_columns["train"])
