@@ -167,10 +167,14 @@ def _image_size_problems(cfg: DictConfig) -> list[str]:
     if is_number(patch) and patch >= 1 and data_size % patch:
         # timm's patch embedding (a strided convolution) drops what is left over.
         below, above = data_size // patch * patch, (data_size // patch + 1) * patch
+        if below:
+            unseen = f"would never see the last {data_size % patch} pixel rows and columns"
+            sizes = f"data.image_size={below} or {above}"
+        else:  # a patch larger than the image: no patch at all
+            unseen, sizes = "would see none of the image", f"data.image_size={above}"
         problems.append(
             f"data.image_size={data_size} is not a multiple of model.patch_size={patch}: the "
-            f"model would never see the last {data_size % patch} pixel rows and columns. "
-            f"Use data.image_size={below or above} or {above}, or another model.patch_size"
+            f"model {unseen}. Use {sizes}, or another model.patch_size"
         )
     return problems
 

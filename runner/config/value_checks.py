@@ -132,9 +132,16 @@ def _batch_sizes(value: Any) -> str | None:
 
 
 def _milestones(value: Any) -> str | None:
-    ok = OmegaConf.is_list(value) and all(is_number(v) and 0 < v < 1 for v in value)
     # Epoch numbers (as torch's MultiStepLR takes) would lie past the end: no decay at all.
-    return None if ok else "a list of fractions of training in (0, 1), e.g. [0.5, 0.75]"
+    # An empty list was a constant lr, and a value twice decayed twice at one step.
+    ok = (
+        OmegaConf.is_list(value)
+        and len(value) > 0
+        and all(is_number(v) and 0 < v < 1 for v in value)
+        and len(set(value)) == len(value)
+    )
+    expected = "a non-empty list of distinct fractions of training in (0, 1), e.g. [0.5, 0.75]"
+    return None if ok else expected
 
 
 def _int_between(low: int, high: int) -> Callable[[Any], str | None]:
@@ -330,8 +337,9 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "sched.min_lr_ratio": _fraction,
     "sched.pct_start": _fraction,
     "sched.peak_pct": _fraction,
-    "sched.start_ratio": _non_negative_number,
-    "sched.end_ratio": _non_negative_number,
+    # Fractions of the peak lr: above 1 the "peak" was the lowest lr of the run.
+    "sched.start_ratio": _probability,
+    "sched.end_ratio": _probability,
     "sched.gamma": _positive_number,
     "sched.div_factor": _positive_number,
     "sched.final_div_factor": _positive_number,

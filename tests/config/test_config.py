@@ -357,6 +357,12 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
     ("overrides", "expected"),
     [
         (["optim=sgd", "optim.momentum=abc"], "optim.momentum='abc' is invalid"),
+        # A repeated milestone decayed twice at one step; none at all was a constant lr.
+        (["sched=step", "sched.milestones=[0.5,0.5]"], "a non-empty list of distinct fractions"),
+        (["sched=step", "sched.milestones=[]"], "sched.milestones=[] is invalid"),
+        (["sched=triangle", "sched.start_ratio=5"], "sched.start_ratio=5 is invalid"),
+        # A patch larger than the image was advised data.image_size=64 "or 64".
+        (["model=vit_tiny", "model.patch_size=64"], "would see none of the image. Use data."),
         # A number where a name goes: the fix is to quote it.
         (["logger=mlflow", "logger.experiment_name=123"], "quote it (\"'123'\" in a shell)"),
         (["optim=sgd", "optim.nesterov=maybe"], "optim.nesterov='maybe' is invalid"),
