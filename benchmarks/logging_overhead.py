@@ -49,7 +49,7 @@ from runner.training.distributed import World
 from runner.training.exported_model import exported_classifier
 from runner.training.lineage import log_data_inputs
 from runner.training.loop import fit
-from runner.training.parts import build_parts
+from runner.training.parts import build_parts, init_from_data
 from runner.training.state import TrainState
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -183,6 +183,7 @@ def time_fit(
     augment = instantiate(cfg.aug, num_classes=data.num_classes).to(device)
     loaders = build_loaders(data, cfg.sampler, cfg.trainer, cfg.seed, device)
     parts = build_parts(cfg, data, augment, device, ctx.precision, len(loaders.train))
+    init_from_data(parts.model, data, parts.normalize, device)
     start_run(ctx.tracker, cfg, run_dir, device=str(device), run_name=run_name, tags={}, params={})
     inputs_s = 0.0
     if side == "mlflow":

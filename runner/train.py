@@ -49,7 +49,7 @@ from runner.training.final_eval import evaluate_and_report, write_metrics_file
 from runner.training.lineage import log_data_inputs
 from runner.training.loop import fit
 from runner.training.oof import check_embedding_layer, write_out_of_fold
-from runner.training.parts import build_parts
+from runner.training.parts import build_parts, init_from_data
 from runner.training.preflight import check_model_takes_data, check_training_data
 from runner.training.profiling import profile
 from runner.training.resume_checks import check_resume
@@ -113,6 +113,7 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
         parts = build_parts(cfg, data, augment, ctx.device, ctx.precision, len(loaders.train))
     check_embedding_layer(cfg.data, parts.model, data.num_classes)  # a k-fold job's outputs
     check_model_takes_data(cfg, parts, data, ctx.device)  # one forward pass, before tracking
+    init_from_data(parts.model, data, parts.normalize, ctx.device)  # once it takes the images
     if ctx.is_main:
         with startup_clock.phase("mlflow"):
             ctx.tracker.connect(experiment_name=experiment)

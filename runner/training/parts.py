@@ -81,7 +81,6 @@ def build_parts(
         steps_per_epoch=steps_per_epoch,
     )
     normalize = build_normalize(model, data, device, trainer.channels_last, cfg.data)
-    init_from_data(model, data, normalize, device)
     return TrainingParts(
         model=model,
         augment=augment,

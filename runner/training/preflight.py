@@ -157,10 +157,11 @@ def check_model_takes_data(cfg: DictConfig, parts, data: DataSplits, device: tor
         raise ConfigError(
             f"{what}: the model does not take these images ({type(err).__name__}: {cause}). "
             "When the cause is their size or channel count, build the model for them (a "
-            "timm model takes +model.in_chans=<channels>, a CIFAR ResNet (model=resnet32) "
-            "+model.in_channels=<channels>; a ViT +model.img_size=<data.image_size>, or "
-            "model.img_size=... where its group has the key, as model=vit_tiny) or change "
-            "data.image_size; otherwise the cause names the model's setting"
+            "timm model takes +model.in_chans=<channels>, a CIFAR ResNet (model=resnet32) or "
+            "model=airbench94 +model.in_channels=<channels>; a ViT "
+            "+model.img_size=<data.image_size>, or model.img_size=... where its group has the "
+            "key, as model=vit_tiny) or change data.image_size; otherwise the cause names the "
+            "model's setting"
         ) from err
     finally:
         if gradcam_hook is not None:

@@ -10,7 +10,7 @@ from runner.config.validation import ConfigError, validate
 from runner.data.build import build_data
 from runner.models.airbench import airbench94
 from runner.training.optim import optimizer_from_config, triangle_schedule
-from runner.training.parts import build_parts
+from runner.training.parts import build_parts, init_from_data
 
 # The experiment on a small synthetic set that a CPU trains in seconds.
 SMALL = [
@@ -69,6 +69,7 @@ def test_a_run_sets_the_whitening_from_its_first_train_images(make_cfg, monkeypa
     cfg = make_cfg(*SMALL, tiny=False)
     data = build_data(cfg.data)
     parts = build_parts(cfg, data, torch.nn.Identity(), torch.device("cpu"), "32", 10)
+    init_from_data(parts.model, data, parts.normalize, torch.device("cpu"))
     expected = airbench94(num_classes=10)
     expected.init_from_images(parts.normalize(data.train.images[:100]))
     assert torch.allclose(parts.model.whiten.weight, expected.whiten.weight, atol=1e-5)

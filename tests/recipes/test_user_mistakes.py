@@ -470,6 +470,20 @@ def test_a_cifar_resnet_on_one_channel_images_is_named_with_its_own_argument(mak
     nothing_spent(tmp_path)
 
 
+def test_airbench_on_one_channel_images_is_refused_before_its_whitening(make_cfg, tmp_path):
+    """Its data-dependent whitening ran before the check: a RuntimeError traceback."""
+    refused(
+        make_cfg(
+            *("data=synthetic", "data.channels=1", "data.num_samples=120", "data.image_size=32"),
+            *("model=airbench94", "trainer.max_epochs=1"),
+            tiny=False,
+        ),
+        "airbench94 on data 'synthetic' (1 channel(s)",
+        "model=airbench94 +model.in_channels=<channels>",
+    )
+    nothing_spent(tmp_path)
+
+
 def test_three_normalisation_values_for_one_channel_images_are_named(make_cfg, tmp_path):
     """A 1-channel model with 3 mean/std values: the advice once said to set in_chans, which
     was set; the normalisation had made the images 3-channel."""
