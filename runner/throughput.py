@@ -160,4 +160,10 @@ def run(cfg: DictConfig) -> float:
             print(f"{model_name:<24} {batch_size:>6} {shown}", flush=True)
             table.write_text(json.dumps(rows, indent=2))  # each row as it comes
     log.info("throughput table written to %s", table)
+    if rows and all(row["img_s"] is None for row in rows):  # nothing measured: exit 1
+        raise ConfigError(
+            f"no model could be timed: every row of the table failed ({table}), the first "
+            f"with {rows[0]['error']}. Check throughput.models against data.image_size, or "
+            "lower throughput.batch_sizes where a row is OOM"
+        )
     return max((row["img_s"] for row in rows if row["img_s"]), default=float("nan"))

@@ -319,6 +319,20 @@ def test_an_unknown_throughput_model_is_refused_before_the_first_is_timed(make_c
     nothing_spent(tmp_path)
 
 
+def test_a_throughput_run_whose_every_row_failed_ends_with_an_error(make_cfg, tmp_path):
+    """A ViT too large for the images failed in its row, and the command exited 0."""
+    refused(
+        make_cfg(
+            *("experiment=throughput", "throughput.models=[vit_tiny_patch16_224]"),
+            *("data.image_size=8", "throughput.batch_sizes=[2]", "throughput.steps=1"),
+            tiny=False,
+        ),
+        "no model could be timed: every row of the table failed",
+        "Check throughput.models against data.image_size",
+    )
+    assert (tmp_path / "run" / "throughput.json").is_file()  # the rows, with their errors
+
+
 def test_throughput_refuses_model_keys_it_would_ignore(tmp_path):
     """It timed throughput.models and dropped model=... without a word."""
     done = run_cli(
