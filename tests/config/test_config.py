@@ -357,6 +357,8 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
     ("overrides", "expected"),
     [
         (["optim=sgd", "optim.momentum=abc"], "optim.momentum='abc' is invalid"),
+        # The log said it trained on the same 128 images; limit_batches cut them to 64.
+        (["debug=overfit", "trainer.limit_batches=1"], "are both set: choose one"),
         # A repeated milestone decayed twice at one step; none at all was a constant lr.
         (["sched=step", "sched.milestones=[0.5,0.5]"], "a non-empty list of distinct fractions"),
         (["sched=step", "sched.milestones=[]"], "sched.milestones=[] is invalid"),
