@@ -93,6 +93,12 @@ def validate(cfg: DictConfig) -> None:
             f"data.val_fraction + data.test_fraction = {sum(data_fractions):g} leaves no "
             "training data: keep their sum below 1"
         )
+    debug = [OmegaConf.select(cfg, f"trainer.{k}") for k in ("overfit_batches", "limit_batches")]
+    if all(v is not None for v in debug):  # each cuts the epoch its own way: limit won
+        problems.append(
+            f"trainer.overfit_batches={debug[0]!r} and trainer.limit_batches={debug[1]!r} are "
+            "both set: choose one (the other null)"
+        )
     subset = [OmegaConf.select(cfg, f"data.{k}") for k in ("fraction", "samples_per_class")]
     if all(v is not None for v in subset):
         problems.append(
