@@ -22,6 +22,7 @@ from runner.sweeps.manifest import (
     SUBMITTED_FILE,
     SUMMARISED,
     SWEEP_LOCK_FILE,
+    SweepFileError,
     read_sweep_info,
 )
 from runner.tracking.store import is_locked
@@ -121,33 +122,47 @@ def main(argv: list[str] | None = None) -> int:
             thumbnails = configured_thumbnails(args.sweep_dir)
         try:
             result, delivered = redo_audit(args.sweep_dir, thumbnails)
-        except AuditError as err:
+        except (AuditError, SweepFileError) as err:
             print(f"Error: {err}")
             return 1
         print((args.sweep_dir / "audit" / "summary.md").read_text(encoding="utf-8"))
         print("files: " + ", ".join(str(p) for p in result.files))
         return 0 if delivered else 130
-    if args.command == "summary":
-        from runner.sweeps.summary import summarize
+    try:
+        if args.command == "summary":
+            return _summary(args.sweep_dir, args.monitor, args.mode)
+        return _collect(args.sweep_dir)
+    except SweepFileError as err:  # a damaged file of the sweep: named, with its fix
+        print(f"Error: {err}")
+        return 1
 
-        if not _is_sweep_dir(args.sweep_dir, MANIFEST_FILE):
-            return 1
-        try:
-            monitor, mode = sweep_monitor(args.sweep_dir, args.monitor, args.mode)
-        except SummaryArgumentError as err:
-            print(f"Error: {err}")
-            return 1
-        print(summarize(args.sweep_dir, monitor, mode == "max").markdown)
-        return 0
-    if not _is_sweep_dir(args.sweep_dir, "multirun.yaml"):
+
+def _summary(sweep_dir: Path, monitor: str | None, mode: str | None) -> int:
+    """`summary`: rewrites summary.md and summary.csv and prints the summary."""
+    from runner.sweeps.summary import summarize
+
+    if not _is_sweep_dir(sweep_dir, MANIFEST_FILE):
         return 1
     try:
-        jobs = sweep_jobs(args.sweep_dir)  # one squeue per job: asked once
+        monitor, mode = sweep_monitor(sweep_dir, monitor, mode)
+    except SummaryArgumentError as err:
+        print(f"Error: {err}")
+        return 1
+    print(summarize(sweep_dir, monitor, mode == "max").markdown)
+    return 0
+
+
+def _collect(sweep_dir: Path) -> int:
+    """`collect`: lists the jobs, and summarises a finished sweep into its parent run."""
+    if not _is_sweep_dir(sweep_dir, "multirun.yaml"):
+        return 1
+    try:
+        jobs = sweep_jobs(sweep_dir)  # one squeue per job: asked once
     except SlurmUnavailableError as err:
         print(f"Error: {err}")
         return 1
     status = print_sweep(jobs)
-    if is_locked(args.sweep_dir / SWEEP_LOCK_FILE):
+    if is_locked(sweep_dir / SWEEP_LOCK_FILE):
         print(
             "the sweep is still running in the process that launched it, which summarises "
             "it when its jobs are done"
@@ -159,23 +174,23 @@ def main(argv: list[str] | None = None) -> int:
     from runner.config.validation import job_mode
     from runner.sweeps.callback import finish_submitted_sweep, resume_advice, submits_only
 
-    launched = OmegaConf.load(args.sweep_dir / "multirun.yaml")
+    launched = OmegaConf.load(sweep_dir / "multirun.yaml")
     if (mode := job_mode(launched)) != "train":
         print(
             f"a sweep of mode={mode}: its jobs keep their results in their own dirs, and "
             "there is no sweep summary (nor manifest) to finish"
         )
         return status
-    if not (args.sweep_dir / SUBMITTED_FILE).exists():  # its launcher waited for its jobs
+    if not (sweep_dir / SUBMITTED_FILE).exists():  # its launcher waited for its jobs
         if submits_only(launched):
             print(
-                f"Error: {args.sweep_dir} was launched with hydra/launcher=slurm_submit and no "
+                f"Error: {sweep_dir} was launched with hydra/launcher=slurm_submit and no "
                 f"job was submitted (it has no {SUBMITTED_FILE}): the launch failed, with its "
                 "error on its console. Fix it and launch the sweep again"
             )
             return 1
-        summary, manifest = args.sweep_dir / "summary.md", args.sweep_dir / MANIFEST_FILE
-        info = read_sweep_info(args.sweep_dir)
+        summary, manifest = sweep_dir / "summary.md", sweep_dir / MANIFEST_FILE
+        info = read_sweep_info(sweep_dir)
         if SUMMARISED in info:  # `summary` rewrites summary.md: the launcher's own record
             ended = info[SUMMARISED] is not None
         else:  # a sweep dir from before that record: summarised after the last job?
@@ -189,12 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "this sweep's launcher waited for its jobs (not hydra/launcher=slurm_submit) and "
             "was stopped before it summarised them, so some may not have run. "
-            f"{resume_advice(launched, args.sweep_dir)}, added to the command that launched "
-            f"it; `python -m runner.sweeps summary {args.sweep_dir}` shows its jobs so far"
+            f"{resume_advice(launched, sweep_dir)}, added to the command that launched "
+            f"it; `python -m runner.sweeps summary {sweep_dir}` shows its jobs so far"
         )
         return 1
 
-    summarised = finish_submitted_sweep(args.sweep_dir)
+    summarised = finish_submitted_sweep(sweep_dir)
     return status or summarised  # a job the listing found unfinished comes first
 
 

@@ -30,13 +30,14 @@ from runner.sweeps.manifest import (
     SUMMARISED,
     SWEEP_FILE,
     SWEEP_LOCK_FILE,
+    SweepFileError,
     read_sweep_info,
     reopen_parent_run,
     write_json,
 )
 from runner.sweeps.optuna_study import is_optuna_sweep, plan_study
 from runner.sweeps.stores import cluster_store_warning
-from runner.sweeps.summary import Summary, summarize_and_log
+from runner.sweeps.summary import Summary, check_summary_inputs, summarize_and_log
 from runner.tracking.protocol import Tracker, end_run
 from runner.tracking.store import hold_lock
 
@@ -74,7 +75,7 @@ class SweepCallback(Callback):
             else:  # every job's config
                 refuse_bad_jobs(config, kwargs.get("config_name"))
             check_launcher(config)
-        except ConfigError as err:  # a SweepConfigError is one too
+        except (ConfigError, SweepFileError) as err:  # a SweepConfigError is one too
             raise SystemExit(f"Error: {err}") from err
         mode = job_mode(config)
         if mode != "train":  # eval, predict, preview, throughput: their jobs track no runs
@@ -100,7 +101,10 @@ class SweepCallback(Callback):
                 f"command again (with sweep.resume={self.sweep_dir} to continue that sweep)."
             )
         (self.sweep_dir / STOP_FILE).unlink(missing_ok=True)
-        info = read_sweep_info(self.sweep_dir)
+        try:
+            info = read_sweep_info(self.sweep_dir)
+        except SweepFileError as err:  # a resumed sweep's damaged record: one line
+            raise SystemExit(f"Error: {err}") from err
         arguments = redacted_overrides(config.hydra.overrides.task)
         tracker = instantiate(config.logger)
         name = config.logger.get("experiment_name") or config.data.name
@@ -345,9 +349,15 @@ def finish_submitted_sweep(sweep_dir: Path) -> int:
         1 when a job did not finish or the audit could not run; else 130 when Ctrl-C
         stopped the wait for the store to take the summary (it is saved to send later),
         else 0.
+
+    Raises:
+        SweepFileError: A file the summary reads is cut short or not what the runner
+            writes; nothing was summarised, and the parent run was not reopened.
     """
     sweep_dir = Path(sweep_dir).resolve()  # the paths of logs saved to send later
     config = OmegaConf.load(sweep_dir / "multirun.yaml")
+    # A damaged file stops it here: the parent run, once reopened, would be left running.
+    check_summary_inputs(sweep_dir)
     try:
         tracker = reopen_parent_run(sweep_dir)
     except Exception as err:  # the store moved or the server is down: the files stand

@@ -6,7 +6,6 @@ For sweeps submitted with `hydra/launcher=slurm_submit`: `python -m runner.sweep
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,9 +15,11 @@ from runner.sweeps.manifest import (
     ABANDONED,
     JOB_LOCK_FILE,
     REPLACED,
+    SweepFileError,
     entry_of,
     job_run_dir,
     read_manifest,
+    read_sweep_file,
     setting_overrides,
     submitted_jobs,
 )
@@ -36,11 +37,14 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
     run wrote metrics.json, FAILED when it wrote traceback.txt, else what the sweep's
     manifest recorded for it when that is final (a job that failed before its run
     started, one fail_fast skipped), and UNKNOWN otherwise (e.g. a job cancelled before
-    it started).
+    it started). A damaged metrics.json leaves the job FINISHED without results, and
+    its `unreadable` says what is wrong.
 
     Raises:
         FileNotFoundError: `sweep_dir` is not a directory.
         SlurmUnavailableError: SLURM did not answer `squeue`.
+        SweepFileError: manifest.json or slurm_jobs.json is cut short or not what the
+            runner writes.
     """
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep dir {sweep_dir} does not exist")
@@ -80,7 +84,12 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
             job["state"] = entry["status"]
         else:
             job["state"] = "UNKNOWN"
-        job["results"] = json.loads(metrics.read_text()) if metrics.exists() else None
+        job["results"] = None
+        if metrics.exists():
+            try:
+                job["results"] = read_sweep_file(metrics, "Restore it from a copy of the run dir")
+            except SweepFileError as err:  # one job's loss: the others are still listed
+                job["unreadable"] = str(err)
     return jobs
 
 
@@ -125,5 +134,6 @@ def print_sweep(jobs: list[dict[str, Any]]) -> int:
             f"{job.get('overrides', '')}  {shown}"
             + (f"  best={best:.4f}" if best is not None else "")
             + f"  {job['run_dir']}"
+            + (f"\n    {job['unreadable']}" if job.get("unreadable") else "")
         )
     return int(any(job["state"] == "FAILED" for job in jobs))

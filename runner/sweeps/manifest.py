@@ -18,10 +18,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from runner.config.errors import UserError
 from runner.tracking.protocol import Tracker
 from runner.tracking.store import file_lock, hold_lock, missing_store_file
 
@@ -95,23 +96,116 @@ def write_json(path: Path, content: Any) -> None:
         temp.write_text(json.dumps(content, indent=2, sort_keys=True))
 
 
+class SweepFileError(UserError, ValueError):
+    """A JSON file of a sweep dir (or a job's metrics.json) that cannot be read.
+
+    Cut short (a copy that stopped early, a full disk) or not what the runner writes
+    there; the message names the file and what makes it readable again.
+    """
+
+
+def _is_object(content: Any) -> bool:
+    return isinstance(content, dict)
+
+
+def read_sweep_file(
+    path: Path, fix: str, expected: str = "a JSON object", valid: Callable[[Any], bool] = _is_object
+) -> Any:
+    """The content of one of a sweep's JSON files, checked to be what the runner writes.
+
+    Every reader of manifest.json, sweep.json, slurm_jobs.json, a job's metrics.json and
+    the Optuna files goes through here, so a damaged file is named, not a JSONDecodeError
+    or a KeyError of the code that read it.
+
+    Args:
+        path: The file, which exists.
+        fix: What makes the file readable again (the end of the error's message).
+        expected: What the runner writes there, in words, for the error.
+        valid: Whether a parsed content is of that shape.
+
+    Returns:
+        The parsed content.
+
+    Raises:
+        SweepFileError: The file is empty, is not JSON (or stops before its end), or is
+            JSON of another shape.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        content = json.loads(text)
+    except UnicodeDecodeError as err:
+        raise SweepFileError(
+            f"{path} is not the JSON the runner writes there (not UTF-8 text: {err.reason} at "
+            f"byte {err.start}). {fix}"
+        ) from None
+    except json.JSONDecodeError as err:
+        if not text.strip():
+            raise SweepFileError(f"{path} is empty: it was cut short. {fix}") from None
+        raise SweepFileError(
+            f"{path} is cut short or is not the JSON the runner writes there ({err.msg}: "
+            f"line {err.lineno} column {err.colno}). {fix}"
+        ) from None
+    if not valid(content):
+        if isinstance(content, dict):
+            found = "another object" if content else "an empty object"
+        else:
+            found = f"a JSON {type(content).__name__}"
+        raise SweepFileError(
+            f"{path} is not what the runner writes there: it holds {found}, not {expected}. {fix}"
+        )
+    return content
+
+
+def _is_manifest(content: Any) -> bool:
+    jobs = content.get("jobs") if isinstance(content, dict) else None
+    return isinstance(jobs, dict) and all(isinstance(entry, dict) for entry in jobs.values())
+
+
 def read_manifest(sweep_dir: Path) -> dict[str, dict[str, Any]]:
-    """The manifest's entries by job key ({} when the sweep has none yet)."""
+    """The manifest's entries by job key ({} when the sweep has none yet).
+
+    Raises:
+        SweepFileError: manifest.json is cut short or not what the runner writes.
+    """
     path = Path(sweep_dir) / MANIFEST_FILE
     if not path.exists():
         return {}
-    return json.loads(path.read_text())["jobs"]
+    # The jobs replace it whole (write_json): a damaged one was damaged afterwards, and
+    # neither a summary nor sweep.resume (whose jobs read it) can do without it.
+    fix = (
+        "Restore it from a copy of the sweep dir (the one this dir was copied from, or a "
+        "backup): it is the sweep's only record of its jobs' statuses and monitored values, "
+        "and nothing rebuilds it (sweep.resume reads it too). Each finished job's test "
+        "metrics are still in its run dir's metrics.json"
+    )
+    expected = 'a "jobs" object with one entry per job'
+    return read_sweep_file(path, fix, expected, _is_manifest)["jobs"]
+
+
+def _is_submitted(content: Any) -> bool:
+    return isinstance(content, list) and all(
+        isinstance(record, dict) and "num" in record for record in content
+    )
 
 
 def submitted_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """The jobs `hydra/launcher=slurm_submit` submitted (slurm_jobs.json), by number.
 
     A resumed sweep appends its launch's records: a job's latest record stands.
+
+    Raises:
+        SweepFileError: slurm_jobs.json is cut short or not what the launcher writes.
     """
     path = Path(sweep_dir) / SUBMITTED_FILE
     if not path.is_file():
         return []
-    latest = {record["num"]: record for record in json.loads(path.read_text(encoding="utf-8"))}
+    fix = (
+        "Restore it from a copy of the sweep dir: it is the record of the jobs "
+        "hydra/launcher=slurm_submit submitted (their numbers, SLURM job ids and overrides)"
+    )
+    expected = 'a list of the submitted jobs, each with its "num"'
+    records = read_sweep_file(path, fix, expected, _is_submitted)
+    latest = {record["num"]: record for record in records}
     return [latest[num] for num in sorted(latest)]
 
 
@@ -173,9 +267,21 @@ def parse_overrides(overrides: list[str]) -> dict[str, str]:
 
 
 def read_sweep_info(sweep_dir: Path) -> dict[str, Any]:
-    """The parent run's record (sweep.json), or {} when the sweep has no tracking."""
+    """The parent run's record (sweep.json), or {} when the sweep has no tracking.
+
+    Raises:
+        SweepFileError: sweep.json is cut short or not what the runner writes.
+    """
     path = Path(sweep_dir) / SWEEP_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    # Without it a sweep goes on untracked: each reader takes a missing one as {}.
+    fix = (
+        "Restore it from a copy of the sweep dir, or delete it: the summary does without "
+        "it, but the sweep's parent MLflow run is then forgotten (collect logs the summary "
+        "into no run, and sweep.resume starts a new parent run)"
+    )
+    return read_sweep_file(path, fix)
 
 
 def reopen_parent_run(sweep_dir: Path) -> Tracker | None:

@@ -30,7 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from runner.sweeps.grid import missing_key
-from runner.sweeps.manifest import parse_overrides
+from runner.sweeps.manifest import parse_overrides, read_sweep_file
 from runner.sweeps.optuna_parts import (
     PRUNER_TARGETS,
     SAMPLER_TARGETS,
@@ -413,6 +413,17 @@ def write_study_file(sweep_dir: Path, plan: StudyPlan) -> Path:
 
 
 def read_study_file(sweep_dir: Path) -> dict[str, Any] | None:
-    """The sweep's study.json, or None outside an Optuna sweep."""
+    """The sweep's study.json, or None outside an Optuna sweep.
+
+    Raises:
+        SweepFileError: study.json is cut short or not what the sweeper writes.
+    """
     path = Path(sweep_dir) / "optuna" / STUDY_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    # Not to be deleted: a resumed sweep that names no study finds it by the name in it.
+    fix = (
+        "Restore it from a copy of the sweep dir: the sweep's Optuna jobs reach their "
+        "study through it"
+    )
+    return read_sweep_file(path, fix)

@@ -7,7 +7,6 @@ same answer wherever the jobs ran, and can be rerun on a finished sweep:
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,17 +17,19 @@ from runner.sweeps.job import constant_keys, unescape
 from runner.sweeps.manifest import (
     ABANDONED,
     REPLACED,
+    SweepFileError,
     entry_of,
     job_key,
     job_run_dir,
     parse_overrides,
     read_manifest,
+    read_sweep_file,
     read_sweep_info,
     setting_overrides,
     submitted_jobs,
     write_json,
 )
-from runner.sweeps.optuna_study import STUDY_FILE
+from runner.sweeps.optuna_study import STUDY_FILE, read_study_file
 from runner.sweeps.summary_parts import (
     REPEATS,
     RepeatGroup,
@@ -87,9 +88,11 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
         The summary.
     """
     sweep_dir = Path(sweep_dir)
-    jobs = _read_jobs(sweep_dir)
+    # Every file is read before any is written: a damaged one stops the summary whole.
+    inputs = _read_inputs(sweep_dir)
+    jobs = inputs.jobs
     # The command line's constants tell no job apart, even in a sweep of one job.
-    swept = _swept_names(jobs, constant_keys(read_sweep_info(sweep_dir).get("arguments", [])))
+    swept = _swept_names(jobs, constant_keys(inputs.info.get("arguments", [])))
     varied = [n for n in swept if n not in REPEATS]  # what a repeat group is keyed by
     for job in jobs:  # what tells the jobs apart, for people reading the report
         job["label"] = " ".join(
@@ -146,7 +149,7 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
             ]
     best_lines, best_tags, best_metrics = _best_report(best_group, best, swept, monitor, shown)
     lines += best_lines
-    lines += _earlier_study_best(sweep_dir, jobs, monitor)
+    lines += _earlier_study_best(inputs.study_best, jobs, monitor)
     not_done = [j for j in jobs if j.get("status") != "FINISHED"]
     lines += _not_finished_lines(not_done)
     markdown = "\n".join(lines) + "\n"
@@ -157,10 +160,47 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     plot = write_sweep_plot(jobs, varied, monitor, sweep_dir / "sweep_plot.png")
     if plot is not None:
         files.append(plot)
-    files += _optuna_files(sweep_dir)
+    files += _optuna_files(sweep_dir, inputs.study)
     best_value = best_group.mean if best_group is not None else (best["value"] if best else None)
     failed = [j for j in not_done if j.get("status") not in (ABANDONED, REPLACED)]
     return Summary(jobs, markdown, files, best_tags, best_value, failed, best_metrics)
+
+
+@dataclass
+class _Inputs:
+    """What a summary reads from the sweep dir: its jobs, sweep.json, the Optuna files."""
+
+    jobs: list[dict[str, Any]]
+    info: dict[str, Any]
+    study_best: dict[str, Any]
+    study: dict[str, Any] | None
+
+
+def _read_inputs(sweep_dir: Path) -> _Inputs:
+    """Reads the sweep dir's files the summary needs (a job's metrics.json may be damaged).
+
+    Raises:
+        SweepFileError: manifest.json, sweep.json, slurm_jobs.json or an Optuna file is
+            cut short or not what the runner writes.
+    """
+    path = sweep_dir / "optuna" / "best_params.json"
+    fix = (
+        "Restore it from a copy of the sweep dir, or delete it: the Optuna sweeper writes "
+        "it again when a launch of the study ends (sweep.resume=<the sweep dir>), and the "
+        "summary does without it"
+    )
+    study_best = read_sweep_file(path, fix) if path.is_file() else {}
+    jobs = _read_jobs(sweep_dir)
+    return _Inputs(jobs, read_sweep_info(sweep_dir), study_best, read_study_file(sweep_dir))
+
+
+def check_summary_inputs(sweep_dir: Path) -> None:
+    """Reads what `summarize` reads, so that a damaged file stops a command before it starts.
+
+    Raises:
+        SweepFileError: A file the summary needs is cut short or not what the runner writes.
+    """
+    _read_inputs(Path(sweep_dir))
 
 
 def _read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -173,12 +213,13 @@ def _read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     entries = [*manifest.values(), *never_started(sweep_dir, manifest)]
     for entry in sorted(entries, key=lambda e: e.get("num", 0)):
         metrics_file = job_run_dir(sweep_dir, entry) / "metrics.json"
-        test = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-        test = {k: v for k, v in test.items() if k.startswith("test/")}
-        # A finished job's run dir that was moved or deleted: its test metrics are lost.
-        lost = entry.get("status") == "FINISHED" and not metrics_file.exists()
+        test, problem = _test_metrics(metrics_file)
         # The summary's files and tags go to the tracking server: no secret in the clear.
         overrides = redacted_overrides(entry.get("overrides", []))
+        lost: dict[str, Any] = {}
+        # A finished job's run dir that was moved or deleted, or a damaged metrics.json.
+        if entry.get("status") == "FINISHED" and problem is not None:
+            lost = {"lost_metrics": str(metrics_file), "metrics_problem": problem}
         jobs.append(
             {
                 **entry,
@@ -189,10 +230,26 @@ def _read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
                     k: unescape(v) for k, v in parse_overrides(setting_overrides(overrides)).items()
                 },
                 "test": test,
-                **({"lost_metrics": str(metrics_file)} if lost else {}),
+                **lost,
             }
         )
     return jobs
+
+
+def _test_metrics(path: Path) -> tuple[dict[str, Any], str | None]:
+    """A job's test metrics from its metrics.json, and what is wrong with the file if anything.
+
+    A damaged metrics.json is one job's loss, not the summary's: the job is summarised
+    without it, and its line says why.
+    """
+    if not path.exists():
+        return {}, "gone"
+    fix = "Restore it from a copy of the run dir"
+    try:
+        content = read_sweep_file(path, fix)
+    except SweepFileError as err:
+        return {}, str(err)
+    return {k: v for k, v in content.items() if k.startswith("test/")}, None
 
 
 def _best_report(
@@ -281,14 +338,15 @@ def never_started(sweep_dir: Path, manifest: dict[str, dict[str, Any]]) -> list[
     ]
 
 
-def _earlier_study_best(sweep_dir: Path, jobs: list[dict[str, Any]], monitor: str) -> list[str]:
+def _earlier_study_best(
+    report: dict[str, Any], jobs: list[dict[str, Any]], monitor: str
+) -> list[str]:
     """A line on the Optuna study's best trial when an earlier launch ran it.
 
     A continued study's sweep summarises its own trials; the study's best (in
-    optuna/best_params.json) may be one of another sweep's, which the table cannot show.
+    optuna/best_params.json, `report`) may be one of another sweep's, which the table
+    cannot show.
     """
-    path = sweep_dir / "optuna" / "best_params.json"
-    report = json.loads(path.read_text()) if path.is_file() else {}
     trial = report.get("best_trial")
     own = {parse_overrides(job["overrides"]).get("optuna.trial") for job in jobs}
     if trial is None or str(trial) in own:
@@ -301,19 +359,18 @@ def _earlier_study_best(sweep_dir: Path, jobs: list[dict[str, Any]], monitor: st
     ]
 
 
-def _optuna_files(sweep_dir: Path) -> list[Path]:
+def _optuna_files(sweep_dir: Path, content: dict[str, Any] | None) -> list[Path]:
     """The Optuna sweeper's files, to log; study.json as a copy without a storage password.
 
-    The jobs reach their trial through the storage URL in study.json, so the file itself
-    keeps the URL whole; the copy logged to the tracking server does not.
+    The jobs reach their trial through the storage URL in study.json (`content`), so the
+    file itself keeps the URL whole; the copy logged to the tracking server does not.
     """
     folder = sweep_dir / "optuna"
     if not folder.is_dir():
         return []
     files = sorted(path for path in folder.iterdir() if path.is_file())
     study = folder / STUDY_FILE
-    if study.is_file():
-        content = json.loads(study.read_text())
+    if study.is_file() and content is not None:
         if content.get("storage"):
             content["storage"] = public_uri(str(content["storage"]))
         public = folder / "public" / STUDY_FILE
@@ -365,13 +422,20 @@ def _swept_names(jobs: list[dict[str, Any]], constant: set[str]) -> list[str]:
 
 
 def _lost_metrics_lines(jobs: list[dict[str, Any]]) -> list[str]:
-    """A line per finished job whose metrics.json is gone, so that its blank cells are read."""
-    lines = [
-        f"Job {j.get('num')} finished, but its {j['lost_metrics']} is gone (its run dir was "
-        "moved or deleted): its monitored value is the manifest's, its test metrics are lost."
-        for j in jobs
-        if "lost_metrics" in j
-    ]
+    """A line per finished job whose metrics.json is gone or damaged, so that its cells are read."""
+    lines = []
+    for job in jobs:
+        if "lost_metrics" not in job:
+            continue
+        problem = job["metrics_problem"]
+        if problem == "gone":
+            why = f"its {job['lost_metrics']} is gone (its run dir was moved or deleted):"
+        else:  # the reader's message: the file, what is wrong, the fix
+            why = f"{problem}; until then"
+        lines.append(
+            f"Job {job.get('num')} finished, but {why} its monitored value is the "
+            "manifest's, its test metrics are lost."
+        )
     return ["", *lines] if lines else []
 
 

@@ -1,0 +1,108 @@
+"""`python -m runner.sweeps summary|collect` on a sweep dir whose files are damaged or gone.
+
+Each sweep dir is built on disk as its jobs leave it (manifest.json, run dirs with
+metrics.json); no job trains.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from runner.sweeps.__main__ import main
+from runner.sweeps.manifest import job_key, update_manifest
+
+TRAIN_SWEEP = "trainer: {monitor: val/acc, monitor_mode: max}\n"
+
+
+def _job(sweep_dir: Path, num: int, lr: str, value: float) -> Path:
+    """A finished job of a train sweep: its run dir, metrics.json and manifest entry."""
+    overrides = [f"optim.lr={lr}"]
+    run_dir = sweep_dir / str(num)
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({"test/acc": value - 0.05}))
+    update_manifest(
+        sweep_dir,
+        job_key(overrides),
+        status="FINISHED",
+        value=value,
+        num=num,
+        overrides=overrides,
+        run_dir=str(run_dir),
+        mlflow_run_id=f"id{num}",
+    )
+    return run_dir
+
+
+def _sweep(tmp_path: Path) -> Path:
+    """A train sweep of two finished jobs, as the launcher leaves it."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text(TRAIN_SWEEP)
+    _job(sweep, 0, "0.1", 0.8)
+    _job(sweep, 1, "0.01", 0.9)
+    return sweep
+
+
+@pytest.mark.parametrize(
+    ("content", "told"),
+    [
+        ('{"jobs": {"optim.lr=0.1": {"num": 0, "sta', "is cut short"),
+        ("", "is empty"),
+        ("{}", "is not what the runner writes there"),
+    ],
+)
+def test_a_damaged_manifest_is_named_with_its_fix(tmp_path, capsys, content, told):
+    """A cut-short or empty manifest.json ended summary and collect in a JSONDecodeError
+    traceback, and `{}` in KeyError: 'jobs'."""
+    sweep = _sweep(tmp_path)
+    manifest = sweep / "manifest.json"
+    manifest.write_text(content)
+    for command in ("summary", "collect"):
+        assert main([command, str(sweep)]) == 1
+        out = capsys.readouterr().out
+        assert out.startswith(f"Error: {manifest} {told}"), out
+        assert "Restore it from a copy of the sweep dir" in out
+    assert not (sweep / "summary.md").exists()
+    assert manifest.read_text() == content  # left for the user to restore
+
+
+def test_a_cut_short_sweep_json_or_slurm_jobs_json_is_named_with_its_fix(tmp_path, capsys):
+    """A cut-short sweep.json (summary) or slurm_jobs.json (collect) ended the command in
+    a JSONDecodeError traceback."""
+    sweep = _sweep(tmp_path)
+    (sweep / "sweep.json").write_text('{"parent_run_id": "ab')
+    assert main(["summary", str(sweep)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"Error: {sweep / 'sweep.json'} is cut short"), out
+    assert "or delete it" in out
+    (sweep / "sweep.json").unlink()
+    (sweep / "slurm_jobs.json").write_text('[{"job_id": "12", "num": 0, "overr')
+    assert main(["collect", str(sweep)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"Error: {sweep / 'slurm_jobs.json'} is cut short"), out
+    assert not (sweep / "summary.md").exists()
+
+
+def test_a_jobs_cut_short_metrics_json_is_named_and_the_other_jobs_are_summarised(tmp_path, capsys):
+    """One job's cut-short metrics.json ended the whole summary (and collect) in a
+    JSONDecodeError traceback."""
+    sweep = _sweep(tmp_path)
+    metrics = sweep / "1" / "metrics.json"
+    metrics.write_text('{"test/acc": 0.8')
+    assert main(["summary", str(sweep)]) == 0
+    written = (sweep / "summary.md").read_text()
+    assert "| 0 | 0.1 | FINISHED | 0.8000 | 0.7500 |" in written
+    assert "| 1 | 0.01 | FINISHED (no metrics) | 0.9000 |  |" in written
+    assert f"Job 1 finished, but {metrics} is cut short" in written
+    assert "Restore it from a copy of the run dir; until then its monitored value is the " in (
+        written
+    )
+    assert "its test metrics are lost." in written
+    capsys.readouterr()
+    main(["collect", str(sweep)])
+    out = capsys.readouterr().out
+    assert f"{metrics} is cut short" in out and "Traceback" not in out
+    assert "#0 job - FINISHED" in out and "test/acc=0.7500" in out
