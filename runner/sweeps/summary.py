@@ -2,7 +2,8 @@
 
 Reads only the sweep dir (manifest.json and each job's metrics.json), so it gives the
 same answer wherever the jobs ran, and can be rerun on a finished sweep:
-`python -m runner.sweeps summary <sweep_dir>`.
+`python -m runner.sweeps summary <sweep_dir>`. A rerun keeps what the earlier summary.csv
+held of a job whose metrics.json is gone since.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from runner.sweeps.summary_parts import (
     is_finite,
     markdown_table,
     mean_std,
+    read_earlier_test_metrics,
     repeat_groups,
     shorten,
     write_summary_csv,
@@ -48,6 +50,7 @@ from runner.tracking.protocol import Tracker
 _SHOWN_TEST_METRICS = ("test/acc", "test/balanced_acc", "test/macro_f1")
 # The status of a submitted job that left no manifest entry (cancelled before it started).
 NOT_STARTED = "NOT STARTED"
+SUMMARY_CSV = "summary.csv"
 
 
 @dataclass
@@ -154,7 +157,7 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     lines += _not_finished_lines(not_done)
     markdown = "\n".join(lines) + "\n"
 
-    files = [sweep_dir / "summary.md", sweep_dir / "summary.csv"]
+    files = [sweep_dir / "summary.md", sweep_dir / SUMMARY_CSV]
     files[0].write_text(markdown, encoding="utf-8")
     write_summary_csv(files[1], jobs, swept, monitor)
     plot = write_sweep_plot(jobs, varied, monitor, sweep_dir / "sweep_plot.png")
@@ -206,10 +209,17 @@ def check_summary_inputs(sweep_dir: Path) -> None:
 def _read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """Every job of the sweep, by number: its manifest entry, parsed settings and test metrics.
 
-    The jobs a `slurm_submit` launch submitted that never started are among them.
+    The jobs a `slurm_submit` launch submitted that never started are among them. A
+    finished job whose metrics.json is gone or damaged takes its test metrics from the
+    summary.csv an earlier summary wrote, when that has its row: the rewritten summary
+    would otherwise lose them.
     """
     jobs = []
     manifest = read_manifest(sweep_dir)
+    earlier = {
+        (num, job_key(overrides.split())): test
+        for num, overrides, test in read_earlier_test_metrics(sweep_dir / SUMMARY_CSV)
+    }
     entries = [*manifest.values(), *never_started(sweep_dir, manifest)]
     for entry in sorted(entries, key=lambda e: e.get("num", 0)):
         metrics_file = job_run_dir(sweep_dir, entry) / "metrics.json"
@@ -219,7 +229,14 @@ def _read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
         lost: dict[str, Any] = {}
         # A finished job's run dir that was moved or deleted, or a damaged metrics.json.
         if entry.get("status") == "FINISHED" and problem is not None:
-            lost = {"lost_metrics": str(metrics_file), "metrics_problem": problem}
+            # summary.csv wrote the overrides joined by spaces: split alike to compare keys.
+            kept = earlier.get((str(entry.get("num", "")), job_key(" ".join(overrides).split())))
+            test = kept or {}
+            lost = {
+                "lost_metrics": str(metrics_file),
+                "metrics_problem": problem,
+                "kept_metrics": bool(kept),
+            }
         jobs.append(
             {
                 **entry,
@@ -422,7 +439,10 @@ def _swept_names(jobs: list[dict[str, Any]], constant: set[str]) -> list[str]:
 
 
 def _lost_metrics_lines(jobs: list[dict[str, Any]]) -> list[str]:
-    """A line per finished job whose metrics.json is gone or damaged, so that its cells are read."""
+    """A line per finished job whose metrics.json is gone or damaged, so that its cells are read.
+
+    Its test metrics are the earlier summary.csv's when that held them, else lost.
+    """
     lines = []
     for job in jobs:
         if "lost_metrics" not in job:
@@ -432,15 +452,16 @@ def _lost_metrics_lines(jobs: list[dict[str, Any]]) -> list[str]:
             why = f"its {job['lost_metrics']} is gone (its run dir was moved or deleted):"
         else:  # the reader's message: the file, what is wrong, the fix
             why = f"{problem}; until then"
+        kept = "the earlier summary.csv's" if job.get("kept_metrics") else "lost"
         lines.append(
             f"Job {job.get('num')} finished, but {why} its monitored value is the "
-            "manifest's, its test metrics are lost."
+            f"manifest's, its test metrics are {kept}."
         )
     return ["", *lines] if lines else []
 
 
 def _status(job: dict[str, Any]) -> str:
-    marks = [
-        mark for mark, key in (("pruned", "pruned"), ("no metrics", "lost_metrics")) if job.get(key)
-    ]
+    marks = ["pruned"] if job.get("pruned") else []
+    if job.get("lost_metrics"):
+        marks.append("test metrics of summary.csv" if job.get("kept_metrics") else "no metrics")
     return job.get("status", "?") + (f" ({', '.join(marks)})" if marks else "")

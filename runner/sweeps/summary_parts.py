@@ -155,6 +155,36 @@ def write_summary_csv(
             )
 
 
+def read_earlier_test_metrics(path: Path) -> list[tuple[str, str, dict[str, float]]]:
+    """The test metrics each job has in a summary.csv `write_summary_csv` wrote earlier.
+
+    Read before a summary rewrites the file: a finished job's metrics.json may be gone
+    since, and these are then the only copy of its test metrics.
+
+    Returns:
+        (job number, overrides as written, test metrics) for each row with a test
+        metric; [] when there is no such file, or it is not one the summary wrote.
+    """
+    if not path.is_file():
+        return []
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []  # nothing of it can be kept
+    found = []
+    for row in rows:
+        test = {
+            name: number
+            for name, text in row.items()
+            if isinstance(name, str) and name.startswith("test/") and isinstance(text, str)
+            if (number := as_number(text)) is not None
+        }
+        if test:
+            found.append((row.get("job") or "", row.get("overrides") or "", test))
+    return found
+
+
 def write_sweep_plot(
     jobs: list[dict[str, Any]], names: list[str], monitor: str, path: Path
 ) -> Path | None:

@@ -6,7 +6,9 @@ metrics.json); no job trains.
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,11 @@ def _sweep(tmp_path: Path) -> Path:
     _job(sweep, 0, "0.1", 0.8)
     _job(sweep, 1, "0.01", 0.9)
     return sweep
+
+
+def _csv_rows(path: Path) -> dict[str, dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return {row["job"]: row for row in csv.DictReader(handle)}
 
 
 @pytest.mark.parametrize(
@@ -106,3 +113,41 @@ def test_a_jobs_cut_short_metrics_json_is_named_and_the_other_jobs_are_summarise
     out = capsys.readouterr().out
     assert f"{metrics} is cut short" in out and "Traceback" not in out
     assert "#0 job - FINISHED" in out and "test/acc=0.7500" in out
+
+
+def test_a_rerun_summary_keeps_the_test_metrics_of_a_deleted_run_dir(tmp_path, capsys):
+    """After a finished job's run dir was deleted, `summary` rewrote summary.md and
+    summary.csv with its test metrics blank, although summary.csv still held them."""
+    sweep = _sweep(tmp_path)
+    assert main(["summary", str(sweep)]) == 0
+    assert _csv_rows(sweep / "summary.csv")["1"]["test/acc"] == "0.85"
+    shutil.rmtree(sweep / "1")
+    for _ in range(2):  # and again: the rewritten summary.csv keeps them too
+        assert main(["summary", str(sweep)]) == 0
+        rows = _csv_rows(sweep / "summary.csv")
+        assert (rows["0"]["test/acc"], rows["1"]["test/acc"]) == ("0.75", "0.85")
+        written = (sweep / "summary.md").read_text()
+        assert "| 1 | 0.01 | FINISHED (test metrics of summary.csv) | 0.9000 | 0.8500 |" in (
+            written
+        )
+        assert f"Job 1 finished, but its {sweep / '1' / 'metrics.json'} is gone" in written
+        assert "its test metrics are the earlier summary.csv's." in written
+    capsys.readouterr()
+
+
+def test_only_the_same_jobs_row_of_the_earlier_summary_csv_is_kept(tmp_path):
+    """A row of another job (another number, or other overrides) is not taken."""
+    sweep = _sweep(tmp_path)
+    assert main(["summary", str(sweep)]) == 0
+    rows = list(csv.reader((sweep / "summary.csv").open(newline="", encoding="utf-8")))
+    header, *body = rows
+    overrides = header.index("overrides")
+    for row in body:  # job 1's row now names other overrides
+        if row[0] == "1":
+            row[overrides] = "optim.lr=0.5"
+    with (sweep / "summary.csv").open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([header, *body])
+    (sweep / "1" / "metrics.json").write_text("")
+    assert main(["summary", str(sweep)]) == 0
+    assert _csv_rows(sweep / "summary.csv")["1"]["test/acc"] == ""
+    assert "its test metrics are lost." in (sweep / "summary.md").read_text()
