@@ -16,7 +16,14 @@ from omegaconf import OmegaConf
 from runner.config.choices import MONITOR_MODES
 from runner.config.resolvers import monitor_mode_for, register_resolvers
 from runner.sweeps.audit import NUM_THUMBNAILS
-from runner.sweeps.collect import FINAL_STATES, SlurmUnavailableError, print_sweep, sweep_jobs
+from runner.sweeps.collect import (
+    FINAL_STATES,
+    MODE_OUTPUTS,
+    SlurmUnavailableError,
+    output_legend,
+    print_sweep,
+    sweep_jobs,
+)
 from runner.sweeps.manifest import (
     MANIFEST_FILE,
     SUBMITTED_FILE,
@@ -43,11 +50,35 @@ def _is_sweep_dir(sweep_dir: Path, marker: str) -> bool:
     """Whether `sweep_dir` holds `marker` (a file every sweep dir has); says so when not."""
     if (sweep_dir / marker).is_file():
         return True
-    print(
-        f"Error: {sweep_dir} is not a sweep dir (it has no {marker}): pass the sweep dir "
-        "itself (hydra.sweep.dir)"
-    )
+    if not sweep_dir.exists():
+        print(
+            f"Error: {sweep_dir} does not exist: pass the sweep dir (hydra.sweep.dir) as "
+            "its launch printed it"
+        )
+    elif not sweep_dir.is_dir():
+        print(f"Error: {sweep_dir} is a file, not a sweep dir: pass its folder (hydra.sweep.dir)")
+    elif marker == MANIFEST_FILE and (mode := _sweep_mode(sweep_dir)) not in (None, "train"):
+        # Such a sweep's jobs record nothing in the sweep dir: there is nothing to summarise.
+        print(
+            f"Error: {sweep_dir} is the sweep dir of a sweep of mode={mode}, which has no "
+            "summary (only a sweep of mode=train records its jobs in a manifest.json to "
+            f"summarise): each job's results are in its own dir. `python -m runner.sweeps "
+            f"collect {sweep_dir}` lists its jobs"
+        )
+    else:
+        print(
+            f"Error: {sweep_dir} is not a sweep dir (it has no {marker}): pass the sweep dir "
+            "itself (hydra.sweep.dir)"
+        )
     return False
+
+
+def _sweep_mode(sweep_dir: Path) -> str | None:
+    """The mode of the sweep launched in `sweep_dir` (its multirun.yaml), or None without one."""
+    from runner.config.validation import job_mode
+
+    saved = sweep_dir / "multirun.yaml"
+    return job_mode(OmegaConf.load(saved)) if saved.is_file() else None
 
 
 class SummaryArgumentError(ValueError):
@@ -156,12 +187,16 @@ def _collect(sweep_dir: Path) -> int:
     """`collect`: lists the jobs, and summarises a finished sweep into its parent run."""
     if not _is_sweep_dir(sweep_dir, "multirun.yaml"):
         return 1
+    mode = _sweep_mode(sweep_dir) or "train"
     try:
-        jobs = sweep_jobs(sweep_dir)  # one squeue per job: asked once
+        jobs = sweep_jobs(sweep_dir, mode)  # one squeue per job: asked once
     except SlurmUnavailableError as err:
         print(f"Error: {err}")
         return 1
     status = print_sweep(jobs)
+    if mode in MODE_OUTPUTS:  # its jobs recorded nothing: what their dirs hold is all
+        print(output_legend(mode))
+        return status
     if is_locked(sweep_dir / SWEEP_LOCK_FILE):
         print(
             "the sweep is still running in the process that launched it, which summarises "
@@ -171,11 +206,10 @@ def _collect(sweep_dir: Path) -> int:
     if any(job["state"] not in (*FINAL_STATES, "UNKNOWN") for job in jobs):
         print("jobs still queued or running: collect again when they are done")
         return status
-    from runner.config.validation import job_mode
     from runner.sweeps.callback import finish_submitted_sweep, resume_advice, submits_only
 
     launched = OmegaConf.load(sweep_dir / "multirun.yaml")
-    if (mode := job_mode(launched)) != "train":
+    if mode != "train":  # a mode this command does not know the files of
         print(
             f"a sweep of mode={mode}: its jobs keep their results in their own dirs, and "
             "there is no sweep summary (nor manifest) to finish"

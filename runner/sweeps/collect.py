@@ -27,9 +27,20 @@ from runner.tracking.store import is_locked
 
 # Manifest statuses that end a job (RUNNING without a lock is a killed job: UNKNOWN).
 FINAL_STATES = ("FINISHED", "FAILED", "SKIPPED", "INTERRUPTED", ABANDONED, REPLACED)
+# The file a job of another mode than train leaves in its run dir, and whether it is
+# written whole as the job ends (else as the job goes: a stopped job leaves part of it).
+# Such jobs record no state (no manifest entry, no lock): their files are all there is.
+MODE_OUTPUTS = {
+    "eval": ("metrics.json", True),
+    "preview": ("aug_preview.png", True),
+    "throughput": ("throughput.json", False),
+    "predict": ("predictions.csv", False),
+}
+# The states of such a job without SLURM's: its file there, written as it goes, or none.
+WROTE_OUTPUT, NO_OUTPUT = "HAS OUTPUT", "NO OUTPUT"
 
 
-def sweep_jobs(sweep_dir: Path) -> list[dict]:
+def sweep_jobs(sweep_dir: Path, mode: str = "train") -> list[dict]:
     """The jobs of a sweep dir: their number, run dir, SLURM job id, state and results.
 
     The state is SLURM's while the job is known to the scheduler (PENDING, RUNNING, ...),
@@ -39,6 +50,10 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
     started, one fail_fast skipped), and UNKNOWN otherwise (e.g. a job cancelled before
     it started). A damaged metrics.json leaves the job FINISHED without results, and
     its `unreadable` says what is wrong.
+
+    A sweep of another `mode` than train records nothing of its jobs: SLURM's state, else
+    FAILED with a traceback.txt, else FINISHED, HAS OUTPUT or NO OUTPUT by the file the
+    mode writes (`MODE_OUTPUTS`).
 
     Raises:
         FileNotFoundError: `sweep_dir` is not a directory.
@@ -74,6 +89,8 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
         metrics = run_dir / "metrics.json"
         if queued:
             job["state"] = queued
+        elif mode in MODE_OUTPUTS:
+            job["state"] = _output_state(run_dir, mode)
         elif is_locked(run_dir / JOB_LOCK_FILE):
             job["state"] = "RUNNING"
         elif metrics.exists():
@@ -91,6 +108,30 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
             except SweepFileError as err:  # one job's loss: the others are still listed
                 job["unreadable"] = str(err)
     return jobs
+
+
+def _output_state(run_dir: Path, mode: str) -> str:
+    """The state of a job of another mode than train, by what its run dir holds."""
+    output, whole = MODE_OUTPUTS[mode]
+    if (run_dir / "traceback.txt").exists():  # eval writes it as train does
+        return "FAILED"
+    if not (run_dir / output).exists():
+        return NO_OUTPUT
+    return "FINISHED" if whole else WROTE_OUTPUT
+
+
+def output_legend(mode: str) -> str:
+    """What the states `sweep_jobs` gives the jobs of a sweep of `mode` (not train) mean."""
+    output, whole = MODE_OUTPUTS[mode]
+    wrote = "FINISHED" if whole else WROTE_OUTPUT
+    when = "written as it ends" if whole else "written as it goes (a stopped job leaves part)"
+    elsewhere = " (with predict.output set: not there, but where it points)" * (mode == "predict")
+    return (
+        f"a sweep of mode={mode}: its jobs keep their results in their own dirs and record "
+        "no state, and there is no sweep summary (nor manifest) to finish. "
+        f"{wrote} means the job's dir holds its {output}, {when}; {NO_OUTPUT} that it holds "
+        f"none{elsewhere}: running, failed or stopped (its run.log, if any, says which)"
+    )
 
 
 class SlurmUnavailableError(RuntimeError):

@@ -151,3 +151,47 @@ def test_only_the_same_jobs_row_of_the_earlier_summary_csv_is_kept(tmp_path):
     assert main(["summary", str(sweep)]) == 0
     assert _csv_rows(sweep / "summary.csv")["1"]["test/acc"] == ""
     assert "its test metrics are lost." in (sweep / "summary.md").read_text()
+
+
+def test_a_path_that_does_not_exist_is_called_so(tmp_path, capsys):
+    """`summary <missing path>` said the path "has no manifest.json"."""
+    missing = tmp_path / "swep"
+    for command in ("summary", "collect"):
+        assert main([command, str(missing)]) == 1
+        out = capsys.readouterr().out
+        assert out.startswith(f"Error: {missing} does not exist"), out
+    assert not missing.exists()
+
+
+def _preview_sweep(tmp_path: Path) -> Path:
+    """A mode=preview sweep of two jobs, of which job 0 drew its preview."""
+    sweep = tmp_path / "preview"
+    for num in (0, 1):
+        (sweep / str(num) / ".hydra").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("mode: preview\n")
+    (sweep / "0" / "aug_preview.png").write_bytes(b"\x89PNG")
+    return sweep
+
+
+def test_the_summary_of_a_preview_sweep_says_such_a_sweep_has_none(tmp_path, capsys):
+    """`summary` of a mode=preview sweep dir said it was not a sweep dir and to pass the
+    sweep dir itself."""
+    sweep = _preview_sweep(tmp_path)
+    assert main(["summary", str(sweep)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(
+        f"Error: {sweep} is the sweep dir of a sweep of mode=preview, which has no summary"
+    ), out
+    assert "not a sweep dir" not in out
+    assert not (sweep / "summary.md").exists()
+
+
+def test_collect_of_a_preview_sweep_says_what_its_jobs_left(tmp_path, capsys):
+    """`collect` listed a mode=preview sweep's finished jobs as UNKNOWN."""
+    sweep = _preview_sweep(tmp_path)
+    assert main(["collect", str(sweep)]) == 0
+    first, second, legend = capsys.readouterr().out.splitlines()[:3]
+    assert "#0 job - FINISHED" in first and "#1 job - NO OUTPUT" in second
+    assert "UNKNOWN" not in first + second
+    assert "FINISHED means the job's dir holds its aug_preview.png" in legend
+    assert not (sweep / "summary.md").exists()
