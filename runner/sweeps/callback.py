@@ -37,7 +37,8 @@ from runner.sweeps.manifest import (
 )
 from runner.sweeps.optuna_study import is_optuna_sweep, plan_study
 from runner.sweeps.stores import cluster_store_warning
-from runner.sweeps.summary import Summary, check_summary_inputs, summarize_and_log
+from runner.sweeps.summary import Summary, summarize_and_log
+from runner.sweeps.summary_inputs import check_summary_inputs
 from runner.tracking.protocol import Tracker, end_run
 from runner.tracking.store import hold_lock
 
