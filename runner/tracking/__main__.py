@@ -17,7 +17,13 @@ from pathlib import Path
 from runner.config.redaction import public_uri
 from runner.config.resolvers import REPO_ROOT
 from runner.tracking.opening import serve
-from runner.tracking.outbox import pending_file_problem, pending_target, replay_pending
+from runner.tracking.outbox import (
+    PendingFileError,
+    pending_file_problem,
+    pending_target,
+    read_pending,
+    replay_pending,
+)
 from runner.tracking.store import (
     missing_store_file,
     reap_stale_runs,
@@ -88,10 +94,25 @@ def main(argv: list[str] | None = None) -> int:
         if problem is not None:
             print(f"Error: {args.file}: {problem}", file=sys.stderr)
             return 1
-        sent, failed = replay_pending(args.file)
+        try:  # every line is read before any is sent: a bad one is named before a send
+            pending = read_pending(args.file)
+        except PendingFileError as err:
+            print(f"Error: {err}", file=sys.stderr)
+            return 1
+        dropped = ""
+        if pending.cut_short is not None:
+            number, text = pending.cut_short
+            dropped = f"; its line {number}, cut short, was not sent"
+            print(
+                f"Warning: {args.file}:{number}: the last line is cut short (the run was "
+                f"stopped while it saved it): {text[:80]!r} is not sent, the "
+                f"{len(pending.ops)} complete line(s) before it are",
+                file=sys.stderr,
+            )
+        sent, failed = replay_pending(args.file, pending)
         for line in failed:
             print(f"Error: {line}", file=sys.stderr)
-        print(f"{sent} logging operation(s) sent, {len(failed)} failed")
+        print(f"{sent} logging operation(s) sent, {len(failed)} failed{dropped}")
         if failed:
             return 1
         # Kept, under a name that a resumed run neither warns of nor appends to: a later
@@ -101,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             copies += 1
             done = args.file.with_name(f"{args.file.name}.sent{copies}")
         args.file.rename(done)
-        print(f"{args.file} is now {done}")
+        kept = " (with the line cut short, which was not sent)" if dropped else ""
+        print(f"{args.file} is now {done}{kept}")
         return 0
     if args.command == "open":
         if not args.tracking_uri:

@@ -14,7 +14,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from runner.config.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +192,80 @@ def pending_target(path: Path) -> dict[str, str]:
     return json.loads(_first_line(path))
 
 
-def replay_pending(path: Path) -> tuple[int, list[str]]:
+class PendingFileError(UserError):
+    """A pending-log file that cannot be replayed as it is; the message names file:line."""
+
+
+class PendingLog(NamedTuple):
+    """A pending-log file as replay reads it, before anything is sent.
+
+    Attributes:
+        target: Its header: `tracking_uri`, `run_id` and (newer files) `run_dir`.
+        ops: Each operation with the number of its line in the file (the header is 1).
+        cut_short: The number and text of a last line cut short, which is not sent;
+            None when there is none.
+    """
+
+    target: dict[str, str]
+    ops: list[tuple[int, tuple]]
+    cut_short: tuple[int, str] | None
+
+
+# What `apply_op` performs: a line of another kind would be counted as sent, and is none.
+_KINDS = ("metrics", "params", "tags", "artifact", "inputs", "status")
+
+
+def read_pending(path: Path) -> PendingLog:
+    """Reads a pending-log file whole, line by line, so that a bad line stops replay early.
+
+    `write_pending` appends line by line, so a process killed while writing leaves its
+    last line cut short: that line is set apart (`cut_short`) for the caller to report,
+    and the complete lines before it are replayed. Any other line that is no operation
+    refuses the file: sending around it would leave a hole in the run's logs.
+
+    Args:
+        path: A file `pending_file_problem` has passed (its header is sound).
+
+    Returns:
+        The header, the operations and the line cut short, if any.
+
+    Raises:
+        PendingFileError: A line before the last is not an operation, or the last is
+            complete JSON but no operation; the message names file:line and the fix.
+    """
+    header, *rest = path.read_bytes().split(b"\n")
+    # Blank lines carry nothing (an editor may leave one at the end); numbers stay the file's.
+    lines = [(number, raw) for number, raw in enumerate(rest, start=2) if raw.strip()]
+    ops, cut_short = [], None
+    for index, (number, raw) in enumerate(lines):
+        last = index == len(lines) - 1
+        text = raw.decode("utf-8", errors="replace").strip()
+        try:
+            value = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            if last:  # what a writer stopped mid-line leaves; a prefix of a line never parses
+                cut_short = (number, text)
+                break
+            raise PendingFileError(
+                f"{path}:{number}: this line is not a logging operation ({err}): "
+                f"{_shown(text)}; nothing was sent. Remove or mend that line, then replay"
+            ) from None
+        if not (isinstance(value, list) and value and value[0] in _KINDS):
+            raise PendingFileError(
+                f"{path}:{number}: this line is not a logging operation (a JSON list whose "
+                f"first item is one of {', '.join(_KINDS)}): {_shown(text)}; nothing "
+                "was sent. Remove or mend that line, then replay"
+            )
+        ops.append((number, tuple(value)))
+    return PendingLog(json.loads(header), ops, cut_short)
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """A line as an error message quotes it: its start, when it is long (metrics are)."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def replay_pending(path: Path, pending: PendingLog) -> tuple[int, list[str]]:
     """Sends the operations of a pending-log file to its server.
 
     An operation that fails is reported and the later ones are still sent (the run's
@@ -199,18 +274,21 @@ def replay_pending(path: Path) -> tuple[int, list[str]]:
     file's folder. A final status older than the run's (a resumed run ended since) is not
     sent, and then neither are the file's tags the run has since set again.
 
+    Args:
+        path: The file, which names the operations' lines in problems.
+        pending: What `read_pending` read from it.
+
     Returns:
         (operations sent, one problem line per operation that failed).
     """
     from mlflow.tracking import MlflowClient
 
-    header, *lines = path.read_text().splitlines()
-    target = json.loads(header)  # as `pending_target` reads it, from the text read here
+    target = pending.target
     client = MlflowClient(tracking_uri=target["tracking_uri"])
-    ops = [tuple(json.loads(line)) for line in lines]
+    ops = [op for _, op in pending.ops]
     sent, problems = 0, []
     ended_later = None  # whether a resumed run ended after this file's last status
-    for number, op in enumerate(ops, start=2):
+    for number, op in pending.ops:
         if op[0] == "artifact" and target.get("run_dir"):
             op = ("artifact", _moved(op[1], Path(target["run_dir"]), path.parent), *op[2:])
         try:  # a run the store lacks fails each operation, not the replay

@@ -413,3 +413,56 @@ def test_a_model_whose_logging_a_signal_stops_is_not_left_pending(tmp_path, monk
             [],
         )
     assert client.search_logged_models([experiment_id]) == []
+
+
+def test_replay_sends_the_complete_lines_before_a_last_line_cut_short_and_says_so(tmp_path, capsys):
+    """A run killed while it saved its logs left its last line cut short: replay ended in a
+    JSONDecodeError traceback and sent nothing."""
+    import json
+
+    from runner.tracking.__main__ import main
+    from runner.tracking.outbox import write_pending
+
+    client, run_id = open_run(tmp_path)
+    ops = [("metrics", [("val/acc", 0.5, 0, 2)]), ("tags", {"best_epoch": "2"})]
+    path = write_pending(tmp_path / "mlflow_pending.jsonl", client.tracking_uri, run_id, ops)
+    with path.open("a") as handle:  # as the killed writer left it: no end, no newline
+        handle.write(json.dumps(("status", "FINISHED", 1_000))[:15])
+    assert main(["replay", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert f"Warning: {path}:4: the last line is cut short" in captured.err, captured.err
+    assert "2 logging operation(s) sent, 0 failed; its line 4, cut short, was not sent" in (
+        captured.out
+    )
+    run = client.get_run(run_id)
+    assert run.data.metrics == {"val/acc": 0.5} and run.data.tags["best_epoch"] == "2"
+    assert run.info.status == "RUNNING"  # the status was the line cut short
+    sent = path.with_name("mlflow_pending.jsonl.sent")
+    assert "(with the line cut short, which was not sent)" in captured.out
+    assert sent.read_text().endswith('["status", "FIN')  # kept, not lost
+
+
+def test_replay_of_a_file_with_a_bad_line_before_the_last_sends_nothing_and_names_it(
+    tmp_path, capsys
+):
+    """A line that does not parse ended replay in a JSONDecodeError traceback; one that is
+    JSON but no operation (an unknown kind) was counted as sent."""
+    from runner.tracking.__main__ import main
+    from runner.tracking.outbox import write_pending
+
+    client, run_id = open_run(tmp_path)
+    ops = [("metrics", [("val/acc", 0.5, 0, 2)]), ("tags", {"best_epoch": "2"})]
+    for number, bad in ((3, '["tags", {"best_ep'), (2, '["log_metric", "a", 1.0, 0, 1]')):
+        path = tmp_path / f"{number}" / "mlflow_pending.jsonl"
+        path.parent.mkdir()
+        write_pending(path, client.tracking_uri, run_id, ops[: number - 2])
+        with path.open("a") as handle:
+            handle.write(bad + "\n")
+        write_pending(path, client.tracking_uri, run_id, [("status", "FINISHED", 1_000)])
+        assert main(["replay", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert f"Error: {path}:{number}: this line is not a logging operation" in err, err
+        assert "nothing was sent. Remove or mend that line, then replay" in err
+        assert path.is_file() and not path.with_name(path.name + ".sent").exists()
+    run = client.get_run(run_id)
+    assert run.data.metrics == {} and run.info.status == "RUNNING"
