@@ -159,9 +159,20 @@ def write_pending(path: Path, tracking_uri: str, run_id: str, ops: list[tuple]) 
     with target.open("a") as handle:
         if handle.tell() == 0:
             handle.write(header + "\n")
+        elif not _ends_a_line(target):
+            # An earlier writer was killed mid-line: these operations start a line of their
+            # own, whole, and replay names the line cut short for the user to remove.
+            handle.write("\n")
         for op in ops:
             handle.write(json.dumps(op) + "\n")
     return target
+
+
+def _ends_a_line(path: Path) -> bool:
+    """Whether a non-empty file's last byte ends a line."""
+    with path.open("rb") as handle:
+        handle.seek(-1, 2)
+        return handle.read(1) == b"\n"
 
 
 def _first_line(path: Path) -> str:

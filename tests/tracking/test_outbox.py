@@ -466,3 +466,25 @@ def test_replay_of_a_file_with_a_bad_line_before_the_last_sends_nothing_and_name
         assert path.is_file() and not path.with_name(path.name + ".sent").exists()
     run = client.get_run(run_id)
     assert run.data.metrics == {} and run.info.status == "RUNNING"
+
+
+def test_a_later_outage_adds_whole_lines_after_a_line_cut_short(tmp_path, capsys):
+    """A resumed run's outage appended its first operation to the line a killed run left
+    cut short: that operation was lost in a line that does not parse."""
+    import json
+
+    from runner.tracking.__main__ import main
+    from runner.tracking.outbox import write_pending
+
+    client, run_id = open_run(tmp_path)
+    path = tmp_path / "mlflow_pending.jsonl"
+    write_pending(path, client.tracking_uri, run_id, [("tags", {"a": "1"})])
+    with path.open("a") as handle:  # as the killed writer left it
+        handle.write('["metrics", [["val/a')
+    later = [["metrics", [["val/acc", 0.5, 0, 4]]], ["status", "FINISHED", 1_000]]
+    write_pending(path, client.tracking_uri, run_id, later)
+    lines = path.read_text().splitlines()
+    assert lines[2] == '["metrics", [["val/a'
+    assert [json.loads(line) for line in lines[3:]] == later
+    assert main(["replay", str(path)]) == 1  # the line cut short is named, nothing is sent
+    assert f"Error: {path}:3: this line is not a logging operation" in capsys.readouterr().err
