@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -181,10 +182,28 @@ def _first_line(path: Path) -> str:
         return handle.readline().rstrip("\n")
 
 
+# The names replay gives a file it has sent: `<name>.sent`, then `.sent2`, `.sent3`, ...
+_SENT = re.compile(r"\.sent\d*$")
+
+
 def pending_file_problem(path: Path) -> str | None:
-    """What keeps `path` from being replayed (not a file, not a pending-log file); None = fine."""
+    """What keeps `path` from being replayed (not a file, not a pending-log file); None = fine.
+
+    A file replay has sent already (renamed `<name>.sent`) is refused too: its operations
+    would go to the store a second time.
+    """
     if not path.is_file():
         return "no such file: give the mlflow_pending.jsonl a run dir holds"
+    sent_as = _SENT.search(path.name)
+    if sent_as is not None:
+        back = path.with_name(path.name[: sent_as.start()])
+        if back.exists():  # a later outage's file: renaming onto it would lose it
+            back = back.with_name(f"{back.stem}-again{back.suffix}")
+        return (
+            "sent already: replay renames a file to <name>.sent once the store has its "
+            "operations, and sending it again would log them twice. If you mean to, rename "
+            f"it to {back.name} and replay that"
+        )
     header = _first_line(path)
     try:
         target = json.loads(header)

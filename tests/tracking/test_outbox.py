@@ -488,3 +488,28 @@ def test_a_later_outage_adds_whole_lines_after_a_line_cut_short(tmp_path, capsys
     assert [json.loads(line) for line in lines[3:]] == later
     assert main(["replay", str(path)]) == 1  # the line cut short is named, nothing is sent
     assert f"Error: {path}:3: this line is not a logging operation" in capsys.readouterr().err
+
+
+def test_replay_of_a_file_sent_already_is_refused_and_sends_nothing_twice(tmp_path, capsys):
+    """`replay mlflow_pending.jsonl.sent` logged its operations a second time and renamed it
+    to mlflow_pending.jsonl.sent.sent."""
+    from runner.tracking.__main__ import main
+    from runner.tracking.outbox import write_pending
+
+    client, run_id = open_run(tmp_path)
+    ops = [("metrics", [("val/acc", 0.5, 0, 2)])]
+    path = write_pending(tmp_path / "mlflow_pending.jsonl", client.tracking_uri, run_id, ops)
+    assert main(["replay", str(path)]) == 0
+    sent = path.with_name("mlflow_pending.jsonl.sent")
+    capsys.readouterr()
+    assert main(["replay", str(sent)]) == 1
+    err = capsys.readouterr().err
+    assert f"Error: {sent}: sent already" in err, err
+    assert "If you mean to, rename it to mlflow_pending.jsonl and replay that" in err
+    assert len(client.get_metric_history(run_id, "val/acc")) == 1
+    assert sent.is_file() and not sent.with_name(sent.name + ".sent").exists()
+    # A later outage's file has the name: the way back does not overwrite it.
+    write_pending(path, client.tracking_uri, run_id, ops)
+    sent.rename(sent.with_name("mlflow_pending.jsonl.sent2"))
+    assert main(["replay", str(tmp_path / "mlflow_pending.jsonl.sent2")]) == 1
+    assert "rename it to mlflow_pending-again.jsonl and replay" in capsys.readouterr().err
