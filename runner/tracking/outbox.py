@@ -8,6 +8,7 @@ and sent later with `python -m runner.tracking replay <file>`.
 from __future__ import annotations
 
 import collections
+import glob
 import json
 import logging
 import re
@@ -192,7 +193,31 @@ def pending_file_problem(path: Path) -> str | None:
     A file replay has sent already (renamed `<name>.sent`) is refused too: its operations
     would go to the store a second time.
     """
-    if not path.is_file():
+    if path.is_dir():
+        found = sorted(path.glob("mlflow_pending*.jsonl"))
+        if found:
+            return f"is a folder: give the pending-log file in it ({', '.join(map(str, found))})"
+        sent = sorted(p.name for p in path.glob("mlflow_pending*.jsonl.sent*"))
+        if sent:
+            return (
+                f"is a folder whose pending-log files were sent already ({', '.join(sent)}): "
+                "nothing in it is left to send"
+            )
+        return (
+            "is a folder, and it holds no mlflow_pending*.jsonl (a run dir has one only when "
+            "logs went unsent): give the path of such a file"
+        )
+    if not path.exists():
+        sent = sorted(
+            p.name
+            for p in path.parent.glob(glob.escape(path.name) + ".sent*")
+            if _SENT.fullmatch(p.name.removeprefix(path.name))
+        )
+        if sent:
+            return (
+                f"sent already: replay renamed it to {' and '.join(sent)} once the store had "
+                "its operations, so nothing is left to send"
+            )
         return "no such file: give the mlflow_pending.jsonl a run dir holds"
     sent_as = _SENT.search(path.name)
     if sent_as is not None:
@@ -204,6 +229,8 @@ def pending_file_problem(path: Path) -> str | None:
             "operations, and sending it again would log them twice. If you mean to, rename "
             f"it to {back.name} and replay that"
         )
+    if not path.is_file():
+        return "not a regular file: give the mlflow_pending.jsonl a run dir holds"
     header = _first_line(path)
     try:
         target = json.loads(header)

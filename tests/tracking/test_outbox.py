@@ -513,3 +513,27 @@ def test_replay_of_a_file_sent_already_is_refused_and_sends_nothing_twice(tmp_pa
     sent.rename(sent.with_name("mlflow_pending.jsonl.sent2"))
     assert main(["replay", str(tmp_path / "mlflow_pending.jsonl.sent2")]) == 1
     assert "rename it to mlflow_pending-again.jsonl and replay" in capsys.readouterr().err
+
+
+def test_replay_of_a_folder_or_of_a_name_sent_already_says_what_is_there(tmp_path, capsys):
+    """Both said "no such file": a run dir that exists, and the name a replay had just
+    renamed to <name>.sent."""
+    from runner.tracking.__main__ import main
+    from runner.tracking.outbox import write_pending
+
+    client, run_id = open_run(tmp_path)
+    ops = [("tags", {"a": "1"})]
+    path = write_pending(tmp_path / "mlflow_pending.jsonl", client.tracking_uri, run_id, ops)
+    assert main(["replay", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"Error: {tmp_path}: is a folder: give the pending-log file in it ({path})" in err
+    assert main(["replay", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["replay", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"Error: {path}: sent already: replay renamed it to mlflow_pending.jsonl.sent" in err
+    assert main(["replay", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "is a folder whose pending-log files were sent already (mlflow_pending.jsonl.sent)" in (
+        err
+    )
