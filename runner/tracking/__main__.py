@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from runner.config.location_checks import store_file_problem, tracking_uri_problem
 from runner.config.redaction import public_uri
 from runner.config.resolvers import REPO_ROOT
 from runner.tracking.opening import serve
@@ -38,14 +39,23 @@ def reap_problem(tracking_uri: str) -> str | None:
     """Why `reap` cannot look into this store (None when it can), asked before MLflow is.
 
     Opening a SQLite file that is not there would create an empty store, and MLflow's
-    client retries a server that does not answer for minutes.
+    client retries a server that does not answer for minutes. A folder (MLflow's file
+    store, which MLflow 3 refuses to open) and a file that is not SQLite ended in
+    tracebacks: the config's check of logger.tracking_uri answers for them.
     """
     database = missing_store_file(tracking_uri)
-    if database is not None:
+    if database is not None and not database.expanduser().is_dir():
         return (
             f"no store at {database}: nothing to reap. Pass the tracking URI your runs "
             "logged to (their logger.tracking_uri)"
         )
+    expected = tracking_uri_problem(tracking_uri)
+    if expected is not None:
+        path = Path(tracking_uri).expanduser()
+        named_bare = "://" not in tracking_uri and path.is_file()  # sqlite:/// left out?
+        if named_bare and store_file_problem(path, sqlite=True) is None:
+            expected += f"; for this SQLite file, sqlite:///{path.absolute()}"
+        return f"is invalid: expected {expected}"
     if tracking_uri.startswith(("http://", "https://")) and not server_reachable(tracking_uri):
         return "the tracking server does not answer: start it, or try again when it is up"
     return None

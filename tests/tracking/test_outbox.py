@@ -537,3 +537,27 @@ def test_replay_of_a_folder_or_of_a_name_sent_already_says_what_is_there(tmp_pat
     assert "is a folder whose pending-log files were sent already (mlflow_pending.jsonl.sent)" in (
         err
     )
+
+
+def test_reap_of_a_folder_a_path_without_scheme_or_a_file_that_is_not_sqlite_says_so(
+    tmp_path, capsys
+):
+    """A folder or a bare path ended in MLflow's file-store exception, and a sqlite:/// file
+    that is no database in SQLAlchemy's DatabaseError, each with a traceback."""
+    from runner.tracking.__main__ import main
+
+    open_run(tmp_path)  # a real store, named below without sqlite:///
+    folder, text = tmp_path / "mlruns", tmp_path / "notes.db"
+    folder.mkdir()
+    text.write_text("not a database\n")
+    file_store = "MLflow's file store (a folder) is not supported"
+    for uri, problem in (
+        (str(folder), file_store),
+        (folder.as_uri(), file_store),
+        (str(tmp_path / "mlflow.db"), f"for this SQLite file, sqlite:///{tmp_path / 'mlflow.db'}"),
+        (f"sqlite:///{text}", f"a SQLite file, but {text} is another kind of file"),
+    ):
+        assert main(["reap", f"--tracking-uri={uri}"]) == 1, uri
+        err = capsys.readouterr().err
+        assert f"Error: --tracking-uri={uri}: is invalid: expected " in err and problem in err, err
+    assert list(folder.iterdir()) == [] and text.read_text() == "not a database\n"
