@@ -32,6 +32,7 @@ from runner.sweeps.search_space import search_space, space_to_json
 from runner.sweeps.stores import cluster_store_warning
 from runner.sweeps.summary import summarize
 from tests.conftest import CONF
+from tests.sweeps.sweep_dirs import finished_job
 
 PRESET = CONF / "hparams_search" / "optuna.yaml"
 
@@ -561,28 +562,11 @@ def test_constants_escaped_by_hydra_are_not_taken_for_swept_values(tmp_path):
     assert unescape(r"a\,b\:c\=d") == "a,b:c=d"
 
 
-def _job(sweep_dir: Path, num: int, overrides: list[str], value: float, **fields) -> None:
-    run_dir = sweep_dir / str(num)
-    run_dir.mkdir()
-    (run_dir / "metrics.json").write_text(json.dumps({"test/acc": value - 0.05}))
-    update_manifest(
-        sweep_dir,
-        job_key(overrides),
-        status="FINISHED",
-        value=value,
-        num=num,
-        overrides=overrides,
-        run_dir=str(run_dir),
-        mlflow_run_id=f"id{num}",
-        **fields,
-    )
-
-
 def test_the_summary_logs_no_password_of_a_tracking_or_storage_url(tmp_path):
     """A one-job sweep's best.logger.tracking_uri tag, summary.csv and the uploaded
     study.json held the password in the clear."""
     uri = "logger.tracking_uri=http://bob:s3cret@127.0.0.1:5000"
-    _job(tmp_path, 0, ["optim.lr=0.1", uri], 0.8)
+    finished_job(tmp_path, 0, ["optim.lr=0.1", uri], 0.8)
     study = tmp_path / "optuna" / "study.json"
     study.parent.mkdir()
     study.write_text(json.dumps({"storage": "postgresql://ann:s3cret@db.lan/optuna"}))
@@ -602,7 +586,7 @@ def test_a_one_job_sweeps_best_tags_leave_the_command_lines_constants_out(tmp_pa
     best.hparams_search beside the value it drew."""
     typed = ["paths.output_dir=/o", "debug=fast", "hparams_search=optuna"]
     (tmp_path / "sweep.json").write_text(json.dumps({"arguments": typed}))
-    _job(tmp_path, 0, [*typed, "optim.lr=0.0012", "optuna.trial=2"], 0.8)
+    finished_job(tmp_path, 0, [*typed, "optim.lr=0.0012", "optuna.trial=2"], 0.8)
     summary = summarize(tmp_path, monitor="val/acc", maximize=True)
     assert {k: v for k, v in summary.best_tags.items() if k != "best.run_id"} == {
         "best.optim.lr": "0.0012",
@@ -613,7 +597,7 @@ def test_a_one_job_sweeps_best_tags_leave_the_command_lines_constants_out(tmp_pa
 def test_a_continued_studys_summary_names_the_studys_best_of_an_earlier_sweep(tmp_path):
     """Its best tags and "Best:" line named this sweep's trial as if it were the study's
     best, while best_params.json in the same parent run named another."""
-    _job(tmp_path, 0, ["optim.lr=0.0012", "optuna.trial=2"], 0.13)
+    finished_job(tmp_path, 0, ["optim.lr=0.0012", "optuna.trial=2"], 0.13)
     (tmp_path / "optuna").mkdir()
     best = {"best_trial": 0, "best_value": 0.162, "best_params": {"optim.lr": 0.0023}}
     (tmp_path / "optuna" / "best_params.json").write_text(json.dumps(best))
@@ -626,8 +610,8 @@ def test_a_continued_studys_summary_names_the_studys_best_of_an_earlier_sweep(tm
 
 def test_summary_ranks_jobs_and_skips_pruned_for_best(tmp_path):
     for num, (lr, value) in enumerate([("0.1", 0.8), ("0.01", 0.9)]):
-        _job(tmp_path, num, [f"optim.lr={lr}", "trainer.max_epochs=2"], value)
-    _job(tmp_path, 2, ["optim.lr=1.0", "trainer.max_epochs=2"], 0.95, pruned=True)
+        finished_job(tmp_path, num, [f"optim.lr={lr}", "trainer.max_epochs=2"], value)
+    finished_job(tmp_path, 2, ["optim.lr=1.0", "trainer.max_epochs=2"], 0.95, pruned=True)
     summary = summarize(tmp_path, monitor="val/acc", maximize=True)
     assert summary.best_value == 0.9  # the pruned job's 0.95 does not count
     assert summary.best_tags == {"best.optim.lr": "0.01", "best.run_id": "id1", "best.job": "1"}
@@ -640,7 +624,7 @@ def test_summary_ranks_jobs_and_skips_pruned_for_best(tmp_path):
 def test_the_summary_says_which_finished_jobs_run_dir_is_gone(tmp_path):
     """A job whose run dir was deleted was listed FINISHED with blank test metrics."""
     for num, lr in enumerate(["0.1", "0.01"]):
-        _job(tmp_path, num, [f"optim.lr={lr}"], 0.8 + num / 10)
+        finished_job(tmp_path, num, [f"optim.lr={lr}"], 0.8 + num / 10)
     shutil.rmtree(tmp_path / "1")
     markdown = summarize(tmp_path, monitor="val/acc", maximize=True).markdown
     assert "| 1 | 0.01 | FINISHED (no metrics) | 0.9000 |" in markdown
@@ -652,8 +636,10 @@ def test_with_seeds_the_best_is_the_best_mean_over_seeds_not_the_luckiest_seed(t
     # lr=0.1 has the single best seed (0.95); lr=0.01 the best mean (0.8 vs 0.725).
     values = {("0.1", "0"): 0.95, ("0.1", "1"): 0.5, ("0.01", "0"): 0.9, ("0.01", "1"): 0.7}
     for num, ((lr, seed), value) in enumerate(values.items()):
-        _job(tmp_path, num, [f"optim.lr={lr}", f"seed={seed}", "trainer.max_epochs=2"], value)
-    _job(tmp_path, 4, ["optim.lr=1.0", "seed=0", "trainer.max_epochs=2"], 0.99, pruned=True)
+        finished_job(
+            tmp_path, num, [f"optim.lr={lr}", f"seed={seed}", "trainer.max_epochs=2"], value
+        )
+    finished_job(tmp_path, 4, ["optim.lr=1.0", "seed=0", "trainer.max_epochs=2"], 0.99, pruned=True)
     summary = summarize(tmp_path, monitor="val/acc", maximize=True)
     assert summary.best_value == pytest.approx(0.8)
     assert summary.best_tags == {
@@ -681,7 +667,7 @@ def test_a_configuration_whose_other_seeds_failed_does_not_win_on_its_one_run(tm
     values = {("1e-3", s): v for s, v in zip("012", (0.90, 0.88, 0.89), strict=True)}
     values[("1e-2", "0")] = 0.93
     for num, ((lr, seed), value) in enumerate(values.items()):
-        _job(tmp_path, num, [f"optim.lr={lr}", f"seed={seed}"], value)
+        finished_job(tmp_path, num, [f"optim.lr={lr}", f"seed={seed}"], value)
     for num, seed in ((4, "1"), (5, "2")):
         update_manifest(
             tmp_path,
@@ -702,9 +688,9 @@ def test_a_configuration_whose_other_seeds_failed_does_not_win_on_its_one_run(tm
 
 def test_the_jobs_a_resumed_sweep_added_are_grouped_with_the_others(tmp_path):
     """Their sweep.resume=... override made seed 2 a configuration of its own."""
-    _job(tmp_path, 0, ["seed=0"], 0.8)
-    _job(tmp_path, 1, ["seed=1"], 0.9)
-    _job(tmp_path, 2, ["seed=2", f"sweep.resume={tmp_path}"], 0.7)
+    finished_job(tmp_path, 0, ["seed=0"], 0.8)
+    finished_job(tmp_path, 1, ["seed=1"], 0.9)
+    finished_job(tmp_path, 2, ["seed=2", f"sweep.resume={tmp_path}"], 0.7)
     summary = summarize(tmp_path, monitor="val/acc", maximize=True)
     assert summary.best_value == pytest.approx(0.8)
     assert summary.best_tags["best.seeds"] == "0,1,2"
@@ -745,7 +731,7 @@ def test_the_summary_command_ranks_by_the_sweeps_own_monitor(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     for num, (lr, loss) in enumerate([("0.1", 0.9), ("0.01", 0.2), ("1.0", 1.7)]):
-        _job(sweep, num, [f"optim.lr={lr}"], loss)
+        finished_job(sweep, num, [f"optim.lr={lr}"], loss)
     # What Hydra saves: monitor_mode as the runner's interpolation of trainer.monitor.
     (sweep / "multirun.yaml").write_text(
         "trainer:\n  monitor: val/loss\n  monitor_mode: ${runner_monitor_mode:${.monitor}}\n"

@@ -7,35 +7,15 @@ metrics.json); no job trains.
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 
 from runner.sweeps.__main__ import main
-from runner.sweeps.manifest import job_key, update_manifest
+from tests.sweeps.sweep_dirs import finished_job
 
 TRAIN_SWEEP = "trainer: {monitor: val/acc, monitor_mode: max}\n"
-
-
-def _job(sweep_dir: Path, num: int, lr: str, value: float) -> Path:
-    """A finished job of a train sweep: its run dir, metrics.json and manifest entry."""
-    overrides = [f"optim.lr={lr}"]
-    run_dir = sweep_dir / str(num)
-    run_dir.mkdir(parents=True)
-    (run_dir / "metrics.json").write_text(json.dumps({"test/acc": value - 0.05}))
-    update_manifest(
-        sweep_dir,
-        job_key(overrides),
-        status="FINISHED",
-        value=value,
-        num=num,
-        overrides=overrides,
-        run_dir=str(run_dir),
-        mlflow_run_id=f"id{num}",
-    )
-    return run_dir
 
 
 def _sweep(tmp_path: Path) -> Path:
@@ -43,8 +23,8 @@ def _sweep(tmp_path: Path) -> Path:
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     (sweep / "multirun.yaml").write_text(TRAIN_SWEEP)
-    _job(sweep, 0, "0.1", 0.8)
-    _job(sweep, 1, "0.01", 0.9)
+    finished_job(sweep, 0, ["optim.lr=0.1"], 0.8)
+    finished_job(sweep, 1, ["optim.lr=0.01"], 0.9)
     return sweep
 
 
