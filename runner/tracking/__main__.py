@@ -18,7 +18,7 @@ from runner.config.location_checks import store_file_problem, tracking_uri_probl
 from runner.config.redaction import public_uri
 from runner.config.resolvers import REPO_ROOT
 from runner.tracking.opening import serve
-from runner.tracking.outbox import (
+from runner.tracking.pending import (
     PendingFileError,
     pending_file_problem,
     pending_target,

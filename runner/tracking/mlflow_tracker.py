@@ -32,14 +32,8 @@ from runner.tracking import provenance
 from runner.tracking.inputs import DatasetRecord
 from runner.tracking.models import log_pytorch_model
 from runner.tracking.opening import StoreOpener, open_run, open_store
-from runner.tracking.outbox import (
-    Outbox,
-    OutboxInterrupted,
-    apply_op,
-    pending_file_problem,
-    pending_target,
-    write_pending,
-)
+from runner.tracking.outbox import Outbox, OutboxInterrupted, apply_op
+from runner.tracking.pending import pending_file_problem, pending_target, write_pending
 from runner.tracking.protocol import DeliveryInterrupted
 from runner.tracking.store import (
     TrackingUnavailableError,

@@ -262,7 +262,7 @@ def test_a_resumed_run_points_to_the_logs_an_earlier_outage_left_unsent(tmp_path
     with nothing to say so."""
     import logging
 
-    from runner.tracking.outbox import write_pending
+    from runner.tracking.pending import write_pending
 
     seed_store(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"

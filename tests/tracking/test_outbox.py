@@ -174,7 +174,7 @@ def test_a_second_outage_adds_to_the_runs_pending_file_and_another_runs_is_kept(
     """The second outage of a resumed run once overwrote the first one's unsent logs."""
     import json
 
-    from runner.tracking.outbox import write_pending
+    from runner.tracking.pending import write_pending
 
     path = tmp_path / "mlflow_pending.jsonl"
     first = [("log_metric", "a", 1.0, 0, 1)]
@@ -266,7 +266,7 @@ def test_replay_goes_past_a_failed_operation_finds_moved_files_and_keeps_a_later
     import shutil
 
     from runner.tracking.__main__ import main
-    from runner.tracking.outbox import write_pending
+    from runner.tracking.pending import write_pending
 
     client, run_id = open_run(tmp_path)
     old_dir, new_dir = tmp_path / "run", tmp_path / "moved"
@@ -300,7 +300,7 @@ def test_replay_sends_the_saved_status_of_a_run_reap_marked_killed(tmp_path):
     """The server was away at the run's end; the next run reaped it as KILLED, later than
     the FINISHED the file saved, and replay then kept the KILLED."""
     from runner.tracking.__main__ import main
-    from runner.tracking.outbox import write_pending
+    from runner.tracking.pending import write_pending
 
     client, run_id = open_run(tmp_path)
     ops = [("status", "FINISHED", 1_000)]
@@ -319,7 +319,7 @@ def test_replay_to_a_server_that_does_not_answer_says_so_at_once(tmp_path, capsy
     import time
 
     from runner.tracking.__main__ import main
-    from runner.tracking.outbox import write_pending
+    from runner.tracking.pending import write_pending
 
     down = f"http://127.0.0.1:{free_port()}"
     path = write_pending(tmp_path / "mlflow_pending.jsonl", down, "r1", [("tags", {"a": "1"})])
@@ -332,7 +332,7 @@ def test_replay_to_a_server_that_does_not_answer_says_so_at_once(tmp_path, capsy
 def test_replay_for_a_run_the_store_lacks_names_each_operation(tmp_path, capsys):
     """The status's check of the run ran outside the per-operation guard: a traceback."""
     from runner.tracking.__main__ import main
-    from runner.tracking.outbox import write_pending
+    from runner.tracking.pending import write_pending
 
     client, _ = open_run(tmp_path)
     ops = [("tags", {"a": "1"}), ("status", "FINISHED", 1_000)]
@@ -421,7 +421,7 @@ def test_replay_sends_the_complete_lines_before_a_last_line_cut_short_and_says_s
     import json
 
     from runner.tracking.__main__ import main
-    from runner.tracking.outbox import write_pending
+    from runner.tracking.pending import write_pending
 
     client, run_id = open_run(tmp_path)
     ops = [("metrics", [("val/acc", 0.5, 0, 2)]), ("tags", {"best_epoch": "2"})]
@@ -448,7 +448,7 @@ def test_replay_of_a_file_with_a_bad_line_before_the_last_sends_nothing_and_name
     """A line that does not parse ended replay in a JSONDecodeError traceback; one that is
     JSON but no operation (an unknown kind) was counted as sent."""
     from runner.tracking.__main__ import main
-    from runner.tracking.outbox import write_pending
+    from runner.tracking.pending import write_pending
 
     client, run_id = open_run(tmp_path)
     ops = [("metrics", [("val/acc", 0.5, 0, 2)]), ("tags", {"best_epoch": "2"})]
@@ -474,7 +474,7 @@ def test_a_later_outage_adds_whole_lines_after_a_line_cut_short(tmp_path, capsys
     import json
 
     from runner.tracking.__main__ import main
-    from runner.tracking.outbox import write_pending
+    from runner.tracking.pending import write_pending
 
     client, run_id = open_run(tmp_path)
     path = tmp_path / "mlflow_pending.jsonl"
@@ -494,7 +494,7 @@ def test_replay_of_a_file_sent_already_is_refused_and_sends_nothing_twice(tmp_pa
     """`replay mlflow_pending.jsonl.sent` logged its operations a second time and renamed it
     to mlflow_pending.jsonl.sent.sent."""
     from runner.tracking.__main__ import main
-    from runner.tracking.outbox import write_pending
+    from runner.tracking.pending import write_pending
 
     client, run_id = open_run(tmp_path)
     ops = [("metrics", [("val/acc", 0.5, 0, 2)])]
@@ -519,7 +519,7 @@ def test_replay_of_a_folder_or_of_a_name_sent_already_says_what_is_there(tmp_pat
     """Both said "no such file": a run dir that exists, and the name a replay had just
     renamed to <name>.sent."""
     from runner.tracking.__main__ import main
-    from runner.tracking.outbox import write_pending
+    from runner.tracking.pending import write_pending
 
     client, run_id = open_run(tmp_path)
     ops = [("tags", {"a": "1"})]
