@@ -187,7 +187,10 @@ def _collect(sweep_dir: Path) -> int:
     """`collect`: lists the jobs, and summarises a finished sweep into its parent run."""
     if not _is_sweep_dir(sweep_dir, "multirun.yaml"):
         return 1
-    mode = _sweep_mode(sweep_dir) or "train"
+    from runner.config.validation import job_mode
+
+    launched = OmegaConf.load(sweep_dir / "multirun.yaml")
+    mode = job_mode(launched)
     try:
         jobs = sweep_jobs(sweep_dir, mode)  # one squeue per job: asked once
     except SlurmUnavailableError as err:
@@ -208,13 +211,6 @@ def _collect(sweep_dir: Path) -> int:
         return status
     from runner.sweeps.callback import finish_submitted_sweep, resume_advice, submits_only
 
-    launched = OmegaConf.load(sweep_dir / "multirun.yaml")
-    if mode != "train":  # a mode this command does not know the files of
-        print(
-            f"a sweep of mode={mode}: its jobs keep their results in their own dirs, and "
-            "there is no sweep summary (nor manifest) to finish"
-        )
-        return status
     if not (sweep_dir / SUBMITTED_FILE).exists():  # its launcher waited for its jobs
         if submits_only(launched):
             print(

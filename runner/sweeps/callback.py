@@ -37,8 +37,7 @@ from runner.sweeps.manifest import (
 )
 from runner.sweeps.optuna_study import is_optuna_sweep, plan_study
 from runner.sweeps.stores import cluster_store_warning
-from runner.sweeps.summary import Summary, summarize_and_log
-from runner.sweeps.summary_inputs import check_summary_inputs
+from runner.sweeps.summary import Summary, log_summary, summarize
 from runner.tracking.protocol import Tracker, end_run
 from runner.tracking.store import hold_lock
 
@@ -172,7 +171,8 @@ class SweepCallback(Callback):
             if not self._finish_if_open("FINISHED"):
                 raise SystemExit(130)
             return
-        summary, audit_problem = _summarize_and_audit(config, self.sweep_dir, self.tracker)
+        summary = _summarize(config, self.sweep_dir)
+        audit_problem = _log_and_audit(config, self.sweep_dir, summary, self.tracker)
         ended = {**read_sweep_info(self.sweep_dir), SUMMARISED: time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json(self.sweep_dir / SWEEP_FILE, ended)  # for `collect`
         delivered = self._finish_if_open("FAILED" if summary.failed else "FINISHED")
@@ -357,8 +357,8 @@ def finish_submitted_sweep(sweep_dir: Path) -> int:
     """
     sweep_dir = Path(sweep_dir).resolve()  # the paths of logs saved to send later
     config = OmegaConf.load(sweep_dir / "multirun.yaml")
-    # A damaged file stops it here: the parent run, once reopened, would be left running.
-    check_summary_inputs(sweep_dir)
+    # Before the parent run is reopened: a damaged file stops it with that run untouched.
+    summary = _summarize(config, sweep_dir)
     try:
         tracker = reopen_parent_run(sweep_dir)
     except Exception as err:  # the store moved or the server is down: the files stand
@@ -369,7 +369,7 @@ def finish_submitted_sweep(sweep_dir: Path) -> int:
             err,
         )
         tracker = None
-    summary, audit_problem = _summarize_and_audit(config, sweep_dir, tracker)
+    audit_problem = _log_and_audit(config, sweep_dir, summary, tracker)
     status = "FAILED" if summary.failed else "FINISHED"
     delivered = tracker is None or end_run(tracker, status, sweep_dir, PARENT_RUN)
     if audit_problem:
@@ -379,18 +379,21 @@ def finish_submitted_sweep(sweep_dir: Path) -> int:
     return 0 if delivered else 130
 
 
-def _summarize_and_audit(
-    config: DictConfig, sweep_dir: Path, tracker: Tracker | None
-) -> tuple[Summary, str | None]:
-    """The sweep's summary, logged to the parent run, and the audit's problem if it has one.
+def _summarize(config: DictConfig, sweep_dir: Path) -> Summary:
+    """The sweep's summary (summary.md, summary.csv and the plot written), by its monitor."""
+    return summarize(sweep_dir, config.trainer.monitor, config.trainer.monitor_mode == "max")
+
+
+def _log_and_audit(
+    config: DictConfig, sweep_dir: Path, summary: Summary, tracker: Tracker | None
+) -> str | None:
+    """Logs the summary to the parent run and audits the jobs; the audit's problem, if any.
 
     The audit runs only under experiment=audit; what ends the parent run is the caller's.
     """
-    summary = summarize_and_log(
-        sweep_dir, config.trainer.monitor, config.trainer.monitor_mode == "max", tracker
-    )
+    log_summary(summary, tracker)
     if summary.failed and len(summary.failed) == len(summary.jobs):
         if OmegaConf.select(config, "audit.enabled", default=False) is True:
             log.warning("audit skipped: no fold job finished (their errors follow)")
-        return summary, None
-    return summary, audit_if_asked(config, sweep_dir, tracker)
+        return None
+    return audit_if_asked(config, sweep_dir, tracker)

@@ -271,21 +271,13 @@ def _optuna_files(sweep_dir: Path, content: dict[str, Any] | None) -> list[Path]
     return files
 
 
-def summarize_and_log(
-    sweep_dir: Path, monitor: str, maximize: bool, tracker: Tracker | None = None
-) -> Summary:
-    """Summarises a sweep dir, prints the summary and logs it to the parent run.
+def log_summary(summary: Summary, tracker: Tracker | None) -> None:
+    """Prints a sweep's summary and logs it to the parent run: its files, tags and metrics.
 
     Args:
-        sweep_dir: The sweep's directory.
-        monitor: The monitored metric.
-        maximize: Whether larger values of it are better.
+        summary: What `summarize` found and wrote.
         tracker: The parent run's open tracker, or None for no logging.
-
-    Returns:
-        The summary.
     """
-    summary = summarize(sweep_dir, monitor=monitor, maximize=maximize)
     print(summary.markdown)
     if tracker is not None:
         for path in summary.files:
@@ -293,7 +285,6 @@ def summarize_and_log(
         tracker.set_tags({**summary.best_tags, "summary": "summary/summary.md"})
         if summary.best_metrics:
             tracker.log_metrics(summary.best_metrics, step=0)
-    return summary
 
 
 def _swept_names(jobs: list[dict[str, Any]], constant: set[str]) -> list[str]:

@@ -61,15 +61,6 @@ def read_inputs(sweep_dir: Path) -> SummaryInputs:
     return SummaryInputs(jobs, read_sweep_info(sweep_dir), study_best, read_study_file(sweep_dir))
 
 
-def check_summary_inputs(sweep_dir: Path) -> None:
-    """Reads what `summarize` reads, so that a damaged file stops a command before it starts.
-
-    Raises:
-        SweepFileError: A file the summary needs is cut short or not what the runner writes.
-    """
-    read_inputs(Path(sweep_dir))
-
-
 def _read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """Every job of the sweep, by number: its manifest entry, parsed settings and test metrics.
 
