@@ -135,9 +135,9 @@ def unreadable_argument_hint(args: Sequence[str]) -> str | None:
     Returns:
         One line per such argument, or None when Hydra reads every one.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from runner.config.sweep_values import override_parser
 
-    parser = OverridesParser.create()
+    parser = override_parser()
     lines = []
     for word in args:
         if "=" not in word or word.startswith("-"):

@@ -36,7 +36,8 @@ class WaitingSlurmLauncher(SlurmLauncher):
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
         """Submits one job per override list; returns each job's result."""
-        log.info("submitit slurm sweep output dir: %s", self.sweep_dir())
+        sweep_dir = self.sweep_dir()
+        log.info("submitit slurm sweep output dir: %s", sweep_dir)
         jobs, numbers = self.submit_array(job_overrides, initial_job_idx)
         for job, num, overrides in zip(jobs, numbers, job_overrides, strict=True):
             log.info("\t#%d (job %s): %s", num, job.job_id, " ".join(filter_overrides(overrides)))
@@ -90,7 +91,7 @@ class WaitingSlurmLauncher(SlurmLauncher):
             from runner.sweeps.callback import launch_failed
 
             said = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-            launch_failed(said)  # the sweep's parent run ends FAILED, not KILLED
+            launch_failed()  # the sweep's parent run ends FAILED, not KILLED
             raise SystemExit(
                 f"Error: sbatch refused the sweep's jobs: {said}. Check the hydra.launcher "
                 "keys (partition, timeout_min, mem_gb, gpus_per_node, additional_parameters) "

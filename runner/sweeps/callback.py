@@ -43,7 +43,7 @@ from runner.tracking.store import hold_lock
 
 log = logging.getLogger(__name__)
 
-_LAUNCH_ERRORS: list[str] = []  # why the launcher could not start the jobs (launch_failed)
+_LAUNCH_FAILED: list[bool] = []  # the launcher could not start the jobs (launch_failed)
 _SIGNALLED: list[int] = []  # the signal that is ending this process's sweep, once one has
 
 
@@ -138,7 +138,7 @@ class SweepCallback(Callback):
         # A job's training has a SIGTERM handler of its own; between jobs nothing caught
         # it: the launcher died at once, its Optuna trials and parent run left RUNNING.
         _SIGNALLED.clear()  # an earlier sweep's, in this process
-        _LAUNCH_ERRORS.clear()
+        _LAUNCH_FAILED.clear()
         self.sigterm_before = signal.signal(signal.SIGTERM, self._end_the_sweep)
         write_json(
             self.sweep_dir / SWEEP_FILE,
@@ -201,7 +201,7 @@ class SweepCallback(Callback):
 
     def _end_at_exit(self) -> None:
         """The process ends before the sweep did: the launcher failed, or it was stopped."""
-        self._finish_if_open("FAILED" if _LAUNCH_ERRORS else "KILLED")
+        self._finish_if_open("FAILED" if _LAUNCH_FAILED else "KILLED")
 
     def _finish_if_open(self, status: str) -> bool:
         """Ends the parent run, then lets another launch (or `collect`) have the sweep.
@@ -219,13 +219,13 @@ class SweepCallback(Callback):
                 lock.close()
 
 
-def launch_failed(reason: str) -> None:
+def launch_failed() -> None:
     """Notes that the launcher could not start the sweep's jobs (sbatch refused them).
 
     The launcher then ends the process: the sweep's parent run ends FAILED, not KILLED
     as after Ctrl-C.
     """
-    _LAUNCH_ERRORS.append(reason)
+    _LAUNCH_FAILED.append(True)
 
 
 def sweep_signal() -> int | None:
