@@ -126,7 +126,7 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
     # boundary (also one that comes while record_start runs).
     with tracked_run(ctx), ctx.stop:
         if ctx.is_main:
-            record_start(ctx, data, state)
+            record_start(ctx, data, state, len(loaders.train))
         distributed.barrier()  # the run's config file exists before any rank reads it
         state.mlflow_run_id = ctx.tracker.run_id
         with profile(cfg.trainer.profile, ctx.run_dir, ctx.tracker):
@@ -172,8 +172,8 @@ def start_context(cfg: DictConfig, job: SweepJob | None) -> RunContext:
     )
 
 
-def record_start(ctx: RunContext, data: DataSplits, state: TrainState) -> None:
-    """Starts the tracked run and records the config, environment and data."""
+def record_start(ctx: RunContext, data: DataSplits, state: TrainState, batches: int) -> None:
+    """Starts the tracked run; records the config, environment, data and batches/epoch."""
     with startup_clock.phase("mlflow"):
         start_run(
             ctx.tracker,
@@ -187,7 +187,7 @@ def record_start(ctx: RunContext, data: DataSplits, state: TrainState) -> None:
             params={"data.num_train": len(data.train), "data.num_classes": data.num_classes},
             resume_run_id=state.mlflow_run_id,
         )
-    ctx.tracker.set_tags(distributed.tags(ctx.world, ctx.cfg.trainer))
+    ctx.tracker.set_tags(distributed.tags(ctx.world, ctx.cfg.trainer, batches))
     if ctx.job is not None:
         ctx.job.record_run(ctx.tracker.run_id)
     log_data_inputs(ctx.tracker, ctx.cfg.data, data)  # train/val/test as MLflow datasets

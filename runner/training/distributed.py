@@ -432,14 +432,17 @@ def barrier() -> None:
         dist.barrier(group=_CONTROL)
 
 
-def tags(world: World, trainer: Any) -> dict[str, str]:
+def tags(world: World, trainer: Any, batches_per_epoch: int) -> dict[str, str]:
     """Tags that say how the run was spread and batched, and how often SLURM requeued it.
 
     Args:
         world: This process's World.
         trainer: The `trainer` config (batch_size, accumulate_grad_batches, lr_scaling).
+        batches_per_epoch: The batches one process trains an epoch on: an accumulation
+            window larger than that is cut at the epoch's end, so a step sums no more.
     """
-    effective = trainer.batch_size * world.world_size * trainer.accumulate_grad_batches
+    window = min(trainer.accumulate_grad_batches, batches_per_epoch)
+    effective = trainer.batch_size * world.world_size * window
     result = {
         "world_size": str(world.world_size),
         "distributed.backend": world.backend,

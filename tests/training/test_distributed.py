@@ -90,6 +90,20 @@ def test_a_resume_on_another_number_of_processes_takes_this_runs_scaled_lr():
     assert one.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 / 5)
 
 
+def test_the_effective_batch_tag_counts_no_more_batches_than_an_epoch_has():
+    """With accumulate_grad_batches above an epoch's batches the window is cut at the
+    epoch's end, and the tag multiplied by the accumulation asked for (4 x 32 x 2 = 256
+    where each step summed 3 x 32 x 2 = 192 images)."""
+    from omegaconf import OmegaConf
+
+    world = distributed.World(world_size=2, backend="gloo", launcher="torchrun")
+    trainer = OmegaConf.create(
+        {"batch_size": 32, "accumulate_grad_batches": 4, "lr_scaling": "none"}
+    )
+    assert distributed.tags(world, trainer, batches_per_epoch=3)["effective_batch_size"] == "192"
+    assert distributed.tags(world, trainer, batches_per_epoch=9)["effective_batch_size"] == "256"
+
+
 def test_lr_scaling_is_validated_with_the_config(make_cfg):
     from runner.config.validation import ConfigError, validate
 
