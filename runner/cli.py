@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.errors import UserError
-from runner.config.validation import job_mode
+from runner.config.modes import job_mode
 
 
 def main(cfg: DictConfig) -> float:

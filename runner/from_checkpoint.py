@@ -23,8 +23,9 @@ from torch import nn
 
 from runner.augment.normalize import Normalize
 from runner.config.choices import RUNNER_GROUP_KEYS
+from runner.config.modes import job_mode
 from runner.config.targets import untrusted_targets
-from runner.config.validation import ConfigError, job_mode, validate
+from runner.config.validation import ConfigError, validate
 from runner.data import curation, folds
 from runner.models.factories import TORCHVISION_TARGET, arguments_set_by_weights
 from runner.tracking.null import NullTracker

@@ -30,7 +30,6 @@ from runner.config.validation import validate
 from runner.data.loaders import FixedBatches
 from runner.models.factories import check_timm_name, create_timm_model
 from runner.reports.console import print_config
-from runner.tracking.run_record import group_overrides
 from runner.training import engine
 from runner.training.context import resolve_device, resolve_precision, seed_everything
 from runner.training.optim import optimizer_from_config
@@ -119,13 +118,6 @@ def run(cfg: DictConfig) -> float:
         The highest img/s measured (the run's objective).
     """
     validate(cfg)
-    model_keys = group_overrides("model")
-    if model_keys:  # the timed models are throughput.models, built as timm builds them
-        raise ConfigError(
-            f"{' '.join(model_keys)}: mode=throughput times the timm models of "
-            "throughput.models and would ignore this: name them there, e.g. "
-            "throughput.models=[resnet18,resnet50]"
-        )
     for index, name in enumerate(cfg.throughput.models):  # before the first is timed
         check_timm_name(str(name), f"throughput.models.{index}")
     seed_everything(cfg.seed)

@@ -9,8 +9,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.location_checks import folder_problem
+from runner.config.modes import job_mode
 from runner.config.sweep_values import swept_values_of
-from runner.config.validation import ConfigError, job_mode, validate
+from runner.config.validation import ConfigError, validate
 
 
 class ValidateConfigCallback(Callback):

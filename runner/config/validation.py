@@ -12,9 +12,10 @@ from runner.config import choices
 from runner.config.errors import ConfigError
 from runner.config.group_keys import unexpected_group_keys
 from runner.config.location_checks import CURATION_COLUMNS, csv_file_problem
+from runner.config.modes import job_mode, mode_problems
 from runner.config.redaction import public_uri
 from runner.config.resolvers import monitor_mode_for
-from runner.config.sweep_values import read_sweeps, typed_overrides, values_of
+from runner.config.sweep_values import read_sweeps, values_of
 from runner.config.targets import untrusted_targets
 from runner.config.value_checks import (
     CHECKS,
@@ -107,7 +108,7 @@ def validate(cfg: DictConfig) -> None:
         )
     problems.extend(_image_size_problems(cfg))
     problems.extend(_monitor_problems(cfg, swept_keys))
-    problems.extend(_mode_problems(cfg, swept_values))
+    problems.extend(mode_problems(cfg, swept_values))
     problems.extend(_model_registry_problems(cfg))
     problems.extend(_fold_problems(cfg, swept_values, swept_keys))
     problems.extend(_curation_problems(cfg, swept_values))
@@ -194,75 +195,6 @@ def _model_registry_problems(cfg: DictConfig) -> list[str]:
         f"logger.registered_model_name={name!r} needs logger.export_model=true (a registered "
         "version is made from the exported model): set it, or registered_model_name=null"
     ]
-
-
-def job_mode(cfg: DictConfig) -> str:
-    """What the command does: `mode` (train by default); `+preview_only=true` is preview."""
-    if cfg.get("preview_only"):  # the older spelling of mode=preview
-        return "preview"
-    return str(OmegaConf.select(cfg, "mode", default="train"))
-
-
-def _mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) -> list[str]:
-    """What a mode needs besides well-typed keys.
-
-    Eval and predict need a checkpoint (predict also an input), throughput its preset. A
-    key a sweep sets (`-m ckpt=a.pt,b.pt`) is checked in each job, where it has its value.
-    """
-    mode = OmegaConf.select(cfg, "mode", default="train")
-    if cfg.get("preview_only") is True and mode not in ("train", "preview"):
-        return [
-            f"+preview_only=true draws the augmentation preview and would replace "
-            f"mode={mode}: give one of them (mode=preview is the same as +preview_only=true)"
-        ]
-    if mode == "throughput" and OmegaConf.select(cfg, "throughput", default=None) is None:
-        return [
-            "mode=throughput needs the throughput settings of its preset: run "
-            "python run.py experiment=throughput (it sets mode=throughput)"
-        ]
-    if swept_values.get("mode"):  # `-m mode=eval,predict`: each job checks its own mode
-        return []
-    typed_keys = [str(o).lstrip("+~").split("=", 1)[0] for o in typed_overrides(cfg)]
-    if mode not in ("eval", "predict"):
-        # Read only by eval and predict: a run of another mode would ignore them silently
-        # (a fine-tune meant from `ckpt=` trained from scratch).
-        ignored = [
-            key
-            for key in ("ckpt", "predict.input")
-            if OmegaConf.select(cfg, key, default=None) is not None or swept_values.get(key)
-        ]
-        for key in typed_keys:  # their settings too (eval.tta=flip)
-            if key.startswith(("eval.", "predict.")) and key not in ignored:
-                ignored.append(key)
-        return [
-            f"{key} is read by mode=eval and mode=predict only, and mode={mode} would ignore "
-            f"it: add mode={'predict' if key.startswith('predict.') else 'eval'} to use it"
-            + (
-                ", or, to train a timm or torchvision model starting from a checkpoint's "
-                "weights, give model.pretrained_file=<best.pt> instead of ckpt"
-                if key == "ckpt"
-                else ""
-            )
-            for key in ignored
-        ]
-    other = "predict" if mode == "eval" else "eval"
-    problems = [
-        f"{key} is read by mode={other} only, and mode={mode} would ignore it: "
-        f"use {mode}.{key.split('.', 1)[1]} (if it exists) or mode={other}"
-        for key in typed_keys
-        if key.startswith(f"{other}.")  # the other mode's settings (eval.tta=flip)
-    ]
-    if OmegaConf.select(cfg, "ckpt", default=None) is None and "ckpt" not in swept_values:
-        problems.append(
-            f"mode={mode} needs a checkpoint: set ckpt=<run dir>/checkpoints/best.pt "
-            "or ckpt=runs:/<mlflow run id>"
-        )
-    given = OmegaConf.select(cfg, "predict.input", default=None) is not None
-    if mode == "predict" and not given and "predict.input" not in swept_values:
-        problems.append(
-            "mode=predict needs images: set predict.input=<image file or folder of images>"
-        )
-    return problems
 
 
 def _fold_problems(

@@ -75,7 +75,7 @@ def _is_sweep_dir(sweep_dir: Path, marker: str) -> bool:
 
 def _sweep_mode(sweep_dir: Path) -> str | None:
     """The mode of the sweep launched in `sweep_dir` (its multirun.yaml), or None without one."""
-    from runner.config.validation import job_mode
+    from runner.config.modes import job_mode
 
     saved = sweep_dir / "multirun.yaml"
     return job_mode(OmegaConf.load(saved)) if saved.is_file() else None
@@ -187,7 +187,7 @@ def _collect(sweep_dir: Path) -> int:
     """`collect`: lists the jobs, and summarises a finished sweep into its parent run."""
     if not _is_sweep_dir(sweep_dir, "multirun.yaml"):
         return 1
-    from runner.config.validation import job_mode
+    from runner.config.modes import job_mode
 
     launched = OmegaConf.load(sweep_dir / "multirun.yaml")
     mode = job_mode(launched)

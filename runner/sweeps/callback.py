@@ -18,8 +18,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.errors import ConfigError
+from runner.config.modes import job_mode
 from runner.config.redaction import public_uri, redacted_overrides
-from runner.config.validation import job_mode
 from runner.sweeps.audit import audit_if_asked, partial_folds_warning
 from runner.sweeps.grid import group_options, refuse_bad_jobs
 from runner.sweeps.manifest import (

@@ -119,7 +119,8 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
     from hydra import compose
 
     from runner.augment.checks import check_transforms
-    from runner.config.validation import job_mode, validate
+    from runner.config.modes import job_mode
+    from runner.config.validation import validate
     from runner.models.checks import check_model_config
 
     overrides = [str(o) for o in config.hydra.overrides.task]

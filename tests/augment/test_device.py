@@ -486,6 +486,7 @@ def test_cli_preview_mode_writes_a_png_and_exits(tmp_path):
         "-m",
         f"paths.output_dir={tmp_path}",
         "mode=preview",
+        "trainer.device=cpu",  # of the trainer's keys, the one that preview reads
         "aug=strong,flip_crop",
         "data=synthetic",
         "data.num_samples=100",

@@ -449,6 +449,54 @@ def test_values_that_failed_late_or_passed_as_true_are_refused(make_cfg, overrid
     assert expected in str(err.value)
 
 
+def composed_as_typed(tmp_path, *overrides: str):
+    """The config with its `hydra` node, which holds the overrides as typed."""
+    from hydra import compose, initialize_config_dir
+
+    typed = [f"paths.output_dir={tmp_path}", *overrides]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=typed, return_hydra_config=True)
+
+
+def test_keys_preview_and_throughput_would_ignore_are_refused_and_those_they_read_taken(tmp_path):
+    """`mode=preview model.name=nope_net` drew the grid and `experiment=throughput
+    trainer.batch_size=64 data.channels=1` timed 3-channel batches of 32 to 256, without a
+    word; only model=... was refused, by throughput itself."""
+    with pytest.raises(ConfigError) as err:
+        validate(composed_as_typed(tmp_path, "mode=preview", "model=resnet50", "optim.lr=0.1"))
+    assert "model=resnet50 optim.lr=0.1: mode=preview draws training images" in str(err.value)
+    assert "reading data, aug, seed and trainer.device only" in str(err.value)
+    with pytest.raises(ConfigError, match=r"sched=cosine trainer\.max_epochs=3: mode=preview"):
+        validate(
+            composed_as_typed(
+                tmp_path, "+preview_only=true", "sched=cosine", "trainer.max_epochs=3"
+            )
+        )
+    read = ("aug=strong", "data=synthetic", "data.num_samples=50", "seed=3", "trainer.device=cpu")
+    validate(composed_as_typed(tmp_path, "mode=preview", *read))
+
+    throughput = ("experiment=throughput", "model=resnet32", "data.channels=1")
+    with pytest.raises(ConfigError) as err:
+        validate(
+            composed_as_typed(tmp_path, *throughput, "trainer.batch_size=64", "sampler=balanced")
+        )
+    problems = str(err.value).splitlines()[1:]
+    assert problems[0].startswith("  - model=resnet32: mode=throughput times the timm models")
+    assert problems[1].startswith(
+        "  - data.channels=1 trainer.batch_size=64 sampler=balanced: mode=throughput times "
+        "synthetic batches and, of the data, sampler, sched and trainer keys, reads only "
+        "data.image_size, data.num_classes, trainer.device, trainer.precision"
+    )
+    assert problems[1].endswith("; the batch sizes it times are throughput.batch_sizes")
+    settings = ("trainer.precision=32", "trainer.channels_last=true", "trainer.compile=false")
+    read = ("data.image_size=32", "data.num_classes=5", "trainer.device=cpu", *settings)
+    validate(
+        composed_as_typed(tmp_path, "experiment=throughput", *read, "aug=basic", "optim.lr=0.1")
+    )
+    # Training reads them all.
+    validate(composed_as_typed(tmp_path, "model=resnet32", "sched=cosine", "trainer.batch_size=64"))
+
+
 @pytest.mark.parametrize("chosen", ["hparams_search=optuna", "hydra/launcher=slurm"])
 def test_a_search_or_a_launcher_without_m_is_refused_before_any_output(tmp_path, chosen):
     """Without -m, both once made one plain local run (on a cluster's login node)."""

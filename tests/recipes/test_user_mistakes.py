@@ -339,7 +339,7 @@ def test_throughput_refuses_model_keys_it_would_ignore(tmp_path):
         "experiment=throughput", "model=resnet32", f"paths.output_dir={tmp_path}", timeout=300
     )
     assert done.returncode == 1, done.stderr[-2000:]
-    assert "Error: model=resnet32: mode=throughput times the timm models" in done.stderr
+    assert "  - model=resnet32: mode=throughput times the timm models" in done.stderr
     assert not list(tmp_path.rglob("throughput.json"))
 
 
