@@ -38,7 +38,7 @@ import torch
 from bench_results import record
 from PIL import Image
 
-from runner.data import decoding
+from runner.data import decode_cache, decoding
 from runner.data.sets.imagefolder import load_imagefolder
 
 
@@ -127,7 +127,7 @@ def timed_load(root: Path, cache_dir: Path, workers: int, image_size: int) -> fl
     )
     seconds = time.perf_counter() - start
     assert len(data.train) + len(data.val) + len(data.test) > 0
-    decoding.wait_for_cache_writes()  # a later load in this benchmark reads the file
+    decode_cache.wait_for_cache_writes()  # a later load in this benchmark reads the file
     return seconds
 
 
@@ -149,9 +149,9 @@ def main() -> None:
         first, cached, in_process = [], [], []
         for repeat in range(args.repeats):
             cache_dir = Path(tmp) / f"cache{repeat}"
-            decoding.clear_memory_cache()
+            decode_cache.clear_memory_cache()
             first.append(timed_load(root, cache_dir, args.workers, args.image_size))
-            decoding.clear_memory_cache()
+            decode_cache.clear_memory_cache()
             cached.append(timed_load(root, cache_dir, args.workers, args.image_size))
             in_process.append(timed_load(root, cache_dir, args.workers, args.image_size))
             (cache_file,) = cache_dir.glob("*.pt")

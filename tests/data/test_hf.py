@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from runner.data import decoding
+from runner.data import decode_cache
 from runner.data.decoding import DataError
 from runner.data.sets.hf import load_hf
 from runner.data.streaming import EncodedSplit
@@ -19,7 +19,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(autouse=True)
 def _fresh_memory_cache():
-    decoding.clear_memory_cache()
+    decode_cache.clear_memory_cache()
     yield
 
 
@@ -178,7 +178,7 @@ def test_a_csv_of_image_paths_sees_its_files_change(tmp_path):
     first = load_hf(str(table), **settings, **common(tmp_path))
     assert int(first.train.images[0, 0, 0, 0]) == 10
     write_images(250)
-    decoding.clear_memory_cache()
+    decode_cache.clear_memory_cache()
     again = load_hf(str(table), **settings, **common(tmp_path))
     assert int(again.train.images[0, 0, 0, 0]) == 250
 
@@ -682,5 +682,5 @@ def test_a_table_held_in_memory_is_decoded_again_when_it_changes(tmp_path, monke
     assert in_memory.cache_files == [], "the table is held in memory, with no Arrow files"
     assert int(load_hf(str(path), **settings, **common(tmp_path)).train.images.max()) == 10
     write_table(200)
-    decoding.clear_memory_cache()  # the cache file in cache_dir stays
+    decode_cache.clear_memory_cache()  # the cache file in cache_dir stays
     assert int(load_hf(str(path), **settings, **common(tmp_path)).train.images.max()) == 200

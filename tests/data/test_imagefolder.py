@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner.data import decoding
+from runner.data import decode_cache, decoding
 from runner.data.decoding import BadImageError, DataError, decode_record
 from runner.data.samplers import RandomSampler, WeightedClassSampler
 from runner.data.sets.imagefolder import load_imagefolder
@@ -30,9 +30,9 @@ SUFFIX = {"png16": ".png", "cmyk": ".jpg", "upper": ".JPG", "rgb": ".jpg"}
 
 @pytest.fixture(autouse=True)
 def _fresh_memory_cache():
-    decoding.clear_memory_cache()
+    decode_cache.clear_memory_cache()
     yield
-    decoding.clear_memory_cache()
+    decode_cache.clear_memory_cache()
 
 
 def mode_folder(root):
@@ -336,9 +336,9 @@ def test_decode_cache_file_is_reused_and_keyed_by_content(tmp_path, monkeypatch)
     root = make_imagefolder(tmp_path / "data", per_class=5)
     cache = tmp_path / "cache"
     first = load(root, cache_dir=str(cache))
-    decoding.wait_for_cache_writes()  # written beside the run, not before it goes on
+    decode_cache.wait_for_cache_writes()  # written beside the run, not before it goes on
     (cache_file,) = cache.glob("*.pt")
-    decoding.clear_memory_cache()
+    decode_cache.clear_memory_cache()
     calls = []
     real_decode_all = decoding.decode_all
     monkeypatch.setattr(
@@ -351,9 +351,9 @@ def test_decode_cache_file_is_reused_and_keyed_by_content(tmp_path, monkeypatch)
     target = root / "train" / "cat" / "000.jpg"
     write_noise_jpeg(target, seed=12345, size=16)
     os.utime(target, ns=(1, 1))
-    decoding.clear_memory_cache()
+    decode_cache.clear_memory_cache()
     third = load(root, cache_dir=str(cache))
-    decoding.wait_for_cache_writes()
+    decode_cache.wait_for_cache_writes()
     assert calls == [1] and len(list(cache.glob("*.pt"))) == 2
     assert not torch.equal(first.train.images, third.train.images)
     assert cache_file.is_file()
@@ -522,14 +522,14 @@ def test_a_decode_cache_that_cannot_be_written_leaves_no_part_file_and_says_why(
     def build():
         return {"images": torch.zeros(4, 3, 8, 8, dtype=torch.uint8), "extra": Unpicklable()}
 
-    decoding.clear_memory_cache()
+    decode_cache.clear_memory_cache()
     with caplog.at_level("WARNING", logger="runner"):
-        value = decoding.cached(decoding.cache_key("unwritable"), build, tmp_path, "folder")
-        decoding.wait_for_cache_writes()
+        value = decode_cache.cached(decode_cache.cache_key("unwritable"), build, tmp_path, "folder")
+        decode_cache.wait_for_cache_writes()
     assert value["images"].shape == (4, 3, 8, 8)
     assert list(tmp_path.iterdir()) == [], "no cache file and no part of one"
     assert "the decode cache" in caplog.text and "was not written" in caplog.text
-    decoding.clear_memory_cache()
+    decode_cache.clear_memory_cache()
 
 
 def test_a_decode_cache_dir_under_home_is_written_there(tmp_path, monkeypatch):
@@ -540,10 +540,10 @@ def test_a_decode_cache_dir_under_home_is_written_there(tmp_path, monkeypatch):
     def build():
         return {"images": torch.zeros(2, 3, 8, 8, dtype=torch.uint8)}
 
-    decoding.clear_memory_cache()
-    decoding.cached(decoding.cache_key("home"), build, "~/dcache", "folder")
-    decoding.wait_for_cache_writes()
-    decoding.clear_memory_cache()
+    decode_cache.clear_memory_cache()
+    decode_cache.cached(decode_cache.cache_key("home"), build, "~/dcache", "folder")
+    decode_cache.wait_for_cache_writes()
+    decode_cache.clear_memory_cache()
     assert len(list((tmp_path / "home" / "dcache").glob("folder-*.pt"))) == 1
     assert not (tmp_path / "~").exists()
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from runner.data import decoding
+from runner.data import decode_cache, decoding
 from runner.data.build import build_data
 from runner.data.decoding import DataError
 from runner.data.sets.cifar import load_cifar
@@ -24,7 +24,7 @@ from tests.datagen import make_imagefolder, write_bad_files, write_cifar, write_
 
 @pytest.fixture(autouse=True)
 def _fresh_memory_cache():
-    decoding.clear_memory_cache()
+    decode_cache.clear_memory_cache()
     yield
 
 
@@ -113,7 +113,7 @@ def test_imagefolder_ids_under_a_home_relative_root_are_the_same(tmp_path, monke
     absolute = load_imagefolder(str(tmp_path / "pics"), **common)
     assert all_ids(home) == all_ids(absolute)
     assert all_ids(home)[0].startswith(("train/", "test/"))
-    decoding.wait_for_cache_writes()  # the file is written on a thread of its own
+    decode_cache.wait_for_cache_writes()  # the file is written on a thread of its own
     assert len(list((tmp_path / "cache").iterdir())) == 1, "one decode cache file, not two"
 
 

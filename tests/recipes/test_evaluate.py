@@ -871,21 +871,21 @@ def test_a_data_root_from_the_environment_is_kept_as_typed_and_read_again_by_eva
 def test_eval_on_stored_data_writes_its_decode_cache_under_its_own_output_dir(tmp_path):
     """The stored data.cache_dir, resolved at training, put the cache in the training
     run's output folder; this command's paths.output_dir was never made."""
-    from runner.data import decoding
+    from runner.data import decode_cache
     from tests.datagen import make_imagefolder
 
     root = make_imagefolder(tmp_path / "pics", per_class=6, splits=("train", "test"), size=16)
     folder = ("data=imagefolder", f"data.root={root}", "data.image_size=16", "logger=none")
     small = ("trainer.max_epochs=1", "trainer.batch_size=8", "model=timm", "model.name=test_resnet")
     run(compose_run(tmp_path / "a", "train", *folder, *small, tiny=False))
-    decoding.wait_for_cache_writes()
+    decode_cache.wait_for_cache_writes()
     trained_cache = tmp_path / "a" / "outputs" / "cache"
     assert list(trained_cache.iterdir())
     shutil.rmtree(trained_cache)
-    decoding.clear_memory_cache()  # as in a new process
+    decode_cache.clear_memory_cache()  # as in a new process
     ckpt = tmp_path / "a" / "train" / "checkpoints" / "best.pt"
     run(compose_run(tmp_path / "b", "eval", "mode=eval", f"ckpt={ckpt}", "logger=none", tiny=False))
-    decoding.wait_for_cache_writes()
+    decode_cache.wait_for_cache_writes()
     assert list((tmp_path / "b" / "outputs" / "cache").iterdir())
     assert not trained_cache.exists()
 

@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from runner.data.decode_cache import cache_key, cached
 from runner.data.decoding import (
     DataError,
-    cache_key,
-    cached,
     decode_all,
     record_name,
     refused_bad_file,
