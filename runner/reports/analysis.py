@@ -26,7 +26,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from runner.reports.drawing import draw_each, drawable
+from runner.reports.calibration import plot_reliability
+from runner.reports.drawing import draw_each, drawable, pyplot
 from runner.reports.gradcam import find_gradcam_layer, gradcam_maps
 from runner.reports.per_class import per_class_table
 from runner.tracking.protocol import Tracker
@@ -158,15 +159,6 @@ def write_per_class_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 # The figure grows with the classes up to this side (about 2,900 px at dpi 120): uncapped,
 # 300 classes drew a 16,440 px canvas (12.6 GB of memory) and 1,000 could not be drawn.
 MAX_CONFUSION_INCHES = 24.0
@@ -181,7 +173,7 @@ def plot_confusion_matrix(matrix: torch.Tensor, class_names: list[str], path: Pa
     per_class.csv) instead of names, and the figure stops growing at
     `MAX_CONFUSION_INCHES`.
     """
-    plt = _pyplot()
+    plt = pyplot()
     normalized = (matrix.double() / matrix.sum(1, keepdim=True).clamp_min(1)).numpy()
     size = min(max(4.0, 0.45 * len(class_names) + 2), MAX_CONFUSION_INCHES)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -251,7 +243,7 @@ def plot_misclassified(inputs: AnalysisInputs, count: int, path: Path) -> list[i
 
     Each image is titled with its true class, the predicted class and the confidence.
     """
-    plt = _pyplot()
+    plt = pyplot()
     chosen = most_confident_mistakes(inputs.probabilities, inputs.labels, count)
     fig, axes = _image_grid(len(chosen), plt)
     if len(chosen):
@@ -284,7 +276,7 @@ def plot_gradcam(
     Each image shows where the evidence for the predicted class lies, titled with the
     true and predicted classes.
     """
-    plt = _pyplot()
+    plt = pyplot()
     indices = torch.arange(min(count, len(inputs.labels)))
     images, _ = inputs.split.take(indices)
     model = inputs.model.eval()
@@ -311,85 +303,9 @@ def plot_gradcam(
     return name
 
 
-def expected_calibration_error(
-    probabilities: torch.Tensor, labels: torch.Tensor, bins: int
-) -> float:
-    """ECE with `bins` equal-width confidence bins (torchmetrics, L1 norm)."""
-    from torchmetrics.functional.classification import multiclass_calibration_error
-
-    if not len(labels):
-        return float("nan")
-    return float(
-        multiclass_calibration_error(
-            probabilities, labels, probabilities.shape[1], n_bins=bins, norm="l1"
-        )
-    )
-
-
-def reliability_bins(
-    probabilities: torch.Tensor, labels: torch.Tensor, bins: int
-) -> tuple[torch.Tensor, ...]:
-    """Per confidence bin: mean confidence, accuracy and sample count."""
-    confidence, predicted = probabilities.max(-1)
-    correct = (predicted == labels).double()
-    index = (confidence.double() * bins).long().clamp(0, bins - 1)
-    counts = torch.bincount(index, minlength=bins).double()
-    mean_conf = torch.bincount(index, confidence.double(), minlength=bins) / counts.clamp_min(1)
-    accuracy = torch.bincount(index, correct, minlength=bins) / counts.clamp_min(1)
-    return mean_conf, accuracy, counts
-
-
-def plot_reliability(
-    probabilities: torch.Tensor, labels: torch.Tensor, bins: int, path: Path
-) -> float:
-    """Saves the reliability diagram (accuracy per confidence bin); returns the ECE."""
-    plt = _pyplot()
-    ece = expected_calibration_error(probabilities, labels, bins)
-    fig, (ax, hist) = plt.subplots(2, 1, figsize=(4.5, 5.5), height_ratios=[3, 1], sharex=True)
-    edges = torch.linspace(0, 1, bins + 1)
-    width = 1 / bins
-    if len(labels):
-        mean_conf, accuracy, counts = (
-            t.numpy() for t in reliability_bins(probabilities, labels, bins)
-        )
-        edges = edges.numpy()
-        filled = counts > 0
-        ax.bar(
-            edges[:-1][filled],
-            accuracy[filled],
-            width=width,
-            align="edge",
-            edgecolor="black",
-            label="accuracy",
-        )
-        ax.bar(
-            edges[:-1][filled],
-            (mean_conf - accuracy)[filled],
-            bottom=accuracy[filled],
-            width=width,
-            align="edge",
-            color="red",
-            alpha=0.3,
-            label="gap",
-        )
-        hist.bar(edges[:-1], counts, width=width, align="edge", edgecolor="black")
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_title(f"reliability diagram (ECE {ece:.4f}, {bins} bins)")
-    ax.legend(loc="upper left", fontsize=7)
-    hist.set_xlabel("confidence")
-    hist.set_ylabel("samples")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return ece
-
-
 def plot_learning_curves(history: Sequence[dict[str, float]], path: Path) -> None:
     """Saves loss, accuracy and learning rate per epoch from a run's history."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     panels = [
         ("loss", ["train/loss", "val/loss"]),

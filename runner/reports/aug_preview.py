@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from runner.augment.device import DeviceAugment
 from runner.data.splits import Split
-from runner.reports.drawing import drawable
+from runner.reports.drawing import drawable, pyplot
 
 
 @dataclass
@@ -92,10 +92,7 @@ def augment_preview(
 
 def draw_preview(preview: Preview, path: Path) -> Path:
     """Draws the preview as a PNG grid (matplotlib), one row per class; returns `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from torchvision.utils import make_grid
 
     grid = make_grid(drawable(preview.images), nrow=preview.columns, padding=2, pad_value=1.0)

@@ -11,7 +11,7 @@ import torch
 from runner.data.decoding import printable
 from runner.data.splits import DataSplits
 from runner.reports.aug_preview import Preview, draw_preview
-from runner.reports.drawing import draw_each
+from runner.reports.drawing import draw_each, pyplot
 from runner.tracking.protocol import Tracker
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,7 @@ def report_train_data(data: DataSplits, run_dir: Path, tracker: Tracker) -> None
 
 def plot_class_counts(counts: torch.Tensor, class_names: list[str], path: Path) -> None:
     """Saves a bar chart of the train samples per class (log scale when long-tailed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     values = counts.tolist()
     width = min(max(5.0, 0.3 * len(values) + 2), 24.0)

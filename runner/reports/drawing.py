@@ -12,6 +12,16 @@ import torch
 log = logging.getLogger(__name__)
 
 
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display; imported when drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def draw_each(plots: dict[str, Callable[[Path], Any]], run_dir: Path, what: str = "") -> list[Path]:
     """Draws each `{file name: draw(path)}` into run_dir; returns the files written.
 

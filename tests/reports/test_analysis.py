@@ -12,12 +12,8 @@ from torchvision.models import resnet18
 from runner.augment.device import DeviceAugment
 from runner.augment.normalize import Normalize
 from runner.data.splits import Split
-from runner.reports.analysis import (
-    AnalysisInputs,
-    expected_calibration_error,
-    most_confident_mistakes,
-    write_reports,
-)
+from runner.reports.analysis import AnalysisInputs, most_confident_mistakes, write_reports
+from runner.reports.calibration import expected_calibration_error
 from runner.reports.gradcam import GradCamError, find_gradcam_layer, gradcam_maps
 from runner.tracking.null import NullTracker
 
