@@ -133,6 +133,11 @@ class OutboxInterrupted(Exception):
         self.pending = pending
 
 
+# The operations `apply_op` performs (replay refuses a saved line of another kind, which
+# it would otherwise count as sent).
+OP_KINDS = ("metrics", "params", "tags", "artifact", "inputs", "status")
+
+
 def apply_op(client: Any, run_id: str, op: tuple) -> None:
     """Performs one logging operation with an MlflowClient.
 
@@ -157,6 +162,8 @@ def apply_op(client: Any, run_id: str, op: tuple) -> None:
         client.log_inputs(run_id, datasets=[_dataset_input(record) for record in args[0]])
     elif kind == "status":
         client.set_terminated(run_id, status=args[0], end_time=args[1] if len(args) > 1 else None)
+    else:  # a kind added to OP_KINDS, or queued, without its call here
+        raise ValueError(f"unknown logging operation {kind!r}: one of {', '.join(OP_KINDS)}")
 
 
 def _dataset_input(record: dict[str, Any]) -> Any:

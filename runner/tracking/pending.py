@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from runner.config.errors import UserError
-from runner.tracking.outbox import apply_op
+from runner.tracking.outbox import OP_KINDS, apply_op
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +149,6 @@ class PendingLog(NamedTuple):
     cut_short: tuple[int, str] | None
 
 
-# What `apply_op` performs: a line of another kind would be counted as sent, and is none.
-_KINDS = ("metrics", "params", "tags", "artifact", "inputs", "status")
-
-
 def read_pending(path: Path) -> PendingLog:
     """Reads a pending-log file whole, line by line, so that a bad line stops replay early.
 
@@ -188,10 +184,10 @@ def read_pending(path: Path) -> PendingLog:
                 f"{path}:{number}: this line is not a logging operation ({err}): "
                 f"{_shown(text)}; nothing was sent. Remove or mend that line, then replay"
             ) from None
-        if not (isinstance(value, list) and value and value[0] in _KINDS):
+        if not (isinstance(value, list) and value and value[0] in OP_KINDS):
             raise PendingFileError(
                 f"{path}:{number}: this line is not a logging operation (a JSON list whose "
-                f"first item is one of {', '.join(_KINDS)}): {_shown(text)}; nothing "
+                f"first item is one of {', '.join(OP_KINDS)}): {_shown(text)}; nothing "
                 "was sent. Remove or mend that line, then replay"
             )
         ops.append((number, tuple(value)))

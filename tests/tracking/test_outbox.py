@@ -561,3 +561,10 @@ def test_reap_of_a_folder_a_path_without_scheme_or_a_file_that_is_not_sqlite_say
         err = capsys.readouterr().err
         assert f"Error: --tracking-uri={uri}: is invalid: expected " in err and problem in err, err
     assert list(folder.iterdir()) == [] and text.read_text() == "not a database\n"
+
+
+def test_an_operation_of_an_unknown_kind_is_an_error_not_a_silent_no_op():
+    """apply_op did nothing for a kind it lacked, and the outbox counted it as sent; replay
+    kept its own copy of the kinds to refuse such a line."""
+    with pytest.raises(ValueError, match="unknown logging operation 'metric': one of metrics"):
+        apply_op(object(), "run", ("metric", []))
