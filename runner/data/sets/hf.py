@@ -31,7 +31,7 @@ from runner.data.sets.hf_ids import (
     refuse_copies_in_a_carve,
     unique_ids,
 )
-from runner.data.sets.records import splits_from_records
+from runner.data.sets.records import RecordSettings, splits_from_records
 from runner.data.splits import DataSplits
 
 # Local files that `load_dataset` reads with a packaged builder, by suffix.
@@ -339,17 +339,19 @@ def load_hf(
         class_names=class_names,
         content_key=(name, config_name, revision, image_key, label_key, tables, files),
         where=f"data.name={name!r}",
-        image_size=image_size,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        split_seed=split_seed,
-        resident=resident,
-        resident_max_gb=resident_max_gb,
-        cache_dir=cache_dir,
-        num_workers=num_workers,
-        on_bad_file=on_bad_file,
-        mean=mean,
-        std=std,
+        settings=RecordSettings(
+            image_size=image_size,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            split_seed=split_seed,
+            resident=resident,
+            resident_max_gb=resident_max_gb,
+            cache_dir=cache_dir,
+            num_workers=num_workers,
+            on_bad_file=on_bad_file,
+            mean=mean,
+            std=std,
+        ),
     )
 
 

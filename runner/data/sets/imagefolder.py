@@ -28,7 +28,12 @@ import numpy as np
 import torch
 
 from runner.data.decoding import DataError, decode_all, file_stat, printable, refused_bad_file
-from runner.data.sets.records import splits_from_records, stays_resident, stream_parts
+from runner.data.sets.records import (
+    RecordSettings,
+    splits_from_records,
+    stays_resident,
+    stream_parts,
+)
 from runner.data.splits import DataSplits, Split, path_id
 
 log = logging.getLogger(__name__)
@@ -301,17 +306,19 @@ def load_imagefolder(
         class_names=class_names,
         content_key=(str(Path(root).resolve()), listing),
         where=str(root),
-        image_size=image_size,
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        split_seed=split_seed,
-        resident=resident,
-        resident_max_gb=resident_max_gb,
-        cache_dir=cache_dir,
-        num_workers=num_workers,
-        on_bad_file=on_bad_file,
-        mean=mean,
-        std=std,
+        settings=RecordSettings(
+            image_size=image_size,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            split_seed=split_seed,
+            resident=resident,
+            resident_max_gb=resident_max_gb,
+            cache_dir=cache_dir,
+            num_workers=num_workers,
+            on_bad_file=on_bad_file,
+            mean=mean,
+            std=std,
+        ),
     )
 
 

@@ -13,6 +13,7 @@ import io
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,37 @@ def _pillow_knows(record: Any) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class RecordSettings:
+    """How a loader's encoded records become splits: its data keys, passed on as they are.
+
+    Attributes:
+        image_size: Output height and width.
+        val_fraction: Share of each train class for val when there is no "val" split.
+        test_fraction: Share of each train class for test when there is no "test" split.
+        split_seed: Seed of the carved splits.
+        resident: True, False or "auto" (see `load_imagefolder`).
+        resident_max_gb: Decoded size up to which "auto" means resident.
+        cache_dir: Folder for the decode cache file; None = no cache file.
+        num_workers: Decoding processes.
+        on_bad_file: "skip" or "error".
+        mean: Per-channel normalisation mean; None computes it from the train split.
+        std: Per-channel normalisation std; None computes it from the train split.
+    """
+
+    image_size: int
+    val_fraction: float
+    test_fraction: float
+    split_seed: int
+    resident: bool | str
+    resident_max_gb: float
+    cache_dir: str | None
+    num_workers: int
+    on_bad_file: str
+    mean: Sequence[float] | None
+    std: Sequence[float] | None
+
+
 def splits_from_records(
     *,
     name: str,
@@ -113,17 +145,7 @@ def splits_from_records(
     class_names: list[str],
     content_key: Any,
     where: str,
-    image_size: int,
-    val_fraction: float,
-    test_fraction: float,
-    split_seed: int,
-    resident: bool | str,
-    resident_max_gb: float,
-    cache_dir: str | None,
-    num_workers: int,
-    on_bad_file: str,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
+    settings: RecordSettings,
 ) -> DataSplits:
     """Decodes (resident) or wraps (streaming) encoded images per split, then assembles.
 
@@ -137,23 +159,16 @@ def splits_from_records(
         class_names: Name of each class.
         content_key: What identifies the content, for the decode cache.
         where: Where the data comes from, for error messages.
-        image_size: Output height and width.
-        val_fraction: Share of each train class for val when there is no "val" split.
-        test_fraction: Share of each train class for test when there is no "test" split.
-        split_seed: Seed of the carved splits.
-        resident: True, False or "auto" (see `load_imagefolder`).
-        resident_max_gb: Decoded size up to which "auto" means resident.
-        cache_dir: Folder for the decode cache file; None = no cache file.
-        num_workers: Decoding processes.
-        on_bad_file: "skip" or "error".
-        mean: Per-channel normalisation mean; None computes it from the train split.
-        std: Per-channel normalisation std; None computes it from the train split.
+        settings: The loader's settings (size, carved fractions, memory, cache, workers).
 
     Returns:
         The splits with the bad files listed.
     """
+    image_size, mean, std = settings.image_size, settings.mean, settings.std
     total = sum(len(r) for r in records.values())
-    keep, decoded_gb = stays_resident(total, image_size, resident, resident_max_gb)
+    keep, decoded_gb = stays_resident(
+        total, image_size, settings.resident, settings.resident_max_gb
+    )
     log.info(
         "data %s: %d images in %s, %d classes; %.2f GB decoded -> %s",
         name,
@@ -167,19 +182,17 @@ def splits_from_records(
     if keep:
         # "kept": the cache holds which records decoded, so that the ids follow the images.
         key = cache_key(content_key, image_size, "kept")
-        parts, bad = _decode_parts(
-            records, labels, id_arrays, image_size, key, cache_dir, num_workers, name
-        )
-        if bad and on_bad_file == "error":
+        parts, bad = _decode_parts(records, labels, id_arrays, key, settings, name)
+        if bad and settings.on_bad_file == "error":
             raise refused_bad_file(bad[0][1])
     else:
-        parts, bad = stream_parts(records, labels, id_arrays, image_size, num_workers, on_bad_file)
+        parts, bad = stream_parts(
+            records, labels, id_arrays, image_size, settings.num_workers, settings.on_bad_file
+        )
     _check_classes_have_images(parts, class_names, where, bad)
-    train, val, test = _assemble(
-        parts, labels["train"], id_arrays["train"], val_fraction, test_fraction, split_seed
-    )
+    train, val, test = _assemble(parts, labels["train"], id_arrays["train"], settings)
     if mean is None or std is None:
-        sample = train.images if keep else train.decode_sample(512, split_seed)
+        sample = train.images if keep else train.decode_sample(512, settings.split_seed)
         stat_mean, stat_std = channel_stats(sample)
         mean = stat_mean if mean is None else mean
         std = stat_std if std is None else std
@@ -194,12 +207,13 @@ def splits_from_records(
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
         bad_files=bad,
-        test_carved="test" not in parts and bool(test_fraction),
+        test_carved="test" not in parts and bool(settings.test_fraction),
     )
 
 
-def _decode_parts(records, labels, ids, image_size, key, cache_dir, num_workers, name):
+def _decode_parts(records, labels, ids, key, settings: RecordSettings, name):
     """Decodes every split (or reads them from the cache); bad files are left out."""
+    image_size, num_workers = settings.image_size, settings.num_workers
 
     def build() -> dict:
         value = {"bad": []}
@@ -210,7 +224,7 @@ def _decode_parts(records, labels, ids, image_size, key, cache_dir, num_workers,
             value["bad"].extend([path, reason] for path, reason in bad)
         return value
 
-    value = cached(key, build, cache_dir, name)
+    value = cached(key, build, settings.cache_dir, name)
     parts = {}
     for split in records:
         images, split_labels, kept = value[split]
@@ -288,7 +302,7 @@ def _check_classes_have_images(parts, class_names, where, bad) -> None:
         )
 
 
-def _assemble(parts, train_labels, train_ids, val_fraction, test_fraction, split_seed):
+def _assemble(parts, train_labels, train_ids, settings: RecordSettings):
     """Uses the val/test splits where present and carves the rest from train.
 
     The carve is drawn from the whole train listing (`train_labels`, `train_ids`), before
@@ -299,6 +313,7 @@ def _assemble(parts, train_labels, train_ids, val_fraction, test_fraction, split
     that no class is tested that the model could not learn.
     """
     train = parts["train"]
+    val_fraction, test_fraction = settings.val_fraction, settings.test_fraction
     for split, fraction in (("val", val_fraction), ("test", test_fraction)):
         if split in parts and fraction:  # the group's default fraction too: said, not acted on
             log.info(
@@ -312,7 +327,7 @@ def _assemble(parts, train_labels, train_ids, val_fraction, test_fraction, split
         return train, parts["val"], parts["test"]
     carve_val = 0.0 if "val" in parts else val_fraction
     carve_test = 0.0 if "test" in parts else test_fraction
-    drawn = stratified_split(np.asarray(train_labels), carve_val, carve_test, split_seed)
+    drawn = stratified_split(np.asarray(train_labels), carve_val, carve_test, settings.split_seed)
     index_of = {sample_id: i for i, sample_id in enumerate(train.ids)}
     train_idx, val_idx, test_idx = (
         [index_of[i] for i in train_ids[positions] if i in index_of] for positions in drawn
