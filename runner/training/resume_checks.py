@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.changes import MAY_CHANGE_ON_RESUME, config_changes
@@ -43,14 +44,16 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
         return
     if has_checkpoint:  # a path resume also continues this dir's own last.pt once it has one
         saved, may_change = run_dir / "config_resolved.yaml", MAY_CHANGE_ON_RESUME
+        # The files moved with the dir: where it lies now is no change of the run.
+        may_change = (*may_change, "paths.run_dir")
+        best = run_dir / "checkpoints" / "best.pt"
     elif resume != "auto":  # another run's last.pt: its run dir's config
         saved = Path(resume).parent.parent / "config_resolved.yaml"
         may_change = (*MAY_CHANGE_ON_RESUME, *MAY_CHANGE_IN_A_NEW_DIR)
+        best = Path(resume).parent / "best.pt"
     else:
         return
-    if not saved.is_file():
-        return
-    saved_config = OmegaConf.load(saved)
+    saved_config, saved = _saved_config(saved, best, run_dir, resume, has_checkpoint)
     before = OmegaConf.to_container(saved_config)
     # Resolved here: a fallback_uri under ${oc.env:...} is kept as typed.
     fallback = OmegaConf.select(
@@ -83,9 +86,47 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
         )
     raise ConfigError(
         f"{run_dir} holds checkpoints of a run with another config, and "
-        f"trainer.resume=auto would continue it with this one. Changed:\n  - {listing}\n"
+        f"trainer.resume={resume} would continue it with this one. Changed:\n  - {listing}\n"
         "Start over in this dir with trainer.resume=never, or run in another dir (leave "
         "hydra.run.dir out for a new one)."
+    )
+
+
+def _saved_config(
+    saved: Path, best: Path, run_dir: Path, resume: str, has_checkpoint: bool
+) -> tuple[DictConfig, Path]:
+    """The config that wrote the last.pt to resume, and the file it was read from.
+
+    That is its run dir's config_resolved.yaml, or the copy in the best.pt beside the
+    last.pt when the yaml is gone (a last.pt copied without its run dir).
+
+    Raises:
+        ConfigError: Neither is there: the config cannot be compared, and a last.pt of
+            another optimizer or model would fail at its first step.
+    """
+    if saved.is_file():
+        return OmegaConf.load(saved), saved
+    stored = None
+    if best.is_file():
+        try:  # memory-mapped: the config is read, the weights are not
+            stored = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:  # refused as a checkpoint later, with its own message
+            log.debug("no config read from %s: %s", best, err)
+    config = stored.get("config") if isinstance(stored, dict) else None
+    if isinstance(config, str):
+        log.info("%s is missing: comparing this command's config with %s's", saved, best)
+        return OmegaConf.create(config), best
+    checkpoint = run_dir / "checkpoints" / "last.pt" if has_checkpoint else Path(resume)
+    fresh = (
+        "start over in this dir with trainer.resume=never"
+        if has_checkpoint
+        else "train a new run from its weights with model.pretrained_file=<its best.pt>"
+    )
+    raise ConfigError(
+        f"cannot check that this command's config is the one that wrote {checkpoint}: "
+        f"{saved} is missing and no best.pt beside it holds that config (resuming with "
+        "another optimizer, model or lr would fail or diverge). Copy the run dir whole, "
+        f"with its config_resolved.yaml and checkpoints/best.pt, or {fresh}"
     )
 
 

@@ -132,6 +132,47 @@ def test_a_run_resumed_from_a_path_is_its_own_run_and_goes_on_from_its_own_last_
         assert not (tmp_path / "fourth" / "checkpoints").exists()
 
 
+@pytest.mark.slow
+def test_a_resume_without_its_config_file_compares_with_best_pts_and_a_moved_dir_resumes(
+    tmp_path,
+):
+    """Without the run dir's config_resolved.yaml the check was skipped: a last.pt copied
+    alone resumed under optim=sgd and failed at its first step (KeyError: 'momentum'),
+    and a changed lr was taken in place. A copied run dir was refused for its new
+    paths.run_dir, with trainer.resume=never (which drops the progress) as the way out."""
+    import json
+    import shutil
+
+    from runner.cli import run
+    from runner.config.errors import ConfigError
+    from tests.conftest import compose_run
+
+    run(compose_run(tmp_path, "first", "logger=none"))
+    checkpoints = tmp_path / "first" / "checkpoints"
+    lone = tmp_path / "copies" / "lone"
+    lone.mkdir(parents=True)
+    for name in ("last.pt", "best.pt"):
+        shutil.copy(checkpoints / name, lone / name)
+    with pytest.raises(ConfigError, match=r"continues a run of another config") as info:
+        run(
+            compose_run(
+                tmp_path, "second", "logger=none", f"trainer.resume={lone}/last.pt", "optim=sgd"
+            )
+        )
+    assert f"({lone}/best.pt)" in str(info.value) and "optim._target_" in str(info.value)
+    (lone / "best.pt").unlink()
+    with pytest.raises(ConfigError, match=r"cannot check that this command's config is the one"):
+        run(compose_run(tmp_path, "second", "logger=none", f"trainer.resume={lone}/last.pt"))
+    assert not (tmp_path / "second" / "checkpoints").exists()
+
+    shutil.copytree(tmp_path / "first", tmp_path / "moved")
+    run(compose_run(tmp_path, "moved", "logger=none", "trainer.max_epochs=2"))  # goes on
+    assert json.loads((tmp_path / "moved" / "metrics.json").read_text())["epochs"] == 2
+    (tmp_path / "moved" / "config_resolved.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"holds checkpoints of a run with another config"):
+        run(compose_run(tmp_path, "moved", "logger=none", "trainer.max_epochs=3", "optim.lr=0.1"))
+
+
 def test_a_run_written_before_a_key_was_added_resumes_with_that_keys_old_behaviour(tmp_path):
     """A key added to conf/ (optim.norm_lr_mult, ...) made every run dir written before it
     hold "another config": a job requeued across the upgrade was refused."""
