@@ -23,6 +23,7 @@ from torch import nn
 
 from runner.augment.normalize import Normalize
 from runner.config.choices import RUNNER_GROUP_KEYS
+from runner.config.location_checks import ckpt_file_problem
 from runner.config.modes import job_mode
 from runner.config.targets import untrusted_targets
 from runner.config.validation import ConfigError, validate
@@ -267,17 +268,8 @@ def resolve_ckpt(ckpt: str, cfg: DictConfig, download_dir: Path) -> tuple[Path, 
             version the store has.
     """
     if not ckpt.startswith(MODEL_URI_PREFIXES):
-        path = Path(ckpt).expanduser()
-        if not path.is_file():
-            hint = ""
-            if path.is_dir():  # a run dir or its checkpoints/: the best.pt in it, if any
-                found = (path / "best.pt", path / "checkpoints" / "best.pt")
-                there = next((p for p in found if p.is_file()), None)
-                hint = f" (a folder: point at {there})" if there else " (a folder)"
-            raise CheckpointError(
-                f"ckpt={ckpt!r}: no such file{hint}. Pass a run's checkpoints/best.pt or "
-                "ckpt=runs:/<mlflow run id> or ckpt=models:/<registered model>/<version> "
-                "(or /latest, or @<alias>)"
-            )
-        return path, None
+        problem = ckpt_file_problem(ckpt)
+        if problem is not None:
+            raise CheckpointError(f"ckpt={ckpt!r}: {problem}")
+        return Path(ckpt).expanduser(), None
     return checkpoint_from_mlflow(ckpt, cfg, download_dir)

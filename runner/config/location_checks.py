@@ -16,6 +16,31 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+# `ckpt` names a file, or a model in the MLflow store by one of these URIs.
+RUN_URI_PREFIX = "runs:/"
+REGISTRY_URI_PREFIX = "models:/"
+
+
+def ckpt_file_problem(ckpt: str) -> str | None:
+    """Why `ckpt` names no checkpoint file, or None (also for an MLflow URI: the store's).
+
+    A folder is named with the best.pt it holds, when it holds one.
+    """
+    if ckpt.startswith((RUN_URI_PREFIX, REGISTRY_URI_PREFIX)):
+        return None
+    path = Path(ckpt).expanduser()
+    if path.is_file():
+        return None
+    hint = ""
+    if path.is_dir():  # a run dir or its checkpoints/: the best.pt in it, if any
+        found = (path / "best.pt", path / "checkpoints" / "best.pt")
+        there = next((p for p in found if p.is_file()), None)
+        hint = f" (a folder: point at {there})" if there else " (a folder)"
+    return (
+        f"no such file{hint}. Pass a run's checkpoints/best.pt or ckpt=runs:/<mlflow run "
+        "id> or ckpt=models:/<registered model>/<version> (or /latest, or @<alias>)"
+    )
+
 
 def folder_problem(folder: str) -> str | None:
     """Why a folder cannot be made and written (None when it can).

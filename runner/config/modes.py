@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config.location_checks import ckpt_file_problem
 from runner.config.sweep_values import typed_overrides
 
 # Of the groups that shape training, the keys that preview and throughput read; a typed
@@ -94,6 +95,10 @@ def mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) ->
             f"mode={mode} needs a checkpoint: set ckpt=<run dir>/checkpoints/best.pt "
             "or ckpt=runs:/<mlflow run id>"
         )
+    ckpt = OmegaConf.select(cfg, "ckpt", default=None)
+    problem = ckpt_file_problem(ckpt) if isinstance(ckpt, str) and ckpt else None
+    if problem is not None and "ckpt" not in swept_values:  # a sweep's: in each job
+        problems.append(f"ckpt={ckpt!r}: {problem}")
     given = OmegaConf.select(cfg, "predict.input", default=None) is not None
     if mode == "predict" and not given and "predict.input" not in swept_values:
         problems.append(

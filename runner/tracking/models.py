@@ -21,13 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.config.location_checks import REGISTRY_URI_PREFIX, RUN_URI_PREFIX
 from runner.tracking.store import missing_store_file, server_reachable
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "model"
-RUN_URI_PREFIX = "runs:/"
-REGISTRY_URI_PREFIX = "models:/"
 LEGACY_CHECKPOINT = "checkpoints/best.pt"
 
 

@@ -604,6 +604,21 @@ def test_a_bad_value_in_the_third_grid_point_stops_the_sweep_at_start(tmp_path):
     assert not (tmp_path / "multirun").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_an_eval_sweep_over_a_missing_checkpoint_is_refused_before_any_job(tmp_path):
+    """Job 0 tested its checkpoint in full before job 1 failed on its missing file; with
+    the missing one first, the sweep stopped there and the other job never ran."""
+    present = tmp_path / "best.pt"
+    present.write_bytes(b"")  # never read: the sweep is refused first
+    missing = tmp_path / "gone" / "best.pt"
+    done = run_cli("-m", f"paths.output_dir={tmp_path}", "mode=eval", f"ckpt={missing},{present}")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "the sweep was not started" in done.stderr
+    assert f"job 0 (ckpt={missing}): Invalid config" in done.stderr
+    assert f"ckpt='{missing}': no such file" in done.stderr
+    assert "job 1" not in done.stderr
+    assert not (tmp_path / "multirun").exists()
+
+
 def test_starting_over_in_a_dir_from_its_own_best_weights_reads_them_where_they_moved(
     make_cfg, tmp_path
 ):
