@@ -69,10 +69,15 @@ class ValidateConfigCallback(Callback):
             raise SystemExit(f"Error: {err}") from err
 
 
+# What eval, predict and preview leave in their run dir (a failed run leaves none of them,
+# so that the same command may run there again).
+EARLIER_RESULTS = ("metrics.json", "predictions.csv", "aug_preview.png")
+
+
 def _refuse_training_run_dir(
     config: DictConfig, keys: tuple[str, ...] = ("hydra.run.dir", "paths.run_dir")
 ) -> None:
-    """Refuses a run dir holding a training run (checkpoints/) for any mode but train.
+    """Refuses, for any mode but train, a run dir holding a training run or another's results.
 
     Eval would replace its metrics.json and reports, and every mode its config record
     (.hydra/, which Hydra rewrites) and run.log; a training run in its own dir resumes.
@@ -86,12 +91,23 @@ def _refuse_training_run_dir(
         if not isinstance(parent, DictConfig) or OmegaConf.is_interpolation(parent, leaf):
             continue  # paths.run_dir follows hydra.run.dir unless given
         folder = parent.get(leaf)
-        if folder is not None and (Path(str(folder)).expanduser() / "checkpoints").is_dir():
+        if folder is None:
+            continue
+        where = Path(str(folder)).expanduser()
+        if (where / "checkpoints").is_dir():
             raise SystemExit(
                 f"Error: {key}={str(folder)!r} holds a training run (checkpoints/), whose "
                 f"metrics.json, reports and config record (.hydra/) mode={mode} would "
                 f"overwrite: leave {key} out (each {mode} run gets a run dir of its own), or "
                 "name a new folder"
+            )
+        results = [name for name in EARLIER_RESULTS if (where / name).is_file()]
+        if results:  # an earlier eval's metrics.json and reports went without a word
+            raise SystemExit(
+                f"Error: {key}={str(folder)!r} holds the results of an earlier run "
+                f"({', '.join(results)}), which mode={mode} would overwrite with its own and "
+                f"its config record (.hydra/): leave {key} out (each {mode} run gets a run "
+                "dir of its own), or name a new folder"
             )
 
 

@@ -710,6 +710,22 @@ def test_an_eval_sweep_into_a_training_sweeps_dir_is_refused_before_any_job(tmp_
     assert (sweep / "0" / "metrics.json").read_text() == "{}"
 
 
+def test_an_eval_into_the_dir_of_an_earlier_eval_is_refused_before_it_overwrites_it(tmp_path):
+    """A second mode=eval with the same hydra.run.dir replaced the first one's
+    metrics.json, per_class.csv and .hydra/ without a word."""
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"")  # never read: the command is refused first
+    earlier = tmp_path / "evals" / "first"
+    earlier.mkdir(parents=True)
+    (earlier / "metrics.json").write_text('{"test/acc": 0.5}')
+    done = run_cli("mode=eval", f"ckpt={ckpt}", f"hydra.run.dir={earlier}")
+    assert done.returncode == 1, done.stderr[-2000:]
+    expected = f"hydra.run.dir='{earlier}' holds the results of an earlier run (metrics.json)"
+    assert expected in done.stderr and "name a new folder" in done.stderr
+    assert sorted(p.name for p in earlier.iterdir()) == ["metrics.json"]
+    assert (earlier / "metrics.json").read_text() == '{"test/acc": 0.5}'
+
+
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
