@@ -69,9 +69,9 @@ class ValidateConfigCallback(Callback):
             raise SystemExit(f"Error: {err}") from err
 
 
-# What eval, predict and preview leave in their run dir (a failed run leaves none of them,
-# so that the same command may run there again).
-EARLIER_RESULTS = ("metrics.json", "predictions.csv", "aug_preview.png")
+# What eval, predict, preview and throughput leave in their run dir (a run that failed
+# before its results leaves none of them: the same command may run there again).
+EARLIER_RESULTS = ("metrics.json", "predictions.csv", "aug_preview.png", "throughput.json")
 
 
 def _refuse_training_run_dir(
