@@ -114,6 +114,7 @@ def validate(cfg: DictConfig) -> None:
     problems.extend(_curation_problems(cfg, swept_values))
     problems.extend(_robust_loss_problems(cfg))
     problems.extend(_nesterov_problems(cfg))
+    problems.extend(_weights_problems(cfg))
     problems.extend(_noise_problems(cfg))
     if problems:
         plural = "" if len(problems) == 1 else "s"
@@ -273,6 +274,23 @@ def _curation_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None
         if problem is not None:
             problems.append(f"{key}={value!r} {problem}")
     return problems
+
+
+def _weights_problems(cfg: DictConfig) -> list[str]:
+    """A torchvision model takes downloaded weights or a weights file, not both.
+
+    The file's tensors replace the downloaded ones: the download was spent for nothing,
+    and which weights the run starts from is not what the command seems to say.
+    """
+    weights = OmegaConf.select(cfg, "model.weights", default=None)
+    pretrained_file = OmegaConf.select(cfg, "model.pretrained_file", default=None)
+    if weights is None or pretrained_file is None:
+        return []
+    return [
+        f"model.weights={weights!r} and model.pretrained_file={pretrained_file!r} are both "
+        "set, and the file's weights would replace the downloaded ones: choose one "
+        "(model.weights=null to start from the file)"
+    ]
 
 
 def _nesterov_problems(cfg: DictConfig) -> list[str]:

@@ -439,6 +439,11 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
         (["loss=focal", "loss.gamma=inf"], "loss.gamma=inf is invalid"),
         # Eval resized to 3200 px: out of memory at the first validation, after an epoch.
         (["aug.eval_crop_pct=0.01"], "aug.eval_crop_pct=0.01 is invalid: expected a number in"),
+        # Downloaded, then replaced by the file's tensors without a word.
+        (
+            ["model=tv_resnet50", "model.weights=IMAGENET1K_V2", "model.pretrained_file=w.pth"],
+            "model.weights='IMAGENET1K_V2' and model.pretrained_file='w.pth' are both set",
+        ),
     ],
 )
 def test_values_that_failed_late_or_passed_as_true_are_refused(make_cfg, overrides, expected):
