@@ -11,9 +11,10 @@ Both read a CSV file with a `sample_id` column (the ids of `runner.data.splits`)
   without `label` but with `suggested_label` (label_issues.csv) uses that column. With
   an `is_label_issue` column, only the rows where it is true.
 
-`is_label_issue` takes True/False, 1/0, yes/no (any case), and an empty cell as false (a
-flag cleared in a spreadsheet); another value is an error naming the line. Column names
-and labels may have surrounding spaces.
+`is_label_issue` takes True/False, 1/0, yes/no (any case); another value, an empty cell
+included, is an error naming the line (a blank is no answer: read as false, it kept a
+sample the person may have meant to flag). Column names and labels may have surrounding
+spaces.
 
 They apply after the real-world switches (so they act on the labels an audit saw) and
 before k-fold. Only train samples change: an id of the val or test split (or, for
@@ -45,7 +46,7 @@ KEYS = DATA_CURATION_KEYS
 # A column that marks which rows of an exclude file to act on (label_issues.csv).
 FLAG_COLUMN = "is_label_issue"
 _TRUE = frozenset({"true", "t", "yes", "y", "1", "1.0"})
-_FALSE = frozenset({"false", "f", "no", "n", "0", "0.0", ""})
+_FALSE = frozenset({"false", "f", "no", "n", "0", "0.0"})
 
 
 def read_id_file(
@@ -101,15 +102,20 @@ def _stripped(row: dict[str, str | None]) -> dict[str, str]:
 
 
 def _flag_is_true(path: str, key: str, line: int, value: str) -> bool:
-    """Whether an `is_label_issue` value is true (empty: false); other values are refused."""
+    """Whether an `is_label_issue` value is true; other values (an empty one too) are refused."""
     text = value.lower()
     if text in _TRUE:
         return True
     if text in _FALSE:
         return False
+    wrong = (
+        f"{FLAG_COLUMN} is empty"
+        if not text
+        else f"{FLAG_COLUMN}={value!r} is neither true nor false"
+    )
     raise DataError(
-        f"{key}={path!r}, line {line}: {FLAG_COLUMN}={value!r} is neither true nor false; "
-        "write True/False (or 1/0) in that column."
+        f"{key}={path!r}, line {line}: {wrong}; write True or False (or 1/0, yes/no) in "
+        "every row of that column, or remove the row."
     )
 
 

@@ -218,13 +218,29 @@ def test_a_missing_file_or_column_fails_validation(make_cfg, tmp_path, key, head
 def test_flag_values_of_every_usual_spelling_are_read_and_others_refused(make_cfg, tmp_path):
     plain = digits(make_cfg)
     ids = [str(i) for i in plain.train.ids[:8]]
-    flags = ["True", "1.0", "yes", "T", "False", "0.0", "no", ""]
+    flags = ["True", "1.0", "yes", "T", "False", "0.0", "no", "N"]
     header = ["sample_id", "is_label_issue"]
     path = write_csv(tmp_path / "flags.csv", header, list(zip(ids, flags, strict=True)))
     assert digits(make_cfg, f"data.exclude={path}").extra_params["data.num_excluded"] == 4
     bad = write_csv(tmp_path / "bad.csv", header, [[ids[0], "True"], [ids[1], "x"]])
     with pytest.raises(DataError, match=r"bad.csv', line 3: is_label_issue='x' is neither"):
         digits(make_cfg, f"data.exclude={bad}")
+
+
+@pytest.mark.parametrize("key", ["exclude", "relabel"])
+def test_an_empty_flag_cell_is_refused_naming_the_line(make_cfg, tmp_path, key):
+    """A blank is_label_issue cell was read as false: the sample was kept without a word,
+    while the README calls any value other than true/false, 1/0, yes/no an error."""
+    ids = [str(i) for i in digits(make_cfg).train.ids[:3]]
+    header = ["sample_id", "label", "is_label_issue"]
+    rows = [[ids[0], "3", "true"], [ids[1], "3", ""], [ids[2], "3", "  "]]
+    path = write_csv(tmp_path / "blank.csv", header, rows)
+    with pytest.raises(DataError) as err:
+        digits(make_cfg, f"data.{key}={path}")
+    assert str(err.value) == (
+        f"data.{key}={str(path)!r}, line 3: is_label_issue is empty; write True or False "
+        "(or 1/0, yes/no) in every row of that column, or remove the row."
+    )
 
 
 def test_a_header_written_with_spaces_keeps_its_flag_column(make_cfg, tmp_path):
@@ -249,11 +265,15 @@ def test_a_row_shorter_than_the_header_has_empty_cells_not_another_header(make_c
     ids = [str(i) for i in digits(make_cfg).train.ids[:4]]
     path = tmp_path / "short.csv"
     path.write_text(
-        f"sample_id,given_label,is_label_issue\n{ids[0]}\n{ids[1]},4,False\n"
-        f"{ids[2]},4,True\n{ids[3]}\n"
+        f"sample_id,is_label_issue,given_label\n{ids[0]},False\n{ids[1]},False,4\n"
+        f"{ids[2]},True,4\n{ids[3]},False\n"
     )
     data = digits(make_cfg, f"data.exclude={path}")
     assert data.extra_params["data.num_excluded"] == 1 and ids[2] not in set(data.train.ids)
+    # A row cut short before its flag has an empty flag cell: refused, naming its line.
+    path.write_text(f"sample_id,given_label,is_label_issue\n{ids[2]},4,True\n{ids[0]}\n")
+    with pytest.raises(DataError, match=r"short.csv', line 3: is_label_issue is empty"):
+        digits(make_cfg, f"data.exclude={path}")
 
 
 def test_a_file_that_is_not_utf8_past_its_header_is_refused_naming_it(make_cfg, tmp_path):
