@@ -61,18 +61,32 @@ def check_fold_counts(data: DataSplits, num_folds: int) -> None:
         listing = ", ".join(f"{name!r} has {n}" for name, n in small[:10])
         more = f" (and {len(small) - 10} more)" if len(small) > 10 else ""
         fewest = min(n for _, n in small)
-        fix = (
-            f"Lower data.num_folds to at most {fewest}"
-            if fewest >= 2
-            else "K-fold needs at least 2 train samples per class"
+        where = (
+            "check data.fraction, data.samples_per_class and data.imbalance_ratio, and "
+            "whether a data.exclude or data.relabel file takes them away"
         )
+        if fewest >= 2:
+            fix = (
+                f"Lower data.num_folds to at most {fewest}, or give those classes more "
+                f"train samples: {where}."
+            )
+        else:
+            # K is at least 2 and every fold holds out a sample of each class, so no K
+            # fits a class of 0 or 1 samples: only more samples help.
+            tiny = [(name, n) for name, n in small if n < 2]
+            short = (
+                f"class {tiny[0][0]!r} has {tiny[0][1]}: give it"
+                if len(tiny) == 1
+                else f"{len(tiny)} classes have fewer: give them"
+            )
+            fix = (
+                "K-fold needs at least 2 train samples in every class, whatever "
+                f"data.num_folds, and {short} more train samples ({where})."
+            )
         raise DataError(
             f"data.num_folds={num_folds}: every class needs at least {num_folds} train "
             f"samples (one per fold), but {listing}{more} after the switches, "
-            f"data.exclude and data.relabel. {fix}, or leave those classes more train "
-            "samples: check data.fraction, data.samples_per_class and "
-            "data.imbalance_ratio, and whether a data.exclude or data.relabel file takes "
-            "them away."
+            f"data.exclude and data.relabel. {fix}"
         )
 
 

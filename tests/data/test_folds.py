@@ -11,6 +11,7 @@ from runner.data.build import build_data
 from runner.data.decoding import DataError
 from runner.data.folds import fold_indices, select_fold
 from runner.data.sets.digits import load_digits
+from runner.data.sets.synthetic import make_synthetic
 from runner.data.switches import apply_switches
 from tests.conftest import run_cli
 
@@ -60,6 +61,32 @@ def test_a_class_with_fewer_samples_than_folds_is_refused_naming_the_key():
     # data.exclude takes samples away; it was listed as a way to give a class more.
     assert "whether a data.exclude or data.relabel file takes them away" in str(err.value)
     assert "data.imbalance_ratio, data.exclude)" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("ratio", "short"),
+    [(10, "2 classes have fewer: give them"), (6, "class 'class_9' has 1: give it")],
+)
+def test_a_class_too_small_for_any_k_is_refused_in_whole_sentences(ratio, short):
+    """With a class of one sample the fix read "K-fold needs at least 2 train samples per
+    class, or leave those classes more train samples": half a sentence, no fix."""
+    data = make_synthetic(num_samples=160, num_classes=10)
+    data = apply_switches(data, seed=0, imbalance_ratio=ratio)
+    if ratio == 6:  # 2 samples in the smallest class: take one away (as data.exclude would)
+        keep = torch.ones(len(data.train), dtype=torch.bool)
+        keep[(data.train.labels == 9).nonzero()[0]] = False
+        data = data.subset_train(keep.nonzero().flatten())
+    assert sorted(data.class_counts().tolist())[:2] == ([1, 1] if ratio == 10 else [1, 2])
+    with pytest.raises(DataError) as err:
+        select_fold(data, num_folds=5, fold=0)
+    message = str(err.value)
+    assert message.endswith(
+        "after the switches, data.exclude and data.relabel. K-fold needs at least 2 train "
+        f"samples in every class, whatever data.num_folds, and {short} more train samples "
+        "(check data.fraction, data.samples_per_class and data.imbalance_ratio, and whether "
+        "a data.exclude or data.relabel file takes them away)."
+    )
+    assert "Lower data.num_folds" not in message and ", or leave" not in message
 
 
 @pytest.mark.parametrize(
