@@ -215,6 +215,35 @@ def test_a_missing_file_or_column_fails_validation(make_cfg, tmp_path, key, head
         assert "save it as UTF-8 CSV" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("key", "text", "mark"),
+    [
+        ("relabel", "sample_id;label\n{id};3\n", "';' (a semicolon)"),
+        ("exclude", "sample_id\tis_label_issue\n{id}\ttrue\n", "'\\t' (a tab)"),
+        ("exclude", "sample_id|is_label_issue\n{id}|true\n", "'|' (a vertical bar)"),
+    ],
+)
+def test_a_file_with_another_delimiter_is_refused_naming_the_delimiter(
+    make_cfg, tmp_path, key, text, mark
+):
+    """A semicolon- or tab-separated file was only said to lack its columns, which it has
+    (its columns: sample_id;label), without a word on commas."""
+    path = tmp_path / "ids.csv"
+    path.write_text(text.format(id=digits(make_cfg).train.ids[0]))
+    with pytest.raises(DataError) as err:
+        digits(make_cfg, f"data.{key}={path}")
+    assert str(err.value).endswith(
+        f"The file must be comma-separated, but its header seems to use {mark} between "
+        'columns: save it as CSV with commas (a spreadsheet\'s "CSV UTF-8 (comma delimited)").'
+    )
+    assert "has no sample_id" in str(err.value)
+    # A comma-separated file that lacks a column gets no word on delimiters.
+    write_csv(path, ["id", "label"], [])
+    with pytest.raises(DataError, match="has no sample_id column") as err:
+        digits(make_cfg, f"data.{key}={path}")
+    assert "comma-separated" not in str(err.value)
+
+
 def test_flag_values_of_every_usual_spelling_are_read_and_others_refused(make_cfg, tmp_path):
     plain = digits(make_cfg)
     ids = [str(i) for i in plain.train.ids[:8]]
