@@ -32,7 +32,16 @@ def build_data(data_cfg: DictConfig) -> DataSplits:
     folding = {key: settings[key] for key in folds.KEYS if key in settings}
     seed = settings.get("split_seed", 0)
     data = source_splits(settings)
+    dropping = switches.dropping_settings(**chosen)
+    # The ids a switch drops, so that a file naming them is told so, not that they are
+    # another data set's; only kept when a file will be read.
+    watch = dropping and any(value is not None for value in curated.values())
+    before = {str(i) for i in data.train.ids} if watch else set()
     data = switches.apply_switches(data, seed=seed, **chosen)
+    if watch:
+        cause = " and ".join(dropping)
+        gone = before - {str(i) for i in data.train.ids}
+        curated["switched_out"] = dict.fromkeys(gone, cause)
     data = curation.apply_curation(data, **curated)
     data = folds.select_fold(data, seed=seed, **folding)
     data.note_noise_rate()  # again: exclusion, relabelling and the fold change the rate

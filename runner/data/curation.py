@@ -17,10 +17,12 @@ sample the person may have meant to flag). Column names and labels may have surr
 spaces.
 
 They apply after the real-world switches (so they act on the labels an audit saw) and
-before k-fold. Only train samples change: an id of the val or test split (or, for
-relabel, of a sample data.exclude dropped) is counted and reported. An id of no sample at
-all (a typo, another data set's) is an error naming the file, and so is a file none of
-whose ids is a train sample. The counts go to the run's params (`data.num_excluded`,
+before k-fold. Only train samples change: an id of the val or test split, of a train
+sample a switch dropped (`data.fraction`, `data.samples_per_class`,
+`data.imbalance_ratio`) or, for relabel, of a sample data.exclude dropped is counted and
+reported. An id of no sample at all (a typo, another data set's) is an error naming the
+file, and so is a file none of whose ids is a train sample (saying which of them a
+switch or data.exclude dropped). The counts go to the run's params (`data.num_excluded`,
 `data.num_relabeled`, `data.num_label_changes`, `data.exclude_unmatched`,
 `data.relabel_unmatched`).
 """
@@ -29,7 +31,9 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -47,6 +51,9 @@ KEYS = DATA_CURATION_KEYS
 FLAG_COLUMN = "is_label_issue"
 _TRUE = frozenset({"true", "t", "yes", "y", "1", "1.0"})
 _FALSE = frozenset({"false", "f", "no", "n", "0", "0.0"})
+# What `gone` maps an id data.exclude dropped to; no id is gone by default.
+EXCLUDE_KEY = "data.exclude"
+_NONE_GONE: Mapping[str, str] = MappingProxyType({})
 # Delimiters a file other than comma-separated CSV may use, to name the one a header has.
 _OTHER_DELIMITERS = {";": "a semicolon", "\t": "a tab", "|": "a vertical bar"}
 
@@ -157,7 +164,7 @@ def _nothing_flagged(
     path: str,
     data: DataSplits,
     rows: list[tuple[int, dict[str, str]]],
-    dropped: frozenset[str] = frozenset(),
+    gone: Mapping[str, str] = _NONE_GONE,
 ) -> bool:
     """Whether the file is an audit's that flags none of its rows: nothing changes then.
 
@@ -169,7 +176,7 @@ def _nothing_flagged(
         return False
     ids = list(dict.fromkeys(r["sample_id"] for _, r in rows))
     _, _, unmatched = _train_positions(data, ids)
-    _check_unmatched(key, path, data, ids, unmatched, dropped)
+    _check_unmatched(key, path, data, ids, unmatched, gone)
     log.warning("%s=%s: no row has %s true; nothing changes", key, path, FLAG_COLUMN)
     return True
 
@@ -197,7 +204,7 @@ def _check_unmatched(
     data: DataSplits,
     ids: list[str],
     unmatched: list[str],
-    dropped: frozenset[str] = frozenset(),
+    gone: Mapping[str, str] = _NONE_GONE,
 ) -> None:
     """Reports the file's ids that are no train sample; refuses what cannot be meant.
 
@@ -207,7 +214,8 @@ def _check_unmatched(
         data: The splits the file acts on.
         ids: The file's ids (those it acts on).
         unmatched: Those of `ids` that are no train sample.
-        dropped: Ids data.exclude dropped from train in this run.
+        gone: Ids of train samples this run dropped before the file acts, each with the
+            setting that dropped it (`data.samples_per_class=2`, `data.exclude`).
 
     Raises:
         DataError: No id is a train sample, or some id is no sample at all.
@@ -215,28 +223,35 @@ def _check_unmatched(
     if not unmatched:
         return
     others = {str(i) for split in (data.val, data.test) for i in split.ids}
-    in_other, in_dropped, strays = [], [], []  # where each unmatched id is, if anywhere
+    # Where each unmatched id is, if anywhere: val/test, dropped (by what), or nowhere.
+    in_other, strays = [], []
+    dropped: dict[str, list[str]] = {}
     for sample_id in unmatched:
-        written = {sample_id, sample_id.strip()}
-        home = in_other if written & others else in_dropped if written & dropped else strays
-        home.append(sample_id)
+        written = (sample_id, sample_id.strip())
+        cause = next((gone[w] for w in written if w in gone), None)
+        if others.intersection(written):
+            in_other.append(sample_id)
+        elif cause is not None:
+            dropped.setdefault(cause, []).append(sample_id)
+        else:
+            strays.append(sample_id)
     if len(unmatched) == len(ids):
         where = []
         if in_other:
             where.append(f"{len(in_other)} are val/test samples, which are never changed")
-        if in_dropped:
-            where.append(f"{len(in_dropped)} were dropped by data.exclude")
+        where += [f"{len(some)} were dropped by {cause}" for cause, some in dropped.items()]
         said = f" ({'; '.join(where)})" if where else ""
-        fix = (
-            "Leave those samples out of one of the two files"
-            if len(in_dropped) == len(ids)
-            else "Use a file written for this data set (the same data config and "
-            "data.split_seed), e.g. <sweep dir>/audit/label_issues.csv"
+        # An example beside the train ids' look, unless every id is a sample this run
+        # dropped: those look like train ids, being ones.
+        unexplained = strays or in_other
+        example = (
+            f"; e.g. {unexplained[0]!r}, while train ids look like {data.train.ids[0]!r}"
+            if unexplained
+            else ""
         )
         raise DataError(
             f"{key}={path!r}: none of its {len(ids)} sample ids is a train sample of "
-            f"{data.name}{said}; e.g. {ids[0]!r}, while train ids look like "
-            f"{data.train.ids[0]!r}. {fix}."
+            f"{data.name}{said}{example}. {_unmatched_fix(key, ids, dropped)}."
         )
     if strays:
         raise DataError(
@@ -251,13 +266,41 @@ def _check_unmatched(
         path,
         len(unmatched),
         len(in_other),
-        f", {len(in_dropped)} dropped by data.exclude" if in_dropped else "",
+        "".join(f", {len(some)} dropped by {cause}" for cause, some in dropped.items()),
         unmatched[0],
     )
 
 
-def exclude_samples(data: DataSplits, path: str) -> DataSplits:
+def _unmatched_fix(key: str, ids: list[str], dropped: dict[str, list[str]]) -> str:
+    """The fix for a file none of whose ids is a train sample, by where they went."""
+    if sum(map(len, dropped.values())) < len(ids):  # some are val/test or of no sample
+        return (
+            "Use a file written for this data set (the same data config and "
+            "data.split_seed), e.g. <sweep dir>/audit/label_issues.csv"
+        )
+    switches = [cause for cause in dropped if cause != EXCLUDE_KEY]
+    if not switches:
+        return "Leave those samples out of one of the two files"
+    also = (
+        " and leave those data.exclude dropped out of one of the two files"
+        if EXCLUDE_KEY in dropped
+        else ""
+    )
+    return (
+        f"To act on them, run without {' and '.join(switches)}{also}; or leave {key} out, "
+        "as those samples are not in this run's train split anyway"
+    )
+
+
+def exclude_samples(
+    data: DataSplits, path: str, gone: Mapping[str, str] = _NONE_GONE
+) -> DataSplits:
     """Drops the train samples whose ids the file lists (see the module doc).
+
+    Args:
+        data: The splits.
+        path: The exclude file.
+        gone: Ids of train samples the switches dropped, each with the setting that did.
 
     Raises:
         DataError: The file is missing or lacks `sample_id`, or none of its ids is a
@@ -266,7 +309,7 @@ def exclude_samples(data: DataSplits, path: str) -> DataSplits:
     every_row = read_id_file(path, "data.exclude", CURATION_COLUMNS["data.exclude"])
     rows = _flagged(path, "data.exclude", every_row)
     ids = list(dict.fromkeys(r["sample_id"] for _, r in rows))
-    if not ids and _nothing_flagged("data.exclude", path, data, every_row):
+    if not ids and _nothing_flagged("data.exclude", path, data, every_row, gone):
         data.extra_params["data.num_excluded"] = 0
         data.extra_params["data.exclude_unmatched"] = 0
         return data
@@ -276,7 +319,7 @@ def exclude_samples(data: DataSplits, path: str) -> DataSplits:
             "give a file with the samples to drop."
         )
     positions, _, unmatched = _train_positions(data, ids)
-    _check_unmatched("data.exclude", path, data, ids, unmatched)
+    _check_unmatched("data.exclude", path, data, ids, unmatched, gone)
     positions = np.unique(positions)  # an id written with and without spaces is one sample
     keep = np.ones(len(data.train), dtype=bool)
     keep[positions] = False
@@ -317,14 +360,15 @@ def _class_index(value: str, class_names: list[str], by_index: bool) -> int | No
 
 
 def relabel_samples(
-    data: DataSplits, path: str, dropped: frozenset[str] = frozenset()
+    data: DataSplits, path: str, gone: Mapping[str, str] = _NONE_GONE
 ) -> DataSplits:
     """Gives the listed train samples the labels the file names (see the module doc).
 
     Args:
         data: The splits.
         path: The relabel file.
-        dropped: Ids data.exclude dropped from train in this run (named as such).
+        gone: Ids of train samples the switches or data.exclude dropped in this run,
+            each with the setting that did (named as such).
 
     Raises:
         DataError: The file is missing or lacks `sample_id` or a label column, a label names no
@@ -338,7 +382,7 @@ def relabel_samples(
     # its ids are what is wrong with it.
     ids = list(dict.fromkeys(row["sample_id"] for _, row in rows))
     positions, matched, unmatched = _train_positions(data, ids)
-    _check_unmatched("data.relabel", path, data, ids, unmatched, dropped)
+    _check_unmatched("data.relabel", path, data, ids, unmatched, gone)
     by_index = _indices_allowed(data.class_names)
     wanted: dict[str, int] = {}
     unknown = []
@@ -362,7 +406,7 @@ def relabel_samples(
             + (f" or a class index 0..{data.num_classes - 1}" if by_index else "")
             + "."
         )
-    if not wanted and _nothing_flagged("data.relabel", path, data, every_row, dropped):
+    if not wanted and _nothing_flagged("data.relabel", path, data, every_row, gone):
         data.extra_params["data.num_relabeled"] = 0
         data.extra_params["data.num_label_changes"] = 0
         data.extra_params["data.relabel_unmatched"] = 0
@@ -393,14 +437,26 @@ def relabel_samples(
 
 
 def apply_curation(
-    data: DataSplits, exclude: str | None = None, relabel: str | None = None
+    data: DataSplits,
+    exclude: str | None = None,
+    relabel: str | None = None,
+    switched_out: Mapping[str, str] = _NONE_GONE,
 ) -> DataSplits:
-    """Applies `data.exclude`, then `data.relabel` (each None = off)."""
-    dropped: frozenset[str] = frozenset()
+    """Applies `data.exclude`, then `data.relabel` (each None = off).
+
+    Args:
+        data: The splits after the real-world switches.
+        exclude: The exclude file, or None.
+        relabel: The relabel file, or None.
+        switched_out: Ids of the train samples the switches dropped, each with the
+            settings that did (`data.samples_per_class=2`): a file's ids among them are
+            named as such, not as ids of another data set.
+    """
+    gone = dict(switched_out)
     if exclude is not None:
         before = {str(i) for i in data.train.ids}
-        data = exclude_samples(data, exclude)
-        dropped = frozenset(before - {str(i) for i in data.train.ids})
+        data = exclude_samples(data, exclude, gone)
+        gone.update(dict.fromkeys(before - {str(i) for i in data.train.ids}, EXCLUDE_KEY))
     if relabel is not None:
-        data = relabel_samples(data, relabel, dropped)
+        data = relabel_samples(data, relabel, gone)
     return data

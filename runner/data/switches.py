@@ -125,6 +125,27 @@ def noisy_labels(
     return torch.where(flip, (labels + shift) % num_classes, labels)
 
 
+def dropping_settings(
+    imbalance_ratio: float | None = None,
+    fraction: float | None = None,
+    samples_per_class: int | None = None,
+    **_others,
+) -> list[str]:
+    """The switches set to drop train samples, as `data.<key>=<value>`, in their order.
+
+    Takes `apply_switches`' keyword arguments; those that drop nothing (the label noise)
+    are passed over.
+    """
+    settings = [("fraction", fraction), ("samples_per_class", samples_per_class)]
+    if imbalance_ratio is not None and imbalance_ratio > 1:
+        settings.append(("imbalance_ratio", imbalance_ratio))
+    return [
+        f"data.{key}={value:g}" if isinstance(value, float) else f"data.{key}={value}"
+        for key, value in settings
+        if value is not None
+    ]
+
+
 def apply_switches(
     data: DataSplits,
     seed: int = 0,

@@ -180,13 +180,45 @@ def test_relabel_ids_that_exclude_dropped_are_named_as_such(make_cfg, tmp_path):
     drop = write_csv(tmp_path / "drop.csv", ["sample_id"], [[i] for i in ids])
     fix = write_csv(tmp_path / "fix.csv", ["sample_id", "label"], [[i, "3"] for i in ids])
     both = (f"data.exclude={drop}", f"data.relabel={fix}")
-    with pytest.raises(DataError, match=r"6 were dropped by data\.exclude\);.*Leave those"):
+    with pytest.raises(DataError, match=r"6 were dropped by data\.exclude\)\. Leave those"):
         digits(make_cfg, *both)
     fix = write_csv(tmp_path / "fix.csv", ["sample_id", "label"], [[i, "3"] for i in ids[3:]])
     drop = write_csv(tmp_path / "drop.csv", ["sample_id"], [[i] for i in ids[:4]])
     data = digits(make_cfg, *both)  # one of three dropped: reported, the others relabelled
     assert data.extra_params["data.relabel_unmatched"] == 1
     assert data.extra_params["data.num_relabeled"] == 2
+
+
+def synthetic(make_cfg, *overrides):
+    return build_data(make_cfg("data=synthetic", "data.num_samples=160", *overrides).data)
+
+
+def test_ids_a_switch_dropped_are_named_as_such(make_cfg, tmp_path):
+    """Train ids that data.samples_per_class dropped were said to be no train sample of
+    the data set, with the fix "use a file written for this data set"; beside train ids,
+    they were refused as ids of no sample."""
+    plain = synthetic(make_cfg)
+    kept = {str(i) for i in synthetic(make_cfg, "data.samples_per_class=2").train.ids}
+    gone = [str(i) for i in plain.train.ids if str(i) not in kept][:2]
+    path = write_csv(tmp_path / "gone.csv", ["sample_id", "label"], [[i, "1"] for i in gone])
+    for key in ("exclude", "relabel"):
+        with pytest.raises(DataError) as err:
+            synthetic(make_cfg, "data.samples_per_class=2", f"data.{key}={path}")
+        assert str(err.value) == (
+            f"data.{key}={str(path)!r}: none of its 2 sample ids is a train sample of "
+            "synthetic (2 were dropped by data.samples_per_class=2). To act on them, run "
+            f"without data.samples_per_class=2; or leave data.{key} out, as those samples are "
+            "not in this run's train split anyway."
+        )
+    with pytest.raises(DataError, match=r"dropped by data\.fraction=0\.5 and data\.imbalance"):
+        synthetic(make_cfg, "data.fraction=0.5", "data.imbalance_ratio=3", f"data.exclude={path}")
+    # Beside a train id they are reported and counted, as val/test ids are.
+    both = write_csv(
+        tmp_path / "both.csv", ["sample_id", "label"], [[i, "1"] for i in [*gone, *kept]]
+    )
+    data = synthetic(make_cfg, "data.samples_per_class=2", f"data.relabel={both}")
+    assert data.extra_params["data.relabel_unmatched"] == 2
+    assert data.extra_params["data.num_relabeled"] == len(kept)
 
 
 @pytest.mark.parametrize(
