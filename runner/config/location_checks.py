@@ -233,9 +233,33 @@ def csv_file_problem(path: Any, columns: tuple[tuple[str, ...], ...]) -> str | N
         )
         return (
             f"has no {' and no '.join(missing)} column (its columns: {found}); the file "
-            f"needs a header row with {needed}"
+            f"needs a header row with {needed}{_delimiter_hint(header)}"
         )
     return None
+
+
+# Delimiters a file other than comma-separated CSV may use, to name the one a header has.
+_OTHER_DELIMITERS = {";": "a semicolon", "\t": "a tab", "|": "a vertical bar"}
+
+
+def _delimiter_hint(header: list[str]) -> str:
+    """What to say of a header that is one column holding another delimiter, if it is.
+
+    A spreadsheet set to a locale with decimal commas saves "CSV" with semicolons, and a
+    copy from a table often has tabs: the whole header is then read as one column name,
+    and "no sample_id column" alone does not say why.
+    """
+    if len(header) != 1:
+        return ""
+    counts = {mark: header[0].count(mark) for mark in _OTHER_DELIMITERS}
+    mark = max(counts, key=counts.__getitem__)
+    if not counts[mark]:
+        return ""
+    return (
+        f". The file must be comma-separated, but its header seems to use {mark!r} "
+        f"({_OTHER_DELIMITERS[mark]}) between columns: save it as CSV with commas "
+        '(a spreadsheet\'s "CSV UTF-8 (comma delimited)")'
+    )
 
 
 # The columns the files of data.exclude and data.relabel need (checked at start, read

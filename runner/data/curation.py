@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from runner.config.choices import DATA_CURATION_KEYS
-from runner.config.location_checks import CURATION_COLUMNS, csv_file_problem, csv_header
+from runner.config.location_checks import CURATION_COLUMNS, csv_file_problem
 from runner.data.decoding import DataError
 from runner.data.splits import DataSplits
 
@@ -54,8 +54,6 @@ _FALSE = frozenset({"false", "f", "no", "n", "0", "0.0"})
 # What `gone` maps an id data.exclude dropped to; no id is gone by default.
 EXCLUDE_KEY = "data.exclude"
 _NONE_GONE: Mapping[str, str] = MappingProxyType({})
-# Delimiters a file other than comma-separated CSV may use, to name the one a header has.
-_OTHER_DELIMITERS = {";": "a semicolon", "\t": "a tab", "|": "a vertical bar"}
 
 
 def read_id_file(
@@ -80,7 +78,7 @@ def read_id_file(
     """
     problem = csv_file_problem(path, columns)
     if problem is not None:
-        raise DataError(f"{key}={path!r}: {problem}{_delimiter_hint(path)}")
+        raise DataError(f"{key}={path!r}: {problem}")
     rows = []
     # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark.
     with Path(path).expanduser().open(newline="", encoding="utf-8-sig") as handle:
@@ -101,30 +99,6 @@ def read_id_file(
                 f"({err}): save it as UTF-8 CSV."
             ) from None
     return rows
-
-
-def _delimiter_hint(path: str) -> str:
-    """What to say of a file whose header is one column holding another delimiter, if so.
-
-    A spreadsheet set to a locale with decimal commas saves "CSV" with semicolons, and a
-    copy from a table often has tabs: the whole header is then read as one column name,
-    and "no sample_id column" alone does not say why.
-    """
-    try:
-        header = csv_header(path)
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return ""  # csv_file_problem has said what is wrong with the file
-    if len(header) != 1:
-        return ""
-    counts = {mark: header[0].count(mark) for mark in _OTHER_DELIMITERS}
-    mark = max(counts, key=counts.__getitem__)
-    if not counts[mark]:
-        return ""
-    return (
-        f". The file must be comma-separated, but its header seems to use {mark!r} "
-        f"({_OTHER_DELIMITERS[mark]}) between columns: save it as CSV with commas "
-        '(a spreadsheet\'s "CSV UTF-8 (comma delimited)").'
-    )
 
 
 def _stripped(row: dict[str, str | None]) -> dict[str, str]:

@@ -262,13 +262,16 @@ def test_a_file_with_another_delimiter_is_refused_naming_the_delimiter(
     (its columns: sample_id;label), without a word on commas."""
     path = tmp_path / "ids.csv"
     path.write_text(text.format(id=digits(make_cfg).train.ids[0]))
-    with pytest.raises(DataError) as err:
-        digits(make_cfg, f"data.{key}={path}")
-    assert str(err.value).endswith(
+    hint = (
         f"The file must be comma-separated, but its header seems to use {mark} between "
-        'columns: save it as CSV with commas (a spreadsheet\'s "CSV UTF-8 (comma delimited)").'
+        'columns: save it as CSV with commas (a spreadsheet\'s "CSV UTF-8 (comma delimited)")'
     )
-    assert "has no sample_id" in str(err.value)
+    with pytest.raises(ConfigError) as err:  # the command line's check, before the data
+        validate(make_cfg(f"data.{key}={path}"))
+    assert "has no sample_id" in str(err.value) and str(err.value).endswith(hint)
+    with pytest.raises(DataError) as err:  # the data step's own (a swept file)
+        digits(make_cfg, f"data.{key}={path}")
+    assert "has no sample_id" in str(err.value) and str(err.value).endswith(hint)
     # A comma-separated file that lacks a column gets no word on delimiters.
     write_csv(path, ["id", "label"], [])
     with pytest.raises(DataError, match="has no sample_id column") as err:
