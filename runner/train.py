@@ -78,7 +78,7 @@ def run(cfg: DictConfig) -> float:
     try:
         if job is not None and distributed.detect().is_main:
             return job.run(cfg, train_and_test)  # records the job; a failure returns NaN
-        if job is not None and job.settled():  # under DDP: rank 0 skips it too
+        if job is not None and job.settled(cfg):  # under DDP: rank 0 skips it too
             return math.nan
         return train_and_test(cfg, job=None)
     finally:

@@ -32,6 +32,7 @@ from runner.sweeps.manifest import (
     read_sweep_info,
     update_manifest,
 )
+from runner.sweeps.out_of_fold import OOF_FILE, UnreadableOutOfFold, read_out_of_fold
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class SweepJob:
         tags.update({f"override.{n}": unescape(v) for n, v in shown.items()})
         return tags
 
-    def settled(self) -> bool:
+    def settled(self, cfg: DictConfig) -> bool:
         """Whether this job is not to be trained now (finished, or stopped by fail_fast).
 
         A resumed sweep finished it earlier, or `sweep.fail_fast` stopped the sweep. Reads
@@ -128,7 +129,27 @@ class SweepJob:
         alone records the job (`run`).
         """
         recorded = read_manifest(self.sweep_dir).get(self.key, {})
-        return recorded.get("status") == "FINISHED" or (self.sweep_dir / STOP_FILE).exists()
+        return self._done(cfg, recorded) or (self.sweep_dir / STOP_FILE).exists()
+
+    def _done(self, cfg: DictConfig, recorded: dict[str, Any], say: bool = True) -> bool:
+        """Whether the job finished earlier and left what it was run for.
+
+        A k-fold job is run for its out_of_fold.npz: when that is missing or damaged (a
+        copied sweep dir), the job runs again, resuming its finished run, which tests
+        its best weights again and writes the file anew.
+        """
+        if recorded.get("status") != "FINISHED":
+            return False
+        if OmegaConf.select(cfg, "data.fold", default=None) is None or not recorded.get("run_dir"):
+            return True
+        outputs = job_run_dir(self.sweep_dir, recorded) / OOF_FILE
+        try:
+            read_out_of_fold(outputs)
+        except UnreadableOutOfFold as err:
+            if say:
+                log.warning("sweep job %s runs again: %s", self.shown_key, err)
+            return False
+        return True
 
     def run(self, cfg: DictConfig, train: Callable[[DictConfig, SweepJob], float]) -> float:
         """Runs `train` as this job: skips, records and contains failures.
@@ -138,7 +159,7 @@ class SweepJob:
         """
         jobs = read_manifest(self.sweep_dir)
         recorded = jobs.get(self.key, {})
-        if recorded.get("status") == "FINISHED":
+        if self._done(cfg, recorded):
             return self._kept(recorded)
         stop = self.sweep_dir / STOP_FILE
         if stop.exists():
@@ -165,13 +186,14 @@ class SweepJob:
         with job_lock(Path(run_dir), self.shown_key):
             # Read again: a process that held the lock may have finished the job since.
             recorded = read_manifest(self.sweep_dir).get(self.key, {})
-            if recorded.get("status") == "FINISHED":
+            if self._done(cfg, recorded, say=False):
                 return self._kept(recorded)
             return self._train_and_record(cfg, train, recorded)
 
     def _kept(self, recorded: dict[str, Any]) -> float:
         """The value of a job that finished earlier, which is not run again."""
-        log.info("sweep job %s finished earlier (%s): kept", self.shown_key, recorded["run_dir"])
+        run_dir = job_run_dir(self.sweep_dir, recorded)  # where it lies in a copied sweep dir
+        log.info("sweep job %s finished earlier (%s): kept", self.shown_key, run_dir)
         return float(recorded.get("value", math.nan))
 
     def _train_and_record(

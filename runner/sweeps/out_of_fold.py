@@ -26,6 +26,31 @@ class AuditError(RuntimeError):
     """The sweep dir holds nothing an audit can use; the message says what to run."""
 
 
+class UnreadableOutOfFold(ValueError):
+    """A fold job's file is missing, cut short or not one (the message names it)."""
+
+
+def read_out_of_fold(path: Path) -> dict[str, np.ndarray]:
+    """A fold job's saved outputs, by name (as `save_out_of_fold` wrote them).
+
+    Raises:
+        UnreadableOutOfFold: The file is missing, damaged, or lacks the fold's numbers. A
+            job writes it whole (temp file, then rename): a damaged one was copied so.
+    """
+    try:
+        with np.load(path) as saved:
+            part = {k: saved[k] for k in saved.files}
+        int(part["fold"]), int(part["num_folds"])
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        # numpy's own advice on pickled objects (allow_pickle) is no fix for a file
+        # that was saved without any: its first sentence says what failed.
+        reason = str(err).split(". ")[0] if str(err) else ""
+        raise UnreadableOutOfFold(
+            f"{path} cannot be read ({type(err).__name__}: {reason})"
+        ) from err
+    return part
+
+
 @dataclass
 class OutOfFold:
     """One model's outputs for some samples, as `OOF_FILE` holds them.
@@ -174,19 +199,17 @@ def merge_folds(sweep_dir: Path) -> MergedFolds:
     class_names, num_folds = None, None
     for run_dir, _ in runs:
         try:
-            with np.load(run_dir / OOF_FILE) as saved:
-                part = {k: saved[k] for k in saved.files}
-            fold, k = int(part["fold"]), int(part["num_folds"])
-        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as err:
-            # A job writes it whole (temp file, then rename): a damaged one was copied so.
+            part = read_out_of_fold(run_dir / OOF_FILE)
+        except UnreadableOutOfFold as err:
             log.warning(
-                "audit: %s cannot be read (%s: %s); its fold is left out. Copy it again, or "
-                "rerun that job (sweep.resume=<sweep dir>)",
-                run_dir / OOF_FILE,
-                type(err).__name__,
+                "audit: %s; its fold is left out. Copy it again, or run the sweep again "
+                "with sweep.resume=%s: a finished fold job whose file is missing or "
+                "unreadable tests its best weights again and rewrites it",
                 err,
+                sweep_dir,
             )
             continue
+        fold, k = int(part["fold"]), int(part["num_folds"])
         names = [str(n) for n in part["class_names"]]
         if fold in run_dirs:
             raise AuditError(

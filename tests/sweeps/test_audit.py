@@ -270,6 +270,7 @@ def test_a_damaged_fold_file_is_named_and_the_others_are_audited(tmp_path, caplo
     merged = merge_folds(sweep)
     assert len(merged.missing_folds) == 1 and len(merged.run_dirs) == 3
     assert f"audit: {damaged} cannot be read (BadZipFile" in caplog.text
+    assert "a finished fold job whose file is missing or unreadable tests" in caplog.text
     for path in sweep.glob(f"*/{OOF_FILE}"):
         path.write_bytes(b"")
     with pytest.raises(AuditError, match=r"no fold job of .* has a readable out_of_fold\.npz"):
@@ -585,6 +586,19 @@ def test_experiment_audit_runs_the_fold_jobs_and_audits_them(tmp_path):
     assert folds == ["data.fold=0", "data.fold=1"] and len(jobs) == 2
     assert {job["sweep_dir"] for job in jobs.values()} == {str(sweep.resolve())}
     check_audited_sweep(out, sweep)
+    # A fold file damaged by a copy: the audit's advice, sweep.resume, kept the finished
+    # job as it was, and the fold stayed out. The job now runs again and rewrites it.
+    damaged = sweep / "1" / OOF_FILE
+    intact = (sweep / "0" / OOF_FILE).read_bytes()
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    again = subprocess.run(
+        [*command, f"sweep.resume={sweep}"], capture_output=True, text=True, timeout=600
+    )
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output[-3000:]
+    assert f"runs again: {damaged} cannot be read (BadZipFile" in output
+    assert "finished earlier" in output and (sweep / "0" / OOF_FILE).read_bytes() == intact
+    assert len(merge_folds(sweep).run_dirs) == 2 and "missing folds" not in output
 
 
 def test_folds_a_class_cannot_fill_stop_the_sweep_at_the_first_job_without_an_audit(tmp_path):
