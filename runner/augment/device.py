@@ -84,6 +84,15 @@ class DeviceAugment(nn.Module):
                     "instantiate(cfg.aug, num_classes=...)"
                 )
             self.mixer = MixUpCutMix(num_classes, mixup_alpha, cutmix_alpha, mix_prob)
+            if mix_prob == 0:  # a warning, as below: a sweep may turn the mixing off
+                alphas = {"mixup_alpha": mixup_alpha, "cutmix_alpha": cutmix_alpha}
+                given = [f"aug.{key}={alpha}" for key, alpha in alphas.items() if alpha > 0]
+                log.warning(
+                    "%s %s no effect with aug.mix_prob=0: no sample is mixed; set aug.mix_prob "
+                    "above 0 to mix, or the alpha to 0 to train without mixing",
+                    " and ".join(given),
+                    "has" if len(given) == 1 else "have",
+                )
         elif mix_prob != 1:  # a warning, not an error: a sweep may turn the mixing off
             log.warning(
                 "aug.mix_prob=%s is ignored: MixUp and CutMix are off (aug.mixup_alpha=0, "

@@ -165,6 +165,24 @@ def test_mix_prob_without_mixup_or_cutmix_is_reported_as_ignored(make_cfg, caplo
     assert "aug.mix_prob=0.5 is ignored: MixUp and CutMix are off" in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["aug.mixup_alpha=0.4"], "aug.mixup_alpha=0.4 has no effect"),
+        (
+            ["aug.mixup_alpha=0.4", "aug.cutmix_alpha=1.0"],
+            "aug.mixup_alpha=0.4 and aug.cutmix_alpha=1.0 have no effect",
+        ),
+    ],
+)
+def test_mixup_or_cutmix_with_mix_prob_zero_is_reported_as_having_no_effect(
+    make_cfg, caplog, overrides, expected
+):
+    """It trained without mixing and said nothing (the converse warns, above)."""
+    build(make_cfg, "basic", "aug.mix_prob=0", *overrides)
+    assert f"{expected} with aug.mix_prob=0: no sample is mixed" in caplog.text
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_sizes_follow_the_data_image_size(make_cfg, preset):
     augment = build(make_cfg, preset, "data.image_size=24").train()
