@@ -1,0 +1,118 @@
+"""`check_transforms`: every bad `aug.transforms` entry is named, with its value and the
+fix, before the data is built (each test here was a traceback, a late error or a silent
+run before the check covered it)."""
+
+from __future__ import annotations
+
+import pytest
+
+from runner.augment.checks import check_transforms
+from runner.config.errors import ConfigError
+from runner.config.validation import validate
+
+
+def check(make_cfg, *overrides: str) -> None:
+    """Composes the run's config and checks its transforms as a run does at its start."""
+    cfg = make_cfg(*overrides)
+    validate(cfg)
+    check_transforms(cfg.aug)
+
+
+def refused(make_cfg, *overrides: str) -> str:
+    """The check's error for `overrides`."""
+    with pytest.raises(ConfigError) as info:
+        check(make_cfg, *overrides)
+    return str(info.value)
+
+
+# --- the list and its entries ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["abc", "5"])
+def test_transforms_that_are_not_a_list_are_refused(make_cfg, value):
+    """`node.get` on a str or int raised AttributeError."""
+    message = refused(make_cfg, f"aug.transforms={value}")
+    assert message.startswith("aug.transforms must be a list of {_target_: ...} entries; got ")
+    assert "e.g. aug.transforms=[{_target_: kornia.augmentation.RandomAffine" in message
+
+
+def test_an_entry_that_is_not_a_mapping_is_named_with_its_value(make_cfg):
+    affine = "{_target_: kornia.augmentation.RandomAffine, degrees: 5}"
+    message = refused(make_cfg, f"aug.transforms=[{affine},2]")
+    assert message.startswith("aug.transforms.1=2 is not a transform: each entry of")
+
+
+def test_an_entry_without_a_target_is_refused_at_check_time(make_cfg):
+    """It reached the data and failed in Kornia ("Only nn.Module are supported")."""
+    message = refused(make_cfg, "aug.transforms=[{p: 0.5}]")
+    assert message.startswith(
+        "aug.transforms.0 has no _target_: name the class, e.g. _target_: "
+        "kornia.augmentation.RandomAffine"
+    )
+
+
+def test_a_class_that_cannot_be_imported_names_the_target(make_cfg):
+    """It said "cannot be built: ImportError ... Fix its parameters"."""
+    message = refused(make_cfg, "aug.transforms=[{_target_: kornia.augmentation.NoSuchThing}]")
+    assert message.startswith(
+        "aug.transforms.0: _target_='kornia.augmentation.NoSuchThing' cannot be imported: "
+        "check the class name"
+    )
+    assert "kornia.augmentation.<Name>" in message
+    assert "Fix its parameters" not in message
+
+
+# --- parameters --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["aug=strong", "aug.transforms.1.brightness=[1.5,0.5]"],
+            "aug.transforms.1.brightness=[1.5, 0.5] (a list; its default is the number 0.0)",
+        ),
+        (
+            ["aug=strong", "aug.transforms.1.contrast=abc"],
+            "aug.transforms.1.contrast='abc' (a str; its default is the number 0.0)",
+        ),
+        (
+            ["aug=randaugment", "aug.transforms.1.m=abc"],
+            "aug.transforms.1.m='abc' (a str; it takes an int)",
+        ),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_named_by_its_key(make_cfg, overrides, expected):
+    """A comparison inside the constructor failed with a TypeError that named no key."""
+    message = refused(make_cfg, *overrides)
+    assert "cannot be built: TypeError" in message
+    assert f"These values look like the wrong type: {expected}" in message
+
+
+def test_a_type_error_without_a_telling_signature_lists_the_values_given(make_cfg):
+    message = refused(make_cfg, "aug.transforms.0.degrees=abc")
+    assert "aug.transforms.0 (RandomAffine) cannot be built: TypeError" in message
+    assert "Check the types of its values: aug.transforms.0.degrees='abc', " in message
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "aug.transforms.0.scale=[1.1,0.9]",
+            "aug.transforms.0 (RandomAffine): scale=[1.1, 0.9]: expected (min, max) with "
+            "min <= max; swap them (aug.transforms.0.scale=[0.9, 1.1])",
+        ),
+        (  # RandomAffine's scale for x, then y
+            "aug.transforms.0.scale=[0.9,1.1,1.2,0.8]",
+            "scale=[0.9, 1.1, 1.2, 0.8]: expected (min_x, max_x, min_y, max_y) with min <= max",
+        ),
+        (
+            "aug.transforms=[{_target_: kornia.augmentation.RandomErasing, ratio: [3.3, 0.3]}]",
+            "aug.transforms.0 (RandomErasing): ratio=[3.3, 0.3]: expected (min, max)",
+        ),
+    ],
+)
+def test_a_reversed_range_is_refused(make_cfg, override, expected):
+    """Kornia's RandomAffine took scale=[1.1, 0.9] in silence."""
+    assert expected in refused(make_cfg, override)
