@@ -2,19 +2,23 @@
 
 `DeviceAugment` needs the data's class count, so it is built after the data; its
 transforms do not, and each is built here on its own so that a bad parameter is named
-with its place in `aug.transforms` before a folder is decoded.
+with its place in `aug.transforms` before a folder is decoded. The built transforms then
+take a tiny batch of the data's image size, as the pipeline would hand it to them, so a
+module that fails on images, or changes their shape, is refused before the data too.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
+from runner.augment.device import DeviceAugment
 from runner.config.errors import ConfigError
 
 # Parameters read as (min, max) ranges (RandomAffine's scale may be two: x, then y).
@@ -26,16 +30,24 @@ RANGE_KEYS = ("scale", "ratio")
 EXAMPLE = "{_target_: kornia.augmentation.RandomAffine, degrees: 10}"
 
 
-def check_transforms(aug_cfg: Any) -> None:
-    """Builds each of `aug.transforms` alone and checks its entry and parameters.
+def check_transforms(aug_cfg: Any, image_size: int, channels: int = 3) -> None:
+    """Builds each of `aug.transforms` alone, then runs them on a tiny batch of images.
+
+    The batch is two images of `image_size` with `channels` channels, in the dtype and
+    range each transform gets them in training (uint8 for a first module that takes it,
+    else float in [0, 1]), on the CPU, without gradients and with a forked RNG, so the
+    run's seeded draws are the same as without the check.
 
     Args:
         aug_cfg: The `aug` config node.
+        image_size: Side of the data's square images (data.image_size).
+        channels: Channels of the data's images (data.channels; 3 after decoding).
 
     Raises:
         ConfigError: Naming the transform (`aug.transforms.<i>`, its class), the value
             and the fix: an entry that is not a transform, a class that cannot be
-            imported, a bad parameter.
+            imported, a bad parameter, a module that fails on the images or returns
+            another shape than it was given.
     """
     transforms = aug_cfg.get("transforms")
     if transforms is None:
@@ -46,8 +58,11 @@ def check_transforms(aug_cfg: Any) -> None:
             f"e.g. aug.transforms=[{EXAMPLE}], [] for none, or choose a preset (aug=basic)"
         )
     convert = aug_cfg.get("_convert_", "none")
-    for index, node in enumerate(transforms):
-        _build(index, node, convert)
+    built = [
+        (_name(index, node), _build(index, node, convert)) for index, node in enumerate(transforms)
+    ]
+    if built:
+        _run_on_a_small_batch(built, image_size, channels)
 
 
 def _name(index: int, node: Any) -> str:
@@ -157,3 +172,45 @@ def _plain(value: Any) -> Any:
     if isinstance(value, DictConfig | ListConfig):
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+def _run_on_a_small_batch(
+    built: Sequence[tuple[str, nn.Module]], image_size: int, channels: int
+) -> None:
+    """Passes two images through the transforms in order, as `DeviceAugment` does.
+
+    Each module runs in a `DeviceAugment` of its own, so it gets the dtype and range
+    the pipeline would give it (uint8 for a first module that takes it) and gray images
+    go through the policies as the pipeline passes them.
+    """
+    where = f"data.image_size={image_size}, data.channels={channels}"
+    shape = (2, channels, image_size, image_size)
+    generator = torch.Generator().manual_seed(0)  # the images: no draw from the run's RNG
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+    # The transforms draw from the host's global RNG: forked, so the run's draws are
+    # unchanged, and seeded, so the check's own draws are the same in every run.
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.default_generator.manual_seed(0)  # the host's only: fork_rng left CUDA's
+        for name, module in built:
+            step = DeviceAugment([module]).train()
+            try:
+                out = step(images)
+            except ConfigError as err:  # our own ops and DeviceAugment say what to set
+                # Their text names "Class (aug.transforms)" for when they run unchecked.
+                text = str(err).removeprefix(f"{type(module).__name__} (aug.transforms): ")
+                raise ConfigError(f"{name}: {text}") from err
+            except Exception as err:
+                reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0]}"
+                raise ConfigError(
+                    f"{name} fails on a batch of {channels}x{image_size}x{image_size} images "
+                    f"({where}): {reason}. Fix its parameters or leave it out of aug.transforms"
+                ) from err
+            if not isinstance(out, torch.Tensor) or out.shape != images.shape:
+                got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ConfigError(
+                    f"{name} returns images of shape {got} from images of shape "
+                    f"{tuple(images.shape[1:])} ({where}): the model would train on other "
+                    f"images than it is tested on. Use transforms that keep the images' "
+                    f"shape (a crop's size is [{image_size}, {image_size}]), or leave it out"
+                )
+            images = out

@@ -5,8 +5,11 @@ run before the check covered it)."""
 from __future__ import annotations
 
 import pytest
+import torch
 
+import runner.train
 from runner.augment.checks import check_transforms
+from runner.cli import main
 from runner.config.errors import ConfigError
 from runner.config.validation import validate
 
@@ -15,7 +18,7 @@ def check(make_cfg, *overrides: str) -> None:
     """Composes the run's config and checks its transforms as a run does at its start."""
     cfg = make_cfg(*overrides)
     validate(cfg)
-    check_transforms(cfg.aug)
+    check_transforms(cfg.aug, cfg.data.image_size, cfg.data.get("channels", 3))
 
 
 def refused(make_cfg, *overrides: str) -> str:
@@ -116,3 +119,61 @@ def test_a_type_error_without_a_telling_signature_lists_the_values_given(make_cf
 def test_a_reversed_range_is_refused(make_cfg, override, expected):
     """Kornia's RandomAffine took scale=[1.1, 0.9] in silence."""
     assert expected in refused(make_cfg, override)
+
+
+# --- a small batch through the built transforms -------------------------------------------
+
+
+def test_a_module_that_fails_on_images_is_refused_with_its_error(make_cfg):
+    """It passed the check and failed with a traceback in the preview, after the data."""
+    linear = "{_target_: torch.nn.Linear, in_features: 3, out_features: 3}"
+    message = refused(make_cfg, f"aug.transforms=[{linear}]")
+    assert message.startswith(
+        "aug.transforms.0 (Linear) fails on a batch of 3x32x32 images (data.image_size=32, "
+        "data.channels=3): RuntimeError: mat1 and mat2 shapes cannot be multiplied"
+    )
+
+
+def test_a_module_that_changes_the_image_shape_is_refused(make_cfg):
+    """AvgPool2d trained on 16x16 images and tested on 32x32 ones, in silence."""
+    message = refused(make_cfg, "aug.transforms=[{_target_: torch.nn.AvgPool2d, kernel_size: 2}]")
+    assert message.startswith(
+        "aug.transforms.0 (AvgPool2d) returns images of shape (3, 16, 16) from images of "
+        "shape (3, 32, 32) (data.image_size=32, data.channels=3)"
+    )
+
+
+def test_a_padding_the_images_cannot_mirror_is_refused_at_check_time(make_cfg):
+    """The same error came from the first batch, after the data was built."""
+    message = refused(make_cfg, "aug=flip_crop", "aug.transforms.0.padding=100")
+    assert message.startswith(
+        "aug.transforms.0 (RandomCropFlip): padding=100 with padding_mode='reflect' needs "
+        "images larger than the padding, and these are 32x32"
+    )
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize(
+    "preset", ["basic", "strong", "randaugment", "autoaugment", "trivialaugment", "flip_crop"]
+)
+def test_the_presets_pass_and_leave_the_runs_random_draws_alone(make_cfg, preset, channels):
+    """The check draws from a forked RNG: a seeded run draws what it drew without it."""
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    check(make_cfg, f"aug={preset}", "data.image_size=24", f"data.channels={channels}")
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_a_run_refuses_a_bad_transform_before_building_the_data(make_cfg, monkeypatch):
+    """The run's own order: the error is one line, and the data is never built."""
+
+    def build_data(*args, **kwargs):
+        raise AssertionError("the data was built before the transforms were checked")
+
+    monkeypatch.setattr(runner.train, "build_data", build_data)
+    cfg = make_cfg("aug.transforms=[{_target_: torch.nn.AvgPool2d, kernel_size: 2}]")
+    with pytest.raises(SystemExit) as info:
+        main(cfg)
+    message = str(info.value.code)
+    assert message.startswith("Error: aug.transforms.0 (AvgPool2d) returns images of shape")

@@ -302,7 +302,8 @@ def test_the_transform_check_builds_them_as_the_group_does(make_cfg):
     from runner.augment.checks import check_transforms
 
     crop = "{_target_:kornia.augmentation.RandomResizedCrop,size:[32,32],scale:[0.5,1.0]}"
-    check_transforms(make_cfg(f"aug.transforms=[{crop}]").aug)
+    cfg = make_cfg(f"aug.transforms=[{crop}]")
+    check_transforms(cfg.aug, cfg.data.image_size)
 
 
 def test_mode_throughput_without_its_preset_names_the_preset(make_cfg, tmp_path):
