@@ -209,8 +209,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        first_line = str(err).splitlines()[0] if str(err) else ""
+        # The first sentence only: torch goes on to advise loading the file unsafely
+        # (weights_only=False), which is no fix for a damaged file and a risk for a
+        # foreign one.
+        first = str(err).splitlines()[0].split(". ")[0].rstrip(".") if str(err) else ""
         raise CheckpointError(
-            f"checkpoint {path} cannot be loaded safely ({type(err).__name__}: {first_line}). "
+            f"checkpoint {path} cannot be loaded safely ({type(err).__name__}: {first}). "
             "It is truncated, not a checkpoint, or carries pickled objects, which are refused."
         ) from err

@@ -291,3 +291,15 @@ def test_a_checkpoint_resumes_only_on_the_data_it_was_trained_on(tmp_path):
     for changed in (tiny_data(("a", "b", "d")), tiny_data(("b", "a", "c"))):
         with pytest.raises(ConfigError, match="was trained on other data"):
             resume_or_start(tmp_path, "auto", small_parts(total_steps=6), changed, seed=0)
+
+
+def test_a_file_that_is_no_checkpoint_is_refused_without_advice_to_load_it_unsafely(tmp_path):
+    """torch's error went on into how to load the file with weights_only=False, which
+    runs whatever the file holds: no fix for random bytes, and a risk for a foreign file."""
+    junk = tmp_path / "best.pt"
+    junk.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(junk)
+    assert "(UnpicklingError: Weights only load failed)" in str(err.value)
+    assert "weights_only" not in str(err.value).replace("Weights only", "")
+    assert "truncated, not a checkpoint, or carries pickled objects" in str(err.value)
