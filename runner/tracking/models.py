@@ -281,7 +281,12 @@ def fetch_checkpoint(uri: str, tracking_uri: str, download_dir: Path) -> Fetched
             raise ModelNotFoundError(
                 f"ckpt={uri!r}: expected models:/<registered model name>/<version> (or "
                 "/latest), models:/<registered model name>@<alias> or models:/<logged model "
-                "id> (m-...)"
+                "id> (m- and 32 hex digits, as mlflow ui shows it)"
+                + (
+                    f"; {name!r} has {len(name) - 2} characters after m-"
+                    if name.startswith("m-") and not version and not alias
+                    else ""
+                )
             )
         wanted = f"alias {alias!r}" if alias else f"version {version!r}"
         try:

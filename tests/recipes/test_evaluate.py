@@ -593,6 +593,9 @@ def test_ckpt_errors_name_the_file_and_the_fix(tmp_path, trained):
         read_best(last)
     with pytest.raises(CheckpointError, match="run 'feedc0de' was not found in the MLflow"):
         resolve_ckpt("runs:/feedc0de", cfg, tmp_path / "dl")
+    # It was told to give an id of the form m-..., which it had.
+    with pytest.raises(CheckpointError, match=r"32 hex digits.*'m-deadbeef' has 8 characters"):
+        resolve_ckpt("models:/m-deadbeef", cfg, tmp_path / "dl")
     # A store that is not there: a mistyped SQLite path was created empty ("run not
     # found"), and a server that does not answer was retried for four minutes.
     typo = tmp_path / "typo" / "mlflow.db"
