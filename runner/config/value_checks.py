@@ -190,7 +190,12 @@ def _optional_train_batch_size(value: Any) -> str | None:
 def _resume(value: Any) -> str | None:
     if value in ("auto", "never") or (isinstance(value, str) and Path(value).is_file()):
         return None
-    return "auto, never, or the path of a checkpoint file (checkpoints/last.pt) that exists"
+    expected = "auto, never, or the path of a checkpoint file (checkpoints/last.pt) that exists"
+    folder = Path(value).expanduser() if isinstance(value, str) else None
+    if folder is None or not folder.is_dir():
+        return expected
+    found = [p for p in (folder / "last.pt", folder / "checkpoints" / "last.pt") if p.is_file()]
+    return f"{expected} (a folder{f': point at {found[0]}' if found else ''})"
 
 
 def _statistics(value: Any) -> str | None:

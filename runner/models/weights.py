@@ -37,9 +37,12 @@ def pretrained_file_path(pretrained_file: str | None, key: str) -> Path | None:
         return None
     path = Path(pretrained_file).expanduser()
     if not path.is_file():
+        what = "a folder, not a weights file" if path.is_dir() else "no such file"
+        inside = [p.name for p in (path / "best.pt", path / "model.safetensors") if p.is_file()]
+        hint = f" (it holds {' and '.join(inside)})" if path.is_dir() and inside else ""
         raise PretrainedWeightsError(
-            f"{key}={pretrained_file!r}: no such file. Point it at a local weights file "
-            "(.safetensors, .pth or .bin)."
+            f"{key}={pretrained_file!r}: {what}{hint}. Point it at a local weights file "
+            "(.safetensors, .pth or .bin, or a run's checkpoints/best.pt)."
         )
     return path
 

@@ -589,3 +589,23 @@ def test_keys_added_after_runs_were_written_default_to_what_their_absence_did(ma
     cfg = make_cfg(f"optim={optim}", "logger=mlflow", tiny=False)
     for key, value in ADDED_KEYS.items():
         assert OmegaConf.select(cfg, key) == value, key
+
+
+def test_a_folder_given_for_a_checkpoint_or_weights_file_is_named_with_the_file_in_it(tmp_path):
+    """trainer.resume=<run dir>/checkpoints and model.pretrained_file=<that folder> were
+    told "no such file" (or only what resume takes), as ckpt=<folder> no longer is."""
+    from runner.config.value_checks import CHECKS
+    from runner.models.weights import PretrainedWeightsError, pretrained_file_path
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for name in ("last.pt", "best.pt"):
+        (checkpoints / name).write_bytes(b"")
+    for folder in (checkpoints.parent, checkpoints):
+        assert CHECKS["trainer.resume"](str(folder)).endswith(
+            f"(a folder: point at {checkpoints / 'last.pt'})"
+        )
+    with pytest.raises(
+        PretrainedWeightsError, match=r"a folder, not a weights file \(it holds best"
+    ):
+        pretrained_file_path(str(checkpoints), "model.pretrained_file")
