@@ -223,7 +223,16 @@ def list_images(source: str) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise ConfigError(f"predict.input={source!r}: no such file or folder")
+        pattern = any(mark in path.name for mark in "*?[")
+        raise ConfigError(
+            f"predict.input={source!r}: no such file or folder"
+            + (
+                f"; a pattern is not expanded: give the folder ({path.parent}), whose "
+                "images are all labelled"
+                if pattern
+                else ""
+            )
+        )
     files = visible_files(path, regular_only=True)  # a FIFO would make predict wait
     if not files:
         raise ConfigError(f"predict.input={source!r}: the folder holds no files")

@@ -1032,3 +1032,19 @@ def test_predict_lists_a_folder_with_a_link_back_to_itself_once(tmp_path):
     (folder / "sub" / "loop").symlink_to(folder)  # os.walk followed it 40 levels deep
     listed = [p.relative_to(folder).as_posix() for p in list_images(str(folder))]
     assert listed == ["a.png", "sub/b.png"]
+
+
+def test_a_pattern_as_predict_input_is_told_to_be_a_folder(tmp_path):
+    """`predict.input=<folder>/*.png` was refused as a path that does not exist, which
+    did not say that no pattern is expanded."""
+    from runner.predict import list_images
+
+    (tmp_path / "in").mkdir()
+    with pytest.raises(ConfigError) as err:
+        list_images(f"{tmp_path}/in/*.png")
+    assert str(err.value).endswith(
+        f"no such file or folder; a pattern is not expanded: give the folder ({tmp_path}/in), "
+        "whose images are all labelled"
+    )
+    with pytest.raises(ConfigError, match=r"no such file or folder$"):
+        list_images(f"{tmp_path}/in/missing.png")
