@@ -176,6 +176,15 @@ def fit(
             state.epochs_since_best,
         )
         return
+    if state.epoch >= trainer.max_epochs and not state.partial_epoch:
+        # Rerun in place (the reports again) or resumed from a finished last.pt elsewhere.
+        log.info(
+            "nothing to train: the checkpoint this run resumed finished its %d epoch(s) "
+            "(trainer.max_epochs=%d); its best weights are tested again. Raise "
+            "trainer.max_epochs to train on",
+            state.epoch,
+            trainer.max_epochs,
+        )
     for epoch in range(state.epoch + 1, trainer.max_epochs + 1):
         unfinished = None
         if state.partial_epoch:

@@ -68,7 +68,7 @@ def test_async_writer_reports_a_failed_write(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_resumed_from_another_dirs_last_pt_takes_its_best_pt_along(tmp_path):
+def test_a_run_resumed_from_another_dirs_last_pt_takes_its_best_pt_along(tmp_path, caplog):
     """The resumed state keeps that run's best value: with no epoch left to beat it, the
     new run dir would have no best.pt to test. It is copied at the start; a best.pt that
     is not beside last.pt is refused before anything trains."""
@@ -80,7 +80,12 @@ def test_a_run_resumed_from_another_dirs_last_pt_takes_its_best_pt_along(tmp_pat
 
     run(compose_run(tmp_path, "first", "logger=none"))
     last = tmp_path / "first" / "checkpoints" / "last.pt"
-    run(compose_run(tmp_path, "second", "logger=none", f"trainer.resume={last}"))
+    with caplog.at_level("INFO", logger="runner"):
+        run(compose_run(tmp_path, "second", "logger=none", f"trainer.resume={last}"))
+    # A finished last.pt: it went straight to the test without a word.
+    assert "nothing to train: the checkpoint this run resumed finished its 1 epoch(s)" in (
+        caplog.text
+    )
     second = tmp_path / "second"
     assert (second / "checkpoints" / "best.pt").read_bytes() == (
         tmp_path / "first" / "checkpoints" / "best.pt"
