@@ -167,8 +167,14 @@ def resume_or_start(
     return state
 
 
+# The files that say what the earlier run of a dir was and what it reached.
+RUN_RECORDS = ("metrics.json", "config_resolved.yaml")
+
+
 def set_aside_checkpoints(run_dir: Path) -> Path | None:
     """Moves an earlier run's checkpoints/ to checkpoints.replaced-<time>/ (rank 0 only).
+
+    Its metrics.json and config_resolved.yaml go along, which this run would overwrite.
 
     For `trainer.resume=never` in a run dir that has checkpoints: they are kept, but not
     where this run writes. Left in place, a run that ended before its first checkpoint
@@ -188,6 +194,10 @@ def set_aside_checkpoints(run_dir: Path) -> Path | None:
         number += 1
         aside = run_dir / f"checkpoints.replaced-{stamp}-{number}"
     folder.rename(aside)
+    # Their record goes with them: this run writes its own in their place.
+    for record in RUN_RECORDS:
+        if (run_dir / record).is_file():
+            (run_dir / record).rename(aside / record)
     log.warning("trainer.resume=never: the earlier checkpoints of %s are now in %s", run_dir, aside)
     return aside
 

@@ -108,6 +108,9 @@ def test_a_run_dir_is_not_resumed_with_another_config(make_cfg, tmp_path):
     assert not list((run_dir / "checkpoints").glob("*.pt"))
     (aside,) = run_dir.glob("checkpoints.replaced-*")
     assert {p.name: p.read_bytes() for p in aside.glob("*.pt")} == earlier
+    # Their record went with them (this run overwrote it in place).
+    assert json.loads((aside / "metrics.json").read_text())["epochs"] == 2
+    assert "lr: 0.003" in (aside / "config_resolved.yaml").read_text()
     run(make_cfg("optim.lr=0.01"))  # auto: a fresh start, not epoch 3 of the earlier run
     assert len(query(db, "SELECT status FROM runs")) == 3
     last = json.loads((run_dir / "metrics.json").read_text())
