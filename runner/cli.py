@@ -30,9 +30,45 @@ def main(cfg: DictConfig) -> float:
         return run(cfg)
     except Exception as err:
         mistake = user_error(err)
-        if mistake is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if job_mode(cfg) != "train" and _in_a_sweep():  # a train job's SweepJob records it
+            return _failed_sweep_job(cfg, err, mistake)
+        if mistake is None:
             raise
         raise SystemExit(f"Error: {mistake}") from None
+
+
+def _in_a_sweep() -> bool:
+    """Whether this job is one of a `-m` sweep's."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _failed_sweep_job(cfg: DictConfig, err: Exception, mistake: UserError | None) -> float:
+    """Reports a failed job of an eval, predict, preview or throughput sweep; returns NaN.
+
+    Such a sweep keeps no manifest, and its error used to end it at the first failing
+    job: the job's error goes to its run dir (`JOB_ERROR_FILE`) instead, the other jobs
+    go on, and the sweep's end lists the failed ones and exits 1.
+    """
+    import logging
+    import math
+    import sys
+    import traceback
+
+    from runner.sweeps.manifest import JOB_ERROR_FILE
+
+    text = str(mistake) if mistake is not None else f"{type(err).__name__}: {err}"
+    if mistake is None:  # not a user's mistake: the traceback says where
+        logging.getLogger(__name__).error("%s", "".join(traceback.format_exception(err)))
+    print(f"Error: {text}", file=sys.stderr, flush=True)
+    run_dir = Path(str(cfg.paths.run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / JOB_ERROR_FILE).write_text(text + "\n", encoding="utf-8")
+    return math.nan
 
 
 def user_error(err: BaseException | None) -> UserError | None:

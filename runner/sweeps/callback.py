@@ -23,6 +23,7 @@ from runner.config.redaction import public_uri, redacted_overrides
 from runner.sweeps.audit import audit_if_asked, partial_folds_warning
 from runner.sweeps.grid import group_options, refuse_bad_jobs
 from runner.sweeps.manifest import (
+    JOB_ERROR_FILE,
     MANIFEST_FILE,
     PARENT_RUN,
     STOP_FILE,
@@ -55,6 +56,8 @@ class SweepCallback(Callback):
         self.sweep_dir: Path | None = None
         self.sweep_lock: IO[str] | None = None  # open while this process runs the sweep
         self.sigterm_before: Any = None  # SIGTERM's handler before the sweep began
+        # The sweep dir of a sweep of another mode than train, whose failed jobs are listed.
+        self.untracked_sweep: Path | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """The callback without its lock: submitit pickles it into every job it sends."""
@@ -80,6 +83,7 @@ class SweepCallback(Callback):
         mode = job_mode(config)
         if mode != "train":  # eval, predict, preview, throughput: their jobs track no runs
             log.info("a sweep of mode=%s: no parent MLflow run and no sweep summary", mode)
+            self.untracked_sweep = Path(config.hydra.sweep.dir).resolve()
             return
         for warning in (cluster_store_warning(config), partial_folds_warning(config)):
             if warning:
@@ -156,6 +160,8 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Summarises the jobs, logs the summary to the parent run, sets the exit status."""
         if self.sweep_dir is None:  # not a training sweep: nothing was tracked
+            if self.untracked_sweep is not None and not submits_only(config):
+                _refuse_failed_untracked_jobs(self.untracked_sweep, job_mode(config))
             return
         if self.sigterm_before is not None:
             signal.signal(signal.SIGTERM, self.sigterm_before)
@@ -397,3 +403,25 @@ def _log_and_audit(
             log.warning("audit skipped: no fold job finished (their errors follow)")
         return None
     return audit_if_asked(config, sweep_dir, tracker)
+
+
+def _refuse_failed_untracked_jobs(sweep_dir: Path, mode: str) -> None:
+    """Ends a sweep of eval, predict, preview or throughput with status 1 when a job failed.
+
+    Its failed jobs left their error in their run dir (runner.cli): each is listed, as a
+    training sweep lists its failed jobs.
+    """
+    failed = sorted(  # by job number: 2 before 10
+        sweep_dir.glob(f"*/{JOB_ERROR_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name)
+    )
+    if not failed:
+        return
+    jobs = [p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()]
+    listing = "\n".join(
+        f"  {path.parent}: {path.read_text(encoding='utf-8').strip().splitlines()[0]}"
+        for path in failed
+    )
+    raise SystemExit(
+        f"Error: {len(failed)} of {len(jobs)} job(s) of this mode={mode} sweep failed (the "
+        f"others ran):\n{listing}"
+    )

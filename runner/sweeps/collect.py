@@ -13,6 +13,7 @@ from typing import Any
 
 from runner.sweeps.manifest import (
     ABANDONED,
+    JOB_ERROR_FILE,
     JOB_LOCK_FILE,
     REPLACED,
     SweepFileError,
@@ -113,8 +114,8 @@ def sweep_jobs(sweep_dir: Path, mode: str = "train") -> list[dict]:
 def _output_state(run_dir: Path, mode: str) -> str:
     """The state of a job of another mode than train, by what its run dir holds."""
     output, whole = MODE_OUTPUTS[mode]
-    if (run_dir / "traceback.txt").exists():  # eval writes it as train does
-        return "FAILED"
+    if (run_dir / "traceback.txt").exists() or (run_dir / JOB_ERROR_FILE).exists():
+        return "FAILED"  # eval writes a traceback as train does; any mode its error
     if not (run_dir / output).exists():
         return NO_OUTPUT
     return "FINISHED" if whole else WROTE_OUTPUT

@@ -772,6 +772,25 @@ def test_a_sweep_over_checkpoints_evaluates_each(trained, tmp_path):
     assert len(metrics) == 2
     accs = [json.loads(m.read_text())["test/acc"] for m in metrics]
     assert accs[0] == accs[1]
+    # A job that fails (a damaged file, found only when it is read): its error ended the
+    # sweep there, and the jobs after it never ran.
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(first.read_bytes()[:1000])
+    sweep = tmp_path / "sweep"
+    done = run_cli(
+        "-m",
+        "mode=eval",
+        f"ckpt={damaged},{second}",
+        f"hydra.sweep.dir={sweep}",
+        f"paths.output_dir={tmp_path / 'out'}",
+        "analysis.enabled=false",
+        "logger=none",
+        timeout=600,
+    )
+    assert done.returncode == 1, (done.stdout + done.stderr)[-3000:]
+    assert "Error: 1 of 2 job(s) of this mode=eval sweep failed (the others ran):" in done.stderr
+    assert f"{sweep}/0: checkpoint {damaged} cannot be loaded safely" in done.stderr
+    assert json.loads((sweep / "1" / "metrics.json").read_text())["test/acc"] == accs[0]
 
 
 def test_a_predict_sweep_whose_jobs_share_one_output_file_is_refused_at_start(trained, tmp_path):

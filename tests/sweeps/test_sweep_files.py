@@ -175,3 +175,6 @@ def test_collect_of_a_preview_sweep_says_what_its_jobs_left(tmp_path, capsys):
     assert "UNKNOWN" not in first + second
     assert "FINISHED means the job's dir holds its aug_preview.png" in legend
     assert not (sweep / "summary.md").exists()
+    (sweep / "1" / "error.txt").write_text("aug.transforms.0 (Linear) fails on ...\n")
+    assert main(["collect", str(sweep)]) == 1  # a failed job, as in a training sweep
+    assert "#1 job - FAILED" in capsys.readouterr().out.splitlines()[1]
