@@ -6,7 +6,11 @@ the package and may import everything below it.
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,13 +19,17 @@ from omegaconf import DictConfig, OmegaConf
 from runner.config.errors import UserError
 from runner.config.modes import job_mode
 
+log = logging.getLogger(__name__)
+
 
 def main(cfg: DictConfig) -> float:
     """What `python run.py` calls: `run`, with a user's mistake shown as one line.
 
     A `UserError` (a bad key, file or value; its message says what to change) ends the
     command with "Error: <message>" and exit status 1, without a traceback, unless
-    `HYDRA_FULL_ERROR=1` asks for it; every other exception keeps its traceback.
+    `HYDRA_FULL_ERROR=1` asks for it; every other exception keeps its traceback. In a
+    `-m` sweep of eval, predict, preview or throughput, a failed job's error is recorded
+    in its run dir and the sweep goes on (a training job's `SweepJob` records its own).
     """
     from runner.training import startup_clock
 
@@ -50,20 +58,15 @@ def _in_a_sweep() -> bool:
 def _failed_sweep_job(cfg: DictConfig, err: Exception, mistake: UserError | None) -> float:
     """Reports a failed job of an eval, predict, preview or throughput sweep; returns NaN.
 
-    Such a sweep keeps no manifest, and its error used to end it at the first failing
-    job: the job's error goes to its run dir (`JOB_ERROR_FILE`) instead, the other jobs
-    go on, and the sweep's end lists the failed ones and exits 1.
+    Such a sweep keeps no manifest: the job's error goes to its run dir
+    (`JOB_ERROR_FILE`), the other jobs go on, and the sweep's end
+    (`runner.sweeps.callback`) lists the failed ones and exits 1.
     """
-    import logging
-    import math
-    import sys
-    import traceback
-
     from runner.sweeps.manifest import JOB_ERROR_FILE
 
     text = str(mistake) if mistake is not None else f"{type(err).__name__}: {err}"
     if mistake is None:  # not a user's mistake: the traceback says where
-        logging.getLogger(__name__).error("%s", "".join(traceback.format_exception(err)))
+        log.error("%s", "".join(traceback.format_exception(err)))
     print(f"Error: {text}", file=sys.stderr, flush=True)
     run_dir = Path(str(cfg.paths.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
