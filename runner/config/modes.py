@@ -90,15 +90,17 @@ def mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) ->
         for key in typed_keys
         if key.startswith(f"{other}.")  # the other mode's settings (eval.tta=flip)
     ]
-    if OmegaConf.select(cfg, "ckpt", default=None) is None and "ckpt" not in swept_values:
+    ckpt = OmegaConf.select(cfg, "ckpt", default=None)
+    swept = "ckpt" in swept_values  # each job checks its own
+    if ckpt is None and not swept:
         problems.append(
             f"mode={mode} needs a checkpoint: set ckpt=<run dir>/checkpoints/best.pt "
             "or ckpt=runs:/<mlflow run id>"
         )
-    ckpt = OmegaConf.select(cfg, "ckpt", default=None)
-    problem = ckpt_file_problem(ckpt) if isinstance(ckpt, str) and ckpt else None
-    if problem is not None and "ckpt" not in swept_values:  # a sweep's: in each job
-        problems.append(f"ckpt={ckpt!r}: {problem}")
+    if isinstance(ckpt, str) and ckpt and not swept:
+        problem = ckpt_file_problem(ckpt)  # a file that is not there; a URI is the store's
+        if problem is not None:
+            problems.append(f"ckpt={ckpt!r}: {problem}")
     given = OmegaConf.select(cfg, "predict.input", default=None) is not None
     if mode == "predict" and not given and "predict.input" not in swept_values:
         problems.append(

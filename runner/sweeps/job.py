@@ -144,7 +144,7 @@ class SweepJob:
             return True
         outputs = job_run_dir(self.sweep_dir, recorded) / OOF_FILE
         try:
-            read_out_of_fold(outputs)
+            read_out_of_fold(outputs, numbers_only=True)
         except UnreadableOutOfFold as err:
             if say:
                 log.warning("sweep job %s runs again: %s", self.shown_key, err)

@@ -30,8 +30,14 @@ class UnreadableOutOfFold(ValueError):
     """A fold job's file is missing, cut short or not one (the message names it)."""
 
 
-def read_out_of_fold(path: Path) -> dict[str, np.ndarray]:
+def read_out_of_fold(path: Path, numbers_only: bool = False) -> dict[str, np.ndarray]:
     """A fold job's saved outputs, by name (as `save_out_of_fold` wrote them).
+
+    Args:
+        path: The file.
+        numbers_only: Read only its fold and fold count: enough to tell a whole file from
+            one cut short (the archive's directory is at its end) without reading the
+            embeddings, which for fold 0 cover the whole train split.
 
     Raises:
         UnreadableOutOfFold: The file is missing, damaged, or lacks the fold's numbers. A
@@ -39,7 +45,8 @@ def read_out_of_fold(path: Path) -> dict[str, np.ndarray]:
     """
     try:
         with np.load(path) as saved:
-            part = {k: saved[k] for k in saved.files}
+            names = ("fold", "num_folds") if numbers_only else saved.files
+            part = {k: saved[k] for k in names}
         int(part["fold"]), int(part["num_folds"])
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as err:
         # numpy's own advice on pickled objects (allow_pickle) is no fix for a file
