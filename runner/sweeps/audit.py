@@ -325,7 +325,10 @@ def audit_if_asked(config: DictConfig, sweep_dir: Path, tracker: Tracker | None)
     try:
         audit_and_log(sweep_dir, tracker, int(thumbnails))
     except Exception as err:  # the jobs' results stand; the audit can be redone from them
-        log.exception("audit of %s failed", sweep_dir)
+        if isinstance(err, AuditError):  # what the sweep dir holds: the message says it
+            log.error("audit of %s failed: %s", sweep_dir, err)
+        else:
+            log.exception("audit of %s failed", sweep_dir)
         if tracker is not None:
             tracker.set_tags({"audit": f"failed: {type(err).__name__}: {err}"[:250]})
         return (

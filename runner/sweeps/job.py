@@ -134,9 +134,9 @@ class SweepJob:
     def _done(self, cfg: DictConfig, recorded: dict[str, Any], say: bool = True) -> bool:
         """Whether the job finished earlier and left what it was run for.
 
-        A k-fold job is run for its out_of_fold.npz: when that is missing or damaged (a
-        copied sweep dir), the job runs again, resuming its finished run, which tests
-        its best weights again and writes the file anew.
+        A k-fold job is run for its out_of_fold.npz: when that is missing, damaged or
+        another fold's (a copied sweep dir), the job runs again, resuming its finished
+        run, which tests its best weights again and writes the file anew.
         """
         if recorded.get("status") != "FINISHED":
             return False
@@ -144,12 +144,17 @@ class SweepJob:
             return True
         outputs = job_run_dir(self.sweep_dir, recorded) / OOF_FILE
         try:
-            read_out_of_fold(outputs, numbers_only=True)
+            held_out = int(read_out_of_fold(outputs, numbers_only=True)["fold"])
         except UnreadableOutOfFold as err:
-            if say:
-                log.warning("sweep job %s runs again: %s", self.shown_key, err)
-            return False
-        return True
+            problem = str(err)
+        else:
+            fold = int(cfg.data.fold)
+            if held_out == fold:
+                return True
+            problem = f"{outputs} holds the outputs of fold {held_out}, not of its fold {fold}"
+        if say:
+            log.warning("sweep job %s runs again: %s", self.shown_key, problem)
+        return False
 
     def run(self, cfg: DictConfig, train: Callable[[DictConfig, SweepJob], float]) -> float:
         """Runs `train` as this job: skips, records and contains failures.

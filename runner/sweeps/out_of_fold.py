@@ -222,7 +222,9 @@ def merge_folds(sweep_dir: Path) -> MergedFolds:
             raise AuditError(
                 f"two jobs of {sweep_dir} held out fold {fold}: {run_dirs[fold]} and "
                 f"{run_dir}. The audit merges one job per fold; audit a sweep whose jobs "
-                "differ only by data.fold."
+                "differ only by data.fold. Where a job's out_of_fold.npz was copied from "
+                "another's, delete it and run the sweep again with sweep.resume=<sweep dir>: "
+                "that job runs again and writes its own."
             )
         if class_names is not None and (names != class_names or k != num_folds):
             raise AuditError(

@@ -277,6 +277,23 @@ def test_a_damaged_fold_file_is_named_and_the_others_are_audited(tmp_path, caplo
         merge_folds(sweep)
 
 
+def test_two_jobs_holding_out_one_fold_fail_the_audit_with_a_fix_and_no_traceback(tmp_path, caplog):
+    """A fold file copied over another job's: the sweep's audit printed a traceback, and
+    its advice did not say how to get the job's own file back."""
+    from omegaconf import OmegaConf
+
+    from runner.sweeps.audit import audit_if_asked
+
+    sweep, _ = fake_sweep(tmp_path / "sweep")
+    first, second = sorted(sweep.glob(f"*/{OOF_FILE}"))[:2]
+    second.write_bytes(first.read_bytes())
+    config = OmegaConf.create({"audit": {"enabled": True, "num_thumbnails": 0}})
+    problem = audit_if_asked(config, sweep, None)
+    assert problem is not None and "held out fold" in problem
+    assert "delete it and run the sweep again with sweep.resume=" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
 def test_an_audit_redone_with_a_fold_missing_keeps_the_complete_one_beside_it(tmp_path):
     """A redo after a fold's out_of_fold.npz went missing replaced the complete audit's
     files with those of fewer samples, and the complete ones were lost."""
@@ -599,6 +616,15 @@ def test_experiment_audit_runs_the_fold_jobs_and_audits_them(tmp_path):
     assert f"runs again: {damaged} cannot be read (BadZipFile" in output
     assert "finished earlier" in output and (sweep / "0" / OOF_FILE).read_bytes() == intact
     assert len(merge_folds(sweep).run_dirs) == 2 and "missing folds" not in output
+    # Another job's file copied over it: kept, and the audit then failed with a traceback.
+    (sweep / "1" / OOF_FILE).write_bytes(intact)
+    again = subprocess.run(
+        [*command, f"sweep.resume={sweep}"], capture_output=True, text=True, timeout=600
+    )
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output[-3000:]
+    assert f"runs again: {damaged} holds the outputs of fold 0, not of its fold 1" in output
+    assert sorted(merge_folds(sweep).run_dirs) == [0, 1] and "Traceback" not in output
 
 
 def test_folds_a_class_cannot_fill_stop_the_sweep_at_the_first_job_without_an_audit(tmp_path):
