@@ -62,7 +62,7 @@ def _failed_sweep_job(cfg: DictConfig, err: Exception, mistake: UserError | None
     (`JOB_ERROR_FILE`), the other jobs go on, and the sweep's end
     (`runner.sweeps.callback`) lists the failed ones and exits 1.
     """
-    from runner.sweeps.manifest import JOB_ERROR_FILE
+    from runner.config.callback import JOB_ERROR_FILE
 
     text = str(mistake) if mistake is not None else f"{type(err).__name__}: {err}"
     if mistake is None:  # not a user's mistake: the traceback says where

@@ -72,19 +72,23 @@ class ValidateConfigCallback(Callback):
 # What eval, predict, preview and throughput leave in their run dir (a run that failed
 # before its results leaves none of them: the same command may run there again).
 EARLIER_RESULTS = ("metrics.json", "predictions.csv", "aug_preview.png", "throughput.json")
+# What a failed job of a sweep of those modes leaves in its run dir instead (its error):
+# those sweeps keep no manifest, and their other jobs go on (runner.cli).
+JOB_ERROR_FILE = "error.txt"
 
 
 def _refuse_training_run_dir(
     config: DictConfig, keys: tuple[str, ...] = ("hydra.run.dir", "paths.run_dir")
 ) -> None:
-    """Refuses, for any mode but train, a run dir holding a training run or another's results.
+    """Refuses a run dir whose earlier run's files the command would overwrite.
 
-    Eval would replace its metrics.json and reports, and every mode its config record
+    For any mode but train: a dir holding a training run, or another run's results. Eval
+    would replace its metrics.json and reports, and every mode its config record
     (.hydra/, which Hydra rewrites) and run.log; a training run in its own dir resumes.
+    For train: a dir holding the results of an eval, predict, preview or throughput run
+    (results and no checkpoints), which a training run would replace with its own.
     """
     mode = job_mode(config)
-    if mode == "train":
-        return
     for key in keys:
         parent_key, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(config, parent_key, default=None)
@@ -94,7 +98,18 @@ def _refuse_training_run_dir(
         if folder is None:
             continue
         where = Path(str(folder)).expanduser()
-        if (where / "checkpoints").is_dir():
+        trained = (where / "checkpoints").is_dir()
+        if mode == "train":
+            results = [name for name in EARLIER_RESULTS if (where / name).is_file()]
+            if results and not trained:
+                raise SystemExit(
+                    f"Error: {key}={str(folder)!r} holds the results of an earlier run "
+                    f"that did not train ({', '.join(results)}), which a training run would "
+                    f"overwrite: leave {key} out (each run gets a run dir of its own), or "
+                    "name a new folder"
+                )
+            continue
+        if trained:
             raise SystemExit(
                 f"Error: {key}={str(folder)!r} holds a training run (checkpoints/), whose "
                 f"metrics.json, reports and config record (.hydra/) mode={mode} would "
@@ -131,6 +146,21 @@ def _refuse_training_sweep_dir(config: DictConfig) -> None:
         raise SystemExit(
             f"Error: hydra.sweep.dir={str(folder)!r} holds training runs "
             f"({trained[0].relative_to(base)}/), whose files the mode={mode} jobs "
+            "would overwrite: leave hydra.sweep.dir out (the sweep gets a dir of its own), "
+            "or name a new folder"
+        )
+    # An earlier sweep's jobs: their results would be replaced, and an error one of them
+    # left would be listed as this sweep's.
+    earlier = [
+        path
+        for name in (*EARLIER_RESULTS, JOB_ERROR_FILE)
+        for path in (base / name, *base.glob(f"*/{name}"))
+        if path.is_file()
+    ]
+    if earlier:
+        raise SystemExit(
+            f"Error: hydra.sweep.dir={str(folder)!r} holds an earlier sweep's jobs "
+            f"({sorted(earlier)[0].relative_to(base)}), whose files the mode={mode} jobs "
             "would overwrite: leave hydra.sweep.dir out (the sweep gets a dir of its own), "
             "or name a new folder"
         )

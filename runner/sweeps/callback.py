@@ -17,13 +17,13 @@ from typing import IO, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config.callback import JOB_ERROR_FILE
 from runner.config.errors import ConfigError
 from runner.config.modes import job_mode
 from runner.config.redaction import public_uri, redacted_overrides
 from runner.sweeps.audit import audit_if_asked, partial_folds_warning
 from runner.sweeps.grid import group_options, refuse_bad_jobs
 from runner.sweeps.manifest import (
-    JOB_ERROR_FILE,
     MANIFEST_FILE,
     PARENT_RUN,
     STOP_FILE,

@@ -11,9 +11,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from runner.config.callback import JOB_ERROR_FILE
 from runner.sweeps.manifest import (
     ABANDONED,
-    JOB_ERROR_FILE,
     JOB_LOCK_FILE,
     REPLACED,
     SweepFileError,

@@ -50,9 +50,6 @@ ABANDONED = "ABANDONED"
 # draws new trials in its place, so no launch runs it again.
 REPLACED = "REPLACED"
 JOB_LOCK_FILE = ".job.lock"
-# What a failed job of a sweep of eval, predict, preview or throughput leaves in its run
-# dir (its error): those sweeps keep no manifest, and the other jobs go on.
-JOB_ERROR_FILE = "error.txt"
 
 
 @contextlib.contextmanager

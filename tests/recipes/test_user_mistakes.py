@@ -728,6 +728,18 @@ def test_an_eval_into_the_dir_of_an_earlier_eval_is_refused_before_it_overwrites
     assert expected in done.stderr and "name a new folder" in done.stderr
     assert sorted(p.name for p in earlier.iterdir()) == ["metrics.json"]
     assert (earlier / "metrics.json").read_text() == '{"test/acc": 0.5}'
+    # A training run there replaced them too; a sweep of evals into a dir of an earlier
+    # one replaced its jobs' results, and listed an error a job of it had left as its own.
+    done = run_cli(f"hydra.run.dir={earlier}", *TINY)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "holds the results of an earlier run that did not train (metrics.json)" in done.stderr
+    sweep = tmp_path / "evals" / "sweep"
+    (sweep / "1").mkdir(parents=True)
+    (sweep / "1" / "error.txt").write_text("the earlier sweep's job 1 failed\n")
+    done = run_cli("-m", "mode=eval", f"ckpt={ckpt},{ckpt}", f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "holds an earlier sweep's jobs (1/error.txt)" in done.stderr
+    assert sorted(p.name for p in sweep.iterdir()) == ["1"]
 
 
 @pytest.mark.parametrize(
