@@ -47,8 +47,11 @@ def check_resume(run_dir: Path, cfg: DictConfig) -> None:
         # The files moved with the dir: where it lies now is no change of the run.
         may_change = (*may_change, "paths.run_dir")
         best = run_dir / "checkpoints" / "best.pt"
-    elif resume != "auto":  # another run's last.pt: its run dir's config
-        saved = Path(resume).parent.parent / "config_resolved.yaml"
+    elif resume != "auto":  # another run's last.pt: the config beside it, or its run dir's
+        folder = Path(resume).parent  # trainer.resume=never set one aside with its config
+        saved = folder / "config_resolved.yaml"
+        if not saved.is_file() and folder.name == "checkpoints":
+            saved = folder.parent / "config_resolved.yaml"
         may_change = (*MAY_CHANGE_ON_RESUME, *MAY_CHANGE_IN_A_NEW_DIR)
         best = Path(resume).parent / "best.pt"
     else:

@@ -126,6 +126,12 @@ def resume_or_start(
         return _fresh_start(seed, digest)
     if own:  # a path resume that ran here before (stopped, requeued) goes on from here
         saved, source = checkpoint_io.load_newest(last)
+        if resume != "auto":
+            log.info(
+                "trainer.resume=%s: this run dir has a last.pt of its own (the run was "
+                "stopped or requeued), which it continues instead",
+                resume,
+            )
     else:
         saved, source = checkpoint_io.load_checkpoint(resume), Path(resume)
         if not isinstance(saved, dict) or not {"optimizer", "state"} <= saved.keys():

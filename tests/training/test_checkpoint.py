@@ -121,6 +121,7 @@ def test_a_run_resumed_from_a_path_is_its_own_run_and_goes_on_from_its_own_last_
     with caplog.at_level(logging.INFO, logger="runner"):
         run(compose_run(tmp_path, "second", f"trainer.resume={last}", "trainer.max_epochs=3"))
     assert f"resumed from {own}: epoch 2 done" in caplog.text
+    assert f"trainer.resume={last}: this run dir has a last.pt of its own" in caplog.text
     assert "trainer.max_epochs 2 -> 3 on resume: the lr schedule is rebuilt" in caplog.text
     assert len(query(db, "SELECT run_uuid FROM runs")) == 2, "the second run, continued"
     # Its param keeps its start's value (MLflow never changes one); a tag says what it ran.
@@ -176,6 +177,13 @@ def test_a_resume_without_its_config_file_compares_with_best_pts_and_a_moved_dir
     (tmp_path / "moved" / "config_resolved.yaml").unlink()
     with pytest.raises(ConfigError, match=r"holds checkpoints of a run with another config"):
         run(compose_run(tmp_path, "moved", "logger=none", "trainer.max_epochs=3", "optim.lr=0.1"))
+    # trainer.resume=never sets the checkpoints aside with their config: a resume of the
+    # set-aside last.pt was compared with the newer run's config two folders up.
+    run(compose_run(tmp_path, "first", "logger=none", "trainer.resume=never", "optim.lr=0.01"))
+    (aside,) = (tmp_path / "first").glob("checkpoints.replaced-*")
+    resumed = ("logger=none", f"trainer.resume={aside}/last.pt", "trainer.max_epochs=2")
+    run(compose_run(tmp_path, "from_aside", *resumed))
+    assert json.loads((tmp_path / "from_aside" / "metrics.json").read_text())["epochs"] == 2
 
 
 def test_a_run_written_before_a_key_was_added_resumes_with_that_keys_old_behaviour(tmp_path):
