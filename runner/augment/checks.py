@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from hydra.utils import get_object, instantiate
+from kornia.augmentation import MixAugmentationBaseV2, RandomJigsaw
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
@@ -89,7 +90,7 @@ def _build(index: int, node: Any, convert: str) -> nn.Module:
         raise ConfigError(f"{name}: p={p!r} is a probability: expected a number in [0, 1]")
     _check_ranges(name, key, node)
     try:  # converted as the group converts them (`_convert_: all`: lists, not ListConfig)
-        return instantiate(node, _convert_=convert)
+        module = instantiate(node, _convert_=convert)
     except Exception as err:  # the transform's own check, through Hydra's wrapper
         cause = err.__cause__ or err
         if isinstance(cause, ImportError) or "callable target" in str(err):
@@ -100,6 +101,14 @@ def _build(index: int, node: Any, convert: str) -> nn.Module:
             ) from err
         reason = f"{type(cause).__name__}: {str(cause).strip().splitlines()[0].rstrip('.')}"
         raise ConfigError(f"{name} cannot be built: {reason}. {_hint(key, node, cause)}") from err
+    if isinstance(module, MixAugmentationBaseV2) and not isinstance(module, RandomJigsaw):
+        # A transform sees images only: it would mix them and leave each its own label.
+        raise ConfigError(
+            f"{name} mixes images of the batch, and in aug.transforms their labels are not "
+            "mixed with them: use aug.mixup_alpha and aug.cutmix_alpha (with aug.mix_prob), "
+            "which mix the labels too, and leave it out"
+        )
+    return module
 
 
 def _check_ranges(name: str, key: str, node: Any) -> None:
@@ -133,6 +142,15 @@ def _hint(key: str, node: Any, cause: BaseException) -> str:
     if not isinstance(cause, TypeError | ValueError):
         return fallback
     given = {k: _plain(v) for k, v in node.items() if not str(k).startswith("_")}
+    lists = [k for k, v in given.items() if isinstance(v, list)]
+    if isinstance(cause, TypeError) and "tuple" in str(cause) and "list" in str(cause) and lists:
+        # A command line (and YAML) writes [32, 32] as a list, never as a tuple.
+        same = [k for k in lists if len(set(map(str, given[k]))) == 1 and given[k]]
+        one = f": give one number where it takes one ({key}.{same[0]}={given[same[0]][0]})"
+        return (
+            f"It takes a tuple where {', '.join(f'{key}.{k}' for k in lists)} is a list, "
+            f"which a config cannot write as a tuple{one if same else ''}"
+        )
     why = {k: _wrong_type(node, k, v) for k, v in given.items()}
     suspects = [f"{key}.{k}={v!r} ({why[k]})" for k, v in given.items() if why[k]]
     if suspects:

@@ -54,6 +54,30 @@ def test_an_entry_without_a_target_is_refused_at_check_time(make_cfg):
     )
 
 
+@pytest.mark.parametrize("mix", ["RandomMixUpV2", "RandomCutMixV2", "RandomMosaic"])
+def test_a_kornia_mix_in_the_transforms_is_refused_for_the_labels_it_leaves(make_cfg, mix):
+    """RandomMixUpV2 in aug.transforms mixed the images and trained on unmixed labels."""
+    message = refused(make_cfg, f"aug.transforms=[{{_target_: kornia.augmentation.{mix}}}]")
+    assert message.startswith(f"aug.transforms.0 ({mix}) mixes images of the batch")
+    assert "use aug.mixup_alpha and aug.cutmix_alpha (with aug.mix_prob)" in message
+
+
+def test_a_list_where_kornia_takes_a_tuple_is_told_to_be_one_number(make_cfg):
+    """CenterCrop refused size=[32, 32] ("Expected int or tuple"), which no config can
+    write as a tuple, without saying that one number does."""
+    crop = "{_target_: kornia.augmentation.CenterCrop, size: [32,32]}"
+    message = refused(make_cfg, "data.image_size=32", f"aug.transforms=[{crop}]")
+    assert message.endswith(
+        "It takes a tuple where aug.transforms.0.size is a list, which a config cannot write "
+        "as a tuple: give one number where it takes one (aug.transforms.0.size=32)"
+    )
+    check(
+        make_cfg,
+        "data.image_size=32",
+        "aug.transforms=[{_target_: kornia.augmentation.CenterCrop, size: 32}]",
+    )
+
+
 def test_a_class_that_cannot_be_imported_names_the_target(make_cfg):
     """It said "cannot be built: ImportError ... Fix its parameters"."""
     message = refused(make_cfg, "aug.transforms=[{_target_: kornia.augmentation.NoSuchThing}]")
