@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> float:
     """Draws the augmentation preview grid of the configured data and preset."""
     validate(cfg)
-    check_transforms(cfg.aug, cfg.data.image_size, cfg.data.get("channels", 3))  # before the data
+    check_transforms(cfg.aug, cfg.data)  # a bad transform, before the data is built
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)

@@ -98,7 +98,7 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
     with startup_clock.phase("model"):  # a wrong name or weights file, before the data
         check_model_config(cfg.model)
         check_weights_at_hand(cfg.model)
-    check_transforms(cfg.aug, cfg.data.image_size, cfg.data.get("channels", 3))  # before the data
+    check_transforms(cfg.aug, cfg.data)  # a bad transform, before the data is built
     with startup_clock.phase("data"):
         data = build_data(cfg.data)
     data = overfit_subset(data, cfg.trainer.overfit_batches, cfg.trainer.batch_size, cfg.seed)

@@ -31,18 +31,18 @@ RANGE_KEYS = ("scale", "ratio")
 EXAMPLE = "{_target_: kornia.augmentation.RandomAffine, degrees: 10}"
 
 
-def check_transforms(aug_cfg: Any, image_size: int, channels: int = 3) -> None:
+def check_transforms(aug_cfg: Any, data_cfg: Any) -> None:
     """Builds each of `aug.transforms` alone, then runs them on a tiny batch of images.
 
-    The batch is two images of `image_size` with `channels` channels, in the dtype and
-    range each transform gets them in training (uint8 for a first module that takes it,
-    else float in [0, 1]), on the CPU, without gradients and with a forked RNG, so the
-    run's seeded draws are the same as without the check.
+    The batch is two images of `data.image_size` with `data.channels` channels (3, as
+    every data set but the synthetic one decodes to), in the dtype and range each
+    transform gets them in training (uint8 for a first module that takes it, else float
+    in [0, 1]), on the CPU, without gradients and with a forked RNG, so the run's seeded
+    draws are the same as without the check.
 
     Args:
         aug_cfg: The `aug` config node.
-        image_size: Side of the data's square images (data.image_size).
-        channels: Channels of the data's images (data.channels; 3 after decoding).
+        data_cfg: The `data` config node.
 
     Raises:
         ConfigError: Naming the transform (`aug.transforms.<i>`, its class), the value
@@ -63,7 +63,7 @@ def check_transforms(aug_cfg: Any, image_size: int, channels: int = 3) -> None:
         (_name(index, node), _build(index, node, convert)) for index, node in enumerate(transforms)
     ]
     if built:
-        _run_on_a_small_batch(built, image_size, channels)
+        _run_on_a_small_batch(built, data_cfg.image_size, data_cfg.get("channels", 3))
 
 
 def _name(index: int, node: Any) -> str:
@@ -117,7 +117,7 @@ def _check_ranges(name: str, key: str, node: Any) -> None:
         value = _plain(node.get(param))
         if not isinstance(value, list) or len(value) not in (2, 4):
             continue
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        if not all(_is_number(v) for v in value):
             continue
         if any(low > high for low, high in zip(value[::2], value[1::2], strict=True)):
             pairs = "(min, max)" if len(value) == 2 else "(min_x, max_x, min_y, max_y)"

@@ -143,7 +143,7 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
             validate(cfg)
             if job_mode(cfg) == "train":  # what a job checks at its start, without the data
                 check_model_config(cfg.model)
-                check_transforms(cfg.aug, cfg.data.image_size, cfg.data.get("channels", 3))
+                check_transforms(cfg.aug, cfg.data)
         except UserError as err:
             problems.append(f"{named}: {err}")
             continue

@@ -18,7 +18,7 @@ def check(make_cfg, *overrides: str) -> None:
     """Composes the run's config and checks its transforms as a run does at its start."""
     cfg = make_cfg(*overrides)
     validate(cfg)
-    check_transforms(cfg.aug, cfg.data.image_size, cfg.data.get("channels", 3))
+    check_transforms(cfg.aug, cfg.data)
 
 
 def refused(make_cfg, *overrides: str) -> str:

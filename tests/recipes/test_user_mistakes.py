@@ -306,7 +306,7 @@ def test_the_transform_check_builds_them_as_the_group_does(make_cfg):
 
     crop = "{_target_:kornia.augmentation.RandomResizedCrop,size:[32,32],scale:[0.5,1.0]}"
     cfg = make_cfg(f"aug.transforms=[{crop}]")
-    check_transforms(cfg.aug, cfg.data.image_size)
+    check_transforms(cfg.aug, cfg.data)
 
 
 def test_mode_throughput_without_its_preset_names_the_preset(make_cfg, tmp_path):
