@@ -131,7 +131,7 @@ def dropping_settings(
     samples_per_class: int | None = None,
     **_others,
 ) -> list[str]:
-    """The switches set to drop train samples, as `data.<key>=<value>`, in their order.
+    """The switches set to drop train samples, as `data.<key>=<value>`.
 
     Takes `apply_switches`' keyword arguments; those that drop nothing (the label noise)
     are passed over.
