@@ -38,6 +38,11 @@ TOP_LEVEL_KEYS = frozenset(
 )
 # Nodes whose keys are fixed: an added key there is a typo, not a new option.
 CLOSED_NODES = ("trainer", "paths", "eval", "predict", "analysis", "audit")
+# Pairs of keys of which one at most may be set.
+EXCLUSIVE_KEYS = (
+    ("trainer.overfit_batches", "trainer.limit_batches"),
+    ("data.fraction", "data.samples_per_class"),
+)
 # Keys whose value may hold a password (user:password@host): shown without it.
 URI_KEYS = ("logger.tracking_uri", "logger.fallback_uri")
 
@@ -94,18 +99,14 @@ def validate(cfg: DictConfig) -> None:
             f"data.val_fraction + data.test_fraction = {sum(data_fractions):g} leaves no "
             "training data: keep their sum below 1"
         )
-    debug = [OmegaConf.select(cfg, f"trainer.{k}") for k in ("overfit_batches", "limit_batches")]
-    if all(v is not None for v in debug):  # each cuts the epoch its own way: limit won
-        problems.append(
-            f"trainer.overfit_batches={debug[0]!r} and trainer.limit_batches={debug[1]!r} are "
-            "both set: choose one (the other null)"
-        )
-    subset = [OmegaConf.select(cfg, f"data.{k}") for k in ("fraction", "samples_per_class")]
-    if all(v is not None for v in subset):
-        problems.append(
-            f"data.fraction={subset[0]!r} and data.samples_per_class={subset[1]!r} are both "
-            "set: choose one (the other null)"
-        )
+    # Each pair cuts the same thing its own way (the epoch; the train split): one only.
+    for one, other in EXCLUSIVE_KEYS:
+        values = OmegaConf.select(cfg, one), OmegaConf.select(cfg, other)
+        if all(v is not None for v in values):
+            problems.append(
+                f"{one}={values[0]!r} and {other}={values[1]!r} are both set: choose one "
+                "(the other null)"
+            )
     problems.extend(_image_size_problems(cfg))
     problems.extend(_monitor_problems(cfg, swept_keys))
     problems.extend(mode_problems(cfg, swept_values))
