@@ -24,6 +24,7 @@ from runner.tracking.pending import (
     pending_target,
     read_pending,
     replay_pending,
+    sent_name,
 )
 from runner.tracking.store import (
     missing_store_file,
@@ -127,10 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         # Kept, under a name that a resumed run neither warns of nor appends to: a later
         # outage's file is replayed alone, not with these operations a second time.
-        done, copies = args.file.with_name(f"{args.file.name}.sent"), 1
-        while done.exists():  # an earlier replay's: kept too
-            copies += 1
-            done = args.file.with_name(f"{args.file.name}.sent{copies}")
+        done = sent_name(args.file)
         args.file.rename(done)
         kept = " (with the line cut short, which was not sent)" if dropped else ""
         print(f"{args.file} is now {done}{kept}")

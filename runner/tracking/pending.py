@@ -68,6 +68,15 @@ def _first_line(path: Path) -> str:
 _SENT = re.compile(r"\.sent\d*$")
 
 
+def sent_name(path: Path) -> Path:
+    """The name a replayed file is kept under: the first of `_SENT`'s names not taken."""
+    done, copies = path.with_name(f"{path.name}.sent"), 1
+    while done.exists():  # an earlier replay's: kept too
+        copies += 1
+        done = path.with_name(f"{path.name}.sent{copies}")
+    return done
+
+
 def pending_file_problem(path: Path) -> str | None:
     """What keeps `path` from being replayed (not a file, not a pending-log file); None = fine.
 
