@@ -261,7 +261,7 @@ def _optuna_files(sweep_dir: Path, content: dict[str, Any] | None) -> list[Path]
         return []
     files = sorted(path for path in folder.iterdir() if path.is_file())
     study = folder / STUDY_FILE
-    if study.is_file() and content is not None:
+    if content is not None:  # read from `study`, which was there
         if content.get("storage"):
             content["storage"] = public_uri(str(content["storage"]))
         public = folder / "public" / STUDY_FILE
