@@ -9,7 +9,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.location_checks import folder_problem
-from runner.config.modes import job_mode
+from runner.config.modes import MODE_OUTPUTS, job_mode
 from runner.config.sweep_values import swept_values_of
 from runner.config.validation import ConfigError, validate
 
@@ -71,7 +71,7 @@ class ValidateConfigCallback(Callback):
 
 # What eval, predict, preview and throughput leave in their run dir (a run that failed
 # before its results leaves none of them: the same command may run there again).
-EARLIER_RESULTS = ("metrics.json", "predictions.csv", "aug_preview.png", "throughput.json")
+EARLIER_RESULTS = tuple(output for output, _ in MODE_OUTPUTS.values())
 # What a failed job of a sweep of those modes leaves in its run dir instead (its error):
 # those sweeps keep no manifest, and their other jobs go on (runner.cli).
 JOB_ERROR_FILE = "error.txt"

@@ -32,6 +32,15 @@ PARTLY_READ: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
 }
 
+# The file a run of another mode than train leaves in its run dir, and whether it is
+# written whole as the run ends (else as it goes: a stopped run leaves part of it).
+MODE_OUTPUTS = {
+    "eval": ("metrics.json", True),
+    "preview": ("aug_preview.png", True),
+    "throughput": ("throughput.json", False),
+    "predict": ("predictions.csv", False),
+}
+
 
 def job_mode(cfg: DictConfig) -> str:
     """What the command does: `mode` (train by default); `+preview_only=true` is preview."""

@@ -14,11 +14,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from runner.config.choices import MONITOR_MODES
+from runner.config.modes import MODE_OUTPUTS
 from runner.config.resolvers import monitor_mode_for, register_resolvers
 from runner.sweeps.audit import NUM_THUMBNAILS
 from runner.sweeps.collect import (
     FINAL_STATES,
-    MODE_OUTPUTS,
     SlurmUnavailableError,
     output_legend,
     print_sweep,

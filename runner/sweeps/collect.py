@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.config.callback import JOB_ERROR_FILE
+from runner.config.modes import MODE_OUTPUTS
 from runner.sweeps.manifest import (
     ABANDONED,
     JOB_LOCK_FILE,
@@ -28,15 +29,8 @@ from runner.tracking.store import is_locked
 
 # Manifest statuses that end a job (RUNNING without a lock is a killed job: UNKNOWN).
 FINAL_STATES = ("FINISHED", "FAILED", "SKIPPED", "INTERRUPTED", ABANDONED, REPLACED)
-# The file a job of another mode than train leaves in its run dir, and whether it is
-# written whole as the job ends (else as the job goes: a stopped job leaves part of it).
-# Such jobs record no state (no manifest entry, no lock): their files are all there is.
-MODE_OUTPUTS = {
-    "eval": ("metrics.json", True),
-    "preview": ("aug_preview.png", True),
-    "throughput": ("throughput.json", False),
-    "predict": ("predictions.csv", False),
-}
+# A job of another mode than train records no state (no manifest entry, no lock): the
+# file it leaves in its run dir (MODE_OUTPUTS) is all there is.
 # The states of such a job without SLURM's: its file there, written as it goes, or none.
 WROTE_OUTPUT, NO_OUTPUT = "HAS OUTPUT", "NO OUTPUT"
 
