@@ -11,7 +11,6 @@ results later: `hydra/launcher=slurm_submit` does that, with the same settings a
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -25,8 +24,6 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLaunche
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
-
-JOBS_FILE = "slurm_jobs.json"
 
 
 class WaitingSlurmLauncher(SlurmLauncher):
@@ -112,7 +109,20 @@ class SubmitOnlySlurmLauncher(WaitingSlurmLauncher):
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
         """Submits one job per override list; returns placeholders, not results."""
+        from runner.sweeps.callback import launch_failed
+        from runner.sweeps.manifest import (
+            SUBMITTED_FILE,
+            SweepFileError,
+            submitted_records,
+            write_json,
+        )
+
         sweep_dir = self.sweep_dir()
+        try:  # read before anything is submitted: jobs it could not record are lost to collect
+            earlier = submitted_records(sweep_dir)
+        except SweepFileError as err:
+            launch_failed()
+            raise SystemExit(f"Error: {err}") from None
         jobs, numbers = self.submit_array(job_overrides, initial_job_idx)
         records = [
             {
@@ -123,9 +133,7 @@ class SubmitOnlySlurmLauncher(WaitingSlurmLauncher):
             }
             for job, num, overrides in zip(jobs, numbers, job_overrides, strict=True)
         ]
-        path = sweep_dir / JOBS_FILE
-        earlier = json.loads(path.read_text()) if path.exists() else []
-        path.write_text(json.dumps(earlier + records, indent=2))
+        write_json(sweep_dir / SUBMITTED_FILE, earlier + records)  # whole, or the old one
         for record in records:
             log.info(
                 "submitted job %s: #%d %s", record["job_id"], record["num"], record["overrides"]

@@ -188,10 +188,11 @@ def _is_submitted(content: Any) -> bool:
     )
 
 
-def submitted_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
-    """The jobs `hydra/launcher=slurm_submit` submitted (slurm_jobs.json), by number.
+def submitted_records(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Every record of slurm_jobs.json, in the order the launches wrote them ([] without it).
 
-    A resumed sweep appends its launch's records: a job's latest record stands.
+    `hydra/launcher=slurm_submit` writes one record per submitted job; a resumed sweep's
+    launch adds its own after the earlier ones (`write_json` of the whole list).
 
     Raises:
         SweepFileError: slurm_jobs.json is cut short or not what the launcher writes.
@@ -204,8 +205,18 @@ def submitted_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
         "hydra/launcher=slurm_submit submitted (their numbers, SLURM job ids and overrides)"
     )
     expected = 'a list of the submitted jobs, each with its "num"'
-    records = read_sweep_file(path, fix, expected, _is_submitted)
-    latest = {record["num"]: record for record in records}
+    return read_sweep_file(path, fix, expected, _is_submitted)
+
+
+def submitted_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The jobs `hydra/launcher=slurm_submit` submitted (slurm_jobs.json), by number.
+
+    A resumed sweep appends its launch's records: a job's latest record stands.
+
+    Raises:
+        SweepFileError: slurm_jobs.json is cut short or not what the launcher writes.
+    """
+    latest = {record["num"]: record for record in submitted_records(sweep_dir)}
     return [latest[num] for num in sorted(latest)]
 
 

@@ -66,6 +66,25 @@ def test_jobs_sbatch_refuses_end_the_sweep_with_its_words_and_the_keys(tmp_path,
     assert status == "FAILED"
 
 
+def test_a_damaged_record_of_submitted_jobs_is_refused_before_any_job_is_submitted(tmp_path):
+    """slurm_submit read its sweep dir's earlier records after submitting: a cut-short
+    slurm_jobs.json was a JSONDecodeError traceback, and the new jobs ran unrecorded."""
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    damaged = '[{"num": 0, "job_id": "1'
+    (sweep_dir / "slurm_jobs.json").write_text(damaged)
+    command = slurm_command(tmp_path, f"hydra.sweep.dir={sweep_dir}")
+    command[command.index("hydra/launcher=slurm")] = "hydra/launcher=slurm_submit"
+    done = run_sweep(command, timeout=120)
+    assert done.returncode == 1, (done.stdout + done.stderr)[-3000:]
+    assert f"Error: {sweep_dir / 'slurm_jobs.json'} is cut short" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert (sweep_dir / "slurm_jobs.json").read_text() == damaged
+    assert not (sweep_dir / ".submitit").exists(), "no job was submitted"
+    (status,) = {row[0] for row in query(tmp_path / "mlflow.db", "SELECT status FROM runs")}
+    assert status == "FAILED"
+
+
 def test_usr2_checkpoints_requeues_and_resumes_into_the_same_mlflow_run(tmp_path):
     epochs = 4
     command = slurm_command(
