@@ -25,11 +25,13 @@ from runner.sweeps.collect import (
     sweep_jobs,
 )
 from runner.sweeps.manifest import (
+    LAUNCH_CONFIG_FILE,
     MANIFEST_FILE,
     SUBMITTED_FILE,
     SUMMARISED,
     SWEEP_LOCK_FILE,
     SweepFileError,
+    read_launch_config,
     read_sweep_info,
 )
 from runner.tracking.store import is_locked
@@ -77,8 +79,8 @@ def _sweep_mode(sweep_dir: Path) -> str | None:
     """The mode of the sweep launched in `sweep_dir` (its multirun.yaml), or None without one."""
     from runner.config.modes import job_mode
 
-    saved = sweep_dir / "multirun.yaml"
-    return job_mode(OmegaConf.load(saved)) if saved.is_file() else None
+    launched = read_launch_config(sweep_dir)
+    return job_mode(launched) if launched is not None else None
 
 
 class SummaryArgumentError(ValueError):
@@ -96,8 +98,7 @@ def sweep_monitor(sweep_dir: Path, monitor: str | None, mode: str | None) -> tup
             job recorded only its best monitored value, so the jobs cannot be ranked by it.
     """
     register_resolvers()  # multirun.yaml's monitor_mode is the runner's interpolation
-    saved = sweep_dir / "multirun.yaml"
-    config = OmegaConf.load(saved) if saved.is_file() else OmegaConf.create()
+    config = read_launch_config(sweep_dir) or OmegaConf.create()
     own = OmegaConf.select(config, "trainer.monitor", default=None)
     if monitor and own and monitor != own:
         raise SummaryArgumentError(
@@ -148,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         from runner.sweeps.audit import configured_thumbnails, redo_audit
         from runner.sweeps.out_of_fold import AuditError
 
-        thumbnails = args.thumbnails
-        if thumbnails is None:
-            thumbnails = configured_thumbnails(args.sweep_dir)
         try:
+            thumbnails = args.thumbnails
+            if thumbnails is None:
+                thumbnails = configured_thumbnails(args.sweep_dir)
             result, delivered = redo_audit(args.sweep_dir, thumbnails)
         except (AuditError, SweepFileError) as err:
             print(f"Error: {err}")
@@ -185,11 +186,11 @@ def _summary(sweep_dir: Path, monitor: str | None, mode: str | None) -> int:
 
 def _collect(sweep_dir: Path) -> int:
     """`collect`: lists the jobs, and summarises a finished sweep into its parent run."""
-    if not _is_sweep_dir(sweep_dir, "multirun.yaml"):
+    if not _is_sweep_dir(sweep_dir, LAUNCH_CONFIG_FILE):
         return 1
     from runner.config.modes import job_mode
 
-    launched = OmegaConf.load(sweep_dir / "multirun.yaml")
+    launched = read_launch_config(sweep_dir)
     mode = job_mode(launched)
     try:
         jobs = sweep_jobs(sweep_dir, mode)  # one squeue per job: asked once

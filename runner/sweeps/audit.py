@@ -51,6 +51,7 @@ from runner.sweeps.audit_report import (
 from runner.sweeps.manifest import (
     PARENT_RUN,
     job_run_dir,
+    read_launch_config,
     read_manifest,
     reopen_parent_run,
 )
@@ -362,11 +363,15 @@ def partial_folds_warning(config: DictConfig) -> str | None:
 
 
 def configured_thumbnails(sweep_dir: Path) -> int:
-    """The sweep's `audit.num_thumbnails` (its multirun.yaml), else NUM_THUMBNAILS."""
-    path = Path(sweep_dir) / "multirun.yaml"
-    if not path.is_file():
+    """The sweep's `audit.num_thumbnails` (its multirun.yaml), else NUM_THUMBNAILS.
+
+    Raises:
+        SweepFileError: multirun.yaml is damaged.
+    """
+    launched = read_launch_config(Path(sweep_dir))
+    if launched is None:
         return NUM_THUMBNAILS
-    value = OmegaConf.select(OmegaConf.load(path), "audit.num_thumbnails", default=None)
+    value = OmegaConf.select(launched, "audit.num_thumbnails", default=None)
     valid = isinstance(value, int) and not isinstance(value, bool) and value >= 0
     return value if valid else NUM_THUMBNAILS
 

@@ -32,6 +32,7 @@ from runner.sweeps.manifest import (
     SWEEP_FILE,
     SWEEP_LOCK_FILE,
     SweepFileError,
+    read_launch_config,
     read_sweep_info,
     reopen_parent_run,
     write_json,
@@ -362,7 +363,7 @@ def finish_submitted_sweep(sweep_dir: Path) -> int:
             writes; nothing was summarised, and the parent run was not reopened.
     """
     sweep_dir = Path(sweep_dir).resolve()  # the paths of logs saved to send later
-    config = OmegaConf.load(sweep_dir / "multirun.yaml")
+    config = read_launch_config(sweep_dir)
     # Before the parent run is reopened: a damaged file stops it with that run untouched.
     summary = _summarize(config, sweep_dir)
     try:

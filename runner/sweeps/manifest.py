@@ -1,5 +1,6 @@
 """The files a sweep keeps in its dir, and how a job is named in them.
 
+    <sweep_dir>/multirun.yaml  the config the sweep was launched with (Hydra writes it)
     <sweep_dir>/sweep.json     the parent MLflow run: id, tracking URI, experiment
     <sweep_dir>/manifest.json  one entry per job: overrides, status, run dir, run id, value
     <sweep_dir>/STOP           written by a failing job when `sweep.fail_fast=true`
@@ -22,6 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from runner.config.errors import UserError
 from runner.tracking.protocol import Tracker
 from runner.tracking.store import file_lock, hold_lock, missing_store_file
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 # How the messages of `runner.tracking.protocol.end_run` name a sweep's own MLflow run.
 PARENT_RUN = "the sweep's parent run"
 
+LAUNCH_CONFIG_FILE = "multirun.yaml"
 SWEEP_FILE = "sweep.json"
 # sweep.json's record of the launch's end: when its launcher summarised the jobs (null
 # while a launch runs, or when it was stopped before).
@@ -154,6 +158,45 @@ def read_sweep_file(
             f"{path} is not what the runner writes there: it holds {found}, not {expected}. {fix}"
         )
     return content
+
+
+def read_launch_config(sweep_dir: Path) -> DictConfig | None:
+    """The config the sweep in `sweep_dir` was launched with (multirun.yaml), or None.
+
+    Raises:
+        SweepFileError: multirun.yaml is empty, cut short, not YAML, or not a mapping.
+    """
+    import yaml
+
+    path = Path(sweep_dir) / LAUNCH_CONFIG_FILE
+    if not path.is_file():
+        return None
+    fix = "Restore it from a copy of the sweep dir: it is the config the sweep was launched with"
+    try:
+        config = OmegaConf.load(path) if path.read_text(encoding="utf-8").strip() else None
+    except UnicodeDecodeError as err:
+        raise SweepFileError(
+            f"{path} is not the YAML Hydra writes there (not UTF-8 text: {err.reason} at "
+            f"byte {err.start}). {fix}"
+        ) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f": line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise SweepFileError(
+            f"{path} is cut short or is not the YAML Hydra writes there ({problem}{where}). {fix}"
+        ) from None
+    except OSError as err:  # OmegaConf's word for YAML of a scalar ("Invalid loaded object")
+        raise SweepFileError(
+            f"{path} cannot be read as the config Hydra writes ({err}). {fix}"
+        ) from None
+    if config is None:
+        raise SweepFileError(f"{path} is empty: it was cut short. {fix}")
+    if not isinstance(config, DictConfig):
+        raise SweepFileError(
+            f"{path} is not what Hydra writes there: it holds a list, not a config. {fix}"
+        )
+    return config
 
 
 def _is_manifest(content: Any) -> bool:

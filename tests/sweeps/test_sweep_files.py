@@ -56,6 +56,30 @@ def test_a_damaged_manifest_is_named_with_its_fix(tmp_path, capsys, content, tol
     assert manifest.read_text() == content  # left for the user to restore
 
 
+@pytest.mark.parametrize(
+    ("content", "told"),
+    [
+        ("trainer: {monitor: val/acc, monitor_mode: max\nhydra:\n  mode: MULTI", "is cut short"),
+        ("", "is empty"),
+        ("- 1\n- 2\n", "is not what Hydra writes there: it holds a list"),
+        ("12\n", "cannot be read as the config"),
+    ],
+)
+def test_a_damaged_multirun_yaml_is_named_with_its_fix(tmp_path, capsys, content, told):
+    """summary, collect and audit loaded multirun.yaml unchecked: a cut-short one ended
+    them in a yaml.scanner traceback."""
+    sweep = _sweep(tmp_path)
+    launched = sweep / "multirun.yaml"
+    launched.write_text(content)
+    for command in ("summary", "collect", "audit"):
+        assert main([command, str(sweep)]) == 1
+        out = capsys.readouterr().out
+        assert out.startswith(f"Error: {launched} {told}"), (command, out)
+        assert "Restore it from a copy of the sweep dir" in out
+    assert not (sweep / "summary.md").exists()
+    assert launched.read_text() == content
+
+
 def test_a_cut_short_sweep_json_or_slurm_jobs_json_is_named_with_its_fix(tmp_path, capsys):
     """A cut-short sweep.json (summary) or slurm_jobs.json (collect) ended the command in
     a JSONDecodeError traceback."""
