@@ -943,25 +943,22 @@ def test_non_finite_best_weights_fail_the_run_instead_of_being_saved(make_cfg, t
 
 
 @pytest.mark.slow
-def test_debug_runs_are_tagged_and_overfit_reports_train_accuracy(tmp_path):
+def test_debug_runs_are_tagged_and_paths_output_dir_moves_everything_a_run_writes(tmp_path):
+    """debug=overfit reports train accuracy and tags the run; paths.output_dir holds all
+    that the run wrote, in neither the repository's outputs/ nor the working dir."""
+    before = set((REPO / "outputs").iterdir()) if (REPO / "outputs").exists() else set()
     done = run_cli(
-        f"paths.output_dir={tmp_path}",
+        f"paths.output_dir={tmp_path / 'out'}",
         "debug=overfit",
         "trainer.max_epochs=3",
         *TINY,
+        cwd=tmp_path,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "final train/acc" in done.stdout
-    tags = dict(query(tmp_path / "mlflow.db", "SELECT key, value FROM tags"))
+    tags = dict(query(tmp_path / "out" / "mlflow.db", "SELECT key, value FROM tags"))
     assert tags["debug"] == "overfit"
-
-
-@pytest.mark.slow
-def test_paths_output_dir_moves_everything_a_run_writes(tmp_path):
-    before = set((REPO / "outputs").iterdir()) if (REPO / "outputs").exists() else set()
-    done = run_cli(f"paths.output_dir={tmp_path / 'out'}", *TINY, cwd=tmp_path, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
     after = set((REPO / "outputs").iterdir()) if (REPO / "outputs").exists() else set()
     assert after == before, "nothing lands in the repository's outputs/"
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {"runs", "mlflow.db", "mlartifacts"}

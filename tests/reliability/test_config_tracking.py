@@ -175,26 +175,11 @@ def test_unreachable_server_fails_fast_before_training(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_unreachable_server_with_fallback_logs_locally_and_says_so(tmp_path):
-    """Point 12b: logger.offline_fallback=true logs into the local store instead."""
-    result = run_cli(
-        f"paths.output_dir={tmp_path}",
-        *TINY,
-        "logger.tracking_uri=http://127.0.0.1:1",
-        "logger.offline_fallback=true",
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
-    assert "does not answer: logging to sqlite:///" in output
-    db = tmp_path / "mlflow.db"
-    assert query(db, "SELECT status FROM runs") == [("FINISHED",)]
-    assert query(db, "SELECT value FROM tags WHERE key='offline_fallback'") == [
-        ("http://127.0.0.1:1",)
-    ]
-
-
-def test_a_run_that_fell_back_continues_in_its_fallback_store(tmp_path, monkeypatch):
-    """The refusal of a resume on the server named logger.tracking_uri=<its fallback_uri>
+def test_a_run_that_fell_back_logs_locally_and_continues_in_its_fallback_store(
+    tmp_path, monkeypatch
+):
+    """Point 12b: logger.offline_fallback=true logs into the local store instead, and says
+    so. The refusal of a resume on the server named logger.tracking_uri=<its fallback_uri>
     as the way on, and the resume check then refused that very change (also when that
     store's folder came from the environment, kept as typed)."""
     run_dir = tmp_path / "run"
@@ -203,12 +188,17 @@ def test_a_run_that_fell_back_continues_in_its_fallback_store(tmp_path, monkeypa
     down = ["logger.tracking_uri=http://127.0.0.1:1", "logger.offline_fallback=true"]
     first = run_cli(*common, *down)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert "does not answer: logging to sqlite:///" in first.stdout + first.stderr
+    db = tmp_path / "mlflow.db"
+    assert query(db, "SELECT status FROM runs") == [("FINISHED",)]
+    assert query(db, "SELECT value FROM tags WHERE key='offline_fallback'") == [
+        ("http://127.0.0.1:1",)
+    ]
     # Back on the server, the run is not there; the command again, with the advised store:
     fallback = f"sqlite:///{tmp_path}/mlflow.db"
     again = [f"logger.tracking_uri={fallback}", *down[1:], "trainer.max_epochs=2"]
     resumed = run_cli(*common, *again)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    db = tmp_path / "mlflow.db"
     assert query(db, "SELECT status FROM runs") == [("FINISHED",)]  # the same run, continued
     assert query(db, "SELECT COUNT(*) FROM metrics WHERE key='val/acc'") == [(2,)]
     # Each start-up at the step it started from: the resume's was a second value at 0.

@@ -232,14 +232,25 @@ def metric_values(db: Path, run_id: str, key: str) -> list[float]:
     return [round(v, 4) for (v,) in rows]
 
 
-def test_submit_only_launcher_returns_at_once_and_collect_reports_the_jobs(tmp_path):
-    command = slurm_command(tmp_path, "optim.lr=1e-3,1e-2")
-    command[command.index("hydra/launcher=slurm")] = "hydra/launcher=slurm_submit"
+def test_submit_only_launcher_returns_at_once_and_collect_summarises_and_audits_the_jobs(
+    tmp_path,
+):
+    """The jobs are the two fold jobs of `experiment=audit`: the launch returns while they
+    run, and `collect` summarises them into the parent run and audits them."""
+    from tests.sweeps.test_audit import check_audited_sweep, sweep_command
+
+    out = tmp_path / "outputs"
+    command = sweep_command(
+        out,
+        "hydra/launcher=slurm_submit",
+        "hydra.launcher.cpus_per_task=1",
+        "hydra.launcher.timeout_min=20",
+    )
     started = time.monotonic()
-    done = run_sweep(command, timeout=120)
+    done = run_sweep(command, timeout=180)
     took = time.monotonic() - started
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    (sweep,) = [p.parent for p in (tmp_path / "multirun").glob("*/*/multirun.yaml")]
+    (sweep,) = [p.parent for p in (out / "multirun").glob("*/*/multirun.yaml")]
     jobs = json.loads((sweep / "slurm_jobs.json").read_text())
     try:
         assert [job["num"] for job in jobs] == [0, 1]
@@ -251,15 +262,16 @@ def test_submit_only_launcher_returns_at_once_and_collect_reports_the_jobs(tmp_p
         states = {job["state"] for job in sweep_jobs(sweep)}
         assert states <= {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "FINISHED"}, states
         # Later: once the jobs are done, collect summarises them into the parent run.
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 400
         while {job["state"] for job in sweep_jobs(sweep)} != {"FINISHED"}:
             assert time.monotonic() < deadline, sweep_jobs(sweep)
             time.sleep(1)
+        assert not (sweep / "audit").exists(), "the launching process did not wait"
         collect = [sys.executable, "-m", "runner.sweeps", "collect", str(sweep)]
-        collected = subprocess.run(collect, cwd=REPO, capture_output=True, text=True, timeout=120)
+        collected = subprocess.run(collect, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert collected.returncode == 0, collected.stdout + collected.stderr
         assert "2 job(s), 2 finished" in collected.stdout
-        db = tmp_path / "mlflow.db"
+        db = out / "mlflow.db"
         parent = json.loads((sweep / "sweep.json").read_text())["parent_run_id"]
         ((status,),) = query(db, "SELECT status FROM runs WHERE run_uuid = ?", parent)
         assert status == "FINISHED"
@@ -268,9 +280,10 @@ def test_submit_only_launcher_returns_at_once_and_collect_reports_the_jobs(tmp_p
         )
         assert len(children) == 2
         tags = dict(query(db, "SELECT key, value FROM tags WHERE run_uuid = ?", parent))
-        assert tags["summary"] == "summary/summary.md" and "best.optim.lr" in tags
+        assert tags["summary"] == "summary/summary.md" and tags["best.folds"] == "0,1"
     finally:
         subprocess.run(["scancel", *(job["job_id"] for job in jobs)], timeout=30)
+    check_audited_sweep(out, sweep)
 
 
 def test_optuna_trials_run_as_slurm_jobs_and_are_pruned_through_the_storage(tmp_path):

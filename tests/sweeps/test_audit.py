@@ -7,7 +7,6 @@ import csv
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -635,33 +634,6 @@ def test_folds_a_class_cannot_fill_stop_the_sweep_at_the_first_job_without_an_au
     jobs = json.loads((sweep / "manifest.json").read_text())["jobs"]
     statuses = [job["status"] for job in jobs.values()]
     assert statuses == ["FAILED", *["SKIPPED"] * 4], statuses  # fail_fast: not started
-
-
-@pytest.mark.slow
-def test_fold_jobs_submitted_to_slurm_are_audited_when_collected(tmp_path):
-    from tests.slurm.conftest import start_local_cluster
-
-    start_local_cluster()
-    out = tmp_path / "outputs"
-    command = sweep_command(out, "hydra/launcher=slurm_submit", "hydra.launcher.cpus_per_task=1")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    (sweep,) = [p.parent for p in (out / "multirun").glob("*/*/multirun.yaml")]
-    jobs = json.loads((sweep / "slurm_jobs.json").read_text())
-    try:
-        from runner.sweeps.collect import sweep_jobs
-
-        deadline = time.monotonic() + 400
-        while {job["state"] for job in sweep_jobs(sweep)} != {"FINISHED"}:
-            assert time.monotonic() < deadline, sweep_jobs(sweep)
-            time.sleep(2)
-        assert not (sweep / "audit").exists(), "the launching process did not wait"
-        collect = [sys.executable, "-m", "runner.sweeps", "collect", str(sweep)]
-        collected = subprocess.run(collect, cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert collected.returncode == 0, collected.stdout + collected.stderr
-    finally:
-        subprocess.run(["scancel", *(job["job_id"] for job in jobs)], timeout=30)
-    check_audited_sweep(out, sweep)
 
 
 def test_an_audit_csv_is_replaced_whole_or_not_at_all(tmp_path):

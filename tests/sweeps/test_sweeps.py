@@ -116,27 +116,6 @@ def by_fail(jobs: dict) -> dict:
     return {key.split("+loss.fail=")[1].split()[0]: entry for key, entry in jobs.items()}
 
 
-def test_a_failing_job_does_not_stop_the_others_and_the_sweep_fails(tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    code, output = multirun(tmp_path, sweep_dir, *FAULTY_LOSS, "+loss.fail=raise,none")
-    assert code == 1, output[-3000:]
-    assert "1 of 2 sweep job(s) did not finish" in output
-    assert "job 0 FAILED: loss.fail=raise" in output  # what tells the failed job apart
-    assert "RuntimeError: loss.fail=raise: the test hook failed" in output  # and why
-    assert f"sweep.resume={sweep_dir}" in output
-    jobs = by_fail(manifest(sweep_dir))
-    assert {k: e["status"] for k, e in jobs.items()} == {"raise": "FAILED", "none": "FINISHED"}
-    assert "the test hook failed" in jobs["raise"]["error"]
-    db = tmp_path / "mlflow.db"
-    found = runs(db)
-    assert found[jobs["none"]["mlflow_run_id"]]["status"] == "FINISHED"
-    failed_run = jobs["raise"]["mlflow_run_id"]
-    assert found[failed_run]["status"] == "FAILED"
-    assert (artifacts_of(db, failed_run) / "traceback.txt").is_file()
-    parent = next(r for r in found.values() if r["tags"].get("sweep.role") == "parent")
-    assert parent["status"] == "FAILED"  # the sweep as a whole did not succeed
-
-
 def test_a_job_resumed_in_a_copied_sweep_dir_trains_in_the_copy(tmp_path):
     """sweep.resume=<a copy> trained its unfinished job in the original's job dir (the
     manifest's absolute run dir), over the original's checkpoints."""
@@ -205,13 +184,25 @@ def test_fail_fast_stops_the_jobs_not_started(tmp_path):
     assert not (sweep_dir / "1" / "checkpoints").exists()
 
 
-def test_resume_runs_only_missing_and_failed_jobs(tmp_path):
+def test_a_failing_job_does_not_stop_the_others_and_a_resume_runs_only_it(tmp_path):
     sweep_dir = tmp_path / "sweep"
     code, output = multirun(tmp_path, sweep_dir, *FAULTY_LOSS, "+loss.fail=none,raise")
     assert code == 1, output[-3000:]
+    assert "1 of 2 sweep job(s) did not finish" in output
+    assert "job 1 FAILED: loss.fail=raise" in output  # what tells the failed job apart
+    assert "RuntimeError: loss.fail=raise: the test hook failed" in output  # and why
+    assert f"sweep.resume={sweep_dir}" in output
     first = by_fail(manifest(sweep_dir))
-    assert first["raise"]["status"] == "FAILED"
-    assert "loss.fail=raise" in first["raise"]["error"]  # the failure names its cause
+    assert {k: e["status"] for k, e in first.items()} == {"raise": "FAILED", "none": "FINISHED"}
+    assert "the test hook failed" in first["raise"]["error"]  # the failure names its cause
+    db = tmp_path / "mlflow.db"
+    found = runs(db)
+    assert found[first["none"]["mlflow_run_id"]]["status"] == "FINISHED"
+    failed_run = first["raise"]["mlflow_run_id"]
+    assert found[failed_run]["status"] == "FAILED"
+    assert (artifacts_of(db, failed_run) / "traceback.txt").is_file()
+    parent = next(r for r in found.values() if r["tags"].get("sweep.role") == "parent")
+    assert parent["status"] == "FAILED"  # the sweep as a whole did not succeed
     kept = first["none"]
     parent_before = json.loads((sweep_dir / "sweep.json").read_text())["parent_run_id"]
     # As a first launch with hydra/launcher=slurm_submit leaves it: this launch waits for
@@ -775,7 +766,8 @@ def test_a_hydra_optuna_sweeper_file_ports_by_renaming_the_sweeper(tmp_path):
         f"paths.output_dir={tmp_path}",
         f"hydra.sweep.dir={sweep_dir}",
         *TINY,
-        "hydra.sweeper.sampler.n_startup_trials=2",  # an option of the sampler's node
+        "hydra.sweeper.n_trials=2",  # the command line's count wins over the file's 3
+        "hydra.sweeper.sampler.n_startup_trials=1",  # an option of the sampler's node
         "optim.lr=interval(0.5, 0.9)",  # the command line's range wins over the file's
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
@@ -786,14 +778,14 @@ def test_a_hydra_optuna_sweeper_file_ports_by_renaming_the_sweeper(tmp_path):
     study = json.loads((sweep_dir / "optuna" / "study.json").read_text())
     assert study["storage"] is None and study["search_space"]["optim.lr"] == "interval(0.5, 0.9)"
     jobs = json.loads((sweep_dir / "manifest.json").read_text())["jobs"].values()
-    assert len(jobs) == 3 and {e["status"] for e in jobs} == {"FINISHED"}
+    assert len(jobs) == 2 and {e["status"] for e in jobs} == {"FINISHED"}
     lrs = [
         float(o.split("=")[1]) for e in jobs for o in e["overrides"] if o.startswith("optim.lr=")
     ]
-    assert len(lrs) == 3 and all(0.5 <= lr <= 0.9 for lr in lrs), lrs
+    assert len(lrs) == 2 and all(0.5 <= lr <= 0.9 for lr in lrs), lrs
     assert all("+optuna.trial=" in " ".join(e["overrides"]) for e in jobs)
     best = json.loads((sweep_dir / "optuna" / "best_params.json").read_text())
-    assert best["trials"]["complete"] == 3
+    assert best["trials"]["complete"] == 2
     # No warning from Optuna (deprecations included) anywhere in the sweep's output.
     assert not [line for line in output.splitlines() if "Warning" in line and "optuna" in line]
 
