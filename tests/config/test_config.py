@@ -39,6 +39,11 @@ def data_files(option: str, tmp_path) -> list[str]:
             "data.split_test=null",
             f"data.hf_cache_dir={tmp_path / 'hf'}",
         ]
+    if "???" in (CONF / "data" / f"{option}.yaml").read_text():
+        pytest.fail(
+            f"conf/data/{option}.yaml has a required key (???): add a branch for data={option} "
+            "to data_files() in tests/config/test_config.py that writes small files for it"
+        )
     return []
 
 

@@ -246,6 +246,23 @@ def test_readme_config_list_is_generated_from_conf():
     )
 
 
+def test_readme_names_the_keys_a_resume_may_change_and_the_keys_added_since_runs_began():
+    """The README's lists are written by hand: this keeps them with runner.config.changes."""
+    from runner.config.changes import ADDED_KEYS, MAY_CHANGE_ON_RESUME
+
+    text = " ".join(README.read_text().split())  # one line: names may wrap
+    start = text.index("What may change on resume:")
+    paragraph = text[start : text.index("is no change at the value that", start)]
+    # Set by the runner itself (a resume's own switch, the checkout's folder, other modes).
+    internal = {"trainer.resume", "paths.root_dir", "mode", "ckpt"}
+    for key in MAY_CHANGE_ON_RESUME:
+        name = key.rstrip(".")
+        if name not in internal:
+            assert f"`{name}`" in paragraph, f"README's 'What may change on resume' lacks {name}"
+    for key in ADDED_KEYS:
+        assert f"`{key}`" in paragraph, f"README's list of keys added to conf/ lacks {key}"
+
+
 def test_readme_has_the_commands_people_need():
     commands = readme_commands()
     for needed in (
