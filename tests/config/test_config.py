@@ -23,6 +23,27 @@ def test_every_group_has_options():
         assert group_options(group), f"conf/{group} has no options"
 
 
+def test_a_new_conf_key_says_how_a_run_dir_written_without_it_resumes():
+    """A key added to conf/ made every earlier run dir's resume a refused "change" (a
+    SLURM job requeued across an upgrade stopped) unless runner/config/changes.py knew it."""
+    from runner.config.changes import ADDED_KEYS, MAY_CHANGE_ON_RESUME
+    from tests.config.conf_keys import KEYS_FILE, conf_keys
+
+    known = set(KEYS_FILE.read_text(encoding="utf-8").split())
+    prefixes = tuple(key for key in MAY_CHANGE_ON_RESUME if key.endswith("."))
+    sorted_out = set(ADDED_KEYS) | set(MAY_CHANGE_ON_RESUME)
+    new = sorted(
+        k for k in conf_keys() - known if k not in sorted_out and not k.startswith(prefixes)
+    )
+    assert not new, (
+        f"new in conf/: {', '.join(new)}. A run dir written before a key existed resumes "
+        "only when runner/config/changes.py says how: add the key to ADDED_KEYS with the "
+        "value that does what its absence did, or to MAY_CHANGE_ON_RESUME (README "
+        "'Extending'); a key of a new option only, which no run has used yet, needs "
+        "neither. Then record it: python -m tests.config.conf_keys"
+    )
+
+
 def data_files(option: str, tmp_path) -> list[str]:
     """Overrides pointing a data option at small real files written for the test."""
     if option == "imagefolder":
