@@ -9,7 +9,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.location_checks import folder_problem
-from runner.config.modes import MODE_OUTPUTS, job_mode
+from runner.config.modes import MODE_OUTPUTS, job_mode, one_process_problem
 from runner.config.sweep_values import swept_values_of
 from runner.config.validation import ConfigError, validate
 
@@ -49,6 +49,12 @@ class ValidateConfigCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Validates the sweep's base config; each job is validated again when it runs."""
+        several = one_process_problem("a -m sweep")
+        if several:  # each process ran the whole sweep: two parent runs, one study drawn twice
+            raise SystemExit(
+                f"Error: {several}; for jobs that train as N processes each, use "
+                "hydra/launcher=slurm with hydra.launcher.tasks_per_node=N"
+            )
         resume = OmegaConf.select(config, "sweep.resume", default=None)
         if resume is not None and Path(str(resume)).expanduser().is_file():
             # hydra.sweep.dir is the resumed sweep's folder: its check would name that key.

@@ -7,6 +7,7 @@ the mode and what to do instead.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -49,6 +50,38 @@ def job_mode(cfg: DictConfig) -> str:
     return str(OmegaConf.select(cfg, "mode", default="train"))
 
 
+def launched_by() -> tuple[str | None, int]:
+    """What started this process with others, and how many processes there are.
+
+    ("torchrun", WORLD_SIZE); ("slurm", SLURM_NTASKS) for a task started by srun; else
+    (None, 1). A SLURM batch script has SLURM_NTASKS of the whole allocation but is one process
+    (it has no SLURM_STEP_ID): it must not wait for ranks that never come.
+    """
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return "torchrun", int(env["WORLD_SIZE"])
+    if "SLURM_STEP_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return "slurm", int(env["SLURM_NTASKS"])
+    return None, 1
+
+
+def one_process_problem(what: str) -> str | None:
+    """Why `what` (a mode, a sweep) cannot run as several processes, when it is started so."""
+    launcher, processes = launched_by()
+    if processes == 1:
+        return None
+    started = (
+        f"torchrun --nproc_per_node={processes}"
+        if launcher == "torchrun"
+        else f"{processes} SLURM tasks"
+    )
+    return (
+        f"{what} runs in one process, and this command was started as {processes} "
+        f"({started}): each would do it all on its own. Run it with python run.py"
+        + (" (one task)" if launcher == "slurm" else " alone")
+    )
+
+
 def mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) -> list[str]:
     """What a mode needs besides well-typed keys, and the typed keys it would ignore.
 
@@ -56,6 +89,9 @@ def mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) ->
     key a sweep sets (`-m ckpt=a.pt,b.pt`) is checked in each job, where it has its value.
     """
     mode = OmegaConf.select(cfg, "mode", default="train")
+    single = one_process_problem(f"mode={job_mode(cfg)}") if job_mode(cfg) != "train" else None
+    if single:  # eval under torchrun made one MLflow run per process, in one run dir
+        return [single]
     if cfg.get("preview_only") is True and mode not in ("train", "preview"):
         return [
             f"+preview_only=true draws the augmentation preview and would replace "

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from runner.config.choices import LR_SCALING
+from runner.config.modes import launched_by
 from runner.training.engine import EpochStats, batch_index_of
 
 log = logging.getLogger(__name__)
@@ -63,17 +64,16 @@ class World:
 
 def detect() -> World:
     """Reads rank, local rank and world size from torchrun's or SLURM's variables."""
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
+    launcher, size = launched_by()
+    if launcher == "torchrun":
+        env = os.environ
         return World(
             rank=int(env["RANK"]),
             local_rank=int(env.get("LOCAL_RANK", 0)),
-            world_size=int(env["WORLD_SIZE"]),
+            world_size=size,
             launcher="torchrun",
         )
-    # SLURM_STEP_ID: started by srun. A batch script has SLURM_NTASKS of the whole
-    # allocation but is one process; it must not wait for ranks that never come.
-    if "SLURM_STEP_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+    if launcher == "slurm":
         rank, local_rank, size = _slurm_ranks()
         return World(rank=rank, local_rank=local_rank, world_size=size, launcher="slurm")
     return World()

@@ -51,6 +51,37 @@ def test_a_single_task_or_a_batch_script_is_not_distributed(monkeypatch):
     assert not distributed.detect().distributed
 
 
+def test_a_sweep_or_another_mode_than_train_started_as_several_processes_is_refused(
+    monkeypatch, make_cfg
+):
+    """Under torchrun, `-m` ran the whole sweep in each process (two parent runs; an
+    Optuna study drew a trial per process and trained one model with both settings),
+    and mode=eval made one MLflow eval run per process in one run dir."""
+    from hydra import compose, initialize_config_dir
+
+    from runner.config.callback import ValidateConfigCallback
+    from runner.config.validation import ConfigError, validate
+    from tests.conftest import CONF
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for mode in ("eval", "predict", "preview"):
+        with pytest.raises(ConfigError) as refused:
+            validate(make_cfg(f"mode={mode}", "ckpt=best.pt", "predict.input=photos/"))
+        assert f"mode={mode} runs in one process" in str(refused.value)
+        assert "(torchrun --nproc_per_node=2)" in str(refused.value)
+    validate(make_cfg())  # training is what DDP is for
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        sweep = compose("train", ["optim.lr=1e-3"], return_hydra_config=True)
+    with pytest.raises(SystemExit, match=r"a -m sweep runs in one process.*tasks_per_node=N"):
+        ValidateConfigCallback().on_multirun_start(sweep)
+    monkeypatch.delenv("RANK")  # an srun task of two (SLURM_STEP_ID: not a batch script)
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    with pytest.raises(SystemExit, match=r"as 2 \(2 SLURM tasks\).*\(one task\)"):
+        ValidateConfigCallback().on_multirun_start(sweep)
+
+
 def test_first_node_of_a_slurm_nodelist():
     assert distributed.first_node("gpu[03-05,07],cpu1") == "gpu03"
     assert distributed.first_node("node7") == "node7"
