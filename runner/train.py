@@ -11,7 +11,6 @@ run dir, tracker, checkpoint writer, stop flag, sweep job)
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 from hydra.utils import instantiate
@@ -78,8 +77,8 @@ def run(cfg: DictConfig) -> float:
     try:
         if job is not None and distributed.detect().is_main:
             return job.run(cfg, train_and_test)  # records the job; a failure returns NaN
-        if job is not None and job.settled(cfg):  # under DDP: rank 0 skips it too
-            return math.nan
+        if job is not None:  # another rank of the job's processes (DDP)
+            return job.run_on_another_rank(cfg, train_and_test)
         return train_and_test(cfg, job=None)
     finally:
         release_run_dir()  # another process may continue it now (a notebook's run ended)

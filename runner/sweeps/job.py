@@ -201,6 +201,23 @@ class SweepJob:
         log.info("sweep job %s finished earlier (%s): kept", self.shown_key, run_dir)
         return float(recorded.get("value", math.nan))
 
+    def run_on_another_rank(
+        self, cfg: DictConfig, train: Callable[[DictConfig, SweepJob | None], float]
+    ) -> float:
+        """Runs `train` on a rank other than 0 of the job's processes, which records nothing.
+
+        It skips the job where rank 0 does (`settled`), and a failure returns NaN as on rank
+        0, which records it: every process of the job ends alike (a rank that raised left
+        its SLURM task without a result, and the launcher waited for it for ever).
+        """
+        if self.settled(cfg):
+            return math.nan
+        try:
+            return train(cfg, None)
+        except Exception as err:
+            log.error("sweep job %s failed: %s: %s", self.shown_key, type(err).__name__, err)
+            return math.nan
+
     def _train_and_record(
         self,
         cfg: DictConfig,

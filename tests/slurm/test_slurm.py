@@ -85,6 +85,21 @@ def test_a_damaged_record_of_submitted_jobs_is_refused_before_any_job_is_submitt
     assert status == "FAILED"
 
 
+def test_a_failing_two_task_job_ends_on_both_tasks_and_the_sweep_reports_it(tmp_path):
+    """A user's mistake found as the job starts (an EMA decay too slow for the run's few
+    steps): rank 0 recorded the job FAILED and returned; rank 1 exited 1 without a
+    result, and the launcher waited for that result for ever."""
+    command = slurm_command(tmp_path, "hydra.launcher.tasks_per_node=2", "trainer.ema_decay=0.9")
+    done = run_sweep(command, timeout=240)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-3000:]
+    assert "1 of 1 sweep job(s) did not finish" in output
+    assert "trainer.ema_decay=0.9" in output
+    (sweep,) = [p.parent for p in (tmp_path / "multirun").glob("*/*/multirun.yaml")]
+    results = list((sweep / ".submitit").glob("*/*_result.pkl"))
+    assert len(results) == 2, "each task ended with a result"
+
+
 def test_usr2_checkpoints_requeues_and_resumes_into_the_same_mlflow_run(tmp_path):
     epochs = 4
     command = slurm_command(
