@@ -20,6 +20,7 @@ from runner.augment.checks import check_transforms
 from runner.config.validation import validate
 from runner.data.build import Loaders, build_data, build_loaders
 from runner.data.debug import overfit_subset
+from runner.data.loaders import EpochBatches
 from runner.data.splits import DataSplits
 from runner.models.checks import check_model_config, check_weights_at_hand
 from runner.reports import console
@@ -125,11 +126,12 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
     # boundary (also one that comes while record_start runs).
     with tracked_run(ctx), ctx.stop:
         if ctx.is_main:
-            record_start(ctx, data, state, len(loaders.train))
+            record_start(ctx, data, state, loaders.train)
         distributed.barrier()  # the run's config file exists before any rank reads it
         state.mlflow_run_id = ctx.tracker.run_id
         with profile(cfg.trainer.profile, ctx.run_dir, ctx.tracker):
             fit(ctx, state, parts, loaders, data)
+        distributed.gather_bad_files(loaders.train)  # each rank streamed its own share
         ctx.writer.wait()
         distributed.end_training(ctx.world, agreement)  # the other ranks are done
         ctx.stop.at_once()
@@ -171,8 +173,8 @@ def start_context(cfg: DictConfig, job: SweepJob | None) -> RunContext:
     )
 
 
-def record_start(ctx: RunContext, data: DataSplits, state: TrainState, batches: int) -> None:
-    """Starts the tracked run; records the config, environment, data and batches/epoch."""
+def record_start(ctx: RunContext, data: DataSplits, state: TrainState, train: EpochBatches) -> None:
+    """Starts the tracked run; records the config, environment, data and batching."""
     with startup_clock.phase("mlflow"):
         start_run(
             ctx.tracker,
@@ -186,7 +188,8 @@ def record_start(ctx: RunContext, data: DataSplits, state: TrainState, batches: 
             params={"data.num_train": len(data.train), "data.num_classes": data.num_classes},
             resume_run_id=state.mlflow_run_id,
         )
-    ctx.tracker.set_tags(distributed.tags(ctx.world, ctx.cfg.trainer, batches))
+    batching = (train.batches_per_epoch(), train.full_batch())
+    ctx.tracker.set_tags(distributed.tags(ctx.world, ctx.cfg.trainer, *batching))
     if ctx.job is not None:
         ctx.job.record_run(ctx.tracker.run_id)
     log_data_inputs(ctx.tracker, ctx.cfg.data, data)  # train/val/test as MLflow datasets

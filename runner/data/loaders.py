@@ -46,6 +46,10 @@ class EpochBatches:
     def _num_samples(self) -> int:
         return len(self.split) if self.sampler is None else self.sampler.num_samples
 
+    def full_batch(self) -> int:
+        """Samples in a full batch: `batch_size`, or the epoch's when it is smaller."""
+        return min(self.batch_size, self._num_samples())
+
     def batches_per_epoch(self) -> int:
         """Batches in a whole epoch."""
         n = self._num_samples()

@@ -321,6 +321,22 @@ def gather(value: T) -> list[T]:
     return values
 
 
+def gather_bad_files(loader: Any) -> None:
+    """Gives `loader` the bad files that every rank's loader met, once each, in rank order.
+
+    Under DDP each rank streams its own share of the training files: a file that only
+    another rank decoded, and failed, was in that rank's log but not in the bad_files.txt
+    rank 0 writes. A collective call (a loader that streams nothing has no bad files).
+    """
+    if not hasattr(loader, "bad_files"):
+        return
+    merged: dict[str, tuple[str, str]] = {}
+    for bad_files in gather(list(loader.bad_files)):
+        for name, reason in bad_files:
+            merged.setdefault(name, (name, reason))
+    loader.bad_files = list(merged.values())
+
+
 def rank_share(progress: EpochStats) -> EpochStats:
     """This rank's part of a checkpointed (all-rank) partial epoch: rank 0 keeps the sums.
 
@@ -432,17 +448,19 @@ def barrier() -> None:
         dist.barrier(group=_CONTROL)
 
 
-def tags(world: World, trainer: Any, batches_per_epoch: int) -> dict[str, str]:
+def tags(world: World, trainer: Any, batches_per_epoch: int, full_batch: int) -> dict[str, str]:
     """Tags that say how the run was spread and batched, and how often SLURM requeued it.
 
     Args:
         world: This process's World.
-        trainer: The `trainer` config (batch_size, accumulate_grad_batches, lr_scaling).
+        trainer: The `trainer` config (accumulate_grad_batches, lr_scaling).
         batches_per_epoch: The batches one process trains an epoch on: an accumulation
             window larger than that is cut at the epoch's end, so a step sums no more.
+        full_batch: The samples of one process's full batch: trainer.batch_size, or its
+            epoch's when that is smaller (one batch of all of them).
     """
     window = min(trainer.accumulate_grad_batches, batches_per_epoch)
-    effective = trainer.batch_size * world.world_size * window
+    effective = full_batch * world.world_size * window
     result = {
         "world_size": str(world.world_size),
         "distributed.backend": world.backend,

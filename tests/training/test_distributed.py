@@ -121,18 +121,25 @@ def test_a_resume_on_another_number_of_processes_takes_this_runs_scaled_lr():
     assert one.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 / 5)
 
 
-def test_the_effective_batch_tag_counts_no_more_batches_than_an_epoch_has():
+def test_the_effective_batch_tag_counts_the_batches_and_samples_an_epoch_has():
     """With accumulate_grad_batches above an epoch's batches the window is cut at the
     epoch's end, and the tag multiplied by the accumulation asked for (4 x 32 x 2 = 256
-    where each step summed 3 x 32 x 2 = 192 images)."""
+    where each step summed 3 x 32 x 2 = 192 images); a batch larger than a process's
+    epoch is one batch of the epoch (batch 200 on 130 samples a process: 260, not 400)."""
     from omegaconf import OmegaConf
+
+    from runner.data.loaders import EpochBatches
 
     world = distributed.World(world_size=2, backend="gloo", launcher="torchrun")
     trainer = OmegaConf.create(
         {"batch_size": 32, "accumulate_grad_batches": 4, "lr_scaling": "none"}
     )
-    assert distributed.tags(world, trainer, batches_per_epoch=3)["effective_batch_size"] == "192"
-    assert distributed.tags(world, trainer, batches_per_epoch=9)["effective_batch_size"] == "256"
+    for batches, effective in ((3, "192"), (9, "256")):
+        assert distributed.tags(world, trainer, batches, 32)["effective_batch_size"] == effective
+    share = EpochBatches(range(130), batch_size=200, drop_last=True)
+    assert (share.batches_per_epoch(), share.full_batch()) == (1, 130)
+    trainer.accumulate_grad_batches = 1
+    assert distributed.tags(world, trainer, 1, share.full_batch())["effective_batch_size"] == "260"
 
 
 def test_lr_scaling_is_validated_with_the_config(make_cfg):
@@ -362,7 +369,10 @@ def test_two_ranks_streaming_a_folder_with_bad_files_take_the_same_steps(tmp_pat
         f"hydra.run.dir={tmp_path / 'run'}",
         timeout=240,  # the ranks hung until the 10-minute process-group timeout
     )
-    assert "cut" in (tmp_path / "run" / "bad_files.txt").read_text()
+    # Every cut file, also those only rank 1 streamed (they were in its log alone).
+    listed = (tmp_path / "run" / "bad_files.txt").read_text()
+    cut = {f"{name}/cut{i}.jpg" for name in ("a", "b") for i in range(8)}
+    assert {c for c in cut if c in listed} == cut, listed
 
 
 @pytest.fixture
