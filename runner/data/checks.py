@@ -40,8 +40,9 @@ def require_splits(data: DataSplits, names: tuple[str, ...] = ("train", "val", "
         if len(split) == 0:
             raise DataError(
                 f"the {name} split of data {data.name!r} is empty: it comes from "
-                f"{_SOURCE[name]}. Give it samples (e.g. data.{name}_fraction=0.1), or, for "
-                f"an image folder, a root/{name}/ folder."
+                f"{_SOURCE[name]}: a class of n samples gives it round(n x fraction). Give "
+                f"it samples: a larger data.{name}_fraction (0.1 by default), more samples "
+                f"per class, or, for an image folder, a root/{name}/ folder."
                 if name != "train"
                 else f"the train split of data {data.name!r} is empty: it comes from "
                 f"{_SOURCE[name]}; check data.root and the switches"

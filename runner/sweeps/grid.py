@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config.changes import flatten
 from runner.config.choices import RUNNER_GROUP_KEYS
 from runner.config.errors import ConfigError, UserError
 from runner.config.sweep_values import flatten_params, override_parser
@@ -73,9 +74,18 @@ def missing_key(config: DictConfig, key: str) -> str | None:
     names = [n for n in names if n not in shared] + [n for n in names if n in shared]
     listing = f" ({parent} has: {', '.join(names)})" if parent and names else ""
     close = difflib.get_close_matches(leaf, names, n=3, cutoff=0.75)
-    meant = " or ".join(f"{parent}.{name}" if parent else name for name in close)
-    guess = f": did you mean {meant}?" if close else ""
+    meant = [f"{parent}.{name}" if parent else name for name in close]
+    if not meant:  # the key of another group (`precision=bf16`, `trainer.lr=0.1`)
+        meant = _keys_named(config, leaf)
+    guess = f": did you mean {' or '.join(meant)}?" if meant else ""
     return f"{key}: the config has no such key; check its spelling{guess}{listing}"
+
+
+def _keys_named(config: DictConfig, leaf: str) -> list[str]:
+    """The config's keys (Hydra's own aside) whose last part is `leaf`, at most three."""
+    tree = OmegaConf.to_container(config, resolve=False)
+    tree.pop("hydra", None)
+    return sorted(k for k in flatten(tree) if k.rpartition(".")[2] == leaf)[:3]
 
 
 def _composition(err: Exception, config: DictConfig) -> str:

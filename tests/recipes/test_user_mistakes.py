@@ -166,6 +166,14 @@ def test_an_empty_split_is_refused_at_start(make_cfg, tmp_path, override, key):
     nothing_spent(tmp_path)
 
 
+def test_a_split_that_small_classes_leave_empty_is_told_how_the_fraction_rounds(make_cfg):
+    """32 samples of 10 classes and the default val_fraction=0.1: the message advised
+    data.val_fraction=0.1, the value that left it empty."""
+    message = refused(make_cfg("data.num_samples=32"), "the val split", "is empty")
+    assert "a class of n samples gives it round(n x fraction)" in message
+    assert "a larger data.val_fraction (0.1 by default)" in message
+
+
 def test_a_class_missing_from_a_split_is_reported_at_start(make_cfg, caplog):
     from runner.data.build import build_data
     from runner.data.checks import require_splits
@@ -872,6 +880,9 @@ def test_a_key_of_another_option_of_its_group_names_that_option():
     assert "; loss=gce has it (choose it), or check its spelling (loss has: alpha" in hint
     hint = unknown_key_hint(["trainer.max_epoch=3"], CONF)  # no option has it: spelling only
     assert "has it" not in hint and "did you mean trainer.max_epochs?" in hint
+    # A key of another group (precision=bf16 was told to check its spelling, no more).
+    assert "did you mean trainer.precision?" in unknown_key_hint(["precision=bf16"], CONF)
+    assert "did you mean optim.lr? (trainer has:" in unknown_key_hint(["trainer.lr=0.1"], CONF)
 
 
 def test_a_grid_whose_presets_monitor_different_metrics_is_refused(tmp_path):
