@@ -105,8 +105,8 @@ def _refuse_training_run_dir(
             continue
         where = Path(str(folder)).expanduser()
         trained = (where / "checkpoints").is_dir()
+        results = [name for name in EARLIER_RESULTS if (where / name).is_file()]
         if mode == "train":
-            results = [name for name in EARLIER_RESULTS if (where / name).is_file()]
             if results and not trained:
                 raise SystemExit(
                     f"Error: {key}={str(folder)!r} holds the results of an earlier run "
@@ -122,7 +122,6 @@ def _refuse_training_run_dir(
                 f"overwrite: leave {key} out (each {mode} run gets a run dir of its own), or "
                 "name a new folder"
             )
-        results = [name for name in EARLIER_RESULTS if (where / name).is_file()]
         if results:  # an earlier eval's metrics.json and reports went without a word
             raise SystemExit(
                 f"Error: {key}={str(folder)!r} holds the results of an earlier run "

@@ -54,8 +54,8 @@ def launched_by() -> tuple[str | None, int]:
     """What started this process with others, and how many processes there are.
 
     ("torchrun", WORLD_SIZE); ("slurm", SLURM_NTASKS) for a task started by srun; else
-    (None, 1). A SLURM batch script has SLURM_NTASKS of the whole allocation but is one process
-    (it has no SLURM_STEP_ID): it must not wait for ranks that never come.
+    (None, 1). A SLURM batch script has SLURM_NTASKS of the whole allocation but is one
+    process (it has no SLURM_STEP_ID): it must not wait for ranks that never come.
     """
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
@@ -89,7 +89,8 @@ def mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) ->
     key a sweep sets (`-m ckpt=a.pt,b.pt`) is checked in each job, where it has its value.
     """
     mode = OmegaConf.select(cfg, "mode", default="train")
-    single = one_process_problem(f"mode={job_mode(cfg)}") if job_mode(cfg) != "train" else None
+    runs_as = job_mode(cfg)  # preview for +preview_only=true
+    single = one_process_problem(f"mode={runs_as}") if runs_as != "train" else None
     if single:  # eval under torchrun made one MLflow run per process, in one run dir
         return [single]
     if cfg.get("preview_only") is True and mode not in ("train", "preview"):
@@ -117,7 +118,7 @@ def mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) ->
         for key in typed_keys:  # their settings too (eval.tta=flip)
             if key.startswith(("eval.", "predict.")) and key not in ignored:
                 ignored.append(key)
-        return _unread_problems(job_mode(cfg), typed) + [
+        return _unread_problems(runs_as, typed) + [
             f"{key} is read by mode=eval and mode=predict only, and mode={mode} would ignore "
             f"it: add mode={'predict' if key.startswith('predict.') else 'eval'} to use it"
             + (

@@ -14,20 +14,9 @@ from pathlib import Path
 from tests.conftest import CONF, group_options
 
 KEYS_FILE = Path(__file__).with_name("conf_keys.txt")
-# The groups whose options put keys into a run's config.
-GROUPS = (
-    "data",
-    "aug",
-    "model",
-    "optim",
-    "sched",
-    "loss",
-    "sampler",
-    "logger",
-    "trainer",
-    "experiment",
-    "debug",
-)
+# The groups whose options put keys into a run's config: every folder of conf/ but
+# Hydra's own and the searches (their keys are the sweeper's).
+NOT_RUN_KEYS = ("hydra", "hparams_search")
 
 
 def conf_keys() -> set[str]:
@@ -37,7 +26,8 @@ def conf_keys() -> set[str]:
 
     from runner.config.changes import flatten
 
-    choices = [[], *([f"{group}={option}"] for group in GROUPS for option in group_options(group))]
+    groups = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in NOT_RUN_KEYS)
+    choices = [[], *([f"{group}={option}"] for group in groups for option in group_options(group))]
     keys: set[str] = set()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for overrides in choices:
