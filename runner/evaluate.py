@@ -113,6 +113,7 @@ def run_eval(cfg: DictConfig) -> float:
         ctx.tracker.log_artifact(write_metrics_file(ctx.run_dir / "metrics.json", summary))
         rows = [
             *((name, f"{value:.4f}") for name, value in metrics.items()),
+            ("test-time augmentation", cfg.eval.tta),
             ("checkpoint", str(loaded.path)),
             ("source run", source),
             ("run dir", str(ctx.run_dir)),

@@ -134,6 +134,7 @@ def run_predict(cfg: DictConfig) -> float:
         [
             ("images labelled", str(labelled)),
             ("unreadable", str(failed)),
+            ("test-time augmentation", cfg.predict.tta),
             ("checkpoint", str(loaded.path)),
             ("predictions", str(output)),
         ],

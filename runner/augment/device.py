@@ -137,6 +137,24 @@ class DeviceAugment(nn.Module):
         with self._grad_mode():
             return self.mixer(images, labels)
 
+    def flips_horizontally(self) -> bool:
+        """Whether training shows the model mirror images (a horizontal flip with p > 0).
+
+        Flip test-time augmentation helps only a model that learnt mirror images as their
+        own class; on digits or text, a mirror image is another class.
+        """
+        if self.pipeline is None:
+            return False
+        from kornia.augmentation import RandomHorizontalFlip
+
+        for module in self.pipeline.modules():
+            flip_p = getattr(module, "flip_p", 0.0)  # the runner's fused crop-and-flip ops
+            if isinstance(module, RandomHorizontalFlip):
+                flip_p = module.p
+            if flip_p > 0:
+                return True
+        return False
+
     def describe(self) -> str:
         """A one-line summary of the pipeline, e.g. for a preview's title."""
         names = [type(t).__name__ for t in self.pipeline.children()] if self.pipeline else []

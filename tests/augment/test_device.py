@@ -535,3 +535,12 @@ def test_two_training_runs_with_mixing_are_identical(make_cfg, tmp_path):
         )
     assert histories[0] == histories[1]
     assert all(math.isfinite(loss) for loss, _, _ in histories[0])
+
+
+def test_which_presets_train_on_mirror_images(make_cfg):
+    """Flip TTA is warned against for a model trained without them (runner/from_checkpoint)."""
+    flipping = {preset for preset in PRESETS if build(make_cfg, preset).flips_horizontally()}
+    assert flipping == {"autoaugment", "flip_crop", "randaugment", "strong", "trivialaugment"}
+    assert not build(make_cfg, "strong", "aug.transforms.0.flip_p=0").flips_horizontally()
+    assert DeviceAugment([K.RandomHorizontalFlip(p=0.5)]).flips_horizontally()
+    assert not DeviceAugment([K.RandomHorizontalFlip(p=0.0)]).flips_horizontally()
