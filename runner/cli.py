@@ -156,7 +156,8 @@ def unknown_key_hint(args: Sequence[str], config_dir: Path) -> str | None:
             problem = next((f for f in found if "did you mean" in f), found[0])
             having = options_with_key(config_dir, key)
             if having:  # spelt right, perhaps, and the chosen option has no such key
-                which = f"{' and '.join(having)} {'has' if len(having) == 1 else 'have'} it"
+                named = " and ".join([", ".join(having[:-1]), having[-1]] if having[1:] else having)
+                which = f"{named} {'has' if len(having) == 1 else 'have'} it"
                 problem = problem.replace(
                     "; check its spelling", f"; {which} (choose it), or check its spelling", 1
                 )
@@ -209,7 +210,9 @@ def options_with_key(config_dir: Path, key: str) -> list[str]:
             content = OmegaConf.load(path)
         except Exception:  # a file Hydra reads, or refuses, on its own
             continue
-        if isinstance(content, DictConfig) and leaf in content:
+        # Its keys, not `leaf in content`: that is False for a key whose value is ??? (the
+        # required data.root of data=imagefolder), which is the option meant most often.
+        if isinstance(content, DictConfig) and leaf in set(content):
             having.append(f"{group}={path.stem}")
     return having
 

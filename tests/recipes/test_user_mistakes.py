@@ -879,6 +879,9 @@ def test_a_key_of_another_option_of_its_group_names_that_option():
     assert "logger.export_model: the config has no such key; logger=mlflow has it (choose" in hint
     hint = unknown_key_hint(["loss=sce", "loss.q=0.5"], CONF)
     assert "; loss=gce has it (choose it), or check its spelling (loss has: alpha" in hint
+    # data.root is required (???) in data=imagefolder and was left out of the options.
+    hint = unknown_key_hint(["data.root=/photos"], CONF)
+    assert "data=cifar10, data=cifar100 and data=imagefolder have it" in hint
     hint = unknown_key_hint(["trainer.max_epoch=3"], CONF)  # no option has it: spelling only
     assert "has it" not in hint and "did you mean trainer.max_epochs?" in hint
     # A key of another group (precision=bf16 was told to check its spelling, no more).
