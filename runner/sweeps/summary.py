@@ -8,6 +8,7 @@ held of a job whose metrics.json is gone since.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,7 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
             ]
     best_lines, best_tags, best_metrics = _best_report(best_group, best, swept, monitor, shown)
     lines += best_lines
+    lines += _tie_lines(ranked, best_group, complete, best, monitor)
     lines += _earlier_study_best(inputs.study_best, jobs, monitor)
     not_done = [j for j in jobs if j.get("status") != "FINISHED"]
     lines += _not_finished_lines(not_done)
@@ -207,6 +209,46 @@ def _best_report(
         best_tags["best.run_id"] = best.get("mlflow_run_id") or ""
         best_tags["best.job"] = str(best.get("num"))
     return lines, best_tags, best_metrics
+
+
+def _tie_lines(
+    ranked: list[RepeatGroup],
+    best_group: RepeatGroup | None,
+    complete: list[dict[str, Any]],
+    best: dict[str, Any] | None,
+    monitor: str,
+) -> list[str]:
+    """A line naming the configurations (or jobs) whose value equals the best one's.
+
+    A val split of a few hundred images moves val/acc in steps of a fraction of a point,
+    so equal values are common; the best is then the first listed, and the report says so
+    instead of naming it alone.
+    """
+    if best_group is not None:
+        tied = [g for g in ranked if g is not best_group and _same(g.mean, best_group.mean)]
+        names = [
+            f"jobs {', '.join(str(j.get('num')) for j in g.members)} ({g.label})" for g in tied
+        ]
+        advice = "more seeds"
+    elif best is not None:
+        tied = [j for j in complete if j is not best and _same(j["value"], best["value"])]
+        names = [f"job {j.get('num')} ({j['label']})" for j in tied]
+        advice = "seeds (seed=0,1,2)"
+    else:
+        return []
+    if not names:
+        return []
+    return [
+        "",
+        f"Tied with the best: {'; '.join(names)}, the same {'mean ' if best_group else ''}"
+        f"{monitor}; the first in job order is named best. Tell them apart with {advice} or "
+        "a larger val split (data.val_fraction).",
+    ]
+
+
+def _same(value: float, other: float) -> bool:
+    """Equal but for float rounding: (0.91 + 0.93) / 2 against (0.92 + 0.92) / 2."""
+    return math.isclose(value, other, rel_tol=1e-9, abs_tol=1e-12)
 
 
 def _not_finished_lines(not_done: list[dict[str, Any]]) -> list[str]:

@@ -202,3 +202,27 @@ def test_collect_of_a_preview_sweep_says_what_its_jobs_left(tmp_path, capsys):
     (sweep / "1" / "error.txt").write_text("aug.transforms.0 (Linear) fails on ...\n")
     assert main(["collect", str(sweep)]) == 1  # a failed job, as in a training sweep
     assert "#1 job - FAILED" in capsys.readouterr().out.splitlines()[1]
+
+
+def test_a_tie_for_the_best_is_said_not_hidden(tmp_path):
+    """Two learning rates with the same mean val/acc over two seeds: the summary named the
+    first one best and tagged it, and said nothing of the other."""
+    from runner.sweeps.summary import summarize
+
+    for num, (lr, seed, value) in enumerate(
+        [("0.001", 0, 0.92), ("0.001", 1, 0.92), ("0.003", 0, 0.91), ("0.003", 1, 0.93)]
+    ):
+        finished_job(tmp_path / "grid", num, [f"optim.lr={lr}", f"seed={seed}"], value)
+    summary = summarize(tmp_path / "grid", monitor="val/acc", maximize=True)
+    assert summary.best_tags["best.optim.lr"] == "0.001"
+    assert "Tied with the best: jobs 2, 3 (optim.lr=0.003), the same mean val/acc" in (
+        summary.markdown
+    )
+    for num, (lr, value) in enumerate([("0.1", 0.9), ("0.01", 0.95), ("0.3", 0.95)]):
+        finished_job(tmp_path / "single", num, [f"optim.lr={lr}"], value)
+    markdown = summarize(tmp_path / "single", monitor="val/acc", maximize=True).markdown
+    assert "Best: job 1 (optim.lr=0.01)" in markdown
+    assert "Tied with the best: job 2 (optim.lr=0.3), the same val/acc" in markdown
+    finished_job(tmp_path / "clear", 0, ["optim.lr=0.1"], 0.9)
+    finished_job(tmp_path / "clear", 1, ["optim.lr=0.01"], 0.8)
+    assert "Tied" not in summarize(tmp_path / "clear", monitor="val/acc", maximize=True).markdown
