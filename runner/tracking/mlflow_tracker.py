@@ -432,7 +432,7 @@ class MlflowTracker:
                 self.log_artifact(path)
         finally:
             self._submit(("status", status, int(time.time() * 1000)))
-        log.info("tracking: the longest logging call blocked training %.3f s", self.longest_block_s)
+        log.info("tracking: the longest logging call blocked the run %.3f s", self.longest_block_s)
         if self.outbox is None:
             return
         try:

@@ -177,11 +177,12 @@ def fit(
         )
         return
     if state.epoch >= trainer.max_epochs and not state.partial_epoch:
-        # Rerun in place (the reports again) or resumed from a finished last.pt elsewhere.
+        # Rerun in place, resumed from a finished last.pt elsewhere, or a job stopped
+        # during its test: the test and reports are what is left to do.
         log.info(
             "nothing to train: the checkpoint this run resumed finished its %d epoch(s) "
-            "(trainer.max_epochs=%d); its best weights are tested again. Raise "
-            "trainer.max_epochs to train on",
+            "(trainer.max_epochs=%d), so its best weights are tested and reported; to "
+            "train more epochs instead, raise trainer.max_epochs",
             state.epoch,
             trainer.max_epochs,
         )

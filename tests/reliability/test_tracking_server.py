@@ -54,7 +54,7 @@ def test_training_goes_on_while_the_server_is_down_and_logs_arrive_later(tmp_pat
     assert "buffering and retrying" in output and "reachable again" in output
     # MLflow's own line at a run's end shows the URI as given, a password in it included.
     assert "View run" not in output
-    blocked = float(output.split("longest logging call blocked training ")[1].split()[0])
+    blocked = float(output.split("longest logging call blocked the run ")[1].split()[0])
     assert blocked < 1.0
     db = mlflow_server.root / "server.db"
     assert query(db, "SELECT status FROM runs") == [("FINISHED",)]
