@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,10 @@ class ValidateConfigCallback(Callback):
         try:
             validate(config)
         except ConfigError as err:
+            # Printed, not raised: Hydra turns a callback's exception into a warning and
+            # goes on to make the run dir and start the job.
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                traceback.print_exc()
             raise SystemExit(f"Error: {err}") from err
 
 

@@ -406,6 +406,17 @@ def test_the_command_line_shows_a_mistake_as_one_line_and_exit_status_1(tmp_path
         env={**os.environ, "HYDRA_FULL_ERROR": "1"},
     )
     assert full.returncode == 1 and "Traceback" in full.stderr, "HYDRA_FULL_ERROR=1 shows it"
+    # A mistake the config checks find before the job: the variable was ignored there.
+    full = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), f"paths.output_dir={tmp_path}/x", "optim.lr=abc"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+    )
+    assert full.returncode == 1 and "Traceback" in full.stderr, full.stderr[-2000:]
+    assert "ConfigError: Invalid config (1 problem)" in full.stderr
+    assert "Error: Invalid config" in full.stderr and not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize(
