@@ -2,10 +2,10 @@
 
 conf/*.yaml --Hydra--> cfg --validate--> RunContext (device, precision, world,
 run dir, tracker, checkpoint writer, stop flag, sweep job)
--> data (uint8 splits, real-world switches) -> augmentation -> loaders
+-> data (uint8 splits, real-world switches) -> loaders -> augmentation
 -> parts (model, loss, optimizer, schedule, scaler, EMA) -> resume or start
 -> fit: train / validate / decide / checkpoint / log, epoch by epoch
--> test the best weights -> reports -> metrics.json and the summary
+-> test the best weights, reports -> the MLflow model -> metrics.json and the summary
 """
 
 from __future__ import annotations

@@ -66,10 +66,10 @@ def help_listing(conf: Path = CONF) -> str:
     chosen = defaults(conf)
     out = []
     for group, files in groups(conf).items():
-        if group.startswith("hydra/") and group != "hydra/launcher":
-            continue
         default = chosen.get(group)
-        out.append(f"{group} (default: {default or 'none'})")
+        # The sampler and pruner are the Optuna sweeper's, chosen only with it.
+        applies = ", with hparams_search=optuna" if group.startswith("hydra/sweeper/") else ""
+        out.append(f"{group} (default: {default or 'none'}{applies})")
         out.extend(f"  {p.stem:<16} {describe(p)}" for p in files)
     # Hydra's help template treats "$" as a placeholder.
     return "\n".join(out).replace("$", "$$")

@@ -192,6 +192,8 @@ def test_help_shows_the_header_groups_and_completion(tmp_path):
         "aug (default: basic)",
         "  basic            Small random affine",
         "experiment (default: none)",
+        "hydra/sweeper/sampler (default: none, with hparams_search=optuna)",
+        "  cmaes            ",
         "mode: train",
         "-sc install=bash",
         # One sentence: the file's next comment lines stay out of the description.
