@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +200,24 @@ def many_flags_caution(flagged_share: float, accuracy: float) -> str | None:
     )
 
 
+def rarest_class_line(labels: np.ndarray, names: Sequence[str]) -> str:
+    """summary.md's line when cleanlab flags no class as rare: how rare the rarest is.
+
+    cleanlab flags only a rarest class holding under a tenth of an even share, so a class
+    at a quarter of the others' size passed without a word.
+    """
+    counts = np.bincount(labels, minlength=len(names))
+    present = np.flatnonzero(counts)
+    rarest = present[np.argmin(counts[present])]
+    share = counts[rarest] / (len(labels) / len(present))
+    return (
+        f"Class imbalance: none flagged. The rarest class, {names[rarest]}, has "
+        f"{counts[rarest]} samples, {share:.0%} of an even share; cleanlab flags the rarest "
+        "class only below 10% (to train with a rare class: sampler=balanced or "
+        "loss=balanced_softmax)."
+    )
+
+
 def summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, names, caution) -> str:
     """summary.md's text: counts, timings, the caution, the top suspects, cleanlab's table."""
     n = len(merged.sample_id)
@@ -246,11 +265,16 @@ def summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, nam
     if np.any(rare_rows):
         rare = sorted({names[g] for g in merged.label[rare_rows]})
         lines += ["", f"Class imbalance: cleanlab flags the rare class(es) {', '.join(rare)}."]
+    else:
+        lines += ["", rarest_class_line(merged.label, names)]
     lines += [
         "",
         f"Act on it: `data.exclude={sweep_dir / AUDIT_DIR / 'label_issues.csv'}` drops the "
         "flagged samples; `data.relabel=` with the same path gives them their suggested "
-        "label instead.",
+        "label instead. Only the train split was audited: a carved val split, which picks "
+        "each run's best weights, keeps its labels (audit with data.val_fraction=0 to check "
+        "its samples too). near_duplicates.csv lists every copy of a set: as data.exclude "
+        "it would drop them all, so keep one of each and exclude the others' ids.",
         "",
         "## Most suspect labels",
         "",

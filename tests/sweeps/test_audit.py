@@ -176,6 +176,12 @@ def test_audit_ranks_every_sample_and_flags_the_flipped_labels(tmp_path):
     assert f"precision {precision:.3f} and recall {recall:.3f}" in summary
     assert f"| label issues | {len(flagged)} |" in summary and "4 of 4 fold jobs" in summary
     assert "Check before acting" not in summary  # 10% of the labels, about as many flagged
+    # cleanlab flags no class of digits as rare; the summary says how rare the rarest is.
+    counts = np.bincount(data.train.labels.numpy(), minlength=10)
+    rarest = int(np.argmin(counts))
+    rarest_line = f"The rarest class, {data.class_names[rarest]}, has {counts[rarest]} samples"
+    assert f"Class imbalance: none flagged. {rarest_line}" in summary
+    assert "Only the train split was audited" in summary
     assert (audit / "label_issues.png").stat().st_size > 10_000
     top = rows[0]
     assert top["suggested_label"] != top["given_label"] and top["is_label_issue"] == "True"
