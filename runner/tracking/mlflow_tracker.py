@@ -30,7 +30,7 @@ from runner.config.redaction import public_uri
 from runner.config.resolvers import REPO_ROOT
 from runner.tracking import provenance
 from runner.tracking.inputs import DatasetRecord
-from runner.tracking.models import log_pytorch_model
+from runner.tracking.models import find_logged_model, log_pytorch_model
 from runner.tracking.opening import StoreOpener, open_run, open_store
 from runner.tracking.outbox import Outbox, OutboxInterrupted, apply_op
 from runner.tracking.pending import pending_file_problem, pending_target, write_pending
@@ -371,10 +371,12 @@ class MlflowTracker:
         metadata: dict[str, Any],
         files: list[Path],
         fallback: Path | None = None,
+        tags: dict[str, str] | None = None,
     ) -> str | None:
         """Logs a torch module as the run's MLflow model `model`; returns its URI.
 
-        Registers a version under `registered_model_name` when it is set. When the model
+        Registers a version under `registered_model_name` when it is set. `tags` go on
+        the logged model beside the source's (`find_model` looks for them). When the model
         cannot be logged (it does not export, the server is away), `fallback` is
         uploaded as `checkpoints/<name>` instead and None is returned, so the run keeps
         its weights either way.
@@ -391,7 +393,7 @@ class MlflowTracker:
                 metadata,
                 files,
                 registered_model_name=self.registered_model_name,
-                tags=self.source_tags,
+                tags={**self.source_tags, **(tags or {})},
             )
         except Exception as err:
             log.error(
@@ -405,6 +407,19 @@ class MlflowTracker:
             return None
         log.info("logged model %s in %.1f s", uri, time.perf_counter() - started)
         return uri
+
+    def find_model(self, tags: dict[str, str]) -> str | None:
+        """This run's finished MLflow model `model` with `tags` (models:/<id>), or None.
+
+        None too when the store cannot be asked: the model is then logged again.
+        """
+        if self.run_id is None:
+            return None
+        try:
+            return find_logged_model(self._client(), self.experiment_id, self.run_id, tags)
+        except Exception as err:
+            log.warning("could not look for the run's logged model (%s); logging it", err)
+            return None
 
     def finish(self, status: str) -> None:
         """Flushes and ends the run as FINISHED, FAILED or KILLED.

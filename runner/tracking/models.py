@@ -148,6 +148,24 @@ def log_pytorch_model(
     return info.model_uri
 
 
+def find_logged_model(
+    client: Any, experiment_id: str, run_id: str, tags: dict[str, str]
+) -> str | None:
+    """The URI (models:/<id>) of the run's READY model `model` with `tags`, or None.
+
+    A model whose logging was cut short (PENDING, FAILED) does not count.
+    """
+    from mlflow.entities import LoggedModelStatus
+
+    conditions = [f"source_run_id = '{run_id}'", f"name = '{MODEL_NAME}'"]
+    conditions += [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
+    found = client.search_logged_models(
+        experiment_ids=[experiment_id], filter_string=" AND ".join(conditions)
+    )
+    ready = [model for model in found if model.status == LoggedModelStatus.READY]
+    return f"models:/{ready[0].model_id}" if ready else None
+
+
 def _use_store(tracking_uri: str) -> None:
     """Points MLflow's process-wide store and registry at `tracking_uri`.
 

@@ -54,8 +54,13 @@ class NullTracker:
         metadata: dict[str, Any],
         files: list[Path],
         fallback: Path | None = None,
+        tags: dict[str, str] | None = None,
     ) -> str | None:
         """Logs nothing; the weights stay in the run dir."""
+        return None
+
+    def find_model(self, tags: dict[str, str]) -> str | None:
+        """None: no model is logged."""
         return None
 
     def flush(self) -> None:

@@ -81,13 +81,18 @@ class Tracker(Protocol):
         metadata: dict[str, Any],
         files: list[Path],
         fallback: Path | None = None,
+        tags: dict[str, str] | None = None,
     ) -> str | None:
         """Logs a torch module as the run's model; returns its URI (None: not logged).
 
         `input_example` is a batch the model takes; `metadata` and `files` travel with
-        the model. When the model cannot be logged, `fallback` (a file) is uploaded as
-        a run artifact instead, so the weights are never lost.
+        the model, and `tags` (which weights it holds) are the model's. When the model
+        cannot be logged, `fallback` (a file) is uploaded as a run artifact instead, so
+        the weights are never lost.
         """
+
+    def find_model(self, tags: dict[str, str]) -> str | None:
+        """The URI of a model this run logged with `tags`; None when it logged none."""
 
     def flush(self) -> None:
         """Sends the buffered metrics."""

@@ -111,6 +111,13 @@ def log_best_model(
     if not ctx.tracker.export_model:  # logger=none, or logger.export_model=false
         ctx.tracker.log_artifact(best_path, "checkpoints")
         return None
+    # A rerun in place (the reports again, or a job stopped after its model was logged)
+    # logged and registered a second copy of the same weights in the same run.
+    weights = {"best_epoch": str(best.epoch)}
+    earlier = ctx.tracker.find_model(weights)
+    if earlier is not None:
+        log.info("the run's model of epoch %d is logged already (%s)", best.epoch, earlier)
+        return earlier
     started = time.perf_counter()
     wrapper, example = exported_classifier(parts, best)
     metadata = {
@@ -129,7 +136,7 @@ def log_best_model(
         "input": "uint8 (N, C, H, W) at image_size; output: class probabilities (N, classes)",
     }
     uri = ctx.tracker.log_model(
-        wrapper, example, metadata, [ctx.run_dir / CONFIG_FILE], fallback=best_path
+        wrapper, example, metadata, [ctx.run_dir / CONFIG_FILE], fallback=best_path, tags=weights
     )
     if uri is not None:
         seconds = time.perf_counter() - started

@@ -33,7 +33,16 @@ def trained(tmp_path_factory):
     model and samples system metrics often."""
     tmp = tmp_path_factory.mktemp("mlflow3")
     seed_store(tmp / "outputs")
-    done = run_cli(
+    done = run_cli(*train_command(tmp))
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    db = tmp / "outputs" / "mlflow.db"
+    ((run_id,),) = query(db, "SELECT run_uuid FROM runs")
+    return tmp, db, run_id, f"sqlite:///{db}"
+
+
+def train_command(tmp: Path) -> list[str]:
+    """The `trained` fixture's command line."""
+    return [
         f"paths.output_dir={tmp}/outputs",
         f"hydra.run.dir={tmp}/train",
         *TINY,
@@ -42,11 +51,7 @@ def trained(tmp_path_factory):
         "logger.system_metrics_interval_s=0.5",
         "data.num_samples=320",
         "trainer.max_epochs=2",
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    db = tmp / "outputs" / "mlflow.db"
-    ((run_id,),) = query(db, "SELECT run_uuid FROM runs")
-    return tmp, db, run_id, f"sqlite:///{db}"
+    ]
 
 
 def artifacts_of(db: Path, run_id: str) -> Path:
@@ -319,3 +324,18 @@ def test_the_experiment_is_tagged_for_model_training_unless_a_kind_was_chosen(tm
         "genai": "genai_development",
         "new": MODEL_TRAINING_KIND,
     }
+
+
+@pytest.mark.slow
+def test_a_rerun_in_place_logs_and_registers_no_second_copy_of_the_model(trained):
+    """The same command in the finished run's dir tests and reports again, and it logged
+    a second model and registered version 2 of the same weights in the same run. (Last in
+    this file: the tests above count the fixture's one model.)"""
+    tmp, db, run_id, uri = trained
+    done = run_cli(*train_command(tmp))
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    ((model_id, source),) = query(db, "SELECT model_id, source_run_id FROM logged_models")
+    assert source == run_id
+    assert f"is logged already (models:/{model_id})" in done.stdout + done.stderr
+    registry = MlflowClient(uri, registry_uri=uri)
+    assert [int(v.version) for v in registry.search_model_versions(f"name = '{MODEL_NAME}'")] == [1]
