@@ -21,6 +21,8 @@ MAY_CHANGE_ON_RESUME = (
     "trainer.keep_host_memory",
     "trainer.profile",
     "logger.delivery_timeout_s",
+    "logger.system_metrics",  # what is sampled from here on, not what was trained
+    "logger.system_metrics_interval_s",
     "trainer.resume",
     "data.num_workers",
     "data.cache_dir",

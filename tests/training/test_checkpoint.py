@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -316,3 +318,22 @@ def test_a_file_that_is_no_checkpoint_is_refused_without_advice_to_load_it_unsaf
     assert "(UnpicklingError: Weights only load failed)" in str(err.value)
     assert "weights_only" not in str(err.value).replace("Weights only", "")
     assert "truncated, not a checkpoint, or carries pickled objects" in str(err.value)
+
+
+def test_the_system_metrics_settings_may_change_on_resume(make_cfg):
+    """logger.system_metrics=false on a resume was refused as "another config": it changes
+    what is sampled from then on, not what was trained."""
+    from omegaconf import OmegaConf
+
+    from runner.config.errors import ConfigError
+    from runner.training.resume_checks import check_resume
+
+    cfg = make_cfg()
+    run_dir = Path(cfg.paths.run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"")
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    check_resume(run_dir, make_cfg("logger.system_metrics=false"))
+    check_resume(run_dir, make_cfg("logger.system_metrics_interval_s=1"))
+    with pytest.raises(ConfigError, match=r"another config"):
+        check_resume(run_dir, make_cfg("optim.lr=0.5"))
