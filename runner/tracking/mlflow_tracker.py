@@ -108,6 +108,7 @@ class MlflowTracker:
         self.outbox: Outbox | None = None
         self.local_dir: Path | None = None
         self.source_tags: dict[str, str] = {}
+        self.resumed = False  # whether `start` reopened an earlier run
         self.longest_block_s = 0.0
         self.client = None
         self.run_id = None
@@ -244,6 +245,7 @@ class MlflowTracker:
             local_dir: Where logs a server never received are saved at the end.
         """
         self.local_dir = local_dir
+        self.resumed = resume_run_id is not None
         # Kept for the logged model, which carries the same source tags (git runs once).
         self.source_tags = provenance.source_tags(REPO_ROOT, tags.get("git_commit"))
         tags = {
@@ -411,9 +413,10 @@ class MlflowTracker:
     def find_model(self, tags: dict[str, str]) -> str | None:
         """This run's finished MLflow model `model` with `tags` (models:/<id>), or None.
 
-        None too when the store cannot be asked: the model is then logged again.
+        None without asking for a run that began in this process (it has logged no model
+        yet), and when the store cannot be asked: the model is then logged again.
         """
-        if self.run_id is None:
+        if self.run_id is None or not self.resumed:
             return None
         try:
             return find_logged_model(self._client(), self.experiment_id, self.run_id, tags)
