@@ -40,6 +40,7 @@ from runner.config.sweep_values import read_sweeps, values_of
 from runner.sweeps.audit_report import (
     AUDIT_DIR,
     draw_suspects,
+    few_per_class_caution,
     many_flags_caution,
     oof_accuracy,
     shown_count,
@@ -247,7 +248,11 @@ def run_audit(
     )
     if picture is not None:
         files.append(picture)
-    caution = many_flags_caution(float(flagged.mean()), oof_accuracy(merged))
+    cautions = [
+        many_flags_caution(float(flagged.mean()), oof_accuracy(merged)),
+        few_per_class_caution(merged.label),
+    ]
+    caution = " ".join(filter(None, cautions)) or None
     if caution is not None:
         log.warning("audit of %s: %s", sweep_dir, caution)
     summary = out / "summary.md"

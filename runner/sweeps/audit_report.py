@@ -218,6 +218,30 @@ def rarest_class_line(labels: np.ndarray, names: Sequence[str]) -> str:
     )
 
 
+# Below this mean of audited samples a class, confident learning's per-class thresholds
+# rest on a handful of samples. In a probe with 10% of the labels flipped, is_label_issue
+# found 57% of them at 11 samples a class (200 classes) and 1% at 8 (1000), while the
+# lowest label_quality ranked 99% and 94% of them first; digits (140 a class) found 90%.
+FEW_PER_CLASS = 20
+
+
+def few_per_class_caution(labels: np.ndarray) -> str | None:
+    """What to do instead of trusting is_label_issue when classes have few samples."""
+    counts = np.bincount(labels)
+    classes = int((counts > 0).sum())
+    per_class = len(labels) / max(classes, 1)
+    if per_class >= FEW_PER_CLASS:
+        return None
+    return (
+        f"the audit saw about {per_class:.0f} samples a class ({classes} classes), too few "
+        "for confident learning's per-class thresholds: is_label_issue then misses most "
+        "wrong labels (in a probe with 10% flipped, 57% found at 11 a class, 1% at 8), "
+        "while the ranking by label_quality still puts them first. Read label_issues.csv "
+        "from the top, cut it where the suggested labels stop looking right, and give "
+        "data.exclude or data.relabel a copy whose is_label_issue is True on those rows."
+    )
+
+
 def summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, names, caution) -> str:
     """summary.md's text: counts, timings, the caution, the top suspects, cleanlab's table."""
     n = len(merged.sample_id)
