@@ -182,6 +182,10 @@ def test_a_class_missing_from_a_split_is_reported_at_start(make_cfg, caplog):
     data = build_data(make_cfg("data.num_samples=45", "data.val_fraction=0.12").data)
     require_splits(data, ("val",))
     assert "the val split has no sample of 5 class(es): class_5, class_6" in caplog.text
+    # A long-tailed folder lost half its test accuracy to weights chosen on head classes.
+    assert "The best weights and early stopping are then chosen on the other classes" in (
+        caplog.text
+    )
 
 
 # --- crashes after the work is done ---------------------------------------------------------
