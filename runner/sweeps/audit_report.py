@@ -242,6 +242,23 @@ def few_per_class_caution(labels: np.ndarray) -> str | None:
     )
 
 
+def act_on_it(label_issues: Path, flagged: int) -> str:
+    """summary.md's paragraph on what to do with the files, and what they leave out."""
+    using = (
+        f"Act on it: `data.exclude={label_issues}` drops the flagged samples; "
+        "`data.relabel=` with the same path gives them their suggested label instead."
+        if flagged
+        else "No label is flagged: data.exclude and data.relabel of label_issues.csv would "
+        "change nothing (its ranking is there to read)."
+    )
+    return (
+        f"{using} Only the train split was audited: a carved val split, which picks each "
+        "run's best weights, keeps its labels (audit with data.val_fraction=0 to check its "
+        "samples too). near_duplicates.csv lists every copy of a set: as data.exclude it "
+        "would drop them all, so keep one of each and exclude the others' ids."
+    )
+
+
 def summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, names, caution) -> str:
     """summary.md's text: counts, timings, the caution, the top suspects, cleanlab's table."""
     n = len(merged.sample_id)
@@ -293,12 +310,7 @@ def summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, nam
         lines += ["", rarest_class_line(merged.label, names)]
     lines += [
         "",
-        f"Act on it: `data.exclude={sweep_dir / AUDIT_DIR / 'label_issues.csv'}` drops the "
-        "flagged samples; `data.relabel=` with the same path gives them their suggested "
-        "label instead. Only the train split was audited: a carved val split, which picks "
-        "each run's best weights, keeps its labels (audit with data.val_fraction=0 to check "
-        "its samples too). near_duplicates.csv lists every copy of a set: as data.exclude "
-        "it would drop them all, so keep one of each and exclude the others' ids.",
+        act_on_it(sweep_dir / AUDIT_DIR / "label_issues.csv", counts["num_label_issues"]),
         "",
         "## Most suspect labels",
         "",

@@ -222,7 +222,9 @@ def test_near_duplicates_and_outliers_are_listed_by_sample_id(tmp_path):
     assert result.counts["num_near_duplicates"] == len(duplicates)
     assert result.counts["num_outliers"] == len(outliers)
     assert not (sweep / "audit" / "label_issues.png").exists()
-    assert "Injected label noise" not in (sweep / "audit" / "summary.md").read_text()
+    summary = (sweep / "audit" / "summary.md").read_text()
+    assert "Injected label noise" not in summary
+    assert "Act on it: `data.exclude=" in summary and "Only the train split" in summary
 
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -668,3 +670,12 @@ def test_an_audit_of_few_samples_a_class_says_to_read_the_ranking_not_the_flags(
     assert caution is not None and "about 11 samples a class (200 classes)" in caution
     assert "is_label_issue is True on those rows" in caution
     assert few_per_class_caution(np.repeat(np.arange(10), 140)) is None  # digits
+
+
+def test_an_audit_that_flags_nothing_does_not_offer_to_drop_the_flagged_samples(tmp_path):
+    from runner.sweeps.audit_report import act_on_it
+
+    assert act_on_it(tmp_path / "label_issues.csv", 3).startswith("Act on it: `data.exclude=")
+    none = act_on_it(tmp_path / "label_issues.csv", 0)
+    assert none.startswith("No label is flagged: data.exclude and data.relabel")
+    assert "Only the train split was audited" in none
