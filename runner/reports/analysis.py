@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from runner.reports.calibration import plot_reliability
-from runner.reports.drawing import draw_each, drawable, pyplot
+from runner.reports.drawing import draw_each, drawable, fitted, pyplot
 from runner.reports.gradcam import find_gradcam_layer, gradcam_maps
 from runner.reports.per_class import per_class_table
 from runner.tracking.protocol import Tracker
@@ -255,8 +255,8 @@ def plot_misclassified(inputs: AnalysisInputs, count: int, path: Path) -> list[i
         ):
             ax.imshow(_as_rgb(image))
             ax.set_title(
-                f"true {names[int(inputs.labels[index])]}\npred {names[int(pred)]} "
-                f"({float(conf):.2f})",
+                f"true {fitted(names[int(inputs.labels[index])])}\n"
+                f"pred {fitted(names[int(pred)])} ({float(conf):.2f})",
                 fontsize=7,
             )
         fig.suptitle(f"the {len(chosen)} most confidently misclassified test images", fontsize=9)
@@ -293,7 +293,8 @@ def plot_gradcam(
         ax.imshow(_as_rgb(image))
         ax.imshow(cam.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
         ax.set_title(
-            f"true {names[int(inputs.labels[index])]}\npred {names[int(predicted[index])]}",
+            f"true {fitted(names[int(inputs.labels[index])])}\n"
+            f"pred {fitted(names[int(predicted[index])])}",
             fontsize=7,
         )
     fig.suptitle(f"Grad-CAM of the predicted class at layer '{name}'", fontsize=9)

@@ -22,6 +22,16 @@ def pyplot() -> Any:
     return plt
 
 
+# Characters of a class name in an image's title: at 7 pt a 1.6-inch cell holds about 30,
+# and a longer name ran into the next image's title and hid its probability.
+TITLE_NAME_WIDTH = 18
+
+
+def fitted(text: str, width: int = TITLE_NAME_WIDTH) -> str:
+    """`text` cut to `width` characters, its end marked with an ellipsis."""
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
 def draw_each(plots: dict[str, Callable[[Path], Any]], run_dir: Path, what: str = "") -> list[Path]:
     """Draws each `{file name: draw(path)}` into run_dir; returns the files written.
 

@@ -155,8 +155,11 @@ def draw_suspects(
             ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray")
         else:
             ax.text(0.5, 0.5, "no image", ha="center", va="center", transform=ax.transAxes)
+        # Each part cut on its own: the whole caption cut at 60 characters left the id
+        # line at "t" or "trai" when the class names were long.
         ax.set_title(
-            f"{names[merged.label[i]]} -> {names[suggested[i]]}\n{merged.sample_id[i]}"[:60],
+            f"{_fit(names[merged.label[i]])} -> {_fit(names[suggested[i]])}\n"
+            f"{_fit(str(merged.sample_id[i]), 34, keep_end=True)}",
             fontsize=7,
             color="tab:red" if flagged[i] else "black",
         )
@@ -168,6 +171,13 @@ def draw_suspects(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _fit(text: str, width: int = 15, keep_end: bool = False) -> str:
+    """`text` cut to `width` characters with an ellipsis; `keep_end` keeps a path's file name."""
+    if len(text) <= width:
+        return text
+    return "\u2026" + text[1 - width :] if keep_end else text[: width - 1] + "\u2026"
 
 
 def shown_count(value: int | None) -> str:

@@ -208,3 +208,18 @@ def test_report_files_are_utf8_on_a_locale_that_is_not(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "café" in path.read_text(encoding="utf-8")
+
+
+def test_long_class_names_are_cut_to_fit_their_image_titles():
+    """A 50-character class name ran into the next image's title and hid its probability
+    (misclassified.png), and the audit's caption, cut whole at 60 characters, kept "t" of
+    the sample id."""
+    from runner.reports.drawing import fitted
+    from runner.sweeps.audit_report import _fit
+
+    name = "Acrocephalus_scirpaceus_juvenile_plumage_variant_03"
+    assert fitted(name) == "Acrocephalus_scir\u2026" and fitted("Ærø") == "Ærø"
+    assert _fit(name) == "Acrocephalus_s\u2026"
+    sample_id = f"train/{name}/img_0004.png"
+    assert _fit(sample_id, 34, keep_end=True) == "\u2026" + sample_id[-33:]
+    assert _fit(sample_id, 34, keep_end=True).endswith("/img_0004.png")
