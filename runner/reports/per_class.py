@@ -13,7 +13,7 @@ def per_class_table(confusion: torch.Tensor, class_names: list[str]) -> list[dic
         class_names: Name of each class.
 
     Returns:
-        One dict per class with keys class, precision, recall, f1, support. A value with
+        One dict per class with keys index, class, precision, recall, f1, support. A value with
         nothing to measure is NaN, not 0: recall of a class without test samples,
         precision of a class never predicted, F1 (2TP / (2TP + FP + FN)) of a class
         neither in the test split nor predicted.
@@ -27,6 +27,7 @@ def per_class_table(confusion: torch.Tensor, class_names: list[str]) -> list[dic
     f1 = 2 * true_positive / (support + predicted)
     return [
         {
+            "index": i,  # the confusion matrix's axes show it beyond 50 classes
             "class": name,
             "precision": round(float(precision[i]), 6),
             "recall": round(float(recall[i]), 6),

@@ -115,7 +115,8 @@ def test_run_dir_holds_checkpoints_that_load_with_weights_only(digits_run):
     model = instantiate(cfg.model)(num_classes=10)
     model.load_state_dict(best["model"])
     per_class = (tmp / "run" / "per_class.csv").read_text().splitlines()
-    assert per_class[0] == "class,precision,recall,f1,support" and len(per_class) == 11
+    assert per_class[0] == "index,class,precision,recall,f1,support" and len(per_class) == 11
+    assert per_class[3].startswith("2,")  # the confusion matrix's axes show it (> 50 classes)
     assert not list(ckpt.glob("*.tmp")), "no temp files may be left behind"
 
 

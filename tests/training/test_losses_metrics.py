@@ -68,7 +68,7 @@ def test_per_class_table_from_a_confusion_matrix():
     rows = per_class_table(confusion, ["cat", "dog"])
     precision, recall = 8 / 9, 0.8
     f1 = 2 * precision * recall / (precision + recall)
-    expected = {"class": "cat", "precision": round(precision, 6), "recall": recall}
+    expected = {"index": 0, "class": "cat", "precision": round(precision, 6), "recall": recall}
     assert rows[0] == {**expected, "f1": round(f1, 6), "support": 10}
     assert rows[1]["recall"] == 0.9 and rows[1]["support"] == 10
 
@@ -120,7 +120,8 @@ def test_per_class_table_leaves_what_cannot_be_measured_as_nan_not_zero():
     assert rows["c"]["support"] == 0
     absent = per_class_table(torch.tensor([[3, 0], [0, 0]]), ["a", "never"])[1]
     assert all(math.isnan(absent[key]) for key in ("precision", "recall", "f1"))
-    assert rows["d"] == {"class": "d", "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 3}
+    expected = {"index": 3, "class": "d", "precision": 1.0, "recall": 1.0, "f1": 1.0}
+    assert rows["d"] == {**expected, "support": 3}
 
 
 def test_balanced_ce_weights_equal_scikit_learns_compute_class_weight():
