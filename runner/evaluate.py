@@ -28,7 +28,7 @@ from runner.data.sets.imagefolder import (
     load_imagefolder,
     load_test_folder,
 )
-from runner.data.splits import DataSplits, Split, ids_digest
+from runner.data.splits import DataSplits, Split, ids_digest, is_long_tailed
 from runner.from_checkpoint import (
     LoadedCheckpoint,
     load_checkpoint,
@@ -100,7 +100,8 @@ def run_eval(cfg: DictConfig) -> float:
             # The groups of the training run: eval's data has no k-fold, exclude or relabel,
             # and, with eval.data=current or a held-out folder, not its imbalance either.
             train_counts=loaded.best.train_class_counts,
-            long_tailed=(as_read_here(loaded.stored, "data.imbalance_ratio") or 1) > 1,
+            long_tailed=(as_read_here(loaded.stored, "data.imbalance_ratio") or 1) > 1
+            or is_long_tailed(loaded.best.train_class_counts or []),
         )
         # Files of a streamed test split that did not decode while testing.
         report_streamed_bad_files(data, [test_loader], ctx.run_dir, ctx.tracker)

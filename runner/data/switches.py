@@ -24,7 +24,7 @@ import torch
 from runner.config.choices import DATA_SWITCHES, NOISE_TYPES
 from runner.data.checks import require_splits
 from runner.data.decoding import DataError
-from runner.data.splits import DataSplits
+from runner.data.splits import DataSplits, is_long_tailed
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,8 @@ def apply_switches(
         train = train.subset(long_tail_indices(train.labels, imbalance_ratio, seed))
         data.long_tailed = True
     data.train = train
+    if len(train.labels) and is_long_tailed(torch.bincount(train.labels)):
+        data.long_tailed = True  # a data set long-tailed as it comes
     if label_noise:
         require_splits(data, names=())  # one class: no other class to flip a label to
         classes = data.num_classes

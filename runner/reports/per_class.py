@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def per_class_table(confusion: torch.Tensor, class_names: list[str]) -> list[dict]:
@@ -82,7 +86,15 @@ def shot_accuracies(confusion: torch.Tensor, train_counts: torch.Tensor) -> dict
         classes (NaN for a group without test samples).
     """
     confusion = confusion.double().cpu()
-    groups, _ = shot_groups(train_counts)
+    groups, rule = shot_groups(train_counts)
+    log.info(
+        "head/medium/tail: %s",
+        f"classes of > {MANY_SHOT_MIN}, {FEW_SHOT_MAX}-{MANY_SHOT_MIN} and < {FEW_SHOT_MAX} train "
+        "samples"
+        if rule == "thresholds"
+        else "thirds of the classes ranked by train samples (a group of > "
+        f"{MANY_SHOT_MIN}, {FEW_SHOT_MAX}-{MANY_SHOT_MIN}, < {FEW_SHOT_MAX} would be empty)",
+    )
     results = {}
     for name, ids in groups.items():
         total = confusion[ids].sum()

@@ -260,3 +260,19 @@ def test_a_train_split_of_one_sample_is_refused_naming_the_switches():
     data.train = data.train.subset(torch.tensor([0]))
     with pytest.raises(DataError, match="has one sample: training needs two"):
         require_splits(data)
+
+
+def test_a_data_set_long_tailed_as_it_comes_reports_head_medium_and_tail(caplog):
+    """A folder of 5 classes of 100 images and 175 of 4 (ratio 25) reported no head,
+    medium or tail accuracy: only data.imbalance_ratio turned them on."""
+    from runner.reports.per_class import shot_accuracies
+
+    data = load_digits(image_size=8)
+    data.train = data.train.subset(long_tail_indices(data.train.labels, 20, seed=0))
+    assert apply_switches(data, seed=0).long_tailed
+    assert not apply_switches(load_digits(image_size=8), seed=0).long_tailed
+    with caplog.at_level("INFO", logger="runner.reports.per_class"):
+        shot_accuracies(torch.eye(3, dtype=torch.long), torch.tensor([300, 50, 3]))
+        shot_accuracies(torch.eye(3, dtype=torch.long), torch.tensor([30, 20, 3]))
+    assert "head/medium/tail: classes of > 100, 20-100 and < 20 train samples" in caplog.text
+    assert "head/medium/tail: thirds of the classes ranked by train samples" in caplog.text
