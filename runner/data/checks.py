@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from runner.data.decoding import DataError
-from runner.data.splits import DataSplits, classes_without_samples
+from runner.data.splits import DataSplits, classes_without_samples, some_of
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def require_splits(data: DataSplits, names: tuple[str, ...] = ("train", "val", "
                 "data.exclude, data.fraction, data.samples_per_class or data.imbalance_ratio"
             )
         if missing:
-            shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+            shown = some_of(missing)
             # On a long-tailed folder the val split held 25 of 200 classes: the best
             # weights were those of epoch 1, and half the test accuracy was lost.
             chooses = (

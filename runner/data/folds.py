@@ -21,7 +21,7 @@ import torch
 
 from runner.config.choices import DATA_FOLD_KEYS
 from runner.data.decoding import DataError
-from runner.data.splits import DataSplits
+from runner.data.splits import DataSplits, some_of
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,7 @@ def check_fold_counts(data: DataSplits, num_folds: int) -> None:
     counts = data.class_counts().tolist()
     small = [(data.class_names[c], n) for c, n in enumerate(counts) if n < num_folds]
     if small:
-        listing = ", ".join(f"{name!r} has {n}" for name, n in small[:10])
-        more = f" (and {len(small) - 10} more)" if len(small) > 10 else ""
+        listing = some_of([f"{name!r} has {n}" for name, n in small])
         fewest = min(n for _, n in small)
         where = (
             "check data.fraction, data.samples_per_class and data.imbalance_ratio, and "
@@ -85,7 +84,7 @@ def check_fold_counts(data: DataSplits, num_folds: int) -> None:
             )
         raise DataError(
             f"data.num_folds={num_folds}: every class needs at least {num_folds} train "
-            f"samples (one per fold), but {listing}{more} after the switches, "
+            f"samples (one per fold), but {listing} after the switches, "
             f"data.exclude and data.relabel. {fix}"
         )
 

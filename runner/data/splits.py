@@ -207,6 +207,16 @@ def classes_without_samples(labels: torch.Tensor, class_names: Sequence[str]) ->
     return [class_names[c] for c in (counts == 0).nonzero().flatten().tolist()]
 
 
+def some_of(names: Sequence[str], limit: int = 10) -> str:
+    """The first `limit` names, and how many more.
+
+    A message stays one readable line with a thousand classes: a test/ folder of 300 stray
+    classes gave a 12,675-character one.
+    """
+    more = f" (and {len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
 def stratified_split(
     labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

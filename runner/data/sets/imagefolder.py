@@ -34,7 +34,7 @@ from runner.data.sets.records import (
     stays_resident,
     stream_parts,
 )
-from runner.data.splits import DataSplits, Split, path_id
+from runner.data.splits import DataSplits, Split, path_id, some_of
 
 log = logging.getLogger(__name__)
 
@@ -400,13 +400,3 @@ def load_test_folder(
         std=tuple(float(s) for s in std),
         bad_files=bad,
     )
-
-
-def some_of(names: list[str], limit: int = 10) -> str:
-    """The first `limit` names, and how many more.
-
-    A message stays one readable line with a thousand classes: a test/ folder of 300 stray
-    classes gave a 12,675-character one.
-    """
-    more = f" (and {len(names) - limit} more)" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
