@@ -315,8 +315,24 @@ class MlflowTracker:
         return unreachable
 
     def log_params(self, params: dict[str, Any]) -> None:
-        """Logs params in batches of MLflow's maximum size; long values are truncated."""
-        items = [(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in params.items()]
+        """Logs params in batches of MLflow's maximum size; long values are cut, and said so.
+
+        A cut value ends with an ellipsis, and the log names it: 1,200 classes' train
+        counts lost their tail in silence.
+        """
+        items = [(k, str(v)) for k, v in params.items()]
+        cut = [k for k, v in items if len(v) > _MAX_PARAM_LENGTH]
+        if cut:
+            log.warning(
+                "param(s) %s cut to MLflow's %d characters (whole in the run dir's run.log or "
+                "config_resolved.yaml)",
+                ", ".join(cut),
+                _MAX_PARAM_LENGTH,
+            )
+        items = [
+            (k, v if len(v) <= _MAX_PARAM_LENGTH else v[: _MAX_PARAM_LENGTH - 1] + "\u2026")
+            for k, v in items
+        ]
         for start in range(0, len(items), _MAX_PARAMS_PER_BATCH):
             self._submit(("params", items[start : start + _MAX_PARAMS_PER_BATCH]))
 

@@ -286,6 +286,25 @@ def test_a_resumed_run_points_to_the_logs_an_earlier_outage_left_unsent(tmp_path
     assert caplog.text.count("never received") == 1  # not the other run's file
 
 
+def test_a_param_too_long_for_mlflow_is_cut_visibly(tmp_path, caplog):
+    """1,200 classes' train counts (over 6,000 characters) lost their tail in silence."""
+    import logging
+
+    seed_store(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = MlflowTracker(uri, artifact_location=str(tmp_path / "art"), system_metrics=False)
+    tracker.connect("x")
+    tracker.start("r", tags={}, local_dir=tmp_path)
+    counts = ",".join(["12"] * 2500)
+    with caplog.at_level(logging.WARNING, logger="runner"):
+        tracker.log_params({"data.train_class_counts": counts, "optim.lr": 0.1})
+    tracker.finish("FINISHED")
+    params = MlflowClient(uri).get_run(tracker.run_id).data.params
+    assert len(params["data.train_class_counts"]) == 6000
+    assert params["data.train_class_counts"].endswith("\u2026") and params["optim.lr"] == "0.1"
+    assert "param(s) data.train_class_counts cut to MLflow's 6000 characters" in caplog.text
+
+
 @pytest.mark.slow
 def test_without_the_export_the_run_uploads_best_pt_and_eval_finds_it(tmp_path):
     """logger.export_model=false (TINY sets it): no torch.export, no logged model; the
