@@ -268,16 +268,26 @@ def plot_misclassified(inputs: AnalysisInputs, count: int, path: Path) -> list[i
     return [int(i) for i in chosen]
 
 
+def spread_indices(length: int, count: int) -> torch.Tensor:
+    """`count` indices spread evenly over `length` (all of them when fewer).
+
+    A test folder lists its classes in order: its first 8 images were of 3 of 200 classes.
+    """
+    if length <= count:
+        return torch.arange(length)
+    return torch.linspace(0, length - 1, count).round().long().unique()
+
+
 def plot_gradcam(
     inputs: AnalysisInputs, count: int, layer_name: str, min_size: int, path: Path
 ) -> str:
-    """Saves Grad-CAM overlays for the first `count` test images; returns the layer used.
+    """Saves Grad-CAM overlays for `count` test images; returns the layer used.
 
     Each image shows where the evidence for the predicted class lies, titled with the
     true and predicted classes.
     """
     plt = pyplot()
-    indices = torch.arange(min(count, len(inputs.labels)))
+    indices = spread_indices(len(inputs.labels), count)
     images, _ = inputs.split.take(indices)
     model = inputs.model.eval()
     inputs.augment.eval()
@@ -289,12 +299,11 @@ def plot_gradcam(
     cams = gradcam_maps(model, batch, predicted, layer)
     fig, axes = _image_grid(len(indices), plt, cell=1.8)
     names = inputs.class_names
-    for ax, image, cam, index in zip(axes, shown, cams, indices, strict=False):
+    for ax, image, cam, index, pred in zip(axes, shown, cams, indices, predicted, strict=False):
         ax.imshow(_as_rgb(image))
         ax.imshow(cam.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
         ax.set_title(
-            f"true {fitted(names[int(inputs.labels[index])])}\n"
-            f"pred {fitted(names[int(predicted[index])])}",
+            f"true {fitted(names[int(inputs.labels[index])])}\npred {fitted(names[int(pred)])}",
             fontsize=7,
         )
     fig.suptitle(f"Grad-CAM of the predicted class at layer '{name}'", fontsize=9)

@@ -223,3 +223,12 @@ def test_long_class_names_are_cut_to_fit_their_image_titles():
     sample_id = f"train/{name}/img_0004.png"
     assert _fit(sample_id, 34, keep_end=True) == "\u2026" + sample_id[-33:]
     assert _fit(sample_id, 34, keep_end=True).endswith("/img_0004.png")
+
+
+def test_gradcam_images_are_spread_over_the_test_split():
+    """A test folder lists its classes in order: the first 8 images were of 3 of 200."""
+    from runner.reports.analysis import spread_indices
+
+    assert spread_indices(3000, 8).tolist() == [0, 428, 857, 1285, 1714, 2142, 2571, 2999]
+    assert spread_indices(5, 8).tolist() == [0, 1, 2, 3, 4]
+    assert spread_indices(8, 8).tolist() == list(range(8))
