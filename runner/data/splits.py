@@ -104,10 +104,15 @@ class Split:
 LONG_TAIL_RATIO = 10
 
 
+def imbalance_ratio(counts: Sequence[int] | torch.Tensor) -> float:
+    """The largest class count over the smallest present one (1.0 without any)."""
+    present = [int(c) for c in counts if int(c) > 0]
+    return max(present) / min(present) if present else 1.0
+
+
 def is_long_tailed(counts: Sequence[int] | torch.Tensor) -> bool:
     """Whether train class counts are long-tailed: the largest / the smallest present >= 10."""
-    present = [int(c) for c in counts if int(c) > 0]
-    return bool(present) and max(present) >= LONG_TAIL_RATIO * min(present)
+    return imbalance_ratio(counts) >= LONG_TAIL_RATIO
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from runner.data.decoding import printable
-from runner.data.splits import DataSplits
+from runner.data.splits import DataSplits, imbalance_ratio
 from runner.reports.aug_preview import Preview, draw_preview
 from runner.reports.drawing import draw_each, pyplot
 from runner.tracking.protocol import Tracker
@@ -28,10 +28,9 @@ def report_train_data(data: DataSplits, run_dir: Path, tracker: Tracker) -> None
         tracker: The run's tracker (params and artifacts).
     """
     counts = data.class_counts()
-    present = counts[counts > 0]
     params = {
         "data.train_class_counts": ",".join(str(int(c)) for c in counts),
-        "data.actual_imbalance_ratio": round(float(present.max()) / float(present.min()), 4),
+        "data.actual_imbalance_ratio": round(imbalance_ratio(counts), 4),
         "data.num_bad_files": len(data.bad_files),
         **data.extra_params,
     }
