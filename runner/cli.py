@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config.errors import UserError
+from runner.config.errors import UserError, traceback_wanted
 from runner.config.modes import job_mode
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,7 @@ def main(cfg: DictConfig) -> float:
         return run(cfg)
     except Exception as err:
         mistake = user_error(err)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if traceback_wanted():
             raise
         if job_mode(cfg) != "train" and _in_a_sweep():  # a train job's SweepJob records it
             return _failed_sweep_job(cfg, err, mistake)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import traceback
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config.errors import traceback_wanted
 from runner.config.location_checks import folder_problem
 from runner.config.modes import MODE_OUTPUTS, job_mode, one_process_problem
 from runner.config.sweep_values import swept_values_of
@@ -76,7 +76,7 @@ class ValidateConfigCallback(Callback):
         except ConfigError as err:
             # Printed, not raised: Hydra turns a callback's exception into a warning and
             # goes on to make the run dir and start the job.
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            if traceback_wanted():
                 traceback.print_exc()
             raise SystemExit(f"Error: {err}") from err
 

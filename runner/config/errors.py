@@ -7,6 +7,13 @@ every other exception is a bug or an outage and keeps its traceback.
 
 from __future__ import annotations
 
+import os
+
+
+def traceback_wanted() -> bool:
+    """Whether `HYDRA_FULL_ERROR=1` asks for a mistake's traceback besides its line."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
 
 class UserError(Exception):
     """A mistake in what the command asked for; the message says what to change."""
