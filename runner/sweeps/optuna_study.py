@@ -50,6 +50,7 @@ from runner.sweeps.search_space import (
     search_space,
     space_to_json,
 )
+from runner.sweeps.summary_parts import REPEATS
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ def plan_study(
         if key not in {*searched.spelled, *groups} and key.split(".")[0] not in searched_groups
     ]
     problems += _unknown_options(config, space, group_options)
+    problems += _searched_repeats(space, sweeper.get("sampler"))
     problems = [p for p in problems if p]
     if not space and not searched.problems:
         problems.append(
@@ -278,6 +280,27 @@ def _direction(config: DictConfig) -> tuple[str, list[str]]:
             "trainer.monitor_mode"
         )
     return direction, problems
+
+
+def _searched_repeats(space: dict[str, Any], sampler: Any) -> list[str]:
+    """`seed` or `data.fold` in a search whose sampler draws its points (all but grid).
+
+    Such a sampler draws one seed (fold) a trial and steers towards the lucky ones: no
+    configuration was repeated, best_params named a seed, and the summary's "mean +- std
+    over seeds" had one run a row. The grid sampler runs every seed of each point.
+    """
+    node = option_node(sampler, SAMPLER_TARGETS)
+    if isinstance(node, dict) and node.get("_target_") == SAMPLER_TARGETS["grid"]:
+        return []
+    return [
+        f"{key}: the search space {describe_distribution(space[key])} makes the {key} a "
+        f"searched value: the sampler draws one {key} a trial and favours the lucky ones, "
+        f"so no configuration is repeated over {plural}. Search with one {key}, then run "
+        f"the best configuration over {plural} (python run.py -m <its overrides> "
+        f"{key}=...), or use hydra/sweeper/sampler=grid, which runs every {key} of each point"
+        for key, plural in REPEATS.items()
+        if key in space
+    ]
 
 
 def _unknown_options(

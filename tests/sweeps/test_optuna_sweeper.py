@@ -140,7 +140,7 @@ def test_a_swept_key_the_command_line_adds_keeps_its_plus_and_a_value_fixes_a_ke
     ],
 )
 def test_every_sampler_option_is_a_target_node_that_builds(tmp_path, option, kind):
-    finite = ("seed=0,1", "trainer.max_epochs=range(1, 3)")
+    finite = ("optim.lr=0.001,0.01", "trainer.max_epochs=range(1, 3)")
     # Optuna marks QMCSampler experimental (not deprecated), and says so once it is built.
     experimental = option == "qmc"
     with pytest.warns(optuna.exceptions.ExperimentalWarning) if experimental else _nothing():
@@ -397,6 +397,27 @@ def test_a_search_over_experiment_presets_is_taken(tmp_path):
             )
 
 
+def test_seeds_and_folds_are_refused_in_a_search_that_draws_its_points(tmp_path):
+    """seed=0,1 with TPE drew one seed a trial and steered towards the lucky one: no
+    configuration was repeated, best_params named a seed, and the summary's "mean +- std
+    over seeds" showed one run a row (+- nan)."""
+    with pytest.raises(SweepConfigError) as refused:
+        plan(tmp_path, arguments=("seed=0,1", "data.num_folds=3", "data.fold=range(3)"))
+    text = str(refused.value)
+    assert "seed: the search space choice(0, 1) makes the seed a searched value" in text
+    assert "data.fold: the search space int interval(0, 2) makes the data.fold" in text
+    assert "hydra/sweeper/sampler=grid, which runs every seed of each point" in text
+    # The grid sampler runs every seed of each point: the summary's means are over them.
+    grid = plan(
+        tmp_path,
+        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.params=null",
+        arguments=("optim.lr=0.001,0.01", "seed=0,1"),
+        open_store=False,
+    )
+    assert set(grid.space) == {"optim.lr", "seed"}
+
+
 def test_a_key_of_a_searched_model_group_is_not_checked_against_the_default_model(tmp_path):
     """model.depth (resnet32's) beside model=choice(resnet32, resnet10t) was refused at
     start with the default model's keys, though resnet32's points compose."""
@@ -592,6 +613,24 @@ def test_a_one_job_sweeps_best_tags_leave_the_command_lines_constants_out(tmp_pa
         "best.optim.lr": "0.0012",
         "best.job": "0",
     }
+
+
+def test_a_searched_key_every_trial_drew_alike_is_still_a_best_tag(tmp_path):
+    """cmaes drew loss.label_smoothing=0.1 in every trial: it was left out of the columns
+    and the best.* tags, so a reader applying the tags trained with the default 0.0."""
+    typed = ["trainer.max_epochs=2", "hparams_search=optuna"]
+    (tmp_path / "sweep.json").write_text(json.dumps({"arguments": typed}))
+    for num, (lr, value) in enumerate([("0.01", 0.8), ("0.003", 0.9)]):
+        drawn = [f"optim.lr={lr}", "loss.label_smoothing=0.1", f"optuna.trial={num}"]
+        finished_job(tmp_path, num, [*typed, *drawn], value)
+    summary = summarize(tmp_path, monitor="val/acc", maximize=True)
+    assert summary.best_tags == {
+        "best.loss.label_smoothing": "0.1",
+        "best.optim.lr": "0.003",
+        "best.run_id": "id1",
+        "best.job": "1",
+    }
+    assert "| job | loss.label_smoothing | optim.lr | status |" in summary.markdown
 
 
 def test_a_continued_studys_summary_names_the_studys_best_of_an_earlier_sweep(tmp_path):

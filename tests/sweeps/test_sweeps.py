@@ -531,7 +531,7 @@ def test_optuna_trials_drawn_twice_share_a_job_and_failing_trials_end_a_stored_s
         first_dir,
         *study,
         "hydra/sweeper/sampler=grid",
-        "seed=0,1",
+        "trainer.batch_size=32,64",
         "hydra.sweeper.n_jobs=3",
         "hydra.sweeper.n_trials=3",
     )
@@ -547,7 +547,7 @@ def test_optuna_trials_drawn_twice_share_a_job_and_failing_trials_end_a_stored_s
         *FAULTY_LOSS,
         "+loss.fail=raise",
         "hydra/sweeper/sampler=random",
-        "seed=0,1",
+        "trainer.batch_size=32,64",
         "hydra.sweeper.n_trials=5",
         timeout=300,  # the sweeper before this fix asked for trials forever
     )
@@ -560,7 +560,7 @@ def test_optuna_trials_drawn_twice_share_a_job_and_failing_trials_end_a_stored_s
     assert _trial_states(tmp_path / "optuna.db") == ["COMPLETE"] * 3 + ["FAIL"] * 3
     # The study has its 3 finished trials: the same command again would run none. It made
     # an empty sweep dir and parent run, and said nothing.
-    again = [*study, "seed=0,1", "hydra.sweeper.n_trials=3"]
+    again = [*study, "trainer.batch_size=32,64", "hydra.sweeper.n_trials=3"]
     code, output = multirun(tmp_path, tmp_path / "third", *again)
     assert code == 1 and "already has 3 finished trial(s)" in output, output[-3000:]
     assert "Raise hydra.sweeper.n_trials (e.g. 6)" in output
