@@ -87,7 +87,8 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     inputs = read_inputs(sweep_dir)
     jobs = inputs.jobs
     # The command line's constants tell no job apart, even in a sweep of one job.
-    swept = _swept_names(jobs, constant_keys(inputs.info.get("arguments", [])))
+    arguments = inputs.info.get("arguments")
+    swept = _swept_names(jobs, None if arguments is None else constant_keys(arguments))
     varied = [n for n in swept if n not in REPEATS]  # what a repeat group is keyed by
     for job in jobs:  # what tells the jobs apart, for people reading the report
         job["label"] = " ".join(
@@ -329,20 +330,26 @@ def log_summary(summary: Summary, tracker: Tracker | None) -> None:
             tracker.log_metrics(summary.best_metrics, step=0)
 
 
-def _swept_names(jobs: list[dict[str, Any]], constant: set[str]) -> list[str]:
-    """Override names whose values differ between jobs.
+def _swept_names(jobs: list[dict[str, Any]], constant: set[str] | None) -> list[str]:
+    """Override names whose values differ between jobs, and the other non-`constant` ones.
 
-    For a single job: its names but the command line's `constant` ones (what an Optuna
-    trial drew).
+    `constant` holds the command line's constant keys (None: it was not recorded). A
+    searched key that every trial drew alike (cmaes, a small choice) is still one the
+    best configuration needs: it was left out of the `best.*` tags, whose reader then
+    got the key's default.
     """
     names: dict[str, set[str]] = defaultdict(set)
     all_names = {name for job in jobs for name in job["params"]}
     for job in jobs:
         for name in all_names:
             names[name].add(job["params"].get(name, ""))
-    if len(jobs) == 1:
-        return sorted(n for n in names if n not in constant)
-    return sorted(n for n, values in names.items() if len(values) > 1 and n != "optuna.trial")
+    if constant is None and len(jobs) == 1:
+        constant = set()
+    return sorted(
+        n
+        for n, values in names.items()
+        if (len(values) > 1 or (constant is not None and n not in constant)) and n != "optuna.trial"
+    )
 
 
 def _lost_metrics_lines(jobs: list[dict[str, Any]]) -> list[str]:
