@@ -22,7 +22,7 @@ from runner.config.errors import ConfigError
 from runner.config.modes import job_mode
 from runner.config.redaction import public_uri, redacted_overrides
 from runner.sweeps.audit import audit_if_asked, partial_folds_warning
-from runner.sweeps.grid import group_options, refuse_bad_jobs
+from runner.sweeps.grid import group_options, job_composer, refuse_bad_jobs
 from runner.sweeps.manifest import (
     MANIFEST_FILE,
     PARENT_RUN,
@@ -75,7 +75,12 @@ class SweepCallback(Callback):
         try:  # before the parent run exists or any job trains
             if is_optuna_sweep(config):  # its searched values are the sweeper's to check
                 arguments = [str(a) for a in config.hydra.overrides.task]
-                plan_study(config, arguments, group_options=group_options(config))
+                plan_study(
+                    config,
+                    arguments,
+                    group_options=group_options(config),
+                    compose_job=job_composer(config, kwargs.get("config_name")),
+                )
             else:  # every job's config
                 refuse_bad_jobs(config, kwargs.get("config_name"))
             check_launcher(config)

@@ -115,6 +115,19 @@ def group_options(config: DictConfig) -> Callable[[str], list[str]]:
     return lambda group: loader.get_group_options(group, overrides=search)
 
 
+def job_composer(config: DictConfig, config_name: str | None) -> Callable[[list[str]], DictConfig]:
+    """Composes a job's config from its overrides, as the sweep's jobs are composed.
+
+    Uses the Hydra app that runs (the sweep's own process) and the command line's config
+    dirs.
+    """
+    from hydra import compose
+
+    search = searchpath_overrides(config)
+    name = config_name or "train"
+    return lambda overrides: compose(config_name=name, overrides=[*search, *overrides])
+
+
 def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
     """Composes and validates every job of the sweep's grid.
 
@@ -126,8 +139,6 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
     Raises:
         ConfigError: Naming each bad job by its overrides and its problems.
     """
-    from hydra import compose
-
     from runner.augment.checks import check_transforms
     from runner.config.modes import job_mode
     from runner.config.validation import validate
@@ -137,7 +148,7 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
     # A sweep a config file sets (`hydra.sweeper.params` of an experiment) is in the grid.
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
     in_config = [f"{k}={v}" for k, v in flatten_params(params).items()] if params else []
-    search = searchpath_overrides(config)
+    compose = job_composer(config, config_name)
     problems = []
     monitors: dict[str, str] = {}  # what each job is ranked by -> the first job that is
     outputs: dict[str, list[str]] = {}  # a predictions file -> the jobs that would write it
@@ -145,7 +156,7 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
         swept = " ".join(o for o in job if o not in overrides)
         named = f"job {number} ({swept or 'its only job'})"
         try:
-            cfg = compose(config_name=config_name or "train", overrides=[*search, *job])
+            cfg = compose(job)
         except Exception as err:  # Hydra's composition error: a key the config lacks
             problems.append(f"{named}: {_composition(err, config)}")
             continue

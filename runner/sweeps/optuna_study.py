@@ -44,6 +44,7 @@ from runner.sweeps.optuna_parts import (
     trial_run_problems,
 )
 from runner.sweeps.search_space import (
+    SearchSpace,
     describe_distribution,
     describe_space,
     override_value,
@@ -150,6 +151,7 @@ def plan_study(
     *,
     open_store: bool = True,
     group_options: Callable[[str], list[str]] | None = None,
+    compose_job: Callable[[list[str]], DictConfig] | None = None,
 ) -> StudyPlan:
     """Checks every sweeper setting and returns the sweep's plan.
 
@@ -161,6 +163,9 @@ def plan_study(
         group_options: The options of a config group (Hydra's config loader), to check
             the choices of a searched group (`model=choice(resnet18, convnext_tiny)`);
             None checks none.
+        compose_job: Composes a job's config from its overrides, to check a key of a
+            searched group (`optim.lr` beside `optim=choice(adamw, sgd)`) against the
+            options the search reaches; None leaves such keys to the trials.
 
     Raises:
         SweepConfigError: Naming every bad setting, its value and the fix.
@@ -207,6 +212,7 @@ def plan_study(
         if key not in {*searched.spelled, *groups} and key.split(".")[0] not in searched_groups
     ]
     problems += _unknown_options(config, space, group_options)
+    problems += _keys_no_searched_option_has(searched, searched_groups, compose_job)
     problems += _searched_repeats(space, sweeper.get("sampler"))
     problems = [p for p in problems if p]
     if not space and not searched.problems:
@@ -280,6 +286,41 @@ def _direction(config: DictConfig) -> tuple[str, list[str]]:
             "trainer.monitor_mode"
         )
     return direction, problems
+
+
+def _keys_no_searched_option_has(
+    searched: SearchSpace,
+    groups: set[str],
+    compose_job: Callable[[list[str]], DictConfig] | None,
+) -> list[str]:
+    """A searched key of a searched group that none of the options the search reaches has.
+
+    E.g. `optim.lrr` beside `optim=choice(adamw, sgd)`. Only a key some option lacks
+    fails the trials that draw that option; one that no option has is misspelt, and
+    every trial failed on it, advising `+optim.lrr`.
+    """
+    problems = []
+    for key in searched.space:
+        group = key.split(".")[0]
+        if compose_job is None or key == group or group not in groups or key in searched.spelled:
+            continue
+        options = [str(option) for option in getattr(searched.space[group], "choices", ())]
+        first = None
+        for option in options:
+            try:
+                problem = missing_key(compose_job([*searched.fixed, f"{group}={option}"]), key)
+            except Exception:  # an option that does not compose is the trial's to report
+                continue
+            if problem is None:
+                break
+            first = first or problem
+        else:
+            if first is not None:
+                problems.append(
+                    f"{first}; none of the options the search reaches has it "
+                    f"({group}={', '.join(options)})"
+                )
+    return problems
 
 
 def _searched_repeats(space: dict[str, Any], sampler: Any) -> list[str]:

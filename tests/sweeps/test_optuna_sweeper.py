@@ -438,6 +438,34 @@ def test_a_key_of_a_searched_model_group_is_not_checked_against_the_default_mode
             plan_study(cfg, searched[1:], group_options=group_options(cfg))
 
 
+def test_a_misspelt_key_of_a_searched_group_is_refused_at_start(tmp_path):
+    """optim.lrr beside optim=choice(adamw, sgd) passed the start check: every trial
+    failed on it, advising +optim.lrr, and the study kept the misspelt space."""
+    from runner.sweeps.grid import group_options, job_composer
+
+    overrides = [
+        f"paths.output_dir={tmp_path}",
+        "hparams_search=optuna",
+        "hydra.sweeper.params=null",
+    ]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        checks = {"group_options": group_options(cfg), "compose_job": job_composer(cfg, None)}
+        misspelt = ["optim=choice(adamw, sgd)", "optim.lrr=interval(0.001, 0.01)"]
+        with pytest.raises(SweepConfigError) as refused:
+            plan_study(cfg, misspelt, open_store=False, **checks)
+        assert "optim.lrr: the config has no such key; check its spelling: did you mean " in (
+            str(refused.value)
+        )
+        assert "none of the options the search reaches has it (optim=adamw, sgd)" in str(
+            refused.value
+        )
+        # A key one of the options has (sgd's momentum) is left to the trials.
+        searched = ["optim=choice(adamw, sgd)", "optim.momentum=interval(0.8, 0.99)"]
+        found = plan_study(cfg, searched, open_store=False, **checks)
+        assert set(found.space) == {"optim", "optim.momentum"}
+
+
 def test_a_trial_is_pruned_before_its_last_epoch_but_never_at_it(tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     pruner = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 10.0}  # prunes any value
