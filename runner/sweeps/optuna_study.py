@@ -208,7 +208,7 @@ def plan_study(
     searched_groups = {key for key in space if key in groups}
     problems += [
         missing_key(config, key)
-        for key in space
+        for key in [*space, *searched.preset_fixed]
         if key not in {*searched.spelled, *groups} and key.split(".")[0] not in searched_groups
     ]
     problems += _unknown_options(config, space, group_options)

@@ -125,16 +125,20 @@ class SearchSpace:
 
     Attributes:
         space: Optuna distribution of each searched key.
-        fixed: The command line's constant overrides, as written.
+        fixed: The constant overrides every job gets: the preset's single values
+            (`optim.weight_decay: 0.01` in `hydra.sweeper.params`, as Hydra's Optuna
+            sweeper takes them), then the command line's, as written.
         problems: What is wrong with the params or the command line (empty: nothing).
         spelled: A searched key as the command line wrote it, where that adds the key to
             the config (`loss.fail` -> `+loss.fail`), for the jobs' overrides.
+        preset_fixed: The keys the preset's params fix (their overrides are in `fixed`).
     """
 
     space: dict[str, Any] = field(default_factory=dict)
     fixed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     spelled: dict[str, str] = field(default_factory=dict)
+    preset_fixed: list[str] = field(default_factory=list)
 
 
 def _named(spelled: str, key: str, err: Exception) -> str:
@@ -149,21 +153,33 @@ def _named(spelled: str, key: str, err: Exception) -> str:
 def search_space(params: dict[str, str] | None, arguments: list[str]) -> SearchSpace:
     """The search space from the preset's params and the command line, and the fixed rest.
 
-    A range on the command line replaces the preset's range of that key; a single value
+    A single value in the preset's params fixes its key for every job. A range on the
+    command line replaces the preset's range (or value) of that key; a single value
     there fixes the key (it leaves the space).
     """
     parser = OverridesParser.create()
     found = SearchSpace()
+    preset_fixed: dict[str, str] = {}
     for key, value in flatten_params(params or {}).items():
+        spelled = f"hydra.sweeper.params.{key}={value}"
         try:
-            found.space[key] = distribution_of(parser.parse_override(f"{key}={value}"))
-        except Exception as err:  # a grammar error, a single value, Optuna's own refusal
-            found.problems.append(_named(f"hydra.sweeper.params.{key}={value}", key, err))
+            override = parser.parse_override(f"{key}={value}")
+            if not override.is_sweep_override():
+                preset_fixed[key] = override.input_line
+                found.problems.extend(_invalid_value(spelled, key, override.value()))
+                continue
+            found.space[key] = distribution_of(override)
+        except Exception as err:  # a grammar error, Optuna's own refusal
+            found.problems.append(_named(spelled, key, err))
     try:
         overrides = parser.parse_overrides(arguments)
     except Exception as err:
         found.problems.append(f"the command line does not parse: {err}")
         return found
+    for override in overrides:  # the preset's value of a key the command line sets goes
+        preset_fixed.pop(override.get_key_element().lstrip("+~"), None)
+    found.fixed.extend(preset_fixed.values())
+    found.preset_fixed = list(preset_fixed)
     for override in overrides:
         key = override.get_key_element().lstrip("+~")
         if override.is_sweep_override():
@@ -183,6 +199,13 @@ def search_space(params: dict[str, str] | None, arguments: list[str]) -> SearchS
         found.fixed.append(override.input_line)
     found.problems.extend(_values_out_of_range(found.space))
     return found
+
+
+def _invalid_value(spelled: str, key: str, value: Any) -> list[str]:
+    """A fixed value of the preset's params that its config check refuses, as a problem."""
+    check = CHECKS.get(key)
+    expected = None if check is None or key in OPTION_KEYS else check(value)
+    return [] if expected is None else [f"{spelled} is invalid: expected {expected}"]
 
 
 def _extremes(distribution: Any) -> list[Any]:

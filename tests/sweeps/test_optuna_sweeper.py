@@ -129,6 +129,21 @@ def test_a_swept_key_the_command_line_adds_keeps_its_plus_and_a_value_fixes_a_ke
     assert found.fixed == ["seed=3", "trainer.max_epochs=2"] and found.problems == []
 
 
+def test_a_single_value_in_the_presets_params_fixes_its_key_as_hydras_sweeper_does(tmp_path):
+    """`optim.weight_decay: 0.01` in a search file was refused as "not a search space",
+    though Hydra's Optuna sweeper (whose files README says work here) fixes the key."""
+    preset = {"optim.lr": "interval(0.001, 0.1)", "optim.weight_decay": "0.01", "seed": "3"}
+    found = search_space(preset, ["seed=4"])
+    assert list(found.space) == ["optim.lr"] and found.problems == []
+    assert found.fixed == ["optim.weight_decay=0.01", "seed=4"]  # the command line wins
+    (problem,) = search_space({**preset, "trainer.max_epochs": "0"}, []).problems
+    assert problem.startswith("hydra.sweeper.params.trainer.max_epochs=0 is invalid: expected")
+    fixed = plan(tmp_path, "+hydra.sweeper.params.optim.weight_decay=0.02", open_store=False)
+    assert "optim.weight_decay=0.02" in fixed.fixed and "optim.weight_decay" not in fixed.space
+    with pytest.raises(SweepConfigError, match=r"optim\.wd: the config has no such key"):
+        plan(tmp_path, "+hydra.sweeper.params.optim.wd=0.02", open_store=False)
+
+
 @pytest.mark.parametrize(
     ("option", "kind"),
     [
