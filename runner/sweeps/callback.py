@@ -23,6 +23,7 @@ from runner.config.modes import job_mode
 from runner.config.redaction import public_uri, redacted_overrides
 from runner.sweeps.audit import audit_if_asked, partial_folds_warning
 from runner.sweeps.grid import group_options, job_composer, refuse_bad_jobs
+from runner.sweeps.job import constant_keys
 from runner.sweeps.manifest import (
     MANIFEST_FILE,
     PARENT_RUN,
@@ -32,12 +33,13 @@ from runner.sweeps.manifest import (
     SWEEP_FILE,
     SWEEP_LOCK_FILE,
     SweepFileError,
+    parse_overrides,
     read_launch_config,
     read_sweep_info,
     reopen_parent_run,
     write_json,
 )
-from runner.sweeps.optuna_study import is_optuna_sweep, plan_study
+from runner.sweeps.optuna_study import OUTSIDE_TRIAL_PREFIXES, is_optuna_sweep, plan_study
 from runner.sweeps.stores import cluster_store_warning
 from runner.sweeps.summary import Summary, log_summary, summarize
 from runner.tracking.protocol import Tracker, end_run
@@ -47,6 +49,29 @@ log = logging.getLogger(__name__)
 
 _LAUNCH_FAILED: list[bool] = []  # the launcher could not start the jobs (launch_failed)
 _SIGNALLED: list[int] = []  # the signal that is ending this process's sweep, once one has
+
+
+def changed_constants(before: list[str] | None, now: list[str]) -> list[str]:
+    """The constant overrides (but paths, hydra, logger, sweep) that differ, as `key: a -> b`.
+
+    `before` is the sweep's recorded command line (None: not recorded, nothing differs).
+    A key swept in either launch is no constant: fewer or more of its values choose fewer
+    or more of the sweep's jobs.
+    """
+    if before is None:
+        return []
+    first, second = parse_overrides(before), parse_overrides(now)
+    swept = (first.keys() - constant_keys(before)) | (second.keys() - constant_keys(now))
+    compared = [
+        key
+        for key in sorted(first.keys() | second.keys())
+        if key not in swept and not key.startswith(OUTSIDE_TRIAL_PREFIXES)
+    ]
+    return [
+        f"{key}: {first.get(key, '(not set)')} -> {second.get(key, '(not set)')}"
+        for key in compared
+        if first.get(key) != second.get(key)
+    ]
 
 
 class SweepCallback(Callback):
@@ -110,12 +135,21 @@ class SweepCallback(Callback):
                 "sweep is still running. Wait for it to end (or stop it), then run this "
                 f"command again (with sweep.resume={self.sweep_dir} to continue that sweep)."
             )
-        (self.sweep_dir / STOP_FILE).unlink(missing_ok=True)
         try:
             info = read_sweep_info(self.sweep_dir)
         except SweepFileError as err:  # a resumed sweep's damaged record: one line
             raise SystemExit(f"Error: {err}") from err
         arguments = redacted_overrides(config.hydra.overrides.task)
+        if resume and not is_optuna_sweep(config):  # a study warns, and draws new trials
+            changed = changed_constants(info.get("arguments"), arguments)
+            if changed:
+                raise SystemExit(
+                    f"Error: sweep.resume={resume}: the sweep's jobs ran with other constant "
+                    f"overrides ({'; '.join(changed)}). A resume runs the same sweep again: "
+                    "with these, each job would be a new one, mixed into its summary. Give "
+                    "the sweep's own values, or leave sweep.resume out to start a new sweep"
+                )
+        (self.sweep_dir / STOP_FILE).unlink(missing_ok=True)
         tracker = instantiate(config.logger)
         name = config.logger.get("experiment_name") or config.data.name
         try:

@@ -331,6 +331,20 @@ def test_collect_of_a_sweep_that_keeps_no_manifest_or_was_never_submitted(tmp_pa
     )
 
 
+def resume_command(out: Path, sweep: Path, *overrides: str) -> list[str]:
+    """`python run.py -m ... sweep.resume=<sweep>` on TINY, with outputs under `out`."""
+    return [
+        sys.executable,
+        str(REPO / "run.py"),
+        "-m",
+        f"paths.output_dir={out}",
+        f"hydra.sweep.dir={sweep}",
+        *TINY,
+        *overrides,
+        f"sweep.resume={sweep}",
+    ]
+
+
 def test_a_second_launch_into_a_running_sweep_is_refused_and_changes_nothing(tmp_path):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
@@ -338,16 +352,7 @@ def test_a_second_launch_into_a_running_sweep_is_refused_and_changes_nothing(tmp
     (sweep / "sweep.json").write_text('{"parent_run_id": "abc"}')
     (sweep / "STOP").write_text("job 3 failed")
     launcher = start(HOLDER, sweep / SWEEP_LOCK_FILE)
-    command = [
-        sys.executable,
-        str(REPO / "run.py"),
-        "-m",
-        f"paths.output_dir={tmp_path}",
-        f"hydra.sweep.dir={sweep}",
-        *TINY,
-        "seed=0,1",
-        f"sweep.resume={sweep}",
-    ]
+    command = resume_command(tmp_path, sweep, "seed=0,1")
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     finally:
@@ -357,6 +362,29 @@ def test_a_second_launch_into_a_running_sweep_is_refused_and_changes_nothing(tmp
     assert done.returncode != 0
     assert f"the sweep dir {sweep} is in use" in output and "sweep.resume=" in output
     assert (sweep / "sweep.json").read_text() == '{"parent_run_id": "abc"}'
+    assert (sweep / "STOP").exists() and not (sweep / "0").exists()
+    assert not (tmp_path / "mlflow.db").exists()  # no parent run was started
+
+
+def test_a_resume_with_other_constants_is_refused_before_it_changes_the_sweep(tmp_path):
+    """sweep.resume with trainer.max_epochs changed ran every job again as a new one (run
+    dirs 0-1, 1-1, ...), listed each job number twice in the summary, and overwrote the
+    parent run's overrides tag, without a word."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "manifest.json").write_text(json.dumps({"jobs": {}}))
+    ran_with = [o.replace("max_epochs=1", "max_epochs=3") for o in TINY]
+    record = json.dumps({"parent_run_id": "abc", "arguments": [*ran_with, "seed=0,1"]})
+    (sweep / "sweep.json").write_text(record)
+    (sweep / "STOP").write_text("job 3 failed")
+    command = resume_command(tmp_path, sweep, "seed=0,1,2")  # another seed: the sweep grown
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-3000:]
+    assert "the sweep's jobs ran with other constant overrides (trainer.max_epochs: 3 -> 1)" in (
+        output
+    )
+    assert (sweep / "sweep.json").read_text() == record
     assert (sweep / "STOP").exists() and not (sweep / "0").exists()
     assert not (tmp_path / "mlflow.db").exists()  # no parent run was started
 
