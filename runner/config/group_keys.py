@@ -35,6 +35,17 @@ BOUND_ARGUMENTS = {
     "sampler": {"labels": "the train split", "seed": "the run's seed="},
 }
 
+# Groups whose `instantiate` result the runner calls with arguments of its own (above, and
+# the optimizer's parameter groups): without `_partial_: true` in the option's file, the
+# target was called without them, and Hydra's TypeError never said why.
+PARTIAL_GROUPS = {
+    "model": "num_classes",
+    "optim": "the model's parameter groups",
+    "sched": "the optimizer and the step counts",
+    "loss": "class_counts",
+    "sampler": "the train labels and the seed",
+}
+
 # Arguments a group's target takes from the processes themselves: set in a config, a
 # single process silently trained on half the split (`+sampler.world_size=2`), and a rank
 # outside the world failed after the data was built.
@@ -72,6 +83,12 @@ def unexpected_group_keys(cfg: DictConfig) -> list[str]:
         node = cfg.get(group)
         if not isinstance(node, DictConfig) or "_target_" not in node:
             continue
+        if group in PARTIAL_GROUPS and node.get("_partial_") is not True:
+            problems.append(
+                f"{group}._partial_ is not true: the runner calls what {group}._target_ "
+                f"builds with {PARTIAL_GROUPS[group]}; add `_partial_: true` to the "
+                f"{group} option's YAML file, as the shipped options have"
+            )
         bound = BOUND_ARGUMENTS.get(group, {})
         for key, source in bound.items():
             if key in node:

@@ -437,6 +437,9 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
         # Replaced by what the runner passes, without a word (or, -5, failed at epoch 1).
         (["+model.num_classes=5"], "model.num_classes is passed by the runner (from the data"),
         (["sampler=balanced", "+sampler.seed=123"], "sampler.seed is passed by the runner"),
+        # A user's option file without `_partial_: true`: Hydra's TypeError named no cause.
+        (["~model._partial_"], "model._partial_ is not true: the runner calls what model"),
+        (["loss._partial_=false"], "add `_partial_: true` to the loss option's YAML file"),
         (["sampler=balanced", "+sampler.num_samples=-5"], "sampler.num_samples=-5 is invalid"),
         (
             [
