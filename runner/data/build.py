@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.choices import RUNNER_GROUP_KEYS
+from runner.config.errors import ConfigError
 from runner.data import curation, folds, switches
 from runner.data.debug import limit_batches
 from runner.data.splits import DataSplits
@@ -68,8 +69,43 @@ def source_splits(settings: Mapping[str, Any]) -> DataSplits:
 
     Args:
         settings: The data group as a plain mapping; `RUNNER_KEYS` in it are left out.
+
+    Raises:
+        ConfigError: The data set's function returned something else than `DataSplits`
+            of uint8 (N, C, H, W) images of `data.image_size`.
     """
-    return instantiate({k: v for k, v in settings.items() if k not in RUNNER_KEYS}).ensure_ids()
+    built = instantiate({k: v for k, v in settings.items() if k not in RUNNER_KEYS})
+    _check_built(built, settings.get("_target_"), settings.get("image_size"))
+    return built.ensure_ids()
+
+
+def _check_built(built: Any, target: Any, image_size: Any) -> None:
+    """Refuses what a data set's function returned when the run cannot use it.
+
+    A tuple failed with an AttributeError, and images of another size than
+    `data.image_size` trained at theirs while eval resized to the configured one.
+    """
+    fix = "end the function with runner.data.splits.assemble_splits(...), as runner/data/sets/ do"
+    if not isinstance(built, DataSplits):
+        raise ConfigError(
+            f"data._target_={target!r} returned {type(built).__name__}, not "
+            f"runner.data.splits.DataSplits: {fix}"
+        )
+    for name in ("train", "val", "test"):
+        images = getattr(getattr(built, name), "images", None)
+        if isinstance(images, torch.Tensor) and (images.dtype != torch.uint8 or images.ndim != 4):
+            raise ConfigError(
+                f"data._target_={target!r}: its {name} images are {images.dtype} of shape "
+                f"{tuple(images.shape)}; the runner takes uint8 (N, C, H, W) (floats in "
+                "[0, 1]: (images * 255).round().to(torch.uint8))"
+            )
+    if isinstance(image_size, int) and len(built.train) and built.image_size != image_size:
+        raise ConfigError(
+            f"data._target_={target!r} made {built.image_size}x{built.image_size} images, and "
+            f"data.image_size={image_size}, to which eval and predict resize: make the "
+            "function resize to its image_size argument, or set data.image_size="
+            f"{built.image_size}"
+        )
 
 
 class Loaders(NamedTuple):

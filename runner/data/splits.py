@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runner.config.errors import ConfigError
 from runner.data.decoding import printable
 from runner.data.loaders import ResidentLoader
 
@@ -302,7 +303,16 @@ def assemble_splits(
         mean: Per-channel mean; None computes it from the train split.
         std: Per-channel std; None computes it from the train split.
         ids: Sample id of each image; None = `<name>:<index>`.
+
+    Raises:
+        ConfigError: The images are not uint8 (N, C, H, W).
     """
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ConfigError(
+            f"assemble_splits({name!r}, ...) takes uint8 (N, C, H, W) images, and got "
+            f"{images.dtype} of shape {tuple(images.shape)} (floats in [0, 1]: "
+            "(images * 255).round().to(torch.uint8))"
+        )
     train_idx, val_idx, test_idx = stratified_split(
         labels.numpy(), val_fraction, test_fraction, split_seed
     )

@@ -124,3 +124,38 @@ def test_overfit_batches_draw_every_class_of_a_folder_stored_class_by_class(tmp_
     assert picked.train.labels.unique().tolist() == [0, 1, 2]
     again = overfit_subset(data, overfit_batches=2, batch_size=16, seed=0)
     assert list(again.train.ids) == list(picked.train.ids), "seeded"
+
+
+def own_data_set(image_size: int = 16, kind: str = "ok"):
+    """A user's data set function, as README's "Extending" describes one (and three ways
+    of getting it wrong)."""
+    from runner.data.splits import assemble_splits
+
+    size = 28 if kind == "size" else image_size
+    images = torch.rand(60, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255
+    images = images.to(torch.uint8) if kind != "float" else images / 255
+    splits = assemble_splits("own", images, torch.arange(60) % 3, "abc", 0.2, 0.2, 0, None, None)
+    return (splits,) if kind == "tuple" else splits
+
+
+@pytest.mark.parametrize(
+    "kind, told",
+    [
+        # Each failed later without naming the function: an AttributeError ('tuple' object
+        # has no attribute 'ensure_ids'), a TypeError of numpy's casting, or (size) none
+        # at all, the run training at 28 px while eval resized to 16.
+        ("tuple", "returned tuple, not runner.data.splits.DataSplits: end the function with"),
+        ("float", "assemble_splits('own', ...) takes uint8 (N, C, H, W) images, and got"),
+        ("size", "made 28x28 images, and data.image_size=16, to which eval and predict resize"),
+    ],
+)
+def test_a_data_set_function_that_returns_what_the_run_cannot_use_is_named(kind, told):
+    from runner.config.errors import ConfigError
+    from runner.data.build import source_splits
+
+    target = f"{__name__}.own_data_set"
+    assert len(source_splits({"_target_": target, "image_size": 16}).train) == 36
+    with pytest.raises(Exception) as refused:
+        source_splits({"_target_": target, "image_size": 16, "kind": kind})
+    cause = refused.value if isinstance(refused.value, ConfigError) else refused.value.__cause__
+    assert isinstance(cause, ConfigError) and told in str(cause)
