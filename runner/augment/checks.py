@@ -10,12 +10,14 @@ module that fails on images, or changes their shape, is refused before the data 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from hydra.utils import get_object, instantiate
-from kornia.augmentation import MixAugmentationBaseV2, RandomJigsaw
+from kornia.augmentation import AugmentationBase2D, MixAugmentationBaseV2, RandomJigsaw
+from kornia.augmentation.container import ImageSequentialBase
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
@@ -29,6 +31,12 @@ from runner.config.errors import ConfigError
 RANGE_KEYS = ("scale", "ratio")
 
 EXAMPLE = "{_target_: kornia.augmentation.RandomAffine, degrees: 10}"
+
+# What draws its parameters per image of a batch: Kornia's augmentations, its containers
+# and policies (AutoAugment, ...), and its mixing (refused in the list, see _build).
+KORNIA_BASES = (AugmentationBase2D, ImageSequentialBase, MixAugmentationBaseV2)
+
+log = logging.getLogger(__name__)
 
 
 def check_transforms(aug_cfg: Any, data_cfg: Any) -> None:
@@ -108,7 +116,33 @@ def _build(index: int, node: Any, convert: str) -> nn.Module:
             "mixed with them: use aug.mixup_alpha and aug.cutmix_alpha (with aug.mix_prob), "
             "which mix the labels too, and leave it out"
         )
+    if not isinstance(module, KORNIA_BASES):
+        _refuse_batch_wide_draws(name, module)
     return module
+
+
+def _refuse_batch_wide_draws(name: str, module: nn.Module) -> None:
+    """Refuses torchvision's transforms, and warns of other modules that are not Kornia's.
+
+    The device augments a whole batch in one call: Kornia's augmentations draw their
+    parameters per image, but torchvision's RandomHorizontalFlip flipped every image of
+    the batch, or none, without a word.
+    """
+    kind = type(module)
+    if kind.__module__.startswith("torchvision."):
+        raise ConfigError(
+            f"{name} is torchvision's: the device augments a whole batch in one call, and "
+            "it draws once for all of its images (one flip for the batch). Use Kornia's "
+            f"counterpart, which draws per image (kornia.augmentation.{kind.__name__}, where "
+            "Kornia has that name)"
+        )
+    log.warning(
+        "%s (%s.%s) is no Kornia augmentation: it gets the whole batch in one call, so a "
+        "random draw of its own applies to every image of the batch alike",
+        name,
+        kind.__module__,
+        kind.__qualname__,
+    )
 
 
 def _check_ranges(name: str, key: str, node: Any) -> None:

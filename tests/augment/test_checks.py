@@ -167,6 +167,22 @@ def test_a_module_that_changes_the_image_shape_is_refused(make_cfg):
     )
 
 
+def test_a_torchvision_transform_is_refused_and_another_module_warned_of(make_cfg, caplog):
+    """torchvision's RandomHorizontalFlip got the whole batch in one call and flipped all
+    of its images or none, in silence; README's list is of Kornia augmentations."""
+    flip = "{_target_: torchvision.transforms.RandomHorizontalFlip}"
+    message = refused(make_cfg, f"aug.transforms=[{flip}]")
+    assert message.startswith("aug.transforms.0 (RandomHorizontalFlip) is torchvision's: ")
+    assert "(kornia.augmentation.RandomHorizontalFlip, where Kornia has that name)" in message
+    check(make_cfg, "aug.transforms=[{_target_: torch.nn.Identity}]")
+    assert "aug.transforms.0 (Identity) (torch.nn.modules.linear.Identity) is no Kornia " in (
+        caplog.text
+    )
+    caplog.clear()
+    check(make_cfg, "aug=basic")  # Kornia's own and the runner's fused ops: no word
+    assert "is no Kornia augmentation" not in caplog.text
+
+
 def test_a_padding_the_images_cannot_mirror_is_refused_at_check_time(make_cfg):
     """The same error came from the first batch, after the data was built."""
     message = refused(make_cfg, "aug=flip_crop", "aug.transforms.0.padding=100")
