@@ -205,6 +205,8 @@ def options_with_key(config_dir: Path, key: str) -> list[str]:
         return []
     having = []
     for path in sorted(folder.glob("*.yaml")):
+        if path.name.startswith("_"):  # a block options share (`_switches`), no option
+            continue
         try:
             content = OmegaConf.load(path)
         except Exception:  # a file Hydra reads, or refuses, on its own

@@ -63,6 +63,9 @@ def validate(cfg: DictConfig) -> None:
     for group in REQUIRED_GROUPS:
         if group not in cfg:
             problems.append(f"config group '{group}' is missing: choose one with {group}=<option>")
+    problems += _data_option_problems(cfg)
+    if problems:  # other keys follow ${data.image_size}: their checks would fail on it
+        raise ConfigError(_problem_list(problems))
 
     # A `???` key that a multirun sets (`-m model=timm model.name=a,b`) is checked in
     # each job, where it has its value.
@@ -118,9 +121,41 @@ def validate(cfg: DictConfig) -> None:
     problems.extend(_weights_problems(cfg))
     problems.extend(_noise_problems(cfg))
     if problems:
-        plural = "" if len(problems) == 1 else "s"
-        listing = "\n  - ".join(problems)
-        raise ConfigError(f"Invalid config ({len(problems)} problem{plural}):\n  - {listing}")
+        raise ConfigError(_problem_list(problems))
+
+
+def _problem_list(problems: list[str]) -> str:
+    """The message of a config with these problems."""
+    plural = "" if len(problems) == 1 else "s"
+    listing = "\n  - ".join(problems)
+    return f"Invalid config ({len(problems)} problem{plural}):\n  - {listing}"
+
+
+# What a data option's own file sets (README: Extending, A data set): without `name` the
+# run failed with OmegaConf's "Key 'name' is not in struct", and without `image_size` the
+# config check itself failed on `${data.image_size}`.
+DATA_OPTION_KEYS = ("name", "image_size")
+
+
+def _data_option_problems(cfg: DictConfig) -> list[str]:
+    """The keys a data option lacks: its own (DATA_OPTION_KEYS) and the `_switches` block."""
+    data = cfg.get("data")
+    if not isinstance(data, DictConfig) or "_target_" not in data:
+        return []
+    problems = [
+        f"data.{key} is missing: the data option's YAML file sets it (README: Extending, "
+        f"A data set), e.g. {key}: {'my_data' if key == 'name' else 64}"
+        for key in DATA_OPTION_KEYS
+        if key not in data
+    ]
+    lacking = [key for key in choices.DATA_SWITCHES if key not in data]
+    if lacking:
+        problems.append(
+            f"data.{lacking[0]} is missing: the data option's YAML file brings the switches "
+            "every data set has (imbalance_ratio, label_noise, ...) with `defaults: "
+            "[_switches, _self_]`"
+        )
+    return problems
 
 
 def _monitor_problems(cfg: DictConfig, swept_keys: list[str]) -> list[str]:

@@ -437,6 +437,11 @@ def test_a_key_the_groups_target_does_not_take_is_refused_before_any_work(
         # Replaced by what the runner passes, without a word (or, -5, failed at epoch 1).
         (["+model.num_classes=5"], "model.num_classes is passed by the runner (from the data"),
         (["sampler=balanced", "+sampler.seed=123"], "sampler.seed is passed by the runner"),
+        # A user's data option without the keys README's "Extending" names: OmegaConf's
+        # "Key 'name' is not in struct", or the check itself failing on ${data.image_size}.
+        (["~data.name"], "data.name is missing: the data option's YAML file sets it"),
+        (["~data.image_size"], "data.image_size is missing: the data option's YAML file"),
+        (["~data.label_noise"], "data.label_noise is missing: the data option's YAML file brings"),
         # A user's option file without `_partial_: true`: Hydra's TypeError named no cause.
         (["~model._partial_"], "model._partial_ is not true: the runner calls what model"),
         (["loss._partial_=false"], "add `_partial_: true` to the loss option's YAML file"),

@@ -899,6 +899,10 @@ def test_a_key_of_another_option_of_its_group_names_that_option():
     assert "data=cifar10, data=cifar100 and data=imagefolder have it" in hint
     hint = unknown_key_hint(["trainer.max_epoch=3"], CONF)  # no option has it: spelling only
     assert "has it" not in hint and "did you mean trainer.max_epochs?" in hint
+    # `_switches` is a block the data options share: "data=_switches has it (choose it)".
+    from runner.cli import options_with_key
+
+    assert options_with_key(CONF, "data.label_noise") == []
     # A key of another group (precision=bf16 was told to check its spelling, no more).
     assert "did you mean trainer.precision?" in unknown_key_hint(["precision=bf16"], CONF)
     assert "did you mean optim.lr? (trainer has:" in unknown_key_hint(["trainer.lr=0.1"], CONF)
