@@ -188,7 +188,8 @@ def _best_report(
         numbers = ", ".join(str(j.get("num")) for j in members)
         lines += [
             "",
-            f"Best: jobs {numbers} ({described}, {len(members)} runs): {monitor} = "
+            f"Best: {'jobs' if len(members) > 1 else 'job'} {numbers} ({described}, "
+            f"{len(members)} run{'s' if len(members) > 1 else ''}): {monitor} = "
             f"{mean_std(best_group.values)}",
         ]
         chosen = zip(best_group.names, best_group.config, strict=True)

@@ -676,6 +676,15 @@ def test_a_searched_key_every_trial_drew_alike_is_still_a_best_tag(tmp_path):
     assert "| job | loss.label_smoothing | optim.lr | status |" in summary.markdown
 
 
+def test_a_best_of_one_run_is_one_job_of_one_run(tmp_path):
+    """Seeds swept, but one run a configuration finished: "Best: jobs 1 (..., 1 runs)"."""
+    (tmp_path / "sweep.json").write_text(json.dumps({"arguments": ["seed=0,1"]}))
+    finished_job(tmp_path, 0, ["optim.lr=0.1", "seed=0"], 0.8)
+    finished_job(tmp_path, 1, ["optim.lr=0.01", "seed=1"], 0.9)
+    markdown = summarize(tmp_path, monitor="val/acc", maximize=True).markdown
+    assert "Best: job 1 (optim.lr=0.01, 1 run): val/acc = 0.9000" in markdown
+
+
 def test_a_continued_studys_summary_names_the_studys_best_of_an_earlier_sweep(tmp_path):
     """Its best tags and "Best:" line named this sweep's trial as if it were the study's
     best, while best_params.json in the same parent run named another."""
