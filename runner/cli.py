@@ -136,14 +136,17 @@ def unknown_key_hint(args: Sequence[str], config_dir: Path) -> str | None:
                 return None
             # A key of a swept group need only be in one of its options (model.patch_size
             # in `model=resnet18,vit_tiny`): each option is composed, the others' first.
-            variants = []
+            variants, chosen = [], []  # each variant's overrides, and its (group, option)
             for group, options in grids.items():
                 firsts = [f"{g}={values[0]}" for g, values in grids.items() if g != group]
                 variants += [[*selections, *firsts, f"{group}={o}"] for o in options]
+                chosen += [(group, o) for o in options]
             configs = [
                 compose(config_name=config_name, overrides=overrides)
                 for overrides in variants or [selections]
             ]
+            # What Hydra composes first: the swept groups at their default options.
+            base = compose(config_name=config_name, overrides=selections) if grids else None
     except Exception:  # Hydra's own error, printed already, is the one to read
         return None
     finally:
@@ -161,7 +164,30 @@ def unknown_key_hint(args: Sequence[str], config_dir: Path) -> str | None:
                     "; check its spelling", f"; {which} (choose it), or check its spelling", 1
                 )
             problems.append(problem)
+        elif any(found) and key.partition(".")[0] in grids and missing_key(base, key):
+            problems.append(_swept_group_key_problem(key, found, chosen))
     return "\n".join(f"Error: {problem}" for problem in problems) or None
+
+
+def _swept_group_key_problem(
+    key: str, found: list[str | None], chosen: list[tuple[str, str]]
+) -> str:
+    """A key that some options of its swept group lack (`-m optim=adamw,sgd optim.momentum=0.9`).
+
+    Hydra composes a sweep's settings once, before it sweeps the group, with the group's
+    default option: its error named no option.
+    """
+    group = key.partition(".")[0]
+    pairs = [(o, problem) for (g, o), problem in zip(chosen, found, strict=True) if g == group]
+    having = [option for option, problem in pairs if problem is None]
+    lacking = [option for option, problem in pairs if problem is not None]
+    return (
+        f"{key}: {group}={','.join(lacking)} lack{'s' if len(lacking) == 1 else ''} it and "
+        f"{group}={','.join(having)} {'has' if len(having) == 1 else 'have'} it, and Hydra "
+        f"applies {key} once, with {group}'s default option, before it sweeps {group}: sweep "
+        f"the options that have it on their own (-m {group}={','.join(having)} {key}=...), "
+        "and the others in a sweep without it"
+    )
 
 
 def unreadable_argument_hint(args: Sequence[str]) -> str | None:

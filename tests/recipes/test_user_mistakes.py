@@ -861,8 +861,10 @@ def test_a_misspelt_key_that_hydra_refuses_is_named_with_the_key_meant(tmp_path)
     from tests.conftest import CONF
 
     assert unknown_key_hint(["data=imagefolder", "data.root=/x"], CONF) is None
-    # A key of one option of a swept group is there; so is one force-added with ++.
-    assert unknown_key_hint(["model=resnet18,vit_tiny", "model.patch_size=4"], CONF) is None
+    # A key of one option of a swept group is there, but Hydra sets it on the default
+    # model (resnet10t) first; a key force-added with ++ is there.
+    hint = unknown_key_hint(["model=resnet18,vit_tiny", "model.patch_size=4"], CONF)
+    assert hint.startswith("Error: model.patch_size: model=resnet18 lacks it and model=vit_")
     assert unknown_key_hint(["++trainer.new_key=1"], CONF) is None
     # A key whose value needs a running Hydra (paths.run_dir is ${hydra:...}) is there.
     assert unknown_key_hint(["paths.run_dir=/x"], CONF) is None
@@ -903,6 +905,12 @@ def test_a_key_of_another_option_of_its_group_names_that_option():
     from runner.cli import options_with_key
 
     assert options_with_key(CONF, "data.label_noise") == []
+    # In a sweep of the group, Hydra sets the key once, on the default option (adamw), and
+    # its error named no option.
+    hint = unknown_key_hint(["-m", "optim=adamw,sgd", "optim.momentum=0.9"], CONF)
+    assert "optim.momentum: optim=adamw lacks it and optim=sgd has it, and Hydra applies" in hint
+    assert "(-m optim=sgd optim.momentum=...)" in hint
+    assert unknown_key_hint(["-m", "optim=adamw,sgd", "optim.lr=0.1"], CONF) is None
     # A key of another group (precision=bf16 was told to check its spelling, no more).
     assert "did you mean trainer.precision?" in unknown_key_hint(["precision=bf16"], CONF)
     assert "did you mean optim.lr? (trainer has:" in unknown_key_hint(["trainer.lr=0.1"], CONF)
