@@ -86,6 +86,7 @@ def test_data_options_build_uint8_splits(make_cfg, tmp_path, option):
 @pytest.mark.parametrize("option", group_options("aug"))
 def test_aug_options_run_on_a_uint8_batch(make_cfg, option):
     cfg = make_cfg(f"aug={option}")
+    validate(cfg)  # an option's own defaults pass its checks
     augment = instantiate(cfg.aug)
     batch = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     out = augment.train()(batch)
@@ -112,6 +113,7 @@ def test_optim_and_sched_options_step(make_cfg, optim, sched):
     from runner.training.optim import optimizer_from_config
 
     cfg = make_cfg(f"optim={optim}", f"sched={sched}")
+    validate(cfg)
     model = torch.nn.Sequential(
         torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2)
     )
@@ -133,6 +135,7 @@ def test_optim_and_sched_options_step(make_cfg, optim, sched):
 @pytest.mark.parametrize("option", group_options("loss"))
 def test_loss_options_accept_hard_and_soft_targets(make_cfg, option):
     cfg = make_cfg(f"loss={option}")
+    validate(cfg)  # a default of its own outside its key's check refused every run
     loss_fn = instantiate(cfg.loss)(class_counts=torch.tensor([5, 3, 2]))
     logits = torch.randn(6, 3, requires_grad=True)
     hard = torch.tensor([0, 1, 2, 0, 1, 2])
@@ -146,6 +149,7 @@ def test_loss_options_accept_hard_and_soft_targets(make_cfg, option):
 @pytest.mark.parametrize("option", group_options("sampler"))
 def test_sampler_options_give_an_epoch_of_indices(make_cfg, option):
     cfg = make_cfg(f"sampler={option}")
+    validate(cfg)
     labels = torch.tensor([0] * 90 + [1] * 10)
     sampler = instantiate(cfg.sampler)(labels=labels, seed=0)
     first, again = sampler.indices(3), sampler.indices(3)
@@ -156,7 +160,9 @@ def test_sampler_options_give_an_epoch_of_indices(make_cfg, option):
 
 @pytest.mark.parametrize("option", group_options("logger"))
 def test_logger_options_instantiate(make_cfg, option):
-    tracker = instantiate(make_cfg(f"logger={option}").logger)
+    cfg = make_cfg(f"logger={option}")
+    validate(cfg)
+    tracker = instantiate(cfg.logger)
     assert hasattr(tracker, "start") and hasattr(tracker, "finish")
 
 
