@@ -345,8 +345,9 @@ def test_every_key_in_conf_has_a_value_check():
             if key not in CHECKS and key not in OPTION_KEYS and key not in CHECKED_ELSEWHERE:
                 unchecked.append(f"{key} (conf/{where})")
     assert not unchecked, (
-        f"no check for {', '.join(unchecked)}: add one to CHECKS in "
-        "runner/config/value_checks.py (README 'Extending')"
+        f"no check for {', '.join(unchecked)}: a new key needs one in CHECKS of "
+        "runner/config/value_checks.py (README 'Extending'); a misspelt one, its spelling "
+        "fixed in its file"
     )
     assert set(CHECKED_ELSEWHERE).isdisjoint(CHECKS)
 
