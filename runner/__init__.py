@@ -4,7 +4,9 @@ The package is layered (README "Architecture"; the rule is checked by import-lin
 
     cli                      mode dispatch
     train, evaluate,         the recipes, one per mode
-    throughput, preview
+    predict, throughput,
+    preview
+    from_checkpoint          what eval and predict share: a trained model from its ckpt
     training                 run context and lifecycle, parts, the loop, checkpoints
     sweeps, reports          sweep files and summaries; what a person reads
     data, augment,           independent of each other

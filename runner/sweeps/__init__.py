@@ -6,7 +6,8 @@ warning about SQLite stores on a cluster, collecting submitted SLURM jobs, and a
 sweep's out-of-fold outputs and their audit.
 
 May import runner.config, runner.tracking and runner.data (the audit draws its
-thumbnails from the data set); never models or the training loop.
+thumbnails from the data set), and the start checks of runner.augment and runner.models
+(a grid's jobs are checked as each job checks itself); never the training loop.
 
     python -m runner.sweeps collect SWEEP_DIR             # state and results of its jobs
     python -m runner.sweeps summary SWEEP_DIR [METRIC] [max|min]   # rebuild summary.md

@@ -1,7 +1,8 @@
 """One training epoch and one evaluation pass: AMP, accumulation, clipping, EMA.
 
 Running sums stay on the device; the host reads them only at logging intervals and at
-the end of an epoch, so the loop adds no host sync per step.
+the end of an epoch, so the loop adds no host sync per step (but one under
+`trainer.nan_policy=skip`, which must know whether to step).
 
 Under MixUp/CutMix the targets are soft, (N, C) probabilities, and every loss in
 `runner.training.losses` takes them as they are. Training accuracy then counts a prediction as

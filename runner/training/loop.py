@@ -1,8 +1,9 @@
 """The epoch loop: train, validate, decide, checkpoint, log; until done or stopped.
 
-`fit` runs the epochs; `decide_after_epoch` is every end-of-epoch decision in one small
-pure function (improved? which files? stop for pruning or patience?), so the loop itself
-only acts on its answer.
+`fit` runs the epochs; `decide_after_epoch` makes every end-of-epoch decision in one
+small function (improved? which files? stop for pruning or patience?), so the loop itself
+only acts on its answer. It updates the best-so-far record in the run's state, and its
+`prune` callable reports the epoch's value to an Optuna trial.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Fused batched augmentations for the presets, one Kornia augmentation module each.
 
-May import runner.augment.device (and Kornia, torch); nothing else of runner.
+May import runner.augment.device and runner.config (its errors), Kornia and torch;
+nothing else of runner.
 
 Kornia's generic modules pay for their generality: a crop is a warp or a padded copy,
 a flip is computed for the whole batch and blended back, `ColorJitter` goes through HSV
