@@ -30,7 +30,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from runner.sweeps.optuna_parts import build_sampler, open_storage, shown_storage
+from runner.sweeps.optuna_parts import open_storage, shown_storage
 from runner.sweeps.optuna_study import (
     MONITOR_ATTR,
     SETTINGS_ATTR,
@@ -41,11 +41,11 @@ from runner.sweeps.optuna_study import (
     trial_settings,
     write_study_file,
 )
-from runner.sweeps.search_space import distribution_of, space_to_json
+from runner.sweeps.search_space import space_to_json
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunnerOptunaSweeper", "RunnerOptunaSweeperConf", "build_sampler", "distribution_of"]
+__all__ = ["RunnerOptunaSweeper", "RunnerOptunaSweeperConf"]
 
 
 @dataclass

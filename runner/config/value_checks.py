@@ -75,10 +75,6 @@ def _boolean(value: Any) -> str | None:
     return None if isinstance(value, bool) else "true or false"
 
 
-def _integer(value: Any) -> str | None:
-    return None if _is_int(value) else "an integer"
-
-
 def _seed(value: Any) -> str | None:
     # torch.manual_seed's range: larger ones failed after the run dir was made.
     ok = _is_int(value) and -(2**63) <= value < 2**64

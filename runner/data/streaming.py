@@ -80,21 +80,22 @@ class EncodedSplit:
         """The same records with other labels (label noise)."""
         return replace(self, labels=labels)
 
-    def _dataset(self, on_bad: str) -> _DecodeBatches:
+    def _dataset(self) -> _DecodeBatches:
+        """The split as batches to decode; files that do not decode are returned apart."""
         return _DecodeBatches(
-            self.records, self.positions, self.labels.cpu(), self.size, on_bad, self.channels
+            self.records, self.positions, self.labels.cpu(), self.size, self.channels
         )
 
     def take(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Decodes the samples at `indices`: uint8 images and their labels (bad ones dropped)."""
-        images, labels, _ = self._dataset("skip")[indices.cpu()]
+        images, labels, _ = self._dataset()[indices.cpu()]
         return images, labels
 
     def decode_sample(self, count: int, seed: int = 0) -> torch.Tensor:
         """Decodes up to `count` random images (e.g. for normalisation statistics)."""
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(self), generator=generator)[:count]
-        images, _, _ = self._dataset("skip")[order]
+        images, _, _ = self._dataset()[order]
         return images
 
     def loader(
@@ -117,14 +118,12 @@ class _DecodeBatches(torch.utils.data.Dataset):
         positions: torch.Tensor,
         labels: torch.Tensor,
         size: int,
-        on_bad: str,
         channels: int = 3,
     ):
         self.records = records
         self.positions = positions
         self.labels = labels
         self.size = size
-        self.on_bad = on_bad
         self.channels = channels
 
     def __len__(self) -> int:
@@ -202,7 +201,7 @@ class StreamingLoader(EpochBatches):
         self._seen_bad: set[str] = set()
         workers = split.num_workers
         self._loader = torch.utils.data.DataLoader(
-            split._dataset(split.on_bad_file),
+            split._dataset(),
             # A weak reference: loader -> DataLoader -> sampler -> loader was a cycle, so
             # a dropped loader kept its persistent workers until a garbage collection.
             batch_sampler=_OrderedBatchSampler(weakref.proxy(self)),

@@ -102,7 +102,6 @@ class StudyPlan:
     n_jobs: int
     trial_override: str = "optuna.trial"
     spelled: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
     monitor: str = ""
 
     def job_overrides(self, trial: Any) -> list[str]:

@@ -19,16 +19,18 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from hydra_plugins.runner_optuna_sweeper.runner_optuna_sweeper import (
-    build_sampler,
-    distribution_of,
-)
 from runner.sweeps.job import SweepJob, unescape
 from runner.sweeps.manifest import job_key, update_manifest
-from runner.sweeps.optuna_parts import SweepConfigError, build_pruner, open_storage, shown_storage
+from runner.sweeps.optuna_parts import (
+    SweepConfigError,
+    build_pruner,
+    build_sampler,
+    open_storage,
+    shown_storage,
+)
 from runner.sweeps.optuna_study import MONITOR_ATTR, SPACE_ATTR, continued_sampler, plan_study
 from runner.sweeps.optuna_trial import report_and_check, tell_trial, trial_result
-from runner.sweeps.search_space import search_space, space_to_json
+from runner.sweeps.search_space import distribution_of, search_space, space_to_json
 from runner.sweeps.stores import cluster_store_warning
 from runner.sweeps.summary import summarize
 from tests.conftest import CONF
