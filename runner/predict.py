@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from runner.config.location_checks import predictions_file
 from runner.config.validation import ConfigError
 from runner.data.decoding import BadImageError, DataError, decode_record, to_grayscale
 from runner.data.sets.imagefolder import visible_files
@@ -160,9 +161,7 @@ def predictions_path(output: str | None, run_dir: Path, inputs: Sequence[Path | 
             images to label (`inputs`) or another existing file that is not a CSV, or its
             name does not end in .csv.
     """
-    path = Path(output).expanduser() if output else run_dir / "predictions.csv"
-    if path.is_dir() or (output and str(output).endswith(("/", os.sep))):
-        path = path / "predictions.csv"
+    path = predictions_file(str(output)) if output else run_dir / "predictions.csv"
     if path.exists() and (not path.is_file() or path.suffix.lower() != ".csv"):
         # Only an existing file can be an input image: a new output costs no look at them.
         if path.resolve() in {Path(image).resolve() for image in inputs}:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -270,3 +271,15 @@ CURATION_COLUMNS = {
     "data.exclude": (("sample_id",),),
     "data.relabel": (("sample_id",), ("label", "suggested_label")),
 }
+
+
+def predictions_file(output: str) -> Path:
+    """The file `predict.output` names: itself, or predictions.csv in the folder it names.
+
+    A folder is one that exists, or a path that ends with `/`. Predict writes there, and
+    a sweep's start check finds jobs that would write the same file by it.
+    """
+    path = Path(output).expanduser()
+    if path.is_dir() or output.endswith(("/", os.sep)):
+        path = path / "predictions.csv"
+    return path

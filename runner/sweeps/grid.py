@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import os
 import re
 from collections.abc import Callable
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.changes import flatten
 from runner.config.choices import RUNNER_GROUP_KEYS
 from runner.config.errors import ConfigError, UserError
+from runner.config.location_checks import predictions_file
 from runner.config.sweep_values import flatten_params, override_parser
 
 
@@ -170,7 +169,8 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
             continue
         monitors.setdefault(f"{cfg.trainer.monitor} ({cfg.trainer.monitor_mode})", named)
         if cfg.mode == "predict" and cfg.predict.output:
-            outputs.setdefault(_predictions_file(str(cfg.predict.output)), []).append(named)
+            path = str(predictions_file(str(cfg.predict.output)).resolve())
+            outputs.setdefault(path, []).append(named)
     if len(monitors) > 1:  # an experiment preset sets its own trainer.monitor
         listing = ", ".join(f"{job} by {monitor}" for monitor, job in monitors.items())
         problems.append(
@@ -187,11 +187,3 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
             )
     if problems:
         raise ConfigError("the sweep was not started:\n" + "\n".join(problems))
-
-
-def _predictions_file(output: str) -> str:
-    """The file `predict.output` names: itself, or predictions.csv in the folder it names."""
-    path = Path(output).expanduser()
-    if path.is_dir() or output.endswith(("/", os.sep)):
-        path = path / "predictions.csv"
-    return str(path.resolve())
