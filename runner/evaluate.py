@@ -31,7 +31,7 @@ from runner.data.sets.imagefolder import (
 from runner.data.splits import DataSplits, Split, ids_digest, is_long_tailed
 from runner.from_checkpoint import (
     LoadedCheckpoint,
-    load_checkpoint,
+    load_trained_model,
     refuse_ignored_overrides,
     resolved_part,
     start_context,
@@ -60,7 +60,7 @@ def run_eval(cfg: DictConfig) -> float:
     """
     refuse_ignored_overrides(cfg)  # before validation, which checks what it would ignore
     ctx = start_context(cfg)
-    loaded = load_checkpoint(ctx)
+    loaded = load_trained_model(ctx)
     ctx.tracker = instantiate(cfg.logger)
     # The training run's experiment, unless this command names one (logger.experiment_name).
     trained_in = [as_read_here(loaded.stored, k) for k in ("logger.experiment_name", "data.name")]

@@ -143,7 +143,7 @@ def checkpoint_precision(ctx: RunContext, stored: DictConfig) -> str:
     return precision
 
 
-def load_checkpoint(ctx: RunContext) -> LoadedCheckpoint:
+def load_trained_model(ctx: RunContext) -> LoadedCheckpoint:
     """Resolves `ckpt`, reads the best.pt, checks its config and rebuilds the model."""
     path, run_id = resolve_ckpt(str(ctx.cfg.ckpt), ctx.cfg, ctx.run_dir / "downloaded")
     best = read_best(path)
@@ -261,7 +261,7 @@ def without_pretrained_weights(stored: DictConfig) -> None:
 def rebuild_model(stored: DictConfig, best: BestCheckpoint, device: torch.device) -> nn.Module:
     """The trained model: its config from the checkpoint, its weights from best.pt.
 
-    `stored`'s pretrained weights are off (`load_checkpoint`): they are neither
+    `stored`'s pretrained weights are off (`load_trained_model`): they are neither
     downloaded nor read from `model.pretrained_file`, which may not exist here.
     """
     settings = OmegaConf.to_container(stored.model, resolve=True)

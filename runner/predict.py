@@ -23,7 +23,7 @@ from runner.data.sets.imagefolder import visible_files
 from runner.data.sets.records import sniff
 from runner.data.splits import path_id
 from runner.from_checkpoint import (
-    load_checkpoint,
+    load_trained_model,
     refuse_ignored_overrides,
     start_context,
 )
@@ -55,7 +55,7 @@ def run_predict(cfg: DictConfig) -> float:
         raise ConfigError(
             f"predict.input={cfg.predict.input!r} holds no file but predict.output's CSV"
         )
-    loaded = load_checkpoint(ctx)
+    loaded = load_trained_model(ctx)
     channels = loaded.best.image_channels()
     if channels not in (1, 3):  # before any image is read: files decode as RGB
         raise ConfigError(
