@@ -21,6 +21,7 @@ from runner.config.callback import JOB_ERROR_FILE
 from runner.config.errors import ConfigError
 from runner.config.modes import job_mode
 from runner.config.redaction import public_uri, redacted_overrides
+from runner.config.sweep_values import typed_overrides
 from runner.sweeps.audit import audit_if_asked, partial_folds_warning
 from runner.sweeps.grid import group_options, job_composer, refuse_bad_jobs
 from runner.sweeps.job import constant_keys
@@ -49,6 +50,15 @@ log = logging.getLogger(__name__)
 
 _LAUNCH_FAILED: list[bool] = []  # the launcher could not start the jobs (launch_failed)
 _SIGNALLED: list[int] = []  # the signal that is ending this process's sweep, once one has
+
+
+def sweep_arguments(config: DictConfig) -> list[str]:
+    """The sweep's command line as sweep.json and the parent run's `overrides` tag keep it.
+
+    As typed (`${oc.env:...}`, not its value), as a job's own record keeps it: reading
+    `hydra.overrides.task` item by item resolved each interpolation. Secrets redacted.
+    """
+    return redacted_overrides(typed_overrides(config))
 
 
 def changed_constants(before: list[str] | None, now: list[str]) -> list[str]:
@@ -99,7 +109,7 @@ class SweepCallback(Callback):
 
         try:  # before the parent run exists or any job trains
             if is_optuna_sweep(config):  # its searched values are the sweeper's to check
-                arguments = [str(a) for a in config.hydra.overrides.task]
+                arguments = typed_overrides(config)
                 plan_study(
                     config,
                     arguments,
@@ -139,7 +149,7 @@ class SweepCallback(Callback):
             info = read_sweep_info(self.sweep_dir)
         except SweepFileError as err:  # a resumed sweep's damaged record: one line
             raise SystemExit(f"Error: {err}") from err
-        arguments = redacted_overrides(config.hydra.overrides.task)
+        arguments = sweep_arguments(config)
         if resume and not is_optuna_sweep(config):  # a study warns, and draws new trials
             changed = changed_constants(info.get("arguments"), arguments)
             if changed:

@@ -18,7 +18,7 @@ from runner.config.changes import flatten
 from runner.config.choices import RUNNER_GROUP_KEYS
 from runner.config.errors import ConfigError, UserError
 from runner.config.location_checks import predictions_file
-from runner.config.sweep_values import flatten_params, override_parser
+from runner.config.sweep_values import flatten_params, override_parser, typed_overrides
 
 
 def grid_jobs(overrides: list[str]) -> list[list[str]]:
@@ -143,7 +143,7 @@ def refuse_bad_jobs(config: DictConfig, config_name: str | None) -> None:
     from runner.config.validation import validate
     from runner.models.checks import check_model_config
 
-    overrides = [str(o) for o in config.hydra.overrides.task]
+    overrides = typed_overrides(config)
     # A sweep a config file sets (`hydra.sweeper.params` of an experiment) is in the grid.
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
     in_config = [f"{k}={v}" for k, v in flatten_params(params).items()] if params else []

@@ -410,3 +410,21 @@ def test_collect_looking_at_a_lock_never_refuses_a_launch(tmp_path):
             handle.close()
     poller.wait(timeout=30)
     assert refused == 0
+
+
+def test_the_sweeps_record_keeps_the_command_line_as_typed(monkeypatch):
+    """sweep.json and the parent run's overrides tag held ${oc.env:...}'s value (reading
+    hydra.overrides.task item by item resolved it); README promises the typed text."""
+    from hydra import compose, initialize_config_dir
+
+    from runner.sweeps.callback import sweep_arguments
+    from tests.conftest import CONF
+
+    monkeypatch.setenv("RUN_NAME_FOR_TEST", "resolved-value")
+    typed = ["logger.run_name=${oc.env:RUN_NAME_FOR_TEST}", "seed=3"]
+    secret = "logger.tracking_uri=http://ann:s3cret@127.0.0.1:5000"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[*typed, secret], return_hydra_config=True)
+    recorded = sweep_arguments(cfg)
+    assert recorded[:2] == typed
+    assert "s3cret" not in recorded[2] and "ann:***@127.0.0.1" in recorded[2]
