@@ -23,7 +23,7 @@ if __name__ == "__main__":
         main()
     except SystemExit as exit_:
         if exit_.code == 1:  # Hydra's exit after its own error (the runner exits with text)
-            from runner.cli import unknown_key_hint, unreadable_argument_hint
+            from runner.config.command_line import unknown_key_hint, unreadable_argument_hint
 
             hint = unreadable_argument_hint(sys.argv[1:]) or unknown_key_hint(
                 sys.argv[1:], Path(__file__).parent / "conf"

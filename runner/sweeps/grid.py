@@ -7,15 +7,13 @@ Ranges a sweeper searches (Optuna's `interval(...)`) are the sweeper's to check.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import re
 from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config.changes import flatten
-from runner.config.choices import RUNNER_GROUP_KEYS
+from runner.config.command_line import missing_key
 from runner.config.errors import ConfigError, UserError
 from runner.config.location_checks import predictions_file
 from runner.config.sweep_values import flatten_params, override_parser, typed_overrides
@@ -45,46 +43,6 @@ def grid_jobs(overrides: list[str]) -> list[list[str]]:
         else:
             axes[key] = [override.input_line]
     return [list(job) for job in itertools.product(*axes.values())]
-
-
-def missing_key(config: DictConfig, key: str) -> str | None:
-    """Why a key is not in the config, with its group's keys; None when it is there.
-
-    Hydra's own error advises adding the key with +, but a key the config lacks is
-    mostly a misspelt one, and a key that a group's target does not take is refused.
-    """
-    absent = object()
-    found = OmegaConf.select(config, key, default=absent, throw_on_resolution_failure=False)
-    if found is not absent:
-        return None
-    parent, _, _ = key.rpartition(".")
-    node = OmegaConf.select(config, parent, default=None) if parent else config
-    if parent and node is not None and not isinstance(node, DictConfig):  # `optim.lr.x`
-        return f"{key}: {parent} is a value ({node!r}), not a group of keys"
-    leaf = key.rpartition(".")[2]
-    if isinstance(node, DictConfig) and (leaf in node or OmegaConf.is_missing(node, leaf)):
-        # A key there whose value is still to be given (`???`), or cannot be resolved
-        # here (`${hydra:runtime.output_dir}` outside a run).
-        return None
-    names = [str(k) for k in node if not str(k).startswith("_")] if node is not None else []
-    # The option's own keys first: the shared ones (lr multipliers, the data switches)
-    # come first in the composed group, and pushed `lr` out of sight.
-    shared = RUNNER_GROUP_KEYS.get(parent, ())
-    names = [n for n in names if n not in shared] + [n for n in names if n in shared]
-    listing = f" ({parent} has: {', '.join(names)})" if parent and names else ""
-    close = difflib.get_close_matches(leaf, names, n=3, cutoff=0.75)
-    meant = [f"{parent}.{name}" if parent else name for name in close]
-    if not meant:  # the key of another group (`precision=bf16`, `trainer.lr=0.1`)
-        meant = _keys_named(config, leaf)
-    guess = f": did you mean {' or '.join(meant)}?" if meant else ""
-    return f"{key}: the config has no such key; check its spelling{guess}{listing}"
-
-
-def _keys_named(config: DictConfig, leaf: str) -> list[str]:
-    """The config's keys (Hydra's own aside) whose last part is `leaf`, at most three."""
-    tree = OmegaConf.to_container(config, resolve=False)
-    tree.pop("hydra", None)
-    return sorted(k for k in flatten(tree) if k.rpartition(".")[2] == leaf)[:3]
 
 
 def _composition(err: Exception, config: DictConfig) -> str:

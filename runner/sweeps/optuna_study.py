@@ -29,7 +29,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from runner.sweeps.grid import missing_key
+from runner.config.command_line import missing_key
 from runner.sweeps.manifest import parse_overrides, read_sweep_file
 from runner.sweeps.optuna_parts import (
     PRUNER_TARGETS,

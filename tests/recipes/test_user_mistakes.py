@@ -857,7 +857,7 @@ def test_a_misspelt_key_that_hydra_refuses_is_named_with_the_key_meant(tmp_path)
     assert "loss.qq: the config has no such key; check its spelling (loss has: q," in done.stderr
     assert not (tmp_path / "multirun").exists()
     # A key whose default is ??? is there: a run that failed later is not told otherwise.
-    from runner.cli import unknown_key_hint
+    from runner.config.command_line import unknown_key_hint
     from tests.conftest import CONF
 
     assert unknown_key_hint(["data=imagefolder", "data.root=/x"], CONF) is None
@@ -874,7 +874,7 @@ def test_a_misspelt_key_that_hydra_refuses_is_named_with_the_key_meant(tmp_path)
 
 def test_an_argument_hydra_cannot_read_is_named_with_how_to_quote_it(tmp_path):
     """Hydra's "mismatched input '[' expecting <EOF>" named no argument."""
-    from runner.cli import unreadable_argument_hint
+    from runner.config.command_line import unreadable_argument_hint
 
     done = run_cli(f"paths.output_dir={tmp_path}", "data.split_train=train[:90%]")
     assert done.returncode == 1
@@ -889,7 +889,7 @@ def test_an_argument_hydra_cannot_read_is_named_with_how_to_quote_it(tmp_path):
 def test_a_key_of_another_option_of_its_group_names_that_option():
     """logger=none logger.export_model=false was told to check the key's spelling, which
     was right: the key is logger=mlflow's."""
-    from runner.cli import unknown_key_hint
+    from runner.config.command_line import unknown_key_hint
     from tests.conftest import CONF
 
     hint = unknown_key_hint(["logger=none", "logger.export_model=false"], CONF)
@@ -902,7 +902,7 @@ def test_a_key_of_another_option_of_its_group_names_that_option():
     hint = unknown_key_hint(["trainer.max_epoch=3"], CONF)  # no option has it: spelling only
     assert "has it" not in hint and "did you mean trainer.max_epochs?" in hint
     # `_switches` is a block the data options share: "data=_switches has it (choose it)".
-    from runner.cli import options_with_key
+    from runner.config.command_line import options_with_key
 
     assert options_with_key(CONF, "data.label_noise") == []
     # In a sweep of the group, Hydra sets the key once, on the default option (adamw), and
