@@ -67,11 +67,13 @@ class ExportedClassifier(nn.Module):
 
 
 def exported_classifier(
-    parts: TrainingParts, best: BestCheckpoint
+    parts: TrainingParts, best: BestCheckpoint, data: DataSplits | None = None
 ) -> tuple[ExportedClassifier, np.ndarray]:
     """The best weights wrapped for export, on the CPU, and an input example for it.
 
-    Copies: the run's own modules (maybe on a GPU) are left as they are.
+    Copies: the run's own modules (maybe on a GPU) are left as they are. The example is
+    two of `data`'s test images (MLflow shows it and serves it as the model's example);
+    random ones of their shape without them.
     """
     # Contiguous weights: torch.export saves channels_last ones as partial views (and warns).
     model = copy.deepcopy(parts.eval_model).cpu().float().to(memory_format=torch.contiguous_format)
@@ -81,10 +83,13 @@ def exported_classifier(
     normalize = Normalize(best.mean, best.std).eval()
     wrapper = ExportedClassifier(augment, normalize, model).eval()
     # Two images: a batch of one would make the exported batch dimension a constant.
+    shape = (2, len(best.mean), best.image_size, best.image_size)
+    if data is not None and len(data.test) >= 2:
+        images, _ = data.test.take(torch.arange(2))
+        if tuple(images.shape) == shape:  # not when bad files dropped one
+            return wrapper, images.cpu().numpy()
     generator = torch.Generator().manual_seed(0)
-    example = torch.randint(
-        0, 256, (2, len(best.mean), best.image_size, best.image_size), generator=generator
-    )
+    example = torch.randint(0, 256, shape, generator=generator)
     return wrapper, example.to(torch.uint8).numpy()
 
 
@@ -119,7 +124,7 @@ def log_best_model(
         log.info("the run's model of epoch %d is logged already (%s)", best.epoch, earlier)
         return earlier
     started = time.perf_counter()
-    wrapper, example = exported_classifier(parts, best)
+    wrapper, example = exported_classifier(parts, best, data)
     metadata = {
         "class_names": list(best.class_names),
         "image_size": best.image_size,

@@ -92,6 +92,11 @@ def test_the_best_weights_are_a_logged_model_that_returns_probabilities(trained)
     local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=tmp / "m"))
     config = (local / "extra_files" / "config_resolved.yaml").read_text()
     assert config == (tmp / "train" / "config_resolved.yaml").read_text()
+    # Its input example is two of the run's test images, not noise: MLflow shows it and
+    # serves it as what the model takes.
+    trained_config = OmegaConf.load(local / "extra_files" / "config_resolved.yaml")
+    test_images, _ = build_data(trained_config.data).test.take(torch.arange(2))
+    assert np.array_equal(meta.load_input_example(str(local)), test_images.numpy())
     # What eval and predict rebuild from it is the run's best.pt, its data's channels
     # too (a 1-channel run with a pretrained 3-value mean was fed colour images).
     from runner.training.exported_model import best_from_model_dir
