@@ -119,6 +119,9 @@ def test_eval_from_an_mlflow_run_id_with_flip_tta(trained, caplog):
     assert "eval.tta=flip averages each image's logits with its mirror" in caplog.text
     evaluated = json.loads((tmp / "eval_tta" / "metrics.json").read_text())
     assert evaluated["tta"] == "flip" and evaluated["source_run_id"] == run_id
+    # The model as the command named it; its downloaded copy's path apart (the tag held it).
+    assert evaluated["ckpt"] == f"runs:/{run_id}"
+    assert evaluated["ckpt_file"].startswith(str(tmp / "eval_tta" / "downloaded"))
     assert 0 <= evaluated["test/ece"] <= 1
     for name in ANALYSIS_FILES:
         assert (tmp / "eval_tta" / name).is_file(), name
