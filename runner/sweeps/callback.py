@@ -66,7 +66,8 @@ def changed_constants(before: list[str] | None, now: list[str]) -> list[str]:
 
     `before` is the sweep's recorded command line (None: not recorded, nothing differs).
     A key swept in either launch is no constant: fewer or more of its values choose fewer
-    or more of the sweep's jobs.
+    or more of the sweep's jobs. An interpolation (`${oc.env:...}`) is not compared: a
+    sweep of an earlier version recorded its value.
     """
     if before is None:
         return []
@@ -75,7 +76,9 @@ def changed_constants(before: list[str] | None, now: list[str]) -> list[str]:
     compared = [
         key
         for key in sorted(first.keys() | second.keys())
-        if key not in swept and not key.startswith(OUTSIDE_TRIAL_PREFIXES)
+        if key not in swept
+        and not key.startswith(OUTSIDE_TRIAL_PREFIXES)
+        and "${" not in first.get(key, "") + second.get(key, "")
     ]
     return [
         f"{key}: {first.get(key, '(not set)')} -> {second.get(key, '(not set)')}"
