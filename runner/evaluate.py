@@ -40,7 +40,6 @@ from runner.from_checkpoint import (
 from runner.reports import console
 from runner.reports.data_report import report_streamed_bad_files
 from runner.training.context import tracked_run
-from runner.training.exported_model import MODEL_URI_PREFIXES
 from runner.training.final_eval import evaluate_and_report, write_metrics_file
 from runner.training.preflight import check_gradcam
 
@@ -72,13 +71,10 @@ def run_eval(cfg: DictConfig) -> float:
     check_gradcam(cfg, loaded.model, example)  # else gradcam.png is left out after the test
     test_loader = data.test.loader(cfg.trainer.eval_batch_size, ctx.device)
     source = loaded.source_run_id or "unknown"
-    # An MLflow model as the command named it: its local copy in downloaded/ says little.
-    given = str(cfg.ckpt)
-    named = given if given.startswith(MODEL_URI_PREFIXES) else str(loaded.path)
     with tracked_run(ctx):
         tags = {
             "mode": "eval",
-            "ckpt": named,
+            "ckpt": loaded.named,
             "eval.tta": cfg.eval.tta,
             "run_dir": str(ctx.run_dir),
             "source_run_id": source,
@@ -110,7 +106,7 @@ def run_eval(cfg: DictConfig) -> float:
         # Files of a streamed test split that did not decode while testing.
         report_streamed_bad_files(data, [test_loader], ctx.run_dir, ctx.tracker)
         summary = {
-            "ckpt": named,
+            "ckpt": loaded.named,
             "ckpt_file": str(loaded.path),
             "source_run_id": loaded.source_run_id,
             "tta": cfg.eval.tta,
@@ -120,7 +116,7 @@ def run_eval(cfg: DictConfig) -> float:
         rows = [
             *((name, f"{value:.4f}") for name, value in metrics.items()),
             ("test-time augmentation", cfg.eval.tta),
-            ("checkpoint", named),
+            ("checkpoint", loaded.named),
             ("source run", source),
             ("run dir", str(ctx.run_dir)),
             ("tracking", ctx.tracker.describe()),

@@ -55,6 +55,8 @@ class LoadedCheckpoint:
 
     Attributes:
         path: The local best.pt.
+        named: The checkpoint as the command named it: a `runs:/` or `models:/` URI (its
+            local copy in `downloaded/` says little), else `path`.
         source_run_id: The MLflow run that trained it, when known.
         best: The checkpoint's content.
         stored: The training run's config (targets checked against the allowlist).
@@ -64,6 +66,7 @@ class LoadedCheckpoint:
     """
 
     path: Path
+    named: str
     source_run_id: str | None
     best: BestCheckpoint
     stored: DictConfig
@@ -145,7 +148,8 @@ def checkpoint_precision(ctx: RunContext, stored: DictConfig) -> str:
 
 def load_trained_model(ctx: RunContext) -> LoadedCheckpoint:
     """Resolves `ckpt`, reads the best.pt, checks its config and rebuilds the model."""
-    path, run_id = resolve_ckpt(str(ctx.cfg.ckpt), ctx.cfg, ctx.run_dir / "downloaded")
+    given = str(ctx.cfg.ckpt)
+    path, run_id = resolve_ckpt(given, ctx.cfg, ctx.run_dir / "downloaded")
     best = read_best(path)
     stored = best.stored_config()
     ctx.precision = checkpoint_precision(ctx, stored)
@@ -166,6 +170,7 @@ def load_trained_model(ctx: RunContext) -> LoadedCheckpoint:
         check_gradcam_layer(ctx.cfg, model)  # else found only after the test
     return LoadedCheckpoint(
         path=path,
+        named=given if given.startswith(MODEL_URI_PREFIXES) else str(path),
         source_run_id=run_id or best.mlflow_run_id,
         best=best,
         stored=stored,
