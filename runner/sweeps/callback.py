@@ -34,13 +34,17 @@ from runner.sweeps.manifest import (
     SWEEP_FILE,
     SWEEP_LOCK_FILE,
     SweepFileError,
-    parse_overrides,
     read_launch_config,
     read_sweep_info,
     reopen_parent_run,
     write_json,
 )
-from runner.sweeps.optuna_study import OUTSIDE_TRIAL_PREFIXES, is_optuna_sweep, plan_study
+from runner.sweeps.optuna_study import (
+    is_optuna_sweep,
+    plan_study,
+    setting_changes,
+    trial_settings,
+)
 from runner.sweeps.stores import cluster_store_warning
 from runner.sweeps.summary import Summary, log_summary, summarize
 from runner.tracking.protocol import Tracker, end_run
@@ -71,20 +75,17 @@ def changed_constants(before: list[str] | None, now: list[str]) -> list[str]:
     """
     if before is None:
         return []
-    first, second = parse_overrides(before), parse_overrides(now)
+    first, second = trial_settings(before), trial_settings(now)
     swept = (first.keys() - constant_keys(before)) | (second.keys() - constant_keys(now))
-    compared = [
+    compared = {
         key
-        for key in sorted(first.keys() | second.keys())
-        if key not in swept
-        and not key.startswith(OUTSIDE_TRIAL_PREFIXES)
-        and "${" not in first.get(key, "") + second.get(key, "")
-    ]
-    return [
-        f"{key}: {first.get(key, '(not set)')} -> {second.get(key, '(not set)')}"
-        for key in compared
-        if first.get(key) != second.get(key)
-    ]
+        for key in first.keys() | second.keys()
+        if key not in swept and "${" not in first.get(key, "") + second.get(key, "")
+    }
+    return setting_changes(
+        {k: v for k, v in first.items() if k in compared},
+        {k: v for k, v in second.items() if k in compared},
+    )
 
 
 class SweepCallback(Callback):

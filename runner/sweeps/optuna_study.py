@@ -442,16 +442,21 @@ def trial_settings(fixed: list[str]) -> dict[str, str]:
     return dict(sorted(parse_overrides(kept).items()))
 
 
+def setting_changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """The keys whose values differ, as `key: a -> b` (`(not set)` for a missing one)."""
+    return [
+        f"{key}: {before.get(key, '(not set)')} -> {after.get(key, '(not set)')}"
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key)
+    ]
+
+
 def settings_change_warning(stored: Any, plan: StudyPlan) -> str | None:
     """A warning when a stored study's trials ran with other constant overrides, or None."""
     now = trial_settings(plan.fixed)
     if not isinstance(stored, dict) or stored == now:
         return None
-    changes = [
-        f"{key}: {stored.get(key, '(not set)')} -> {now.get(key, '(not set)')}"
-        for key in sorted(stored.keys() | now.keys())
-        if stored.get(key) != now.get(key)
-    ]
+    changes = setting_changes(stored, now)
     return (
         f"hydra.sweeper.study_name={plan.study_name!r}: its earlier trials ran with other "
         f"fixed overrides ({'; '.join(changes)}), and the sampler, the pruner and the best "
