@@ -300,9 +300,9 @@ def time_model_logging(repeats: int) -> tuple[float, float]:
                 tracker.start(f"r{index}", tags={})
                 started = time.perf_counter()
                 wrapper, example = exported_classifier(parts, best)
-                uri = tracker.log_model(wrapper, example, {"image_size": 32}, [config])
+                model_id = tracker.log_model(wrapper, example, {"image_size": 32}, [config])
                 seconds[register].append(time.perf_counter() - started)
-                assert uri is not None, "the model was not logged"
+                assert model_id is not None, "the model was not logged"
                 tracker.finish("FINISHED")
     plain, registered = (statistics.median(seconds[r]) for r in (False, True))
     return plain, registered

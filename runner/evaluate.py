@@ -41,6 +41,7 @@ from runner.reports import console
 from runner.reports.data_report import report_streamed_bad_files
 from runner.training.context import tracked_run
 from runner.training.final_eval import evaluate_and_report, write_metrics_file
+from runner.training.lineage import split_record
 from runner.training.preflight import check_gradcam
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,10 @@ def run_eval(cfg: DictConfig) -> float:
     example = loaded.normalize(loaded.augment(first.to(ctx.device)))
     check_gradcam(cfg, loaded.model, example)  # else gradcam.png is left out after the test
     test_loader = data.test.loader(cfg.trainer.eval_batch_size, ctx.device)
+    # Its digest: the training run's test input's when eval.data=stored (the same split).
+    test_set = split_record(
+        loaded.stored.data if cfg.eval.data == "stored" else cfg.data, data, "test"
+    )
     source = loaded.source_run_id or "unknown"
     with tracked_run(ctx):
         tags = {
@@ -89,6 +94,8 @@ def run_eval(cfg: DictConfig) -> float:
                 "data.num_test": len(data.test),
             }
         )
+        # The model it tested, as MLflow 3 links an evaluation to a logged model.
+        ctx.tracker.log_inputs([test_set], model_ids=(loaded.model_id,) if loaded.model_id else ())
         metrics = evaluate_and_report(
             ctx,
             loaded.model,
@@ -102,6 +109,8 @@ def run_eval(cfg: DictConfig) -> float:
             train_counts=loaded.best.train_class_counts,
             long_tailed=(as_read_here(loaded.stored, "data.imbalance_ratio") or 1) > 1
             or is_long_tailed(loaded.best.train_class_counts or []),
+            model_id=loaded.model_id,
+            dataset=test_set,
         )
         # Files of a streamed test split that did not decode while testing.
         report_streamed_bad_files(data, [test_loader], ctx.run_dir, ctx.tracker)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from hydra.utils import instantiate
@@ -58,6 +58,8 @@ class LoadedCheckpoint:
         named: The checkpoint as the command named it: a `runs:/` or `models:/` URI (its
             local copy in `downloaded/` says little), else `path`.
         source_run_id: The MLflow run that trained it, when known.
+        model_id: The logged MLflow model it is, when `ckpt` named one (a `runs:/` or
+            `models:/` URI); eval's metrics are that model's too.
         best: The checkpoint's content.
         stored: The training run's config (targets checked against the allowlist).
         model: The trained model, in eval mode on the device.
@@ -68,6 +70,7 @@ class LoadedCheckpoint:
     path: Path
     named: str
     source_run_id: str | None
+    model_id: str | None
     best: BestCheckpoint
     stored: DictConfig
     model: nn.Module
@@ -149,7 +152,7 @@ def checkpoint_precision(ctx: RunContext, stored: DictConfig) -> str:
 def load_trained_model(ctx: RunContext) -> LoadedCheckpoint:
     """Resolves `ckpt`, reads the best.pt, checks its config and rebuilds the model."""
     given = str(ctx.cfg.ckpt)
-    path, run_id = resolve_ckpt(given, ctx.cfg, ctx.run_dir / "downloaded")
+    path, run_id, model_id = resolve_ckpt(given, ctx.cfg, ctx.run_dir / "downloaded")
     best = read_best(path)
     stored = best.stored_config()
     ctx.precision = checkpoint_precision(ctx, stored)
@@ -172,6 +175,7 @@ def load_trained_model(ctx: RunContext) -> LoadedCheckpoint:
         path=path,
         named=given if given.startswith(MODEL_URI_PREFIXES) else str(path),
         source_run_id=run_id or best.mlflow_run_id,
+        model_id=model_id,
         best=best,
         stored=stored,
         model=model,
@@ -282,8 +286,16 @@ def rebuild_model(stored: DictConfig, best: BestCheckpoint, device: torch.device
     return model.to(device).eval()
 
 
-def resolve_ckpt(ckpt: str, cfg: DictConfig, download_dir: Path) -> tuple[Path, str | None]:
-    """The local best.pt for `ckpt`, and the MLflow run id it came from when known.
+class CheckpointSource(NamedTuple):
+    """A local best.pt, and the MLflow run and logged model it came from (when known)."""
+
+    path: Path
+    run_id: str | None
+    model_id: str | None
+
+
+def resolve_ckpt(ckpt: str, cfg: DictConfig, download_dir: Path) -> CheckpointSource:
+    """The local best.pt for `ckpt`, and the MLflow run and logged model it came from.
 
     Args:
         ckpt: A file path, `runs:/<run id>` (that run's logged model, or its
@@ -301,5 +313,5 @@ def resolve_ckpt(ckpt: str, cfg: DictConfig, download_dir: Path) -> tuple[Path, 
         problem = ckpt_file_problem(ckpt)
         if problem is not None:
             raise CheckpointError(f"ckpt={ckpt!r}: {problem}")
-        return Path(ckpt).expanduser(), None
-    return checkpoint_from_mlflow(ckpt, cfg, download_dir)
+        return CheckpointSource(Path(ckpt).expanduser(), None, None)
+    return CheckpointSource(*checkpoint_from_mlflow(ckpt, cfg, download_dir))

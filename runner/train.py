@@ -46,7 +46,7 @@ from runner.training.context import (
 )
 from runner.training.exported_model import log_best_model
 from runner.training.final_eval import evaluate_and_report, write_metrics_file
-from runner.training.lineage import log_data_inputs
+from runner.training.lineage import log_data_inputs, split_record
 from runner.training.loop import fit
 from runner.training.oof import check_embedding_layer, write_out_of_fold
 from runner.training.parts import build_parts, init_from_data
@@ -211,6 +211,8 @@ def evaluate_best(
     export_safetensors(best.model, best.class_names, checkpoints / "best.safetensors")
     model = parts.eval_model
     model.load_state_dict(best.model)
+    # The run's one uploaded copy, logged first: the test metrics are then the model's.
+    model_id = log_best_model(ctx, parts, best, data, state.epoch)
     test_metrics = evaluate_and_report(
         ctx,
         model,
@@ -220,9 +222,10 @@ def evaluate_best(
         loaders.test,
         history=state.history,
         step=state.epoch,  # the last epoch logged: fewer than max_epochs after an early stop
+        model_id=model_id,
+        dataset=split_record(ctx.cfg.data, data, "test"),
     )
     write_out_of_fold(ctx, model, parts, data)  # a k-fold job's held-out outputs, for the audit
-    log_best_model(ctx, parts, best, data, state.epoch)  # the run's one uploaded copy
     report_streamed_bad_files(data, list(loaders), ctx.run_dir, ctx.tracker)
     results = {
         "best_epoch": state.best_epoch,

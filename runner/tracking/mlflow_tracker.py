@@ -113,7 +113,8 @@ class MlflowTracker:
         self.client = None
         self.run_id = None
         self.experiment_id = None
-        self._metrics: list[tuple[str, float, int, int]] = []
+        # (key, value, time in ms, step), then model id, data set name and digest if linked
+        self._metrics: list[tuple] = []
         self._server_checked = False
         self._opener: StoreOpener | None = None
         self._connector: threading.Thread | None = None
@@ -358,10 +359,24 @@ class MlflowTracker:
         """Performs one queued operation (on the outbox thread)."""
         with_retry(lambda: apply_op(self._client(), self.run_id, op))
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Buffers metrics; `flush` sends them."""
+    def log_metrics(
+        self,
+        metrics: dict[str, float],
+        step: int,
+        model_id: str | None = None,
+        dataset: DatasetRecord | None = None,
+    ) -> None:
+        """Buffers metrics; `flush` sends them.
+
+        With `model_id` they are the logged model's metrics too, and with `dataset` they
+        name the data set (its name and digest, as the run's input has them).
+        """
         now = int(time.time() * 1000)
-        self._metrics.extend((k, float(v), now, step) for k, v in metrics.items())
+        link: tuple = ()
+        if model_id is not None or dataset is not None:
+            named = (dataset.name, dataset.digest) if dataset is not None else (None, None)
+            link = (model_id, *named)
+        self._metrics.extend((k, float(v), now, step, *link) for k, v in metrics.items())
 
     def flush(self) -> None:
         """Sends the buffered metrics in as few calls as MLflow allows."""
@@ -377,10 +392,11 @@ class MlflowTracker:
         """Copies a file into the run's artifacts."""
         self._submit(("artifact", str(path), artifact_path))
 
-    def log_inputs(self, inputs: list[DatasetRecord]) -> None:
-        """Records the run's data splits as MLflow dataset inputs (one call for all)."""
-        if inputs:
-            self._submit(("inputs", [record.to_json() for record in inputs]))
+    def log_inputs(self, inputs: list[DatasetRecord], model_ids: tuple[str, ...] = ()) -> None:
+        """Records the run's data splits and the logged models it tested (one call)."""
+        if inputs or model_ids:
+            records = [record.to_json() for record in inputs]
+            self._submit(("inputs", records, *([list(model_ids)] if model_ids else [])))
 
     def log_model(
         self,
@@ -391,7 +407,7 @@ class MlflowTracker:
         fallback: Path | None = None,
         tags: dict[str, str] | None = None,
     ) -> str | None:
-        """Logs a torch module as the run's MLflow model `model`; returns its URI.
+        """Logs a torch module as the run's MLflow model `model`; returns its id.
 
         Registers a version under `registered_model_name` when it is set. `tags` go on
         the logged model beside the source's (`find_model` looks for them). When the model
@@ -401,7 +417,7 @@ class MlflowTracker:
         """
         started = time.perf_counter()
         try:
-            uri = log_pytorch_model(
+            model_id = log_pytorch_model(
                 self._client(),
                 self.tracking_uri,
                 self.experiment_id,
@@ -423,11 +439,11 @@ class MlflowTracker:
             if fallback is not None:
                 self.log_artifact(fallback, "checkpoints")
             return None
-        log.info("logged model %s in %.1f s", uri, time.perf_counter() - started)
-        return uri
+        log.info("logged model models:/%s in %.1f s", model_id, time.perf_counter() - started)
+        return model_id
 
     def find_model(self, tags: dict[str, str]) -> str | None:
-        """This run's finished MLflow model `model` with `tags` (models:/<id>), or None.
+        """The id of this run's finished MLflow model `model` with `tags`, or None.
 
         None without asking for a run that began in this process (it has logged no model
         yet), and when the store cannot be asked: the model is then logged again.

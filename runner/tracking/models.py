@@ -42,11 +42,13 @@ class FetchedModel:
         path: The MLflow model's directory, or a best.pt file (`is_checkpoint`).
         is_checkpoint: The run predates logged models: `path` is its checkpoints/best.pt.
         run_id: The run that trained it.
+        model_id: The logged model's id (MLflow 3), when it is one.
     """
 
     path: Path
     is_checkpoint: bool
     run_id: str | None
+    model_id: str | None = None
 
 
 def _public_version(version: str) -> str:
@@ -66,7 +68,7 @@ def log_pytorch_model(
     registered_model_name: str | None = None,
     tags: dict[str, str] | None = None,
 ) -> str:
-    """Logs `model` as the run's MLflow model; returns its `models:/` URI.
+    """Logs `model` as the run's MLflow model; returns its id (`models:/<id>` loads it).
 
     Args:
         client: The run's MlflowClient.
@@ -145,13 +147,13 @@ def log_pytorch_model(
             )
         else:
             log.info("registered model %s version %s", registered_model_name, version.version)
-    return info.model_uri
+    return logged.model_id
 
 
 def find_logged_model(
     client: Any, experiment_id: str, run_id: str, tags: dict[str, str]
 ) -> str | None:
-    """The URI (models:/<id>) of the run's READY model `model` with `tags`, or None.
+    """The id of the run's READY model `model` with `tags`, or None.
 
     A model whose logging was cut short (PENDING, FAILED) does not count.
     """
@@ -163,7 +165,7 @@ def find_logged_model(
         experiment_ids=[experiment_id], filter_string=" AND ".join(conditions)
     )
     ready = [model for model in found if model.status == LoggedModelStatus.READY]
-    return f"models:/{ready[0].model_id}" if ready else None
+    return ready[0].model_id if ready else None
 
 
 def _use_store(tracking_uri: str) -> None:
@@ -246,7 +248,7 @@ def _logged_model(
         tracking_uri=tracking_uri,
         registry_uri=tracking_uri,
     )
-    return FetchedModel(Path(local), False, found.source_run_id)
+    return FetchedModel(Path(local), False, found.source_run_id, model_id)
 
 
 def fetch_checkpoint(uri: str, tracking_uri: str, download_dir: Path) -> FetchedModel:
@@ -326,7 +328,7 @@ def fetch_checkpoint(uri: str, tracking_uri: str, download_dir: Path) -> Fetched
             tracking_uri=tracking_uri,
             registry_uri=tracking_uri,
         )
-        return FetchedModel(Path(local), False, found.run_id)
+        return FetchedModel(Path(local), False, found.run_id, _model_id_in(Path(local)))
 
     run_id = uri.removeprefix(RUN_URI_PREFIX).strip("/").split("/")[0]
     if not run_id:
@@ -352,9 +354,21 @@ def fetch_checkpoint(uri: str, tracking_uri: str, download_dir: Path) -> Fetched
         if not is_checkpoint and not (Path(local) / "MLmodel").is_file():
             continue
         log.info("downloaded %s of MLflow run %s to %s", path, run_id, local)
-        return FetchedModel(Path(local), is_checkpoint, run_id)
+        model_id = None if is_checkpoint else _model_id_in(Path(local))
+        return FetchedModel(Path(local), is_checkpoint, run_id, model_id)
     raise ModelNotFoundError(
         f"ckpt={uri!r}: run {run_id!r} has neither a logged model {MODEL_NAME!r} nor a "
         f"{LEGACY_CHECKPOINT} artifact. Only runs that finished training log them; pick a "
         "FINISHED training run"
     )
+
+
+def _model_id_in(model_dir: Path) -> str | None:
+    """The logged model's id that a downloaded model's MLmodel file names (None before MLflow 3)."""
+    from mlflow.models import Model
+
+    try:
+        return Model.load(str(model_dir)).model_id
+    except (OSError, ValueError) as err:
+        log.warning("%s: no logged model id read (%s)", model_dir, err)
+        return None

@@ -35,7 +35,13 @@ class NullTracker:
     def log_params(self, params: dict[str, Any]) -> None:
         """Does nothing."""
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(
+        self,
+        metrics: dict[str, float],
+        step: int,
+        model_id: str | None = None,
+        dataset: DatasetRecord | None = None,
+    ) -> None:
         """Does nothing."""
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -44,7 +50,7 @@ class NullTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Does nothing."""
 
-    def log_inputs(self, inputs: list[DatasetRecord]) -> None:
+    def log_inputs(self, inputs: list[DatasetRecord], model_ids: tuple[str, ...] = ()) -> None:
         """Does nothing."""
 
     def log_model(

@@ -142,12 +142,13 @@ def apply_op(client: Any, run_id: str, op: tuple) -> None:
     """Performs one logging operation with an MlflowClient.
 
     Operations hold plain values (they are queued, and saved as JSON when undelivered):
-    `("metrics", [(key, value, timestamp_ms, step), ...])`, `("params", [(key, value),
-    ...])`, `("tags", {key: value})`, `("artifact", path, artifact_path)`, `("inputs",
-    [DatasetRecord.to_json(), ...])`, `("status", status, end_time_ms)` (files written
-    before statuses carried their time hold `("status", status)`).
+    `("metrics", [(key, value, timestamp_ms, step[, model_id, dataset_name,
+    dataset_digest]), ...])`, `("params", [(key, value), ...])`, `("tags", {key: value})`,
+    `("artifact", path, artifact_path)`, `("inputs", [DatasetRecord.to_json(), ...][,
+    [model_id, ...]])`, `("status", status, end_time_ms)` (files written before statuses
+    carried their time hold `("status", status)`).
     """
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import LoggedModelInput, Metric, Param, RunTag
 
     kind, *args = op
     if kind == "metrics":
@@ -159,7 +160,10 @@ def apply_op(client: Any, run_id: str, op: tuple) -> None:
     elif kind == "artifact":
         client.log_artifact(run_id, args[0], args[1])
     elif kind == "inputs":
-        client.log_inputs(run_id, datasets=[_dataset_input(record) for record in args[0]])
+        models = [LoggedModelInput(model_id) for model_id in args[1]] if len(args) > 1 else None
+        client.log_inputs(
+            run_id, datasets=[_dataset_input(record) for record in args[0]], models=models
+        )
     elif kind == "status":
         client.set_terminated(run_id, status=args[0], end_time=args[1] if len(args) > 1 else None)
     else:  # a kind added to OP_KINDS, or queued, without its call here

@@ -62,8 +62,19 @@ class Tracker(Protocol):
     def log_params(self, params: dict[str, Any]) -> None:
         """Logs params (once each: MLflow refuses to change a logged param)."""
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Buffers metrics for the next `flush`."""
+    def log_metrics(
+        self,
+        metrics: dict[str, float],
+        step: int,
+        model_id: str | None = None,
+        dataset: DatasetRecord | None = None,
+    ) -> None:
+        """Buffers metrics for the next `flush`.
+
+        `model_id` and `dataset` say what the metrics measure: a logged model, on one of
+        the data sets the run logged as inputs (MLflow 3 shows them on the model's page
+        and finds the model by them).
+        """
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Sets tags on the run."""
@@ -71,8 +82,8 @@ class Tracker(Protocol):
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copies a file into the run's artifacts."""
 
-    def log_inputs(self, inputs: list[DatasetRecord]) -> None:
-        """Records the data sets the run used (train, val and test splits)."""
+    def log_inputs(self, inputs: list[DatasetRecord], model_ids: tuple[str, ...] = ()) -> None:
+        """Records the data sets the run used (its splits) and the logged models it tested."""
 
     def log_model(
         self,
@@ -83,7 +94,7 @@ class Tracker(Protocol):
         fallback: Path | None = None,
         tags: dict[str, str] | None = None,
     ) -> str | None:
-        """Logs a torch module as the run's model; returns its URI (None: not logged).
+        """Logs a torch module as the run's model; returns its id (None: not logged).
 
         `input_example` is a batch the model takes; `metadata` and `files` travel with
         the model, and `tags` (which weights it holds) are the model's. When the model
@@ -92,7 +103,7 @@ class Tracker(Protocol):
         """
 
     def find_model(self, tags: dict[str, str]) -> str | None:
-        """The URI of a model this run logged with `tags`; None when it logged none."""
+        """The id of a model this run logged with `tags`; None when it logged none."""
 
     def flush(self) -> None:
         """Sends the buffered metrics."""

@@ -3,9 +3,10 @@
 `ExportedClassifier` is what `mlflow.pyfunc.load_model(f"runs:/{run_id}/model")` runs:
 it takes a uint8 (N, C, H, W) batch at the checkpoint's image size and returns class
 probabilities, with the eval geometry (`aug.eval_crop_pct`) and the normalisation
-inside, exactly as eval and predict preprocess. `log_best_model` logs it after testing,
-with the class names, image size, normalisation and epoch as metadata and the resolved
-config as an extra file. That model is the run's one uploaded copy of the weights.
+inside, exactly as eval and predict preprocess. `log_best_model` logs it before testing
+(the test metrics are then the model's too), with the class names, image size,
+normalisation and epoch as metadata and the resolved config as an extra file. That model
+is the run's one uploaded copy of the weights.
 
 `checkpoint_from_mlflow` turns `ckpt=runs:/<run id>`, `ckpt=models:/<name>/<version>` or
 `ckpt=models:/<logged model id>` back into a best.pt (weights from the model, everything
@@ -96,7 +97,7 @@ def exported_classifier(
 def log_best_model(
     ctx: RunContext, parts: TrainingParts, best: BestCheckpoint, data: DataSplits, step: int
 ) -> str | None:
-    """Logs the best weights as the run's MLflow model (`model`), after testing.
+    """Logs the best weights as the run's MLflow model (`model`), before testing.
 
     A tracker that exports no models (logger=none, logger.export_model=false) gets
     checkpoints/best.pt as it is, and nothing is built for an export; when the model
@@ -110,7 +111,7 @@ def log_best_model(
         step: The step its time to log is logged at (the epochs the run trained).
 
     Returns:
-        The model's URI, or None.
+        The logged model's id (`models:/<id>`), or None.
     """
     best_path = ctx.run_dir / "checkpoints" / "best.pt"
     if not ctx.tracker.export_model:  # logger=none, or logger.export_model=false
@@ -121,7 +122,7 @@ def log_best_model(
     weights = {"best_epoch": str(best.epoch)}
     earlier = ctx.tracker.find_model(weights)
     if earlier is not None:
-        log.info("the run's model of epoch %d is logged already (%s)", best.epoch, earlier)
+        log.info("the run's model of epoch %d is logged already (models:/%s)", best.epoch, earlier)
         return earlier
     started = time.perf_counter()
     wrapper, example = exported_classifier(parts, best, data)
@@ -140,18 +141,18 @@ def log_best_model(
         "data": data.name,
         "input": "uint8 (N, C, H, W) at image_size; output: class probabilities (N, classes)",
     }
-    uri = ctx.tracker.log_model(
+    model_id = ctx.tracker.log_model(
         wrapper, example, metadata, [ctx.run_dir / CONFIG_FILE], fallback=best_path, tags=weights
     )
-    if uri is not None:
+    if model_id is not None:
         seconds = time.perf_counter() - started
         ctx.tracker.log_metrics({"model_logging_s": seconds}, step=step)
-    return uri
+    return model_id
 
 
 def checkpoint_from_mlflow(
     ckpt: str, cfg: DictConfig, download_dir: Path
-) -> tuple[Path, str | None]:
+) -> tuple[Path, str | None, str | None]:
     """The local best.pt for `ckpt=runs:/<run id>`, `models:/<name>/<version>` or `models:/<m-id>`.
 
     Args:
@@ -160,7 +161,8 @@ def checkpoint_from_mlflow(
         download_dir: Where the model is downloaded and the best.pt written.
 
     Returns:
-        The best.pt and the MLflow run that trained it.
+        The best.pt, the MLflow run that trained it and the logged model's id (None for
+        a run's best.pt from before models were logged).
 
     Raises:
         CheckpointError: No store is configured, or the URI names nothing it has.
@@ -177,12 +179,12 @@ def checkpoint_from_mlflow(
     except ModelNotFoundError as err:
         raise CheckpointError(str(err)) from err
     if fetched.is_checkpoint:
-        return fetched.path, fetched.run_id
+        return fetched.path, fetched.run_id, None
     best = best_from_model_dir(fetched.path, fetched.run_id)
     path = download_dir / "best.pt"
     torch.save(best.to_payload(), path)
     log.info("rebuilt %s from the MLflow model of %s", path, ckpt)
-    return path, fetched.run_id
+    return path, fetched.run_id, fetched.model_id
 
 
 def best_from_model_dir(model_dir: Path, run_id: str | None) -> BestCheckpoint:

@@ -17,6 +17,7 @@ from runner.data.streaming import EncodedSplit
 from runner.reports import analysis
 from runner.reports.per_class import shot_accuracies
 from runner.sweeps.manifest import replaced_whole
+from runner.tracking.inputs import DatasetRecord
 from runner.training import engine
 from runner.training.context import RunContext
 from runner.training.metrics import build_confusion_matrix, build_metrics
@@ -52,6 +53,8 @@ def evaluate_and_report(
     step: int = 0,
     train_counts: Sequence[int] | None = None,
     long_tailed: bool | None = None,
+    model_id: str | None = None,
+    dataset: DatasetRecord | None = None,
 ) -> dict[str, float]:
     """Tests `model` on the test split, writes the analysis reports, logs the metrics.
 
@@ -69,6 +72,8 @@ def evaluate_and_report(
             head/medium/tail groups; None = those of `data`'s train split.
         long_tailed: Whether the model was trained long-tailed (head/medium/tail
             accuracy is reported); None = whether `data` is.
+        model_id: The logged MLflow model being tested: the metrics become its too.
+        dataset: The test split as the run logged it as an input: the metrics name it.
 
     Returns:
         The `test/*` metrics: those of `engine.evaluate`, head/medium/tail accuracy for
@@ -112,7 +117,7 @@ def evaluate_and_report(
         history=list(history),
     )
     metrics.update(analysis.write_reports(ctx.cfg.analysis, inputs, ctx.run_dir, ctx.tracker))
-    ctx.tracker.log_metrics(metrics, step=step)
+    ctx.tracker.log_metrics(metrics, step=step, model_id=model_id, dataset=dataset)
     return metrics
 
 

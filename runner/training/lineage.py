@@ -91,39 +91,39 @@ def data_source(data_cfg: DictConfig) -> tuple[str, dict[str, Any]]:
 
 def dataset_records(data_cfg: DictConfig, data: DataSplits) -> list[DatasetRecord]:
     """The run's three splits as dataset records (see the module doc)."""
-    settings = content_settings(data_cfg)
+    return [split_record(data_cfg, data, context) for context in CONTEXTS]
+
+
+def split_record(data_cfg: DictConfig, data: DataSplits, context: str) -> DatasetRecord:
+    """One split ("train", "val" or "test") as a dataset record (see the module doc)."""
+    split = getattr(data, context)
+    counts = torch.bincount(split.labels.cpu(), minlength=data.num_classes).tolist()
+    size = split.image_size
+    channels = len(data.mean)
+    images = {"dtype": "uint8", "shape": [-1, channels, size, size]}
+    labels = {"dtype": "int64", "shape": [-1]}
+    # The layout of MLflow's own tensor data sets (mlflow.data.from_numpy).
+    schema = {
+        "mlflow_tensorspec": {
+            "features": json.dumps([{"type": "tensor", "tensor-spec": images}]),
+            "targets": json.dumps([{"type": "tensor", "tensor-spec": labels}]),
+        }
+    }
+    profile = {
+        "num_rows": len(split),
+        "num_classes": data.num_classes,
+        "class_counts": dict(zip(data.class_names, counts, strict=True)),
+    }
     source_type, source = data_source(data_cfg)
-    records = []
-    for context, split in zip(CONTEXTS, (data.train, data.val, data.test), strict=True):
-        counts = torch.bincount(split.labels.cpu(), minlength=data.num_classes).tolist()
-        size = split.image_size
-        channels = len(data.mean)
-        images = {"dtype": "uint8", "shape": [-1, channels, size, size]}
-        labels = {"dtype": "int64", "shape": [-1]}
-        # The layout of MLflow's own tensor data sets (mlflow.data.from_numpy).
-        schema = {
-            "mlflow_tensorspec": {
-                "features": json.dumps([{"type": "tensor", "tensor-spec": images}]),
-                "targets": json.dumps([{"type": "tensor", "tensor-spec": labels}]),
-            }
-        }
-        profile = {
-            "num_rows": len(split),
-            "num_classes": data.num_classes,
-            "class_counts": dict(zip(data.class_names, counts, strict=True)),
-        }
-        records.append(
-            DatasetRecord(
-                name=str(data.name),
-                digest=split_digest(split, settings, context),
-                source_type=source_type,
-                source=json.dumps(source),
-                context=context,
-                schema=json.dumps(schema),
-                profile=json.dumps(profile),
-            )
-        )
-    return records
+    return DatasetRecord(
+        name=str(data.name),
+        digest=split_digest(split, content_settings(data_cfg), context),
+        source_type=source_type,
+        source=json.dumps(source),
+        context=context,
+        schema=json.dumps(schema),
+        profile=json.dumps(profile),
+    )
 
 
 def log_data_inputs(tracker: Tracker, data_cfg: DictConfig, data: DataSplits) -> None:

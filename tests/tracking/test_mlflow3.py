@@ -54,6 +54,18 @@ def train_command(tmp: Path) -> list[str]:
     ]
 
 
+def logged_test_digest(db: Path, run_id: str) -> str:
+    """The digest of the test split a run logged as its input."""
+    ((digest,),) = query(
+        db,
+        "SELECT d.digest FROM inputs i JOIN datasets d ON d.dataset_uuid = i.source_id "
+        "JOIN input_tags t ON t.input_uuid = i.input_uuid "
+        "WHERE i.destination_id = ? AND t.name = 'mlflow.data.context' AND t.value = 'test'",
+        run_id,
+    )
+    return digest
+
+
 def artifacts_of(db: Path, run_id: str) -> Path:
     ((uri,),) = query(db, "SELECT artifact_uri FROM runs WHERE run_uuid = ?", run_id)
     return Path(uri.removeprefix("file://"))
@@ -120,6 +132,30 @@ def test_the_best_weights_are_a_logged_model_that_returns_probabilities(trained)
 
 
 @pytest.mark.slow
+def test_the_logged_model_holds_the_test_metrics_on_the_test_input(trained):
+    """MLflow 3 finds models by their metrics (`search_logged_models`) and shows each
+    metric with its data set: the run's test metrics were the run's only."""
+    tmp, db, run_id, uri = trained
+    ((experiment_id,),) = query(db, "SELECT experiment_id FROM runs WHERE run_uuid = ?", run_id)
+    found = MlflowClient(uri).search_logged_models(
+        [str(experiment_id)], filter_string="metrics.`test/acc` >= 0"
+    )
+    assert [model.source_run_id for model in found] == [run_id]
+    on_model = {metric.key: metric for metric in found[0].metrics}
+    tested = json.loads((tmp / "train" / "metrics.json").read_text())
+    assert set(on_model) == {key for key in tested if key.startswith("test/")}
+    for key, metric in on_model.items():
+        assert metric.value == pytest.approx(tested[key]) and metric.run_id == run_id, key
+        assert (metric.dataset_name, metric.dataset_digest) == (
+            "synthetic",
+            logged_test_digest(db, run_id),
+        ), key
+    # Logged once: the run's own history holds each test metric a single time.
+    sql = "SELECT COUNT(*) FROM metrics WHERE run_uuid = ? AND key = 'test/acc'"
+    assert query(db, sql, run_id) == [(1,)]
+
+
+@pytest.mark.slow
 def test_the_model_is_registered_and_eval_takes_models_and_runs_uris(trained):
     tmp, _, run_id, uri = trained
     # The registry named outright: an earlier test in this process may have set another.
@@ -158,6 +194,24 @@ def test_the_model_is_registered_and_eval_takes_models_and_runs_uris(trained):
         for key in ("test/acc", "test/loss", "test/macro_f1"):
             assert evaluated[key] == pytest.approx(trained_metrics[key], abs=1e-5), key
         assert evaluated["source_run_id"] == run_id
+    # Each eval run names the model it tested as its input, and its metrics are the
+    # model's too, on the same test split as training's (eval.data=stored).
+    client = MlflowClient(uri)
+    evals = client.search_runs([client.get_run(run_id).info.experiment_id], "tags.mode = 'eval'")
+    assert len(evals) == 7
+    for evaluation in evals:
+        inputs = client.get_run(evaluation.info.run_id).inputs  # search_runs leaves models out
+        assert [m.model_id for m in inputs.model_inputs] == [model_id]
+    db = tmp / "outputs" / "mlflow.db"
+    linked = query(
+        db,
+        "SELECT run_id, metric_value, dataset_digest FROM logged_model_metrics "
+        "WHERE model_id = ? AND metric_name = 'test/acc'",
+        model_id,
+    )
+    assert {row[0] for row in linked} == {run_id, *(e.info.run_id for e in evals)}
+    assert {row[2] for row in linked} == {logged_test_digest(db, run_id)}
+    assert {round(row[1], 5) for row in linked} == {round(trained_metrics["test/acc"], 5)}
 
 
 @pytest.mark.slow

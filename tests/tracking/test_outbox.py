@@ -296,6 +296,31 @@ def test_replay_goes_past_a_failed_operation_finds_moved_files_and_keeps_a_later
     assert listed == ["checkpoints/metrics.json"]
 
 
+def test_replay_keeps_which_model_and_data_set_the_metrics_measure(tmp_path):
+    """A test metric saved while the server was away is the logged model's when sent, on
+    its data set, and the model an eval run tested is its input; a line of the older
+    four-field form still goes through."""
+    from runner.tracking.__main__ import main
+    from runner.tracking.pending import write_pending
+
+    client, run_id = open_run(tmp_path)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    model_id = client.create_logged_model(experiment_id, source_run_id=run_id).model_id
+    ops = [
+        ("inputs", [], [model_id]),
+        ("metrics", [("test/acc", 0.9, 5, 1, model_id, "digits", "abc123")]),
+        ("metrics", [("val/acc", 0.5, 0, 1)]),
+    ]
+    path = write_pending(tmp_path / "mlflow_pending.jsonl", client.tracking_uri, run_id, ops)
+    assert main(["replay", str(path)]) == 0
+    ((metric,),) = [client.get_logged_model(model_id).metrics]
+    assert (metric.key, metric.value, metric.run_id) == ("test/acc", 0.9, run_id)
+    assert (metric.dataset_name, metric.dataset_digest) == ("digits", "abc123")
+    run = client.get_run(run_id)
+    assert run.data.metrics == {"test/acc": 0.9, "val/acc": 0.5}
+    assert [m.model_id for m in run.inputs.model_inputs] == [model_id]
+
+
 def test_replay_sends_the_saved_status_of_a_run_reap_marked_killed(tmp_path):
     """The server was away at the run's end; the next run reaped it as KILLED, later than
     the FINISHED the file saved, and replay then kept the KILLED."""

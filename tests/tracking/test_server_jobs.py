@@ -72,6 +72,9 @@ def test_eight_concurrent_jobs_log_everything_to_one_mlflow_server(tmp_path, mlf
         assert params > 50
     models = query(db, "SELECT source_run_id, status FROM logged_models")
     assert sorted(models) == sorted((run_id, 2) for run_id in runs)  # one READY model each
+    # Through the server too, the test metrics are their model's.
+    linked = query(db, "SELECT run_id FROM logged_model_metrics WHERE metric_name = 'test/acc'")
+    assert sorted(linked) == sorted((run_id,) for run_id in runs)
     artifacts = mlflow_server.root / "artifacts"
     assert len(list(artifacts.rglob("model.pt2"))) == JOBS
     assert len(list(artifacts.rglob("run.log"))) == JOBS
