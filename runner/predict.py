@@ -136,7 +136,7 @@ def run_predict(cfg: DictConfig) -> float:
             ("images labelled", str(labelled)),
             ("unreadable", str(failed)),
             ("test-time augmentation", cfg.predict.tta),
-            ("checkpoint", str(loaded.path)),
+            ("checkpoint", loaded.named),
             ("predictions", str(output)),
         ],
         title="predict summary",

@@ -263,7 +263,7 @@ def test_flip_tta_averages_the_logits_of_both_views():
 
 
 @pytest.mark.slow
-def test_predict_writes_top_k_with_class_names_in_file_order(trained, tmp_path):
+def test_predict_writes_top_k_with_class_names_in_file_order(trained, tmp_path, capsys):
     tmp, _, run_id = trained
     ckpt = tmp / "train" / "checkpoints" / "best.pt"
     best = read_best(ckpt)
@@ -294,6 +294,9 @@ def test_predict_writes_top_k_with_class_names_in_file_order(trained, tmp_path):
         tracemalloc.stop()
     assert count == 2
     assert peak < 64 << 20, f"predict held {peak >> 20} MB: it read the movie whole"
+    # The summary names the checkpoint as the command did, not its downloaded copy.
+    (shown,) = [line for line in capsys.readouterr().out.splitlines() if "checkpoint" in line]
+    assert f"runs:/{run_id}" in shown and "downloaded" not in shown
     with out.open() as handle:
         rows = list(csv.DictReader(handle))
     assert [Path(r["file"]).name for r in rows] == ["a.png", "b.jpg", "d.mp4", "c.png"]
