@@ -5,7 +5,7 @@ run dir, tracker, checkpoint writer, stop flag, sweep job)
 -> data (uint8 splits, real-world switches) -> loaders -> augmentation
 -> parts (model, loss, optimizer, schedule, scaler, EMA) -> resume or start
 -> fit: train / validate / decide / checkpoint / log, epoch by epoch
--> test the best weights, reports -> the MLflow model -> metrics.json and the summary
+-> the MLflow model -> test the best weights (its metrics), reports -> metrics.json, summary
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ Hugging Face name, or the bundled/generated set), a schema, a profile (size and 
 counts), the context (train, val, test) and a digest. The digest hashes the split's
 labels, its images (resident splits) or sample ids (streamed splits: paths under
 data.root, or `<set>:<index>`), and every key of the data config that shapes the data
-(the real-world switches of conf/data/_switches.yaml included, whichever exist): it
-changes when the data or any switch changes, and stays when only where the data lives
-or the loader's settings change. Switching `data.resident` changes it (pixels or ids).
+(the real-world switches of conf/data/_switches.yaml included, whichever exist, except
+in the test split's, which they do not change): it changes when the data or any switch
+changes, and stays when only where the data lives or the loader's settings change.
+Switching `data.resident` changes it (pixels or ids).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config.choices import RUNNER_GROUP_KEYS
 from runner.data.splits import DataSplits, Split
 from runner.tracking.inputs import DatasetRecord
 from runner.tracking.protocol import Tracker
@@ -41,14 +43,23 @@ NOT_CONTENT_KEYS = frozenset(
         "std",
     }
 )
+# Keys that change the train and val splits only; not the test split's content.
+TRAIN_ONLY_KEYS = frozenset(RUNNER_GROUP_KEYS["data"])
 CONTEXTS = ("train", "val", "test")
 _DIGEST_CHARS = 16
 
 
-def content_settings(data_cfg: DictConfig) -> dict[str, Any]:
-    """The data config's keys that decide the splits' content, resolved and sorted."""
+def content_settings(data_cfg: DictConfig, context: str = "train") -> dict[str, Any]:
+    """The data config's keys that decide a split's content, resolved and sorted.
+
+    The test split's leave out the keys that change only the train and val splits (the
+    real-world switches, exclude/relabel, k-fold): models trained with label noise or on
+    another fold are tested on the same data set, and eval (which has none of them)
+    tests on it too.
+    """
     settings = OmegaConf.to_container(data_cfg, resolve=True)
-    return {k: settings[k] for k in sorted(settings) if k not in NOT_CONTENT_KEYS}
+    left_out = NOT_CONTENT_KEYS | (TRAIN_ONLY_KEYS if context == "test" else frozenset())
+    return {k: settings[k] for k in sorted(settings) if k not in left_out}
 
 
 def split_digest(split: Any, settings: dict[str, Any], context: str) -> str:
@@ -117,7 +128,7 @@ def split_record(data_cfg: DictConfig, data: DataSplits, context: str) -> Datase
     source_type, source = data_source(data_cfg)
     return DatasetRecord(
         name=str(data.name),
-        digest=split_digest(split, content_settings(data_cfg), context),
+        digest=split_digest(split, content_settings(data_cfg, context), context),
         source_type=source_type,
         source=json.dumps(source),
         context=context,

@@ -262,6 +262,10 @@ def test_a_digest_changes_with_the_data_and_every_switch_not_with_where_it_lives
     ):
         changed = digests(switch)
         assert changed[0] != base[0], switch  # the train split changed
+        # The switches leave the test split as it is, and so its digest: models trained
+        # with and without label noise were tested on two "data sets" of the same images.
+        train_only = not switch.startswith(("data.split_seed", "data.image_size"))
+        assert (changed[2] == base[2]) == train_only, switch
     cfg = compose_run(tmp_path, "unused", "data=digits", tiny=False)
     data = build_data(cfg.data)
     settings = content_settings(cfg.data)
@@ -269,6 +273,7 @@ def test_a_digest_changes_with_the_data_and_every_switch_not_with_where_it_lives
     OmegaConf.set_struct(cfg.data, False)
     with_fold = OmegaConf.merge(cfg.data, {"fold": 2, "exclude": ["a.png"]})
     assert split_digest(data.train, content_settings(with_fold), "train") != base[0]
+    assert split_digest(data.test, content_settings(with_fold, "test"), "test") == base[2]
     assert split_digest(data.train, settings, "train") == base[0]
     moved = OmegaConf.merge(cfg.data, {"root": "/elsewhere", "num_workers": 7})
     assert split_digest(data.train, content_settings(moved), "train") == base[0]
