@@ -109,7 +109,8 @@ def run_eval(cfg: DictConfig) -> float:
             train_counts=loaded.best.train_class_counts,
             long_tailed=(as_read_here(loaded.stored, "data.imbalance_ratio") or 1) > 1
             or is_long_tailed(loaded.best.train_class_counts or []),
-            model_id=loaded.model_id,
+            # Flip TTA's figures are of another predictor than the model's alone.
+            model_id=loaded.model_id if cfg.eval.tta == "none" else None,
             dataset=test_set,
         )
         # Files of a streamed test split that did not decode while testing.

@@ -226,6 +226,7 @@ def evaluate_best(
         dataset=split_record(ctx.cfg.data, data, "test"),
     )
     write_out_of_fold(ctx, model, parts, data)  # a k-fold job's held-out outputs, for the audit
+    ctx.tracker.register_model(model_id)  # a registered version: a model whose test passed
     report_streamed_bad_files(data, list(loaders), ctx.run_dir, ctx.tracker)
     results = {
         "best_epoch": state.best_epoch,

@@ -30,7 +30,7 @@ from runner.config.redaction import public_uri
 from runner.config.resolvers import REPO_ROOT
 from runner.tracking import provenance
 from runner.tracking.inputs import DatasetRecord
-from runner.tracking.models import find_logged_model, log_pytorch_model
+from runner.tracking.models import find_logged_model, log_pytorch_model, register_logged_model
 from runner.tracking.opening import StoreOpener, open_run, open_store
 from runner.tracking.outbox import Outbox, OutboxInterrupted, apply_op
 from runner.tracking.pending import pending_file_problem, pending_target, write_pending
@@ -409,8 +409,8 @@ class MlflowTracker:
     ) -> str | None:
         """Logs a torch module as the run's MLflow model `model`; returns its id.
 
-        Registers a version under `registered_model_name` when it is set. `tags` go on
-        the logged model beside the source's (`find_model` looks for them). When the model
+        `tags` go on the logged model beside the source's (`find_model` looks for
+        them); `register_model` makes it a registered version. When the model
         cannot be logged (it does not export, the server is away), `fallback` is
         uploaded as `checkpoints/<name>` instead and None is returned, so the run keeps
         its weights either way.
@@ -426,7 +426,6 @@ class MlflowTracker:
                 input_example,
                 metadata,
                 files,
-                registered_model_name=self.registered_model_name,
                 tags={**self.source_tags, **(tags or {})},
             )
         except Exception as err:
@@ -441,6 +440,11 @@ class MlflowTracker:
             return None
         log.info("logged model models:/%s in %.1f s", model_id, time.perf_counter() - started)
         return model_id
+
+    def register_model(self, model_id: str | None) -> None:
+        """Makes the logged model a version of `registered_model_name`, when that is set."""
+        if model_id is not None and self.registered_model_name:
+            register_logged_model(self.tracking_uri, model_id, self.registered_model_name)
 
     def find_model(self, tags: dict[str, str]) -> str | None:
         """The id of this run's finished MLflow model `model` with `tags`, or None.

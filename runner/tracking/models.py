@@ -2,8 +2,8 @@
 
 `log_pytorch_model` logs a torch module with `mlflow.pytorch.log_model` as the run's
 model `model` (MLflow 3: a LoggedModel whose source is the run, shown in the run's
-Models tab), with a signature, an input example, metadata and extra files, and
-registers a version under `registered_model_name` when one is given. The module is saved
+Models tab), with a signature, an input example, metadata and extra files;
+`register_logged_model` makes it a version of a registered model. The module is saved
 in MLflow's "pt2" format (`torch.export`): it loads without the code that defined it and
 without unpickling anything.
 
@@ -65,7 +65,6 @@ def log_pytorch_model(
     input_example: Any,
     metadata: dict[str, Any],
     files: list[Path],
-    registered_model_name: str | None = None,
     tags: dict[str, str] | None = None,
 ) -> str:
     """Logs `model` as the run's MLflow model; returns its id (`models:/<id>` loads it).
@@ -80,12 +79,11 @@ def log_pytorch_model(
             that the exported batch dimension stays dynamic).
         metadata: Saved in the model's MLmodel file.
         files: Saved in the model's `extra_files/` folder.
-        registered_model_name: Registers a version under this name; None = no version.
         tags: Tags of the logged model.
 
     Raises:
         Exception: Whatever MLflow or torch.export raise while logging the model; the
-            caller decides what follows. A failed registration is only logged.
+            caller decides what follows.
     """
     import mlflow
     import numpy as np
@@ -109,9 +107,9 @@ def log_pytorch_model(
         params=dict(run.data.params),
         tags=tags,
     )
-    _use_store(tracking_uri)  # log_model, its registration and its status read it
+    _use_store(tracking_uri)  # log_model and its status read it
     try:
-        info = mlflow.pytorch.log_model(
+        mlflow.pytorch.log_model(
             model,
             name=MODEL_NAME,
             model_id=logged.model_id,
@@ -132,22 +130,37 @@ def log_pytorch_model(
         client.delete_logged_model(logged.model_id)
         raise
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
-    if registered_model_name:
-        try:
-            version = _register(info.model_uri, registered_model_name)
-        except Exception as err:  # the model is logged; only the version is missing
-            log.error(
-                "logger.registered_model_name=%r: the model was logged (%s) but not registered: "
-                "%s. Register it later: mlflow.register_model(%r, %r)",
-                registered_model_name,
-                info.model_uri,
-                err,
-                info.model_uri,
-                registered_model_name,
-            )
-        else:
-            log.info("registered model %s version %s", registered_model_name, version.version)
     return logged.model_id
+
+
+def register_logged_model(tracking_uri: str, model_id: str, name: str) -> None:
+    """Makes a logged model a new version of the registered model `name`, once.
+
+    A version of `name` that holds the model already (a run tested again in place) is
+    kept, not doubled. A failed registration is only logged: the model stays logged.
+    """
+    from mlflow.tracking import MlflowClient
+
+    uri = f"models:/{model_id}"
+    _use_store(tracking_uri)  # mlflow.register_model reads it
+    try:
+        quote = '"' if "'" in name else "'"
+        versions = MlflowClient().search_model_versions(f"name = {quote}{name}{quote}")
+        held = [v for v in versions if v.model_id == model_id or v.source == uri]
+        version = held[0] if held else _register(uri, name)
+    except Exception as err:  # the model is logged; only the version is missing
+        log.error(
+            "logger.registered_model_name=%r: the model was logged (%s) but not registered: "
+            "%s. Register it later: mlflow.register_model(%r, %r)",
+            name,
+            uri,
+            err,
+            uri,
+            name,
+        )
+        return
+    said = "is" if held else "registered as"
+    log.info("model %s %s %s version %s", uri, said, name, version.version)
 
 
 def find_logged_model(

@@ -65,6 +65,9 @@ class NullTracker:
         """Logs nothing; the weights stay in the run dir."""
         return None
 
+    def register_model(self, model_id: str | None) -> None:
+        """Registers nothing."""
+
     def find_model(self, tags: dict[str, str]) -> str | None:
         """None: no model is logged."""
         return None

@@ -102,6 +102,12 @@ class Tracker(Protocol):
         the weights are never lost.
         """
 
+    def register_model(self, model_id: str | None) -> None:
+        """Registers the logged model as a new version, once; None (none logged): nothing.
+
+        Called after the test passed: a registered version is a tested model.
+        """
+
     def find_model(self, tags: dict[str, str]) -> str | None:
         """The id of a model this run logged with `tags`; None when it logged none."""
 

@@ -158,13 +158,30 @@ def test_ctrl_c_saves_a_checkpoint_and_marks_the_run_killed(tmp_path):
 
 
 def test_sigterm_while_the_run_tests_and_reports_ends_it_killed(tmp_path):
-    """The signal's default action ended the process and left the MLflow run RUNNING."""
-    after_training = ["trainer.max_epochs=1", "analysis.enabled=true", "logger.export_model=true"]
+    """The signal's default action ended the process and left the MLflow run RUNNING.
+
+    The model, logged before the test, is kept but not registered: a registered version
+    is a model whose test passed. Run again in place, the run tests the same logged
+    model and registers it once."""
+    after_training = [
+        "trainer.max_epochs=1",
+        "analysis.enabled=true",
+        "logger.export_model=true",
+        "logger.registered_model_name=tested-net",
+    ]
     command = cli(tmp_path, tmp_path / "run", *after_training)
     code, out = run_until(command, "analysis: wrote", signal.SIGTERM)
     assert code == 128 + signal.SIGTERM, out[-3000:]
-    assert statuses(tmp_path / "mlflow.db") == ["KILLED"]
+    db = tmp_path / "mlflow.db"
+    assert statuses(db) == ["KILLED"]
     assert "continue it with: " in out
+    assert query(db, "SELECT COUNT(*) FROM model_versions") == [(0,)]
+    ((model_id,),) = query(db, "SELECT model_id FROM logged_models WHERE status = 2")
+    code, out = run_to_end(command)
+    assert code == 0, out[-3000:]
+    assert query(db, "SELECT model_id FROM logged_models") == [(model_id,)]
+    versions = query(db, "SELECT name, version, source FROM model_versions")
+    assert versions == [("tested-net", 1, f"models:/{model_id}")]
 
 
 def test_sigkilled_run_is_reaped_by_the_tool_and_by_the_next_run(tmp_path):

@@ -194,11 +194,13 @@ def test_the_model_is_registered_and_eval_takes_models_and_runs_uris(trained):
         for key in ("test/acc", "test/loss", "test/macro_f1"):
             assert evaluated[key] == pytest.approx(trained_metrics[key], abs=1e-5), key
         assert evaluated["source_run_id"] == run_id
+    # Flip TTA's figures are another predictor's: the model is its input, not theirs.
+    run(compose_run(tmp, "flip", "mode=eval", f"ckpt=runs:/{run_id}", "eval.tta=flip"))
     # Each eval run names the model it tested as its input, and its metrics are the
     # model's too, on the same test split as training's (eval.data=stored).
     client = MlflowClient(uri)
     evals = client.search_runs([client.get_run(run_id).info.experiment_id], "tags.mode = 'eval'")
-    assert len(evals) == 7
+    assert len(evals) == 8
     for evaluation in evals:
         inputs = client.get_run(evaluation.info.run_id).inputs  # search_runs leaves models out
         assert [m.model_id for m in inputs.model_inputs] == [model_id]
@@ -209,7 +211,8 @@ def test_the_model_is_registered_and_eval_takes_models_and_runs_uris(trained):
         "WHERE model_id = ? AND metric_name = 'test/acc'",
         model_id,
     )
-    assert {row[0] for row in linked} == {run_id, *(e.info.run_id for e in evals)}
+    plain = [e.info.run_id for e in evals if e.data.tags["eval.tta"] == "none"]
+    assert len(plain) == 7 and {row[0] for row in linked} == {run_id, *plain}
     assert {row[2] for row in linked} == {logged_test_digest(db, run_id)}
     assert {round(row[1], 5) for row in linked} == {round(trained_metrics["test/acc"], 5)}
 
