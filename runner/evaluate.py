@@ -40,6 +40,7 @@ from runner.from_checkpoint import (
 from runner.reports import console
 from runner.reports.data_report import report_streamed_bad_files
 from runner.training.context import tracked_run
+from runner.training.exported_model import model_tags
 from runner.training.final_eval import evaluate_and_report, write_metrics_file
 from runner.training.lineage import split_record
 from runner.training.preflight import check_gradcam
@@ -66,6 +67,10 @@ def run_eval(cfg: DictConfig) -> float:
     # The training run's experiment, unless this command names one (logger.experiment_name).
     trained_in = [as_read_here(loaded.stored, k) for k in ("logger.experiment_name", "data.name")]
     ctx.tracker.connect(experiment_name=str(next(filter(None, trained_in), cfg.data.name)))
+    # A best.pt file of a tracked run is that run's logged model, when the store has it.
+    model_id = loaded.model_id
+    if model_id is None and loaded.source_run_id is not None:
+        model_id = ctx.tracker.find_model(model_tags(loaded.best), run_id=loaded.source_run_id)
     data = eval_data(cfg, loaded)
     first, _ = data.test.take(torch.arange(min(1, len(data.test))))
     example = loaded.normalize(loaded.augment(first.to(ctx.device)))
@@ -95,7 +100,7 @@ def run_eval(cfg: DictConfig) -> float:
             }
         )
         # The model it tested, as MLflow 3 links an evaluation to a logged model.
-        ctx.tracker.log_inputs([test_set], model_ids=(loaded.model_id,) if loaded.model_id else ())
+        ctx.tracker.log_inputs([test_set], model_ids=(model_id,) if model_id else ())
         metrics = evaluate_and_report(
             ctx,
             loaded.model,
@@ -110,7 +115,7 @@ def run_eval(cfg: DictConfig) -> float:
             long_tailed=(as_read_here(loaded.stored, "data.imbalance_ratio") or 1) > 1
             or is_long_tailed(loaded.best.train_class_counts or []),
             # Flip TTA's figures are of another predictor than the model's alone.
-            model_id=loaded.model_id if cfg.eval.tta == "none" else None,
+            model_id=model_id if cfg.eval.tta == "none" else None,
             dataset=test_set,
         )
         # Files of a streamed test split that did not decode while testing.

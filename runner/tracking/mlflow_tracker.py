@@ -446,18 +446,26 @@ class MlflowTracker:
         if model_id is not None and self.registered_model_name:
             register_logged_model(self.tracking_uri, model_id, self.registered_model_name)
 
-    def find_model(self, tags: dict[str, str]) -> str | None:
-        """The id of this run's finished MLflow model `model` with `tags`, or None.
+    def find_model(self, tags: dict[str, str], run_id: str | None = None) -> str | None:
+        """The id of a finished MLflow model `model` with `tags` of this run (or `run_id`).
 
-        None without asking for a run that began in this process (it has logged no model
-        yet), and when the store cannot be asked: the model is then logged again.
+        None without asking for this run when it began in this process (it has logged no
+        model yet), and when the store cannot be asked (this run's model is then logged
+        again) or has no such run.
         """
-        if self.run_id is None or not self.resumed:
+        if run_id is None and (self.run_id is None or not self.resumed):
             return None
         try:
-            return find_logged_model(self._client(), self.experiment_id, self.run_id, tags)
+            client = self._client()
+            if run_id is None:
+                return find_logged_model(client, self.experiment_id, self.run_id, tags)
+            experiment_id = client.get_run(run_id).info.experiment_id
+            return find_logged_model(client, experiment_id, run_id, tags)
         except Exception as err:
-            log.warning("could not look for the run's logged model (%s); logging it", err)
+            if run_id is not None:  # a checkpoint of a run another store tracked
+                log.info("no logged model of run %s found in this store (%s)", run_id, err)
+            else:
+                log.warning("could not look for the run's logged model (%s); logging it", err)
             return None
 
     def finish(self, status: str) -> None:

@@ -68,7 +68,7 @@ class NullTracker:
     def register_model(self, model_id: str | None) -> None:
         """Registers nothing."""
 
-    def find_model(self, tags: dict[str, str]) -> str | None:
+    def find_model(self, tags: dict[str, str], run_id: str | None = None) -> str | None:
         """None: no model is logged."""
         return None
 

@@ -108,8 +108,8 @@ class Tracker(Protocol):
         Called after the test passed: a registered version is a tested model.
         """
 
-    def find_model(self, tags: dict[str, str]) -> str | None:
-        """The id of a model this run logged with `tags`; None when it logged none."""
+    def find_model(self, tags: dict[str, str], run_id: str | None = None) -> str | None:
+        """The id of a model this run (or `run_id`) logged with `tags`; None: none."""
 
     def flush(self) -> None:
         """Sends the buffered metrics."""

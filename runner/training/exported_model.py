@@ -94,6 +94,11 @@ def exported_classifier(
     return wrapper, example.to(torch.uint8).numpy()
 
 
+def model_tags(best: BestCheckpoint) -> dict[str, str]:
+    """The logged model's tags that tell which of its run's best weights it holds."""
+    return {"best_epoch": str(best.epoch)}
+
+
 def log_best_model(
     ctx: RunContext, parts: TrainingParts, best: BestCheckpoint, data: DataSplits, step: int
 ) -> str | None:
@@ -119,7 +124,7 @@ def log_best_model(
         return None
     # A rerun in place (the reports again, or a job stopped after its model was logged)
     # logged and registered a second copy of the same weights in the same run.
-    weights = {"best_epoch": str(best.epoch)}
+    weights = model_tags(best)
     earlier = ctx.tracker.find_model(weights)
     if earlier is not None:
         log.info("the run's model of epoch %d is logged already (models:/%s)", best.epoch, earlier)

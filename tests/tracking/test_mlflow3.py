@@ -187,6 +187,8 @@ def test_the_model_is_registered_and_eval_takes_models_and_runs_uris(trained):
         ("by_quoted_latest", '"models:/it\'s-net/latest"'),  # quoted for Hydra's parser
         ("by_run", f"runs:/{run_id}"),
         ("by_model_id", f"models:/{model_id}"),
+        # The run's own best.pt: it names its run, whose logged model it is.
+        ("by_file", str(tmp / "train" / "checkpoints" / "best.pt")),
     ):
         cfg = compose_run(tmp, name, "mode=eval", f"ckpt={ckpt}", "logger.system_metrics=false")
         run(cfg)
@@ -200,7 +202,7 @@ def test_the_model_is_registered_and_eval_takes_models_and_runs_uris(trained):
     # model's too, on the same test split as training's (eval.data=stored).
     client = MlflowClient(uri)
     evals = client.search_runs([client.get_run(run_id).info.experiment_id], "tags.mode = 'eval'")
-    assert len(evals) == 8
+    assert len(evals) == 9
     for evaluation in evals:
         inputs = client.get_run(evaluation.info.run_id).inputs  # search_runs leaves models out
         assert [m.model_id for m in inputs.model_inputs] == [model_id]
@@ -212,7 +214,7 @@ def test_the_model_is_registered_and_eval_takes_models_and_runs_uris(trained):
         model_id,
     )
     plain = [e.info.run_id for e in evals if e.data.tags["eval.tta"] == "none"]
-    assert len(plain) == 7 and {row[0] for row in linked} == {run_id, *plain}
+    assert len(plain) == 8 and {row[0] for row in linked} == {run_id, *plain}
     assert {row[2] for row in linked} == {logged_test_digest(db, run_id)}
     assert {round(row[1], 5) for row in linked} == {round(trained_metrics["test/acc"], 5)}
 
