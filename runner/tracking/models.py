@@ -282,9 +282,6 @@ def fetch_checkpoint(uri: str, tracking_uri: str, download_dir: Path) -> Fetched
             the run, the registered model, its version or the logged model does not
             exist, or the run logged no model (and no best.pt).
     """
-    import mlflow
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     database = missing_store_file(tracking_uri)
@@ -304,44 +301,67 @@ def fetch_checkpoint(uri: str, tracking_uri: str, download_dir: Path) -> Fetched
     # process-wide store and registry, whatever URI the download itself is given.
     _use_store(tracking_uri)
     if uri.startswith(REGISTRY_URI_PREFIX):
-        name, _, version = uri.removeprefix(REGISTRY_URI_PREFIX).strip("/").partition("/")
-        # MLflow 3's id of a logged model (m- and 32 hex digits); a registered model's
-        # name may start with m- too.
-        if re.fullmatch(r"m-[0-9a-f]{32}", name) and not version:
-            return _logged_model(client, uri, name, tracking_uri, download_dir)
-        name, _, alias = name.partition("@")  # MLflow's models:/<name>@<alias>
-        if not name or bool(version) == bool(alias):
-            raise ModelNotFoundError(
-                f"ckpt={uri!r}: expected models:/<registered model name>/<version> (or "
-                "/latest), models:/<registered model name>@<alias> or models:/<logged model "
-                "id> (m- and 32 hex digits, as mlflow ui shows it)"
-                + (
-                    f"; {name!r} has {len(name) - 2} characters after m-"
-                    if name.startswith("m-") and not version and not alias
-                    else ""
-                )
+        return _registered_model(client, uri, tracking_uri, download_dir)
+    return _run_model(client, uri, tracking_uri, download_dir)
+
+
+def _registered_model(client: Any, uri: str, tracking_uri: str, download_dir: Path) -> FetchedModel:
+    """Downloads `models:/<name>/<version>` (or /latest, @<alias>) or `models:/<m-id>`.
+
+    Raises:
+        ModelNotFoundError: The URI is malformed, or names nothing the store has.
+    """
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    name, _, version = uri.removeprefix(REGISTRY_URI_PREFIX).strip("/").partition("/")
+    # MLflow 3's id of a logged model (m- and 32 hex digits); a registered model's
+    # name may start with m- too.
+    if re.fullmatch(r"m-[0-9a-f]{32}", name) and not version:
+        return _logged_model(client, uri, name, tracking_uri, download_dir)
+    name, _, alias = name.partition("@")  # MLflow's models:/<name>@<alias>
+    if not name or bool(version) == bool(alias):
+        raise ModelNotFoundError(
+            f"ckpt={uri!r}: expected models:/<registered model name>/<version> (or "
+            "/latest), models:/<registered model name>@<alias> or models:/<logged model "
+            "id> (m- and 32 hex digits, as mlflow ui shows it)"
+            + (
+                f"; {name!r} has {len(name) - 2} characters after m-"
+                if name.startswith("m-") and not version and not alias
+                else ""
             )
-        wanted = f"alias {alias!r}" if alias else f"version {version!r}"
-        try:
-            if alias:
-                found = client.get_model_version_by_alias(name, alias)
-            elif version == "latest":
-                found = _latest_version(client, name)
-            else:
-                found = client.get_model_version(name, version)
-        except MlflowException as err:
-            raise ModelNotFoundError(
-                f"ckpt={uri!r}: the registry of logger.tracking_uri={tracking_uri!r} has no "
-                f"{wanted} of model {name!r} ({err.error_code}). Registered "
-                "models are listed in mlflow ui's Models page"
-            ) from err
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{REGISTRY_URI_PREFIX}{name}/{found.version}",
-            dst_path=str(download_dir),
-            tracking_uri=tracking_uri,
-            registry_uri=tracking_uri,
         )
-        return FetchedModel(Path(local), False, found.run_id, _model_id_in(Path(local)))
+    wanted = f"alias {alias!r}" if alias else f"version {version!r}"
+    try:
+        if alias:
+            found = client.get_model_version_by_alias(name, alias)
+        elif version == "latest":
+            found = _latest_version(client, name)
+        else:
+            found = client.get_model_version(name, version)
+    except MlflowException as err:
+        raise ModelNotFoundError(
+            f"ckpt={uri!r}: the registry of logger.tracking_uri={tracking_uri!r} has no "
+            f"{wanted} of model {name!r} ({err.error_code}). Registered "
+            "models are listed in mlflow ui's Models page"
+        ) from err
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{REGISTRY_URI_PREFIX}{name}/{found.version}",
+        dst_path=str(download_dir),
+        tracking_uri=tracking_uri,
+        registry_uri=tracking_uri,
+    )
+    return FetchedModel(Path(local), False, found.run_id, _model_id_in(Path(local)))
+
+
+def _run_model(client: Any, uri: str, tracking_uri: str, download_dir: Path) -> FetchedModel:
+    """Downloads the logged model of `runs:/<run id>` (or, before models were, its best.pt).
+
+    Raises:
+        ModelNotFoundError: The store has no such run, or the run logged neither.
+    """
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
 
     run_id = uri.removeprefix(RUN_URI_PREFIX).strip("/").split("/")[0]
     if not run_id:
