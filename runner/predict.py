@@ -10,11 +10,14 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
 from runner.config.location_checks import predictions_file
 from runner.config.validation import ConfigError
@@ -23,6 +26,7 @@ from runner.data.sets.imagefolder import visible_files
 from runner.data.sets.records import sniff
 from runner.data.splits import path_id
 from runner.from_checkpoint import (
+    LoadedCheckpoint,
     load_trained_model,
     refuse_ignored_overrides,
     start_context,
@@ -63,7 +67,7 @@ def run_predict(cfg: DictConfig) -> float:
             "reads image files as RGB (or gray for a 1-channel model): label such data "
             "with mode=eval on a data set of that many channels"
         )
-    names, size = loaded.best.class_names, loaded.best.image_size
+    names = loaded.best.class_names
     topk = min(int(cfg.predict.topk), len(names))
     if topk < cfg.predict.topk:
         log.warning(
@@ -72,8 +76,13 @@ def run_predict(cfg: DictConfig) -> float:
             len(names),
             topk,
         )
-    predictor = with_tta(loaded.model, cfg.predict.tta)
-    autocast = engine.make_autocast(ctx.device, ctx.precision)
+    labeller = Labeller(
+        loaded,
+        with_tta(loaded.model, cfg.predict.tta),
+        engine.make_autocast(ctx.device, ctx.precision),
+        ctx.device,
+        topk,
+    )
     header = ["file", "predicted_class", "probability"]
     header += [f"{kind}_{rank}" for rank in range(1, topk + 1) for kind in ("class", "prob")]
     labelled = failed = 0
@@ -86,40 +95,10 @@ def run_predict(cfg: DictConfig) -> float:
             writer = csv.writer(handle)
             writer.writerow([*header, "error"])
             for start in range(0, len(files), cfg.predict.batch_size):
-                chunk = files[start : start + cfg.predict.batch_size]
-                rows: dict[int, list[str]] = {}
-                images, kept = [], []
-                for index, file in enumerate(chunk):
-                    # From its first bytes: a movie or archive in the folder is not read whole.
-                    reason = sniff(file)
-                    if reason is not None:
-                        rows[index] = [path_id(str(file)), "", "", *[""] * (2 * topk), reason]
-                        continue
-                    try:
-                        images.append(decode_record(file, size))
-                        kept.append(index)
-                    except BadImageError as err:
-                        rows[index] = [path_id(str(file)), "", "", *[""] * (2 * topk), str(err)]
-                if images:
-                    batch = torch.stack(images).to(ctx.device)
-                    if loaded.best.image_channels() == 1:  # trained on gray: files decode as RGB
-                        batch = to_grayscale(batch)
-                    with torch.inference_mode(), autocast():
-                        logits = predictor(loaded.normalize(loaded.augment(batch)))
-                    probs, classes = logits.float().softmax(-1).topk(topk, dim=-1)
-                    for index, row_probs, row_classes in zip(
-                        kept, probs.tolist(), classes.tolist(), strict=True
-                    ):
-                        ranked = [
-                            v
-                            for c, p in zip(row_classes, row_probs, strict=True)
-                            for v in (names[c], f"{p:.6f}")
-                        ]
-                        # A name that is not UTF-8 as backslash escapes (caf\xe9.png).
-                        rows[index] = [path_id(str(chunk[index])), *ranked[:2], *ranked, ""]
-                writer.writerows(rows[index] for index in range(len(chunk)))  # in file order
-                labelled += len(kept)
-                failed += len(chunk) - len(kept)
+                rows, kept = labeller.rows(files[start : start + cfg.predict.batch_size])
+                writer.writerows(rows)
+                labelled += kept
+                failed += len(rows) - kept
         os.replace(tmp, output)  # a complete file or none: an earlier CSV is never half-written
     finally:
         tmp.unlink(missing_ok=True)  # after an error (or Ctrl-C) no partial file is left
@@ -148,6 +127,61 @@ def run_predict(cfg: DictConfig) -> float:
             "image files (PNG, JPEG, ...) or a folder of them"
         )
     return float(labelled)
+
+
+@dataclass(frozen=True)
+class Labeller:
+    """Labels image files with a checkpoint: a CSV row for each, in the files' order.
+
+    Attributes:
+        loaded: The checkpoint (class names, image size, eval path, normalisation).
+        predictor: Its model, wrapped for test-time augmentation if asked.
+        autocast: The precision's autocast context.
+        device: Where the batch runs.
+        topk: How many ranked classes a row holds.
+    """
+
+    loaded: LoadedCheckpoint
+    predictor: nn.Module
+    autocast: Callable[[], AbstractContextManager]
+    device: torch.device
+    topk: int
+
+    def rows(self, files: Sequence[Path]) -> tuple[list[list[str]], int]:
+        """The CSV rows of `files`, and how many were labelled (the others: their error)."""
+        blank = [""] * (2 + 2 * self.topk)  # predicted class, probability, the ranks
+        rows: dict[int, list[str]] = {}
+        images, kept = [], []
+        for index, file in enumerate(files):
+            # From its first bytes: a movie or archive in the folder is not read whole.
+            reason = sniff(file)
+            if reason is not None:
+                rows[index] = [path_id(str(file)), *blank, reason]
+                continue
+            try:
+                images.append(decode_record(file, self.loaded.best.image_size))
+                kept.append(index)
+            except BadImageError as err:
+                rows[index] = [path_id(str(file)), *blank, str(err)]
+        if images:
+            batch = torch.stack(images).to(self.device)
+            if self.loaded.best.image_channels() == 1:  # trained on gray: files decode as RGB
+                batch = to_grayscale(batch)
+            with torch.inference_mode(), self.autocast():
+                logits = self.predictor(self.loaded.normalize(self.loaded.augment(batch)))
+            probs, classes = logits.float().softmax(-1).topk(self.topk, dim=-1)
+            names = self.loaded.best.class_names
+            for index, row_probs, row_classes in zip(
+                kept, probs.tolist(), classes.tolist(), strict=True
+            ):
+                ranked = [
+                    v
+                    for c, p in zip(row_classes, row_probs, strict=True)
+                    for v in (names[c], f"{p:.6f}")
+                ]
+                # A name that is not UTF-8 as backslash escapes (caf\xe9.png).
+                rows[index] = [path_id(str(files[index])), *ranked[:2], *ranked, ""]
+        return [rows[index] for index in range(len(files))], len(kept)
 
 
 def predictions_path(output: str | None, run_dir: Path, inputs: Sequence[Path | str] = ()) -> Path:
