@@ -198,6 +198,21 @@ def test_shot_accuracies_from_a_confusion_matrix():
     assert accuracies == {"head_acc": 0.9, "medium_acc": 0.8, "tail_acc": 0.5}
 
 
+def test_a_groups_accuracy_is_the_mean_of_its_classes_not_of_its_samples():
+    """Pooled, a tail class with 90 test samples outweighed one with 10 (0.9 here),
+    where the long-tailed literature's shot accuracy is the classes' mean (0.5); a
+    class without test samples does not count."""
+    confusion = torch.zeros(4, 4, dtype=torch.long)
+    confusion[0, 0] = 10  # head: 10 of 10
+    confusion[1, 1], confusion[1, 0] = 5, 5  # medium: 5 of 10
+    confusion[2, 2] = 90  # tail: 90 of 90 ...
+    confusion[3, 0] = 10  # ... and 0 of 10
+    accuracies = shot_accuracies(confusion, torch.tensor([500, 50, 5, 5]))
+    assert accuracies == {"head_acc": 1.0, "medium_acc": 0.5, "tail_acc": 0.5}
+    confusion[3] = 0  # class 3 has no test sample: the tail is class 2's accuracy
+    assert shot_accuracies(confusion, torch.tensor([500, 50, 5, 5]))["tail_acc"] == 1.0
+
+
 def test_gce_is_one_minus_p_to_the_q_over_q_and_tends_to_cross_entropy():
     logits, target = torch.randn(32, 6), torch.randint(0, 6, (32,))
     p_y = logits.softmax(-1).gather(1, target[:, None]).squeeze(1)
