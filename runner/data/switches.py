@@ -6,7 +6,8 @@ built, so every data set gets them the same way (`runner.train.build_data` appli
 - `data.fraction=F` / `data.samples_per_class=N`: a stratified subset;
 - `data.imbalance_ratio=R`: a long-tailed subsample with an exponential profile,
   n_c = n_max * R^(-c / (C - 1)) for class index c (the CIFAR-10-LT convention of
-  Cui et al. 2019 and Cao et al. 2019), so largest / smallest = R;
+  Cui et al. 2019 and Cao et al. 2019), so largest / smallest = R (a little more on
+  small data: each count is rounded down);
 - `data.label_noise=P`, `data.noise_type`: each label flips with probability P, to a
   uniformly drawn other class (symmetric) or to the next class, c -> c + 1 mod C
   (asymmetric, "pair flipping" of Han et al. 2018). The clean labels are kept.
