@@ -71,15 +71,13 @@ def run_eval(cfg: DictConfig) -> float:
     model_id = loaded.model_id
     if model_id is None and loaded.source_run_id is not None:
         model_id = ctx.tracker.find_model(model_tags(loaded.best), run_id=loaded.source_run_id)
-    data = eval_data(cfg, loaded)
+    data, data_cfg = eval_data(cfg, loaded)
     first, _ = data.test.take(torch.arange(min(1, len(data.test))))
     example = loaded.normalize(loaded.augment(first.to(ctx.device)))
     check_gradcam(cfg, loaded.model, example)  # else gradcam.png is left out after the test
     test_loader = data.test.loader(cfg.trainer.eval_batch_size, ctx.device)
-    # Its digest: the training run's test input's when eval.data=stored (the same split).
-    test_set = split_record(
-        loaded.stored.data if cfg.eval.data == "stored" else cfg.data, data, "test"
-    )
+    # Hashed with the settings that built it: the training run's test split keeps its digest.
+    test_set = split_record(data_cfg, data, "test")
     source = loaded.source_run_id or "unknown"
     with tracked_run(ctx):
         tags = {
@@ -165,13 +163,17 @@ def as_read_here(stored: DictConfig, key: str) -> Any:
     return OmegaConf.select(stored, key, default=None, throw_on_resolution_failure=False)
 
 
-def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:
+def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> tuple[DataSplits, DictConfig]:
     """The data eval tests on, checked against the checkpoint before anything is tested.
 
     `eval.data=stored`: the training run's data (its train-only switches off), whose
     test split must be the one the run was tested on. `eval.data=current`: this command
     line's data; an image folder without train/ is a held-out set (see
     `load_test_folder`).
+
+    Returns:
+        The data, and the data config it was built from (at the checkpoint's image
+        size): the test split's dataset digest hashes its settings.
 
     Raises:
         DataError: The data cannot be built, or its test split is not the run's.
@@ -193,27 +195,26 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:
                 resident_max_gb=cfg.data.get("resident_max_gb", 2.0),
             )
             require_splits(data, ("test",))
-            return with_channels(data, loaded.best.image_channels())
+            data = with_channels(data, loaded.best.image_channels())
+            return data, at_trained_size(cfg.data, loaded)  # the size it decoded at
         if root is not None and (root / "train").is_dir():
             # From the class folders' names, before a folder of any size is listed and decoded.
             same_classes(cfg, class_folders(root / "train"), loaded.best.class_names)
-        data = with_channels(
-            build_data(at_trained_size(train_only_keys_off(cfg.data), loaded)),
-            loaded.best.image_channels(),
-        )
+        data_cfg = at_trained_size(train_only_keys_off(cfg.data), loaded)
+        data = with_channels(build_data(data_cfg), loaded.best.image_channels())
         # Other classes first: a split of other data than the run's is no new split of it.
         same_classes(cfg, data.class_names, loaded.best.class_names)
         refuse_a_new_split_of_the_trained_data(cfg, data, loaded)
     else:
         other = ", or test on other data: eval.data=current data=... data.root=..."
         resolved_part(loaded.stored, "data", loaded.path, other)
-        stored_data = train_only_keys_off(loaded.stored.data)
-        if stored_data.get("cache_dir") is not None:
+        data_cfg = train_only_keys_off(loaded.stored.data)
+        if data_cfg.get("cache_dir") is not None:
             # Under this command's paths.output_dir, as everything it writes: the stored
             # value, resolved at training, wrote into the training run's output folder.
-            stored_data.cache_dir = str(Path(cfg.paths.output_dir) / "cache")
+            data_cfg.cache_dir = str(Path(cfg.paths.output_dir) / "cache")
         try:
-            data = build_data(stored_data)
+            data = build_data(data_cfg)
         except DataError as err:
             raise DataError(
                 f"{err} (this is the checkpoint's own data, eval.data=stored; to test on "
@@ -231,7 +232,7 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> DataSplits:
             )
     require_splits(data, ("test",))
     same_classes(cfg, data.class_names, loaded.best.class_names)
-    return data
+    return data, data_cfg
 
 
 def refuse_a_new_split_of_the_trained_data(

@@ -22,7 +22,7 @@ from omegaconf.errors import InterpolationResolutionError
 from torch import nn
 
 from runner.augment.normalize import Normalize
-from runner.config.choices import RUNNER_GROUP_KEYS
+from runner.config.choices import TRAIN_SPLIT_ONLY_KEYS
 from runner.config.location_checks import ckpt_file_problem
 from runner.config.modes import job_mode
 from runner.config.targets import untrusted_targets
@@ -58,8 +58,8 @@ class LoadedCheckpoint:
         named: The checkpoint as the command named it: a `runs:/` or `models:/` URI (its
             local copy in `downloaded/` says little), else `path`.
         source_run_id: The MLflow run that trained it, when known.
-        model_id: The logged MLflow model it is, when `ckpt` named one (a `runs:/` or
-            `models:/` URI); eval's metrics are that model's too.
+        model_id: The logged MLflow model it is, when `ckpt` is a `runs:/` or `models:/`
+            URI (eval looks a best.pt file's run up in the store itself).
         best: The checkpoint's content.
         stored: The training run's config (targets checked against the allowlist).
         model: The trained model, in eval mode on the device.
@@ -113,7 +113,7 @@ def refuse_ignored_overrides(cfg: DictConfig) -> None:
             "image size and would ignore this: leave it out"
         )
     # Before the eval.data advice: adding eval.data=current would not make these apply.
-    train_only = [f"data.{key}" for key in RUNNER_GROUP_KEYS["data"]]
+    train_only = [f"data.{key}" for key in TRAIN_SPLIT_ONLY_KEYS]
     changing_train = [o for o in data_keys if o.lstrip("+~").split("=")[0] in train_only]
     if changing_train:
         raise ConfigError(

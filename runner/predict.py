@@ -148,7 +148,15 @@ class Labeller:
     topk: int
 
     def rows(self, files: Sequence[Path]) -> tuple[list[list[str]], int]:
-        """The CSV rows of `files`, and how many were labelled (the others: their error)."""
+        """Labels a batch of files.
+
+        Args:
+            files: The image files of one batch.
+
+        Returns:
+            Their CSV rows, in the files' order (a file that does not decode gets its
+            error instead of a prediction), and how many were labelled.
+        """
         blank = [""] * (2 + 2 * self.topk)  # predicted class, probability, the ranks
         rows: dict[int, list[str]] = {}
         images, kept = [], []

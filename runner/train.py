@@ -223,7 +223,7 @@ def evaluate_best(
         history=state.history,
         step=state.epoch,  # the last epoch logged: fewer than max_epochs after an early stop
         model_id=model_id,
-        dataset=split_record(ctx.cfg.data, data, "test"),
+        dataset=split_record(ctx.cfg.data, data, "test") if model_id else None,
     )
     write_out_of_fold(ctx, model, parts, data)  # a k-fold job's held-out outputs, for the audit
     ctx.tracker.register_model(model_id)  # a registered version: a model whose test passed

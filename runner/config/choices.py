@@ -35,6 +35,8 @@ DATA_SWITCHES = ("imbalance_ratio", "label_noise", "noise_type", "fraction", "sa
 DATA_CURATION_KEYS = ("exclude", "relabel")
 DATA_FOLD_KEYS = ("num_folds", "fold")
 OPTIM_RUNNER_KEYS = ("backbone_lr_mult", "norm_lr_mult", "filter_bias_and_bn")
+# The data keys that change the train split (and k-fold's val split), never the test split.
+TRAIN_SPLIT_ONLY_KEYS = (*DATA_SWITCHES, *DATA_CURATION_KEYS, *DATA_FOLD_KEYS)
 RUNNER_GROUP_KEYS = {
     "data": (*DATA_SWITCHES, *DATA_CURATION_KEYS, *DATA_FOLD_KEYS),
     "optim": OPTIM_RUNNER_KEYS,

@@ -18,6 +18,7 @@ registered), and the run's log file is uploaded at the end.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import sys
@@ -369,14 +370,19 @@ class MlflowTracker:
         """Buffers metrics; `flush` sends them.
 
         With `model_id` they are the logged model's metrics too, and with `dataset` they
-        name the data set (its name and digest, as the run's input has them).
+        name the data set (its name and digest, as the run's input has them). A value
+        that is not finite (a head/medium/tail group without test samples) stays the
+        run's only: MLflow stores a model's NaN as 0.0, which a search would match.
         """
         now = int(time.time() * 1000)
         link: tuple = ()
         if model_id is not None or dataset is not None:
             named = (dataset.name, dataset.digest) if dataset is not None else (None, None)
             link = (model_id, *named)
-        self._metrics.extend((k, float(v), now, step, *link) for k, v in metrics.items())
+        self._metrics.extend(
+            (k, float(v), now, step, *(link if math.isfinite(v) else ()))
+            for k, v in metrics.items()
+        )
 
     def flush(self) -> None:
         """Sends the buffered metrics in as few calls as MLflow allows."""
@@ -462,10 +468,13 @@ class MlflowTracker:
             experiment_id = client.get_run(run_id).info.experiment_id
             return find_logged_model(client, experiment_id, run_id, tags)
         except Exception as err:
-            if run_id is not None:  # a checkpoint of a run another store tracked
-                log.info("no logged model of run %s found in this store (%s)", run_id, err)
-            else:
+            if run_id is None:
                 log.warning("could not look for the run's logged model (%s); logging it", err)
+            elif getattr(err, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+                # A checkpoint of a run another store tracked: nothing to link to.
+                log.info("run %s is not in this store: its model is not linked", run_id)
+            else:
+                log.warning("could not look for run %s's logged model (%s)", run_id, err)
             return None
 
     def finish(self, status: str) -> None:

@@ -144,9 +144,9 @@ def register_logged_model(tracking_uri: str, model_id: str, name: str) -> None:
     uri = f"models:/{model_id}"
     _use_store(tracking_uri)  # mlflow.register_model reads it
     try:
-        quote = '"' if "'" in name else "'"
-        versions = MlflowClient().search_model_versions(f"name = {quote}{name}{quote}")
-        held = [v for v in versions if v.model_id == model_id or v.source == uri]
+        # By the model's URI (a name may hold any quote, which a filter on it cannot).
+        versions = MlflowClient().search_model_versions(f"source_path = '{uri}'")
+        held = [v for v in versions if v.name == name]
         version = held[0] if held else _register(uri, name)
     except Exception as err:  # the model is logged; only the version is missing
         log.error(

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config.choices import RUNNER_GROUP_KEYS
+from runner.config.choices import TRAIN_SPLIT_ONLY_KEYS
 from runner.data.splits import DataSplits, Split
 from runner.tracking.inputs import DatasetRecord
 from runner.tracking.protocol import Tracker
@@ -43,8 +43,6 @@ NOT_CONTENT_KEYS = frozenset(
         "std",
     }
 )
-# Keys that change the train and val splits only; not the test split's content.
-TRAIN_ONLY_KEYS = frozenset(RUNNER_GROUP_KEYS["data"])
 CONTEXTS = ("train", "val", "test")
 _DIGEST_CHARS = 16
 
@@ -58,7 +56,7 @@ def content_settings(data_cfg: DictConfig, context: str = "train") -> dict[str, 
     tests on it too.
     """
     settings = OmegaConf.to_container(data_cfg, resolve=True)
-    left_out = NOT_CONTENT_KEYS | (TRAIN_ONLY_KEYS if context == "test" else frozenset())
+    left_out = NOT_CONTENT_KEYS | set(TRAIN_SPLIT_ONLY_KEYS if context == "test" else ())
     return {k: settings[k] for k in sorted(settings) if k not in left_out}
 
 

@@ -295,7 +295,7 @@ def test_predict_writes_top_k_with_class_names_in_file_order(trained, tmp_path, 
     assert count == 2
     assert peak < 64 << 20, f"predict held {peak >> 20} MB: it read the movie whole"
     # The summary names the checkpoint as the command did, not its downloaded copy.
-    (shown,) = [line for line in capsys.readouterr().out.splitlines() if "checkpoint" in line]
+    (shown,) = [r for r in capsys.readouterr().out.splitlines() if r.startswith("│ checkpoint ")]
     assert f"runs:/{run_id}" in shown and "downloaded" not in shown
     with out.open() as handle:
         rows = list(csv.DictReader(handle))

@@ -4,6 +4,7 @@ system metrics, the experiment kind, source tags, run.log, and one copy of the w
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import mlflow
@@ -198,11 +199,15 @@ def test_the_model_is_registered_and_eval_takes_models_and_runs_uris(trained):
         assert evaluated["source_run_id"] == run_id
     # Flip TTA's figures are another predictor's: the model is its input, not theirs.
     run(compose_run(tmp, "flip", "mode=eval", f"ckpt=runs:/{run_id}", "eval.tta=flip"))
+    # The same data named on the command line at another size, decoded at the model's:
+    # the same test split, hashed with the settings that built it (not data.image_size=16).
+    current = ("eval.data=current", "data.num_samples=320", "data.image_size=16")
+    run(compose_run(tmp, "current", "mode=eval", f"ckpt=runs:/{run_id}", *current))
     # Each eval run names the model it tested as its input, and its metrics are the
     # model's too, on the same test split as training's (eval.data=stored).
     client = MlflowClient(uri)
     evals = client.search_runs([client.get_run(run_id).info.experiment_id], "tags.mode = 'eval'")
-    assert len(evals) == 9
+    assert len(evals) == 10
     for evaluation in evals:
         inputs = client.get_run(evaluation.info.run_id).inputs  # search_runs leaves models out
         assert [m.model_id for m in inputs.model_inputs] == [model_id]
@@ -214,9 +219,23 @@ def test_the_model_is_registered_and_eval_takes_models_and_runs_uris(trained):
         model_id,
     )
     plain = [e.info.run_id for e in evals if e.data.tags["eval.tta"] == "none"]
-    assert len(plain) == 8 and {row[0] for row in linked} == {run_id, *plain}
+    assert len(plain) == 9 and {row[0] for row in linked} == {run_id, *plain}
     assert {row[2] for row in linked} == {logged_test_digest(db, run_id)}
     assert {round(row[1], 5) for row in linked} == {round(trained_metrics["test/acc"], 5)}
+
+
+@pytest.mark.slow
+def test_a_best_pt_of_a_run_another_store_tracked_is_tested_unlinked(trained, tmp_path, caplog):
+    import logging
+
+    tmp, _, run_id, _ = trained
+    best = tmp / "train" / "checkpoints" / "best.pt"
+    with caplog.at_level(logging.INFO, logger="runner"):
+        run(compose_run(tmp_path, "elsewhere", "mode=eval", f"ckpt={best}"))
+    assert f"run {run_id} is not in this store: its model is not linked" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "model" in r.msg]
+    db = tmp_path / "outputs" / "mlflow.db"
+    assert query(db, "SELECT COUNT(*) FROM inputs WHERE destination_type = 'MODEL_INPUT'") == [(0,)]
 
 
 @pytest.mark.slow
@@ -353,6 +372,53 @@ def test_a_resumed_run_points_to_the_logs_an_earlier_outage_left_unsent(tmp_path
     again.finish("FINISHED")
     assert f"python -m runner.tracking replay {unsent}" in caplog.text
     assert caplog.text.count("never received") == 1  # not the other run's file
+
+
+def test_a_metric_that_is_not_finite_stays_the_runs_only(tmp_path):
+    """MLflow stores a logged model's NaN as 0.0: a head/medium/tail group without test
+    samples read `test/tail_acc = 0` on the model, which `< 0.2` searches matched."""
+    from mlflow.entities import LoggedModelStatus
+
+    from runner.tracking.inputs import DatasetRecord
+
+    seed_store(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = MlflowTracker(uri, artifact_location=str(tmp_path / "art"), system_metrics=False)
+    tracker.connect("x")
+    tracker.start("r", tags={}, local_dir=tmp_path)
+    client = MlflowClient(uri)
+    logged = client.create_logged_model(tracker.experiment_id, source_run_id=tracker.run_id)
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    test_set = DatasetRecord("digits", "abc", "code", "{}", "test")
+    tested = {"test/acc": 0.75, "test/tail_acc": float("nan")}
+    tracker.log_metrics(tested, step=3, model_id=logged.model_id, dataset=test_set)
+    tracker.finish("FINISHED")
+    on_model = client.get_logged_model(logged.model_id).metrics
+    assert [(m.key, m.value, m.dataset_digest) for m in on_model] == [("test/acc", 0.75, "abc")]
+    run = client.get_run(tracker.run_id).data.metrics
+    assert run["test/acc"] == 0.75 and math.isnan(run["test/tail_acc"])
+
+
+def test_a_model_is_registered_once_whatever_quotes_its_name_holds(tmp_path):
+    """A run tested again in place looked for its version with a filter on the name,
+    which a name holding both quotes broke: the model was then never registered."""
+    from mlflow.entities import LoggedModelStatus
+
+    from runner.tracking.models import register_logged_model
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri, registry_uri=uri)
+    experiment = client.create_experiment("x", artifact_location=str(tmp_path / "art"))
+    run_id = client.create_run(experiment).info.run_id
+    logged = client.create_logged_model(experiment, source_run_id=run_id)
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    for name in ('it\'s "net"', 'it\'s "net"', "net"):
+        register_logged_model(uri, logged.model_id, name)
+    versions = client.search_model_versions(f"source_path = 'models:/{logged.model_id}'")
+    assert sorted((v.name, int(v.version)) for v in versions) == [
+        ('it\'s "net"', 1),
+        ("net", 1),
+    ]
 
 
 def test_a_param_too_long_for_mlflow_is_cut_visibly(tmp_path, caplog):
