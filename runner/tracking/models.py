@@ -139,15 +139,11 @@ def register_logged_model(tracking_uri: str, model_id: str, name: str) -> None:
     A version of `name` that holds the model already (a run tested again in place) is
     kept, not doubled. A failed registration is only logged: the model stays logged.
     """
-    from mlflow.tracking import MlflowClient
-
     uri = f"models:/{model_id}"
     _use_store(tracking_uri)  # mlflow.register_model reads it
     try:
-        # By the model's URI (a name may hold any quote, which a filter on it cannot).
-        versions = MlflowClient().search_model_versions(f"source_path = '{uri}'")
-        held = [v for v in versions if v.name == name]
-        version = held[0] if held else _register(uri, name)
+        held = _version_holding(uri, name)
+        version = held or _register(uri, name)
     except Exception as err:  # the model is logged; only the version is missing
         log.error(
             "logger.registered_model_name=%r: the model was logged (%s) but not registered: "
@@ -200,7 +196,6 @@ def _register(model_uri: str, name: str, attempts: int = 3):
     loaded server) can fail a call that succeeds a moment later.
     """
     import mlflow
-    from mlflow.tracking import MlflowClient
 
     for attempt in range(1, attempts + 1):
         try:
@@ -211,12 +206,22 @@ def _register(model_uri: str, name: str, attempts: int = 3):
             log.warning("registering %s failed (%s); trying again", name, err)
             time.sleep(2.0 * attempt)
             # A call that timed out may have registered the version all the same.
-            for version in MlflowClient().search_model_versions(f"name = '{name}'"):
-                if version.source == model_uri or (
-                    version.model_id and model_uri.endswith(version.model_id)
-                ):
-                    return version
+            version = _version_holding(model_uri, name)
+            if version is not None:
+                return version
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _version_holding(model_uri: str, name: str) -> Any:
+    """The version of registered model `name` made from `model_uri` (models:/<id>), or None.
+
+    Looked up by the model's URI: a filter on the name cannot hold a name with both
+    kinds of quote.
+    """
+    from mlflow.tracking import MlflowClient
+
+    versions = MlflowClient().search_model_versions(f"source_path = '{model_uri}'")
+    return next((v for v in versions if v.name == name), None)
 
 
 def _latest_version(client: Any, name: str) -> Any:
