@@ -369,16 +369,16 @@ class MlflowTracker:
     ) -> None:
         """Buffers metrics; `flush` sends them.
 
-        With `model_id` they are the logged model's metrics too, and with `dataset` they
-        name the data set (its name and digest, as the run's input has them). A value
-        that is not finite (a head/medium/tail group without test samples) stays the
-        run's only: MLflow stores a model's NaN as 0.0, which a search would match.
+        With `model_id` they are the logged model's metrics too, naming `dataset` (its
+        name and digest, as the run's input has them; MLflow keeps a data set only on a
+        model's metrics). A value that is not finite (a head/medium/tail group without
+        test samples) stays the run's only: MLflow stores a model's NaN as 0.0, which a
+        search would match.
         """
         now = int(time.time() * 1000)
         link: tuple = ()
-        if model_id is not None or dataset is not None:
-            named = (dataset.name, dataset.digest) if dataset is not None else (None, None)
-            link = (model_id, *named)
+        if model_id is not None:
+            link = (model_id, *((dataset.name, dataset.digest) if dataset else (None, None)))
         self._metrics.extend(
             (k, float(v), now, step, *(link if math.isfinite(v) else ()))
             for k, v in metrics.items()
@@ -401,8 +401,7 @@ class MlflowTracker:
     def log_inputs(self, inputs: list[DatasetRecord], model_ids: tuple[str, ...] = ()) -> None:
         """Records the run's data splits and the logged models it tested (one call)."""
         if inputs or model_ids:
-            records = [record.to_json() for record in inputs]
-            self._submit(("inputs", records, *([list(model_ids)] if model_ids else [])))
+            self._submit(("inputs", [record.to_json() for record in inputs], list(model_ids)))
 
     def log_model(
         self,

@@ -144,8 +144,8 @@ def apply_op(client: Any, run_id: str, op: tuple) -> None:
     Operations hold plain values (they are queued, and saved as JSON when undelivered):
     `("metrics", [(key, value, timestamp_ms, step[, model_id, dataset_name,
     dataset_digest]), ...])`, `("params", [(key, value), ...])`, `("tags", {key: value})`,
-    `("artifact", path, artifact_path)`, `("inputs", [DatasetRecord.to_json(), ...][,
-    [model_id, ...]])`, `("status", status, end_time_ms)` (files written before statuses
+    `("artifact", path, artifact_path)`, `("inputs", [DatasetRecord.to_json(), ...],
+    [model_id, ...])`, `("status", status, end_time_ms)` (files written before statuses
     carried their time hold `("status", status)`).
     """
     from mlflow.entities import LoggedModelInput, Metric, Param, RunTag
@@ -160,7 +160,8 @@ def apply_op(client: Any, run_id: str, op: tuple) -> None:
     elif kind == "artifact":
         client.log_artifact(run_id, args[0], args[1])
     elif kind == "inputs":
-        models = [LoggedModelInput(model_id) for model_id in args[1]] if len(args) > 1 else None
+        model_ids = args[1] if len(args) > 1 else []  # lines saved before: records only
+        models = [LoggedModelInput(model_id) for model_id in model_ids] or None
         client.log_inputs(
             run_id, datasets=[_dataset_input(record) for record in args[0]], models=models
         )
