@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from runner.training.loop import decide_after_epoch
+from runner.training.decision import decide_after_epoch
 from runner.training.state import TrainState
 
 
