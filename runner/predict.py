@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from runner.config.files import replaced_whole
 from runner.config.location_checks import predictions_file
 from runner.config.validation import ConfigError
 from runner.data.decoding import BadImageError, DataError, decode_record, to_grayscale
@@ -86,22 +87,21 @@ def run_predict(cfg: DictConfig) -> float:
     header = ["file", "predicted_class", "probability"]
     header += [f"{kind}_{rank}" for rank in range(1, topk + 1) for kind in ("class", "prob")]
     labelled = failed = 0
-    # Its own temporary file: another predict into the same CSV keeps its own.
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
-        # UTF-8 whatever the locale (a class named in any script); `_is_predictions_csv`
-        # reads it so. A name that is not UTF-8 may also be in an error's text: escaped.
-        with tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as handle:
-            writer = csv.writer(handle)
-            writer.writerow([*header, "error"])
-            for start in range(0, len(files), cfg.predict.batch_size):
-                rows, kept = labeller.rows(files[start : start + cfg.predict.batch_size])
-                writer.writerows(rows)
-                labelled += kept
-                failed += len(rows) - kept
-        os.replace(tmp, output)  # a complete file or none: an earlier CSV is never half-written
-    finally:
-        tmp.unlink(missing_ok=True)  # after an error (or Ctrl-C) no partial file is left
+    # A complete file or none: an earlier CSV is never half-written, and an error (or
+    # Ctrl-C) leaves no partial file. UTF-8 whatever the locale (a class named in any
+    # script), as `_is_predictions_csv` reads it; a name that is not UTF-8 may also be in
+    # an error's text: escaped.
+    with (
+        replaced_whole(output) as tmp,
+        tmp.open("w", newline="", encoding="utf-8", errors="backslashreplace") as handle,
+    ):
+        writer = csv.writer(handle)
+        writer.writerow([*header, "error"])
+        for start in range(0, len(files), cfg.predict.batch_size):
+            rows, kept = labeller.rows(files[start : start + cfg.predict.batch_size])
+            writer.writerows(rows)
+            labelled += kept
+            failed += len(rows) - kept
     log.log(
         logging.WARNING if failed else logging.INFO,
         "predict: %d image(s) labelled, %d could not be read (the CSV's error column says "

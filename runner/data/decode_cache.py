@@ -8,7 +8,6 @@ instead of decoding again.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from runner.config.files import replaced_whole
 from runner.data.decoding import DECODER_VERSION
 
 log = logging.getLogger(__name__)
@@ -94,16 +94,14 @@ def wait_for_cache_writes() -> None:
 
 def _write_cache(path: Path, value: dict[str, Any], label: str) -> None:
     """Writes a decode cache file atomically: a concurrent run never reads half a file."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(value, tmp)
-        os.replace(tmp, path)
+        # The part written of a failed write goes: a name with the pid in it is never
+        # read or cleaned up later.
+        with replaced_whole(path) as tmp:
+            torch.save(value, tmp)
     except Exception as err:  # a cache that cannot be written costs the next run, not this one
-        # torch.save reports a full disk as RuntimeError, not OSError; the part written
-        # goes either way (a name with the pid in it is never read or cleaned up later).
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+        # torch.save reports a full disk as RuntimeError, not OSError.
         log.warning("data %s: the decode cache %s was not written: %s", label, path, err)
         return
     log.info("data %s: wrote the decode cache %s", label, path)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from runner.sweeps.manifest import replaced_whole
+from runner.config.files import replaced_whole
 from runner.sweeps.out_of_fold import MergedFolds
 
 log = logging.getLogger(__name__)

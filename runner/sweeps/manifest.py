@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.errors import UserError
+from runner.config.files import replaced_whole
 from runner.tracking.protocol import Tracker
 from runner.tracking.store import file_lock, hold_lock, missing_store_file
 
@@ -78,20 +78,6 @@ def job_lock(run_dir: Path, key: str) -> Iterator[None]:
     )
     with file_lock(path):
         yield
-
-
-@contextlib.contextmanager
-def replaced_whole(path: Path) -> Iterator[Path]:
-    """A temp path to write; it replaces `path` when the block ends without an error.
-
-    A reader sees the old file or the new one, never half; a failure leaves the old one.
-    """
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield temp
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, content: Any) -> None:

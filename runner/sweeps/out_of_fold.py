@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runner.config.files import replaced_whole
 from runner.sweeps.manifest import job_run_dir, read_manifest
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,6 @@ def save_out_of_fold(
             their ids and embeddings are kept.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
     arrays = {
         "sample_id": np.asarray(held_out.sample_id, dtype=str),
         "label": np.asarray(held_out.label, dtype=np.int64),
@@ -148,8 +148,8 @@ def save_out_of_fold(
     if space is not None:
         arrays["space_sample_id"] = np.asarray(space.sample_id, dtype=str)
         arrays["space_embeddings"] = np.asarray(space.embeddings, dtype=np.float32)
-    np.savez(tmp, **arrays)
-    tmp.replace(path)  # the audit never reads a half-written file
+    with replaced_whole(path) as tmp, tmp.open("wb") as handle:  # never half a file
+        np.savez(handle, **arrays)  # to a handle: given a name, np.savez adds ".npz"
     return path
 
 

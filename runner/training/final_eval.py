@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from runner.config.files import replaced_whole
 from runner.data.decoding import record_name
 from runner.data.splits import DataSplits
 from runner.data.streaming import EncodedSplit
 from runner.reports import analysis
 from runner.reports.per_class import shot_accuracies
-from runner.sweeps.manifest import replaced_whole
 from runner.tracking.inputs import DatasetRecord
 from runner.training import engine
 from runner.training.context import RunContext

@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.errors import ConfigError
+from runner.config.files import replaced_whole
 from runner.data.splits import DataSplits, splits_digest
 from runner.models.weights import short_cause
 from runner.training import checkpoint_io, distributed
@@ -258,9 +259,8 @@ def _take_best_along(last: Path, run_dir: Path, state: TrainState) -> None:
             "resume in its own run dir (trainer.resume=auto hydra.run.dir=<its run dir>)"
         )
     best.parent.mkdir(parents=True, exist_ok=True)
-    partial = best.with_name(f".best.pt.{os.getpid()}.tmp")
-    shutil.copyfile(found, partial)
-    os.replace(partial, best)  # under DDP every rank may copy: never half a file
+    with replaced_whole(best) as partial:  # under DDP every rank may copy: never half a file
+        shutil.copyfile(found, partial)
     log.info("resume: copied the resumed run's best.pt (epoch %d) from %s", state.best_epoch, found)
 
 
