@@ -109,22 +109,7 @@ class SweepCallback(Callback):
         The sweep is checked first (every grid job's config; an Optuna sweep's settings):
         a problem stops the command with one message, before any run or job exists.
         """
-        from hydra.utils import instantiate
-
-        try:  # before the parent run exists or any job trains
-            if is_optuna_sweep(config):  # its searched values are the sweeper's to check
-                arguments = typed_overrides(config)
-                plan_study(
-                    config,
-                    arguments,
-                    group_options=group_options(config),
-                    compose_job=job_composer(config, kwargs.get("config_name")),
-                )
-            else:  # every job's config
-                refuse_bad_jobs(config, kwargs.get("config_name"))
-            check_launcher(config)
-        except (ConfigError, SweepFileError) as err:  # a SweepConfigError is one too
-            raise SystemExit(f"Error: {err}") from err
+        _check_sweep(config, kwargs.get("config_name"))
         mode = job_mode(config)
         if mode != "train":  # eval, predict, preview, throughput: their jobs track no runs
             log.info("a sweep of mode=%s: no parent MLflow run and no sweep summary", mode)
@@ -135,6 +120,31 @@ class SweepCallback(Callback):
                 log.warning("%s", warning)
         self.sweep_dir = Path(config.hydra.sweep.dir).resolve()
         resume = OmegaConf.select(config, "sweep.resume", default=None)
+        self._claim_sweep_dir(resume)
+        info = _sweep_info(self.sweep_dir)
+        arguments = sweep_arguments(config)
+        if resume and not is_optuna_sweep(config):  # a study warns, and draws new trials
+            _refuse_changed_constants(resume, info.get("arguments"), arguments)
+        (self.sweep_dir / STOP_FILE).unlink(missing_ok=True)
+        tracker, name = self._start_parent_run(config, info, arguments, resume)
+        self.tracker = tracker
+        atexit.register(self._end_at_exit)
+        self._catch_sigterm()
+        write_json(
+            self.sweep_dir / SWEEP_FILE,
+            {
+                **info,
+                "arguments": arguments,
+                "parent_run_id": tracker.run_id,
+                "tracking_uri": getattr(tracker, "tracking_uri", None),
+                "experiment_name": name,
+                SUMMARISED: None,  # this launch has not ended yet
+            },
+        )
+        log.info("sweep %s: parent MLflow run %s", self.sweep_dir, tracker.run_id)
+
+    def _claim_sweep_dir(self, resume: Any) -> None:
+        """Makes the sweep dir (an earlier sweep's, for `sweep.resume`) and takes its lock."""
         if resume and not (self.sweep_dir / MANIFEST_FILE).exists():
             raise SystemExit(
                 f"Error: sweep.resume={resume!r}: {self.sweep_dir / MANIFEST_FILE} does not "
@@ -149,21 +159,18 @@ class SweepCallback(Callback):
                 "sweep is still running. Wait for it to end (or stop it), then run this "
                 f"command again (with sweep.resume={self.sweep_dir} to continue that sweep)."
             )
-        try:
-            info = read_sweep_info(self.sweep_dir)
-        except SweepFileError as err:  # a resumed sweep's damaged record: one line
-            raise SystemExit(f"Error: {err}") from err
-        arguments = sweep_arguments(config)
-        if resume and not is_optuna_sweep(config):  # a study warns, and draws new trials
-            changed = changed_constants(info.get("arguments"), arguments)
-            if changed:
-                raise SystemExit(
-                    f"Error: sweep.resume={resume}: the sweep's jobs ran with other constant "
-                    f"overrides ({'; '.join(changed)}). A resume runs the same sweep again: "
-                    "with these, each job would be a new one, mixed into its summary. Give "
-                    "the sweep's own values, or leave sweep.resume out to start a new sweep"
-                )
-        (self.sweep_dir / STOP_FILE).unlink(missing_ok=True)
+
+    def _start_parent_run(
+        self, config: DictConfig, info: dict[str, Any], arguments: list[str], resume: Any
+    ) -> tuple[Tracker, str]:
+        """Starts the parent run (reopens sweep.json's); returns its tracker and experiment.
+
+        Raises:
+            SystemExit: The store refused the run; for a resumed sweep whose parent run is
+                in another store, naming that store.
+        """
+        from hydra.utils import instantiate
+
         tracker = instantiate(config.logger)
         name = config.logger.get("experiment_name") or config.data.name
         try:
@@ -191,25 +198,15 @@ class SweepCallback(Callback):
                     "leave sweep.resume out to start a new sweep"
                 ) from err
             raise SystemExit(f"Error: cannot start the sweep's MLflow run: {err}") from err
-        self.tracker = tracker
-        atexit.register(self._end_at_exit)
+        return tracker, name
+
+    def _catch_sigterm(self) -> None:
+        """Makes SIGTERM between jobs end the sweep as Ctrl-C does (`_end_the_sweep`)."""
         # A job's training has a SIGTERM handler of its own; between jobs nothing caught
         # it: the launcher died at once, its Optuna trials and parent run left RUNNING.
         _SIGNALLED.clear()  # an earlier sweep's, in this process
         _LAUNCH_FAILED.clear()
         self.sigterm_before = signal.signal(signal.SIGTERM, self._end_the_sweep)
-        write_json(
-            self.sweep_dir / SWEEP_FILE,
-            {
-                **info,
-                "arguments": arguments,
-                "parent_run_id": tracker.run_id,
-                "tracking_uri": getattr(tracker, "tracking_uri", None),
-                "experiment_name": name,
-                SUMMARISED: None,  # this launch has not ended yet
-            },
-        )
-        log.info("sweep %s: parent MLflow run %s", self.sweep_dir, tracker.run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Summarises the jobs, logs the summary to the parent run, sets the exit status."""
@@ -277,6 +274,44 @@ class SweepCallback(Callback):
             lock, self.sweep_lock = self.sweep_lock, None
             if lock is not None:
                 lock.close()
+
+
+def _check_sweep(config: DictConfig, config_name: str | None) -> None:
+    """Stops the command on a problem in the sweep's configs, before any run or job exists."""
+    try:
+        if is_optuna_sweep(config):  # its searched values are the sweeper's to check
+            arguments = typed_overrides(config)
+            plan_study(
+                config,
+                arguments,
+                group_options=group_options(config),
+                compose_job=job_composer(config, config_name),
+            )
+        else:  # every job's config
+            refuse_bad_jobs(config, config_name)
+        check_launcher(config)
+    except (ConfigError, SweepFileError) as err:  # a SweepConfigError is one too
+        raise SystemExit(f"Error: {err}") from err
+
+
+def _sweep_info(sweep_dir: Path) -> dict[str, Any]:
+    """The sweep's sweep.json (`read_sweep_info`); a damaged one stops the command."""
+    try:
+        return read_sweep_info(sweep_dir)
+    except SweepFileError as err:  # a resumed sweep's damaged record: one line
+        raise SystemExit(f"Error: {err}") from err
+
+
+def _refuse_changed_constants(resume: Any, before: list[str] | None, now: list[str]) -> None:
+    """Stops a resumed grid sweep whose constant overrides are not its recorded ones."""
+    changed = changed_constants(before, now)
+    if changed:
+        raise SystemExit(
+            f"Error: sweep.resume={resume}: the sweep's jobs ran with other constant "
+            f"overrides ({'; '.join(changed)}). A resume runs the same sweep again: "
+            "with these, each job would be a new one, mixed into its summary. Give "
+            "the sweep's own values, or leave sweep.resume out to start a new sweep"
+        )
 
 
 def launch_failed() -> None:
