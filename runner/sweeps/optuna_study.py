@@ -170,55 +170,13 @@ def plan_study(
         SweepConfigError: Naming every bad setting, its value and the fix.
     """
     sweeper = config.hydra.sweeper
-    problems = [
-        p
-        for p in (
-            _positive_int("n_trials", sweeper.get("n_trials")),
-            _positive_int("n_jobs", sweeper.get("n_jobs")),
-        )
-        if p
-    ]
-    direction, direction_problems = _direction(config)
-    problems += direction_problems
-    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
-    if launcher.endswith("SubmitOnlySlurmLauncher"):
-        problems.append(
-            "hydra/launcher=slurm_submit returns before the jobs ran, and the Optuna sweeper "
-            "needs each batch's results before it asks for the next: use "
-            "hydra/launcher=slurm (it waits for the jobs) with hparams_search=optuna"
-        )
+    direction, problems = _settings_problems(config)
     storage = sweeper.get("storage")
-    problems += storage_problems(storage)
-    study_name = sweeper.get("study_name")
-    if study_name is not None and not (isinstance(study_name, str) and study_name):
-        problems.append(f"hydra.sweeper.study_name={study_name!r}: expected a name or null")
     resume = OmegaConf.select(config, "sweep.resume", default=None)
-    if study_name is None and storage is not None and resume:
-        # Optuna names a new study at each launch: a resumed sweep continues its own.
-        recorded = read_study_file(Path(str(resume)).expanduser()) or {}
-        study_name = recorded.get("study_name")
+    study_name = _study_name(sweeper, resume)
     searched = search_space(sweeper.get("params"), arguments)
     space = searched.space
-    problems += searched.problems
-    groups = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
-    # A group (experiment is one) need not be a key of the composed config; nor need a
-    # key of a searched group (model.depth beside model=choice(resnet32, resnet10t)) be
-    # one of the default option's: a point that composes no config fails its trial.
-    searched_groups = {key for key in space if key in groups}
-    problems += [
-        missing_key(config, key)
-        for key in [*space, *searched.preset_fixed]
-        if key not in {*searched.spelled, *groups} and key.split(".")[0] not in searched_groups
-    ]
-    problems += _unknown_options(config, space, group_options)
-    problems += _keys_no_searched_option_has(searched, searched_groups, compose_job)
-    problems += _searched_repeats(space, sweeper.get("sampler"))
-    problems = [p for p in problems if p]
-    if not space and not searched.problems:
-        problems.append(
-            "the search space is empty: set hydra.sweeper.params, or give ranges on the "
-            "command line ('optim.lr=interval(1e-4, 1e-2)')"
-        )
+    problems += _space_problems(config, searched, group_options, compose_job)
     allowed = _allowed_prefixes(config)
     sampler = pruner = None
     try:
@@ -257,6 +215,74 @@ def plan_study(
         if problem:
             _raise([problem])
     return plan
+
+
+def _settings_problems(config: DictConfig) -> tuple[str, list[str]]:
+    """The study's direction, and what is wrong with the sweeper's settings but its space."""
+    sweeper = config.hydra.sweeper
+    problems = [
+        p
+        for p in (
+            _positive_int("n_trials", sweeper.get("n_trials")),
+            _positive_int("n_jobs", sweeper.get("n_jobs")),
+        )
+        if p
+    ]
+    direction, direction_problems = _direction(config)
+    problems += direction_problems
+    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+    if launcher.endswith("SubmitOnlySlurmLauncher"):
+        problems.append(
+            "hydra/launcher=slurm_submit returns before the jobs ran, and the Optuna sweeper "
+            "needs each batch's results before it asks for the next: use "
+            "hydra/launcher=slurm (it waits for the jobs) with hparams_search=optuna"
+        )
+    problems += storage_problems(sweeper.get("storage"))
+    study_name = sweeper.get("study_name")
+    if study_name is not None and not (isinstance(study_name, str) and study_name):
+        problems.append(f"hydra.sweeper.study_name={study_name!r}: expected a name or null")
+    return direction, problems
+
+
+def _study_name(sweeper: DictConfig, resume: Any) -> Any:
+    """The study's name: `hydra.sweeper.study_name`, or the one a resumed sweep recorded."""
+    study_name = sweeper.get("study_name")
+    if study_name is None and sweeper.get("storage") is not None and resume:
+        # Optuna names a new study at each launch: a resumed sweep continues its own.
+        recorded = read_study_file(Path(str(resume)).expanduser()) or {}
+        study_name = recorded.get("study_name")
+    return study_name
+
+
+def _space_problems(
+    config: DictConfig,
+    searched: SearchSpace,
+    group_options: Callable[[str], list[str]] | None,
+    compose_job: Callable[[list[str]], DictConfig] | None,
+) -> list[str]:
+    """What is wrong with the search space: its ranges, keys, group options and repeats."""
+    space = searched.space
+    problems: list[str | None] = [*searched.problems]
+    groups = OmegaConf.select(config, "hydra.runtime.choices", default=None) or {}
+    # A group (experiment is one) need not be a key of the composed config; nor need a
+    # key of a searched group (model.depth beside model=choice(resnet32, resnet10t)) be
+    # one of the default option's: a point that composes no config fails its trial.
+    searched_groups = {key for key in space if key in groups}
+    problems += [
+        missing_key(config, key)
+        for key in [*space, *searched.preset_fixed]
+        if key not in {*searched.spelled, *groups} and key.split(".")[0] not in searched_groups
+    ]
+    problems += _unknown_options(config, space, group_options)
+    problems += _keys_no_searched_option_has(searched, searched_groups, compose_job)
+    problems += _searched_repeats(space, config.hydra.sweeper.get("sampler"))
+    found = [p for p in problems if p]
+    if not space and not searched.problems:
+        found.append(
+            "the search space is empty: set hydra.sweeper.params, or give ranges on the "
+            "command line ('optim.lr=interval(1e-4, 1e-2)')"
+        )
+    return found
 
 
 def _direction(config: DictConfig) -> tuple[str, list[str]]:
