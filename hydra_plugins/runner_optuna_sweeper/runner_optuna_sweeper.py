@@ -35,6 +35,7 @@ from runner.sweeps.optuna_study import (
     MONITOR_ATTR,
     SETTINGS_ATTR,
     SPACE_ATTR,
+    StudyPlan,
     continued_sampler,
     plan_study,
     settings_change_warning,
@@ -125,6 +126,114 @@ def _job_error(result: JobReturn) -> BaseException | None:
     return None
 
 
+@dataclass
+class _Tally:
+    """The study's finished (complete or pruned) trials, and this sweep's finished and failed."""
+
+    finished: int
+    # This sweep's trials (a stored study has older ones).
+    finished_here: int = 0
+    failed_here: int = 0
+
+    def add(self, study: Any, trials: List[Any]) -> None:
+        """Counts a batch's trials, once the study has been told their results."""
+        from optuna.trial import TrialState
+
+        done_states = (TrialState.COMPLETE, TrialState.PRUNED)
+        states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+        self.failed_here += sum(states[t.number] == TrialState.FAIL for t in trials)
+        self.finished_here += sum(states[t.number] in done_states for t in trials)
+        self.finished = sum(state in done_states for state in states.values())
+
+
+def _open_study(config: DictConfig, plan: StudyPlan, sweep_dir: Path) -> Any:
+    """Creates the plan's study, or loads the stored one of its name to continue it.
+
+    A new study keeps its search space, monitor and settings; a continued one gets a
+    sampler that draws new points, and the trials a killed launch left RUNNING end FAIL.
+    """
+    import optuna
+
+    from runner.sweeps.optuna_trial import retire_abandoned_trials, retire_unfinished_jobs
+
+    study = optuna.create_study(
+        study_name=plan.study_name,
+        storage=open_storage(plan.storage) if plan.storage else None,
+        sampler=plan.sampler,
+        pruner=plan.pruner,
+        direction=plan.direction,
+        load_if_exists=True,
+    )
+    if SPACE_ATTR not in study.user_attrs:  # refuses continuing over another space
+        study.set_user_attr(SPACE_ATTR, space_to_json(plan.space))
+    if MONITOR_ATTR not in study.user_attrs:  # ... or on another metric
+        study.set_user_attr(MONITOR_ATTR, plan.monitor)
+    if SETTINGS_ATTR not in study.user_attrs:  # ... and warns about other settings
+        study.set_user_attr(SETTINGS_ATTR, trial_settings(plan.fixed))
+    elif warning := settings_change_warning(study.user_attrs[SETTINGS_ATTR], plan):
+        log.warning("%s", warning)
+    if study.trials:  # a continued study: its sampler must not redraw the same points
+        study.sampler = continued_sampler(config, plan, len(study.trials))
+        ended = retire_unfinished_jobs(study, sweep_dir) + retire_abandoned_trials(study, sweep_dir)
+        if ended:
+            log.warning("optuna: trial(s) %s, left RUNNING by a killed launch, end FAIL", ended)
+    return study
+
+
+def _ask_trials(study: Any, plan: StudyPlan, count: int, sweep_dir: Path) -> List[Any]:
+    """Asks the study for `count` trials of the plan's space, marked as this sweep's."""
+    from runner.sweeps.optuna_trial import SWEEP_DIR_ATTR, keep_in_memory
+
+    trials = [study.ask(plan.space) for _ in range(count)]
+    for trial in trials:  # which launch runs it, for a later one to tell it was killed
+        trial.set_user_attr(SWEEP_DIR_ATTR, str(sweep_dir.resolve()))
+    if plan.storage is None:
+        for trial in trials:
+            keep_in_memory(study, trial)
+    return trials
+
+
+def _should_stop(study: Any, plan: StudyPlan, tally: _Tally, sweep_dir: Path) -> bool:
+    """Whether the sweep ends short of `n_trials` (the grid is done, or trials keep failing).
+
+    Logs why it ends.
+    """
+    from optuna.samplers import GridSampler
+
+    if (
+        isinstance(study.sampler, GridSampler)
+        and study.sampler.is_exhausted(study)
+        and tally.finished < plan.n_trials
+    ):  # the study ends as study.optimize ends it: more trials would repeat points
+        log.warning(
+            "optuna: every point of the grid has a finished trial; %d of "
+            "hydra.sweeper.n_trials=%d finished as COMPLETE or PRUNED",
+            tally.finished,
+            plan.n_trials,
+        )
+        return True
+    # Failed trials do not count towards n_trials, so failures need their own end.
+    if not tally.finished_here and tally.failed_here >= 3 * plan.n_jobs:
+        log.error(
+            "optuna: all %d trials of this sweep failed; stopping the study (the jobs' "
+            "errors are in %s)",
+            tally.failed_here,
+            sweep_dir / "manifest.json",
+        )
+        return True
+    if tally.failed_here >= plan.n_trials:
+        log.error(
+            "optuna: %d trials of this sweep failed, as many as hydra.sweeper.n_trials; "
+            "stopping the study with %d of %d finished (the jobs' errors are in %s)",
+            tally.failed_here,
+            tally.finished,
+            plan.n_trials,
+            sweep_dir / "manifest.json",
+        )
+        return True
+    return False
+
+
 class RunnerOptunaSweeper(Sweeper):
     """Optuna search over Hydra jobs; see the module docstring."""
 
@@ -162,108 +271,41 @@ class RunnerOptunaSweeper(Sweeper):
                 ones (`a=1,2`, `interval(...)`) join the search space and replace the
                 preset's range of the same key.
         """
-        import optuna
         from optuna.trial import TrialState
 
         from runner.sweeps.manifest import STOP_FILE, read_manifest
-        from runner.sweeps.optuna_trial import (
-            SWEEP_DIR_ATTR,
-            keep_in_memory,
-            retire_abandoned_trials,
-            retire_unfinished_jobs,
-        )
 
         plan = plan_study(self.config, list(arguments))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        study = optuna.create_study(
-            study_name=plan.study_name,
-            storage=open_storage(plan.storage) if plan.storage else None,
-            sampler=plan.sampler,
-            pruner=plan.pruner,
-            direction=plan.direction,
-            load_if_exists=True,
-        )
-        if SPACE_ATTR not in study.user_attrs:  # refuses continuing over another space
-            study.set_user_attr(SPACE_ATTR, space_to_json(plan.space))
-        if MONITOR_ATTR not in study.user_attrs:  # ... or on another metric
-            study.set_user_attr(MONITOR_ATTR, plan.monitor)
-        if SETTINGS_ATTR not in study.user_attrs:  # ... and warns about other settings
-            study.set_user_attr(SETTINGS_ATTR, trial_settings(plan.fixed))
-        elif warning := settings_change_warning(study.user_attrs[SETTINGS_ATTR], plan):
-            log.warning("%s", warning)
-        if study.trials:  # a continued study: its sampler must not redraw the same points
-            study.sampler = continued_sampler(self.config, plan, len(study.trials))
-            ended = retire_unfinished_jobs(study, sweep_dir) + retire_abandoned_trials(
-                study, sweep_dir
-            )
-            if ended:
-                log.warning("optuna: trial(s) %s, left RUNNING by a killed launch, end FAIL", ended)
+        study = _open_study(self.config, plan, sweep_dir)
         plan.study_name = study.study_name
         write_study_file(sweep_dir, plan)
         done_states = (TrialState.COMPLETE, TrialState.PRUNED)
-        finished = len(study.get_trials(states=done_states))
+        tally = _Tally(finished=len(study.get_trials(states=done_states)))
         log.info(
             "optuna study %r in %s: %d finished trial(s), target %d",
             study.study_name,
             shown_storage(plan.storage) if plan.storage else "memory (hydra.sweeper.storage=null)",
-            finished,
+            tally.finished,
             plan.n_trials,
         )
         # A resumed sweep's new jobs are numbered after its earlier ones: numbered from 0
         # again, two jobs shared a number, a run name, and (suffixed) a run dir.
         earlier = [entry.get("num", -1) for entry in read_manifest(sweep_dir).values()]
         returns, job_index = [], 1 + max(earlier, default=-1)
-        finished_here = failed_here = 0  # this sweep's trials (a stored study has older ones)
-        while (left := plan.n_trials - finished) > 0:
+        while (left := plan.n_trials - tally.finished) > 0:
             stop = sweep_dir / STOP_FILE
             if stop.exists():
                 log.warning("sweep.fail_fast: no more trials (%s)", stop.read_text())
                 break
-            trials = [study.ask(plan.space) for _ in range(min(plan.n_jobs, left))]
-            for trial in trials:  # which launch runs it, for a later one to tell it was killed
-                trial.set_user_attr(SWEEP_DIR_ATTR, str(sweep_dir.resolve()))
-            if plan.storage is None:
-                for trial in trials:
-                    keep_in_memory(study, trial)
+            trials = _ask_trials(study, plan, min(plan.n_jobs, left), sweep_dir)
             results = self._launch_and_tell(study, plan, trials, job_index, sweep_dir)
             job_index += len(results)
-            states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
-            failed_here += sum(states[t.number] == TrialState.FAIL for t in trials)
-            finished_here += sum(states[t.number] in done_states for t in trials)
-            finished = sum(state in done_states for state in states.values())
+            tally.add(study, trials)
             returns.append(results)
-            if (
-                isinstance(study.sampler, optuna.samplers.GridSampler)
-                and study.sampler.is_exhausted(study)
-                and finished < plan.n_trials
-            ):  # the study ends as study.optimize ends it: more trials would repeat points
-                log.warning(
-                    "optuna: every point of the grid has a finished trial; %d of "
-                    "hydra.sweeper.n_trials=%d finished as COMPLETE or PRUNED",
-                    finished,
-                    plan.n_trials,
-                )
-                break
-            # Failed trials do not count towards n_trials, so failures need their own end.
-            if not finished_here and failed_here >= 3 * plan.n_jobs:
-                log.error(
-                    "optuna: all %d trials of this sweep failed; stopping the study (the jobs' "
-                    "errors are in %s)",
-                    failed_here,
-                    sweep_dir / "manifest.json",
-                )
-                break
-            if failed_here >= plan.n_trials:
-                log.error(
-                    "optuna: %d trials of this sweep failed, as many as hydra.sweeper.n_trials; "
-                    "stopping the study with %d of %d finished (the jobs' errors are in %s)",
-                    failed_here,
-                    finished,
-                    plan.n_trials,
-                    sweep_dir / "manifest.json",
-                )
+            if _should_stop(study, plan, tally, sweep_dir):
                 break
         self._report(study, sweep_dir / "optuna")
         return returns
