@@ -63,8 +63,9 @@ import torch
 import torch.nn.functional as F
 from augment import build_kornia
 from bench_results import record
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from runner.augment.normalize import Normalize
@@ -86,8 +87,13 @@ DIGITS_SIZE = 32  # conf/data/digits.yaml's image_size
 
 
 def load_group(group: str, option: str) -> DictConfig:
-    """Loads one config group file, e.g. ("aug", "basic") -> conf/aug/basic.yaml."""
-    return OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+    """One config group's node as a run composes it, e.g. ("optim", "adamw").
+
+    Composed, not read as a file: an option's defaults list brings in keys of its own
+    (conf/optim/_shared.yaml's), which a file read alone would leave out or mistake.
+    """
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=[f"{group}={option}"])[group]
 
 
 def resolve_device(device: str) -> torch.device:
