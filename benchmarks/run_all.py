@@ -4,6 +4,8 @@ Each script runs in its own process, one after the other, with RUNNER_BENCH_RESU
 pointing at a file where it records its figures (see bench_results.py). RESULTS.md gets
 the machine (CPU model, cores, load), the library versions, the date, a table of every
 recorded figure with its goal and whether it was met, and each script's full output.
+Everything from the `HISTORY_HEADING` line on (measurements written up by hand, one
+section per stop) is kept as it was.
 
     .venv/bin/python benchmarks/run_all.py            # each script's own (fuller) settings
     .venv/bin/python benchmarks/run_all.py --quick    # few rounds each: minutes on idle cores
@@ -48,6 +50,8 @@ SCRIPTS = {
     "audit_weights": ["--epochs", "3", "--folds", "3"],  # quick: one seed
     "eval_memory": [],
 }
+# Where the hand-written part of RESULTS.md begins; `make bench` rewrites what is above it.
+HISTORY_HEADING = "## Measured by hand, stop by stop"
 VERSIONS = ("torch", "torchvision", "kornia", "timm", "torchmetrics", "mlflow", "hydra-core")
 
 
@@ -113,7 +117,7 @@ def run_script(name: str, args: list[str], quick: bool, results: Path) -> tuple[
 def write_report(
     path: Path, quick: bool, jobs: int, rows: list[dict], outputs: dict, loads: tuple
 ) -> None:
-    """Writes RESULTS.md."""
+    """Writes RESULTS.md: this run's figures and outputs, then the file's hand-written part."""
     lines = [
         "# Benchmark results",
         "",
@@ -138,7 +142,18 @@ def write_report(
     for name, (output, seconds, status) in outputs.items():
         state = "" if status == 0 else f", FAILED with status {status}"
         lines += [f"### {name} ({seconds:.0f} s{state})", "", "```", output.rstrip(), "```", ""]
+    lines += hand_written_part(path)
     path.write_text("\n".join(lines))
+
+
+def hand_written_part(path: Path) -> list[str]:
+    """The lines of `path` from `HISTORY_HEADING` on; none when it has no such heading."""
+    if not path.is_file():
+        return []
+    earlier = path.read_text(encoding="utf-8").splitlines()
+    if HISTORY_HEADING not in earlier:
+        return []
+    return earlier[earlier.index(HISTORY_HEADING) :]
 
 
 def main() -> None:
