@@ -25,6 +25,7 @@ from runner.sweeps.manifest import (
 from runner.sweeps.optuna_study import STUDY_FILE
 from runner.sweeps.summary_inputs import (
     SUMMARY_CSV,
+    SummaryInputs,
     read_inputs,
 )
 from runner.sweeps.summary_parts import (
@@ -89,11 +90,81 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     # The command line's constants tell no job apart, even in a sweep of one job.
     arguments = inputs.info.get("arguments")
     swept = _swept_names(jobs, None if arguments is None else constant_keys(arguments))
-    varied = [n for n in swept if n not in REPEATS]  # what a repeat group is keyed by
+    _label_jobs(jobs, swept)
+    choice = _choose_best(jobs, swept, maximize)
+    shown = [m for m in _SHOWN_TEST_METRICS if any(m in j["test"] for j in jobs)]
+    columns = _Columns(swept, monitor, shown)
+    best_lines, best_tags, best_metrics = _best_report(
+        choice.best_group, choice.best, swept, monitor, shown
+    )
+    markdown = _markdown(sweep_dir, inputs, columns, choice, best_lines)
+    files = _write_files(sweep_dir, inputs, columns, markdown)
+    failed = [j for j in jobs if j.get("status") not in ("FINISHED", ABANDONED, REPLACED)]
+    return Summary(jobs, markdown, files, best_tags, choice.value, failed, best_metrics)
+
+
+@dataclass
+class _Columns:
+    """What the report's tables show of each job.
+
+    Attributes:
+        swept: The overrides that tell the jobs apart.
+        monitor: The monitored metric.
+        shown: The test metrics the report shows (those some job has).
+    """
+
+    swept: list[str]
+    monitor: str
+    shown: list[str]
+
+    @property
+    def varied(self) -> list[str]:
+        """The swept overrides but seed and data.fold: what a repeat group is keyed by."""
+        return [n for n in self.swept if n not in REPEATS]
+
+
+@dataclass
+class _Choice:
+    """The best configuration and job, and the jobs and groups they were chosen among.
+
+    Attributes:
+        maximize: Whether larger monitored values are better.
+        finished: The finished jobs with a finite monitored value.
+        complete: Those of them that were not pruned.
+        groups: `complete` by configuration when seeds or folds are swept, else empty.
+        ranked: The groups with the most finished runs, `most`: the ones ranked.
+        most: The most finished runs of a group (0 without groups).
+        best_group: The best of `ranked`, or None.
+        best: The best job (of the best group, when there is one), or None.
+    """
+
+    maximize: bool
+    finished: list[dict[str, Any]]
+    complete: list[dict[str, Any]]
+    groups: list[RepeatGroup]
+    ranked: list[RepeatGroup]
+    most: int
+    best_group: RepeatGroup | None
+    best: dict[str, Any] | None
+
+    @property
+    def value(self) -> float | None:
+        """The best group's mean, else the best job's value; None without either."""
+        if self.best_group is not None:
+            return self.best_group.mean
+        return self.best["value"] if self.best else None
+
+
+def _label_jobs(jobs: list[dict[str, Any]], swept: list[str]) -> None:
+    """Gives each job its `label`: its swept overrides, as `name=value` pairs."""
     for job in jobs:  # what tells the jobs apart, for people reading the report
         job["label"] = " ".join(
             f"{n}={shorten(job['params'][n])}" for n in swept if n in job["params"]
         )
+
+
+def _choose_best(jobs: list[dict[str, Any]], swept: list[str], maximize: bool) -> _Choice:
+    """Picks the best configuration (with seeds or folds swept) and the best job."""
     finished = [j for j in jobs if j.get("status") == "FINISHED" and is_finite(j.get("value"))]
     # A pruned job stopped early: its value does not stand for its configuration.
     complete = [j for j in finished if not j.get("pruned")]
@@ -109,7 +180,27 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
         best = pick(best_group.members, key=lambda j: j["value"])
     else:
         best = pick(complete, key=lambda j: j["value"]) if complete else None
+    return _Choice(maximize, finished, complete, groups, ranked, most, best_group, best)
 
+
+def _markdown(
+    sweep_dir: Path,
+    inputs: SummaryInputs,
+    columns: _Columns,
+    choice: _Choice,
+    best_lines: list[str],
+) -> str:
+    """The report (summary.md): every job, the means over repeats, the best, what did not finish.
+
+    Args:
+        sweep_dir: The sweep's directory.
+        inputs: What the sweep dir holds.
+        columns: What the tables show of each job.
+        choice: The best configuration and job.
+        best_lines: The report's "Best:" line, from `_best_report`.
+    """
+    jobs, monitor = inputs.jobs, columns.monitor
+    finished, maximize = choice.finished, choice.maximize
     lines = [
         f"# Sweep {sweep_dir.name}",
         "",
@@ -117,7 +208,19 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
         f"monitored: {monitor} ({'max' if maximize else 'min'})",
         "",
     ]
-    shown = [m for m in _SHOWN_TEST_METRICS if any(m in j["test"] for j in jobs)]
+    lines += _jobs_table(jobs, columns)
+    lines += _lost_metrics_lines(jobs)
+    lines += _repeats_lines(choice, columns)
+    lines += best_lines
+    lines += _tie_lines(choice.ranked, choice.best_group, choice.complete, choice.best, monitor)
+    lines += _earlier_study_best(inputs.study_best, jobs, monitor)
+    lines += _not_finished_lines(jobs)
+    return "\n".join(lines) + "\n"
+
+
+def _jobs_table(jobs: list[dict[str, Any]], columns: _Columns) -> list[str]:
+    """The report's table of every job: its swept values, status and metrics."""
+    swept, monitor, shown = columns.swept, columns.monitor, columns.shown
     header = ["job", *swept, "status", monitor, *shown, "mlflow run"]
     rows = [
         [
@@ -130,37 +233,41 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
         ]
         for j in jobs
     ]
-    lines += markdown_table(header, rows)
-    lines += _lost_metrics_lines(jobs)
-    if groups:
-        repeats = [REPEATS[n] for n in REPEATS if n in swept]
-        lines += ["", f"## Mean +- std over {' and '.join(repeats)}", ""]
-        agg_header = [*varied, "+".join(repeats), monitor, *shown]
-        lines += markdown_table(agg_header, [g.row(shown) for g in groups])
-        if len(ranked) < len(groups):
-            lines += [
-                "",
-                f"Ranked: the configurations with {most} finished runs; those with fewer "
-                "(a failed or pruned repeat) are listed, not ranked.",
-            ]
-    best_lines, best_tags, best_metrics = _best_report(best_group, best, swept, monitor, shown)
-    lines += best_lines
-    lines += _tie_lines(ranked, best_group, complete, best, monitor)
-    lines += _earlier_study_best(inputs.study_best, jobs, monitor)
-    not_done = [j for j in jobs if j.get("status") != "FINISHED"]
-    lines += _not_finished_lines(not_done)
-    markdown = "\n".join(lines) + "\n"
+    return markdown_table(header, rows)
 
+
+def _repeats_lines(choice: _Choice, columns: _Columns) -> list[str]:
+    """The report's mean +- std over seeds (or folds) of each configuration, if any were swept."""
+    groups, ranked, most = choice.groups, choice.ranked, choice.most
+    if not groups:
+        return []
+    repeats = [REPEATS[n] for n in REPEATS if n in columns.swept]
+    lines = ["", f"## Mean +- std over {' and '.join(repeats)}", ""]
+    agg_header = [*columns.varied, "+".join(repeats), columns.monitor, *columns.shown]
+    lines += markdown_table(agg_header, [g.row(columns.shown) for g in groups])
+    if len(ranked) < len(groups):
+        lines += [
+            "",
+            f"Ranked: the configurations with {most} finished runs; those with fewer "
+            "(a failed or pruned repeat) are listed, not ranked.",
+        ]
+    return lines
+
+
+def _write_files(
+    sweep_dir: Path, inputs: SummaryInputs, columns: _Columns, markdown: str
+) -> list[Path]:
+    """Writes summary.md, summary.csv and the plot; returns them and the Optuna files to log."""
     files = [sweep_dir / "summary.md", sweep_dir / SUMMARY_CSV]
     files[0].write_text(markdown, encoding="utf-8")
-    write_summary_csv(files[1], jobs, swept, monitor)
-    plot = write_sweep_plot(jobs, varied, monitor, sweep_dir / "sweep_plot.png")
+    write_summary_csv(files[1], inputs.jobs, columns.swept, columns.monitor)
+    plot = write_sweep_plot(
+        inputs.jobs, columns.varied, columns.monitor, sweep_dir / "sweep_plot.png"
+    )
     if plot is not None:
         files.append(plot)
     files += _optuna_files(sweep_dir, inputs.study)
-    best_value = best_group.mean if best_group is not None else (best["value"] if best else None)
-    failed = [j for j in not_done if j.get("status") not in (ABANDONED, REPLACED)]
-    return Summary(jobs, markdown, files, best_tags, best_value, failed, best_metrics)
+    return files
 
 
 def _best_report(
@@ -253,8 +360,9 @@ def _same(value: float, other: float) -> bool:
     return math.isclose(value, other, rel_tol=1e-9, abs_tol=1e-12)
 
 
-def _not_finished_lines(not_done: list[dict[str, Any]]) -> list[str]:
-    """The report's "Not finished" section: each such job, its status and why."""
+def _not_finished_lines(jobs: list[dict[str, Any]]) -> list[str]:
+    """The report's "Not finished" section: each job that did not finish, its status and why."""
+    not_done = [j for j in jobs if j.get("status") != "FINISHED"]
     if not not_done:
         return []
     lines = ["", "## Not finished", ""]
