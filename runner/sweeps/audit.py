@@ -31,7 +31,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -212,27 +212,8 @@ def run_audit(
     lab, seconds = find_issues(merged)
     out.mkdir(exist_ok=True)
     names = np.array(merged.class_names, dtype=object)
-
-    label = lab.get_issues("label")
-    quality = label["label_score"].to_numpy()
-    order = np.argsort(quality, kind="stable")
-    flagged = label["is_label_issue"].to_numpy(dtype=bool)
-    suggested = label["predicted_label"].to_numpy(dtype=np.int64)
-    # sample_id, given, suggested, label_quality, is_label_issue; most suspect first.
-    ranked = [
-        (
-            merged.sample_id[i],
-            names[merged.label[i]],
-            names[suggested[i]],
-            float(quality[i]),
-            bool(flagged[i]),
-        )
-        for i in order
-    ]
-    write_csv(
-        out / "label_issues.csv",
-        LABEL_ISSUE_COLUMNS,
-        ((*row[:3], f"{row[3]:.6f}", row[4]) for row in ranked),
+    order, flagged, suggested, ranked = _write_label_issues(
+        out / "label_issues.csv", lab, merged, names
     )
     duplicates = write_near_duplicates(out / "near_duplicates.csv", lab, merged, names)
     outliers = write_outliers(out / "outliers.csv", lab, merged, names)
@@ -248,13 +229,7 @@ def run_audit(
     )
     if picture is not None:
         files.append(picture)
-    cautions = [
-        many_flags_caution(float(flagged.mean()), oof_accuracy(merged)),
-        few_per_class_caution(merged.label),
-    ]
-    caution = " ".join(filter(None, cautions)) or None
-    if caution is not None:
-        log.warning("audit of %s: %s", sweep_dir, caution)
+    caution = _caution(sweep_dir, merged, flagged)
     summary = out / "summary.md"
     summary.write_text(
         summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, names, caution),
@@ -273,6 +248,59 @@ def run_audit(
         out,
     )
     return AuditResult(counts, files, seconds, merged.train_seconds, noise)
+
+
+class _LabelIssues(NamedTuple):
+    """cleanlab's label issues; the arrays follow the merged samples' order.
+
+    Attributes:
+        order: The samples' indices, most suspect (lowest label quality) first.
+        flagged: (N,) bool, whether cleanlab flags the sample's label as an issue.
+        suggested: (N,) int64, the class cleanlab suggests.
+        ranked: Each sample's row, most suspect first: sample_id, given, suggested,
+            label_quality, is_label_issue.
+    """
+
+    order: np.ndarray
+    flagged: np.ndarray
+    suggested: np.ndarray
+    ranked: list[tuple[Any, ...]]
+
+
+def _write_label_issues(
+    path: Path, lab: Any, merged: MergedFolds, names: np.ndarray
+) -> _LabelIssues:
+    """Writes label_issues.csv, most suspect first; returns the label issues it holds."""
+    label = lab.get_issues("label")
+    quality = label["label_score"].to_numpy()
+    order = np.argsort(quality, kind="stable")
+    flagged = label["is_label_issue"].to_numpy(dtype=bool)
+    suggested = label["predicted_label"].to_numpy(dtype=np.int64)
+    # sample_id, given, suggested, label_quality, is_label_issue; most suspect first.
+    ranked = [
+        (
+            merged.sample_id[i],
+            names[merged.label[i]],
+            names[suggested[i]],
+            float(quality[i]),
+            bool(flagged[i]),
+        )
+        for i in order
+    ]
+    write_csv(path, LABEL_ISSUE_COLUMNS, ((*row[:3], f"{row[3]:.6f}", row[4]) for row in ranked))
+    return _LabelIssues(order, flagged, suggested, ranked)
+
+
+def _caution(sweep_dir: Path, merged: MergedFolds, flagged: np.ndarray) -> str | None:
+    """What to bear in mind reading this audit, logged as a warning; None when nothing."""
+    cautions = [
+        many_flags_caution(float(flagged.mean()), oof_accuracy(merged)),
+        few_per_class_caution(merged.label),
+    ]
+    caution = " ".join(filter(None, cautions)) or None
+    if caution is not None:
+        log.warning("audit of %s: %s", sweep_dir, caution)
+    return caution
 
 
 def audit_and_log(
