@@ -180,27 +180,30 @@ def _shared_embeddings(
     return vectors[[row[str(sid)] for sid in sample_id]]
 
 
-def merge_folds(sweep_dir: Path) -> MergedFolds:
-    """Merges the out-of-fold outputs of a sweep's fold jobs.
+@dataclass
+class _FoldOutputs:
+    """The fold jobs' readable outputs, by the fold each held out.
+
+    Attributes:
+        parts: Each fold's arrays, as `read_out_of_fold` returns them.
+        run_dirs: Each fold's run dir.
+        class_names: Name of each class (the jobs agree on them).
+        num_folds: K (the jobs agree on it).
+    """
+
+    parts: dict[int, dict[str, np.ndarray]]
+    run_dirs: dict[int, Path]
+    class_names: list[str]
+    num_folds: int
+
+
+def _read_folds(sweep_dir: Path, runs: list[tuple[Path, float]]) -> _FoldOutputs:
+    """Reads the fold jobs' outputs; a file that cannot be read leaves its fold out, with a warning.
 
     Raises:
-        AuditError: No job wrote outputs, two jobs held out the same fold or sample,
-            or the jobs disagree on the classes or on K.
+        AuditError: Two jobs held out the same fold, the jobs disagree on the classes or on
+            K, or no job's file can be read.
     """
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        what = "is not a folder" if sweep_dir.exists() else "does not exist"
-        raise AuditError(
-            f"{sweep_dir} {what}: pass the dir of a k-fold sweep (its hydra.sweep.dir, "
-            "e.g. multirun/<date>/<time>)."
-        )
-    runs = _fold_runs(sweep_dir)
-    if not runs:
-        raise AuditError(
-            f"{sweep_dir} has no fold job with {OOF_FILE}: the audit needs the jobs of a "
-            "k-fold sweep (python run.py -m experiment=audit, or data.num_folds=K "
-            "'data.fold=range(K)'), finished."
-        )
     parts: dict[int, dict[str, np.ndarray]] = {}
     run_dirs: dict[int, Path] = {}
     class_names, num_folds = None, None
@@ -238,6 +241,16 @@ def merge_folds(sweep_dir: Path) -> MergedFolds:
             f"no fold job of {sweep_dir} has a readable {OOF_FILE} (see the warnings above): "
             "copy the sweep dir again, or rerun its jobs with sweep.resume=<sweep dir>"
         )
+    return _FoldOutputs(parts, run_dirs, class_names, num_folds)
+
+
+def _join_folds(sweep_dir: Path, outputs: _FoldOutputs, train_seconds: float) -> MergedFolds:
+    """Joins the folds' outputs in fold order, one row per sample.
+
+    Raises:
+        AuditError: Two fold jobs held out the same sample.
+    """
+    parts = outputs.parts
     folds = sorted(parts)
     sample_id = np.concatenate([parts[f]["sample_id"] for f in folds])
     unique, counts = np.unique(sample_id, return_counts=True)
@@ -246,23 +259,48 @@ def merge_folds(sweep_dir: Path) -> MergedFolds:
             f"sample {unique[counts > 1][0]!r} is held out by two fold jobs of {sweep_dir}: "
             "the jobs did not cut the same train split (another data config or split_seed)."
         )
-    merged = MergedFolds(
+    return MergedFolds(
         sample_id=sample_id,
         label=np.concatenate([parts[f]["label"] for f in folds]).astype(np.int64),
         probabilities=np.concatenate([parts[f]["probabilities"] for f in folds]),
         embeddings=np.concatenate([parts[f]["embeddings"] for f in folds]),
         fold=np.concatenate([np.full(len(parts[f]["label"]), f) for f in folds]),
-        class_names=class_names,
-        num_folds=num_folds,
-        run_dirs=run_dirs,
-        train_seconds=sum(seconds for _, seconds in runs),
+        class_names=outputs.class_names,
+        num_folds=outputs.num_folds,
+        run_dirs=outputs.run_dirs,
+        train_seconds=train_seconds,
         shared_embeddings=_shared_embeddings(parts.get(0), sample_id),
     )
+
+
+def merge_folds(sweep_dir: Path) -> MergedFolds:
+    """Merges the out-of-fold outputs of a sweep's fold jobs.
+
+    Raises:
+        AuditError: No job wrote outputs, two jobs held out the same fold or sample,
+            or the jobs disagree on the classes or on K.
+    """
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        what = "is not a folder" if sweep_dir.exists() else "does not exist"
+        raise AuditError(
+            f"{sweep_dir} {what}: pass the dir of a k-fold sweep (its hydra.sweep.dir, "
+            "e.g. multirun/<date>/<time>)."
+        )
+    runs = _fold_runs(sweep_dir)
+    if not runs:
+        raise AuditError(
+            f"{sweep_dir} has no fold job with {OOF_FILE}: the audit needs the jobs of a "
+            "k-fold sweep (python run.py -m experiment=audit, or data.num_folds=K "
+            "'data.fold=range(K)'), finished."
+        )
+    outputs = _read_folds(sweep_dir, runs)
+    merged = _join_folds(sweep_dir, outputs, train_seconds=sum(seconds for _, seconds in runs))
     if merged.missing_folds:
         log.warning(
             "audit: no outputs for fold(s) %s of %d; auditing the %d samples of the others",
             merged.missing_folds,
-            num_folds,
-            len(sample_id),
+            merged.num_folds,
+            len(merged.sample_id),
         )
     return merged
