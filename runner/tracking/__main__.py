@@ -76,6 +76,22 @@ def replay_problem(path: Path) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs a maintenance command; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "replay":
+        return _replay(args)
+    if args.command == "open":
+        if not args.tracking_uri:
+            parser.error("open needs --tracking-uri or MLFLOW_TRACKING_URI")
+        # Replies go to the real stdout; anything a library prints goes to stderr.
+        replies, sys.stdout = sys.stdout, sys.stderr
+        return serve(args.tracking_uri, args.experiment, args.artifact_location, sys.stdin, replies)
+    return _reap(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line: the `reap`, `replay` and `open` subcommands and their options."""
     parser = argparse.ArgumentParser(prog="python -m runner.tracking", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     reap = commands.add_parser(
@@ -98,48 +114,47 @@ def main(argv: list[str] | None = None) -> int:
     )
     opener.add_argument("--experiment", required=True)
     opener.add_argument("--artifact-location", default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.command == "replay":
-        problem = pending_file_problem(args.file) or replay_problem(args.file)
-        if problem is not None:
-            print(f"Error: {args.file}: {problem}", file=sys.stderr)
-            return 1
-        try:  # every line is read before any is sent: a bad one is named before a send
-            pending = read_pending(args.file)
-        except PendingFileError as err:
-            print(f"Error: {err}", file=sys.stderr)
-            return 1
-        dropped = ""
-        if pending.cut_short is not None:
-            number, text = pending.cut_short
-            dropped = f"; its line {number}, cut short, was not sent"
-            print(
-                f"Warning: {args.file}:{number}: the last line is cut short (the run was "
-                f"stopped while it saved it): {text[:80]!r} is not sent, the "
-                f"{len(pending.ops)} complete line(s) before it are",
-                file=sys.stderr,
-            )
-        sent, failed = replay_pending(args.file, pending)
-        for line in failed:
-            print(f"Error: {line}", file=sys.stderr)
-        print(f"{sent} logging operation(s) sent, {len(failed)} failed{dropped}")
-        if failed:
-            return 1
-        # Kept, under a name that a resumed run neither warns of nor appends to: a later
-        # outage's file is replayed alone, not with these operations a second time.
-        done = sent_name(args.file)
-        args.file.rename(done)
-        kept = " (with the line cut short, which was not sent)" if dropped else ""
-        print(f"{args.file} is now {done}{kept}")
-        return 0
-    if args.command == "open":
-        if not args.tracking_uri:
-            parser.error("open needs --tracking-uri or MLFLOW_TRACKING_URI")
-        # Replies go to the real stdout; anything a library prints goes to stderr.
-        replies, sys.stdout = sys.stdout, sys.stderr
-        return serve(args.tracking_uri, args.experiment, args.artifact_location, sys.stdin, replies)
+    return parser
 
+
+def _replay(args: argparse.Namespace) -> int:
+    """Sends the logs saved in `args.file` to their store; returns the exit status."""
+    problem = pending_file_problem(args.file) or replay_problem(args.file)
+    if problem is not None:
+        print(f"Error: {args.file}: {problem}", file=sys.stderr)
+        return 1
+    try:  # every line is read before any is sent: a bad one is named before a send
+        pending = read_pending(args.file)
+    except PendingFileError as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return 1
+    dropped = ""
+    if pending.cut_short is not None:
+        number, text = pending.cut_short
+        dropped = f"; its line {number}, cut short, was not sent"
+        print(
+            f"Warning: {args.file}:{number}: the last line is cut short (the run was "
+            f"stopped while it saved it): {text[:80]!r} is not sent, the "
+            f"{len(pending.ops)} complete line(s) before it are",
+            file=sys.stderr,
+        )
+    sent, failed = replay_pending(args.file, pending)
+    for line in failed:
+        print(f"Error: {line}", file=sys.stderr)
+    print(f"{sent} logging operation(s) sent, {len(failed)} failed{dropped}")
+    if failed:
+        return 1
+    # Kept, under a name that a resumed run neither warns of nor appends to: a later
+    # outage's file is replayed alone, not with these operations a second time.
+    done = sent_name(args.file)
+    args.file.rename(done)
+    kept = " (with the line cut short, which was not sent)" if dropped else ""
+    print(f"{args.file} is now {done}{kept}")
+    return 0
+
+
+def _reap(args: argparse.Namespace) -> int:
+    """Marks the stale RUNNING runs of `args.tracking_uri` KILLED; returns the exit status."""
     problem = reap_problem(args.tracking_uri)
     if problem is not None:
         print(f"Error: --tracking-uri={public_uri(args.tracking_uri)}: {problem}", file=sys.stderr)
