@@ -31,7 +31,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -45,7 +45,7 @@ from runner.sweeps.audit_report import (
     oof_accuracy,
     shown_count,
     summary_markdown,
-    write_csv,
+    write_label_issues,
     write_near_duplicates,
     write_outliers,
 )
@@ -63,13 +63,6 @@ log = logging.getLogger(__name__)
 
 NUM_THUMBNAILS = 32  # top suspects drawn in label_issues.png (audit.num_thumbnails)
 ISSUE_TYPES = ("label", "near_duplicate", "outlier", "class_imbalance")
-LABEL_ISSUE_COLUMNS = (
-    "sample_id",
-    "given_label",
-    "suggested_label",
-    "label_quality",
-    "is_label_issue",
-)
 
 
 @dataclass
@@ -212,7 +205,7 @@ def run_audit(
     lab, seconds = find_issues(merged)
     out.mkdir(exist_ok=True)
     names = np.array(merged.class_names, dtype=object)
-    order, flagged, suggested, ranked = _write_label_issues(
+    order, flagged, suggested, ranked = write_label_issues(
         out / "label_issues.csv", lab, merged, names
     )
     duplicates = write_near_duplicates(out / "near_duplicates.csv", lab, merged, names)
@@ -248,47 +241,6 @@ def run_audit(
         out,
     )
     return AuditResult(counts, files, seconds, merged.train_seconds, noise)
-
-
-class _LabelIssues(NamedTuple):
-    """cleanlab's label issues; the arrays follow the merged samples' order.
-
-    Attributes:
-        order: The samples' indices, most suspect (lowest label quality) first.
-        flagged: (N,) bool, whether cleanlab flags the sample's label as an issue.
-        suggested: (N,) int64, the class cleanlab suggests.
-        ranked: Each sample's row, most suspect first: sample_id, given, suggested,
-            label_quality, is_label_issue.
-    """
-
-    order: np.ndarray
-    flagged: np.ndarray
-    suggested: np.ndarray
-    ranked: list[tuple[Any, ...]]
-
-
-def _write_label_issues(
-    path: Path, lab: Any, merged: MergedFolds, names: np.ndarray
-) -> _LabelIssues:
-    """Writes label_issues.csv, most suspect first; returns the label issues it holds."""
-    label = lab.get_issues("label")
-    quality = label["label_score"].to_numpy()
-    order = np.argsort(quality, kind="stable")
-    flagged = label["is_label_issue"].to_numpy(dtype=bool)
-    suggested = label["predicted_label"].to_numpy(dtype=np.int64)
-    # sample_id, given, suggested, label_quality, is_label_issue; most suspect first.
-    ranked = [
-        (
-            merged.sample_id[i],
-            names[merged.label[i]],
-            names[suggested[i]],
-            float(quality[i]),
-            bool(flagged[i]),
-        )
-        for i in order
-    ]
-    write_csv(path, LABEL_ISSUE_COLUMNS, ((*row[:3], f"{row[3]:.6f}", row[4]) for row in ranked))
-    return _LabelIssues(order, flagged, suggested, ranked)
 
 
 def _caution(sweep_dir: Path, merged: MergedFolds, flagged: np.ndarray) -> str | None:

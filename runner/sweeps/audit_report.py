@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -24,6 +24,14 @@ log = logging.getLogger(__name__)
 
 
 AUDIT_DIR = "audit"
+# label_issues.csv, most suspect first.
+LABEL_ISSUE_COLUMNS = (
+    "sample_id",
+    "given_label",
+    "suggested_label",
+    "label_quality",
+    "is_label_issue",
+)
 
 
 def issue_table(lab: Any, name: str):
@@ -41,6 +49,45 @@ def write_csv(path: Path, header, rows) -> None:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
+
+
+class LabelIssues(NamedTuple):
+    """cleanlab's label issues; the arrays follow the merged samples' order.
+
+    Attributes:
+        order: The samples' indices, most suspect (lowest label quality) first.
+        flagged: (N,) bool, whether cleanlab flags the sample's label as an issue.
+        suggested: (N,) int64, the class cleanlab suggests.
+        ranked: Each sample's row, most suspect first: sample_id, given, suggested,
+            label_quality, is_label_issue.
+    """
+
+    order: np.ndarray
+    flagged: np.ndarray
+    suggested: np.ndarray
+    ranked: list[tuple[Any, ...]]
+
+
+def write_label_issues(path: Path, lab: Any, merged: MergedFolds, names: np.ndarray) -> LabelIssues:
+    """Writes label_issues.csv, most suspect first; returns the label issues it holds."""
+    label = lab.get_issues("label")
+    quality = label["label_score"].to_numpy()
+    order = np.argsort(quality, kind="stable")
+    flagged = label["is_label_issue"].to_numpy(dtype=bool)
+    suggested = label["predicted_label"].to_numpy(dtype=np.int64)
+    # sample_id, given, suggested, label_quality, is_label_issue; most suspect first.
+    ranked = [
+        (
+            merged.sample_id[i],
+            names[merged.label[i]],
+            names[suggested[i]],
+            float(quality[i]),
+            bool(flagged[i]),
+        )
+        for i in order
+    ]
+    write_csv(path, LABEL_ISSUE_COLUMNS, ((*row[:3], f"{row[3]:.6f}", row[4]) for row in ranked))
+    return LabelIssues(order, flagged, suggested, ranked)
 
 
 def write_near_duplicates(path: Path, lab: Any, merged: MergedFolds, names) -> int | None:

@@ -17,7 +17,8 @@ from runner.data.build import build_data
 from runner.data.folds import fold_indices
 from runner.data.sets.digits import load_digits
 from runner.data.switches import apply_switches
-from runner.sweeps.audit import LABEL_ISSUE_COLUMNS, partial_folds_warning, run_audit
+from runner.sweeps.audit import partial_folds_warning, run_audit
+from runner.sweeps.audit_report import LABEL_ISSUE_COLUMNS
 from runner.sweeps.manifest import update_manifest
 from runner.sweeps.out_of_fold import (
     OOF_FILE,
