@@ -256,7 +256,7 @@ def _join_folds(sweep_dir: Path, outputs: _FoldOutputs, train_seconds: float) ->
     unique, counts = np.unique(sample_id, return_counts=True)
     if (counts > 1).any():
         raise AuditError(
-            f"sample {unique[counts > 1][0]!r} is held out by two fold jobs of {sweep_dir}: "
+            f"sample {str(unique[counts > 1][0])!r} is held out by two fold jobs of {sweep_dir}: "
             "the jobs did not cut the same train split (another data config or split_seed)."
         )
     return MergedFolds(

@@ -285,6 +285,21 @@ def test_a_damaged_fold_file_is_named_and_the_others_are_audited(tmp_path, caplo
         merge_folds(sweep)
 
 
+def test_a_sample_two_fold_jobs_held_out_is_named_by_its_id(tmp_path):
+    """The error named it as numpy writes a scalar: sample np.str_('synthetic:...')."""
+    sweep, _ = fake_sweep(tmp_path / "sweep")
+    first, second = sorted(sweep.glob(f"*/{OOF_FILE}"))[:2]
+    taken = str(np.load(first)["sample_id"][0])
+    arrays = dict(np.load(second))
+    ids = arrays["sample_id"].astype(object)
+    ids[0] = taken
+    arrays["sample_id"] = np.asarray(ids, dtype=str)
+    np.savez(second, **arrays)
+    with pytest.raises(AuditError, match="is held out by two fold jobs") as caught:
+        merge_folds(sweep)
+    assert str(caught.value).startswith(f"sample {taken!r} is held out by two fold jobs of ")
+
+
 def test_two_jobs_holding_out_one_fold_fail_the_audit_with_a_fix_and_no_traceback(tmp_path, caplog):
     """A fold file copied over another job's: the sweep's audit printed a traceback, and
     its advice did not say how to get the job's own file back."""
