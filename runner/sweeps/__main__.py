@@ -210,7 +210,8 @@ def _collect(sweep_dir: Path) -> int:
     if any(job["state"] not in (*FINAL_STATES, "UNKNOWN") for job in jobs):
         print("jobs still queued or running: collect again when they are done")
         return status
-    from runner.sweeps.callback import finish_submitted_sweep, resume_advice, submits_only
+    from runner.sweeps.advice import resume_advice
+    from runner.sweeps.callback import finish_submitted_sweep, submits_only
 
     if not (sweep_dir / SUBMITTED_FILE).exists():  # its launcher waited for its jobs
         if submits_only(launched):

@@ -18,13 +18,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.callback import JOB_ERROR_FILE
-from runner.config.errors import ConfigError
 from runner.config.modes import job_mode
 from runner.config.redaction import public_uri, redacted_overrides
 from runner.config.sweep_values import typed_overrides
+from runner.sweeps.advice import failed_listing, failed_sweep_advice
 from runner.sweeps.audit import audit_if_asked, partial_folds_warning
-from runner.sweeps.grid import group_options, job_composer, refuse_bad_jobs
-from runner.sweeps.job import constant_keys
 from runner.sweeps.manifest import (
     MANIFEST_FILE,
     PARENT_RUN,
@@ -39,12 +37,8 @@ from runner.sweeps.manifest import (
     reopen_parent_run,
     write_json,
 )
-from runner.sweeps.optuna_study import (
-    is_optuna_sweep,
-    plan_study,
-    setting_changes,
-    trial_settings,
-)
+from runner.sweeps.optuna_study import is_optuna_sweep
+from runner.sweeps.start_checks import check_sweep, refuse_changed_constants
 from runner.sweeps.stores import cluster_store_warning
 from runner.sweeps.summary import Summary, log_summary, summarize
 from runner.tracking.protocol import Tracker, end_run
@@ -63,29 +57,6 @@ def sweep_arguments(config: DictConfig) -> list[str]:
     `hydra.overrides.task` item by item resolved each interpolation. Secrets redacted.
     """
     return redacted_overrides(typed_overrides(config))
-
-
-def changed_constants(before: list[str] | None, now: list[str]) -> list[str]:
-    """The constant overrides (but paths, hydra, logger, sweep) that differ, as `key: a -> b`.
-
-    `before` is the sweep's recorded command line (None: not recorded, nothing differs).
-    A key swept in either launch is no constant: fewer or more of its values choose fewer
-    or more of the sweep's jobs. An interpolation (`${oc.env:...}`) is not compared: a
-    sweep of an earlier version recorded its value.
-    """
-    if before is None:
-        return []
-    first, second = trial_settings(before), trial_settings(now)
-    swept = (first.keys() - constant_keys(before)) | (second.keys() - constant_keys(now))
-    compared = {
-        key
-        for key in first.keys() | second.keys()
-        if key not in swept and "${" not in first.get(key, "") + second.get(key, "")
-    }
-    return setting_changes(
-        {k: v for k, v in first.items() if k in compared},
-        {k: v for k, v in second.items() if k in compared},
-    )
 
 
 class SweepCallback(Callback):
@@ -109,7 +80,7 @@ class SweepCallback(Callback):
         The sweep is checked first (every grid job's config; an Optuna sweep's settings):
         a problem stops the command with one message, before any run or job exists.
         """
-        _check_sweep(config, kwargs.get("config_name"))
+        check_sweep(config, kwargs.get("config_name"))
         mode = job_mode(config)
         if mode != "train":  # eval, predict, preview, throughput: their jobs track no runs
             log.info("a sweep of mode=%s: no parent MLflow run and no sweep summary", mode)
@@ -124,7 +95,7 @@ class SweepCallback(Callback):
         info = _sweep_info(self.sweep_dir)
         arguments = sweep_arguments(config)
         if resume and not is_optuna_sweep(config):  # a study warns, and draws new trials
-            _refuse_changed_constants(resume, info.get("arguments"), arguments)
+            refuse_changed_constants(resume, info.get("arguments"), arguments)
         (self.sweep_dir / STOP_FILE).unlink(missing_ok=True)
         tracker, name = self._start_parent_run(config, info, arguments, resume)
         self.tracker = tracker
@@ -276,42 +247,12 @@ class SweepCallback(Callback):
                 lock.close()
 
 
-def _check_sweep(config: DictConfig, config_name: str | None) -> None:
-    """Stops the command on a problem in the sweep's configs, before any run or job exists."""
-    try:
-        if is_optuna_sweep(config):  # its searched values are the sweeper's to check
-            arguments = typed_overrides(config)
-            plan_study(
-                config,
-                arguments,
-                group_options=group_options(config),
-                compose_job=job_composer(config, config_name),
-            )
-        else:  # every job's config
-            refuse_bad_jobs(config, config_name)
-        check_launcher(config)
-    except (ConfigError, SweepFileError) as err:  # a SweepConfigError is one too
-        raise SystemExit(f"Error: {err}") from err
-
-
 def _sweep_info(sweep_dir: Path) -> dict[str, Any]:
     """The sweep's sweep.json (`read_sweep_info`); a damaged one stops the command."""
     try:
         return read_sweep_info(sweep_dir)
     except SweepFileError as err:  # a resumed sweep's damaged record: one line
         raise SystemExit(f"Error: {err}") from err
-
-
-def _refuse_changed_constants(resume: Any, before: list[str] | None, now: list[str]) -> None:
-    """Stops a resumed grid sweep whose constant overrides are not its recorded ones."""
-    changed = changed_constants(before, now)
-    if changed:
-        raise SystemExit(
-            f"Error: sweep.resume={resume}: the sweep's jobs ran with other constant "
-            f"overrides ({'; '.join(changed)}). A resume runs the same sweep again: "
-            "with these, each job would be a new one, mixed into its summary. Give "
-            "the sweep's own values, or leave sweep.resume out to start a new sweep"
-        )
 
 
 def launch_failed() -> None:
@@ -330,99 +271,6 @@ def sweep_signal() -> int | None:
     ConfigCompositionException: the sweeper asks this to tell the two apart.
     """
     return _SIGNALLED[-1] if _SIGNALLED else None
-
-
-# The submitit launchers' resource counts (slurm, slurm_submit, local) and their least
-# value; None may stand for "the cluster's default" where the preset has it null.
-LAUNCHER_COUNTS = {
-    "timeout_min": 1,
-    "nodes": 1,
-    "tasks_per_node": 1,
-    "cpus_per_task": 1,
-    "gpus_per_node": 0,
-    "mem_gb": 0,  # --mem=0: all of a node's memory
-    "array_parallelism": 1,
-    "max_num_timeout": 0,
-    "signal_delay_s": 0,
-}
-
-
-def check_launcher(config: DictConfig) -> None:
-    """Refuses resource counts a launcher would pass on to sbatch (`--nodes=0`).
-
-    Raises:
-        ConfigError: Naming every bad `hydra.launcher.*` key.
-    """
-    launcher = OmegaConf.select(config, "hydra.launcher", default=None) or {}
-    problems = []
-    for key, least in LAUNCHER_COUNTS.items():
-        value = launcher.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            problems.append(f"hydra.launcher.{key}={value!r}: expected an integer >= {least}")
-    delay, limit = launcher.get("signal_delay_s"), launcher.get("timeout_min")
-    if not problems and isinstance(delay, int) and isinstance(limit, int) and delay >= limit * 60:
-        # SLURM would signal each job at its start: it checkpoints, is requeued and
-        # signalled again, until max_num_timeout is spent.
-        problems.append(
-            f"hydra.launcher.signal_delay_s={delay} is not shorter than "
-            f"hydra.launcher.timeout_min={limit} ({limit * 60} s): every job would be told "
-            "to stop as it starts. Give a signal_delay_s of a few steps plus a checkpoint "
-            f"(e.g. hydra.launcher.signal_delay_s={min(120, limit * 15)}), or a longer "
-            "timeout_min"
-        )
-    if problems:
-        raise ConfigError("the launcher's settings are invalid:\n  - " + "\n  - ".join(problems))
-
-
-def failed_listing(failed: list[dict[str, Any]]) -> str:
-    """A line per job that did not finish, with its error; an error they all share, once.
-
-    Jobs that fail on their data (a class too small for K folds, an exclude file of
-    another data set) fail alike: the same long message once per job hid the jobs.
-    """
-    lines = [
-        f"  job {e.get('num')} {e.get('status', '?')}: {e['label'] or e['key']}" for e in failed
-    ]
-    errors = [e.get("error") for e in failed]
-    if share_one_error(failed):
-        return "\n".join([*lines, f"  each of them: {errors[0]}"])
-    return "\n".join(
-        line + (f"\n    {error}" if error else "")
-        for line, error in zip(lines, errors, strict=True)
-    )
-
-
-def share_one_error(failed: list[dict[str, Any]]) -> bool:
-    """Whether the jobs that did not finish (more than one) all failed with one error."""
-    errors = [e.get("error") for e in failed]
-    return len(failed) > 1 and bool(errors[0]) and all(error == errors[0] for error in errors)
-
-
-def failed_sweep_advice(config: DictConfig, sweep_dir: Path, failed: list[dict[str, Any]]) -> str:
-    """What to do about a sweep's failed jobs: mend an error they share, then resume."""
-    advice = resume_advice(config, sweep_dir)
-    if not share_one_error(failed):
-        return advice
-    # Jobs refused alike (their data, a key) fail the same way on a resume until it is mended.
-    return f"Mend the error they share first, then: {advice[0].lower()}{advice[1:]}"
-
-
-def resume_advice(config: DictConfig, sweep_dir: Path) -> str:
-    """What runs a sweep's failed jobs again, or (Optuna) what continues its study."""
-    if not is_optuna_sweep(config):
-        return f"Run them again with sweep.resume={sweep_dir}"
-    if OmegaConf.select(config, "hydra.sweeper.storage", default=None) is None:
-        return (
-            "An Optuna study in memory (hydra.sweeper.storage=null) ends with its sweep: "
-            "run the command again for a new study, or set hydra.sweeper.storage to keep one"
-        )
-    return (
-        f"Continue the study with sweep.resume={sweep_dir}: the sampler draws new trials "
-        "in place of the failed ones (they do not count towards hydra.sweeper.n_trials), "
-        "so a failed point is tried again only if it is drawn again"
-    )
 
 
 def submits_only(config: DictConfig) -> bool:

@@ -48,7 +48,7 @@ def test_local_preset():
 def test_resource_counts_sbatch_would_refuse_are_refused_before_the_sweep():
     """--nodes=0 and --time=-5 reached sbatch, after the sweep's parent run was made."""
     from runner.config.errors import ConfigError
-    from runner.sweeps.callback import check_launcher
+    from runner.sweeps.start_checks import check_launcher
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for name in ("slurm", "slurm_submit", "local"):
@@ -67,7 +67,7 @@ def test_a_signal_delay_as_long_as_the_time_limit_is_refused():
     """timeout_min=2 kept signal_delay_s=120: each job was signalled as it started and
     requeued until its timeouts were spent."""
     from runner.config.errors import ConfigError
-    from runner.sweeps.callback import check_launcher
+    from runner.sweeps.start_checks import check_launcher
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         short = ["hydra/launcher=slurm", "hydra.launcher.timeout_min=2"]

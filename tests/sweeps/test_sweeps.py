@@ -795,7 +795,7 @@ def test_jobs_that_fail_alike_list_their_shared_error_once():
     times; jobs with errors of their own keep each under its line."""
     from omegaconf import OmegaConf
 
-    from runner.sweeps.callback import failed_listing, failed_sweep_advice
+    from runner.sweeps.advice import failed_listing, failed_sweep_advice
 
     error = "DataError: data.num_folds=13: every class needs at least 13 train samples"
     alike = [
