@@ -48,7 +48,16 @@ def changed_constants(before: list[str] | None, now: list[str]) -> list[str]:
 
 
 def check_sweep(config: DictConfig, config_name: str | None) -> None:
-    """Stops the command on a problem in the sweep's configs, before any run or job exists."""
+    """Stops the command on a problem in the sweep's configs, before any run or job exists.
+
+    Args:
+        config: The sweep's composed config (with its `hydra` node).
+        config_name: The command's primary config (Hydra hands it to the callback).
+
+    Raises:
+        SystemExit: Naming every problem found: an Optuna sweep's settings, or each grid
+            job's config, and the launcher's resource counts.
+    """
     try:
         if is_optuna_sweep(config):  # its searched values are the sweeper's to check
             arguments = typed_overrides(config)
@@ -66,7 +75,16 @@ def check_sweep(config: DictConfig, config_name: str | None) -> None:
 
 
 def refuse_changed_constants(resume: Any, before: list[str] | None, now: list[str]) -> None:
-    """Stops a resumed grid sweep whose constant overrides are not its recorded ones."""
+    """Stops a resumed grid sweep whose constant overrides are not its recorded ones.
+
+    Args:
+        resume: The `sweep.resume` value, for the message.
+        before: The command line sweep.json recorded (None: not recorded).
+        now: This command line.
+
+    Raises:
+        SystemExit: Naming each changed constant, `key: a -> b`.
+    """
     changed = changed_constants(before, now)
     if changed:
         raise SystemExit(
