@@ -91,9 +91,7 @@ def summarize(sweep_dir: Path, monitor: str, maximize: bool) -> Summary:
     choice = _choose_best(jobs, swept, maximize)
     shown = [m for m in SHOWN_TEST_METRICS if any(m in j["test"] for j in jobs)]
     columns = Columns(swept, monitor, shown)
-    best_lines, best_tags, best_metrics = best_report(
-        choice.best_group, choice.best, swept, monitor, shown
-    )
+    best_lines, best_tags, best_metrics = best_report(choice, columns)
     markdown = report_markdown(sweep_dir, inputs, columns, choice, best_lines)
     files = _write_files(sweep_dir, inputs, columns, markdown)
     failed = [j for j in jobs if j.get("status") not in ("FINISHED", ABANDONED, REPLACED)]
@@ -125,7 +123,7 @@ def _choose_best(jobs: list[dict[str, Any]], swept: list[str], maximize: bool) -
         best = pick(best_group.members, key=lambda j: j["value"])
     else:
         best = pick(complete, key=lambda j: j["value"]) if complete else None
-    return Choice(maximize, finished, complete, groups, ranked, most, best_group, best)
+    return Choice(maximize, finished, complete, groups, ranked, best_group, best)
 
 
 def _write_files(

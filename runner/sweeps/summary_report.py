@@ -61,7 +61,6 @@ class Choice:
         complete: Those of them that were not pruned.
         groups: `complete` by configuration when seeds or folds are swept, else empty.
         ranked: The groups with the most finished runs, `most`: the ones ranked.
-        most: The most finished runs of a group (0 without groups).
         best_group: The best of `ranked`, or None.
         best: The best job (of the best group, when there is one), or None.
     """
@@ -71,9 +70,13 @@ class Choice:
     complete: list[dict[str, Any]]
     groups: list[RepeatGroup]
     ranked: list[RepeatGroup]
-    most: int
     best_group: RepeatGroup | None
     best: dict[str, Any] | None
+
+    @property
+    def most(self) -> int:
+        """The most finished runs of a group (0 without groups): the ranked groups' count."""
+        return len(self.ranked[0].members) if self.ranked else 0
 
     @property
     def value(self) -> float | None:
@@ -112,7 +115,7 @@ def report_markdown(
     lines += _lost_metrics_lines(jobs)
     lines += _repeats_lines(choice, columns)
     lines += best_lines
-    lines += _tie_lines(choice.ranked, choice.best_group, choice.complete, choice.best, monitor)
+    lines += _tie_lines(choice, monitor)
     lines += _earlier_study_best(inputs.study_best, jobs, monitor)
     lines += _not_finished_lines(jobs)
     return "\n".join(lines) + "\n"
@@ -155,21 +158,16 @@ def _repeats_lines(choice: Choice, columns: Columns) -> list[str]:
 
 
 def best_report(
-    best_group: RepeatGroup | None,
-    best: dict[str, Any] | None,
-    swept: list[str],
-    monitor: str,
-    shown: list[str],
+    choice: Choice, columns: Columns
 ) -> tuple[list[str], dict[str, str], dict[str, float]]:
     """The report's "Best:" line, and the tags and metrics the parent run gets for it.
 
     Args:
-        best_group: The best configuration when seeds or folds are swept, else None.
-        best: The best job (of the best group, when there is one), or None.
-        swept: The overrides that differ between jobs.
-        monitor: The monitored metric.
-        shown: The test metrics the report shows.
+        choice: The best configuration (when seeds or folds are swept) and job.
+        columns: The swept overrides, the monitored metric and the test metrics shown.
     """
+    best_group, best = choice.best_group, choice.best
+    swept, monitor, shown = columns.swept, columns.monitor, columns.shown
     lines: list[str] = []
     best_tags: dict[str, str] = {}
     best_metrics: dict[str, float] = {}
@@ -204,27 +202,22 @@ def best_report(
     return lines, best_tags, best_metrics
 
 
-def _tie_lines(
-    ranked: list[RepeatGroup],
-    best_group: RepeatGroup | None,
-    complete: list[dict[str, Any]],
-    best: dict[str, Any] | None,
-    monitor: str,
-) -> list[str]:
+def _tie_lines(choice: Choice, monitor: str) -> list[str]:
     """A line naming the configurations (or jobs) whose value equals the best one's.
 
     A val split of a few hundred images moves val/acc in steps of a fraction of a point,
     so equal values are common; the best is then the first listed, and the report says so
     instead of naming it alone.
     """
+    best_group, best = choice.best_group, choice.best
     if best_group is not None:
-        tied = [g for g in ranked if g is not best_group and _same(g.mean, best_group.mean)]
+        tied = [g for g in choice.ranked if g is not best_group and _same(g.mean, best_group.mean)]
         names = [
             f"jobs {', '.join(str(j.get('num')) for j in g.members)} ({g.label})" for g in tied
         ]
         advice = "more seeds"
     elif best is not None:
-        tied = [j for j in complete if j is not best and _same(j["value"], best["value"])]
+        tied = [j for j in choice.complete if j is not best and _same(j["value"], best["value"])]
         names = [f"job {j.get('num')} ({j['label']})" for j in tied]
         advice = "seeds (seed=0,1,2)"
     else:
