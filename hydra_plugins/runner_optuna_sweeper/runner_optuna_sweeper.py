@@ -135,15 +135,27 @@ class _Tally:
     finished_here: int = 0
     failed_here: int = 0
 
+    @classmethod
+    def of(cls, study: Any) -> "_Tally":
+        """The tally of a study as this sweep finds it (a stored study has trials already)."""
+        return cls(finished=len(study.get_trials(states=_done_states())))
+
     def add(self, study: Any, trials: List[Any]) -> None:
         """Counts a batch's trials, once the study has been told their results."""
         from optuna.trial import TrialState
 
-        done_states = (TrialState.COMPLETE, TrialState.PRUNED)
+        done_states = _done_states()
         states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
         self.failed_here += sum(states[t.number] == TrialState.FAIL for t in trials)
         self.finished_here += sum(states[t.number] in done_states for t in trials)
         self.finished = sum(state in done_states for state in states.values())
+
+
+def _done_states() -> tuple[Any, ...]:
+    """The trial states that count towards n_trials: complete and pruned."""
+    from optuna.trial import TrialState
+
+    return (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def _open_study(config: DictConfig, plan: StudyPlan, sweep_dir: Path) -> Any:
@@ -271,8 +283,6 @@ class RunnerOptunaSweeper(Sweeper):
                 ones (`a=1,2`, `interval(...)`) join the search space and replace the
                 preset's range of the same key.
         """
-        from optuna.trial import TrialState
-
         from runner.sweeps.manifest import STOP_FILE, read_manifest
 
         plan = plan_study(self.config, list(arguments))
@@ -282,8 +292,7 @@ class RunnerOptunaSweeper(Sweeper):
         study = _open_study(self.config, plan, sweep_dir)
         plan.study_name = study.study_name
         write_study_file(sweep_dir, plan)
-        done_states = (TrialState.COMPLETE, TrialState.PRUNED)
-        tally = _Tally(finished=len(study.get_trials(states=done_states)))
+        tally = _Tally.of(study)
         log.info(
             "optuna study %r in %s: %d finished trial(s), target %d",
             study.study_name,
