@@ -211,7 +211,8 @@ def _collect(sweep_dir: Path) -> int:
         print("jobs still queued or running: collect again when they are done")
         return status
     from runner.sweeps.advice import resume_advice
-    from runner.sweeps.callback import finish_submitted_sweep, submits_only
+    from runner.sweeps.callback import finish_submitted_sweep
+    from runner.sweeps.manifest import submits_only
 
     if not (sweep_dir / SUBMITTED_FILE).exists():  # its launcher waited for its jobs
         if submits_only(launched):

@@ -27,7 +27,6 @@ from runner.sweeps.manifest import (
     MANIFEST_FILE,
     PARENT_RUN,
     STOP_FILE,
-    SUBMIT_ONLY_LAUNCHER,
     SUMMARISED,
     SWEEP_FILE,
     SWEEP_LOCK_FILE,
@@ -35,6 +34,7 @@ from runner.sweeps.manifest import (
     read_launch_config,
     read_sweep_info,
     reopen_parent_run,
+    submits_only,
     write_json,
 )
 from runner.sweeps.optuna_study import is_optuna_sweep
@@ -271,16 +271,6 @@ def sweep_signal() -> int | None:
     ConfigCompositionException: the sweeper asks this to tell the two apart.
     """
     return _SIGNALLED[-1] if _SIGNALLED else None
-
-
-def submits_only(config: DictConfig) -> bool:
-    """Whether this launch submitted its jobs without waiting (hydra/launcher=slurm_submit).
-
-    Read from the launch's own launcher: a sweep submitted once and resumed with another
-    launcher has the earlier launch's slurm_jobs.json, and is summarised when it ends.
-    """
-    target = OmegaConf.select(config, "hydra.launcher._target_", default=None)
-    return target == SUBMIT_ONLY_LAUNCHER
 
 
 def finish_submitted_sweep(sweep_dir: Path) -> int:

@@ -80,6 +80,16 @@ def job_lock(run_dir: Path, key: str) -> Iterator[None]:
         yield
 
 
+def submits_only(config: DictConfig) -> bool:
+    """Whether this launch submitted its jobs without waiting (hydra/launcher=slurm_submit).
+
+    Read from the launch's own launcher: a sweep submitted once and resumed with another
+    launcher has the earlier launch's slurm_jobs.json, and is summarised when it ends.
+    """
+    target = OmegaConf.select(config, "hydra.launcher._target_", default=None)
+    return target == SUBMIT_ONLY_LAUNCHER
+
+
 def write_json(path: Path, content: Any) -> None:
     """Writes JSON atomically (see `replaced_whole`)."""
     with replaced_whole(path) as temp:

@@ -30,7 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from runner.config.command_line import missing_key
-from runner.sweeps.manifest import parse_overrides, read_sweep_file
+from runner.sweeps.manifest import parse_overrides, read_sweep_file, submits_only
 from runner.sweeps.optuna_parts import (
     PRUNER_TARGETS,
     SAMPLER_TARGETS,
@@ -230,8 +230,7 @@ def _settings_problems(config: DictConfig) -> tuple[str, list[str]]:
     ]
     direction, direction_problems = _direction(config)
     problems += direction_problems
-    launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
-    if launcher.endswith("SubmitOnlySlurmLauncher"):
+    if submits_only(config):
         problems.append(
             "hydra/launcher=slurm_submit returns before the jobs ran, and the Optuna sweeper "
             "needs each batch's results before it asks for the next: use "

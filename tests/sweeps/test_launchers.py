@@ -29,8 +29,7 @@ def test_slurm_presets(name):
 def test_the_sweep_callback_knows_the_submit_only_launcher_by_the_presets_target():
     """A launch with it leaves its jobs running; the callback then summarises nothing."""
     from hydra_plugins.runner_slurm.launcher import SubmitOnlySlurmLauncher
-    from runner.sweeps.callback import submits_only
-    from runner.sweeps.manifest import SUBMIT_ONLY_LAUNCHER
+    from runner.sweeps.manifest import SUBMIT_ONLY_LAUNCHER, submits_only
 
     assert launcher("slurm_submit")._target_ == SUBMIT_ONLY_LAUNCHER
     assert get_class(SUBMIT_ONLY_LAUNCHER) is SubmitOnlySlurmLauncher
