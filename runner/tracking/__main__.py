@@ -27,6 +27,7 @@ from runner.tracking.pending import (
     sent_name,
 )
 from runner.tracking.store import (
+    every_page,
     missing_store_file,
     reap_stale_runs,
     server_reachable,
@@ -163,7 +164,7 @@ def _reap(args: argparse.Namespace) -> int:
 
     with store_lock(args.tracking_uri):
         client = MlflowClient(tracking_uri=args.tracking_uri)  # opens (or creates) the store
-    experiments = [e.experiment_id for e in client.search_experiments()]
+    experiments = [e.experiment_id for e in every_page(client.search_experiments)]
     reaped = reap_stale_runs(client, experiments) if experiments else []
     print(f"{len(reaped)} stale run(s) marked KILLED")
     return 0

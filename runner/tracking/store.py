@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# A page of an MLflow search: the most experiments one call of search_experiments returns.
+PAGE_SIZE = 1000
+
 
 def _flock(handle: IO[str], wait: bool) -> bool:
     """Takes an exclusive POSIX lock on an open file; False when another process holds it.
@@ -188,7 +191,27 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def reap_stale_runs(client: Any, experiment_ids: list[str], host: str | None = None) -> list[str]:
+def every_page(search: Callable[..., Any], page_size: int = PAGE_SIZE) -> list[Any]:
+    """Everything a paged MLflow search finds, read page after page.
+
+    Args:
+        search: Called as `search(max_results=, page_token=)`; returns MLflow's PagedList,
+            whose `token` names the next page (None after the last).
+        page_size: Items a page holds.
+    """
+    found: list[Any] = []
+    token = None
+    while True:
+        page = search(max_results=page_size, page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def reap_stale_runs(
+    client: Any, experiment_ids: list[str], host: str | None = None, page_size: int = PAGE_SIZE
+) -> list[str]:
     """Marks KILLED the RUNNING runs whose process on this host no longer exists.
 
     A run killed with SIGKILL (or by the OOM killer) cannot end its own MLflow run; its
@@ -198,14 +221,20 @@ def reap_stale_runs(client: Any, experiment_ids: list[str], host: str | None = N
         client: An MlflowClient.
         experiment_ids: Experiments to search.
         host: The host whose runs to check; None = this one.
+        page_size: Runs read per page of the search.
 
     Returns:
         The ids of the runs marked KILLED.
     """
     host = host or socket.gethostname()
     reaped = []
-    runs = client.search_runs(
-        experiment_ids, filter_string="attributes.status = 'RUNNING'", max_results=5000
+    # Every page is read before any run is marked: a run marked KILLED leaves the
+    # RUNNING runs the next page's offset counts, which would skip as many.
+    runs = every_page(
+        lambda **page: client.search_runs(
+            experiment_ids, filter_string="attributes.status = 'RUNNING'", **page
+        ),
+        page_size,
     )
     for run in runs:
         tags = run.data.tags

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from runner.tracking.outbox import Outbox, apply_op
 from runner.tracking.store import refused_for_good
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, seed_store
 
 
 def open_run(tmp_path):
@@ -223,6 +223,31 @@ def test_reap_of_a_store_that_is_not_there_says_so_and_creates_nothing(tmp_path)
         assert done.returncode == 1 and problem in done.stderr, done.stderr
     assert not missing.exists()
     assert "secret" not in done.stderr and "user:***@" in done.stderr
+
+
+def test_reap_reads_every_page_of_experiments_and_runs(tmp_path):
+    """reap read one page: past 1000 experiments or 5000 RUNNING runs, stale runs stayed."""
+    import os
+    import socket
+
+    from runner.tracking.store import every_page, reap_stale_runs
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{seed_store(tmp_path)}")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    stale, alive = [], []
+    for index in range(2):
+        experiment = client.create_experiment(f"e{index}", artifact_location=tmp_path.as_uri())
+        for pid, kept in ((dead.pid, stale), (os.getpid(), alive)):
+            tags = {"runner.host": host, "runner.pid": str(pid)}
+            kept.append(client.create_run(experiment, tags=tags).info.run_id)
+    experiments = [e.experiment_id for e in every_page(client.search_experiments, page_size=1)]
+    assert len(experiments) == 3  # Default and the two
+    reaped = reap_stale_runs(client, experiments, page_size=1)
+    assert sorted(reaped) == sorted(stale)
+    assert {client.get_run(r).info.status for r in stale} == {"KILLED"}
+    assert {client.get_run(r).info.status for r in alive} == {"RUNNING"}
 
 
 def test_an_experiment_name_never_leads_its_artifacts_out_of_the_artifact_location(tmp_path):
