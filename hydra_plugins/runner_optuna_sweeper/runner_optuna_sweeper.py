@@ -11,7 +11,8 @@ Each batch asks the study for `n_jobs` trials, launches them through the configu
 launcher (in this process, local worker processes or SLURM), and tells the study each
 job's result. Jobs report their monitored value every epoch to their trial through the
 study's storage and stop early when the pruner says so (see runner/sweeps/optuna_trial.py).
-Every setting is checked (runner/sweeps/optuna_study.py, optuna_parts.py) before the sweep starts.
+Every setting is checked (runner/sweeps/optuna_study.py, optuna_parts.py) before the sweep
+starts, and a stored study is continued only as runner/sweeps/stored_study.py allows.
 """
 
 # No `from __future__ import annotations`: Hydra loads plugin modules without putting
@@ -30,19 +31,18 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from runner.sweeps.optuna_parts import open_storage, shown_storage
-from runner.sweeps.optuna_study import (
+from runner.sweeps.optuna_parts import StudyPlan, open_storage, shown_storage
+from runner.sweeps.optuna_study import plan_study
+from runner.sweeps.search_space import space_to_json
+from runner.sweeps.stored_study import (
     MONITOR_ATTR,
     SETTINGS_ATTR,
     SPACE_ATTR,
-    StudyPlan,
     continued_sampler,
-    plan_study,
     settings_change_warning,
     trial_settings,
     write_study_file,
 )
-from runner.sweeps.search_space import space_to_json
 
 log = logging.getLogger(__name__)
 

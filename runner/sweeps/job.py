@@ -283,7 +283,7 @@ class SweepJob:
     @functools.cached_property
     def study_settings(self) -> dict[str, Any] | None:
         """The Optuna sweeper's study.json (written before any trial starts), read once."""
-        from runner.sweeps.optuna_study import read_study_file
+        from runner.sweeps.stored_study import read_study_file
 
         return read_study_file(self.sweep_dir)
 

@@ -3,20 +3,24 @@
 The sampler (`hydra.sweeper.sampler`), the pruner (`hydra.sweeper.pruner`) and the
 storage (`hydra.sweeper.storage`). `optuna_study.plan_study` gathers their problems with
 the others of the sweep; the jobs build the same pruner and open the same storage.
+`StudyPlan` holds them built, with the rest of what the sweep will do: the planning
+(optuna_study.py) makes one and the stored study's checks (stored_study.py) take one, so
+it sits here, below both.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from runner.config.errors import ConfigError
 from runner.config.location_checks import database_driver_problem, store_file_problem
 from runner.config.redaction import public_uri
-from runner.sweeps.search_space import describe_distribution
+from runner.sweeps.search_space import describe_distribution, override_value
 
 # The group options of hydra/sweeper/sampler, for `hydra.sweeper.sampler=<name>`.
 SAMPLER_TARGETS = {
@@ -124,6 +128,11 @@ def option_node(value: Any, names: dict[str, str]) -> Any:
     if OmegaConf.is_config(value):
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+def allowed_prefixes(config: DictConfig) -> tuple[str, ...]:
+    """`<module>.` of each module in `allowed_targets`: samplers and pruners may come from them."""
+    return tuple(f"{m}." for m in (OmegaConf.select(config, "allowed_targets") or []))
 
 
 def _build(
@@ -276,3 +285,45 @@ def trial_run_problems(
     finally:
         optuna.logging.set_verbosity(verbosity)
     return []
+
+
+@dataclass
+class StudyPlan:
+    """What the sweep will do, from its checked settings.
+
+    Attributes:
+        study_name: The study's name (None: Optuna names a new one).
+        storage: The storage URL (None: a fresh in-memory study).
+        direction: maximize or minimize.
+        space: Parameter name -> Optuna distribution.
+        fixed: The command line's constant overrides, given to every job.
+        sampler: The sampler, built.
+        pruner: The pruner, built.
+        pruner_node: The pruner's node (resolved), for the jobs to build the same one.
+        n_trials: Finished (complete or pruned) trials the study should have.
+        n_jobs: Trials launched per batch.
+        trial_override: How a job is told its trial: `optuna.trial` or `+optuna.trial`.
+        spelled: A space key as the jobs' overrides write it, where that is not the key
+            itself (`+loss.fail`: a key the command line adds to the config).
+    """
+
+    study_name: str | None
+    storage: str | None
+    direction: str
+    space: dict[str, Any]
+    fixed: list[str]
+    sampler: Any
+    pruner: Any
+    pruner_node: dict[str, Any]
+    n_trials: int
+    n_jobs: int
+    trial_override: str = "optuna.trial"
+    spelled: dict[str, str] = field(default_factory=dict)
+    monitor: str = ""
+
+    def job_overrides(self, trial: Any) -> list[str]:
+        """The overrides of the job that runs `trial`: the fixed ones, its params, its number."""
+        params = [
+            f"{self.spelled.get(key, key)}={override_value(v)}" for key, v in trial.params.items()
+        ]
+        return [*self.fixed, *params, f"{self.trial_override}={trial.number}"]

@@ -16,126 +16,48 @@ the preset's range of the same key, and a single value there fixes the key:
     model.drop_rate: interval(0.0, 0.5)          # float, uniform
     trainer.batch_size: tag(int, log, interval(16, 256))   # int, log-uniform
     trainer.max_epochs: range(2, 10, 2)          # int, step 2 (10 excluded)
+
+What is kept of a study, and checked when a command continues it, is in
+runner/sweeps/stored_study.py; the plan and the parts it holds are in optuna_parts.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from runner.config.command_line import missing_key
-from runner.sweeps.manifest import parse_overrides, read_sweep_file, submits_only
+from runner.sweeps.manifest import submits_only
 from runner.sweeps.optuna_parts import (
     PRUNER_TARGETS,
     SAMPLER_TARGETS,
+    StudyPlan,
     SweepConfigError,
+    allowed_prefixes,
     build_pruner,
     build_sampler,
-    open_storage,
     option_node,
-    shown_storage,
     storage_problems,
     trial_run_problems,
 )
-from runner.sweeps.search_space import (
-    SearchSpace,
-    describe_distribution,
-    describe_space,
-    override_value,
-    search_space,
-    space_to_json,
-)
+from runner.sweeps.search_space import SearchSpace, describe_distribution, search_space
+from runner.sweeps.stored_study import read_study_file, stored_study_problem
 from runner.sweeps.summary_parts import REPEATS
 
 log = logging.getLogger(__name__)
 
 SWEEPER_TARGET = "hydra_plugins.runner_optuna_sweeper.runner_optuna_sweeper.RunnerOptunaSweeper"
 DIRECTIONS = ("maximize", "minimize")
-# Where a study's search space is kept, to refuse continuing it over another space.
-SPACE_ATTR = "runner.search_space"
-# The metric the study's trial values are (trainer.monitor): a study is continued only on it.
-MONITOR_ATTR = "runner.monitor"
-# The command line's constant overrides that change what a trial trains (see
-# `trial_settings`): a study continued with others compares unlike trials, and says so.
-SETTINGS_ATTR = "runner.fixed_settings"
-# Constant overrides that leave a trial's value alone: where outputs go, how it is tracked
-# and launched, and the sweep's own controls.
-OUTSIDE_TRIAL_PREFIXES = ("paths.", "hydra.", "logger.", "sweep.", "hydra/")
-STUDY_FILE = "study.json"
-
-
-@dataclass
-class StudyPlan:
-    """What the sweep will do, from its checked settings.
-
-    Attributes:
-        study_name: The study's name (None: Optuna names a new one).
-        storage: The storage URL (None: a fresh in-memory study).
-        direction: maximize or minimize.
-        space: Parameter name -> Optuna distribution.
-        fixed: The command line's constant overrides, given to every job.
-        sampler: The sampler, built.
-        pruner: The pruner, built.
-        pruner_node: The pruner's node (resolved), for the jobs to build the same one.
-        n_trials: Finished (complete or pruned) trials the study should have.
-        n_jobs: Trials launched per batch.
-        trial_override: How a job is told its trial: `optuna.trial` or `+optuna.trial`.
-        spelled: A space key as the jobs' overrides write it, where that is not the key
-            itself (`+loss.fail`: a key the command line adds to the config).
-    """
-
-    study_name: str | None
-    storage: str | None
-    direction: str
-    space: dict[str, Any]
-    fixed: list[str]
-    sampler: Any
-    pruner: Any
-    pruner_node: dict[str, Any]
-    n_trials: int
-    n_jobs: int
-    trial_override: str = "optuna.trial"
-    spelled: dict[str, str] = field(default_factory=dict)
-    monitor: str = ""
-
-    def job_overrides(self, trial: Any) -> list[str]:
-        """The overrides of the job that runs `trial`: the fixed ones, its params, its number."""
-        params = [
-            f"{self.spelled.get(key, key)}={override_value(v)}" for key, v in trial.params.items()
-        ]
-        return [*self.fixed, *params, f"{self.trial_override}={trial.number}"]
 
 
 def is_optuna_sweep(config: DictConfig) -> bool:
     """Whether the config's sweeper is the project's Optuna sweeper."""
     target = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
     return target == SWEEPER_TARGET
-
-
-def _allowed_prefixes(config: DictConfig) -> tuple[str, ...]:
-    """`<module>.` of each module in `allowed_targets`: samplers and pruners may come from them."""
-    return tuple(f"{m}." for m in (OmegaConf.select(config, "allowed_targets") or []))
-
-
-def continued_sampler(config: DictConfig, plan: StudyPlan, trials_before: int) -> Any:
-    """The sampler for a stored study that already has `trials_before` trials.
-
-    A sampler seeded as in the first command would draw that command's points again (TPE
-    draws at random for its first trials): the seed is moved by the trials the study
-    has, so each continuation draws new points and stays reproducible.
-    """
-    node = option_node(config.hydra.sweeper.get("sampler"), SAMPLER_TARGETS)
-    if not trials_before or not isinstance(node, dict) or node.get("seed") is None:
-        return plan.sampler
-    seed = (int(node["seed"]) * 1_000_003 + trials_before) % 2**32
-    allowed = _allowed_prefixes(config)
-    return build_sampler({**node, "seed": seed}, plan.space, allowed)
 
 
 def _positive_int(name: str, value: Any) -> str | None:
@@ -177,7 +99,7 @@ def plan_study(
     searched = search_space(sweeper.get("params"), arguments)
     space = searched.space
     problems += _space_problems(config, searched, group_options, compose_job)
-    allowed = _allowed_prefixes(config)
+    allowed = allowed_prefixes(config)
     sampler = pruner = None
     try:
         sampler = build_sampler(sweeper.get("sampler"), space, allowed)
@@ -398,125 +320,3 @@ def _raise(problems: list[str]) -> None:
     raise SweepConfigError(
         f"Invalid Optuna sweep ({len(problems)} problem{plural}):\n  - {listing}"
     )
-
-
-def stored_study_problem(plan: StudyPlan, complete_is_a_problem: bool = False) -> str | None:
-    """Why the stored study of the plan's name cannot be continued by it, or None.
-
-    A stored study is continued only over the same search space and direction: trials
-    from another space would mislead the sampler and the summary. With
-    `complete_is_a_problem`, a study that already has `n_trials` finished trials is one
-    too: the command would make an empty sweep and parent run, and say nothing.
-    """
-    from optuna.distributions import json_to_distribution
-    from optuna.trial import TrialState
-
-    storage = open_storage(plan.storage)
-    try:
-        study_id = storage.get_study_id_from_name(plan.study_name)
-    except KeyError:
-        return None  # a new study
-    directions = [d.name.lower() for d in storage.get_study_directions(study_id)]
-    attrs = storage.get_study_user_attrs(study_id)
-    stored = attrs.get(SPACE_ATTR)
-    if stored is not None:
-        stored_space = {k: json_to_distribution(v) for k, v in stored.items()}
-    else:  # a study started before the space was kept: its trials' distributions
-        stored_space = {}
-        for trial in storage.get_all_trials(study_id, deepcopy=False):
-            stored_space.update(trial.distributions)
-    where = f"hydra.sweeper.study_name={plan.study_name!r} in {shown_storage(plan.storage)}"
-    fix = (
-        "Give this search a new study (hydra.sweeper.study_name=<new name>), or continue "
-        "it with the space it was started with"
-    )
-    monitor = attrs.get(MONITOR_ATTR)
-    if monitor and plan.monitor and monitor != plan.monitor:
-        return (
-            f"{where} holds {monitor} values (its trainer.monitor); this command's jobs would "
-            f"return {plan.monitor}, and the sampler and pruner would compare the two. {fix}"
-        )
-    if directions != [plan.direction]:
-        return (
-            f"{where} was started to {' and '.join(directions)}; this command would "
-            f"{plan.direction} (trainer.monitor_mode / hydra.sweeper.direction). {fix}"
-        )
-    if stored_space and space_to_json(stored_space) != space_to_json(plan.space):
-        return (
-            f"{where} was searched over {describe_space(stored_space)}; this command searches "
-            f"{describe_space(plan.space)}. {fix}"
-        )
-    done = (TrialState.COMPLETE, TrialState.PRUNED)  # as the sweeper counts them
-    finished = sum(t.state in done for t in storage.get_all_trials(study_id, deepcopy=False))
-    if complete_is_a_problem and finished >= plan.n_trials:
-        return (
-            f"{where} already has {finished} finished trial(s), and hydra.sweeper.n_trials="
-            f"{plan.n_trials} is the study's total, so no trial would run. Raise "
-            f"hydra.sweeper.n_trials (e.g. {finished + plan.n_trials}) to add trials, or "
-            "give this search a new study (hydra.sweeper.study_name=<new name>)"
-        )
-    return None
-
-
-def trial_settings(fixed: list[str]) -> dict[str, str]:
-    """The constant overrides that shape what each trial trains, as key -> value.
-
-    A key given twice has the value that applies: the last one, as Hydra applies them.
-    """
-    kept = [o for o in fixed if not o.lstrip("+~").startswith(OUTSIDE_TRIAL_PREFIXES)]
-    return dict(sorted(parse_overrides(kept).items()))
-
-
-def setting_changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
-    """The keys whose values differ, as `key: a -> b` (`(not set)` for a missing one)."""
-    return [
-        f"{key}: {before.get(key, '(not set)')} -> {after.get(key, '(not set)')}"
-        for key in sorted(before.keys() | after.keys())
-        if before.get(key) != after.get(key)
-    ]
-
-
-def settings_change_warning(stored: Any, plan: StudyPlan) -> str | None:
-    """A warning when a stored study's trials ran with other constant overrides, or None."""
-    now = trial_settings(plan.fixed)
-    if not isinstance(stored, dict) or stored == now:
-        return None
-    changes = setting_changes(stored, now)
-    return (
-        f"hydra.sweeper.study_name={plan.study_name!r}: its earlier trials ran with other "
-        f"fixed overrides ({'; '.join(changes)}), and the sampler, the pruner and the best "
-        "trial now compare them with this sweep's as one study. Give a search with other "
-        "settings a study of its own (hydra.sweeper.study_name=<new name>)"
-    )
-
-
-def write_study_file(sweep_dir: Path, plan: StudyPlan) -> Path:
-    """Writes what the jobs need to reach their trial: `<sweep dir>/optuna/study.json`."""
-    path = Path(sweep_dir) / "optuna" / STUDY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    content = {
-        "study_name": plan.study_name,
-        "storage": plan.storage,
-        "pruner": plan.pruner_node,
-        "direction": plan.direction,
-        "search_space": {k: describe_distribution(v) for k, v in sorted(plan.space.items())},
-    }
-    path.write_text(json.dumps(content, indent=2, default=str))
-    return path
-
-
-def read_study_file(sweep_dir: Path) -> dict[str, Any] | None:
-    """The sweep's study.json, or None outside an Optuna sweep.
-
-    Raises:
-        SweepFileError: study.json is cut short or not what the sweeper writes.
-    """
-    path = Path(sweep_dir) / "optuna" / STUDY_FILE
-    if not path.exists():
-        return None
-    # Not to be deleted: a resumed sweep that names no study finds it by the name in it.
-    fix = (
-        "Restore it from a copy of the sweep dir: the sweep's Optuna jobs reach their "
-        "study through it"
-    )
-    return read_sweep_file(path, fix)

@@ -16,12 +16,8 @@ from runner.config.sweep_values import typed_overrides
 from runner.sweeps.grid import group_options, job_composer, refuse_bad_jobs
 from runner.sweeps.job import constant_keys
 from runner.sweeps.manifest import SweepFileError
-from runner.sweeps.optuna_study import (
-    is_optuna_sweep,
-    plan_study,
-    setting_changes,
-    trial_settings,
-)
+from runner.sweeps.optuna_study import is_optuna_sweep, plan_study
+from runner.sweeps.stored_study import setting_changes, trial_settings
 
 
 def changed_constants(before: list[str] | None, now: list[str]) -> list[str]:

@@ -20,7 +20,7 @@ from runner.sweeps.manifest import (
     REPLACED,
     write_json,
 )
-from runner.sweeps.optuna_study import STUDY_FILE
+from runner.sweeps.stored_study import STUDY_FILE
 from runner.sweeps.summary_inputs import (
     SUMMARY_CSV,
     SummaryInputs,

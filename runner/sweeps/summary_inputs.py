@@ -25,7 +25,7 @@ from runner.sweeps.manifest import (
     setting_overrides,
     submitted_jobs,
 )
-from runner.sweeps.optuna_study import read_study_file
+from runner.sweeps.stored_study import read_study_file
 from runner.sweeps.summary_parts import read_earlier_test_metrics
 
 # The status of a submitted job that left no manifest entry (cancelled before it started).

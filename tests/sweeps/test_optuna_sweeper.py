@@ -28,9 +28,10 @@ from runner.sweeps.optuna_parts import (
     open_storage,
     shown_storage,
 )
-from runner.sweeps.optuna_study import MONITOR_ATTR, SPACE_ATTR, continued_sampler, plan_study
+from runner.sweeps.optuna_study import plan_study
 from runner.sweeps.optuna_trial import report_and_check, tell_trial, trial_result
 from runner.sweeps.search_space import distribution_of, search_space, space_to_json
+from runner.sweeps.stored_study import MONITOR_ATTR, SPACE_ATTR, continued_sampler
 from runner.sweeps.stores import cluster_store_warning
 from runner.sweeps.summary import summarize
 from tests.conftest import CONF
@@ -903,7 +904,7 @@ def test_a_study_continued_with_other_settings_names_each_value_that_applies_now
     """A key given twice was compared as two texts: no change showed as "dropped: none"."""
     from types import SimpleNamespace
 
-    from runner.sweeps.optuna_study import settings_change_warning, trial_settings
+    from runner.sweeps.stored_study import settings_change_warning, trial_settings
 
     first = trial_settings(["trainer.max_epochs=1", "trainer.max_epochs=30", "paths.output_dir=a"])
     assert first == {"trainer.max_epochs": "30"}
