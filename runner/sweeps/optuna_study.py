@@ -23,7 +23,6 @@ runner/sweeps/stored_study.py; the plan and the parts it holds are in optuna_par
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,8 +46,6 @@ from runner.sweeps.optuna_parts import (
 from runner.sweeps.search_space import SearchSpace, describe_distribution, search_space
 from runner.sweeps.stored_study import read_study_file, stored_study_problem
 from runner.sweeps.summary_parts import REPEATS
-
-log = logging.getLogger(__name__)
 
 SWEEPER_TARGET = "hydra_plugins.runner_optuna_sweeper.runner_optuna_sweeper.RunnerOptunaSweeper"
 DIRECTIONS = ("maximize", "minimize")
