@@ -33,7 +33,7 @@ from runner.reports.data_report import (
 from runner.sweeps.job import SweepJob
 from runner.tracking.null import NullTracker
 from runner.tracking.run_record import debug_tags, start_run
-from runner.training import checkpoint_io, distributed, engine, startup_clock
+from runner.training import checkpoint_io, distributed, engine, rank_sync, startup_clock
 from runner.training.best_checkpoint import export_safetensors, read_best
 from runner.training.context import (
     RunContext,
@@ -120,20 +120,20 @@ def train_and_test(cfg: DictConfig, job: SweepJob | None) -> float:
     # Also each rank's RNG states: restored from last.pt, or seeded apart on a fresh start.
     state = resume_or_start(ctx.run_dir, cfg.trainer.resume, parts, data, seed=cfg.seed)
 
-    agreement = distributed.stop_agreement(ctx.world)  # under DDP all ranks stop together
+    agreement = rank_sync.stop_agreement(ctx.world)  # under DDP all ranks stop together
     ctx.stop = GracefulStop(agreement)
     # From here on the tracked run always ends with a status; a signal stops it at a step
     # boundary (also one that comes while record_start runs).
     with tracked_run(ctx), ctx.stop:
         if ctx.is_main:
             record_start(ctx, data, state, loaders.train)
-        distributed.barrier()  # the run's config file exists before any rank reads it
+        rank_sync.barrier()  # the run's config file exists before any rank reads it
         state.mlflow_run_id = ctx.tracker.run_id
         with profile(cfg.trainer.profile, ctx.run_dir, ctx.tracker):
             fit(ctx, state, parts, loaders, data)
-        distributed.gather_bad_files(loaders.train)  # each rank streamed its own share
+        rank_sync.gather_bad_files(loaders.train)  # each rank streamed its own share
         ctx.writer.wait()
-        distributed.end_training(ctx.world, agreement)  # the other ranks are done
+        rank_sync.end_training(ctx.world, agreement)  # the other ranks are done
         ctx.stop.at_once()
         if ctx.is_main:  # rank 0 tests the best weights and reports
             # Drawn now, not before the first step: matplotlib takes about a second that

@@ -1,4 +1,4 @@
-"""Data-parallel training (DDP) across processes started by torchrun or SLURM.
+"""Data-parallel training (DDP): the processes started by torchrun or SLURM, and their world.
 
 The rank, world size and local rank come from torchrun's variables (RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR, MASTER_PORT) or from SLURM's (SLURM_PROCID, SLURM_NTASKS,
@@ -7,13 +7,10 @@ from the job id). One process per GPU with NCCL on CUDA, gloo on the CPU; a sing
 process needs none of this and runs as before.
 
 Only rank 0 tracks to MLflow and writes files; the other ranks get a NullTracker and a
-checkpoint writer that writes nothing. The samplers shard each epoch's order by rank
-(runner/data/samplers.py), DDP averages the gradients, and the epoch's training sums are
-added over the ranks before they are logged. Validation runs on every rank over the
-whole split with rank 0's BatchNorm statistics (its torchmetrics states are synced on
-compute, so every rank gets the same numbers), and rank 0's decision after the epoch
-(improved, pruned, early stop) is every rank's; the test runs on rank 0 alone after the
-others have left.
+checkpoint writer that writes nothing. Besides joining the process group, this module
+wraps the model in DDP, scales the lr for the world size and tags the run with how it was
+spread. What the ranks agree on and exchange while they train is in
+runner/training/rank_sync.py.
 """
 
 from __future__ import annotations
@@ -27,18 +24,15 @@ import shutil
 import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from runner.config.choices import LR_SCALING
 from runner.config.modes import launched_by
-from runner.training.engine import EpochStats, batch_index_of
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -168,6 +162,16 @@ def init(device: torch.device) -> tuple[World, torch.device]:
 _CONTROL: Any = None
 
 
+def control_group() -> Any:
+    """The process group the ranks' agreements travel on (set up by `init`).
+
+    A gloo group beside NCCL's, so that a stop decision is a CPU tensor with no GPU sync
+    per step. None means the default group: gloo already, or none at all (a single
+    process, or before `init`).
+    """
+    return _CONTROL
+
+
 def shared_run_dir(run_dir: Path) -> Path:
     """Rank 0's run dir, for every rank.
 
@@ -232,194 +236,6 @@ def wrap(model: torch.nn.Module, device: torch.device, compile: bool = False) ->
     return torch.compile(model) if compile else model
 
 
-def reduce_epoch(done: EpochStats) -> EpochStats:
-    """The epoch's training sums added over all ranks (loss/acc of the global batch).
-
-    Throughput is all images over the slowest rank's time. A collective call: every
-    rank makes it at the same point.
-    """
-    if not current().distributed:
-        return done
-    sums = torch.tensor([done.loss_sum, done.correct, float(done.seen)], dtype=torch.float64)
-    seconds = torch.tensor([done.seconds], dtype=torch.float64)
-    dist.all_reduce(sums, group=_CONTROL)
-    dist.all_reduce(seconds, op=dist.ReduceOp.MAX, group=_CONTROL)
-    loss_sum, correct, seen = sums.tolist()
-    return replace(
-        done, loss_sum=loss_sum, correct=correct, seen=int(seen), seconds=float(seconds.item())
-    )
-
-
-def finite_on_every_rank(finite: torch.Tensor) -> bool:
-    """Whether a step's loss is finite on every rank; `finite` itself in one process.
-
-    With `trainer.nan_policy=skip`, a batch that one rank skipped alone would leave its
-    gradient all-reduce out of step with the other ranks'. A collective call.
-    """
-    if not current().distributed:
-        return bool(finite)
-    flag = torch.tensor([int(bool(finite))], dtype=torch.int32)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=_CONTROL)
-    return bool(flag.item())
-
-
-_NO_BAD_BATCH = 2**62
-
-
-def first_bad_on_any_rank(first_bad: torch.Tensor | float) -> int:
-    """The earliest batch whose loss was not finite on some rank, or -1 (see `NanGuard`).
-
-    With `trainer.nan_policy=stop`, every rank then stops at the same check with the
-    same message, instead of the others failing on a lost peer. A collective call.
-    """
-    index = batch_index_of(first_bad)
-    if not current().distributed:
-        return index
-    earliest = torch.tensor([index if index >= 0 else _NO_BAD_BATCH], dtype=torch.int64)
-    dist.all_reduce(earliest, op=dist.ReduceOp.MIN, group=_CONTROL)
-    return -1 if int(earliest.item()) == _NO_BAD_BATCH else int(earliest.item())
-
-
-def share_buffers(model: torch.nn.Module) -> None:
-    """Gives every rank rank 0's buffers (BatchNorm statistics), before validation.
-
-    Each rank's last training forward updates the buffers with its own batch, and DDP
-    copies rank 0's only at the next training forward. Validating rank 0's buffers on
-    every rank makes every rank's numbers those of the weights rank 0 checkpoints, so
-    the ranks' decisions (best epoch, early stopping) agree. A collective call.
-    """
-    if not current().distributed:
-        return
-    for buffer in model.buffers():
-        dist.broadcast(buffer, src=0)
-
-
-def from_main(value: T) -> T:
-    """Rank 0's `value` on every rank (any picklable object); `value` in a single process.
-
-    For what only rank 0 decides, e.g. Optuna's pruning (only rank 0 reports to the
-    trial). A collective call.
-    """
-    if not current().distributed:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0, group=_CONTROL)
-    return box[0]
-
-
-def gather(value: T) -> list[T]:
-    """Every rank's `value` (any picklable object), in rank order; `[value]` in a single process.
-
-    For what each rank holds apart, e.g. its RNG states for last.pt (only rank 0 writes
-    the file, so it must hold the other ranks' too). A collective call: every rank makes
-    it at the same point.
-    """
-    if not current().distributed:
-        return [value]
-    values: list[Any] = [None] * current().world_size
-    dist.all_gather_object(values, value, group=_CONTROL)
-    return values
-
-
-def gather_bad_files(loader: Any) -> None:
-    """Gives `loader` the bad files that every rank's loader met, once each, in rank order.
-
-    Under DDP each rank streams its own share of the training files: a file that only
-    another rank decoded, and failed, was in that rank's log but not in the bad_files.txt
-    rank 0 writes. A collective call (a loader that streams nothing has no bad files).
-    """
-    if not hasattr(loader, "bad_files"):
-        return
-    merged: dict[str, tuple[str, str]] = {}
-    for bad_files in gather(list(loader.bad_files)):
-        for name, reason in bad_files:
-            merged.setdefault(name, (name, reason))
-    loader.bad_files = list(merged.values())
-
-
-def rank_share(progress: EpochStats) -> EpochStats:
-    """This rank's part of a checkpointed (all-rank) partial epoch: rank 0 keeps the sums.
-
-    A partial epoch is saved with the sums of all ranks (see `reduce_epoch`); giving
-    them to rank 0 alone makes the next reduction count them once.
-    """
-    if current().rank == 0:
-        return progress
-    return replace(progress, loss_sum=0.0, correct=0.0, seen=0)
-
-
-def seed_rank(seed: int, global_step: int) -> None:
-    """Gives each rank its own random stream (augmentation draws), from step `global_step`.
-
-    All ranks build the model from the same seed (identical weights and EMA); afterwards
-    each needs different random augmentations. Called on a fresh start, and on a resume
-    only when last.pt holds no RNG states for this world size (written before last.pt kept
-    every rank's, or by another number of processes): an exact resume restores each
-    rank's own states instead (runner/training/state.py). Nothing happens for a single
-    process.
-    """
-    world = current()
-    if not world.distributed:
-        return
-    import random
-
-    import numpy as np
-
-    mixed = (seed * 1_000_003 + world.rank * 7_919 + global_step) % 2**63
-    random.seed(mixed)
-    np.random.seed(mixed % 2**32)
-    torch.manual_seed(mixed)
-
-
-class StopAgreement:
-    """Lets all ranks stop after the same optimizer step when any of them got a signal.
-
-    Each call starts an asynchronous max-reduction of the ranks' signal numbers and
-    returns the previous call's result, so no rank waits for the others on every step;
-    the stop comes one step after the signal.
-    """
-
-    def __init__(self) -> None:
-        self._pending = None
-        self._flag = torch.zeros(1, dtype=torch.int64)
-
-    def __call__(self, local_signal: int) -> int:
-        """Returns the largest signal number any rank had one call ago (0 = none)."""
-        agreed = 0
-        if self._pending is not None:
-            self._pending.wait()
-            agreed = int(self._flag.item())
-        self._flag = torch.tensor([local_signal], dtype=torch.int64)
-        self._pending = dist.all_reduce(
-            self._flag, op=dist.ReduceOp.MAX, group=_CONTROL, async_op=True
-        )
-        return agreed
-
-    def settle(self) -> None:
-        """Waits for the reduction still under way (before the process group ends)."""
-        if self._pending is not None:
-            self._pending.wait()
-            self._pending = None
-
-
-def stop_agreement(world: World) -> StopAgreement | None:
-    """A StopAgreement under DDP; None for a single process (it decides alone)."""
-    return StopAgreement() if world.distributed else None
-
-
-def end_training(world: World, agreement: StopAgreement | None) -> None:
-    """Waits for every rank to finish training, then leaves the process group.
-
-    Rank 0 then tests and reports alone; the other ranks are done.
-    """
-    if not world.distributed:
-        return
-    if agreement is not None:
-        agreement.settle()
-    dist.barrier(group=_CONTROL)
-    dist.destroy_process_group()
-
-
 def scale_lr(optimizer: torch.optim.Optimizer, rule: str, world_size: int) -> float:
     """Scales every group's lr for the world size: none, linear (x N) or sqrt (x sqrt N).
 
@@ -440,12 +256,6 @@ def scale_lr(optimizer: torch.optim.Optimizer, rule: str, world_size: int) -> fl
 def world_size_now() -> int:
     """The number of training processes (1 when not distributed)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def barrier() -> None:
-    """Waits until every rank gets here (nothing to wait for in a single process)."""
-    if current().distributed:
-        dist.barrier(group=_CONTROL)
 
 
 def tags(world: World, trainer: Any, batches_per_epoch: int, full_batch: int) -> dict[str, str]:

@@ -92,8 +92,8 @@ class NanGuard:
     policy: str = "stop"
     max_skips: int = 10
     skipped: int = 0
-    # Under DDP, the ranks' verdicts combined (`distributed.finite_on_every_rank`,
-    # `distributed.first_bad_on_any_rank`): a batch that one rank skips, every rank
+    # Under DDP, the ranks' verdicts combined (`rank_sync.finite_on_every_rank`,
+    # `rank_sync.first_bad_on_any_rank`): a batch that one rank skips, every rank
     # skips, and a bad loss on one rank stops them all, at the same step.
     finite_everywhere: Callable[[torch.Tensor], bool] = bool
     first_bad_anywhere: Callable[[torch.Tensor | float], int] = batch_index_of

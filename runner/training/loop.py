@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from runner.data.build import Loaders
 from runner.data.splits import DataSplits, ids_digest
 from runner.reports.console import ProgressDisplay
-from runner.training import distributed, engine, startup_clock
+from runner.training import distributed, engine, rank_sync, startup_clock
 from runner.training.best_checkpoint import BestCheckpoint
 from runner.training.context import RunContext
 from runner.training.decision import EpochDecision, decide_after_epoch
@@ -142,8 +142,8 @@ class EpochLoop:
             trainer.nan_policy,
             trainer.max_nan_skips,
             state.nan_skips,
-            finite_everywhere=distributed.finite_on_every_rank,
-            first_bad_anywhere=distributed.first_bad_on_any_rank,
+            finite_everywhere=rank_sync.finite_on_every_rank,
+            first_bad_anywhere=rank_sync.first_bad_on_any_rank,
         )
         self.steps = engine.StepSettings.from_trainer(trainer)
         self.checkpoints = ctx.run_dir / "checkpoints"
@@ -164,7 +164,7 @@ class EpochLoop:
         ctx, state, parts = self.ctx, self.state, self.parts
         unfinished = None
         if state.partial_epoch:
-            unfinished = distributed.rank_share(engine.EpochStats(**state.partial_epoch))
+            unfinished = rank_sync.rank_share(engine.EpochStats(**state.partial_epoch))
         done_before = unfinished.batches if unfinished else 0
         self.train_loader.set_epoch(epoch, start_batch=done_before)
         epoch_lr = parts.optimizer.param_groups[0]["lr"]  # read after the epoch, it is the next's
@@ -193,7 +193,7 @@ class EpochLoop:
             self.display.end_epoch(f"stopped after batch {done.batches}; checkpoint saved")
             raise TrainingInterrupted(ctx.stop.signum)
         state.partial_epoch = state.partial_epoch_lr = None
-        return distributed.reduce_epoch(done), epoch_lr
+        return rank_sync.reduce_epoch(done), epoch_lr
 
     def validate(self, done: engine.EpochStats, epoch_lr: float) -> dict[str, float]:
         """Validates the weights to test; returns the epoch's metrics, train's and val's."""
@@ -202,7 +202,7 @@ class EpochLoop:
             # both at once once failed with KeyError: 'scipy'. Mostly long done by now.
             self.ctx.tracker.wait_connected()
             self.val_metrics = build_metrics(self.data.num_classes).to(self.ctx.device)
-        distributed.share_buffers(self.parts.eval_model)  # every rank validates rank 0's weights
+        rank_sync.share_buffers(self.parts.eval_model)  # every rank validates rank 0's weights
         val = engine.evaluate(
             model=self.parts.eval_model,
             loader=self.val_loader,
@@ -239,7 +239,7 @@ class EpochLoop:
             stop_if_not_finite=trainer.nan_policy == "stop" or not weights_ok,
             prune=partial(should_prune, ctx, self.state.epoch, current),
         )
-        return distributed.from_main(decision)  # only rank 0 reports to a pruner
+        return rank_sync.from_main(decision)  # only rank 0 reports to a pruner
 
     def save_and_log(
         self, metrics: dict[str, float], decision: EpochDecision, done: engine.EpochStats
@@ -294,7 +294,7 @@ class EpochLoop:
                 "signal stopped the run",
                 "not saved as last.pt",
             )
-        state.partial_epoch = asdict(distributed.reduce_epoch(done))
+        state.partial_epoch = asdict(rank_sync.reduce_epoch(done))
         state.partial_epoch_lr = epoch_lr
         ctx.writer.submit({self.last: last_payload(state, parts)}, keep_previous={self.last})
         ctx.writer.wait()

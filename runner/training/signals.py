@@ -12,7 +12,7 @@ or, in a job started without submitit, with `scontrol requeue`. The requeued job
 continues from the checkpoint, in the same run dir and MLflow run.
 
 Under DDP every rank must stop after the same step (the next collective would wait
-forever otherwise): an `agree` function (see runner.training.distributed) makes the ranks
+forever otherwise): an `agree` function (see runner.training.rank_sync) makes the ranks
 decide together.
 """
 

@@ -25,7 +25,7 @@ from runner.config.errors import ConfigError
 from runner.config.files import replaced_whole
 from runner.data.splits import DataSplits, splits_digest
 from runner.models.weights import short_cause
-from runner.training import checkpoint_io, distributed
+from runner.training import checkpoint_io, distributed, rank_sync
 from runner.training.optim import load_schedule
 from runner.training.parts import TrainingParts
 from runner.training.resume_checks import check_same_data, check_world_size
@@ -68,7 +68,7 @@ def last_payload(state: TrainState, parts: TrainingParts) -> dict[str, Any]:
         "rng": rng,  # this process's (rank 0's in the file): all a single process needs
         # Each rank draws its own augmentations: restoring rank 0's states on every rank
         # (or reseeding) would make the resumed ranks draw other numbers than they did.
-        "rng_by_rank": distributed.gather(rng) if world.distributed else None,
+        "rng_by_rank": rank_sync.gather(rng) if world.distributed else None,
         # A partial epoch can only be continued by as many processes as began it.
         "world_size": world.world_size,
         "state": asdict(state),
@@ -226,14 +226,14 @@ def start_over_if_asked(cfg: DictConfig, run_dir: Path) -> None:
     if aside is not None and was is not None and was.is_relative_to(folder):
         moved = str(aside.resolve() / was.relative_to(folder))
         log.info("model.pretrained_file is read from where it has moved: %s", moved)
-    moved = distributed.from_main(moved)  # a collective call: rank 0 alone moved them
+    moved = rank_sync.from_main(moved)  # a collective call: rank 0 alone moved them
     if moved is not None:
         cfg.model.pretrained_file = moved
 
 
 def _fresh_start(seed: int, data_digest: str) -> TrainState:
     """A new state; under DDP each rank gets its own random stream from `seed`."""
-    distributed.seed_rank(seed, 0)
+    rank_sync.seed_rank(seed, 0)
     return TrainState(data_digest=data_digest)
 
 
@@ -281,7 +281,7 @@ def restore_rng(saved: dict[str, Any], seed: int, global_step: int) -> None:
     A last.pt written by as many processes as this run has holds every rank's states, so
     each rank draws the numbers the uninterrupted run drew. Otherwise (a last.pt from
     before every rank's were kept, or from another number of processes) each rank gets
-    a fresh stream of its own (`distributed.seed_rank`): close to, but not exactly, the
+    a fresh stream of its own (`rank_sync.seed_rank`): close to, but not exactly, the
     uninterrupted run. A single process restores the file's states, as always.
     """
     world = distributed.current()
@@ -296,7 +296,7 @@ def restore_rng(saved: dict[str, Any], seed: int, global_step: int) -> None:
             "kept every rank's): each rank draws a new random stream, so this resumed run "
             "comes close to, but not exactly, the uninterrupted one"
         )
-    distributed.seed_rank(seed, global_step)
+    rank_sync.seed_rank(seed, global_step)
 
 
 def set_rng_state(rng: dict[str, Any]) -> None:

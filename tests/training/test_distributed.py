@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner.training import distributed
+from runner.training import distributed, rank_sync
 from runner.training.signals import GracefulStop, TrainingInterrupted
 from tests.conftest import REPO, TINY, for_logger, free_port
 
@@ -152,18 +152,18 @@ def test_lr_scaling_is_validated_with_the_config(make_cfg):
 AGREEMENT = textwrap.dedent("""
     import os, signal, sys
     import torch.distributed as dist
-    from runner.training import distributed
+    from runner.training import distributed, rank_sync
     from runner.training.signals import GracefulStop
     import torch
     world, _ = distributed.init(torch.device("cpu"))
-    stop = GracefulStop(distributed.stop_agreement(world))
+    stop = GracefulStop(rank_sync.stop_agreement(world))
     calls = 0
     with stop:
         while not stop.requested():
             calls += 1
             if world.rank == 1 and calls == 5:
                 os.kill(os.getpid(), signal.SIGUSR2)  # only rank 1 gets the signal
-    distributed.end_training(world, stop._agree)
+    rank_sync.end_training(world, stop._agree)
     print(f"rank {world.rank} stopped at call {calls} by {stop.signum}")
 """)
 
@@ -206,7 +206,7 @@ NAN_ON_ONE_RANK = textwrap.dedent("""
     import os, sys
     import torch
     from torch import nn
-    from runner.training import distributed, engine
+    from runner.training import distributed, engine, rank_sync
 
     world, device = distributed.init(torch.device("cpu"))
 
@@ -231,8 +231,8 @@ NAN_ON_ONE_RANK = textwrap.dedent("""
     generator = torch.Generator().manual_seed(world.rank)
     loader = [(torch.randint(0, 255, (4, 3, 2, 2), generator=generator, dtype=torch.uint8),
                torch.randint(0, 3, (4,), generator=generator)) for _ in range(4)]
-    guard = engine.NanGuard(sys.argv[1], 10, finite_everywhere=distributed.finite_on_every_rank,
-                            first_bad_anywhere=distributed.first_bad_on_any_rank)
+    guard = engine.NanGuard(sys.argv[1], 10, finite_everywhere=rank_sync.finite_on_every_rank,
+                            first_bad_anywhere=rank_sync.first_bad_on_any_rank)
     try:
         done = engine.train_one_epoch(model=distributed.wrap(model, device), loader=loader,
                                       parts=Parts, autocast=engine.make_autocast(device, "32"),
@@ -240,7 +240,7 @@ NAN_ON_ONE_RANK = textwrap.dedent("""
     except engine.NonFiniteLossError as err:
         print(f"rank {world.rank} stopped: {err}")
     else:
-        weights = distributed.gather(model[1].weight.detach())
+        weights = rank_sync.gather(model[1].weight.detach())
         print(f"rank {world.rank}: {done.seen} images, {guard.skipped} skipped, "
               f"same weights: {torch.equal(weights[0], weights[1])}")
     # Ended without the interpreter's finalization: gloo's worker thread may still be
@@ -398,7 +398,7 @@ def test_each_rank_restores_its_own_rng_states_and_an_old_checkpoint_reseeds(ran
     # A last.pt from before every rank's states were kept: rank 0's, then this rank's stream.
     restore_rng({"rng": states[0]}, seed=0, global_step=7)
     reseeded = torch.rand(3)
-    distributed.seed_rank(0, 7)
+    rank_sync.seed_rank(0, 7)
     assert torch.equal(reseeded, torch.rand(3)) and not torch.equal(reseeded, expected)
 
 
