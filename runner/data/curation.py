@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -54,6 +55,16 @@ _FALSE = frozenset({"false", "f", "no", "n", "0", "0.0"})
 # What `gone` maps an id data.exclude dropped to; no id is gone by default.
 EXCLUDE_KEY = "data.exclude"
 _NONE_GONE: Mapping[str, str] = MappingProxyType({})
+
+
+def _matched_form(text: str) -> str:
+    """An id or class name as compared: in Unicode's NFC form.
+
+    A file or folder copied from macOS spells "ü" as "u" plus an accent (NFD); the same
+    name typed elsewhere is one character. Class folders are matched the same way
+    (`runner.data.sets.imagefolder.class_key`).
+    """
+    return unicodedata.normalize("NFC", text)
 
 
 def read_id_file(
@@ -158,12 +169,14 @@ def _nothing_flagged(
 def _train_positions(data: DataSplits, ids: list[str]) -> tuple[np.ndarray, list[str], list[str]]:
     """Positions in the train split of `ids`, those ids, and the ids that are not train's.
 
-    An id matches as written or, failing that, without surrounding spaces.
+    An id matches as written or, failing that, without surrounding spaces; in either
+    Unicode form (`_matched_form`).
     """
-    where = {sample_id: i for i, sample_id in enumerate(data.train.ids)}
+    where = {_matched_form(str(sample_id)): i for i, sample_id in enumerate(data.train.ids)}
     matched, unmatched, positions = [], [], []
     for sample_id in ids:
-        position = where.get(sample_id, where.get(sample_id.strip()))
+        form = _matched_form(sample_id)
+        position = where.get(form, where.get(form.strip()))
         if position is None:
             unmatched.append(sample_id)
         else:
@@ -196,12 +209,14 @@ def _check_unmatched(
     """
     if not unmatched:
         return
-    others = {str(i) for split in (data.val, data.test) for i in split.ids}
+    others = {_matched_form(str(i)) for split in (data.val, data.test) for i in split.ids}
+    gone = {_matched_form(sample_id): cause for sample_id, cause in gone.items()}
     # Where each unmatched id is, if anywhere: val/test, dropped (by what), or nowhere.
     in_other, strays = [], []
     dropped: dict[str, list[str]] = {}
     for sample_id in unmatched:
-        written = (sample_id, sample_id.strip())
+        form = _matched_form(sample_id)
+        written = (form, form.strip())
         cause = next((gone[w] for w in written if w in gone), None)
         if others.intersection(written):
             in_other.append(sample_id)
@@ -322,9 +337,10 @@ def _indices_allowed(class_names: list[str]) -> bool:
 
 def _class_index(value: str, class_names: list[str], by_index: bool) -> int | None:
     """The class a relabel row names: its name, else (`by_index`) its index; None = none."""
-    text = str(value).strip()
-    if text in class_names:
-        return class_names.index(text)
+    text = _matched_form(str(value).strip())
+    names = [_matched_form(name) for name in class_names]
+    if text in names:
+        return names.index(text)
     if not by_index:
         return None
     # isdecimal, not isdigit: "²" is a digit that int() refuses.

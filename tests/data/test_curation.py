@@ -447,3 +447,30 @@ def test_an_id_written_with_and_without_spaces_is_one_sample(make_cfg, tmp_path)
     )
     with pytest.raises(DataError, match="name the same train sample and give it two labels"):
         digits(make_cfg, f"data.relabel={relabel}")
+
+
+def test_ids_and_class_names_match_in_either_unicode_form(tmp_path):
+    """Files and folders copied from macOS spell "ü" as "u" plus an accent (NFD): a class
+    name and an id typed on Linux (NFC) looked the same in the error that refused them."""
+    import dataclasses
+    import unicodedata
+
+    import numpy as np
+
+    from runner.data.curation import exclude_samples, relabel_samples
+    from runner.data.sets.synthetic import make_synthetic
+
+    def nfd(text: str) -> str:
+        return unicodedata.normalize("NFD", text)
+
+    typed = unicodedata.normalize("NFC", "train/grün/é {}.png")
+    assert nfd(typed) != typed
+    data = make_synthetic(num_samples=30, num_classes=3, image_size=8)
+    data.class_names = ["blue", nfd("grün"), "red"]
+    ids = np.array([nfd(typed.format(i)) for i in range(len(data.train))], dtype=object)
+    data.train = dataclasses.replace(data.train, ids=ids)
+    label = unicodedata.normalize("NFC", "grün")
+    relabel = write_csv(tmp_path / "fix.csv", ["sample_id", "label"], [[typed.format(0), label]])
+    assert relabel_samples(data, str(relabel)).train.labels[0].item() == 1
+    drop = write_csv(tmp_path / "drop.csv", ["sample_id"], [[typed.format(1)]])
+    assert len(exclude_samples(data, str(drop)).train) == len(data.train) - 1
