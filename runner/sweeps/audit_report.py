@@ -105,7 +105,9 @@ def write_near_duplicates(path: Path, lab: Any, merged: MergedFolds, names) -> i
                     names[merged.label[i]],
                     f"{scores[i]:.6f}",
                     f"{table['distance_to_nearest_neighbor'].iat[i]:.6g}",
-                    json.dumps(members),  # a JSON list: image paths may hold spaces
+                    # A JSON list (image paths may hold spaces) of the ids as written,
+                    # so that one copied into data.exclude matches.
+                    json.dumps(members, ensure_ascii=False),
                 )
             )
     header = ("sample_id", "given_label", "near_duplicate_score", "distance", "duplicate_ids")

@@ -49,6 +49,7 @@ def fake_sweep(
     edit_embeddings=None,
     fold_spaces: bool = False,
     shared: bool = True,
+    id_prefix: str = "",
 ) -> tuple[Path, object]:
     """A sweep dir as K fold jobs leave it, with a logistic regression as the model.
 
@@ -56,11 +57,13 @@ def fake_sweep(
     fold's held-out probabilities come from a model fitted on the other folds, and the
     embeddings are the pixels, or with `fold_spaces` the pixels turned by a rotation of
     each fold's own, as each fold's network embeds in a space of its own. With `shared`,
-    fold 0's job also embeds the other folds. Returns the sweep dir and the noisy data set.
+    fold 0's job also embeds the other folds. `id_prefix` starts every sample id (a folder
+    of an image folder's ids). Returns the sweep dir and the noisy data set.
     """
     from sklearn.linear_model import LogisticRegression
 
     data = apply_switches(load_digits(image_size=8), seed=0, label_noise=noise)
+    data.train.ids = np.array([f"{id_prefix}{i}" for i in data.train.ids], dtype=object)
     pixels = data.train.images[:, 0].reshape(len(data.train), -1).float().numpy() / 255
     labels = data.train.labels.numpy()
     embeddings = pixels.copy()
@@ -211,13 +214,17 @@ def test_near_duplicates_and_outliers_are_listed_by_sample_id(tmp_path):
         embeddings[11] = embeddings[10]  # an exact copy
         embeddings[20] = 25.0  # far from every image
 
-    sweep, data = fake_sweep(tmp_path / "sweep", noise=0.0, edit_embeddings=edit)
+    sweep, data = fake_sweep(
+        tmp_path / "sweep", noise=0.0, edit_embeddings=edit, id_prefix="train/grün/"
+    )
     result = run_audit(sweep, num_thumbnails=0)
     duplicates = {r["sample_id"]: r for r in read_rows(sweep / "audit" / "near_duplicates.csv")}
     first, second = str(data.train.ids[10]), str(data.train.ids[11])
     # A JSON list: image-folder ids are paths, which may hold spaces.
     assert second in json.loads(duplicates[first]["duplicate_ids"])
     assert first in json.loads(duplicates[second]["duplicate_ids"])
+    # As written (not "gr\u00fcn"): an id copied from the list into data.exclude matches.
+    assert second in duplicates[first]["duplicate_ids"]
     outliers = read_rows(sweep / "audit" / "outliers.csv")
     assert outliers[0]["sample_id"] == str(data.train.ids[20]), "the most outlying first"
     assert result.counts["num_near_duplicates"] == len(duplicates)
