@@ -18,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from runner.config.files import from_job_cwd, job_cwd
 from runner.config.validation import ConfigError
 from runner.data.build import build_data
 from runner.data.checks import require_splits
@@ -209,6 +210,13 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> tuple[DataSplits, Di
         other = ", or test on other data: eval.data=current data=... data.root=..."
         resolved_part(loaded.stored, "data", loaded.path, other)
         data_cfg = train_only_keys_off(loaded.stored.data)
+        # A relative folder (data.root=../leaves) is the training run's: from the directory
+        # it ran in, so that eval from another directory tests on the same files. (root is
+        # no content setting: the test split's digest stays the run's.)
+        root = as_read_here(data_cfg, "root")
+        found = from_job_cwd(root, job_cwd(loaded.path.parent.parent))  # <run>/checkpoints/
+        if found != root:
+            data_cfg.root = found
         if data_cfg.get("cache_dir") is not None:
             # Under this command's paths.output_dir, as everything it writes: the stored
             # value, resolved at training, wrote into the training run's output folder.

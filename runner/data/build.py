@@ -7,11 +7,12 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.choices import RUNNER_GROUP_KEYS
-from runner.config.errors import ConfigError
+from runner.config.errors import ConfigError, UserError
 from runner.data import curation, folds, switches
 from runner.data.debug import limit_batches
 from runner.data.splits import DataSplits
@@ -74,7 +75,14 @@ def source_splits(settings: Mapping[str, Any]) -> DataSplits:
         ConfigError: The data set's function returned something else than `DataSplits`
             of uint8 (N, C, H, W) images of `data.image_size`.
     """
-    built = instantiate({k: v for k, v in settings.items() if k not in RUNNER_KEYS})
+    try:
+        built = instantiate({k: v for k, v in settings.items() if k not in RUNNER_KEYS})
+    except InstantiationException as err:
+        # Hydra wraps what the data set's function raised: a user's mistake (a DataError
+        # naming data.root) is raised as itself, for a caller to catch and add to.
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from err.__cause__.__cause__
+        raise
     _check_built(built, settings.get("_target_"), settings.get("image_size"))
     return built.ensure_ids()
 

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from omegaconf import OmegaConf
 
-from runner.config.files import replaced_whole
+from runner.config.files import from_job_cwd, job_cwd, replaced_whole
 from runner.sweeps.out_of_fold import MergedFolds
 
 log = logging.getLogger(__name__)
@@ -143,24 +143,12 @@ def _data_config(merged: MergedFolds) -> dict[str, Any] | None:
             data = OmegaConf.load(path).get("data")
             if data is not None:
                 data = OmegaConf.to_container(data, resolve=True)
-                job_cwd = _job_cwd(run_dir)
+                cwd = job_cwd(run_dir)
                 for key in ("root", "name", "cache_dir"):
-                    value = data.get(key)
-                    if job_cwd is None or not isinstance(value, str) or not value:
-                        continue
-                    if not Path(value).expanduser().is_absolute() and (job_cwd / value).exists():
-                        data[key] = str(job_cwd / value)
+                    if key in data:
+                        data[key] = from_job_cwd(data[key], cwd)
                 return data
     return None
-
-
-def _job_cwd(run_dir: Path) -> Path | None:
-    """The working directory a job ran in, as Hydra recorded it; None when unknown."""
-    path = run_dir / ".hydra" / "hydra.yaml"
-    if not path.is_file():
-        return None
-    cwd = OmegaConf.select(OmegaConf.load(path), "hydra.runtime.cwd", default=None)
-    return Path(cwd) if isinstance(cwd, str) and cwd else None
 
 
 def draw_suspects(

@@ -921,6 +921,35 @@ def test_eval_on_stored_data_writes_its_decode_cache_under_its_own_output_dir(tm
     assert not trained_cache.exists()
 
 
+def test_eval_on_stored_data_reads_a_relative_root_from_the_training_runs_directory(
+    tmp_path, monkeypatch
+):
+    """data.root=pics was looked for under eval's own working directory. And once the
+    folder was gone, the hint (the checkpoint's own data; eval.data=current for other
+    data) never showed: Hydra's wrapper hid the DataError from the code that adds it."""
+    from omegaconf import OmegaConf
+
+    from tests.datagen import make_imagefolder
+
+    work = tmp_path / "work"
+    make_imagefolder(work / "pics", per_class=6, splits=("train", "test"), size=16)
+    monkeypatch.chdir(work)
+    folder = ("data=imagefolder", "data.root=pics", "data.image_size=16", "data.cache_dir=null")
+    small = ("trainer.max_epochs=1", "trainer.batch_size=8", "model=timm", "model.name=test_resnet")
+    run(compose_run(tmp_path, "train", *folder, *small, "logger=none", tiny=False))
+    # Hydra's record of the directory a `python run.py` ran in (compose writes none).
+    hydra_yaml = tmp_path / "train" / ".hydra" / "hydra.yaml"
+    hydra_yaml.parent.mkdir(exist_ok=True)
+    OmegaConf.save({"hydra": {"runtime": {"cwd": str(work)}}}, hydra_yaml)
+    monkeypatch.chdir(tmp_path)  # no pics/ here
+    ckpt = tmp_path / "train" / "checkpoints" / "best.pt"
+    evaluating = ("mode=eval", f"ckpt={ckpt}", "logger=none")
+    assert 0.0 <= run(compose_run(tmp_path, "eval", *evaluating, tiny=False)) <= 1.0
+    (work / "pics").rename(work / "moved")
+    with pytest.raises(DataError, match=r"\(this is the checkpoint's own data, eval.data=stored"):
+        run(compose_run(tmp_path, "eval_moved", *evaluating, tiny=False))
+
+
 def test_predict_refuses_a_model_of_other_than_one_or_three_channels_before_reading(tmp_path):
     """A 4-channel model got the files' RGB batches: a bare "size of tensor a (3) must
     match" traceback after every image was decoded."""
