@@ -22,11 +22,17 @@ It reads only the sweep dir, so it works whichever launcher ran the jobs (SLURM
 included) and can be redone:
 
     python -m runner.sweeps audit <sweep dir>
+
+An audit redone keeps the earlier one in `audit.replaced-<time>/` where it would lose
+something: more samples, or CSV files edited since they were written (`.written.json`
+holds their digests as written).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -137,12 +143,43 @@ def known_noise(
     }
 
 
-def keep_a_fuller_audit(out: Path, num_samples: int) -> Path | None:
-    """Moves an earlier audit of more samples to `audit.replaced-<time>/` before a new one.
+# The digest of each CSV file as the audit wrote it. A file that differs was changed
+# since (README suggests setting is_label_issue by hand), and a redone audit keeps it.
+WRITTEN_RECORD = ".written.json"
+ACTED_ON = ("label_issues.csv", "near_duplicates.csv", "outliers.csv")
 
-    A fold job's out_of_fold.npz that is missing or unreadable leaves its fold out of an
-    audit. An audit redone then would replace a complete one with one of fewer samples;
-    the complete one is kept beside it instead.
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def record_written(out: Path) -> None:
+    """Records the digests of the CSV files the audit just wrote in `out`."""
+    written = {name: _digest(out / name) for name in ACTED_ON if (out / name).is_file()}
+    (out / WRITTEN_RECORD).write_text(json.dumps(written, indent=2), encoding="utf-8")
+
+
+def changed_files(out: Path) -> list[str]:
+    """The audit's CSV files in `out` that are not as it wrote them (all, without a record)."""
+    try:
+        written = json.loads((out / WRITTEN_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        written = {}
+    if not isinstance(written, dict):
+        written = {}
+    return [
+        name
+        for name in ACTED_ON
+        if (out / name).is_file() and written.get(name) != _digest(out / name)
+    ]
+
+
+def keep_earlier_audit(out: Path, num_samples: int) -> Path | None:
+    """Moves an earlier audit a new one would lose to `audit.replaced-<time>/`.
+
+    Kept are an audit of more samples (a fold job's out_of_fold.npz that is missing or
+    unreadable leaves its fold out of an audit redone) and one whose CSV files were
+    changed since it wrote them (rows flagged by hand).
 
     Args:
         out: The audit folder, `<sweep dir>/audit`.
@@ -157,7 +194,8 @@ def keep_a_fuller_audit(out: Path, num_samples: int) -> Path | None:
         return None
     with earlier.open(newline="", encoding="utf-8") as handle:
         audited = sum(1 for _ in csv.reader(handle)) - 1  # less the header
-    if audited <= num_samples:
+    changed = changed_files(out)
+    if audited <= num_samples and not changed:
         return None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     aside = out.with_name(f"{out.name}.replaced-{stamp}")
@@ -166,13 +204,27 @@ def keep_a_fuller_audit(out: Path, num_samples: int) -> Path | None:
         number += 1
         aside = out.with_name(f"{out.name}.replaced-{stamp}-{number}")
     out.rename(aside)
-    log.warning(
-        "audit: the earlier audit covered %d samples and this one covers %d (a fold's "
-        "outputs are missing); the earlier one is kept in %s",
-        audited,
-        num_samples,
-        aside,
-    )
+    if audited > num_samples:
+        log.warning(
+            "audit: the earlier audit covered %d samples and this one covers %d (a fold's "
+            "outputs are missing); the earlier one is kept in %s",
+            audited,
+            num_samples,
+            aside,
+        )
+    elif not (aside / WRITTEN_RECORD).is_file():
+        log.warning(
+            "audit: the earlier audit kept no record of the files it wrote, so edits to "
+            "them cannot be told from its own rows; it is kept in %s",
+            aside,
+        )
+    else:
+        log.warning(
+            "audit: %s of the earlier audit differ from what it wrote (edited by hand?); "
+            "the new audit does not keep those edits, and the earlier one is kept in %s",
+            ", ".join(changed),
+            aside,
+        )
     return aside
 
 
@@ -201,7 +253,7 @@ def run_audit(
             f"{sweep_dir})."
         )
     merged = merged if merged is not None else merge_folds(sweep_dir)
-    keep_a_fuller_audit(out, len(merged.sample_id))
+    keep_earlier_audit(out, len(merged.sample_id))
     lab, seconds = find_issues(merged)
     out.mkdir(exist_ok=True)
     names = np.array(merged.class_names, dtype=object)
@@ -210,6 +262,7 @@ def run_audit(
     )
     duplicates = write_near_duplicates(out / "near_duplicates.csv", lab, merged, names)
     outliers = write_outliers(out / "outliers.csv", lab, merged, names)
+    record_written(out)
     counts = {
         "num_label_issues": int(flagged.sum()),
         "num_near_duplicates": duplicates,

@@ -338,6 +338,17 @@ def test_an_audit_redone_with_a_fold_missing_keeps_the_complete_one_beside_it(tm
     assert len(read_rows(sweep / "audit" / "label_issues.csv")) < len(data.train)
     run_audit(sweep, num_thumbnails=0)  # as many samples as the audit in place: replaced
     assert len(list(sweep.glob("audit.replaced-*"))) == 1
+    # Rows flagged by hand (as README suggests) were written over by a redo, unsaid.
+    issues = sweep / "audit" / "label_issues.csv"
+    rows = list(csv.reader(issues.open(newline="", encoding="utf-8")))
+    rows[1][4] = "False" if rows[1][4] == "True" else "True"
+    with issues.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(rows)
+    edited = issues.read_text()
+    run_audit(sweep, num_thumbnails=0)
+    kept = [p for p in sweep.glob("audit.replaced-*") if p != aside]
+    assert len(kept) == 1 and (kept[0] / "label_issues.csv").read_text() == edited
+    assert issues.read_text() != edited
 
 
 def test_an_audit_folder_that_is_a_file_or_a_sweep_dir_that_is_not_there_is_named(tmp_path, capsys):
