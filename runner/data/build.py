@@ -44,6 +44,12 @@ def build_data(data_cfg: DictConfig) -> DataSplits:
         cause = " and ".join(dropping)
         gone = before - {str(i) for i in data.train.ids}
         curated["switched_out"] = dict.fromkeys(gone, cause)
+    if data.bad_ids and any(value is not None for value in curated.values()):
+        # A file listing the files bad_files.txt names is told they were skipped.
+        curated["switched_out"] = {
+            **dict.fromkeys(data.bad_ids, curation.BAD_FILE_CAUSE),
+            **curated.get("switched_out", {}),
+        }
     data = curation.apply_curation(data, **curated)
     data = folds.select_fold(data, seed=seed, **folding)
     data.note_noise_rate()  # again: exclusion, relabelling and the fold change the rate

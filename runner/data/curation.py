@@ -19,12 +19,12 @@ spaces.
 They apply after the real-world switches (so they act on the labels an audit saw) and
 before k-fold. Only train samples change: an id of the val or test split, of a train
 sample a switch dropped (`data.fraction`, `data.samples_per_class`,
-`data.imbalance_ratio`) or, for relabel, of a sample data.exclude dropped is counted and
-reported. An id of no sample at all (a typo, another data set's) is an error naming the
-file, and so is a file none of whose ids is a train sample (saying which of them a
-switch or data.exclude dropped). The counts go to the run's params (`data.num_excluded`,
-`data.num_relabeled`, `data.num_label_changes`, `data.exclude_unmatched`,
-`data.relabel_unmatched`).
+`data.imbalance_ratio`), of a file that did not decode (bad_files.txt) or, for relabel,
+of a sample data.exclude dropped is counted and reported. An id of no sample at all (a
+typo, another data set's) is an error naming the file, and so is a file none of whose
+ids is a train sample (saying which of them a switch or data.exclude dropped). The
+counts go to the run's params (`data.num_excluded`, `data.num_relabeled`,
+`data.num_label_changes`, `data.exclude_unmatched`, `data.relabel_unmatched`).
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ _TRUE = frozenset({"true", "t", "yes", "y", "1", "1.0"})
 _FALSE = frozenset({"false", "f", "no", "n", "0", "0.0"})
 # What `gone` maps an id data.exclude dropped to; no id is gone by default.
 EXCLUDE_KEY = "data.exclude"
+# What `gone` maps the id of a file that did not decode to (bad_files.txt lists it).
+BAD_FILE_CAUSE = "data.on_bad_file=skip"
 _NONE_GONE: Mapping[str, str] = MappingProxyType({})
 
 
@@ -267,7 +269,12 @@ def _unmatched_fix(key: str, ids: list[str], dropped: dict[str, list[str]]) -> s
             "Use a file written for this data set (the same data config and "
             "data.split_seed), e.g. <sweep dir>/audit/label_issues.csv"
         )
-    switches = [cause for cause in dropped if cause != EXCLUDE_KEY]
+    if set(dropped) == {BAD_FILE_CAUSE}:
+        return (
+            "Those files do not decode (bad_files.txt lists them), so no run trains on "
+            f"them: leave {key} out"
+        )
+    switches = [cause for cause in dropped if cause not in (EXCLUDE_KEY, BAD_FILE_CAUSE)]
     if not switches:
         return "Leave those samples out of one of the two files"
     also = (

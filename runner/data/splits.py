@@ -131,6 +131,8 @@ class DataSplits:
     extra_params: dict = field(default_factory=dict)
     # (path, reason) of every file that was skipped because it could not be decoded.
     bad_files: list[tuple[str, str]] = field(default_factory=list)
+    # The sample ids those files would have had (a data.exclude file may name them).
+    bad_ids: list[str] = field(default_factory=list)
     # The train labels before label noise (aligned with `train`); None = no noise.
     clean_train_labels: torch.Tensor | None = None
     # Whether the train split was made, or is, long-tailed (head/medium/tail accuracy).

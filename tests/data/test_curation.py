@@ -474,3 +474,23 @@ def test_ids_and_class_names_match_in_either_unicode_form(tmp_path):
     assert relabel_samples(data, str(relabel)).train.labels[0].item() == 1
     drop = write_csv(tmp_path / "drop.csv", ["sample_id"], [[typed.format(1)]])
     assert len(exclude_samples(data, str(drop)).train) == len(data.train) - 1
+
+
+def test_ids_of_files_that_do_not_decode_are_named_as_such(make_cfg, tmp_path):
+    """An exclude file listing what bad_files.txt names was refused: its ids "name no
+    sample" and the file was "written for another data set"."""
+    from tests.datagen import make_imagefolder, write_bad_files
+
+    root = make_imagefolder(tmp_path / "pics", classes=("a", "b"), per_class=8)
+    bad = write_bad_files(root / "train" / "a")
+    folder = ("data=imagefolder", f"data.root={root}", "data.cache_dir=null")
+    bad_ids = [p.relative_to(root).as_posix() for p in bad.values()]
+    drop = write_csv(
+        tmp_path / "drop.csv", ["sample_id"], [["train/b/000.jpg"], *[[i] for i in bad_ids]]
+    )
+    data = build_data(make_cfg(*folder, f"data.exclude={drop}", tiny=False).data)
+    assert data.extra_params["data.num_excluded"] == 1
+    assert data.extra_params["data.exclude_unmatched"] == 3
+    only_bad = write_csv(tmp_path / "bad.csv", ["sample_id"], [[i] for i in bad_ids])
+    with pytest.raises(DataError, match=r"\(3 were dropped by data.on_bad_file=skip\)\. Those"):
+        build_data(make_cfg(*folder, f"data.exclude={only_bad}", tiny=False).data)

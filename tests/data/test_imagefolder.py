@@ -138,6 +138,7 @@ def test_folder_of_every_mode_with_bad_files(tmp_path, resident):
     expected = {bad["zero"], bad["text"]} | ({bad["truncated"]} if resident else set())
     assert listed == {str(p) for p in expected}
     assert all(path in reason for path, reason in data.bad_files)
+    assert sorted(data.bad_ids) == sorted(p.relative_to(root).as_posix() for p in expected)
 
 
 def _all_images(split):
