@@ -61,6 +61,29 @@ def folder_problem(folder: str) -> str | None:
         return f"cannot write in {existing} ({err.strerror or err})"
 
 
+def image_folder_root_problem(root: Any) -> str | None:
+    """Why `root` is no data set folder in the ImageFolder layout; None when it has train/.
+
+    Checked when the config is (a train run's data.root), before the run dir is made, and
+    again where the folder is listed.
+    """
+    path = Path(str(root)).expanduser()
+    if path.is_file():  # "(it does not exist)" sent the user looking for a missing path
+        return (
+            f"data.root={str(path)!r} is a file, not a folder: data.root must be the data "
+            "set's folder, the one that holds train/<class>/<image> (with optional val/ and "
+            "test/)."
+        )
+    if not (path / "train").is_dir():
+        found = sorted(p.name for p in path.iterdir())[:10] if path.is_dir() else []
+        where = f"it holds {found}" if path.is_dir() else "it does not exist"
+        return (
+            f"data.root={str(path)!r} has no train/ folder ({where}). Expected the "
+            "ImageFolder layout root/train/<class>/<image>, with optional val/ and test/."
+        )
+    return None
+
+
 def local_folder(location: str) -> str | None:
     """The folder an artifact location names: a path, or a `file:` URI's path.
 

@@ -11,7 +11,11 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 from runner.config import choices
 from runner.config.errors import ConfigError
 from runner.config.group_keys import unexpected_group_keys
-from runner.config.location_checks import CURATION_COLUMNS, csv_file_problem
+from runner.config.location_checks import (
+    CURATION_COLUMNS,
+    csv_file_problem,
+    image_folder_root_problem,
+)
 from runner.config.modes import job_mode, mode_problems
 from runner.config.redaction import public_uri
 from runner.config.resolvers import monitor_mode_for
@@ -45,6 +49,8 @@ EXCLUSIVE_KEYS = (
 )
 # Keys whose value may hold a password (user:password@host): shown without it.
 URI_KEYS = ("logger.tracking_uri", "logger.fallback_uri")
+# The image-folder data set's function (its folder is checked before a train run starts).
+IMAGEFOLDER_TARGET = "runner.data.sets.imagefolder.load_imagefolder"
 
 
 def validate(cfg: DictConfig) -> None:
@@ -116,6 +122,7 @@ def validate(cfg: DictConfig) -> None:
     problems.extend(_model_registry_problems(cfg))
     problems.extend(_fold_problems(cfg, swept_values, swept_keys))
     problems.extend(_curation_problems(cfg, swept_values))
+    problems.extend(_data_root_problems(cfg, swept_values))
     problems.extend(_robust_loss_problems(cfg))
     problems.extend(_nesterov_problems(cfg))
     problems.extend(_weights_problems(cfg))
@@ -310,6 +317,21 @@ def _curation_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None
         if problem is not None:
             problems.append(f"{key}={value!r} {problem}")
     return problems
+
+
+def _data_root_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) -> list[str]:
+    """A train run's image folder exists and holds train/ (before its run dir is made).
+
+    Only where a run trains: eval and predict may test on a folder without train/.
+    """
+    target = OmegaConf.select(cfg, "data._target_", default=None)
+    if job_mode(cfg) != "train" or target != IMAGEFOLDER_TARGET:
+        return []
+    root = OmegaConf.select(cfg, "data.root", default=None)
+    if not isinstance(root, str) or not root or swept_values.get("data.root") is not None:
+        return []
+    problem = image_folder_root_problem(root)
+    return [problem] if problem is not None else []
 
 
 def _weights_problems(cfg: DictConfig) -> list[str]:

@@ -16,24 +16,27 @@ from runner.data.decoding import DataError
 from tests.conftest import group_options, query, run_cli
 from tests.datagen import make_imagefolder
 
-# What the presets need besides their own settings, to compose here.
-PRESET_INPUTS = {
-    "imagefolder_finetune": ["data.root=/data/flowers"],
-}
+
+def preset_inputs(option: str, tmp_path: Path) -> list[str]:
+    """What a preset needs besides its own settings, to compose and validate here: the
+    image folder a train run's config is checked to have."""
+    if option != "imagefolder_finetune":
+        return []
+    return [f"data.root={make_imagefolder(tmp_path / 'flowers', per_class=1)}"]
 
 
 @pytest.mark.parametrize("option", group_options("experiment"))
-def test_every_experiment_composes_and_validates(make_cfg, option):
-    cfg = make_cfg(f"experiment={option}", *PRESET_INPUTS.get(option, []), tiny=False)
+def test_every_experiment_composes_and_validates(make_cfg, tmp_path, option):
+    cfg = make_cfg(f"experiment={option}", *preset_inputs(option, tmp_path), tiny=False)
     validate(cfg)
     assert cfg.trainer.max_epochs >= 5
 
 
 @pytest.mark.parametrize("option", ["digits_quick", "audit", "imagefolder_finetune"])
-def test_a_model_option_on_the_command_line_replaces_the_presets_model(make_cfg, option):
+def test_a_model_option_on_the_command_line_replaces_the_presets_model(make_cfg, tmp_path, option):
     """The preset set model.name on top of model=timm: `model=convnext_tiny` still trained
     its resnet, while the run's choices said convnext_tiny."""
-    overrides = [f"experiment={option}", "model=convnext_tiny", *PRESET_INPUTS.get(option, [])]
+    overrides = [f"experiment={option}", "model=convnext_tiny", *preset_inputs(option, tmp_path)]
     cfg = make_cfg(*overrides, tiny=False)
     assert cfg.model.name == "convnext_tiny"
     validate(cfg)

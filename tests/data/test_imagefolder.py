@@ -263,6 +263,17 @@ def test_missing_train_folder_names_the_root(tmp_path):
         load(tmp_path / "data")
 
 
+def test_a_train_runs_missing_image_folder_is_refused_with_the_config(make_cfg, tmp_path):
+    """It was found when the data was built, after the run dir (.hydra/, run.log) was made."""
+    from runner.config.validation import ConfigError, validate
+
+    missing = tmp_path / "nope"
+    with pytest.raises(ConfigError, match=r"nope' has no train/ folder \(it does not exist\)"):
+        validate(make_cfg("data=imagefolder", f"data.root={missing}", tiny=False))
+    folder = make_imagefolder(missing, per_class=1)
+    validate(make_cfg("data=imagefolder", f"data.root={folder}", tiny=False))
+
+
 def test_a_data_root_that_is_a_file_is_named_as_a_file(tmp_path):
     """It was said not to exist ("it does not exist"), which sent the user looking for it."""
     archive = tmp_path / "data.zip"

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runner.config.location_checks import image_folder_root_problem
 from runner.data.decoding import DataError, decode_all, file_stat, printable, refused_bad_file
 from runner.data.sets.records import (
     RecordSettings,
@@ -148,20 +149,10 @@ def scan_layout(
             link, an empty train class folder, a val/test class that train lacks, or a
             class count other than `num_classes`.
     """
+    problem = image_folder_root_problem(root)
+    if problem is not None:
+        raise DataError(problem)
     root = Path(root).expanduser()
-    if root.is_file():  # "(it does not exist)" sent the user looking for a missing path
-        raise DataError(
-            f"data.root={str(root)!r} is a file, not a folder: data.root must be the data "
-            "set's folder, the one that holds train/<class>/<image> (with optional val/ and "
-            "test/)."
-        )
-    if not (root / "train").is_dir():
-        found = sorted(p.name for p in root.iterdir())[:10] if root.is_dir() else []
-        where = f"it holds {found}" if root.is_dir() else "it does not exist"
-        raise DataError(
-            f"data.root={str(root)!r} has no train/ folder ({where}). Expected the "
-            "ImageFolder layout root/train/<class>/<image>, with optional val/ and test/."
-        )
     layout = {s: list_class_files(root / s) for s in SPLIT_FOLDERS if (root / s).is_dir()}
     class_names = list(layout["train"])
     if not class_names:
