@@ -172,7 +172,7 @@ def write_out_of_fold(ctx: RunContext, model: nn.Module, parts, data: DataSplits
     )
     ctx.tracker.log_artifact(path)
     log.info(
-        "fold %d of %d: out-of-fold outputs of %d samples (embeddings of %d) in %s",
+        "fold %d of %d: out-of-fold outputs of %d samples (%d-wide embeddings) in %s",
         data_cfg.fold,
         data_cfg.num_folds,
         len(outputs.sample_id),
