@@ -30,6 +30,7 @@ counts go to the run's params (`data.num_excluded`, `data.num_relabeled`,
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import unicodedata
 from collections.abc import Mapping
@@ -454,6 +455,15 @@ def apply_curation(
         before = {str(i) for i in data.train.ids}
         data = exclude_samples(data, exclude, gone)
         gone.update(dict.fromkeys(before - {str(i) for i in data.train.ids}, EXCLUDE_KEY))
+        _note_file(data, EXCLUDE_KEY, exclude)
     if relabel is not None:
         data = relabel_samples(data, relabel, gone)
+        _note_file(data, "data.relabel", relabel)
     return data
+
+
+def _note_file(data: DataSplits, key: str, path: str) -> None:
+    """Keeps which file `key` read, and its digest as a param (`data.exclude_sha256`)."""
+    source = Path(path).expanduser()
+    data.curation_files[key] = str(source)
+    data.extra_params[f"{key}_sha256"] = hashlib.sha256(source.read_bytes()).hexdigest()

@@ -133,6 +133,9 @@ class DataSplits:
     bad_files: list[tuple[str, str]] = field(default_factory=list)
     # The sample ids those files would have had (a data.exclude file may name them).
     bad_ids: list[str] = field(default_factory=list)
+    # data.exclude / data.relabel -> the file it read, copied into the run dir: the
+    # file may change later (an audit redone, rows flagged by hand).
+    curation_files: dict[str, str] = field(default_factory=dict)
     # The train labels before label noise (aligned with `train`); None = no noise.
     clean_train_labels: torch.Tensor | None = None
     # Whether the train split was made, or is, long-tailed (head/medium/tail accuracy).

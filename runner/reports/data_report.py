@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -40,6 +41,11 @@ def report_train_data(data: DataSplits, run_dir: Path, tracker: Tracker) -> None
         path = _write_bad_files(run_dir, data.bad_files)
         tracker.log_artifact(path)
         log.warning("%d bad file(s) skipped; listed in %s", len(data.bad_files), path)
+    for key, source in data.curation_files.items():
+        # The file as this run read it (data.exclude.csv): its path may hold another later.
+        path = run_dir / f"{key}.csv"
+        shutil.copyfile(source, path)
+        tracker.log_artifact(path)
     if data.clean_train_labels is not None:
         path = run_dir / "label_noise.csv"
         with path.open("w", newline="", encoding="utf-8") as handle:

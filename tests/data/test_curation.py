@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,14 @@ def test_exclude_drops_the_listed_train_samples_and_counts_them(make_cfg, tmp_pa
     assert data.extra_params["data.num_excluded"] == 7
     assert data.extra_params["data.exclude_unmatched"] == 1
     assert len(data.test) == len(plain.test) and len(data.val) == len(plain.val)
+    # The run keeps the file as it read it, and its digest: the path may hold another
+    # file later (an audit redone, rows flagged by hand).
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(exist_ok=True)
+    report_train_data(data, run_dir, NullTracker())
+    read = path.read_bytes()
+    assert (run_dir / "data.exclude.csv").read_bytes() == read
+    assert data.extra_params["data.exclude_sha256"] == hashlib.sha256(read).hexdigest()
 
 
 def test_exclude_of_an_audit_file_drops_only_the_flagged_rows(make_cfg, tmp_path):
