@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 KEYS = DATA_CURATION_KEYS
 # A column that marks which rows of an exclude file to act on (label_issues.csv).
 FLAG_COLUMN = "is_label_issue"
+# The column that tells an audit's near_duplicates.csv.
+DUPLICATES_COLUMN = "duplicate_ids"
 _TRUE = frozenset({"true", "t", "yes", "y", "1", "1.0"})
 _FALSE = frozenset({"false", "f", "no", "n", "0", "0.0"})
 # What `gone` maps an id data.exclude dropped to; no id is gone by default.
@@ -318,6 +320,14 @@ def exclude_samples(
     positions, _, unmatched = _train_positions(data, ids)
     _check_unmatched("data.exclude", path, data, ids, unmatched, gone)
     positions = np.unique(positions)  # an id written with and without spaces is one sample
+    if DUPLICATES_COLUMN in every_row[0][1]:
+        log.warning(
+            "data.exclude=%s lists every copy of each set of near duplicates, the one to "
+            "keep included: all %d are dropped. To keep one of each, give a file with the "
+            "others' ids",
+            path,
+            len(positions),
+        )
     keep = np.ones(len(data.train), dtype=bool)
     keep[positions] = False
     if not keep.any():

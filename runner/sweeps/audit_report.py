@@ -299,10 +299,11 @@ def act_on_it(label_issues: Path, flagged: int) -> str:
         "change nothing (its ranking is there to read)."
     )
     return (
-        f"{using} Only the train split was audited: a carved val split, which picks each "
-        "run's best weights, keeps its labels (audit with data.val_fraction=0 to check its "
-        "samples too). near_duplicates.csv lists every copy of a set: as data.exclude it "
-        "would drop them all, so keep one of each and exclude the others' ids."
+        f"{using} Only the train split was audited: the test split and a carved val split, "
+        "which picks each run's best weights, keep their labels (audit with "
+        "data.val_fraction=0 to check the val samples too). near_duplicates.csv lists "
+        "every copy of a set: as data.exclude it would drop them all, so keep one of each "
+        "and exclude the others' ids."
     )
 
 

@@ -503,3 +503,17 @@ def test_ids_of_files_that_do_not_decode_are_named_as_such(make_cfg, tmp_path):
     only_bad = write_csv(tmp_path / "bad.csv", ["sample_id"], [[i] for i in bad_ids])
     with pytest.raises(DataError, match=r"\(3 were dropped by data.on_bad_file=skip\)\. Those"):
         build_data(make_cfg(*folder, f"data.exclude={only_bad}", tiny=False).data)
+
+
+def test_excluding_a_near_duplicates_file_says_it_drops_every_copy(make_cfg, tmp_path, caplog):
+    """It dropped the copy to keep along with the others, unsaid."""
+    import logging
+
+    ids = [str(i) for i in digits(make_cfg).train.ids[:2]]
+    rows = [[ids[0], "3", "0.0", "0", f'["{ids[1]}"]'], [ids[1], "3", "0.0", "0", f'["{ids[0]}"]']]
+    header = ["sample_id", "given_label", "near_duplicate_score", "distance", "duplicate_ids"]
+    path = write_csv(tmp_path / "near_duplicates.csv", header, rows)
+    with caplog.at_level(logging.WARNING, logger="runner"):
+        data = digits(make_cfg, f"data.exclude={path}")
+    assert data.extra_params["data.num_excluded"] == 2
+    assert "the one to keep included: all 2 are dropped" in caplog.text
