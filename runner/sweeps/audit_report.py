@@ -307,6 +307,18 @@ def act_on_it(label_issues: Path, flagged: int) -> str:
     )
 
 
+def _unreadable_files(merged: MergedFolds) -> tuple[int, Path | None]:
+    """The files the fold jobs skipped as bad (their bad_files.txt lines), and one list."""
+    lines: set[str] = set()
+    listed = None
+    for run_dir in merged.run_dirs.values():
+        path = run_dir / "bad_files.txt"
+        if path.is_file():
+            lines.update(line for line in path.read_text(encoding="utf-8").splitlines() if line)
+            listed = listed or path
+    return len(lines), listed
+
+
 def summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, names, caution) -> str:
     """summary.md's text: counts, timings, the caution, the top suspects, cleanlab's table."""
     n = len(merged.sample_id)
@@ -326,6 +338,13 @@ def summary_markdown(sweep_dir, merged, lab, counts, noise, seconds, ranked, nam
         f"| outliers | {shown_count(counts['num_outliers'])} |",
         "",
     ]
+    unreadable, listed = _unreadable_files(merged)
+    if unreadable:
+        lines += [
+            f"{unreadable} file(s) did not decode, so no fold job trained on them and the "
+            f"audit does not rank them: {listed} lists them.",
+            "",
+        ]
     if caution is not None:
         lines += [f"**Check before acting:** {caution}", ""]
     lines += [

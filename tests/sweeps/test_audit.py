@@ -217,6 +217,9 @@ def test_near_duplicates_and_outliers_are_listed_by_sample_id(tmp_path):
     sweep, data = fake_sweep(
         tmp_path / "sweep", noise=0.0, edit_embeddings=edit, id_prefix="train/grün/"
     )
+    # Files the fold jobs skipped (streamed, a job may find one the others did not).
+    (sweep / "0" / "bad_files.txt").write_text("a.jpg: empty\nb.txt: not an image\n")
+    (sweep / "1" / "bad_files.txt").write_text("a.jpg: empty\n")
     result = run_audit(sweep, num_thumbnails=0)
     duplicates = {r["sample_id"]: r for r in read_rows(sweep / "audit" / "near_duplicates.csv")}
     first, second = str(data.train.ids[10]), str(data.train.ids[11])
@@ -233,6 +236,10 @@ def test_near_duplicates_and_outliers_are_listed_by_sample_id(tmp_path):
     summary = (sweep / "audit" / "summary.md").read_text()
     assert "Injected label noise" not in summary
     assert "Act on it: `data.exclude=" in summary and "Only the train split" in summary
+    assert (
+        "2 file(s) did not decode, so no fold job trained on them and the audit does not "
+        f"rank them: {sweep / '0' / 'bad_files.txt'} lists them." in summary
+    )
 
 
 @pytest.mark.parametrize("shared", [True, False])
