@@ -44,7 +44,8 @@ def report_train_data(data: DataSplits, run_dir: Path, tracker: Tracker) -> None
     for key, source in data.curation_files.items():
         # The file as this run read it (data.exclude.csv): its path may hold another later.
         path = run_dir / f"{key}.csv"
-        shutil.copyfile(source, path)
+        if Path(source).resolve() != path.resolve():  # not the run's own copy, read again
+            shutil.copyfile(source, path)
         tracker.log_artifact(path)
     if data.clean_train_labels is not None:
         path = run_dir / "label_noise.csv"

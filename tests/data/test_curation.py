@@ -47,6 +47,10 @@ def test_exclude_drops_the_listed_train_samples_and_counts_them(make_cfg, tmp_pa
     read = path.read_bytes()
     assert (run_dir / "data.exclude.csv").read_bytes() == read
     assert data.extra_params["data.exclude_sha256"] == hashlib.sha256(read).hexdigest()
+    # A run given its own copy (rerun in place) keeps it: copying it onto itself failed.
+    again = digits(make_cfg, f"data.exclude={run_dir / 'data.exclude.csv'}")
+    report_train_data(again, run_dir, NullTracker())
+    assert (run_dir / "data.exclude.csv").read_bytes() == read
 
 
 def test_exclude_of_an_audit_file_drops_only_the_flagged_rows(make_cfg, tmp_path):
