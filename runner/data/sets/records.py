@@ -182,14 +182,13 @@ def splits_from_records(
     if keep:
         # "kept": the cache holds which records decoded, so that the ids follow the images.
         key = cache_key(content_key, image_size, "kept")
-        parts, bad, bad_ids = _decode_parts(records, labels, id_arrays, key, settings, name)
+        parts, bad = _decode_parts(records, labels, id_arrays, key, settings, name)
         if bad and settings.on_bad_file == "error":
             raise refused_bad_file(bad[0][1])
     else:
         parts, bad = stream_parts(
             records, labels, id_arrays, image_size, settings.num_workers, settings.on_bad_file
         )
-        bad_ids = [str(i) for split in parts for i in _left_out(id_arrays[split], parts[split])]
     _check_classes_have_images(parts, class_names, where, bad)
     train, val, test = _assemble(parts, labels["train"], id_arrays["train"], settings)
     if mean is None or std is None:
@@ -208,7 +207,7 @@ def splits_from_records(
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
         bad_files=bad,
-        bad_ids=bad_ids,
+        bad_ids=_left_out(id_arrays, parts) if bad else [],
         test_carved="test" not in parts and bool(settings.test_fraction),
     )
 
@@ -231,14 +230,16 @@ def _decode_parts(records, labels, ids, key, settings: RecordSettings, name):
     for split in records:
         images, split_labels, kept = value[split]
         parts[split] = Split(images, split_labels, ids[split][kept.numpy()])
-    bad_ids = [str(i) for split in parts for i in _left_out(ids[split], parts[split])]
-    return parts, [(path, reason) for path, reason in value["bad"]], bad_ids
+    return parts, [(path, reason) for path, reason in value["bad"]]
 
 
-def _left_out(listed: np.ndarray, part: Any) -> list[Any]:
-    """The ids of a split's listing that its part (decoded or streamed) left out."""
-    kept = set(part.ids.tolist())
-    return [i for i in listed.tolist() if i not in kept]
+def _left_out(listed: dict[str, np.ndarray], parts: dict[str, Any]) -> list[str]:
+    """The ids of the splits' listings that their parts (decoded or streamed) left out."""
+    left_out = []
+    for split, part in parts.items():
+        kept = set(part.ids.tolist())
+        left_out += [str(i) for i in listed[split].tolist() if i not in kept]
+    return left_out
 
 
 def stays_resident(
