@@ -272,16 +272,18 @@ def _indices_allowed(class_names: list[str]) -> bool:
     return not any(name.isdecimal() for name in class_names)
 
 
-def _class_index(value: str, class_names: list[str], by_index: bool) -> int | None:
-    """The class a relabel row names: its name, else (`by_index`) its index; None = none."""
+def _class_index(value: str, classes: dict[str, int], by_index: bool) -> int | None:
+    """The class a relabel row names: its name, else (`by_index`) its index; None = none.
+
+    `classes` maps each class name, in matched form (`_matched_form`), to its index.
+    """
     text = _matched_form(str(value).strip())
-    names = [_matched_form(name) for name in class_names]
-    if text in names:
-        return names.index(text)
+    if text in classes:
+        return classes[text]
     if not by_index:
         return None
     # isdecimal, not isdigit: "²" is a digit that int() refuses.
-    if text.lstrip("-").isdecimal() and 0 <= int(text) < len(class_names):
+    if text.lstrip("-").isdecimal() and 0 <= int(text) < len(classes):
         return int(text)
     return None
 
@@ -311,11 +313,14 @@ def relabel_samples(
     positions, matched, unmatched = _train_positions(data, ids)
     _check_unmatched("data.relabel", path, data, ids, unmatched, gone)
     by_index = _indices_allowed(data.class_names)
+    classes: dict[str, int] = {}
+    for index, name in enumerate(data.class_names):
+        classes.setdefault(_matched_form(name), index)  # the first, as list.index found
     wanted: dict[str, int] = {}
     unknown = []
     for line, row in rows:
         label = next(row[name] for name in columns[1] if name in row)
-        index = _class_index(label, data.class_names, by_index)
+        index = _class_index(label, classes, by_index)
         if index is None:
             unknown.append(f"line {line}: {label!r}")
             continue
