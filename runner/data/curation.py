@@ -314,8 +314,8 @@ def relabel_samples(
     _check_unmatched("data.relabel", path, data, ids, unmatched, gone)
     by_index = _indices_allowed(data.class_names)
     classes: dict[str, int] = {}
-    for index, name in enumerate(data.class_names):
-        classes.setdefault(_matched_form(name), index)  # the first, as list.index found
+    for i, name in enumerate(data.class_names):
+        classes.setdefault(_matched_form(name), i)  # the first, as list.index found
     wanted: dict[str, int] = {}
     unknown = []
     for line, row in rows:
