@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,3 +56,19 @@ def from_job_cwd(value: Any, cwd: Path | None) -> Any:
     if Path(value).expanduser().is_absolute() or not (cwd / value).exists():
         return value
     return str(cwd / value)
+
+
+def set_aside(path: Path) -> Path:
+    """Renames `path` to `<name>.replaced-<time>` beside it, and returns the new path.
+
+    Kept, not overwritten: an earlier run's checkpoints, an earlier audit. Two set aside
+    within one second get `-2`, `-3`, ... after the time.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.replaced-{stamp}")
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = path.with_name(f"{path.name}.replaced-{stamp}-{number}")
+    path.rename(aside)
+    return aside

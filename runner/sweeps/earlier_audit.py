@@ -13,8 +13,9 @@ import csv
 import hashlib
 import json
 import logging
-import time
 from pathlib import Path
+
+from runner.config.files import set_aside
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +73,7 @@ def keep_earlier_audit(out: Path, num_samples: int) -> Path | None:
     changed = changed_files(out)
     if audited <= num_samples and not changed:
         return None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    aside = out.with_name(f"{out.name}.replaced-{stamp}")
-    number = 1
-    while aside.exists():  # two audits redone in one second
-        number += 1
-        aside = out.with_name(f"{out.name}.replaced-{stamp}-{number}")
-    out.rename(aside)
+    aside = set_aside(out)
     if audited > num_samples:
         log.warning(
             "audit: the earlier audit covered %d samples and this one covers %d (a fold's "

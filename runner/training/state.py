@@ -12,7 +12,6 @@ import logging
 import os
 import random
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.errors import ConfigError
-from runner.config.files import replaced_whole
+from runner.config.files import replaced_whole, set_aside
 from runner.data.splits import DataSplits, splits_digest
 from runner.models.weights import short_cause
 from runner.training import checkpoint_io, distributed, rank_sync
@@ -194,13 +193,7 @@ def set_aside_checkpoints(run_dir: Path) -> Path | None:
     folder = run_dir / "checkpoints"
     if not folder.is_dir() or not any(folder.iterdir()):
         return None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    aside = run_dir / f"checkpoints.replaced-{stamp}"
-    number = 1
-    while aside.exists():  # two starts over in one second
-        number += 1
-        aside = run_dir / f"checkpoints.replaced-{stamp}-{number}"
-    folder.rename(aside)
+    aside = set_aside(folder)
     # Their record goes with them: this run writes its own in their place.
     for record in RUN_RECORDS:
         if (run_dir / record).is_file():
