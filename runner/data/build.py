@@ -35,21 +35,19 @@ def build_data(data_cfg: DictConfig) -> DataSplits:
     seed = settings.get("split_seed", 0)
     data = source_splits(settings)
     dropping = switches.dropping_settings(**chosen)
-    # The ids a switch drops, so that a file naming them is told so, not that they are
-    # another data set's; only kept when a file will be read.
-    watch = dropping and any(value is not None for value in curated.values())
+    # The ids the run left out before a file acts (files that did not decode, samples a
+    # switch drops), each with the setting that did: a file naming them is told so, not
+    # that they are another data set's. Only kept when a file will be read.
+    reads_a_file = any(value is not None for value in curated.values())
+    watch = dropping and reads_a_file
     before = {str(i) for i in data.train.ids} if watch else set()
     data = switches.apply_switches(data, seed=seed, **chosen)
-    if watch:
-        cause = " and ".join(dropping)
-        gone = before - {str(i) for i in data.train.ids}
-        curated["switched_out"] = dict.fromkeys(gone, cause)
-    if data.bad_ids and any(value is not None for value in curated.values()):
-        # A file listing the files bad_files.txt names is told they were skipped.
-        curated["switched_out"] = {
-            **dict.fromkeys(data.bad_ids, curation.BAD_FILE_CAUSE),
-            **curated.get("switched_out", {}),
-        }
+    if reads_a_file:
+        gone = dict.fromkeys(data.bad_ids, curation.BAD_FILE_CAUSE)
+        if watch:
+            cause = " and ".join(dropping)
+            gone.update(dict.fromkeys(before - {str(i) for i in data.train.ids}, cause))
+        curated["switched_out"] = gone
     data = curation.apply_curation(data, **curated)
     data = folds.select_fold(data, seed=seed, **folding)
     data.note_noise_rate()  # again: exclusion, relabelling and the fold change the rate
