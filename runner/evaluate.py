@@ -19,14 +19,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.config.files import from_job_cwd, job_cwd
-from runner.config.validation import ConfigError
+from runner.config.validation import IMAGEFOLDER_TARGET, ConfigError
 from runner.data.build import build_data
 from runner.data.checks import require_splits
 from runner.data.decoding import DataError, to_grayscale
 from runner.data.sets.imagefolder import (
     class_folders,
     class_key,
-    load_imagefolder,
     load_test_folder,
 )
 from runner.data.splits import DataSplits, Split, ids_digest, is_long_tailed
@@ -47,8 +46,6 @@ from runner.training.lineage import split_record
 from runner.training.preflight import check_gradcam
 
 log = logging.getLogger(__name__)
-
-IMAGEFOLDER_TARGET = f"{load_imagefolder.__module__}.{load_imagefolder.__name__}"
 
 
 def run_eval(cfg: DictConfig) -> float:
