@@ -149,13 +149,16 @@ def _data_option_problems(cfg: DictConfig) -> list[str]:
     data = cfg.get("data")
     if not isinstance(data, DictConfig) or "_target_" not in data:
         return []
+    # `in data.keys()`: `key in data` is False for a `???` value, which the command line
+    # (or each job of a sweep) sets, as data=hf's `name: ???` asks.
+    present = set(data.keys())
     problems = [
         f"data.{key} is missing: the data option's YAML file sets it (README: Extending, "
         f"A data set), e.g. {key}: {'my_data' if key == 'name' else 64}"
         for key in DATA_OPTION_KEYS
-        if key not in data
+        if key not in present
     ]
-    lacking = [key for key in choices.DATA_SWITCHES if key not in data]
+    lacking = [key for key in choices.DATA_SWITCHES if key not in present]
     if lacking:
         problems.append(
             f"data.{lacking[0]} is missing: the data option's YAML file brings the switches "

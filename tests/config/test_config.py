@@ -230,6 +230,23 @@ def test_a_required_value_a_sweep_sets_is_left_to_each_job(make_cfg):
         assert f"{node} is required" not in str(info.value)
 
 
+def test_data_name_of_data_hf_is_asked_for_on_the_command_line_and_may_be_swept(make_cfg):
+    """conf/data/hf.yaml holds `name: ???`: a run without data.name was told to edit the
+    YAML file, and `-m data=hf data.name=a.csv,b.csv` was refused the same way."""
+    from omegaconf import OmegaConf, open_dict
+
+    with pytest.raises(ConfigError) as info:
+        validate(make_cfg("data=hf", tiny=False))
+    assert "data.name is required (it is '???'): set it with data.name=<value>" in str(info.value)
+    assert "YAML file" not in str(info.value)
+    cfg = make_cfg("data=hf", tiny=False)
+    with open_dict(cfg):
+        cfg.hydra = OmegaConf.create(
+            {"mode": "RunMode.MULTIRUN", "overrides": {"task": ["data=hf", "data.name=a,b"]}}
+        )
+    validate(cfg)
+
+
 def test_a_sweep_over_mode_leaves_each_mode_s_needs_to_its_job(make_cfg):
     """`-m mode=eval,predict ckpt=x.pt predict.input=p` was refused as a train run's: the
     launching process's config holds the default mode."""
