@@ -479,6 +479,27 @@ def test_embedded_images_with_the_same_names_in_two_splits_get_index_ids(tmp_pat
     assert all(i.startswith("saved:train:") for i in (*data.train.ids, *data.val.ids))
 
 
+def test_a_saved_data_set_whose_columns_were_cast_loads(tmp_path):
+    """`cast_column(..., ClassLabel(...))` before `save_to_disk`, the usual way to make a
+    ClassLabel, saves a format naming the columns; loading it failed with a bare
+    `KeyError('image.path')`."""
+    import datasets
+
+    folder = make_imagefolder(tmp_path / "pics", classes=("ant", "bee"), per_class=6)
+    files = sorted(folder.glob("train/*/*.jpg"))
+    table = datasets.Dataset.from_dict(
+        {"image": [str(f) for f in files], "label": [f.parent.name for f in files]}
+    )
+    table = table.cast_column("image", datasets.Image())
+    table = table.cast_column("label", datasets.ClassLabel(names=["ant", "bee"]))
+    table.save_to_disk(str(folder / "saved"))
+    data = load_hf(str(folder / "saved"), split_test=None, test_fraction=0.25, **common(tmp_path))
+    assert data.class_names == ["ant", "bee"]
+    ids = sorted(i for split in (data.train, data.val, data.test) for i in split.ids)
+    assert ids == sorted(f"saved:train:{i}" for i in range(12))  # save_to_disk embeds images
+    assert sorted(int(v) for v in data.train.labels).count(0) == len(data.train) / 2
+
+
 def test_a_table_that_lists_a_file_twice_is_refused_when_test_is_carved_from_it(tmp_path):
     """The carve drew rows one by one: `images/1.png` was in train and, as its copy, in
     the carved test split."""

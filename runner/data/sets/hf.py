@@ -133,6 +133,9 @@ def _loader(name: str, config_name: str | None, revision: str | None, hf_cache_d
         (path / f).is_file() for f in ("dataset_info.json", "dataset_dict.json")
     ):
         saved = datasets.load_from_disk(str(path))
+        # A saved format (set by `cast_column`, `set_format`, ...) names the columns it
+        # returns; the runner reads other views of them (the image's `.path`, Arrow).
+        saved.reset_format()
         if isinstance(saved, datasets.DatasetDict):
 
             def saved_split(split: str):
