@@ -94,6 +94,18 @@ def test_splits_that_share_samples_are_refused(tmp_path, specs, named):
     assert named in str(refused.value) and "carve them from train" in str(refused.value)
 
 
+def test_overlapping_slices_of_a_table_with_embedded_images_are_refused(tmp_path):
+    """Its index ids name the slice (`bugs.parquet:train[70%:]:0`), so slices sharing rows
+    were not seen: a 20-row table trained on 16 rows and tested on 6, 2 of them trained on."""
+    path = write_hf_parquet(tmp_path / "bugs.parquet", classes=("ant", "bee"), per_class=10)
+    settings = {"image_key": "img", "label_key": "y", **common(tmp_path)}
+    with pytest.raises(DataError, match=r"share 2 sample\(s\) \(e\.g\. bugs\.parquet:train:14"):
+        load_hf(str(path), split_train="train[:80%]", split_test="train[70%:]", **settings)
+    data = load_hf(str(path), split_train="train[:80%]", split_test="train[80%:]", **settings)
+    assert (len(data.train) + len(data.val), len(data.test)) == (16, 4)
+    assert sorted(data.test.ids) == [f"bugs.parquet:train[80%:]:{i}" for i in range(4)]
+
+
 def test_val_and_test_may_be_the_same_split_with_a_warning(tmp_path, caplog):
     """A set with only train and test, both held-out keys naming test, loaded before the
     refusal above and still does: model selection on test is the user's choice."""

@@ -29,6 +29,7 @@ from runner.data.sets.hf_ids import (
     record_files,
     record_ids,
     refuse_copies_in_a_carve,
+    source_rows,
     unique_ids,
 )
 from runner.data.sets.records import RecordSettings, splits_from_records
@@ -315,11 +316,16 @@ def load_hf(
         labels[split] = [index[v] for v in values]
         files = record_files(dataset, image_key, folder)
         ids[split] = record_ids(files, folder, f"{label}:{specs[split]}")
-        # What a sample is, to find one listed twice: its id, but a file outside `folder`
-        # (an index id, which differs for each listing) by its path.
+        # What a sample is, to find one listed twice: its id, but where that is an index
+        # id (which names the slice) a file outside `folder` by its path, and a record of
+        # a slice by its row in the whole split.
+        index_id = f"{label}:{specs[split]}:"
+        rows = source_rows(dataset, specs[split]) or [None] * len(files)
         samples[split] = [
-            file if file and sample_id.startswith(f"{label}:{specs[split]}:") else sample_id
-            for file, sample_id in zip(files, ids[split], strict=True)
+            (file or (f"{label}:{row}" if row else sample_id))
+            if sample_id.startswith(index_id)
+            else sample_id
+            for file, row, sample_id in zip(files, rows, ids[split], strict=True)
         ]
     absent = sorted(set(range(len(class_names))) - set(labels["train"]))
     if absent:  # classes a ClassLabel names that no train row has: the model cannot learn them

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runner.data.decoding import DataError
+from runner.data.sets.hf_columns import import_datasets
 from runner.data.splits import path_id
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,30 @@ def record_files(dataset, image_key: str, folder: Path | None) -> list[str | Non
     # A relative path is read from the folder (see `hf._Column`), as its id is. os.path
     # only (no file system calls per record): a large folder stays quick.
     return [os.path.abspath(os.path.join(folder, path)) if path else None for path in paths]
+
+
+def source_rows(dataset, spec: str) -> list[str] | None:
+    """Per record of a slice, `<split>:<row>`: the row of the whole split it was read from.
+
+    Slices of one split (`train[:80%]`, `train[70%:]`) that share rows name them alike
+    here, while their index ids differ (they name the slice).
+
+    Args:
+        dataset: The loaded split or slice.
+        spec: What it was loaded as (`data.split_*`).
+
+    Returns:
+        The rows, or None for a split name, or where the whole split's size is unknown.
+    """
+    if "[" not in spec:
+        return None
+    sizes = {name: info.num_examples for name, info in (dataset.info.splits or {}).items()}
+    try:
+        parts = import_datasets().ReadInstruction.from_spec(spec).to_absolute(sizes)
+    except (KeyError, ValueError, TypeError):  # a split of unknown size
+        return None
+    rows = [f"{part.splitname}:{row}" for part in parts for row in range(part.from_, part.to)]
+    return rows if len(rows) == len(dataset) else None
 
 
 def record_ids(files: Sequence[str | None], folder: Path | None, label: str) -> list[str]:
@@ -128,9 +153,8 @@ def unique_ids(
             the data set's folder.
 
     Raises:
-        DataError: One file (or one index of the same split spec) is in train and in val
-            or test: the run would validate or test on what it trains on. Overlapping
-            slices of a Hub split have index ids and are not seen here.
+        DataError: One file (or one row of a split, `source_rows`) is in train and in
+            val or test: the run would validate or test on what it trains on.
     """
     homes: dict[str, set[str]] = {}  # sample -> the splits that list it
     for split, split_samples in samples.items():
