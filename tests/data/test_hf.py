@@ -265,6 +265,23 @@ def test_relative_paths_in_a_csv_are_read_from_the_csvs_folder(tmp_path, monkeyp
     assert data.class_names == ["x", "y"]
 
 
+def test_a_relative_path_read_from_the_working_directory_gets_no_id_under_the_table(
+    tmp_path, monkeypatch
+):
+    """Its id named the file under the table's folder, where there is none: the audit's
+    thumbnails of such rows were all "no image", and the id led a user nowhere."""
+    _csv_of_images(tmp_path / "data", ["a", "b"] * 4)
+    lines = (tmp_path / "data" / "table.csv").read_text().replace("images/", "data/images/")
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "table.csv").write_text(lines + "tables.png,a\n")
+    monkeypatch.chdir(tmp_path)  # where data/images/ is read from
+    settings = {"image_key": "image", "label_key": "label", "split_test": None}
+    data = load_hf(str(tmp_path / "tables" / "table.csv"), **settings, **common(tmp_path))
+    ids = [i for split in (data.train, data.val, data.test) for i in split.ids]
+    assert len(ids) == 8 and data.bad_ids == ["tables.png"]  # looked for under tables/
+    assert sorted(ids) == sorted(f"table.csv:train:{i}" for i in range(8))  # index ids
+
+
 @pytest.mark.parametrize("resident", [True, False])
 def test_a_relative_path_found_nowhere_names_the_folder_it_was_read_from(
     tmp_path, monkeypatch, resident

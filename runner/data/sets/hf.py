@@ -26,6 +26,7 @@ from runner.data.sets.hf_columns import (
     refuse_non_image_columns,
 )
 from runner.data.sets.hf_ids import (
+    read_from,
     record_files,
     record_ids,
     refuse_copies_in_a_carve,
@@ -69,11 +70,7 @@ class _Column(Sequence):
         """
         if self.base is None or os.path.isabs(path):
             return path
-        if (self.base / path).exists():
-            return str(self.base / path)
-        if os.path.exists(path):
-            return path
-        return {"bytes": None, "path": path, "base": str(self.base)}
+        return read_from(self.base, path) or {"bytes": None, "path": path, "base": str(self.base)}
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -51,9 +51,27 @@ def record_files(dataset, image_key: str, folder: Path | None) -> list[str | Non
         paths = column[image_key]
     else:
         return [None] * len(dataset)
-    # A relative path is read from the folder (see `hf._Column`), as its id is. os.path
-    # only (no file system calls per record): a large folder stays quick.
-    return [os.path.abspath(os.path.join(folder, path)) if path else None for path in paths]
+    # A relative path is where `read_from` reads it: under the folder, else from the
+    # working directory (then outside the folder: an index id). One stat per such path.
+    return [
+        os.path.abspath(path if os.path.isabs(path) else read_from(folder, path) or folder / path)
+        if path
+        else None
+        for path in paths
+    ]
+
+
+def read_from(base: Path, path: str) -> str | None:
+    """Where a table's relative image path is read from, or None where it is nowhere.
+
+    Under `base` (the folder `data.name` names, or a table file's folder) when the file is
+    there, else as written (from the working directory).
+    """
+    if (base / path).exists():
+        return str(base / path)
+    if os.path.exists(path):
+        return path
+    return None
 
 
 def source_rows(dataset, spec: str) -> list[str] | None:
