@@ -379,6 +379,17 @@ def test_a_class_label_name_without_train_rows_is_named(tmp_path):
         )
 
 
+def test_a_class_folder_only_in_test_of_an_image_folder_is_named_as_a_folder(tmp_path):
+    """datasets names an image folder's classes after the folders of every split: a class
+    only under test/ was refused with a fix for a ClassLabel the user never wrote."""
+    root = make_imagefolder(tmp_path / "pics", classes=("ant", "bee"), splits=("train", "test"))
+    make_imagefolder(root, classes=("cow",), per_class=2, splits=("test",))
+    with pytest.raises(DataError) as refused:
+        load_hf(str(root), **common(tmp_path))
+    assert "has no train image of class folder(s) cow (in another split)" in str(refused.value)
+    assert "ClassLabel" not in str(refused.value)
+
+
 def test_relative_paths_in_a_folder_of_tables_are_read_from_that_folder(tmp_path, monkeypatch):
     """With data.name a folder of CSV tables, they were read from the working directory."""
     from PIL import Image

@@ -326,10 +326,17 @@ def load_hf(
         ]
     absent = sorted(set(range(len(class_names))) - set(labels["train"]))
     if absent:  # classes a ClassLabel names that no train row has: the model cannot learn them
+        absent_names = ", ".join(class_names[i] for i in absent)
+        if train.info.builder_name == "imagefolder":  # it names the classes by folder
+            raise DataError(
+                f"{name} split {split_train!r} (data.split_train) has no train image of "
+                f"class folder(s) {absent_names} (in another split): add train images of "
+                "them, or move those folders out of the data set"
+            )
         raise DataError(
             f"{name} split {split_train!r} (data.split_train) has no row of class(es) "
-            f"{', '.join(class_names[i] for i in absent)}, which {label_key!r}'s ClassLabel "
-            "names: add train rows of them, or drop them from the ClassLabel's names"
+            f"{absent_names}, which {label_key!r}'s ClassLabel names: add train rows of "
+            "them, or drop them from the ClassLabel's names"
         )
     refuse_copies_in_a_carve(samples["train"], specs, val_fraction, test_fraction)
     ids = unique_ids(ids, specs, samples)
