@@ -204,8 +204,8 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> tuple[DataSplits, Di
         same_classes(cfg, data.class_names, loaded.best.class_names)
         refuse_a_new_split_of_the_trained_data(cfg, data, loaded)
     else:
-        other = ", or test on other data: eval.data=current data=... data.root=..."
-        resolved_part(loaded.stored, "data", loaded.path, other)
+        other_data = other_data_keys(OmegaConf.select(loaded.stored, "data", default=None))
+        resolved_part(loaded.stored, "data", loaded.path, f", or test on other data: {other_data}")
         data_cfg = train_only_keys_off(loaded.stored.data)
         # A relative folder (data.root=../leaves) is the training run's: from the directory
         # it ran in, so that eval from another directory tests on the same files. (root is
@@ -223,7 +223,7 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> tuple[DataSplits, Di
         except DataError as err:
             raise DataError(
                 f"{err} (this is the checkpoint's own data, eval.data=stored; to test on "
-                "other data, add eval.data=current with data=... data.root=...)"
+                f"other data, add {other_data})"
             ) from err
         tested_on = loaded.best.test_ids_digest  # None in a best.pt from before it was kept
         if tested_on not in (None, ids_digest(data.test.ids)):
@@ -232,8 +232,7 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> tuple[DataSplits, Di
                 f"({len(data.test)} samples of {data.name}) is not the one the training run "
                 "was tested on: the data changed since (files added, removed or renamed), "
                 "and the split may now hold images the model trained on. Restore the data "
-                "as it was, or test on a held-out set with eval.data=current data=... "
-                "data.root=..."
+                f"as it was, or test on a held-out set with {other_data}"
             )
     require_splits(data, ("test",))
     same_classes(cfg, data.class_names, loaded.best.class_names)
@@ -328,6 +327,18 @@ def with_channels(data: DataSplits, channels: int) -> DataSplits:
     else:
         data.test = Split(test.images.repeat(1, 3, 1, 1), test.labels, test.ids)
     return data
+
+
+def other_data_keys(data_cfg: DictConfig | None) -> str:
+    """The keys that test on other data than a checkpoint's, in its data's terms.
+
+    A Hugging Face data set is named by `data.name`, the other file-based sets by
+    `data.root`.
+    """
+    target = OmegaConf.select(data_cfg, "_target_", default="") if data_cfg else ""
+    if str(target).endswith(".load_hf"):
+        return "eval.data=current data=hf data.name=..."
+    return "eval.data=current data=... data.root=..."
 
 
 def image_folder_root(data_cfg: DictConfig) -> Path | None:

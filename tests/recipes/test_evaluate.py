@@ -950,6 +950,19 @@ def test_eval_on_stored_data_reads_a_relative_root_from_the_training_runs_direct
         run(compose_run(tmp_path, "eval_moved", *evaluating, tiny=False))
 
 
+def test_the_way_to_other_data_is_told_in_the_checkpoints_data_keys():
+    """A checkpoint of data=hf was told to test on other data with `data.root=...`, a key
+    data=hf does not have."""
+    from omegaconf import OmegaConf
+
+    from runner.evaluate import other_data_keys
+
+    hf = OmegaConf.create({"_target_": "runner.data.sets.hf.load_hf", "name": "a.csv"})
+    assert other_data_keys(hf) == "eval.data=current data=hf data.name=..."
+    folder = OmegaConf.create({"_target_": "runner.data.sets.imagefolder.load_imagefolder"})
+    assert other_data_keys(folder) == "eval.data=current data=... data.root=..."
+
+
 def test_predict_refuses_a_model_of_other_than_one_or_three_channels_before_reading(tmp_path):
     """A 4-channel model got the files' RGB batches: a bare "size of tensor a (3) must
     match" traceback after every image was decoded."""
