@@ -594,6 +594,25 @@ def _csv_of_images(folder, labels, name="table.csv"):
     return folder / name
 
 
+def test_a_column_of_text_as_the_image_column_is_refused_naming_data_image_key(tmp_path):
+    """A column of class names or notes as data.image_key made every row a bad file: the
+    run was refused for classes without a readable image, naming no key."""
+    table = _csv_of_images(tmp_path / "set", ["a", "b"] * 6)
+    lines = table.read_text().splitlines()
+    notes = ["image,label,note"] + [f"{line},n{i}" for i, line in enumerate(lines[1:])]
+    table.write_text("\n".join(notes) + "\n")
+    settings = {"label_key": "label", "split_test": None, **common(tmp_path)}
+    for key, value in (("note", "n0"), ("label", "a")):
+        with pytest.raises(DataError) as refused:
+            load_hf(str(table), image_key=key, **settings)
+        assert f"the image column {key!r} (data.image_key) names no image file in 12 rows" in (
+            str(refused.value)
+        )
+        assert f"(e.g. {value!r}, looked for under {table.parent}" in str(refused.value)
+    data = load_hf(str(table), image_key="image", **settings)  # the column of image paths
+    assert len(data.train) + len(data.val) + len(data.test) == 12
+
+
 def test_a_label_column_of_fractional_numbers_is_refused_naming_data_label_key(tmp_path):
     """Scores 1.5 and 2.5 became the classes "1.5" and "2.5", with no word."""
     table = _csv_of_images(tmp_path / "set", [1.5, 2.5] * 4)

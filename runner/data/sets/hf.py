@@ -21,12 +21,13 @@ from typing import Any
 from runner.data.decoding import DataError, file_stat
 from runner.data.sets.hf_columns import (
     import_datasets,
+    read_from,
     read_label_columns,
+    refuse_a_column_of_no_files,
     refuse_bad_slice,
     refuse_non_image_columns,
 )
 from runner.data.sets.hf_ids import (
-    read_from,
     record_files,
     record_ids,
     refuse_copies_in_a_carve,
@@ -278,6 +279,11 @@ def load_hf(
     loaded = _load_splits(name, specs, _loader(name, config_name, revision, hf_cache_dir))
     label_columns = read_label_columns(name, loaded, specs, image_key, label_key)
     refuse_non_image_columns(name, loaded, specs, image_key)
+    local = Path(name).expanduser()
+    # A table file's relative paths are read from its folder (`_Column`), as its ids are:
+    # row numbers changed with the rows' order, and an exclude file then hit other images.
+    folder = local if local.is_dir() else local.parent if local.is_file() else None
+    refuse_a_column_of_no_files(name, loaded, specs, image_key, folder)
     train = loaded["train"]
     train_names = getattr(train.features[label_key], "names", None)  # a ClassLabel's
     class_names, to_index = _classes(train.features[label_key], label_columns["train"])
@@ -287,12 +293,8 @@ def load_hf(
             f"{len(class_names)} classes ({', '.join(class_names[:20])})."
         )
     records, labels, ids, samples = {}, {}, {}, {}
-    local = Path(name).expanduser()
     # `.` is its folder's name; a link keeps its own name (ids and caches are keyed by it).
     label = Path(os.path.abspath(local)).name if local.exists() else name
-    # A table file's relative paths are read from its folder (`_Column`), as its ids are:
-    # row numbers changed with the rows' order, and an exclude file then hit other images.
-    folder = local if local.is_dir() else local.parent if local.is_file() else None
     for split, dataset in loaded.items():
         if isinstance(dataset.features[image_key], datasets.Image):
             dataset = dataset.cast_column(image_key, datasets.Image(decode=False))

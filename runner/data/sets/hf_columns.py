@@ -7,6 +7,8 @@ column of numbers are refused with the key to change (`data.split_*`, `data.labe
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from runner.data.decoding import DataError
@@ -110,7 +112,8 @@ def read_label_columns(
 
 # Value types of an image column the decoder reads: file paths, encoded bytes, or a
 # column with no value at all (each row then a bad record without an image).
-_IMAGE_VALUES = ("string", "large_string", "binary", "large_binary", "null")
+_TEXT = ("string", "large_string")  # how datasets reads a CSV's or JSON's text column
+_IMAGE_VALUES = (*_TEXT, "binary", "large_binary", "null")
 
 
 def refuse_non_image_columns(
@@ -139,4 +142,63 @@ def refuse_non_image_columns(
             f"{image_key!r} (data.image_key) holds {found}, not images: it must hold an Image "
             "feature, encoded image bytes, or image file paths (strings). Set data.image_key "
             f"to the column of images (columns: {', '.join(dataset.column_names)})"
+        )
+
+
+def read_from(base: Path, path: str) -> str | None:
+    """Where a table's relative image path is read from, or None where it is nowhere.
+
+    Under `base` (the folder `data.name` names, or a table file's folder) when the file is
+    there, else as written (from the working directory).
+    """
+    if (base / path).exists():
+        return str(base / path)
+    if os.path.exists(path):
+        return path
+    return None
+
+
+def refuse_a_column_of_no_files(
+    name: str,
+    loaded: dict[str, Any],
+    specs: dict[str, str | None],
+    image_key: str,
+    folder: Path | None,
+    rows: int = 20,
+) -> None:
+    """Refuses a column of text as the image column when none of the rows looked at is a file.
+
+    A column of class names or notes as `data.image_key` made every row a bad file, and
+    the run was refused for classes without a readable image, naming no key.
+
+    Args:
+        name: `data.name`.
+        loaded: Each split's data set.
+        specs: Each split's spec (`data.split_*`).
+        image_key: The image column.
+        folder: Where relative paths are read from (`read_from`); None = no local files.
+        rows: How many rows of a split, spread over it, are looked at.
+
+    Raises:
+        DataError: Naming the column, a value, where it was looked for, and the fix.
+    """
+    datasets = import_datasets()
+    if folder is None:
+        return
+    for split, dataset in loaded.items():
+        feature = dataset.features[image_key]
+        if not (isinstance(feature, datasets.Value) and feature.dtype in _TEXT and len(dataset)):
+            continue
+        spread = sorted({i * len(dataset) // rows for i in range(rows)})
+        values = [v for v in dataset.select(spread)[image_key] if v]
+        if not values or any(
+            os.path.exists(v) if os.path.isabs(v) else read_from(folder, v) for v in values
+        ):
+            continue
+        raise DataError(
+            f"{name} split {specs[split]!r} (data.split_{split}): the image column "
+            f"{image_key!r} (data.image_key) names no image file in {len(values)} rows "
+            f"spread over it (e.g. {values[0]!r}, looked for under {folder} and in the working "
+            f"directory {os.getcwd()}). Set data.image_key to the column of image paths "
+            f"(columns: {', '.join(dataset.column_names)}), or bring the images back"
         )

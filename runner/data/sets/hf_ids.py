@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runner.data.decoding import DataError
-from runner.data.sets.hf_columns import import_datasets
+from runner.data.sets.hf_columns import import_datasets, read_from
 from runner.data.splits import path_id
 
 log = logging.getLogger(__name__)
@@ -59,19 +59,6 @@ def record_files(dataset, image_key: str, folder: Path | None) -> list[str | Non
         else None
         for path in paths
     ]
-
-
-def read_from(base: Path, path: str) -> str | None:
-    """Where a table's relative image path is read from, or None where it is nowhere.
-
-    Under `base` (the folder `data.name` names, or a table file's folder) when the file is
-    there, else as written (from the working directory).
-    """
-    if (base / path).exists():
-        return str(base / path)
-    if os.path.exists(path):
-        return path
-    return None
 
 
 def source_rows(dataset, spec: str) -> list[str] | None:
