@@ -372,7 +372,7 @@ def _run_model(client: Any, uri: str, tracking_uri: str, download_dir: Path) -> 
     if not run_id:
         raise ModelNotFoundError(f"ckpt={uri!r}: expected runs:/<mlflow run id>")
     try:
-        client.get_run(run_id)
+        tags = client.get_run(run_id).data.tags
     except MlflowException as err:
         raise ModelNotFoundError(
             f"ckpt={uri!r}: run {run_id!r} was not found in the MLflow store "
@@ -394,10 +394,15 @@ def _run_model(client: Any, uri: str, tracking_uri: str, download_dir: Path) -> 
         log.info("downloaded %s of MLflow run %s to %s", path, run_id, local)
         model_id = None if is_checkpoint else _model_id_in(Path(local))
         return FetchedModel(Path(local), is_checkpoint, run_id, model_id)
+    if tags.get("mode") == "eval" and tags.get("source_run_id"):
+        fix = f"it is an eval run of training run ckpt=runs:/{tags['source_run_id']}"
+    elif tags.get("best.run_id"):  # a sweep's parent run
+        fix = f"it is a sweep's parent run; its best job's run is ckpt=runs:/{tags['best.run_id']}"
+    else:
+        fix = "only runs that finished training log them; pick a FINISHED training run"
     raise ModelNotFoundError(
         f"ckpt={uri!r}: run {run_id!r} has neither a logged model {MODEL_NAME!r} nor a "
-        f"{LEGACY_CHECKPOINT} artifact. Only runs that finished training log them; pick a "
-        "FINISHED training run"
+        f"{LEGACY_CHECKPOINT} artifact: {fix}"
     )
 
 

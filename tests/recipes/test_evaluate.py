@@ -602,6 +602,19 @@ def test_ckpt_errors_name_the_file_and_the_fix(tmp_path, trained):
         read_best(last)
     with pytest.raises(CheckpointError, match="run 'feedc0de' was not found in the MLflow"):
         resolve_ckpt("runs:/feedc0de", cfg, tmp_path / "dl")
+    # An eval run or a sweep's parent was told to pick a training run, not which one.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(cfg.logger.tracking_uri)
+    experiment = client.get_run(trained[2]).info.experiment_id
+    for tags, fix in (
+        ({"mode": "eval", "source_run_id": trained[2]}, "it is an eval run of training run"),
+        ({"best.run_id": trained[2]}, "it is a sweep's parent run; its best job's run is"),
+    ):
+        other = client.create_run(experiment, tags=tags).info.run_id
+        client.set_terminated(other)
+        with pytest.raises(CheckpointError, match=rf"{fix} ckpt=runs:/{trained[2]}"):
+            resolve_ckpt(f"runs:/{other}", cfg, tmp_path / "dl")
     # It was told to give an id of the form m-..., which it had.
     with pytest.raises(CheckpointError, match=r"32 hex digits.*'m-deadbeef' has 8 characters"):
         resolve_ckpt("models:/m-deadbeef", cfg, tmp_path / "dl")
