@@ -220,7 +220,7 @@ def test_eval_on_a_held_out_folder_without_train(trained, tmp_path, caplog):
     png = next((held_out / "test" / best.class_names[1]).iterdir()).read_bytes()
     (held_out / "test" / best.class_names[1] / "truncated.png").write_bytes(png[:60])
     streamed = ("data.resident_max_gb=1e-6", "data.num_workers=1", "analysis.enabled=true")
-    with caplog.at_level("INFO", logger="runner.data.sets.imagefolder"):
+    with caplog.at_level("INFO", logger="runner.data.sets.held_out"):
         run(compose_run(tmp, "streamed", *current, *streamed, f"data.root={held_out}", tiny=False))
     assert f"held-out folder {held_out / 'test'}: {len(stored.test) + 1} images" in caplog.text
     assert "-> streaming" in caplog.text

@@ -24,18 +24,14 @@ import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from runner.config.location_checks import image_folder_root_problem
-from runner.data.decoding import DataError, decode_all, file_stat, printable, refused_bad_file
+from runner.data.decoding import DataError, file_stat, printable
+from runner.data.sets.held_out import held_out_splits
 from runner.data.sets.records import (
     RecordSettings,
     splits_from_records,
-    stays_resident,
-    stream_parts,
 )
-from runner.data.splits import DataSplits, Split, path_id, some_of
+from runner.data.splits import DataSplits, path_id, some_of
 
 log = logging.getLogger(__name__)
 
@@ -357,37 +353,25 @@ def load_test_folder(
             f"data.root={str(root)!r}: no image under {folder}/<class>/ (expected "
             "root/test/<class>/<image> or root/<class>/<image>)"
         )
-    keep, decoded_gb = stays_resident(len(files), image_size, resident, resident_max_gb)
-    log.info(
-        "held-out folder %s: %d images; %.2f GB decoded -> %s",
-        folder,
-        len(files),
-        decoded_gb,
-        "resident" if keep else "streaming",
-    )
     files = [str(f) for f in files]
-    ids = np.array([path_id(os.path.relpath(f, root)) for f in files], dtype=object)
-    if keep:
-        images, kept, bad = decode_all(files, image_size, "skip", num_workers)
-        if bad and on_bad_file == "error":
-            raise refused_bad_file(bad[0][1])
-        kept = torch.as_tensor(kept, dtype=torch.long)
-        test = Split(images, torch.tensor(labels, dtype=torch.long)[kept], ids[kept.numpy()])
-    else:
-        parts, bad = stream_parts(
-            {"test": files}, {"test": labels}, {"test": ids}, image_size, num_workers, on_bad_file
-        )
-        test = parts["test"]
-    for _, reason in bad:
-        log.warning("skipped bad file %s", reason)
-    empty = test.subset(torch.zeros(0, dtype=torch.long))
-    return DataSplits(
-        name=name,
-        train=empty,
-        val=empty,
-        test=test,
-        class_names=list(class_names),
-        mean=tuple(float(m) for m in mean),
-        std=tuple(float(s) for s in std),
-        bad_files=bad,
+    return held_out_splits(
+        name,
+        records=files,
+        labels=labels,
+        ids=[path_id(os.path.relpath(f, root)) for f in files],
+        class_names=class_names,
+        where=f"held-out folder {folder}",
+        settings=RecordSettings(
+            image_size=image_size,
+            val_fraction=0.0,
+            test_fraction=0.0,
+            split_seed=0,
+            resident=resident,
+            resident_max_gb=resident_max_gb,
+            cache_dir=None,
+            num_workers=num_workers,
+            on_bad_file=on_bad_file,
+            mean=mean,
+            std=std,
+        ),
     )
