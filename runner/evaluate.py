@@ -23,6 +23,7 @@ from runner.config.validation import IMAGEFOLDER_TARGET, ConfigError
 from runner.data.build import build_data
 from runner.data.checks import require_splits
 from runner.data.decoding import DataError, to_grayscale
+from runner.data.sets.hf_held_out import is_held_out_split, load_hf_test
 from runner.data.sets.imagefolder import (
     class_folders,
     class_key,
@@ -166,8 +167,8 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> tuple[DataSplits, Di
 
     `eval.data=stored`: the training run's data (its train-only switches off), whose
     test split must be the one the run was tested on. `eval.data=current`: this command
-    line's data; an image folder without train/ is a held-out set (see
-    `load_test_folder`).
+    line's data; an image folder without train/, or a Hugging Face data set with
+    `data.split_train=null`, is a held-out set (see `load_test_folder`, `load_hf_test`).
 
     Returns:
         The data, and the data config it was built from (at the checkpoint's image
@@ -179,21 +180,28 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> tuple[DataSplits, Di
     """
     if cfg.eval.data == "current":
         root = image_folder_root(cfg.data)
+        checkpoint = {
+            "image_size": loaded.best.image_size,
+            "mean": loaded.best.mean,
+            "std": loaded.best.std,
+        }
+        held_out = None
         if root is not None and root.is_dir() and not (root / "train").is_dir():
-            data = load_test_folder(
+            held_out = load_test_folder(
                 cfg.data.root,
                 loaded.best.class_names,
-                image_size=loaded.best.image_size,
-                mean=loaded.best.mean,
-                std=loaded.best.std,
+                **checkpoint,
                 name=cfg.data.name,
                 num_workers=cfg.data.num_workers,
                 on_bad_file=cfg.data.on_bad_file,
                 resident=cfg.data.get("resident", "auto"),
                 resident_max_gb=cfg.data.get("resident_max_gb", 2.0),
             )
-            require_splits(data, ("test",))
-            data = with_channels(data, loaded.best.image_channels())
+        elif is_held_out_split(cfg.data):
+            held_out = load_hf_test(cfg.data, loaded.best.class_names, **checkpoint)
+        if held_out is not None:
+            require_splits(held_out, ("test",))
+            data = with_channels(held_out, loaded.best.image_channels())
             return data, at_trained_size(cfg.data, loaded)  # the size it decoded at
         if root is not None and (root / "train").is_dir():
             # From the class folders' names, before a folder of any size is listed and decoded.

@@ -155,6 +155,28 @@ def mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) ->
     return problems
 
 
+def held_out_problems(cfg: DictConfig) -> list[str]:
+    """`data.split_train=null` (data=hf: a held-out split tested whole) outside its mode.
+
+    It is read by `mode=eval eval.data=current` only, with the split `data.split_test`
+    names (`runner.data.sets.hf_held_out`).
+    """
+    if OmegaConf.select(cfg, "data.split_train", default="") is not None:
+        return []
+    if job_mode(cfg) != "eval" or OmegaConf.select(cfg, "eval.data", default=None) != "current":
+        return [
+            "data.split_train=null (a held-out set, tested whole) is read by mode=eval "
+            "eval.data=current only: to train, name the train split (e.g. "
+            "data.split_train=train)"
+        ]
+    if OmegaConf.select(cfg, "data.split_test", default=None) is None:
+        return [
+            "data.split_train=null tests the split data.split_test names, whole, and it is "
+            "null: name it (a table file's rows are its train split: data.split_test=train)"
+        ]
+    return []
+
+
 def _key(override: str) -> str:
     """The key an override sets: `model` for `model=resnet18`, `optim.lr` for `+optim.lr=1`."""
     return str(override).lstrip("+~").split("=", 1)[0]

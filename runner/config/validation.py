@@ -16,7 +16,7 @@ from runner.config.location_checks import (
     csv_file_problem,
     image_folder_root_problem,
 )
-from runner.config.modes import job_mode, mode_problems
+from runner.config.modes import held_out_problems, job_mode, mode_problems
 from runner.config.redaction import public_uri
 from runner.config.resolvers import monitor_mode_for
 from runner.config.sweep_values import read_sweeps, values_of
@@ -118,7 +118,7 @@ def validate(cfg: DictConfig) -> None:
             )
     problems.extend(_image_size_problems(cfg))
     problems.extend(_monitor_problems(cfg, swept_keys))
-    problems.extend(mode_problems(cfg, swept_values))
+    problems.extend(mode_problems(cfg, swept_values) + held_out_problems(cfg))
     problems.extend(_model_registry_problems(cfg))
     problems.extend(_fold_problems(cfg, swept_values, swept_keys))
     problems.extend(_curation_problems(cfg, swept_values))

@@ -374,7 +374,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "data.cache_dir": _optional_non_empty_string,
     "data.image_key": _non_empty_string,
     "data.label_key": _non_empty_string,
-    "data.split_train": _non_empty_string,
+    "data.split_train": _optional_non_empty_string,  # null: a held-out set (modes.py)
     "data.split_val": _optional_non_empty_string,
     "data.split_test": _optional_non_empty_string,
     "data.config_name": _optional_non_empty_string,

@@ -111,7 +111,7 @@ def unreadable(record: Any, err: OSError) -> str:
     """Why a record's file cannot be read, for the list of bad files.
 
     A relative path that is in neither folder it is read from (an image dict with
-    `base`, see `runner.data.sets.hf._Column`) names both: the bare path left the user
+    `base`, see `runner.data.sets.hf.ImageColumn`) names both: the bare path left the user
     guessing which folder it was looked for in.
     """
     reason = err.strerror or str(err)

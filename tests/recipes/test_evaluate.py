@@ -976,6 +976,44 @@ def test_the_way_to_other_data_is_told_in_the_checkpoints_data_keys():
     assert other_data_keys(folder) == "eval.data=current data=... data.root=..."
 
 
+def test_eval_on_a_held_out_table_tests_it_whole(tmp_path):
+    """A data=hf model could not be tested on a held-out table: `data.split_test=train`
+    was refused as sharing samples with train, a carve tested a tenth of it, and a table
+    of some of the classes was refused. `data.split_train=null` now tests it whole, as an
+    image folder without train/ is."""
+    from tests.datagen import make_imagefolder
+
+    pics = make_imagefolder(tmp_path / "pics", per_class=8, size=16)
+    rows = sorted(pics.glob("train/*/*.jpg"))
+    (pics / "train.csv").write_text(
+        "image,label\n" + "".join(f"{p.relative_to(pics)},{p.parent.name}\n" for p in rows)
+    )
+    some = [p for p in rows if p.parent.name != "fox"][::2]
+    (pics / "held.csv").write_text(
+        "image,label\n" + "".join(f"{p.relative_to(pics)},{p.parent.name}\n" for p in some)
+    )
+    table = ("data=hf", "data.image_size=16", "data.cache_dir=null", "logger=none")
+    small = ("trainer.max_epochs=1", "trainer.batch_size=8", "model=timm", "model.name=test_resnet")
+    train_on = (f"data.name={pics / 'train.csv'}", "data.split_test=null")
+    run(compose_run(tmp_path, "train", *table, *train_on, *small, tiny=False))
+    ckpt = tmp_path / "train" / "checkpoints" / "best.pt"
+    held = ("mode=eval", f"ckpt={ckpt}", "eval.data=current", *table[:-1], "logger=none")
+    whole = (f"data.name={pics / 'held.csv'}", "data.split_train=null", "data.split_test=train")
+    assert 0.0 <= run(compose_run(tmp_path, "eval", *held, *whole, tiny=False)) <= 1.0
+    with open(tmp_path / "eval" / "per_class.csv", newline="") as file:
+        support = {row["class"]: int(row["support"]) for row in csv.DictReader(file)}
+    assert support == {"cat": 4, "dog": 4, "fox": 0} and len(some) == 8
+    # A class the checkpoint does not know, named with the split.
+    (pics / "held.csv").write_text("image,label\n" + f"{rows[0].relative_to(pics)},yak\n")
+    with pytest.raises(DataError, match=r"split 'train' \(data.split_test\) has classes the"):
+        run(compose_run(tmp_path, "eval2", *held, *whole, tiny=False))
+    # Outside eval on current data, or without the split to test.
+    with pytest.raises(ConfigError, match=r"data.split_train=null \(a held-out set, tested"):
+        run(compose_run(tmp_path, "train2", *table, *train_on, "data.split_train=null", tiny=False))
+    with pytest.raises(ConfigError, match=r"tests the split data.split_test names, whole"):
+        run(compose_run(tmp_path, "eval3", *held, *whole[:2], "data.split_test=null", tiny=False))
+
+
 def test_predict_refuses_a_model_of_other_than_one_or_three_channels_before_reading(tmp_path):
     """A 4-channel model got the files' RGB batches: a bare "size of tensor a (3) must
     match" traceback after every image was decoded."""

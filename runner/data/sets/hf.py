@@ -47,7 +47,7 @@ _FILE_BUILDERS = {
 }
 
 
-class _Column(Sequence):
+class ImageColumn(Sequence):
     """A lazy view of one image column: item i is record i, read when asked for.
 
     Records without a path get "<data set>:<split>[i]", so a bad one can be named. A
@@ -93,7 +93,7 @@ class _Column(Sequence):
         return f"{self.label}[{int(index)}]"
 
 
-def _file_stats(column: _Column) -> list[tuple[str, int, int]]:
+def _file_stats(column: ImageColumn) -> list[tuple[str, int, int]]:
     """(path, size, mtime) of each file a column of paths names; [] for embedded bytes."""
     stats = []
     for index in range(len(column)):
@@ -124,7 +124,9 @@ def _table_identity(dataset) -> list[tuple[str, int, int]] | str:
     return digest.hexdigest()
 
 
-def _loader(name: str, config_name: str | None, revision: str | None, hf_cache_dir: str | None):
+def split_loader(
+    name: str, config_name: str | None, revision: str | None, hf_cache_dir: str | None
+):
     """A function split-spec -> Dataset for a Hub name, a saved data set or a local file."""
     datasets = import_datasets()
     path = Path(name).expanduser()
@@ -182,7 +184,7 @@ def _loader(name: str, config_name: str | None, revision: str | None, hf_cache_d
     )
 
 
-def _load_splits(name: str, specs: dict[str, str | None], load) -> dict[str, Any]:
+def load_splits(name: str, specs: dict[str, str | None], load) -> dict[str, Any]:
     """Each split that `specs` names, loaded; a missing split or the Hub offline named."""
     for split, spec in specs.items():
         if spec is not None:
@@ -274,15 +276,11 @@ def load_hf(
         DataError: A column is missing, the image column holds no images, or the labels
             of val/test are not train's.
     """
-    datasets = import_datasets()
     specs = {"train": split_train, "val": split_val, "test": split_test}
-    loaded = _load_splits(name, specs, _loader(name, config_name, revision, hf_cache_dir))
+    loaded = load_splits(name, specs, split_loader(name, config_name, revision, hf_cache_dir))
     label_columns = read_label_columns(name, loaded, specs, image_key, label_key)
     refuse_non_image_columns(name, loaded, specs, image_key)
-    local = Path(name).expanduser()
-    # A table file's relative paths are read from its folder (`_Column`), as its ids are:
-    # row numbers changed with the rows' order, and an exclude file then hit other images.
-    folder = local if local.is_dir() else local.parent if local.is_file() else None
+    folder, label = local_names(name)
     refuse_a_column_of_no_files(name, loaded, specs, image_key, folder)
     train = loaded["train"]
     train_names = getattr(train.features[label_key], "names", None)  # a ClassLabel's
@@ -293,11 +291,8 @@ def load_hf(
             f"{len(class_names)} classes ({', '.join(class_names[:20])})."
         )
     records, labels, ids, samples = {}, {}, {}, {}
-    # `.` is its folder's name; a link keeps its own name (ids and caches are keyed by it).
-    label = Path(os.path.abspath(local)).name if local.exists() else name
     for split, dataset in loaded.items():
-        if isinstance(dataset.features[image_key], datasets.Image):
-            dataset = dataset.cast_column(image_key, datasets.Image(decode=False))
+        dataset = undecoded(dataset, image_key)
         values, index = label_columns[split], to_index
         own_names = getattr(dataset.features[label_key], "names", None)
         if own_names and list(own_names) != list(train_names or ()):
@@ -311,7 +306,7 @@ def load_hf(
                 f"{name} split {specs[split]!r} has labels that {split_train!r} lacks: "
                 f"{', '.join(unknown[:20])} ({len(unknown)} in all)."
             )
-        records[split] = _Column(dataset, image_key, f"{label}:{specs[split]}", folder)
+        records[split] = ImageColumn(dataset, image_key, f"{label}:{specs[split]}", folder)
         labels[split] = [index[v] for v in values]
         files = record_files(dataset, image_key, folder)
         ids[split] = record_ids(files, folder, f"{label}:{specs[split]}")
@@ -368,6 +363,31 @@ def load_hf(
             std=std,
         ),
     )
+
+
+def local_names(name: str) -> tuple[Path | None, str]:
+    """The folder a local data set's relative paths and ids are read from, and its name.
+
+    Args:
+        name: `data.name`.
+
+    Returns:
+        The folder `name` names, or a table file's own folder (its relative paths are
+        read from there, as its ids are: row numbers changed with the rows' order, and an
+        exclude file then hit other images), None for a Hub name; and the name ids and
+        caches are keyed by (`.` is its folder's name; a link keeps its own name).
+    """
+    local = Path(name).expanduser()
+    folder = local if local.is_dir() else local.parent if local.is_file() else None
+    return folder, Path(os.path.abspath(local)).name if local.exists() else name
+
+
+def undecoded(dataset, image_key: str):
+    """The split with an Image column read as its bytes and path, for the runner's decoder."""
+    datasets = import_datasets()
+    if isinstance(dataset.features[image_key], datasets.Image):
+        return dataset.cast_column(image_key, datasets.Image(decode=False))
+    return dataset
 
 
 def _classes(feature, values: Sequence[Any]) -> tuple[list[str], dict[Any, int]]:
