@@ -187,16 +187,7 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> tuple[DataSplits, Di
         }
         held_out = None
         if root is not None and root.is_dir() and not (root / "train").is_dir():
-            held_out = load_test_folder(
-                cfg.data.root,
-                loaded.best.class_names,
-                **checkpoint,
-                name=cfg.data.name,
-                num_workers=cfg.data.num_workers,
-                on_bad_file=cfg.data.on_bad_file,
-                resident=cfg.data.get("resident", "auto"),
-                resident_max_gb=cfg.data.get("resident_max_gb", 2.0),
-            )
+            held_out = load_test_folder(cfg.data, loaded.best.class_names, **checkpoint)
         elif is_held_out_split(cfg.data):
             held_out = load_hf_test(cfg.data, loaded.best.class_names, **checkpoint)
         if held_out is not None:

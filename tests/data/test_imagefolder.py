@@ -240,12 +240,11 @@ def test_a_class_spelt_in_another_unicode_form_is_the_same_class(tmp_path):
     assert data.class_names == ["cat", nfc]
     assert torch.bincount(data.val.labels, minlength=2).tolist() == [2, 2]
     held_out = load_test_folder(
-        str(root / "val"),
+        {"root": str(root / "val"), "num_workers": 0},
         ["cat", nfc],
         image_size=8,
         mean=(0.5,) * 3,
         std=(0.5,) * 3,
-        num_workers=0,
     )
     assert torch.bincount(held_out.test.labels, minlength=2).tolist() == [2, 2]
 

@@ -7,7 +7,7 @@ a Hugging Face data set with `data.split_train=null` (`hf_held_out.py`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,29 @@ from runner.data.sets.records import RecordSettings, stays_resident, stream_part
 from runner.data.splits import DataSplits, Split
 
 log = logging.getLogger(__name__)
+
+
+def held_out_settings(
+    data_cfg: Mapping[str, Any], image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> RecordSettings:
+    """How a held-out set is read: nothing is carved or cached.
+
+    The model's size and normalisation, and the data config's memory, workers and
+    bad-file keys.
+    """
+    return RecordSettings(
+        image_size=image_size,
+        val_fraction=0.0,
+        test_fraction=0.0,
+        split_seed=0,
+        resident=data_cfg.get("resident", "auto"),
+        resident_max_gb=data_cfg.get("resident_max_gb", 2.0),
+        cache_dir=None,
+        num_workers=data_cfg.get("num_workers", 2),
+        on_bad_file=data_cfg.get("on_bad_file", "skip"),
+        mean=mean,
+        std=std,
+    )
 
 
 def held_out_splits(

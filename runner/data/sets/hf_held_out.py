@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from runner.data.decoding import DataError
-from runner.data.sets.held_out import held_out_splits
+from runner.data.sets.held_out import held_out_settings, held_out_splits
 from runner.data.sets.hf import (
     ImageColumn,
     load_splits,
@@ -26,7 +26,6 @@ from runner.data.sets.hf_columns import (
     refuse_non_image_columns,
 )
 from runner.data.sets.hf_ids import record_files, record_ids
-from runner.data.sets.records import RecordSettings
 from runner.data.splits import DataSplits
 
 
@@ -95,17 +94,5 @@ def load_hf_test(
         ids=record_ids(record_files(dataset, image_key, folder), folder, where),
         class_names=class_names,
         where=f"held-out split {split!r} of data.name={name!r}",
-        settings=RecordSettings(
-            image_size=image_size,
-            val_fraction=0.0,
-            test_fraction=0.0,
-            split_seed=0,
-            resident=data_cfg.get("resident", "auto"),
-            resident_max_gb=data_cfg.get("resident_max_gb", 2.0),
-            cache_dir=None,
-            num_workers=data_cfg.get("num_workers", 2),
-            on_bad_file=data_cfg.get("on_bad_file", "skip"),
-            mean=mean,
-            std=std,
-        ),
+        settings=held_out_settings(data_cfg, image_size, mean, std),
     )

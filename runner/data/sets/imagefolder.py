@@ -21,12 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from runner.config.location_checks import image_folder_root_problem
 from runner.data.decoding import DataError, file_stat, printable
-from runner.data.sets.held_out import held_out_splits
+from runner.data.sets.held_out import held_out_settings, held_out_splits
 from runner.data.sets.records import (
     RecordSettings,
     splits_from_records,
@@ -310,17 +311,12 @@ def load_imagefolder(
 
 
 def load_test_folder(
-    root: str | os.PathLike,
+    data_cfg: Mapping[str, Any],
     class_names: Sequence[str],
     *,
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
-    name: str = "imagefolder",
-    num_workers: int = 2,
-    on_bad_file: str = "skip",
-    resident: bool | str = "auto",
-    resident_max_gb: float = 2.0,
 ) -> DataSplits:
     """A labelled held-out folder without train/, as the test split of a model's classes.
 
@@ -331,10 +327,18 @@ def load_test_folder(
     `resident_max_gb` (under `resident="auto"`) and streamed through loader workers
     otherwise.
 
+    Args:
+        data_cfg: The command line's `data=imagefolder` config (its root, name, workers,
+            memory and bad-file keys).
+        class_names: The checkpoint's classes.
+        image_size: The size the checkpoint was trained at.
+        mean: The checkpoint's normalisation mean.
+        std: The checkpoint's normalisation std.
+
     Raises:
         DataError: A class folder the model does not know, or no image at all.
     """
-    root = Path(root).expanduser()
+    root = Path(str(data_cfg["root"])).expanduser()
     folder = root / "test" if (root / "test").is_dir() else root
     classes = same_classes_as(list_class_files(folder), class_names)
     unknown = sorted(set(classes) - set(class_names))
@@ -355,23 +359,11 @@ def load_test_folder(
         )
     files = [str(f) for f in files]
     return held_out_splits(
-        name,
+        data_cfg.get("name", "imagefolder"),
         records=files,
         labels=labels,
         ids=[path_id(os.path.relpath(f, root)) for f in files],
         class_names=class_names,
         where=f"held-out folder {folder}",
-        settings=RecordSettings(
-            image_size=image_size,
-            val_fraction=0.0,
-            test_fraction=0.0,
-            split_seed=0,
-            resident=resident,
-            resident_max_gb=resident_max_gb,
-            cache_dir=None,
-            num_workers=num_workers,
-            on_bad_file=on_bad_file,
-            mean=mean,
-            std=std,
-        ),
+        settings=held_out_settings(data_cfg, image_size, mean, std),
     )
