@@ -10,6 +10,7 @@ The checkpoint is made ready by `runner.from_checkpoint`.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,7 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> tuple[DataSplits, Di
         if root is not None and root.is_dir() and not (root / "train").is_dir():
             held_out = load_test_folder(cfg.data, loaded.best.class_names, **checkpoint)
         elif is_held_out_split(cfg.data):
+            refuse_the_trained_data_as_held_out(cfg, loaded)
             held_out = load_hf_test(cfg.data, loaded.best.class_names, **checkpoint)
         if held_out is not None:
             require_splits(held_out, ("test",))
@@ -236,6 +238,29 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> tuple[DataSplits, Di
     require_splits(data, ("test",))
     same_classes(cfg, data.class_names, loaded.best.class_names)
     return data, data_cfg
+
+
+def refuse_the_trained_data_as_held_out(cfg: DictConfig, loaded: LoadedCheckpoint) -> None:
+    """Refuses `data.split_train=null` on the Hugging Face data set the checkpoint trained on.
+
+    Its split, tested whole, holds the training images. The checkpoint's `data.name` is
+    read from the directory its run ran in, as `eval.data=stored` reads it.
+
+    Raises:
+        DataError: Naming the data set and the fixes.
+    """
+    if not str(as_read_here(loaded.stored, "data._target_") or "").endswith(".load_hf"):
+        return
+    stored = as_read_here(loaded.stored, "data.name")
+    trained_on = from_job_cwd(stored, job_cwd(loaded.path.parent.parent))  # <run>/checkpoints/
+    same = [os.path.realpath(os.path.expanduser(str(n))) for n in (trained_on, cfg.data.name)]
+    if stored and same[0] == same[1]:
+        raise DataError(
+            f"data.name={cfg.data.name!r} is the data set the checkpoint was trained on: "
+            f"data.split_train=null would test all of data.split_test={cfg.data.split_test!r}, "
+            "training images included. Test on its own test split (eval.data=stored), or "
+            "on another data set"
+        )
 
 
 def refuse_a_new_split_of_the_trained_data(

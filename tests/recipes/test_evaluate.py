@@ -1003,6 +1003,10 @@ def test_eval_on_a_held_out_table_tests_it_whole(tmp_path):
     with open(tmp_path / "eval" / "per_class.csv", newline="") as file:
         support = {row["class"]: int(row["support"]) for row in csv.DictReader(file)}
     assert support == {"cat": 4, "dog": 4, "fox": 0} and len(some) == 8
+    # The table the checkpoint trained on: its rows are training images.
+    trained_on = (f"data.name={pics / 'train.csv'}", *whole[1:])
+    with pytest.raises(DataError, match=r"train.csv' is the data set the checkpoint was trai"):
+        run(compose_run(tmp_path, "eval_trained", *held, *trained_on, tiny=False))
     # A class the checkpoint does not know, named with the split.
     (pics / "held.csv").write_text("image,label\n" + f"{rows[0].relative_to(pics)},yak\n")
     with pytest.raises(DataError, match=r"split 'train' \(data.split_test\) has classes the"):

@@ -28,10 +28,7 @@ from typing import Any
 from runner.config.location_checks import image_folder_root_problem
 from runner.data.decoding import DataError, file_stat, printable
 from runner.data.sets.held_out import held_out_settings, held_out_splits
-from runner.data.sets.records import (
-    RecordSettings,
-    splits_from_records,
-)
+from runner.data.sets.records import RecordSettings, splits_from_records
 from runner.data.splits import DataSplits, path_id, some_of
 
 log = logging.getLogger(__name__)
