@@ -997,7 +997,7 @@ def test_eval_on_a_held_out_table_tests_it_whole(tmp_path):
     train_on = (f"data.name={pics / 'train.csv'}", "data.split_test=null")
     run(compose_run(tmp_path, "train", *table, *train_on, *small, tiny=False))
     ckpt = tmp_path / "train" / "checkpoints" / "best.pt"
-    held = ("mode=eval", f"ckpt={ckpt}", "eval.data=current", *table[:-1], "logger=none")
+    held = ("mode=eval", f"ckpt={ckpt}", "eval.data=current", *table)
     whole = (f"data.name={pics / 'held.csv'}", "data.split_train=null", "data.split_test=train")
     assert 0.0 <= run(compose_run(tmp_path, "eval", *held, *whole, tiny=False)) <= 1.0
     with open(tmp_path / "eval" / "per_class.csv", newline="") as file:
