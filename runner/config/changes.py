@@ -26,6 +26,8 @@ MAY_CHANGE_ON_RESUME = (
     "trainer.resume",
     "data.num_workers",
     "data.cache_dir",
+    # A train file it skips now and did not before changes the train ids: refused anyway.
+    "data.on_bad_file",
     "analysis.",
     "sweep.",
     "paths.root_dir",

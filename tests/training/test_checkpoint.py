@@ -337,3 +337,22 @@ def test_the_system_metrics_settings_may_change_on_resume(make_cfg):
     check_resume(run_dir, make_cfg("logger.system_metrics_interval_s=1"))
     with pytest.raises(ConfigError, match=r"another config"):
         check_resume(run_dir, make_cfg("optim.lr=0.5"))
+
+
+def test_data_on_bad_file_may_change_on_resume(make_cfg):
+    """A streamed run with data.on_bad_file=error that met a bad test file failed after
+    training; the fix its error named, data.on_bad_file=skip, was then refused as "another
+    config". A train file skipped now that was not before changes the train ids, which the
+    resume refuses on its own."""
+    from omegaconf import OmegaConf
+
+    from runner.training.resume_checks import check_resume
+
+    folder = ("data=imagefolder", "data.root=/data/leaves")
+    cfg = make_cfg(*folder, "data.on_bad_file=error", tiny=False)
+    run_dir = Path(cfg.paths.run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"")
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    check_resume(run_dir, make_cfg(*folder, "data.on_bad_file=skip", tiny=False))
+
