@@ -118,7 +118,11 @@ def sweep_monitor(sweep_dir: Path, monitor: str | None, mode: str | None) -> tup
 
 def main(argv: list[str] | None = None) -> int:
     """Runs a command; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m runner.sweeps", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m runner.sweeps",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the docstring's command lines
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     collect = commands.add_parser(
         "collect",

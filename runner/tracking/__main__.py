@@ -93,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     """The command line: the `reap`, `replay` and `open` subcommands and their options."""
-    parser = argparse.ArgumentParser(prog="python -m runner.tracking", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m runner.tracking",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the docstring's command lines
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     reap = commands.add_parser(
         "reap", help="mark RUNNING runs of processes on this host that are gone as KILLED"

@@ -618,3 +618,16 @@ def test_an_operation_of_an_unknown_kind_is_an_error_not_a_silent_no_op():
     kept its own copy of the kinds to refuse such a line."""
     with pytest.raises(ValueError, match="unknown logging operation 'metric': one of metrics"):
         apply_op(object(), "run", ("metric", []))
+
+
+@pytest.mark.parametrize("package", ["runner.tracking", "runner.sweeps"])
+def test_the_help_of_the_maintenance_commands_keeps_one_command_per_line(package, capsys):
+    """argparse reflowed the docstring's example commands into one paragraph."""
+    import importlib
+
+    main = importlib.import_module(f"{package}.__main__").main
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    commands = [line for line in lines if line.startswith(f"python -m {package} ")]
+    assert len(commands) >= 3 and all(line.count("python -m") == 1 for line in commands), lines
