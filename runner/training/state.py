@@ -24,6 +24,7 @@ from runner.config.errors import ConfigError
 from runner.config.files import replaced_whole, set_aside
 from runner.data.splits import DataSplits, splits_digest
 from runner.models.weights import short_cause
+from runner.sweeps.out_of_fold import OOF_FILE
 from runner.training import checkpoint_io, distributed, rank_sync
 from runner.training.optim import load_schedule
 from runner.training.parts import TrainingParts
@@ -173,14 +174,28 @@ def resume_or_start(
     return state
 
 
-# The files that say what the earlier run of a dir was and what it reached.
-RUN_RECORDS = ("metrics.json", "config_resolved.yaml")
+# The files that say what the earlier run of a dir was and what it reached, and those it
+# wrote under some settings only (label noise, bad files, k-fold, the reports), which
+# this run may not write again: left in place, they would seem to be this run's. (Not
+# its data.exclude.csv: this run may read its copy, `data.exclude=<run dir>/...`.)
+RUN_RECORDS = (
+    "metrics.json",
+    "config_resolved.yaml",
+    "label_noise.csv",
+    "bad_files.txt",
+    OOF_FILE,
+    "per_class.csv",
+    "confusion_matrix.png",
+    "reliability.png",
+    "misclassified.png",
+    "gradcam.png",
+)
 
 
 def set_aside_checkpoints(run_dir: Path) -> Path | None:
     """Moves an earlier run's checkpoints/ to checkpoints.replaced-<time>/ (rank 0 only).
 
-    Its metrics.json and config_resolved.yaml go along, which this run would overwrite.
+    Its record (`RUN_RECORDS`) goes along, which this run would overwrite or leave.
 
     For `trainer.resume=never` in a run dir that has checkpoints: they are kept, but not
     where this run writes. Left in place, a run that ended before its first checkpoint

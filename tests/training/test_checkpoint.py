@@ -356,3 +356,19 @@ def test_data_on_bad_file_may_change_on_resume(make_cfg):
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     check_resume(run_dir, make_cfg(*folder, "data.on_bad_file=skip", tiny=False))
 
+
+def test_starting_over_sets_aside_the_files_the_earlier_run_wrote_under_its_settings(tmp_path):
+    """trainer.resume=never moved the checkpoints, metrics.json and config_resolved.yaml:
+    the earlier run's label_noise.csv stayed beside a config without label noise."""
+    from runner.training.state import RUN_RECORDS, set_aside_checkpoints
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"weights")
+    for name in RUN_RECORDS:
+        (tmp_path / name).write_text(name)
+    (tmp_path / "data.exclude.csv").write_text("sample_id\n")  # this run may read it
+    aside = set_aside_checkpoints(tmp_path)
+    assert aside is not None and (aside / "last.pt").read_bytes() == b"weights"
+    assert {"label_noise.csv", "bad_files.txt", "per_class.csv"} <= set(RUN_RECORDS)
+    assert all((aside / name).read_text() == name for name in RUN_RECORDS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([aside.name, "data.exclude.csv"])
