@@ -94,7 +94,8 @@ def refuse_ignored_overrides(cfg: DictConfig) -> None:
 
     The model and its augmentation always come from the checkpoint; the data too in
     predict, and in eval with eval.data=stored. Nor does eval read the train split that
-    the real-world switches, exclude/relabel and k-fold change.
+    the real-world switches, exclude/relabel and k-fold change, nor the training groups
+    but where and at what precision to compute.
 
     Raises:
         ConfigError: Naming the overrides and why they do not apply.
@@ -105,6 +106,19 @@ def refuse_ignored_overrides(cfg: DictConfig) -> None:
             f"{' '.join(stored_parts)}: mode={cfg.mode} uses the model and augmentation "
             "stored in the checkpoint and would ignore this: leave it out (they change only "
             "by training anew)"
+        )
+    # Of the training groups, eval and predict read where and at what precision to compute
+    # (eval also its batch size); an lr or a loss typed here was ignored without a word.
+    read = ("trainer.device", "trainer.precision")
+    read += ("trainer.eval_batch_size",) if cfg.mode == "eval" else ()  # predict.batch_size
+    unread = group_overrides("optim", "loss", "sched", "sampler") + [
+        o for o in group_overrides("trainer") if o.lstrip("+~").split("=")[0] not in read
+    ]
+    if unread:
+        raise ConfigError(
+            f"{' '.join(unread)}: mode={cfg.mode} tests the checkpoint's weights and, of the "
+            f"optim, loss, sched, sampler and trainer keys, reads only {', '.join(read)}: "
+            "leave it out"
         )
     data_keys = group_overrides("data")
     if data_keys and cfg.mode == "predict":

@@ -376,6 +376,13 @@ def test_eval_with_stored_data_refuses_data_keys_and_names_eval_data_current(bes
     done = run_cli(*command, "data.exclude=x.csv", "data.label_noise=0.2")
     assert done.returncode == 1, done.stderr[-2000:]
     assert "Error: data.exclude=x.csv data.label_noise=0.2: mode=eval tests on" in done.stderr
+    # An lr, a loss or an epoch count was ignored silently.
+    done = run_cli(*command, "optim.lr=0.5", "loss=focal", "trainer.max_epochs=5")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Error: optim.lr=0.5 loss=focal trainer.max_epochs=5: mode=eval tests the" in (
+        done.stderr
+    )
+    assert "reads only trainer.device, trainer.precision, trainer.eval_batch_size" in done.stderr
 
 
 def test_a_training_batch_of_one_sample_is_refused_or_left_out(make_cfg, tmp_path):
