@@ -160,8 +160,10 @@ class Session:
             return self.compose_sweep(command)
         tiny = [*with_tiny(args[2:]), *(e for k, v in EXTRA.items() if k in command for e in v)]
         if {"mode=eval", "mode=predict"} & set(args):
-            # They build the checkpoint's own data and model: a data override is refused.
-            tiny = [t for t in tiny if not t.startswith(("data", "model"))]
+            # They build the checkpoint's own data and model, and train nothing: a data,
+            # model or training override is refused.
+            training = ("data", "model", "optim", "loss", "sched", "sampler", "trainer.")
+            tiny = [t for t in tiny if not t.startswith(training)]
         if "--help" in args:
             tiny = []
         # `python run.py` on tiny settings already is `python run.py debug=fast` on them:
