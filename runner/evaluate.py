@@ -24,7 +24,7 @@ from runner.config.validation import IMAGEFOLDER_TARGET, ConfigError
 from runner.data.build import build_data
 from runner.data.checks import require_splits
 from runner.data.decoding import DataError, to_grayscale
-from runner.data.sets.hf_held_out import is_held_out_split, load_hf_test
+from runner.data.sets.hf_held_out import is_held_out_split, is_hf_data, load_hf_test
 from runner.data.sets.imagefolder import (
     class_folders,
     class_key,
@@ -249,7 +249,7 @@ def refuse_the_trained_data_as_held_out(cfg: DictConfig, loaded: LoadedCheckpoin
     Raises:
         DataError: Naming the data set and the fixes.
     """
-    if not str(as_read_here(loaded.stored, "data._target_") or "").endswith(".load_hf"):
+    if not is_hf_data(OmegaConf.select(loaded.stored, "data", default=None)):
         return
     stored = as_read_here(loaded.stored, "data.name")
     trained_on = from_job_cwd(stored, job_cwd(loaded.path.parent.parent))  # <run>/checkpoints/
@@ -359,8 +359,7 @@ def other_data_keys(data_cfg: DictConfig | None) -> str:
     A Hugging Face data set is named by `data.name`, the other file-based sets by
     `data.root`.
     """
-    target = OmegaConf.select(data_cfg, "_target_", default="") if data_cfg else ""
-    if str(target).endswith(".load_hf"):
+    if is_hf_data(data_cfg):
         return "eval.data=current data=hf data.name=..."
     return "eval.data=current data=... data.root=..."
 

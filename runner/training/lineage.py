@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from runner.config.choices import TRAIN_SPLIT_ONLY_KEYS
+from runner.data.sets.hf_held_out import is_hf_data
 from runner.data.splits import DataSplits, Split
 from runner.tracking.inputs import DatasetRecord
 from runner.tracking.protocol import Tracker
@@ -86,7 +87,7 @@ def data_source(data_cfg: DictConfig) -> tuple[str, dict[str, Any]]:
     """MLflow's source type and source for the data config: a folder, a Hub name, a set."""
     target = str(OmegaConf.select(data_cfg, "_target_", default=""))
     root = OmegaConf.select(data_cfg, "root", default=None)
-    if target.endswith(".load_hf"):
+    if is_hf_data(data_cfg):
         source = {"path": str(data_cfg.name)}
         for key in ("config_name", "revision", "split_train", "split_val", "split_test"):
             if OmegaConf.select(data_cfg, key, default=None) is not None:

@@ -29,10 +29,18 @@ from runner.data.sets.hf_ids import record_files, record_ids
 from runner.data.splits import DataSplits
 
 
+def is_hf_data(data_cfg: Mapping[str, Any] | None) -> bool:
+    """Whether a data config is a Hugging Face data set's.
+
+    By the end of its `_target_`, so that a best.pt of the flat layout (another module
+    path) is one too.
+    """
+    return bool(data_cfg) and str(data_cfg.get("_target_", "")).endswith(".load_hf")
+
+
 def is_held_out_split(data_cfg: Mapping[str, Any]) -> bool:
     """Whether a data config is a Hugging Face held-out set (`data.split_train=null`)."""
-    target = str(data_cfg.get("_target_", ""))
-    return target.endswith(".load_hf") and data_cfg.get("split_train", "") is None
+    return is_hf_data(data_cfg) and data_cfg.get("split_train", "") is None
 
 
 def load_hf_test(
