@@ -163,6 +163,16 @@ def as_read_here(stored: DictConfig, key: str) -> Any:
     return OmegaConf.select(stored, key, default=None, throw_on_resolution_failure=False)
 
 
+def trained_path(loaded: LoadedCheckpoint, key: str) -> Any:
+    """A path of the checkpoint's config as its training run read it.
+
+    A relative one (data.root=../leaves) from the directory that run ran in, so that eval
+    from another directory reads the same files.
+    """
+    directory = job_cwd(loaded.path.parent.parent)  # <run>/checkpoints/best.pt
+    return from_job_cwd(as_read_here(loaded.stored, key), directory)
+
+
 def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> tuple[DataSplits, DictConfig]:
     """The data eval tests on, checked against the checkpoint before anything is tested.
 
@@ -208,12 +218,10 @@ def eval_data(cfg: DictConfig, loaded: LoadedCheckpoint) -> tuple[DataSplits, Di
         other_data = other_data_keys(OmegaConf.select(loaded.stored, "data", default=None))
         resolved_part(loaded.stored, "data", loaded.path, f", or test on other data: {other_data}")
         data_cfg = train_only_keys_off(loaded.stored.data)
-        # A relative folder (data.root=../leaves) is the training run's: from the directory
-        # it ran in, so that eval from another directory tests on the same files. (root is
-        # no content setting: the test split's digest stays the run's.)
-        root = as_read_here(data_cfg, "root")
-        found = from_job_cwd(root, job_cwd(loaded.path.parent.parent))  # <run>/checkpoints/
-        if found != root:
+        # The folder the training run read (root is no content setting: the test split's
+        # digest stays the run's).
+        found = trained_path(loaded, "data.root")
+        if found != as_read_here(data_cfg, "root"):
             data_cfg.root = found
         if data_cfg.get("cache_dir") is not None:
             # Under this command's paths.output_dir, as everything it writes: the stored
@@ -251,10 +259,9 @@ def refuse_the_trained_data_as_held_out(cfg: DictConfig, loaded: LoadedCheckpoin
     """
     if not is_hf_data(OmegaConf.select(loaded.stored, "data", default=None)):
         return
-    stored = as_read_here(loaded.stored, "data.name")
-    trained_on = from_job_cwd(stored, job_cwd(loaded.path.parent.parent))  # <run>/checkpoints/
+    trained_on = trained_path(loaded, "data.name")
     same = [os.path.realpath(os.path.expanduser(str(n))) for n in (trained_on, cfg.data.name)]
-    if stored and same[0] == same[1]:
+    if trained_on and same[0] == same[1]:
         raise DataError(
             f"data.name={cfg.data.name!r} is the data set the checkpoint was trained on: "
             f"data.split_train=null would test all of data.split_test={cfg.data.split_test!r}, "
