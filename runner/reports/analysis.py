@@ -87,6 +87,17 @@ class AnalysisInputs:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+# What `write_reports` may write into a run dir (some files under some settings only).
+REPORT_FILES = (
+    "per_class.csv",
+    "confusion_matrix.png",
+    "reliability.png",
+    "misclassified.png",
+    "gradcam.png",
+    "learning_curves.png",
+)
+
+
 def write_reports(
     settings: DictConfig, inputs: AnalysisInputs, run_dir: Path, tracker: Tracker
 ) -> dict[str, float]:

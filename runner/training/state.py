@@ -24,6 +24,7 @@ from runner.config.errors import ConfigError
 from runner.config.files import replaced_whole, set_aside
 from runner.data.splits import DataSplits, splits_digest
 from runner.models.weights import short_cause
+from runner.reports.analysis import REPORT_FILES
 from runner.sweeps.out_of_fold import OOF_FILE
 from runner.training import checkpoint_io, distributed, rank_sync
 from runner.training.optim import load_schedule
@@ -184,11 +185,7 @@ RUN_RECORDS = (
     "label_noise.csv",
     "bad_files.txt",
     OOF_FILE,
-    "per_class.csv",
-    "confusion_matrix.png",
-    "reliability.png",
-    "misclassified.png",
-    "gradcam.png",
+    *REPORT_FILES,
 )
 
 
