@@ -314,11 +314,9 @@ def load_hf(
         # id (which names the slice) a file outside `folder` by its path, and a record of
         # a slice by its row in the whole split.
         index_id = f"{label}:{specs[split]}:"
-        rows = source_rows(dataset, specs[split]) or [None] * len(files)
+        rows = source_rows(dataset, specs[split], label) or [None] * len(files)
         samples[split] = [
-            (file or (f"{label}:{row}" if row else sample_id))
-            if sample_id.startswith(index_id)
-            else sample_id
+            (file or row or sample_id) if sample_id.startswith(index_id) else sample_id
             for file, row, sample_id in zip(files, rows, ids[split], strict=True)
         ]
     absent = sorted(set(range(len(class_names))) - set(labels["train"]))

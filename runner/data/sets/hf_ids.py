@@ -61,15 +61,17 @@ def record_files(dataset, image_key: str, folder: Path | None) -> list[str | Non
     ]
 
 
-def source_rows(dataset, spec: str) -> list[str] | None:
-    """Per record of a slice, `<split>:<row>`: the row of the whole split it was read from.
+def source_rows(dataset, spec: str, label: str) -> list[str] | None:
+    """Per record of a slice, `<label>:<split>:<row>`: its row in the whole split.
 
     Slices of one split (`train[:80%]`, `train[70%:]`) that share rows name them alike
-    here, while their index ids differ (they name the slice).
+    here, as the split's own index ids do, while the slices' index ids differ (they name
+    the slice).
 
     Args:
         dataset: The loaded split or slice.
         spec: What it was loaded as (`data.split_*`).
+        label: The data set's name in its index ids.
 
     Returns:
         The rows, or None for a split name, or where the whole split's size is unknown.
@@ -81,7 +83,9 @@ def source_rows(dataset, spec: str) -> list[str] | None:
         parts = import_datasets().ReadInstruction.from_spec(spec).to_absolute(sizes)
     except (KeyError, ValueError, TypeError):  # a split of unknown size
         return None
-    rows = [f"{part.splitname}:{row}" for part in parts for row in range(part.from_, part.to)]
+    rows = [
+        f"{label}:{part.splitname}:{row}" for part in parts for row in range(part.from_, part.to)
+    ]
     return rows if len(rows) == len(dataset) else None
 
 
