@@ -24,7 +24,7 @@ from torch import nn
 from runner.augment.normalize import Normalize
 from runner.config.choices import TRAIN_SPLIT_ONLY_KEYS
 from runner.config.location_checks import ckpt_file_problem
-from runner.config.modes import job_mode
+from runner.config.modes import job_mode, override_key
 from runner.config.targets import untrusted_targets
 from runner.config.validation import ConfigError, validate
 from runner.data import curation, folds
@@ -112,7 +112,7 @@ def refuse_ignored_overrides(cfg: DictConfig) -> None:
     read = ("trainer.device", "trainer.precision")
     read += ("trainer.eval_batch_size",) if cfg.mode == "eval" else ()  # predict.batch_size
     unread = group_overrides("optim", "loss", "sched", "sampler") + [
-        o for o in group_overrides("trainer") if o.lstrip("+~").split("=")[0] not in read
+        o for o in group_overrides("trainer") if override_key(o) not in read
     ]
     if unread:
         raise ConfigError(
@@ -128,7 +128,7 @@ def refuse_ignored_overrides(cfg: DictConfig) -> None:
         )
     # Before the eval.data advice: adding eval.data=current would not make these apply.
     train_only = [f"data.{key}" for key in TRAIN_SPLIT_ONLY_KEYS]
-    changing_train = [o for o in data_keys if o.lstrip("+~").split("=")[0] in train_only]
+    changing_train = [o for o in data_keys if override_key(o) in train_only]
     if changing_train:
         raise ConfigError(
             f"{' '.join(changing_train)}: mode=eval tests on the test split, which no "

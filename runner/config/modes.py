@@ -106,7 +106,7 @@ def mode_problems(cfg: DictConfig, swept_values: dict[str, list[Any] | None]) ->
     if swept_values.get("mode"):  # `-m mode=eval,predict`: each job checks its own mode
         return []
     typed = typed_overrides(cfg)
-    typed_keys = [_key(o) for o in typed]
+    typed_keys = [override_key(o) for o in typed]
     if mode not in ("eval", "predict"):
         # Read only by eval and predict: a run of another mode would ignore them silently
         # (a fine-tune meant from `ckpt=` trained from scratch).
@@ -177,7 +177,7 @@ def held_out_problems(cfg: DictConfig) -> list[str]:
     return []
 
 
-def _key(override: str) -> str:
+def override_key(override: str) -> str:
     """The key an override sets: `model` for `model=resnet18`, `optim.lr` for `+optim.lr=1`."""
     return str(override).lstrip("+~").split("=", 1)[0]
 
@@ -185,7 +185,9 @@ def _key(override: str) -> str:
 def _unread_problems(mode: str, typed: list[str]) -> list[str]:
     """The typed overrides of groups that `mode` reads only partly, for keys it does not read."""
     groups, read = PARTLY_READ.get(mode, ((), ()))
-    unread = [o for o in typed if _key(o).split(".")[0] in groups and _key(o) not in read]
+    unread = [
+        o for o in typed if override_key(o).split(".")[0] in groups and override_key(o) not in read
+    ]
     if not unread:
         return []
     if mode == "preview":
@@ -193,7 +195,7 @@ def _unread_problems(mode: str, typed: list[str]) -> list[str]:
             f"{' '.join(unread)}: mode=preview draws training images through the aug preset, "
             "reading data, aug, seed and trainer.device only, and would ignore this: leave it out"
         ]
-    models = [o for o in unread if _key(o).split(".")[0] == "model"]
+    models = [o for o in unread if override_key(o).split(".")[0] == "model"]
     others = [o for o in unread if o not in models]
     problems = []
     if models:  # the timed models are throughput.models, built as timm builds them
@@ -202,7 +204,7 @@ def _unread_problems(mode: str, typed: list[str]) -> list[str]:
             "and would ignore this: name them there, e.g. throughput.models=[resnet18,resnet50]"
         )
     if others:  # synthetic batches at throughput.batch_sizes: no data set, no epochs
-        batch_size = [o for o in others if _key(o) == "trainer.batch_size"]
+        batch_size = [o for o in others if override_key(o) == "trainer.batch_size"]
         problems.append(
             f"{' '.join(others)}: mode=throughput times synthetic batches and, of the data, "
             f"sampler, sched and trainer keys, reads only {', '.join(read)}, so it would "
